@@ -1,0 +1,475 @@
+/* model_config.c - Hugging Face config.json -> mc_model_desc. */
+#include "model_config.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_CONFIG_BYTES (16u * 1024u * 1024u)
+
+typedef struct {
+    json_t *root;
+    const char *path;
+    mc_err *err;
+    mc_status st;
+} cfg_ctx;
+
+/* Field readers: record the first error in ctx and return a default, so a
+ * parse function reads like a list of fields and checks ctx->st once. */
+static json_t *cfg_get(cfg_ctx *c, json_t *obj, const char *key)
+{
+    return obj ? json_object_get(obj, key) : NULL;
+}
+
+static long long cfg_int(cfg_ctx *c, json_t *obj, const char *key, long long dflt, bool required)
+{
+    json_t *v = cfg_get(c, obj, key);
+    if (!v || json_is_null(v)) {
+        if (required && c->st == MC_OK)
+            c->st = mc_err_set(c->err, MC_ERR_CONFIG, "%s: missing required field '%s'", c->path, key);
+        return dflt;
+    }
+    if (json_is_integer(v))
+        return json_integer_value(v);
+    if (json_is_real(v) && json_real_value(v) == floor(json_real_value(v)) &&
+        fabs(json_real_value(v)) < 1e15)
+        return (long long)json_real_value(v);
+    if (c->st == MC_OK)
+        c->st = mc_err_set(c->err, MC_ERR_CONFIG, "%s: field '%s' must be an integer", c->path, key);
+    return dflt;
+}
+
+static double cfg_num(cfg_ctx *c, json_t *obj, const char *key, double dflt, bool required)
+{
+    json_t *v = cfg_get(c, obj, key);
+    if (!v || json_is_null(v)) {
+        if (required && c->st == MC_OK)
+            c->st = mc_err_set(c->err, MC_ERR_CONFIG, "%s: missing required field '%s'", c->path, key);
+        return dflt;
+    }
+    if (json_is_number(v))
+        return json_number_value(v);
+    if (c->st == MC_OK)
+        c->st = mc_err_set(c->err, MC_ERR_CONFIG, "%s: field '%s' must be a number", c->path, key);
+    return dflt;
+}
+
+static bool cfg_bool(cfg_ctx *c, json_t *obj, const char *key, bool dflt)
+{
+    json_t *v = cfg_get(c, obj, key);
+    if (!v || json_is_null(v))
+        return dflt;
+    if (json_is_boolean(v))
+        return json_is_true(v);
+    if (c->st == MC_OK)
+        c->st = mc_err_set(c->err, MC_ERR_CONFIG, "%s: field '%s' must be true or false", c->path, key);
+    return dflt;
+}
+
+static const char *cfg_str(cfg_ctx *c, json_t *obj, const char *key)
+{
+    json_t *v = cfg_get(c, obj, key);
+    if (!v || json_is_null(v))
+        return NULL;
+    if (json_is_string(v))
+        return json_string_value(v);
+    if (c->st == MC_OK)
+        c->st = mc_err_set(c->err, MC_ERR_CONFIG, "%s: field '%s' must be a string", c->path, key);
+    return NULL;
+}
+
+/* Range check helper: lo <= v <= hi. */
+static int cfg_range(cfg_ctx *c, const char *key, long long v, long long lo, long long hi)
+{
+    if (c->st == MC_OK && (v < lo || v > hi))
+        c->st = mc_err_set(c->err, MC_ERR_CONFIG, "%s: field '%s' = %lld is outside [%lld, %lld]",
+                           c->path, key, v, lo, hi);
+    return (int)v;
+}
+
+#define CFG_INT(c, obj, key, dflt, req, lo, hi) cfg_range(c, key, cfg_int(c, obj, key, dflt, req), lo, hi)
+
+/* ---- pieces shared by families ---- */
+
+static double yarn_get_mscale(double scale, double mscale)
+{
+    return scale <= 1.0 ? 1.0 : 0.1 * mscale * log(scale) + 1.0;
+}
+
+/* Reads rope_theta and rope scaling from either `rope_parameters`
+ * (transformers >= 5) or `rope_theta` + `rope_scaling` (older configs). */
+static void parse_rope(cfg_ctx *c, mc_model_desc *m, int head_dim_for_partial)
+{
+    json_t *root = c->root;
+    json_t *rp = cfg_get(c, root, "rope_parameters");
+    json_t *rs = cfg_get(c, root, "rope_scaling");
+    if (rp && !json_is_object(rp) && !json_is_null(rp) && c->st == MC_OK)
+        c->st = mc_err_set(c->err, MC_ERR_CONFIG, "%s: 'rope_parameters' must be an object", c->path);
+    if (rs && !json_is_object(rs) && !json_is_null(rs) && c->st == MC_OK)
+        c->st = mc_err_set(c->err, MC_ERR_CONFIG, "%s: 'rope_scaling' must be an object", c->path);
+    json_t *p = json_is_object(rp) ? rp : json_is_object(rs) ? rs : NULL;
+    mc_rope_desc *r = &m->rope;
+    r->theta = cfg_num(c, root, "rope_theta", 10000.0, false);
+    if (p && cfg_get(c, p, "rope_theta"))
+        r->theta = cfg_num(c, p, "rope_theta", r->theta, false);
+    double partial = cfg_num(c, root, "partial_rotary_factor", 1.0, false);
+    if (p && cfg_get(c, p, "partial_rotary_factor"))
+        partial = cfg_num(c, p, "partial_rotary_factor", 1.0, false);
+    if (head_dim_for_partial > 0)
+        r->dim = (int)(head_dim_for_partial * partial);
+    if (r->theta <= 0 && c->st == MC_OK)
+        c->st = mc_err_set(c->err, MC_ERR_CONFIG, "%s: rope_theta must be positive", c->path);
+    r->scaling = MC_ROPE_SCALE_NONE;
+    r->attention_factor = 1.0;
+    if (!p)
+        return;
+    const char *type = cfg_str(c, p, "rope_type");
+    if (!type)
+        type = cfg_str(c, p, "type");
+    if (!type || !strcmp(type, "default"))
+        return;
+    r->factor = cfg_num(c, p, "factor", 1.0, true);
+    r->orig_max_pos = cfg_num(c, p, "original_max_position_embeddings", m->max_pos, false);
+    if (!strcmp(type, "yarn")) {
+        r->scaling = MC_ROPE_SCALE_YARN;
+        r->beta_fast = cfg_num(c, p, "beta_fast", 32.0, false);
+        r->beta_slow = cfg_num(c, p, "beta_slow", 1.0, false);
+        r->mscale = cfg_num(c, p, "mscale", 0.0, false);
+        r->mscale_all_dim = cfg_num(c, p, "mscale_all_dim", 0.0, false);
+        double af = cfg_num(c, p, "attention_factor", 0.0, false);
+        if (af > 0)
+            r->attention_factor = af;
+        else if (r->mscale != 0 && r->mscale_all_dim != 0)
+            r->attention_factor = yarn_get_mscale(r->factor, r->mscale) /
+                                  yarn_get_mscale(r->factor, r->mscale_all_dim);
+        else
+            r->attention_factor = yarn_get_mscale(r->factor, 1.0);
+    } else if (!strcmp(type, "llama3")) {
+        r->scaling = MC_ROPE_SCALE_LLAMA3;
+        r->low_freq_factor = cfg_num(c, p, "low_freq_factor", 1.0, true);
+        r->high_freq_factor = cfg_num(c, p, "high_freq_factor", 4.0, true);
+    } else if (c->st == MC_OK) {
+        c->st = mc_err_set(c->err, MC_ERR_UNSUPPORTED,
+                           "%s: rope scaling type '%.32s' is not supported (default, yarn, llama3)",
+                           c->path, type);
+    }
+    if (r->factor <= 0 && c->st == MC_OK)
+        c->st = mc_err_set(c->err, MC_ERR_CONFIG, "%s: rope scaling factor must be positive", c->path);
+}
+
+static void parse_common(cfg_ctx *c, mc_model_desc *m)
+{
+    json_t *r = c->root;
+    m->vocab = CFG_INT(c, r, "vocab_size", 0, true, 1, 1 << 24);
+    m->hidden = CFG_INT(c, r, "hidden_size", 0, true, 1, 1 << 20);
+    m->n_layers = CFG_INT(c, r, "num_hidden_layers", 0, true, 1, MC_MAX_LAYERS);
+    m->n_heads = CFG_INT(c, r, "num_attention_heads", 0, true, 1, 1 << 12);
+    m->n_kv_heads = CFG_INT(c, r, "num_key_value_heads", m->n_heads, false, 1, 1 << 12);
+    m->max_pos = CFG_INT(c, r, "max_position_embeddings", 4096, false, 1, 1 << 30);
+    m->norm_eps = (float)cfg_num(c, r, "rms_norm_eps", 1e-6, false);
+    m->tie_embeddings = cfg_bool(c, r, "tie_word_embeddings", false);
+    m->bos_id = CFG_INT(c, r, "bos_token_id", -1, false, -1, 1 << 24);
+    m->eos_id = -1;
+    json_t *eos = cfg_get(c, r, "eos_token_id");
+    if (json_is_array(eos) && json_array_size(eos) > 0)
+        eos = json_array_get(eos, 0);
+    if (json_is_integer(eos))
+        m->eos_id = (int)json_integer_value(eos);
+    const char *act = cfg_str(c, r, "hidden_act");
+    if (act && strcmp(act, "silu") && c->st == MC_OK)
+        c->st = mc_err_set(c->err, MC_ERR_UNSUPPORTED,
+                           "%s: hidden_act '%.32s' is not supported (silu)", c->path, act);
+    if (cfg_bool(c, r, "attention_bias", false) && c->st == MC_OK)
+        c->st = mc_err_set(c->err, MC_ERR_UNSUPPORTED, "%s: attention_bias=true is not supported",
+                           c->path);
+    m->n_group = m->topk_group = 1;
+    m->routed_scale = 1.0f;
+}
+
+static void parse_fp8(cfg_ctx *c, mc_model_desc *m)
+{
+    json_t *q = cfg_get(c, c->root, "quantization_config");
+    if (!q || json_is_null(q))
+        return;
+    const char *method = cfg_str(c, q, "quant_method");
+    json_t *bs = cfg_get(c, q, "weight_block_size");
+    if (!method || strcmp(method, "fp8") || !json_is_array(bs) || json_array_size(bs) != 2) {
+        if (c->st == MC_OK)
+            c->st = mc_err_set(c->err, MC_ERR_UNSUPPORTED,
+                               "%s: quantization_config is supported only as quant_method 'fp8' "
+                               "with a two-element weight_block_size",
+                               c->path);
+        return;
+    }
+    const char *fmt = cfg_str(c, q, "fmt");
+    if (fmt && strcmp(fmt, "e4m3") && c->st == MC_OK)
+        c->st = mc_err_set(c->err, MC_ERR_UNSUPPORTED, "%s: fp8 fmt '%.16s' is not supported (e4m3)",
+                           c->path, fmt);
+    m->fp8_block = true;
+    json_t *b0 = json_array_get(bs, 0), *b1 = json_array_get(bs, 1);
+    if (!json_is_integer(b0) || !json_is_integer(b1) || json_integer_value(b0) <= 0 ||
+        json_integer_value(b1) <= 0 || json_integer_value(b0) > 65536 ||
+        json_integer_value(b1) > 65536) {
+        if (c->st == MC_OK)
+            c->st = mc_err_set(c->err, MC_ERR_CONFIG,
+                               "%s: weight_block_size must hold two positive integers", c->path);
+        return;
+    }
+    m->fp8_block_rows = (int)json_integer_value(b0);
+    m->fp8_block_cols = (int)json_integer_value(b1);
+}
+
+/* ---- families ---- */
+
+static void parse_deepseek_v3(cfg_ctx *c, mc_model_desc *m)
+{
+    json_t *r = c->root;
+    parse_common(c, m);
+    m->attn = MC_ATTN_MLA;
+    m->q_lora_rank = CFG_INT(c, r, "q_lora_rank", 0, false, 0, 1 << 16);
+    m->kv_lora_rank = CFG_INT(c, r, "kv_lora_rank", 0, true, 1, 1 << 16);
+    m->qk_nope_dim = CFG_INT(c, r, "qk_nope_head_dim", 0, true, 0, 1 << 12);
+    m->qk_rope_dim = CFG_INT(c, r, "qk_rope_head_dim", 0, true, 2, 1 << 12);
+    m->v_head_dim = CFG_INT(c, r, "v_head_dim", 0, true, 1, 1 << 12);
+    m->head_dim = m->qk_nope_dim + m->qk_rope_dim;
+    m->rope.style = cfg_bool(c, r, "rope_interleave", true) ? MC_ROPE_INTERLEAVED : MC_ROPE_HALF;
+    parse_rope(c, m, 0);
+    m->rope.dim = m->qk_rope_dim;
+    m->dense_inter = CFG_INT(c, r, "intermediate_size", 0, true, 1, 1 << 20);
+    m->moe_inter = CFG_INT(c, r, "moe_intermediate_size", 0, true, 1, 1 << 20);
+    m->n_experts = CFG_INT(c, r, "n_routed_experts", 0, false, 0, 1 << 16);
+    m->n_experts_per_tok = CFG_INT(c, r, "num_experts_per_tok", 0, m->n_experts > 0, 0, 1 << 16);
+    m->n_shared_experts = CFG_INT(c, r, "n_shared_experts", 0, false, 0, 1 << 10);
+    m->shared_inter = m->moe_inter * m->n_shared_experts;
+    m->norm_topk_prob = cfg_bool(c, r, "norm_topk_prob", false);
+    m->routed_scale = (float)cfg_num(c, r, "routed_scaling_factor", 1.0, false);
+    m->n_group = CFG_INT(c, r, "n_group", 1, false, 1, 1 << 16);
+    m->topk_group = CFG_INT(c, r, "topk_group", 1, false, 1, 1 << 16);
+    const char *sf = cfg_str(c, r, "scoring_func");
+    if (!sf || !strcmp(sf, "sigmoid"))
+        m->score_func = MC_SCORE_SIGMOID;
+    else if (!strcmp(sf, "softmax"))
+        m->score_func = MC_SCORE_SOFTMAX;
+    else if (c->st == MC_OK)
+        c->st = mc_err_set(c->err, MC_ERR_UNSUPPORTED,
+                           "%s: scoring_func '%.32s' is not supported (sigmoid, softmax)", c->path, sf);
+    const char *tm = cfg_str(c, r, "topk_method");
+    if (!tm || !strcmp(tm, "noaux_tc"))
+        m->has_score_bias = true;
+    else if (!strcmp(tm, "greedy"))
+        m->n_group = m->topk_group = 1;
+    else if (c->st == MC_OK)
+        c->st = mc_err_set(c->err, MC_ERR_UNSUPPORTED,
+                           "%s: topk_method '%.32s' is not supported (noaux_tc, greedy)", c->path, tm);
+    int first_dense = CFG_INT(c, r, "first_k_dense_replace", 0, false, 0, MC_MAX_LAYERS);
+    int freq = CFG_INT(c, r, "moe_layer_freq", 1, false, 1, MC_MAX_LAYERS);
+    for (int l = 0; l < m->n_layers && l < MC_MAX_LAYERS; l++)
+        m->layer_moe[l] = m->n_experts > 0 && l >= first_dense && l % freq == 0;
+    int mtp = CFG_INT(c, r, "num_nextn_predict_layers", 0, false, 0, 64);
+    (void)mtp; /* MTP layers are not part of the text model's forward pass */
+    m->attn_scale = (float)(1.0 / sqrt((double)m->head_dim));
+    if (m->rope.scaling == MC_ROPE_SCALE_YARN && m->rope.mscale_all_dim != 0) {
+        double ms = yarn_get_mscale(m->rope.factor, m->rope.mscale_all_dim);
+        m->attn_scale = (float)(m->attn_scale * ms * ms);
+    }
+    parse_fp8(c, m);
+}
+
+static void parse_qwen3_moe(cfg_ctx *c, mc_model_desc *m)
+{
+    json_t *r = c->root;
+    parse_common(c, m);
+    m->attn = MC_ATTN_GQA;
+    m->qk_norm = true;
+    int hd_default = m->n_heads > 0 ? m->hidden / m->n_heads : 0;
+    m->head_dim = CFG_INT(c, r, "head_dim", hd_default, false, 2, 1 << 12);
+    m->rope.style = MC_ROPE_HALF;
+    parse_rope(c, m, m->head_dim);
+    m->dense_inter = CFG_INT(c, r, "intermediate_size", 0, true, 1, 1 << 20);
+    m->moe_inter = CFG_INT(c, r, "moe_intermediate_size", 0, true, 1, 1 << 20);
+    m->n_experts = CFG_INT(c, r, "num_experts", 0, true, 0, 1 << 16);
+    m->n_experts_per_tok = CFG_INT(c, r, "num_experts_per_tok", 0, m->n_experts > 0, 0, 1 << 16);
+    m->norm_topk_prob = cfg_bool(c, r, "norm_topk_prob", false);
+    m->score_func = MC_SCORE_SOFTMAX;
+    if (cfg_bool(c, r, "use_sliding_window", false) && c->st == MC_OK)
+        c->st = mc_err_set(c->err, MC_ERR_UNSUPPORTED, "%s: use_sliding_window=true is not supported",
+                           c->path);
+    int step = CFG_INT(c, r, "decoder_sparse_step", 1, false, 1, MC_MAX_LAYERS);
+    json_t *only = cfg_get(c, r, "mlp_only_layers");
+    if (only && !json_is_array(only) && c->st == MC_OK)
+        c->st = mc_err_set(c->err, MC_ERR_CONFIG, "%s: 'mlp_only_layers' must be an array", c->path);
+    for (int l = 0; l < m->n_layers && l < MC_MAX_LAYERS; l++) {
+        bool dense_only = false;
+        for (size_t i = 0; json_is_array(only) && i < json_array_size(only); i++) {
+            json_t *e = json_array_get(only, i);
+            if (json_is_integer(e) && json_integer_value(e) == l)
+                dense_only = true;
+        }
+        m->layer_moe[l] = !dense_only && m->n_experts > 0 && (l + 1) % step == 0;
+    }
+    m->attn_scale = (float)(1.0 / sqrt((double)m->head_dim));
+    parse_fp8(c, m);
+}
+
+typedef struct {
+    const char *model_type;
+    mc_family family;
+    void (*parse)(cfg_ctx *, mc_model_desc *);
+} family_entry;
+
+static const family_entry families[] = {
+    {"deepseek_v3", MC_FAM_DEEPSEEK_V3, parse_deepseek_v3},
+    {"qwen3_moe", MC_FAM_QWEN3_MOE, parse_qwen3_moe},
+};
+
+const char *mc_family_name(mc_family f)
+{
+    for (size_t i = 0; i < sizeof families / sizeof families[0]; i++)
+        if (families[i].family == f)
+            return families[i].model_type;
+    return "?";
+}
+
+const char *mc_supported_model_types(void) { return "deepseek_v3, qwen3_moe"; }
+
+/* Checks the description against itself once a family filled it. */
+static void check_consistency(cfg_ctx *c, mc_model_desc *m)
+{
+    if (c->st != MC_OK)
+        return;
+    const char *p = c->path;
+    mc_err *e = c->err;
+    if (m->attn == MC_ATTN_GQA && m->n_heads % m->n_kv_heads != 0)
+        c->st = mc_err_set(e, MC_ERR_CONFIG,
+                           "%s: num_attention_heads (%d) is not a multiple of num_key_value_heads (%d)",
+                           p, m->n_heads, m->n_kv_heads);
+    else if (m->rope.dim <= 0 || m->rope.dim % 2 || m->rope.dim > m->head_dim)
+        c->st = mc_err_set(e, MC_ERR_CONFIG, "%s: rotary dimension %d must be even and within the head (%d)",
+                           p, m->rope.dim, m->head_dim);
+    else if (m->n_experts > 0 && (m->n_experts_per_tok < 1 || m->n_experts_per_tok > m->n_experts))
+        c->st = mc_err_set(e, MC_ERR_CONFIG, "%s: num_experts_per_tok (%d) must be in [1, %d]", p,
+                           m->n_experts_per_tok, m->n_experts);
+    else if (m->n_experts > 0 && m->n_experts % m->n_group != 0)
+        c->st = mc_err_set(e, MC_ERR_CONFIG, "%s: n_routed_experts (%d) is not a multiple of n_group (%d)",
+                           p, m->n_experts, m->n_group);
+    else if (m->topk_group > m->n_group)
+        c->st = mc_err_set(e, MC_ERR_CONFIG, "%s: topk_group (%d) exceeds n_group (%d)", p,
+                           m->topk_group, m->n_group);
+    else if (m->n_experts > 0 && m->n_group > 1 &&
+             m->n_experts_per_tok > m->topk_group * (m->n_experts / m->n_group))
+        c->st = mc_err_set(e, MC_ERR_CONFIG,
+                           "%s: num_experts_per_tok (%d) exceeds the experts in topk_group groups (%d)",
+                           p, m->n_experts_per_tok, m->topk_group * (m->n_experts / m->n_group));
+    else if (m->n_experts > 0 && m->n_group > 1 && m->n_experts / m->n_group < 2)
+        c->st = mc_err_set(e, MC_ERR_CONFIG, "%s: group-limited routing needs at least 2 experts per group",
+                           p);
+}
+
+mc_status mc_model_desc_parse(const char *json_text, size_t len, const char *path,
+                              mc_model_desc *out, mc_err *err)
+{
+    memset(out, 0, sizeof *out);
+    json_error_t jerr;
+    json_t *root = json_loadb(json_text, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!root)
+        return mc_err_set(err, MC_ERR_CONFIG, "%s: not valid JSON: %s (line %d)", path, jerr.text,
+                          jerr.line);
+    cfg_ctx c = {.root = root, .path = path, .err = err, .st = MC_OK};
+    if (!json_is_object(root)) {
+        c.st = mc_err_set(err, MC_ERR_CONFIG, "%s: top level is not a JSON object", path);
+        goto done;
+    }
+    const char *mt = cfg_str(&c, root, "model_type");
+    if (!mt) {
+        if (c.st == MC_OK)
+            c.st = mc_err_set(err, MC_ERR_CONFIG, "%s: missing 'model_type'", path);
+        goto done;
+    }
+    const family_entry *fe = NULL;
+    for (size_t i = 0; i < sizeof families / sizeof families[0]; i++)
+        if (!strcmp(families[i].model_type, mt))
+            fe = &families[i];
+    if (!fe) {
+        c.st = mc_err_set(err, MC_ERR_UNSUPPORTED,
+                          "%s: model_type '%.64s' is not supported (supported: %s)", path, mt,
+                          mc_supported_model_types());
+        goto done;
+    }
+    snprintf(out->model_type, sizeof out->model_type, "%s", mt);
+    out->family = fe->family;
+    fe->parse(&c, out);
+    check_consistency(&c, out);
+done:
+    json_decref(root);
+    return c.st;
+}
+
+mc_status mc_model_desc_load(const char *dir, mc_model_desc *out, mc_err *err)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    FILE *fp = fopen(path, "rb");
+    if (!fp)
+        return mc_err_set(err, MC_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    char *buf = malloc(MAX_CONFIG_BYTES + 1);
+    if (!buf) {
+        fclose(fp);
+        return mc_err_set(err, MC_ERR_NOMEM, "out of memory");
+    }
+    size_t n = fread(buf, 1, MAX_CONFIG_BYTES + 1, fp);
+    fclose(fp);
+    mc_status st;
+    if (n > MAX_CONFIG_BYTES)
+        st = mc_err_set(err, MC_ERR_CONFIG, "%s: larger than %u bytes", path, MAX_CONFIG_BYTES);
+    else
+        st = mc_model_desc_parse(buf, n, path, out, err);
+    free(buf);
+    return st;
+}
+
+/* ---- RoPE frequencies ---- */
+
+static double yarn_correction_dim(double n_rot, int dim, double base, double max_pos)
+{
+    return (dim * log(max_pos / (n_rot * 2.0 * M_PI))) / (2.0 * log(base));
+}
+
+void mc_rope_inv_freq(const mc_rope_desc *r, double *inv_freq)
+{
+    int half = r->dim / 2;
+    for (int i = 0; i < half; i++)
+        inv_freq[i] = 1.0 / pow(r->theta, (2.0 * i) / r->dim);
+    if (r->scaling == MC_ROPE_SCALE_YARN) {
+        double low = floor(yarn_correction_dim(r->beta_fast, r->dim, r->theta, r->orig_max_pos));
+        double high = ceil(yarn_correction_dim(r->beta_slow, r->dim, r->theta, r->orig_max_pos));
+        if (low < 0)
+            low = 0;
+        if (high > r->dim - 1)
+            high = r->dim - 1;
+        if (low == high)
+            high += 0.001;
+        for (int i = 0; i < half; i++) {
+            double ramp = (i - low) / (high - low);
+            ramp = ramp < 0 ? 0 : ramp > 1 ? 1 : ramp;
+            double extrap = 1.0 - ramp; /* weight of the unscaled frequency */
+            double interp = inv_freq[i] / r->factor;
+            inv_freq[i] = interp * (1.0 - extrap) + inv_freq[i] * extrap;
+        }
+    } else if (r->scaling == MC_ROPE_SCALE_LLAMA3) {
+        double low_wl = r->orig_max_pos / r->low_freq_factor;
+        double high_wl = r->orig_max_pos / r->high_freq_factor;
+        for (int i = 0; i < half; i++) {
+            double wl = 2.0 * M_PI / inv_freq[i];
+            if (wl > low_wl) {
+                inv_freq[i] /= r->factor;
+            } else if (wl >= high_wl) {
+                double smooth = (r->orig_max_pos / wl - r->low_freq_factor) /
+                                (r->high_freq_factor - r->low_freq_factor);
+                inv_freq[i] = (1.0 - smooth) * inv_freq[i] / r->factor + smooth * inv_freq[i];
+            }
+        }
+    }
+}
