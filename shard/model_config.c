@@ -240,14 +240,14 @@ static void parse_deepseek_v3(cfg_ctx *c, mc_model_desc *m)
     m->rope.dim = m->qk_rope_dim;
     m->dense_inter = CFG_INT(c, r, "intermediate_size", 0, true, 1, 1 << 20);
     m->moe_inter = CFG_INT(c, r, "moe_intermediate_size", 0, true, 1, 1 << 20);
-    m->n_experts = CFG_INT(c, r, "n_routed_experts", 0, false, 0, 1 << 16);
-    m->n_experts_per_tok = CFG_INT(c, r, "num_experts_per_tok", 0, m->n_experts > 0, 0, 1 << 16);
+    m->n_experts = CFG_INT(c, r, "n_routed_experts", 0, false, 0, 4096);
+    m->n_experts_per_tok = CFG_INT(c, r, "num_experts_per_tok", 0, m->n_experts > 0, 0, 4096);
     m->n_shared_experts = CFG_INT(c, r, "n_shared_experts", 0, false, 0, 1 << 10);
     m->shared_inter = m->moe_inter * m->n_shared_experts;
     m->norm_topk_prob = cfg_bool(c, r, "norm_topk_prob", false);
     m->routed_scale = (float)cfg_num(c, r, "routed_scaling_factor", 1.0, false);
-    m->n_group = CFG_INT(c, r, "n_group", 1, false, 1, 1 << 16);
-    m->topk_group = CFG_INT(c, r, "topk_group", 1, false, 1, 1 << 16);
+    m->n_group = CFG_INT(c, r, "n_group", 1, false, 1, 4096);
+    m->topk_group = CFG_INT(c, r, "topk_group", 1, false, 1, 4096);
     const char *sf = cfg_str(c, r, "scoring_func");
     if (!sf || !strcmp(sf, "sigmoid"))
         m->score_func = MC_SCORE_SIGMOID;
@@ -290,8 +290,8 @@ static void parse_qwen3_moe(cfg_ctx *c, mc_model_desc *m)
     parse_rope(c, m, m->head_dim);
     m->dense_inter = CFG_INT(c, r, "intermediate_size", 0, true, 1, 1 << 20);
     m->moe_inter = CFG_INT(c, r, "moe_intermediate_size", 0, true, 1, 1 << 20);
-    m->n_experts = CFG_INT(c, r, "num_experts", 0, true, 0, 1 << 16);
-    m->n_experts_per_tok = CFG_INT(c, r, "num_experts_per_tok", 0, m->n_experts > 0, 0, 1 << 16);
+    m->n_experts = CFG_INT(c, r, "num_experts", 0, true, 0, 4096);
+    m->n_experts_per_tok = CFG_INT(c, r, "num_experts_per_tok", 0, m->n_experts > 0, 0, 4096);
     m->norm_topk_prob = cfg_bool(c, r, "norm_topk_prob", false);
     m->score_func = MC_SCORE_SOFTMAX;
     if (cfg_bool(c, r, "use_sliding_window", false) && c->st == MC_OK)

@@ -1,0 +1,17 @@
+/* cli.h - subcommands of the moecluster binary and shared argument helpers. */
+#ifndef MC_CLI_H
+#define MC_CLI_H
+
+#include <stdint.h>
+
+int mc_cmd_score(int argc, char **argv);
+int mc_cmd_generate(int argc, char **argv);
+
+/* Strict numeric parsing for flags: the whole string must be a number in
+ * [lo, hi]; prints "moecluster CMD: --flag: ..." and returns -1 otherwise. */
+int mc_arg_int(const char *cmd, const char *flag, const char *s, long long lo, long long hi,
+               long long *out);
+int mc_arg_float(const char *cmd, const char *flag, const char *s, double lo, double hi,
+                 double *out);
+
+#endif

@@ -1,0 +1,194 @@
+/* cmd_generate.c - `moecluster generate`: token ids in, token ids out. */
+#include "cli.h"
+#include "log.h"
+#include "model.h"
+#include "sampler.h"
+
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define MAX_PROMPT 1000000
+
+static void gen_usage(FILE *out)
+{
+    fprintf(out,
+            "usage: moecluster generate --model DIR --prompt-ids 1,2,3 [-n N] [--temperature T]\n"
+            "                           [--top-p P] [--top-k K] [--seed S] [--ignore-eos]\n\n"
+            "  --model DIR        Hugging Face checkpoint folder\n"
+            "  --prompt-ids LIST  comma-separated prompt token ids\n"
+            "  -n, --max-tokens N tokens to generate (default 16)\n"
+            "  --temperature T    0 = greedy (default)\n"
+            "  --top-p P          nucleus sampling mass (default 1 = off)\n"
+            "  --top-k K          keep the K most likely tokens (default 0 = off)\n"
+            "  --seed S           sampling seed (default 0)\n"
+            "  --ignore-eos       keep generating after the end-of-sequence token\n"
+            "Prints the generated ids, comma-separated, on one line.\n");
+}
+
+static int parse_ids(const char *s, int64_t **out, int *n)
+{
+    int cap = 16, cnt = 0;
+    int64_t *v = malloc((size_t)cap * sizeof *v);
+    if (!v)
+        return -1;
+    const char *p = s;
+    while (*p) {
+        char *end;
+        long long x = strtoll(p, &end, 10);
+        if (end == p || x < 0 || (*end && *end != ',') || cnt >= MAX_PROMPT) {
+            free(v);
+            return -1;
+        }
+        if (cnt == cap) {
+            cap *= 2;
+            int64_t *nv = realloc(v, (size_t)cap * sizeof *nv);
+            if (!nv) {
+                free(v);
+                return -1;
+            }
+            v = nv;
+        }
+        v[cnt++] = x;
+        p = *end ? end + 1 : end;
+        if (*end && !*p) { /* trailing comma */
+            free(v);
+            return -1;
+        }
+    }
+    if (cnt == 0) {
+        free(v);
+        return -1;
+    }
+    *out = v;
+    *n = cnt;
+    return 0;
+}
+
+int mc_cmd_generate(int argc, char **argv)
+{
+    static const struct option opts[] = {{"model", required_argument, 0, 'm'},
+                                          {"prompt-ids", required_argument, 0, 'p'},
+                                          {"max-tokens", required_argument, 0, 'n'},
+                                          {"temperature", required_argument, 0, 't'},
+                                          {"top-p", required_argument, 0, 'P'},
+                                          {"top-k", required_argument, 0, 'K'},
+                                          {"seed", required_argument, 0, 's'},
+                                          {"ignore-eos", no_argument, 0, 'e'},
+                                          {"help", no_argument, 0, 'h'},
+                                          {0, 0, 0, 0}};
+    const char *model_dir = NULL, *prompt = NULL;
+    long long n_gen = 16, top_k = 0, seed = 0;
+    double temp = 0.0, top_p = 1.0;
+    int ignore_eos = 0, c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "n:h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'm': model_dir = optarg; break;
+        case 'p': prompt = optarg; break;
+        case 'n':
+            if (mc_arg_int("generate", "-n", optarg, 0, 1 << 24, &n_gen))
+                return 2;
+            break;
+        case 't':
+            if (mc_arg_float("generate", "--temperature", optarg, 0.0, 100.0, &temp))
+                return 2;
+            break;
+        case 'P':
+            if (mc_arg_float("generate", "--top-p", optarg, 0.0, 1.0, &top_p) || top_p <= 0.0) {
+                if (top_p <= 0.0)
+                    fprintf(stderr, "moecluster generate: --top-p must be in (0, 1]\n");
+                return 2;
+            }
+            break;
+        case 'K':
+            if (mc_arg_int("generate", "--top-k", optarg, 0, 1 << 24, &top_k))
+                return 2;
+            break;
+        case 's':
+            if (mc_arg_int("generate", "--seed", optarg, 0, INT64_MAX, &seed))
+                return 2;
+            break;
+        case 'e': ignore_eos = 1; break;
+        case 'h': gen_usage(stdout); return 0;
+        default: gen_usage(stderr); return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "moecluster generate: unexpected argument '%s'\n", argv[optind]);
+        return 2;
+    }
+    if (!model_dir || !prompt) {
+        fprintf(stderr, "moecluster generate: --model and --prompt-ids are required\n");
+        gen_usage(stderr);
+        return 2;
+    }
+    int64_t *ids = NULL;
+    int n_prompt = 0;
+    if (parse_ids(prompt, &ids, &n_prompt)) {
+        fprintf(stderr,
+                "moecluster generate: --prompt-ids: '%.80s' is not a comma-separated list of "
+                "non-negative token ids\n",
+                prompt);
+        return 2;
+    }
+    mc_err err;
+    mc_err_clear(&err);
+    mc_model *m = NULL;
+    mc_kv *kv = NULL;
+    float *logits = NULL, *wf = NULL;
+    int *wi = NULL, rc = 1;
+    if (mc_model_load(model_dir, &m, &err) != MC_OK)
+        goto fail;
+    int V = m->d.vocab;
+    long long total = n_prompt + n_gen;
+    if (total > m->d.max_pos) {
+        mc_err_set(&err, MC_ERR_ARG, "prompt (%d) + new tokens (%lld) exceed max_position_embeddings %d",
+                   n_prompt, n_gen, m->d.max_pos);
+        goto fail;
+    }
+    if (mc_kv_create(m, (int)total, &kv, &err) != MC_OK)
+        goto fail;
+    logits = mc_malloc_n((size_t)V, sizeof *logits);
+    wf = mc_malloc_n((size_t)V, sizeof *wf);
+    wi = mc_malloc_n((size_t)V, sizeof *wi);
+    if (!logits || !wf || !wi) {
+        mc_err_set(&err, MC_ERR_NOMEM, "out of memory");
+        goto fail;
+    }
+    mc_sampler_params sp = {.temperature = (float)temp, .top_k = (int)top_k,
+                            .top_p = (float)top_p, .seed = (uint64_t)seed};
+    mc_sampler smp;
+    mc_sampler_init(&smp, &sp);
+    struct timespec a, b;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    if (mc_model_forward(m, kv, ids, n_prompt, logits, true, &err) != MC_OK)
+        goto fail;
+    for (long long i = 0; i < n_gen; i++) {
+        int64_t next = mc_sampler_pick(&smp, logits, V, wf, wi);
+        printf("%s%lld", i ? "," : "", (long long)next);
+        fflush(stdout);
+        if (!ignore_eos && next == m->d.eos_id)
+            break;
+        if (i + 1 < n_gen && mc_model_forward(m, kv, &next, 1, logits, true, &err) != MC_OK) {
+            printf("\n");
+            goto fail;
+        }
+    }
+    printf("\n");
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    MC_INFO("generated in %.3f s", (double)(b.tv_sec - a.tv_sec) + (b.tv_nsec - a.tv_nsec) * 1e-9);
+    rc = 0;
+fail:
+    if (rc)
+        fprintf(stderr, "moecluster generate: %s\n", err.msg[0] ? err.msg : "failed");
+    free(ids);
+    free(logits);
+    free(wf);
+    free(wi);
+    mc_kv_free(kv);
+    mc_model_free(m);
+    return rc;
+}

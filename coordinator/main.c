@@ -1,0 +1,87 @@
+/* main.c - the moecluster binary: git-style subcommands. */
+#include "cli.h"
+#include "log.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifndef MC_VERSION
+#define MC_VERSION "0.0.0"
+#endif
+
+typedef struct {
+    const char *name;
+    int (*run)(int, char **);
+    const char *summary;
+} command;
+
+static const command commands[] = {
+    {"score", mc_cmd_score, "logits for every position of token sequences (safetensors in/out)"},
+    {"generate", mc_cmd_generate, "generate token ids from a prompt"},
+};
+
+static void usage(FILE *out)
+{
+    fprintf(out, "usage: moecluster <command> [options]\n\ncommands:\n");
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        fprintf(out, "  %-10s %s\n", commands[i].name, commands[i].summary);
+    fprintf(out, "  %-10s %s\n", "version", "print the version");
+    fprintf(out, "\nRun 'moecluster <command> --help' for a command's options.\n");
+}
+
+int mc_arg_int(const char *cmd, const char *flag, const char *s, long long lo, long long hi,
+               long long *out)
+{
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi) {
+        fprintf(stderr, "moecluster %s: %s: '%s' is not an integer in [%lld, %lld]\n", cmd, flag, s,
+                lo, hi);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+int mc_arg_float(const char *cmd, const char *flag, const char *s, double lo, double hi,
+                 double *out)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || *end || !isfinite(v) || v < lo || v > hi) {
+        fprintf(stderr, "moecluster %s: %s: '%s' is not a number in [%g, %g]\n", cmd, flag, s, lo,
+                hi);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    mc_log_init(0);
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    const char *cmd = argv[1];
+    if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) {
+        usage(stdout);
+        return 0;
+    }
+    if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
+        printf("moecluster %s\n", MC_VERSION);
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (!strcmp(cmd, commands[i].name))
+            return commands[i].run(argc - 1, argv + 1);
+    fprintf(stderr, "moecluster: '%s' is not a command\n\n", cmd);
+    usage(stderr);
+    return 2;
+}

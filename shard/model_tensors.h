@@ -1,0 +1,55 @@
+/* model_tensors.h - checkpoint tensor names per family, as a table.
+ *
+ * A role is what a tensor is for (the attention's query down-projection,
+ * expert e's up-projection, ...); each family maps roles to name patterns
+ * with the layer (%d) and expert (%d) filled in. The loader, the planner and
+ * the shard writer all go through this table.
+ */
+#ifndef MC_MODEL_TENSORS_H
+#define MC_MODEL_TENSORS_H
+
+#include "model_config.h"
+
+#include <stddef.h>
+
+typedef enum {
+    MC_T_EMBED = 0,
+    MC_T_LM_HEAD,
+    MC_T_FINAL_NORM,
+    /* per layer */
+    MC_T_ATTN_NORM,
+    MC_T_FFN_NORM,
+    MC_T_Q_A,      /* MLA */
+    MC_T_Q_A_NORM,
+    MC_T_Q_B,
+    MC_T_Q,        /* MLA without q_lora, or GQA */
+    MC_T_KV_A,
+    MC_T_KV_A_NORM,
+    MC_T_KV_B,
+    MC_T_K,        /* GQA */
+    MC_T_V,
+    MC_T_Q_NORM,
+    MC_T_K_NORM,
+    MC_T_O,
+    MC_T_DENSE_GATE,
+    MC_T_DENSE_UP,
+    MC_T_DENSE_DOWN,
+    MC_T_ROUTER,
+    MC_T_ROUTER_BIAS,
+    MC_T_SHARED_GATE,
+    MC_T_SHARED_UP,
+    MC_T_SHARED_DOWN,
+    /* per layer and expert */
+    MC_T_EXPERT_GATE,
+    MC_T_EXPERT_UP,
+    MC_T_EXPERT_DOWN,
+    MC_T_ROLE_COUNT
+} mc_tensor_role;
+
+/* Writes the tensor name for (role, layer, expert) into buf; returns 0, or
+ * -1 if the family has no such tensor or buf is too small. */
+int mc_tensor_name(mc_family fam, mc_tensor_role role, int layer, int expert, char *buf,
+                   size_t len);
+const char *mc_tensor_role_str(mc_tensor_role role);
+
+#endif

@@ -1,0 +1,183 @@
+/* attention.c - MLA and GQA. Positions of the n new tokens are
+ * kv->len .. kv->len+n-1; token t attends to cache entries 0..kv->len+t. */
+#include "attention.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+void mc_rope_tables(const mc_model *m, int pos0, int n, float *cs, float *sn)
+{
+    int half = m->d.rope.dim / 2;
+    double af = m->d.rope.attention_factor;
+    for (int t = 0; t < n; t++)
+        for (int i = 0; i < half; i++) {
+            double ang = (double)(pos0 + t) * m->inv_freq[i];
+            cs[(size_t)t * half + i] = (float)(cos(ang) * af);
+            sn[(size_t)t * half + i] = (float)(sin(ang) * af);
+        }
+}
+
+/* Softmax-weighted attention of one query over S cached positions:
+ * p[s] = softmax(scale * score[s]) in place. */
+static void softmax_scaled(float *score, int S, float scale)
+{
+    for (int s = 0; s < S; s++)
+        score[s] *= scale;
+    mc_softmax(score, S);
+}
+
+mc_status mc_attn_mla(const mc_model *m, const mc_layer_w *w, mc_kv *kv, int layer, const float *x,
+                      int n, const float *cs, const float *sn, float *y, mc_err *err)
+{
+    const mc_model_desc *d = &m->d;
+    int H = d->hidden, nh = d->n_heads, nope = d->qk_nope_dim, rd = d->qk_rope_dim;
+    int vd = d->v_head_dim, lr = d->kv_lora_rank, qk = nope + rd, half = rd / 2;
+    int p0 = kv->len, S_max = p0 + n;
+    mc_status st = MC_OK;
+    float *qa = NULL;
+    float *q = mc_malloc_n((size_t)n * nh * qk, sizeof *q);           /* (n, nh, qk) */
+    float *kva = mc_malloc_n((size_t)n * (lr + rd), sizeof *kva);      /* (n, lr + rd) */
+    float *qlat = calloc((size_t)n * nh * lr, sizeof *qlat);           /* (n, nh, lr) */
+    float *olat = mc_malloc_n((size_t)n * nh * lr, sizeof *olat);      /* (n, nh, lr) */
+    float *attn = mc_malloc_n((size_t)n * nh * vd, sizeof *attn);      /* (n, nh, vd) */
+    float *score = mc_malloc_n((size_t)S_max, sizeof *score);
+    float *row = mc_malloc_n((size_t)lr, sizeof *row);
+    if (!q || !kva || !qlat || !olat || !attn || !score || !row) {
+        st = mc_err_set(err, MC_ERR_NOMEM, "out of memory in MLA attention");
+        goto done;
+    }
+    /* queries */
+    if (d->q_lora_rank > 0) {
+        int qr = d->q_lora_rank;
+        qa = mc_malloc_n((size_t)n * qr, sizeof *qa); /* (n, q_lora) */
+        if (!qa) {
+            st = mc_err_set(err, MC_ERR_NOMEM, "out of memory in MLA attention");
+            goto done;
+        }
+        mc_matmul(&w->q_a, x, n, H, qa, qr);
+        for (int t = 0; t < n; t++)
+            mc_rmsnorm(qa + (size_t)t * qr, qa + (size_t)t * qr, w->q_a_norm, qr, d->norm_eps);
+        mc_matmul(&w->q_b, qa, n, qr, q, nh * qk);
+    } else {
+        mc_matmul(&w->q_proj, x, n, H, q, nh * qk);
+    }
+    /* compressed kv: latent (normalized) + rope key, appended to the cache */
+    mc_matmul(&w->kv_a, x, n, H, kva, lr + rd);
+    int inter = d->rope.style == MC_ROPE_INTERLEAVED;
+    for (int t = 0; t < n; t++) {
+        float *lat = kv->k[layer] + (size_t)(p0 + t) * lr;
+        float *kpe = kv->v[layer] + (size_t)(p0 + t) * rd;
+        mc_rmsnorm(lat, kva + (size_t)t * (lr + rd), w->kv_a_norm, lr, d->norm_eps);
+        memcpy(kpe, kva + (size_t)t * (lr + rd) + lr, (size_t)rd * sizeof *kpe);
+        mc_rope_rotate(kpe, rd, inter, cs + (size_t)t * half, sn + (size_t)t * half);
+        for (int h = 0; h < nh; h++)
+            mc_rope_rotate(q + ((size_t)t * nh + h) * qk + nope, rd, inter, cs + (size_t)t * half,
+                           sn + (size_t)t * half);
+    }
+    /* absorb W_kb into the query: qlat[t,h] = W_kb[h]^T q_nope[t,h] */
+    for (int h = 0; h < nh; h++)
+        for (int j = 0; j < nope; j++) {
+            mc_mat_row_f32(&w->kv_b, h * (nope + vd) + j, row);
+            for (int t = 0; t < n; t++)
+                mc_axpy(qlat + ((size_t)t * nh + h) * lr, q[((size_t)t * nh + h) * qk + j], row, lr);
+        }
+    /* scores over the latent cache, weighted sum of latents */
+    const float *lat_c = kv->k[layer], *kpe_c = kv->v[layer];
+    for (int t = 0; t < n; t++) {
+        int S = p0 + t + 1;
+        for (int h = 0; h < nh; h++) {
+            const float *ql = qlat + ((size_t)t * nh + h) * lr;
+            const float *qp = q + ((size_t)t * nh + h) * qk + nope;
+            for (int s = 0; s < S; s++)
+                score[s] = mc_dot(ql, lat_c + (size_t)s * lr, lr) +
+                           mc_dot(qp, kpe_c + (size_t)s * rd, rd);
+            softmax_scaled(score, S, d->attn_scale);
+            float *ol = olat + ((size_t)t * nh + h) * lr;
+            memset(ol, 0, (size_t)lr * sizeof *ol);
+            for (int s = 0; s < S; s++)
+                mc_axpy(ol, score[s], lat_c + (size_t)s * lr, lr);
+        }
+    }
+    /* values: attn[t,h,i] = W_vb[h,i] . olat[t,h] */
+    for (int h = 0; h < nh; h++)
+        for (int i = 0; i < vd; i++) {
+            mc_mat_row_f32(&w->kv_b, h * (nope + vd) + nope + i, row);
+            for (int t = 0; t < n; t++)
+                attn[((size_t)t * nh + h) * vd + i] = mc_dot(row, olat + ((size_t)t * nh + h) * lr, lr);
+        }
+    mc_matmul(&w->wo, attn, n, nh * vd, y, H);
+done:
+    free(qa);
+    free(q);
+    free(kva);
+    free(qlat);
+    free(olat);
+    free(attn);
+    free(score);
+    free(row);
+    return st;
+}
+
+mc_status mc_attn_gqa(const mc_model *m, const mc_layer_w *w, mc_kv *kv, int layer, const float *x,
+                      int n, const float *cs, const float *sn, float *y, mc_err *err)
+{
+    const mc_model_desc *d = &m->d;
+    int H = d->hidden, nh = d->n_heads, nkv = d->n_kv_heads, hd = d->head_dim;
+    int rd = d->rope.dim, half = rd / 2, grp = nh / nkv;
+    int p0 = kv->len, kvw = nkv * hd;
+    mc_status st = MC_OK;
+    float *q = mc_malloc_n((size_t)n * nh * hd, sizeof *q);    /* (n, nh, hd) */
+    float *k = mc_malloc_n((size_t)n * kvw, sizeof *k);        /* (n, nkv, hd) */
+    float *v = mc_malloc_n((size_t)n * kvw, sizeof *v);        /* (n, nkv, hd) */
+    float *attn = mc_malloc_n((size_t)n * nh * hd, sizeof *attn);
+    float *score = mc_malloc_n((size_t)(p0 + n), sizeof *score);
+    if (!q || !k || !v || !attn || !score) {
+        st = mc_err_set(err, MC_ERR_NOMEM, "out of memory in attention");
+        goto done;
+    }
+    mc_matmul(&w->wq, x, n, H, q, nh * hd);
+    mc_matmul(&w->wk, x, n, H, k, kvw);
+    mc_matmul(&w->wv, x, n, H, v, kvw);
+    int inter = d->rope.style == MC_ROPE_INTERLEAVED;
+    for (int t = 0; t < n; t++) {
+        const float *c = cs + (size_t)t * half, *s = sn + (size_t)t * half;
+        for (int h = 0; h < nh; h++) {
+            float *qh = q + ((size_t)t * nh + h) * hd;
+            if (w->q_norm)
+                mc_rmsnorm(qh, qh, w->q_norm, hd, d->norm_eps);
+            mc_rope_rotate(qh, rd, inter, c, s);
+        }
+        for (int g = 0; g < nkv; g++) {
+            float *kh = k + ((size_t)t * nkv + g) * hd;
+            if (w->k_norm)
+                mc_rmsnorm(kh, kh, w->k_norm, hd, d->norm_eps);
+            mc_rope_rotate(kh, rd, inter, c, s);
+        }
+    }
+    memcpy(kv->k[layer] + (size_t)p0 * kvw, k, (size_t)n * kvw * sizeof *k);
+    memcpy(kv->v[layer] + (size_t)p0 * kvw, v, (size_t)n * kvw * sizeof *v);
+    const float *kc = kv->k[layer], *vc = kv->v[layer];
+    for (int t = 0; t < n; t++) {
+        int S = p0 + t + 1;
+        for (int h = 0; h < nh; h++) {
+            int g = h / grp;
+            const float *qh = q + ((size_t)t * nh + h) * hd;
+            for (int s = 0; s < S; s++)
+                score[s] = mc_dot(qh, kc + (size_t)s * kvw + (size_t)g * hd, hd);
+            softmax_scaled(score, S, d->attn_scale);
+            float *o = attn + ((size_t)t * nh + h) * hd;
+            memset(o, 0, (size_t)hd * sizeof *o);
+            for (int s = 0; s < S; s++)
+                mc_axpy(o, score[s], vc + (size_t)s * kvw + (size_t)g * hd, hd);
+        }
+    }
+    mc_matmul(&w->wo, attn, n, nh * hd, y, H);
+done:
+    free(q);
+    free(k);
+    free(v);
+    free(attn);
+    free(score);
+    return st;
+}

@@ -1,0 +1,330 @@
+/* model.c - binds a checkpoint to the model description and checks it. */
+#include "model.h"
+
+#include "log.h"
+#include "model_tensors.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void *own(mc_model *m, void *p)
+{
+    if (!p)
+        return NULL;
+    if (m->n_owned == m->cap_owned) {
+        size_t nc = m->cap_owned ? 2 * m->cap_owned : 64;
+        void **n = realloc(m->owned, nc * sizeof *n);
+        if (!n) {
+            free(p);
+            return NULL;
+        }
+        m->owned = n;
+        m->cap_owned = nc;
+    }
+    m->owned[m->n_owned++] = p;
+    return p;
+}
+
+void mc_model_free(mc_model *m)
+{
+    if (!m)
+        return;
+    for (size_t i = 0; i < m->n_owned; i++)
+        free(m->owned[i]);
+    free(m->owned);
+    st_checkpoint_close(m->ckpt);
+    free(m);
+}
+
+static void shape_str(const st_tensor *t, char *buf, size_t len)
+{
+    size_t o = (size_t)snprintf(buf, len, "[");
+    for (int d = 0; d < t->ndim && o < len; d++)
+        o += (size_t)snprintf(buf + o, len - o, "%s%lld", d ? "," : "", (long long)t->shape[d]);
+    if (o < len)
+        snprintf(buf + o, len - o, "]");
+}
+
+static mc_status find(mc_model *m, mc_tensor_role role, int layer, int expert, const st_tensor **t,
+                      char *name, size_t nlen, mc_err *err)
+{
+    if (mc_tensor_name(m->d.family, role, layer, expert, name, nlen) != 0)
+        return mc_err_set(err, MC_ERR_INTERNAL, "no tensor name for role %s in family %s",
+                          mc_tensor_role_str(role), mc_family_name(m->d.family));
+    *t = st_checkpoint_find(m->ckpt, name);
+    if (!*t)
+        return mc_err_set(err, MC_ERR_CONFIG,
+                          "checkpoint has no tensor '%s' (needed by the %s config: role %s)", name,
+                          m->d.model_type, mc_tensor_role_str(role));
+    return MC_OK;
+}
+
+static mc_status check_shape(const st_tensor *t, int ndim, const int64_t *want, const char *why,
+                             mc_err *err)
+{
+    int ok = t->ndim == ndim;
+    for (int i = 0; ok && i < ndim; i++)
+        ok = t->shape[i] == want[i];
+    if (ok)
+        return MC_OK;
+    char have[128], exp[128];
+    shape_str(t, have, sizeof have);
+    size_t o = (size_t)snprintf(exp, sizeof exp, "[");
+    for (int i = 0; i < ndim && o < sizeof exp; i++)
+        o += (size_t)snprintf(exp + o, sizeof exp - o, "%s%lld", i ? "," : "", (long long)want[i]);
+    if (o < sizeof exp)
+        snprintf(exp + o, sizeof exp - o, "]");
+    return mc_err_set(err, MC_ERR_CONFIG,
+                      "%s: tensor '%s' has shape %s but the config implies %s (%s)", t->path,
+                      t->name, have, exp, why);
+}
+
+/* Binds a [rows, cols] matrix, with FP8 block scales when stored as F8_E4M3. */
+static mc_status bind_mat(mc_model *m, mc_tensor_role role, int layer, int expert, int rows,
+                          int cols, const char *why, mc_mat *out, mc_err *err)
+{
+    char name[512];
+    const st_tensor *t;
+    mc_status st = find(m, role, layer, expert, &t, name, sizeof name, err);
+    if (st != MC_OK)
+        return st;
+    int64_t want[2] = {rows, cols};
+    if ((st = check_shape(t, 2, want, why, err)) != MC_OK)
+        return st;
+    memset(out, 0, sizeof *out);
+    out->dtype = t->dtype;
+    out->rows = rows;
+    out->cols = cols;
+    out->row_stride = (size_t)cols;
+    out->data = t->data;
+    switch (t->dtype) {
+    case MC_DT_F32:
+    case MC_DT_F16:
+    case MC_DT_BF16:
+        return MC_OK;
+    case MC_DT_F8_E4M3:
+        break;
+    default:
+        return mc_err_set(err, MC_ERR_UNSUPPORTED, "%s: tensor '%s' has dtype %s, not a weight type",
+                          t->path, t->name, mc_dtype_name(t->dtype));
+    }
+    if (!m->d.fp8_block)
+        return mc_err_set(err, MC_ERR_CONFIG,
+                          "%s: tensor '%s' is F8_E4M3 but config.json has no fp8 "
+                          "quantization_config with weight_block_size",
+                          t->path, t->name);
+    char sname[560];
+    snprintf(sname, sizeof sname, "%s_scale_inv", name);
+    const st_tensor *s = st_checkpoint_find(m->ckpt, sname);
+    if (!s)
+        return mc_err_set(err, MC_ERR_CONFIG, "%s: FP8 tensor '%s' has no block scales '%s'",
+                          t->path, t->name, sname);
+    int br = m->d.fp8_block_rows, bc = m->d.fp8_block_cols;
+    int64_t sw[2] = {(rows + br - 1) / br, (cols + bc - 1) / bc};
+    if ((st = check_shape(s, 2, sw, "one scale per weight_block_size block", err)) != MC_OK)
+        return st;
+    if (s->dtype != MC_DT_F32 && s->dtype != MC_DT_BF16 && s->dtype != MC_DT_F16)
+        return mc_err_set(err, MC_ERR_UNSUPPORTED, "%s: scale tensor '%s' has dtype %s", s->path,
+                          s->name, mc_dtype_name(s->dtype));
+    float *sc = own(m, mc_malloc_n((size_t)s->numel, sizeof *sc));
+    if (!sc)
+        return mc_err_set(err, MC_ERR_NOMEM, "out of memory");
+    st_tensor_to_f32(s, sc);
+    out->scale = sc;
+    out->block_rows = br;
+    out->block_cols = bc;
+    out->scale_cols = (int)sw[1];
+    return MC_OK;
+}
+
+/* Binds a 1-D tensor of n elements as an owned f32 copy. */
+static mc_status bind_vec(mc_model *m, mc_tensor_role role, int layer, int n, const char *why,
+                          float **out, mc_err *err)
+{
+    char name[512];
+    const st_tensor *t;
+    mc_status st = find(m, role, layer, 0, &t, name, sizeof name, err);
+    if (st != MC_OK)
+        return st;
+    int64_t want[1] = {n};
+    if ((st = check_shape(t, 1, want, why, err)) != MC_OK)
+        return st;
+    if (t->dtype != MC_DT_F32 && t->dtype != MC_DT_BF16 && t->dtype != MC_DT_F16)
+        return mc_err_set(err, MC_ERR_UNSUPPORTED, "%s: tensor '%s' has dtype %s (want F32/F16/BF16)",
+                          t->path, t->name, mc_dtype_name(t->dtype));
+    float *v = own(m, mc_malloc_n((size_t)n, sizeof *v));
+    if (!v)
+        return mc_err_set(err, MC_ERR_NOMEM, "out of memory");
+    st_tensor_to_f32(t, v);
+    *out = v;
+    return MC_OK;
+}
+
+static mc_status bind_ffn(mc_model *m, int layer, int expert, mc_tensor_role gate, int inter,
+                          const char *why, mc_ffn_w *f, mc_err *err)
+{
+    int H = m->d.hidden;
+    mc_status st;
+    if ((st = bind_mat(m, gate, layer, expert, inter, H, why, &f->gate, err)) != MC_OK ||
+        (st = bind_mat(m, gate + 1, layer, expert, inter, H, why, &f->up, err)) != MC_OK ||
+        (st = bind_mat(m, gate + 2, layer, expert, H, inter, why, &f->down, err)) != MC_OK)
+        return st;
+    return MC_OK;
+}
+
+static mc_status bind_layer(mc_model *m, int l, mc_err *err)
+{
+    const mc_model_desc *d = &m->d;
+    mc_layer_w *w = &m->layers[l];
+    int H = d->hidden, nh = d->n_heads;
+    mc_status st;
+#define TRY(x)                                                                                     \
+    do {                                                                                           \
+        if ((st = (x)) != MC_OK)                                                                   \
+            return st;                                                                             \
+    } while (0)
+    TRY(bind_vec(m, MC_T_ATTN_NORM, l, H, "hidden_size", &w->attn_norm, err));
+    TRY(bind_vec(m, MC_T_FFN_NORM, l, H, "hidden_size", &w->ffn_norm, err));
+    if (d->attn == MC_ATTN_MLA) {
+        int qk = d->qk_nope_dim + d->qk_rope_dim;
+        if (d->q_lora_rank > 0) {
+            TRY(bind_mat(m, MC_T_Q_A, l, 0, d->q_lora_rank, H, "q_lora_rank x hidden_size", &w->q_a, err));
+            TRY(bind_vec(m, MC_T_Q_A_NORM, l, d->q_lora_rank, "q_lora_rank", &w->q_a_norm, err));
+            TRY(bind_mat(m, MC_T_Q_B, l, 0, nh * qk, d->q_lora_rank,
+                         "heads*(qk_nope+qk_rope) x q_lora_rank", &w->q_b, err));
+        } else {
+            TRY(bind_mat(m, MC_T_Q, l, 0, nh * qk, H, "heads*(qk_nope+qk_rope) x hidden_size",
+                         &w->q_proj, err));
+        }
+        TRY(bind_mat(m, MC_T_KV_A, l, 0, d->kv_lora_rank + d->qk_rope_dim, H,
+                     "(kv_lora_rank+qk_rope_head_dim) x hidden_size", &w->kv_a, err));
+        TRY(bind_vec(m, MC_T_KV_A_NORM, l, d->kv_lora_rank, "kv_lora_rank", &w->kv_a_norm, err));
+        TRY(bind_mat(m, MC_T_KV_B, l, 0, nh * (d->qk_nope_dim + d->v_head_dim), d->kv_lora_rank,
+                     "heads*(qk_nope+v_head_dim) x kv_lora_rank", &w->kv_b, err));
+        TRY(bind_mat(m, MC_T_O, l, 0, H, nh * d->v_head_dim, "hidden_size x heads*v_head_dim",
+                     &w->wo, err));
+    } else {
+        int hd = d->head_dim, nkv = d->n_kv_heads;
+        TRY(bind_mat(m, MC_T_Q, l, 0, nh * hd, H, "heads*head_dim x hidden_size", &w->wq, err));
+        TRY(bind_mat(m, MC_T_K, l, 0, nkv * hd, H, "kv_heads*head_dim x hidden_size", &w->wk, err));
+        TRY(bind_mat(m, MC_T_V, l, 0, nkv * hd, H, "kv_heads*head_dim x hidden_size", &w->wv, err));
+        TRY(bind_mat(m, MC_T_O, l, 0, H, nh * hd, "hidden_size x heads*head_dim", &w->wo, err));
+        if (d->qk_norm) {
+            TRY(bind_vec(m, MC_T_Q_NORM, l, hd, "head_dim", &w->q_norm, err));
+            TRY(bind_vec(m, MC_T_K_NORM, l, hd, "head_dim", &w->k_norm, err));
+        }
+    }
+    w->moe = d->layer_moe[l];
+    if (!w->moe) {
+        TRY(bind_ffn(m, l, 0, MC_T_DENSE_GATE, d->dense_inter, "intermediate_size", &w->dense, err));
+        return MC_OK;
+    }
+    TRY(bind_mat(m, MC_T_ROUTER, l, 0, d->n_experts, H, "n_experts x hidden_size", &w->router, err));
+    if (d->has_score_bias)
+        TRY(bind_vec(m, MC_T_ROUTER_BIAS, l, d->n_experts, "n_routed_experts", &w->score_bias, err));
+    w->experts = own(m, mc_calloc_n((size_t)d->n_experts, sizeof *w->experts));
+    if (!w->experts)
+        return mc_err_set(err, MC_ERR_NOMEM, "out of memory");
+    for (int e = 0; e < d->n_experts; e++)
+        TRY(bind_ffn(m, l, e, MC_T_EXPERT_GATE, d->moe_inter, "moe_intermediate_size",
+                     &w->experts[e], err));
+    if (d->n_shared_experts > 0) {
+        w->has_shared = true;
+        TRY(bind_ffn(m, l, 0, MC_T_SHARED_GATE, d->shared_inter,
+                     "moe_intermediate_size*n_shared_experts", &w->shared, err));
+    }
+#undef TRY
+    return MC_OK;
+}
+
+mc_status mc_model_load(const char *dir, mc_model **out, mc_err *err)
+{
+    *out = NULL;
+    mc_model *m = calloc(1, sizeof *m);
+    if (!m)
+        return mc_err_set(err, MC_ERR_NOMEM, "out of memory");
+    mc_status st = mc_model_desc_load(dir, &m->d, err);
+    if (st != MC_OK)
+        goto fail;
+    if ((st = st_checkpoint_open(dir, &m->ckpt, err)) != MC_OK)
+        goto fail;
+    const mc_model_desc *d = &m->d;
+    if ((st = bind_mat(m, MC_T_EMBED, 0, 0, d->vocab, d->hidden, "vocab_size x hidden_size",
+                       &m->embed, err)) != MC_OK)
+        goto fail;
+    if (d->tie_embeddings)
+        m->lm_head = m->embed;
+    else if ((st = bind_mat(m, MC_T_LM_HEAD, 0, 0, d->vocab, d->hidden, "vocab_size x hidden_size",
+                            &m->lm_head, err)) != MC_OK)
+        goto fail;
+    if ((st = bind_vec(m, MC_T_FINAL_NORM, 0, d->hidden, "hidden_size", &m->final_norm, err)) !=
+        MC_OK)
+        goto fail;
+    m->layers = own(m, mc_calloc_n((size_t)d->n_layers, sizeof *m->layers));
+    m->inv_freq = own(m, mc_calloc_n((size_t)d->rope.dim / 2 + 1, sizeof *m->inv_freq));
+    if (!m->layers || !m->inv_freq) {
+        st = mc_err_set(err, MC_ERR_NOMEM, "out of memory");
+        goto fail;
+    }
+    mc_rope_inv_freq(&d->rope, m->inv_freq);
+    for (int l = 0; l < d->n_layers; l++)
+        if ((st = bind_layer(m, l, err)) != MC_OK)
+            goto fail;
+    *out = m;
+    return MC_OK;
+fail:
+    mc_model_free(m);
+    return st;
+}
+
+/* ---- KV cache ---- */
+
+void mc_kv_free(mc_kv *kv)
+{
+    if (!kv)
+        return;
+    for (int l = 0; kv->k && l < kv->n_layers; l++)
+        free(kv->k[l]);
+    for (int l = 0; kv->v && l < kv->n_layers; l++)
+        free(kv->v[l]);
+    free(kv->k);
+    free(kv->v);
+    free(kv);
+}
+
+mc_status mc_kv_create(const mc_model *m, int cap, mc_kv **out, mc_err *err)
+{
+    *out = NULL;
+    const mc_model_desc *d = &m->d;
+    if (cap <= 0 || cap > d->max_pos * 64)
+        return mc_err_set(err, MC_ERR_ARG, "KV cache capacity %d is out of range", cap);
+    mc_kv *kv = calloc(1, sizeof *kv);
+    if (!kv)
+        return mc_err_set(err, MC_ERR_NOMEM, "out of memory");
+    kv->cap = cap;
+    kv->n_layers = d->n_layers;
+    if (d->attn == MC_ATTN_MLA) {
+        kv->k_width = d->kv_lora_rank;
+        kv->v_width = d->qk_rope_dim;
+    } else {
+        kv->k_width = kv->v_width = d->n_kv_heads * d->head_dim;
+    }
+    kv->k = calloc((size_t)d->n_layers, sizeof *kv->k);
+    kv->v = calloc((size_t)d->n_layers, sizeof *kv->v);
+    if (!kv->k || !kv->v)
+        goto nomem;
+    for (int l = 0; l < d->n_layers; l++) {
+        kv->k[l] = mc_malloc_n((size_t)cap * (size_t)kv->k_width, sizeof(float));
+        kv->v[l] = mc_malloc_n((size_t)cap * (size_t)kv->v_width, sizeof(float));
+        if (!kv->k[l] || !kv->v[l])
+            goto nomem;
+    }
+    *out = kv;
+    return MC_OK;
+nomem:
+    mc_kv_free(kv);
+    return mc_err_set(err, MC_ERR_NOMEM, "out of memory for a KV cache of %d tokens", cap);
+}
+
+void mc_kv_reset(mc_kv *kv) { kv->len = 0; }

@@ -1,0 +1,85 @@
+/* model.h - a loaded model: the normalized description plus weight views
+ * bound to the memory-mapped checkpoint, a KV cache, and the forward pass.
+ *
+ * Lifetimes: mc_model owns the checkpoint mapping and the small f32 copies
+ * (norm weights, biases, FP8 scales); weight matrices are borrowed views
+ * into the mapping. mc_kv is owned by the caller (one per sequence).
+ */
+#ifndef MC_MODEL_H
+#define MC_MODEL_H
+
+#include "kernels.h"
+#include "model_config.h"
+#include "safetensors.h"
+#include "status.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+
+typedef struct {
+    mc_mat gate, up, down; /* gate/up [inter, hidden], down [hidden, inter] */
+} mc_ffn_w;
+
+typedef struct {
+    float *attn_norm, *ffn_norm; /* [hidden] */
+    /* MLA */
+    mc_mat q_a, q_b, q_proj, kv_a, kv_b; /* q_a [q_lora, H], q_b [nh*qk, q_lora] or q_proj [nh*qk, H],
+                                            kv_a [kv_lora+rope, H], kv_b [nh*(nope+v), kv_lora] */
+    float *q_a_norm, *kv_a_norm;
+    /* GQA */
+    mc_mat wq, wk, wv;   /* [nh*hd, H], [nkv*hd, H], [nkv*hd, H] */
+    float *q_norm, *k_norm; /* [hd] (Qwen3 per-head norms) */
+    mc_mat wo;           /* [H, nh*v] */
+    /* feed-forward */
+    bool moe;
+    mc_ffn_w dense;
+    mc_mat router;       /* [E, H] */
+    float *score_bias;   /* [E] or NULL */
+    mc_ffn_w *experts;   /* [E] */
+    bool has_shared;
+    mc_ffn_w shared;
+} mc_layer_w;
+
+typedef struct mc_model {
+    mc_model_desc d;
+    st_checkpoint *ckpt;
+    mc_mat embed;        /* [V, H] */
+    mc_mat lm_head;      /* [V, H] */
+    float *final_norm;   /* [H] */
+    mc_layer_w *layers;  /* [n_layers] */
+    double *inv_freq;    /* [rope.dim/2] */
+    void **owned;        /* f32 copies to free */
+    size_t n_owned, cap_owned;
+} mc_model;
+
+/* Loads DIR/config.json and the checkpoint in DIR, checks every tensor the
+ * description implies (presence, shape, dtype, FP8 scales). */
+mc_status mc_model_load(const char *dir, mc_model **out, mc_err *err);
+void mc_model_free(mc_model *m);
+
+/* Per-sequence KV cache. MLA caches the normalized latent (kv_lora_rank)
+ * and the rotated rope key (qk_rope_dim) per token; GQA caches K and V per
+ * KV head. */
+typedef struct {
+    int cap, len, n_layers;
+    int k_width, v_width; /* floats per token per layer */
+    float **k, **v;       /* [n_layers][cap * width] */
+} mc_kv;
+
+mc_status mc_kv_create(const mc_model *m, int cap, mc_kv **out, mc_err *err);
+void mc_kv_reset(mc_kv *kv);
+void mc_kv_free(mc_kv *kv);
+
+/* Runs n tokens at positions kv->len .. kv->len+n-1 (causal over the cache),
+ * appends them to the cache, and writes logits [n, vocab] if logits != NULL
+ * (only the last row if last_only). */
+mc_status mc_model_forward(mc_model *m, mc_kv *kv, const int64_t *tokens, int n, float *logits,
+                           bool last_only, mc_err *err);
+
+/* Routing for one token (exposed for tests). logits[E] are router outputs;
+ * writes k expert ids (ascending score order not guaranteed) and weights.
+ * Ties break toward the lower expert (and group) index. */
+void mc_route_token(const mc_model_desc *d, const float *logits, const float *bias, int *idx,
+                    float *weight);
+
+#endif
