@@ -1,5 +1,6 @@
 /* model_config.c - Hugging Face config.json -> mc_model_desc. */
 #include "model_config.h"
+#include "config_internal.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -10,23 +11,16 @@
 
 #define MAX_CONFIG_BYTES (16u * 1024u * 1024u)
 
-typedef struct {
-    json_t *root;
-    const char *path;
-    mc_err *err;
-    mc_status st;
-} cfg_ctx;
-
 /* Field readers: record the first error in ctx and return a default, so a
  * parse function reads like a list of fields and checks ctx->st once. */
-static json_t *cfg_get(cfg_ctx *c, json_t *obj, const char *key)
+json_t *mc_cfg_get(mc_cfg_ctx *c, json_t *obj, const char *key)
 {
     return obj ? json_object_get(obj, key) : NULL;
 }
 
-static long long cfg_int(cfg_ctx *c, json_t *obj, const char *key, long long dflt, bool required)
+long long mc_cfg_int(mc_cfg_ctx *c, json_t *obj, const char *key, long long dflt, bool required)
 {
-    json_t *v = cfg_get(c, obj, key);
+    json_t *v = mc_cfg_get(c, obj, key);
     if (!v || json_is_null(v)) {
         if (required && c->st == MC_OK)
             c->st = mc_err_set(c->err, MC_ERR_CONFIG, "%s: missing required field '%s'", c->path, key);
@@ -42,9 +36,9 @@ static long long cfg_int(cfg_ctx *c, json_t *obj, const char *key, long long dfl
     return dflt;
 }
 
-static double cfg_num(cfg_ctx *c, json_t *obj, const char *key, double dflt, bool required)
+double mc_cfg_num(mc_cfg_ctx *c, json_t *obj, const char *key, double dflt, bool required)
 {
-    json_t *v = cfg_get(c, obj, key);
+    json_t *v = mc_cfg_get(c, obj, key);
     if (!v || json_is_null(v)) {
         if (required && c->st == MC_OK)
             c->st = mc_err_set(c->err, MC_ERR_CONFIG, "%s: missing required field '%s'", c->path, key);
@@ -57,9 +51,9 @@ static double cfg_num(cfg_ctx *c, json_t *obj, const char *key, double dflt, boo
     return dflt;
 }
 
-static bool cfg_bool(cfg_ctx *c, json_t *obj, const char *key, bool dflt)
+bool mc_cfg_bool(mc_cfg_ctx *c, json_t *obj, const char *key, bool dflt)
 {
-    json_t *v = cfg_get(c, obj, key);
+    json_t *v = mc_cfg_get(c, obj, key);
     if (!v || json_is_null(v))
         return dflt;
     if (json_is_boolean(v))
@@ -69,9 +63,9 @@ static bool cfg_bool(cfg_ctx *c, json_t *obj, const char *key, bool dflt)
     return dflt;
 }
 
-static const char *cfg_str(cfg_ctx *c, json_t *obj, const char *key)
+const char *mc_cfg_str(mc_cfg_ctx *c, json_t *obj, const char *key)
 {
-    json_t *v = cfg_get(c, obj, key);
+    json_t *v = mc_cfg_get(c, obj, key);
     if (!v || json_is_null(v))
         return NULL;
     if (json_is_string(v))
@@ -82,7 +76,7 @@ static const char *cfg_str(cfg_ctx *c, json_t *obj, const char *key)
 }
 
 /* Range check helper: lo <= v <= hi. */
-static int cfg_range(cfg_ctx *c, const char *key, long long v, long long lo, long long hi)
+int mc_cfg_range(mc_cfg_ctx *c, const char *key, long long v, long long lo, long long hi)
 {
     if (c->st == MC_OK && (v < lo || v > hi))
         c->st = mc_err_set(c->err, MC_ERR_CONFIG, "%s: field '%s' = %lld is outside [%lld, %lld]",
@@ -90,34 +84,33 @@ static int cfg_range(cfg_ctx *c, const char *key, long long v, long long lo, lon
     return (int)v;
 }
 
-#define CFG_INT(c, obj, key, dflt, req, lo, hi) cfg_range(c, key, cfg_int(c, obj, key, dflt, req), lo, hi)
 
 /* ---- pieces shared by families ---- */
 
-static double yarn_get_mscale(double scale, double mscale)
+double mc_yarn_get_mscale(double scale, double mscale)
 {
     return scale <= 1.0 ? 1.0 : 0.1 * mscale * log(scale) + 1.0;
 }
 
 /* Reads rope_theta and rope scaling from either `rope_parameters`
  * (transformers >= 5) or `rope_theta` + `rope_scaling` (older configs). */
-static void parse_rope(cfg_ctx *c, mc_model_desc *m, int head_dim_for_partial)
+void mc_cfg_parse_rope(mc_cfg_ctx *c, mc_model_desc *m, int head_dim_for_partial)
 {
     json_t *root = c->root;
-    json_t *rp = cfg_get(c, root, "rope_parameters");
-    json_t *rs = cfg_get(c, root, "rope_scaling");
+    json_t *rp = mc_cfg_get(c, root, "rope_parameters");
+    json_t *rs = mc_cfg_get(c, root, "rope_scaling");
     if (rp && !json_is_object(rp) && !json_is_null(rp) && c->st == MC_OK)
         c->st = mc_err_set(c->err, MC_ERR_CONFIG, "%s: 'rope_parameters' must be an object", c->path);
     if (rs && !json_is_object(rs) && !json_is_null(rs) && c->st == MC_OK)
         c->st = mc_err_set(c->err, MC_ERR_CONFIG, "%s: 'rope_scaling' must be an object", c->path);
     json_t *p = json_is_object(rp) ? rp : json_is_object(rs) ? rs : NULL;
     mc_rope_desc *r = &m->rope;
-    r->theta = cfg_num(c, root, "rope_theta", 10000.0, false);
-    if (p && cfg_get(c, p, "rope_theta"))
-        r->theta = cfg_num(c, p, "rope_theta", r->theta, false);
-    double partial = cfg_num(c, root, "partial_rotary_factor", 1.0, false);
-    if (p && cfg_get(c, p, "partial_rotary_factor"))
-        partial = cfg_num(c, p, "partial_rotary_factor", 1.0, false);
+    r->theta = mc_cfg_num(c, root, "rope_theta", 10000.0, false);
+    if (p && mc_cfg_get(c, p, "rope_theta"))
+        r->theta = mc_cfg_num(c, p, "rope_theta", r->theta, false);
+    double partial = mc_cfg_num(c, root, "partial_rotary_factor", 1.0, false);
+    if (p && mc_cfg_get(c, p, "partial_rotary_factor"))
+        partial = mc_cfg_num(c, p, "partial_rotary_factor", 1.0, false);
     if (head_dim_for_partial > 0)
         r->dim = (int)(head_dim_for_partial * partial);
     if (r->theta <= 0 && c->st == MC_OK)
@@ -126,31 +119,31 @@ static void parse_rope(cfg_ctx *c, mc_model_desc *m, int head_dim_for_partial)
     r->attention_factor = 1.0;
     if (!p)
         return;
-    const char *type = cfg_str(c, p, "rope_type");
+    const char *type = mc_cfg_str(c, p, "rope_type");
     if (!type)
-        type = cfg_str(c, p, "type");
+        type = mc_cfg_str(c, p, "type");
     if (!type || !strcmp(type, "default"))
         return;
-    r->factor = cfg_num(c, p, "factor", 1.0, true);
-    r->orig_max_pos = cfg_num(c, p, "original_max_position_embeddings", m->max_pos, false);
+    r->factor = mc_cfg_num(c, p, "factor", 1.0, true);
+    r->orig_max_pos = mc_cfg_num(c, p, "original_max_position_embeddings", m->max_pos, false);
     if (!strcmp(type, "yarn")) {
         r->scaling = MC_ROPE_SCALE_YARN;
-        r->beta_fast = cfg_num(c, p, "beta_fast", 32.0, false);
-        r->beta_slow = cfg_num(c, p, "beta_slow", 1.0, false);
-        r->mscale = cfg_num(c, p, "mscale", 0.0, false);
-        r->mscale_all_dim = cfg_num(c, p, "mscale_all_dim", 0.0, false);
-        double af = cfg_num(c, p, "attention_factor", 0.0, false);
+        r->beta_fast = mc_cfg_num(c, p, "beta_fast", 32.0, false);
+        r->beta_slow = mc_cfg_num(c, p, "beta_slow", 1.0, false);
+        r->mscale = mc_cfg_num(c, p, "mscale", 0.0, false);
+        r->mscale_all_dim = mc_cfg_num(c, p, "mscale_all_dim", 0.0, false);
+        double af = mc_cfg_num(c, p, "attention_factor", 0.0, false);
         if (af > 0)
             r->attention_factor = af;
         else if (r->mscale != 0 && r->mscale_all_dim != 0)
-            r->attention_factor = yarn_get_mscale(r->factor, r->mscale) /
-                                  yarn_get_mscale(r->factor, r->mscale_all_dim);
+            r->attention_factor = mc_yarn_get_mscale(r->factor, r->mscale) /
+                                  mc_yarn_get_mscale(r->factor, r->mscale_all_dim);
         else
-            r->attention_factor = yarn_get_mscale(r->factor, 1.0);
+            r->attention_factor = mc_yarn_get_mscale(r->factor, 1.0);
     } else if (!strcmp(type, "llama3")) {
         r->scaling = MC_ROPE_SCALE_LLAMA3;
-        r->low_freq_factor = cfg_num(c, p, "low_freq_factor", 1.0, true);
-        r->high_freq_factor = cfg_num(c, p, "high_freq_factor", 4.0, true);
+        r->low_freq_factor = mc_cfg_num(c, p, "low_freq_factor", 1.0, true);
+        r->high_freq_factor = mc_cfg_num(c, p, "high_freq_factor", 4.0, true);
     } else if (c->st == MC_OK) {
         c->st = mc_err_set(c->err, MC_ERR_UNSUPPORTED,
                            "%s: rope scaling type '%.32s' is not supported (default, yarn, llama3)",
@@ -160,7 +153,7 @@ static void parse_rope(cfg_ctx *c, mc_model_desc *m, int head_dim_for_partial)
         c->st = mc_err_set(c->err, MC_ERR_CONFIG, "%s: rope scaling factor must be positive", c->path);
 }
 
-static void parse_common(cfg_ctx *c, mc_model_desc *m)
+void mc_cfg_parse_common(mc_cfg_ctx *c, mc_model_desc *m)
 {
     json_t *r = c->root;
     m->vocab = CFG_INT(c, r, "vocab_size", 0, true, 1, 1 << 24);
@@ -169,33 +162,33 @@ static void parse_common(cfg_ctx *c, mc_model_desc *m)
     m->n_heads = CFG_INT(c, r, "num_attention_heads", 0, true, 1, 1 << 12);
     m->n_kv_heads = CFG_INT(c, r, "num_key_value_heads", m->n_heads, false, 1, 1 << 12);
     m->max_pos = CFG_INT(c, r, "max_position_embeddings", 4096, false, 1, 1 << 30);
-    m->norm_eps = (float)cfg_num(c, r, "rms_norm_eps", 1e-6, false);
-    m->tie_embeddings = cfg_bool(c, r, "tie_word_embeddings", false);
+    m->norm_eps = (float)mc_cfg_num(c, r, "rms_norm_eps", 1e-6, false);
+    m->tie_embeddings = mc_cfg_bool(c, r, "tie_word_embeddings", false);
     m->bos_id = CFG_INT(c, r, "bos_token_id", -1, false, -1, 1 << 24);
     m->eos_id = -1;
-    json_t *eos = cfg_get(c, r, "eos_token_id");
+    json_t *eos = mc_cfg_get(c, r, "eos_token_id");
     if (json_is_array(eos) && json_array_size(eos) > 0)
         eos = json_array_get(eos, 0);
     if (json_is_integer(eos))
         m->eos_id = (int)json_integer_value(eos);
-    const char *act = cfg_str(c, r, "hidden_act");
+    const char *act = mc_cfg_str(c, r, "hidden_act");
     if (act && strcmp(act, "silu") && c->st == MC_OK)
         c->st = mc_err_set(c->err, MC_ERR_UNSUPPORTED,
                            "%s: hidden_act '%.32s' is not supported (silu)", c->path, act);
-    if (cfg_bool(c, r, "attention_bias", false) && c->st == MC_OK)
+    if (mc_cfg_bool(c, r, "attention_bias", false) && c->st == MC_OK)
         c->st = mc_err_set(c->err, MC_ERR_UNSUPPORTED, "%s: attention_bias=true is not supported",
                            c->path);
     m->n_group = m->topk_group = 1;
     m->routed_scale = 1.0f;
 }
 
-static void parse_fp8(cfg_ctx *c, mc_model_desc *m)
+void mc_cfg_parse_fp8(mc_cfg_ctx *c, mc_model_desc *m)
 {
-    json_t *q = cfg_get(c, c->root, "quantization_config");
+    json_t *q = mc_cfg_get(c, c->root, "quantization_config");
     if (!q || json_is_null(q))
         return;
-    const char *method = cfg_str(c, q, "quant_method");
-    json_t *bs = cfg_get(c, q, "weight_block_size");
+    const char *method = mc_cfg_str(c, q, "quant_method");
+    json_t *bs = mc_cfg_get(c, q, "weight_block_size");
     if (!method || strcmp(method, "fp8") || !json_is_array(bs) || json_array_size(bs) != 2) {
         if (c->st == MC_OK)
             c->st = mc_err_set(c->err, MC_ERR_UNSUPPORTED,
@@ -204,7 +197,7 @@ static void parse_fp8(cfg_ctx *c, mc_model_desc *m)
                                c->path);
         return;
     }
-    const char *fmt = cfg_str(c, q, "fmt");
+    const char *fmt = mc_cfg_str(c, q, "fmt");
     if (fmt && strcmp(fmt, "e4m3") && c->st == MC_OK)
         c->st = mc_err_set(c->err, MC_ERR_UNSUPPORTED, "%s: fp8 fmt '%.16s' is not supported (e4m3)",
                            c->path, fmt);
@@ -224,10 +217,10 @@ static void parse_fp8(cfg_ctx *c, mc_model_desc *m)
 
 /* ---- families ---- */
 
-static void parse_deepseek_v3(cfg_ctx *c, mc_model_desc *m)
+static void parse_deepseek_v3(mc_cfg_ctx *c, mc_model_desc *m)
 {
     json_t *r = c->root;
-    parse_common(c, m);
+    mc_cfg_parse_common(c, m);
     m->attn = MC_ATTN_MLA;
     m->q_lora_rank = CFG_INT(c, r, "q_lora_rank", 0, false, 0, 1 << 16);
     m->kv_lora_rank = CFG_INT(c, r, "kv_lora_rank", 0, true, 1, 1 << 16);
@@ -235,8 +228,8 @@ static void parse_deepseek_v3(cfg_ctx *c, mc_model_desc *m)
     m->qk_rope_dim = CFG_INT(c, r, "qk_rope_head_dim", 0, true, 2, 1 << 12);
     m->v_head_dim = CFG_INT(c, r, "v_head_dim", 0, true, 1, 1 << 12);
     m->head_dim = m->qk_nope_dim + m->qk_rope_dim;
-    m->rope.style = cfg_bool(c, r, "rope_interleave", true) ? MC_ROPE_INTERLEAVED : MC_ROPE_HALF;
-    parse_rope(c, m, 0);
+    m->rope.style = mc_cfg_bool(c, r, "rope_interleave", true) ? MC_ROPE_INTERLEAVED : MC_ROPE_HALF;
+    mc_cfg_parse_rope(c, m, 0);
     m->rope.dim = m->qk_rope_dim;
     m->dense_inter = CFG_INT(c, r, "intermediate_size", 0, true, 1, 1 << 20);
     m->moe_inter = CFG_INT(c, r, "moe_intermediate_size", 0, true, 1, 1 << 20);
@@ -244,11 +237,11 @@ static void parse_deepseek_v3(cfg_ctx *c, mc_model_desc *m)
     m->n_experts_per_tok = CFG_INT(c, r, "num_experts_per_tok", 0, m->n_experts > 0, 0, 4096);
     m->n_shared_experts = CFG_INT(c, r, "n_shared_experts", 0, false, 0, 1 << 10);
     m->shared_inter = m->moe_inter * m->n_shared_experts;
-    m->norm_topk_prob = cfg_bool(c, r, "norm_topk_prob", false);
-    m->routed_scale = (float)cfg_num(c, r, "routed_scaling_factor", 1.0, false);
+    m->norm_topk_prob = mc_cfg_bool(c, r, "norm_topk_prob", false);
+    m->routed_scale = (float)mc_cfg_num(c, r, "routed_scaling_factor", 1.0, false);
     m->n_group = CFG_INT(c, r, "n_group", 1, false, 1, 4096);
     m->topk_group = CFG_INT(c, r, "topk_group", 1, false, 1, 4096);
-    const char *sf = cfg_str(c, r, "scoring_func");
+    const char *sf = mc_cfg_str(c, r, "scoring_func");
     if (!sf || !strcmp(sf, "sigmoid"))
         m->score_func = MC_SCORE_SIGMOID;
     else if (!strcmp(sf, "softmax"))
@@ -256,7 +249,7 @@ static void parse_deepseek_v3(cfg_ctx *c, mc_model_desc *m)
     else if (c->st == MC_OK)
         c->st = mc_err_set(c->err, MC_ERR_UNSUPPORTED,
                            "%s: scoring_func '%.32s' is not supported (sigmoid, softmax)", c->path, sf);
-    const char *tm = cfg_str(c, r, "topk_method");
+    const char *tm = mc_cfg_str(c, r, "topk_method");
     if (!tm || !strcmp(tm, "noaux_tc"))
         m->has_score_bias = true;
     else if (!strcmp(tm, "greedy"))
@@ -272,33 +265,33 @@ static void parse_deepseek_v3(cfg_ctx *c, mc_model_desc *m)
     (void)mtp; /* MTP layers are not part of the text model's forward pass */
     m->attn_scale = (float)(1.0 / sqrt((double)m->head_dim));
     if (m->rope.scaling == MC_ROPE_SCALE_YARN && m->rope.mscale_all_dim != 0) {
-        double ms = yarn_get_mscale(m->rope.factor, m->rope.mscale_all_dim);
+        double ms = mc_yarn_get_mscale(m->rope.factor, m->rope.mscale_all_dim);
         m->attn_scale = (float)(m->attn_scale * ms * ms);
     }
-    parse_fp8(c, m);
+    mc_cfg_parse_fp8(c, m);
 }
 
-static void parse_qwen3_moe(cfg_ctx *c, mc_model_desc *m)
+static void parse_qwen3_moe(mc_cfg_ctx *c, mc_model_desc *m)
 {
     json_t *r = c->root;
-    parse_common(c, m);
+    mc_cfg_parse_common(c, m);
     m->attn = MC_ATTN_GQA;
     m->qk_norm = true;
     int hd_default = m->n_heads > 0 ? m->hidden / m->n_heads : 0;
     m->head_dim = CFG_INT(c, r, "head_dim", hd_default, false, 2, 1 << 12);
     m->rope.style = MC_ROPE_HALF;
-    parse_rope(c, m, m->head_dim);
+    mc_cfg_parse_rope(c, m, m->head_dim);
     m->dense_inter = CFG_INT(c, r, "intermediate_size", 0, true, 1, 1 << 20);
     m->moe_inter = CFG_INT(c, r, "moe_intermediate_size", 0, true, 1, 1 << 20);
     m->n_experts = CFG_INT(c, r, "num_experts", 0, true, 0, 4096);
     m->n_experts_per_tok = CFG_INT(c, r, "num_experts_per_tok", 0, m->n_experts > 0, 0, 4096);
-    m->norm_topk_prob = cfg_bool(c, r, "norm_topk_prob", false);
+    m->norm_topk_prob = mc_cfg_bool(c, r, "norm_topk_prob", false);
     m->score_func = MC_SCORE_SOFTMAX;
-    if (cfg_bool(c, r, "use_sliding_window", false) && c->st == MC_OK)
+    if (mc_cfg_bool(c, r, "use_sliding_window", false) && c->st == MC_OK)
         c->st = mc_err_set(c->err, MC_ERR_UNSUPPORTED, "%s: use_sliding_window=true is not supported",
                            c->path);
     int step = CFG_INT(c, r, "decoder_sparse_step", 1, false, 1, MC_MAX_LAYERS);
-    json_t *only = cfg_get(c, r, "mlp_only_layers");
+    json_t *only = mc_cfg_get(c, r, "mlp_only_layers");
     if (only && !json_is_array(only) && c->st == MC_OK)
         c->st = mc_err_set(c->err, MC_ERR_CONFIG, "%s: 'mlp_only_layers' must be an array", c->path);
     for (int l = 0; l < m->n_layers && l < MC_MAX_LAYERS; l++) {
@@ -311,18 +304,19 @@ static void parse_qwen3_moe(cfg_ctx *c, mc_model_desc *m)
         m->layer_moe[l] = !dense_only && m->n_experts > 0 && (l + 1) % step == 0;
     }
     m->attn_scale = (float)(1.0 / sqrt((double)m->head_dim));
-    parse_fp8(c, m);
+    mc_cfg_parse_fp8(c, m);
 }
 
 typedef struct {
     const char *model_type;
     mc_family family;
-    void (*parse)(cfg_ctx *, mc_model_desc *);
+    void (*parse)(mc_cfg_ctx *, mc_model_desc *);
 } family_entry;
 
 static const family_entry families[] = {
     {"deepseek_v3", MC_FAM_DEEPSEEK_V3, parse_deepseek_v3},
     {"qwen3_moe", MC_FAM_QWEN3_MOE, parse_qwen3_moe},
+    {"deepseek_v4", MC_FAM_DEEPSEEK_V4, mc_cfg_parse_deepseek_v4},
 };
 
 const char *mc_family_name(mc_family f)
@@ -336,7 +330,7 @@ const char *mc_family_name(mc_family f)
 const char *mc_supported_model_types(void) { return "deepseek_v3, qwen3_moe"; }
 
 /* Checks the description against itself once a family filled it. */
-static void check_consistency(cfg_ctx *c, mc_model_desc *m)
+static void check_consistency(mc_cfg_ctx *c, mc_model_desc *m)
 {
     if (c->st != MC_OK)
         return;
@@ -377,12 +371,12 @@ mc_status mc_model_desc_parse(const char *json_text, size_t len, const char *pat
     if (!root)
         return mc_err_set(err, MC_ERR_CONFIG, "%s: not valid JSON: %s (line %d)", path, jerr.text,
                           jerr.line);
-    cfg_ctx c = {.root = root, .path = path, .err = err, .st = MC_OK};
+    mc_cfg_ctx c = {.root = root, .path = path, .err = err, .st = MC_OK};
     if (!json_is_object(root)) {
         c.st = mc_err_set(err, MC_ERR_CONFIG, "%s: top level is not a JSON object", path);
         goto done;
     }
-    const char *mt = cfg_str(&c, root, "model_type");
+    const char *mt = mc_cfg_str(&c, root, "model_type");
     if (!mt) {
         if (c.st == MC_OK)
             c.st = mc_err_set(err, MC_ERR_CONFIG, "%s: missing 'model_type'", path);

@@ -8,13 +8,19 @@
 #ifndef MC_MODEL_CONFIG_H
 #define MC_MODEL_CONFIG_H
 
+#include "config_deepseek_v4.h"
 #include "status.h"
 
 #include <stdbool.h>
 
 #define MC_MAX_LAYERS 512
 
-typedef enum { MC_FAM_DEEPSEEK_V3 = 0, MC_FAM_QWEN3_MOE, MC_FAM_COUNT } mc_family;
+typedef enum {
+    MC_FAM_DEEPSEEK_V3 = 0,
+    MC_FAM_QWEN3_MOE,
+    MC_FAM_DEEPSEEK_V4,
+    MC_FAM_COUNT
+} mc_family;
 
 typedef enum { MC_ATTN_MLA = 0, MC_ATTN_GQA } mc_attn_kind;
 
@@ -76,6 +82,8 @@ typedef struct {
     /* FP8 block quantization (quantization_config.weight_block_size) */
     bool fp8_block;
     int fp8_block_rows, fp8_block_cols;
+
+    mc_v4_desc v4; /* DeepSeek-V4 only */
 } mc_model_desc;
 
 /* Parses a config.json text. `path` names the file in messages. */

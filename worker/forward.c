@@ -1,5 +1,6 @@
 /* forward.c - the decoder stack: embed, blocks, final norm, LM head. */
 #include "attention.h"
+#include "deepseek_v4.h"
 #include "model.h"
 #include "moe.h"
 
@@ -50,6 +51,8 @@ mc_status mc_model_forward(mc_model *m, mc_kv *kv, const int64_t *tokens, int n,
         if (tokens[t] < 0 || tokens[t] >= d->vocab)
             return mc_err_set(err, MC_ERR_ARG, "token id %lld at position %d is outside [0, %d)",
                               (long long)tokens[t], kv->len + t, d->vocab);
+    if (d->family == MC_FAM_DEEPSEEK_V4)
+        return mc_v4_forward(m, kv, tokens, n, logits, last_only, err);
     mc_status st = MC_OK;
     size_t nH = (size_t)n * H;
     float *x = mc_malloc_n(nH, sizeof *x);

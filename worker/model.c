@@ -1,6 +1,7 @@
 /* model.c - binds a checkpoint to the model description and checks it. */
 #include "model.h"
 
+#include "deepseek_v4.h"
 #include "log.h"
 #include "model_tensors.h"
 
@@ -30,6 +31,8 @@ void mc_model_free(mc_model *m)
 {
     if (!m)
         return;
+    if (m->v4)
+        mc_v4_free(m);
     for (size_t i = 0; i < m->n_owned; i++)
         free(m->owned[i]);
     free(m->owned);
@@ -250,6 +253,12 @@ mc_status mc_model_load(const char *dir, mc_model **out, mc_err *err)
     if ((st = st_checkpoint_open(dir, &m->ckpt, err)) != MC_OK)
         goto fail;
     const mc_model_desc *d = &m->d;
+    if (d->family == MC_FAM_DEEPSEEK_V4) {
+        if ((st = mc_v4_load(m, err)) != MC_OK)
+            goto fail;
+        *out = m;
+        return MC_OK;
+    }
     if ((st = bind_mat(m, MC_T_EMBED, 0, 0, d->vocab, d->hidden, "vocab_size x hidden_size",
                        &m->embed, err)) != MC_OK)
         goto fail;
@@ -284,6 +293,8 @@ void mc_kv_free(mc_kv *kv)
 {
     if (!kv)
         return;
+    if (kv->ext)
+        mc_v4_kv_free(kv);
     for (int l = 0; kv->k && l < kv->n_layers; l++)
         free(kv->k[l]);
     for (int l = 0; kv->v && l < kv->n_layers; l++)
@@ -303,6 +314,15 @@ mc_status mc_kv_create(const mc_model *m, int cap, mc_kv **out, mc_err *err)
     if (!kv)
         return mc_err_set(err, MC_ERR_NOMEM, "out of memory");
     kv->cap = cap;
+    if (d->family == MC_FAM_DEEPSEEK_V4) {
+        mc_status st = mc_v4_kv_init(m, kv, err);
+        if (st != MC_OK) {
+            mc_kv_free(kv);
+            return st;
+        }
+        *out = kv;
+        return MC_OK;
+    }
     kv->n_layers = d->n_layers;
     if (d->attn == MC_ATTN_MLA) {
         kv->k_width = d->kv_lora_rank;
@@ -327,4 +347,9 @@ nomem:
     return mc_err_set(err, MC_ERR_NOMEM, "out of memory for a KV cache of %d tokens", cap);
 }
 
-void mc_kv_reset(mc_kv *kv) { kv->len = 0; }
+void mc_kv_reset(mc_kv *kv)
+{
+    kv->len = 0;
+    if (kv->ext)
+        mc_v4_kv_reset(kv);
+}

@@ -48,6 +48,7 @@ typedef struct mc_model {
     float *final_norm;   /* [H] */
     mc_layer_w *layers;  /* [n_layers] */
     double *inv_freq;    /* [rope.dim/2] */
+    struct mc_v4_model *v4; /* DeepSeek-V4 state (deepseek_v4.c), else NULL */
     void **owned;        /* f32 copies to free */
     size_t n_owned, cap_owned;
 } mc_model;
@@ -64,6 +65,7 @@ typedef struct {
     int cap, len, n_layers;
     int k_width, v_width; /* floats per token per layer */
     float **k, **v;       /* [n_layers][cap * width] */
+    void *ext;            /* family-specific cache state (DeepSeek-V4), else NULL */
 } mc_kv;
 
 mc_status mc_kv_create(const mc_model *m, int cap, mc_kv **out, mc_err *err);
