@@ -11,11 +11,15 @@
 
 #include <stddef.h>
 
-/* A 2-D weight view W[rows, cols] (row-major, y = W x). Borrowed. */
+/* A 2-D weight view W[rows, cols] (y = W x: rows = outputs, cols = inputs). Borrowed.
+ * Stored row-major: W[o, i] at data[o * row_stride + i]. With `transposed`
+ * the storage holds W^T (Llama 4's fused experts, [in, out] row-major):
+ * W[o, i] at data[i * row_stride + o]. */
 typedef struct {
     mc_dtype dtype;
     int rows, cols;
-    size_t row_stride;   /* elements between consecutive rows (>= cols) */
+    size_t row_stride;   /* elements between consecutive stored rows */
+    int transposed;
     const void *data;
     /* FP8 block scales (DeepSeek `weight_scale_inv`): scale[(r/br)*scale_cols + c/bc]
      * multiplies the stored value; NULL for unscaled weights. */
@@ -23,14 +27,14 @@ typedef struct {
     int block_rows, block_cols, scale_cols;
 } mc_mat;
 
-/* Dequantizes row r of w into dst[w->cols]. */
+/* Dequantizes (logical) row r of w into dst[w->cols]. */
 void mc_mat_row_f32(const mc_mat *w, int r, float *dst);
 
 /* y[t, o] = sum_i W[o, i] * x[t, i] for t < n; x rows ldx apart, y rows ldy apart.
  * Uses a scratch row of w->cols floats allocated on the stack / heap. */
 void mc_matmul(const mc_mat *w, const float *x, int n, int ldx, float *y, int ldy);
 
-/* out[i] = x[i] / rms(x) * w[i]; out may alias x. */
+/* out[i] = x[i] / rms(x) * w[i] (w NULL: no weight); out may alias x. */
 void mc_rmsnorm(float *out, const float *x, const float *w, int n, float eps);
 void mc_softmax(float *x, int n);
 static inline float mc_silu(float x) { return x / (1.0f + __builtin_expf(-x)); }

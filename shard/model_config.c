@@ -180,6 +180,8 @@ void mc_cfg_parse_common(mc_cfg_ctx *c, mc_model_desc *m)
                            c->path);
     m->n_group = m->topk_group = 1;
     m->routed_scale = 1.0f;
+    for (int l = 0; l < MC_MAX_LAYERS; l++)
+        m->layer_rope[l] = true;
 }
 
 void mc_cfg_parse_fp8(mc_cfg_ctx *c, mc_model_desc *m)
@@ -217,7 +219,9 @@ void mc_cfg_parse_fp8(mc_cfg_ctx *c, mc_model_desc *m)
 
 /* ---- families ---- */
 
-static void parse_deepseek_v3(mc_cfg_ctx *c, mc_model_desc *m)
+/* MLA attention + DeepSeek-style MoE fields shared by DeepSeek-V3/V3.2 and
+ * Mistral 4; the callers then set what differs. */
+static void parse_mla_moe(mc_cfg_ctx *c, mc_model_desc *m)
 {
     json_t *r = c->root;
     mc_cfg_parse_common(c, m);
@@ -241,6 +245,23 @@ static void parse_deepseek_v3(mc_cfg_ctx *c, mc_model_desc *m)
     m->routed_scale = (float)mc_cfg_num(c, r, "routed_scaling_factor", 1.0, false);
     m->n_group = CFG_INT(c, r, "n_group", 1, false, 1, 4096);
     m->topk_group = CFG_INT(c, r, "topk_group", 1, false, 1, 4096);
+    int first_dense = CFG_INT(c, r, "first_k_dense_replace", 0, false, 0, MC_MAX_LAYERS);
+    int freq = CFG_INT(c, r, "moe_layer_freq", 1, false, 1, MC_MAX_LAYERS);
+    for (int l = 0; l < m->n_layers && l < MC_MAX_LAYERS; l++)
+        m->layer_moe[l] = m->n_experts > 0 && l >= first_dense && l % freq == 0;
+    /* num_nextn_predict_layers: MTP layers are not part of the text model's forward pass */
+    CFG_INT(c, r, "num_nextn_predict_layers", 0, false, 0, 64);
+    m->attn_scale = (float)(1.0 / sqrt((double)m->head_dim));
+    if (m->rope.scaling == MC_ROPE_SCALE_YARN && m->rope.mscale_all_dim != 0) {
+        double ms = mc_yarn_get_mscale(m->rope.factor, m->rope.mscale_all_dim);
+        m->attn_scale = (float)(m->attn_scale * ms * ms);
+    }
+    mc_cfg_parse_fp8(c, m);
+}
+
+static void parse_deepseek_router(mc_cfg_ctx *c, mc_model_desc *m)
+{
+    json_t *r = c->root;
     const char *sf = mc_cfg_str(c, r, "scoring_func");
     if (!sf || !strcmp(sf, "sigmoid"))
         m->score_func = MC_SCORE_SIGMOID;
@@ -257,18 +278,171 @@ static void parse_deepseek_v3(mc_cfg_ctx *c, mc_model_desc *m)
     else if (c->st == MC_OK)
         c->st = mc_err_set(c->err, MC_ERR_UNSUPPORTED,
                            "%s: topk_method '%.32s' is not supported (noaux_tc, greedy)", c->path, tm);
-    int first_dense = CFG_INT(c, r, "first_k_dense_replace", 0, false, 0, MC_MAX_LAYERS);
-    int freq = CFG_INT(c, r, "moe_layer_freq", 1, false, 1, MC_MAX_LAYERS);
-    for (int l = 0; l < m->n_layers && l < MC_MAX_LAYERS; l++)
-        m->layer_moe[l] = m->n_experts > 0 && l >= first_dense && l % freq == 0;
-    int mtp = CFG_INT(c, r, "num_nextn_predict_layers", 0, false, 0, 64);
-    (void)mtp; /* MTP layers are not part of the text model's forward pass */
-    m->attn_scale = (float)(1.0 / sqrt((double)m->head_dim));
-    if (m->rope.scaling == MC_ROPE_SCALE_YARN && m->rope.mscale_all_dim != 0) {
-        double ms = mc_yarn_get_mscale(m->rope.factor, m->rope.mscale_all_dim);
-        m->attn_scale = (float)(m->attn_scale * ms * ms);
+}
+
+static void parse_deepseek_v3(mc_cfg_ctx *c, mc_model_desc *m)
+{
+    parse_mla_moe(c, m);
+    parse_deepseek_router(c, m);
+}
+
+/* Reads a list of per-layer strings (layer_types, mlp_layer_types); returns
+ * the array or NULL if absent, recording an error if malformed. */
+static json_t *layer_list(mc_cfg_ctx *c, json_t *obj, const char *key, int n_layers)
+{
+    json_t *a = mc_cfg_get(c, obj, key);
+    if (!a || json_is_null(a))
+        return NULL;
+    if (!json_is_array(a) || (int)json_array_size(a) != n_layers) {
+        if (c->st == MC_OK)
+            c->st = mc_err_set(c->err, MC_ERR_CONFIG,
+                               "%s: '%s' must be an array of num_hidden_layers (%d) entries", c->path,
+                               key, n_layers);
+        return NULL;
     }
-    mc_cfg_parse_fp8(c, m);
+    return a;
+}
+
+static void parse_deepseek_v32(mc_cfg_ctx *c, mc_model_desc *m)
+{
+    json_t *r = c->root;
+    parse_mla_moe(c, m);
+    parse_deepseek_router(c, m);
+    m->rope.style = MC_ROPE_INTERLEAVED; /* V3.2 has no rope_interleave switch */
+    if (m->q_lora_rank <= 0 && c->st == MC_OK)
+        c->st = mc_err_set(c->err, MC_ERR_CONFIG,
+                           "%s: deepseek_v32 needs q_lora_rank (the indexer reads the query latent)",
+                           c->path);
+    m->index_n_heads = CFG_INT(c, r, "index_n_heads", 64, false, 1, 1 << 12);
+    m->index_head_dim = CFG_INT(c, r, "index_head_dim", 128, false, 2, 1 << 12);
+    m->index_topk = CFG_INT(c, r, "index_topk", 2048, false, 1, 1 << 30);
+    if (m->index_head_dim < m->qk_rope_dim && c->st == MC_OK)
+        c->st = mc_err_set(c->err, MC_ERR_CONFIG,
+                           "%s: index_head_dim (%d) is smaller than qk_rope_head_dim (%d)", c->path,
+                           m->index_head_dim, m->qk_rope_dim);
+    json_t *mlt = layer_list(c, r, "mlp_layer_types", m->n_layers);
+    for (int l = 0; mlt && l < m->n_layers; l++) {
+        const char *s = json_string_value(json_array_get(mlt, (size_t)l));
+        if (s && !strcmp(s, "dense"))
+            m->layer_moe[l] = false;
+        else if (s && !strcmp(s, "sparse"))
+            m->layer_moe[l] = m->n_experts > 0;
+        else if (c->st == MC_OK)
+            c->st = mc_err_set(c->err, MC_ERR_CONFIG,
+                               "%s: mlp_layer_types[%d] must be \"dense\" or \"sparse\"", c->path, l);
+    }
+    json_t *lt = layer_list(c, r, "layer_types", m->n_layers);
+    for (int l = 0; lt && l < m->n_layers; l++) {
+        const char *s = json_string_value(json_array_get(lt, (size_t)l));
+        if ((!s || strcmp(s, "deepseek_sparse_attention")) && c->st == MC_OK)
+            c->st = mc_err_set(c->err, MC_ERR_UNSUPPORTED,
+                               "%s: layer_types[%d] '%.40s' is not supported "
+                               "(deepseek_sparse_attention)",
+                               c->path, l, s ? s : "?");
+    }
+}
+
+static void parse_mistral4(mc_cfg_ctx *c, mc_model_desc *m)
+{
+    json_t *r = c->root;
+    parse_mla_moe(c, m);
+    m->score_func = MC_SCORE_SOFTMAX;
+    m->has_score_bias = false;
+    m->expert_layout = MC_EXPERTS_FUSED_OI;
+    json_t *rp = mc_cfg_get(c, r, "rope_parameters");
+    if (!json_is_object(rp))
+        rp = mc_cfg_get(c, r, "rope_scaling");
+    if (json_is_object(rp)) {
+        m->llama4_beta = mc_cfg_num(c, rp, "llama_4_scaling_beta", 0.0, false);
+        m->llama4_orig_max =
+            mc_cfg_num(c, rp, "original_max_position_embeddings", m->rope.orig_max_pos, false);
+        if (m->llama4_beta != 0 && m->llama4_orig_max <= 0 && c->st == MC_OK)
+            c->st = mc_err_set(c->err, MC_ERR_CONFIG,
+                               "%s: llama_4_scaling_beta needs a positive "
+                               "original_max_position_embeddings",
+                               c->path);
+    }
+}
+
+/* Llama 4: the text model's config is the root (llama4_text) or its
+ * text_config (llama4, the multimodal checkpoint with language_model.*). */
+static void parse_llama4(mc_cfg_ctx *c, mc_model_desc *m)
+{
+    json_t *r = c->root;
+    if (!strcmp(m->model_type, "llama4")) {
+        json_t *tc = mc_cfg_get(c, r, "text_config");
+        if (!json_is_object(tc)) {
+            if (c->st == MC_OK)
+                c->st = mc_err_set(c->err, MC_ERR_CONFIG,
+                                   "%s: model_type llama4 needs a 'text_config' object", c->path);
+            return;
+        }
+        c->root = r = tc;
+        snprintf(m->tensor_prefix, sizeof m->tensor_prefix, "language_model.");
+    }
+    mc_cfg_parse_common(c, m);
+    m->naming = MC_NAMES_LLAMA4;
+    m->attn = MC_ATTN_GQA;
+    int hd_default = m->n_heads > 0 ? m->hidden / m->n_heads : 0;
+    m->head_dim = CFG_INT(c, r, "head_dim", hd_default, false, 2, 1 << 12);
+    m->rope.style = MC_ROPE_INTERLEAVED; /* complex pairs */
+    mc_cfg_parse_rope(c, m, m->head_dim);
+    m->qk_l2norm = mc_cfg_bool(c, r, "use_qk_norm", false);
+    m->attn_temp_tuning = mc_cfg_bool(c, r, "attn_temperature_tuning", false);
+    m->attn_floor_scale = mc_cfg_num(c, r, "floor_scale", 8192.0, false);
+    m->attn_temp_scale = mc_cfg_num(c, r, "attn_scale", 0.1, false);
+    if (m->attn_temp_tuning && m->attn_floor_scale <= 0 && c->st == MC_OK)
+        c->st = mc_err_set(c->err, MC_ERR_CONFIG, "%s: floor_scale must be positive", c->path);
+    m->attn_chunk = CFG_INT(c, r, "attention_chunk_size", 0, false, 0, 1 << 30);
+    m->moe_inter = CFG_INT(c, r, "intermediate_size", 0, true, 1, 1 << 20);
+    m->dense_inter = CFG_INT(c, r, "intermediate_size_mlp", 0, true, 1, 1 << 20);
+    m->n_experts = CFG_INT(c, r, "num_local_experts", 0, true, 1, 4096);
+    m->n_experts_per_tok = CFG_INT(c, r, "num_experts_per_tok", 1, false, 1, 4096);
+    m->n_shared_experts = 1;
+    m->shared_inter = m->moe_inter;
+    m->router = MC_ROUTER_LLAMA4;
+    m->score_func = MC_SCORE_SIGMOID;
+    m->expert_layout = MC_EXPERTS_FUSED_IO;
+    int interval = CFG_INT(c, r, "no_rope_layer_interval", 4, false, 1, MC_MAX_LAYERS);
+    json_t *nrl = mc_cfg_get(c, r, "no_rope_layers");
+    if (json_is_array(nrl) && json_array_size(nrl) > 0) {
+        if ((int)json_array_size(nrl) != m->n_layers && c->st == MC_OK)
+            c->st = mc_err_set(c->err, MC_ERR_CONFIG,
+                               "%s: 'no_rope_layers' must have num_hidden_layers (%d) entries",
+                               c->path, m->n_layers);
+        for (int l = 0; l < m->n_layers && l < (int)json_array_size(nrl); l++) {
+            json_t *e = json_array_get(nrl, (size_t)l);
+            if (!json_is_integer(e) && !json_is_boolean(e) && c->st == MC_OK)
+                c->st = mc_err_set(c->err, MC_ERR_CONFIG, "%s: no_rope_layers[%d] must be 0 or 1",
+                                   c->path, l);
+            m->layer_rope[l] = json_is_integer(e) ? json_integer_value(e) != 0 : json_is_true(e);
+        }
+    } else {
+        for (int l = 0; l < m->n_layers; l++)
+            m->layer_rope[l] = (l + 1) % interval != 0;
+    }
+    json_t *ml = mc_cfg_get(c, r, "moe_layers");
+    if (json_is_array(ml)) {
+        for (size_t i = 0; i < json_array_size(ml); i++) {
+            json_t *e = json_array_get(ml, i);
+            if (!json_is_integer(e) || json_integer_value(e) < 0 ||
+                json_integer_value(e) >= m->n_layers) {
+                if (c->st == MC_OK)
+                    c->st = mc_err_set(c->err, MC_ERR_CONFIG,
+                                       "%s: moe_layers[%zu] is not a layer index", c->path, i);
+                break;
+            }
+            m->layer_moe[json_integer_value(e)] = true;
+        }
+    } else {
+        int step = CFG_INT(c, r, "interleave_moe_layer_step", 1, false, 1, MC_MAX_LAYERS);
+        for (int l = step - 1; l < m->n_layers; l += step)
+            m->layer_moe[l] = true;
+    }
+    m->attn_scale = (float)(1.0 / sqrt((double)m->head_dim));
+    if (mc_cfg_get(c, r, "quantization_config") && c->st == MC_OK)
+        c->st = mc_err_set(c->err, MC_ERR_UNSUPPORTED,
+                           "%s: quantized Llama 4 checkpoints are not supported yet", c->path);
 }
 
 static void parse_qwen3_moe(mc_cfg_ctx *c, mc_model_desc *m)
@@ -315,7 +489,11 @@ typedef struct {
 
 static const family_entry families[] = {
     {"deepseek_v3", MC_FAM_DEEPSEEK_V3, parse_deepseek_v3},
+    {"deepseek_v32", MC_FAM_DEEPSEEK_V32, parse_deepseek_v32},
     {"qwen3_moe", MC_FAM_QWEN3_MOE, parse_qwen3_moe},
+    {"llama4_text", MC_FAM_LLAMA4, parse_llama4},
+    {"llama4", MC_FAM_LLAMA4, parse_llama4},
+    {"mistral4", MC_FAM_MISTRAL4, parse_mistral4},
     {"deepseek_v4", MC_FAM_DEEPSEEK_V4, mc_cfg_parse_deepseek_v4},
 };
 
@@ -327,15 +505,16 @@ const char *mc_family_name(mc_family f)
     return "?";
 }
 
-const char *mc_supported_model_types(void) { return "deepseek_v3, qwen3_moe"; }
+const char *mc_supported_model_types(void)
+{
+    return "deepseek_v3, deepseek_v32, qwen3_moe, llama4, llama4_text, mistral4 (and Mistral "
+           "params.json)";
+}
 
 /* Checks the description against itself once a family filled it. */
-static void check_consistency(mc_cfg_ctx *c, mc_model_desc *m)
+mc_status mc_model_desc_check(const mc_model_desc *m, const char *p, mc_err *e)
 {
-    if (c->st != MC_OK)
-        return;
-    const char *p = c->path;
-    mc_err *e = c->err;
+    mc_cfg_ctx cc = {.path = p, .err = e, .st = MC_OK}, *c = &cc;
     if (m->attn == MC_ATTN_GQA && m->n_heads % m->n_kv_heads != 0)
         c->st = mc_err_set(e, MC_ERR_CONFIG,
                            "%s: num_attention_heads (%d) is not a multiple of num_key_value_heads (%d)",
@@ -360,6 +539,7 @@ static void check_consistency(mc_cfg_ctx *c, mc_model_desc *m)
     else if (m->n_experts > 0 && m->n_group > 1 && m->n_experts / m->n_group < 2)
         c->st = mc_err_set(e, MC_ERR_CONFIG, "%s: group-limited routing needs at least 2 experts per group",
                            p);
+    return c->st;
 }
 
 mc_status mc_model_desc_parse(const char *json_text, size_t len, const char *path,
@@ -395,7 +575,8 @@ mc_status mc_model_desc_parse(const char *json_text, size_t len, const char *pat
     snprintf(out->model_type, sizeof out->model_type, "%s", mt);
     out->family = fe->family;
     fe->parse(&c, out);
-    check_consistency(&c, out);
+    if (c.st == MC_OK)
+        c.st = mc_model_desc_check(out, path, err);
 done:
     json_decref(root);
     return c.st;
@@ -404,10 +585,19 @@ done:
 mc_status mc_model_desc_load(const char *dir, mc_model_desc *out, mc_err *err)
 {
     char path[4096];
+    int mistral = 0;
     snprintf(path, sizeof path, "%s/config.json", dir);
     FILE *fp = fopen(path, "rb");
-    if (!fp)
-        return mc_err_set(err, MC_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    if (!fp) {
+        char alt[4096];
+        snprintf(alt, sizeof alt, "%s/params.json", dir);
+        fp = fopen(alt, "rb");
+        if (!fp)
+            return mc_err_set(err, MC_ERR_IO, "%s: cannot open %s/config.json or params.json: %s",
+                              dir, dir, strerror(errno));
+        memcpy(path, alt, sizeof path);
+        mistral = 1;
+    }
     char *buf = malloc(MAX_CONFIG_BYTES + 1);
     if (!buf) {
         fclose(fp);
@@ -418,6 +608,8 @@ mc_status mc_model_desc_load(const char *dir, mc_model_desc *out, mc_err *err)
     mc_status st;
     if (n > MAX_CONFIG_BYTES)
         st = mc_err_set(err, MC_ERR_CONFIG, "%s: larger than %u bytes", path, MAX_CONFIG_BYTES);
+    else if (mistral)
+        st = mc_model_desc_parse_mistral(buf, n, path, out, err);
     else
         st = mc_model_desc_parse(buf, n, path, out, err);
     free(buf);

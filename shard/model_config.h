@@ -17,10 +17,29 @@
 
 typedef enum {
     MC_FAM_DEEPSEEK_V3 = 0,
+    MC_FAM_DEEPSEEK_V32,
     MC_FAM_QWEN3_MOE,
+    MC_FAM_LLAMA4,
+    MC_FAM_MISTRAL4,
     MC_FAM_DEEPSEEK_V4,
     MC_FAM_COUNT
 } mc_family;
+
+/* Which tensor-name table the checkpoint uses. */
+typedef enum { MC_NAMES_HF = 0, MC_NAMES_LLAMA4, MC_NAMES_MISTRAL } mc_naming;
+
+/* How routed expert weights are stored. */
+typedef enum {
+    MC_EXPERTS_SEPARATE = 0, /* experts.E.{gate,up,down}_proj [I,H],[I,H],[H,I] */
+    MC_EXPERTS_FUSED_IO,     /* gate_up_proj [E,H,2I], down_proj [E,I,H] (Llama 4) */
+    MC_EXPERTS_FUSED_OI      /* gate_up_proj [E,2I,H], down_proj [E,H,I] (Mistral 4) */
+} mc_expert_layout;
+
+/* How a token's experts and weights are chosen. */
+typedef enum {
+    MC_ROUTER_TOPK = 0, /* scores -> (group-limited) top-k -> optional renormalization */
+    MC_ROUTER_LLAMA4    /* top-k of the logits, sigmoid of those, scaling the expert input */
+} mc_router_kind;
 
 typedef enum { MC_ATTN_MLA = 0, MC_ATTN_GQA } mc_attn_kind;
 
@@ -49,6 +68,8 @@ typedef struct {
 typedef struct {
     char model_type[64];
     mc_family family;
+    mc_naming naming;
+    char tensor_prefix[32]; /* e.g. "language_model." for the multimodal Llama 4 checkpoint */
     int vocab;
     int hidden;
     int n_layers;
@@ -65,6 +86,14 @@ typedef struct {
     int kv_lora_rank, qk_nope_dim, qk_rope_dim, v_head_dim; /* MLA */
     float attn_scale;                  /* softmax scale incl. YaRN mscale^2 */
     mc_rope_desc rope;
+    bool layer_rope[MC_MAX_LAYERS];    /* false = NoPE layer (Llama 4) */
+    int attn_chunk;                    /* chunked attention on RoPE layers; 0 = off */
+    bool qk_l2norm;                    /* weightless RMS norm of q, k after RoPE (Llama 4) */
+    bool attn_temp_tuning;             /* Llama 4 NoPE-layer query temperature */
+    double attn_floor_scale, attn_temp_scale;
+    double llama4_beta, llama4_orig_max; /* Mistral 4 position-dependent query scale; 0 = off */
+    /* DeepSeek-V3.2 lightning indexer (index_topk 0 = dense attention) */
+    int index_n_heads, index_head_dim, index_topk;
 
     /* feed-forward */
     int dense_inter;                   /* dense layer FFN width */
@@ -72,6 +101,8 @@ typedef struct {
     int n_experts, n_experts_per_tok;
     int n_shared_experts;
     int shared_inter;                  /* total width of the shared expert(s) */
+    mc_expert_layout expert_layout;
+    mc_router_kind router;
     mc_score_func score_func;
     bool norm_topk_prob;
     bool has_score_bias;               /* e_score_correction_bias (choice only) */
@@ -89,8 +120,15 @@ typedef struct {
 /* Parses a config.json text. `path` names the file in messages. */
 mc_status mc_model_desc_parse(const char *json_text, size_t len, const char *path,
                               mc_model_desc *out, mc_err *err);
-/* Reads DIR/config.json. */
+/* Parses a Mistral native params.json text. */
+mc_status mc_model_desc_parse_mistral(const char *json_text, size_t len, const char *path,
+                                      mc_model_desc *out, mc_err *err);
+/* Reads DIR/config.json, or DIR/params.json (Mistral's native format) when
+ * there is no config.json. */
 mc_status mc_model_desc_load(const char *dir, mc_model_desc *out, mc_err *err);
+/* Checks a filled description for internal consistency (heads vs KV heads,
+ * rotary dims, expert counts and groups); `path` names the source in messages. */
+mc_status mc_model_desc_check(const mc_model_desc *m, const char *path, mc_err *err);
 const char *mc_family_name(mc_family f);
 /* Comma-separated list of the model_type values we accept, for messages. */
 const char *mc_supported_model_types(void);

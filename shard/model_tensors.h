@@ -39,6 +39,13 @@ typedef enum {
     MC_T_SHARED_GATE,
     MC_T_SHARED_UP,
     MC_T_SHARED_DOWN,
+    MC_T_EXPERTS_GATE_UP, /* fused: all experts' gate and up projections in one tensor */
+    MC_T_EXPERTS_DOWN,    /* fused: all experts' down projections */
+    MC_T_IDX_WQ_B,        /* DeepSeek-V3.2 lightning indexer */
+    MC_T_IDX_WK,
+    MC_T_IDX_K_NORM,
+    MC_T_IDX_K_NORM_BIAS,
+    MC_T_IDX_WEIGHTS,
     /* per layer and expert */
     MC_T_EXPERT_GATE,
     MC_T_EXPERT_UP,
@@ -46,9 +53,10 @@ typedef enum {
     MC_T_ROLE_COUNT
 } mc_tensor_role;
 
-/* Writes the tensor name for (role, layer, expert) into buf; returns 0, or
- * -1 if the family has no such tensor or buf is too small. */
-int mc_tensor_name(mc_family fam, mc_tensor_role role, int layer, int expert, char *buf,
+/* Writes the tensor name for (role, layer, expert) of the model's naming
+ * scheme (with its prefix) into buf; returns 0, or -1 if the scheme has no
+ * such tensor or buf is too small. */
+int mc_tensor_name(const mc_model_desc *d, mc_tensor_role role, int layer, int expert, char *buf,
                    size_t len);
 const char *mc_tensor_role_str(mc_tensor_role role);
 

@@ -17,4 +17,9 @@ mc_status mc_attn_mla(const mc_model *m, const mc_layer_w *w, mc_kv *kv, int lay
 mc_status mc_attn_gqa(const mc_model *m, const mc_layer_w *w, mc_kv *kv, int layer, const float *x,
                       int n, const float *cs, const float *sn, float *y, mc_err *err);
 
+/* Top-k selection used by the sparse-attention indexer: writes min(k, n)
+ * indices of the largest v[i] to sel (highest first; an exact tie goes to
+ * the lower index, i.e. the earlier token). taken is n bytes of scratch. */
+int mc_topk_indices(const float *v, int n, int k, int *sel, unsigned char *taken);
+
 #endif

@@ -52,9 +52,9 @@ static void shape_str(const st_tensor *t, char *buf, size_t len)
 static mc_status find(mc_model *m, mc_tensor_role role, int layer, int expert, const st_tensor **t,
                       char *name, size_t nlen, mc_err *err)
 {
-    if (mc_tensor_name(m->d.family, role, layer, expert, name, nlen) != 0)
+    if (mc_tensor_name(&m->d, role, layer, expert, name, nlen) != 0)
         return mc_err_set(err, MC_ERR_INTERNAL, "no tensor name for role %s in family %s",
-                          mc_tensor_role_str(role), mc_family_name(m->d.family));
+                          mc_tensor_role_str(role), m->d.model_type);
     *t = st_checkpoint_find(m->ckpt, name);
     if (!*t)
         return mc_err_set(err, MC_ERR_CONFIG,
@@ -176,6 +176,58 @@ static mc_status bind_ffn(mc_model *m, int layer, int expert, mc_tensor_role gat
     return MC_OK;
 }
 
+/* Binds fused expert tensors as per-expert views. OI: gate_up [E,2I,H] and
+ * down [E,H,I] (rows are outputs). IO: gate_up [E,H,2I] and down [E,I,H]
+ * (rows are inputs; views are transposed). */
+static mc_status bind_fused_experts(mc_model *m, int l, mc_ffn_w *experts, mc_err *err)
+{
+    const mc_model_desc *d = &m->d;
+    int E = d->n_experts, I = d->moe_inter, H = d->hidden;
+    bool io = d->expert_layout == MC_EXPERTS_FUSED_IO;
+    char name[512];
+    const st_tensor *gu, *dn;
+    mc_status st;
+    if ((st = find(m, MC_T_EXPERTS_GATE_UP, l, 0, &gu, name, sizeof name, err)) != MC_OK ||
+        (st = find(m, MC_T_EXPERTS_DOWN, l, 0, &dn, name, sizeof name, err)) != MC_OK)
+        return st;
+    int64_t want_gu[3] = {E, io ? H : 2 * I, io ? 2 * I : H};
+    int64_t want_dn[3] = {E, io ? I : H, io ? H : I};
+    const char *why = io ? "[experts, hidden, 2*intermediate] / [experts, intermediate, hidden]"
+                         : "[experts, 2*moe_intermediate, hidden] / [experts, hidden, moe_intermediate]";
+    if ((st = check_shape(gu, 3, want_gu, why, err)) != MC_OK ||
+        (st = check_shape(dn, 3, want_dn, why, err)) != MC_OK)
+        return st;
+    const st_tensor *ts[2] = {gu, dn};
+    for (int i = 0; i < 2; i++)
+        if (ts[i]->dtype != MC_DT_F32 && ts[i]->dtype != MC_DT_F16 && ts[i]->dtype != MC_DT_BF16)
+            return mc_err_set(err, MC_ERR_UNSUPPORTED,
+                              "%s: fused expert tensor '%s' has dtype %s (F32/F16/BF16 supported)",
+                              ts[i]->path, ts[i]->name, mc_dtype_name(ts[i]->dtype));
+    size_t es = mc_dtype_size(gu->dtype), esd = mc_dtype_size(dn->dtype);
+    size_t slab = (size_t)2 * I * H, dslab = (size_t)H * I;
+    for (int e = 0; e < E; e++) {
+        const unsigned char *g0 = (const unsigned char *)gu->data + (size_t)e * slab * es;
+        const unsigned char *d0 = (const unsigned char *)dn->data + (size_t)e * dslab * esd;
+        mc_mat g = {.dtype = gu->dtype, .rows = I, .cols = H, .transposed = io};
+        mc_mat u = g;
+        if (io) { /* stored [H, 2I]: gate columns [0, I), up columns [I, 2I) */
+            g.row_stride = u.row_stride = (size_t)2 * I;
+            g.data = g0;
+            u.data = g0 + (size_t)I * es;
+        } else { /* stored [2I, H]: gate rows [0, I), up rows [I, 2I) */
+            g.row_stride = u.row_stride = (size_t)H;
+            g.data = g0;
+            u.data = g0 + (size_t)I * H * es;
+        }
+        mc_mat dw = {.dtype = dn->dtype, .rows = H, .cols = I, .transposed = io,
+                     .row_stride = io ? (size_t)H : (size_t)I, .data = d0};
+        experts[e].gate = g;
+        experts[e].up = u;
+        experts[e].down = dw;
+    }
+    return MC_OK;
+}
+
 static mc_status bind_layer(mc_model *m, int l, mc_err *err)
 {
     const mc_model_desc *d = &m->d;
@@ -207,6 +259,17 @@ static mc_status bind_layer(mc_model *m, int l, mc_err *err)
                      "heads*(qk_nope+v_head_dim) x kv_lora_rank", &w->kv_b, err));
         TRY(bind_mat(m, MC_T_O, l, 0, H, nh * d->v_head_dim, "hidden_size x heads*v_head_dim",
                      &w->wo, err));
+        if (d->index_topk > 0) {
+            int ih = d->index_n_heads, id = d->index_head_dim;
+            TRY(bind_mat(m, MC_T_IDX_WQ_B, l, 0, ih * id, d->q_lora_rank,
+                         "index_n_heads*index_head_dim x q_lora_rank", &w->idx_wq_b, err));
+            TRY(bind_mat(m, MC_T_IDX_WK, l, 0, id, H, "index_head_dim x hidden_size", &w->idx_wk,
+                         err));
+            TRY(bind_vec(m, MC_T_IDX_K_NORM, l, id, "index_head_dim", &w->idx_k_norm, err));
+            TRY(bind_vec(m, MC_T_IDX_K_NORM_BIAS, l, id, "index_head_dim", &w->idx_k_bias, err));
+            TRY(bind_mat(m, MC_T_IDX_WEIGHTS, l, 0, ih, H, "index_n_heads x hidden_size",
+                         &w->idx_weights, err));
+        }
     } else {
         int hd = d->head_dim, nkv = d->n_kv_heads;
         TRY(bind_mat(m, MC_T_Q, l, 0, nh * hd, H, "heads*head_dim x hidden_size", &w->wq, err));
@@ -229,9 +292,13 @@ static mc_status bind_layer(mc_model *m, int l, mc_err *err)
     w->experts = own(m, mc_calloc_n((size_t)d->n_experts, sizeof *w->experts));
     if (!w->experts)
         return mc_err_set(err, MC_ERR_NOMEM, "out of memory");
-    for (int e = 0; e < d->n_experts; e++)
-        TRY(bind_ffn(m, l, e, MC_T_EXPERT_GATE, d->moe_inter, "moe_intermediate_size",
-                     &w->experts[e], err));
+    if (d->expert_layout == MC_EXPERTS_SEPARATE) {
+        for (int e = 0; e < d->n_experts; e++)
+            TRY(bind_ffn(m, l, e, MC_T_EXPERT_GATE, d->moe_inter, "moe_intermediate_size",
+                         &w->experts[e], err));
+    } else {
+        TRY(bind_fused_experts(m, l, w->experts, err));
+    }
     if (d->n_shared_experts > 0) {
         w->has_shared = true;
         TRY(bind_ffn(m, l, 0, MC_T_SHARED_GATE, d->shared_inter,
@@ -299,6 +366,9 @@ void mc_kv_free(mc_kv *kv)
         free(kv->k[l]);
     for (int l = 0; kv->v && l < kv->n_layers; l++)
         free(kv->v[l]);
+    for (int l = 0; kv->aux && l < kv->n_layers; l++)
+        free(kv->aux[l]);
+    free(kv->aux);
     free(kv->k);
     free(kv->v);
     free(kv);
@@ -330,6 +400,11 @@ mc_status mc_kv_create(const mc_model *m, int cap, mc_kv **out, mc_err *err)
     } else {
         kv->k_width = kv->v_width = d->n_kv_heads * d->head_dim;
     }
+    if (d->index_topk > 0) {
+        kv->aux_width = d->index_head_dim;
+        if (!(kv->aux = calloc((size_t)d->n_layers, sizeof *kv->aux)))
+            goto nomem;
+    }
     kv->k = calloc((size_t)d->n_layers, sizeof *kv->k);
     kv->v = calloc((size_t)d->n_layers, sizeof *kv->v);
     if (!kv->k || !kv->v)
@@ -338,6 +413,9 @@ mc_status mc_kv_create(const mc_model *m, int cap, mc_kv **out, mc_err *err)
         kv->k[l] = mc_malloc_n((size_t)cap * (size_t)kv->k_width, sizeof(float));
         kv->v[l] = mc_malloc_n((size_t)cap * (size_t)kv->v_width, sizeof(float));
         if (!kv->k[l] || !kv->v[l])
+            goto nomem;
+        if (kv->aux && !(kv->aux[l] = mc_malloc_n((size_t)cap * (size_t)kv->aux_width,
+                                                   sizeof(float))))
             goto nomem;
     }
     *out = kv;

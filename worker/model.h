@@ -30,6 +30,11 @@ typedef struct {
     mc_mat wq, wk, wv;   /* [nh*hd, H], [nkv*hd, H], [nkv*hd, H] */
     float *q_norm, *k_norm; /* [hd] (Qwen3 per-head norms) */
     mc_mat wo;           /* [H, nh*v] */
+    /* DeepSeek-V3.2 lightning indexer */
+    mc_mat idx_wq_b;     /* [idx_heads*idx_hd, q_lora] */
+    mc_mat idx_wk;       /* [idx_hd, H] */
+    float *idx_k_norm, *idx_k_bias; /* LayerNorm [idx_hd] */
+    mc_mat idx_weights;  /* [idx_heads, H] */
     /* feed-forward */
     bool moe;
     mc_ffn_w dense;
@@ -63,8 +68,9 @@ void mc_model_free(mc_model *m);
  * KV head. */
 typedef struct {
     int cap, len, n_layers;
-    int k_width, v_width; /* floats per token per layer */
+    int k_width, v_width, aux_width; /* floats per token per layer */
     float **k, **v;       /* [n_layers][cap * width] */
+    float **aux;          /* DeepSeek-V3.2 indexer keys [n_layers][cap * aux_width], else NULL */
     void *ext;            /* family-specific cache state (DeepSeek-V4), else NULL */
 } mc_kv;
 

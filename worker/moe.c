@@ -22,6 +22,17 @@ void mc_route_token(const mc_model_desc *d, const float *logits, const float *bi
     int E = d->n_experts, k = d->n_experts_per_tok;
     float scores[E], choice[E];
     unsigned char allowed[E];
+    if (d->router == MC_ROUTER_LLAMA4) {
+        /* top-k of the raw logits; the weight is the sigmoid of the logit */
+        memset(allowed, 1, sizeof allowed);
+        for (int j = 0; j < k; j++) {
+            int e = argmax_masked(logits, allowed, E);
+            allowed[e] = 0;
+            idx[j] = e;
+            weight[j] = mc_sigmoid(logits[e]);
+        }
+        return;
+    }
     memcpy(scores, logits, sizeof scores);
     if (d->score_func == MC_SCORE_SOFTMAX)
         mc_softmax(scores, E);
@@ -131,12 +142,20 @@ mc_status mc_moe(const mc_model *m, const mc_layer_w *w, const float *x, int n, 
         int c0 = count[e], ne = count[e + 1] - c0;
         if (ne == 0)
             continue; /* an expert with no tokens costs nothing */
-        for (int j = 0; j < ne; j++)
-            memcpy(xin + (size_t)j * H, x + (size_t)(slot[c0 + j] / k) * H, (size_t)H * sizeof *x);
+        /* Llama 4 scales the expert's input by the router weight instead of its output */
+        bool scale_in = d->router == MC_ROUTER_LLAMA4;
+        for (int j = 0; j < ne; j++) {
+            int s = slot[c0 + j];
+            float *xi = xin + (size_t)j * H;
+            memcpy(xi, x + (size_t)(s / k) * H, (size_t)H * sizeof *x);
+            if (scale_in)
+                for (int i = 0; i < H; i++)
+                    xi[i] *= wt[s];
+        }
         mc_ffn(&w->experts[e], xin, ne, H, yout, H, scratch);
         for (int j = 0; j < ne; j++) {
             int s = slot[c0 + j];
-            mc_axpy(y + (size_t)(s / k) * H, wt[s], yout + (size_t)j * H, H);
+            mc_axpy(y + (size_t)(s / k) * H, scale_in ? 1.0f : wt[s], yout + (size_t)j * H, H);
         }
     }
     if (w->has_shared) {

@@ -4,13 +4,10 @@
 #include <math.h>
 #include <string.h>
 
-/* Dequantizes columns [c0, c0+n) of row r into dst[n]. */
-static void mat_row_span(const mc_mat *w, int r, int c0, int n, float *dst)
+/* Widens n consecutive stored elements at p into dst. */
+static void widen(mc_dtype dt, const unsigned char *p, int n, float *dst)
 {
-    size_t es = mc_dtype_size(w->dtype);
-    const unsigned char *p =
-        (const unsigned char *)w->data + ((size_t)r * w->row_stride + (size_t)c0) * es;
-    switch (w->dtype) {
+    switch (dt) {
     case MC_DT_F32:
         memcpy(dst, p, (size_t)n * 4);
         break;
@@ -36,6 +33,14 @@ static void mat_row_span(const mc_mat *w, int r, int c0, int n, float *dst)
         memset(dst, 0, (size_t)n * sizeof *dst);
         break;
     }
+}
+
+/* Dequantizes columns [c0, c0+n) of stored row r into dst[n]. */
+static void mat_row_span(const mc_mat *w, int r, int c0, int n, float *dst)
+{
+    size_t es = mc_dtype_size(w->dtype);
+    widen(w->dtype, (const unsigned char *)w->data + ((size_t)r * w->row_stride + (size_t)c0) * es,
+          n, dst);
     if (w->scale) {
         const float *srow = w->scale + (size_t)(r / w->block_rows) * (size_t)w->scale_cols;
         for (int i = 0; i < n; i++)
@@ -43,7 +48,17 @@ static void mat_row_span(const mc_mat *w, int r, int c0, int n, float *dst)
     }
 }
 
-void mc_mat_row_f32(const mc_mat *w, int r, float *dst) { mat_row_span(w, r, 0, w->cols, dst); }
+void mc_mat_row_f32(const mc_mat *w, int r, float *dst)
+{
+    if (!w->transposed) {
+        mat_row_span(w, r, 0, w->cols, dst);
+        return;
+    }
+    size_t es = mc_dtype_size(w->dtype);
+    for (int i = 0; i < w->cols; i++)
+        widen(w->dtype, (const unsigned char *)w->data + ((size_t)i * w->row_stride + (size_t)r) * es,
+              1, dst + i);
+}
 
 float mc_dot(const float *a, const float *b, int n)
 {
@@ -68,9 +83,32 @@ void mc_axpy(float *y, float a, const float *x, int n)
 
 #define MATMUL_CHUNK 2048
 
+/* Transposed storage: stream stored rows (one per input i) and accumulate
+ * y[t, :] += x[t, i] * Wt[i, :]. */
+static void matmul_transposed(const mc_mat *w, const float *x, int n, int ldx, float *y, int ldy)
+{
+    float row[MATMUL_CHUNK];
+    size_t es = mc_dtype_size(w->dtype);
+    for (int t = 0; t < n; t++)
+        memset(y + (size_t)t * ldy, 0, (size_t)w->rows * sizeof *y);
+    for (int i = 0; i < w->cols; i++)
+        for (int o0 = 0; o0 < w->rows; o0 += MATMUL_CHUNK) {
+            int len = w->rows - o0 < MATMUL_CHUNK ? w->rows - o0 : MATMUL_CHUNK;
+            widen(w->dtype,
+                  (const unsigned char *)w->data + ((size_t)i * w->row_stride + (size_t)o0) * es,
+                  len, row);
+            for (int t = 0; t < n; t++)
+                mc_axpy(y + (size_t)t * ldy + o0, x[(size_t)t * ldx + i], row, len);
+        }
+}
+
 void mc_matmul(const mc_mat *w, const float *x, int n, int ldx, float *y, int ldy)
 {
     float row[MATMUL_CHUNK];
+    if (w->transposed) {
+        matmul_transposed(w, x, n, ldx, y, ldy);
+        return;
+    }
     for (int o = 0; o < w->rows; o++) {
         for (int t = 0; t < n; t++)
             y[(size_t)t * ldy + o] = 0.0f;
@@ -90,7 +128,7 @@ void mc_rmsnorm(float *out, const float *x, const float *w, int n, float eps)
         ss += (double)x[i] * x[i];
     float inv = (float)(1.0 / sqrt(ss / n + eps));
     for (int i = 0; i < n; i++)
-        out[i] = x[i] * inv * w[i];
+        out[i] = w ? x[i] * inv * w[i] : x[i] * inv;
 }
 
 void mc_softmax(float *x, int n)
