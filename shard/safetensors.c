@@ -495,32 +495,45 @@ mc_status st_checkpoint_open(const char *path, st_checkpoint **out, mc_err *err)
         *out = c;
         return MC_OK;
     }
-    snprintf(buf, sizeof buf, "%s/model.safetensors", path);
-    if (stat(buf, &sb) != 0) {
-        /* exactly one *.safetensors file other than golden outputs */
-        DIR *d = opendir(path);
-        if (!d) {
+    snprintf(buf, sizeof buf, "%s/consolidated.safetensors.index.json", path);
+    if (stat(buf, &sb) == 0) {
+        if ((st = open_indexed(c, path, buf, err)) != MC_OK)
+            goto fail;
+        *out = c;
+        return MC_OK;
+    }
+    /* No index: every consolidated*.safetensors (Mistral) or else every
+     * model*.safetensors file, in name order. */
+    static const char *const prefixes[] = {"consolidated", "model"};
+    for (int pi = 0; pi < 2 && c->nfiles == 0; pi++) {
+        struct dirent **names = NULL;
+        int nn = scandir(path, &names, NULL, alphasort);
+        if (nn < 0) {
             st = mc_err_set(err, MC_ERR_IO, "%s: cannot list: %s", path, strerror(errno));
             goto fail;
         }
-        int found = 0;
-        struct dirent *de;
-        while ((de = readdir(d))) {
-            if (has_suffix(de->d_name, ".safetensors") && strcmp(de->d_name, "golden.safetensors")) {
-                found++;
-                snprintf(buf, sizeof buf, "%s/%s", path, de->d_name);
+        st = MC_OK;
+        for (int i = 0; i < nn; i++) {
+            const char *nm = names[i]->d_name;
+            if (st == MC_OK && !strncmp(nm, prefixes[pi], strlen(prefixes[pi])) &&
+                has_suffix(nm, ".safetensors")) {
+                snprintf(buf, sizeof buf, "%s/%s", path, nm);
+                st = add_file(c, buf, err);
             }
+            free(names[i]);
         }
-        closedir(d);
-        if (found != 1) {
-            st = mc_err_set(err, MC_ERR_NOT_FOUND,
-                            "%s: no model.safetensors.index.json and %d *.safetensors files "
-                            "(need exactly one)",
-                            path, found);
+        free(names);
+        if (st != MC_OK)
             goto fail;
-        }
     }
-    if ((st = add_file(c, buf, err)) != MC_OK || (st = build_index(c, err)) != MC_OK)
+    if (c->nfiles == 0) {
+        st = mc_err_set(err, MC_ERR_NOT_FOUND,
+                        "%s: no model.safetensors.index.json and no model*.safetensors or "
+                        "consolidated*.safetensors files",
+                        path);
+        goto fail;
+    }
+    if ((st = build_index(c, err)) != MC_OK)
         goto fail;
     *out = c;
     return MC_OK;

@@ -67,9 +67,10 @@ const st_tensor *st_file_find(const st_file *f, const char *name);
 /* Value of a __metadata__ key, or NULL. */
 const char *st_file_metadata(const st_file *f, const char *key);
 
-/* Opens a checkpoint: a directory with model.safetensors.index.json, a
- * directory with exactly one *.safetensors file (model.safetensors
- * preferred), or a single .safetensors file. */
+/* Opens a checkpoint: a directory with model.safetensors.index.json (or
+ * Mistral's consolidated.safetensors.index.json); without an index, all
+ * consolidated*.safetensors files of the directory, or else all
+ * model*.safetensors files; or a single .safetensors file. */
 mc_status st_checkpoint_open(const char *path, st_checkpoint **out, mc_err *err);
 void st_checkpoint_close(st_checkpoint *c);
 size_t st_checkpoint_count(const st_checkpoint *c);
