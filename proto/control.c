@@ -1,0 +1,199 @@
+/* control.c - size bound, version check and body check around protoc-c's
+ * generated ControlMessage code.
+ *
+ * Bytes: a ControlMessage encoding starts with its version field when the
+ * version is non-zero (protobuf-c writes fields in field-number order):
+ *   0x08                      key: field 1, wire type 0 (varint)
+ *   varint                    version, 1..10 bytes
+ *   key + length + bytes      the one body field (2..7, wire type 2)
+ * mc_control_unpack() reads that leading version before decoding the body,
+ * so a peer of another version gets "version N" rather than "garbage".
+ */
+#include "control.h"
+
+#include <stdlib.h>
+
+void mc_control_init(ControlMessage *msg)
+{
+    control_message__init(msg);
+    msg->version = MC_CONTROL_VERSION;
+}
+
+const char *mc_control_body_name(const ControlMessage *msg)
+{
+    if (!msg)
+        return "none";
+    switch (msg->body_case) {
+    case CONTROL_MESSAGE__BODY_HELLO:
+        return "hello";
+    case CONTROL_MESSAGE__BODY_STEP:
+        return "step";
+    case CONTROL_MESSAGE__BODY_RESULT:
+        return "result";
+    case CONTROL_MESSAGE__BODY_HEARTBEAT:
+        return "heartbeat";
+    case CONTROL_MESSAGE__BODY_SHUTDOWN:
+        return "shutdown";
+    case CONTROL_MESSAGE__BODY_ERROR:
+        return "error";
+    default:
+        return "none";
+    }
+}
+
+/* The body pointer of the current oneof case (NULL when the case is set but
+ * the pointer is not, which protobuf-c would otherwise dereference). */
+static const void *body_ptr(const ControlMessage *msg)
+{
+    switch (msg->body_case) {
+    case CONTROL_MESSAGE__BODY_HELLO:
+        return msg->hello;
+    case CONTROL_MESSAGE__BODY_STEP:
+        return msg->step;
+    case CONTROL_MESSAGE__BODY_RESULT:
+        return msg->result;
+    case CONTROL_MESSAGE__BODY_HEARTBEAT:
+        return msg->heartbeat;
+    case CONTROL_MESSAGE__BODY_SHUTDOWN:
+        return msg->shutdown;
+    case CONTROL_MESSAGE__BODY_ERROR:
+        return msg->error;
+    default:
+        return NULL;
+    }
+}
+
+mc_status mc_control_pack(const ControlMessage *msg, uint8_t **buf, size_t *len)
+{
+    if (!buf || !len)
+        return MC_ERR_ARG;
+    *buf = NULL;
+    *len = 0;
+    if (!msg || msg->version != MC_CONTROL_VERSION || !body_ptr(msg))
+        return MC_ERR_ARG;
+
+    size_t n = control_message__get_packed_size(msg);
+    if (n > MC_CONTROL_MAX_BYTES)
+        return MC_ERR_OVERFLOW;
+    uint8_t *out = malloc(n ? n : 1);
+    if (!out)
+        return MC_ERR_NOMEM;
+    size_t written = control_message__pack(msg, out);
+    if (written != n) {
+        free(out);
+        return MC_ERR_INTERNAL;
+    }
+    *buf = out;
+    *len = n;
+    return MC_OK;
+}
+
+/* Reads the leading version field if the message starts with one.
+ * Returns 1 and sets *version when it does, 0 otherwise (absent or cut off). */
+static int peek_version(const uint8_t *buf, size_t len, uint64_t *version)
+{
+    if (len < 2 || buf[0] != 0x08)
+        return 0;
+    uint64_t v = 0;
+    for (size_t i = 1; i < len && i <= 10; i++) {
+        v |= (uint64_t)(buf[i] & 0x7f) << (7 * (i - 1));
+        if (!(buf[i] & 0x80)) {
+            *version = v;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* Checks that fields which go together agree, so consumers can index them. */
+static mc_status check_body(const ControlMessage *m, mc_err *err)
+{
+    switch (m->body_case) {
+    case CONTROL_MESSAGE__BODY_HELLO:
+        if (m->hello->world_size == 0 || m->hello->rank >= m->hello->world_size)
+            return mc_err_set(err, MC_ERR_FORMAT,
+                              "control message: hello from rank %u of world size %u",
+                              m->hello->rank, m->hello->world_size);
+        break;
+    case CONTROL_MESSAGE__BODY_RESULT:
+        for (size_t i = 0; i < m->result->n_seqs; i++) {
+            const SeqResult *s = m->result->seqs[i];
+            if (s->n_top_token_ids != s->n_top_logprobs)
+                return mc_err_set(err, MC_ERR_FORMAT,
+                                  "control message: step %llu result for sequence %llu has %zu "
+                                  "top token ids but %zu logprobs",
+                                  (unsigned long long)m->result->step_id,
+                                  (unsigned long long)s->seq_id, s->n_top_token_ids,
+                                  s->n_top_logprobs);
+        }
+        break;
+    default:
+        break;
+    }
+    return MC_OK;
+}
+
+mc_status mc_control_unpack(const uint8_t *buf, size_t len, ControlMessage **out, mc_err *err)
+{
+    if (!out)
+        return mc_err_set(err, MC_ERR_ARG, "mc_control_unpack: out is NULL");
+    *out = NULL;
+    if (!buf && len > 0)
+        return mc_err_set(err, MC_ERR_ARG, "mc_control_unpack: NULL buffer of %zu bytes", len);
+    if (len > MC_CONTROL_MAX_BYTES)
+        return mc_err_set(err, MC_ERR_FORMAT,
+                          "control message of %zu bytes exceeds the limit of %zu bytes", len,
+                          MC_CONTROL_MAX_BYTES);
+
+    uint64_t peeked;
+    if (peek_version(buf, len, &peeked) && peeked != MC_CONTROL_VERSION)
+        return mc_err_set(err, MC_ERR_UNSUPPORTED,
+                          "control message version %llu, this build speaks version %u "
+                          "(coordinator and workers from different builds?)",
+                          (unsigned long long)peeked, MC_CONTROL_VERSION);
+
+    static const uint8_t empty[1];
+    ControlMessage *m = control_message__unpack(NULL, len, buf ? buf : empty);
+    if (!m)
+        return mc_err_set(err, MC_ERR_FORMAT,
+                          "control message of %zu bytes does not decode "
+                          "(truncated, corrupt or not a ControlMessage)",
+                          len);
+
+    mc_status st = MC_OK;
+    if (m->version == 0) {
+        st = mc_err_set(err, MC_ERR_FORMAT,
+                        "control message of %zu bytes has no version field (expected version %u)",
+                        len, MC_CONTROL_VERSION);
+        goto fail;
+    }
+    if (m->version != MC_CONTROL_VERSION) {
+        st = mc_err_set(err, MC_ERR_UNSUPPORTED,
+                        "control message version %u, this build speaks version %u "
+                        "(coordinator and workers from different builds?)",
+                        m->version, MC_CONTROL_VERSION);
+        goto fail;
+    }
+    if (!body_ptr(m)) {
+        st = mc_err_set(err, MC_ERR_FORMAT,
+                        "control message of %zu bytes has no body (truncated, or a message "
+                        "kind this build does not know)",
+                        len);
+        goto fail;
+    }
+    st = check_body(m, err);
+    if (st != MC_OK)
+        goto fail;
+    *out = m;
+    return MC_OK;
+
+fail:
+    control_message__free_unpacked(m, NULL);
+    return st;
+}
+
+void mc_control_free(ControlMessage *msg)
+{
+    if (msg)
+        control_message__free_unpacked(msg, NULL);
+}

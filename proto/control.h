@@ -1,0 +1,51 @@
+/* control.h - framing of control-plane messages (proto/control.proto).
+ *
+ * A control message on the wire is the protobuf encoding of one
+ * ControlMessage, nothing more (the transport delimits messages). These
+ * wrappers bound its size, check its version before anything else and make
+ * sure it carries a body, so the rest of the code only ever sees messages of
+ * this build's version.
+ *
+ * Ownership: mc_control_pack() returns a malloc'd buffer the caller free()s;
+ * mc_control_unpack() returns a message the caller releases with
+ * mc_control_free().
+ */
+#ifndef MC_CONTROL_H
+#define MC_CONTROL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "control.pb-c.h"
+#include "status.h"
+
+/* Wire version spoken by this build; see control.proto for when to bump it. */
+#define MC_CONTROL_VERSION 1u
+
+/* Largest packed message accepted or produced, in bytes. */
+#define MC_CONTROL_MAX_BYTES ((size_t)64 << 20)
+
+/* Initializes *msg as an empty message of this build's version (no body yet). */
+void mc_control_init(ControlMessage *msg);
+
+/* Serializes msg into a new buffer (*buf, *len; caller frees *buf with free()).
+ * Refuses, with *buf = NULL: NULL arguments or a message without body
+ * (MC_ERR_ARG), a version other than MC_CONTROL_VERSION (MC_ERR_ARG), an
+ * encoding larger than MC_CONTROL_MAX_BYTES (MC_ERR_OVERFLOW). */
+mc_status mc_control_pack(const ControlMessage *msg, uint8_t **buf, size_t *len);
+
+/* Parses len bytes from a peer into *out (release with mc_control_free()).
+ * Refuses, with *out = NULL and a one-line message in err: more than
+ * MC_CONTROL_MAX_BYTES, a version other than MC_CONTROL_VERSION
+ * (MC_ERR_UNSUPPORTED; checked before the body is decoded), bytes that do
+ * not decode (MC_ERR_FORMAT), a message without a known body and bodies
+ * that contradict themselves (MC_ERR_FORMAT). */
+mc_status mc_control_unpack(const uint8_t *buf, size_t len, ControlMessage **out, mc_err *err);
+
+/* Frees a message returned by mc_control_unpack(); NULL is fine. */
+void mc_control_free(ControlMessage *msg);
+
+/* "hello", "step", "result", "heartbeat", "shutdown", "error" or "none", for logs. */
+const char *mc_control_body_name(const ControlMessage *msg);
+
+#endif

@@ -1,0 +1,36 @@
+/* comm_impl.h - private to transport/: the mc_comm vtable that each backend
+ * (comm.c: self, comm_local.c: local, later MPI and NCCL) fills in.
+ *
+ * The public wrappers in comm.c check every argument (NULL pointers, peer
+ * ranks, regions inside their buffers, overflow) before calling a backend,
+ * so backends may rely on them.
+ */
+#ifndef MC_COMM_IMPL_H
+#define MC_COMM_IMPL_H
+
+#include "comm.h"
+
+typedef struct {
+    const char *name;
+    mc_status (*all_reduce_sum_f32)(mc_comm *c, float *buf, size_t count, mc_err *err);
+    mc_status (*all_to_all_v)(mc_comm *c, const void *send, const size_t *send_counts,
+                              const size_t *send_displs, void *recv, const size_t *recv_counts,
+                              const size_t *recv_displs, mc_err *err);
+    mc_status (*send)(mc_comm *c, int peer, const void *buf, size_t bytes, mc_err *err);
+    mc_status (*recv)(mc_comm *c, int peer, void *buf, size_t bytes, mc_err *err);
+    mc_status (*barrier)(mc_comm *c, mc_err *err);
+    mc_status (*split)(mc_comm *c, int color, int key, mc_comm **out, mc_err *err);
+    void (*free)(mc_comm *c); /* frees impl; comm.c frees the mc_comm itself */
+} mc_comm_ops;
+
+struct mc_comm {
+    const mc_comm_ops *ops;
+    int rank;
+    int size;
+    void *impl; /* backend state, owned by the backend */
+};
+
+/* Allocates an mc_comm for a backend (NULL on out of memory). */
+mc_comm *mc_comm_new(const mc_comm_ops *ops, int rank, int size, void *impl);
+
+#endif
