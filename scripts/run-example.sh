@@ -4,6 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Installs the Debian packages the build needs (a no-op when they are there).
+[ "${MC_SKIP_SETUP:-0}" = 1 ] || scripts/setup.sh
+
 jobs=$(nproc)
 set -x
 cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo

@@ -24,6 +24,9 @@ case "${1:-}" in
     ;;
 esac
 
+# Installs the Debian packages the build needs (a no-op when they are there).
+[ "${MC_SKIP_SETUP:-0}" = 1 ] || scripts/setup.sh
+
 jobs=$(nproc)
 set -x
 cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo "${extra[@]}"
