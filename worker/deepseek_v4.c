@@ -263,8 +263,9 @@ static mc_status bind_layer(mc_model *m, int l, mc_err *err)
                  &L->gate, err));
     if (L->hash) {
         TRY(bind_tid2eid(m, l, L, err));
-    } else if (st_checkpoint_find(m->ckpt, lname(n, sizeof n, l, "ffn.gate.bias"))) {
-        TRY(bind_vec(m, n, E, "n_routed_experts", &L->gate_bias, err));
+    } else {
+        TRY(bind_vec(m, lname(n, sizeof n, l, "ffn.gate.bias"), E,
+                     "n_routed_experts (score correction bias of a 'moe' layer)", &L->gate_bias, err));
     }
     L->experts = own(m->v4, mc_calloc_n((size_t)E, sizeof *L->experts));
     if (!L->experts)
