@@ -45,6 +45,9 @@ static void parse_rope_obj(mc_cfg_ctx *c, json_t *p, const char *label, double *
         v->compress_beta_slow = mc_cfg_num(c, p, "beta_slow", 1.0, false);
         /* The V4 reference does not scale cos/sin by YaRN's mscale. */
         v->compress_attention_factor = mc_cfg_num(c, p, "attention_factor", 1.0, false);
+        if (v->compress_attention_factor != 1.0)
+            FAIL(c, MC_ERR_UNSUPPORTED, "%s rope: yarn attention_factor other than 1 is not supported",
+                 label);
         if (mc_cfg_get(c, p, "truncate") && !mc_cfg_bool(c, p, "truncate", true))
             FAIL(c, MC_ERR_UNSUPPORTED, "%s rope: truncate=false is not supported", label);
         if ((v->compress_factor <= 0 || v->compress_orig_max_pos <= 0) && c->st == MC_OK)

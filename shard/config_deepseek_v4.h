@@ -41,7 +41,7 @@ typedef struct {
     double compress_theta;
     int compress_yarn;        /* 0: default rope; 1: YaRN (see the fields below) */
     double compress_factor, compress_orig_max_pos, compress_beta_fast, compress_beta_slow;
-    double compress_attention_factor;
+    double compress_attention_factor; /* always 1 (others are refused) */
 
     unsigned char layer_attn[MC_V4_MAX_LAYERS]; /* mc_v4_attn_kind */
     bool layer_hash[MC_V4_MAX_LAYERS];          /* hash-routed MoE (tid2eid) */
