@@ -21,6 +21,7 @@ typedef struct {
 static const command commands[] = {
     {"score", mc_cmd_score, "logits for every position of token sequences (safetensors in/out)"},
     {"generate", mc_cmd_generate, "generate token ids from a prompt"},
+    {"plan", mc_cmd_plan, "does a model fit a cluster: layout, memory per rank, speed estimate"},
 };
 
 static void usage(FILE *out)

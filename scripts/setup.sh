@@ -21,6 +21,8 @@ PACKAGES=(
     libopenmpi-dev openmpi-bin
     # checksums
     libxxhash-dev
+    # YAML cluster configs
+    libcyaml-dev
 )
 
 check_only=0

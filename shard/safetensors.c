@@ -570,6 +570,16 @@ mc_status st_write(const char *path, const st_write_tensor *tensors, size_t n, m
     for (size_t i = 0; i < n; i++) {
         const st_write_tensor *t = &tensors[i];
         uint64_t numel = 1, nb;
+        size_t nl = t->name ? strlen(t->name) : 0;
+        if (nl == 0 || nl > MC_ST_MAX_NAME || !strcmp(t->name, "__metadata__") ||
+            t->ndim < 0 || t->ndim > MC_ST_MAX_DIMS || (unsigned)t->dtype >= MC_DT_COUNT) {
+            st = mc_err_set(err, MC_ERR_ARG, "%s: tensor %zu: bad name, rank or dtype", path, i);
+            goto done;
+        }
+        if (json_object_get(root, t->name)) {
+            st = mc_err_set(err, MC_ERR_ARG, "%s: duplicate tensor name '%s'", path, t->name);
+            goto done;
+        }
         json_t *shape = json_array();
         for (int d = 0; d < t->ndim; d++) {
             json_array_append_new(shape, json_integer(t->shape[d]));

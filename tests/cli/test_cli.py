@@ -151,6 +151,25 @@ def main():
     a, b = run(args), run(args)
     check(a[0] == 0 and a[1] == b[1], "same seed, same sampled ids")
 
+    # plan: JSON with the parameter counts, and clear errors for bad clusters
+    root = os.path.dirname(os.path.dirname(fx))
+    cfg = os.path.join(fx, "configs", "deepseek-v3.2.config.json")
+    rc, out_json, err = run([exe, "plan", "--model", cfg, "--cluster",
+                             os.path.join(root, "cluster-configs", "2x8-h100-80gb.yaml"),
+                             "--weights", "fp8", "--json"])
+    ok = rc == 0
+    if ok:
+        j = json.loads(out_json)
+        ok = abs(j["params_total"] / 1e9 - 671.9) < 6.7 and abs(j["params_active"] / 1e9 - 37.5) < 0.4
+        ok = ok and j["fits"] is True and len(j["ranks"]) == 16
+    check(ok, "plan --json for DeepSeek-V3.2 on 2x8 H100 (fp8): counts, 16 ranks, fits")
+    rc, text, err = run([exe, "plan", "--model", model, "--cluster",
+                         os.path.join(root, "cluster-configs", "cpu-2ranks.yaml")])
+    check(rc == 0 and "verdict" in text and "FITS" in text, "plan text output on a checkpoint dir")
+    expect_error([exe, "plan", "--model", model, "--cluster",
+                  os.path.join(fx, "clusters", "bad-ep.yaml")], "parallel.ep", "plan with a bad cluster")
+    expect_error([exe, "plan", "--model", model, "--weights", "int3"], "--weights", "plan with a bad format")
+
     print(f"{failures} failures")
     return 1 if failures else 0
 

@@ -1,0 +1,44 @@
+/* cluster.h - a cluster description (YAML, schema in cluster-configs/README.md).
+ *
+ * Devices are GPUs (backend cuda) or CPU ranks (backend cpu); every device
+ * of a cluster is alike. The parallel layout: world = pp * tp * dp ranks, one
+ * per device; experts are split over `ep` ranks, which must divide tp * dp
+ * (the ranks of one pipeline stage).
+ */
+#ifndef MC_CLUSTER_H
+#define MC_CLUSTER_H
+
+#include "status.h"
+
+typedef enum { MC_BACKEND_CPU = 0, MC_BACKEND_CUDA } mc_backend_kind;
+
+typedef struct {
+    char kind[32];
+    double bandwidth_gbs; /* per device, one direction, GB/s (1e9 bytes) */
+    double latency_us;
+} mc_link;
+
+typedef struct {
+    char name[64];
+    mc_backend_kind backend;
+    int nodes, devices_per_node;
+    struct {
+        char name[64];
+        double memory_gib;           /* usable memory per device */
+        double memory_bandwidth_gbs; /* GB/s */
+        double bf16_tflops, fp8_tflops, int8_tops; /* dense peak per device */
+    } device;
+    mc_link intra, inter;
+    int tp, ep, pp, dp;
+    double workspace_gib; /* reserved per device for activations and buffers */
+} mc_cluster;
+
+mc_status mc_cluster_load(const char *path, mc_cluster *out, mc_err *err);
+/* Validates a filled description (also used after command-line overrides);
+ * `src` names it in messages. */
+mc_status mc_cluster_check(const mc_cluster *c, const char *src, mc_err *err);
+/* A single CPU rank with `memory_gib` of memory (used when no --cluster is given). */
+void mc_cluster_single_cpu(mc_cluster *c, double memory_gib);
+int mc_cluster_world(const mc_cluster *c);
+
+#endif
