@@ -507,8 +507,8 @@ const char *mc_family_name(mc_family f)
 
 const char *mc_supported_model_types(void)
 {
-    return "deepseek_v3, deepseek_v32, qwen3_moe, llama4, llama4_text, mistral4 (and Mistral "
-           "params.json)";
+    return "deepseek_v3, deepseek_v32, deepseek_v4, qwen3_moe, llama4, llama4_text, mistral4 "
+           "(and Mistral params.json)";
 }
 
 /* Checks the description against itself once a family filled it. */

@@ -314,6 +314,10 @@ static void estimate(mc_plan *p)
 
 static mc_status layout_check(const mc_model_desc *d, const mc_cluster *c, mc_err *err)
 {
+    if (d->family == MC_FAM_DEEPSEEK_V4)
+        return mc_err_set(err, MC_ERR_UNSUPPORTED,
+                          "plan does not model DeepSeek-V4's layers yet (hyper-connections, "
+                          "compressed attention)");
     if (c->tp > 1 && d->n_heads % c->tp != 0)
         return mc_err_set(err, MC_ERR_CONFIG,
                           "tensor parallelism %d does not divide the %d attention heads", c->tp,
