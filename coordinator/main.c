@@ -22,6 +22,7 @@ static const command commands[] = {
     {"score", mc_cmd_score, "logits for every position of token sequences (safetensors in/out)"},
     {"generate", mc_cmd_generate, "generate token ids from a prompt"},
     {"plan", mc_cmd_plan, "does a model fit a cluster: layout, memory per rank, speed estimate"},
+    {"synth", mc_cmd_synth, "write a random-weight checkpoint of a real model's shape"},
 };
 
 static void usage(FILE *out)

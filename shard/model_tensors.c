@@ -2,6 +2,8 @@
 #include "model_tensors.h"
 
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 #define L "model.layers.%d."
 
@@ -149,4 +151,135 @@ int mc_tensor_name(const mc_model_desc *d, mc_tensor_role role, int layer, int e
         n = snprintf(buf + p, len - (size_t)p, "%s", t[role]);
 #pragma GCC diagnostic pop
     return n < 0 || (size_t)n >= len - (size_t)p ? -1 : 0;
+}
+
+typedef struct {
+    mc_tensor_spec *v;
+    size_t n, cap;
+    const mc_model_desc *d;
+    int bad;
+} spec_list;
+
+static void add(spec_list *s, mc_tensor_role role, int layer, int expert, bool linear, int ndim,
+                int64_t a, int64_t b, int64_t c)
+{
+    if (s->bad)
+        return;
+    if (s->n == s->cap) {
+        size_t nc = s->cap ? 2 * s->cap : 256;
+        mc_tensor_spec *nv = realloc(s->v, nc * sizeof *nv);
+        if (!nv) {
+            s->bad = 1;
+            return;
+        }
+        s->v = nv;
+        s->cap = nc;
+    }
+    mc_tensor_spec *t = &s->v[s->n];
+    memset(t, 0, sizeof *t);
+    if (mc_tensor_name(s->d, role, layer < 0 ? 0 : layer, expert < 0 ? 0 : expert, t->name,
+                       sizeof t->name) != 0) {
+        s->bad = 2;
+        return;
+    }
+    t->role = role;
+    t->layer = layer;
+    t->expert = expert;
+    t->linear = linear;
+    t->ndim = ndim;
+    t->shape[0] = a;
+    t->shape[1] = b;
+    t->shape[2] = c;
+    s->n++;
+}
+
+#define MAT(role, l, e, r, c) add(&s, role, l, e, true, 2, r, c, 0)
+#define VEC(role, l, n) add(&s, role, l, -1, false, 1, n, 0, 0)
+
+mc_status mc_model_tensor_specs(const mc_model_desc *d, mc_tensor_spec **out, size_t *n,
+                                mc_err *err)
+{
+    *out = NULL;
+    *n = 0;
+    if (d->family == MC_FAM_DEEPSEEK_V4)
+        return mc_err_set(err, MC_ERR_UNSUPPORTED,
+                          "the tensor table does not describe DeepSeek-V4 yet");
+    spec_list s = {.d = d};
+    int64_t H = d->hidden, V = d->vocab, nh = d->n_heads;
+    add(&s, MC_T_EMBED, -1, -1, false, 2, V, H, 0);
+    if (!d->tie_embeddings)
+        add(&s, MC_T_LM_HEAD, -1, -1, false, 2, V, H, 0);
+    VEC(MC_T_FINAL_NORM, -1, H);
+    for (int l = 0; l < d->n_layers; l++) {
+        VEC(MC_T_ATTN_NORM, l, H);
+        VEC(MC_T_FFN_NORM, l, H);
+        if (d->attn == MC_ATTN_MLA) {
+            int64_t qk = d->qk_nope_dim + d->qk_rope_dim;
+            if (d->q_lora_rank > 0) {
+                MAT(MC_T_Q_A, l, -1, d->q_lora_rank, H);
+                VEC(MC_T_Q_A_NORM, l, d->q_lora_rank);
+                MAT(MC_T_Q_B, l, -1, nh * qk, d->q_lora_rank);
+            } else {
+                MAT(MC_T_Q, l, -1, nh * qk, H);
+            }
+            MAT(MC_T_KV_A, l, -1, d->kv_lora_rank + d->qk_rope_dim, H);
+            VEC(MC_T_KV_A_NORM, l, d->kv_lora_rank);
+            MAT(MC_T_KV_B, l, -1, nh * (d->qk_nope_dim + d->v_head_dim), d->kv_lora_rank);
+            MAT(MC_T_O, l, -1, H, nh * d->v_head_dim);
+            if (d->index_topk > 0) {
+                MAT(MC_T_IDX_WQ_B, l, -1, (int64_t)d->index_n_heads * d->index_head_dim,
+                    d->q_lora_rank);
+                MAT(MC_T_IDX_WK, l, -1, d->index_head_dim, H);
+                VEC(MC_T_IDX_K_NORM, l, d->index_head_dim);
+                VEC(MC_T_IDX_K_NORM_BIAS, l, d->index_head_dim);
+                add(&s, MC_T_IDX_WEIGHTS, l, -1, false, 2, d->index_n_heads, H, 0);
+            }
+        } else {
+            int64_t hd = d->head_dim;
+            MAT(MC_T_Q, l, -1, nh * hd, H);
+            MAT(MC_T_K, l, -1, d->n_kv_heads * hd, H);
+            MAT(MC_T_V, l, -1, d->n_kv_heads * hd, H);
+            MAT(MC_T_O, l, -1, H, nh * hd);
+            if (d->qk_norm) {
+                VEC(MC_T_Q_NORM, l, hd);
+                VEC(MC_T_K_NORM, l, hd);
+            }
+        }
+        if (!d->layer_moe[l]) {
+            MAT(MC_T_DENSE_GATE, l, -1, d->dense_inter, H);
+            MAT(MC_T_DENSE_UP, l, -1, d->dense_inter, H);
+            MAT(MC_T_DENSE_DOWN, l, -1, H, d->dense_inter);
+            continue;
+        }
+        add(&s, MC_T_ROUTER, l, -1, false, 2, d->n_experts, H, 0);
+        if (d->has_score_bias)
+            VEC(MC_T_ROUTER_BIAS, l, d->n_experts);
+        if (d->n_shared_experts > 0) {
+            MAT(MC_T_SHARED_GATE, l, -1, d->shared_inter, H);
+            MAT(MC_T_SHARED_UP, l, -1, d->shared_inter, H);
+            MAT(MC_T_SHARED_DOWN, l, -1, H, d->shared_inter);
+        }
+        int64_t E = d->n_experts, I = d->moe_inter;
+        if (d->expert_layout == MC_EXPERTS_FUSED_IO) {
+            add(&s, MC_T_EXPERTS_GATE_UP, l, -1, true, 3, E, H, 2 * I);
+            add(&s, MC_T_EXPERTS_DOWN, l, -1, true, 3, E, I, H);
+        } else if (d->expert_layout == MC_EXPERTS_FUSED_OI) {
+            add(&s, MC_T_EXPERTS_GATE_UP, l, -1, true, 3, E, 2 * I, H);
+            add(&s, MC_T_EXPERTS_DOWN, l, -1, true, 3, E, H, I);
+        } else {
+            for (int e = 0; e < E; e++) {
+                MAT(MC_T_EXPERT_GATE, l, e, I, H);
+                MAT(MC_T_EXPERT_UP, l, e, I, H);
+                MAT(MC_T_EXPERT_DOWN, l, e, H, I);
+            }
+        }
+    }
+    if (s.bad) {
+        free(s.v);
+        return s.bad == 1 ? mc_err_set(err, MC_ERR_NOMEM, "out of memory")
+                          : mc_err_set(err, MC_ERR_INTERNAL, "tensor name too long or missing");
+    }
+    *out = s.v;
+    *n = s.n;
+    return MC_OK;
 }

@@ -10,7 +10,11 @@
 
 #include "model_config.h"
 
+#include "status.h"
+
+#include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 typedef enum {
     MC_T_EMBED = 0,
@@ -59,5 +63,23 @@ typedef enum {
 int mc_tensor_name(const mc_model_desc *d, mc_tensor_role role, int layer, int expert, char *buf,
                    size_t len);
 const char *mc_tensor_role_str(mc_tensor_role role);
+
+/* One tensor the model description implies (FP8 scale tensors not listed:
+ * every `linear` weight stored as F8_E4M3 has a `<name>_scale_inv`). */
+typedef struct {
+    char name[256];
+    mc_tensor_role role;
+    int layer, expert; /* -1 when not per layer / per expert */
+    int ndim;
+    int64_t shape[3];
+    bool linear; /* a projection matrix (quantizable); false for embeddings, head, norms,
+                    routers and biases */
+} mc_tensor_spec;
+
+/* Lists every tensor of the text model in the checkpoint's naming and
+ * layout (fused or per-expert experts). *out is malloc'd; caller frees.
+ * DeepSeek-V4 is not described by this table (returns MC_ERR_UNSUPPORTED). */
+mc_status mc_model_tensor_specs(const mc_model_desc *d, mc_tensor_spec **out, size_t *n,
+                                mc_err *err);
 
 #endif

@@ -558,15 +558,38 @@ const st_tensor *st_checkpoint_find(const st_checkpoint *c, const char *name)
 
 /* ---- writer ---- */
 
-mc_status st_write(const char *path, const st_write_tensor *tensors, size_t n, mc_err *err)
+struct st_writer {
+    FILE *fp;
+    char *path, *tmp;
+    uint64_t expected, written;
+};
+
+void st_writer_abort(st_writer *w)
 {
+    if (!w)
+        return;
+    if (w->fp)
+        fclose(w->fp);
+    if (w->tmp)
+        unlink(w->tmp);
+    free(w->path);
+    free(w->tmp);
+    free(w);
+}
+
+mc_status st_writer_open(const char *path, const st_write_tensor *tensors, size_t n,
+                         st_writer **out, mc_err *err)
+{
+    *out = NULL;
     json_t *root = json_object();
     mc_status st = MC_OK;
     char *hdr = NULL;
-    FILE *fp = NULL;
     uint64_t off = 0;
-    if (!root)
-        return mc_err_set(err, MC_ERR_NOMEM, "out of memory");
+    st_writer *w = calloc(1, sizeof *w);
+    if (!root || !w) {
+        st = mc_err_set(err, MC_ERR_NOMEM, "out of memory");
+        goto done;
+    }
     for (size_t i = 0; i < n; i++) {
         const st_write_tensor *t = &tensors[i];
         uint64_t numel = 1, nb;
@@ -589,54 +612,103 @@ mc_status st_write(const char *path, const st_write_tensor *tensors, size_t n, m
                 goto done;
             }
         }
-        if (mc_mul_u64(numel, mc_dtype_size(t->dtype), &nb)) {
+        if (mc_mul_u64(numel, mc_dtype_size(t->dtype), &nb) || mc_add_u64(off, nb, &off)) {
             json_decref(shape);
             st = mc_err_set(err, MC_ERR_OVERFLOW, "%s: tensor '%s': size overflow", path, t->name);
             goto done;
         }
         json_t *e = json_pack("{s:s, s:o, s:[I,I]}", "dtype", mc_dtype_name(t->dtype), "shape",
-                              shape, "data_offsets", (json_int_t)off, (json_int_t)(off + nb));
+                              shape, "data_offsets", (json_int_t)(off - nb), (json_int_t)off);
         if (!e || json_object_set_new(root, t->name, e)) {
             st = mc_err_set(err, MC_ERR_NOMEM, "out of memory");
             goto done;
         }
-        off += nb;
     }
     hdr = json_dumps(root, JSON_COMPACT);
-    if (!hdr) {
+    w->path = strdup(path);
+    w->tmp = malloc(strlen(path) + 16);
+    if (!hdr || !w->path || !w->tmp) {
         st = mc_err_set(err, MC_ERR_NOMEM, "out of memory");
+        goto done;
+    }
+    sprintf(w->tmp, "%s.partial", path);
+    w->fp = fopen(w->tmp, "wb");
+    if (!w->fp) {
+        st = mc_err_set(err, MC_ERR_IO, "%s: cannot create: %s", path, strerror(errno));
         goto done;
     }
     size_t hl = strlen(hdr);
     size_t padded = (hl + 7) & ~(size_t)7;
-    fp = fopen(path, "wb");
-    if (!fp) {
-        st = mc_err_set(err, MC_ERR_IO, "%s: cannot create: %s", path, strerror(errno));
-        goto done;
-    }
     uint8_t lenb[8];
     for (int i = 0; i < 8; i++)
         lenb[i] = (uint8_t)((uint64_t)padded >> (8 * i));
-    int ok = fwrite(lenb, 1, 8, fp) == 8 && fwrite(hdr, 1, hl, fp) == hl;
+    int ok = fwrite(lenb, 1, 8, w->fp) == 8 && fwrite(hdr, 1, hl, w->fp) == hl;
     for (size_t i = hl; i < padded && ok; i++)
-        ok = fputc(' ', fp) != EOF;
-    for (size_t i = 0; i < n && ok; i++) {
-        const st_write_tensor *t = &tensors[i];
-        uint64_t numel = 1;
-        for (int d = 0; d < t->ndim; d++)
-            numel *= (uint64_t)t->shape[d];
-        size_t nb = (size_t)(numel * mc_dtype_size(t->dtype));
-        ok = nb == 0 || fwrite(t->data, 1, nb, fp) == nb;
-    }
-    if (fclose(fp) != 0)
-        ok = 0;
-    fp = NULL;
-    if (!ok)
+        ok = fputc(' ', w->fp) != EOF;
+    if (!ok) {
         st = mc_err_set(err, MC_ERR_IO, "%s: write failed: %s", path, strerror(errno));
+        goto done;
+    }
+    w->expected = off;
 done:
     free(hdr);
     json_decref(root);
+    if (st != MC_OK)
+        st_writer_abort(w);
+    else
+        *out = w;
     return st;
+}
+
+mc_status st_writer_write(st_writer *w, const void *data, size_t len, mc_err *err)
+{
+    if (len > w->expected - w->written)
+        return mc_err_set(err, MC_ERR_ARG, "%s: more data than the header announced", w->path);
+    if (len && fwrite(data, 1, len, w->fp) != len)
+        return mc_err_set(err, MC_ERR_IO, "%s: write failed: %s", w->path, strerror(errno));
+    w->written += len;
+    return MC_OK;
+}
+
+mc_status st_writer_close(st_writer *w, mc_err *err)
+{
+    mc_status st = MC_OK;
+    if (w->written != w->expected)
+        st = mc_err_set(err, MC_ERR_ARG, "%s: %llu of %llu data bytes written", w->path,
+                        (unsigned long long)w->written, (unsigned long long)w->expected);
+    else if (fflush(w->fp) != 0 || fsync(fileno(w->fp)) != 0)
+        st = mc_err_set(err, MC_ERR_IO, "%s: write failed: %s", w->path, strerror(errno));
+    if (fclose(w->fp) != 0 && st == MC_OK)
+        st = mc_err_set(err, MC_ERR_IO, "%s: write failed: %s", w->path, strerror(errno));
+    w->fp = NULL;
+    if (st == MC_OK && rename(w->tmp, w->path) != 0)
+        st = mc_err_set(err, MC_ERR_IO, "%s: cannot rename the finished file: %s", w->path,
+                        strerror(errno));
+    if (st == MC_OK) {
+        free(w->tmp);
+        w->tmp = NULL;
+    }
+    st_writer_abort(w);
+    return st;
+}
+
+mc_status st_write(const char *path, const st_write_tensor *tensors, size_t n, mc_err *err)
+{
+    st_writer *w;
+    mc_status st = st_writer_open(path, tensors, n, &w, err);
+    if (st != MC_OK)
+        return st;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t numel = 1;
+        for (int d = 0; d < tensors[i].ndim; d++)
+            numel *= (uint64_t)tensors[i].shape[d];
+        if ((st = st_writer_write(w, tensors[i].data, (size_t)(numel * mc_dtype_size(tensors[i].dtype)),
+                                  err)) != MC_OK) {
+            st_writer_abort(w);
+            return st;
+        }
+    }
+    return st_writer_close(w, err);
 }
 
 void st_tensor_to_f32(const st_tensor *t, float *dst)

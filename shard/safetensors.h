@@ -88,6 +88,20 @@ typedef struct {
 
 mc_status st_write(const char *path, const st_write_tensor *tensors, size_t n, mc_err *err);
 
+/* Streaming writer for files larger than memory: the header (from the
+ * tensors' names, dtypes and shapes; their data pointers are ignored) is
+ * written at open, then the tensors' bytes are appended in order with
+ * st_writer_write in chunks of any size. The file is written as PATH.partial
+ * and renamed to PATH by st_writer_close once every byte arrived, so a
+ * complete PATH is never a truncated file. */
+typedef struct st_writer st_writer;
+mc_status st_writer_open(const char *path, const st_write_tensor *tensors, size_t n,
+                         st_writer **out, mc_err *err);
+mc_status st_writer_write(st_writer *w, const void *data, size_t len, mc_err *err);
+mc_status st_writer_close(st_writer *w, mc_err *err);
+/* Closes and deletes the partial file. */
+void st_writer_abort(st_writer *w);
+
 /* Reads a tensor's elements as f32 (F32/F16/BF16/F8_E4M3 without scales,
  * I64/I32/U8 converted); dst holds t->numel floats. */
 void st_tensor_to_f32(const st_tensor *t, float *dst);
