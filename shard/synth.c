@@ -5,6 +5,7 @@
 #include "synth.h"
 
 #include "dtype.h"
+#include "fp8_block.h"
 #include "model_config.h"
 #include "model_tensors.h"
 #include "progress.h"
@@ -18,7 +19,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#define FP8_BLOCK 128
+#define FP8_BLOCK MC_FP8_BLOCK
 
 typedef struct {
     uint64_t s;
@@ -44,28 +45,6 @@ static uint64_t hash_name(uint64_t seed, const char *s)
     for (; *s; s++)
         h = (h ^ (unsigned char)*s) * 1099511628211ull;
     return h;
-}
-
-/* f32 -> e4m3fn, round to nearest even, |x| <= 448 expected (saturates). */
-static uint8_t fp8_encode(float x)
-{
-    uint8_t sign = signbit(x) ? 0x80 : 0;
-    float a = fabsf(x);
-    if (!(a < 448.0f))
-        return sign | 0x7e;
-    if (a < 0.015625f) /* below 2^-6: subnormal steps of 2^-9 */
-        return sign | (uint8_t)rintf(a * 512.0f);
-    int e;
-    float m = frexpf(a, &e); /* a = m 2^e, m in [0.5, 1) */
-    int q = (int)rintf((m * 2.0f - 1.0f) * 8.0f);
-    int ex = e - 1 + 7;
-    if (q == 8) {
-        q = 0;
-        ex++;
-    }
-    if (ex > 15 || (ex == 15 && q > 6))
-        return sign | 0x7e;
-    return sign | (uint8_t)((ex << 3) | q);
 }
 
 /* ---- config handling ---- */
@@ -163,18 +142,7 @@ static mc_status emit(st_writer *w, const mc_tensor_spec *s, const st_write_tens
         int64_t rows = R - b * FP8_BLOCK < FP8_BLOCK ? R - b * FP8_BLOCK : FP8_BLOCK;
         for (int64_t i = 0; i < rows * C; i++)
             band[i] = rng_uniform(&r, a);
-        for (int64_t cb = 0; cb < sc; cb++) {
-            int64_t c0 = cb * FP8_BLOCK, c1 = c0 + FP8_BLOCK < C ? c0 + FP8_BLOCK : C;
-            float amax = 0;
-            for (int64_t i = 0; i < rows; i++)
-                for (int64_t j = c0; j < c1; j++)
-                    amax = fmaxf(amax, fabsf(band[i * C + j]));
-            float s_ = amax > 0 ? amax / 448.0f : 1.0f;
-            scl[b * sc + cb] = s_;
-            for (int64_t i = 0; i < rows; i++)
-                for (int64_t j = c0; j < c1; j++)
-                    q[i * C + j] = fp8_encode(band[i * C + j] / s_);
-        }
+        mc_fp8_quantize_band(band, rows, C, q, scl + b * sc);
         st = st_writer_write(w, q, (size_t)(rows * C), err);
         mc_progress_add(pg, (uint64_t)(rows * C));
     }
