@@ -23,6 +23,8 @@ static const command commands[] = {
     {"generate", mc_cmd_generate, "generate token ids from a prompt"},
     {"plan", mc_cmd_plan, "does a model fit a cluster: layout, memory per rank, speed estimate"},
     {"synth", mc_cmd_synth, "write a random-weight checkpoint of a real model's shape"},
+    {"shard", mc_cmd_shard, "cut a checkpoint into per-rank folders following the plan"},
+    {"verify", mc_cmd_verify, "re-check the checksums of a shard folder"},
 };
 
 static void usage(FILE *out)

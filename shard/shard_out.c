@@ -1,0 +1,811 @@
+/* shard_out.c - see shard_out.h. */
+#include "shard_out.h"
+
+#include "dtype.h"
+#include "fp8_block.h"
+#include "model_config.h"
+#include "model_tensors.h"
+#include "progress.h"
+#include "safetensors.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+/* One tensor of one rank's file. */
+typedef struct {
+    int spec;              /* source spec index */
+    int scale;             /* 1: the FP8 scales of the preceding weight item */
+    int dim;               /* -1 whole, else the sliced dimension */
+    int64_t begin, end;    /* slice along dim */
+    st_write_tensor out;   /* name, dtype, shape (data unused) */
+    uint64_t bytes;
+    uint64_t hash;
+} item;
+
+typedef struct {
+    item *v;
+    size_t n, cap;
+} item_list;
+
+typedef struct {
+    const st_tensor *src, *src_scale; /* scale: FP8 sources only */
+} source;
+
+static int push(item_list *l, const item *it)
+{
+    if (l->n == l->cap) {
+        size_t nc = l->cap ? 2 * l->cap : 64;
+        item *nv = realloc(l->v, nc * sizeof *nv);
+        if (!nv)
+            return -1;
+        l->v = nv;
+        l->cap = nc;
+    }
+    l->v[l->n++] = *it;
+    return 0;
+}
+
+static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+/* Which part of spec s rank rp holds: 0 = none, 1 = [begin, end) along *dim
+ * (*dim = -1: all of it). Mirrors the split rules of plan.c. */
+static int slice_for(const mc_plan *p, const mc_rank_plan *rp, const mc_tensor_spec *s, int *dim,
+                     int64_t *b, int64_t *e)
+{
+    const mc_model_desc *d = &p->d;
+    int tp = p->c.tp, tr = rp->tp_rank, last = p->c.pp - 1;
+    *dim = -1;
+    *b = *e = 0;
+    if (s->layer < 0) {
+        if (s->role == MC_T_EMBED && rp->stage != 0)
+            return 0;
+        if ((s->role == MC_T_LM_HEAD || s->role == MC_T_FINAL_NORM) && rp->stage != last)
+            return 0;
+        if (s->role == MC_T_EMBED || s->role == MC_T_LM_HEAD) {
+            int64_t chunk = ceil_div(d->vocab, tp);
+            *dim = 0;
+            *b = tr * chunk;
+            *e = *b + chunk < d->vocab ? *b + chunk : d->vocab;
+        }
+        return 1;
+    }
+    if (s->layer < rp->layer_begin || s->layer >= rp->layer_end)
+        return 0;
+    int64_t nh = d->n_heads, h0 = tr * (nh / tp), h1 = h0 + nh / tp;
+#define ROWS(b_, e_) (*dim = 0, *b = (b_), *e = (e_), 1)
+#define COLS(b_, e_) (*dim = 1, *b = (b_), *e = (e_), 1)
+    switch (s->role) {
+    case MC_T_EXPERT_GATE:
+    case MC_T_EXPERT_UP:
+    case MC_T_EXPERT_DOWN:
+        return s->expert >= rp->expert_begin && s->expert < rp->expert_end;
+    case MC_T_EXPERTS_GATE_UP:
+    case MC_T_EXPERTS_DOWN:
+        return ROWS(rp->expert_begin, rp->expert_end);
+    default:
+        break;
+    }
+    if (tp == 1)
+        return 1;
+    int64_t qk = d->qk_nope_dim + d->qk_rope_dim, hd = d->head_dim;
+    switch (s->role) {
+    case MC_T_Q_B:
+        return ROWS(h0 * qk, h1 * qk);
+    case MC_T_Q:
+        return d->attn == MC_ATTN_MLA ? ROWS(h0 * qk, h1 * qk) : ROWS(h0 * hd, h1 * hd);
+    case MC_T_KV_B: {
+        int64_t w = d->qk_nope_dim + d->v_head_dim;
+        return ROWS(h0 * w, h1 * w);
+    }
+    case MC_T_O:
+        return d->attn == MC_ATTN_MLA ? COLS(h0 * d->v_head_dim, h1 * d->v_head_dim)
+                                      : COLS(h0 * hd, h1 * hd);
+    case MC_T_K:
+    case MC_T_V: {
+        int64_t nkv = d->n_kv_heads;
+        if (nkv >= tp)
+            return ROWS(tr * (nkv / tp) * hd, (tr + 1) * (nkv / tp) * hd);
+        int64_t g = h0 / (nh / nkv); /* the KV head this rank's query heads read */
+        return ROWS(g * hd, (g + 1) * hd);
+    }
+    case MC_T_DENSE_GATE:
+    case MC_T_DENSE_UP:
+    case MC_T_SHARED_GATE:
+    case MC_T_SHARED_UP: {
+        int64_t I = s->shape[0], c = ceil_div(I, tp);
+        return ROWS(tr * c < I ? tr * c : I, (tr + 1) * c < I ? (tr + 1) * c : I);
+    }
+    case MC_T_DENSE_DOWN:
+    case MC_T_SHARED_DOWN: {
+        int64_t I = s->shape[1], c = ceil_div(I, tp);
+        return COLS(tr * c < I ? tr * c : I, (tr + 1) * c < I ? (tr + 1) * c : I);
+    }
+    default:
+        return 1; /* norms, MLA down-projections, routers, indexer: replicated */
+    }
+#undef ROWS
+#undef COLS
+}
+
+static int spec_stage(const mc_plan *p, const mc_tensor_spec *s)
+{
+    if (s->layer < 0)
+        return s->role == MC_T_EMBED ? 0 : p->c.pp - 1;
+    for (int st = 0; st < p->c.pp; st++)
+        if (s->layer < p->stage_first_layer[st + 1])
+            return st;
+    return p->c.pp - 1;
+}
+
+static const source *g_sources;
+static int cmp_src_order(const void *a, const void *b)
+{
+    const source *x = &g_sources[*(const int *)a], *y = &g_sources[*(const int *)b];
+    int c = strcmp(x->src->path, y->src->path);
+    if (c)
+        return c;
+    uintptr_t px = (uintptr_t)x->src->data, py = (uintptr_t)y->src->data;
+    return px < py ? -1 : px > py;
+}
+
+/* ---- writing one item ---- */
+
+typedef struct {
+    st_writer *w;
+    XXH64_state_t *h;
+    mc_progress *pg;
+    mc_err *err;
+} sink;
+
+static mc_status put(sink *k, const void *data, size_t len)
+{
+    XXH64_update(k->h, data, len);
+    mc_progress_add(k->pg, len);
+    return st_writer_write(k->w, data, len, k->err);
+}
+
+/* Reads element range [c0, c1) of row r of a 2-D (or row-major N-D viewed as
+ * [rows, cols]) source into f32, applying FP8 block scales when given. */
+static void read_row_f32(const st_tensor *t, const float *scale, int64_t cols, int64_t r, int64_t c0,
+                         int64_t c1, float *dst)
+{
+    size_t es = mc_dtype_size(t->dtype);
+    const uint8_t *p = (const uint8_t *)t->data + ((size_t)r * (size_t)cols + (size_t)c0) * es;
+    int64_t sc = ceil_div(cols, MC_FP8_BLOCK);
+    for (int64_t j = 0; j < c1 - c0; j++, p += es) {
+        float v;
+        switch (t->dtype) {
+        case MC_DT_F32: memcpy(&v, p, 4); break;
+        case MC_DT_F16: { uint16_t h; memcpy(&h, p, 2); v = mc_f16_to_f32(h); } break;
+        case MC_DT_BF16: { uint16_t h; memcpy(&h, p, 2); v = mc_bf16_to_f32(h); } break;
+        case MC_DT_F8_E4M3: v = mc_fp8_e4m3_to_f32(*p); break;
+        default: v = 0; break;
+        }
+        if (scale)
+            v *= scale[(r / MC_FP8_BLOCK) * sc + (c0 + j) / MC_FP8_BLOCK];
+        dst[j] = v;
+    }
+}
+
+/* Writes the slice of `it` from source `s`; converts per the item's dtype. */
+static mc_status write_item(sink *k, const item *it, const source *s, const float *src_scale_f32,
+                            float **fp8_scales_out)
+{
+    const st_tensor *t = it->scale ? s->src_scale : s->src;
+    size_t es = mc_dtype_size(t->dtype);
+    int64_t rows = t->shape[0], cols = 1;
+    for (int dd = 1; dd < t->ndim; dd++)
+        cols *= t->shape[dd];
+    if (t->ndim == 1) {
+        rows = 1;
+        cols = t->shape[0];
+    }
+    int64_t r0 = 0, r1 = rows, c0 = 0, c1 = cols;
+    if (it->dim == 0) {
+        r0 = it->begin;
+        r1 = it->end;
+        if (t->ndim == 3) { /* fused experts: rows are experts, each expert a slab */
+            cols = t->shape[1] * t->shape[2];
+            c1 = cols;
+        }
+    } else if (it->dim == 1) {
+        c0 = it->begin;
+        c1 = it->end;
+    }
+    if (it->scale) { /* scale slice of an FP8 weight sliced on a block boundary */
+        if (it->dim == 0) {
+            r0 = it->begin / MC_FP8_BLOCK;
+            r1 = ceil_div(it->end, MC_FP8_BLOCK);
+        } else if (it->dim == 1) {
+            c0 = it->begin / MC_FP8_BLOCK;
+            c1 = ceil_div(it->end, MC_FP8_BLOCK);
+        }
+    }
+    mc_status st = MC_OK;
+    if (it->out.dtype == t->dtype) { /* plain copy */
+        const uint8_t *base = t->data;
+        if (c0 == 0 && c1 == cols)
+            return put(k, base + (size_t)r0 * (size_t)cols * es, (size_t)(r1 - r0) * (size_t)cols * es);
+        for (int64_t r = r0; r < r1 && st == MC_OK; r++)
+            st = put(k, base + ((size_t)r * (size_t)cols + (size_t)c0) * es, (size_t)(c1 - c0) * es);
+        return st;
+    }
+    int64_t w = c1 - c0;
+    float *row = malloc((size_t)w * sizeof *row * MC_FP8_BLOCK);
+    uint16_t *bf = malloc((size_t)w * sizeof *bf);
+    uint8_t *q = malloc((size_t)w * MC_FP8_BLOCK);
+    if (!row || !bf || !q) {
+        free(row);
+        free(bf);
+        free(q);
+        return mc_err_set(k->err, MC_ERR_NOMEM, "out of memory");
+    }
+    if (it->out.dtype == MC_DT_BF16) { /* widen / dequantize */
+        for (int64_t r = r0; r < r1 && st == MC_OK; r++) {
+            read_row_f32(t, src_scale_f32, cols, r, c0, c1, row);
+            for (int64_t j = 0; j < w; j++)
+                bf[j] = mc_f32_to_bf16(row[j]);
+            st = put(k, bf, (size_t)w * 2);
+        }
+    } else { /* quantize to FP8 in 128-row bands of the slice */
+        int64_t sr = ceil_div(r1 - r0, MC_FP8_BLOCK), sc = ceil_div(w, MC_FP8_BLOCK);
+        float *scl = malloc((size_t)(sr * sc) * sizeof *scl);
+        if (!scl)
+            st = mc_err_set(k->err, MC_ERR_NOMEM, "out of memory");
+        for (int64_t b = 0; b < sr && st == MC_OK; b++) {
+            int64_t n = (r1 - r0) - b * MC_FP8_BLOCK < MC_FP8_BLOCK ? (r1 - r0) - b * MC_FP8_BLOCK
+                                                                    : MC_FP8_BLOCK;
+            for (int64_t i = 0; i < n; i++)
+                read_row_f32(t, src_scale_f32, cols, r0 + b * MC_FP8_BLOCK + i, c0, c1, row + i * w);
+            mc_fp8_quantize_band(row, n, w, q, scl + b * sc);
+            st = put(k, q, (size_t)(n * w));
+        }
+        if (st == MC_OK)
+            *fp8_scales_out = scl;
+        else
+            free(scl);
+    }
+    free(row);
+    free(bf);
+    free(q);
+    return st;
+}
+
+/* ---- the whole job ---- */
+
+static mc_status write_text(const char *path, const char *text, mc_err *err)
+{
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.partial", path);
+    FILE *fp = fopen(tmp, "wb");
+    if (!fp)
+        return mc_err_set(err, MC_ERR_IO, "%s: cannot create: %s", tmp, strerror(errno));
+    size_t n = strlen(text);
+    int ok = fwrite(text, 1, n, fp) == n;
+    ok = (fclose(fp) == 0) && ok;
+    if (!ok || rename(tmp, path) != 0)
+        return mc_err_set(err, MC_ERR_IO, "%s: write failed: %s", path, strerror(errno));
+    return MC_OK;
+}
+
+static mc_status write_json_file(const char *path, json_t *j, mc_err *err)
+{
+    char *s = json_dumps(j, JSON_INDENT(1) | JSON_SORT_KEYS | JSON_REAL_PRECISION(17));
+    if (!s)
+        return mc_err_set(err, MC_ERR_NOMEM, "out of memory");
+    mc_status st = write_text(path, s, err);
+    free(s);
+    return st;
+}
+
+static json_t *load_json(const char *path)
+{
+    return json_load_file(path, JSON_REJECT_DUPLICATES, NULL);
+}
+
+static int file_exists(const char *p)
+{
+    struct stat sb;
+    return stat(p, &sb) == 0;
+}
+
+/* The model config for a rank folder: the source's, with
+ * quantization_config following the output weights. */
+static mc_status rank_config(const char *model_dir, const char *rank_dir, int fp8_out, int fp8_in,
+                             mc_err *err)
+{
+    char src[4200], dst[8400];
+    snprintf(src, sizeof src, "%s/config.json", model_dir);
+    const char *name = "config.json";
+    if (!file_exists(src)) {
+        snprintf(src, sizeof src, "%s/params.json", model_dir);
+        name = "params.json";
+    }
+    json_t *j = load_json(src);
+    if (!j)
+        return mc_err_set(err, MC_ERR_CONFIG, "%s: cannot read", src);
+    if (fp8_out && !fp8_in)
+        json_object_set_new(j, "quantization_config",
+                            json_pack("{s:s, s:s, s:s, s:[i,i]}", "quant_method", "fp8", "fmt",
+                                      "e4m3", "activation_scheme", "dynamic", "weight_block_size",
+                                      MC_FP8_BLOCK, MC_FP8_BLOCK));
+    else if (!fp8_out)
+        json_object_del(j, "quantization_config");
+    snprintf(dst, sizeof dst, "%s/%s", rank_dir, name);
+    mc_status st = write_json_file(dst, j, err);
+    json_decref(j);
+    return st;
+}
+
+static uint64_t tensor_bytes(const st_write_tensor *t)
+{
+    uint64_t n = mc_dtype_size(t->dtype);
+    for (int d = 0; d < t->ndim; d++)
+        n *= (uint64_t)t->shape[d];
+    return n;
+}
+
+mc_status mc_shard_write(const mc_shard_opts *o, mc_err *err)
+{
+    mc_status st;
+    mc_model_desc d;
+    st_checkpoint *ck = NULL;
+    mc_plan *plan = NULL;
+    mc_tensor_spec *specs = NULL;
+    size_t nspec = 0;
+    source *srcs = NULL;
+    int *order = NULL;
+    item_list *lists = NULL;
+    float **src_scales = NULL;
+    json_t *pj = NULL, *manifest = NULL;
+    char path[8400];
+    int world = 0;
+    if ((st = mc_model_desc_load(o->model_dir, &d, err)) != MC_OK ||
+        (st = st_checkpoint_open(o->model_dir, &ck, err)) != MC_OK)
+        goto done;
+    int fp8_in = d.fp8_block;
+    int fp8_out = o->fmt == MC_SHARD_FP8 || (o->fmt == MC_SHARD_KEEP && fp8_in);
+    if (fp8_in && (d.fp8_block_rows != MC_FP8_BLOCK || d.fp8_block_cols != MC_FP8_BLOCK)) {
+        st = mc_err_set(err, MC_ERR_UNSUPPORTED, "FP8 blocks of %dx%d (only 128x128 are supported)",
+                        d.fp8_block_rows, d.fp8_block_cols);
+        goto done;
+    }
+    if (o->fmt == MC_SHARD_FP8 && !fp8_in &&
+        (d.expert_layout != MC_EXPERTS_SEPARATE || d.naming != MC_NAMES_HF)) {
+        st = mc_err_set(err, MC_ERR_UNSUPPORTED,
+                        "--weights fp8 is written in DeepSeek's block format, for per-expert "
+                        "Hugging Face checkpoints only (not %s)",
+                        d.model_type);
+        goto done;
+    }
+    mc_plan_opts po = {.weights = fp8_out ? MC_WFMT_FP8 : MC_WFMT_BF16,
+                       .max_model_len = d.max_pos < 4096 ? d.max_pos : 4096,
+                       .max_num_seqs = 1,
+                       .kv_bytes_per_elem = 2};
+    if ((st = mc_plan_build(&d, o->cluster, &po, &plan, err)) != MC_OK ||
+        (st = mc_model_tensor_specs(&d, &specs, &nspec, err)) != MC_OK)
+        goto done;
+    world = plan->world;
+    srcs = calloc(nspec, sizeof *srcs);
+    order = calloc(nspec, sizeof *order);
+    src_scales = calloc(nspec, sizeof *src_scales);
+    lists = calloc((size_t)world, sizeof *lists);
+    if (!srcs || !order || !lists || !src_scales) {
+        st = mc_err_set(err, MC_ERR_NOMEM, "out of memory");
+        goto done;
+    }
+    /* every tensor the config implies, with the shape it implies */
+    for (size_t i = 0; i < nspec; i++) {
+        const mc_tensor_spec *s = &specs[i];
+        const st_tensor *t = st_checkpoint_find(ck, s->name);
+        if (!t) {
+            st = mc_err_set(err, MC_ERR_CONFIG, "%s: checkpoint has no tensor '%s'", o->model_dir,
+                            s->name);
+            goto done;
+        }
+        int ok = t->ndim == s->ndim;
+        for (int k = 0; ok && k < s->ndim; k++)
+            ok = t->shape[k] == s->shape[k];
+        if (!ok) {
+            st = mc_err_set(err, MC_ERR_CONFIG, "%s: tensor '%s' does not have the shape the config implies",
+                            t->path, t->name);
+            goto done;
+        }
+        srcs[i].src = t;
+        if (t->dtype == MC_DT_F8_E4M3) {
+            char sn[300];
+            snprintf(sn, sizeof sn, "%s_scale_inv", s->name);
+            srcs[i].src_scale = st_checkpoint_find(ck, sn);
+            if (!srcs[i].src_scale || srcs[i].src_scale->ndim != 2) {
+                st = mc_err_set(err, MC_ERR_CONFIG, "%s: FP8 tensor '%s' has no 2-D '%s'", t->path,
+                                t->name, sn);
+                goto done;
+            }
+        }
+        order[i] = (int)i;
+    }
+    g_sources = srcs;
+    qsort(order, nspec, sizeof *order, cmp_src_order);
+    /* each rank's items, in source order */
+    uint64_t total = 0;
+    for (int r = 0; r < world; r++) {
+        const mc_rank_plan *rp = &plan->ranks[r];
+        for (size_t oi = 0; oi < nspec; oi++) {
+            int i = order[oi];
+            const mc_tensor_spec *s = &specs[i];
+            item it = {.spec = i};
+            if (!slice_for(plan, rp, s, &it.dim, &it.begin, &it.end))
+                continue;
+            const st_tensor *t = srcs[i].src;
+            int is_fp8 = t->dtype == MC_DT_F8_E4M3;
+            mc_dtype od = t->dtype;
+            if (s->linear && o->fmt == MC_SHARD_BF16)
+                od = MC_DT_BF16;
+            else if (s->linear && o->fmt == MC_SHARD_FP8 && s->ndim == 2)
+                od = MC_DT_F8_E4M3;
+            if (is_fp8 && od == MC_DT_F8_E4M3 && it.dim >= 0) {
+                int64_t full = t->shape[it.dim];
+                if (it.begin % MC_FP8_BLOCK || (it.end % MC_FP8_BLOCK && it.end != full)) {
+                    st = mc_err_set(err, MC_ERR_UNSUPPORTED,
+                                    "cannot cut FP8 tensor '%s' at [%lld, %lld) along dim %d: not "
+                                    "on a 128 block boundary (use --weights bf16)",
+                                    s->name, (long long)it.begin, (long long)it.end, it.dim);
+                    goto done;
+                }
+            }
+            it.out.name = s->name;
+            it.out.dtype = od;
+            it.out.ndim = t->ndim;
+            memcpy(it.out.shape, t->shape, sizeof t->shape);
+            if (it.dim >= 0)
+                it.out.shape[it.dim] = it.end - it.begin;
+            it.bytes = tensor_bytes(&it.out);
+            total += it.bytes;
+            if (push(&lists[r], &it)) {
+                st = mc_err_set(err, MC_ERR_NOMEM, "out of memory");
+                goto done;
+            }
+            if (od == MC_DT_F8_E4M3) { /* the weight's block scales follow it */
+                item sc = it;
+                sc.scale = 1;
+                char *nm = malloc(strlen(s->name) + 16);
+                if (!nm) {
+                    st = mc_err_set(err, MC_ERR_NOMEM, "out of memory");
+                    goto done;
+                }
+                sprintf(nm, "%s_scale_inv", s->name);
+                sc.out.name = nm;
+                sc.out.dtype = MC_DT_F32;
+                sc.out.ndim = 2;
+                sc.out.shape[0] = ceil_div(it.out.shape[0], MC_FP8_BLOCK);
+                sc.out.shape[1] = ceil_div(it.out.shape[1], MC_FP8_BLOCK);
+                sc.bytes = tensor_bytes(&sc.out);
+                total += sc.bytes;
+                if (push(&lists[r], &sc)) {
+                    free(nm);
+                    st = mc_err_set(err, MC_ERR_NOMEM, "out of memory");
+                    goto done;
+                }
+            }
+        }
+    }
+    /* what OUT holds: the plan and its fingerprint; refuse another plan */
+    pj = mc_plan_to_json(plan);
+    json_object_del(pj, "estimate");
+    json_object_del(pj, "verdict");
+    json_object_set_new(pj, "shard_format", json_string(o->fmt == MC_SHARD_FP8    ? "fp8"
+                                                        : o->fmt == MC_SHARD_BF16 ? "bf16"
+                                                                                  : "keep"));
+    json_object_set_new(pj, "source_tensors", json_integer((json_int_t)st_checkpoint_count(ck)));
+    char *pjs = json_dumps(pj, JSON_COMPACT | JSON_SORT_KEYS);
+    uint64_t fp = pjs ? XXH64(pjs, strlen(pjs), 0) : 0;
+    free(pjs);
+    char fps[32];
+    snprintf(fps, sizeof fps, "%016llx", (unsigned long long)fp);
+    json_object_set_new(pj, "fingerprint", json_string(fps));
+    if (mkdir(o->out_dir, 0777) != 0 && errno != EEXIST) {
+        st = mc_err_set(err, MC_ERR_IO, "%s: cannot create: %s", o->out_dir, strerror(errno));
+        goto done;
+    }
+    snprintf(path, sizeof path, "%s/plan.json", o->out_dir);
+    json_t *old = load_json(path);
+    if (old) {
+        char of[32] = "?";
+        const char *ofp = json_string_value(json_object_get(old, "fingerprint"));
+        if (ofp)
+            snprintf(of, sizeof of, "%s", ofp);
+        int same = ofp && !strcmp(of, fps);
+        json_decref(old);
+        if (!same) {
+            st = mc_err_set(err, MC_ERR_ARG,
+                            "%s already holds shards of a different plan (fingerprint %s, this one "
+                            "%s); choose another --out or remove it",
+                            o->out_dir, of, fps);
+            goto done;
+        }
+    } else if ((st = write_json_file(path, pj, err)) != MC_OK) {
+        goto done;
+    }
+    mc_progress pg;
+    mc_progress_start(&pg, "shard", total, o->progress);
+    /* stage by stage; every source tensor belongs to one stage */
+    int per = plan->ranks_per_stage;
+    st_writer **ws = calloc((size_t)per, sizeof *ws);
+    size_t *cursor = calloc((size_t)per, sizeof *cursor);
+    int *done_rank = calloc((size_t)world, sizeof *done_rank);
+    XXH64_state_t *h = XXH64_createState();
+    if (!ws || !cursor || !done_rank || !h) {
+        free(ws);
+        free(cursor);
+        free(done_rank);
+        XXH64_freeState(h);
+        st = mc_err_set(err, MC_ERR_NOMEM, "out of memory");
+        goto done;
+    }
+    const char *fail_env = getenv("MC_SHARD_FAIL_AFTER_BYTES"); /* tests: simulate a crash */
+    uint64_t fail_after = fail_env ? strtoull(fail_env, NULL, 10) : 0;
+    for (int s = 0; s < plan->c.pp && st == MC_OK; s++) {
+        int any = 0;
+        for (int k = 0; k < per && st == MC_OK; k++) {
+            int r = s * per + k;
+            char rd[4200], tj[4300];
+            snprintf(rd, sizeof rd, "%s/rank-%05d", o->out_dir, r);
+            snprintf(tj, sizeof tj, "%s/tensors.json", rd);
+            snprintf(path, sizeof path, "%s/model.safetensors", rd);
+            if (file_exists(tj) && file_exists(path)) {
+                done_rank[r] = 1; /* complete in an earlier run */
+                for (size_t i = 0; i < lists[r].n; i++)
+                    mc_progress_add(&pg, lists[r].v[i].bytes);
+                continue;
+            }
+            if (mkdir(rd, 0777) != 0 && errno != EEXIST) {
+                st = mc_err_set(err, MC_ERR_IO, "%s: cannot create: %s", rd, strerror(errno));
+                break;
+            }
+            st_write_tensor *wt = calloc(lists[r].n + 1, sizeof *wt);
+            if (!wt) {
+                st = mc_err_set(err, MC_ERR_NOMEM, "out of memory");
+                break;
+            }
+            for (size_t i = 0; i < lists[r].n; i++)
+                wt[i] = lists[r].v[i].out;
+            st = st_writer_open(path, wt, lists[r].n, &ws[k], err);
+            free(wt);
+            if (st == MC_OK)
+                st = rank_config(o->model_dir, rd, fp8_out, fp8_in, err);
+            cursor[k] = 0;
+            any = 1;
+        }
+        /* stream the stage's source tensors in order, appending to each rank */
+        for (size_t oi = 0; oi < nspec && st == MC_OK && any; oi++) {
+            int i = order[oi];
+            if (spec_stage(plan, &specs[i]) != s)
+                continue;
+            float *sscale = NULL;
+            if (srcs[i].src_scale) {
+                sscale = malloc(srcs[i].src_scale->numel * sizeof *sscale);
+                if (!sscale) {
+                    st = mc_err_set(err, MC_ERR_NOMEM, "out of memory");
+                    break;
+                }
+                st_tensor_to_f32(srcs[i].src_scale, sscale);
+            }
+            for (int k = 0; k < per && st == MC_OK; k++) {
+                int r = s * per + k;
+                if (!ws[k])
+                    continue;
+                item_list *L = &lists[r];
+                while (cursor[k] < L->n && L->v[cursor[k]].spec == i && st == MC_OK) {
+                    item *it = &L->v[cursor[k]];
+                    sink sk = {ws[k], h, &pg, err};
+                    XXH64_reset(h, 0);
+                    float *computed = NULL;
+                    if (it->scale && !srcs[i].src_scale) {
+                        st = put(&sk, src_scales[i], (size_t)it->bytes); /* quantized above */
+                    } else {
+                        st = write_item(&sk, it, &srcs[i], it->out.dtype == MC_DT_F8_E4M3 ? NULL : sscale,
+                                        &computed);
+                        if (computed) {
+                            free(src_scales[i]);
+                            src_scales[i] = computed;
+                        }
+                    }
+                    it->hash = XXH64_digest(h);
+                    cursor[k]++;
+                    if (fail_after && pg.done >= fail_after) {
+                        st = mc_err_set(err, MC_ERR_IO, "stopped after %llu bytes (MC_SHARD_FAIL_AFTER_BYTES)",
+                                        (unsigned long long)pg.done);
+                        for (int kk = 0; kk < per; kk++) /* leave the partial files, like a crash */
+                            ws[kk] = NULL;
+                    }
+                }
+                free(src_scales[i]);
+                src_scales[i] = NULL;
+            }
+            free(sscale);
+        }
+        for (int k = 0; k < per; k++) {
+            int r = s * per + k;
+            if (!ws[k])
+                continue;
+            if (st != MC_OK) {
+                st_writer_abort(ws[k]);
+                ws[k] = NULL;
+                continue;
+            }
+            st = st_writer_close(ws[k], err);
+            ws[k] = NULL;
+            if (st != MC_OK)
+                break;
+            json_t *tl = json_array();
+            for (size_t i = 0; i < lists[r].n; i++) {
+                const item *it = &lists[r].v[i];
+                char hs[32];
+                snprintf(hs, sizeof hs, "%016llx", (unsigned long long)it->hash);
+                json_t *shape = json_array();
+                for (int dd = 0; dd < it->out.ndim; dd++)
+                    json_array_append_new(shape, json_integer(it->out.shape[dd]));
+                json_t *e = json_pack("{s:s, s:s, s:o, s:s, s:{s:s, s:i, s:I, s:I}}", "name",
+                                      it->out.name, "dtype", mc_dtype_name(it->out.dtype), "shape",
+                                      shape, "xxh64", hs, "origin", "tensor",
+                                      it->scale ? it->out.name : specs[it->spec].name,
+                                      "dim", it->dim, "begin", (json_int_t)it->begin, "end",
+                                      (json_int_t)it->end);
+                json_array_append_new(tl, e);
+            }
+            char tj[4300];
+            snprintf(tj, sizeof tj, "%s/rank-%05d/tensors.json", o->out_dir, r);
+            json_t *rj = json_pack("{s:i, s:s, s:o}", "rank", r, "fingerprint", fps, "tensors", tl);
+            st = write_json_file(tj, rj, err);
+            json_decref(rj);
+            done_rank[r] = 1;
+        }
+    }
+    free(ws);
+    free(cursor);
+    XXH64_freeState(h);
+    if (st == MC_OK) {
+        mc_progress_finish(&pg);
+        manifest = json_pack("{s:s, s:i, s:s, s:O, s:[]}", "fingerprint", fps, "world", world,
+                             "source", o->model_dir, "plan", pj, "ranks");
+        json_t *ra = json_object_get(manifest, "ranks");
+        for (int r = 0; r < world && st == MC_OK; r++) {
+            snprintf(path, sizeof path, "%s/rank-%05d/tensors.json", o->out_dir, r);
+            json_t *rj = load_json(path);
+            if (!rj) {
+                st = mc_err_set(err, MC_ERR_IO, "%s: cannot read", path);
+                break;
+            }
+            json_array_append_new(ra, rj);
+        }
+        snprintf(path, sizeof path, "%s/manifest.json", o->out_dir);
+        if (st == MC_OK)
+            st = write_json_file(path, manifest, err);
+    }
+    free(done_rank);
+done:
+    for (int r = 0; lists && r < world; r++) {
+        for (size_t i = 0; i < lists[r].n; i++)
+            if (lists[r].v[i].scale)
+                free((char *)lists[r].v[i].out.name);
+        free(lists[r].v);
+    }
+    for (size_t i = 0; src_scales && i < nspec; i++)
+        free(src_scales[i]);
+    free(src_scales);
+    free(lists);
+    free(order);
+    free(srcs);
+    free(specs);
+    json_decref(pj);
+    json_decref(manifest);
+    mc_plan_free(plan);
+    st_checkpoint_close(ck);
+    return st;
+}
+
+/* ---- checking ---- */
+
+mc_status mc_shard_rank_dir(const char *dir, int rank, int world, char *out, size_t len,
+                            mc_err *err)
+{
+    char path[4200];
+    snprintf(path, sizeof path, "%s/manifest.json", dir);
+    json_t *m = load_json(path);
+    if (!m)
+        return mc_err_set(err, MC_ERR_NOT_FOUND,
+                          "%s: no readable manifest.json (not a shard folder, or `moecluster "
+                          "shard` did not finish)",
+                          dir);
+    json_t *w = json_object_get(m, "world");
+    int mw = json_is_integer(w) ? (int)json_integer_value(w) : -1;
+    json_decref(m);
+    if (mw != world)
+        return mc_err_set(err, MC_ERR_ARG,
+                          "%s holds shards for %d rank%s but this run has %d (use mpirun -np %d)",
+                          dir, mw, mw == 1 ? "" : "s", world, mw);
+    if (rank < 0 || rank >= world)
+        return mc_err_set(err, MC_ERR_ARG, "rank %d outside [0, %d)", rank, world);
+    snprintf(out, len, "%s/rank-%05d", dir, rank);
+    return MC_OK;
+}
+
+mc_status mc_shard_verify(const char *dir, int progress, long *bad, mc_err *err)
+{
+    char path[4200];
+    *bad = 0;
+    snprintf(path, sizeof path, "%s/manifest.json", dir);
+    json_t *m = load_json(path);
+    if (!m)
+        return mc_err_set(err, MC_ERR_NOT_FOUND, "%s: no readable manifest.json", dir);
+    json_t *ranks = json_object_get(m, "ranks");
+    mc_status st = MC_OK;
+    if (!json_is_array(ranks)) {
+        json_decref(m);
+        return mc_err_set(err, MC_ERR_FORMAT, "%s: manifest without 'ranks'", path);
+    }
+    uint64_t total = 0;
+    size_t ri;
+    json_t *rj;
+    json_array_foreach(ranks, ri, rj)
+    {
+        size_t ti;
+        json_t *tj;
+        json_array_foreach(json_object_get(rj, "tensors"), ti, tj)
+        {
+            uint64_t n = mc_dtype_size(MC_DT_BF16);
+            mc_dtype dt;
+            if (mc_dtype_from_name(json_string_value(json_object_get(tj, "dtype")) ?: "", &dt) == 0)
+                n = mc_dtype_size(dt);
+            size_t k;
+            json_t *e;
+            json_array_foreach(json_object_get(tj, "shape"), k, e) n *= (uint64_t)json_integer_value(e);
+            total += n;
+        }
+    }
+    mc_progress pg;
+    mc_progress_start(&pg, "verify", total, progress);
+    json_array_foreach(ranks, ri, rj)
+    {
+        snprintf(path, sizeof path, "%s/rank-%05d/model.safetensors", dir, (int)ri);
+        st_file *f = NULL;
+        mc_err e2;
+        mc_err_clear(&e2);
+        if (st_file_open(path, &f, &e2) != MC_OK) {
+            fprintf(stderr, "verify: rank %zu: %s\n", ri, e2.msg);
+            (*bad)++;
+            continue;
+        }
+        size_t ti;
+        json_t *tj;
+        json_array_foreach(json_object_get(rj, "tensors"), ti, tj)
+        {
+            const char *name = json_string_value(json_object_get(tj, "name"));
+            const char *want = json_string_value(json_object_get(tj, "xxh64"));
+            const st_tensor *t = name ? st_file_find(f, name) : NULL;
+            if (!t || !want) {
+                fprintf(stderr, "verify: rank %zu: tensor '%s' missing\n", ri, name ? name : "?");
+                (*bad)++;
+                continue;
+            }
+            char got[32];
+            snprintf(got, sizeof got, "%016llx", (unsigned long long)XXH64(t->data, (size_t)t->nbytes, 0));
+            mc_progress_add(&pg, t->nbytes);
+            if (strcmp(got, want)) {
+                fprintf(stderr, "verify: rank %zu: tensor '%s' checksum %s, manifest says %s\n", ri,
+                        name, got, want);
+                (*bad)++;
+            }
+        }
+        st_file_close(f);
+    }
+    mc_progress_finish(&pg);
+    json_decref(m);
+    return st;
+}
