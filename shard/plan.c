@@ -169,14 +169,20 @@ void mc_model_params(const mc_model_desc *d, mc_param_counts *p)
     p->active = active;
 }
 
-/* Bytes one rank holds of matrix m under tp (routed experts: one expert). */
-static double rank_mat_bytes(const mc_model_desc *d, const wmat *m, int tp, mc_wfmt f,
+/* Share of `total` for part i of `parts`: earlier parts one more when it does not divide. */
+static int64_t part_of(int64_t total, int parts, int i)
+{
+    return total / parts + (i < total % parts);
+}
+
+/* Bytes rank tr of tp holds of matrix m (routed experts: one expert). */
+static double rank_mat_bytes(const mc_model_desc *d, const wmat *m, int tp, int tr, mc_wfmt f,
                              double *scales)
 {
     int64_t r = m->rows, c = m->cols;
     switch (m->split) {
-    case SPLIT_COL: r = (r + tp - 1) / tp; break;
-    case SPLIT_ROW: c = (c + tp - 1) / tp; break;
+    case SPLIT_COL: r = part_of(r, tp, tr); break;
+    case SPLIT_ROW: c = part_of(c, tp, tr); break;
     case SPLIT_KV: {
         int64_t heads = (d->n_kv_heads + tp - 1) / tp; /* fewer KV heads than ranks: replicated */
         r = heads * d->head_dim;
@@ -466,7 +472,7 @@ static mc_status plan_build(const mc_model_desc *d, const mc_cluster *c, const m
         rp->expert_begin = rp->ep_rank * per + (rp->ep_rank < extra ? rp->ep_rank : extra);
         rp->expert_end = rp->expert_begin + per + (rp->ep_rank < extra);
         double sc;
-        double vh = 2.0 * (double)((d->vocab + c->tp - 1) / c->tp) * d->hidden;
+        double vh = 2.0 * (double)part_of(d->vocab, c->tp, rp->tp_rank) * d->hidden;
         if (rp->stage == 0)
             rp->bytes[MC_CAT_EMBED_HEAD] += vh;
         if (rp->stage == c->pp - 1 && (!d->tie_embeddings || rp->stage != 0))
@@ -474,7 +480,7 @@ static mc_status plan_build(const mc_model_desc *d, const mc_cluster *c, const m
         for (int l = rp->layer_begin; l < rp->layer_end; l++) {
             int n = layer_mats(d, l, m);
             for (int i = 0; i < n; i++) {
-                double b = rank_mat_bytes(d, &m[i], c->tp, o->weights, &sc);
+                double b = rank_mat_bytes(d, &m[i], c->tp, rp->tp_rank, o->weights, &sc);
                 double mult = m[i].expert ? (double)(rp->expert_end - rp->expert_begin) : 1.0;
                 rp->bytes[m[i].cat] += (b - sc) * mult;
                 rp->bytes[MC_CAT_SCALES] += sc * mult;

@@ -53,6 +53,15 @@ static int push(item_list *l, const item *it)
 
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+/* Part i of `total` split over `parts`: earlier parts get one more when it
+ * does not divide (the workers' mc_split). */
+static void balanced(int64_t total, int parts, int i, int64_t *b, int64_t *e)
+{
+    int64_t per = total / parts, extra = total % parts;
+    *b = i * per + (i < extra ? i : extra);
+    *e = *b + per + (i < extra);
+}
+
 /* Which part of spec s rank rp holds: 0 = none, 1 = [begin, end) along *dim
  * (*dim = -1: all of it). Mirrors the split rules of plan.c. */
 static int slice_for(const mc_plan *p, const mc_rank_plan *rp, const mc_tensor_spec *s, int *dim,
@@ -68,10 +77,8 @@ static int slice_for(const mc_plan *p, const mc_rank_plan *rp, const mc_tensor_s
         if ((s->role == MC_T_LM_HEAD || s->role == MC_T_FINAL_NORM) && rp->stage != last)
             return 0;
         if (s->role == MC_T_EMBED || s->role == MC_T_LM_HEAD) {
-            int64_t chunk = ceil_div(d->vocab, tp);
             *dim = 0;
-            *b = tr * chunk;
-            *e = *b + chunk < d->vocab ? *b + chunk : d->vocab;
+            balanced(d->vocab, tp, tr, b, e);
         }
         return 1;
     }
@@ -118,13 +125,15 @@ static int slice_for(const mc_plan *p, const mc_rank_plan *rp, const mc_tensor_s
     case MC_T_DENSE_UP:
     case MC_T_SHARED_GATE:
     case MC_T_SHARED_UP: {
-        int64_t I = s->shape[0], c = ceil_div(I, tp);
-        return ROWS(tr * c < I ? tr * c : I, (tr + 1) * c < I ? (tr + 1) * c : I);
+        *dim = 0;
+        balanced(s->shape[0], tp, tr, b, e);
+        return 1;
     }
     case MC_T_DENSE_DOWN:
     case MC_T_SHARED_DOWN: {
-        int64_t I = s->shape[1], c = ceil_div(I, tp);
-        return COLS(tr * c < I ? tr * c : I, (tr + 1) * c < I ? (tr + 1) * c : I);
+        *dim = 1;
+        balanced(s->shape[1], tp, tr, b, e);
+        return 1;
     }
     default:
         return 1; /* norms, MLA down-projections, routers, indexer: replicated */
