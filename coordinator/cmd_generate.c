@@ -1,7 +1,16 @@
-/* cmd_generate.c - `moecluster generate`: token ids in, token ids out. */
+/* cmd_generate.c - `moecluster generate`: token ids in, token ids out.
+ *
+ * Under mpirun every rank runs the steps of its share of the model; rank 0
+ * gets the last position's logits, samples, prints, and broadcasts the
+ * next token (and whether to stop) to every rank.
+ */
 #include "cli.h"
+#include "comm_mpi.h"
+#include "exec.h"
 #include "log.h"
 #include "model.h"
+#include "par_args.h"
+#include "parallel.h"
 #include "sampler.h"
 
 #include <getopt.h>
@@ -25,7 +34,9 @@ static void gen_usage(FILE *out)
             "  --top-k K          keep the K most likely tokens (default 0 = off)\n"
             "  --seed S           sampling seed (default 0)\n"
             "  --ignore-eos       keep generating after the end-of-sequence token\n"
-            "Prints the generated ids, comma-separated, on one line.\n");
+            "%s"
+            "Prints the generated ids, comma-separated, on one line.\n",
+            MC_PAR_USAGE);
 }
 
 static int parse_ids(const char *s, int64_t **out, int *n)
@@ -78,8 +89,10 @@ int mc_cmd_generate(int argc, char **argv)
                                           {"seed", required_argument, 0, 's'},
                                           {"ignore-eos", no_argument, 0, 'e'},
                                           {"help", no_argument, 0, 'h'},
+                                          MC_PAR_OPTIONS,
                                           {0, 0, 0, 0}};
     const char *model_dir = NULL, *prompt = NULL;
+    mc_par_args par = MC_PAR_ARGS_INIT;
     long long n_gen = 16, top_k = 0, seed = 0;
     double temp = 0.0, top_p = 1.0;
     int ignore_eos = 0, c;
@@ -113,7 +126,14 @@ int mc_cmd_generate(int argc, char **argv)
             break;
         case 'e': ignore_eos = 1; break;
         case 'h': gen_usage(stdout); return 0;
-        default: gen_usage(stderr); return 2;
+        default: {
+            int r = mc_par_option(&par, "generate", c, optarg);
+            if (r == 0)
+                break;
+            if (r > 0)
+                gen_usage(stderr);
+            return 2;
+        }
         }
     }
     if (optind < argc) {
@@ -136,59 +156,94 @@ int mc_cmd_generate(int argc, char **argv)
     }
     mc_err err;
     mc_err_clear(&err);
+    mc_comm *world = NULL;
     mc_model *m = NULL;
     mc_kv *kv = NULL;
     float *logits = NULL, *wf = NULL;
     int *wi = NULL, rc = 1;
-    if (mc_model_load(model_dir, &m, &err) != MC_OK)
+    bool fatal = false; /* a failure after the ranks started working together */
+    if (mc_comm_world_init(&argc, &argv, &world, &err) != MC_OK) {
+        fprintf(stderr, "moecluster generate: %s\n", err.msg);
+        free(ids);
+        return 1;
+    }
+    int me = mc_comm_rank(world), n_ranks = mc_comm_size(world);
+    mc_log_init(me);
+    mc_status st = n_ranks == 1 && !par.given
+                       ? mc_model_load(model_dir, &m, &err)
+                       : mc_model_load_dist(model_dir, world, par.tp, par.ep, par.pp, &m, &err);
+    if (st != MC_OK)
+        goto fail; /* every rank failed together (mc_par_agree) */
+    if (par.stats && (st = mc_stats_enable(m, &err)) != MC_OK)
         goto fail;
     int V = m->d.vocab;
     long long total = n_prompt + n_gen;
-    if (total > m->d.max_pos) {
-        mc_err_set(&err, MC_ERR_ARG, "prompt (%d) + new tokens (%lld) exceed max_position_embeddings %d",
-                   n_prompt, n_gen, m->d.max_pos);
-        goto fail;
+    st = MC_OK;
+    if (total > m->d.max_pos)
+        st = mc_err_set(&err, MC_ERR_ARG,
+                        "prompt (%d) + new tokens (%lld) exceed max_position_embeddings %d",
+                        n_prompt, n_gen, m->d.max_pos);
+    for (int i = 0; st == MC_OK && i < n_prompt; i++)
+        if (ids[i] >= V)
+            st = mc_err_set(&err, MC_ERR_ARG, "token id %lld at position %d is outside [0, %d)",
+                            (long long)ids[i], i, V);
+    if (st == MC_OK)
+        st = mc_kv_create(m, (int)(total > 0 ? total : 1), &kv, &err);
+    if (st == MC_OK) {
+        logits = mc_malloc_n((size_t)V, sizeof *logits);
+        wf = mc_malloc_n((size_t)V, sizeof *wf);
+        wi = mc_malloc_n((size_t)V, sizeof *wi);
+        if (!logits || !wf || !wi)
+            st = mc_err_set(&err, MC_ERR_NOMEM, "out of memory");
     }
-    if (mc_kv_create(m, (int)total, &kv, &err) != MC_OK)
+    if (mc_par_agree(world, st, &err) != MC_OK)
         goto fail;
-    logits = mc_malloc_n((size_t)V, sizeof *logits);
-    wf = mc_malloc_n((size_t)V, sizeof *wf);
-    wi = mc_malloc_n((size_t)V, sizeof *wi);
-    if (!logits || !wf || !wi) {
-        mc_err_set(&err, MC_ERR_NOMEM, "out of memory");
-        goto fail;
-    }
     mc_sampler_params sp = {.temperature = (float)temp, .top_k = (int)top_k,
                             .top_p = (float)top_p, .seed = (uint64_t)seed};
     mc_sampler smp;
     mc_sampler_init(&smp, &sp);
-    struct timespec a, b;
-    clock_gettime(CLOCK_MONOTONIC, &a);
-    if (mc_model_forward(m, kv, ids, n_prompt, logits, true, &err) != MC_OK)
+    double a = mc_now_s();
+    fatal = true;
+    if (n_gen > 0 && mc_exec_last(m, kv, ids, n_prompt, logits, &err) != MC_OK)
         goto fail;
     for (long long i = 0; i < n_gen; i++) {
-        int64_t next = mc_sampler_pick(&smp, logits, V, wf, wi);
-        printf("%s%lld", i ? "," : "", (long long)next);
-        fflush(stdout);
-        if (!ignore_eos && next == m->d.eos_id)
+        /* rank 0 samples; every rank learns the token and whether to go on */
+        int64_t msg[2] = {0, 0}; /* next token, 1 = stop */
+        if (me == 0) {
+            int64_t next = mc_sampler_pick(&smp, logits, V, wf, wi);
+            printf("%s%lld", i ? "," : "", (long long)next);
+            fflush(stdout);
+            msg[0] = next;
+            msg[1] = (!ignore_eos && next == m->d.eos_id) || i + 1 == n_gen;
+        }
+        if (mc_par_bcast(world, 0, msg, sizeof msg, &err) != MC_OK)
+            goto fail;
+        if (msg[1])
             break;
-        if (i + 1 < n_gen && mc_model_forward(m, kv, &next, 1, logits, true, &err) != MC_OK) {
-            printf("\n");
+        if (mc_exec_last(m, kv, &msg[0], 1, logits, &err) != MC_OK) {
+            if (me == 0)
+                printf("\n");
             goto fail;
         }
     }
-    printf("\n");
-    clock_gettime(CLOCK_MONOTONIC, &b);
-    MC_INFO("generated in %.3f s", (double)(b.tv_sec - a.tv_sec) + (b.tv_nsec - a.tv_nsec) * 1e-9);
+    if (me == 0)
+        printf("\n");
+    double el = mc_now_s() - a;
+    MC_INFO("generated in %.3f s", el);
+    if (par.stats && mc_stats_report(m, stderr, el, &err) != MC_OK)
+        goto fail;
     rc = 0;
 fail:
     if (rc)
-        fprintf(stderr, "moecluster generate: %s\n", err.msg[0] ? err.msg : "failed");
+        mc_cli_report("generate", world, &err);
+    if (rc && fatal && n_ranks > 1)
+        mc_comm_world_abort(world, 1); /* peers may be blocked in a collective */
     free(ids);
     free(logits);
     free(wf);
     free(wi);
     mc_kv_free(kv);
     mc_model_free(m);
+    mc_comm_world_finalize(world);
     return rc;
 }

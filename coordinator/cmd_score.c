@@ -4,17 +4,25 @@
  * (F32 [B,T,V]). Each row is an independent sequence at positions 0..T-1.
  * With --decode-from K the first K tokens are prefilled together and the
  * rest are fed one at a time through the KV cache.
+ *
+ * Under mpirun every rank runs this command: rank 0 reads the input and
+ * broadcasts it, every rank loads its share of the model (--tp/--ep/--pp)
+ * and runs the same steps, and rank 0 writes the output. Started by hand it
+ * is the single-process engine.
  */
 #include "cli.h"
+#include "comm_mpi.h"
+#include "exec.h"
 #include "log.h"
 #include "model.h"
+#include "par_args.h"
+#include "parallel.h"
 #include "safetensors.h"
 
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #define MAX_OUTPUT_BYTES (64ull << 30)
 
@@ -22,18 +30,74 @@ static void score_usage(FILE *out)
 {
     fprintf(out,
             "usage: moecluster score --model DIR --input IN.safetensors --output OUT.safetensors\n"
-            "                        [--decode-from K]\n\n"
+            "                        [--decode-from K] [--tp N] [--ep N] [--pp N] [--stats]\n\n"
             "  --model DIR        Hugging Face checkpoint folder (config.json + safetensors)\n"
             "  --input FILE       safetensors with input_ids, I64 [B,T]\n"
             "  --output FILE      written: logits, F32 [B,T,V]\n"
-            "  --decode-from K    prefill the first K tokens, then decode one token at a time\n");
+            "  --decode-from K    prefill the first K tokens, then decode one token at a time\n"
+            "%s", MC_PAR_USAGE);
 }
 
-static double now_s(void)
+/* What rank 0 tells the others about the input before anything else. */
+typedef struct {
+    int32_t status; /* MC_OK, or the input was refused (rank 0 prints why) */
+    int32_t pad;
+    int64_t B, T;
+} input_header;
+
+/* Rank 0: opens and checks the input; fills ids (malloc'd) and B, T. */
+static mc_status read_input(const char *in_path, long long decode_from, int64_t **ids,
+                            int64_t *B, int64_t *T, mc_err *err)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+    st_file *in = NULL;
+    mc_status st = st_file_open(in_path, &in, err);
+    if (st != MC_OK)
+        return st;
+    const st_tensor *t = st_file_find(in, "input_ids");
+    if (!t) {
+        st = mc_err_set(err, MC_ERR_FORMAT, "%s: no tensor 'input_ids'", in_path);
+        goto done;
+    }
+    if (t->dtype != MC_DT_I64 || t->ndim != 2 || t->shape[0] < 1 || t->shape[1] < 1) {
+        st = mc_err_set(err, MC_ERR_FORMAT, "%s: 'input_ids' must be I64 [B,T] with B,T >= 1",
+                        in_path);
+        goto done;
+    }
+    *B = t->shape[0];
+    *T = t->shape[1];
+    if (decode_from > *T) {
+        st = mc_err_set(err, MC_ERR_ARG, "--decode-from %lld exceeds the sequence length %lld",
+                        decode_from, (long long)*T);
+        goto done;
+    }
+    if (*T > (1 << 30) || *B > (1 << 30) || !(*ids = mc_malloc_n((size_t)(*B * *T), 8))) {
+        st = mc_err_set(err, MC_ERR_NOMEM, "%s: input of %lld x %lld ids is too large", in_path,
+                        (long long)*B, (long long)*T);
+        goto done;
+    }
+    memcpy(*ids, t->data, (size_t)(*B * *T) * 8);
+done:
+    st_file_close(in);
+    return st;
+}
+
+/* Rank 0: token ids in range and the output size. */
+static mc_status check_run(const mc_model *m, const int64_t *ids, int64_t B, int64_t T,
+                           mc_err *err)
+{
+    int V = m->d.vocab;
+    if (T > m->d.max_pos)
+        return mc_err_set(err, MC_ERR_ARG, "sequence length %lld exceeds max_position_embeddings %d",
+                          (long long)T, m->d.max_pos);
+    uint64_t nbytes = (uint64_t)B * (uint64_t)T * (uint64_t)V * sizeof(float);
+    if (nbytes > MAX_OUTPUT_BYTES)
+        return mc_err_set(err, MC_ERR_ARG, "output of %llu bytes is too large",
+                          (unsigned long long)nbytes);
+    for (int64_t i = 0; i < B * T; i++)
+        if (ids[i] < 0 || ids[i] >= V)
+            return mc_err_set(err, MC_ERR_ARG, "token id %lld at position %lld is outside [0, %d)",
+                              (long long)ids[i], (long long)(i % T), V);
+    return MC_OK;
 }
 
 int mc_cmd_score(int argc, char **argv)
@@ -43,9 +107,11 @@ int mc_cmd_score(int argc, char **argv)
                                           {"output", required_argument, 0, 'o'},
                                           {"decode-from", required_argument, 0, 'k'},
                                           {"help", no_argument, 0, 'h'},
+                                          MC_PAR_OPTIONS,
                                           {0, 0, 0, 0}};
     const char *model_dir = NULL, *in_path = NULL, *out_path = NULL;
     long long decode_from = -1;
+    mc_par_args par = MC_PAR_ARGS_INIT;
     int c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -58,7 +124,14 @@ int mc_cmd_score(int argc, char **argv)
                 return 2;
             break;
         case 'h': score_usage(stdout); return 0;
-        default: score_usage(stderr); return 2;
+        default: {
+            int r = mc_par_option(&par, "score", c, optarg);
+            if (r == 0)
+                break;
+            if (r > 0)
+                score_usage(stderr);
+            return 2;
+        }
         }
     }
     if (optind < argc) {
@@ -72,88 +145,93 @@ int mc_cmd_score(int argc, char **argv)
     }
     mc_err err;
     mc_err_clear(&err);
+    mc_comm *world = NULL;
     mc_model *m = NULL;
-    st_file *in = NULL;
-    mc_kv *kv = NULL;
+    int64_t *ids = NULL;
     float *logits = NULL;
     int rc = 1;
-    if (st_file_open(in_path, &in, &err) != MC_OK)
-        goto fail;
-    const st_tensor *ids = st_file_find(in, "input_ids");
-    if (!ids) {
-        mc_err_set(&err, MC_ERR_FORMAT, "%s: no tensor 'input_ids'", in_path);
+    bool fatal = false; /* a failure after the ranks started working together */
+    if (mc_comm_world_init(&argc, &argv, &world, &err) != MC_OK) {
+        fprintf(stderr, "moecluster score: %s\n", err.msg);
+        return 1;
+    }
+    int me = mc_comm_rank(world), n_ranks = mc_comm_size(world);
+    mc_log_init(me);
+    /* rank 0 reads the input; everyone learns B, T (or that it was refused) */
+    input_header hdr = {.status = MC_OK};
+    if (me == 0) {
+        int64_t B = 0, T = 0;
+        hdr.status = read_input(in_path, decode_from, &ids, &B, &T, &err);
+        hdr.B = B;
+        hdr.T = T;
+    }
+    if (mc_par_bcast(world, 0, &hdr, sizeof hdr, &err) != MC_OK) {
+        fatal = true;
         goto fail;
     }
-    if (ids->dtype != MC_DT_I64 || ids->ndim != 2 || ids->shape[0] < 1 || ids->shape[1] < 1) {
-        mc_err_set(&err, MC_ERR_FORMAT, "%s: 'input_ids' must be I64 [B,T] with B,T >= 1", in_path);
+    if (hdr.status != MC_OK)
+        goto fail;
+    int64_t B = hdr.B, T = hdr.T;
+    if (me != 0 && !(ids = mc_malloc_n((size_t)(B * T), sizeof *ids))) {
+        mc_err_set(&err, MC_ERR_NOMEM, "out of memory");
+        fatal = true;
         goto fail;
     }
-    int64_t B = ids->shape[0], T = ids->shape[1];
-    if (decode_from > T) {
-        mc_err_set(&err, MC_ERR_ARG, "--decode-from %lld exceeds the sequence length %lld",
-                   decode_from, (long long)T);
+    if (mc_par_bcast(world, 0, ids, (size_t)(B * T) * sizeof *ids, &err) != MC_OK) {
+        fatal = true;
         goto fail;
     }
-    double t0 = now_s();
-    if (mc_model_load(model_dir, &m, &err) != MC_OK)
-        goto fail;
-    int V = m->d.vocab;
-    if (T > m->d.max_pos) {
-        mc_err_set(&err, MC_ERR_ARG, "sequence length %lld exceeds max_position_embeddings %d",
-                   (long long)T, m->d.max_pos);
-        goto fail;
-    }
-    uint64_t nbytes = (uint64_t)B * (uint64_t)T * (uint64_t)V * sizeof(float);
-    if (nbytes > MAX_OUTPUT_BYTES) {
-        mc_err_set(&err, MC_ERR_ARG, "output of %llu bytes is too large",
-                   (unsigned long long)nbytes);
-        goto fail;
-    }
+    double t0 = mc_now_s();
+    mc_status st = n_ranks == 1 && !par.given
+                       ? mc_model_load(model_dir, &m, &err)
+                       : mc_model_load_dist(model_dir, world, par.tp, par.ep, par.pp, &m, &err);
+    if (st != MC_OK)
+        goto fail; /* every rank failed together (mc_par_agree) */
     MC_INFO("loaded %s (%s, %d layers) in %.2f s", model_dir, m->d.model_type, m->d.n_layers,
-            now_s() - t0);
-    logits = malloc((size_t)nbytes);
-    int64_t *tok = mc_malloc_n((size_t)T, sizeof *tok);
-    if (!logits || !tok) {
-        free(tok);
-        mc_err_set(&err, MC_ERR_NOMEM, "out of memory for %llu bytes of logits",
-                   (unsigned long long)nbytes);
+            mc_now_s() - t0);
+    if (par.stats && mc_stats_enable(m, &err) != MC_OK) {
+        fatal = true;
         goto fail;
     }
-    if (mc_kv_create(m, (int)T, &kv, &err) != MC_OK) {
-        free(tok);
+    st = MC_OK;
+    if (me == 0) {
+        st = check_run(m, ids, B, T, &err);
+        if (st == MC_OK && !(logits = malloc((size_t)B * (size_t)T * m->d.vocab * sizeof(float))))
+            st = mc_err_set(&err, MC_ERR_NOMEM,
+                            "out of memory for %lld x %lld x %d logits", (long long)B,
+                            (long long)T, m->d.vocab);
+    }
+    if (mc_par_agree(world, st, &err) != MC_OK)
+        goto fail;
+    double t1 = mc_now_s();
+    if (mc_exec_score(m, ids, (int)B, (int)T, (int)decode_from, logits, &err) != MC_OK) {
+        fatal = true;
         goto fail;
     }
-    double t1 = now_s();
-    for (int64_t b = 0; b < B; b++) {
-        memcpy(tok, (const uint8_t *)ids->data + (size_t)(b * T) * 8, (size_t)T * 8);
-        float *out = logits + (size_t)(b * T) * V;
-        mc_kv_reset(kv);
-        int K = decode_from > 0 ? (int)decode_from : (int)T;
-        if (mc_model_forward(m, kv, tok, K, out, false, &err) != MC_OK) {
-            free(tok);
-            goto fail;
-        }
-        for (int t = K; t < T; t++)
-            if (mc_model_forward(m, kv, tok + t, 1, out + (size_t)t * V, false, &err) != MC_OK) {
-                free(tok);
-                goto fail;
-            }
-    }
-    free(tok);
-    double el = now_s() - t1;
+    double el = mc_now_s() - t1;
     MC_INFO("scored %lld x %lld tokens in %.3f s (%.1f tok/s)", (long long)B, (long long)T, el,
             (double)(B * T) / (el > 0 ? el : 1e-9));
-    st_write_tensor wt = {.name = "logits", .dtype = MC_DT_F32, .ndim = 3,
-                          .shape = {B, T, V}, .data = logits};
-    if (st_write(out_path, &wt, 1, &err) != MC_OK)
+    if (par.stats && mc_stats_report(m, stderr, el, &err) != MC_OK) {
+        fatal = true;
+        goto fail;
+    }
+    st = MC_OK;
+    if (me == 0) {
+        st_write_tensor wt = {.name = "logits", .dtype = MC_DT_F32, .ndim = 3,
+                              .shape = {B, T, m->d.vocab}, .data = logits};
+        st = st_write(out_path, &wt, 1, &err);
+    }
+    if (mc_par_agree(world, st, &err) != MC_OK)
         goto fail;
     rc = 0;
 fail:
     if (rc)
-        fprintf(stderr, "moecluster score: %s\n", err.msg[0] ? err.msg : "failed");
+        mc_cli_report("score", world, &err);
+    if (rc && fatal && n_ranks > 1)
+        mc_comm_world_abort(world, 1); /* peers may be blocked in a collective */
+    free(ids);
     free(logits);
-    mc_kv_free(kv);
     mc_model_free(m);
-    st_file_close(in);
+    mc_comm_world_finalize(world);
     return rc;
 }

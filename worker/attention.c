@@ -1,5 +1,10 @@
 /* attention.c - MLA and GQA. Positions of the n new tokens are
- * kv->len .. kv->len+n-1; token t attends to cache entries 0..kv->len+t. */
+ * kv->len .. kv->len+n-1; token t attends to cache entries 0..kv->len+t.
+ *
+ * Under tensor parallelism a rank runs only its heads (m->lay: query heads
+ * head0.., KV heads kv_head0..; the weights are bound as those slices) and
+ * its output y is the partial sum of its heads' share of wo, which the
+ * caller all-reduces over the tp group. */
 #include "attention.h"
 
 #include <math.h>
@@ -125,7 +130,7 @@ mc_status mc_attn_mla(const mc_model *m, const mc_layer_w *w, mc_kv *kv, int lay
                       int n, const float *cs, const float *sn, float *y, mc_err *err)
 {
     const mc_model_desc *d = &m->d;
-    int H = d->hidden, nh = d->n_heads, nope = d->qk_nope_dim, rd = d->qk_rope_dim;
+    int H = d->hidden, nh = m->lay.n_heads, nope = d->qk_nope_dim, rd = d->qk_rope_dim;
     int vd = d->v_head_dim, lr = d->kv_lora_rank, qk = nope + rd, half = rd / 2;
     int p0 = kv->len, S_max = p0 + n;
     mc_status st = MC_OK;
@@ -236,8 +241,10 @@ mc_status mc_attn_gqa(const mc_model *m, const mc_layer_w *w, mc_kv *kv, int lay
                       int n, const float *cs, const float *sn, float *y, mc_err *err)
 {
     const mc_model_desc *d = &m->d;
-    int H = d->hidden, nh = d->n_heads, nkv = d->n_kv_heads, hd = d->head_dim;
-    int rd = d->rope.dim, half = rd / 2, grp = nh / nkv;
+    /* local heads: query heads h0.., KV heads g0.. (split, or one copied head) */
+    int H = d->hidden, nh = m->lay.n_heads, nkv = m->lay.n_kv_heads, hd = d->head_dim;
+    int h0 = m->lay.head0, g0 = m->lay.kv_head0;
+    int rd = d->rope.dim, half = rd / 2, grp = d->n_heads / d->n_kv_heads;
     int p0 = kv->len, kvw = nkv * hd;
     mc_status st = MC_OK;
     float *q = mc_malloc_n((size_t)n * nh * hd, sizeof *q);    /* (n, nh, hd) */
@@ -292,7 +299,7 @@ mc_status mc_attn_gqa(const mc_model *m, const mc_layer_w *w, mc_kv *kv, int lay
         /* chunked attention (Llama 4 RoPE layers): only the query's own chunk */
         int s0 = d->attn_chunk > 0 && rope ? ((p0 + t) / d->attn_chunk) * d->attn_chunk : 0;
         for (int h = 0; h < nh; h++) {
-            int g = h / grp;
+            int g = (h0 + h) / grp - g0; /* local index of the head's KV group */
             const float *qh = q + ((size_t)t * nh + h) * hd;
             for (int s = s0; s < S; s++)
                 score[s - s0] = mc_dot(qh, kc + (size_t)s * kvw + (size_t)g * hd, hd);

@@ -1,9 +1,11 @@
-/* model.c - binds a checkpoint to the model description and checks it. */
+/* model.c - binds one rank's share of a checkpoint to the model
+ * description and checks it. */
 #include "model.h"
 
 #include "deepseek_v4.h"
 #include "log.h"
 #include "model_tensors.h"
+#include "parallel.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,8 +38,19 @@ void mc_model_free(mc_model *m)
     for (size_t i = 0; i < m->n_owned; i++)
         free(m->owned[i]);
     free(m->owned);
+    free(m->stats);
     st_checkpoint_close(m->ckpt);
+    mc_comm_free(m->tp_comm);
+    mc_comm_free(m->ep_comm);
+    mc_comm_free(m->pp_comm);
+    if (m->owns_world)
+        mc_comm_free(m->world);
     free(m);
+}
+
+bool mc_model_is_output(const mc_model *m)
+{
+    return m->lay.stage == m->lay.pp - 1 && m->lay.tp_rank == 0;
 }
 
 static void shape_str(const st_tensor *t, char *buf, size_t len)
@@ -141,6 +154,85 @@ static mc_status bind_mat(mc_model *m, mc_tensor_role role, int layer, int exper
     return MC_OK;
 }
 
+/* Rows [r0, r0+n) of w (output features) as a view. FP8 block scales stay
+ * shared when r0 is block-aligned; otherwise the slice gets its own scales
+ * with one row of blocks per row (block_rows = 1), which is exact. */
+static mc_status mat_rows(mc_model *m, mc_mat *w, int r0, int n, mc_err *err)
+{
+    if (r0 == 0 && n == w->rows)
+        return MC_OK;
+    size_t es = mc_dtype_size(w->dtype);
+    if (es == 0)
+        return mc_err_set(err, MC_ERR_UNSUPPORTED, "cannot slice a %s matrix for tensor parallelism",
+                          mc_dtype_name(w->dtype));
+    const unsigned char *p = w->data;
+    w->data = w->transposed ? p + (size_t)r0 * es : p + (size_t)r0 * w->row_stride * es;
+    if (w->scale) {
+        if (r0 % w->block_rows == 0) {
+            w->scale += (size_t)(r0 / w->block_rows) * (size_t)w->scale_cols;
+        } else {
+            float *sc = own(m, mc_malloc_n((size_t)n * (size_t)w->scale_cols, sizeof *sc));
+            if (!sc)
+                return mc_err_set(err, MC_ERR_NOMEM, "out of memory");
+            for (int r = 0; r < n; r++)
+                memcpy(sc + (size_t)r * w->scale_cols,
+                       w->scale + (size_t)((r0 + r) / w->block_rows) * w->scale_cols,
+                       (size_t)w->scale_cols * sizeof *sc);
+            w->scale = sc;
+            w->block_rows = 1;
+        }
+    }
+    w->rows = n;
+    return MC_OK;
+}
+
+/* Columns [c0, c0+n) of w (input features) as a view; FP8 scales as in
+ * mat_rows (block_cols = 1 when c0 is not block-aligned). */
+static mc_status mat_cols(mc_model *m, mc_mat *w, int c0, int n, mc_err *err)
+{
+    if (c0 == 0 && n == w->cols)
+        return MC_OK;
+    size_t es = mc_dtype_size(w->dtype);
+    if (es == 0)
+        return mc_err_set(err, MC_ERR_UNSUPPORTED, "cannot slice a %s matrix for tensor parallelism",
+                          mc_dtype_name(w->dtype));
+    const unsigned char *p = w->data;
+    w->data = w->transposed ? p + (size_t)c0 * w->row_stride * es : p + (size_t)c0 * es;
+    if (w->scale) {
+        if (c0 % w->block_cols == 0) {
+            w->scale += c0 / w->block_cols;
+        } else {
+            int rb = (w->rows + w->block_rows - 1) / w->block_rows;
+            float *sc = own(m, mc_malloc_n((size_t)rb * (size_t)n, sizeof *sc));
+            if (!sc)
+                return mc_err_set(err, MC_ERR_NOMEM, "out of memory");
+            for (int b = 0; b < rb; b++)
+                for (int c = 0; c < n; c++)
+                    sc[(size_t)b * n + c] =
+                        w->scale[(size_t)b * w->scale_cols + (size_t)((c0 + c) / w->block_cols)];
+            w->scale = sc;
+            w->scale_cols = n;
+            w->block_cols = 1;
+        }
+    }
+    w->cols = n;
+    return MC_OK;
+}
+
+/* Column-then-row split of a SwiGLU FFN of width `inter` over the tp ranks:
+ * gate/up keep rows [i0, i0+ni), down keeps the same columns. */
+static mc_status ffn_split(mc_model *m, mc_ffn_w *f, int inter, mc_err *err)
+{
+    int i0, ni;
+    mc_split(inter, m->lay.tp, m->lay.tp_rank, &i0, &ni);
+    mc_status st;
+    if ((st = mat_rows(m, &f->gate, i0, ni, err)) != MC_OK ||
+        (st = mat_rows(m, &f->up, i0, ni, err)) != MC_OK ||
+        (st = mat_cols(m, &f->down, i0, ni, err)) != MC_OK)
+        return st;
+    return MC_OK;
+}
+
 /* Binds a 1-D tensor of n elements as an owned f32 copy. */
 static mc_status bind_vec(mc_model *m, mc_tensor_role role, int layer, int n, const char *why,
                           float **out, mc_err *err)
@@ -205,7 +297,7 @@ static mc_status bind_fused_experts(mc_model *m, int l, mc_ffn_w *experts, mc_er
                               ts[i]->path, ts[i]->name, mc_dtype_name(ts[i]->dtype));
     size_t es = mc_dtype_size(gu->dtype), esd = mc_dtype_size(dn->dtype);
     size_t slab = (size_t)2 * I * H, dslab = (size_t)H * I;
-    for (int e = 0; e < E; e++) {
+    for (int e = m->lay.expert0; e < m->lay.expert1; e++) {
         const unsigned char *g0 = (const unsigned char *)gu->data + (size_t)e * slab * es;
         const unsigned char *d0 = (const unsigned char *)dn->data + (size_t)e * dslab * esd;
         mc_mat g = {.dtype = gu->dtype, .rows = I, .cols = H, .transposed = io};
@@ -228,11 +320,15 @@ static mc_status bind_fused_experts(mc_model *m, int l, mc_ffn_w *experts, mc_er
     return MC_OK;
 }
 
+/* Binds layer l's tensors of this rank's share: its head slice of the
+ * attention (q / kv_b / KV heads rows, wo columns), its slice of the dense
+ * and shared-expert FFN width, and only its routed experts. */
 static mc_status bind_layer(mc_model *m, int l, mc_err *err)
 {
     const mc_model_desc *d = &m->d;
+    const mc_layout *lay = &m->lay;
     mc_layer_w *w = &m->layers[l];
-    int H = d->hidden, nh = d->n_heads;
+    int H = d->hidden, nh = d->n_heads, h0 = lay->head0, nhl = lay->n_heads;
     mc_status st;
 #define TRY(x)                                                                                     \
     do {                                                                                           \
@@ -242,24 +338,29 @@ static mc_status bind_layer(mc_model *m, int l, mc_err *err)
     TRY(bind_vec(m, MC_T_ATTN_NORM, l, H, "hidden_size", &w->attn_norm, err));
     TRY(bind_vec(m, MC_T_FFN_NORM, l, H, "hidden_size", &w->ffn_norm, err));
     if (d->attn == MC_ATTN_MLA) {
-        int qk = d->qk_nope_dim + d->qk_rope_dim;
+        int qk = d->qk_nope_dim + d->qk_rope_dim, kvb = d->qk_nope_dim + d->v_head_dim;
         if (d->q_lora_rank > 0) {
             TRY(bind_mat(m, MC_T_Q_A, l, 0, d->q_lora_rank, H, "q_lora_rank x hidden_size", &w->q_a, err));
             TRY(bind_vec(m, MC_T_Q_A_NORM, l, d->q_lora_rank, "q_lora_rank", &w->q_a_norm, err));
             TRY(bind_mat(m, MC_T_Q_B, l, 0, nh * qk, d->q_lora_rank,
                          "heads*(qk_nope+qk_rope) x q_lora_rank", &w->q_b, err));
+            TRY(mat_rows(m, &w->q_b, h0 * qk, nhl * qk, err));
         } else {
             TRY(bind_mat(m, MC_T_Q, l, 0, nh * qk, H, "heads*(qk_nope+qk_rope) x hidden_size",
                          &w->q_proj, err));
+            TRY(mat_rows(m, &w->q_proj, h0 * qk, nhl * qk, err));
         }
+        /* the latent (kv_a) is shared by all heads: every tp rank computes it */
         TRY(bind_mat(m, MC_T_KV_A, l, 0, d->kv_lora_rank + d->qk_rope_dim, H,
                      "(kv_lora_rank+qk_rope_head_dim) x hidden_size", &w->kv_a, err));
         TRY(bind_vec(m, MC_T_KV_A_NORM, l, d->kv_lora_rank, "kv_lora_rank", &w->kv_a_norm, err));
-        TRY(bind_mat(m, MC_T_KV_B, l, 0, nh * (d->qk_nope_dim + d->v_head_dim), d->kv_lora_rank,
+        TRY(bind_mat(m, MC_T_KV_B, l, 0, nh * kvb, d->kv_lora_rank,
                      "heads*(qk_nope+v_head_dim) x kv_lora_rank", &w->kv_b, err));
+        TRY(mat_rows(m, &w->kv_b, h0 * kvb, nhl * kvb, err));
         TRY(bind_mat(m, MC_T_O, l, 0, H, nh * d->v_head_dim, "hidden_size x heads*v_head_dim",
                      &w->wo, err));
-        if (d->index_topk > 0) {
+        TRY(mat_cols(m, &w->wo, h0 * d->v_head_dim, nhl * d->v_head_dim, err));
+        if (d->index_topk > 0) { /* the indexer picks tokens for all heads: not split */
             int ih = d->index_n_heads, id = d->index_head_dim;
             TRY(bind_mat(m, MC_T_IDX_WQ_B, l, 0, ih * id, d->q_lora_rank,
                          "index_n_heads*index_head_dim x q_lora_rank", &w->idx_wq_b, err));
@@ -276,6 +377,10 @@ static mc_status bind_layer(mc_model *m, int l, mc_err *err)
         TRY(bind_mat(m, MC_T_K, l, 0, nkv * hd, H, "kv_heads*head_dim x hidden_size", &w->wk, err));
         TRY(bind_mat(m, MC_T_V, l, 0, nkv * hd, H, "kv_heads*head_dim x hidden_size", &w->wv, err));
         TRY(bind_mat(m, MC_T_O, l, 0, H, nh * hd, "hidden_size x heads*head_dim", &w->wo, err));
+        TRY(mat_rows(m, &w->wq, h0 * hd, nhl * hd, err));
+        TRY(mat_rows(m, &w->wk, lay->kv_head0 * hd, lay->n_kv_heads * hd, err));
+        TRY(mat_rows(m, &w->wv, lay->kv_head0 * hd, lay->n_kv_heads * hd, err));
+        TRY(mat_cols(m, &w->wo, h0 * hd, nhl * hd, err));
         if (d->qk_norm) {
             TRY(bind_vec(m, MC_T_Q_NORM, l, hd, "head_dim", &w->q_norm, err));
             TRY(bind_vec(m, MC_T_K_NORM, l, hd, "head_dim", &w->k_norm, err));
@@ -284,16 +389,18 @@ static mc_status bind_layer(mc_model *m, int l, mc_err *err)
     w->moe = d->layer_moe[l];
     if (!w->moe) {
         TRY(bind_ffn(m, l, 0, MC_T_DENSE_GATE, d->dense_inter, "intermediate_size", &w->dense, err));
+        TRY(ffn_split(m, &w->dense, d->dense_inter, err));
         return MC_OK;
     }
     TRY(bind_mat(m, MC_T_ROUTER, l, 0, d->n_experts, H, "n_experts x hidden_size", &w->router, err));
     if (d->has_score_bias)
         TRY(bind_vec(m, MC_T_ROUTER_BIAS, l, d->n_experts, "n_routed_experts", &w->score_bias, err));
+    /* indexed by global expert id; only [expert0, expert1) are bound */
     w->experts = own(m, mc_calloc_n((size_t)d->n_experts, sizeof *w->experts));
     if (!w->experts)
         return mc_err_set(err, MC_ERR_NOMEM, "out of memory");
     if (d->expert_layout == MC_EXPERTS_SEPARATE) {
-        for (int e = 0; e < d->n_experts; e++)
+        for (int e = lay->expert0; e < lay->expert1; e++)
             TRY(bind_ffn(m, l, e, MC_T_EXPERT_GATE, d->moe_inter, "moe_intermediate_size",
                          &w->experts[e], err));
     } else {
@@ -303,8 +410,64 @@ static mc_status bind_layer(mc_model *m, int l, mc_err *err)
         w->has_shared = true;
         TRY(bind_ffn(m, l, 0, MC_T_SHARED_GATE, d->shared_inter,
                      "moe_intermediate_size*n_shared_experts", &w->shared, err));
+        TRY(ffn_split(m, &w->shared, d->shared_inter, err));
     }
 #undef TRY
+    return MC_OK;
+}
+
+/* MC_FAULT_INJECT=RANK:LAYER:MODE (exit | crash | hang): failure tests make
+ * one rank fail when it reaches a layer (see forward.c). */
+static void parse_fault(mc_model *m)
+{
+    m->fault.rank = -1;
+    const char *env = getenv("MC_FAULT_INJECT");
+    int r, l;
+    char mode[8];
+    if (env && sscanf(env, "%d:%d:%7s", &r, &l, mode) == 3) {
+        m->fault.rank = r;
+        m->fault.layer = l;
+        snprintf(m->fault.mode, sizeof m->fault.mode, "%s", mode);
+    }
+}
+
+/* Binds this rank's share (m->lay, m->d set): embedding on the first stage,
+ * final norm and the LM head's vocabulary slice on the last, and the
+ * stage's layers. */
+static mc_status bind_share(mc_model *m, const char *dir, mc_err *err)
+{
+    const mc_model_desc *d = &m->d;
+    const mc_layout *lay = &m->lay;
+    mc_status st;
+    if ((st = st_checkpoint_open(dir, &m->ckpt, err)) != MC_OK)
+        return st;
+    if (d->family == MC_FAM_DEEPSEEK_V4)
+        return mc_v4_load(m, err);
+    bool first = lay->stage == 0, last = lay->stage == lay->pp - 1;
+    if (first && (st = bind_mat(m, MC_T_EMBED, 0, 0, d->vocab, d->hidden,
+                                "vocab_size x hidden_size", &m->embed, err)) != MC_OK)
+        return st;
+    if (last) {
+        if (d->tie_embeddings)
+            st = bind_mat(m, MC_T_EMBED, 0, 0, d->vocab, d->hidden, "vocab_size x hidden_size",
+                          &m->lm_head, err);
+        else
+            st = bind_mat(m, MC_T_LM_HEAD, 0, 0, d->vocab, d->hidden, "vocab_size x hidden_size",
+                          &m->lm_head, err);
+        if (st != MC_OK || (st = mat_rows(m, &m->lm_head, lay->vocab0, lay->n_vocab, err)) != MC_OK)
+            return st;
+        if ((st = bind_vec(m, MC_T_FINAL_NORM, 0, d->hidden, "hidden_size", &m->final_norm,
+                           err)) != MC_OK)
+            return st;
+    }
+    m->layers = own(m, mc_calloc_n((size_t)d->n_layers, sizeof *m->layers));
+    m->inv_freq = own(m, mc_calloc_n((size_t)d->rope.dim / 2 + 1, sizeof *m->inv_freq));
+    if (!m->layers || !m->inv_freq)
+        return mc_err_set(err, MC_ERR_NOMEM, "out of memory");
+    mc_rope_inv_freq(&d->rope, m->inv_freq);
+    for (int l = lay->layer0; l < lay->layer1; l++)
+        if ((st = bind_layer(m, l, err)) != MC_OK)
+            return st;
     return MC_OK;
 }
 
@@ -314,39 +477,54 @@ mc_status mc_model_load(const char *dir, mc_model **out, mc_err *err)
     mc_model *m = calloc(1, sizeof *m);
     if (!m)
         return mc_err_set(err, MC_ERR_NOMEM, "out of memory");
+    parse_fault(m);
     mc_status st = mc_model_desc_load(dir, &m->d, err);
     if (st != MC_OK)
         goto fail;
-    if ((st = st_checkpoint_open(dir, &m->ckpt, err)) != MC_OK)
-        goto fail;
-    const mc_model_desc *d = &m->d;
-    if (d->family == MC_FAM_DEEPSEEK_V4) {
-        if ((st = mc_v4_load(m, err)) != MC_OK)
-            goto fail;
-        *out = m;
-        return MC_OK;
-    }
-    if ((st = bind_mat(m, MC_T_EMBED, 0, 0, d->vocab, d->hidden, "vocab_size x hidden_size",
-                       &m->embed, err)) != MC_OK)
-        goto fail;
-    if (d->tie_embeddings)
-        m->lm_head = m->embed;
-    else if ((st = bind_mat(m, MC_T_LM_HEAD, 0, 0, d->vocab, d->hidden, "vocab_size x hidden_size",
-                            &m->lm_head, err)) != MC_OK)
-        goto fail;
-    if ((st = bind_vec(m, MC_T_FINAL_NORM, 0, d->hidden, "hidden_size", &m->final_norm, err)) !=
-        MC_OK)
-        goto fail;
-    m->layers = own(m, mc_calloc_n((size_t)d->n_layers, sizeof *m->layers));
-    m->inv_freq = own(m, mc_calloc_n((size_t)d->rope.dim / 2 + 1, sizeof *m->inv_freq));
-    if (!m->layers || !m->inv_freq) {
+    mc_layout_single(&m->d, &m->lay);
+    m->owns_world = true;
+    if (mc_comm_self_create(&m->world) != MC_OK || mc_comm_self_create(&m->tp_comm) != MC_OK ||
+        mc_comm_self_create(&m->ep_comm) != MC_OK || mc_comm_self_create(&m->pp_comm) != MC_OK) {
         st = mc_err_set(err, MC_ERR_NOMEM, "out of memory");
         goto fail;
     }
-    mc_rope_inv_freq(&d->rope, m->inv_freq);
-    for (int l = 0; l < d->n_layers; l++)
-        if ((st = bind_layer(m, l, err)) != MC_OK)
-            goto fail;
+    if ((st = bind_share(m, dir, err)) != MC_OK)
+        goto fail;
+    *out = m;
+    return MC_OK;
+fail:
+    mc_model_free(m);
+    return st;
+}
+
+mc_status mc_model_load_dist(const char *dir, mc_comm *world, int tp, int ep, int pp,
+                             mc_model **out, mc_err *err)
+{
+    *out = NULL;
+    mc_model *m = calloc(1, sizeof *m);
+    mc_status st = m ? MC_OK : mc_err_set(err, MC_ERR_NOMEM, "out of memory");
+    if (m) {
+        parse_fault(m);
+        m->world = world;
+        st = mc_model_desc_load(dir, &m->d, err);
+    }
+    if (st == MC_OK)
+        st = mc_layout_make(&m->d, mc_comm_size(world), mc_comm_rank(world), tp, ep, pp, &m->lay,
+                            err);
+    /* every rank must reach the splits below, or none */
+    if ((st = mc_par_agree(world, st, err)) != MC_OK)
+        goto fail;
+    if ((st = mc_par_comms(world, &m->lay, &m->tp_comm, &m->ep_comm, &m->pp_comm, err)) != MC_OK)
+        goto fail;
+    st = bind_share(m, dir, err);
+    if ((st = mc_par_agree(world, st, err)) != MC_OK)
+        goto fail;
+    const mc_layout *l = &m->lay;
+    MC_DEBUG("rank %d: stage %d (layers %d..%d), tp %d/%d, dp %d/%d, ep %d/%d (experts %d..%d), "
+             "heads %d..%d, vocab %d..%d",
+             l->rank, l->stage, l->layer0, l->layer1 - 1, l->tp_rank, l->tp, l->dp_rank, l->dp,
+             l->ep_rank, l->ep, l->expert0, l->expert1 - 1, l->head0, l->head0 + l->n_heads - 1,
+             l->vocab0, l->vocab0 + l->n_vocab - 1);
     *out = m;
     return MC_OK;
 fail:
@@ -398,7 +576,7 @@ mc_status mc_kv_create(const mc_model *m, int cap, mc_kv **out, mc_err *err)
         kv->k_width = d->kv_lora_rank;
         kv->v_width = d->qk_rope_dim;
     } else {
-        kv->k_width = kv->v_width = d->n_kv_heads * d->head_dim;
+        kv->k_width = kv->v_width = m->lay.n_kv_heads * d->head_dim;
     }
     if (d->index_topk > 0) {
         kv->aux_width = d->index_head_dim;
@@ -409,7 +587,7 @@ mc_status mc_kv_create(const mc_model *m, int cap, mc_kv **out, mc_err *err)
     kv->v = calloc((size_t)d->n_layers, sizeof *kv->v);
     if (!kv->k || !kv->v)
         goto nomem;
-    for (int l = 0; l < d->n_layers; l++) {
+    for (int l = m->lay.layer0; l < m->lay.layer1; l++) {
         kv->k[l] = mc_malloc_n((size_t)cap * (size_t)kv->k_width, sizeof(float));
         kv->v[l] = mc_malloc_n((size_t)cap * (size_t)kv->v_width, sizeof(float));
         if (!kv->k[l] || !kv->v[l])

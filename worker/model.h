@@ -1,15 +1,27 @@
 /* model.h - a loaded model: the normalized description plus weight views
  * bound to the memory-mapped checkpoint, a KV cache, and the forward pass.
  *
- * Lifetimes: mc_model owns the checkpoint mapping and the small f32 copies
- * (norm weights, biases, FP8 scales); weight matrices are borrowed views
- * into the mapping. mc_kv is owned by the caller (one per sequence).
+ * A model is one rank's share (layout.h): the layers of its pipeline stage,
+ * its routed experts, its slice of the attention heads, of the dense and
+ * shared-expert FFN width and of the LM head's vocabulary. Only those
+ * tensors are bound (and so only their pages of the mapping are ever read).
+ * In a single process the share is the whole model and every communicator
+ * is a one-rank self comm.
+ *
+ * Lifetimes: mc_model owns the checkpoint mapping, the small f32 copies
+ * (norm weights, biases, FP8 scales) and its tp/ep/pp communicators; the
+ * world communicator of a distributed model is borrowed from the caller.
+ * Weight matrices are borrowed views into the mapping. mc_kv is owned by
+ * the caller (one per sequence).
  */
 #ifndef MC_MODEL_H
 #define MC_MODEL_H
 
+#include "comm.h"
 #include "kernels.h"
+#include "layout.h"
 #include "model_config.h"
+#include "parallel.h"
 #include "safetensors.h"
 #include "status.h"
 
@@ -56,16 +68,37 @@ typedef struct mc_model {
     struct mc_v4_model *v4; /* DeepSeek-V4 state (deepseek_v4.c), else NULL */
     void **owned;        /* f32 copies to free */
     size_t n_owned, cap_owned;
+    /* this rank's share and its communicators (parallel.h) */
+    mc_layout lay;
+    mc_comm *world;      /* borrowed from mc_model_load_dist's caller, or owned (single process) */
+    mc_comm *tp_comm, *ep_comm, *pp_comm; /* owned */
+    bool owns_world;
+    mc_stat_row *stats;  /* MC_STAT_ROWS(n_layers) rows, NULL unless enabled */
+    struct { int rank, layer; char mode[8]; } fault; /* MC_FAULT_INJECT, rank -1 = off */
 } mc_model;
 
 /* Loads DIR/config.json and the checkpoint in DIR, checks every tensor the
- * description implies (presence, shape, dtype, FP8 scales). */
+ * description implies (presence, shape, dtype, FP8 scales). The whole model,
+ * one process. */
 mc_status mc_model_load(const char *dir, mc_model **out, mc_err *err);
+
+/* Collective over world: every rank loads its share of the model under the
+ * layout (tp, ep, pp; <= 0 = default, see mc_layout_make) and binds only
+ * its own tensors. Fails on every rank when it fails on any (see
+ * mc_par_agree for which rank keeps the message). world must outlive the
+ * model. */
+mc_status mc_model_load_dist(const char *dir, mc_comm *world, int tp, int ep, int pp,
+                             mc_model **out, mc_err *err);
 void mc_model_free(mc_model *m);
 
-/* Per-sequence KV cache. MLA caches the normalized latent (kv_lora_rank)
- * and the rotated rope key (qk_rope_dim) per token; GQA caches K and V per
- * KV head. */
+/* Whether this rank receives the full logits of its dp group from
+ * mc_forward_step: the last stage's tp rank 0. */
+bool mc_model_is_output(const mc_model *m);
+
+/* Per-sequence KV cache of this rank's layers (the others stay NULL). MLA
+ * caches the normalized latent (kv_lora_rank) and the rotated rope key
+ * (qk_rope_dim) per token, on every tp rank; GQA caches K and V of the KV
+ * heads this rank holds. */
 typedef struct {
     int cap, len, n_layers;
     int k_width, v_width, aux_width; /* floats per token per layer */
@@ -80,9 +113,20 @@ void mc_kv_free(mc_kv *kv);
 
 /* Runs n tokens at positions kv->len .. kv->len+n-1 (causal over the cache),
  * appends them to the cache, and writes logits [n, vocab] if logits != NULL
- * (only the last row if last_only). */
+ * (only the last row if last_only). Single process (or one rank's step,
+ * as mc_forward_step with want_logits = logits != NULL); n >= 1. */
 mc_status mc_model_forward(mc_model *m, mc_kv *kv, const int64_t *tokens, int n, float *logits,
                            bool last_only, mc_err *err);
+
+/* One rank's part of a forward step; called by every rank of the job in the
+ * same order. The first stage embeds `tokens` (other stages receive the
+ * activations from the previous stage and may pass NULL); the last stage
+ * computes the logits when want_logits (every rank of a dp group passes the
+ * same n, want_logits and last_only) and mc_model_is_output ranks receive
+ * them in logits [n or 1, vocab]. n may be 0 for a dp group with nothing to
+ * do: it still takes part in the expert exchange of its stage. */
+mc_status mc_forward_step(mc_model *m, mc_kv *kv, const int64_t *tokens, int n, bool want_logits,
+                          bool last_only, float *logits, mc_err *err);
 
 /* Routing for one token (exposed for tests). logits[E] are router outputs;
  * writes k expert ids (ascending score order not guaranteed) and weights.

@@ -1,0 +1,82 @@
+/* par_args.h - the parallel-layout options shared by `score` and `generate`
+ * (and later `serve`), and how a command reports an error under mpirun.
+ * Header-only: small helpers for the commands' getopt loops. */
+#ifndef MC_PAR_ARGS_H
+#define MC_PAR_ARGS_H
+
+#include "cli.h"
+#include "comm.h"
+#include "comm_mpi.h"
+#include "status.h"
+
+#include <getopt.h>
+#include <stdbool.h>
+#include <stdio.h>
+
+typedef struct {
+    long long tp, ep, pp; /* 0 = default (see mc_layout_make) */
+    bool given;           /* any of them was given */
+    bool stats;
+} mc_par_args;
+
+#define MC_PAR_ARGS_INIT {0, 0, 0, false, false}
+
+enum { MC_OPT_TP = 1000, MC_OPT_EP, MC_OPT_PP, MC_OPT_STATS };
+
+/* getopt_long entries (put them before the terminating {0, 0, 0, 0}). */
+#define MC_PAR_OPTIONS                                                                             \
+    {"tp", required_argument, 0, MC_OPT_TP},                                                       \
+        {"tensor-parallel-size", required_argument, 0, MC_OPT_TP},                                 \
+        {"ep", required_argument, 0, MC_OPT_EP},                                                   \
+        {"expert-parallel-size", required_argument, 0, MC_OPT_EP},                                 \
+        {"pp", required_argument, 0, MC_OPT_PP},                                                   \
+        {"pipeline-parallel-size", required_argument, 0, MC_OPT_PP},                               \
+        {"stats", no_argument, 0, MC_OPT_STATS}
+
+#define MC_PAR_USAGE                                                                               \
+    "  --tp, --tensor-parallel-size N    split attention heads, dense FFN and LM head over N\n"   \
+    "                                    ranks (default 1)\n"                                      \
+    "  --ep, --expert-parallel-size N    split the routed experts over N ranks of a stage\n"       \
+    "                                    (default: all ranks of a stage)\n"                        \
+    "  --pp, --pipeline-parallel-size N  split the layers into N pipeline stages (default 1)\n"    \
+    "  --stats                           print tokens, bytes and compute/communication time\n"    \
+    "                                    per layer and rank (stderr)\n"                            \
+    "Run under mpirun for more than one rank: mpirun -np 4 moecluster ... --ep 4\n"
+
+/* Handles one getopt result: 0 = consumed, 1 = not a parallel option,
+ * -1 = bad value (message printed). */
+static inline int mc_par_option(mc_par_args *a, const char *cmd, int c, const char *arg)
+{
+    switch (c) {
+    case MC_OPT_TP:
+        a->given = true;
+        return mc_arg_int(cmd, "--tp", arg, 1, 1 << 20, &a->tp) ? -1 : 0;
+    case MC_OPT_EP:
+        a->given = true;
+        return mc_arg_int(cmd, "--ep", arg, 1, 1 << 20, &a->ep) ? -1 : 0;
+    case MC_OPT_PP:
+        a->given = true;
+        return mc_arg_int(cmd, "--pp", arg, 1, 1 << 20, &a->pp) ? -1 : 0;
+    case MC_OPT_STATS:
+        a->stats = true;
+        return 0;
+    default:
+        return 1;
+    }
+}
+
+/* Prints a command's error: "moecluster CMD: MSG" in a single process;
+ * under mpirun with the rank and host, and only on the rank that holds the
+ * message (mc_par_agree leaves the others' empty). */
+static inline void mc_cli_report(const char *cmd, const mc_comm *world, const mc_err *err)
+{
+    if (!world || mc_comm_size(world) <= 1) {
+        fprintf(stderr, "moecluster %s: %s\n", cmd, err->msg[0] ? err->msg : "failed");
+        return;
+    }
+    if (err->msg[0])
+        fprintf(stderr, "moecluster %s: rank %d (host %s): %s\n", cmd, mc_comm_rank(world),
+                mc_comm_host(), err->msg);
+}
+
+#endif

@@ -1,0 +1,498 @@
+/* comm_mpi.c - the data plane over MPI (host memory), the world
+ * communicator, and the watchdog. See comm_mpi.h for the algorithms. */
+#include "comm_impl.h"
+#include "comm_mpi.h"
+
+#include <limits.h>
+#include <mpi.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+/* Largest piece of one message (bytes); keeps MPI's int counts in range. */
+#define PIECE_BYTES ((size_t)1 << 30)
+/* Largest all_reduce segment (floats) handled by one reduce-scatter round. */
+#define AR_SEGMENT ((size_t)1 << 28)
+
+typedef struct {
+    MPI_Comm comm;
+    float *scratch; /* all_reduce: (size * chunk) floats */
+    size_t scratch_cap;
+    int *ic; /* 4 * size ints: counts and displacements for MPI calls */
+} mpi_comm;
+
+static const mc_comm_ops mpi_ops;
+
+static bool g_mpi_active = false;
+static int g_world_rank = 0;
+static char g_host[256] = "";
+static bool g_check = false;
+
+/* ---- host, launcher ---------------------------------------------------- */
+
+const char *mc_comm_host(void)
+{
+    if (!g_host[0]) {
+        if (gethostname(g_host, sizeof g_host - 1) != 0)
+            snprintf(g_host, sizeof g_host, "?");
+        g_host[sizeof g_host - 1] = '\0';
+    }
+    return g_host;
+}
+
+int mc_comm_launcher_rank(void)
+{
+    static const char *const vars[] = {"OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK"};
+    for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++) {
+        const char *v = getenv(vars[i]);
+        if (v && *v) {
+            char *end;
+            long r = strtol(v, &end, 10);
+            if (!*end && r >= 0 && r < INT_MAX)
+                return (int)r;
+        }
+    }
+    return -1;
+}
+
+bool mc_comm_mpi_active(void) { return g_mpi_active; }
+
+/* ---- watchdog ---------------------------------------------------------- */
+
+/* While a rank is inside an MPI call, g_busy_since holds the start time
+ * (ns, monotonic) and g_busy_op its name; the watchdog thread ends the
+ * process when one call has lasted longer than the timeout. */
+static _Atomic long long g_busy_since = 0;
+static _Atomic(const char *) g_busy_op = NULL;
+static _Atomic int g_busy_size = 0;
+static long long g_timeout_ns = 0;
+static pthread_t g_watchdog;
+static bool g_watchdog_running = false;
+static _Atomic int g_watchdog_stop = 0;
+
+static long long now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static void busy_begin(const char *op, int size)
+{
+    if (!g_timeout_ns)
+        return;
+    atomic_store(&g_busy_op, op);
+    atomic_store(&g_busy_size, size);
+    atomic_store(&g_busy_since, now_ns());
+}
+
+static void busy_end(void)
+{
+    if (g_timeout_ns)
+        atomic_store(&g_busy_since, 0);
+}
+
+static void *watchdog_main(void *arg)
+{
+    (void)arg;
+    long long tick = g_timeout_ns / 8;
+    if (tick > 1000000000LL)
+        tick = 1000000000LL;
+    if (tick < 10000000LL)
+        tick = 10000000LL;
+    while (!atomic_load(&g_watchdog_stop)) {
+        struct timespec ts = {.tv_sec = tick / 1000000000LL, .tv_nsec = tick % 1000000000LL};
+        nanosleep(&ts, NULL);
+        long long since = atomic_load(&g_busy_since);
+        if (since && now_ns() - since > g_timeout_ns) {
+            const char *op = atomic_load(&g_busy_op);
+            fprintf(stderr,
+                    "moecluster: rank %d (host %s): %s on a %d-rank communicator has waited "
+                    "%.0f s for its peers; a rank is stuck or gone, ending the job "
+                    "(MC_COMM_TIMEOUT=%.0f)\n",
+                    g_world_rank, mc_comm_host(), op ? op : "an MPI call",
+                    atomic_load(&g_busy_size), (double)(now_ns() - since) / 1e9,
+                    (double)g_timeout_ns / 1e9);
+            fflush(stderr);
+            _exit(75);
+        }
+    }
+    return NULL;
+}
+
+static void watchdog_start(void)
+{
+    double s = MC_COMM_MPI_TIMEOUT_S;
+    const char *env = getenv("MC_COMM_TIMEOUT");
+    if (env && *env) {
+        char *end;
+        double v = strtod(env, &end);
+        if (!*end && v >= 0)
+            s = v;
+        else
+            fprintf(stderr, "moecluster: rank %d: ignoring MC_COMM_TIMEOUT='%s' (want seconds >= 0)\n",
+                    g_world_rank, env);
+    }
+    if (s <= 0)
+        return;
+    g_timeout_ns = (long long)(s * 1e9);
+    atomic_store(&g_watchdog_stop, 0);
+    if (pthread_create(&g_watchdog, NULL, watchdog_main, NULL) == 0)
+        g_watchdog_running = true;
+    else
+        g_timeout_ns = 0;
+}
+
+static void watchdog_stop(void)
+{
+    if (!g_watchdog_running)
+        return;
+    atomic_store(&g_watchdog_stop, 1);
+    pthread_join(g_watchdog, NULL);
+    g_watchdog_running = false;
+    g_timeout_ns = 0;
+}
+
+/* ---- errors ------------------------------------------------------------ */
+
+static mc_status mpi_fail(const mc_comm *c, const char *what, int rc, mc_err *err)
+{
+    char msg[MPI_MAX_ERROR_STRING] = "";
+    int len = 0;
+    if (MPI_Error_string(rc, msg, &len) != MPI_SUCCESS)
+        snprintf(msg, sizeof msg, "MPI error code %d", rc);
+    return mc_err_set(err, MC_ERR_IO, "mpi rank %d (host %s): %s on a %d-rank communicator failed: %s",
+                      g_world_rank, mc_comm_host(), what, c->size, msg);
+}
+
+#define MPI_TRY(c, what, call)                                                                     \
+    do {                                                                                           \
+        busy_begin(what, (c)->size);                                                               \
+        int rc_ = (call);                                                                          \
+        busy_end();                                                                                \
+        if (rc_ != MPI_SUCCESS)                                                                    \
+            return mpi_fail(c, what, rc_, err);                                                    \
+    } while (0)
+
+static MPI_Comm comm_of(const mc_comm *c) { return ((const mpi_comm *)c->impl)->comm; }
+
+/* ---- all_reduce -------------------------------------------------------- */
+
+static void chunk_range(size_t count, int parts, int i, size_t *begin, size_t *len)
+{
+    size_t per = count / (size_t)parts, extra = count % (size_t)parts;
+    *begin = (size_t)i * per + ((size_t)i < extra ? (size_t)i : extra);
+    *len = per + ((size_t)i < extra);
+}
+
+static mc_status reserve_scratch(mpi_comm *mc, size_t floats, const mc_comm *c, mc_err *err)
+{
+    if (floats <= mc->scratch_cap)
+        return MC_OK;
+    float *s = realloc(mc->scratch, floats * sizeof *s);
+    if (!s)
+        return mc_err_set(err, MC_ERR_NOMEM, "mpi rank %d (host %s): out of memory for %zu floats",
+                          g_world_rank, mc_comm_host(), floats);
+    mc->scratch = s;
+    mc->scratch_cap = floats;
+    return MC_OK;
+}
+
+static mc_status check_same_count(mc_comm *c, size_t count, mc_err *err)
+{
+    unsigned long long mine[2] = {count, ~(unsigned long long)count}, all[2];
+    MPI_TRY(c, "MPI_Allreduce (count check)",
+            MPI_Allreduce(mine, all, 2, MPI_UNSIGNED_LONG_LONG, MPI_MAX, comm_of(c)));
+    if (all[0] != count || ~all[1] != count)
+        return mc_err_set(err, MC_ERR_ARG,
+                          "mpi rank %d (host %s): all_reduce_sum_f32 of %zu floats, but another "
+                          "rank of the %d-rank communicator passed a different count",
+                          g_world_rank, mc_comm_host(), count, c->size);
+    return MC_OK;
+}
+
+static mc_status mpi_all_reduce(mc_comm *c, float *buf, size_t count, mc_err *err)
+{
+    mpi_comm *mc = c->impl;
+    int n = c->size, me = c->rank;
+    mc_status st;
+    if (g_check && (st = check_same_count(c, count, err)) != MC_OK)
+        return st;
+    if (n == 1 || count == 0)
+        return MC_OK;
+    int *sc = mc->ic, *sd = mc->ic + n, *rc = mc->ic + 2 * n, *rd = mc->ic + 3 * n;
+    for (size_t s0 = 0; s0 < count; s0 += AR_SEGMENT) {
+        size_t seg = count - s0 < AR_SEGMENT ? count - s0 : AR_SEGMENT;
+        float *b = buf + s0;
+        size_t my0, mylen;
+        chunk_range(seg, n, me, &my0, &mylen);
+        if ((st = reserve_scratch(mc, (size_t)n * (mylen ? mylen : 1), c, err)) != MC_OK)
+            return st;
+        for (int p = 0; p < n; p++) {
+            size_t b0, len;
+            chunk_range(seg, n, p, &b0, &len);
+            sc[p] = (int)len; /* chunk p of my buffer goes to its owner p */
+            sd[p] = (int)b0;
+            rc[p] = (int)mylen; /* everyone's copy of my chunk, in rank order */
+            rd[p] = (int)((size_t)p * mylen);
+        }
+        MPI_TRY(c, "MPI_Alltoallv (all_reduce)",
+                MPI_Alltoallv(b, sc, sd, MPI_FLOAT, mc->scratch, rc, rd, MPI_FLOAT, comm_of(c)));
+        /* my chunk = sum over ranks in rank order 0, 1, ..., n-1 */
+        float *out = b + my0;
+        memcpy(out, mc->scratch, mylen * sizeof *out);
+        for (int p = 1; p < n; p++) {
+            const float *src = mc->scratch + (size_t)p * mylen;
+            for (size_t i = 0; i < mylen; i++)
+                out[i] += src[i];
+        }
+        for (int p = 0; p < n; p++) {
+            size_t b0, len;
+            chunk_range(seg, n, p, &b0, &len);
+            rc[p] = (int)len;
+            rd[p] = (int)b0;
+        }
+        MPI_TRY(c, "MPI_Allgatherv (all_reduce)",
+                MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_FLOAT, b, rc, rd, MPI_FLOAT, comm_of(c)));
+    }
+    return MC_OK;
+}
+
+/* ---- all_to_all_v ------------------------------------------------------ */
+
+static bool fits_int(const size_t *a, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (a[i] > (size_t)INT_MAX)
+            return false;
+    return true;
+}
+
+/* Pairwise exchange in pieces for counts beyond MPI's int range. */
+static mc_status a2a_pairwise(mc_comm *c, const char *send, const size_t *send_counts,
+                              const size_t *send_displs, char *recv, const size_t *recv_counts,
+                              const size_t *recv_displs, mc_err *err)
+{
+    int n = c->size, me = c->rank;
+    if (send_counts[me] != recv_counts[me])
+        return mc_err_set(err, MC_ERR_ARG,
+                          "mpi rank %d (host %s): all_to_all_v sends %zu bytes to itself but "
+                          "receives %zu",
+                          g_world_rank, mc_comm_host(), send_counts[me], recv_counts[me]);
+    if (send_counts[me])
+        memmove(recv + recv_displs[me], send + send_displs[me], send_counts[me]);
+    for (int k = 1; k < n; k++) {
+        int to = (me + k) % n, from = (me - k + n) % n;
+        size_t so = 0, ro = 0, sn = send_counts[to], rn = recv_counts[from];
+        while (so < sn || ro < rn) {
+            int sl = (int)(sn - so < PIECE_BYTES ? sn - so : PIECE_BYTES);
+            int rl = (int)(rn - ro < PIECE_BYTES ? rn - ro : PIECE_BYTES);
+            MPI_Status stt;
+            MPI_TRY(c, "MPI_Sendrecv (all_to_all_v)",
+                    MPI_Sendrecv(send + send_displs[to] + so, sl, MPI_BYTE, to, 1,
+                                 recv + recv_displs[from] + ro, rl, MPI_BYTE, from, 1, comm_of(c),
+                                 &stt));
+            so += (size_t)sl;
+            ro += (size_t)rl;
+        }
+    }
+    return MC_OK;
+}
+
+static mc_status mpi_all_to_all_v(mc_comm *c, const void *send, const size_t *send_counts,
+                                  const size_t *send_displs, void *recv,
+                                  const size_t *recv_counts, const size_t *recv_displs,
+                                  mc_err *err)
+{
+    mpi_comm *mc = c->impl;
+    int n = c->size;
+    if (!fits_int(send_counts, n) || !fits_int(send_displs, n) || !fits_int(recv_counts, n) ||
+        !fits_int(recv_displs, n))
+        return a2a_pairwise(c, send, send_counts, send_displs, recv, recv_counts, recv_displs,
+                            err);
+    int *sc = mc->ic, *sd = mc->ic + n, *rc = mc->ic + 2 * n, *rd = mc->ic + 3 * n;
+    for (int p = 0; p < n; p++) {
+        sc[p] = (int)send_counts[p];
+        sd[p] = (int)send_displs[p];
+        rc[p] = (int)recv_counts[p];
+        rd[p] = (int)recv_displs[p];
+    }
+    /* MPI wants valid pointers even when every count is zero */
+    static char dummy[1];
+    MPI_TRY(c, "MPI_Alltoallv",
+            MPI_Alltoallv(send ? send : dummy, sc, sd, MPI_BYTE, recv ? recv : dummy, rc, rd,
+                          MPI_BYTE, comm_of(c)));
+    return MC_OK;
+}
+
+/* ---- send / recv ------------------------------------------------------- */
+
+static mc_status mpi_send(mc_comm *c, int peer, const void *buf, size_t bytes, mc_err *err)
+{
+    const char *p = buf;
+    size_t off = 0;
+    do { /* a zero-byte message still goes, so the recv side matches it */
+        int len = (int)(bytes - off < PIECE_BYTES ? bytes - off : PIECE_BYTES);
+        MPI_TRY(c, "MPI_Send", MPI_Send(p ? p + off : NULL, len, MPI_BYTE, peer, 0, comm_of(c)));
+        off += (size_t)len;
+    } while (off < bytes);
+    return MC_OK;
+}
+
+static mc_status mpi_recv(mc_comm *c, int peer, void *buf, size_t bytes, mc_err *err)
+{
+    char *p = buf;
+    size_t off = 0;
+    do {
+        int len = (int)(bytes - off < PIECE_BYTES ? bytes - off : PIECE_BYTES);
+        MPI_Status stt;
+        busy_begin("MPI_Recv", c->size);
+        int rc = MPI_Recv(p ? p + off : NULL, len, MPI_BYTE, peer, 0, comm_of(c), &stt);
+        busy_end();
+        if (rc == MPI_ERR_TRUNCATE ||
+            (rc == MPI_ERR_IN_STATUS && stt.MPI_ERROR == MPI_ERR_TRUNCATE))
+            return mc_err_set(err, MC_ERR_ARG,
+                              "mpi rank %d (host %s): recv of %zu bytes from rank %d, but the "
+                              "peer sent more",
+                              g_world_rank, mc_comm_host(), bytes, peer);
+        if (rc != MPI_SUCCESS)
+            return mpi_fail(c, "MPI_Recv", rc, err);
+        int got = 0;
+        MPI_Get_count(&stt, MPI_BYTE, &got);
+        if (got != len)
+            return mc_err_set(err, MC_ERR_ARG,
+                              "mpi rank %d (host %s): recv of %zu bytes from rank %d, but the "
+                              "peer sent %zu",
+                              g_world_rank, mc_comm_host(), bytes, peer, off + (size_t)got);
+        off += (size_t)len;
+    } while (off < bytes);
+    return MC_OK;
+}
+
+static mc_status mpi_barrier(mc_comm *c, mc_err *err)
+{
+    MPI_TRY(c, "MPI_Barrier", MPI_Barrier(comm_of(c)));
+    return MC_OK;
+}
+
+/* ---- communicators ----------------------------------------------------- */
+
+static mc_status wrap(MPI_Comm comm, mc_comm **out, mc_err *err)
+{
+    int rank, size;
+    MPI_Comm_set_errhandler(comm, MPI_ERRORS_RETURN);
+    MPI_Comm_rank(comm, &rank);
+    MPI_Comm_size(comm, &size);
+    mpi_comm *mc = calloc(1, sizeof *mc);
+    int *ic = mc ? calloc((size_t)size * 4, sizeof *ic) : NULL;
+    mc_comm *c = ic ? mc_comm_new(&mpi_ops, rank, size, mc) : NULL;
+    if (!c) {
+        free(ic);
+        free(mc);
+        MPI_Comm_free(&comm);
+        return mc_err_set(err, MC_ERR_NOMEM, "mpi rank %d (host %s): out of memory",
+                          g_world_rank, mc_comm_host());
+    }
+    mc->comm = comm;
+    mc->ic = ic;
+    *out = c;
+    return MC_OK;
+}
+
+static mc_status mpi_split(mc_comm *c, int color, int key, mc_comm **out, mc_err *err)
+{
+    MPI_Comm nc = MPI_COMM_NULL;
+    MPI_TRY(c, "MPI_Comm_split",
+            MPI_Comm_split(comm_of(c), color == MC_COMM_COLOR_NONE ? MPI_UNDEFINED : color, key,
+                           &nc));
+    if (nc == MPI_COMM_NULL)
+        return MC_OK;
+    return wrap(nc, out, err);
+}
+
+static void mpi_free(mc_comm *c)
+{
+    mpi_comm *mc = c->impl;
+    if (!mc)
+        return;
+    if (g_mpi_active && mc->comm != MPI_COMM_NULL) {
+        int fin = 0;
+        MPI_Finalized(&fin);
+        if (!fin)
+            MPI_Comm_free(&mc->comm);
+    }
+    free(mc->scratch);
+    free(mc->ic);
+    free(mc);
+}
+
+static const mc_comm_ops mpi_ops = {
+    .name = "mpi",
+    .all_reduce_sum_f32 = mpi_all_reduce,
+    .all_to_all_v = mpi_all_to_all_v,
+    .send = mpi_send,
+    .recv = mpi_recv,
+    .barrier = mpi_barrier,
+    .split = mpi_split,
+    .free = mpi_free,
+};
+
+/* ---- world ------------------------------------------------------------- */
+
+mc_status mc_comm_world_init(int *argc, char ***argv, mc_comm **out, mc_err *err)
+{
+    *out = NULL;
+    if (mc_comm_launcher_rank() < 0) {
+        if (mc_comm_self_create(out) != MC_OK)
+            return mc_err_set(err, MC_ERR_NOMEM, "out of memory");
+        return MC_OK;
+    }
+    int inited = 0;
+    MPI_Initialized(&inited);
+    if (!inited) {
+        int provided;
+        if (MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS)
+            return mc_err_set(err, MC_ERR_IO, "host %s: MPI_Init failed", mc_comm_host());
+    }
+    g_mpi_active = true;
+    MPI_Comm_rank(MPI_COMM_WORLD, &g_world_rank);
+    const char *chk = getenv("MC_COMM_CHECK");
+    g_check = chk && !strcmp(chk, "1");
+    MPI_Comm dup;
+    MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+    int rc = MPI_Comm_dup(MPI_COMM_WORLD, &dup);
+    if (rc != MPI_SUCCESS)
+        return mc_err_set(err, MC_ERR_IO, "mpi rank %d (host %s): MPI_Comm_dup failed",
+                          g_world_rank, mc_comm_host());
+    mc_status st = wrap(dup, out, err);
+    if (st == MC_OK)
+        watchdog_start();
+    return st;
+}
+
+void mc_comm_world_finalize(mc_comm *world)
+{
+    mc_comm_free(world);
+    if (!g_mpi_active)
+        return;
+    watchdog_stop();
+    int fin = 0;
+    MPI_Finalized(&fin);
+    if (!fin)
+        MPI_Finalize();
+    g_mpi_active = false;
+}
+
+void mc_comm_world_abort(mc_comm *world, int code)
+{
+    fflush(stdout);
+    fflush(stderr);
+    if (g_mpi_active)
+        MPI_Abort(MPI_COMM_WORLD, code);
+    exit(code);
+}

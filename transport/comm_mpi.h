@@ -1,0 +1,67 @@
+/* comm_mpi.h - the MPI backend of the data plane (comm.h) and the world
+ * communicator of a process.
+ *
+ * A process started by mpirun (or another MPI launcher) gets an MPI world;
+ * a process started by hand gets the one-rank "self" communicator and never
+ * touches MPI, so the single-process engine behaves exactly as without MPI.
+ *
+ * The MPI backend moves host memory with MPI_BYTE / MPI_FLOAT messages:
+ *   all_reduce_sum_f32  reduce-scatter (MPI_Alltoallv of 1/size chunks),
+ *                       each chunk summed in rank order 0..size-1 by the
+ *                       rank that owns it, then MPI_Allgatherv: every rank
+ *                       gets bitwise the same sums, in the order comm.h
+ *                       promises.
+ *   all_to_all_v        MPI_Alltoallv on bytes (pairwise MPI_Sendrecv in
+ *                       1 GiB pieces when a count exceeds INT_MAX).
+ *   send / recv         MPI_Send / MPI_Recv in 1 GiB pieces; a size that
+ *                       differs from the sender's is reported.
+ *   split               MPI_Comm_split.
+ * Every communicator returns MPI errors (MPI_ERRORS_RETURN) instead of
+ * aborting; they come back as MC_ERR_IO with the world rank, the host and
+ * MPI's own message.
+ *
+ * Agreement between ranks (same collective, matching counts) is not checked
+ * by MPI; set MC_COMM_CHECK=1 to check counts of all_reduce with one extra
+ * small collective per call.
+ *
+ * Watchdog: with MC_COMM_TIMEOUT=S (seconds, default 600, 0 = off) a rank
+ * that has waited S seconds inside one MPI call prints which call, its rank
+ * and host, and exits non-zero, which makes mpirun end the whole job; a
+ * rank that exits or crashes is caught by mpirun itself. So no rank stays
+ * blocked forever.
+ */
+#ifndef MC_COMM_MPI_H
+#define MC_COMM_MPI_H
+
+#include "comm.h"
+
+#include <stdbool.h>
+
+/* Default watchdog timeout in seconds (MC_COMM_TIMEOUT overrides). */
+#define MC_COMM_MPI_TIMEOUT_S 600
+
+/* The rank an MPI launcher assigned to this process (from its environment:
+ * OMPI_COMM_WORLD_RANK, PMIX_RANK, PMI_RANK), or -1 when the process was
+ * not started by one. Usable before initialization (e.g. to print usage
+ * errors on rank 0 only). */
+int mc_comm_launcher_rank(void);
+
+/* The world communicator of this process: MPI's (after MPI_Init) when a
+ * launcher started it, else a one-rank self communicator. Also starts the
+ * watchdog under MPI. Free with mc_comm_world_finalize(). */
+mc_status mc_comm_world_init(int *argc, char ***argv, mc_comm **out, mc_err *err);
+
+/* Frees the world communicator and finalizes MPI when it was initialized.
+ * Every other communicator must have been freed before. */
+void mc_comm_world_finalize(mc_comm *world);
+
+/* Ends the whole job now: MPI_Abort under MPI, exit(code) otherwise. */
+void mc_comm_world_abort(mc_comm *world, int code) __attribute__((noreturn));
+
+/* Whether MPI was initialized by mc_comm_world_init. */
+bool mc_comm_mpi_active(void);
+
+/* This host's name, for messages. */
+const char *mc_comm_host(void);
+
+#endif
