@@ -3,6 +3,23 @@
  * BF16: upper 16 bits of an IEEE f32. F16: IEEE half. F8_E4M3: the "fn"
  * variant used by DeepSeek/NVIDIA (1 sign, 4 exponent bits with bias 7,
  * 3 mantissa bits, no infinities, S.1111.111 is NaN, max finite 448).
+ *
+ * Block-quantized weight formats, byte for byte the blocks of llama.cpp's
+ * GGUF (ggml-common.h); a matrix row is a sequence of whole blocks:
+ *
+ *   Q8_0  32 weights in 34 bytes:  f16 d | int8 qs[32]          w = d * q
+ *   Q4_K 256 weights in 144 bytes: f16 d | f16 dmin | u8 scales[12] | u8 qs[128]
+ *         8 sub-blocks of 32 with 6-bit scale sc_j and min m_j packed in
+ *         scales[] (see mc_q4_k_scale_min); w = d*sc_j*q - dmin*m_j, q in 0..15.
+ *         qs[32*c + l] holds element 64*c + l in its low nibble and element
+ *         64*c + 32 + l in its high nibble (c = 0..3).
+ *
+ * A row of n weights takes ceil(n / block) blocks (mc_dtype_row_bytes); when
+ * n is not a multiple of the block the tail is quantized as zeros, so rows
+ * whose length is a multiple of the block (every real model) match GGUF's
+ * bytes exactly. These formats have no per-element size (mc_dtype_size is 0)
+ * and are never named by a safetensors header (mc_dtype_from_name refuses
+ * them): their values lie past MC_DT_COUNT.
  */
 #ifndef MC_DTYPE_H
 #define MC_DTYPE_H
@@ -19,15 +36,75 @@ typedef enum {
     MC_DT_I64,
     MC_DT_I32,
     MC_DT_U8,
-    MC_DT_COUNT
+    MC_DT_COUNT, /* element types a safetensors header may name */
+    /* block-quantized weight formats (not safetensors element types) */
+    MC_DT_Q8_0 = 32,
+    MC_DT_Q4_K = 33,
 } mc_dtype;
 
-/* Size of one element in bytes. */
+#define MC_QK8_0 32 /* weights per Q8_0 block */
+#define MC_QK_K 256 /* weights per Q4_K super-block */
+
+typedef struct {
+    uint16_t d; /* f16 scale */
+    int8_t qs[MC_QK8_0];
+} mc_block_q8_0;
+
+typedef struct {
+    uint16_t d, dmin;     /* f16 super-block scales of the sub-block scales and mins */
+    uint8_t scales[12];   /* 8 x (6-bit scale, 6-bit min) */
+    uint8_t qs[MC_QK_K / 2];
+} mc_block_q4_k;
+
+_Static_assert(sizeof(mc_block_q8_0) == 34, "Q8_0 block is 34 bytes");
+_Static_assert(sizeof(mc_block_q4_k) == 144, "Q4_K block is 144 bytes");
+
+/* Size of one element in bytes; 0 for block formats and unknown values. */
 size_t mc_dtype_size(mc_dtype dt);
-/* safetensors spelling ("BF16", "F8_E4M3", ...). */
+/* safetensors spelling ("BF16", "F8_E4M3", ...); "Q8_0", "Q4_K" for the block formats. */
 const char *mc_dtype_name(mc_dtype dt);
-/* Parses a safetensors dtype string; returns -1 if unknown. */
+/* Parses a safetensors dtype string; returns -1 if unknown (and for block formats). */
 int mc_dtype_from_name(const char *s, mc_dtype *out);
+
+/* True for Q8_0 / Q4_K. */
+static inline int mc_dtype_is_block(mc_dtype dt) { return dt == MC_DT_Q8_0 || dt == MC_DT_Q4_K; }
+/* Elements per block (1 for element types, 0 if unknown) and bytes per block. */
+int mc_dtype_block_elems(mc_dtype dt);
+size_t mc_dtype_block_bytes(mc_dtype dt);
+/* Exact bytes of one stored row of n elements: n * size, or whole blocks
+ * (ceil(n / block) * block bytes). 0 for an unknown dtype or n < 0. */
+size_t mc_dtype_row_bytes(mc_dtype dt, int64_t n);
+/* Parses a --weights value: "q8_0", "q4_k", "bf16", "f16", "f32" (any case). -1 if unknown. */
+int mc_weight_format_from_name(const char *s, mc_dtype *out);
+
+/* The format a matrix with rows of `cols` weights takes when `target` is
+ * asked for (the rule `plan` counts with, as llama.cpp does): Q4_K needs
+ * cols % 256 == 0, else Q8_0; Q8_0 needs cols % 32 == 0, else the matrix
+ * keeps its stored type (returned as MC_DT_COUNT). Other targets as given. */
+mc_dtype mc_quant_format_for(mc_dtype target, int64_t cols);
+
+/* Reference quantizers (llama.cpp's quantize_row_*_ref, bit for bit on
+ * whole blocks) and dequantizers for one row of n elements; dst holds
+ * mc_dtype_row_bytes(dt, n) bytes. */
+void mc_quantize_row_q8_0(const float *x, void *dst, int64_t n);
+void mc_quantize_row_q4_k(const float *x, void *dst, int64_t n);
+void mc_dequantize_row_q8_0(const void *src, float *y, int64_t n);
+void mc_dequantize_row_q4_k(const void *src, float *y, int64_t n);
+/* Dispatch on dt (Q8_0 or Q4_K); returns -1 for other dtypes. */
+int mc_quantize_row(mc_dtype dt, const float *x, void *dst, int64_t n);
+int mc_dequantize_row(mc_dtype dt, const void *src, float *y, int64_t n);
+
+/* Sub-block j (0..7) scale and min of a Q4_K block's packed scales[12]. */
+static inline void mc_q4_k_scale_min(int j, const uint8_t *q, uint8_t *sc, uint8_t *m)
+{
+    if (j < 4) {
+        *sc = q[j] & 63;
+        *m = q[j + 4] & 63;
+    } else {
+        *sc = (uint8_t)((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
+        *m = (uint8_t)((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
+    }
+}
 
 static inline float mc_bf16_to_f32(uint16_t h)
 {

@@ -1,20 +1,34 @@
-/* kernels.h - the math the forward pass is built from (CPU reference).
+/* kernels.h - the math the forward pass is built from (CPU).
  *
  * Weights stay in their stored dtype (F32, F16, BF16, F8_E4M3 with block
- * scales) and are widened to f32 one row at a time; arithmetic is f32.
- * A batch of tokens reads each weight row once.
+ * scales, and the block-quantized Q8_0 / Q4_K) and are never widened as a
+ * whole. For element types the arithmetic is f32 (weights widened a vector
+ * at a time); for Q8_0 / Q4_K the activations are quantized to 8 bits per
+ * block and the products are integer dot products, as llama.cpp does
+ * (Q8_0: blocks of 32 with an f32 scale; Q4_K: blocks of 256 with an f32
+ * scale and per-32 sums for the mins).
+ *
+ * Paths: portable C ("scalar"), AVX2+FMA+F16C ("avx2") and AVX-512
+ * F/BW/DQ/VL/VNNI ("avx512"), chosen at run time from what the CPU has;
+ * MC_KERNELS=scalar|avx2|avx512 forces one (refused with a warning if the
+ * CPU lacks it). Matrix products split their rows over a process-wide
+ * thread pool (MC_THREADS, default: one thread per online CPU); a batch of
+ * tokens reads each weight row once.
  */
 #ifndef MC_KERNELS_H
 #define MC_KERNELS_H
 
 #include "dtype.h"
+#include "status.h"
 
 #include <stddef.h>
 
 /* A 2-D weight view W[rows, cols] (y = W x: rows = outputs, cols = inputs). Borrowed.
  * Stored row-major: W[o, i] at data[o * row_stride + i]. With `transposed`
  * the storage holds W^T (Llama 4's fused experts, [in, out] row-major):
- * W[o, i] at data[i * row_stride + o]. */
+ * W[o, i] at data[i * row_stride + o]. For Q8_0 / Q4_K, row_stride is a
+ * multiple of the block size, stored row o starts at byte
+ * o * mc_dtype_row_bytes(dtype, row_stride), and `transposed` is not allowed. */
 typedef struct {
     mc_dtype dtype;
     int rows, cols;
@@ -31,8 +45,18 @@ typedef struct {
 void mc_mat_row_f32(const mc_mat *w, int r, float *dst);
 
 /* y[t, o] = sum_i W[o, i] * x[t, i] for t < n; x rows ldx apart, y rows ldy apart.
- * Uses a scratch row of w->cols floats allocated on the stack / heap. */
+ * Rows are split over the kernel thread pool when the product is large. */
 void mc_matmul(const mc_mat *w, const float *x, int n, int ldx, float *y, int ldy);
+
+/* Bytes of weight storage one full product reads (data and FP8 scales). */
+size_t mc_mat_weight_bytes(const mc_mat *w);
+
+/* Quantizes src (any supported dtype, transposed or not) to target (Q8_0,
+ * Q4_K, BF16, F16 or F32) as a new row-major matrix. *owned receives the
+ * storage (free() it when dst is no longer used; dst->data points into it).
+ * MC_ERR_ARG for an unsupported target. */
+mc_status mc_mat_quantize(const mc_mat *src, mc_dtype target, mc_mat *dst, void **owned,
+                          mc_err *err);
 
 /* out[i] = x[i] / rms(x) * w[i] (w NULL: no weight); out may alias x. */
 void mc_rmsnorm(float *out, const float *x, const float *w, int n, float eps);
@@ -42,10 +66,50 @@ static inline float mc_sigmoid(float x) { return 1.0f / (1.0f + __builtin_expf(-
 float mc_dot(const float *a, const float *b, int n);
 /* y += a * x */
 void mc_axpy(float *y, float a, const float *x, int n);
+/* SwiGLU in place: g[i] = silu(g[i]) * u[i]. */
+void mc_swiglu(float *g, const float *u, int n);
 
 /* Rotates the first `dim` entries of v by the angles whose cos/sin are
  * given per pair (dim/2 each). interleaved: pairs (2i, 2i+1); otherwise
  * pairs (i, i + dim/2) (rotate_half). */
 void mc_rope_rotate(float *v, int dim, int interleaved, const float *cos, const float *sin);
+
+/* ---- paths and threads ---- */
+
+typedef enum { MC_KPATH_SCALAR = 0, MC_KPATH_AVX2, MC_KPATH_AVX512, MC_KPATH_COUNT } mc_kpath;
+
+const char *mc_kpath_name(mc_kpath p);
+/* Parses "scalar" / "avx2" / "avx512"; -1 if unknown. */
+int mc_kpath_from_name(const char *s, mc_kpath *out);
+/* Whether this build has the path and this CPU can run it. */
+int mc_kpath_supported(mc_kpath p);
+/* The path in use: MC_KERNELS if set and supported, else the best supported. */
+mc_kpath mc_kernels_path(void);
+/* Forces a path for the whole process (tests, bench); -1 if unsupported.
+ * Not to be called while another thread is inside a kernel. */
+int mc_kernels_set_path(mc_kpath p);
+/* CPU features as one line ("avx2 fma f16c avx512f ..."), for logs and bench. */
+const char *mc_cpu_features(void);
+
+/* Threads used by matrix products (the caller counts as one). The default
+ * is MC_THREADS or the number of online CPUs; several ranks in one machine
+ * should set it (MC_THREADS=1 for one rank per core). */
+void mc_kernels_set_threads(int n);
+int mc_kernels_threads(void);
+
+/* ---- measurement (bench) ---- */
+
+/* Counts weight bytes read by mc_matmul (mc_mat_weight_bytes per call) and
+ * mc_mat_row_f32 (one row per call) from now on (on != 0), from zero. */
+void mc_kernels_count_bytes(int on);
+uint64_t mc_kernels_bytes_read(void);
+
+/* Read-only stream over a fresh buffer of `bytes` (use >> last-level cache)
+ * with `threads` threads for about `seconds`; returns the best pass in GB/s
+ * (1e9 bytes/s), or a negative value if the buffer cannot be allocated. */
+double mc_probe_read_gbps(size_t bytes, int threads, double seconds);
+/* Peak f32 fused multiply-add throughput of the current path with
+ * `threads` threads, in GFLOP/s (2 flops per FMA lane). */
+double mc_probe_fma_gflops(int threads, double seconds);
 
 #endif

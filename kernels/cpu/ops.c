@@ -1,159 +1,454 @@
-/* cpu/ops.c - portable reference kernels. */
-#include "kernels.h"
+/* cpu/ops.c - kernel front end: path selection, the thread pool split of
+ * matrix products, activation quantization for block weights, transposed
+ * weights, and the public element-wise entry points. */
+#include "kern.h"
+#include "log.h"
+#include "pool.h"
 
 #include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
-/* Widens n consecutive stored elements at p into dst. */
-static void widen(mc_dtype dt, const unsigned char *p, int n, float *dst)
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#define MC_X86 1
+#endif
+
+/* ---- CPU features and path selection ---- */
+
+typedef struct {
+    int avx2, fma, f16c, avx512f, avx512bw, avx512dq, avx512vl, avx512vnni, avx512bf16,
+        avx512vbmi;
+} cpu_feat;
+
+static cpu_feat g_feat;
+static char g_feat_str[160];
+static atomic_int g_path = -1;
+static pthread_once_t g_once = PTHREAD_ONCE_INIT;
+
+static const char *const path_names[MC_KPATH_COUNT] = {"scalar", "avx2", "avx512"};
+
+#ifdef MC_X86
+static uint64_t xgetbv0(void)
 {
-    switch (dt) {
-    case MC_DT_F32:
-        memcpy(dst, p, (size_t)n * 4);
-        break;
-    case MC_DT_BF16:
-        for (int i = 0; i < n; i++) {
-            uint16_t h;
-            memcpy(&h, p + 2 * (size_t)i, 2);
-            dst[i] = mc_bf16_to_f32(h);
-        }
-        break;
-    case MC_DT_F16:
-        for (int i = 0; i < n; i++) {
-            uint16_t h;
-            memcpy(&h, p + 2 * (size_t)i, 2);
-            dst[i] = mc_f16_to_f32(h);
-        }
-        break;
-    case MC_DT_F8_E4M3:
-        for (int i = 0; i < n; i++)
-            dst[i] = mc_fp8_e4m3_to_f32(p[i]);
-        break;
+    uint32_t lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    return ((uint64_t)hi << 32) | lo;
+}
+#endif
+
+static void detect(void)
+{
+#ifdef MC_X86
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d))
+        return;
+    int osxsave = (c >> 27) & 1, avx = (c >> 28) & 1;
+    uint64_t xcr0 = osxsave ? xgetbv0() : 0;
+    int ymm_os = (xcr0 & 0x6) == 0x6, zmm_os = (xcr0 & 0xe6) == 0xe6;
+    if (!avx || !ymm_os)
+        return;
+    g_feat.fma = (c >> 12) & 1;
+    g_feat.f16c = (c >> 29) & 1;
+    if (__get_cpuid_max(0, NULL) < 7)
+        return;
+    __cpuid_count(7, 0, a, b, c, d);
+    g_feat.avx2 = (b >> 5) & 1;
+    if (zmm_os) {
+        g_feat.avx512f = (b >> 16) & 1;
+        g_feat.avx512dq = (b >> 17) & 1;
+        g_feat.avx512bw = (b >> 30) & 1;
+        g_feat.avx512vl = (b >> 31) & 1;
+        g_feat.avx512vnni = (c >> 11) & 1;
+        g_feat.avx512vbmi = (c >> 1) & 1;
+        __cpuid_count(7, 1, a, b, c, d);
+        g_feat.avx512bf16 = (a >> 5) & 1;
+    }
+#endif
+}
+
+int mc_kpath_supported(mc_kpath p)
+{
+    switch (p) {
+    case MC_KPATH_SCALAR:
+        return 1;
+    case MC_KPATH_AVX2:
+#ifdef MC_HAVE_AVX2
+        return g_feat.avx2 && g_feat.fma && g_feat.f16c;
+#else
+        return 0;
+#endif
+    case MC_KPATH_AVX512:
+#ifdef MC_HAVE_AVX512
+        return g_feat.avx2 && g_feat.fma && g_feat.f16c && g_feat.avx512f && g_feat.avx512bw &&
+               g_feat.avx512dq && g_feat.avx512vl && g_feat.avx512vnni;
+#else
+        return 0;
+#endif
     default:
-        memset(dst, 0, (size_t)n * sizeof *dst);
-        break;
+        return 0;
     }
 }
 
-/* Dequantizes columns [c0, c0+n) of stored row r into dst[n]. */
-static void mat_row_span(const mc_mat *w, int r, int c0, int n, float *dst)
+static void init_once(void)
 {
-    size_t es = mc_dtype_size(w->dtype);
-    widen(w->dtype, (const unsigned char *)w->data + ((size_t)r * w->row_stride + (size_t)c0) * es,
-          n, dst);
-    if (w->scale) {
-        const float *srow = w->scale + (size_t)(r / w->block_rows) * (size_t)w->scale_cols;
-        for (int i = 0; i < n; i++)
-            dst[i] *= srow[(c0 + i) / w->block_cols];
+    detect();
+    size_t o = 0;
+    static const struct {
+        const char *name;
+        size_t off;
+    } names[] = {
+        {"avx2", offsetof(cpu_feat, avx2)},           {"fma", offsetof(cpu_feat, fma)},
+        {"f16c", offsetof(cpu_feat, f16c)},           {"avx512f", offsetof(cpu_feat, avx512f)},
+        {"avx512bw", offsetof(cpu_feat, avx512bw)},   {"avx512dq", offsetof(cpu_feat, avx512dq)},
+        {"avx512vl", offsetof(cpu_feat, avx512vl)},   {"avx512vnni", offsetof(cpu_feat, avx512vnni)},
+        {"avx512bf16", offsetof(cpu_feat, avx512bf16)}, {"avx512vbmi", offsetof(cpu_feat, avx512vbmi)},
+    };
+    g_feat_str[0] = 0;
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        int on;
+        memcpy(&on, (const char *)&g_feat + names[i].off, sizeof on);
+        if (on && o < sizeof g_feat_str)
+            o += (size_t)snprintf(g_feat_str + o, sizeof g_feat_str - o, "%s%s", o ? " " : "",
+                                  names[i].name);
     }
+    int best = MC_KPATH_SCALAR;
+    for (int p = MC_KPATH_COUNT - 1; p > 0; p--)
+        if (mc_kpath_supported((mc_kpath)p)) {
+            best = p;
+            break;
+        }
+    const char *env = getenv("MC_KERNELS");
+    if (env && *env && strcasecmp(env, "auto") != 0) {
+        mc_kpath want;
+        if (mc_kpath_from_name(env, &want) != 0)
+            MC_WARN("MC_KERNELS=%s is not one of scalar|avx2|avx512|auto; using %s", env,
+                    path_names[best]);
+        else if (!mc_kpath_supported(want))
+            MC_WARN("MC_KERNELS=%s: this CPU or build lacks it; using %s", env, path_names[best]);
+        else
+            best = want;
+    }
+    atomic_store(&g_path, best);
+}
+
+const char *mc_kpath_name(mc_kpath p)
+{
+    return (unsigned)p < MC_KPATH_COUNT ? path_names[p] : "?";
+}
+
+int mc_kpath_from_name(const char *s, mc_kpath *out)
+{
+    for (int p = 0; p < MC_KPATH_COUNT; p++)
+        if (!strcasecmp(s, path_names[p])) {
+            *out = (mc_kpath)p;
+            return 0;
+        }
+    return -1;
+}
+
+mc_kpath mc_kernels_path(void)
+{
+    pthread_once(&g_once, init_once);
+    return (mc_kpath)atomic_load_explicit(&g_path, memory_order_relaxed);
+}
+
+int mc_kernels_set_path(mc_kpath p)
+{
+    pthread_once(&g_once, init_once);
+    if (!mc_kpath_supported(p))
+        return -1;
+    atomic_store(&g_path, (int)p);
+    return 0;
+}
+
+const char *mc_cpu_features(void)
+{
+    pthread_once(&g_once, init_once);
+    return g_feat_str;
+}
+
+const mc_kops *mc_kops_current(void)
+{
+    switch (mc_kernels_path()) {
+#ifdef MC_HAVE_AVX512
+    case MC_KPATH_AVX512:
+        return &mc_kops_avx512;
+#endif
+#ifdef MC_HAVE_AVX2
+    case MC_KPATH_AVX2:
+        return &mc_kops_avx2;
+#endif
+    default:
+        return &mc_kops_scalar;
+    }
+}
+
+/* ---- threads ---- */
+
+static pthread_mutex_t g_pool_mu = PTHREAD_MUTEX_INITIALIZER;
+static mc_pool *g_pool;
+static int g_threads; /* 0: not decided yet */
+
+static int default_threads(void)
+{
+    const char *env = getenv("MC_THREADS");
+    if (env && *env) {
+        char *end;
+        long v = strtol(env, &end, 10);
+        if (*end == 0 && v >= 1 && v <= 1024)
+            return (int)v;
+        MC_WARN("MC_THREADS=%s is not a thread count in [1, 1024]; using the CPU count", env);
+    }
+    return mc_cpu_count();
+}
+
+void mc_kernels_set_threads(int n)
+{
+    pthread_mutex_lock(&g_pool_mu);
+    if (n < 1)
+        n = default_threads();
+    if (n != g_threads || !g_pool) {
+        mc_pool_free(g_pool);
+        g_pool = n > 1 ? mc_pool_create(n) : NULL;
+        g_threads = g_pool ? n : 1;
+    }
+    pthread_mutex_unlock(&g_pool_mu);
+}
+
+int mc_kernels_threads(void)
+{
+    pthread_mutex_lock(&g_pool_mu);
+    int n = g_threads;
+    pthread_mutex_unlock(&g_pool_mu);
+    if (n == 0) {
+        mc_kernels_set_threads(0);
+        return mc_kernels_threads();
+    }
+    return n;
+}
+
+mc_pool *mc_kernels_pool(void)
+{
+    if (mc_kernels_threads() <= 1)
+        return NULL;
+    return g_pool;
+}
+
+/* ---- bytes read (bench) ---- */
+
+static atomic_int g_count_on;
+static atomic_ullong g_bytes;
+
+void mc_kernels_count_bytes(int on)
+{
+    atomic_store(&g_bytes, 0);
+    atomic_store(&g_count_on, on);
+}
+
+uint64_t mc_kernels_bytes_read(void) { return atomic_load(&g_bytes); }
+
+static inline void count(size_t b)
+{
+    if (atomic_load_explicit(&g_count_on, memory_order_relaxed))
+        atomic_fetch_add_explicit(&g_bytes, b, memory_order_relaxed);
+}
+
+/* ---- activation quantization (shared by every path) ---- */
+
+static inline int round_even(float f)
+{
+    float v = f + 12582912.f;
+    int i;
+    memcpy(&i, &v, sizeof i);
+    return (i & 0x007fffff) - 0x00400000;
+}
+
+/* One row: x[cols] -> q[kp] with one scale per block of `blk` values. */
+static void quantize_act_row(const float *x, int cols, int kp, int blk, int8_t *q, float *d,
+                             int16_t *bsum)
+{
+    for (int b0 = 0; b0 < kp; b0 += blk) {
+        int len = cols - b0 < blk ? (cols - b0 > 0 ? cols - b0 : 0) : blk;
+        float amax = 0.0f;
+        for (int i = 0; i < len; i++)
+            amax = fmaxf(amax, fabsf(x[b0 + i]));
+        float s = amax / 127.0f, is = s > 0 ? 127.0f / amax : 0.0f;
+        d[b0 / blk] = s;
+        for (int i = 0; i < blk; i++) {
+            int v = i < len ? round_even(x[b0 + i] * is) : 0;
+            q[b0 + i] = (int8_t)(v > 127 ? 127 : v < -127 ? -127 : v);
+        }
+    }
+    if (bsum)
+        for (int j = 0; j < kp / 32; j++) {
+            int s = 0;
+            for (int i = 0; i < 32; i++)
+                s += q[32 * j + i];
+            bsum[j] = (int16_t)s;
+        }
+}
+
+/* ---- matrix products ---- */
+
+typedef struct {
+    const mc_kops *ops;
+    const mc_mat *w;
+    const float *x;
+    int n, ldx, ldy;
+    float *y;
+    const mc_qact *qa;
+    int chunk; /* rows per task */
+} mm_job;
+
+/* Transposed storage (rows of Wt are inputs): stream Wt[i, o0:o1] and
+ * accumulate y[t, o0:o1] += x[t, i] * Wt[i, o0:o1], i ascending. */
+static void rows_transposed(const mc_kops *ops, const mc_mat *w, const float *x, int n, int ldx,
+                            float *y, int ldy, int o0, int o1)
+{
+    enum { TCHUNK = 1024 };
+    float row[TCHUNK];
+    size_t es = mc_dtype_size(w->dtype);
+    for (int t = 0; t < n; t++)
+        memset(y + (size_t)t * ldy + o0, 0, (size_t)(o1 - o0) * sizeof *y);
+    for (int c0 = o0; c0 < o1; c0 += TCHUNK) {
+        int len = o1 - c0 < TCHUNK ? o1 - c0 : TCHUNK;
+        for (int i = 0; i < w->cols; i++) {
+            ops->widen(w->dtype,
+                       (const unsigned char *)w->data + ((size_t)i * w->row_stride + (size_t)c0) * es,
+                       len, row);
+            for (int t = 0; t < n; t++)
+                ops->axpy(y + (size_t)t * ldy + c0, x[(size_t)t * ldx + i], row, len);
+        }
+    }
+}
+
+static void mm_task(void *ctx, int task, int thread)
+{
+    const mm_job *j = ctx;
+    int r0 = task * j->chunk, r1 = r0 + j->chunk;
+    if (r1 > j->w->rows)
+        r1 = j->w->rows;
+    if (r0 >= r1)
+        return;
+    if (j->w->transposed)
+        rows_transposed(j->ops, j->w, j->x, j->n, j->ldx, j->y, j->ldy, r0, r1);
+    else if (j->w->dtype == MC_DT_Q8_0)
+        j->ops->rows_q8_0(j->w, j->qa, j->y, j->ldy, r0, r1);
+    else if (j->w->dtype == MC_DT_Q4_K)
+        j->ops->rows_q4_k(j->w, j->qa, j->y, j->ldy, r0, r1);
+    else
+        j->ops->rows_f(j->w, j->x, j->n, j->ldx, j->y, j->ldy, r0, r1);
+}
+
+/* Products smaller than this many weight-element x token operations run on
+ * the calling thread: waking workers costs more than they would save. */
+#define MM_PARALLEL_MIN (1 << 20)
+
+void mc_matmul(const mc_mat *w, const float *x, int n, int ldx, float *y, int ldy)
+{
+    if (n <= 0 || w->rows <= 0)
+        return;
+    count(mc_mat_weight_bytes(w));
+    const mc_kops *ops = mc_kops_current();
+    mm_job j = {.ops = ops, .w = w, .x = x, .n = n, .ldx = ldx, .ldy = ldy, .y = y};
+    mc_qact qa;
+    void *qbuf = NULL;
+    if (mc_dtype_is_block(w->dtype)) {
+        int blk = w->dtype == MC_DT_Q8_0 ? MC_QK8_0 : MC_QK_K;
+        int kp = (int)w->row_stride;
+        size_t nq = (size_t)n * kp, nd = (size_t)n * (kp / blk), ns = (size_t)n * (kp / 32);
+        qbuf = malloc(nq + nd * sizeof(float) + ns * sizeof(int16_t) + 16);
+        if (!qbuf) { /* out of memory mid-product: no error channel; zero output */
+            MC_ERROR("out of memory quantizing %d activations for a %s product", n,
+                     mc_dtype_name(w->dtype));
+            for (int t = 0; t < n; t++)
+                memset(y + (size_t)t * ldy, 0, (size_t)w->rows * sizeof *y);
+            return;
+        }
+        float *d = (float *)((char *)qbuf + ((nq + 3) & ~(size_t)3));
+        int16_t *bs = (int16_t *)(d + nd);
+        for (int t = 0; t < n; t++)
+            quantize_act_row(x + (size_t)t * ldx, w->cols, kp, blk, (int8_t *)qbuf + (size_t)t * kp,
+                             d + (size_t)t * (kp / blk),
+                             w->dtype == MC_DT_Q4_K ? bs + (size_t)t * (kp / 32) : NULL);
+        qa = (mc_qact){.n = n, .kp = kp, .q = qbuf, .d = d, .bsum = bs};
+        j.qa = &qa;
+    }
+    double work = (double)w->rows * w->cols * n;
+    mc_pool *pool = work >= MM_PARALLEL_MIN ? mc_kernels_pool() : NULL;
+    int nt = pool ? mc_pool_threads(pool) : 1;
+    if (nt <= 1) {
+        j.chunk = w->rows;
+        mm_task(&j, 0, 0);
+    } else {
+        /* a few tasks per thread, in multiples of 16 rows */
+        int chunk = (w->rows + 4 * nt - 1) / (4 * nt);
+        chunk = (chunk + 15) & ~15;
+        j.chunk = chunk;
+        mc_pool_run(pool, (w->rows + chunk - 1) / chunk, mm_task, &j);
+    }
+    free(qbuf);
 }
 
 void mc_mat_row_f32(const mc_mat *w, int r, float *dst)
 {
+    const mc_kops *ops = mc_kops_current();
+    count(mc_dtype_is_block(w->dtype) ? mc_dtype_row_bytes(w->dtype, (int64_t)w->row_stride)
+                                      : (size_t)w->cols * mc_dtype_size(w->dtype));
+    if (mc_dtype_is_block(w->dtype)) {
+        mc_dequantize_row(w->dtype, mc_row_ptr(w, r), dst, w->cols);
+        return;
+    }
+    size_t es = mc_dtype_size(w->dtype);
     if (!w->transposed) {
-        mat_row_span(w, r, 0, w->cols, dst);
+        ops->widen(w->dtype, (const unsigned char *)w->data + (size_t)r * w->row_stride * es,
+                   w->cols, dst);
+        if (w->scale) {
+            const float *srow = w->scale + (size_t)(r / w->block_rows) * (size_t)w->scale_cols;
+            for (int i = 0; i < w->cols; i++)
+                dst[i] *= srow[i / w->block_cols];
+        }
         return;
     }
-    size_t es = mc_dtype_size(w->dtype);
     for (int i = 0; i < w->cols; i++)
-        widen(w->dtype, (const unsigned char *)w->data + ((size_t)i * w->row_stride + (size_t)r) * es,
-              1, dst + i);
+        ops->widen(w->dtype, (const unsigned char *)w->data + ((size_t)i * w->row_stride + (size_t)r) * es,
+                   1, dst + i);
 }
 
-float mc_dot(const float *a, const float *b, int n)
+size_t mc_mat_weight_bytes(const mc_mat *w)
 {
-    float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-    int i = 0;
-    for (; i + 4 <= n; i += 4) {
-        s0 += a[i] * b[i];
-        s1 += a[i + 1] * b[i + 1];
-        s2 += a[i + 2] * b[i + 2];
-        s3 += a[i + 3] * b[i + 3];
-    }
-    for (; i < n; i++)
-        s0 += a[i] * b[i];
-    return (s0 + s1) + (s2 + s3);
+    size_t b;
+    if (mc_dtype_is_block(w->dtype))
+        b = (size_t)w->rows * mc_dtype_row_bytes(w->dtype, (int64_t)w->row_stride);
+    else
+        b = (size_t)w->rows * (size_t)w->cols * mc_dtype_size(w->dtype);
+    if (w->scale)
+        b += (size_t)((w->rows + w->block_rows - 1) / w->block_rows) * (size_t)w->scale_cols *
+             sizeof(float);
+    return b;
 }
 
-void mc_axpy(float *y, float a, const float *x, int n)
-{
-    for (int i = 0; i < n; i++)
-        y[i] += a * x[i];
-}
+/* ---- element-wise ---- */
 
-#define MATMUL_CHUNK 2048
+float mc_dot(const float *a, const float *b, int n) { return mc_kops_current()->dot(a, b, n); }
 
-/* Transposed storage: stream stored rows (one per input i) and accumulate
- * y[t, :] += x[t, i] * Wt[i, :]. */
-static void matmul_transposed(const mc_mat *w, const float *x, int n, int ldx, float *y, int ldy)
-{
-    float row[MATMUL_CHUNK];
-    size_t es = mc_dtype_size(w->dtype);
-    for (int t = 0; t < n; t++)
-        memset(y + (size_t)t * ldy, 0, (size_t)w->rows * sizeof *y);
-    for (int i = 0; i < w->cols; i++)
-        for (int o0 = 0; o0 < w->rows; o0 += MATMUL_CHUNK) {
-            int len = w->rows - o0 < MATMUL_CHUNK ? w->rows - o0 : MATMUL_CHUNK;
-            widen(w->dtype,
-                  (const unsigned char *)w->data + ((size_t)i * w->row_stride + (size_t)o0) * es,
-                  len, row);
-            for (int t = 0; t < n; t++)
-                mc_axpy(y + (size_t)t * ldy + o0, x[(size_t)t * ldx + i], row, len);
-        }
-}
-
-void mc_matmul(const mc_mat *w, const float *x, int n, int ldx, float *y, int ldy)
-{
-    float row[MATMUL_CHUNK];
-    if (w->transposed) {
-        matmul_transposed(w, x, n, ldx, y, ldy);
-        return;
-    }
-    for (int o = 0; o < w->rows; o++) {
-        for (int t = 0; t < n; t++)
-            y[(size_t)t * ldy + o] = 0.0f;
-        for (int c0 = 0; c0 < w->cols; c0 += MATMUL_CHUNK) {
-            int len = w->cols - c0 < MATMUL_CHUNK ? w->cols - c0 : MATMUL_CHUNK;
-            mat_row_span(w, o, c0, len, row);
-            for (int t = 0; t < n; t++)
-                y[(size_t)t * ldy + o] += mc_dot(row, x + (size_t)t * ldx + c0, len);
-        }
-    }
-}
+void mc_axpy(float *y, float a, const float *x, int n) { mc_kops_current()->axpy(y, a, x, n); }
 
 void mc_rmsnorm(float *out, const float *x, const float *w, int n, float eps)
 {
-    double ss = 0;
-    for (int i = 0; i < n; i++)
-        ss += (double)x[i] * x[i];
-    float inv = (float)(1.0 / sqrt(ss / n + eps));
-    for (int i = 0; i < n; i++)
-        out[i] = w ? x[i] * inv * w[i] : x[i] * inv;
+    mc_kops_current()->rmsnorm(out, x, w, n, eps);
 }
 
-void mc_softmax(float *x, int n)
-{
-    float mx = -INFINITY;
-    for (int i = 0; i < n; i++)
-        mx = x[i] > mx ? x[i] : mx;
-    double s = 0;
-    for (int i = 0; i < n; i++) {
-        x[i] = expf(x[i] - mx);
-        s += x[i];
-    }
-    float inv = (float)(1.0 / s);
-    for (int i = 0; i < n; i++)
-        x[i] *= inv;
-}
+void mc_softmax(float *x, int n) { mc_kops_current()->softmax(x, n); }
+
+void mc_swiglu(float *g, const float *u, int n) { mc_kops_current()->swiglu(g, u, n); }
 
 void mc_rope_rotate(float *v, int dim, int interleaved, const float *cos, const float *sin)
 {
-    int half = dim / 2;
-    for (int i = 0; i < half; i++) {
-        int a = interleaved ? 2 * i : i;
-        int b = interleaved ? 2 * i + 1 : i + half;
-        float x0 = v[a], x1 = v[b];
-        v[a] = x0 * cos[i] - x1 * sin[i];
-        v[b] = x1 * cos[i] + x0 * sin[i];
-    }
+    mc_kops_current()->rope(v, dim, interleaved, cos, sin);
 }

@@ -1,0 +1,522 @@
+/* avx2.c - AVX2 path (AVX2, FMA, F16C). Compiled with those -m flags; only
+ * called when the CPU has them.
+ *
+ * The same structure as avx512.c with 8-wide vectors: a tile of 4 weight
+ * rows x up to 2 tokens (8 ymm accumulators), an f32 panel for several
+ * tokens or scaled weights, scalar tails. Q8_0: vpmaddubsw on |w| and
+ * sign(x, w), then vpmaddwd with ones. Q4_K: vpmaddubsw on nibbles and
+ * int8 activations, vpmaddwd with the sub-block scale. */
+#include "kern.h"
+
+#include <immintrin.h>
+#include <math.h>
+#include <stdlib.h>
+
+#define AI static inline __attribute__((always_inline))
+
+/* ---- widening ---- */
+
+AI __m256 fp8x8(__m128i v)
+{
+    __m256i b = _mm256_cvtepu8_epi32(v);
+    __m256i mag = _mm256_slli_epi32(_mm256_and_si256(b, _mm256_set1_epi32(0x7f)), 20);
+    __m256i sign = _mm256_slli_epi32(_mm256_and_si256(b, _mm256_set1_epi32(0x80)), 24);
+    __m256 f = _mm256_mul_ps(_mm256_castsi256_ps(mag), _mm256_set1_ps(0x1p120f));
+    __m256 nan = _mm256_castsi256_ps(_mm256_cmpeq_epi32(mag, _mm256_set1_epi32(0x7f << 20)));
+    f = _mm256_blendv_ps(f, _mm256_set1_ps(NAN), nan);
+    return _mm256_castsi256_ps(_mm256_or_si256(_mm256_castps_si256(f), sign));
+}
+
+AI __m256 ld8(int DT, const unsigned char *p, size_t i)
+{
+    switch (DT) {
+    case MC_DT_BF16:
+        return _mm256_castsi256_ps(_mm256_slli_epi32(
+            _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(p + 2 * i))), 16));
+    case MC_DT_F16:
+        return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 2 * i)));
+    case MC_DT_F8_E4M3:
+        return fp8x8(_mm_loadl_epi64((const __m128i *)(p + i)));
+    default:
+        return _mm256_loadu_ps((const float *)(const void *)(p + 4 * i));
+    }
+}
+
+AI float ld1(int DT, const unsigned char *p, size_t i)
+{
+    uint16_t h;
+    float f;
+    switch (DT) {
+    case MC_DT_BF16:
+        memcpy(&h, p + 2 * i, 2);
+        return mc_bf16_to_f32(h);
+    case MC_DT_F16:
+        memcpy(&h, p + 2 * i, 2);
+        return mc_kf16(h);
+    case MC_DT_F8_E4M3:
+        return mc_fp8_e4m3_to_f32(p[i]);
+    default:
+        memcpy(&f, p + 4 * i, 4);
+        return f;
+    }
+}
+
+AI void widen_t(int DT, const unsigned char *p, int n, float *dst)
+{
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(dst + i, ld8(DT, p, (size_t)i));
+    for (; i < n; i++)
+        dst[i] = ld1(DT, p, (size_t)i);
+}
+
+static void widen(mc_dtype dt, const void *src, int n, float *dst)
+{
+    const unsigned char *p = src;
+    switch (dt) {
+    case MC_DT_F32:
+        widen_t(MC_DT_F32, p, n, dst);
+        break;
+    case MC_DT_BF16:
+        widen_t(MC_DT_BF16, p, n, dst);
+        break;
+    case MC_DT_F16:
+        widen_t(MC_DT_F16, p, n, dst);
+        break;
+    case MC_DT_F8_E4M3:
+        widen_t(MC_DT_F8_E4M3, p, n, dst);
+        break;
+    default:
+        memset(dst, 0, (size_t)n * sizeof *dst);
+        break;
+    }
+}
+
+AI float hsum256(__m256 v)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* ---- element-type products ---- */
+
+AI void tile(int DT, int R, int T, const unsigned char *const *wr, const float *x, int ldx, int K,
+             float *y, int ldy)
+{
+    __m256 acc[4][2];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 2
+        for (int t = 0; t < T; t++)
+            acc[r][t] = _mm256_setzero_ps();
+    int k = 0;
+    for (; k + 8 <= K; k += 8) {
+        __m256 xv[2];
+#pragma GCC unroll 2
+        for (int t = 0; t < T; t++)
+            xv[t] = _mm256_loadu_ps(x + (size_t)t * ldx + k);
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+            __m256 wv = ld8(DT, wr[r], (size_t)k);
+#pragma GCC unroll 2
+            for (int t = 0; t < T; t++)
+                acc[r][t] = _mm256_fmadd_ps(wv, xv[t], acc[r][t]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 2
+        for (int t = 0; t < T; t++) {
+            float s = hsum256(acc[r][t]);
+            for (int kk = k; kk < K; kk++)
+                s += ld1(DT, wr[r], (size_t)kk) * x[(size_t)t * ldx + kk];
+            y[(size_t)t * ldy + r] = s;
+        }
+}
+
+#define TILE_T(DT, R, wr, x, ldx, K, y, ldy, T)                                                    \
+    do {                                                                                           \
+        if ((T) == 1)                                                                              \
+            tile(DT, R, 1, wr, x, ldx, K, y, ldy);                                                 \
+        else                                                                                       \
+            tile(DT, R, 2, wr, x, ldx, K, y, ldy);                                                 \
+    } while (0)
+
+AI void stream_rows(int DT, const mc_mat *w, const float *x, int n, int ldx, float *y, int ldy,
+                    int r0, int r1)
+{
+    size_t es = mc_dtype_size((mc_dtype)DT);
+    int K = w->cols;
+    int o = r0;
+    for (; o + 4 <= r1; o += 4) {
+        const unsigned char *wr[4];
+        for (int r = 0; r < 4; r++)
+            wr[r] = (const unsigned char *)w->data + (size_t)(o + r) * w->row_stride * es;
+        for (int t0 = 0; t0 < n; t0 += 2)
+            TILE_T(DT, 4, wr, x + (size_t)t0 * ldx, ldx, K, y + (size_t)t0 * ldy + o, ldy, n - t0);
+    }
+    for (; o < r1; o++) {
+        const unsigned char *wr[1] = {(const unsigned char *)w->data + (size_t)o * w->row_stride * es};
+        for (int t0 = 0; t0 < n; t0 += 2)
+            TILE_T(DT, 1, wr, x + (size_t)t0 * ldx, ldx, K, y + (size_t)t0 * ldy + o, ldy, n - t0);
+    }
+}
+
+static void widen_row(const mc_mat *w, int o, float *dst)
+{
+    size_t es = mc_dtype_size(w->dtype);
+    widen(w->dtype, (const unsigned char *)w->data + (size_t)o * w->row_stride * es, w->cols, dst);
+    if (w->scale) {
+        const float *srow = w->scale + (size_t)(o / w->block_rows) * (size_t)w->scale_cols;
+        for (int c = 0; c < w->cols; c += w->block_cols) {
+            int len = w->cols - c < w->block_cols ? w->cols - c : w->block_cols;
+            __m256 s = _mm256_set1_ps(srow[c / w->block_cols]);
+            int i = 0;
+            for (; i + 8 <= len; i += 8)
+                _mm256_storeu_ps(dst + c + i, _mm256_mul_ps(_mm256_loadu_ps(dst + c + i), s));
+            for (; i < len; i++)
+                dst[c + i] *= srow[c / w->block_cols];
+        }
+    }
+}
+
+#define PACK_MIN_TOKENS 4
+
+static void packed_rows(const mc_mat *w, const float *x, int n, int ldx, float *y, int ldy, int r0,
+                        int r1)
+{
+    int K = w->cols;
+    size_t kp = ((size_t)K + 7) & ~(size_t)7;
+    float *panel = aligned_alloc(32, 4 * kp * sizeof(float));
+    if (!panel) {
+        mc_kops_scalar.rows_f(w, x, n, ldx, y, ldy, r0, r1);
+        return;
+    }
+    int tb = (int)((384u * 1024u) / ((size_t)K * 4));
+    tb = tb < 2 ? 2 : tb & ~1;
+    for (int t0b = 0; t0b < n; t0b += tb) {
+        int tn = n - t0b < tb ? n - t0b : tb;
+        const float *xb = x + (size_t)t0b * ldx;
+        for (int o = r0; o < r1; o += 4) {
+            int R = r1 - o < 4 ? r1 - o : 4;
+            for (int r = 0; r < R; r++)
+                widen_row(w, o + r, panel + (size_t)r * kp);
+            const unsigned char *wr[4];
+            for (int r = 0; r < 4; r++)
+                wr[r] = (const unsigned char *)(panel + (size_t)(r < R ? r : 0) * kp);
+            for (int t0 = 0; t0 < tn; t0 += 2) {
+                float *yt = y + (size_t)(t0b + t0) * ldy + o;
+                const float *xt = xb + (size_t)t0 * ldx;
+                if (R == 4) {
+                    TILE_T(MC_DT_F32, 4, wr, xt, ldx, K, yt, ldy, tn - t0);
+                } else {
+                    for (int r = 0; r < R; r++)
+                        TILE_T(MC_DT_F32, 1, (wr + r), xt, ldx, K, yt + r, ldy, tn - t0);
+                }
+            }
+        }
+    }
+    free(panel);
+}
+
+static void rows_f(const mc_mat *w, const float *x, int n, int ldx, float *y, int ldy, int r0,
+                   int r1)
+{
+    if (!w->scale && n < PACK_MIN_TOKENS) {
+        switch (w->dtype) {
+        case MC_DT_F32:
+            stream_rows(MC_DT_F32, w, x, n, ldx, y, ldy, r0, r1);
+            return;
+        case MC_DT_BF16:
+            stream_rows(MC_DT_BF16, w, x, n, ldx, y, ldy, r0, r1);
+            return;
+        case MC_DT_F16:
+            stream_rows(MC_DT_F16, w, x, n, ldx, y, ldy, r0, r1);
+            return;
+        case MC_DT_F8_E4M3:
+            stream_rows(MC_DT_F8_E4M3, w, x, n, ldx, y, ldy, r0, r1);
+            return;
+        default:
+            break;
+        }
+    }
+    packed_rows(w, x, n, ldx, y, ldy, r0, r1);
+}
+
+/* ---- Q8_0 ---- */
+
+AI __m256 q8_0_block(const unsigned char *blk, const int8_t *xq, float xd)
+{
+    uint16_t h;
+    memcpy(&h, blk, 2);
+    __m256i wq = _mm256_loadu_si256((const __m256i *)(blk + 2));
+    __m256i xv = _mm256_loadu_si256((const __m256i *)xq);
+    __m256i p16 = _mm256_maddubs_epi16(_mm256_abs_epi8(wq), _mm256_sign_epi8(xv, wq));
+    __m256i p = _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
+    return _mm256_mul_ps(_mm256_set1_ps(_cvtsh_ss(h) * xd), _mm256_cvtepi32_ps(p));
+}
+
+static void rows_q8_0(const mc_mat *w, const mc_qact *a, float *y, int ldy, int r0, int r1)
+{
+    int nb = a->kp / MC_QK8_0;
+    for (int o = r0; o < r1; o++) {
+        const unsigned char *row = mc_row_ptr(w, o);
+        for (int t = 0; t < a->n; t++) {
+            const int8_t *xq = a->q + (size_t)t * a->kp;
+            const float *xd = a->d + (size_t)t * nb;
+            __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+            int b = 0;
+            for (; b + 2 <= nb; b += 2) {
+                acc0 = _mm256_add_ps(acc0, q8_0_block(row + (size_t)b * 34, xq + b * 32, xd[b]));
+                acc1 = _mm256_add_ps(acc1, q8_0_block(row + (size_t)(b + 1) * 34, xq + (b + 1) * 32,
+                                                      xd[b + 1]));
+            }
+            if (b < nb)
+                acc0 = _mm256_add_ps(acc0, q8_0_block(row + (size_t)b * 34, xq + b * 32, xd[b]));
+            y[(size_t)t * ldy + o] = hsum256(_mm256_add_ps(acc0, acc1));
+        }
+    }
+}
+
+/* ---- Q4_K ---- */
+
+static void rows_q4_k(const mc_mat *w, const mc_qact *a, float *y, int ldy, int r0, int r1)
+{
+    int nb = a->kp / MC_QK_K;
+    const __m256i m4 = _mm256_set1_epi8(0x0f);
+    for (int o = r0; o < r1; o++) {
+        const unsigned char *row = mc_row_ptr(w, o);
+        for (int t = 0; t < a->n; t++) {
+            const int8_t *xq = a->q + (size_t)t * a->kp;
+            const float *xd = a->d + (size_t)t * nb;
+            const int16_t *bs = a->bsum + (size_t)t * (a->kp / 32);
+            __m256 acc = _mm256_setzero_ps(), macc = _mm256_setzero_ps();
+            for (int b = 0; b < nb; b++) {
+                const unsigned char *blk = row + (size_t)b * sizeof(mc_block_q4_k);
+                uint16_t hd, hm;
+                memcpy(&hd, blk, 2);
+                memcpy(&hm, blk + 2, 2);
+                uint8_t sm[16];
+                mc_q4_k_unpack(blk + 4, sm);
+                const unsigned char *qs = blk + 16;
+                const int8_t *xb = xq + (size_t)b * MC_QK_K;
+                __m256i sumi = _mm256_setzero_si256();
+#pragma GCC unroll 4
+                for (int c = 0; c < 4; c++) {
+                    __m256i q = _mm256_loadu_si256((const __m256i *)(qs + 32 * c));
+                    __m256i lo = _mm256_and_si256(q, m4);
+                    __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+                    __m256i plo = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)(xb + 64 * c)));
+                    __m256i phi = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(xb + 64 * c + 32)));
+                    sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(plo, _mm256_set1_epi16(sm[2 * c])));
+                    sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(phi, _mm256_set1_epi16(sm[2 * c + 1])));
+                }
+                float dx = xd[b];
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(hd) * dx), _mm256_cvtepi32_ps(sumi), acc);
+                __m256i m8 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(sm + 8)));
+                __m256i b8 = _mm256_cvtepi16_epi32(_mm_loadu_si128((const __m128i *)(bs + 8 * b)));
+                macc = _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(hm) * dx),
+                                       _mm256_cvtepi32_ps(_mm256_mullo_epi32(m8, b8)), macc);
+            }
+            y[(size_t)t * ldy + o] = hsum256(acc) - hsum256(macc);
+        }
+    }
+}
+
+/* ---- vector math ---- */
+
+/* expf to ~2 ulp (Cephes polynomial); 0 below -87.3. */
+AI __m256 exp8(__m256 x)
+{
+    const __m256 hi = _mm256_set1_ps(88.3762626647949f), lo = _mm256_set1_ps(-87.3365447504f);
+    __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+    __m256 over = _mm256_cmp_ps(x, _mm256_set1_ps(88.72283935546875f), _CMP_GT_OQ);
+    __m256 nan = _mm256_cmp_ps(x, x, _CMP_UNORD_Q);
+    __m256 xc = _mm256_min_ps(_mm256_max_ps(x, lo), hi);
+    __m256 fx = _mm256_round_ps(_mm256_mul_ps(xc, _mm256_set1_ps(1.44269504088896341f)),
+                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), xc);
+    r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500E-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507E-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073E-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894E-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459E-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201E-1f));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(fx), _mm256_set1_epi32(127)), 23);
+    p = _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+    p = _mm256_blendv_ps(p, _mm256_set1_ps(INFINITY), over);
+    p = _mm256_blendv_ps(p, x, nan);
+    return _mm256_andnot_ps(under, p);
+}
+
+static float dot(const float *a, const float *b, int n)
+{
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps(),
+           s3 = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 32 <= n; i += 32) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+        s2 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 16), _mm256_loadu_ps(b + i + 16), s2);
+        s3 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 24), _mm256_loadu_ps(b + i + 24), s3);
+    }
+    for (; i + 8 <= n; i += 8)
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+    float s = hsum256(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+    for (; i < n; i++)
+        s += a[i] * b[i];
+    return s;
+}
+
+static void axpy(float *y, float a, const float *x, int n)
+{
+    __m256 av = _mm256_set1_ps(a);
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+    for (; i < n; i++)
+        y[i] += a * x[i];
+}
+
+static void rmsnorm(float *out, const float *x, const float *w, int n, float eps)
+{
+    __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 v = _mm256_loadu_ps(x + i);
+        __m256d a = _mm256_cvtps_pd(_mm256_castps256_ps128(v));
+        __m256d b = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
+        s0 = _mm256_fmadd_pd(a, a, s0);
+        s1 = _mm256_fmadd_pd(b, b, s1);
+    }
+    __m256d s = _mm256_add_pd(s0, s1);
+    __m128d h = _mm_add_pd(_mm256_castpd256_pd128(s), _mm256_extractf128_pd(s, 1));
+    double ss = _mm_cvtsd_f64(_mm_add_sd(h, _mm_unpackhi_pd(h, h)));
+    for (; i < n; i++)
+        ss += (double)x[i] * x[i];
+    float inv = (float)(1.0 / sqrt(ss / n + eps));
+    __m256 iv = _mm256_set1_ps(inv);
+    i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 v = _mm256_mul_ps(_mm256_loadu_ps(x + i), iv);
+        if (w)
+            v = _mm256_mul_ps(v, _mm256_loadu_ps(w + i));
+        _mm256_storeu_ps(out + i, v);
+    }
+    for (; i < n; i++)
+        out[i] = w ? x[i] * inv * w[i] : x[i] * inv;
+}
+
+static void softmax(float *x, int n)
+{
+    __m256 mv = _mm256_set1_ps(-INFINITY);
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        mv = _mm256_max_ps(mv, _mm256_loadu_ps(x + i));
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mv), _mm256_extractf128_ps(mv, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+    float mx = _mm_cvtss_f32(m4);
+    for (; i < n; i++)
+        mx = x[i] > mx ? x[i] : mx;
+    __m256 mxv = _mm256_set1_ps(mx), sv = _mm256_setzero_ps();
+    i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(x + i), mxv));
+        _mm256_storeu_ps(x + i, e);
+        sv = _mm256_add_ps(sv, e);
+    }
+    double s = hsum256(sv);
+    for (; i < n; i++) {
+        x[i] = expf(x[i] - mx);
+        s += x[i];
+    }
+    float inv = (float)(1.0 / s);
+    __m256 iv = _mm256_set1_ps(inv);
+    i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), iv));
+    for (; i < n; i++)
+        x[i] *= inv;
+}
+
+static void rope(float *v, int dim, int interleaved, const float *cos, const float *sin)
+{
+    int half = dim / 2, i = 0;
+    if (!interleaved) {
+        for (; i + 8 <= half; i += 8) {
+            __m256 a = _mm256_loadu_ps(v + i), b = _mm256_loadu_ps(v + i + half);
+            __m256 c = _mm256_loadu_ps(cos + i), s = _mm256_loadu_ps(sin + i);
+            _mm256_storeu_ps(v + i, _mm256_fmsub_ps(a, c, _mm256_mul_ps(b, s)));
+            _mm256_storeu_ps(v + i + half, _mm256_fmadd_ps(b, c, _mm256_mul_ps(a, s)));
+        }
+    } else {
+        const __m256i dup = _mm256_set_epi32(3, 3, 2, 2, 1, 1, 0, 0);
+        for (; i + 4 <= half; i += 4) {
+            __m256 x = _mm256_loadu_ps(v + 2 * i);
+            __m256 c = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_loadu_ps(cos + i)), dup);
+            __m256 s = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_loadu_ps(sin + i)), dup);
+            __m256 sw = _mm256_permute_ps(x, 0xB1);
+            _mm256_storeu_ps(v + 2 * i, _mm256_fmaddsub_ps(x, c, _mm256_mul_ps(sw, s)));
+        }
+    }
+    for (; i < half; i++) {
+        int a = interleaved ? 2 * i : i;
+        int b = interleaved ? 2 * i + 1 : i + half;
+        float x0 = v[a], x1 = v[b];
+        v[a] = x0 * cos[i] - x1 * sin[i];
+        v[b] = x1 * cos[i] + x0 * sin[i];
+    }
+}
+
+static void swiglu(float *g, const float *u, int n)
+{
+    const __m256 one = _mm256_set1_ps(1.0f);
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 x = _mm256_loadu_ps(g + i);
+        __m256 e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), x));
+        _mm256_storeu_ps(g + i, _mm256_mul_ps(_mm256_div_ps(x, _mm256_add_ps(one, e)),
+                                              _mm256_loadu_ps(u + i)));
+    }
+    for (; i < n; i++)
+        g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+
+static double fma_burn(long iters)
+{
+    __m256 a[12];
+    const __m256 m = _mm256_set1_ps(0.9999999f), c = _mm256_set1_ps(1e-7f);
+    for (int j = 0; j < 12; j++)
+        a[j] = _mm256_set1_ps(1.0f + (float)j);
+    for (long k = 0; k < iters; k++) {
+#pragma GCC unroll 12
+        for (int j = 0; j < 12; j++)
+            a[j] = _mm256_fmadd_ps(a[j], m, c);
+    }
+    __m256 s = a[0];
+    for (int j = 1; j < 12; j++)
+        s = _mm256_add_ps(s, a[j]);
+    volatile float sink = hsum256(s);
+    (void)sink;
+    return 2.0 * 8.0 * 12.0 * (double)iters;
+}
+
+const mc_kops mc_kops_avx2 = {
+    .name = "avx2",
+    .widen = widen,
+    .rows_f = rows_f,
+    .rows_q8_0 = rows_q8_0,
+    .rows_q4_k = rows_q4_k,
+    .dot = dot,
+    .axpy = axpy,
+    .rmsnorm = rmsnorm,
+    .softmax = softmax,
+    .rope = rope,
+    .swiglu = swiglu,
+    .fma_burn = fma_burn,
+};

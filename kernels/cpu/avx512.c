@@ -1,0 +1,572 @@
+/* avx512.c - AVX-512 path (F, BW, DQ, VL, VNNI; plus AVX2/FMA/F16C).
+ * Compiled with those -m flags; only called when the CPU has them.
+ *
+ * Element-type weights: a tile of 4 weight rows x up to 4 tokens keeps 16
+ * zmm accumulators over the whole row; weights are widened a vector at a
+ * time (BF16: zero-extend and shift; F16: vcvtph2ps; F8_E4M3: bit
+ * placement times 2^120). For several tokens, or FP8 / scaled weights, the
+ * 4 rows are first widened (and scaled) into an f32 panel that all token
+ * tiles reuse. Q8_0: vpdpbusd on |w| and sign(x, w) per 32-block. Q4_K:
+ * nibbles against int8 activations with vpmaddubsw, sub-block scales
+ * applied with vpmaddwd, mins through the per-32 activation sums. */
+#include "kern.h"
+
+#include <immintrin.h>
+#include <math.h>
+#include <stdlib.h>
+
+#define AI static inline __attribute__((always_inline))
+
+/* ---- widening ---- */
+
+AI __m512 fp8x16(__m128i v)
+{
+    __m512i b = _mm512_cvtepu8_epi32(v);
+    __m512i mag = _mm512_slli_epi32(_mm512_and_si512(b, _mm512_set1_epi32(0x7f)), 20);
+    __m512i sign = _mm512_slli_epi32(_mm512_and_si512(b, _mm512_set1_epi32(0x80)), 24);
+    __m512 f = _mm512_mul_ps(_mm512_castsi512_ps(mag), _mm512_set1_ps(0x1p120f));
+    __mmask16 nan = _mm512_cmpeq_epi32_mask(mag, _mm512_set1_epi32(0x7f << 20));
+    f = _mm512_mask_blend_ps(nan, f, _mm512_set1_ps(NAN));
+    return _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(f), sign));
+}
+
+/* 16 weights of type DT from element i of p */
+AI __m512 ld16(int DT, const unsigned char *p, size_t i)
+{
+    switch (DT) {
+    case MC_DT_BF16:
+        return _mm512_castsi512_ps(_mm512_slli_epi32(
+            _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(p + 2 * i))), 16));
+    case MC_DT_F16:
+        return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p + 2 * i)));
+    case MC_DT_F8_E4M3:
+        return fp8x16(_mm_loadu_si128((const __m128i *)(p + i)));
+    default:
+        return _mm512_loadu_ps((const float *)(const void *)(p + 4 * i));
+    }
+}
+
+/* one weight, scalar (tails) */
+AI float ld1(int DT, const unsigned char *p, size_t i)
+{
+    uint16_t h;
+    float f;
+    switch (DT) {
+    case MC_DT_BF16:
+        memcpy(&h, p + 2 * i, 2);
+        return mc_bf16_to_f32(h);
+    case MC_DT_F16:
+        memcpy(&h, p + 2 * i, 2);
+        return mc_kf16(h);
+    case MC_DT_F8_E4M3:
+        return mc_fp8_e4m3_to_f32(p[i]);
+    default:
+        memcpy(&f, p + 4 * i, 4);
+        return f;
+    }
+}
+
+AI void widen_t(int DT, const unsigned char *p, int n, float *dst)
+{
+    int i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(dst + i, ld16(DT, p, (size_t)i));
+    for (; i < n; i++)
+        dst[i] = ld1(DT, p, (size_t)i);
+}
+
+static void widen(mc_dtype dt, const void *src, int n, float *dst)
+{
+    const unsigned char *p = src;
+    switch (dt) {
+    case MC_DT_F32:
+        widen_t(MC_DT_F32, p, n, dst);
+        break;
+    case MC_DT_BF16:
+        widen_t(MC_DT_BF16, p, n, dst);
+        break;
+    case MC_DT_F16:
+        widen_t(MC_DT_F16, p, n, dst);
+        break;
+    case MC_DT_F8_E4M3:
+        widen_t(MC_DT_F8_E4M3, p, n, dst);
+        break;
+    default:
+        memset(dst, 0, (size_t)n * sizeof *dst);
+        break;
+    }
+}
+
+/* ---- element-type products ---- */
+
+/* R weight rows (stored type DT, row pointers wr) x T tokens (x rows ldx
+ * apart) over K columns; y[t*ldy + r] gets the dot products. */
+AI void tile(int DT, int R, int T, const unsigned char *const *wr, const float *x, int ldx, int K,
+             float *y, int ldy)
+{
+    __m512 acc[4][4];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+        for (int t = 0; t < T; t++)
+            acc[r][t] = _mm512_setzero_ps();
+    int k = 0;
+    for (; k + 16 <= K; k += 16) {
+        __m512 xv[4];
+#pragma GCC unroll 4
+        for (int t = 0; t < T; t++)
+            xv[t] = _mm512_loadu_ps(x + (size_t)t * ldx + k);
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+            __m512 wv = ld16(DT, wr[r], (size_t)k);
+#pragma GCC unroll 4
+            for (int t = 0; t < T; t++)
+                acc[r][t] = _mm512_fmadd_ps(wv, xv[t], acc[r][t]);
+        }
+    }
+    if (k < K) { /* masked tail: loads past K are suppressed and read as zero */
+        __mmask16 m = (__mmask16)((1u << (K - k)) - 1);
+        __m512 xv[4];
+#pragma GCC unroll 4
+        for (int t = 0; t < T; t++)
+            xv[t] = _mm512_maskz_loadu_ps(m, x + (size_t)t * ldx + k);
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+            __m512 wv;
+            if (DT == MC_DT_F32)
+                wv = _mm512_maskz_loadu_ps(m, (const float *)(const void *)wr[r] + k);
+            else if (DT == MC_DT_F8_E4M3)
+                wv = fp8x16(_mm_maskz_loadu_epi8(m, wr[r] + k));
+            else {
+                __m256i h = _mm256_maskz_loadu_epi16(m, wr[r] + 2 * (size_t)k);
+                wv = DT == MC_DT_F16 ? _mm512_cvtph_ps(h)
+                                     : _mm512_castsi512_ps(
+                                           _mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+            }
+#pragma GCC unroll 4
+            for (int t = 0; t < T; t++)
+                acc[r][t] = _mm512_fmadd_ps(wv, xv[t], acc[r][t]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+        for (int t = 0; t < T; t++)
+            y[(size_t)t * ldy + r] = _mm512_reduce_add_ps(acc[r][t]);
+}
+
+#define TILE_T(DT, R, wr, x, ldx, K, y, ldy, T)                                                    \
+    do {                                                                                           \
+        switch (T) {                                                                               \
+        case 1:                                                                                    \
+            tile(DT, R, 1, wr, x, ldx, K, y, ldy);                                                 \
+            break;                                                                                 \
+        case 2:                                                                                    \
+            tile(DT, R, 2, wr, x, ldx, K, y, ldy);                                                 \
+            break;                                                                                 \
+        case 3:                                                                                    \
+            tile(DT, R, 3, wr, x, ldx, K, y, ldy);                                                 \
+            break;                                                                                 \
+        default:                                                                                   \
+            tile(DT, R, 4, wr, x, ldx, K, y, ldy);                                                 \
+            break;                                                                                 \
+        }                                                                                          \
+    } while (0)
+
+/* rows [r0, r1) x all n tokens, weights widened on the fly */
+AI void stream_rows(int DT, const mc_mat *w, const float *x, int n, int ldx, float *y, int ldy,
+                    int r0, int r1)
+{
+    size_t es = mc_dtype_size((mc_dtype)DT);
+    int K = w->cols;
+    int o = r0;
+    for (; o + 4 <= r1; o += 4) {
+        const unsigned char *wr[4];
+        for (int r = 0; r < 4; r++)
+            wr[r] = (const unsigned char *)w->data + (size_t)(o + r) * w->row_stride * es;
+        for (int t0 = 0; t0 < n; t0 += 4)
+            TILE_T(DT, 4, wr, x + (size_t)t0 * ldx, ldx, K, y + (size_t)t0 * ldy + o, ldy, n - t0);
+    }
+    for (; o < r1; o++) {
+        const unsigned char *wr[1] = {(const unsigned char *)w->data + (size_t)o * w->row_stride * es};
+        for (int t0 = 0; t0 < n; t0 += 4)
+            TILE_T(DT, 1, wr, x + (size_t)t0 * ldx, ldx, K, y + (size_t)t0 * ldy + o, ldy, n - t0);
+    }
+}
+
+/* Widens (and scales) stored row o into dst[K]. */
+static void widen_row(const mc_mat *w, int o, float *dst)
+{
+    size_t es = mc_dtype_size(w->dtype);
+    widen(w->dtype, (const unsigned char *)w->data + (size_t)o * w->row_stride * es, w->cols, dst);
+    if (w->scale) {
+        const float *srow = w->scale + (size_t)(o / w->block_rows) * (size_t)w->scale_cols;
+        for (int c = 0; c < w->cols; c += w->block_cols) {
+            int len = w->cols - c < w->block_cols ? w->cols - c : w->block_cols;
+            __m512 s = _mm512_set1_ps(srow[c / w->block_cols]);
+            int i = 0;
+            for (; i + 16 <= len; i += 16)
+                _mm512_storeu_ps(dst + c + i, _mm512_mul_ps(_mm512_loadu_ps(dst + c + i), s));
+            for (; i < len; i++)
+                dst[c + i] *= srow[c / w->block_cols];
+        }
+    }
+}
+
+#define PACK_MIN_TOKENS 6
+
+/* rows [r0, r1): 4 rows at a time widened into an f32 panel, then every
+ * token tile of a token block reuses it. */
+static void packed_rows(const mc_mat *w, const float *x, int n, int ldx, float *y, int ldy, int r0,
+                        int r1)
+{
+    int K = w->cols;
+    size_t kp = ((size_t)K + 15) & ~(size_t)15;
+    float *panel = aligned_alloc(64, 4 * kp * sizeof(float));
+    if (!panel) { /* no memory for a panel: the reference needs none */
+        mc_kops_scalar.rows_f(w, x, n, ldx, y, ldy, r0, r1);
+        return;
+    }
+    /* token block: keep TB activation rows (TB*K*4 bytes) within ~384 KiB of L2 */
+    int tb = (int)((384u * 1024u) / ((size_t)K * 4));
+    tb = tb < 4 ? 4 : tb & ~3;
+    for (int t0b = 0; t0b < n; t0b += tb) {
+        int tn = n - t0b < tb ? n - t0b : tb;
+        const float *xb = x + (size_t)t0b * ldx;
+        for (int o = r0; o < r1; o += 4) {
+            int R = r1 - o < 4 ? r1 - o : 4;
+            for (int r = 0; r < R; r++)
+                widen_row(w, o + r, panel + (size_t)r * kp);
+            const unsigned char *wr[4];
+            for (int r = 0; r < 4; r++)
+                wr[r] = (const unsigned char *)(panel + (size_t)(r < R ? r : 0) * kp);
+            for (int t0 = 0; t0 < tn; t0 += 4) {
+                float *yt = y + (size_t)(t0b + t0) * ldy + o;
+                const float *xt = xb + (size_t)t0 * ldx;
+                if (R == 4) {
+                    TILE_T(MC_DT_F32, 4, wr, xt, ldx, K, yt, ldy, tn - t0);
+                } else {
+                    for (int r = 0; r < R; r++)
+                        TILE_T(MC_DT_F32, 1, (wr + r), xt, ldx, K, yt + r, ldy, tn - t0);
+                }
+            }
+        }
+    }
+    free(panel);
+}
+
+static void rows_f(const mc_mat *w, const float *x, int n, int ldx, float *y, int ldy, int r0,
+                   int r1)
+{
+    if (!w->scale && n < PACK_MIN_TOKENS) {
+        switch (w->dtype) {
+        case MC_DT_F32:
+            stream_rows(MC_DT_F32, w, x, n, ldx, y, ldy, r0, r1);
+            return;
+        case MC_DT_BF16:
+            stream_rows(MC_DT_BF16, w, x, n, ldx, y, ldy, r0, r1);
+            return;
+        case MC_DT_F16:
+            stream_rows(MC_DT_F16, w, x, n, ldx, y, ldy, r0, r1);
+            return;
+        case MC_DT_F8_E4M3:
+            stream_rows(MC_DT_F8_E4M3, w, x, n, ldx, y, ldy, r0, r1);
+            return;
+        default:
+            break;
+        }
+    }
+    packed_rows(w, x, n, ldx, y, ldy, r0, r1);
+}
+
+/* ---- Q8_0 ---- */
+
+AI float hsum256(__m256 v)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+AI __m256 q8_0_block(const unsigned char *blk, const int8_t *xq, float xd)
+{
+    uint16_t h;
+    memcpy(&h, blk, 2);
+    __m256i wq = _mm256_loadu_si256((const __m256i *)(blk + 2));
+    __m256i xv = _mm256_loadu_si256((const __m256i *)xq);
+    __m256i p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_abs_epi8(wq),
+                                    _mm256_sign_epi8(xv, wq));
+    return _mm256_mul_ps(_mm256_set1_ps(_cvtsh_ss(h) * xd), _mm256_cvtepi32_ps(p));
+}
+
+static void rows_q8_0(const mc_mat *w, const mc_qact *a, float *y, int ldy, int r0, int r1)
+{
+    int nb = a->kp / MC_QK8_0;
+    for (int o = r0; o < r1; o++) {
+        const unsigned char *row = mc_row_ptr(w, o);
+        for (int t = 0; t < a->n; t++) {
+            const int8_t *xq = a->q + (size_t)t * a->kp;
+            const float *xd = a->d + (size_t)t * nb;
+            __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+            int b = 0;
+            for (; b + 2 <= nb; b += 2) {
+                acc0 = _mm256_add_ps(acc0, q8_0_block(row + (size_t)b * 34, xq + b * 32, xd[b]));
+                acc1 = _mm256_add_ps(acc1, q8_0_block(row + (size_t)(b + 1) * 34, xq + (b + 1) * 32,
+                                                      xd[b + 1]));
+            }
+            if (b < nb)
+                acc0 = _mm256_add_ps(acc0, q8_0_block(row + (size_t)b * 34, xq + b * 32, xd[b]));
+            y[(size_t)t * ldy + o] = hsum256(_mm256_add_ps(acc0, acc1));
+        }
+    }
+}
+
+/* ---- Q4_K ---- */
+
+static void rows_q4_k(const mc_mat *w, const mc_qact *a, float *y, int ldy, int r0, int r1)
+{
+    int nb = a->kp / MC_QK_K;
+    /* word index vectors: words 0..15 take scale 2c, words 16..31 scale 2c+1 */
+    __m512i sidx[4];
+    for (int c = 0; c < 4; c++)
+        sidx[c] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi16((short)(2 * c))),
+                                     _mm256_set1_epi16((short)(2 * c + 1)), 1);
+    const __m256i m4 = _mm256_set1_epi8(0x0f);
+    for (int o = r0; o < r1; o++) {
+        const unsigned char *row = mc_row_ptr(w, o);
+        for (int t = 0; t < a->n; t++) {
+            const int8_t *xq = a->q + (size_t)t * a->kp;
+            const float *xd = a->d + (size_t)t * nb;
+            const int16_t *bs = a->bsum + (size_t)t * (a->kp / 32);
+            __m512 acc = _mm512_setzero_ps();
+            __m256 macc = _mm256_setzero_ps();
+            for (int b = 0; b < nb; b++) {
+                const unsigned char *blk = row + (size_t)b * sizeof(mc_block_q4_k);
+                uint16_t hd, hm;
+                memcpy(&hd, blk, 2);
+                memcpy(&hm, blk + 2, 2);
+                uint8_t sm[16];
+                mc_q4_k_unpack(blk + 4, sm);
+                __m512i sc = _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)sm)));
+                const unsigned char *qs = blk + 16;
+                const int8_t *xb = xq + (size_t)b * MC_QK_K;
+                __m512i sumi = _mm512_setzero_si512();
+#pragma GCC unroll 4
+                for (int c = 0; c < 4; c++) {
+                    __m256i q = _mm256_loadu_si256((const __m256i *)(qs + 32 * c));
+                    __m256i lo = _mm256_and_si256(q, m4);
+                    __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+                    __m512i qv = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+                    __m512i xv = _mm512_loadu_si512((const void *)(xb + 64 * c));
+                    __m512i p16 = _mm512_maddubs_epi16(qv, xv);
+                    __m512i s16 = _mm512_permutexvar_epi16(sidx[c], sc);
+                    sumi = _mm512_add_epi32(sumi, _mm512_madd_epi16(p16, s16));
+                }
+                float dx = xd[b];
+                acc = _mm512_fmadd_ps(_mm512_set1_ps(_cvtsh_ss(hd) * dx), _mm512_cvtepi32_ps(sumi), acc);
+                __m256i m8 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(sm + 8)));
+                __m256i b8 = _mm256_cvtepi16_epi32(_mm_loadu_si128((const __m128i *)(bs + 8 * b)));
+                macc = _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(hm) * dx),
+                                       _mm256_cvtepi32_ps(_mm256_mullo_epi32(m8, b8)), macc);
+            }
+            y[(size_t)t * ldy + o] = _mm512_reduce_add_ps(acc) - hsum256(macc);
+        }
+    }
+}
+
+/* ---- vector math ---- */
+
+/* expf to ~2 ulp (Cephes polynomial); 0 below -87.3, +inf above 88.7. */
+AI __m512 exp16(__m512 x)
+{
+    const __m512 hi = _mm512_set1_ps(88.3762626647949f), lo = _mm512_set1_ps(-87.3365447504f);
+    __mmask16 under = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
+    __m512 xc = _mm512_min_ps(_mm512_max_ps(x, lo), hi);
+    __m512 fx = _mm512_roundscale_ps(_mm512_mul_ps(xc, _mm512_set1_ps(1.44269504088896341f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(fx, _mm512_set1_ps(0.693359375f), xc);
+    r = _mm512_fnmadd_ps(fx, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500E-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507E-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073E-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894E-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459E-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201E-1f));
+    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    p = _mm512_scalef_ps(p, fx);
+    p = _mm512_mask_mov_ps(p, _mm512_cmp_ps_mask(x, hi, _CMP_GT_OQ), _mm512_set1_ps(INFINITY));
+    p = _mm512_mask_mov_ps(p, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), x);
+    return _mm512_maskz_mov_ps((__mmask16)~under, p);
+}
+
+static float dot(const float *a, const float *b, int n)
+{
+    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps(), s2 = _mm512_setzero_ps(),
+           s3 = _mm512_setzero_ps();
+    int i = 0;
+    for (; i + 64 <= n; i += 64) {
+        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
+        s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), s1);
+        s2 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 32), _mm512_loadu_ps(b + i + 32), s2);
+        s3 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 48), _mm512_loadu_ps(b + i + 48), s3);
+    }
+    for (; i + 16 <= n; i += 16)
+        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
+    if (i < n) {
+        __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
+        s1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), s1);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
+}
+
+static void axpy(float *y, float a, const float *x, int n)
+{
+    __m512 av = _mm512_set1_ps(a);
+    int i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(y + i, _mm512_fmadd_ps(av, _mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i)));
+    if (i < n) {
+        __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
+        _mm512_mask_storeu_ps(y + i, m,
+                              _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(m, x + i),
+                                              _mm512_maskz_loadu_ps(m, y + i)));
+    }
+}
+
+static void rmsnorm(float *out, const float *x, const float *w, int n, float eps)
+{
+    __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m512 v = _mm512_loadu_ps(x + i);
+        __m512d a = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+        __m512d b = _mm512_cvtps_pd(_mm512_extractf32x8_ps(v, 1));
+        s0 = _mm512_fmadd_pd(a, a, s0);
+        s1 = _mm512_fmadd_pd(b, b, s1);
+    }
+    double ss = _mm512_reduce_add_pd(_mm512_add_pd(s0, s1));
+    for (; i < n; i++)
+        ss += (double)x[i] * x[i];
+    float inv = (float)(1.0 / sqrt(ss / n + eps));
+    __m512 iv = _mm512_set1_ps(inv);
+    i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m512 v = _mm512_mul_ps(_mm512_loadu_ps(x + i), iv);
+        if (w)
+            v = _mm512_mul_ps(v, _mm512_loadu_ps(w + i));
+        _mm512_storeu_ps(out + i, v);
+    }
+    for (; i < n; i++)
+        out[i] = w ? x[i] * inv * w[i] : x[i] * inv;
+}
+
+static void softmax(float *x, int n)
+{
+    __m512 mv = _mm512_set1_ps(-INFINITY);
+    int i = 0;
+    for (; i + 16 <= n; i += 16)
+        mv = _mm512_max_ps(mv, _mm512_loadu_ps(x + i));
+    float mx = _mm512_reduce_max_ps(mv);
+    for (; i < n; i++)
+        mx = x[i] > mx ? x[i] : mx;
+    __m512 mxv = _mm512_set1_ps(mx), sv = _mm512_setzero_ps();
+    i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m512 e = exp16(_mm512_sub_ps(_mm512_loadu_ps(x + i), mxv));
+        _mm512_storeu_ps(x + i, e);
+        sv = _mm512_add_ps(sv, e);
+    }
+    double s = _mm512_reduce_add_ps(sv);
+    if (i < n) {
+        __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
+        __m512 e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), mxv));
+        e = _mm512_maskz_mov_ps(m, e);
+        _mm512_mask_storeu_ps(x + i, m, e);
+        s += _mm512_reduce_add_ps(e);
+    }
+    __m512 inv = _mm512_set1_ps((float)(1.0 / s));
+    i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(x + i, _mm512_mul_ps(_mm512_loadu_ps(x + i), inv));
+    for (; i < n; i++)
+        x[i] *= (float)(1.0 / s);
+}
+
+static void rope(float *v, int dim, int interleaved, const float *cos, const float *sin)
+{
+    int half = dim / 2, i = 0;
+    if (!interleaved) {
+        for (; i + 16 <= half; i += 16) {
+            __m512 a = _mm512_loadu_ps(v + i), b = _mm512_loadu_ps(v + i + half);
+            __m512 c = _mm512_loadu_ps(cos + i), s = _mm512_loadu_ps(sin + i);
+            _mm512_storeu_ps(v + i, _mm512_fmsub_ps(a, c, _mm512_mul_ps(b, s)));
+            _mm512_storeu_ps(v + i + half, _mm512_fmadd_ps(b, c, _mm512_mul_ps(a, s)));
+        }
+    } else {
+        const __m512i dup = _mm512_set_epi32(7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0);
+        for (; i + 8 <= half; i += 8) {
+            __m512 x = _mm512_loadu_ps(v + 2 * i);
+            __m512 c = _mm512_permutexvar_ps(dup, _mm512_castps256_ps512(_mm256_loadu_ps(cos + i)));
+            __m512 s = _mm512_permutexvar_ps(dup, _mm512_castps256_ps512(_mm256_loadu_ps(sin + i)));
+            __m512 sw = _mm512_permute_ps(x, 0xB1); /* (x1, x0) per pair */
+            /* even: x0*c - x1*s; odd: x1*c + x0*s */
+            _mm512_storeu_ps(v + 2 * i, _mm512_fmaddsub_ps(x, c, _mm512_mul_ps(sw, s)));
+        }
+    }
+    for (; i < half; i++) {
+        int a = interleaved ? 2 * i : i;
+        int b = interleaved ? 2 * i + 1 : i + half;
+        float x0 = v[a], x1 = v[b];
+        v[a] = x0 * cos[i] - x1 * sin[i];
+        v[b] = x1 * cos[i] + x0 * sin[i];
+    }
+}
+
+static void swiglu(float *g, const float *u, int n)
+{
+    const __m512 one = _mm512_set1_ps(1.0f);
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m512 x = _mm512_loadu_ps(g + i);
+        __m512 e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), x));
+        _mm512_storeu_ps(g + i, _mm512_mul_ps(_mm512_div_ps(x, _mm512_add_ps(one, e)),
+                                              _mm512_loadu_ps(u + i)));
+    }
+    for (; i < n; i++)
+        g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+
+static double fma_burn(long iters)
+{
+    __m512 a[12];
+    const __m512 m = _mm512_set1_ps(0.9999999f), c = _mm512_set1_ps(1e-7f);
+    for (int j = 0; j < 12; j++)
+        a[j] = _mm512_set1_ps(1.0f + (float)j);
+    for (long k = 0; k < iters; k++) {
+#pragma GCC unroll 12
+        for (int j = 0; j < 12; j++)
+            a[j] = _mm512_fmadd_ps(a[j], m, c);
+    }
+    __m512 s = a[0];
+    for (int j = 1; j < 12; j++)
+        s = _mm512_add_ps(s, a[j]);
+    volatile float sink = _mm512_reduce_add_ps(s);
+    (void)sink;
+    return 2.0 * 16.0 * 12.0 * (double)iters;
+}
+
+const mc_kops mc_kops_avx512 = {
+    .name = "avx512",
+    .widen = widen,
+    .rows_f = rows_f,
+    .rows_q8_0 = rows_q8_0,
+    .rows_q4_k = rows_q4_k,
+    .dot = dot,
+    .axpy = axpy,
+    .rmsnorm = rmsnorm,
+    .softmax = softmax,
+    .rope = rope,
+    .swiglu = swiglu,
+    .fma_burn = fma_burn,
+};

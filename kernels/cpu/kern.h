@@ -1,0 +1,104 @@
+/* kern.h - internal interface between the kernel front end (ops.c) and the
+ * per-instruction-set paths (ref.c, avx2.c, avx512.c).
+ *
+ * Every path implements the same table. Matrix products arrive with rows
+ * [r0, r1) of one thread's share; for Q8_0 / Q4_K weights the activations
+ * were quantized once by the front end (mc_qact, identical for all paths,
+ * so paths differ only in the order of float additions).
+ */
+#ifndef MC_KERN_H
+#define MC_KERN_H
+
+#include "kernels.h"
+
+#include <stdint.h>
+#include <string.h>
+
+/* Activations quantized for block weights: n rows of kp int8 values
+ * (kp = row_stride of the weights, zero-padded past cols).
+ *   Q8_0: d[t*(kp/32) + b] scales block b of row t.
+ *   Q4_K: d[t*(kp/256) + b] scales super-block b; bsum[t*(kp/32) + j] is
+ *         the sum of the int8 values of sub-block j (for the mins). */
+typedef struct {
+    int n, kp;
+    const int8_t *q;
+    const float *d;
+    const int16_t *bsum;
+} mc_qact;
+
+typedef struct {
+    const char *name;
+    /* n elements of element type dt at p -> f32 */
+    void (*widen)(mc_dtype dt, const void *p, int n, float *dst);
+    /* Non-transposed element-type weights (F32/F16/BF16/F8_E4M3 with or
+     * without scales): y[t*ldy + o] = W[o,:] . x[t*ldx + :] for o in [r0, r1). */
+    void (*rows_f)(const mc_mat *w, const float *x, int n, int ldx, float *y, int ldy, int r0,
+                   int r1);
+    /* Q8_0 / Q4_K weights against quantized activations. */
+    void (*rows_q8_0)(const mc_mat *w, const mc_qact *a, float *y, int ldy, int r0, int r1);
+    void (*rows_q4_k)(const mc_mat *w, const mc_qact *a, float *y, int ldy, int r0, int r1);
+    float (*dot)(const float *a, const float *b, int n);
+    void (*axpy)(float *y, float a, const float *x, int n);
+    void (*rmsnorm)(float *out, const float *x, const float *w, int n, float eps);
+    void (*softmax)(float *x, int n);
+    void (*rope)(float *v, int dim, int interleaved, const float *cos, const float *sin);
+    void (*swiglu)(float *g, const float *u, int n);
+    /* `iters` rounds of independent FMAs on registers; returns flops done */
+    double (*fma_burn)(long iters);
+} mc_kops;
+
+extern const mc_kops mc_kops_scalar;
+#ifdef MC_HAVE_AVX2
+extern const mc_kops mc_kops_avx2;
+#endif
+#ifdef MC_HAVE_AVX512
+extern const mc_kops mc_kops_avx512;
+#endif
+
+const mc_kops *mc_kops_current(void);
+/* The process-wide pool of mc_kernels_threads() threads, NULL when 1. */
+struct mc_pool *mc_kernels_pool(void);
+
+/* Exact f16 -> f32 by bit manipulation (denormals, inf, NaN). */
+static inline float mc_kf16(uint16_t h)
+{
+    const uint32_t shifted_exp = 0x7c00u << 13;
+    uint32_t o = ((uint32_t)h & 0x7fffu) << 13;
+    uint32_t exp = shifted_exp & o;
+    float f;
+    o += (uint32_t)(127 - 15) << 23;
+    if (exp == shifted_exp) {
+        o += (uint32_t)(128 - 16) << 23;
+    } else if (exp == 0) {
+        o += 1u << 23;
+        memcpy(&f, &o, sizeof f);
+        f -= 6.103515625e-05f;
+        memcpy(&o, &f, sizeof o);
+    }
+    o |= ((uint32_t)h & 0x8000u) << 16;
+    memcpy(&f, &o, sizeof f);
+    return f;
+}
+
+/* Byte address of stored row r of a row-major matrix. */
+static inline const unsigned char *mc_row_ptr(const mc_mat *w, int r)
+{
+    return (const unsigned char *)w->data + (size_t)r * mc_dtype_row_bytes(w->dtype, (int64_t)w->row_stride);
+}
+
+/* The 8 scales and 8 mins of a Q4_K block as bytes (llama.cpp's kmask unpacking):
+ * out[0..7] = scales, out[8..15] = mins. */
+static inline void mc_q4_k_unpack(const uint8_t *scales, uint8_t out[16])
+{
+    uint32_t u[4];
+    memcpy(u, scales, 12);
+    const uint32_t km1 = 0x3f3f3f3f, km2 = 0x0f0f0f0f, km3 = 0x03030303;
+    u[3] = ((u[2] >> 4) & km2) | (((u[1] >> 6) & km3) << 4);
+    const uint32_t aux = u[1] & km1;
+    u[1] = (u[2] & km2) | (((u[0] >> 6) & km3) << 4);
+    u[2] = aux;
+    u[0] &= km1;
+    memcpy(out, u, 16);
+}
+
+#endif

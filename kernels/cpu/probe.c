@@ -1,0 +1,114 @@
+/* probe.c - machine probes for `moecluster bench`: a read-only memory
+ * stream much larger than the last-level cache, and an FMA-only loop,
+ * run in the same process as the measurement they are compared with. */
+#include "kern.h"
+#include "pool.h"
+
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <time.h>
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+typedef struct {
+    const uint64_t *buf;
+    size_t words;
+    int parts;
+    atomic_ullong sink;
+} rd_job;
+
+/* Sums a slice with 8 independent lanes: the compiler vectorizes this with
+ * the default flags; memory, not instructions, is the limit. */
+static void rd_task(void *ctx, int task, int thread)
+{
+    rd_job *j = ctx;
+    size_t per = j->words / (size_t)j->parts;
+    const uint64_t *p = j->buf + (size_t)task * per;
+    uint64_t s[8] = {0};
+    for (size_t i = 0; i + 8 <= per; i += 8)
+        for (int k = 0; k < 8; k++)
+            s[k] += p[i + k];
+    uint64_t t = 0;
+    for (int k = 0; k < 8; k++)
+        t += s[k];
+    atomic_fetch_add(&j->sink, t);
+}
+
+double mc_probe_read_gbps(size_t bytes, int threads, double seconds)
+{
+    size_t words = bytes / 8 / 64 * 64;
+    uint64_t *buf = aligned_alloc(64, words * 8);
+    if (!buf)
+        return -1.0;
+    for (size_t i = 0; i < words; i++) /* touch every page: no zero-page mapping */
+        buf[i] = i;
+    int saved = mc_kernels_threads();
+    mc_kernels_set_threads(threads);
+    /* many slices, handed out dynamically, so every thread streams even if one wakes late */
+    rd_job j = {.buf = buf, .words = words, .parts = 16 * (threads < 1 ? 1 : threads)};
+    atomic_init(&j.sink, 0);
+    double best = 0, t_end = now_s() + seconds;
+    int passes = 0;
+    do {
+        double t0 = now_s();
+        mc_pool_run(mc_kernels_pool(), j.parts, rd_task, &j);
+        double dt = now_s() - t0;
+        double gbps = (double)(words / (size_t)j.parts * (size_t)j.parts) * 8 / dt / 1e9;
+        if (gbps > best)
+            best = gbps;
+        passes++;
+    } while (now_s() < t_end || passes < 3);
+    mc_kernels_set_threads(saved);
+    free(buf);
+    return best;
+}
+
+typedef struct {
+    const mc_kops *ops;
+    long iters;
+    double flops[8 * 1024];
+} fma_job;
+
+static void fma_task(void *ctx, int task, int thread)
+{
+    fma_job *j = ctx;
+    j->flops[task] = j->ops->fma_burn(j->iters);
+}
+
+double mc_probe_fma_gflops(int threads, double seconds)
+{
+    if (threads < 1)
+        threads = 1;
+    if (threads > 1024)
+        threads = 1024;
+    int saved = mc_kernels_threads();
+    mc_kernels_set_threads(threads);
+    fma_job *j = calloc(1, sizeof *j);
+    if (!j)
+        return -1.0;
+    j->ops = mc_kops_current();
+    j->iters = 1 << 16;
+    double best = 0, t_end = now_s() + seconds;
+    int passes = 0;
+    do {
+        double t0 = now_s();
+        mc_pool_run(mc_kernels_pool(), 8 * threads, fma_task, j);
+        double dt = now_s() - t0;
+        double f = 0;
+        for (int i = 0; i < 8 * threads; i++)
+            f += j->flops[i];
+        if (dt < 0.05)
+            j->iters *= 2; /* grow until one pass is long enough to time */
+        else if (f / dt / 1e9 > best)
+            best = f / dt / 1e9;
+        passes++;
+    } while (now_s() < t_end || best == 0);
+    free(j);
+    mc_kernels_set_threads(saved);
+    return best;
+}

@@ -1,0 +1,89 @@
+/* quantize.c - whole-matrix conversion to Q8_0 / Q4_K (or BF16 / F16 / F32)
+ * at load time, rows spread over the kernel thread pool. */
+#include "kern.h"
+#include "pool.h"
+
+#include <stdlib.h>
+
+typedef struct {
+    const mc_mat *src;
+    mc_dtype target;
+    unsigned char *dst;
+    size_t row_bytes;
+    int chunk;
+    int failed;
+} q_job;
+
+static void q_task(void *ctx, int task, int thread)
+{
+    q_job *j = ctx;
+    const mc_mat *s = j->src;
+    float *buf = malloc((size_t)s->cols * sizeof *buf);
+    if (!buf) {
+        j->failed = 1;
+        return;
+    }
+    int r0 = task * j->chunk, r1 = r0 + j->chunk < s->rows ? r0 + j->chunk : s->rows;
+    for (int r = r0; r < r1; r++) {
+        unsigned char *out = j->dst + (size_t)r * j->row_bytes;
+        mc_mat_row_f32(s, r, buf);
+        switch (j->target) {
+        case MC_DT_Q8_0:
+        case MC_DT_Q4_K:
+            mc_quantize_row(j->target, buf, out, s->cols);
+            break;
+        case MC_DT_BF16:
+            for (int i = 0; i < s->cols; i++) {
+                uint16_t h = mc_f32_to_bf16(buf[i]);
+                memcpy(out + 2 * (size_t)i, &h, 2);
+            }
+            break;
+        case MC_DT_F16:
+            for (int i = 0; i < s->cols; i++) {
+                uint16_t h = mc_f32_to_f16(buf[i]);
+                memcpy(out + 2 * (size_t)i, &h, 2);
+            }
+            break;
+        default:
+            memcpy(out, buf, (size_t)s->cols * sizeof *buf);
+            break;
+        }
+    }
+    free(buf);
+}
+
+mc_status mc_mat_quantize(const mc_mat *src, mc_dtype target, mc_mat *dst, void **owned,
+                          mc_err *err)
+{
+    *owned = NULL;
+    if (target != MC_DT_Q8_0 && target != MC_DT_Q4_K && target != MC_DT_BF16 &&
+        target != MC_DT_F16 && target != MC_DT_F32)
+        return mc_err_set(err, MC_ERR_ARG, "cannot quantize weights to %s (want Q8_0, Q4_K, "
+                          "BF16, F16 or F32)", mc_dtype_name(target));
+    if (src->rows <= 0 || src->cols <= 0)
+        return mc_err_set(err, MC_ERR_ARG, "cannot quantize an empty %dx%d matrix", src->rows,
+                          src->cols);
+    int be = mc_dtype_block_elems(target);
+    size_t stride = ((size_t)src->cols + (size_t)be - 1) / (size_t)be * (size_t)be;
+    size_t rb = mc_dtype_row_bytes(target, (int64_t)stride);
+    size_t total = (size_t)src->rows * rb;
+    unsigned char *p = aligned_alloc(64, (total + 63) & ~(size_t)63);
+    if (!p)
+        return mc_err_set(err, MC_ERR_NOMEM, "out of memory for %zu bytes of %s weights", total,
+                          mc_dtype_name(target));
+    q_job j = {.src = src, .target = target, .dst = p, .row_bytes = rb};
+    mc_pool *pool = mc_kernels_pool();
+    int nt = pool ? mc_pool_threads(pool) : 1;
+    j.chunk = (src->rows + 4 * nt - 1) / (4 * nt);
+    if (j.chunk < 1)
+        j.chunk = 1;
+    mc_pool_run(pool, (src->rows + j.chunk - 1) / j.chunk, q_task, &j);
+    if (j.failed) {
+        free(p);
+        return mc_err_set(err, MC_ERR_NOMEM, "out of memory quantizing weights");
+    }
+    *dst = (mc_mat){.dtype = target, .rows = src->rows, .cols = src->cols, .row_stride = stride,
+                    .data = p};
+    *owned = p;
+    return MC_OK;
+}

@@ -1,0 +1,387 @@
+/* test_kernels.c - every SIMD path against the portable path on random
+ * inputs: widening of each element type (every FP8 code, f16 specials),
+ * matrix products of every weight type (F32, F16, BF16, FP8 with partial
+ * scale blocks, Q8_0, Q4_K, transposed) over sizes that are not multiples
+ * of the vector width and token counts 1..13, the thread split (bitwise
+ * equal to one thread), and the element-wise kernels. Prints the first
+ * mismatches of each case. */
+#include "check.h"
+#include "kernels.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static uint64_t rng = 0x243F6A8885A308D3ull;
+static uint64_t rnext(void)
+{
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return rng;
+}
+static float runi(float lo, float hi) { return lo + (hi - lo) * (float)((rnext() >> 40) / 16777216.0); }
+
+static void fill(float *x, size_t n, float scale)
+{
+    for (size_t i = 0; i < n; i++)
+        x[i] = runi(-scale, scale);
+}
+
+/* Compares got against want with |got - want| <= atol + rtol * |ref_mag|;
+ * prints up to 5 mismatches with their index. Returns the mismatch count. */
+static int compare(const char *what, const float *got, const float *want, const float *mag,
+                   size_t n, double rtol, double atol)
+{
+    int bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        double tol = atol + rtol * (mag ? mag[i] : fabs(want[i]));
+        int ok = (isnan(got[i]) && isnan(want[i])) || fabs((double)got[i] - want[i]) <= tol ||
+                 (isinf(got[i]) && got[i] == want[i]);
+        if (!ok) {
+            if (bad < 5)
+                fprintf(stderr, "  %s: [%zu] got %.9g want %.9g (tol %.3g)\n", what, i, got[i],
+                        want[i], tol);
+            bad++;
+        }
+    }
+    check_count++;
+    if (bad) {
+        check_failures++;
+        fprintf(stderr, "%s: %d of %zu values differ\n", what, bad, n);
+    }
+    return bad;
+}
+
+static mc_kpath paths[MC_KPATH_COUNT];
+static int n_paths;
+
+/* ---- widening ---- */
+
+static void test_widen(mc_kpath p)
+{
+    enum { N = 300 };
+    unsigned char raw[N * 4];
+    float want[N], got[N], row[N];
+    char what[96];
+    mc_dtype types[] = {MC_DT_F32, MC_DT_F16, MC_DT_BF16, MC_DT_F8_E4M3};
+    for (size_t ti = 0; ti < 4; ti++) {
+        mc_dtype dt = types[ti];
+        size_t es = mc_dtype_size(dt);
+        for (int i = 0; i < N; i++) {
+            if (dt == MC_DT_F8_E4M3) {
+                raw[i] = (unsigned char)(i < 256 ? (uint64_t)i : rnext()); /* every code, NaN included */
+            } else if (dt == MC_DT_F32) {
+                float f = runi(-1e3f, 1e3f);
+                memcpy(raw + 4 * i, &f, 4);
+            } else { /* f16/bf16: random bit patterns, denormals, inf and NaN included */
+                uint16_t h = (uint16_t)rnext();
+                if (i < 6) {
+                    static const uint16_t sp[6] = {0x0001, 0x8001, 0x7c00, 0xfc00, 0x7e00, 0x03ff};
+                    h = sp[i];
+                }
+                memcpy(raw + 2 * i, &h, 2);
+            }
+        }
+        mc_mat w = {.dtype = dt, .rows = 1, .cols = N, .row_stride = N, .data = raw};
+        for (int n = 1; n <= N; n += n < 40 ? 1 : 37) {
+            w.cols = n;
+            mc_kernels_set_path(MC_KPATH_SCALAR);
+            mc_mat_row_f32(&w, 0, want);
+            mc_kernels_set_path(p);
+            mc_mat_row_f32(&w, 0, got);
+            snprintf(what, sizeof what, "%s widen %s n=%d", mc_kpath_name(p), mc_dtype_name(dt), n);
+            /* exact, NaN for NaN */
+            compare(what, got, want, NULL, (size_t)n, 0, 0);
+        }
+        (void)es;
+        (void)row;
+    }
+}
+
+/* ---- matrix products ---- */
+
+typedef struct {
+    mc_mat w;
+    void *store;   /* quantized storage (mc_mat_quantize) or raw data */
+    float *scale;
+} test_mat;
+
+/* A rows x cols matrix of type dt with random values (FP8 with 128x128
+ * or odd-sized block scales), transposed storage when asked. */
+static void make_mat(test_mat *m, mc_dtype dt, int rows, int cols, int transposed, int fp8_block)
+{
+    memset(m, 0, sizeof *m);
+    int sr = transposed ? cols : rows, sc = transposed ? rows : cols;
+    float *f = malloc((size_t)rows * cols * sizeof *f);
+    fill(f, (size_t)rows * cols, 1.0f);
+    if (dt == MC_DT_Q8_0 || dt == MC_DT_Q4_K) {
+        mc_mat src = {.dtype = MC_DT_F32, .rows = rows, .cols = cols, .row_stride = (size_t)cols,
+                      .data = f};
+        mc_err err;
+        mc_err_clear(&err);
+        if (mc_mat_quantize(&src, dt, &m->w, &m->store, &err) != MC_OK) {
+            fprintf(stderr, "mc_mat_quantize: %s\n", err.msg);
+            check_failures++;
+        }
+        free(f);
+        return;
+    }
+    size_t es = mc_dtype_size(dt);
+    unsigned char *raw = malloc((size_t)rows * cols * es + 64);
+    for (size_t i = 0; i < (size_t)sr * sc; i++) {
+        float v = f[i];
+        if (dt == MC_DT_F32)
+            memcpy(raw + 4 * i, &v, 4);
+        else if (dt == MC_DT_BF16) {
+            uint16_t h = mc_f32_to_bf16(v);
+            memcpy(raw + 2 * i, &h, 2);
+        } else if (dt == MC_DT_F16) {
+            uint16_t h = mc_f32_to_f16(v);
+            memcpy(raw + 2 * i, &h, 2);
+        } else {
+            raw[i] = mc_f32_to_fp8_e4m3(v * 300.0f);
+        }
+    }
+    free(f);
+    m->store = raw;
+    m->w = (mc_mat){.dtype = dt, .rows = rows, .cols = cols, .row_stride = (size_t)sc,
+                    .transposed = transposed, .data = raw};
+    if (dt == MC_DT_F8_E4M3 && fp8_block > 0) {
+        int br = fp8_block, bc = fp8_block == 128 ? 128 : fp8_block + 3;
+        int srows = (rows + br - 1) / br, scols = (cols + bc - 1) / bc;
+        m->scale = malloc((size_t)srows * scols * sizeof *m->scale);
+        for (int i = 0; i < srows * scols; i++)
+            m->scale[i] = runi(0.5f, 2.0f) / 300.0f;
+        m->w.scale = m->scale;
+        m->w.block_rows = br;
+        m->w.block_cols = bc;
+        m->w.scale_cols = scols;
+    }
+}
+
+static void free_mat(test_mat *m)
+{
+    free(m->store);
+    free(m->scale);
+}
+
+/* y for path p and `threads` threads */
+static void run_matmul(mc_kpath p, int threads, const mc_mat *w, const float *x, int n, int ldx,
+                       float *y, int ldy)
+{
+    mc_kernels_set_path(p);
+    mc_kernels_set_threads(threads);
+    for (size_t i = 0; i < (size_t)n * ldy; i++)
+        y[i] = NAN; /* every output must be written */
+    mc_matmul(w, x, n, ldx, y, ldy);
+}
+
+static void test_matmul_case(mc_kpath p, mc_dtype dt, int rows, int cols, int n, int transposed,
+                             int fp8_block)
+{
+    test_mat m;
+    make_mat(&m, dt, rows, cols, transposed, fp8_block);
+    int ldx = cols + 3, ldy = rows + 1;
+    float *x = malloc((size_t)n * ldx * sizeof *x);
+    float *want = malloc((size_t)n * ldy * sizeof *want), *got = malloc((size_t)n * ldy * sizeof *got);
+    float *mag = calloc((size_t)n * ldy, sizeof *mag), *row = malloc((size_t)cols * sizeof *row);
+    fill(x, (size_t)n * ldx, 2.0f);
+    for (int o = 0; o < rows; o++) { /* sum |w||x| bounds the rounding of any summation order */
+        mc_kernels_set_path(MC_KPATH_SCALAR);
+        mc_mat_row_f32(&m.w, o, row);
+        for (int t = 0; t < n; t++) {
+            double s = 0;
+            for (int i = 0; i < cols; i++)
+                s += fabs((double)row[i] * x[(size_t)t * ldx + i]);
+            mag[(size_t)t * ldy + o] = (float)s;
+        }
+    }
+    run_matmul(MC_KPATH_SCALAR, 1, &m.w, x, n, ldx, want, ldy);
+    run_matmul(p, 1, &m.w, x, n, ldx, got, ldy);
+    char what[128];
+    snprintf(what, sizeof what, "%s %s%s %dx%d n=%d%s", mc_kpath_name(p), mc_dtype_name(dt),
+             transposed ? "^T" : "", rows, cols, n, m.w.scale ? " scaled" : "");
+    /* pad columns of y (o >= rows) are not outputs */
+    for (int t = 0; t < n; t++) {
+        want[(size_t)t * ldy + rows] = got[(size_t)t * ldy + rows] = 0;
+        mag[(size_t)t * ldy + rows] = 0;
+    }
+    compare(what, got, want, mag, (size_t)n * ldy, 2e-6, 1e-30);
+    free(x);
+    free(want);
+    free(got);
+    free(mag);
+    free(row);
+    free_mat(&m);
+}
+
+static void test_matmul(mc_kpath p)
+{
+    static const int rows_l[] = {1, 3, 5, 17, 64};
+    static const int cols_l[] = {1, 7, 15, 16, 17, 33, 100, 256, 300, 513};
+    static const int n_l[] = {1, 2, 3, 4, 5, 6, 7, 9, 13};
+    mc_dtype types[] = {MC_DT_F32, MC_DT_F16, MC_DT_BF16, MC_DT_F8_E4M3, MC_DT_Q8_0, MC_DT_Q4_K};
+    for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++)
+        for (size_t ri = 0; ri < sizeof rows_l / sizeof rows_l[0]; ri++)
+            for (size_t ci = 0; ci < sizeof cols_l / sizeof cols_l[0]; ci++) {
+                int n = n_l[(ri * 7 + ci * 3 + ti) % (sizeof n_l / sizeof n_l[0])];
+                mc_dtype dt = types[ti];
+                test_matmul_case(p, dt, rows_l[ri], cols_l[ci], n, 0, 0);
+                if (dt == MC_DT_F8_E4M3) {
+                    test_matmul_case(p, dt, rows_l[ri], cols_l[ci], n, 0, 128);
+                    test_matmul_case(p, dt, rows_l[ri], cols_l[ci], n, 0, 5);
+                }
+                if (dt == MC_DT_BF16 || dt == MC_DT_F32)
+                    test_matmul_case(p, dt, rows_l[ri], cols_l[ci], n, 1, 0);
+            }
+    /* every token count through the tile remainders, and a long row */
+    for (int n = 1; n <= 13; n++) {
+        test_matmul_case(p, MC_DT_BF16, 9, 2053, n, 0, 0);
+        test_matmul_case(p, MC_DT_Q4_K, 5, 1024 + 37, n, 0, 0);
+        test_matmul_case(p, MC_DT_Q8_0, 5, 1024 + 37, n, 0, 0);
+    }
+}
+
+/* The thread split changes who computes a row, never how: bitwise equal. */
+static void test_threads(mc_kpath p)
+{
+    mc_dtype types[] = {MC_DT_BF16, MC_DT_Q8_0, MC_DT_Q4_K, MC_DT_F32};
+    for (size_t ti = 0; ti < 4; ti++)
+        for (int n = 1; n <= 9; n += 4) {
+            test_mat m;
+            make_mat(&m, types[ti], 333, 512, 0, 0);
+            float *x = malloc((size_t)n * 512 * sizeof *x);
+            float *a = malloc((size_t)n * 333 * sizeof *a), *b = malloc((size_t)n * 333 * sizeof *b);
+            fill(x, (size_t)n * 512, 1.0f);
+            run_matmul(p, 1, &m.w, x, n, 512, a, 333);
+            run_matmul(p, 3, &m.w, x, n, 512, b, 333);
+            char what[96];
+            snprintf(what, sizeof what, "%s %s threads 3 vs 1 n=%d", mc_kpath_name(p),
+                     mc_dtype_name(types[ti]), n);
+            compare(what, b, a, NULL, (size_t)n * 333, 0, 0);
+            free(x);
+            free(a);
+            free(b);
+            free_mat(&m);
+        }
+    mc_kernels_set_threads(1);
+}
+
+/* ---- element-wise ---- */
+
+static void test_elementwise(mc_kpath p)
+{
+    enum { N = 700 };
+    float a[N], b[N], w[N], y0[N], y1[N], cs[N / 2], sn[N / 2];
+    char what[96];
+    static const int sizes[] = {1, 2, 3, 7, 8, 9, 15, 16, 17, 31, 33, 63, 64, 65, 130, 257, 700};
+    for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++) {
+        int n = sizes[si];
+        fill(a, N, 3.0f);
+        fill(b, N, 3.0f);
+        fill(w, N, 2.0f);
+        /* dot */
+        mc_kernels_set_path(MC_KPATH_SCALAR);
+        float d0 = mc_dot(a, b, n);
+        mc_kernels_set_path(p);
+        float d1 = mc_dot(a, b, n);
+        double mag = 0;
+        for (int i = 0; i < n; i++)
+            mag += fabs((double)a[i] * b[i]);
+        snprintf(what, sizeof what, "%s dot n=%d", mc_kpath_name(p), n);
+        float mg = (float)mag;
+        compare(what, &d1, &d0, &mg, 1, 2e-6, 0);
+        /* axpy */
+        memcpy(y0, b, sizeof y0);
+        memcpy(y1, b, sizeof y1);
+        mc_kernels_set_path(MC_KPATH_SCALAR);
+        mc_axpy(y0, 0.37f, a, n);
+        mc_kernels_set_path(p);
+        mc_axpy(y1, 0.37f, a, n);
+        snprintf(what, sizeof what, "%s axpy n=%d", mc_kpath_name(p), n);
+        compare(what, y1, y0, NULL, N, 1e-6, 1e-6);
+        /* rmsnorm, with and without weight, in place */
+        for (int wi = 0; wi < 2; wi++) {
+            memcpy(y1, a, sizeof y1);
+            mc_kernels_set_path(MC_KPATH_SCALAR);
+            mc_rmsnorm(y0, a, wi ? w : NULL, n, 1e-6f);
+            mc_kernels_set_path(p);
+            mc_rmsnorm(y1, y1, wi ? w : NULL, n, 1e-6f);
+            snprintf(what, sizeof what, "%s rmsnorm%s n=%d", mc_kpath_name(p), wi ? "" : " (no w)", n);
+            compare(what, y1, y0, NULL, (size_t)n, 1e-6, 1e-7);
+        }
+        /* softmax with a -inf (masked) entry and a wide range */
+        for (int i = 0; i < n; i++)
+            y0[i] = y1[i] = a[i] * 10.0f;
+        if (n > 2)
+            y0[1] = y1[1] = -INFINITY;
+        if (n > 5)
+            y0[4] = y1[4] = -200.0f;
+        mc_kernels_set_path(MC_KPATH_SCALAR);
+        mc_softmax(y0, n);
+        mc_kernels_set_path(p);
+        mc_softmax(y1, n);
+        snprintf(what, sizeof what, "%s softmax n=%d", mc_kpath_name(p), n);
+        compare(what, y1, y0, NULL, (size_t)n, 2e-6, 1e-37);
+        /* swiglu, with arguments out to where silu saturates */
+        for (int i = 0; i < n; i++)
+            y0[i] = y1[i] = a[i] * 40.0f;
+        mc_kernels_set_path(MC_KPATH_SCALAR);
+        mc_swiglu(y0, b, n);
+        mc_kernels_set_path(p);
+        mc_swiglu(y1, b, n);
+        snprintf(what, sizeof what, "%s swiglu n=%d", mc_kpath_name(p), n);
+        compare(what, y1, y0, NULL, (size_t)n, 2e-6, 1e-30);
+        /* RoPE, both layouts, dims that are not multiples of the width */
+        if (n % 2 == 0 || n == 1) {
+            int dim = n == 1 ? 2 : n;
+            for (int i = 0; i < dim / 2; i++) {
+                float ang = runi(-6.0f, 6.0f);
+                cs[i] = cosf(ang);
+                sn[i] = sinf(ang);
+            }
+            for (int il = 0; il < 2; il++) {
+                memcpy(y0, a, sizeof y0);
+                memcpy(y1, a, sizeof y1);
+                mc_kernels_set_path(MC_KPATH_SCALAR);
+                mc_rope_rotate(y0, dim, il, cs, sn);
+                mc_kernels_set_path(p);
+                mc_rope_rotate(y1, dim, il, cs, sn);
+                snprintf(what, sizeof what, "%s rope%s dim=%d", mc_kpath_name(p),
+                         il ? " interleaved" : "", dim);
+                compare(what, y1, y0, NULL, N, 1e-6, 3e-6);
+            }
+        }
+    }
+}
+
+int main(void)
+{
+    printf("cpu features: %s\n", mc_cpu_features());
+    printf("default path: %s\n", mc_kpath_name(mc_kernels_path()));
+    for (int p = 1; p < MC_KPATH_COUNT; p++) {
+        if (mc_kpath_supported((mc_kpath)p))
+            paths[n_paths++] = (mc_kpath)p;
+        else
+            printf("path %s: not supported here, skipped\n", mc_kpath_name((mc_kpath)p));
+    }
+    CHECK(mc_kernels_set_path(MC_KPATH_SCALAR) == 0);
+    mc_kpath q;
+    CHECK(mc_kpath_from_name("avx512", &q) == 0 && q == MC_KPATH_AVX512);
+    CHECK(mc_kpath_from_name("sse9", &q) == -1);
+    for (int i = 0; i < n_paths; i++) {
+        int before = check_failures;
+        test_widen(paths[i]);
+        test_matmul(paths[i]);
+        test_threads(paths[i]);
+        test_elementwise(paths[i]);
+        printf("path %s vs scalar: %s\n", mc_kpath_name(paths[i]),
+               check_failures == before ? "ok" : "MISMATCH");
+    }
+    /* the portable path splits over threads too */
+    test_threads(MC_KPATH_SCALAR);
+    return check_report("test_kernels");
+}

@@ -1,0 +1,84 @@
+/* model_quant.h - load-time weight quantization (`--weights q8_0|q4_k`):
+ * replaces a loaded model's expert and dense matrices (attention
+ * projections, dense and shared FFNs, routed experts, the LM head) by
+ * Q8_0 / Q4_K copies (kernels' mc_mat_quantize). Embeddings, routers, the
+ * sparse-attention indexer and norms keep their stored precision. A matrix
+ * whose rows do not split into the format's blocks takes the fallback
+ * `plan` counts (mc_quant_format_for: Q4_K -> Q8_0 -> stored type).
+ *
+ * Header-only so that it needs no edit to worker/CMakeLists.txt while the
+ * worker is being reworked; the copies join m->owned and are freed by
+ * mc_model_free. Call it right after mc_model_load (single process) or
+ * mc_model_load_dist (each rank quantizes the share it bound).
+ */
+#ifndef MC_MODEL_QUANT_H
+#define MC_MODEL_QUANT_H
+
+#include "kernels.h"
+#include "model.h"
+
+#include <stdlib.h>
+
+static inline mc_status mc_model_quant_mat_(mc_model *m, mc_mat *w, mc_dtype target, mc_err *err)
+{
+    if (!w->data || w->rows <= 0 || w->cols <= 0)
+        return MC_OK; /* not bound on this rank */
+    mc_dtype fmt = mc_quant_format_for(target, w->cols);
+    if (fmt == MC_DT_COUNT || (fmt == w->dtype && !w->transposed))
+        return MC_OK;
+    if (m->n_owned == m->cap_owned) {
+        size_t nc = m->cap_owned ? 2 * m->cap_owned : 64;
+        void **n = realloc(m->owned, nc * sizeof *n);
+        if (!n)
+            return mc_err_set(err, MC_ERR_NOMEM, "out of memory");
+        m->owned = n;
+        m->cap_owned = nc;
+    }
+    mc_mat q;
+    void *store;
+    mc_status st = mc_mat_quantize(w, fmt, &q, &store, err);
+    if (st != MC_OK)
+        return st;
+    m->owned[m->n_owned++] = store;
+    *w = q;
+    return MC_OK;
+}
+
+static inline mc_status mc_model_quant_ffn_(mc_model *m, mc_ffn_w *f, mc_dtype t, mc_err *err)
+{
+    mc_status st;
+    if ((st = mc_model_quant_mat_(m, &f->gate, t, err)) != MC_OK ||
+        (st = mc_model_quant_mat_(m, &f->up, t, err)) != MC_OK ||
+        (st = mc_model_quant_mat_(m, &f->down, t, err)) != MC_OK)
+        return st;
+    return MC_OK;
+}
+
+/* target: MC_DT_Q8_0 or MC_DT_Q4_K (or BF16 / F16 / F32 to re-store). */
+static inline mc_status mc_model_quantize(mc_model *m, mc_dtype target, mc_err *err)
+{
+    if (m->v4)
+        return mc_err_set(err, MC_ERR_UNSUPPORTED,
+                          "--weights %s: load-time quantization of DeepSeek-V4 is not implemented",
+                          mc_dtype_name(target));
+    const mc_model_desc *d = &m->d;
+    mc_status st = MC_OK;
+    for (int l = 0; l < d->n_layers && st == MC_OK; l++) {
+        mc_layer_w *w = &m->layers[l];
+        mc_mat *mats[] = {&w->q_a, &w->q_b, &w->q_proj, &w->kv_a, &w->kv_b,
+                          &w->wq,  &w->wk,  &w->wv,     &w->wo};
+        for (size_t i = 0; i < sizeof mats / sizeof mats[0] && st == MC_OK; i++)
+            st = mc_model_quant_mat_(m, mats[i], target, err);
+        if (st == MC_OK && !w->moe)
+            st = mc_model_quant_ffn_(m, &w->dense, target, err);
+        for (int e = 0; w->moe && w->experts && e < d->n_experts && st == MC_OK; e++)
+            st = mc_model_quant_ffn_(m, &w->experts[e], target, err);
+        if (st == MC_OK && w->moe && w->has_shared)
+            st = mc_model_quant_ffn_(m, &w->shared, target, err);
+    }
+    if (st == MC_OK && m->lm_head.data != m->embed.data)
+        st = mc_model_quant_mat_(m, &m->lm_head, target, err);
+    return st;
+}
+
+#endif
