@@ -78,6 +78,25 @@ static mc_status block_forward(mc_model *m, int l, mc_kv *kv, float *x, int n, c
     return MC_OK;
 }
 
+/* Embedding rows of n tokens into x [n, H]. Under tp each rank holds the
+ * rows of its vocabulary slice: it writes those and zeros elsewhere, and
+ * the all-reduce over the tp group completes every row (exactly: one
+ * non-zero term per element). */
+static mc_status embed(mc_model *m, const int64_t *tokens, int n, float *x, mc_err *err)
+{
+    int H = m->d.hidden, v0 = m->lay.vocab0, nv = m->lay.n_vocab;
+    for (int i = 0; i < n; i++) {
+        int id = (int)tokens[i] - v0;
+        if (id >= 0 && id < nv)
+            mc_mat_row_f32(&m->embed, id, x + (size_t)i * H);
+        else
+            memset(x + (size_t)i * H, 0, (size_t)H * sizeof *x);
+    }
+    if (m->lay.tp == 1 || n == 0)
+        return MC_OK;
+    return mc_tp_all_reduce(m, MC_STAT_HEAD(m->d.n_layers), x, (size_t)n * H, err);
+}
+
 /* Final norm and the LM head on rows [t0, n) of x: each tp rank computes
  * the logits of its vocabulary slice, then they are gathered (all_to_all_v
  * to tp rank 0 only) into logits [n - t0, V] on tp rank 0. */
@@ -177,10 +196,11 @@ mc_status mc_forward_step(mc_model *m, mc_kv *kv, const int64_t *tokens, int n, 
     }
     if (first) {
         double t = m->stats ? mc_now_s() : 0;
-        for (int i = 0; i < n; i++)
-            mc_mat_row_f32(&m->embed, (int)tokens[i], x + (size_t)i * H);
+        st = embed(m, tokens, n, x, err);
         if (m->stats)
             m->stats[MC_STAT_HEAD(L)].t_total += mc_now_s() - t;
+        if (st != MC_OK)
+            goto done;
     } else if (n > 0) {
         /* pipeline: activations of the previous stage */
         if ((st = mc_par_recv(m, m->pp_comm, MC_STAT_PIPE(L), lay->stage - 1, x,

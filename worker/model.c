@@ -6,10 +6,13 @@
 #include "log.h"
 #include "model_tensors.h"
 #include "parallel.h"
+#include "shard_out.h"
 
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static void *own(mc_model *m, void *p)
 {
@@ -219,18 +222,20 @@ static mc_status mat_cols(mc_model *m, mc_mat *w, int c0, int n, mc_err *err)
     return MC_OK;
 }
 
-/* Column-then-row split of a SwiGLU FFN of width `inter` over the tp ranks:
- * gate/up keep rows [i0, i0+ni), down keeps the same columns. */
-static mc_status ffn_split(mc_model *m, mc_ffn_w *f, int inter, mc_err *err)
+/* Binds the part [b, b+n) along dimension dim (0 rows, 1 columns, -1 all)
+ * of a [rows, cols] matrix: a view into the original checkpoint, or the
+ * tensor of a shard set, which `moecluster shard` stored already cut. */
+static mc_status bind_part(mc_model *m, mc_tensor_role role, int layer, int expert, int rows,
+                           int cols, int dim, int b, int n, const char *why, mc_mat *out,
+                           mc_err *err)
 {
-    int i0, ni;
-    mc_split(inter, m->lay.tp, m->lay.tp_rank, &i0, &ni);
     mc_status st;
-    if ((st = mat_rows(m, &f->gate, i0, ni, err)) != MC_OK ||
-        (st = mat_rows(m, &f->up, i0, ni, err)) != MC_OK ||
-        (st = mat_cols(m, &f->down, i0, ni, err)) != MC_OK)
+    if (m->shards)
+        return bind_mat(m, role, layer, expert, dim == 0 ? n : rows, dim == 1 ? n : cols, why,
+                        out, err);
+    if ((st = bind_mat(m, role, layer, expert, rows, cols, why, out, err)) != MC_OK)
         return st;
-    return MC_OK;
+    return dim == 0 ? mat_rows(m, out, b, n, err) : dim == 1 ? mat_cols(m, out, b, n, err) : MC_OK;
 }
 
 /* Binds a 1-D tensor of n elements as an owned f32 copy. */
@@ -256,14 +261,22 @@ static mc_status bind_vec(mc_model *m, mc_tensor_role role, int layer, int n, co
     return MC_OK;
 }
 
+/* A SwiGLU FFN of width `inter`; with `split`, column-then-row over the tp
+ * ranks: gate/up keep rows [i0, i0+ni), down the same columns. */
 static mc_status bind_ffn(mc_model *m, int layer, int expert, mc_tensor_role gate, int inter,
-                          const char *why, mc_ffn_w *f, mc_err *err)
+                          bool split, const char *why, mc_ffn_w *f, mc_err *err)
 {
-    int H = m->d.hidden;
+    int H = m->d.hidden, i0 = 0, ni = inter;
+    if (split)
+        mc_split(inter, m->lay.tp, m->lay.tp_rank, &i0, &ni);
+    int rd = split ? 0 : -1, cd = split ? 1 : -1;
     mc_status st;
-    if ((st = bind_mat(m, gate, layer, expert, inter, H, why, &f->gate, err)) != MC_OK ||
-        (st = bind_mat(m, gate + 1, layer, expert, inter, H, why, &f->up, err)) != MC_OK ||
-        (st = bind_mat(m, gate + 2, layer, expert, H, inter, why, &f->down, err)) != MC_OK)
+    if ((st = bind_part(m, gate, layer, expert, inter, H, rd, i0, ni, why, &f->gate, err)) !=
+            MC_OK ||
+        (st = bind_part(m, gate + 1, layer, expert, inter, H, rd, i0, ni, why, &f->up, err)) !=
+            MC_OK ||
+        (st = bind_part(m, gate + 2, layer, expert, H, inter, cd, i0, ni, why, &f->down, err)) !=
+            MC_OK)
         return st;
     return MC_OK;
 }
@@ -274,7 +287,10 @@ static mc_status bind_ffn(mc_model *m, int layer, int expert, mc_tensor_role gat
 static mc_status bind_fused_experts(mc_model *m, int l, mc_ffn_w *experts, mc_err *err)
 {
     const mc_model_desc *d = &m->d;
-    int E = d->n_experts, I = d->moe_inter, H = d->hidden;
+    /* a shard holds only this rank's experts: [expert1 - expert0, ...] */
+    int e_base = m->shards ? m->lay.expert0 : 0;
+    int E = m->shards ? m->lay.expert1 - m->lay.expert0 : d->n_experts;
+    int I = d->moe_inter, H = d->hidden;
     bool io = d->expert_layout == MC_EXPERTS_FUSED_IO;
     char name[512];
     const st_tensor *gu, *dn;
@@ -298,8 +314,8 @@ static mc_status bind_fused_experts(mc_model *m, int l, mc_ffn_w *experts, mc_er
     size_t es = mc_dtype_size(gu->dtype), esd = mc_dtype_size(dn->dtype);
     size_t slab = (size_t)2 * I * H, dslab = (size_t)H * I;
     for (int e = m->lay.expert0; e < m->lay.expert1; e++) {
-        const unsigned char *g0 = (const unsigned char *)gu->data + (size_t)e * slab * es;
-        const unsigned char *d0 = (const unsigned char *)dn->data + (size_t)e * dslab * esd;
+        const unsigned char *g0 = (const unsigned char *)gu->data + (size_t)(e - e_base) * slab * es;
+        const unsigned char *d0 = (const unsigned char *)dn->data + (size_t)(e - e_base) * dslab * esd;
         mc_mat g = {.dtype = gu->dtype, .rows = I, .cols = H, .transposed = io};
         mc_mat u = g;
         if (io) { /* stored [H, 2I]: gate columns [0, I), up columns [I, 2I) */
@@ -342,24 +358,20 @@ static mc_status bind_layer(mc_model *m, int l, mc_err *err)
         if (d->q_lora_rank > 0) {
             TRY(bind_mat(m, MC_T_Q_A, l, 0, d->q_lora_rank, H, "q_lora_rank x hidden_size", &w->q_a, err));
             TRY(bind_vec(m, MC_T_Q_A_NORM, l, d->q_lora_rank, "q_lora_rank", &w->q_a_norm, err));
-            TRY(bind_mat(m, MC_T_Q_B, l, 0, nh * qk, d->q_lora_rank,
-                         "heads*(qk_nope+qk_rope) x q_lora_rank", &w->q_b, err));
-            TRY(mat_rows(m, &w->q_b, h0 * qk, nhl * qk, err));
+            TRY(bind_part(m, MC_T_Q_B, l, 0, nh * qk, d->q_lora_rank, 0, h0 * qk, nhl * qk,
+                          "heads*(qk_nope+qk_rope) x q_lora_rank", &w->q_b, err));
         } else {
-            TRY(bind_mat(m, MC_T_Q, l, 0, nh * qk, H, "heads*(qk_nope+qk_rope) x hidden_size",
-                         &w->q_proj, err));
-            TRY(mat_rows(m, &w->q_proj, h0 * qk, nhl * qk, err));
+            TRY(bind_part(m, MC_T_Q, l, 0, nh * qk, H, 0, h0 * qk, nhl * qk,
+                          "heads*(qk_nope+qk_rope) x hidden_size", &w->q_proj, err));
         }
         /* the latent (kv_a) is shared by all heads: every tp rank computes it */
         TRY(bind_mat(m, MC_T_KV_A, l, 0, d->kv_lora_rank + d->qk_rope_dim, H,
                      "(kv_lora_rank+qk_rope_head_dim) x hidden_size", &w->kv_a, err));
         TRY(bind_vec(m, MC_T_KV_A_NORM, l, d->kv_lora_rank, "kv_lora_rank", &w->kv_a_norm, err));
-        TRY(bind_mat(m, MC_T_KV_B, l, 0, nh * kvb, d->kv_lora_rank,
-                     "heads*(qk_nope+v_head_dim) x kv_lora_rank", &w->kv_b, err));
-        TRY(mat_rows(m, &w->kv_b, h0 * kvb, nhl * kvb, err));
-        TRY(bind_mat(m, MC_T_O, l, 0, H, nh * d->v_head_dim, "hidden_size x heads*v_head_dim",
-                     &w->wo, err));
-        TRY(mat_cols(m, &w->wo, h0 * d->v_head_dim, nhl * d->v_head_dim, err));
+        TRY(bind_part(m, MC_T_KV_B, l, 0, nh * kvb, d->kv_lora_rank, 0, h0 * kvb, nhl * kvb,
+                      "heads*(qk_nope+v_head_dim) x kv_lora_rank", &w->kv_b, err));
+        TRY(bind_part(m, MC_T_O, l, 0, H, nh * d->v_head_dim, 1, h0 * d->v_head_dim,
+                      nhl * d->v_head_dim, "hidden_size x heads*v_head_dim", &w->wo, err));
         if (d->index_topk > 0) { /* the indexer picks tokens for all heads: not split */
             int ih = d->index_n_heads, id = d->index_head_dim;
             TRY(bind_mat(m, MC_T_IDX_WQ_B, l, 0, ih * id, d->q_lora_rank,
@@ -372,15 +384,16 @@ static mc_status bind_layer(mc_model *m, int l, mc_err *err)
                          &w->idx_weights, err));
         }
     } else {
-        int hd = d->head_dim, nkv = d->n_kv_heads;
-        TRY(bind_mat(m, MC_T_Q, l, 0, nh * hd, H, "heads*head_dim x hidden_size", &w->wq, err));
-        TRY(bind_mat(m, MC_T_K, l, 0, nkv * hd, H, "kv_heads*head_dim x hidden_size", &w->wk, err));
-        TRY(bind_mat(m, MC_T_V, l, 0, nkv * hd, H, "kv_heads*head_dim x hidden_size", &w->wv, err));
-        TRY(bind_mat(m, MC_T_O, l, 0, H, nh * hd, "hidden_size x heads*head_dim", &w->wo, err));
-        TRY(mat_rows(m, &w->wq, h0 * hd, nhl * hd, err));
-        TRY(mat_rows(m, &w->wk, lay->kv_head0 * hd, lay->n_kv_heads * hd, err));
-        TRY(mat_rows(m, &w->wv, lay->kv_head0 * hd, lay->n_kv_heads * hd, err));
-        TRY(mat_cols(m, &w->wo, h0 * hd, nhl * hd, err));
+        int hd = d->head_dim, nkv = d->n_kv_heads, g0 = lay->kv_head0 * hd;
+        int ng = lay->n_kv_heads * hd;
+        TRY(bind_part(m, MC_T_Q, l, 0, nh * hd, H, 0, h0 * hd, nhl * hd,
+                      "heads*head_dim x hidden_size", &w->wq, err));
+        TRY(bind_part(m, MC_T_K, l, 0, nkv * hd, H, 0, g0, ng, "kv_heads*head_dim x hidden_size",
+                      &w->wk, err));
+        TRY(bind_part(m, MC_T_V, l, 0, nkv * hd, H, 0, g0, ng, "kv_heads*head_dim x hidden_size",
+                      &w->wv, err));
+        TRY(bind_part(m, MC_T_O, l, 0, H, nh * hd, 1, h0 * hd, nhl * hd,
+                      "hidden_size x heads*head_dim", &w->wo, err));
         if (d->qk_norm) {
             TRY(bind_vec(m, MC_T_Q_NORM, l, hd, "head_dim", &w->q_norm, err));
             TRY(bind_vec(m, MC_T_K_NORM, l, hd, "head_dim", &w->k_norm, err));
@@ -388,8 +401,8 @@ static mc_status bind_layer(mc_model *m, int l, mc_err *err)
     }
     w->moe = d->layer_moe[l];
     if (!w->moe) {
-        TRY(bind_ffn(m, l, 0, MC_T_DENSE_GATE, d->dense_inter, "intermediate_size", &w->dense, err));
-        TRY(ffn_split(m, &w->dense, d->dense_inter, err));
+        TRY(bind_ffn(m, l, 0, MC_T_DENSE_GATE, d->dense_inter, true, "intermediate_size",
+                     &w->dense, err));
         return MC_OK;
     }
     TRY(bind_mat(m, MC_T_ROUTER, l, 0, d->n_experts, H, "n_experts x hidden_size", &w->router, err));
@@ -401,16 +414,15 @@ static mc_status bind_layer(mc_model *m, int l, mc_err *err)
         return mc_err_set(err, MC_ERR_NOMEM, "out of memory");
     if (d->expert_layout == MC_EXPERTS_SEPARATE) {
         for (int e = lay->expert0; e < lay->expert1; e++)
-            TRY(bind_ffn(m, l, e, MC_T_EXPERT_GATE, d->moe_inter, "moe_intermediate_size",
+            TRY(bind_ffn(m, l, e, MC_T_EXPERT_GATE, d->moe_inter, false, "moe_intermediate_size",
                          &w->experts[e], err));
     } else {
         TRY(bind_fused_experts(m, l, w->experts, err));
     }
     if (d->n_shared_experts > 0) {
         w->has_shared = true;
-        TRY(bind_ffn(m, l, 0, MC_T_SHARED_GATE, d->shared_inter,
+        TRY(bind_ffn(m, l, 0, MC_T_SHARED_GATE, d->shared_inter, true,
                      "moe_intermediate_size*n_shared_experts", &w->shared, err));
-        TRY(ffn_split(m, &w->shared, d->shared_inter, err));
     }
 #undef TRY
     return MC_OK;
@@ -444,17 +456,15 @@ static mc_status bind_share(mc_model *m, const char *dir, mc_err *err)
     if (d->family == MC_FAM_DEEPSEEK_V4)
         return mc_v4_load(m, err);
     bool first = lay->stage == 0, last = lay->stage == lay->pp - 1;
-    if (first && (st = bind_mat(m, MC_T_EMBED, 0, 0, d->vocab, d->hidden,
-                                "vocab_size x hidden_size", &m->embed, err)) != MC_OK)
+    /* embedding and LM head: this tp rank's vocabulary rows */
+    int vd = lay->tp > 1 ? 0 : -1, v0 = lay->vocab0, nv = lay->n_vocab;
+    if (first && (st = bind_part(m, MC_T_EMBED, 0, 0, d->vocab, d->hidden, vd, v0, nv,
+                                 "vocab_size x hidden_size", &m->embed, err)) != MC_OK)
         return st;
     if (last) {
-        if (d->tie_embeddings)
-            st = bind_mat(m, MC_T_EMBED, 0, 0, d->vocab, d->hidden, "vocab_size x hidden_size",
-                          &m->lm_head, err);
-        else
-            st = bind_mat(m, MC_T_LM_HEAD, 0, 0, d->vocab, d->hidden, "vocab_size x hidden_size",
-                          &m->lm_head, err);
-        if (st != MC_OK || (st = mat_rows(m, &m->lm_head, lay->vocab0, lay->n_vocab, err)) != MC_OK)
+        st = bind_part(m, d->tie_embeddings ? MC_T_EMBED : MC_T_LM_HEAD, 0, 0, d->vocab, d->hidden,
+                       vd, v0, nv, "vocab_size x hidden_size", &m->lm_head, err);
+        if (st != MC_OK)
             return st;
         if ((st = bind_vec(m, MC_T_FINAL_NORM, 0, d->hidden, "hidden_size", &m->final_norm,
                            err)) != MC_OK)
@@ -471,65 +481,136 @@ static mc_status bind_share(mc_model *m, const char *dir, mc_err *err)
     return MC_OK;
 }
 
-mc_status mc_model_load(const char *dir, mc_model **out, mc_err *err)
+/* A shard set (`moecluster shard`): DIR/manifest.json and DIR/plan.json. */
+static bool is_shard_set(const char *dir)
 {
-    *out = NULL;
-    mc_model *m = calloc(1, sizeof *m);
-    if (!m)
-        return mc_err_set(err, MC_ERR_NOMEM, "out of memory");
-    parse_fault(m);
-    mc_status st = mc_model_desc_load(dir, &m->d, err);
-    if (st != MC_OK)
-        goto fail;
-    mc_layout_single(&m->d, &m->lay);
-    m->owns_world = true;
-    if (mc_comm_self_create(&m->world) != MC_OK || mc_comm_self_create(&m->tp_comm) != MC_OK ||
-        mc_comm_self_create(&m->ep_comm) != MC_OK || mc_comm_self_create(&m->pp_comm) != MC_OK) {
-        st = mc_err_set(err, MC_ERR_NOMEM, "out of memory");
-        goto fail;
+    char path[4200];
+    snprintf(path, sizeof path, "%s/manifest.json", dir);
+    return access(path, F_OK) == 0;
+}
+
+/* The layout a shard set was cut for (plan.json: cluster.tp/ep/pp), and a
+ * check that the plan's entry for `rank` holds what mc_layout_make says. */
+static mc_status shard_layout(const char *dir, const mc_layout *l, int *tp, int *ep, int *pp,
+                              mc_err *err)
+{
+    char path[4200];
+    snprintf(path, sizeof path, "%s/plan.json", dir);
+    json_error_t je;
+    json_t *p = json_load_file(path, 0, &je);
+    if (!p)
+        return mc_err_set(err, MC_ERR_FORMAT, "%s: %s (line %d)", path, je.text, je.line);
+    json_t *c = json_object_get(p, "cluster");
+    int v[3] = {0, 0, 0};
+    const char *keys[3] = {"tp", "ep", "pp"};
+    mc_status st = MC_OK;
+    for (int i = 0; i < 3 && st == MC_OK; i++) {
+        json_t *x = json_object_get(c, keys[i]);
+        if (!json_is_integer(x) || json_integer_value(x) < 1 || json_integer_value(x) > (1 << 20))
+            st = mc_err_set(err, MC_ERR_FORMAT, "%s: cluster.%s is missing or not a positive integer",
+                            path, keys[i]);
+        else
+            v[i] = (int)json_integer_value(x);
     }
-    if ((st = bind_share(m, dir, err)) != MC_OK)
-        goto fail;
-    *out = m;
-    return MC_OK;
-fail:
-    mc_model_free(m);
+    if (st == MC_OK && l) { /* second pass: the plan's entry for this rank */
+        json_t *r = json_array_get(json_object_get(p, "ranks"), (size_t)l->rank);
+        json_t *ly = json_object_get(r, "layers"), *ex = json_object_get(r, "experts");
+        long long lb = json_integer_value(json_array_get(ly, 0));
+        long long le = json_integer_value(json_array_get(ly, 1));
+        long long eb = json_integer_value(json_array_get(ex, 0));
+        long long ee = json_integer_value(json_array_get(ex, 1));
+        if (lb != l->layer0 || le != l->layer1 || (l->expert1 > l->expert0 && (eb != l->expert0 ||
+                                                                              ee != l->expert1)))
+            st = mc_err_set(err, MC_ERR_CONFIG,
+                            "%s: rank %d holds layers [%lld, %lld) and experts [%lld, %lld) in the "
+                            "plan, but the workers' layout gives layers [%d, %d) and experts [%d, "
+                            "%d); re-run `moecluster shard`",
+                            path, l->rank, lb, le, eb, ee, l->layer0, l->layer1, l->expert0,
+                            l->expert1);
+    }
+    json_decref(p);
+    *tp = v[0];
+    *ep = v[1];
+    *pp = v[2];
     return st;
 }
 
-mc_status mc_model_load_dist(const char *dir, mc_comm *world, int tp, int ep, int pp,
-                             mc_model **out, mc_err *err)
+/* Loads this rank's share; collective over world when world has several
+ * ranks (agreement before the communicator splits and after binding). */
+static mc_status load(const char *dir, mc_comm *world, bool owns_world, int tp, int ep, int pp,
+                      mc_model **out, mc_err *err)
 {
     *out = NULL;
     mc_model *m = calloc(1, sizeof *m);
+    int rank = mc_comm_rank(world), n = mc_comm_size(world);
+    char rdir[4300];
+    snprintf(rdir, sizeof rdir, "%s", dir);
     mc_status st = m ? MC_OK : mc_err_set(err, MC_ERR_NOMEM, "out of memory");
     if (m) {
         parse_fault(m);
         m->world = world;
-        st = mc_model_desc_load(dir, &m->d, err);
+        m->owns_world = owns_world;
+        m->shards = is_shard_set(dir);
+    }
+    if (st == MC_OK && m->shards) {
+        /* a shard set decides the layout; options may only repeat it */
+        int stp, sep, spp;
+        st = mc_shard_rank_dir(dir, rank, n, rdir, sizeof rdir, err);
+        if (st == MC_OK)
+            st = shard_layout(dir, NULL, &stp, &sep, &spp, err);
+        if (st == MC_OK && ((tp > 0 && tp != stp) || (ep > 0 && ep != sep) || (pp > 0 && pp != spp)))
+            st = mc_err_set(err, MC_ERR_ARG,
+                            "%s was cut for --tp %d --ep %d --pp %d; leave the options out or "
+                            "repeat them",
+                            dir, stp, sep, spp);
+        tp = stp;
+        ep = sep;
+        pp = spp;
     }
     if (st == MC_OK)
-        st = mc_layout_make(&m->d, mc_comm_size(world), mc_comm_rank(world), tp, ep, pp, &m->lay,
-                            err);
+        st = mc_model_desc_load(rdir, &m->d, err);
+    if (st == MC_OK)
+        st = mc_layout_make(&m->d, n, rank, tp, ep, pp, &m->lay, err);
+    if (st == MC_OK && m->shards) {
+        int a, b, c;
+        st = shard_layout(dir, &m->lay, &a, &b, &c, err);
+    }
     /* every rank must reach the splits below, or none */
     if ((st = mc_par_agree(world, st, err)) != MC_OK)
         goto fail;
     if ((st = mc_par_comms(world, &m->lay, &m->tp_comm, &m->ep_comm, &m->pp_comm, err)) != MC_OK)
         goto fail;
-    st = bind_share(m, dir, err);
+    st = bind_share(m, rdir, err);
     if ((st = mc_par_agree(world, st, err)) != MC_OK)
         goto fail;
     const mc_layout *l = &m->lay;
     MC_DEBUG("rank %d: stage %d (layers %d..%d), tp %d/%d, dp %d/%d, ep %d/%d (experts %d..%d), "
-             "heads %d..%d, vocab %d..%d",
+             "heads %d..%d, vocab %d..%d%s",
              l->rank, l->stage, l->layer0, l->layer1 - 1, l->tp_rank, l->tp, l->dp_rank, l->dp,
              l->ep_rank, l->ep, l->expert0, l->expert1 - 1, l->head0, l->head0 + l->n_heads - 1,
-             l->vocab0, l->vocab0 + l->n_vocab - 1);
+             l->vocab0, l->vocab0 + l->n_vocab - 1, m->shards ? " (shard set)" : "");
     *out = m;
     return MC_OK;
 fail:
-    mc_model_free(m);
+    if (!m && owns_world)
+        mc_comm_free(world);
+    mc_model_free(m); /* frees an owned world */
     return st;
+}
+
+mc_status mc_model_load(const char *dir, mc_model **out, mc_err *err)
+{
+    mc_comm *self = NULL;
+    *out = NULL;
+    if (mc_comm_self_create(&self) != MC_OK)
+        return mc_err_set(err, MC_ERR_NOMEM, "out of memory");
+    return load(dir, self, true, 0, 0, 0, out, err);
+}
+
+mc_status mc_model_load_dist(const char *dir, mc_comm *world, int tp, int ep, int pp,
+                             mc_model **out, mc_err *err)
+{
+    return load(dir, world, false, tp, ep, pp, out, err);
 }
 
 /* ---- KV cache ---- */

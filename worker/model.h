@@ -73,20 +73,24 @@ typedef struct mc_model {
     mc_comm *world;      /* borrowed from mc_model_load_dist's caller, or owned (single process) */
     mc_comm *tp_comm, *ep_comm, *pp_comm; /* owned */
     bool owns_world;
+    bool shards;         /* loaded from a `moecluster shard` set: tensors stored pre-cut */
     mc_stat_row *stats;  /* MC_STAT_ROWS(n_layers) rows, NULL unless enabled */
     struct { int rank, layer; char mode[8]; } fault; /* MC_FAULT_INJECT, rank -1 = off */
 } mc_model;
 
 /* Loads DIR/config.json and the checkpoint in DIR, checks every tensor the
  * description implies (presence, shape, dtype, FP8 scales). The whole model,
- * one process. */
+ * one process (DIR may also be a shard set cut for one rank). */
 mc_status mc_model_load(const char *dir, mc_model **out, mc_err *err);
 
 /* Collective over world: every rank loads its share of the model under the
  * layout (tp, ep, pp; <= 0 = default, see mc_layout_make) and binds only
- * its own tensors. Fails on every rank when it fails on any (see
- * mc_par_agree for which rank keeps the message). world must outlive the
- * model. */
+ * its own tensors. DIR is a checkpoint (each rank reads only its tensors
+ * from it) or a shard set written by `moecluster shard` (DIR/plan.json,
+ * DIR/rank-NNNNN/: each rank reads its own folder; the layout is the
+ * plan's, and tp/ep/pp given here must agree with it). Fails on every rank
+ * when it fails on any (see mc_par_agree for which rank keeps the message).
+ * world must outlive the model. */
 mc_status mc_model_load_dist(const char *dir, mc_comm *world, int tp, int ep, int pp,
                              mc_model **out, mc_err *err);
 void mc_model_free(mc_model *m);

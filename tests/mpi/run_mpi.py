@@ -14,6 +14,8 @@ commands:
                            computed token-expert pairs balance
   fault MODE               one rank exits / crashes / hangs mid-run: the job ends
                            non-zero within a bound, naming the rank and host
+  shards MODEL CLUSTER N   `moecluster shard` for a cluster config, then `score` from
+                           the shard set on N ranks matches the reference
 """
 import argparse
 import json
@@ -212,6 +214,33 @@ def cmd_fault(a, rest):
     check(bool(named), f"{mode}: the error names the rank and host", se)
 
 
+def cmd_shards(a, rest):
+    model, cluster, n = rest[0], rest[1], int(rest[2])
+    out = os.path.join(a.work, f"shards_{model}_{os.path.basename(cluster)}")
+    rc, so, se, dt = run([a.moecluster, "shard", "--model", model_dir(a, model), "--cluster",
+                          cluster, "--out", out])
+    check(rc == 0, f"shard {model} for {os.path.basename(cluster)} ({dt:.1f} s)", se)
+    if rc != 0:
+        return
+    d = model_dir(a, model)
+    golden = os.path.join(d, "golden.safetensors")
+    logits = os.path.join(a.work, f"shards_{model}.safetensors")
+    cmd = mpi_prefix(a, n) + [a.moecluster, "score", "--model", out, "--input", golden,
+                              "--output", logits]
+    rc, so, se, dt = run(cmd, env=mpi_env())
+    check(rc == 0, f"score from the shard set on {n} ranks ({dt:.1f} s)", se)
+    if rc == 0:
+        p = subprocess.run([a.compare, logits, golden, "1e-4", "0.99"], capture_output=True,
+                           text=True)
+        sys.stdout.write(p.stdout)
+        check(p.returncode == 0, "logits from the shard set match the reference", p.stderr)
+    # the wrong rank count, and options that contradict the plan, are refused
+    rc, so, se, dt = run(mpi_prefix(a, n // 2) + cmd[len(mpi_prefix(a, n)):], env=mpi_env())
+    check(rc != 0 and f"use mpirun -np {n}" in se, f"shard set on {n // 2} ranks refused", se)
+    rc, so, se, dt = run(cmd + ["--pp", "2"], env=mpi_env())
+    check(rc != 0 and "was cut for" in se, "--pp that contradicts the shard plan refused", se)
+
+
 def main():
     ap = argparse.ArgumentParser()
     for f in ("mpirun", "moecluster", "compare", "fixtures", "work"):
@@ -221,7 +250,7 @@ def main():
     a = ap.parse_args()
     os.makedirs(a.work, exist_ok=True)
     {"exec": cmd_exec, "score": cmd_score, "refuse": cmd_refuse, "generate": cmd_generate,
-     "stats": cmd_stats, "fault": cmd_fault}[a.command](a, a.rest)
+     "stats": cmd_stats, "fault": cmd_fault, "shards": cmd_shards}[a.command](a, a.rest)
     print(f"{failures} failure(s)")
     return 1 if failures else 0
 
