@@ -10,6 +10,7 @@ int mc_cmd_plan(int argc, char **argv);
 int mc_cmd_synth(int argc, char **argv);
 int mc_cmd_shard(int argc, char **argv);
 int mc_cmd_verify(int argc, char **argv);
+int mc_cmd_bench(int argc, char **argv);
 
 /* Strict numeric parsing for flags: the whole string must be a number in
  * [lo, hi]; prints "moecluster CMD: --flag: ..." and returns -1 otherwise. */

@@ -25,6 +25,7 @@ static const command commands[] = {
     {"synth", mc_cmd_synth, "write a random-weight checkpoint of a real model's shape"},
     {"shard", mc_cmd_shard, "cut a checkpoint into per-rank folders following the plan"},
     {"verify", mc_cmd_verify, "re-check the checksums of a shard folder"},
+    {"bench", mc_cmd_bench, "prefill/decode speed, weight bytes per step, bandwidth and FMA probes"},
 };
 
 static void usage(FILE *out)

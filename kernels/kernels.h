@@ -103,6 +103,8 @@ int mc_kernels_threads(void);
  * mc_mat_row_f32 (one row per call) from now on (on != 0), from zero. */
 void mc_kernels_count_bytes(int on);
 uint64_t mc_kernels_bytes_read(void);
+/* Multiply-adds done by mc_matmul since counting was switched on. */
+uint64_t mc_kernels_macs(void);
 
 /* Read-only stream over a fresh buffer of `bytes` (use >> last-level cache)
  * with `threads` threads for about `seconds`; returns the best pass in GB/s

@@ -102,7 +102,7 @@ static void widen(mc_dtype dt, const void *src, int n, float *dst)
 /* R weight rows (stored type DT, row pointers wr) x T tokens (x rows ldx
  * apart) over K columns; y[t*ldy + r] gets the dot products. */
 AI void tile(int DT, int R, int T, const unsigned char *const *wr, const float *x, int ldx, int K,
-             float *y, int ldy)
+             float *y, int ldy, int PF)
 {
     __m512 acc[4][4];
 #pragma GCC unroll 4
@@ -118,6 +118,9 @@ AI void tile(int DT, int R, int T, const unsigned char *const *wr, const float *
             xv[t] = _mm512_loadu_ps(x + (size_t)t * ldx + k);
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
+            if (PF && (k & (64 / (int)mc_dtype_size((mc_dtype)DT) - 1)) == 0) /* once per line */
+                _mm_prefetch((const char *)(wr[r] + mc_dtype_size((mc_dtype)DT) * (size_t)k + PF),
+                             _MM_HINT_T0);
             __m512 wv = ld16(DT, wr[r], (size_t)k);
 #pragma GCC unroll 4
             for (int t = 0; t < T; t++)
@@ -155,23 +158,26 @@ AI void tile(int DT, int R, int T, const unsigned char *const *wr, const float *
             y[(size_t)t * ldy + r] = _mm512_reduce_add_ps(acc[r][t]);
 }
 
-#define TILE_T(DT, R, wr, x, ldx, K, y, ldy, T)                                                    \
+/* PF: prefetch distance in bytes for weights streamed from memory (0 for a panel) */
+#define TILE_T(DT, R, wr, x, ldx, K, y, ldy, T, PF)                                                \
     do {                                                                                           \
         switch (T) {                                                                               \
         case 1:                                                                                    \
-            tile(DT, R, 1, wr, x, ldx, K, y, ldy);                                                 \
+            tile(DT, R, 1, wr, x, ldx, K, y, ldy, PF);                                             \
             break;                                                                                 \
         case 2:                                                                                    \
-            tile(DT, R, 2, wr, x, ldx, K, y, ldy);                                                 \
+            tile(DT, R, 2, wr, x, ldx, K, y, ldy, PF);                                             \
             break;                                                                                 \
         case 3:                                                                                    \
-            tile(DT, R, 3, wr, x, ldx, K, y, ldy);                                                 \
+            tile(DT, R, 3, wr, x, ldx, K, y, ldy, PF);                                             \
             break;                                                                                 \
         default:                                                                                   \
-            tile(DT, R, 4, wr, x, ldx, K, y, ldy);                                                 \
+            tile(DT, R, 4, wr, x, ldx, K, y, ldy, PF);                                             \
             break;                                                                                 \
         }                                                                                          \
     } while (0)
+
+
 
 /* rows [r0, r1) x all n tokens, weights widened on the fly */
 AI void stream_rows(int DT, const mc_mat *w, const float *x, int n, int ldx, float *y, int ldy,
@@ -180,17 +186,44 @@ AI void stream_rows(int DT, const mc_mat *w, const float *x, int n, int ldx, flo
     size_t es = mc_dtype_size((mc_dtype)DT);
     int K = w->cols;
     int o = r0;
+    int pf = 0;
+    if (n == 1) {
+        /* One token: one row at a time, four accumulators along the row. A
+         * single sequential stream per thread is what the hardware
+         * prefetchers follow best (4 concurrent rows, each often one 4 KiB
+         * page, reach only ~60% of the bandwidth here). */
+        for (; o < r1; o++) {
+            const unsigned char *p = (const unsigned char *)w->data + (size_t)o * w->row_stride * es;
+            __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            int k = 0;
+            for (; k + 64 <= K; k += 64) {
+                a0 = _mm512_fmadd_ps(ld16(DT, p, (size_t)k), _mm512_loadu_ps(x + k), a0);
+                a1 = _mm512_fmadd_ps(ld16(DT, p, (size_t)k + 16), _mm512_loadu_ps(x + k + 16), a1);
+                a2 = _mm512_fmadd_ps(ld16(DT, p, (size_t)k + 32), _mm512_loadu_ps(x + k + 32), a2);
+                a3 = _mm512_fmadd_ps(ld16(DT, p, (size_t)k + 48), _mm512_loadu_ps(x + k + 48), a3);
+            }
+            for (; k + 16 <= K; k += 16)
+                a0 = _mm512_fmadd_ps(ld16(DT, p, (size_t)k), _mm512_loadu_ps(x + k), a0);
+            float s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+            for (; k < K; k++)
+                s += ld1(DT, p, (size_t)k) * x[k];
+            y[o] = s;
+        }
+        return;
+    }
     for (; o + 4 <= r1; o += 4) {
         const unsigned char *wr[4];
         for (int r = 0; r < 4; r++)
             wr[r] = (const unsigned char *)w->data + (size_t)(o + r) * w->row_stride * es;
         for (int t0 = 0; t0 < n; t0 += 4)
-            TILE_T(DT, 4, wr, x + (size_t)t0 * ldx, ldx, K, y + (size_t)t0 * ldy + o, ldy, n - t0);
+            TILE_T(DT, 4, wr, x + (size_t)t0 * ldx, ldx, K, y + (size_t)t0 * ldy + o, ldy, n - t0,
+                   pf);
     }
     for (; o < r1; o++) {
         const unsigned char *wr[1] = {(const unsigned char *)w->data + (size_t)o * w->row_stride * es};
         for (int t0 = 0; t0 < n; t0 += 4)
-            TILE_T(DT, 1, wr, x + (size_t)t0 * ldx, ldx, K, y + (size_t)t0 * ldy + o, ldy, n - t0);
+            TILE_T(DT, 1, wr, x + (size_t)t0 * ldx, ldx, K, y + (size_t)t0 * ldy + o, ldy, n - t0,
+                   pf);
     }
 }
 
@@ -244,10 +277,10 @@ static void packed_rows(const mc_mat *w, const float *x, int n, int ldx, float *
                 float *yt = y + (size_t)(t0b + t0) * ldy + o;
                 const float *xt = xb + (size_t)t0 * ldx;
                 if (R == 4) {
-                    TILE_T(MC_DT_F32, 4, wr, xt, ldx, K, yt, ldy, tn - t0);
+                    TILE_T(MC_DT_F32, 4, wr, xt, ldx, K, yt, ldy, tn - t0, 0);
                 } else {
                     for (int r = 0; r < R; r++)
-                        TILE_T(MC_DT_F32, 1, (wr + r), xt, ldx, K, yt + r, ldy, tn - t0);
+                        TILE_T(MC_DT_F32, 1, (wr + r), xt, ldx, K, yt + r, ldy, tn - t0, 0);
                 }
             }
         }

@@ -242,15 +242,17 @@ mc_pool *mc_kernels_pool(void)
 /* ---- bytes read (bench) ---- */
 
 static atomic_int g_count_on;
-static atomic_ullong g_bytes;
+static atomic_ullong g_bytes, g_macs;
 
 void mc_kernels_count_bytes(int on)
 {
     atomic_store(&g_bytes, 0);
+    atomic_store(&g_macs, 0);
     atomic_store(&g_count_on, on);
 }
 
 uint64_t mc_kernels_bytes_read(void) { return atomic_load(&g_bytes); }
+uint64_t mc_kernels_macs(void) { return atomic_load(&g_macs); }
 
 static inline void count(size_t b)
 {
@@ -354,6 +356,9 @@ void mc_matmul(const mc_mat *w, const float *x, int n, int ldx, float *y, int ld
     if (n <= 0 || w->rows <= 0)
         return;
     count(mc_mat_weight_bytes(w));
+    if (atomic_load_explicit(&g_count_on, memory_order_relaxed))
+        atomic_fetch_add_explicit(&g_macs, (uint64_t)w->rows * (uint64_t)w->cols * (uint64_t)n,
+                                  memory_order_relaxed);
     const mc_kops *ops = mc_kops_current();
     mm_job j = {.ops = ops, .w = w, .x = x, .n = n, .ldx = ldx, .ldy = ldy, .y = y};
     mc_qact qa;

@@ -1,0 +1,314 @@
+/* cmd_bench.c - `moecluster bench`: prefill and decode speed of a model on
+ * this machine, the weight bytes a decode step reads, and the memory
+ * bandwidth and FMA peak probed in the same process, so the achieved
+ * fraction of each is measured, not assumed (docs/kernels.md).
+ *
+ * Prefill: one sequence of --prompt-len tokens in one forward pass (logits
+ * of the last position). Decode: --gen-len steps of --batch tokens each,
+ * appended to that sequence in one forward pass per step (logits for all
+ * of them): a step reads every weight it needs once for the whole batch,
+ * exactly as a batch of independent sequences would; only the attention
+ * over the cache differs (one sequence instead of B). */
+#include "cli.h"
+#include "kernels.h"
+#include "log.h"
+#include "model.h"
+#include "model_quant.h"
+
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static void bench_usage(FILE *out)
+{
+    fprintf(out,
+            "usage: moecluster bench --model DIR [--batch B] [--prompt-len N] [--gen-len M]\n"
+            "                        [--threads T] [--weights q8_0|q4_k|bf16] [--kernels PATH]\n"
+            "                        [--probe-mib S] [--json]\n\n"
+            "  --model       checkpoint folder (config.json + safetensors)\n"
+            "  --batch       tokens per decode step (default 1)\n"
+            "  --prompt-len  prefill length (default 128)\n"
+            "  --gen-len     decode steps (default 32)\n"
+            "  --threads     threads for the matrix products (default: MC_THREADS or all CPUs)\n"
+            "  --weights     quantize expert and dense matrices at load time (default: as stored)\n"
+            "  --kernels     scalar | avx2 | avx512 (default: MC_KERNELS or the best the CPU has)\n"
+            "  --probe-mib   buffer of the bandwidth probe in MiB (default 1024)\n"
+            "  --json        one JSON object instead of text\n");
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void cpu_model(char *buf, size_t len)
+{
+    snprintf(buf, len, "unknown");
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    if (!f)
+        return;
+    char line[512];
+    while (fgets(line, sizeof line, f))
+        if (!strncmp(line, "model name", 10)) {
+            char *c = strchr(line, ':');
+            if (c) {
+                c++;
+                while (*c == ' ')
+                    c++;
+                c[strcspn(c, "\n")] = 0;
+                snprintf(buf, len, "%s", c);
+            }
+            break;
+        }
+    fclose(f);
+}
+
+/* Reads one byte per page of a matrix so that page faults of the mapping
+ * happen before the clock starts. */
+static unsigned warm_mat(const mc_mat *w)
+{
+    if (!w->data || w->rows <= 0)
+        return 0;
+    size_t bytes = mc_mat_weight_bytes(w);
+    if (w->transposed) /* a view into a fused tensor: the span it covers */
+        bytes = (size_t)w->cols * w->row_stride * mc_dtype_size(w->dtype);
+    const volatile unsigned char *p = w->data;
+    unsigned s = 0;
+    for (size_t i = 0; i < bytes; i += 4096)
+        s += p[i];
+    return s;
+}
+
+static unsigned warm_ffn(const mc_ffn_w *f)
+{
+    return warm_mat(&f->gate) + warm_mat(&f->up) + warm_mat(&f->down);
+}
+
+static void warm_model(const mc_model *m)
+{
+    unsigned s = warm_mat(&m->lm_head);
+    for (int l = 0; m->layers && l < m->d.n_layers; l++) {
+        const mc_layer_w *w = &m->layers[l];
+        const mc_mat *mats[] = {&w->q_a, &w->q_b, &w->q_proj, &w->kv_a, &w->kv_b, &w->wq,
+                                &w->wk,  &w->wv,  &w->wo,     &w->router};
+        for (size_t i = 0; i < sizeof mats / sizeof mats[0]; i++)
+            s += warm_mat(mats[i]);
+        if (!w->moe)
+            s += warm_ffn(&w->dense);
+        for (int e = 0; w->moe && w->experts && e < m->d.n_experts; e++)
+            s += warm_ffn(&w->experts[e]);
+        if (w->has_shared)
+            s += warm_ffn(&w->shared);
+    }
+    volatile unsigned sink = s;
+    (void)sink;
+}
+
+static int argmax(const float *v, int n)
+{
+    int b = 0;
+    for (int i = 1; i < n; i++)
+        if (v[i] > v[b])
+            b = i;
+    return b;
+}
+
+int mc_cmd_bench(int argc, char **argv)
+{
+    static const struct option opts[] = {{"model", required_argument, 0, 'm'},
+                                          {"batch", required_argument, 0, 'b'},
+                                          {"prompt-len", required_argument, 0, 'p'},
+                                          {"gen-len", required_argument, 0, 'g'},
+                                          {"threads", required_argument, 0, 't'},
+                                          {"weights", required_argument, 0, 'w'},
+                                          {"kernels", required_argument, 0, 'k'},
+                                          {"probe-mib", required_argument, 0, 'P'},
+                                          {"json", no_argument, 0, 'j'},
+                                          {"help", no_argument, 0, 'h'},
+                                          {0, 0, 0, 0}};
+    const char *dir = NULL;
+    long long batch = 1, plen = 128, glen = 32, threads = 0, probe_mib = 1024;
+    int json = 0, have_fmt = 0;
+    mc_dtype fmt = MC_DT_BF16;
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'm': dir = optarg; break;
+        case 'b':
+            if (mc_arg_int("bench", "--batch", optarg, 1, 4096, &batch))
+                return 2;
+            break;
+        case 'p':
+            if (mc_arg_int("bench", "--prompt-len", optarg, 1, 1 << 20, &plen))
+                return 2;
+            break;
+        case 'g':
+            if (mc_arg_int("bench", "--gen-len", optarg, 1, 1 << 20, &glen))
+                return 2;
+            break;
+        case 't':
+            if (mc_arg_int("bench", "--threads", optarg, 1, 1024, &threads))
+                return 2;
+            break;
+        case 'P':
+            if (mc_arg_int("bench", "--probe-mib", optarg, 1, 1 << 20, &probe_mib))
+                return 2;
+            break;
+        case 'w':
+            if (mc_weight_format_from_name(optarg, &fmt) != 0) {
+                fprintf(stderr, "moecluster bench: --weights: '%s' is not q8_0, q4_k, bf16, f16 or f32\n",
+                        optarg);
+                return 2;
+            }
+            have_fmt = 1;
+            break;
+        case 'k': {
+            mc_kpath kp;
+            if (mc_kpath_from_name(optarg, &kp) != 0) {
+                fprintf(stderr, "moecluster bench: --kernels: '%s' is not scalar, avx2 or avx512\n",
+                        optarg);
+                return 2;
+            }
+            if (mc_kernels_set_path(kp) != 0) {
+                fprintf(stderr, "moecluster bench: --kernels %s: this CPU or build lacks it\n",
+                        optarg);
+                return 2;
+            }
+            break;
+        }
+        case 'j': json = 1; break;
+        case 'h': bench_usage(stdout); return 0;
+        default: bench_usage(stderr); return 2;
+        }
+    }
+    if (optind < argc || !dir) {
+        fprintf(stderr, "moecluster bench: %s\n", dir ? "unexpected argument" : "--model is required");
+        bench_usage(stderr);
+        return 2;
+    }
+    mc_kernels_set_threads((int)threads); /* 0: MC_THREADS or the CPU count */
+    int nthreads = mc_kernels_threads();
+    mc_err err;
+    mc_err_clear(&err);
+    mc_model *m = NULL;
+    mc_kv *kv = NULL;
+    float *logits = NULL;
+    int64_t *tok = NULL;
+    int rc = 1;
+    double t0 = now_s();
+    if (mc_model_load(dir, &m, &err) != MC_OK)
+        goto fail;
+    if (m->v4) {
+        mc_err_set(&err, MC_ERR_UNSUPPORTED, "bench does not run DeepSeek-V4 models yet");
+        goto fail;
+    }
+    if (have_fmt) {
+        MC_INFO("bench: quantizing expert and dense weights to %s", mc_dtype_name(fmt));
+        if (mc_model_quantize(m, fmt, &err) != MC_OK)
+            goto fail;
+    }
+    warm_model(m);
+    double t_load = now_s() - t0;
+    const mc_model_desc *d = &m->d;
+    int V = d->vocab;
+    if ((size_t)plen + (size_t)batch * (size_t)glen > (size_t)d->max_pos * 64) {
+        mc_err_set(&err, MC_ERR_ARG, "prompt + batch x gen-len is longer than the model allows");
+        goto fail;
+    }
+    int cap = (int)(plen + batch * (glen + 1));
+    if (mc_kv_create(m, cap, &kv, &err) != MC_OK)
+        goto fail;
+    logits = malloc((size_t)batch * V * sizeof *logits);
+    tok = malloc((size_t)(plen > batch ? plen : batch) * sizeof *tok);
+    if (!logits || !tok) {
+        mc_err_set(&err, MC_ERR_NOMEM, "out of memory");
+        goto fail;
+    }
+
+    /* probes, in this process and with these threads */
+    double probe_gbps = mc_probe_read_gbps((size_t)probe_mib << 20, nthreads, 2.0);
+    double peak_gflops = mc_probe_fma_gflops(nthreads, 1.0);
+    if (probe_gbps <= 0) {
+        mc_err_set(&err, MC_ERR_NOMEM, "no memory for the %lld MiB bandwidth probe", probe_mib);
+        goto fail;
+    }
+
+    /* prefill */
+    uint64_t seed = 12345;
+    for (long long i = 0; i < plen; i++) {
+        seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+        tok[i] = (int64_t)((seed >> 33) % (uint64_t)V);
+    }
+    mc_kernels_count_bytes(1);
+    t0 = now_s();
+    if (mc_model_forward(m, kv, tok, (int)plen, logits, true, &err) != MC_OK)
+        goto fail;
+    double t_prefill = now_s() - t0;
+    double prefill_macs = (double)mc_kernels_macs();
+    int next = argmax(logits, V);
+
+    /* decode: one untimed step (first-touch of the KV and scratch), then glen timed steps */
+    for (long long b = 0; b < batch; b++)
+        tok[b] = (next + b * 7919) % V;
+    if (mc_model_forward(m, kv, tok, (int)batch, logits, false, &err) != MC_OK)
+        goto fail;
+    mc_kernels_count_bytes(1);
+    t0 = now_s();
+    for (long long s = 0; s < glen; s++) {
+        for (long long b = 0; b < batch; b++)
+            tok[b] = argmax(logits + (size_t)b * V, V);
+        if (mc_model_forward(m, kv, tok, (int)batch, logits, false, &err) != MC_OK)
+            goto fail;
+    }
+    double t_decode = now_s() - t0;
+    double bytes_step = (double)mc_kernels_bytes_read() / (double)glen;
+    mc_kernels_count_bytes(0);
+
+    double prefill_tok_s = (double)plen / t_prefill;
+    double prefill_gflops = 2.0 * prefill_macs / t_prefill / 1e9;
+    double decode_tok_s = (double)(batch * glen) / t_decode;
+    double achieved = bytes_step * (double)glen / t_decode / 1e9;
+    char cpu[256];
+    cpu_model(cpu, sizeof cpu);
+    const char *wname = have_fmt ? mc_dtype_name(fmt) : "stored";
+    const char *path = mc_kpath_name(mc_kernels_path());
+    if (json) {
+        printf("{\"model\": \"%s\", \"model_type\": \"%s\", \"layers\": %d, \"weights\": \"%s\", "
+               "\"kernels\": \"%s\", \"threads\": %d, \"batch\": %lld, \"prompt_len\": %lld, "
+               "\"gen_len\": %lld, \"prefill_tok_s\": %.4g, \"prefill_gflops\": %.4g, "
+               "\"fma_peak_gflops\": %.4g, \"prefill_fma_ratio\": %.4f, \"decode_tok_s\": %.4g, "
+               "\"bytes_per_step\": %.0f, \"bytes_per_token\": %.0f, \"achieved_gbps\": %.4g, "
+               "\"probe_gbps\": %.4g, \"bandwidth_ratio\": %.4f, \"load_s\": %.3g, "
+               "\"cpu\": \"%s\", \"cpu_features\": \"%s\"}\n",
+               dir, d->model_type, d->n_layers, wname, path, nthreads, batch, plen, glen,
+               prefill_tok_s, prefill_gflops, peak_gflops, prefill_gflops / peak_gflops,
+               decode_tok_s, bytes_step, bytes_step / (double)batch, achieved, probe_gbps,
+               achieved / probe_gbps, t_load, cpu, mc_cpu_features());
+    } else {
+        printf("model    %s (%s, %d layers), weights %s, kernels %s, %d threads\n", dir,
+               d->model_type, d->n_layers, wname, path, nthreads);
+        printf("cpu      %s [%s]\n", cpu, mc_cpu_features());
+        printf("probe    read stream %lld MiB: %.2f GB/s; FMA peak (f32, %s): %.1f GFLOP/s\n",
+               probe_mib, probe_gbps, path, peak_gflops);
+        printf("prefill  %lld tokens: %.1f tok/s, %.1f GFLOP/s in matrix products = %.2f of the "
+               "FMA peak\n",
+               plen, prefill_tok_s, prefill_gflops, prefill_gflops / peak_gflops);
+        printf("decode   batch %lld x %lld steps: %.2f tok/s, %.1f MB of weights per step, "
+               "%.2f GB/s = %.2f of the probe\n",
+               batch, glen, decode_tok_s, bytes_step / 1e6, achieved, achieved / probe_gbps);
+    }
+    rc = 0;
+fail:
+    if (rc)
+        fprintf(stderr, "moecluster bench: %s\n", err.msg);
+    free(logits);
+    free(tok);
+    mc_kv_free(kv);
+    mc_model_free(m);
+    return rc;
+}
