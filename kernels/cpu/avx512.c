@@ -104,16 +104,16 @@ static void widen(mc_dtype dt, const void *src, int n, float *dst)
 AI void tile(int DT, int R, int T, const unsigned char *const *wr, const float *x, int ldx, int K,
              float *y, int ldy, int PF)
 {
-    __m512 acc[4][4];
+    __m512 acc[4][8];
 #pragma GCC unroll 4
     for (int r = 0; r < R; r++)
-#pragma GCC unroll 4
+#pragma GCC unroll 8
         for (int t = 0; t < T; t++)
             acc[r][t] = _mm512_setzero_ps();
     int k = 0;
     for (; k + 16 <= K; k += 16) {
-        __m512 xv[4];
-#pragma GCC unroll 4
+        __m512 xv[8];
+#pragma GCC unroll 8
         for (int t = 0; t < T; t++)
             xv[t] = _mm512_loadu_ps(x + (size_t)t * ldx + k);
 #pragma GCC unroll 4
@@ -122,15 +122,15 @@ AI void tile(int DT, int R, int T, const unsigned char *const *wr, const float *
                 _mm_prefetch((const char *)(wr[r] + mc_dtype_size((mc_dtype)DT) * (size_t)k + PF),
                              _MM_HINT_T0);
             __m512 wv = ld16(DT, wr[r], (size_t)k);
-#pragma GCC unroll 4
+#pragma GCC unroll 8
             for (int t = 0; t < T; t++)
                 acc[r][t] = _mm512_fmadd_ps(wv, xv[t], acc[r][t]);
         }
     }
     if (k < K) { /* masked tail: loads past K are suppressed and read as zero */
         __mmask16 m = (__mmask16)((1u << (K - k)) - 1);
-        __m512 xv[4];
-#pragma GCC unroll 4
+        __m512 xv[8];
+#pragma GCC unroll 8
         for (int t = 0; t < T; t++)
             xv[t] = _mm512_maskz_loadu_ps(m, x + (size_t)t * ldx + k);
 #pragma GCC unroll 4
@@ -146,14 +146,14 @@ AI void tile(int DT, int R, int T, const unsigned char *const *wr, const float *
                                      : _mm512_castsi512_ps(
                                            _mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
             }
-#pragma GCC unroll 4
+#pragma GCC unroll 8
             for (int t = 0; t < T; t++)
                 acc[r][t] = _mm512_fmadd_ps(wv, xv[t], acc[r][t]);
         }
     }
 #pragma GCC unroll 4
     for (int r = 0; r < R; r++)
-#pragma GCC unroll 4
+#pragma GCC unroll 8
         for (int t = 0; t < T; t++)
             y[(size_t)t * ldy + r] = _mm512_reduce_add_ps(acc[r][t]);
 }
@@ -178,6 +178,21 @@ AI void tile(int DT, int R, int T, const unsigned char *const *wr, const float *
     } while (0)
 
 
+
+/* one row x up to 8 tokens */
+#define TILE1_T(DT, wr, x, ldx, K, y, ldy, T)                                                      \
+    do {                                                                                           \
+        switch (T) {                                                                               \
+        case 1: tile(DT, 1, 1, wr, x, ldx, K, y, ldy, 0); break;                                   \
+        case 2: tile(DT, 1, 2, wr, x, ldx, K, y, ldy, 0); break;                                   \
+        case 3: tile(DT, 1, 3, wr, x, ldx, K, y, ldy, 0); break;                                   \
+        case 4: tile(DT, 1, 4, wr, x, ldx, K, y, ldy, 0); break;                                   \
+        case 5: tile(DT, 1, 5, wr, x, ldx, K, y, ldy, 0); break;                                   \
+        case 6: tile(DT, 1, 6, wr, x, ldx, K, y, ldy, 0); break;                                   \
+        case 7: tile(DT, 1, 7, wr, x, ldx, K, y, ldy, 0); break;                                   \
+        default: tile(DT, 1, 8, wr, x, ldx, K, y, ldy, 0); break;                                  \
+        }                                                                                          \
+    } while (0)
 
 /* rows [r0, r1) x all n tokens, weights widened on the fly */
 AI void stream_rows(int DT, const mc_mat *w, const float *x, int n, int ldx, float *y, int ldy,
@@ -208,6 +223,17 @@ AI void stream_rows(int DT, const mc_mat *w, const float *x, int n, int ldx, flo
             for (; k < K; k++)
                 s += ld1(DT, p, (size_t)k) * x[k];
             y[o] = s;
+        }
+        return;
+    }
+    if (n <= 16) {
+        /* a few tokens: still one row (one stream) at a time, up to 8 tokens per pass */
+        for (; o < r1; o++) {
+            const unsigned char *wr[1] = {(const unsigned char *)w->data +
+                                          (size_t)o * w->row_stride * es};
+            for (int t0 = 0; t0 < n; t0 += 8)
+                TILE1_T(DT, wr, x + (size_t)t0 * ldx, ldx, K, y + (size_t)t0 * ldy + o, ldy,
+                        n - t0);
         }
         return;
     }
@@ -246,7 +272,7 @@ static void widen_row(const mc_mat *w, int o, float *dst)
     }
 }
 
-#define PACK_MIN_TOKENS 6
+#define PACK_MIN_TOKENS 17
 
 /* rows [r0, r1): 4 rows at a time widened into an f32 panel, then every
  * token tile of a token block reuses it. */
