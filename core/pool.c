@@ -24,13 +24,12 @@ struct mc_pool {
     pthread_mutex_t run_mu; /* held by the thread running a loop */
     pthread_mutex_t mu;     /* guards sleeping / waking */
     pthread_cond_t cv;
-    /* the current loop: fn, ctx and n_tasks stay fixed until all its tasks are done */
+    /* the current loop: fn and ctx stay fixed until all its tasks are done */
     mc_pool_fn fn;
     void *ctx;
-    int n_tasks;
-    /* (generation << 32) | next task index: a task is claimed by a CAS that
-     * also checks the generation, so a worker waking late for an earlier
-     * loop can never claim a task of the current one by mistake */
+    /* generation (20 bits) | task count (22 bits) | next task (22 bits), one
+     * word: a task is claimed by a CAS on all three, so a worker waking late
+     * for an earlier loop can never claim (or miscount) a task of another */
     atomic_ullong state;
     atomic_int done; /* tasks of the current loop finished */
     atomic_int stop;
@@ -42,23 +41,30 @@ typedef struct {
     int id;
 } worker_arg;
 
+#define ST_BITS 22
+#define ST_MASK ((1ull << ST_BITS) - 1)
+#define ST_GEN(s) ((uint32_t)((s) >> (2 * ST_BITS)))
+#define ST_COUNT(s) ((uint32_t)(((s) >> ST_BITS) & ST_MASK))
+#define ST_NEXT(s) ((uint32_t)((s) & ST_MASK))
+#define MC_POOL_MAX_TASKS ((int)ST_MASK)
+
 static void run_tasks(mc_pool *p, uint32_t gen, int thread)
 {
     for (;;) {
         unsigned long long s = atomic_load_explicit(&p->state, memory_order_acquire);
-        if ((uint32_t)(s >> 32) != gen || (uint32_t)s >= (uint32_t)p->n_tasks)
+        if (ST_GEN(s) != gen || ST_NEXT(s) >= ST_COUNT(s))
             return;
         if (!atomic_compare_exchange_weak_explicit(&p->state, &s, s + 1, memory_order_acq_rel,
                                                    memory_order_acquire))
             continue;
-        p->fn(p->ctx, (int)(uint32_t)s, thread);
+        p->fn(p->ctx, (int)ST_NEXT(s), thread);
         atomic_fetch_add_explicit(&p->done, 1, memory_order_release);
     }
 }
 
 static uint32_t gen_of(mc_pool *p)
 {
-    return (uint32_t)(atomic_load_explicit(&p->state, memory_order_acquire) >> 32);
+    return ST_GEN(atomic_load_explicit(&p->state, memory_order_acquire));
 }
 
 static void *worker_main(void *a)
@@ -151,18 +157,21 @@ void mc_pool_run(mc_pool *p, int n_tasks, mc_pool_fn fn, void *ctx)
 {
     if (n_tasks <= 0)
         return;
-    if (!p || p->n_threads == 1 || n_tasks == 1 || pthread_mutex_trylock(&p->run_mu) != 0) {
+    if (!p || p->n_threads == 1 || n_tasks == 1 || n_tasks > MC_POOL_MAX_TASKS ||
+        pthread_mutex_trylock(&p->run_mu) != 0) {
         for (int t = 0; t < n_tasks; t++)
             fn(ctx, t, 0);
         return;
     }
     p->fn = fn;
     p->ctx = ctx;
-    p->n_tasks = n_tasks;
     atomic_store_explicit(&p->done, 0, memory_order_relaxed);
-    uint32_t gen = gen_of(p) + 1;
+    uint32_t gen = (gen_of(p) + 1) & ((1u << (64 - 2 * ST_BITS)) - 1);
     pthread_mutex_lock(&p->mu);
-    atomic_store_explicit(&p->state, (unsigned long long)gen << 32, memory_order_release);
+    atomic_store_explicit(&p->state,
+                          ((unsigned long long)gen << (2 * ST_BITS)) |
+                              ((unsigned long long)n_tasks << ST_BITS),
+                          memory_order_release);
     if (p->sleepers)
         pthread_cond_broadcast(&p->cv);
     pthread_mutex_unlock(&p->mu);
