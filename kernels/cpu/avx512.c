@@ -227,7 +227,9 @@ AI void stream_rows(int DT, const mc_mat *w, const float *x, int n, int ldx, flo
         return;
     }
     if (n <= 16) {
-        /* a few tokens: still one row (one stream) at a time, up to 8 tokens per pass */
+        /* a few tokens: still one row (one stream) at a time, up to 8 tokens per pass
+         * (blocking rows x column chunks to keep x in L1 measured slower here: the
+         * interleaved row streams lose more bandwidth than the L2 reads of x cost) */
         for (; o < r1; o++) {
             const unsigned char *wr[1] = {(const unsigned char *)w->data +
                                           (size_t)o * w->row_stride * es};
@@ -348,15 +350,35 @@ AI float hsum256(__m256 v)
     return _mm_cvtss_f32(s);
 }
 
-AI __m256 q8_0_block(const unsigned char *blk, const int8_t *xq, float xd)
+/* One Q8_0 row against T tokens: each block's |w| is loaded once and
+ * multiplied (vpdpbusd) with sign(x_t, w) of every token. */
+AI void q8_0_row(int T, const unsigned char *row, const mc_qact *a, int t0, int nb, float *y,
+                 int ldy)
 {
-    uint16_t h;
-    memcpy(&h, blk, 2);
-    __m256i wq = _mm256_loadu_si256((const __m256i *)(blk + 2));
-    __m256i xv = _mm256_loadu_si256((const __m256i *)xq);
-    __m256i p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_abs_epi8(wq),
-                                    _mm256_sign_epi8(xv, wq));
-    return _mm256_mul_ps(_mm256_set1_ps(_cvtsh_ss(h) * xd), _mm256_cvtepi32_ps(p));
+    __m256 acc[4];
+#pragma GCC unroll 4
+    for (int t = 0; t < T; t++)
+        acc[t] = _mm256_setzero_ps();
+    const int8_t *xq = a->q + (size_t)t0 * a->kp;
+    const float *xd = a->d + (size_t)t0 * nb;
+    for (int b = 0; b < nb; b++) {
+        const unsigned char *blk = row + (size_t)b * 34;
+        uint16_t h;
+        memcpy(&h, blk, 2);
+        float dw = _cvtsh_ss(h);
+        __m256i wq = _mm256_loadu_si256((const __m256i *)(blk + 2));
+        __m256i aw = _mm256_abs_epi8(wq);
+#pragma GCC unroll 4
+        for (int t = 0; t < T; t++) {
+            __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + (size_t)t * a->kp + b * 32));
+            __m256i p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), aw, _mm256_sign_epi8(xv, wq));
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * xd[(size_t)t * nb + b]),
+                                     _mm256_cvtepi32_ps(p), acc[t]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int t = 0; t < T; t++)
+        y[(size_t)(t0 + t) * ldy] = hsum256(acc[t]);
 }
 
 static void rows_q8_0(const mc_mat *w, const mc_qact *a, float *y, int ldy, int r0, int r1)
@@ -364,24 +386,77 @@ static void rows_q8_0(const mc_mat *w, const mc_qact *a, float *y, int ldy, int 
     int nb = a->kp / MC_QK8_0;
     for (int o = r0; o < r1; o++) {
         const unsigned char *row = mc_row_ptr(w, o);
-        for (int t = 0; t < a->n; t++) {
-            const int8_t *xq = a->q + (size_t)t * a->kp;
-            const float *xd = a->d + (size_t)t * nb;
-            __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-            int b = 0;
-            for (; b + 2 <= nb; b += 2) {
-                acc0 = _mm256_add_ps(acc0, q8_0_block(row + (size_t)b * 34, xq + b * 32, xd[b]));
-                acc1 = _mm256_add_ps(acc1, q8_0_block(row + (size_t)(b + 1) * 34, xq + (b + 1) * 32,
-                                                      xd[b + 1]));
+        for (int t0 = 0; t0 < a->n; t0 += 4) {
+            switch (a->n - t0 < 4 ? a->n - t0 : 4) {
+            case 1: q8_0_row(1, row, a, t0, nb, y + o, ldy); break;
+            case 2: q8_0_row(2, row, a, t0, nb, y + o, ldy); break;
+            case 3: q8_0_row(3, row, a, t0, nb, y + o, ldy); break;
+            default: q8_0_row(4, row, a, t0, nb, y + o, ldy); break;
             }
-            if (b < nb)
-                acc0 = _mm256_add_ps(acc0, q8_0_block(row + (size_t)b * 34, xq + b * 32, xd[b]));
-            y[(size_t)t * ldy + o] = hsum256(_mm256_add_ps(acc0, acc1));
         }
     }
 }
 
 /* ---- Q4_K ---- */
+
+/* One Q4_K row against T tokens: each super-block's nibbles and scales are
+ * unpacked once, then vpmaddubsw / vpmaddwd per token. */
+AI void q4_k_row(int T, const unsigned char *row, const mc_qact *a, int t0, int nb,
+                 const __m512i *sidx, float *y, int ldy)
+{
+    const __m256i m4 = _mm256_set1_epi8(0x0f);
+    __m512 acc[4];
+    __m256 macc[4];
+#pragma GCC unroll 4
+    for (int t = 0; t < T; t++) {
+        acc[t] = _mm512_setzero_ps();
+        macc[t] = _mm256_setzero_ps();
+    }
+    const int8_t *xq = a->q + (size_t)t0 * a->kp;
+    const float *xd = a->d + (size_t)t0 * nb;
+    const int16_t *bs = a->bsum + (size_t)t0 * (a->kp / 32);
+    for (int b = 0; b < nb; b++) {
+        const unsigned char *blk = row + (size_t)b * sizeof(mc_block_q4_k);
+        uint16_t hd, hm;
+        memcpy(&hd, blk, 2);
+        memcpy(&hm, blk + 2, 2);
+        float d = _cvtsh_ss(hd), dmin = _cvtsh_ss(hm);
+        uint8_t sm[16];
+        mc_q4_k_unpack(blk + 4, sm);
+        __m512i sc = _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)sm)));
+        __m256i m8 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(sm + 8)));
+        const unsigned char *qs = blk + 16;
+        __m512i qv[4], s16[4];
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; c++) {
+            __m256i q = _mm256_loadu_si256((const __m256i *)(qs + 32 * c));
+            __m256i lo = _mm256_and_si256(q, m4);
+            __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+            qv[c] = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+            s16[c] = _mm512_permutexvar_epi16(sidx[c], sc);
+        }
+#pragma GCC unroll 4
+        for (int t = 0; t < T; t++) {
+            const int8_t *xb = xq + (size_t)t * a->kp + (size_t)b * MC_QK_K;
+            __m512i sumi = _mm512_setzero_si512();
+#pragma GCC unroll 4
+            for (int c = 0; c < 4; c++) {
+                __m512i xv = _mm512_loadu_si512((const void *)(xb + 64 * c));
+                sumi = _mm512_add_epi32(sumi,
+                                        _mm512_madd_epi16(_mm512_maddubs_epi16(qv[c], xv), s16[c]));
+            }
+            float dx = xd[(size_t)t * nb + b];
+            acc[t] = _mm512_fmadd_ps(_mm512_set1_ps(d * dx), _mm512_cvtepi32_ps(sumi), acc[t]);
+            __m256i b8 = _mm256_cvtepi16_epi32(
+                _mm_loadu_si128((const __m128i *)(bs + (size_t)t * (a->kp / 32) + 8 * b)));
+            macc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dmin * dx),
+                                      _mm256_cvtepi32_ps(_mm256_mullo_epi32(m8, b8)), macc[t]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int t = 0; t < T; t++)
+        y[(size_t)(t0 + t) * ldy] = _mm512_reduce_add_ps(acc[t]) - hsum256(macc[t]);
+}
 
 static void rows_q4_k(const mc_mat *w, const mc_qact *a, float *y, int ldy, int r0, int r1)
 {
@@ -391,45 +466,15 @@ static void rows_q4_k(const mc_mat *w, const mc_qact *a, float *y, int ldy, int 
     for (int c = 0; c < 4; c++)
         sidx[c] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi16((short)(2 * c))),
                                      _mm256_set1_epi16((short)(2 * c + 1)), 1);
-    const __m256i m4 = _mm256_set1_epi8(0x0f);
     for (int o = r0; o < r1; o++) {
         const unsigned char *row = mc_row_ptr(w, o);
-        for (int t = 0; t < a->n; t++) {
-            const int8_t *xq = a->q + (size_t)t * a->kp;
-            const float *xd = a->d + (size_t)t * nb;
-            const int16_t *bs = a->bsum + (size_t)t * (a->kp / 32);
-            __m512 acc = _mm512_setzero_ps();
-            __m256 macc = _mm256_setzero_ps();
-            for (int b = 0; b < nb; b++) {
-                const unsigned char *blk = row + (size_t)b * sizeof(mc_block_q4_k);
-                uint16_t hd, hm;
-                memcpy(&hd, blk, 2);
-                memcpy(&hm, blk + 2, 2);
-                uint8_t sm[16];
-                mc_q4_k_unpack(blk + 4, sm);
-                __m512i sc = _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)sm)));
-                const unsigned char *qs = blk + 16;
-                const int8_t *xb = xq + (size_t)b * MC_QK_K;
-                __m512i sumi = _mm512_setzero_si512();
-#pragma GCC unroll 4
-                for (int c = 0; c < 4; c++) {
-                    __m256i q = _mm256_loadu_si256((const __m256i *)(qs + 32 * c));
-                    __m256i lo = _mm256_and_si256(q, m4);
-                    __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-                    __m512i qv = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
-                    __m512i xv = _mm512_loadu_si512((const void *)(xb + 64 * c));
-                    __m512i p16 = _mm512_maddubs_epi16(qv, xv);
-                    __m512i s16 = _mm512_permutexvar_epi16(sidx[c], sc);
-                    sumi = _mm512_add_epi32(sumi, _mm512_madd_epi16(p16, s16));
-                }
-                float dx = xd[b];
-                acc = _mm512_fmadd_ps(_mm512_set1_ps(_cvtsh_ss(hd) * dx), _mm512_cvtepi32_ps(sumi), acc);
-                __m256i m8 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(sm + 8)));
-                __m256i b8 = _mm256_cvtepi16_epi32(_mm_loadu_si128((const __m128i *)(bs + 8 * b)));
-                macc = _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(hm) * dx),
-                                       _mm256_cvtepi32_ps(_mm256_mullo_epi32(m8, b8)), macc);
+        for (int t0 = 0; t0 < a->n; t0 += 4) {
+            switch (a->n - t0 < 4 ? a->n - t0 : 4) {
+            case 1: q4_k_row(1, row, a, t0, nb, sidx, y + o, ldy); break;
+            case 2: q4_k_row(2, row, a, t0, nb, sidx, y + o, ldy); break;
+            case 3: q4_k_row(3, row, a, t0, nb, sidx, y + o, ldy); break;
+            default: q4_k_row(4, row, a, t0, nb, sidx, y + o, ldy); break;
             }
-            y[(size_t)t * ldy + o] = _mm512_reduce_add_ps(acc) - hsum256(macc);
         }
     }
 }
