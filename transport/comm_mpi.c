@@ -60,6 +60,22 @@ int mc_comm_launcher_rank(void)
     return -1;
 }
 
+int mc_comm_launcher_local_size(void)
+{
+    static const char *const vars[] = {"OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS",
+                                       "PMIX_LOCAL_SIZE"};
+    for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++) {
+        const char *v = getenv(vars[i]);
+        if (v && *v) {
+            char *end;
+            long n = strtol(v, &end, 10);
+            if (!*end && n >= 1 && n < INT_MAX)
+                return (int)n;
+        }
+    }
+    return -1;
+}
+
 bool mc_comm_mpi_active(void) { return g_mpi_active; }
 
 /* ---- watchdog ---------------------------------------------------------- */

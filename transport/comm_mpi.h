@@ -46,6 +46,10 @@
  * errors on rank 0 only). */
 int mc_comm_launcher_rank(void);
 
+/* How many ranks of the job the launcher started on this host (from
+ * OMPI_COMM_WORLD_LOCAL_SIZE, MPI_LOCALNRANKS or PMIX_LOCAL_SIZE), or -1. */
+int mc_comm_launcher_local_size(void);
+
 /* The world communicator of this process: MPI's (after MPI_Init) when a
  * launcher started it, else a one-rank self communicator. Also starts the
  * watchdog under MPI. Free with mc_comm_world_finalize(). */

@@ -4,6 +4,7 @@
 
 #include "deepseek_v4.h"
 #include "log.h"
+#include "comm_mpi.h"
 #include "model_tensors.h"
 #include "parallel.h"
 #include "shard_out.h"
@@ -535,6 +536,19 @@ static mc_status shard_layout(const char *dir, const mc_layout *l, int *tp, int 
     return st;
 }
 
+/* Several ranks on one host share its cores: unless MC_THREADS says
+ * otherwise, each rank's matrix products get cores / local ranks threads. */
+static void share_cores(int world)
+{
+    int local = mc_comm_launcher_local_size();
+    if (world <= 1 || local <= 1 || getenv("MC_THREADS"))
+        return;
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    int t = cpus > local ? (int)(cpus / local) : 1;
+    mc_kernels_set_threads(t);
+    MC_DEBUG("%d ranks on this host, %ld cores: %d thread(s) per rank", local, cpus, t);
+}
+
 /* Loads this rank's share; collective over world when world has several
  * ranks (agreement before the communicator splits and after binding). */
 static mc_status load(const char *dir, mc_comm *world, bool owns_world, int tp, int ep, int pp,
@@ -578,6 +592,7 @@ static mc_status load(const char *dir, mc_comm *world, bool owns_world, int tp, 
     /* every rank must reach the splits below, or none */
     if ((st = mc_par_agree(world, st, err)) != MC_OK)
         goto fail;
+    share_cores(n);
     if ((st = mc_par_comms(world, &m->lay, &m->tp_comm, &m->ep_comm, &m->pp_comm, err)) != MC_OK)
         goto fail;
     st = bind_share(m, rdir, err);
