@@ -96,6 +96,12 @@ int mc_cmd_generate(int argc, char **argv)
     long long n_gen = 16, top_k = 0, seed = 0;
     double temp = 0.0, top_p = 1.0;
     int ignore_eos = 0, c;
+    mc_quiet quiet = mc_quiet_begin(); /* under mpirun, rank 0 alone prints usage errors */
+#define PARSE_RETURN(x)                                                                            \
+    do {                                                                                           \
+        mc_quiet_end(quiet);                                                                       \
+        return (x);                                                                                \
+    } while (0)
     optind = 1;
     while ((c = getopt_long(argc, argv, "n:h", opts, NULL)) != -1) {
         switch (c) {
@@ -103,47 +109,47 @@ int mc_cmd_generate(int argc, char **argv)
         case 'p': prompt = optarg; break;
         case 'n':
             if (mc_arg_int("generate", "-n", optarg, 0, 1 << 24, &n_gen))
-                return 2;
+                PARSE_RETURN(2);
             break;
         case 't':
             if (mc_arg_float("generate", "--temperature", optarg, 0.0, 100.0, &temp))
-                return 2;
+                PARSE_RETURN(2);
             break;
         case 'P':
             if (mc_arg_float("generate", "--top-p", optarg, 0.0, 1.0, &top_p) || top_p <= 0.0) {
                 if (top_p <= 0.0)
                     fprintf(stderr, "moecluster generate: --top-p must be in (0, 1]\n");
-                return 2;
+                PARSE_RETURN(2);
             }
             break;
         case 'K':
             if (mc_arg_int("generate", "--top-k", optarg, 0, 1 << 24, &top_k))
-                return 2;
+                PARSE_RETURN(2);
             break;
         case 's':
             if (mc_arg_int("generate", "--seed", optarg, 0, INT64_MAX, &seed))
-                return 2;
+                PARSE_RETURN(2);
             break;
         case 'e': ignore_eos = 1; break;
-        case 'h': gen_usage(stdout); return 0;
+        case 'h': gen_usage(stdout); PARSE_RETURN(0);
         default: {
             int r = mc_par_option(&par, "generate", c, optarg);
             if (r == 0)
                 break;
             if (r > 0)
                 gen_usage(stderr);
-            return 2;
+            PARSE_RETURN(2);
         }
         }
     }
     if (optind < argc) {
         fprintf(stderr, "moecluster generate: unexpected argument '%s'\n", argv[optind]);
-        return 2;
+        PARSE_RETURN(2);
     }
     if (!model_dir || !prompt) {
         fprintf(stderr, "moecluster generate: --model and --prompt-ids are required\n");
         gen_usage(stderr);
-        return 2;
+        PARSE_RETURN(2);
     }
     int64_t *ids = NULL;
     int n_prompt = 0;
@@ -152,8 +158,10 @@ int mc_cmd_generate(int argc, char **argv)
                 "moecluster generate: --prompt-ids: '%.80s' is not a comma-separated list of "
                 "non-negative token ids\n",
                 prompt);
-        return 2;
+        PARSE_RETURN(2);
     }
+    mc_quiet_end(quiet);
+#undef PARSE_RETURN
     mc_err err;
     mc_err_clear(&err);
     mc_comm *world = NULL;

@@ -113,6 +113,12 @@ int mc_cmd_score(int argc, char **argv)
     long long decode_from = -1;
     mc_par_args par = MC_PAR_ARGS_INIT;
     int c;
+    mc_quiet quiet = mc_quiet_begin(); /* under mpirun, rank 0 alone prints usage errors */
+#define PARSE_RETURN(x)                                                                            \
+    do {                                                                                           \
+        mc_quiet_end(quiet);                                                                       \
+        return (x);                                                                                \
+    } while (0)
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
@@ -121,28 +127,30 @@ int mc_cmd_score(int argc, char **argv)
         case 'o': out_path = optarg; break;
         case 'k':
             if (mc_arg_int("score", "--decode-from", optarg, 1, 1 << 30, &decode_from))
-                return 2;
+                PARSE_RETURN(2);
             break;
-        case 'h': score_usage(stdout); return 0;
+        case 'h': score_usage(stdout); PARSE_RETURN(0);
         default: {
             int r = mc_par_option(&par, "score", c, optarg);
             if (r == 0)
                 break;
             if (r > 0)
                 score_usage(stderr);
-            return 2;
+            PARSE_RETURN(2);
         }
         }
     }
     if (optind < argc) {
         fprintf(stderr, "moecluster score: unexpected argument '%s'\n", argv[optind]);
-        return 2;
+        PARSE_RETURN(2);
     }
     if (!model_dir || !in_path || !out_path) {
         fprintf(stderr, "moecluster score: --model, --input and --output are required\n");
         score_usage(stderr);
-        return 2;
+        PARSE_RETURN(2);
     }
+    mc_quiet_end(quiet);
+#undef PARSE_RETURN
     mc_err err;
     mc_err_clear(&err);
     mc_comm *world = NULL;

@@ -9,9 +9,11 @@
 #include "comm_mpi.h"
 #include "status.h"
 
+#include <fcntl.h>
 #include <getopt.h>
 #include <stdbool.h>
 #include <stdio.h>
+#include <unistd.h>
 
 typedef struct {
     long long tp, ep, pp; /* 0 = default (see mc_layout_make) */
@@ -62,6 +64,45 @@ static inline int mc_par_option(mc_par_args *a, const char *cmd, int c, const ch
         return 0;
     default:
         return 1;
+    }
+}
+
+/* Under mpirun every rank parses the same arguments: ranks other than 0
+ * send what parsing prints (usage, --help, bad values) to /dev/null, so it
+ * appears once. mc_quiet_begin returns what mc_quiet_end needs. */
+typedef struct {
+    int out, err;
+} mc_quiet;
+
+static inline mc_quiet mc_quiet_begin(void)
+{
+    mc_quiet q = {-1, -1};
+    if (mc_comm_launcher_rank() <= 0)
+        return q;
+    int null = open("/dev/null", O_WRONLY);
+    if (null < 0)
+        return q;
+    fflush(stdout);
+    fflush(stderr);
+    q.out = dup(1);
+    q.err = dup(2);
+    dup2(null, 1);
+    dup2(null, 2);
+    close(null);
+    return q;
+}
+
+static inline void mc_quiet_end(mc_quiet q)
+{
+    fflush(stdout);
+    fflush(stderr);
+    if (q.out >= 0) {
+        dup2(q.out, 1);
+        close(q.out);
+    }
+    if (q.err >= 0) {
+        dup2(q.err, 2);
+        close(q.err);
     }
 }
 

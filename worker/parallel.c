@@ -225,10 +225,10 @@ mc_status mc_stats_report(mc_model *m, FILE *out, double wall_s, mc_err *err)
         goto done;
     const mc_layout *l = &m->lay;
     fprintf(out,
-            "moecluster stats: %d ranks (tp %d, ep %d, pp %d, dp %d), wall %.3f s; per layer and "
+            "moecluster stats: %d rank%s (tp %d, ep %d, pp %d, dp %d), wall %.3f s; per layer and "
             "rank: disp_tok = token-expert pairs dispatched, remote_tok = of them to other ranks, "
             "*_bytes = bytes sent to other ranks\n",
-            n, l->tp, l->ep, l->pp, l->dp, wall_s);
+            n, n == 1 ? "" : "s", l->tp, l->ep, l->pp, l->dp, wall_s);
     fprintf(out, "%-6s %4s %10s %10s %12s %10s %12s %12s %12s %10s %10s %6s\n", "layer", "rank",
             "disp_tok", "remote_tok", "disp_bytes", "expert_tok", "comb_bytes", "allred_bytes",
             "p2p_bytes", "compute_ms", "comm_ms", "comm%");
