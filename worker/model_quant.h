@@ -6,6 +6,10 @@
  * whose rows do not split into the format's blocks takes the fallback
  * `plan` counts (mc_quant_format_for: Q4_K -> Q8_0 -> stored type).
  *
+ * Asking for the stored element type (--weights bf16 on a BF16 model)
+ * copies the matrices into memory (huge-page backed where the kernel
+ * allows), as the quantized formats are, instead of reading the mapping.
+ *
  * Header-only so that it needs no edit to worker/CMakeLists.txt while the
  * worker is being reworked; the copies join m->owned and are freed by
  * mc_model_free. Call it right after mc_model_load (single process) or
@@ -24,7 +28,8 @@ static inline mc_status mc_model_quant_mat_(mc_model *m, mc_mat *w, mc_dtype tar
     if (!w->data || w->rows <= 0 || w->cols <= 0)
         return MC_OK; /* not bound on this rank */
     mc_dtype fmt = mc_quant_format_for(target, w->cols);
-    if (fmt == MC_DT_COUNT || (fmt == w->dtype && !w->transposed))
+    /* an element type asked for again is still copied: into RAM, off the mapping */
+    if (fmt == MC_DT_COUNT || (fmt == w->dtype && mc_dtype_is_block(fmt)))
         return MC_OK;
     if (m->n_owned == m->cap_owned) {
         size_t nc = m->cap_owned ? 2 * m->cap_owned : 64;

@@ -150,6 +150,26 @@ AI void stream_rows(int DT, const mc_mat *w, const float *x, int n, int ldx, flo
     size_t es = mc_dtype_size((mc_dtype)DT);
     int K = w->cols;
     int o = r0;
+    if (n == 1) { /* one token: one row (one memory stream) at a time, 4 accumulators */
+        for (; o < r1; o++) {
+            const unsigned char *p = (const unsigned char *)w->data + (size_t)o * w->row_stride * es;
+            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            int k = 0;
+            for (; k + 32 <= K; k += 32) {
+                a0 = _mm256_fmadd_ps(ld8(DT, p, (size_t)k), _mm256_loadu_ps(x + k), a0);
+                a1 = _mm256_fmadd_ps(ld8(DT, p, (size_t)k + 8), _mm256_loadu_ps(x + k + 8), a1);
+                a2 = _mm256_fmadd_ps(ld8(DT, p, (size_t)k + 16), _mm256_loadu_ps(x + k + 16), a2);
+                a3 = _mm256_fmadd_ps(ld8(DT, p, (size_t)k + 24), _mm256_loadu_ps(x + k + 24), a3);
+            }
+            for (; k + 8 <= K; k += 8)
+                a0 = _mm256_fmadd_ps(ld8(DT, p, (size_t)k), _mm256_loadu_ps(x + k), a0);
+            float s = hsum256(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+            for (; k < K; k++)
+                s += ld1(DT, p, (size_t)k) * x[k];
+            y[o] = s;
+        }
+        return;
+    }
     for (; o + 4 <= r1; o += 4) {
         const unsigned char *wr[4];
         for (int r = 0; r < 4; r++)
@@ -506,6 +526,21 @@ static double fma_burn(long iters)
     return 2.0 * 8.0 * 12.0 * (double)iters;
 }
 
+static uint64_t stream_sum(const void *p, size_t bytes)
+{
+    const __m256i *v = p;
+    __m256i a = _mm256_setzero_si256(), b = a, c = a, d = a;
+    for (size_t i = 0; i < bytes / 32; i += 4) {
+        a = _mm256_add_epi64(a, _mm256_load_si256(v + i));
+        b = _mm256_add_epi64(b, _mm256_load_si256(v + i + 1));
+        c = _mm256_add_epi64(c, _mm256_load_si256(v + i + 2));
+        d = _mm256_add_epi64(d, _mm256_load_si256(v + i + 3));
+    }
+    uint64_t o[4];
+    _mm256_storeu_si256((__m256i *)o, _mm256_add_epi64(_mm256_add_epi64(a, b), _mm256_add_epi64(c, d)));
+    return o[0] + o[1] + o[2] + o[3];
+}
+
 const mc_kops mc_kops_avx2 = {
     .name = "avx2",
     .widen = widen,
@@ -519,4 +554,5 @@ const mc_kops mc_kops_avx2 = {
     .rope = rope,
     .swiglu = swiglu,
     .fma_burn = fma_burn,
+    .stream_sum = stream_sum,
 };

@@ -179,6 +179,21 @@ AI void tile(int DT, int R, int T, const unsigned char *const *wr, const float *
 
 
 
+/* two rows x up to 8 tokens */
+#define TILE2_T(DT, wr, x, ldx, K, y, ldy, T)                                                      \
+    do {                                                                                           \
+        switch (T) {                                                                               \
+        case 1: tile(DT, 2, 1, wr, x, ldx, K, y, ldy, 0); break;                                   \
+        case 2: tile(DT, 2, 2, wr, x, ldx, K, y, ldy, 0); break;                                   \
+        case 3: tile(DT, 2, 3, wr, x, ldx, K, y, ldy, 0); break;                                   \
+        case 4: tile(DT, 2, 4, wr, x, ldx, K, y, ldy, 0); break;                                   \
+        case 5: tile(DT, 2, 5, wr, x, ldx, K, y, ldy, 0); break;                                   \
+        case 6: tile(DT, 2, 6, wr, x, ldx, K, y, ldy, 0); break;                                   \
+        case 7: tile(DT, 2, 7, wr, x, ldx, K, y, ldy, 0); break;                                   \
+        default: tile(DT, 2, 8, wr, x, ldx, K, y, ldy, 0); break;                                  \
+        }                                                                                          \
+    } while (0)
+
 /* one row x up to 8 tokens */
 #define TILE1_T(DT, wr, x, ldx, K, y, ldy, T)                                                      \
     do {                                                                                           \
@@ -227,9 +242,18 @@ AI void stream_rows(int DT, const mc_mat *w, const float *x, int n, int ldx, flo
         return;
     }
     if (n <= 16) {
-        /* a few tokens: still one row (one stream) at a time, up to 8 tokens per pass
+        /* a few tokens: two rows x up to 8 tokens per pass, so each activation
+         * vector loaded (from L2: n x K floats do not fit L1) feeds two FMAs
          * (blocking rows x column chunks to keep x in L1 measured slower here: the
          * interleaved row streams lose more bandwidth than the L2 reads of x cost) */
+        for (; o + 2 <= r1; o += 2) {
+            const unsigned char *wr[2];
+            for (int r = 0; r < 2; r++)
+                wr[r] = (const unsigned char *)w->data + (size_t)(o + r) * w->row_stride * es;
+            for (int t0 = 0; t0 < n; t0 += 8)
+                TILE2_T(DT, wr, x + (size_t)t0 * ldx, ldx, K, y + (size_t)t0 * ldy + o, ldy,
+                        n - t0);
+        }
         for (; o < r1; o++) {
             const unsigned char *wr[1] = {(const unsigned char *)w->data +
                                           (size_t)o * w->row_stride * es};
@@ -355,30 +379,36 @@ AI float hsum256(__m256 v)
 AI void q8_0_row(int T, const unsigned char *row, const mc_qact *a, int t0, int nb, float *y,
                  int ldy)
 {
-    __m256 acc[4];
+    __m256 acc[2][4]; /* two chains per token: even and odd blocks */
 #pragma GCC unroll 4
     for (int t = 0; t < T; t++)
-        acc[t] = _mm256_setzero_ps();
+        acc[0][t] = acc[1][t] = _mm256_setzero_ps();
     const int8_t *xq = a->q + (size_t)t0 * a->kp;
     const float *xd = a->d + (size_t)t0 * nb;
-    for (int b = 0; b < nb; b++) {
-        const unsigned char *blk = row + (size_t)b * 34;
-        uint16_t h;
-        memcpy(&h, blk, 2);
-        float dw = _cvtsh_ss(h);
-        __m256i wq = _mm256_loadu_si256((const __m256i *)(blk + 2));
-        __m256i aw = _mm256_abs_epi8(wq);
+    for (int b0 = 0; b0 < nb; b0 += 2) {
+#pragma GCC unroll 2
+        for (int h = 0; h < 2; h++) {
+            int b = b0 + h;
+            if (h && b >= nb)
+                break;
+            const unsigned char *blk = row + (size_t)b * 34;
+            uint16_t hw;
+            memcpy(&hw, blk, 2);
+            float dw = _cvtsh_ss(hw);
+            __m256i wq = _mm256_loadu_si256((const __m256i *)(blk + 2));
+            __m256i aw = _mm256_abs_epi8(wq);
 #pragma GCC unroll 4
-        for (int t = 0; t < T; t++) {
-            __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + (size_t)t * a->kp + b * 32));
-            __m256i p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), aw, _mm256_sign_epi8(xv, wq));
-            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * xd[(size_t)t * nb + b]),
-                                     _mm256_cvtepi32_ps(p), acc[t]);
+            for (int t = 0; t < T; t++) {
+                __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + (size_t)t * a->kp + b * 32));
+                __m256i p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), aw, _mm256_sign_epi8(xv, wq));
+                acc[h][t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * xd[(size_t)t * nb + b]),
+                                            _mm256_cvtepi32_ps(p), acc[h][t]);
+            }
         }
     }
 #pragma GCC unroll 4
     for (int t = 0; t < T; t++)
-        y[(size_t)(t0 + t) * ldy] = hsum256(acc[t]);
+        y[(size_t)(t0 + t) * ldy] = hsum256(_mm256_add_ps(acc[0][t], acc[1][t]));
 }
 
 static void rows_q8_0(const mc_mat *w, const mc_qact *a, float *y, int ldy, int r0, int r1)
@@ -660,6 +690,19 @@ static double fma_burn(long iters)
     return 2.0 * 16.0 * 12.0 * (double)iters;
 }
 
+static uint64_t stream_sum(const void *p, size_t bytes)
+{
+    const __m512i *v = p;
+    __m512i a = _mm512_setzero_si512(), b = a, c = a, d = a;
+    for (size_t i = 0; i < bytes / 64; i += 4) {
+        a = _mm512_add_epi64(a, _mm512_load_si512(v + i));
+        b = _mm512_add_epi64(b, _mm512_load_si512(v + i + 1));
+        c = _mm512_add_epi64(c, _mm512_load_si512(v + i + 2));
+        d = _mm512_add_epi64(d, _mm512_load_si512(v + i + 3));
+    }
+    return (uint64_t)_mm512_reduce_add_epi64(_mm512_add_epi64(_mm512_add_epi64(a, b), _mm512_add_epi64(c, d)));
+}
+
 const mc_kops mc_kops_avx512 = {
     .name = "avx512",
     .widen = widen,
@@ -673,4 +716,5 @@ const mc_kops mc_kops_avx512 = {
     .rope = rope,
     .swiglu = swiglu,
     .fma_burn = fma_burn,
+    .stream_sum = stream_sum,
 };

@@ -6,6 +6,7 @@
 
 #include <stdatomic.h>
 #include <stdlib.h>
+#include <sys/mman.h>
 #include <time.h>
 
 static double now_s(void)
@@ -19,38 +20,37 @@ typedef struct {
     const uint64_t *buf;
     size_t words;
     int parts;
+    const mc_kops *ops;
     atomic_ullong sink;
 } rd_job;
 
-/* Sums a slice with 8 independent lanes: the compiler vectorizes this with
- * the default flags; memory, not instructions, is the limit. */
+/* Sums a slice with the widest loads of the current path, four independent
+ * accumulators: memory, not instructions, is the limit. */
 static void rd_task(void *ctx, int task, int thread)
 {
     rd_job *j = ctx;
-    size_t per = j->words / (size_t)j->parts;
-    const uint64_t *p = j->buf + (size_t)task * per;
-    uint64_t s[8] = {0};
-    for (size_t i = 0; i + 8 <= per; i += 8)
-        for (int k = 0; k < 8; k++)
-            s[k] += p[i + k];
-    uint64_t t = 0;
-    for (int k = 0; k < 8; k++)
-        t += s[k];
-    atomic_fetch_add(&j->sink, t);
+    size_t per = j->words / (size_t)j->parts / 32 * 32; /* 256-byte multiples */
+    atomic_fetch_add(&j->sink, j->ops->stream_sum(j->buf + (size_t)task * per, per * 8));
 }
 
 double mc_probe_read_gbps(size_t bytes, int threads, double seconds)
 {
-    size_t words = bytes / 8 / 64 * 64;
-    uint64_t *buf = aligned_alloc(64, words * 8);
+    size_t words = bytes / 8 / (1u << 18) * (1u << 18); /* whole 2 MiB pages */
+    if (words == 0)
+        words = 1u << 18;
+    uint64_t *buf = aligned_alloc(2u << 20, words * 8);
     if (!buf)
         return -1.0;
+#ifdef MADV_HUGEPAGE
+    (void)madvise(buf, words * 8, MADV_HUGEPAGE); /* as mc_mat_quantize's weights */
+#endif
     for (size_t i = 0; i < words; i++) /* touch every page: no zero-page mapping */
         buf[i] = i;
     int saved = mc_kernels_threads();
     mc_kernels_set_threads(threads);
     /* many slices, handed out dynamically, so every thread streams even if one wakes late */
-    rd_job j = {.buf = buf, .words = words, .parts = 16 * (threads < 1 ? 1 : threads)};
+    rd_job j = {.buf = buf, .words = words, .parts = 16 * (threads < 1 ? 1 : threads),
+                .ops = mc_kops_current()};
     atomic_init(&j.sink, 0);
     double best = 0, t_end = now_s() + seconds;
     int passes = 0;
@@ -58,7 +58,7 @@ double mc_probe_read_gbps(size_t bytes, int threads, double seconds)
         double t0 = now_s();
         mc_pool_run(mc_kernels_pool(), j.parts, rd_task, &j);
         double dt = now_s() - t0;
-        double gbps = (double)(words / (size_t)j.parts * (size_t)j.parts) * 8 / dt / 1e9;
+        double gbps = (double)(words / (size_t)j.parts / 32 * 32 * (size_t)j.parts) * 8 / dt / 1e9;
         if (gbps > best)
             best = gbps;
         passes++;

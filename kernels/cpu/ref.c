@@ -193,6 +193,19 @@ static double fma_burn(long iters)
     return 2.0 * 8.0 * (double)iters;
 }
 
+static uint64_t stream_sum(const void *p, size_t bytes)
+{
+    const uint64_t *w = p;
+    uint64_t a = 0, b = 0, c = 0, d = 0;
+    for (size_t i = 0; i < bytes / 8; i += 4) {
+        a += w[i];
+        b += w[i + 1];
+        c += w[i + 2];
+        d += w[i + 3];
+    }
+    return a + b + c + d;
+}
+
 const mc_kops mc_kops_scalar = {
     .name = "scalar",
     .widen = widen,
@@ -206,4 +219,5 @@ const mc_kops mc_kops_scalar = {
     .rope = rope,
     .swiglu = swiglu,
     .fma_burn = fma_burn,
+    .stream_sum = stream_sum,
 };
