@@ -24,9 +24,11 @@
 static void gen_usage(FILE *out)
 {
     fprintf(out,
-            "usage: moecluster generate --model DIR --prompt-ids 1,2,3 [-n N] [--temperature T]\n"
+            "usage: moecluster generate --model DIR|--shards DIR --prompt-ids 1,2,3 [-n N]\n"
+            "                           [--temperature T]\n"
             "                           [--top-p P] [--top-k K] [--seed S] [--ignore-eos]\n\n"
-            "  --model DIR        Hugging Face checkpoint folder\n"
+            "  --model DIR        Hugging Face checkpoint folder, or a shard set\n"
+            "  --shards DIR       a shard set written by `moecluster shard`\n"
             "  --prompt-ids LIST  comma-separated prompt token ids\n"
             "  -n, --max-tokens N tokens to generate (default 16)\n"
             "  --temperature T    0 = greedy (default)\n"
@@ -81,6 +83,7 @@ static int parse_ids(const char *s, int64_t **out, int *n)
 int mc_cmd_generate(int argc, char **argv)
 {
     static const struct option opts[] = {{"model", required_argument, 0, 'm'},
+                                          {"shards", required_argument, 0, 'S'},
                                           {"prompt-ids", required_argument, 0, 'p'},
                                           {"max-tokens", required_argument, 0, 'n'},
                                           {"temperature", required_argument, 0, 't'},
@@ -106,6 +109,15 @@ int mc_cmd_generate(int argc, char **argv)
     while ((c = getopt_long(argc, argv, "n:h", opts, NULL)) != -1) {
         switch (c) {
         case 'm': model_dir = optarg; break;
+        case 'S': /* a shard set from `moecluster shard`: each rank reads its own folder */
+            model_dir = optarg;
+            if (!mc_is_shard_set(optarg)) {
+                fprintf(stderr,
+                        "moecluster %s: --shards %s: no manifest.json and plan.json there (make one "
+                        "with moecluster shard)\n", "generate", optarg);
+                PARSE_RETURN(2);
+            }
+            break;
         case 'p': prompt = optarg; break;
         case 'n':
             if (mc_arg_int("generate", "-n", optarg, 0, 1 << 24, &n_gen))

@@ -29,9 +29,13 @@
 static void score_usage(FILE *out)
 {
     fprintf(out,
-            "usage: moecluster score --model DIR --input IN.safetensors --output OUT.safetensors\n"
+            "usage: moecluster score --model DIR|--shards DIR --input IN.safetensors\n"
+            "                        --output OUT.safetensors\n"
             "                        [--decode-from K] [--tp N] [--ep N] [--pp N] [--stats]\n\n"
-            "  --model DIR        Hugging Face checkpoint folder (config.json + safetensors)\n"
+            "  --model DIR        Hugging Face checkpoint folder (config.json + safetensors), or a\n"
+            "                     shard set\n"
+            "  --shards DIR       a shard set written by `moecluster shard` (each rank reads its own\n"
+            "                     rank-NNNNN folder; run under mpirun -np <ranks of the plan>)\n"
             "  --input FILE       safetensors with input_ids, I64 [B,T]\n"
             "  --output FILE      written: logits, F32 [B,T,V]\n"
             "  --decode-from K    prefill the first K tokens, then decode one token at a time\n"
@@ -103,6 +107,7 @@ static mc_status check_run(const mc_model *m, const int64_t *ids, int64_t B, int
 int mc_cmd_score(int argc, char **argv)
 {
     static const struct option opts[] = {{"model", required_argument, 0, 'm'},
+                                          {"shards", required_argument, 0, 'S'},
                                           {"input", required_argument, 0, 'i'},
                                           {"output", required_argument, 0, 'o'},
                                           {"decode-from", required_argument, 0, 'k'},
@@ -123,6 +128,15 @@ int mc_cmd_score(int argc, char **argv)
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
         case 'm': model_dir = optarg; break;
+        case 'S': /* a shard set from `moecluster shard`: each rank reads its own folder */
+            model_dir = optarg;
+            if (!mc_is_shard_set(optarg)) {
+                fprintf(stderr,
+                        "moecluster %s: --shards %s: no manifest.json and plan.json there (make one "
+                        "with moecluster shard)\n", "score", optarg);
+                PARSE_RETURN(2);
+            }
+            break;
         case 'i': in_path = optarg; break;
         case 'o': out_path = optarg; break;
         case 'k':

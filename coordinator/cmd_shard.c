@@ -11,12 +11,14 @@
 static void shard_usage(FILE *out)
 {
     fprintf(out,
-            "usage: moecluster shard --model DIR --cluster FILE --out DIR [--weights bf16|fp8]\n\n"
+            "usage: moecluster shard --model DIR --cluster FILE --out DIR\n"
+            "                        [--weights bf16|fp8|q8_0|q4_k]\n\n"
             "  --model    Hugging Face or Mistral checkpoint folder\n"
             "  --cluster  cluster YAML (cluster-configs/): the plan decides who holds what\n"
             "  --out      output folder: plan.json, rank-NNNNN/ per rank, manifest.json\n"
-            "  --weights  convert the linear weights: bf16 (dequantize FP8) or fp8 (DeepSeek\n"
-            "             128x128 blocks); default: keep the stored format\n"
+            "  --weights  convert the linear weights: bf16 (dequantize FP8), fp8 (DeepSeek\n"
+            "             128x128 blocks), q8_0 or q4_k (llama.cpp blocks; rows that do not\n"
+            "             split into blocks fall back as plan counts); default: keep as stored\n"
             "Rerunning with the same plan resumes; another plan in --out is refused.\n");
 }
 
@@ -42,8 +44,13 @@ int mc_cmd_shard(int argc, char **argv)
                 o.fmt = MC_SHARD_BF16;
             else if (!strcmp(optarg, "fp8"))
                 o.fmt = MC_SHARD_FP8;
+            else if (!strcmp(optarg, "q8_0"))
+                o.fmt = MC_SHARD_Q8_0;
+            else if (!strcmp(optarg, "q4_k"))
+                o.fmt = MC_SHARD_Q4_K;
             else {
-                fprintf(stderr, "moecluster shard: --weights: '%s' is not bf16 or fp8\n", optarg);
+                fprintf(stderr, "moecluster shard: --weights: '%s' is not bf16, fp8, q8_0 or q4_k\n",
+                        optarg);
                 return 2;
             }
             break;

@@ -59,9 +59,18 @@ typedef struct {
     int64_t rows, cols;
     mc_wcat cat;
     split_kind split;
-    bool quant;  /* stored in the chosen weight format (else BF16) */
+    bool quant;  /* stored in the chosen weight format (else BF16); see quantized() */
     bool expert; /* one routed expert's matrix (there are n_experts of it) */
+    bool fp8_only; /* the V3.2 indexer's projections: FP8 as DeepSeek ships them, else BF16 */
 } wmat;
+
+/* Whether matrix m takes format f: projections, FFNs and experts take every
+ * format; the indexer's projections only FP8 (Q8_0/Q4_K leave them, as the
+ * load-time quantizer does). The LM head is handled by the caller. */
+static bool quantized(const wmat *m, mc_wfmt f)
+{
+    return m->quant && f != MC_WFMT_BF16 && (!m->fp8_only || f == MC_WFMT_FP8);
+}
 
 #define MAX_MATS 32
 
@@ -70,7 +79,7 @@ static int layer_mats(const mc_model_desc *d, int l, wmat *m)
 {
     int n = 0;
     int64_t H = d->hidden, nh = d->n_heads;
-#define ADD(r, c, cat_, split_, q, e) (m[n++] = (wmat){(r), (c), (cat_), (split_), (q), (e)})
+#define ADD(r, c, cat_, split_, q, e) (m[n++] = (wmat){(r), (c), (cat_), (split_), (q), (e), false})
     ADD(1, H, MC_CAT_OTHER, SPLIT_REPL, false, false); /* input norm */
     ADD(1, H, MC_CAT_OTHER, SPLIT_REPL, false, false); /* post-attention norm */
     if (d->attn == MC_ATTN_MLA) {
@@ -90,7 +99,9 @@ static int layer_mats(const mc_model_desc *d, int l, wmat *m)
         if (d->index_topk > 0) {
             int64_t ih = d->index_n_heads, id = d->index_head_dim;
             ADD(ih * id, d->q_lora_rank, MC_CAT_ATTN, SPLIT_REPL, true, false);
+            m[n - 1].fp8_only = true;
             ADD(id, H, MC_CAT_ATTN, SPLIT_REPL, true, false);
+            m[n - 1].fp8_only = true;
             ADD(1, 2 * id, MC_CAT_ATTN, SPLIT_REPL, false, false);
             ADD(ih, H, MC_CAT_ATTN, SPLIT_REPL, false, false);
         }
@@ -189,7 +200,7 @@ static double rank_mat_bytes(const mc_model_desc *d, const wmat *m, int tp, int 
     } break;
     default: break;
     }
-    if (!m->quant || f == MC_WFMT_BF16) {
+    if (!quantized(m, f)) {
         *scales = 0;
         return 2.0 * (double)r * (double)c;
     }
@@ -472,11 +483,18 @@ static mc_status plan_build(const mc_model_desc *d, const mc_cluster *c, const m
         rp->expert_begin = rp->ep_rank * per + (rp->ep_rank < extra ? rp->ep_rank : extra);
         rp->expert_end = rp->expert_begin + per + (rp->ep_rank < extra);
         double sc;
-        double vh = 2.0 * (double)part_of(d->vocab, c->tp, rp->tp_rank) * d->hidden;
+        int64_t vrows = part_of(d->vocab, c->tp, rp->tp_rank);
+        double vh = 2.0 * (double)vrows * d->hidden;
         if (rp->stage == 0)
             rp->bytes[MC_CAT_EMBED_HEAD] += vh;
-        if (rp->stage == c->pp - 1 && (!d->tie_embeddings || rp->stage != 0))
-            rp->bytes[MC_CAT_EMBED_HEAD] += vh + 2.0 * d->hidden;
+        if (rp->stage == c->pp - 1 && (!d->tie_embeddings || rp->stage != 0)) {
+            /* the LM head takes Q8_0 / Q4_K (not FP8: DeepSeek ships it in BF16) */
+            double hb = vh, hs = 0;
+            if (o->weights == MC_WFMT_Q8_0 || o->weights == MC_WFMT_Q4_K)
+                hb = mc_mat_bytes(vrows, d->hidden, o->weights, &hs);
+            rp->bytes[MC_CAT_EMBED_HEAD] += hb - hs + 2.0 * d->hidden;
+            rp->bytes[MC_CAT_SCALES] += hs;
+        }
         for (int l = rp->layer_begin; l < rp->layer_end; l++) {
             int n = layer_mats(d, l, m);
             for (int i = 0; i < n; i++) {

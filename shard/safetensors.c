@@ -86,11 +86,16 @@ static mc_status parse_entry(const char *path, const char *name, json_t *v, cons
     if (!json_is_string(jd))
         return mc_err_set(err, MC_ERR_FORMAT, "%s: tensor '%s': missing or non-string 'dtype'",
                           path, name);
-    if (mc_dtype_from_name(json_string_value(jd), &t->dtype) != 0)
+    const char *dts = json_string_value(jd);
+    if (!strcmp(dts, "Q8_0"))
+        t->dtype = MC_DT_Q8_0;
+    else if (!strcmp(dts, "Q4_K"))
+        t->dtype = MC_DT_Q4_K;
+    else if (mc_dtype_from_name(dts, &t->dtype) != 0)
         return mc_err_set(err, MC_ERR_UNSUPPORTED,
                           "%s: tensor '%s': unknown or unsupported dtype '%.32s' (supported: F32, "
-                          "F16, BF16, F8_E4M3, I64, I32, U8)",
-                          path, name, json_string_value(jd));
+                          "F16, BF16, F8_E4M3, I64, I32, U8, and our Q8_0, Q4_K)",
+                          path, name, dts);
     if (!json_is_array(js))
         return mc_err_set(err, MC_ERR_FORMAT, "%s: tensor '%s': missing or non-array 'shape'",
                           path, name);
@@ -113,7 +118,18 @@ static mc_status parse_entry(const char *path, const char *name, json_t *v, cons
                               path, name);
     }
     t->numel = numel;
-    if (mc_mul_u64(numel, mc_dtype_size(t->dtype), &t->nbytes))
+    if (mc_dtype_is_block(t->dtype)) {
+        /* block formats: rows of whole blocks along the last dimension */
+        int be = mc_dtype_block_elems(t->dtype);
+        if (nd < 1 || t->shape[nd - 1] % be != 0)
+            return mc_err_set(err, MC_ERR_FORMAT,
+                              "%s: tensor '%s': %s needs a last dimension that is a multiple of %d",
+                              path, name, mc_dtype_name(t->dtype), be);
+        uint64_t blocks = numel / (uint64_t)be;
+        if (mc_mul_u64(blocks, mc_dtype_block_bytes(t->dtype), &t->nbytes))
+            return mc_err_set(err, MC_ERR_OVERFLOW, "%s: tensor '%s': byte size overflows 64 bits",
+                              path, name);
+    } else if (mc_mul_u64(numel, mc_dtype_size(t->dtype), &t->nbytes))
         return mc_err_set(err, MC_ERR_OVERFLOW, "%s: tensor '%s': byte size overflows 64 bits",
                           path, name);
     if (!json_is_array(jo) || json_array_size(jo) != 2 ||
@@ -595,7 +611,7 @@ mc_status st_writer_open(const char *path, const st_write_tensor *tensors, size_
         uint64_t numel = 1, nb;
         size_t nl = t->name ? strlen(t->name) : 0;
         if (nl == 0 || nl > MC_ST_MAX_NAME || !strcmp(t->name, "__metadata__") ||
-            t->ndim < 0 || t->ndim > MC_ST_MAX_DIMS || (unsigned)t->dtype >= MC_DT_COUNT) {
+            t->ndim < 0 || t->ndim > MC_ST_MAX_DIMS || (mc_dtype_block_elems(t->dtype) == 0)) {
             st = mc_err_set(err, MC_ERR_ARG, "%s: tensor %zu: bad name, rank or dtype", path, i);
             goto done;
         }
@@ -612,7 +628,15 @@ mc_status st_writer_open(const char *path, const st_write_tensor *tensors, size_
                 goto done;
             }
         }
-        if (mc_mul_u64(numel, mc_dtype_size(t->dtype), &nb) || mc_add_u64(off, nb, &off)) {
+        int be = mc_dtype_block_elems(t->dtype);
+        if (be > 1 && (t->ndim < 1 || t->shape[t->ndim - 1] % be != 0)) {
+            json_decref(shape);
+            st = mc_err_set(err, MC_ERR_ARG, "%s: tensor '%s': rows are not whole blocks", path,
+                            t->name);
+            goto done;
+        }
+        if (mc_mul_u64(be > 1 ? numel / (uint64_t)be : numel, mc_dtype_block_bytes(t->dtype), &nb) ||
+            mc_add_u64(off, nb, &off)) {
             json_decref(shape);
             st = mc_err_set(err, MC_ERR_OVERFLOW, "%s: tensor '%s': size overflow", path, t->name);
             goto done;
@@ -702,8 +726,9 @@ mc_status st_write(const char *path, const st_write_tensor *tensors, size_t n, m
         uint64_t numel = 1;
         for (int d = 0; d < tensors[i].ndim; d++)
             numel *= (uint64_t)tensors[i].shape[d];
-        if ((st = st_writer_write(w, tensors[i].data, (size_t)(numel * mc_dtype_size(tensors[i].dtype)),
-                                  err)) != MC_OK) {
+        int be = mc_dtype_block_elems(tensors[i].dtype);
+        size_t nb = (size_t)(numel / (uint64_t)(be > 0 ? be : 1) * mc_dtype_block_bytes(tensors[i].dtype));
+        if ((st = st_writer_write(w, tensors[i].data, nb, err)) != MC_OK) {
             st_writer_abort(w);
             return st;
         }
@@ -713,6 +738,14 @@ mc_status st_write(const char *path, const st_write_tensor *tensors, size_t n, m
 
 void st_tensor_to_f32(const st_tensor *t, float *dst)
 {
+    if (mc_dtype_is_block(t->dtype)) {
+        int64_t cols = t->ndim ? t->shape[t->ndim - 1] : 0;
+        size_t rb = mc_dtype_row_bytes(t->dtype, cols);
+        for (uint64_t r = 0; cols > 0 && r < t->numel / (uint64_t)cols; r++)
+            mc_dequantize_row(t->dtype, (const uint8_t *)t->data + r * rb, dst + r * (uint64_t)cols,
+                              cols);
+        return;
+    }
     const uint8_t *p = t->data;
     size_t es = mc_dtype_size(t->dtype);
     for (uint64_t i = 0; i < t->numel; i++, p += es) {

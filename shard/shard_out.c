@@ -255,7 +255,18 @@ static mc_status write_item(sink *k, const item *it, const source *s, const floa
         free(q);
         return mc_err_set(k->err, MC_ERR_NOMEM, "out of memory");
     }
-    if (it->out.dtype == MC_DT_BF16) { /* widen / dequantize */
+    if (mc_dtype_is_block(it->out.dtype)) { /* Q8_0 / Q4_K, row by row */
+        size_t rb = mc_dtype_row_bytes(it->out.dtype, w);
+        uint8_t *qb = malloc(rb);
+        if (!qb)
+            st = mc_err_set(k->err, MC_ERR_NOMEM, "out of memory");
+        for (int64_t r = r0; r < r1 && st == MC_OK; r++) {
+            read_row_f32(t, src_scale_f32, cols, r, c0, c1, row);
+            mc_quantize_row(it->out.dtype, row, qb, w);
+            st = put(k, qb, rb);
+        }
+        free(qb);
+    } else if (it->out.dtype == MC_DT_BF16) { /* widen / dequantize */
         for (int64_t r = r0; r < r1 && st == MC_OK; r++) {
             read_row_f32(t, src_scale_f32, cols, r, c0, c1, row);
             for (int64_t j = 0; j < w; j++)
@@ -354,10 +365,11 @@ static mc_status rank_config(const char *model_dir, const char *rank_dir, int fp
 
 static uint64_t tensor_bytes(const st_write_tensor *t)
 {
-    uint64_t n = mc_dtype_size(t->dtype);
+    uint64_t n = 1;
     for (int d = 0; d < t->ndim; d++)
         n *= (uint64_t)t->shape[d];
-    return n;
+    int be = mc_dtype_block_elems(t->dtype);
+    return n / (uint64_t)(be > 0 ? be : 1) * mc_dtype_block_bytes(t->dtype);
 }
 
 mc_status mc_shard_write(const mc_shard_opts *o, mc_err *err)
@@ -385,6 +397,14 @@ mc_status mc_shard_write(const mc_shard_opts *o, mc_err *err)
                         d.fp8_block_rows, d.fp8_block_cols);
         goto done;
     }
+    int qfmt = o->fmt == MC_SHARD_Q8_0 || o->fmt == MC_SHARD_Q4_K;
+    if (qfmt && d.expert_layout != MC_EXPERTS_SEPARATE) {
+        st = mc_err_set(err, MC_ERR_UNSUPPORTED,
+                        "--weights %s shards are written for per-expert checkpoints; %s stores "
+                        "its experts fused (quantize at load time with score/generate --weights)",
+                        o->fmt == MC_SHARD_Q8_0 ? "q8_0" : "q4_k", d.model_type);
+        goto done;
+    }
     if (o->fmt == MC_SHARD_FP8 && !fp8_in &&
         (d.expert_layout != MC_EXPERTS_SEPARATE || d.naming != MC_NAMES_HF)) {
         st = mc_err_set(err, MC_ERR_UNSUPPORTED,
@@ -393,7 +413,10 @@ mc_status mc_shard_write(const mc_shard_opts *o, mc_err *err)
                         d.model_type);
         goto done;
     }
-    mc_plan_opts po = {.weights = fp8_out ? MC_WFMT_FP8 : MC_WFMT_BF16,
+    mc_plan_opts po = {.weights = o->fmt == MC_SHARD_Q8_0   ? MC_WFMT_Q8_0
+                                  : o->fmt == MC_SHARD_Q4_K ? MC_WFMT_Q4_K
+                                  : fp8_out                 ? MC_WFMT_FP8
+                                                            : MC_WFMT_BF16,
                        .max_model_len = d.max_pos < 4096 ? d.max_pos : 4096,
                        .max_num_seqs = 1,
                        .kv_bytes_per_elem = 2};
@@ -458,6 +481,15 @@ mc_status mc_shard_write(const mc_shard_opts *o, mc_err *err)
                 od = MC_DT_BF16;
             else if (s->linear && o->fmt == MC_SHARD_FP8 && s->ndim == 2)
                 od = MC_DT_F8_E4M3;
+            else if (qfmt && s->ndim == 2 &&
+                     ((s->linear && s->role != MC_T_IDX_WQ_B && s->role != MC_T_IDX_WK) ||
+                      s->role == MC_T_LM_HEAD)) {
+                /* the set load-time --weights quantizes: projections, FFNs, experts, LM head */
+                int64_t cols = it.dim == 1 ? it.end - it.begin : t->shape[1];
+                mc_dtype q = mc_quant_format_for(o->fmt == MC_SHARD_Q8_0 ? MC_DT_Q8_0 : MC_DT_Q4_K,
+                                                 cols);
+                od = q != MC_DT_COUNT ? q : is_fp8 ? MC_DT_BF16 : t->dtype;
+            }
             if (is_fp8 && od == MC_DT_F8_E4M3 && it.dim >= 0) {
                 int64_t full = t->shape[it.dim];
                 if (it.begin % MC_FP8_BLOCK || (it.end % MC_FP8_BLOCK && it.end != full)) {
@@ -508,9 +540,8 @@ mc_status mc_shard_write(const mc_shard_opts *o, mc_err *err)
     pj = mc_plan_to_json(plan);
     json_object_del(pj, "estimate");
     json_object_del(pj, "verdict");
-    json_object_set_new(pj, "shard_format", json_string(o->fmt == MC_SHARD_FP8    ? "fp8"
-                                                        : o->fmt == MC_SHARD_BF16 ? "bf16"
-                                                                                  : "keep"));
+    static const char *const fmt_names[] = {"keep", "bf16", "fp8", "q8_0", "q4_k"};
+    json_object_set_new(pj, "shard_format", json_string(fmt_names[o->fmt]));
     json_object_set_new(pj, "source_tensors", json_integer((json_int_t)st_checkpoint_count(ck)));
     char *pjs = json_dumps(pj, JSON_COMPACT | JSON_SORT_KEYS);
     uint64_t fp = pjs ? XXH64(pjs, strlen(pjs), 0) : 0;

@@ -19,7 +19,7 @@
 #include "plan.h"
 #include "status.h"
 
-typedef enum { MC_SHARD_KEEP = 0, MC_SHARD_BF16, MC_SHARD_FP8 } mc_shard_fmt;
+typedef enum { MC_SHARD_KEEP = 0, MC_SHARD_BF16, MC_SHARD_FP8, MC_SHARD_Q8_0, MC_SHARD_Q4_K } mc_shard_fmt;
 
 typedef struct {
     const char *model_dir;

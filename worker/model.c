@@ -122,6 +122,8 @@ static mc_status bind_mat(mc_model *m, mc_tensor_role role, int layer, int exper
     case MC_DT_F32:
     case MC_DT_F16:
     case MC_DT_BF16:
+    case MC_DT_Q8_0: /* pre-quantized shards (moecluster shard --weights q8_0|q4_k) */
+    case MC_DT_Q4_K:
         return MC_OK;
     case MC_DT_F8_E4M3:
         break;
@@ -483,7 +485,7 @@ static mc_status bind_share(mc_model *m, const char *dir, mc_err *err)
 }
 
 /* A shard set (`moecluster shard`): DIR/manifest.json and DIR/plan.json. */
-static bool is_shard_set(const char *dir)
+bool mc_is_shard_set(const char *dir)
 {
     char path[4200];
     snprintf(path, sizeof path, "%s/manifest.json", dir);
@@ -564,7 +566,7 @@ static mc_status load(const char *dir, mc_comm *world, bool owns_world, int tp, 
         parse_fault(m);
         m->world = world;
         m->owns_world = owns_world;
-        m->shards = is_shard_set(dir);
+        m->shards = mc_is_shard_set(dir);
     }
     if (st == MC_OK && m->shards) {
         /* a shard set decides the layout; options may only repeat it */

@@ -138,4 +138,7 @@ mc_status mc_forward_step(mc_model *m, mc_kv *kv, const int64_t *tokens, int n, 
 void mc_route_token(const mc_model_desc *d, const float *logits, const float *bias, int *idx,
                     float *weight);
 
+/* True when DIR is a shard set written by `moecluster shard` (DIR/manifest.json). */
+bool mc_is_shard_set(const char *dir);
+
 #endif

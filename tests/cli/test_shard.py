@@ -104,6 +104,14 @@ def main():
                       "--output", out])
     check(rc == 0 and open(out, "rb").read() == open(ref, "rb").read(),
           "one-rank shard folder gives bit-identical logits")
+    rc, _, err = run([exe, "score", "--shards", one, "--input", golden, "--output", out])
+    check(rc == 0 and open(out, "rb").read() == open(ref, "rb").read(),
+          "score --shards (one rank) gives bit-identical logits")
+    rc, _, err = run([exe, "score", "--shards", model, "--input", golden, "--output", out])
+    check(rc == 2 and "moecluster shard" in err, "--shards on a plain checkpoint is refused")
+    rc, gen1, _ = run([exe, "generate", "--shards", one, "--prompt-ids", "5,6,7", "-n", "6", "--ignore-eos"])
+    rc2, gen2, _ = run([exe, "generate", "--model", model, "--prompt-ids", "5,6,7", "-n", "6", "--ignore-eos"])
+    check(rc == 0 and rc2 == 0 and gen1 == gen2, "generate --shards equals generate --model")
     rc, txt, _ = run([exe, "verify", "--shards", one])
     check(rc == 0 and "match" in txt, "verify passes on a fresh shard set")
 
@@ -219,6 +227,61 @@ def main():
     rc2, _, err2 = run([exe, "score", "--model", os.path.join(q8, "rank-00000"), "--input", golden,
                         "--output", out])
     check(rc2 == 0 and all(math.isfinite(v) for v in read_logits(out)), "FP8 shards run through score")
+    # Q8_0 / Q4_K (llama.cpp blocks): the rule plan counts with, decodable blocks, a working model
+    qm = os.path.join(fx, "models", "qwen3-moe-tiny")
+    qref = os.path.join(work, "qref.safetensors")
+    run([exe, "score", "--model", qm, "--input", os.path.join(qm, "golden.safetensors"), "--output", qref])
+    for fmt in ("q8_0", "q4_k"):
+        d = os.path.join(work, "to-" + fmt)
+        rc, _, err = run([exe, "shard", "--model", qm, "--cluster",
+                          os.path.join(clusters, "cpu-1rank.yaml"), "--out", d, "--weights", fmt])
+        check(rc == 0, f"shard --weights {fmt}" + ("" if rc == 0 else ": " + err[-200:]))
+        if rc != 0:
+            continue
+        h = header(os.path.join(d, "rank-00000", "model.safetensors"))
+        gate = h["model.layers.0.mlp.experts.0.gate_proj.weight"]   # rows of 256: Q4_K possible
+        down = h["model.layers.0.mlp.experts.0.down_proj.weight"]   # rows of 64: Q8_0 at most
+        want_gate = "Q4_K" if fmt == "q4_k" else "Q8_0"
+        check(gate["dtype"] == want_gate and down["dtype"] == "Q8_0"
+              and h["lm_head.weight"]["dtype"] == want_gate
+              and h["model.embed_tokens.weight"]["dtype"] == "BF16"
+              and h["model.layers.0.mlp.gate.weight"]["dtype"] == "BF16",
+              f"{fmt}: formats follow the fallback rule (gate {gate['dtype']}, down {down['dtype']}); "
+              "embeddings and routers stay BF16")
+        rows, cols = down["shape"]
+        check(down["data_offsets"][1] - down["data_offsets"][0] == rows * cols // 32 * 34,
+              f"{fmt}: Q8_0 rows of 34-byte blocks")
+        if fmt == "q8_0":
+            # decode the Q8_0 blocks of one tensor and bound them against the BF16 weights
+            name = "model.layers.0.self_attn.q_proj.weight"
+            w, (R, C) = tensor(qm, name)
+            path = os.path.join(d, "rank-00000", "model.safetensors")
+            info = header(path)[name]
+            with open(path, "rb") as f:
+                (n,) = struct.unpack("<Q", f.read(8))
+                f.seek(8 + n + info["data_offsets"][0])
+                raw = f.read(info["data_offsets"][1] - info["data_offsets"][0])
+            ok = True
+            for b in range(R * C // 32):
+                blk = raw[b * 34:(b + 1) * 34]
+                dsc = struct.unpack("<e", blk[:2])[0]
+                qs = struct.unpack("<32b", blk[2:])
+                xs = w[b * 32:(b + 1) * 32]
+                amax = max(abs(x) for x in xs)
+                ok &= abs(dsc - amax / 127) <= 1e-3 * amax / 127 + 1e-12
+                # q = round(x / (amax/127)); d is stored as f16, which moves each value by |q| * |d - amax/127|
+                slack = 127 * abs(dsc - amax / 127)
+                ok &= all(abs(x - dsc * q) <= dsc * 0.5 + slack + 1e-9 for x, q in zip(xs, qs))
+            check(ok, "q8_0: d = amax/127 per 32 weights, every weight within half a step")
+        out2 = os.path.join(work, fmt + ".safetensors")
+        rc, _, err = run([exe, "score", "--model", os.path.join(d, "rank-00000"), "--input",
+                          os.path.join(qm, "golden.safetensors"), "--output", out2])
+        a, b = read_logits(out2) if rc == 0 else [0.0], read_logits(qref)
+        num = sum((x - y) ** 2 for x, y in zip(a, b)) ** 0.5
+        den = sum(y * y for y in b) ** 0.5
+        bound = 0.1 if fmt == "q8_0" else 0.6   # random-weight routing flips; see docs/kernels.md
+        check(rc == 0 and num / den < bound, f"{fmt} shards score within {bound} of BF16 (rel {num / den:.3f})")
+
     print(f"{failures} failures")
     return 1 if failures else 0
 

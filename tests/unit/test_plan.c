@@ -140,7 +140,9 @@ static void test_memory_by_hand(void)
         CHECK_NEAR(p->ranks[0].bytes[MC_CAT_ROUTED], 3 * 393216.0, 0);
         /* attention: (65536+16384+16384+65536)/32 blocks * 32 B + q/k norms 64 * 2 B */
         CHECK_NEAR(p->ranks[0].bytes[MC_CAT_ATTN], 3 * (5120.0 * 32 + 128), 0);
-        CHECK_NEAR(p->ranks[0].bytes[MC_CAT_SCALES], 3 * (24576.0 + 5120 * 2), 0);
+        /* + the LM head, 1024*256/32 blocks: 8192 * 32 B payload, 8192 * 2 B scales */
+        CHECK_NEAR(p->ranks[0].bytes[MC_CAT_SCALES], 3 * (24576.0 + 5120 * 2) + 16384, 0);
+        CHECK_NEAR(p->ranks[0].bytes[MC_CAT_EMBED_HEAD], 524288.0 + 8192 * 32 + 512, 0);
         mc_plan_free(p);
     }
     /* Too small: 1 GiB devices cannot hold 8192-token sequences of DeepSeek-V3 */
