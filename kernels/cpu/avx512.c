@@ -379,8 +379,8 @@ AI float hsum256(__m256 v)
 AI void q8_0_row(int T, const unsigned char *row, const mc_qact *a, int t0, int nb, float *y,
                  int ldy)
 {
-    __m256 acc[2][4]; /* two chains per token: even and odd blocks */
-#pragma GCC unroll 4
+    __m256 acc[2][8]; /* two chains per token: even and odd blocks */
+#pragma GCC unroll 8
     for (int t = 0; t < T; t++)
         acc[0][t] = acc[1][t] = _mm256_setzero_ps();
     const int8_t *xq = a->q + (size_t)t0 * a->kp;
@@ -397,7 +397,7 @@ AI void q8_0_row(int T, const unsigned char *row, const mc_qact *a, int t0, int 
             float dw = _cvtsh_ss(hw);
             __m256i wq = _mm256_loadu_si256((const __m256i *)(blk + 2));
             __m256i aw = _mm256_abs_epi8(wq);
-#pragma GCC unroll 4
+#pragma GCC unroll 8
             for (int t = 0; t < T; t++) {
                 __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + (size_t)t * a->kp + b * 32));
                 __m256i p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), aw, _mm256_sign_epi8(xv, wq));
@@ -406,7 +406,7 @@ AI void q8_0_row(int T, const unsigned char *row, const mc_qact *a, int t0, int 
             }
         }
     }
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int t = 0; t < T; t++)
         y[(size_t)(t0 + t) * ldy] = hsum256(_mm256_add_ps(acc[0][t], acc[1][t]));
 }
@@ -416,12 +416,16 @@ static void rows_q8_0(const mc_mat *w, const mc_qact *a, float *y, int ldy, int 
     int nb = a->kp / MC_QK8_0;
     for (int o = r0; o < r1; o++) {
         const unsigned char *row = mc_row_ptr(w, o);
-        for (int t0 = 0; t0 < a->n; t0 += 4) {
-            switch (a->n - t0 < 4 ? a->n - t0 : 4) {
+        for (int t0 = 0; t0 < a->n; t0 += 8) {
+            switch (a->n - t0 < 8 ? a->n - t0 : 8) {
             case 1: q8_0_row(1, row, a, t0, nb, y + o, ldy); break;
             case 2: q8_0_row(2, row, a, t0, nb, y + o, ldy); break;
             case 3: q8_0_row(3, row, a, t0, nb, y + o, ldy); break;
-            default: q8_0_row(4, row, a, t0, nb, y + o, ldy); break;
+            case 4: q8_0_row(4, row, a, t0, nb, y + o, ldy); break;
+            case 5: q8_0_row(5, row, a, t0, nb, y + o, ldy); break;
+            case 6: q8_0_row(6, row, a, t0, nb, y + o, ldy); break;
+            case 7: q8_0_row(7, row, a, t0, nb, y + o, ldy); break;
+            default: q8_0_row(8, row, a, t0, nb, y + o, ldy); break;
             }
         }
     }
@@ -435,9 +439,9 @@ AI void q4_k_row(int T, const unsigned char *row, const mc_qact *a, int t0, int 
                  const __m512i *sidx, float *y, int ldy)
 {
     const __m256i m4 = _mm256_set1_epi8(0x0f);
-    __m512 acc[4];
-    __m256 macc[4];
-#pragma GCC unroll 4
+    __m512 acc[8];
+    __m256 macc[8];
+#pragma GCC unroll 8
     for (int t = 0; t < T; t++) {
         acc[t] = _mm512_setzero_ps();
         macc[t] = _mm256_setzero_ps();
@@ -465,7 +469,7 @@ AI void q4_k_row(int T, const unsigned char *row, const mc_qact *a, int t0, int 
             qv[c] = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
             s16[c] = _mm512_permutexvar_epi16(sidx[c], sc);
         }
-#pragma GCC unroll 4
+#pragma GCC unroll 8
         for (int t = 0; t < T; t++) {
             const int8_t *xb = xq + (size_t)t * a->kp + (size_t)b * MC_QK_K;
             __m512i sumi = _mm512_setzero_si512();
@@ -483,7 +487,7 @@ AI void q4_k_row(int T, const unsigned char *row, const mc_qact *a, int t0, int 
                                       _mm256_cvtepi32_ps(_mm256_mullo_epi32(m8, b8)), macc[t]);
         }
     }
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int t = 0; t < T; t++)
         y[(size_t)(t0 + t) * ldy] = _mm512_reduce_add_ps(acc[t]) - hsum256(macc[t]);
 }
@@ -498,12 +502,16 @@ static void rows_q4_k(const mc_mat *w, const mc_qact *a, float *y, int ldy, int 
                                      _mm256_set1_epi16((short)(2 * c + 1)), 1);
     for (int o = r0; o < r1; o++) {
         const unsigned char *row = mc_row_ptr(w, o);
-        for (int t0 = 0; t0 < a->n; t0 += 4) {
-            switch (a->n - t0 < 4 ? a->n - t0 : 4) {
+        for (int t0 = 0; t0 < a->n; t0 += 8) {
+            switch (a->n - t0 < 8 ? a->n - t0 : 8) {
             case 1: q4_k_row(1, row, a, t0, nb, sidx, y + o, ldy); break;
             case 2: q4_k_row(2, row, a, t0, nb, sidx, y + o, ldy); break;
             case 3: q4_k_row(3, row, a, t0, nb, sidx, y + o, ldy); break;
-            default: q4_k_row(4, row, a, t0, nb, sidx, y + o, ldy); break;
+            case 4: q4_k_row(4, row, a, t0, nb, sidx, y + o, ldy); break;
+            case 5: q4_k_row(5, row, a, t0, nb, sidx, y + o, ldy); break;
+            case 6: q4_k_row(6, row, a, t0, nb, sidx, y + o, ldy); break;
+            case 7: q4_k_row(7, row, a, t0, nb, sidx, y + o, ldy); break;
+            default: q4_k_row(8, row, a, t0, nb, sidx, y + o, ldy); break;
             }
         }
     }
