@@ -114,6 +114,23 @@ static void warm_model(const mc_model *m)
     (void)sink;
 }
 
+/* MiB of this process's anonymous memory on transparent huge pages (weights
+ * copied or quantized at load and the probe buffer ask for them; whether
+ * the kernel grants them changes the bandwidth by up to 2x), -1 if unknown. */
+static long anon_huge_mib(void)
+{
+    FILE *f = fopen("/proc/self/smaps_rollup", "r");
+    if (!f)
+        return -1;
+    char line[256];
+    long kb = -1;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "AnonHugePages: %ld kB", &kb) == 1)
+            break;
+    fclose(f);
+    return kb < 0 ? -1 : kb / 1024;
+}
+
 static int argmax(const float *v, int n)
 {
     int b = 0;
@@ -297,6 +314,7 @@ int mc_cmd_bench(int argc, char **argv)
     if (probe_after > probe_gbps)
         probe_gbps = probe_after;
 
+    long huge_mib = anon_huge_mib();
     double prefill_tok_s = (double)plen / t_prefill;
     double prefill_gflops = 2.0 * prefill_macs / t_prefill / 1e9;
     double decode_tok_s = (double)(batch * glen) / t_decode;
@@ -312,16 +330,17 @@ int mc_cmd_bench(int argc, char **argv)
                "\"fma_peak_gflops\": %.4g, \"prefill_fma_ratio\": %.4f, \"decode_tok_s\": %.4g, "
                "\"bytes_per_step\": %.0f, \"bytes_per_token\": %.0f, \"achieved_gbps\": %.4g, "
                "\"probe_gbps\": %.4g, \"probe_gbps_before\": %.4g, \"probe_gbps_after\": %.4g, "
-               "\"bandwidth_ratio\": %.4f, \"load_s\": %.3g, \"repeat\": %lld, "
+               "\"bandwidth_ratio\": %.4f, \"load_s\": %.3g, \"repeat\": %lld, \"anon_huge_mib\": %ld, "
                "\"cpu\": \"%s\", \"cpu_features\": \"%s\"}\n",
                dir, d->model_type, d->n_layers, wname, path, nthreads, batch, plen, glen,
                prefill_tok_s, prefill_gflops, peak_gflops, prefill_gflops / peak_gflops,
                decode_tok_s, bytes_step, bytes_step / (double)batch, achieved, probe_gbps,
-               probe_before, probe_after, achieved / probe_gbps, t_load, reps, cpu, mc_cpu_features());
+               probe_before, probe_after, achieved / probe_gbps, t_load, reps, huge_mib, cpu,
+               mc_cpu_features());
     } else {
         printf("model    %s (%s, %d layers), weights %s, kernels %s, %d threads\n", dir,
                d->model_type, d->n_layers, wname, path, nthreads);
-        printf("cpu      %s [%s]\n", cpu, mc_cpu_features());
+        printf("cpu      %s [%s]; %ld MiB on huge pages\n", cpu, mc_cpu_features(), huge_mib);
         printf("probe    read stream %lld MiB: %.2f GB/s (before %.2f, after %.2f); FMA peak (f32, "
                "%s): %.1f GFLOP/s\n",
                probe_mib, probe_gbps, probe_before, probe_after, path, peak_gflops);
