@@ -102,7 +102,7 @@ static void widen(mc_dtype dt, const void *src, int n, float *dst)
 /* R weight rows (stored type DT, row pointers wr) x T tokens (x rows ldx
  * apart) over K columns; y[t*ldy + r] gets the dot products. */
 AI void tile(int DT, int R, int T, const unsigned char *const *wr, const float *x, int ldx, int K,
-             float *y, int ldy, int PF)
+             float *y, int ldy)
 {
     __m512 acc[4][8];
 #pragma GCC unroll 4
@@ -118,9 +118,6 @@ AI void tile(int DT, int R, int T, const unsigned char *const *wr, const float *
             xv[t] = _mm512_loadu_ps(x + (size_t)t * ldx + k);
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
-            if (PF && (k & (64 / (int)mc_dtype_size((mc_dtype)DT) - 1)) == 0) /* once per line */
-                _mm_prefetch((const char *)(wr[r] + mc_dtype_size((mc_dtype)DT) * (size_t)k + PF),
-                             _MM_HINT_T0);
             __m512 wv = ld16(DT, wr[r], (size_t)k);
 #pragma GCC unroll 8
             for (int t = 0; t < T; t++)
@@ -158,21 +155,20 @@ AI void tile(int DT, int R, int T, const unsigned char *const *wr, const float *
             y[(size_t)t * ldy + r] = _mm512_reduce_add_ps(acc[r][t]);
 }
 
-/* PF: prefetch distance in bytes for weights streamed from memory (0 for a panel) */
-#define TILE_T(DT, R, wr, x, ldx, K, y, ldy, T, PF)                                                \
+#define TILE_T(DT, R, wr, x, ldx, K, y, ldy, T)                                                \
     do {                                                                                           \
         switch (T) {                                                                               \
         case 1:                                                                                    \
-            tile(DT, R, 1, wr, x, ldx, K, y, ldy, PF);                                             \
+            tile(DT, R, 1, wr, x, ldx, K, y, ldy);                                             \
             break;                                                                                 \
         case 2:                                                                                    \
-            tile(DT, R, 2, wr, x, ldx, K, y, ldy, PF);                                             \
+            tile(DT, R, 2, wr, x, ldx, K, y, ldy);                                             \
             break;                                                                                 \
         case 3:                                                                                    \
-            tile(DT, R, 3, wr, x, ldx, K, y, ldy, PF);                                             \
+            tile(DT, R, 3, wr, x, ldx, K, y, ldy);                                             \
             break;                                                                                 \
         default:                                                                                   \
-            tile(DT, R, 4, wr, x, ldx, K, y, ldy, PF);                                             \
+            tile(DT, R, 4, wr, x, ldx, K, y, ldy);                                             \
             break;                                                                                 \
         }                                                                                          \
     } while (0)
@@ -183,14 +179,14 @@ AI void tile(int DT, int R, int T, const unsigned char *const *wr, const float *
 #define TILE2_T(DT, wr, x, ldx, K, y, ldy, T)                                                      \
     do {                                                                                           \
         switch (T) {                                                                               \
-        case 1: tile(DT, 2, 1, wr, x, ldx, K, y, ldy, 0); break;                                   \
-        case 2: tile(DT, 2, 2, wr, x, ldx, K, y, ldy, 0); break;                                   \
-        case 3: tile(DT, 2, 3, wr, x, ldx, K, y, ldy, 0); break;                                   \
-        case 4: tile(DT, 2, 4, wr, x, ldx, K, y, ldy, 0); break;                                   \
-        case 5: tile(DT, 2, 5, wr, x, ldx, K, y, ldy, 0); break;                                   \
-        case 6: tile(DT, 2, 6, wr, x, ldx, K, y, ldy, 0); break;                                   \
-        case 7: tile(DT, 2, 7, wr, x, ldx, K, y, ldy, 0); break;                                   \
-        default: tile(DT, 2, 8, wr, x, ldx, K, y, ldy, 0); break;                                  \
+        case 1: tile(DT, 2, 1, wr, x, ldx, K, y, ldy); break;                                   \
+        case 2: tile(DT, 2, 2, wr, x, ldx, K, y, ldy); break;                                   \
+        case 3: tile(DT, 2, 3, wr, x, ldx, K, y, ldy); break;                                   \
+        case 4: tile(DT, 2, 4, wr, x, ldx, K, y, ldy); break;                                   \
+        case 5: tile(DT, 2, 5, wr, x, ldx, K, y, ldy); break;                                   \
+        case 6: tile(DT, 2, 6, wr, x, ldx, K, y, ldy); break;                                   \
+        case 7: tile(DT, 2, 7, wr, x, ldx, K, y, ldy); break;                                   \
+        default: tile(DT, 2, 8, wr, x, ldx, K, y, ldy); break;                                  \
         }                                                                                          \
     } while (0)
 
@@ -198,14 +194,14 @@ AI void tile(int DT, int R, int T, const unsigned char *const *wr, const float *
 #define TILE1_T(DT, wr, x, ldx, K, y, ldy, T)                                                      \
     do {                                                                                           \
         switch (T) {                                                                               \
-        case 1: tile(DT, 1, 1, wr, x, ldx, K, y, ldy, 0); break;                                   \
-        case 2: tile(DT, 1, 2, wr, x, ldx, K, y, ldy, 0); break;                                   \
-        case 3: tile(DT, 1, 3, wr, x, ldx, K, y, ldy, 0); break;                                   \
-        case 4: tile(DT, 1, 4, wr, x, ldx, K, y, ldy, 0); break;                                   \
-        case 5: tile(DT, 1, 5, wr, x, ldx, K, y, ldy, 0); break;                                   \
-        case 6: tile(DT, 1, 6, wr, x, ldx, K, y, ldy, 0); break;                                   \
-        case 7: tile(DT, 1, 7, wr, x, ldx, K, y, ldy, 0); break;                                   \
-        default: tile(DT, 1, 8, wr, x, ldx, K, y, ldy, 0); break;                                  \
+        case 1: tile(DT, 1, 1, wr, x, ldx, K, y, ldy); break;                                   \
+        case 2: tile(DT, 1, 2, wr, x, ldx, K, y, ldy); break;                                   \
+        case 3: tile(DT, 1, 3, wr, x, ldx, K, y, ldy); break;                                   \
+        case 4: tile(DT, 1, 4, wr, x, ldx, K, y, ldy); break;                                   \
+        case 5: tile(DT, 1, 5, wr, x, ldx, K, y, ldy); break;                                   \
+        case 6: tile(DT, 1, 6, wr, x, ldx, K, y, ldy); break;                                   \
+        case 7: tile(DT, 1, 7, wr, x, ldx, K, y, ldy); break;                                   \
+        default: tile(DT, 1, 8, wr, x, ldx, K, y, ldy); break;                                  \
         }                                                                                          \
     } while (0)
 
@@ -216,7 +212,6 @@ AI void stream_rows(int DT, const mc_mat *w, const float *x, int n, int ldx, flo
     size_t es = mc_dtype_size((mc_dtype)DT);
     int K = w->cols;
     int o = r0;
-    int pf = 0;
     if (n == 1) {
         /* One token: one row at a time, four accumulators along the row. A
          * single sequential stream per thread is what the hardware
@@ -241,41 +236,22 @@ AI void stream_rows(int DT, const mc_mat *w, const float *x, int n, int ldx, flo
         }
         return;
     }
-    if (n <= 16) {
-        /* a few tokens: two rows x up to 8 tokens per pass, so each activation
-         * vector loaded (from L2: n x K floats do not fit L1) feeds two FMAs
-         * (blocking rows x column chunks to keep x in L1 measured slower here: the
-         * interleaved row streams lose more bandwidth than the L2 reads of x cost) */
-        for (; o + 2 <= r1; o += 2) {
-            const unsigned char *wr[2];
-            for (int r = 0; r < 2; r++)
-                wr[r] = (const unsigned char *)w->data + (size_t)(o + r) * w->row_stride * es;
-            for (int t0 = 0; t0 < n; t0 += 8)
-                TILE2_T(DT, wr, x + (size_t)t0 * ldx, ldx, K, y + (size_t)t0 * ldy + o, ldy,
-                        n - t0);
-        }
-        for (; o < r1; o++) {
-            const unsigned char *wr[1] = {(const unsigned char *)w->data +
-                                          (size_t)o * w->row_stride * es};
-            for (int t0 = 0; t0 < n; t0 += 8)
-                TILE1_T(DT, wr, x + (size_t)t0 * ldx, ldx, K, y + (size_t)t0 * ldy + o, ldy,
-                        n - t0);
-        }
-        return;
-    }
-    for (; o + 4 <= r1; o += 4) {
-        const unsigned char *wr[4];
-        for (int r = 0; r < 4; r++)
+    /* a few tokens (rows_f sends 17 or more to the panel path): two rows x up to
+     * 8 tokens per pass, so each activation vector loaded (from L2: n x K floats
+     * do not fit L1) feeds two FMAs. Blocking rows x column chunks to keep x in
+     * L1 measured slower here: the interleaved row streams lose more bandwidth
+     * than the L2 reads of x cost. */
+    for (; o + 2 <= r1; o += 2) {
+        const unsigned char *wr[2];
+        for (int r = 0; r < 2; r++)
             wr[r] = (const unsigned char *)w->data + (size_t)(o + r) * w->row_stride * es;
-        for (int t0 = 0; t0 < n; t0 += 4)
-            TILE_T(DT, 4, wr, x + (size_t)t0 * ldx, ldx, K, y + (size_t)t0 * ldy + o, ldy, n - t0,
-                   pf);
+        for (int t0 = 0; t0 < n; t0 += 8)
+            TILE2_T(DT, wr, x + (size_t)t0 * ldx, ldx, K, y + (size_t)t0 * ldy + o, ldy, n - t0);
     }
     for (; o < r1; o++) {
         const unsigned char *wr[1] = {(const unsigned char *)w->data + (size_t)o * w->row_stride * es};
-        for (int t0 = 0; t0 < n; t0 += 4)
-            TILE_T(DT, 1, wr, x + (size_t)t0 * ldx, ldx, K, y + (size_t)t0 * ldy + o, ldy, n - t0,
-                   pf);
+        for (int t0 = 0; t0 < n; t0 += 8)
+            TILE1_T(DT, wr, x + (size_t)t0 * ldx, ldx, K, y + (size_t)t0 * ldy + o, ldy, n - t0);
     }
 }
 
@@ -329,10 +305,10 @@ static void packed_rows(const mc_mat *w, const float *x, int n, int ldx, float *
                 float *yt = y + (size_t)(t0b + t0) * ldy + o;
                 const float *xt = xb + (size_t)t0 * ldx;
                 if (R == 4) {
-                    TILE_T(MC_DT_F32, 4, wr, xt, ldx, K, yt, ldy, tn - t0, 0);
+                    TILE_T(MC_DT_F32, 4, wr, xt, ldx, K, yt, ldy, tn - t0);
                 } else {
                     for (int r = 0; r < R; r++)
-                        TILE_T(MC_DT_F32, 1, (wr + r), xt, ldx, K, yt + r, ldy, tn - t0, 0);
+                        TILE_T(MC_DT_F32, 1, (wr + r), xt, ldx, K, yt + r, ldy, tn - t0);
                 }
             }
         }
@@ -519,7 +495,7 @@ static void rows_q4_k(const mc_mat *w, const mc_qact *a, float *y, int ldy, int 
 
 /* ---- vector math ---- */
 
-/* expf to ~2 ulp (Cephes polynomial); 0 below -87.3, +inf above 88.7. */
+/* expf to ~2 ulp (Cephes polynomial); 0 below -87.3, +inf above 88.37. */
 AI __m512 exp16(__m512 x)
 {
     const __m512 hi = _mm512_set1_ps(88.3762626647949f), lo = _mm512_set1_ps(-87.3365447504f);
