@@ -172,6 +172,7 @@ static void test_roundtrip(void)
 static void test_kernel_vs_float(void)
 {
     mc_dtype types[2] = {MC_DT_Q8_0, MC_DT_Q4_K};
+    mc_kpath saved = mc_kernels_path();
     for (int ti = 0; ti < 2; ti++)
         for (int p = 0; p < MC_KPATH_COUNT; p++) {
             if (!mc_kpath_supported((mc_kpath)p))
@@ -207,7 +208,7 @@ static void test_kernel_vs_float(void)
             CHECK(rel < (types[ti] == MC_DT_Q8_0 ? 2.5e-2 : 5e-2));
             free(store);
         }
-    mc_kernels_set_path(mc_kernels_path());
+    mc_kernels_set_path(saved); /* the model tests run on the default (or MC_KERNELS) path */
 }
 
 /* ---- model logits ---- */
@@ -258,7 +259,8 @@ static void test_model_logits(void)
                                    "mistral4-tiny", "deepseek-v32-tiny"};
     enum { T = 24 };
     int64_t tok[T];
-    printf("model logits vs stored precision (%d tokens): rel = ||q - ref|| / ||ref||, argmax agreement\n", T);
+    printf("model logits vs stored precision (%d tokens, %s path): rel = ||q - ref|| / ||ref||, "
+           "argmax agreement\n", T, mc_kpath_name(mc_kernels_path()));
     for (size_t mi = 0; mi < sizeof models / sizeof models[0]; mi++) {
         char dir[1024];
         snprintf(dir, sizeof dir, "%s/models/%s", fixtures, models[mi]);
