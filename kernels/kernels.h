@@ -28,7 +28,8 @@
  * the storage holds W^T (Llama 4's fused experts, [in, out] row-major):
  * W[o, i] at data[i * row_stride + o]. For Q8_0 / Q4_K, row_stride is a
  * multiple of the block size, stored row o starts at byte
- * o * mc_dtype_row_bytes(dtype, row_stride), and `transposed` is not allowed. */
+ * o * mc_dtype_row_bytes(dtype, row_stride), a row holds ceil(cols / block)
+ * blocks (zero-padded past cols), and `transposed` is not allowed. */
 typedef struct {
     mc_dtype dtype;
     int rows, cols;

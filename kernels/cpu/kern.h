@@ -15,7 +15,7 @@
 #include <string.h>
 
 /* Activations quantized for block weights: n rows of kp int8 values
- * (kp = row_stride of the weights, zero-padded past cols).
+ * (kp = cols rounded up to the block, zero-padded past cols).
  *   Q8_0: d[t*(kp/32) + b] scales block b of row t.
  *   Q4_K: d[t*(kp/256) + b] scales super-block b; bsum[t*(kp/32) + j] is
  *         the sum of the int8 values of sub-block j (for the mins). */

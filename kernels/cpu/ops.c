@@ -365,7 +365,9 @@ void mc_matmul(const mc_mat *w, const float *x, int n, int ldx, float *y, int ld
     void *qbuf = NULL;
     if (mc_dtype_is_block(w->dtype)) {
         int blk = w->dtype == MC_DT_Q8_0 ? MC_QK8_0 : MC_QK_K;
-        int kp = (int)w->row_stride;
+        /* the blocks that hold cols (a view may start inside a wider row: row_stride only
+         * places the rows) */
+        int kp = (w->cols + blk - 1) / blk * blk;
         size_t nq = (size_t)n * kp, nd = (size_t)n * (kp / blk), ns = (size_t)n * (kp / 32);
         qbuf = malloc(nq + nd * sizeof(float) + ns * sizeof(int16_t) + 16);
         if (!qbuf) { /* out of memory mid-product: no error channel; zero output */
@@ -403,7 +405,7 @@ void mc_matmul(const mc_mat *w, const float *x, int n, int ldx, float *y, int ld
 void mc_mat_row_f32(const mc_mat *w, int r, float *dst)
 {
     const mc_kops *ops = mc_kops_current();
-    count(mc_dtype_is_block(w->dtype) ? mc_dtype_row_bytes(w->dtype, (int64_t)w->row_stride)
+    count(mc_dtype_is_block(w->dtype) ? mc_dtype_row_bytes(w->dtype, w->cols)
                                       : (size_t)w->cols * mc_dtype_size(w->dtype));
     if (mc_dtype_is_block(w->dtype)) {
         mc_dequantize_row(w->dtype, mc_row_ptr(w, r), dst, w->cols);
@@ -429,7 +431,7 @@ size_t mc_mat_weight_bytes(const mc_mat *w)
 {
     size_t b;
     if (mc_dtype_is_block(w->dtype))
-        b = (size_t)w->rows * mc_dtype_row_bytes(w->dtype, (int64_t)w->row_stride);
+        b = (size_t)w->rows * mc_dtype_row_bytes(w->dtype, w->cols);
     else
         b = (size_t)w->rows * (size_t)w->cols * mc_dtype_size(w->dtype);
     if (w->scale)
