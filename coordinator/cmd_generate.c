@@ -9,6 +9,7 @@
 #include "exec.h"
 #include "log.h"
 #include "model.h"
+#include "model_quant.h"
 #include "par_args.h"
 #include "parallel.h"
 #include "sampler.h"
@@ -194,6 +195,9 @@ int mc_cmd_generate(int argc, char **argv)
                        : mc_model_load_dist(model_dir, world, par.tp, par.ep, par.pp, &m, &err);
     if (st != MC_OK)
         goto fail; /* every rank failed together (mc_par_agree) */
+    /* --weights: every rank converts the share it bound (same inputs, same outcome) */
+    if (par.weights_given && (st = mc_model_quantize(m, par.weights, &err)) != MC_OK)
+        goto fail;
     if (par.stats && (st = mc_stats_enable(m, &err)) != MC_OK)
         goto fail;
     int V = m->d.vocab;

@@ -15,6 +15,7 @@
 #include "exec.h"
 #include "log.h"
 #include "model.h"
+#include "model_quant.h"
 #include "par_args.h"
 #include "parallel.h"
 #include "safetensors.h"
@@ -209,6 +210,9 @@ int mc_cmd_score(int argc, char **argv)
                        : mc_model_load_dist(model_dir, world, par.tp, par.ep, par.pp, &m, &err);
     if (st != MC_OK)
         goto fail; /* every rank failed together (mc_par_agree) */
+    /* --weights: every rank converts the share it bound (same inputs, same outcome) */
+    if (par.weights_given && (st = mc_model_quantize(m, par.weights, &err)) != MC_OK)
+        goto fail;
     MC_INFO("loaded %s (%s, %d layers) in %.2f s", model_dir, m->d.model_type, m->d.n_layers,
             mc_now_s() - t0);
     if (par.stats && mc_stats_enable(m, &err) != MC_OK) {

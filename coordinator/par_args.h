@@ -7,6 +7,7 @@
 #include "cli.h"
 #include "comm.h"
 #include "comm_mpi.h"
+#include "dtype.h"
 #include "status.h"
 
 #include <fcntl.h>
@@ -19,11 +20,13 @@ typedef struct {
     long long tp, ep, pp; /* 0 = default (see mc_layout_make) */
     bool given;           /* any of them was given */
     bool stats;
+    bool weights_given;   /* --weights: quantize / re-store the weights at load time */
+    mc_dtype weights;
 } mc_par_args;
 
-#define MC_PAR_ARGS_INIT {0, 0, 0, false, false}
+#define MC_PAR_ARGS_INIT {0, 0, 0, false, false, false, MC_DT_BF16}
 
-enum { MC_OPT_TP = 1000, MC_OPT_EP, MC_OPT_PP, MC_OPT_STATS };
+enum { MC_OPT_TP = 1000, MC_OPT_EP, MC_OPT_PP, MC_OPT_STATS, MC_OPT_WEIGHTS };
 
 /* getopt_long entries (put them before the terminating {0, 0, 0, 0}). */
 #define MC_PAR_OPTIONS                                                                             \
@@ -33,7 +36,8 @@ enum { MC_OPT_TP = 1000, MC_OPT_EP, MC_OPT_PP, MC_OPT_STATS };
         {"expert-parallel-size", required_argument, 0, MC_OPT_EP},                                 \
         {"pp", required_argument, 0, MC_OPT_PP},                                                   \
         {"pipeline-parallel-size", required_argument, 0, MC_OPT_PP},                               \
-        {"stats", no_argument, 0, MC_OPT_STATS}
+        {"stats", no_argument, 0, MC_OPT_STATS},                                                   \
+        {"weights", required_argument, 0, MC_OPT_WEIGHTS}
 
 #define MC_PAR_USAGE                                                                               \
     "  --tp, --tensor-parallel-size N    split attention heads, dense FFN and LM head over N\n"   \
@@ -43,6 +47,8 @@ enum { MC_OPT_TP = 1000, MC_OPT_EP, MC_OPT_PP, MC_OPT_STATS };
     "  --pp, --pipeline-parallel-size N  split the layers into N pipeline stages (default 1)\n"    \
     "  --stats                           print tokens, bytes and compute/communication time\n"    \
     "                                    per layer and rank (stderr)\n"                            \
+    "  --weights q8_0|q4_k|bf16          quantize the projections, FFNs, experts and LM head\n"   \
+    "                                    at load time (llama.cpp blocks; bf16 copies to RAM)\n"    \
     "Run under mpirun for more than one rank: mpirun -np 4 moecluster ... --ep 4\n"
 
 /* Handles one getopt result: 0 = consumed, 1 = not a parallel option,
@@ -61,6 +67,14 @@ static inline int mc_par_option(mc_par_args *a, const char *cmd, int c, const ch
         return mc_arg_int(cmd, "--pp", arg, 1, 1 << 20, &a->pp) ? -1 : 0;
     case MC_OPT_STATS:
         a->stats = true;
+        return 0;
+    case MC_OPT_WEIGHTS:
+        if (mc_weight_format_from_name(arg, &a->weights) != 0) {
+            fprintf(stderr, "moecluster %s: --weights: '%s' is not q8_0, q4_k, bf16, f16 or f32\n",
+                    cmd, arg);
+            return -1;
+        }
+        a->weights_given = true;
         return 0;
     default:
         return 1;

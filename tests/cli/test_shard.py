@@ -279,6 +279,12 @@ def main():
         a, b = read_logits(out2) if rc == 0 else [0.0], read_logits(qref)
         num = sum((x - y) ** 2 for x, y in zip(a, b)) ** 0.5
         den = sum(y * y for y in b) ** 0.5
+        # load-time quantization (--weights) writes the same blocks as shard --weights
+        out3 = os.path.join(work, fmt + "-load.safetensors")
+        rc3, _, _ = run([exe, "score", "--model", qm, "--weights", fmt, "--input",
+                         os.path.join(qm, "golden.safetensors"), "--output", out3])
+        check(rc == 0 and rc3 == 0 and open(out2, "rb").read() == open(out3, "rb").read(),
+              f"{fmt}: score --weights {fmt} is bit-identical to the {fmt} shard set")
         bound = 0.1 if fmt == "q8_0" else 0.6   # random-weight routing flips; see docs/kernels.md
         check(rc == 0 and num / den < bound, f"{fmt} shards score within {bound} of BF16 (rel {num / den:.3f})")
 
