@@ -84,7 +84,6 @@ static int parse_ids(const char *s, int64_t **out, int *n)
 int mc_cmd_generate(int argc, char **argv)
 {
     static const struct option opts[] = {{"model", required_argument, 0, 'm'},
-                                          {"shards", required_argument, 0, 'S'},
                                           {"prompt-ids", required_argument, 0, 'p'},
                                           {"max-tokens", required_argument, 0, 'n'},
                                           {"temperature", required_argument, 0, 't'},
@@ -110,15 +109,6 @@ int mc_cmd_generate(int argc, char **argv)
     while ((c = getopt_long(argc, argv, "n:h", opts, NULL)) != -1) {
         switch (c) {
         case 'm': model_dir = optarg; break;
-        case 'S': /* a shard set from `moecluster shard`: each rank reads its own folder */
-            model_dir = optarg;
-            if (!mc_is_shard_set(optarg)) {
-                fprintf(stderr,
-                        "moecluster %s: --shards %s: no manifest.json and plan.json there (make one "
-                        "with moecluster shard)\n", "generate", optarg);
-                PARSE_RETURN(2);
-            }
-            break;
         case 'p': prompt = optarg; break;
         case 'n':
             if (mc_arg_int("generate", "-n", optarg, 0, 1 << 24, &n_gen))
@@ -159,6 +149,8 @@ int mc_cmd_generate(int argc, char **argv)
         fprintf(stderr, "moecluster generate: unexpected argument '%s'\n", argv[optind]);
         PARSE_RETURN(2);
     }
+    if (par.shards)
+        model_dir = par.shards; /* the shard set is the model */
     if (!model_dir || !prompt) {
         fprintf(stderr, "moecluster generate: --model and --prompt-ids are required\n");
         gen_usage(stderr);

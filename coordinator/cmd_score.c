@@ -108,7 +108,6 @@ static mc_status check_run(const mc_model *m, const int64_t *ids, int64_t B, int
 int mc_cmd_score(int argc, char **argv)
 {
     static const struct option opts[] = {{"model", required_argument, 0, 'm'},
-                                          {"shards", required_argument, 0, 'S'},
                                           {"input", required_argument, 0, 'i'},
                                           {"output", required_argument, 0, 'o'},
                                           {"decode-from", required_argument, 0, 'k'},
@@ -129,15 +128,6 @@ int mc_cmd_score(int argc, char **argv)
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
         case 'm': model_dir = optarg; break;
-        case 'S': /* a shard set from `moecluster shard`: each rank reads its own folder */
-            model_dir = optarg;
-            if (!mc_is_shard_set(optarg)) {
-                fprintf(stderr,
-                        "moecluster %s: --shards %s: no manifest.json and plan.json there (make one "
-                        "with moecluster shard)\n", "score", optarg);
-                PARSE_RETURN(2);
-            }
-            break;
         case 'i': in_path = optarg; break;
         case 'o': out_path = optarg; break;
         case 'k':
@@ -159,6 +149,8 @@ int mc_cmd_score(int argc, char **argv)
         fprintf(stderr, "moecluster score: unexpected argument '%s'\n", argv[optind]);
         PARSE_RETURN(2);
     }
+    if (par.shards)
+        model_dir = par.shards; /* the shard set is the model */
     if (!model_dir || !in_path || !out_path) {
         fprintf(stderr, "moecluster score: --model, --input and --output are required\n");
         score_usage(stderr);

@@ -8,6 +8,7 @@
 #include "comm.h"
 #include "comm_mpi.h"
 #include "dtype.h"
+#include "model.h"
 #include "status.h"
 
 #include <fcntl.h>
@@ -22,11 +23,12 @@ typedef struct {
     bool stats;
     bool weights_given;   /* --weights: quantize / re-store the weights at load time */
     mc_dtype weights;
+    const char *shards;   /* --shards DIR: a shard set, used instead of --model */
 } mc_par_args;
 
-#define MC_PAR_ARGS_INIT {0, 0, 0, false, false, false, MC_DT_BF16}
+#define MC_PAR_ARGS_INIT {0, 0, 0, false, false, false, MC_DT_BF16, NULL}
 
-enum { MC_OPT_TP = 1000, MC_OPT_EP, MC_OPT_PP, MC_OPT_STATS, MC_OPT_WEIGHTS };
+enum { MC_OPT_TP = 1000, MC_OPT_EP, MC_OPT_PP, MC_OPT_STATS, MC_OPT_WEIGHTS, MC_OPT_SHARDS };
 
 /* getopt_long entries (put them before the terminating {0, 0, 0, 0}). */
 #define MC_PAR_OPTIONS                                                                             \
@@ -37,7 +39,8 @@ enum { MC_OPT_TP = 1000, MC_OPT_EP, MC_OPT_PP, MC_OPT_STATS, MC_OPT_WEIGHTS };
         {"pp", required_argument, 0, MC_OPT_PP},                                                   \
         {"pipeline-parallel-size", required_argument, 0, MC_OPT_PP},                               \
         {"stats", no_argument, 0, MC_OPT_STATS},                                                   \
-        {"weights", required_argument, 0, MC_OPT_WEIGHTS}
+        {"weights", required_argument, 0, MC_OPT_WEIGHTS},                                         \
+        {"shards", required_argument, 0, MC_OPT_SHARDS}
 
 #define MC_PAR_USAGE                                                                               \
     "  --tp, --tensor-parallel-size N    split attention heads, dense FFN and LM head over N\n"   \
@@ -75,6 +78,16 @@ static inline int mc_par_option(mc_par_args *a, const char *cmd, int c, const ch
             return -1;
         }
         a->weights_given = true;
+        return 0;
+    case MC_OPT_SHARDS: /* a shard set from `moecluster shard`: each rank reads its own folder */
+        if (!mc_is_shard_set(arg)) {
+            fprintf(stderr,
+                    "moecluster %s: --shards %s: no manifest.json and plan.json there (make one "
+                    "with moecluster shard)\n",
+                    cmd, arg);
+            return -1;
+        }
+        a->shards = arg;
         return 0;
     default:
         return 1;

@@ -9,33 +9,12 @@
 
 /* ---- loading ---- */
 
-static void *own(mc_v4_model *v, void *p)
-{
-    if (!p)
-        return NULL;
-    if (v->n_owned == v->cap_owned) {
-        size_t nc = v->cap_owned ? 2 * v->cap_owned : 64;
-        void **nw = realloc(v->owned, nc * sizeof *nw);
-        if (!nw) {
-            free(p);
-            return NULL;
-        }
-        v->owned = nw;
-        v->cap_owned = nc;
-    }
-    v->owned[v->n_owned++] = p;
-    return p;
-}
-
 void mc_v4_free(mc_model *m)
 {
     mc_v4_model *v = m->v4;
     if (!v)
         return;
-    for (size_t i = 0; i < v->n_owned; i++)
-        free(v->owned[i]);
-    free(v->owned);
-    free(v);
+    free(v); /* its arrays are on the model's owned list */
     m->v4 = NULL;
 }
 
@@ -104,7 +83,7 @@ static mc_status bind_f32(mc_model *m, const char *name, int ndim, const int64_t
     if (t->dtype != MC_DT_F32 && t->dtype != MC_DT_BF16 && t->dtype != MC_DT_F16)
         return mc_err_set(err, MC_ERR_UNSUPPORTED, "%s: tensor '%s' has dtype %s (want F32/F16/BF16)",
                           t->path, t->name, mc_dtype_name(t->dtype));
-    float *p = own(m->v4, mc_malloc_n((size_t)t->numel, sizeof *p));
+    float *p = mc_model_own(m, mc_malloc_n((size_t)t->numel, sizeof *p));
     if (!p)
         return mc_err_set(err, MC_ERR_NOMEM, "out of memory");
     st_tensor_to_f32(t, p);
@@ -195,7 +174,7 @@ static mc_status bind_tid2eid(mc_model *m, int l, mc_v4_layer *L, mc_err *err)
         return mc_err_set(err, MC_ERR_UNSUPPORTED, "%s: tensor '%s' has dtype %s (want I64/I32)",
                           t->path, t->name, mc_dtype_name(t->dtype));
     size_t cnt = (size_t)t->numel;
-    L->tid2eid = own(m->v4, mc_malloc_n(cnt, sizeof *L->tid2eid));
+    L->tid2eid = mc_model_own(m, mc_malloc_n(cnt, sizeof *L->tid2eid));
     if (!L->tid2eid)
         return mc_err_set(err, MC_ERR_NOMEM, "out of memory");
     const uint8_t *p = t->data;
@@ -267,7 +246,7 @@ static mc_status bind_layer(mc_model *m, int l, mc_err *err)
         TRY(bind_vec(m, lname(n, sizeof n, l, "ffn.gate.bias"), E,
                      "n_routed_experts (score correction bias of a 'moe' layer)", &L->gate_bias, err));
     }
-    L->experts = own(m->v4, mc_calloc_n((size_t)E, sizeof *L->experts));
+    L->experts = mc_model_own(m, mc_calloc_n((size_t)E, sizeof *L->experts));
     if (!L->experts)
         return mc_err_set(err, MC_ERR_NOMEM, "out of memory");
     for (int e = 0; e < E; e++) {
@@ -318,9 +297,9 @@ mc_status mc_v4_load(mc_model *m, mc_err *err)
                  &vm->hc_head_fn, err));
     TRY(bind_vec(m, "model.hc_head.hc_base", k, "hc_mult", &vm->hc_head_base, err));
     TRY(bind_vec(m, "model.hc_head.hc_scale", 1, "one scale", &vm->hc_head_scale, err));
-    vm->layers = own(vm, mc_calloc_n((size_t)d->n_layers, sizeof *vm->layers));
-    vm->inv_main = own(vm, mc_calloc_n((size_t)half + 1, sizeof *vm->inv_main));
-    vm->inv_comp = own(vm, mc_calloc_n((size_t)half + 1, sizeof *vm->inv_comp));
+    vm->layers = mc_model_own(m, mc_calloc_n((size_t)d->n_layers, sizeof *vm->layers));
+    vm->inv_main = mc_model_own(m, mc_calloc_n((size_t)half + 1, sizeof *vm->inv_main));
+    vm->inv_comp = mc_model_own(m, mc_calloc_n((size_t)half + 1, sizeof *vm->inv_comp));
     if (!vm->layers || !vm->inv_main || !vm->inv_comp)
         return mc_err_set(err, MC_ERR_NOMEM, "out of memory");
     inv_freq(d->rope.theta, d->rope.dim, 0, 1, 0, 0, 0, vm->inv_main);

@@ -47,8 +47,6 @@ typedef struct mc_v4_model {
     mc_mat hc_head_fn;     /* [hc, hc*H] */
     float *hc_head_base, *hc_head_scale;
     double *inv_main, *inv_comp; /* [rope.dim/2] */
-    void **owned;
-    size_t n_owned, cap_owned;
 } mc_v4_model;
 
 /* Per-layer incremental state of one compressor. */

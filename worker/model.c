@@ -15,7 +15,7 @@
 #include <string.h>
 #include <unistd.h>
 
-static void *own(mc_model *m, void *p)
+void *mc_model_own(mc_model *m, void *p)
 {
     if (!p)
         return NULL;
@@ -149,7 +149,7 @@ static mc_status bind_mat(mc_model *m, mc_tensor_role role, int layer, int exper
     if (s->dtype != MC_DT_F32 && s->dtype != MC_DT_BF16 && s->dtype != MC_DT_F16)
         return mc_err_set(err, MC_ERR_UNSUPPORTED, "%s: scale tensor '%s' has dtype %s", s->path,
                           s->name, mc_dtype_name(s->dtype));
-    float *sc = own(m, mc_malloc_n((size_t)s->numel, sizeof *sc));
+    float *sc = mc_model_own(m, mc_malloc_n((size_t)s->numel, sizeof *sc));
     if (!sc)
         return mc_err_set(err, MC_ERR_NOMEM, "out of memory");
     st_tensor_to_f32(s, sc);
@@ -177,7 +177,7 @@ static mc_status mat_rows(mc_model *m, mc_mat *w, int r0, int n, mc_err *err)
         if (r0 % w->block_rows == 0) {
             w->scale += (size_t)(r0 / w->block_rows) * (size_t)w->scale_cols;
         } else {
-            float *sc = own(m, mc_malloc_n((size_t)n * (size_t)w->scale_cols, sizeof *sc));
+            float *sc = mc_model_own(m, mc_malloc_n((size_t)n * (size_t)w->scale_cols, sizeof *sc));
             if (!sc)
                 return mc_err_set(err, MC_ERR_NOMEM, "out of memory");
             for (int r = 0; r < n; r++)
@@ -209,7 +209,7 @@ static mc_status mat_cols(mc_model *m, mc_mat *w, int c0, int n, mc_err *err)
             w->scale += c0 / w->block_cols;
         } else {
             int rb = (w->rows + w->block_rows - 1) / w->block_rows;
-            float *sc = own(m, mc_malloc_n((size_t)rb * (size_t)n, sizeof *sc));
+            float *sc = mc_model_own(m, mc_malloc_n((size_t)rb * (size_t)n, sizeof *sc));
             if (!sc)
                 return mc_err_set(err, MC_ERR_NOMEM, "out of memory");
             for (int b = 0; b < rb; b++)
@@ -256,7 +256,7 @@ static mc_status bind_vec(mc_model *m, mc_tensor_role role, int layer, int n, co
     if (t->dtype != MC_DT_F32 && t->dtype != MC_DT_BF16 && t->dtype != MC_DT_F16)
         return mc_err_set(err, MC_ERR_UNSUPPORTED, "%s: tensor '%s' has dtype %s (want F32/F16/BF16)",
                           t->path, t->name, mc_dtype_name(t->dtype));
-    float *v = own(m, mc_malloc_n((size_t)n, sizeof *v));
+    float *v = mc_model_own(m, mc_malloc_n((size_t)n, sizeof *v));
     if (!v)
         return mc_err_set(err, MC_ERR_NOMEM, "out of memory");
     st_tensor_to_f32(t, v);
@@ -412,7 +412,7 @@ static mc_status bind_layer(mc_model *m, int l, mc_err *err)
     if (d->has_score_bias)
         TRY(bind_vec(m, MC_T_ROUTER_BIAS, l, d->n_experts, "n_routed_experts", &w->score_bias, err));
     /* indexed by global expert id; only [expert0, expert1) are bound */
-    w->experts = own(m, mc_calloc_n((size_t)d->n_experts, sizeof *w->experts));
+    w->experts = mc_model_own(m, mc_calloc_n((size_t)d->n_experts, sizeof *w->experts));
     if (!w->experts)
         return mc_err_set(err, MC_ERR_NOMEM, "out of memory");
     if (d->expert_layout == MC_EXPERTS_SEPARATE) {
@@ -473,8 +473,8 @@ static mc_status bind_share(mc_model *m, const char *dir, mc_err *err)
                            err)) != MC_OK)
             return st;
     }
-    m->layers = own(m, mc_calloc_n((size_t)d->n_layers, sizeof *m->layers));
-    m->inv_freq = own(m, mc_calloc_n((size_t)d->rope.dim / 2 + 1, sizeof *m->inv_freq));
+    m->layers = mc_model_own(m, mc_calloc_n((size_t)d->n_layers, sizeof *m->layers));
+    m->inv_freq = mc_model_own(m, mc_calloc_n((size_t)d->rope.dim / 2 + 1, sizeof *m->inv_freq));
     if (!m->layers || !m->inv_freq)
         return mc_err_set(err, MC_ERR_NOMEM, "out of memory");
     mc_rope_inv_freq(&d->rope, m->inv_freq);

@@ -138,6 +138,10 @@ mc_status mc_forward_step(mc_model *m, mc_kv *kv, const int64_t *tokens, int n, 
 void mc_route_token(const mc_model_desc *d, const float *logits, const float *bias, int *idx,
                     float *weight);
 
+/* Hands p (malloc'd) to the model, freed by mc_model_free; returns p, or
+ * NULL (and frees p) when p is NULL or the list cannot grow. */
+void *mc_model_own(mc_model *m, void *p);
+
 /* True when DIR is a shard set written by `moecluster shard` (DIR/manifest.json). */
 bool mc_is_shard_set(const char *dir);
 

@@ -31,20 +31,13 @@ static inline mc_status mc_model_quant_mat_(mc_model *m, mc_mat *w, mc_dtype tar
     /* an element type asked for again is still copied: into RAM, off the mapping */
     if (fmt == MC_DT_COUNT || (fmt == w->dtype && mc_dtype_is_block(fmt)))
         return MC_OK;
-    if (m->n_owned == m->cap_owned) {
-        size_t nc = m->cap_owned ? 2 * m->cap_owned : 64;
-        void **n = realloc(m->owned, nc * sizeof *n);
-        if (!n)
-            return mc_err_set(err, MC_ERR_NOMEM, "out of memory");
-        m->owned = n;
-        m->cap_owned = nc;
-    }
     mc_mat q;
     void *store;
     mc_status st = mc_mat_quantize(w, fmt, &q, &store, err);
     if (st != MC_OK)
         return st;
-    m->owned[m->n_owned++] = store;
+    if (!mc_model_own(m, store))
+        return mc_err_set(err, MC_ERR_NOMEM, "out of memory");
     *w = q;
     return MC_OK;
 }
