@@ -83,6 +83,14 @@ def main():
         check(rc == 0 and rc2 == 0 and json.loads(pj)["params_total"] == json.loads(pr)["params_total"],
               f"{m}: plan counts the same parameters as for the real checkpoint")
 
+    # a synthetic checkpoint goes through shard and verify like a real one
+    root = os.path.dirname(os.path.dirname(fx))
+    sd = os.path.join(work, "synth-shards")
+    rc, _, err = run([exe, "shard", "--model", os.path.join(work, "deepseek-v3-tiny"), "--cluster",
+                      os.path.join(root, "cluster-configs", "cpu-4ranks.yaml"), "--out", sd])
+    rc2, txt, _ = run([exe, "verify", "--shards", sd])
+    check(rc == 0 and rc2 == 0 and "match" in txt, "synthetic checkpoint shards for 4 ranks and verifies")
+
     # Mistral's native format from a params.json
     conv = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "golden",
                         "convert_fixture.py")
