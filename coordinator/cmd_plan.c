@@ -29,42 +29,6 @@ static void plan_usage(FILE *out)
             "  --json          print the plan as one JSON object\n");
 }
 
-static mc_status load_desc(const char *path, mc_model_desc *d, mc_err *err)
-{
-    struct stat sb;
-    if (stat(path, &sb) != 0)
-        return mc_err_set(err, MC_ERR_IO, "%s: no such file or directory", path);
-    if (S_ISDIR(sb.st_mode))
-        return mc_model_desc_load(path, d, err);
-    FILE *fp = fopen(path, "rb");
-    if (!fp)
-        return mc_err_set(err, MC_ERR_IO, "%s: cannot open", path);
-    char *buf = malloc(16u << 20);
-    size_t n = buf ? fread(buf, 1, 16u << 20, fp) : 0;
-    fclose(fp);
-    if (!buf)
-        return mc_err_set(err, MC_ERR_NOMEM, "out of memory");
-    mc_status st;
-    if (n >= 16u << 20)
-        st = mc_err_set(err, MC_ERR_CONFIG, "%s: larger than 16 MiB", path);
-    else {
-        const char *base = strrchr(path, '/');
-        base = base ? base + 1 : path;
-        /* Mistral's params.json has no model_type */
-        json_t *probe = json_loadb(buf, n, 0, NULL);
-        int mistral = !strcmp(base, "params.json") ||
-                      (json_is_object(probe) && !json_object_get(probe, "model_type") &&
-                       json_object_get(probe, "dim"));
-        json_decref(probe);
-        if (mistral)
-            st = mc_model_desc_parse_mistral(buf, n, path, d, err);
-        else
-            st = mc_model_desc_parse(buf, n, path, d, err);
-    }
-    free(buf);
-    return st;
-}
-
 static double gibf(double b) { return b / 1073741824.0; }
 
 static void print_params(const mc_plan *p)
@@ -257,7 +221,7 @@ int mc_cmd_plan(int argc, char **argv)
     mc_model_desc d;
     mc_cluster cl;
     mc_plan *p = NULL;
-    if (load_desc(model, &d, &err) != MC_OK)
+    if (mc_model_desc_load(model, &d, &err) != MC_OK)
         goto fail;
     if (cluster) {
         if (mc_cluster_load(cluster, &cl, &err) != MC_OK)

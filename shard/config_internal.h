@@ -18,6 +18,10 @@ typedef struct {
     mc_status st;
 } mc_cfg_ctx;
 
+/* Parses the text into c->root (a JSON object) or records why not; the
+ * caller json_decref()s c->root (NULL-safe) in either case. */
+mc_status mc_cfg_open(const char *json_text, size_t len, const char *path, mc_cfg_ctx *c,
+                      mc_err *err);
 json_t *mc_cfg_get(mc_cfg_ctx *c, json_t *obj, const char *key);
 long long mc_cfg_int(mc_cfg_ctx *c, json_t *obj, const char *key, long long dflt, bool required);
 double mc_cfg_num(mc_cfg_ctx *c, json_t *obj, const char *key, double dflt, bool required);

@@ -123,18 +123,11 @@ mc_status mc_model_desc_parse_mistral(const char *json_text, size_t len, const c
                                       mc_model_desc *out, mc_err *err)
 {
     memset(out, 0, sizeof *out);
-    json_error_t jerr;
-    json_t *root = json_loadb(json_text, len, JSON_REJECT_DUPLICATES, &jerr);
-    if (!root)
-        return mc_err_set(err, MC_ERR_CONFIG, "%s: not valid JSON: %s (line %d)", path, jerr.text,
-                          jerr.line);
-    mc_cfg_ctx c = {.root = root, .path = path, .err = err, .st = MC_OK};
-    if (!json_is_object(root))
-        c.st = mc_err_set(err, MC_ERR_CONFIG, "%s: top level is not a JSON object", path);
-    else
+    mc_cfg_ctx c;
+    if (mc_cfg_open(json_text, len, path, &c, err) == MC_OK)
         parse_params(&c, out);
     if (c.st == MC_OK)
         c.st = mc_model_desc_check(out, path, err);
-    json_decref(root);
+    json_decref(c.root);
     return c.st;
 }

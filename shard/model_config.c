@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #define MAX_CONFIG_BYTES (16u * 1024u * 1024u)
 
@@ -542,20 +543,29 @@ mc_status mc_model_desc_check(const mc_model_desc *m, const char *p, mc_err *e)
     return c->st;
 }
 
+mc_status mc_cfg_open(const char *json_text, size_t len, const char *path, mc_cfg_ctx *c,
+                      mc_err *err)
+{
+    json_error_t jerr;
+    *c = (mc_cfg_ctx){.path = path, .err = err, .st = MC_OK};
+    c->root = json_loadb(json_text, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!c->root)
+        return c->st = mc_err_set(err, MC_ERR_CONFIG, "%s: not valid JSON: %s (line %d)", path,
+                                  jerr.text, jerr.line);
+    if (!json_is_object(c->root))
+        c->st = mc_err_set(err, MC_ERR_CONFIG, "%s: top level is not a JSON object", path);
+    return c->st;
+}
+
 mc_status mc_model_desc_parse(const char *json_text, size_t len, const char *path,
                               mc_model_desc *out, mc_err *err)
 {
     memset(out, 0, sizeof *out);
-    json_error_t jerr;
-    json_t *root = json_loadb(json_text, len, JSON_REJECT_DUPLICATES, &jerr);
-    if (!root)
-        return mc_err_set(err, MC_ERR_CONFIG, "%s: not valid JSON: %s (line %d)", path, jerr.text,
-                          jerr.line);
-    mc_cfg_ctx c = {.root = root, .path = path, .err = err, .st = MC_OK};
-    if (!json_is_object(root)) {
-        c.st = mc_err_set(err, MC_ERR_CONFIG, "%s: top level is not a JSON object", path);
+    mc_cfg_ctx c;
+    mc_status opened = mc_cfg_open(json_text, len, path, &c, err);
+    json_t *root = c.root; /* kept: Llama 4's parser moves c.root to text_config */
+    if (opened != MC_OK)
         goto done;
-    }
     const char *mt = mc_cfg_str(&c, root, "model_type");
     if (!mt) {
         if (c.st == MC_OK)
@@ -582,37 +592,70 @@ done:
     return c.st;
 }
 
-mc_status mc_model_desc_load(const char *dir, mc_model_desc *out, mc_err *err)
+mc_status mc_config_read(const char *path, char **text, size_t *len, mc_err *err)
 {
-    char path[4096];
-    int mistral = 0;
-    snprintf(path, sizeof path, "%s/config.json", dir);
+    *text = NULL;
     FILE *fp = fopen(path, "rb");
-    if (!fp) {
-        char alt[4096];
-        snprintf(alt, sizeof alt, "%s/params.json", dir);
-        fp = fopen(alt, "rb");
-        if (!fp)
-            return mc_err_set(err, MC_ERR_IO, "%s: cannot open %s/config.json or params.json: %s",
-                              dir, dir, strerror(errno));
-        memcpy(path, alt, sizeof path);
-        mistral = 1;
-    }
+    if (!fp)
+        return mc_err_set(err, MC_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
     char *buf = malloc(MAX_CONFIG_BYTES + 1);
-    if (!buf) {
-        fclose(fp);
-        return mc_err_set(err, MC_ERR_NOMEM, "out of memory");
-    }
-    size_t n = fread(buf, 1, MAX_CONFIG_BYTES + 1, fp);
+    size_t n = buf ? fread(buf, 1, MAX_CONFIG_BYTES + 1, fp) : 0;
     fclose(fp);
-    mc_status st;
-    if (n > MAX_CONFIG_BYTES)
-        st = mc_err_set(err, MC_ERR_CONFIG, "%s: larger than %u bytes", path, MAX_CONFIG_BYTES);
-    else if (mistral)
-        st = mc_model_desc_parse_mistral(buf, n, path, out, err);
-    else
-        st = mc_model_desc_parse(buf, n, path, out, err);
-    free(buf);
+    if (!buf)
+        return mc_err_set(err, MC_ERR_NOMEM, "out of memory");
+    if (n > MAX_CONFIG_BYTES) {
+        free(buf);
+        return mc_err_set(err, MC_ERR_CONFIG, "%s: larger than %u bytes", path, MAX_CONFIG_BYTES);
+    }
+    buf[n] = '\0';
+    *text = buf;
+    *len = n;
+    return MC_OK;
+}
+
+int mc_config_is_mistral(const char *path, const char *text, size_t len)
+{
+    const char *base = strrchr(path, '/');
+    base = base ? base + 1 : path;
+    if (!strcmp(base, "params.json"))
+        return 1;
+    json_t *probe = json_loadb(text, len, 0, NULL);
+    int m = json_is_object(probe) && !json_object_get(probe, "model_type") &&
+            json_object_get(probe, "dim");
+    json_decref(probe);
+    return m;
+}
+
+mc_status mc_model_desc_parse_any(const char *text, size_t len, const char *path,
+                                  mc_model_desc *out, mc_err *err)
+{
+    return mc_config_is_mistral(path, text, len)
+               ? mc_model_desc_parse_mistral(text, len, path, out, err)
+               : mc_model_desc_parse(text, len, path, out, err);
+}
+
+mc_status mc_model_desc_load(const char *path, mc_model_desc *out, mc_err *err)
+{
+    char file[4200];
+    struct stat sb;
+    if (stat(path, &sb) != 0)
+        return mc_err_set(err, MC_ERR_IO, "%s: no such file or directory", path);
+    if (S_ISDIR(sb.st_mode)) {
+        snprintf(file, sizeof file, "%s/config.json", path);
+        if (stat(file, &sb) != 0)
+            snprintf(file, sizeof file, "%s/params.json", path);
+        if (stat(file, &sb) != 0)
+            return mc_err_set(err, MC_ERR_IO, "%s: no config.json or params.json", path);
+    } else {
+        snprintf(file, sizeof file, "%s", path);
+    }
+    char *text;
+    size_t len;
+    mc_status st = mc_config_read(file, &text, &len, err);
+    if (st != MC_OK)
+        return st;
+    st = mc_model_desc_parse_any(text, len, file, out, err);
+    free(text);
     return st;
 }
 

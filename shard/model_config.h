@@ -123,8 +123,15 @@ mc_status mc_model_desc_parse(const char *json_text, size_t len, const char *pat
 /* Parses a Mistral native params.json text. */
 mc_status mc_model_desc_parse_mistral(const char *json_text, size_t len, const char *path,
                                       mc_model_desc *out, mc_err *err);
-/* Reads DIR/config.json, or DIR/params.json (Mistral's native format) when
- * there is no config.json. */
+/* Reads a config file (at most 16 MiB) into a malloc'd, NUL-terminated text. */
+mc_status mc_config_read(const char *path, char **text, size_t *len, mc_err *err);
+/* True for a Mistral params.json: named so, or a JSON object with "dim" and
+ * no "model_type". */
+int mc_config_is_mistral(const char *path, const char *text, size_t len);
+/* mc_model_desc_parse or mc_model_desc_parse_mistral, whichever the text is. */
+mc_status mc_model_desc_parse_any(const char *text, size_t len, const char *path,
+                                  mc_model_desc *out, mc_err *err);
+/* PATH is a checkpoint folder (its config.json, else params.json) or a config file. */
 mc_status mc_model_desc_load(const char *dir, mc_model_desc *out, mc_err *err);
 /* Checks a filled description for internal consistency (heads vs KV heads,
  * rotary dims, expert counts and groups); `path` names the source in messages. */

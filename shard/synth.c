@@ -156,26 +156,6 @@ static mc_status emit(st_writer *w, const mc_tensor_spec *s, const st_write_tens
     return MC_OK;
 }
 
-static mc_status read_text(const char *path, char **out, size_t *len, mc_err *err)
-{
-    FILE *fp = fopen(path, "rb");
-    if (!fp)
-        return mc_err_set(err, MC_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-    char *buf = malloc((16u << 20) + 1);
-    size_t n = buf ? fread(buf, 1, 16u << 20, fp) : 0;
-    fclose(fp);
-    if (!buf)
-        return mc_err_set(err, MC_ERR_NOMEM, "out of memory");
-    if (n >= 16u << 20) {
-        free(buf);
-        return mc_err_set(err, MC_ERR_CONFIG, "%s: larger than 16 MiB", path);
-    }
-    buf[n] = 0;
-    *out = buf;
-    *len = n;
-    return MC_OK;
-}
-
 static mc_status write_json(const char *path, json_t *j, mc_err *err)
 {
     if (json_dump_file(j, path, JSON_INDENT(1) | JSON_SORT_KEYS) != 0)
@@ -194,7 +174,7 @@ mc_status mc_synth(const mc_synth_opts *o, mc_err *err)
     size_t nspec = 0, nitems = 0;
     float **scales = NULL;
     char path[4096];
-    if ((st = read_text(o->config_path, &text, &len, err)) != MC_OK)
+    if ((st = mc_config_read(o->config_path, &text, &len, err)) != MC_OK)
         return st;
     json_error_t jerr;
     root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
@@ -203,14 +183,10 @@ mc_status mc_synth(const mc_synth_opts *o, mc_err *err)
                         root ? "wrong type" : jerr.text);
         goto done;
     }
-    const char *base = strrchr(o->config_path, '/');
-    base = base ? base + 1 : o->config_path;
-    int mistral = !strcmp(base, "params.json") ||
-                  (!json_object_get(root, "model_type") && json_object_get(root, "dim"));
+    int mistral = mc_config_is_mistral(o->config_path, text, len);
     mc_model_desc d;
     /* validate the original first, so --layers can be range-checked */
-    st = mistral ? mc_model_desc_parse_mistral(text, len, o->config_path, &d, err)
-                 : mc_model_desc_parse(text, len, o->config_path, &d, err);
+    st = mc_model_desc_parse_any(text, len, o->config_path, &d, err);
     if (st != MC_OK)
         goto done;
     if (o->layers < 0 || o->layers > d.n_layers) {
