@@ -21,28 +21,30 @@
 #include "model_quant.h"
 
 #include <getopt.h>
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
-static void bench_usage(FILE *out)
-{
-    fprintf(out,
-            "usage: moecluster bench --model DIR [--batch B] [--prompt-len N] [--gen-len M]\n"
-            "                        [--threads T] [--weights q8_0|q4_k|bf16] [--kernels PATH]\n"
-            "                        [--probe-mib S] [--repeat R] [--json]\n\n"
-            "  --model       checkpoint folder (config.json + safetensors)\n"
-            "  --batch       tokens per decode step (default 1)\n"
-            "  --prompt-len  prefill length (default 128)\n"
-            "  --gen-len     decode steps (default 32)\n"
-            "  --threads     threads for the matrix products (default: MC_THREADS or all CPUs)\n"
-            "  --weights     quantize expert and dense matrices at load time (default: as stored)\n"
-            "  --kernels     scalar | avx2 | avx512 (default: MC_KERNELS or the best the CPU has)\n"
-            "  --probe-mib   buffer of the bandwidth probe in MiB (default 1024)\n"
-            "  --repeat      runs of each measurement, the fastest reported (default 3)\n"
-            "  --json        one JSON object instead of text\n");
-}
+/* The one usage text: printed by --help and on usage errors. */
+static const char bench_usage_text[] =
+    "usage: moecluster bench --model DIR [--batch B] [--prompt-len N] [--gen-len M]\n"
+    "                        [--threads T] [--weights q8_0|q4_k|bf16]\n"
+    "                        [--kernels scalar|avx2|avx512] [--probe-mib S] [--repeat R]\n"
+    "                        [--json]\n\n"
+    "  --model       checkpoint folder (config.json + safetensors)\n"
+    "  --batch       tokens per decode step (default 1)\n"
+    "  --prompt-len  prefill length (default 128)\n"
+    "  --gen-len     decode steps (default 32)\n"
+    "  --threads     threads for the matrix products (default: MC_THREADS or all CPUs)\n"
+    "  --weights     quantize expert and dense matrices at load time (default: as stored)\n"
+    "  --kernels     scalar | avx2 | avx512 (default: MC_KERNELS or the best the CPU has)\n"
+    "  --probe-mib   buffer of the bandwidth probe in MiB (default 1024)\n"
+    "  --repeat      runs of each measurement, the fastest reported (default 3)\n"
+    "  --json        one JSON object instead of text\n";
+
+static void bench_usage(FILE *out) { fputs(bench_usage_text, out); }
 
 static double now_s(void)
 {
@@ -129,6 +131,15 @@ static long anon_huge_mib(void)
             break;
     fclose(f);
     return kb < 0 ? -1 : kb / 1024;
+}
+
+/* s as a JSON string literal (quotes and escapes included), malloc'd. */
+static char *json_str(const char *s)
+{
+    json_t *j = json_string(s);
+    char *out = j ? json_dumps(j, JSON_ENCODE_ANY) : NULL;
+    json_decref(j);
+    return out;
 }
 
 static int argmax(const float *v, int n)
@@ -324,19 +335,29 @@ int mc_cmd_bench(int argc, char **argv)
     const char *wname = have_fmt ? mc_dtype_name(fmt) : "stored";
     const char *path = mc_kpath_name(mc_kernels_path());
     if (json) {
-        printf("{\"model\": \"%s\", \"model_type\": \"%s\", \"layers\": %d, \"weights\": \"%s\", "
+        /* strings from outside (the path, the CPU name) are escaped by jansson */
+        char *jdir = json_str(dir), *jcpu = json_str(cpu);
+        if (!jdir || !jcpu) {
+            free(jdir);
+            free(jcpu);
+            mc_err_set(&err, MC_ERR_ARG, "--json: the model path or CPU name is not UTF-8");
+            goto fail;
+        }
+        printf("{\"model\": %s, \"model_type\": \"%s\", \"layers\": %d, \"weights\": \"%s\", "
                "\"kernels\": \"%s\", \"threads\": %d, \"batch\": %lld, \"prompt_len\": %lld, "
                "\"gen_len\": %lld, \"prefill_tok_s\": %.4g, \"prefill_gflops\": %.4g, "
                "\"fma_peak_gflops\": %.4g, \"prefill_fma_ratio\": %.4f, \"decode_tok_s\": %.4g, "
                "\"bytes_per_step\": %.0f, \"bytes_per_token\": %.0f, \"achieved_gbps\": %.4g, "
                "\"probe_gbps\": %.4g, \"probe_gbps_before\": %.4g, \"probe_gbps_after\": %.4g, "
                "\"bandwidth_ratio\": %.4f, \"load_s\": %.3g, \"repeat\": %lld, \"anon_huge_mib\": %ld, "
-               "\"cpu\": \"%s\", \"cpu_features\": \"%s\"}\n",
-               dir, d->model_type, d->n_layers, wname, path, nthreads, batch, plen, glen,
+               "\"cpu\": %s, \"cpu_features\": \"%s\"}\n",
+               jdir, d->model_type, d->n_layers, wname, path, nthreads, batch, plen, glen,
                prefill_tok_s, prefill_gflops, peak_gflops, prefill_gflops / peak_gflops,
                decode_tok_s, bytes_step, bytes_step / (double)batch, achieved, probe_gbps,
-               probe_before, probe_after, achieved / probe_gbps, t_load, reps, huge_mib, cpu,
+               probe_before, probe_after, achieved / probe_gbps, t_load, reps, huge_mib, jcpu,
                mc_cpu_features());
+        free(jdir);
+        free(jcpu);
     } else {
         printf("model    %s (%s, %d layers), weights %s, kernels %s, %d threads\n", dir,
                d->model_type, d->n_layers, wname, path, nthreads);

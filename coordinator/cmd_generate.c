@@ -14,6 +14,7 @@
 #include "parallel.h"
 #include "sampler.h"
 
+#include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,63 +23,90 @@
 
 #define MAX_PROMPT 1000000
 
-static void gen_usage(FILE *out)
-{
-    fprintf(out,
-            "usage: moecluster generate --model DIR|--shards DIR --prompt-ids 1,2,3 [-n N]\n"
-            "                           [--temperature T]\n"
-            "                           [--top-p P] [--top-k K] [--seed S] [--ignore-eos]\n\n"
-            "  --model DIR        Hugging Face checkpoint folder, or a shard set\n"
-            "  --shards DIR       a shard set written by `moecluster shard`\n"
-            "  --prompt-ids LIST  comma-separated prompt token ids\n"
-            "  -n, --max-tokens N tokens to generate (default 16)\n"
-            "  --temperature T    0 = greedy (default)\n"
-            "  --top-p P          nucleus sampling mass (default 1 = off)\n"
-            "  --top-k K          keep the K most likely tokens (default 0 = off)\n"
-            "  --seed S           sampling seed (default 0)\n"
-            "  --ignore-eos       keep generating after the end-of-sequence token\n"
-            "%s"
-            "Prints the generated ids, comma-separated, on one line.\n",
-            MC_PAR_USAGE);
-}
+/* The one usage text: printed by --help and on usage errors. */
+static const char gen_usage_text[] =
+    "usage: moecluster generate --model DIR|--shards DIR --prompt-ids 1,2,3 [-n N]\n"
+    "                           [--temperature T] [--top-p P] [--top-k K] [--seed S]\n"
+    "                           [--ignore-eos] [--tp N] [--ep N] [--pp N] [--stats]\n"
+    "                           [--weights q8_0|q4_k|bf16] [--no-verify]\n\n"
+    "  --model DIR        Hugging Face checkpoint folder, or a shard set\n"
+    "  --shards DIR       a shard set written by `moecluster shard`\n"
+    "  --prompt-ids LIST  comma-separated prompt token ids: decimal digits only, no spaces\n"
+    "                     or signs, each in [0, vocab), at most 1000000\n"
+    "  -n, --max-tokens N tokens to generate (default 16)\n"
+    "  --temperature T    0 = greedy (default)\n"
+    "  --top-p P          nucleus sampling mass (default 1 = off)\n"
+    "  --top-k K          keep the K most likely tokens (default 0 = off)\n"
+    "  --seed S           sampling seed (default 0)\n"
+    "  --ignore-eos       keep generating after the end-of-sequence token\n"
+    MC_PAR_USAGE
+    "Prints the generated ids, comma-separated, on one line.\n";
 
-static int parse_ids(const char *s, int64_t **out, int *n)
+static void gen_usage(FILE *out) { fputs(gen_usage_text, out); }
+
+/* Strict: decimal digits separated by single commas; no spaces, signs,
+ * empty items or trailing comma; at most MAX_PROMPT ids, each below 2^62
+ * (the vocabulary bound is checked once the model is known). On a refusal
+ * *why says what is wrong. */
+static int parse_ids(const char *s, int64_t **out, int *n, const char **why)
 {
-    int cap = 16, cnt = 0;
-    int64_t *v = malloc((size_t)cap * sizeof *v);
-    if (!v)
-        return -1;
-    const char *p = s;
-    while (*p) {
-        char *end;
-        long long x = strtoll(p, &end, 10);
-        if (end == p || x < 0 || (*end && *end != ',') || cnt >= MAX_PROMPT) {
-            free(v);
-            return -1;
-        }
-        if (cnt == cap) {
-            cap *= 2;
-            int64_t *nv = realloc(v, (size_t)cap * sizeof *nv);
-            if (!nv) {
-                free(v);
-                return -1;
-            }
-            v = nv;
-        }
-        v[cnt++] = x;
-        p = *end ? end + 1 : end;
-        if (*end && !*p) { /* trailing comma */
-            free(v);
+    *why = "empty";
+    int cnt = 0;
+    for (const char *p = s; *p; p++) {
+        if (*p == ',')
+            continue;
+        if (*p < '0' || *p > '9') {
+            *why = "only digits and commas are allowed (no spaces or signs)";
             return -1;
         }
     }
-    if (cnt == 0) {
-        free(v);
+    for (const char *p = s;; p++) {
+        if (*p == ',' || !*p) {
+            if (p == s || p[-1] == ',') {
+                *why = "an empty item (leading, trailing or doubled comma)";
+                return -1;
+            }
+            if (++cnt > MAX_PROMPT) {
+                *why = "more than 1000000 ids";
+                return -1;
+            }
+        }
+        if (!*p)
+            break;
+    }
+    int64_t *v = malloc((size_t)cnt * sizeof *v);
+    if (!v) {
+        *why = "out of memory";
         return -1;
+    }
+    const char *p = s;
+    for (int i = 0; i < cnt; i++) {
+        int64_t x = 0;
+        for (; *p >= '0' && *p <= '9'; p++) {
+            x = x * 10 + (*p - '0');
+            if (x >= ((int64_t)1 << 62)) {
+                free(v);
+                *why = "an id is too large";
+                return -1;
+            }
+        }
+        v[i] = x;
+        p++; /* the comma (or the terminating NUL on the last item) */
     }
     *out = v;
     *n = cnt;
     return 0;
+}
+
+/* Prints a piece of the result; a failed write (full disk, /dev/full, a
+ * closed pipe) stops the run instead of generating into the void. */
+static mc_status put_out(mc_err *err, const char *text)
+{
+    errno = 0;
+    if (fputs(text, stdout) == EOF || fflush(stdout) != 0)
+        return mc_err_set(err, MC_ERR_IO, "cannot write to standard output: %s",
+                          errno ? strerror(errno) : "write error");
+    return MC_OK;
 }
 
 int mc_cmd_generate(int argc, char **argv)
@@ -158,11 +186,12 @@ int mc_cmd_generate(int argc, char **argv)
     }
     int64_t *ids = NULL;
     int n_prompt = 0;
-    if (parse_ids(prompt, &ids, &n_prompt)) {
+    const char *why = NULL;
+    if (parse_ids(prompt, &ids, &n_prompt, &why)) {
         fprintf(stderr,
                 "moecluster generate: --prompt-ids: '%.80s' is not a comma-separated list of "
-                "non-negative token ids\n",
-                prompt);
+                "token ids: %s\n",
+                prompt, why);
         PARSE_RETURN(2);
     }
     mc_quiet_end(quiet);
@@ -227,8 +256,10 @@ int mc_cmd_generate(int argc, char **argv)
         int64_t msg[2] = {0, 0}; /* next token, 1 = stop */
         if (me == 0) {
             int64_t next = mc_sampler_pick(&smp, logits, V, wf, wi);
-            printf("%s%lld", i ? "," : "", (long long)next);
-            fflush(stdout);
+            char text[32];
+            snprintf(text, sizeof text, "%s%lld", i ? "," : "", (long long)next);
+            if (put_out(&err, text) != MC_OK)
+                goto fail;
             msg[0] = next;
             msg[1] = (!ignore_eos && next == m->d.eos_id) || i + 1 == n_gen;
         }
@@ -242,8 +273,8 @@ int mc_cmd_generate(int argc, char **argv)
             goto fail;
         }
     }
-    if (me == 0)
-        printf("\n");
+    if (me == 0 && put_out(&err, "\n") != MC_OK)
+        goto fail;
     double el = mc_now_s() - a;
     MC_INFO("generated in %.3f s", el);
     if (par.stats && mc_stats_report(m, stderr, el, &err) != MC_OK)

@@ -15,19 +15,19 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static void plan_usage(FILE *out)
-{
-    fprintf(out,
-            "usage: moecluster plan --model DIR|CONFIG_FILE [--cluster FILE]\n"
-            "                       [--weights bf16|fp8|q8_0|q4_k] [--max-model-len N]\n"
-            "                       [--max-num-seqs N] [--json]\n\n"
-            "  --model         checkpoint folder, or a config.json / params.json file\n"
-            "  --cluster       cluster YAML (cluster-configs/); default: this machine as one CPU rank\n"
-            "  --weights       storage format of the linear weights (default bf16)\n"
-            "  --max-model-len tokens per sequence (default min(max_position_embeddings, 8192))\n"
-            "  --max-num-seqs  concurrent sequences at most (default 256)\n"
-            "  --json          print the plan as one JSON object\n");
-}
+/* The one usage text: printed by --help and on usage errors. */
+static const char plan_usage_text[] =
+    "usage: moecluster plan --model DIR|CONFIG_FILE [--cluster FILE]\n"
+    "                       [--weights bf16|fp8|q8_0|q4_k] [--max-model-len N]\n"
+    "                       [--max-num-seqs N] [--json]\n\n"
+    "  --model         checkpoint folder, or a config.json / params.json file\n"
+    "  --cluster       cluster YAML (cluster-configs/); default: this machine as one CPU rank\n"
+    "  --weights       storage format of the linear weights (default bf16)\n"
+    "  --max-model-len tokens per sequence (default min(max_position_embeddings, 8192))\n"
+    "  --max-num-seqs  concurrent sequences at most (default 256)\n"
+    "  --json          print the plan as one JSON object\n";
+
+static void plan_usage(FILE *out) { fputs(plan_usage_text, out); }
 
 static double gibf(double b) { return b / 1073741824.0; }
 

@@ -16,6 +16,7 @@
 #include "log.h"
 #include "model.h"
 #include "model_quant.h"
+#include "outfile.h"
 #include "par_args.h"
 #include "parallel.h"
 #include "safetensors.h"
@@ -27,21 +28,22 @@
 
 #define MAX_OUTPUT_BYTES (64ull << 30)
 
-static void score_usage(FILE *out)
-{
-    fprintf(out,
-            "usage: moecluster score --model DIR|--shards DIR --input IN.safetensors\n"
-            "                        --output OUT.safetensors\n"
-            "                        [--decode-from K] [--tp N] [--ep N] [--pp N] [--stats]\n\n"
-            "  --model DIR        Hugging Face checkpoint folder (config.json + safetensors), or a\n"
-            "                     shard set\n"
-            "  --shards DIR       a shard set written by `moecluster shard` (each rank reads its own\n"
-            "                     rank-NNNNN folder; run under mpirun -np <ranks of the plan>)\n"
-            "  --input FILE       safetensors with input_ids, I64 [B,T]\n"
-            "  --output FILE      written: logits, F32 [B,T,V]\n"
-            "  --decode-from K    prefill the first K tokens, then decode one token at a time\n"
-            "%s", MC_PAR_USAGE);
-}
+/* The one usage text: printed by --help and on usage errors. */
+static const char score_usage_text[] =
+    "usage: moecluster score --model DIR|--shards DIR --input IN.safetensors\n"
+    "                        --output OUT.safetensors [--decode-from K] [--tp N] [--ep N]\n"
+    "                        [--pp N] [--stats] [--weights q8_0|q4_k|bf16] [--no-verify]\n\n"
+    "  --model DIR        Hugging Face checkpoint folder (config.json + safetensors), or a\n"
+    "                     shard set\n"
+    "  --shards DIR       a shard set written by `moecluster shard` (each rank reads its own\n"
+    "                     rank-NNNNN folder; run under mpirun -np <ranks of the plan>)\n"
+    "  --input FILE       safetensors with input_ids, I64 [B,T]\n"
+    "  --output FILE      written (a new regular file, or one replaced whole): logits,\n"
+    "                     F32 [B,T,V]; never the input or a file in the model folder\n"
+    "  --decode-from K    prefill the first K tokens, then decode one token at a time\n"
+    MC_PAR_USAGE;
+
+static void score_usage(FILE *out) { fputs(score_usage_text, out); }
 
 /* What rank 0 tells the others about the input before anything else. */
 typedef struct {
@@ -83,6 +85,20 @@ static mc_status read_input(const char *in_path, long long decode_from, int64_t 
     memcpy(*ids, t->data, (size_t)(*B * *T) * 8);
 done:
     st_file_close(in);
+    return st;
+}
+
+/* Rank 0, before any work: the output must not destroy an input (the
+ * input file, a file of the model or shard set) and must be a path we may
+ * replace (not a device, FIFO or folder). Only rank 0 ever writes it. */
+static mc_status check_output(const char *out_path, const char *in_path, const char *model_dir,
+                              mc_err *err)
+{
+    mc_status st = mc_out_check_file(out_path, in_path, "input", err);
+    if (st == MC_OK)
+        st = mc_out_check_file(out_path, model_dir, "model folder", err);
+    if (st == MC_OK)
+        st = mc_out_check_target(out_path, "output", err);
     return st;
 }
 
@@ -177,6 +193,8 @@ int mc_cmd_score(int argc, char **argv)
     if (me == 0) {
         int64_t B = 0, T = 0;
         hdr.status = read_input(in_path, decode_from, &ids, &B, &T, &err);
+        if (hdr.status == MC_OK)
+            hdr.status = check_output(out_path, in_path, model_dir, &err);
         hdr.B = B;
         hdr.T = T;
     }

@@ -2,6 +2,7 @@
  * and `moecluster verify` (re-check their checksums). */
 #include "cli.h"
 #include "cluster.h"
+#include "outfile.h"
 #include "shard_out.h"
 
 #include <getopt.h>
@@ -12,14 +13,18 @@ static void shard_usage(FILE *out)
 {
     fprintf(out,
             "usage: moecluster shard --model DIR --cluster FILE --out DIR\n"
-            "                        [--weights bf16|fp8|q8_0|q4_k]\n\n"
+            "                        [--weights bf16|fp8|q8_0|q4_k] [--restart]\n\n"
             "  --model    Hugging Face or Mistral checkpoint folder\n"
             "  --cluster  cluster YAML (cluster-configs/): the plan decides who holds what\n"
             "  --out      output folder: plan.json, rank-NNNNN/ per rank, manifest.json\n"
             "  --weights  convert the linear weights: bf16 (dequantize FP8), fp8 (DeepSeek\n"
             "             128x128 blocks), q8_0 or q4_k (llama.cpp blocks; rows that do not\n"
             "             split into blocks fall back as plan counts); default: keep as stored\n"
-            "Rerunning with the same plan resumes; another plan in --out is refused.\n");
+            "  --restart  redo every rank, even when --out holds another plan or shards of a\n"
+            "             source that changed since\n"
+            "Rerunning with the same plan, format and unchanged source resumes: complete ranks\n"
+            "whose files still match their checksums are kept. Another plan, format or source\n"
+            "in --out is refused unless --restart.\n");
 }
 
 int mc_cmd_shard(int argc, char **argv)
@@ -28,6 +33,7 @@ int mc_cmd_shard(int argc, char **argv)
                                           {"cluster", required_argument, 0, 'c'},
                                           {"out", required_argument, 0, 'o'},
                                           {"weights", required_argument, 0, 'w'},
+                                          {"restart", no_argument, 0, 'r'},
                                           {"help", no_argument, 0, 'h'},
                                           {0, 0, 0, 0}};
     mc_shard_opts o = {.fmt = MC_SHARD_KEEP, .progress = -1};
@@ -39,6 +45,7 @@ int mc_cmd_shard(int argc, char **argv)
         case 'm': o.model_dir = optarg; break;
         case 'c': cluster = optarg; break;
         case 'o': o.out_dir = optarg; break;
+        case 'r': o.restart = 1; break;
         case 'w':
             if (!strcmp(optarg, "bf16"))
                 o.fmt = MC_SHARD_BF16;
@@ -71,6 +78,11 @@ int mc_cmd_shard(int argc, char **argv)
         return 1;
     }
     o.cluster = &cl;
+    /* the output folder: a directory (or new), never the model folder or inside it */
+    if (mc_out_check_dir(o.out_dir, o.model_dir, "model folder", true, &err) != MC_OK) {
+        fprintf(stderr, "moecluster shard: %s\n", err.msg);
+        return 1;
+    }
     if (mc_shard_write(&o, &err) != MC_OK) {
         fprintf(stderr, "moecluster shard: %s\n", err.msg);
         return 1;
@@ -79,6 +91,9 @@ int mc_cmd_shard(int argc, char **argv)
             o.out_dir);
     return 0;
 }
+
+/* The one usage text of verify: printed by --help and on usage errors. */
+static const char verify_usage_text[] = "usage: moecluster verify --shards DIR\n";
 
 int mc_cmd_verify(int argc, char **argv)
 {
@@ -91,12 +106,12 @@ int mc_cmd_verify(int argc, char **argv)
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
         case 's': dir = optarg; break;
-        case 'h': printf("usage: moecluster verify --shards DIR\n"); return 0;
-        default: fprintf(stderr, "usage: moecluster verify --shards DIR\n"); return 2;
+        case 'h': fputs(verify_usage_text, stdout); return 0;
+        default: fputs(verify_usage_text, stderr); return 2;
         }
     }
     if (optind < argc || !dir) {
-        fprintf(stderr, "usage: moecluster verify --shards DIR\n");
+        fputs(verify_usage_text, stderr);
         return 2;
     }
     mc_err err;
@@ -107,9 +122,10 @@ int mc_cmd_verify(int argc, char **argv)
         return 1;
     }
     if (bad) {
-        fprintf(stderr, "moecluster verify: %ld tensor%s failed\n", bad, bad == 1 ? "" : "s");
+        fprintf(stderr, "moecluster verify: %ld problem%s found (listed above)\n", bad,
+                bad == 1 ? "" : "s");
         return 1;
     }
-    printf("moecluster verify: all checksums match\n");
+    printf("moecluster verify: the manifest matches the plan and the files; all checksums match\n");
     return 0;
 }

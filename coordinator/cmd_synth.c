@@ -7,18 +7,19 @@
 #include <stdio.h>
 #include <string.h>
 
-static void synth_usage(FILE *out)
-{
-    fprintf(out,
-            "usage: moecluster synth --config CONFIG_FILE --out DIR [--layers N]\n"
-            "                        [--weights bf16|fp8] [--seed S] [--max-file-gib G]\n\n"
-            "  --config        a Hugging Face config.json or a Mistral params.json\n"
-            "  --out           folder to write (config, sharded safetensors, index)\n"
-            "  --layers        keep the full width, keep only the first N layers\n"
-            "  --weights       bf16 (default) or fp8 (DeepSeek's e4m3 with 128x128 block scales)\n"
-            "  --seed          random seed (default 0)\n"
-            "  --max-file-gib  split the weights into files of at most this size (default 4)\n");
-}
+/* The one usage text: printed by --help and on usage errors. */
+static const char synth_usage_text[] =
+    "usage: moecluster synth --config CONFIG_FILE --out DIR [--layers N]\n"
+    "                        [--weights bf16|fp8] [--seed S] [--max-file-gib G]\n\n"
+    "  --config        a Hugging Face config.json or a Mistral params.json\n"
+    "  --out           folder to write (config, sharded safetensors, index); created if\n"
+    "                  missing, never the folder holding --config\n"
+    "  --layers        keep the full width, keep only the first N layers\n"
+    "  --weights       bf16 (default) or fp8 (DeepSeek's e4m3 with 128x128 block scales)\n"
+    "  --seed          random seed (default 0)\n"
+    "  --max-file-gib  split the weights into files of at most this size (default 4)\n";
+
+static void synth_usage(FILE *out) { fputs(synth_usage_text, out); }
 
 int mc_cmd_synth(int argc, char **argv)
 {

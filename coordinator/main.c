@@ -1,6 +1,7 @@
 /* main.c - the moecluster binary: git-style subcommands. */
 #include "cli.h"
 #include "log.h"
+#include "outfile.h"
 
 #include <errno.h>
 #include <math.h>
@@ -37,13 +38,57 @@ static void usage(FILE *out)
     fprintf(out, "\nRun 'moecluster <command> --help' for a command's options.\n");
 }
 
+/* Digits only, with a leading '-' where negatives are allowed: strtoll and
+ * strtod alone would take leading spaces, '+', hex and "inf". */
+static int plain_int(const char *s, int neg_ok)
+{
+    if (neg_ok && *s == '-')
+        s++;
+    if (!*s)
+        return 0;
+    for (; *s; s++)
+        if (*s < '0' || *s > '9')
+            return 0;
+    return 1;
+}
+
+/* [-]digits[.digits] or [-].digits, then an optional exponent e[+-]digits. */
+static int plain_float(const char *s, int neg_ok)
+{
+    if (neg_ok && *s == '-')
+        s++;
+    int digits = 0;
+    for (; *s >= '0' && *s <= '9'; s++)
+        digits++;
+    if (*s == '.')
+        for (s++; *s >= '0' && *s <= '9'; s++)
+            digits++;
+    if (!digits)
+        return 0;
+    if (*s == 'e' || *s == 'E') {
+        s++;
+        if (*s == '+' || *s == '-')
+            s++;
+        if (*s < '0' || *s > '9')
+            return 0;
+        while (*s >= '0' && *s <= '9')
+            s++;
+    }
+    return *s == 0;
+}
+
 int mc_arg_int(const char *cmd, const char *flag, const char *s, long long lo, long long hi,
                long long *out)
 {
-    char *end;
-    errno = 0;
-    long long v = strtoll(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi) {
+    char *end = NULL;
+    long long v = 0;
+    int ok = plain_int(s, lo < 0);
+    if (ok) {
+        errno = 0;
+        v = strtoll(s, &end, 10);
+        ok = !errno && !*end && v >= lo && v <= hi;
+    }
+    if (!ok) {
         fprintf(stderr, "moecluster %s: %s: '%s' is not an integer in [%lld, %lld]\n", cmd, flag, s,
                 lo, hi);
         return -1;
@@ -55,16 +100,40 @@ int mc_arg_int(const char *cmd, const char *flag, const char *s, long long lo, l
 int mc_arg_float(const char *cmd, const char *flag, const char *s, double lo, double hi,
                  double *out)
 {
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno || end == s || *end || !isfinite(v) || v < lo || v > hi) {
+    char *end = NULL;
+    double v = 0;
+    int ok = plain_float(s, lo < 0);
+    if (ok) {
+        errno = 0;
+        v = strtod(s, &end);
+        ok = !errno && !*end && isfinite(v) && v >= lo && v <= hi;
+    }
+    if (!ok) {
         fprintf(stderr, "moecluster %s: %s: '%s' is not a number in [%g, %g]\n", cmd, flag, s, lo,
                 hi);
         return -1;
     }
     *out = v;
     return 0;
+}
+
+/* Everything a command printed must have reached stdout: a full disk or
+ * /dev/full is an error, not exit 0 with the results lost. */
+static int finish_stdout(const char *cmd, int rc)
+{
+    const char *why = NULL;
+    int bad = mc_stdout_flush(&why);
+    errno = 0;
+    if (fclose(stdout) != 0 && !bad) {
+        bad = 1;
+        why = errno ? strerror(errno) : "write error";
+    }
+    if (bad && rc == 0) { /* (a command that failed has said why already) */
+        fprintf(stderr, "moecluster%s%s: cannot write to standard output: %s\n", cmd ? " " : "",
+                cmd ? cmd : "", why);
+        return 1;
+    }
+    return rc;
 }
 
 int main(int argc, char **argv)
@@ -77,15 +146,15 @@ int main(int argc, char **argv)
     const char *cmd = argv[1];
     if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) {
         usage(stdout);
-        return 0;
+        return finish_stdout(NULL, 0);
     }
     if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
         printf("moecluster %s\n", MC_VERSION);
-        return 0;
+        return finish_stdout("version", 0);
     }
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         if (!strcmp(cmd, commands[i].name))
-            return commands[i].run(argc - 1, argv + 1);
+            return finish_stdout(commands[i].name, commands[i].run(argc - 1, argv + 1));
     fprintf(stderr, "moecluster: '%s' is not a command\n\n", cmd);
     usage(stderr);
     return 2;

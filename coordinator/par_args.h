@@ -24,11 +24,13 @@ typedef struct {
     bool weights_given;   /* --weights: quantize / re-store the weights at load time */
     mc_dtype weights;
     const char *shards;   /* --shards DIR: a shard set, used instead of --model */
+    bool no_verify;       /* --no-verify: skip the shard set's load-time checksum check */
 } mc_par_args;
 
-#define MC_PAR_ARGS_INIT {0, 0, 0, false, false, false, MC_DT_BF16, NULL}
+#define MC_PAR_ARGS_INIT {0, 0, 0, false, false, false, MC_DT_BF16, NULL, false}
 
-enum { MC_OPT_TP = 1000, MC_OPT_EP, MC_OPT_PP, MC_OPT_STATS, MC_OPT_WEIGHTS, MC_OPT_SHARDS };
+enum { MC_OPT_TP = 1000, MC_OPT_EP, MC_OPT_PP, MC_OPT_STATS, MC_OPT_WEIGHTS, MC_OPT_SHARDS,
+       MC_OPT_NO_VERIFY };
 
 /* getopt_long entries (put them before the terminating {0, 0, 0, 0}). */
 #define MC_PAR_OPTIONS                                                                             \
@@ -40,7 +42,8 @@ enum { MC_OPT_TP = 1000, MC_OPT_EP, MC_OPT_PP, MC_OPT_STATS, MC_OPT_WEIGHTS, MC_
         {"pipeline-parallel-size", required_argument, 0, MC_OPT_PP},                               \
         {"stats", no_argument, 0, MC_OPT_STATS},                                                   \
         {"weights", required_argument, 0, MC_OPT_WEIGHTS},                                         \
-        {"shards", required_argument, 0, MC_OPT_SHARDS}
+        {"shards", required_argument, 0, MC_OPT_SHARDS},                                           \
+        {"no-verify", no_argument, 0, MC_OPT_NO_VERIFY}
 
 #define MC_PAR_USAGE                                                                               \
     "  --tp, --tensor-parallel-size N    split attention heads, dense FFN and LM head over N\n"   \
@@ -52,6 +55,8 @@ enum { MC_OPT_TP = 1000, MC_OPT_EP, MC_OPT_PP, MC_OPT_STATS, MC_OPT_WEIGHTS, MC_
     "                                    per layer and rank (stderr)\n"                            \
     "  --weights q8_0|q4_k|bf16          quantize the projections, FFNs, experts and LM head\n"   \
     "                                    at load time (llama.cpp blocks; bf16 copies to RAM)\n"    \
+    "  --no-verify                       with --shards: skip checking each rank's tensors\n"   \
+    "                                    against the manifest's xxh64 checksums at load\n"        \
     "Run under mpirun for more than one rank: mpirun -np 4 moecluster ... --ep 4\n"
 
 /* Handles one getopt result: 0 = consumed, 1 = not a parallel option,
@@ -88,6 +93,10 @@ static inline int mc_par_option(mc_par_args *a, const char *cmd, int c, const ch
             return -1;
         }
         a->shards = arg;
+        return 0;
+    case MC_OPT_NO_VERIFY: /* load a shard set without checking it against its manifest */
+        a->no_verify = true;
+        mc_model_verify_shards(false);
         return 0;
     default:
         return 1;

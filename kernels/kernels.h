@@ -55,7 +55,9 @@ size_t mc_mat_weight_bytes(const mc_mat *w);
 /* Quantizes src (any supported dtype, transposed or not) to target (Q8_0,
  * Q4_K, BF16, F16 or F32) as a new row-major matrix. *owned receives the
  * storage (free() it when dst is no longer used; dst->data points into it).
- * MC_ERR_ARG for an unsupported target. */
+ * MC_ERR_ARG for an unsupported target; MC_ERR_FORMAT when a block format
+ * (Q8_0, Q4_K) is asked for and src holds a NaN or an infinity, which its
+ * block scales could not keep. */
 mc_status mc_mat_quantize(const mc_mat *src, mc_dtype target, mc_mat *dst, void **owned,
                           mc_err *err);
 

@@ -10,6 +10,8 @@
 
 #include "status.h"
 
+#include <stddef.h>
+
 typedef enum { MC_BACKEND_CPU = 0, MC_BACKEND_CUDA } mc_backend_kind;
 
 typedef struct {
@@ -24,8 +26,8 @@ typedef struct {
     int nodes, devices_per_node;
     struct {
         char name[64];
-        double memory_gib;           /* usable memory per device */
-        double memory_bandwidth_gbs; /* GB/s */
+        double memory_gib;                         /* usable memory per device */
+        double memory_bandwidth_gbs;               /* GB/s */
         double bf16_tflops, fp8_tflops, int8_tops; /* dense peak per device */
     } device;
     mc_link intra, inter;
@@ -33,7 +35,19 @@ typedef struct {
     double workspace_gib; /* reserved per device for activations and buffers */
 } mc_cluster;
 
+/* Largest cluster config read (bytes). */
+#define MC_CLUSTER_MAX_BYTES (1 << 20)
+
+/* Reads the YAML file at `path` (a regular file of at most
+ * MC_CLUSTER_MAX_BYTES; a FIFO or a directory is refused at once) and
+ * parses it with mc_cluster_parse. */
 mc_status mc_cluster_load(const char *path, mc_cluster *out, mc_err *err);
+/* Parses a cluster config from memory (`len` bytes, need not be
+ * NUL-terminated) and validates it with mc_cluster_check; `name` names it in
+ * messages. A document that is empty, not a single mapping, misses a required
+ * field or has a count of 0 or less is refused; on failure *out is zeroed. */
+mc_status mc_cluster_parse(const char *text, size_t len, const char *name, mc_cluster *out,
+                           mc_err *err);
 /* Validates a filled description (also used after command-line overrides);
  * `src` names it in messages. */
 mc_status mc_cluster_check(const mc_cluster *c, const char *src, mc_err *err);

@@ -18,9 +18,10 @@
             (c)->st = mc_err_set((c)->err, s, "%s: " fmt, (c)->path, __VA_ARGS__);                 \
     } while (0)
 
-/* Reads one rotary sub-object (or the flat legacy fields) into theta / yarn. */
-static void parse_rope_obj(mc_cfg_ctx *c, json_t *p, const char *label, double *theta,
-                           double *partial, mc_v4_desc *v, bool compress)
+/* Reads one rotary sub-object (or the flat legacy fields) into theta / yarn;
+ * `where` names the object in messages ("rope_parameters.compress."). */
+static void parse_rope_obj(mc_cfg_ctx *c, json_t *p, const char *label, const char *where,
+                           double *theta, double *partial, mc_v4_desc *v, bool compress)
 {
     if (!p)
         return;
@@ -50,10 +51,13 @@ static void parse_rope_obj(mc_cfg_ctx *c, json_t *p, const char *label, double *
                  label);
         if (mc_cfg_get(c, p, "truncate") && !mc_cfg_bool(c, p, "truncate", true))
             FAIL(c, MC_ERR_UNSUPPORTED, "%s rope: truncate=false is not supported", label);
-        if ((v->compress_factor <= 0 || v->compress_orig_max_pos <= 0) && c->st == MC_OK)
-            FAIL(c, MC_ERR_CONFIG,
-                 "%s rope: yarn factor and original_max_position_embeddings must be positive",
-                 label);
+        mc_rope_desc y = {.scaling = MC_ROPE_SCALE_YARN,
+                          .factor = v->compress_factor,
+                          .orig_max_pos = v->compress_orig_max_pos,
+                          .beta_fast = v->compress_beta_fast,
+                          .beta_slow = v->compress_beta_slow,
+                          .attention_factor = 1.0};
+        mc_cfg_check_rope(c, &y, where);
         return;
     }
     if (c->st == MC_OK)
@@ -72,6 +76,9 @@ static void parse_rope(mc_cfg_ctx *c, mc_model_desc *m, mc_v4_desc *v)
         partial = mc_cfg_num(c, r, "partial_rotary_factor", -1, false);
     else if (mc_cfg_get(c, r, "qk_rope_head_dim"))
         partial = (double)mc_cfg_int(c, r, "qk_rope_head_dim", 0, false) / m->head_dim;
+    if (partial != -1)
+        mc_cfg_need(c, partial > 0 && partial <= 1, "", "partial_rotary_factor", partial,
+                    "in (0, 1]");
     double main_partial = partial, comp_partial = partial;
     v->compress_attention_factor = 1.0;
     json_t *rp = mc_cfg_get(c, r, "rope_parameters");
@@ -81,16 +88,25 @@ static void parse_rope(mc_cfg_ctx *c, mc_model_desc *m, mc_v4_desc *v)
     if (rp && !json_is_null(rp) && !json_is_object(rp))
         FAIL(c, MC_ERR_CONFIG, "'%s' must be an object", "rope_parameters");
     if (mainp || compp) {
-        parse_rope_obj(c, mainp, "main", &main_theta, &main_partial, v, false);
-        parse_rope_obj(c, compp, "compress", &comp_theta, &comp_partial, v, true);
+        parse_rope_obj(c, mainp, "main", "rope_parameters.main.", &main_theta, &main_partial, v,
+                       false);
+        parse_rope_obj(c, compp, "compress", "rope_parameters.compress.", &comp_theta,
+                       &comp_partial, v, true);
     } else {
         /* Flat: the scaling (if any) applies to the compress rotary only. */
         json_t *p = json_is_object(rp) ? rp : json_is_object(rs) ? rs : NULL;
         if (p) {
             double ignored = comp_theta;
-            parse_rope_obj(c, p, "compress", &ignored, &comp_partial, v, true);
+            parse_rope_obj(c, p, "compress", p == rp ? "rope_parameters." : "rope_scaling.",
+                           &ignored, &comp_partial, v, true);
         }
     }
+    mc_cfg_need(c, main_partial == -1 || (main_partial > 0 && main_partial <= 1),
+                "rope_parameters.main.", "partial_rotary_factor", main_partial, "in (0, 1]");
+    mc_cfg_need(c, comp_partial == -1 || (comp_partial > 0 && comp_partial <= 1),
+                "rope_parameters.compress.", "partial_rotary_factor", comp_partial, "in (0, 1]");
+    if (c->st != MC_OK)
+        return;
     if (main_partial < 0)
         main_partial = 64.0 / 512.0; /* transformers' default qk_rope_head_dim / head_dim */
     if (comp_partial < 0)
@@ -100,8 +116,8 @@ static void parse_rope(mc_cfg_ctx *c, mc_model_desc *m, mc_v4_desc *v)
         c->st = mc_err_set(c->err, MC_ERR_UNSUPPORTED,
                            "%s: main and compress rotary dimensions differ (%d vs %d)", c->path,
                            dim, (int)(m->head_dim * comp_partial));
-    if ((main_theta <= 0 || comp_theta <= 0) && c->st == MC_OK)
-        c->st = mc_err_set(c->err, MC_ERR_CONFIG, "%s: rope thetas must be positive", c->path);
+    mc_cfg_need(c, main_theta > 1, "", "rope_theta", main_theta, "greater than 1");
+    mc_cfg_need(c, comp_theta > 1, "", "compress_rope_theta", comp_theta, "greater than 1");
     m->rope.style = MC_ROPE_INTERLEAVED;
     m->rope.scaling = MC_ROPE_SCALE_NONE;
     m->rope.theta = main_theta;
@@ -232,6 +248,8 @@ void mc_cfg_parse_deepseek_v4(mc_cfg_ctx *c, mc_model_desc *m)
                            "reference always normalizes the top-k weights)",
                            c->path);
     m->routed_scale = (float)mc_cfg_num(c, r, "routed_scaling_factor", 1.5, false);
+    mc_cfg_need(c, isfinite(m->routed_scale) && m->routed_scale > 0, "", "routed_scaling_factor",
+                m->routed_scale, "positive");
     m->has_score_bias = true;
     m->n_group = m->topk_group = 1;
     for (int l = 0; l < m->n_layers; l++)
@@ -282,9 +300,11 @@ void mc_cfg_parse_deepseek_v4(mc_cfg_ctx *c, mc_model_desc *m)
     /* ranges the forward pass relies on */
     const char *p = c->path;
     if (!(v->hc_eps >= 0 && v->hc_eps < 1))
-        c->st = mc_err_set(c->err, MC_ERR_CONFIG, "%s: hc_eps must be in [0, 1)", p);
-    else if (!(v->swiglu_limit > 0))
-        c->st = mc_err_set(c->err, MC_ERR_CONFIG, "%s: swiglu_limit must be positive", p);
+        c->st =
+            mc_err_set(c->err, MC_ERR_CONFIG, "%s: hc_eps (%g) must be in [0, 1)", p, v->hc_eps);
+    else if (!(v->swiglu_limit > 0) || !isfinite(v->swiglu_limit))
+        c->st = mc_err_set(c->err, MC_ERR_CONFIG, "%s: swiglu_limit (%g) must be positive", p,
+                           v->swiglu_limit);
     else if (m->rope.dim <= 0 || m->rope.dim % 2 || m->rope.dim > m->head_dim)
         c->st = mc_err_set(c->err, MC_ERR_CONFIG,
                            "%s: rotary dimension %d must be even, positive and within head_dim %d", p,

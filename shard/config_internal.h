@@ -29,6 +29,16 @@ bool mc_cfg_bool(mc_cfg_ctx *c, json_t *obj, const char *key, bool dflt);
 const char *mc_cfg_str(mc_cfg_ctx *c, json_t *obj, const char *key);
 /* Returns v, recording an error unless lo <= v <= hi. */
 int mc_cfg_range(mc_cfg_ctx *c, const char *key, long long v, long long lo, long long hi);
+/* Records "path: <printf message>" as the error unless one is recorded already. */
+void mc_cfg_fail(mc_cfg_ctx *c, mc_status s, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Unless ok, records "path: <prefix><key> (<v>) must be <rule>"; returns ok. */
+bool mc_cfg_need(mc_cfg_ctx *c, bool ok, const char *prefix, const char *key, double v,
+                 const char *rule);
+/* Checks a filled rope scaling (YaRN / llama3) for values its formulas cannot
+ * take (factor, original_max_position_embeddings, betas, mscales, frequency
+ * factors); `prefix` names the object in messages, e.g. "rope_scaling.". */
+void mc_cfg_check_rope(mc_cfg_ctx *c, const mc_rope_desc *r, const char *prefix);
 #define CFG_INT(c, obj, key, dflt, req, lo, hi)                                                    \
     mc_cfg_range(c, key, mc_cfg_int(c, obj, key, dflt, req), lo, hi)
 

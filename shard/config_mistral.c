@@ -34,7 +34,9 @@ static void parse_params(mc_cfg_ctx *c, mc_model_desc *m)
     m->n_heads = CFG_INT(c, r, "n_heads", 0, true, 1, 1 << 12);
     m->n_kv_heads = CFG_INT(c, r, "n_kv_heads", m->n_heads, false, 1, 1 << 12);
     m->dense_inter = CFG_INT(c, r, "hidden_dim", 0, true, 1, 1 << 20);
-    m->norm_eps = (float)mc_cfg_num(c, r, "norm_eps", 1e-5, false);
+    double eps = mc_cfg_num(c, r, "norm_eps", 1e-5, false);
+    m->norm_eps = (float)eps;
+    mc_cfg_need(c, eps < 1 && m->norm_eps > 0, "", "norm_eps", eps, "in (0, 1)");
     m->vocab = CFG_INT(c, r, "vocab_size", 0, true, 1, 1 << 24);
     int maxpos = CFG_INT(c, r, "max_seq_len", 4096, false, 1, 1 << 30);
     m->max_pos = CFG_INT(c, r, "max_position_embeddings", maxpos, false, 1, 1 << 30);
@@ -47,11 +49,13 @@ static void parse_params(mc_cfg_ctx *c, mc_model_desc *m)
     m->qk_rope_dim = CFG_INT(c, r, "qk_rope_head_dim", 0, true, 2, 1 << 12);
     m->v_head_dim = CFG_INT(c, r, "v_head_dim", 0, true, 1, 1 << 12);
     m->head_dim = m->qk_nope_dim + m->qk_rope_dim;
+    mc_cfg_need(c, m->qk_rope_dim % 2 == 0, "", "qk_rope_head_dim", m->qk_rope_dim, "even");
 
     mc_rope_desc *rp = &m->rope;
     rp->style = MC_ROPE_INTERLEAVED;
     rp->dim = m->qk_rope_dim;
     rp->theta = mc_cfg_num(c, r, "rope_theta", 10000.0, false);
+    mc_cfg_need(c, rp->theta > 1, "", "rope_theta", rp->theta, "greater than 1");
     rp->attention_factor = 1.0;
     m->attn_scale = (float)(1.0 / sqrt((double)m->head_dim));
     json_t *y = mc_cfg_get(c, r, "yarn");
@@ -65,11 +69,6 @@ static void parse_params(mc_cfg_ctx *c, mc_model_desc *m)
         rp->mscale_all_dim = mc_cfg_num(c, y, "mscale_all_dim", 1.0, false);
         if (!mc_cfg_bool(c, y, "apply_scale", true))
             rp->mscale_all_dim = 0;
-        if ((rp->factor <= 0 || rp->orig_max_pos <= 0) && c->st == MC_OK)
-            c->st = mc_err_set(c->err, MC_ERR_CONFIG,
-                               "%s: yarn.factor and yarn.original_max_position_embeddings must be "
-                               "positive",
-                               c->path);
         if (rp->mscale != 0 && rp->mscale_all_dim != 0)
             rp->attention_factor = mc_yarn_get_mscale(rp->factor, rp->mscale) /
                                    mc_yarn_get_mscale(rp->factor, rp->mscale_all_dim);
@@ -79,18 +78,18 @@ static void parse_params(mc_cfg_ctx *c, mc_model_desc *m)
             double ms = mc_yarn_get_mscale(rp->factor, rp->mscale_all_dim);
             m->attn_scale = (float)(m->attn_scale * ms * ms);
         }
+        mc_cfg_check_rope(c, rp, "yarn.");
     } else if (y && !json_is_null(y) && c->st == MC_OK) {
         c->st = mc_err_set(c->err, MC_ERR_CONFIG, "%s: 'yarn' must be an object", c->path);
     }
     json_t *l4 = mc_cfg_get(c, r, "llama_4_scaling");
     if (json_is_object(l4)) {
         m->llama4_beta = mc_cfg_num(c, l4, "beta", 0.0, true);
+        mc_cfg_need(c, m->llama4_beta >= 0, "llama_4_scaling.", "beta", m->llama4_beta,
+                    "zero or positive");
         m->llama4_orig_max = mc_cfg_num(c, l4, "original_max_position_embeddings", 0.0, true);
-        if (m->llama4_orig_max <= 0 && c->st == MC_OK)
-            c->st = mc_err_set(c->err, MC_ERR_CONFIG,
-                               "%s: llama_4_scaling.original_max_position_embeddings must be "
-                               "positive",
-                               c->path);
+        mc_cfg_need(c, m->llama4_orig_max > 0, "llama_4_scaling.",
+                    "original_max_position_embeddings", m->llama4_orig_max, "positive");
     }
 
     json_t *moe = mc_cfg_get(c, r, "moe");
@@ -106,8 +105,22 @@ static void parse_params(mc_cfg_ctx *c, mc_model_desc *m)
         m->moe_inter = CFG_INT(c, moe, "expert_hidden_dim", 0, true, 1, 1 << 20);
         m->shared_inter = m->moe_inter * m->n_shared_experts;
         m->routed_scale = (float)mc_cfg_num(c, moe, "routed_scale", 1.0, false);
+        mc_cfg_need(c, isfinite(m->routed_scale) && m->routed_scale > 0, "moe.", "routed_scale",
+                    m->routed_scale, "positive");
         m->n_group = CFG_INT(c, moe, "num_expert_groups", 1, false, 1, 4096);
         m->topk_group = CFG_INT(c, moe, "num_expert_groups_per_tok", 1, false, 1, 4096);
+        if (m->n_experts_per_tok > m->n_experts)
+            mc_cfg_fail(c, MC_ERR_CONFIG,
+                        "moe.num_experts_per_tok (%d) exceeds moe.num_experts (%d)",
+                        m->n_experts_per_tok, m->n_experts);
+        if (m->n_experts % m->n_group)
+            mc_cfg_fail(c, MC_ERR_CONFIG,
+                        "moe.num_expert_groups (%d) does not divide moe.num_experts (%d)",
+                        m->n_group, m->n_experts);
+        if (m->topk_group > m->n_group)
+            mc_cfg_fail(c, MC_ERR_CONFIG,
+                        "moe.num_expert_groups_per_tok (%d) exceeds moe.num_expert_groups (%d)",
+                        m->topk_group, m->n_group);
         int first_dense = CFG_INT(c, moe, "first_k_dense_replace", 0, false, 0, MC_MAX_LAYERS);
         for (int l = 0; l < m->n_layers; l++)
             m->layer_moe[l] = l >= first_dense;

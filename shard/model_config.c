@@ -1,10 +1,11 @@
 /* model_config.c - Hugging Face config.json -> mc_model_desc. */
 #include "model_config.h"
 #include "config_internal.h"
+#include "fileio.h"
 
-#include <errno.h>
 #include <jansson.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,10 +46,11 @@ double mc_cfg_num(mc_cfg_ctx *c, json_t *obj, const char *key, double dflt, bool
             c->st = mc_err_set(c->err, MC_ERR_CONFIG, "%s: missing required field '%s'", c->path, key);
         return dflt;
     }
-    if (json_is_number(v))
+    if (json_is_number(v) && isfinite(json_number_value(v)))
         return json_number_value(v);
     if (c->st == MC_OK)
-        c->st = mc_err_set(c->err, MC_ERR_CONFIG, "%s: field '%s' must be a number", c->path, key);
+        c->st = mc_err_set(c->err, MC_ERR_CONFIG, "%s: field '%s' must be a finite number", c->path,
+                           key);
     return dflt;
 }
 
@@ -76,13 +78,69 @@ const char *mc_cfg_str(mc_cfg_ctx *c, json_t *obj, const char *key)
     return NULL;
 }
 
-/* Range check helper: lo <= v <= hi. */
+/* Range check helper: lo <= v <= hi. An out-of-range value is recorded and
+ * replaced by the nearest bound, so the rest of the parse never divides by,
+ * loops over or allocates from a value already refused. */
 int mc_cfg_range(mc_cfg_ctx *c, const char *key, long long v, long long lo, long long hi)
 {
-    if (c->st == MC_OK && (v < lo || v > hi))
+    if (v >= lo && v <= hi)
+        return (int)v;
+    if (c->st == MC_OK)
         c->st = mc_err_set(c->err, MC_ERR_CONFIG, "%s: field '%s' = %lld is outside [%lld, %lld]",
                            c->path, key, v, lo, hi);
-    return (int)v;
+    return (int)(v < lo ? lo : hi);
+}
+
+void mc_cfg_fail(mc_cfg_ctx *c, mc_status s, const char *fmt, ...)
+{
+    if (c->st != MC_OK)
+        return;
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    c->st = mc_err_set(c->err, s, "%s: %s", c->path, msg);
+}
+
+bool mc_cfg_need(mc_cfg_ctx *c, bool ok, const char *prefix, const char *key, double v,
+                 const char *rule)
+{
+    if (!ok)
+        mc_cfg_fail(c, MC_ERR_CONFIG, "%s%s (%g) must be %s", prefix, key, v, rule);
+    return ok;
+}
+
+void mc_cfg_check_rope(mc_cfg_ctx *c, const mc_rope_desc *r, const char *pre)
+{
+    if (r->scaling == MC_ROPE_SCALE_NONE)
+        return;
+    mc_cfg_need(c, isfinite(r->factor) && r->factor >= 1, pre, "factor", r->factor,
+                "at least 1");
+    mc_cfg_need(c, isfinite(r->orig_max_pos) && r->orig_max_pos > 0, pre,
+                "original_max_position_embeddings", r->orig_max_pos, "positive");
+    if (r->scaling == MC_ROPE_SCALE_LLAMA3) {
+        mc_cfg_need(c, r->low_freq_factor > 0, pre, "low_freq_factor", r->low_freq_factor,
+                    "positive");
+        if (r->high_freq_factor < r->low_freq_factor)
+            mc_cfg_fail(c, MC_ERR_CONFIG,
+                        "%shigh_freq_factor (%g) must be at least low_freq_factor (%g)", pre,
+                        r->high_freq_factor, r->low_freq_factor);
+        return;
+    }
+    mc_cfg_need(c, r->beta_fast > 0, pre, "beta_fast", r->beta_fast, "positive");
+    mc_cfg_need(c, r->beta_slow > 0, pre, "beta_slow", r->beta_slow, "positive");
+    if (r->beta_fast == r->beta_slow)
+        mc_cfg_fail(c, MC_ERR_CONFIG, "%sbeta_fast (%g) must differ from beta_slow (%g)", pre,
+                    r->beta_fast, r->beta_slow);
+    else if (r->beta_fast < r->beta_slow)
+        mc_cfg_fail(c, MC_ERR_CONFIG, "%sbeta_fast (%g) must be greater than beta_slow (%g)", pre,
+                    r->beta_fast, r->beta_slow);
+    mc_cfg_need(c, r->mscale >= 0, pre, "mscale", r->mscale, "zero or positive");
+    mc_cfg_need(c, r->mscale_all_dim >= 0, pre, "mscale_all_dim", r->mscale_all_dim,
+                "zero or positive");
+    mc_cfg_need(c, isfinite(r->attention_factor) && r->attention_factor > 0, pre,
+                "attention_factor", r->attention_factor, "positive");
 }
 
 
@@ -105,6 +163,7 @@ void mc_cfg_parse_rope(mc_cfg_ctx *c, mc_model_desc *m, int head_dim_for_partial
     if (rs && !json_is_object(rs) && !json_is_null(rs) && c->st == MC_OK)
         c->st = mc_err_set(c->err, MC_ERR_CONFIG, "%s: 'rope_scaling' must be an object", c->path);
     json_t *p = json_is_object(rp) ? rp : json_is_object(rs) ? rs : NULL;
+    const char *pre = p == rp ? "rope_parameters." : "rope_scaling.";
     mc_rope_desc *r = &m->rope;
     r->theta = mc_cfg_num(c, root, "rope_theta", 10000.0, false);
     if (p && mc_cfg_get(c, p, "rope_theta"))
@@ -112,10 +171,17 @@ void mc_cfg_parse_rope(mc_cfg_ctx *c, mc_model_desc *m, int head_dim_for_partial
     double partial = mc_cfg_num(c, root, "partial_rotary_factor", 1.0, false);
     if (p && mc_cfg_get(c, p, "partial_rotary_factor"))
         partial = mc_cfg_num(c, p, "partial_rotary_factor", 1.0, false);
-    if (head_dim_for_partial > 0)
+    if (mc_cfg_need(c, partial > 0 && partial <= 1, "", "partial_rotary_factor", partial,
+                    "in (0, 1]") &&
+        head_dim_for_partial > 0) {
         r->dim = (int)(head_dim_for_partial * partial);
-    if (r->theta <= 0 && c->st == MC_OK)
-        c->st = mc_err_set(c->err, MC_ERR_CONFIG, "%s: rope_theta must be positive", c->path);
+        if (r->dim < 2 || r->dim % 2)
+            mc_cfg_fail(c, MC_ERR_CONFIG,
+                        "head_dim (%d) x partial_rotary_factor (%g) = %d rotary dimensions must "
+                        "be even and at least 2",
+                        head_dim_for_partial, partial, r->dim);
+    }
+    mc_cfg_need(c, r->theta > 1, "", "rope_theta", r->theta, "greater than 1");
     r->scaling = MC_ROPE_SCALE_NONE;
     r->attention_factor = 1.0;
     if (!p)
@@ -133,9 +199,9 @@ void mc_cfg_parse_rope(mc_cfg_ctx *c, mc_model_desc *m, int head_dim_for_partial
         r->beta_slow = mc_cfg_num(c, p, "beta_slow", 1.0, false);
         r->mscale = mc_cfg_num(c, p, "mscale", 0.0, false);
         r->mscale_all_dim = mc_cfg_num(c, p, "mscale_all_dim", 0.0, false);
-        double af = mc_cfg_num(c, p, "attention_factor", 0.0, false);
-        if (af > 0)
-            r->attention_factor = af;
+        json_t *af = mc_cfg_get(c, p, "attention_factor");
+        if (af && !json_is_null(af)) /* given: used as is (checked below) */
+            r->attention_factor = mc_cfg_num(c, p, "attention_factor", 0.0, false);
         else if (r->mscale != 0 && r->mscale_all_dim != 0)
             r->attention_factor = mc_yarn_get_mscale(r->factor, r->mscale) /
                                   mc_yarn_get_mscale(r->factor, r->mscale_all_dim);
@@ -150,8 +216,7 @@ void mc_cfg_parse_rope(mc_cfg_ctx *c, mc_model_desc *m, int head_dim_for_partial
                            "%s: rope scaling type '%.32s' is not supported (default, yarn, llama3)",
                            c->path, type);
     }
-    if (r->factor <= 0 && c->st == MC_OK)
-        c->st = mc_err_set(c->err, MC_ERR_CONFIG, "%s: rope scaling factor must be positive", c->path);
+    mc_cfg_check_rope(c, r, pre);
 }
 
 void mc_cfg_parse_common(mc_cfg_ctx *c, mc_model_desc *m)
@@ -163,7 +228,9 @@ void mc_cfg_parse_common(mc_cfg_ctx *c, mc_model_desc *m)
     m->n_heads = CFG_INT(c, r, "num_attention_heads", 0, true, 1, 1 << 12);
     m->n_kv_heads = CFG_INT(c, r, "num_key_value_heads", m->n_heads, false, 1, 1 << 12);
     m->max_pos = CFG_INT(c, r, "max_position_embeddings", 4096, false, 1, 1 << 30);
-    m->norm_eps = (float)mc_cfg_num(c, r, "rms_norm_eps", 1e-6, false);
+    double eps = mc_cfg_num(c, r, "rms_norm_eps", 1e-6, false);
+    m->norm_eps = (float)eps;
+    mc_cfg_need(c, eps < 1 && m->norm_eps > 0, "", "rms_norm_eps", eps, "in (0, 1)");
     m->tie_embeddings = mc_cfg_bool(c, r, "tie_word_embeddings", false);
     m->bos_id = CFG_INT(c, r, "bos_token_id", -1, false, -1, 1 << 24);
     m->eos_id = -1;
@@ -233,6 +300,7 @@ static void parse_mla_moe(mc_cfg_ctx *c, mc_model_desc *m)
     m->qk_rope_dim = CFG_INT(c, r, "qk_rope_head_dim", 0, true, 2, 1 << 12);
     m->v_head_dim = CFG_INT(c, r, "v_head_dim", 0, true, 1, 1 << 12);
     m->head_dim = m->qk_nope_dim + m->qk_rope_dim;
+    mc_cfg_need(c, m->qk_rope_dim % 2 == 0, "", "qk_rope_head_dim", m->qk_rope_dim, "even");
     m->rope.style = mc_cfg_bool(c, r, "rope_interleave", true) ? MC_ROPE_INTERLEAVED : MC_ROPE_HALF;
     mc_cfg_parse_rope(c, m, 0);
     m->rope.dim = m->qk_rope_dim;
@@ -244,6 +312,8 @@ static void parse_mla_moe(mc_cfg_ctx *c, mc_model_desc *m)
     m->shared_inter = m->moe_inter * m->n_shared_experts;
     m->norm_topk_prob = mc_cfg_bool(c, r, "norm_topk_prob", false);
     m->routed_scale = (float)mc_cfg_num(c, r, "routed_scaling_factor", 1.0, false);
+    mc_cfg_need(c, isfinite(m->routed_scale) && m->routed_scale > 0, "", "routed_scaling_factor",
+                m->routed_scale, "positive");
     m->n_group = CFG_INT(c, r, "n_group", 1, false, 1, 4096);
     m->topk_group = CFG_INT(c, r, "topk_group", 1, false, 1, 4096);
     int first_dense = CFG_INT(c, r, "first_k_dense_replace", 0, false, 0, MC_MAX_LAYERS);
@@ -357,11 +427,11 @@ static void parse_mistral4(mc_cfg_ctx *c, mc_model_desc *m)
         m->llama4_beta = mc_cfg_num(c, rp, "llama_4_scaling_beta", 0.0, false);
         m->llama4_orig_max =
             mc_cfg_num(c, rp, "original_max_position_embeddings", m->rope.orig_max_pos, false);
-        if (m->llama4_beta != 0 && m->llama4_orig_max <= 0 && c->st == MC_OK)
-            c->st = mc_err_set(c->err, MC_ERR_CONFIG,
-                               "%s: llama_4_scaling_beta needs a positive "
-                               "original_max_position_embeddings",
-                               c->path);
+        mc_cfg_need(c, m->llama4_beta >= 0, "rope_parameters.", "llama_4_scaling_beta",
+                    m->llama4_beta, "zero or positive");
+        if (m->llama4_beta != 0)
+            mc_cfg_need(c, m->llama4_orig_max > 0, "llama_4_scaling_beta: ",
+                        "original_max_position_embeddings", m->llama4_orig_max, "positive");
     }
 }
 
@@ -392,9 +462,14 @@ static void parse_llama4(mc_cfg_ctx *c, mc_model_desc *m)
     m->attn_temp_tuning = mc_cfg_bool(c, r, "attn_temperature_tuning", false);
     m->attn_floor_scale = mc_cfg_num(c, r, "floor_scale", 8192.0, false);
     m->attn_temp_scale = mc_cfg_num(c, r, "attn_scale", 0.1, false);
-    if (m->attn_temp_tuning && m->attn_floor_scale <= 0 && c->st == MC_OK)
-        c->st = mc_err_set(c->err, MC_ERR_CONFIG, "%s: floor_scale must be positive", c->path);
-    m->attn_chunk = CFG_INT(c, r, "attention_chunk_size", 0, false, 0, 1 << 30);
+    if (m->attn_temp_tuning) {
+        mc_cfg_need(c, m->attn_floor_scale > 0, "", "floor_scale", m->attn_floor_scale, "positive");
+        mc_cfg_need(c, m->attn_temp_scale >= 0, "", "attn_scale", m->attn_temp_scale,
+                    "zero or positive");
+    }
+    json_t *chunk = mc_cfg_get(c, r, "attention_chunk_size"); /* absent or null: no chunking */
+    if (chunk && !json_is_null(chunk))
+        m->attn_chunk = CFG_INT(c, r, "attention_chunk_size", 0, false, 1, 1 << 30);
     m->moe_inter = CFG_INT(c, r, "intermediate_size", 0, true, 1, 1 << 20);
     m->dense_inter = CFG_INT(c, r, "intermediate_size_mlp", 0, true, 1, 1 << 20);
     m->n_experts = CFG_INT(c, r, "num_local_experts", 0, true, 1, 4096);
@@ -473,7 +548,9 @@ static void parse_qwen3_moe(mc_cfg_ctx *c, mc_model_desc *m)
         bool dense_only = false;
         for (size_t i = 0; json_is_array(only) && i < json_array_size(only); i++) {
             json_t *e = json_array_get(only, i);
-            if (json_is_integer(e) && json_integer_value(e) == l)
+            if (!json_is_integer(e) || json_integer_value(e) < 0) /* past the end: no effect */
+                mc_cfg_fail(c, MC_ERR_CONFIG, "mlp_only_layers[%zu] is not a layer index", i);
+            else if (json_integer_value(e) == l)
                 dense_only = true;
         }
         m->layer_moe[l] = !dense_only && m->n_experts > 0 && (l + 1) % step == 0;
@@ -516,7 +593,24 @@ const char *mc_supported_model_types(void)
 mc_status mc_model_desc_check(const mc_model_desc *m, const char *p, mc_err *e)
 {
     mc_cfg_ctx cc = {.path = p, .err = e, .st = MC_OK}, *c = &cc;
-    if (m->attn == MC_ATTN_GQA && m->n_heads % m->n_kv_heads != 0)
+    /* sizes every formula divides by (the readers refuse them first; this
+     * guards descriptions filled any other way) */
+    if (m->hidden < 1 || m->vocab < 1 || m->n_layers < 1 || m->n_layers > MC_MAX_LAYERS ||
+        m->n_heads < 1 || m->n_kv_heads < 1 || m->head_dim < 1 || m->n_group < 1 ||
+        m->topk_group < 1 || (m->n_experts > 0 && m->moe_inter < 1))
+        c->st = mc_err_set(e, MC_ERR_CONFIG,
+                           "%s: a size (hidden %d, vocab %d, layers %d, heads %d/%d, head_dim %d, "
+                           "groups %d/%d, moe_intermediate_size %d) is out of range",
+                           p, m->hidden, m->vocab, m->n_layers, m->n_heads, m->n_kv_heads,
+                           m->head_dim, m->n_group, m->topk_group, m->moe_inter);
+    else if (!(m->norm_eps > 0 && m->norm_eps < 1) || !(m->attn_scale > 0) ||
+             !isfinite(m->attn_scale) || !(m->routed_scale > 0) || !isfinite(m->routed_scale) ||
+             !(m->rope.theta > 1) || !isfinite(m->rope.theta))
+        c->st = mc_err_set(e, MC_ERR_CONFIG,
+                           "%s: rms_norm_eps (%g), softmax scale (%g), routed_scaling_factor (%g) "
+                           "or rope_theta (%g) is out of range",
+                           p, m->norm_eps, m->attn_scale, m->routed_scale, m->rope.theta);
+    else if (m->attn == MC_ATTN_GQA && m->n_heads % m->n_kv_heads != 0)
         c->st = mc_err_set(e, MC_ERR_CONFIG,
                            "%s: num_attention_heads (%d) is not a multiple of num_key_value_heads (%d)",
                            p, m->n_heads, m->n_kv_heads);
@@ -595,22 +689,9 @@ done:
 mc_status mc_config_read(const char *path, char **text, size_t *len, mc_err *err)
 {
     *text = NULL;
-    FILE *fp = fopen(path, "rb");
-    if (!fp)
-        return mc_err_set(err, MC_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-    char *buf = malloc(MAX_CONFIG_BYTES + 1);
-    size_t n = buf ? fread(buf, 1, MAX_CONFIG_BYTES + 1, fp) : 0;
-    fclose(fp);
-    if (!buf)
-        return mc_err_set(err, MC_ERR_NOMEM, "out of memory");
-    if (n > MAX_CONFIG_BYTES) {
-        free(buf);
-        return mc_err_set(err, MC_ERR_CONFIG, "%s: larger than %u bytes", path, MAX_CONFIG_BYTES);
-    }
-    buf[n] = '\0';
-    *text = buf;
-    *len = n;
-    return MC_OK;
+    *len = 0;
+    /* a FIFO, device or directory is refused at once instead of blocking */
+    return mc_read_regular(path, "config", MAX_CONFIG_BYTES, text, len, err);
 }
 
 int mc_config_is_mistral(const char *path, const char *text, size_t len)
@@ -694,7 +775,7 @@ void mc_rope_inv_freq(const mc_rope_desc *r, double *inv_freq)
             double wl = 2.0 * M_PI / inv_freq[i];
             if (wl > low_wl) {
                 inv_freq[i] /= r->factor;
-            } else if (wl >= high_wl) {
+            } else if (wl >= high_wl && r->high_freq_factor > r->low_freq_factor) {
                 double smooth = (r->orig_max_pos / wl - r->low_freq_factor) /
                                 (r->high_freq_factor - r->low_freq_factor);
                 inv_freq[i] = (1.0 - smooth) * inv_freq[i] / r->factor + smooth * inv_freq[i];

@@ -123,7 +123,8 @@ mc_status mc_model_desc_parse(const char *json_text, size_t len, const char *pat
 /* Parses a Mistral native params.json text. */
 mc_status mc_model_desc_parse_mistral(const char *json_text, size_t len, const char *path,
                                       mc_model_desc *out, mc_err *err);
-/* Reads a config file (at most 16 MiB) into a malloc'd, NUL-terminated text. */
+/* Reads a config file (a regular file of at most 16 MiB: a FIFO or device is
+ * refused without blocking) into a malloc'd, NUL-terminated text. */
 mc_status mc_config_read(const char *path, char **text, size_t *len, mc_err *err);
 /* True for a Mistral params.json: named so, or a JSON object with "dim" and
  * no "model_type". */

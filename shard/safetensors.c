@@ -1,5 +1,8 @@
 /* safetensors.c - see safetensors.h for the byte layout and the checks. */
 #include "safetensors.h"
+#include "outfile.h"
+#include "fileio.h"
+#include "sigbus.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -49,8 +52,10 @@ void st_file_close(st_file *f)
     free(f->tensors);
     if (f->meta)
         json_decref(f->meta);
-    if (f->map)
+    if (f->map) {
+        mc_sigbus_unregister(f->map);
         munmap(f->map, f->map_len);
+    }
     free(f->path);
     free(f);
 }
@@ -290,15 +295,15 @@ fail:
 mc_status st_file_open(const char *path, st_file **out, mc_err *err)
 {
     *out = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return mc_err_set(err, MC_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-    struct stat sb;
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        close(fd);
-        return mc_err_set(err, MC_ERR_IO, "%s: not a regular file", path);
+    int fd;
+    uint64_t len = 0;
+    /* regular files only: a FIFO would block open() and read() forever */
+    mc_status st = mc_open_regular(path, "safetensors file", &fd, &len, err);
+    if (st != MC_OK) {
+        if (st == MC_ERR_NOT_FOUND && err && err->status == MC_ERR_NOT_FOUND)
+            err->status = MC_ERR_IO; /* a missing file stays an I/O error for callers */
+        return st == MC_ERR_NOT_FOUND ? MC_ERR_IO : st;
     }
-    uint64_t len = (uint64_t)sb.st_size;
     void *map = NULL;
     if (len > 0) {
         map = mmap(NULL, (size_t)len, PROT_READ, MAP_PRIVATE, fd, 0);
@@ -311,7 +316,12 @@ mc_status st_file_open(const char *path, st_file **out, mc_err *err)
     close(fd);
     static const uint8_t empty[1];
     st_file *f;
-    mc_status st = st_file_parse(map ? map : empty, len, path, &f, err);
+    /* parsing reads the header pages: the file may shrink already */
+    if (map)
+        (void)mc_sigbus_register(map, (size_t)len, path);
+    st = st_file_parse(map ? map : empty, len, path, &f, err);
+    if (map)
+        mc_sigbus_unregister(map);
     if (st != MC_OK) {
         if (map)
             munmap(map, (size_t)len);
@@ -319,6 +329,9 @@ mc_status st_file_open(const char *path, st_file **out, mc_err *err)
     }
     f->map = map;
     f->map_len = len;
+    /* a file truncated while mapped: one line naming it, not a bare SIGBUS */
+    if (map)
+        (void)mc_sigbus_register(map, (size_t)len, f->path);
     *out = f;
     return MC_OK;
 }
@@ -396,39 +409,13 @@ static int is_bare_filename(const char *s)
     return n > 0 && n <= 255 && !strchr(s, '/') && s[0] != '.';
 }
 
-static mc_status load_text(const char *path, uint64_t max, char **out, size_t *len, mc_err *err)
-{
-    FILE *fp = fopen(path, "rb");
-    if (!fp)
-        return mc_err_set(err, MC_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-    struct stat sb;
-    if (fstat(fileno(fp), &sb) != 0 || (uint64_t)sb.st_size > max) {
-        fclose(fp);
-        return mc_err_set(err, MC_ERR_FORMAT, "%s: larger than the limit of %llu bytes", path,
-                          (unsigned long long)max);
-    }
-    char *buf = malloc((size_t)sb.st_size + 1);
-    if (!buf) {
-        fclose(fp);
-        return mc_err_set(err, MC_ERR_NOMEM, "%s: out of memory", path);
-    }
-    size_t got = fread(buf, 1, (size_t)sb.st_size, fp);
-    fclose(fp);
-    if (got != (size_t)sb.st_size) {
-        free(buf);
-        return mc_err_set(err, MC_ERR_IO, "%s: short read", path);
-    }
-    buf[got] = '\0';
-    *out = buf;
-    *len = got;
-    return MC_OK;
-}
-
 static mc_status open_indexed(st_checkpoint *c, const char *dir, const char *index_path, mc_err *err)
 {
     char *text = NULL;
     size_t len = 0;
-    mc_status st = load_text(index_path, MC_ST_MAX_INDEX_BYTES, &text, &len, err);
+    /* regular files only (a FIFO would block), at most MC_ST_MAX_INDEX_BYTES */
+    mc_status st =
+        mc_read_regular(index_path, "checkpoint index", MC_ST_MAX_INDEX_BYTES, &text, &len, err);
     if (st != MC_OK)
         return st;
     json_error_t jerr;
@@ -574,9 +561,10 @@ const st_tensor *st_checkpoint_find(const st_checkpoint *c, const char *name)
 
 /* ---- writer ---- */
 
+/* Written through mc_outfile: PATH.partial, then flush, fsync, close and a
+ * checked rename; a target that is not a regular file is never replaced. */
 struct st_writer {
-    FILE *fp;
-    char *path, *tmp;
+    mc_outfile *f;
     uint64_t expected, written;
 };
 
@@ -584,12 +572,7 @@ void st_writer_abort(st_writer *w)
 {
     if (!w)
         return;
-    if (w->fp)
-        fclose(w->fp);
-    if (w->tmp)
-        unlink(w->tmp);
-    free(w->path);
-    free(w->tmp);
+    mc_outfile_abort(w->f);
     free(w);
 }
 
@@ -649,30 +632,22 @@ mc_status st_writer_open(const char *path, const st_write_tensor *tensors, size_
         }
     }
     hdr = json_dumps(root, JSON_COMPACT);
-    w->path = strdup(path);
-    w->tmp = malloc(strlen(path) + 16);
-    if (!hdr || !w->path || !w->tmp) {
+    if (!hdr) {
         st = mc_err_set(err, MC_ERR_NOMEM, "out of memory");
         goto done;
     }
-    sprintf(w->tmp, "%s.partial", path);
-    w->fp = fopen(w->tmp, "wb");
-    if (!w->fp) {
-        st = mc_err_set(err, MC_ERR_IO, "%s: cannot create: %s", path, strerror(errno));
+    if ((st = mc_outfile_open(path, "output", &w->f, err)) != MC_OK)
         goto done;
-    }
     size_t hl = strlen(hdr);
     size_t padded = (hl + 7) & ~(size_t)7;
     uint8_t lenb[8];
     for (int i = 0; i < 8; i++)
         lenb[i] = (uint8_t)((uint64_t)padded >> (8 * i));
-    int ok = fwrite(lenb, 1, 8, w->fp) == 8 && fwrite(hdr, 1, hl, w->fp) == hl;
-    for (size_t i = hl; i < padded && ok; i++)
-        ok = fputc(' ', w->fp) != EOF;
-    if (!ok) {
-        st = mc_err_set(err, MC_ERR_IO, "%s: write failed: %s", path, strerror(errno));
+    static const char spaces[8] = "       ";
+    if ((st = mc_outfile_write(w->f, lenb, 8, err)) != MC_OK ||
+        (st = mc_outfile_write(w->f, hdr, hl, err)) != MC_OK ||
+        (st = mc_outfile_write(w->f, spaces, padded - hl, err)) != MC_OK)
         goto done;
-    }
     w->expected = off;
 done:
     free(hdr);
@@ -687,32 +662,26 @@ done:
 mc_status st_writer_write(st_writer *w, const void *data, size_t len, mc_err *err)
 {
     if (len > w->expected - w->written)
-        return mc_err_set(err, MC_ERR_ARG, "%s: more data than the header announced", w->path);
-    if (len && fwrite(data, 1, len, w->fp) != len)
-        return mc_err_set(err, MC_ERR_IO, "%s: write failed: %s", w->path, strerror(errno));
+        return mc_err_set(err, MC_ERR_ARG, "%s: more data than the header announced",
+                          mc_outfile_path(w->f));
+    mc_status st = mc_outfile_write(w->f, data, len, err);
+    if (st != MC_OK)
+        return st;
     w->written += len;
     return MC_OK;
 }
 
 mc_status st_writer_close(st_writer *w, mc_err *err)
 {
-    mc_status st = MC_OK;
-    if (w->written != w->expected)
-        st = mc_err_set(err, MC_ERR_ARG, "%s: %llu of %llu data bytes written", w->path,
-                        (unsigned long long)w->written, (unsigned long long)w->expected);
-    else if (fflush(w->fp) != 0 || fsync(fileno(w->fp)) != 0)
-        st = mc_err_set(err, MC_ERR_IO, "%s: write failed: %s", w->path, strerror(errno));
-    if (fclose(w->fp) != 0 && st == MC_OK)
-        st = mc_err_set(err, MC_ERR_IO, "%s: write failed: %s", w->path, strerror(errno));
-    w->fp = NULL;
-    if (st == MC_OK && rename(w->tmp, w->path) != 0)
-        st = mc_err_set(err, MC_ERR_IO, "%s: cannot rename the finished file: %s", w->path,
-                        strerror(errno));
-    if (st == MC_OK) {
-        free(w->tmp);
-        w->tmp = NULL;
+    if (w->written != w->expected) {
+        mc_status st = mc_err_set(err, MC_ERR_ARG, "%s: %llu of %llu data bytes written",
+                                  mc_outfile_path(w->f), (unsigned long long)w->written,
+                                  (unsigned long long)w->expected);
+        st_writer_abort(w);
+        return st;
     }
-    st_writer_abort(w);
+    mc_status st = mc_outfile_commit(w->f, err); /* frees the outfile, even on failure */
+    free(w);
     return st;
 }
 

@@ -7,6 +7,9 @@
 #include "model_tensors.h"
 #include "progress.h"
 #include "safetensors.h"
+#include "shard_internal.h"
+
+#include "fileio.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -140,6 +143,12 @@ static int slice_for(const mc_plan *p, const mc_rank_plan *rp, const mc_tensor_s
     }
 #undef ROWS
 #undef COLS
+}
+
+int mc_shard_slice(const mc_plan *p, const mc_rank_plan *rp, const mc_tensor_spec *s, int *dim,
+                   int64_t *b, int64_t *e)
+{
+    return slice_for(p, rp, s, dim, b, e);
 }
 
 static int spec_stage(const mc_plan *p, const mc_tensor_spec *s)
@@ -324,10 +333,6 @@ static mc_status write_json_file(const char *path, json_t *j, mc_err *err)
     return st;
 }
 
-static json_t *load_json(const char *path)
-{
-    return json_load_file(path, JSON_REJECT_DUPLICATES, NULL);
-}
 
 static int file_exists(const char *p)
 {
@@ -347,9 +352,10 @@ static mc_status rank_config(const char *model_dir, const char *rank_dir, int fp
         snprintf(src, sizeof src, "%s/params.json", model_dir);
         name = "params.json";
     }
-    json_t *j = load_json(src);
-    if (!j)
-        return mc_err_set(err, MC_ERR_CONFIG, "%s: cannot read", src);
+    json_t *j = NULL;
+    mc_status st = mc_shard_json_load(src, "config", MC_SHARD_MAX_CONFIG, &j, err);
+    if (st != MC_OK)
+        return st;
     if (fp8_out && !fp8_in)
         json_object_set_new(j, "quantization_config",
                             json_pack("{s:s, s:s, s:s, s:[i,i]}", "quant_method", "fp8", "fmt",
@@ -358,7 +364,7 @@ static mc_status rank_config(const char *model_dir, const char *rank_dir, int fp
     else if (!fp8_out)
         json_object_del(j, "quantization_config");
     snprintf(dst, sizeof dst, "%s/%s", rank_dir, name);
-    mc_status st = write_json_file(dst, j, err);
+    st = write_json_file(dst, j, err);
     json_decref(j);
     return st;
 }
@@ -543,35 +549,46 @@ mc_status mc_shard_write(const mc_shard_opts *o, mc_err *err)
     static const char *const fmt_names[] = {"keep", "bf16", "fp8", "q8_0", "q4_k"};
     json_object_set_new(pj, "shard_format", json_string(fmt_names[o->fmt]));
     json_object_set_new(pj, "source_tensors", json_integer((json_int_t)st_checkpoint_count(ck)));
-    char *pjs = json_dumps(pj, JSON_COMPACT | JSON_SORT_KEYS);
-    uint64_t fp = pjs ? XXH64(pjs, strlen(pjs), 0) : 0;
-    free(pjs);
-    char fps[32];
-    snprintf(fps, sizeof fps, "%016llx", (unsigned long long)fp);
+    json_t *src_id = NULL;
+    if ((st = mc_shard_source_identity(o->model_dir, ck, &src_id, err)) != MC_OK)
+        goto done;
+    json_object_set_new(pj, "source", src_id);
+    char fps[17];
+    mc_shard_fingerprint(pj, fps);
     json_object_set_new(pj, "fingerprint", json_string(fps));
     if (mkdir(o->out_dir, 0777) != 0 && errno != EEXIST) {
         st = mc_err_set(err, MC_ERR_IO, "%s: cannot create: %s", o->out_dir, strerror(errno));
         goto done;
     }
     snprintf(path, sizeof path, "%s/plan.json", o->out_dir);
-    json_t *old = load_json(path);
-    if (old) {
-        char of[32] = "?";
-        const char *ofp = json_string_value(json_object_get(old, "fingerprint"));
-        if (ofp)
-            snprintf(of, sizeof of, "%s", ofp);
-        int same = ofp && !strcmp(of, fps);
-        json_decref(old);
-        if (!same) {
-            st = mc_err_set(err, MC_ERR_ARG,
-                            "%s already holds shards of a different plan (fingerprint %s, this one "
-                            "%s); choose another --out or remove it",
-                            o->out_dir, of, fps);
-            goto done;
-        }
-    } else if ((st = write_json_file(path, pj, err)) != MC_OK) {
+    json_t *old = NULL;
+    mc_err e2;
+    mc_err_clear(&e2);
+    mc_status ost = mc_shard_json_load(path, "shard plan", MC_SHARD_MAX_JSON, &old, &e2);
+    const char *ofp = old ? json_string_value(json_object_get(old, "fingerprint")) : NULL;
+    int same = ofp && !strcmp(ofp, fps);
+    if (ost != MC_OK && ost != MC_ERR_NOT_FOUND && !o->restart) {
+        st = mc_err_set(err, ost, "%s; use another --out, or --restart to redo every rank", e2.msg);
+    } else if (old && !same && !o->restart) {
+        char why[600];
+        mc_shard_describe_change(old, pj, why, sizeof why);
+        st = mc_err_set(err, MC_ERR_ARG,
+                        "%s already holds shards of %s (fingerprint %s, this run %s); use another "
+                        "--out, or --restart to redo every rank",
+                        o->out_dir, why, ofp ? ofp : "missing", fps);
+    }
+    json_decref(old);
+    if (st != MC_OK)
+        goto done;
+    /* from here on OUT is being (re)written: no manifest until it is whole again */
+    snprintf(path, sizeof path, "%s/manifest.json", o->out_dir);
+    if (unlink(path) != 0 && errno != ENOENT) {
+        st = mc_err_set(err, MC_ERR_IO, "%s: cannot remove: %s", path, strerror(errno));
         goto done;
     }
+    snprintf(path, sizeof path, "%s/plan.json", o->out_dir);
+    if (!same && (st = write_json_file(path, pj, err)) != MC_OK)
+        goto done;
     mc_progress pg;
     mc_progress_start(&pg, "shard", total, o->progress);
     /* stage by stage; every source tensor belongs to one stage */
@@ -598,11 +615,27 @@ mc_status mc_shard_write(const mc_shard_opts *o, mc_err *err)
             snprintf(rd, sizeof rd, "%s/rank-%05d", o->out_dir, r);
             snprintf(tj, sizeof tj, "%s/tensors.json", rd);
             snprintf(path, sizeof path, "%s/model.safetensors", rd);
-            if (file_exists(tj) && file_exists(path)) {
-                done_rank[r] = 1; /* complete in an earlier run */
-                for (size_t i = 0; i < lists[r].n; i++)
-                    mc_progress_add(&pg, lists[r].v[i].bytes);
-                continue;
+            if (file_exists(tj)) {
+                /* complete in an earlier run of this fingerprint, and still intact? */
+                char why[800];
+                st_write_tensor *want = calloc(lists[r].n + 1, sizeof *want);
+                for (size_t i = 0; want && i < lists[r].n; i++)
+                    want[i] = lists[r].v[i].out;
+                int reuse = want && mc_shard_rank_reusable(o->out_dir, r, fps, want, lists[r].n,
+                                                           why, sizeof why);
+                free(want);
+                if (reuse) {
+                    done_rank[r] = 1;
+                    for (size_t i = 0; i < lists[r].n; i++)
+                        mc_progress_add(&pg, lists[r].v[i].bytes);
+                    continue;
+                }
+                fprintf(stderr, "moecluster shard: %s: rewriting it: %s\n", rd,
+                        want ? why : "out of memory");
+                if (unlink(tj) != 0 && errno != ENOENT) {
+                    st = mc_err_set(err, MC_ERR_IO, "%s: cannot remove: %s", tj, strerror(errno));
+                    break;
+                }
             }
             if (mkdir(rd, 0777) != 0 && errno != EEXIST) {
                 st = mc_err_set(err, MC_ERR_IO, "%s: cannot create: %s", rd, strerror(errno));
@@ -717,11 +750,10 @@ mc_status mc_shard_write(const mc_shard_opts *o, mc_err *err)
         json_t *ra = json_object_get(manifest, "ranks");
         for (int r = 0; r < world && st == MC_OK; r++) {
             snprintf(path, sizeof path, "%s/rank-%05d/tensors.json", o->out_dir, r);
-            json_t *rj = load_json(path);
-            if (!rj) {
-                st = mc_err_set(err, MC_ERR_IO, "%s: cannot read", path);
+            json_t *rj = NULL;
+            if ((st = mc_shard_json_load(path, "rank tensor list", MC_SHARD_MAX_JSON, &rj, err)) !=
+                MC_OK)
                 break;
-            }
             json_array_append_new(ra, rj);
         }
         snprintf(path, sizeof path, "%s/manifest.json", o->out_dir);
@@ -747,105 +779,5 @@ done:
     json_decref(manifest);
     mc_plan_free(plan);
     st_checkpoint_close(ck);
-    return st;
-}
-
-/* ---- checking ---- */
-
-mc_status mc_shard_rank_dir(const char *dir, int rank, int world, char *out, size_t len,
-                            mc_err *err)
-{
-    char path[4200];
-    snprintf(path, sizeof path, "%s/manifest.json", dir);
-    json_t *m = load_json(path);
-    if (!m)
-        return mc_err_set(err, MC_ERR_NOT_FOUND,
-                          "%s: no readable manifest.json (not a shard folder, or `moecluster "
-                          "shard` did not finish)",
-                          dir);
-    json_t *w = json_object_get(m, "world");
-    int mw = json_is_integer(w) ? (int)json_integer_value(w) : -1;
-    json_decref(m);
-    if (mw != world)
-        return mc_err_set(err, MC_ERR_ARG,
-                          "%s holds shards for %d rank%s but this run has %d (use mpirun -np %d)",
-                          dir, mw, mw == 1 ? "" : "s", world, mw);
-    if (rank < 0 || rank >= world)
-        return mc_err_set(err, MC_ERR_ARG, "rank %d outside [0, %d)", rank, world);
-    snprintf(out, len, "%s/rank-%05d", dir, rank);
-    return MC_OK;
-}
-
-mc_status mc_shard_verify(const char *dir, int progress, long *bad, mc_err *err)
-{
-    char path[4200];
-    *bad = 0;
-    snprintf(path, sizeof path, "%s/manifest.json", dir);
-    json_t *m = load_json(path);
-    if (!m)
-        return mc_err_set(err, MC_ERR_NOT_FOUND, "%s: no readable manifest.json", dir);
-    json_t *ranks = json_object_get(m, "ranks");
-    mc_status st = MC_OK;
-    if (!json_is_array(ranks)) {
-        json_decref(m);
-        return mc_err_set(err, MC_ERR_FORMAT, "%s: manifest without 'ranks'", path);
-    }
-    uint64_t total = 0;
-    size_t ri;
-    json_t *rj;
-    json_array_foreach(ranks, ri, rj)
-    {
-        size_t ti;
-        json_t *tj;
-        json_array_foreach(json_object_get(rj, "tensors"), ti, tj)
-        {
-            uint64_t n = mc_dtype_size(MC_DT_BF16);
-            mc_dtype dt;
-            if (mc_dtype_from_name(json_string_value(json_object_get(tj, "dtype")) ?: "", &dt) == 0)
-                n = mc_dtype_size(dt);
-            size_t k;
-            json_t *e;
-            json_array_foreach(json_object_get(tj, "shape"), k, e) n *= (uint64_t)json_integer_value(e);
-            total += n;
-        }
-    }
-    mc_progress pg;
-    mc_progress_start(&pg, "verify", total, progress);
-    json_array_foreach(ranks, ri, rj)
-    {
-        snprintf(path, sizeof path, "%s/rank-%05d/model.safetensors", dir, (int)ri);
-        st_file *f = NULL;
-        mc_err e2;
-        mc_err_clear(&e2);
-        if (st_file_open(path, &f, &e2) != MC_OK) {
-            fprintf(stderr, "verify: rank %zu: %s\n", ri, e2.msg);
-            (*bad)++;
-            continue;
-        }
-        size_t ti;
-        json_t *tj;
-        json_array_foreach(json_object_get(rj, "tensors"), ti, tj)
-        {
-            const char *name = json_string_value(json_object_get(tj, "name"));
-            const char *want = json_string_value(json_object_get(tj, "xxh64"));
-            const st_tensor *t = name ? st_file_find(f, name) : NULL;
-            if (!t || !want) {
-                fprintf(stderr, "verify: rank %zu: tensor '%s' missing\n", ri, name ? name : "?");
-                (*bad)++;
-                continue;
-            }
-            char got[32];
-            snprintf(got, sizeof got, "%016llx", (unsigned long long)XXH64(t->data, (size_t)t->nbytes, 0));
-            mc_progress_add(&pg, t->nbytes);
-            if (strcmp(got, want)) {
-                fprintf(stderr, "verify: rank %zu: tensor '%s' checksum %s, manifest says %s\n", ri,
-                        name, got, want);
-                (*bad)++;
-            }
-        }
-        st_file_close(f);
-    }
-    mc_progress_finish(&pg);
-    json_decref(m);
     return st;
 }

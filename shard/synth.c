@@ -8,6 +8,7 @@
 #include "fp8_block.h"
 #include "model_config.h"
 #include "model_tensors.h"
+#include "outfile.h"
 #include "progress.h"
 #include "safetensors.h"
 
@@ -156,11 +157,15 @@ static mc_status emit(st_writer *w, const mc_tensor_spec *s, const st_write_tens
     return MC_OK;
 }
 
+/* Through a temporary file and a checked rename, like the weights. */
 static mc_status write_json(const char *path, json_t *j, mc_err *err)
 {
-    if (json_dump_file(j, path, JSON_INDENT(1) | JSON_SORT_KEYS) != 0)
-        return mc_err_set(err, MC_ERR_IO, "%s: cannot write", path);
-    return MC_OK;
+    char *text = j ? json_dumps(j, JSON_INDENT(1) | JSON_SORT_KEYS) : NULL;
+    if (!text)
+        return mc_err_set(err, MC_ERR_NOMEM, "%s: out of memory", path);
+    mc_status st = mc_write_file(path, "output", text, strlen(text), err);
+    free(text);
+    return st;
 }
 
 mc_status mc_synth(const mc_synth_opts *o, mc_err *err)
@@ -273,6 +278,11 @@ mc_status mc_synth(const mc_synth_opts *o, mc_err *err)
         acc += items[i].bytes;
     }
     nfiles++;
+    /* never into the folder holding the config (it would be overwritten), never a non-folder */
+    if ((st = mc_out_check_dir(o->out_dir, o->config_path, "config", false, err)) != MC_OK) {
+        free(file_of);
+        goto done;
+    }
     if (mkdir(o->out_dir, 0777) != 0 && errno != EEXIST) {
         st = mc_err_set(err, MC_ERR_IO, "%s: cannot create: %s", o->out_dir, strerror(errno));
         free(file_of);

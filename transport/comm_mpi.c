@@ -1,17 +1,17 @@
-/* comm_mpi.c - the data plane over MPI (host memory), the world
- * communicator, and the watchdog. See comm_mpi.h for the algorithms. */
+/* comm_mpi.c - the data plane over MPI (host memory) and the world
+ * communicator; the watchdog is in comm_watch.c. See comm_mpi.h for the
+ * algorithms. */
 #include "comm_impl.h"
 #include "comm_mpi.h"
+#include "comm_watch.h"
+#include "log.h"
 
 #include <limits.h>
 #include <mpi.h>
-#include <pthread.h>
-#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 /* Largest piece of one message (bytes); keeps MPI's int counts in range. */
@@ -21,6 +21,7 @@
 
 typedef struct {
     MPI_Comm comm;
+    mc_watch_comm watch; /* what the watchdog knows of it */
     float *scratch; /* all_reduce: (size * chunk) floats */
     size_t scratch_cap;
     int *ic; /* 4 * size ints: counts and displacements for MPI calls */
@@ -78,102 +79,6 @@ int mc_comm_launcher_local_size(void)
 
 bool mc_comm_mpi_active(void) { return g_mpi_active; }
 
-/* ---- watchdog ---------------------------------------------------------- */
-
-/* While a rank is inside an MPI call, g_busy_since holds the start time
- * (ns, monotonic) and g_busy_op its name; the watchdog thread ends the
- * process when one call has lasted longer than the timeout. */
-static _Atomic long long g_busy_since = 0;
-static _Atomic(const char *) g_busy_op = NULL;
-static _Atomic int g_busy_size = 0;
-static long long g_timeout_ns = 0;
-static pthread_t g_watchdog;
-static bool g_watchdog_running = false;
-static _Atomic int g_watchdog_stop = 0;
-
-static long long now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
-
-static void busy_begin(const char *op, int size)
-{
-    if (!g_timeout_ns)
-        return;
-    atomic_store(&g_busy_op, op);
-    atomic_store(&g_busy_size, size);
-    atomic_store(&g_busy_since, now_ns());
-}
-
-static void busy_end(void)
-{
-    if (g_timeout_ns)
-        atomic_store(&g_busy_since, 0);
-}
-
-static void *watchdog_main(void *arg)
-{
-    (void)arg;
-    long long tick = g_timeout_ns / 8;
-    if (tick > 1000000000LL)
-        tick = 1000000000LL;
-    if (tick < 10000000LL)
-        tick = 10000000LL;
-    while (!atomic_load(&g_watchdog_stop)) {
-        struct timespec ts = {.tv_sec = tick / 1000000000LL, .tv_nsec = tick % 1000000000LL};
-        nanosleep(&ts, NULL);
-        long long since = atomic_load(&g_busy_since);
-        if (since && now_ns() - since > g_timeout_ns) {
-            const char *op = atomic_load(&g_busy_op);
-            fprintf(stderr,
-                    "moecluster: rank %d (host %s): %s on a %d-rank communicator has waited "
-                    "%.0f s for its peers; a rank is stuck or gone, ending the job "
-                    "(MC_COMM_TIMEOUT=%.0f)\n",
-                    g_world_rank, mc_comm_host(), op ? op : "an MPI call",
-                    atomic_load(&g_busy_size), (double)(now_ns() - since) / 1e9,
-                    (double)g_timeout_ns / 1e9);
-            fflush(stderr);
-            _exit(75);
-        }
-    }
-    return NULL;
-}
-
-static void watchdog_start(void)
-{
-    double s = MC_COMM_MPI_TIMEOUT_S;
-    const char *env = getenv("MC_COMM_TIMEOUT");
-    if (env && *env) {
-        char *end;
-        double v = strtod(env, &end);
-        if (!*end && v >= 0)
-            s = v;
-        else
-            fprintf(stderr, "moecluster: rank %d: ignoring MC_COMM_TIMEOUT='%s' (want seconds >= 0)\n",
-                    g_world_rank, env);
-    }
-    if (s <= 0)
-        return;
-    g_timeout_ns = (long long)(s * 1e9);
-    atomic_store(&g_watchdog_stop, 0);
-    if (pthread_create(&g_watchdog, NULL, watchdog_main, NULL) == 0)
-        g_watchdog_running = true;
-    else
-        g_timeout_ns = 0;
-}
-
-static void watchdog_stop(void)
-{
-    if (!g_watchdog_running)
-        return;
-    atomic_store(&g_watchdog_stop, 1);
-    pthread_join(g_watchdog, NULL);
-    g_watchdog_running = false;
-    g_timeout_ns = 0;
-}
-
 /* ---- errors ------------------------------------------------------------ */
 
 static mc_status mpi_fail(const mc_comm *c, const char *what, int rc, mc_err *err)
@@ -186,16 +91,19 @@ static mc_status mpi_fail(const mc_comm *c, const char *what, int rc, mc_err *er
                       g_world_rank, mc_comm_host(), what, c->size, msg);
 }
 
-#define MPI_TRY(c, what, call)                                                                     \
+/* One blocking MPI call under the watchdog; peer: -1 in a collective. */
+#define MPI_TRY_PEER(c, what, peer, call)                                                          \
     do {                                                                                           \
-        busy_begin(what, (c)->size);                                                               \
+        mc_watch_enter(watch_of(c), what, peer);                                                   \
         int rc_ = (call);                                                                          \
-        busy_end();                                                                                \
+        mc_watch_leave();                                                                          \
         if (rc_ != MPI_SUCCESS)                                                                    \
             return mpi_fail(c, what, rc_, err);                                                    \
     } while (0)
+#define MPI_TRY(c, what, call) MPI_TRY_PEER(c, what, -1, call)
 
 static MPI_Comm comm_of(const mc_comm *c) { return ((const mpi_comm *)c->impl)->comm; }
+static mc_watch_comm *watch_of(mc_comm *c) { return &((mpi_comm *)c->impl)->watch; }
 
 /* ---- all_reduce -------------------------------------------------------- */
 
@@ -237,6 +145,7 @@ static mc_status mpi_all_reduce(mc_comm *c, float *buf, size_t count, mc_err *er
     mpi_comm *mc = c->impl;
     int n = c->size, me = c->rank;
     mc_status st;
+    mc_watch_collective(&mc->watch);
     if (g_check && (st = check_same_count(c, count, err)) != MC_OK)
         return st;
     if (n == 1 || count == 0)
@@ -327,6 +236,7 @@ static mc_status mpi_all_to_all_v(mc_comm *c, const void *send, const size_t *se
 {
     mpi_comm *mc = c->impl;
     int n = c->size;
+    mc_watch_collective(&mc->watch);
     if (!fits_int(send_counts, n) || !fits_int(send_displs, n) || !fits_int(recv_counts, n) ||
         !fits_int(recv_displs, n))
         return a2a_pairwise(c, send, send_counts, send_displs, recv, recv_counts, recv_displs,
@@ -354,7 +264,8 @@ static mc_status mpi_send(mc_comm *c, int peer, const void *buf, size_t bytes, m
     size_t off = 0;
     do { /* a zero-byte message still goes, so the recv side matches it */
         int len = (int)(bytes - off < PIECE_BYTES ? bytes - off : PIECE_BYTES);
-        MPI_TRY(c, "MPI_Send", MPI_Send(p ? p + off : NULL, len, MPI_BYTE, peer, 0, comm_of(c)));
+        MPI_TRY_PEER(c, "MPI_Send", peer,
+                     MPI_Send(p ? p + off : NULL, len, MPI_BYTE, peer, 0, comm_of(c)));
         off += (size_t)len;
     } while (off < bytes);
     return MC_OK;
@@ -367,9 +278,9 @@ static mc_status mpi_recv(mc_comm *c, int peer, void *buf, size_t bytes, mc_err 
     do {
         int len = (int)(bytes - off < PIECE_BYTES ? bytes - off : PIECE_BYTES);
         MPI_Status stt;
-        busy_begin("MPI_Recv", c->size);
+        mc_watch_enter(watch_of(c), "MPI_Recv", peer);
         int rc = MPI_Recv(p ? p + off : NULL, len, MPI_BYTE, peer, 0, comm_of(c), &stt);
-        busy_end();
+        mc_watch_leave();
         if (rc == MPI_ERR_TRUNCATE ||
             (rc == MPI_ERR_IN_STATUS && stt.MPI_ERROR == MPI_ERR_TRUNCATE))
             return mc_err_set(err, MC_ERR_ARG,
@@ -392,12 +303,19 @@ static mc_status mpi_recv(mc_comm *c, int peer, void *buf, size_t bytes, mc_err 
 
 static mc_status mpi_barrier(mc_comm *c, mc_err *err)
 {
+    mc_watch_collective(watch_of(c));
     MPI_TRY(c, "MPI_Barrier", MPI_Barrier(comm_of(c)));
     return MC_OK;
 }
 
 /* ---- communicators ----------------------------------------------------- */
 
+/* Communicators this rank has made (their ids: see wrap). */
+static uint64_t g_comm_serial = 0;
+
+/* Wraps a new MPI communicator (and owns it, also on failure). For the
+ * watchdog it learns the members' world ranks and an id that its members
+ * agree on: (world rank + 1 of its rank 0, that rank's serial). */
 static mc_status wrap(MPI_Comm comm, mc_comm **out, mc_err *err)
 {
     int rank, size;
@@ -406,8 +324,10 @@ static mc_status wrap(MPI_Comm comm, mc_comm **out, mc_err *err)
     MPI_Comm_size(comm, &size);
     mpi_comm *mc = calloc(1, sizeof *mc);
     int *ic = mc ? calloc((size_t)size * 4, sizeof *ic) : NULL;
-    mc_comm *c = ic ? mc_comm_new(&mpi_ops, rank, size, mc) : NULL;
+    int *world = ic ? calloc((size_t)size, sizeof *world) : NULL;
+    mc_comm *c = world ? mc_comm_new(&mpi_ops, rank, size, mc) : NULL;
     if (!c) {
+        free(world);
         free(ic);
         free(mc);
         MPI_Comm_free(&comm);
@@ -416,6 +336,35 @@ static mc_status wrap(MPI_Comm comm, mc_comm **out, mc_err *err)
     }
     mc->comm = comm;
     mc->ic = ic;
+    mc->watch.size = size;
+    mc->watch.rank = rank;
+    mc->watch.world = world;
+    mc->watch.entry = -1;
+    for (int i = 0; i < size; i++)
+        ic[i] = i;
+    MPI_Group g = MPI_GROUP_NULL, wg = MPI_GROUP_NULL;
+    int rc = MPI_Comm_group(comm, &g);
+    if (rc == MPI_SUCCESS)
+        rc = MPI_Comm_group(MPI_COMM_WORLD, &wg);
+    if (rc == MPI_SUCCESS)
+        rc = MPI_Group_translate_ranks(g, size, ic, wg, world);
+    if (g != MPI_GROUP_NULL)
+        MPI_Group_free(&g);
+    if (wg != MPI_GROUP_NULL)
+        MPI_Group_free(&wg);
+    uint64_t id = (uint64_t)(g_world_rank + 1) << 32 | ++g_comm_serial;
+    if (rc == MPI_SUCCESS) {
+        mc_watch_enter(NULL, "MPI_Bcast (communicator id)", -1);
+        rc = MPI_Bcast(&id, 1, MPI_UINT64_T, 0, comm);
+        mc_watch_leave();
+    }
+    if (rc != MPI_SUCCESS) {
+        mc_status st = mpi_fail(c, "setting up a communicator", rc, err);
+        mc_comm_free(c);
+        return st;
+    }
+    mc->watch.id = id;
+    mc_watch_track(&mc->watch);
     *out = c;
     return MC_OK;
 }
@@ -423,6 +372,7 @@ static mc_status wrap(MPI_Comm comm, mc_comm **out, mc_err *err)
 static mc_status mpi_split(mc_comm *c, int color, int key, mc_comm **out, mc_err *err)
 {
     MPI_Comm nc = MPI_COMM_NULL;
+    mc_watch_collective(watch_of(c));
     MPI_TRY(c, "MPI_Comm_split",
             MPI_Comm_split(comm_of(c), color == MC_COMM_COLOR_NONE ? MPI_UNDEFINED : color, key,
                            &nc));
@@ -436,6 +386,7 @@ static void mpi_free(mc_comm *c)
     mpi_comm *mc = c->impl;
     if (!mc)
         return;
+    mc_watch_untrack(&mc->watch);
     if (g_mpi_active && mc->comm != MPI_COMM_NULL) {
         int fin = 0;
         MPI_Finalized(&fin);
@@ -444,6 +395,7 @@ static void mpi_free(mc_comm *c)
     }
     free(mc->scratch);
     free(mc->ic);
+    free(mc->watch.world);
     free(mc);
 }
 
@@ -460,10 +412,54 @@ static const mc_comm_ops mpi_ops = {
 
 /* ---- world ------------------------------------------------------------- */
 
+/* The progress board of this host (comm_watch.h): the host's first rank
+ * creates it, the others attach, and once all have it mapped it is
+ * unlinked, so no name is left behind whatever happens later. A failure
+ * only leaves the board off: timeout messages then name fewer ranks. */
+static void board_setup(int world_size)
+{
+    MPI_Comm node = MPI_COMM_NULL;
+    if (MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node) !=
+        MPI_SUCCESS)
+        return;
+    MPI_Comm_set_errhandler(node, MPI_ERRORS_RETURN);
+    int me = 0;
+    MPI_Comm_rank(node, &me);
+    char name[MC_WATCH_NAME] = "";
+    mc_err e;
+    mc_err_clear(&e);
+    if (me == 0 && mc_watch_board_create(g_world_rank, world_size, name, &e) != MC_OK)
+        name[0] = '\0';
+    if (MPI_Bcast(name, MC_WATCH_NAME, MPI_CHAR, 0, node) == MPI_SUCCESS && me != 0 && name[0])
+        mc_watch_board_attach(g_world_rank, world_size, name, &e);
+    MPI_Barrier(node);
+    if (me == 0 && name[0])
+        mc_watch_board_unlink(name);
+    MPI_Comm_free(&node);
+    if (e.msg[0])
+        MC_WARN("%s; a waiting rank will not name its peers", e.msg);
+}
+
 mc_status mc_comm_world_init(int *argc, char ***argv, mc_comm **out, mc_err *err)
 {
     *out = NULL;
-    if (mc_comm_launcher_rank() < 0) {
+    /* a bad timeout is refused on every rank, before anything waits */
+    double timeout_s = MC_COMM_MPI_TIMEOUT_S;
+    const char *tenv = getenv("MC_COMM_TIMEOUT");
+    int lrank = mc_comm_launcher_rank();
+    if (tenv) {
+        mc_err pe;
+        mc_err_clear(&pe);
+        if (mc_comm_timeout_parse(tenv, &timeout_s, &pe) != MC_OK) {
+            if (lrank < 0)
+                return mc_err_set(err, pe.status, "%s", pe.msg);
+            return mc_err_set(err, pe.status, "rank %d (host %s): %s", lrank, mc_comm_host(),
+                              pe.msg);
+        }
+    }
+    /* the launcher (mpirun or its daemon): the parent before MPI_Init */
+    long launcher = (long)getppid();
+    if (lrank < 0) {
         if (mc_comm_self_create(out) != MC_OK)
             return mc_err_set(err, MC_ERR_NOMEM, "out of memory");
         return MC_OK;
@@ -477,6 +473,8 @@ mc_status mc_comm_world_init(int *argc, char ***argv, mc_comm **out, mc_err *err
     }
     g_mpi_active = true;
     MPI_Comm_rank(MPI_COMM_WORLD, &g_world_rank);
+    int world_size = 1;
+    MPI_Comm_size(MPI_COMM_WORLD, &world_size);
     const char *chk = getenv("MC_COMM_CHECK");
     g_check = chk && !strcmp(chk, "1");
     MPI_Comm dup;
@@ -485,9 +483,12 @@ mc_status mc_comm_world_init(int *argc, char ***argv, mc_comm **out, mc_err *err
     if (rc != MPI_SUCCESS)
         return mc_err_set(err, MC_ERR_IO, "mpi rank %d (host %s): MPI_Comm_dup failed",
                           g_world_rank, mc_comm_host());
+    board_setup(world_size);
     mc_status st = wrap(dup, out, err);
-    if (st == MC_OK)
-        watchdog_start();
+    if (st == MC_OK && (st = mc_watch_start(g_world_rank, timeout_s, launcher, err)) != MC_OK) {
+        mc_comm_free(*out);
+        *out = NULL;
+    }
     return st;
 }
 
@@ -496,11 +497,13 @@ void mc_comm_world_finalize(mc_comm *world)
     mc_comm_free(world);
     if (!g_mpi_active)
         return;
-    watchdog_stop();
     int fin = 0;
     MPI_Finalized(&fin);
     if (!fin)
         MPI_Finalize();
+    /* stopped after MPI_Finalize, which waits for the peers: a launcher
+     * killed meanwhile still ends this rank */
+    mc_watch_stop();
     g_mpi_active = false;
 }
 

@@ -24,11 +24,13 @@
  * by MPI; set MC_COMM_CHECK=1 to check counts of all_reduce with one extra
  * small collective per call.
  *
- * Watchdog: with MC_COMM_TIMEOUT=S (seconds, default 600, 0 = off) a rank
- * that has waited S seconds inside one MPI call prints which call, its rank
- * and host, and exits non-zero, which makes mpirun end the whole job; a
- * rank that exits or crashes is caught by mpirun itself. So no rank stays
- * blocked forever.
+ * Watchdog (comm_watch.h): with MC_COMM_TIMEOUT=S (seconds, default 600,
+ * 0 = off; any other value is refused at init) a rank that has waited S
+ * seconds inside one MPI call prints which call, its rank and host and the
+ * rank(s) that did not arrive, and exits non-zero, which makes mpirun end
+ * the whole job; a rank that exits or crashes is caught by mpirun itself.
+ * A rank whose launcher (mpirun) was killed exits within a second. So no
+ * rank stays blocked forever.
  */
 #ifndef MC_COMM_MPI_H
 #define MC_COMM_MPI_H
@@ -39,6 +41,14 @@
 
 /* Default watchdog timeout in seconds (MC_COMM_TIMEOUT overrides). */
 #define MC_COMM_MPI_TIMEOUT_S 600
+/* Largest MC_COMM_TIMEOUT accepted, in seconds. */
+#define MC_COMM_TIMEOUT_MAX_S 1000000
+
+/* Parses an MC_COMM_TIMEOUT value: the whole string must be seconds as
+ * digits with an optional decimal part ("600", "2.5"), 0 (= off) or from
+ * 0.001 to MC_COMM_TIMEOUT_MAX_S; no sign, exponent, unit or spaces.
+ * Anything else (also "") is MC_ERR_ARG naming the variable and value. */
+mc_status mc_comm_timeout_parse(const char *text, double *seconds, mc_err *err);
 
 /* The rank an MPI launcher assigned to this process (from its environment:
  * OMPI_COMM_WORLD_RANK, PMIX_RANK, PMI_RANK), or -1 when the process was
@@ -52,7 +62,9 @@ int mc_comm_launcher_local_size(void);
 
 /* The world communicator of this process: MPI's (after MPI_Init) when a
  * launcher started it, else a one-rank self communicator. Also starts the
- * watchdog under MPI. Free with mc_comm_world_finalize(). */
+ * watchdog under MPI. Fails (MC_ERR_ARG, before MPI_Init) when
+ * MC_COMM_TIMEOUT is set to anything mc_comm_timeout_parse refuses, with or
+ * without a launcher. Free with mc_comm_world_finalize(). */
 mc_status mc_comm_world_init(int *argc, char ***argv, mc_comm **out, mc_err *err);
 
 /* Frees the world communicator and finalizes MPI when it was initialized.

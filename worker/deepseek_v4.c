@@ -1,6 +1,7 @@
 /* deepseek_v4.c - DeepSeek-V4: tensor binding, cache state, hyper-connections,
  * MoE and the decoder stack (attention lives in deepseek_v4_attn.c). */
 #include "deepseek_v4_internal.h"
+#include "nonfinite.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -609,6 +610,8 @@ mc_status mc_v4_forward(mc_model *m, mc_kv *kv, const int64_t *tokens, int n, fl
         for (int j = 1; j < k; j++)
             memcpy(X + (size_t)t * kH + (size_t)j * H, X + (size_t)t * kH, (size_t)H * sizeof *X);
     }
+    if ((st = mc_nf_check(m, MC_NF_INPUT, 0, X, n, (size_t)kH, kv->len, tokens, err)) != MC_OK)
+        goto done;
     for (int l = 0; l < d->n_layers; l++) {
         const mc_v4_layer *L = &vm->layers[l];
         hc_pre(m, &L->hc_attn, X, n, post, comb, col, flat, mix);
@@ -617,12 +620,16 @@ mc_status mc_v4_forward(mc_model *m, mc_kv *kv, const int64_t *tokens, int n, fl
         if ((st = mc_v4_attention(m, l, kv, xn, n, y, err)) != MC_OK)
             goto done;
         hc_post(k, H, X, n, post, comb, y, tmp);
+        if ((st = mc_nf_check(m, MC_NF_ATTN, l, X, n, (size_t)kH, kv->len, NULL, err)) != MC_OK)
+            goto done;
         hc_pre(m, &L->hc_ffn, X, n, post, comb, col, flat, mix);
         for (int t = 0; t < n; t++)
             mc_rmsnorm(xn + (size_t)t * H, col + (size_t)t * H, L->ffn_norm, H, d->norm_eps);
         if ((st = v4_moe(m, L, xn, n, tokens, y, err)) != MC_OK)
             goto done;
         hc_post(k, H, X, n, post, comb, y, tmp);
+        if ((st = mc_nf_check(m, MC_NF_FFN, l, X, n, (size_t)kH, kv->len, NULL, err)) != MC_OK)
+            goto done;
     }
     kv->len += n;
     if (logits) {
@@ -642,6 +649,8 @@ mc_status mc_v4_forward(mc_model *m, mc_kv *kv, const int64_t *tokens, int n, fl
             mc_rmsnorm(xn + (size_t)t * H, c, m->final_norm, H, d->norm_eps);
         }
         mc_matmul(&m->lm_head, xn + (size_t)t0 * H, n - t0, H, logits, d->vocab);
+        st = mc_nf_check(m, MC_NF_HEAD, 0, logits, n - t0, (size_t)d->vocab, kv->len - n + t0,
+                         NULL, err);
     }
 done:
     free(X);

@@ -9,6 +9,7 @@
 #include "log.h"
 #include "model.h"
 #include "moe.h"
+#include "nonfinite.h"
 #include "parallel.h"
 
 #include <signal.h>
@@ -58,6 +59,9 @@ static mc_status block_forward(mc_model *m, int l, mc_kv *kv, float *x, int n, c
             return st;
         for (size_t i = 0; i < nH; i++)
             x[i] += tmp[i];
+        /* NaN / Inf: stop here and name the weight, rather than emit NaN logits */
+        if ((st = mc_nf_check(m, MC_NF_ATTN, l, x, n, (size_t)H, kv->len, NULL, err)) != MC_OK)
+            return st;
         for (int t = 0; t < n; t++)
             mc_rmsnorm(xn + (size_t)t * H, x + (size_t)t * H, w->ffn_norm, H, d->norm_eps);
     }
@@ -74,6 +78,8 @@ static mc_status block_forward(mc_model *m, int l, mc_kv *kv, float *x, int n, c
             return st;
         for (size_t i = 0; i < nH; i++)
             x[i] += tmp[i];
+        if ((st = mc_nf_check(m, MC_NF_FFN, l, x, n, (size_t)H, kv->len, NULL, err)) != MC_OK)
+            return st;
     }
     return MC_OK;
 }
@@ -99,9 +105,10 @@ static mc_status embed(mc_model *m, const int64_t *tokens, int n, float *x, mc_e
 
 /* Final norm and the LM head on rows [t0, n) of x: each tp rank computes
  * the logits of its vocabulary slice, then they are gathered (all_to_all_v
- * to tp rank 0 only) into logits [n - t0, V] on tp rank 0. */
-static mc_status head_forward(mc_model *m, const float *x, int t0, int n, float *xn, float *logits,
-                              mc_err *err)
+ * to tp rank 0 only) into logits [n - t0, V] on tp rank 0. Row t0 is at
+ * position pos0 (for messages about non-finite logits). */
+static mc_status head_forward(mc_model *m, const float *x, int t0, int n, int pos0, float *xn,
+                              float *logits, mc_err *err)
 {
     const mc_model_desc *d = &m->d;
     const mc_layout *lay = &m->lay;
@@ -110,7 +117,7 @@ static mc_status head_forward(mc_model *m, const float *x, int t0, int n, float 
         mc_rmsnorm(xn + (size_t)t * H, x + (size_t)t * H, m->final_norm, H, d->norm_eps);
     if (tp == 1) {
         mc_matmul(&m->lm_head, xn + (size_t)t0 * H, rows, H, logits, V);
-        return MC_OK;
+        return mc_nf_check(m, MC_NF_HEAD, 0, logits, rows, (size_t)V, pos0, NULL, err);
     }
     int nv = lay->n_vocab;
     size_t mine = (size_t)rows * nv * sizeof(float);
@@ -123,6 +130,9 @@ static mc_status head_forward(mc_model *m, const float *x, int t0, int n, float 
         goto done;
     }
     mc_matmul(&m->lm_head, xn + (size_t)t0 * H, rows, H, part, nv);
+    /* each tp rank checks its vocabulary slice */
+    if ((st = mc_nf_check(m, MC_NF_HEAD, 0, part, rows, (size_t)nv, pos0, NULL, err)) != MC_OK)
+        goto done;
     size_t *sc = cnt, *sd = cnt + tp, *rc = cnt + 2 * tp, *rd = cnt + 3 * tp;
     sc[0] = mine; /* everything to tp rank 0 */
     if (lay->tp_rank == 0)
@@ -197,6 +207,8 @@ mc_status mc_forward_step(mc_model *m, mc_kv *kv, const int64_t *tokens, int n, 
     if (first) {
         double t = m->stats ? mc_now_s() : 0;
         st = embed(m, tokens, n, x, err);
+        if (st == MC_OK)
+            st = mc_nf_check(m, MC_NF_INPUT, 0, x, n, (size_t)H, kv->len, tokens, err);
         if (m->stats)
             m->stats[MC_STAT_HEAD(L)].t_total += mc_now_s() - t;
         if (st != MC_OK)
@@ -224,7 +236,8 @@ mc_status mc_forward_step(mc_model *m, mc_kv *kv, const int64_t *tokens, int n, 
             goto done;
     } else if (want_logits && n > 0) {
         double t = m->stats ? mc_now_s() : 0;
-        st = head_forward(m, x, last_only ? n - 1 : 0, n, xn, logits, err);
+        int t0 = last_only ? n - 1 : 0;
+        st = head_forward(m, x, t0, n, kv->len - n + t0, xn, logits, err);
         if (m->stats) {
             m->stats[MC_STAT_HEAD(L)].t_total += mc_now_s() - t;
             m->stats[MC_STAT_HEAD(L)].steps++;

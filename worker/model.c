@@ -5,6 +5,7 @@
 #include "deepseek_v4.h"
 #include "log.h"
 #include "comm_mpi.h"
+#include "fileio.h"
 #include "model_tensors.h"
 #include "parallel.h"
 #include "shard_out.h"
@@ -484,6 +485,11 @@ static mc_status bind_share(mc_model *m, const char *dir, mc_err *err)
     return MC_OK;
 }
 
+/* Whether loading a shard set checks each rank's file against the manifest. */
+static bool g_verify_shards = true;
+
+void mc_model_verify_shards(bool on) { g_verify_shards = on; }
+
 /* A shard set (`moecluster shard`): DIR/manifest.json and DIR/plan.json. */
 bool mc_is_shard_set(const char *dir)
 {
@@ -500,7 +506,14 @@ static mc_status shard_layout(const char *dir, const mc_layout *l, int *tp, int 
     char path[4200];
     snprintf(path, sizeof path, "%s/plan.json", dir);
     json_error_t je;
-    json_t *p = json_load_file(path, 0, &je);
+    char *text;
+    size_t tlen;
+    /* regular files only: a FIFO would block */
+    mc_status rs = mc_read_regular(path, "shard plan", 64u << 20, &text, &tlen, err);
+    if (rs != MC_OK)
+        return rs;
+    json_t *p = json_loadb(text, tlen, 0, &je);
+    free(text);
     if (!p)
         return mc_err_set(err, MC_ERR_FORMAT, "%s: %s (line %d)", path, je.text, je.line);
     json_t *c = json_object_get(p, "cluster");
@@ -579,6 +592,8 @@ static mc_status load(const char *dir, mc_comm *world, bool owns_world, int tp, 
                             "%s was cut for --tp %d --ep %d --pp %d; leave the options out or "
                             "repeat them",
                             dir, stp, sep, spp);
+        if (st == MC_OK && g_verify_shards) /* this rank's folder only; lines if it is slow */
+            st = mc_shard_verify_rank(dir, rank, rank == 0 ? 2 : 0, err);
         tp = stp;
         ep = sep;
         pp = spp;

@@ -145,4 +145,9 @@ void *mc_model_own(mc_model *m, void *p);
 /* True when DIR is a shard set written by `moecluster shard` (DIR/manifest.json). */
 bool mc_is_shard_set(const char *dir);
 
+/* Loading a shard set checks this rank's tensors against the manifest's
+ * dtypes, shapes and xxh64 checksums (mc_shard_verify_rank) unless turned
+ * off (--no-verify). Process-wide; on by default. */
+void mc_model_verify_shards(bool on);
+
 #endif

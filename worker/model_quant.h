@@ -20,6 +20,7 @@
 
 #include "kernels.h"
 #include "model.h"
+#include "nonfinite.h"
 
 #include <stdlib.h>
 
@@ -33,9 +34,13 @@ static inline mc_status mc_model_quant_mat_(mc_model *m, mc_mat *w, mc_dtype tar
         return MC_OK;
     mc_mat q;
     void *store;
-    mc_status st = mc_mat_quantize(w, fmt, &q, &store, err);
+    mc_err qe;
+    mc_err_clear(&qe);
+    mc_status st = mc_mat_quantize(w, fmt, &q, &store, &qe);
+    if (st == MC_ERR_FORMAT) /* a NaN / Inf: name the tensor and element */
+        return mc_nf_blame_mat(m, w->data, qe.msg, err);
     if (st != MC_OK)
-        return st;
+        return mc_err_set(err, st, "%s", qe.msg);
     if (!mc_model_own(m, store))
         return mc_err_set(err, MC_ERR_NOMEM, "out of memory");
     *w = q;

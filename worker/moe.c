@@ -1,6 +1,7 @@
 /* moe.c - router (top-k choice), expert-parallel dispatch / combine, and the
  * routed and shared expert computation. */
 #include "moe.h"
+#include "nonfinite.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -294,6 +295,11 @@ mc_status mc_moe(mc_model *m, int l, const mc_layer_w *w, const float *x, int n,
                              rc, rd, err)) != MC_OK)
         goto done;
     if ((st = run_experts(m, w, recvb, nr, out, err)) != MC_OK)
+        goto done;
+    /* under ep the tokens may be another rank's: the rank holding a NaN
+     * expert names it before sending its outputs back */
+    if (lay->ep > 1 &&
+        (st = mc_nf_check(m, MC_NF_EXPERTS, l, out, nr, (size_t)H, 0, NULL, err)) != MC_OK)
         goto done;
     if (m->stats) {
         mc_stat_row *r = &m->stats[l];

@@ -3,6 +3,7 @@
 #include "kern.h"
 #include "pool.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <sys/mman.h>
 
@@ -13,6 +14,8 @@ typedef struct {
     size_t row_bytes;
     int chunk;
     int failed;
+    int bad, bad_row, bad_col; /* a NaN / Inf that a block format would lose */
+    float bad_val;
 } q_job;
 
 static void q_task(void *ctx, int task, int thread)
@@ -31,6 +34,13 @@ static void q_task(void *ctx, int task, int thread)
         switch (j->target) {
         case MC_DT_Q8_0:
         case MC_DT_Q4_K:
+            /* block scales would turn a NaN / Inf into some finite value */
+            for (int i = 0; i < s->cols; i++)
+                if (!isfinite(buf[i]) && !__atomic_exchange_n(&j->bad, 1, __ATOMIC_RELAXED)) {
+                    j->bad_row = r;
+                    j->bad_col = i;
+                    j->bad_val = buf[i];
+                }
             mc_quantize_row(j->target, buf, out, s->cols);
             break;
         case MC_DT_BF16:
@@ -90,6 +100,14 @@ mc_status mc_mat_quantize(const mc_mat *src, mc_dtype target, mc_mat *dst, void 
     if (j.failed) {
         free(p);
         return mc_err_set(err, MC_ERR_NOMEM, "out of memory quantizing weights");
+    }
+    if (j.bad) {
+        free(p);
+        return mc_err_set(err, MC_ERR_FORMAT,
+                          "weight at row %d, column %d is %s and cannot be quantized to %s",
+                          j.bad_row, j.bad_col,
+                          isnan(j.bad_val) ? "NaN" : j.bad_val > 0 ? "+Inf" : "-Inf",
+                          mc_dtype_name(target));
     }
     *dst = (mc_mat){.dtype = target, .rows = src->rows, .cols = src->cols, .row_stride = stride,
                     .data = p};

@@ -5,8 +5,13 @@ agrees with the argmax of `score` over the same tokens.
 
 usage: test_cli.py MOECLUSTER FIXTURES_DIR WORK_DIR
 """
+import hashlib
 import json
 import os
+import resource
+import shutil
+import signal
+import stat
 import struct
 import subprocess
 import sys
@@ -48,9 +53,25 @@ def ids_tensor(rows):
     return ("I64", [len(rows), len(rows[0])], data)
 
 
-def run(args, timeout=120):
-    p = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+def run(args, timeout=120, stdout=None, preexec=None):
+    try:
+        p = subprocess.run(args, stdout=stdout or subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True, timeout=timeout, preexec_fn=preexec)
+    except subprocess.TimeoutExpired:
+        return -999, "", f"timed out after {timeout} s"
     return p.returncode, p.stdout, p.stderr
+
+
+def digest(path):
+    """A fingerprint of a file or of every file in a folder (names + bytes)."""
+    h = hashlib.sha256()
+    paths = [path] if os.path.isfile(path) else sorted(
+        os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs)
+    for q in paths:
+        h.update(q.encode())
+        with open(q, "rb") as f:
+            h.update(f.read())
+    return h.hexdigest()
 
 
 def expect_error(args, needle, what):
@@ -170,8 +191,170 @@ def main():
                   os.path.join(fx, "clusters", "bad-ep.yaml")], "parallel.ep", "plan with a bad cluster")
     expect_error([exe, "plan", "--model", model, "--weights", "int3"], "--weights", "plan with a bad format")
 
+    output_paths(exe, fx, work, good)
+    stdout_errors(exe, fx, work)
+    strict_numbers(exe, model)
+    bench_json(exe, fx, work)
+
     print(f"{failures} failures")
     return 1 if failures else 0
+
+
+def expect_refused(args, needle, what, guarded):
+    """Exit 1 with `needle` in the message, and the guarded file or folder unchanged."""
+    before = digest(guarded)
+    rc, _, err = run(args, timeout=60)
+    same = digest(guarded) == before
+    check(rc == 1 and needle in err and same,
+          f"{what}: exit {rc}, message contains '{needle}', {guarded} unchanged: {same}")
+    if not (rc == 1 and needle in err):
+        print("   stderr:", err.strip()[:300])
+
+
+def output_paths(exe, fx, work, good):
+    """--output / --out never destroy an input and write only regular files."""
+    root = os.path.dirname(os.path.dirname(fx))
+    cluster = os.path.join(root, "cluster-configs", "cpu-2ranks.yaml")
+    d = os.path.join(work, "outputs")
+    shutil.rmtree(d, ignore_errors=True)
+    model = os.path.join(d, "model")  # a copy: an old binary must not damage the fixtures
+    shutil.copytree(os.path.join(fx, "models", "qwen3-moe-tiny"), model)
+    inp = os.path.join(d, "in.safetensors")
+    shutil.copy(good, inp)
+    score = [exe, "score", "--model", model, "--input", inp, "--output"]
+    expect_refused(score + [inp], "is the input", "output = input", inp)
+    os.symlink(inp, os.path.join(d, "link.safetensors"))
+    expect_refused(score + [os.path.join(d, "link.safetensors")], "the input",
+                   "output = a link to the input", inp)
+    shard = os.path.join(model, "model-00001-of-00003.safetensors")
+    expect_refused(score + [shard], "inside the model folder", "output = a model file", model)
+    expect_refused(score + [os.path.join(model, "new.safetensors")], "inside the model folder",
+                   "output = a new file in the model folder", model)
+    expect_refused(score + [os.path.join(model, "..", "model", "x")], "inside the model folder",
+                   "output = a model-folder file by a roundabout path", model)
+    shards = os.path.join(d, "shards")
+    rc, _, err = run([exe, "shard", "--model", model, "--cluster", cluster, "--out", shards])
+    check(rc == 0, f"a shard set (rc {rc})")
+    expect_refused(score[:2] + ["--shards", shards] + score[4:] +
+                   [os.path.join(shards, "rank-00000", "model.safetensors")],
+                   "inside the model folder", "output = a file of the --shards set", shards)
+    fifo = os.path.join(d, "fifo")
+    os.mkfifo(fifo)
+    rc, _, err = run(score + [fifo], timeout=60)
+    check(rc == 1 and "a FIFO, not a regular file" in err and stat.S_ISFIFO(os.stat(fifo).st_mode),
+          f"output = a FIFO: refused without blocking (rc {rc}), still a FIFO")
+    folder = os.path.join(d, "folder")
+    os.mkdir(folder)
+    rc, _, err = run(score + [folder])
+    check(rc == 1 and "a directory, not a regular file" in err, f"output = a folder (rc {rc})")
+    dev = os.path.join(d, "null-device")
+    try:  # a device node of our own (root only): it must survive, not become a file
+        os.mknod(dev, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    except OSError:
+        dev = None
+    if dev:
+        rc, _, err = run(score + [dev])
+        check(rc == 1 and "character device" in err and stat.S_ISCHR(os.stat(dev).st_mode),
+              f"output = a character device: refused (rc {rc}), still a device")
+    # a write error (the file size limit here, as a full disk would) is an error, and no
+    # output or temporary file is left behind
+    out = os.path.join(d, "big.safetensors")
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+    rc, _, err = run(score + [out], preexec=limit)
+    left = [f for f in os.listdir(d) if f.startswith("big.")]
+    check(rc == 1 and "File too large" in err and not left,
+          f"write error on the output: exit {rc}, message, nothing left: {left}")
+    rc, _, err = run(score + [out])
+    check(rc == 0 and os.path.isfile(out) and not os.path.exists(out + ".partial"),
+          f"a good output is written (rc {rc})")
+    rc, _, err = run(score + [out])
+    check(rc == 0, f"an existing regular output is replaced (rc {rc})")
+    # synth --out: not the folder of the config, not a file
+    cfg_dir = os.path.join(d, "cfg")
+    os.mkdir(cfg_dir)
+    shutil.copy(os.path.join(model, "config.json"), cfg_dir)
+    synth = [exe, "synth", "--config", os.path.join(cfg_dir, "config.json"), "--out"]
+    expect_refused(synth + [cfg_dir], "folder of the config", "synth --out = the config's folder",
+                   cfg_dir)
+    expect_refused(synth + [os.path.join(cfg_dir, ".")], "folder of the config",
+                   "synth --out = the config's folder (dot)", cfg_dir)
+    expect_refused(synth + [inp], "not a directory", "synth --out = a file", inp)
+    # shard --out: not the model folder, not inside it, not a file
+    shard_cmd = [exe, "shard", "--model", model, "--cluster", cluster, "--out"]
+    expect_refused(shard_cmd + [model], "is the model folder", "shard --out = the model folder",
+                   model)
+    expect_refused(shard_cmd + [os.path.join(model, "shards")], "inside the model folder",
+                   "shard --out inside the model folder", model)
+    expect_refused(shard_cmd + [inp], "not a directory", "shard --out = a file", inp)
+
+
+def stdout_errors(exe, fx, work):
+    """A command whose results cannot be written to stdout fails with a message."""
+    if not os.path.exists("/dev/full"):
+        print("skip: no /dev/full")
+        return
+    model = os.path.join(fx, "models", "qwen3-moe-tiny")
+    cfg = os.path.join(fx, "configs", "deepseek-v3.2.config.json")
+    shards = os.path.join(work, "outputs", "shards")  # from output_paths
+    cases = [
+        ("generate", [exe, "generate", "--model", model, "--prompt-ids", "1,2,3", "-n", "4"]),
+        ("plan --json", [exe, "plan", "--model", cfg, "--json"]),
+        ("plan", [exe, "plan", "--model", cfg]),
+        ("verify", [exe, "verify", "--shards", shards]),
+        ("bench --json", [exe, "bench", "--model", model, "--prompt-len", "4", "--gen-len", "1",
+                          "--repeat", "1", "--probe-mib", "1", "--threads", "1", "--json"]),
+        ("version", [exe, "version"]),
+        ("--help", [exe, "--help"]),
+        ("score --help", [exe, "score", "--help"]),
+    ]
+    with open("/dev/full", "w") as full:
+        for what, args in cases:
+            rc, _, err = run(args, stdout=full)
+            ok = 0 < rc < 128 and "cannot write to standard output" in err
+            check(ok, f"{what} > /dev/full: exit {rc} with a message")
+            if not ok:
+                print("   stderr:", err.strip()[:300])
+
+
+def strict_numbers(exe, model):
+    """Token ids and numeric flags: plain decimal numbers only."""
+    gen = [exe, "generate", "--model", model]
+    for ids in [" 1", "+5", "1, 2", "1,+2", "-1", ",1", "1,", "", "0x10", "1e3", "1 ",
+                "99999999999999999999999999"]:
+        expect_error(gen + ["--prompt-ids", ids], "--prompt-ids", f"--prompt-ids '{ids}'")
+    ok = gen + ["--prompt-ids", "1,2"]
+    for flag, val in [("-n", " 3"), ("-n", "+3"), ("-n", "3 "), ("--top-k", "+1"),
+                      ("--seed", " 7"), ("--seed", "0x10"), ("--tp", "+1"),
+                      ("--temperature", " 1"), ("--temperature", "+1"), ("--top-p", "0x1p-1"),
+                      ("--temperature", "inf"), ("--temperature", "nan"), ("--top-p", "1e")]:
+        expect_error(ok + [flag, val], flag, f"generate {flag} '{val}'")
+    expect_error([exe, "plan", "--model", model, "--max-model-len", " 5"], "--max-model-len",
+                 "plan --max-model-len ' 5'")
+    expect_error([exe, "synth", "--config", "c.json", "--out", "o", "--max-file-gib", "+1"],
+                 "--max-file-gib", "synth --max-file-gib '+1'")
+    expect_error([exe, "bench", "--model", model, "--batch", " 2"], "--batch",
+                 "bench --batch ' 2'")
+    rc, out, _ = run(gen + ["--prompt-ids", "1,02,3", "-n", "2", "--temperature", "0.0",
+                            "--top-p", ".5"])
+    check(rc == 0 and len(out.strip().split(",")) == 2, f"plain numbers are accepted (rc {rc})")
+
+
+
+def bench_json(exe, fx, work):
+    """bench --json is valid JSON whatever the model path holds."""
+    weird = os.path.join(work, 'we"ird\\model')
+    shutil.rmtree(weird, ignore_errors=True)
+    shutil.copytree(os.path.join(fx, "models", "qwen3-moe-tiny"), weird)
+    rc, out, err = run([exe, "bench", "--model", weird, "--prompt-len", "4", "--gen-len", "1",
+                        "--repeat", "1", "--probe-mib", "1", "--threads", "1", "--json"])
+    try:
+        j = json.loads(out)
+    except ValueError:
+        j = {}
+    check(rc == 0 and j.get("model") == weird, f"bench --json with a quote in the path (rc {rc})")
 
 
 if __name__ == "__main__":

@@ -1,14 +1,18 @@
 /* fuzz_driver.c - a main() for fuzz targets in builds without libFuzzer.
  *
- *   fuzz_driver [-runs=N] [-seed=S] FILE_OR_DIR...
+ *   fuzz_driver [-runs=N] [-seed=S] [-text] [-artifact=FILE] FILE_OR_DIR...
  *
  * Runs LLVMFuzzerTestOneInput on every given file (directories are read
  * recursively), then on N deterministic mutations of them (default 5000).
- * Mutations know the safetensors framing: most edit the JSON header text
- * (bytes, numbers, dtype names, spans) and then store its new length, so
- * the reader gets past the framing checks; the rest edit raw bytes. Each
+ * By default mutations know the safetensors framing: most edit the JSON
+ * header text (bytes, numbers, dtype names, spans) and then store its new
+ * length, so the reader gets past the framing checks; the rest edit raw
+ * bytes. With -text the whole input is a text (a config.json, a YAML file):
+ * most mutations make the same text edits with JSON and YAML tokens. Each
  * input is copied into an exactly sized heap block, so a sanitized build
- * catches reads past its end. Exits 0 when every input ran. */
+ * catches reads past its end. Exits 0 when every input ran. To keep the
+ * input that crashed, run again with -artifact=FILE: every input is written
+ * to FILE just before it runs. */
 #include <dirent.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -163,7 +167,19 @@ static const char *const tokens[] = {
     "\"__metadata__\"", "\"dtype\"", "\"shape\"", "\"data_offsets\"", ",", ":", "{", "}", "[",
     "]", "\"", "\\u0000", "\xff", " "};
 
-/* One edit of the JSON header text. */
+static const char *const text_tokens[] = {
+    "null", "true", "false", "{}", "[]", "[", "]", "{", "}", ",", ":", "\"", "\"\"", "-1", "0",
+    "1e999", "NaN", "\"model_type\"", "\"num_hidden_layers\"", "\"hidden_size\"",
+    "\"num_experts\"", "\"rope_scaling\"", "\"moe\"", "\"yarn\"", "\\u0000", "\xff", "\xc3",
+    " ", "\n", "\n- ", ": ", "---\n", "...\n", "~", "# ", "&a ", "*a", "!!str ", "? ", "'",
+    "|\n  ", ">\n  ", "\t", "%YAML 1.1\n", "parallel: {tp: 0}\n", "nodes: 2\n", ".nan",
+    ".inf", "0x10", "1.5", "2147483648"};
+
+static const char *const *tok = tokens;
+static size_t n_tok = sizeof tokens / sizeof tokens[0];
+static int text_mode;
+
+/* One edit of the JSON header text (or, with -text, of the whole input). */
 static void mutate_header(buf_t *h)
 {
     switch (below(8)) {
@@ -199,7 +215,7 @@ static void mutate_header(buf_t *h)
         break;
     }
     case 3: { /* insert or overwrite with a token */
-        const char *s = tokens[below(sizeof tokens / sizeof tokens[0])];
+        const char *s = tok[below(n_tok)];
         size_t at = below(h->n + 1);
         splice(h, at, below(2) ? 0 : below(8), s, strlen(s));
         break;
@@ -235,6 +251,16 @@ static void mutate(const blob *s, buf_t *out)
     for (int i = 7; i >= 0 && s->n >= 8; i--)
         hlen = (hlen << 8) | s->p[i];
     int framed = s->n >= 8 && hlen <= s->n - 8;
+    if (text_mode && below(8) != 0) {
+        if (!reserve(out, s->n + 1))
+            return;
+        if (s->n)
+            memcpy(out->p, s->p, s->n);
+        out->n = s->n;
+        for (size_t k = 1 + below(4); k > 0; k--)
+            mutate_header(out);
+        return;
+    }
     if (framed && below(8) != 0) {
         /* header-aware: edit the JSON, keep (or tweak) the data region */
         buf_t h = {0};
@@ -313,8 +339,18 @@ static void mutate(const blob *s, buf_t *out)
     }
 }
 
+static const char *artifact; /* -artifact=FILE: each input is written there first */
+
 static void run_one(const uint8_t *p, size_t n)
 {
+    if (artifact) {
+        FILE *fp = fopen(artifact, "wb");
+        if (fp) {
+            if (n)
+                fwrite(p, 1, n, fp);
+            fclose(fp);
+        }
+    }
     uint8_t *exact = malloc(n ? n : 1);
     if (!exact)
         return;
@@ -330,13 +366,21 @@ int main(int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         if (!strncmp(argv[i], "-runs=", 6))
             runs = strtol(argv[i] + 6, NULL, 10);
-        else if (!strncmp(argv[i], "-seed=", 6))
+        else if (!strncmp(argv[i], "-artifact=", 10))
+            artifact = argv[i] + 10;
+        else if (!strcmp(argv[i], "-text")) {
+            text_mode = 1;
+            tok = text_tokens;
+            n_tok = sizeof text_tokens / sizeof text_tokens[0];
+        } else if (!strncmp(argv[i], "-seed=", 6))
             rng = strtoull(argv[i] + 6, NULL, 10) | 1;
         else
             add_path(argv[i], 0);
     }
     if (n_seeds == 0) {
-        fprintf(stderr, "fuzz_driver: no inputs (usage: %s [-runs=N] [-seed=S] FILE_OR_DIR...)\n",
+        fprintf(stderr,
+                "fuzz_driver: no inputs (usage: %s [-runs=N] [-seed=S] [-text] [-artifact=FILE] "
+                "FILE_OR_DIR...)\n",
                 argv[0]);
         return 1;
     }

@@ -1,12 +1,14 @@
 #!/bin/sh
-# run_libfuzzer.sh - builds the safetensors libFuzzer target with clang and
-# runs it for a bounded time; used by CTest when the main build uses another
-# compiler.
+# run_libfuzzer.sh - builds a libFuzzer target with clang and runs it for a
+# bounded time; used by CTest when the main build uses another compiler.
 #
-#   run_libfuzzer.sh CLANG SOURCE_ROOT WORK_DIR SEED_DIR SECONDS [PKG_CONFIG]
+#   run_libfuzzer.sh CLANG SOURCE_ROOT WORK_DIR SECONDS PKG_CONFIG "SOURCES" "PKGS" SEED...
 #
-# CLANG may be empty (clang not found). Everything is written under
-# WORK_DIR (binary, copied seeds, new corpus entries, crash files).
+# SOURCES: the target's .c file first, then the reader's sources (absolute
+# paths, space-separated); PKGS: the pkg-config modules they need; SEED:
+# files and folders, copied under WORK_DIR/seeds. CLANG may be empty (clang
+# not found). Everything is written under WORK_DIR (binary, copied seeds,
+# new corpus entries, crash files).
 # Exit status: the fuzzer's (0 = nothing found); 77 after printing
 # "SKIP: ..." when clang, libFuzzer or working sanitizer runtimes are
 # missing (CTest maps 77 to "skipped"); 1 on a build failure.
@@ -15,9 +17,11 @@ set -u
 clang=${1:-}
 root=${2:?source root}
 work=${3:?work dir}
-seeds=${4:?seed dir}
-seconds=${5:-20}
-pkgconfig=${6:-pkg-config}
+seconds=${4:-20}
+pkgconfig=${5:-pkg-config}
+sources=${6:?sources}
+pkgs=${7:-}
+shift 7 || exit 1
 
 skip() {
     echo "SKIP: $*"
@@ -41,19 +45,32 @@ EOF
 "$probe" -runs=10 >"$probe.log" 2>&1 ||
     skip "a libFuzzer binary built by $clang does not run here: $(tail -c 300 "$probe.log")"
 
-jansson_cflags=$("$pkgconfig" --cflags jansson) || { echo "pkg-config jansson failed"; exit 1; }
-jansson_libs=$("$pkgconfig" --libs jansson) || { echo "pkg-config jansson failed"; exit 1; }
+pkg_cflags=
+pkg_libs=
+if [ -n "$pkgs" ]; then
+    # shellcheck disable=SC2086 # a list of module names
+    pkg_cflags=$("$pkgconfig" --cflags $pkgs) || { echo "pkg-config $pkgs failed"; exit 1; }
+    # shellcheck disable=SC2086
+    pkg_libs=$("$pkgconfig" --libs $pkgs) || { echo "pkg-config $pkgs failed"; exit 1; }
+fi
 
-bin="$work/fuzz_safetensors"
-# shellcheck disable=SC2086 # the pkg-config flags are meant to split
+first=${sources%% *}
+name=$(basename "$first" .c)
+bin="$work/$name"
+# shellcheck disable=SC2086 # the source list and pkg-config flags are meant to split
 "$clang" -std=c11 -g -O1 -Wall -Wextra -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE \
     -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer \
-    -I"$root/core" -I"$root/shard" $jansson_cflags \
-    "$root/tests/fuzz/fuzz_safetensors.c" "$root/shard/safetensors.c" "$root"/core/*.c \
-    $jansson_libs -lm -o "$bin" || { echo "FAIL: building $bin"; exit 1; }
+    -I"$root/core" -I"$root/shard" $pkg_cflags $sources $pkg_libs -lm -o "$bin" ||
+    { echo "FAIL: building $bin"; exit 1; }
 
-# Seeds copied fresh; new inputs accumulate in corpus/ between runs.
-rm -rf "$work/seeds" && cp -R "$seeds" "$work/seeds" && mkdir -p "$work/corpus" || exit 1
+# Seeds copied fresh (numbered: several are called config.json); new
+# inputs accumulate in corpus/ between runs.
+rm -rf "$work/seeds" && mkdir -p "$work/seeds" "$work/corpus" || exit 1
+i=0
+for s in "$@"; do
+    i=$((i + 1))
+    cp -R "$s" "$work/seeds/$i-$(basename "$s")" || exit 1
+done
 
 cd "$work" || exit 1
 export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"

@@ -16,18 +16,29 @@ commands:
                            non-zero within a bound, naming the rank and host
   shards MODEL CLUSTER N   `moecluster shard` for a cluster config, then `score` from
                            the shard set on N ranks matches the reference
+  timeout                  a bad MC_COMM_TIMEOUT ends every rank at once with a message
+                           naming it; good values run
+  launcher PROGRAM         after kill -9 of mpirun its ranks exit within a bound: one hung
+                           and one in a collective (no MC_COMM_TIMEOUT); ranks of
+                           `PROGRAM spin` with one SIGSTOPped; and a rank whose parent
+                           (a relay between mpirun and it) is killed says so and exits
+  stop PROGRAM             one rank of `PROGRAM spin` (test_comm_mpi) is SIGSTOPped:
+                           the job ends non-zero and the waiting ranks name it
 """
 import argparse
 import json
 import os
 import re
+import signal
 import socket
 import struct
 import subprocess
 import sys
 import time
+import uuid
 
 failures = 0
+a_work = "."
 
 
 def check(cond, what, detail=""):
@@ -208,12 +219,243 @@ def cmd_fault(a, rest):
     if mode == "hang":
         # the peers' watchdog names the waiting rank, its host and the MPI call
         named = re.search(r"rank [013] \(host " + re.escape(host) + r"\): MPI_\w+ .*waited", se)
+        # ... and rank 2 as the one that did not arrive; any other rank it names
+        # is itself waiting (for rank 2)
+        ranks = named_ranks(se)
+        blamed = {r for rs in ranks.values() for r, note in rs.items() if not note}
+        check(blamed == {2}, f"hang: the waiting ranks name rank 2 as missing ({ranks})", se)
     elif mode == "crash":
         # mpirun's report names the rank and the node
         named = re.search(r"rank 2 .*(node|host) \S+.*signal", se.replace("\n", " "))
     else:
         named = f"rank 2 (host {host})" in se
     check(bool(named), f"{mode}: the error names the rank and host", se)
+
+
+def named_ranks(stderr):
+    """{waiting rank: {named rank: note}} from the watchdog's timeout lines."""
+    found = {}
+    for m in re.finditer(r"rank (\d+) \(host [^)]*\): .*?has waited \d+ s (.*)", stderr):
+        named = {}
+        for part in re.findall(r"rank\(s\) (.*?)(?:, which did not arrive| on this host)",
+                               m.group(2)):
+            for item in re.findall(r"(\d+)(?: \(([^)]*)\))?", part):
+                named[int(item[0])] = item[1]
+        found[int(m.group(1))] = named
+    return found
+
+
+def cmd_timeout(a, rest):
+    host = socket.gethostname()
+    d = model_dir(a, "qwen3-moe-tiny")
+    gen_cmd = [a.moecluster, "generate", "--model", d, "--prompt-ids", "3,14,15", "-n", "3"]
+    for bad in ["abc", "-1", "1e999", "5s", ""]:  # more forms: unit.test_comm
+        rc, so, se, dt = run(mpi_prefix(a, 2) + gen_cmd, env=mpi_env({"MC_COMM_TIMEOUT": bad}),
+                             timeout=60)
+        msg = f"MC_COMM_TIMEOUT='{bad}' is not a timeout"
+        every = all(f"rank {r} (host {host}): {msg}" in se for r in range(2))
+        check(rc not in (0, -999) and every and dt < 30,
+              f"MC_COMM_TIMEOUT={bad!r} refused by both ranks (exit {rc}, {dt:.1f} s)", se)
+    rc, so, se, dt = run(gen_cmd, env=mpi_env({"MC_COMM_TIMEOUT": "abc"}), timeout=60)
+    check(rc == 1 and "MC_COMM_TIMEOUT='abc' is not a timeout" in se,
+          f"single process: MC_COMM_TIMEOUT='abc' refused (exit {rc})", se)
+    rc, ref, se, dt = run(gen_cmd, env=mpi_env(), timeout=60)
+    for good in ["0", "2.5"]:
+        rc, ids, se, dt = run(mpi_prefix(a, 2) + gen_cmd,
+                              env=mpi_env({"MC_COMM_TIMEOUT": good}), timeout=60)
+        check(rc == 0 and ids.strip() == ref.strip() and ids.strip(),
+              f"MC_COMM_TIMEOUT={good}: generate on 2 ranks gives the single process's ids", se)
+
+
+def marked_procs(marker):
+    """pid -> (state, world rank) of live processes whose environment holds marker."""
+    found = {}
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+            stat = open(f"/proc/{pid}/stat").read()
+        except OSError:
+            continue
+        if f"MC_TEST_MARKER={marker}".encode() not in env:
+            continue
+        state = stat[stat.rindex(")") + 2]
+        ranks = [e.split(b"=", 1)[1] for e in env if e.startswith(b"OMPI_COMM_WORLD_RANK=")]
+        if state not in "ZX" and ranks:
+            found[int(pid)] = (state, int(ranks[0]))
+    return found
+
+
+def kill_marked(marker):
+    for pid in marked_procs(marker):
+        for sig in (signal.SIGCONT, signal.SIGKILL):
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
+
+
+def start_marked(cmd, env, tag):
+    """Starts cmd with a unique MC_TEST_MARKER; output goes to files in the work folder."""
+    marker = uuid.uuid4().hex
+    out = open(os.path.join(a_work, tag + ".out"), "w+")
+    err = open(os.path.join(a_work, tag + ".err"), "w+")
+    p = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                         env=mpi_env(dict(env, MC_TEST_MARKER=marker)))
+    return p, marker, out, err
+
+
+def wait_for(cond, bound):
+    t = time.monotonic()
+    while time.monotonic() - t < bound:
+        if cond():
+            return True
+        time.sleep(0.1)
+    return cond()
+
+
+def relay(argv):
+    """mpirun runs this between itself and a rank: the rank's stderr goes to
+    argv[0] with %d replaced by the rank; exits with the rank's status."""
+    path = argv[0] % int(os.environ.get("OMPI_COMM_WORLD_RANK", "0"))
+    with open(path, "w") as err:
+        return subprocess.run(argv[1:], stderr=err, stdin=subprocess.DEVNULL).returncode
+
+
+def cmd_launcher(a, rest):
+    launcher_killed(a)
+    launcher_killed_stopped(a, rest[0])
+    launcher_relay_killed(a, rest[0])
+
+
+def launcher_killed_stopped(a, prog):
+    """A stopped rank cannot run its watchdog; once mpirun is gone its process group
+    is orphaned and the kernel hangs it up (SIGHUP, then SIGCONT)."""
+    p, marker, out, err = start_marked(mpi_prefix(a, 2) + [prog, "spin"],
+                                       {"MC_COMM_TIMEOUT": "0"}, "launcher_stop")
+    try:
+        lines = lambda: re.findall(r"rank (\d+) spinning \(pid (\d+)\)", open(out.name).read())
+        up = wait_for(lambda: len(lines()) == 2 or p.poll() is not None, 60)
+        pids = {int(r): int(pid) for r, pid in lines()}
+        check(up and len(pids) == 2 and p.poll() is None, "2 ranks spinning",
+              open(err.name).read())
+        if len(pids) != 2:
+            return
+        os.kill(pids[1], signal.SIGSTOP)
+        time.sleep(0.5)
+        t = time.monotonic()
+        p.kill()
+        p.wait()
+        gone = wait_for(lambda: not marked_procs(marker), 10)
+        dt = time.monotonic() - t
+        check(gone and dt < 5, f"rank 1 stopped, kill -9 of mpirun: every rank exits ({dt:.1f} s, "
+              f"bound 5 s; left: {marked_procs(marker)})")
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        kill_marked(marker)
+
+
+def launcher_relay_killed(a, prog):
+    """The watchdog's own check: the parent of a rank dies, the rank says so and exits."""
+    errs = os.path.join(a.work, "relay_rank%d.err")
+    cmd = mpi_prefix(a, 2) + [sys.executable, os.path.abspath(__file__), "--relay", errs,
+                              prog, "spin"]
+    p, marker, out, err = start_marked(cmd, {"MC_COMM_TIMEOUT": "0"}, "launcher_relay")
+    try:
+        lines = lambda: re.findall(r"rank (\d+) spinning \(pid (\d+)\)", open(out.name).read())
+        up = wait_for(lambda: len(lines()) == 2 or p.poll() is not None, 60)
+        pids = {int(r): int(pid) for r, pid in lines()}
+        check(up and len(pids) == 2 and p.poll() is None, "2 ranks spinning under relays",
+              open(err.name).read())
+        if len(pids) != 2:
+            return
+        relay_pid = int(open(f"/proc/{pids[1]}/stat").read().rsplit(")", 1)[1].split()[1])
+        t = time.monotonic()
+        os.kill(relay_pid, signal.SIGKILL)
+        gone = wait_for(lambda: pids[1] not in marked_procs(marker), 10)
+        dt = time.monotonic() - t
+        msg = open(errs % 1).read()
+        want = f"rank 1 (host {socket.gethostname()}): the launcher (pid {relay_pid}) is gone"
+        check(gone and dt < 5 and want in msg,
+              f"rank 1's parent killed: it says so and exits ({dt:.1f} s, bound 5 s)", msg)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        kill_marked(marker)
+
+
+def launcher_killed(a):
+    d = model_dir(a, "qwen3-moe-tiny")
+    cmd = mpi_prefix(a, 2) + [a.moecluster, "generate", "--model", d, "--prompt-ids", "3,14,15",
+                              "-n", "3"]
+    # rank 1 hangs at layer 1, rank 0 waits for it in a collective, forever (no timeout)
+    p, marker, out, err = start_marked(cmd, {"MC_FAULT_INJECT": "1:1:hang",
+                                             "MC_COMM_TIMEOUT": "0"}, "launcher")
+    try:
+        up = wait_for(lambda: len(marked_procs(marker)) == 2 and
+                      "MC_FAULT_INJECT: hang" in open(err.name).read(), 60)
+        time.sleep(1.0)
+        ranks = marked_procs(marker)
+        check(up and len(ranks) == 2 and p.poll() is None,
+              f"2 ranks running, one hung, before mpirun is killed ({len(ranks)} found)",
+              open(err.name).read())
+        t = time.monotonic()
+        p.kill()
+        p.wait()
+        gone = wait_for(lambda: not marked_procs(marker), 10)
+        dt = time.monotonic() - t
+        left = marked_procs(marker)
+        check(gone and dt < 5, f"after kill -9 of mpirun every rank exits ({dt:.1f} s, bound 5 s; "
+              f"left: {sorted(left)})")
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        kill_marked(marker)
+
+
+def cmd_stop(a, rest):
+    host = socket.gethostname()
+    prog = rest[0]
+    n = 3
+    p, marker, out, err = start_marked(mpi_prefix(a, n) + [prog, "spin"],
+                                       {"MC_COMM_TIMEOUT": "2"}, "stop")
+    try:
+        lines = lambda: re.findall(r"rank (\d+) spinning \(pid (\d+)\)", open(out.name).read())
+        up = wait_for(lambda: len(lines()) == n or p.poll() is not None, 60)
+        pids = {int(r): int(pid) for r, pid in lines()}
+        check(up and len(pids) == n and p.poll() is None, f"{n} ranks spinning", 
+              open(err.name).read())
+        if len(pids) != n:
+            return
+        t = time.monotonic()
+        os.kill(pids[1], signal.SIGSTOP)
+        try:
+            rc = p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            rc = -999
+        dt = time.monotonic() - t
+        se = open(err.name).read()
+        check(rc not in (0, -999) and dt < 15,
+              f"rank 1 stopped: the job ends non-zero (exit {rc}) in {dt:.1f} s (bound 15 s)", se)
+        named = named_ranks(se)
+        stopped = {w: r for w, rs in named.items() for r, note in rs.items() if note == "stopped"}
+        check(any(r == 1 for r in stopped.values()) and all(r == 1 for r in stopped.values()),
+              f"a waiting rank names rank 1 as stopped, and no other rank ({named})", se)
+        check(all(f"rank {w} (host {host})" in se for w in named) and 1 not in named,
+              "the messages come from the waiting ranks, with their host", se)
+        leftovers = [f for f in os.listdir("/dev/shm")
+                     if any(f.startswith(f"moecluster-{pid}-") for pid in pids.values())]
+        check(not leftovers, f"no progress board left in /dev/shm ({leftovers})")
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        kill_marked(marker)
 
 
 def cmd_shards(a, rest):
@@ -244,6 +486,8 @@ def cmd_shards(a, rest):
 
 
 def main():
+    if len(sys.argv) > 2 and sys.argv[1] == "--relay":
+        return relay(sys.argv[2:])
     ap = argparse.ArgumentParser()
     for f in ("mpirun", "moecluster", "compare", "fixtures", "work"):
         ap.add_argument("--" + f, required=True)
@@ -251,8 +495,11 @@ def main():
     ap.add_argument("rest", nargs=argparse.REMAINDER)
     a = ap.parse_args()
     os.makedirs(a.work, exist_ok=True)
+    global a_work
+    a_work = a.work
     {"exec": cmd_exec, "score": cmd_score, "refuse": cmd_refuse, "generate": cmd_generate,
-     "stats": cmd_stats, "fault": cmd_fault, "shards": cmd_shards}[a.command](a, a.rest)
+     "stats": cmd_stats, "fault": cmd_fault, "shards": cmd_shards, "timeout": cmd_timeout,
+     "launcher": cmd_launcher, "stop": cmd_stop}[a.command](a, a.rest)
     print(f"{failures} failure(s)")
     return 1 if failures else 0
 

@@ -4,7 +4,11 @@
  * encode (sender, receiver, index) with zero and uneven counts, a ring of
  * send/recv (empty and multi-megabyte messages), barrier, split into
  * sub-communicators (and a color that opts out), size mismatches on recv
- * reported as errors, and the worker's broadcast and agreement helpers. */
+ * reported as errors, and the worker's broadcast and agreement helpers.
+ *
+ * `test_comm_mpi spin` instead runs collectives until the job is ended
+ * (failure tests of run_mpi.py stop or kill processes of it): each rank
+ * prints "rank R spinning (pid P)" once, then loops. */
 #include "comm.h"
 #include "comm_mpi.h"
 #include "parallel.h"
@@ -13,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static int g_rank = 0, g_fail = 0, g_checks = 0;
 
@@ -201,6 +206,31 @@ static void test_agree(mc_comm *c)
         CHECK(err.msg[0] == '\0');
 }
 
+/* Collectives forever, on the world and on a split of it; returns 1 when
+ * one fails (it should not: the watchdog or the launcher ends the job). */
+static int spin(mc_comm *world)
+{
+    mc_err err;
+    mc_err_clear(&err);
+    mc_comm *half = NULL;
+    if (mc_comm_split(world, g_rank % 2, g_rank, &half, &err) != MC_OK) {
+        fprintf(stderr, "rank %d: split: %s\n", g_rank, err.msg);
+        return 1;
+    }
+    printf("rank %d spinning (pid %ld)\n", g_rank, (long)getpid());
+    fflush(stdout);
+    float buf[256];
+    for (;;) {
+        for (int i = 0; i < 256; i++)
+            buf[i] = (float)i;
+        if (mc_comm_all_reduce_sum_f32(world, buf, 256, &err) != MC_OK ||
+            mc_comm_barrier(half, &err) != MC_OK || mc_comm_barrier(world, &err) != MC_OK) {
+            fprintf(stderr, "rank %d: %s\n", g_rank, err.msg);
+            return 1;
+        }
+    }
+}
+
 int main(int argc, char **argv)
 {
     mc_err err;
@@ -217,6 +247,8 @@ int main(int argc, char **argv)
         return 1;
     }
     CHECK(!strcmp(mc_comm_backend(world), "mpi"));
+    if (argc > 1 && !strcmp(argv[1], "spin"))
+        return spin(world);
     test_all_reduce(world);
     test_all_to_all_v(world);
     test_ring(world);

@@ -3,12 +3,14 @@
  * sums of small integers, all-to-all payloads that encode (sender,
  * receiver, index), a ring of send/recv, barriers, split groups. Then the
  * failure paths: disagreeing ranks and peers that never come fail with a
- * message instead of hanging.
+ * message instead of hanging. Last, the MC_COMM_TIMEOUT grammar and its
+ * refusal by mc_comm_world_init (without a launcher: no MPI is started).
  *
  * CHECK is not thread-safe, so rank threads count their own failures
  * (rank_fail) and main checks the counts after joining. */
 #include "check.h"
 #include "comm.h"
+#include "comm_mpi.h"
 
 #include <pthread.h>
 #include <stdarg.h>
@@ -455,6 +457,60 @@ static void test_self(void)
     CHECK(mc_comm_local_create(MC_COMM_LOCAL_MAX_RANKS + 1, comms) == MC_ERR_ARG);
 }
 
+/* ---- MC_COMM_TIMEOUT ---------------------------------------------------- */
+
+static void test_timeout_parse(void)
+{
+    static const struct {
+        const char *text;
+        double want;
+    } good[] = {{"0", 0}, {"600", 600}, {"2.5", 2.5}, {"0.001", 0.001}, {"007", 7},
+                {"0.0", 0}, {"1000000", 1000000}};
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
+        mc_err err;
+        mc_err_clear(&err);
+        double s = -1;
+        mc_status st = mc_comm_timeout_parse(good[i].text, &s, &err);
+        if (st != MC_OK || s != good[i].want)
+            fprintf(stderr, "MC_COMM_TIMEOUT='%s': %s %g (want %g) %s\n", good[i].text,
+                    mc_status_str(st), s, good[i].want, err.msg);
+        CHECK(st == MC_OK && s == good[i].want);
+    }
+    /* the whole string must be seconds: no sign, unit, exponent, spaces,
+     * hex, inf/nan, lone dot; not above the maximum nor below 1 ms */
+    static const char *const bad[] = {"abc", "-1", "1e999", "5s", "", " 5", "5 ", "+5",
+                                      "inf", "nan", "1e3", "0x10", ".", "1.", ".5", "1,5",
+                                      "1.2.3", "1000000.5", "0.0001", "99999999999999999999"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        mc_err err;
+        mc_err_clear(&err);
+        double s = -1;
+        mc_status st = mc_comm_timeout_parse(bad[i], &s, &err);
+        char want[64];
+        snprintf(want, sizeof want, "MC_COMM_TIMEOUT='%s'", bad[i]);
+        bool ok = st == MC_ERR_ARG && s == -1 && strstr(err.msg, want) && !strchr(err.msg, '\n');
+        if (!ok)
+            fprintf(stderr, "MC_COMM_TIMEOUT='%s' accepted or badly refused: %s %g \"%s\"\n",
+                    bad[i], mc_status_str(st), s, err.msg);
+        CHECK(ok);
+    }
+    /* the world communicator refuses a bad value, also without a launcher */
+    if (mc_comm_launcher_rank() < 0) {
+        mc_err err;
+        mc_err_clear(&err);
+        mc_comm *world = NULL;
+        setenv("MC_COMM_TIMEOUT", "5s", 1);
+        CHECK(mc_comm_world_init(NULL, NULL, &world, &err) == MC_ERR_ARG);
+        CHECK(world == NULL && strstr(err.msg, "MC_COMM_TIMEOUT='5s'") != NULL);
+        setenv("MC_COMM_TIMEOUT", "2.5", 1);
+        mc_err_clear(&err);
+        CHECK(mc_comm_world_init(NULL, NULL, &world, &err) == MC_OK);
+        CHECK(world && strcmp(mc_comm_backend(world), "self") == 0);
+        mc_comm_world_finalize(world);
+        unsetenv("MC_COMM_TIMEOUT");
+    }
+}
+
 int main(void)
 {
     test_self();
@@ -471,5 +527,6 @@ int main(void)
     run_ranks("p2p_mismatch", 2, do_p2p_mismatch, NULL, 0);
     atomic_int rank0_done = 0;
     run_ranks("timeout", 2, do_timeout, &rank0_done, 200);
+    test_timeout_parse();
     return check_report("test_comm");
 }

@@ -184,6 +184,11 @@ static void test_cluster_configs(void)
         {"bad-inter.yaml", "links.inter_node"},
         {"bad-negative.yaml", "device.memory_gib"},
         {"bad-syntax.yaml", "bad-syntax.yaml"},
+        {"bad-empty.yaml", "empty cluster config"},
+        {"bad-comment-only.yaml", "empty cluster config"},
+        {"bad-two-docs.yaml", "more than one YAML document"},
+        {"bad-tp-zero.yaml", "parallel.tp"},
+        {"bad-ep-zero.yaml", "parallel.ep"},
         {"does-not-exist.yaml", "does-not-exist.yaml"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
