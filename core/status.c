@@ -39,6 +39,10 @@ mc_status mc_err_set(mc_err *e, mc_status s, const char *fmt, ...)
         va_start(ap, fmt);
         vsnprintf(e->msg, sizeof e->msg, fmt, ap);
         va_end(ap);
+        /* one line, whatever the input quoted in it holds */
+        for (char *c = e->msg; *c; c++)
+            if ((unsigned char)*c < 0x20 || *c == 0x7f)
+                *c = '?';
         e->status = s;
     }
     return s;

@@ -35,7 +35,9 @@ typedef struct {
 
 void mc_err_clear(mc_err *e);
 /* Records status + printf-style message (if e is non-NULL and still clear)
- * and returns the status, so callers can write `return mc_err_set(...)`. */
+ * and returns the status, so callers can write `return mc_err_set(...)`.
+ * Control characters (e.g. a newline quoted from the input) become '?', so
+ * the message stays one line. */
 mc_status mc_err_set(mc_err *e, mc_status s, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 

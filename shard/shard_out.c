@@ -10,9 +10,11 @@
 #include "shard_internal.h"
 
 #include "fileio.h"
+#include "outfile.h"
 
 #include <errno.h>
 #include <jansson.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -212,6 +214,21 @@ static void read_row_f32(const st_tensor *t, const float *scale, int64_t cols, i
 }
 
 /* Writes the slice of `it` from source `s`; converts per the item's dtype. */
+/* Conversions must not turn NaN/Inf into finite numbers (Q8_0/Q4_K/FP8
+ * scales would): the first non-finite source value stops the cut. */
+static mc_status check_finite_row(const st_tensor *t, const float *row, int64_t n, int64_t r,
+                                  int64_t c0, mc_err *err)
+{
+    for (int64_t j = 0; j < n; j++)
+        if (!isfinite(row[j]))
+            return mc_err_set(err, MC_ERR_FORMAT,
+                              "%s: tensor '%s' holds %s at row %lld, column %lld: it cannot be "
+                              "converted to another format",
+                              t->path, t->name, isnan(row[j]) ? "NaN" : "Inf", (long long)r,
+                              (long long)(c0 + j));
+    return MC_OK;
+}
+
 static mc_status write_item(sink *k, const item *it, const source *s, const float *src_scale_f32,
                             float **fp8_scales_out)
 {
@@ -271,6 +288,8 @@ static mc_status write_item(sink *k, const item *it, const source *s, const floa
             st = mc_err_set(k->err, MC_ERR_NOMEM, "out of memory");
         for (int64_t r = r0; r < r1 && st == MC_OK; r++) {
             read_row_f32(t, src_scale_f32, cols, r, c0, c1, row);
+            if ((st = check_finite_row(t, row, w, r, c0, k->err)) != MC_OK)
+                break;
             mc_quantize_row(it->out.dtype, row, qb, w);
             st = put(k, qb, rb);
         }
@@ -278,6 +297,8 @@ static mc_status write_item(sink *k, const item *it, const source *s, const floa
     } else if (it->out.dtype == MC_DT_BF16) { /* widen / dequantize */
         for (int64_t r = r0; r < r1 && st == MC_OK; r++) {
             read_row_f32(t, src_scale_f32, cols, r, c0, c1, row);
+            if ((st = check_finite_row(t, row, w, r, c0, k->err)) != MC_OK)
+                break;
             for (int64_t j = 0; j < w; j++)
                 bf[j] = mc_f32_to_bf16(row[j]);
             st = put(k, bf, (size_t)w * 2);
@@ -290,8 +311,13 @@ static mc_status write_item(sink *k, const item *it, const source *s, const floa
         for (int64_t b = 0; b < sr && st == MC_OK; b++) {
             int64_t n = (r1 - r0) - b * MC_FP8_BLOCK < MC_FP8_BLOCK ? (r1 - r0) - b * MC_FP8_BLOCK
                                                                     : MC_FP8_BLOCK;
-            for (int64_t i = 0; i < n; i++)
-                read_row_f32(t, src_scale_f32, cols, r0 + b * MC_FP8_BLOCK + i, c0, c1, row + i * w);
+            for (int64_t i = 0; i < n && st == MC_OK; i++) {
+                int64_t r = r0 + b * MC_FP8_BLOCK + i;
+                read_row_f32(t, src_scale_f32, cols, r, c0, c1, row + i * w);
+                st = check_finite_row(t, row + i * w, w, r, c0, k->err);
+            }
+            if (st != MC_OK)
+                break;
             mc_fp8_quantize_band(row, n, w, q, scl + b * sc);
             st = put(k, q, (size_t)(n * w));
         }
@@ -308,19 +334,10 @@ static mc_status write_item(sink *k, const item *it, const source *s, const floa
 
 /* ---- the whole job ---- */
 
+/* temporary file, fsync, rename; never over a non-regular file (outfile.h) */
 static mc_status write_text(const char *path, const char *text, mc_err *err)
 {
-    char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.partial", path);
-    FILE *fp = fopen(tmp, "wb");
-    if (!fp)
-        return mc_err_set(err, MC_ERR_IO, "%s: cannot create: %s", tmp, strerror(errno));
-    size_t n = strlen(text);
-    int ok = fwrite(text, 1, n, fp) == n;
-    ok = (fclose(fp) == 0) && ok;
-    if (!ok || rename(tmp, path) != 0)
-        return mc_err_set(err, MC_ERR_IO, "%s: write failed: %s", path, strerror(errno));
-    return MC_OK;
+    return mc_write_file(path, "output", text, strlen(text), err);
 }
 
 static mc_status write_json_file(const char *path, json_t *j, mc_err *err)

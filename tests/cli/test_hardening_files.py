@@ -150,6 +150,15 @@ def nan_cases(exe, fx, work):
     check(rc == 0, f"shard a model with a NaN expert: exit {rc}", err)
     mpi_case(exe, shards, prompt, [f"tensor {tensor} holds NaN at element 5"], ranks=4,
              pars=[[]], source="--shards")
+    # cutting with a format conversion must not turn the NaN into a finite weight
+    # (a plain copy keeps it, and the forward pass names it, as above)
+    one = os.path.join(os.path.dirname(CPU4), "cpu-1rank.yaml")
+    for fmt in ("q8_0", "q4_k"):
+        out_dir = os.path.join(work, f"nan-shards-{fmt}")
+        rc, _, err = run([exe, "shard", "--model", model, "--cluster", one, "--out", out_dir,
+                          "--weights", fmt])
+        ok = 0 < rc < 128 and f"tensor '{tensor}' holds NaN" in err and "cannot be converted" in err
+        check(ok, f"shard --weights {fmt} of a NaN expert is refused: exit {rc}", err)
     # the same model without the poke still scores (the check has no false alarm)
     model = copy_model(fx, "qwen3-moe-tiny", os.path.join(work, "clean"))
     out = os.path.join(work, "clean.safetensors")
