@@ -17,6 +17,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -83,12 +84,12 @@ static int parse_ids(const char *s, int64_t **out, int *n, const char **why)
     for (int i = 0; i < cnt; i++) {
         int64_t x = 0;
         for (; *p >= '0' && *p <= '9'; p++) {
-            x = x * 10 + (*p - '0');
-            if (x >= ((int64_t)1 << 62)) {
+            if (x > (INT32_MAX - (*p - '0')) / 10) { /* ids are ints; checked before it overflows */
                 free(v);
                 *why = "an id is too large";
                 return -1;
             }
+            x = x * 10 + (*p - '0');
         }
         v[i] = x;
         p++; /* the comma (or the terminating NUL on the last item) */
