@@ -197,3 +197,129 @@ void mc_control_free(ControlMessage *msg)
     if (msg)
         control_message__free_unpacked(msg, NULL);
 }
+
+/* ---- step plans: mc_step_plan <-> StepPlan ---- */
+
+mc_status mc_control_pack_step(const mc_step_plan *plan, uint8_t **buf, size_t *len, mc_err *err)
+{
+    if (!buf || !len)
+        return mc_err_set(err, MC_ERR_ARG, "mc_control_pack_step: NULL output");
+    *buf = NULL;
+    *len = 0;
+    if (!plan || (plan->n_seqs && !plan->seqs))
+        return mc_err_set(err, MC_ERR_ARG, "mc_control_pack_step: NULL plan");
+
+    /* The generated structs take non-const arrays; packing only reads them. */
+    size_t n = plan->n_seqs;
+    SeqEntry *entries = malloc((n ? n : 1) * sizeof *entries);
+    SeqEntry **ptrs = malloc((n ? n : 1) * sizeof *ptrs);
+    mc_status st = MC_OK;
+    if (!entries || !ptrs) {
+        st = mc_err_set(err, MC_ERR_NOMEM, "step plan: out of memory packing %zu sequences", n);
+        goto fail;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const mc_step_seq *s = &plan->seqs[i];
+        SeqEntry *e = &entries[i];
+        seq_entry__init(e);
+        e->seq_id = s->seq_id;
+        e->n_token_ids = s->n_tokens;
+        e->token_ids = s->tokens;
+        e->start_pos = s->start_pos;
+        e->want_logits = s->logits != MC_LOGITS_NONE;
+        e->logits = (LogitsMode)s->logits;
+        e->top_k = s->top_k;
+        e->n_kv_blocks = s->n_blocks;
+        e->kv_blocks = s->blocks;
+        ptrs[i] = e;
+    }
+    StepPlan step = STEP_PLAN__INIT;
+    step.step_id = plan->step_id;
+    step.n_seqs = n;
+    step.seqs = ptrs;
+    ControlMessage msg;
+    mc_control_init(&msg);
+    msg.body_case = CONTROL_MESSAGE__BODY_STEP;
+    msg.step = &step;
+    st = mc_control_pack(&msg, buf, len);
+    if (st != MC_OK)
+        st = mc_err_set(err, st,
+                        st == MC_ERR_OVERFLOW ? "step plan %llu: encoding is over %zu bytes"
+                                              : "step plan %llu: packing failed (limit %zu bytes)",
+                        (unsigned long long)plan->step_id, MC_CONTROL_MAX_BYTES);
+fail:
+    free(entries);
+    free(ptrs);
+    return st;
+}
+
+mc_status mc_control_step_to_plan(const StepPlan *msg, mc_step_plan *out, mc_err *err)
+{
+    if (!out)
+        return mc_err_set(err, MC_ERR_ARG, "mc_control_step_to_plan: out is NULL");
+    mc_step_plan_init(out);
+    if (!msg)
+        return mc_err_set(err, MC_ERR_ARG, "mc_control_step_to_plan: msg is NULL");
+    if (msg->n_seqs > MC_STEP_MAX_SEQS)
+        return mc_err_set(err, MC_ERR_FORMAT, "step plan %llu: seqs: %zu entries, at most %u",
+                          (unsigned long long)msg->step_id, msg->n_seqs, MC_STEP_MAX_SEQS);
+    /* bound every count before the first allocation */
+    uint64_t tokens = 0, blocks = 0;
+    for (size_t i = 0; i < msg->n_seqs; i++) {
+        const SeqEntry *e = msg->seqs[i];
+        if (!e)
+            return mc_err_set(err, MC_ERR_FORMAT, "step plan %llu: seqs[%zu]: missing entry",
+                              (unsigned long long)msg->step_id, i);
+        tokens += e->n_token_ids;
+        blocks += e->n_kv_blocks;
+        if (tokens > MC_STEP_MAX_TOKENS)
+            return mc_err_set(err, MC_ERR_FORMAT,
+                              "step plan %llu: seqs[%zu].token_ids: %llu tokens up to here, at "
+                              "most %u per step",
+                              (unsigned long long)msg->step_id, i, (unsigned long long)tokens,
+                              MC_STEP_MAX_TOKENS);
+        if (blocks > MC_STEP_MAX_BLOCKS)
+            return mc_err_set(err, MC_ERR_FORMAT,
+                              "step plan %llu: seqs[%zu].kv_blocks: %llu block ids up to here, at "
+                              "most %u per step",
+                              (unsigned long long)msg->step_id, i, (unsigned long long)blocks,
+                              MC_STEP_MAX_BLOCKS);
+        if ((unsigned)e->logits >= MC_LOGITS_COUNT)
+            return mc_err_set(err, MC_ERR_FORMAT,
+                              "step plan %llu: seqs[%zu].logits: unknown mode %d",
+                              (unsigned long long)msg->step_id, i, (int)e->logits);
+    }
+    out->step_id = msg->step_id;
+    for (size_t i = 0; i < msg->n_seqs; i++) {
+        const SeqEntry *e = msg->seqs[i];
+        mc_logits_mode mode = (mc_logits_mode)e->logits;
+        if (mode == MC_LOGITS_NONE && e->want_logits)
+            mode = MC_LOGITS_LAST; /* want_logits alone: the last token */
+        mc_status st = mc_step_plan_add_seq(out, e->seq_id, e->start_pos, e->token_ids,
+                                            (uint32_t)e->n_token_ids, e->kv_blocks,
+                                            (uint32_t)e->n_kv_blocks, mode, e->top_k, err);
+        if (st != MC_OK) {
+            mc_step_plan_free(out);
+            return st;
+        }
+    }
+    return MC_OK;
+}
+
+mc_status mc_control_unpack_step(const uint8_t *buf, size_t len, mc_step_plan *out, mc_err *err)
+{
+    if (!out)
+        return mc_err_set(err, MC_ERR_ARG, "mc_control_unpack_step: out is NULL");
+    mc_step_plan_init(out);
+    ControlMessage *m = NULL;
+    mc_status st = mc_control_unpack(buf, len, &m, err);
+    if (st != MC_OK)
+        return st;
+    if (m->body_case != CONTROL_MESSAGE__BODY_STEP)
+        st = mc_err_set(err, MC_ERR_FORMAT, "control message: expected a step plan, got %s",
+                        mc_control_body_name(m));
+    else
+        st = mc_control_step_to_plan(m->step, out, err);
+    mc_control_free(m);
+    return st;
+}

@@ -18,9 +18,11 @@
 
 #include "control.pb-c.h"
 #include "status.h"
+#include "step_plan.h"
 
-/* Wire version spoken by this build; see control.proto for when to bump it. */
-#define MC_CONTROL_VERSION 1u
+/* Wire version spoken by this build; see control.proto for when to bump it.
+ * 2: SeqEntry.logits (LOGITS_ALL would be misread as "last" by version 1). */
+#define MC_CONTROL_VERSION 2u
 
 /* Largest packed message accepted or produced, in bytes. */
 #define MC_CONTROL_MAX_BYTES ((size_t)64 << 20)
@@ -44,6 +46,24 @@ mc_status mc_control_unpack(const uint8_t *buf, size_t len, ControlMessage **out
 
 /* Frees a message returned by mc_control_unpack(); NULL is fine. */
 void mc_control_free(ControlMessage *msg);
+
+/* Packs a step plan as one ControlMessage (this build's version, body
+ * step) into a new buffer (*buf, *len; caller frees *buf with free()). The
+ * plan is not checked here (mc_step_plan_check() is the sender's business
+ * and the receiver's). Refuses, with *buf = NULL: NULL arguments
+ * (MC_ERR_ARG), an encoding over MC_CONTROL_MAX_BYTES (MC_ERR_OVERFLOW). */
+mc_status mc_control_pack_step(const mc_step_plan *plan, uint8_t **buf, size_t *len, mc_err *err);
+
+/* Copies the StepPlan of an unpacked message into *out (initialized here;
+ * release with mc_step_plan_free()). Counts are bounded before anything is
+ * allocated: more than MC_STEP_MAX_SEQS entries, MC_STEP_MAX_TOKENS tokens
+ * or MC_STEP_MAX_BLOCKS block ids in all, a NULL entry or an unknown logits
+ * mode are MC_ERR_FORMAT naming the field. *out is empty on failure. */
+mc_status mc_control_step_to_plan(const StepPlan *msg, mc_step_plan *out, mc_err *err);
+
+/* mc_control_unpack() then mc_control_step_to_plan(); a message with
+ * another body is MC_ERR_FORMAT. *out is empty on failure. */
+mc_status mc_control_unpack_step(const uint8_t *buf, size_t len, mc_step_plan *out, mc_err *err);
 
 /* "hello", "step", "result", "heartbeat", "shutdown", "error" or "none", for logs. */
 const char *mc_control_body_name(const ControlMessage *msg);

@@ -1,8 +1,12 @@
 /* plan.c - parameter counts, per-rank memory, verdict and speed estimate.
  * Every weight matrix of a layer is listed once (layer_mats) with its
- * category and how tensor parallelism splits it; counts, bytes and the
- * estimate all derive from that one list. Formulas: docs/plan.md. */
+ * category and tensor role; how parallelism splits it comes from the split
+ * table (split.h). Counts, bytes and the estimate all derive from that one
+ * list. Formulas: docs/plan.md. */
 #include "plan.h"
+
+#include "model_tensors.h"
+#include "split.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -53,12 +57,10 @@ double mc_mat_bytes(int64_t rows, int64_t cols, mc_wfmt f, double *scale_bytes)
     }
 }
 
-typedef enum { SPLIT_REPL = 0, SPLIT_COL, SPLIT_ROW, SPLIT_KV } split_kind;
-
 typedef struct {
     int64_t rows, cols;
     mc_wcat cat;
-    split_kind split;
+    mc_tensor_role role; /* its split rule: mc_split_rule_of */
     bool quant;  /* stored in the chosen weight format (else BF16); see quantized() */
     bool expert; /* one routed expert's matrix (there are n_experts of it) */
     bool fp8_only; /* the V3.2 indexer's projections: FP8 as DeepSeek ships them, else BF16 */
@@ -79,61 +81,61 @@ static int layer_mats(const mc_model_desc *d, int l, wmat *m)
 {
     int n = 0;
     int64_t H = d->hidden, nh = d->n_heads;
-#define ADD(r, c, cat_, split_, q, e) (m[n++] = (wmat){(r), (c), (cat_), (split_), (q), (e), false})
-    ADD(1, H, MC_CAT_OTHER, SPLIT_REPL, false, false); /* input norm */
-    ADD(1, H, MC_CAT_OTHER, SPLIT_REPL, false, false); /* post-attention norm */
+#define ADD(r, c, cat_, role_, q, e) (m[n++] = (wmat){(r), (c), (cat_), (role_), (q), (e), false})
+    ADD(1, H, MC_CAT_OTHER, MC_T_ATTN_NORM, false, false); /* input norm */
+    ADD(1, H, MC_CAT_OTHER, MC_T_FFN_NORM, false, false); /* post-attention norm */
     if (d->attn == MC_ATTN_MLA) {
         int64_t qk = d->qk_nope_dim + d->qk_rope_dim;
         if (d->q_lora_rank > 0) {
-            ADD(d->q_lora_rank, H, MC_CAT_ATTN, SPLIT_REPL, true, false);
-            ADD(1, d->q_lora_rank, MC_CAT_ATTN, SPLIT_REPL, false, false);
-            ADD(nh * qk, d->q_lora_rank, MC_CAT_ATTN, SPLIT_COL, true, false);
+            ADD(d->q_lora_rank, H, MC_CAT_ATTN, MC_T_Q_A, true, false);
+            ADD(1, d->q_lora_rank, MC_CAT_ATTN, MC_T_Q_A_NORM, false, false);
+            ADD(nh * qk, d->q_lora_rank, MC_CAT_ATTN, MC_T_Q_B, true, false);
         } else {
-            ADD(nh * qk, H, MC_CAT_ATTN, SPLIT_COL, true, false);
+            ADD(nh * qk, H, MC_CAT_ATTN, MC_T_Q, true, false);
         }
-        ADD(d->kv_lora_rank + d->qk_rope_dim, H, MC_CAT_ATTN, SPLIT_REPL, true, false);
-        ADD(1, d->kv_lora_rank, MC_CAT_ATTN, SPLIT_REPL, false, false);
-        ADD(nh * (d->qk_nope_dim + d->v_head_dim), d->kv_lora_rank, MC_CAT_ATTN, SPLIT_COL, true,
+        ADD(d->kv_lora_rank + d->qk_rope_dim, H, MC_CAT_ATTN, MC_T_KV_A, true, false);
+        ADD(1, d->kv_lora_rank, MC_CAT_ATTN, MC_T_KV_A_NORM, false, false);
+        ADD(nh * (d->qk_nope_dim + d->v_head_dim), d->kv_lora_rank, MC_CAT_ATTN, MC_T_KV_B, true,
             false);
-        ADD(H, nh * d->v_head_dim, MC_CAT_ATTN, SPLIT_ROW, true, false);
+        ADD(H, nh * d->v_head_dim, MC_CAT_ATTN, MC_T_O, true, false);
         if (d->index_topk > 0) {
             int64_t ih = d->index_n_heads, id = d->index_head_dim;
-            ADD(ih * id, d->q_lora_rank, MC_CAT_ATTN, SPLIT_REPL, true, false);
+            ADD(ih * id, d->q_lora_rank, MC_CAT_ATTN, MC_T_IDX_WQ_B, true, false);
             m[n - 1].fp8_only = true;
-            ADD(id, H, MC_CAT_ATTN, SPLIT_REPL, true, false);
+            ADD(id, H, MC_CAT_ATTN, MC_T_IDX_WK, true, false);
             m[n - 1].fp8_only = true;
-            ADD(1, 2 * id, MC_CAT_ATTN, SPLIT_REPL, false, false);
-            ADD(ih, H, MC_CAT_ATTN, SPLIT_REPL, false, false);
+            ADD(1, 2 * id, MC_CAT_ATTN, MC_T_IDX_K_NORM, false, false); /* + its bias */
+            ADD(ih, H, MC_CAT_ATTN, MC_T_IDX_WEIGHTS, false, false);
         }
     } else {
         int64_t hd = d->head_dim;
-        ADD(nh * hd, H, MC_CAT_ATTN, SPLIT_COL, true, false);
-        ADD(d->n_kv_heads * hd, H, MC_CAT_ATTN, SPLIT_KV, true, false);
-        ADD(d->n_kv_heads * hd, H, MC_CAT_ATTN, SPLIT_KV, true, false);
-        ADD(H, nh * hd, MC_CAT_ATTN, SPLIT_ROW, true, false);
+        ADD(nh * hd, H, MC_CAT_ATTN, MC_T_Q, true, false);
+        ADD(d->n_kv_heads * hd, H, MC_CAT_ATTN, MC_T_K, true, false);
+        ADD(d->n_kv_heads * hd, H, MC_CAT_ATTN, MC_T_V, true, false);
+        ADD(H, nh * hd, MC_CAT_ATTN, MC_T_O, true, false);
         if (d->qk_norm)
-            ADD(1, 2 * hd, MC_CAT_ATTN, SPLIT_REPL, false, false);
+            ADD(1, 2 * hd, MC_CAT_ATTN, MC_T_Q_NORM, false, false); /* + k_norm */
     }
     if (!d->layer_moe[l]) {
         int64_t I = d->dense_inter;
-        ADD(I, H, MC_CAT_DENSE, SPLIT_COL, true, false);
-        ADD(I, H, MC_CAT_DENSE, SPLIT_COL, true, false);
-        ADD(H, I, MC_CAT_DENSE, SPLIT_ROW, true, false);
+        ADD(I, H, MC_CAT_DENSE, MC_T_DENSE_GATE, true, false);
+        ADD(I, H, MC_CAT_DENSE, MC_T_DENSE_UP, true, false);
+        ADD(H, I, MC_CAT_DENSE, MC_T_DENSE_DOWN, true, false);
         return n;
     }
-    ADD(d->n_experts, H, MC_CAT_OTHER, SPLIT_REPL, false, false); /* router */
+    ADD(d->n_experts, H, MC_CAT_OTHER, MC_T_ROUTER, false, false); /* router */
     if (d->has_score_bias)
-        ADD(1, d->n_experts, MC_CAT_OTHER, SPLIT_REPL, false, false);
+        ADD(1, d->n_experts, MC_CAT_OTHER, MC_T_ROUTER_BIAS, false, false);
     if (d->n_shared_experts > 0) {
         int64_t I = d->shared_inter;
-        ADD(I, H, MC_CAT_SHARED, SPLIT_COL, true, false);
-        ADD(I, H, MC_CAT_SHARED, SPLIT_COL, true, false);
-        ADD(H, I, MC_CAT_SHARED, SPLIT_ROW, true, false);
+        ADD(I, H, MC_CAT_SHARED, MC_T_SHARED_GATE, true, false);
+        ADD(I, H, MC_CAT_SHARED, MC_T_SHARED_UP, true, false);
+        ADD(H, I, MC_CAT_SHARED, MC_T_SHARED_DOWN, true, false);
     }
     int64_t I = d->moe_inter;
-    ADD(I, H, MC_CAT_ROUTED, SPLIT_REPL, true, true);
-    ADD(I, H, MC_CAT_ROUTED, SPLIT_REPL, true, true);
-    ADD(H, I, MC_CAT_ROUTED, SPLIT_REPL, true, true);
+    ADD(I, H, MC_CAT_ROUTED, MC_T_EXPERT_GATE, true, true);
+    ADD(I, H, MC_CAT_ROUTED, MC_T_EXPERT_UP, true, true);
+    ADD(H, I, MC_CAT_ROUTED, MC_T_EXPERT_DOWN, true, true);
 #undef ADD
     return n;
 }
@@ -180,26 +182,16 @@ void mc_model_params(const mc_model_desc *d, mc_param_counts *p)
     p->active = active;
 }
 
-/* Share of `total` for part i of `parts`: earlier parts one more when it does not divide. */
-static int64_t part_of(int64_t total, int parts, int i)
-{
-    return total / parts + (i < total % parts);
-}
-
 /* Bytes rank tr of tp holds of matrix m (routed experts: one expert). */
 static double rank_mat_bytes(const mc_model_desc *d, const wmat *m, int tp, int tr, mc_wfmt f,
                              double *scales)
 {
-    int64_t r = m->rows, c = m->cols;
-    switch (m->split) {
-    case SPLIT_COL: r = part_of(r, tp, tr); break;
-    case SPLIT_ROW: c = part_of(c, tp, tr); break;
-    case SPLIT_KV: {
-        int64_t heads = (d->n_kv_heads + tp - 1) / tp; /* fewer KV heads than ranks: replicated */
-        r = heads * d->head_dim;
-    } break;
-    default: break;
-    }
+    int64_t r = m->rows, c = m->cols, b, e;
+    int dim = mc_split_tp_slice(d, m->role, tp, tr, &b, &e);
+    if (dim == 0)
+        r = e - b;
+    else if (dim == 1)
+        c = e - b;
     if (!quantized(m, f)) {
         *scales = 0;
         return 2.0 * (double)r * (double)c;
@@ -207,12 +199,13 @@ static double rank_mat_bytes(const mc_model_desc *d, const wmat *m, int tp, int 
     return mc_mat_bytes(r, c, f, scales);
 }
 
-static double kv_bytes_per_token_layer(const mc_model_desc *d, int tp, int elem)
+static double kv_bytes_per_token_layer(const mc_model_desc *d, int tp, int tr, int elem)
 {
     if (d->attn == MC_ATTN_MLA) /* the latent + rope key, the same on every TP rank */
         return (double)(d->kv_lora_rank + d->qk_rope_dim + (d->index_topk > 0 ? d->index_head_dim : 0)) *
                elem;
-    int64_t heads = (d->n_kv_heads + tp - 1) / tp;
+    int h0, heads; /* fewer KV heads than ranks: copies */
+    mc_split_kv_heads(d->n_kv_heads, tp, tr, &h0, &heads);
     return 2.0 * (double)heads * d->head_dim * elem;
 }
 
@@ -461,10 +454,11 @@ static mc_status plan_build(const mc_model_desc *d, const mc_cluster *c, const m
         return mc_err_set(err, MC_ERR_NOMEM, "out of memory");
     }
     /* stages: contiguous layers, sizes differ by at most one (earlier stages get the extra) */
-    for (int s = 0, l = 0; s <= c->pp; s++) {
-        p->stage_first_layer[s] = l;
-        if (s < c->pp)
-            l += d->n_layers / c->pp + (s < d->n_layers % c->pp);
+    for (int s = 0; s < c->pp; s++) {
+        int64_t b, e;
+        mc_split_range(d->n_layers, c->pp, s, &b, &e);
+        p->stage_first_layer[s] = (int)b;
+        p->stage_first_layer[s + 1] = (int)e;
     }
     double mem = c->device.memory_gib * 1073741824.0, ws = c->workspace_gib * 1073741824.0;
     wmat m[MAX_MATS];
@@ -479,11 +473,13 @@ static mc_status plan_build(const mc_model_desc *d, const mc_cluster *c, const m
         rp->ep_rank = local % c->ep;
         rp->layer_begin = p->stage_first_layer[rp->stage];
         rp->layer_end = p->stage_first_layer[rp->stage + 1];
-        int E = d->n_experts, per = E / c->ep, extra = E % c->ep;
-        rp->expert_begin = rp->ep_rank * per + (rp->ep_rank < extra ? rp->ep_rank : extra);
-        rp->expert_end = rp->expert_begin + per + (rp->ep_rank < extra);
+        int64_t e0, e1, v0, v1;
+        mc_split_range(d->n_experts, c->ep, rp->ep_rank, &e0, &e1);
+        rp->expert_begin = (int)e0;
+        rp->expert_end = (int)e1;
         double sc;
-        int64_t vrows = part_of(d->vocab, c->tp, rp->tp_rank);
+        mc_split_tp_slice(d, MC_T_EMBED, c->tp, rp->tp_rank, &v0, &v1);
+        int64_t vrows = v1 - v0;
         double vh = 2.0 * (double)vrows * d->hidden;
         if (rp->stage == 0)
             rp->bytes[MC_CAT_EMBED_HEAD] += vh;
@@ -503,7 +499,8 @@ static mc_status plan_build(const mc_model_desc *d, const mc_cluster *c, const m
                 rp->bytes[m[i].cat] += (b - sc) * mult;
                 rp->bytes[MC_CAT_SCALES] += sc * mult;
             }
-            rp->kv_bytes_per_token += kv_bytes_per_token_layer(d, c->tp, o->kv_bytes_per_elem);
+            rp->kv_bytes_per_token +=
+                kv_bytes_per_token_layer(d, c->tp, rp->tp_rank, o->kv_bytes_per_elem);
         }
         for (int k = 0; k < MC_CAT_COUNT; k++)
             rp->weight_bytes += rp->bytes[k];

@@ -8,6 +8,7 @@
 #include "progress.h"
 #include "safetensors.h"
 #include "shard_internal.h"
+#include "split.h"
 
 #include "fileio.h"
 #include "outfile.h"
@@ -58,93 +59,32 @@ static int push(item_list *l, const item *it)
 
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-/* Part i of `total` split over `parts`: earlier parts get one more when it
- * does not divide (the workers' mc_split). */
-static void balanced(int64_t total, int parts, int i, int64_t *b, int64_t *e)
-{
-    int64_t per = total / parts, extra = total % parts;
-    *b = i * per + (i < extra ? i : extra);
-    *e = *b + per + (i < extra);
-}
-
 /* Which part of spec s rank rp holds: 0 = none, 1 = [begin, end) along *dim
- * (*dim = -1: all of it). Mirrors the split rules of plan.c. */
+ * (*dim = -1: all of it). The pipeline stage decides whether the rank holds
+ * the tensor at all; the split table (split.h) decides which part. */
 static int slice_for(const mc_plan *p, const mc_rank_plan *rp, const mc_tensor_spec *s, int *dim,
                      int64_t *b, int64_t *e)
 {
-    const mc_model_desc *d = &p->d;
-    int tp = p->c.tp, tr = rp->tp_rank, last = p->c.pp - 1;
     *dim = -1;
     *b = *e = 0;
     if (s->layer < 0) {
         if (s->role == MC_T_EMBED && rp->stage != 0)
             return 0;
-        if ((s->role == MC_T_LM_HEAD || s->role == MC_T_FINAL_NORM) && rp->stage != last)
+        if ((s->role == MC_T_LM_HEAD || s->role == MC_T_FINAL_NORM) && rp->stage != p->c.pp - 1)
             return 0;
-        if (s->role == MC_T_EMBED || s->role == MC_T_LM_HEAD) {
-            *dim = 0;
-            balanced(d->vocab, tp, tr, b, e);
-        }
-        return 1;
-    }
-    if (s->layer < rp->layer_begin || s->layer >= rp->layer_end)
+    } else if (s->layer < rp->layer_begin || s->layer >= rp->layer_end) {
         return 0;
-    int64_t nh = d->n_heads, h0 = tr * (nh / tp), h1 = h0 + nh / tp;
-#define ROWS(b_, e_) (*dim = 0, *b = (b_), *e = (e_), 1)
-#define COLS(b_, e_) (*dim = 1, *b = (b_), *e = (e_), 1)
-    switch (s->role) {
-    case MC_T_EXPERT_GATE:
-    case MC_T_EXPERT_UP:
-    case MC_T_EXPERT_DOWN:
-        return s->expert >= rp->expert_begin && s->expert < rp->expert_end;
-    case MC_T_EXPERTS_GATE_UP:
-    case MC_T_EXPERTS_DOWN:
-        return ROWS(rp->expert_begin, rp->expert_end);
-    default:
-        break;
     }
-    if (tp == 1)
-        return 1;
-    int64_t qk = d->qk_nope_dim + d->qk_rope_dim, hd = d->head_dim;
-    switch (s->role) {
-    case MC_T_Q_B:
-        return ROWS(h0 * qk, h1 * qk);
-    case MC_T_Q:
-        return d->attn == MC_ATTN_MLA ? ROWS(h0 * qk, h1 * qk) : ROWS(h0 * hd, h1 * hd);
-    case MC_T_KV_B: {
-        int64_t w = d->qk_nope_dim + d->v_head_dim;
-        return ROWS(h0 * w, h1 * w);
-    }
-    case MC_T_O:
-        return d->attn == MC_ATTN_MLA ? COLS(h0 * d->v_head_dim, h1 * d->v_head_dim)
-                                      : COLS(h0 * hd, h1 * hd);
-    case MC_T_K:
-    case MC_T_V: {
-        int64_t nkv = d->n_kv_heads;
-        if (nkv >= tp)
-            return ROWS(tr * (nkv / tp) * hd, (tr + 1) * (nkv / tp) * hd);
-        int64_t g = h0 / (nh / nkv); /* the KV head this rank's query heads read */
-        return ROWS(g * hd, (g + 1) * hd);
-    }
-    case MC_T_DENSE_GATE:
-    case MC_T_DENSE_UP:
-    case MC_T_SHARED_GATE:
-    case MC_T_SHARED_UP: {
-        *dim = 0;
-        balanced(s->shape[0], tp, tr, b, e);
+    if (mc_split_rule_of(s->role).dim == MC_SPLIT_EXPERTS) {
+        if (s->expert >= 0) /* one expert's tensor: all of it, or none */
+            return s->expert >= rp->expert_begin && s->expert < rp->expert_end;
+        *dim = 0; /* fused: this rank's experts' slabs */
+        *b = rp->expert_begin;
+        *e = rp->expert_end;
         return 1;
     }
-    case MC_T_DENSE_DOWN:
-    case MC_T_SHARED_DOWN: {
-        *dim = 1;
-        balanced(s->shape[1], tp, tr, b, e);
-        return 1;
-    }
-    default:
-        return 1; /* norms, MLA down-projections, routers, indexer: replicated */
-    }
-#undef ROWS
-#undef COLS
+    *dim = mc_split_tp_slice(&p->d, s->role, p->c.tp, rp->tp_rank, b, e);
+    return 1;
 }
 
 int mc_shard_slice(const mc_plan *p, const mc_rank_plan *rp, const mc_tensor_spec *s, int *dim,
@@ -254,13 +194,10 @@ static mc_status write_item(sink *k, const item *it, const source *s, const floa
         c1 = it->end;
     }
     if (it->scale) { /* scale slice of an FP8 weight sliced on a block boundary */
-        if (it->dim == 0) {
-            r0 = it->begin / MC_FP8_BLOCK;
-            r1 = ceil_div(it->end, MC_FP8_BLOCK);
-        } else if (it->dim == 1) {
-            c0 = it->begin / MC_FP8_BLOCK;
-            c1 = ceil_div(it->end, MC_FP8_BLOCK);
-        }
+        if (it->dim == 0)
+            mc_split_fp8_blocks(it->begin, it->end, MC_FP8_BLOCK, &r0, &r1);
+        else if (it->dim == 1)
+            mc_split_fp8_blocks(it->begin, it->end, MC_FP8_BLOCK, &c0, &c1);
     }
     mc_status st = MC_OK;
     if (it->out.dtype == t->dtype) { /* plain copy */
@@ -514,8 +451,7 @@ mc_status mc_shard_write(const mc_shard_opts *o, mc_err *err)
                 od = q != MC_DT_COUNT ? q : is_fp8 ? MC_DT_BF16 : t->dtype;
             }
             if (is_fp8 && od == MC_DT_F8_E4M3 && it.dim >= 0) {
-                int64_t full = t->shape[it.dim];
-                if (it.begin % MC_FP8_BLOCK || (it.end % MC_FP8_BLOCK && it.end != full)) {
+                if (!mc_split_on_blocks(it.begin, it.end, t->shape[it.dim], MC_FP8_BLOCK)) {
                     st = mc_err_set(err, MC_ERR_UNSUPPORTED,
                                     "cannot cut FP8 tensor '%s' at [%lld, %lld) along dim %d: not "
                                     "on a 128 block boundary (use --weights bf16)",

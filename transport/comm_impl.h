@@ -3,7 +3,11 @@
  *
  * The public wrappers in comm.c check every argument (NULL pointers, peer
  * ranks, regions inside their buffers, overflow) before calling a backend,
- * so backends may rely on them.
+ * so backends may rely on them. comm.c also builds what needs no backend
+ * of its own: mc_comm_bcast_id (all_gather of the arguments, then bcast)
+ * and the asynchronous forms, which on the CPU backends run the synchronous
+ * call at once and keep its result for mc_comm_wait (a GPU backend will add
+ * enqueue hooks here).
  */
 #ifndef MC_COMM_IMPL_H
 #define MC_COMM_IMPL_H
@@ -12,7 +16,12 @@
 
 typedef struct {
     const char *name;
-    mc_status (*all_reduce_sum_f32)(mc_comm *c, float *buf, size_t count, mc_err *err);
+    /* dtype: MC_DT_F32 or MC_DT_BF16 (checked) */
+    mc_status (*all_reduce_sum)(mc_comm *c, void *buf, size_t count, mc_dtype dtype, mc_err *err);
+    /* all_gather is all_gather_v with equal counts */
+    mc_status (*all_gather_v)(mc_comm *c, const void *send, size_t send_bytes, void *recv,
+                              const size_t *recv_counts, const size_t *recv_displs, mc_err *err);
+    mc_status (*bcast)(mc_comm *c, int root, void *buf, size_t bytes, mc_err *err);
     mc_status (*all_to_all_v)(mc_comm *c, const void *send, const size_t *send_counts,
                               const size_t *send_displs, void *recv, const size_t *recv_counts,
                               const size_t *recv_displs, mc_err *err);

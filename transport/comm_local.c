@@ -13,8 +13,10 @@
  *   2. each rank copies what it needs straight out of its peers' buffers
  *      (they are parked until step 2 ends), then all wait once more so no
  *      buffer is released while a peer still reads it.
- * all_reduce adds the inputs in rank order 0..n-1 on every rank, so every
- * rank gets bitwise the same sums.
+ * all_reduce adds the inputs in rank order 0..n-1 on every rank (bf16:
+ * widened to f32, added in f32, rounded once at the end), so every rank
+ * gets bitwise the same sums. all_gather and bcast copy straight from the
+ * contributing rank's buffer.
  *
  * send/recv is a rendezvous per (sender, receiver) slot: the sender posts
  * its buffer and waits until the receiver has copied it (as on NCCL, a send
@@ -36,10 +38,20 @@
 #include <string.h>
 #include <time.h>
 
-typedef enum { OP_ALL_REDUCE, OP_ALL_TO_ALL_V, OP_BARRIER, OP_SPLIT, OP_COUNT } local_op;
+typedef enum {
+    OP_ALL_REDUCE,
+    OP_ALL_GATHER,
+    OP_BCAST,
+    OP_ALL_TO_ALL_V,
+    OP_BARRIER,
+    OP_SPLIT,
+    OP_COUNT
+} local_op;
 
 static const char *const op_names[OP_COUNT] = {
-    [OP_ALL_REDUCE] = "all_reduce_sum_f32",
+    [OP_ALL_REDUCE] = "all_reduce_sum",
+    [OP_ALL_GATHER] = "all_gather",
+    [OP_BCAST] = "bcast",
     [OP_ALL_TO_ALL_V] = "all_to_all_v",
     [OP_BARRIER] = "barrier",
     [OP_SPLIT] = "split",
@@ -49,10 +61,13 @@ static const char *const op_names[OP_COUNT] = {
 typedef struct {
     local_op op;
     int nomem;           /* this rank could not allocate its scratch */
-    size_t count;        /* all_reduce: floats */
-    const float *values; /* all_reduce: input */
-    const char *send;    /* all_to_all_v */
-    const size_t *send_counts, *send_displs, *recv_counts;
+    size_t count;       /* all_reduce: elements */
+    mc_dtype dtype;     /* all_reduce */
+    const void *values; /* all_reduce: input (count) of dtype */
+    const char *send;   /* all_to_all_v, all_gather: send; bcast: buf */
+    size_t bytes;       /* all_gather: send bytes; bcast: bytes */
+    int root;           /* bcast */
+    const size_t *send_counts, *send_displs, *recv_counts; /* recv_counts also all_gather */
     int color, key; /* split */
     mc_comm *out;   /* split: this rank's new comm, built by the last arriver */
 } local_post;
@@ -321,10 +336,33 @@ static void complete_posts(local_group *g)
     switch (p0->op) {
     case OP_ALL_REDUCE:
         for (int q = 1; q < g->n; q++)
-            if (g->posts[q].count != p0->count) {
+            if (g->posts[q].count != p0->count || g->posts[q].dtype != p0->dtype) {
                 group_fail(g, MC_ERR_ARG,
-                           "all_reduce_sum_f32: rank 0 reduces %zu floats, rank %d reduces %zu",
-                           p0->count, q, g->posts[q].count);
+                           "all_reduce_sum: rank 0 reduces %zu %s elements, rank %d reduces %zu "
+                           "%s elements",
+                           p0->count, mc_dtype_name(p0->dtype), q, g->posts[q].count,
+                           mc_dtype_name(g->posts[q].dtype));
+                return;
+            }
+        break;
+    case OP_ALL_GATHER:
+        for (int p = 0; p < g->n; p++)
+            for (int q = 0; q < g->n; q++)
+                if (g->posts[p].recv_counts[q] != g->posts[q].bytes) {
+                    group_fail(g, MC_ERR_ARG,
+                               "all_gather: rank %d contributes %zu bytes, rank %d expects %zu "
+                               "bytes from it",
+                               q, g->posts[q].bytes, p, g->posts[p].recv_counts[q]);
+                    return;
+                }
+        break;
+    case OP_BCAST:
+        for (int q = 1; q < g->n; q++)
+            if (g->posts[q].root != p0->root || g->posts[q].bytes != p0->bytes) {
+                group_fail(g, MC_ERR_ARG,
+                           "bcast: rank 0 passes root %d and %zu bytes, rank %d root %d and %zu "
+                           "bytes",
+                           p0->root, p0->bytes, q, g->posts[q].root, g->posts[q].bytes);
                 return;
             }
         break;
@@ -383,10 +421,11 @@ static mc_status collective_end(mc_comm *c, local_op op, mc_err *err)
     return st;
 }
 
-static mc_status local_all_reduce(mc_comm *c, float *buf, size_t count, mc_err *err)
+static mc_status local_all_reduce(mc_comm *c, void *buf, size_t count, mc_dtype dtype,
+                                  mc_err *err)
 {
     local_comm *lc = c->impl;
-    local_post post = {.op = OP_ALL_REDUCE, .count = count, .values = buf};
+    local_post post = {.op = OP_ALL_REDUCE, .count = count, .dtype = dtype, .values = buf};
     if (count > lc->scratch_cap) {
         float *s = realloc(lc->scratch, count * sizeof *s);
         if (s) {
@@ -396,24 +435,79 @@ static mc_status local_all_reduce(mc_comm *c, float *buf, size_t count, mc_err *
             post.nomem = 1; /* join anyway so every rank fails alike */
         }
     }
-    int agreed;
+    int agreed = 0;
     mc_status st = collective_begin(c, &post, &agreed, err);
     if (st != MC_OK)
         return st;
     if (agreed && count > 0) {
         const local_post *posts = lc->g->posts;
-        float *sum = lc->scratch; /* (count) */
-        memcpy(sum, posts[0].values, count * sizeof *sum);
-        for (int q = 1; q < c->size; q++) {
-            const float *v = posts[q].values;
+        float *sum = lc->scratch; /* (count), in f32 for both dtypes */
+        if (dtype == MC_DT_F32) {
+            memcpy(sum, posts[0].values, count * sizeof *sum);
+            for (int q = 1; q < c->size; q++) {
+                const float *v = posts[q].values;
+                for (size_t i = 0; i < count; i++)
+                    sum[i] += v[i];
+            }
+        } else {
+            const uint16_t *v0 = posts[0].values;
             for (size_t i = 0; i < count; i++)
-                sum[i] += v[i];
+                sum[i] = mc_bf16_to_f32(v0[i]);
+            for (int q = 1; q < c->size; q++) {
+                const uint16_t *v = posts[q].values;
+                for (size_t i = 0; i < count; i++)
+                    sum[i] += mc_bf16_to_f32(v[i]);
+            }
         }
     }
     st = collective_end(c, OP_ALL_REDUCE, err);
-    if (st == MC_OK && count > 0)
-        memcpy(buf, lc->scratch, count * sizeof *buf); /* peers are done reading buf */
-    return st;
+    if (st != MC_OK || count == 0)
+        return st;
+    /* peers are done reading buf */
+    if (dtype == MC_DT_F32) {
+        memcpy(buf, lc->scratch, count * sizeof(float));
+    } else {
+        uint16_t *out = buf; /* (count) bf16 */
+        for (size_t i = 0; i < count; i++)
+            out[i] = mc_f32_to_bf16(lc->scratch[i]);
+    }
+    return MC_OK;
+}
+
+static mc_status local_all_gather_v(mc_comm *c, const void *send, size_t send_bytes, void *recv,
+                                    const size_t *recv_counts, const size_t *recv_displs,
+                                    mc_err *err)
+{
+    local_comm *lc = c->impl;
+    local_post post = {
+        .op = OP_ALL_GATHER, .send = send, .bytes = send_bytes, .recv_counts = recv_counts};
+    int agreed = 0;
+    mc_status st = collective_begin(c, &post, &agreed, err);
+    if (st != MC_OK)
+        return st;
+    if (agreed) {
+        const local_post *posts = lc->g->posts;
+        for (int q = 0; q < c->size; q++) {
+            char *dst = (char *)recv + recv_displs[q];
+            /* in place, my own block is already there (and peers read it now) */
+            if (recv_counts[q] > 0 && dst != posts[q].send) /* == posts[q].bytes, checked */
+                memcpy(dst, posts[q].send, recv_counts[q]);
+        }
+    }
+    return collective_end(c, OP_ALL_GATHER, err);
+}
+
+static mc_status local_bcast(mc_comm *c, int root, void *buf, size_t bytes, mc_err *err)
+{
+    local_comm *lc = c->impl;
+    local_post post = {.op = OP_BCAST, .send = buf, .bytes = bytes, .root = root};
+    int agreed = 0;
+    mc_status st = collective_begin(c, &post, &agreed, err);
+    if (st != MC_OK)
+        return st;
+    if (agreed && c->rank != root && bytes > 0)
+        memcpy(buf, lc->g->posts[root].send, bytes);
+    return collective_end(c, OP_BCAST, err);
 }
 
 static mc_status local_all_to_all_v(mc_comm *c, const void *send, const size_t *send_counts,
@@ -427,7 +521,7 @@ static mc_status local_all_to_all_v(mc_comm *c, const void *send, const size_t *
                        .send_counts = send_counts,
                        .send_displs = send_displs,
                        .recv_counts = recv_counts};
-    int agreed;
+    int agreed = 0;
     mc_status st = collective_begin(c, &post, &agreed, err);
     if (st != MC_OK)
         return st;
@@ -446,7 +540,7 @@ static mc_status local_all_to_all_v(mc_comm *c, const void *send, const size_t *
 static mc_status local_barrier(mc_comm *c, mc_err *err)
 {
     local_post post = {.op = OP_BARRIER};
-    int agreed;
+    int agreed = 0;
     mc_status st = collective_begin(c, &post, &agreed, err);
     if (st != MC_OK)
         return st;
@@ -457,7 +551,7 @@ static mc_status local_split(mc_comm *c, int color, int key, mc_comm **out, mc_e
 {
     local_group *g = ((local_comm *)c->impl)->g;
     local_post post = {.op = OP_SPLIT, .color = color, .key = key};
-    int agreed;
+    int agreed = 0;
     mc_status st = collective_begin(c, &post, &agreed, err);
     if (st != MC_OK)
         return st;
@@ -581,7 +675,9 @@ static void local_free(mc_comm *c)
 
 static const mc_comm_ops local_ops = {
     .name = "local",
-    .all_reduce_sum_f32 = local_all_reduce,
+    .all_reduce_sum = local_all_reduce,
+    .all_gather_v = local_all_gather_v,
+    .bcast = local_bcast,
     .all_to_all_v = local_all_to_all_v,
     .send = local_send,
     .recv = local_recv,

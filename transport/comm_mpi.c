@@ -22,8 +22,9 @@
 typedef struct {
     MPI_Comm comm;
     mc_watch_comm watch; /* what the watchdog knows of it */
-    float *scratch; /* all_reduce: (size * chunk) floats */
-    size_t scratch_cap;
+    char *scratch; /* all_reduce: (chunk) f32 sums, then (size, chunk) elements received;
+                      all_gather_v check: (size) uint64 */
+    size_t scratch_cap; /* bytes */
     int *ic; /* 4 * size ints: counts and displacements for MPI calls */
 } mpi_comm;
 
@@ -107,6 +108,15 @@ static mc_watch_comm *watch_of(mc_comm *c) { return &((mpi_comm *)c->impl)->watc
 
 /* ---- all_reduce -------------------------------------------------------- */
 
+static bool fits_int(const size_t *a, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (a[i] > (size_t)INT_MAX)
+            return false;
+    return true;
+}
+
+
 static void chunk_range(size_t count, int parts, int i, size_t *begin, size_t *len)
 {
     size_t per = count / (size_t)parts, extra = count % (size_t)parts;
@@ -114,50 +124,70 @@ static void chunk_range(size_t count, int parts, int i, size_t *begin, size_t *l
     *len = per + ((size_t)i < extra);
 }
 
-static mc_status reserve_scratch(mpi_comm *mc, size_t floats, const mc_comm *c, mc_err *err)
+static mc_status reserve_scratch(mpi_comm *mc, size_t bytes, const mc_comm *c, mc_err *err)
 {
-    if (floats <= mc->scratch_cap)
+    if (bytes <= mc->scratch_cap)
         return MC_OK;
-    float *s = realloc(mc->scratch, floats * sizeof *s);
+    char *s = realloc(mc->scratch, bytes);
     if (!s)
-        return mc_err_set(err, MC_ERR_NOMEM, "mpi rank %d (host %s): out of memory for %zu floats",
-                          g_world_rank, mc_comm_host(), floats);
+        return mc_err_set(err, MC_ERR_NOMEM, "mpi rank %d (host %s): out of memory for %zu bytes",
+                          g_world_rank, mc_comm_host(), bytes);
     mc->scratch = s;
-    mc->scratch_cap = floats;
+    mc->scratch_cap = bytes;
     return MC_OK;
 }
 
-static mc_status check_same_count(mc_comm *c, size_t count, mc_err *err)
+/* MC_COMM_CHECK: whether every rank passed the same v[0..k-1] (k <= 3), by
+ * one small all-reduce of (max v, max ~v); every rank gets the same answer. */
+static mc_status check_same(mc_comm *c, const char *what, const unsigned long long *v, int k,
+                            bool *same, mc_err *err)
 {
-    unsigned long long mine[2] = {count, ~(unsigned long long)count}, all[2];
-    MPI_TRY(c, "MPI_Allreduce (count check)",
-            MPI_Allreduce(mine, all, 2, MPI_UNSIGNED_LONG_LONG, MPI_MAX, comm_of(c)));
-    if (all[0] != count || ~all[1] != count)
-        return mc_err_set(err, MC_ERR_ARG,
-                          "mpi rank %d (host %s): all_reduce_sum_f32 of %zu floats, but another "
-                          "rank of the %d-rank communicator passed a different count",
-                          g_world_rank, mc_comm_host(), count, c->size);
+    unsigned long long mine[6], all[6];
+    for (int i = 0; i < k; i++) {
+        mine[2 * i] = v[i];
+        mine[2 * i + 1] = ~v[i];
+    }
+    MPI_TRY(c, what, MPI_Allreduce(mine, all, 2 * k, MPI_UNSIGNED_LONG_LONG, MPI_MAX, comm_of(c)));
+    *same = true;
+    for (int i = 0; i < k; i++)
+        *same = *same && all[2 * i] == v[i] && ~all[2 * i + 1] == v[i];
     return MC_OK;
 }
 
-static mc_status mpi_all_reduce(mc_comm *c, float *buf, size_t count, mc_err *err)
+static mc_status mpi_all_reduce(mc_comm *c, void *buf, size_t count, mc_dtype dtype, mc_err *err)
 {
     mpi_comm *mc = c->impl;
     int n = c->size, me = c->rank;
     mc_status st;
     mc_watch_collective(&mc->watch);
-    if (g_check && (st = check_same_count(c, count, err)) != MC_OK)
-        return st;
+    if (g_check) {
+        unsigned long long v[2] = {count, (unsigned long long)dtype};
+        bool same = false;
+        if ((st = check_same(c, "MPI_Allreduce (count check)", v, 2, &same, err)) != MC_OK)
+            return st;
+        if (!same)
+            return mc_err_set(err, MC_ERR_ARG,
+                              "mpi rank %d (host %s): all_reduce_sum of %zu %s elements, but "
+                              "another rank of the %d-rank communicator passed a different count "
+                              "or dtype",
+                              g_world_rank, mc_comm_host(), count, mc_dtype_name(dtype), c->size);
+    }
     if (n == 1 || count == 0)
         return MC_OK;
+    bool bf16 = dtype == MC_DT_BF16;
+    size_t esz = bf16 ? sizeof(uint16_t) : sizeof(float);
+    MPI_Datatype mt = bf16 ? MPI_UINT16_T : MPI_FLOAT;
     int *sc = mc->ic, *sd = mc->ic + n, *rc = mc->ic + 2 * n, *rd = mc->ic + 3 * n;
     for (size_t s0 = 0; s0 < count; s0 += AR_SEGMENT) {
         size_t seg = count - s0 < AR_SEGMENT ? count - s0 : AR_SEGMENT;
-        float *b = buf + s0;
+        char *b = (char *)buf + s0 * esz;
         size_t my0, mylen;
         chunk_range(seg, n, me, &my0, &mylen);
-        if ((st = reserve_scratch(mc, (size_t)n * (mylen ? mylen : 1), c, err)) != MC_OK)
+        size_t m = mylen ? mylen : 1;
+        if ((st = reserve_scratch(mc, m * sizeof(float) + (size_t)n * m * esz, c, err)) != MC_OK)
             return st;
+        float *acc = (float *)mc->scratch;          /* (mylen) f32 sums */
+        char *got = mc->scratch + m * sizeof(float); /* (n, mylen) elements */
         for (int p = 0; p < n; p++) {
             size_t b0, len;
             chunk_range(seg, n, p, &b0, &len);
@@ -167,14 +197,26 @@ static mc_status mpi_all_reduce(mc_comm *c, float *buf, size_t count, mc_err *er
             rd[p] = (int)((size_t)p * mylen);
         }
         MPI_TRY(c, "MPI_Alltoallv (all_reduce)",
-                MPI_Alltoallv(b, sc, sd, MPI_FLOAT, mc->scratch, rc, rd, MPI_FLOAT, comm_of(c)));
-        /* my chunk = sum over ranks in rank order 0, 1, ..., n-1 */
-        float *out = b + my0;
-        memcpy(out, mc->scratch, mylen * sizeof *out);
-        for (int p = 1; p < n; p++) {
-            const float *src = mc->scratch + (size_t)p * mylen;
+                MPI_Alltoallv(b, sc, sd, mt, got, rc, rd, mt, comm_of(c)));
+        /* my chunk = sum over ranks in rank order 0, 1, ..., n-1, in f32 */
+        if (!bf16) {
+            float *out = (float *)b + my0;
+            memcpy(out, got, mylen * sizeof *out);
+            for (int p = 1; p < n; p++) {
+                const float *src = (const float *)got + (size_t)p * mylen;
+                for (size_t i = 0; i < mylen; i++)
+                    out[i] += src[i];
+            }
+        } else {
+            const uint16_t *g16 = (const uint16_t *)got;
             for (size_t i = 0; i < mylen; i++)
-                out[i] += src[i];
+                acc[i] = mc_bf16_to_f32(g16[i]);
+            for (int p = 1; p < n; p++)
+                for (size_t i = 0; i < mylen; i++)
+                    acc[i] += mc_bf16_to_f32(g16[(size_t)p * mylen + i]);
+            uint16_t *out = (uint16_t *)b + my0;
+            for (size_t i = 0; i < mylen; i++)
+                out[i] = mc_f32_to_bf16(acc[i]); /* rounded once */
         }
         for (int p = 0; p < n; p++) {
             size_t b0, len;
@@ -183,20 +225,105 @@ static mc_status mpi_all_reduce(mc_comm *c, float *buf, size_t count, mc_err *er
             rd[p] = (int)b0;
         }
         MPI_TRY(c, "MPI_Allgatherv (all_reduce)",
-                MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_FLOAT, b, rc, rd, MPI_FLOAT, comm_of(c)));
+                MPI_Allgatherv(MPI_IN_PLACE, 0, mt, b, rc, rd, mt, comm_of(c)));
     }
     return MC_OK;
 }
 
-/* ---- all_to_all_v ------------------------------------------------------ */
+/* ---- bcast, all_gather_v ----------------------------------------------- */
 
-static bool fits_int(const size_t *a, int n)
+/* MPI_Bcast in pieces; no watchdog bookkeeping (callers do it). */
+static mc_status bcast_pieces(mc_comm *c, int root, char *buf, size_t bytes, mc_err *err)
 {
-    for (int i = 0; i < n; i++)
-        if (a[i] > (size_t)INT_MAX)
-            return false;
-    return true;
+    for (size_t off = 0; off < bytes; off += PIECE_BYTES) {
+        int len = (int)(bytes - off < PIECE_BYTES ? bytes - off : PIECE_BYTES);
+        MPI_TRY(c, "MPI_Bcast", MPI_Bcast(buf + off, len, MPI_BYTE, root, comm_of(c)));
+    }
+    return MC_OK;
 }
+
+static mc_status mpi_bcast(mc_comm *c, int root, void *buf, size_t bytes, mc_err *err)
+{
+    mc_watch_collective(watch_of(c));
+    if (g_check) {
+        unsigned long long v[2] = {(unsigned long long)root, bytes};
+        bool same = false;
+        mc_status st = check_same(c, "MPI_Allreduce (bcast check)", v, 2, &same, err);
+        if (st != MC_OK)
+            return st;
+        if (!same)
+            return mc_err_set(err, MC_ERR_ARG,
+                              "mpi rank %d (host %s): bcast from root %d of %zu bytes, but another "
+                              "rank of the %d-rank communicator passed a different root or size",
+                              g_world_rank, mc_comm_host(), root, bytes, c->size);
+    }
+    return bcast_pieces(c, root, buf, bytes, err);
+}
+
+/* MC_COMM_CHECK: every rank's recv_counts against every rank's send_bytes. */
+static mc_status check_gather(mc_comm *c, size_t send_bytes, const size_t *recv_counts,
+                              mc_err *err)
+{
+    mpi_comm *mc = c->impl;
+    int n = c->size;
+    mc_status st = reserve_scratch(mc, (size_t)n * sizeof(unsigned long long), c, err);
+    if (st != MC_OK)
+        return st;
+    unsigned long long mine = send_bytes, *sent = (unsigned long long *)mc->scratch; /* (n) */
+    MPI_TRY(c, "MPI_Allgather (all_gather check)",
+            MPI_Allgather(&mine, 1, MPI_UNSIGNED_LONG_LONG, sent, 1, MPI_UNSIGNED_LONG_LONG,
+                          comm_of(c)));
+    /* the first (receiver, sender) pair that disagrees, as receiver * n + sender */
+    unsigned long long bad = ULLONG_MAX, first = ULLONG_MAX;
+    for (int q = 0; q < n && bad == ULLONG_MAX; q++)
+        if (recv_counts[q] != sent[q])
+            bad = (unsigned long long)c->rank * (unsigned long long)n + (unsigned long long)q;
+    MPI_TRY(c, "MPI_Allreduce (all_gather check)",
+            MPI_Allreduce(&bad, &first, 1, MPI_UNSIGNED_LONG_LONG, MPI_MIN, comm_of(c)));
+    if (first == ULLONG_MAX)
+        return MC_OK;
+    int p = (int)(first / (unsigned long long)n), q = (int)(first % (unsigned long long)n);
+    return mc_err_set(err, MC_ERR_ARG,
+                      "mpi rank %d (host %s): all_gather: rank %d contributes %llu bytes, rank %d "
+                      "expects a different count from it",
+                      g_world_rank, mc_comm_host(), q, sent[q], p);
+}
+
+static mc_status mpi_all_gather_v(mc_comm *c, const void *send, size_t send_bytes, void *recv,
+                                  const size_t *recv_counts, const size_t *recv_displs,
+                                  mc_err *err)
+{
+    mpi_comm *mc = c->impl;
+    int n = c->size, me = c->rank;
+    mc_status st;
+    mc_watch_collective(&mc->watch);
+    if (g_check && (st = check_gather(c, send_bytes, recv_counts, err)) != MC_OK)
+        return st;
+    char *mine = recv ? (char *)recv + recv_displs[me] : NULL;
+    bool in_place = send && send == mine;
+    if (!fits_int(recv_counts, n) || !fits_int(recv_displs, n)) {
+        /* beyond MPI's int range: each rank's region from its owner, in pieces */
+        if (!in_place && send_bytes > 0)
+            memmove(mine, send, send_bytes);
+        for (int p = 0; p < n; p++)
+            if ((st = bcast_pieces(c, p, (char *)recv + recv_displs[p], recv_counts[p], err)) !=
+                MC_OK)
+                return st;
+        return MC_OK;
+    }
+    int *rc = mc->ic, *rd = mc->ic + n;
+    for (int p = 0; p < n; p++) {
+        rc[p] = (int)recv_counts[p];
+        rd[p] = (int)recv_displs[p];
+    }
+    static char dummy[1]; /* MPI wants valid pointers even when every count is zero */
+    MPI_TRY(c, "MPI_Allgatherv",
+            MPI_Allgatherv(in_place ? MPI_IN_PLACE : send ? send : dummy, (int)send_bytes,
+                           MPI_BYTE, recv ? recv : dummy, rc, rd, MPI_BYTE, comm_of(c)));
+    return MC_OK;
+}
+
+/* ---- all_to_all_v ------------------------------------------------------ */
 
 /* Pairwise exchange in pieces for counts beyond MPI's int range. */
 static mc_status a2a_pairwise(mc_comm *c, const char *send, const size_t *send_counts,
@@ -401,7 +528,9 @@ static void mpi_free(mc_comm *c)
 
 static const mc_comm_ops mpi_ops = {
     .name = "mpi",
-    .all_reduce_sum_f32 = mpi_all_reduce,
+    .all_reduce_sum = mpi_all_reduce,
+    .all_gather_v = mpi_all_gather_v,
+    .bcast = mpi_bcast,
     .all_to_all_v = mpi_all_to_all_v,
     .send = mpi_send,
     .recv = mpi_recv,

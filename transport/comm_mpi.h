@@ -5,24 +5,35 @@
  * a process started by hand gets the one-rank "self" communicator and never
  * touches MPI, so the single-process engine behaves exactly as without MPI.
  *
- * The MPI backend moves host memory with MPI_BYTE / MPI_FLOAT messages:
- *   all_reduce_sum_f32  reduce-scatter (MPI_Alltoallv of 1/size chunks),
- *                       each chunk summed in rank order 0..size-1 by the
- *                       rank that owns it, then MPI_Allgatherv: every rank
- *                       gets bitwise the same sums, in the order comm.h
- *                       promises.
+ * The MPI backend moves host memory with MPI_BYTE / MPI_FLOAT / MPI_UINT16_T
+ * messages:
+ *   all_reduce_sum      reduce-scatter (MPI_Alltoallv of 1/size chunks),
+ *                       each chunk summed in f32 in rank order 0..size-1 by
+ *                       the rank that owns it (bf16: widened, summed, then
+ *                       rounded once), then MPI_Allgatherv: every rank gets
+ *                       bitwise the same sums, in the order comm.h promises.
+ *   all_gather(_v)      MPI_Allgatherv on bytes (MPI_IN_PLACE when in place;
+ *                       one MPI_Bcast per rank, in 1 GiB pieces, when a count
+ *                       exceeds INT_MAX).
+ *   bcast               MPI_Bcast in 1 GiB pieces; bcast_id is comm.c's
+ *                       all_gather of (root, len) followed by bcast.
  *   all_to_all_v        MPI_Alltoallv on bytes (pairwise MPI_Sendrecv in
  *                       1 GiB pieces when a count exceeds INT_MAX).
  *   send / recv         MPI_Send / MPI_Recv in 1 GiB pieces; a size that
  *                       differs from the sender's is reported.
  *   split               MPI_Comm_split.
+ *   i-forms             the blocking call, completed before the i-call
+ *                       returns (comm.c); mc_comm_wait only reports.
  * Every communicator returns MPI errors (MPI_ERRORS_RETURN) instead of
  * aborting; they come back as MC_ERR_IO with the world rank, the host and
  * MPI's own message.
  *
  * Agreement between ranks (same collective, matching counts) is not checked
- * by MPI; set MC_COMM_CHECK=1 to check counts of all_reduce with one extra
- * small collective per call.
+ * by MPI; set MC_COMM_CHECK=1 to check, with one or two extra small
+ * collectives per call, the count and dtype of all_reduce_sum, the root and
+ * size of bcast, and every rank's recv_counts against the senders' sizes in
+ * all_gather(_v): a disagreement is then MC_ERR_ARG on every rank, before the
+ * exchange, and the communicator stays usable. bcast_id always checks.
  *
  * Watchdog (comm_watch.h): with MC_COMM_TIMEOUT=S (seconds, default 600,
  * 0 = off; any other value is refused at init) a rank that has waited S

@@ -65,8 +65,8 @@ void mc_watch_board_unlink(const char *name);
 void mc_watch_track(mc_watch_comm *w);
 void mc_watch_untrack(mc_watch_comm *w);
 
-/* Called once per collective (all_reduce, all_to_all_v, barrier, split),
- * before its first MPI call. */
+/* Called once per collective (all_reduce, all_gather_v, bcast, all_to_all_v,
+ * barrier, split), before its first MPI call. */
 void mc_watch_collective(mc_watch_comm *w);
 /* Around every blocking MPI call: op names it; peer is the communicator
  * rank of the other side of a send or receive, -1 in a collective. */

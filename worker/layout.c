@@ -1,18 +1,21 @@
-/* layout.c - one rank's share of the model (see layout.h). */
+/* layout.c - one rank's share of the model (see layout.h). Every range
+ * comes from the split rules of shard/split.h, the ones `plan` and `shard`
+ * use. */
 #include "layout.h"
+
+#include "split.h"
 
 void mc_split(int total, int parts, int i, int *begin, int *count)
 {
-    int per = total / parts, extra = total % parts;
-    *begin = i * per + (i < extra ? i : extra);
-    *count = per + (i < extra);
+    int64_t b, e;
+    mc_split_range(total, parts, i, &b, &e);
+    *begin = (int)b;
+    *count = (int)(e - b);
 }
 
 int mc_layout_expert_owner(const mc_layout *l, int n_experts, int e)
 {
-    int per = n_experts / l->ep, extra = n_experts % l->ep;
-    int big = extra * (per + 1); /* experts held by the ranks with one more */
-    return e < big ? e / (per + 1) : extra + (e - big) / (per > 0 ? per : 1);
+    return mc_split_owner(n_experts, l->ep, e);
 }
 
 int mc_layout_world_rank(const mc_layout *l, int stage, int dp_rank, int tp_rank)
@@ -36,13 +39,9 @@ static void fill_ranges(const mc_model_desc *d, mc_layout *l)
         l->expert1 = l->expert0 + n;
     }
     mc_split(d->n_heads, l->tp, l->tp_rank, &l->head0, &l->n_heads);
+    /* split, or (tp a multiple of the KV heads) a copy of the group's head */
     int nkv = d->n_kv_heads > 0 ? d->n_kv_heads : d->n_heads;
-    if (nkv % l->tp == 0) {
-        mc_split(nkv, l->tp, l->tp_rank, &l->kv_head0, &l->n_kv_heads);
-    } else { /* tp is a multiple of the KV heads: each rank keeps a copy of its group's head */
-        l->kv_head0 = l->tp_rank / (l->tp / nkv);
-        l->n_kv_heads = 1;
-    }
+    mc_split_kv_heads(nkv, l->tp, l->tp_rank, &l->kv_head0, &l->n_kv_heads);
     mc_split(d->vocab, l->tp, l->tp_rank, &l->vocab0, &l->n_vocab);
 }
 
@@ -88,7 +87,8 @@ mc_status mc_layout_make(const mc_model_desc *d, int world, int rank, int tp, in
                           "--tp %d: the %d attention (query) heads of %s do not split evenly over "
                           "%d tensor-parallel ranks; use a --tp that divides %d",
                           tp, d->n_heads, d->model_type, tp, d->n_heads);
-    if (tp > 1 && d->attn == MC_ATTN_GQA && d->n_kv_heads % tp != 0 && tp % d->n_kv_heads != 0)
+    int kv0, nkv;
+    if (tp > 1 && d->attn == MC_ATTN_GQA && !mc_split_kv_heads(d->n_kv_heads, tp, 0, &kv0, &nkv))
         return mc_err_set(err, MC_ERR_ARG,
                           "--tp %d: the %d KV heads of %s neither split evenly over %d ranks nor "
                           "can be copied evenly (tp a multiple of the KV heads)",

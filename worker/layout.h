@@ -36,7 +36,8 @@ typedef struct {
 } mc_layout;
 
 /* Balanced split of `total` items into `parts`: part i gets [*begin, *begin + *count),
- * earlier parts one more when it does not divide. */
+ * earlier parts one more when it does not divide (mc_split_range of shard/split.h,
+ * which plan and shard use, counted in ints). */
 void mc_split(int total, int parts, int i, int *begin, int *count);
 
 /* Fills the layout of `rank` among `world` ranks. tp, ep, pp <= 0 mean the

@@ -9,6 +9,7 @@
 #include "model_tensors.h"
 #include "parallel.h"
 #include "shard_out.h"
+#include "split.h"
 
 #include <jansson.h>
 #include <stdio.h>
@@ -242,6 +243,16 @@ static mc_status bind_part(mc_model *m, mc_tensor_role role, int layer, int expe
     return dim == 0 ? mat_rows(m, out, b, n, err) : dim == 1 ? mat_cols(m, out, b, n, err) : MC_OK;
 }
 
+/* Binds role's [rows, cols] matrix cut as the split table says for this tp
+ * rank (split.h): its head, KV head, row or vocabulary slice, or all of it. */
+static mc_status bind_split(mc_model *m, mc_tensor_role role, int layer, int expert, int rows,
+                            int cols, const char *why, mc_mat *out, mc_err *err)
+{
+    int64_t b, e;
+    int dim = mc_split_tp_slice(&m->d, role, m->lay.tp, m->lay.tp_rank, &b, &e);
+    return bind_part(m, role, layer, expert, rows, cols, dim, (int)b, (int)(e - b), why, out, err);
+}
+
 /* Binds a 1-D tensor of n elements as an owned f32 copy. */
 static mc_status bind_vec(mc_model *m, mc_tensor_role role, int layer, int n, const char *why,
                           float **out, mc_err *err)
@@ -265,22 +276,18 @@ static mc_status bind_vec(mc_model *m, mc_tensor_role role, int layer, int n, co
     return MC_OK;
 }
 
-/* A SwiGLU FFN of width `inter`; with `split`, column-then-row over the tp
- * ranks: gate/up keep rows [i0, i0+ni), down the same columns. */
+/* A SwiGLU FFN of width `inter` (roles gate, gate + 1 = up, gate + 2 =
+ * down), cut by the split table: dense and shared FFNs column-then-row over
+ * the tp ranks (gate/up keep rows [i0, i0+ni), down the same columns), a
+ * routed expert whole. */
 static mc_status bind_ffn(mc_model *m, int layer, int expert, mc_tensor_role gate, int inter,
-                          bool split, const char *why, mc_ffn_w *f, mc_err *err)
+                          const char *why, mc_ffn_w *f, mc_err *err)
 {
-    int H = m->d.hidden, i0 = 0, ni = inter;
-    if (split)
-        mc_split(inter, m->lay.tp, m->lay.tp_rank, &i0, &ni);
-    int rd = split ? 0 : -1, cd = split ? 1 : -1;
+    int H = m->d.hidden;
     mc_status st;
-    if ((st = bind_part(m, gate, layer, expert, inter, H, rd, i0, ni, why, &f->gate, err)) !=
-            MC_OK ||
-        (st = bind_part(m, gate + 1, layer, expert, inter, H, rd, i0, ni, why, &f->up, err)) !=
-            MC_OK ||
-        (st = bind_part(m, gate + 2, layer, expert, H, inter, cd, i0, ni, why, &f->down, err)) !=
-            MC_OK)
+    if ((st = bind_split(m, gate, layer, expert, inter, H, why, &f->gate, err)) != MC_OK ||
+        (st = bind_split(m, gate + 1, layer, expert, inter, H, why, &f->up, err)) != MC_OK ||
+        (st = bind_split(m, gate + 2, layer, expert, H, inter, why, &f->down, err)) != MC_OK)
         return st;
     return MC_OK;
 }
@@ -340,15 +347,16 @@ static mc_status bind_fused_experts(mc_model *m, int l, mc_ffn_w *experts, mc_er
     return MC_OK;
 }
 
-/* Binds layer l's tensors of this rank's share: its head slice of the
- * attention (q / kv_b / KV heads rows, wo columns), its slice of the dense
- * and shared-expert FFN width, and only its routed experts. */
+/* Binds layer l's tensors of this rank's share, cut by the split table:
+ * its head slice of the attention (q / kv_b / KV heads rows, wo columns),
+ * its slice of the dense and shared-expert FFN width, and only its routed
+ * experts. */
 static mc_status bind_layer(mc_model *m, int l, mc_err *err)
 {
     const mc_model_desc *d = &m->d;
     const mc_layout *lay = &m->lay;
     mc_layer_w *w = &m->layers[l];
-    int H = d->hidden, nh = d->n_heads, h0 = lay->head0, nhl = lay->n_heads;
+    int H = d->hidden, nh = d->n_heads;
     mc_status st;
 #define TRY(x)                                                                                     \
     do {                                                                                           \
@@ -360,44 +368,42 @@ static mc_status bind_layer(mc_model *m, int l, mc_err *err)
     if (d->attn == MC_ATTN_MLA) {
         int qk = d->qk_nope_dim + d->qk_rope_dim, kvb = d->qk_nope_dim + d->v_head_dim;
         if (d->q_lora_rank > 0) {
-            TRY(bind_mat(m, MC_T_Q_A, l, 0, d->q_lora_rank, H, "q_lora_rank x hidden_size", &w->q_a, err));
+            TRY(bind_split(m, MC_T_Q_A, l, 0, d->q_lora_rank, H, "q_lora_rank x hidden_size",
+                           &w->q_a, err));
             TRY(bind_vec(m, MC_T_Q_A_NORM, l, d->q_lora_rank, "q_lora_rank", &w->q_a_norm, err));
-            TRY(bind_part(m, MC_T_Q_B, l, 0, nh * qk, d->q_lora_rank, 0, h0 * qk, nhl * qk,
-                          "heads*(qk_nope+qk_rope) x q_lora_rank", &w->q_b, err));
+            TRY(bind_split(m, MC_T_Q_B, l, 0, nh * qk, d->q_lora_rank,
+                           "heads*(qk_nope+qk_rope) x q_lora_rank", &w->q_b, err));
         } else {
-            TRY(bind_part(m, MC_T_Q, l, 0, nh * qk, H, 0, h0 * qk, nhl * qk,
-                          "heads*(qk_nope+qk_rope) x hidden_size", &w->q_proj, err));
+            TRY(bind_split(m, MC_T_Q, l, 0, nh * qk, H, "heads*(qk_nope+qk_rope) x hidden_size",
+                           &w->q_proj, err));
         }
         /* the latent (kv_a) is shared by all heads: every tp rank computes it */
-        TRY(bind_mat(m, MC_T_KV_A, l, 0, d->kv_lora_rank + d->qk_rope_dim, H,
-                     "(kv_lora_rank+qk_rope_head_dim) x hidden_size", &w->kv_a, err));
+        TRY(bind_split(m, MC_T_KV_A, l, 0, d->kv_lora_rank + d->qk_rope_dim, H,
+                       "(kv_lora_rank+qk_rope_head_dim) x hidden_size", &w->kv_a, err));
         TRY(bind_vec(m, MC_T_KV_A_NORM, l, d->kv_lora_rank, "kv_lora_rank", &w->kv_a_norm, err));
-        TRY(bind_part(m, MC_T_KV_B, l, 0, nh * kvb, d->kv_lora_rank, 0, h0 * kvb, nhl * kvb,
-                      "heads*(qk_nope+v_head_dim) x kv_lora_rank", &w->kv_b, err));
-        TRY(bind_part(m, MC_T_O, l, 0, H, nh * d->v_head_dim, 1, h0 * d->v_head_dim,
-                      nhl * d->v_head_dim, "hidden_size x heads*v_head_dim", &w->wo, err));
+        TRY(bind_split(m, MC_T_KV_B, l, 0, nh * kvb, d->kv_lora_rank,
+                       "heads*(qk_nope+v_head_dim) x kv_lora_rank", &w->kv_b, err));
+        TRY(bind_split(m, MC_T_O, l, 0, H, nh * d->v_head_dim, "hidden_size x heads*v_head_dim",
+                       &w->wo, err));
         if (d->index_topk > 0) { /* the indexer picks tokens for all heads: not split */
             int ih = d->index_n_heads, id = d->index_head_dim;
-            TRY(bind_mat(m, MC_T_IDX_WQ_B, l, 0, ih * id, d->q_lora_rank,
-                         "index_n_heads*index_head_dim x q_lora_rank", &w->idx_wq_b, err));
-            TRY(bind_mat(m, MC_T_IDX_WK, l, 0, id, H, "index_head_dim x hidden_size", &w->idx_wk,
-                         err));
+            TRY(bind_split(m, MC_T_IDX_WQ_B, l, 0, ih * id, d->q_lora_rank,
+                           "index_n_heads*index_head_dim x q_lora_rank", &w->idx_wq_b, err));
+            TRY(bind_split(m, MC_T_IDX_WK, l, 0, id, H, "index_head_dim x hidden_size",
+                           &w->idx_wk, err));
             TRY(bind_vec(m, MC_T_IDX_K_NORM, l, id, "index_head_dim", &w->idx_k_norm, err));
             TRY(bind_vec(m, MC_T_IDX_K_NORM_BIAS, l, id, "index_head_dim", &w->idx_k_bias, err));
-            TRY(bind_mat(m, MC_T_IDX_WEIGHTS, l, 0, ih, H, "index_n_heads x hidden_size",
-                         &w->idx_weights, err));
+            TRY(bind_split(m, MC_T_IDX_WEIGHTS, l, 0, ih, H, "index_n_heads x hidden_size",
+                           &w->idx_weights, err));
         }
     } else {
-        int hd = d->head_dim, nkv = d->n_kv_heads, g0 = lay->kv_head0 * hd;
-        int ng = lay->n_kv_heads * hd;
-        TRY(bind_part(m, MC_T_Q, l, 0, nh * hd, H, 0, h0 * hd, nhl * hd,
-                      "heads*head_dim x hidden_size", &w->wq, err));
-        TRY(bind_part(m, MC_T_K, l, 0, nkv * hd, H, 0, g0, ng, "kv_heads*head_dim x hidden_size",
-                      &w->wk, err));
-        TRY(bind_part(m, MC_T_V, l, 0, nkv * hd, H, 0, g0, ng, "kv_heads*head_dim x hidden_size",
-                      &w->wv, err));
-        TRY(bind_part(m, MC_T_O, l, 0, H, nh * hd, 1, h0 * hd, nhl * hd,
-                      "hidden_size x heads*head_dim", &w->wo, err));
+        int hd = d->head_dim, nkv = d->n_kv_heads;
+        TRY(bind_split(m, MC_T_Q, l, 0, nh * hd, H, "heads*head_dim x hidden_size", &w->wq, err));
+        TRY(bind_split(m, MC_T_K, l, 0, nkv * hd, H, "kv_heads*head_dim x hidden_size", &w->wk,
+                       err));
+        TRY(bind_split(m, MC_T_V, l, 0, nkv * hd, H, "kv_heads*head_dim x hidden_size", &w->wv,
+                       err));
+        TRY(bind_split(m, MC_T_O, l, 0, H, nh * hd, "hidden_size x heads*head_dim", &w->wo, err));
         if (d->qk_norm) {
             TRY(bind_vec(m, MC_T_Q_NORM, l, hd, "head_dim", &w->q_norm, err));
             TRY(bind_vec(m, MC_T_K_NORM, l, hd, "head_dim", &w->k_norm, err));
@@ -405,11 +411,12 @@ static mc_status bind_layer(mc_model *m, int l, mc_err *err)
     }
     w->moe = d->layer_moe[l];
     if (!w->moe) {
-        TRY(bind_ffn(m, l, 0, MC_T_DENSE_GATE, d->dense_inter, true, "intermediate_size",
-                     &w->dense, err));
+        TRY(bind_ffn(m, l, 0, MC_T_DENSE_GATE, d->dense_inter, "intermediate_size", &w->dense,
+                     err));
         return MC_OK;
     }
-    TRY(bind_mat(m, MC_T_ROUTER, l, 0, d->n_experts, H, "n_experts x hidden_size", &w->router, err));
+    TRY(bind_split(m, MC_T_ROUTER, l, 0, d->n_experts, H, "n_experts x hidden_size", &w->router,
+                   err));
     if (d->has_score_bias)
         TRY(bind_vec(m, MC_T_ROUTER_BIAS, l, d->n_experts, "n_routed_experts", &w->score_bias, err));
     /* indexed by global expert id; only [expert0, expert1) are bound */
@@ -418,14 +425,14 @@ static mc_status bind_layer(mc_model *m, int l, mc_err *err)
         return mc_err_set(err, MC_ERR_NOMEM, "out of memory");
     if (d->expert_layout == MC_EXPERTS_SEPARATE) {
         for (int e = lay->expert0; e < lay->expert1; e++)
-            TRY(bind_ffn(m, l, e, MC_T_EXPERT_GATE, d->moe_inter, false, "moe_intermediate_size",
+            TRY(bind_ffn(m, l, e, MC_T_EXPERT_GATE, d->moe_inter, "moe_intermediate_size",
                          &w->experts[e], err));
     } else {
         TRY(bind_fused_experts(m, l, w->experts, err));
     }
     if (d->n_shared_experts > 0) {
         w->has_shared = true;
-        TRY(bind_ffn(m, l, 0, MC_T_SHARED_GATE, d->shared_inter, true,
+        TRY(bind_ffn(m, l, 0, MC_T_SHARED_GATE, d->shared_inter,
                      "moe_intermediate_size*n_shared_experts", &w->shared, err));
     }
 #undef TRY
@@ -461,13 +468,12 @@ static mc_status bind_share(mc_model *m, const char *dir, mc_err *err)
         return mc_v4_load(m, err);
     bool first = lay->stage == 0, last = lay->stage == lay->pp - 1;
     /* embedding and LM head: this tp rank's vocabulary rows */
-    int vd = lay->tp > 1 ? 0 : -1, v0 = lay->vocab0, nv = lay->n_vocab;
-    if (first && (st = bind_part(m, MC_T_EMBED, 0, 0, d->vocab, d->hidden, vd, v0, nv,
-                                 "vocab_size x hidden_size", &m->embed, err)) != MC_OK)
+    if (first && (st = bind_split(m, MC_T_EMBED, 0, 0, d->vocab, d->hidden,
+                                  "vocab_size x hidden_size", &m->embed, err)) != MC_OK)
         return st;
     if (last) {
-        st = bind_part(m, d->tie_embeddings ? MC_T_EMBED : MC_T_LM_HEAD, 0, 0, d->vocab, d->hidden,
-                       vd, v0, nv, "vocab_size x hidden_size", &m->lm_head, err);
+        st = bind_split(m, d->tie_embeddings ? MC_T_EMBED : MC_T_LM_HEAD, 0, 0, d->vocab,
+                        d->hidden, "vocab_size x hidden_size", &m->lm_head, err);
         if (st != MC_OK)
             return st;
         if ((st = bind_vec(m, MC_T_FINAL_NORM, 0, d->hidden, "hidden_size", &m->final_norm,
@@ -583,7 +589,7 @@ static mc_status load(const char *dir, mc_comm *world, bool owns_world, int tp, 
     }
     if (st == MC_OK && m->shards) {
         /* a shard set decides the layout; options may only repeat it */
-        int stp, sep, spp;
+        int stp = 0, sep = 0, spp = 0;
         st = mc_shard_rank_dir(dir, rank, n, rdir, sizeof rdir, err);
         if (st == MC_OK)
             st = shard_layout(dir, NULL, &stp, &sep, &spp, err);

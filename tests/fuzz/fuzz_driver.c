@@ -102,8 +102,11 @@ static void add_path(const char *path, int depth)
         }
     for (size_t i = 0; i < n; i++) {
         char sub[4096];
-        snprintf(sub, sizeof sub, "%s/%s", path, names[i]);
-        add_path(sub, depth + 1);
+        int len = snprintf(sub, sizeof sub, "%s/%s", path, names[i]);
+        if (len < 0 || (size_t)len >= sizeof sub)
+            fprintf(stderr, "fuzz_driver: path too long, skipped: %s/%s\n", path, names[i]);
+        else
+            add_path(sub, depth + 1);
         free(names[i]);
     }
     free(names);

@@ -12,6 +12,7 @@
 # Exit status: the fuzzer's (0 = nothing found); 77 after printing
 # "SKIP: ..." when clang, libFuzzer or working sanitizer runtimes are
 # missing (CTest maps 77 to "skipped"); 1 on a build failure.
+# MC_FUZZ_CFLAGS (environment, optional): more compiler flags, e.g. -I folders.
 set -u
 
 clang=${1:-}
@@ -60,7 +61,7 @@ bin="$work/$name"
 # shellcheck disable=SC2086 # the source list and pkg-config flags are meant to split
 "$clang" -std=c11 -g -O1 -Wall -Wextra -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE \
     -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer \
-    -I"$root/core" -I"$root/shard" $pkg_cflags $sources $pkg_libs -lm -o "$bin" ||
+    -I"$root/core" -I"$root/shard" ${MC_FUZZ_CFLAGS:-} $pkg_cflags $sources $pkg_libs -lm -o "$bin" ||
     { echo "FAIL: building $bin"; exit 1; }
 
 # Seeds copied fresh (numbered: several are called config.json); new

@@ -24,6 +24,9 @@ commands:
                            (a relay between mpirun and it) is killed says so and exits
   stop PROGRAM             one rank of `PROGRAM spin` (test_comm_mpi) is SIGSTOPped:
                            the job ends non-zero and the waiting ranks name it
+  lonely PROGRAM           `PROGRAM lonely OP` (test_comm_mpi): rank 1 never joins
+                           bcast_id / bcast / iall_reduce; the watchdog ends the job
+                           and the waiting ranks name rank 1 and the MPI call
 """
 import argparse
 import json
@@ -458,6 +461,23 @@ def cmd_stop(a, rest):
         kill_marked(marker)
 
 
+def cmd_lonely(a, rest):
+    host = socket.gethostname()
+    prog = rest[0]
+    for op, call in [("bcast_id", "MPI_Allgatherv"), ("bcast", "MPI_Bcast"),
+                     ("iall_reduce", "MPI_Alltoallv")]:
+        rc, so, se, dt = run(mpi_prefix(a, 3) + [prog, "lonely", op],
+                             env=mpi_env({"MC_COMM_TIMEOUT": "1"}), timeout=60)
+        check(rc not in (0, -999) and dt < 30,
+              f"{op} without rank 1: the job ends non-zero (exit {rc}) in {dt:.1f} s", se)
+        named = named_ranks(se)
+        blamed = {r for rs in named.values() for r, note in rs.items() if not note}
+        check(blamed == {1} and 1 not in named, f"{op}: the waiting ranks name rank 1 ({named})",
+              se)
+        check(re.search(r"rank [02] \(host " + re.escape(host) + r"\): " + call, se) is not None,
+              f"{op}: the message names the rank, its host and {call}", se)
+
+
 def cmd_shards(a, rest):
     model, cluster, n = rest[0], rest[1], int(rest[2])
     out = os.path.join(a.work, f"shards_{model}_{os.path.basename(cluster)}")
@@ -499,7 +519,7 @@ def main():
     a_work = a.work
     {"exec": cmd_exec, "score": cmd_score, "refuse": cmd_refuse, "generate": cmd_generate,
      "stats": cmd_stats, "fault": cmd_fault, "shards": cmd_shards, "timeout": cmd_timeout,
-     "launcher": cmd_launcher, "stop": cmd_stop}[a.command](a, a.rest)
+     "launcher": cmd_launcher, "stop": cmd_stop, "lonely": cmd_lonely}[a.command](a, a.rest)
     print(f"{failures} failure(s)")
     return 1 if failures else 0
 

@@ -5,10 +5,19 @@
  * send/recv (empty and multi-megabyte messages), barrier, split into
  * sub-communicators (and a color that opts out), size mismatches on recv
  * reported as errors, and the worker's broadcast and agreement helpers.
+ * Then the calls the GPU backends need: all-reduce in bf16 (small integers,
+ * exact; rounding once; bitwise agreement), all-gather(_v) with in-place and
+ * zero counts, broadcast from every root (also multi-megabyte), bcast_id of
+ * 128 bytes, the asynchronous forms equal to the synchronous ones, and
+ * refusals: bad arguments, a bcast_id whose ranks disagree on the length,
+ * and with MC_COMM_CHECK=1 disagreeing dtypes, roots and counts.
  *
  * `test_comm_mpi spin` instead runs collectives until the job is ended
  * (failure tests of run_mpi.py stop or kill processes of it): each rank
- * prints "rank R spinning (pid P)" once, then loops. */
+ * prints "rank R spinning (pid P)" once, then loops.
+ * `test_comm_mpi lonely OP` (OP: bcast_id, bcast, iall_reduce) has every
+ * rank but rank 1 call OP while rank 1 sleeps: the watchdog must end the
+ * job, naming rank 1 (run_mpi.py lonely). */
 #include "comm.h"
 #include "comm_mpi.h"
 #include "parallel.h"
@@ -206,6 +215,241 @@ static void test_agree(mc_comm *c)
         CHECK(err.msg[0] == '\0');
 }
 
+/* ---- typed all-reduce, all-gather, broadcast, bcast_id, async ---------- */
+
+static void test_all_reduce_bf16(mc_comm *c)
+{
+    mc_err err;
+    int n = mc_comm_size(c), r = mc_comm_rank(c);
+    size_t sizes[] = {0, 1, 5, 100003};
+    for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
+        size_t cnt = sizes[s];
+        uint16_t *h = malloc((cnt ? cnt : 1) * sizeof *h);
+        for (size_t i = 0; i < cnt; i++) /* sums below 256 in magnitude: exact in bf16 */
+            h[i] = mc_f32_to_bf16((float)((int)(i % 9) - r));
+        OK(mc_comm_all_reduce_sum(c, h, cnt, MC_DT_BF16, &err));
+        int bad = 0;
+        for (size_t i = 0; i < cnt; i++) {
+            int want = 0;
+            for (int p = 0; p < n; p++)
+                want += (int)(i % 9) - p;
+            bad += mc_bf16_to_f32(h[i]) != (float)want;
+        }
+        CHECK(bad == 0);
+        free(h);
+    }
+    /* rounding: f32 sum of the widened inputs in rank order, rounded once;
+     * the same bits on every rank */
+    size_t cnt = 3001;
+    uint16_t *h = malloc(cnt * sizeof *h), *ref = malloc(cnt * sizeof *ref);
+    int bad = 0;
+    for (size_t i = 0; i < cnt; i++)
+        h[i] = mc_f32_to_bf16(1.0f + (float)(r + 1) / 128.0f + (float)(i % 97));
+    OK(mc_comm_all_reduce_sum(c, h, cnt, MC_DT_BF16, &err));
+    for (size_t i = 0; i < cnt; i++) {
+        float sum = 0.0f;
+        for (int p = 0; p < n; p++)
+            sum += mc_bf16_to_f32(mc_f32_to_bf16(1.0f + (float)(p + 1) / 128.0f +
+                                                 (float)(i % 97)));
+        bad += h[i] != mc_f32_to_bf16(sum);
+    }
+    CHECK(bad == 0);
+    memcpy(ref, h, cnt * sizeof *h);
+    OK(mc_comm_bcast(c, 0, ref, cnt * sizeof *ref, &err));
+    CHECK(memcmp(ref, h, cnt * sizeof *h) == 0);
+    free(h);
+    free(ref);
+}
+
+static uint32_t ag_value(int r, size_t k) { return (uint32_t)r << 20 | (uint32_t)k; }
+static size_t agv_count(int r) { return (size_t)((r * 2 + 1) % 5); }
+
+static void test_all_gather(mc_comm *c)
+{
+    mc_err err;
+    int n = mc_comm_size(c), r = mc_comm_rank(c);
+    enum { K = 1000 };
+    uint32_t *send = malloc(K * sizeof *send), *recv = malloc(((size_t)n * K + 1) * sizeof *recv);
+    for (int in_place = 0; in_place < 2; in_place++) {
+        for (size_t i = 0; i < (size_t)n * K + 1; i++)
+            recv[i] = 0xdeadbeefu;
+        uint32_t *src = in_place ? recv + (size_t)r * K : send;
+        for (size_t k = 0; k < K; k++)
+            src[k] = ag_value(r, k);
+        OK(mc_comm_all_gather(c, src, K * sizeof *src, recv, &err));
+        int bad = recv[(size_t)n * K] != 0xdeadbeefu;
+        for (size_t i = 0; i < (size_t)n * K; i++)
+            bad += recv[i] != ag_value((int)(i / K), i % K);
+        CHECK(bad == 0);
+    }
+    OK(mc_comm_all_gather(c, NULL, 0, NULL, &err));
+    /* all_gather_v: uneven and zero counts, regions in reverse order with gaps */
+    size_t *cnt = calloc((size_t)n, sizeof *cnt), *dsp = calloc((size_t)n, sizeof *dsp), off = 1;
+    for (int p = n - 1; p >= 0; p--) {
+        cnt[p] = agv_count(p) * 4;
+        dsp[p] = off * 4;
+        off += agv_count(p) + 1;
+    }
+    for (size_t i = 0; i < off; i++)
+        recv[i] = 0xdeadbeefu;
+    for (size_t k = 0; k < agv_count(r); k++)
+        send[k] = ag_value(r, k);
+    OK(mc_comm_all_gather_v(c, send, cnt[r], recv, off * 4, cnt, dsp, &err));
+    int bad = 0;
+    for (int p = 0; p < n; p++) {
+        bad += recv[dsp[p] / 4 - 1] != 0xdeadbeefu;
+        for (size_t k = 0; k < agv_count(p); k++)
+            bad += recv[dsp[p] / 4 + k] != ag_value(p, k);
+    }
+    CHECK(bad == 0);
+    free(cnt);
+    free(dsp);
+    free(send);
+    free(recv);
+}
+
+static void test_bcast(mc_comm *c)
+{
+    mc_err err;
+    int n = mc_comm_size(c), r = mc_comm_rank(c);
+    size_t lens[] = {0, 37, (size_t)3 << 20};
+    for (int root = 0; root < n; root++)
+        for (size_t li = 0; li < 3; li++) {
+            size_t len = lens[li];
+            unsigned char *b = malloc(len + 1);
+            for (size_t i = 0; i < len; i++)
+                b[i] = r == root ? (unsigned char)(i * 13 + (size_t)root) : 0xee;
+            OK(mc_comm_bcast(c, root, len ? b : NULL, len, &err));
+            int bad = 0;
+            for (size_t i = 0; i < len; i++)
+                bad += b[i] != (unsigned char)(i * 13 + (size_t)root);
+            CHECK(bad == 0);
+            free(b);
+        }
+}
+
+static void id_bytes(unsigned char *id, size_t len, uint32_t x)
+{
+    for (size_t i = 0; i < len; i++) {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        id[i] = (unsigned char)(x >> 24);
+    }
+}
+
+static void test_bcast_id(mc_comm *c)
+{
+    mc_err err;
+    int n = mc_comm_size(c), r = mc_comm_rank(c);
+    unsigned char id[128], want[128];
+    id_bytes(want, sizeof want, 0x9e3779b9u);
+    if (r == n - 1)
+        memcpy(id, want, sizeof id);
+    else
+        memset(id, 0, sizeof id);
+    OK(mc_comm_bcast_id(c, n - 1, id, sizeof id, &err));
+    CHECK(memcmp(id, want, sizeof id) == 0);
+    /* refused on every rank before anything moves */
+    mc_err_clear(&err);
+    CHECK(mc_comm_bcast_id(c, n, id, sizeof id, &err) == MC_ERR_ARG);
+    CHECK(strstr(err.msg, "bcast_id: root") != NULL);
+    mc_err_clear(&err);
+    CHECK(mc_comm_bcast_id(c, 0, id, MC_COMM_ID_MAX + 1, &err) == MC_ERR_ARG);
+    if (n < 2)
+        return;
+    /* rank 1 passes 64 bytes, the others 128: every rank refuses, naming rank 1 */
+    mc_err_clear(&err);
+    CHECK(mc_comm_bcast_id(c, 0, id, r == 1 ? 64 : 128, &err) == MC_ERR_ARG);
+    CHECK(strstr(err.msg, "rank 1 root 0 and len 64 (rank(s) differing from rank 0: 1)") != NULL);
+    OK(mc_comm_barrier(c, &err)); /* the communicator still works */
+}
+
+static void test_async(mc_comm *c)
+{
+    mc_err err;
+    int n = mc_comm_size(c), r = mc_comm_rank(c);
+    enum { N = 513 };
+    float fa[N], fs[N];
+    uint16_t ha[N], hs[N];
+    unsigned char ba[64], bs[64];
+    uint32_t mine[2] = {ag_value(r, 0), ag_value(r, 1)};
+    uint32_t *ga = malloc((size_t)n * sizeof mine), *gs = malloc((size_t)n * sizeof mine);
+    uint32_t *as = malloc((size_t)n * 4), *aa = malloc((size_t)n * 4), *ad = malloc((size_t)n * 4);
+    size_t *cnt = calloc((size_t)n, sizeof *cnt), *dsp = calloc((size_t)n, sizeof *dsp);
+    for (size_t i = 0; i < N; i++) {
+        fa[i] = fs[i] = 0.25f * (float)((int)(i % 11) - r);
+        ha[i] = hs[i] = mc_f32_to_bf16((float)((int)(i % 7) + r));
+    }
+    for (size_t i = 0; i < sizeof ba; i++)
+        ba[i] = bs[i] = r == 0 ? (unsigned char)(3 * i + 1) : 0;
+    for (int p = 0; p < n; p++) {
+        as[p] = ag_value(r, (size_t)p);
+        cnt[p] = 4;
+        dsp[p] = (size_t)p * 4;
+    }
+    mc_comm_req *q[5] = {NULL};
+    OK(mc_comm_iall_reduce_sum(c, fa, N, MC_DT_F32, NULL, &q[0], &err));
+    OK(mc_comm_iall_reduce_sum(c, ha, N, MC_DT_BF16, NULL, &q[1], &err));
+    OK(mc_comm_iall_gather(c, mine, sizeof mine, ga, NULL, &q[2], &err));
+    OK(mc_comm_ibcast(c, 0, ba, sizeof ba, NULL, &q[3], &err));
+    OK(mc_comm_iall_to_all_v(c, as, (size_t)n * 4, cnt, dsp, aa, (size_t)n * 4, cnt, dsp, NULL,
+                             &q[4], &err));
+    for (int i = 0; i < 5; i++) {
+        CHECK(q[i] != NULL);
+        if (q[i])
+            OK(mc_comm_wait(q[i], &err));
+    }
+    OK(mc_comm_all_reduce_sum(c, fs, N, MC_DT_F32, &err));
+    OK(mc_comm_all_reduce_sum(c, hs, N, MC_DT_BF16, &err));
+    OK(mc_comm_all_gather(c, mine, sizeof mine, gs, &err));
+    OK(mc_comm_bcast(c, 0, bs, sizeof bs, &err));
+    OK(mc_comm_all_to_all_v(c, as, (size_t)n * 4, cnt, dsp, ad, (size_t)n * 4, cnt, dsp, &err));
+    CHECK(memcmp(fa, fs, sizeof fa) == 0 && memcmp(ha, hs, sizeof ha) == 0);
+    CHECK(memcmp(ga, gs, (size_t)n * sizeof mine) == 0 && memcmp(ba, bs, sizeof ba) == 0);
+    CHECK(memcmp(aa, ad, (size_t)n * 4) == 0);
+    int bad = 0;
+    for (int p = 0; p < n; p++)
+        bad += aa[p] != ag_value(p, (size_t)r) || ga[2 * p] != ag_value(p, 0);
+    for (size_t i = 0; i < sizeof ba; i++)
+        bad += ba[i] != (unsigned char)(3 * i + 1);
+    CHECK(bad == 0);
+    mc_err_clear(&err);
+    CHECK(mc_comm_iall_reduce_sum(c, fa, N, MC_DT_I32, NULL, &q[0], &err) == MC_ERR_ARG);
+    CHECK(q[0] == NULL);
+    free(ga);
+    free(gs);
+    free(as);
+    free(aa);
+    free(ad);
+    free(cnt);
+    free(dsp);
+}
+
+/* MC_COMM_CHECK=1: ranks that disagree are refused on every rank by the
+ * check, before the exchange itself. */
+static void test_disagree(mc_comm *c)
+{
+    mc_err err;
+    int n = mc_comm_size(c), r = mc_comm_rank(c);
+    if (n < 2)
+        return;
+    float f[4] = {0};
+    mc_err_clear(&err);
+    CHECK(mc_comm_all_reduce_sum(c, f, 4, r == 1 ? MC_DT_BF16 : MC_DT_F32, &err) == MC_ERR_ARG);
+    CHECK(strstr(err.msg, "different count or dtype") != NULL);
+    mc_err_clear(&err);
+    CHECK(mc_comm_bcast(c, r == 1 ? 1 : 0, f, sizeof f, &err) == MC_ERR_ARG);
+    CHECK(strstr(err.msg, "different root or size") != NULL);
+    char send[8] = {0}, *recv = calloc((size_t)n, 8);
+    mc_err_clear(&err);
+    CHECK(mc_comm_all_gather(c, send, r == 1 ? 8 : 4, recv, &err) == MC_ERR_ARG);
+    CHECK(strstr(err.msg, "all_gather: rank 1 contributes 8 bytes, rank 0 expects a different") !=
+          NULL);
+    free(recv);
+    OK(mc_comm_barrier(c, &err)); /* nothing was exchanged: the communicator still works */
+}
+
 /* Collectives forever, on the world and on a split of it; returns 1 when
  * one fails (it should not: the watchdog or the launcher ends the job). */
 static int spin(mc_comm *world)
@@ -231,6 +475,36 @@ static int spin(mc_comm *world)
     }
 }
 
+/* Every rank but 1 calls op; returns only when the call fails (it should
+ * not: the watchdog ends the job first). */
+static int lonely(mc_comm *world, const char *op)
+{
+    mc_err err;
+    mc_err_clear(&err);
+    unsigned char buf[128] = {0};
+    mc_status st = MC_OK;
+    if (g_rank == 1) {
+        sleep(60);
+        return 1;
+    }
+    if (!strcmp(op, "bcast_id")) {
+        st = mc_comm_bcast_id(world, 0, buf, sizeof buf, &err);
+    } else if (!strcmp(op, "bcast")) {
+        st = mc_comm_bcast(world, 1, buf, sizeof buf, &err); /* everyone waits for root 1 */
+    } else if (!strcmp(op, "iall_reduce")) {
+        mc_comm_req *req = NULL;
+        st = mc_comm_iall_reduce_sum(world, buf, 64, MC_DT_BF16, NULL, &req, &err);
+        if (st == MC_OK)
+            st = mc_comm_wait(req, &err);
+    } else {
+        fprintf(stderr, "rank %d: lonely: unknown op '%s'\n", g_rank, op);
+        return 1;
+    }
+    fprintf(stderr, "rank %d: lonely %s returned: %s %s\n", g_rank, op, mc_status_str(st),
+            err.msg);
+    return 1;
+}
+
 int main(int argc, char **argv)
 {
     mc_err err;
@@ -249,11 +523,21 @@ int main(int argc, char **argv)
     CHECK(!strcmp(mc_comm_backend(world), "mpi"));
     if (argc > 1 && !strcmp(argv[1], "spin"))
         return spin(world);
+    if (argc > 2 && !strcmp(argv[1], "lonely"))
+        return lonely(world, argv[2]);
     test_all_reduce(world);
     test_all_to_all_v(world);
     test_ring(world);
     test_split(world);
     test_agree(world);
+    test_all_reduce_bf16(world);
+    test_all_gather(world);
+    test_bcast(world);
+    test_bcast_id(world);
+    test_async(world);
+    const char *chk = getenv("MC_COMM_CHECK");
+    if (chk && !strcmp(chk, "1"))
+        test_disagree(world);
     OK(mc_comm_barrier(world, &err));
     /* everyone's verdict: rank 0 reports */
     float bad = (float)g_fail;

@@ -5,104 +5,17 @@
  * failure paths: disagreeing ranks and peers that never come fail with a
  * message instead of hanging. Last, the MC_COMM_TIMEOUT grammar and its
  * refusal by mc_comm_world_init (without a launcher: no MPI is started).
- *
- * CHECK is not thread-safe, so rank threads count their own failures
- * (rank_fail) and main checks the counts after joining. */
+ * The typed all-reduce, all-gather, broadcast and asynchronous forms are in
+ * test_comm_coll.c. */
 #include "check.h"
 #include "comm.h"
 #include "comm_mpi.h"
+#include "comm_ranks.h"
 
-#include <pthread.h>
-#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-
-enum { MAX_RANKS = 4, MAX_REPORTS = 5 };
-
-typedef struct rank_ctx rank_ctx;
-typedef void (*rank_fn)(rank_ctx *t);
-
-struct rank_ctx {
-    mc_comm *comm;
-    int rank, size;
-    int failures;
-    const char *test;
-    void *shared; /* per-test state shared by the ranks */
-};
-
-/* Records a failure of this rank; prints the first few. */
-static void rank_fail(rank_ctx *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void rank_fail(rank_ctx *t, const char *fmt, ...)
-{
-    if (t->failures++ >= MAX_REPORTS)
-        return;
-    char line[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(line, sizeof line, fmt, ap);
-    va_end(ap);
-    fprintf(stderr, "%s n=%d rank %d: %s\n", t->test, t->size, t->rank, line);
-}
-
-/* Fails the rank unless st == MC_OK. Returns 1 when it was. */
-static int rank_ok(rank_ctx *t, mc_status st, const mc_err *err, const char *what)
-{
-    if (st == MC_OK)
-        return 1;
-    rank_fail(t, "%s: %s: %s", what, mc_status_str(st), err->msg);
-    return 0;
-}
-
-static void *rank_main(void *arg);
-
-typedef struct {
-    rank_fn fn;
-    rank_ctx *ctx;
-} thread_arg;
-
-static void *rank_main(void *arg)
-{
-    thread_arg *a = arg;
-    a->fn(a->ctx);
-    return NULL;
-}
-
-/* Runs fn on n ranks of a fresh local communicator, one thread each, and
- * CHECKs that no rank failed. timeout_ms > 0 shortens the peer timeout. */
-static void run_ranks(const char *test, int n, rank_fn fn, void *shared, int timeout_ms)
-{
-    mc_comm *comms[MAX_RANKS];
-    rank_ctx ctx[MAX_RANKS];
-    thread_arg args[MAX_RANKS];
-    pthread_t th[MAX_RANKS];
-    mc_status st = mc_comm_local_create(n, comms);
-    CHECK(st == MC_OK);
-    if (st != MC_OK)
-        return;
-    if (timeout_ms > 0)
-        CHECK(mc_comm_local_set_timeout(comms[0], timeout_ms) == MC_OK);
-    for (int r = 0; r < n; r++) {
-        ctx[r] = (rank_ctx){.comm = comms[r], .rank = r, .size = n, .test = test,
-                            .shared = shared};
-        args[r] = (thread_arg){.fn = fn, .ctx = &ctx[r]};
-        CHECK(mc_comm_rank(comms[r]) == r);
-        CHECK(mc_comm_size(comms[r]) == n);
-    }
-    for (int r = 0; r < n; r++)
-        CHECK(pthread_create(&th[r], NULL, rank_main, &args[r]) == 0);
-    int failures = 0;
-    for (int r = 0; r < n; r++) {
-        pthread_join(th[r], NULL);
-        failures += ctx[r].failures;
-    }
-    for (int r = 0; r < n; r++)
-        mc_comm_free(comms[r]);
-    if (failures)
-        fprintf(stderr, "%s n=%d: %d failures\n", test, n, failures);
-    CHECK(failures == 0);
-}
 
 /* ---- all_reduce -------------------------------------------------------- */
 
@@ -514,7 +427,7 @@ static void test_timeout_parse(void)
 int main(void)
 {
     test_self();
-    for (int n = 1; n <= MAX_RANKS; n++) {
+    for (int n = 1; n <= 4; n++) {
         atomic_int arrived = 0;
         run_ranks("all_reduce", n, do_all_reduce, NULL, 0);
         run_ranks("all_to_all_v", n, do_all_to_all_v, NULL, 0);

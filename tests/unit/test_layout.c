@@ -2,10 +2,12 @@
  * splits, expert owners for counts that do not divide, KV heads split or
  * copied, refusals with messages that name what does not divide, and
  * agreement with the planner (shard/plan.c), which `moecluster shard` uses
- * to cut the checkpoint the workers then load. */
+ * to cut the checkpoint the workers then load, and with the split table
+ * (shard/split.c) the binder cuts by. */
 #include "check.h"
 #include "layout.h"
 #include "plan.h"
+#include "split.h"
 
 #include <string.h>
 
@@ -177,6 +179,37 @@ static void test_matches_plan(void)
     }
 }
 
+/* The layout's head, KV head and vocab ranges are the split table's slices
+ * (shard/split.h), which the binder and the shard writer cut by. */
+static void test_matches_table(void)
+{
+    mc_model_desc d;
+    desc(&d, 4, 8, 2, 16);
+    for (int tp = 1; tp <= 8; tp *= 2)
+        for (int r = 0; r < tp; r++) {
+            mc_layout l;
+            mc_err err;
+            CHECK(mc_layout_make(&d, tp, r, tp, 0, 0, &l, &err) == MC_OK);
+            int64_t qb, qe, kb, ke, vb, ve;
+            int qd = mc_split_tp_slice(&d, MC_T_Q, tp, r, &qb, &qe);
+            int kd = mc_split_tp_slice(&d, MC_T_K, tp, r, &kb, &ke);
+            mc_split_tp_slice(&d, MC_T_LM_HEAD, tp, r, &vb, &ve);
+            int hd = d.head_dim;
+            int same = tp == 1 ? qd == -1 && kd == -1
+                               : qd == 0 && qb == l.head0 * hd && qe - qb == l.n_heads * hd &&
+                                     kd == 0 && kb == l.kv_head0 * hd &&
+                                     ke - kb == l.n_kv_heads * hd;
+            same = same && vb == l.vocab0 && ve - vb == l.n_vocab;
+            CHECK(same);
+            if (!same)
+                fprintf(stderr, "  tp %d rank %d: layout heads %d+%d kv %d+%d vocab %d+%d; table q "
+                        "[%lld,%lld) k [%lld,%lld) vocab [%lld,%lld)\n", tp, r, l.head0,
+                        l.n_heads, l.kv_head0, l.n_kv_heads, l.vocab0, l.n_vocab, (long long)qb,
+                        (long long)qe, (long long)kb, (long long)ke, (long long)vb,
+                        (long long)ve);
+        }
+}
+
 int main(void)
 {
     test_split();
@@ -184,5 +217,6 @@ int main(void)
     test_kv_heads();
     test_refusals();
     test_matches_plan();
+    test_matches_table();
     return check_report("test_layout");
 }

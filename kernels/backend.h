@@ -1,0 +1,294 @@
+/* backend.h - one interface over a device's memory and the ops the layer
+ * code is built from. The CPU backend (kernels/cpu/backend_cpu.c) is the
+ * always-built reference; a GPU backend implements the same vtable.
+ *
+ * Objects and lifetimes:
+ *   mc_backend  a device and its ops; mc_backend_free after every buffer
+ *               made from it is freed.
+ *   mc_buffer   a range of device memory, owned (mc_buffer_alloc: freed by
+ *               mc_buffer_free) or borrowed (mc_buffer_wrap_host: host memory
+ *               such as a weight file's memory map, read-only, which must
+ *               outlive the buffer; mc_buffer_free releases only the handle).
+ *   mc_tensor   a plain value describing bytes inside one buffer: dtype,
+ *               shape, row stride, FP8 block scales. Copy it freely; it owns
+ *               nothing, and the buffers it names must outlive every use.
+ *
+ * Tensor layout: shape[0..ndim) in C order, shape[ndim-1] the columns. The
+ * leading dimensions are collapsed into rows (rows = shape[0] * ... *
+ * shape[ndim-2]); row r starts at byte offset + r * mc_dtype_row_bytes(dtype,
+ * row_stride) of its buffer and holds the columns contiguously. A view of
+ * columns keeps the row stride of its parent (a tensor-parallel column
+ * slice); a view of rows moves the offset (a row slice). For Q8_0 / Q4_K the
+ * row stride and a column view's start are multiples of the block (32 /
+ * 256). A 2-D weight may be `transposed`: its storage holds W^T (Llama 4's
+ * fused experts, [in, out] row-major), element [r, c] at byte offset +
+ * (c * row_stride + r) * size; element types only, no block scales.
+ *
+ * Ops: every op takes tensors of the same backend, validates them in the
+ * generic front end (backend.c) and returns MC_ERR_ARG with a message that
+ * names the argument at fault (`x`, `w`, `y`, ...) before any work is done;
+ * contents that only the device sees (token ids, positions) are checked by
+ * the backend. Activations are F32. An output may be the very tensor given
+ * as an input where the op says "may alias"; any other overlap is refused.
+ * Ops are ordered on the device; results are visible to mc_buffer_download
+ * (which waits) or after mc_backend_synchronize.
+ *
+ * Batched tokens: the leading dimension of activations is the token; each
+ * token carries its own position (rope takes positions per token), so one
+ * call serves many sequences at different positions.
+ */
+#ifndef MC_BACKEND_H
+#define MC_BACKEND_H
+
+#include "dtype.h"
+#include "status.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct mc_backend mc_backend;
+typedef struct mc_buffer mc_buffer;
+
+typedef enum { MC_DEVICE_CPU = 0, MC_DEVICE_GPU, MC_DEVICE_COUNT } mc_device_kind;
+
+#define MC_TENSOR_MAX_DIMS 4
+
+typedef struct {
+    mc_buffer *buf;
+    size_t offset;          /* bytes from the buffer's start to element 0 */
+    mc_dtype dtype;         /* F32, F16, BF16, F8_E4M3, Q8_0, Q4_K, I32, I64 */
+    int ndim;               /* 1..MC_TENSOR_MAX_DIMS */
+    int64_t shape[MC_TENSOR_MAX_DIMS];
+    int64_t row_stride;     /* elements between consecutive rows (>= the columns) */
+    int transposed;         /* 2-D weights only (see above) */
+    /* F8_E4M3 block scales (DeepSeek `weight_scale_inv`), set by
+     * mc_tensor_set_scales: F32 scale[(r / block_rows) * scale_cols + c / block_cols]
+     * multiplies stored element [r, c]; scale_buf NULL for unscaled weights. */
+    mc_buffer *scale_buf;
+    size_t scale_offset;
+    int64_t scale_cols;
+    int block_rows, block_cols;
+} mc_tensor;
+
+/* ---- backends ---- */
+
+/* The CPU backend: host memory, today's kernels (AVX-512 / AVX2 / portable,
+ * chosen at run time, MC_KERNELS to force one) and the process-wide kernel
+ * thread pool (MC_THREADS). Free with mc_backend_free. */
+mc_status mc_backend_cpu_init(mc_backend **out, mc_err *err);
+void mc_backend_free(mc_backend *be);
+const char *mc_backend_name(const mc_backend *be);
+mc_device_kind mc_backend_kind(const mc_backend *be);
+/* Waits until every op issued so far has finished. */
+mc_status mc_backend_synchronize(mc_backend *be, mc_err *err);
+
+/* ---- buffers ---- */
+
+/* `bytes` (> 0) of device memory, uninitialized. CPU: 64-byte aligned, 2 MiB
+ * aligned with transparent huge pages advised from 4 MiB up. */
+mc_status mc_buffer_alloc(mc_backend *be, size_t bytes, mc_buffer **out, mc_err *err);
+/* Borrows host memory [host, host + bytes) as a read-only buffer without a
+ * copy (weights in a memory map). MC_ERR_UNSUPPORTED on backends whose
+ * memory is not host memory: upload into an allocated buffer instead. */
+mc_status mc_buffer_wrap_host(mc_backend *be, const void *host, size_t bytes, mc_buffer **out,
+                              mc_err *err);
+/* Frees an allocated buffer, or only the handle of a wrapped one. NULL is a no-op. */
+void mc_buffer_free(mc_buffer *b);
+size_t mc_buffer_size(const mc_buffer *b);
+mc_backend *mc_buffer_backend(const mc_buffer *b);
+int mc_buffer_read_only(const mc_buffer *b);
+/* The buffer's memory as a host pointer when the backend's memory is host
+ * memory (CPU), else NULL. */
+void *mc_buffer_host(const mc_buffer *b);
+
+/* Copies n bytes host -> buffer at byte offset off (refused for read-only buffers). */
+mc_status mc_buffer_upload(mc_buffer *b, size_t off, const void *src, size_t n, mc_err *err);
+/* Copies n bytes buffer -> host after the ops issued so far have finished. */
+mc_status mc_buffer_download(const mc_buffer *b, size_t off, void *dst, size_t n, mc_err *err);
+/* Sets n bytes at off to the byte `value`. */
+mc_status mc_buffer_memset(mc_buffer *b, size_t off, int value, size_t n, mc_err *err);
+
+/* ---- tensors ---- */
+
+/* A contiguous tensor (row_stride = columns, rounded up to the block for
+ * Q8_0 / Q4_K) at byte `offset` of buf; refused unless it fits in buf. */
+mc_status mc_tensor_init(mc_tensor *t, mc_buffer *buf, size_t offset, mc_dtype dtype, int ndim,
+                         const int64_t *shape, mc_err *err);
+/* As mc_tensor_init with an explicit row stride (elements). */
+mc_status mc_tensor_init_strided(mc_tensor *t, mc_buffer *buf, size_t offset, mc_dtype dtype,
+                                 int ndim, const int64_t *shape, int64_t row_stride, mc_err *err);
+/* Shorthand for a contiguous 2-D tensor. */
+mc_status mc_tensor_init_2d(mc_tensor *t, mc_buffer *buf, size_t offset, mc_dtype dtype,
+                            int64_t rows, int64_t cols, mc_err *err);
+int64_t mc_tensor_rows(const mc_tensor *t); /* product of all but the last dimension */
+int64_t mc_tensor_cols(const mc_tensor *t); /* the last dimension */
+int64_t mc_tensor_nelems(const mc_tensor *t);
+/* Bytes from t->offset to one past the last stored byte of t (0 if malformed). */
+size_t mc_tensor_extent(const mc_tensor *t);
+/* 1 if t describes a well-formed tensor that fits its buffer; else 0 and err names `what`. */
+int mc_tensor_check(const mc_tensor *t, const char *what, mc_err *err);
+
+/* Block scales of an F8_E4M3 2-D weight w [R, C]: `scale` is an F32 2-D
+ * tensor [ceil(R / block_rows), >= ceil(C / block_cols)] in the same
+ * backend (its row stride becomes scale_cols). */
+mc_status mc_tensor_set_scales(mc_tensor *w, const mc_tensor *scale, int block_rows, int block_cols,
+                               mc_err *err);
+/* A 2-D weight W [out_features, in_features] whose bytes hold W^T
+ * [in_features, out_features] row-major with `row_stride` (>= out_features)
+ * elements between stored rows. Element types only. */
+mc_status mc_tensor_init_transposed(mc_tensor *t, mc_buffer *buf, size_t offset, mc_dtype dtype,
+                                    int64_t out_features, int64_t in_features, int64_t row_stride,
+                                    mc_err *err);
+
+/* Views (share the parent's bytes; out may be src). Rows [r0, r0 + n) of
+ * the first dimension; columns [c0, c0 + n) of the last. Refused when out of
+ * range, when a block-format column view does not start on a block, and
+ * when an FP8 scaled view does not start on a scale block. */
+mc_status mc_tensor_view_rows(const mc_tensor *src, int64_t r0, int64_t n, mc_tensor *out,
+                              mc_err *err);
+mc_status mc_tensor_view_cols(const mc_tensor *src, int64_t c0, int64_t n, mc_tensor *out,
+                              mc_err *err);
+/* The same bytes with another shape of the same element count; src must be
+ * contiguous (row_stride = columns) unless the last dimension is unchanged. */
+mc_status mc_tensor_reshape(const mc_tensor *src, int ndim, const int64_t *shape, mc_tensor *out,
+                            mc_err *err);
+
+/* Copies between packed host rows (mc_dtype_row_bytes(dtype, cols) bytes
+ * each, in the tensor's dtype) and the tensor's rows, honouring its row
+ * stride. Not for transposed tensors. */
+mc_status mc_tensor_upload(mc_tensor *t, const void *host, mc_err *err);
+mc_status mc_tensor_download(const mc_tensor *t, void *host, mc_err *err);
+
+/* ---- ops ---- */
+
+/* y = x W^T: y[t, o] = sum_i W[o, i] x[t, i].
+ *   w (O, I) any weight format (F32, F16, BF16, F8_E4M3 with or without block
+ *   scales, Q8_0, Q4_K; transposed storage for element types)
+ *   x (n, I) F32, y (n, O) F32 (no alias). Q8_0 / Q4_K quantize x to 8 bits
+ *   per block and use integer dot products (kernels.h). */
+mc_status mc_op_matmul(mc_backend *be, const mc_tensor *w, const mc_tensor *x, mc_tensor *y,
+                       mc_err *err);
+/* y[r, :] = x[r, :] / rms(x[r, :]) * w[:] for every row; x, y (rows, d) F32,
+ * w [d] F32 or NULL (no weight); y may alias x. */
+mc_status mc_op_rmsnorm(mc_backend *be, const mc_tensor *x, const mc_tensor *w, float eps,
+                        mc_tensor *y, mc_err *err);
+/* Rotary embedding in place on x (n, d) or (n, heads, d) F32 (a column view
+ * selects the rotated dims of each head): token t is at position pos[t]
+ * (I32 [n]), its angles' cos / sin are rows pos[t] of cs, sn (P, d/2) F32
+ * (attention factor included). interleaved: pairs (2i, 2i+1); otherwise
+ * pairs (i, i + d/2) (rotate_half). A position past P is MC_ERR_ARG. */
+mc_status mc_op_rope(mc_backend *be, mc_tensor *x, const mc_tensor *pos, const mc_tensor *cs,
+                     const mc_tensor *sn, int interleaved, mc_err *err);
+/* y = silu(g) * u element-wise; g, u, y (rows, d) F32; y may alias g or u. */
+mc_status mc_op_swiglu(mc_backend *be, const mc_tensor *g, const mc_tensor *u, mc_tensor *y,
+                       mc_err *err);
+/* y = a + b element-wise (residual add); same shapes, F32; y may alias a or b. */
+mc_status mc_op_add(mc_backend *be, const mc_tensor *a, const mc_tensor *b, mc_tensor *y,
+                    mc_err *err);
+/* Softmax of every row; x, y (rows, d) F32; y may alias x. */
+mc_status mc_op_softmax(mc_backend *be, const mc_tensor *x, mc_tensor *y, mc_err *err);
+/* Embedding gather: y[t, :] = table[ids[t] - id0, :] dequantized, or zeros
+ * when ids[t] - id0 is outside the table's rows (a tensor-parallel vocab
+ * slice starting at id0). table (V, H) any weight format, not transposed;
+ * ids I32 or I64 [n]; y (n, H) F32. */
+mc_status mc_op_embed(mc_backend *be, const mc_tensor *table, const mc_tensor *ids, int64_t id0,
+                      mc_tensor *y, mc_err *err);
+
+/* To come (next steps of the execution core), planned shapes:
+ *   mc_op_attention(be, q (n, nh, hd), kv_cache pages, block_table, seq of
+ *       each token, pos I32 [n], variant {scale, chunk, nope temp, l2}, y (n, nh, hd))
+ *       prefill and decode over the paged KV cache (GQA; Llama 4 chunked / NoPE).
+ *   mc_op_mla_decode(be, q_nope_absorbed (n, nh, kv_lora), q_pe (n, nh, rd),
+ *       latent pages, rope-key pages, block_table, pos, y (n, nh, kv_lora))
+ *   mc_op_indexer_topk(be, iq (n, ih, id), w (n, ih), key pages, block_table, pos, k,
+ *       sel I32 (n, k))
+ *   mc_op_router_topk(be, logits (n, E), bias [E], kind {softmax, sigmoid grouped,
+ *       top1}, n_group, topk_group, k, ids I32 (n, k), weights F32 (n, k))
+ *   mc_op_grouped_experts(be, gate/up/down weights per local expert,
+ *       x (m, H) permuted by expert, offsets I32 [E + 1], y (m, H))
+ *   mc_op_layernorm(be, x, w, b, eps, y); lm head = mc_op_matmul on a vocab slice.
+ */
+
+/* ---- probes and counters (bench) ---- */
+
+/* Name of the code path in use ("avx512", "avx2", "scalar"; a GPU's arch),
+ * and a one-line description of the device's features. */
+const char *mc_backend_path(const mc_backend *be);
+const char *mc_backend_features(const mc_backend *be);
+/* Forces a code path by name (MC_ERR_ARG if unknown or unsupported here).
+ * CPU: the path and the thread count are process-wide (kernels.h), shared
+ * by every CPU backend; not to be changed while another thread runs an op. */
+mc_status mc_backend_set_path(mc_backend *be, const char *name, mc_err *err);
+/* Threads the ops use (CPU: the process-wide kernel pool; n < 1: default). */
+int mc_backend_threads(const mc_backend *be);
+void mc_backend_set_threads(mc_backend *be, int n);
+
+typedef struct {
+    uint64_t bytes_read; /* weight bytes read by matmul and embed */
+    uint64_t macs;       /* multiply-adds done by matmul */
+} mc_backend_counters;
+
+/* Counters from zero, counting while on != 0. */
+void mc_backend_count(mc_backend *be, int on);
+void mc_backend_counters_get(const mc_backend *be, mc_backend_counters *out);
+/* Best read-stream bandwidth over `bytes` of fresh memory in GB/s (1e9 B/s)
+ * and peak FMA throughput of the current path in GFLOP/s, each measured for
+ * about `seconds` with `threads` threads; negative if it cannot run. */
+double mc_backend_probe_read_gbps(mc_backend *be, size_t bytes, int threads, double seconds);
+double mc_backend_probe_fma_gflops(mc_backend *be, int threads, double seconds);
+
+/* ---- implementing a backend ----
+ *
+ * A backend fills one mc_backend_i and calls mc_backend_new. The front end
+ * has validated every argument (dtypes, shapes, ranges, aliasing, buffers of
+ * this backend, outputs writable) before an op entry is called, so entries
+ * only do math. Device memory is reached through mc_buffer_mem(t->buf) +
+ * t->offset. Every entry is required except wrap_host (NULL: borrowing host
+ * memory is unsupported). */
+typedef struct {
+    const char *name;
+    mc_device_kind kind;
+    void (*free)(void *ctx);
+    /* memory: mem is the device address the buffer holds */
+    mc_status (*buf_alloc)(void *ctx, size_t bytes, void **mem, mc_err *err);
+    void (*buf_free)(void *ctx, void *mem, size_t bytes);
+    mc_status (*wrap_host)(void *ctx, const void *host, size_t bytes, void **mem, mc_err *err);
+    int host_memory; /* 1: mem is a host pointer (mc_buffer_host returns it) */
+    mc_status (*upload)(void *ctx, void *mem, size_t off, const void *src, size_t n, mc_err *err);
+    mc_status (*download)(void *ctx, const void *mem, size_t off, void *dst, size_t n,
+                          mc_err *err);
+    mc_status (*memset)(void *ctx, void *mem, size_t off, int value, size_t n, mc_err *err);
+    mc_status (*synchronize)(void *ctx, mc_err *err);
+    /* ops, arguments as the mc_op_* of the same name */
+    mc_status (*matmul)(void *ctx, const mc_tensor *w, const mc_tensor *x, mc_tensor *y,
+                        mc_err *err);
+    mc_status (*rmsnorm)(void *ctx, const mc_tensor *x, const mc_tensor *w, float eps,
+                         mc_tensor *y, mc_err *err);
+    mc_status (*rope)(void *ctx, mc_tensor *x, const mc_tensor *pos, const mc_tensor *cs,
+                      const mc_tensor *sn, int interleaved, mc_err *err);
+    mc_status (*swiglu)(void *ctx, const mc_tensor *g, const mc_tensor *u, mc_tensor *y,
+                        mc_err *err);
+    mc_status (*add)(void *ctx, const mc_tensor *a, const mc_tensor *b, mc_tensor *y,
+                     mc_err *err);
+    mc_status (*softmax)(void *ctx, const mc_tensor *x, mc_tensor *y, mc_err *err);
+    mc_status (*embed)(void *ctx, const mc_tensor *table, const mc_tensor *ids, int64_t id0,
+                       mc_tensor *y, mc_err *err);
+    /* probes and counters */
+    const char *(*path)(void *ctx);
+    const char *(*features)(void *ctx);
+    mc_status (*set_path)(void *ctx, const char *name, mc_err *err);
+    int (*threads)(void *ctx);
+    void (*set_threads)(void *ctx, int n);
+    void (*count)(void *ctx, int on);
+    void (*counters)(void *ctx, mc_backend_counters *out);
+    double (*probe_read_gbps)(void *ctx, size_t bytes, int threads, double seconds);
+    double (*probe_fma_gflops)(void *ctx, int threads, double seconds);
+} mc_backend_i;
+
+/* Wraps an implementation; ctx is freed by iface->free in mc_backend_free.
+ * NULL when out of memory (ctx is then still the caller's). */
+mc_backend *mc_backend_new(const mc_backend_i *iface, void *ctx);
+/* The device address held by a buffer (for implementations). */
+void *mc_buffer_mem(const mc_buffer *b);
+
+#endif

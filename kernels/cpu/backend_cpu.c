@@ -1,0 +1,340 @@
+/* cpu/backend_cpu.c - the CPU backend: buffers are host memory and every op
+ * runs today's kernels (kernels.h: run-time chosen AVX-512 / AVX2 /
+ * portable path, process-wide thread pool). The front end (backend.c) has
+ * validated shapes, dtypes, ranges and aliasing; what is left here is the
+ * math and the checks on contents (positions, token ids). */
+#include "backend.h"
+#include "kernels.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+/* Host address of element 0 of t. */
+static unsigned char *at(const mc_tensor *t)
+{
+    return (unsigned char *)mc_buffer_mem(t->buf) + t->offset;
+}
+
+/* Row r of an F32 activation. */
+static float *row_f32(const mc_tensor *t, int64_t r)
+{
+    return (float *)at(t) + (size_t)r * (size_t)t->row_stride;
+}
+
+/* The kernels' view of a validated 2-D weight (borrowed, like t). */
+static mc_mat to_mat(const mc_tensor *t)
+{
+    mc_mat m = {.dtype = t->dtype, .rows = (int)t->shape[0], .cols = (int)t->shape[1],
+                .row_stride = (size_t)t->row_stride, .transposed = t->transposed,
+                .data = at(t)};
+    if (t->scale_buf) {
+        m.scale = (const float *)((const unsigned char *)mc_buffer_mem(t->scale_buf) +
+                                  t->scale_offset);
+        m.block_rows = t->block_rows;
+        m.block_cols = t->block_cols;
+        m.scale_cols = (int)t->scale_cols;
+    }
+    return m;
+}
+
+/* ---- memory ---- */
+
+static mc_status cpu_alloc(void *ctx, size_t bytes, void **mem, mc_err *err)
+{
+    (void)ctx;
+    /* 2 MiB aligned from 4 MiB up so that transparent huge pages can back
+     * it (as mc_mat_quantize's weights); the advice is only a hint */
+    size_t align = bytes >= (4u << 20) ? (2u << 20) : 64;
+    if (bytes > SIZE_MAX - align)
+        return mc_err_set(err, MC_ERR_OVERFLOW, "buffer of %zu bytes is too large", bytes);
+    size_t alloc = (bytes + align - 1) & ~(align - 1);
+    void *p = aligned_alloc(align, alloc);
+    if (!p)
+        return mc_err_set(err, MC_ERR_NOMEM, "out of memory for a %zu-byte buffer", bytes);
+#ifdef MADV_HUGEPAGE
+    if (align > 64)
+        (void)madvise(p, alloc, MADV_HUGEPAGE);
+#endif
+    *mem = p;
+    return MC_OK;
+}
+
+static void cpu_buf_free(void *ctx, void *mem, size_t bytes)
+{
+    (void)ctx;
+    (void)bytes;
+    free(mem);
+}
+
+static mc_status cpu_wrap(void *ctx, const void *host, size_t bytes, void **mem, mc_err *err)
+{
+    (void)ctx;
+    (void)bytes;
+    (void)err;
+    *mem = (void *)host; /* read-only: the front end refuses writes to borrowed buffers */
+    return MC_OK;
+}
+
+static mc_status cpu_upload(void *ctx, void *mem, size_t off, const void *src, size_t n,
+                            mc_err *err)
+{
+    (void)ctx;
+    (void)err;
+    memcpy((unsigned char *)mem + off, src, n);
+    return MC_OK;
+}
+
+static mc_status cpu_download(void *ctx, const void *mem, size_t off, void *dst, size_t n,
+                              mc_err *err)
+{
+    (void)ctx;
+    (void)err;
+    memcpy(dst, (const unsigned char *)mem + off, n);
+    return MC_OK;
+}
+
+static mc_status cpu_memset(void *ctx, void *mem, size_t off, int value, size_t n, mc_err *err)
+{
+    (void)ctx;
+    (void)err;
+    memset((unsigned char *)mem + off, value, n);
+    return MC_OK;
+}
+
+static mc_status cpu_sync(void *ctx, mc_err *err)
+{
+    (void)ctx;
+    (void)err;
+    return MC_OK; /* ops run synchronously on the calling thread and the pool */
+}
+
+/* ---- ops ---- */
+
+static mc_status cpu_matmul(void *ctx, const mc_tensor *w, const mc_tensor *x, mc_tensor *y,
+                            mc_err *err)
+{
+    (void)ctx;
+    (void)err;
+    mc_mat m = to_mat(w);
+    mc_matmul(&m, (const float *)at(x), (int)mc_tensor_rows(x), (int)x->row_stride,
+              (float *)at(y), (int)y->row_stride);
+    return MC_OK;
+}
+
+static mc_status cpu_rmsnorm(void *ctx, const mc_tensor *x, const mc_tensor *w, float eps,
+                             mc_tensor *y, mc_err *err)
+{
+    (void)ctx;
+    (void)err;
+    const float *wp = w ? (const float *)at(w) : NULL;
+    int d = (int)mc_tensor_cols(x);
+    for (int64_t r = 0; r < mc_tensor_rows(x); r++)
+        mc_rmsnorm(row_f32(y, r), row_f32(x, r), wp, d, eps);
+    return MC_OK;
+}
+
+static mc_status cpu_rope(void *ctx, mc_tensor *x, const mc_tensor *pos, const mc_tensor *cs,
+                          const mc_tensor *sn, int interleaved, mc_err *err)
+{
+    (void)ctx;
+    const int32_t *p = (const int32_t *)at(pos);
+    int64_t n = x->shape[0], heads = mc_tensor_rows(x) / n, P = mc_tensor_rows(cs);
+    int d = (int)mc_tensor_cols(x);
+    for (int64_t t = 0; t < n; t++) /* all positions first: nothing is rotated on refusal */
+        if (p[t] < 0 || p[t] >= P)
+            return mc_err_set(err, MC_ERR_ARG, "rope: pos[%lld] = %d is outside the cos/sin "
+                              "tables' %lld positions", (long long)t, (int)p[t], (long long)P);
+    for (int64_t t = 0; t < n; t++) {
+        const float *c = row_f32(cs, p[t]), *s = row_f32(sn, p[t]);
+        for (int64_t h = 0; h < heads; h++)
+            mc_rope_rotate(row_f32(x, t * heads + h), d, interleaved, c, s);
+    }
+    return MC_OK;
+}
+
+static mc_status cpu_swiglu(void *ctx, const mc_tensor *g, const mc_tensor *u, mc_tensor *y,
+                            mc_err *err)
+{
+    (void)ctx;
+    int d = (int)mc_tensor_cols(g);
+    /* the kernel works in place on g's values: y = g, or a copy of g in y,
+     * or (y is u) a row of scratch */
+    int y_is_g = at(y) == at(g), y_is_u = !y_is_g && at(y) == at(u);
+    float *tmp = NULL;
+    if (y_is_u && !(tmp = mc_malloc_n((size_t)d, sizeof *tmp)))
+        return mc_err_set(err, MC_ERR_NOMEM, "out of memory in swiglu");
+    for (int64_t r = 0; r < mc_tensor_rows(g); r++) {
+        float *yr = row_f32(y, r);
+        const float *gr = row_f32(g, r), *ur = row_f32(u, r);
+        if (y_is_u) {
+            memcpy(tmp, gr, (size_t)d * sizeof *tmp);
+            mc_swiglu(tmp, ur, d);
+            memcpy(yr, tmp, (size_t)d * sizeof *tmp);
+        } else {
+            if (!y_is_g)
+                memcpy(yr, gr, (size_t)d * sizeof *yr);
+            mc_swiglu(yr, ur, d);
+        }
+    }
+    free(tmp);
+    return MC_OK;
+}
+
+static mc_status cpu_add(void *ctx, const mc_tensor *a, const mc_tensor *b, mc_tensor *y,
+                         mc_err *err)
+{
+    (void)ctx;
+    (void)err;
+    int64_t d = mc_tensor_cols(a);
+    for (int64_t r = 0; r < mc_tensor_rows(a); r++) {
+        const float *ar = row_f32(a, r), *br = row_f32(b, r);
+        float *yr = row_f32(y, r);
+        for (int64_t i = 0; i < d; i++)
+            yr[i] = ar[i] + br[i];
+    }
+    return MC_OK;
+}
+
+static mc_status cpu_softmax(void *ctx, const mc_tensor *x, mc_tensor *y, mc_err *err)
+{
+    (void)ctx;
+    (void)err;
+    int d = (int)mc_tensor_cols(x);
+    for (int64_t r = 0; r < mc_tensor_rows(x); r++) {
+        float *yr = row_f32(y, r);
+        if (at(y) != at(x))
+            memcpy(yr, row_f32(x, r), (size_t)d * sizeof *yr);
+        mc_softmax(yr, d);
+    }
+    return MC_OK;
+}
+
+static mc_status cpu_embed(void *ctx, const mc_tensor *table, const mc_tensor *ids, int64_t id0,
+                           mc_tensor *y, mc_err *err)
+{
+    (void)ctx;
+    (void)err;
+    mc_mat m = to_mat(table);
+    int64_t n = ids->shape[0], H = table->shape[1];
+    for (int64_t t = 0; t < n; t++) {
+        int64_t id;
+        if (ids->dtype == MC_DT_I64)
+            memcpy(&id, at(ids) + (size_t)t * 8, sizeof id);
+        else {
+            int32_t v;
+            memcpy(&v, at(ids) + (size_t)t * 4, sizeof v);
+            id = v;
+        }
+        float *yr = row_f32(y, t);
+        /* outside this table's slice of the vocabulary: zeros (checked without overflow) */
+        if (id >= id0 && id - id0 < m.rows)
+            mc_mat_row_f32(&m, (int)(id - id0), yr);
+        else
+            memset(yr, 0, (size_t)H * sizeof *yr);
+    }
+    return MC_OK;
+}
+
+/* ---- probes and counters ---- */
+
+static const char *cpu_path(void *ctx)
+{
+    (void)ctx;
+    return mc_kpath_name(mc_kernels_path());
+}
+
+static const char *cpu_features(void *ctx)
+{
+    (void)ctx;
+    return mc_cpu_features();
+}
+
+static mc_status cpu_set_path(void *ctx, const char *name, mc_err *err)
+{
+    (void)ctx;
+    mc_kpath p;
+    if (mc_kpath_from_name(name, &p) != 0)
+        return mc_err_set(err, MC_ERR_ARG, "set_path: '%s' is not one of scalar|avx2|avx512",
+                          name);
+    if (mc_kernels_set_path(p) != 0)
+        return mc_err_set(err, MC_ERR_ARG, "set_path: this CPU or build lacks the %s path", name);
+    return MC_OK;
+}
+
+static int cpu_threads(void *ctx)
+{
+    (void)ctx;
+    return mc_kernels_threads();
+}
+
+static void cpu_set_threads(void *ctx, int n)
+{
+    (void)ctx;
+    mc_kernels_set_threads(n);
+}
+
+static void cpu_count(void *ctx, int on)
+{
+    (void)ctx;
+    mc_kernels_count_bytes(on);
+}
+
+static void cpu_counters(void *ctx, mc_backend_counters *out)
+{
+    (void)ctx;
+    out->bytes_read = mc_kernels_bytes_read();
+    out->macs = mc_kernels_macs();
+}
+
+static double cpu_read_gbps(void *ctx, size_t bytes, int threads, double seconds)
+{
+    (void)ctx;
+    return mc_probe_read_gbps(bytes, threads, seconds);
+}
+
+static double cpu_fma_gflops(void *ctx, int threads, double seconds)
+{
+    (void)ctx;
+    return mc_probe_fma_gflops(threads, seconds);
+}
+
+static void cpu_free(void *ctx) { (void)ctx; }
+
+static const mc_backend_i cpu_iface = {
+    .name = "cpu",
+    .kind = MC_DEVICE_CPU,
+    .free = cpu_free,
+    .buf_alloc = cpu_alloc,
+    .buf_free = cpu_buf_free,
+    .wrap_host = cpu_wrap,
+    .host_memory = 1,
+    .upload = cpu_upload,
+    .download = cpu_download,
+    .memset = cpu_memset,
+    .synchronize = cpu_sync,
+    .matmul = cpu_matmul,
+    .rmsnorm = cpu_rmsnorm,
+    .rope = cpu_rope,
+    .swiglu = cpu_swiglu,
+    .add = cpu_add,
+    .softmax = cpu_softmax,
+    .embed = cpu_embed,
+    .path = cpu_path,
+    .features = cpu_features,
+    .set_path = cpu_set_path,
+    .threads = cpu_threads,
+    .set_threads = cpu_set_threads,
+    .count = cpu_count,
+    .counters = cpu_counters,
+    .probe_read_gbps = cpu_read_gbps,
+    .probe_fma_gflops = cpu_fma_gflops,
+};
+
+mc_status mc_backend_cpu_init(mc_backend **out, mc_err *err)
+{
+    *out = mc_backend_new(&cpu_iface, NULL);
+    if (!*out)
+        return mc_err_set(err, MC_ERR_NOMEM, "out of memory for the CPU backend");
+    return MC_OK;
+}
