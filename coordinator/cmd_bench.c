@@ -15,10 +15,8 @@
  * the fastest is reported, as the probes report their fastest pass: on a
  * shared machine other processes only ever slow a run down. */
 #include "cli.h"
-#include "kernels.h"
 #include "log.h"
-#include "model.h"
-#include "model_quant.h"
+#include "session.h"
 
 #include <getopt.h>
 #include <jansson.h>
@@ -75,47 +73,6 @@ static void cpu_model(char *buf, size_t len)
     fclose(f);
 }
 
-/* Reads one byte per page of a matrix so that page faults of the mapping
- * happen before the clock starts. */
-static unsigned warm_mat(const mc_mat *w)
-{
-    if (!w->data || w->rows <= 0)
-        return 0;
-    size_t bytes = mc_mat_weight_bytes(w);
-    if (w->transposed) /* a view into a fused tensor: the span it covers */
-        bytes = (size_t)w->cols * w->row_stride * mc_dtype_size(w->dtype);
-    const volatile unsigned char *p = w->data;
-    unsigned s = 0;
-    for (size_t i = 0; i < bytes; i += 4096)
-        s += p[i];
-    return s;
-}
-
-static unsigned warm_ffn(const mc_ffn_w *f)
-{
-    return warm_mat(&f->gate) + warm_mat(&f->up) + warm_mat(&f->down);
-}
-
-static void warm_model(const mc_model *m)
-{
-    unsigned s = warm_mat(&m->lm_head);
-    for (int l = 0; m->layers && l < m->d.n_layers; l++) {
-        const mc_layer_w *w = &m->layers[l];
-        const mc_mat *mats[] = {&w->q_a, &w->q_b, &w->q_proj, &w->kv_a, &w->kv_b, &w->wq,
-                                &w->wk,  &w->wv,  &w->wo,     &w->router};
-        for (size_t i = 0; i < sizeof mats / sizeof mats[0]; i++)
-            s += warm_mat(mats[i]);
-        if (!w->moe)
-            s += warm_ffn(&w->dense);
-        for (int e = 0; w->moe && w->experts && e < m->d.n_experts; e++)
-            s += warm_ffn(&w->experts[e]);
-        if (w->has_shared)
-            s += warm_ffn(&w->shared);
-    }
-    volatile unsigned sink = s;
-    (void)sink;
-}
-
 /* MiB of this process's anonymous memory on transparent huge pages (weights
  * copied or quantized at load and the probe buffer ask for them; whether
  * the kernel grants them changes the bandwidth by up to 2x), -1 if unknown. */
@@ -170,90 +127,100 @@ int mc_cmd_bench(int argc, char **argv)
     int json = 0, have_fmt = 0;
     mc_dtype fmt = MC_DT_BF16;
     int c;
+    mc_err err;
+    mc_err_clear(&err);
+    mc_session *ses = NULL; /* one process, no world: the backend is known before parsing */
+    if (mc_session_open(NULL, NULL, false, &ses, &err) != MC_OK) {
+        fprintf(stderr, "moecluster bench: %s\n", err.msg);
+        return 1;
+    }
+#define PARSE_RETURN(x)                                                                            \
+    do {                                                                                           \
+        mc_session_close(ses, false);                                                              \
+        return (x);                                                                                \
+    } while (0)
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
         case 'm': dir = optarg; break;
         case 'b':
             if (mc_arg_int("bench", "--batch", optarg, 1, 4096, &batch))
-                return 2;
+                PARSE_RETURN(2);
             break;
         case 'p':
             if (mc_arg_int("bench", "--prompt-len", optarg, 1, 1 << 20, &plen))
-                return 2;
+                PARSE_RETURN(2);
             break;
         case 'g':
             if (mc_arg_int("bench", "--gen-len", optarg, 1, 1 << 20, &glen))
-                return 2;
+                PARSE_RETURN(2);
             break;
         case 't':
             if (mc_arg_int("bench", "--threads", optarg, 1, 1024, &threads))
-                return 2;
+                PARSE_RETURN(2);
             break;
         case 'P':
             if (mc_arg_int("bench", "--probe-mib", optarg, 1, 1 << 20, &probe_mib))
-                return 2;
+                PARSE_RETURN(2);
             break;
         case 'r':
             if (mc_arg_int("bench", "--repeat", optarg, 1, 100, &reps))
-                return 2;
+                PARSE_RETURN(2);
             break;
         case 'w':
             if (mc_weight_format_from_name(optarg, &fmt) != 0) {
                 fprintf(stderr, "moecluster bench: --weights: '%s' is not q8_0, q4_k, bf16, f16 or f32\n",
                         optarg);
-                return 2;
+                PARSE_RETURN(2);
             }
             have_fmt = 1;
             break;
         case 'k': {
-            mc_kpath kp;
-            if (mc_kpath_from_name(optarg, &kp) != 0) {
+            mc_status ks = mc_session_set_kernels(ses, optarg, &err);
+            if (ks == MC_ERR_ARG) {
                 fprintf(stderr, "moecluster bench: --kernels: '%s' is not scalar, avx2 or avx512\n",
                         optarg);
-                return 2;
+                PARSE_RETURN(2);
             }
-            if (mc_kernels_set_path(kp) != 0) {
+            if (ks != MC_OK) {
                 fprintf(stderr, "moecluster bench: --kernels %s: this CPU or build lacks it\n",
                         optarg);
-                return 2;
+                PARSE_RETURN(2);
             }
             break;
         }
         case 'j': json = 1; break;
-        case 'h': bench_usage(stdout); return 0;
-        default: bench_usage(stderr); return 2;
+        case 'h': bench_usage(stdout); PARSE_RETURN(0);
+        default: bench_usage(stderr); PARSE_RETURN(2);
         }
     }
     if (optind < argc || !dir) {
         fprintf(stderr, "moecluster bench: %s\n", dir ? "unexpected argument" : "--model is required");
         bench_usage(stderr);
-        return 2;
+        PARSE_RETURN(2);
     }
-    mc_kernels_set_threads((int)threads); /* 0: MC_THREADS or the CPU count */
-    int nthreads = mc_kernels_threads();
-    mc_err err;
-    mc_err_clear(&err);
-    mc_model *m = NULL;
-    mc_kv *kv = NULL;
+#undef PARSE_RETURN
+    mc_session_set_threads(ses, (int)threads); /* 0: MC_THREADS or the CPU count */
+    int nthreads = mc_session_threads(ses);
     float *logits = NULL;
     int64_t *tok = NULL;
     int rc = 1;
     double t0 = now_s();
-    if (mc_model_load(dir, &m, &err) != MC_OK)
+    mc_session_opts lo = {.dir = dir};
+    if (mc_session_load(ses, &lo, &err) != MC_OK)
         goto fail;
-    if (m->v4) {
+    const mc_model_desc *d = mc_session_desc(ses);
+    if (d->family == MC_FAM_DEEPSEEK_V4) {
         mc_err_set(&err, MC_ERR_UNSUPPORTED, "bench does not run DeepSeek-V4 models yet");
         goto fail;
     }
     if (have_fmt) {
         MC_INFO("bench: quantizing expert and dense weights to %s", mc_dtype_name(fmt));
-        if (mc_model_quantize(m, fmt, &err) != MC_OK)
+        if (mc_session_quantize(ses, fmt, &err) != MC_OK)
             goto fail;
     }
-    warm_model(m);
+    mc_session_warm(ses);
     double t_load = now_s() - t0;
-    const mc_model_desc *d = &m->d;
     int V = d->vocab;
     if ((double)plen + (double)batch * (double)(glen * reps + 1) > (double)d->max_pos * 64) {
         mc_err_set(&err, MC_ERR_ARG,
@@ -261,7 +228,7 @@ int mc_cmd_bench(int argc, char **argv)
         goto fail;
     }
     int cap = (int)(plen + batch * (glen * reps + 1));
-    if (mc_kv_create(m, cap, &kv, &err) != MC_OK)
+    if (mc_session_seq_init(ses, cap, &err) != MC_OK)
         goto fail;
     logits = malloc((size_t)batch * V * sizeof *logits);
     tok = malloc((size_t)(plen > batch ? plen : batch) * sizeof *tok);
@@ -271,8 +238,8 @@ int mc_cmd_bench(int argc, char **argv)
     }
 
     /* probes, in this process and with these threads */
-    double probe_gbps = mc_probe_read_gbps((size_t)probe_mib << 20, nthreads, 2.0);
-    double peak_gflops = mc_probe_fma_gflops(nthreads, 1.0);
+    double probe_gbps = mc_session_probe_read_gbps(ses, (size_t)probe_mib << 20, nthreads, 2.0);
+    double peak_gflops = mc_session_probe_fma_gflops(ses, nthreads, 1.0);
     if (probe_gbps <= 0) {
         mc_err_set(&err, MC_ERR_NOMEM, "no memory for the %lld MiB bandwidth probe", probe_mib);
         goto fail;
@@ -286,24 +253,26 @@ int mc_cmd_bench(int argc, char **argv)
     }
     double t_prefill = 1e30, prefill_macs = 0;
     for (long long r = 0; r < reps; r++) {
-        mc_kv_reset(kv);
-        mc_kernels_count_bytes(1);
+        mc_session_seq_reset(ses);
+        mc_session_count(ses, true);
         t0 = now_s();
-        if (mc_model_forward(m, kv, tok, (int)plen, logits, true, &err) != MC_OK)
+        if (mc_session_forward(ses, tok, (int)plen, logits, true, &err) != MC_OK)
             goto fail;
         double t = now_s() - t0;
         if (t < t_prefill)
             t_prefill = t;
-        prefill_macs = (double)mc_kernels_macs();
+        mc_session_counters cnt;
+        mc_session_counters_get(ses, &cnt);
+        prefill_macs = (double)cnt.macs;
     }
     int next = argmax(logits, V);
 
     /* decode: one untimed step (first-touch of the KV and scratch), then glen timed steps */
     for (long long b = 0; b < batch; b++)
         tok[b] = (next + b * 7919) % V;
-    if (mc_model_forward(m, kv, tok, (int)batch, logits, false, &err) != MC_OK)
+    if (mc_session_forward(ses, tok, (int)batch, logits, false, &err) != MC_OK)
         goto fail;
-    mc_kernels_count_bytes(1);
+    mc_session_count(ses, true);
     double t_decode = 1e30;
     /* (the probe runs again after decode; the faster of the two counts) */
     for (long long r = 0; r < reps; r++) {
@@ -311,17 +280,19 @@ int mc_cmd_bench(int argc, char **argv)
         for (long long s = 0; s < glen; s++) {
             for (long long b = 0; b < batch; b++)
                 tok[b] = argmax(logits + (size_t)b * V, V);
-            if (mc_model_forward(m, kv, tok, (int)batch, logits, false, &err) != MC_OK)
+            if (mc_session_forward(ses, tok, (int)batch, logits, false, &err) != MC_OK)
                 goto fail;
         }
         double t = now_s() - t0;
         if (t < t_decode)
             t_decode = t;
     }
-    double bytes_step = (double)mc_kernels_bytes_read() / (double)(glen * reps);
-    mc_kernels_count_bytes(0);
+    mc_session_counters cnt;
+    mc_session_counters_get(ses, &cnt);
+    double bytes_step = (double)cnt.bytes_read / (double)(glen * reps);
+    mc_session_count(ses, false);
     double probe_before = probe_gbps;
-    double probe_after = mc_probe_read_gbps((size_t)probe_mib << 20, nthreads, 2.0);
+    double probe_after = mc_session_probe_read_gbps(ses, (size_t)probe_mib << 20, nthreads, 2.0);
     if (probe_after > probe_gbps)
         probe_gbps = probe_after;
 
@@ -333,7 +304,7 @@ int mc_cmd_bench(int argc, char **argv)
     char cpu[256];
     cpu_model(cpu, sizeof cpu);
     const char *wname = have_fmt ? mc_dtype_name(fmt) : "stored";
-    const char *path = mc_kpath_name(mc_kernels_path());
+    const char *path = mc_session_kernels(ses);
     if (json) {
         /* strings from outside (the path, the CPU name) are escaped by jansson */
         char *jdir = json_str(dir), *jcpu = json_str(cpu);
@@ -355,13 +326,13 @@ int mc_cmd_bench(int argc, char **argv)
                prefill_tok_s, prefill_gflops, peak_gflops, prefill_gflops / peak_gflops,
                decode_tok_s, bytes_step, bytes_step / (double)batch, achieved, probe_gbps,
                probe_before, probe_after, achieved / probe_gbps, t_load, reps, huge_mib, jcpu,
-               mc_cpu_features());
+               mc_session_features(ses));
         free(jdir);
         free(jcpu);
     } else {
         printf("model    %s (%s, %d layers), weights %s, kernels %s, %d threads\n", dir,
                d->model_type, d->n_layers, wname, path, nthreads);
-        printf("cpu      %s [%s]; %ld MiB on huge pages\n", cpu, mc_cpu_features(), huge_mib);
+        printf("cpu      %s [%s]; %ld MiB on huge pages\n", cpu, mc_session_features(ses), huge_mib);
         printf("probe    read stream %lld MiB: %.2f GB/s (before %.2f, after %.2f); FMA peak (f32, "
                "%s): %.1f GFLOP/s\n",
                probe_mib, probe_gbps, probe_before, probe_after, path, peak_gflops);
@@ -378,7 +349,6 @@ fail:
         fprintf(stderr, "moecluster bench: %s\n", err.msg);
     free(logits);
     free(tok);
-    mc_kv_free(kv);
-    mc_model_free(m);
+    mc_session_close(ses, false);
     return rc;
 }

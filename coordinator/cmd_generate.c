@@ -5,14 +5,11 @@
  * next token (and whether to stop) to every rank.
  */
 #include "cli.h"
-#include "comm_mpi.h"
-#include "exec.h"
 #include "log.h"
-#include "model.h"
-#include "model_quant.h"
 #include "par_args.h"
 #include "parallel.h"
 #include "sampler.h"
+#include "session.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -199,42 +196,36 @@ int mc_cmd_generate(int argc, char **argv)
 #undef PARSE_RETURN
     mc_err err;
     mc_err_clear(&err);
-    mc_comm *world = NULL;
-    mc_model *m = NULL;
-    mc_kv *kv = NULL;
+    mc_session *ses = NULL;
     float *logits = NULL, *wf = NULL;
     int *wi = NULL, rc = 1;
     bool fatal = false; /* a failure after the ranks started working together */
-    if (mc_comm_world_init(&argc, &argv, &world, &err) != MC_OK) {
+    if (mc_session_open(&argc, &argv, true, &ses, &err) != MC_OK) {
         fprintf(stderr, "moecluster generate: %s\n", err.msg);
         free(ids);
         return 1;
     }
-    int me = mc_comm_rank(world), n_ranks = mc_comm_size(world);
-    mc_log_init(me);
-    mc_status st = n_ranks == 1 && !par.given
-                       ? mc_model_load(model_dir, &m, &err)
-                       : mc_model_load_dist(model_dir, world, par.tp, par.ep, par.pp, &m, &err);
+    int me = mc_session_rank(ses);
+    mc_session_opts lo = {.dir = model_dir, .tp = par.tp, .ep = par.ep, .pp = par.pp,
+                          .layout_given = par.given, .weights_given = par.weights_given,
+                          .weights = par.weights, .no_verify = par.no_verify,
+                          .stats = par.stats};
+    mc_status st = mc_session_load(ses, &lo, &err);
     if (st != MC_OK)
         goto fail; /* every rank failed together (mc_par_agree) */
-    /* --weights: every rank converts the share it bound (same inputs, same outcome) */
-    if (par.weights_given && (st = mc_model_quantize(m, par.weights, &err)) != MC_OK)
-        goto fail;
-    if (par.stats && (st = mc_stats_enable(m, &err)) != MC_OK)
-        goto fail;
-    int V = m->d.vocab;
+    const mc_model_desc *d = mc_session_desc(ses);
+    int V = d->vocab;
     long long total = n_prompt + n_gen;
-    st = MC_OK;
-    if (total > m->d.max_pos)
+    if (total > d->max_pos)
         st = mc_err_set(&err, MC_ERR_ARG,
                         "prompt (%d) + new tokens (%lld) exceed max_position_embeddings %d",
-                        n_prompt, n_gen, m->d.max_pos);
+                        n_prompt, n_gen, d->max_pos);
     for (int i = 0; st == MC_OK && i < n_prompt; i++)
         if (ids[i] >= V)
             st = mc_err_set(&err, MC_ERR_ARG, "token id %lld at position %d is outside [0, %d)",
                             (long long)ids[i], i, V);
     if (st == MC_OK)
-        st = mc_kv_create(m, (int)(total > 0 ? total : 1), &kv, &err);
+        st = mc_session_seq_init(ses, (int)(total > 0 ? total : 1), &err);
     if (st == MC_OK) {
         logits = mc_malloc_n((size_t)V, sizeof *logits);
         wf = mc_malloc_n((size_t)V, sizeof *wf);
@@ -242,7 +233,7 @@ int mc_cmd_generate(int argc, char **argv)
         if (!logits || !wf || !wi)
             st = mc_err_set(&err, MC_ERR_NOMEM, "out of memory");
     }
-    if (mc_par_agree(world, st, &err) != MC_OK)
+    if (mc_session_agree(ses, st, &err) != MC_OK)
         goto fail;
     mc_sampler_params sp = {.temperature = (float)temp, .top_k = (int)top_k,
                             .top_p = (float)top_p, .seed = (uint64_t)seed};
@@ -250,7 +241,7 @@ int mc_cmd_generate(int argc, char **argv)
     mc_sampler_init(&smp, &sp);
     double a = mc_now_s();
     fatal = true;
-    if (n_gen > 0 && mc_exec_last(m, kv, ids, n_prompt, logits, &err) != MC_OK)
+    if (n_gen > 0 && mc_session_seq_last(ses, ids, n_prompt, logits, &err) != MC_OK)
         goto fail;
     for (long long i = 0; i < n_gen; i++) {
         /* rank 0 samples; every rank learns the token and whether to go on */
@@ -262,13 +253,13 @@ int mc_cmd_generate(int argc, char **argv)
             if (put_out(&err, text) != MC_OK)
                 goto fail;
             msg[0] = next;
-            msg[1] = (!ignore_eos && next == m->d.eos_id) || i + 1 == n_gen;
+            msg[1] = (!ignore_eos && next == d->eos_id) || i + 1 == n_gen;
         }
-        if (mc_par_bcast(world, 0, msg, sizeof msg, &err) != MC_OK)
+        if (mc_session_bcast(ses, 0, msg, sizeof msg, &err) != MC_OK)
             goto fail;
         if (msg[1])
             break;
-        if (mc_exec_last(m, kv, &msg[0], 1, logits, &err) != MC_OK) {
+        if (mc_session_seq_last(ses, &msg[0], 1, logits, &err) != MC_OK) {
             if (me == 0)
                 printf("\n");
             goto fail;
@@ -278,20 +269,16 @@ int mc_cmd_generate(int argc, char **argv)
         goto fail;
     double el = mc_now_s() - a;
     MC_INFO("generated in %.3f s", el);
-    if (par.stats && mc_stats_report(m, stderr, el, &err) != MC_OK)
+    if (par.stats && mc_session_stats_report(ses, stderr, el, &err) != MC_OK)
         goto fail;
     rc = 0;
 fail:
     if (rc)
-        mc_cli_report("generate", world, &err);
-    if (rc && fatal && n_ranks > 1)
-        mc_comm_world_abort(world, 1); /* peers may be blocked in a collective */
+        mc_cli_report("generate", mc_session_world(ses), &err);
     free(ids);
     free(logits);
     free(wf);
     free(wi);
-    mc_kv_free(kv);
-    mc_model_free(m);
-    mc_comm_world_finalize(world);
+    mc_session_close(ses, rc && fatal); /* aborts the peers after a fatal failure */
     return rc;
 }

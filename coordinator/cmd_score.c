@@ -11,15 +11,12 @@
  * is the single-process engine.
  */
 #include "cli.h"
-#include "comm_mpi.h"
-#include "exec.h"
 #include "log.h"
-#include "model.h"
-#include "model_quant.h"
 #include "outfile.h"
 #include "par_args.h"
 #include "parallel.h"
 #include "safetensors.h"
+#include "session.h"
 
 #include <getopt.h>
 #include <stdio.h>
@@ -103,13 +100,13 @@ static mc_status check_output(const char *out_path, const char *in_path, const c
 }
 
 /* Rank 0: token ids in range and the output size. */
-static mc_status check_run(const mc_model *m, const int64_t *ids, int64_t B, int64_t T,
+static mc_status check_run(const mc_model_desc *d, const int64_t *ids, int64_t B, int64_t T,
                            mc_err *err)
 {
-    int V = m->d.vocab;
-    if (T > m->d.max_pos)
+    int V = d->vocab;
+    if (T > d->max_pos)
         return mc_err_set(err, MC_ERR_ARG, "sequence length %lld exceeds max_position_embeddings %d",
-                          (long long)T, m->d.max_pos);
+                          (long long)T, d->max_pos);
     uint64_t nbytes = (uint64_t)B * (uint64_t)T * (uint64_t)V * sizeof(float);
     if (nbytes > MAX_OUTPUT_BYTES)
         return mc_err_set(err, MC_ERR_ARG, "output of %llu bytes is too large",
@@ -176,18 +173,16 @@ int mc_cmd_score(int argc, char **argv)
 #undef PARSE_RETURN
     mc_err err;
     mc_err_clear(&err);
-    mc_comm *world = NULL;
-    mc_model *m = NULL;
+    mc_session *ses = NULL;
     int64_t *ids = NULL;
     float *logits = NULL;
     int rc = 1;
     bool fatal = false; /* a failure after the ranks started working together */
-    if (mc_comm_world_init(&argc, &argv, &world, &err) != MC_OK) {
+    if (mc_session_open(&argc, &argv, true, &ses, &err) != MC_OK) {
         fprintf(stderr, "moecluster score: %s\n", err.msg);
         return 1;
     }
-    int me = mc_comm_rank(world), n_ranks = mc_comm_size(world);
-    mc_log_init(me);
+    int me = mc_session_rank(ses);
     /* rank 0 reads the input; everyone learns B, T (or that it was refused) */
     input_header hdr = {.status = MC_OK};
     if (me == 0) {
@@ -198,7 +193,7 @@ int mc_cmd_score(int argc, char **argv)
         hdr.B = B;
         hdr.T = T;
     }
-    if (mc_par_bcast(world, 0, &hdr, sizeof hdr, &err) != MC_OK) {
+    if (mc_session_bcast(ses, 0, &hdr, sizeof hdr, &err) != MC_OK) {
         fatal = true;
         goto fail;
     }
@@ -210,64 +205,56 @@ int mc_cmd_score(int argc, char **argv)
         fatal = true;
         goto fail;
     }
-    if (mc_par_bcast(world, 0, ids, (size_t)(B * T) * sizeof *ids, &err) != MC_OK) {
+    if (mc_session_bcast(ses, 0, ids, (size_t)(B * T) * sizeof *ids, &err) != MC_OK) {
         fatal = true;
         goto fail;
     }
     double t0 = mc_now_s();
-    mc_status st = n_ranks == 1 && !par.given
-                       ? mc_model_load(model_dir, &m, &err)
-                       : mc_model_load_dist(model_dir, world, par.tp, par.ep, par.pp, &m, &err);
-    if (st != MC_OK)
+    mc_session_opts lo = {.dir = model_dir, .tp = par.tp, .ep = par.ep, .pp = par.pp,
+                          .layout_given = par.given, .weights_given = par.weights_given,
+                          .weights = par.weights, .no_verify = par.no_verify,
+                          .stats = par.stats};
+    if (mc_session_load(ses, &lo, &err) != MC_OK)
         goto fail; /* every rank failed together (mc_par_agree) */
-    /* --weights: every rank converts the share it bound (same inputs, same outcome) */
-    if (par.weights_given && (st = mc_model_quantize(m, par.weights, &err)) != MC_OK)
-        goto fail;
-    MC_INFO("loaded %s (%s, %d layers) in %.2f s", model_dir, m->d.model_type, m->d.n_layers,
+    const mc_model_desc *d = mc_session_desc(ses);
+    MC_INFO("loaded %s (%s, %d layers) in %.2f s", model_dir, d->model_type, d->n_layers,
             mc_now_s() - t0);
-    if (par.stats && mc_stats_enable(m, &err) != MC_OK) {
-        fatal = true;
-        goto fail;
-    }
-    st = MC_OK;
+    mc_status st = MC_OK;
     if (me == 0) {
-        st = check_run(m, ids, B, T, &err);
-        if (st == MC_OK && !(logits = malloc((size_t)B * (size_t)T * m->d.vocab * sizeof(float))))
+        st = check_run(d, ids, B, T, &err);
+        if (st == MC_OK && !(logits = malloc((size_t)B * (size_t)T * d->vocab * sizeof(float))))
             st = mc_err_set(&err, MC_ERR_NOMEM,
                             "out of memory for %lld x %lld x %d logits", (long long)B,
-                            (long long)T, m->d.vocab);
+                            (long long)T, d->vocab);
     }
-    if (mc_par_agree(world, st, &err) != MC_OK)
+    if (mc_session_agree(ses, st, &err) != MC_OK)
         goto fail;
     double t1 = mc_now_s();
-    if (mc_exec_score(m, ids, (int)B, (int)T, (int)decode_from, logits, &err) != MC_OK) {
+    if (mc_session_score(ses, ids, (int)B, (int)T, (int)decode_from, logits, &err) != MC_OK) {
         fatal = true;
         goto fail;
     }
     double el = mc_now_s() - t1;
     MC_INFO("scored %lld x %lld tokens in %.3f s (%.1f tok/s)", (long long)B, (long long)T, el,
             (double)(B * T) / (el > 0 ? el : 1e-9));
-    if (par.stats && mc_stats_report(m, stderr, el, &err) != MC_OK) {
+    if (par.stats && mc_session_stats_report(ses, stderr, el, &err) != MC_OK) {
         fatal = true;
         goto fail;
     }
     st = MC_OK;
     if (me == 0) {
         st_write_tensor wt = {.name = "logits", .dtype = MC_DT_F32, .ndim = 3,
-                              .shape = {B, T, m->d.vocab}, .data = logits};
+                              .shape = {B, T, d->vocab}, .data = logits};
         st = st_write(out_path, &wt, 1, &err);
     }
-    if (mc_par_agree(world, st, &err) != MC_OK)
+    if (mc_session_agree(ses, st, &err) != MC_OK)
         goto fail;
     rc = 0;
 fail:
     if (rc)
-        mc_cli_report("score", world, &err);
-    if (rc && fatal && n_ranks > 1)
-        mc_comm_world_abort(world, 1); /* peers may be blocked in a collective */
+        mc_cli_report("score", mc_session_world(ses), &err);
     free(ids);
     free(logits);
-    mc_model_free(m);
-    mc_comm_world_finalize(world);
+    mc_session_close(ses, rc && fatal); /* aborts the peers after a fatal failure */
     return rc;
 }

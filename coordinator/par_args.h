@@ -8,7 +8,7 @@
 #include "comm.h"
 #include "comm_mpi.h"
 #include "dtype.h"
-#include "model.h"
+#include "session.h"
 #include "status.h"
 
 #include <fcntl.h>
@@ -85,7 +85,7 @@ static inline int mc_par_option(mc_par_args *a, const char *cmd, int c, const ch
         a->weights_given = true;
         return 0;
     case MC_OPT_SHARDS: /* a shard set from `moecluster shard`: each rank reads its own folder */
-        if (!mc_is_shard_set(arg)) {
+        if (!mc_session_is_shard_set(arg)) {
             fprintf(stderr,
                     "moecluster %s: --shards %s: no manifest.json and plan.json there (make one "
                     "with moecluster shard)\n",
@@ -95,8 +95,7 @@ static inline int mc_par_option(mc_par_args *a, const char *cmd, int c, const ch
         a->shards = arg;
         return 0;
     case MC_OPT_NO_VERIFY: /* load a shard set without checking it against its manifest */
-        a->no_verify = true;
-        mc_model_verify_shards(false);
+        a->no_verify = true; /* applied by mc_session_load */
         return 0;
     default:
         return 1;

@@ -1,23 +1,16 @@
 /* backend.c - the generic front end of backend.h: backends and buffers as
- * handles over an implementation's vtable, tensor descriptors and views,
- * and the validation of every op's arguments before it is dispatched. */
+ * handles over an implementation's vtable, tensor descriptors and views.
+ * The validation of every op's arguments before dispatch is in
+ * backend_ops.c. */
 #include "backend.h"
+#include "backend_impl.h"
 
 #include <limits.h>
+#include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-struct mc_backend {
-    mc_backend_i iface;
-    void *ctx;
-};
-
-struct mc_buffer {
-    mc_backend *be;
-    void *mem; /* device address (host pointer on the CPU) */
-    size_t size;
-    int borrowed; /* wrapped host memory: read-only, not freed */
-};
 
 /* ---- backends ---- */
 
@@ -189,7 +182,7 @@ static int dtype_known(mc_dtype dt)
     return (dt >= MC_DT_F32 && dt < MC_DT_COUNT) || mc_dtype_is_block(dt);
 }
 
-static int is_weight_dtype(mc_dtype dt)
+int mc_backend_is_weight_dtype(mc_dtype dt)
 {
     return dt == MC_DT_F32 || dt == MC_DT_F16 || dt == MC_DT_BF16 || dt == MC_DT_F8_E4M3 ||
            mc_dtype_is_block(dt);
@@ -527,199 +520,4 @@ mc_status mc_tensor_upload(mc_tensor *t, const void *host, mc_err *err)
 mc_status mc_tensor_download(const mc_tensor *t, void *host, mc_err *err)
 {
     return tensor_copy(t, host, 0, err);
-}
-
-/* ---- op argument checks ---- */
-
-/* A well-formed tensor of backend be; `what` is "op: arg". */
-static int arg_ok(mc_backend *be, const mc_tensor *t, const char *what, mc_err *err)
-{
-    if (!mc_tensor_check(t, what, err))
-        return 0;
-    if (t->buf->be != be) {
-        mc_err_set(err, MC_ERR_ARG, "%s: tensor is on the %s backend, not %s", what,
-                   t->buf->be->iface.name, be->iface.name);
-        return 0;
-    }
-    return 1;
-}
-
-/* An F32 activation, not transposed; writable if out. */
-static int act_ok(mc_backend *be, const mc_tensor *t, int out, const char *what, mc_err *err)
-{
-    if (!arg_ok(be, t, what, err))
-        return 0;
-    if (t->dtype != MC_DT_F32 || t->transposed) {
-        mc_err_set(err, MC_ERR_ARG, "%s: dtype %s%s is unsupported here (want F32 activations)",
-                   what, mc_dtype_name(t->dtype), t->transposed ? " (transposed)" : "");
-        return 0;
-    }
-    if (out && t->buf->borrowed) {
-        mc_err_set(err, MC_ERR_ARG, "%s: output is in a read-only buffer", what);
-        return 0;
-    }
-    return 1;
-}
-
-static int same_rows_cols(const mc_tensor *a, const mc_tensor *b, const char *what, mc_err *err)
-{
-    if (mc_tensor_rows(a) == mc_tensor_rows(b) && mc_tensor_cols(a) == mc_tensor_cols(b))
-        return 1;
-    mc_err_set(err, MC_ERR_ARG, "%s: shape (%lld, %lld) does not match (%lld, %lld)", what,
-               (long long)mc_tensor_rows(b), (long long)mc_tensor_cols(b),
-               (long long)mc_tensor_rows(a), (long long)mc_tensor_cols(a));
-    return 0;
-}
-
-static int same_view(const mc_tensor *a, const mc_tensor *b)
-{
-    return a->buf == b->buf && a->offset == b->offset && a->dtype == b->dtype &&
-           a->row_stride == b->row_stride && mc_tensor_rows(a) == mc_tensor_rows(b) &&
-           mc_tensor_cols(a) == mc_tensor_cols(b);
-}
-
-static int overlap(const mc_tensor *a, const mc_tensor *b)
-{
-    if (a->buf != b->buf)
-        return 0;
-    size_t ea = mc_tensor_extent(a), eb = mc_tensor_extent(b);
-    return a->offset < b->offset + eb && b->offset < a->offset + ea;
-}
-
-/* y must not overlap x unless it is x itself and `may_alias`. */
-static int alias_ok(const mc_tensor *y, const mc_tensor *x, int may_alias, const char *what,
-                    mc_err *err)
-{
-    if (!overlap(y, x) || (may_alias && same_view(y, x)))
-        return 1;
-    mc_err_set(err, MC_ERR_ARG, "%s: output overlaps an input%s", what,
-               may_alias ? " without being the same tensor" : "");
-    return 0;
-}
-
-#define FAIL_ARG() (err && err->status != MC_OK ? err->status : MC_ERR_ARG)
-
-mc_status mc_op_matmul(mc_backend *be, const mc_tensor *w, const mc_tensor *x, mc_tensor *y,
-                       mc_err *err)
-{
-    if (!arg_ok(be, w, "matmul: w", err) || !act_ok(be, x, 0, "matmul: x", err) ||
-        !act_ok(be, y, 1, "matmul: y", err))
-        return FAIL_ARG();
-    if (w->ndim != 2 || !is_weight_dtype(w->dtype))
-        return mc_err_set(err, MC_ERR_ARG, "matmul: w is %s with %d dimensions (want a 2-D weight "
-                          "in F32, F16, BF16, F8_E4M3, Q8_0 or Q4_K)", mc_dtype_name(w->dtype),
-                          w->ndim);
-    if (mc_tensor_cols(x) != w->shape[1])
-        return mc_err_set(err, MC_ERR_ARG, "matmul: x has %lld columns, w has %lld inputs",
-                          (long long)mc_tensor_cols(x), (long long)w->shape[1]);
-    if (mc_tensor_rows(x) > INT_MAX || mc_tensor_rows(y) != mc_tensor_rows(x) ||
-        mc_tensor_cols(y) != w->shape[0])
-        return mc_err_set(err, MC_ERR_ARG, "matmul: y is (%lld, %lld), want (%lld, %lld)",
-                          (long long)mc_tensor_rows(y), (long long)mc_tensor_cols(y),
-                          (long long)mc_tensor_rows(x), (long long)w->shape[0]);
-    if (!alias_ok(y, x, 0, "matmul: y", err) || !alias_ok(y, w, 0, "matmul: y", err))
-        return FAIL_ARG();
-    return be->iface.matmul(be->ctx, w, x, y, err);
-}
-
-mc_status mc_op_rmsnorm(mc_backend *be, const mc_tensor *x, const mc_tensor *w, float eps,
-                        mc_tensor *y, mc_err *err)
-{
-    if (!act_ok(be, x, 0, "rmsnorm: x", err) || !act_ok(be, y, 1, "rmsnorm: y", err) ||
-        !same_rows_cols(x, y, "rmsnorm: y", err) || !alias_ok(y, x, 1, "rmsnorm: y", err))
-        return FAIL_ARG();
-    if (w) {
-        if (!act_ok(be, w, 0, "rmsnorm: w", err))
-            return FAIL_ARG();
-        if (mc_tensor_rows(w) != 1 || mc_tensor_cols(w) != mc_tensor_cols(x))
-            return mc_err_set(err, MC_ERR_ARG, "rmsnorm: w has %lld elements, x rows have %lld",
-                              (long long)mc_tensor_nelems(w), (long long)mc_tensor_cols(x));
-        if (!alias_ok(y, w, 0, "rmsnorm: y", err))
-            return FAIL_ARG();
-    }
-    if (!(eps >= 0))
-        return mc_err_set(err, MC_ERR_ARG, "rmsnorm: eps = %g", (double)eps);
-    return be->iface.rmsnorm(be->ctx, x, w, eps, y, err);
-}
-
-mc_status mc_op_rope(mc_backend *be, mc_tensor *x, const mc_tensor *pos, const mc_tensor *cs,
-                     const mc_tensor *sn, int interleaved, mc_err *err)
-{
-    if (!act_ok(be, x, 1, "rope: x", err) || !arg_ok(be, pos, "rope: pos", err) ||
-        !act_ok(be, cs, 0, "rope: cs", err) || !act_ok(be, sn, 0, "rope: sn", err))
-        return FAIL_ARG();
-    if (x->ndim != 2 && x->ndim != 3)
-        return mc_err_set(err, MC_ERR_ARG, "rope: x has %d dimensions (want (n, d) or "
-                          "(n, heads, d))", x->ndim);
-    int64_t d = mc_tensor_cols(x);
-    if (d % 2 != 0)
-        return mc_err_set(err, MC_ERR_ARG, "rope: x has an odd number of columns (%lld)",
-                          (long long)d);
-    if (pos->dtype != MC_DT_I32 || pos->ndim != 1 || pos->shape[0] != x->shape[0])
-        return mc_err_set(err, MC_ERR_ARG, "rope: pos is %s with %d dimensions of which the "
-                          "first is %lld (want I32 [%lld], one position per token)",
-                          mc_dtype_name(pos->dtype), pos->ndim, (long long)pos->shape[0],
-                          (long long)x->shape[0]);
-    if (cs->ndim != 2 || mc_tensor_cols(cs) != d / 2 || !same_rows_cols(cs, sn, "rope: sn", err))
-        return err && err->status != MC_OK
-                   ? err->status
-                   : mc_err_set(err, MC_ERR_ARG, "rope: cs is (%lld, %lld) with %d dimensions "
-                                "(want (positions, %lld))", (long long)mc_tensor_rows(cs),
-                                (long long)mc_tensor_cols(cs), cs->ndim, (long long)(d / 2));
-    if (!alias_ok(x, pos, 0, "rope: x", err) || !alias_ok(x, cs, 0, "rope: x", err) ||
-        !alias_ok(x, sn, 0, "rope: x", err))
-        return FAIL_ARG();
-    return be->iface.rope(be->ctx, x, pos, cs, sn, interleaved, err);
-}
-
-mc_status mc_op_swiglu(mc_backend *be, const mc_tensor *g, const mc_tensor *u, mc_tensor *y,
-                       mc_err *err)
-{
-    if (!act_ok(be, g, 0, "swiglu: g", err) || !act_ok(be, u, 0, "swiglu: u", err) ||
-        !act_ok(be, y, 1, "swiglu: y", err) || !same_rows_cols(g, u, "swiglu: u", err) ||
-        !same_rows_cols(g, y, "swiglu: y", err) || !alias_ok(y, g, 1, "swiglu: y", err) ||
-        !alias_ok(y, u, 1, "swiglu: y", err))
-        return FAIL_ARG();
-    return be->iface.swiglu(be->ctx, g, u, y, err);
-}
-
-mc_status mc_op_add(mc_backend *be, const mc_tensor *a, const mc_tensor *b, mc_tensor *y,
-                    mc_err *err)
-{
-    if (!act_ok(be, a, 0, "add: a", err) || !act_ok(be, b, 0, "add: b", err) ||
-        !act_ok(be, y, 1, "add: y", err) || !same_rows_cols(a, b, "add: b", err) ||
-        !same_rows_cols(a, y, "add: y", err) || !alias_ok(y, a, 1, "add: y", err) ||
-        !alias_ok(y, b, 1, "add: y", err))
-        return FAIL_ARG();
-    return be->iface.add(be->ctx, a, b, y, err);
-}
-
-mc_status mc_op_softmax(mc_backend *be, const mc_tensor *x, mc_tensor *y, mc_err *err)
-{
-    if (!act_ok(be, x, 0, "softmax: x", err) || !act_ok(be, y, 1, "softmax: y", err) ||
-        !same_rows_cols(x, y, "softmax: y", err) || !alias_ok(y, x, 1, "softmax: y", err))
-        return FAIL_ARG();
-    return be->iface.softmax(be->ctx, x, y, err);
-}
-
-mc_status mc_op_embed(mc_backend *be, const mc_tensor *table, const mc_tensor *ids, int64_t id0,
-                      mc_tensor *y, mc_err *err)
-{
-    if (!arg_ok(be, table, "embed: table", err) || !arg_ok(be, ids, "embed: ids", err) ||
-        !act_ok(be, y, 1, "embed: y", err))
-        return FAIL_ARG();
-    if (table->ndim != 2 || table->transposed || !is_weight_dtype(table->dtype))
-        return mc_err_set(err, MC_ERR_ARG, "embed: table is %s with %d dimensions%s (want a 2-D "
-                          "weight, not transposed)", mc_dtype_name(table->dtype), table->ndim,
-                          table->transposed ? ", transposed" : "");
-    if ((ids->dtype != MC_DT_I32 && ids->dtype != MC_DT_I64) || ids->ndim != 1)
-        return mc_err_set(err, MC_ERR_ARG, "embed: ids is %s with %d dimensions (want I32 or I64 "
-                          "[n])", mc_dtype_name(ids->dtype), ids->ndim);
-    if (mc_tensor_rows(y) != ids->shape[0] || mc_tensor_cols(y) != table->shape[1])
-        return mc_err_set(err, MC_ERR_ARG, "embed: y is (%lld, %lld), want (%lld, %lld)",
-                          (long long)mc_tensor_rows(y), (long long)mc_tensor_cols(y),
-                          (long long)ids->shape[0], (long long)table->shape[1]);
-    if (!alias_ok(y, table, 0, "embed: y", err) || !alias_ok(y, ids, 0, "embed: y", err))
-        return FAIL_ARG();
-    return be->iface.embed(be->ctx, table, ids, id0, y, err);
 }

@@ -194,19 +194,174 @@ mc_status mc_op_softmax(mc_backend *be, const mc_tensor *x, mc_tensor *y, mc_err
 mc_status mc_op_embed(mc_backend *be, const mc_tensor *table, const mc_tensor *ids, int64_t id0,
                       mc_tensor *y, mc_err *err);
 
+/* ---- MoE block and LayerNorm ----
+ *
+ * One routed MoE layer on a device:
+ *   router_topk        logits (n, E) -> ids (n, k), weights (n, k)
+ *   moe_permute        x (n, H), ids -> xp (n*k, H) grouped by expert, slot (n, k), offsets
+ *   grouped_experts    xp -> yp (n*k, H): every expert's SwiGLU FFN on its rows
+ *   moe_unpermute_weighted   yp, slot, weights -> y (n, H)
+ * (under expert parallelism the dispatch / combine all-to-all sits between
+ * router and experts, and the receiver permutes what it got). */
+
+/* How a router turns logits into the values it chooses by (choice) and the
+ * values its weights come from (score s). bias (e_score_correction_bias) is
+ * added to the choice only. */
+typedef enum {
+    MC_ROUTE_SOFTMAX = 0,   /* s = softmax of the row; choice = s + bias (Qwen3, Mistral) */
+    MC_ROUTE_SIGMOID,       /* s = sigmoid(logit); choice = s + bias (DeepSeek noaux_tc) */
+    MC_ROUTE_SQRTSOFTPLUS,  /* s = sqrt(softplus(logit)), softplus(x) = x past 20
+                               (DeepSeek-V4); choice = s + bias */
+    MC_ROUTE_LOGIT_SIGMOID, /* choice = logit + bias, s = sigmoid(logit) (Llama 4) */
+    MC_ROUTE_COUNT
+} mc_route_score;
+
+typedef struct {
+    mc_route_score score;
+    int k;          /* experts per token, 1..E */
+    int n_group;    /* group-limited choice when n_group > 1 and topk_group < n_group: */
+    int topk_group; /* E / n_group (>= 2) experts per group; a group scores the sum of its two
+                       best choice values; only the topk_group best groups' experts are chosen */
+    int renorm;     /* weights /= (sum of the k chosen s, in double) + norm_eps */
+    float norm_eps; /* today's engine: 1e-20 for sigmoid / sqrtsoftplus, 0 for softmax */
+    float scale;    /* routed_scaling_factor, multiplies every weight last (1: none) */
+} mc_router_opts;
+
+/* Router top-k of every token: ids[t, 0..k) are the k experts with the
+ * largest choice values, in descending order, ties to the lower expert (and
+ * group) index as worker/moe.c; weights[t, j] = s[ids[t, j]], renormalized
+ * and scaled as opts says. logits (n, E) F32; bias [E] F32 or NULL; ids
+ * (n, k) I32; weights (n, k) F32. Today's routers map as:
+ *   topk router:  score softmax / sigmoid, renorm = norm_topk_prob, scale =
+ *                 routed_scaling_factor, groups as the config;
+ *   Llama 4:      LOGIT_SIGMOID, k = 1, no bias, no groups, renorm 0, scale 1;
+ *   DeepSeek-V4:  SQRTSOFTPLUS (or SIGMOID), renorm 1, norm_eps 1e-20, no
+ *                 groups; its reference breaks exact ties at the k-th place
+ *                 as torch.topk does (worker's mc_v4_route), which this op
+ *                 does not reproduce; hash-routed layers need no router. */
+mc_status mc_op_router_topk(mc_backend *be, const mc_tensor *logits, const mc_tensor *bias,
+                            const mc_router_opts *opts, mc_tensor *ids, mc_tensor *weights,
+                            mc_err *err);
+
+/* Groups token-expert pairs by expert: pair (t, j) (expert ids[t, j]) gets
+ * permuted row slot[t, j]; rows are ordered by expert, and within an expert
+ * by pair index t * k + j (stable, as worker/moe.c); xp[slot[t, j], :] =
+ * x[t, :]; the rows of expert e are offsets[e] .. offsets[e + 1].
+ * x (n, H) F32; ids (n, k) I32 with values in [0, E) (checked by the
+ * backend); xp (n * k, H) F32; slot (n, k) I32; offsets I32 [E + 1]. */
+mc_status mc_op_moe_permute(mc_backend *be, const mc_tensor *x, const mc_tensor *ids,
+                            mc_tensor *xp, mc_tensor *slot, mc_tensor *offsets, mc_err *err);
+
+/* y[t, :] = sum_j weights[t, j] * yp[slot[t, j], :], the products added in
+ * ascending slot order (expert order, as worker/moe.c combines) from zero;
+ * weights NULL: all 1. yp (m, H) F32; slot (n, k) I32 with values in
+ * [0, m) (checked by the backend); weights (n, k) F32; y (n, H) F32. */
+mc_status mc_op_moe_unpermute_weighted(mc_backend *be, const mc_tensor *yp, const mc_tensor *slot,
+                                       const mc_tensor *weights, mc_tensor *y, mc_err *err);
+
+typedef struct {
+    /* F32 [m]: each row's router weight, or NULL. weight_input: the row's
+     * input is scaled by it before the FFN (Llama 4); otherwise the FFN's
+     * output is. NULL: y is unweighted (the unpermute weights it). */
+    const mc_tensor *row_weight;
+    int weight_input;
+    /* > 0: DeepSeek-V4's clamp, silu(min(g, L)) * clamp(u, -L, L); 0: plain SwiGLU */
+    float swiglu_limit;
+} mc_experts_opts;
+
+/* Every local expert of a layer in one call: for each e < n_experts, rows
+ * offsets[e] .. offsets[e + 1] of x go through
+ *   y = down_e (silu(gate_e x) * up_e x)
+ * (an expert with no rows costs nothing). x (m, H) F32, y (m, H) F32 (no
+ * alias); offsets I32 [n_experts + 1], 0 first, non-decreasing, m last
+ * (checked by the backend); gate[e], up[e] (I_e, H) and down[e] (H, I_e) any
+ * weight format, including views of fused or transposed slabs (Llama 4's
+ * gate_up_proj [E, H, 2I]: mc_tensor_init_transposed then mc_tensor_view_rows).
+ * opts NULL: unweighted, no clamp. Scratch is the backend's own. */
+mc_status mc_op_grouped_experts(mc_backend *be, const mc_tensor *x, const mc_tensor *offsets,
+                                int n_experts, const mc_tensor *gate, const mc_tensor *up,
+                                const mc_tensor *down, const mc_experts_opts *opts, mc_tensor *y,
+                                mc_err *err);
+
+/* y[r, :] = (x[r, :] - mean) / sqrt(var + eps) * w + b (population
+ * variance); x, y (rows, d) F32, w and b [d] F32 or NULL (1 / 0); y may
+ * alias x. */
+mc_status mc_op_layernorm(mc_backend *be, const mc_tensor *x, const mc_tensor *w,
+                          const mc_tensor *b, float eps, mc_tensor *y, mc_err *err);
+
+/* ---- paged KV cache and attention over it ----
+ *
+ * One layer's cache of one kind is an F32 tensor of pages (kv_pool.h's
+ * blocks), dimension 0 the block id, dimension 1 the slot in the block:
+ *   GQA K and V      (n_blocks, block_size, n_kv_heads, head_dim) each
+ *   MLA latent       (n_blocks, block_size, kv_lora_rank)
+ *   MLA rope key     (n_blocks, block_size, qk_rope_dim)
+ * Position p of a sequence lives in block table[p / block_size], slot
+ * p % block_size. The n tokens of a batch (any mix of sequences, prefill
+ * chunks and decode tokens) find their place through an mc_kv_index, which
+ * the step executor builds from a step plan: block_table row i = blocks of
+ * plan entry i, and for each new token its entry i and start_pos + j. */
+typedef struct {
+    mc_tensor block_table; /* I32 (n_seqs, max_blocks): block ids of each sequence; entries
+                              past a sequence's table are never read */
+    mc_tensor seq;         /* I32 [n]: token t's row of block_table */
+    mc_tensor pos;         /* I32 [n]: token t's position in its sequence */
+} mc_kv_index;
+
+/* How scores become weights: w = softmax(scale * q_scale[t] * q . k) over
+ * the positions token t sees, causal: [lo, pos[t]] of its own sequence,
+ * lo = 0, or with chunk > 0 lo = pos[t] - pos[t] % chunk (Llama 4 chunked
+ * layers). Per-token query factors the caller computes from positions go
+ * in q_scale (Llama 4 NoPE temperature, Mistral 4 position scaling); the
+ * final softmax scale, YaRN mscale included, in scale. Query / key norms
+ * (Qwen3 q/k norms, Llama 4 QK L2 norm = mc_op_rmsnorm without weight) and
+ * RoPE are applied by the caller before mc_op_kv_write and the attention. */
+typedef struct {
+    float scale;
+    int chunk;                /* >= 0; 0 = the whole prefix */
+    const mc_tensor *q_scale; /* NULL or F32 [n] */
+} mc_attn_opts;
+
+/* Writes token t's row(s) src[t] to the slot of position pos[t] of its
+ * sequence: src (n, ..., W) F32 with as many elements per token as one slot
+ * of pages (n_blocks, block_size, ..., W) F32 (a column view of src is
+ * fine: the MLA latent and rope key out of one fused projection). Refused
+ * by the backend, before anything is written, when a token's seq is past the
+ * table, its position past the table's capacity or its block id past
+ * n_blocks (the message names the token and the field). Two tokens of one
+ * call must not share a slot (a step plan with a block listed twice is
+ * refused by mc_step_plan_check). */
+mc_status mc_op_kv_write(mc_backend *be, const mc_kv_index *ix, const mc_tensor *src,
+                         mc_tensor *pages, mc_err *err);
+
+/* GQA attention over the paged cache: y[t, h] = sum_p w[t, h, p] v[p, g],
+ * w from scores q[t, h] . k[p, g] (mc_attn_opts), g = h / (nh / nkv).
+ *   q (n, nh, hd), k_pages (n_blocks, block_size, nkv, hd), v_pages
+ *   (n_blocks, block_size, nkv, vd), y (n, nh, vd), all F32, nh a multiple
+ *   of nkv; y overlaps nothing. Every position a token sees must have been
+ *   written (the tokens of this step by an mc_op_kv_write issued before).
+ * Content refusals as mc_op_kv_write, for every block a token reads. */
+mc_status mc_op_attention(mc_backend *be, const mc_tensor *q, const mc_tensor *k_pages,
+                          const mc_tensor *v_pages, const mc_kv_index *ix,
+                          const mc_attn_opts *opt, mc_tensor *y, mc_err *err);
+
+/* MLA in absorbed form over the latent cache (DeepSeek-V3 decode; prefill
+ * tokens too): score[t, h, p] = q_lat[t, h] . latent[p] + q_pe[t, h] .
+ * k_rope[p], weights as mc_attn_opts, y[t, h] = sum_p w[t, h, p] latent[p].
+ *   q_lat (n, nh, kv_lora) = q_nope with W_kb absorbed, q_pe (n, nh, rd)
+ *   rotated, lat_pages (n_blocks, block_size, kv_lora), pe_pages (n_blocks,
+ *   block_size, rd), y (n, nh, kv_lora) F32, overlapping nothing. The
+ *   caller applies W_vb to y. Content refusals as mc_op_attention. */
+mc_status mc_op_mla_decode(mc_backend *be, const mc_tensor *q_lat, const mc_tensor *q_pe,
+                           const mc_tensor *lat_pages, const mc_tensor *pe_pages,
+                           const mc_kv_index *ix, const mc_attn_opts *opt, mc_tensor *y,
+                           mc_err *err);
+
 /* To come (next steps of the execution core), planned shapes:
- *   mc_op_attention(be, q (n, nh, hd), kv_cache pages, block_table, seq of
- *       each token, pos I32 [n], variant {scale, chunk, nope temp, l2}, y (n, nh, hd))
- *       prefill and decode over the paged KV cache (GQA; Llama 4 chunked / NoPE).
- *   mc_op_mla_decode(be, q_nope_absorbed (n, nh, kv_lora), q_pe (n, nh, rd),
- *       latent pages, rope-key pages, block_table, pos, y (n, nh, kv_lora))
- *   mc_op_indexer_topk(be, iq (n, ih, id), w (n, ih), key pages, block_table, pos, k,
- *       sel I32 (n, k))
- *   mc_op_router_topk(be, logits (n, E), bias [E], kind {softmax, sigmoid grouped,
- *       top1}, n_group, topk_group, k, ids I32 (n, k), weights F32 (n, k))
- *   mc_op_grouped_experts(be, gate/up/down weights per local expert,
- *       x (m, H) permuted by expert, offsets I32 [E + 1], y (m, H))
- *   mc_op_layernorm(be, x, w, b, eps, y); lm head = mc_op_matmul on a vocab slice.
+ *   mc_op_indexer_topk(be, iq (n, ih, id), w (n, ih), key pages (n_blocks,
+ *       block_size, id), mc_kv_index, k, sel I32 (n, k)); mc_op_mla_decode then
+ *       takes sel (the positions each token keeps, V3.2 sparse attention).
+ *   lm head = mc_op_matmul on a vocab slice.
  */
 
 /* ---- probes and counters (bench) ---- */
@@ -273,6 +428,29 @@ typedef struct {
     mc_status (*softmax)(void *ctx, const mc_tensor *x, mc_tensor *y, mc_err *err);
     mc_status (*embed)(void *ctx, const mc_tensor *table, const mc_tensor *ids, int64_t id0,
                        mc_tensor *y, mc_err *err);
+    mc_status (*kv_write)(void *ctx, const mc_kv_index *ix, const mc_tensor *src,
+                          mc_tensor *pages, mc_err *err);
+    mc_status (*attention)(void *ctx, const mc_tensor *q, const mc_tensor *k_pages,
+                           const mc_tensor *v_pages, const mc_kv_index *ix,
+                           const mc_attn_opts *opt, mc_tensor *y, mc_err *err);
+    mc_status (*mla_decode)(void *ctx, const mc_tensor *q_lat, const mc_tensor *q_pe,
+                            const mc_tensor *lat_pages, const mc_tensor *pe_pages,
+                            const mc_kv_index *ix, const mc_attn_opts *opt, mc_tensor *y,
+                            mc_err *err);
+    /* MoE block and LayerNorm */
+    mc_status (*router_topk)(void *ctx, const mc_tensor *logits, const mc_tensor *bias,
+                             const mc_router_opts *opts, mc_tensor *ids, mc_tensor *weights,
+                             mc_err *err);
+    mc_status (*moe_permute)(void *ctx, const mc_tensor *x, const mc_tensor *ids, mc_tensor *xp,
+                             mc_tensor *slot, mc_tensor *offsets, mc_err *err);
+    mc_status (*moe_unpermute_weighted)(void *ctx, const mc_tensor *yp, const mc_tensor *slot,
+                                        const mc_tensor *weights, mc_tensor *y, mc_err *err);
+    mc_status (*grouped_experts)(void *ctx, const mc_tensor *x, const mc_tensor *offsets,
+                                 int n_experts, const mc_tensor *gate, const mc_tensor *up,
+                                 const mc_tensor *down, const mc_experts_opts *opts, mc_tensor *y,
+                                 mc_err *err);
+    mc_status (*layernorm)(void *ctx, const mc_tensor *x, const mc_tensor *w, const mc_tensor *b,
+                           float eps, mc_tensor *y, mc_err *err);
     /* probes and counters */
     const char *(*path)(void *ctx);
     const char *(*features)(void *ctx);

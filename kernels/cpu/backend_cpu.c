@@ -5,6 +5,7 @@
  * math and the checks on contents (positions, token ids). */
 #include "backend.h"
 #include "kernels.h"
+#include "cpu/backend_cpu_attn.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -236,6 +237,21 @@ static mc_status cpu_embed(void *ctx, const mc_tensor *table, const mc_tensor *i
     return MC_OK;
 }
 
+/* MoE block and LayerNorm (cpu/backend_cpu_moe.c) */
+mc_status mc_cpu_router_topk(void *ctx, const mc_tensor *logits, const mc_tensor *bias,
+                             const mc_router_opts *opts, mc_tensor *ids, mc_tensor *weights,
+                             mc_err *err);
+mc_status mc_cpu_moe_permute(void *ctx, const mc_tensor *x, const mc_tensor *ids, mc_tensor *xp,
+                             mc_tensor *slot, mc_tensor *offsets, mc_err *err);
+mc_status mc_cpu_moe_unpermute(void *ctx, const mc_tensor *yp, const mc_tensor *slot,
+                               const mc_tensor *weights, mc_tensor *y, mc_err *err);
+mc_status mc_cpu_grouped_experts(void *ctx, const mc_tensor *x, const mc_tensor *offsets,
+                                 int n_experts, const mc_tensor *gate, const mc_tensor *up,
+                                 const mc_tensor *down, const mc_experts_opts *opts, mc_tensor *y,
+                                 mc_err *err);
+mc_status mc_cpu_layernorm(void *ctx, const mc_tensor *x, const mc_tensor *w, const mc_tensor *b,
+                           float eps, mc_tensor *y, mc_err *err);
+
 /* ---- probes and counters ---- */
 
 static const char *cpu_path(void *ctx)
@@ -320,6 +336,14 @@ static const mc_backend_i cpu_iface = {
     .add = cpu_add,
     .softmax = cpu_softmax,
     .embed = cpu_embed,
+    .router_topk = mc_cpu_router_topk,
+    .moe_permute = mc_cpu_moe_permute,
+    .moe_unpermute_weighted = mc_cpu_moe_unpermute,
+    .grouped_experts = mc_cpu_grouped_experts,
+    .layernorm = mc_cpu_layernorm,
+    .kv_write = mc_cpu_kv_write,
+    .attention = mc_cpu_attention,
+    .mla_decode = mc_cpu_mla_decode,
     .path = cpu_path,
     .features = cpu_features,
     .set_path = cpu_set_path,

@@ -1,0 +1,25 @@
+/* backend_impl.h - private to kernels/backend*.c: the handles behind
+ * mc_backend and mc_buffer, shared by the front end (backend.c) and the op
+ * argument checks (backend_ops.c). Backends themselves see only the vtable
+ * in backend.h. */
+#ifndef MC_BACKEND_IMPL_H
+#define MC_BACKEND_IMPL_H
+
+#include "backend.h"
+
+struct mc_backend {
+    mc_backend_i iface;
+    void *ctx;
+};
+
+struct mc_buffer {
+    mc_backend *be;
+    void *mem; /* device address (host pointer on the CPU) */
+    size_t size;
+    int borrowed; /* wrapped host memory: read-only, not freed */
+};
+
+/* F32, F16, BF16, F8_E4M3, Q8_0 or Q4_K: a format matmul and embed read. */
+int mc_backend_is_weight_dtype(mc_dtype dt);
+
+#endif

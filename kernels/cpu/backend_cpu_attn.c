@@ -1,0 +1,211 @@
+/* cpu/backend_cpu_attn.c - the CPU backend's paged-KV-cache ops: writing
+ * new K / V (or MLA latent / rope-key) rows through the block table, GQA
+ * attention and MLA absorbed attention over the pages.
+ *
+ * The front end (backend.c) has checked dtypes, shapes, buffers and
+ * aliasing. Here are the checks on contents only the device sees: each
+ * token's sequence index, its position and the block ids its positions need,
+ * all checked before anything is written, with an error that names the
+ * token and the field. The math is worker/attention.c's, token by token:
+ * scores with mc_dot, scaled, mc_softmax, weighted sum with mc_axpy, so both
+ * agree to rounding. One score buffer per call (the longest span of any
+ * token); the tokens run on the calling thread. */
+#include "cpu/backend_cpu_attn.h"
+#include "kernels.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* Host address of element 0 of t. */
+static unsigned char *at(const mc_tensor *t)
+{
+    return (unsigned char *)mc_buffer_mem(t->buf) + t->offset;
+}
+
+/* Row r of an F32 tensor (rows as backend.h collapses them). */
+static float *row_f32(const mc_tensor *t, int64_t r)
+{
+    return (float *)at(t) + (size_t)r * (size_t)t->row_stride;
+}
+
+static int32_t i32_at(const mc_tensor *t, int64_t i)
+{
+    int32_t v;
+    memcpy(&v, at(t) + (size_t)i * sizeof v, sizeof v);
+    return v;
+}
+
+/* The block table, read once per call. */
+typedef struct {
+    const unsigned char *bt; /* (n_seqs, row_stride) I32 */
+    int64_t n_seqs, max_blocks, stride;
+    int64_t n_pages, block_size;
+} paged;
+
+static paged paged_of(const mc_kv_index *ix, const mc_tensor *pages)
+{
+    paged p = {.bt = at(&ix->block_table), .n_seqs = ix->block_table.shape[0],
+               .max_blocks = ix->block_table.shape[1], .stride = ix->block_table.row_stride,
+               .n_pages = pages->shape[0], .block_size = pages->shape[1]};
+    return p;
+}
+
+static int32_t block_of(const paged *p, int32_t seq, int64_t j)
+{
+    int32_t b;
+    memcpy(&b, p->bt + ((size_t)seq * (size_t)p->stride + (size_t)j) * sizeof b, sizeof b);
+    return b;
+}
+
+/* Checks token t: its sequence, its position, and the block ids of the
+ * positions it reaches [lo, pos] (lo = pos for a write). Sets *lo_out. */
+static mc_status token_ok(const char *op, const mc_kv_index *ix, const paged *p, int64_t t,
+                          int chunk, int write, int64_t *lo_out, mc_err *err)
+{
+    int32_t s = i32_at(&ix->seq, t), pos = i32_at(&ix->pos, t);
+    if (s < 0 || s >= p->n_seqs)
+        return mc_err_set(err, MC_ERR_ARG, "%s: token %lld: seq = %d is outside the block "
+                          "table's %lld sequences", op, (long long)t, (int)s, (long long)p->n_seqs);
+    if (pos < 0 || pos / p->block_size >= p->max_blocks)
+        return mc_err_set(err, MC_ERR_ARG, "%s: token %lld: pos = %d is outside the block table's "
+                          "capacity (%lld blocks of %lld positions)", op, (long long)t, (int)pos,
+                          (long long)p->max_blocks, (long long)p->block_size);
+    int64_t lo = write ? pos : chunk > 0 ? pos - pos % chunk : 0;
+    for (int64_t j = lo / p->block_size; j <= pos / p->block_size; j++) {
+        int32_t b = block_of(p, s, j);
+        if (b < 0 || b >= p->n_pages)
+            return mc_err_set(err, MC_ERR_ARG, "%s: token %lld: block_table[%d][%lld] = %d is "
+                              "outside the cache's %lld blocks", op, (long long)t, (int)s,
+                              (long long)j, (int)b, (long long)p->n_pages);
+    }
+    *lo_out = lo;
+    return MC_OK;
+}
+
+/* First row of the slot holding position `pos` of sequence s (rows_per_slot
+ * rows of the pages tensor per slot). */
+static int64_t slot_row(const paged *p, int32_t s, int64_t pos, int64_t rows_per_slot)
+{
+    int64_t b = block_of(p, s, pos / p->block_size);
+    return (b * p->block_size + pos % p->block_size) * rows_per_slot;
+}
+
+mc_status mc_cpu_kv_write(void *ctx, const mc_kv_index *ix, const mc_tensor *src,
+                          mc_tensor *pages, mc_err *err)
+{
+    (void)ctx;
+    paged p = paged_of(ix, pages);
+    int64_t n = ix->pos.shape[0], lo;
+    int64_t rps = mc_tensor_rows(pages) / (p.n_pages * p.block_size); /* rows per slot */
+    size_t rb = (size_t)mc_tensor_cols(pages) * sizeof(float);
+    for (int64_t t = 0; t < n; t++) /* all tokens first: nothing is written on refusal */
+        if (token_ok("kv_write", ix, &p, t, 0, 1, &lo, err) != MC_OK)
+            return err ? err->status : MC_ERR_ARG;
+    for (int64_t t = 0; t < n; t++) {
+        int64_t r0 = slot_row(&p, i32_at(&ix->seq, t), i32_at(&ix->pos, t), rps);
+        for (int64_t r = 0; r < rps; r++)
+            memcpy(row_f32(pages, r0 + r), row_f32(src, t * rps + r), rb);
+    }
+    return MC_OK;
+}
+
+/* Checks every token and returns the longest span of positions any token
+ * attends to (the score buffer's length). */
+static mc_status spans_ok(const char *op, const mc_kv_index *ix, const paged *p, int chunk,
+                          int64_t *max_span, mc_err *err)
+{
+    int64_t n = ix->pos.shape[0], lo, m = 1;
+    for (int64_t t = 0; t < n; t++) {
+        if (token_ok(op, ix, p, t, chunk, 0, &lo, err) != MC_OK)
+            return err ? err->status : MC_ERR_ARG;
+        int64_t span = i32_at(&ix->pos, t) - lo + 1;
+        m = span > m ? span : m;
+    }
+    *max_span = m;
+    return MC_OK;
+}
+
+/* The factor of token t's scores: scale, times q_scale[t] when given. */
+static float token_scale(const mc_attn_opts *o, int64_t t)
+{
+    return o->q_scale ? o->scale * row_f32(o->q_scale, 0)[t] : o->scale;
+}
+
+mc_status mc_cpu_attention(void *ctx, const mc_tensor *q, const mc_tensor *k_pages,
+                           const mc_tensor *v_pages, const mc_kv_index *ix,
+                           const mc_attn_opts *opt, mc_tensor *y, mc_err *err)
+{
+    (void)ctx;
+    paged p = paged_of(ix, k_pages);
+    int64_t n = q->shape[0], nh = q->shape[1], nkv = k_pages->shape[2], span;
+    int64_t grp = nh / nkv;
+    int hd = (int)k_pages->shape[3], vd = (int)v_pages->shape[3];
+    mc_status st = spans_ok("attention", ix, &p, opt->chunk, &span, err);
+    if (st != MC_OK)
+        return st;
+    float *score = mc_malloc_n((size_t)span, sizeof *score);
+    if (!score)
+        return mc_err_set(err, MC_ERR_NOMEM, "attention: out of memory for %lld scores",
+                          (long long)span);
+    for (int64_t t = 0; t < n; t++) {
+        int32_t s = i32_at(&ix->seq, t), pos = i32_at(&ix->pos, t);
+        int64_t lo = opt->chunk > 0 ? pos - pos % opt->chunk : 0, S = pos - lo + 1;
+        float sc = token_scale(opt, t);
+        for (int64_t h = 0; h < nh; h++) {
+            int64_t g = h / grp; /* the head's KV group */
+            const float *qh = row_f32(q, t * nh + h);
+            for (int64_t i = 0; i < S; i++)
+                score[i] = mc_dot(qh, row_f32(k_pages, slot_row(&p, s, lo + i, nkv) + g), hd);
+            for (int64_t i = 0; i < S; i++)
+                score[i] *= sc;
+            mc_softmax(score, (int)S);
+            float *o = row_f32(y, t * nh + h);
+            memset(o, 0, (size_t)vd * sizeof *o);
+            for (int64_t i = 0; i < S; i++)
+                mc_axpy(o, score[i], row_f32(v_pages, slot_row(&p, s, lo + i, nkv) + g), vd);
+        }
+    }
+    free(score);
+    return MC_OK;
+}
+
+mc_status mc_cpu_mla_decode(void *ctx, const mc_tensor *q_lat, const mc_tensor *q_pe,
+                            const mc_tensor *lat_pages, const mc_tensor *pe_pages,
+                            const mc_kv_index *ix, const mc_attn_opts *opt, mc_tensor *y,
+                            mc_err *err)
+{
+    (void)ctx;
+    paged p = paged_of(ix, lat_pages);
+    int64_t n = q_lat->shape[0], nh = q_lat->shape[1], span;
+    int lr = (int)lat_pages->shape[2], rd = (int)pe_pages->shape[2];
+    mc_status st = spans_ok("mla_decode", ix, &p, opt->chunk, &span, err);
+    if (st != MC_OK)
+        return st;
+    float *score = mc_malloc_n((size_t)span, sizeof *score);
+    if (!score)
+        return mc_err_set(err, MC_ERR_NOMEM, "mla_decode: out of memory for %lld scores",
+                          (long long)span);
+    for (int64_t t = 0; t < n; t++) {
+        int32_t s = i32_at(&ix->seq, t), pos = i32_at(&ix->pos, t);
+        int64_t lo = opt->chunk > 0 ? pos - pos % opt->chunk : 0, S = pos - lo + 1;
+        float sc = token_scale(opt, t);
+        for (int64_t h = 0; h < nh; h++) {
+            const float *ql = row_f32(q_lat, t * nh + h), *qp = row_f32(q_pe, t * nh + h);
+            for (int64_t i = 0; i < S; i++) {
+                int64_t r = slot_row(&p, s, lo + i, 1);
+                score[i] = mc_dot(ql, row_f32(lat_pages, r), lr) +
+                           mc_dot(qp, row_f32(pe_pages, r), rd);
+            }
+            for (int64_t i = 0; i < S; i++)
+                score[i] *= sc;
+            mc_softmax(score, (int)S);
+            float *o = row_f32(y, t * nh + h);
+            memset(o, 0, (size_t)lr * sizeof *o);
+            for (int64_t i = 0; i < S; i++)
+                if (score[i] != 0.0f)
+                    mc_axpy(o, score[i], row_f32(lat_pages, slot_row(&p, s, lo + i, 1)), lr);
+        }
+    }
+    free(score);
+    return MC_OK;
+}

@@ -1,0 +1,363 @@
+/* cpu/backend_cpu_moe.c - the CPU backend's MoE block and LayerNorm ops:
+ * router scoring and top-k, the permutation of token-expert pairs by
+ * expert and back, the grouped expert FFN, LayerNorm. The front end
+ * (backend.c) has validated shapes, dtypes and aliasing; what is left here
+ * is the math and the checks on contents (expert ids, offsets, slots). The
+ * router and the experts compute exactly what worker/moe.c computes (same
+ * kernels, same order of operations), so results are bit-identical to it. */
+#include "backend.h"
+#include "kernels.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Entries of the CPU vtable (backend_cpu.c), arguments as the mc_op_* of the same name. */
+mc_status mc_cpu_router_topk(void *ctx, const mc_tensor *logits, const mc_tensor *bias,
+                             const mc_router_opts *opts, mc_tensor *ids, mc_tensor *weights,
+                             mc_err *err);
+mc_status mc_cpu_moe_permute(void *ctx, const mc_tensor *x, const mc_tensor *ids, mc_tensor *xp,
+                             mc_tensor *slot, mc_tensor *offsets, mc_err *err);
+mc_status mc_cpu_moe_unpermute(void *ctx, const mc_tensor *yp, const mc_tensor *slot,
+                               const mc_tensor *weights, mc_tensor *y, mc_err *err);
+mc_status mc_cpu_grouped_experts(void *ctx, const mc_tensor *x, const mc_tensor *offsets,
+                                 int n_experts, const mc_tensor *gate, const mc_tensor *up,
+                                 const mc_tensor *down, const mc_experts_opts *opts, mc_tensor *y,
+                                 mc_err *err);
+mc_status mc_cpu_layernorm(void *ctx, const mc_tensor *x, const mc_tensor *w, const mc_tensor *b,
+                           float eps, mc_tensor *y, mc_err *err);
+
+/* Host address of element 0 of t. */
+static unsigned char *at(const mc_tensor *t)
+{
+    return (unsigned char *)mc_buffer_mem(t->buf) + t->offset;
+}
+
+/* Row r of an F32 / I32 tensor (both 4-byte elements). */
+static float *row_f32(const mc_tensor *t, int64_t r)
+{
+    return (float *)at(t) + (size_t)r * (size_t)t->row_stride;
+}
+
+static int32_t *row_i32(const mc_tensor *t, int64_t r)
+{
+    return (int32_t *)at(t) + (size_t)r * (size_t)t->row_stride;
+}
+
+/* Element i of t in row-major order over its logical shape (a vector of
+ * any shape). */
+static float elem_f32(const mc_tensor *t, int64_t i)
+{
+    int64_t c = mc_tensor_cols(t);
+    return row_f32(t, i / c)[i % c];
+}
+
+/* The kernels' view of a validated 2-D weight (borrowed, like t). */
+static mc_mat to_mat(const mc_tensor *t)
+{
+    mc_mat m = {.dtype = t->dtype, .rows = (int)t->shape[0], .cols = (int)t->shape[1],
+                .row_stride = (size_t)t->row_stride, .transposed = t->transposed,
+                .data = at(t)};
+    if (t->scale_buf) {
+        m.scale = (const float *)((const unsigned char *)mc_buffer_mem(t->scale_buf) +
+                                  t->scale_offset);
+        m.block_rows = t->block_rows;
+        m.block_cols = t->block_cols;
+        m.scale_cols = (int)t->scale_cols;
+    }
+    return m;
+}
+
+/* ---- router ---- */
+
+/* Index of the largest v[i] with ok[i], the lowest index on ties (a NaN
+ * never wins against an earlier value); -1 if none is allowed. */
+static int argmax_allowed(const float *v, const unsigned char *ok, int n)
+{
+    int best = -1;
+    for (int i = 0; i < n; i++)
+        if (ok[i] && (best < 0 || v[i] > v[best]))
+            best = i;
+    return best;
+}
+
+/* Sum of the two largest of c[0..per) (per >= 2). */
+static float top2_sum(const float *c, int per)
+{
+    int a = 0;
+    for (int i = 1; i < per; i++)
+        if (c[i] > c[a])
+            a = i;
+    int b = a == 0 ? 1 : 0;
+    for (int i = 0; i < per; i++)
+        if (i != a && c[i] > c[b])
+            b = i;
+    return c[a] + c[b];
+}
+
+/* One token. s, c: E floats; ok: E flags; gs: G floats, gok: G flags (scratch). */
+static void route_row(const float *lg, const float *bias, const mc_router_opts *o, int E,
+                      float *s, float *c, unsigned char *ok, float *gs, unsigned char *gok,
+                      int32_t *ids, float *w)
+{
+    switch (o->score) {
+    case MC_ROUTE_SOFTMAX:
+        memcpy(s, lg, (size_t)E * sizeof *s);
+        mc_softmax(s, E);
+        break;
+    case MC_ROUTE_SIGMOID:
+    case MC_ROUTE_LOGIT_SIGMOID:
+        for (int e = 0; e < E; e++)
+            s[e] = mc_sigmoid(lg[e]);
+        break;
+    default: /* MC_ROUTE_SQRTSOFTPLUS */
+        for (int e = 0; e < E; e++)
+            s[e] = sqrtf(lg[e] > 20.0f ? lg[e] : log1pf(expf(lg[e])));
+        break;
+    }
+    const float *base = o->score == MC_ROUTE_LOGIT_SIGMOID ? lg : s;
+    for (int e = 0; e < E; e++) {
+        c[e] = bias ? base[e] + bias[e] : base[e];
+        ok[e] = 1;
+    }
+    if (o->n_group > 1 && o->topk_group < o->n_group) {
+        int G = o->n_group, per = E / G;
+        for (int g = 0; g < G; g++) {
+            gs[g] = top2_sum(c + (size_t)g * per, per);
+            gok[g] = 1;
+        }
+        memset(ok, 0, (size_t)E);
+        for (int j = 0; j < o->topk_group; j++) {
+            int g = argmax_allowed(gs, gok, G);
+            gok[g] = 0;
+            memset(ok + (size_t)g * per, 1, (size_t)per);
+        }
+    }
+    double sum = 0;
+    for (int j = 0; j < o->k; j++) {
+        int e = argmax_allowed(c, ok, E);
+        ok[e] = 0;
+        ids[j] = e;
+        w[j] = s[e];
+        sum += s[e];
+    }
+    if (o->renorm) {
+        float denom = (float)sum + o->norm_eps;
+        for (int j = 0; j < o->k; j++)
+            w[j] /= denom;
+    }
+    for (int j = 0; j < o->k; j++)
+        w[j] *= o->scale;
+}
+
+mc_status mc_cpu_router_topk(void *ctx, const mc_tensor *logits, const mc_tensor *bias,
+                             const mc_router_opts *opts, mc_tensor *ids, mc_tensor *weights,
+                             mc_err *err)
+{
+    (void)ctx;
+    int64_t n = mc_tensor_rows(logits);
+    int E = (int)mc_tensor_cols(logits), G = opts->n_group > 1 ? opts->n_group : 1;
+    /* bias as E contiguous floats (a one-row tensor) */
+    const float *bp = bias ? row_f32(bias, 0) : NULL;
+    float *s = mc_malloc_n((size_t)2 * E + (size_t)G, sizeof *s); /* s [E], c [E], gs [G] */
+    unsigned char *ok = malloc((size_t)E + (size_t)G);             /* ok [E], gok [G] */
+    if (!s || !ok) {
+        free(s);
+        free(ok);
+        return mc_err_set(err, MC_ERR_NOMEM, "out of memory in router_topk");
+    }
+    for (int64_t t = 0; t < n; t++)
+        route_row(row_f32(logits, t), bp, opts, E, s, s + E, ok, s + 2 * E, ok + E,
+                  row_i32(ids, t), row_f32(weights, t));
+    free(s);
+    free(ok);
+    return MC_OK;
+}
+
+/* ---- permutation by expert ---- */
+
+mc_status mc_cpu_moe_permute(void *ctx, const mc_tensor *x, const mc_tensor *ids, mc_tensor *xp,
+                             mc_tensor *slot, mc_tensor *offsets, mc_err *err)
+{
+    (void)ctx;
+    int64_t n = mc_tensor_rows(x), k = mc_tensor_cols(ids), H = mc_tensor_cols(x);
+    int64_t E = mc_tensor_nelems(offsets);
+    E -= 1;
+    for (int64_t t = 0; t < n; t++) /* all ids first: nothing is written on refusal */
+        for (int64_t j = 0; j < k; j++) {
+            int32_t e = row_i32(ids, t)[j];
+            if (e < 0 || e >= E)
+                return mc_err_set(err, MC_ERR_ARG, "moe_permute: ids[%lld, %lld] = %d is outside "
+                                  "the %lld experts of offsets", (long long)t, (long long)j,
+                                  (int)e, (long long)E);
+        }
+    int32_t *off = row_i32(offsets, 0); /* (E + 1) contiguous */
+    int32_t *next = mc_malloc_n((size_t)E, sizeof *next);
+    if (!next)
+        return mc_err_set(err, MC_ERR_NOMEM, "out of memory in moe_permute");
+    /* counting sort by expert, stable in pair order t * k + j */
+    memset(off, 0, (size_t)(E + 1) * sizeof *off);
+    for (int64_t t = 0; t < n; t++)
+        for (int64_t j = 0; j < k; j++)
+            off[row_i32(ids, t)[j] + 1]++;
+    for (int64_t e = 0; e < E; e++) {
+        off[e + 1] += off[e];
+        next[e] = off[e];
+    }
+    for (int64_t t = 0; t < n; t++)
+        for (int64_t j = 0; j < k; j++) {
+            int32_t r = next[row_i32(ids, t)[j]]++;
+            row_i32(slot, t)[j] = r;
+            memcpy(row_f32(xp, r), row_f32(x, t), (size_t)H * sizeof(float));
+        }
+    free(next);
+    return MC_OK;
+}
+
+mc_status mc_cpu_moe_unpermute(void *ctx, const mc_tensor *yp, const mc_tensor *slot,
+                               const mc_tensor *weights, mc_tensor *y, mc_err *err)
+{
+    (void)ctx;
+    int64_t n = mc_tensor_rows(slot), k = mc_tensor_cols(slot), H = mc_tensor_cols(yp);
+    int64_t m = mc_tensor_rows(yp);
+    for (int64_t t = 0; t < n; t++) /* all slots first: nothing is written on refusal */
+        for (int64_t j = 0; j < k; j++) {
+            int32_t r = row_i32(slot, t)[j];
+            if (r < 0 || r >= m)
+                return mc_err_set(err, MC_ERR_ARG, "moe_unpermute: slot[%lld, %lld] = %d is "
+                                  "outside yp's %lld rows", (long long)t, (long long)j, (int)r,
+                                  (long long)m);
+        }
+    int *ord = mc_malloc_n((size_t)k, sizeof *ord); /* the token's pairs j by ascending slot */
+    if (!ord)
+        return mc_err_set(err, MC_ERR_NOMEM, "out of memory in moe_unpermute");
+    for (int64_t t = 0; t < n; t++) {
+        const int32_t *sl = row_i32(slot, t);
+        for (int j = 0; j < k; j++) { /* insertion sort: k is small */
+            int i = j;
+            for (; i > 0 && sl[ord[i - 1]] > sl[j]; i--)
+                ord[i] = ord[i - 1];
+            ord[i] = j;
+        }
+        float *yt = row_f32(y, t);
+        memset(yt, 0, (size_t)H * sizeof *yt);
+        for (int i = 0; i < k; i++) {
+            const float *src = row_f32(yp, sl[ord[i]]);
+            float wgt = weights ? row_f32(weights, t)[ord[i]] : 1.0f;
+            for (int64_t h = 0; h < H; h++) {
+                float p = wgt * src[h]; /* rounded, then added: as worker/moe.c */
+                yt[h] += p;
+            }
+        }
+    }
+    free(ord);
+    return MC_OK;
+}
+
+/* ---- grouped experts ---- */
+
+mc_status mc_cpu_grouped_experts(void *ctx, const mc_tensor *x, const mc_tensor *offsets,
+                                 int n_experts, const mc_tensor *gate, const mc_tensor *up,
+                                 const mc_tensor *down, const mc_experts_opts *opts, mc_tensor *y,
+                                 mc_err *err)
+{
+    (void)ctx;
+    int64_t m = mc_tensor_rows(x);
+    int H = (int)mc_tensor_cols(x);
+    const int32_t *off = row_i32(offsets, 0);
+    if (off[0] != 0 || off[n_experts] != m)
+        return mc_err_set(err, MC_ERR_ARG, "grouped_experts: offsets[0] = %d and offsets[%d] = "
+                          "%d, want 0 and the %lld rows of x", (int)off[0], n_experts,
+                          (int)off[n_experts], (long long)m);
+    int64_t max_rows = 0, max_inter = 0;
+    for (int e = 0; e < n_experts; e++) {
+        if (off[e + 1] < off[e])
+            return mc_err_set(err, MC_ERR_ARG, "grouped_experts: offsets[%d] = %d is less than "
+                              "offsets[%d] = %d", e + 1, (int)off[e + 1], e, (int)off[e]);
+        if (off[e + 1] - off[e] > max_rows)
+            max_rows = off[e + 1] - off[e];
+        if (off[e + 1] > off[e] && gate[e].shape[0] > max_inter)
+            max_inter = gate[e].shape[0];
+    }
+    const mc_tensor *rw = opts ? opts->row_weight : NULL;
+    int w_in = rw && opts->weight_input;
+    float lim = opts ? opts->swiglu_limit : 0.0f;
+    /* scratch: g, u (rows, I) and, when the input is weighted, xin (rows, H) */
+    size_t need = (size_t)max_rows * (size_t)(2 * max_inter + (w_in ? H : 0));
+    float *scratch = mc_malloc_n(need ? need : 1, sizeof *scratch);
+    if (!scratch)
+        return mc_err_set(err, MC_ERR_NOMEM, "out of memory in grouped_experts");
+    for (int e = 0; e < n_experts; e++) {
+        int r0 = off[e], ne = off[e + 1] - r0;
+        if (ne == 0)
+            continue; /* an expert with no rows costs nothing */
+        int I = (int)gate[e].shape[0];
+        float *g = scratch, *u = scratch + (size_t)ne * I, *xin = u + (size_t)ne * I;
+        const float *xs = row_f32(x, r0);
+        int ldx = (int)x->row_stride;
+        if (w_in) { /* Llama 4: the router weight scales the expert's input */
+            for (int j = 0; j < ne; j++) {
+                const float *xr = row_f32(x, r0 + j);
+                float wj = elem_f32(rw, r0 + j);
+                for (int h = 0; h < H; h++)
+                    xin[(size_t)j * H + h] = xr[h] * wj;
+            }
+            xs = xin;
+            ldx = H;
+        }
+        mc_mat gm = to_mat(&gate[e]), um = to_mat(&up[e]), dm = to_mat(&down[e]);
+        mc_matmul(&gm, xs, ne, ldx, g, I); /* (ne, I) */
+        mc_matmul(&um, xs, ne, ldx, u, I); /* (ne, I) */
+        size_t gi = (size_t)ne * I;
+        if (lim > 0) { /* DeepSeek-V4: silu(min(g, L)) * clamp(u, -L, L) */
+            for (size_t i = 0; i < gi; i++) {
+                float gv = g[i] > lim ? lim : g[i];
+                float uv = u[i] > lim ? lim : u[i] < -lim ? -lim : u[i];
+                g[i] = mc_silu(gv) * uv;
+            }
+        } else {
+            for (size_t i = 0; i < gi; i++)
+                g[i] = mc_silu(g[i]) * u[i];
+        }
+        mc_matmul(&dm, g, ne, I, row_f32(y, r0), (int)y->row_stride); /* (ne, H) */
+        if (rw && !w_in)
+            for (int j = 0; j < ne; j++) {
+                float *yr = row_f32(y, r0 + j), wj = elem_f32(rw, r0 + j);
+                for (int h = 0; h < H; h++)
+                    yr[h] = wj * yr[h];
+            }
+    }
+    free(scratch);
+    return MC_OK;
+}
+
+/* ---- LayerNorm ---- */
+
+mc_status mc_cpu_layernorm(void *ctx, const mc_tensor *x, const mc_tensor *w, const mc_tensor *b,
+                           float eps, mc_tensor *y, mc_err *err)
+{
+    (void)ctx;
+    (void)err;
+    int64_t d = mc_tensor_cols(x);
+    const float *wp = w ? row_f32(w, 0) : NULL, *bp = b ? row_f32(b, 0) : NULL;
+    for (int64_t r = 0; r < mc_tensor_rows(x); r++) {
+        const float *xr = row_f32(x, r);
+        float *yr = row_f32(y, r); /* may be xr: each element is read before it is written */
+        double mean = 0, var = 0;
+        for (int64_t i = 0; i < d; i++)
+            mean += xr[i];
+        mean /= (double)d;
+        for (int64_t i = 0; i < d; i++)
+            var += (xr[i] - mean) * (xr[i] - mean);
+        double inv = 1.0 / sqrt(var / (double)d + (double)eps);
+        for (int64_t i = 0; i < d; i++) {
+            double v = (xr[i] - mean) * inv;
+            if (wp)
+                v *= wp[i];
+            if (bp)
+                v += bp[i];
+            yr[i] = (float)v;
+        }
+    }
+    return MC_OK;
+}

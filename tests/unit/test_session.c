@@ -1,0 +1,137 @@
+/* test_session.c - the commands' lifecycle (worker/session.h): a session's
+ * score, sequence steps and single-process forward against the model's own
+ * forward pass on a separately loaded copy; the backend's counters through
+ * the session against the kernels' process-wide counters; errors named. */
+#include "check.h"
+#include "kernels.h"
+#include "model.h"
+#include "session.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define B 2
+#define T 5
+
+/* Counts mismatches beyond tol (relative to 1 + |ref|), prints the first few. */
+static int compare(const char *what, const float *got, const float *ref, size_t n, double tol) {
+    int bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)got[i] - (double)ref[i]);
+        if (!(d <= tol * (1.0 + fabs((double)ref[i])))) {
+            if (bad < 5)
+                fprintf(stderr, "%s[%zu]: got %.9g, reference %.9g\n", what, i, got[i], ref[i]);
+            bad++;
+        }
+    }
+    return bad;
+}
+
+static void test_run(const char *dir) {
+    mc_err err;
+    mc_err_clear(&err);
+    mc_session *s = NULL;
+    mc_model *ref = NULL;
+    mc_kv *kv = NULL;
+    float *got = NULL, *want = NULL;
+    CHECK(mc_session_open(NULL, NULL, true, &s, &err) == MC_OK);
+    if (!s) return;
+    CHECK(mc_session_rank(s) == 0 && mc_session_size(s) == 1);
+    CHECK(mc_session_desc(s) == NULL);
+    mc_session_opts o = {.dir = dir, .stats = true};
+    CHECK(mc_session_load(s, &o, &err) == MC_OK);
+    CHECK(mc_model_load(dir, &ref, &err) == MC_OK);
+    if (!ref || !mc_session_desc(s)) goto done;
+    int V = mc_session_desc(s)->vocab;
+    CHECK(V == ref->d.vocab);
+    int64_t ids[B * T];
+    for (int i = 0; i < B * T; i++)
+        ids[i] = (i * 37 + 11) % V;
+    got = calloc((size_t)B * T * V, sizeof *got);
+    want = calloc((size_t)B * T * V, sizeof *want);
+    CHECK(mc_kv_create(ref, T, &kv, &err) == MC_OK);
+    if (!got || !want || !kv) goto done;
+    for (int b = 0; b < B; b++) { /* reference: each row alone, all positions at once */
+        mc_kv_reset(kv);
+        CHECK(mc_model_forward(ref, kv, ids + b * T, T, want + (size_t)b * T * V, false, &err) ==
+              MC_OK);
+    }
+    /* score, prefill of 2 then one token at a time */
+    CHECK(mc_session_score(s, ids, B, T, 2, got, &err) == MC_OK);
+    CHECK(compare("score", got, want, (size_t)B * T * V, 1e-5) == 0);
+
+    /* a sequence: the prompt, then one step; the last logits each time */
+    CHECK(mc_session_seq_init(s, T, &err) == MC_OK);
+    CHECK(mc_session_seq_last(s, ids, T - 1, got, &err) == MC_OK);
+    CHECK(compare("seq_last prompt", got, want + (size_t)(T - 2) * V, (size_t)V, 1e-5) == 0);
+    CHECK(mc_session_seq_last(s, ids + T - 1, 1, got, &err) == MC_OK);
+    CHECK(compare("seq_last step", got, want + (size_t)(T - 1) * V, (size_t)V, 1e-5) == 0);
+
+    /* single-process forward with counters, as bench runs it */
+    mc_session_seq_reset(s);
+    mc_session_count(s, true);
+    CHECK(mc_session_forward(s, ids + T, T, got, false, &err) == MC_OK);
+    mc_session_counters c;
+    mc_session_counters_get(s, &c);
+    CHECK(c.bytes_read > 0 && c.macs > 0);
+    CHECK(c.bytes_read == mc_kernels_bytes_read() && c.macs == mc_kernels_macs());
+    mc_session_count(s, false);
+    CHECK(compare("forward", got, want + (size_t)T * V, (size_t)T * V, 1e-5) == 0);
+done:
+    mc_kv_free(kv);
+    mc_model_free(ref);
+    free(got);
+    free(want);
+    mc_session_close(s, false);
+}
+
+static void test_backend_and_errors(const char *dir) {
+    mc_err err;
+    mc_err_clear(&err);
+    mc_session *s = NULL;
+    CHECK(mc_session_open(NULL, NULL, false, &s, &err) == MC_OK);
+    if (!s) return;
+    mc_kpath saved = mc_kernels_path();
+    CHECK(mc_session_world(s) == NULL && mc_session_size(s) == 1);
+    CHECK(strcmp(mc_session_kernels(s), mc_kpath_name(mc_kernels_path())) == 0);
+    CHECK(strcmp(mc_session_features(s), mc_cpu_features()) == 0);
+    mc_session_set_threads(s, 1);
+    CHECK(mc_session_threads(s) == 1 && mc_kernels_threads() == 1);
+    mc_session_set_threads(s, 0);
+    CHECK(mc_session_set_kernels(s, "avx3", &err) == MC_ERR_ARG && strstr(err.msg, "avx3"));
+    mc_err_clear(&err);
+    CHECK(mc_session_set_kernels(s, "scalar", &err) == MC_OK);
+    CHECK(strcmp(mc_session_kernels(s), "scalar") == 0);
+    CHECK(mc_session_probe_fma_gflops(s, 1, 0.01) > 0);
+    CHECK(mc_session_probe_read_gbps(s, 1 << 20, 1, 0.01) > 0);
+    /* running before loading, a sequence before seq_init: named, no crash */
+    float l[4];
+    int64_t t = 0;
+    CHECK(mc_session_seq_init(s, 4, &err) == MC_ERR_ARG && strstr(err.msg, "no model"));
+    mc_err_clear(&err);
+    CHECK(mc_session_forward(s, &t, 1, l, true, &err) == MC_ERR_ARG && strstr(err.msg, "sequence"));
+    char missing[4200];
+    snprintf(missing, sizeof missing, "%.4000s/no-such-model", dir);
+    mc_session_opts o = {.dir = missing};
+    mc_err_clear(&err);
+    CHECK(mc_session_load(s, &o, &err) != MC_OK && strstr(err.msg, "no-such-model"));
+    CHECK(mc_session_desc(s) == NULL);
+    mc_session_close(s, false);
+    mc_session_close(NULL, false);
+    mc_kernels_set_path(saved);
+}
+
+int main(int argc, char **argv) {
+    const char *fx = argc > 1 ? argv[1] : getenv("MC_FIXTURES");
+    if (!fx) {
+        fprintf(stderr, "usage: test_session FIXTURES\n");
+        return 2;
+    }
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s/models/qwen3-moe-tiny", fx);
+    test_run(dir);
+    test_backend_and_errors(dir);
+    return check_report("test_session");
+}

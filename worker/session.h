@@ -1,0 +1,135 @@
+/* session.h - the one lifecycle of the commands that run a model (`score`,
+ * `generate`, `bench`): open the world, load the model, run, close.
+ *
+ *   mc_session_open    the world communicator (MPI under mpirun, else one
+ *                      rank) or none (a single-process session: bench), and
+ *                      the compute backend (probes, counters, code path)
+ *   mc_session_load    the model or this rank's share of it, the options
+ *                      applied (--weights, --no-verify, --stats); fails on
+ *                      every rank together when it fails on any
+ *   mc_session_score / _seq_* / _forward   the schedules the commands run
+ *   mc_session_close   frees everything in order, finalizes MPI last
+ *
+ * The session hides the model's and the kernels' types: a command needs
+ * only this header (plus comm.h for error reports), so nothing in
+ * coordinator/ sees kernels/. Errors follow mc_par_agree: after a collective
+ * failure the lowest failing rank holds the message, the others an empty one.
+ */
+#ifndef MC_SESSION_H
+#define MC_SESSION_H
+
+#include "comm.h"
+#include "dtype.h"
+#include "model_config.h"
+#include "status.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+typedef struct mc_session mc_session;
+
+/* How to load a model (mc_session_load). */
+typedef struct {
+    const char *dir;      /* checkpoint folder or shard set (borrowed) */
+    long long tp, ep, pp; /* layout; <= 0 = default (mc_layout_make) */
+    bool layout_given;    /* load under a layout even in a one-rank world */
+    bool weights_given;   /* --weights: quantize / re-store the matrices at load */
+    mc_dtype weights;
+    bool no_verify; /* --no-verify: skip the shard set's checksum check */
+    bool stats;     /* --stats: count per-layer statistics */
+} mc_session_opts;
+
+/* Opens a session. with_world: the world communicator (MPI when an MPI
+ * launcher started this process, else one rank; argc/argv as MPI_Init);
+ * without: a single process that never touches MPI (argc/argv unused).
+ * Also makes the compute backend. Close with mc_session_close. */
+mc_status mc_session_open(int *argc, char ***argv, bool with_world, mc_session **out, mc_err *err);
+
+/* Frees the model, the sequence cache and the backend, then the world
+ * (finalizing MPI when it was started). abort_peers: the failure came after
+ * the ranks started working together, so peers may be blocked in a
+ * collective: a world of more than one rank is aborted (does not return).
+ * NULL is a no-op. */
+void mc_session_close(mc_session *s, bool abort_peers);
+
+/* ---- the world ---- */
+
+int mc_session_rank(const mc_session *s);
+int mc_session_size(const mc_session *s);
+/* The world communicator (NULL in a session without one); borrowed. */
+const mc_comm *mc_session_world(const mc_session *s);
+/* Collective: bytes from root's buf to every rank's buf (a no-op in one rank). */
+mc_status mc_session_bcast(mc_session *s, int root, void *buf, size_t bytes, mc_err *err);
+/* Collective: MC_OK on every rank when every rank passed st == MC_OK (mc_par_agree). */
+mc_status mc_session_agree(mc_session *s, mc_status st, mc_err *err);
+
+/* ---- the model ---- */
+
+/* Collective over the world: loads o->dir whole (one rank, no layout given,
+ * or a session without a world) or this rank's share under the layout, then
+ * applies --no-verify (before loading), --weights and --stats. */
+mc_status mc_session_load(mc_session *s, const mc_session_opts *o, mc_err *err);
+/* Quantizes / re-stores the loaded share's matrices (see model_quant.h). */
+mc_status mc_session_quantize(mc_session *s, mc_dtype fmt, mc_err *err);
+/* The loaded model's description (NULL before mc_session_load); borrowed. */
+const mc_model_desc *mc_session_desc(const mc_session *s);
+/* Reads one byte per page of every bound weight, so that page faults of
+ * the mapping happen before a clock starts. */
+void mc_session_warm(const mc_session *s);
+
+/* True when DIR is a shard set written by `moecluster shard`. */
+bool mc_session_is_shard_set(const char *dir);
+
+/* ---- running ---- */
+
+/* Collective: logits [B, T, V] of B sequences of T tokens (ids [B, T], needed
+ * on rank 0 at least), the first decode_from tokens as one step (all when
+ * <= 0), the rest one at a time. logits is written on rank 0 only (NULL
+ * elsewhere is fine). */
+mc_status mc_session_score(mc_session *s, const int64_t *ids, int B, int T, int decode_from,
+                           float *logits, mc_err *err);
+
+/* One sequence held by the session: a KV cache of cap tokens (replaces an
+ * earlier one), emptied again by _seq_reset. */
+mc_status mc_session_seq_init(mc_session *s, int cap, mc_err *err);
+void mc_session_seq_reset(mc_session *s);
+/* Collective: n tokens of the sequence through every rank's share; the
+ * logits [V] of the last one land on rank 0. */
+mc_status mc_session_seq_last(mc_session *s, const int64_t *tokens, int n, float *logits,
+                              mc_err *err);
+/* Single process: n tokens of the sequence, logits [n, V] (or [1, V] of the
+ * last when last_only) written to logits. */
+mc_status mc_session_forward(mc_session *s, const int64_t *tokens, int n, float *logits,
+                             bool last_only, mc_err *err);
+
+/* Collective: gathers --stats rows to rank 0, which prints them to out. */
+mc_status mc_session_stats_report(mc_session *s, FILE *out, double wall_s, mc_err *err);
+
+/* ---- the backend: code path, threads, counters, probes ---- */
+
+/* Code path in use ("avx512", "avx2", "scalar") and the device's features. */
+const char *mc_session_kernels(const mc_session *s);
+const char *mc_session_features(const mc_session *s);
+/* Forces a code path by name: MC_ERR_ARG when unknown, MC_ERR_UNSUPPORTED
+ * when this CPU or build lacks it. */
+mc_status mc_session_set_kernels(mc_session *s, const char *name, mc_err *err);
+int mc_session_threads(const mc_session *s);
+void mc_session_set_threads(mc_session *s, int n); /* n < 1: the default */
+
+typedef struct {
+    uint64_t bytes_read; /* weight bytes read by matrix products and embedding */
+    uint64_t macs;       /* multiply-adds done by matrix products */
+} mc_session_counters;
+
+/* Counters from zero, counting while on. */
+void mc_session_count(mc_session *s, bool on);
+void mc_session_counters_get(const mc_session *s, mc_session_counters *out);
+/* Read-stream bandwidth (GB/s) over `bytes` of fresh memory and FMA peak
+ * (GFLOP/s) of the current path, each for about `seconds`; negative if
+ * they cannot run. */
+double mc_session_probe_read_gbps(mc_session *s, size_t bytes, int threads, double seconds);
+double mc_session_probe_fma_gflops(mc_session *s, int threads, double seconds);
+
+#endif
