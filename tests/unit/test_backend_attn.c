@@ -619,7 +619,7 @@ static void run_refusals(void)
     mc_err_clear(&err);
     /* 2 sequences, 4 blocks of 4 positions, tables {0, 1} and {2, 3};
      * token 0 = (seq 0, pos 0), token 1 = (seq 1, pos 5) */
-    int32_t table[4] = {0, 1, 2, 3}, seq[2] = {0, 1}, pos[2] = {0, 5};
+    int32_t table[4] = {0, 1, 2, 3}, seq[2] = {0, 1}, pos[2] = {0, 5}, pos_3[3] = {0, 5, 0};
     int64_t sbt[2] = {2, 2}, s2[1] = {2}, s3[1] = {3}, skp[4] = {4, 4, 2, 8},
             sq[3] = {2, 4, 8}, sq3[3] = {2, 3, 8}, sk[3] = {2, 2, 8}, sk7[3] = {2, 2, 7},
             sv5[4] = {5, 4, 2, 8}, sl[3] = {4, 4, 16}, sp[3] = {4, 4, 4}, sql[3] = {2, 4, 16},
@@ -633,7 +633,7 @@ static void run_refusals(void)
     mc_tensor k = dev(MC_DT_F32, 3, sk, buf), q3 = dev(MC_DT_F32, 3, sq3, buf);
     mc_tensor k7 = dev(MC_DT_F32, 3, sk7, buf), v5 = dev(MC_DT_F32, 4, sv5, NULL);
     mc_tensor qs3 = dev(MC_DT_F32, 1, s3, buf), seqf = dev(MC_DT_F32, 1, s2, buf);
-    mc_tensor pos3 = dev(MC_DT_I32, 1, s3, pos);
+    mc_tensor pos3 = dev(MC_DT_I32, 1, s3, pos_3);
     mc_tensor lp = dev(MC_DT_F32, 3, sl, NULL), pp = dev(MC_DT_F32, 3, sp, NULL);
     mc_tensor ql = dev(MC_DT_F32, 3, sql, buf), qp = dev(MC_DT_F32, 3, sqp, buf);
     mc_tensor qp5 = dev(MC_DT_F32, 3, sqp5, buf), yl = dev(MC_DT_F32, 3, sql, NULL);
