@@ -296,6 +296,7 @@ mc_status mc_op_layernorm(mc_backend *be, const mc_tensor *x, const mc_tensor *w
  *   GQA K and V      (n_blocks, block_size, n_kv_heads, head_dim) each
  *   MLA latent       (n_blocks, block_size, kv_lora_rank)
  *   MLA rope key     (n_blocks, block_size, qk_rope_dim)
+ *   V3.2 indexer key (n_blocks, block_size, index_head_dim)
  * Position p of a sequence lives in block table[p / block_size], slot
  * p % block_size. The n tokens of a batch (any mix of sequences, prefill
  * chunks and decode tokens) find their place through an mc_kv_index, which
@@ -320,6 +321,12 @@ typedef struct {
     float scale;
     int chunk;                /* >= 0; 0 = the whole prefix */
     const mc_tensor *q_scale; /* NULL or F32 [n] */
+    /* NULL, or (mc_op_mla_decode only) I32 (n, k): the positions token t
+     * keeps (DeepSeek-V3.2 sparse attention, mc_op_indexer_topk's sel);
+     * -1 = unused. Its softmax runs over the kept positions only; a position
+     * kept twice counts once. Refused by the backend (naming the token)
+     * when an entry is outside [lo, pos[t]] or a token keeps none. */
+    const mc_tensor *sel;
 } mc_attn_opts;
 
 /* Writes token t's row(s) src[t] to the slot of position pos[t] of its
@@ -351,16 +358,38 @@ mc_status mc_op_attention(mc_backend *be, const mc_tensor *q, const mc_tensor *k
  *   q_lat (n, nh, kv_lora) = q_nope with W_kb absorbed, q_pe (n, nh, rd)
  *   rotated, lat_pages (n_blocks, block_size, kv_lora), pe_pages (n_blocks,
  *   block_size, rd), y (n, nh, kv_lora) F32, overlapping nothing. The
- *   caller applies W_vb to y. Content refusals as mc_op_attention. */
+ *   caller applies W_vb to y. Content refusals as mc_op_attention.
+ *   opt->sel restricts each token to the positions it keeps (V3.2). */
 mc_status mc_op_mla_decode(mc_backend *be, const mc_tensor *q_lat, const mc_tensor *q_pe,
                            const mc_tensor *lat_pages, const mc_tensor *pe_pages,
                            const mc_kv_index *ix, const mc_attn_opts *opt, mc_tensor *y,
                            mc_err *err);
 
-/* To come (next steps of the execution core), planned shapes:
- *   mc_op_indexer_topk(be, iq (n, ih, id), w (n, ih), key pages (n_blocks,
- *       block_size, id), mc_kv_index, k, sel I32 (n, k)); mc_op_mla_decode then
- *       takes sel (the positions each token keeps, V3.2 sparse attention).
+/* The DeepSeek-V3.2 lightning indexer's scale factors (worker/attention.c). */
+typedef struct {
+    int k;              /* positions kept per token, >= 1 (index_topk) */
+    float score_scale;  /* multiplies iq . key before the ReLU: 1 / sqrt(index_head_dim) */
+    float weight_scale; /* multiplies every head weight: 1 / sqrt(index_n_heads) */
+} mc_indexer_opts;
+
+/* The V3.2 indexer's top-k over the paged indexer-key cache. Token t sees
+ * the positions p in [0, pos[t]] of its sequence and scores them as the
+ * engine does, in F32 in this order:
+ *   score(p) = sum over h = 0.. of relu((iq[t, h] . key[p]) * score_scale)
+ *                                  * w[t, h] * weight_scale
+ * sel[t, 0..m) are the m = min(k, pos[t] + 1) positions with the highest
+ * scores, highest first, an exact tie to the lower position (the engine's
+ * mc_topk_indices keeps the same set); sel[t, m..k) = -1 (fewer positions
+ * visible than k). A NaN score's rank is unspecified.
+ *   iq (n, ih, id) F32, rotated as the engine does (unscaled); w (n, ih) F32
+ *   (the idx_weights projection); key_pages (n_blocks, block_size, id) F32
+ *   (layer-normed, rotated keys, written with mc_op_kv_write); sel (n, k)
+ *   I32, overlapping nothing. Content refusals as mc_op_attention. */
+mc_status mc_op_indexer_topk(mc_backend *be, const mc_tensor *iq, const mc_tensor *w,
+                             const mc_tensor *key_pages, const mc_kv_index *ix,
+                             const mc_indexer_opts *opt, mc_tensor *sel, mc_err *err);
+
+/* To come (next steps of the execution core):
  *   lm head = mc_op_matmul on a vocab slice.
  */
 
@@ -437,6 +466,9 @@ typedef struct {
                             const mc_tensor *lat_pages, const mc_tensor *pe_pages,
                             const mc_kv_index *ix, const mc_attn_opts *opt, mc_tensor *y,
                             mc_err *err);
+    mc_status (*indexer_topk)(void *ctx, const mc_tensor *iq, const mc_tensor *w,
+                              const mc_tensor *key_pages, const mc_kv_index *ix,
+                              const mc_indexer_opts *opt, mc_tensor *sel, mc_err *err);
     /* MoE block and LayerNorm */
     mc_status (*router_topk)(void *ctx, const mc_tensor *logits, const mc_tensor *bias,
                              const mc_router_opts *opts, mc_tensor *ids, mc_tensor *weights,

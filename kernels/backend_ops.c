@@ -304,6 +304,22 @@ static int opts_ok(mc_backend *be, const mc_attn_opts *o, int64_t n, const char 
     return 1;
 }
 
+static int i32_ok(mc_backend *be, const mc_tensor *t, int out, int64_t rows, int64_t cols,
+                  const char *what, mc_err *err);
+
+/* A selection of positions per token: I32 (n, k), k >= 1, overlapping no output y. */
+static int sel_ok(mc_backend *be, const mc_tensor *sel, int64_t n, const mc_tensor *y,
+                  const char *what, mc_err *err)
+{
+    if (!i32_ok(be, sel, 0, n, sel->ndim == 2 ? sel->shape[1] : -1, what, err))
+        return 0;
+    if (sel->ndim != 2) {
+        mc_err_set(err, MC_ERR_ARG, "%s: %d dimensions (want I32 (n, k))", what, sel->ndim);
+        return 0;
+    }
+    return !y || alias_ok(y, sel, 0, what, err);
+}
+
 mc_status mc_op_kv_write(mc_backend *be, const mc_kv_index *ix, const mc_tensor *src,
                          mc_tensor *pages, mc_err *err)
 {
@@ -351,6 +367,8 @@ mc_status mc_op_attention(mc_backend *be, const mc_tensor *q, const mc_tensor *k
                           (long long)nh, (long long)v_pages->shape[3]);
     if (!index_ok(be, ix, n, "attention", err) || !opts_ok(be, opt, n, "attention", err))
         return FAIL_ARG();
+    if (opt->sel)
+        return mc_err_set(err, MC_ERR_ARG, "attention: opt.sel is supported by mla_decode only");
     if (!alias_ok(y, q, 0, "attention: y", err) || !alias_ok(y, k_pages, 0, "attention: y", err) ||
         !alias_ok(y, v_pages, 0, "attention: y", err) ||
         !index_alias_ok(y, ix, "attention: y", err) ||
@@ -383,7 +401,8 @@ mc_status mc_op_mla_decode(mc_backend *be, const mc_tensor *q_lat, const mc_tens
     if (y->ndim != 3 || y->shape[0] != n || y->shape[1] != nh || y->shape[2] != lr)
         return mc_err_set(err, MC_ERR_ARG, "mla_decode: y is not (%lld, %lld, %lld)",
                           (long long)n, (long long)nh, (long long)lr);
-    if (!index_ok(be, ix, n, "mla_decode", err) || !opts_ok(be, opt, n, "mla_decode", err))
+    if (!index_ok(be, ix, n, "mla_decode", err) || !opts_ok(be, opt, n, "mla_decode", err) ||
+        (opt->sel && !sel_ok(be, opt->sel, n, y, "mla_decode: opt.sel", err)))
         return FAIL_ARG();
     if (!alias_ok(y, q_lat, 0, "mla_decode: y", err) ||
         !alias_ok(y, q_pe, 0, "mla_decode: y", err) ||
@@ -609,4 +628,42 @@ mc_status mc_op_layernorm(mc_backend *be, const mc_tensor *x, const mc_tensor *w
     if (!(eps >= 0))
         return mc_err_set(err, MC_ERR_ARG, "layernorm: eps = %g", (double)eps);
     return be->iface.layernorm(be->ctx, x, w, b, eps, y, err);
+}
+
+/* ---- sparse attention (DeepSeek-V3.2 indexer) ---- */
+
+mc_status mc_op_indexer_topk(mc_backend *be, const mc_tensor *iq, const mc_tensor *w,
+                             const mc_tensor *key_pages, const mc_kv_index *ix,
+                             const mc_indexer_opts *opt, mc_tensor *sel, mc_err *err)
+{
+    if (!opt)
+        return mc_err_set(err, MC_ERR_ARG, "indexer_topk: opt is NULL");
+    if (opt->k < 1 || !isfinite(opt->score_scale) || !isfinite(opt->weight_scale))
+        return mc_err_set(err, MC_ERR_ARG, "indexer_topk: opt.%s = %g (want %s)",
+                          opt->k < 1 ? "k" : !isfinite(opt->score_scale) ? "score_scale"
+                                                                         : "weight_scale",
+                          opt->k < 1 ? (double)opt->k
+                          : !isfinite(opt->score_scale) ? (double)opt->score_scale
+                                                        : (double)opt->weight_scale,
+                          opt->k < 1 ? ">= 1" : "a finite number");
+    if (!act_ok(be, iq, 0, "indexer_topk: iq", err) || !act_ok(be, w, 0, "indexer_topk: w", err) ||
+        !pages_ok(be, key_pages, 3, 0, "indexer_topk: key_pages", err))
+        return FAIL_ARG();
+    if (iq->ndim != 3 || iq->shape[2] != key_pages->shape[2])
+        return mc_err_set(err, MC_ERR_ARG, "indexer_topk: iq has %d dimensions, last %lld (want "
+                          "(n, ih, %lld))", iq->ndim, (long long)mc_tensor_cols(iq),
+                          (long long)key_pages->shape[2]);
+    int64_t n = iq->shape[0], ih = iq->shape[1];
+    if (w->ndim != 2 || w->shape[0] != n || w->shape[1] != ih)
+        return mc_err_set(err, MC_ERR_ARG, "indexer_topk: w is not (%lld, %lld) (one weight per "
+                          "token and indexer head)", (long long)n, (long long)ih);
+    if (!i32_ok(be, sel, 1, n, opt->k, "indexer_topk: sel", err) ||
+        !index_ok(be, ix, n, "indexer_topk", err))
+        return FAIL_ARG();
+    if (!alias_ok(sel, iq, 0, "indexer_topk: sel", err) ||
+        !alias_ok(sel, w, 0, "indexer_topk: sel", err) ||
+        !alias_ok(sel, key_pages, 0, "indexer_topk: sel", err) ||
+        !index_alias_ok(sel, ix, "indexer_topk: sel", err))
+        return FAIL_ARG();
+    return be->iface.indexer_topk(be->ctx, iq, w, key_pages, ix, opt, sel, err);
 }

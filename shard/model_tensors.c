@@ -1,6 +1,8 @@
 /* model_tensors.c - name tables. Patterns take the layer then the expert. */
 #include "model_tensors.h"
 
+#include "tensors_deepseek_v4.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -108,7 +110,10 @@ static const char *const role_names[MC_T_ROLE_COUNT] = {
     [MC_T_EXPERTS_DOWN] = "experts_down", [MC_T_IDX_WQ_B] = "indexer_wq_b",
     [MC_T_IDX_WK] = "indexer_wk", [MC_T_IDX_K_NORM] = "indexer_k_norm",
     [MC_T_IDX_K_NORM_BIAS] = "indexer_k_norm_bias", [MC_T_IDX_WEIGHTS] = "indexer_weights",
-    [MC_T_EXPERT_GATE] = "expert_gate",
+    [MC_T_V4_HC] = "hyper_connection", [MC_T_V4_WKV] = "wkv", [MC_T_V4_KV_NORM] = "kv_norm",
+    [MC_T_V4_WO_A] = "wo_a", [MC_T_V4_WO_B] = "wo_b", [MC_T_V4_SINK] = "attn_sink",
+    [MC_T_V4_COMP] = "compressor", [MC_T_V4_IDX_COMP] = "indexer_compressor",
+    [MC_T_V4_TID2EID] = "tid2eid", [MC_T_EXPERT_GATE] = "expert_gate",
     [MC_T_EXPERT_UP] = "expert_up", [MC_T_EXPERT_DOWN] = "expert_down",
 };
 
@@ -202,8 +207,7 @@ mc_status mc_model_tensor_specs(const mc_model_desc *d, mc_tensor_spec **out, si
     *out = NULL;
     *n = 0;
     if (d->family == MC_FAM_DEEPSEEK_V4)
-        return mc_err_set(err, MC_ERR_UNSUPPORTED,
-                          "the tensor table does not describe DeepSeek-V4 yet");
+        return mc_v4_tensor_specs(d, out, n, err);
     spec_list s = {.d = d};
     int64_t H = d->hidden, V = d->vocab, nh = d->n_heads;
     add(&s, MC_T_EMBED, -1, -1, false, 2, V, H, 0);

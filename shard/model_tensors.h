@@ -50,6 +50,15 @@ typedef enum {
     MC_T_IDX_K_NORM,
     MC_T_IDX_K_NORM_BIAS,
     MC_T_IDX_WEIGHTS,
+    MC_T_V4_HC,           /* DeepSeek-V4 (tensors_deepseek_v4.c): hyper-connection fn/base/scale */
+    MC_T_V4_WKV,          /* the single K=V head's projection */
+    MC_T_V4_KV_NORM,
+    MC_T_V4_WO_A,         /* grouped output projection */
+    MC_T_V4_WO_B,
+    MC_T_V4_SINK,         /* per-head attention sink logits */
+    MC_T_V4_COMP,         /* KV compressor: wkv, wgate, ape, norm */
+    MC_T_V4_IDX_COMP,     /* the CSA indexer's own compressor */
+    MC_T_V4_TID2EID,      /* hash routing table [vocab, k], I64 */
     /* per layer and expert */
     MC_T_EXPERT_GATE,
     MC_T_EXPERT_UP,
@@ -78,7 +87,7 @@ typedef struct {
 
 /* Lists every tensor of the text model in the checkpoint's naming and
  * layout (fused or per-expert experts). *out is malloc'd; caller frees.
- * DeepSeek-V4 is not described by this table (returns MC_ERR_UNSUPPORTED). */
+ * DeepSeek-V4's list comes from tensors_deepseek_v4.c (its own names). */
 mc_status mc_model_tensor_specs(const mc_model_desc *d, mc_tensor_spec **out, size_t *n,
                                 mc_err *err);
 

@@ -64,7 +64,10 @@ typedef struct {
     bool quant;  /* stored in the chosen weight format (else BF16); see quantized() */
     bool expert; /* one routed expert's matrix (there are n_experts of it) */
     bool fp8_only; /* the V3.2 indexer's projections: FP8 as DeepSeek ships them, else BF16 */
+    int kind;      /* WK_PLAIN, or a V4 parameter class counted apart */
 } wmat;
+
+enum { WK_PLAIN = 0, WK_HC, WK_HASH }; /* WK_HASH: 8-byte integers, never quantized */
 
 /* Whether matrix m takes format f: projections, FFNs and experts take every
  * format; the indexer's projections only FP8 (Q8_0/Q4_K leave them, as the
@@ -74,14 +77,71 @@ static bool quantized(const wmat *m, mc_wfmt f)
     return m->quant && f != MC_WFMT_BF16 && (!m->fp8_only || f == MC_WFMT_FP8);
 }
 
-#define MAX_MATS 32
+#define MAX_MATS 48
+
+/* DeepSeek-V4's layer l (the shapes of tensors_deepseek_v4.c). */
+static int v4_layer_mats(const mc_model_desc *d, int l, wmat *m)
+{
+    const mc_v4_desc *v = &d->v4;
+    int n = 0;
+    int64_t H = d->hidden, k = v->hc_mult, mix = (2 + k) * k, nh = d->n_heads, hd = d->head_dim;
+    int64_t qr = d->q_lora_rank, G = v->o_groups, olr = v->o_lora_rank;
+#define ADD(r, c, cat_, role_, q, e) (m[n++] = (wmat){(r), (c), (cat_), (role_), (q), (e), false, WK_PLAIN})
+    ADD(1, H, MC_CAT_OTHER, MC_T_ATTN_NORM, false, false);
+    ADD(1, H, MC_CAT_OTHER, MC_T_FFN_NORM, false, false);
+    for (int i = 0; i < 2; i++) { /* attention and FFN sites: fn, base, scale */
+        ADD(mix, k * H, MC_CAT_OTHER, MC_T_V4_HC, false, false);
+        m[n - 1].kind = WK_HC;
+        ADD(1, mix + 3, MC_CAT_OTHER, MC_T_V4_HC, false, false);
+        m[n - 1].kind = WK_HC;
+    }
+    ADD(qr, H, MC_CAT_ATTN, MC_T_Q_A, true, false);
+    ADD(1, qr, MC_CAT_ATTN, MC_T_Q_A_NORM, false, false);
+    ADD(nh * hd, qr, MC_CAT_ATTN, MC_T_Q_B, true, false);
+    ADD(hd, H, MC_CAT_ATTN, MC_T_V4_WKV, true, false);
+    ADD(1, hd + nh, MC_CAT_ATTN, MC_T_V4_KV_NORM, false, false); /* + the sink logits */
+    ADD(G * olr, nh * hd / G, MC_CAT_ATTN, MC_T_V4_WO_A, true, false);
+    ADD(H, G * olr, MC_CAT_ATTN, MC_T_V4_WO_B, true, false);
+    if (v->layer_attn[l] != MC_V4_ATTN_SLIDING) {
+        bool csa = v->layer_attn[l] == MC_V4_ATTN_CSA;
+        int64_t rate = csa ? v->csa_rate : v->hca_rate, w = (1 + csa) * hd;
+        ADD(2 * w, H, MC_CAT_ATTN, MC_T_V4_COMP, true, false); /* wkv, wgate */
+        ADD(1, rate * w + hd, MC_CAT_ATTN, MC_T_V4_COMP, false, false); /* ape, norm */
+        if (csa) {
+            int64_t ihd = v->index_head_dim, iw = 2 * ihd, inh = v->index_n_heads;
+            ADD(2 * iw, H, MC_CAT_ATTN, MC_T_V4_IDX_COMP, true, false);
+            ADD(1, rate * iw + ihd, MC_CAT_ATTN, MC_T_V4_IDX_COMP, false, false);
+            ADD(inh * ihd, qr, MC_CAT_ATTN, MC_T_IDX_WQ_B, true, false);
+            ADD(inh, H, MC_CAT_ATTN, MC_T_IDX_WEIGHTS, false, false);
+        }
+    }
+    ADD(d->n_experts, H, MC_CAT_OTHER, MC_T_ROUTER, false, false);
+    if (v->layer_hash[l]) {
+        ADD(d->vocab, d->n_experts_per_tok, MC_CAT_OTHER, MC_T_V4_TID2EID, false, false);
+        m[n - 1].kind = WK_HASH;
+    } else {
+        ADD(1, d->n_experts, MC_CAT_OTHER, MC_T_ROUTER_BIAS, false, false);
+    }
+    int64_t I = d->shared_inter;
+    ADD(I, H, MC_CAT_SHARED, MC_T_SHARED_GATE, true, false);
+    ADD(I, H, MC_CAT_SHARED, MC_T_SHARED_UP, true, false);
+    ADD(H, I, MC_CAT_SHARED, MC_T_SHARED_DOWN, true, false);
+    I = d->moe_inter;
+    ADD(I, H, MC_CAT_ROUTED, MC_T_EXPERT_GATE, true, true);
+    ADD(I, H, MC_CAT_ROUTED, MC_T_EXPERT_UP, true, true);
+    ADD(H, I, MC_CAT_ROUTED, MC_T_EXPERT_DOWN, true, true);
+#undef ADD
+    return n;
+}
 
 /* The matrices of layer l (vectors as [1, n]). */
 static int layer_mats(const mc_model_desc *d, int l, wmat *m)
 {
+    if (d->family == MC_FAM_DEEPSEEK_V4)
+        return v4_layer_mats(d, l, m);
     int n = 0;
     int64_t H = d->hidden, nh = d->n_heads;
-#define ADD(r, c, cat_, role_, q, e) (m[n++] = (wmat){(r), (c), (cat_), (role_), (q), (e), false})
+#define ADD(r, c, cat_, role_, q, e) (m[n++] = (wmat){(r), (c), (cat_), (role_), (q), (e), false, WK_PLAIN})
     ADD(1, H, MC_CAT_OTHER, MC_T_ATTN_NORM, false, false); /* input norm */
     ADD(1, H, MC_CAT_OTHER, MC_T_FFN_NORM, false, false); /* post-attention norm */
     if (d->attn == MC_ATTN_MLA) {
@@ -148,12 +208,26 @@ void mc_model_params(const mc_model_desc *d, mc_param_counts *p)
     p->head = d->tie_embeddings ? 0 : VH;
     p->norms = d->hidden; /* final norm */
     double active = (d->tie_embeddings ? VH : p->head) + d->hidden;
+    if (d->family == MC_FAM_DEEPSEEK_V4) { /* the head's hyper-connection: fn [k, k*H], base, scale */
+        double k = d->v4.hc_mult;
+        p->hc = k * k * d->hidden + k + 1;
+        active += p->hc;
+    }
     wmat m[MAX_MATS];
     for (int l = 0; l < d->n_layers; l++) {
         int n = layer_mats(d, l, m);
         double expert = 0;
         for (int i = 0; i < n; i++) {
             double c = (double)m[i].rows * m[i].cols;
+            if (m[i].kind == WK_HASH) { /* a lookup, like the embedding */
+                p->hash += c;
+                continue;
+            }
+            if (m[i].kind == WK_HC) {
+                p->hc += c;
+                active += c;
+                continue;
+            }
             if (m[i].expert) {
                 expert += c;
                 continue;
@@ -178,7 +252,8 @@ void mc_model_params(const mc_model_desc *d, mc_param_counts *p)
             active += expert * d->n_experts_per_tok;
         }
     }
-    p->total = p->embed + p->head + p->attn + p->dense + p->shared + p->routed + p->router + p->norms;
+    p->total = p->embed + p->head + p->attn + p->dense + p->shared + p->routed + p->router +
+               p->norms + p->hc + p->hash;
     p->active = active;
 }
 
@@ -192,11 +267,39 @@ static double rank_mat_bytes(const mc_model_desc *d, const wmat *m, int tp, int 
         r = e - b;
     else if (dim == 1)
         c = e - b;
+    if (m->kind == WK_HASH) {
+        *scales = 0;
+        return 8.0 * (double)r * (double)c;
+    }
     if (!quantized(m, f)) {
         *scales = 0;
         return 2.0 * (double)r * (double)c;
     }
     return mc_mat_bytes(r, c, f, scales);
+}
+
+/* One compressor of `rate` tokens per entry, entries cd wide: the entries
+ * and the pending windows (2*rate rows of projection and gate, (1+overlap)*cd
+ * wide), as the worker keeps them. */
+static double v4_comp_elems(int64_t len, int rate, int64_t cd, int overlap)
+{
+    return (double)(len / rate) * (double)cd + 2.0 * 2.0 * rate * (double)((1 + overlap) * cd);
+}
+
+double mc_v4_kv_bytes_per_seq(const mc_model_desc *d, int64_t len, int elem)
+{
+    const mc_v4_desc *v = &d->v4;
+    int64_t hd = d->head_dim, win = len < v->sliding_window ? len : v->sliding_window;
+    double e = 0;
+    for (int l = 0; l < d->n_layers; l++) {
+        e += (double)win * (double)hd;
+        if (v->layer_attn[l] == MC_V4_ATTN_HCA)
+            e += v4_comp_elems(len, v->hca_rate, hd, 0);
+        else if (v->layer_attn[l] == MC_V4_ATTN_CSA)
+            e += v4_comp_elems(len, v->csa_rate, hd, 1) +
+                 v4_comp_elems(len, v->csa_rate, v->index_head_dim, 1);
+    }
+    return e * elem;
 }
 
 static double kv_bytes_per_token_layer(const mc_model_desc *d, int tp, int tr, int elem)
@@ -322,12 +425,18 @@ static void estimate(mc_plan *p)
     e->prefill_tok_s = peak * p->world / fl;
 }
 
-static mc_status layout_check(const mc_model_desc *d, const mc_cluster *c, mc_err *err)
+static mc_status layout_check(const mc_model_desc *d, const mc_cluster *c, const mc_plan_opts *o,
+                              mc_err *err)
 {
-    if (d->family == MC_FAM_DEEPSEEK_V4)
+    if (d->family == MC_FAM_DEEPSEEK_V4 && (c->tp > 1 || c->ep > 1 || c->pp > 1))
         return mc_err_set(err, MC_ERR_UNSUPPORTED,
-                          "plan does not model DeepSeek-V4's layers yet (hyper-connections, "
-                          "compressed attention)");
+                          "DeepSeek-V4 runs on one rank per replica for now (tp 1, ep 1, pp 1; dp "
+                          "copies); this cluster asks tp %d, ep %d, pp %d",
+                          c->tp, c->ep, c->pp);
+    if (d->family == MC_FAM_DEEPSEEK_V4 && o->weights != MC_WFMT_BF16)
+        return mc_err_set(err, MC_ERR_UNSUPPORTED,
+                          "DeepSeek-V4 runs with BF16 weights only (asked: --weights %s)",
+                          mc_wfmt_name(o->weights));
     if (c->tp > 1 && d->n_heads % c->tp != 0)
         return mc_err_set(err, MC_ERR_CONFIG,
                           "tensor parallelism %d does not divide the %d attention heads", c->tp,
@@ -433,7 +542,7 @@ static mc_status plan_build(const mc_model_desc *d, const mc_cluster *c, const m
                             bool want_advice, mc_plan **out, mc_err *err)
 {
     *out = NULL;
-    mc_status st = layout_check(d, c, err);
+    mc_status st = layout_check(d, c, o, err);
     if (st != MC_OK)
         return st;
     if (o->max_model_len < 1 || o->max_num_seqs < 1 || o->kv_bytes_per_elem < 1)
@@ -491,6 +600,9 @@ static mc_status plan_build(const mc_model_desc *d, const mc_cluster *c, const m
             rp->bytes[MC_CAT_EMBED_HEAD] += hb - hs + 2.0 * d->hidden;
             rp->bytes[MC_CAT_SCALES] += hs;
         }
+        if (rp->stage == c->pp - 1 && d->family == MC_FAM_DEEPSEEK_V4) /* the head's hc */
+            rp->bytes[MC_CAT_OTHER] += 2.0 * ((double)d->v4.hc_mult * d->v4.hc_mult * d->hidden +
+                                              d->v4.hc_mult + 1);
         for (int l = rp->layer_begin; l < rp->layer_end; l++) {
             int n = layer_mats(d, l, m);
             for (int i = 0; i < n; i++) {
@@ -501,6 +613,11 @@ static mc_status plan_build(const mc_model_desc *d, const mc_cluster *c, const m
             }
             rp->kv_bytes_per_token +=
                 kv_bytes_per_token_layer(d, c->tp, rp->tp_rank, o->kv_bytes_per_elem);
+        }
+        rp->kv_bytes_per_seq = rp->kv_bytes_per_token * o->max_model_len;
+        if (d->family == MC_FAM_DEEPSEEK_V4) { /* not linear in the length: per max_model_len */
+            rp->kv_bytes_per_seq = mc_v4_kv_bytes_per_seq(d, o->max_model_len, o->kv_bytes_per_elem);
+            rp->kv_bytes_per_token = rp->kv_bytes_per_seq / o->max_model_len;
         }
         for (int k = 0; k < MC_CAT_COUNT; k++)
             rp->weight_bytes += rp->bytes[k];
@@ -541,6 +658,10 @@ json_t *mc_plan_to_json(const mc_plan *p)
     add_json_num(pc, "routed_experts", p->params.routed);
     add_json_num(pc, "routers", p->params.router);
     add_json_num(pc, "norms", p->params.norms);
+    if (p->d.family == MC_FAM_DEEPSEEK_V4) {
+        add_json_num(pc, "hyper_connections", p->params.hc);
+        add_json_num(pc, "hash_tables", p->params.hash);
+    }
     json_object_set_new(j, "params", pc);
     json_object_set_new(j, "model_type", json_string(p->d.model_type));
     json_object_set_new(j, "weights", json_string(mc_wfmt_name(p->o.weights)));
@@ -571,6 +692,8 @@ json_t *mc_plan_to_json(const mc_plan *p)
         json_object_set_new(o, "weight_bytes_by_category", b);
         add_json_num(o, "weight_bytes", rp->weight_bytes);
         add_json_num(o, "kv_bytes_per_token", rp->kv_bytes_per_token);
+        if (p->d.family == MC_FAM_DEEPSEEK_V4)
+            add_json_num(o, "kv_bytes_per_seq", rp->kv_bytes_per_seq);
         add_json_num(o, "kv_budget_bytes", rp->kv_budget_bytes);
         json_object_set_new(o, "kv_tokens", json_integer(rp->kv_tokens));
         json_object_set_new(o, "sequences", json_integer(rp->seqs));

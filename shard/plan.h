@@ -38,14 +38,25 @@ const char *mc_wcat_name(mc_wcat c);
 
 /* Parameter counts of the text model (no multi-token-prediction layers, no
  * vision encoder). active = everything one token touches except the
- * embedding table. */
+ * embedding table (and V4's hash-routing tables, lookups like it).
+ * DeepSeek-V4: attn includes the compressors, the indexer, the q / kv norms
+ * and the sink logits; hc is every hyper-connection tensor (per layer and
+ * the head's); hash the tid2eid tables (integers, counted as stored). */
 typedef struct {
     double total, active;
     double embed, head, attn, dense, shared, routed, router, norms;
+    double hc, hash;   /* DeepSeek-V4 only (0 otherwise) */
     double per_expert; /* one routed expert (gate+up+down) */
 } mc_param_counts;
 
 void mc_model_params(const mc_model_desc *d, mc_param_counts *out);
+
+/* DeepSeek-V4: KV-cache bytes of one sequence of `len` tokens over all
+ * layers, `elem` bytes per cached value: the sliding window (min(window,
+ * len) K=V rows of head_dim), the compressed entries (len / rate of them,
+ * head_dim wide; CSA layers also index_head_dim for the indexer) and each
+ * compressor's pending windows (fixed per sequence). docs/plan.md. */
+double mc_v4_kv_bytes_per_seq(const mc_model_desc *d, int64_t len, int elem);
 
 typedef struct {
     mc_wfmt weights;
@@ -60,7 +71,8 @@ typedef struct {
     int expert_begin, expert_end; /* routed experts held, [begin, end) in every MoE layer */
     double bytes[MC_CAT_COUNT];
     double weight_bytes;
-    double kv_bytes_per_token;
+    double kv_bytes_per_token;    /* DeepSeek-V4: kv_bytes_per_seq / max_model_len */
+    double kv_bytes_per_seq;      /* one sequence of max_model_len tokens */
     double kv_budget_bytes;       /* memory - weights - workspace (may be negative) */
     int64_t kv_tokens;            /* tokens of KV cache that fit */
     int64_t seqs;                 /* sequences of max_model_len that fit, capped at max_num_seqs */
@@ -93,7 +105,9 @@ typedef struct {
 } mc_plan;
 
 /* Builds the plan; refuses layouts the model cannot take (heads not
- * divisible by tp, more stages than layers, ...) with a clear message. */
+ * divisible by tp, more stages than layers, ...) with a clear message.
+ * DeepSeek-V4 runs on one rank per replica (tp = ep = pp = 1; dp copies)
+ * with BF16 weights; other layouts and formats are refused. */
 mc_status mc_plan_build(const mc_model_desc *d, const mc_cluster *c, const mc_plan_opts *o,
                         mc_plan **out, mc_err *err);
 void mc_plan_free(mc_plan *p);

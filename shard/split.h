@@ -27,8 +27,9 @@
  * a stage, experts over the ep ranks, layers over the pp stages, all with
  * mc_split_range. FP8 `_scale_inv` tensors follow their weight in
  * 128-blocks (mc_split_fp8_blocks). Mistral names map onto the same roles
- * (model_tensors.c). DeepSeek-V4 has no roles here: it runs unsplit on one
- * rank (mc_layout_make refuses its parallel layouts, plan refuses it).
+ * (model_tensors.c). DeepSeek-V4's own roles (MC_T_V4_*) are not listed, so
+ * replicated: V4 runs unsplit on one rank per replica (mc_layout_make and
+ * plan refuse its tp / ep / pp layouts).
  */
 #ifndef MC_SPLIT_H
 #define MC_SPLIT_H

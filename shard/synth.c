@@ -72,6 +72,7 @@ static void cut_layers(json_t *root, int mistral, int layers)
     json_object_set_new(r, mistral ? "n_layers" : "num_hidden_layers", json_integer(layers));
     trim_array(r, "layer_types", layers);
     trim_array(r, "mlp_layer_types", layers);
+    trim_array(r, "compress_ratios", layers); /* DeepSeek-V4's legacy spelling */
     trim_array(r, "no_rope_layers", layers);
     json_t *ml = json_object_get(r, "moe_layers");
     if (json_is_array(ml))
@@ -101,20 +102,53 @@ static uint64_t item_bytes(const st_write_tensor *t)
 
 #define CHUNK 65536
 
+/* DeepSeek-V4's hash routing table [vocab, k] (I64): each token's k
+ * distinct experts of n_experts, drawn uniformly (partial shuffle). */
+static mc_status emit_tid2eid(st_writer *w, const st_write_tensor *t, int n_experts, rng *r,
+                              mc_progress *pg, mc_err *err)
+{
+    int64_t rows = t->shape[0], k = t->shape[1];
+    int *perm = malloc((size_t)n_experts * sizeof *perm);
+    int64_t *row = malloc((size_t)k * sizeof *row);
+    mc_status st = MC_OK;
+    if (!perm || !row)
+        st = mc_err_set(err, MC_ERR_NOMEM, "out of memory for %s", t->name);
+    for (int e = 0; perm && e < n_experts; e++)
+        perm[e] = e;
+    for (int64_t i = 0; i < rows && st == MC_OK; i++) {
+        for (int64_t j = 0; j < k; j++) {
+            int64_t pick = j + (int64_t)(rng_next(r) % (uint64_t)(n_experts - j));
+            int tmp = perm[j];
+            perm[j] = perm[pick];
+            perm[pick] = tmp;
+            row[j] = perm[j];
+        }
+        st = st_writer_write(w, row, (size_t)k * sizeof *row, err);
+        mc_progress_add(pg, (uint64_t)k * sizeof *row);
+    }
+    free(perm);
+    free(row);
+    return st;
+}
+
 /* Generates one tensor's bytes into w; for an FP8 weight also its block
- * scales into *scales (malloc'd). */
+ * scales into *scales (malloc'd). Values: see the top of the file; V4's
+ * sink logits 0, its hyper-connection vectors like weights. */
 static mc_status emit(st_writer *w, const mc_tensor_spec *s, const st_write_tensor *t,
-                      uint64_t seed, float **scales, mc_progress *pg, mc_err *err)
+                      const mc_model_desc *md, uint64_t seed, float **scales, mc_progress *pg,
+                      mc_err *err)
 {
     rng r = {hash_name(seed, s->name)};
+    if (s->role == MC_T_V4_TID2EID)
+        return emit_tid2eid(w, t, md->n_experts, &r, pg, err);
     const float a = 0.02f * 1.7320508f; /* uniform with std 0.02 */
     mc_status st = MC_OK;
     uint64_t numel = 1;
-    for (int d = 0; d < t->ndim; d++)
-        numel *= (uint64_t)t->shape[d];
-    int is_norm = !s->linear && t->ndim == 1 && s->role != MC_T_ROUTER_BIAS &&
-                  s->role != MC_T_IDX_K_NORM_BIAS;
-    int is_zero = s->role == MC_T_ROUTER_BIAS || s->role == MC_T_IDX_K_NORM_BIAS;
+    for (int k = 0; k < t->ndim; k++)
+        numel *= (uint64_t)t->shape[k];
+    int is_zero = s->role == MC_T_ROUTER_BIAS || s->role == MC_T_IDX_K_NORM_BIAS ||
+                  s->role == MC_T_V4_SINK;
+    int is_norm = !s->linear && t->ndim == 1 && !is_zero && s->role != MC_T_V4_HC;
     if (t->dtype == MC_DT_BF16) {
         uint16_t buf[CHUNK];
         for (uint64_t i = 0; i < numel && st == MC_OK;) {
@@ -202,6 +236,12 @@ mc_status mc_synth(const mc_synth_opts *o, mc_err *err)
     if (o->layers > 0)
         cut_layers(root, mistral, o->layers);
     if (o->fp8) {
+        if (d.family == MC_FAM_DEEPSEEK_V4) {
+            st = mc_err_set(err, MC_ERR_UNSUPPORTED,
+                            "--weights fp8: DeepSeek-V4 checkpoints are written in BF16 only (the "
+                            "engine reads V4 in BF16)");
+            goto done;
+        }
         if (mistral || d.expert_layout != MC_EXPERTS_SEPARATE || d.family == MC_FAM_LLAMA4) {
             st = mc_err_set(err, MC_ERR_UNSUPPORTED,
                             "--weights fp8 is written only in DeepSeek's block format for "
@@ -239,7 +279,9 @@ mc_status mc_synth(const mc_synth_opts *o, mc_err *err)
         it->w.name = s->name;
         it->w.ndim = s->ndim;
         memcpy(it->w.shape, s->shape, sizeof s->shape);
-        it->w.dtype = o->fp8 && s->linear ? MC_DT_F8_E4M3 : MC_DT_BF16;
+        it->w.dtype = s->role == MC_T_V4_TID2EID ? MC_DT_I64
+                      : o->fp8 && s->linear        ? MC_DT_F8_E4M3
+                                                   : MC_DT_BF16;
         it->bytes = item_bytes(&it->w);
         total += it->bytes;
         if (it->w.dtype == MC_DT_F8_E4M3) {
@@ -324,8 +366,8 @@ mc_status mc_synth(const mc_synth_opts *o, mc_err *err)
                 st = st_writer_write(w, scales[items[i].scale_of], items[i].bytes, err);
                 mc_progress_add(&pg, items[i].bytes);
             } else {
-                st = emit(w, &specs[items[i].spec], &items[i].w, o->seed, &scales[items[i].spec],
-                          &pg, err);
+                st = emit(w, &specs[items[i].spec], &items[i].w, &d, o->seed,
+                          &scales[items[i].spec], &pg, err);
             }
         }
         if (w)

@@ -237,6 +237,11 @@ static mc_status cpu_embed(void *ctx, const mc_tensor *table, const mc_tensor *i
     return MC_OK;
 }
 
+/* DeepSeek-V3.2 indexer top-k (cpu/backend_cpu_index.c) */
+mc_status mc_cpu_indexer_topk(void *ctx, const mc_tensor *iq, const mc_tensor *w,
+                              const mc_tensor *key_pages, const mc_kv_index *ix,
+                              const mc_indexer_opts *opt, mc_tensor *sel, mc_err *err);
+
 /* MoE block and LayerNorm (cpu/backend_cpu_moe.c) */
 mc_status mc_cpu_router_topk(void *ctx, const mc_tensor *logits, const mc_tensor *bias,
                              const mc_router_opts *opts, mc_tensor *ids, mc_tensor *weights,
@@ -344,6 +349,7 @@ static const mc_backend_i cpu_iface = {
     .kv_write = mc_cpu_kv_write,
     .attention = mc_cpu_attention,
     .mla_decode = mc_cpu_mla_decode,
+    .indexer_topk = mc_cpu_indexer_topk,
     .path = cpu_path,
     .features = cpu_features,
     .set_path = cpu_set_path,

@@ -13,6 +13,7 @@
 #include "cpu/backend_cpu_attn.h"
 #include "kernels.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -169,6 +170,30 @@ mc_status mc_cpu_attention(void *ctx, const mc_tensor *q, const mc_tensor *k_pag
     return MC_OK;
 }
 
+/* Checks opt->sel (I32 (n, k)) of every token: each entry -1 or in [lo, pos], at least one kept. */
+static mc_status sel_ok(const mc_tensor *sel, const mc_kv_index *ix, int chunk, mc_err *err)
+{
+    int64_t n = ix->pos.shape[0], k = mc_tensor_cols(sel);
+    for (int64_t t = 0; t < n; t++) {
+        const int32_t *st = (const int32_t *)at(sel) + (size_t)t * (size_t)sel->row_stride;
+        int32_t pos = i32_at(&ix->pos, t), lo = chunk > 0 ? pos - pos % chunk : 0;
+        int64_t kept = 0;
+        for (int64_t j = 0; j < k; j++) {
+            if (st[j] == -1)
+                continue;
+            if (st[j] < lo || st[j] > pos)
+                return mc_err_set(err, MC_ERR_ARG, "mla_decode: token %lld: opt.sel[%lld][%lld] = "
+                                  "%d is outside the positions it sees [%d, %d]", (long long)t,
+                                  (long long)t, (long long)j, (int)st[j], (int)lo, (int)pos);
+            kept++;
+        }
+        if (!kept)
+            return mc_err_set(err, MC_ERR_ARG, "mla_decode: token %lld: opt.sel[%lld] keeps no "
+                              "position", (long long)t, (long long)t);
+    }
+    return MC_OK;
+}
+
 mc_status mc_cpu_mla_decode(void *ctx, const mc_tensor *q_lat, const mc_tensor *q_pe,
                             const mc_tensor *lat_pages, const mc_tensor *pe_pages,
                             const mc_kv_index *ix, const mc_attn_opts *opt, mc_tensor *y,
@@ -179,25 +204,41 @@ mc_status mc_cpu_mla_decode(void *ctx, const mc_tensor *q_lat, const mc_tensor *
     int64_t n = q_lat->shape[0], nh = q_lat->shape[1], span;
     int lr = (int)lat_pages->shape[2], rd = (int)pe_pages->shape[2];
     mc_status st = spans_ok("mla_decode", ix, &p, opt->chunk, &span, err);
+    if (st == MC_OK && opt->sel)
+        st = sel_ok(opt->sel, ix, opt->chunk, err);
     if (st != MC_OK)
         return st;
+    /* with opt->sel, keep[i] = 1 for the kept positions lo + i (as the engine's mask) */
     float *score = mc_malloc_n((size_t)span, sizeof *score);
-    if (!score)
+    unsigned char *keep = opt->sel ? malloc((size_t)span) : NULL;
+    if (!score || (opt->sel && !keep)) {
+        free(score);
+        free(keep);
         return mc_err_set(err, MC_ERR_NOMEM, "mla_decode: out of memory for %lld scores",
                           (long long)span);
+    }
     for (int64_t t = 0; t < n; t++) {
         int32_t s = i32_at(&ix->seq, t), pos = i32_at(&ix->pos, t);
         int64_t lo = opt->chunk > 0 ? pos - pos % opt->chunk : 0, S = pos - lo + 1;
         float sc = token_scale(opt, t);
+        if (keep) {
+            const int32_t *kp = (const int32_t *)at(opt->sel) +
+                                 (size_t)t * (size_t)opt->sel->row_stride;
+            memset(keep, 0, (size_t)S);
+            for (int64_t j = 0; j < mc_tensor_cols(opt->sel); j++)
+                if (kp[j] >= 0)
+                    keep[kp[j] - lo] = 1;
+        }
         for (int64_t h = 0; h < nh; h++) {
             const float *ql = row_f32(q_lat, t * nh + h), *qp = row_f32(q_pe, t * nh + h);
             for (int64_t i = 0; i < S; i++) {
                 int64_t r = slot_row(&p, s, lo + i, 1);
-                score[i] = mc_dot(ql, row_f32(lat_pages, r), lr) +
-                           mc_dot(qp, row_f32(pe_pages, r), rd);
+                score[i] = keep && !keep[i] ? 0.0f
+                                            : mc_dot(ql, row_f32(lat_pages, r), lr) +
+                                                  mc_dot(qp, row_f32(pe_pages, r), rd);
             }
-            for (int64_t i = 0; i < S; i++)
-                score[i] *= sc;
+            for (int64_t i = 0; i < S; i++) /* a dropped position weighs 0 whatever sc is */
+                score[i] = keep && !keep[i] ? -INFINITY : score[i] * sc;
             mc_softmax(score, (int)S);
             float *o = row_f32(y, t * nh + h);
             memset(o, 0, (size_t)lr * sizeof *o);
@@ -207,5 +248,6 @@ mc_status mc_cpu_mla_decode(void *ctx, const mc_tensor *q_lat, const mc_tensor *
         }
     }
     free(score);
+    free(keep);
     return MC_OK;
 }

@@ -94,6 +94,31 @@ def main():
     rc, _, err = run([exe, "score", "--model", model, "--input", golden, "--output", ref])
     check(rc == 0, "reference score")
 
+    # DeepSeek-V4: one rank, bit-identical logits, verifies; parallel layouts refused
+    v4 = os.path.join(fx, "models", "deepseek-v4-tiny")
+    v4ref = os.path.join(work, "v4-ref.safetensors")
+    v4out = os.path.join(work, "v4-out.safetensors")
+    v4one = os.path.join(work, "v4-one")
+    v4gold = os.path.join(v4, "golden.safetensors")
+    rc0, _, _ = run([exe, "score", "--model", v4, "--input", v4gold, "--output", v4ref])
+    rc, _, err = run([exe, "shard", "--model", v4, "--cluster",
+                      os.path.join(clusters, "cpu-1rank.yaml"), "--out", v4one])
+    check(rc0 == 0 and rc == 0, "deepseek-v4: shard for one rank" + ("" if rc == 0 else ": " + err[-300:]))
+    rc, _, err = run([exe, "score", "--shards", v4one, "--input", v4gold, "--output", v4out])
+    check(rc == 0 and open(v4out, "rb").read() == open(v4ref, "rb").read(),
+          "deepseek-v4: score --shards (one rank) gives bit-identical logits")
+    rc, txt, _ = run([exe, "verify", "--shards", v4one])
+    check(rc == 0 and "match" in txt, "deepseek-v4: the one-rank shard set verifies")
+    for cl in ("cpu-2ranks.yaml", "cpu-4ranks.yaml"):
+        rc, _, err = run([exe, "shard", "--model", v4, "--cluster", os.path.join(clusters, cl),
+                          "--out", os.path.join(work, "v4-multi")])
+        check(rc != 0 and "DeepSeek-V4 runs on one rank" in err
+              and not os.path.exists(os.path.join(work, "v4-multi", "manifest.json")),
+              f"deepseek-v4: shard for {cl} refused clearly")
+    rc, _, err = run([exe, "shard", "--model", v4, "--cluster", os.path.join(clusters, "cpu-1rank.yaml"),
+                      "--out", os.path.join(work, "v4-q8"), "--weights", "q8_0"])
+    check(rc != 0 and "BF16" in err, "deepseek-v4: --weights q8_0 refused (BF16 only)")
+
     # one rank: the shard set is the whole model, logits bit-identical
     one = os.path.join(work, "one")
     rc, _, err = run([exe, "shard", "--model", model, "--cluster",

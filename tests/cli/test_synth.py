@@ -46,6 +46,28 @@ def logits_finite(path):
     return all(math.isfinite(v) for v in vals) and max(abs(v) for v in vals) > 0
 
 
+def st_headers(d):
+    """{name: (dtype, shape)} over every model*.safetensors / consolidated* file of d."""
+    out = {}
+    for f in sorted(os.listdir(d)):
+        if f.endswith(".safetensors") and f.startswith(("model", "consolidated")):
+            with open(os.path.join(d, f), "rb") as fh:
+                (n,) = struct.unpack("<Q", fh.read(8))
+                for k, v in json.loads(fh.read(n)).items():
+                    if k != "__metadata__":
+                        out[k] = (v["dtype"], v["shape"])
+    return out
+
+
+def st_i64(d, name):
+    """The values of I64 tensor `name` of checkpoint d."""
+    idx = json.load(open(os.path.join(d, "model.safetensors.index.json")))["weight_map"]
+    blob = open(os.path.join(d, idx[name]), "rb").read()
+    (n,) = struct.unpack("<Q", blob[:8])
+    b, e = json.loads(blob[8:8 + n])[name]["data_offsets"]
+    return struct.unpack(f"<{(e - b) // 8}q", blob[8 + n + b:8 + n + e])
+
+
 def digest(d):
     h = hashlib.sha256()
     for name in sorted(os.listdir(d)):
@@ -62,7 +84,7 @@ def main():
     write_ids(ids, [[1, 5, 9, 200, 7, 3]])
     out = os.path.join(work, "out.safetensors")
     models = ["deepseek-v3-tiny", "deepseek-v32-tiny", "qwen3-moe-tiny", "llama4-tiny",
-              "mistral4-tiny"]
+              "mistral4-tiny", "deepseek-v4-tiny"]
     for m in models:
         d = os.path.join(work, m)
         rc, _, err = run([exe, "synth", "--config", os.path.join(fx, "models", m, "config.json"),
@@ -82,6 +104,30 @@ def main():
         rc2, pr, _ = run([exe, "plan", "--model", os.path.join(fx, "models", m), "--json"])
         check(rc == 0 and rc2 == 0 and json.loads(pj)["params_total"] == json.loads(pr)["params_total"],
               f"{m}: plan counts the same parameters as for the real checkpoint")
+
+    # DeepSeek-V4: every tensor with the fixture's dtype and shape (tid2eid I64, rest BF16);
+    # hash tables map each token to distinct experts; BF16 only; --layers trims layer lists
+    v4 = os.path.join(work, "deepseek-v4-tiny")
+    ref_dir = os.path.join(fx, "models", "deepseek-v4-tiny")
+    want, have = st_headers(ref_dir), st_headers(v4)
+    bad = [k for k in sorted(set(want) | set(have)) if want.get(k) != have.get(k)]
+    check(not bad, "deepseek-v4-tiny: every tensor has the fixture's dtype and shape"
+          + ("" if not bad else f" (first: {bad[0]}: {want.get(bad[0])} vs {have.get(bad[0])})"))
+    rows = st_i64(v4, "model.layers.0.ffn.gate.tid2eid")
+    check(len(rows) == 1024 * 4 and all(0 <= e < 16 for e in rows)
+          and all(len(set(rows[i:i + 4])) == 4 for i in range(0, len(rows), 4)),
+          "deepseek-v4-tiny: tid2eid rows hold 4 distinct experts of 16")
+    rc, _, err = run([exe, "synth", "--config", os.path.join(ref_dir, "config.json"), "--out",
+                      os.path.join(work, "v4-fp8"), "--weights", "fp8"])
+    check(rc != 0 and "BF16" in err, "deepseek-v4: synth --weights fp8 refused (BF16 only)")
+    d = os.path.join(work, "v4-cut")
+    rc, _, _ = run([exe, "synth", "--config", os.path.join(ref_dir, "config.json"), "--out", d,
+                    "--layers", "2"])
+    cfg = json.load(open(os.path.join(d, "config.json"))) if rc == 0 else {}
+    check(rc == 0 and cfg.get("num_hidden_layers") == 2 and len(cfg.get("layer_types", [])) == 2
+          and len(cfg.get("mlp_layer_types", [])) == 2, "deepseek-v4 --layers 2: layer lists trimmed")
+    rc, _, _ = run([exe, "score", "--model", d, "--input", ids, "--output", out])
+    check(rc == 0 and logits_finite(out), "deepseek-v4 --layers 2 checkpoint runs through score")
 
     # a synthetic checkpoint goes through shard and verify like a real one
     root = os.path.dirname(os.path.dirname(fx))

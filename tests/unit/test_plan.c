@@ -5,6 +5,7 @@
 #include "cluster.h"
 #include "model_config.h"
 #include "plan.h"
+#include "safetensors.h"
 
 #include <dirent.h>
 #include <jansson.h>
@@ -227,6 +228,106 @@ static void test_cluster_configs(void)
     CHECK(n >= 7);
 }
 
+/* DeepSeek-V4 tiny: plan's counts against the fixture checkpoint's own
+ * tensors (numel, summed by a categorization of the names), its weight
+ * bytes against the files' bytes, the KV formula by hand, and the layouts
+ * V4 does not run refused. */
+static void test_v4_fixture(void)
+{
+    mc_model_desc d;
+    CHECK(load("models/deepseek-v4-tiny/config.json", &d) == 0);
+    char dir[4200];
+    snprintf(dir, sizeof dir, "%s/models/deepseek-v4-tiny", fx);
+    st_checkpoint *ck = NULL;
+    mc_err e;
+    mc_err_clear(&e);
+    CHECK(st_checkpoint_open(dir, &ck, &e) == MC_OK);
+    if (!ck)
+        return;
+    /* embed, head, attn, shared, routed, router, norms, hc, hash */
+    double want[9] = {0}, total = 0, bytes = 0;
+    for (size_t i = 0; i < st_checkpoint_count(ck); i++) {
+        const st_tensor *t = st_checkpoint_tensor(ck, i);
+        const char *n = t->name;
+        int c = !strcmp(n, "model.embed_tokens.weight") ? 0
+                : !strcmp(n, "head.weight")            ? 1
+                : strstr(n, "hc_")                     ? 7
+                : strstr(n, "tid2eid")                 ? 8
+                : strstr(n, ".ffn.experts.")           ? 4
+                : strstr(n, ".shared_experts.")        ? 3
+                : strstr(n, ".ffn.gate.")              ? 5
+                : strstr(n, ".attn.")                  ? 2
+                : strstr(n, "norm.weight")             ? 6
+                                                       : -1;
+        if (c < 0) {
+            printf("  uncategorized tensor %s\n", n);
+            CHECK(0);
+            continue;
+        }
+        want[c] += (double)t->numel;
+        total += (double)t->numel;
+        bytes += (double)t->nbytes;
+    }
+    st_checkpoint_close(ck);
+    mc_param_counts p;
+    mc_model_params(&d, &p);
+    const double have[9] = {p.embed, p.head, p.attn, p.shared, p.routed, p.router, p.norms, p.hc, p.hash};
+    static const char *const names[9] = {"embed", "head", "attn", "shared", "routed", "router",
+                                         "norms", "hc", "hash"};
+    printf("  deepseek-v4-tiny: %.0f parameters (checkpoint %.0f), active %.0f\n", p.total, total,
+           p.active);
+    CHECK(p.total == total);
+    CHECK(p.dense == 0);
+    for (int k = 0; k < 9; k++)
+        if (have[k] != want[k]) {
+            printf("  %s: plan %.0f, checkpoint %.0f\n", names[k], have[k], want[k]);
+            CHECK(0);
+        }
+    /* active: all but the embedding, the hash tables and 12 of 16 experts per layer */
+    CHECK(p.active == total - p.embed - p.hash - p.routed * 12 / 16);
+
+    /* one rank: the weights are the checkpoint's bytes (BF16, tid2eid I64) */
+    char path[4200];
+    snprintf(path, sizeof path, "%s/../../cluster-configs/cpu-1rank.yaml", fx);
+    mc_cluster c;
+    mc_err_clear(&e);
+    CHECK(mc_cluster_load(path, &c, &e) == MC_OK);
+    mc_plan_opts o = {.weights = MC_WFMT_BF16, .max_model_len = 4096, .max_num_seqs = 1,
+                      .kv_bytes_per_elem = 2};
+    mc_plan *pl = NULL;
+    CHECK(mc_plan_build(&d, &c, &o, &pl, &e) == MC_OK);
+    if (pl) {
+        CHECK(pl->ranks[0].weight_bytes == bytes);
+        /* KV of one 4096-token sequence, elements (head_dim 64, window 8, index_head_dim 32):
+         *   window: 4 layers x 8 x 64                                          =   2048
+         *   HCA (layers 0-2, rate 16): 4096/16 x 64 + pending 2x2x16x64 = 20480 x 3 = 61440
+         *   CSA (layer 3, rate 4): 1024 x 64 + 2x2x4x128 = 67584;
+         *       its indexer: 1024 x 32 + 2x2x4x64 = 33792                      = 101376
+         *   total 164864 elements x 2 bytes                                    = 329728 */
+        CHECK_NEAR(pl->ranks[0].kv_bytes_per_seq, 329728, 0);
+        CHECK_NEAR(pl->ranks[0].kv_bytes_per_token, 329728.0 / 4096, 1e-9);
+        mc_plan_free(pl);
+    }
+    /* 5 tokens: a part-filled window, no HCA entry yet, one CSA entry (and its indexer key) */
+    CHECK_NEAR(mc_v4_kv_bytes_per_seq(&d, 5, 4),
+               4.0 * (4 * 5 * 64 + 3 * (2 * 2 * 16 * 64) + 64 + 2 * 2 * 4 * 128 + 32 +
+                      2 * 2 * 4 * 64),
+               0);
+    /* V4 does not run split, nor from other weight formats */
+    mc_cluster c2 = c;
+    c2.ep = 2;
+    c2.dp = 2;
+    c2.devices_per_node = 2;
+    mc_err_clear(&e);
+    CHECK(mc_plan_build(&d, &c2, &o, &pl, &e) == MC_ERR_UNSUPPORTED);
+    CHECK(strstr(e.msg, "one rank") != NULL);
+    mc_plan_opts o8 = o;
+    o8.weights = MC_WFMT_Q8_0;
+    mc_err_clear(&e);
+    CHECK(mc_plan_build(&d, &c, &o8, &pl, &e) == MC_ERR_UNSUPPORTED);
+    CHECK(strstr(e.msg, "BF16") != NULL);
+}
+
 int main(int argc, char **argv)
 {
     fx = argc > 1 ? argv[1] : getenv("MC_FIXTURES");
@@ -239,5 +340,6 @@ int main(int argc, char **argv)
     test_memory_by_hand();
     test_mat_bytes();
     test_cluster_configs();
+    test_v4_fixture();
     return check_report("test_plan");
 }

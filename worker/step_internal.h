@@ -1,0 +1,131 @@
+/* step_internal.h - the step executor's state, shared by step.c (lifetime,
+ * binding, plans) and step_block.c (the decoder block and the LM head as
+ * backend ops). Not for use outside these two files. */
+#ifndef MC_STEP_INTERNAL_H
+#define MC_STEP_INTERNAL_H
+
+#include "arena.h"
+#include "backend.h"
+#include "step.h"
+
+#include <stdint.h>
+
+/* Rows of the LM head computed per call: bounds its scratch at
+ * HEAD_ROWS x vocab floats whatever the step's size. */
+#define MC_STEP_HEAD_ROWS 64
+
+#define TRY(call)                                                                                  \
+    do {                                                                                           \
+        if ((st = (call)) != MC_OK)                                                                \
+            goto fail;                                                                             \
+    } while (0)
+
+typedef struct {
+    mc_tensor gate, up, down; /* gate, up (I, H); down (H, I) */
+} mc_step_ffn;
+
+/* One layer's weights as tensors, and its KV pages. Shapes: H hidden, nh
+ * query heads, nkv KV heads, hd head dim (GQA); qk = nope + rd, lr the
+ * latent rank, vd the value dim (MLA). */
+typedef struct {
+    mc_tensor attn_norm, ffn_norm; /* [H] */
+    mc_tensor wo;                  /* (H, nh * hd) GQA, (H, nh * vd) MLA */
+    /* GQA */
+    mc_tensor wq, wk, wv;     /* (nh*hd, H), (nkv*hd, H), (nkv*hd, H) */
+    mc_tensor q_norm, k_norm; /* [hd] (Qwen3), when has_qk_norm */
+    int has_qk_norm;
+    mc_tensor k_pages, v_pages; /* (n_blocks, block_size, nkv, hd) F32 each */
+    /* MLA */
+    int has_q_lora;
+    mc_tensor q_a, q_b, q_proj; /* (q_lora, H), (nh*qk, q_lora) or (nh*qk, H) */
+    mc_tensor q_a_norm;         /* [q_lora] */
+    mc_tensor kv_a;             /* (lr + rd, H) */
+    mc_tensor kv_a_norm;        /* [lr] */
+    mc_tensor *kb;              /* [nh]: W_kb[h]^T (lr, nope), transposed storage */
+    mc_tensor *vb;              /* [nh]: W_vb[h] (vd, lr) */
+    mc_tensor lat_pages;        /* (n_blocks, block_size, lr) */
+    mc_tensor pe_pages;         /* (n_blocks, block_size, rd) */
+    /* feed-forward */
+    int moe;
+    mc_step_ffn dense;
+    mc_tensor router; /* (E, H) */
+    mc_tensor bias;   /* [E], when has_bias */
+    int has_bias;
+    mc_tensor *gate, *up, *down; /* [E] each */
+    int has_shared;
+    mc_step_ffn shared;
+} mc_step_layer;
+
+/* Known lengths: open addressing on the sequence id. */
+typedef struct {
+    uint64_t id;
+    uint32_t len;
+    int used;
+} mc_step_len;
+
+struct mc_step_exec {
+    mc_model *m;
+    mc_backend *be;
+    mc_kv_pool *pool;
+    uint32_t n_blocks, block_size, max_tokens, max_pos;
+    mc_buffer **bufs; /* every buffer made here, freed at the end */
+    size_t n_bufs, cap_bufs;
+    void **host; /* host copies made at init (dequantized kv_b), freed at the end */
+    size_t n_host;
+    mc_tensor embed, lm_head; /* (V, H) */
+    mc_tensor final_norm;     /* [H] */
+    mc_tensor cs, sn;         /* (max_pos, rope_dim / 2) */
+    mc_step_layer *layers;    /* [n_layers] */
+    /* activations for up to T = max_tokens tokens, views cut per step */
+    mc_tensor x, xn, tmp;     /* (T, H) */
+    mc_tensor q;              /* (T, nh, hd) GQA, (T, nh, qk) MLA */
+    mc_tensor attn;           /* (T, nh, hd) GQA, (T, nh, vd) MLA */
+    mc_tensor k, v;           /* (T, nkv, hd) GQA */
+    mc_tensor qa;             /* (T, q_lora) MLA */
+    mc_tensor kva;            /* (T, lr + rd) MLA */
+    mc_tensor lat;            /* (T, lr) MLA */
+    mc_tensor qlat, olat;     /* (T, nh, lr) MLA */
+    mc_tensor rlog;           /* (T, E) router logits */
+    mc_tensor ids, slot;      /* (T, k) I32 */
+    mc_tensor wts;            /* (T, k) */
+    mc_tensor offsets;        /* [E + 1] I32 */
+    mc_tensor xp, yp;         /* (T * k, H) */
+    mc_tensor g, u;           /* (T, I_max) dense / shared FFN */
+    mc_tensor hx;             /* (HEAD_ROWS, H) */
+    mc_tensor hlog;           /* (HEAD_ROWS, V) */
+    mc_tensor tok, seq, pos;  /* [T] I32 */
+    mc_tensor rows;           /* [T] I32: token rows that want logits */
+    mc_buffer *bt_buf;        /* block table of the step, grown on demand */
+    size_t bt_cap;
+    mc_arena *arena; /* host staging of the index arrays, reset per step */
+    mc_step_len *lens;
+    size_t lens_cap, lens_n;
+};
+
+/* The step's views of the scratch, n tokens (names as in mc_step_exec). */
+typedef struct {
+    int64_t n;
+    mc_tensor x, xn, tmp;
+    mc_tensor q, attn;
+    mc_tensor q2, attn2; /* (n, nh * hd or qk), (n, nh * hd or vd) */
+    mc_tensor qh, kh;    /* (n * nh, hd), (n * nkv, hd) GQA */
+    mc_tensor k, v;
+    mc_tensor k2, v2;    /* (n, nkv * hd) GQA */
+    mc_tensor qa, kva, lat, qlat, olat;
+    mc_tensor qlat2, olat2; /* (n, nh * lr) MLA */
+    mc_tensor rlog, ids, slot, wts;
+    mc_tensor xp, yp;
+    mc_tensor ys; /* (n, H): rows of xp, the shared experts' output */
+    mc_tensor tok;
+    mc_kv_index ix; /* block_table filled by the caller */
+} mc_step_views;
+
+/* Cuts the views of n tokens (1 <= n <= max_tokens). */
+mc_status mc_step_views_make(mc_step_exec *ex, int64_t n, mc_step_views *s, mc_err *err);
+/* x += attn(norm(x)); x += ffn(norm(x)) on the step's tokens, layer l. */
+mc_status mc_step_block(mc_step_exec *ex, int l, mc_step_views *s, mc_err *err);
+/* Final norm and LM head on the nl rows listed in ex->rows into host
+ * logits (nl, V). */
+mc_status mc_step_head(mc_step_exec *ex, mc_step_views *s, int64_t nl, float *logits, mc_err *err);
+
+#endif
