@@ -89,11 +89,10 @@ static mc_status moe(mc_step_exec *ex, const mc_step_layer *w, mc_step_views *s,
                          .scale = d->routed_scale};
     mc_status st;
     TRY(mc_op_matmul(be, &w->router, &s->xn, &s->rlog, err));
-    TRY(mc_op_router_topk(be, &s->rlog, w->has_bias ? &w->bias : NULL, &ro, &s->ids, &s->wts,
-                          err));
+    TRY(mc_op_router_topk(be, &s->rlog, w->has_bias ? &w->bias : NULL, &ro, &s->ids, &s->wts, err));
     TRY(mc_op_moe_permute(be, &s->xn, &s->ids, &s->xp, &s->slot, &ex->offsets, err));
-    TRY(mc_op_grouped_experts(be, &s->xp, &ex->offsets, d->n_experts, w->gate, w->up, w->down,
-                              NULL, &s->yp, err));
+    TRY(mc_op_grouped_experts(be, &s->xp, &ex->offsets, d->n_experts, w->gate, w->up, w->down, NULL,
+                              &s->yp, err));
     TRY(mc_op_moe_unpermute_weighted(be, &s->yp, &s->slot, &s->wts, &s->tmp, err));
     if (w->has_shared) {
         TRY(ffn(ex, &w->shared, &s->xn, &s->ys, err));
@@ -165,7 +164,7 @@ static mc_status attn_mla(mc_step_exec *ex, mc_step_layer *w, mc_step_views *s, 
     TRY(mc_op_kv_write(be, &s->ix, &s->lat, &w->lat_pages, err));
     TRY(mc_op_kv_write(be, &s->ix, &kpe, &w->pe_pages, err));
     for (int64_t h = 0; h < nh; h++) { /* qlat[t, h] = W_kb[h]^T q_nope[t, h] */
-        mc_tensor qn, ql;               /* (n, nope), (n, lr) */
+        mc_tensor qn, ql;              /* (n, nope), (n, lr) */
         TRY(mc_tensor_view_cols(&s->q2, h * qk, nope, &qn, err));
         TRY(mc_tensor_view_cols(&s->qlat2, h * lr, lr, &ql, err));
         TRY(mc_op_matmul(be, &w->kb[h], &qn, &ql, err));
@@ -173,7 +172,7 @@ static mc_status attn_mla(mc_step_exec *ex, mc_step_layer *w, mc_step_views *s, 
     TRY(mc_op_mla_decode(be, &s->qlat, &qpe, &w->lat_pages, &w->pe_pages, &s->ix, &ao, &s->olat,
                          err));
     for (int64_t h = 0; h < nh; h++) { /* attn[t, h] = W_vb[h] olat[t, h] */
-        mc_tensor ol, av;               /* (n, lr), (n, vd) */
+        mc_tensor ol, av;              /* (n, lr), (n, vd) */
         TRY(mc_tensor_view_cols(&s->olat2, h * lr, lr, &ol, err));
         TRY(mc_tensor_view_cols(&s->attn2, h * vd, vd, &av, err));
         TRY(mc_op_matmul(be, &w->vb[h], &ol, &av, err));

@@ -77,25 +77,25 @@ struct mc_step_exec {
     mc_tensor cs, sn;         /* (max_pos, rope_dim / 2) */
     mc_step_layer *layers;    /* [n_layers] */
     /* activations for up to T = max_tokens tokens, views cut per step */
-    mc_tensor x, xn, tmp;     /* (T, H) */
-    mc_tensor q;              /* (T, nh, hd) GQA, (T, nh, qk) MLA */
-    mc_tensor attn;           /* (T, nh, hd) GQA, (T, nh, vd) MLA */
-    mc_tensor k, v;           /* (T, nkv, hd) GQA */
-    mc_tensor qa;             /* (T, q_lora) MLA */
-    mc_tensor kva;            /* (T, lr + rd) MLA */
-    mc_tensor lat;            /* (T, lr) MLA */
-    mc_tensor qlat, olat;     /* (T, nh, lr) MLA */
-    mc_tensor rlog;           /* (T, E) router logits */
-    mc_tensor ids, slot;      /* (T, k) I32 */
-    mc_tensor wts;            /* (T, k) */
-    mc_tensor offsets;        /* [E + 1] I32 */
-    mc_tensor xp, yp;         /* (T * k, H) */
-    mc_tensor g, u;           /* (T, I_max) dense / shared FFN */
-    mc_tensor hx;             /* (HEAD_ROWS, H) */
-    mc_tensor hlog;           /* (HEAD_ROWS, V) */
-    mc_tensor tok, seq, pos;  /* [T] I32 */
-    mc_tensor rows;           /* [T] I32: token rows that want logits */
-    mc_buffer *bt_buf;        /* block table of the step, grown on demand */
+    mc_tensor x, xn, tmp;    /* (T, H) */
+    mc_tensor q;             /* (T, nh, hd) GQA, (T, nh, qk) MLA */
+    mc_tensor attn;          /* (T, nh, hd) GQA, (T, nh, vd) MLA */
+    mc_tensor k, v;          /* (T, nkv, hd) GQA */
+    mc_tensor qa;            /* (T, q_lora) MLA */
+    mc_tensor kva;           /* (T, lr + rd) MLA */
+    mc_tensor lat;           /* (T, lr) MLA */
+    mc_tensor qlat, olat;    /* (T, nh, lr) MLA */
+    mc_tensor rlog;          /* (T, E) router logits */
+    mc_tensor ids, slot;     /* (T, k) I32 */
+    mc_tensor wts;           /* (T, k) */
+    mc_tensor offsets;       /* [E + 1] I32 */
+    mc_tensor xp, yp;        /* (T * k, H) */
+    mc_tensor g, u;          /* (T, I_max) dense / shared FFN */
+    mc_tensor hx;            /* (HEAD_ROWS, H) */
+    mc_tensor hlog;          /* (HEAD_ROWS, V) */
+    mc_tensor tok, seq, pos; /* [T] I32 */
+    mc_tensor rows;          /* [T] I32: token rows that want logits */
+    mc_buffer *bt_buf;       /* block table of the step, grown on demand */
     size_t bt_cap;
     mc_arena *arena; /* host staging of the index arrays, reset per step */
     mc_step_len *lens;
@@ -110,7 +110,7 @@ typedef struct {
     mc_tensor q2, attn2; /* (n, nh * hd or qk), (n, nh * hd or vd) */
     mc_tensor qh, kh;    /* (n * nh, hd), (n * nkv, hd) GQA */
     mc_tensor k, v;
-    mc_tensor k2, v2;    /* (n, nkv * hd) GQA */
+    mc_tensor k2, v2; /* (n, nkv * hd) GQA */
     mc_tensor qa, kva, lat, qlat, olat;
     mc_tensor qlat2, olat2; /* (n, nh * lr) MLA */
     mc_tensor rlog, ids, slot, wts;

@@ -116,6 +116,7 @@ static mc_status spans_ok(const char *op, const mc_kv_index *ix, const paged *p,
                           int64_t *max_span, mc_err *err)
 {
     int64_t n = ix->pos.shape[0], lo, m = 1;
+    *max_span = 1; /* set on every path */
     for (int64_t t = 0; t < n; t++) {
         if (token_ok(op, ix, p, t, chunk, 0, &lo, err) != MC_OK)
             return err ? err->status : MC_ERR_ARG;

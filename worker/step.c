@@ -1,0 +1,678 @@
+/* step.c - the step executor (step.h): one step plan through the decoder
+ * stack with backend ops over a paged KV cache.
+ *
+ * Host code here only builds small index arrays (token ids, sequence rows,
+ * positions, block tables, the rows that want logits) and uploads them; all
+ * math on activations, weights and the cache is an mc_op_* call, so the
+ * same code runs on any backend. */
+#include "step_internal.h"
+
+#include "attention.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- known lengths ---- */
+
+static size_t len_home(const mc_step_exec *ex, uint64_t id)
+{
+    uint64_t h = id * 0x9E3779B97F4A7C15ull;
+    return (size_t)(h >> 17) & (ex->lens_cap - 1);
+}
+
+static mc_step_len *len_find(const mc_step_exec *ex, uint64_t id)
+{
+    for (size_t i = len_home(ex, id);; i = (i + 1) & (ex->lens_cap - 1)) {
+        if (!ex->lens[i].used)
+            return NULL;
+        if (ex->lens[i].id == id)
+            return &ex->lens[i];
+    }
+}
+
+static mc_status len_grow(mc_step_exec *ex, mc_err *err)
+{
+    size_t cap = ex->lens_cap * 2;
+    mc_step_len *old = ex->lens, *n = calloc(cap, sizeof *n);
+    if (!n)
+        return mc_err_set(err, MC_ERR_NOMEM, "step: out of memory for %zu sequence lengths", cap);
+    size_t old_cap = ex->lens_cap;
+    ex->lens = n;
+    ex->lens_cap = cap;
+    for (size_t i = 0; i < old_cap; i++)
+        if (old[i].used) {
+            size_t j = len_home(ex, old[i].id);
+            while (n[j].used)
+                j = (j + 1) & (cap - 1);
+            n[j] = old[i];
+        }
+    free(old);
+    return MC_OK;
+}
+
+/* Room for `more` new ids (done before a step changes anything). */
+static mc_status len_reserve(mc_step_exec *ex, size_t more, mc_err *err)
+{
+    while (2 * (ex->lens_n + more) > ex->lens_cap)
+        if (len_grow(ex, err) != MC_OK)
+            return err->status;
+    return MC_OK;
+}
+
+static void len_set(mc_step_exec *ex, uint64_t id, uint32_t len)
+{
+    mc_step_len *s = len_find(ex, id);
+    if (!s) {
+        size_t i = len_home(ex, id);
+        while (ex->lens[i].used)
+            i = (i + 1) & (ex->lens_cap - 1);
+        s = &ex->lens[i];
+        s->used = 1;
+        s->id = id;
+        ex->lens_n++;
+    }
+    s->len = len;
+}
+
+/* Removes id, shifting back the entries of its probe run. */
+static int len_del(mc_step_exec *ex, uint64_t id)
+{
+    mc_step_len *s = len_find(ex, id);
+    if (!s)
+        return 0;
+    size_t mask = ex->lens_cap - 1, i = (size_t)(s - ex->lens);
+    for (size_t j = (i + 1) & mask; ex->lens[j].used; j = (j + 1) & mask) {
+        size_t h = len_home(ex, ex->lens[j].id);
+        /* entry j may move to hole i when its home is not in (i, j] */
+        if (((j - h) & mask) >= ((j - i) & mask)) {
+            ex->lens[i] = ex->lens[j];
+            i = j;
+        }
+    }
+    ex->lens[i].used = 0;
+    ex->lens_n--;
+    return 1;
+}
+
+static int known_len(void *ctx, uint64_t seq_id, uint32_t *len)
+{
+    const mc_step_len *s = len_find(ctx, seq_id);
+    if (!s)
+        return 0;
+    *len = s->len;
+    return 1;
+}
+
+/* ---- buffers and weights ---- */
+
+static mc_status keep(mc_step_exec *ex, mc_buffer *b, mc_err *err)
+{
+    if (ex->n_bufs == ex->cap_bufs) {
+        size_t nc = ex->cap_bufs ? 2 * ex->cap_bufs : 256;
+        mc_buffer **n = realloc(ex->bufs, nc * sizeof *n);
+        if (!n) {
+            mc_buffer_free(b);
+            return mc_err_set(err, MC_ERR_NOMEM, "step: out of memory for buffer handles");
+        }
+        ex->bufs = n;
+        ex->cap_bufs = nc;
+    }
+    ex->bufs[ex->n_bufs++] = b;
+    return MC_OK;
+}
+
+/* Host bytes [p, p + bytes) as a buffer: borrowed where the backend can,
+ * else copied into device memory. */
+static mc_status wrap(mc_step_exec *ex, const void *p, size_t bytes, mc_buffer **out, mc_err *err)
+{
+    mc_buffer *b = NULL;
+    mc_status st = mc_buffer_wrap_host(ex->be, p, bytes, &b, err);
+    if (st == MC_ERR_UNSUPPORTED) {
+        mc_err_clear(err);
+        if ((st = mc_buffer_alloc(ex->be, bytes, &b, err)) == MC_OK &&
+            (st = mc_buffer_upload(b, 0, p, bytes, err)) != MC_OK) {
+            mc_buffer_free(b);
+            return st;
+        }
+    }
+    if (st != MC_OK)
+        return st;
+    *out = b;
+    return keep(ex, b, err);
+}
+
+/* A bound weight matrix as a tensor over its own bytes. */
+static mc_status mat_tensor(mc_step_exec *ex, const mc_mat *w, const char *what, mc_tensor *t,
+                            mc_err *err)
+{
+    if (!w->data || w->rows < 1 || w->cols < 1)
+        return mc_err_set(err, MC_ERR_INTERNAL, "step: weight %s is not bound", what);
+    memset(t, 0, sizeof *t);
+    t->dtype = w->dtype;
+    t->ndim = 2;
+    t->shape[0] = w->rows;
+    t->shape[1] = w->cols;
+    t->row_stride = (int64_t)w->row_stride;
+    t->transposed = w->transposed;
+    size_t bytes = mc_tensor_extent(t);
+    if (bytes == 0)
+        return mc_err_set(err, MC_ERR_INTERNAL, "step: weight %s (%s, %d x %d) has no extent", what,
+                          mc_dtype_name(w->dtype), w->rows, w->cols);
+    mc_status st = wrap(ex, w->data, bytes, &t->buf, err);
+    if (st != MC_OK || !w->scale)
+        return st;
+    /* FP8 block scales: (ceil(R / br), ceil(C / bc)) F32, rows scale_cols apart */
+    int64_t sr = (w->rows + w->block_rows - 1) / w->block_rows;
+    int64_t sc = (w->cols + w->block_cols - 1) / w->block_cols;
+    size_t sbytes = ((size_t)(sr - 1) * (size_t)w->scale_cols + (size_t)sc) * sizeof(float);
+    mc_buffer *sb;
+    mc_tensor s;
+    int64_t shape[2] = {sr, sc};
+    if ((st = wrap(ex, w->scale, sbytes, &sb, err)) != MC_OK ||
+        (st = mc_tensor_init_strided(&s, sb, 0, MC_DT_F32, 2, shape, w->scale_cols, err)) != MC_OK)
+        return st;
+    return mc_tensor_set_scales(t, &s, w->block_rows, w->block_cols, err);
+}
+
+/* An F32 vector the model holds (norm weights, biases). */
+static mc_status vec_tensor(mc_step_exec *ex, const float *v, int64_t n, const char *what,
+                            mc_tensor *t, mc_err *err)
+{
+    if (!v)
+        return mc_err_set(err, MC_ERR_INTERNAL, "step: vector %s is not bound", what);
+    mc_buffer *b;
+    mc_status st = wrap(ex, v, (size_t)n * sizeof *v, &b, err);
+    return st != MC_OK ? st : mc_tensor_init(t, b, 0, MC_DT_F32, 1, &n, err);
+}
+
+static mc_status bind_ffn(mc_step_exec *ex, const mc_ffn_w *f, mc_step_ffn *o, mc_err *err)
+{
+    mc_status st;
+    if ((st = mat_tensor(ex, &f->gate, "gate", &o->gate, err)) != MC_OK ||
+        (st = mat_tensor(ex, &f->up, "up", &o->up, err)) != MC_OK)
+        return st;
+    return mat_tensor(ex, &f->down, "down", &o->down, err);
+}
+
+/* W_kb[h]^T (lr, nope) and W_vb[h] (vd, lr) of every head, out of kv_b
+ * (nh * (nope + vd), lr): views of the weight itself when it is an element
+ * type, else of an F32 copy made once here (block formats and FP8 have no
+ * transposed storage). */
+static mc_status bind_kv_b(mc_step_exec *ex, const mc_mat *kvb, mc_step_layer *o, mc_err *err)
+{
+    const mc_model_desc *d = &ex->m->d;
+    int nh = d->n_heads, nope = d->qk_nope_dim, vd = d->v_head_dim, lr = d->kv_lora_rank;
+    mc_tensor full; /* (nh * (nope + vd), lr) */
+    mc_status st;
+    if (kvb->scale || mc_dtype_is_block(kvb->dtype) || kvb->transposed) {
+        size_t n = (size_t)kvb->rows * (size_t)lr;
+        float *f = mc_malloc_n(n, sizeof *f);
+        void **h = f ? realloc(ex->host, (ex->n_host + 1) * sizeof *h) : NULL;
+        if (!h) {
+            free(f);
+            return mc_err_set(err, MC_ERR_NOMEM, "step: out of memory for a copy of kv_b");
+        }
+        ex->host = h;
+        ex->host[ex->n_host++] = f;
+        for (int r = 0; r < kvb->rows; r++)
+            mc_mat_row_f32(kvb, r, f + (size_t)r * lr);
+        mc_buffer *b;
+        if ((st = wrap(ex, f, n * sizeof *f, &b, err)) != MC_OK ||
+            (st = mc_tensor_init_2d(&full, b, 0, MC_DT_F32, kvb->rows, lr, err)) != MC_OK)
+            return st;
+    } else if ((st = mat_tensor(ex, kvb, "kv_b", &full, err)) != MC_OK) {
+        return st;
+    }
+    o->kb = calloc((size_t)2 * nh, sizeof *o->kb);
+    if (!o->kb)
+        return mc_err_set(err, MC_ERR_NOMEM, "step: out of memory for kv_b views");
+    o->vb = o->kb + nh;
+    size_t es = mc_dtype_size(full.dtype);
+    for (int h = 0; h < nh; h++) {
+        size_t off = full.offset + (size_t)h * (nope + vd) * (size_t)full.row_stride * es;
+        if ((st = mc_tensor_init_transposed(&o->kb[h], full.buf, off, full.dtype, lr, nope,
+                                            full.row_stride, err)) != MC_OK ||
+            (st = mc_tensor_view_rows(&full, (int64_t)h * (nope + vd) + nope, vd, &o->vb[h],
+                                      err)) != MC_OK)
+            return st;
+    }
+    return MC_OK;
+}
+
+static mc_status bind_mla(mc_step_exec *ex, const mc_layer_w *w, mc_step_layer *o, mc_err *err)
+{
+    const mc_model_desc *d = &ex->m->d;
+    mc_status st;
+    o->has_q_lora = d->q_lora_rank > 0;
+    if (o->has_q_lora) {
+        if ((st = mat_tensor(ex, &w->q_a, "q_a", &o->q_a, err)) != MC_OK ||
+            (st = vec_tensor(ex, w->q_a_norm, d->q_lora_rank, "q_a_norm", &o->q_a_norm, err)) !=
+                MC_OK ||
+            (st = mat_tensor(ex, &w->q_b, "q_b", &o->q_b, err)) != MC_OK)
+            return st;
+    } else if ((st = mat_tensor(ex, &w->q_proj, "q_proj", &o->q_proj, err)) != MC_OK) {
+        return st;
+    }
+    if ((st = mat_tensor(ex, &w->kv_a, "kv_a", &o->kv_a, err)) != MC_OK ||
+        (st = vec_tensor(ex, w->kv_a_norm, d->kv_lora_rank, "kv_a_norm", &o->kv_a_norm, err)) !=
+            MC_OK)
+        return st;
+    return bind_kv_b(ex, &w->kv_b, o, err);
+}
+
+static mc_status bind_layer(mc_step_exec *ex, int l, mc_err *err)
+{
+    const mc_model_desc *d = &ex->m->d;
+    const mc_layer_w *w = &ex->m->layers[l];
+    mc_step_layer *o = &ex->layers[l];
+    int H = d->hidden, hd = d->head_dim, E = d->n_experts;
+    mc_status st;
+    if ((st = vec_tensor(ex, w->attn_norm, H, "attn_norm", &o->attn_norm, err)) != MC_OK ||
+        (st = vec_tensor(ex, w->ffn_norm, H, "ffn_norm", &o->ffn_norm, err)) != MC_OK ||
+        (st = mat_tensor(ex, &w->wo, "wo", &o->wo, err)) != MC_OK)
+        return st;
+    if (d->attn == MC_ATTN_MLA) {
+        if ((st = bind_mla(ex, w, o, err)) != MC_OK)
+            return st;
+    } else {
+        if ((st = mat_tensor(ex, &w->wq, "wq", &o->wq, err)) != MC_OK ||
+            (st = mat_tensor(ex, &w->wk, "wk", &o->wk, err)) != MC_OK ||
+            (st = mat_tensor(ex, &w->wv, "wv", &o->wv, err)) != MC_OK)
+            return st;
+        if ((w->q_norm != NULL) != (w->k_norm != NULL))
+            return mc_err_set(err, MC_ERR_UNSUPPORTED,
+                              "step: layer %d has only one of q_norm, k_norm", l);
+        o->has_qk_norm = w->q_norm != NULL;
+        if (o->has_qk_norm &&
+            ((st = vec_tensor(ex, w->q_norm, hd, "q_norm", &o->q_norm, err)) != MC_OK ||
+             (st = vec_tensor(ex, w->k_norm, hd, "k_norm", &o->k_norm, err)) != MC_OK))
+            return st;
+    }
+    o->moe = w->moe;
+    if (!w->moe)
+        return bind_ffn(ex, &w->dense, &o->dense, err);
+    if ((st = mat_tensor(ex, &w->router, "router", &o->router, err)) != MC_OK)
+        return st;
+    o->has_bias = w->score_bias != NULL;
+    if (o->has_bias &&
+        (st = vec_tensor(ex, w->score_bias, E, "score_bias", &o->bias, err)) != MC_OK)
+        return st;
+    o->gate = calloc((size_t)3 * E, sizeof *o->gate);
+    if (!o->gate)
+        return mc_err_set(err, MC_ERR_NOMEM, "step: out of memory for layer %d's experts", l);
+    o->up = o->gate + E;
+    o->down = o->gate + 2 * E;
+    for (int e = 0; e < E; e++) {
+        const mc_ffn_w *f = &w->experts[e];
+        if ((st = mat_tensor(ex, &f->gate, "expert gate", &o->gate[e], err)) != MC_OK ||
+            (st = mat_tensor(ex, &f->up, "expert up", &o->up[e], err)) != MC_OK ||
+            (st = mat_tensor(ex, &f->down, "expert down", &o->down[e], err)) != MC_OK)
+            return st;
+    }
+    o->has_shared = w->has_shared;
+    return w->has_shared ? bind_ffn(ex, &w->shared, &o->shared, err) : MC_OK;
+}
+
+/* What this executor runs today; anything else is named and refused. */
+static mc_status supported(const mc_model *m, mc_err *err)
+{
+    const mc_model_desc *d = &m->d;
+    const char *why = NULL;
+    if (m->lay.tp != 1 || m->lay.ep != 1 || m->lay.pp != 1)
+        why = "a parallel layout (tp, ep or pp > 1)";
+    else if (d->family == MC_FAM_DEEPSEEK_V4)
+        why = "DeepSeek-V4";
+    else if (d->attn == MC_ATTN_MLA && d->index_topk > 0)
+        why = "the DeepSeek-V3.2 sparse-attention indexer";
+    else if (d->attn_chunk > 0 || d->qk_l2norm || d->attn_temp_tuning || d->llama4_beta != 0)
+        why = "Llama 4 / Mistral 4 attention variants";
+    else if (d->router != MC_ROUTER_TOPK)
+        why = "the Llama 4 router";
+    for (int l = 0; !why && l < d->n_layers; l++)
+        if (!d->layer_rope[l])
+            why = "NoPE layers";
+    if (why)
+        return mc_err_set(err, MC_ERR_UNSUPPORTED, "step executor: %s (%s) is not supported yet",
+                          why, d->model_type);
+    return MC_OK;
+}
+
+/* ---- scratch ---- */
+
+/* Carves tensors out of one buffer: a first pass (buf NULL) only counts. */
+typedef struct {
+    mc_buffer *buf;
+    size_t off;
+    mc_status st;
+} carver;
+
+static void carve(carver *c, mc_tensor *t, mc_dtype dt, int ndim, int64_t a, int64_t b, int64_t cc,
+                  mc_err *err)
+{
+    int64_t shape[3] = {a, b, cc};
+    size_t n = (size_t)a * (size_t)(ndim > 1 ? b : 1) * (size_t)(ndim > 2 ? cc : 1);
+    size_t bytes = n * mc_dtype_size(dt);
+    if (c->buf && c->st == MC_OK)
+        c->st = mc_tensor_init(t, c->buf, c->off, dt, ndim, shape, err);
+    c->off += (bytes + 63) & ~(size_t)63;
+}
+
+static void carve_all(mc_step_exec *ex, carver *c, mc_err *err)
+{
+    const mc_model_desc *d = &ex->m->d;
+    int64_t T = ex->max_tokens, H = d->hidden, nh = d->n_heads, nkv = d->n_kv_heads;
+    int64_t hd = d->head_dim, E = d->n_experts > 0 ? d->n_experts : 1;
+    int64_t k = d->n_experts_per_tok > 0 ? d->n_experts_per_tok : 1;
+    int64_t I = d->dense_inter > d->shared_inter ? d->dense_inter : d->shared_inter;
+    int64_t R = T < MC_STEP_HEAD_ROWS ? T : MC_STEP_HEAD_ROWS;
+    carve(c, &ex->x, MC_DT_F32, 2, T, H, 0, err);
+    carve(c, &ex->xn, MC_DT_F32, 2, T, H, 0, err);
+    carve(c, &ex->tmp, MC_DT_F32, 2, T, H, 0, err);
+    if (d->attn == MC_ATTN_GQA) {
+        carve(c, &ex->q, MC_DT_F32, 3, T, nh, hd, err);
+        carve(c, &ex->attn, MC_DT_F32, 3, T, nh, hd, err);
+        carve(c, &ex->k, MC_DT_F32, 3, T, nkv, hd, err);
+        carve(c, &ex->v, MC_DT_F32, 3, T, nkv, hd, err);
+    } else {
+        int64_t lr = d->kv_lora_rank, rd = d->qk_rope_dim;
+        carve(c, &ex->q, MC_DT_F32, 3, T, nh, d->qk_nope_dim + rd, err);
+        carve(c, &ex->attn, MC_DT_F32, 3, T, nh, d->v_head_dim, err);
+        carve(c, &ex->qa, MC_DT_F32, 2, T, d->q_lora_rank > 0 ? d->q_lora_rank : 1, 0, err);
+        carve(c, &ex->kva, MC_DT_F32, 2, T, lr + rd, 0, err);
+        carve(c, &ex->lat, MC_DT_F32, 2, T, lr, 0, err);
+        carve(c, &ex->qlat, MC_DT_F32, 3, T, nh, lr, err);
+        carve(c, &ex->olat, MC_DT_F32, 3, T, nh, lr, err);
+    }
+    carve(c, &ex->rlog, MC_DT_F32, 2, T, E, 0, err);
+    carve(c, &ex->ids, MC_DT_I32, 2, T, k, 0, err);
+    carve(c, &ex->slot, MC_DT_I32, 2, T, k, 0, err);
+    carve(c, &ex->wts, MC_DT_F32, 2, T, k, 0, err);
+    carve(c, &ex->offsets, MC_DT_I32, 1, E + 1, 0, 0, err);
+    carve(c, &ex->xp, MC_DT_F32, 2, T * k, H, 0, err);
+    carve(c, &ex->yp, MC_DT_F32, 2, T * k, H, 0, err);
+    carve(c, &ex->g, MC_DT_F32, 2, T, I > 0 ? I : 1, 0, err);
+    carve(c, &ex->u, MC_DT_F32, 2, T, I > 0 ? I : 1, 0, err);
+    carve(c, &ex->hx, MC_DT_F32, 2, R, H, 0, err);
+    carve(c, &ex->hlog, MC_DT_F32, 2, R, d->vocab, 0, err);
+    carve(c, &ex->tok, MC_DT_I32, 1, T, 0, 0, err);
+    carve(c, &ex->seq, MC_DT_I32, 1, T, 0, 0, err);
+    carve(c, &ex->pos, MC_DT_I32, 1, T, 0, 0, err);
+    carve(c, &ex->rows, MC_DT_I32, 1, T, 0, 0, err);
+}
+
+static mc_status alloc_buf(mc_step_exec *ex, size_t bytes, const char *what, mc_buffer **out,
+                           mc_err *err)
+{
+    mc_status st = mc_buffer_alloc(ex->be, bytes, out, err);
+    if (st != MC_OK) {
+        char why[sizeof err->msg];
+        snprintf(why, sizeof why, "%s", err->msg);
+        mc_err_clear(err); /* the first error wins: replace it with one naming what */
+        return mc_err_set(err, st, "step: cannot allocate %zu bytes for %s: %s", bytes, what, why);
+    }
+    return keep(ex, *out, err);
+}
+
+/* One layer's pages: two tensors of one kind (GQA K and V, MLA latent and
+ * rope key) of w0 and w1 elements per slot, back to back in one buffer. */
+static mc_status alloc_pages(mc_step_exec *ex, int ndim, const int64_t *s0, const int64_t *s1,
+                             mc_tensor *t0, mc_tensor *t1, mc_err *err)
+{
+    size_t e0 = 1, e1 = 1;
+    for (int i = 0; i < ndim; i++) {
+        e0 *= (size_t)s0[i];
+        e1 *= (size_t)s1[i];
+    }
+    mc_buffer *b;
+    mc_status st;
+    if ((st = alloc_buf(ex, (e0 + e1) * sizeof(float), "KV pages", &b, err)) != MC_OK ||
+        (st = mc_tensor_init(t0, b, 0, MC_DT_F32, ndim, s0, err)) != MC_OK)
+        return st;
+    return mc_tensor_init(t1, b, e0 * sizeof(float), MC_DT_F32, ndim, s1, err);
+}
+
+/* KV pages of every layer and the RoPE tables. */
+static mc_status alloc_cache(mc_step_exec *ex, mc_err *err)
+{
+    const mc_model_desc *d = &ex->m->d;
+    int64_t nb = ex->n_blocks, bs = ex->block_size;
+    int64_t kv[4] = {nb, bs, d->n_kv_heads, d->head_dim};
+    int64_t lat[3] = {nb, bs, d->kv_lora_rank}, pe[3] = {nb, bs, d->qk_rope_dim};
+    mc_status st;
+    for (int l = 0; l < d->n_layers; l++) {
+        mc_step_layer *o = &ex->layers[l];
+        st = d->attn == MC_ATTN_MLA ? alloc_pages(ex, 3, lat, pe, &o->lat_pages, &o->pe_pages, err)
+                                    : alloc_pages(ex, 4, kv, kv, &o->k_pages, &o->v_pages, err);
+        if (st != MC_OK)
+            return st;
+    }
+    int half = d->rope.dim / 2;
+    size_t nt = (size_t)ex->max_pos * (size_t)half;
+    float *cs = mc_malloc_n(2 * nt, sizeof *cs); /* (max_pos, half) cos, then sin */
+    if (!cs)
+        return mc_err_set(err, MC_ERR_NOMEM, "step: out of memory for RoPE tables");
+    mc_rope_tables(ex->m, 0, (int)ex->max_pos, cs, cs + nt);
+    mc_buffer *b;
+    if ((st = alloc_buf(ex, 2 * nt * sizeof *cs, "RoPE tables", &b, err)) == MC_OK &&
+        (st = mc_buffer_upload(b, 0, cs, 2 * nt * sizeof *cs, err)) == MC_OK &&
+        (st = mc_tensor_init_2d(&ex->cs, b, 0, MC_DT_F32, ex->max_pos, half, err)) == MC_OK)
+        st = mc_tensor_init_2d(&ex->sn, b, nt * sizeof *cs, MC_DT_F32, ex->max_pos, half, err);
+    free(cs);
+    return st;
+}
+
+mc_status mc_step_exec_init(mc_model *m, mc_backend *be, uint32_t n_blocks, uint32_t block_size,
+                            uint32_t max_batch_tokens, mc_step_exec **out, mc_err *err)
+{
+    *out = NULL;
+    if (n_blocks < 1 || block_size < 1 || max_batch_tokens < 1 ||
+        max_batch_tokens > MC_STEP_MAX_TOKENS)
+        return mc_err_set(err, MC_ERR_ARG,
+                          "step executor: n_blocks %u, block_size %u and "
+                          "max_batch_tokens %u must be >= 1 (max_batch_tokens <= %u)",
+                          n_blocks, block_size, max_batch_tokens, MC_STEP_MAX_TOKENS);
+    mc_status st = supported(m, err);
+    if (st != MC_OK)
+        return st;
+    const mc_model_desc *d = &m->d;
+    mc_step_exec *ex = calloc(1, sizeof *ex);
+    if (!ex)
+        return mc_err_set(err, MC_ERR_NOMEM, "step: out of memory");
+    ex->m = m;
+    ex->be = be;
+    ex->n_blocks = n_blocks;
+    ex->block_size = block_size;
+    ex->max_tokens = max_batch_tokens;
+    uint64_t cap = (uint64_t)n_blocks * block_size;
+    if (cap > INT32_MAX)
+        cap = INT32_MAX;
+    /* the context, bounded by what the pool can hold */
+    ex->max_pos =
+        d->max_pos > 0 && (uint64_t)d->max_pos < cap ? (uint32_t)d->max_pos : (uint32_t)cap;
+    ex->lens_cap = 64;
+    ex->lens = calloc(ex->lens_cap, sizeof *ex->lens);
+    ex->layers = calloc((size_t)d->n_layers, sizeof *ex->layers);
+    if (!ex->lens || !ex->layers) {
+        st = mc_err_set(err, MC_ERR_NOMEM, "step: out of memory");
+        goto fail;
+    }
+    if ((st = mc_kv_pool_init(&ex->pool, n_blocks, block_size, err)) != MC_OK ||
+        (st = mc_arena_init(0, 0, &ex->arena, err)) != MC_OK)
+        goto fail;
+    if ((st = mat_tensor(ex, &m->embed, "embed", &ex->embed, err)) != MC_OK ||
+        (st = mat_tensor(ex, &m->lm_head, "lm_head", &ex->lm_head, err)) != MC_OK ||
+        (st = vec_tensor(ex, m->final_norm, d->hidden, "final_norm", &ex->final_norm, err)) !=
+            MC_OK)
+        goto fail;
+    for (int l = 0; l < d->n_layers; l++)
+        if ((st = bind_layer(ex, l, err)) != MC_OK)
+            goto fail;
+    if ((st = alloc_cache(ex, err)) != MC_OK)
+        goto fail;
+    carver c = {0};
+    carve_all(ex, &c, err);
+    if ((st = alloc_buf(ex, c.off, "activations", &c.buf, err)) != MC_OK)
+        goto fail;
+    c.off = 0;
+    carve_all(ex, &c, err);
+    if ((st = c.st) != MC_OK)
+        goto fail;
+    *out = ex;
+    return MC_OK;
+fail:
+    mc_step_exec_free(ex);
+    return st;
+}
+
+void mc_step_exec_free(mc_step_exec *ex)
+{
+    if (!ex)
+        return;
+    for (size_t i = ex->n_bufs; i > 0; i--)
+        mc_buffer_free(ex->bufs[i - 1]);
+    free(ex->bufs);
+    if (ex->layers)
+        for (int l = 0; l < ex->m->d.n_layers; l++) {
+            free(ex->layers[l].gate);
+            free(ex->layers[l].kb);
+        }
+    for (size_t i = 0; i < ex->n_host; i++)
+        free(ex->host[i]);
+    free(ex->host);
+    free(ex->layers);
+    mc_buffer_free(ex->bt_buf);
+    mc_kv_pool_free(ex->pool);
+    mc_arena_free(ex->arena);
+    free(ex->lens);
+    free(ex);
+}
+
+mc_kv_pool *mc_step_exec_pool(mc_step_exec *ex)
+{
+    return ex->pool;
+}
+
+void mc_step_exec_limits(const mc_step_exec *ex, mc_step_limits *lim)
+{
+    memset(lim, 0, sizeof *lim);
+    lim->vocab = (uint32_t)ex->m->d.vocab;
+    lim->n_blocks = ex->n_blocks;
+    lim->block_size = ex->block_size;
+    lim->max_pos = ex->max_pos;
+    lim->max_batch_tokens = ex->max_tokens;
+    lim->known_len = known_len;
+    lim->known_ctx = (void *)ex;
+}
+
+uint32_t mc_step_exec_seq_len(const mc_step_exec *ex, uint64_t seq_id)
+{
+    const mc_step_len *s = len_find(ex, seq_id);
+    return s ? s->len : 0;
+}
+
+mc_status mc_step_exec_release(mc_step_exec *ex, uint64_t seq_id, mc_err *err)
+{
+    int known = len_del(ex, seq_id);
+    uint32_t nb;
+    if (mc_kv_pool_table(ex->pool, seq_id, &nb))
+        return mc_kv_pool_release(ex->pool, seq_id, err);
+    if (!known)
+        return mc_err_set(err, MC_ERR_NOT_FOUND, "step: release of unknown sequence %llu",
+                          (unsigned long long)seq_id);
+    return MC_OK;
+}
+
+/* ---- one step ---- */
+
+/* The block table of the step as an (ns, maxb) I32 tensor, its buffer
+ * grown when a step needs more. */
+static mc_status table_tensor(mc_step_exec *ex, int64_t ns, int64_t maxb, const int32_t *bt,
+                              mc_tensor *out, mc_err *err)
+{
+    size_t bytes = (size_t)ns * (size_t)maxb * sizeof *bt;
+    mc_status st;
+    if (bytes > ex->bt_cap) {
+        size_t cap = bytes > 2 * ex->bt_cap ? bytes : 2 * ex->bt_cap;
+        mc_buffer *b;
+        if ((st = mc_buffer_alloc(ex->be, cap, &b, err)) != MC_OK)
+            return st;
+        mc_buffer_free(ex->bt_buf);
+        ex->bt_buf = b;
+        ex->bt_cap = cap;
+    }
+    if ((st = mc_buffer_upload(ex->bt_buf, 0, bt, bytes, err)) != MC_OK)
+        return st;
+    return mc_tensor_init_2d(out, ex->bt_buf, 0, MC_DT_I32, ns, maxb, err);
+}
+
+mc_status mc_step_exec_run(mc_step_exec *ex, const mc_step_plan *plan, float *logits, mc_err *err)
+{
+    mc_step_limits lim;
+    mc_step_exec_limits(ex, &lim);
+    mc_status st = mc_step_plan_check(plan, &lim, err);
+    if (st != MC_OK)
+        return st;
+    uint32_t ns = plan->n_seqs, maxb = 0;
+    for (uint32_t i = 0; i < ns; i++) {
+        const mc_step_seq *q = &plan->seqs[i];
+        if (q->logits != MC_LOGITS_NONE && q->top_k > 0)
+            return mc_err_set(err, MC_ERR_UNSUPPORTED,
+                              "step plan: seqs[%u].top_k = %u: top-k "
+                              "candidates are not supported yet (0 = full logits)",
+                              i, q->top_k);
+        maxb = q->n_blocks > maxb ? q->n_blocks : maxb;
+    }
+    int64_t n = (int64_t)mc_step_plan_tokens(plan), nl = (int64_t)mc_step_plan_logit_rows(plan);
+    if (nl > 0 && !logits)
+        return mc_err_set(err, MC_ERR_ARG, "step: logits is NULL but the plan wants %lld rows",
+                          (long long)nl);
+    if ((st = len_reserve(ex, ns, err)) != MC_OK)
+        return st;
+    /* the per-token index on the host: (n) token ids, rows, positions;
+     * (nl) token rows with logits; (ns, maxb) block table */
+    mc_arena_reset(ex->arena);
+    int32_t *tok = mc_arena_alloc_n(ex->arena, (size_t)n, sizeof *tok);
+    int32_t *seq = mc_arena_alloc_n(ex->arena, (size_t)n, sizeof *seq);
+    int32_t *pos = mc_arena_alloc_n(ex->arena, (size_t)n, sizeof *pos);
+    int32_t *rows = mc_arena_alloc_n(ex->arena, (size_t)(nl > 0 ? nl : 1), sizeof *rows);
+    int32_t *bt = mc_arena_alloc_n(ex->arena, (size_t)ns * maxb, sizeof *bt);
+    if (!tok || !seq || !pos || !rows || !bt)
+        return mc_err_set(err, MC_ERR_NOMEM, "step: out of memory for the index of %lld tokens",
+                          (long long)n);
+    int64_t t = 0, r = 0;
+    for (uint32_t i = 0; i < ns; i++) {
+        const mc_step_seq *q = &plan->seqs[i];
+        for (uint32_t j = 0; j < maxb; j++)
+            bt[(size_t)i * maxb + j] = j < q->n_blocks ? (int32_t)q->blocks[j] : 0;
+        for (uint32_t j = 0; j < q->n_tokens; j++, t++) {
+            tok[t] = (int32_t)q->tokens[j];
+            seq[t] = (int32_t)i;
+            pos[t] = (int32_t)(q->start_pos + j);
+            if (q->logits == MC_LOGITS_ALL || (q->logits == MC_LOGITS_LAST && j + 1 == q->n_tokens))
+                rows[r++] = (int32_t)t;
+        }
+    }
+    mc_step_views s;
+    if ((st = mc_step_views_make(ex, n, &s, err)) != MC_OK ||
+        (st = table_tensor(ex, ns, maxb, bt, &s.ix.block_table, err)) != MC_OK ||
+        (st = mc_tensor_upload(&s.tok, tok, err)) != MC_OK ||
+        (st = mc_tensor_upload(&s.ix.seq, seq, err)) != MC_OK ||
+        (st = mc_tensor_upload(&s.ix.pos, pos, err)) != MC_OK)
+        return st;
+    mc_tensor rv;
+    if (nl > 0 && ((st = mc_tensor_view_rows(&ex->rows, 0, nl, &rv, err)) != MC_OK ||
+                   (st = mc_tensor_upload(&rv, rows, err)) != MC_OK))
+        return st;
+    /* the decoder stack */
+    if ((st = mc_op_embed(ex->be, &ex->embed, &s.tok, 0, &s.x, err)) != MC_OK)
+        return st;
+    for (int l = 0; l < ex->m->d.n_layers; l++)
+        if ((st = mc_step_block(ex, l, &s, err)) != MC_OK)
+            return st;
+    if (nl > 0 && (st = mc_step_head(ex, &s, nl, logits, err)) != MC_OK)
+        return st;
+    for (uint32_t i = 0; i < ns; i++)
+        len_set(ex, plan->seqs[i].seq_id, plan->seqs[i].start_pos + plan->seqs[i].n_tokens);
+    return MC_OK;
+}
