@@ -5,39 +5,11 @@
  * math and the checks on contents (positions, token ids). */
 #include "backend.h"
 #include "kernels.h"
-#include "cpu/backend_cpu_attn.h"
+#include "cpu/backend_cpu_internal.h"
 
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-
-/* Host address of element 0 of t. */
-static unsigned char *at(const mc_tensor *t)
-{
-    return (unsigned char *)mc_buffer_mem(t->buf) + t->offset;
-}
-
-/* Row r of an F32 activation. */
-static float *row_f32(const mc_tensor *t, int64_t r)
-{
-    return (float *)at(t) + (size_t)r * (size_t)t->row_stride;
-}
-
-/* The kernels' view of a validated 2-D weight (borrowed, like t). */
-static mc_mat to_mat(const mc_tensor *t)
-{
-    mc_mat m = {.dtype = t->dtype, .rows = (int)t->shape[0], .cols = (int)t->shape[1],
-                .row_stride = (size_t)t->row_stride, .transposed = t->transposed,
-                .data = at(t)};
-    if (t->scale_buf) {
-        m.scale = (const float *)((const unsigned char *)mc_buffer_mem(t->scale_buf) +
-                                  t->scale_offset);
-        m.block_rows = t->block_rows;
-        m.block_cols = t->block_cols;
-        m.scale_cols = (int)t->scale_cols;
-    }
-    return m;
-}
 
 /* ---- memory ---- */
 
@@ -236,26 +208,6 @@ static mc_status cpu_embed(void *ctx, const mc_tensor *table, const mc_tensor *i
     }
     return MC_OK;
 }
-
-/* DeepSeek-V3.2 indexer top-k (cpu/backend_cpu_index.c) */
-mc_status mc_cpu_indexer_topk(void *ctx, const mc_tensor *iq, const mc_tensor *w,
-                              const mc_tensor *key_pages, const mc_kv_index *ix,
-                              const mc_indexer_opts *opt, mc_tensor *sel, mc_err *err);
-
-/* MoE block and LayerNorm (cpu/backend_cpu_moe.c) */
-mc_status mc_cpu_router_topk(void *ctx, const mc_tensor *logits, const mc_tensor *bias,
-                             const mc_router_opts *opts, mc_tensor *ids, mc_tensor *weights,
-                             mc_err *err);
-mc_status mc_cpu_moe_permute(void *ctx, const mc_tensor *x, const mc_tensor *ids, mc_tensor *xp,
-                             mc_tensor *slot, mc_tensor *offsets, mc_err *err);
-mc_status mc_cpu_moe_unpermute(void *ctx, const mc_tensor *yp, const mc_tensor *slot,
-                               const mc_tensor *weights, mc_tensor *y, mc_err *err);
-mc_status mc_cpu_grouped_experts(void *ctx, const mc_tensor *x, const mc_tensor *offsets,
-                                 int n_experts, const mc_tensor *gate, const mc_tensor *up,
-                                 const mc_tensor *down, const mc_experts_opts *opts, mc_tensor *y,
-                                 mc_err *err);
-mc_status mc_cpu_layernorm(void *ctx, const mc_tensor *x, const mc_tensor *w, const mc_tensor *b,
-                           float eps, mc_tensor *y, mc_err *err);
 
 /* ---- probes and counters ---- */
 

@@ -10,31 +10,12 @@
  * scores with mc_dot, scaled, mc_softmax, weighted sum with mc_axpy, so both
  * agree to rounding. One score buffer per call (the longest span of any
  * token); the tokens run on the calling thread. */
-#include "cpu/backend_cpu_attn.h"
 #include "kernels.h"
+#include "cpu/backend_cpu_internal.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-
-/* Host address of element 0 of t. */
-static unsigned char *at(const mc_tensor *t)
-{
-    return (unsigned char *)mc_buffer_mem(t->buf) + t->offset;
-}
-
-/* Row r of an F32 tensor (rows as backend.h collapses them). */
-static float *row_f32(const mc_tensor *t, int64_t r)
-{
-    return (float *)at(t) + (size_t)r * (size_t)t->row_stride;
-}
-
-static int32_t i32_at(const mc_tensor *t, int64_t i)
-{
-    int32_t v;
-    memcpy(&v, at(t) + (size_t)i * sizeof v, sizeof v);
-    return v;
-}
 
 /* The block table, read once per call. */
 typedef struct {

@@ -17,37 +17,10 @@
  * on the calling thread. */
 #include "backend.h"
 #include "kernels.h"
+#include "cpu/backend_cpu_internal.h"
 
 #include <stdlib.h>
 #include <string.h>
-
-mc_status mc_cpu_indexer_topk(void *ctx, const mc_tensor *iq, const mc_tensor *w,
-                              const mc_tensor *key_pages, const mc_kv_index *ix,
-                              const mc_indexer_opts *opt, mc_tensor *sel, mc_err *err);
-
-/* Host address of element 0 of t. */
-static unsigned char *at(const mc_tensor *t)
-{
-    return (unsigned char *)mc_buffer_mem(t->buf) + t->offset;
-}
-
-/* Row r of an F32 or I32 tensor (rows as backend.h collapses them). */
-static float *row_f32(const mc_tensor *t, int64_t r)
-{
-    return (float *)at(t) + (size_t)r * (size_t)t->row_stride;
-}
-
-static int32_t *row_i32(const mc_tensor *t, int64_t r)
-{
-    return (int32_t *)at(t) + (size_t)r * (size_t)t->row_stride;
-}
-
-static int32_t i32_at(const mc_tensor *t, int64_t i)
-{
-    int32_t v;
-    memcpy(&v, at(t) + (size_t)i * sizeof v, sizeof v);
-    return v;
-}
 
 static int32_t block_of(const mc_kv_index *ix, int32_t seq, int64_t j)
 {

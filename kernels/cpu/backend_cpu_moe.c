@@ -7,42 +7,11 @@
  * kernels, same order of operations), so results are bit-identical to it. */
 #include "backend.h"
 #include "kernels.h"
+#include "cpu/backend_cpu_internal.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-
-/* Entries of the CPU vtable (backend_cpu.c), arguments as the mc_op_* of the same name. */
-mc_status mc_cpu_router_topk(void *ctx, const mc_tensor *logits, const mc_tensor *bias,
-                             const mc_router_opts *opts, mc_tensor *ids, mc_tensor *weights,
-                             mc_err *err);
-mc_status mc_cpu_moe_permute(void *ctx, const mc_tensor *x, const mc_tensor *ids, mc_tensor *xp,
-                             mc_tensor *slot, mc_tensor *offsets, mc_err *err);
-mc_status mc_cpu_moe_unpermute(void *ctx, const mc_tensor *yp, const mc_tensor *slot,
-                               const mc_tensor *weights, mc_tensor *y, mc_err *err);
-mc_status mc_cpu_grouped_experts(void *ctx, const mc_tensor *x, const mc_tensor *offsets,
-                                 int n_experts, const mc_tensor *gate, const mc_tensor *up,
-                                 const mc_tensor *down, const mc_experts_opts *opts, mc_tensor *y,
-                                 mc_err *err);
-mc_status mc_cpu_layernorm(void *ctx, const mc_tensor *x, const mc_tensor *w, const mc_tensor *b,
-                           float eps, mc_tensor *y, mc_err *err);
-
-/* Host address of element 0 of t. */
-static unsigned char *at(const mc_tensor *t)
-{
-    return (unsigned char *)mc_buffer_mem(t->buf) + t->offset;
-}
-
-/* Row r of an F32 / I32 tensor (both 4-byte elements). */
-static float *row_f32(const mc_tensor *t, int64_t r)
-{
-    return (float *)at(t) + (size_t)r * (size_t)t->row_stride;
-}
-
-static int32_t *row_i32(const mc_tensor *t, int64_t r)
-{
-    return (int32_t *)at(t) + (size_t)r * (size_t)t->row_stride;
-}
 
 /* Element i of t in row-major order over its logical shape (a vector of
  * any shape). */
@@ -50,22 +19,6 @@ static float elem_f32(const mc_tensor *t, int64_t i)
 {
     int64_t c = mc_tensor_cols(t);
     return row_f32(t, i / c)[i % c];
-}
-
-/* The kernels' view of a validated 2-D weight (borrowed, like t). */
-static mc_mat to_mat(const mc_tensor *t)
-{
-    mc_mat m = {.dtype = t->dtype, .rows = (int)t->shape[0], .cols = (int)t->shape[1],
-                .row_stride = (size_t)t->row_stride, .transposed = t->transposed,
-                .data = at(t)};
-    if (t->scale_buf) {
-        m.scale = (const float *)((const unsigned char *)mc_buffer_mem(t->scale_buf) +
-                                  t->scale_offset);
-        m.block_rows = t->block_rows;
-        m.block_cols = t->block_cols;
-        m.scale_cols = (int)t->scale_cols;
-    }
-    return m;
 }
 
 /* ---- router ---- */

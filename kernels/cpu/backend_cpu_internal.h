@@ -1,0 +1,84 @@
+/* cpu/backend_cpu_internal.h - internal to the CPU backend: the entries of
+ * its vtable that live outside backend_cpu.c (paged cache ops in
+ * backend_cpu_attn.c, the V3.2 indexer in backend_cpu_index.c, routing and
+ * experts in backend_cpu_moe.c), with arguments as the mc_op_* of backend.h,
+ * already validated by the front end (ctx is unused), and the small helpers
+ * they share to reach a tensor's host memory. */
+#ifndef MC_BACKEND_CPU_INTERNAL_H
+#define MC_BACKEND_CPU_INTERNAL_H
+
+#include "backend.h"
+#include "kernels.h"
+
+#include <stdint.h>
+#include <string.h>
+
+/* Host address of element 0 of t. */
+static inline unsigned char *at(const mc_tensor *t)
+{
+    return (unsigned char *)mc_buffer_mem(t->buf) + t->offset;
+}
+
+/* Row r of an F32 or I32 tensor (rows as backend.h collapses them). */
+static inline float *row_f32(const mc_tensor *t, int64_t r)
+{
+    return (float *)at(t) + (size_t)r * (size_t)t->row_stride;
+}
+
+static inline int32_t *row_i32(const mc_tensor *t, int64_t r)
+{
+    return (int32_t *)at(t) + (size_t)r * (size_t)t->row_stride;
+}
+
+/* Element i of a contiguous I32 vector. */
+static inline int32_t i32_at(const mc_tensor *t, int64_t i)
+{
+    int32_t v;
+    memcpy(&v, at(t) + (size_t)i * sizeof v, sizeof v);
+    return v;
+}
+
+/* The kernels' view of a validated 2-D weight (borrowed, like t). */
+static inline mc_mat to_mat(const mc_tensor *t)
+{
+    mc_mat m = {.dtype = t->dtype, .rows = (int)t->shape[0], .cols = (int)t->shape[1],
+                .row_stride = (size_t)t->row_stride, .transposed = t->transposed,
+                .data = at(t)};
+    if (t->scale_buf) {
+        m.scale = (const float *)((const unsigned char *)mc_buffer_mem(t->scale_buf) +
+                                  t->scale_offset);
+        m.block_rows = t->block_rows;
+        m.block_cols = t->block_cols;
+        m.scale_cols = (int)t->scale_cols;
+    }
+    return m;
+}
+
+mc_status mc_cpu_kv_write(void *ctx, const mc_kv_index *ix, const mc_tensor *src,
+                          mc_tensor *pages, mc_err *err);
+mc_status mc_cpu_attention(void *ctx, const mc_tensor *q, const mc_tensor *k_pages,
+                           const mc_tensor *v_pages, const mc_kv_index *ix,
+                           const mc_attn_opts *opt, mc_tensor *y, mc_err *err);
+mc_status mc_cpu_mla_decode(void *ctx, const mc_tensor *q_lat, const mc_tensor *q_pe,
+                            const mc_tensor *lat_pages, const mc_tensor *pe_pages,
+                            const mc_kv_index *ix, const mc_attn_opts *opt, mc_tensor *y,
+                            mc_err *err);
+
+mc_status mc_cpu_indexer_topk(void *ctx, const mc_tensor *iq, const mc_tensor *w,
+                              const mc_tensor *key_pages, const mc_kv_index *ix,
+                              const mc_indexer_opts *opt, mc_tensor *sel, mc_err *err);
+mc_status mc_cpu_router_topk(void *ctx, const mc_tensor *logits, const mc_tensor *bias,
+                             const mc_router_opts *opts, mc_tensor *ids, mc_tensor *weights,
+                             mc_err *err);
+mc_status mc_cpu_moe_permute(void *ctx, const mc_tensor *x, const mc_tensor *ids, mc_tensor *xp,
+                             mc_tensor *slot, mc_tensor *offsets, mc_err *err);
+mc_status mc_cpu_moe_unpermute(void *ctx, const mc_tensor *yp, const mc_tensor *slot,
+                               const mc_tensor *weights, mc_tensor *y, mc_err *err);
+mc_status mc_cpu_grouped_experts(void *ctx, const mc_tensor *x, const mc_tensor *offsets,
+                                 int n_experts, const mc_tensor *gate, const mc_tensor *up,
+                                 const mc_tensor *down, const mc_experts_opts *opts, mc_tensor *y,
+                                 mc_err *err);
+mc_status mc_cpu_layernorm(void *ctx, const mc_tensor *x, const mc_tensor *w, const mc_tensor *b,
+                           float eps, mc_tensor *y, mc_err *err);
+
+#endif
