@@ -72,6 +72,14 @@ void mc_axpy(float *y, float a, const float *x, int n);
 /* SwiGLU in place: g[i] = silu(g[i]) * u[i]. */
 void mc_swiglu(float *g, const float *u, int n);
 
+/* Router helpers shared by the engine's routing and the backends' router op,
+ * so both pick the same experts. Index of the largest v[i] with ok[i], the
+ * lowest index on ties (a NaN never beats an earlier value); -1 if none. */
+int mc_argmax_masked(const float *v, const unsigned char *ok, int n);
+/* Sum of the two largest of c[0..n) (n >= 2): a group's score in
+ * group-limited routing. */
+float mc_top2_sum(const float *c, int n);
+
 /* Rotates the first `dim` entries of v by the angles whose cos/sin are
  * given per pair (dim/2 each). interleaved: pairs (2i, 2i+1); otherwise
  * pairs (i, i + dim/2) (rotate_half). */

@@ -158,6 +158,20 @@ int mc_tensor_name(const mc_model_desc *d, mc_tensor_role role, int layer, int e
     return n < 0 || (size_t)n >= len - (size_t)p ? -1 : 0;
 }
 
+mc_tensor_spec *mc_tensor_spec_push(mc_tensor_spec **v, size_t n, size_t *cap)
+{
+    if (n == *cap) {
+        size_t nc = *cap ? 2 * *cap : 256;
+        mc_tensor_spec *nv = realloc(*v, nc * sizeof *nv);
+        if (!nv)
+            return NULL;
+        *v = nv;
+        *cap = nc;
+    }
+    memset(&(*v)[n], 0, sizeof **v);
+    return &(*v)[n];
+}
+
 typedef struct {
     mc_tensor_spec *v;
     size_t n, cap;
@@ -170,18 +184,11 @@ static void add(spec_list *s, mc_tensor_role role, int layer, int expert, bool l
 {
     if (s->bad)
         return;
-    if (s->n == s->cap) {
-        size_t nc = s->cap ? 2 * s->cap : 256;
-        mc_tensor_spec *nv = realloc(s->v, nc * sizeof *nv);
-        if (!nv) {
-            s->bad = 1;
-            return;
-        }
-        s->v = nv;
-        s->cap = nc;
+    mc_tensor_spec *t = mc_tensor_spec_push(&s->v, s->n, &s->cap);
+    if (!t) {
+        s->bad = 1;
+        return;
     }
-    mc_tensor_spec *t = &s->v[s->n];
-    memset(t, 0, sizeof *t);
     if (mc_tensor_name(s->d, role, layer < 0 ? 0 : layer, expert < 0 ? 0 : expert, t->name,
                        sizeof t->name) != 0) {
         s->bad = 2;

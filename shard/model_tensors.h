@@ -91,4 +91,9 @@ typedef struct {
 mc_status mc_model_tensor_specs(const mc_model_desc *d, mc_tensor_spec **out, size_t *n,
                                 mc_err *err);
 
+/* For the spec builders (model_tensors.c, tensors_deepseek_v4.c): a zeroed
+ * slot n of the growing array *v (capacity *cap, doubled as needed), or
+ * NULL when out of memory (the array is left as it was). */
+mc_tensor_spec *mc_tensor_spec_push(mc_tensor_spec **v, size_t n, size_t *cap);
+
 #endif

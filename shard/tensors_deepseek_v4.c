@@ -42,18 +42,11 @@ static void add(list *s, mc_tensor_role role, int layer, int expert, bool linear
 {
     if (s->bad)
         return;
-    if (s->n == s->cap) {
-        size_t nc = s->cap ? 2 * s->cap : 256;
-        mc_tensor_spec *nv = realloc(s->v, nc * sizeof *nv);
-        if (!nv) {
-            s->bad = 1;
-            return;
-        }
-        s->v = nv;
-        s->cap = nc;
+    mc_tensor_spec *t = mc_tensor_spec_push(&s->v, s->n, &s->cap);
+    if (!t) {
+        s->bad = 1;
+        return;
     }
-    mc_tensor_spec *t = &s->v[s->n];
-    memset(t, 0, sizeof *t);
     va_list ap;
     va_start(ap, fmt);
     int k = vsnprintf(t->name, sizeof t->name, fmt, ap);

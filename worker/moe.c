@@ -8,17 +8,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Index of the largest v[i] among allowed (mask[i] != 0), lowest index on
- * ties; -1 if none. */
-static int argmax_masked(const float *v, const unsigned char *mask, int n)
-{
-    int best = -1;
-    for (int i = 0; i < n; i++)
-        if (mask[i] && (best < 0 || v[i] > v[best]))
-            best = i;
-    return best;
-}
-
 void mc_route_token(const mc_model_desc *d, const float *logits, const float *bias, int *idx,
                     float *weight)
 {
@@ -29,7 +18,7 @@ void mc_route_token(const mc_model_desc *d, const float *logits, const float *bi
         /* top-k of the raw logits; the weight is the sigmoid of the logit */
         memset(allowed, 1, sizeof allowed);
         for (int j = 0; j < k; j++) {
-            int e = argmax_masked(logits, allowed, E);
+            int e = mc_argmax_masked(logits, allowed, E);
             allowed[e] = 0;
             idx[j] = e;
             weight[j] = mc_sigmoid(logits[e]);
@@ -53,21 +42,12 @@ void mc_route_token(const mc_model_desc *d, const float *logits, const float *bi
         float gscore[G];
         unsigned char gallow[G], gkeep[G];
         for (int g = 0; g < G; g++) {
-            const float *c = choice + g * per;
-            int a = 0;
-            for (int i = 1; i < per; i++)
-                if (c[i] > c[a])
-                    a = i;
-            int b = a == 0 ? 1 : 0;
-            for (int i = 0; i < per; i++)
-                if (i != a && c[i] > c[b])
-                    b = i;
-            gscore[g] = c[a] + c[b];
+            gscore[g] = mc_top2_sum(choice + g * per, per);
             gallow[g] = 1;
             gkeep[g] = 0;
         }
         for (int j = 0; j < d->topk_group; j++) {
-            int g = argmax_masked(gscore, gallow, G);
+            int g = mc_argmax_masked(gscore, gallow, G);
             gallow[g] = 0;
             gkeep[g] = 1;
         }
@@ -76,7 +56,7 @@ void mc_route_token(const mc_model_desc *d, const float *logits, const float *bi
     }
     double sum = 0;
     for (int j = 0; j < k; j++) {
-        int e = argmax_masked(choice, allowed, E);
+        int e = mc_argmax_masked(choice, allowed, E);
         allowed[e] = 0;
         idx[j] = e;
         weight[j] = scores[e];

@@ -74,24 +74,9 @@ mc_status mc_par_agree(mc_comm *c, mc_status st, mc_err *err)
 
 mc_status mc_par_bcast(mc_comm *c, int root, void *buf, size_t bytes, mc_err *err)
 {
-    int n = mc_comm_size(c), me = mc_comm_rank(c);
-    if (n <= 1)
+    if (mc_comm_size(c) <= 1)
         return MC_OK;
-    size_t *cnt = calloc((size_t)4 * n, sizeof *cnt);
-    if (!cnt)
-        return mc_err_set(err, MC_ERR_NOMEM, "out of memory");
-    size_t *sc = cnt, *sd = cnt + n, *rc = cnt + 2 * n, *rd = cnt + 3 * n;
-    mc_status st;
-    if (me == root) {
-        for (int p = 0; p < n; p++)
-            sc[p] = p == root ? 0 : bytes; /* the same region to everyone */
-        st = mc_comm_all_to_all_v(c, buf, bytes, sc, sd, NULL, 0, rc, rd, err);
-    } else {
-        rc[root] = bytes;
-        st = mc_comm_all_to_all_v(c, NULL, 0, sc, sd, buf, bytes, rc, rd, err);
-    }
-    free(cnt);
-    return st;
+    return mc_comm_bcast(c, root, buf, bytes, err);
 }
 
 /* ---- timed calls of the layer code ------------------------------------ */

@@ -23,31 +23,6 @@ static float elem_f32(const mc_tensor *t, int64_t i)
 
 /* ---- router ---- */
 
-/* Index of the largest v[i] with ok[i], the lowest index on ties (a NaN
- * never wins against an earlier value); -1 if none is allowed. */
-static int argmax_allowed(const float *v, const unsigned char *ok, int n)
-{
-    int best = -1;
-    for (int i = 0; i < n; i++)
-        if (ok[i] && (best < 0 || v[i] > v[best]))
-            best = i;
-    return best;
-}
-
-/* Sum of the two largest of c[0..per) (per >= 2). */
-static float top2_sum(const float *c, int per)
-{
-    int a = 0;
-    for (int i = 1; i < per; i++)
-        if (c[i] > c[a])
-            a = i;
-    int b = a == 0 ? 1 : 0;
-    for (int i = 0; i < per; i++)
-        if (i != a && c[i] > c[b])
-            b = i;
-    return c[a] + c[b];
-}
-
 /* One token. s, c: E floats; ok: E flags; gs: G floats, gok: G flags (scratch). */
 static void route_row(const float *lg, const float *bias, const mc_router_opts *o, int E,
                       float *s, float *c, unsigned char *ok, float *gs, unsigned char *gok,
@@ -76,19 +51,19 @@ static void route_row(const float *lg, const float *bias, const mc_router_opts *
     if (o->n_group > 1 && o->topk_group < o->n_group) {
         int G = o->n_group, per = E / G;
         for (int g = 0; g < G; g++) {
-            gs[g] = top2_sum(c + (size_t)g * per, per);
+            gs[g] = mc_top2_sum(c + (size_t)g * per, per);
             gok[g] = 1;
         }
         memset(ok, 0, (size_t)E);
         for (int j = 0; j < o->topk_group; j++) {
-            int g = argmax_allowed(gs, gok, G);
+            int g = mc_argmax_masked(gs, gok, G);
             gok[g] = 0;
             memset(ok + (size_t)g * per, 1, (size_t)per);
         }
     }
     double sum = 0;
     for (int j = 0; j < o->k; j++) {
-        int e = argmax_allowed(c, ok, E);
+        int e = mc_argmax_masked(c, ok, E);
         ok[e] = 0;
         ids[j] = e;
         w[j] = s[e];

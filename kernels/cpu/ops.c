@@ -455,6 +455,28 @@ void mc_softmax(float *x, int n) { mc_kops_current()->softmax(x, n); }
 
 void mc_swiglu(float *g, const float *u, int n) { mc_kops_current()->swiglu(g, u, n); }
 
+int mc_argmax_masked(const float *v, const unsigned char *ok, int n)
+{
+    int best = -1;
+    for (int i = 0; i < n; i++)
+        if (ok[i] && (best < 0 || v[i] > v[best]))
+            best = i;
+    return best;
+}
+
+float mc_top2_sum(const float *c, int n)
+{
+    int a = 0;
+    for (int i = 1; i < n; i++)
+        if (c[i] > c[a])
+            a = i;
+    int b = a == 0 ? 1 : 0;
+    for (int i = 0; i < n; i++)
+        if (i != a && c[i] > c[b])
+            b = i;
+    return c[a] + c[b];
+}
+
 void mc_rope_rotate(float *v, int dim, int interleaved, const float *cos, const float *sin)
 {
     mc_kops_current()->rope(v, dim, interleaved, cos, sin);
