@@ -106,7 +106,7 @@ static int known_len(void *ctx, uint64_t seq_id, uint32_t *len)
 
 /* ---- buffers and weights ---- */
 
-static mc_status keep(mc_step_exec *ex, mc_buffer *b, mc_err *err)
+mc_status mc_step_keep(mc_step_exec *ex, mc_buffer *b, mc_err *err)
 {
     if (ex->n_bufs == ex->cap_bufs) {
         size_t nc = ex->cap_bufs ? 2 * ex->cap_bufs : 256;
@@ -124,7 +124,7 @@ static mc_status keep(mc_step_exec *ex, mc_buffer *b, mc_err *err)
 
 /* Host bytes [p, p + bytes) as a buffer: borrowed where the backend can,
  * else copied into device memory. */
-static mc_status wrap(mc_step_exec *ex, const void *p, size_t bytes, mc_buffer **out, mc_err *err)
+mc_status mc_step_wrap(mc_step_exec *ex, const void *p, size_t bytes, mc_buffer **out, mc_err *err)
 {
     mc_buffer *b = NULL;
     mc_status st = mc_buffer_wrap_host(ex->be, p, bytes, &b, err);
@@ -139,11 +139,11 @@ static mc_status wrap(mc_step_exec *ex, const void *p, size_t bytes, mc_buffer *
     if (st != MC_OK)
         return st;
     *out = b;
-    return keep(ex, b, err);
+    return mc_step_keep(ex, b, err);
 }
 
 /* A bound weight matrix as a tensor over its own bytes. */
-static mc_status mat_tensor(mc_step_exec *ex, const mc_mat *w, const char *what, mc_tensor *t,
+mc_status mc_step_mat(mc_step_exec *ex, const mc_mat *w, const char *what, mc_tensor *t,
                             mc_err *err)
 {
     if (!w->data || w->rows < 1 || w->cols < 1)
@@ -159,7 +159,7 @@ static mc_status mat_tensor(mc_step_exec *ex, const mc_mat *w, const char *what,
     if (bytes == 0)
         return mc_err_set(err, MC_ERR_INTERNAL, "step: weight %s (%s, %d x %d) has no extent", what,
                           mc_dtype_name(w->dtype), w->rows, w->cols);
-    mc_status st = wrap(ex, w->data, bytes, &t->buf, err);
+    mc_status st = mc_step_wrap(ex, w->data, bytes, &t->buf, err);
     if (st != MC_OK || !w->scale)
         return st;
     /* FP8 block scales: (ceil(R / br), ceil(C / bc)) F32, rows scale_cols apart */
@@ -169,96 +169,30 @@ static mc_status mat_tensor(mc_step_exec *ex, const mc_mat *w, const char *what,
     mc_buffer *sb;
     mc_tensor s;
     int64_t shape[2] = {sr, sc};
-    if ((st = wrap(ex, w->scale, sbytes, &sb, err)) != MC_OK ||
+    if ((st = mc_step_wrap(ex, w->scale, sbytes, &sb, err)) != MC_OK ||
         (st = mc_tensor_init_strided(&s, sb, 0, MC_DT_F32, 2, shape, w->scale_cols, err)) != MC_OK)
         return st;
     return mc_tensor_set_scales(t, &s, w->block_rows, w->block_cols, err);
 }
 
 /* An F32 vector the model holds (norm weights, biases). */
-static mc_status vec_tensor(mc_step_exec *ex, const float *v, int64_t n, const char *what,
+mc_status mc_step_vec(mc_step_exec *ex, const float *v, int64_t n, const char *what,
                             mc_tensor *t, mc_err *err)
 {
     if (!v)
         return mc_err_set(err, MC_ERR_INTERNAL, "step: vector %s is not bound", what);
     mc_buffer *b;
-    mc_status st = wrap(ex, v, (size_t)n * sizeof *v, &b, err);
+    mc_status st = mc_step_wrap(ex, v, (size_t)n * sizeof *v, &b, err);
     return st != MC_OK ? st : mc_tensor_init(t, b, 0, MC_DT_F32, 1, &n, err);
 }
 
 static mc_status bind_ffn(mc_step_exec *ex, const mc_ffn_w *f, mc_step_ffn *o, mc_err *err)
 {
     mc_status st;
-    if ((st = mat_tensor(ex, &f->gate, "gate", &o->gate, err)) != MC_OK ||
-        (st = mat_tensor(ex, &f->up, "up", &o->up, err)) != MC_OK)
+    if ((st = mc_step_mat(ex, &f->gate, "gate", &o->gate, err)) != MC_OK ||
+        (st = mc_step_mat(ex, &f->up, "up", &o->up, err)) != MC_OK)
         return st;
-    return mat_tensor(ex, &f->down, "down", &o->down, err);
-}
-
-/* W_kb[h]^T (lr, nope) and W_vb[h] (vd, lr) of every head, out of kv_b
- * (nh * (nope + vd), lr): views of the weight itself when it is an element
- * type, else of an F32 copy made once here (block formats and FP8 have no
- * transposed storage). */
-static mc_status bind_kv_b(mc_step_exec *ex, const mc_mat *kvb, mc_step_layer *o, mc_err *err)
-{
-    const mc_model_desc *d = &ex->m->d;
-    int nh = d->n_heads, nope = d->qk_nope_dim, vd = d->v_head_dim, lr = d->kv_lora_rank;
-    mc_tensor full; /* (nh * (nope + vd), lr) */
-    mc_status st;
-    if (kvb->scale || mc_dtype_is_block(kvb->dtype) || kvb->transposed) {
-        size_t n = (size_t)kvb->rows * (size_t)lr;
-        float *f = mc_malloc_n(n, sizeof *f);
-        void **h = f ? realloc(ex->host, (ex->n_host + 1) * sizeof *h) : NULL;
-        if (!h) {
-            free(f);
-            return mc_err_set(err, MC_ERR_NOMEM, "step: out of memory for a copy of kv_b");
-        }
-        ex->host = h;
-        ex->host[ex->n_host++] = f;
-        for (int r = 0; r < kvb->rows; r++)
-            mc_mat_row_f32(kvb, r, f + (size_t)r * lr);
-        mc_buffer *b;
-        if ((st = wrap(ex, f, n * sizeof *f, &b, err)) != MC_OK ||
-            (st = mc_tensor_init_2d(&full, b, 0, MC_DT_F32, kvb->rows, lr, err)) != MC_OK)
-            return st;
-    } else if ((st = mat_tensor(ex, kvb, "kv_b", &full, err)) != MC_OK) {
-        return st;
-    }
-    o->kb = calloc((size_t)2 * nh, sizeof *o->kb);
-    if (!o->kb)
-        return mc_err_set(err, MC_ERR_NOMEM, "step: out of memory for kv_b views");
-    o->vb = o->kb + nh;
-    size_t es = mc_dtype_size(full.dtype);
-    for (int h = 0; h < nh; h++) {
-        size_t off = full.offset + (size_t)h * (nope + vd) * (size_t)full.row_stride * es;
-        if ((st = mc_tensor_init_transposed(&o->kb[h], full.buf, off, full.dtype, lr, nope,
-                                            full.row_stride, err)) != MC_OK ||
-            (st = mc_tensor_view_rows(&full, (int64_t)h * (nope + vd) + nope, vd, &o->vb[h],
-                                      err)) != MC_OK)
-            return st;
-    }
-    return MC_OK;
-}
-
-static mc_status bind_mla(mc_step_exec *ex, const mc_layer_w *w, mc_step_layer *o, mc_err *err)
-{
-    const mc_model_desc *d = &ex->m->d;
-    mc_status st;
-    o->has_q_lora = d->q_lora_rank > 0;
-    if (o->has_q_lora) {
-        if ((st = mat_tensor(ex, &w->q_a, "q_a", &o->q_a, err)) != MC_OK ||
-            (st = vec_tensor(ex, w->q_a_norm, d->q_lora_rank, "q_a_norm", &o->q_a_norm, err)) !=
-                MC_OK ||
-            (st = mat_tensor(ex, &w->q_b, "q_b", &o->q_b, err)) != MC_OK)
-            return st;
-    } else if ((st = mat_tensor(ex, &w->q_proj, "q_proj", &o->q_proj, err)) != MC_OK) {
-        return st;
-    }
-    if ((st = mat_tensor(ex, &w->kv_a, "kv_a", &o->kv_a, err)) != MC_OK ||
-        (st = vec_tensor(ex, w->kv_a_norm, d->kv_lora_rank, "kv_a_norm", &o->kv_a_norm, err)) !=
-            MC_OK)
-        return st;
-    return bind_kv_b(ex, &w->kv_b, o, err);
+    return mc_step_mat(ex, &f->down, "down", &o->down, err);
 }
 
 static mc_status bind_layer(mc_step_exec *ex, int l, mc_err *err)
@@ -266,37 +200,22 @@ static mc_status bind_layer(mc_step_exec *ex, int l, mc_err *err)
     const mc_model_desc *d = &ex->m->d;
     const mc_layer_w *w = &ex->m->layers[l];
     mc_step_layer *o = &ex->layers[l];
-    int H = d->hidden, hd = d->head_dim, E = d->n_experts;
+    int H = d->hidden, E = d->n_experts;
     mc_status st;
-    if ((st = vec_tensor(ex, w->attn_norm, H, "attn_norm", &o->attn_norm, err)) != MC_OK ||
-        (st = vec_tensor(ex, w->ffn_norm, H, "ffn_norm", &o->ffn_norm, err)) != MC_OK ||
-        (st = mat_tensor(ex, &w->wo, "wo", &o->wo, err)) != MC_OK)
+    if ((st = mc_step_vec(ex, w->attn_norm, H, "attn_norm", &o->attn_norm, err)) != MC_OK ||
+        (st = mc_step_vec(ex, w->ffn_norm, H, "ffn_norm", &o->ffn_norm, err)) != MC_OK ||
+        (st = mc_step_mat(ex, &w->wo, "wo", &o->wo, err)) != MC_OK)
         return st;
-    if (d->attn == MC_ATTN_MLA) {
-        if ((st = bind_mla(ex, w, o, err)) != MC_OK)
-            return st;
-    } else {
-        if ((st = mat_tensor(ex, &w->wq, "wq", &o->wq, err)) != MC_OK ||
-            (st = mat_tensor(ex, &w->wk, "wk", &o->wk, err)) != MC_OK ||
-            (st = mat_tensor(ex, &w->wv, "wv", &o->wv, err)) != MC_OK)
-            return st;
-        if ((w->q_norm != NULL) != (w->k_norm != NULL))
-            return mc_err_set(err, MC_ERR_UNSUPPORTED,
-                              "step: layer %d has only one of q_norm, k_norm", l);
-        o->has_qk_norm = w->q_norm != NULL;
-        if (o->has_qk_norm &&
-            ((st = vec_tensor(ex, w->q_norm, hd, "q_norm", &o->q_norm, err)) != MC_OK ||
-             (st = vec_tensor(ex, w->k_norm, hd, "k_norm", &o->k_norm, err)) != MC_OK))
-            return st;
-    }
+    if ((st = mc_step_bind_attn(ex, l, err)) != MC_OK)
+        return st;
     o->moe = w->moe;
     if (!w->moe)
         return bind_ffn(ex, &w->dense, &o->dense, err);
-    if ((st = mat_tensor(ex, &w->router, "router", &o->router, err)) != MC_OK)
+    if ((st = mc_step_mat(ex, &w->router, "router", &o->router, err)) != MC_OK)
         return st;
     o->has_bias = w->score_bias != NULL;
     if (o->has_bias &&
-        (st = vec_tensor(ex, w->score_bias, E, "score_bias", &o->bias, err)) != MC_OK)
+        (st = mc_step_vec(ex, w->score_bias, E, "score_bias", &o->bias, err)) != MC_OK)
         return st;
     o->gate = calloc((size_t)3 * E, sizeof *o->gate);
     if (!o->gate)
@@ -305,9 +224,9 @@ static mc_status bind_layer(mc_step_exec *ex, int l, mc_err *err)
     o->down = o->gate + 2 * E;
     for (int e = 0; e < E; e++) {
         const mc_ffn_w *f = &w->experts[e];
-        if ((st = mat_tensor(ex, &f->gate, "expert gate", &o->gate[e], err)) != MC_OK ||
-            (st = mat_tensor(ex, &f->up, "expert up", &o->up[e], err)) != MC_OK ||
-            (st = mat_tensor(ex, &f->down, "expert down", &o->down[e], err)) != MC_OK)
+        if ((st = mc_step_mat(ex, &f->gate, "expert gate", &o->gate[e], err)) != MC_OK ||
+            (st = mc_step_mat(ex, &f->up, "expert up", &o->up[e], err)) != MC_OK ||
+            (st = mc_step_mat(ex, &f->down, "expert down", &o->down[e], err)) != MC_OK)
             return st;
     }
     o->has_shared = w->has_shared;
@@ -340,14 +259,7 @@ static mc_status supported(const mc_model *m, mc_err *err)
 
 /* ---- scratch ---- */
 
-/* Carves tensors out of one buffer: a first pass (buf NULL) only counts. */
-typedef struct {
-    mc_buffer *buf;
-    size_t off;
-    mc_status st;
-} carver;
-
-static void carve(carver *c, mc_tensor *t, mc_dtype dt, int ndim, int64_t a, int64_t b, int64_t cc,
+void mc_step_carve(mc_step_carver *c, mc_tensor *t, mc_dtype dt, int ndim, int64_t a, int64_t b, int64_t cc,
                   mc_err *err)
 {
     int64_t shape[3] = {a, b, cc};
@@ -358,50 +270,35 @@ static void carve(carver *c, mc_tensor *t, mc_dtype dt, int ndim, int64_t a, int
     c->off += (bytes + 63) & ~(size_t)63;
 }
 
-static void carve_all(mc_step_exec *ex, carver *c, mc_err *err)
+static void carve_all(mc_step_exec *ex, mc_step_carver *c, mc_err *err)
 {
     const mc_model_desc *d = &ex->m->d;
-    int64_t T = ex->max_tokens, H = d->hidden, nh = d->n_heads, nkv = d->n_kv_heads;
-    int64_t hd = d->head_dim, E = d->n_experts > 0 ? d->n_experts : 1;
+    int64_t T = ex->max_tokens, H = d->hidden, E = d->n_experts > 0 ? d->n_experts : 1;
     int64_t k = d->n_experts_per_tok > 0 ? d->n_experts_per_tok : 1;
     int64_t I = d->dense_inter > d->shared_inter ? d->dense_inter : d->shared_inter;
     int64_t R = T < MC_STEP_HEAD_ROWS ? T : MC_STEP_HEAD_ROWS;
-    carve(c, &ex->x, MC_DT_F32, 2, T, H, 0, err);
-    carve(c, &ex->xn, MC_DT_F32, 2, T, H, 0, err);
-    carve(c, &ex->tmp, MC_DT_F32, 2, T, H, 0, err);
-    if (d->attn == MC_ATTN_GQA) {
-        carve(c, &ex->q, MC_DT_F32, 3, T, nh, hd, err);
-        carve(c, &ex->attn, MC_DT_F32, 3, T, nh, hd, err);
-        carve(c, &ex->k, MC_DT_F32, 3, T, nkv, hd, err);
-        carve(c, &ex->v, MC_DT_F32, 3, T, nkv, hd, err);
-    } else {
-        int64_t lr = d->kv_lora_rank, rd = d->qk_rope_dim;
-        carve(c, &ex->q, MC_DT_F32, 3, T, nh, d->qk_nope_dim + rd, err);
-        carve(c, &ex->attn, MC_DT_F32, 3, T, nh, d->v_head_dim, err);
-        carve(c, &ex->qa, MC_DT_F32, 2, T, d->q_lora_rank > 0 ? d->q_lora_rank : 1, 0, err);
-        carve(c, &ex->kva, MC_DT_F32, 2, T, lr + rd, 0, err);
-        carve(c, &ex->lat, MC_DT_F32, 2, T, lr, 0, err);
-        carve(c, &ex->qlat, MC_DT_F32, 3, T, nh, lr, err);
-        carve(c, &ex->olat, MC_DT_F32, 3, T, nh, lr, err);
-    }
-    carve(c, &ex->rlog, MC_DT_F32, 2, T, E, 0, err);
-    carve(c, &ex->ids, MC_DT_I32, 2, T, k, 0, err);
-    carve(c, &ex->slot, MC_DT_I32, 2, T, k, 0, err);
-    carve(c, &ex->wts, MC_DT_F32, 2, T, k, 0, err);
-    carve(c, &ex->offsets, MC_DT_I32, 1, E + 1, 0, 0, err);
-    carve(c, &ex->xp, MC_DT_F32, 2, T * k, H, 0, err);
-    carve(c, &ex->yp, MC_DT_F32, 2, T * k, H, 0, err);
-    carve(c, &ex->g, MC_DT_F32, 2, T, I > 0 ? I : 1, 0, err);
-    carve(c, &ex->u, MC_DT_F32, 2, T, I > 0 ? I : 1, 0, err);
-    carve(c, &ex->hx, MC_DT_F32, 2, R, H, 0, err);
-    carve(c, &ex->hlog, MC_DT_F32, 2, R, d->vocab, 0, err);
-    carve(c, &ex->tok, MC_DT_I32, 1, T, 0, 0, err);
-    carve(c, &ex->seq, MC_DT_I32, 1, T, 0, 0, err);
-    carve(c, &ex->pos, MC_DT_I32, 1, T, 0, 0, err);
-    carve(c, &ex->rows, MC_DT_I32, 1, T, 0, 0, err);
+    mc_step_carve(c, &ex->x, MC_DT_F32, 2, T, H, 0, err);
+    mc_step_carve(c, &ex->xn, MC_DT_F32, 2, T, H, 0, err);
+    mc_step_carve(c, &ex->tmp, MC_DT_F32, 2, T, H, 0, err);
+    mc_step_carve_attn(ex, c, err);
+    mc_step_carve(c, &ex->rlog, MC_DT_F32, 2, T, E, 0, err);
+    mc_step_carve(c, &ex->ids, MC_DT_I32, 2, T, k, 0, err);
+    mc_step_carve(c, &ex->slot, MC_DT_I32, 2, T, k, 0, err);
+    mc_step_carve(c, &ex->wts, MC_DT_F32, 2, T, k, 0, err);
+    mc_step_carve(c, &ex->offsets, MC_DT_I32, 1, E + 1, 0, 0, err);
+    mc_step_carve(c, &ex->xp, MC_DT_F32, 2, T * k, H, 0, err);
+    mc_step_carve(c, &ex->yp, MC_DT_F32, 2, T * k, H, 0, err);
+    mc_step_carve(c, &ex->g, MC_DT_F32, 2, T, I > 0 ? I : 1, 0, err);
+    mc_step_carve(c, &ex->u, MC_DT_F32, 2, T, I > 0 ? I : 1, 0, err);
+    mc_step_carve(c, &ex->hx, MC_DT_F32, 2, R, H, 0, err);
+    mc_step_carve(c, &ex->hlog, MC_DT_F32, 2, R, d->vocab, 0, err);
+    mc_step_carve(c, &ex->tok, MC_DT_I32, 1, T, 0, 0, err);
+    mc_step_carve(c, &ex->seq, MC_DT_I32, 1, T, 0, 0, err);
+    mc_step_carve(c, &ex->pos, MC_DT_I32, 1, T, 0, 0, err);
+    mc_step_carve(c, &ex->rows, MC_DT_I32, 1, T, 0, 0, err);
 }
 
-static mc_status alloc_buf(mc_step_exec *ex, size_t bytes, const char *what, mc_buffer **out,
+mc_status mc_step_alloc_buf(mc_step_exec *ex, size_t bytes, const char *what, mc_buffer **out,
                            mc_err *err)
 {
     mc_status st = mc_buffer_alloc(ex->be, bytes, out, err);
@@ -411,42 +308,17 @@ static mc_status alloc_buf(mc_step_exec *ex, size_t bytes, const char *what, mc_
         mc_err_clear(err); /* the first error wins: replace it with one naming what */
         return mc_err_set(err, st, "step: cannot allocate %zu bytes for %s: %s", bytes, what, why);
     }
-    return keep(ex, *out, err);
-}
-
-/* One layer's pages: two tensors of one kind (GQA K and V, MLA latent and
- * rope key) of w0 and w1 elements per slot, back to back in one buffer. */
-static mc_status alloc_pages(mc_step_exec *ex, int ndim, const int64_t *s0, const int64_t *s1,
-                             mc_tensor *t0, mc_tensor *t1, mc_err *err)
-{
-    size_t e0 = 1, e1 = 1;
-    for (int i = 0; i < ndim; i++) {
-        e0 *= (size_t)s0[i];
-        e1 *= (size_t)s1[i];
-    }
-    mc_buffer *b;
-    mc_status st;
-    if ((st = alloc_buf(ex, (e0 + e1) * sizeof(float), "KV pages", &b, err)) != MC_OK ||
-        (st = mc_tensor_init(t0, b, 0, MC_DT_F32, ndim, s0, err)) != MC_OK)
-        return st;
-    return mc_tensor_init(t1, b, e0 * sizeof(float), MC_DT_F32, ndim, s1, err);
+    return mc_step_keep(ex, *out, err);
 }
 
 /* KV pages of every layer and the RoPE tables. */
 static mc_status alloc_cache(mc_step_exec *ex, mc_err *err)
 {
     const mc_model_desc *d = &ex->m->d;
-    int64_t nb = ex->n_blocks, bs = ex->block_size;
-    int64_t kv[4] = {nb, bs, d->n_kv_heads, d->head_dim};
-    int64_t lat[3] = {nb, bs, d->kv_lora_rank}, pe[3] = {nb, bs, d->qk_rope_dim};
     mc_status st;
-    for (int l = 0; l < d->n_layers; l++) {
-        mc_step_layer *o = &ex->layers[l];
-        st = d->attn == MC_ATTN_MLA ? alloc_pages(ex, 3, lat, pe, &o->lat_pages, &o->pe_pages, err)
-                                    : alloc_pages(ex, 4, kv, kv, &o->k_pages, &o->v_pages, err);
-        if (st != MC_OK)
+    for (int l = 0; l < d->n_layers; l++)
+        if ((st = mc_step_alloc_attn_pages(ex, l, err)) != MC_OK)
             return st;
-    }
     int half = d->rope.dim / 2;
     size_t nt = (size_t)ex->max_pos * (size_t)half;
     float *cs = mc_malloc_n(2 * nt, sizeof *cs); /* (max_pos, half) cos, then sin */
@@ -454,7 +326,7 @@ static mc_status alloc_cache(mc_step_exec *ex, mc_err *err)
         return mc_err_set(err, MC_ERR_NOMEM, "step: out of memory for RoPE tables");
     mc_rope_tables(ex->m, 0, (int)ex->max_pos, cs, cs + nt);
     mc_buffer *b;
-    if ((st = alloc_buf(ex, 2 * nt * sizeof *cs, "RoPE tables", &b, err)) == MC_OK &&
+    if ((st = mc_step_alloc_buf(ex, 2 * nt * sizeof *cs, "RoPE tables", &b, err)) == MC_OK &&
         (st = mc_buffer_upload(b, 0, cs, 2 * nt * sizeof *cs, err)) == MC_OK &&
         (st = mc_tensor_init_2d(&ex->cs, b, 0, MC_DT_F32, ex->max_pos, half, err)) == MC_OK)
         st = mc_tensor_init_2d(&ex->sn, b, nt * sizeof *cs, MC_DT_F32, ex->max_pos, half, err);
@@ -484,6 +356,8 @@ mc_status mc_step_exec_init(mc_model *m, mc_backend *be, uint32_t n_blocks, uint
     ex->n_blocks = n_blocks;
     ex->block_size = block_size;
     ex->max_tokens = max_batch_tokens;
+    ex->nh = m->lay.n_heads;
+    ex->nkv = d->attn == MC_ATTN_GQA ? m->lay.n_kv_heads : 1;
     uint64_t cap = (uint64_t)n_blocks * block_size;
     if (cap > INT32_MAX)
         cap = INT32_MAX;
@@ -500,9 +374,9 @@ mc_status mc_step_exec_init(mc_model *m, mc_backend *be, uint32_t n_blocks, uint
     if ((st = mc_kv_pool_init(&ex->pool, n_blocks, block_size, err)) != MC_OK ||
         (st = mc_arena_init(0, 0, &ex->arena, err)) != MC_OK)
         goto fail;
-    if ((st = mat_tensor(ex, &m->embed, "embed", &ex->embed, err)) != MC_OK ||
-        (st = mat_tensor(ex, &m->lm_head, "lm_head", &ex->lm_head, err)) != MC_OK ||
-        (st = vec_tensor(ex, m->final_norm, d->hidden, "final_norm", &ex->final_norm, err)) !=
+    if ((st = mc_step_mat(ex, &m->embed, "embed", &ex->embed, err)) != MC_OK ||
+        (st = mc_step_mat(ex, &m->lm_head, "lm_head", &ex->lm_head, err)) != MC_OK ||
+        (st = mc_step_vec(ex, m->final_norm, d->hidden, "final_norm", &ex->final_norm, err)) !=
             MC_OK)
         goto fail;
     for (int l = 0; l < d->n_layers; l++)
@@ -510,9 +384,9 @@ mc_status mc_step_exec_init(mc_model *m, mc_backend *be, uint32_t n_blocks, uint
             goto fail;
     if ((st = alloc_cache(ex, err)) != MC_OK)
         goto fail;
-    carver c = {0};
+    mc_step_carver c = {0};
     carve_all(ex, &c, err);
-    if ((st = alloc_buf(ex, c.off, "activations", &c.buf, err)) != MC_OK)
+    if ((st = mc_step_alloc_buf(ex, c.off, "activations", &c.buf, err)) != MC_OK)
         goto fail;
     c.off = 0;
     carve_all(ex, &c, err);

@@ -68,6 +68,7 @@ struct mc_step_exec {
     mc_backend *be;
     mc_kv_pool *pool;
     uint32_t n_blocks, block_size, max_tokens, max_pos;
+    int64_t nh, nkv; /* this rank's query heads and KV heads (m->lay) */
     mc_buffer **bufs; /* every buffer made here, freed at the end */
     size_t n_bufs, cap_bufs;
     void **host; /* host copies made at init (dequantized kv_b), freed at the end */
@@ -119,6 +120,48 @@ typedef struct {
     mc_tensor tok;
     mc_kv_index ix; /* block_table filled by the caller */
 } mc_step_views;
+
+/* ---- shared by step.c, step_attn.c, step_block.c ---- */
+
+/* Keeps b to be freed with the executor. */
+mc_status mc_step_keep(mc_step_exec *ex, mc_buffer *b, mc_err *err);
+/* Host bytes [p, p + bytes) as a buffer: borrowed where the backend can,
+ * else copied into device memory; kept. */
+mc_status mc_step_wrap(mc_step_exec *ex, const void *p, size_t bytes, mc_buffer **out,
+                       mc_err *err);
+/* A bound weight matrix (FP8 block scales included) as a tensor. */
+mc_status mc_step_mat(mc_step_exec *ex, const mc_mat *w, const char *what, mc_tensor *t,
+                      mc_err *err);
+/* An F32 vector the model holds (norm weights, biases) as a tensor. */
+mc_status mc_step_vec(mc_step_exec *ex, const float *v, int64_t n, const char *what, mc_tensor *t,
+                      mc_err *err);
+/* A new device buffer, kept; the error names `what`. */
+mc_status mc_step_alloc_buf(mc_step_exec *ex, size_t bytes, const char *what, mc_buffer **out,
+                            mc_err *err);
+
+/* Carves tensors out of one buffer: a first pass (buf NULL) only counts. */
+typedef struct {
+    mc_buffer *buf;
+    size_t off;
+    mc_status st;
+} mc_step_carver;
+void mc_step_carve(mc_step_carver *c, mc_tensor *t, mc_dtype dt, int ndim, int64_t a, int64_t b,
+                   int64_t cc, mc_err *err);
+
+/* ---- attention (step_attn.c) ---- */
+
+/* Binds layer l's attention weights (not wo, not the norms). */
+mc_status mc_step_bind_attn(mc_step_exec *ex, int l, mc_err *err);
+/* Allocates layer l's KV pages. */
+mc_status mc_step_alloc_attn_pages(mc_step_exec *ex, int l, mc_err *err);
+/* Carves the attention scratch for max_tokens tokens. */
+void mc_step_carve_attn(mc_step_exec *ex, mc_step_carver *c, mc_err *err);
+/* Cuts the attention views of n tokens. */
+mc_status mc_step_views_attn(mc_step_exec *ex, int64_t n, mc_step_views *s, mc_err *err);
+/* s->tmp = attention of s->xn, layer l (before the tp all-reduce). */
+mc_status mc_step_attention(mc_step_exec *ex, int l, mc_step_views *s, mc_err *err);
+
+/* ---- block and head (step_block.c) ---- */
 
 /* Cuts the views of n tokens (1 <= n <= max_tokens). */
 mc_status mc_step_views_make(mc_step_exec *ex, int64_t n, mc_step_views *s, mc_err *err);

@@ -1,0 +1,274 @@
+/* step_attn.c - the step executor's attention: binding each family's
+ * attention weights, its KV pages, its scratch, and the attention sub-layer
+ * of one step (GQA or MLA over the paged cache) as backend ops only.
+ *
+ * Head counts are this rank's (ex->nh query heads, ex->nkv KV heads): under
+ * tensor parallelism the model binds only its heads' rows and columns. */
+#include "step_internal.h"
+
+#include <stdlib.h>
+
+static mc_status flat(const mc_tensor *t, int64_t a, int64_t b, mc_tensor *out, mc_err *err)
+{
+    int64_t shape[2] = {a, b};
+    return mc_tensor_reshape(t, 2, shape, out, err);
+}
+
+/* W_kb[h]^T (lr, nope) and W_vb[h] (vd, lr) of every head, out of kv_b
+ * (nh * (nope + vd), lr): views of the weight itself when it is an element
+ * type, else of an F32 copy made once here (block formats and FP8 have no
+ * transposed storage). */
+static mc_status bind_kv_b(mc_step_exec *ex, const mc_mat *kvb, mc_step_layer *o, mc_err *err)
+{
+    const mc_model_desc *d = &ex->m->d;
+    int nh = ex->nh, nope = d->qk_nope_dim, vd = d->v_head_dim, lr = d->kv_lora_rank;
+    mc_tensor full; /* (nh * (nope + vd), lr) */
+    mc_status st;
+    if (kvb->scale || mc_dtype_is_block(kvb->dtype) || kvb->transposed) {
+        size_t n = (size_t)kvb->rows * (size_t)lr;
+        float *f = mc_malloc_n(n, sizeof *f);
+        void **h = f ? realloc(ex->host, (ex->n_host + 1) * sizeof *h) : NULL;
+        if (!h) {
+            free(f);
+            return mc_err_set(err, MC_ERR_NOMEM, "step: out of memory for a copy of kv_b");
+        }
+        ex->host = h;
+        ex->host[ex->n_host++] = f;
+        for (int r = 0; r < kvb->rows; r++)
+            mc_mat_row_f32(kvb, r, f + (size_t)r * lr);
+        mc_buffer *b;
+        if ((st = mc_step_wrap(ex, f, n * sizeof *f, &b, err)) != MC_OK ||
+            (st = mc_tensor_init_2d(&full, b, 0, MC_DT_F32, kvb->rows, lr, err)) != MC_OK)
+            return st;
+    } else if ((st = mc_step_mat(ex, kvb, "kv_b", &full, err)) != MC_OK) {
+        return st;
+    }
+    o->kb = calloc((size_t)2 * nh, sizeof *o->kb);
+    if (!o->kb)
+        return mc_err_set(err, MC_ERR_NOMEM, "step: out of memory for kv_b views");
+    o->vb = o->kb + nh;
+    size_t es = mc_dtype_size(full.dtype);
+    for (int h = 0; h < nh; h++) {
+        size_t off = full.offset + (size_t)h * (nope + vd) * (size_t)full.row_stride * es;
+        if ((st = mc_tensor_init_transposed(&o->kb[h], full.buf, off, full.dtype, lr, nope,
+                                            full.row_stride, err)) != MC_OK ||
+            (st = mc_tensor_view_rows(&full, (int64_t)h * (nope + vd) + nope, vd, &o->vb[h],
+                                      err)) != MC_OK)
+            return st;
+    }
+    return MC_OK;
+}
+
+static mc_status bind_mla(mc_step_exec *ex, const mc_layer_w *w, mc_step_layer *o, mc_err *err)
+{
+    const mc_model_desc *d = &ex->m->d;
+    mc_status st;
+    o->has_q_lora = d->q_lora_rank > 0;
+    if (o->has_q_lora) {
+        if ((st = mc_step_mat(ex, &w->q_a, "q_a", &o->q_a, err)) != MC_OK ||
+            (st = mc_step_vec(ex, w->q_a_norm, d->q_lora_rank, "q_a_norm", &o->q_a_norm, err)) !=
+                MC_OK ||
+            (st = mc_step_mat(ex, &w->q_b, "q_b", &o->q_b, err)) != MC_OK)
+            return st;
+    } else if ((st = mc_step_mat(ex, &w->q_proj, "q_proj", &o->q_proj, err)) != MC_OK) {
+        return st;
+    }
+    if ((st = mc_step_mat(ex, &w->kv_a, "kv_a", &o->kv_a, err)) != MC_OK ||
+        (st = mc_step_vec(ex, w->kv_a_norm, d->kv_lora_rank, "kv_a_norm", &o->kv_a_norm, err)) !=
+            MC_OK)
+        return st;
+    return bind_kv_b(ex, &w->kv_b, o, err);
+}
+
+mc_status mc_step_bind_attn(mc_step_exec *ex, int l, mc_err *err)
+{
+    const mc_model_desc *d = &ex->m->d;
+    const mc_layer_w *w = &ex->m->layers[l];
+    mc_step_layer *o = &ex->layers[l];
+    int hd = d->head_dim;
+    mc_status st;
+    if (d->attn == MC_ATTN_MLA) {
+        if ((st = bind_mla(ex, w, o, err)) != MC_OK)
+            return st;
+    } else {
+        if ((st = mc_step_mat(ex, &w->wq, "wq", &o->wq, err)) != MC_OK ||
+            (st = mc_step_mat(ex, &w->wk, "wk", &o->wk, err)) != MC_OK ||
+            (st = mc_step_mat(ex, &w->wv, "wv", &o->wv, err)) != MC_OK)
+            return st;
+        if ((w->q_norm != NULL) != (w->k_norm != NULL))
+            return mc_err_set(err, MC_ERR_UNSUPPORTED,
+                              "step: layer %d has only one of q_norm, k_norm", l);
+        o->has_qk_norm = w->q_norm != NULL;
+        if (o->has_qk_norm &&
+            ((st = mc_step_vec(ex, w->q_norm, hd, "q_norm", &o->q_norm, err)) != MC_OK ||
+             (st = mc_step_vec(ex, w->k_norm, hd, "k_norm", &o->k_norm, err)) != MC_OK))
+            return st;
+    }
+    return MC_OK;
+}
+
+/* One layer's pages: two tensors of one kind (GQA K and V, MLA latent and
+ * rope key) of w0 and w1 elements per slot, back to back in one buffer. */
+static mc_status alloc_pages(mc_step_exec *ex, int ndim, const int64_t *s0, const int64_t *s1,
+                             mc_tensor *t0, mc_tensor *t1, mc_err *err)
+{
+    size_t e0 = 1, e1 = 1;
+    for (int i = 0; i < ndim; i++) {
+        e0 *= (size_t)s0[i];
+        e1 *= (size_t)s1[i];
+    }
+    mc_buffer *b;
+    mc_status st;
+    if ((st = mc_step_alloc_buf(ex, (e0 + e1) * sizeof(float), "KV pages", &b, err)) != MC_OK ||
+        (st = mc_tensor_init(t0, b, 0, MC_DT_F32, ndim, s0, err)) != MC_OK)
+        return st;
+    return mc_tensor_init(t1, b, e0 * sizeof(float), MC_DT_F32, ndim, s1, err);
+}
+
+mc_status mc_step_alloc_attn_pages(mc_step_exec *ex, int l, mc_err *err)
+{
+    const mc_model_desc *d = &ex->m->d;
+    int64_t nb = ex->n_blocks, bs = ex->block_size;
+    int64_t kv[4] = {nb, bs, ex->nkv, d->head_dim};
+    int64_t lat[3] = {nb, bs, d->kv_lora_rank}, pe[3] = {nb, bs, d->qk_rope_dim};
+    mc_step_layer *o = &ex->layers[l];
+    return d->attn == MC_ATTN_MLA ? alloc_pages(ex, 3, lat, pe, &o->lat_pages, &o->pe_pages, err)
+                                  : alloc_pages(ex, 4, kv, kv, &o->k_pages, &o->v_pages, err);
+}
+
+void mc_step_carve_attn(mc_step_exec *ex, mc_step_carver *c, mc_err *err)
+{
+    const mc_model_desc *d = &ex->m->d;
+    int64_t T = ex->max_tokens, nh = ex->nh, nkv = ex->nkv, hd = d->head_dim;
+    if (d->attn == MC_ATTN_GQA) {
+        mc_step_carve(c, &ex->q, MC_DT_F32, 3, T, nh, hd, err);
+        mc_step_carve(c, &ex->attn, MC_DT_F32, 3, T, nh, hd, err);
+        mc_step_carve(c, &ex->k, MC_DT_F32, 3, T, nkv, hd, err);
+        mc_step_carve(c, &ex->v, MC_DT_F32, 3, T, nkv, hd, err);
+    } else {
+        int64_t lr = d->kv_lora_rank, rd = d->qk_rope_dim;
+        mc_step_carve(c, &ex->q, MC_DT_F32, 3, T, nh, d->qk_nope_dim + rd, err);
+        mc_step_carve(c, &ex->attn, MC_DT_F32, 3, T, nh, d->v_head_dim, err);
+        mc_step_carve(c, &ex->qa, MC_DT_F32, 2, T, d->q_lora_rank > 0 ? d->q_lora_rank : 1, 0, err);
+        mc_step_carve(c, &ex->kva, MC_DT_F32, 2, T, lr + rd, 0, err);
+        mc_step_carve(c, &ex->lat, MC_DT_F32, 2, T, lr, 0, err);
+        mc_step_carve(c, &ex->qlat, MC_DT_F32, 3, T, nh, lr, err);
+        mc_step_carve(c, &ex->olat, MC_DT_F32, 3, T, nh, lr, err);
+    }
+}
+
+mc_status mc_step_views_attn(mc_step_exec *ex, int64_t n, mc_step_views *s, mc_err *err)
+{
+    const mc_model_desc *d = &ex->m->d;
+    int64_t nh = ex->nh, nkv = ex->nkv, hd = d->head_dim;
+    mc_status st;
+    TRY(mc_tensor_view_rows(&ex->q, 0, n, &s->q, err));
+    TRY(mc_tensor_view_rows(&ex->attn, 0, n, &s->attn, err));
+    TRY(flat(&s->q, n, nh * s->q.shape[2], &s->q2, err));
+    TRY(flat(&s->attn, n, nh * s->attn.shape[2], &s->attn2, err));
+    if (d->attn == MC_ATTN_GQA) {
+        TRY(mc_tensor_view_rows(&ex->k, 0, n, &s->k, err));
+        TRY(mc_tensor_view_rows(&ex->v, 0, n, &s->v, err));
+        TRY(flat(&s->q, n * nh, hd, &s->qh, err));
+        TRY(flat(&s->k, n, nkv * hd, &s->k2, err));
+        TRY(flat(&s->v, n, nkv * hd, &s->v2, err));
+        TRY(flat(&s->k, n * nkv, hd, &s->kh, err));
+    } else {
+        int64_t lr = d->kv_lora_rank;
+        TRY(mc_tensor_view_rows(&ex->qa, 0, n, &s->qa, err));
+        TRY(mc_tensor_view_rows(&ex->kva, 0, n, &s->kva, err));
+        TRY(mc_tensor_view_rows(&ex->lat, 0, n, &s->lat, err));
+        TRY(mc_tensor_view_rows(&ex->qlat, 0, n, &s->qlat, err));
+        TRY(mc_tensor_view_rows(&ex->olat, 0, n, &s->olat, err));
+        TRY(flat(&s->qlat, n, nh * lr, &s->qlat2, err));
+        TRY(flat(&s->olat, n, nh * lr, &s->olat2, err));
+    }
+fail:
+    return st;
+}
+
+/* tmp = GQA attention of xn: q/k/v, per-head q/k norms, rope, write K and V
+ * to the pages, attention over them, o. */
+static mc_status attn_gqa(mc_step_exec *ex, mc_step_layer *w, mc_step_views *s, mc_err *err)
+{
+    const mc_model_desc *d = &ex->m->d;
+    mc_backend *be = ex->be;
+    int inter = d->rope.style == MC_ROPE_INTERLEAVED;
+    mc_attn_opts ao = {.scale = d->attn_scale, .chunk = 0, .q_scale = NULL};
+    mc_tensor qr = s->q, kr = s->k; /* the rotated dims of each head */
+    mc_status st;
+    TRY(mc_op_matmul(be, &w->wq, &s->xn, &s->q2, err));
+    TRY(mc_op_matmul(be, &w->wk, &s->xn, &s->k2, err));
+    TRY(mc_op_matmul(be, &w->wv, &s->xn, &s->v2, err));
+    if (w->has_qk_norm) {
+        TRY(mc_op_rmsnorm(be, &s->qh, &w->q_norm, d->norm_eps, &s->qh, err));
+        TRY(mc_op_rmsnorm(be, &s->kh, &w->k_norm, d->norm_eps, &s->kh, err));
+    }
+    if (d->rope.dim != d->head_dim) {
+        TRY(mc_tensor_view_cols(&s->q, 0, d->rope.dim, &qr, err));
+        TRY(mc_tensor_view_cols(&s->k, 0, d->rope.dim, &kr, err));
+    }
+    TRY(mc_op_rope(be, &qr, &s->ix.pos, &ex->cs, &ex->sn, inter, err));
+    TRY(mc_op_rope(be, &kr, &s->ix.pos, &ex->cs, &ex->sn, inter, err));
+    TRY(mc_op_kv_write(be, &s->ix, &s->k, &w->k_pages, err));
+    TRY(mc_op_kv_write(be, &s->ix, &s->v, &w->v_pages, err));
+    TRY(mc_op_attention(be, &s->q, &w->k_pages, &w->v_pages, &s->ix, &ao, &s->attn, err));
+    TRY(mc_op_matmul(be, &w->wo, &s->attn2, &s->tmp, err));
+fail:
+    return st;
+}
+
+/* tmp = MLA attention of xn in absorbed form: queries (through the q
+ * LoRA), latent + rope key (normalized, rotated) to the pages, W_kb
+ * absorbed into the query per head, attention over the latent cache, W_vb
+ * per head, o. */
+static mc_status attn_mla(mc_step_exec *ex, mc_step_layer *w, mc_step_views *s, mc_err *err)
+{
+    const mc_model_desc *d = &ex->m->d;
+    mc_backend *be = ex->be;
+    int64_t nh = ex->nh, nope = d->qk_nope_dim, rd = d->qk_rope_dim, qk = nope + rd;
+    int64_t lr = d->kv_lora_rank, vd = d->v_head_dim;
+    int inter = d->rope.style == MC_ROPE_INTERLEAVED;
+    mc_attn_opts ao = {.scale = d->attn_scale, .chunk = 0, .q_scale = NULL};
+    mc_tensor kl, kpe, qpe; /* (n, lr), (n, rd) views of kva; (n, nh, rd) view of q */
+    mc_status st;
+    if (w->has_q_lora) {
+        TRY(mc_op_matmul(be, &w->q_a, &s->xn, &s->qa, err));
+        TRY(mc_op_rmsnorm(be, &s->qa, &w->q_a_norm, d->norm_eps, &s->qa, err));
+        TRY(mc_op_matmul(be, &w->q_b, &s->qa, &s->q2, err));
+    } else {
+        TRY(mc_op_matmul(be, &w->q_proj, &s->xn, &s->q2, err));
+    }
+    TRY(mc_op_matmul(be, &w->kv_a, &s->xn, &s->kva, err));
+    TRY(mc_tensor_view_cols(&s->kva, 0, lr, &kl, err));
+    TRY(mc_tensor_view_cols(&s->kva, lr, rd, &kpe, err));
+    TRY(mc_tensor_view_cols(&s->q, nope, rd, &qpe, err));
+    TRY(mc_op_rmsnorm(be, &kl, &w->kv_a_norm, d->norm_eps, &s->lat, err));
+    TRY(mc_op_rope(be, &kpe, &s->ix.pos, &ex->cs, &ex->sn, inter, err));
+    TRY(mc_op_rope(be, &qpe, &s->ix.pos, &ex->cs, &ex->sn, inter, err));
+    TRY(mc_op_kv_write(be, &s->ix, &s->lat, &w->lat_pages, err));
+    TRY(mc_op_kv_write(be, &s->ix, &kpe, &w->pe_pages, err));
+    for (int64_t h = 0; h < nh; h++) { /* qlat[t, h] = W_kb[h]^T q_nope[t, h] */
+        mc_tensor qn, ql;              /* (n, nope), (n, lr) */
+        TRY(mc_tensor_view_cols(&s->q2, h * qk, nope, &qn, err));
+        TRY(mc_tensor_view_cols(&s->qlat2, h * lr, lr, &ql, err));
+        TRY(mc_op_matmul(be, &w->kb[h], &qn, &ql, err));
+    }
+    TRY(mc_op_mla_decode(be, &s->qlat, &qpe, &w->lat_pages, &w->pe_pages, &s->ix, &ao, &s->olat,
+                         err));
+    for (int64_t h = 0; h < nh; h++) { /* attn[t, h] = W_vb[h] olat[t, h] */
+        mc_tensor ol, av;              /* (n, lr), (n, vd) */
+        TRY(mc_tensor_view_cols(&s->olat2, h * lr, lr, &ol, err));
+        TRY(mc_tensor_view_cols(&s->attn2, h * vd, vd, &av, err));
+        TRY(mc_op_matmul(be, &w->vb[h], &ol, &av, err));
+    }
+    TRY(mc_op_matmul(be, &w->wo, &s->attn2, &s->tmp, err));
+fail:
+    return st;
+}
+
+mc_status mc_step_attention(mc_step_exec *ex, int l, mc_step_views *s, mc_err *err)
+{
+    mc_step_layer *w = &ex->layers[l];
+    return ex->m->d.attn == MC_ATTN_MLA ? attn_mla(ex, w, s, err) : attn_gqa(ex, w, s, err);
+}
