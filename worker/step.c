@@ -237,24 +237,19 @@ static mc_status bind_layer(mc_step_exec *ex, int l, mc_err *err)
 static mc_status supported(const mc_model *m, mc_err *err)
 {
     const mc_model_desc *d = &m->d;
-    const char *why = NULL;
     if (m->lay.tp != 1 || m->lay.ep != 1 || m->lay.pp != 1)
-        why = "a parallel layout (tp, ep or pp > 1)";
-    else if (d->family == MC_FAM_DEEPSEEK_V4)
-        why = "DeepSeek-V4";
-    else if (d->attn == MC_ATTN_MLA && d->index_topk > 0)
-        why = "the DeepSeek-V3.2 sparse-attention indexer";
-    else if (d->attn_chunk > 0 || d->qk_l2norm || d->attn_temp_tuning || d->llama4_beta != 0)
-        why = "Llama 4 / Mistral 4 attention variants";
-    else if (d->router != MC_ROUTER_TOPK)
-        why = "the Llama 4 router";
-    for (int l = 0; !why && l < d->n_layers; l++)
-        if (!d->layer_rope[l])
-            why = "NoPE layers";
-    if (why)
-        return mc_err_set(err, MC_ERR_UNSUPPORTED, "step executor: %s (%s) is not supported yet",
-                          why, d->model_type);
-    return MC_OK;
+        return mc_err_set(err, MC_ERR_UNSUPPORTED,
+                          "step executor: a parallel layout (tp, ep or pp > 1) (%s) is not "
+                          "supported yet",
+                          d->model_type);
+    if (d->family == MC_FAM_DEEPSEEK_V4)
+        return mc_step_v4_supported(m, err);
+    if (d->router == MC_ROUTER_LLAMA4 && d->n_experts_per_tok != 1)
+        return mc_err_set(err, MC_ERR_UNSUPPORTED,
+                          "step executor: the Llama 4 router with %d experts per token (%s; "
+                          "only 1 is supported)",
+                          d->n_experts_per_tok, d->model_type);
+    return mc_step_attn_supported(m, err);
 }
 
 /* ---- scratch ---- */
@@ -288,6 +283,7 @@ static void carve_all(mc_step_exec *ex, mc_step_carver *c, mc_err *err)
     mc_step_carve(c, &ex->offsets, MC_DT_I32, 1, E + 1, 0, 0, err);
     mc_step_carve(c, &ex->xp, MC_DT_F32, 2, T * k, H, 0, err);
     mc_step_carve(c, &ex->yp, MC_DT_F32, 2, T * k, H, 0, err);
+    mc_step_carve(c, &ex->wp, MC_DT_F32, 2, T * k, 1, 0, err);
     mc_step_carve(c, &ex->g, MC_DT_F32, 2, T, I > 0 ? I : 1, 0, err);
     mc_step_carve(c, &ex->u, MC_DT_F32, 2, T, I > 0 ? I : 1, 0, err);
     mc_step_carve(c, &ex->hx, MC_DT_F32, 2, R, H, 0, err);
@@ -374,6 +370,12 @@ mc_status mc_step_exec_init(mc_model *m, mc_backend *be, uint32_t n_blocks, uint
     if ((st = mc_kv_pool_init(&ex->pool, n_blocks, block_size, err)) != MC_OK ||
         (st = mc_arena_init(0, 0, &ex->arena, err)) != MC_OK)
         goto fail;
+    if (d->family == MC_FAM_DEEPSEEK_V4) { /* its own stack, caches and scratch */
+        if ((st = mc_step_v4_init(ex, err)) != MC_OK)
+            goto fail;
+        *out = ex;
+        return MC_OK;
+    }
     if ((st = mc_step_mat(ex, &m->embed, "embed", &ex->embed, err)) != MC_OK ||
         (st = mc_step_mat(ex, &m->lm_head, "lm_head", &ex->lm_head, err)) != MC_OK ||
         (st = mc_step_vec(ex, m->final_norm, d->hidden, "final_norm", &ex->final_norm, err)) !=
@@ -403,6 +405,7 @@ void mc_step_exec_free(mc_step_exec *ex)
 {
     if (!ex)
         return;
+    mc_step_v4_free(ex);
     for (size_t i = ex->n_bufs; i > 0; i--)
         mc_buffer_free(ex->bufs[i - 1]);
     free(ex->bufs);
@@ -527,6 +530,13 @@ mc_status mc_step_exec_run(mc_step_exec *ex, const mc_step_plan *plan, float *lo
                 rows[r++] = (int32_t)t;
         }
     }
+    mc_step_host_ix hx = {.n = n, .nl = nl, .ns = ns, .maxb = maxb,
+                          .tok = tok, .seq = seq, .pos = pos, .rows = rows, .bt = bt};
+    if (ex->m->d.family == MC_FAM_DEEPSEEK_V4) {
+        if ((st = mc_step_v4_forward(ex, &hx, logits, err)) != MC_OK)
+            return st;
+        goto done;
+    }
     mc_step_views s;
     if ((st = mc_step_views_make(ex, n, &s, err)) != MC_OK ||
         (st = table_tensor(ex, ns, maxb, bt, &s.ix.block_table, err)) != MC_OK ||
@@ -538,6 +548,8 @@ mc_status mc_step_exec_run(mc_step_exec *ex, const mc_step_plan *plan, float *lo
     if (nl > 0 && ((st = mc_tensor_view_rows(&ex->rows, 0, nl, &rv, err)) != MC_OK ||
                    (st = mc_tensor_upload(&rv, rows, err)) != MC_OK))
         return st;
+    if ((st = mc_step_attn_index(ex, &hx, &s, err)) != MC_OK)
+        return st;
     /* the decoder stack */
     if ((st = mc_op_embed(ex->be, &ex->embed, &s.tok, 0, &s.x, err)) != MC_OK)
         return st;
@@ -546,6 +558,7 @@ mc_status mc_step_exec_run(mc_step_exec *ex, const mc_step_plan *plan, float *lo
             return st;
     if (nl > 0 && (st = mc_step_head(ex, &s, nl, logits, err)) != MC_OK)
         return st;
+done:
     for (uint32_t i = 0; i < ns; i++)
         len_set(ex, plan->seqs[i].seq_id, plan->seqs[i].start_pos + plan->seqs[i].n_tokens);
     return MC_OK;

@@ -80,6 +80,33 @@ static mc_status bind_mla(mc_step_exec *ex, const mc_layer_w *w, mc_step_layer *
     return bind_kv_b(ex, &w->kv_b, o, err);
 }
 
+mc_status mc_step_attn_supported(const mc_model *m, mc_err *err)
+{
+    const mc_model_desc *d = &m->d;
+    const char *why = NULL;
+    if (d->attn == MC_ATTN_MLA && d->index_topk > 0)
+        why = "the DeepSeek-V3.2 sparse-attention indexer";
+    else if (d->attn_chunk > 0 || d->qk_l2norm || d->attn_temp_tuning || d->llama4_beta != 0)
+        why = "Llama 4 / Mistral 4 attention variants";
+    for (int l = 0; !why && l < d->n_layers; l++)
+        if (!d->layer_rope[l])
+            why = "NoPE layers";
+    if (why)
+        return mc_err_set(err, MC_ERR_UNSUPPORTED, "step executor: %s (%s) is not supported yet",
+                          why, d->model_type);
+    return MC_OK;
+}
+
+mc_status mc_step_attn_index(mc_step_exec *ex, const mc_step_host_ix *hx, mc_step_views *s,
+                             mc_err *err)
+{
+    (void)ex;
+    (void)hx;
+    (void)s;
+    (void)err;
+    return MC_OK; /* no per-token attention data yet */
+}
+
 mc_status mc_step_bind_attn(mc_step_exec *ex, int l, mc_err *err)
 {
     const mc_model_desc *d = &ex->m->d;

@@ -22,6 +22,7 @@ mc_status mc_step_views_make(mc_step_exec *ex, int64_t n, mc_step_views *s, mc_e
     TRY(mc_tensor_view_rows(&ex->wts, 0, n, &s->wts, err));
     TRY(mc_tensor_view_rows(&ex->xp, 0, n * k, &s->xp, err));
     TRY(mc_tensor_view_rows(&ex->yp, 0, n * k, &s->yp, err));
+    TRY(mc_tensor_view_rows(&ex->wp, 0, n * k, &s->wp, err));
     TRY(mc_tensor_view_rows(&ex->xp, 0, n, &s->ys, err));
     TRY(mc_tensor_view_rows(&ex->tok, 0, n, &s->tok, err));
     TRY(mc_tensor_view_rows(&ex->seq, 0, n, &s->ix.seq, err));
@@ -53,6 +54,7 @@ static mc_status moe(mc_step_exec *ex, const mc_step_layer *w, mc_step_views *s,
     const mc_model_desc *d = &ex->m->d;
     mc_backend *be = ex->be;
     int sig = d->score_func == MC_SCORE_SIGMOID;
+    int llama4 = d->router == MC_ROUTER_LLAMA4;
     mc_router_opts ro = {.score = sig ? MC_ROUTE_SIGMOID : MC_ROUTE_SOFTMAX,
                          .k = d->n_experts_per_tok,
                          .n_group = d->n_group,
@@ -60,13 +62,26 @@ static mc_status moe(mc_step_exec *ex, const mc_step_layer *w, mc_step_views *s,
                          .renorm = d->norm_topk_prob,
                          .norm_eps = sig ? 1e-20f : 0.0f,
                          .scale = d->routed_scale};
+    if (llama4) /* top-k of the logits, sigmoid weights scaling the expert's input */
+        ro = (mc_router_opts){.score = MC_ROUTE_LOGIT_SIGMOID, .k = d->n_experts_per_tok,
+                              .scale = 1.0f};
     mc_status st;
     TRY(mc_op_matmul(be, &w->router, &s->xn, &s->rlog, err));
     TRY(mc_op_router_topk(be, &s->rlog, w->has_bias ? &w->bias : NULL, &ro, &s->ids, &s->wts, err));
     TRY(mc_op_moe_permute(be, &s->xn, &s->ids, &s->xp, &s->slot, &ex->offsets, err));
-    TRY(mc_op_grouped_experts(be, &s->xp, &ex->offsets, d->n_experts, w->gate, w->up, w->down, NULL,
-                              &s->yp, err));
-    TRY(mc_op_moe_unpermute_weighted(be, &s->yp, &s->slot, &s->wts, &s->tmp, err));
+    if (llama4) {
+        /* one expert per token (k = 1): the pair's weight is the token's,
+         * permuted like the token's row */
+        mc_experts_opts eo = {.row_weight = &s->wp, .weight_input = 1};
+        TRY(mc_op_moe_permute(be, &s->wts, &s->ids, &s->wp, &s->slot, &ex->offsets, err));
+        TRY(mc_op_grouped_experts(be, &s->xp, &ex->offsets, d->n_experts, w->gate, w->up,
+                                  w->down, &eo, &s->yp, err));
+        TRY(mc_op_moe_unpermute_weighted(be, &s->yp, &s->slot, NULL, &s->tmp, err));
+    } else {
+        TRY(mc_op_grouped_experts(be, &s->xp, &ex->offsets, d->n_experts, w->gate, w->up,
+                                  w->down, NULL, &s->yp, err));
+        TRY(mc_op_moe_unpermute_weighted(be, &s->yp, &s->slot, &s->wts, &s->tmp, err));
+    }
     if (w->has_shared) {
         TRY(ffn(ex, &w->shared, &s->xn, &s->ys, err));
         TRY(mc_op_add(be, &s->tmp, &s->ys, &s->tmp, err));

@@ -91,6 +91,7 @@ struct mc_step_exec {
     mc_tensor wts;           /* (T, k) */
     mc_tensor offsets;       /* [E + 1] I32 */
     mc_tensor xp, yp;        /* (T * k, H) */
+    mc_tensor wp;            /* (T * k, 1) router weights permuted (Llama 4) */
     mc_tensor g, u;          /* (T, I_max) dense / shared FFN */
     mc_tensor hx;            /* (HEAD_ROWS, H) */
     mc_tensor hlog;          /* (HEAD_ROWS, V) */
@@ -101,6 +102,7 @@ struct mc_step_exec {
     mc_arena *arena; /* host staging of the index arrays, reset per step */
     mc_step_len *lens;
     size_t lens_cap, lens_n;
+    struct mc_step_v4 *v4; /* DeepSeek-V4's state (step_v4.c), else NULL */
 };
 
 /* The step's views of the scratch, n tokens (names as in mc_step_exec). */
@@ -115,7 +117,7 @@ typedef struct {
     mc_tensor qa, kva, lat, qlat, olat;
     mc_tensor qlat2, olat2; /* (n, nh * lr) MLA */
     mc_tensor rlog, ids, slot, wts;
-    mc_tensor xp, yp;
+    mc_tensor xp, yp, wp;
     mc_tensor ys; /* (n, H): rows of xp, the shared experts' output */
     mc_tensor tok;
     mc_kv_index ix; /* block_table filled by the caller */
@@ -148,7 +150,28 @@ typedef struct {
 void mc_step_carve(mc_step_carver *c, mc_tensor *t, mc_dtype dt, int ndim, int64_t a, int64_t b,
                    int64_t cc, mc_err *err);
 
+/* The step's per-token index on the host (arena memory, valid during one
+ * mc_step_exec_run): n tokens, ns plan entries, nl rows with logits. */
+typedef struct {
+    int64_t n, nl;
+    uint32_t ns, maxb;
+    const int32_t *tok;  /* [n] token ids */
+    const int32_t *seq;  /* [n] plan entry of each token */
+    const int32_t *pos;  /* [n] position of each token in its sequence */
+    const int32_t *rows; /* [nl] token rows that want logits, in plan order */
+    const int32_t *bt;   /* (ns, maxb) block tables, 0 past an entry's table */
+} mc_step_host_ix;
+
 /* ---- attention (step_attn.c) ---- */
+
+/* MC_OK when the attention of m's family is implemented, else
+ * MC_ERR_UNSUPPORTED naming what is missing. */
+mc_status mc_step_attn_supported(const mc_model *m, mc_err *err);
+/* Per-token attention data of one step (e.g. query scales computed from the
+ * positions), uploaded into the executor's scratch; called after the index
+ * tensors of s are uploaded and before the first layer. */
+mc_status mc_step_attn_index(mc_step_exec *ex, const mc_step_host_ix *hx, mc_step_views *s,
+                             mc_err *err);
 
 /* Binds layer l's attention weights (not wo, not the norms). */
 mc_status mc_step_bind_attn(mc_step_exec *ex, int l, mc_err *err);
@@ -170,5 +193,18 @@ mc_status mc_step_block(mc_step_exec *ex, int l, mc_step_views *s, mc_err *err);
 /* Final norm and LM head on the nl rows listed in ex->rows into host
  * logits (nl, V). */
 mc_status mc_step_head(mc_step_exec *ex, mc_step_views *s, int64_t nl, float *logits, mc_err *err);
+
+/* ---- DeepSeek-V4 (step_v4.c): its own stack, state in ex->v4 ---- */
+
+/* MC_OK when the V4 model m can run on the executor. */
+mc_status mc_step_v4_supported(const mc_model *m, mc_err *err);
+/* Binds V4's weights, allocates its caches and scratch (called by
+ * mc_step_exec_init instead of the generic binding). */
+mc_status mc_step_v4_init(mc_step_exec *ex, mc_err *err);
+void mc_step_v4_free(mc_step_exec *ex);
+/* The whole stack on one step: embed, the layers, the head into logits
+ * (hx->nl rows of vocab floats). */
+mc_status mc_step_v4_forward(mc_step_exec *ex, const mc_step_host_ix *hx, float *logits,
+                             mc_err *err);
 
 #endif
