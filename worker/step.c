@@ -487,6 +487,8 @@ mc_status mc_step_exec_run(mc_step_exec *ex, const mc_step_plan *plan, float *lo
 {
     mc_step_limits lim;
     mc_step_exec_limits(ex, &lim);
+    if (plan && plan->n_seqs == 0)
+        return MC_OK; /* an idle step (a dp group with nothing to run) */
     mc_status st = mc_step_plan_check(plan, &lim, err);
     if (st != MC_OK)
         return st;

@@ -89,7 +89,16 @@ uint32_t mc_step_exec_seq_len(const mc_step_exec *ex, uint64_t seq_id);
  * MC_ERR_UNSUPPORTED for top_k > 0, not done yet) changes nothing; after a
  * failure in the ops the known lengths are unchanged, so the same plan may
  * run again. On success every entry's sequence is known at start_pos +
- * n_tokens positions. */
+ * n_tokens positions.
+ *
+ * Under a parallel layout the call is collective over the model's world:
+ * every rank calls it the same number of times; the ranks of one dp group
+ * pass the same plan (tokens included), and a dp group with nothing to do
+ * passes an empty plan (n_seqs = 0: an idle step that still takes part in
+ * its stage's expert exchange). The logits land on the output rank of each
+ * dp group (mc_model_is_output: the last stage's tp rank 0); other ranks
+ * may pass NULL. In one process every plan is the only group's and the
+ * logits land in the caller's array. */
 mc_status mc_step_exec_run(mc_step_exec *ex, const mc_step_plan *plan, float *logits, mc_err *err);
 
 /* Forgets seq_id and gives its blocks back to the pool. MC_ERR_NOT_FOUND
