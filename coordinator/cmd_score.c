@@ -1,9 +1,13 @@
 /* cmd_score.c - `moecluster score`: logits for token sequences.
  *
- * IN.safetensors holds input_ids (I64 [B,T]); OUT.safetensors gets logits
- * (F32 [B,T,V]). Each row is an independent sequence at positions 0..T-1.
- * With --decode-from K the first K tokens are prefilled together and the
- * rest are fed one at a time through the KV cache.
+ * IN.safetensors holds input_ids (I64 [B,T]) and optionally lengths (I64
+ * [B], each 1..T: a ragged batch, row b runs its first lengths[b] tokens);
+ * OUT.safetensors gets logits (F32 [B,T,V], 0 past each row's length). Each
+ * row is an independent sequence at positions 0..T-1. The rows are
+ * scheduled into steps of at most --max-batch-tokens new tokens over a
+ * paged KV cache of --kv-block-size positions per block (worker/sched.h).
+ * With --decode-from K the first K tokens are prefilled (in chunks of the
+ * budget) and the rest are fed one at a time through the KV cache.
  *
  * Under mpirun every rank runs this command: rank 0 reads the input and
  * broadcasts it, every rank loads its share of the model (--tp/--ep/--pp)
@@ -24,20 +28,28 @@
 #include <string.h>
 
 #define MAX_OUTPUT_BYTES (64ull << 30)
+/* Largest --max-batch-tokens (the step plan's bound, MC_STEP_MAX_TOKENS). */
+#define MC_STEP_MAX_TOKENS_CLI (1 << 22)
 
 /* The one usage text: printed by --help and on usage errors. */
 static const char score_usage_text[] =
     "usage: moecluster score --model DIR|--shards DIR --input IN.safetensors\n"
-    "                        --output OUT.safetensors [--decode-from K] [--tp N] [--ep N]\n"
+    "                        --output OUT.safetensors [--decode-from K]\n"
+    "                        [--max-batch-tokens N] [--kv-block-size N] [--tp N] [--ep N]\n"
     "                        [--pp N] [--stats] [--weights q8_0|q4_k|bf16] [--no-verify]\n\n"
     "  --model DIR        Hugging Face checkpoint folder (config.json + safetensors), or a\n"
     "                     shard set\n"
     "  --shards DIR       a shard set written by `moecluster shard` (each rank reads its own\n"
     "                     rank-NNNNN folder; run under mpirun -np <ranks of the plan>)\n"
-    "  --input FILE       safetensors with input_ids, I64 [B,T]\n"
+    "  --input FILE       safetensors with input_ids, I64 [B,T], and optionally lengths,\n"
+    "                     I64 [B], each 1..T (row b runs its first lengths[b] tokens)\n"
     "  --output FILE      written (a new regular file, or one replaced whole): logits,\n"
-    "                     F32 [B,T,V]; never the input or a file in the model folder\n"
+    "                     F32 [B,T,V], 0 past each row's length; never the input or a file\n"
+    "                     in the model folder\n"
     "  --decode-from K    prefill the first K tokens, then decode one token at a time\n"
+    "  --max-batch-tokens N  new tokens per engine step, all sequences together\n"
+    "                     (default 2048; >= 1)\n"
+    "  --kv-block-size N  positions per block of the paged KV cache (default 16; 1..1024)\n"
     MC_PAR_USAGE;
 
 static void score_usage(FILE *out) { fputs(score_usage_text, out); }
@@ -45,13 +57,37 @@ static void score_usage(FILE *out) { fputs(score_usage_text, out); }
 /* What rank 0 tells the others about the input before anything else. */
 typedef struct {
     int32_t status; /* MC_OK, or the input was refused (rank 0 prints why) */
-    int32_t pad;
+    int32_t has_lengths; /* 1: a lengths tensor follows the ids */
     int64_t B, T;
 } input_header;
 
-/* Rank 0: opens and checks the input; fills ids (malloc'd) and B, T. */
+/* Rank 0: the optional 'lengths' tensor, I64 [B], each 1..T; *lengths
+ * (malloc'd, the caller frees) stays NULL when the file has none. */
+static mc_status read_lengths(st_file *in, const char *in_path, int64_t B, int64_t T,
+                              int64_t **lengths, mc_err *err)
+{
+    const st_tensor *t = st_file_find(in, "lengths");
+    if (!t)
+        return MC_OK;
+    if (t->dtype != MC_DT_I64 || t->ndim != 1 || t->shape[0] != B)
+        return mc_err_set(err, MC_ERR_FORMAT, "%s: 'lengths' must be I64 [B] with B = %lld",
+                          in_path, (long long)B);
+    const int64_t *v = t->data;
+    for (int64_t b = 0; b < B; b++)
+        if (v[b] < 1 || v[b] > T)
+            return mc_err_set(err, MC_ERR_FORMAT,
+                              "%s: 'lengths'[%lld] = %lld is outside 1..%lld (T)", in_path,
+                              (long long)b, (long long)v[b], (long long)T);
+    if (!(*lengths = mc_malloc_n((size_t)B, sizeof **lengths)))
+        return mc_err_set(err, MC_ERR_NOMEM, "out of memory");
+    memcpy(*lengths, v, (size_t)B * sizeof **lengths);
+    return MC_OK;
+}
+
+/* Rank 0: opens and checks the input; fills ids (malloc'd), lengths
+ * (malloc'd, or NULL without the tensor) and B, T. */
 static mc_status read_input(const char *in_path, long long decode_from, int64_t **ids,
-                            int64_t *B, int64_t *T, mc_err *err)
+                            int64_t **lengths, int64_t *B, int64_t *T, mc_err *err)
 {
     st_file *in = NULL;
     mc_status st = st_file_open(in_path, &in, err);
@@ -80,6 +116,7 @@ static mc_status read_input(const char *in_path, long long decode_from, int64_t 
         goto done;
     }
     memcpy(*ids, t->data, (size_t)(*B * *T) * 8);
+    st = read_lengths(in, in_path, *B, *T, lengths, err);
 done:
     st_file_close(in);
     return st;
@@ -124,11 +161,14 @@ int mc_cmd_score(int argc, char **argv)
                                           {"input", required_argument, 0, 'i'},
                                           {"output", required_argument, 0, 'o'},
                                           {"decode-from", required_argument, 0, 'k'},
+                                          {"max-batch-tokens", required_argument, 0, 'M'},
+                                          {"kv-block-size", required_argument, 0, 'K'},
                                           {"help", no_argument, 0, 'h'},
                                           MC_PAR_OPTIONS,
                                           {0, 0, 0, 0}};
     const char *model_dir = NULL, *in_path = NULL, *out_path = NULL;
-    long long decode_from = -1;
+    long long decode_from = -1, max_batch_tokens = MC_SCORE_DEFAULT_BATCH_TOKENS,
+              kv_block_size = MC_SCORE_DEFAULT_BLOCK_SIZE;
     mc_par_args par = MC_PAR_ARGS_INIT;
     int c;
     mc_quiet quiet = mc_quiet_begin(); /* under mpirun, rank 0 alone prints usage errors */
@@ -145,6 +185,15 @@ int mc_cmd_score(int argc, char **argv)
         case 'o': out_path = optarg; break;
         case 'k':
             if (mc_arg_int("score", "--decode-from", optarg, 1, 1 << 30, &decode_from))
+                PARSE_RETURN(2);
+            break;
+        case 'M':
+            if (mc_arg_int("score", "--max-batch-tokens", optarg, 1, MC_STEP_MAX_TOKENS_CLI,
+                           &max_batch_tokens))
+                PARSE_RETURN(2);
+            break;
+        case 'K':
+            if (mc_arg_int("score", "--kv-block-size", optarg, 1, 1024, &kv_block_size))
                 PARSE_RETURN(2);
             break;
         case 'h': score_usage(stdout); PARSE_RETURN(0);
@@ -174,7 +223,7 @@ int mc_cmd_score(int argc, char **argv)
     mc_err err;
     mc_err_clear(&err);
     mc_session *ses = NULL;
-    int64_t *ids = NULL;
+    int64_t *ids = NULL, *lengths = NULL;
     float *logits = NULL;
     int rc = 1;
     bool fatal = false; /* a failure after the ranks started working together */
@@ -187,7 +236,8 @@ int mc_cmd_score(int argc, char **argv)
     input_header hdr = {.status = MC_OK};
     if (me == 0) {
         int64_t B = 0, T = 0;
-        hdr.status = read_input(in_path, decode_from, &ids, &B, &T, &err);
+        hdr.status = read_input(in_path, decode_from, &ids, &lengths, &B, &T, &err);
+        hdr.has_lengths = lengths != NULL;
         if (hdr.status == MC_OK)
             hdr.status = check_output(out_path, in_path, model_dir, &err);
         hdr.B = B;
@@ -206,6 +256,16 @@ int mc_cmd_score(int argc, char **argv)
         goto fail;
     }
     if (mc_session_bcast(ses, 0, ids, (size_t)(B * T) * sizeof *ids, &err) != MC_OK) {
+        fatal = true;
+        goto fail;
+    }
+    if (hdr.has_lengths && me != 0 && !(lengths = mc_malloc_n((size_t)B, sizeof *lengths))) {
+        mc_err_set(&err, MC_ERR_NOMEM, "out of memory");
+        fatal = true;
+        goto fail;
+    }
+    if (hdr.has_lengths &&
+        mc_session_bcast(ses, 0, lengths, (size_t)B * sizeof *lengths, &err) != MC_OK) {
         fatal = true;
         goto fail;
     }
@@ -230,7 +290,10 @@ int mc_cmd_score(int argc, char **argv)
     if (mc_session_agree(ses, st, &err) != MC_OK)
         goto fail;
     double t1 = mc_now_s();
-    if (mc_session_score(ses, ids, (int)B, (int)T, (int)decode_from, logits, &err) != MC_OK) {
+    mc_score_opts so = {.lengths = lengths, .decode_from = (int)decode_from,
+                        .max_batch_tokens = (uint32_t)max_batch_tokens,
+                        .kv_block_size = (uint32_t)kv_block_size};
+    if (mc_session_score_opts(ses, ids, (int)B, (int)T, &so, logits, &err) != MC_OK) {
         fatal = true;
         goto fail;
     }
@@ -254,6 +317,7 @@ fail:
     if (rc)
         mc_cli_report("score", mc_session_world(ses), &err);
     free(ids);
+    free(lengths);
     free(logits);
     mc_session_close(ses, rc && fatal); /* aborts the peers after a fatal failure */
     return rc;

@@ -289,6 +289,14 @@ mc_status mc_op_grouped_experts(mc_backend *be, const mc_tensor *x, const mc_ten
 mc_status mc_op_layernorm(mc_backend *be, const mc_tensor *x, const mc_tensor *w,
                           const mc_tensor *b, float eps, mc_tensor *y, mc_err *err);
 
+/* The first NaN or infinity of x (rows, d) F32 in row-major order: *row and
+ * *col its place, or both -1 when every value is finite. Waits for the ops
+ * issued before (the answer is on the host). The step executor checks the
+ * residual stream with it after every block and names the weight at fault
+ * (worker/nonfinite.h). */
+mc_status mc_op_find_nonfinite(mc_backend *be, const mc_tensor *x, int64_t *row, int64_t *col,
+                               mc_err *err);
+
 /* ---- paged KV cache and attention over it ----
  *
  * One layer's cache of one kind is an F32 tensor of pages (kv_pool.h's
@@ -389,6 +397,128 @@ mc_status mc_op_indexer_topk(mc_backend *be, const mc_tensor *iq, const mc_tenso
                              const mc_tensor *key_pages, const mc_kv_index *ix,
                              const mc_indexer_opts *opt, mc_tensor *sel, mc_err *err);
 
+/* ---- DeepSeek-V4 ----
+ *
+ * The pieces of worker/deepseek_v4*.c that no op above covers. Its paged
+ * caches (one layer's, all F32, dimension 0 the block id, 1 the slot):
+ *   window K=V        (n_blocks, block_size, head_dim): every position's
+ *                     normed, rotated K=V row (the window reads the last ones)
+ *   compressor input  (n_blocks, block_size, W) twice: every position's raw
+ *                     kv and gate projections, W = (1 + overlap) * cd
+ *   compressed entry  (n_blocks, block_size, cd): entry w (window w) at the
+ *                     slot of its last position (w + 1) * rate - 1
+ * so a sequence's state is its block table and its length, whatever chunks
+ * its positions arrived in. */
+
+/* Hyper-connection mapping (mHC) of one site. */
+typedef struct {
+    int hc;     /* streams (hc_mult), 1..64 */
+    int iters;  /* Sinkhorn iterations (column steps in all) */
+    float eps;  /* hc_eps */
+} mc_v4_hc_opts;
+
+/* For every token t, with H = cols(y), x[t] = hc streams of H, m = mix[t]
+ * (the site's fn applied to the RMS-normalized streams):
+ *   pre_j  = sigmoid(m[j] * scale[0] + base[j]) + eps
+ *   y[t]   = sum_j pre_j * x[t, j]                     (from zero, j ascending)
+ * and, unless post and comb are NULL (the final HyperHead: mix (n, hc),
+ * base [hc], scale [1]),
+ *   post[t, j] = 2 * sigmoid(m[hc + j] * scale[1] + base[hc + j])
+ *   comb[t]    = Sinkhorn of the (hc, hc) logits m[2hc + i] * scale[2] + base[2hc + i]
+ *                (row softmax + eps, then alternating column / row
+ *                normalization, as mc_v4_sinkhorn).
+ * x (n, hc*H), mix (n, (2+hc)*hc) or (n, hc), y (n, H), post (n, hc), comb
+ * (n, hc*hc), base, scale F32 vectors; outputs overlap nothing. */
+mc_status mc_op_v4_hc_pre(mc_backend *be, const mc_tensor *x, const mc_tensor *mix,
+                          const mc_tensor *base, const mc_tensor *scale, const mc_v4_hc_opts *o,
+                          mc_tensor *post, mc_tensor *comb, mc_tensor *y, mc_err *err);
+
+/* Writes a sub-layer's output y (n, H) into the streams x (n, hc*H), in place:
+ *   x'[t, k] = post[t, k] * y[t] + sum_j comb[t, j, k] * x[t, j]   (j ascending)
+ * post (n, hc), comb (n, hc*hc); x overlaps no input. */
+mc_status mc_op_v4_hc_post(mc_backend *be, mc_tensor *x, const mc_tensor *post,
+                           const mc_tensor *comb, const mc_tensor *y, mc_err *err);
+
+typedef struct {
+    int rate;    /* positions per window, >= 1 */
+    int overlap; /* 1: CSA (entry w mixes window w - 1's first half and w's second) */
+    float eps;   /* RMSNorm eps of the entry */
+} mc_v4_comp_opts;
+
+/* The compressor's entries completed by this step's tokens: for each token
+ * t whose position p has (p + 1) % rate == 0, window w = (p + 1) / rate - 1
+ * is pooled per channel c < cd:
+ *   sources: (overlap, w > 0) positions (w-1)*rate + j, columns c, then
+ *            positions w*rate + j, columns (overlap ? cd : 0) + c, j < rate
+ *   e[c] = sum softmax(gate + ape[pos % rate]) * kv over the sources
+ * then e = rmsnorm(e) * norm, its trailing rd = 2 * cols(cs) dims rotated
+ * (interleaved pairs) at position w * rate (rows of cs, sn), and e is
+ * written to out_pages at the slot of p. Other tokens write nothing.
+ *   kv_pages, gate_pages (n_blocks, block_size, W) with every source
+ *   position written (mc_op_kv_write, the step's own before); ape (rate, W);
+ *   norm [cd]; cs, sn (P, rd / 2); out_pages (n_blocks, block_size, cd),
+ *   W = (1 + overlap) * cd. Content refusals as mc_op_attention. */
+mc_status mc_op_v4_compress(mc_backend *be, const mc_tensor *kv_pages,
+                            const mc_tensor *gate_pages, const mc_tensor *ape,
+                            const mc_tensor *norm, const mc_tensor *cs, const mc_tensor *sn,
+                            const mc_kv_index *ix, const mc_v4_comp_opts *o, mc_tensor *out_pages,
+                            mc_err *err);
+
+typedef struct {
+    int rate;          /* the entries' compress rate: token at p sees entries w < (p + 1) / rate */
+    int k;             /* entries kept per token (index_topk), >= 1 */
+    /* NULL, or I32 [n]: token t's score row length when longer than its visible
+     * entries (the reference pads its row with -inf to the entries its cache
+     * can hold, which decides the order among exact ties) */
+    const mc_tensor *n_row;
+    float score_scale; /* 1 / sqrt(index_head_dim) */
+    float weight_scale; /* 1 / sqrt(index_n_heads), multiplies w first */
+} mc_v4_index_opts;
+
+/* V4's lightning indexer over compressed keys: token t (position p) scores
+ * the nv = (p + 1) / rate visible entries w (key at the slot of
+ * (w + 1) * rate - 1) as the worker does, in F32 in this order:
+ *   score(w) = sum over h of relu(iq[t, h] . key[w]) * score_scale * (w[t, h] * weight_scale)
+ * pads the row with -inf to max(n_row[t], nv), keeps the top min(k, row) with
+ * the worker's tie order (mc_v4_select_topk: torch.topk on CPU), and
+ * writes the visible ones to sel[t, 0..), -1 after.
+ *   iq (n, ih, id), w (n, ih), key_pages (n_blocks, block_size, id) F32;
+ *   sel (n, k) I32. Content refusals as mc_op_attention. */
+mc_status mc_op_v4_index_topk(mc_backend *be, const mc_tensor *iq, const mc_tensor *w,
+                              const mc_tensor *key_pages, const mc_kv_index *ix,
+                              const mc_v4_index_opts *o, mc_tensor *sel, mc_err *err);
+
+typedef struct {
+    int window;  /* sliding window, query included, >= 1 */
+    int rate;    /* compressed entries' rate (when comp_pages is given) */
+    float scale; /* softmax scale */
+} mc_v4_attn_opts;
+
+/* V4 attention with one K=V head and per-head sink logits: token t at p,
+ * head h scores the window positions [max(0, p - window + 1), p] of
+ * kv_pages and the compressed entries of comp_pages it sees (sel NULL: all
+ * w < (p + 1) / rate; else the entries sel[t, j] >= 0), each q . row *
+ * scale; w = exp(score - mx) / (exp(sink[h] - mx) + sum exp(... - mx)),
+ * y[t, h] = sum w * row (window first, then the entries in order).
+ *   q (n, nh, hd), kv_pages and comp_pages (n_blocks, block_size, hd),
+ *   sinks [nh], sel (n, k) I32 or NULL, y (n, nh, hd) overlapping nothing.
+ * Content refusals as mc_op_attention; a sel entry outside [0, (p+1)/rate)
+ * is refused naming the token. */
+mc_status mc_op_v4_attention(mc_backend *be, const mc_tensor *q, const mc_tensor *kv_pages,
+                             const mc_tensor *comp_pages, const mc_tensor *sinks,
+                             const mc_tensor *sel, const mc_kv_index *ix,
+                             const mc_v4_attn_opts *o, mc_tensor *y, mc_err *err);
+
+/* Hash routing (V4's first layers): ids[t] = table[tok[t]] (k experts),
+ * weights[t, j] = s(logits[t, ids[t, j]]) / (sum over j in F32 + norm_eps)
+ * * scale, s as opts->score (SQRTSOFTPLUS or SIGMOID); opts->k = k, other
+ * fields unused. logits (n, E) F32; tok I32 [n] (each < rows(table),
+ * checked by the backend); table I32 (V, k) with values in [0, E) (checked
+ * by the backend); ids (n, k) I32; weights (n, k) F32. */
+mc_status mc_op_v4_hash_route(mc_backend *be, const mc_tensor *logits, const mc_tensor *tok,
+                              const mc_tensor *table, const mc_router_opts *opts, mc_tensor *ids,
+                              mc_tensor *weights, mc_err *err);
+
 /* To come (next steps of the execution core):
  *   lm head = mc_op_matmul on a vocab slice.
  */
@@ -483,6 +613,8 @@ typedef struct {
                                  mc_err *err);
     mc_status (*layernorm)(void *ctx, const mc_tensor *x, const mc_tensor *w, const mc_tensor *b,
                            float eps, mc_tensor *y, mc_err *err);
+    mc_status (*find_nonfinite)(void *ctx, const mc_tensor *x, int64_t *row, int64_t *col,
+                                mc_err *err);
     /* probes and counters */
     const char *(*path)(void *ctx);
     const char *(*features)(void *ctx);
@@ -493,6 +625,26 @@ typedef struct {
     void (*counters)(void *ctx, mc_backend_counters *out);
     double (*probe_read_gbps)(void *ctx, size_t bytes, int threads, double seconds);
     double (*probe_fma_gflops)(void *ctx, int threads, double seconds);
+    /* DeepSeek-V4 (optional: NULL entries are refused with MC_ERR_UNSUPPORTED) */
+    mc_status (*v4_hc_pre)(void *ctx, const mc_tensor *x, const mc_tensor *mix,
+                           const mc_tensor *base, const mc_tensor *scale, const mc_v4_hc_opts *o,
+                           mc_tensor *post, mc_tensor *comb, mc_tensor *y, mc_err *err);
+    mc_status (*v4_hc_post)(void *ctx, mc_tensor *x, const mc_tensor *post, const mc_tensor *comb,
+                            const mc_tensor *y, mc_err *err);
+    mc_status (*v4_compress)(void *ctx, const mc_tensor *kv_pages, const mc_tensor *gate_pages,
+                             const mc_tensor *ape, const mc_tensor *norm, const mc_tensor *cs,
+                             const mc_tensor *sn, const mc_kv_index *ix, const mc_v4_comp_opts *o,
+                             mc_tensor *out_pages, mc_err *err);
+    mc_status (*v4_index_topk)(void *ctx, const mc_tensor *iq, const mc_tensor *w,
+                               const mc_tensor *key_pages, const mc_kv_index *ix,
+                               const mc_v4_index_opts *o, mc_tensor *sel, mc_err *err);
+    mc_status (*v4_attention)(void *ctx, const mc_tensor *q, const mc_tensor *kv_pages,
+                              const mc_tensor *comp_pages, const mc_tensor *sinks,
+                              const mc_tensor *sel, const mc_kv_index *ix,
+                              const mc_v4_attn_opts *o, mc_tensor *y, mc_err *err);
+    mc_status (*v4_hash_route)(void *ctx, const mc_tensor *logits, const mc_tensor *tok,
+                               const mc_tensor *table, const mc_router_opts *opts, mc_tensor *ids,
+                               mc_tensor *weights, mc_err *err);
 } mc_backend_i;
 
 /* Wraps an implementation; ctx is freed by iface->free in mc_backend_free.

@@ -441,6 +441,13 @@ static mc_status layout_check(const mc_model_desc *d, const mc_cluster *c, const
         return mc_err_set(err, MC_ERR_CONFIG,
                           "tensor parallelism %d does not divide the %d attention heads", c->tp,
                           d->n_heads);
+    int kv0, nkv;
+    if (c->tp > 1 && d->attn == MC_ATTN_GQA &&
+        !mc_split_kv_heads(d->n_kv_heads, c->tp, 0, &kv0, &nkv))
+        return mc_err_set(err, MC_ERR_CONFIG,
+                          "tensor parallelism %d neither divides nor is a multiple of the %d "
+                          "key/value heads (each rank must hold whole KV heads or one copy)",
+                          c->tp, d->n_kv_heads);
     if (c->pp > d->n_layers)
         return mc_err_set(err, MC_ERR_CONFIG, "%d pipeline stages for %d layers", c->pp,
                           d->n_layers);

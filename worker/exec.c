@@ -10,6 +10,29 @@ static int output_rank(const mc_model *m, int g)
     return mc_layout_world_rank(&m->lay, m->lay.pp - 1, g, 0);
 }
 
+mc_status mc_exec_gather(mc_model *m, int B, size_t seq_floats, const float *own,
+                         float *logits, mc_err *err)
+{
+    int dp = m->lay.dp, me = m->lay.rank;
+    /* logits to rank 0, sequence by sequence; the output ranks kept theirs
+     * until now so that the pipeline never waits on rank 0 */
+    for (int b = 0; b < B; b++) {
+        int src = output_rank(m, b % dp);
+        mc_status st = MC_OK;
+        if (src == 0)
+            continue;
+        if (me == 0)
+            st = mc_par_recv(m, m->world, MC_STAT_HEAD(m->d.n_layers), src,
+                             logits + (size_t)b * seq_floats, seq_floats * sizeof(float), err);
+        else if (me == src)
+            st = mc_par_send(m, m->world, MC_STAT_HEAD(m->d.n_layers), 0,
+                             own + (size_t)(b / dp) * seq_floats, seq_floats * sizeof(float), err);
+        if (st != MC_OK)
+            return st;
+    }
+    return MC_OK;
+}
+
 mc_status mc_exec_score(mc_model *m, const int64_t *ids, int B, int T, int decode_from,
                         float *logits, mc_err *err)
 {
@@ -47,21 +70,7 @@ mc_status mc_exec_score(mc_model *m, const int64_t *ids, int B, int T, int decod
                                       out ? out + (size_t)t * V : NULL, err)) != MC_OK)
                 goto done;
     }
-    /* logits to rank 0, sequence by sequence; the output ranks kept theirs
-     * until now so that the pipeline never waits on rank 0 */
-    for (int b = 0; b < B; b++) {
-        int src = output_rank(m, b % dp);
-        if (src == 0)
-            continue;
-        if (me == 0)
-            st = mc_par_recv(m, m->world, MC_STAT_HEAD(m->d.n_layers), src,
-                             logits + (size_t)b * seq_floats, seq_floats * sizeof(float), err);
-        else if (me == src)
-            st = mc_par_send(m, m->world, MC_STAT_HEAD(m->d.n_layers), 0,
-                             own + (size_t)(b / dp) * seq_floats, seq_floats * sizeof(float), err);
-        if (st != MC_OK)
-            goto done;
-    }
+    st = mc_exec_gather(m, B, seq_floats, own, logits, err);
 done:
     free(own);
     mc_kv_free(kv);

@@ -21,6 +21,13 @@
 mc_status mc_exec_score(mc_model *m, const int64_t *ids, int B, int T, int decode_from,
                         float *logits, mc_err *err);
 
+/* Collective: the logits [T, V] (seq_floats floats) of each of B sequences
+ * to world rank 0's logits [B, T, V]: sequence b from its dp group's (b % dp)
+ * output rank, which holds it in own at row b / dp (own: this rank's
+ * sequences, when it is an output rank other than 0; borrowed). */
+mc_status mc_exec_gather(mc_model *m, int B, size_t seq_floats, const float *own,
+                         float *logits, mc_err *err);
+
 /* One step of a single sequence (dp group 0 runs it, the others idle in
  * lockstep): n tokens through kv, the logits [V] of the last one land on
  * world rank 0. Collective. */

@@ -18,8 +18,7 @@
 #include <string.h>
 #include <unistd.h>
 
-/* MC_FAULT_INJECT: this rank fails on reaching layer l (failure tests). */
-static void maybe_fault(const mc_model *m, int l)
+void mc_fault_check(const mc_model *m, int l)
 {
     if (m->fault.rank != m->lay.rank || m->fault.layer != l)
         return;
@@ -46,7 +45,7 @@ static mc_status block_forward(mc_model *m, int l, mc_kv *kv, float *x, int n, c
     int H = d->hidden;
     size_t nH = (size_t)n * H;
     mc_status st;
-    maybe_fault(m, l);
+    mc_fault_check(m, l);
     if (n > 0) {
         for (int t = 0; t < n; t++)
             mc_rmsnorm(xn + (size_t)t * H, x + (size_t)t * H, w->attn_norm, H, d->norm_eps);

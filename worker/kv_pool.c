@@ -284,11 +284,20 @@ mc_status mc_kv_block_bytes(const mc_model_desc *d, int layer, int tp, uint32_t 
                           "kv block bytes: layer %d of %d, tp %d, block size %u, %u bytes per "
                           "element",
                           layer, d->n_layers, tp, block_size, elem_bytes);
-    if (d->family == MC_FAM_DEEPSEEK_V4)
-        return mc_err_set(err, MC_ERR_UNSUPPORTED,
-                          "kv block bytes: DeepSeek-V4 compressed caches are not paged yet");
     uint64_t elems;
-    if (d->attn == MC_ATTN_MLA)
+    if (d->family == MC_FAM_DEEPSEEK_V4) {
+        /* the step executor's V4 pages (worker/step_v4.c), per position:
+         * the window K=V row; HCA / CSA: the compressor's kv and gate
+         * inputs (W = hd, CSA 2 hd) and the entry slot (hd); CSA: the
+         * indexer's kv and gate inputs (2 id each) and key slot (id) */
+        uint64_t hd = (uint64_t)d->head_dim, id = (uint64_t)d->v4.index_head_dim;
+        int kind = d->v4.layer_attn[layer];
+        elems = hd;
+        if (kind == MC_V4_ATTN_HCA)
+            elems += 3 * hd;
+        else if (kind == MC_V4_ATTN_CSA)
+            elems += 5 * hd + 5 * id;
+    } else if (d->attn == MC_ATTN_MLA)
         elems = (uint64_t)d->kv_lora_rank + d->qk_rope_dim +
                 (d->index_topk > 0 ? (uint64_t)d->index_head_dim : 0);
     else

@@ -79,7 +79,11 @@ mc_status mc_kv_pool_verify(const mc_kv_pool *pool, mc_err *err);
  *       K and V, 2 * ceil(n_kv_heads / tp) * head_dim
  *   MLA (DeepSeek-V3, V3.2): latent + rope key, kv_lora_rank + qk_rope_dim,
  *       the same on every TP rank, + index_head_dim for the V3.2 indexer keys
- * DeepSeek-V4's compressed caches are MC_ERR_UNSUPPORTED for now. A layer
+ *   DeepSeek-V4 (the step executor's pages, the same on every TP rank):
+ *       sliding-window layers head_dim; HCA 4 * head_dim (window row,
+ *       compressor kv + gate inputs, entry); CSA 6 * head_dim +
+ *       5 * index_head_dim (window row, compressor inputs 2 * 2 head_dim,
+ *       entry, indexer inputs 2 * 2 index_head_dim, key). A layer
  * out of range, tp < 1 or elem_bytes < 1 is MC_ERR_ARG. */
 mc_status mc_kv_block_bytes(const mc_model_desc *d, int layer, int tp, uint32_t block_size,
                             uint32_t elem_bytes, uint64_t *bytes, mc_err *err);

@@ -138,6 +138,10 @@ mc_status mc_forward_step(mc_model *m, mc_kv *kv, const int64_t *tokens, int n, 
 void mc_route_token(const mc_model_desc *d, const float *logits, const float *bias, int *idx,
                     float *weight);
 
+/* MC_FAULT_INJECT (parsed at load): this rank fails on reaching layer l,
+ * as the failure tests ask (exit, crash or hang); otherwise nothing. */
+void mc_fault_check(const mc_model *m, int l);
+
 /* Hands p (malloc'd) to the model, freed by mc_model_free; returns p, or
  * NULL (and frees p) when p is NULL or the list cannot grow. */
 void *mc_model_own(mc_model *m, void *p);

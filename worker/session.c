@@ -9,14 +9,29 @@
 #include "model.h"
 #include "model_quant.h"
 #include "parallel.h"
+#include "sched.h"
+#include "step.h"
 
 #include <stdlib.h>
+#include <string.h>
+
+/* KV memory a `score` pool may take per rank (see mc_sched_pool_blocks). */
+#define SCORE_KV_BUDGET (4ull << 30)
+/* Block size and step budget of the session's one sequence (_seq_*). */
+#define SEQ_BLOCK_SIZE 16u
+#define SEQ_BATCH_TOKENS 2048u
+/* The sequence id of _seq_* in its executor. */
+#define SEQ_ID 0u
 
 struct mc_session {
-    mc_comm *world; /* owned; NULL in a session without a world */
-    mc_backend *be; /* owned: the compute backend (probes, counters, path) */
-    mc_model *m;    /* owned once loaded */
-    mc_kv *kv;      /* owned: the sequence of _seq_* / _forward */
+    mc_comm *world;      /* owned; NULL in a session without a world */
+    mc_backend *be;      /* owned: the compute backend (probes, counters, path) */
+    mc_model *m;         /* owned once loaded */
+    mc_step_exec *ex;    /* owned: the executor of the sequence of _seq_* / _forward */
+    uint32_t seq_cap;    /* tokens reserved for that sequence */
+    uint32_t seq_budget; /* its executor's step budget */
+    mc_kv *kv;           /* owned: the same sequence on the per-call path (fallback) */
+    bool fallback_logged;
 };
 
 mc_status mc_session_open(int *argc, char ***argv, bool with_world, mc_session **out, mc_err *err) {
@@ -40,6 +55,7 @@ void mc_session_close(mc_session *s, bool abort_peers) {
     if (!s) return;
     if (abort_peers && s->world && mc_comm_size(s->world) > 1)
         mc_comm_world_abort(s->world, 1); /* peers may be blocked in a collective */
+    mc_step_exec_free(s->ex);
     mc_kv_free(s->kv);
     mc_model_free(s->m); /* frees its tp/ep/pp comms; borrows the world */
     mc_backend_free(s->be);
@@ -137,45 +153,197 @@ void mc_session_warm(const mc_session *s) {
     (void)sink;
 }
 
+/* ---- the per-call fallback ----
+ * Models and layouts the step executor does not run yet (mc_step_exec_init
+ * says MC_ERR_UNSUPPORTED, the same on every rank: family and layout) run
+ * on the per-call forward
+ * (exec.c, mc_model_forward). Everything about that path is here and in
+ * the `kv` branches below, to be deleted when every family runs on the
+ * executor. */
+
+/* Makes an executor, or says (*out NULL, MC_OK) that the fallback runs,
+ * logging why once. No collective: callers agree on the outcome. */
+static mc_status exec_make(mc_session *s, uint32_t n_blocks, uint32_t block_size,
+                           uint32_t batch_tokens, mc_step_exec **out, mc_err *err) {
+    *out = NULL;
+    mc_err why;
+    mc_err_clear(&why);
+    mc_status st = mc_step_exec_init(s->m, s->be, n_blocks, block_size, batch_tokens, out, &why);
+    if (st == MC_ERR_UNSUPPORTED) {
+        if (!s->fallback_logged)
+            MC_INFO("the step executor does not run this yet (%s); using the per-call forward "
+                    "path",
+                    why.msg);
+        s->fallback_logged = true;
+        return MC_OK;
+    }
+    if (st != MC_OK) *err = why;
+    return st;
+}
+
+/* Fallback score: every sequence whole (a causal model's logits before a
+ * position do not depend on later tokens), then rank 0 zeroes the
+ * positions past each length. */
+static mc_status score_fallback(mc_session *s, const int64_t *ids, int B, int T,
+                                const mc_score_opts *o, float *logits, mc_err *err) {
+    mc_status st = mc_exec_score(s->m, ids, B, T, o->decode_from, logits, err);
+    if (st != MC_OK || !o->lengths || !logits || mc_session_rank(s) != 0) return st;
+    size_t V = (size_t)s->m->d.vocab;
+    for (int b = 0; b < B; b++) {
+        size_t len = (size_t)o->lengths[b];
+        memset(logits + ((size_t)b * T + len) * V, 0, ((size_t)T - len) * V * sizeof *logits);
+    }
+    return MC_OK;
+}
+
 /* ---- running ---- */
 
 static mc_status need_model(const mc_session *s, mc_err *err) {
     return s->m ? MC_OK : mc_err_set(err, MC_ERR_ARG, "session: no model loaded");
 }
 
+mc_status mc_session_score_opts(mc_session *s, const int64_t *ids, int B, int T,
+                                const mc_score_opts *o, float *logits, mc_err *err) {
+    mc_status st = need_model(s, err);
+    if (st != MC_OK) return st;
+    uint32_t bs = o->kv_block_size ? o->kv_block_size : MC_SCORE_DEFAULT_BLOCK_SIZE;
+    mc_sched_job job = {.B = B,
+                        .T = T,
+                        .ids = ids,
+                        .lengths = o->lengths,
+                        .decode_from = o->decode_from,
+                        .max_batch_tokens = o->max_batch_tokens ? o->max_batch_tokens
+                                                                : MC_SCORE_DEFAULT_BATCH_TOKENS};
+    /* no step can hold more than the busiest group's tokens: scratch for no more */
+    int dp = s->m->lay.dp > 0 ? s->m->lay.dp : 1;
+    uint64_t busiest = 0;
+    for (int g = 0; g < dp; g++) {
+        uint64_t sum = 0;
+        for (int b = g; b < B; b += dp)
+            sum += o->lengths ? (uint64_t)o->lengths[b] : (uint64_t)T;
+        busiest = sum > busiest ? sum : busiest;
+    }
+    if (busiest >= 1 && busiest < job.max_batch_tokens) job.max_batch_tokens = (uint32_t)busiest;
+    mc_step_exec *ex = NULL;
+    st = exec_make(s, mc_sched_pool_blocks(s->m, &job, bs, SCORE_KV_BUDGET), bs,
+                   job.max_batch_tokens, &ex, err);
+    if ((st = mc_session_agree(s, st, err)) != MC_OK) {
+        mc_step_exec_free(ex);
+        return st;
+    }
+    if (!ex) return score_fallback(s, ids, B, T, o, logits, err);
+    st = mc_sched_score(s->m, ex, &job, logits, err);
+    mc_step_exec_free(ex);
+    return st;
+}
+
 mc_status mc_session_score(mc_session *s, const int64_t *ids, int B, int T, int decode_from,
                            float *logits, mc_err *err) {
-    mc_status st = need_model(s, err);
-    return st != MC_OK ? st : mc_exec_score(s->m, ids, B, T, decode_from, logits, err);
+    mc_score_opts o = {.decode_from = decode_from};
+    return mc_session_score_opts(s, ids, B, T, &o, logits, err);
 }
 
 mc_status mc_session_seq_init(mc_session *s, int cap, mc_err *err) {
     mc_status st = need_model(s, err);
     if (st != MC_OK) return st;
+    if (cap < 1) return mc_err_set(err, MC_ERR_ARG, "session: a sequence of %d tokens", cap);
+    mc_step_exec_free(s->ex);
     mc_kv_free(s->kv);
+    s->ex = NULL;
     s->kv = NULL;
-    return mc_kv_create(s->m, cap, &s->kv, err);
+    s->seq_cap = (uint32_t)cap;
+    s->seq_budget = s->seq_cap < SEQ_BATCH_TOKENS ? s->seq_cap : SEQ_BATCH_TOKENS;
+    uint32_t n_blocks = (s->seq_cap + SEQ_BLOCK_SIZE - 1) / SEQ_BLOCK_SIZE;
+    if ((st = exec_make(s, n_blocks, SEQ_BLOCK_SIZE, s->seq_budget, &s->ex, err)) != MC_OK)
+        return st;
+    if (!s->ex) return mc_kv_create(s->m, cap, &s->kv, err); /* fallback */
+    st = mc_kv_pool_reserve(mc_step_exec_pool(s->ex), SEQ_ID, s->seq_cap, err);
+    if (st != MC_OK) {
+        mc_step_exec_free(s->ex);
+        s->ex = NULL;
+    }
+    return st;
 }
 
 void mc_session_seq_reset(mc_session *s) {
     if (s->kv) mc_kv_reset(s->kv);
+    if (!s->ex) return;
+    mc_err e;
+    mc_err_clear(&e);
+    /* the blocks go back and are taken again: the pool holds exactly them */
+    (void)mc_step_exec_release(s->ex, SEQ_ID, &e);
+    (void)mc_kv_pool_reserve(mc_step_exec_pool(s->ex), SEQ_ID, s->seq_cap, &e);
 }
 
 static mc_status need_seq(const mc_session *s, mc_err *err) {
-    return s->kv ? MC_OK
-                 : mc_err_set(err, MC_ERR_ARG, "session: no sequence (mc_session_seq_init)");
+    return s->ex || s->kv
+               ? MC_OK
+               : mc_err_set(err, MC_ERR_ARG, "session: no sequence (mc_session_seq_init)");
+}
+
+/* n tokens of the sequence through the executor, in steps of at most the
+ * budget; active = false runs the same number of empty steps (an idle dp
+ * group). Logits: last_only, the last token's row [V] into logits; else
+ * every token's rows [n, V]. logits may be NULL when not an output rank. */
+static mc_status seq_steps(mc_session *s, const int64_t *tokens, int n, bool active, bool last_only,
+                           float *logits, mc_err *err) {
+    uint32_t budget = s->seq_budget, chunk = (uint32_t)n < budget ? (uint32_t)n : budget;
+    size_t V = (size_t)s->m->d.vocab;
+    uint32_t *tmp = mc_malloc_n(chunk ? chunk : 1, sizeof *tmp); /* (chunk) token ids */
+    if (!tmp) return mc_err_set(err, MC_ERR_NOMEM, "session: out of memory");
+    mc_step_plan plan;
+    mc_step_plan_init(&plan);
+    mc_status st = MC_OK;
+    for (uint32_t done = 0; done < (uint32_t)n;) {
+        uint32_t c = (uint32_t)n - done < budget ? (uint32_t)n - done : budget;
+        bool last = done + c == (uint32_t)n;
+        mc_step_plan_free(&plan);
+        if (active) {
+            uint32_t start = mc_step_exec_seq_len(s->ex, SEQ_ID), nb = 0;
+            const uint32_t *bt = mc_kv_pool_table(mc_step_exec_pool(s->ex), SEQ_ID, &nb);
+            for (uint32_t i = 0; i < c; i++)
+                tmp[i] = (uint32_t)tokens[done + i];
+            mc_logits_mode mode = !last_only ? MC_LOGITS_ALL
+                                  : last     ? MC_LOGITS_LAST
+                                             : MC_LOGITS_NONE;
+            if ((st = mc_step_plan_add_seq(&plan, SEQ_ID, start, tmp, c, bt, nb, mode, 0, err)) !=
+                MC_OK)
+                break;
+        }
+        float *out = !logits ? NULL : last_only ? logits : logits + (size_t)done * V;
+        if ((st = mc_step_exec_run(s->ex, &plan, out, err)) != MC_OK) break;
+        done += c;
+    }
+    mc_step_plan_free(&plan);
+    free(tmp);
+    return st;
 }
 
 mc_status mc_session_seq_last(mc_session *s, const int64_t *tokens, int n, float *logits,
                               mc_err *err) {
     mc_status st = need_seq(s, err);
-    return st != MC_OK ? st : mc_exec_last(s->m, s->kv, tokens, n, logits, err);
+    if (st != MC_OK) return st;
+    if (s->kv) return mc_exec_last(s->m, s->kv, tokens, n, logits, err); /* fallback */
+    /* dp group 0 runs the sequence, the others idle in lockstep */
+    const mc_model *m = s->m;
+    bool active = m->lay.dp_rank == 0, out_rank = active && mc_model_is_output(m);
+    int me = m->lay.rank;
+    float *buf = NULL; /* [V] the output rank's row when it is not rank 0 */
+    if (out_rank && me != 0 && !(buf = mc_malloc_n((size_t)m->d.vocab, sizeof *buf)))
+        return mc_err_set(err, MC_ERR_NOMEM, "out of memory");
+    st = seq_steps(s, tokens, n, active, true, !out_rank ? NULL : me == 0 ? logits : buf, err);
+    if (st == MC_OK) st = mc_exec_gather(s->m, 1, (size_t)m->d.vocab, buf, logits, err);
+    free(buf);
+    return st;
 }
 
 mc_status mc_session_forward(mc_session *s, const int64_t *tokens, int n, float *logits,
                              bool last_only, mc_err *err) {
     mc_status st = need_seq(s, err);
-    return st != MC_OK ? st : mc_model_forward(s->m, s->kv, tokens, n, logits, last_only, err);
+    if (st != MC_OK) return st;
+    if (s->kv) /* fallback */
+        return mc_model_forward(s->m, s->kv, tokens, n, logits, last_only, err);
+    return seq_steps(s, tokens, n, true, last_only, logits, err);
 }
 
 mc_status mc_session_stats_report(mc_session *s, FILE *out, double wall_s, mc_err *err) {

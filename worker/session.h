@@ -7,7 +7,7 @@
  *   mc_session_load    the model or this rank's share of it, the options
  *                      applied (--weights, --no-verify, --stats); fails on
  *                      every rank together when it fails on any
- *   mc_session_score / _seq_* / _forward   the schedules the commands run
+ *   mc_session_score(_opts) / _seq_* / _forward   the schedules the commands run
  *   mc_session_close   frees everything in order, finalizes MPI last
  *
  * The session hides the model's and the kernels' types: a command needs
@@ -84,15 +84,37 @@ bool mc_session_is_shard_set(const char *dir);
 
 /* ---- running ---- */
 
-/* Collective: logits [B, T, V] of B sequences of T tokens (ids [B, T], needed
- * on rank 0 at least), the first decode_from tokens as one step (all when
- * <= 0), the rest one at a time. logits is written on rank 0 only (NULL
- * elsewhere is fine). */
+/* Defaults of `score`'s step budget (--max-batch-tokens, as vLLM's
+ * max_num_batched_tokens) and KV block size (--kv-block-size). */
+#define MC_SCORE_DEFAULT_BATCH_TOKENS 2048u
+#define MC_SCORE_DEFAULT_BLOCK_SIZE 16u
+
+/* How to score (mc_session_score_opts). */
+typedef struct {
+    const int64_t *lengths; /* [B] tokens each sequence runs, 1..T (borrowed); NULL = all T */
+    int decode_from;        /* prefill the first K, the rest one token per step; <= 0: all */
+    uint32_t max_batch_tokens; /* new tokens per step; 0 = MC_SCORE_DEFAULT_BATCH_TOKENS */
+    uint32_t kv_block_size;    /* positions per KV block; 0 = MC_SCORE_DEFAULT_BLOCK_SIZE */
+} mc_score_opts;
+
+/* Collective: logits [B, T, V] of B sequences of T tokens (ids [B, T] on
+ * every rank), scheduled into steps of the step executor (sched.h: per dp
+ * group, FCFS, chunked prefill within the budget, paged KV). Positions at
+ * or past a sequence's length are 0. The pool holds the blocks of every
+ * sequence of the busiest dp group, capped at 4 GiB of KV per rank, but at
+ * least the longest sequence. Families and layouts the executor does not
+ * run yet take the per-call path (logged once). logits is written on rank
+ * 0 only (NULL elsewhere is fine). */
+mc_status mc_session_score_opts(mc_session *s, const int64_t *ids, int B, int T,
+                                const mc_score_opts *o, float *logits, mc_err *err);
+/* = mc_session_score_opts with decode_from and the defaults otherwise. */
 mc_status mc_session_score(mc_session *s, const int64_t *ids, int B, int T, int decode_from,
                            float *logits, mc_err *err);
 
-/* One sequence held by the session: a KV cache of cap tokens (replaces an
- * earlier one), emptied again by _seq_reset. */
+/* One sequence held by the session: a step executor with blocks for cap
+ * tokens (replaces an earlier one; the per-call path's KV cache where the
+ * executor does not run the model yet), emptied again by _seq_reset. Not
+ * collective: callers agree on the outcome. */
 mc_status mc_session_seq_init(mc_session *s, int cap, mc_err *err);
 void mc_session_seq_reset(mc_session *s);
 /* Collective: n tokens of the sequence through every rank's share; the

@@ -8,6 +8,7 @@
 #include "step_internal.h"
 
 #include "attention.h"
+#include "nonfinite.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -217,13 +218,15 @@ static mc_status bind_layer(mc_step_exec *ex, int l, mc_err *err)
     if (o->has_bias &&
         (st = mc_step_vec(ex, w->score_bias, E, "score_bias", &o->bias, err)) != MC_OK)
         return st;
-    o->gate = calloc((size_t)3 * E, sizeof *o->gate);
+    /* this rank's routed experts [expert0, expert1), indexed from 0 */
+    int e0 = ex->m->lay.expert0, ne = ex->m->lay.expert1 - e0;
+    o->gate = calloc((size_t)3 * (ne > 0 ? ne : 1), sizeof *o->gate);
     if (!o->gate)
         return mc_err_set(err, MC_ERR_NOMEM, "step: out of memory for layer %d's experts", l);
-    o->up = o->gate + E;
-    o->down = o->gate + 2 * E;
-    for (int e = 0; e < E; e++) {
-        const mc_ffn_w *f = &w->experts[e];
+    o->up = o->gate + ne;
+    o->down = o->gate + 2 * ne;
+    for (int e = 0; e < ne; e++) {
+        const mc_ffn_w *f = &w->experts[e0 + e];
         if ((st = mc_step_mat(ex, &f->gate, "expert gate", &o->gate[e], err)) != MC_OK ||
             (st = mc_step_mat(ex, &f->up, "expert up", &o->up[e], err)) != MC_OK ||
             (st = mc_step_mat(ex, &f->down, "expert down", &o->down[e], err)) != MC_OK)
@@ -237,11 +240,6 @@ static mc_status bind_layer(mc_step_exec *ex, int l, mc_err *err)
 static mc_status supported(const mc_model *m, mc_err *err)
 {
     const mc_model_desc *d = &m->d;
-    if (m->lay.tp != 1 || m->lay.ep != 1 || m->lay.pp != 1)
-        return mc_err_set(err, MC_ERR_UNSUPPORTED,
-                          "step executor: a parallel layout (tp, ep or pp > 1) (%s) is not "
-                          "supported yet",
-                          d->model_type);
     if (d->family == MC_FAM_DEEPSEEK_V4)
         return mc_step_v4_supported(m, err);
     if (d->router == MC_ROUTER_LLAMA4 && d->n_experts_per_tok != 1)
@@ -312,7 +310,7 @@ static mc_status alloc_cache(mc_step_exec *ex, mc_err *err)
 {
     const mc_model_desc *d = &ex->m->d;
     mc_status st;
-    for (int l = 0; l < d->n_layers; l++)
+    for (int l = ex->m->lay.layer0; l < ex->m->lay.layer1; l++)
         if ((st = mc_step_alloc_attn_pages(ex, l, err)) != MC_OK)
             return st;
     int half = d->rope.dim / 2;
@@ -376,12 +374,18 @@ mc_status mc_step_exec_init(mc_model *m, mc_backend *be, uint32_t n_blocks, uint
         *out = ex;
         return MC_OK;
     }
-    if ((st = mc_step_mat(ex, &m->embed, "embed", &ex->embed, err)) != MC_OK ||
-        (st = mc_step_mat(ex, &m->lm_head, "lm_head", &ex->lm_head, err)) != MC_OK ||
-        (st = mc_step_vec(ex, m->final_norm, d->hidden, "final_norm", &ex->final_norm, err)) !=
-            MC_OK)
+    /* this rank's share: the embedding on the first stage, the final norm
+     * and the LM head's vocabulary slice on the last, the stage's layers */
+    ex->first = m->lay.stage == 0;
+    ex->last = m->lay.stage == m->lay.pp - 1;
+    if (ex->first && (st = mc_step_mat(ex, &m->embed, "embed", &ex->embed, err)) != MC_OK)
         goto fail;
-    for (int l = 0; l < d->n_layers; l++)
+    if (ex->last &&
+        ((st = mc_step_mat(ex, &m->lm_head, "lm_head", &ex->lm_head, err)) != MC_OK ||
+         (st = mc_step_vec(ex, m->final_norm, d->hidden, "final_norm", &ex->final_norm, err)) !=
+             MC_OK))
+        goto fail;
+    for (int l = m->lay.layer0; l < m->lay.layer1; l++)
         if ((st = bind_layer(ex, l, err)) != MC_OK)
             goto fail;
     if ((st = alloc_cache(ex, err)) != MC_OK)
@@ -394,6 +398,13 @@ mc_status mc_step_exec_init(mc_model *m, mc_backend *be, uint32_t n_blocks, uint
     carve_all(ex, &c, err);
     if ((st = c.st) != MC_OK)
         goto fail;
+    /* the collectives move activations through host memory for now (MPI) */
+    if ((m->lay.tp > 1 || m->lay.ep > 1 || m->lay.pp > 1) && !mc_buffer_host(c.buf)) {
+        st = mc_err_set(err, MC_ERR_UNSUPPORTED,
+                        "step executor: a parallel layout on a backend without host memory "
+                        "needs a device communicator (not yet)");
+        goto fail;
+    }
     *out = ex;
     return MC_OK;
 fail:
@@ -419,6 +430,7 @@ void mc_step_exec_free(mc_step_exec *ex)
     free(ex->host);
     free(ex->layers);
     mc_buffer_free(ex->bt_buf);
+    mc_buffer_free(ex->ep_buf);
     mc_kv_pool_free(ex->pool);
     mc_arena_free(ex->arena);
     free(ex->lens);
@@ -483,12 +495,81 @@ static mc_status table_tensor(mc_step_exec *ex, int64_t ns, int64_t maxb, const 
     return mc_tensor_init_2d(out, ex->bt_buf, 0, MC_DT_I32, ns, maxb, err);
 }
 
+/* The decoder stack of this rank's stage on the step's n tokens: embed (the
+ * first stage; a vocabulary slice completed by the tp all-reduce) or the
+ * previous stage's activations, the stage's blocks, then the next stage or
+ * the final norm and LM head. Every collective is named here or in
+ * step_block.c. */
+static mc_status stack(mc_step_exec *ex, mc_step_views *s, int64_t nl, float *logits, mc_err *err)
+{
+    mc_model *m = ex->m;
+    const mc_layout *lay = &m->lay;
+    int L = m->d.n_layers;
+    size_t nH = (size_t)s->n * (size_t)m->d.hidden;
+    mc_status st;
+    if (ex->first) {
+        double t = m->stats ? mc_now_s() : 0;
+        if ((st = mc_op_embed(ex->be, &ex->embed, &s->tok, lay->vocab0, &s->x, err)) != MC_OK ||
+            (lay->tp > 1 && ((st = mc_backend_synchronize(ex->be, err)) != MC_OK ||
+                             (st = mc_tp_all_reduce(m, MC_STAT_HEAD(L), mc_step_host(&s->x), nH,
+                                                    err)) != MC_OK)))
+            return st;
+        if ((st = mc_step_nf(ex, MC_NF_INPUT, 0, &s->x, s->hx->pos, s->hx->tok, err)) != MC_OK)
+            return st;
+        if (m->stats)
+            m->stats[MC_STAT_HEAD(L)].t_total += mc_now_s() - t;
+    } else if ((st = mc_par_recv(m, m->pp_comm, MC_STAT_PIPE(L), lay->stage - 1,
+                                 mc_step_host(&s->x), nH * sizeof(float), err)) != MC_OK) {
+        return st;
+    }
+    for (int l = lay->layer0; l < lay->layer1; l++) {
+        double t = m->stats ? mc_now_s() : 0;
+        mc_fault_check(m, l);
+        if ((st = mc_step_block(ex, l, s, err)) != MC_OK)
+            return st;
+        if (m->stats) {
+            m->stats[l].t_total += mc_now_s() - t;
+            m->stats[l].steps++;
+        }
+    }
+    if (!ex->last)
+        return (st = mc_backend_synchronize(ex->be, err)) != MC_OK
+                   ? st
+                   : mc_par_send(m, m->pp_comm, MC_STAT_PIPE(L), lay->stage + 1,
+                                 mc_step_host(&s->x), nH * sizeof(float), err);
+    if (nl == 0)
+        return MC_OK;
+    double t = m->stats ? mc_now_s() : 0;
+    st = mc_step_head(ex, s, nl, logits, err);
+    if (m->stats) {
+        m->stats[MC_STAT_HEAD(L)].t_total += mc_now_s() - t;
+        m->stats[MC_STAT_HEAD(L)].steps++;
+    }
+    return st;
+}
+
+/* An empty plan: this dp group has nothing to run, but its stage's expert
+ * exchange waits for every rank of the ep group. */
+static mc_status idle_step(mc_step_exec *ex, mc_err *err)
+{
+    const mc_layout *lay = &ex->m->lay;
+    mc_status st;
+    for (int l = lay->layer0; l < lay->layer1; l++) /* failure tests reach idle ranks too */
+        mc_fault_check(ex->m, l);
+    if (lay->ep == 1 || ex->m->d.family == MC_FAM_DEEPSEEK_V4)
+        return MC_OK;
+    for (int l = lay->layer0; l < lay->layer1; l++)
+        if (ex->layers[l].moe && (st = mc_step_moe_idle(ex, l, err)) != MC_OK)
+            return st;
+    return MC_OK;
+}
+
 mc_status mc_step_exec_run(mc_step_exec *ex, const mc_step_plan *plan, float *logits, mc_err *err)
 {
     mc_step_limits lim;
     mc_step_exec_limits(ex, &lim);
     if (plan && plan->n_seqs == 0)
-        return MC_OK; /* an idle step (a dp group with nothing to run) */
+        return idle_step(ex, err); /* a dp group with nothing to run */
     mc_status st = mc_step_plan_check(plan, &lim, err);
     if (st != MC_OK)
         return st;
@@ -503,7 +584,7 @@ mc_status mc_step_exec_run(mc_step_exec *ex, const mc_step_plan *plan, float *lo
         maxb = q->n_blocks > maxb ? q->n_blocks : maxb;
     }
     int64_t n = (int64_t)mc_step_plan_tokens(plan), nl = (int64_t)mc_step_plan_logit_rows(plan);
-    if (nl > 0 && !logits)
+    if (nl > 0 && !logits && mc_model_is_output(ex->m))
         return mc_err_set(err, MC_ERR_ARG, "step: logits is NULL but the plan wants %lld rows",
                           (long long)nl);
     if ((st = len_reserve(ex, ns, err)) != MC_OK)
@@ -516,7 +597,8 @@ mc_status mc_step_exec_run(mc_step_exec *ex, const mc_step_plan *plan, float *lo
     int32_t *pos = mc_arena_alloc_n(ex->arena, (size_t)n, sizeof *pos);
     int32_t *rows = mc_arena_alloc_n(ex->arena, (size_t)(nl > 0 ? nl : 1), sizeof *rows);
     int32_t *bt = mc_arena_alloc_n(ex->arena, (size_t)ns * maxb, sizeof *bt);
-    if (!tok || !seq || !pos || !rows || !bt)
+    uint32_t *nblk = mc_arena_alloc_n(ex->arena, (size_t)ns, sizeof *nblk);
+    if (!tok || !seq || !pos || !rows || !bt || !nblk)
         return mc_err_set(err, MC_ERR_NOMEM, "step: out of memory for the index of %lld tokens",
                           (long long)n);
     int64_t t = 0, r = 0;
@@ -524,6 +606,7 @@ mc_status mc_step_exec_run(mc_step_exec *ex, const mc_step_plan *plan, float *lo
         const mc_step_seq *q = &plan->seqs[i];
         for (uint32_t j = 0; j < maxb; j++)
             bt[(size_t)i * maxb + j] = j < q->n_blocks ? (int32_t)q->blocks[j] : 0;
+        nblk[i] = q->n_blocks;
         for (uint32_t j = 0; j < q->n_tokens; j++, t++) {
             tok[t] = (int32_t)q->tokens[j];
             seq[t] = (int32_t)i;
@@ -533,7 +616,7 @@ mc_status mc_step_exec_run(mc_step_exec *ex, const mc_step_plan *plan, float *lo
         }
     }
     mc_step_host_ix hx = {.n = n, .nl = nl, .ns = ns, .maxb = maxb,
-                          .tok = tok, .seq = seq, .pos = pos, .rows = rows, .bt = bt};
+                          .tok = tok, .seq = seq, .pos = pos, .rows = rows, .bt = bt, .nblk = nblk};
     if (ex->m->d.family == MC_FAM_DEEPSEEK_V4) {
         if ((st = mc_step_v4_forward(ex, &hx, logits, err)) != MC_OK)
             return st;
@@ -550,15 +633,10 @@ mc_status mc_step_exec_run(mc_step_exec *ex, const mc_step_plan *plan, float *lo
     if (nl > 0 && ((st = mc_tensor_view_rows(&ex->rows, 0, nl, &rv, err)) != MC_OK ||
                    (st = mc_tensor_upload(&rv, rows, err)) != MC_OK))
         return st;
+    s.hx = &hx;
     if ((st = mc_step_attn_index(ex, &hx, &s, err)) != MC_OK)
         return st;
-    /* the decoder stack */
-    if ((st = mc_op_embed(ex->be, &ex->embed, &s.tok, 0, &s.x, err)) != MC_OK)
-        return st;
-    for (int l = 0; l < ex->m->d.n_layers; l++)
-        if ((st = mc_step_block(ex, l, &s, err)) != MC_OK)
-            return st;
-    if (nl > 0 && (st = mc_step_head(ex, &s, nl, logits, err)) != MC_OK)
+    if ((st = stack(ex, &s, nl, logits, err)) != MC_OK)
         return st;
 done:
     for (uint32_t i = 0; i < ns; i++)

@@ -1,11 +1,15 @@
 /* step_attn.c - the step executor's attention: binding each family's
  * attention weights, its KV pages, its scratch, and the attention sub-layer
- * of one step (GQA or MLA over the paged cache) as backend ops only.
+ * of one step (GQA or MLA over the paged cache) as backend ops only:
+ * Qwen3 q/k norms; Llama 4's NoPE layers, chunked attention, QK L2 norm and
+ * NoPE-layer query temperature; Mistral 4's position-dependent query scale;
+ * DeepSeek-V3.2's lightning indexer choosing the positions MLA keeps.
  *
  * Head counts are this rank's (ex->nh query heads, ex->nkv KV heads): under
  * tensor parallelism the model binds only its heads' rows and columns. */
 #include "step_internal.h"
 
+#include <math.h>
 #include <stdlib.h>
 
 static mc_status flat(const mc_tensor *t, int64_t a, int64_t b, mc_tensor *out, mc_err *err)
@@ -77,6 +81,15 @@ static mc_status bind_mla(mc_step_exec *ex, const mc_layer_w *w, mc_step_layer *
         (st = mc_step_vec(ex, w->kv_a_norm, d->kv_lora_rank, "kv_a_norm", &o->kv_a_norm, err)) !=
             MC_OK)
         return st;
+    if (d->index_topk > 0 &&
+        ((st = mc_step_mat(ex, &w->idx_wq_b, "idx_wq_b", &o->idx_wq_b, err)) != MC_OK ||
+         (st = mc_step_mat(ex, &w->idx_wk, "idx_wk", &o->idx_wk, err)) != MC_OK ||
+         (st = mc_step_vec(ex, w->idx_k_norm, d->index_head_dim, "idx_k_norm", &o->idx_k_norm,
+                           err)) != MC_OK ||
+         (st = mc_step_vec(ex, w->idx_k_bias, d->index_head_dim, "idx_k_bias", &o->idx_k_bias,
+                           err)) != MC_OK ||
+         (st = mc_step_mat(ex, &w->idx_weights, "idx_weights", &o->idx_weights, err)) != MC_OK))
+        return st;
     return bind_kv_b(ex, &w->kv_b, o, err);
 }
 
@@ -84,13 +97,17 @@ mc_status mc_step_attn_supported(const mc_model *m, mc_err *err)
 {
     const mc_model_desc *d = &m->d;
     const char *why = NULL;
-    if (d->attn == MC_ATTN_MLA && d->index_topk > 0)
-        why = "the DeepSeek-V3.2 sparse-attention indexer";
-    else if (d->attn_chunk > 0 || d->qk_l2norm || d->attn_temp_tuning || d->llama4_beta != 0)
-        why = "Llama 4 / Mistral 4 attention variants";
-    for (int l = 0; !why && l < d->n_layers; l++)
-        if (!d->layer_rope[l])
-            why = "NoPE layers";
+    int nope_layers = 0;
+    for (int l = 0; l < d->n_layers; l++)
+        nope_layers |= !d->layer_rope[l];
+    /* the combinations the per-sequence path does not implement either */
+    if (d->attn == MC_ATTN_MLA && d->index_topk > 0 && d->q_lora_rank <= 0)
+        why = "the DeepSeek-V3.2 indexer without a query LoRA";
+    else if (d->attn == MC_ATTN_MLA &&
+             (d->attn_chunk > 0 || d->qk_l2norm || d->attn_temp_tuning || nope_layers))
+        why = "MLA with Llama 4 attention variants (chunks, QK L2 norm, NoPE layers)";
+    else if (d->attn == MC_ATTN_GQA && (d->llama4_beta != 0 || d->index_topk > 0))
+        why = "GQA with the Mistral 4 query scale or the DeepSeek-V3.2 indexer";
     if (why)
         return mc_err_set(err, MC_ERR_UNSUPPORTED, "step executor: %s (%s) is not supported yet",
                           why, d->model_type);
@@ -100,11 +117,23 @@ mc_status mc_step_attn_supported(const mc_model *m, mc_err *err)
 mc_status mc_step_attn_index(mc_step_exec *ex, const mc_step_host_ix *hx, mc_step_views *s,
                              mc_err *err)
 {
-    (void)ex;
-    (void)hx;
-    (void)s;
-    (void)err;
-    return MC_OK; /* no per-token attention data yet */
+    const mc_model_desc *d = &ex->m->d;
+    if (d->llama4_beta == 0 && !d->attn_temp_tuning)
+        return MC_OK;
+    /* (n) query scales from the positions, as worker/attention.c computes them */
+    float *qs = mc_arena_alloc_n(ex->arena, (size_t)hx->n, sizeof *qs);
+    if (!qs)
+        return mc_err_set(err, MC_ERR_NOMEM, "step: out of memory for %lld query scales",
+                          (long long)hx->n);
+    for (int64_t t = 0; t < hx->n; t++) {
+        double p = hx->pos[t];
+        qs[t] = d->attn == MC_ATTN_MLA /* Mistral 4: the whole query, every layer */
+                    ? (float)(1.0 + d->llama4_beta * log(1.0 + floor(p / d->llama4_orig_max)))
+                    /* Llama 4: NoPE layers' temperature */
+                    : (float)(log1p(floor((p + 1.0) / d->attn_floor_scale)) * d->attn_temp_scale +
+                              1.0);
+    }
+    return mc_tensor_upload(&s->qscale, qs, err);
 }
 
 mc_status mc_step_bind_attn(mc_step_exec *ex, int l, mc_err *err)
@@ -159,8 +188,18 @@ mc_status mc_step_alloc_attn_pages(mc_step_exec *ex, int l, mc_err *err)
     int64_t kv[4] = {nb, bs, ex->nkv, d->head_dim};
     int64_t lat[3] = {nb, bs, d->kv_lora_rank}, pe[3] = {nb, bs, d->qk_rope_dim};
     mc_step_layer *o = &ex->layers[l];
-    return d->attn == MC_ATTN_MLA ? alloc_pages(ex, 3, lat, pe, &o->lat_pages, &o->pe_pages, err)
-                                  : alloc_pages(ex, 4, kv, kv, &o->k_pages, &o->v_pages, err);
+    if (d->attn != MC_ATTN_MLA)
+        return alloc_pages(ex, 4, kv, kv, &o->k_pages, &o->v_pages, err);
+    mc_status st = alloc_pages(ex, 3, lat, pe, &o->lat_pages, &o->pe_pages, err);
+    if (st != MC_OK || d->index_topk <= 0)
+        return st;
+    /* V3.2 indexer keys (n_blocks, block_size, id) */
+    int64_t ik[3] = {nb, bs, d->index_head_dim};
+    mc_buffer *b;
+    if ((st = mc_step_alloc_buf(ex, (size_t)(nb * bs * ik[2]) * sizeof(float),
+                                "indexer key pages", &b, err)) != MC_OK)
+        return st;
+    return mc_tensor_init(&o->idx_pages, b, 0, MC_DT_F32, 3, ik, err);
 }
 
 void mc_step_carve_attn(mc_step_exec *ex, mc_step_carver *c, mc_err *err)
@@ -181,7 +220,16 @@ void mc_step_carve_attn(mc_step_exec *ex, mc_step_carver *c, mc_err *err)
         mc_step_carve(c, &ex->lat, MC_DT_F32, 2, T, lr, 0, err);
         mc_step_carve(c, &ex->qlat, MC_DT_F32, 3, T, nh, lr, err);
         mc_step_carve(c, &ex->olat, MC_DT_F32, 3, T, nh, lr, err);
+        if (d->index_topk > 0) {
+            int64_t ih = d->index_n_heads, id = d->index_head_dim;
+            mc_step_carve(c, &ex->iq, MC_DT_F32, 3, T, ih, id, err);
+            mc_step_carve(c, &ex->ik, MC_DT_F32, 2, T, id, 0, err);
+            mc_step_carve(c, &ex->iw, MC_DT_F32, 2, T, ih, 0, err);
+            mc_step_carve(c, &ex->isel, MC_DT_I32, 2, T, d->index_topk, 0, err);
+        }
     }
+    if (d->llama4_beta != 0 || d->attn_temp_tuning)
+        mc_step_carve(c, &ex->qscale, MC_DT_F32, 1, T, 0, 0, err);
 }
 
 mc_status mc_step_views_attn(mc_step_exec *ex, int64_t n, mc_step_views *s, mc_err *err)
@@ -209,19 +257,33 @@ mc_status mc_step_views_attn(mc_step_exec *ex, int64_t n, mc_step_views *s, mc_e
         TRY(mc_tensor_view_rows(&ex->olat, 0, n, &s->olat, err));
         TRY(flat(&s->qlat, n, nh * lr, &s->qlat2, err));
         TRY(flat(&s->olat, n, nh * lr, &s->olat2, err));
+        if (d->index_topk > 0) {
+            TRY(mc_tensor_view_rows(&ex->iq, 0, n, &s->iq, err));
+            TRY(flat(&s->iq, n, s->iq.shape[1] * s->iq.shape[2], &s->iq2, err));
+            TRY(mc_tensor_view_rows(&ex->ik, 0, n, &s->ik, err));
+            TRY(mc_tensor_view_rows(&ex->iw, 0, n, &s->iw, err));
+            TRY(mc_tensor_view_rows(&ex->isel, 0, n, &s->isel, err));
+        }
     }
+    if (d->llama4_beta != 0 || d->attn_temp_tuning)
+        TRY(mc_tensor_view_rows(&ex->qscale, 0, n, &s->qscale, err));
 fail:
     return st;
 }
 
-/* tmp = GQA attention of xn: q/k/v, per-head q/k norms, rope, write K and V
- * to the pages, attention over them, o. */
-static mc_status attn_gqa(mc_step_exec *ex, mc_step_layer *w, mc_step_views *s, mc_err *err)
+/* tmp = GQA attention of xn, layer l: q/k/v, per-head q/k norms, rope (not
+ * on NoPE layers), Llama 4's weightless QK norm (RoPE layers), write K and V
+ * to the pages, attention over them (chunked on Llama 4's RoPE layers, the
+ * query temperature on its NoPE layers), o. */
+static mc_status attn_gqa(mc_step_exec *ex, int l, mc_step_layer *w, mc_step_views *s,
+                          mc_err *err)
 {
     const mc_model_desc *d = &ex->m->d;
     mc_backend *be = ex->be;
-    int inter = d->rope.style == MC_ROPE_INTERLEAVED;
-    mc_attn_opts ao = {.scale = d->attn_scale, .chunk = 0, .q_scale = NULL};
+    int inter = d->rope.style == MC_ROPE_INTERLEAVED, rope = d->layer_rope[l];
+    mc_attn_opts ao = {.scale = d->attn_scale,
+                       .chunk = rope ? d->attn_chunk : 0,
+                       .q_scale = d->attn_temp_tuning && !rope ? &s->qscale : NULL};
     mc_tensor qr = s->q, kr = s->k; /* the rotated dims of each head */
     mc_status st;
     TRY(mc_op_matmul(be, &w->wq, &s->xn, &s->q2, err));
@@ -231,12 +293,18 @@ static mc_status attn_gqa(mc_step_exec *ex, mc_step_layer *w, mc_step_views *s, 
         TRY(mc_op_rmsnorm(be, &s->qh, &w->q_norm, d->norm_eps, &s->qh, err));
         TRY(mc_op_rmsnorm(be, &s->kh, &w->k_norm, d->norm_eps, &s->kh, err));
     }
-    if (d->rope.dim != d->head_dim) {
-        TRY(mc_tensor_view_cols(&s->q, 0, d->rope.dim, &qr, err));
-        TRY(mc_tensor_view_cols(&s->k, 0, d->rope.dim, &kr, err));
+    if (rope) {
+        if (d->rope.dim != d->head_dim) {
+            TRY(mc_tensor_view_cols(&s->q, 0, d->rope.dim, &qr, err));
+            TRY(mc_tensor_view_cols(&s->k, 0, d->rope.dim, &kr, err));
+        }
+        TRY(mc_op_rope(be, &qr, &s->ix.pos, &ex->cs, &ex->sn, inter, err));
+        TRY(mc_op_rope(be, &kr, &s->ix.pos, &ex->cs, &ex->sn, inter, err));
+        if (d->qk_l2norm) {
+            TRY(mc_op_rmsnorm(be, &s->qh, NULL, d->norm_eps, &s->qh, err));
+            TRY(mc_op_rmsnorm(be, &s->kh, NULL, d->norm_eps, &s->kh, err));
+        }
     }
-    TRY(mc_op_rope(be, &qr, &s->ix.pos, &ex->cs, &ex->sn, inter, err));
-    TRY(mc_op_rope(be, &kr, &s->ix.pos, &ex->cs, &ex->sn, inter, err));
     TRY(mc_op_kv_write(be, &s->ix, &s->k, &w->k_pages, err));
     TRY(mc_op_kv_write(be, &s->ix, &s->v, &w->v_pages, err));
     TRY(mc_op_attention(be, &s->q, &w->k_pages, &w->v_pages, &s->ix, &ao, &s->attn, err));
@@ -245,10 +313,39 @@ fail:
     return st;
 }
 
+/* DeepSeek-V3.2's lightning indexer on the step's tokens (s->qa already
+ * normalized): queries from the query LoRA, keys LayerNormed and both
+ * rotated (rotate-half on the first rope dims, whatever the model's style),
+ * keys to the layer's indexer pages, the kept positions into s->isel. */
+static mc_status indexer(mc_step_exec *ex, mc_step_layer *w, mc_step_views *s, mc_err *err)
+{
+    const mc_model_desc *d = &ex->m->d;
+    mc_backend *be = ex->be;
+    int64_t rd = d->qk_rope_dim;
+    mc_indexer_opts io = {.k = d->index_topk,
+                          .score_scale = 1.0f / sqrtf((float)d->index_head_dim),
+                          .weight_scale = 1.0f / sqrtf((float)d->index_n_heads)};
+    mc_tensor iqr, ikr; /* (n, ih, rd), (n, rd): the rotated dims */
+    mc_status st;
+    TRY(mc_op_matmul(be, &w->idx_wq_b, &s->qa, &s->iq2, err));
+    TRY(mc_op_matmul(be, &w->idx_wk, &s->xn, &s->ik, err));
+    TRY(mc_op_matmul(be, &w->idx_weights, &s->xn, &s->iw, err));
+    TRY(mc_op_layernorm(be, &s->ik, &w->idx_k_norm, &w->idx_k_bias, 1e-6f, &s->ik, err));
+    TRY(mc_tensor_view_cols(&s->ik, 0, rd, &ikr, err));
+    TRY(mc_tensor_view_cols(&s->iq, 0, rd, &iqr, err));
+    TRY(mc_op_rope(be, &ikr, &s->ix.pos, &ex->cs, &ex->sn, 0, err));
+    TRY(mc_op_rope(be, &iqr, &s->ix.pos, &ex->cs, &ex->sn, 0, err));
+    TRY(mc_op_kv_write(be, &s->ix, &s->ik, &w->idx_pages, err));
+    TRY(mc_op_indexer_topk(be, &s->iq, &s->iw, &w->idx_pages, &s->ix, &io, &s->isel, err));
+fail:
+    return st;
+}
+
 /* tmp = MLA attention of xn in absorbed form: queries (through the q
- * LoRA), latent + rope key (normalized, rotated) to the pages, W_kb
- * absorbed into the query per head, attention over the latent cache, W_vb
- * per head, o. */
+ * LoRA), latent + rope key (normalized, rotated) to the pages, V3.2's
+ * indexer choosing the positions each token keeps, W_kb absorbed into the
+ * query per head, attention over the latent cache (Mistral 4's per-token
+ * query scale), W_vb per head, o. */
 static mc_status attn_mla(mc_step_exec *ex, mc_step_layer *w, mc_step_views *s, mc_err *err)
 {
     const mc_model_desc *d = &ex->m->d;
@@ -256,7 +353,9 @@ static mc_status attn_mla(mc_step_exec *ex, mc_step_layer *w, mc_step_views *s, 
     int64_t nh = ex->nh, nope = d->qk_nope_dim, rd = d->qk_rope_dim, qk = nope + rd;
     int64_t lr = d->kv_lora_rank, vd = d->v_head_dim;
     int inter = d->rope.style == MC_ROPE_INTERLEAVED;
-    mc_attn_opts ao = {.scale = d->attn_scale, .chunk = 0, .q_scale = NULL};
+    mc_attn_opts ao = {.scale = d->attn_scale,
+                       .chunk = 0,
+                       .q_scale = d->llama4_beta != 0 ? &s->qscale : NULL};
     mc_tensor kl, kpe, qpe; /* (n, lr), (n, rd) views of kva; (n, nh, rd) view of q */
     mc_status st;
     if (w->has_q_lora) {
@@ -275,6 +374,10 @@ static mc_status attn_mla(mc_step_exec *ex, mc_step_layer *w, mc_step_views *s, 
     TRY(mc_op_rope(be, &qpe, &s->ix.pos, &ex->cs, &ex->sn, inter, err));
     TRY(mc_op_kv_write(be, &s->ix, &s->lat, &w->lat_pages, err));
     TRY(mc_op_kv_write(be, &s->ix, &kpe, &w->pe_pages, err));
+    if (d->index_topk > 0) {
+        TRY(indexer(ex, w, s, err));
+        ao.sel = &s->isel;
+    }
     for (int64_t h = 0; h < nh; h++) { /* qlat[t, h] = W_kb[h]^T q_nope[t, h] */
         mc_tensor qn, ql;              /* (n, nope), (n, lr) */
         TRY(mc_tensor_view_cols(&s->q2, h * qk, nope, &qn, err));
@@ -297,5 +400,5 @@ fail:
 mc_status mc_step_attention(mc_step_exec *ex, int l, mc_step_views *s, mc_err *err)
 {
     mc_step_layer *w = &ex->layers[l];
-    return ex->m->d.attn == MC_ATTN_MLA ? attn_mla(ex, w, s, err) : attn_gqa(ex, w, s, err);
+    return ex->m->d.attn == MC_ATTN_MLA ? attn_mla(ex, w, s, err) : attn_gqa(ex, l, w, s, err);
 }

@@ -6,6 +6,52 @@
  * so the logits agree with mc_model_forward to rounding. */
 #include "step_internal.h"
 
+#include "nonfinite.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+void *mc_step_host(const mc_tensor *t)
+{
+    char *p = mc_buffer_host(t->buf);
+    return p ? p + t->offset : NULL;
+}
+
+mc_status mc_step_nf(mc_step_exec *ex, int where, int layer, const mc_tensor *t,
+                     const int32_t *row_pos, const int32_t *row_tok, mc_err *err)
+{
+    int64_t r, c, w = mc_tensor_cols(t);
+    mc_status st = mc_op_find_nonfinite(ex->be, t, &r, &c, err);
+    if (st != MC_OK || r < 0)
+        return st;
+    mc_tensor row;
+    float *buf = mc_malloc_n((size_t)w, sizeof *buf);
+    if (!buf)
+        return mc_err_set(err, MC_ERR_NOMEM, "step: out of memory");
+    if ((st = mc_tensor_view_rows(t, r, 1, &row, err)) == MC_OK &&
+        (st = mc_tensor_download(&row, buf, err)) == MC_OK) {
+        int64_t tok = row_tok ? row_tok[r] : 0;
+        st = mc_nf_check(ex->m, (mc_nf_where)where, layer, buf, 1, (size_t)w,
+                         row_pos ? row_pos[r] : 0, row_tok ? &tok : NULL, err);
+        if (st == MC_OK) /* the device saw what the host copy does not: say so */
+            st = mc_err_set(err, MC_ERR_INTERNAL,
+                            "layer %d: non-finite value at row %lld, column %lld", layer,
+                            (long long)r, (long long)c);
+    }
+    free(buf);
+    return st;
+}
+
+/* tp all-reduce (sum) of t (n, H) F32 in place, timed into row l. */
+static mc_status tp_sum(mc_step_exec *ex, int row, mc_tensor *t, mc_err *err)
+{
+    if (ex->m->lay.tp == 1)
+        return MC_OK;
+    mc_status st = mc_backend_synchronize(ex->be, err);
+    size_t count = (size_t)t->shape[0] * (size_t)t->shape[1];
+    return st != MC_OK ? st : mc_tp_all_reduce(ex->m, row, mc_step_host(t), count, err);
+}
+
 mc_status mc_step_views_make(mc_step_exec *ex, int64_t n, mc_step_views *s, mc_err *err)
 {
     const mc_model_desc *d = &ex->m->d;
@@ -48,40 +94,271 @@ fail:
     return st;
 }
 
-/* tmp = routed experts (+ shared experts) of xn. */
-static mc_status moe(mc_step_exec *ex, const mc_step_layer *w, mc_step_views *s, mc_err *err)
+/* The router of a MoE layer as the backend's options. */
+static mc_router_opts router_opts(const mc_model_desc *d)
+{
+    int sig = d->score_func == MC_SCORE_SIGMOID;
+    if (d->router == MC_ROUTER_LLAMA4) /* top-k of the logits, sigmoid weights scaling the input */
+        return (mc_router_opts){.score = MC_ROUTE_LOGIT_SIGMOID, .k = d->n_experts_per_tok,
+                                .scale = 1.0f};
+    return (mc_router_opts){.score = sig ? MC_ROUTE_SIGMOID : MC_ROUTE_SOFTMAX,
+                            .k = d->n_experts_per_tok,
+                            .n_group = d->n_group,
+                            .topk_group = d->topk_group,
+                            .renorm = d->norm_topk_prob,
+                            .norm_eps = sig ? 1e-20f : 0.0f,
+                            .scale = d->routed_scale};
+}
+
+/* Growable scratch for the rows an ep exchange brings in: 4 tensors of
+ * (nr, H) F32 and 4 small (nr) / (ne + 1) arrays, carved from ex->ep_buf. */
+typedef struct {
+    mc_tensor xr, xe, ye;   /* (nr, H): received rows, grouped by expert, expert outputs */
+    mc_tensor rid;          /* I32 (nr, 1): local expert of each received row */
+    mc_tensor slot;         /* I32 (nr, 1): its row in xe */
+    mc_tensor offs;         /* I32 [ne + 1] */
+    mc_tensor wr, we;       /* (nr, 1) F32: received router weights (Llama 4), grouped */
+} ep_scratch;
+
+static mc_status ep_scratch_make(mc_step_exec *ex, int64_t nr, int64_t ne, ep_scratch *x,
+                                 mc_err *err)
+{
+    int64_t H = ex->m->d.hidden, r = nr > 0 ? nr : 1;
+    size_t rows = ((size_t)r * (size_t)H * sizeof(float) + 63) & ~(size_t)63;
+    size_t small = ((size_t)r * 4 + 63) & ~(size_t)63, offb = ((size_t)(ne + 1) * 4 + 63) & ~(size_t)63;
+    size_t need = 3 * rows + 4 * small + offb;
+    mc_status st;
+    if (need > ex->ep_cap) {
+        size_t cap = need > 2 * ex->ep_cap ? need : 2 * ex->ep_cap;
+        mc_buffer *b;
+        if ((st = mc_buffer_alloc(ex->be, cap, &b, err)) != MC_OK)
+            return st;
+        mc_buffer_free(ex->ep_buf);
+        ex->ep_buf = b;
+        ex->ep_cap = cap;
+    }
+    size_t o = 0;
+    TRY(mc_tensor_init_2d(&x->xr, ex->ep_buf, o, MC_DT_F32, r, H, err));
+    TRY(mc_tensor_init_2d(&x->xe, ex->ep_buf, o += rows, MC_DT_F32, r, H, err));
+    TRY(mc_tensor_init_2d(&x->ye, ex->ep_buf, o += rows, MC_DT_F32, r, H, err));
+    TRY(mc_tensor_init_2d(&x->rid, ex->ep_buf, o += rows, MC_DT_I32, r, 1, err));
+    TRY(mc_tensor_init_2d(&x->slot, ex->ep_buf, o += small, MC_DT_I32, r, 1, err));
+    TRY(mc_tensor_init_2d(&x->wr, ex->ep_buf, o += small, MC_DT_F32, r, 1, err));
+    TRY(mc_tensor_init_2d(&x->we, ex->ep_buf, o += small, MC_DT_F32, r, 1, err));
+    int64_t no = ne + 1;
+    TRY(mc_tensor_init(&x->offs, ex->ep_buf, o += small, MC_DT_I32, 1, &no, err));
+fail:
+    return st;
+}
+
+/* Routed experts under expert parallelism, for np = nt * k token-expert
+ * pairs of this rank (xp (np, H) grouped by expert, ex->offsets their
+ * ranges; np may be 0), collective over the ep group:
+ *   dispatch  each pair's row goes to the rank holding its expert (pairs
+ *             are grouped by expert, so by owner too), with the count of
+ *             each of the owner's experts (and, Llama 4, the weight);
+ *   experts   the receiver groups what it got by local expert (stable in
+ *             arrival order, as worker/moe.c) and runs them in one call;
+ *   combine   each output goes back to the rank that sent the pair, into
+ *             yp (np, H) in xp's order, unweighted (Llama 4: input-weighted).
+ * Index data (counts, each received row's expert) is built on the host. */
+static mc_status ep_experts(mc_step_exec *ex, int l, int64_t np, const mc_tensor *xp,
+                            const mc_tensor *wp, mc_tensor *yp, mc_err *err)
+{
+    mc_model *m = ex->m;
+    const mc_model_desc *d = &m->d;
+    const mc_layout *lay = &m->lay;
+    const mc_step_layer *w = &ex->layers[l];
+    int E = d->n_experts, P = lay->ep, me = lay->ep_rank, H = d->hidden;
+    int e0 = lay->expert0, ne = lay->expert1 - e0;
+    int llama4 = d->router == MC_ROUTER_LLAMA4;
+    size_t hb = (size_t)H * sizeof(float);
+    mc_status st = MC_OK;
+    int32_t *off = calloc((size_t)E + 1, sizeof *off);    /* [E + 1] pair ranges */
+    uint32_t *rcnt = calloc((size_t)P * (ne > 0 ? ne : 1), sizeof *rcnt); /* (P, ne) */
+    size_t *cnt = calloc((size_t)8 * P, sizeof *cnt);
+    int64_t *to = calloc((size_t)2 * P, sizeof *to);      /* pairs to / from each peer */
+    int32_t *rid = NULL;
+    uint32_t *sendc = calloc((size_t)E + 1, sizeof *sendc);
+    if (!off || !rcnt || !cnt || !to || !sendc) {
+        st = mc_err_set(err, MC_ERR_NOMEM, "step: out of memory for the expert exchange");
+        goto done;
+    }
+    int64_t *from = to + P;
+    size_t *sc = cnt, *sd = cnt + P, *rc = cnt + 2 * P, *rd = cnt + 3 * P;
+    if (np > 0) {
+        mc_tensor ov;
+        TRY(mc_tensor_view_rows(&ex->offsets, 0, E + 1, &ov, err));
+        TRY(mc_tensor_download(&ov, off, err));
+    }
+    for (int e = 0; e < E; e++)
+        sendc[e] = (uint32_t)(off[e + 1] - off[e]);
+    /* dispatch, 1: the count of every expert of each peer */
+    for (int p = 0, o = 0; p < P; p++) {
+        int pe0, pne;
+        mc_split(E, P, p, &pe0, &pne);
+        sc[p] = (size_t)pne * sizeof *sendc;
+        sd[p] = (size_t)pe0 * sizeof *sendc;
+        rc[p] = (size_t)ne * sizeof *rcnt;
+        rd[p] = (size_t)o;
+        o += (int)rc[p];
+        to[p] = off[pe0 + pne] - off[pe0];
+    }
+    TRY(mc_ep_exchange(m, l, true, sendc, (size_t)E * sizeof *sendc, sc, sd, rcnt,
+                       (size_t)P * ne * sizeof *rcnt, rc, rd, err));
+    int64_t nr = 0;
+    for (int p = 0; p < P; p++) {
+        from[p] = 0;
+        for (int e = 0; e < ne; e++)
+            from[p] += rcnt[(size_t)p * ne + e];
+        /* from a peer: never trusted beyond what one step can hold */
+        if (from[p] > (int64_t)ex->max_tokens * d->n_experts_per_tok) {
+            st = mc_err_set(err, MC_ERR_INTERNAL,
+                            "rank %d: ep peer %d announced %lld token-expert pairs, more than a "
+                            "step of %u tokens can send",
+                            lay->rank, p, (long long)from[p], ex->max_tokens);
+            goto done;
+        }
+        nr += from[p];
+    }
+    ep_scratch x;
+    TRY(ep_scratch_make(ex, nr, ne, &x, err));
+    /* each received row's local expert: peer by peer, expert by expert */
+    if (!(rid = mc_malloc_n((size_t)(nr > 0 ? nr : 1), sizeof *rid))) {
+        st = mc_err_set(err, MC_ERR_NOMEM, "step: out of memory for %lld received pairs",
+                        (long long)nr);
+        goto done;
+    }
+    for (int p = 0, r = 0; p < P; p++)
+        for (int e = 0; e < ne; e++)
+            for (uint32_t j = 0; j < rcnt[(size_t)p * ne + e]; j++)
+                rid[r++] = e;
+    /* dispatch, 2: the rows (and Llama 4's weights) */
+    for (int p = 0, so = 0, ro = 0; p < P; p++) {
+        sc[p] = (size_t)to[p] * hb;
+        sd[p] = (size_t)so * hb;
+        so += (int)to[p];
+        rc[p] = (size_t)from[p] * hb;
+        rd[p] = (size_t)ro * hb;
+        ro += (int)from[p];
+    }
+    TRY(mc_backend_synchronize(ex->be, err));
+    TRY(mc_ep_exchange(m, l, true, np > 0 ? mc_step_host(xp) : NULL, (size_t)np * hb, sc, sd,
+                       mc_step_host(&x.xr), (size_t)nr * hb, rc, rd, err));
+    if (llama4) {
+        for (int p = 0; p < P; p++) {
+            sc[p] /= (size_t)H;
+            sd[p] /= (size_t)H;
+            rc[p] /= (size_t)H;
+            rd[p] /= (size_t)H;
+        }
+        TRY(mc_ep_exchange(m, l, true, np > 0 ? mc_step_host(wp) : NULL,
+                           (size_t)np * sizeof(float), sc, sd, mc_step_host(&x.wr),
+                           (size_t)nr * sizeof(float), rc, rd, err));
+    }
+    if (nr > 0) {
+        mc_tensor xr, xe, ye, ri, sl, wr, we;
+        mc_experts_opts eo = {.row_weight = &we, .weight_input = 1};
+        TRY(mc_tensor_view_rows(&x.xr, 0, nr, &xr, err));
+        TRY(mc_tensor_view_rows(&x.xe, 0, nr, &xe, err));
+        TRY(mc_tensor_view_rows(&x.ye, 0, nr, &ye, err));
+        TRY(mc_tensor_view_rows(&x.rid, 0, nr, &ri, err));
+        TRY(mc_tensor_view_rows(&x.slot, 0, nr, &sl, err));
+        TRY(mc_tensor_view_rows(&x.wr, 0, nr, &wr, err));
+        TRY(mc_tensor_view_rows(&x.we, 0, nr, &we, err));
+        TRY(mc_tensor_upload(&ri, rid, err));
+        TRY(mc_op_moe_permute(ex->be, &xr, &ri, &xe, &sl, &x.offs, err));
+        if (llama4)
+            TRY(mc_op_moe_permute(ex->be, &wr, &ri, &we, &sl, &x.offs, err));
+        TRY(mc_op_grouped_experts(ex->be, &xe, &x.offs, ne, w->gate, w->up, w->down,
+                                  llama4 ? &eo : NULL, &ye, err));
+        /* back to arrival order (times 1: exact) */
+        TRY(mc_op_moe_unpermute_weighted(ex->be, &ye, &sl, NULL, &xr, err));
+        /* the tokens may be another rank's: the rank holding a NaN expert
+         * names it before sending its outputs back */
+        TRY(mc_step_nf(ex, MC_NF_EXPERTS, l, &xr, NULL, NULL, err));
+        TRY(mc_backend_synchronize(ex->be, err));
+    }
+    if (m->stats) {
+        mc_stat_row *r = &m->stats[l];
+        r->disp_tokens += (uint64_t)np;
+        r->disp_remote += (uint64_t)(np - to[me]);
+        r->expert_tokens += (uint64_t)nr;
+    }
+    /* combine: every output back to the rank that sent its pair */
+    for (int p = 0, so = 0, ro = 0; p < P; p++) {
+        sc[p] = (size_t)from[p] * hb;
+        sd[p] = (size_t)so * hb;
+        so += (int)from[p];
+        rc[p] = (size_t)to[p] * hb;
+        rd[p] = (size_t)ro * hb;
+        ro += (int)to[p];
+    }
+    TRY(mc_ep_exchange(m, l, false, mc_step_host(&x.xr), (size_t)nr * hb, sc, sd,
+                       np > 0 ? mc_step_host(yp) : NULL, (size_t)np * hb, rc, rd, err));
+done:
+fail:
+    free(off);
+    free(rcnt);
+    free(cnt);
+    free(to);
+    free(rid);
+    free(sendc);
+    return st;
+}
+
+mc_status mc_step_moe_idle(mc_step_exec *ex, int l, mc_err *err)
+{
+    return ep_experts(ex, l, 0, NULL, NULL, NULL, err);
+}
+
+/* tmp = routed experts (+ shared experts) of xn. Under tp the ranks of a
+ * group route disjoint slices of the tokens (mc_split), so rows outside
+ * this rank's slice hold only its share of the shared experts, and the tp
+ * all-reduce after the block completes every row (as worker/moe.c). */
+static mc_status moe(mc_step_exec *ex, int l, mc_step_views *s, mc_err *err)
 {
     const mc_model_desc *d = &ex->m->d;
+    const mc_layout *lay = &ex->m->lay;
+    const mc_step_layer *w = &ex->layers[l];
     mc_backend *be = ex->be;
-    int sig = d->score_func == MC_SCORE_SIGMOID;
-    int llama4 = d->router == MC_ROUTER_LLAMA4;
-    mc_router_opts ro = {.score = sig ? MC_ROUTE_SIGMOID : MC_ROUTE_SOFTMAX,
-                         .k = d->n_experts_per_tok,
-                         .n_group = d->n_group,
-                         .topk_group = d->topk_group,
-                         .renorm = d->norm_topk_prob,
-                         .norm_eps = sig ? 1e-20f : 0.0f,
-                         .scale = d->routed_scale};
-    if (llama4) /* top-k of the logits, sigmoid weights scaling the expert's input */
-        ro = (mc_router_opts){.score = MC_ROUTE_LOGIT_SIGMOID, .k = d->n_experts_per_tok,
-                              .scale = 1.0f};
-    mc_status st;
-    TRY(mc_op_matmul(be, &w->router, &s->xn, &s->rlog, err));
-    TRY(mc_op_router_topk(be, &s->rlog, w->has_bias ? &w->bias : NULL, &ro, &s->ids, &s->wts, err));
-    TRY(mc_op_moe_permute(be, &s->xn, &s->ids, &s->xp, &s->slot, &ex->offsets, err));
-    if (llama4) {
-        /* one expert per token (k = 1): the pair's weight is the token's,
-         * permuted like the token's row */
-        mc_experts_opts eo = {.row_weight = &s->wp, .weight_input = 1};
-        TRY(mc_op_moe_permute(be, &s->wts, &s->ids, &s->wp, &s->slot, &ex->offsets, err));
-        TRY(mc_op_grouped_experts(be, &s->xp, &ex->offsets, d->n_experts, w->gate, w->up,
-                                  w->down, &eo, &s->yp, err));
-        TRY(mc_op_moe_unpermute_weighted(be, &s->yp, &s->slot, NULL, &s->tmp, err));
-    } else {
-        TRY(mc_op_grouped_experts(be, &s->xp, &ex->offsets, d->n_experts, w->gate, w->up,
-                                  w->down, NULL, &s->yp, err));
-        TRY(mc_op_moe_unpermute_weighted(be, &s->yp, &s->slot, &s->wts, &s->tmp, err));
+    int llama4 = d->router == MC_ROUTER_LLAMA4, k = d->n_experts_per_tok;
+    mc_router_opts ro = router_opts(d);
+    int t0 = 0, nt = (int)s->n;
+    if (lay->tp > 1)
+        mc_split((int)s->n, lay->tp, lay->tp_rank, &t0, &nt);
+    int64_t np = (int64_t)nt * k;
+    mc_tensor xs, ys, rl, ids, wts, slot, xp, yp, wp; /* this rank's slice */
+    mc_status st = MC_OK;
+    if (nt < s->n)
+        TRY(mc_buffer_memset(s->tmp.buf, s->tmp.offset,
+                             0, (size_t)s->n * (size_t)d->hidden * sizeof(float), err));
+    if (nt > 0) {
+        TRY(mc_tensor_view_rows(&s->xn, t0, nt, &xs, err));
+        TRY(mc_tensor_view_rows(&s->tmp, t0, nt, &ys, err));
+        TRY(mc_tensor_view_rows(&s->rlog, 0, nt, &rl, err));
+        TRY(mc_tensor_view_rows(&s->ids, 0, nt, &ids, err));
+        TRY(mc_tensor_view_rows(&s->wts, 0, nt, &wts, err));
+        TRY(mc_tensor_view_rows(&s->slot, 0, nt, &slot, err));
+        TRY(mc_tensor_view_rows(&s->xp, 0, np, &xp, err));
+        TRY(mc_tensor_view_rows(&s->yp, 0, np, &yp, err));
+        TRY(mc_tensor_view_rows(&s->wp, 0, np, &wp, err));
+        TRY(mc_op_matmul(be, &w->router, &xs, &rl, err));
+        TRY(mc_op_router_topk(be, &rl, w->has_bias ? &w->bias : NULL, &ro, &ids, &wts, err));
+        TRY(mc_op_moe_permute(be, &xs, &ids, &xp, &slot, &ex->offsets, err));
+        /* Llama 4 (one expert per token): the pair's weight, permuted like its row */
+        if (llama4)
+            TRY(mc_op_moe_permute(be, &wts, &ids, &wp, &slot, &ex->offsets, err));
     }
+    if (lay->ep > 1) {
+        TRY(ep_experts(ex, l, np, &xp, &wp, &yp, err));
+    } else if (nt > 0) {
+        mc_experts_opts eo = {.row_weight = &wp, .weight_input = 1};
+        TRY(mc_op_grouped_experts(be, &xp, &ex->offsets, d->n_experts, w->gate, w->up, w->down,
+                                  llama4 ? &eo : NULL, &yp, err));
+    }
+    if (nt > 0) /* in expert order per token, from zero (Llama 4: already weighted) */
+        TRY(mc_op_moe_unpermute_weighted(be, &yp, &slot, llama4 ? NULL : &wts, &ys, err));
     if (w->has_shared) {
         TRY(ffn(ex, &w->shared, &s->xn, &s->ys, err));
         TRY(mc_op_add(be, &s->tmp, &s->ys, &s->tmp, err));
@@ -98,30 +375,97 @@ mc_status mc_step_block(mc_step_exec *ex, int l, mc_step_views *s, mc_err *err)
     mc_status st;
     TRY(mc_op_rmsnorm(be, &s->x, &w->attn_norm, d->norm_eps, &s->xn, err));
     TRY(mc_step_attention(ex, l, s, err));
+    TRY(tp_sum(ex, l, &s->tmp, err)); /* row-split o: partial sums over this rank's heads */
     TRY(mc_op_add(be, &s->x, &s->tmp, &s->x, err));
+    /* NaN / Inf: stop here and name the weight, rather than emit NaN logits */
+    TRY(mc_step_nf(ex, MC_NF_ATTN, l, &s->x, s->hx->pos, NULL, err));
     TRY(mc_op_rmsnorm(be, &s->x, &w->ffn_norm, d->norm_eps, &s->xn, err));
-    TRY(w->moe ? moe(ex, w, s, err) : ffn(ex, &w->dense, &s->xn, &s->tmp, err));
+    TRY(w->moe ? moe(ex, l, s, err) : ffn(ex, &w->dense, &s->xn, &s->tmp, err));
+    TRY(tp_sum(ex, l, &s->tmp, err)); /* row-split down projections, routed slices */
     TRY(mc_op_add(be, &s->x, &s->tmp, &s->x, err));
+    TRY(mc_step_nf(ex, MC_NF_FFN, l, &s->x, s->hx->pos, NULL, err));
 fail:
     return st;
 }
 
+/* Final norm and the LM head on the nl rows listed in ex->rows, HEAD_ROWS
+ * at a time: each tp rank multiplies its vocabulary slice, tp rank 0
+ * gathers the slices (all-to-all to it alone) into logits (nl, V). */
 mc_status mc_step_head(mc_step_exec *ex, mc_step_views *s, int64_t nl, float *logits, mc_err *err)
 {
-    const mc_model_desc *d = &ex->m->d;
-    int64_t R = ex->hx.shape[0];
+    mc_model *m = ex->m;
+    const mc_model_desc *d = &m->d;
+    const mc_layout *lay = &m->lay;
+    int64_t R = ex->hx.shape[0], V = d->vocab, nv = lay->n_vocab;
+    int tp = lay->tp, L = d->n_layers;
+    float *part = NULL, *all = NULL;
+    size_t *cnt = NULL;
     mc_status st = MC_OK;
+    if (tp > 1) {
+        part = mc_malloc_n((size_t)R * (size_t)nv, sizeof *part);  /* (R, nv) */
+        all = lay->tp_rank == 0 ? mc_malloc_n((size_t)R * (size_t)V, sizeof *all) : NULL;
+        cnt = calloc((size_t)4 * tp, sizeof *cnt);
+        if (!part || (lay->tp_rank == 0 && !all) || !cnt) {
+            st = mc_err_set(err, MC_ERR_NOMEM, "step: out of memory for the LM head's gather");
+            goto fail;
+        }
+    }
     for (int64_t c0 = 0; c0 < nl; c0 += R) {
         int64_t r = nl - c0 < R ? nl - c0 : R;
-        mc_tensor rows, hx, hl; /* [r] I32, (r, H), (r, V) */
+        mc_tensor rows, hx, hl; /* [r] I32, (r, H), (r, nv) */
         TRY(mc_tensor_view_rows(&ex->rows, c0, r, &rows, err));
         TRY(mc_tensor_view_rows(&ex->hx, 0, r, &hx, err));
-        TRY(mc_tensor_view_rows(&ex->hlog, 0, r, &hl, err));
+        TRY(mc_tensor_init_2d(&hl, ex->hlog.buf, ex->hlog.offset, MC_DT_F32, r, nv, err));
         TRY(mc_op_embed(ex->be, &s->x, &rows, 0, &hx, err)); /* gather the rows */
         TRY(mc_op_rmsnorm(ex->be, &hx, &ex->final_norm, d->norm_eps, &hx, err));
         TRY(mc_op_matmul(ex->be, &ex->lm_head, &hx, &hl, err));
-        TRY(mc_tensor_download(&hl, logits + (size_t)c0 * (size_t)d->vocab, err));
+        {
+            /* each tp rank checks its vocabulary slice; positions of the rows */
+            int32_t rp[MC_STEP_HEAD_ROWS];
+            for (int64_t i = 0; i < r; i++)
+                rp[i] = s->hx->pos[s->hx->rows[c0 + i]];
+            TRY(mc_step_nf(ex, MC_NF_HEAD, 0, &hl, rp, NULL, err));
+        }
+        if (tp == 1) {
+            TRY(mc_tensor_download(&hl, logits + (size_t)c0 * (size_t)V, err));
+            continue;
+        }
+        TRY(mc_tensor_download(&hl, part, err));
+        size_t *sc = cnt, *sd = cnt + tp, *rc = cnt + 2 * tp, *rd = cnt + 3 * tp;
+        size_t mine = (size_t)r * (size_t)nv * sizeof(float);
+        memset(cnt, 0, (size_t)4 * tp * sizeof *cnt);
+        sc[0] = mine; /* everything to tp rank 0 */
+        if (all)
+            for (int p = 0; p < tp; p++) {
+                int v0, nvp;
+                mc_split((int)V, tp, p, &v0, &nvp);
+                rc[p] = (size_t)r * nvp * sizeof(float);
+                rd[p] = (size_t)r * v0 * sizeof(float); /* blocks (r, nvp) one after another */
+            }
+        double t = m->stats ? mc_now_s() : 0;
+        st = mc_comm_all_to_all_v(m->tp_comm, part, mine, sc, sd, all,
+                                  all ? (size_t)r * V * sizeof(float) : 0, rc, rd, err);
+        if (m->stats) {
+            m->stats[MC_STAT_HEAD(L)].t_comm += mc_now_s() - t;
+            if (lay->tp_rank != 0)
+                m->stats[MC_STAT_HEAD(L)].p2p_bytes += mine;
+        }
+        if (st != MC_OK)
+            goto fail;
+        if (!all || !logits)
+            continue;
+        for (int p = 0; p < tp; p++) { /* blocks -> rows of V */
+            int v0, nvp;
+            mc_split((int)V, tp, p, &v0, &nvp);
+            const float *blk = all + (size_t)r * v0;
+            for (int64_t i = 0; i < r; i++)
+                memcpy(logits + (size_t)(c0 + i) * V + v0, blk + (size_t)i * nvp,
+                       (size_t)nvp * sizeof(float));
+        }
     }
 fail:
+    free(part);
+    free(all);
+    free(cnt);
     return st;
 }

@@ -45,6 +45,12 @@ typedef struct {
     mc_tensor *vb;              /* [nh]: W_vb[h] (vd, lr) */
     mc_tensor lat_pages;        /* (n_blocks, block_size, lr) */
     mc_tensor pe_pages;         /* (n_blocks, block_size, rd) */
+    /* DeepSeek-V3.2 lightning indexer: ih heads of id dims */
+    mc_tensor idx_wq_b;               /* (ih * id, q_lora) */
+    mc_tensor idx_wk;                 /* (id, H) */
+    mc_tensor idx_k_norm, idx_k_bias; /* [id] LayerNorm */
+    mc_tensor idx_weights;            /* (ih, H) */
+    mc_tensor idx_pages;              /* (n_blocks, block_size, id) indexer keys */
     /* feed-forward */
     int moe;
     mc_step_ffn dense;
@@ -69,6 +75,7 @@ struct mc_step_exec {
     mc_kv_pool *pool;
     uint32_t n_blocks, block_size, max_tokens, max_pos;
     int64_t nh, nkv; /* this rank's query heads and KV heads (m->lay) */
+    int first, last; /* this rank's stage embeds / runs the LM head */
     mc_buffer **bufs; /* every buffer made here, freed at the end */
     size_t n_bufs, cap_bufs;
     void **host; /* host copies made at init (dequantized kv_b), freed at the end */
@@ -86,6 +93,11 @@ struct mc_step_exec {
     mc_tensor kva;           /* (T, lr + rd) MLA */
     mc_tensor lat;           /* (T, lr) MLA */
     mc_tensor qlat, olat;    /* (T, nh, lr) MLA */
+    mc_tensor qscale;        /* [T] per-token query scale (Mistral 4, Llama 4 NoPE layers) */
+    mc_tensor iq;            /* (T, ih, id) V3.2 indexer queries */
+    mc_tensor ik;            /* (T, id) V3.2 indexer keys */
+    mc_tensor iw;            /* (T, ih) V3.2 indexer head weights */
+    mc_tensor isel;          /* (T, index_topk) I32 V3.2 kept positions */
     mc_tensor rlog;          /* (T, E) router logits */
     mc_tensor ids, slot;     /* (T, k) I32 */
     mc_tensor wts;           /* (T, k) */
@@ -103,6 +115,9 @@ struct mc_step_exec {
     mc_step_len *lens;
     size_t lens_cap, lens_n;
     struct mc_step_v4 *v4; /* DeepSeek-V4's state (step_v4.c), else NULL */
+    /* expert parallelism: tokens received from the ep group, grown on demand */
+    mc_buffer *ep_buf;
+    size_t ep_cap;
 };
 
 /* The step's views of the scratch, n tokens (names as in mc_step_exec). */
@@ -116,11 +131,15 @@ typedef struct {
     mc_tensor k2, v2; /* (n, nkv * hd) GQA */
     mc_tensor qa, kva, lat, qlat, olat;
     mc_tensor qlat2, olat2; /* (n, nh * lr) MLA */
+    mc_tensor qscale;       /* [n] per-token query scale, when the family has one */
+    mc_tensor iq, iq2;      /* (n, ih, id), (n, ih * id) V3.2 indexer */
+    mc_tensor ik, iw, isel; /* (n, id), (n, ih), (n, index_topk) I32 V3.2 indexer */
     mc_tensor rlog, ids, slot, wts;
     mc_tensor xp, yp, wp;
     mc_tensor ys; /* (n, H): rows of xp, the shared experts' output */
     mc_tensor tok;
     mc_kv_index ix; /* block_table filled by the caller */
+    const struct mc_step_host_ix_s *hx; /* the step's index on the host */
 } mc_step_views;
 
 /* ---- shared by step.c, step_attn.c, step_block.c ---- */
@@ -152,7 +171,7 @@ void mc_step_carve(mc_step_carver *c, mc_tensor *t, mc_dtype dt, int ndim, int64
 
 /* The step's per-token index on the host (arena memory, valid during one
  * mc_step_exec_run): n tokens, ns plan entries, nl rows with logits. */
-typedef struct {
+typedef struct mc_step_host_ix_s {
     int64_t n, nl;
     uint32_t ns, maxb;
     const int32_t *tok;  /* [n] token ids */
@@ -160,6 +179,7 @@ typedef struct {
     const int32_t *pos;  /* [n] position of each token in its sequence */
     const int32_t *rows; /* [nl] token rows that want logits, in plan order */
     const int32_t *bt;   /* (ns, maxb) block tables, 0 past an entry's table */
+    const uint32_t *nblk; /* [ns] length of each entry's block table */
 } mc_step_host_ix;
 
 /* ---- attention (step_attn.c) ---- */
@@ -186,6 +206,19 @@ mc_status mc_step_attention(mc_step_exec *ex, int l, mc_step_views *s, mc_err *e
 
 /* ---- block and head (step_block.c) ---- */
 
+/* Host address of t's first element: the collectives move activations
+ * through host memory (the executor refuses parallel layouts on backends
+ * without it). */
+void *mc_step_host(const mc_tensor *t);
+/* NaN / Inf in t (rows = the step's tokens, or rows of another kind with
+ * row_pos NULL): MC_OK when all finite, else the error of mc_nf_check
+ * (worker/nonfinite.h) naming the layer, the position and the weight at
+ * fault. */
+mc_status mc_step_nf(mc_step_exec *ex, int where, int layer, const mc_tensor *t,
+                     const int32_t *row_pos, const int32_t *row_tok, mc_err *err);
+/* A MoE layer's part of the expert exchange for a rank with no tokens. */
+mc_status mc_step_moe_idle(mc_step_exec *ex, int l, mc_err *err);
+
 /* Cuts the views of n tokens (1 <= n <= max_tokens). */
 mc_status mc_step_views_make(mc_step_exec *ex, int64_t n, mc_step_views *s, mc_err *err);
 /* x += attn(norm(x)); x += ffn(norm(x)) on the step's tokens, layer l. */
@@ -195,6 +228,58 @@ mc_status mc_step_block(mc_step_exec *ex, int l, mc_step_views *s, mc_err *err);
 mc_status mc_step_head(mc_step_exec *ex, mc_step_views *s, int64_t nl, float *logits, mc_err *err);
 
 /* ---- DeepSeek-V4 (step_v4.c): its own stack, state in ex->v4 ---- */
+
+/* One compressor of a V4 layer: weights and its three page kinds. */
+typedef struct {
+    int rate, cd, overlap;
+    mc_tensor wkv, wgate;           /* (W, H), W = (1 + overlap) * cd */
+    mc_tensor ape;                  /* (rate, W) */
+    mc_tensor norm;                 /* [cd] */
+    mc_tensor kv_pages, gate_pages; /* (n_blocks, block_size, W): raw projections per position */
+    mc_tensor entry_pages; /* (n_blocks, block_size, cd): entry w at the slot of (w+1)*rate-1 */
+} mc_step_v4_comp;
+
+typedef struct {
+    int kind, hash;                             /* mc_v4_attn_kind; hash-routed MoE */
+    mc_tensor attn_norm, ffn_norm;              /* [H] */
+    mc_tensor hca_fn, hca_base, hca_scale;      /* attention site: ((2+k)*k, k*H), [(2+k)*k], [3] */
+    mc_tensor hcf_fn, hcf_base, hcf_scale;      /* FFN site */
+    mc_tensor wq_a, q_norm, wq_b, wkv, kv_norm; /* (qr, H), [qr], (nh*hd, qr), (hd, H), [hd] */
+    mc_tensor wo_a, wo_b, sinks;                /* (G*olr, nh*hd/G), (H, G*olr), [nh] */
+    mc_step_v4_comp comp, icomp;                /* HCA / CSA; CSA's indexer */
+    mc_tensor idx_wq_b, idx_wproj;              /* (ih*id, qr), (ih, H) */
+    mc_tensor win_pages;                        /* (n_blocks, block_size, hd) */
+    mc_tensor gate, bias;                       /* (E, H), [E] (non-hash layers) */
+    mc_tensor tid2eid;                          /* I32 (vocab, k) (hash layers) */
+    mc_tensor *eg, *eu, *ed;                    /* [E] each, one allocation at eg */
+    mc_tensor sg, su, sd;                       /* the shared expert */
+} mc_step_v4_layer;
+
+/* DeepSeek-V4's executor state (step_v4.c binds, step_v4_fwd.c runs). */
+struct mc_step_v4 {
+    mc_step_v4_layer *layers;                 /* [n_layers] */
+    mc_tensor head_fn, head_base, head_scale; /* (k, k*H), [k], [1] */
+    mc_tensor cs[2], sn[2], nsn[2]; /* (max_pos, rd/2): 0 main, 1 compress rotary; nsn = -sn */
+    mc_tensor irow; /* I32 [T]: token t's CSA indexer score row, its table's capacity / csa_rate */
+    /* scratch for T tokens (k streams, mw = (2+k)*k, cw the widest compressor input) */
+    mc_tensor X, flat;               /* (T, k*H) */
+    mc_tensor mix, mixh, post, comb; /* (T, mw), (T, k), (T, k), (T, k*k) */
+    mc_tensor col, xn, y, ys;        /* (T, H) */
+    mc_tensor qres;                  /* (T, qr) */
+    mc_tensor q, o;                  /* (T, nh, hd) */
+    mc_tensor kvn;                   /* (T, hd) */
+    mc_tensor oa;                    /* (T, G*olr) */
+    mc_tensor cp1, cp2;              /* (T, cw) */
+    mc_tensor iq;                    /* (T, ih, id) */
+    mc_tensor iw;                    /* (T, ih) */
+    mc_tensor sel;                   /* (T, index_topk) I32 */
+    mc_tensor rlog;                  /* (T, E) */
+    mc_tensor ids, slot, wts;        /* (T, k_e) I32, I32, F32 */
+    mc_tensor offsets, off1;         /* I32 [E + 1], [2] */
+    mc_tensor xp, yp;                /* (T * k_e, H) */
+    mc_tensor tok, seq, pos, rows;   /* I32 [T] */
+    mc_tensor hx, hlog;              /* (R, H), (R, V), R = min(T, HEAD_ROWS) */
+};
 
 /* MC_OK when the V4 model m can run on the executor. */
 mc_status mc_step_v4_supported(const mc_model *m, mc_err *err);

@@ -6,7 +6,9 @@
 #include "backend.h"
 #include "kernels.h"
 #include "cpu/backend_cpu_internal.h"
+#include "cpu/backend_cpu_v4.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -183,6 +185,35 @@ static mc_status cpu_softmax(void *ctx, const mc_tensor *x, mc_tensor *y, mc_err
     return MC_OK;
 }
 
+/* |x| as bits is at least 0x7f800000 exactly for Inf and NaN: adding
+ * 0x00800000 sets bit 31 exactly for them, OR-ed over a row (vector code);
+ * the column is located only in a row that has one. */
+static mc_status cpu_find_nonfinite(void *ctx, const mc_tensor *x, int64_t *row, int64_t *col,
+                                    mc_err *err)
+{
+    (void)ctx;
+    (void)err;
+    int64_t d = mc_tensor_cols(x);
+    for (int64_t r = 0; r < mc_tensor_rows(x); r++) {
+        const float *xr = row_f32(x, r);
+        uint32_t acc = 0;
+        for (int64_t i = 0; i < d; i++) {
+            uint32_t u;
+            memcpy(&u, &xr[i], sizeof u);
+            acc |= (u & 0x7fffffffu) + 0x00800000u;
+        }
+        if (!(acc & 0x80000000u))
+            continue;
+        for (int64_t i = 0; i < d; i++)
+            if (!isfinite(xr[i])) {
+                *row = r;
+                *col = i;
+                return MC_OK;
+            }
+    }
+    return MC_OK;
+}
+
 static mc_status cpu_embed(void *ctx, const mc_tensor *table, const mc_tensor *ids, int64_t id0,
                            mc_tensor *y, mc_err *err)
 {
@@ -292,6 +323,7 @@ static const mc_backend_i cpu_iface = {
     .swiglu = cpu_swiglu,
     .add = cpu_add,
     .softmax = cpu_softmax,
+    .find_nonfinite = cpu_find_nonfinite,
     .embed = cpu_embed,
     .router_topk = mc_cpu_router_topk,
     .moe_permute = mc_cpu_moe_permute,
@@ -311,6 +343,12 @@ static const mc_backend_i cpu_iface = {
     .counters = cpu_counters,
     .probe_read_gbps = cpu_read_gbps,
     .probe_fma_gflops = cpu_fma_gflops,
+    .v4_hc_pre = mc_cpu_v4_hc_pre,
+    .v4_hc_post = mc_cpu_v4_hc_post,
+    .v4_compress = mc_cpu_v4_compress,
+    .v4_index_topk = mc_cpu_v4_index_topk,
+    .v4_attention = mc_cpu_v4_attention,
+    .v4_hash_route = mc_cpu_v4_hash_route,
 };
 
 mc_status mc_backend_cpu_init(mc_backend **out, mc_err *err)

@@ -5,9 +5,13 @@ usage: run_mpi.py --mpirun MPIRUN --moecluster EXE --compare COMPARE_LOGITS
                   --fixtures DIR --work DIR  COMMAND ...
 
 commands:
-  exec N PROGRAM           mpirun -np N PROGRAM must exit 0
+  exec N PROGRAM [ARG...]  mpirun -np N PROGRAM ARG... must exit 0
   score MODEL N [OPT...]   `score` on N ranks with OPT (--decode = --decode-from T/2),
                            logits within 1e-4 / 99% argmax of the fixture's reference
+  ragged [N OPT...]        a ragged batch (a lengths tensor) on 2 ranks --ep 1 (dp 2)
+                           with --max-batch-tokens 5 (or on N ranks with OPT, adding
+                           --decode-from 10) equals the single process's logits within
+                           1e-6 (per position); past each length exactly 0
   refuse                   impossible layouts end at once with a message naming why
   generate                 greedy ids under several layouts equal the single process's
   stats                    --stats prints a row per layer and rank; dispatched and
@@ -111,7 +115,7 @@ def score(a, model, n, opts, out, env=None):
 
 def cmd_exec(a, rest):
     n, prog = int(rest[0]), rest[1]
-    rc, out, err, dt = run(mpi_prefix(a, n) + [prog], env=mpi_env())
+    rc, out, err, dt = run(mpi_prefix(a, n) + [prog] + rest[2:], env=mpi_env())
     sys.stdout.write(out)
     check(rc == 0, f"{os.path.basename(prog)} on {n} ranks exits 0 ({dt:.1f} s)", err)
 
@@ -178,6 +182,69 @@ def cmd_generate(a, rest):
             rc, ids, se = gen(a, model, n, opts)
             check(rc == 0 and ids == ref,
                   f"{model}: generate on {n} ranks {' '.join(opts)} gives the same ids ({ids})", se)
+
+
+def st_tensors(path):
+    blob = open(path, "rb").read()
+    (n,) = struct.unpack("<Q", blob[:8])
+    head, out = json.loads(blob[8:8 + n]), {}
+    for name, info in head.items():
+        if name != "__metadata__":
+            b, e = info["data_offsets"]
+            fmt = {"F32": "f", "I64": "q"}[info["dtype"]]
+            k = (e - b) // (4 if fmt == "f" else 8)
+            out[name] = (info["shape"], struct.unpack(f"<{k}{fmt}", blob[8 + n + b:8 + n + e]))
+    return out
+
+
+def cmd_ragged(a, rest):
+    n, layout = (int(rest[0]), rest[1:]) if rest else (2, ["--ep", "1"])
+    model = "qwen3-moe-tiny"
+    d = model_dir(a, model)
+    (B, T), ids = st_tensors(os.path.join(d, "golden.safetensors"))["input_ids"]
+    lens = [[T, 1, T // 2 + 3][b % 3] for b in range(B)]
+    tag = "_".join(o.strip("-") for o in [str(n)] + layout)  # own files: tests run in parallel
+    inp = os.path.join(a.work, f"ragged_in_{tag}.safetensors")
+    head = {"input_ids": {"dtype": "I64", "shape": [B, T], "data_offsets": [0, 8 * B * T]},
+            "lengths": {"dtype": "I64", "shape": [B], "data_offsets": [8 * B * T, 8 * B * T + 8 * B]}}
+    h = json.dumps(head).encode()
+    with open(inp, "wb") as f:
+        f.write(struct.pack("<Q", len(h)) + h + struct.pack(f"<{B * T}q", *ids) +
+                struct.pack(f"<{B}q", *lens))
+    opts = ["--max-batch-tokens", "5"] + (["--decode-from", "10"] if rest else [])
+    one, two = (os.path.join(a.work, f"ragged_{tag}_{t}.safetensors") for t in ("np1", "mpi"))
+    for p in (one, two):
+        if os.path.exists(p):
+            os.remove(p)
+    rc, so, se, dt = run([a.moecluster, "score", "--model", d, "--input", inp, "--output", one] +
+                         opts, env=mpi_env())
+    check(rc == 0, f"ragged score {lens} in one process ({dt:.1f} s)", se)
+    cmd = mpi_prefix(a, n) + [a.moecluster, "score", "--model", d, "--input", inp, "--output",
+                              two] + layout + opts
+    rc2, so, se, dt = run(cmd, env=mpi_env())
+    what = f"{n} ranks {' '.join(layout)} {' '.join(opts)}"
+    check(rc2 == 0, f"ragged score {lens} on {what} ({dt:.1f} s)", se)
+    if rc or rc2:
+        return
+    (_, _, V), x = st_tensors(two)["logits"]
+    y = st_tensors(one)["logits"][1]
+    worst, bad, nonzero = 0.0, [], []
+    for b in range(B):
+        for t in range(T):
+            o = (b * T + t) * V
+            if t >= lens[b]:
+                if any(v != 0.0 for v in x[o:o + V]):
+                    nonzero.append((b, t))
+                continue
+            num = sum((x[o + v] - y[o + v]) ** 2 for v in range(V))
+            den = sum(y[o + v] ** 2 for v in range(V))
+            e = (num / (den or 1.0)) ** 0.5
+            worst = max(worst, e)
+            if e > 1e-6 and len(bad) < 5:
+                bad.append(f"[{b},{t}] rel {e:.3g}")
+    check(worst <= 1e-6 and not nonzero,
+          f"{what} equals one process: max rel err {worst:.3g}",
+          "; ".join(bad) + (f"; nonzero past the length at {nonzero[:5]}" if nonzero else ""))
 
 
 def cmd_stats(a, rest):
@@ -517,7 +584,7 @@ def main():
     os.makedirs(a.work, exist_ok=True)
     global a_work
     a_work = a.work
-    {"exec": cmd_exec, "score": cmd_score, "refuse": cmd_refuse, "generate": cmd_generate,
+    {"exec": cmd_exec, "score": cmd_score, "refuse": cmd_refuse, "ragged": cmd_ragged, "generate": cmd_generate,
      "stats": cmd_stats, "fault": cmd_fault, "shards": cmd_shards, "timeout": cmd_timeout,
      "launcher": cmd_launcher, "stop": cmd_stop, "lonely": cmd_lonely}[a.command](a, a.rest)
     print(f"{failures} failure(s)")

@@ -199,10 +199,15 @@ static void test_block_bytes(void)
     CHECK(mc_kv_block_bytes(&d, 1, 8, 16, 2, &b, &err) == MC_OK && b == 2 * 128 * 2 * 16);
     CHECK(mc_kv_block_bytes(&d, 1, 2, 1, 4, &b, &err) == MC_OK && b == 2 * 2 * 128 * 4);
     CHECK(mc_kv_block_bytes(&d, 4, 1, 16, 2, &b, &err) == MC_ERR_ARG && b == 0);
-    d.family = MC_FAM_DEEPSEEK_V4;
-    mc_err_clear(&err);
-    CHECK(mc_kv_block_bytes(&d, 0, 1, 16, 2, &b, &err) == MC_ERR_UNSUPPORTED);
-    CHECK(strstr(err.msg, "V4") != NULL);
+    d.family = MC_FAM_DEEPSEEK_V4; /* the step executor's V4 pages, the same on every TP rank */
+    d.v4.index_head_dim = 64;
+    d.v4.layer_attn[0] = MC_V4_ATTN_SLIDING; /* window K=V row */
+    d.v4.layer_attn[1] = MC_V4_ATTN_HCA;     /* + compressor kv, gate inputs, entry */
+    d.v4.layer_attn[2] = MC_V4_ATTN_CSA;     /* + 2 x 2hd inputs, entry, 2 x 2id indexer inputs, key */
+    CHECK(mc_kv_block_bytes(&d, 0, 1, 16, 2, &b, &err) == MC_OK && b == 128 * 2 * 16);
+    CHECK(mc_kv_block_bytes(&d, 1, 8, 16, 2, &b, &err) == MC_OK && b == 4 * 128 * 2 * 16);
+    CHECK(mc_kv_block_bytes(&d, 2, 1, 16, 2, &b, &err) == MC_OK &&
+          b == (6 * 128 + 5 * 64) * 2 * 16);
 }
 
 int main(void)

@@ -146,6 +146,23 @@ static void test_memory_by_hand(void)
         CHECK_NEAR(p->ranks[0].bytes[MC_CAT_EMBED_HEAD], 524288.0 + 8192 * 32 + 512, 0);
         mc_plan_free(p);
     }
+    /* KV heads a tp split cannot share out (3 KV heads over tp 2): refused, naming them */
+    {
+        mc_model_desc odd = d;
+        mc_cluster c2 = c;
+        odd.n_kv_heads = 3;
+        c2.tp = 2; /* 2 ranks: tp 2, dp 1 */
+        c2.ep = 2;
+        c2.dp = 1;
+        mc_err_clear(&e);
+        CHECK(mc_plan_build(&odd, &c2, &o, &p, &e) == MC_ERR_CONFIG);
+        CHECK(strstr(e.msg, "3 key/value heads") != NULL);
+        printf("  refused: %s\n", e.msg);
+        odd.n_kv_heads = 2; /* divides: fine */
+        p = NULL;
+        CHECK(mc_plan_build(&odd, &c2, &o, &p, &e) == MC_OK);
+        mc_plan_free(p);
+    }
     /* Too small: 1 GiB devices cannot hold 8192-token sequences of DeepSeek-V3 */
     mc_model_desc big;
     CHECK(load("configs/deepseek-v3.config.json", &big) == 0);
