@@ -72,15 +72,20 @@ static mc_status read_lengths(st_file *in, const char *in_path, int64_t B, int64
     if (t->dtype != MC_DT_I64 || t->ndim != 1 || t->shape[0] != B)
         return mc_err_set(err, MC_ERR_FORMAT, "%s: 'lengths' must be I64 [B] with B = %lld",
                           in_path, (long long)B);
-    const int64_t *v = t->data;
-    for (int64_t b = 0; b < B; b++)
-        if (v[b] < 1 || v[b] > T)
-            return mc_err_set(err, MC_ERR_FORMAT,
-                              "%s: 'lengths'[%lld] = %lld is outside 1..%lld (T)", in_path,
-                              (long long)b, (long long)v[b], (long long)T);
-    if (!(*lengths = mc_malloc_n((size_t)B, sizeof **lengths)))
+    /* copied first: the tensor's bytes in the file need not be 8-byte aligned */
+    int64_t *v = mc_malloc_n((size_t)B, sizeof *v);
+    if (!v)
         return mc_err_set(err, MC_ERR_NOMEM, "out of memory");
-    memcpy(*lengths, v, (size_t)B * sizeof **lengths);
+    memcpy(v, t->data, (size_t)B * sizeof *v);
+    for (int64_t b = 0; b < B; b++)
+        if (v[b] < 1 || v[b] > T) {
+            mc_status st = mc_err_set(err, MC_ERR_FORMAT,
+                                      "%s: 'lengths'[%lld] = %lld is outside 1..%lld (T)",
+                                      in_path, (long long)b, (long long)v[b], (long long)T);
+            free(v);
+            return st;
+        }
+    *lengths = v;
     return MC_OK;
 }
 

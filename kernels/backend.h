@@ -223,13 +223,13 @@ typedef struct {
     int topk_group; /* E / n_group (>= 2) experts per group; a group scores the sum of its two
                        best choice values; only the topk_group best groups' experts are chosen */
     int renorm;     /* weights /= (sum of the k chosen s, in double) + norm_eps */
-    float norm_eps; /* today's engine: 1e-20 for sigmoid / sqrtsoftplus, 0 for softmax */
+    float norm_eps; /* the reference: 1e-20 for sigmoid / sqrtsoftplus, 0 for softmax */
     float scale;    /* routed_scaling_factor, multiplies every weight last (1: none) */
 } mc_router_opts;
 
 /* Router top-k of every token: ids[t, 0..k) are the k experts with the
  * largest choice values, in descending order, ties to the lower expert (and
- * group) index as worker/moe.c; weights[t, j] = s[ids[t, j]], renormalized
+ * group) index as the reference (tests/ref/ref_moe.c); weights[t, j] = s[ids[t, j]], renormalized
  * and scaled as opts says. logits (n, E) F32; bias [E] F32 or NULL; ids
  * (n, k) I32; weights (n, k) F32. Today's routers map as:
  *   topk router:  score softmax / sigmoid, renorm = norm_topk_prob, scale =
@@ -237,7 +237,7 @@ typedef struct {
  *   Llama 4:      LOGIT_SIGMOID, k = 1, no bias, no groups, renorm 0, scale 1;
  *   DeepSeek-V4:  SQRTSOFTPLUS (or SIGMOID), renorm 1, norm_eps 1e-20, no
  *                 groups; its reference breaks exact ties at the k-th place
- *                 as torch.topk does (worker's mc_v4_route), which this op
+ *                 as torch.topk does (the reference's mc_v4_route), which this op
  *                 does not reproduce; hash-routed layers need no router. */
 mc_status mc_op_router_topk(mc_backend *be, const mc_tensor *logits, const mc_tensor *bias,
                             const mc_router_opts *opts, mc_tensor *ids, mc_tensor *weights,
@@ -245,7 +245,7 @@ mc_status mc_op_router_topk(mc_backend *be, const mc_tensor *logits, const mc_te
 
 /* Groups token-expert pairs by expert: pair (t, j) (expert ids[t, j]) gets
  * permuted row slot[t, j]; rows are ordered by expert, and within an expert
- * by pair index t * k + j (stable, as worker/moe.c); xp[slot[t, j], :] =
+ * by pair index t * k + j (stable, as tests/ref/ref_moe.c); xp[slot[t, j], :] =
  * x[t, :]; the rows of expert e are offsets[e] .. offsets[e + 1].
  * x (n, H) F32; ids (n, k) I32 with values in [0, E) (checked by the
  * backend); xp (n * k, H) F32; slot (n, k) I32; offsets I32 [E + 1]. */
@@ -253,7 +253,7 @@ mc_status mc_op_moe_permute(mc_backend *be, const mc_tensor *x, const mc_tensor 
                             mc_tensor *xp, mc_tensor *slot, mc_tensor *offsets, mc_err *err);
 
 /* y[t, :] = sum_j weights[t, j] * yp[slot[t, j], :], the products added in
- * ascending slot order (expert order, as worker/moe.c combines) from zero;
+ * ascending slot order (expert order, as tests/ref/ref_moe.c combines) from zero;
  * weights NULL: all 1. yp (m, H) F32; slot (n, k) I32 with values in
  * [0, m) (checked by the backend); weights (n, k) F32; y (n, H) F32. */
 mc_status mc_op_moe_unpermute_weighted(mc_backend *be, const mc_tensor *yp, const mc_tensor *slot,
@@ -373,7 +373,7 @@ mc_status mc_op_mla_decode(mc_backend *be, const mc_tensor *q_lat, const mc_tens
                            const mc_kv_index *ix, const mc_attn_opts *opt, mc_tensor *y,
                            mc_err *err);
 
-/* The DeepSeek-V3.2 lightning indexer's scale factors (worker/attention.c). */
+/* The DeepSeek-V3.2 lightning indexer's scale factors (as tests/ref/ref_attention.c). */
 typedef struct {
     int k;              /* positions kept per token, >= 1 (index_topk) */
     float score_scale;  /* multiplies iq . key before the ReLU: 1 / sqrt(index_head_dim) */
@@ -386,8 +386,8 @@ typedef struct {
  *   score(p) = sum over h = 0.. of relu((iq[t, h] . key[p]) * score_scale)
  *                                  * w[t, h] * weight_scale
  * sel[t, 0..m) are the m = min(k, pos[t] + 1) positions with the highest
- * scores, highest first, an exact tie to the lower position (the engine's
- * mc_topk_indices keeps the same set); sel[t, m..k) = -1 (fewer positions
+ * scores, highest first, an exact tie to the lower position (the
+ * reference's mc_topk_indices keeps the same set); sel[t, m..k) = -1 (fewer positions
  * visible than k). A NaN score's rank is unspecified.
  *   iq (n, ih, id) F32, rotated as the engine does (unscaled); w (n, ih) F32
  *   (the idx_weights projection); key_pages (n_blocks, block_size, id) F32
@@ -399,8 +399,9 @@ mc_status mc_op_indexer_topk(mc_backend *be, const mc_tensor *iq, const mc_tenso
 
 /* ---- DeepSeek-V4 ----
  *
- * The pieces of worker/deepseek_v4*.c that no op above covers. Its paged
- * caches (one layer's, all F32, dimension 0 the block id, 1 the slot):
+ * The pieces of DeepSeek-V4 (reference: tests/ref/ref_deepseek_v4*.c) that
+ * no op above covers. Its paged caches (one layer's, all F32, dimension 0
+ * the block id, 1 the slot):
  *   window K=V        (n_blocks, block_size, head_dim): every position's
  *                     normed, rotated K=V row (the window reads the last ones)
  *   compressor input  (n_blocks, block_size, W) twice: every position's raw
@@ -480,7 +481,7 @@ typedef struct {
  * (w + 1) * rate - 1) as the worker does, in F32 in this order:
  *   score(w) = sum over h of relu(iq[t, h] . key[w]) * score_scale * (w[t, h] * weight_scale)
  * pads the row with -inf to max(n_row[t], nv), keeps the top min(k, row) with
- * the worker's tie order (mc_v4_select_topk: torch.topk on CPU), and
+ * the reference's tie order (mc_v4_select_topk: torch.topk on CPU), and
  * writes the visible ones to sel[t, 0..), -1 after.
  *   iq (n, ih, id), w (n, ih), key_pages (n_blocks, block_size, id) F32;
  *   sel (n, k) I32. Content refusals as mc_op_attention. */

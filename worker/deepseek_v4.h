@@ -1,6 +1,7 @@
-/* deepseek_v4.h - DeepSeek-V4: its own weights, cache state and forward pass,
- * reached from mc_model_load / mc_kv_create / mc_model_forward when
- * d.family == MC_FAM_DEEPSEEK_V4.
+/* deepseek_v4.h - DeepSeek-V4: binding its own weights, reached from
+ * mc_model_load when d.family == MC_FAM_DEEPSEEK_V4. The forward pass runs
+ * on the step executor (step_v4.c, step_v4_fwd.c); the per-call reference
+ * kept for tests is in tests/ref/.
  *
  * The architecture, in short:
  *  - Hyper-connections (mHC): the residual is hc_mult parallel streams. Before
@@ -31,29 +32,9 @@
 
 #include "model.h"
 
-/* Binds and checks the V4 tensors; stores its state in m->v4. */
+/* Binds and checks the V4 tensors; stores them in m->v4 (the arrays go on
+ * the model's owned list). mc_v4_free frees m->v4; mc_model_free calls it. */
 mc_status mc_v4_load(mc_model *m, mc_err *err);
 void mc_v4_free(mc_model *m);
-/* Creates the V4 cache state in kv->ext (kv->cap tokens). */
-mc_status mc_v4_kv_init(const mc_model *m, mc_kv *kv, mc_err *err);
-void mc_v4_kv_free(mc_kv *kv);
-void mc_v4_kv_reset(mc_kv *kv);
-/* Same contract as mc_model_forward. */
-mc_status mc_v4_forward(mc_model *m, mc_kv *kv, const int64_t *tokens, int n, float *logits,
-                        bool last_only, mc_err *err);
-
-/* ---- pieces exposed for tests ---- */
-
-/* Sinkhorn projection of the hyper-connection mixing logits [hc, hc]:
- * row softmax + eps, then alternating column / row normalization (iters
- * column steps in all), as the reference does. */
-void mc_v4_sinkhorn(const float *logits, int hc, int iters, float eps, float *comb);
-/* Router score of one logit. */
-float mc_v4_router_score(mc_v4_score f, float logit);
-/* Routes one token: hash_row (tid2eid[token], k ids) when non-NULL, else the
- * top-k of score + bias (ties as torch.topk on CPU breaks them); weights are the
- * chosen scores normalized to sum 1, times routed_scaling_factor. */
-void mc_v4_route(const mc_model_desc *d, const float *logits, const float *bias,
-                 const int32_t *hash_row, int *idx, float *weight);
 
 #endif

@@ -1,5 +1,7 @@
 /* model.h - a loaded model: the normalized description plus weight views
- * bound to the memory-mapped checkpoint, a KV cache, and the forward pass.
+ * bound to the memory-mapped checkpoint, and this rank's share of it. The
+ * forward pass is the step executor's (step.h); the per-call reference
+ * forward kept for tests is in tests/ref/.
  *
  * A model is one rank's share (layout.h): the layers of its pipeline stage,
  * its routed experts, its slice of the attention heads, of the dense and
@@ -11,8 +13,7 @@
  * Lifetimes: mc_model owns the checkpoint mapping, the small f32 copies
  * (norm weights, biases, FP8 scales) and its tp/ep/pp communicators; the
  * world communicator of a distributed model is borrowed from the caller.
- * Weight matrices are borrowed views into the mapping. mc_kv is owned by
- * the caller (one per sequence).
+ * Weight matrices are borrowed views into the mapping.
  */
 #ifndef MC_MODEL_H
 #define MC_MODEL_H
@@ -65,7 +66,7 @@ typedef struct mc_model {
     float *final_norm;   /* [H] */
     mc_layer_w *layers;  /* [n_layers] */
     double *inv_freq;    /* [rope.dim/2] */
-    struct mc_v4_model *v4; /* DeepSeek-V4 state (deepseek_v4.c), else NULL */
+    struct mc_v4_model *v4; /* DeepSeek-V4 weights (deepseek_v4.c), else NULL */
     void **owned;        /* f32 copies to free */
     size_t n_owned, cap_owned;
     /* this rank's share and its communicators (parallel.h) */
@@ -95,48 +96,9 @@ mc_status mc_model_load_dist(const char *dir, mc_comm *world, int tp, int ep, in
                              mc_model **out, mc_err *err);
 void mc_model_free(mc_model *m);
 
-/* Whether this rank receives the full logits of its dp group from
- * mc_forward_step: the last stage's tp rank 0. */
+/* Whether this rank receives the full logits of its dp group from a step
+ * (mc_step_exec_run): the last stage's tp rank 0. */
 bool mc_model_is_output(const mc_model *m);
-
-/* Per-sequence KV cache of this rank's layers (the others stay NULL). MLA
- * caches the normalized latent (kv_lora_rank) and the rotated rope key
- * (qk_rope_dim) per token, on every tp rank; GQA caches K and V of the KV
- * heads this rank holds. */
-typedef struct {
-    int cap, len, n_layers;
-    int k_width, v_width, aux_width; /* floats per token per layer */
-    float **k, **v;       /* [n_layers][cap * width] */
-    float **aux;          /* DeepSeek-V3.2 indexer keys [n_layers][cap * aux_width], else NULL */
-    void *ext;            /* family-specific cache state (DeepSeek-V4), else NULL */
-} mc_kv;
-
-mc_status mc_kv_create(const mc_model *m, int cap, mc_kv **out, mc_err *err);
-void mc_kv_reset(mc_kv *kv);
-void mc_kv_free(mc_kv *kv);
-
-/* Runs n tokens at positions kv->len .. kv->len+n-1 (causal over the cache),
- * appends them to the cache, and writes logits [n, vocab] if logits != NULL
- * (only the last row if last_only). Single process (or one rank's step,
- * as mc_forward_step with want_logits = logits != NULL); n >= 1. */
-mc_status mc_model_forward(mc_model *m, mc_kv *kv, const int64_t *tokens, int n, float *logits,
-                           bool last_only, mc_err *err);
-
-/* One rank's part of a forward step; called by every rank of the job in the
- * same order. The first stage embeds `tokens` (other stages receive the
- * activations from the previous stage and may pass NULL); the last stage
- * computes the logits when want_logits (every rank of a dp group passes the
- * same n, want_logits and last_only) and mc_model_is_output ranks receive
- * them in logits [n or 1, vocab]. n may be 0 for a dp group with nothing to
- * do: it still takes part in the expert exchange of its stage. */
-mc_status mc_forward_step(mc_model *m, mc_kv *kv, const int64_t *tokens, int n, bool want_logits,
-                          bool last_only, float *logits, mc_err *err);
-
-/* Routing for one token (exposed for tests). logits[E] are router outputs;
- * writes k expert ids (ascending score order not guaranteed) and weights.
- * Ties break toward the lower expert (and group) index. */
-void mc_route_token(const mc_model_desc *d, const float *logits, const float *bias, int *idx,
-                    float *weight);
 
 /* MC_FAULT_INJECT (parsed at load): this rank fails on reaching layer l,
  * as the failure tests ask (exit, crash or hang); otherwise nothing. */

@@ -1,7 +1,6 @@
 /* sched.c - the scheduler of `score` (see sched.h). */
 #include "sched.h"
 
-#include "exec.h"
 #include "parallel.h"
 
 #include <stdlib.h>
@@ -145,6 +144,31 @@ static mc_status finish_step(mc_step_exec *ex, const mc_step_plan *plan, sched_s
     return MC_OK;
 }
 
+/* World rank that receives the logits of dp group g: the last stage's tp rank 0. */
+static int output_rank(const mc_model *m, int g) {
+    return mc_layout_world_rank(&m->lay, m->lay.pp - 1, g, 0);
+}
+
+mc_status mc_sched_gather(mc_model *m, int B, size_t seq_floats, const float *own, float *logits,
+                          mc_err *err) {
+    int dp = m->lay.dp > 0 ? m->lay.dp : 1, me = m->lay.rank;
+    /* logits to rank 0, sequence by sequence; the output ranks kept theirs
+     * until now so that the pipeline never waits on rank 0 */
+    for (int b = 0; b < B; b++) {
+        int src = output_rank(m, b % dp);
+        mc_status st = MC_OK;
+        if (src == 0) continue;
+        if (me == 0)
+            st = mc_par_recv(m, m->world, MC_STAT_HEAD(m->d.n_layers), src,
+                             logits + (size_t)b * seq_floats, seq_floats * sizeof(float), err);
+        else if (me == src)
+            st = mc_par_send(m, m->world, MC_STAT_HEAD(m->d.n_layers), 0,
+                             own + (size_t)(b / dp) * seq_floats, seq_floats * sizeof(float), err);
+        if (st != MC_OK) return st;
+    }
+    return MC_OK;
+}
+
 mc_status mc_sched_score(mc_model *m, mc_step_exec *ex, const mc_sched_job *job, float *logits,
                          mc_err *err) {
     const mc_layout *lay = &m->lay;
@@ -214,7 +238,7 @@ mc_status mc_sched_score(mc_model *m, mc_step_exec *ex, const mc_sched_job *job,
         for (int i = 0; i < n; i++)
             n_done += seqs[i].state == SEQ_DONE;
     }
-    st = mc_exec_gather(m, B, seq_floats, own, logits, err);
+    st = mc_sched_gather(m, B, seq_floats, own, logits, err);
 done:
     mc_step_plan_free(&plan);
     free(own);

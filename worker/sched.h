@@ -56,4 +56,12 @@ uint32_t mc_sched_pool_blocks(const mc_model *m, const mc_sched_job *job, uint32
 mc_status mc_sched_score(mc_model *m, mc_step_exec *ex, const mc_sched_job *job, float *logits,
                          mc_err *err);
 
+/* Collective over the model's world: the logits [T, V] (seq_floats floats)
+ * of each of B sequences to world rank 0's logits [B, T, V]: sequence b
+ * from its dp group's (b % dp) output rank (mc_model_is_output), which
+ * holds it in own at row b / dp (own: that rank's sequences when it is not
+ * rank 0, borrowed; NULL elsewhere). Nothing is kept or freed. */
+mc_status mc_sched_gather(mc_model *m, int B, size_t seq_floats, const float *own, float *logits,
+                          mc_err *err);
+
 #endif

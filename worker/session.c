@@ -3,7 +3,6 @@
 
 #include "backend.h"
 #include "comm_mpi.h"
-#include "exec.h"
 #include "kernels.h"
 #include "log.h"
 #include "model.h"
@@ -13,7 +12,6 @@
 #include "step.h"
 
 #include <stdlib.h>
-#include <string.h>
 
 /* KV memory a `score` pool may take per rank (see mc_sched_pool_blocks). */
 #define SCORE_KV_BUDGET (4ull << 30)
@@ -30,8 +28,6 @@ struct mc_session {
     mc_step_exec *ex;    /* owned: the executor of the sequence of _seq_* / _forward */
     uint32_t seq_cap;    /* tokens reserved for that sequence */
     uint32_t seq_budget; /* its executor's step budget */
-    mc_kv *kv;           /* owned: the same sequence on the per-call path (fallback) */
-    bool fallback_logged;
 };
 
 mc_status mc_session_open(int *argc, char ***argv, bool with_world, mc_session **out, mc_err *err) {
@@ -56,7 +52,6 @@ void mc_session_close(mc_session *s, bool abort_peers) {
     if (abort_peers && s->world && mc_comm_size(s->world) > 1)
         mc_comm_world_abort(s->world, 1); /* peers may be blocked in a collective */
     mc_step_exec_free(s->ex);
-    mc_kv_free(s->kv);
     mc_model_free(s->m); /* frees its tp/ep/pp comms; borrows the world */
     mc_backend_free(s->be);
     mc_comm_world_finalize(s->world);
@@ -153,49 +148,6 @@ void mc_session_warm(const mc_session *s) {
     (void)sink;
 }
 
-/* ---- the per-call fallback ----
- * Models and layouts the step executor does not run yet (mc_step_exec_init
- * says MC_ERR_UNSUPPORTED, the same on every rank: family and layout) run
- * on the per-call forward
- * (exec.c, mc_model_forward). Everything about that path is here and in
- * the `kv` branches below, to be deleted when every family runs on the
- * executor. */
-
-/* Makes an executor, or says (*out NULL, MC_OK) that the fallback runs,
- * logging why once. No collective: callers agree on the outcome. */
-static mc_status exec_make(mc_session *s, uint32_t n_blocks, uint32_t block_size,
-                           uint32_t batch_tokens, mc_step_exec **out, mc_err *err) {
-    *out = NULL;
-    mc_err why;
-    mc_err_clear(&why);
-    mc_status st = mc_step_exec_init(s->m, s->be, n_blocks, block_size, batch_tokens, out, &why);
-    if (st == MC_ERR_UNSUPPORTED) {
-        if (!s->fallback_logged)
-            MC_INFO("the step executor does not run this yet (%s); using the per-call forward "
-                    "path",
-                    why.msg);
-        s->fallback_logged = true;
-        return MC_OK;
-    }
-    if (st != MC_OK) *err = why;
-    return st;
-}
-
-/* Fallback score: every sequence whole (a causal model's logits before a
- * position do not depend on later tokens), then rank 0 zeroes the
- * positions past each length. */
-static mc_status score_fallback(mc_session *s, const int64_t *ids, int B, int T,
-                                const mc_score_opts *o, float *logits, mc_err *err) {
-    mc_status st = mc_exec_score(s->m, ids, B, T, o->decode_from, logits, err);
-    if (st != MC_OK || !o->lengths || !logits || mc_session_rank(s) != 0) return st;
-    size_t V = (size_t)s->m->d.vocab;
-    for (int b = 0; b < B; b++) {
-        size_t len = (size_t)o->lengths[b];
-        memset(logits + ((size_t)b * T + len) * V, 0, ((size_t)T - len) * V * sizeof *logits);
-    }
-    return MC_OK;
-}
-
 /* ---- running ---- */
 
 static mc_status need_model(const mc_session *s, mc_err *err) {
@@ -224,14 +176,15 @@ mc_status mc_session_score_opts(mc_session *s, const int64_t *ids, int B, int T,
         busiest = sum > busiest ? sum : busiest;
     }
     if (busiest >= 1 && busiest < job.max_batch_tokens) job.max_batch_tokens = (uint32_t)busiest;
+    /* a family or layout the executor does not run (MC_ERR_UNSUPPORTED, the
+     * same on every rank) fails here like any other error, with its reason */
     mc_step_exec *ex = NULL;
-    st = exec_make(s, mc_sched_pool_blocks(s->m, &job, bs, SCORE_KV_BUDGET), bs,
-                   job.max_batch_tokens, &ex, err);
+    st = mc_step_exec_init(s->m, s->be, mc_sched_pool_blocks(s->m, &job, bs, SCORE_KV_BUDGET), bs,
+                           job.max_batch_tokens, &ex, err);
     if ((st = mc_session_agree(s, st, err)) != MC_OK) {
         mc_step_exec_free(ex);
         return st;
     }
-    if (!ex) return score_fallback(s, ids, B, T, o, logits, err);
     st = mc_sched_score(s->m, ex, &job, logits, err);
     mc_step_exec_free(ex);
     return st;
@@ -248,15 +201,13 @@ mc_status mc_session_seq_init(mc_session *s, int cap, mc_err *err) {
     if (st != MC_OK) return st;
     if (cap < 1) return mc_err_set(err, MC_ERR_ARG, "session: a sequence of %d tokens", cap);
     mc_step_exec_free(s->ex);
-    mc_kv_free(s->kv);
     s->ex = NULL;
-    s->kv = NULL;
     s->seq_cap = (uint32_t)cap;
     s->seq_budget = s->seq_cap < SEQ_BATCH_TOKENS ? s->seq_cap : SEQ_BATCH_TOKENS;
     uint32_t n_blocks = (s->seq_cap + SEQ_BLOCK_SIZE - 1) / SEQ_BLOCK_SIZE;
-    if ((st = exec_make(s, n_blocks, SEQ_BLOCK_SIZE, s->seq_budget, &s->ex, err)) != MC_OK)
+    if ((st = mc_step_exec_init(s->m, s->be, n_blocks, SEQ_BLOCK_SIZE, s->seq_budget, &s->ex,
+                                err)) != MC_OK)
         return st;
-    if (!s->ex) return mc_kv_create(s->m, cap, &s->kv, err); /* fallback */
     st = mc_kv_pool_reserve(mc_step_exec_pool(s->ex), SEQ_ID, s->seq_cap, err);
     if (st != MC_OK) {
         mc_step_exec_free(s->ex);
@@ -266,7 +217,6 @@ mc_status mc_session_seq_init(mc_session *s, int cap, mc_err *err) {
 }
 
 void mc_session_seq_reset(mc_session *s) {
-    if (s->kv) mc_kv_reset(s->kv);
     if (!s->ex) return;
     mc_err e;
     mc_err_clear(&e);
@@ -276,9 +226,8 @@ void mc_session_seq_reset(mc_session *s) {
 }
 
 static mc_status need_seq(const mc_session *s, mc_err *err) {
-    return s->ex || s->kv
-               ? MC_OK
-               : mc_err_set(err, MC_ERR_ARG, "session: no sequence (mc_session_seq_init)");
+    return s->ex ? MC_OK
+                 : mc_err_set(err, MC_ERR_ARG, "session: no sequence (mc_session_seq_init)");
 }
 
 /* n tokens of the sequence through the executor, in steps of at most the
@@ -323,7 +272,6 @@ mc_status mc_session_seq_last(mc_session *s, const int64_t *tokens, int n, float
                               mc_err *err) {
     mc_status st = need_seq(s, err);
     if (st != MC_OK) return st;
-    if (s->kv) return mc_exec_last(s->m, s->kv, tokens, n, logits, err); /* fallback */
     /* dp group 0 runs the sequence, the others idle in lockstep */
     const mc_model *m = s->m;
     bool active = m->lay.dp_rank == 0, out_rank = active && mc_model_is_output(m);
@@ -332,7 +280,7 @@ mc_status mc_session_seq_last(mc_session *s, const int64_t *tokens, int n, float
     if (out_rank && me != 0 && !(buf = mc_malloc_n((size_t)m->d.vocab, sizeof *buf)))
         return mc_err_set(err, MC_ERR_NOMEM, "out of memory");
     st = seq_steps(s, tokens, n, active, true, !out_rank ? NULL : me == 0 ? logits : buf, err);
-    if (st == MC_OK) st = mc_exec_gather(s->m, 1, (size_t)m->d.vocab, buf, logits, err);
+    if (st == MC_OK) st = mc_sched_gather(s->m, 1, (size_t)m->d.vocab, buf, logits, err);
     free(buf);
     return st;
 }
@@ -341,8 +289,6 @@ mc_status mc_session_forward(mc_session *s, const int64_t *tokens, int n, float 
                              bool last_only, mc_err *err) {
     mc_status st = need_seq(s, err);
     if (st != MC_OK) return st;
-    if (s->kv) /* fallback */
-        return mc_model_forward(s->m, s->kv, tokens, n, logits, last_only, err);
     return seq_steps(s, tokens, n, true, last_only, logits, err);
 }
 

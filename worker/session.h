@@ -102,9 +102,9 @@ typedef struct {
  * group, FCFS, chunked prefill within the budget, paged KV). Positions at
  * or past a sequence's length are 0. The pool holds the blocks of every
  * sequence of the busiest dp group, capped at 4 GiB of KV per rank, but at
- * least the longest sequence. Families and layouts the executor does not
- * run yet take the per-call path (logged once). logits is written on rank
- * 0 only (NULL elsewhere is fine). */
+ * least the longest sequence. A family or layout the executor does not run
+ * fails with MC_ERR_UNSUPPORTED on every rank, naming what is missing.
+ * logits is written on rank 0 only (NULL elsewhere is fine). */
 mc_status mc_session_score_opts(mc_session *s, const int64_t *ids, int B, int T,
                                 const mc_score_opts *o, float *logits, mc_err *err);
 /* = mc_session_score_opts with decode_from and the defaults otherwise. */
@@ -112,9 +112,9 @@ mc_status mc_session_score(mc_session *s, const int64_t *ids, int B, int T, int 
                            float *logits, mc_err *err);
 
 /* One sequence held by the session: a step executor with blocks for cap
- * tokens (replaces an earlier one; the per-call path's KV cache where the
- * executor does not run the model yet), emptied again by _seq_reset. Not
- * collective: callers agree on the outcome. */
+ * tokens (replaces an earlier one; MC_ERR_UNSUPPORTED, naming what is
+ * missing, where the executor does not run the model), emptied again by
+ * _seq_reset. Not collective: callers agree on the outcome. */
 mc_status mc_session_seq_init(mc_session *s, int cap, mc_err *err);
 void mc_session_seq_reset(mc_session *s);
 /* Collective: n tokens of the sequence through every rank's share; the

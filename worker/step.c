@@ -7,8 +7,8 @@
  * same code runs on any backend. */
 #include "step_internal.h"
 
-#include "attention.h"
 #include "nonfinite.h"
+#include "rope.h"
 
 #include <stdio.h>
 #include <stdlib.h>

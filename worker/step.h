@@ -38,13 +38,16 @@
  * mc_step_plan_check (no block twice in one step) the executor trusts the
  * plan's tables.
  *
- * Scope today: one process (tp = ep = pp = 1); Qwen3-MoE (GQA with q/k
- * norms, softmax router) and DeepSeek-V3 (MLA, group-limited sigmoid router,
- * shared experts, dense layers; BF16 or FP8 weights). DeepSeek-V3.2's
- * indexer, the Llama 4 and Mistral 4 attention variants, the Llama 4 router
- * and DeepSeek-V4 are refused at init with MC_ERR_UNSUPPORTED naming what
- * is missing. Non-finite activations are not checked per layer (the
- * forward pass's mc_nf_check has no op yet).
+ * Scope: every family (DeepSeek-V3 / V3.2 with its indexer / V4 with its
+ * own stack in step_v4*.c, Qwen3-MoE, Llama 4 with chunked and NoPE layers
+ * and its top-1 router, Mistral 4), every weight format, and every parallel
+ * layout of the model's share (tp, ep, pp, dp; see the collective contract
+ * of mc_step_exec_run). After every attention and FFN block, and on the
+ * embedded input and the logits, a NaN or infinity stops the step with a
+ * message naming the layer, the position and the weight at fault
+ * (nonfinite.h). Refused with MC_ERR_UNSUPPORTED naming what is missing:
+ * combinations no model has (e.g. the V3.2 indexer without a query LoRA),
+ * parallel layouts on a backend without host memory, top-k candidates.
  *
  * Ownership: mc_step_exec_init returns an executor the caller frees with
  * mc_step_exec_free before the model and the backend, both borrowed and

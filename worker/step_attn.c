@@ -120,7 +120,7 @@ mc_status mc_step_attn_index(mc_step_exec *ex, const mc_step_host_ix *hx, mc_ste
     const mc_model_desc *d = &ex->m->d;
     if (d->llama4_beta == 0 && !d->attn_temp_tuning)
         return MC_OK;
-    /* (n) query scales from the positions, as worker/attention.c computes them */
+    /* (n) query scales from the positions, as the reference (tests/ref/ref_attention.c) computes them */
     float *qs = mc_arena_alloc_n(ex->arena, (size_t)hx->n, sizeof *qs);
     if (!qs)
         return mc_err_set(err, MC_ERR_NOMEM, "step: out of memory for %lld query scales",

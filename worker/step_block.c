@@ -2,8 +2,9 @@
  * attention over the paged cache, routed + shared experts or a dense FFN)
  * and the LM head, on the n tokens of a step, as backend ops only.
  *
- * The order of operations is worker/forward.c's, attention.c's and moe.c's,
- * so the logits agree with mc_model_forward to rounding. */
+ * The order of operations is the reference's (tests/ref/ref_forward.c,
+ * ref_attention.c, ref_moe.c), so the logits agree with its
+ * mc_model_forward to rounding. */
 #include "step_internal.h"
 
 #include "nonfinite.h"
@@ -25,7 +26,8 @@ mc_status mc_step_nf(mc_step_exec *ex, int where, int layer, const mc_tensor *t,
     if (st != MC_OK || r < 0)
         return st;
     mc_tensor row;
-    float *buf = mc_malloc_n((size_t)w, sizeof *buf);
+    mc_arena_mark mk = mc_arena_mark_get(ex->arena);
+    float *buf = mc_arena_alloc_n(ex->arena, (size_t)w, sizeof *buf); /* [w] the bad row */
     if (!buf)
         return mc_err_set(err, MC_ERR_NOMEM, "step: out of memory");
     if ((st = mc_tensor_view_rows(t, r, 1, &row, err)) == MC_OK &&
@@ -38,7 +40,7 @@ mc_status mc_step_nf(mc_step_exec *ex, int where, int layer, const mc_tensor *t,
                             "layer %d: non-finite value at row %lld, column %lld", layer,
                             (long long)r, (long long)c);
     }
-    free(buf);
+    mc_arena_reset_to(ex->arena, mk);
     return st;
 }
 
@@ -158,7 +160,7 @@ fail:
  *             are grouped by expert, so by owner too), with the count of
  *             each of the owner's experts (and, Llama 4, the weight);
  *   experts   the receiver groups what it got by local expert (stable in
- *             arrival order, as worker/moe.c) and runs them in one call;
+ *             arrival order, as the reference) and runs them in one call;
  *   combine   each output goes back to the rank that sent the pair, into
  *             yp (np, H) in xp's order, unweighted (Llama 4: input-weighted).
  * Index data (counts, each received row's expert) is built on the host. */
@@ -174,12 +176,19 @@ static mc_status ep_experts(mc_step_exec *ex, int l, int64_t np, const mc_tensor
     int llama4 = d->router == MC_ROUTER_LLAMA4;
     size_t hb = (size_t)H * sizeof(float);
     mc_status st = MC_OK;
-    int32_t *off = calloc((size_t)E + 1, sizeof *off);    /* [E + 1] pair ranges */
-    uint32_t *rcnt = calloc((size_t)P * (ne > 0 ? ne : 1), sizeof *rcnt); /* (P, ne) */
-    size_t *cnt = calloc((size_t)8 * P, sizeof *cnt);
-    int64_t *to = calloc((size_t)2 * P, sizeof *to);      /* pairs to / from each peer */
+    /* host index data of this exchange, from the step's arena (given back at the end) */
+    mc_arena *a = ex->arena;
+    mc_arena_mark mk = mc_arena_mark_get(a);
+    int32_t *off = mc_arena_alloc_n(a, (size_t)E + 1, sizeof *off);    /* [E + 1] pair ranges */
+    uint32_t *rcnt = mc_arena_alloc_n(a, (size_t)P * (ne > 0 ? ne : 1), sizeof *rcnt); /* (P, ne) */
+    size_t *cnt = mc_arena_alloc_n(a, (size_t)4 * P, sizeof *cnt);
+    int64_t *to = mc_arena_alloc_n(a, (size_t)2 * P, sizeof *to);      /* pairs to / from each peer */
     int32_t *rid = NULL;
-    uint32_t *sendc = calloc((size_t)E + 1, sizeof *sendc);
+    uint32_t *sendc = mc_arena_alloc_n(a, (size_t)E + 1, sizeof *sendc);
+    if (off)
+        memset(off, 0, ((size_t)E + 1) * sizeof *off);
+    if (rcnt)
+        memset(rcnt, 0, (size_t)P * (ne > 0 ? ne : 1) * sizeof *rcnt);
     if (!off || !rcnt || !cnt || !to || !sendc) {
         st = mc_err_set(err, MC_ERR_NOMEM, "step: out of memory for the expert exchange");
         goto done;
@@ -224,7 +233,7 @@ static mc_status ep_experts(mc_step_exec *ex, int l, int64_t np, const mc_tensor
     ep_scratch x;
     TRY(ep_scratch_make(ex, nr, ne, &x, err));
     /* each received row's local expert: peer by peer, expert by expert */
-    if (!(rid = mc_malloc_n((size_t)(nr > 0 ? nr : 1), sizeof *rid))) {
+    if (!(rid = mc_arena_alloc_n(a, (size_t)(nr > 0 ? nr : 1), sizeof *rid))) {
         st = mc_err_set(err, MC_ERR_NOMEM, "step: out of memory for %lld received pairs",
                         (long long)nr);
         goto done;
@@ -298,12 +307,7 @@ static mc_status ep_experts(mc_step_exec *ex, int l, int64_t np, const mc_tensor
                        np > 0 ? mc_step_host(yp) : NULL, (size_t)np * hb, rc, rd, err));
 done:
 fail:
-    free(off);
-    free(rcnt);
-    free(cnt);
-    free(to);
-    free(rid);
-    free(sendc);
+    mc_arena_reset_to(a, mk);
     return st;
 }
 
@@ -315,7 +319,7 @@ mc_status mc_step_moe_idle(mc_step_exec *ex, int l, mc_err *err)
 /* tmp = routed experts (+ shared experts) of xn. Under tp the ranks of a
  * group route disjoint slices of the tokens (mc_split), so rows outside
  * this rank's slice hold only its share of the shared experts, and the tp
- * all-reduce after the block completes every row (as worker/moe.c). */
+ * all-reduce after the block completes every row (as the reference, tests/ref/ref_moe.c). */
 static mc_status moe(mc_step_exec *ex, int l, mc_step_views *s, mc_err *err)
 {
     const mc_model_desc *d = &ex->m->d;
@@ -401,10 +405,12 @@ mc_status mc_step_head(mc_step_exec *ex, mc_step_views *s, int64_t nl, float *lo
     float *part = NULL, *all = NULL;
     size_t *cnt = NULL;
     mc_status st = MC_OK;
-    if (tp > 1) {
-        part = mc_malloc_n((size_t)R * (size_t)nv, sizeof *part);  /* (R, nv) */
-        all = lay->tp_rank == 0 ? mc_malloc_n((size_t)R * (size_t)V, sizeof *all) : NULL;
-        cnt = calloc((size_t)4 * tp, sizeof *cnt);
+    mc_arena_mark mk = mc_arena_mark_get(ex->arena);
+    if (tp > 1) { /* host staging of the gather, from the step's arena */
+        part = mc_arena_alloc_n(ex->arena, (size_t)R * (size_t)nv, sizeof *part); /* (R, nv) */
+        all = lay->tp_rank == 0 ? mc_arena_alloc_n(ex->arena, (size_t)R * (size_t)V, sizeof *all)
+                                : NULL;                                             /* (R, V) */
+        cnt = mc_arena_alloc_n(ex->arena, (size_t)4 * tp, sizeof *cnt);
         if (!part || (lay->tp_rank == 0 && !all) || !cnt) {
             st = mc_err_set(err, MC_ERR_NOMEM, "step: out of memory for the LM head's gather");
             goto fail;
@@ -464,8 +470,6 @@ mc_status mc_step_head(mc_step_exec *ex, mc_step_views *s, int64_t nl, float *lo
         }
     }
 fail:
-    free(part);
-    free(all);
-    free(cnt);
+    mc_arena_reset_to(ex->arena, mk);
     return st;
 }

@@ -272,7 +272,7 @@ mc_status mc_step_v4_forward(mc_step_exec *ex, const mc_step_host_ix *hx, float 
         TRYS(mc_tensor_view_cols(&s.X, j * H, H, &xj, err));
         TRYS(mc_op_embed(be, &ex->embed, &s.tok, 0, &xj, err));
     }
-    /* non-finite checks where the worker's mc_v4_forward makes them */
+    /* non-finite checks where the reference (tests/ref/ref_deepseek_v4.c) makes them */
     TRYS(mc_step_nf(ex, MC_NF_INPUT, 0, &s.X, hx->pos, hx->tok, err));
     for (int l = 0; l < d->n_layers; l++) {
         mc_step_v4_layer *L = &x->layers[l];

@@ -131,13 +131,14 @@ static mc_status cpu_rope(void *ctx, mc_tensor *x, const mc_tensor *pos, const m
 static mc_status cpu_swiglu(void *ctx, const mc_tensor *g, const mc_tensor *u, mc_tensor *y,
                             mc_err *err)
 {
-    (void)ctx;
+    mc_arena *sa = mc_cpu_scratch(ctx); /* op scratch, given back on return */
+    mc_arena_mark mk = mc_arena_mark_get(sa);
     int d = (int)mc_tensor_cols(g);
     /* the kernel works in place on g's values: y = g, or a copy of g in y,
      * or (y is u) a row of scratch */
     int y_is_g = at(y) == at(g), y_is_u = !y_is_g && at(y) == at(u);
     float *tmp = NULL;
-    if (y_is_u && !(tmp = mc_malloc_n((size_t)d, sizeof *tmp)))
+    if (y_is_u && !(tmp = mc_arena_alloc_n(sa, (size_t)d, sizeof *tmp)))
         return mc_err_set(err, MC_ERR_NOMEM, "out of memory in swiglu");
     for (int64_t r = 0; r < mc_tensor_rows(g); r++) {
         float *yr = row_f32(y, r);
@@ -152,7 +153,7 @@ static mc_status cpu_swiglu(void *ctx, const mc_tensor *g, const mc_tensor *u, m
             mc_swiglu(yr, ur, d);
         }
     }
-    free(tmp);
+    mc_arena_reset_to(sa, mk);
     return MC_OK;
 }
 
@@ -303,7 +304,14 @@ static double cpu_fma_gflops(void *ctx, int threads, double seconds)
     return mc_probe_fma_gflops(threads, seconds);
 }
 
-static void cpu_free(void *ctx) { (void)ctx; }
+static void cpu_free(void *ctx)
+{
+    mc_cpu_ctx *c = ctx;
+    if (!c)
+        return;
+    mc_arena_free(c->scratch);
+    free(c);
+}
 
 static const mc_backend_i cpu_iface = {
     .name = "cpu",
@@ -353,8 +361,19 @@ static const mc_backend_i cpu_iface = {
 
 mc_status mc_backend_cpu_init(mc_backend **out, mc_err *err)
 {
-    *out = mc_backend_new(&cpu_iface, NULL);
-    if (!*out)
+    *out = NULL;
+    mc_cpu_ctx *c = calloc(1, sizeof *c);
+    if (!c)
         return mc_err_set(err, MC_ERR_NOMEM, "out of memory for the CPU backend");
+    mc_status st = mc_arena_init(0, 0, &c->scratch, err);
+    if (st != MC_OK) {
+        free(c);
+        return st;
+    }
+    *out = mc_backend_new(&cpu_iface, c);
+    if (!*out) {
+        cpu_free(c);
+        return mc_err_set(err, MC_ERR_NOMEM, "out of memory for the CPU backend");
+    }
     return MC_OK;
 }

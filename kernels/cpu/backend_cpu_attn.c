@@ -6,10 +6,10 @@
  * aliasing. Here are the checks on contents only the device sees: each
  * token's sequence index, its position and the block ids its positions need,
  * all checked before anything is written, with an error that names the
- * token and the field. The math is worker/attention.c's, token by token:
- * scores with mc_dot, scaled, mc_softmax, weighted sum with mc_axpy, so both
- * agree to rounding. One score buffer per call (the longest span of any
- * token); the tokens run on the calling thread. */
+ * token and the field. The math is the reference's (tests/ref/ref_attention.c),
+ * token by token: scores with mc_dot, scaled, mc_softmax, weighted sum with
+ * mc_axpy, so both agree to rounding. One score buffer per call (the longest
+ * span of any token); the tokens run on the calling thread. */
 #include "kernels.h"
 #include "cpu/backend_cpu_internal.h"
 
@@ -118,7 +118,8 @@ mc_status mc_cpu_attention(void *ctx, const mc_tensor *q, const mc_tensor *k_pag
                            const mc_tensor *v_pages, const mc_kv_index *ix,
                            const mc_attn_opts *opt, mc_tensor *y, mc_err *err)
 {
-    (void)ctx;
+    mc_arena *sa = mc_cpu_scratch(ctx); /* op scratch, given back on return */
+    mc_arena_mark mk = mc_arena_mark_get(sa);
     paged p = paged_of(ix, k_pages);
     int64_t n = q->shape[0], nh = q->shape[1], nkv = k_pages->shape[2], span;
     int64_t grp = nh / nkv;
@@ -126,7 +127,7 @@ mc_status mc_cpu_attention(void *ctx, const mc_tensor *q, const mc_tensor *k_pag
     mc_status st = spans_ok("attention", ix, &p, opt->chunk, &span, err);
     if (st != MC_OK)
         return st;
-    float *score = mc_malloc_n((size_t)span, sizeof *score);
+    float *score = mc_arena_alloc_n(sa, (size_t)span, sizeof *score);
     if (!score)
         return mc_err_set(err, MC_ERR_NOMEM, "attention: out of memory for %lld scores",
                           (long long)span);
@@ -148,7 +149,7 @@ mc_status mc_cpu_attention(void *ctx, const mc_tensor *q, const mc_tensor *k_pag
                 mc_axpy(o, score[i], row_f32(v_pages, slot_row(&p, s, lo + i, nkv) + g), vd);
         }
     }
-    free(score);
+    mc_arena_reset_to(sa, mk);
     return MC_OK;
 }
 
@@ -181,7 +182,8 @@ mc_status mc_cpu_mla_decode(void *ctx, const mc_tensor *q_lat, const mc_tensor *
                             const mc_kv_index *ix, const mc_attn_opts *opt, mc_tensor *y,
                             mc_err *err)
 {
-    (void)ctx;
+    mc_arena *sa = mc_cpu_scratch(ctx); /* op scratch, given back on return */
+    mc_arena_mark mk = mc_arena_mark_get(sa);
     paged p = paged_of(ix, lat_pages);
     int64_t n = q_lat->shape[0], nh = q_lat->shape[1], span;
     int lr = (int)lat_pages->shape[2], rd = (int)pe_pages->shape[2];
@@ -191,11 +193,10 @@ mc_status mc_cpu_mla_decode(void *ctx, const mc_tensor *q_lat, const mc_tensor *
     if (st != MC_OK)
         return st;
     /* with opt->sel, keep[i] = 1 for the kept positions lo + i (as the engine's mask) */
-    float *score = mc_malloc_n((size_t)span, sizeof *score);
-    unsigned char *keep = opt->sel ? malloc((size_t)span) : NULL;
+    float *score = mc_arena_alloc_n(sa, (size_t)span, sizeof *score);
+    unsigned char *keep = opt->sel ? mc_arena_alloc(sa, (size_t)span, 0) : NULL;
     if (!score || (opt->sel && !keep)) {
-        free(score);
-        free(keep);
+        mc_arena_reset_to(sa, mk);
         return mc_err_set(err, MC_ERR_NOMEM, "mla_decode: out of memory for %lld scores",
                           (long long)span);
     }
@@ -229,7 +230,6 @@ mc_status mc_cpu_mla_decode(void *ctx, const mc_tensor *q_lat, const mc_tensor *
                     mc_axpy(o, score[i], row_f32(lat_pages, slot_row(&p, s, lo + i, 1)), lr);
         }
     }
-    free(score);
-    free(keep);
+    mc_arena_reset_to(sa, mk);
     return MC_OK;
 }

@@ -7,10 +7,10 @@
  * it sees, all checked before anything is written, with an error that names
  * the token and the field.
  *
- * Scores are worker/attention.c's (indexer_select), operation by operation
- * in F32: v = mc_dot(iq[t, h], key[p]) * score_scale, then
+ * Scores are the reference's (tests/ref/ref_attention.c: indexer_select),
+ * operation by operation in F32: v = mc_dot(iq[t, h], key[p]) * score_scale, then
  * acc += relu(v) * w[t, h] * weight_scale over the heads in order, so both
- * rank the same values. The engine picks the top k by k passes over the
+ * rank the same values. The reference picks the top k by k passes over the
  * scores (mc_topk_indices); here a bounded heap under the same total order
  * (higher score first, an exact tie to the lower position) finds the same
  * set in O(S log k). One score buffer and one heap per call; the tokens run
@@ -98,7 +98,8 @@ mc_status mc_cpu_indexer_topk(void *ctx, const mc_tensor *iq, const mc_tensor *w
                               const mc_tensor *key_pages, const mc_kv_index *ix,
                               const mc_indexer_opts *opt, mc_tensor *sel, mc_err *err)
 {
-    (void)ctx;
+    mc_arena *sa = mc_cpu_scratch(ctx); /* op scratch, given back on return */
+    mc_arena_mark mk = mc_arena_mark_get(sa);
     int64_t n = iq->shape[0], ih = iq->shape[1], k = opt->k;
     int64_t n_pages = key_pages->shape[0], bs = key_pages->shape[1], span = 1;
     int id = (int)iq->shape[2];
@@ -109,11 +110,10 @@ mc_status mc_cpu_indexer_topk(void *ctx, const mc_tensor *iq, const mc_tensor *w
         span = S > span ? S : span;
     }
     int64_t hm = k < span ? k : span;
-    float *score = mc_malloc_n((size_t)span, sizeof *score); /* [span] */
-    int32_t *heap = mc_malloc_n((size_t)hm, sizeof *heap);   /* [min(k, span)] */
+    float *score = mc_arena_alloc_n(sa, (size_t)span, sizeof *score); /* [span] */
+    int32_t *heap = mc_arena_alloc_n(sa, (size_t)hm, sizeof *heap);   /* [min(k, span)] */
     if (!score || !heap) {
-        free(score);
-        free(heap);
+        mc_arena_reset_to(sa, mk);
         return mc_err_set(err, MC_ERR_NOMEM, "indexer_topk: out of memory for %lld scores",
                           (long long)span);
     }
@@ -137,7 +137,6 @@ mc_status mc_cpu_indexer_topk(void *ctx, const mc_tensor *iq, const mc_tensor *w
         for (int64_t j = m; j < k; j++)
             out[j] = -1;
     }
-    free(score);
-    free(heap);
+    mc_arena_reset_to(sa, mk);
     return MC_OK;
 }

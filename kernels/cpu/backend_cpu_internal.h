@@ -7,11 +7,25 @@
 #ifndef MC_BACKEND_CPU_INTERNAL_H
 #define MC_BACKEND_CPU_INTERNAL_H
 
+#include "arena.h"
 #include "backend.h"
 #include "kernels.h"
 
 #include <stdint.h>
 #include <string.h>
+
+/* The CPU backend's context: the ops' scratch, one arena per backend (ops
+ * take a mark on entry and rewind to it before they return, so a step's
+ * ops reuse the same memory and call malloc only when one needs more than
+ * any before it). */
+typedef struct {
+    mc_arena *scratch;
+} mc_cpu_ctx;
+
+static inline mc_arena *mc_cpu_scratch(void *ctx)
+{
+    return ((mc_cpu_ctx *)ctx)->scratch;
+}
 
 /* Host address of element 0 of t. */
 static inline unsigned char *at(const mc_tensor *t)

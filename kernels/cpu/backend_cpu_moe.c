@@ -3,8 +3,9 @@
  * expert and back, the grouped expert FFN, LayerNorm. The front end
  * (backend.c) has validated shapes, dtypes and aliasing; what is left here
  * is the math and the checks on contents (expert ids, offsets, slots). The
- * router and the experts compute exactly what worker/moe.c computes (same
- * kernels, same order of operations), so results are bit-identical to it. */
+ * router and the experts compute exactly what the reference computes
+ * (tests/ref/ref_moe.c; same kernels, same order of operations), so results
+ * are bit-identical to it. */
 #include "backend.h"
 #include "kernels.h"
 #include "cpu/backend_cpu_internal.h"
@@ -82,23 +83,22 @@ mc_status mc_cpu_router_topk(void *ctx, const mc_tensor *logits, const mc_tensor
                              const mc_router_opts *opts, mc_tensor *ids, mc_tensor *weights,
                              mc_err *err)
 {
-    (void)ctx;
+    mc_arena *sa = mc_cpu_scratch(ctx); /* op scratch, given back on return */
+    mc_arena_mark mk = mc_arena_mark_get(sa);
     int64_t n = mc_tensor_rows(logits);
     int E = (int)mc_tensor_cols(logits), G = opts->n_group > 1 ? opts->n_group : 1;
     /* bias as E contiguous floats (a one-row tensor) */
     const float *bp = bias ? row_f32(bias, 0) : NULL;
-    float *s = mc_malloc_n((size_t)2 * E + (size_t)G, sizeof *s); /* s [E], c [E], gs [G] */
-    unsigned char *ok = malloc((size_t)E + (size_t)G);             /* ok [E], gok [G] */
+    float *s = mc_arena_alloc_n(sa, (size_t)2 * E + (size_t)G, sizeof *s); /* s [E], c [E], gs [G] */
+    unsigned char *ok = mc_arena_alloc(sa, (size_t)E + (size_t)G, 0);             /* ok [E], gok [G] */
     if (!s || !ok) {
-        free(s);
-        free(ok);
+        mc_arena_reset_to(sa, mk);
         return mc_err_set(err, MC_ERR_NOMEM, "out of memory in router_topk");
     }
     for (int64_t t = 0; t < n; t++)
         route_row(row_f32(logits, t), bp, opts, E, s, s + E, ok, s + 2 * E, ok + E,
                   row_i32(ids, t), row_f32(weights, t));
-    free(s);
-    free(ok);
+    mc_arena_reset_to(sa, mk);
     return MC_OK;
 }
 
@@ -107,7 +107,8 @@ mc_status mc_cpu_router_topk(void *ctx, const mc_tensor *logits, const mc_tensor
 mc_status mc_cpu_moe_permute(void *ctx, const mc_tensor *x, const mc_tensor *ids, mc_tensor *xp,
                              mc_tensor *slot, mc_tensor *offsets, mc_err *err)
 {
-    (void)ctx;
+    mc_arena *sa = mc_cpu_scratch(ctx); /* op scratch, given back on return */
+    mc_arena_mark mk = mc_arena_mark_get(sa);
     int64_t n = mc_tensor_rows(x), k = mc_tensor_cols(ids), H = mc_tensor_cols(x);
     int64_t E = mc_tensor_nelems(offsets);
     E -= 1;
@@ -120,7 +121,7 @@ mc_status mc_cpu_moe_permute(void *ctx, const mc_tensor *x, const mc_tensor *ids
                                   (int)e, (long long)E);
         }
     int32_t *off = row_i32(offsets, 0); /* (E + 1) contiguous */
-    int32_t *next = mc_malloc_n((size_t)E, sizeof *next);
+    int32_t *next = mc_arena_alloc_n(sa, (size_t)E, sizeof *next);
     if (!next)
         return mc_err_set(err, MC_ERR_NOMEM, "out of memory in moe_permute");
     /* counting sort by expert, stable in pair order t * k + j */
@@ -138,14 +139,15 @@ mc_status mc_cpu_moe_permute(void *ctx, const mc_tensor *x, const mc_tensor *ids
             row_i32(slot, t)[j] = r;
             memcpy(row_f32(xp, r), row_f32(x, t), (size_t)H * sizeof(float));
         }
-    free(next);
+    mc_arena_reset_to(sa, mk);
     return MC_OK;
 }
 
 mc_status mc_cpu_moe_unpermute(void *ctx, const mc_tensor *yp, const mc_tensor *slot,
                                const mc_tensor *weights, mc_tensor *y, mc_err *err)
 {
-    (void)ctx;
+    mc_arena *sa = mc_cpu_scratch(ctx); /* op scratch, given back on return */
+    mc_arena_mark mk = mc_arena_mark_get(sa);
     int64_t n = mc_tensor_rows(slot), k = mc_tensor_cols(slot), H = mc_tensor_cols(yp);
     int64_t m = mc_tensor_rows(yp);
     for (int64_t t = 0; t < n; t++) /* all slots first: nothing is written on refusal */
@@ -156,7 +158,7 @@ mc_status mc_cpu_moe_unpermute(void *ctx, const mc_tensor *yp, const mc_tensor *
                                   "outside yp's %lld rows", (long long)t, (long long)j, (int)r,
                                   (long long)m);
         }
-    int *ord = mc_malloc_n((size_t)k, sizeof *ord); /* the token's pairs j by ascending slot */
+    int *ord = mc_arena_alloc_n(sa, (size_t)k, sizeof *ord); /* the token's pairs j by ascending slot */
     if (!ord)
         return mc_err_set(err, MC_ERR_NOMEM, "out of memory in moe_unpermute");
     for (int64_t t = 0; t < n; t++) {
@@ -173,12 +175,12 @@ mc_status mc_cpu_moe_unpermute(void *ctx, const mc_tensor *yp, const mc_tensor *
             const float *src = row_f32(yp, sl[ord[i]]);
             float wgt = weights ? row_f32(weights, t)[ord[i]] : 1.0f;
             for (int64_t h = 0; h < H; h++) {
-                float p = wgt * src[h]; /* rounded, then added: as worker/moe.c */
+                float p = wgt * src[h]; /* rounded, then added: as the reference */
                 yt[h] += p;
             }
         }
     }
-    free(ord);
+    mc_arena_reset_to(sa, mk);
     return MC_OK;
 }
 
@@ -189,7 +191,8 @@ mc_status mc_cpu_grouped_experts(void *ctx, const mc_tensor *x, const mc_tensor 
                                  const mc_tensor *down, const mc_experts_opts *opts, mc_tensor *y,
                                  mc_err *err)
 {
-    (void)ctx;
+    mc_arena *sa = mc_cpu_scratch(ctx); /* op scratch, given back on return */
+    mc_arena_mark mk = mc_arena_mark_get(sa);
     int64_t m = mc_tensor_rows(x);
     int H = (int)mc_tensor_cols(x);
     const int32_t *off = row_i32(offsets, 0);
@@ -212,7 +215,7 @@ mc_status mc_cpu_grouped_experts(void *ctx, const mc_tensor *x, const mc_tensor 
     float lim = opts ? opts->swiglu_limit : 0.0f;
     /* scratch: g, u (rows, I) and, when the input is weighted, xin (rows, H) */
     size_t need = (size_t)max_rows * (size_t)(2 * max_inter + (w_in ? H : 0));
-    float *scratch = mc_malloc_n(need ? need : 1, sizeof *scratch);
+    float *scratch = mc_arena_alloc_n(sa, need ? need : 1, sizeof *scratch);
     if (!scratch)
         return mc_err_set(err, MC_ERR_NOMEM, "out of memory in grouped_experts");
     for (int e = 0; e < n_experts; e++) {
@@ -255,7 +258,7 @@ mc_status mc_cpu_grouped_experts(void *ctx, const mc_tensor *x, const mc_tensor 
                     yr[h] = wj * yr[h];
             }
     }
-    free(scratch);
+    mc_arena_reset_to(sa, mk);
     return MC_OK;
 }
 

@@ -3,9 +3,9 @@
  * projections, the lightning indexer over compressed keys, attention with
  * sinks, a sliding window and compressed entries, and hash routing.
  *
- * The math is worker/deepseek_v4*.c's, token by token, with the same
- * kernels (mc_softmax, mc_rmsnorm, mc_dot, mc_axpy, mc_rope_rotate) in the
- * same order, so both agree to the last bit where the inputs do. The front
+ * The math is the reference's (tests/ref/ref_deepseek_v4*.c), token by
+ * token, with the same kernels (mc_softmax, mc_rmsnorm, mc_dot, mc_axpy,
+ * mc_rope_rotate) in the same order, so both agree to the last bit where the inputs do. The front
  * end (backend_ops.c) has checked shapes, dtypes and aliasing; here are the
  * checks on contents (sequence rows, positions, block ids, expert ids),
  * all done before anything is written. */
@@ -76,7 +76,7 @@ static float *pg_row(const pg *p, const mc_tensor *pages, int32_t s, int64_t pos
 
 /* ---- hyper-connections ---- */
 
-/* Sinkhorn projection as worker/deepseek_v4.c's mc_v4_sinkhorn. */
+/* Sinkhorn projection as the reference's mc_v4_sinkhorn (tests/ref/ref_deepseek_v4.c). */
 static void sinkhorn(const float *logits, int hc, int iters, float eps, float *comb) {
     for (int j = 0; j < hc; j++) {
         memcpy(comb + j * hc, logits + j * hc, (size_t)hc * sizeof *comb);
@@ -131,10 +131,11 @@ mc_status mc_cpu_v4_hc_pre(void *ctx, const mc_tensor *x, const mc_tensor *mix,
 
 mc_status mc_cpu_v4_hc_post(void *ctx, mc_tensor *x, const mc_tensor *post, const mc_tensor *comb,
                             const mc_tensor *y, mc_err *err) {
-    (void)ctx;
+    mc_arena *sa = mc_cpu_scratch(ctx); /* op scratch, given back on return */
+    mc_arena_mark mk = mc_arena_mark_get(sa);
     int64_t n = mc_tensor_rows(x);
     int k = (int)mc_tensor_cols(post), H = (int)mc_tensor_cols(y);
-    float *tmp = mc_malloc_n((size_t)k * H, sizeof *tmp); /* (hc, H), one token's new streams */
+    float *tmp = mc_arena_alloc_n(sa, (size_t)k * H, sizeof *tmp); /* (hc, H), one token's new streams */
     if (!tmp) return mc_err_set(err, MC_ERR_NOMEM, "v4_hc_post: out of memory");
     for (int64_t t = 0; t < n; t++) {
         float *xt = row_f32(x, t);
@@ -148,7 +149,7 @@ mc_status mc_cpu_v4_hc_post(void *ctx, mc_tensor *x, const mc_tensor *post, cons
         }
         memcpy(xt, tmp, (size_t)k * H * sizeof *xt);
     }
-    free(tmp);
+    mc_arena_reset_to(sa, mk);
     return MC_OK;
 }
 
@@ -158,7 +159,8 @@ mc_status mc_cpu_v4_compress(void *ctx, const mc_tensor *kv_pages, const mc_tens
                              const mc_tensor *ape, const mc_tensor *norm, const mc_tensor *cs,
                              const mc_tensor *sn, const mc_kv_index *ix, const mc_v4_comp_opts *o,
                              mc_tensor *out_pages, mc_err *err) {
-    (void)ctx;
+    mc_arena *sa = mc_cpu_scratch(ctx); /* op scratch, given back on return */
+    mc_arena_mark mk = mc_arena_mark_get(sa);
     pg p = pg_of(ix, kv_pages);
     int64_t n = ix->pos.shape[0], P = mc_tensor_rows(cs);
     int R = o->rate, cd = (int)out_pages->shape[2], rd = 2 * (int)mc_tensor_cols(cs);
@@ -174,10 +176,9 @@ mc_status mc_cpu_v4_compress(void *ctx, const mc_tensor *kv_pages, const mc_tens
                               "past the %lld rows of cs",
                               (long long)t, (long long)(w * R), (long long)P);
     }
-    float *g = mc_malloc_n((size_t)2 * R, sizeof *g), *v = mc_malloc_n((size_t)2 * R, sizeof *v);
+    float *g = mc_arena_alloc_n(sa, (size_t)2 * R, sizeof *g), *v = mc_arena_alloc_n(sa, (size_t)2 * R, sizeof *v);
     if (!g || !v) {
-        free(g);
-        free(v);
+        mc_arena_reset_to(sa, mk);
         return mc_err_set(err, MC_ERR_NOMEM, "v4_compress: out of memory");
     }
     for (int64_t t = 0; t < n; t++) {
@@ -208,8 +209,7 @@ mc_status mc_cpu_v4_compress(void *ctx, const mc_tensor *kv_pages, const mc_tens
         mc_rmsnorm(e, e, row_f32(norm, 0), cd, o->eps);
         mc_rope_rotate(e + cd - rd, rd, 1, row_f32(cs, w * R), row_f32(sn, w * R));
     }
-    free(g);
-    free(v);
+    mc_arena_reset_to(sa, mk);
     return MC_OK;
 }
 
@@ -220,7 +220,7 @@ typedef struct {
     int i;
 } sel_t;
 
-/* worker/deepseek_v4_attn.c's mc_v4_select_topk (torch.topk on CPU:
+/* The reference's mc_v4_select_topk (tests/ref/ref_deepseek_v4_attn.c; torch.topk on CPU:
  * libstdc++ introselect with "greater"): q[0..k) hold k largest. */
 static int sel_gt(const sel_t *a, const sel_t *b) {
     return (isnan(a->v) && !isnan(b->v)) || a->v > b->v;
@@ -302,7 +302,8 @@ static void select_topk(sel_t *q, int n, int k) {
 mc_status mc_cpu_v4_index_topk(void *ctx, const mc_tensor *iq, const mc_tensor *w,
                                const mc_tensor *key_pages, const mc_kv_index *ix,
                                const mc_v4_index_opts *o, mc_tensor *sel, mc_err *err) {
-    (void)ctx;
+    mc_arena *sa = mc_cpu_scratch(ctx); /* op scratch, given back on return */
+    mc_arena_mark mk = mc_arena_mark_get(sa);
     pg p = pg_of(ix, key_pages);
     int64_t n = iq->shape[0];
     int ih = (int)iq->shape[1], id = (int)iq->shape[2], R = o->rate, most = 0;
@@ -313,11 +314,10 @@ mc_status mc_cpu_v4_index_topk(void *ctx, const mc_tensor *iq, const mc_tensor *
         most = nv > most ? nv : most;
         most = nr > most ? nr : most;
     }
-    sel_t *q = mc_malloc_n((size_t)most + 1, sizeof *q); /* [row] one token's scores */
-    float *wh = mc_malloc_n((size_t)ih, sizeof *wh);
+    sel_t *q = mc_arena_alloc_n(sa, (size_t)most + 1, sizeof *q); /* [row] one token's scores */
+    float *wh = mc_arena_alloc_n(sa, (size_t)ih, sizeof *wh);
     if (!q || !wh) {
-        free(q);
-        free(wh);
+        mc_arena_reset_to(sa, mk);
         return mc_err_set(err, MC_ERR_NOMEM, "v4_index_topk: out of memory");
     }
     for (int64_t t = 0; t < n; t++) {
@@ -346,8 +346,7 @@ mc_status mc_cpu_v4_index_topk(void *ctx, const mc_tensor *iq, const mc_tensor *
         for (; m < o->k; m++)
             out[m] = -1;
     }
-    free(q);
-    free(wh);
+    mc_arena_reset_to(sa, mk);
     return MC_OK;
 }
 
@@ -357,7 +356,8 @@ mc_status mc_cpu_v4_attention(void *ctx, const mc_tensor *q, const mc_tensor *kv
                               const mc_tensor *comp_pages, const mc_tensor *sinks,
                               const mc_tensor *sel, const mc_kv_index *ix, const mc_v4_attn_opts *o,
                               mc_tensor *y, mc_err *err) {
-    (void)ctx;
+    mc_arena *sa = mc_cpu_scratch(ctx); /* op scratch, given back on return */
+    mc_arena_mark mk = mc_arena_mark_get(sa);
     pg p = pg_of(ix, kv_pages);
     int64_t n = q->shape[0];
     int nh = (int)q->shape[1], hd = (int)q->shape[2], R = o->rate, W = o->window;
@@ -378,11 +378,10 @@ mc_status mc_cpu_v4_attention(void *ctx, const mc_tensor *q, const mc_tensor *kv
         int span = (pos + 1 < W ? pos + 1 : W) + (sel ? ksel : nv);
         most = span > most ? span : most;
     }
-    float *score = mc_malloc_n((size_t)most, sizeof *score);
-    const float **rows = mc_malloc_n((size_t)most, sizeof *rows);
+    float *score = mc_arena_alloc_n(sa, (size_t)most, sizeof *score);
+    const float **rows = mc_arena_alloc_n(sa, (size_t)most, sizeof *rows);
     if (!score || !rows) {
-        free(score);
-        free(rows);
+        mc_arena_reset_to(sa, mk);
         return mc_err_set(err, MC_ERR_NOMEM, "v4_attention: out of memory");
     }
     const float *sk = row_f32(sinks, 0);
@@ -419,8 +418,7 @@ mc_status mc_cpu_v4_attention(void *ctx, const mc_tensor *q, const mc_tensor *kv
                 mc_axpy(oh, score[i] * inv_den, rows[i], hd);
         }
     }
-    free(score);
-    free(rows);
+    mc_arena_reset_to(sa, mk);
     return MC_OK;
 }
 

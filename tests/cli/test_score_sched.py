@@ -1,8 +1,7 @@
 #!/usr/bin/env python3
 """`score` through the scheduler: every step budget and KV block size gives
-the logits of the default run, ragged batches match the full rows, and a
-model the step executor does not run (or --stats, counted on the per-call
-path only) still matches its golden logits.
+the logits of the default run, ragged batches match the full rows, and
+DeepSeek-V4 (its own stack) and a run with --stats match their golden logits.
 
 - --max-batch-tokens 1, 3, 7, T and --kv-block-size 1, 3, 16 (with and
   without --decode-from T/2) equal the default run within 1e-6 relative
@@ -12,8 +11,7 @@ path only) still matches its golden logits.
   1e-6, positions past it are exactly 0;
 - a bad `lengths` (dtype, shape, 0, > T) and bad option values exit non-zero
   with a clear message;
-- deepseek-v4-tiny (on whichever path runs it) and qwen3-moe-tiny --stats
-  (the per-call path, logged once) match their golden logits.
+- deepseek-v4-tiny and qwen3-moe-tiny --stats match their golden logits.
 
 usage: test_score_sched.py MOECLUSTER COMPARE_LOGITS FIXTURES WORK_DIR
 """
@@ -180,12 +178,11 @@ def main():
     for name in ("qwen3-moe-tiny", "deepseek-v3-tiny"):
         model_cases(exe, cmp_exe, fx, work, name)
     errors(exe, fx, work)
-    # deepseek-v4-tiny (its own stack, on the executor or the per-call path) and
-    # the per-call path itself (--stats is counted there only)
+    # deepseek-v4-tiny (its own stack on the executor) and a run counting --stats
     for name, opts in (("deepseek-v4-tiny", []), ("qwen3-moe-tiny", ["--stats"])):
         model = os.path.join(fx, "models", name)
         gold = os.path.join(model, "golden.safetensors")
-        out = os.path.join(work, f"{name}.fallback.safetensors")
+        out = os.path.join(work, f"{name}.other.safetensors")
         if score(exe, model, gold, out, opts) is not None:
             golden(cmp_exe, out, gold, f"{name} {' '.join(opts)}")
     print(f"{failures} failure(s)")

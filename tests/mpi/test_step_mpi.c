@@ -16,6 +16,7 @@
 #include "comm.h"
 #include "comm_mpi.h"
 #include "model.h"
+#include "ref.h"
 #include "step.h"
 #include "step_plan.h"
 

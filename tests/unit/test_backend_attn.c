@@ -7,7 +7,7 @@
  *     decode tokens of many sequences in one call, GQA with nh = nkv and
  *     nh = 4 nkv, a V head size other than the K one, Llama 4 chunked
  *     attention, per-token query scales (NoPE temperature), MLA;
- *   - against the engine's current path (worker/attention.c: mc_attn_gqa,
+ *   - against the per-call reference (tests/ref/ref_attention.c: mc_attn_gqa,
  *     mc_attn_mla on a contiguous per-sequence cache), run sequence by
  *     sequence in the same chunks, with selector weights that make its
  *     projections exact, so that both must agree to the bit (1e-6 relative
@@ -15,10 +15,10 @@
  *   - refusals: the front end names the argument, the backend names the
  *     token and the field, and a refused write changes nothing.
  * Prints the first mismatches of each case. */
-#include "attention.h"
 #include "backend.h"
 #include "check.h"
 #include "kernels.h"
+#include "ref.h"
 
 #include <math.h>
 #include <stdint.h>

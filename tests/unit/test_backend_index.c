@@ -2,7 +2,7 @@
  * mc_op_indexer_topk over the paged indexer-key cache and mc_op_mla_decode
  * restricted to a selection (mc_attn_opts.sel):
  *   - the indexer against two references over a contiguous copy of each
- *     sequence's keys: the engine's own arithmetic (worker/attention.c's
+ *     sequence's keys: the reference's arithmetic (tests/ref/ref_attention.c's
  *     score formula in F32 with mc_dot, then its mc_topk_indices: the same
  *     set, and the op's order is best first by those scores), and scores in
  *     double precision (every kept position scores at least the k-th best);
@@ -18,10 +18,10 @@
  *   - refusals: the front end names the argument, the backend the token and
  *     the field, and a refused call writes nothing.
  * Prints the first mismatches of each case. */
-#include "attention.h"
 #include "backend.h"
 #include "check.h"
 #include "kernels.h"
+#include "ref.h"
 
 #include <math.h>
 #include <stdint.h>

@@ -1,7 +1,7 @@
 /* test_backend_moe.c - the MoE block and LayerNorm ops of the backend
  * interface (kernels/backend.h) on the CPU backend:
- *   - router_topk against today's engine (worker's mc_route_token and
- *     mc_v4_route called directly) for every router kind: softmax with and
+ *   - router_topk against the per-call reference (tests/ref: mc_route_token
+ *     and mc_v4_route called directly) for every router kind: softmax with and
  *     without renormalization, DeepSeek noaux_tc (sigmoid, correction bias,
  *     group-limited, scaled), Mistral's grouped softmax, Llama 4 top-1,
  *     DeepSeek-V4 sqrtsoftplus and sigmoid; logits on a coarse grid so that
@@ -20,10 +20,10 @@
  * Prints the first mismatches of each case. */
 #include "backend.h"
 #include "check.h"
-#include "deepseek_v4.h"
 #include "kernels.h"
 #include "model.h"
 #include "model_config.h"
+#include "ref.h"
 
 #include <math.h>
 #include <stdint.h>

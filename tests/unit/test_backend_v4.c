@@ -1,6 +1,6 @@
 /* test_backend_v4.c - the DeepSeek-V4 ops of backend.h on the CPU backend
- * against the worker's own functions (mc_v4_sinkhorn, mc_v4_select_topk,
- * mc_v4_route) and direct double-precision references written here:
+ * against the per-call reference's functions (tests/ref: mc_v4_sinkhorn,
+ * mc_v4_select_topk, mc_v4_route) and direct double-precision references written here:
  *   v4_hc_pre / v4_hc_post   the hyper-connection mapping and write-back
  *   v4_compress              pooling over paged per-position inputs, block
  *                            sizes that split windows, shuffled block ids
@@ -10,8 +10,8 @@
  * and the refusals: bad shapes name the argument, bad contents the token. */
 #include "backend.h"
 #include "check.h"
-#include "deepseek_v4_internal.h"
 #include "kernels.h"
+#include "ref.h"
 
 #include <math.h>
 #include <stdint.h>

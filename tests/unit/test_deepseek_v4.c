@@ -2,9 +2,9 @@
  * scores, hash and top-k routing, the reference's top-k tie behaviour,
  * config parsing / refusals, and chunked prefill == full forward. */
 #include "check.h"
-#include "deepseek_v4_internal.h"
 #include "model.h"
 #include "model_config.h"
+#include "ref.h"
 
 #include <math.h>
 #include <stdio.h>

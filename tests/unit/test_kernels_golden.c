@@ -6,6 +6,7 @@
 #include "check.h"
 #include "kernels.h"
 #include "model.h"
+#include "ref.h"
 #include "safetensors.h"
 
 #include <math.h>

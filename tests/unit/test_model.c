@@ -1,9 +1,9 @@
 /* test_model.c - routing (ties, groups, bias), indexer top-k ties, config
  * parsing and refusal, config/tensor disagreement, YaRN / llama3 factors. */
-#include "attention.h"
 #include "check.h"
 #include "model.h"
 #include "model_config.h"
+#include "ref.h"
 
 #include <math.h>
 #include <stdio.h>

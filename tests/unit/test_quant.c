@@ -7,6 +7,7 @@
 #include "kernels.h"
 #include "model.h"
 #include "model_quant.h"
+#include "ref.h"
 
 #include <math.h>
 #include <stdint.h>

@@ -1,10 +1,11 @@
 /* test_session.c - the commands' lifecycle (worker/session.h): a session's
- * score, sequence steps and single-process forward against the model's own
- * forward pass on a separately loaded copy; the backend's counters through
+ * score, sequence steps and single-process forward against the per-call
+ * reference forward (tests/ref) on a separately loaded copy; the backend's counters through
  * the session against the kernels' process-wide counters; errors named. */
 #include "check.h"
 #include "kernels.h"
 #include "model.h"
+#include "ref.h"
 #include "session.h"
 
 #include <math.h>

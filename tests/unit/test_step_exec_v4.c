@@ -23,6 +23,7 @@
 #include "check.h"
 #include "kv_pool.h"
 #include "model.h"
+#include "ref.h"
 #include "safetensors.h"
 #include "step.h"
 #include "step_plan.h"

@@ -1,4 +1,6 @@
-/* deepseek_v4_attn.c - DeepSeek-V4 attention: shared K=V sliding window,
+/* ref_deepseek_v4_attn.c - the per-call reference implementation kept for
+ * tests (ref.h; single process: the engine runs worker/step_v4_fwd.c and the
+ * backend's v4 ops). DeepSeek-V4 attention: shared K=V sliding window,
  * compressed entries (HCA: all complete windows; CSA: overlapping windows
  * chosen by the lightning indexer), sinks, grouped output projection.
  *
@@ -7,20 +9,11 @@
  * compressor, and every compressed entry emitted so far. An entry is
  * emitted when its window's last token arrives, exactly as the full forward
  * computes it, so prefill + decode reproduces the full forward. */
-#include "deepseek_v4_internal.h"
+#include "ref_internal.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-
-void mc_v4_rope_cs(const double *inv_freq, int half, int pos, float *cs, float *sn)
-{
-    for (int i = 0; i < half; i++) {
-        float a = (float)inv_freq[i] * (float)pos;
-        cs[i] = (float)cos((double)a);
-        sn[i] = (float)sin((double)a);
-    }
-}
 
 void mc_v4_rope_tail(float *v, int dim, int rd, const float *cs, const float *sn)
 {

@@ -1,38 +1,17 @@
-/* forward.c - the decoder stack of one rank: embed (or receive from the
- * previous stage), this stage's blocks, then send to the next stage or
- * final norm + LM head. Every collective is called here or in mc_moe, by
- * name, where the math needs it; in a single process they are no-ops on
- * self communicators. */
-#include "attention.h"
-#include "comm_mpi.h"
-#include "deepseek_v4.h"
+/* ref_forward.c - the per-call reference implementation kept for tests
+ * (ref.h; single process: the engine runs worker/step*.c). The decoder stack
+ * of one rank: embed (or receive from the previous stage), this stage's
+ * blocks, then send to the next stage or final norm + LM head. Every
+ * collective is called here or in mc_moe, by name, where the math needs it;
+ * on a model loaded in one process they are no-ops on self communicators. */
 #include "log.h"
-#include "model.h"
-#include "moe.h"
 #include "nonfinite.h"
 #include "parallel.h"
+#include "ref_internal.h"
+#include "rope.h"
 
-#include <signal.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
-
-void mc_fault_check(const mc_model *m, int l)
-{
-    if (m->fault.rank != m->lay.rank || m->fault.layer != l)
-        return;
-    const char *host = mc_comm_host();
-    fprintf(stderr, "moecluster: rank %d (host %s): MC_FAULT_INJECT: %s at layer %d\n",
-            m->lay.rank, host, m->fault.mode, l);
-    fflush(stderr);
-    if (!strcmp(m->fault.mode, "crash"))
-        raise(SIGSEGV);
-    if (!strcmp(m->fault.mode, "hang"))
-        for (;;)
-            pause();
-    _exit(3);
-}
 
 /* One decoder block on n tokens: x += attn(norm(x)); x += ffn(norm(x)).
  * n may be 0 (this dp group has no tokens): then only the MoE layer's

@@ -1,7 +1,10 @@
-/* moe.c - router (top-k choice), expert-parallel dispatch / combine, and the
+/* ref_moe.c - the per-call reference implementation kept for tests (ref.h;
+ * single process: the engine runs worker/step_block.c and the backend's MoE
+ * ops). Router (top-k choice), expert-parallel dispatch / combine, and the
  * routed and shared expert computation. */
-#include "moe.h"
 #include "nonfinite.h"
+#include "parallel.h"
+#include "ref_internal.h"
 
 #include <math.h>
 #include <stdint.h>

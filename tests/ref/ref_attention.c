@@ -1,27 +1,18 @@
-/* attention.c - MLA and GQA. Positions of the n new tokens are
- * kv->len .. kv->len+n-1; token t attends to cache entries 0..kv->len+t.
+/* ref_attention.c - the per-call reference implementation kept for tests
+ * (ref.h; single process: the engine runs worker/step_attn.c and the
+ * backend's attention ops). MLA and GQA over the contiguous per-sequence
+ * cache. Positions of the n new tokens are kv->len .. kv->len+n-1; token t
+ * attends to cache entries 0..kv->len+t.
  *
  * Under tensor parallelism a rank runs only its heads (m->lay: query heads
  * head0.., KV heads kv_head0..; the weights are bound as those slices) and
  * its output y is the partial sum of its heads' share of wo, which the
  * caller all-reduces over the tp group. */
-#include "attention.h"
+#include "ref_internal.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-
-void mc_rope_tables(const mc_model *m, int pos0, int n, float *cs, float *sn)
-{
-    int half = m->d.rope.dim / 2;
-    double af = m->d.rope.attention_factor;
-    for (int t = 0; t < n; t++)
-        for (int i = 0; i < half; i++) {
-            double ang = (double)(pos0 + t) * m->inv_freq[i];
-            cs[(size_t)t * half + i] = (float)(cos(ang) * af);
-            sn[(size_t)t * half + i] = (float)(sin(ang) * af);
-        }
-}
 
 /* Softmax-weighted attention of one query over S cached positions:
  * p[s] = softmax(scale * score[s]) in place. */
