@@ -3,7 +3,7 @@
  * per layer. */
 #include "model.h"
 
-#include "deepseek_v4.h"
+#include "family.h"
 #include "log.h"
 #include "comm_mpi.h"
 #include "fileio.h"
@@ -41,8 +41,7 @@ void mc_model_free(mc_model *m)
 {
     if (!m)
         return;
-    if (m->v4)
-        mc_v4_free(m);
+    mc_family_ops_of(m->d.family)->unbind(m);
     for (size_t i = 0; i < m->n_owned; i++)
         free(m->owned[i]);
     free(m->owned);
@@ -472,18 +471,19 @@ static void parse_fault(mc_model *m)
     }
 }
 
-/* Binds this rank's share (m->lay, m->d set): embedding on the first stage,
- * final norm and the LM head's vocabulary slice on the last, and the
- * stage's layers. */
+/* Opens the checkpoint and binds this rank's share (m->lay, m->d set) the
+ * way its family does (family.h). */
 static mc_status bind_share(mc_model *m, const char *dir, mc_err *err)
+{
+    mc_status st = st_checkpoint_open(dir, &m->ckpt, err);
+    return st != MC_OK ? st : mc_family_ops_of(m->d.family)->bind(m, err);
+}
+
+mc_status mc_model_bind_decoder(mc_model *m, mc_err *err)
 {
     const mc_model_desc *d = &m->d;
     const mc_layout *lay = &m->lay;
     mc_status st;
-    if ((st = st_checkpoint_open(dir, &m->ckpt, err)) != MC_OK)
-        return st;
-    if (d->family == MC_FAM_DEEPSEEK_V4)
-        return mc_v4_load(m, err);
     bool first = lay->stage == 0, last = lay->stage == lay->pp - 1;
     /* embedding and LM head: this tp rank's vocabulary rows */
     if (first && (st = bind_split(m, MC_T_EMBED, 0, 0, d->vocab, d->hidden,

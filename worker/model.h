@@ -104,6 +104,12 @@ bool mc_model_is_output(const mc_model *m);
  * as the failure tests ask (exit, crash or hang); otherwise nothing. */
 void mc_fault_check(const mc_model *m, int l);
 
+/* The decoder families' binder (family.h's row for DeepSeek-V3 / V3.2,
+ * Qwen3-MoE, Llama 4, Mistral 4): this rank's share (checkpoint open,
+ * layout set): the embedding on the first stage, the final norm and the LM
+ * head's vocabulary slice on the last, and the stage's layers. */
+mc_status mc_model_bind_decoder(mc_model *m, mc_err *err);
+
 /* Hands p (malloc'd) to the model, freed by mc_model_free; returns p, or
  * NULL (and frees p) when p is NULL or the list cannot grow. */
 void *mc_model_own(mc_model *m, void *p);

@@ -7,6 +7,7 @@
  * same code runs on any backend. */
 #include "step_internal.h"
 
+#include "family.h"
 #include "nonfinite.h"
 #include "rope.h"
 
@@ -236,12 +237,10 @@ static mc_status bind_layer(mc_step_exec *ex, int l, mc_err *err)
     return w->has_shared ? bind_ffn(ex, &w->shared, &o->shared, err) : MC_OK;
 }
 
-/* What this executor runs today; anything else is named and refused. */
-static mc_status supported(const mc_model *m, mc_err *err)
+/* What the decoder stack runs; anything else is named and refused. */
+mc_status mc_step_decoder_supported(const mc_model *m, mc_err *err)
 {
     const mc_model_desc *d = &m->d;
-    if (d->family == MC_FAM_DEEPSEEK_V4)
-        return mc_step_v4_supported(m, err);
     if (d->router == MC_ROUTER_LLAMA4 && d->n_experts_per_tok != 1)
         return mc_err_set(err, MC_ERR_UNSUPPORTED,
                           "step executor: the Llama 4 router with %d experts per token (%s; "
@@ -328,6 +327,54 @@ static mc_status alloc_cache(mc_step_exec *ex, mc_err *err)
     return st;
 }
 
+/* The decoder stack's weights as tensors, its KV pages and scratch. */
+mc_status mc_step_decoder_init(mc_step_exec *ex, mc_err *err)
+{
+    mc_model *m = ex->m;
+    const mc_model_desc *d = &m->d;
+    mc_status st;
+    /* this rank's share: the embedding on the first stage, the final norm
+     * and the LM head's vocabulary slice on the last, the stage's layers */
+    ex->first = m->lay.stage == 0;
+    ex->last = m->lay.stage == m->lay.pp - 1;
+    if (ex->first && (st = mc_step_mat(ex, &m->embed, "embed", &ex->embed, err)) != MC_OK)
+        return st;
+    if (ex->last &&
+        ((st = mc_step_mat(ex, &m->lm_head, "lm_head", &ex->lm_head, err)) != MC_OK ||
+         (st = mc_step_vec(ex, m->final_norm, d->hidden, "final_norm", &ex->final_norm, err)) !=
+             MC_OK))
+        return st;
+    for (int l = m->lay.layer0; l < m->lay.layer1; l++)
+        if ((st = bind_layer(ex, l, err)) != MC_OK)
+            return st;
+    if ((st = alloc_cache(ex, err)) != MC_OK)
+        return st;
+    mc_step_carver c = {0};
+    carve_all(ex, &c, err);
+    if ((st = mc_step_alloc_buf(ex, c.off, "activations", &c.buf, err)) != MC_OK)
+        return st;
+    c.off = 0;
+    carve_all(ex, &c, err);
+    if ((st = c.st) != MC_OK)
+        return st;
+    /* the collectives move activations through host memory for now (MPI) */
+    if ((m->lay.tp > 1 || m->lay.ep > 1 || m->lay.pp > 1) && !mc_buffer_host(c.buf)) {
+        return mc_err_set(err, MC_ERR_UNSUPPORTED,
+                          "step executor: a parallel layout on a backend without host memory "
+                          "needs a device communicator (not yet)");
+    }
+    return MC_OK;
+}
+
+void mc_step_decoder_free(mc_step_exec *ex)
+{
+    if (ex->layers)
+        for (int l = 0; l < ex->m->d.n_layers; l++) {
+            free(ex->layers[l].gate);
+            free(ex->layers[l].kb);
+        }
+}
+
 mc_status mc_step_exec_init(mc_model *m, mc_backend *be, uint32_t n_blocks, uint32_t block_size,
                             uint32_t max_batch_tokens, mc_step_exec **out, mc_err *err)
 {
@@ -338,7 +385,8 @@ mc_status mc_step_exec_init(mc_model *m, mc_backend *be, uint32_t n_blocks, uint
                           "step executor: n_blocks %u, block_size %u and "
                           "max_batch_tokens %u must be >= 1 (max_batch_tokens <= %u)",
                           n_blocks, block_size, max_batch_tokens, MC_STEP_MAX_TOKENS);
-    mc_status st = supported(m, err);
+    const mc_family_ops *fam = mc_family_ops_of(m->d.family);
+    mc_status st = fam->exec_supported(m, err);
     if (st != MC_OK)
         return st;
     const mc_model_desc *d = &m->d;
@@ -347,6 +395,7 @@ mc_status mc_step_exec_init(mc_model *m, mc_backend *be, uint32_t n_blocks, uint
         return mc_err_set(err, MC_ERR_NOMEM, "step: out of memory");
     ex->m = m;
     ex->be = be;
+    ex->fam = fam;
     ex->n_blocks = n_blocks;
     ex->block_size = block_size;
     ex->max_tokens = max_batch_tokens;
@@ -368,43 +417,9 @@ mc_status mc_step_exec_init(mc_model *m, mc_backend *be, uint32_t n_blocks, uint
     if ((st = mc_kv_pool_init(&ex->pool, n_blocks, block_size, err)) != MC_OK ||
         (st = mc_arena_init(0, 0, &ex->arena, err)) != MC_OK)
         goto fail;
-    if (d->family == MC_FAM_DEEPSEEK_V4) { /* its own stack, caches and scratch */
-        if ((st = mc_step_v4_init(ex, err)) != MC_OK)
-            goto fail;
-        *out = ex;
-        return MC_OK;
-    }
-    /* this rank's share: the embedding on the first stage, the final norm
-     * and the LM head's vocabulary slice on the last, the stage's layers */
-    ex->first = m->lay.stage == 0;
-    ex->last = m->lay.stage == m->lay.pp - 1;
-    if (ex->first && (st = mc_step_mat(ex, &m->embed, "embed", &ex->embed, err)) != MC_OK)
+    /* the family's weights, caches and scratch */
+    if ((st = fam->exec_init(ex, err)) != MC_OK)
         goto fail;
-    if (ex->last &&
-        ((st = mc_step_mat(ex, &m->lm_head, "lm_head", &ex->lm_head, err)) != MC_OK ||
-         (st = mc_step_vec(ex, m->final_norm, d->hidden, "final_norm", &ex->final_norm, err)) !=
-             MC_OK))
-        goto fail;
-    for (int l = m->lay.layer0; l < m->lay.layer1; l++)
-        if ((st = bind_layer(ex, l, err)) != MC_OK)
-            goto fail;
-    if ((st = alloc_cache(ex, err)) != MC_OK)
-        goto fail;
-    mc_step_carver c = {0};
-    carve_all(ex, &c, err);
-    if ((st = mc_step_alloc_buf(ex, c.off, "activations", &c.buf, err)) != MC_OK)
-        goto fail;
-    c.off = 0;
-    carve_all(ex, &c, err);
-    if ((st = c.st) != MC_OK)
-        goto fail;
-    /* the collectives move activations through host memory for now (MPI) */
-    if ((m->lay.tp > 1 || m->lay.ep > 1 || m->lay.pp > 1) && !mc_buffer_host(c.buf)) {
-        st = mc_err_set(err, MC_ERR_UNSUPPORTED,
-                        "step executor: a parallel layout on a backend without host memory "
-                        "needs a device communicator (not yet)");
-        goto fail;
-    }
     *out = ex;
     return MC_OK;
 fail:
@@ -416,15 +431,11 @@ void mc_step_exec_free(mc_step_exec *ex)
 {
     if (!ex)
         return;
-    mc_step_v4_free(ex);
+    if (ex->fam)
+        ex->fam->exec_free(ex);
     for (size_t i = ex->n_bufs; i > 0; i--)
         mc_buffer_free(ex->bufs[i - 1]);
     free(ex->bufs);
-    if (ex->layers)
-        for (int l = 0; l < ex->m->d.n_layers; l++) {
-            free(ex->layers[l].gate);
-            free(ex->layers[l].kb);
-        }
     for (size_t i = 0; i < ex->n_host; i++)
         free(ex->host[i]);
     free(ex->host);
@@ -550,17 +561,47 @@ static mc_status stack(mc_step_exec *ex, mc_step_views *s, int64_t nl, float *lo
 
 /* An empty plan: this dp group has nothing to run, but its stage's expert
  * exchange waits for every rank of the ep group. */
-static mc_status idle_step(mc_step_exec *ex, mc_err *err)
+mc_status mc_step_decoder_idle(mc_step_exec *ex, mc_err *err)
 {
     const mc_layout *lay = &ex->m->lay;
     mc_status st;
-    for (int l = lay->layer0; l < lay->layer1; l++) /* failure tests reach idle ranks too */
-        mc_fault_check(ex->m, l);
-    if (lay->ep == 1 || ex->m->d.family == MC_FAM_DEEPSEEK_V4)
+    if (lay->ep == 1)
         return MC_OK;
     for (int l = lay->layer0; l < lay->layer1; l++)
         if (ex->layers[l].moe && (st = mc_step_moe_idle(ex, l, err)) != MC_OK)
             return st;
+    return MC_OK;
+}
+
+static mc_status idle_step(mc_step_exec *ex, mc_err *err)
+{
+    const mc_layout *lay = &ex->m->lay;
+    for (int l = lay->layer0; l < lay->layer1; l++) /* failure tests reach idle ranks too */
+        mc_fault_check(ex->m, l);
+    return ex->fam->exec_idle(ex, err);
+}
+
+/* One step of the decoder stack: the index tensors, then this rank's stage. */
+mc_status mc_step_decoder_forward(mc_step_exec *ex, const mc_step_host_ix *hx, float *logits,
+                                  mc_err *err)
+{
+    mc_status st;
+    mc_step_views s;
+    if ((st = mc_step_views_make(ex, hx->n, &s, err)) != MC_OK ||
+        (st = table_tensor(ex, hx->ns, hx->maxb, hx->bt, &s.ix.block_table, err)) != MC_OK ||
+        (st = mc_tensor_upload(&s.tok, hx->tok, err)) != MC_OK ||
+        (st = mc_tensor_upload(&s.ix.seq, hx->seq, err)) != MC_OK ||
+        (st = mc_tensor_upload(&s.ix.pos, hx->pos, err)) != MC_OK)
+        return st;
+    mc_tensor rv;
+    if (hx->nl > 0 && ((st = mc_tensor_view_rows(&ex->rows, 0, hx->nl, &rv, err)) != MC_OK ||
+                   (st = mc_tensor_upload(&rv, hx->rows, err)) != MC_OK))
+        return st;
+    s.hx = hx;
+    if ((st = mc_step_attn_index(ex, hx, &s, err)) != MC_OK)
+        return st;
+    if ((st = stack(ex, &s, hx->nl, logits, err)) != MC_OK)
+        return st;
     return MC_OK;
 }
 
@@ -617,28 +658,8 @@ mc_status mc_step_exec_run(mc_step_exec *ex, const mc_step_plan *plan, float *lo
     }
     mc_step_host_ix hx = {.n = n, .nl = nl, .ns = ns, .maxb = maxb,
                           .tok = tok, .seq = seq, .pos = pos, .rows = rows, .bt = bt, .nblk = nblk};
-    if (ex->m->d.family == MC_FAM_DEEPSEEK_V4) {
-        if ((st = mc_step_v4_forward(ex, &hx, logits, err)) != MC_OK)
-            return st;
-        goto done;
-    }
-    mc_step_views s;
-    if ((st = mc_step_views_make(ex, n, &s, err)) != MC_OK ||
-        (st = table_tensor(ex, ns, maxb, bt, &s.ix.block_table, err)) != MC_OK ||
-        (st = mc_tensor_upload(&s.tok, tok, err)) != MC_OK ||
-        (st = mc_tensor_upload(&s.ix.seq, seq, err)) != MC_OK ||
-        (st = mc_tensor_upload(&s.ix.pos, pos, err)) != MC_OK)
+    if ((st = ex->fam->exec_forward(ex, &hx, logits, err)) != MC_OK)
         return st;
-    mc_tensor rv;
-    if (nl > 0 && ((st = mc_tensor_view_rows(&ex->rows, 0, nl, &rv, err)) != MC_OK ||
-                   (st = mc_tensor_upload(&rv, rows, err)) != MC_OK))
-        return st;
-    s.hx = &hx;
-    if ((st = mc_step_attn_index(ex, &hx, &s, err)) != MC_OK)
-        return st;
-    if ((st = stack(ex, &s, nl, logits, err)) != MC_OK)
-        return st;
-done:
     for (uint32_t i = 0; i < ns; i++)
         len_set(ex, plan->seqs[i].seq_id, plan->seqs[i].start_pos + plan->seqs[i].n_tokens);
     return MC_OK;

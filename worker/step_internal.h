@@ -1,11 +1,13 @@
-/* step_internal.h - the step executor's state, shared by step.c (lifetime,
- * binding, plans) and step_block.c (the decoder block and the LM head as
- * backend ops). Not for use outside these two files. */
+/* step_internal.h - the step executor's state, shared by its files (step.c:
+ * lifetime, binding, plans; step_attn.c, step_block.c: the decoder stack as
+ * backend ops; step_v4*.c: DeepSeek-V4's stack) and the family table
+ * (family.c). Not for use elsewhere. */
 #ifndef MC_STEP_INTERNAL_H
 #define MC_STEP_INTERNAL_H
 
 #include "arena.h"
 #include "backend.h"
+#include "family.h"
 #include "step.h"
 
 #include <stdint.h>
@@ -114,6 +116,7 @@ struct mc_step_exec {
     mc_arena *arena; /* host staging of the index arrays, reset per step */
     mc_step_len *lens;
     size_t lens_cap, lens_n;
+    const mc_family_ops *fam; /* the family's stack (family.h) */
     struct mc_step_v4 *v4; /* DeepSeek-V4's state (step_v4.c), else NULL */
     /* expert parallelism: tokens received from the ep group, grown on demand */
     mc_buffer *ep_buf;
@@ -226,6 +229,16 @@ mc_status mc_step_block(mc_step_exec *ex, int l, mc_step_views *s, mc_err *err);
 /* Final norm and LM head on the nl rows listed in ex->rows into host
  * logits (nl, V). */
 mc_status mc_step_head(mc_step_exec *ex, mc_step_views *s, int64_t nl, float *logits, mc_err *err);
+
+/* ---- the decoder stack (step.c): the family table's rows for DeepSeek-V3 /
+ * V3.2, Qwen3-MoE, Llama 4, Mistral 4 (family.c) ---- */
+
+mc_status mc_step_decoder_supported(const mc_model *m, mc_err *err);
+mc_status mc_step_decoder_init(mc_step_exec *ex, mc_err *err);
+void mc_step_decoder_free(mc_step_exec *ex);
+mc_status mc_step_decoder_forward(mc_step_exec *ex, const mc_step_host_ix *hx, float *logits,
+                                  mc_err *err);
+mc_status mc_step_decoder_idle(mc_step_exec *ex, mc_err *err);
 
 /* ---- DeepSeek-V4 (step_v4.c): its own stack, state in ex->v4 ---- */
 
