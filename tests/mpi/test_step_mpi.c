@@ -28,7 +28,7 @@
 
 #define NSEQ 7
 #define MAXLEN 40
-#define TOL 1e-5
+#define TOL 2e-6 /* as unit.test_step_exec on the SIMD paths; measured <= 4.4e-7 */
 
 static int g_fail, g_rank;
 static int V;

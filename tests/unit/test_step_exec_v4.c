@@ -37,7 +37,13 @@
 
 #define NSEQ 5
 #define MAXLEN 64
-#define TOL 1e-5
+/* Schedule equivalence bound, relative to the row's largest logit: 1e-6 on
+ * the scalar kernels (MC_KERNELS=scalar: batch shapes do not change any
+ * sum's order, and the rows come out identical but for Llama 4's chunked
+ * and DeepSeek-V4's attention, measured <= 3.4e-7); 2e-6 on the SIMD paths,
+ * whose products sum in an order that depends on the number of tokens in
+ * the call (measured <= 1.34e-6, Mistral 4 on AVX-512). */
+static double TOL = 2e-6;
 #define NREF 128
 
 typedef struct {
@@ -283,6 +289,9 @@ static long run_schedule(mc_model *m, mc_backend *be, uint32_t budget, uint32_t 
 }
 
 int main(int argc, char **argv) {
+    const char *kp = getenv("MC_KERNELS");
+    if (kp && !strcmp(kp, "scalar"))
+        TOL = 1e-6;
     const char *fx = argc > 1 ? argv[1] : getenv("MC_FIXTURES");
     if (!fx) {
         fprintf(stderr, "usage: test_step_exec_v4 FIXTURES\n");
