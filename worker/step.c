@@ -485,25 +485,31 @@ mc_status mc_step_exec_release(mc_step_exec *ex, uint64_t seq_id, mc_err *err)
 
 /* ---- one step ---- */
 
-/* The block table of the step as an (ns, maxb) I32 tensor, its buffer
- * grown when a step needs more. */
-static mc_status table_tensor(mc_step_exec *ex, int64_t ns, int64_t maxb, const int32_t *bt,
-                              mc_tensor *out, mc_err *err)
+mc_status mc_step_grow(mc_step_exec *ex, mc_buffer **buf, size_t *cap, size_t need,
+                       mc_err *err)
 {
-    size_t bytes = (size_t)ns * (size_t)maxb * sizeof *bt;
-    mc_status st;
-    if (bytes > ex->bt_cap) {
-        size_t cap = bytes > 2 * ex->bt_cap ? bytes : 2 * ex->bt_cap;
-        mc_buffer *b;
-        if ((st = mc_buffer_alloc(ex->be, cap, &b, err)) != MC_OK)
-            return st;
-        mc_buffer_free(ex->bt_buf);
-        ex->bt_buf = b;
-        ex->bt_cap = cap;
-    }
-    if ((st = mc_buffer_upload(ex->bt_buf, 0, bt, bytes, err)) != MC_OK)
+    if (need <= *cap)
+        return MC_OK;
+    size_t c = need > 2 * *cap ? need : 2 * *cap;
+    mc_buffer *b;
+    mc_status st = mc_buffer_alloc(ex->be, c, &b, err);
+    if (st != MC_OK)
         return st;
-    return mc_tensor_init_2d(out, ex->bt_buf, 0, MC_DT_I32, ns, maxb, err);
+    mc_buffer_free(*buf);
+    *buf = b;
+    *cap = c;
+    return MC_OK;
+}
+
+mc_status mc_step_table_tensor(mc_step_exec *ex, const mc_step_host_ix *hx, mc_tensor *out,
+                               mc_err *err)
+{
+    size_t bytes = (size_t)hx->ns * (size_t)hx->maxb * sizeof *hx->bt;
+    mc_status st;
+    if ((st = mc_step_grow(ex, &ex->bt_buf, &ex->bt_cap, bytes, err)) != MC_OK ||
+        (st = mc_buffer_upload(ex->bt_buf, 0, hx->bt, bytes, err)) != MC_OK)
+        return st;
+    return mc_tensor_init_2d(out, ex->bt_buf, 0, MC_DT_I32, hx->ns, hx->maxb, err);
 }
 
 /* The decoder stack of this rank's stage on the step's n tokens: embed (the
@@ -588,7 +594,7 @@ mc_status mc_step_decoder_forward(mc_step_exec *ex, const mc_step_host_ix *hx, f
     mc_status st;
     mc_step_views s;
     if ((st = mc_step_views_make(ex, hx->n, &s, err)) != MC_OK ||
-        (st = table_tensor(ex, hx->ns, hx->maxb, hx->bt, &s.ix.block_table, err)) != MC_OK ||
+        (st = mc_step_table_tensor(ex, hx, &s.ix.block_table, err)) != MC_OK ||
         (st = mc_tensor_upload(&s.tok, hx->tok, err)) != MC_OK ||
         (st = mc_tensor_upload(&s.ix.seq, hx->seq, err)) != MC_OK ||
         (st = mc_tensor_upload(&s.ix.pos, hx->pos, err)) != MC_OK)

@@ -130,15 +130,8 @@ static mc_status ep_scratch_make(mc_step_exec *ex, int64_t nr, int64_t ne, ep_sc
     size_t small = ((size_t)r * 4 + 63) & ~(size_t)63, offb = ((size_t)(ne + 1) * 4 + 63) & ~(size_t)63;
     size_t need = 3 * rows + 4 * small + offb;
     mc_status st;
-    if (need > ex->ep_cap) {
-        size_t cap = need > 2 * ex->ep_cap ? need : 2 * ex->ep_cap;
-        mc_buffer *b;
-        if ((st = mc_buffer_alloc(ex->be, cap, &b, err)) != MC_OK)
-            return st;
-        mc_buffer_free(ex->ep_buf);
-        ex->ep_buf = b;
-        ex->ep_cap = cap;
-    }
+    if ((st = mc_step_grow(ex, &ex->ep_buf, &ex->ep_cap, need, err)) != MC_OK)
+        return st;
     size_t o = 0;
     TRY(mc_tensor_init_2d(&x->xr, ex->ep_buf, o, MC_DT_F32, r, H, err));
     TRY(mc_tensor_init_2d(&x->xe, ex->ep_buf, o += rows, MC_DT_F32, r, H, err));

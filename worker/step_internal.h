@@ -209,6 +209,14 @@ mc_status mc_step_attention(mc_step_exec *ex, int l, mc_step_views *s, mc_err *e
 
 /* ---- block and head (step_block.c) ---- */
 
+/* Grows a buffer the executor keeps (*buf, *cap bytes) to hold need bytes
+ * (doubling); its old contents are not kept. */
+mc_status mc_step_grow(mc_step_exec *ex, mc_buffer **buf, size_t *cap, size_t need,
+                       mc_err *err);
+/* The step's block tables as an (ns, maxb) I32 tensor in ex->bt_buf. */
+mc_status mc_step_table_tensor(mc_step_exec *ex, const mc_step_host_ix *hx, mc_tensor *out,
+                               mc_err *err);
+
 /* Host address of t's first element: the collectives move activations
  * through host memory (the executor refuses parallel layouts on backends
  * without it). */

@@ -58,22 +58,6 @@ static mc_status views(mc_step_exec *ex, int64_t n, v4_views *s, mc_err *err) {
     return flat2(&s->iq, &s->iq2, err);
 }
 
-/* The step's block table as an (ns, maxb) I32 tensor in ex->bt_buf, grown on demand. */
-static mc_status table(mc_step_exec *ex, const mc_step_host_ix *hx, mc_tensor *out, mc_err *err) {
-    size_t bytes = (size_t)hx->ns * hx->maxb * sizeof *hx->bt;
-    mc_status st;
-    if (bytes > ex->bt_cap) {
-        size_t cap = bytes > 2 * ex->bt_cap ? bytes : 2 * ex->bt_cap;
-        mc_buffer *b;
-        TRYS(mc_buffer_alloc(ex->be, cap, &b, err));
-        mc_buffer_free(ex->bt_buf);
-        ex->bt_buf = b;
-        ex->bt_cap = cap;
-    }
-    TRYS(mc_buffer_upload(ex->bt_buf, 0, hx->bt, bytes, err));
-    return mc_tensor_init_2d(out, ex->bt_buf, 0, MC_DT_I32, hx->ns, hx->maxb, err);
-}
-
 /* In-place rotation of the trailing rd dims of every head of x (n, heads, d) or (n, d). */
 static mc_status rope_tail(mc_step_exec *ex, const mc_tensor *x, int rd, const v4_views *s,
                            const mc_tensor *cs, const mc_tensor *sn, mc_err *err) {
@@ -254,7 +238,7 @@ mc_status mc_step_v4_forward(mc_step_exec *ex, const mc_step_host_ix *hx, float 
     mc_status st;
     if (!x) return mc_err_set(err, MC_ERR_INTERNAL, "step: DeepSeek-V4 state is not initialized");
     TRYS(views(ex, n, &s, err));
-    TRYS(table(ex, hx, &s.ix.block_table, err));
+    TRYS(mc_step_table_tensor(ex, hx, &s.ix.block_table, err));
     TRYS(mc_tensor_upload(&s.tok, hx->tok, err));
     TRYS(mc_tensor_upload(&s.ix.seq, hx->seq, err));
     TRYS(mc_tensor_upload(&s.ix.pos, hx->pos, err));
