@@ -197,8 +197,9 @@ int mc_cmd_generate(int argc, char **argv)
     mc_err err;
     mc_err_clear(&err);
     mc_session *ses = NULL;
-    float *logits = NULL, *wf = NULL;
-    int *wi = NULL, rc = 1;
+    float *logits = NULL;
+    mc_sample_scratch *scratch = NULL;
+    int rc = 1;
     bool fatal = false; /* a failure after the ranks started working together */
     if (mc_session_open(&argc, &argv, true, &ses, &err) != MC_OK) {
         fprintf(stderr, "moecluster generate: %s\n", err.msg);
@@ -228,17 +229,21 @@ int mc_cmd_generate(int argc, char **argv)
         st = mc_session_seq_init(ses, (int)(total > 0 ? total : 1), &err);
     if (st == MC_OK) {
         logits = mc_malloc_n((size_t)V, sizeof *logits);
-        wf = mc_malloc_n((size_t)V, sizeof *wf);
-        wi = mc_malloc_n((size_t)V, sizeof *wi);
-        if (!logits || !wf || !wi)
+        if (!logits)
             st = mc_err_set(&err, MC_ERR_NOMEM, "out of memory");
+        else
+            st = mc_sample_scratch_init(V, &scratch, &err);
     }
     if (mc_session_agree(ses, st, &err) != MC_OK)
         goto fail;
-    mc_sampler_params sp = {.temperature = (float)temp, .top_k = (int)top_k,
-                            .top_p = (float)top_p, .seed = (uint64_t)seed};
+    mc_sampler_params sp = mc_sampler_defaults();
+    sp.temperature = (float)temp;
+    sp.top_k = (int)top_k;
+    sp.top_p = (float)top_p;
+    sp.seed = (uint64_t)seed;
     mc_sampler smp;
-    mc_sampler_init(&smp, &sp);
+    if (mc_sampler_init(&smp, &sp, V, &err) != MC_OK) /* the flags' ranges were checked */
+        goto fail;
     double a = mc_now_s();
     fatal = true;
     if (n_gen > 0 && mc_session_seq_last(ses, ids, n_prompt, logits, &err) != MC_OK)
@@ -247,7 +252,10 @@ int mc_cmd_generate(int argc, char **argv)
         /* rank 0 samples; every rank learns the token and whether to go on */
         int64_t msg[2] = {0, 0}; /* next token, 1 = stop */
         if (me == 0) {
-            int64_t next = mc_sampler_pick(&smp, logits, V, wf, wi);
+            int32_t pick;
+            if (mc_sampler_pick(&smp, logits, V, NULL, scratch, &pick, NULL, &err) != MC_OK)
+                goto fail;
+            int64_t next = pick;
             char text[32];
             snprintf(text, sizeof text, "%s%lld", i ? "," : "", (long long)next);
             if (put_out(&err, text) != MC_OK)
@@ -277,8 +285,7 @@ fail:
         mc_cli_report("generate", mc_session_world(ses), &err);
     free(ids);
     free(logits);
-    free(wf);
-    free(wi);
+    mc_sample_scratch_free(scratch);
     mc_session_close(ses, rc && fatal); /* aborts the peers after a fatal failure */
     return rc;
 }

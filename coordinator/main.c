@@ -27,6 +27,7 @@ static const command commands[] = {
     {"shard", mc_cmd_shard, "cut a checkpoint into per-rank folders following the plan"},
     {"verify", mc_cmd_verify, "re-check the checksums of a shard folder"},
     {"bench", mc_cmd_bench, "prefill/decode speed, weight bytes per step, bandwidth and FMA probes"},
+    {"tokenize", mc_cmd_tokenize, "text to token ids (or back, --decode) with a tokenizer.json"},
 };
 
 static void usage(FILE *out)

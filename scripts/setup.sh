@@ -23,6 +23,8 @@ PACKAGES=(
     libxxhash-dev
     # YAML cluster configs
     libcyaml-dev
+    # tokenizers: pre-tokenizer regexes (PCRE2) and Unicode normalization (utf8proc)
+    libpcre2-dev libutf8proc-dev
 )
 
 check_only=0
