@@ -28,6 +28,7 @@ static const command commands[] = {
     {"verify", mc_cmd_verify, "re-check the checksums of a shard folder"},
     {"bench", mc_cmd_bench, "prefill/decode speed, weight bytes per step, bandwidth and FMA probes"},
     {"tokenize", mc_cmd_tokenize, "text to token ids (or back, --decode) with a tokenizer.json"},
+    {"worker", mc_cmd_worker, "serve step plans to a coordinator over ZeroMQ (under mpirun)"},
 };
 
 static void usage(FILE *out)

@@ -202,12 +202,21 @@ void mc_control_free(ControlMessage *msg)
 
 mc_status mc_control_pack_step(const mc_step_plan *plan, uint8_t **buf, size_t *len, mc_err *err)
 {
+    return mc_control_pack_step_release(plan, NULL, 0, buf, len, err);
+}
+
+mc_status mc_control_pack_step_release(const mc_step_plan *plan, const uint64_t *release,
+                                       size_t n_release, uint8_t **buf, size_t *len, mc_err *err)
+{
     if (!buf || !len)
         return mc_err_set(err, MC_ERR_ARG, "mc_control_pack_step: NULL output");
     *buf = NULL;
     *len = 0;
     if (!plan || (plan->n_seqs && !plan->seqs))
         return mc_err_set(err, MC_ERR_ARG, "mc_control_pack_step: NULL plan");
+    if ((n_release && !release) || n_release > MC_STEP_MAX_SEQS)
+        return mc_err_set(err, MC_ERR_ARG, "mc_control_pack_step: %zu release ids (at most %u)",
+                          n_release, MC_STEP_MAX_SEQS);
 
     /* The generated structs take non-const arrays; packing only reads them. */
     size_t n = plan->n_seqs;
@@ -237,6 +246,8 @@ mc_status mc_control_pack_step(const mc_step_plan *plan, uint8_t **buf, size_t *
     step.step_id = plan->step_id;
     step.n_seqs = n;
     step.seqs = ptrs;
+    step.n_release = n_release;
+    step.release = (uint64_t *)release; /* read only by the packer */
     ControlMessage msg;
     mc_control_init(&msg);
     msg.body_case = CONTROL_MESSAGE__BODY_STEP;
@@ -260,6 +271,9 @@ mc_status mc_control_step_to_plan(const StepPlan *msg, mc_step_plan *out, mc_err
     mc_step_plan_init(out);
     if (!msg)
         return mc_err_set(err, MC_ERR_ARG, "mc_control_step_to_plan: msg is NULL");
+    if (msg->n_release > MC_STEP_MAX_SEQS)
+        return mc_err_set(err, MC_ERR_FORMAT, "step plan %llu: release: %zu ids, at most %u",
+                          (unsigned long long)msg->step_id, msg->n_release, MC_STEP_MAX_SEQS);
     if (msg->n_seqs > MC_STEP_MAX_SEQS)
         return mc_err_set(err, MC_ERR_FORMAT, "step plan %llu: seqs: %zu entries, at most %u",
                           (unsigned long long)msg->step_id, msg->n_seqs, MC_STEP_MAX_SEQS);

@@ -21,8 +21,10 @@
 #include "step_plan.h"
 
 /* Wire version spoken by this build; see control.proto for when to bump it.
- * 2: SeqEntry.logits (LOGITS_ALL would be misread as "last" by version 1). */
-#define MC_CONTROL_VERSION 2u
+ * 2: SeqEntry.logits (LOGITS_ALL would be misread as "last" by version 1).
+ * 3: StepPlan.release (a version 2 worker would ignore it and keep the
+ *    sequences), Hello's served facts (model_type .. max_pos). */
+#define MC_CONTROL_VERSION 3u
 
 /* Largest packed message accepted or produced, in bytes. */
 #define MC_CONTROL_MAX_BYTES ((size_t)64 << 20)
@@ -54,9 +56,16 @@ void mc_control_free(ControlMessage *msg);
  * (MC_ERR_ARG), an encoding over MC_CONTROL_MAX_BYTES (MC_ERR_OVERFLOW). */
 mc_status mc_control_pack_step(const mc_step_plan *plan, uint8_t **buf, size_t *len, mc_err *err);
 
+/* mc_control_pack_step() with StepPlan.release: the n_release sequence ids
+ * (borrowed) the worker forgets before it runs the plan (a plan with no
+ * entries then only releases). More than MC_STEP_MAX_SEQS ids, or NULL ids
+ * with a count, are MC_ERR_ARG. */
+mc_status mc_control_pack_step_release(const mc_step_plan *plan, const uint64_t *release,
+                                       size_t n_release, uint8_t **buf, size_t *len, mc_err *err);
+
 /* Copies the StepPlan of an unpacked message into *out (initialized here;
  * release with mc_step_plan_free()). Counts are bounded before anything is
- * allocated: more than MC_STEP_MAX_SEQS entries, MC_STEP_MAX_TOKENS tokens
+ * allocated: more than MC_STEP_MAX_SEQS entries (or release ids), MC_STEP_MAX_TOKENS tokens
  * or MC_STEP_MAX_BLOCKS block ids in all, a NULL entry or an unknown logits
  * mode are MC_ERR_FORMAT naming the field. *out is empty on failure. */
 mc_status mc_control_step_to_plan(const StepPlan *msg, mc_step_plan *out, mc_err *err);

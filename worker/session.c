@@ -28,6 +28,8 @@ struct mc_session {
     mc_step_exec *ex;    /* owned: the executor of the sequence of _seq_* / _forward */
     uint32_t seq_cap;    /* tokens reserved for that sequence */
     uint32_t seq_budget; /* its executor's step budget */
+    mc_step_exec *srv;   /* owned: the serving executor (mc_session_exec_*) */
+    uint32_t srv_blocks, srv_block_size, srv_budget;
 };
 
 mc_status mc_session_open(int *argc, char ***argv, bool with_world, mc_session **out, mc_err *err) {
@@ -51,6 +53,7 @@ void mc_session_close(mc_session *s, bool abort_peers) {
     if (!s) return;
     if (abort_peers && s->world && mc_comm_size(s->world) > 1)
         mc_comm_world_abort(s->world, 1); /* peers may be blocked in a collective */
+    mc_step_exec_free(s->srv);
     mc_step_exec_free(s->ex);
     mc_model_free(s->m); /* frees its tp/ep/pp comms; borrows the world */
     mc_backend_free(s->be);
@@ -292,6 +295,125 @@ mc_status mc_session_forward(mc_session *s, const int64_t *tokens, int n, float 
     return seq_steps(s, tokens, n, true, last_only, logits, err);
 }
 
+/* ---- serving ---- */
+
+mc_status mc_session_exec_open(mc_session *s, uint32_t n_blocks, uint32_t block_size,
+                               uint32_t max_batch_tokens, mc_err *err) {
+    mc_status st = need_model(s, err);
+    if (st != MC_OK) return st;
+    mc_step_exec_free(s->srv);
+    s->srv = NULL;
+    st = mc_step_exec_init(s->m, s->be, n_blocks, block_size, max_batch_tokens, &s->srv, err);
+    if ((st = mc_session_agree(s, st, err)) != MC_OK) {
+        mc_step_exec_free(s->srv);
+        s->srv = NULL;
+        return st;
+    }
+    s->srv_blocks = n_blocks;
+    s->srv_block_size = block_size;
+    s->srv_budget = max_batch_tokens;
+    return MC_OK;
+}
+
+void mc_session_exec_info_get(const mc_session *s, mc_session_exec_info *out) {
+    *out = (mc_session_exec_info){.dp = 1};
+    if (!s->m) return;
+    out->vocab = (uint32_t)s->m->d.vocab;
+    out->n_layers = (uint32_t)s->m->d.n_layers;
+    out->dp = s->m->lay.dp > 0 ? s->m->lay.dp : 1;
+    if (!s->srv) return;
+    mc_step_limits lim;
+    mc_step_exec_limits(s->srv, &lim);
+    out->n_blocks = lim.n_blocks;
+    out->block_size = lim.block_size;
+    out->max_batch_tokens = lim.max_batch_tokens;
+    out->max_pos = lim.max_pos;
+}
+
+/* Known lengths as they will be once the releases are applied. */
+typedef struct {
+    mc_step_len_fn inner;
+    void *inner_ctx;
+    const uint64_t *release;
+    size_t n_release;
+} release_view;
+
+static int released_len(void *ctx, uint64_t seq_id, uint32_t *len) {
+    const release_view *v = ctx;
+    for (size_t i = 0; i < v->n_release; i++)
+        if (v->release[i] == seq_id) return 0;
+    return v->inner ? v->inner(v->inner_ctx, seq_id, len) : 0;
+}
+
+mc_status mc_session_exec_check(const mc_session *s, const mc_step_plan *plan,
+                                const uint64_t *release, size_t n_release,
+                                size_t max_logit_bytes, mc_err *err) {
+    if (!s->srv) return mc_err_set(err, MC_ERR_ARG, "session: no serving executor");
+    for (size_t i = 0; i < n_release; i++) {
+        if (mc_step_exec_seq_len(s->srv, release[i]) == 0)
+            return mc_err_set(err, MC_ERR_FORMAT, "step plan %llu: release[%zu]: sequence %llu "
+                              "is not known to the worker",
+                              (unsigned long long)plan->step_id, i,
+                              (unsigned long long)release[i]);
+        for (size_t j = 0; j < i; j++)
+            if (release[j] == release[i])
+                return mc_err_set(err, MC_ERR_FORMAT, "step plan %llu: release[%zu]: sequence "
+                                  "%llu is listed twice",
+                                  (unsigned long long)plan->step_id, i,
+                                  (unsigned long long)release[i]);
+    }
+    if (plan->n_seqs == 0) {
+        if (n_release > 0) return MC_OK;
+        return mc_err_set(err, MC_ERR_FORMAT, "step plan %llu: no sequences and nothing to "
+                          "release", (unsigned long long)plan->step_id);
+    }
+    for (uint32_t i = 0; i < plan->n_seqs; i++)
+        if (plan->seqs[i].logits != MC_LOGITS_NONE && plan->seqs[i].top_k != 0)
+            return mc_err_set(err, MC_ERR_UNSUPPORTED, "step plan %llu: seqs[%u].top_k: top-k "
+                              "candidates are not done yet (send 0 for full logits)",
+                              (unsigned long long)plan->step_id, i);
+    mc_step_limits lim;
+    mc_step_exec_limits(s->srv, &lim);
+    release_view v = {lim.known_len, lim.known_ctx, release, n_release};
+    lim.known_len = released_len;
+    lim.known_ctx = &v;
+    mc_status st = mc_step_plan_check(plan, &lim, err);
+    if (st != MC_OK) return st;
+    uint64_t bytes = mc_step_plan_logit_rows(plan) * (uint64_t)s->m->d.vocab * sizeof(float);
+    if (bytes > max_logit_bytes)
+        return mc_err_set(err, MC_ERR_FORMAT, "step plan %llu: %llu logit rows of %d floats "
+                          "(%llu bytes) do not fit one answer (%zu bytes)",
+                          (unsigned long long)plan->step_id,
+                          (unsigned long long)mc_step_plan_logit_rows(plan), s->m->d.vocab,
+                          (unsigned long long)bytes, max_logit_bytes);
+    return MC_OK;
+}
+
+mc_status mc_session_exec_run(mc_session *s, const mc_step_plan *plan, const uint64_t *release,
+                              size_t n_release, float *logits, mc_err *err) {
+    mc_status st = s->srv ? MC_OK : mc_err_set(err, MC_ERR_ARG, "session: no serving executor");
+    for (size_t i = 0; st == MC_OK && i < n_release; i++)
+        st = mc_step_exec_release(s->srv, release[i], err);
+    if ((st = mc_session_agree(s, st, err)) != MC_OK || plan->n_seqs == 0) return st;
+    const mc_model *m = s->m;
+    bool out_rank = mc_model_is_output(m);
+    int me = m->lay.rank;
+    size_t rows = (size_t)mc_step_plan_logit_rows(plan), V = (size_t)m->d.vocab;
+    float *buf = NULL; /* (rows, V) the output rank's rows when it is not rank 0 */
+    if (out_rank && me != 0 && rows && !(buf = mc_malloc_n(rows * V, sizeof *buf)))
+        st = mc_err_set(err, MC_ERR_NOMEM, "out of memory for %zu logit rows", rows);
+    if ((st = mc_session_agree(s, st, err)) != MC_OK) {
+        free(buf);
+        return st;
+    }
+    st = mc_step_exec_run(s->srv, plan, !out_rank ? NULL : me == 0 ? logits : buf, err);
+    st = mc_session_agree(s, st, err);
+    if (st == MC_OK && rows && s->world && mc_comm_size(s->world) > 1)
+        st = mc_sched_gather(s->m, 1, rows * V, buf, logits, err);
+    free(buf);
+    return st;
+}
+
 mc_status mc_session_stats_report(mc_session *s, FILE *out, double wall_s, mc_err *err) {
     mc_status st = need_model(s, err);
     return st != MC_OK ? st : mc_stats_report(s->m, out, wall_s, err);
@@ -343,4 +465,61 @@ double mc_session_probe_read_gbps(mc_session *s, size_t bytes, int threads, doub
 
 double mc_session_probe_fma_gflops(mc_session *s, int threads, double seconds) {
     return mc_backend_probe_fma_gflops(s->be, threads, seconds);
+}
+
+/* ---- the in-process step runner ---- */
+
+struct mc_session_runner {
+    mc_step_exec *ex; /* owned; over the session's model and backend (borrowed) */
+    mc_session_runner_limits lim;
+};
+
+mc_status mc_session_runner_open(mc_session *s, uint32_t n_blocks, uint32_t block_size,
+                                 uint32_t max_batch_tokens, mc_session_runner **out, mc_err *err) {
+    *out = NULL;
+    mc_status st = need_model(s, err);
+    if (st != MC_OK) return st;
+    if (mc_session_size(s) > 1)
+        return mc_err_set(err, MC_ERR_UNSUPPORTED,
+                          "session runner: one process only (a world of %d ranks)",
+                          mc_session_size(s));
+    if (!n_blocks || !block_size || !max_batch_tokens)
+        return mc_err_set(err, MC_ERR_ARG,
+                          "session runner: %u blocks of %u, %u tokens per step (all must be >= 1)",
+                          n_blocks, block_size, max_batch_tokens);
+    mc_session_runner *r = calloc(1, sizeof *r);
+    if (!r) return mc_err_set(err, MC_ERR_NOMEM, "session runner: out of memory");
+    if ((st = mc_step_exec_init(s->m, s->be, n_blocks, block_size, max_batch_tokens, &r->ex,
+                                err)) != MC_OK) {
+        free(r);
+        return st;
+    }
+    mc_step_limits lim;
+    mc_step_exec_limits(r->ex, &lim);
+    r->lim = (mc_session_runner_limits){.vocab = lim.vocab,
+                                        .n_blocks = lim.n_blocks,
+                                        .block_size = lim.block_size,
+                                        .max_pos = lim.max_pos,
+                                        .max_batch_tokens = lim.max_batch_tokens};
+    *out = r;
+    return MC_OK;
+}
+
+void mc_session_runner_close(mc_session_runner *r) {
+    if (!r) return;
+    mc_step_exec_free(r->ex);
+    free(r);
+}
+
+void mc_session_runner_get_limits(const mc_session_runner *r, mc_session_runner_limits *out) {
+    *out = r->lim;
+}
+
+mc_status mc_session_runner_run(mc_session_runner *r, const mc_step_plan *plan, float *logits,
+                                mc_err *err) {
+    return mc_step_exec_run(r->ex, plan, logits, err);
+}
+
+mc_status mc_session_runner_release(mc_session_runner *r, uint64_t seq_id, mc_err *err) {
+    return mc_step_exec_release(r->ex, seq_id, err);
 }

@@ -22,6 +22,7 @@
 #include "dtype.h"
 #include "model_config.h"
 #include "status.h"
+#include "step_plan.h"
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -126,6 +127,41 @@ mc_status mc_session_seq_last(mc_session *s, const int64_t *tokens, int n, float
 mc_status mc_session_forward(mc_session *s, const int64_t *tokens, int n, float *logits,
                              bool last_only, mc_err *err);
 
+/* ---- serving: one step executor driven by step plans (`moecluster worker`) ----
+ *
+ * The coordinator owns the block tables (its own pool); the executor's pool
+ * is not used. Every rank makes the executor and runs every plan (the ranks
+ * of one dp group; serving runs dp == 1 only), rank 0 gets the logits. */
+
+/* What the serving executor serves, for the control plane's Hello. */
+typedef struct {
+    uint32_t vocab, n_layers;
+    uint32_t n_blocks, block_size, max_batch_tokens, max_pos;
+    int dp; /* dp groups of the loaded layout (1 in one process) */
+} mc_session_exec_info;
+
+/* Collective: makes the serving executor (n_blocks KV blocks of block_size
+ * positions, steps of up to max_batch_tokens new tokens); replaces an
+ * earlier one. Fails on every rank together (mc_session_agree). */
+mc_status mc_session_exec_open(mc_session *s, uint32_t n_blocks, uint32_t block_size,
+                               uint32_t max_batch_tokens, mc_err *err);
+/* Facts of the loaded model and the serving executor (zeros before). */
+void mc_session_exec_info_get(const mc_session *s, mc_session_exec_info *out);
+/* Not collective (rank 0, before it hands a plan to every rank): would the
+ * plan run after the sequences in release[n_release] are forgotten? Checks
+ * the release ids (known, no duplicates), the plan against the executor's
+ * limits and known lengths, top_k (not supported yet) and that the logits
+ * fit max_logit_bytes. An empty plan with releases is fine. */
+mc_status mc_session_exec_check(const mc_session *s, const mc_step_plan *plan,
+                                const uint64_t *release, size_t n_release,
+                                size_t max_logit_bytes, mc_err *err);
+/* Collective: forgets the released sequences, then runs the plan (skipped
+ * when it has no entries); the logits (mc_step_plan_logit_rows rows of
+ * vocab floats) land in logits on rank 0 (NULL elsewhere is fine). The
+ * outcome is agreed: every rank returns the same status. */
+mc_status mc_session_exec_run(mc_session *s, const mc_step_plan *plan, const uint64_t *release,
+                              size_t n_release, float *logits, mc_err *err);
+
 /* Collective: gathers --stats rows to rank 0, which prints them to out. */
 mc_status mc_session_stats_report(mc_session *s, FILE *out, double wall_s, mc_err *err);
 
@@ -153,5 +189,32 @@ void mc_session_counters_get(const mc_session *s, mc_session_counters *out);
  * they cannot run. */
 double mc_session_probe_read_gbps(mc_session *s, size_t bytes, int threads, double seconds);
 double mc_session_probe_fma_gflops(mc_session *s, int threads, double seconds);
+
+/* ---- the in-process step runner (the serving engine's, coordinator/engine.h) ---- */
+
+/* A step executor over the session's loaded model that the coordinator's
+ * engine drives with its own step plans and block tables (the executor
+ * trusts the plans' tables; its own pool stays unused). One process only:
+ * a session whose world has more than one rank is refused
+ * (MC_ERR_UNSUPPORTED; a worker group is reached over the control plane).
+ * Close with mc_session_runner_close before mc_session_close. */
+typedef struct mc_session_runner mc_session_runner;
+
+typedef struct {
+    uint32_t vocab, n_blocks, block_size, max_pos, max_batch_tokens;
+} mc_session_runner_limits;
+
+/* n_blocks KV blocks of block_size positions, steps of up to
+ * max_batch_tokens new tokens (all >= 1, else MC_ERR_ARG); MC_ERR_UNSUPPORTED
+ * where the executor does not run the model, naming what is missing. */
+mc_status mc_session_runner_open(mc_session *s, uint32_t n_blocks, uint32_t block_size,
+                                 uint32_t max_batch_tokens, mc_session_runner **out, mc_err *err);
+void mc_session_runner_close(mc_session_runner *r); /* NULL is fine */
+void mc_session_runner_get_limits(const mc_session_runner *r, mc_session_runner_limits *out);
+/* mc_step_exec_run: logits rows per entry in plan order (LAST: 1 row). */
+mc_status mc_session_runner_run(mc_session_runner *r, const mc_step_plan *plan, float *logits,
+                                mc_err *err);
+/* mc_step_exec_release: forgets a sequence (MC_ERR_NOT_FOUND if unknown). */
+mc_status mc_session_runner_release(mc_session_runner *r, uint64_t seq_id, mc_err *err);
 
 #endif

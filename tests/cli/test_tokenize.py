@@ -11,7 +11,9 @@
 - invalid UTF-8, unknown ids, a non-array on --decode, and a missing or
   malformed tokenizer.json exit non-zero with one clear line;
 - encode time of the longest document through the CLI is printed (process
-  start and tokenizer load included; test_tokenizer prints the bare speed).
+  start and tokenizer load included; test_tokenizer prints the bare speed);
+- --chat (see chat_cases): the DeepSeek-V3 golden conversation, its ids, and
+  the refusals.
 
 usage: test_tokenize.py MOECLUSTER FIXTURES WORK_DIR
 """
@@ -140,8 +142,73 @@ def main():
         check(rc == 1 and path in err and needle in err and err.count("\n") == 1,
               f"a {name} tokenizer.json is refused in one line naming the file and '{needle}'",
               err.strip()[:200])
+    chat_cases(exe, fixtures, work)
     print(f"{failures} failures")
     return 1 if failures else 0
+
+
+
+def chat_cases(exe, fixtures, work):
+    """--chat: the DeepSeek-V3 fixture's conversation renders to golden.json's
+    "rendered" text exactly, and with --ids to that text's ids (BOS first,
+    <｜User｜> / <｜Assistant｜> as single added tokens); bad input, a folder
+    without a chat template and a template error exit 1 with one line."""
+    ds = os.path.join(fixtures, "tokenizers", "deepseek-v3")
+    with open(os.path.join(ds, "golden.json"), encoding="utf-8") as f:
+        chat = json.load(f)["chat"]
+    req = json.dumps({"messages": chat["messages"],
+                      "add_generation_prompt": chat["add_generation_prompt"]}).encode()
+    rc, out, err = run(exe, ["--tokenizer", ds, "--chat"], req)
+    text = out.decode("utf-8", "replace")
+    detail = err.strip()[:300]
+    if rc == 0 and text != chat["rendered"]:
+        n = min(len(text), len(chat["rendered"]))
+        i = next((k for k in range(n) if text[k] != chat["rendered"][k]), n)
+        detail = (f"first differing character at {i}: {text[max(0, i - 20):i + 20]!r} vs "
+                  f"{chat['rendered'][max(0, i - 20):i + 20]!r}")
+    check(rc == 0 and text == chat["rendered"], "--chat renders the golden conversation exactly",
+          detail)
+    rc, out, err = run(exe, ["--tokenizer", os.path.join(ds, "tokenizer.json"), "--chat", "--ids"],
+                       req)
+    rc2, want, _ = run(exe, ["--tokenizer", ds], chat["rendered"].encode())
+    ok = rc == 0 and rc2 == 0 and json.loads(out) == json.loads(want)
+    check(ok, "--chat --ids: the ids of the rendered text", (out + err.encode())[:300])
+    if ok:
+        ids = json.loads(out)
+        check(ids[0] == 0 and ids.count(128803) == 2 and ids.count(128804) == 2 and
+              ids[-1] == 128804 and ids.count(1) == 1,
+              "--chat --ids: BOS 0 first, <｜User｜> 128803 and <｜Assistant｜> 128804 twice "
+              "each, one EOS, the generation prompt last", str(ids))
+    no_gen = json.dumps({"messages": chat["messages"][:3]}).encode()
+    rc, out, err = run(exe, ["--tokenizer", ds, "--chat"], no_gen)
+    check(rc == 0 and out.decode().endswith("Q4.<｜end▁of▁sentence｜>"),
+          "--chat without add_generation_prompt ends with the last message", out[-80:])
+    for args, data, needle, what in [
+        (["--chat"], b"[1, 2]", "messages", "a non-object on stdin"),
+        (["--chat"], b'{"messages": [], "add_generation_prompt": "yes"}', "add_generation_prompt",
+         "a non-boolean add_generation_prompt"),
+        (["--chat"], b"{\"messages\": ", "JSON", "truncated JSON"),
+    ]:
+        rc, out, err = run(exe, ["--tokenizer", ds] + args, data)
+        check(rc == 1 and needle in err and err.count("\n") == 1 and not out,
+              f"--chat refuses {what} in one line", err.strip()[:200])
+    gpt4 = os.path.join(fixtures, "tokenizers", "gpt4-bpe-2k")
+    rc, out, err = run(exe, ["--tokenizer", gpt4, "--chat"], b'{"messages": []}')
+    check(rc == 1 and "no chat template" in err and "serve completions only" in err,
+          "--chat on a tokenizer without a chat template says so", err.strip()[:200])
+    tdir = os.path.join(work, "chat-raise")
+    os.makedirs(tdir, exist_ok=True)
+    with open(os.path.join(tdir, "tokenizer_config.json"), "w") as f:
+        json.dump({"chat_template": "{% for m in messages %}{% if m.role != 'user' %}"
+                   "{{ raise_exception('only user messages') }}{% endif %}{% endfor %}"}, f)
+    rc, out, err = run(exe, ["--tokenizer", tdir, "--chat"],
+                       b'{"messages": [{"role": "tool", "content": "x"}]}')
+    check(rc == 1 and "only user messages" in err and "line 1 column" in err,
+          "raise_exception in a template is one line with its message and position",
+          err.strip()[:200])
+    for args in (["--chat", "--decode"], ["--chat", "--add-special-tokens"], ["--ids"]):
+        rc, out, err = run(exe, ["--tokenizer", ds] + args, b"{}")
+        check(rc == 2, f"{' '.join(args)} is refused as a usage error", err.strip()[:200])
 
 
 if __name__ == "__main__":

@@ -129,6 +129,7 @@ def main():
     cmds = [c for c in commands(exe, work) if c != "version"]
     check(len(cmds) >= 7, f"commands listed by --help: {cmds}")
     check("tokenize" in cmds, "tokenize is listed by --help")
+    check("worker" in cmds, "worker is listed by --help")
     tables = source_tables(src)
     readme = readme_synopses(src)
     for cmd in cmds:
