@@ -393,7 +393,7 @@ static mc_status run_pre(work *w, const tok_pre *p)
         case PRE_SPLIT: st = split_piece(w, p, off, len); break;
         case PRE_BYTELEVEL:
             if (p->add_prefix_space && w->buf[off] != ' ') {
-                size_t o1, o2;
+                size_t o1 = 0, o2 = 0;
                 /* room first: the piece is copied from the buffer itself */
                 if ((st = buf_add(w, NULL, len + 1, &o1)) != MC_OK)
                     break;
@@ -483,7 +483,7 @@ static mc_status normalize(const mc_tokenizer *t, work *w, const char *s, size_t
         cur = next;
         cn = nn;
     }
-    size_t off;
+    size_t off = 0;
     st = buf_add(w, cur ? cur : s, cn, &off);
     free(cur);
     w->na = 0;

@@ -60,7 +60,7 @@ static mc_status count_ids(mc_tokenizer *t, json_t *vocab, json_t *added, mc_err
 {
     const char *key;
     json_t *v;
-    int32_t top = -1, id;
+    int32_t top = -1, id = 0;
     json_object_foreach(vocab, key, v)
     {
         if (get_id(t, v, "model.vocab", &id, err) != MC_OK)
@@ -304,7 +304,7 @@ static mc_status template_ids(mc_tokenizer *t, json_t *specials, const char *nam
                           "%s: post_processor: special token '%.60s' has no ids", t->name, name);
     json_array_foreach(ids, i, v)
     {
-        int32_t id;
+        int32_t id = 0;
         if (get_id(t, v, "post_processor", &id, err) != MC_OK)
             return err->status;
         if (id >= t->n_ids || *n_out >= TOK_MAX_SPECIAL)
@@ -336,7 +336,7 @@ static mc_status parse_post(mc_tokenizer *t, json_t *p, int depth, mc_err *err)
         return MC_OK;
     }
     if (!strcmp(type, "RobertaProcessing")) {
-        int32_t cls, sep;
+        int32_t cls = 0, sep = 0;
         if (get_id(t, json_array_get(json_object_get(p, "cls"), 1), "post_processor.cls", &cls,
                    err) != MC_OK ||
             get_id(t, json_array_get(json_object_get(p, "sep"), 1), "post_processor.sep", &sep,

@@ -47,7 +47,7 @@ static double urand(void)
 static int32_t pick1(const mc_sampler_params *p, const float *logits, int V, const mc_seq_tokens *h,
                      mc_logprobs *lp)
 {
-    mc_sampler s;
+    mc_sampler s = {0};
     mc_sample_scratch *w = NULL;
     mc_err err;
     mc_err_clear(&err);
@@ -74,7 +74,7 @@ static void check_freq(const char *what, mc_sampler_params p, const float *logit
     long cnt[64] = {0};
     for (int i = 0; i < NDRAW; i++) {
         p.seed = (uint64_t)i;
-        mc_sampler s;
+        mc_sampler s = {0};
         int32_t id = -1;
         if (mc_sampler_init(&s, &p, V, &err) != MC_OK ||
             mc_sampler_pick(&s, logits, V, NULL, w, &id, NULL, &err) != MC_OK) {
@@ -427,7 +427,7 @@ static void test_penalties_logprobs(void)
     pick1(&p, lg, V, h, &lp);
     check_lp("raw", &lp, ref, V, 3);
     /* a penalty without the history is refused */
-    mc_sampler s;
+    mc_sampler s = {0};
     mc_sample_scratch *w = NULL;
     int32_t id;
     p.logprobs_mode = MC_LOGPROBS_PROCESSED;
@@ -467,7 +467,7 @@ static void test_penalties_logprobs(void)
         for (int i = 0; i < N; i++)
             bx[i] = T > 0 ? (double)(big[i] / T) : big[i];
         ref_logsoftmax(bx, N, bref);
-        mc_logprobs l2;
+        mc_logprobs l2 = {0};
         CHECK(mc_sampler_init(&s, &q, N, &err) == MC_OK);
         CHECK(mc_sampler_pick(&s, big, N, NULL, w, &id, &l2, &err) == MC_OK);
         check_lp(names[t], &l2, bref, N, MC_LOGPROBS_MAX);
@@ -495,7 +495,7 @@ static void test_determinism(void)
     mc_err_clear(&err);
     CHECK(mc_sample_scratch_init(V, &w, &err) == MC_OK);
     for (int run = 0; run < 3; run++) {
-        mc_sampler s;
+        mc_sampler s = {0};
         p.seed = run == 2 ? 43 : 42;
         CHECK(mc_sampler_init(&s, &p, V, &err) == MC_OK);
         for (int i = 0; i < STEPS; i++)
@@ -513,7 +513,7 @@ static void expect_bad(const char *field, mc_sampler_params p, int vocab)
 {
     mc_err err;
     mc_err_clear(&err);
-    mc_sampler s;
+    mc_sampler s = {0};
     mc_status st = mc_sampler_init(&s, &p, vocab, &err);
     CHECKF(st == MC_ERR_ARG && strstr(err.msg, field), "%s: status %d, message '%s'", field,
            (int)st, err.msg);
@@ -680,7 +680,7 @@ static void time_big_vocab(void)
     p.repetition_penalty = 1.1f;
     p.frequency_penalty = 0.2f;
     p.logprobs = 5;
-    mc_sampler s;
+    mc_sampler s = {0};
     CHECK(mc_sampler_init(&s, &p, V, &err) == MC_OK);
     struct timespec a, b;
     clock_gettime(CLOCK_MONOTONIC, &a);
