@@ -25,7 +25,9 @@ static const char plan_usage_text[] =
     "  --weights       storage format of the linear weights (default bf16)\n"
     "  --max-model-len tokens per sequence (default min(max_position_embeddings, 8192))\n"
     "  --max-num-seqs  concurrent sequences at most (default 256)\n"
-    "  --json          print the plan as one JSON object\n";
+    "  --json          print the plan as one JSON object\n\n"
+    "The last line, `summary`, tries bf16, fp8, q8_0 and q4_k whatever --weights says and\n"
+    "names the best that fits, the KV cache beside it and the decode speed.\n";
 
 static void plan_usage(FILE *out) { fputs(plan_usage_text, out); }
 
@@ -133,11 +135,156 @@ static void print_estimate(const mc_plan *p)
            e->batch_per_replica, e->context, e->decode_step_s * 1e3, e->decode_memory_s * 1e3,
            e->decode_compute_s * 1e3, e->decode_comm_s * 1e3, p->c.pp, p->c.pp > 1 ? "s" : "",
            e->decode_tok_s);
+    printf("  one sequence alone: step %.2f ms -> %.1f tokens/s\n", e->single_step_s * 1e3,
+           e->single_seq_tok_s);
     printf("  prefill: %.0f tokens/s (compute bound at peak)\n", e->prefill_tok_s);
     printf("  traffic per rank and step: %.2f GiB read; all-to-all %.2f MB per MoE layer; TP "
            "all-reduce %.2f MB per layer\n",
            gibf(e->bytes_per_step), e->a2a_bytes_per_layer / 1e6,
            e->allreduce_bytes_per_layer / 1e6);
+}
+
+/* "(datasheet)" or "(measured, bench 2026-11-30)" for one figure. */
+static const char *fig_src(const mc_cluster *c, int measured, char *buf, size_t n)
+{
+    if (measured)
+        snprintf(buf, n, "(measured, %s %s)", c->measured.source, c->measured.date);
+    else
+        snprintf(buf, n, "(datasheet)");
+    return buf;
+}
+
+/* The figures the estimate uses and where each comes from. */
+static void print_figures(const mc_cluster *cl, const mc_plan *p)
+{
+    mc_cluster e;
+    mc_cluster_effective(cl, &e);
+    const mc_measured *m = &cl->measured;
+    char a[96], b[96], c[96], d[96];
+    printf("figures    memory bandwidth %g GB/s %s; compute %g TFLOP/s %s %s; link %s %g "
+           "GB/s %s",
+           e.device.memory_bandwidth_gbs, fig_src(cl, m->memory_bandwidth_gbs > 0, a, sizeof a),
+           p->perf.peak_tflops,
+           p->o.weights == MC_WFMT_FP8 && e.device.fp8_tflops > 0 ? "fp8" : "bf16",
+           fig_src(cl,
+                   p->o.weights == MC_WFMT_FP8 && e.device.fp8_tflops > 0 ? m->fp8_tflops > 0
+                                                                          : m->bf16_tflops > 0,
+                   b, sizeof b),
+           e.intra.kind, e.intra.bandwidth_gbs, fig_src(cl, m->intra.bandwidth_gbs > 0, c, sizeof c));
+    if (cl->nodes > 1)
+        printf("; between nodes %s %g GB/s %s", e.inter.kind, e.inter.bandwidth_gbs,
+               fig_src(cl, m->inter.bandwidth_gbs > 0, d, sizeof d));
+    printf("\n");
+}
+
+/* The one-line answer: the best weight format that fits (bf16, fp8, q8_0,
+ * q4_k in order of quality), the KV cache beside it and the decode speed. */
+typedef struct {
+    int fits;
+    mc_wfmt wf;          /* the best format that fits; else the smallest that could be planned */
+    double weight_gib;   /* the fullest rank's weights */
+    int64_t kv_tokens;   /* tokens of KV cache on the fullest rank (one replica's worth) */
+    double tok_s_one;    /* decode tokens/s for one sequence */
+    double tok_s_batch;  /* decode tokens/s of the whole cluster at `batch` per replica */
+    int batch;
+    char line[768];
+} plan_summary;
+
+static const char *rate(double t, char *buf, size_t n)
+{
+    snprintf(buf, n, t < 10 ? "%.1f" : "%.0f", t);
+    return buf;
+}
+
+/* Fills *s; a layout any format refuses comes back as the error. */
+static mc_status summarize(const mc_model_desc *d, const mc_cluster *c, const mc_plan_opts *o,
+                           plan_summary *s, mc_err *err)
+{
+    static const mc_wfmt order[] = {MC_WFMT_BF16, MC_WFMT_FP8, MC_WFMT_Q8_0, MC_WFMT_Q4_K};
+    memset(s, 0, sizeof *s);
+    mc_plan *last = NULL;
+    mc_status st = MC_OK;
+    char tried[64] = ""; /* the formats planned, "bf16, fp8, ..." */
+    for (size_t i = 0; i < sizeof order / sizeof order[0]; i++) {
+        mc_plan_opts oo = *o;
+        oo.weights = order[i];
+        mc_plan *q = NULL;
+        mc_err e2;
+        mc_err_clear(&e2);
+        st = mc_plan_build(d, c, &oo, &q, &e2);
+        if (st == MC_ERR_UNSUPPORTED) /* DeepSeek-V4 takes BF16 only */
+            continue;
+        if (st != MC_OK) {
+            *err = e2;
+            mc_plan_free(last);
+            return st;
+        }
+        mc_plan_free(last);
+        last = q;
+        size_t tl = strlen(tried);
+        snprintf(tried + tl, sizeof tried - tl, "%s%s", tl ? ", " : "", mc_wfmt_name(order[i]));
+        if (q->fits)
+            break;
+    }
+    if (!last)
+        return mc_err_set(err, MC_ERR_UNSUPPORTED, "no weight format can be planned");
+    const mc_rank_plan *w = &last->ranks[last->worst_rank];
+    const double g = 1073741824.0;
+    char r1[32], r2[32];
+    s->fits = last->fits;
+    s->wf = last->o.weights;
+    s->weight_gib = w->weight_bytes / g;
+    s->kv_tokens = w->kv_tokens;
+    s->tok_s_one = last->perf.single_seq_tok_s;
+    s->tok_s_batch = last->perf.decode_tok_s;
+    s->batch = last->perf.batch_per_replica;
+    char figs[128];
+    if (mc_cluster_has_measured(c))
+        snprintf(figs, sizeof figs, "measured figures from %s %s where given, else datasheet",
+                 c->measured.source, c->measured.date);
+    else
+        snprintf(figs, sizeof figs, "datasheet figures");
+    if (s->fits)
+        snprintf(s->line, sizeof s->line,
+                 "FITS at %s (the best of bf16, fp8, q8_0, q4_k that fits): %.1f GiB of weights "
+                 "per device, KV cache for %lld tokens (%lld sequences of %d); decode ~%s tok/s "
+                 "for one sequence, ~%s tok/s at batch %d (%s)",
+                 mc_wfmt_name(s->wf), s->weight_gib, (long long)s->kv_tokens,
+                 (long long)(s->kv_tokens / o->max_model_len), o->max_model_len,
+                 rate(s->tok_s_one, r1, sizeof r1), rate(s->tok_s_batch, r2, sizeof r2), s->batch,
+                 figs);
+    else if (w->kv_budget_bytes <= 0 || w->kv_tokens < 1)
+        snprintf(s->line, sizeof s->line,
+                 "DOES NOT FIT in %s: at %s the fullest device needs %.1f GiB of weights + %.1f "
+                 "GiB workspace and has %.1f GiB",
+                 tried, mc_wfmt_name(s->wf), s->weight_gib, c->workspace_gib, c->device.memory_gib);
+    else
+        snprintf(s->line, sizeof s->line,
+                 "DOES NOT FIT with %d tokens of context: at %s the weights (%.1f GiB per device) "
+                 "leave KV cache for %lld tokens (--max-model-len %lld would fit; decode ~%s "
+                 "tok/s for one sequence, %s)",
+                 o->max_model_len, mc_wfmt_name(s->wf), s->weight_gib, (long long)s->kv_tokens,
+                 (long long)s->kv_tokens, rate(s->tok_s_one, r1, sizeof r1), figs);
+    mc_plan_free(last);
+    return MC_OK;
+}
+
+static json_t *summary_json(const plan_summary *s, const mc_cluster *c, const mc_plan_opts *o)
+{
+    json_t *j = json_object();
+    json_object_set_new(j, "fits", json_boolean(s->fits));
+    json_object_set_new(j, "weights", s->fits ? json_string(mc_wfmt_name(s->wf)) : json_null());
+    json_object_set_new(j, "tried_weights", json_string(mc_wfmt_name(s->wf)));
+    json_object_set_new(j, "weight_gib_per_device", json_real(s->weight_gib));
+    json_object_set_new(j, "kv_tokens", json_integer(s->kv_tokens));
+    json_object_set_new(j, "max_model_len", json_integer(o->max_model_len));
+    json_object_set_new(j, "decode_tok_s_one_sequence", json_real(s->tok_s_one));
+    json_object_set_new(j, "decode_tok_s_batch", json_real(s->tok_s_batch));
+    json_object_set_new(j, "batch_per_replica", json_integer(s->batch));
+    json_object_set_new(j, "figures",
+                        json_string(mc_cluster_has_measured(c) ? "measured" : "datasheet"));
+    json_object_set_new(j, "line", json_string(s->line));
+    return j;
 }
 
 /* Sums the safetensors headers of a checkpoint folder (no weights read). */
@@ -236,8 +383,12 @@ int mc_cmd_plan(int argc, char **argv)
                       .kv_bytes_per_elem = 2};
     if (mc_plan_build(&d, &cl, &o, &p, &err) != MC_OK)
         goto fail;
+    plan_summary sum;
+    if (summarize(&d, &cl, &o, &sum, &err) != MC_OK)
+        goto fail;
     if (json) {
         json_t *j = mc_plan_to_json(p);
+        json_object_set_new(j, "summary", summary_json(&sum, &cl, &o));
         char *s = json_dumps(j, JSON_INDENT(1) | JSON_REAL_PRECISION(10));
         printf("%s\n", s ? s : "{}");
         free(s);
@@ -257,12 +408,14 @@ int mc_cmd_plan(int argc, char **argv)
                cl.device.memory_bandwidth_gbs, cl.device.bf16_tflops,
                cl.device.fp8_tflops > 0 ? "" : "", cl.intra.kind, cl.intra.bandwidth_gbs,
                cl.nodes > 1 ? ", between nodes " : "", cl.nodes > 1 ? cl.inter.kind : "");
+        print_figures(&cl, p);
         printf("weights    %s; max-model-len %d, max-num-seqs %d\n", mc_wfmt_name(wf),
                o.max_model_len, o.max_num_seqs);
         print_layout(p);
         print_memory(p);
         printf("verdict    %s\n", p->verdict);
         print_estimate(p);
+        printf("summary    %s\n", sum.line);
     }
     mc_plan_free(p);
     return 0;

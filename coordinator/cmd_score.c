@@ -5,7 +5,7 @@
  * OUT.safetensors gets logits (F32 [B,T,V], 0 past each row's length). Each
  * row is an independent sequence at positions 0..T-1. The rows are
  * scheduled into steps of at most --max-batch-tokens new tokens over a
- * paged KV cache of --kv-block-size positions per block (worker/sched.h).
+ * paged KV cache of --kv-block-size positions per block (worker/scheduler.h).
  * With --decode-from K the first K tokens are prefilled (in chunks of the
  * budget) and the rest are fed one at a time through the KV cache.
  *

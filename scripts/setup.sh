@@ -10,7 +10,7 @@ set -euo pipefail
 
 PACKAGES=(
     # toolchain
-    build-essential cmake pkg-config git python3
+    build-essential cmake pkg-config git python3 python3-pip
     # JSON
     libjansson-dev
     # libFuzzer targets (clang's runtime) and llvm tools (llvm-symbolizer, llvm-profdata)
@@ -25,7 +25,13 @@ PACKAGES=(
     libcyaml-dev
     # tokenizers: pre-tokenizer regexes (PCRE2) and Unicode normalization (utf8proc)
     libpcre2-dev libutf8proc-dev
+    # the HTTP API (serve), and curl for its tests
+    libmicrohttpd-dev curl
 )
+
+# Python packages the tests use as independent clients (never the engine):
+# the `openai` client talks to `moecluster serve` in tests/serve.
+PY_PACKAGES=(openai)
 
 check_only=0
 case "${1:-}" in
@@ -65,8 +71,31 @@ for pkg in "${PACKAGES[@]}"; do
     esac
 done
 
+# Python test clients: installed with pip for the python3 the tests run.
+py_missing=()
+for mod in "${PY_PACKAGES[@]}"; do
+    python3 -c "import $mod" >/dev/null 2>&1 || py_missing+=("$mod")
+done
+install_py() {
+    [ ${#py_missing[@]} -eq 0 ] && return 0
+    if [ "$check_only" -eq 1 ]; then
+        return 0
+    fi
+    log "pip install ${py_missing[*]}"
+    # Debian's own python3 refuses system-wide pip installs (PEP 668); a
+    # python3 from elsewhere (pyenv, a venv) takes them as they are.
+    if ! python3 -m pip install --quiet "${py_missing[@]}" 2>/dev/null; then
+        python3 -m pip install --quiet --break-system-packages "${py_missing[@]}"
+    fi
+}
+
 if [ ${#missing[@]} -eq 0 ]; then
-    log "all ${#PACKAGES[@]} packages already installed, nothing to do"
+    if [ ${#py_missing[@]} -ne 0 ] && [ "$check_only" -eq 1 ]; then
+        log "missing python packages: ${py_missing[*]}"
+        exit 1
+    fi
+    install_py
+    log "all ${#PACKAGES[@]} packages already installed${py_missing:+, python: ${py_missing[*]}}"
     exit 0
 fi
 
@@ -113,3 +142,4 @@ if [ ${#still[@]} -ne 0 ]; then
     exit 1
 fi
 log "installed: ${missing[*]}"
+install_py

@@ -43,6 +43,13 @@ typedef struct {
 } y_parallel;
 
 typedef struct {
+    char *source, *date;
+    y_num memory_bandwidth_gbs;
+    y_tflops tflops;
+    y_links links;
+} y_measured;
+
+typedef struct {
     char *name;
     int backend;
     y_num nodes, devices_per_node;
@@ -50,6 +57,7 @@ typedef struct {
     y_links links;
     y_parallel parallel;
     y_num workspace_gib;
+    y_measured measured;
 } y_cluster;
 
 static const cyaml_strval_t backend_strings[] = {
@@ -97,6 +105,28 @@ static const cyaml_schema_field_t parallel_fields[] = {
     CYAML_FIELD_END,
 };
 
+/* measured: every figure optional (at least one is checked for later) */
+static const cyaml_schema_field_t m_tflops_fields[] = {
+    Y_NUM("bf16", CYAML_FLAG_OPTIONAL, y_tflops, bf16),
+    Y_NUM("fp8", CYAML_FLAG_OPTIONAL, y_tflops, fp8),
+    CYAML_FIELD_END,
+};
+
+static const cyaml_schema_field_t m_links_fields[] = {
+    CYAML_FIELD_MAPPING("intra_node", CYAML_FLAG_OPTIONAL, y_links, intra_node, link_fields),
+    CYAML_FIELD_MAPPING("inter_node", CYAML_FLAG_OPTIONAL, y_links, inter_node, link_fields),
+    CYAML_FIELD_END,
+};
+
+static const cyaml_schema_field_t measured_fields[] = {
+    Y_STR("source", CYAML_FLAG_DEFAULT, y_measured, source, 31),
+    Y_STR("date", CYAML_FLAG_DEFAULT, y_measured, date, 10),
+    Y_NUM("memory_bandwidth_gbs", CYAML_FLAG_OPTIONAL, y_measured, memory_bandwidth_gbs),
+    CYAML_FIELD_MAPPING("tflops", CYAML_FLAG_OPTIONAL, y_measured, tflops, m_tflops_fields),
+    CYAML_FIELD_MAPPING("links", CYAML_FLAG_OPTIONAL, y_measured, links, m_links_fields),
+    CYAML_FIELD_END,
+};
+
 static const cyaml_schema_field_t cluster_fields[] = {
     Y_STR("name", CYAML_FLAG_OPTIONAL, y_cluster, name, 63),
     /* strict: only the names, not a number in their place */
@@ -108,6 +138,7 @@ static const cyaml_schema_field_t cluster_fields[] = {
     CYAML_FIELD_MAPPING("links", CYAML_FLAG_DEFAULT, y_cluster, links, links_fields),
     CYAML_FIELD_MAPPING("parallel", CYAML_FLAG_OPTIONAL, y_cluster, parallel, parallel_fields),
     Y_NUM("workspace_gib", CYAML_FLAG_OPTIONAL, y_cluster, workspace_gib),
+    CYAML_FIELD_MAPPING("measured", CYAML_FLAG_OPTIONAL, y_cluster, measured, measured_fields),
     CYAML_FIELD_END,
 };
 
@@ -184,6 +215,35 @@ void mc_cluster_single_cpu(mc_cluster *c, double memory_gib)
 
 int mc_cluster_world(const mc_cluster *c) { return c->nodes * c->devices_per_node; }
 
+int mc_cluster_has_measured(const mc_cluster *c) { return c->measured.source[0] != '\0'; }
+
+/* A measured link replaces the datasheet one; an unmeasured latency (< 0)
+ * keeps the datasheet latency. */
+static void effective_link(const mc_link *m, mc_link *l)
+{
+    if (!(m->bandwidth_gbs > 0))
+        return;
+    l->bandwidth_gbs = m->bandwidth_gbs;
+    if (m->latency_us >= 0)
+        l->latency_us = m->latency_us;
+}
+
+void mc_cluster_effective(const mc_cluster *c, mc_cluster *eff)
+{
+    *eff = *c;
+    const mc_measured *m = &c->measured;
+    if (!mc_cluster_has_measured(c))
+        return;
+    if (m->memory_bandwidth_gbs > 0)
+        eff->device.memory_bandwidth_gbs = m->memory_bandwidth_gbs;
+    if (m->bf16_tflops > 0)
+        eff->device.bf16_tflops = m->bf16_tflops;
+    if (m->fp8_tflops > 0)
+        eff->device.fp8_tflops = m->fp8_tflops;
+    effective_link(&m->intra, &eff->intra);
+    effective_link(&m->inter, &eff->inter);
+}
+
 /* A number field: finite and in [lo, hi) (lo itself allowed when lo_ok). */
 static mc_status num_field(double v, double lo, int lo_ok, double hi, const char *src,
                            const char *field, mc_err *err)
@@ -192,6 +252,94 @@ static mc_status num_field(double v, double lo, int lo_ok, double hi, const char
         return MC_OK;
     return mc_err_set(err, MC_ERR_CONFIG, "%s: %s: %g must be %s %g and below %g", src, field, v,
                       lo_ok ? ">=" : ">", lo, hi);
+}
+
+/* "YYYY-MM-DD", a real calendar day of the years 1970-9999. */
+static int valid_date(const char *d)
+{
+    if (strlen(d) != 10 || d[4] != '-' || d[7] != '-')
+        return 0;
+    for (int i = 0; i < 10; i++)
+        if (i != 4 && i != 7 && (d[i] < '0' || d[i] > '9'))
+            return 0;
+    int y = atoi(d), m = atoi(d + 5), day = atoi(d + 8);
+    static const int mdays[12] = {31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    if (y < 1970 || m < 1 || m > 12 || day < 1 || day > mdays[m - 1])
+        return 0;
+    int leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    return !(m == 2 && day == 29 && !leap);
+}
+
+/* The source: 1-31 letters, digits, spaces and ._-+/() (it is printed). */
+static int valid_source(const char *s)
+{
+    size_t n = strlen(s);
+    if (n < 1 || n > 31 || s[0] == ' ')
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z') ||
+              (s[i] >= '0' && s[i] <= '9') || strchr(" ._-+/()", s[i])))
+            return 0;
+    return 1;
+}
+
+/* A measured figure: 0 = not measured, else finite, > 0 and below hi. */
+static mc_status measured_num(double v, double hi, const char *src, const char *field,
+                              mc_err *err)
+{
+    if (v == 0 || (isfinite(v) && v > 0 && v < hi))
+        return MC_OK;
+    return mc_err_set(err, MC_ERR_CONFIG,
+                      "%s: measured.%s: %g must be > 0 and below %g (leave it out when not "
+                      "measured)",
+                      src, field, v, hi);
+}
+
+static mc_status measured_link(const mc_link *l, const char *src, const char *name, mc_err *err)
+{
+    char f[64];
+    snprintf(f, sizeof f, "links.%s.bandwidth_gbs", name);
+    mc_status st = measured_num(l->bandwidth_gbs, 1e9, src, f, err);
+    if (st == MC_OK && l->bandwidth_gbs > 0 && !(l->latency_us < 0) &&
+        !(isfinite(l->latency_us) && l->latency_us < 1e9))
+        st = mc_err_set(err, MC_ERR_CONFIG,
+                        "%s: measured.links.%s.latency_us: %g must be >= 0 and below 1e+09", src,
+                        name, l->latency_us);
+    return st;
+}
+
+static mc_status measured_check(const mc_measured *m, const char *src, mc_err *err)
+{
+    if (!m->source[0]) {
+        if (m->memory_bandwidth_gbs != 0 || m->bf16_tflops != 0 || m->fp8_tflops != 0 ||
+            m->intra.bandwidth_gbs != 0 || m->inter.bandwidth_gbs != 0)
+            return mc_err_set(err, MC_ERR_CONFIG, "%s: measured: figures without a source", src);
+        return MC_OK;
+    }
+    if (!valid_source(m->source))
+        return mc_err_set(err, MC_ERR_CONFIG,
+                          "%s: measured.source: must be 1-31 letters, digits, spaces or ._-+/() "
+                          "(it names the tool, e.g. bench)",
+                          src);
+    if (!valid_date(m->date))
+        return mc_err_set(err, MC_ERR_CONFIG,
+                          "%s: measured.date: must be a calendar date YYYY-MM-DD (when the "
+                          "figures were measured)",
+                          src);
+    mc_status st;
+    if ((st = measured_num(m->memory_bandwidth_gbs, 1e6, src, "memory_bandwidth_gbs", err)) ||
+        (st = measured_num(m->bf16_tflops, 1e6, src, "tflops.bf16", err)) ||
+        (st = measured_num(m->fp8_tflops, 1e6, src, "tflops.fp8", err)) ||
+        (st = measured_link(&m->intra, src, "intra_node", err)) ||
+        (st = measured_link(&m->inter, src, "inter_node", err)))
+        return st;
+    if (!(m->memory_bandwidth_gbs > 0) && !(m->bf16_tflops > 0) && !(m->fp8_tflops > 0) &&
+        !(m->intra.bandwidth_gbs > 0) && !(m->inter.bandwidth_gbs > 0))
+        return mc_err_set(err, MC_ERR_CONFIG,
+                          "%s: measured: no figures (give memory_bandwidth_gbs, tflops.bf16, "
+                          "tflops.fp8 or links.intra_node / inter_node.bandwidth_gbs)",
+                          src);
+    return MC_OK;
 }
 
 mc_status mc_cluster_check(const mc_cluster *c, const char *src, mc_err *err)
@@ -247,7 +395,7 @@ mc_status mc_cluster_check(const mc_cluster *c, const char *src, mc_err *err)
         c->workspace_gib >= c->device.memory_gib)
         return mc_err_set(err, MC_ERR_CONFIG, "%s: workspace_gib: %g must be in [0, memory_gib)",
                           src, c->workspace_gib);
-    return MC_OK;
+    return measured_check(&c->measured, src, err);
 }
 
 /* The shape of a YAML stream, read with libyaml before libcyaml sees it
@@ -436,6 +584,69 @@ static mc_status get_link(const y_link *y, const char *dflt_kind, const char *na
     return st ? st : get_num(y->latency_us, name, f, &l->latency_us, err);
 }
 
+/* A measured number: absent gives 0 (not measured); given, it must be > 0. */
+static mc_status get_measured(const char *v, const char *name, const char *field, double *out,
+                              mc_err *err)
+{
+    char f[80];
+    snprintf(f, sizeof f, "measured.%s", field);
+    mc_status st = get_num(v, name, f, out, err);
+    if (st == MC_OK && v && !(*out > 0))
+        return mc_err_set(err, MC_ERR_CONFIG,
+                          "%s: %s: %g must be > 0 (leave it out when not measured)", name, f,
+                          *out);
+    return st;
+}
+
+static mc_status measured_link_from_yaml(const y_link *y, const char *name, const char *which,
+                                         mc_link *l, mc_err *err)
+{
+    char f[64];
+    if (!y->bandwidth_gbs) /* the mapping is absent (bandwidth_gbs is required in it) */
+        return MC_OK;
+    snprintf(l->kind, sizeof l->kind, "%s", y->kind ? y->kind : "measured");
+    snprintf(f, sizeof f, "links.%s.bandwidth_gbs", which);
+    mc_status st = get_measured(y->bandwidth_gbs, name, f, &l->bandwidth_gbs, err);
+    l->latency_us = -1; /* not measured: the datasheet latency stands */
+    if (st == MC_OK && y->latency_us) {
+        snprintf(f, sizeof f, "measured.links.%s.latency_us", which);
+        st = get_num(y->latency_us, name, f, &l->latency_us, err);
+        if (st == MC_OK && l->latency_us < 0)
+            st = mc_err_set(err, MC_ERR_CONFIG, "%s: %s: %g must be >= 0", name, f,
+                            l->latency_us);
+    }
+    return st;
+}
+
+static mc_status measured_from_yaml(const y_measured *y, const char *name, mc_measured *m,
+                                    mc_err *err)
+{
+    if (!y->source) /* no measured block (source is required in it) */
+        return MC_OK;
+    char b[80];
+    if (!valid_source(y->source))
+        return mc_err_set(err, MC_ERR_CONFIG,
+                          "%s: measured.source: '%s' must be 1-31 letters, digits, spaces or "
+                          "._-+/() (it names the tool, e.g. bench)",
+                          name, shown(y->source, b, sizeof b));
+    if (!y->date || !valid_date(y->date))
+        return mc_err_set(err, MC_ERR_CONFIG,
+                          "%s: measured.date: '%s' is not a calendar date YYYY-MM-DD (when the "
+                          "figures were measured)",
+                          name, y->date ? shown(y->date, b, sizeof b) : "");
+    snprintf(m->source, sizeof m->source, "%s", y->source);
+    snprintf(m->date, sizeof m->date, "%s", y->date);
+    mc_status st;
+    if ((st = get_measured(y->memory_bandwidth_gbs, name, "memory_bandwidth_gbs",
+                           &m->memory_bandwidth_gbs, err)) ||
+        (st = get_measured(y->tflops.bf16, name, "tflops.bf16", &m->bf16_tflops, err)) ||
+        (st = get_measured(y->tflops.fp8, name, "tflops.fp8", &m->fp8_tflops, err)) ||
+        (st = measured_link_from_yaml(&y->links.intra_node, name, "intra_node", &m->intra, err)) ||
+        (st = measured_link_from_yaml(&y->links.inter_node, name, "inter_node", &m->inter, err)))
+        return st;
+    return MC_OK;
+}
+
 static mc_status from_yaml(const y_cluster *y, const char *name, mc_cluster *c, mc_err *err)
 {
     memset(c, 0, sizeof *c);
@@ -458,6 +669,8 @@ static mc_status from_yaml(const y_cluster *y, const char *name, mc_cluster *c, 
         (st = get_link(&y->links.intra_node, "intra", name, "links.intra_node", &c->intra, err)) ||
         (st = get_link(&y->links.inter_node, "none", name, "links.inter_node", &c->inter, err)) ||
         (st = get_num(y->workspace_gib, name, "workspace_gib", &c->workspace_gib, err)))
+        return st;
+    if ((st = measured_from_yaml(&y->measured, name, &c->measured, err)))
         return st;
     if (!p->tp && !p->pp && !p->dp) {
         /* no layout given: TP inside a node, PP across nodes */

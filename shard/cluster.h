@@ -20,6 +20,18 @@ typedef struct {
     double latency_us;
 } mc_link;
 
+/* Figures measured on the machine (`measured:` in the YAML; `moecluster
+ * bench`, the scaling benchmark). A figure of 0 was not measured: the
+ * datasheet one stands. `source` and `date` say where the numbers come
+ * from and are printed next to them. */
+typedef struct {
+    char source[32];             /* e.g. "bench"; "" when there is no measured block */
+    char date[11];               /* YYYY-MM-DD */
+    double memory_bandwidth_gbs; /* GB/s per device, e.g. bench's achieved_gbps */
+    double bf16_tflops, fp8_tflops; /* per device, e.g. bench's fma_peak_gflops / 1000 */
+    mc_link intra, inter;        /* bandwidth_gbs 0: not measured (latency then unused) */
+} mc_measured;
+
 typedef struct {
     char name[64];
     mc_backend_kind backend;
@@ -33,6 +45,7 @@ typedef struct {
     mc_link intra, inter;
     int tp, ep, pp, dp;
     double workspace_gib; /* reserved per device for activations and buffers */
+    mc_measured measured; /* all zero without a `measured:` block */
 } mc_cluster;
 
 /* Largest cluster config read (bytes). */
@@ -54,5 +67,10 @@ mc_status mc_cluster_check(const mc_cluster *c, const char *src, mc_err *err);
 /* A single CPU rank with `memory_gib` of memory (used when no --cluster is given). */
 void mc_cluster_single_cpu(mc_cluster *c, double memory_gib);
 int mc_cluster_world(const mc_cluster *c);
+/* Whether c carries any measured figure. */
+int mc_cluster_has_measured(const mc_cluster *c);
+/* *eff = *c with every measured figure in place of the datasheet one (what
+ * the planner's speed estimate uses). Nothing to free. */
+void mc_cluster_effective(const mc_cluster *c, mc_cluster *eff);
 
 #endif

@@ -331,18 +331,16 @@ static double allreduce_s(double bytes, int n, const mc_link *l)
     return 2.0 * (n - 1) / n * bytes / (l->bandwidth_gbs * 1e9) + 2.0 * (n - 1) * l->latency_us * 1e-6;
 }
 
-static void estimate(mc_plan *p)
+/* The estimate for batch B per replica on cluster c (the plan's cluster
+ * with its measured figures in place, mc_cluster_effective). */
+static void estimate_at(const mc_plan *p, const mc_cluster *c, int B, mc_perf *e)
 {
     const mc_model_desc *d = &p->d;
-    const mc_cluster *c = &p->c;
-    mc_perf *e = &p->perf;
     int tp = c->tp, ep = c->ep;
     /* which link a group uses: the inter-node one once it spans nodes */
     const mc_link *tp_link = tp > c->devices_per_node ? &c->inter : &c->intra;
     const mc_link *ep_link = ep > c->devices_per_node ? &c->inter : &c->intra;
     const mc_link *pp_link = c->nodes > 1 && c->pp > 1 ? &c->inter : &c->intra;
-    int64_t seqs = p->ranks[p->worst_rank].seqs;
-    int B = (int)(seqs > 0 ? (seqs < p->o.max_num_seqs ? seqs : p->o.max_num_seqs) : 1);
     e->batch_per_replica = B;
     e->context = p->o.max_model_len / 2;
     double bw = c->device.memory_bandwidth_gbs * 1e9;
@@ -357,7 +355,8 @@ static void estimate(mc_plan *p)
         double stage_t = 0, stage_c = 0, stage_m = 0, stage_n = 0, stage_bytes = 0;
         for (int r = s * p->ranks_per_stage; r < (s + 1) * p->ranks_per_stage; r++) {
             const mc_rank_plan *rp = &p->ranks[r];
-            double routed_total = rp->bytes[MC_CAT_ROUTED];
+            /* routed experts with their quantization scales: only the hit ones are read */
+            double routed_total = rp->bytes[MC_CAT_ROUTED] + rp->routed_scale_bytes;
             double local_e = rp->expert_end - rp->expert_begin;
             double moe_layers = 0;
             for (int l = rp->layer_begin; l < rp->layer_end; l++)
@@ -369,7 +368,7 @@ static void estimate(mc_plan *p)
             double frac = d->n_experts > 0 ? 1.0 - pow(1.0 - (double)d->n_experts_per_tok / d->n_experts, T) : 0;
             double routed_read = routed_total * frac;
             double kv_read = (double)B * e->context * rp->kv_bytes_per_token;
-            double bytes = rp->weight_bytes - routed_total + routed_read + kv_read;
+            double bytes = rp->weight_bytes - rp->embed_bytes - routed_total + routed_read + kv_read;
             double flops = 0;
             /* dense part: 2 flops per weight per token (weights read = params touched) */
             double scale_bytes_per_param = p->o.weights == MC_WFMT_BF16 ? 2.0 : 1.0;
@@ -423,6 +422,22 @@ static void estimate(mc_plan *p)
                             : 4.0 * d->n_heads * d->head_dim * (p->o.max_model_len / 2.0);
     double fl = 2.0 * p->params.active + attn_flops * d->n_layers;
     e->prefill_tok_s = peak * p->world / fl;
+    e->memory_bandwidth_gbs = c->device.memory_bandwidth_gbs;
+    e->peak_tflops = peak / 1e12;
+}
+
+static void estimate(mc_plan *p)
+{
+    mc_cluster eff;
+    mc_cluster_effective(&p->c, &eff);
+    int64_t seqs = p->ranks[p->worst_rank].seqs;
+    int B = (int)(seqs > 0 ? (seqs < p->o.max_num_seqs ? seqs : p->o.max_num_seqs) : 1);
+    estimate_at(p, &eff, B, &p->perf);
+    mc_perf one; /* one sequence alone: what a single user sees */
+    memset(&one, 0, sizeof one);
+    estimate_at(p, &eff, 1, &one);
+    p->perf.single_step_s = one.decode_step_s;
+    p->perf.single_seq_tok_s = one.decode_step_s > 0 ? 1.0 / one.decode_step_s : 0;
 }
 
 static mc_status layout_check(const mc_model_desc *d, const mc_cluster *c, const mc_plan_opts *o,
@@ -597,8 +612,12 @@ static mc_status plan_build(const mc_model_desc *d, const mc_cluster *c, const m
         mc_split_tp_slice(d, MC_T_EMBED, c->tp, rp->tp_rank, &v0, &v1);
         int64_t vrows = v1 - v0;
         double vh = 2.0 * (double)vrows * d->hidden;
-        if (rp->stage == 0)
+        if (rp->stage == 0) {
             rp->bytes[MC_CAT_EMBED_HEAD] += vh;
+            /* a lookup reads one row per token, unless the tied table is also the head here */
+            if (!(d->tie_embeddings && rp->stage == c->pp - 1))
+                rp->embed_bytes = vh;
+        }
         if (rp->stage == c->pp - 1 && (!d->tie_embeddings || rp->stage != 0)) {
             /* the LM head takes Q8_0 / Q4_K (not FP8: DeepSeek ships it in BF16) */
             double hb = vh, hs = 0;
@@ -617,6 +636,8 @@ static mc_status plan_build(const mc_model_desc *d, const mc_cluster *c, const m
                 double mult = m[i].expert ? (double)(rp->expert_end - rp->expert_begin) : 1.0;
                 rp->bytes[m[i].cat] += (b - sc) * mult;
                 rp->bytes[MC_CAT_SCALES] += sc * mult;
+                if (m[i].expert)
+                    rp->routed_scale_bytes += sc * mult;
             }
             rp->kv_bytes_per_token +=
                 kv_bytes_per_token_layer(d, c->tp, rp->tp_rank, o->kv_bytes_per_elem);
@@ -722,6 +743,12 @@ json_t *mc_plan_to_json(const mc_plan *p)
     add_json_num(pe, "a2a_bytes_per_moe_layer", e->a2a_bytes_per_layer);
     add_json_num(pe, "allreduce_bytes_per_layer", e->allreduce_bytes_per_layer);
     add_json_num(pe, "bytes_read_per_step", e->bytes_per_step);
+    add_json_num(pe, "single_seq_step_s", e->single_step_s);
+    add_json_num(pe, "single_seq_tok_s", e->single_seq_tok_s);
+    add_json_num(pe, "memory_bandwidth_gbs", e->memory_bandwidth_gbs);
+    add_json_num(pe, "peak_tflops", e->peak_tflops);
+    json_object_set_new(pe, "figures",
+                        json_string(mc_cluster_has_measured(&p->c) ? "measured" : "datasheet"));
     json_object_set_new(j, "estimate", pe);
     (void)gib;
     return j;

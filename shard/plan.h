@@ -71,6 +71,8 @@ typedef struct {
     int expert_begin, expert_end; /* routed experts held, [begin, end) in every MoE layer */
     double bytes[MC_CAT_COUNT];
     double weight_bytes;
+    double routed_scale_bytes;    /* the routed experts' share of bytes[MC_CAT_SCALES] */
+    double embed_bytes;           /* the embedding table when only looked up (not the LM head) */
     double kv_bytes_per_token;    /* DeepSeek-V4: kv_bytes_per_seq / max_model_len */
     double kv_bytes_per_seq;      /* one sequence of max_model_len tokens */
     double kv_budget_bytes;       /* memory - weights - workspace (may be negative) */
@@ -88,6 +90,9 @@ typedef struct {
     double a2a_bytes_per_layer;    /* EP dispatch + combine bytes sent per rank per MoE layer */
     double allreduce_bytes_per_layer; /* TP all-reduce payload per rank per layer */
     double bytes_per_step;         /* weight + KV bytes read per rank per step (max over ranks) */
+    double single_step_s;          /* one decode step with one sequence per replica */
+    double single_seq_tok_s;       /* decode tokens/s that one sequence alone sees */
+    double memory_bandwidth_gbs, peak_tflops; /* the figures used (measured where given) */
 } mc_perf;
 
 typedef struct {

@@ -8,7 +8,7 @@
 #include "model.h"
 #include "model_quant.h"
 #include "parallel.h"
-#include "sched.h"
+#include "scheduler.h"
 #include "step.h"
 
 #include <stdlib.h>
@@ -29,7 +29,6 @@ struct mc_session {
     uint32_t seq_cap;    /* tokens reserved for that sequence */
     uint32_t seq_budget; /* its executor's step budget */
     mc_step_exec *srv;   /* owned: the serving executor (mc_session_exec_*) */
-    uint32_t srv_blocks, srv_block_size, srv_budget;
 };
 
 mc_status mc_session_open(int *argc, char ***argv, bool with_world, mc_session **out, mc_err *err) {
@@ -309,9 +308,6 @@ mc_status mc_session_exec_open(mc_session *s, uint32_t n_blocks, uint32_t block_
         s->srv = NULL;
         return st;
     }
-    s->srv_blocks = n_blocks;
-    s->srv_block_size = block_size;
-    s->srv_budget = max_batch_tokens;
     return MC_OK;
 }
 
@@ -467,10 +463,13 @@ double mc_session_probe_fma_gflops(mc_session *s, int threads, double seconds) {
     return mc_backend_probe_fma_gflops(s->be, threads, seconds);
 }
 
-/* ---- the in-process step runner ---- */
+/* ---- the in-process step runner ----
+ *
+ * A view of the session's serving executor (mc_session_exec_*): the same
+ * executor `worker` serves plans with, reached without the collectives. */
 
 struct mc_session_runner {
-    mc_step_exec *ex; /* owned; over the session's model and backend (borrowed) */
+    mc_session *s; /* borrowed; s->srv is the executor */
     mc_session_runner_limits lim;
 };
 
@@ -487,27 +486,31 @@ mc_status mc_session_runner_open(mc_session *s, uint32_t n_blocks, uint32_t bloc
         return mc_err_set(err, MC_ERR_ARG,
                           "session runner: %u blocks of %u, %u tokens per step (all must be >= 1)",
                           n_blocks, block_size, max_batch_tokens);
+    if (s->srv)
+        return mc_err_set(err, MC_ERR_ARG, "session runner: the session has a serving executor "
+                          "already (one per session)");
     mc_session_runner *r = calloc(1, sizeof *r);
     if (!r) return mc_err_set(err, MC_ERR_NOMEM, "session runner: out of memory");
-    if ((st = mc_step_exec_init(s->m, s->be, n_blocks, block_size, max_batch_tokens, &r->ex,
-                                err)) != MC_OK) {
+    if ((st = mc_session_exec_open(s, n_blocks, block_size, max_batch_tokens, err)) != MC_OK) {
         free(r);
         return st;
     }
-    mc_step_limits lim;
-    mc_step_exec_limits(r->ex, &lim);
-    r->lim = (mc_session_runner_limits){.vocab = lim.vocab,
-                                        .n_blocks = lim.n_blocks,
-                                        .block_size = lim.block_size,
-                                        .max_pos = lim.max_pos,
-                                        .max_batch_tokens = lim.max_batch_tokens};
+    mc_session_exec_info info;
+    mc_session_exec_info_get(s, &info);
+    r->s = s;
+    r->lim = (mc_session_runner_limits){.vocab = info.vocab,
+                                        .n_blocks = info.n_blocks,
+                                        .block_size = info.block_size,
+                                        .max_pos = info.max_pos,
+                                        .max_batch_tokens = info.max_batch_tokens};
     *out = r;
     return MC_OK;
 }
 
 void mc_session_runner_close(mc_session_runner *r) {
     if (!r) return;
-    mc_step_exec_free(r->ex);
+    mc_step_exec_free(r->s->srv);
+    r->s->srv = NULL;
     free(r);
 }
 
@@ -517,9 +520,9 @@ void mc_session_runner_get_limits(const mc_session_runner *r, mc_session_runner_
 
 mc_status mc_session_runner_run(mc_session_runner *r, const mc_step_plan *plan, float *logits,
                                 mc_err *err) {
-    return mc_step_exec_run(r->ex, plan, logits, err);
+    return mc_step_exec_run(r->s->srv, plan, logits, err);
 }
 
 mc_status mc_session_runner_release(mc_session_runner *r, uint64_t seq_id, mc_err *err) {
-    return mc_step_exec_release(r->ex, seq_id, err);
+    return mc_step_exec_release(r->s->srv, seq_id, err);
 }

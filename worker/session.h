@@ -99,7 +99,7 @@ typedef struct {
 } mc_score_opts;
 
 /* Collective: logits [B, T, V] of B sequences of T tokens (ids [B, T] on
- * every rank), scheduled into steps of the step executor (sched.h: per dp
+ * every rank), scheduled into steps of the step executor (scheduler.h: per dp
  * group, FCFS, chunked prefill within the budget, paged KV). Positions at
  * or past a sequence's length are 0. The pool holds the blocks of every
  * sequence of the busiest dp group, capped at 4 GiB of KV per rank, but at
@@ -197,7 +197,10 @@ double mc_session_probe_fma_gflops(mc_session *s, int threads, double seconds);
  * trusts the plans' tables; its own pool stays unused). One process only:
  * a session whose world has more than one rank is refused
  * (MC_ERR_UNSUPPORTED; a worker group is reached over the control plane).
- * Close with mc_session_runner_close before mc_session_close. */
+ * The runner is a view of the session's serving executor (the one
+ * mc_session_exec_open makes): one per session, and a session that has one
+ * already is refused (MC_ERR_ARG). Close with mc_session_runner_close
+ * (which frees the executor) before mc_session_close. */
 typedef struct mc_session_runner mc_session_runner;
 
 typedef struct {

@@ -222,6 +222,119 @@ static void test_numbers(void)
     accept("quoted", BASE "parallel: {tp: '2'}\nworkspace_gib: \"0.25\"\n", 2, 1, 1, 2);
 }
 
+/* The `measured:` block: parsed as given, used by mc_cluster_effective in
+ * place of the datasheet figures, bad values refused like the others. */
+static void test_measured(void)
+{
+#define MEAS(x) BASE "measured: {source: bench, date: 2026-11-30" x "}\n"
+    mc_cluster c, eff;
+    mc_err e;
+    mc_err_clear(&e);
+    const char *good = BASE "measured:\n  source: bench\n  date: 2024-02-29\n"
+                            "  memory_bandwidth_gbs: 7.5\n  tflops: {bf16: 0.5}\n"
+                            "  links: {intra_node: {bandwidth_gbs: 3}}\n";
+    CHECKF(mc_cluster_parse(good, strlen(good), "inline.yaml", &c, &e) == MC_OK, "%s", e.msg);
+    CHECKF(mc_cluster_has_measured(&c) && !strcmp(c.measured.source, "bench") &&
+               !strcmp(c.measured.date, "2024-02-29"),
+           "source '%s' date '%s'", c.measured.source, c.measured.date);
+    CHECKF(c.measured.memory_bandwidth_gbs == 7.5 && c.measured.bf16_tflops == 0.5 &&
+               c.measured.fp8_tflops == 0 && c.measured.intra.bandwidth_gbs == 3 &&
+               c.measured.intra.latency_us < 0 && c.measured.inter.bandwidth_gbs == 0,
+           "measured figures %g %g %g %g %g", c.measured.memory_bandwidth_gbs,
+           c.measured.bf16_tflops, c.measured.fp8_tflops, c.measured.intra.bandwidth_gbs,
+           c.measured.intra.latency_us);
+    /* the datasheet figures stay as written; the effective ones are the measured */
+    CHECKF(c.device.memory_bandwidth_gbs == 10 && c.device.bf16_tflops == 1 &&
+               c.intra.bandwidth_gbs == 5,
+           "datasheet figures changed: %g %g %g", c.device.memory_bandwidth_gbs,
+           c.device.bf16_tflops, c.intra.bandwidth_gbs);
+    mc_cluster_effective(&c, &eff);
+    CHECKF(eff.device.memory_bandwidth_gbs == 7.5 && eff.device.bf16_tflops == 0.5 &&
+               eff.intra.bandwidth_gbs == 3 && eff.intra.latency_us == c.intra.latency_us &&
+               eff.device.memory_gib == 1,
+           "effective %g %g %g %g", eff.device.memory_bandwidth_gbs, eff.device.bf16_tflops,
+           eff.intra.bandwidth_gbs, eff.intra.latency_us);
+    /* without a block: nothing measured, effective == datasheet */
+    mc_err_clear(&e);
+    CHECKF(mc_cluster_parse(BASE, strlen(BASE), "inline.yaml", &c, &e) == MC_OK, "%s", e.msg);
+    mc_cluster_effective(&c, &eff);
+    CHECKF(!mc_cluster_has_measured(&c) && !memcmp(&c, &eff, sizeof c), "no block: differs");
+    accept("measured latency", MEAS(", links: {inter_node: {bandwidth_gbs: 1, latency_us: 0}}"), 2,
+           1, 1, 2);
+
+    refuse("measured empty", BASE "measured: {}\n", "measured.source: missing required field");
+    refuse("measured scalar", BASE "measured: yes\n", "measured");
+    refuse("measured no date", BASE "measured: {source: bench, memory_bandwidth_gbs: 5}\n",
+           "measured.date: missing required field");
+    refuse("measured no figures", MEAS(""), "measured: no figures");
+    refuse("measured unknown key", MEAS(", bandwidth: 5"), "measured.bandwidth");
+    refuse("measured date month 13", BASE "measured: {source: b, date: 2026-13-01, "
+                                          "memory_bandwidth_gbs: 5}\n",
+           "measured.date: '2026-13-01' is not a calendar date");
+    refuse("measured date 2025-02-29", BASE "measured: {source: b, date: 2025-02-29, "
+                                            "memory_bandwidth_gbs: 5}\n",
+           "measured.date: '2025-02-29'");
+    refuse("measured date 2026-04-31", BASE "measured: {source: b, date: 2026-04-31, "
+                                            "memory_bandwidth_gbs: 5}\n",
+           "measured.date");
+    refuse("measured date order", BASE "measured: {source: b, date: 30.11.2026, "
+                                       "memory_bandwidth_gbs: 5}\n",
+           "measured.date: '30.11.2026'");
+    refuse("measured date short", BASE "measured: {source: b, date: 2026-1-30, "
+                                       "memory_bandwidth_gbs: 5}\n",
+           "measured.date");
+    refuse("measured date long", BASE "measured: {source: b, date: 2026-11-300, "
+                                      "memory_bandwidth_gbs: 5}\n",
+           "measured.date");
+    refuse("measured source empty", BASE "measured: {source: '', date: 2026-11-30, "
+                                         "memory_bandwidth_gbs: 5}\n",
+           "measured.source");
+    refuse("measured source newline", BASE "measured: {source: \"a\\nb\", date: 2026-11-30, "
+                                           "memory_bandwidth_gbs: 5}\n",
+           "measured.source: 'a?b'");
+    refuse("measured source long", BASE "measured: {source: "
+                                        "abcdefghijklmnopqrstuvwxyz0123456789, date: 2026-11-30, "
+                                        "memory_bandwidth_gbs: 5}\n",
+           "measured.source");
+    refuse("measured bandwidth 0", MEAS(", memory_bandwidth_gbs: 0"),
+           "measured.memory_bandwidth_gbs: 0 must be > 0");
+    refuse("measured bandwidth -5", MEAS(", memory_bandwidth_gbs: -5"),
+           "measured.memory_bandwidth_gbs: -5 must be > 0");
+    refuse("measured bandwidth unit", MEAS(", memory_bandwidth_gbs: 38.2GB"),
+           "measured.memory_bandwidth_gbs: '38.2GB' is not a finite decimal number");
+    refuse("measured bandwidth nan", MEAS(", memory_bandwidth_gbs: .nan"),
+           "measured.memory_bandwidth_gbs: '.nan'");
+    refuse("measured bandwidth huge", MEAS(", memory_bandwidth_gbs: 1e7"),
+           "measured.memory_bandwidth_gbs: 1e+07 must be > 0 and below");
+    refuse("measured bf16 0", MEAS(", tflops: {bf16: 0}"), "measured.tflops.bf16: 0 must be > 0");
+    refuse("measured fp8 text", MEAS(", tflops: {fp8: fast}"), "measured.tflops.fp8: 'fast'");
+    refuse("measured int8", MEAS(", tflops: {int8: 5}"), "measured.tflops.int8");
+    refuse("measured link 0", MEAS(", links: {intra_node: {bandwidth_gbs: 0}}"),
+           "measured.links.intra_node.bandwidth_gbs: 0 must be > 0");
+    refuse("measured link no bandwidth", MEAS(", links: {inter_node: {latency_us: 3}}"),
+           "measured.links.inter_node.bandwidth_gbs: missing required field");
+    refuse("measured latency -1",
+           MEAS(", links: {inter_node: {bandwidth_gbs: 1, latency_us: -1}}"),
+           "measured.links.inter_node.latency_us: -1 must be >= 0");
+    refuse("measured latency inf",
+           MEAS(", links: {inter_node: {bandwidth_gbs: 1, latency_us: .inf}}"),
+           "measured.links.inter_node.latency_us");
+#undef MEAS
+    /* mc_cluster_check on a filled description (after overrides) */
+    mc_err_clear(&e);
+    CHECKF(mc_cluster_parse(good, strlen(good), "inline.yaml", &c, &e) == MC_OK, "%s", e.msg);
+    c.measured.memory_bandwidth_gbs = -1;
+    mc_err_clear(&e);
+    CHECKF(mc_cluster_check(&c, "checked", &e) != MC_OK &&
+               strstr(e.msg, "measured.memory_bandwidth_gbs"),
+           "check after override: '%s'", e.msg);
+    c.measured.memory_bandwidth_gbs = 7.5;
+    c.measured.source[0] = '\0';
+    mc_err_clear(&e);
+    CHECKF(mc_cluster_check(&c, "checked", &e) != MC_OK && strstr(e.msg, "without a source"),
+           "figures without a source: '%s'", e.msg);
+}
+
 static void refuse_file(const char *file, const char *needle)
 {
     char path[4200];
@@ -257,6 +370,9 @@ static void test_fixture_files(void)
     refuse_file("bad-tp-huge.yaml", "parallel.tp");
     refuse_file("bad-nan.yaml", "workspace_gib");
     refuse_file("bad-deep.yaml", "nested deeper");
+    refuse_file("bad-measured-date.yaml", "measured.date: '2026-02-30'");
+    refuse_file("bad-measured-zero.yaml", "measured.memory_bandwidth_gbs: 0 must be > 0");
+    refuse_file("bad-measured-empty.yaml", "measured: no figures");
 }
 
 static void on_alarm(int sig)
@@ -376,7 +492,7 @@ static void test_shipped_from_memory(void)
     }
     if (dp)
         closedir(dp);
-    CHECK(n >= 7);
+    CHECK(n >= 14); /* 7 data-centre / simulated + 7 machines people own */
 }
 
 int main(int argc, char **argv)
@@ -388,6 +504,7 @@ int main(int argc, char **argv)
     }
     test_degenerate_documents();
     test_numbers();
+    test_measured();
     test_fixture_files();
     test_not_regular_and_big();
     test_shipped_from_memory();

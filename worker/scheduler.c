@@ -1,5 +1,5 @@
-/* sched.c - the scheduler of `score` (see sched.h). */
-#include "sched.h"
+/* scheduler.c - the scheduler of `score` (see scheduler.h). */
+#include "scheduler.h"
 
 #include "parallel.h"
 

@@ -1,4 +1,4 @@
-/* sched.h - the scheduler of `score`: B sequences turned into step plans
+/* scheduler.h - the scheduler of `score`: B sequences turned into step plans
  * (proto/step_plan.h) run by the step executor (step.h).
  *
  * Policy (vLLM-like, deterministic, so every rank of a dp group builds the

@@ -1,0 +1,188 @@
+#!/usr/bin/env python3
+"""`moecluster plan` on the machines people own (cluster-configs/) and with
+measured figures.
+
+- every shipped cluster config parses and plans every seed model (the
+  published configs in tests/fixtures/configs and bench/), and the last line
+  of the text output is the `summary` verdict, the same as --json's;
+- the verdict for Qwen3-30B-A3B on one RTX 4090 is recomputed here from
+  config.json and the byte formulas of docs/plan.md alone: BF16 and Q8_0 do
+  not fit in 24 GB, Q4_K does, with exactly N tokens of KV cache, and the
+  one-sequence decode speed is memory bandwidth / bytes read per token;
+- a `measured:` block replaces the datasheet figures, `plan` says which it
+  used, and the speed moves with the measured bandwidth; bad measured values
+  are refused with the field named.
+
+usage: test_plan_machines.py MOECLUSTER FIXTURES_DIR PROJECT_DIR
+"""
+import glob
+import json
+import math
+import os
+import subprocess
+import sys
+
+failures = 0
+
+
+def check(cond, what):
+    global failures
+    if not cond:
+        failures += 1
+        print(f"FAIL: {what}")
+    else:
+        print(f"ok: {what}")
+
+
+def run(args, timeout=120):
+    p = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                       timeout=timeout)
+    return p.returncode, p.stdout, p.stderr
+
+
+GIB = 1024.0 ** 3
+
+
+def read_yaml_numbers(path, keys):
+    """The few `key: number` figures this test needs from a cluster YAML (no
+    YAML library: the shipped files write them one per line)."""
+    out = {}
+    for line in open(path):
+        s = line.split("#", 1)[0].strip()
+        for k in keys:
+            if s.startswith(k + ":"):
+                out[k] = float(s.split(":", 1)[1])
+    return out
+
+
+def qwen3_moe_bytes(cfg, fmt):
+    """Weight bytes of a Qwen3-MoE text model in `fmt`, from docs/plan.md:
+    projections, experts and the LM head take the format (bf16 2 B, q8_0
+    34/32 B, q4_k 144/256 B per weight when the row splits into blocks),
+    embedding, norms and router stay BF16."""
+    H, L = cfg["hidden_size"], cfg["num_hidden_layers"]
+    nh, nkv, hd = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["head_dim"]
+    E, I, V = cfg["num_experts"], cfg["moe_intermediate_size"], cfg["vocab_size"]
+
+    def mat(r, c):
+        if fmt == "q4_k" and c % 256 == 0:
+            return r * c * 144 / 256
+        if fmt in ("q4_k", "q8_0") and c % 32 == 0:
+            return r * c * 34 / 32
+        return 2.0 * r * c
+
+    per_layer = (mat(nh * hd, H) + 2 * mat(nkv * hd, H) + mat(H, nh * hd)  # q, k, v, o
+                 + E * (2 * mat(I, H) + mat(H, I))                          # routed experts
+                 + 2.0 * (2 * H + 2 * hd + E * H))                          # norms, q/k norm, router
+    routed = L * E * (2 * mat(I, H) + mat(H, I))
+    total = L * per_layer + 2.0 * V * H + mat(V, H) + 2.0 * H               # + embedding, head, norm
+    return total, routed
+
+
+def main():
+    exe, fx, root = sys.argv[1], sys.argv[2], sys.argv[3]
+    configs = sorted(glob.glob(os.path.join(root, "cluster-configs", "*.yaml")))
+    models = sorted(glob.glob(os.path.join(fx, "configs", "*.config.json")))
+    models.append(os.path.join(root, "bench", "qwen3-30b-a3b.config.json"))
+    new = ["1x1-rtx4090-24gb", "1x1-rtx5090-32gb", "1x2-rtx3090-24gb-pcie", "1x8-b200-180gb",
+           "cpu-desktop-64gb", "cpu-server-128gb", "cpu-server-256gb"]
+    names = [os.path.basename(c)[:-5] for c in configs]
+    check(all(n in names for n in new), f"the machines people own are shipped: {new}")
+
+    # 1. every config x every seed model: plans, and the summary is the last line
+    bad = []
+    for c in configs:
+        for m in models:
+            rc, out, err = run([exe, "plan", "--model", m, "--cluster", c, "--json"])
+            if rc != 0:
+                bad.append(f"{os.path.basename(c)} x {os.path.basename(m)}: rc {rc}: {err.strip()}")
+                continue
+            s = json.loads(out).get("summary", {})
+            line = s.get("line", "")
+            if not (line.startswith("FITS at ") or line.startswith("DOES NOT FIT")) or \
+                    s.get("fits") != line.startswith("FITS"):
+                bad.append(f"{os.path.basename(c)} x {os.path.basename(m)}: summary {s}")
+        rc, out, err = run([exe, "plan", "--model", models[-1], "--cluster", c])
+        last = out.rstrip("\n").split("\n")[-1] if rc == 0 else ""
+        if not last.startswith("summary    "):
+            bad.append(f"{os.path.basename(c)}: text output ends with '{last}' (rc {rc} {err})")
+    for b in bad[:5]:
+        print("   ", b)
+    check(not bad, f"{len(configs)} cluster configs x {len(models)} seed models plan, "
+                   "each with a summary verdict as the last line")
+
+    # 2. the verdict against hand arithmetic: Qwen3-30B-A3B on one RTX 4090
+    qcfg_path = os.path.join(root, "bench", "qwen3-30b-a3b.config.json")
+    cfg = json.load(open(qcfg_path))
+    gpu = os.path.join(root, "cluster-configs", "1x1-rtx4090-24gb.yaml")
+    y = read_yaml_numbers(gpu, ["memory_gib", "memory_bandwidth_gbs", "workspace_gib"])
+    mem, ws, bw = y["memory_gib"] * GIB, y["workspace_gib"] * GIB, y["memory_bandwidth_gbs"] * 1e9
+    kv_per_tok = cfg["num_hidden_layers"] * 2 * cfg["num_key_value_heads"] * cfg["head_dim"] * 2
+    ctx = 8192  # min(max_position_embeddings 40960, 8192)
+    fit = {}
+    for f in ("bf16", "q8_0", "q4_k"):
+        w, _ = qwen3_moe_bytes(cfg, f)
+        fit[f] = (mem - ws - w) / kv_per_tok >= ctx
+    w4, routed4 = qwen3_moe_bytes(cfg, "q4_k")
+    n_tokens = math.floor((mem - ws - w4) / kv_per_tok)
+    k, E = cfg["num_experts_per_tok"], cfg["num_experts"]
+    # one token at context 4096: every non-routed weight but the embedding table (a row
+    # lookup), k of E experts, the KV cache of the context
+    embed = 2.0 * cfg["vocab_size"] * cfg["hidden_size"]
+    bytes_one = w4 - embed - routed4 + routed4 * k / E + (ctx // 2) * kv_per_tok
+    tok_s = bw / bytes_one
+    print(f"    by hand: bf16 {qwen3_moe_bytes(cfg, 'bf16')[0] / GIB:.2f} GiB, q8_0 "
+          f"{qwen3_moe_bytes(cfg, 'q8_0')[0] / GIB:.2f} GiB, q4_k {w4 / GIB:.3f} GiB -> "
+          f"{n_tokens} KV tokens, {tok_s:.1f} tok/s for one sequence")
+    check(not fit["bf16"] and not fit["q8_0"] and fit["q4_k"],
+          "by hand: Qwen3-30B-A3B fits one RTX 4090 at q4_k only")
+    rc, out, err = run([exe, "plan", "--model", qcfg_path, "--cluster", gpu, "--json"])
+    s = json.loads(out)["summary"] if rc == 0 else {}
+    print(f"    plan:    {s.get('line')}")
+    check(s.get("fits") is True and s.get("weights") == "q4_k",
+          "plan: the best format that fits is q4_k")
+    check(s.get("kv_tokens") == n_tokens,
+          f"plan: KV cache for {s.get('kv_tokens')} tokens, by hand {n_tokens}")
+    got = s.get("decode_tok_s_one_sequence", 0)
+    check(abs(got - tok_s) <= 1e-3 * tok_s,
+          f"plan: one-sequence decode {got:.2f} tok/s, by hand {tok_s:.2f} (memory bound)")
+    rc, text, _ = run([exe, "plan", "--model", qcfg_path, "--cluster", gpu])
+    last = text.rstrip("\n").split("\n")[-1]
+    check(f"KV cache for {n_tokens} tokens" in last and "FITS at q4_k" in last and
+          "(datasheet figures)" in last, f"text summary line: '{last}'")
+
+    # 3. measured figures: used in place of the datasheet ones, and said so
+    meas = os.path.join(fx, "clusters", "measured-rtx4090.yaml")
+    rc, text, err = run([exe, "plan", "--model", qcfg_path, "--cluster", meas, "--weights", "q4_k"])
+    fig = [l for l in text.split("\n") if l.startswith("figures")]
+    check(rc == 0 and fig and "memory bandwidth 806.4 GB/s (measured, bench 2026-11-30)" in fig[0]
+          and "compute 120 TFLOP/s bf16 (measured, bench 2026-11-30)" in fig[0]
+          and "31.5 GB/s (datasheet)" in fig[0], f"figures line: {fig}")
+    rc, out, err = run([exe, "plan", "--model", qcfg_path, "--cluster", meas, "--json"])
+    sm = json.loads(out)["summary"] if rc == 0 else {}
+    ratio = sm.get("decode_tok_s_one_sequence", 0) / got if got else 0
+    check(abs(ratio - 806.4 / 1008) < 1e-6 and sm.get("figures") == "measured" and
+          sm.get("kv_tokens") == n_tokens,
+          f"measured bandwidth 806.4 of 1008 GB/s: decode x{ratio:.6f} (expected x0.8), same KV")
+    check("measured figures from bench 2026-11-30" in sm.get("line", ""),
+          f"summary names the measured figures: {sm.get('line')}")
+    cpu = os.path.join(fx, "clusters", "measured-cpu-2ranks.yaml")
+    rc, text, err = run([exe, "plan", "--model", qcfg_path, "--cluster", cpu])
+    fig = [l for l in text.split("\n") if l.startswith("figures")]
+    check(rc == 0 and fig and "between nodes tcp-10g 1.1 GB/s (measured, scaling benchmark "
+          "2026-11-30)" in fig[0] and "link shared-memory 8 GB/s (datasheet)" in fig[0],
+          f"measured link figures: {fig}")
+    for f, needle in (("bad-measured-date.yaml", "measured.date"),
+                      ("bad-measured-zero.yaml", "measured.memory_bandwidth_gbs"),
+                      ("bad-measured-empty.yaml", "measured: no figures")):
+        rc, out, err = run([exe, "plan", "--model", qcfg_path, "--cluster",
+                            os.path.join(fx, "clusters", f)])
+        check(rc == 1 and needle in err and f in err and "Traceback" not in err,
+              f"{f} refused: {err.strip()}")
+
+    print(f"{failures} failures")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
