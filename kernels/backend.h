@@ -76,6 +76,14 @@ typedef struct {
  * chosen at run time, MC_KERNELS to force one) and the process-wide kernel
  * thread pool (MC_THREADS). Free with mc_backend_free. */
 mc_status mc_backend_cpu_init(mc_backend **out, mc_err *err);
+/* The CUDA backend on device `device` (0-based; kernels/cuda/, docs/gpu.md):
+ * device memory, one stream, its ops checked against the CPU's. Always
+ * declared: MC_ERR_UNSUPPORTED "built without CUDA" in builds without it
+ * (MC_HAVE_CUDA undefined), and "no CUDA device visible (...)" when the
+ * driver shows none; MC_ERR_ARG for a device number past the visible ones.
+ * Ops it does not implement yet answer MC_ERR_UNSUPPORTED naming the op.
+ * Free with mc_backend_free. */
+mc_status mc_backend_cuda_init(int device, mc_backend **out, mc_err *err);
 void mc_backend_free(mc_backend *be);
 const char *mc_backend_name(const mc_backend *be);
 mc_device_kind mc_backend_kind(const mc_backend *be);

@@ -1,0 +1,382 @@
+/* cuda/backend_cuda.c - the CUDA backend: one device, one stream, device
+ * memory from cudaMalloc; the device, memory, probe and counter entries and
+ * the vtable live here, the ops in cuda/backend_cuda_ops.c and the kernels
+ * in the .cu files beside it. Every entry makes the backend's device current first (the
+ * calling thread may not be the one that created it) and checks the CUDA
+ * status after every call and launch, naming the op. */
+#include "backend.h"
+#include "cuda/backend_cuda_internal.h"
+#include "dtype.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define SAME(a, b) ((int)(a) == (int)(b))
+_Static_assert(SAME(MCK_DT_F32, MC_DT_F32) && SAME(MCK_DT_F16, MC_DT_F16) &&
+                   SAME(MCK_DT_BF16, MC_DT_BF16) && SAME(MCK_DT_F8_E4M3, MC_DT_F8_E4M3) &&
+                   SAME(MCK_DT_I64, MC_DT_I64) && SAME(MCK_DT_I32, MC_DT_I32) &&
+                   SAME(MCK_DT_Q8_0, MC_DT_Q8_0) && SAME(MCK_DT_Q4_K, MC_DT_Q4_K),
+               "cuda_ops.h dtype codes follow mc_dtype");
+#undef SAME
+
+mc_status mc_cuda_check(cudaError_t e, const char *op, mc_err *err)
+{
+    if (e == cudaSuccess)
+        return MC_OK;
+    return mc_err_set(err, MC_ERR_INTERNAL, "cuda backend: %s: %s (%s)", op, cudaGetErrorString(e),
+                      cudaGetErrorName(e));
+}
+
+mc_status mc_cuda_use(mc_cuda_ctx *c, const char *op, mc_err *err)
+{
+    return mc_cuda_check(cudaSetDevice(c->device), op, err);
+}
+
+mc_status mc_cuda_scratch(mc_cuda_ctx *c, size_t bytes, void **p, const char *op, mc_err *err)
+{
+    if (bytes <= c->scratch_bytes) {
+        *p = c->scratch;
+        return MC_OK;
+    }
+    /* the ops queued before may still read the old scratch */
+    mc_status st = mc_cuda_check(cudaStreamSynchronize(c->stream), op, err);
+    if (st != MC_OK)
+        return st;
+    if (c->scratch)
+        cudaFree(c->scratch);
+    c->scratch = NULL;
+    c->scratch_bytes = 0;
+    size_t want = bytes < ((size_t)1 << 20) ? ((size_t)1 << 20) : bytes + bytes / 4;
+    if (cudaMalloc(&c->scratch, want) != cudaSuccess) {
+        (void)cudaGetLastError();
+        c->scratch = NULL;
+        return mc_err_set(err, MC_ERR_NOMEM, "cuda backend: %s: no device memory for %zu bytes of "
+                          "scratch", op, want);
+    }
+    c->scratch_bytes = want;
+    *p = c->scratch;
+    return MC_OK;
+}
+
+/* ---- memory ---- */
+
+static mc_status cu_alloc(void *ctx, size_t bytes, void **mem, mc_err *err)
+{
+    mc_cuda_ctx *c = ctx;
+    mc_status st = mc_cuda_use(c, "buffer_alloc", err);
+    if (st != MC_OK)
+        return st;
+    void *p = NULL;
+    cudaError_t e = cudaMalloc(&p, bytes);
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError(); /* not sticky: clear it */
+        return mc_err_set(err, e == cudaErrorMemoryAllocation ? MC_ERR_NOMEM : MC_ERR_INTERNAL,
+                          "cuda backend: buffer_alloc of %zu bytes: %s", bytes,
+                          cudaGetErrorString(e));
+    }
+    *mem = p;
+    return MC_OK;
+}
+
+static void cu_buf_free(void *ctx, void *mem, size_t bytes)
+{
+    mc_cuda_ctx *c = ctx;
+    (void)bytes;
+    (void)cudaSetDevice(c->device);
+    /* cudaFree waits for the device to finish with the memory */
+    (void)cudaFree(mem);
+}
+
+static mc_status cu_upload(void *ctx, void *mem, size_t off, const void *src, size_t n,
+                           mc_err *err)
+{
+    mc_cuda_ctx *c = ctx;
+    mc_status st = mc_cuda_use(c, "upload", err);
+    if (st == MC_OK)
+        st = mc_cuda_check(cudaMemcpyAsync((unsigned char *)mem + off, src, n,
+                                           cudaMemcpyHostToDevice, c->stream), "upload", err);
+    /* the caller may reuse src on return (pageable memory) */
+    if (st == MC_OK)
+        st = mc_cuda_check(cudaStreamSynchronize(c->stream), "upload", err);
+    return st;
+}
+
+static mc_status cu_download(void *ctx, const void *mem, size_t off, void *dst, size_t n,
+                             mc_err *err)
+{
+    mc_cuda_ctx *c = ctx;
+    mc_status st = mc_cuda_use(c, "download", err);
+    if (st == MC_OK)
+        st = mc_cuda_check(cudaMemcpyAsync(dst, (const unsigned char *)mem + off, n,
+                                           cudaMemcpyDeviceToHost, c->stream), "download", err);
+    if (st == MC_OK)
+        st = mc_cuda_check(cudaStreamSynchronize(c->stream), "download", err);
+    return st;
+}
+
+static mc_status cu_memset(void *ctx, void *mem, size_t off, int value, size_t n, mc_err *err)
+{
+    mc_cuda_ctx *c = ctx;
+    mc_status st = mc_cuda_use(c, "memset", err);
+    if (st == MC_OK)
+        st = mc_cuda_check(cudaMemsetAsync((unsigned char *)mem + off, value, n, c->stream),
+                           "memset", err);
+    return st;
+}
+
+static mc_status cu_sync(void *ctx, mc_err *err)
+{
+    mc_cuda_ctx *c = ctx;
+    mc_status st = mc_cuda_use(c, "synchronize", err);
+    if (st == MC_OK)
+        st = mc_cuda_check(cudaStreamSynchronize(c->stream), "synchronize", err);
+    return st;
+}
+
+/* ---- probes and counters ---- */
+
+static const char *cu_path(void *ctx)
+{
+    (void)ctx;
+    return "cuda";
+}
+
+static const char *cu_features(void *ctx)
+{
+    return ((mc_cuda_ctx *)ctx)->features;
+}
+
+static mc_status cu_set_path(void *ctx, const char *name, mc_err *err)
+{
+    (void)ctx;
+    if (strcmp(name, "cuda") != 0)
+        return mc_err_set(err, MC_ERR_ARG, "set_path: '%s' is not a path of the cuda backend "
+                          "(cuda)", name);
+    return MC_OK;
+}
+
+static int cu_threads(void *ctx)
+{
+    return ((mc_cuda_ctx *)ctx)->sms; /* the multiprocessors the kernels spread over */
+}
+
+static void cu_set_threads(void *ctx, int n)
+{
+    (void)ctx;
+    (void)n; /* the device schedules its own threads */
+}
+
+static void cu_count(void *ctx, int on)
+{
+    mc_cuda_ctx *c = ctx;
+    c->counting = on != 0;
+    memset(&c->counters, 0, sizeof c->counters);
+}
+
+static void cu_counters(void *ctx, mc_backend_counters *out)
+{
+    *out = ((mc_cuda_ctx *)ctx)->counters;
+}
+
+/* Seconds between two recorded events (negative on error). */
+static double ev_seconds(cudaEvent_t a, cudaEvent_t b)
+{
+    float ms = 0;
+    if (cudaEventSynchronize(b) != cudaSuccess || cudaEventElapsedTime(&ms, a, b) != cudaSuccess)
+        return -1;
+    return ms * 1e-3;
+}
+
+/* Best single-pass read bandwidth over `bytes` of device memory (filled with
+ * a pattern, never zeros), passes repeated for about `seconds`. */
+static double cu_read_gbps(void *ctx, size_t bytes, int threads, double seconds)
+{
+    mc_cuda_ctx *c = ctx;
+    (void)threads;
+    bytes &= ~(size_t)15;
+    if (bytes < 16 || cudaSetDevice(c->device) != cudaSuccess)
+        return -1;
+    void *buf = NULL;
+    unsigned long long *sink = NULL;
+    cudaEvent_t e0 = NULL, e1 = NULL;
+    double best = -1, total = 0;
+    if (cudaMalloc(&buf, bytes) != cudaSuccess ||
+        cudaMalloc((void **)&sink, sizeof *sink) != cudaSuccess ||
+        cudaEventCreate(&e0) != cudaSuccess || cudaEventCreate(&e1) != cudaSuccess ||
+        mck_fill_pattern(c->stream, buf, bytes) != cudaSuccess ||
+        mck_probe_read(c->stream, buf, bytes, c->sms * 4, sink) != cudaSuccess) /* warm-up */
+        goto fail;
+    for (int pass = 0; pass < 1000 && (pass < 3 || total < seconds); pass++) {
+        if (cudaEventRecord(e0, c->stream) != cudaSuccess ||
+            mck_probe_read(c->stream, buf, bytes, c->sms * 4, sink) != cudaSuccess ||
+            cudaEventRecord(e1, c->stream) != cudaSuccess)
+            goto fail;
+        double s = ev_seconds(e0, e1);
+        if (s <= 0)
+            goto fail;
+        total += s;
+        double gbps = (double)bytes / s * 1e-9;
+        best = gbps > best ? gbps : best;
+    }
+fail:
+    (void)cudaGetLastError();
+    (void)cudaStreamSynchronize(c->stream);
+    if (e0)
+        cudaEventDestroy(e0);
+    if (e1)
+        cudaEventDestroy(e1);
+    cudaFree(sink);
+    cudaFree(buf);
+    return best;
+}
+
+/* Peak F32 FMA rate: every multiprocessor full of 8-chain FMA loops. */
+static double cu_fma_gflops(void *ctx, int threads, double seconds)
+{
+    mc_cuda_ctx *c = ctx;
+    (void)threads;
+    if (cudaSetDevice(c->device) != cudaSuccess)
+        return -1;
+    const int blocks = c->sms * 8, tpb = 256, iters = 20000;
+    float *sink = NULL;
+    cudaEvent_t e0 = NULL, e1 = NULL;
+    double best = -1, total = 0;
+    if (cudaMalloc((void **)&sink, sizeof *sink) != cudaSuccess ||
+        cudaEventCreate(&e0) != cudaSuccess || cudaEventCreate(&e1) != cudaSuccess ||
+        mck_probe_fma(c->stream, blocks, tpb, iters, sink) != cudaSuccess) /* warm-up */
+        goto fail;
+    for (int pass = 0; pass < 1000 && (pass < 3 || total < seconds); pass++) {
+        if (cudaEventRecord(e0, c->stream) != cudaSuccess ||
+            mck_probe_fma(c->stream, blocks, tpb, iters, sink) != cudaSuccess ||
+            cudaEventRecord(e1, c->stream) != cudaSuccess)
+            goto fail;
+        double s = ev_seconds(e0, e1);
+        if (s <= 0)
+            goto fail;
+        total += s;
+        double gf = 16.0 * iters * (double)blocks * tpb / s * 1e-9;
+        best = gf > best ? gf : best;
+    }
+fail:
+    (void)cudaGetLastError();
+    (void)cudaStreamSynchronize(c->stream);
+    if (e0)
+        cudaEventDestroy(e0);
+    if (e1)
+        cudaEventDestroy(e1);
+    cudaFree(sink);
+    return best;
+}
+
+/* ---- lifetime ---- */
+
+static void cu_free(void *ctx)
+{
+    mc_cuda_ctx *c = ctx;
+    if (!c)
+        return;
+    (void)cudaSetDevice(c->device);
+    if (c->stream)
+        (void)cudaStreamSynchronize(c->stream);
+    if (c->blas)
+        cublasDestroy(c->blas);
+    cudaFree(c->scratch);
+    cudaFree(c->d_flag);
+    cudaFree(c->d_first);
+    cudaFreeHost(c->h_flag);
+    cudaFreeHost(c->h_first);
+    if (c->stream)
+        cudaStreamDestroy(c->stream);
+    free(c);
+}
+
+static const mc_backend_i cuda_iface = {
+    .name = "cuda",
+    .kind = MC_DEVICE_GPU,
+    .free = cu_free,
+    .buf_alloc = cu_alloc,
+    .buf_free = cu_buf_free,
+    .wrap_host = NULL, /* device memory: upload into an allocated buffer */
+    .host_memory = 0,
+    .upload = cu_upload,
+    .download = cu_download,
+    .memset = cu_memset,
+    .synchronize = cu_sync,
+    .matmul = mc_cuda_matmul,
+    .rmsnorm = mc_cuda_rmsnorm,
+    .rope = mc_cuda_rope,
+    .swiglu = mc_cuda_swiglu,
+    .add = mc_cuda_add,
+    .softmax = mc_cuda_softmax,
+    .embed = mc_cuda_embed,
+    .layernorm = mc_cuda_layernorm,
+    .find_nonfinite = mc_cuda_find_nonfinite,
+    .path = cu_path,
+    .features = cu_features,
+    .set_path = cu_set_path,
+    .threads = cu_threads,
+    .set_threads = cu_set_threads,
+    .count = cu_count,
+    .counters = cu_counters,
+    .probe_read_gbps = cu_read_gbps,
+    .probe_fma_gflops = cu_fma_gflops,
+};
+
+mc_status mc_backend_cuda_init(int device, mc_backend **out, mc_err *err)
+{
+    *out = NULL;
+    int n = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess || n == 0) {
+        (void)cudaGetLastError();
+        return mc_err_set(err, MC_ERR_UNSUPPORTED,
+                          "no CUDA device visible (cudaGetDeviceCount: %s)",
+                          e != cudaSuccess ? cudaGetErrorString(e) : "0 devices");
+    }
+    if (device < 0 || device >= n)
+        return mc_err_set(err, MC_ERR_ARG, "CUDA device %d does not exist (%d visible)", device, n);
+    mc_cuda_ctx *c = calloc(1, sizeof *c);
+    if (!c)
+        return mc_err_set(err, MC_ERR_NOMEM, "out of memory for the CUDA backend");
+    c->device = device;
+    const char *op = "init";
+    struct cudaDeviceProp prop;
+    mc_status st = mc_cuda_check(cudaSetDevice(device), op, err);
+    if (st == MC_OK)
+        st = mc_cuda_check(cudaGetDeviceProperties(&prop, device), op, err);
+    if (st == MC_OK)
+        st = mc_cuda_check(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking), op, err);
+    if (st == MC_OK)
+        st = mc_cuda_check(cudaMalloc((void **)&c->d_flag, sizeof *c->d_flag), op, err);
+    if (st == MC_OK)
+        st = mc_cuda_check(cudaMalloc((void **)&c->d_first, sizeof *c->d_first), op, err);
+    if (st == MC_OK)
+        st = mc_cuda_check(cudaMallocHost((void **)&c->h_flag, sizeof *c->h_flag), op, err);
+    if (st == MC_OK)
+        st = mc_cuda_check(cudaMallocHost((void **)&c->h_first, sizeof *c->h_first), op, err);
+    if (st == MC_OK) {
+        cublasStatus_t bs = cublasCreate(&c->blas);
+        if (bs == CUBLAS_STATUS_SUCCESS)
+            bs = cublasSetStream(c->blas, c->stream);
+        if (bs != CUBLAS_STATUS_SUCCESS)
+            st = mc_err_set(err, MC_ERR_INTERNAL, "cuda backend: init: cuBLAS: %s",
+                            cublasGetStatusString(bs));
+    }
+    if (st != MC_OK) {
+        cu_free(c);
+        return st;
+    }
+    c->sms = prop.multiProcessorCount;
+    snprintf(c->features, sizeof c->features, "%.160s sm_%d%d %d SMs %.1f GiB", prop.name,
+             prop.major, prop.minor, prop.multiProcessorCount,
+             (double)prop.totalGlobalMem / (1024.0 * 1024.0 * 1024.0));
+    mc_backend_i iface = cuda_iface;
+    mc_cuda_fill_unsupported(&iface);
+    *out = mc_backend_new(&iface, c);
+    if (!*out) {
+        cu_free(c);
+        return mc_err_set(err, MC_ERR_NOMEM, "out of memory for the CUDA backend");
+    }
+    return MC_OK;
+}

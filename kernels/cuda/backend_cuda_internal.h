@@ -1,0 +1,70 @@
+/* cuda/backend_cuda_internal.h - internal to the CUDA backend's host side
+ * (cuda/backend_cuda.c: device, memory, probes, the vtable;
+ * cuda/backend_cuda_ops.c: the op entries). */
+#ifndef MC_BACKEND_CUDA_INTERNAL_H
+#define MC_BACKEND_CUDA_INTERNAL_H
+
+#include "backend.h"
+#include "cuda/cuda_ops.h"
+
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+
+/* One backend: one device, one stream every op is queued on, one cuBLAS
+ * handle bound to it. Owned by the mc_backend (freed by its free entry). */
+typedef struct {
+    int device;
+    cudaStream_t stream;
+    cublasHandle_t blas;
+    int sms;
+    char features[256];
+    /* op scratch on the device, grown on demand (freed after the stream
+     * drains); one op at a time uses it */
+    void *scratch;
+    size_t scratch_bytes;
+    /* small device results an op reads back: rope's refusal, find_nonfinite */
+    int *d_flag;
+    unsigned long long *d_first;
+    int *h_flag; /* pinned host copies */
+    unsigned long long *h_first;
+    int counting;
+    mc_backend_counters counters;
+} mc_cuda_ctx;
+
+/* MC_OK, or MC_ERR_INTERNAL "cuda backend: <op>: <CUDA error>" (also for
+ * errors of earlier asynchronous work that surface here). */
+mc_status mc_cuda_check(cudaError_t e, const char *op, mc_err *err);
+/* cudaSetDevice to the backend's device (the calling thread may be new). */
+mc_status mc_cuda_use(mc_cuda_ctx *c, const char *op, mc_err *err);
+/* At least `bytes` of device scratch in *p (valid until the next call). */
+mc_status mc_cuda_scratch(mc_cuda_ctx *c, size_t bytes, void **p, const char *op, mc_err *err);
+
+/* Device address of element 0 of t. */
+static inline unsigned char *mc_cuda_at(const mc_tensor *t)
+{
+    return (unsigned char *)mc_buffer_mem(t->buf) + t->offset;
+}
+
+/* the op entries (cuda/backend_cuda_ops.c), arguments as the mc_op_* of backend.h */
+mc_status mc_cuda_matmul(void *ctx, const mc_tensor *w, const mc_tensor *x, mc_tensor *y,
+                         mc_err *err);
+mc_status mc_cuda_rmsnorm(void *ctx, const mc_tensor *x, const mc_tensor *w, float eps,
+                          mc_tensor *y, mc_err *err);
+mc_status mc_cuda_rope(void *ctx, mc_tensor *x, const mc_tensor *pos, const mc_tensor *cs,
+                       const mc_tensor *sn, int interleaved, mc_err *err);
+mc_status mc_cuda_swiglu(void *ctx, const mc_tensor *g, const mc_tensor *u, mc_tensor *y,
+                         mc_err *err);
+mc_status mc_cuda_add(void *ctx, const mc_tensor *a, const mc_tensor *b, mc_tensor *y,
+                      mc_err *err);
+mc_status mc_cuda_softmax(void *ctx, const mc_tensor *x, mc_tensor *y, mc_err *err);
+mc_status mc_cuda_embed(void *ctx, const mc_tensor *table, const mc_tensor *ids, int64_t id0,
+                        mc_tensor *y, mc_err *err);
+mc_status mc_cuda_layernorm(void *ctx, const mc_tensor *x, const mc_tensor *w, const mc_tensor *b,
+                            float eps, mc_tensor *y, mc_err *err);
+mc_status mc_cuda_find_nonfinite(void *ctx, const mc_tensor *x, int64_t *row, int64_t *col,
+                                 mc_err *err);
+/* fills every op entry of iface that is not implemented yet with one that
+ * answers MC_ERR_UNSUPPORTED "cuda backend: <op> is not implemented yet" */
+void mc_cuda_fill_unsupported(mc_backend_i *iface);
+
+#endif

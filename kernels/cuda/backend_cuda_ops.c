@@ -1,0 +1,403 @@
+/* cuda/backend_cuda_ops.c - the CUDA backend's op entries: arguments were
+ * validated by the front end (backend_ops.c); each entry makes the device
+ * current, queues kernels (the .cu files) or cuBLAS on the backend's stream and
+ * checks the launch, naming the op. Ops not written yet answer
+ * MC_ERR_UNSUPPORTED naming the op.
+ *
+ * Matrix product paths (precision against the CPU backend):
+ *   - up to 8 tokens, and every batch for F16, FP8, Q8_0 and Q4_K weights:
+ *     our kernels, F32 accumulation of the stored weights (FP8 times its
+ *     block scale) with F32 activations; Q8_0 / Q4_K quantize the
+ *     activations as the CPU does and take the same integer block products.
+ *     Agrees with the CPU to F32 rounding (~1e-6 of the row's largest value).
+ *   - more than 8 tokens, BF16 weights: cuBLAS (cublasGemmEx) with the
+ *     activations rounded to BF16, F32 accumulation: ~1e-2 relative (the
+ *     activations' rounding).
+ *   - more than 8 tokens, F32 weights: cublasSgemm (F32, no TF32 unless the
+ *     NVIDIA_TF32_OVERRIDE environment asks for it). */
+#include "backend.h"
+#include "cuda/backend_cuda_internal.h"
+#include "dtype.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#define GEMV_MAX_TOKENS 8
+
+static mck_mat to_mck(const mc_tensor *t)
+{
+    mck_mat m = {.dtype = (int)t->dtype, .rows = (int)t->shape[0], .cols = (int)t->shape[1],
+                 .row_stride = (long long)t->row_stride,
+                 .row_bytes = mc_dtype_row_bytes(t->dtype, t->row_stride),
+                 .transposed = t->transposed, .data = mc_cuda_at(t)};
+    if (t->scale_buf) {
+        m.scale = (const float *)((const unsigned char *)mc_buffer_mem(t->scale_buf) +
+                                  t->scale_offset);
+        m.block_rows = t->block_rows;
+        m.block_cols = t->block_cols;
+        m.scale_cols = (long long)t->scale_cols;
+    }
+    return m;
+}
+
+/* Weight bytes one full product reads (as mc_mat_weight_bytes). */
+static uint64_t weight_bytes(const mc_tensor *w, int64_t rows)
+{
+    uint64_t b = mc_dtype_is_block(w->dtype)
+                     ? (uint64_t)rows * mc_dtype_row_bytes(w->dtype, w->shape[1])
+                     : (uint64_t)rows * (uint64_t)w->shape[1] * mc_dtype_size(w->dtype);
+    if (w->scale_buf)
+        b += (uint64_t)((rows + w->block_rows - 1) / w->block_rows) * (uint64_t)w->scale_cols * 4;
+    return b;
+}
+
+static mc_status launched(cudaError_t e, const char *op, mc_err *err)
+{
+    return mc_cuda_check(e, op, err);
+}
+
+/* ---- matmul ---- */
+
+static mc_status matmul_blas(mc_cuda_ctx *c, const mc_tensor *w, const mc_tensor *x, mc_tensor *y,
+                             int n, mc_err *err)
+{
+    const float one = 1.0f, zero = 0.0f;
+    int O = (int)w->shape[0], I = (int)w->shape[1];
+    /* y^T (O x n, column-major, ld ldy) = W (O x I) x^T (I x n); W's storage
+     * is W^T column-major (op T) or, transposed, W itself (op N) */
+    cublasOperation_t opa = w->transposed ? CUBLAS_OP_N : CUBLAS_OP_T;
+    cublasStatus_t bs;
+    if (w->dtype == MC_DT_F32) {
+        bs = cublasSgemm(c->blas, opa, CUBLAS_OP_N, O, n, I, &one, (const float *)mc_cuda_at(w),
+                         (int)w->row_stride, (const float *)mc_cuda_at(x), (int)x->row_stride,
+                         &zero, (float *)mc_cuda_at(y), (int)y->row_stride);
+    } else {
+        void *xb = NULL;
+        mc_status st = mc_cuda_scratch(c, (size_t)n * (size_t)I * 2, &xb, "matmul", err);
+        if (st != MC_OK)
+            return st;
+        st = launched(mck_f32_to_bf16(c->stream, (const float *)mc_cuda_at(x), x->row_stride, n, I,
+                                      xb), "matmul (bf16 activations)", err);
+        if (st != MC_OK)
+            return st;
+        bs = cublasGemmEx(c->blas, opa, CUBLAS_OP_N, O, n, I, &one, mc_cuda_at(w), CUDA_R_16BF,
+                          (int)w->row_stride, xb, CUDA_R_16BF, I, &zero, mc_cuda_at(y),
+                          CUDA_R_32F, (int)y->row_stride, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    }
+    if (bs != CUBLAS_STATUS_SUCCESS)
+        return mc_err_set(err, MC_ERR_INTERNAL, "cuda backend: matmul: cuBLAS %s (%s weights %d x "
+                          "%d, %d tokens)", cublasGetStatusString(bs), mc_dtype_name(w->dtype), O,
+                          I, n);
+    return launched(cudaGetLastError(), "matmul (cuBLAS)", err);
+}
+
+static mc_status matmul_block(mc_cuda_ctx *c, const mck_mat *m, const mc_tensor *x, mc_tensor *y,
+                              int n, mc_err *err)
+{
+    int blk = m->dtype == MC_DT_Q8_0 ? MC_QK8_0 : MC_QK_K;
+    int kp = (m->cols + blk - 1) / blk * blk;
+    /* q (n, kp) int8 | d (n, kp / blk) F32 | bsum (n, kp / 32) int16, each 16-byte aligned */
+    size_t nq = ((size_t)n * (size_t)kp + 15) & ~(size_t)15;
+    size_t nd = ((size_t)n * (size_t)(kp / blk) * 4 + 15) & ~(size_t)15;
+    size_t ns = (size_t)n * (size_t)(kp / 32) * 2;
+    void *s = NULL;
+    mc_status st = mc_cuda_scratch(c, nq + nd + ns, &s, "matmul", err);
+    if (st != MC_OK)
+        return st;
+    int8_t *q = s;
+    float *d = (float *)((unsigned char *)s + nq);
+    int16_t *bsum = m->dtype == MC_DT_Q4_K ? (int16_t *)((unsigned char *)s + nq + nd) : NULL;
+    st = launched(mck_quantize_act(c->stream, (const float *)mc_cuda_at(x), x->row_stride, n,
+                                   m->cols, kp, blk, q, d, bsum), "matmul (quantize activations)",
+                  err);
+    if (st != MC_OK)
+        return st;
+    return launched(mck_matmul_q(c->stream, m, q, d, bsum, kp, n, (float *)mc_cuda_at(y),
+                                 y->row_stride), "matmul", err);
+}
+
+mc_status mc_cuda_matmul(void *ctx, const mc_tensor *w, const mc_tensor *x, mc_tensor *y,
+                         mc_err *err)
+{
+    mc_cuda_ctx *c = ctx;
+    mc_status st = mc_cuda_use(c, "matmul", err);
+    if (st != MC_OK)
+        return st;
+    int n = (int)mc_tensor_rows(x);
+    if (c->counting) {
+        c->counters.bytes_read += weight_bytes(w, w->shape[0]);
+        c->counters.macs += (uint64_t)w->shape[0] * (uint64_t)w->shape[1] * (uint64_t)n;
+    }
+    if (n > GEMV_MAX_TOKENS && !w->scale_buf &&
+        (w->dtype == MC_DT_BF16 || w->dtype == MC_DT_F32))
+        return matmul_blas(c, w, x, y, n, err);
+    mck_mat m = to_mck(w);
+    if (mc_dtype_is_block(w->dtype))
+        return matmul_block(c, &m, x, y, n, err);
+    return launched(mck_matmul_f(c->stream, &m, (const float *)mc_cuda_at(x), x->row_stride, n,
+                                 (float *)mc_cuda_at(y), y->row_stride), "matmul", err);
+}
+
+/* ---- row and element-wise ops ---- */
+
+#define F32(t) ((float *)mc_cuda_at(t))
+
+mc_status mc_cuda_rmsnorm(void *ctx, const mc_tensor *x, const mc_tensor *w, float eps,
+                          mc_tensor *y, mc_err *err)
+{
+    mc_cuda_ctx *c = ctx;
+    mc_status st = mc_cuda_use(c, "rmsnorm", err);
+    if (st != MC_OK)
+        return st;
+    return launched(mck_rmsnorm(c->stream, F32(x), x->row_stride, w ? F32(w) : NULL, F32(y),
+                                y->row_stride, mc_tensor_rows(x), (int)mc_tensor_cols(x), eps),
+                    "rmsnorm", err);
+}
+
+mc_status mc_cuda_layernorm(void *ctx, const mc_tensor *x, const mc_tensor *w, const mc_tensor *b,
+                            float eps, mc_tensor *y, mc_err *err)
+{
+    mc_cuda_ctx *c = ctx;
+    mc_status st = mc_cuda_use(c, "layernorm", err);
+    if (st != MC_OK)
+        return st;
+    return launched(mck_layernorm(c->stream, F32(x), x->row_stride, w ? F32(w) : NULL,
+                                  b ? F32(b) : NULL, F32(y), y->row_stride, mc_tensor_rows(x),
+                                  (int)mc_tensor_cols(x), eps),
+                    "layernorm", err);
+}
+
+mc_status mc_cuda_softmax(void *ctx, const mc_tensor *x, mc_tensor *y, mc_err *err)
+{
+    mc_cuda_ctx *c = ctx;
+    mc_status st = mc_cuda_use(c, "softmax", err);
+    if (st != MC_OK)
+        return st;
+    return launched(mck_softmax(c->stream, F32(x), x->row_stride, F32(y), y->row_stride,
+                                mc_tensor_rows(x), (int)mc_tensor_cols(x)),
+                    "softmax", err);
+}
+
+mc_status mc_cuda_add(void *ctx, const mc_tensor *a, const mc_tensor *b, mc_tensor *y,
+                      mc_err *err)
+{
+    mc_cuda_ctx *c = ctx;
+    mc_status st = mc_cuda_use(c, "add", err);
+    if (st != MC_OK)
+        return st;
+    return launched(mck_add(c->stream, F32(a), a->row_stride, F32(b), b->row_stride, F32(y),
+                            y->row_stride, mc_tensor_rows(a), (int)mc_tensor_cols(a)),
+                    "add", err);
+}
+
+mc_status mc_cuda_swiglu(void *ctx, const mc_tensor *g, const mc_tensor *u, mc_tensor *y,
+                         mc_err *err)
+{
+    mc_cuda_ctx *c = ctx;
+    mc_status st = mc_cuda_use(c, "swiglu", err);
+    if (st != MC_OK)
+        return st;
+    return launched(mck_swiglu(c->stream, F32(g), g->row_stride, F32(u), u->row_stride, F32(y),
+                               y->row_stride, mc_tensor_rows(g), (int)mc_tensor_cols(g)),
+                    "swiglu", err);
+}
+
+/* Positions live on the device: a check kernel finds the first one outside
+ * the tables, the rotation kernel does nothing then, and the answer is read
+ * back (one stream synchronization per call, to be replaced by a device-side
+ * error flag when steps are captured as graphs). */
+mc_status mc_cuda_rope(void *ctx, mc_tensor *x, const mc_tensor *pos, const mc_tensor *cs,
+                       const mc_tensor *sn, int interleaved, mc_err *err)
+{
+    mc_cuda_ctx *c = ctx;
+    mc_status st = mc_cuda_use(c, "rope", err);
+    if (st != MC_OK)
+        return st;
+    int64_t n = x->shape[0], heads = mc_tensor_rows(x) / n, P = mc_tensor_rows(cs);
+    const int32_t *p = (const int32_t *)mc_cuda_at(pos);
+    st = launched(mck_rope_check(c->stream, p, n, P, c->d_flag), "rope (position check)", err);
+    if (st == MC_OK)
+        st = launched(mck_rope(c->stream, F32(x), x->row_stride, n, heads, (int)mc_tensor_cols(x),
+                               p, F32(cs), cs->row_stride, F32(sn), sn->row_stride, interleaved,
+                               c->d_flag),
+                      "rope", err);
+    if (st == MC_OK)
+        st = mc_cuda_check(cudaMemcpyAsync(c->h_flag, c->d_flag, sizeof *c->h_flag,
+                                           cudaMemcpyDeviceToHost, c->stream), "rope", err);
+    if (st == MC_OK)
+        st = mc_cuda_check(cudaStreamSynchronize(c->stream), "rope", err);
+    if (st != MC_OK || *c->h_flag < 0)
+        return st;
+    int64_t t = *c->h_flag;
+    int32_t bad = 0;
+    st = mc_cuda_check(cudaMemcpy(&bad, p + t, sizeof bad, cudaMemcpyDeviceToHost), "rope", err);
+    if (st != MC_OK)
+        return st;
+    return mc_err_set(err, MC_ERR_ARG, "rope: pos[%lld] = %d is outside the cos/sin tables' %lld "
+                      "positions", (long long)t, (int)bad, (long long)P);
+}
+
+mc_status mc_cuda_find_nonfinite(void *ctx, const mc_tensor *x, int64_t *row, int64_t *col,
+                                 mc_err *err)
+{
+    mc_cuda_ctx *c = ctx;
+    const char *op = "find_nonfinite";
+    mc_status st = mc_cuda_use(c, op, err);
+    if (st == MC_OK)
+        st = mc_cuda_check(cudaMemsetAsync(c->d_first, 0xff, sizeof *c->d_first, c->stream), op,
+                           err);
+    int d = (int)mc_tensor_cols(x);
+    if (st == MC_OK)
+        st = launched(mck_find_nonfinite(c->stream, F32(x), x->row_stride, mc_tensor_rows(x), d,
+                                         c->d_first), op, err);
+    if (st == MC_OK)
+        st = mc_cuda_check(cudaMemcpyAsync(c->h_first, c->d_first, sizeof *c->h_first,
+                                           cudaMemcpyDeviceToHost, c->stream), op, err);
+    if (st == MC_OK)
+        st = mc_cuda_check(cudaStreamSynchronize(c->stream), op, err);
+    if (st == MC_OK && *c->h_first != ~0ull && d > 0) {
+        *row = (int64_t)(*c->h_first / (unsigned long long)d);
+        *col = (int64_t)(*c->h_first % (unsigned long long)d);
+    }
+    return st;
+}
+
+mc_status mc_cuda_embed(void *ctx, const mc_tensor *table, const mc_tensor *ids, int64_t id0,
+                        mc_tensor *y, mc_err *err)
+{
+    mc_cuda_ctx *c = ctx;
+    mc_status st = mc_cuda_use(c, "embed", err);
+    if (st != MC_OK)
+        return st;
+    int64_t n = ids->shape[0];
+    if (c->counting)
+        c->counters.bytes_read += (uint64_t)n * weight_bytes(table, 1);
+    mck_mat m = to_mck(table);
+    const void *ip = mc_cuda_at(ids);
+    return launched(mck_embed(c->stream, &m, ids->dtype == MC_DT_I32 ? ip : NULL,
+                              ids->dtype == MC_DT_I64 ? ip : NULL, n, id0, F32(y), y->row_stride),
+                    "embed", err);
+}
+
+/* ---- not written yet ---- */
+
+static mc_status not_yet(const char *op, mc_err *err)
+{
+    return mc_err_set(err, MC_ERR_UNSUPPORTED, "cuda backend: %s is not implemented yet", op);
+}
+
+static mc_status u_kv_write(void *ctx, const mc_kv_index *ix, const mc_tensor *src,
+                            mc_tensor *pages, mc_err *err)
+{
+    return not_yet("kv_write", err);
+}
+
+static mc_status u_attention(void *ctx, const mc_tensor *q, const mc_tensor *k_pages,
+                             const mc_tensor *v_pages, const mc_kv_index *ix,
+                             const mc_attn_opts *opt, mc_tensor *y, mc_err *err)
+{
+    return not_yet("attention", err);
+}
+
+static mc_status u_mla_decode(void *ctx, const mc_tensor *q_lat, const mc_tensor *q_pe,
+                              const mc_tensor *lat_pages, const mc_tensor *pe_pages,
+                              const mc_kv_index *ix, const mc_attn_opts *opt, mc_tensor *y,
+                              mc_err *err)
+{
+    return not_yet("mla_decode", err);
+}
+
+static mc_status u_indexer_topk(void *ctx, const mc_tensor *iq, const mc_tensor *w,
+                                const mc_tensor *key_pages, const mc_kv_index *ix,
+                                const mc_indexer_opts *opt, mc_tensor *sel, mc_err *err)
+{
+    return not_yet("indexer_topk", err);
+}
+
+static mc_status u_router_topk(void *ctx, const mc_tensor *logits, const mc_tensor *bias,
+                               const mc_router_opts *opts, mc_tensor *ids, mc_tensor *weights,
+                               mc_err *err)
+{
+    return not_yet("router_topk", err);
+}
+
+static mc_status u_moe_permute(void *ctx, const mc_tensor *x, const mc_tensor *ids, mc_tensor *xp,
+                               mc_tensor *slot, mc_tensor *offsets, mc_err *err)
+{
+    return not_yet("moe_permute", err);
+}
+
+static mc_status u_moe_unpermute(void *ctx, const mc_tensor *yp, const mc_tensor *slot,
+                                 const mc_tensor *weights, mc_tensor *y, mc_err *err)
+{
+    return not_yet("moe_unpermute_weighted", err);
+}
+
+static mc_status u_grouped_experts(void *ctx, const mc_tensor *x, const mc_tensor *offsets,
+                                   int n_experts, const mc_tensor *gate, const mc_tensor *up,
+                                   const mc_tensor *down, const mc_experts_opts *opts,
+                                   mc_tensor *y, mc_err *err)
+{
+    return not_yet("grouped_experts", err);
+}
+
+static mc_status u_v4_hc_pre(void *ctx, const mc_tensor *x, const mc_tensor *mix,
+                             const mc_tensor *base, const mc_tensor *scale, const mc_v4_hc_opts *o,
+                             mc_tensor *post, mc_tensor *comb, mc_tensor *y, mc_err *err)
+{
+    return not_yet("v4_hc_pre", err);
+}
+
+static mc_status u_v4_hc_post(void *ctx, mc_tensor *x, const mc_tensor *post,
+                              const mc_tensor *comb, const mc_tensor *y, mc_err *err)
+{
+    return not_yet("v4_hc_post", err);
+}
+
+static mc_status u_v4_compress(void *ctx, const mc_tensor *kv_pages, const mc_tensor *gate_pages,
+                               const mc_tensor *ape, const mc_tensor *norm, const mc_tensor *cs,
+                               const mc_tensor *sn, const mc_kv_index *ix,
+                               const mc_v4_comp_opts *o, mc_tensor *out_pages, mc_err *err)
+{
+    return not_yet("v4_compress", err);
+}
+
+static mc_status u_v4_index_topk(void *ctx, const mc_tensor *iq, const mc_tensor *w,
+                                 const mc_tensor *key_pages, const mc_kv_index *ix,
+                                 const mc_v4_index_opts *o, mc_tensor *sel, mc_err *err)
+{
+    return not_yet("v4_index_topk", err);
+}
+
+static mc_status u_v4_attention(void *ctx, const mc_tensor *q, const mc_tensor *kv_pages,
+                                const mc_tensor *comp_pages, const mc_tensor *sinks,
+                                const mc_tensor *sel, const mc_kv_index *ix,
+                                const mc_v4_attn_opts *o, mc_tensor *y, mc_err *err)
+{
+    return not_yet("v4_attention", err);
+}
+
+static mc_status u_v4_hash_route(void *ctx, const mc_tensor *logits, const mc_tensor *tok,
+                                 const mc_tensor *table, const mc_router_opts *opts,
+                                 mc_tensor *ids, mc_tensor *weights, mc_err *err)
+{
+    return not_yet("v4_hash_route", err);
+}
+
+void mc_cuda_fill_unsupported(mc_backend_i *iface)
+{
+    iface->kv_write = u_kv_write;
+    iface->attention = u_attention;
+    iface->mla_decode = u_mla_decode;
+    iface->indexer_topk = u_indexer_topk;
+    iface->router_topk = u_router_topk;
+    iface->moe_permute = u_moe_permute;
+    iface->moe_unpermute_weighted = u_moe_unpermute;
+    iface->grouped_experts = u_grouped_experts;
+    iface->v4_hc_pre = u_v4_hc_pre;
+    iface->v4_hc_post = u_v4_hc_post;
+    iface->v4_compress = u_v4_compress;
+    iface->v4_index_topk = u_v4_index_topk;
+    iface->v4_attention = u_v4_attention;
+    iface->v4_hash_route = u_v4_hash_route;
+}

@@ -1,0 +1,381 @@
+/* cuda/matmul.cu - matrix products y = x W^T with F32 accumulation, the
+ * weights read in their stored format (never widened in memory):
+ *   - element types (F32, F16, BF16, FP8 E4M3 with optional block scales):
+ *     one warp per output row, 16-byte weight loads (4 in flight per lane)
+ *     when the rows start on 16 bytes, up to 8 tokens per pass (each weight
+ *     element read once per 8 tokens);
+ *     transposed storage: one thread per output, coalesced across outputs;
+ *   - Q8_0 / Q4_K: the activations quantized to 8 bits per block exactly as
+ *     the CPU does (kernels/cpu/ops.c), then integer products per block
+ *     dequantized by the block scales, one warp per output row.
+ * First versions, written for correctness; bandwidth tuning comes later
+ * (docs/gpu.md). Launchers as cuda_ops.h. */
+#include "cuda/cuda_ops.h"
+#include "cuda/dequant.cuh"
+
+#define MM_WARPS 4 /* output rows per block (one warp each) */
+#define MM_MAX_NT 8
+
+/* ---- element-type weights, stored row-major ---- */
+
+#define MM_UNROLL 4 /* 16-byte weight loads in flight per lane */
+
+/* acc[t] += the 16 / size weights of raw (elements i.., times their FP8
+ * scales when srow) . x[t, i..]. */
+template <int DT, int NT>
+__device__ __forceinline__ void gemv_vec(uint4 raw, int i, const float *srow, int block_cols,
+                                         const float *__restrict__ x, long long ldx, float *acc)
+{
+    constexpr int E = 16 / mck_es<DT>::v;
+    float wv[E];
+    mck_unpack16<DT>(raw, wv);
+    if (srow) {
+#pragma unroll
+        for (int j = 0; j < E; j++)
+            wv[j] = __fmul_rn(wv[j], srow[(i + j) / block_cols]);
+    }
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+        const float *xt = x + (size_t)t * (size_t)ldx + i;
+#pragma unroll
+        for (int j = 0; j < E; j++)
+            acc[t] = fmaf(wv[j], __ldg(xt + j), acc[t]);
+    }
+}
+
+template <int DT, int NT>
+__global__ static void __launch_bounds__(MM_WARPS * 32)
+    k_gemv(mck_mat w, const float *__restrict__ x, long long ldx, float *__restrict__ y,
+           long long ldy, int vec)
+{
+    constexpr int ES = mck_es<DT>::v, E = 16 / ES;
+    const int lane = threadIdx.x & 31;
+    const long long o = (long long)blockIdx.x * MM_WARPS + (threadIdx.x >> 5);
+    if (o >= w.rows)
+        return;
+    const unsigned char *row =
+        (const unsigned char *)w.data + (size_t)o * (size_t)w.row_stride * ES;
+    const float *srow = w.scale ? w.scale + (size_t)(o / w.block_rows) * (size_t)w.scale_cols
+                                : nullptr;
+    float acc[NT];
+#pragma unroll
+    for (int t = 0; t < NT; t++)
+        acc[t] = 0.0f;
+    int i0 = 0;
+    if (vec) {
+        /* MM_UNROLL 16-byte loads per lane issued before any is used */
+        const int nv = w.cols / E;
+        const uint4 *rv = (const uint4 *)row;
+        int v = lane;
+        for (; v + 32 * (MM_UNROLL - 1) < nv; v += 32 * MM_UNROLL) {
+            uint4 raw[MM_UNROLL];
+#pragma unroll
+            for (int u = 0; u < MM_UNROLL; u++)
+                raw[u] = __ldg(rv + v + 32 * u);
+#pragma unroll
+            for (int u = 0; u < MM_UNROLL; u++)
+                gemv_vec<DT, NT>(raw[u], (v + 32 * u) * E, srow, w.block_cols, x, ldx, acc);
+        }
+        for (; v < nv; v += 32)
+            gemv_vec<DT, NT>(__ldg(rv + v), v * E, srow, w.block_cols, x, ldx, acc);
+        i0 = nv * E;
+    }
+    for (int i = i0 + lane; i < w.cols; i += 32) {
+        float wv = mck_load<DT>(row, i);
+        if (srow)
+            wv = __fmul_rn(wv, srow[i / w.block_cols]);
+#pragma unroll
+        for (int t = 0; t < NT; t++)
+            acc[t] = fmaf(wv, __ldg(x + (size_t)t * (size_t)ldx + i), acc[t]);
+    }
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+        float s = mck_warp_sum(acc[t]);
+        if (lane == 0)
+            y[(size_t)t * (size_t)ldy + o] = s;
+    }
+}
+
+/* ---- element-type weights, transposed storage (W^T row-major) ---- */
+
+template <int DT, int NT>
+__global__ static void __launch_bounds__(128)
+    k_gemv_t(mck_mat w, const float *__restrict__ x, long long ldx, float *__restrict__ y,
+             long long ldy)
+{
+    constexpr int ES = mck_es<DT>::v;
+    const long long o = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (o >= w.rows)
+        return;
+    const unsigned char *base = (const unsigned char *)w.data;
+    float acc[NT];
+#pragma unroll
+    for (int t = 0; t < NT; t++)
+        acc[t] = 0.0f;
+    for (int i = 0; i < w.cols; i++) {
+        float wv = mck_load<DT>(base + (size_t)i * (size_t)w.row_stride * ES, o);
+#pragma unroll
+        for (int t = 0; t < NT; t++)
+            acc[t] = fmaf(wv, __ldg(x + (size_t)t * (size_t)ldx + i), acc[t]);
+    }
+#pragma unroll
+    for (int t = 0; t < NT; t++)
+        y[(size_t)t * (size_t)ldy + o] = acc[t];
+}
+
+template <int DT, int NT>
+static void launch_f(cudaStream_t s, const mck_mat &w, const float *x, long long ldx, float *y,
+                     long long ldy, int vec)
+{
+    if (w.transposed)
+        k_gemv_t<DT, NT><<<(unsigned)((w.rows + 127) / 128), 128, 0, s>>>(w, x, ldx, y, ldy);
+    else
+        k_gemv<DT, NT><<<(unsigned)((w.rows + MM_WARPS - 1) / MM_WARPS), MM_WARPS * 32, 0, s>>>(
+            w, x, ldx, y, ldy, vec);
+}
+
+template <int DT>
+static cudaError_t run_f(cudaStream_t s, const mck_mat &w, const float *x, long long ldx, int n,
+                         float *y, long long ldy)
+{
+    constexpr int ES = mck_es<DT>::v;
+    /* 16-byte loads need every row to start on 16 bytes */
+    int vec = !w.transposed && ((uintptr_t)w.data % 16) == 0 &&
+              ((size_t)w.row_stride * ES) % 16 == 0;
+    for (int t0 = 0; t0 < n; t0 += MM_MAX_NT) {
+        int nt = n - t0 < MM_MAX_NT ? n - t0 : MM_MAX_NT;
+        const float *xt = x + (size_t)t0 * (size_t)ldx;
+        float *yt = y + (size_t)t0 * (size_t)ldy;
+        switch (nt) {
+        case 1: launch_f<DT, 1>(s, w, xt, ldx, yt, ldy, vec); break;
+        case 2: launch_f<DT, 2>(s, w, xt, ldx, yt, ldy, vec); break;
+        case 3: launch_f<DT, 3>(s, w, xt, ldx, yt, ldy, vec); break;
+        case 4: launch_f<DT, 4>(s, w, xt, ldx, yt, ldy, vec); break;
+        case 5: launch_f<DT, 5>(s, w, xt, ldx, yt, ldy, vec); break;
+        case 6: launch_f<DT, 6>(s, w, xt, ldx, yt, ldy, vec); break;
+        case 7: launch_f<DT, 7>(s, w, xt, ldx, yt, ldy, vec); break;
+        default: launch_f<DT, 8>(s, w, xt, ldx, yt, ldy, vec); break;
+        }
+        cudaError_t e = cudaGetLastError();
+        if (e != cudaSuccess)
+            return e;
+    }
+    return cudaSuccess;
+}
+
+cudaError_t mck_matmul_f(cudaStream_t s, const mck_mat *w, const float *x, long long ldx, int n,
+                         float *y, long long ldy)
+{
+    if (n <= 0 || w->rows <= 0)
+        return cudaSuccess;
+    switch (w->dtype) {
+    case MCK_DT_F32: return run_f<MCK_DT_F32>(s, *w, x, ldx, n, y, ldy);
+    case MCK_DT_F16: return run_f<MCK_DT_F16>(s, *w, x, ldx, n, y, ldy);
+    case MCK_DT_BF16: return run_f<MCK_DT_BF16>(s, *w, x, ldx, n, y, ldy);
+    case MCK_DT_F8_E4M3: return run_f<MCK_DT_F8_E4M3>(s, *w, x, ldx, n, y, ldy);
+    default: return cudaErrorInvalidValue;
+    }
+}
+
+/* ---- block formats ---- */
+
+/* One thread per (token, block): the CPU's quantize_act_row, bit for bit
+ * (no contraction: the product is rounded before the rounding to integer). */
+__global__ static void k_quantize_act(const float *x, long long ldx, int n, int cols, int kp,
+                                      int blk, int8_t *q, float *d, int16_t *bsum)
+{
+    const int nb = kp / blk;
+    const long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (k >= (long long)n * nb)
+        return;
+    const int t = (int)(k / nb), b = (int)(k % nb), b0 = b * blk;
+    const float *xr = x + (size_t)t * (size_t)ldx;
+    const int len = cols - b0 < blk ? (cols - b0 > 0 ? cols - b0 : 0) : blk;
+    float amax = 0.0f;
+    for (int i = 0; i < len; i++)
+        amax = fmaxf(amax, fabsf(xr[b0 + i]));
+    const float sc = amax / 127.0f, is = sc > 0 ? 127.0f / amax : 0.0f;
+    d[(size_t)t * nb + b] = sc;
+    int8_t *qr = q + (size_t)t * kp + b0;
+    int sum = 0;
+    for (int i = 0; i < blk; i++) {
+        int v = i < len ? __float2int_rn(__fmul_rn(xr[b0 + i], is)) : 0;
+        v = v > 127 ? 127 : v < -127 ? -127 : v;
+        qr[i] = (int8_t)v;
+        sum += v;
+        if (bsum && (i & 31) == 31) {
+            bsum[(size_t)t * (kp / 32) + (b0 + i) / 32] = (int16_t)sum;
+            sum = 0;
+        }
+    }
+}
+
+cudaError_t mck_quantize_act(cudaStream_t s, const float *x, long long ldx, int n, int cols,
+                             int kp, int blk, int8_t *q, float *d, int16_t *bsum)
+{
+    long long work = (long long)n * (kp / blk);
+    if (work <= 0)
+        return cudaSuccess;
+    k_quantize_act<<<(unsigned)((work + 127) / 128), 128, 0, s>>>(x, ldx, n, cols, kp, blk, q, d,
+                                                                  bsum);
+    return cudaGetLastError();
+}
+
+/* Q8_0: lane l takes element l of every block of the row. */
+template <int NT>
+__global__ static void __launch_bounds__(MM_WARPS * 32)
+    k_q8_0(mck_mat w, const int8_t *__restrict__ q, const float *__restrict__ d, int kp,
+           float *__restrict__ y, long long ldy)
+{
+    const int lane = threadIdx.x & 31, nb = kp / 32;
+    const long long o = (long long)blockIdx.x * MM_WARPS + (threadIdx.x >> 5);
+    if (o >= w.rows)
+        return;
+    const unsigned char *row = (const unsigned char *)w.data + (size_t)o * w.row_bytes;
+    float acc[NT];
+#pragma unroll
+    for (int t = 0; t < NT; t++)
+        acc[t] = 0.0f;
+#pragma unroll 4
+    for (int b = 0; b < nb; b++) {
+        const unsigned char *blk = row + (size_t)b * MCK_Q8_0_BYTES;
+        const float dw = mck_f16(mck_u16(blk));
+        const int qw = (int8_t)blk[2 + lane];
+#pragma unroll
+        for (int t = 0; t < NT; t++) {
+            int p = qw * (int)q[(size_t)t * kp + (size_t)b * 32 + lane];
+            acc[t] += __fmul_rn(dw, d[(size_t)t * nb + b]) * (float)p;
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+        float sum = mck_warp_sum(acc[t]);
+        if (lane == 0)
+            y[(size_t)t * (size_t)ldy + o] = sum;
+    }
+}
+
+/* Q4_K: lane l takes byte l of each 32-byte quarter c of qs: elements
+ * 64c + l (low nibble, sub-block 2c) and 64c + 32 + l (high, 2c + 1); lanes
+ * 0..7 add sub-block l's min term. */
+template <int NT>
+__global__ static void __launch_bounds__(MM_WARPS * 32)
+    k_q4_k(mck_mat w, const int8_t *__restrict__ q, const float *__restrict__ d,
+           const int16_t *__restrict__ bsum, int kp, float *__restrict__ y, long long ldy)
+{
+    const int lane = threadIdx.x & 31, nb = kp / 256;
+    const long long o = (long long)blockIdx.x * MM_WARPS + (threadIdx.x >> 5);
+    if (o >= w.rows)
+        return;
+    const unsigned char *row = (const unsigned char *)w.data + (size_t)o * w.row_bytes;
+    float acc[NT];
+#pragma unroll
+    for (int t = 0; t < NT; t++)
+        acc[t] = 0.0f;
+    for (int b = 0; b < nb; b++) {
+        const unsigned char *blk = row + (size_t)b * MCK_Q4_K_BYTES;
+        const float dd = mck_f16(mck_u16(blk)), dm = mck_f16(mck_u16(blk + 2));
+        int sc[8], mn[8];
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+            mck_q4_k_scale_min(j, blk + 4, &sc[j], &mn[j]);
+        int sumi[NT];
+#pragma unroll
+        for (int t = 0; t < NT; t++)
+            sumi[t] = 0;
+#pragma unroll
+        for (int c = 0; c < 4; c++) {
+            const int qb = blk[16 + 32 * c + lane], lo = qb & 0xF, hi = qb >> 4;
+#pragma unroll
+            for (int t = 0; t < NT; t++) {
+                const int8_t *xs = q + (size_t)t * kp + (size_t)b * 256 + 64 * c;
+                sumi[t] += sc[2 * c] * lo * xs[lane] + sc[2 * c + 1] * hi * xs[32 + lane];
+            }
+        }
+#pragma unroll
+        for (int t = 0; t < NT; t++) {
+            const float xd = d[(size_t)t * nb + b];
+            acc[t] += __fmul_rn(dd, xd) * (float)sumi[t];
+            if (lane < 8) {
+                int mins = 0;
+#pragma unroll
+                for (int j = 0; j < 8; j++)
+                    mins += j == lane ? mn[j] * bsum[(size_t)t * (kp / 32) + (size_t)b * 8 + j] : 0;
+                acc[t] -= __fmul_rn(dm, xd) * (float)mins;
+            }
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+        float sum = mck_warp_sum(acc[t]);
+        if (lane == 0)
+            y[(size_t)t * (size_t)ldy + o] = sum;
+    }
+}
+
+template <int NT>
+static void launch_q(cudaStream_t s, const mck_mat &w, const int8_t *q, const float *d,
+                     const int16_t *bsum, int kp, float *y, long long ldy)
+{
+    unsigned grid = (unsigned)((w.rows + MM_WARPS - 1) / MM_WARPS);
+    if (w.dtype == MCK_DT_Q8_0)
+        k_q8_0<NT><<<grid, MM_WARPS * 32, 0, s>>>(w, q, d, kp, y, ldy);
+    else
+        k_q4_k<NT><<<grid, MM_WARPS * 32, 0, s>>>(w, q, d, bsum, kp, y, ldy);
+}
+
+cudaError_t mck_matmul_q(cudaStream_t s, const mck_mat *w, const int8_t *q, const float *d,
+                         const int16_t *bsum, int kp, int n, float *y, long long ldy)
+{
+    if (w->dtype != MCK_DT_Q8_0 && w->dtype != MCK_DT_Q4_K)
+        return cudaErrorInvalidValue;
+    const int blk = w->dtype == MCK_DT_Q8_0 ? 32 : 256;
+    for (int t0 = 0; t0 < n; t0 += MM_MAX_NT) {
+        int nt = n - t0 < MM_MAX_NT ? n - t0 : MM_MAX_NT;
+        const int8_t *qt = q + (size_t)t0 * kp;
+        const float *dt = d + (size_t)t0 * (kp / blk);
+        const int16_t *bt = bsum ? bsum + (size_t)t0 * (kp / 32) : nullptr;
+        float *yt = y + (size_t)t0 * (size_t)ldy;
+        switch (nt) {
+        case 1: launch_q<1>(s, *w, qt, dt, bt, kp, yt, ldy); break;
+        case 2: launch_q<2>(s, *w, qt, dt, bt, kp, yt, ldy); break;
+        case 3: launch_q<3>(s, *w, qt, dt, bt, kp, yt, ldy); break;
+        case 4: launch_q<4>(s, *w, qt, dt, bt, kp, yt, ldy); break;
+        case 5: launch_q<5>(s, *w, qt, dt, bt, kp, yt, ldy); break;
+        case 6: launch_q<6>(s, *w, qt, dt, bt, kp, yt, ldy); break;
+        case 7: launch_q<7>(s, *w, qt, dt, bt, kp, yt, ldy); break;
+        default: launch_q<8>(s, *w, qt, dt, bt, kp, yt, ldy); break;
+        }
+        cudaError_t e = cudaGetLastError();
+        if (e != cudaSuccess)
+            return e;
+    }
+    return cudaSuccess;
+}
+
+/* ---- BF16 activations for cuBLAS ---- */
+
+__global__ static void k_to_bf16(const float *x, long long ldx, int n, int cols, uint16_t *out)
+{
+    long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (k >= (long long)n * cols)
+        return;
+    long long t = k / cols, i = k % cols;
+    uint32_t u = __float_as_uint(x[t * ldx + i]);
+    uint16_t h;
+    if ((u & 0x7fffffffu) > 0x7f800000u) /* NaN stays NaN (mc_f32_to_bf16) */
+        h = (uint16_t)((u >> 16) | 0x40);
+    else
+        h = (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+    out[k] = h;
+}
+
+cudaError_t mck_f32_to_bf16(cudaStream_t s, const float *x, long long ldx, int n, int cols,
+                            uint16_t *out)
+{
+    long long work = (long long)n * cols;
+    if (work <= 0)
+        return cudaSuccess;
+    k_to_bf16<<<(unsigned)((work + 255) / 256), 256, 0, s>>>(x, ldx, n, cols, out);
+    return cudaGetLastError();
+}

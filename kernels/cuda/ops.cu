@@ -1,0 +1,280 @@
+/* cuda/ops.cu - the CUDA backend's row and element-wise kernels: rmsnorm,
+ * layernorm, softmax, add, swiglu, rope, find_nonfinite, embed. Straight
+ * first versions (one block per row for the row reductions, one thread per
+ * element otherwise); sums that the CPU reference takes in double are taken
+ * in double here too. Launchers as cuda_ops.h. */
+#include "cuda/cuda_ops.h"
+#include "cuda/dequant.cuh"
+
+#include <math.h>
+
+#define ROW_THREADS 256
+#define EW_THREADS 256
+
+/* Sum over the block (ROW_THREADS threads), the result on every thread. */
+__device__ static double block_sum_d(double v, double *sh)
+{
+    v = mck_warp_sum_d(v);
+    int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    __syncthreads(); /* sh may still be read by a previous call */
+    if (lane == 0)
+        sh[w] = v;
+    __syncthreads();
+    double s = 0;
+    for (int k = 0; k < ROW_THREADS / 32; k++)
+        s += sh[k];
+    return s;
+}
+
+__device__ static float block_max(float v, float *sh)
+{
+    v = mck_warp_max(v);
+    int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    __syncthreads();
+    if (lane == 0)
+        sh[w] = v;
+    __syncthreads();
+    float m = -INFINITY;
+    for (int k = 0; k < ROW_THREADS / 32; k++)
+        m = fmaxf(m, sh[k]);
+    return m;
+}
+
+static unsigned grid_for(long long n, int threads)
+{
+    return (unsigned)((n + threads - 1) / threads);
+}
+
+/* ---- rmsnorm, layernorm, softmax: one block per row ---- */
+
+__global__ static void k_rmsnorm(const float *x, long long ldx, const float *w, float *y,
+                                 long long ldy, int d, float eps)
+{
+    __shared__ double sh[ROW_THREADS / 32];
+    const float *xr = x + (size_t)blockIdx.x * (size_t)ldx;
+    float *yr = y + (size_t)blockIdx.x * (size_t)ldy;
+    double ss = 0;
+    for (int i = threadIdx.x; i < d; i += ROW_THREADS)
+        ss += (double)xr[i] * xr[i];
+    ss = block_sum_d(ss, sh);
+    float inv = (float)(1.0 / sqrt(ss / d + (double)eps));
+    for (int i = threadIdx.x; i < d; i += ROW_THREADS)
+        yr[i] = w ? __fmul_rn(__fmul_rn(xr[i], inv), w[i]) : __fmul_rn(xr[i], inv);
+}
+
+cudaError_t mck_rmsnorm(cudaStream_t s, const float *x, long long ldx, const float *w, float *y,
+                        long long ldy, long long rows, int d, float eps)
+{
+    if (rows <= 0)
+        return cudaSuccess;
+    k_rmsnorm<<<(unsigned)rows, ROW_THREADS, 0, s>>>(x, ldx, w, y, ldy, d, eps);
+    return cudaGetLastError();
+}
+
+__global__ static void k_layernorm(const float *x, long long ldx, const float *w, const float *b,
+                                   float *y, long long ldy, int d, float eps)
+{
+    __shared__ double sh[ROW_THREADS / 32];
+    const float *xr = x + (size_t)blockIdx.x * (size_t)ldx;
+    float *yr = y + (size_t)blockIdx.x * (size_t)ldy;
+    double sum = 0;
+    for (int i = threadIdx.x; i < d; i += ROW_THREADS)
+        sum += xr[i];
+    double mean = block_sum_d(sum, sh) / (double)d;
+    double var = 0;
+    for (int i = threadIdx.x; i < d; i += ROW_THREADS)
+        var += (xr[i] - mean) * (xr[i] - mean);
+    var = block_sum_d(var, sh);
+    double inv = 1.0 / sqrt(var / (double)d + (double)eps);
+    for (int i = threadIdx.x; i < d; i += ROW_THREADS) {
+        double v = (xr[i] - mean) * inv;
+        if (w)
+            v *= w[i];
+        if (b)
+            v += b[i];
+        yr[i] = (float)v;
+    }
+}
+
+cudaError_t mck_layernorm(cudaStream_t s, const float *x, long long ldx, const float *w,
+                          const float *b, float *y, long long ldy, long long rows, int d,
+                          float eps)
+{
+    if (rows <= 0)
+        return cudaSuccess;
+    k_layernorm<<<(unsigned)rows, ROW_THREADS, 0, s>>>(x, ldx, w, b, y, ldy, d, eps);
+    return cudaGetLastError();
+}
+
+__global__ static void k_softmax(const float *x, long long ldx, float *y, long long ldy, int d)
+{
+    __shared__ double sh[ROW_THREADS / 32];
+    __shared__ float shm[ROW_THREADS / 32];
+    const float *xr = x + (size_t)blockIdx.x * (size_t)ldx;
+    float *yr = y + (size_t)blockIdx.x * (size_t)ldy;
+    float mx = -INFINITY;
+    for (int i = threadIdx.x; i < d; i += ROW_THREADS)
+        mx = fmaxf(mx, xr[i]);
+    mx = block_max(mx, shm);
+    double sum = 0;
+    for (int i = threadIdx.x; i < d; i += ROW_THREADS) {
+        float e = expf(xr[i] - mx);
+        yr[i] = e; /* y may be x: each element is read and written by one thread */
+        sum += e;
+    }
+    float inv = (float)(1.0 / block_sum_d(sum, sh));
+    for (int i = threadIdx.x; i < d; i += ROW_THREADS)
+        yr[i] *= inv;
+}
+
+cudaError_t mck_softmax(cudaStream_t s, const float *x, long long ldx, float *y, long long ldy,
+                        long long rows, int d)
+{
+    if (rows <= 0)
+        return cudaSuccess;
+    k_softmax<<<(unsigned)rows, ROW_THREADS, 0, s>>>(x, ldx, y, ldy, d);
+    return cudaGetLastError();
+}
+
+/* ---- element-wise: one thread per element ---- */
+
+__global__ static void k_add(const float *a, long long lda, const float *b, long long ldb, float *y,
+                             long long ldy, long long rows, int d)
+{
+    long long k = (long long)blockIdx.x * EW_THREADS + threadIdx.x;
+    if (k >= rows * d)
+        return;
+    long long r = k / d, i = k % d;
+    y[r * ldy + i] = a[r * lda + i] + b[r * ldb + i];
+}
+
+cudaError_t mck_add(cudaStream_t s, const float *a, long long lda, const float *b, long long ldb,
+                    float *y, long long ldy, long long rows, int d)
+{
+    if (rows <= 0 || d <= 0)
+        return cudaSuccess;
+    k_add<<<grid_for(rows * d, EW_THREADS), EW_THREADS, 0, s>>>(a, lda, b, ldb, y, ldy, rows, d);
+    return cudaGetLastError();
+}
+
+__global__ static void k_swiglu(const float *g, long long ldg, const float *u, long long ldu,
+                                float *y, long long ldy, long long rows, int d)
+{
+    long long k = (long long)blockIdx.x * EW_THREADS + threadIdx.x;
+    if (k >= rows * d)
+        return;
+    long long r = k / d, i = k % d;
+    float gv = g[r * ldg + i];
+    y[r * ldy + i] = __fmul_rn(gv / (1.0f + expf(-gv)), u[r * ldu + i]);
+}
+
+cudaError_t mck_swiglu(cudaStream_t s, const float *g, long long ldg, const float *u,
+                       long long ldu, float *y, long long ldy, long long rows, int d)
+{
+    if (rows <= 0 || d <= 0)
+        return cudaSuccess;
+    k_swiglu<<<grid_for(rows * d, EW_THREADS), EW_THREADS, 0, s>>>(g, ldg, u, ldu, y, ldy, rows,
+                                                                   d);
+    return cudaGetLastError();
+}
+
+/* ---- rope ---- */
+
+__global__ static void k_rope_check(const int32_t *pos, long long n, long long P, int *bad)
+{
+    __shared__ unsigned long long first;
+    if (threadIdx.x == 0)
+        first = ~0ull;
+    __syncthreads();
+    for (long long t = threadIdx.x; t < n; t += blockDim.x)
+        if (pos[t] < 0 || pos[t] >= P)
+            atomicMin(&first, (unsigned long long)t);
+    __syncthreads();
+    if (threadIdx.x == 0)
+        *bad = first == ~0ull ? -1 : (int)(first > 0x7fffffffull ? 0x7fffffff : first);
+}
+
+cudaError_t mck_rope_check(cudaStream_t s, const int32_t *pos, long long n, long long P, int *bad)
+{
+    k_rope_check<<<1, 256, 0, s>>>(pos, n, P, bad);
+    return cudaGetLastError();
+}
+
+/* One thread per (row, pair): pairs (2i, 2i+1) or (i, i + d/2). */
+__global__ static void k_rope(float *x, long long ldx, long long rows, long long heads, int d,
+                              const int32_t *pos, const float *cs, long long ldc, const float *sn,
+                              long long lds, int interleaved, const int *bad)
+{
+    if (*bad >= 0)
+        return;
+    int half = d / 2;
+    long long k = (long long)blockIdx.x * EW_THREADS + threadIdx.x;
+    if (k >= rows * half)
+        return;
+    long long r = k / half;
+    int i = (int)(k % half);
+    long long p = pos[r / heads];
+    float c = cs[p * ldc + i], sv = sn[p * lds + i];
+    float *v = x + r * ldx;
+    int a = interleaved ? 2 * i : i, b = interleaved ? 2 * i + 1 : i + half;
+    float x0 = v[a], x1 = v[b];
+    v[a] = __fsub_rn(__fmul_rn(x0, c), __fmul_rn(x1, sv));
+    v[b] = __fadd_rn(__fmul_rn(x1, c), __fmul_rn(x0, sv));
+}
+
+cudaError_t mck_rope(cudaStream_t s, float *x, long long ldx, long long n, long long heads, int d,
+                     const int32_t *pos, const float *cs, long long ldc, const float *sn,
+                     long long lds, int interleaved, const int *bad)
+{
+    long long rows = n * heads;
+    if (rows <= 0 || d < 2)
+        return cudaSuccess;
+    k_rope<<<grid_for(rows * (d / 2), EW_THREADS), EW_THREADS, 0, s>>>(
+        x, ldx, rows, heads, d, pos, cs, ldc, sn, lds, interleaved, bad);
+    return cudaGetLastError();
+}
+
+/* ---- find_nonfinite ---- */
+
+__global__ static void k_nonfinite(const float *x, long long ldx, long long rows, int d,
+                                   unsigned long long *first)
+{
+    long long k = (long long)blockIdx.x * EW_THREADS + threadIdx.x;
+    if (k >= rows * d)
+        return;
+    long long r = k / d, i = k % d;
+    if (!isfinite(x[r * ldx + i]))
+        atomicMin(first, (unsigned long long)k);
+}
+
+cudaError_t mck_find_nonfinite(cudaStream_t s, const float *x, long long ldx, long long rows,
+                               int d, unsigned long long *first)
+{
+    if (rows <= 0 || d <= 0)
+        return cudaSuccess;
+    k_nonfinite<<<grid_for(rows * d, EW_THREADS), EW_THREADS, 0, s>>>(x, ldx, rows, d, first);
+    return cudaGetLastError();
+}
+
+/* ---- embed: one block per token ---- */
+
+__global__ static void k_embed(mck_mat w, const int32_t *ids32, const int64_t *ids64, long long id0,
+                               float *y, long long ldy)
+{
+    long long t = blockIdx.x;
+    long long id = ids64 ? (long long)ids64[t] : (long long)ids32[t];
+    float *yr = y + t * ldy;
+    /* outside this table's slice of the vocabulary: zeros (checked without overflow) */
+    int inside = id >= id0 && id - id0 < (long long)w.rows;
+    for (int i = threadIdx.x; i < w.cols; i += blockDim.x)
+        yr[i] = inside ? mck_weight_at(w, id - id0, i) : 0.0f;
+}
+
+cudaError_t mck_embed(cudaStream_t s, const mck_mat *table, const int32_t *ids32,
+                      const int64_t *ids64, long long n, long long id0, float *y, long long ldy)
+{
+    if (n <= 0)
+        return cudaSuccess;
+    k_embed<<<(unsigned)n, 256, 0, s>>>(*table, ids32, ids64, id0, y, ldy);
+    return cudaGetLastError();
+}
