@@ -13,6 +13,9 @@ int mc_cmd_verify(int argc, char **argv);
 int mc_cmd_bench(int argc, char **argv);
 int mc_cmd_tokenize(int argc, char **argv);
 int mc_cmd_worker(int argc, char **argv);
+int mc_cmd_serve(int argc, char **argv);
+int mc_cmd_batch(int argc, char **argv);
+int mc_cmd_cluster_sim(int argc, char **argv);
 
 /* Strict numeric parsing for flags: the whole string must be a plain number
  * in [lo, hi] (integers: decimal digits, with a leading '-' only when lo < 0;

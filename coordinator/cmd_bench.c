@@ -31,7 +31,7 @@ static const char bench_usage_text[] =
     "                        [--threads T] [--weights q8_0|q4_k|bf16]\n"
     "                        [--kernels scalar|avx2|avx512] [--probe-mib S] [--repeat R]\n"
     "                        [--json]\n\n"
-    "  --model       checkpoint folder (config.json + safetensors)\n"
+    "  --model       checkpoint folder (config.json + safetensors), or a .gguf file\n"
     "  --batch       tokens per decode step (default 1)\n"
     "  --prompt-len  prefill length (default 128)\n"
     "  --gen-len     decode steps (default 32)\n"

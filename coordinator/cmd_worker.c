@@ -46,7 +46,7 @@ static const char worker_usage_text[] =
     "usage: moecluster worker --model DIR|--shards DIR [--listen ADDR] [--kv-block-size N]\n"
     "                         [--kv-blocks N] [--max-batch-tokens N] [--tp N] [--ep N] [--pp N]\n"
     "                         [--weights q8_0|q4_k|bf16] [--no-verify] [--stats]\n\n"
-    "  --model DIR            Hugging Face checkpoint folder, or a shard set\n"
+    "  --model DIR            Hugging Face checkpoint folder, a shard set, or a .gguf file\n"
     "  --shards DIR           a shard set written by `moecluster shard`\n"
     "  --listen ADDR          ZeroMQ endpoint rank 0 binds (default " DEFAULT_LISTEN ");\n"
     "                         tcp://127.0.0.1:* picks a free port. Give a non-loopback\n"

@@ -53,7 +53,8 @@ struct mc_engine {
     mc_engine_event *ev; /* (ev_cap) ring of undelivered events */
     uint32_t ev_head, n_ev, ev_cap;
     uint64_t next_id, next_seq, step_id;
-    char msg[sizeof(((mc_err *)0)->msg)]; /* the last failed step's reason */
+    char msg[sizeof(((mc_err *)0)->msg)];      /* the last failed step's reason */
+    char fail_msg[sizeof(((mc_err *)0)->msg)]; /* mc_engine_fail_running's */
     mc_engine_stats st;
 };
 
@@ -165,6 +166,12 @@ static void release_seq(mc_engine *e, request *q) {
     (void)mc_kv_pool_release(e->pool, q->seq_id, &ignore);
     mc_err_clear(&ignore);
     (void)e->r.release(e->r.ctx, q->seq_id, &ignore);
+}
+
+/* A release that does nothing (mc_engine_fail_running). */
+static mc_status forget_nothing(void *ctx, uint64_t seq_id, mc_err *err) {
+    (void)ctx, (void)seq_id, (void)err;
+    return MC_OK;
 }
 
 static void request_clear(request *q) {
@@ -293,25 +300,30 @@ void mc_engine_free(mc_engine *e) {
 
 /* ---- requests ---- */
 
-mc_status mc_engine_submit(mc_engine *e, const mc_engine_request *req, uint64_t *id, mc_err *err) {
-    *id = 0;
+mc_status mc_engine_check_request(const mc_engine_request *req, uint32_t vocab, uint32_t max_len,
+                                  mc_err *err) {
     if (!req->prompt || req->n_prompt < 1)
         return mc_err_set(err, MC_ERR_ARG, "the prompt is empty");
-    if (req->n_prompt >= e->max_len)
+    if (req->n_prompt >= max_len)
         return mc_err_set(err, MC_ERR_ARG,
                           "this model's maximum context length is %u tokens; the prompt has %u "
                           "(at most %u, leaving room for one generated token)",
-                          e->max_len, req->n_prompt, e->max_len - 1);
+                          max_len, req->n_prompt, max_len - 1);
     for (uint32_t i = 0; i < req->n_prompt; i++)
-        if (req->prompt[i] < 0 || (uint32_t)req->prompt[i] >= e->vocab)
+        if (req->prompt[i] < 0 || (uint32_t)req->prompt[i] >= vocab)
             return mc_err_set(err, MC_ERR_ARG,
                               "prompt[%u]: token id %d is outside the vocabulary "
                               "(%u)",
-                              i, req->prompt[i], e->vocab);
+                              i, req->prompt[i], vocab);
     if (req->n_stop_ids > MC_ENGINE_MAX_STOP_IDS || (req->n_stop_ids && !req->stop_ids))
         return mc_err_set(err, MC_ERR_ARG, "%u stop ids (at most %u)", req->n_stop_ids,
                           MC_ENGINE_MAX_STOP_IDS);
-    mc_status st = mc_sampler_params_check(&req->sampling, (int)e->vocab, err);
+    return mc_sampler_params_check(&req->sampling, (int)vocab, err);
+}
+
+mc_status mc_engine_submit(mc_engine *e, const mc_engine_request *req, uint64_t *id, mc_err *err) {
+    *id = 0;
+    mc_status st = mc_engine_check_request(req, e->vocab, e->max_len, err);
     if (st != MC_OK) return st;
     if (e->n_held >= e->max_requests || e->n_ev >= 2 * (uint64_t)e->max_requests)
         return mc_err_set(err, MC_ERR_OVERFLOW, "engine: %u requests held already (the most)",
@@ -369,6 +381,18 @@ mc_status mc_engine_cancel(mc_engine *e, uint64_t id, mc_err *err) {
     mc_status st = ev_reserve(e, 1, err);
     if (st != MC_OK) return st;
     finish(e, (uint32_t)slot, MC_ENGINE_ABORT, -1, NULL, NULL);
+    return MC_OK;
+}
+
+mc_status mc_engine_fail_running(mc_engine *e, const char *msg, mc_err *err) {
+    mc_status st = ev_reserve(e, e->n_running, err);
+    if (st != MC_OK) return st;
+    snprintf(e->fail_msg, sizeof e->fail_msg, "%s", msg && msg[0] ? msg : "the step runner failed");
+    mc_step_runner r = e->r;
+    e->r.release = forget_nothing; /* the runner's sequences are gone with it */
+    while (e->n_running > 0)
+        finish(e, e->running[e->n_running - 1], MC_ENGINE_ERROR, -1, NULL, e->fail_msg);
+    e->r = r;
     return MC_OK;
 }
 

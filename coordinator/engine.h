@@ -142,6 +142,19 @@ void mc_engine_free(mc_engine *e); /* NULL is fine; releases its sequences in th
  * answers 429 / 503), MC_ERR_NOMEM. */
 mc_status mc_engine_submit(mc_engine *e, const mc_engine_request *req, uint64_t *id, mc_err *err);
 
+/* The checks of mc_engine_submit that need no engine, for an engine of
+ * that vocabulary and context (max_model_len): MC_ERR_ARG with the same
+ * one line. Thread-safe (reads only req). */
+mc_status mc_engine_check_request(const mc_engine_request *req, uint32_t vocab, uint32_t max_len,
+                                  mc_err *err);
+
+/* Ends every running request now with an "error" event carrying msg
+ * (copied; NULL or "" says the runner failed) and gives its blocks back
+ * WITHOUT calling the runner (for a runner that is gone: a dead worker
+ * group). Waiting requests stay queued. MC_ERR_NOMEM when the events find
+ * no room (nothing changed). */
+mc_status mc_engine_fail_running(mc_engine *e, const char *msg, mc_err *err);
+
 /* Ends a request now with an "abort" event; MC_ERR_NOT_FOUND when it is
  * not held (finished already, or never submitted). */
 mc_status mc_engine_cancel(mc_engine *e, uint64_t id, mc_err *err);

@@ -29,6 +29,9 @@ static const command commands[] = {
     {"bench", mc_cmd_bench, "prefill/decode speed, weight bytes per step, bandwidth and FMA probes"},
     {"tokenize", mc_cmd_tokenize, "text to token ids (or back, --decode) with a tokenizer.json"},
     {"worker", mc_cmd_worker, "serve step plans to a coordinator over ZeroMQ (under mpirun)"},
+    {"serve", mc_cmd_serve, "OpenAI-compatible HTTP server over a worker group"},
+    {"batch", mc_cmd_batch, "run an OpenAI batch file (JSONL) through a worker group"},
+    {"cluster-sim", mc_cmd_cluster_sim, "emulated nodes in network namespaces over shaped TCP links"},
 };
 
 static void usage(FILE *out)

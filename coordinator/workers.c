@@ -9,11 +9,15 @@
 #include <unistd.h>
 #include <zmq.h>
 
+#define WATCH_MS 100 /* how often a watch is asked during a wait */
+
 struct mc_workers {
     void *ctx, *sock; /* owned: the context and its REQ socket */
     char addr[256];
     int timeout_ms;
     bool broken; /* a request went unanswered: the REQ state is lost */
+    bool (*gone)(void *ctx); /* mc_workers_set_watch; NULL: none */
+    void *gone_ctx;
     mc_workers_info info;
 };
 
@@ -38,10 +42,19 @@ static mc_status request(mc_workers *w, const void *bytes, size_t len, ControlMe
                           w->timeout_ms, zmq_strerror(errno));
     }
     zmq_pollitem_t it = {w->sock, 0, ZMQ_POLLIN, 0};
-    int r;
-    do
-        r = zmq_poll(&it, 1, w->timeout_ms);
-    while (r < 0 && errno == EINTR); /* (a signal restarts the full wait: bounded by signals) */
+    int r, left = w->timeout_ms;
+    for (;;) { /* slices of WATCH_MS while a watch is set */
+        int slice = w->gone && left > WATCH_MS ? WATCH_MS : left;
+        r = zmq_poll(&it, 1, slice);
+        if (r < 0 && errno == EINTR)
+            continue; /* (a signal restarts the slice: bounded by signals) */
+        if (r != 0 || (left -= slice) <= 0)
+            break;
+        if (w->gone && w->gone(w->gone_ctx)) {
+            w->broken = true;
+            return mc_err_set(err, MC_ERR_IO, "worker %s: the worker group exited", w->addr);
+        }
+    }
     if (r <= 0) {
         w->broken = true;
         if (r == 0)
@@ -294,6 +307,12 @@ mc_status mc_workers_request_raw(mc_workers *w, const void *bytes, size_t len,
                                  ControlMessage **reply, mc_err *err)
 {
     return request(w, bytes, len, reply, err);
+}
+
+void mc_workers_set_watch(mc_workers *w, bool (*gone)(void *ctx), void *ctx)
+{
+    w->gone = gone;
+    w->gone_ctx = ctx;
 }
 
 void mc_workers_close(mc_workers *w)

@@ -21,6 +21,7 @@
 #include "status.h"
 #include "step_plan.h"
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -77,6 +78,12 @@ mc_status mc_workers_shutdown(mc_workers *w, mc_err *err);
  * refusals. Same timeout rules. */
 mc_status mc_workers_request_raw(mc_workers *w, const void *bytes, size_t len,
                                  ControlMessage **reply, mc_err *err);
+
+/* A check while a call waits for its answer (every 100 ms): when gone(ctx)
+ * returns true (the caller's worker process exited, say) the call fails at
+ * once with MC_ERR_IO and the connection is broken, instead of waiting out
+ * the timeout. gone NULL removes it. ctx is borrowed. */
+void mc_workers_set_watch(mc_workers *w, bool (*gone)(void *ctx), void *ctx);
 
 /* Closes the connection; NULL is fine. */
 void mc_workers_close(mc_workers *w);

@@ -1,6 +1,7 @@
 /* q6_k.h - llama.cpp's Q6_K blocks (GGUF type 14) and their scalar
- * dequantization to f32. Not yet used by the model loader (see
- * docs/gguf.md); the reference for the SIMD decode kernels to come.
+ * dequantization to f32. The GGUF loader (worker/model_gguf.c) converts
+ * Q6_K tensors to Q8_0 with it (see docs/gguf.md); the reference for the
+ * SIMD decode kernels to come.
  *
  * One block: 256 weights in 210 bytes, byte for byte ggml-common.h's
  * block_q6_K:

@@ -14,9 +14,10 @@ if [ ! -f CMakeLists.txt ] || [ ! -d kernels/cuda ]; then
     echo "gpu-prepare: run from the repository root" >&2; exit 2
 fi
 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMC_CUDA=ON -DMC_FUZZ=OFF >/dev/null
-cmake --build "$build" --target moecluster test_backend_cuda -j"${MC_GPU_JOBS:-2}"
+cmake --build "$build" --target moecluster test_backend_cuda test_backend_cuda_layers -j"${MC_GPU_JOBS:-2}"
 rm -rf "$out"
-"$pack" "$out" "$build/tests/unit/test_backend_cuda" "$build/coordinator/moecluster"
+"$pack" "$out" "$build/tests/unit/test_backend_cuda" \
+    "$build/tests/unit/test_backend_cuda_layers" "$build/coordinator/moecluster"
 size=$(du -sm "$out" | cut -f1)
 echo "gpu-prepare: $out holds ${size} MiB (the tree sent must stay under 64 MiB): $(cd "$out/files" && echo *)"
 [ "$size" -lt 60 ] || { echo "gpu-prepare: $out is too large to send" >&2; exit 1; }

@@ -30,8 +30,9 @@ PACKAGES=(
 )
 
 # Python packages the tests use as independent clients (never the engine):
-# the `openai` client talks to `moecluster serve` in tests/serve.
-PY_PACKAGES=(openai)
+# the `openai` client talks to `moecluster serve` in tests/serve; `gguf`
+# writes llama.cpp files for tests/cli/test_gguf_model.py.
+PY_PACKAGES=(openai gguf)
 
 check_only=0
 case "${1:-}" in

@@ -7,6 +7,7 @@
 #include "log.h"
 #include "comm_mpi.h"
 #include "fileio.h"
+#include "model_gguf.h"
 #include "model_tensors.h"
 #include "parallel.h"
 #include "shard_out.h"
@@ -47,6 +48,7 @@ void mc_model_free(mc_model *m)
     free(m->owned);
     free(m->stats);
     st_checkpoint_close(m->ckpt);
+    mc_gguf_model_close(m->gguf);
     mc_comm_free(m->tp_comm);
     mc_comm_free(m->ep_comm);
     mc_comm_free(m->pp_comm);
@@ -88,6 +90,12 @@ static void shape_str(const st_tensor *t, char *buf, size_t len)
 static mc_status find(mc_model *m, mc_tensor_role role, int layer, int expert, const st_tensor **t,
                       char *name, size_t nlen, mc_err *err)
 {
+    if (m->gguf) { /* a GGUF file: its own names (model_gguf.h) */
+        mc_status st = mc_gguf_model_find(m->gguf, role, layer, expert, t, err);
+        if (st == MC_OK)
+            snprintf(name, nlen, "%s", (*t)->name);
+        return st;
+    }
     if (mc_tensor_name(&m->d, role, layer, expert, name, nlen) != 0)
         return mc_err_set(err, MC_ERR_INTERNAL, "no tensor name for role %s in family %s",
                           mc_tensor_role_str(role), m->d.model_type);
@@ -186,6 +194,12 @@ static mc_status mat_rows(mc_model *m, mc_mat *w, int r0, int n, mc_err *err)
 {
     if (r0 == 0 && n == w->rows)
         return MC_OK;
+    if (mc_dtype_is_block(w->dtype) && !w->transposed) { /* whole stored rows of blocks */
+        w->data = (const unsigned char *)w->data +
+                  (size_t)r0 * mc_dtype_row_bytes(w->dtype, (int64_t)w->row_stride);
+        w->rows = n;
+        return MC_OK;
+    }
     size_t es = mc_dtype_size(w->dtype);
     if (es == 0)
         return mc_err_set(err, MC_ERR_UNSUPPORTED, "cannot slice a %s matrix for tensor parallelism",
@@ -217,6 +231,13 @@ static mc_status mat_cols(mc_model *m, mc_mat *w, int c0, int n, mc_err *err)
 {
     if (c0 == 0 && n == w->cols)
         return MC_OK;
+    int blk = mc_dtype_block_elems(w->dtype);
+    if (mc_dtype_is_block(w->dtype) && !w->transposed && blk > 0 && c0 % blk == 0 &&
+        (n % blk == 0 || c0 + n == w->cols)) { /* whole blocks of each row; stride kept */
+        w->data = (const unsigned char *)w->data + (size_t)(c0 / blk) * mc_dtype_block_bytes(w->dtype);
+        w->cols = n;
+        return MC_OK;
+    }
     size_t es = mc_dtype_size(w->dtype);
     if (es == 0)
         return mc_err_set(err, MC_ERR_UNSUPPORTED, "cannot slice a %s matrix for tensor parallelism",
@@ -475,7 +496,7 @@ static void parse_fault(mc_model *m)
  * way its family does (family.h). */
 static mc_status bind_share(mc_model *m, const char *dir, mc_err *err)
 {
-    mc_status st = st_checkpoint_open(dir, &m->ckpt, err);
+    mc_status st = m->gguf ? MC_OK : st_checkpoint_open(dir, &m->ckpt, err);
     return st != MC_OK ? st : mc_family_ops_of(m->d.family)->bind(m, err);
 }
 
@@ -622,7 +643,9 @@ static mc_status load(const char *dir, mc_comm *world, bool owns_world, int tp, 
         ep = sep;
         pp = spp;
     }
-    if (st == MC_OK)
+    if (st == MC_OK && !m->shards && mc_gguf_is_model(dir)) /* llama.cpp's file (or parts) */
+        st = mc_gguf_model_open(dir, &m->gguf, &m->d, err);
+    else if (st == MC_OK)
         st = mc_model_desc_load(rdir, &m->d, err);
     if (st == MC_OK)
         st = mc_layout_make(&m->d, n, rank, tp, ep, pp, &m->lay, err);

@@ -10,7 +10,8 @@
  * In a single process the share is the whole model and every communicator
  * is a one-rank self comm.
  *
- * Lifetimes: mc_model owns the checkpoint mapping, the small f32 copies
+ * Lifetimes: mc_model owns the checkpoint mapping (or the GGUF source and
+ * its Q6_K conversions), the small f32 copies
  * (norm weights, biases, FP8 scales) and its tp/ep/pp communicators; the
  * world communicator of a distributed model is borrowed from the caller.
  * Weight matrices are borrowed views into the mapping.
@@ -60,7 +61,8 @@ typedef struct {
 
 typedef struct mc_model {
     mc_model_desc d;
-    st_checkpoint *ckpt;
+    st_checkpoint *ckpt;  /* safetensors checkpoint, or NULL when loaded from GGUF */
+    struct mc_gguf_model *gguf; /* GGUF source (model_gguf.h), or NULL */
     mc_mat embed;        /* [V, H] */
     mc_mat lm_head;      /* [V, H] */
     float *final_norm;   /* [H] */
@@ -81,7 +83,8 @@ typedef struct mc_model {
 
 /* Loads DIR/config.json and the checkpoint in DIR, checks every tensor the
  * description implies (presence, shape, dtype, FP8 scales). The whole model,
- * one process (DIR may also be a shard set cut for one rank). */
+ * one process (DIR may also be a shard set cut for one rank, or a GGUF
+ * file or a folder of split GGUF parts: model_gguf.h). */
 mc_status mc_model_load(const char *dir, mc_model **out, mc_err *err);
 
 /* Collective over world: every rank loads its share of the model under the

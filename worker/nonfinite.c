@@ -123,6 +123,8 @@ typedef struct {
 /* Scans tensor `name` and its FP8 block scales, when the checkpoint has them. */
 static bool scan_name(const mc_model *m, const char *name, nf_hit *h)
 {
+    if (!m->ckpt) /* a GGUF model: no safetensors checkpoint to name from */
+        return false;
     char sname[600];
     const st_tensor *t = st_checkpoint_find(m->ckpt, name);
     if (t && mc_tensor_nonfinite(t, &h->elem, &h->what)) {
@@ -205,7 +207,7 @@ static bool in_any_layer(const char *name)
  * the logits every tensor outside the layers. */
 static bool scan_fallback(const mc_model *m, mc_nf_where where, int layer, nf_hit *h)
 {
-    size_t n = st_checkpoint_count(m->ckpt);
+    size_t n = m->ckpt ? st_checkpoint_count(m->ckpt) : 0;
     for (int pass = 0; pass < 2; pass++)
         for (size_t i = 0; i < n; i++) {
             const st_tensor *t = st_checkpoint_tensor(m->ckpt, i);

@@ -1,6 +1,6 @@
 /* cuda/backend_cuda.c - the CUDA backend: one device, one stream, device
  * memory from cudaMalloc; the device, memory, probe and counter entries and
- * the vtable live here, the ops in cuda/backend_cuda_ops.c and the kernels
+ * the vtable live here, the ops in cuda/backend_cuda_ops.c, _attn.c, _moe.c and the kernels
  * in the .cu files beside it. Every entry makes the backend's device current first (the
  * calling thread may not be the one that created it) and checks the CUDA
  * status after every call and launch, naming the op. */
@@ -33,30 +33,42 @@ mc_status mc_cuda_use(mc_cuda_ctx *c, const char *op, mc_err *err)
     return mc_cuda_check(cudaSetDevice(c->device), op, err);
 }
 
-mc_status mc_cuda_scratch(mc_cuda_ctx *c, size_t bytes, void **p, const char *op, mc_err *err)
+/* At least `bytes` in *mem (*size bytes), grown when short. */
+static mc_status scratch_grow(mc_cuda_ctx *c, void **mem, size_t *size, size_t bytes, void **p,
+                              const char *op, mc_err *err)
 {
-    if (bytes <= c->scratch_bytes) {
-        *p = c->scratch;
+    if (bytes <= *size) {
+        *p = *mem;
         return MC_OK;
     }
     /* the ops queued before may still read the old scratch */
     mc_status st = mc_cuda_check(cudaStreamSynchronize(c->stream), op, err);
     if (st != MC_OK)
         return st;
-    if (c->scratch)
-        cudaFree(c->scratch);
-    c->scratch = NULL;
-    c->scratch_bytes = 0;
+    if (*mem)
+        cudaFree(*mem);
+    *mem = NULL;
+    *size = 0;
     size_t want = bytes < ((size_t)1 << 20) ? ((size_t)1 << 20) : bytes + bytes / 4;
-    if (cudaMalloc(&c->scratch, want) != cudaSuccess) {
+    if (cudaMalloc(mem, want) != cudaSuccess) {
         (void)cudaGetLastError();
-        c->scratch = NULL;
+        *mem = NULL;
         return mc_err_set(err, MC_ERR_NOMEM, "cuda backend: %s: no device memory for %zu bytes of "
                           "scratch", op, want);
     }
-    c->scratch_bytes = want;
-    *p = c->scratch;
+    *size = want;
+    *p = *mem;
     return MC_OK;
+}
+
+mc_status mc_cuda_scratch(mc_cuda_ctx *c, size_t bytes, void **p, const char *op, mc_err *err)
+{
+    return scratch_grow(c, &c->scratch, &c->scratch_bytes, bytes, p, op, err);
+}
+
+mc_status mc_cuda_scratch2(mc_cuda_ctx *c, size_t bytes, void **p, const char *op, mc_err *err)
+{
+    return scratch_grow(c, &c->scratch2, &c->scratch2_bytes, bytes, p, op, err);
 }
 
 /* ---- memory ---- */
@@ -282,10 +294,13 @@ static void cu_free(void *ctx)
     if (c->blas)
         cublasDestroy(c->blas);
     cudaFree(c->scratch);
+    cudaFree(c->scratch2);
     cudaFree(c->d_flag);
     cudaFree(c->d_first);
+    cudaFree(c->d_info);
     cudaFreeHost(c->h_flag);
     cudaFreeHost(c->h_first);
+    cudaFreeHost(c->h_info);
     if (c->stream)
         cudaStreamDestroy(c->stream);
     free(c);
@@ -312,6 +327,14 @@ static const mc_backend_i cuda_iface = {
     .embed = mc_cuda_embed,
     .layernorm = mc_cuda_layernorm,
     .find_nonfinite = mc_cuda_find_nonfinite,
+    .kv_write = mc_cuda_kv_write,
+    .attention = mc_cuda_attention,
+    .mla_decode = mc_cuda_mla_decode,
+    .indexer_topk = mc_cuda_indexer_topk,
+    .router_topk = mc_cuda_router_topk,
+    .moe_permute = mc_cuda_moe_permute,
+    .moe_unpermute_weighted = mc_cuda_moe_unpermute,
+    .grouped_experts = mc_cuda_grouped_experts,
     .path = cu_path,
     .features = cu_features,
     .set_path = cu_set_path,
@@ -355,6 +378,10 @@ mc_status mc_backend_cuda_init(int device, mc_backend **out, mc_err *err)
         st = mc_cuda_check(cudaMallocHost((void **)&c->h_flag, sizeof *c->h_flag), op, err);
     if (st == MC_OK)
         st = mc_cuda_check(cudaMallocHost((void **)&c->h_first, sizeof *c->h_first), op, err);
+    if (st == MC_OK)
+        st = mc_cuda_check(cudaMalloc((void **)&c->d_info, 4 * sizeof *c->d_info), op, err);
+    if (st == MC_OK)
+        st = mc_cuda_check(cudaMallocHost((void **)&c->h_info, 4 * sizeof *c->h_info), op, err);
     if (st == MC_OK) {
         cublasStatus_t bs = cublasCreate(&c->blas);
         if (bs == CUBLAS_STATUS_SUCCESS)

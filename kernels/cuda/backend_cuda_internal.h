@@ -1,6 +1,8 @@
 /* cuda/backend_cuda_internal.h - internal to the CUDA backend's host side
  * (cuda/backend_cuda.c: device, memory, probes, the vtable;
- * cuda/backend_cuda_ops.c: the op entries). */
+ * cuda/backend_cuda_ops.c: the matmul, row and element-wise op entries;
+ * cuda/backend_cuda_attn.c: the paged-KV-cache ones; cuda/backend_cuda_moe.c:
+ * the MoE block's). */
 #ifndef MC_BACKEND_CUDA_INTERNAL_H
 #define MC_BACKEND_CUDA_INTERNAL_H
 
@@ -22,11 +24,17 @@ typedef struct {
      * drains); one op at a time uses it */
     void *scratch;
     size_t scratch_bytes;
+    /* a second scratch for ops that call other ops' kernels which use the
+     * first (grouped_experts: its g / u rows around matmul) */
+    void *scratch2;
+    size_t scratch2_bytes;
     /* small device results an op reads back: rope's refusal, find_nonfinite */
     int *d_flag;
     unsigned long long *d_first;
+    long long *d_info; /* [4]: the paged ops' content check (mck_kv_check) */
     int *h_flag; /* pinned host copies */
     unsigned long long *h_first;
+    long long *h_info;
     int counting;
     mc_backend_counters counters;
 } mc_cuda_ctx;
@@ -38,6 +46,9 @@ mc_status mc_cuda_check(cudaError_t e, const char *op, mc_err *err);
 mc_status mc_cuda_use(mc_cuda_ctx *c, const char *op, mc_err *err);
 /* At least `bytes` of device scratch in *p (valid until the next call). */
 mc_status mc_cuda_scratch(mc_cuda_ctx *c, size_t bytes, void **p, const char *op, mc_err *err);
+
+/* As mc_cuda_scratch, from the second scratch. */
+mc_status mc_cuda_scratch2(mc_cuda_ctx *c, size_t bytes, void **p, const char *op, mc_err *err);
 
 /* Device address of element 0 of t. */
 static inline unsigned char *mc_cuda_at(const mc_tensor *t)
@@ -63,6 +74,35 @@ mc_status mc_cuda_layernorm(void *ctx, const mc_tensor *x, const mc_tensor *w, c
                             float eps, mc_tensor *y, mc_err *err);
 mc_status mc_cuda_find_nonfinite(void *ctx, const mc_tensor *x, int64_t *row, int64_t *col,
                                  mc_err *err);
+/* y (n rows, ldy apart) = x (n rows, ldx apart) W^T on the path mc_cuda_matmul
+ * takes for w and n (no counters); uses the first scratch. */
+mc_status mc_cuda_matmul_raw(mc_cuda_ctx *c, const mc_tensor *w, const float *x, long long ldx,
+                             int n, float *y, long long ldy, const char *op, mc_err *err);
+/* paged KV cache and attention (cuda/backend_cuda_attn.c) */
+mc_status mc_cuda_kv_write(void *ctx, const mc_kv_index *ix, const mc_tensor *src,
+                           mc_tensor *pages, mc_err *err);
+mc_status mc_cuda_attention(void *ctx, const mc_tensor *q, const mc_tensor *k_pages,
+                            const mc_tensor *v_pages, const mc_kv_index *ix,
+                            const mc_attn_opts *opt, mc_tensor *y, mc_err *err);
+mc_status mc_cuda_mla_decode(void *ctx, const mc_tensor *q_lat, const mc_tensor *q_pe,
+                             const mc_tensor *lat_pages, const mc_tensor *pe_pages,
+                             const mc_kv_index *ix, const mc_attn_opts *opt, mc_tensor *y,
+                             mc_err *err);
+mc_status mc_cuda_indexer_topk(void *ctx, const mc_tensor *iq, const mc_tensor *w,
+                               const mc_tensor *key_pages, const mc_kv_index *ix,
+                               const mc_indexer_opts *opt, mc_tensor *sel, mc_err *err);
+/* MoE block (cuda/backend_cuda_moe.c) */
+mc_status mc_cuda_router_topk(void *ctx, const mc_tensor *logits, const mc_tensor *bias,
+                              const mc_router_opts *opts, mc_tensor *ids, mc_tensor *weights,
+                              mc_err *err);
+mc_status mc_cuda_moe_permute(void *ctx, const mc_tensor *x, const mc_tensor *ids, mc_tensor *xp,
+                              mc_tensor *slot, mc_tensor *offsets, mc_err *err);
+mc_status mc_cuda_moe_unpermute(void *ctx, const mc_tensor *yp, const mc_tensor *slot,
+                                const mc_tensor *weights, mc_tensor *y, mc_err *err);
+mc_status mc_cuda_grouped_experts(void *ctx, const mc_tensor *x, const mc_tensor *offsets,
+                                  int n_experts, const mc_tensor *gate, const mc_tensor *up,
+                                  const mc_tensor *down, const mc_experts_opts *opts,
+                                  mc_tensor *y, mc_err *err);
 /* fills every op entry of iface that is not implemented yet with one that
  * answers MC_ERR_UNSUPPORTED "cuda backend: <op> is not implemented yet" */
 void mc_cuda_fill_unsupported(mc_backend_i *iface);

@@ -1,8 +1,8 @@
 /* cuda/backend_cuda_ops.c - the CUDA backend's op entries: arguments were
  * validated by the front end (backend_ops.c); each entry makes the device
  * current, queues kernels (the .cu files) or cuBLAS on the backend's stream and
- * checks the launch, naming the op. Ops not written yet answer
- * MC_ERR_UNSUPPORTED naming the op.
+ * checks the launch, naming the op. The DeepSeek-V4 ops are not written
+ * yet and answer MC_ERR_UNSUPPORTED naming the op.
  *
  * Matrix product paths (precision against the CPU backend):
  *   - up to 8 tokens, and every batch for F16, FP8, Q8_0 and Q4_K weights:
@@ -58,8 +58,8 @@ static mc_status launched(cudaError_t e, const char *op, mc_err *err)
 
 /* ---- matmul ---- */
 
-static mc_status matmul_blas(mc_cuda_ctx *c, const mc_tensor *w, const mc_tensor *x, mc_tensor *y,
-                             int n, mc_err *err)
+static mc_status matmul_blas(mc_cuda_ctx *c, const mc_tensor *w, const float *x, long long ldx,
+                             float *y, long long ldy, int n, const char *op, mc_err *err)
 {
     const float one = 1.0f, zero = 0.0f;
     int O = (int)w->shape[0], I = (int)w->shape[1];
@@ -69,30 +69,28 @@ static mc_status matmul_blas(mc_cuda_ctx *c, const mc_tensor *w, const mc_tensor
     cublasStatus_t bs;
     if (w->dtype == MC_DT_F32) {
         bs = cublasSgemm(c->blas, opa, CUBLAS_OP_N, O, n, I, &one, (const float *)mc_cuda_at(w),
-                         (int)w->row_stride, (const float *)mc_cuda_at(x), (int)x->row_stride,
-                         &zero, (float *)mc_cuda_at(y), (int)y->row_stride);
+                         (int)w->row_stride, x, (int)ldx, &zero, y, (int)ldy);
     } else {
         void *xb = NULL;
-        mc_status st = mc_cuda_scratch(c, (size_t)n * (size_t)I * 2, &xb, "matmul", err);
+        mc_status st = mc_cuda_scratch(c, (size_t)n * (size_t)I * 2, &xb, op, err);
         if (st != MC_OK)
             return st;
-        st = launched(mck_f32_to_bf16(c->stream, (const float *)mc_cuda_at(x), x->row_stride, n, I,
-                                      xb), "matmul (bf16 activations)", err);
+        st = launched(mck_f32_to_bf16(c->stream, x, ldx, n, I, xb), op, err);
         if (st != MC_OK)
             return st;
         bs = cublasGemmEx(c->blas, opa, CUBLAS_OP_N, O, n, I, &one, mc_cuda_at(w), CUDA_R_16BF,
-                          (int)w->row_stride, xb, CUDA_R_16BF, I, &zero, mc_cuda_at(y),
-                          CUDA_R_32F, (int)y->row_stride, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+                          (int)w->row_stride, xb, CUDA_R_16BF, I, &zero, y, CUDA_R_32F, (int)ldy,
+                          CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
     }
     if (bs != CUBLAS_STATUS_SUCCESS)
-        return mc_err_set(err, MC_ERR_INTERNAL, "cuda backend: matmul: cuBLAS %s (%s weights %d x "
-                          "%d, %d tokens)", cublasGetStatusString(bs), mc_dtype_name(w->dtype), O,
-                          I, n);
-    return launched(cudaGetLastError(), "matmul (cuBLAS)", err);
+        return mc_err_set(err, MC_ERR_INTERNAL, "cuda backend: %s: cuBLAS %s (%s weights %d x "
+                          "%d, %d tokens)", op, cublasGetStatusString(bs), mc_dtype_name(w->dtype),
+                          O, I, n);
+    return launched(cudaGetLastError(), op, err);
 }
 
-static mc_status matmul_block(mc_cuda_ctx *c, const mck_mat *m, const mc_tensor *x, mc_tensor *y,
-                              int n, mc_err *err)
+static mc_status matmul_block(mc_cuda_ctx *c, const mck_mat *m, const float *x, long long ldx,
+                              float *y, long long ldy, int n, const char *op, mc_err *err)
 {
     int blk = m->dtype == MC_DT_Q8_0 ? MC_QK8_0 : MC_QK_K;
     int kp = (m->cols + blk - 1) / blk * blk;
@@ -101,19 +99,28 @@ static mc_status matmul_block(mc_cuda_ctx *c, const mck_mat *m, const mc_tensor 
     size_t nd = ((size_t)n * (size_t)(kp / blk) * 4 + 15) & ~(size_t)15;
     size_t ns = (size_t)n * (size_t)(kp / 32) * 2;
     void *s = NULL;
-    mc_status st = mc_cuda_scratch(c, nq + nd + ns, &s, "matmul", err);
+    mc_status st = mc_cuda_scratch(c, nq + nd + ns, &s, op, err);
     if (st != MC_OK)
         return st;
     int8_t *q = s;
     float *d = (float *)((unsigned char *)s + nq);
     int16_t *bsum = m->dtype == MC_DT_Q4_K ? (int16_t *)((unsigned char *)s + nq + nd) : NULL;
-    st = launched(mck_quantize_act(c->stream, (const float *)mc_cuda_at(x), x->row_stride, n,
-                                   m->cols, kp, blk, q, d, bsum), "matmul (quantize activations)",
-                  err);
+    st = launched(mck_quantize_act(c->stream, x, ldx, n, m->cols, kp, blk, q, d, bsum), op, err);
     if (st != MC_OK)
         return st;
-    return launched(mck_matmul_q(c->stream, m, q, d, bsum, kp, n, (float *)mc_cuda_at(y),
-                                 y->row_stride), "matmul", err);
+    return launched(mck_matmul_q(c->stream, m, q, d, bsum, kp, n, y, ldy), op, err);
+}
+
+mc_status mc_cuda_matmul_raw(mc_cuda_ctx *c, const mc_tensor *w, const float *x, long long ldx,
+                             int n, float *y, long long ldy, const char *op, mc_err *err)
+{
+    if (n > GEMV_MAX_TOKENS && !w->scale_buf &&
+        (w->dtype == MC_DT_BF16 || w->dtype == MC_DT_F32))
+        return matmul_blas(c, w, x, ldx, y, ldy, n, op, err);
+    mck_mat m = to_mck(w);
+    if (mc_dtype_is_block(w->dtype))
+        return matmul_block(c, &m, x, ldx, y, ldy, n, op, err);
+    return launched(mck_matmul_f(c->stream, &m, x, ldx, n, y, ldy), op, err);
 }
 
 mc_status mc_cuda_matmul(void *ctx, const mc_tensor *w, const mc_tensor *x, mc_tensor *y,
@@ -128,14 +135,8 @@ mc_status mc_cuda_matmul(void *ctx, const mc_tensor *w, const mc_tensor *x, mc_t
         c->counters.bytes_read += weight_bytes(w, w->shape[0]);
         c->counters.macs += (uint64_t)w->shape[0] * (uint64_t)w->shape[1] * (uint64_t)n;
     }
-    if (n > GEMV_MAX_TOKENS && !w->scale_buf &&
-        (w->dtype == MC_DT_BF16 || w->dtype == MC_DT_F32))
-        return matmul_blas(c, w, x, y, n, err);
-    mck_mat m = to_mck(w);
-    if (mc_dtype_is_block(w->dtype))
-        return matmul_block(c, &m, x, y, n, err);
-    return launched(mck_matmul_f(c->stream, &m, (const float *)mc_cuda_at(x), x->row_stride, n,
-                                 (float *)mc_cuda_at(y), y->row_stride), "matmul", err);
+    return mc_cuda_matmul_raw(c, w, (const float *)mc_cuda_at(x), x->row_stride, n,
+                              (float *)mc_cuda_at(y), y->row_stride, "matmul", err);
 }
 
 /* ---- row and element-wise ops ---- */
@@ -279,66 +280,11 @@ mc_status mc_cuda_embed(void *ctx, const mc_tensor *table, const mc_tensor *ids,
                     "embed", err);
 }
 
-/* ---- not written yet ---- */
+/* ---- not written yet: the DeepSeek-V4 ops ---- */
 
 static mc_status not_yet(const char *op, mc_err *err)
 {
     return mc_err_set(err, MC_ERR_UNSUPPORTED, "cuda backend: %s is not implemented yet", op);
-}
-
-static mc_status u_kv_write(void *ctx, const mc_kv_index *ix, const mc_tensor *src,
-                            mc_tensor *pages, mc_err *err)
-{
-    return not_yet("kv_write", err);
-}
-
-static mc_status u_attention(void *ctx, const mc_tensor *q, const mc_tensor *k_pages,
-                             const mc_tensor *v_pages, const mc_kv_index *ix,
-                             const mc_attn_opts *opt, mc_tensor *y, mc_err *err)
-{
-    return not_yet("attention", err);
-}
-
-static mc_status u_mla_decode(void *ctx, const mc_tensor *q_lat, const mc_tensor *q_pe,
-                              const mc_tensor *lat_pages, const mc_tensor *pe_pages,
-                              const mc_kv_index *ix, const mc_attn_opts *opt, mc_tensor *y,
-                              mc_err *err)
-{
-    return not_yet("mla_decode", err);
-}
-
-static mc_status u_indexer_topk(void *ctx, const mc_tensor *iq, const mc_tensor *w,
-                                const mc_tensor *key_pages, const mc_kv_index *ix,
-                                const mc_indexer_opts *opt, mc_tensor *sel, mc_err *err)
-{
-    return not_yet("indexer_topk", err);
-}
-
-static mc_status u_router_topk(void *ctx, const mc_tensor *logits, const mc_tensor *bias,
-                               const mc_router_opts *opts, mc_tensor *ids, mc_tensor *weights,
-                               mc_err *err)
-{
-    return not_yet("router_topk", err);
-}
-
-static mc_status u_moe_permute(void *ctx, const mc_tensor *x, const mc_tensor *ids, mc_tensor *xp,
-                               mc_tensor *slot, mc_tensor *offsets, mc_err *err)
-{
-    return not_yet("moe_permute", err);
-}
-
-static mc_status u_moe_unpermute(void *ctx, const mc_tensor *yp, const mc_tensor *slot,
-                                 const mc_tensor *weights, mc_tensor *y, mc_err *err)
-{
-    return not_yet("moe_unpermute_weighted", err);
-}
-
-static mc_status u_grouped_experts(void *ctx, const mc_tensor *x, const mc_tensor *offsets,
-                                   int n_experts, const mc_tensor *gate, const mc_tensor *up,
-                                   const mc_tensor *down, const mc_experts_opts *opts,
-                                   mc_tensor *y, mc_err *err)
-{
-    return not_yet("grouped_experts", err);
 }
 
 static mc_status u_v4_hc_pre(void *ctx, const mc_tensor *x, const mc_tensor *mix,
@@ -386,14 +332,6 @@ static mc_status u_v4_hash_route(void *ctx, const mc_tensor *logits, const mc_te
 
 void mc_cuda_fill_unsupported(mc_backend_i *iface)
 {
-    iface->kv_write = u_kv_write;
-    iface->attention = u_attention;
-    iface->mla_decode = u_mla_decode;
-    iface->indexer_topk = u_indexer_topk;
-    iface->router_topk = u_router_topk;
-    iface->moe_permute = u_moe_permute;
-    iface->moe_unpermute_weighted = u_moe_unpermute;
-    iface->grouped_experts = u_grouped_experts;
     iface->v4_hc_pre = u_v4_hc_pre;
     iface->v4_hc_post = u_v4_hc_post;
     iface->v4_compress = u_v4_compress;

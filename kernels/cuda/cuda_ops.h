@@ -1,5 +1,5 @@
-/* cuda/cuda_ops.h - the CUDA kernels' launchers (cuda/ops.cu, cuda/matmul.cu,
- * cuda/probe.cu), callable from C (cuda/backend_cuda*.c). Each launcher
+/* cuda/cuda_ops.h - the CUDA kernels' launchers (cuda/ops.cu, cuda/matmul.cu, cuda/attn.cu,
+ * cuda/moe.cu, cuda/probe.cu), callable from C (cuda/backend_cuda*.c). Each launcher
  * queues its kernel(s) on `stream` and returns cudaGetLastError() after the
  * launch (cudaSuccess when nothing was launched because there is no work);
  * it allocates nothing and frees nothing: every pointer is device memory the
@@ -102,6 +102,112 @@ cudaError_t mck_matmul_q(cudaStream_t s, const mck_mat *w, const int8_t *q, cons
 /* out (n, cols) BF16 contiguous = x rounded to nearest even. */
 cudaError_t mck_f32_to_bf16(cudaStream_t s, const float *x, long long ldx, int n, int cols,
                             uint16_t *out);
+
+/* ---- paged KV cache and attention (cuda/attn.cu) ---- */
+
+/* One call's mc_kv_index and the geometry of the pages it addresses:
+ * position p of sequence s lives in block bt[s * bt_ld + p / block_size],
+ * slot p % block_size, i.e. pages row (block * block_size + slot) * rps + r
+ * for the rps rows of a slot. */
+typedef struct {
+    const int32_t *bt;  /* (n_seqs, bt_ld) block ids */
+    long long bt_ld;
+    int n_seqs, max_blocks;
+    const int32_t *seq, *pos; /* [n] each */
+    long long n;
+    long long n_pages;
+    int block_size;
+} mck_kv;
+
+/* info[0..3) (device long long) = the first token whose sequence, position
+ * or block ids of [lo, pos] (lo = pos when `write`, else 0 or the chunk's
+ * start) are out of range, or whose sel row (NULL: none; (n, sel_k) I32,
+ * rows sel_ld apart) holds an entry outside [lo, pos] or keeps nothing;
+ * -1 when every token is fine | the longest span pos - lo + 1 | the sum of
+ * the spans (0 and 0 when a token is bad). One block. */
+cudaError_t mck_kv_check(cudaStream_t s, const mck_kv *kv, int chunk, int write,
+                         const int32_t *sel, long long sel_ld, int sel_k, long long *info);
+/* pages row slot(t) * rps + r = src row t * rps + r (W columns each) for
+ * every token t, r < rps; nothing when info[0] >= 0. */
+cudaError_t mck_kv_write(cudaStream_t s, const mck_kv *kv, const float *src, long long ld_src,
+                         int rps, int W, float *pages, long long ld_pages, const long long *info);
+
+/* Where attention reads a position's key and value rows: row slot * rps +
+ * h / grp of ka (da columns), of kb (db columns; kb NULL: db = 0) and of v
+ * (dv columns); the score is q_a . ka + q_b . kb. */
+typedef struct {
+    const float *ka, *kb, *v;
+    long long lda, ldb, ldv;
+    int da, db, dv;
+    int rps, grp;
+} mck_attn_src;
+
+/* For every token t (n rows of sel, sel_ld apart, k entries): out[t, 0..)
+ * = its distinct entries >= 0 in ascending order, then -1 (k columns,
+ * rows k apart). k <= MCK_SEL_MAX. */
+#define MCK_SEL_MAX 8192
+cudaError_t mck_sel_sorted(cudaStream_t s, const int32_t *sel, long long sel_ld, long long n,
+                           int k, int32_t *out);
+/* y[t, h] (row t * nh + h, dv columns) = softmax-weighted sum of the v rows
+ * of the positions token t sees: [lo, pos[t]], or with `list` ((n, k)
+ * ascending positions, -1 after) those; score = (q_a . ka [+ q_b . kb]) *
+ * scale * (q_scale ? q_scale[t] : 1). One block per (token, head), an online
+ * softmax over tiles of positions, F32. Nothing when info[0] >= 0. */
+cudaError_t mck_attention(cudaStream_t s, const mck_kv *kv, const mck_attn_src *src,
+                          const float *qa, long long ldqa, const float *qb, long long ldqb,
+                          int nh, float *y, long long ldy, float scale, const float *q_scale,
+                          int chunk, const int32_t *list, int k, const long long *info);
+/* The V3.2 indexer's top-k (backend.h's mc_op_indexer_topk) for tokens
+ * whose spans total `total` (< 2^31) and are at most max_span long: scores
+ * as the CPU computes them, each with its position packed into one 64-bit
+ * key (descending score, then ascending position), a segmented radix sort
+ * per token, the first min(k, span) positions to sel (n, k; rows sel_ld
+ * apart), -1 after. scratch NULL: *scratch_bytes = what it needs, nothing
+ * queued. iq rows (t * ih + h) ldq apart, w rows ldw apart, keys rows ldk
+ * apart. */
+cudaError_t mck_indexer_topk(cudaStream_t s, const mck_kv *kv, const float *iq, long long ldq,
+                             int ih, int id, const float *w, long long ldw, const float *keys,
+                             long long ldk, float score_scale, float weight_scale, int k,
+                             long long max_span, long long total, int32_t *sel, long long sel_ld,
+                             void *scratch, size_t *scratch_bytes);
+
+/* ---- MoE block (cuda/moe.cu) ---- */
+
+/* backend.h's mc_op_router_topk, one block per token: scores, bias, groups
+ * and the serial selection exactly as the CPU (kernels/cpu/backend_cpu_moe.c),
+ * score: 0 softmax, 1 sigmoid, 2 sqrt-softplus, 3 logit-sigmoid. */
+cudaError_t mck_router_topk(cudaStream_t s, const float *logits, long long ldl, long long n,
+                            int E, const float *bias, int score, int k, int n_group,
+                            int topk_group, int renorm, float norm_eps, float scale, int32_t *ids,
+                            long long ld_ids, float *w, long long ld_w);
+/* *bad (device int) = the first pair index t * k + j whose ids[t, j] is
+ * outside [0, E), or -1; when none, offsets (E + 1, contiguous) and slot
+ * (n, k) as the CPU's stable counting sort. One block. */
+cudaError_t mck_moe_route(cudaStream_t s, const int32_t *ids, long long ld_ids, long long n,
+                          int k, int E, int32_t *offsets, int32_t *slot, long long ld_slot,
+                          int *bad);
+/* xp[slot[t, j]] = x[t] (H columns); nothing when *bad >= 0. */
+cudaError_t mck_moe_scatter(cudaStream_t s, const float *x, long long ldx, long long n, int k,
+                            int H, const int32_t *slot, long long ld_slot, float *xp,
+                            long long ldxp, const int *bad);
+/* *bad = the first pair index whose slot is outside [0, m), or -1. */
+cudaError_t mck_slot_check(cudaStream_t s, const int32_t *slot, long long ld_slot, long long n,
+                           int k, long long m, int *bad);
+/* y[t] = sum over the pairs of t in ascending (slot, j) of w[t, j] * yp[slot]
+ * (w NULL: 1), each product rounded before it is added, from zero; nothing
+ * when *bad >= 0. */
+cudaError_t mck_moe_gather(cudaStream_t s, const float *yp, long long ldyp, const int32_t *slot,
+                           long long ld_slot, const float *w, long long ld_w, long long n, int k,
+                           int H, float *y, long long ldy, const int *bad);
+/* y[r] = rw(r0 + r) * x[r] (d columns, rows) with rw(i) = rw[(i / rw_cols) *
+ * rw_ld + i % rw_cols]; y may be x. */
+cudaError_t mck_row_scale(cudaStream_t s, const float *x, long long ldx, const float *rw,
+                          long long rw_ld, long long rw_cols, long long r0, float *y,
+                          long long ldy, long long rows, int d);
+/* g = silu(min(g, L)) * clamp(u, -L, L) in place (L > 0), as the CPU's
+ * DeepSeek-V4 clamp; L <= 0: silu(g) * u. */
+cudaError_t mck_swiglu_limit(cudaStream_t s, float *g, long long ldg, const float *u,
+                             long long ldu, long long rows, int d, float limit);
 
 /* ---- probes (cuda/probe.cu) ---- */
 

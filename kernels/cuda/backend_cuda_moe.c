@@ -1,0 +1,223 @@
+/* cuda/backend_cuda_moe.c - the CUDA backend's MoE block entries: router
+ * top-k, moe_permute, moe_unpermute_weighted, grouped_experts (kernels in
+ * cuda/moe.cu, products through cuda/matmul.cu and cuBLAS).
+ *
+ * The front end (backend_ops.c) has checked dtypes, shapes, buffers and
+ * aliasing. Expert ids, slots and offsets live on the device: permute and
+ * unpermute check them in a kernel that gates the writes and read its answer
+ * back (one stream synchronization per call); grouped_experts downloads the
+ * offsets (n_experts + 1 integers, one synchronization) and loops over the
+ * experts on the host, three products and a SwiGLU per expert with rows -
+ * a first version: one grouped launch over all experts (offsets read on the
+ * device) is the next step (docs/gpu.md). Refusals are worded as the CPU
+ * op's (kernels/cpu/backend_cpu_moe.c). */
+#include "backend.h"
+#include "cuda/backend_cuda_internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define MF32(t) ((float *)mc_cuda_at(t))
+#define MI32(t) ((int32_t *)mc_cuda_at(t))
+
+_Static_assert(MC_ROUTE_SOFTMAX == 0 && MC_ROUTE_SIGMOID == 1 && MC_ROUTE_SQRTSOFTPLUS == 2 &&
+                   MC_ROUTE_LOGIT_SIGMOID == 3,
+               "cuda/moe.cu's router score codes follow mc_route_score");
+
+static mc_status moe_launched(cudaError_t e, const char *op, mc_err *err)
+{
+    return mc_cuda_check(e, op, err);
+}
+
+/* Reads c->d_flag back (waits for the stream) into *bad. */
+static mc_status read_flag(mc_cuda_ctx *c, const char *op, int *bad, mc_err *err)
+{
+    mc_status st = mc_cuda_check(cudaMemcpyAsync(c->h_flag, c->d_flag, sizeof *c->h_flag,
+                                                 cudaMemcpyDeviceToHost, c->stream), op, err);
+    if (st == MC_OK)
+        st = mc_cuda_check(cudaStreamSynchronize(c->stream), op, err);
+    *bad = st == MC_OK ? *c->h_flag : -1;
+    return st;
+}
+
+/* Element (t, j) of an I32 (n, k) tensor on the device. */
+static mc_status i32_elem(const mc_tensor *m, int64_t t, int64_t j, int32_t *v, const char *op,
+                          mc_err *err)
+{
+    const int32_t *p = (const int32_t *)mc_cuda_at(m) + (size_t)t * (size_t)m->row_stride +
+                       (size_t)j;
+    return mc_cuda_check(cudaMemcpy(v, p, sizeof *v, cudaMemcpyDeviceToHost), op, err);
+}
+
+mc_status mc_cuda_router_topk(void *ctx, const mc_tensor *logits, const mc_tensor *bias,
+                              const mc_router_opts *opts, mc_tensor *ids, mc_tensor *weights,
+                              mc_err *err)
+{
+    mc_cuda_ctx *c = ctx;
+    const char *op = "router_topk";
+    mc_status st = mc_cuda_use(c, op, err);
+    if (st != MC_OK)
+        return st;
+    int64_t E = mc_tensor_cols(logits), G = opts->n_group > 1 ? opts->n_group : 1;
+    if ((2 * E + G) * (int64_t)sizeof(float) + E + G > 40 * 1024) /* the kernel's shared memory */
+        return mc_err_set(err, MC_ERR_UNSUPPORTED, "cuda backend: router_topk: %lld experts are "
+                          "more than this backend's router kernel holds", (long long)E);
+    return moe_launched(mck_router_topk(c->stream, MF32(logits), logits->row_stride,
+                                        mc_tensor_rows(logits), (int)mc_tensor_cols(logits),
+                                        bias ? MF32(bias) : NULL, (int)opts->score, opts->k,
+                                        opts->n_group, opts->topk_group, opts->renorm,
+                                        opts->norm_eps, opts->scale, MI32(ids), ids->row_stride,
+                                        MF32(weights), weights->row_stride),
+                        op, err);
+}
+
+mc_status mc_cuda_moe_permute(void *ctx, const mc_tensor *x, const mc_tensor *ids, mc_tensor *xp,
+                              mc_tensor *slot, mc_tensor *offsets, mc_err *err)
+{
+    mc_cuda_ctx *c = ctx;
+    const char *op = "moe_permute";
+    mc_status st = mc_cuda_use(c, op, err);
+    if (st != MC_OK)
+        return st;
+    int64_t n = mc_tensor_rows(x), k = mc_tensor_cols(ids), E = mc_tensor_nelems(offsets) - 1;
+    st = moe_launched(mck_moe_route(c->stream, MI32(ids), ids->row_stride, n, (int)k, (int)E,
+                                    MI32(offsets), MI32(slot), slot->row_stride, c->d_flag),
+                      op, err);
+    if (st == MC_OK)
+        st = moe_launched(mck_moe_scatter(c->stream, MF32(x), x->row_stride, n, (int)k,
+                                          (int)mc_tensor_cols(x), MI32(slot), slot->row_stride,
+                                          MF32(xp), xp->row_stride, c->d_flag),
+                          op, err);
+    int bad = -1;
+    if (st == MC_OK)
+        st = read_flag(c, op, &bad, err);
+    if (st != MC_OK || bad < 0)
+        return st;
+    int32_t e = 0;
+    st = i32_elem(ids, bad / k, bad % k, &e, op, err);
+    if (st != MC_OK)
+        return st;
+    return mc_err_set(err, MC_ERR_ARG, "moe_permute: ids[%lld, %lld] = %d is outside the %lld "
+                      "experts of offsets", (long long)(bad / k), (long long)(bad % k), (int)e,
+                      (long long)E);
+}
+
+mc_status mc_cuda_moe_unpermute(void *ctx, const mc_tensor *yp, const mc_tensor *slot,
+                                const mc_tensor *weights, mc_tensor *y, mc_err *err)
+{
+    mc_cuda_ctx *c = ctx;
+    const char *op = "moe_unpermute";
+    mc_status st = mc_cuda_use(c, op, err);
+    if (st != MC_OK)
+        return st;
+    int64_t n = mc_tensor_rows(slot), k = mc_tensor_cols(slot), m = mc_tensor_rows(yp);
+    st = moe_launched(mck_slot_check(c->stream, MI32(slot), slot->row_stride, n, (int)k, m,
+                                     c->d_flag), op, err);
+    if (st == MC_OK)
+        st = moe_launched(mck_moe_gather(c->stream, MF32(yp), yp->row_stride, MI32(slot),
+                                         slot->row_stride, weights ? MF32(weights) : NULL,
+                                         weights ? weights->row_stride : 0, n, (int)k,
+                                         (int)mc_tensor_cols(yp), MF32(y), y->row_stride,
+                                         c->d_flag),
+                          op, err);
+    int bad = -1;
+    if (st == MC_OK)
+        st = read_flag(c, op, &bad, err);
+    if (st != MC_OK || bad < 0)
+        return st;
+    int32_t r = 0;
+    st = i32_elem(slot, bad / k, bad % k, &r, op, err);
+    if (st != MC_OK)
+        return st;
+    return mc_err_set(err, MC_ERR_ARG, "moe_unpermute: slot[%lld, %lld] = %d is outside yp's "
+                      "%lld rows", (long long)(bad / k), (long long)(bad % k), (int)r,
+                      (long long)m);
+}
+
+/* offsets [n_experts + 1] to the host, checked as the CPU op checks them.
+ * *off is the caller's to free. Sets *max_rows, *max_inter. */
+static mc_status offsets_get(const mc_tensor *offsets, int n_experts, int64_t m,
+                             const mc_tensor *gate, int32_t **off, int64_t *max_rows,
+                             int64_t *max_inter, mc_err *err)
+{
+    int32_t *o = malloc((size_t)mc_tensor_nelems(offsets) * sizeof *o);
+    if (!o)
+        return mc_err_set(err, MC_ERR_NOMEM, "out of memory in grouped_experts");
+    mc_status st = mc_tensor_download(offsets, o, err);
+    if (st == MC_OK && (o[0] != 0 || o[n_experts] != m))
+        st = mc_err_set(err, MC_ERR_ARG, "grouped_experts: offsets[0] = %d and offsets[%d] = "
+                        "%d, want 0 and the %lld rows of x", (int)o[0], n_experts,
+                        (int)o[n_experts], (long long)m);
+    *max_rows = *max_inter = 0;
+    for (int e = 0; e < n_experts && st == MC_OK; e++) {
+        if (o[e + 1] < o[e])
+            st = mc_err_set(err, MC_ERR_ARG, "grouped_experts: offsets[%d] = %d is less than "
+                            "offsets[%d] = %d", e + 1, (int)o[e + 1], e, (int)o[e]);
+        else if (o[e + 1] - o[e] > *max_rows)
+            *max_rows = o[e + 1] - o[e];
+        if (st == MC_OK && o[e + 1] > o[e] && gate[e].shape[0] > *max_inter)
+            *max_inter = gate[e].shape[0];
+    }
+    if (st != MC_OK) {
+        free(o);
+        return st;
+    }
+    *off = o;
+    return MC_OK;
+}
+
+mc_status mc_cuda_grouped_experts(void *ctx, const mc_tensor *x, const mc_tensor *offsets,
+                                  int n_experts, const mc_tensor *gate, const mc_tensor *up,
+                                  const mc_tensor *down, const mc_experts_opts *opts,
+                                  mc_tensor *y, mc_err *err)
+{
+    mc_cuda_ctx *c = ctx;
+    const char *op = "grouped_experts";
+    mc_status st = mc_cuda_use(c, op, err);
+    if (st != MC_OK)
+        return st;
+    int64_t m = mc_tensor_rows(x), max_rows = 0, max_inter = 0;
+    int H = (int)mc_tensor_cols(x);
+    int32_t *off = NULL;
+    st = offsets_get(offsets, n_experts, m, gate, &off, &max_rows, &max_inter, err);
+    if (st != MC_OK)
+        return st;
+    const mc_tensor *rw = opts ? opts->row_weight : NULL;
+    int w_in = rw && opts->weight_input;
+    float lim = opts ? opts->swiglu_limit : 0.0f;
+    const float *rwp = rw ? MF32(rw) : NULL;
+    long long rw_ld = rw ? rw->row_stride : 1, rw_cols = rw ? mc_tensor_cols(rw) : 1;
+    /* scratch2: g, u (rows, I) and, when the input is weighted, xin (rows, H) */
+    size_t need = (size_t)max_rows * (size_t)(2 * max_inter + (w_in ? H : 0)) * sizeof(float);
+    void *s = NULL;
+    st = mc_cuda_scratch2(c, need ? need : 4, &s, op, err);
+    for (int e = 0; e < n_experts && st == MC_OK; e++) {
+        int r0 = off[e], ne = off[e + 1] - r0;
+        if (ne == 0)
+            continue; /* an expert with no rows costs nothing */
+        int I = (int)gate[e].shape[0];
+        float *g = s, *u = g + (size_t)ne * I, *xin = u + (size_t)ne * I;
+        const float *xs = MF32(x) + (size_t)r0 * (size_t)x->row_stride;
+        long long ldx = x->row_stride;
+        if (w_in) { /* Llama 4: the router weight scales the expert's input */
+            st = moe_launched(mck_row_scale(c->stream, xs, ldx, rwp, rw_ld, rw_cols, r0, xin, H,
+                                            ne, H), op, err);
+            xs = xin;
+            ldx = H;
+        }
+        if (st == MC_OK)
+            st = mc_cuda_matmul_raw(c, &gate[e], xs, ldx, ne, g, I, op, err);
+        if (st == MC_OK)
+            st = mc_cuda_matmul_raw(c, &up[e], xs, ldx, ne, u, I, op, err);
+        if (st == MC_OK)
+            st = moe_launched(mck_swiglu_limit(c->stream, g, I, u, I, ne, I, lim), op, err);
+        float *ys = MF32(y) + (size_t)r0 * (size_t)y->row_stride;
+        if (st == MC_OK)
+            st = mc_cuda_matmul_raw(c, &down[e], g, I, ne, ys, y->row_stride, op, err);
+        if (st == MC_OK && rw && !w_in)
+            st = moe_launched(mck_row_scale(c->stream, ys, y->row_stride, rwp, rw_ld, rw_cols, r0,
+                                            ys, y->row_stride, ne, H), op, err);
+    }
+    free(off);
+    return st;
+}

@@ -1,0 +1,189 @@
+#!/usr/bin/env python3
+"""`--model FILE.gguf`: llama.cpp's files give the logits of the same weights
+loaded from safetensors.
+
+The GGUF files are written from tests/fixtures/models/qwen3-moe-tiny and
+deepseek-v3-tiny (BF16) by tests/fixtures/gguf/st_to_gguf.py with the `gguf` PyPI package (its
+names, keys, stacked experts and quantizers), then scored with `moecluster
+score` next to the safetensors model:
+
+- as stored (BF16 -> BF16), and a split folder of it: the same logits, bit
+  for bit;
+- f32 / f16 / bf16 / q8_0 matrices (attention, experts, LM head; embedding,
+  router and norms as stored): against the safetensors model loaded with
+  `--weights f32|f16|bf16|q8_0`, which converts the same matrices with the
+  same rounding: within 1e-6 relative per position (||a - b|| / ||b|| over
+  the vocabulary);
+- q6_k and q5_k (converted to Q8_0 at load) and q4_k (used as stored) from
+  the tool's block quantizers: against a safetensors copy holding what the
+  blocks decode to (the package's dequantizer), loaded with `--weights
+  q8_0` and `--weights q4_k`: within 1e-6 relative;
+- deepseek2: with attn_k_b + attn_v_b (newer converters; joined back into
+  kv_b at load) and with attn_kv_b whole: bit for bit; q8_0 (attn_kv_b)
+  against --weights q8_0 within 1e-6;
+- broken files are refused, naming the tensor or key: a missing tensor, a
+  matrix and a stacked expert tensor with swapped dims, an unknown
+  architecture, a missing key, no vocabulary, one part of a split opened
+  alone, a truncated file; deepseek2 without attn_v_b or a score bias.
+
+Exits 77 (skipped) when the `gguf` package is missing (scripts/setup.sh
+installs it).
+
+usage: test_gguf_model.py MOECLUSTER FIXTURES WORK_DIR
+"""
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+
+try:
+    import numpy as np
+    import gguf  # noqa: F401  (the writer needs it)
+except ImportError as e:
+    print(f"skipped: {e} (scripts/setup.sh installs the gguf package)")
+    sys.exit(77)
+
+failures = 0
+REL = 1e-6
+
+
+def check(cond, what, detail=""):
+    global failures
+    if cond:
+        print(f"ok: {what}")
+    else:
+        failures += 1
+        print(f"FAIL: {what}" + (f"\n   {detail}" if detail else ""))
+
+
+def run(args, timeout=300):
+    p = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+    return p.returncode, p.stdout, p.stderr
+
+
+def logits(path):
+    blob = open(path, "rb").read()
+    (n,) = struct.unpack("<Q", blob[:8])
+    info = json.loads(blob[8:8 + n])["logits"]
+    b, e = info["data_offsets"]
+    return np.frombuffer(blob[8 + n + b:8 + n + e], np.float32).reshape(info["shape"])
+
+
+def main():
+    exe, fixtures, work = sys.argv[1:4]
+    src = os.path.join(fixtures, "models", "qwen3-moe-tiny")
+    tool = os.path.join(fixtures, "gguf", "st_to_gguf.py")
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(work)
+    ids = [(i * 37 + 5) % 1024 for i in range(2 * 12)]
+    data = b"".join(struct.pack("<q", v) for v in ids)
+    head = json.dumps({"input_ids": {"dtype": "I64", "shape": [2, 12],
+                                     "data_offsets": [0, len(data)]}}).encode()
+    inp = os.path.join(work, "in.safetensors")
+    with open(inp, "wb") as f:
+        f.write(struct.pack("<Q", len(head)) + head + data)
+    count = [0]
+
+    def score(model, opts=()):
+        count[0] += 1
+        out = os.path.join(work, f"out{count[0]}.safetensors")
+        rc, _, err = run([exe, "score", "--model", model, "--input", inp, "--output", out,
+                          *opts])
+        check(rc == 0, f"score {os.path.basename(model)} {' '.join(opts)}: exit 0 (rc {rc})",
+              err.strip()[-400:])
+        return logits(out) if rc == 0 else None
+
+    def write(name, *args):
+        path = os.path.join(work, name)
+        args = list(args)
+        model = src
+        if "--src" in args:  # another fixture
+            i = args.index("--src")
+            model = args[i + 1]
+            del args[i:i + 2]
+        rc, _, err = run([sys.executable, tool, model, path, *args])
+        check(rc == 0, f"st_to_gguf {name} {' '.join(args)}", err.strip()[-600:])
+        return path
+
+    def compare(what, a, b, bound):
+        if a is None or b is None:
+            check(False, what, "no logits")
+            return
+        d = np.abs(a - b)
+        rel = (np.linalg.norm(a - b, axis=-1) / np.linalg.norm(b, axis=-1)).max()
+        detail = ""
+        if rel > bound:
+            bad = np.argwhere(d == d.max())[:3]
+            detail = "first mismatches (b, t, v): " + ", ".join(
+                f"{tuple(int(i) for i in x)}: {a[tuple(x)]} vs {b[tuple(x)]}" for x in bad)
+        check(rel <= bound, f"{what}: max abs diff {d.max():.3g}, max rel {rel:.3g} "
+              f"(bound {bound:g})", detail)
+
+    base = score(src)
+    # as stored: the same bytes, the same kernels
+    compare("native BF16 GGUF vs safetensors", score(write("native.gguf")), base, 0.0)
+    os.makedirs(os.path.join(work, "split"))
+    write("split/m.gguf", "--split", "20")
+    parts = sorted(os.listdir(os.path.join(work, "split")))
+    check(len(parts) >= 2, f"split into {len(parts)} parts")
+    compare("split GGUF folder vs safetensors", score(os.path.join(work, "split")), base, 0.0)
+    compare("bf16 GGUF vs --weights bf16", score(write("bf16.gguf", "--type", "bf16")),
+            score(src, ["--weights", "bf16"]), 0.0)
+    for t in ("f32", "f16", "q8_0"):
+        compare(f"{t} GGUF vs --weights {t}", score(write(f"{t}.gguf", "--type", t)),
+                score(src, ["--weights", t]), REL)
+    for t, w in (("q6_k", "q8_0"), ("q5_k", "q8_0"), ("q4_k", "q4_k")):
+        ref = os.path.join(work, f"ref_{t}")
+        g = score(write(f"{t}.gguf", "--type", t, "--ref-out", ref))
+        compare(f"{t} GGUF vs its decoded values --weights {w}", g, score(ref, ["--weights", w]),
+                REL)
+
+    # deepseek2 (MLA): attn_k_b + attn_v_b as newer converters write them, and
+    # attn_kv_b whole as older ones did
+    ds = os.path.join(fixtures, "models", "deepseek-v3-tiny")
+    ds_base = score(ds)
+    compare("deepseek2 GGUF (attn_k_b/attn_v_b) vs safetensors",
+            score(write("ds.gguf", "--src", ds)), ds_base, 0.0)
+    compare("deepseek2 GGUF (attn_kv_b) vs safetensors",
+            score(write("ds_kvb.gguf", "--src", ds, "--kv-b")), ds_base, 0.0)
+    compare("deepseek2 q8_0 GGUF (attn_kv_b) vs --weights q8_0",
+            score(write("ds_q8_0.gguf", "--src", ds, "--kv-b", "--type", "q8_0")),
+            score(ds, ["--weights", "q8_0"]), REL)
+
+    def refused(name, args, want, model=None):
+        path = model or write(name, *args)
+        rc, _, err = run([exe, "score", "--model", path, "--input", inp, "--output",
+                          os.path.join(work, "refused.safetensors")])
+        check(rc != 0 and want in err and "\n" not in err.strip(),
+              f"{name}: refused naming '{want}' (rc {rc})", err.strip()[-400:])
+
+    refused("drop.gguf", ["--drop", "blk.1.attn_k.weight"],
+            "GGUF has no tensor 'blk.1.attn_k.weight'")
+    refused("swap_k.gguf", ["--reshape", "blk.0.attn_k.weight"],
+            "tensor 'blk.0.attn_k.weight' has shape [256,64]")
+    refused("swap_exps.gguf", ["--reshape", "blk.2.ffn_down_exps.weight"],
+            "tensor 'blk.2.ffn_down_exps.weight [expert 0]' has shape [64,256]")
+    refused("llama.gguf", ["--arch", "llama"], "general.architecture 'llama' is not supported")
+    refused("no_experts.gguf", ["--no-key", "qwen3moe.expert_count"],
+            "GGUF metadata has no 'qwen3moe.expert_count'")
+    refused("no_vocab.gguf", ["--no-key", "tokenizer.ggml.tokens"], "'tokenizer.ggml.tokens'")
+    refused("one part", [], "open the folder",
+            model=os.path.join(work, "split", parts[0]))
+    refused("ds_no_vb.gguf", ["--src", ds, "--drop", "blk.1.attn_v_b.weight"],
+            "nor 'blk.1.attn_v_b.weight'")
+    refused("ds_no_bias.gguf", ["--src", ds, "--drop", "blk.2.exp_probs_b.bias"],
+            "GGUF has no tensor 'blk.2.exp_probs_b.bias'")
+    blob = open(os.path.join(work, "native.gguf"), "rb").read()
+    cut = os.path.join(work, "cut.gguf")
+    with open(cut, "wb") as f:
+        f.write(blob[:len(blob) // 2])
+    refused("cut.gguf", [], "cut.gguf", model=cut)
+
+    print(f"{failures} failure(s)")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,682 @@
+/* test_backend_cuda.c - the CUDA backend (kernels/cuda/) against the CPU
+ * backend: every implemented op on fresh random inputs of odd sizes (rows
+ * 1..64, columns not multiples of 32 where the format allows), both
+ * backends given the same bytes, outputs poisoned with NaN first so that an
+ * unwritten element fails. Tolerances, relative to the largest |value| of
+ * the reference's row:
+ *   1e-5  every F32-accumulating path (element-type and Q8_0 / Q4_K
+ *         products, which quantize the activations exactly as the CPU does,
+ *         and the row / element-wise ops);
+ *   1e-2  the cuBLAS path (BF16 weights, more than 8 tokens: activations
+ *         rounded to BF16);
+ *   1e-6  embed (a gather of dequantized weights).
+ * Ops the backend does not implement yet (the DeepSeek-V4 ones) must refuse
+ * with MC_ERR_UNSUPPORTED naming the op. Prints the first mismatches. The
+ * paged-KV-cache and MoE ops are test_backend_cuda_layers.c's.
+ *
+ * Exit 77 (CTest's skip) with "skipped: built without CUDA" in builds
+ * without the backend and "skipped: no GPU" where no device is visible.
+ * MC_CUDA_TEST_ON_CPU=1 runs the whole harness with a second CPU backend as
+ * the device under test (a self-check of this file on machines without a
+ * GPU; unsupported ops are then expected to succeed).
+ *
+ * `test_backend_cuda --bench` instead prints the GPU benchmark table that
+ * scripts/gpu-check.sh shows (docs/gpu.md); `--bench-smoke` runs the same
+ * code on small shapes (a check of the benchmark code, not a measurement). */
+#include "backend.h"
+#include "check.h"
+#include "dtype.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static uint64_t rng = 0x2545F4914F6CDD1Dull;
+static uint64_t rnext(void)
+{
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return rng;
+}
+static float runi(float lo, float hi)
+{
+    return lo + (hi - lo) * (float)((rnext() >> 40) / 16777216.0);
+}
+
+static mc_backend *B[2]; /* [0] the CPU reference, [1] the device under test */
+static int dut_is_cuda;
+static mc_err err_[1];
+
+#define OK(call)                                                                                   \
+    do {                                                                                           \
+        if ((call) != MC_OK) {                                                                     \
+            fprintf(stderr, "%s:%d: %s failed: %s\n", __FILE__, __LINE__, #call, err_->msg);      \
+            exit(1);                                                                               \
+        }                                                                                          \
+    } while (0)
+
+/* One tensor on both backends with the same bytes: buffers poisoned with
+ * 0xff bytes (NaN as F32), then the packed host rows (if any) uploaded. */
+typedef struct {
+    mc_buffer *b[2];
+    mc_tensor t[2];
+} pair;
+
+static void pair_new(pair *p, mc_dtype dt, int ndim, const int64_t *shape, int64_t ld,
+                     const void *host)
+{
+    int64_t rows = 1;
+    for (int i = 0; i < ndim - 1; i++)
+        rows *= shape[i];
+    size_t bytes = (size_t)rows * mc_dtype_row_bytes(dt, ld) + 64;
+    for (int s = 0; s < 2; s++) {
+        OK(mc_buffer_alloc(B[s], bytes, &p->b[s], err_));
+        OK(mc_buffer_memset(p->b[s], 0, 0xff, bytes, err_));
+        OK(mc_tensor_init_strided(&p->t[s], p->b[s], 0, dt, ndim, shape, ld, err_));
+        if (host)
+            OK(mc_tensor_upload(&p->t[s], host, err_));
+    }
+}
+
+static void pair_2d(pair *p, mc_dtype dt, int64_t rows, int64_t cols, int64_t ld, const void *host)
+{
+    pair_new(p, dt, 2, (int64_t[]){rows, cols}, ld, host);
+}
+
+static void pair_free(pair *p)
+{
+    mc_buffer_free(p->b[0]);
+    mc_buffer_free(p->b[1]);
+}
+
+static float *rnd(size_t n, float scale)
+{
+    float *x = malloc(n * sizeof *x);
+    if (!x)
+        exit(1);
+    for (size_t i = 0; i < n; i++)
+        x[i] = runi(-scale, scale);
+    return x;
+}
+
+/* got (the device) against want (the reference), rows x cols: |got - want|
+ * <= rtol * max |want| of the row; prints the first 5 mismatches. */
+static void cmp_rows(const char *what, const float *got, const float *want, int64_t rows,
+                     int64_t cols, double rtol)
+{
+    int64_t bad = 0;
+    for (int64_t r = 0; r < rows; r++) {
+        double mx = 0;
+        for (int64_t i = 0; i < cols; i++)
+            mx = fmax(mx, fabs(want[r * cols + i]));
+        double tol = rtol * mx;
+        for (int64_t i = 0; i < cols; i++) {
+            double g = got[r * cols + i], w = want[r * cols + i];
+            if (!(fabs(g - w) <= tol) && !(g == w)) {
+                if (bad < 5)
+                    fprintf(stderr, "  %s: [%lld, %lld] got %.9g want %.9g (tol %.3g)\n", what,
+                            (long long)r, (long long)i, g, w, tol);
+                bad++;
+            }
+        }
+    }
+    check_count++;
+    if (bad) {
+        check_failures++;
+        fprintf(stderr, "%s: %lld of %lld values differ\n", what, (long long)bad,
+                (long long)(rows * cols));
+    }
+}
+
+/* Downloads both sides of p (F32) and compares them. */
+static void cmp_pair(const char *what, const pair *p, double rtol)
+{
+    int64_t rows = mc_tensor_rows(&p->t[0]), cols = mc_tensor_cols(&p->t[0]);
+    float *h[2];
+    for (int s = 0; s < 2; s++) {
+        h[s] = malloc((size_t)(rows * cols) * sizeof(float));
+        OK(mc_tensor_download(&p->t[s], h[s], err_));
+    }
+    cmp_rows(what, h[1], h[0], rows, cols, rtol);
+    free(h[0]);
+    free(h[1]);
+}
+
+/* ---- matmul ---- */
+
+/* Host bytes of a weight [O, I] (packed rows of I, or for `tr` the stored
+ * W^T [I, ld]) in dtype dt from uniform values. Freed by the caller. */
+static void *weight_bytes(mc_dtype dt, int O, int I, int tr, int64_t ld)
+{
+    int64_t srows = tr ? I : O, scols = tr ? ld : I;
+    size_t rb = mc_dtype_row_bytes(dt, scols);
+    unsigned char *h = calloc((size_t)srows, rb);
+    float *row = rnd((size_t)scols, dt == MC_DT_F8_E4M3 ? 2.0f : 1.0f);
+    for (int64_t r = 0; r < srows; r++) {
+        unsigned char *o = h + (size_t)r * rb;
+        for (int64_t i = 0; i < scols; i++)
+            row[i] = runi(dt == MC_DT_F8_E4M3 ? -2.0f : -1.0f, dt == MC_DT_F8_E4M3 ? 2.0f : 1.0f);
+        if (mc_dtype_is_block(dt)) {
+            mc_quantize_row(dt, row, o, scols);
+            continue;
+        }
+        for (int64_t i = 0; i < scols; i++) {
+            if (dt == MC_DT_F32)
+                memcpy(o + 4 * i, &row[i], 4);
+            else if (dt == MC_DT_BF16 || dt == MC_DT_F16) {
+                uint16_t v = dt == MC_DT_BF16 ? mc_f32_to_bf16(row[i]) : mc_f32_to_f16(row[i]);
+                memcpy(o + 2 * i, &v, 2);
+            } else
+                o[i] = mc_f32_to_fp8_e4m3(row[i]);
+        }
+    }
+    free(row);
+    return h;
+}
+
+/* One product of n tokens through W [O, I] on both backends; x rows ldx
+ * apart, y rows ldy apart; scale_block > 0: FP8 block scales of that size. */
+static void matmul_case(mc_dtype dt, int O, int I, int n, int tr, int scale_block, int ldx_pad,
+                        int ldy_pad)
+{
+    int64_t ld = tr ? O + 2 : I;
+    void *wh = weight_bytes(dt, O, I, tr, ld);
+    pair w, x, y, sc;
+    float *xh = rnd((size_t)n * I, 1.0f);
+    pair_new(&x, MC_DT_F32, 2, (int64_t[]){n, I}, I + ldx_pad, xh);
+    pair_new(&y, MC_DT_F32, 2, (int64_t[]){n, O}, O + ldy_pad, NULL);
+    if (tr) {
+        size_t bytes = (size_t)I * mc_dtype_row_bytes(dt, ld);
+        for (int s = 0; s < 2; s++) {
+            OK(mc_buffer_alloc(B[s], bytes, &w.b[s], err_));
+            OK(mc_buffer_upload(w.b[s], 0, wh, bytes, err_));
+            OK(mc_tensor_init_transposed(&w.t[s], w.b[s], 0, dt, O, I, ld, err_));
+        }
+    } else {
+        pair_2d(&w, dt, O, I, mc_dtype_is_block(dt) ? (I + mc_dtype_block_elems(dt) - 1) /
+                                   mc_dtype_block_elems(dt) * mc_dtype_block_elems(dt) : I, wh);
+    }
+    if (scale_block) {
+        int sr = (O + scale_block - 1) / scale_block, scn = (I + scale_block - 1) / scale_block;
+        float *sh = malloc((size_t)sr * scn * sizeof *sh);
+        for (int i = 0; i < sr * scn; i++)
+            sh[i] = runi(0.5f, 2.0f);
+        pair_2d(&sc, MC_DT_F32, sr, scn, scn, sh);
+        for (int s = 0; s < 2; s++)
+            OK(mc_tensor_set_scales(&w.t[s], &sc.t[s], scale_block, scale_block, err_));
+        free(sh);
+    }
+    for (int s = 0; s < 2; s++)
+        OK(mc_op_matmul(B[s], &w.t[s], &x.t[s], &y.t[s], err_));
+    char what[128];
+    snprintf(what, sizeof what, "matmul %s%s%s W[%d, %d] n=%d ldx+%d ldy+%d", mc_dtype_name(dt),
+             tr ? " transposed" : "", scale_block ? " scaled" : "", O, I, n, ldx_pad, ldy_pad);
+    int blas = n > 8 && !scale_block && dt == MC_DT_BF16;
+    cmp_pair(what, &y, blas ? 1e-2 : 1e-5);
+    pair_free(&x);
+    pair_free(&y);
+    pair_free(&w);
+    if (scale_block)
+        pair_free(&sc);
+    free(xh);
+    free(wh);
+}
+
+static void test_matmul(void)
+{
+    static const int ns[] = {1, 3, 8, 13, 64};
+    static const struct {
+        mc_dtype dt;
+        int O, I, scale_block, tr;
+    } cases[] = {
+        {MC_DT_F32, 37, 77, 0, 0},     {MC_DT_F32, 200, 301, 0, 0},   {MC_DT_F16, 37, 77, 0, 0},
+        {MC_DT_F16, 130, 1000, 0, 0},  {MC_DT_BF16, 37, 77, 0, 0},    {MC_DT_BF16, 200, 301, 0, 0},
+        {MC_DT_BF16, 130, 1000, 0, 0}, {MC_DT_F8_E4M3, 37, 77, 0, 0},
+        {MC_DT_F8_E4M3, 200, 301, 128, 0},
+        {MC_DT_F8_E4M3, 37, 77, 16, 0}, {MC_DT_Q8_0, 37, 96, 0, 0},   {MC_DT_Q8_0, 200, 301, 0, 0},
+        {MC_DT_Q4_K, 37, 256, 0, 0},   {MC_DT_Q4_K, 20, 300, 0, 0},   {MC_DT_Q4_K, 64, 512, 0, 0},
+        {MC_DT_F32, 37, 77, 0, 1},     {MC_DT_F16, 37, 77, 0, 1},     {MC_DT_BF16, 200, 301, 0, 1},
+        {MC_DT_F8_E4M3, 37, 77, 0, 1},
+        /* rows of a multiple of 16 bytes: the 16-byte load path (with its unrolled loop) */
+        {MC_DT_F32, 130, 1000, 0, 0},  {MC_DT_F8_E4M3, 130, 1024, 128, 0},
+        {MC_DT_F8_E4M3, 67, 2048, 0, 0}, {MC_DT_BF16, 1000, 520, 0, 0},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++)
+        for (size_t k = 0; k < sizeof ns / sizeof ns[0]; k++)
+            matmul_case(cases[c].dt, cases[c].O, cases[c].I, ns[k], cases[c].tr,
+                        cases[c].scale_block, (int)(k % 2) * 3, (int)(k % 3 == 1) * 5);
+}
+
+/* ---- row and element-wise ops ---- */
+
+static void test_rows(void)
+{
+    static const int shapes[][2] = {{1, 77}, {5, 1000}, {33, 31}, {64, 4099}};
+    char what[96];
+    for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++) {
+        int R = shapes[k][0], d = shapes[k][1];
+        float *xh = rnd((size_t)R * d, 3.0f), *uh = rnd((size_t)R * d, 3.0f);
+        float *wh = rnd((size_t)d, 1.5f), *bh = rnd((size_t)d, 1.0f);
+        pair x, u, y, w, b;
+        pair_2d(&x, MC_DT_F32, R, d, d + 3, xh);
+        pair_2d(&u, MC_DT_F32, R, d, d, uh);
+        pair_2d(&y, MC_DT_F32, R, d, d + 1, NULL);
+        pair_new(&w, MC_DT_F32, 1, (int64_t[]){d}, d, wh);
+        pair_new(&b, MC_DT_F32, 1, (int64_t[]){d}, d, bh);
+        for (int wi = 0; wi < 2; wi++) {
+            for (int s = 0; s < 2; s++)
+                OK(mc_op_rmsnorm(B[s], &x.t[s], wi ? &w.t[s] : NULL, 1e-6f, &y.t[s], err_));
+            snprintf(what, sizeof what, "rmsnorm (%d, %d)%s", R, d, wi ? " weighted" : "");
+            cmp_pair(what, &y, 1e-5);
+            for (int s = 0; s < 2; s++)
+                OK(mc_op_layernorm(B[s], &x.t[s], wi ? &w.t[s] : NULL, wi ? &b.t[s] : NULL, 1e-5f,
+                                   &y.t[s], err_));
+            snprintf(what, sizeof what, "layernorm (%d, %d)%s", R, d, wi ? " w, b" : "");
+            cmp_pair(what, &y, 1e-5);
+        }
+        for (int s = 0; s < 2; s++)
+            OK(mc_op_softmax(B[s], &x.t[s], &y.t[s], err_));
+        snprintf(what, sizeof what, "softmax (%d, %d)", R, d);
+        cmp_pair(what, &y, 1e-5);
+        for (int s = 0; s < 2; s++)
+            OK(mc_op_swiglu(B[s], &x.t[s], &u.t[s], &y.t[s], err_));
+        snprintf(what, sizeof what, "swiglu (%d, %d)", R, d);
+        cmp_pair(what, &y, 1e-5);
+        for (int s = 0; s < 2; s++) /* in place: y is u */
+            OK(mc_op_swiglu(B[s], &x.t[s], &u.t[s], &u.t[s], err_));
+        snprintf(what, sizeof what, "swiglu in place (%d, %d)", R, d);
+        cmp_pair(what, &u, 1e-5);
+        for (int s = 0; s < 2; s++)
+            OK(mc_op_add(B[s], &x.t[s], &u.t[s], &y.t[s], err_));
+        snprintf(what, sizeof what, "add (%d, %d)", R, d);
+        cmp_pair(what, &y, 1e-5);
+        for (int s = 0; s < 2; s++) { /* in place on x: softmax, then rmsnorm */
+            OK(mc_op_softmax(B[s], &x.t[s], &x.t[s], err_));
+            OK(mc_op_rmsnorm(B[s], &x.t[s], &w.t[s], 1e-6f, &x.t[s], err_));
+        }
+        snprintf(what, sizeof what, "softmax + rmsnorm in place (%d, %d)", R, d);
+        cmp_pair(what, &x, 1e-5);
+        /* find_nonfinite: none, then an infinity and a later NaN */
+        int64_t rc[2][2];
+        for (int s = 0; s < 2; s++)
+            OK(mc_op_find_nonfinite(B[s], &y.t[s], &rc[s][0], &rc[s][1], err_));
+        CHECK(rc[1][0] == -1 && rc[1][1] == -1 && rc[0][0] == -1);
+        float inf = INFINITY, nan = NAN;
+        int64_t r0 = R / 2, c0 = d - 1 - d / 3;
+        for (int s = 0; s < 2; s++) {
+            size_t rb = (size_t)y.t[s].row_stride * 4;
+            if (R > 1)
+                OK(mc_buffer_upload(y.b[s], (size_t)(R - 1) * rb + 4, &nan, 4, err_));
+            OK(mc_buffer_upload(y.b[s], (size_t)r0 * rb + (size_t)c0 * 4, &inf, 4, err_));
+            OK(mc_op_find_nonfinite(B[s], &y.t[s], &rc[s][0], &rc[s][1], err_));
+        }
+        CHECK(rc[0][0] == r0 && rc[0][1] == c0);
+        if (rc[1][0] != rc[0][0] || rc[1][1] != rc[0][1]) {
+            check_failures++;
+            fprintf(stderr, "find_nonfinite (%d, %d): got (%lld, %lld), want (%lld, %lld)\n", R, d,
+                    (long long)rc[1][0], (long long)rc[1][1], (long long)rc[0][0],
+                    (long long)rc[0][1]);
+        }
+        pair_free(&x);
+        pair_free(&u);
+        pair_free(&y);
+        pair_free(&w);
+        pair_free(&b);
+        free(xh);
+        free(uh);
+        free(wh);
+        free(bh);
+    }
+}
+
+static void rope_case(int interleaved, int n, int heads, int hd, int c0, int rd)
+{
+    enum { P = 40 };
+    int half = rd / 2;
+    float *xh = rnd((size_t)n * heads * hd, 2.0f), *ch = malloc(P * (size_t)half * 4),
+          *sh = malloc(P * (size_t)half * 4);
+    int32_t pos[64];
+    for (int p = 0; p < P; p++)
+        for (int i = 0; i < half; i++) {
+            double ang = p * pow(10000.0, -2.0 * i / rd);
+            ch[p * half + i] = (float)cos(ang);
+            sh[p * half + i] = (float)sin(ang);
+        }
+    for (int t = 0; t < n; t++)
+        pos[t] = (int32_t)((t * 13 + 7) % P);
+    pair x, pt, cs, sn;
+    mc_tensor xv[2];
+    pair_new(&x, MC_DT_F32, 3, (int64_t[]){n, heads, hd}, hd, xh);
+    pair_new(&pt, MC_DT_I32, 1, (int64_t[]){n}, n, pos);
+    pair_2d(&cs, MC_DT_F32, P, half, half, ch);
+    pair_2d(&sn, MC_DT_F32, P, half, half, sh);
+    for (int s = 0; s < 2; s++) {
+        OK(mc_tensor_view_cols(&x.t[s], c0, rd, &xv[s], err_));
+        OK(mc_op_rope(B[s], &xv[s], &pt.t[s], &cs.t[s], &sn.t[s], interleaved, err_));
+    }
+    char what[96];
+    snprintf(what, sizeof what, "rope %s n=%d heads=%d cols [%d, %d) of %d",
+             interleaved ? "interleaved" : "rotate-half", n, heads, c0, c0 + rd, hd);
+    cmp_pair(what, &x, 1e-5);
+    /* a position past the tables is refused, nothing rotated */
+    float *before = malloc((size_t)n * heads * hd * 4), *after = malloc((size_t)n * heads * hd * 4);
+    OK(mc_tensor_download(&x.t[1], before, err_));
+    pos[n - 1] = P;
+    OK(mc_tensor_upload(&pt.t[1], pos, err_));
+    mc_status st = mc_op_rope(B[1], &xv[1], &pt.t[1], &cs.t[1], &sn.t[1], interleaved, err_);
+    CHECK(st == MC_ERR_ARG && strstr(err_->msg, "pos[") != NULL);
+    mc_err_clear(err_);
+    OK(mc_tensor_download(&x.t[1], after, err_));
+    CHECK(memcmp(before, after, (size_t)n * heads * hd * 4) == 0);
+    pair_free(&x);
+    pair_free(&pt);
+    pair_free(&cs);
+    pair_free(&sn);
+    free(xh);
+    free(ch);
+    free(sh);
+    free(before);
+    free(after);
+}
+
+static void test_embed(void)
+{
+    static const mc_dtype types[] = {MC_DT_F32, MC_DT_F16, MC_DT_BF16, MC_DT_F8_E4M3, MC_DT_Q8_0,
+                                     MC_DT_Q4_K};
+    for (size_t k = 0; k < sizeof types / sizeof types[0]; k++) {
+        mc_dtype dt = types[k];
+        int V = 50, H = dt == MC_DT_Q4_K ? 300 : 77, n = 9;
+        void *th = weight_bytes(dt, V, H, 0, H);
+        pair tab, sc, y, ids;
+        int blk = mc_dtype_block_elems(dt);
+        pair_2d(&tab, dt, V, H, (H + blk - 1) / blk * blk, th);
+        if (dt == MC_DT_F8_E4M3) {
+            float sh[4 * 3];
+            for (int i = 0; i < 12; i++)
+                sh[i] = runi(0.5f, 2.0f);
+            pair_2d(&sc, MC_DT_F32, 4, 3, 3, sh);
+            for (int s = 0; s < 2; s++)
+                OK(mc_tensor_set_scales(&tab.t[s], &sc.t[s], 16, 32, err_));
+        }
+        /* a vocabulary slice starting at 10: ids outside it give zeros */
+        int64_t id64[9] = {10, 59, 60, 5, 33, -3, 100000, 11, 42};
+        int32_t id32[9];
+        for (int i = 0; i < n; i++)
+            id32[i] = (int32_t)id64[i];
+        for (int w64 = 0; w64 < 2; w64++) {
+            pair_new(&ids, w64 ? MC_DT_I64 : MC_DT_I32, 1, (int64_t[]){n}, n,
+                     w64 ? (const void *)id64 : (const void *)id32);
+            pair_2d(&y, MC_DT_F32, n, H, H + 2, NULL);
+            for (int s = 0; s < 2; s++)
+                OK(mc_op_embed(B[s], &tab.t[s], &ids.t[s], 10, &y.t[s], err_));
+            char what[64];
+            snprintf(what, sizeof what, "embed %s ids %s", mc_dtype_name(dt), w64 ? "I64" : "I32");
+            cmp_pair(what, &y, 1e-6);
+            pair_free(&ids);
+            pair_free(&y);
+        }
+        if (dt == MC_DT_F8_E4M3)
+            pair_free(&sc);
+        pair_free(&tab);
+        free(th);
+    }
+}
+
+/* Ops not written yet (the DeepSeek-V4 ones) refuse cleanly on the device
+ * (and run on the CPU); the paged-KV-cache and MoE ops are compared in
+ * test_backend_cuda_layers.c. */
+static void test_unsupported(void)
+{
+    enum { n = 3, E = 6, K = 2, V = 5 };
+    float *lh = rnd(n * E, 1.0f);
+    int32_t tok[n] = {4, 0, 2}, tab[V * K] = {0, 1, 2, 3, 4, 5, 1, 3, 5, 0};
+    pair lg, tk, tb, ids, wts;
+    pair_2d(&lg, MC_DT_F32, n, E, E, lh);
+    pair_new(&tk, MC_DT_I32, 1, (int64_t[]){n}, n, tok);
+    pair_2d(&tb, MC_DT_I32, V, K, K, tab);
+    pair_2d(&ids, MC_DT_I32, n, K, K, NULL);
+    pair_2d(&wts, MC_DT_F32, n, K, K, NULL);
+    mc_router_opts ro = {.score = MC_ROUTE_SQRTSOFTPLUS, .k = K, .n_group = 1, .topk_group = 1,
+                         .renorm = 1, .norm_eps = 1e-20f, .scale = 1};
+    for (int s = 0; s < 2; s++) {
+        mc_status got = mc_op_v4_hash_route(B[s], &lg.t[s], &tk.t[s], &tb.t[s], &ro, &ids.t[s],
+                                            &wts.t[s], err_);
+        mc_status want = s == 1 && dut_is_cuda ? MC_ERR_UNSUPPORTED : MC_OK;
+        check_count++;
+        if (got != want) {
+            check_failures++;
+            fprintf(stderr, "v4_hash_route on %s: got %s, want %s (%s)\n", mc_backend_name(B[s]),
+                    mc_status_str(got), mc_status_str(want), err_->msg);
+        }
+        if (s == 1 && dut_is_cuda)
+            CHECK(strstr(err_->msg, "cuda backend: v4_hash_route is not implemented yet") != NULL);
+        mc_err_clear(err_);
+    }
+    pair *all[] = {&lg, &tk, &tb, &ids, &wts};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        pair_free(all[i]);
+    free(lh);
+}
+
+static void test_device(void)
+{
+    printf("device: %s, path %s: %s\n", mc_backend_name(B[1]), mc_backend_path(B[1]),
+           mc_backend_features(B[1]));
+    double gbps = mc_backend_probe_read_gbps(B[1], (size_t)64 << 20, 0, 0.05);
+    CHECK(gbps > 0);
+    mc_backend_counters cn;
+    pair w, x, y;
+    void *wh = weight_bytes(MC_DT_BF16, 16, 64, 0, 64);
+    float *xh = rnd(2 * 64, 1.0f);
+    pair_2d(&w, MC_DT_BF16, 16, 64, 64, wh);
+    pair_2d(&x, MC_DT_F32, 2, 64, 64, xh);
+    pair_2d(&y, MC_DT_F32, 2, 16, 16, NULL);
+    CHECK(dut_is_cuda ? mc_buffer_host(x.b[1]) == NULL : mc_buffer_host(x.b[1]) != NULL);
+    mc_backend_count(B[1], 1);
+    OK(mc_op_matmul(B[1], &w.t[1], &x.t[1], &y.t[1], err_));
+    mc_backend_counters_get(B[1], &cn);
+    mc_backend_count(B[1], 0);
+    CHECK(cn.bytes_read == 16 * 64 * 2 && cn.macs == 16 * 64 * 2);
+    pair_free(&w);
+    pair_free(&x);
+    pair_free(&y);
+    free(wh);
+    free(xh);
+    if (dut_is_cuda) {
+        mc_backend *bad = NULL;
+        mc_status st = mc_backend_cuda_init(1 << 20, &bad, err_);
+        CHECK(st == MC_ERR_ARG && bad == NULL);
+        mc_err_clear(err_);
+        CHECK(strcmp(mc_backend_path(B[1]), "cuda") == 0);
+    }
+}
+
+/* ---- --bench: the table scripts/gpu-check.sh prints ---- */
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int cmp_d(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* One product shape: nw copies of the weight (together well past the L2
+ * cache) used in turn; the median of 7 trials of `reps` calls each, the
+ * stream drained before and after every trial. Seconds per call, or -1. */
+static double bench_case(mc_backend *be, mc_dtype dt, int O, int I, int n, int scale_block)
+{
+    void *wh = weight_bytes(dt, O, I, 0, I);
+    size_t wbytes = (size_t)O * mc_dtype_row_bytes(dt, I);
+    int nw = (int)(((size_t)512 << 20) / wbytes) + 1;
+    nw = nw < 2 ? 2 : nw > 64 ? 64 : nw;
+    mc_buffer *wb[64] = {0}, *xb = NULL, *yb = NULL, *sb = NULL;
+    mc_tensor w[64], x, y, sc;
+    float *xh = rnd((size_t)n * I, 1.0f);
+    double res = -1, t[7];
+    int sr = scale_block ? (O + scale_block - 1) / scale_block : 0;
+    int scn = scale_block ? (I + scale_block - 1) / scale_block : 0;
+    if (mc_buffer_alloc(be, (size_t)n * I * 4, &xb, err_) != MC_OK ||
+        mc_buffer_alloc(be, (size_t)n * O * 4, &yb, err_) != MC_OK ||
+        mc_tensor_init_2d(&x, xb, 0, MC_DT_F32, n, I, err_) != MC_OK ||
+        mc_tensor_init_2d(&y, yb, 0, MC_DT_F32, n, O, err_) != MC_OK ||
+        mc_tensor_upload(&x, xh, err_) != MC_OK)
+        goto out;
+    if (scale_block) {
+        float *sh = rnd((size_t)sr * scn, 1.0f);
+        mc_status st = mc_buffer_alloc(be, (size_t)sr * scn * 4, &sb, err_);
+        if (st == MC_OK)
+            st = mc_tensor_init_2d(&sc, sb, 0, MC_DT_F32, sr, scn, err_);
+        if (st == MC_OK)
+            st = mc_tensor_upload(&sc, sh, err_);
+        free(sh);
+        if (st != MC_OK)
+            goto out;
+    }
+    for (int i = 0; i < nw; i++)
+        if (mc_buffer_alloc(be, wbytes, &wb[i], err_) != MC_OK ||
+            mc_tensor_init_2d(&w[i], wb[i], 0, dt, O, I, err_) != MC_OK ||
+            mc_tensor_upload(&w[i], wh, err_) != MC_OK ||
+            (scale_block && mc_tensor_set_scales(&w[i], &sc, scale_block, scale_block, err_)))
+            goto out;
+    for (int i = 0; i < 3; i++) /* warm-up: module load, cuBLAS heuristics */
+        if (mc_op_matmul(be, &w[i % nw], &x, &y, err_) != MC_OK)
+            goto out;
+    /* calls per trial: about 20 ms of work */
+    if (mc_backend_synchronize(be, err_) != MC_OK)
+        goto out;
+    double c0 = now_s();
+    if (mc_op_matmul(be, &w[0], &x, &y, err_) != MC_OK || mc_backend_synchronize(be, err_) != MC_OK)
+        goto out;
+    double one = now_s() - c0;
+    int reps = one > 0 ? (int)(0.02 / one) : 500;
+    reps = reps < 1 ? 1 : reps > 500 ? 500 : reps;
+    for (int k = 0; k < 7; k++) {
+        if (mc_backend_synchronize(be, err_) != MC_OK)
+            goto out;
+        double t0 = now_s();
+        for (int r = 0; r < reps; r++)
+            if (mc_op_matmul(be, &w[r % nw], &x, &y, err_) != MC_OK)
+                goto out;
+        if (mc_backend_synchronize(be, err_) != MC_OK)
+            goto out;
+        t[k] = (now_s() - t0) / reps;
+    }
+    qsort(t, 7, sizeof t[0], cmp_d);
+    res = t[3];
+out:
+    if (res < 0)
+        fprintf(stderr, "bench %s [%d, %d] n=%d: %s\n", mc_dtype_name(dt), O, I, n, err_->msg);
+    mc_err_clear(err_);
+    for (int i = 0; i < nw; i++)
+        mc_buffer_free(wb[i]);
+    mc_buffer_free(xb);
+    mc_buffer_free(yb);
+    mc_buffer_free(sb);
+    free(xh);
+    free(wh);
+    return res;
+}
+
+typedef struct {
+    const char *what;
+    mc_dtype dt;
+    int O, I, n, scale_block;
+} bench_shape;
+
+/* smoke: small shapes only (a check of this code on a CPU, not a benchmark) */
+static int bench_main(mc_backend *be, int smoke)
+{
+    static const bench_shape smoke_cases[] = {
+        {"gemv", MC_DT_BF16, 256, 320, 1, 0}, {"gemv", MC_DT_F8_E4M3, 256, 320, 1, 128},
+        {"cublas", MC_DT_BF16, 256, 320, 40, 0}};
+    static const bench_shape full_cases[] = {
+        {"gemv", MC_DT_BF16, 4096, 4096, 1, 0},    {"gemv", MC_DT_BF16, 7168, 2048, 1, 0},
+        {"gemv", MC_DT_BF16, 2048, 7168, 1, 0},    {"gemv", MC_DT_BF16, 4096, 4096, 8, 0},
+        {"gemv", MC_DT_F8_E4M3, 7168, 2048, 1, 128}, {"gemv", MC_DT_Q8_0, 4096, 4096, 1, 0},
+        {"cublas", MC_DT_BF16, 4096, 4096, 512, 0}, {"cublas", MC_DT_BF16, 4096, 4096, 4096, 0},
+        {"cublas", MC_DT_BF16, 7168, 2048, 512, 0},
+    };
+    const bench_shape *cases = smoke ? smoke_cases : full_cases;
+    size_t ncases = smoke ? sizeof smoke_cases / sizeof smoke_cases[0]
+                          : sizeof full_cases / sizeof full_cases[0];
+    double read = mc_backend_probe_read_gbps(be, smoke ? (size_t)64 << 20 : (size_t)2 << 30, 0,
+                                             smoke ? 0.05 : 0.5);
+    double fma = mc_backend_probe_fma_gflops(be, 0, smoke ? 0.05 : 0.3);
+    printf("\ndevice: %s (%s)\n", mc_backend_features(be), mc_backend_path(be));
+    printf("| case | weights | W [out, in] | tokens | us / call | GB/s | of read probe "
+           "| TFLOP/s |\n");
+    printf("| --- | --- | --- | --- | --- | --- | --- | --- |\n");
+    printf("| probe: device read | - | %s | - | - | %.0f | 100%% | - |\n",
+           smoke ? "64 MiB" : "2 GiB", read);
+    printf("| probe: F32 FMA | - | - | - | - | - | - | %.1f |\n", fma * 1e-3);
+    int failed = 0;
+    for (size_t k = 0; k < ncases; k++) {
+        double s = bench_case(be, cases[k].dt, cases[k].O, cases[k].I, cases[k].n,
+                              cases[k].scale_block);
+        if (s <= 0) {
+            failed = 1;
+            printf("| %s | %s | %d x %d | %d | failed | | | |\n", cases[k].what,
+                   mc_dtype_name(cases[k].dt), cases[k].O, cases[k].I, cases[k].n);
+            continue;
+        }
+        double bytes = (double)cases[k].O * (double)mc_dtype_row_bytes(cases[k].dt, cases[k].I);
+        double gbps = bytes / s * 1e-9;
+        double tflops = 2.0 * cases[k].O * (double)cases[k].I * cases[k].n / s * 1e-12;
+        printf("| %s | %s%s | %d x %d | %d | %.1f | %.0f | %.0f%% | %.2f |\n", cases[k].what,
+               mc_dtype_name(cases[k].dt), cases[k].scale_block ? " (128x128 scales)" : "",
+               cases[k].O, cases[k].I, cases[k].n, s * 1e6, gbps,
+               read > 0 ? 100.0 * gbps / read : 0.0, tflops);
+    }
+    return failed;
+}
+
+int main(int argc, char **argv)
+{
+    mc_err_clear(err_);
+    int bench = argc > 1 && strcmp(argv[1], "--bench") == 0;
+    int smoke = argc > 1 && strcmp(argv[1], "--bench-smoke") == 0;
+    int on_cpu = getenv("MC_CUDA_TEST_ON_CPU") && strcmp(getenv("MC_CUDA_TEST_ON_CPU"), "1") == 0;
+    mc_status st = on_cpu ? mc_backend_cpu_init(&B[1], err_) : mc_backend_cuda_init(0, &B[1], err_);
+    if (st == MC_ERR_UNSUPPORTED) {
+#ifdef MC_HAVE_CUDA
+        printf("test_backend_cuda: skipped: no GPU (%s)\n", err_->msg);
+#else
+        printf("test_backend_cuda: skipped: built without CUDA\n");
+#endif
+        return 77;
+    }
+    if (st != MC_OK) {
+        fprintf(stderr, "test_backend_cuda: %s\n", err_->msg);
+        return 1;
+    }
+    dut_is_cuda = !on_cpu;
+    if (bench || smoke) {
+        int rc = bench_main(B[1], smoke);
+        mc_backend_free(B[1]);
+        return rc;
+    }
+    OK(mc_backend_cpu_init(&B[0], err_));
+    test_device();
+    test_matmul();
+    test_rows();
+    for (int il = 0; il < 2; il++) {
+        rope_case(il, 5, 1, 64, 0, 64);
+        rope_case(il, 7, 3, 48, 16, 32);
+        rope_case(il, 64, 2, 130, 2, 126);
+    }
+    test_embed();
+    test_unsupported();
+    mc_backend_free(B[0]);
+    mc_backend_free(B[1]);
+    return check_report("test_backend_cuda");
+}

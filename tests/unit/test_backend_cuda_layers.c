@@ -1,0 +1,788 @@
+/* test_backend_cuda_layers.c - the CUDA backend's paged-KV-cache and MoE
+ * ops (kernels/cuda/backend_cuda_attn.c, _moe.c) against the CPU backend:
+ * both given the same bytes (buffers poisoned with NaN first), odd sizes,
+ * ragged sequences (decode tokens, prefill chunks, a span of several
+ * hundred positions) over block tables whose block ids are shuffled.
+ * Tolerances, relative to the largest |value| of the reference's row:
+ *   exact  kv_write's pages, moe_permute's rows, slots and offsets,
+ *          moe_unpermute's sums (the same rounded products in the same
+ *          order), the router's and the indexer's ids (the indexer's inputs
+ *          are small integers and powers of two, so every score is exact on
+ *          both sides and the many exact ties test the tie order);
+ *   1e-5   attention, mla_decode, the router's weights, grouped_experts on
+ *          the F32-accumulating product paths;
+ *   1e-2   grouped_experts with BF16 weights and more than 8 rows per expert
+ *          (cuBLAS with the activations rounded to BF16, as matmul).
+ * Refusals (a bad sequence, block id, position, selection, expert id, slot)
+ * must come back as MC_ERR_ARG with the CPU's message word for word and
+ * leave the outputs untouched. Prints the first mismatches.
+ *
+ * Exit 77 (CTest's skip) with "skipped: built without CUDA" or "skipped: no
+ * GPU (...)"; MC_CUDA_TEST_ON_CPU=1 runs the harness with a second CPU
+ * backend as the device under test (checks this file, not the CUDA code). */
+#include "backend.h"
+#include "check.h"
+#include "dtype.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static uint64_t rng = 0x9E3779B97F4A7C15ull;
+static uint64_t rnext(void)
+{
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return rng;
+}
+static float runi(float lo, float hi)
+{
+    return lo + (hi - lo) * (float)((rnext() >> 40) / 16777216.0);
+}
+static int rint_(int lo, int hi) /* [lo, hi] */
+{
+    return lo + (int)(rnext() % (uint64_t)(hi - lo + 1));
+}
+
+static mc_backend *B[2]; /* [0] the CPU reference, [1] the device under test */
+static mc_err err_[2];
+
+#define OK(call)                                                                                   \
+    do {                                                                                           \
+        if ((call) != MC_OK) {                                                                     \
+            fprintf(stderr, "%s:%d: %s failed: %s%s\n", __FILE__, __LINE__, #call, err_[0].msg,   \
+                    err_[1].msg);                                                                  \
+            exit(1);                                                                               \
+        }                                                                                          \
+    } while (0)
+
+static void *xmalloc(size_t n)
+{
+    void *p = malloc(n ? n : 1);
+    if (!p)
+        exit(1);
+    return p;
+}
+
+/* One tensor on both backends with the same bytes (see test_backend_cuda.c). */
+typedef struct {
+    mc_buffer *b[2];
+    mc_tensor t[2];
+} pair;
+
+static void pair_new(pair *p, mc_dtype dt, int ndim, const int64_t *shape, int64_t ld,
+                     const void *host)
+{
+    int64_t rows = 1;
+    for (int i = 0; i < ndim - 1; i++)
+        rows *= shape[i];
+    size_t bytes = (size_t)rows * mc_dtype_row_bytes(dt, ld) + 64;
+    for (int s = 0; s < 2; s++) {
+        OK(mc_buffer_alloc(B[s], bytes, &p->b[s], err_));
+        OK(mc_buffer_memset(p->b[s], 0, 0xff, bytes, err_));
+        OK(mc_tensor_init_strided(&p->t[s], p->b[s], 0, dt, ndim, shape, ld, err_));
+        if (host)
+            OK(mc_tensor_upload(&p->t[s], host, err_));
+    }
+}
+
+static void pair_2d(pair *p, mc_dtype dt, int64_t rows, int64_t cols, int64_t ld, const void *host)
+{
+    pair_new(p, dt, 2, (int64_t[]){rows, cols}, ld, host);
+}
+
+static void pair_1d(pair *p, mc_dtype dt, int64_t n, const void *host)
+{
+    pair_new(p, dt, 1, (int64_t[]){n}, n, host);
+}
+
+static void pair_zero(pair *p)
+{
+    for (int s = 0; s < 2; s++)
+        OK(mc_buffer_memset(p->b[s], 0, 0, mc_buffer_size(p->b[s]), err_));
+}
+
+static void pair_free(pair *p)
+{
+    mc_buffer_free(p->b[0]);
+    mc_buffer_free(p->b[1]);
+}
+
+static float *rnd(size_t n, float scale)
+{
+    float *x = xmalloc(n * sizeof *x);
+    for (size_t i = 0; i < n; i++)
+        x[i] = runi(-scale, scale);
+    return x;
+}
+
+/* Both sides of p to the host (packed rows, 4-byte elements): h[0] the reference. */
+static void pair_get(const pair *p, void *h[2])
+{
+    size_t n = (size_t)mc_tensor_nelems(&p->t[0]);
+    for (int s = 0; s < 2; s++) {
+        h[s] = xmalloc(n * 4);
+        OK(mc_tensor_download(&p->t[s], h[s], err_));
+    }
+}
+
+/* F32 rows: |got - want| <= rtol * max |want| of the row (rtol 0: equal). */
+static void cmp_pair(const char *what, const pair *p, double rtol)
+{
+    int64_t rows = mc_tensor_rows(&p->t[0]), cols = mc_tensor_cols(&p->t[0]), bad = 0;
+    void *h[2];
+    pair_get(p, h);
+    const float *want = h[0], *got = h[1];
+    for (int64_t r = 0; r < rows; r++) {
+        double mx = 0;
+        for (int64_t i = 0; i < cols; i++)
+            mx = fmax(mx, fabs(want[r * cols + i]));
+        for (int64_t i = 0; i < cols; i++) {
+            double g = got[r * cols + i], w = want[r * cols + i];
+            if (!(fabs(g - w) <= rtol * mx) && !(g == w)) {
+                if (bad < 5)
+                    fprintf(stderr, "  %s: [%lld, %lld] got %.9g want %.9g (tol %.3g)\n", what,
+                            (long long)r, (long long)i, g, w, rtol * mx);
+                bad++;
+            }
+        }
+    }
+    check_count++;
+    if (bad) {
+        check_failures++;
+        fprintf(stderr, "%s: %lld of %lld values differ\n", what, (long long)bad,
+                (long long)(rows * cols));
+    }
+    free(h[0]);
+    free(h[1]);
+}
+
+/* I32 tensors: equal. */
+static void cmp_i32(const char *what, const pair *p)
+{
+    int64_t n = mc_tensor_nelems(&p->t[0]), cols = mc_tensor_cols(&p->t[0]), bad = 0;
+    void *h[2];
+    pair_get(p, h);
+    const int32_t *want = h[0], *got = h[1];
+    for (int64_t i = 0; i < n; i++)
+        if (got[i] != want[i]) {
+            if (bad < 5)
+                fprintf(stderr, "  %s: [%lld, %lld] got %d want %d\n", what, (long long)(i / cols),
+                        (long long)(i % cols), (int)got[i], (int)want[i]);
+            bad++;
+        }
+    check_count++;
+    if (bad) {
+        check_failures++;
+        fprintf(stderr, "%s: %lld of %lld ids differ\n", what, (long long)bad, (long long)n);
+    }
+}
+
+/* Both refused with MC_ERR_ARG and the same message. */
+static void same_refusal(const char *what, const mc_status st[2])
+{
+    check_count++;
+    if (st[0] != MC_ERR_ARG || st[1] != MC_ERR_ARG || strcmp(err_[0].msg, err_[1].msg) != 0) {
+        check_failures++;
+        fprintf(stderr, "%s: want both MC_ERR_ARG with one message, got %s \"%s\" (reference) and "
+                "%s \"%s\"\n", what, mc_status_str(st[0]), err_[0].msg, mc_status_str(st[1]),
+                err_[1].msg);
+    }
+    mc_err_clear(&err_[0]);
+    mc_err_clear(&err_[1]);
+}
+
+/* ---- a step over paged caches: ragged sequences, shuffled block ids ---- */
+
+#define NSEQ 4
+static const int seq_prefix[NSEQ] = {13, 0, 290, 40}; /* positions cached before the step */
+static const int seq_new[NSEQ] = {1, 6, 3, 1};        /* this step's tokens */
+
+typedef struct {
+    int bs, n_pages, max_blocks, n, n_pre;
+    pair bt, seq, pos, pseq, ppos; /* block table; the step's and the prefix's tokens */
+    int32_t *h_bt, *h_seq, *h_pos;
+} layout;
+
+static void layout_new(layout *L, int bs)
+{
+    L->bs = bs;
+    int total = 0, mb = 0;
+    for (int s = 0; s < NSEQ; s++) {
+        int nb = (seq_prefix[s] + seq_new[s] + bs - 1) / bs;
+        total += nb;
+        mb = nb > mb ? nb : mb;
+    }
+    L->n_pages = total + 3; /* some blocks never used */
+    L->max_blocks = mb + 1;
+    int32_t *ids = xmalloc((size_t)L->n_pages * sizeof *ids);
+    for (int i = 0; i < L->n_pages; i++)
+        ids[i] = i;
+    for (int i = L->n_pages - 1; i > 0; i--) {
+        int j = rint_(0, i);
+        int32_t t = ids[i];
+        ids[i] = ids[j];
+        ids[j] = t;
+    }
+    L->h_bt = xmalloc((size_t)NSEQ * L->max_blocks * sizeof *L->h_bt);
+    int used = 0;
+    for (int s = 0; s < NSEQ; s++) {
+        int nb = (seq_prefix[s] + seq_new[s] + bs - 1) / bs;
+        for (int j = 0; j < L->max_blocks; j++)
+            L->h_bt[s * L->max_blocks + j] = j < nb ? ids[used++] : -7; /* never read */
+    }
+    free(ids);
+    L->n = L->n_pre = 0;
+    for (int s = 0; s < NSEQ; s++) {
+        L->n += seq_new[s];
+        L->n_pre += seq_prefix[s];
+    }
+    L->h_seq = xmalloc((size_t)L->n * sizeof(int32_t));
+    L->h_pos = xmalloc((size_t)L->n * sizeof(int32_t));
+    int32_t *ps = xmalloc((size_t)L->n_pre * sizeof(int32_t)),
+            *pp = xmalloc((size_t)L->n_pre * sizeof(int32_t));
+    int t = 0, q = 0;
+    for (int s = NSEQ - 1; s >= 0; s--) /* not in sequence order */
+        for (int j = 0; j < seq_new[s]; j++, t++) {
+            L->h_seq[t] = s;
+            L->h_pos[t] = seq_prefix[s] + j;
+        }
+    for (int s = 0; s < NSEQ; s++)
+        for (int j = 0; j < seq_prefix[s]; j++, q++) {
+            ps[q] = s;
+            pp[q] = j;
+        }
+    pair_2d(&L->bt, MC_DT_I32, NSEQ, L->max_blocks, L->max_blocks, L->h_bt);
+    pair_1d(&L->seq, MC_DT_I32, L->n, L->h_seq);
+    pair_1d(&L->pos, MC_DT_I32, L->n, L->h_pos);
+    pair_1d(&L->pseq, MC_DT_I32, L->n_pre, ps);
+    pair_1d(&L->ppos, MC_DT_I32, L->n_pre, pp);
+    free(ps);
+    free(pp);
+}
+
+static void layout_free(layout *L)
+{
+    pair *all[] = {&L->bt, &L->seq, &L->pos, &L->pseq, &L->ppos};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        pair_free(all[i]);
+    free(L->h_bt);
+    free(L->h_seq);
+    free(L->h_pos);
+}
+
+static mc_kv_index ix_step(const layout *L, int s)
+{
+    return (mc_kv_index){.block_table = L->bt.t[s], .seq = L->seq.t[s], .pos = L->pos.t[s]};
+}
+
+static mc_kv_index ix_prefix(const layout *L, int s)
+{
+    return (mc_kv_index){.block_table = L->bt.t[s], .seq = L->pseq.t[s], .pos = L->ppos.t[s]};
+}
+
+/* Writes random rows (W columns per slot row, rps rows per slot; `integer`:
+ * small integers) for the prefix, then the step's tokens (rows ld = W + 3
+ * apart), into pages on both backends. */
+static void fill_pages(const layout *L, pair *pages, int rps, int W, int integer)
+{
+    for (int part = 0; part < 2; part++) {
+        int n = part ? L->n : L->n_pre;
+        if (!n)
+            continue;
+        float *h = rnd((size_t)n * rps * W, 1.0f);
+        if (integer)
+            for (size_t i = 0; i < (size_t)n * rps * W; i++)
+                h[i] = (float)rint_(-3, 3);
+        pair src;
+        pair_new(&src, MC_DT_F32, 3, (int64_t[]){n, rps, W}, W + 3, h);
+        for (int s = 0; s < 2; s++) {
+            mc_kv_index ix = part ? ix_step(L, s) : ix_prefix(L, s);
+            OK(mc_op_kv_write(B[s], &ix, &src.t[s], &pages->t[s], &err_[s]));
+        }
+        pair_free(&src);
+        free(h);
+    }
+}
+
+/* ---- kv_write and GQA attention ---- */
+
+static void attention_case(int bs, int nh, int nkv, int hd, int vd, int chunk, int with_qs)
+{
+    layout L;
+    layout_new(&L, bs);
+    pair kp, vp, q, y, qs;
+    pair_new(&kp, MC_DT_F32, 4, (int64_t[]){L.n_pages, bs, nkv, hd}, hd, NULL);
+    pair_new(&vp, MC_DT_F32, 4, (int64_t[]){L.n_pages, bs, nkv, vd}, vd, NULL);
+    pair_zero(&kp);
+    pair_zero(&vp);
+    fill_pages(&L, &kp, nkv, hd, 0);
+    fill_pages(&L, &vp, nkv, vd, 0);
+    char what[160];
+    snprintf(what, sizeof what, "kv_write K bs=%d nkv=%d hd=%d", bs, nkv, hd);
+    cmp_pair(what, &kp, 0);
+    float *qh = rnd((size_t)L.n * nh * hd, 1.0f), *qsh = rnd((size_t)L.n, 1.0f);
+    for (int t = 0; t < L.n; t++)
+        qsh[t] = 1.0f + 0.5f * qsh[t];
+    pair_new(&q, MC_DT_F32, 3, (int64_t[]){L.n, nh, hd}, hd + 1, qh);
+    pair_new(&y, MC_DT_F32, 3, (int64_t[]){L.n, nh, vd}, vd, NULL);
+    pair_1d(&qs, MC_DT_F32, L.n, qsh);
+    for (int s = 0; s < 2; s++) {
+        mc_kv_index ix = ix_step(&L, s);
+        mc_attn_opts o = {.scale = 1.0f / sqrtf((float)hd), .chunk = chunk,
+                          .q_scale = with_qs ? &qs.t[s] : NULL};
+        OK(mc_op_attention(B[s], &q.t[s], &kp.t[s], &vp.t[s], &ix, &o, &y.t[s], &err_[s]));
+    }
+    snprintf(what, sizeof what, "attention bs=%d nh=%d nkv=%d hd=%d vd=%d chunk=%d q_scale=%d", bs,
+             nh, nkv, hd, vd, chunk, with_qs);
+    cmp_pair(what, &y, 1e-5);
+
+    /* refusals: a token's sequence past the table (kv_write), a block id past
+     * the cache (attention); nothing written */
+    int32_t *bad = xmalloc((size_t)L.n * sizeof *bad);
+    memcpy(bad, L.h_seq, (size_t)L.n * sizeof *bad);
+    bad[L.n - 2] = NSEQ;
+    pair bseq, bbt, src;
+    pair_1d(&bseq, MC_DT_I32, L.n, bad);
+    int32_t *bt = xmalloc((size_t)NSEQ * L.max_blocks * sizeof *bt);
+    memcpy(bt, L.h_bt, (size_t)NSEQ * L.max_blocks * sizeof *bt);
+    bt[2 * L.max_blocks + 7] = L.n_pages + 2; /* sequence 2, a block of its long prefix */
+    pair_2d(&bbt, MC_DT_I32, NSEQ, L.max_blocks, L.max_blocks, bt);
+    float *sh = rnd((size_t)L.n * nkv * hd, 1.0f);
+    pair_new(&src, MC_DT_F32, 3, (int64_t[]){L.n, nkv, hd}, hd, sh);
+    mc_status st[2];
+    for (int s = 0; s < 2; s++) {
+        mc_kv_index ix = {.block_table = L.bt.t[s], .seq = bseq.t[s], .pos = L.pos.t[s]};
+        st[s] = mc_op_kv_write(B[s], &ix, &src.t[s], &kp.t[s], &err_[s]);
+    }
+    same_refusal("kv_write, a bad seq", st);
+    cmp_pair("kv_write refused: K pages untouched", &kp, 0);
+    for (int s = 0; s < 2; s++) {
+        mc_kv_index ix = {.block_table = bbt.t[s], .seq = L.seq.t[s], .pos = L.pos.t[s]};
+        mc_attn_opts o = {.scale = 0.1f, .chunk = chunk};
+        st[s] = mc_op_attention(B[s], &q.t[s], &kp.t[s], &vp.t[s], &ix, &o, &y.t[s], &err_[s]);
+    }
+    if (chunk == 0) /* with chunks, sequence 2's tokens may not reach block 7 */
+        same_refusal("attention, a bad block id", st);
+    mc_err_clear(&err_[0]);
+    mc_err_clear(&err_[1]);
+    cmp_pair("attention refused: y untouched", &y, 1e-5);
+    pair *all[] = {&kp, &vp, &q, &y, &qs, &bseq, &bbt, &src};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        pair_free(all[i]);
+    free(qh);
+    free(qsh);
+    free(bad);
+    free(bt);
+    free(sh);
+    layout_free(&L);
+}
+
+/* ---- MLA, with and without V3.2's selection ---- */
+
+static void mla_case(int bs, int nh, int lr, int rd, int chunk, int k)
+{
+    layout L;
+    layout_new(&L, bs);
+    pair lp, pp, fused, ql, qp, y, sel;
+    pair_new(&lp, MC_DT_F32, 3, (int64_t[]){L.n_pages, bs, lr}, lr, NULL);
+    pair_new(&pp, MC_DT_F32, 3, (int64_t[]){L.n_pages, bs, rd}, rd, NULL);
+    pair_zero(&lp);
+    pair_zero(&pp);
+    /* the prefix by plain rows, the step's tokens through column views of one fused row */
+    for (int part = 0; part < 2; part++) {
+        int n = part ? L.n : L.n_pre;
+        float *h = rnd((size_t)n * (lr + rd), 1.0f);
+        pair_2d(&fused, MC_DT_F32, n, lr + rd, lr + rd, h);
+        for (int s = 0; s < 2; s++) {
+            mc_kv_index ix = part ? ix_step(&L, s) : ix_prefix(&L, s);
+            mc_tensor tl, tp;
+            OK(mc_tensor_view_cols(&fused.t[s], 0, lr, &tl, &err_[s]));
+            OK(mc_tensor_view_cols(&fused.t[s], lr, rd, &tp, &err_[s]));
+            OK(mc_op_kv_write(B[s], &ix, &tl, &lp.t[s], &err_[s]));
+            OK(mc_op_kv_write(B[s], &ix, &tp, &pp.t[s], &err_[s]));
+        }
+        pair_free(&fused);
+        free(h);
+    }
+    cmp_pair("kv_write MLA latent (column view)", &lp, 0);
+    cmp_pair("kv_write MLA rope key (column view)", &pp, 0);
+    float *qlh = rnd((size_t)L.n * nh * lr, 1.0f), *qph = rnd((size_t)L.n * nh * rd, 1.0f);
+    pair_new(&ql, MC_DT_F32, 3, (int64_t[]){L.n, nh, lr}, lr, qlh);
+    pair_new(&qp, MC_DT_F32, 3, (int64_t[]){L.n, nh, rd}, rd + 2, qph);
+    pair_new(&y, MC_DT_F32, 3, (int64_t[]){L.n, nh, lr}, lr, NULL);
+    int32_t *sh = NULL;
+    if (k) { /* kept positions in [lo, pos]: repeats, -1 holes, never none */
+        sh = xmalloc((size_t)L.n * k * sizeof *sh);
+        for (int t = 0; t < L.n; t++) {
+            int pos = L.h_pos[t], lo = chunk > 0 ? pos - pos % chunk : 0;
+            for (int j = 0; j < k; j++)
+                sh[t * k + j] = j > 0 && rint_(0, 4) == 0 ? -1 : rint_(lo, pos);
+            if (k > 2)
+                sh[t * k + 2] = sh[t * k]; /* a repeat counts once */
+        }
+        pair_2d(&sel, MC_DT_I32, L.n, k, k, sh);
+    }
+    for (int s = 0; s < 2; s++) {
+        mc_kv_index ix = ix_step(&L, s);
+        mc_attn_opts o = {.scale = 0.125f, .chunk = chunk, .sel = k ? &sel.t[s] : NULL};
+        OK(mc_op_mla_decode(B[s], &ql.t[s], &qp.t[s], &lp.t[s], &pp.t[s], &ix, &o, &y.t[s],
+                            &err_[s]));
+    }
+    char what[128];
+    snprintf(what, sizeof what, "mla_decode bs=%d nh=%d lr=%d rd=%d chunk=%d sel k=%d", bs, nh, lr,
+             rd, chunk, k);
+    cmp_pair(what, &y, 1e-5);
+    if (k) { /* refusals: an entry past the token's position; a token keeping none */
+        mc_status st[2];
+        for (int pass = 0; pass < 2; pass++) {
+            int t = L.n - 1;
+            for (int j = 0; j < k; j++)
+                sh[t * k + j] = pass ? -1 : L.h_pos[t] + 1 + j;
+            for (int s = 0; s < 2; s++) {
+                OK(mc_tensor_upload(&sel.t[s], sh, &err_[s]));
+                mc_kv_index ix = ix_step(&L, s);
+                mc_attn_opts o = {.scale = 0.125f, .chunk = chunk, .sel = &sel.t[s]};
+                st[s] = mc_op_mla_decode(B[s], &ql.t[s], &qp.t[s], &lp.t[s], &pp.t[s], &ix, &o,
+                                         &y.t[s], &err_[s]);
+            }
+            same_refusal(pass ? "mla_decode, a token keeping none" : "mla_decode, a bad sel", st);
+        }
+        cmp_pair("mla_decode refused: y untouched", &y, 1e-5);
+        pair_free(&sel);
+        free(sh);
+    }
+    pair *all[] = {&lp, &pp, &ql, &qp, &y};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        pair_free(all[i]);
+    free(qlh);
+    free(qph);
+    layout_free(&L);
+}
+
+/* ---- V3.2 indexer top-k: exact scores, many exact ties ---- */
+
+static void indexer_case(int bs, int ih, int id, int k)
+{
+    layout L;
+    layout_new(&L, bs);
+    pair kp, iq, w, sel;
+    pair_new(&kp, MC_DT_F32, 3, (int64_t[]){L.n_pages, bs, id}, id, NULL);
+    pair_zero(&kp);
+    fill_pages(&L, &kp, 1, id, 1);
+    float *iqh = xmalloc((size_t)L.n * ih * id * sizeof *iqh), *wh = xmalloc((size_t)L.n * ih * 4);
+    for (int i = 0; i < L.n * ih * id; i++)
+        iqh[i] = (float)rint_(-3, 3);
+    for (int i = 0; i < L.n * ih; i++)
+        wh[i] = 0.25f * (float)rint_(-8, 8);
+    pair_new(&iq, MC_DT_F32, 3, (int64_t[]){L.n, ih, id}, id + 1, iqh);
+    pair_2d(&w, MC_DT_F32, L.n, ih, ih + 2, wh);
+    pair_2d(&sel, MC_DT_I32, L.n, k, k, NULL);
+    mc_indexer_opts o = {.k = k, .score_scale = 0.125f, .weight_scale = 0.5f};
+    for (int s = 0; s < 2; s++) {
+        mc_kv_index ix = ix_step(&L, s);
+        OK(mc_op_indexer_topk(B[s], &iq.t[s], &w.t[s], &kp.t[s], &ix, &o, &sel.t[s], &err_[s]));
+    }
+    char what[96];
+    snprintf(what, sizeof what, "indexer_topk bs=%d ih=%d id=%d k=%d", bs, ih, id, k);
+    cmp_i32(what, &sel);
+    /* refusal: a position past the table's capacity */
+    int32_t *bad = xmalloc((size_t)L.n * sizeof *bad);
+    memcpy(bad, L.h_pos, (size_t)L.n * sizeof *bad);
+    bad[1] = L.max_blocks * bs;
+    pair bpos;
+    pair_1d(&bpos, MC_DT_I32, L.n, bad);
+    mc_status st[2];
+    for (int s = 0; s < 2; s++) {
+        mc_kv_index ix = {.block_table = L.bt.t[s], .seq = L.seq.t[s], .pos = bpos.t[s]};
+        st[s] = mc_op_indexer_topk(B[s], &iq.t[s], &w.t[s], &kp.t[s], &ix, &o, &sel.t[s],
+                                   &err_[s]);
+    }
+    same_refusal("indexer_topk, a bad pos", st);
+    cmp_i32("indexer_topk refused: sel untouched", &sel);
+    pair *all[] = {&kp, &iq, &w, &sel, &bpos};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        pair_free(all[i]);
+    free(iqh);
+    free(wh);
+    free(bad);
+    layout_free(&L);
+}
+
+/* ---- router ---- */
+
+static void router_case(const char *name, int n, int E, mc_router_opts o, int with_bias,
+                        int integer_logits)
+{
+    float *lh = rnd((size_t)n * E, 4.0f), *bh = rnd((size_t)E, 0.5f);
+    if (integer_logits) /* exact ties everywhere: the lower expert wins */
+        for (int i = 0; i < n * E; i++)
+            lh[i] = (float)rint_(-2, 2);
+    pair lg, bias, ids, w;
+    pair_2d(&lg, MC_DT_F32, n, E, E + 3, lh);
+    pair_1d(&bias, MC_DT_F32, E, bh);
+    pair_2d(&ids, MC_DT_I32, n, o.k, o.k, NULL);
+    pair_2d(&w, MC_DT_F32, n, o.k, o.k + 1, NULL);
+    for (int s = 0; s < 2; s++)
+        OK(mc_op_router_topk(B[s], &lg.t[s], with_bias ? &bias.t[s] : NULL, &o, &ids.t[s],
+                             &w.t[s], &err_[s]));
+    char what[128];
+    snprintf(what, sizeof what, "router_topk %s ids (n=%d E=%d k=%d)", name, n, E, o.k);
+    cmp_i32(what, &ids);
+    snprintf(what, sizeof what, "router_topk %s weights (n=%d E=%d k=%d)", name, n, E, o.k);
+    cmp_pair(what, &w, 1e-5);
+    pair *all[] = {&lg, &bias, &ids, &w};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        pair_free(all[i]);
+    free(lh);
+    free(bh);
+}
+
+static void test_router(void)
+{
+    router_case("softmax renorm", 37, 60, (mc_router_opts){MC_ROUTE_SOFTMAX, 6, 1, 1, 1, 0, 1},
+                0, 0);
+    router_case("softmax plain", 5, 128, (mc_router_opts){MC_ROUTE_SOFTMAX, 8, 1, 1, 0, 0, 1}, 0,
+                0);
+    router_case("sigmoid groups bias scale", 41, 64,
+                (mc_router_opts){MC_ROUTE_SIGMOID, 8, 8, 3, 1, 1e-20f, 2.5f}, 1, 0);
+    router_case("sigmoid groups 256", 9, 256,
+                (mc_router_opts){MC_ROUTE_SIGMOID, 8, 8, 4, 1, 1e-20f, 2.827f}, 1, 0);
+    router_case("sqrtsoftplus", 23, 72,
+                (mc_router_opts){MC_ROUTE_SQRTSOFTPLUS, 6, 1, 1, 1, 1e-20f, 1.5f}, 1, 0);
+    router_case("logit-sigmoid ties", 31, 16,
+                (mc_router_opts){MC_ROUTE_LOGIT_SIGMOID, 1, 1, 1, 0, 0, 1}, 0, 1);
+    router_case("logit-sigmoid ties k=5 groups", 31, 16,
+                (mc_router_opts){MC_ROUTE_LOGIT_SIGMOID, 5, 4, 2, 1, 0, 1}, 1, 1);
+}
+
+/* ---- permutation by expert and back ---- */
+
+static void permute_case(int n, int k, int E, int H)
+{
+    int32_t *idh = xmalloc((size_t)n * k * sizeof *idh);
+    for (int i = 0; i < n * k; i++)
+        idh[i] = rint_(0, E - 1) % (E > 3 ? E - 2 : E); /* some experts get nothing */
+    float *xh = rnd((size_t)n * H, 1.0f), *ypf = rnd((size_t)n * k * H, 1.0f),
+          *wh = rnd((size_t)n * k, 1.0f);
+    pair x, ids, xp, slot, off, yp, w, y;
+    pair_2d(&x, MC_DT_F32, n, H, H + 5, xh);
+    pair_2d(&ids, MC_DT_I32, n, k, k, idh);
+    pair_2d(&xp, MC_DT_F32, n * k, H, H, NULL);
+    pair_2d(&slot, MC_DT_I32, n, k, k + 1, NULL);
+    pair_1d(&off, MC_DT_I32, E + 1, NULL);
+    pair_2d(&yp, MC_DT_F32, n * k, H, H + 1, ypf);
+    pair_2d(&w, MC_DT_F32, n, k, k, wh);
+    pair_2d(&y, MC_DT_F32, n, H, H, NULL);
+    for (int s = 0; s < 2; s++)
+        OK(mc_op_moe_permute(B[s], &x.t[s], &ids.t[s], &xp.t[s], &slot.t[s], &off.t[s],
+                             &err_[s]));
+    char what[96];
+    snprintf(what, sizeof what, "moe_permute n=%d k=%d E=%d H=%d", n, k, E, H);
+    cmp_pair(what, &xp, 0);
+    cmp_i32("moe_permute slot", &slot);
+    cmp_i32("moe_permute offsets", &off);
+    for (int pass = 0; pass < 2; pass++) {
+        for (int s = 0; s < 2; s++)
+            OK(mc_op_moe_unpermute_weighted(B[s], &yp.t[s], &slot.t[s], pass ? NULL : &w.t[s],
+                                            &y.t[s], &err_[s]));
+        snprintf(what, sizeof what, "moe_unpermute_weighted%s n=%d k=%d H=%d",
+                 pass ? " (no weights)" : "", n, k, H);
+        cmp_pair(what, &y, 0);
+    }
+    /* refusals: an expert id past the offsets, a slot past yp; nothing written */
+    mc_status st[2];
+    idh[(n / 2) * k + k - 1] = E;
+    int32_t *slh = xmalloc((size_t)n * k * sizeof *slh);
+    for (int s = 0; s < 2; s++) {
+        OK(mc_tensor_upload(&ids.t[s], idh, &err_[s]));
+        st[s] = mc_op_moe_permute(B[s], &x.t[s], &ids.t[s], &xp.t[s], &slot.t[s], &off.t[s],
+                                  &err_[s]);
+    }
+    same_refusal("moe_permute, a bad expert id", st);
+    cmp_i32("moe_permute refused: slot untouched", &slot);
+    cmp_i32("moe_permute refused: offsets untouched", &off);
+    OK(mc_tensor_download(&slot.t[0], slh, &err_[0]));
+    slh[n * k - 1] = n * k;
+    for (int s = 0; s < 2; s++) {
+        OK(mc_tensor_upload(&slot.t[s], slh, &err_[s]));
+        st[s] = mc_op_moe_unpermute_weighted(B[s], &yp.t[s], &slot.t[s], &w.t[s], &y.t[s],
+                                             &err_[s]);
+    }
+    same_refusal("moe_unpermute, a bad slot", st);
+    cmp_pair("moe_unpermute refused: y untouched", &y, 0);
+    pair *all[] = {&x, &ids, &xp, &slot, &off, &yp, &w, &y};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        pair_free(all[i]);
+    free(idh);
+    free(slh);
+    free(xh);
+    free(ypf);
+    free(wh);
+}
+
+/* ---- grouped experts ---- */
+
+/* A weight W [O, I] of dtype dt on both backends from uniform values in
+ * [-a, a]; `tr`: stored transposed (W^T [I, O + 2]). */
+static void weight_pair(pair *p, mc_dtype dt, int O, int I, int tr, float a)
+{
+    int64_t srows = tr ? I : O, scols = tr ? O + 2 : I;
+    size_t rb = mc_dtype_row_bytes(dt, scols);
+    unsigned char *h = xmalloc((size_t)srows * rb);
+    float *row = xmalloc((size_t)scols * sizeof *row);
+    for (int64_t r = 0; r < srows; r++) {
+        unsigned char *o = h + (size_t)r * rb;
+        for (int64_t i = 0; i < scols; i++)
+            row[i] = runi(-a, a);
+        if (mc_dtype_is_block(dt)) {
+            mc_quantize_row(dt, row, o, scols);
+            continue;
+        }
+        for (int64_t i = 0; i < scols; i++) {
+            if (dt == MC_DT_F32)
+                memcpy(o + 4 * i, &row[i], 4);
+            else if (dt == MC_DT_BF16 || dt == MC_DT_F16) {
+                uint16_t v = dt == MC_DT_BF16 ? mc_f32_to_bf16(row[i]) : mc_f32_to_f16(row[i]);
+                memcpy(o + 2 * i, &v, 2);
+            } else
+                o[i] = mc_f32_to_fp8_e4m3(row[i]);
+        }
+    }
+    size_t bytes = (size_t)srows * rb;
+    for (int s = 0; s < 2; s++) {
+        OK(mc_buffer_alloc(B[s], bytes, &p->b[s], &err_[s]));
+        OK(mc_buffer_upload(p->b[s], 0, h, bytes, &err_[s]));
+        if (tr)
+            OK(mc_tensor_init_transposed(&p->t[s], p->b[s], 0, dt, O, I, O + 2, &err_[s]));
+        else
+            OK(mc_tensor_init_strided(&p->t[s], p->b[s], 0, dt, 2, (int64_t[]){O, I}, scols,
+                                      &err_[s]));
+    }
+    free(h);
+    free(row);
+}
+
+#define GE_MAX 6
+
+/* n_e experts (rows per expert from rows[], inter sizes I + 8 * e), H
+ * columns; weighting: 0 none, 1 output, 2 input; limit: the V4 clamp. */
+static void experts_case(mc_dtype dt, int tr, int H, int I, int n_e, const int *rows,
+                         int weighting, float limit, double rtol)
+{
+    int32_t offh[GE_MAX + 1] = {0};
+    for (int e = 0; e < n_e; e++)
+        offh[e + 1] = offh[e] + rows[e];
+    int m = offh[n_e];
+    int blk = mc_dtype_is_block(dt) ? mc_dtype_block_elems(dt) : 1;
+    pair g[GE_MAX], u[GE_MAX], d[GE_MAX], x, y, off, rw;
+    mc_tensor gt[2][GE_MAX], ut[2][GE_MAX], dtn[2][GE_MAX];
+    for (int e = 0; e < n_e; e++) {
+        int Ie = blk > 1 ? I : I + 8 * e; /* block formats: whole blocks per row */
+        weight_pair(&g[e], dt, Ie, H, tr, 0.2f);
+        weight_pair(&u[e], dt, Ie, H, tr, 0.2f);
+        weight_pair(&d[e], dt, H, Ie, tr, 0.2f);
+        for (int s = 0; s < 2; s++) {
+            gt[s][e] = g[e].t[s];
+            ut[s][e] = u[e].t[s];
+            dtn[s][e] = d[e].t[s];
+        }
+    }
+    float *xh = rnd((size_t)(m ? m : 1) * H, 1.0f), *rwh = rnd((size_t)(m ? m : 1), 1.0f);
+    pair_2d(&x, MC_DT_F32, m, H, H + 3, xh);
+    pair_2d(&y, MC_DT_F32, m, H, H + 1, NULL);
+    pair_1d(&off, MC_DT_I32, n_e + 1, offh);
+    pair_1d(&rw, MC_DT_F32, m ? m : 1, rwh);
+    for (int s = 0; s < 2; s++) {
+        mc_experts_opts o = {.row_weight = weighting ? &rw.t[s] : NULL,
+                             .weight_input = weighting == 2, .swiglu_limit = limit};
+        OK(mc_op_grouped_experts(B[s], &x.t[s], &off.t[s], n_e, gt[s], ut[s], dtn[s], &o, &y.t[s],
+                                 &err_[s]));
+    }
+    char what[160];
+    snprintf(what, sizeof what, "grouped_experts %s%s H=%d I=%d experts=%d rows=%d weighting=%d "
+             "limit=%g", mc_dtype_name(dt), tr ? " transposed" : "", H, I, n_e, m, weighting,
+             (double)limit);
+    cmp_pair(what, &y, rtol);
+    if (n_e > 2) { /* refusal: offsets out of order */
+        int32_t bad[GE_MAX + 1];
+        memcpy(bad, offh, sizeof bad);
+        bad[2] = bad[1] - 1 >= 0 ? bad[1] - 1 : 0;
+        if (bad[2] < bad[1]) {
+            mc_status st[2];
+            for (int s = 0; s < 2; s++) {
+                OK(mc_tensor_upload(&off.t[s], bad, &err_[s]));
+                st[s] = mc_op_grouped_experts(B[s], &x.t[s], &off.t[s], n_e, gt[s], ut[s], dtn[s],
+                                              NULL, &y.t[s], &err_[s]);
+            }
+            same_refusal("grouped_experts, offsets out of order", st);
+        }
+    }
+    for (int e = 0; e < n_e; e++) {
+        pair_free(&g[e]);
+        pair_free(&u[e]);
+        pair_free(&d[e]);
+    }
+    pair *all[] = {&x, &y, &off, &rw};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        pair_free(all[i]);
+    free(xh);
+    free(rwh);
+}
+
+static void test_experts(void)
+{
+    static const int few[5] = {3, 0, 8, 1, 5}, many[4] = {13, 0, 40, 9};
+    static const mc_dtype types[] = {MC_DT_F32, MC_DT_F16, MC_DT_BF16, MC_DT_F8_E4M3};
+    for (size_t i = 0; i < sizeof types / sizeof types[0]; i++)
+        experts_case(types[i], 0, 72, 40, 5, few, (int)(i % 3), i == 3 ? 0.75f : 0.0f, 1e-5);
+    experts_case(MC_DT_Q8_0, 0, 96, 64, 5, few, 1, 0, 1e-5);
+    experts_case(MC_DT_Q4_K, 0, 256, 256, 5, few, 2, 0, 1e-5);
+    experts_case(MC_DT_BF16, 1, 72, 40, 5, few, 2, 0, 1e-5); /* Llama 4's transposed slabs */
+    /* more than 8 rows per expert: cuBLAS for F32 (F32 rounding) and BF16 (activations rounded) */
+    experts_case(MC_DT_F32, 0, 72, 40, 4, many, 1, 0, 1e-5);
+    experts_case(MC_DT_BF16, 0, 72, 40, 4, many, 1, 0, 1e-2);
+    experts_case(MC_DT_Q8_0, 0, 64, 96, 4, many, 0, 0, 1e-5);
+}
+
+int main(void)
+{
+    mc_err_clear(&err_[0]);
+    mc_err_clear(&err_[1]);
+    int on_cpu = getenv("MC_CUDA_TEST_ON_CPU") && strcmp(getenv("MC_CUDA_TEST_ON_CPU"), "1") == 0;
+    mc_status st = on_cpu ? mc_backend_cpu_init(&B[1], err_) : mc_backend_cuda_init(0, &B[1], err_);
+    if (st == MC_ERR_UNSUPPORTED) {
+#ifdef MC_HAVE_CUDA
+        printf("test_backend_cuda_layers: skipped: no GPU (%s)\n", err_[0].msg);
+#else
+        printf("test_backend_cuda_layers: skipped: built without CUDA\n");
+#endif
+        return 77;
+    }
+    if (st != MC_OK) {
+        fprintf(stderr, "test_backend_cuda_layers: %s\n", err_[0].msg);
+        return 1;
+    }
+    OK(mc_backend_cpu_init(&B[0], err_));
+    printf("device under test: %s (%s)\n", mc_backend_name(B[1]), mc_backend_features(B[1]));
+    attention_case(5, 6, 2, 40, 24, 0, 0);
+    attention_case(16, 4, 4, 64, 64, 0, 1);
+    attention_case(5, 8, 1, 33, 17, 64, 1); /* MQA, chunked (Llama 4) */
+    mla_case(5, 3, 72, 16, 0, 0);
+    mla_case(16, 2, 512, 64, 0, 0);
+    mla_case(5, 3, 72, 16, 0, 9);
+    mla_case(7, 2, 40, 8, 0, 300); /* more kept entries than a tile */
+    indexer_case(5, 4, 24, 7);
+    indexer_case(16, 3, 32, 64);
+    test_router();
+    permute_case(29, 4, 13, 70);
+    permute_case(1, 1, 3, 5);
+    permute_case(200, 8, 64, 33);
+    test_experts();
+    mc_backend_free(B[0]);
+    mc_backend_free(B[1]);
+    return check_report("test_backend_cuda_layers");
+}
