@@ -50,7 +50,7 @@ static const char batch_usage_text[] =
     "                        [--ranks N] [--workers ADDR] [--served-model-name NAME]\n"
     "                        [--max-num-seqs N] [--max-model-len N] [--concurrency N]\n"
     "                        [--tp N] [--ep N] [--pp N] [--weights q8_0|q4_k|bf16]\n"
-    "                        [--no-verify] [--stats]\n\n"
+    "                        [--no-verify] [--stats] [--device cpu|cuda]\n\n"
     "  --input FILE             OpenAI batch requests, one JSON object a line: custom_id,\n"
     "                           method POST, url /v1/completions or /v1/chat/completions,\n"
     "                           body\n"
@@ -69,7 +69,8 @@ static const char batch_usage_text[] =
     "                           folder's name)\n"
     "  --max-num-seqs N         sequences in one step (default 256)\n"
     "  --max-model-len N        context length (default: the model's, within the KV pool)\n"
-    "  --concurrency N          requests in flight (default: --max-num-seqs, else 16)\n" MC_PAR_USAGE
+    "  --concurrency N          requests in flight (default: --max-num-seqs, else 16)\n"
+    MC_DEVICE_USAGE MC_PAR_USAGE
     "Progress on stderr every 2 s. Exit 0 when every line was answered (error entries\n"
     "included), 1 when the file could not be processed, 2 on usage errors.\n";
 
@@ -118,6 +119,7 @@ static int parse(int argc, char **argv, const struct option *opts, batch_args *a
             case MC_OPT_WEIGHTS: add_warg(a, "--weights", optarg); break;
             case MC_OPT_STATS: add_warg(a, "--stats", NULL); break;
             case MC_OPT_NO_VERIFY: add_warg(a, "--no-verify", NULL); break;
+            case MC_OPT_DEVICE: add_warg(a, "--device", optarg); break;
             case MC_OPT_SHARDS: a->shards = optarg; break;
             default: break;
             }
@@ -696,6 +698,7 @@ int mc_cmd_batch(int argc, char **argv)
                                           {"concurrency", required_argument, 0, O_CONC},
                                           {"help", no_argument, 0, 'h'},
                                           MC_PAR_OPTIONS,
+                                          MC_DEVICE_OPTIONS,
                                           {0, 0, 0, 0}};
     batch_args a = {0};
     int rc = parse(argc, argv, opts, &a);

@@ -15,11 +15,14 @@
  * the fastest is reported, as the probes report their fastest pass: on a
  * shared machine other processes only ever slow a run down. */
 #include "cli.h"
+#include "gguf.h"
 #include "log.h"
+#include "model_gguf.h"
 #include "session.h"
 
 #include <getopt.h>
 #include <jansson.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,7 +33,7 @@ static const char bench_usage_text[] =
     "usage: moecluster bench --model DIR [--batch B] [--prompt-len N] [--gen-len M]\n"
     "                        [--threads T] [--weights q8_0|q4_k|bf16]\n"
     "                        [--kernels scalar|avx2|avx512] [--probe-mib S] [--repeat R]\n"
-    "                        [--json]\n\n"
+    "                        [--json] [--device cpu|cuda]\n\n"
     "  --model       checkpoint folder (config.json + safetensors), or a .gguf file\n"
     "  --batch       tokens per decode step (default 1)\n"
     "  --prompt-len  prefill length (default 128)\n"
@@ -40,7 +43,9 @@ static const char bench_usage_text[] =
     "  --kernels     scalar | avx2 | avx512 (default: MC_KERNELS or the best the CPU has)\n"
     "  --probe-mib   buffer of the bandwidth probe in MiB (default 1024)\n"
     "  --repeat      runs of each measurement, the fastest reported (default 3)\n"
-    "  --json        one JSON object instead of text\n";
+    "  --json        one JSON object instead of text\n"
+    "  --device      cpu | cuda (default: cuda when this build has CUDA and a GPU is\n"
+    "                visible, else cpu); the probes run on it too\n";
 
 static void bench_usage(FILE *out) { fputs(bench_usage_text, out); }
 
@@ -90,13 +95,100 @@ static long anon_huge_mib(void)
     return kb < 0 ? -1 : kb / 1024;
 }
 
-/* s as a JSON string literal (quotes and escapes included), malloc'd. */
-static char *json_str(const char *s)
+/* A JSON number, or null when v is not finite (JSON has no NaN or inf). New
+ * reference, NULL only when out of memory. */
+static json_t *jnum(double v) { return isfinite(v) ? json_real(v) : json_null(); }
+
+/* v rounded to a JSON integer (byte counts), null when not finite or out
+ * of range. New reference, NULL only when out of memory. */
+static json_t *jcount(double v)
 {
-    json_t *j = json_string(s);
-    char *out = j ? json_dumps(j, JSON_ENCODE_ANY) : NULL;
-    json_decref(j);
-    return out;
+    return isfinite(v) && fabs(v) < 9e18 ? json_integer((json_int_t)llround(v)) : json_null();
+}
+
+/* Sets o[key] = v, stealing v; false when v is NULL (out of memory, or a
+ * string that is not UTF-8) or the set failed. */
+static bool jput(json_t *o, const char *key, json_t *v)
+{
+    return v && json_object_set_new(o, key, v) == 0;
+}
+
+/* llama.cpp's general.file_type values (llama.h's llama_ftype): the name
+ * its tools print, or NULL for a value not in this table. */
+static const char *gguf_ftype_name(uint32_t t)
+{
+    static const char *const names[] = {
+        [0] = "F32",      [1] = "F16",      [2] = "Q4_0",     [3] = "Q4_1",
+        [7] = "Q8_0",     [8] = "Q5_0",     [9] = "Q5_1",     [10] = "Q2_K",
+        [11] = "Q3_K_S",  [12] = "Q3_K_M",  [13] = "Q3_K_L",  [14] = "Q4_K_S",
+        [15] = "Q4_K_M",  [16] = "Q5_K_S",  [17] = "Q5_K_M",  [18] = "Q6_K",
+        [19] = "IQ2_XXS", [20] = "IQ2_XS",  [21] = "Q2_K_S",  [22] = "IQ3_XS",
+        [23] = "IQ3_XXS", [24] = "IQ1_S",   [25] = "IQ4_NL",  [26] = "IQ3_S",
+        [27] = "IQ3_M",   [28] = "IQ2_S",   [29] = "IQ2_M",   [30] = "IQ4_XS",
+        [31] = "IQ1_M",   [32] = "BF16",    [36] = "TQ1_0",   [37] = "TQ2_0",
+        [38] = "MXFP4_MOE"};
+    return t < sizeof names / sizeof names[0] ? names[t] : NULL;
+}
+
+/* The GGUF file behind a model path (a .gguf file or a folder of split
+ * parts) as a JSON object: file (the last path component), parts,
+ * file_type (general.file_type, null when absent) and its name, name
+ * (general.name, null when absent or not UTF-8) and tensor_types (ggml
+ * type name -> tensor count). *out is a new reference the caller frees
+ * with json_decref. */
+static mc_status gguf_info(const char *path, json_t **out, mc_err *err)
+{
+    *out = NULL;
+    mc_gguf *g = NULL;
+    json_t *o = json_object(), *types = json_object();
+    mc_status st = mc_gguf_open(path, &g, err);
+    if (st != MC_OK)
+        goto fail;
+    st = MC_ERR_NOMEM;
+    if (!o || !types) {
+        mc_err_set(err, st, "out of memory");
+        goto fail;
+    }
+    size_t len = strlen(path);
+    while (len > 1 && path[len - 1] == '/')
+        len--; /* "dir/" names dir */
+    size_t start = len;
+    while (start > 0 && path[start - 1] != '/')
+        start--;
+    uint32_t ft = 0;
+    mc_err ignored;
+    bool have_ft = mc_gguf_get_u32(g, "general.file_type", &ft, &ignored) == MC_OK;
+    const char *ftn = have_ft ? gguf_ftype_name(ft) : NULL;
+    const mc_gguf_kv *nm = mc_gguf_find_kv(g, "general.name");
+    json_t *name = nm && nm->type == MC_GGUF_STR ? json_stringn(nm->str, nm->str_len) : NULL;
+    bool ok = jput(o, "file", json_stringn(path + start, len - start)) &&
+              jput(o, "parts", json_integer(mc_gguf_n_parts(g))) &&
+              jput(o, "file_type", have_ft ? json_integer(ft) : json_null()) &&
+              jput(o, "file_type_name", ftn ? json_string(ftn) : json_null()) &&
+              jput(o, "name", name ? name : json_null());
+    for (uint64_t i = 0; ok && i < mc_gguf_n_tensors(g); i++) {
+        const char *tn = mc_ggml_type_name(mc_gguf_tensor_at(g, i)->type);
+        json_t *n = json_object_get(types, tn);
+        ok = n ? json_integer_set(n, json_integer_value(n) + 1) == 0
+               : jput(types, tn, json_integer(1));
+    }
+    if (ok) {
+        ok = jput(o, "tensor_types", types);
+        types = NULL; /* stolen, even when the set failed */
+    }
+    if (!ok) {
+        mc_err_set(err, st, "%s: the GGUF summary: out of memory or a file name that is not UTF-8",
+                   path);
+        goto fail;
+    }
+    mc_gguf_close(g);
+    *out = o;
+    return MC_OK;
+fail:
+    json_decref(types);
+    json_decref(o);
+    mc_gguf_close(g);
+    return st;
 }
 
 static int argmax(const float *v, int n)
@@ -120,9 +212,10 @@ int mc_cmd_bench(int argc, char **argv)
                                           {"probe-mib", required_argument, 0, 'P'},
                                           {"repeat", required_argument, 0, 'r'},
                                           {"json", no_argument, 0, 'j'},
+                                          {"device", required_argument, 0, 'D'},
                                           {"help", no_argument, 0, 'h'},
                                           {0, 0, 0, 0}};
-    const char *dir = NULL;
+    const char *dir = NULL, *device = NULL; /* --device; NULL = auto */
     long long batch = 1, plen = 128, glen = 32, threads = 0, probe_mib = 1024, reps = 3;
     int json = 0, have_fmt = 0;
     mc_dtype fmt = MC_DT_BF16;
@@ -190,6 +283,13 @@ int mc_cmd_bench(int argc, char **argv)
             break;
         }
         case 'j': json = 1; break;
+        case 'D':
+            if (strcmp(optarg, "cpu") != 0 && strcmp(optarg, "cuda") != 0) {
+                fprintf(stderr, "moecluster bench: --device: '%s' is not cpu or cuda\n", optarg);
+                PARSE_RETURN(2);
+            }
+            device = optarg;
+            break;
         case 'h': bench_usage(stdout); PARSE_RETURN(0);
         default: bench_usage(stderr); PARSE_RETURN(2);
         }
@@ -198,6 +298,11 @@ int mc_cmd_bench(int argc, char **argv)
         fprintf(stderr, "moecluster bench: %s\n", dir ? "unexpected argument" : "--model is required");
         bench_usage(stderr);
         PARSE_RETURN(2);
+    }
+    /* the device before anything runs (a --kernels choice stays on cpu) */
+    if (mc_session_set_device(ses, device ? device : "auto", &err) != MC_OK) {
+        fprintf(stderr, "moecluster bench: %s\n", err.msg);
+        PARSE_RETURN(1);
     }
 #undef PARSE_RETURN
     mc_session_set_threads(ses, (int)threads); /* 0: MC_THREADS or the CPU count */
@@ -306,29 +411,52 @@ int mc_cmd_bench(int argc, char **argv)
     const char *wname = have_fmt ? mc_dtype_name(fmt) : "stored";
     const char *path = mc_session_kernels(ses);
     if (json) {
-        /* strings from outside (the path, the CPU name) are escaped by jansson */
-        char *jdir = json_str(dir), *jcpu = json_str(cpu);
-        if (!jdir || !jcpu) {
-            free(jdir);
-            free(jcpu);
+        /* everything through jansson: strings from outside (the path, the
+         * CPU name, GGUF metadata) are escaped, non-finite numbers are null */
+        json_t *gg = json_null(), *o = json_object();
+        if (mc_gguf_is_model(dir)) {
+            json_decref(gg);
+            if (gguf_info(dir, &gg, &err) != MC_OK) {
+                json_decref(o);
+                goto fail;
+            }
+        }
+        bool ok = o && jput(o, "model", json_string(dir)) &&
+                  jput(o, "model_type", json_string(d->model_type)) &&
+                  jput(o, "layers", json_integer(d->n_layers)) &&
+                  jput(o, "weights", json_string(wname)) && jput(o, "kernels", json_string(path)) &&
+                  jput(o, "threads", json_integer(nthreads)) &&
+                  jput(o, "batch", json_integer(batch)) &&
+                  jput(o, "prompt_len", json_integer(plen)) &&
+                  jput(o, "gen_len", json_integer(glen)) &&
+                  jput(o, "prefill_tok_s", jnum(prefill_tok_s)) &&
+                  jput(o, "prefill_gflops", jnum(prefill_gflops)) &&
+                  jput(o, "fma_peak_gflops", jnum(peak_gflops)) &&
+                  jput(o, "prefill_fma_ratio", jnum(prefill_gflops / peak_gflops)) &&
+                  jput(o, "decode_tok_s", jnum(decode_tok_s)) &&
+                  jput(o, "bytes_per_step", jcount(bytes_step)) &&
+                  jput(o, "bytes_per_token", jcount(bytes_step / (double)batch)) &&
+                  jput(o, "achieved_gbps", jnum(achieved)) &&
+                  jput(o, "probe_gbps", jnum(probe_gbps)) &&
+                  jput(o, "probe_gbps_before", jnum(probe_before)) &&
+                  jput(o, "probe_gbps_after", jnum(probe_after)) &&
+                  jput(o, "bandwidth_ratio", jnum(achieved / probe_gbps)) &&
+                  jput(o, "load_s", jnum(t_load)) && jput(o, "repeat", json_integer(reps)) &&
+                  jput(o, "anon_huge_mib", json_integer(huge_mib)) &&
+                  jput(o, "cpu", json_string(cpu)) &&
+                  jput(o, "cpu_features", json_string(mc_session_features(ses)));
+        if (ok)
+            ok = jput(o, "gguf", gg); /* steals gg */
+        else
+            json_decref(gg);
+        if (!ok) {
+            json_decref(o);
             mc_err_set(&err, MC_ERR_ARG, "--json: the model path or CPU name is not UTF-8");
             goto fail;
         }
-        printf("{\"model\": %s, \"model_type\": \"%s\", \"layers\": %d, \"weights\": \"%s\", "
-               "\"kernels\": \"%s\", \"threads\": %d, \"batch\": %lld, \"prompt_len\": %lld, "
-               "\"gen_len\": %lld, \"prefill_tok_s\": %.4g, \"prefill_gflops\": %.4g, "
-               "\"fma_peak_gflops\": %.4g, \"prefill_fma_ratio\": %.4f, \"decode_tok_s\": %.4g, "
-               "\"bytes_per_step\": %.0f, \"bytes_per_token\": %.0f, \"achieved_gbps\": %.4g, "
-               "\"probe_gbps\": %.4g, \"probe_gbps_before\": %.4g, \"probe_gbps_after\": %.4g, "
-               "\"bandwidth_ratio\": %.4f, \"load_s\": %.3g, \"repeat\": %lld, \"anon_huge_mib\": %ld, "
-               "\"cpu\": %s, \"cpu_features\": \"%s\"}\n",
-               jdir, d->model_type, d->n_layers, wname, path, nthreads, batch, plen, glen,
-               prefill_tok_s, prefill_gflops, peak_gflops, prefill_gflops / peak_gflops,
-               decode_tok_s, bytes_step, bytes_step / (double)batch, achieved, probe_gbps,
-               probe_before, probe_after, achieved / probe_gbps, t_load, reps, huge_mib, jcpu,
-               mc_session_features(ses));
-        free(jdir);
-        free(jcpu);
+        json_dumpf(o, stdout, JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(6));
+        putchar('\n');
+        json_decref(o);
     } else {
         printf("model    %s (%s, %d layers), weights %s, kernels %s, %d threads\n", dir,
                d->model_type, d->n_layers, wname, path, nthreads);

@@ -32,7 +32,7 @@ static const char gen_usage_text[] =
     "usage: moecluster generate --model DIR|--shards DIR --prompt-ids 1,2,3|--prompt TEXT\n"
     "                           [-n N] [--temperature T] [--top-p P] [--top-k K] [--seed S]\n"
     "                           [--ignore-eos] [--tp N] [--ep N] [--pp N] [--stats]\n"
-    "                           [--weights q8_0|q4_k|bf16] [--no-verify]\n\n"
+    "                           [--weights q8_0|q4_k|bf16] [--no-verify] [--device cpu|cuda]\n\n"
     "  --model DIR        Hugging Face checkpoint folder, a shard set, or a .gguf file\n"
     "  --shards DIR       a shard set written by `moecluster shard`\n"
     "  --prompt-ids LIST  comma-separated prompt token ids: decimal digits only, no spaces\n"
@@ -47,7 +47,7 @@ static const char gen_usage_text[] =
     "  --seed S           sampling seed (default 0)\n"
     "  --ignore-eos       keep generating after an end token (config.json's eos_token_id\n"
     "                     and every id of generation_config.json's)\n"
-    MC_PAR_USAGE
+    MC_DEVICE_USAGE MC_PAR_USAGE
     "Prints the generated ids, comma-separated, on one line (--prompt-ids), or the\n"
     "generated text as it comes, end token left out, and a newline (--prompt). Prompt\n"
     "and decode tokens/s and the time to first token go to stderr.\n";
@@ -243,6 +243,7 @@ int mc_cmd_generate(int argc, char **argv)
                                           {"ignore-eos", no_argument, 0, 'e'},
                                           {"help", no_argument, 0, 'h'},
                                           MC_PAR_OPTIONS,
+                                          MC_DEVICE_OPTIONS,
                                           {0, 0, 0, 0}};
     const char *model_dir = NULL, *prompt = NULL, *text = NULL;
     mc_par_args par = MC_PAR_ARGS_INIT;
@@ -365,7 +366,7 @@ int mc_cmd_generate(int argc, char **argv)
     mc_session_opts lo = {.dir = model_dir, .tp = par.tp, .ep = par.ep, .pp = par.pp,
                           .layout_given = par.given, .weights_given = par.weights_given,
                           .weights = par.weights, .no_verify = par.no_verify,
-                          .stats = par.stats};
+                          .stats = par.stats, .device = mc_par_device(&par)};
     st = mc_session_load(ses, &lo, &err);
     if (st != MC_OK)
         goto fail; /* every rank failed together (mc_par_agree) */

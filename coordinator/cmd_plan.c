@@ -142,6 +142,17 @@ static void print_estimate(const mc_plan *p)
            "all-reduce %.2f MB per layer\n",
            gibf(e->bytes_per_step), e->a2a_bytes_per_layer / 1e6,
            e->allreduce_bytes_per_layer / 1e6);
+    /* only the groups that communicate (ep_link / tp_link are "" otherwise) */
+    if (*e->ep_link || *e->tp_link) {
+        printf("  communication per layer and step:");
+        if (*e->ep_link)
+            printf(" dispatch + combine %.3f ms per MoE layer over %s%s", e->a2a_s_per_layer * 1e3,
+                   e->ep_link, *e->tp_link ? ";" : "");
+        if (*e->tp_link)
+            printf(" TP all-reduce %.3f ms per layer over %s", e->allreduce_s_per_layer * 1e3,
+                   e->tp_link);
+        printf("\n");
+    }
 }
 
 /* "(datasheet)" or "(measured, bench 2026-11-30)" for one figure. */

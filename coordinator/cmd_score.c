@@ -36,7 +36,8 @@ static const char score_usage_text[] =
     "usage: moecluster score --model DIR|--shards DIR --input IN.safetensors\n"
     "                        --output OUT.safetensors [--decode-from K]\n"
     "                        [--max-batch-tokens N] [--kv-block-size N] [--tp N] [--ep N]\n"
-    "                        [--pp N] [--stats] [--weights q8_0|q4_k|bf16] [--no-verify]\n\n"
+    "                        [--pp N] [--stats] [--weights q8_0|q4_k|bf16] [--no-verify]\n"
+    "                        [--device cpu|cuda]\n\n"
     "  --model DIR        Hugging Face checkpoint folder (config.json + safetensors), a\n"
     "                     shard set, or a llama.cpp .gguf file (or a folder of split parts)\n"
     "  --shards DIR       a shard set written by `moecluster shard` (each rank reads its own\n"
@@ -50,7 +51,7 @@ static const char score_usage_text[] =
     "  --max-batch-tokens N  new tokens per engine step, all sequences together\n"
     "                     (default 2048; >= 1)\n"
     "  --kv-block-size N  positions per block of the paged KV cache (default 16; 1..1024)\n"
-    MC_PAR_USAGE;
+    MC_DEVICE_USAGE MC_PAR_USAGE;
 
 static void score_usage(FILE *out) { fputs(score_usage_text, out); }
 
@@ -170,6 +171,7 @@ int mc_cmd_score(int argc, char **argv)
                                           {"kv-block-size", required_argument, 0, 'K'},
                                           {"help", no_argument, 0, 'h'},
                                           MC_PAR_OPTIONS,
+                                          MC_DEVICE_OPTIONS,
                                           {0, 0, 0, 0}};
     const char *model_dir = NULL, *in_path = NULL, *out_path = NULL;
     long long decode_from = -1, max_batch_tokens = MC_SCORE_DEFAULT_BATCH_TOKENS,
@@ -278,7 +280,7 @@ int mc_cmd_score(int argc, char **argv)
     mc_session_opts lo = {.dir = model_dir, .tp = par.tp, .ep = par.ep, .pp = par.pp,
                           .layout_given = par.given, .weights_given = par.weights_given,
                           .weights = par.weights, .no_verify = par.no_verify,
-                          .stats = par.stats};
+                          .stats = par.stats, .device = mc_par_device(&par)};
     if (mc_session_load(ses, &lo, &err) != MC_OK)
         goto fail; /* every rank failed together (mc_par_agree) */
     const mc_model_desc *d = mc_session_desc(ses);

@@ -29,7 +29,8 @@ static const char serve_usage_text[] =
     "                        [--max-num-seqs N] [--max-requests N] [--max-model-len N]\n"
     "                        [--max-batch-tokens N] [--kv-blocks N] [--kv-block-size N]\n"
     "                        [--step-timeout S] [--tp N] [--ep N] [--pp N]\n"
-    "                        [--weights q8_0|q4_k|bf16] [--no-verify] [--stats]\n\n"
+    "                        [--weights q8_0|q4_k|bf16] [--no-verify] [--stats]\n"
+    "                        [--device cpu|cuda]\n\n"
     "  --model DIR              Hugging Face checkpoint folder with tokenizer.json (and\n"
     "                           tokenizer_config.json for chat, generation_config.json for\n"
     "                           the end ids); without --model, --shards or --workers the\n"
@@ -52,7 +53,7 @@ static const char serve_usage_text[] =
     "  --kv-blocks N            KV cache blocks per worker (default: the worker's)\n"
     "  --kv-block-size N        positions per KV block (default: the worker's)\n"
     "  --step-timeout S         seconds one step may take before the group counts as hung\n"
-    "                           (default 120)\n" MC_PAR_USAGE
+    "                           (default 120)\n" MC_DEVICE_USAGE MC_PAR_USAGE
     "Prints \"serving MODEL on http://HOST:PORT\" once listening. Routes: POST\n"
     "/v1/completions, /v1/chat/completions; GET /v1/models, /health, /metrics\n"
     "(docs/serving.md, \"HTTP API\").\n";
@@ -206,6 +207,7 @@ static int parse(int argc, char **argv, serve_args *a) {
                                          {"step-timeout", required_argument, 0, O_STEP},
                                          {"help", no_argument, 0, 'h'},
                                          MC_PAR_OPTIONS,
+                                         MC_DEVICE_OPTIONS,
                                          {0, 0, 0, 0}};
     mc_par_args par = MC_PAR_ARGS_INIT;
     const char *S = "serve";
@@ -230,6 +232,9 @@ static int parse(int argc, char **argv, serve_args *a) {
                 break;
             case MC_OPT_STATS:
                 add_warg(a, "--stats", NULL);
+                break;
+            case MC_OPT_DEVICE:
+                add_warg(a, "--device", optarg);
                 break;
             case MC_OPT_NO_VERIFY:
                 add_warg(a, "--no-verify", NULL);

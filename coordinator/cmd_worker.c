@@ -45,7 +45,8 @@ enum { CMD_TICK = 1, CMD_STEP = 2, CMD_SHUTDOWN = 3 };
 static const char worker_usage_text[] =
     "usage: moecluster worker --model DIR|--shards DIR [--listen ADDR] [--kv-block-size N]\n"
     "                         [--kv-blocks N] [--max-batch-tokens N] [--tp N] [--ep N] [--pp N]\n"
-    "                         [--weights q8_0|q4_k|bf16] [--no-verify] [--stats]\n\n"
+    "                         [--weights q8_0|q4_k|bf16] [--no-verify] [--stats]\n"
+    "                         [--device cpu|cuda]\n\n"
     "  --model DIR            Hugging Face checkpoint folder, a shard set, or a .gguf file\n"
     "  --shards DIR           a shard set written by `moecluster shard`\n"
     "  --listen ADDR          ZeroMQ endpoint rank 0 binds (default " DEFAULT_LISTEN ");\n"
@@ -53,7 +54,7 @@ static const char worker_usage_text[] =
     "                         address only on a trusted network: there is no authentication\n"
     "  --kv-block-size N      positions per KV block (default 16)\n"
     "  --kv-blocks N          KV blocks per layer (default 1024)\n"
-    "  --max-batch-tokens N   new tokens per step (default 2048)\n" MC_PAR_USAGE
+    "  --max-batch-tokens N   new tokens per step (default 2048)\n" MC_DEVICE_USAGE MC_PAR_USAGE
     "Prints \"listening on ADDR\" on stdout once every rank has loaded, then serves\n"
     "step plans from a coordinator until it sends Shutdown. dp > 1 is not served yet.\n";
 
@@ -399,6 +400,7 @@ int mc_cmd_worker(int argc, char **argv)
         {"max-batch-tokens", required_argument, 0, OPT_BUDGET},
         {"help", no_argument, 0, 'h'},
         MC_PAR_OPTIONS,
+        MC_DEVICE_OPTIONS,
         {0, 0, 0, 0}};
     mc_quiet q = mc_quiet_begin();
     int c, bad = 0;
@@ -470,7 +472,8 @@ int mc_cmd_worker(int argc, char **argv)
                           .tp = par.tp, .ep = par.ep, .pp = par.pp,
                           .layout_given = par.given,
                           .weights_given = par.weights_given, .weights = par.weights,
-                          .no_verify = par.no_verify, .stats = par.stats};
+                          .no_verify = par.no_verify, .stats = par.stats,
+                          .device = mc_par_device(&par)};
     if (mc_session_load(ses, &so, &err) != MC_OK)
         goto fail;
     mc_session_exec_info info;

@@ -15,6 +15,7 @@
 #include <getopt.h>
 #include <stdbool.h>
 #include <stdio.h>
+#include <string.h>
 #include <unistd.h>
 
 typedef struct {
@@ -25,12 +26,30 @@ typedef struct {
     mc_dtype weights;
     const char *shards;   /* --shards DIR: a shard set, used instead of --model */
     bool no_verify;       /* --no-verify: skip the shard set's load-time checksum check */
+    const char *device;   /* --device cpu|cuda (MC_DEVICE_OPTIONS); NULL = auto */
 } mc_par_args;
 
-#define MC_PAR_ARGS_INIT {0, 0, 0, false, false, false, MC_DT_BF16, NULL, false}
+#define MC_PAR_ARGS_INIT {0, 0, 0, false, false, false, MC_DT_BF16, NULL, false, NULL}
 
 enum { MC_OPT_TP = 1000, MC_OPT_EP, MC_OPT_PP, MC_OPT_STATS, MC_OPT_WEIGHTS, MC_OPT_SHARDS,
-       MC_OPT_NO_VERIFY };
+       MC_OPT_NO_VERIFY, MC_OPT_DEVICE };
+
+/* --device, separate from MC_PAR_OPTIONS: a command takes it only where it
+ * runs the model itself (score, generate, bench, worker) or forwards it to
+ * its workers. mc_par_option checks the value; mc_par_device gives what
+ * mc_session_opts.device wants. */
+#define MC_DEVICE_OPTIONS {"device", required_argument, 0, MC_OPT_DEVICE}
+
+#define MC_DEVICE_USAGE                                                                            \
+    "  --device cpu|cuda                 compute backend (default: cuda when this build has\n"    \
+    "                                    CUDA and a GPU is visible, else cpu; under mpirun\n"     \
+    "                                    each rank takes GPU local-rank mod GPUs)\n"
+
+/* The session's device name for the parsed arguments ("auto" when not given). */
+static inline const char *mc_par_device(const mc_par_args *a)
+{
+    return a->device ? a->device : "auto";
+}
 
 /* getopt_long entries (put them before the terminating {0, 0, 0, 0}). */
 #define MC_PAR_OPTIONS                                                                             \
@@ -93,6 +112,13 @@ static inline int mc_par_option(mc_par_args *a, const char *cmd, int c, const ch
             return -1;
         }
         a->shards = arg;
+        return 0;
+    case MC_OPT_DEVICE:
+        if (strcmp(arg, "cpu") != 0 && strcmp(arg, "cuda") != 0) {
+            fprintf(stderr, "moecluster %s: --device: '%s' is not cpu or cuda\n", cmd, arg);
+            return -1;
+        }
+        a->device = arg;
         return 0;
     case MC_OPT_NO_VERIFY: /* load a shard set without checking it against its manifest */
         a->no_verify = true; /* applied by mc_session_load */

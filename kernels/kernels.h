@@ -49,6 +49,21 @@ void mc_mat_row_f32(const mc_mat *w, int r, float *dst);
  * Rows are split over the kernel thread pool when the product is large. */
 void mc_matmul(const mc_mat *w, const float *x, int n, int ldx, float *y, int ldy);
 
+/* One product of mc_matmul_many: y[t, o] = W[o, :] . x[t, :] for t < n. Borrowed. */
+typedef struct {
+    const mc_mat *w;
+    const float *x;
+    int n, ldx;
+    float *y;
+    int ldy;
+} mc_matmul_item;
+
+/* The count products of items as one parallel loop (one wait for the
+ * threads instead of one per product; each thread streams whole runs of
+ * rows of one matrix). Outputs are bitwise equal to calling mc_matmul on
+ * each item in turn; no item's y may overlap another item's x or y. */
+void mc_matmul_many(const mc_matmul_item *items, int count);
+
 /* Bytes of weight storage one full product reads (data and FP8 scales). */
 size_t mc_mat_weight_bytes(const mc_mat *w);
 
@@ -60,6 +75,17 @@ size_t mc_mat_weight_bytes(const mc_mat *w);
  * block scales could not keep. */
 mc_status mc_mat_quantize(const mc_mat *src, mc_dtype target, mc_mat *dst, void **owned,
                           mc_err *err);
+
+/* Quantizes n matrices, src[i] to target[i] (as mc_mat_quantize), into ONE
+ * buffer: *owned receives it (free() it when no dst is used any more), each
+ * dst[i].data points into it, the matrices in order, each on a 64-byte
+ * boundary. The buffer is 2 MiB aligned and asks for transparent huge pages
+ * whatever the matrices' sizes (a layer's experts: one stream on huge
+ * pages). On failure nothing is kept, dst is unspecified and *bad (when not
+ * NULL) is the index of the matrix at fault (-1 if none): errors as
+ * mc_mat_quantize. */
+mc_status mc_mats_quantize(const mc_mat *const *src, const mc_dtype *target, int n, mc_mat *dst,
+                           void **owned, int *bad, mc_err *err);
 
 /* out[i] = x[i] / rms(x) * w[i] (w NULL: no weight); out may alias x. */
 void mc_rmsnorm(float *out, const float *x, const float *w, int n, float eps);

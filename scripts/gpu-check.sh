@@ -1,85 +1,263 @@
 #!/usr/bin/env bash
-# gpu-check.sh [RUNTIME_DIR] - run on the GPU machine from the repository root, in one go (well under
-# 8 minutes): sources RUNTIME_DIR/unpack.sh when there is one (the runtime libraries made by
-# scripts/gpu-prepare.sh), runs the CUDA op tests (test_backend_cuda: every implemented CUDA op against
-# the CPU op; test_backend_cuda_layers beside it when present: the paged-KV-cache and MoE ops), the same
-# tests under compute-sanitizer (MC_GPU_SANITIZE=0 skips it), and the matmul
-# benchmark (test_backend_cuda --bench), then prints one table. The binary is taken from
-# RUNTIME_DIR/files, else from MC_GPU_BUILD (default build-cuda)/tests/unit. Logs go to MC_GPU_LOGS
-# (default: $OUT/gpu-check when OUT is set, else build-cuda/gpu-check-logs). Exit status 0 only when
-# the tests pass and the benchmark ran.
+# gpu-check.sh [RUNTIME_DIR] - run on the GPU machine from the repository root, in one go (within
+# MC_GPU_BUDGET_S, default 450 s: every part gets its own timeout, cut to what is left of the budget):
+#   1. the CUDA op tests (test_backend_cuda; test_backend_cuda_layers: paged KV cache and MoE ops),
+#      every implemented CUDA op against the CPU op;
+#   2. every golden fixture the CUDA backend runs (tests/fixtures/models/*, not deepseek-v4-tiny: its
+#      ops are not on the GPU yet) through `moecluster score --device cuda`, full and with
+#      --decode-from, compared with compare_logits at the CPU's bar (1e-4 relative, 0.99 argmax) on
+#      the f32-accumulating path (--max-batch-tokens 8: every product is the GEMV kernel); the default
+#      step budget (cuBLAS BF16 for > 8 rows, activations rounded to BF16) is reported beside it, not
+#      judged; qwen3-moe-tiny once more under mpirun -np 2 --ep 2 (the staged ep exchange);
+#   3. the NCCL transport's round trip (test_comm_nccl: one rank; under mpirun -np 2 with two GPUs,
+#      or, with one, the refusal of two ranks on one GPU);
+#   4. `moecluster bench --device cuda` on a Qwen3-30B-A3B-shaped 4-layer checkpoint made here by
+#      `moecluster synth` (BF16, ~6 GB, under MC_GPU_SYNTH_DIR, default /tmp/mc-qwen3-4l): decode
+#      tok/s at batch 1 and 8 and GB/s against the device read probe of the same run;
+#   5. the matmul benchmark (test_backend_cuda --bench);
+#   6. the op tests under compute-sanitizer memcheck (MC_GPU_SANITIZE=0 skips it);
+# then prints one table. Binaries come from RUNTIME_DIR/files (scripts/gpu-prepare.sh packs them),
+# else from MC_GPU_BUILD (default build-cuda). Logs go to MC_GPU_LOGS (default: $OUT/gpu-check when
+# OUT is set, else $MC_GPU_BUILD/gpu-check-logs). Without a GPU every GPU part reports "skipped".
+# Exit status: 0 unless a part failed (skipped parts are no failure).
 set -uo pipefail
 rt=${1:-${MC_GPU_RUNTIME:-}}
 build=${MC_GPU_BUILD:-build-cuda}
 logs=${MC_GPU_LOGS:-${OUT:+$OUT/gpu-check}}
 logs=${logs:-$build/gpu-check-logs}
+budget=${MC_GPU_BUDGET_S:-450}
 mkdir -p "$logs"
+if [ ! -d tests/fixtures/models ]; then echo "gpu-check: run from the repository root" >&2; exit 2; fi
 if [ -n "$rt" ]; then
     [ -f "$rt/unpack.sh" ] || { echo "gpu-check: $rt/unpack.sh not found" >&2; exit 2; }
     # shellcheck disable=SC1091
     . "$rt/unpack.sh" >"$logs/unpack.log" 2>&1 || { cat "$logs/unpack.log"; exit 2; }
 fi
-bin=
-for d in ${rt:+"$rt/files"} "$build/tests/unit"; do
-    if [ -x "$d/test_backend_cuda" ]; then bin=$d/test_backend_cuda; break; fi
-done
-[ -n "$bin" ] || { echo "gpu-check: no test_backend_cuda (run scripts/gpu-prepare.sh here first)" >&2; exit 2; }
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+start=$SECONDS
+
+# find NAME SUBDIR: the packed binary, else the build's
+find_bin() {
+    local d
+    for d in ${rt:+"$rt/files"} "$build/$2"; do
+        if [ -x "$d/$1" ]; then echo "$d/$1"; return 0; fi
+    done
+    return 1
+}
+opbin=$(find_bin test_backend_cuda tests/unit)
+lbin=$(find_bin test_backend_cuda_layers tests/unit)
+ncbin=$(find_bin test_comm_nccl tests/unit)
+mc=$(find_bin moecluster coordinator)
+cmp=$(find_bin compare_logits tests/golden)
+
+rows=()   # table rows
+failed=0
+# row CHECK RESULT STATUS SECONDS
+row() { rows+=("| $1 | $2 | $3 | $4 |"); [ "$3" = FAIL ] && failed=1; return 0; }
+# limit WANT: WANT seconds, cut to what is left of the budget (0: nothing left)
+limit() {
+    local left=$((budget - (SECONDS - start) - 5))
+    [ "$left" -lt 10 ] && { echo 0; return; }
+    [ "$1" -lt "$left" ] && echo "$1" || echo "$left"
+}
 
 card=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -1)
-echo "gpu-check: $(date -u '+%Y-%m-%d %H:%M UTC'), card: ${card:-unknown (no nvidia-smi)}, binary: $bin"
+ngpu=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true)
+echo "gpu-check: $(date -u '+%Y-%m-%d %H:%M UTC'), card: ${card:-none visible (no nvidia-smi or no GPU)}, GPUs: ${ngpu}"
+mpirun_=$(command -v mpirun || true)
+mpi_root=()
+[ "$(id -u)" = 0 ] && mpi_root=(--allow-run-as-root)
 
-t0=$SECONDS
-timeout 240 "$bin" >"$logs/test.log" 2>&1; test_rc=$?
-test_s=$((SECONDS - t0))
-test_line=$(grep -E "test_backend_cuda: (all|skipped|[0-9]+ of)" "$logs/test.log" | tail -1)
+# ---- 1. op tests (exit 77: skipped) ----
+# op_test NAME BIN LOG SUMMARY_RE WANT_S
+op_rc=skip
+op_test() {
+    local name=$1 bin=$2 log=$3 re=$4 t rc line
+    if [ -z "$bin" ]; then row "$name" "binary not found (run scripts/gpu-prepare.sh)" FAIL ""; return 1; fi
+    t=$(limit "$5"); [ "$t" = 0 ] && { row "$name" "skipped (time budget)" skipped ""; return 1; }
+    local t0=$SECONDS
+    timeout "$t" "$bin" >"$log" 2>&1; rc=$?
+    line=$(grep -E "$re" "$log" | tail -1)
+    case $rc in
+    0) row "$name" "${line:-passed}" ok $((SECONDS - t0)) ;;
+    77) row "$name" "$(grep -m1 skipped "$log")" skipped $((SECONDS - t0)) ;;
+    124) row "$name" "timed out after $t s" FAIL $((SECONDS - t0)) ;;
+    *) row "$name" "${line:-exit $rc} (see $log)" FAIL $((SECONDS - t0)) ;;
+    esac
+    return "$rc"
+}
+op_test "CUDA op tests vs CPU" "$opbin" "$logs/test.log" "test_backend_cuda: (all|[0-9]+ of)" 150
+op_rc=$?
+op_test "CUDA attention / MoE op tests vs CPU" "$lbin" "$logs/layers.log" \
+    "test_backend_cuda_layers: (all|[0-9]+ of)" 150
+layers_rc=$?
 
-lbin=$(dirname "$bin")/test_backend_cuda_layers
-layers_rc=skip layers_s='' layers_line="not found beside $bin"
-if [ -x "$lbin" ]; then
-    t0=$SECONDS
-    timeout 240 "$lbin" >"$logs/layers.log" 2>&1; layers_rc=$?
-    layers_s=$((SECONDS - t0))
-    layers_line=$(grep -E "test_backend_cuda_layers: (all|skipped|[0-9]+ of)" "$logs/layers.log" | tail -1)
+# ---- 2. golden fixtures through the GPU path ----
+# whether this moecluster can use a GPU here at all ("no CUDA device visible", "built without CUDA")
+gpu_why=
+if [ -z "$mc" ] || [ -z "$cmp" ]; then
+    gpu_why="moecluster or compare_logits not found (run scripts/gpu-prepare.sh)"
+else
+    probe=$("$mc" bench --device cuda --model /nonexistent-model 2>&1 | head -1)
+    case $probe in *"--device cuda:"*) gpu_why=${probe#*--device cuda: } ;; esac
 fi
-
-san_rc=skip san_line="skipped (MC_GPU_SANITIZE=0)"
-sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null)
-if [ "${MC_GPU_SANITIZE:-1}" != 0 ] && [ -n "$sanitizer" ] && [ "$test_rc" = 0 ]; then
-    t0=$SECONDS
-    timeout 180 "$sanitizer" --tool memcheck --error-exitcode 3 "$bin" >"$logs/sanitizer.log" 2>&1
-    san_rc=$?
-    san_line="$(grep -E "ERROR SUMMARY" "$logs/sanitizer.log" | tail -1) ($((SECONDS - t0)) s)"
-    [ "$san_rc" = 124 ] && san_line="timed out after 180 s"
-    if [ "$san_rc" = 0 ] && [ "$layers_rc" = 0 ]; then
-        t0=$SECONDS
-        timeout 180 "$sanitizer" --tool memcheck --error-exitcode 3 "$lbin" >"$logs/sanitizer-layers.log" 2>&1
-        san_rc=$?
-        san_line="$san_line; layers: $(grep -E "ERROR SUMMARY" "$logs/sanitizer-layers.log" | tail -1) ($((SECONDS - t0)) s)"
-        [ "$san_rc" = 124 ] && san_line="$san_line (layers timed out after 180 s)"
+# golden NAME MODEL_DIR OUT PREFIX... -- SCORE_ARGS: runs and compares; prints "ok|FAIL rel"
+max_rel() { awk '/rel err/ { v = $5 + 0; if (v > m) m = v } END { printf "%.2e", m }' "$1"; }
+gpu_st=skipped
+[ -n "$gpu_why" ] && [ "$ngpu" -gt 0 ] && gpu_st=FAIL # a GPU is there, moecluster cannot use it
+if [ -n "$gpu_why" ]; then
+    row "golden fixtures, --device cuda" "$gpu_st: $gpu_why" "$gpu_st" ""
+else
+    gout=$logs/golden; mkdir -p "$gout"
+    for dir in tests/fixtures/models/*/; do
+        model=$(basename "$dir")
+        [ "$model" = deepseek-v4-tiny ] && continue # V4 ops: not on the GPU yet
+        half=$(python3 -c "import json,struct,sys; f=open(sys.argv[1],'rb'); n=struct.unpack('<Q',f.read(8))[0]; print(json.loads(f.read(n))['input_ids']['shape'][1]//2)" "$dir/golden.safetensors" 2>/dev/null || echo 16)
+        for mode in full decode; do
+            extra=(); [ "$mode" = decode ] && extra=(--decode-from "$half")
+            res=() t0=$SECONDS st=ok
+            for budget_tok in 8 default; do
+                bt=(); [ "$budget_tok" = 8 ] && bt=(--max-batch-tokens 8)
+                t=$(limit 40); [ "$t" = 0 ] && { [ "$st" = ok ] && st=skipped; res+=("skipped (time budget)"); break; }
+                o=$gout/$model.$mode.$budget_tok.safetensors l=$gout/$model.$mode.$budget_tok.log
+                if timeout "$t" "$mc" score --device cuda --model "$dir" --input "$dir/golden.safetensors" \
+                    --output "$o" "${extra[@]}" "${bt[@]}" >"$l" 2>&1; then
+                    "$cmp" "$o" "$dir/golden.safetensors" 1e-4 0.99 >>"$l" 2>&1; crc=$?
+                    if [ "$budget_tok" = 8 ]; then
+                        res+=("f32 path rel $(max_rel "$l") $([ $crc = 0 ] && echo ok || echo over 1e-4)")
+                        [ $crc = 0 ] || st=FAIL
+                    else
+                        res+=("default (cuBLAS BF16) rel $(max_rel "$l")")
+                    fi
+                else
+                    res+=("$budget_tok: score failed: $(grep -m1 'moecluster score' "$l" | cut -c1-120)")
+                    st=FAIL
+                fi
+            done
+            row "golden $model $mode" "$(printf '%s; ' "${res[@]}" | sed 's/; $//')" "$st" $((SECONDS - t0))
+        done
+    done
+    # the staged ep exchange: two ranks on the GPU(s), each rank's experts on its device
+    t=$(limit 60)
+    dir=tests/fixtures/models/qwen3-moe-tiny
+    if [ -z "$mpirun_" ]; then row "golden qwen3-moe-tiny, mpirun -np 2 --ep 2" "skipped: no mpirun" skipped ""
+    elif [ "$t" = 0 ]; then row "golden qwen3-moe-tiny, mpirun -np 2 --ep 2" "skipped (time budget)" skipped ""
+    else
+        t0=$SECONDS l=$gout/ep2.log o=$gout/ep2.safetensors
+        if timeout "$t" "$mpirun_" "${mpi_root[@]}" -np 2 "$mc" score --device cuda --ep 2 --max-batch-tokens 8 \
+            --model "$dir" --input "$dir/golden.safetensors" --output "$o" >"$l" 2>&1 &&
+            "$cmp" "$o" "$dir/golden.safetensors" 1e-4 0.99 >>"$l" 2>&1; then
+            row "golden qwen3-moe-tiny, mpirun -np 2 --ep 2 (staged)" "f32 path rel $(max_rel "$l") ok" ok $((SECONDS - t0))
+        else
+            row "golden qwen3-moe-tiny, mpirun -np 2 --ep 2 (staged)" "failed (see $l): $(grep -m1 -E 'moecluster|FAIL|rel err' "$l" | cut -c1-120)" FAIL $((SECONDS - t0))
+        fi
     fi
-elif [ -z "$sanitizer" ]; then
-    san_line="compute-sanitizer not found"
 fi
 
-t0=$SECONDS
-timeout 300 "$bin" --bench >"$logs/bench.log" 2>&1; bench_rc=$?
-bench_s=$((SECONDS - t0))
+# ---- 3. NCCL ----
+if [ -z "$ncbin" ]; then
+    row "NCCL round trip, 1 rank" "test_comm_nccl not found (run scripts/gpu-prepare.sh)" FAIL ""
+else
+    op_test "NCCL round trip, 1 rank" "$ncbin" "$logs/nccl.log" "checks, [0-9]+ failures" 60
+    nc1=$?
+    t=$(limit 60)
+    if [ "$nc1" != 0 ]; then row "NCCL, mpirun -np 2" "skipped: the one-rank test did not run or pass" skipped ""
+    elif [ -z "$mpirun_" ]; then row "NCCL, mpirun -np 2" "skipped: no mpirun" skipped ""
+    elif [ "$t" = 0 ]; then row "NCCL, mpirun -np 2" "skipped (time budget)" skipped ""
+    else
+        t0=$SECONDS
+        what="two GPUs: round trip"; [ "$ngpu" -lt 2 ] && what="one GPU: two ranks must be refused"
+        if timeout "$t" "$mpirun_" "${mpi_root[@]}" -np 2 "$ncbin" >"$logs/nccl-np2.log" 2>&1; then
+            row "NCCL, mpirun -np 2 ($what)" "$(grep -E 'refused as expected|rank 0: [0-9]+ checks' "$logs/nccl-np2.log" | head -1 | cut -c1-160)" ok $((SECONDS - t0))
+        else
+            row "NCCL, mpirun -np 2 ($what)" "failed (see $logs/nccl-np2.log)" FAIL $((SECONDS - t0))
+        fi
+    fi
+fi
+
+# ---- 4. bench on a Qwen3-30B-A3B-shaped checkpoint ----
+synth=${MC_GPU_SYNTH_DIR:-/tmp/mc-qwen3-4l}
+if [ -n "$gpu_why" ]; then
+    row "bench Qwen3-30B-A3B x 4 layers, --device cuda" "$gpu_st: $gpu_why" "$gpu_st" ""
+else
+    t=$(limit 90) t0=$SECONDS
+    if [ "$t" = 0 ]; then row "synth Qwen3-30B-A3B x 4 layers" "skipped (time budget)" skipped ""
+    elif [ -f "$synth/config.json" ] ||
+        timeout "$t" "$mc" synth --config bench/qwen3-30b-a3b.config.json --layers 4 --out "$synth" \
+            >"$logs/synth.log" 2>&1; then
+        row "synth Qwen3-30B-A3B x 4 layers" "$(du -sh "$synth" | cut -f1) in $synth" ok $((SECONDS - t0))
+        for b in 1 8; do
+            t=$(limit 90); [ "$t" = 0 ] && { row "bench batch $b" "skipped (time budget)" skipped ""; continue; }
+            t0=$SECONDS l=$logs/bench-b$b.json
+            if timeout "$t" "$mc" bench --device cuda --model "$synth" --batch "$b" --prompt-len 128 \
+                --gen-len 32 --repeat 2 --probe-mib 4096 --json >"$l" 2>"$logs/bench-b$b.err"; then
+                summary=$(python3 - "$l" <<'EOF' 2>/dev/null || head -c 200 "$l"
+import json, sys
+j = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])
+print("decode %.1f tok/s, %.0f GB/s of weights = %.2f of the read probe (%.0f GB/s); prefill %.0f tok/s; %s"
+      % (j["decode_tok_s"], j["achieved_gbps"], j["achieved_gbps"] / j["probe_gbps"], j["probe_gbps"],
+         j["prefill_tok_s"], j.get("kernels", "")))
+EOF
+)
+                row "bench batch $b, --device cuda" "$summary" ok $((SECONDS - t0))
+            else
+                row "bench batch $b, --device cuda" "failed: $(head -c 160 "$logs/bench-b$b.err")" FAIL $((SECONDS - t0))
+            fi
+        done
+    else
+        row "synth Qwen3-30B-A3B x 4 layers" "failed or timed out (see $logs/synth.log)" FAIL $((SECONDS - t0))
+    fi
+fi
+
+# ---- 5. matmul benchmark ----
+bench_rc=skip
+if [ "$op_rc" = 0 ]; then
+    t=$(limit 90)
+    if [ "$t" = 0 ]; then row "matmul benchmark" "skipped (time budget)" skipped ""
+    else
+        t0=$SECONDS
+        timeout "$t" "$opbin" --bench >"$logs/bench.log" 2>&1; bench_rc=$?
+        if [ "$bench_rc" = 0 ]; then row "matmul benchmark" "see below" ok $((SECONDS - t0))
+        else row "matmul benchmark" "exit $bench_rc (see $logs/bench.log)" FAIL $((SECONDS - t0)); fi
+    fi
+else
+    row "matmul benchmark" "skipped: the op tests did not run or pass" skipped ""
+fi
+
+# ---- 6. compute-sanitizer (last: the slowest, and the budget may be spent) ----
+sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
+if [ "${MC_GPU_SANITIZE:-1}" = 0 ]; then
+    row "compute-sanitizer memcheck" "skipped (MC_GPU_SANITIZE=0)" skipped ""
+elif [ -z "$sanitizer" ]; then
+    row "compute-sanitizer memcheck" "skipped: compute-sanitizer not found" skipped ""
+elif [ "$op_rc" != 0 ]; then
+    row "compute-sanitizer memcheck" "skipped: the op tests did not run or pass" skipped ""
+else
+    for pair in "op tests:$opbin:sanitizer.log" "attention / MoE tests:$lbin:sanitizer-layers.log"; do
+        IFS=: read -r what bin log <<<"$pair"
+        [ "$what" = "attention / MoE tests" ] && [ "$layers_rc" != 0 ] && continue
+        t=$(limit 120); [ "$t" = 0 ] && { row "memcheck: $what" "skipped (time budget)" skipped ""; continue; }
+        t0=$SECONDS
+        timeout "$t" "$sanitizer" --tool memcheck --error-exitcode 3 "$bin" >"$logs/$log" 2>&1; rc=$?
+        line=$(grep -E "ERROR SUMMARY" "$logs/$log" | tail -1)
+        case $rc in
+        0) row "memcheck: $what" "${line:-clean}" ok $((SECONDS - t0)) ;;
+        124) row "memcheck: $what" "timed out after $t s" FAIL $((SECONDS - t0)) ;;
+        *) row "memcheck: $what" "${line:-exit $rc} (see $logs/$log)" FAIL $((SECONDS - t0)) ;;
+        esac
+    done
+fi
 
 echo
 echo "| check | result | status | seconds |"
 echo "| --- | --- | --- | --- |"
-echo "| CUDA op tests vs CPU | ${test_line:-no summary line (see $logs/test.log)} | $test_rc | $test_s |"
-echo "| CUDA attention / MoE op tests vs CPU | ${layers_line:-no summary line (see $logs/layers.log)} | $layers_rc | $layers_s |"
-echo "| compute-sanitizer memcheck | $san_line | $san_rc | |"
-echo "| matmul benchmark | see below | $bench_rc | $bench_s |"
-grep -E "^(device:|\|)" "$logs/bench.log"
-if [ "$test_rc" != 0 ]; then
-    echo; echo "first failures (of $logs/test.log):"; grep -v "^device:" "$logs/test.log" | head -40
-fi
-if [ "$layers_rc" != 0 ] && [ "$layers_rc" != skip ]; then
-    echo; echo "first failures (of $logs/layers.log):"; grep -v "^device" "$logs/layers.log" | head -40
-fi
-if [ "$bench_rc" != 0 ]; then echo; tail -20 "$logs/bench.log"; fi
-[ "$test_rc" = 0 ] && [ "$bench_rc" = 0 ] && { [ "$layers_rc" = skip ] || [ "$layers_rc" = 0 ]; } &&
-    { [ "$san_rc" = skip ] || [ "$san_rc" = 0 ]; }
+printf '%s\n' "${rows[@]}"
+if [ "$bench_rc" = 0 ]; then echo; grep -E "^(device:|\|)" "$logs/bench.log"; fi
+for f in test layers; do
+    if [ -f "$logs/$f.log" ] && grep -q FAIL "$logs/$f.log"; then
+        echo; echo "first failures (of $logs/$f.log):"; grep -v "^device" "$logs/$f.log" | head -30
+    fi
+done
+echo
+echo "gpu-check: $((SECONDS - start)) s of a $budget s budget; logs in $logs"
+exit "$failed"

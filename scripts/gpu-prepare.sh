@@ -2,8 +2,9 @@
 # gpu-prepare.sh PACK_SH [OUT_DIR] - run here, from the repository root, before a GPU check:
 # configures and builds the CUDA build (MC_GPU_BUILD, default build-cuda; -DMC_CUDA=ON, sm_90), then
 # packs what the GPU machine needs into OUT_DIR (default: $MC_GPU_BUILD/gpu, inside the ignored build
-# folder) with the given pack script, called as `PACK_SH OUT_DIR FILE...`: the test / benchmark
-# binary and moecluster under OUT_DIR/files, and the runtime libraries the machine lacks.
+# folder) with the given pack script, called as `PACK_SH OUT_DIR FILE...`: the op tests, the NCCL
+# round trip (test_comm_nccl), moecluster and compare_logits (the golden comparison) under
+# OUT_DIR/files, and the runtime libraries the machine lacks.
 # Then send OUT_DIR along with the tree and run there:  scripts/gpu-check.sh OUT_DIR   (docs/gpu.md)
 set -euo pipefail
 pack=${1:?usage: scripts/gpu-prepare.sh PACK_SH [OUT_DIR]}
@@ -14,10 +15,11 @@ if [ ! -f CMakeLists.txt ] || [ ! -d kernels/cuda ]; then
     echo "gpu-prepare: run from the repository root" >&2; exit 2
 fi
 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMC_CUDA=ON -DMC_FUZZ=OFF >/dev/null
-cmake --build "$build" --target moecluster test_backend_cuda test_backend_cuda_layers -j"${MC_GPU_JOBS:-2}"
+cmake --build "$build" --target moecluster test_backend_cuda test_backend_cuda_layers test_comm_nccl \
+    compare_logits -j"${MC_GPU_JOBS:-2}"
 rm -rf "$out"
-"$pack" "$out" "$build/tests/unit/test_backend_cuda" \
-    "$build/tests/unit/test_backend_cuda_layers" "$build/coordinator/moecluster"
+"$pack" "$out" "$build/tests/unit/test_backend_cuda" "$build/tests/unit/test_backend_cuda_layers" \
+    "$build/tests/unit/test_comm_nccl" "$build/coordinator/moecluster" "$build/tests/golden/compare_logits"
 size=$(du -sm "$out" | cut -f1)
 echo "gpu-prepare: $out holds ${size} MiB (the tree sent must stay under 64 MiB): $(cd "$out/files" && echo *)"
 [ "$size" -lt 60 ] || { echo "gpu-prepare: $out is too large to send" >&2; exit 1; }

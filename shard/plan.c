@@ -342,12 +342,17 @@ static void estimate_at(const mc_plan *p, const mc_cluster *c, int B, mc_perf *e
     const mc_link *ep_link = ep > c->devices_per_node ? &c->inter : &c->intra;
     const mc_link *pp_link = c->nodes > 1 && c->pp > 1 ? &c->inter : &c->intra;
     e->batch_per_replica = B;
+    snprintf(e->ep_link, sizeof e->ep_link, "%s", ep > 1 && d->n_experts > 0 ? ep_link->kind : "");
+    snprintf(e->tp_link, sizeof e->tp_link, "%s", tp > 1 ? tp_link->kind : "");
     e->context = p->o.max_model_len / 2;
     double bw = c->device.memory_bandwidth_gbs * 1e9;
     double peak = c->device.bf16_tflops * 1e12;
     if (p->o.weights == MC_WFMT_FP8 && c->device.fp8_tflops > 0)
         peak = c->device.fp8_tflops * 1e12;
-    double act_bytes = 2.0; /* BF16 activations on the wire */
+    /* f32 activations on the wire: the data plane sends the expert rows, the
+     * all-reduce payload and the stage-to-stage activations as f32
+     * (worker/step_block.c, worker/parallel.c) */
+    double act_bytes = 4.0;
     double H = d->hidden;
     double step = 0, t_comp = 0, t_mem = 0, t_comm = 0, max_bytes = 0;
     for (int s = 0; s < c->pp; s++) {
@@ -382,11 +387,33 @@ static void estimate_at(const mc_plan *p, const mc_cluster *c, int B, mc_perf *e
             double comm = 0;
             int nl = rp->layer_end - rp->layer_begin;
             double ar_bytes = (double)B * H * act_bytes;
-            comm += nl * 2 * allreduce_s(ar_bytes, tp, tp_link);
+            double t_ar = 2 * allreduce_s(ar_bytes, tp, tp_link);
+            comm += nl * t_ar;
+            if (t_ar > e->allreduce_s_per_layer)
+                e->allreduce_s_per_layer = t_ar;
             if (ep > 1 && d->n_experts > 0) {
-                double a2a = 2.0 * B * d->n_experts_per_tok * H * act_bytes * (ep - 1) / ep;
-                comm += moe_layers * (a2a / (ep_link->bandwidth_gbs * 1e9) + 2 * ep_link->latency_us * 1e-6);
+                /* each TP rank routes its 1/tp of the replica's tokens (the busiest
+                 * ceil(B/tp): the exchange waits for it); a pair goes to
+                 * another rank with probability (ep-1)/ep, over the inter-node link
+                 * when that rank is on another node ((ep-g)/ep, g = the group's ranks
+                 * per node); dispatch and combine are the same size; three exchanges
+                 * (expert counts, rows, outputs; Llama 4 also the router weights) */
+                double pairs = ceil((double)B / tp) * d->n_experts_per_tok;
+                double a2a = 2.0 * pairs * H * act_bytes * (ep - 1) / ep;
+                int g = ep < c->devices_per_node ? ep : c->devices_per_node;
+                double per_peer = 2.0 * pairs * H * act_bytes / ep; /* to each other rank */
+                double t_a2a = per_peer * (ep - 1) / (c->intra.bandwidth_gbs * 1e9);
+                if (ep > c->devices_per_node) {
+                    double t_in = per_peer * (g - 1) / (c->intra.bandwidth_gbs * 1e9);
+                    double t_out = per_peer * (ep - g) / (c->inter.bandwidth_gbs * 1e9);
+                    t_a2a = t_in > t_out ? t_in : t_out; /* the two links work at once */
+                }
+                int exchanges = d->router == MC_ROUTER_LLAMA4 ? 4 : 3;
+                t_a2a += exchanges * ep_link->latency_us * 1e-6;
+                comm += moe_layers * t_a2a;
                 e->a2a_bytes_per_layer = a2a;
+                if (moe_layers > 0 && t_a2a > e->a2a_s_per_layer)
+                    e->a2a_s_per_layer = t_a2a;
             }
             e->allreduce_bytes_per_layer = tp > 1 ? 2 * ar_bytes : 0;
             if (s + 1 < c->pp)
@@ -742,6 +769,11 @@ json_t *mc_plan_to_json(const mc_plan *p)
     add_json_num(pe, "prefill_tok_s", e->prefill_tok_s);
     add_json_num(pe, "a2a_bytes_per_moe_layer", e->a2a_bytes_per_layer);
     add_json_num(pe, "allreduce_bytes_per_layer", e->allreduce_bytes_per_layer);
+    json_object_set_new(pe, "comm_per_layer",
+                        json_pack("{s:f, s:s, s:f, s:s}", "dispatch_combine_s", e->a2a_s_per_layer,
+                                  "ep_link", e->ep_link, "allreduce_s",
+                                  e->allreduce_s_per_layer, "tp_link",
+                                  e->tp_link));
     add_json_num(pe, "bytes_read_per_step", e->bytes_per_step);
     add_json_num(pe, "single_seq_step_s", e->single_step_s);
     add_json_num(pe, "single_seq_tok_s", e->single_seq_tok_s);

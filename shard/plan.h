@@ -89,6 +89,9 @@ typedef struct {
     double prefill_tok_s;          /* whole cluster, long prompt, compute bound */
     double a2a_bytes_per_layer;    /* EP dispatch + combine bytes sent per rank per MoE layer */
     double allreduce_bytes_per_layer; /* TP all-reduce payload per rank per layer */
+    double a2a_s_per_layer;        /* EP dispatch + combine time per MoE layer (slowest rank) */
+    double allreduce_s_per_layer;  /* both TP all-reduces of one layer (slowest rank) */
+    char ep_link[32], tp_link[32]; /* the link kind each group crosses ("" when not used) */
     double bytes_per_step;         /* weight + KV bytes read per rank per step (max over ranks) */
     double single_step_s;          /* one decode step with one sequence per replica */
     double single_seq_tok_s;       /* decode tokens/s that one sequence alone sees */

@@ -57,6 +57,64 @@ static inline mc_status mc_model_quant_ffn_(mc_model *m, mc_ffn_w *f, mc_dtype t
     return MC_OK;
 }
 
+/* The routed experts of one layer as ONE buffer (mc_mats_quantize): a
+ * layer's experts are one stream on huge pages whatever their size. */
+static inline mc_status mc_model_quant_experts_(mc_model *m, mc_ffn_w *ex, int n_experts,
+                                                mc_dtype target, mc_err *err)
+{
+    size_t cap = 3 * (size_t)n_experts;
+    const mc_mat **src = malloc(cap * sizeof *src);
+    mc_mat **where = malloc(cap * sizeof *where), *dst = malloc(cap * sizeof *dst);
+    mc_dtype *tg = malloc(cap * sizeof *tg);
+    mc_status st = MC_OK;
+    int n = 0;
+    if (!src || !where || !dst || !tg) {
+        st = mc_err_set(err, MC_ERR_NOMEM, "out of memory");
+        goto fail;
+    }
+    for (int e = 0; e < n_experts; e++) {
+        mc_mat *mats[3] = {&ex[e].gate, &ex[e].up, &ex[e].down};
+        for (int k = 0; k < 3; k++) {
+            mc_mat *w = mats[k];
+            if (!w->data || w->rows <= 0 || w->cols <= 0)
+                continue; /* not bound on this rank */
+            mc_dtype fmt = mc_quant_format_for(target, w->cols);
+            if (fmt == MC_DT_COUNT || (fmt == w->dtype && mc_dtype_is_block(fmt)))
+                continue;
+            src[n] = w;
+            where[n] = w;
+            tg[n++] = fmt;
+        }
+    }
+    if (n > 0) {
+        void *store;
+        int bad;
+        mc_err qe;
+        mc_err_clear(&qe);
+        st = mc_mats_quantize(src, tg, n, dst, &store, &bad, &qe);
+        if (st == MC_ERR_FORMAT && bad >= 0) { /* a NaN / Inf: name the tensor and element */
+            st = mc_nf_blame_mat(m, src[bad]->data, qe.msg, err);
+            goto fail;
+        }
+        if (st != MC_OK) {
+            st = mc_err_set(err, st, "%s", qe.msg);
+            goto fail;
+        }
+        if (!mc_model_own(m, store)) { /* it freed store */
+            st = mc_err_set(err, MC_ERR_NOMEM, "out of memory");
+            goto fail;
+        }
+        for (int i = 0; i < n; i++)
+            *where[i] = dst[i];
+    }
+fail:
+    free(src);
+    free(where);
+    free(dst);
+    free(tg);
+    return st;
+}
+
 /* target: MC_DT_Q8_0 or MC_DT_Q4_K (or BF16 / F16 / F32 to re-store). */
 static inline mc_status mc_model_quantize(mc_model *m, mc_dtype target, mc_err *err)
 {
@@ -74,8 +132,8 @@ static inline mc_status mc_model_quantize(mc_model *m, mc_dtype target, mc_err *
             st = mc_model_quant_mat_(m, mats[i], target, err);
         if (st == MC_OK && !w->moe)
             st = mc_model_quant_ffn_(m, &w->dense, target, err);
-        for (int e = 0; w->moe && w->experts && e < d->n_experts && st == MC_OK; e++)
-            st = mc_model_quant_ffn_(m, &w->experts[e], target, err);
+        if (st == MC_OK && w->moe && w->experts)
+            st = mc_model_quant_experts_(m, w->experts, d->n_experts, target, err);
         if (st == MC_OK && w->moe && w->has_shared)
             st = mc_model_quant_ffn_(m, &w->shared, target, err);
     }

@@ -3,6 +3,7 @@
 
 #include "backend.h"
 #include "comm_mpi.h"
+#include "cuda/cuda_device.h"
 #include "kernels.h"
 #include "log.h"
 #include "model.h"
@@ -12,6 +13,7 @@
 #include "step.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 /* KV memory a `score` pool may take per rank (see mc_sched_pool_blocks). */
 #define SCORE_KV_BUDGET (4ull << 30)
@@ -29,6 +31,7 @@ struct mc_session {
     uint32_t seq_cap;    /* tokens reserved for that sequence */
     uint32_t seq_budget; /* its executor's step budget */
     mc_step_exec *srv;   /* owned: the serving executor (mc_session_exec_*) */
+    bool cuda;           /* be is the CUDA backend */
 };
 
 mc_status mc_session_open(int *argc, char ***argv, bool with_world, mc_session **out, mc_err *err) {
@@ -87,6 +90,9 @@ mc_status mc_session_agree(mc_session *s, mc_status st, mc_err *err) {
 mc_status mc_session_load(mc_session *s, const mc_session_opts *o, mc_err *err) {
     mc_status st;
     if (s->m) return mc_err_set(err, MC_ERR_ARG, "session: a model is already loaded");
+    if (o->device && (st = mc_session_agree(s, mc_session_set_device(s, o->device, err), err)) !=
+                         MC_OK)
+        return st;
     if (o->no_verify) mc_model_verify_shards(false);
     if (!s->world || (mc_comm_size(s->world) == 1 && !o->layout_given))
         st = mc_model_load(o->dir, &s->m, err);
@@ -416,6 +422,54 @@ mc_status mc_session_stats_report(mc_session *s, FILE *out, double wall_s, mc_er
 }
 
 /* ---- the backend ---- */
+
+/* This process's rank among the ranks of its host, as the MPI launcher
+ * says (Open MPI, MPICH); 0 without one or on a value that is no rank. */
+static int local_rank(void) {
+    const char *vars[] = {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID"};
+    for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++) {
+        const char *v = getenv(vars[i]);
+        if (!v || !*v || strlen(v) > 9) continue;
+        char *end = NULL;
+        long r = strtol(v, &end, 10);
+        if (*end == '\0' && r >= 0) return (int)r;
+    }
+    return 0;
+}
+
+mc_status mc_session_set_device(mc_session *s, const char *device, mc_err *err) {
+    if (s->ex || s->srv)
+        return mc_err_set(err, MC_ERR_ARG, "--device: the session already runs an executor");
+    bool want_cuda = device && strcmp(device, "cuda") == 0;
+    bool is_auto = !device || strcmp(device, "auto") == 0;
+    if (!want_cuda && !is_auto && strcmp(device, "cpu") != 0)
+        return mc_err_set(err, MC_ERR_ARG, "--device: '%.64s' is not cpu or cuda", device);
+    mc_backend *be = NULL;
+    mc_status st;
+    if (want_cuda || is_auto) {
+        mc_err why;
+        mc_err_clear(&why);
+        int n = mc_cuda_device_count(&why);
+        if (n <= 0 && want_cuda)
+            return mc_err_set(err, MC_ERR_UNSUPPORTED, "--device cuda: %s", why.msg);
+        want_cuda = n > 0; /* auto: a visible device in a CUDA build */
+        if (want_cuda && !s->cuda) {
+            int dev = local_rank() % n;
+            if ((st = mc_backend_cuda_init(dev, &be, &why)) != MC_OK)
+                return mc_err_set(err, st, "--device cuda: device %d: %s", dev, why.msg);
+        }
+    }
+    if (want_cuda == s->cuda) return MC_OK; /* the backend it has (a --kernels choice stays) */
+    if (!want_cuda && (st = mc_backend_cpu_init(&be, err)) != MC_OK) return st;
+    mc_backend_free(s->be);
+    s->be = be;
+    s->cuda = want_cuda;
+    return MC_OK;
+}
+
+const char *mc_session_device(const mc_session *s) {
+    return s->cuda ? "cuda" : "cpu";
+}
 
 const char *mc_session_kernels(const mc_session *s) {
     return mc_backend_path(s->be);

@@ -40,6 +40,10 @@ typedef struct {
     mc_dtype weights;
     bool no_verify; /* --no-verify: skip the shard set's checksum check */
     bool stats;     /* --stats: count per-layer statistics */
+    /* --device: "cpu", "cuda" or "auto" (cuda when the build has CUDA and a
+     * GPU is visible, else cpu), applied before loading (mc_session_set_device);
+     * NULL keeps the session's backend (the CPU one mc_session_open made) */
+    const char *device;
 } mc_session_opts;
 
 /* Opens a session. with_world: the world communicator (MPI when an MPI
@@ -166,6 +170,20 @@ mc_status mc_session_exec_run(mc_session *s, const mc_step_plan *plan, const uin
 mc_status mc_session_stats_report(mc_session *s, FILE *out, double wall_s, mc_err *err);
 
 /* ---- the backend: code path, threads, counters, probes ---- */
+
+/* Replaces the session's compute backend (borrowed name):
+ *   "cpu"   the CPU backend;
+ *   "cuda"  the CUDA backend on device (local rank mod visible devices), the
+ *           local rank from OMPI_COMM_WORLD_LOCAL_RANK / MPI_LOCALRANKID
+ *           (0 without a launcher); MC_ERR_UNSUPPORTED "--device cuda: built
+ *           without CUDA ..." or "--device cuda: no CUDA device visible ...";
+ *   "auto"  cuda when the build has CUDA and a device is visible, else cpu.
+ * Anything else is MC_ERR_ARG. Not collective (mc_session_load agrees on
+ * the outcome). Refused (MC_ERR_ARG) once an executor exists: its buffers
+ * live on the old backend. On failure the old backend stays. */
+mc_status mc_session_set_device(mc_session *s, const char *device, mc_err *err);
+/* "cpu" or "cuda": the backend in use. */
+const char *mc_session_device(const mc_session *s);
 
 /* Code path in use ("avx512", "avx2", "scalar") and the device's features. */
 const char *mc_session_kernels(const mc_session *s);

@@ -357,12 +357,6 @@ mc_status mc_step_decoder_init(mc_step_exec *ex, mc_err *err)
     carve_all(ex, &c, err);
     if ((st = c.st) != MC_OK)
         return st;
-    /* the collectives move activations through host memory for now (MPI) */
-    if ((m->lay.tp > 1 || m->lay.ep > 1 || m->lay.pp > 1) && !mc_buffer_host(c.buf)) {
-        return mc_err_set(err, MC_ERR_UNSUPPORTED,
-                          "step executor: a parallel layout on a backend without host memory "
-                          "needs a device communicator (not yet)");
-    }
     return MC_OK;
 }
 
@@ -527,16 +521,15 @@ static mc_status stack(mc_step_exec *ex, mc_step_views *s, int64_t nl, float *lo
     if (ex->first) {
         double t = m->stats ? mc_now_s() : 0;
         if ((st = mc_op_embed(ex->be, &ex->embed, &s->tok, lay->vocab0, &s->x, err)) != MC_OK ||
-            (lay->tp > 1 && ((st = mc_backend_synchronize(ex->be, err)) != MC_OK ||
-                             (st = mc_tp_all_reduce(m, MC_STAT_HEAD(L), mc_step_host(&s->x), nH,
-                                                    err)) != MC_OK)))
+            (lay->tp > 1 &&
+             (st = mc_step_tp_all_reduce(ex, MC_STAT_HEAD(L), &s->x, nH, err)) != MC_OK))
             return st;
         if ((st = mc_step_nf(ex, MC_NF_INPUT, 0, &s->x, s->hx->pos, s->hx->tok, err)) != MC_OK)
             return st;
         if (m->stats)
             m->stats[MC_STAT_HEAD(L)].t_total += mc_now_s() - t;
-    } else if ((st = mc_par_recv(m, m->pp_comm, MC_STAT_PIPE(L), lay->stage - 1,
-                                 mc_step_host(&s->x), nH * sizeof(float), err)) != MC_OK) {
+    } else if ((st = mc_step_pp_recv(ex, MC_STAT_PIPE(L), lay->stage - 1, &s->x,
+                                     nH * sizeof(float), err)) != MC_OK) {
         return st;
     }
     for (int l = lay->layer0; l < lay->layer1; l++) {
@@ -550,10 +543,8 @@ static mc_status stack(mc_step_exec *ex, mc_step_views *s, int64_t nl, float *lo
         }
     }
     if (!ex->last)
-        return (st = mc_backend_synchronize(ex->be, err)) != MC_OK
-                   ? st
-                   : mc_par_send(m, m->pp_comm, MC_STAT_PIPE(L), lay->stage + 1,
-                                 mc_step_host(&s->x), nH * sizeof(float), err);
+        return mc_step_pp_send(ex, MC_STAT_PIPE(L), lay->stage + 1, &s->x, nH * sizeof(float),
+                               err);
     if (nl == 0)
         return MC_OK;
     double t = m->stats ? mc_now_s() : 0;

@@ -18,6 +18,109 @@ void *mc_step_host(const mc_tensor *t)
     return p ? p + t->offset : NULL;
 }
 
+/* Host memory for a collective on the first `bytes` of t (MPI moves host
+ * memory): on a backend with host memory the tensor's own bytes, nothing
+ * copied (the CPU path is unchanged); on a device backend a malloc'd copy,
+ * downloaded first when `in`. stage_out uploads the copy back when `out`
+ * and frees it; it passes st through (and skips the upload) on a failure. */
+typedef struct {
+    void *p;  /* host bytes of the collective; NULL when bytes == 0 on a device */
+    int copy; /* p is malloc'd by stage_in, freed by stage_out */
+} stage;
+
+static mc_status stage_in(const mc_tensor *t, size_t bytes, int in, stage *s, mc_err *err)
+{
+    s->copy = 0;
+    if ((s->p = mc_step_host(t)) != NULL || bytes == 0)
+        return MC_OK;
+    if (!(s->p = malloc(bytes)))
+        return mc_err_set(err, MC_ERR_NOMEM, "step: out of memory staging %zu bytes of a collective",
+                          bytes);
+    s->copy = 1;
+    mc_status st = in ? mc_buffer_download(t->buf, t->offset, s->p, bytes, err) : MC_OK;
+    if (st != MC_OK) {
+        free(s->p);
+        s->p = NULL;
+        s->copy = 0;
+    }
+    return st;
+}
+
+static mc_status stage_out(mc_tensor *t, size_t bytes, int out, stage *s, mc_status st,
+                           mc_err *err)
+{
+    if (s->copy) {
+        if (st == MC_OK && out && bytes > 0)
+            st = mc_buffer_upload(t->buf, t->offset, s->p, bytes, err);
+        free(s->p);
+    }
+    s->p = NULL;
+    s->copy = 0;
+    return st;
+}
+
+/* mc_ep_exchange of a tensor's rows: send staged in, recv staged out (see
+ * stage_in); either may be NULL when its byte count is 0. */
+static mc_status ep_exchange_t(mc_model *m, int l, bool dispatch, const mc_tensor *send,
+                               size_t send_bytes, const size_t *sc, const size_t *sd,
+                               mc_tensor *recv, size_t recv_bytes, const size_t *rc,
+                               const size_t *rd, mc_err *err)
+{
+    stage hs = {NULL, 0}, hr = {NULL, 0};
+    mc_status st = send ? stage_in(send, send_bytes, 1, &hs, err) : MC_OK;
+    if (st == MC_OK && (!recv || (st = stage_in(recv, recv_bytes, 0, &hr, err)) == MC_OK))
+        st = mc_ep_exchange(m, l, dispatch, hs.p, send_bytes, sc, sd, hr.p, recv_bytes, rc, rd,
+                            err);
+    if (recv)
+        st = stage_out(recv, recv_bytes, 1, &hr, st, err);
+    return send ? stage_out(NULL, 0, 0, &hs, st, err) : st;
+}
+
+/* The collectives of worker/step.c on tensors that may live on a device,
+ * staged as above (declared here until step_internal.h declares them):
+ * the tp all-reduce (sum) of count F32 at t, and the pipeline send /
+ * receive of bytes at t to / from stage `peer`, timed into row. The
+ * backend's queue is drained first (a no-op on the CPU). */
+mc_status mc_step_tp_all_reduce(mc_step_exec *ex, int row, mc_tensor *t, size_t count,
+                                mc_err *err);
+mc_status mc_step_pp_send(mc_step_exec *ex, int row, int peer, const mc_tensor *t, size_t bytes,
+                          mc_err *err);
+mc_status mc_step_pp_recv(mc_step_exec *ex, int row, int peer, mc_tensor *t, size_t bytes,
+                          mc_err *err);
+
+mc_status mc_step_tp_all_reduce(mc_step_exec *ex, int row, mc_tensor *t, size_t count,
+                                mc_err *err)
+{
+    stage h;
+    mc_status st = mc_backend_synchronize(ex->be, err);
+    if (st != MC_OK || (st = stage_in(t, count * sizeof(float), 1, &h, err)) != MC_OK)
+        return st;
+    st = mc_tp_all_reduce(ex->m, row, h.p, count, err);
+    return stage_out(t, count * sizeof(float), 1, &h, st, err);
+}
+
+mc_status mc_step_pp_send(mc_step_exec *ex, int row, int peer, const mc_tensor *t, size_t bytes,
+                          mc_err *err)
+{
+    stage h;
+    mc_status st = mc_backend_synchronize(ex->be, err);
+    if (st != MC_OK || (st = stage_in(t, bytes, 1, &h, err)) != MC_OK)
+        return st;
+    st = mc_par_send(ex->m, ex->m->pp_comm, row, peer, h.p, bytes, err);
+    return stage_out(NULL, 0, 0, &h, st, err);
+}
+
+mc_status mc_step_pp_recv(mc_step_exec *ex, int row, int peer, mc_tensor *t, size_t bytes,
+                          mc_err *err)
+{
+    stage h;
+    mc_status st = stage_in(t, bytes, 0, &h, err);
+    if (st != MC_OK)
+        return st;
+    st = mc_par_recv(ex->m, ex->m->pp_comm, row, peer, h.p, bytes, err);
+    return stage_out(t, bytes, 1, &h, st, err);
+}
+
 mc_status mc_step_nf(mc_step_exec *ex, int where, int layer, const mc_tensor *t,
                      const int32_t *row_pos, const int32_t *row_tok, mc_err *err)
 {
@@ -49,9 +152,7 @@ static mc_status tp_sum(mc_step_exec *ex, int row, mc_tensor *t, mc_err *err)
 {
     if (ex->m->lay.tp == 1)
         return MC_OK;
-    mc_status st = mc_backend_synchronize(ex->be, err);
-    size_t count = (size_t)t->shape[0] * (size_t)t->shape[1];
-    return st != MC_OK ? st : mc_tp_all_reduce(ex->m, row, mc_step_host(t), count, err);
+    return mc_step_tp_all_reduce(ex, row, t, (size_t)t->shape[0] * (size_t)t->shape[1], err);
 }
 
 mc_status mc_step_views_make(mc_step_exec *ex, int64_t n, mc_step_views *s, mc_err *err)
@@ -245,8 +346,8 @@ static mc_status ep_experts(mc_step_exec *ex, int l, int64_t np, const mc_tensor
         ro += (int)from[p];
     }
     TRY(mc_backend_synchronize(ex->be, err));
-    TRY(mc_ep_exchange(m, l, true, np > 0 ? mc_step_host(xp) : NULL, (size_t)np * hb, sc, sd,
-                       mc_step_host(&x.xr), (size_t)nr * hb, rc, rd, err));
+    TRY(ep_exchange_t(m, l, true, np > 0 ? xp : NULL, (size_t)np * hb, sc, sd, &x.xr,
+                      (size_t)nr * hb, rc, rd, err));
     if (llama4) {
         for (int p = 0; p < P; p++) {
             sc[p] /= (size_t)H;
@@ -254,9 +355,8 @@ static mc_status ep_experts(mc_step_exec *ex, int l, int64_t np, const mc_tensor
             rc[p] /= (size_t)H;
             rd[p] /= (size_t)H;
         }
-        TRY(mc_ep_exchange(m, l, true, np > 0 ? mc_step_host(wp) : NULL,
-                           (size_t)np * sizeof(float), sc, sd, mc_step_host(&x.wr),
-                           (size_t)nr * sizeof(float), rc, rd, err));
+        TRY(ep_exchange_t(m, l, true, np > 0 ? wp : NULL, (size_t)np * sizeof(float), sc, sd,
+                          &x.wr, (size_t)nr * sizeof(float), rc, rd, err));
     }
     if (nr > 0) {
         mc_tensor xr, xe, ye, ri, sl, wr, we;
@@ -296,8 +396,8 @@ static mc_status ep_experts(mc_step_exec *ex, int l, int64_t np, const mc_tensor
         rd[p] = (size_t)ro * hb;
         ro += (int)to[p];
     }
-    TRY(mc_ep_exchange(m, l, false, mc_step_host(&x.xr), (size_t)nr * hb, sc, sd,
-                       np > 0 ? mc_step_host(yp) : NULL, (size_t)np * hb, rc, rd, err));
+    TRY(ep_exchange_t(m, l, false, &x.xr, (size_t)nr * hb, sc, sd, np > 0 ? yp : NULL,
+                      (size_t)np * hb, rc, rd, err));
 done:
 fail:
     mc_arena_reset_to(a, mk);

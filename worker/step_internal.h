@@ -217,10 +217,18 @@ mc_status mc_step_grow(mc_step_exec *ex, mc_buffer **buf, size_t *cap, size_t ne
 mc_status mc_step_table_tensor(mc_step_exec *ex, const mc_step_host_ix *hx, mc_tensor *out,
                                mc_err *err);
 
-/* Host address of t's first element: the collectives move activations
- * through host memory (the executor refuses parallel layouts on backends
- * without it). */
+/* Host address of t's first element on a host-memory backend, else NULL:
+ * the collectives move activations through host memory, staged through
+ * host copies on a device backend (step_block.c's stage_in / stage_out). */
 void *mc_step_host(const mc_tensor *t);
+/* The collectives of step.c on tensors that may live on a device: staged
+ * through host copies where the backend has no host memory (step_block.c). */
+mc_status mc_step_tp_all_reduce(mc_step_exec *ex, int row, mc_tensor *t, size_t count,
+                                mc_err *err);
+mc_status mc_step_pp_send(mc_step_exec *ex, int row, int peer, const mc_tensor *t, size_t bytes,
+                          mc_err *err);
+mc_status mc_step_pp_recv(mc_step_exec *ex, int row, int peer, mc_tensor *t, size_t bytes,
+                          mc_err *err);
 /* NaN / Inf in t (rows = the step's tokens, or rows of another kind with
  * row_pos NULL): MC_OK when all finite, else the error of mc_nf_check
  * (worker/nonfinite.h) naming the layer, the position and the weight at

@@ -387,9 +387,54 @@ AI void q8_0_row(int T, const unsigned char *row, const mc_qact *a, int t0, int 
         y[(size_t)(t0 + t) * ldy] = hsum256(_mm256_add_ps(acc[0][t], acc[1][t]));
 }
 
+/* One Q8_0 row against one token (decode), two blocks per 512-bit step:
+ * half the vector instructions per weight byte of q8_0_row(1), whose
+ * 256-bit work per 34-byte block left a thread short of the bandwidth.
+ * sign(x, w) is x negated where w < 0 (w = 0 gives |w| = 0). Four chains
+ * of 16 lanes; the sum order differs from q8_0_row (within the rounding
+ * bound the tests hold every path to). */
+AI float q8_0_row1(const unsigned char *row, const int8_t *xq, const float *xd, int nb)
+{
+    __m512 acc[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
+    const __m512i z = _mm512_setzero_si512();
+    int b = 0;
+    for (; b + 2 <= nb; b += 2) {
+        const unsigned char *b0 = row + (size_t)b * 34, *b1 = b0 + 34;
+        uint16_t h0, h1;
+        memcpy(&h0, b0, 2);
+        memcpy(&h1, b1, 2);
+        __m512i wq = _mm512_inserti64x4(
+            _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(b0 + 2))),
+            _mm256_loadu_si256((const __m256i *)(b1 + 2)), 1);
+        __m512i xv = _mm512_loadu_si512((const void *)(xq + (size_t)b * 32));
+        xv = _mm512_mask_sub_epi8(xv, _mm512_movepi8_mask(wq), z, xv);
+        __m512i p = _mm512_dpbusd_epi32(z, _mm512_abs_epi8(wq), xv);
+        __m512 sc = _mm512_mask_blend_ps((__mmask16)0xff00, _mm512_set1_ps(_cvtsh_ss(h0) * xd[b]),
+                                         _mm512_set1_ps(_cvtsh_ss(h1) * xd[b + 1]));
+        acc[(b >> 1) & 1] = _mm512_fmadd_ps(sc, _mm512_cvtepi32_ps(p), acc[(b >> 1) & 1]);
+    }
+    if (b < nb) { /* an odd last block */
+        const unsigned char *b0 = row + (size_t)b * 34;
+        uint16_t h0;
+        memcpy(&h0, b0, 2);
+        __m256i wq = _mm256_loadu_si256((const __m256i *)(b0 + 2));
+        __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + (size_t)b * 32));
+        __m256i p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_abs_epi8(wq),
+                                        _mm256_sign_epi8(xv, wq));
+        __m512 pf = _mm512_insertf32x8(_mm512_setzero_ps(), _mm256_cvtepi32_ps(p), 0);
+        acc[0] = _mm512_fmadd_ps(_mm512_set1_ps(_cvtsh_ss(h0) * xd[b]), pf, acc[0]);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));
+}
+
 static void rows_q8_0(const mc_mat *w, const mc_qact *a, float *y, int ldy, int r0, int r1)
 {
     int nb = a->kp / MC_QK8_0;
+    if (a->n == 1) {
+        for (int o = r0; o < r1; o++)
+            y[o] = q8_0_row1(mc_row_ptr(w, o), a->q, a->d, nb);
+        return;
+    }
     for (int o = r0; o < r1; o++) {
         const unsigned char *row = mc_row_ptr(w, o);
         for (int t0 = 0; t0 < a->n; t0 += 8) {

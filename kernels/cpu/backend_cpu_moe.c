@@ -186,6 +186,78 @@ mc_status mc_cpu_moe_unpermute(void *ctx, const mc_tensor *yp, const mc_tensor *
 
 /* ---- grouped experts ---- */
 
+/* Scratch floats of g and u that one pass over experts may use: passes of
+ * several experts share one wait for the threads per product kind, and this
+ * bounds their memory at long prefills (an expert larger than it runs
+ * alone). */
+#define EXPERTS_PASS_FLOATS ((size_t)8 << 20)
+
+typedef struct {
+    const mc_tensor *x, *gate, *up, *down, *rw;
+    const int32_t *off;
+    int w_in, H;
+    float lim;
+    const float *xin;      /* (m, H) weighted input when w_in */
+    float *scratch;        /* g, u of the pass's experts */
+    mc_matmul_item *items; /* [2 * experts in the pass] */
+    mc_mat *mats;          /* [3 * experts in the pass] */
+    float **gp;            /* [experts in the pass] */
+    mc_tensor *y;
+} experts_pass;
+
+/* Experts [e0, e1) (those with rows): gate and up of all as one parallel
+ * loop, the activation, then down of all as another. Each product is the
+ * one the reference computes (mc_matmul_many is bitwise mc_matmul per
+ * product), so the results do not depend on how experts are grouped. */
+static void run_pass(const experts_pass *p, int e0, int e1)
+{
+    const int32_t *off = p->off;
+    size_t at = 0;
+    int a = 0;
+    for (int e = e0; e < e1; e++) {
+        int r0 = off[e], ne = off[e + 1] - r0;
+        if (ne == 0)
+            continue; /* an expert with no rows costs nothing */
+        int I = (int)p->gate[e].shape[0];
+        float *g = p->scratch + at, *u = g + (size_t)ne * I;
+        at += 2 * (size_t)ne * I;
+        const float *xs = p->w_in ? p->xin + (size_t)r0 * p->H : row_f32(p->x, r0);
+        int ldx = p->w_in ? p->H : (int)p->x->row_stride;
+        p->mats[3 * a] = to_mat(&p->gate[e]);
+        p->mats[3 * a + 1] = to_mat(&p->up[e]);
+        p->mats[3 * a + 2] = to_mat(&p->down[e]);
+        p->items[2 * a] = (mc_matmul_item){&p->mats[3 * a], xs, ne, ldx, g, I};     /* (ne, I) */
+        p->items[2 * a + 1] = (mc_matmul_item){&p->mats[3 * a + 1], xs, ne, ldx, u, I}; /* (ne, I) */
+        p->gp[a++] = g;
+    }
+    mc_matmul_many(p->items, 2 * a);
+    int n_act = a;
+    a = 0;
+    for (int e = e0; e < e1; e++) {
+        int r0 = off[e], ne = off[e + 1] - r0;
+        if (ne == 0)
+            continue;
+        int I = (int)p->gate[e].shape[0];
+        float *g = p->gp[a], *u = g + (size_t)ne * I;
+        size_t gi = (size_t)ne * I;
+        if (p->lim > 0) { /* DeepSeek-V4: silu(min(g, L)) * clamp(u, -L, L) */
+            float lim = p->lim;
+            for (size_t i = 0; i < gi; i++) {
+                float gv = g[i] > lim ? lim : g[i];
+                float uv = u[i] > lim ? lim : u[i] < -lim ? -lim : u[i];
+                g[i] = mc_silu(gv) * uv;
+            }
+        } else {
+            for (size_t i = 0; i < gi; i++)
+                g[i] = mc_silu(g[i]) * u[i];
+        }
+        p->items[a] = (mc_matmul_item){&p->mats[3 * a + 2], g, ne, I, row_f32(p->y, r0),
+                                       (int)p->y->row_stride}; /* (ne, H) */
+        a++;
+    }
+    mc_matmul_many(p->items, n_act);
+}
+
 mc_status mc_cpu_grouped_experts(void *ctx, const mc_tensor *x, const mc_tensor *offsets,
                                  int n_experts, const mc_tensor *gate, const mc_tensor *up,
                                  const mc_tensor *down, const mc_experts_opts *opts, mc_tensor *y,
@@ -200,64 +272,63 @@ mc_status mc_cpu_grouped_experts(void *ctx, const mc_tensor *x, const mc_tensor 
         return mc_err_set(err, MC_ERR_ARG, "grouped_experts: offsets[0] = %d and offsets[%d] = "
                           "%d, want 0 and the %lld rows of x", (int)off[0], n_experts,
                           (int)off[n_experts], (long long)m);
-    int64_t max_rows = 0, max_inter = 0;
+    size_t max_gu = 0; /* floats of g and u of the largest expert */
     for (int e = 0; e < n_experts; e++) {
         if (off[e + 1] < off[e])
             return mc_err_set(err, MC_ERR_ARG, "grouped_experts: offsets[%d] = %d is less than "
                               "offsets[%d] = %d", e + 1, (int)off[e + 1], e, (int)off[e]);
-        if (off[e + 1] - off[e] > max_rows)
-            max_rows = off[e + 1] - off[e];
-        if (off[e + 1] > off[e] && gate[e].shape[0] > max_inter)
-            max_inter = gate[e].shape[0];
+        size_t gu = 2 * (size_t)(off[e + 1] - off[e]) * (size_t)gate[e].shape[0];
+        if (gu > max_gu)
+            max_gu = gu;
     }
     const mc_tensor *rw = opts ? opts->row_weight : NULL;
     int w_in = rw && opts->weight_input;
-    float lim = opts ? opts->swiglu_limit : 0.0f;
-    /* scratch: g, u (rows, I) and, when the input is weighted, xin (rows, H) */
-    size_t need = (size_t)max_rows * (size_t)(2 * max_inter + (w_in ? H : 0));
-    float *scratch = mc_arena_alloc_n(sa, need ? need : 1, sizeof *scratch);
-    if (!scratch)
+    size_t budget = max_gu > EXPERTS_PASS_FLOATS ? max_gu : EXPERTS_PASS_FLOATS;
+    experts_pass p = {.x = x, .gate = gate, .up = up, .down = down, .rw = rw, .off = off,
+                      .w_in = w_in, .H = H, .lim = opts ? opts->swiglu_limit : 0.0f, .y = y};
+    /* scratch: g, u of one pass (<= budget floats); xin (m, H) when the input is weighted;
+     * the product lists of a pass (at most every expert) */
+    size_t gu_need = 0;
+    for (int e = 0; e < n_experts; e++)
+        gu_need += 2 * (size_t)(off[e + 1] - off[e]) * (size_t)gate[e].shape[0];
+    if (gu_need > budget)
+        gu_need = budget;
+    p.scratch = mc_arena_alloc_n(sa, gu_need + 1, sizeof *p.scratch);
+    float *xin = w_in ? mc_arena_alloc_n(sa, (size_t)m * H + 1, sizeof *xin) : NULL;
+    p.items = mc_arena_alloc_n(sa, 2 * (size_t)n_experts, sizeof *p.items);
+    p.mats = mc_arena_alloc_n(sa, 3 * (size_t)n_experts, sizeof *p.mats);
+    p.gp = mc_arena_alloc_n(sa, (size_t)n_experts, sizeof *p.gp);
+    if (!p.scratch || (w_in && !xin) || !p.items || !p.mats || !p.gp) {
+        mc_arena_reset_to(sa, mk);
         return mc_err_set(err, MC_ERR_NOMEM, "out of memory in grouped_experts");
-    for (int e = 0; e < n_experts; e++) {
-        int r0 = off[e], ne = off[e + 1] - r0;
-        if (ne == 0)
-            continue; /* an expert with no rows costs nothing */
-        int I = (int)gate[e].shape[0];
-        float *g = scratch, *u = scratch + (size_t)ne * I, *xin = u + (size_t)ne * I;
-        const float *xs = row_f32(x, r0);
-        int ldx = (int)x->row_stride;
-        if (w_in) { /* Llama 4: the router weight scales the expert's input */
-            for (int j = 0; j < ne; j++) {
-                const float *xr = row_f32(x, r0 + j);
-                float wj = elem_f32(rw, r0 + j);
-                for (int h = 0; h < H; h++)
-                    xin[(size_t)j * H + h] = xr[h] * wj;
-            }
-            xs = xin;
-            ldx = H;
-        }
-        mc_mat gm = to_mat(&gate[e]), um = to_mat(&up[e]), dm = to_mat(&down[e]);
-        mc_matmul(&gm, xs, ne, ldx, g, I); /* (ne, I) */
-        mc_matmul(&um, xs, ne, ldx, u, I); /* (ne, I) */
-        size_t gi = (size_t)ne * I;
-        if (lim > 0) { /* DeepSeek-V4: silu(min(g, L)) * clamp(u, -L, L) */
-            for (size_t i = 0; i < gi; i++) {
-                float gv = g[i] > lim ? lim : g[i];
-                float uv = u[i] > lim ? lim : u[i] < -lim ? -lim : u[i];
-                g[i] = mc_silu(gv) * uv;
-            }
-        } else {
-            for (size_t i = 0; i < gi; i++)
-                g[i] = mc_silu(g[i]) * u[i];
-        }
-        mc_matmul(&dm, g, ne, I, row_f32(y, r0), (int)y->row_stride); /* (ne, H) */
-        if (rw && !w_in)
-            for (int j = 0; j < ne; j++) {
-                float *yr = row_f32(y, r0 + j), wj = elem_f32(rw, r0 + j);
-                for (int h = 0; h < H; h++)
-                    yr[h] = wj * yr[h];
-            }
     }
+    if (w_in) { /* Llama 4: the router weight scales the expert's input */
+        for (int64_t r = 0; r < m; r++) {
+            const float *xr = row_f32(x, r);
+            float wj = elem_f32(rw, r);
+            for (int h = 0; h < H; h++)
+                xin[(size_t)r * H + h] = xr[h] * wj;
+        }
+        p.xin = xin;
+    }
+    int e0 = 0;
+    size_t used = 0;
+    for (int e = 0; e < n_experts; e++) {
+        size_t gu = 2 * (size_t)(off[e + 1] - off[e]) * (size_t)gate[e].shape[0];
+        if (used + gu > budget) { /* the pass is full: run it */
+            run_pass(&p, e0, e);
+            e0 = e;
+            used = 0;
+        }
+        used += gu;
+    }
+    run_pass(&p, e0, n_experts);
+    if (rw && !w_in)
+        for (int64_t r = 0; r < m; r++) {
+            float *yr = row_f32(y, r), wj = elem_f32(rw, r);
+            for (int h = 0; h < H; h++)
+                yr[h] = wj * yr[h];
+        }
     mc_arena_reset_to(sa, mk);
     return MC_OK;
 }

@@ -351,39 +351,60 @@ static void mm_task(void *ctx, int task, int thread)
  * the calling thread: waking workers costs more than they would save. */
 #define MM_PARALLEL_MIN (1 << 20)
 
-void mc_matmul(const mc_mat *w, const float *x, int n, int ldx, float *y, int ldy)
+static void count_product(const mc_mat *w, int n)
 {
-    if (n <= 0 || w->rows <= 0)
-        return;
     count(mc_mat_weight_bytes(w));
     if (atomic_load_explicit(&g_count_on, memory_order_relaxed))
         atomic_fetch_add_explicit(&g_macs, (uint64_t)w->rows * (uint64_t)w->cols * (uint64_t)n,
                                   memory_order_relaxed);
+}
+
+/* Quantizes the n activation rows of a product with block weights into
+ * *qa. Returns the storage behind *qa (the caller frees it), or NULL when
+ * out of memory. */
+static void *quantize_acts(const mc_mat *w, const float *x, int n, int ldx, mc_qact *qa)
+{
+    int blk = w->dtype == MC_DT_Q8_0 ? MC_QK8_0 : MC_QK_K;
+    /* the blocks that hold cols (a view may start inside a wider row: row_stride only
+     * places the rows) */
+    int kp = (w->cols + blk - 1) / blk * blk;
+    size_t nq = (size_t)n * kp, nd = (size_t)n * (kp / blk), ns = (size_t)n * (kp / 32);
+    void *qbuf = malloc(nq + nd * sizeof(float) + ns * sizeof(int16_t) + 16);
+    if (!qbuf) { /* out of memory mid-product: no error channel; the caller zeroes y */
+        MC_ERROR("out of memory quantizing %d activations for a %s product", n,
+                 mc_dtype_name(w->dtype));
+        return NULL;
+    }
+    float *d = (float *)((char *)qbuf + ((nq + 3) & ~(size_t)3));
+    int16_t *bs = (int16_t *)(d + nd);
+    for (int t = 0; t < n; t++)
+        quantize_act_row(x + (size_t)t * ldx, w->cols, kp, blk, (int8_t *)qbuf + (size_t)t * kp,
+                         d + (size_t)t * (kp / blk),
+                         w->dtype == MC_DT_Q4_K ? bs + (size_t)t * (kp / 32) : NULL);
+    *qa = (mc_qact){.n = n, .kp = kp, .q = qbuf, .d = d, .bsum = bs};
+    return qbuf;
+}
+
+static void zero_out(const mc_mat *w, int n, float *y, int ldy)
+{
+    for (int t = 0; t < n; t++)
+        memset(y + (size_t)t * ldy, 0, (size_t)w->rows * sizeof *y);
+}
+
+void mc_matmul(const mc_mat *w, const float *x, int n, int ldx, float *y, int ldy)
+{
+    if (n <= 0 || w->rows <= 0)
+        return;
+    count_product(w, n);
     const mc_kops *ops = mc_kops_current();
     mm_job j = {.ops = ops, .w = w, .x = x, .n = n, .ldx = ldx, .ldy = ldy, .y = y};
     mc_qact qa;
     void *qbuf = NULL;
     if (mc_dtype_is_block(w->dtype)) {
-        int blk = w->dtype == MC_DT_Q8_0 ? MC_QK8_0 : MC_QK_K;
-        /* the blocks that hold cols (a view may start inside a wider row: row_stride only
-         * places the rows) */
-        int kp = (w->cols + blk - 1) / blk * blk;
-        size_t nq = (size_t)n * kp, nd = (size_t)n * (kp / blk), ns = (size_t)n * (kp / 32);
-        qbuf = malloc(nq + nd * sizeof(float) + ns * sizeof(int16_t) + 16);
-        if (!qbuf) { /* out of memory mid-product: no error channel; zero output */
-            MC_ERROR("out of memory quantizing %d activations for a %s product", n,
-                     mc_dtype_name(w->dtype));
-            for (int t = 0; t < n; t++)
-                memset(y + (size_t)t * ldy, 0, (size_t)w->rows * sizeof *y);
+        if (!(qbuf = quantize_acts(w, x, n, ldx, &qa))) {
+            zero_out(w, n, y, ldy);
             return;
         }
-        float *d = (float *)((char *)qbuf + ((nq + 3) & ~(size_t)3));
-        int16_t *bs = (int16_t *)(d + nd);
-        for (int t = 0; t < n; t++)
-            quantize_act_row(x + (size_t)t * ldx, w->cols, kp, blk, (int8_t *)qbuf + (size_t)t * kp,
-                             d + (size_t)t * (kp / blk),
-                             w->dtype == MC_DT_Q4_K ? bs + (size_t)t * (kp / 32) : NULL);
-        qa = (mc_qact){.n = n, .kp = kp, .q = qbuf, .d = d, .bsum = bs};
         j.qa = &qa;
     }
     double work = (double)w->rows * w->cols * n;
@@ -400,6 +421,107 @@ void mc_matmul(const mc_mat *w, const float *x, int n, int ldx, float *y, int ld
         mc_pool_run(pool, (w->rows + chunk - 1) / chunk, mm_task, &j);
     }
     free(qbuf);
+}
+
+/* ---- several products as one parallel loop ---- */
+
+typedef struct {
+    mm_job *jobs;    /* [count] */
+    int *first;      /* [count + 1]: task index of each job's first row chunk */
+    int count;
+} many_job;
+
+static void many_task(void *ctx, int task, int thread)
+{
+    const many_job *m = ctx;
+    int lo = 0, hi = m->count - 1; /* the job whose task range holds `task` */
+    while (lo < hi) {
+        int mid = (lo + hi + 1) / 2;
+        if (m->first[mid] <= task)
+            lo = mid;
+        else
+            hi = mid - 1;
+    }
+    mm_task(&m->jobs[lo], task - m->first[lo], thread);
+}
+
+/* Each product keeps its own rows-per-task (a multiple of 16, as
+ * mc_matmul's split) so that a task streams one contiguous run of one
+ * matrix; every output is computed by the same kernel over the same rows as
+ * in mc_matmul, so results are bitwise equal to calling it per item. */
+void mc_matmul_many(const mc_matmul_item *items, int count)
+{
+    if (count <= 0)
+        return;
+    if (count == 1) {
+        mc_matmul(items[0].w, items[0].x, items[0].n, items[0].ldx, items[0].y, items[0].ldy);
+        return;
+    }
+    mm_job *jobs = malloc((size_t)count * sizeof *jobs);
+    mc_qact *qas = malloc((size_t)count * sizeof *qas);
+    void **qbufs = calloc((size_t)count, sizeof *qbufs);
+    int *first = malloc(((size_t)count + 1) * sizeof *first);
+    if (!jobs || !qas || !qbufs || !first) { /* no error channel: one product at a time */
+        free(jobs);
+        free(qas);
+        free(qbufs);
+        free(first);
+        for (int i = 0; i < count; i++)
+            mc_matmul(items[i].w, items[i].x, items[i].n, items[i].ldx, items[i].y, items[i].ldy);
+        return;
+    }
+    const mc_kops *ops = mc_kops_current();
+    double total = 0;
+    int nj = 0;
+    for (int i = 0; i < count; i++) {
+        const mc_matmul_item *it = &items[i];
+        if (it->n <= 0 || it->w->rows <= 0)
+            continue;
+        count_product(it->w, it->n);
+        mm_job *j = &jobs[nj];
+        *j = (mm_job){.ops = ops, .w = it->w, .x = it->x, .n = it->n, .ldx = it->ldx,
+                      .ldy = it->ldy, .y = it->y, .chunk = it->w->rows};
+        if (mc_dtype_is_block(it->w->dtype)) {
+            if (!(qbufs[nj] = quantize_acts(it->w, it->x, it->n, it->ldx, &qas[nj]))) {
+                zero_out(it->w, it->n, it->y, it->ldy);
+                continue;
+            }
+            j->qa = &qas[nj];
+        }
+        total += (double)it->w->rows * it->w->cols * it->n;
+        nj++;
+    }
+    mc_pool *pool = total >= MM_PARALLEL_MIN ? mc_kernels_pool() : NULL;
+    int nt = pool ? mc_pool_threads(pool) : 1;
+    first[0] = 0;
+    for (int i = 0; i < nj; i++) {
+        int tasks = 1;
+        if (nt > 1) {
+            /* its share of about 4 tasks per thread over all products */
+            const mc_mat *w = jobs[i].w;
+            double share = (double)w->rows * w->cols * jobs[i].n / total * 4.0 * nt;
+            int want = share < 1.0 ? 1 : share > w->rows ? w->rows : (int)(share + 0.5);
+            int chunk = (w->rows + want - 1) / want;
+            chunk = (chunk + 15) & ~15;
+            jobs[i].chunk = chunk;
+            tasks = (w->rows + chunk - 1) / chunk;
+        }
+        first[i + 1] = first[i] + tasks;
+    }
+    many_job m = {.jobs = jobs, .first = first, .count = nj};
+    if (nj > 0) {
+        if (nt <= 1)
+            for (int t = 0; t < first[nj]; t++)
+                many_task(&m, t, 0);
+        else
+            mc_pool_run(pool, first[nj], many_task, &m);
+    }
+    for (int i = 0; i < nj; i++)
+        free(qbufs[i]);
+    free(jobs);
+    free(qas);
+    free(qbufs);
+    free(first);
 }
 
 void mc_mat_row_f32(const mc_mat *w, int r, float *dst)

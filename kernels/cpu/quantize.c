@@ -4,6 +4,7 @@
 #include "pool.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <sys/mman.h>
 
@@ -63,10 +64,8 @@ static void q_task(void *ctx, int task, int thread)
     free(buf);
 }
 
-mc_status mc_mat_quantize(const mc_mat *src, mc_dtype target, mc_mat *dst, void **owned,
-                          mc_err *err)
+static mc_status check_target(const mc_mat *src, mc_dtype target, mc_err *err)
 {
-    *owned = NULL;
     if (target != MC_DT_Q8_0 && target != MC_DT_Q4_K && target != MC_DT_BF16 &&
         target != MC_DT_F16 && target != MC_DT_F32)
         return mc_err_set(err, MC_ERR_ARG, "cannot quantize weights to %s (want Q8_0, Q4_K, "
@@ -74,43 +73,121 @@ mc_status mc_mat_quantize(const mc_mat *src, mc_dtype target, mc_mat *dst, void 
     if (src->rows <= 0 || src->cols <= 0)
         return mc_err_set(err, MC_ERR_ARG, "cannot quantize an empty %dx%d matrix", src->rows,
                           src->cols);
+    return MC_OK;
+}
+
+/* Row stride (elements) and bytes of src stored as target. */
+static size_t stored_bytes(const mc_mat *src, mc_dtype target, size_t *stride)
+{
     int be = mc_dtype_block_elems(target);
-    size_t stride = ((size_t)src->cols + (size_t)be - 1) / (size_t)be * (size_t)be;
-    size_t rb = mc_dtype_row_bytes(target, (int64_t)stride);
-    size_t total = (size_t)src->rows * rb;
-    /* 2 MiB aligned so that transparent huge pages can back it (fewer TLB
-     * misses while streaming weights); the advice is only a hint */
-    size_t align = total >= (4u << 20) ? (2u << 20) : 64;
-    size_t alloc = (total + align - 1) & ~(align - 1);
-    unsigned char *p = aligned_alloc(align, alloc);
-    if (!p)
-        return mc_err_set(err, MC_ERR_NOMEM, "out of memory for %zu bytes of %s weights", total,
-                          mc_dtype_name(target));
-#ifdef MADV_HUGEPAGE
-    if (align > 64)
-        (void)madvise(p, alloc, MADV_HUGEPAGE);
-#endif
-    q_job j = {.src = src, .target = target, .dst = p, .row_bytes = rb};
+    *stride = ((size_t)src->cols + (size_t)be - 1) / (size_t)be * (size_t)be;
+    return (size_t)src->rows * mc_dtype_row_bytes(target, (int64_t)*stride);
+}
+
+/* Writes src as target at p (stored_bytes of it); dst describes it. */
+static mc_status quantize_into(const mc_mat *src, mc_dtype target, unsigned char *p, mc_mat *dst,
+                               mc_err *err)
+{
+    size_t stride;
+    (void)stored_bytes(src, target, &stride);
+    q_job j = {.src = src, .target = target, .dst = p,
+               .row_bytes = mc_dtype_row_bytes(target, (int64_t)stride)};
     mc_pool *pool = mc_kernels_pool();
     int nt = pool ? mc_pool_threads(pool) : 1;
     j.chunk = (src->rows + 4 * nt - 1) / (4 * nt);
     if (j.chunk < 1)
         j.chunk = 1;
     mc_pool_run(pool, (src->rows + j.chunk - 1) / j.chunk, q_task, &j);
-    if (j.failed) {
-        free(p);
+    if (j.failed)
         return mc_err_set(err, MC_ERR_NOMEM, "out of memory quantizing weights");
-    }
-    if (j.bad) {
-        free(p);
+    if (j.bad)
         return mc_err_set(err, MC_ERR_FORMAT,
                           "weight at row %d, column %d is %s and cannot be quantized to %s",
                           j.bad_row, j.bad_col,
                           isnan(j.bad_val) ? "NaN" : j.bad_val > 0 ? "+Inf" : "-Inf",
                           mc_dtype_name(target));
-    }
     *dst = (mc_mat){.dtype = target, .rows = src->rows, .cols = src->cols, .row_stride = stride,
                     .data = p};
+    return MC_OK;
+}
+
+/* 2 MiB aligned storage advised for transparent huge pages (fewer TLB
+ * misses while streaming weights; the advice is only a hint). huge: whether
+ * to align and advise at all. free() it. */
+static unsigned char *weights_alloc(size_t total, int huge)
+{
+    size_t align = huge ? (2u << 20) : 64;
+    size_t alloc = (total + align - 1) & ~(align - 1);
+    unsigned char *p = aligned_alloc(align, alloc);
+#ifdef MADV_HUGEPAGE
+    if (p && huge)
+        (void)madvise(p, alloc, MADV_HUGEPAGE);
+#endif
+    return p;
+}
+
+mc_status mc_mat_quantize(const mc_mat *src, mc_dtype target, mc_mat *dst, void **owned,
+                          mc_err *err)
+{
+    *owned = NULL;
+    mc_status st = check_target(src, target, err);
+    if (st != MC_OK)
+        return st;
+    size_t stride, total = stored_bytes(src, target, &stride);
+    /* huge pages only where they do not waste much: a group of matrices
+     * (mc_mats_quantize) shares them whatever the sizes */
+    unsigned char *p = weights_alloc(total, total >= (4u << 20));
+    if (!p)
+        return mc_err_set(err, MC_ERR_NOMEM, "out of memory for %zu bytes of %s weights", total,
+                          mc_dtype_name(target));
+    if ((st = quantize_into(src, target, p, dst, err)) != MC_OK) {
+        free(p);
+        return st;
+    }
+    *owned = p;
+    return MC_OK;
+}
+
+/* Start of each matrix in a group: a cache line, so that no two matrices share one. */
+#define GROUP_ALIGN 64
+
+mc_status mc_mats_quantize(const mc_mat *const *src, const mc_dtype *target, int n, mc_mat *dst,
+                           void **owned, int *bad, mc_err *err)
+{
+    *owned = NULL;
+    if (bad)
+        *bad = -1;
+    if (n <= 0)
+        return mc_err_set(err, MC_ERR_ARG, "mc_mats_quantize: %d matrices (want 1 or more)", n);
+    size_t total = 0;
+    for (int i = 0; i < n; i++) {
+        mc_status st = check_target(src[i], target[i], err);
+        if (st != MC_OK) {
+            if (bad)
+                *bad = i;
+            return st;
+        }
+        size_t stride, b = stored_bytes(src[i], target[i], &stride);
+        if (total > SIZE_MAX - b - GROUP_ALIGN)
+            return mc_err_set(err, MC_ERR_NOMEM, "%d matrices of weights overflow size_t", n);
+        total = (total + b + GROUP_ALIGN - 1) & ~(size_t)(GROUP_ALIGN - 1);
+    }
+    unsigned char *p = weights_alloc(total, 1);
+    if (!p)
+        return mc_err_set(err, MC_ERR_NOMEM, "out of memory for %zu bytes of weights (%d "
+                          "matrices)", total, n);
+    size_t at = 0;
+    for (int i = 0; i < n; i++) {
+        size_t stride, b = stored_bytes(src[i], target[i], &stride);
+        mc_status st = quantize_into(src[i], target[i], p + at, &dst[i], err);
+        if (st != MC_OK) {
+            if (bad)
+                *bad = i;
+            free(p);
+            return st;
+        }
+        at = (at + b + GROUP_ALIGN - 1) & ~(size_t)(GROUP_ALIGN - 1);
+    }
     *owned = p;
     return MC_OK;
 }

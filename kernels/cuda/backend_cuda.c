@@ -6,6 +6,7 @@
  * status after every call and launch, naming the op. */
 #include "backend.h"
 #include "cuda/backend_cuda_internal.h"
+#include "cuda/cuda_device.h"
 #include "dtype.h"
 
 #include <stdio.h>
@@ -345,6 +346,19 @@ static const mc_backend_i cuda_iface = {
     .probe_read_gbps = cu_read_gbps,
     .probe_fma_gflops = cu_fma_gflops,
 };
+
+int mc_cuda_device_count(mc_err *err)
+{
+    int n = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess || n <= 0) {
+        (void)cudaGetLastError();
+        mc_err_set(err, MC_ERR_UNSUPPORTED, "no CUDA device visible (cudaGetDeviceCount: %s)",
+                   e != cudaSuccess ? cudaGetErrorString(e) : "0 devices");
+        return 0;
+    }
+    return n;
+}
 
 mc_status mc_backend_cuda_init(int device, mc_backend **out, mc_err *err)
 {

@@ -11,7 +11,10 @@ measured figures.
   one-sequence decode speed is memory bandwidth / bytes read per token;
 - a `measured:` block replaces the datasheet figures, `plan` says which it
   used, and the speed moves with the measured bandwidth; bad measured values
-  are refused with the field named.
+  are refused with the field named;
+- the communication per layer and step (estimate.comm_per_layer: EP
+  dispatch + combine and the TP all-reduces) is recomputed by hand for EP
+  and TP inside a node, across nodes and mixed, and Llama 4's extra exchange.
 
 usage: test_plan_machines.py MOECLUSTER FIXTURES_DIR PROJECT_DIR
 """
@@ -19,6 +22,7 @@ import glob
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 
@@ -179,6 +183,70 @@ def main():
                             os.path.join(fx, "clusters", f)])
         check(rc == 1 and needle in err and f in err and "Traceback" not in err,
               f"{f} refused: {err.strip()}")
+
+    # 4. communication per layer and step (estimate.comm_per_layer), by hand from
+    #    docs/plan.md: f32 activations on the wire; each TP rank dispatches its
+    #    ceil(B/tp) tokens' k pairs (the busiest), (ep-1)/ep of them to other ranks,
+    #    split between the links by where the peer is; three exchanges (four for Llama 4); all-reduce
+    #    2 (n-1)/n bytes / bw + 2 (n-1) latency, twice per layer
+    import tempfile
+    tmp = tempfile.mkdtemp(prefix="mc-plan-comm-")
+    mcfg = json.load(open(os.path.join(fx, "configs", "llama4-maverick.config.json")))
+    cases = [  # name, model, nodes, per node, tp, dp, ep, intra (GB/s, us), inter, B, memory GiB
+        ("tp2-ep4-2nodes", qcfg_path, cfg, 2, 2, 2, 2, 4, (8, 2), (0.125, 10), 16, 40),
+        ("tp2-across-nodes", qcfg_path, cfg, 2, 1, 2, 1, 1, (8, 2), (0.125, 10), 16, 60),
+        ("ep2-across-nodes", qcfg_path, cfg, 2, 1, 1, 2, 2, (8, 2), (0.625, 25), 256, 60),
+        ("ep2-shm", qcfg_path, cfg, 1, 2, 1, 2, 2, (8, 2), None, 256, 60),
+        ("llama4-tp8-ep8", os.path.join(fx, "configs", "llama4-maverick.config.json"),
+         mcfg["text_config"], 1, 8, 8, 1, 8, (450, 3), None, 60, 200),
+    ]
+    for name, model, mc, nodes, per, tp, dp, ep, intra, inter, B, memg in cases:
+        path = os.path.join(tmp, name + ".yaml")
+        lines = [f"name: {name}", "backend: cpu", f"nodes: {nodes}", f"devices_per_node: {per}",
+                 "device:", "  name: x", f"  memory_gib: {memg}", "  memory_bandwidth_gbs: 100",
+                 "  tflops: {bf16: 1}", "links:",
+                 f"  intra_node: {{kind: intra-x, bandwidth_gbs: {intra[0]}, latency_us: {intra[1]}}}"]
+        if inter:
+            lines.append(f"  inter_node: {{kind: inter-x, bandwidth_gbs: {inter[0]}, "
+                         f"latency_us: {inter[1]}}}")
+        lines += [f"parallel: {{tp: {tp}, pp: 1, dp: {dp}, ep: {ep}}}", "workspace_gib: 1"]
+        with open(path, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        H, k = mc["hidden_size"], mc["num_experts_per_tok"]
+        bi, li = intra[0] * 1e9, intra[1] * 1e-6
+        bo, lo = (inter[0] * 1e9, inter[1] * 1e-6) if inter else (bi, li)
+        a2a = 0.0
+        if ep > 1:
+            pairs, g = math.ceil(B / tp) * k, min(ep, per)
+            if ep > per:
+                a2a = max(2 * pairs * H * 4 * (g - 1) / ep / bi, 2 * pairs * H * 4 * (ep - g) / ep / bo)
+            else:
+                a2a = 2 * pairs * H * 4 * (ep - 1) / ep / bi
+            a2a += (4 if "llama4" in name else 3) * (lo if ep > per else li)
+        ar = 0.0
+        if tp > 1:
+            bw_, lat_ = (bo, lo) if tp > per else (bi, li)
+            ar = 2 * (2 * (tp - 1) / tp * B * H * 4 / bw_ + 2 * (tp - 1) * lat_)
+        rc, out, err = run([exe, "plan", "--model", model, "--cluster", path, "--max-model-len",
+                            "256", "--max-num-seqs", str(B), "--json"])
+        e = json.loads(out)["estimate"] if rc == 0 else {}
+        c = e.get("comm_per_layer", {})
+        got_a2a, got_ar = c.get("dispatch_combine_s", -1), c.get("allreduce_s", -1)
+        check(rc == 0 and e.get("batch_per_replica") == B and
+              abs(got_a2a - a2a) <= 1e-9 * a2a and abs(got_ar - ar) <= 1e-9 * ar,
+              f"{name}: batch {e.get('batch_per_replica')}, dispatch+combine {got_a2a * 1e3:.6f} ms "
+              f"(by hand {a2a * 1e3:.6f}), all-reduce {got_ar * 1e3:.6f} ms (by hand {ar * 1e3:.6f})"
+              + (f" rc {rc} {err.strip()}" if rc else ""))
+        if name == "tp2-ep4-2nodes":
+            check(c.get("ep_link") == "inter-x" and c.get("tp_link") == "intra-x",
+                  f"{name}: links named {c.get('ep_link')}, {c.get('tp_link')}")
+            rc, text, err = run([exe, "plan", "--model", model, "--cluster", path,
+                                 "--max-model-len", "256", "--max-num-seqs", str(B)])
+            want = (f"communication per layer and step: dispatch + combine {a2a * 1e3:.3f} ms per "
+                    f"MoE layer over inter-x; TP all-reduce {ar * 1e3:.3f} ms per layer over intra-x")
+            check(want in text, f"{name}: text line '{want}'")
+
+    shutil.rmtree(tmp, ignore_errors=True)
 
     print(f"{failures} failures")
     return 1 if failures else 0

@@ -81,6 +81,8 @@ def source_tables(src):
     par = open(os.path.join(src, "coordinator", "par_args.h")).read()
     m = re.search(r"#define MC_PAR_OPTIONS(.*?)\n\n", par, re.S)
     par_opts = re.findall(r'\{"([a-z0-9-]+)",\s*(\w+)_argument', m.group(1)) if m else []
+    m = re.search(r"#define MC_DEVICE_OPTIONS(.*?)\n", par)
+    dev_opts = re.findall(r'\{"([a-z0-9-]+)",\s*(\w+)_argument', m.group(1)) if m else []
     tables = {}
     cdir = os.path.join(src, "coordinator")
     for fn in sorted(os.listdir(cdir)):
@@ -96,6 +98,8 @@ def source_tables(src):
             opts = re.findall(r'\{"([a-z0-9-]+)",\s*(\w+)_argument', t.group(1))
             if "MC_PAR_OPTIONS" in t.group(1):
                 opts += par_opts
+            if "MC_DEVICE_OPTIONS" in t.group(1):
+                opts += dev_opts
             table = {"--" + n: kind == "required" for n, kind in opts}
             short = re.search(r'getopt_long\(argc, argv, "([^"]*)"', body)
             for c, colon in re.findall(r"([a-zA-Z])(:?)", short.group(1) if short else ""):

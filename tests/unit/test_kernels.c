@@ -237,6 +237,12 @@ static void test_matmul(mc_kpath p)
                 if (dt == MC_DT_BF16 || dt == MC_DT_F32)
                     test_matmul_case(p, dt, rows_l[ri], cols_l[ci], n, 1, 0);
             }
+    /* one token (decode kernels) over even and odd block counts */
+    static const int c1[] = {1, 31, 32, 33, 95, 513, 2049};
+    for (size_t ci = 0; ci < sizeof c1 / sizeof c1[0]; ci++) {
+        test_matmul_case(p, MC_DT_Q8_0, 7, c1[ci], 1, 0, 0);
+        test_matmul_case(p, MC_DT_Q4_K, 7, c1[ci], 1, 0, 0);
+    }
     /* every token count through the tile remainders, and a long row */
     for (int n = 1; n <= 13; n++) {
         test_matmul_case(p, MC_DT_BF16, 9, 2053, n, 0, 0);
@@ -305,6 +311,119 @@ static void test_threads(mc_kpath p)
             free_mat(&m);
         }
     mc_kernels_set_threads(1);
+}
+
+/* mc_matmul_many: several products of different types, shapes and token
+ * counts (1..64) as one loop, bitwise equal to mc_matmul per product at 1
+ * thread, with 1 and 3 threads (the split into per-product row runs). */
+static void test_many(mc_kpath p)
+{
+    enum { NI = 6 };
+    static const mc_dtype types[NI] = {MC_DT_BF16, MC_DT_Q8_0, MC_DT_Q4_K,
+                                       MC_DT_F32,  MC_DT_F16,  MC_DT_F8_E4M3};
+    static const int rows_l[NI] = {333, 17, 129, 1, 64, 45};
+    static const int cols_l[NI] = {512, 1061, 768, 300, 513, 257};
+    static const int n_l[] = {1, 2, 5, 8, 9, 16, 17, 33, 64};
+    for (size_t ni = 0; ni < sizeof n_l / sizeof n_l[0]; ni++) {
+        test_mat m[NI];
+        mc_matmul_item it[NI];
+        float *x[NI], *want[NI], *got[NI];
+        for (int i = 0; i < NI; i++) {
+            /* odd token counts per item around n; one F32 item is transposed */
+            int n = n_l[ni] - (i % 3 == 1 && n_l[ni] > 1 ? 1 : 0);
+            make_mat(&m[i], types[i], rows_l[i], cols_l[i], types[i] == MC_DT_F32,
+                     types[i] == MC_DT_F8_E4M3 ? 5 : 0);
+            int ldx = cols_l[i] + 1, ldy = rows_l[i] + 2;
+            x[i] = malloc((size_t)n * ldx * sizeof *x[i]);
+            want[i] = malloc((size_t)n * ldy * sizeof *want[i]);
+            got[i] = malloc((size_t)n * ldy * sizeof *got[i]);
+            fill(x[i], (size_t)n * ldx, 1.0f);
+            it[i] = (mc_matmul_item){&m[i].w, x[i], n, ldx, got[i], ldy};
+            run_matmul(p, 1, &m[i].w, x[i], n, ldx, want[i], ldy);
+            for (int t = 0; t < n; t++) /* pad columns are not outputs */
+                want[i][(size_t)t * ldy + rows_l[i]] = want[i][(size_t)t * ldy + rows_l[i] + 1] = 0;
+        }
+        for (int threads = 1; threads <= 3; threads += 2) {
+            mc_kernels_set_path(p);
+            mc_kernels_set_threads(threads);
+            for (int i = 0; i < NI; i++)
+                for (size_t k = 0; k < (size_t)it[i].n * it[i].ldy; k++)
+                    got[i][k] = NAN; /* every output must be written */
+            mc_matmul_many(it, NI);
+            for (int i = 0; i < NI; i++) {
+                for (int t = 0; t < it[i].n; t++)
+                    got[i][(size_t)t * it[i].ldy + rows_l[i]] =
+                        got[i][(size_t)t * it[i].ldy + rows_l[i] + 1] = 0;
+                char what[128];
+                snprintf(what, sizeof what, "%s matmul_many %s %dx%d n=%d threads %d",
+                         mc_kpath_name(p), mc_dtype_name(types[i]), rows_l[i], cols_l[i],
+                         it[i].n, threads);
+                compare(what, got[i], want[i], NULL, (size_t)it[i].n * it[i].ldy, 0, 0);
+            }
+        }
+        for (int i = 0; i < NI; i++) {
+            free(x[i]);
+            free(want[i]);
+            free(got[i]);
+            free_mat(&m[i]);
+        }
+    }
+    mc_kernels_set_threads(1);
+}
+
+/* mc_mats_quantize: each matrix of a group is stored byte for byte as
+ * mc_mat_quantize stores it alone, in order, on 64-byte boundaries of one
+ * 2 MiB aligned buffer; a bad target or a NaN names the matrix at fault. */
+static void test_mats_quantize(void)
+{
+    enum { NM = 5 };
+    static const mc_dtype tg[NM] = {MC_DT_Q8_0, MC_DT_Q4_K, MC_DT_BF16, MC_DT_Q8_0, MC_DT_F16};
+    static const int rows_l[NM] = {3, 17, 5, 1, 7};
+    static const int cols_l[NM] = {1061, 512, 33, 64, 300};
+    test_mat f[NM];
+    const mc_mat *src[NM];
+    for (int i = 0; i < NM; i++) {
+        make_mat(&f[i], i == 2 ? MC_DT_BF16 : MC_DT_F32, rows_l[i], cols_l[i], i == 4, 0);
+        src[i] = &f[i].w;
+    }
+    mc_mat dst[NM];
+    void *owned = NULL;
+    int bad = 99;
+    mc_err err;
+    mc_err_clear(&err);
+    CHECK(mc_mats_quantize(src, tg, NM, dst, &owned, &bad, &err) == MC_OK && bad == -1);
+    CHECK(owned && ((uintptr_t)owned & ((2u << 20) - 1)) == 0);
+    const unsigned char *at = owned;
+    for (int i = 0; owned && i < NM; i++) {
+        mc_mat one;
+        void *store = NULL;
+        CHECK(mc_mat_quantize(src[i], tg[i], &one, &store, &err) == MC_OK);
+        size_t bytes = mc_mat_weight_bytes(&one);
+        CHECK(dst[i].data == at && ((uintptr_t)dst[i].data & 63) == 0);
+        CHECK(dst[i].dtype == one.dtype && dst[i].rows == one.rows && dst[i].cols == one.cols &&
+              dst[i].row_stride == one.row_stride && !dst[i].transposed);
+        if (memcmp(dst[i].data, one.data, bytes) != 0) {
+            fprintf(stderr, "mats_quantize: matrix %d (%s %dx%d) differs from mc_mat_quantize\n",
+                    i, mc_dtype_name(tg[i]), rows_l[i], cols_l[i]);
+            check_failures++;
+        }
+        at += (bytes + 63) & ~(size_t)63;
+        free(store);
+    }
+    free(owned);
+    /* a target no format has, then a NaN in the fourth matrix */
+    mc_dtype tb[NM];
+    memcpy(tb, tg, sizeof tb);
+    tb[2] = MC_DT_F8_E4M3;
+    CHECK(mc_mats_quantize(src, tb, NM, dst, &owned, &bad, &err) == MC_ERR_ARG && bad == 2 &&
+          owned == NULL);
+    ((float *)f[3].store)[40] = NAN;
+    mc_err_clear(&err); /* the first error of an mc_err wins */
+    CHECK(mc_mats_quantize(src, tg, NM, dst, &owned, &bad, &err) == MC_ERR_FORMAT && bad == 3 &&
+          owned == NULL && strstr(err.msg, "column 40"));
+    CHECK(mc_mats_quantize(src, tg, 0, dst, &owned, &bad, &err) == MC_ERR_ARG);
+    for (int i = 0; i < NM; i++)
+        free_mat(&f[i]);
 }
 
 /* ---- element-wise ---- */
@@ -414,6 +533,7 @@ int main(void)
         test_widen(paths[i]);
         test_matmul(paths[i]);
         test_threads(paths[i]);
+        test_many(paths[i]);
         test_block_view(paths[i]);
         test_elementwise(paths[i]);
         printf("path %s vs scalar: %s\n", mc_kpath_name(paths[i]),
@@ -421,6 +541,8 @@ int main(void)
     }
     /* the portable path splits over threads too */
     test_threads(MC_KPATH_SCALAR);
+    test_many(MC_KPATH_SCALAR);
     test_block_view(MC_KPATH_SCALAR);
+    test_mats_quantize();
     return check_report("test_kernels");
 }
