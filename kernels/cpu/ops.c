@@ -23,6 +23,8 @@
 typedef struct {
     int avx2, fma, f16c, avx512f, avx512bw, avx512dq, avx512vl, avx512vnni, avx512bf16,
         avx512vbmi;
+    int amx_tile, amx_int8, amx_bf16; /* reported only (no AMX kernels yet); the OS must
+                                         enable the tile state in XCR0 */
 } cpu_feat;
 
 static cpu_feat g_feat;
@@ -65,6 +67,11 @@ static void detect(void)
         g_feat.avx512vl = (b >> 31) & 1;
         g_feat.avx512vnni = (c >> 11) & 1;
         g_feat.avx512vbmi = (c >> 1) & 1;
+        if ((xcr0 & 0x60000) == 0x60000) { /* XTILECFG and XTILEDATA */
+            g_feat.amx_bf16 = (d >> 22) & 1;
+            g_feat.amx_tile = (d >> 24) & 1;
+            g_feat.amx_int8 = (d >> 25) & 1;
+        }
         __cpuid_count(7, 1, a, b, c, d);
         g_feat.avx512bf16 = (a >> 5) & 1;
     }
@@ -107,6 +114,8 @@ static void init_once(void)
         {"avx512bw", offsetof(cpu_feat, avx512bw)},   {"avx512dq", offsetof(cpu_feat, avx512dq)},
         {"avx512vl", offsetof(cpu_feat, avx512vl)},   {"avx512vnni", offsetof(cpu_feat, avx512vnni)},
         {"avx512bf16", offsetof(cpu_feat, avx512bf16)}, {"avx512vbmi", offsetof(cpu_feat, avx512vbmi)},
+        {"amx_tile", offsetof(cpu_feat, amx_tile)},   {"amx_int8", offsetof(cpu_feat, amx_int8)},
+        {"amx_bf16", offsetof(cpu_feat, amx_bf16)},
     };
     g_feat_str[0] = 0;
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
