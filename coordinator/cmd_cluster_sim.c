@@ -241,7 +241,7 @@ static mc_status sim_check_routes(const sim_cfg *c, mc_err *e)
                 dst = w2;
         if (!strcmp(dst, "default"))
             continue;
-        char ip[32];
+        char ip[64];
         snprintf(ip, sizeof ip, "%s", dst);
         int l = 32;
         char *sl = strchr(ip, '/');
