@@ -451,8 +451,8 @@ static mc_status get_int(const mc_gguf *g, const char *key, int neg_ok, uint64_t
 
 mc_status mc_gguf_get_u32(const mc_gguf *g, const char *key, uint32_t *out, mc_err *err)
 {
-    int64_t s;
-    uint64_t u;
+    int64_t s = 0;
+    uint64_t u = 0;
     mc_status st = get_int(g, key, 0, UINT32_MAX, &s, &u, err);
     if (st == MC_OK)
         *out = (uint32_t)u;
@@ -461,13 +461,13 @@ mc_status mc_gguf_get_u32(const mc_gguf *g, const char *key, uint32_t *out, mc_e
 
 mc_status mc_gguf_get_u64(const mc_gguf *g, const char *key, uint64_t *out, mc_err *err)
 {
-    int64_t s;
+    int64_t s = 0;
     return get_int(g, key, 0, UINT64_MAX, &s, out, err);
 }
 
 mc_status mc_gguf_get_i64(const mc_gguf *g, const char *key, int64_t *out, mc_err *err)
 {
-    uint64_t u;
+    uint64_t u = 0;
     return get_int(g, key, 1, (uint64_t)INT64_MAX, out, &u, err);
 }
 
