@@ -24,6 +24,7 @@
  * scripts/gpu-check.sh shows (docs/gpu.md); `--bench-smoke` runs the same
  * code on small shapes (a check of the benchmark code, not a measurement). */
 #include "backend.h"
+#include "backend_pair.h"
 #include "check.h"
 #include "dtype.h"
 
@@ -34,74 +35,7 @@
 #include <string.h>
 #include <time.h>
 
-static uint64_t rng = 0x2545F4914F6CDD1Dull;
-static uint64_t rnext(void)
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return rng;
-}
-static float runi(float lo, float hi)
-{
-    return lo + (hi - lo) * (float)((rnext() >> 40) / 16777216.0);
-}
-
-static mc_backend *B[2]; /* [0] the CPU reference, [1] the device under test */
 static int dut_is_cuda;
-static mc_err err_[1];
-
-#define OK(call)                                                                                   \
-    do {                                                                                           \
-        if ((call) != MC_OK) {                                                                     \
-            fprintf(stderr, "%s:%d: %s failed: %s\n", __FILE__, __LINE__, #call, err_->msg);      \
-            exit(1);                                                                               \
-        }                                                                                          \
-    } while (0)
-
-/* One tensor on both backends with the same bytes: buffers poisoned with
- * 0xff bytes (NaN as F32), then the packed host rows (if any) uploaded. */
-typedef struct {
-    mc_buffer *b[2];
-    mc_tensor t[2];
-} pair;
-
-static void pair_new(pair *p, mc_dtype dt, int ndim, const int64_t *shape, int64_t ld,
-                     const void *host)
-{
-    int64_t rows = 1;
-    for (int i = 0; i < ndim - 1; i++)
-        rows *= shape[i];
-    size_t bytes = (size_t)rows * mc_dtype_row_bytes(dt, ld) + 64;
-    for (int s = 0; s < 2; s++) {
-        OK(mc_buffer_alloc(B[s], bytes, &p->b[s], err_));
-        OK(mc_buffer_memset(p->b[s], 0, 0xff, bytes, err_));
-        OK(mc_tensor_init_strided(&p->t[s], p->b[s], 0, dt, ndim, shape, ld, err_));
-        if (host)
-            OK(mc_tensor_upload(&p->t[s], host, err_));
-    }
-}
-
-static void pair_2d(pair *p, mc_dtype dt, int64_t rows, int64_t cols, int64_t ld, const void *host)
-{
-    pair_new(p, dt, 2, (int64_t[]){rows, cols}, ld, host);
-}
-
-static void pair_free(pair *p)
-{
-    mc_buffer_free(p->b[0]);
-    mc_buffer_free(p->b[1]);
-}
-
-static float *rnd(size_t n, float scale)
-{
-    float *x = malloc(n * sizeof *x);
-    if (!x)
-        exit(1);
-    for (size_t i = 0; i < n; i++)
-        x[i] = runi(-scale, scale);
-    return x;
-}
 
 /* got (the device) against want (the reference), rows x cols: |got - want|
  * <= rtol * max |want| of the row; prints the first 5 mismatches. */
@@ -642,6 +576,7 @@ static int bench_main(mc_backend *be, int smoke)
 
 int main(int argc, char **argv)
 {
+    rng = 0x2545F4914F6CDD1Dull;
     mc_err_clear(err_);
     int bench = argc > 1 && strcmp(argv[1], "--bench") == 0;
     int smoke = argc > 1 && strcmp(argv[1], "--bench-smoke") == 0;

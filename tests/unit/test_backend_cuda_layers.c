@@ -21,6 +21,7 @@
  * GPU (...)"; MC_CUDA_TEST_ON_CPU=1 runs the harness with a second CPU
  * backend as the device under test (checks this file, not the CUDA code). */
 #include "backend.h"
+#include "backend_pair.h"
 #include "check.h"
 #include "dtype.h"
 
@@ -30,34 +31,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-static uint64_t rng = 0x9E3779B97F4A7C15ull;
-static uint64_t rnext(void)
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return rng;
-}
-static float runi(float lo, float hi)
-{
-    return lo + (hi - lo) * (float)((rnext() >> 40) / 16777216.0);
-}
 static int rint_(int lo, int hi) /* [lo, hi] */
 {
     return lo + (int)(rnext() % (uint64_t)(hi - lo + 1));
 }
-
-static mc_backend *B[2]; /* [0] the CPU reference, [1] the device under test */
-static mc_err err_[2];
-
-#define OK(call)                                                                                   \
-    do {                                                                                           \
-        if ((call) != MC_OK) {                                                                     \
-            fprintf(stderr, "%s:%d: %s failed: %s%s\n", __FILE__, __LINE__, #call, err_[0].msg,   \
-                    err_[1].msg);                                                                  \
-            exit(1);                                                                               \
-        }                                                                                          \
-    } while (0)
 
 static void *xmalloc(size_t n)
 {
@@ -65,33 +42,6 @@ static void *xmalloc(size_t n)
     if (!p)
         exit(1);
     return p;
-}
-
-/* One tensor on both backends with the same bytes (see test_backend_cuda.c). */
-typedef struct {
-    mc_buffer *b[2];
-    mc_tensor t[2];
-} pair;
-
-static void pair_new(pair *p, mc_dtype dt, int ndim, const int64_t *shape, int64_t ld,
-                     const void *host)
-{
-    int64_t rows = 1;
-    for (int i = 0; i < ndim - 1; i++)
-        rows *= shape[i];
-    size_t bytes = (size_t)rows * mc_dtype_row_bytes(dt, ld) + 64;
-    for (int s = 0; s < 2; s++) {
-        OK(mc_buffer_alloc(B[s], bytes, &p->b[s], err_));
-        OK(mc_buffer_memset(p->b[s], 0, 0xff, bytes, err_));
-        OK(mc_tensor_init_strided(&p->t[s], p->b[s], 0, dt, ndim, shape, ld, err_));
-        if (host)
-            OK(mc_tensor_upload(&p->t[s], host, err_));
-    }
-}
-
-static void pair_2d(pair *p, mc_dtype dt, int64_t rows, int64_t cols, int64_t ld, const void *host)
-{
-    pair_new(p, dt, 2, (int64_t[]){rows, cols}, ld, host);
 }
 
 static void pair_1d(pair *p, mc_dtype dt, int64_t n, const void *host)
@@ -103,20 +53,6 @@ static void pair_zero(pair *p)
 {
     for (int s = 0; s < 2; s++)
         OK(mc_buffer_memset(p->b[s], 0, 0, mc_buffer_size(p->b[s]), err_));
-}
-
-static void pair_free(pair *p)
-{
-    mc_buffer_free(p->b[0]);
-    mc_buffer_free(p->b[1]);
-}
-
-static float *rnd(size_t n, float scale)
-{
-    float *x = xmalloc(n * sizeof *x);
-    for (size_t i = 0; i < n; i++)
-        x[i] = runi(-scale, scale);
-    return x;
 }
 
 /* Both sides of p to the host (packed rows, 4-byte elements): h[0] the reference. */
@@ -750,6 +686,7 @@ static void test_experts(void)
 
 int main(void)
 {
+    rng = 0x9E3779B97F4A7C15ull;
     mc_err_clear(&err_[0]);
     mc_err_clear(&err_[1]);
     int on_cpu = getenv("MC_CUDA_TEST_ON_CPU") && strcmp(getenv("MC_CUDA_TEST_ON_CPU"), "1") == 0;

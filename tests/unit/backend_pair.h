@@ -1,0 +1,88 @@
+/* backend_pair.h - the harness the CUDA op tests share (test_backend_cuda.c,
+ * test_backend_cuda_layers.c): a random stream, the two backends ([0] the
+ * CPU reference, [1] the device under test) and one tensor held on both
+ * with the same bytes. The including file sets rng's seed before use. */
+#ifndef MC_TEST_BACKEND_PAIR_H
+#define MC_TEST_BACKEND_PAIR_H
+
+#include "backend.h"
+#include "dtype.h"
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+static uint64_t rng; /* xorshift state: set a non-zero seed first */
+static inline uint64_t rnext(void)
+{
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return rng;
+}
+static inline float runi(float lo, float hi)
+{
+    return lo + (hi - lo) * (float)((rnext() >> 40) / 16777216.0);
+}
+
+static mc_backend *B[2]; /* [0] the CPU reference, [1] the device under test */
+static mc_err err_[2];   /* err_[1]: the device side where a test calls both */
+
+#define OK(call)                                                                                   \
+    do {                                                                                           \
+        if ((call) != MC_OK) {                                                                     \
+            fprintf(stderr, "%s:%d: %s failed: %s%s\n", __FILE__, __LINE__, #call, err_[0].msg,   \
+                    err_[1].msg);                                                                  \
+            exit(1);                                                                               \
+        }                                                                                          \
+    } while (0)
+
+/* One tensor on both backends with the same bytes: buffers poisoned with
+ * 0xff bytes (NaN as F32), then the packed host rows (if any) uploaded. */
+typedef struct {
+    mc_buffer *b[2];
+    mc_tensor t[2];
+} pair;
+
+static inline void pair_new(pair *p, mc_dtype dt, int ndim, const int64_t *shape, int64_t ld,
+                            const void *host)
+{
+    int64_t rows = 1;
+    for (int i = 0; i < ndim - 1; i++)
+        rows *= shape[i];
+    size_t bytes = (size_t)rows * mc_dtype_row_bytes(dt, ld) + 64;
+    for (int s = 0; s < 2; s++) {
+        OK(mc_buffer_alloc(B[s], bytes, &p->b[s], err_));
+        OK(mc_buffer_memset(p->b[s], 0, 0xff, bytes, err_));
+        OK(mc_tensor_init_strided(&p->t[s], p->b[s], 0, dt, ndim, shape, ld, err_));
+        if (host)
+            OK(mc_tensor_upload(&p->t[s], host, err_));
+    }
+}
+
+static inline void pair_2d(pair *p, mc_dtype dt, int64_t rows, int64_t cols, int64_t ld,
+                           const void *host)
+{
+    pair_new(p, dt, 2, (int64_t[]){rows, cols}, ld, host);
+}
+
+static inline void pair_free(pair *p)
+{
+    mc_buffer_free(p->b[0]);
+    mc_buffer_free(p->b[1]);
+}
+
+/* n floats uniform in [-scale, scale] (malloc'd; the caller frees). */
+static inline float *rnd(size_t n, float scale)
+{
+    float *x = malloc(n * sizeof *x);
+    if (!x) {
+        fprintf(stderr, "out of memory\n");
+        exit(1);
+    }
+    for (size_t i = 0; i < n; i++)
+        x[i] = runi(-scale, scale);
+    return x;
+}
+
+#endif
