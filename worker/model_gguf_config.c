@@ -79,6 +79,18 @@ typedef struct {
     mc_err *err;
 } cfg_ctx;
 
+/* A failed metadata lookup: the context keeps the status; a missing key
+ * becomes a config error saying which family needs it. */
+static void lookup_failed(cfg_ctx *c, mc_status st, const char *key)
+{
+    c->st = st == MC_ERR_NOT_FOUND ? MC_ERR_CONFIG : st;
+    if (st == MC_ERR_NOT_FOUND) {
+        mc_err_clear(c->err); /* this message says why the key is needed */
+        mc_err_set(c->err, MC_ERR_CONFIG, "%s: GGUF metadata has no '%s' (needed by %s)",
+                   c->m->path, key, c->m->arch);
+    }
+}
+
 static void key_of(const cfg_ctx *c, const char *suffix, char *buf, size_t len)
 {
     snprintf(buf, len, "%s.%s", c->m->arch, suffix);
@@ -100,12 +112,7 @@ static int64_t put_int(cfg_ctx *c, const char *suffix, const char *field, bool n
         return def;
     }
     if (st != MC_OK) {
-        c->st = st == MC_ERR_NOT_FOUND ? MC_ERR_CONFIG : st;
-        if (st == MC_ERR_NOT_FOUND) {
-            mc_err_clear(c->err); /* this message says why the key is needed */
-            mc_err_set(c->err, MC_ERR_CONFIG, "%s: GGUF metadata has no '%s' (needed by %s)",
-                       c->m->path, key, c->m->arch);
-        }
+        lookup_failed(c, st, key);
         return def;
     }
     if (field)
@@ -127,12 +134,7 @@ static double put_real(cfg_ctx *c, const char *suffix, const char *field, bool n
         return def;
     }
     if (st != MC_OK) {
-        c->st = st == MC_ERR_NOT_FOUND ? MC_ERR_CONFIG : st;
-        if (st == MC_ERR_NOT_FOUND) {
-            mc_err_clear(c->err); /* this message says why the key is needed */
-            mc_err_set(c->err, MC_ERR_CONFIG, "%s: GGUF metadata has no '%s' (needed by %s)",
-                       c->m->path, key, c->m->arch);
-        }
+        lookup_failed(c, st, key);
         return def;
     }
     json_object_set_new(c->cfg, field, json_real((double)v));
