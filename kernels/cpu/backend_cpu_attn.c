@@ -12,6 +12,7 @@
  * span of any token); the tokens run on the calling thread. */
 #include "kernels.h"
 #include "cpu/backend_cpu_internal.h"
+#include "kv_sel_check.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -159,20 +160,9 @@ static mc_status sel_ok(const mc_tensor *sel, const mc_kv_index *ix, int chunk, 
     int64_t n = ix->pos.shape[0], k = mc_tensor_cols(sel);
     for (int64_t t = 0; t < n; t++) {
         const int32_t *st = (const int32_t *)at(sel) + (size_t)t * (size_t)sel->row_stride;
-        int32_t pos = i32_at(&ix->pos, t), lo = chunk > 0 ? pos - pos % chunk : 0;
-        int64_t kept = 0;
-        for (int64_t j = 0; j < k; j++) {
-            if (st[j] == -1)
-                continue;
-            if (st[j] < lo || st[j] > pos)
-                return mc_err_set(err, MC_ERR_ARG, "mla_decode: token %lld: opt.sel[%lld][%lld] = "
-                                  "%d is outside the positions it sees [%d, %d]", (long long)t,
-                                  (long long)t, (long long)j, (int)st[j], (int)lo, (int)pos);
-            kept++;
-        }
-        if (!kept)
-            return mc_err_set(err, MC_ERR_ARG, "mla_decode: token %lld: opt.sel[%lld] keeps no "
-                              "position", (long long)t, (long long)t);
+        mc_status s = mc_kv_sel_row_ok(st, k, i32_at(&ix->pos, t), chunk, t, err);
+        if (s != MC_OK)
+            return s;
     }
     return MC_OK;
 }

@@ -13,6 +13,7 @@
  * backend's word for word (kernels/cpu/backend_cpu_attn.c). */
 #include "backend.h"
 #include "cuda/backend_cuda_internal.h"
+#include "kv_sel_check.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -100,25 +101,10 @@ static mc_status host_token_ok(const char *op, const kv_host *h, const mc_kv_ind
     return MC_OK;
 }
 
-/* The CPU's sel_ok for token t. */
+/* Token t's selection row, checked as every backend does (kv_sel_check.h). */
 static mc_status host_sel_ok(const kv_host *h, int64_t k, int64_t t, int chunk, mc_err *err)
 {
-    const int32_t *st = h->sel + (size_t)t * (size_t)k;
-    int32_t pos = h->pos[t], lo = chunk > 0 ? pos - pos % chunk : 0;
-    int64_t kept = 0;
-    for (int64_t j = 0; j < k; j++) {
-        if (st[j] == -1)
-            continue;
-        if (st[j] < lo || st[j] > pos)
-            return mc_err_set(err, MC_ERR_ARG, "mla_decode: token %lld: opt.sel[%lld][%lld] = %d "
-                              "is outside the positions it sees [%d, %d]", (long long)t,
-                              (long long)t, (long long)j, (int)st[j], (int)lo, (int)pos);
-        kept++;
-    }
-    if (!kept)
-        return mc_err_set(err, MC_ERR_ARG, "mla_decode: token %lld: opt.sel[%lld] keeps no "
-                          "position", (long long)t, (long long)t);
-    return MC_OK;
+    return mc_kv_sel_row_ok(h->sel + (size_t)t * (size_t)k, k, h->pos[t], chunk, t, err);
 }
 
 /* The device found token `bad` at fault: the CPU's message for the first refusal. */
