@@ -3,7 +3,10 @@
 seed model (the published configs the repository carries) on each machine
 of cluster-configs/, one cell per pair from plan's `summary`: the best
 weight format that fits (bf16, fp8, q8_0, q4_k in that order), the tokens of
-KV cache beside the weights and the decode speed of one sequence.
+KV cache beside the weights and the decode speed of one sequence. Where plan
+refuses the pair (DeepSeek-V4 runs on one rank per replica, so every
+multi-device machine is refused), the cell says so. The models come in two
+tables of at most five columns each.
 
 usage: scripts/verdict-table.py [--moecluster PATH] [--max-model-len N]
        (run from the repository root; prints Markdown)
@@ -14,12 +17,21 @@ import os
 import subprocess
 import sys
 
-MODELS = [  # (column title, config file relative to the repository root)
-    ("Qwen3-30B-A3B", "bench/qwen3-30b-a3b.config.json"),
-    ("Qwen3-235B-A22B", "tests/fixtures/configs/qwen3-235b-a22b.config.json"),
-    ("Llama 4 Maverick", "tests/fixtures/configs/llama4-maverick.config.json"),
-    ("DeepSeek-V3", "tests/fixtures/configs/deepseek-v3.config.json"),
-    ("DeepSeek-V3.2", "tests/fixtures/configs/deepseek-v3.2.config.json"),
+FX = "tests/fixtures/configs/"
+MODELS = [  # tables of (column title, config file relative to the repository root)
+    [
+        ("Qwen3-30B-A3B", "bench/qwen3-30b-a3b.config.json"),
+        ("Qwen3-235B-A22B", FX + "qwen3-235b-a22b.config.json"),
+        ("Llama 4 Maverick", FX + "llama4-maverick.config.json"),
+        ("DeepSeek-V3", FX + "deepseek-v3.config.json"),
+        ("DeepSeek-V3.2", FX + "deepseek-v3.2.config.json"),
+    ],
+    [
+        ("Qwen3-Coder-480B-A35B", FX + "qwen3-coder-480b-a35b.config.json"),
+        ("Mistral Large 3", FX + "mistral-large-3.config.json"),  # its params.json
+        ("DeepSeek-V4-Flash", FX + "deepseek-v4-flash.config.json"),
+        ("DeepSeek-V4-Pro", FX + "deepseek-v4-pro.config.json"),
+    ],
 ]
 
 MACHINES = [  # (row title, cluster config)
@@ -53,8 +65,10 @@ def cell(exe, model, cluster, max_len):
         args += ["--max-model-len", str(max_len)]
     p = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                        timeout=300)
-    if p.returncode != 0:
-        return "error: " + p.stderr.strip().replace("|", "/")
+    if p.returncode != 0:  # the first clause of plan's one-line refusal
+        why = p.stderr.strip().split("\n")[0]
+        why = why.removeprefix("moecluster plan: ").split(" (")[0].split(": ")[-1]
+        return "refused: " + why.replace("|", "/")
     s = json.loads(p.stdout)["summary"]
     if s["fits"]:
         return (f"**{s['weights']}**, {tokens(s['kv_tokens'])} tok KV, "
@@ -71,13 +85,15 @@ def main():
     a = ap.parse_args()
     if not os.path.isfile(a.moecluster):
         sys.exit(f"verdict-table: {a.moecluster}: no such binary (build first, or --moecluster)")
-    head = "| machine | " + " | ".join(t for t, _ in MODELS) + " |"
-    print(head)
-    print("| --- " * (len(MODELS) + 1) + "|")
-    for title, name in MACHINES:
-        cluster = os.path.join("cluster-configs", name + ".yaml")
-        cells = [cell(a.moecluster, m, cluster, a.max_model_len) for _, m in MODELS]
-        print(f"| {title} | " + " | ".join(cells) + " |")
+    for i, models in enumerate(MODELS):
+        if i:
+            print()
+        print("| machine | " + " | ".join(t for t, _ in models) + " |")
+        print("| --- " * (len(models) + 1) + "|")
+        for title, name in MACHINES:
+            cluster = os.path.join("cluster-configs", name + ".yaml")
+            cells = [cell(a.moecluster, m, cluster, a.max_model_len) for _, m in models]
+            print(f"| {title} | " + " | ".join(cells) + " |")
     return 0
 
 

@@ -4,7 +4,14 @@ measured figures.
 
 - every shipped cluster config parses and plans every seed model (the
   published configs in tests/fixtures/configs and bench/), and the last line
-  of the text output is the `summary` verdict, the same as --json's;
+  of the text output is the `summary` verdict, the same as --json's; a
+  DeepSeek-V4 model on a cluster of more than one device is refused with the
+  one-rank-per-replica message instead (V4 runs tp = ep = pp = 1);
+- the seed configs added for Qwen3-Coder-480B-A35B, Mistral Large 3 (its
+  params.json) and DeepSeek-V4-Flash / -Pro give the published total
+  parameter counts (480B, 673B text, 284B, 1.6T) to the published precision,
+  and Qwen3-Coder-480B-A35B's BF16 weights and KV tokens per device on one
+  8x H200 node are recomputed by hand from the layout rules of docs/plan.md;
 - the verdict for Qwen3-30B-A3B on one RTX 4090 is recomputed here from
   config.json and the byte formulas of docs/plan.md alone: BF16 and Q8_0 do
   not fit in 24 GB, Q4_K does, with exactly N tokens of KV cache, and the
@@ -94,10 +101,22 @@ def main():
     check(all(n in names for n in new), f"the machines people own are shipped: {new}")
 
     # 1. every config x every seed model: plans, and the summary is the last line
+    #    (DeepSeek-V4 on more than one device: refused, as the workers refuse it)
     bad = []
+    v4 = {m for m in models if json.load(open(m)).get("model_type") == "deepseek_v4"}
+    check(len(v4) >= 2, f"DeepSeek-V4 seed configs present: {sorted(os.path.basename(m) for m in v4)}")
+    refused = 0
     for c in configs:
+        y = read_yaml_numbers(c, ["nodes", "devices_per_node"])
+        multi = y.get("nodes", 1) * y.get("devices_per_node", 1) > 1
         for m in models:
             rc, out, err = run([exe, "plan", "--model", m, "--cluster", c, "--json"])
+            if m in v4 and multi:
+                if rc != 1 or "DeepSeek-V4 runs on one rank per replica" not in err or out:
+                    bad.append(f"{os.path.basename(c)} x {os.path.basename(m)}: expected the "
+                               f"V4 one-rank refusal, got rc {rc}: {err.strip()}")
+                refused += 1
+                continue
             if rc != 0:
                 bad.append(f"{os.path.basename(c)} x {os.path.basename(m)}: rc {rc}: {err.strip()}")
                 continue
@@ -113,7 +132,52 @@ def main():
     for b in bad[:5]:
         print("   ", b)
     check(not bad, f"{len(configs)} cluster configs x {len(models)} seed models plan, "
-                   "each with a summary verdict as the last line")
+                   f"each with a summary verdict as the last line ({refused} V4 x multi-device "
+                   "pairs refused as expected)")
+
+    # 1b. the added seed configs against the published totals (model cards:
+    #     Qwen3-Coder-480B-A35B 480B; Mistral Large 3 "673B" for the language
+    #     model without its 2.5B vision encoder; DeepSeek-V4-Flash 284B,
+    #     DeepSeek-V4-Pro 1.6T), each to half a unit of its last published digit
+    published = [("qwen3-coder-480b-a35b", 480e9, 0.5e9), ("mistral-large-3", 673e9, 0.5e9),
+                 ("deepseek-v4-flash", 284e9, 0.5e9), ("deepseek-v4-pro", 1.6e12, 0.05e12)]
+    cpu1 = os.path.join(root, "cluster-configs", "cpu-server-256gb.yaml")
+    for name, total, half in published:
+        path = os.path.join(fx, "configs", name + ".config.json")
+        rc, out, err = run([exe, "plan", "--model", path, "--cluster", cpu1, "--json"])
+        got = json.loads(out)["params_total"] if rc == 0 else -1
+        check(abs(got - total) <= half,
+              f"{name}: {got / 1e9:.1f} B parameters, published {total / 1e9:.0f} B"
+              + (f" (rc {rc} {err.strip()})" if rc else ""))
+
+    # 1c. Qwen3-Coder-480B-A35B on 8x H200 at BF16, by hand (docs/plan.md Layout
+    #     and Memory per rank): tp 8 = ep 8; rank 0 holds 1/8 of the vocabulary
+    #     rows of embedding and LM head, 12 of 96 query heads, 1 of 8 KV heads,
+    #     o row-split, 20 of 160 experts per layer, the whole router and norms
+    ccfg = json.load(open(os.path.join(fx, "configs", "qwen3-coder-480b-a35b.config.json")))
+    H, L, V = ccfg["hidden_size"], ccfg["num_hidden_layers"], ccfg["vocab_size"]
+    E, I, hd = ccfg["num_experts"], ccfg["moe_intermediate_size"], ccfg["head_dim"]
+    nh, nkv, tp = ccfg["num_attention_heads"], ccfg["num_key_value_heads"], 8
+    per_layer = (nh // tp * hd * H + 2 * (nkv // tp) * hd * H + H * (nh // tp) * hd
+                 + E // tp * 3 * H * I + E * H + 2 * H + 2 * hd)
+    w_hand = 2 * (2 * (V // tp) * H + L * per_layer + H)
+    h200 = os.path.join(root, "cluster-configs", "1x8-h200-141gb.yaml")
+    y = read_yaml_numbers(h200, ["memory_gib", "workspace_gib"])
+    kv_tok = 2 * (nkv // tp) * hd * 2 * L
+    kv_hand = math.floor((y["memory_gib"] * GIB - y["workspace_gib"] * GIB - w_hand) / kv_tok)
+    rc, out, err = run([exe, "plan", "--model", os.path.join(fx, "configs",
+                        "qwen3-coder-480b-a35b.config.json"), "--cluster", h200, "--json"])
+    d = json.loads(out) if rc == 0 else {}
+    r0 = (d.get("ranks") or [{}])[0]
+    sm = d.get("summary", {})
+    # weight_bytes is printed with 10 significant digits (JSON real): equal to that
+    # resolution; the KV tokens, an integer derived from it, must match exactly
+    check(abs(r0.get("weight_bytes", -1) - w_hand) <= 5e-10 * w_hand and
+          r0.get("kv_tokens") == kv_hand and
+          sm.get("weights") == "bf16" and sm.get("kv_tokens") == kv_hand,
+          f"Qwen3-Coder-480B-A35B on 8x H200: rank 0 {r0.get('weight_bytes')} B of BF16 weights "
+          f"(by hand {w_hand}, {w_hand / GIB:.3f} GiB), {r0.get('kv_tokens')} KV tokens (by hand "
+          f"{kv_hand}), summary at {sm.get('weights')}")
 
     # 2. the verdict against hand arithmetic: Qwen3-30B-A3B on one RTX 4090
     qcfg_path = os.path.join(root, "bench", "qwen3-30b-a3b.config.json")
