@@ -768,6 +768,9 @@ void mc_rope_inv_freq(const mc_rope_desc *r, double *inv_freq)
             double interp = inv_freq[i] / r->factor;
             inv_freq[i] = interp * (1.0 - extrap) + inv_freq[i] * extrap;
         }
+    } else if (r->scaling == MC_ROPE_SCALE_FACTORS) {
+        for (int i = 0; i < half && i < MC_ROPE_MAX_FACTORS; i++)
+            inv_freq[i] /= (double)r->freq_factors[i];
     } else if (r->scaling == MC_ROPE_SCALE_LLAMA3) {
         double low_wl = r->orig_max_pos / r->low_freq_factor;
         double high_wl = r->orig_max_pos / r->high_freq_factor;

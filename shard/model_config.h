@@ -48,7 +48,16 @@ typedef enum { MC_ATTN_MLA = 0, MC_ATTN_GQA } mc_attn_kind;
  * HALF pairs (i, i + d/2) (rotate_half: Qwen, Llama). */
 typedef enum { MC_ROPE_INTERLEAVED = 0, MC_ROPE_HALF } mc_rope_style;
 
-typedef enum { MC_ROPE_SCALE_NONE = 0, MC_ROPE_SCALE_YARN, MC_ROPE_SCALE_LLAMA3 } mc_rope_scaling;
+/* FACTORS: per-frequency divisors given as numbers (llama.cpp's
+ * rope_freqs tensor in a GGUF file: how llama3 scaling is stored there). */
+typedef enum {
+    MC_ROPE_SCALE_NONE = 0,
+    MC_ROPE_SCALE_YARN,
+    MC_ROPE_SCALE_LLAMA3,
+    MC_ROPE_SCALE_FACTORS
+} mc_rope_scaling;
+
+#define MC_ROPE_MAX_FACTORS 512 /* rotated dimensions / 2 with FACTORS */
 
 typedef enum { MC_SCORE_SOFTMAX = 0, MC_SCORE_SIGMOID } mc_score_func;
 
@@ -63,6 +72,7 @@ typedef struct {
     double mscale, mscale_all_dim;       /* YaRN (DeepSeek flavour); 0 = absent */
     double attention_factor;             /* YaRN: multiplies cos/sin */
     double low_freq_factor, high_freq_factor; /* llama3 */
+    float freq_factors[MC_ROPE_MAX_FACTORS];  /* FACTORS: inv_freq[i] / freq_factors[i], i < dim/2 */
 } mc_rope_desc;
 
 typedef struct {

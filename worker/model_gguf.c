@@ -10,6 +10,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <jansson.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -54,6 +55,41 @@ bool mc_gguf_is_model(const char *path)
     return r == 4 && !memcmp(magic, "GGUF", 4);
 }
 
+/* llama4: what a config.json cannot say for a GGUF file. The experts are
+ * stacked per expert (not Hugging Face's fused gate_up_proj), and llama3
+ * RoPE scaling is the rope_freqs tensor: F32, one divisor per rotated pair,
+ * each finite and positive (absent: no scaling). */
+static mc_status llama4_finish(mc_gguf_model *m, mc_model_desc *d, mc_err *err)
+{
+    d->expert_layout = MC_EXPERTS_SEPARATE;
+    const mc_gguf_tensor *t = mc_gguf_find_tensor(m->g, "rope_freqs.weight");
+    if (!t)
+        return MC_OK;
+    int half = d->rope.dim / 2;
+    if (t->type != MC_GGML_F32 || t->n_dims != 1 || t->ne[0] != (uint64_t)half)
+        return mc_err_set(err, MC_ERR_CONFIG,
+                          "%s: rope_freqs.weight must be F32 [%d] (rotated dimensions / 2); it "
+                          "is %s with %llu elements",
+                          m->path, half, mc_ggml_type_name(t->type) ? mc_ggml_type_name(t->type) : "?",
+                          (unsigned long long)t->n_elems);
+    if (half > MC_ROPE_MAX_FACTORS)
+        return mc_err_set(err, MC_ERR_UNSUPPORTED,
+                          "%s: rope_freqs.weight has %d factors; at most %d are supported", m->path,
+                          half, MC_ROPE_MAX_FACTORS);
+    for (int i = 0; i < half; i++) {
+        float f;
+        memcpy(&f, (const unsigned char *)t->data + 4 * (size_t)i, sizeof f);
+        if (!isfinite(f) || f <= 0)
+            return mc_err_set(err, MC_ERR_CONFIG,
+                              "%s: rope_freqs.weight[%d] is %g; a frequency divisor must be "
+                              "finite and positive",
+                              m->path, i, (double)f);
+        d->rope.freq_factors[i] = f;
+    }
+    d->rope.scaling = MC_ROPE_SCALE_FACTORS;
+    return MC_OK;
+}
+
 mc_status mc_gguf_model_open(const char *path, mc_gguf_model **out, mc_model_desc *d,
                              mc_err *err)
 {
@@ -79,6 +115,8 @@ mc_status mc_gguf_model_open(const char *path, mc_gguf_model **out, mc_model_des
     }
     /* the same parser as a checkpoint's config.json */
     if ((st = mc_model_desc_parse(text, strlen(text), path, d, err)) != MC_OK)
+        goto fail;
+    if (!strcmp(m->arch, "llama4") && (st = llama4_finish(m, d, err)) != MC_OK)
         goto fail;
     free(text);
     json_decref(cfg);

@@ -65,6 +65,35 @@ static const char *const deepseek2_names[MC_T_ROLE_COUNT] = {
     [MC_T_EXPERT_DOWN] = "blk.%d.ffn_down_exps.weight",
 };
 
+/* llama4: MODEL_TENSORS[MODEL_ARCH.LLAMA4]: TOKEN_EMBD, OUTPUT_NORM, OUTPUT,
+ * ROPE_FREQS (llama3 scaling as per-frequency divisors, read at open),
+ * ATTN_NORM, ATTN_Q/K/V/OUT (not permuted: the converter's undo_permute is
+ * off for Llama 4), FFN_NORM, FFN_GATE/UP/DOWN (dense layers), FFN_GATE_INP,
+ * FFN_*_EXP (stacked; the converter splits and transposes gate_up_proj and
+ * transposes down_proj, so they are per expert [out, in] as qwen3moe's),
+ * FFN_*_SHEXP. */
+static const char *const llama4_names[MC_T_ROLE_COUNT] = {
+    [MC_T_EMBED] = "token_embd.weight",
+    [MC_T_LM_HEAD] = "output.weight",
+    [MC_T_FINAL_NORM] = "output_norm.weight",
+    [MC_T_ATTN_NORM] = "blk.%d.attn_norm.weight",
+    [MC_T_FFN_NORM] = "blk.%d.ffn_norm.weight",
+    [MC_T_Q] = "blk.%d.attn_q.weight",
+    [MC_T_K] = "blk.%d.attn_k.weight",
+    [MC_T_V] = "blk.%d.attn_v.weight",
+    [MC_T_O] = "blk.%d.attn_output.weight",
+    [MC_T_DENSE_GATE] = "blk.%d.ffn_gate.weight",
+    [MC_T_DENSE_UP] = "blk.%d.ffn_up.weight",
+    [MC_T_DENSE_DOWN] = "blk.%d.ffn_down.weight",
+    [MC_T_ROUTER] = "blk.%d.ffn_gate_inp.weight",
+    [MC_T_SHARED_GATE] = "blk.%d.ffn_gate_shexp.weight",
+    [MC_T_SHARED_UP] = "blk.%d.ffn_up_shexp.weight",
+    [MC_T_SHARED_DOWN] = "blk.%d.ffn_down_shexp.weight",
+    [MC_T_EXPERT_GATE] = "blk.%d.ffn_gate_exps.weight",
+    [MC_T_EXPERT_UP] = "blk.%d.ffn_up_exps.weight",
+    [MC_T_EXPERT_DOWN] = "blk.%d.ffn_down_exps.weight",
+};
+
 #define STACKED_EXPERTS                                                                            \
     ((1ull << MC_T_EXPERT_GATE) | (1ull << MC_T_EXPERT_UP) | (1ull << MC_T_EXPERT_DOWN))
 
@@ -384,6 +413,66 @@ static void deepseek2_config(cfg_ctx *c)
     m->kv_lora = (int)kvl;
 }
 
+/* llama4 -> a Llama4ForCausalLM (llama4_text) config.json, with the
+ * settings llama.cpp's llama4 graph takes for a file that does not state them
+ * (src/models/llama4.cpp): unless `sliding_window` is 0, chunked attention
+ * of 8192 on the RoPE layers, every 4th layer without RoPE, the NoPE layers'
+ * query temperature (scale 0.1, floor 8192); the weightless q/k norm unless
+ * the model has 128 experts (llama.cpp's rule: Maverick has none, Scout has
+ * it). RoPE is the complex-pair form; its llama3 scaling comes from the
+ * rope_freqs tensor (mc_gguf_model_open). */
+static void llama4_config(cfg_ctx *c)
+{
+    json_t *cfg = c->cfg;
+    json_object_set_new(cfg, "model_type", json_string("llama4_text"));
+    put_vocab(c);
+    int64_t H = put_int(c, "embedding_length", "hidden_size", true, 0);
+    int64_t L = put_int(c, "block_count", "num_hidden_layers", true, 0);
+    int64_t nh = put_int(c, "attention.head_count", "num_attention_heads", true, 0);
+    put_int(c, "attention.head_count_kv", "num_key_value_heads", false, nh);
+    int64_t hd = opt_u32(c, "attention.key_length");
+    if (hd < 0)
+        hd = opt_u32(c, "rope.dimension_count");
+    if (hd < 0)
+        hd = nh > 0 ? H / nh : 0;
+    json_object_set_new(cfg, "head_dim", json_integer((json_int_t)hd));
+    int64_t vd = opt_u32(c, "attention.value_length"), rd = opt_u32(c, "rope.dimension_count");
+    if (c->st == MC_OK && ((vd >= 0 && vd != hd) || (rd >= 0 && rd != hd)))
+        c->st = mc_err_set(c->err, MC_ERR_UNSUPPORTED,
+                           "%s: llama4 value_length (%lld) and rope.dimension_count (%lld) must "
+                           "equal the head size (%lld)",
+                           c->m->path, (long long)vd, (long long)rd, (long long)hd);
+    put_int(c, "context_length", "max_position_embeddings", true, 0);
+    put_int(c, "feed_forward_length", "intermediate_size_mlp", true, 0);
+    put_int(c, "expert_feed_forward_length", "intermediate_size", true, 0);
+    int64_t E = put_int(c, "expert_count", "num_local_experts", true, 0);
+    put_int(c, "expert_used_count", "num_experts_per_tok", true, 0);
+    put_int(c, "interleave_moe_layer_step", "interleave_moe_layer_step", true, 0);
+    put_real(c, "attention.layer_norm_rms_epsilon", "rms_norm_eps", true, 1e-5);
+    put_real(c, "rope.freq_base", "rope_theta", false, 10000.0);
+    int64_t swa = opt_u32(c, "attention.sliding_window");
+    if (swa == 0) { /* every layer full attention with RoPE */
+        json_t *nrl = json_array();
+        for (int64_t l = 0; l < L && l < 4096; l++)
+            json_array_append_new(nrl, json_integer(1));
+        json_object_set_new(cfg, "no_rope_layers", nrl);
+    } else {
+        json_object_set_new(cfg, "attention_chunk_size", json_integer(8192));
+        json_object_set_new(cfg, "no_rope_layer_interval", json_integer(4));
+        json_object_set_new(cfg, "attn_temperature_tuning", json_true());
+        json_object_set_new(cfg, "floor_scale", json_integer(8192));
+        json_object_set_new(cfg, "attn_scale", json_real(0.1));
+    }
+    json_object_set_new(cfg, "use_qk_norm", json_boolean(E != 128));
+    json_object_set_new(cfg, "tie_word_embeddings",
+                        json_boolean(!mc_gguf_find_tensor(c->m->g, "output.weight")));
+    put_opt_id(c, "tokenizer.ggml.bos_token_id", "bos_token_id");
+    put_opt_id(c, "tokenizer.ggml.eos_token_id", "eos_token_id");
+    c->m->names = llama4_names;
+    c->m->stacked = STACKED_EXPERTS;
+    c->m->n_experts = (int)E;
+}
+
 typedef struct {
     const char *arch;
     void (*config)(cfg_ctx *);
@@ -392,6 +481,7 @@ typedef struct {
 static const gg_family families[] = {
     {"qwen3moe", qwen3moe_config},
     {"deepseek2", deepseek2_config},
+    {"llama4", llama4_config},
 };
 
 mc_status mc_gguf_config(mc_gguf_model *m, json_t *cfg, mc_err *err)
@@ -413,7 +503,7 @@ mc_status mc_gguf_config(mc_gguf_model *m, json_t *cfg, mc_err *err)
     if (!fam)
         return mc_err_set(err, MC_ERR_UNSUPPORTED,
                           "%s: general.architecture '%.*s' is not supported (GGUF families: "
-                          "qwen3moe, deepseek2)",
+                          "qwen3moe, deepseek2, llama4)",
                           m->path, (int)(alen > 64 ? 64 : alen), arch);
     m->arch = fam->arch; /* NUL-terminated */
     cfg_ctx c = {.m = m, .cfg = cfg, .st = MC_OK, .err = err};

@@ -3,6 +3,7 @@
 #include "nonfinite.h"
 
 #include "comm.h"
+#include "model_gguf.h"
 #include "model_tensors.h"
 
 #include <errno.h>
@@ -142,6 +143,19 @@ static bool scan_name(const mc_model *m, const char *name, nf_hit *h)
 
 static bool scan_role(const mc_model *m, mc_tensor_role role, int layer, int expert, nf_hit *h)
 {
+    if (!m->ckpt && m->gguf) {
+        /* a GGUF model: the loader's view of the role's tensor (roles the
+         * family does not have are refused by the lookup and skipped) */
+        const st_tensor *t = NULL;
+        mc_err e = {0};
+        if (mc_gguf_model_find(m->gguf, role, layer, expert, &t, &e) != MC_OK || !t)
+            return false;
+        if (mc_tensor_nonfinite(t, &h->elem, &h->what)) {
+            h->t = t;
+            return true;
+        }
+        return false;
+    }
     char name[512];
     return mc_tensor_name(&m->d, role, layer, expert, name, sizeof name) == 0 &&
            scan_name(m, name, h);

@@ -2,8 +2,8 @@
 """`--model FILE.gguf`: llama.cpp's files give the logits of the same weights
 loaded from safetensors.
 
-The GGUF files are written from tests/fixtures/models/qwen3-moe-tiny and
-deepseek-v3-tiny (BF16) by tests/fixtures/gguf/st_to_gguf.py with the `gguf` PyPI package (its
+The GGUF files are written from tests/fixtures/models/qwen3-moe-tiny,
+deepseek-v3-tiny and llama4-tiny (BF16) by tests/fixtures/gguf/st_to_gguf.py with the `gguf` PyPI package (its
 names, keys, stacked experts and quantizers), then scored with `moecluster
 score` next to the safetensors model:
 
@@ -21,10 +21,14 @@ score` next to the safetensors model:
 - deepseek2: with attn_k_b + attn_v_b (newer converters; joined back into
   kv_b at load) and with attn_kv_b whole: bit for bit; q8_0 (attn_kv_b)
   against --weights q8_0 within 1e-6;
+- llama4: within 1e-6 as stored (the safetensors experts are transposed,
+  summed in another order), q8_0 against --weights q8_0 within 1e-6,
+  and without its rope_freqs tensor (llama3 scaling) the logits move;
 - broken files are refused, naming the tensor or key: a missing tensor, a
   matrix and a stacked expert tensor with swapped dims, an unknown
   architecture, a missing key, no vocabulary, one part of a split opened
-  alone, a truncated file; deepseek2 without attn_v_b or a score bias.
+  alone, a truncated file; deepseek2 without attn_v_b or a score bias; a NaN
+  in a weight is named.
 
 Exits 77 (skipped) when the `gguf` package is missing (scripts/setup.sh
 installs it).
@@ -152,6 +156,24 @@ def main():
             score(write("ds_q8_0.gguf", "--src", ds, "--kv-b", "--type", "q8_0")),
             score(ds, ["--weights", "q8_0"]), REL)
 
+    # llama4: experts split from gate_up_proj and transposed as the converter
+    # does, llama3 RoPE scaling as the rope_freqs tensor; without that tensor
+    # the logits must move (the divisors are used)
+    l4 = os.path.join(fixtures, "models", "llama4-tiny")
+    l4_base = score(l4)
+    # not bit for bit: Hugging Face stores Llama 4's experts transposed
+    # (gate_up_proj [E, H, 2I]), which the CPU kernels sum in another order
+    # than the converter's [E, I, H] rows
+    compare("llama4 GGUF vs safetensors", score(write("l4.gguf", "--src", l4)), l4_base, REL)
+    compare("llama4 q8_0 GGUF vs --weights q8_0",
+            score(write("l4_q8_0.gguf", "--src", l4, "--type", "q8_0")),
+            score(l4, ["--weights", "q8_0"]), REL)
+    nf = score(write("l4_no_freqs.gguf", "--src", l4, "--drop", "rope_freqs.weight"))
+    if nf is not None and l4_base is not None:
+        moved = float((np.linalg.norm(nf - l4_base, axis=-1) / np.linalg.norm(l4_base, axis=-1)).max())
+        check(moved > 1e-5, f"llama4 GGUF without rope_freqs differs from the scaled model "
+              f"(max rel {moved:.3g})")
+
     def refused(name, args, want, model=None):
         path = model or write(name, *args)
         rc, _, err = run([exe, "score", "--model", path, "--input", inp, "--output",
@@ -175,6 +197,22 @@ def main():
             "nor 'blk.1.attn_v_b.weight'")
     refused("ds_no_bias.gguf", ["--src", ds, "--drop", "blk.2.exp_probs_b.bias"],
             "GGUF has no tensor 'blk.2.exp_probs_b.bias'")
+    refused("l4_no_step.gguf", ["--src", l4, "--no-key", "llama4.interleave_moe_layer_step"],
+            "GGUF metadata has no 'llama4.interleave_moe_layer_step'")
+    # a NaN in a weight is named from the GGUF tensor (the non-finite check
+    # reads the loader's views when there is no safetensors checkpoint)
+    nan = os.path.join(work, "nan.gguf")
+    shutil.copy(os.path.join(work, "native.gguf"), nan)
+    off = next(t.data_offset for t in gguf.GGUFReader(nan).tensors
+               if t.name == "blk.0.attn_q.weight")
+    with open(nan, "r+b") as f:
+        f.seek(off + 6)
+        f.write(b"\xc0\x7f")  # BF16 NaN as element 3
+    rc, _, err = run([exe, "score", "--model", nan, "--input", inp, "--output",
+                      os.path.join(work, "refused.safetensors")])
+    last = err.strip().splitlines()[-1] if err.strip() else ""
+    check(rc != 0 and "tensor blk.0.attn_q.weight holds NaN at element 3" in last,
+          f"nan.gguf: the NaN weight named (rc {rc})", err.strip()[-400:])
     blob = open(os.path.join(work, "native.gguf"), "rb").read()
     cut = os.path.join(work, "cut.gguf")
     with open(cut, "wb") as f:
