@@ -192,15 +192,30 @@ void mc_quantize_row_q8_0(const float *x, void *dst, int64_t n)
     int64_t nb = (n + MC_QK8_0 - 1) / MC_QK8_0;
     for (int64_t b = 0; b < nb; b++) {
         const float *v = block_src(x, n, b, MC_QK8_0, buf);
+        /* fmaxf and roundf as inline arithmetic (the library calls cost
+         * most of the load-time quantization): a NaN never wins the max,
+         * as with fmaxf; for |t| < 2^23 truncation and the exact remainder
+         * round half away from zero, as roundf does */
         float amax = 0.0f;
-        for (int j = 0; j < MC_QK8_0; j++)
-            amax = fmaxf(amax, fabsf(v[j]));
+        for (int j = 0; j < MC_QK8_0; j++) {
+            float a = fabsf(v[j]);
+            amax = a > amax ? a : amax;
+        }
         float d = amax / 127.0f;
         float id = d ? 1.0f / d : 0.0f;
         mc_block_q8_0 blk;
         blk.d = mc_f32_to_f16(d);
-        for (int j = 0; j < MC_QK8_0; j++)
-            blk.qs[j] = (int8_t)roundf(v[j] * id);
+        for (int j = 0; j < MC_QK8_0; j++) {
+            float t = v[j] * id;
+            if (!(fabsf(t) < 8388608.0f)) { /* NaN, Inf, huge: the library's answer */
+                blk.qs[j] = (int8_t)roundf(t);
+                continue;
+            }
+            int i = (int)t;
+            float r = t - (float)i;
+            i += r >= 0.5f ? 1 : r <= -0.5f ? -1 : 0;
+            blk.qs[j] = (int8_t)i;
+        }
         memcpy(&y[b], &blk, sizeof blk);
     }
 }
