@@ -32,7 +32,7 @@
 static const char bench_usage_text[] =
     "usage: moecluster bench --model DIR [--batch B] [--prompt-len N] [--gen-len M]\n"
     "                        [--threads T] [--weights q8_0|q4_k|bf16]\n"
-    "                        [--kernels scalar|avx2|avx512] [--probe-mib S] [--repeat R]\n"
+    "                        [--kernels scalar|avx2|avx512|amx] [--probe-mib S] [--repeat R]\n"
     "                        [--json] [--device cpu|cuda]\n\n"
     "  --model       checkpoint folder (config.json + safetensors), or a .gguf file\n"
     "  --batch       tokens per decode step (default 1)\n"
@@ -40,7 +40,7 @@ static const char bench_usage_text[] =
     "  --gen-len     decode steps (default 32)\n"
     "  --threads     threads for the matrix products (default: MC_THREADS or all CPUs)\n"
     "  --weights     quantize expert and dense matrices at load time (default: as stored)\n"
-    "  --kernels     scalar | avx2 | avx512 (default: MC_KERNELS or the best the CPU has)\n"
+    "  --kernels     scalar | avx2 | avx512 | amx (default: MC_KERNELS or the best the CPU has)\n"
     "  --probe-mib   buffer of the bandwidth probe in MiB (default 1024)\n"
     "  --repeat      runs of each measurement, the fastest reported (default 3)\n"
     "  --json        one JSON object instead of text\n"
@@ -271,7 +271,7 @@ int mc_cmd_bench(int argc, char **argv)
         case 'k': {
             mc_status ks = mc_session_set_kernels(ses, optarg, &err);
             if (ks == MC_ERR_ARG) {
-                fprintf(stderr, "moecluster bench: --kernels: '%s' is not scalar, avx2 or avx512\n",
+                fprintf(stderr, "moecluster bench: --kernels: '%s' is not scalar, avx2, avx512 or amx\n",
                         optarg);
                 PARSE_RETURN(2);
             }

@@ -20,6 +20,8 @@ const char *mc_dtype_name(mc_dtype dt)
         return "Q8_0";
     if (dt == MC_DT_Q4_K)
         return "Q4_K";
+    if (dt == MC_DT_Q6_K)
+        return "Q6_K";
     return (unsigned)dt < MC_DT_COUNT ? dtype_info[dt].name : "?";
 }
 
@@ -118,7 +120,7 @@ int mc_dtype_block_elems(mc_dtype dt)
 {
     if (dt == MC_DT_Q8_0)
         return MC_QK8_0;
-    if (dt == MC_DT_Q4_K)
+    if (dt == MC_DT_Q4_K || dt == MC_DT_Q6_K)
         return MC_QK_K;
     return mc_dtype_size(dt) ? 1 : 0;
 }
@@ -129,6 +131,8 @@ size_t mc_dtype_block_bytes(mc_dtype dt)
         return sizeof(mc_block_q8_0);
     if (dt == MC_DT_Q4_K)
         return sizeof(mc_block_q4_k);
+    if (dt == MC_DT_Q6_K)
+        return sizeof(mc_block_q6_k);
     return mc_dtype_size(dt);
 }
 
@@ -396,6 +400,34 @@ void mc_dequantize_row_q4_k(const void *src, float *y, int64_t n)
     }
 }
 
+void mc_dequantize_row_q6_k(const void *src, float *y, int64_t n)
+{
+    const uint8_t *p = (const uint8_t *)src;
+    for (int64_t b = 0; b * MC_QK_K < n; b++, p += sizeof(mc_block_q6_k)) {
+        mc_block_q6_k blk; /* (210 bytes) unaligned source: copy */
+        memcpy(&blk, p, sizeof blk);
+        const float d = mc_f16_to_f32(blk.d);
+        float out[MC_QK_K]; /* (256,) this block */
+        for (int h = 0; h < 2; h++) {
+            const uint8_t *ql = blk.ql + 64 * h, *qh = blk.qh + 32 * h;
+            const int8_t *sc = blk.scales + 8 * h;
+            for (int l = 0; l < 32; l++) {
+                const int is = l / 16;
+                const int q1 = ((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32;
+                const int q2 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32;
+                const int q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
+                const int q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
+                out[128 * h + l + 0] = d * (float)sc[is + 0] * (float)q1;
+                out[128 * h + l + 32] = d * (float)sc[is + 2] * (float)q2;
+                out[128 * h + l + 64] = d * (float)sc[is + 4] * (float)q3;
+                out[128 * h + l + 96] = d * (float)sc[is + 6] * (float)q4;
+            }
+        }
+        int64_t m = n - b * MC_QK_K < MC_QK_K ? n - b * MC_QK_K : MC_QK_K;
+        memcpy(y + b * MC_QK_K, out, (size_t)m * sizeof *y);
+    }
+}
+
 int mc_quantize_row(mc_dtype dt, const float *x, void *dst, int64_t n)
 {
     if (dt == MC_DT_Q8_0)
@@ -413,6 +445,8 @@ int mc_dequantize_row(mc_dtype dt, const void *src, float *y, int64_t n)
         mc_dequantize_row_q8_0(src, y, n);
     else if (dt == MC_DT_Q4_K)
         mc_dequantize_row_q4_k(src, y, n);
+    else if (dt == MC_DT_Q6_K)
+        mc_dequantize_row_q6_k(src, y, n);
     else
         return -1;
     return 0;

@@ -13,6 +13,13 @@
  *         scales[] (see mc_q4_k_scale_min); w = d*sc_j*q - dmin*m_j, q in 0..15.
  *         qs[32*c + l] holds element 64*c + l in its low nibble and element
  *         64*c + 32 + l in its high nibble (c = 0..3).
+ *   Q6_K 256 weights in 210 bytes: u8 ql[128] | u8 qh[64] | i8 scales[16] | f16 d
+ *         16 sub-blocks of 16 with an int8 scale; weight e (h = e / 128,
+ *         g = (e % 128) / 32, l = e % 32) is q = (nibble g / 2 of
+ *         ql[64h + 32(g & 1) + l]) | ((qh[32h + l] >> 2g) & 3) << 4, 0..63,
+ *         and w = d * scales[e / 16] * (q - 32). Read from GGUF files only
+ *         (llama.cpp's Q4_K_M keeps some matrices in it); never a --weights
+ *         target.
  *
  * A row of n weights takes ceil(n / block) blocks (mc_dtype_row_bytes); when
  * n is not a multiple of the block the tail is quantized as zeros, so rows
@@ -40,6 +47,7 @@ typedef enum {
     /* block-quantized weight formats (not safetensors element types) */
     MC_DT_Q8_0 = 32,
     MC_DT_Q4_K = 33,
+    MC_DT_Q6_K = 34,
 } mc_dtype;
 
 #define MC_QK8_0 32 /* weights per Q8_0 block */
@@ -56,18 +64,29 @@ typedef struct {
     uint8_t qs[MC_QK_K / 2];
 } mc_block_q4_k;
 
+typedef struct {
+    uint8_t ql[MC_QK_K / 2];  /* low 4 bits */
+    uint8_t qh[MC_QK_K / 4];  /* high 2 bits */
+    int8_t scales[MC_QK_K / 16];
+    uint16_t d;               /* f16 super-block scale */
+} mc_block_q6_k;
+
 _Static_assert(sizeof(mc_block_q8_0) == 34, "Q8_0 block is 34 bytes");
+_Static_assert(sizeof(mc_block_q6_k) == 210, "Q6_K block is 210 bytes");
 _Static_assert(sizeof(mc_block_q4_k) == 144, "Q4_K block is 144 bytes");
 
 /* Size of one element in bytes; 0 for block formats and unknown values. */
 size_t mc_dtype_size(mc_dtype dt);
-/* safetensors spelling ("BF16", "F8_E4M3", ...); "Q8_0", "Q4_K" for the block formats. */
+/* safetensors spelling ("BF16", "F8_E4M3", ...); "Q8_0", "Q4_K", "Q6_K" for the block formats. */
 const char *mc_dtype_name(mc_dtype dt);
 /* Parses a safetensors dtype string; returns -1 if unknown (and for block formats). */
 int mc_dtype_from_name(const char *s, mc_dtype *out);
 
-/* True for Q8_0 / Q4_K. */
-static inline int mc_dtype_is_block(mc_dtype dt) { return dt == MC_DT_Q8_0 || dt == MC_DT_Q4_K; }
+/* True for Q8_0 / Q4_K / Q6_K. */
+static inline int mc_dtype_is_block(mc_dtype dt)
+{
+    return dt == MC_DT_Q8_0 || dt == MC_DT_Q4_K || dt == MC_DT_Q6_K;
+}
 /* Elements per block (1 for element types, 0 if unknown) and bytes per block. */
 int mc_dtype_block_elems(mc_dtype dt);
 size_t mc_dtype_block_bytes(mc_dtype dt);
@@ -90,7 +109,11 @@ void mc_quantize_row_q8_0(const float *x, void *dst, int64_t n);
 void mc_quantize_row_q4_k(const float *x, void *dst, int64_t n);
 void mc_dequantize_row_q8_0(const void *src, float *y, int64_t n);
 void mc_dequantize_row_q4_k(const void *src, float *y, int64_t n);
-/* Dispatch on dt (Q8_0 or Q4_K); returns -1 for other dtypes. */
+/* Q6_K: rounded as llama.cpp's dequantize_row_q6_K, (d * scale) * (q - 32)
+ * in f32, so the floats are the same bit for bit. */
+void mc_dequantize_row_q6_k(const void *src, float *y, int64_t n);
+/* Dispatch on dt (quantize: Q8_0 or Q4_K; dequantize: also Q6_K); returns
+ * -1 for other dtypes. */
 int mc_quantize_row(mc_dtype dt, const float *x, void *dst, int64_t n);
 int mc_dequantize_row(mc_dtype dt, const void *src, float *y, int64_t n);
 

@@ -534,7 +534,7 @@ mc_status mc_op_v4_hash_route(mc_backend *be, const mc_tensor *logits, const mc_
 
 /* ---- probes and counters (bench) ---- */
 
-/* Name of the code path in use ("avx512", "avx2", "scalar"; a GPU's arch),
+/* Name of the code path in use ("amx", "avx512", "avx2", "scalar"; a GPU's arch),
  * and a one-line description of the device's features. */
 const char *mc_backend_path(const mc_backend *be);
 const char *mc_backend_features(const mc_backend *be);

@@ -8,10 +8,12 @@
  * (Q8_0: blocks of 32 with an f32 scale; Q4_K: blocks of 256 with an f32
  * scale and per-32 sums for the mins).
  *
- * Paths: portable C ("scalar"), AVX2+FMA+F16C ("avx2") and AVX-512
- * F/BW/DQ/VL/VNNI ("avx512"), chosen at run time from what the CPU has;
- * MC_KERNELS=scalar|avx2|avx512 forces one (refused with a warning if the
- * CPU lacks it). Matrix products split their rows over a process-wide
+ * Paths: portable C ("scalar"), AVX2+FMA+F16C ("avx2"), AVX-512
+ * F/BW/DQ/VL/VNNI ("avx512") and avx512 with AMX INT8 tiles for Q8_0 / Q4_K
+ * products of many tokens ("amx": needs the kernel's grant of the tile
+ * state), chosen at run time from what the CPU has;
+ * MC_KERNELS=scalar|avx2|avx512|amx forces one (refused with a warning if
+ * the CPU lacks it). Matrix products split their rows over a process-wide
  * thread pool (MC_THREADS, default: one thread per online CPU); a batch of
  * tokens reads each weight row once.
  */
@@ -113,10 +115,16 @@ void mc_rope_rotate(float *v, int dim, int interleaved, const float *cos, const 
 
 /* ---- paths and threads ---- */
 
-typedef enum { MC_KPATH_SCALAR = 0, MC_KPATH_AVX2, MC_KPATH_AVX512, MC_KPATH_COUNT } mc_kpath;
+typedef enum {
+    MC_KPATH_SCALAR = 0,
+    MC_KPATH_AVX2,
+    MC_KPATH_AVX512,
+    MC_KPATH_AMX, /* avx512 + AMX INT8 tiles for Q8_0 / Q4_K prefill */
+    MC_KPATH_COUNT
+} mc_kpath;
 
 const char *mc_kpath_name(mc_kpath p);
-/* Parses "scalar" / "avx2" / "avx512"; -1 if unknown. */
+/* Parses "scalar" / "avx2" / "avx512" / "amx"; -1 if unknown. */
 int mc_kpath_from_name(const char *s, mc_kpath *out);
 /* Whether this build has the path and this CPU can run it. */
 int mc_kpath_supported(mc_kpath p);

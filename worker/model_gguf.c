@@ -1,11 +1,10 @@
 /* model_gguf.c - GGUF files as a model source (model_gguf.h): detection,
  * opening (the description through model_gguf_config.c), and roles -> GGUF
- * tensors -> st_tensor views, with the Q6_K conversion and deepseek2's
+ * tensors -> st_tensor views, with the Q5_K conversion and deepseek2's
  * kv_b join. */
 #include "model_gguf_internal.h"
 
 #include "dtype.h"
-#include "q6_k.h"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -140,8 +139,8 @@ static mc_status dtype_of(const mc_gguf_model *m, const mc_gguf_tensor *t, mc_dt
     case MC_GGML_BF16: *dt = MC_DT_BF16; return MC_OK;
     case MC_GGML_Q8_0: *dt = MC_DT_Q8_0; return MC_OK;
     case MC_GGML_Q4_K: *dt = MC_DT_Q4_K; return MC_OK;
-    case MC_GGML_Q5_K:
-    case MC_GGML_Q6_K: *dt = MC_DT_Q8_0; return MC_OK; /* converted */
+    case MC_GGML_Q6_K: *dt = MC_DT_Q6_K; return MC_OK;
+    case MC_GGML_Q5_K: *dt = MC_DT_Q8_0; return MC_OK; /* converted */
     default: break;
     }
     const char *tn = mc_ggml_type_name(t->type);
@@ -198,12 +197,12 @@ static void row_f32(uint32_t type, const void *src, int64_t n, float *dst)
     case MC_GGML_Q8_0: mc_dequantize_row(MC_DT_Q8_0, p, dst, n); break;
     case MC_GGML_Q4_K: mc_dequantize_row(MC_DT_Q4_K, p, dst, n); break;
     case MC_GGML_Q5_K: dequant_q5_k_row(p, dst, n); break;
-    case MC_GGML_Q6_K: mc_dequant_q6_k_row(p, dst, n); break;
+    case MC_GGML_Q6_K: mc_dequantize_row_q6_k(p, dst, n); break;
     default: memset(dst, 0, (size_t)n * sizeof *dst); break; /* refused by dtype_of first */
     }
 }
 
-/* Q6_K / Q5_K rows -> Q8_0 rows: each row decoded to f32 as llama.cpp
+/* Q5_K rows -> Q8_0 rows: each row decoded to f32 as llama.cpp
  * decodes it (row_f32), then the Q8_0 reference quantizer; *dst (malloc'd,
  * the caller frees) holds rows * mc_dtype_row_bytes(Q8_0, cols). */
 static mc_status to_q8_0(uint32_t type, const void *src, size_t in_row, int64_t rows, int64_t cols,
@@ -393,7 +392,7 @@ mc_status mc_gguf_model_find(mc_gguf_model *m, mc_tensor_role role, int layer, i
     s->dtype = dt;
     s->numel = (uint64_t)rows * (uint64_t)cols;
     s->path = t->path;
-    if (t->type == MC_GGML_Q6_K || t->type == MC_GGML_Q5_K) {
+    if (t->type == MC_GGML_Q5_K) {
         if ((st = to_q8_0(t->type, src, in_row, rows, cols, &v->conv, err)) != MC_OK) {
             free(v);
             return st;

@@ -185,7 +185,7 @@ mc_status mc_session_set_device(mc_session *s, const char *device, mc_err *err);
 /* "cpu" or "cuda": the backend in use. */
 const char *mc_session_device(const mc_session *s);
 
-/* Code path in use ("avx512", "avx2", "scalar") and the device's features. */
+/* Code path in use ("amx", "avx512", "avx2", "scalar") and the device's features. */
 const char *mc_session_kernels(const mc_session *s);
 const char *mc_session_features(const mc_session *s);
 /* Forces a code path by name: MC_ERR_ARG when unknown, MC_ERR_UNSUPPORTED

@@ -547,6 +547,7 @@ const mc_kops mc_kops_avx2 = {
     .rows_f = rows_f,
     .rows_q8_0 = rows_q8_0,
     .rows_q4_k = rows_q4_k,
+    .rows_q6_k = mc_avx2_rows_q6_k,
     .dot = dot,
     .axpy = axpy,
     .rmsnorm = rmsnorm,

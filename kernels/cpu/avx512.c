@@ -6,9 +6,12 @@
  * time (BF16: zero-extend and shift; F16: vcvtph2ps; F8_E4M3: bit
  * placement times 2^120). For several tokens, or FP8 / scaled weights, the
  * 4 rows are first widened (and scaled) into an f32 panel that all token
- * tiles reuse. Q8_0: vpdpbusd on |w| and sign(x, w) per 32-block. Q4_K:
- * nibbles against int8 activations with vpmaddubsw, sub-block scales
- * applied with vpmaddwd, mins through the per-32 activation sums. */
+ * tiles reuse. Q8_0: vpdpbusd of w + 128 against x, started at -128 sum(x)
+ * (exact), on per-call repacks: 4 rows x 4 tokens register tiles over
+ * row blocks kept in L2. Q4_K: nibbles against int8 activations with
+ * vpmaddubsw, sub-block scales applied with vpdpwssd, mins through the
+ * per-32 activation sums; 8 tokens per pass over row blocks kept in L2.
+ * Decode prefetches the row stream. */
 #include "kern.h"
 
 #include <immintrin.h>
@@ -98,6 +101,12 @@ static void widen(mc_dtype dt, const void *src, int n, float *dst)
 }
 
 /* ---- element-type products ---- */
+
+/* Decode (one token) streams each thread's rows once; a software prefetch
+ * this many bytes ahead in the row stream measured +20-45% of read
+ * bandwidth per thread here (BF16, Q8_0, Q4_K; 4 KiB: less, 16 KiB: less)
+ * over the hardware prefetchers alone. Prefetches never fault. */
+#define PF_BYTES 8192
 
 /* R weight rows (stored type DT, row pointers wr) x T tokens (x rows ldx
  * apart) over K columns; y[t*ldy + r] gets the dot products. */
@@ -222,6 +231,13 @@ AI void stream_rows(int DT, const mc_mat *w, const float *x, int n, int ldx, flo
             __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
             int k = 0;
             for (; k + 64 <= K; k += 64) {
+                _mm_prefetch((const char *)p + es * (size_t)k + PF_BYTES, _MM_HINT_T0);
+                if (es > 1) /* 64 elements of 2 or 4 bytes: two or four lines */
+                    _mm_prefetch((const char *)p + es * (size_t)k + PF_BYTES + 64, _MM_HINT_T0);
+                if (es > 2) {
+                    _mm_prefetch((const char *)p + es * (size_t)k + PF_BYTES + 128, _MM_HINT_T0);
+                    _mm_prefetch((const char *)p + es * (size_t)k + PF_BYTES + 192, _MM_HINT_T0);
+                }
                 a0 = _mm512_fmadd_ps(ld16(DT, p, (size_t)k), _mm512_loadu_ps(x + k), a0);
                 a1 = _mm512_fmadd_ps(ld16(DT, p, (size_t)k + 16), _mm512_loadu_ps(x + k + 16), a1);
                 a2 = _mm512_fmadd_ps(ld16(DT, p, (size_t)k + 32), _mm512_loadu_ps(x + k + 32), a2);
@@ -342,197 +358,336 @@ static void rows_f(const mc_mat *w, const float *x, int n, int ldx, float *y, in
 
 /* ---- Q8_0 ---- */
 
-AI float hsum256(__m256 v)
+/* Products of 2 or more tokens work on repacked copies made per call (the
+ * weights in memory keep their format), 64 weights (two blocks) per
+ * 512-bit step:
+ *   rows:   per row and step, wu (64 bytes: w + 128, unsigned for
+ *           vpdpbusd) then ws (16 f32: the two blocks' scales, 8 lanes each);
+ *   tokens: per token and step, x (64 bytes), xc (16 int32: -128 times the
+ *           sum of each lane's four bytes of x) and xs (the two scales).
+ * A lane's integer sum starts at xc, so vpdpbusd(xc, wu, x) is exactly
+ * sum(w * x); then one f32 multiply (ws * xs) and one FMA per row, token
+ * and step. An odd last block leaves the upper half zero (x, xc, scales).
+ * Rows are taken in blocks of about QBLOCK_BYTES of repacked weights, kept
+ * in L2 while every group of 4 tokens (whose repack stays in L1) passes
+ * over them, so each weight row is read from memory once per product. */
+#define QBLOCK_BYTES (256 * 1024)
+
+/* lanes 0..7 take element 0 (block b), lanes 8..15 element 1 (block b+1) */
+AI __m512 q8_0_pair(float s0, float s1)
 {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
+    const __m512i sel = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    return _mm512_permutexvar_ps(sel, _mm512_castps128_ps512(_mm_set_ps(0.0f, 0.0f, s1, s0)));
 }
 
-/* One Q8_0 row against T tokens: each block's |w| is loaded once and
- * multiplied (vpdpbusd) with sign(x_t, w) of every token. */
-AI void q8_0_row(int T, const unsigned char *row, const mc_qact *a, int t0, int nb, float *y,
-                 int ldy)
+/* Rows [o, o + R) of w into dst[R][steps][2] (64-byte aligned). */
+static void q8_0_pack_rows(const mc_mat *w, int o, int R, int nb, __m512i *dst)
 {
-    __m256 acc[2][8]; /* two chains per token: even and odd blocks */
-#pragma GCC unroll 8
-    for (int t = 0; t < T; t++)
-        acc[0][t] = acc[1][t] = _mm256_setzero_ps();
-    const int8_t *xq = a->q + (size_t)t0 * a->kp;
-    const float *xd = a->d + (size_t)t0 * nb;
-    for (int b0 = 0; b0 < nb; b0 += 2) {
-#pragma GCC unroll 2
-        for (int h = 0; h < 2; h++) {
-            int b = b0 + h;
-            if (h && b >= nb)
-                break;
-            const unsigned char *blk = row + (size_t)b * 34;
-            uint16_t hw;
-            memcpy(&hw, blk, 2);
-            float dw = _cvtsh_ss(hw);
-            __m256i wq = _mm256_loadu_si256((const __m256i *)(blk + 2));
-            __m256i aw = _mm256_abs_epi8(wq);
-#pragma GCC unroll 8
-            for (int t = 0; t < T; t++) {
-                __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + (size_t)t * a->kp + b * 32));
-                __m256i p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), aw, _mm256_sign_epi8(xv, wq));
-                acc[h][t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * xd[(size_t)t * nb + b]),
-                                            _mm256_cvtepi32_ps(p), acc[h][t]);
+    const __m512i c128 = _mm512_set1_epi8((char)0x80);
+    int steps = (nb + 1) / 2;
+    for (int r = 0; r < R; r++) {
+        const unsigned char *row = mc_row_ptr(w, o + r);
+        __m512i *d = dst + (size_t)r * steps * 2;
+        for (int s = 0; s < steps; s++) {
+            const unsigned char *p = row + (size_t)s * 68;
+            int two = 2 * s + 1 < nb;
+            uint16_t h0, h1 = 0;
+            memcpy(&h0, p, 2);
+            __m256i hi = _mm256_setzero_si256();
+            if (two) {
+                memcpy(&h1, p + 34, 2);
+                hi = _mm256_loadu_si256((const __m256i *)(p + 36));
+            }
+            __m512i wq = _mm512_inserti64x4(
+                _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(p + 2))), hi, 1);
+            d[2 * s] = _mm512_xor_si512(wq, c128);
+            d[2 * s + 1] = _mm512_castps_si512(q8_0_pair(_cvtsh_ss(h0), two ? _cvtsh_ss(h1) : 0.0f));
+        }
+    }
+}
+
+/* Tokens [t0, t0 + T) of a into dst[T][steps][3] (64-byte aligned). */
+static void q8_0_pack_tokens(const mc_qact *a, int t0, int T, int nb, __m512i *dst)
+{
+    const __m512i c128 = _mm512_set1_epi8((char)0x80), z = _mm512_setzero_si512();
+    int steps = (nb + 1) / 2;
+    for (int t = 0; t < T; t++) {
+        const int8_t *xq = a->q + (size_t)(t0 + t) * a->kp;
+        const float *xd = a->d + (size_t)(t0 + t) * nb;
+        __m512i *d = dst + (size_t)t * steps * 3;
+        for (int s = 0; s < steps; s++) {
+            int two = 2 * s + 1 < nb;
+            __m512i xv = _mm512_maskz_loadu_epi8(two ? ~(__mmask64)0 : (__mmask64)0xffffffffu,
+                                                 xq + (size_t)s * 64);
+            d[3 * s] = xv;
+            d[3 * s + 1] = _mm512_sub_epi32(z, _mm512_dpbusd_epi32(z, c128, xv));
+            d[3 * s + 2] = _mm512_castps_si512(q8_0_pair(xd[2 * s], two ? xd[2 * s + 1] : 0.0f));
+        }
+    }
+}
+
+/* R repacked rows (wp, steps * 2 vectors apart) x T repacked tokens (xp,
+ * steps * 3 apart); y[t*ldy + r] gets the dot products. Every (row, token)
+ * goes through the same operations whatever R and T, so an output does not
+ * depend on how rows are split among tasks (threads bitwise equal). */
+AI void q8_0_tile(int R, int T, const __m512i *wp, const __m512i *xp, int steps, float *y, int ldy)
+{
+    __m512 acc[4][4];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+        for (int t = 0; t < T; t++)
+            acc[r][t] = _mm512_setzero_ps();
+    for (int s = 0; s < steps; s++) {
+        __m512i wu[4];
+        __m512 ws[4];
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+            wu[r] = _mm512_load_si512((const void *)(wp + ((size_t)r * steps + s) * 2));
+            ws[r] = _mm512_castsi512_ps(_mm512_load_si512((const void *)(wp + ((size_t)r * steps + s) * 2 + 1)));
+        }
+#pragma GCC unroll 4
+        for (int t = 0; t < T; t++) {
+            const __m512i *xt = xp + ((size_t)t * steps + s) * 3;
+            __m512i xv = _mm512_load_si512((const void *)xt);
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++) {
+                __m512i p = _mm512_dpbusd_epi32(_mm512_load_si512((const void *)(xt + 1)), wu[r], xv);
+                __m512 sc = _mm512_mul_ps(ws[r], _mm512_castsi512_ps(_mm512_load_si512((const void *)(xt + 2))));
+                acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), sc, acc[r][t]);
             }
         }
     }
-#pragma GCC unroll 8
-    for (int t = 0; t < T; t++)
-        y[(size_t)(t0 + t) * ldy] = hsum256(_mm256_add_ps(acc[0][t], acc[1][t]));
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+        for (int t = 0; t < T; t++)
+            y[(size_t)t * ldy + r] = _mm512_reduce_add_ps(acc[r][t]);
 }
 
-/* One Q8_0 row against one token (decode), two blocks per 512-bit step:
- * half the vector instructions per weight byte of q8_0_row(1), whose
- * 256-bit work per 34-byte block left a thread short of the bandwidth.
- * sign(x, w) is x negated where w < 0 (w = 0 gives |w| = 0). Four chains
- * of 16 lanes; the sum order differs from q8_0_row (within the rounding
- * bound the tests hold every path to). */
-AI float q8_0_row1(const unsigned char *row, const int8_t *xq, const float *xd, int nb)
+#define Q8_0_TILE_T(R, T, wp, xp, steps, y, ldy)                                                   \
+    do {                                                                                           \
+        switch (T) {                                                                               \
+        case 1: q8_0_tile(R, 1, wp, xp, steps, y, ldy); break;                                     \
+        case 2: q8_0_tile(R, 2, wp, xp, steps, y, ldy); break;                                     \
+        case 3: q8_0_tile(R, 3, wp, xp, steps, y, ldy); break;                                     \
+        default: q8_0_tile(R, 4, wp, xp, steps, y, ldy); break;                                    \
+        }                                                                                          \
+    } while (0)
+
+/* One Q8_0 row against one token (decode) repacked in xp (as
+ * q8_0_pack_tokens, made once per product and shared by all rows): per
+ * two blocks (68 bytes) one insert, xor, vpdpbusd, conversion, multiply and
+ * FMA, the scales of four blocks converted by one vcvtph2ps. Two chains of
+ * 16 lanes. */
+AI float q8_0_row1(const unsigned char *row, const __m512i *xp, int nb)
 {
+    const __m512i c128 = _mm512_set1_epi8((char)0x80);
+    const __m512i sel0 = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    const __m512i sel1 = _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2);
     __m512 acc[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
-    const __m512i z = _mm512_setzero_si512();
-    int b = 0;
-    for (; b + 2 <= nb; b += 2) {
-        const unsigned char *b0 = row + (size_t)b * 34, *b1 = b0 + 34;
-        uint16_t h0, h1;
-        memcpy(&h0, b0, 2);
-        memcpy(&h1, b1, 2);
-        __m512i wq = _mm512_inserti64x4(
-            _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(b0 + 2))),
-            _mm256_loadu_si256((const __m256i *)(b1 + 2)), 1);
-        __m512i xv = _mm512_loadu_si512((const void *)(xq + (size_t)b * 32));
-        xv = _mm512_mask_sub_epi8(xv, _mm512_movepi8_mask(wq), z, xv);
-        __m512i p = _mm512_dpbusd_epi32(z, _mm512_abs_epi8(wq), xv);
-        __m512 sc = _mm512_mask_blend_ps((__mmask16)0xff00, _mm512_set1_ps(_cvtsh_ss(h0) * xd[b]),
-                                         _mm512_set1_ps(_cvtsh_ss(h1) * xd[b + 1]));
-        acc[(b >> 1) & 1] = _mm512_fmadd_ps(sc, _mm512_cvtepi32_ps(p), acc[(b >> 1) & 1]);
+    int steps = (nb + 1) / 2, s = 0;
+    for (; 2 * s + 4 <= nb; s += 2) { /* four whole blocks */
+        const unsigned char *p = row + (size_t)s * 68;
+        _mm_prefetch((const char *)p + PF_BYTES, _MM_HINT_T0); /* 136 bytes a step */
+        _mm_prefetch((const char *)p + PF_BYTES + 64, _MM_HINT_T0);
+        _mm_prefetch((const char *)p + PF_BYTES + 128, _MM_HINT_T0);
+        uint16_t h[4];
+        for (int k = 0; k < 4; k++)
+            memcpy(&h[k], p + 34 * k, 2);
+        uint64_t hh = (uint64_t)h[0] | (uint64_t)h[1] << 16 | (uint64_t)h[2] << 32 | (uint64_t)h[3] << 48;
+        __m512 f = _mm512_castps128_ps512(_mm_cvtph_ps(_mm_cvtsi64_si128((long long)hh)));
+#pragma GCC unroll 2
+        for (int k = 0; k < 2; k++) {
+            const unsigned char *q = p + 68 * k;
+            const __m512i *xt = xp + (size_t)(s + k) * 3;
+            __m512i wq = _mm512_inserti64x4(
+                _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(q + 2))),
+                _mm256_loadu_si256((const __m256i *)(q + 36)), 1);
+            __m512i pi = _mm512_dpbusd_epi32(_mm512_load_si512((const void *)(xt + 1)),
+                                             _mm512_xor_si512(wq, c128), _mm512_load_si512((const void *)xt));
+            __m512 sc = _mm512_mul_ps(_mm512_permutexvar_ps(k ? sel1 : sel0, f),
+                                      _mm512_castsi512_ps(_mm512_load_si512((const void *)(xt + 2))));
+            acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(pi), sc, acc[k]);
+        }
     }
-    if (b < nb) { /* an odd last block */
-        const unsigned char *b0 = row + (size_t)b * 34;
-        uint16_t h0;
-        memcpy(&h0, b0, 2);
-        __m256i wq = _mm256_loadu_si256((const __m256i *)(b0 + 2));
-        __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + (size_t)b * 32));
-        __m256i p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_abs_epi8(wq),
-                                        _mm256_sign_epi8(xv, wq));
-        __m512 pf = _mm512_insertf32x8(_mm512_setzero_ps(), _mm256_cvtepi32_ps(p), 0);
-        acc[0] = _mm512_fmadd_ps(_mm512_set1_ps(_cvtsh_ss(h0) * xd[b]), pf, acc[0]);
+    for (; s < steps; s++) { /* the last one to three blocks */
+        const unsigned char *p = row + (size_t)s * 68;
+        int two = 2 * s + 1 < nb;
+        uint16_t h0, h1 = 0;
+        memcpy(&h0, p, 2);
+        __m256i hi = _mm256_setzero_si256();
+        if (two) {
+            memcpy(&h1, p + 34, 2);
+            hi = _mm256_loadu_si256((const __m256i *)(p + 36));
+        }
+        const __m512i *xt = xp + (size_t)s * 3;
+        __m512i wq = _mm512_inserti64x4(
+            _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(p + 2))), hi, 1);
+        __m512i pi = _mm512_dpbusd_epi32(_mm512_load_si512((const void *)(xt + 1)),
+                                         _mm512_xor_si512(wq, c128), _mm512_load_si512((const void *)xt));
+        __m512 sc = _mm512_mul_ps(q8_0_pair(_cvtsh_ss(h0), two ? _cvtsh_ss(h1) : 0.0f),
+                                  _mm512_castsi512_ps(_mm512_load_si512((const void *)(xt + 2))));
+        acc[s & 1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(pi), sc, acc[s & 1]);
     }
     return _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));
 }
 
+/* Q8_0 weights: rows [r0, r1) x a->n tokens (header in kern.h). One token
+ * reads the rows in place (q8_0_row1); more use the repacked tiles, in
+ * scratch allocated and freed here (out of memory: the scalar path). */
 static void rows_q8_0(const mc_mat *w, const mc_qact *a, float *y, int ldy, int r0, int r1)
 {
     int nb = a->kp / MC_QK8_0;
+    int steps = (nb + 1) / 2;
     if (a->n == 1) {
+        __m512i *xp = aligned_alloc(64, (size_t)steps * 3 * 64);
+        if (!xp) {
+            mc_kops_scalar.rows_q8_0(w, a, y, ldy, r0, r1);
+            return;
+        }
+        q8_0_pack_tokens(a, 0, 1, nb, xp);
         for (int o = r0; o < r1; o++)
-            y[o] = q8_0_row1(mc_row_ptr(w, o), a->q, a->d, nb);
+            y[o] = q8_0_row1(mc_row_ptr(w, o), xp, nb);
+        free(xp);
         return;
     }
-    for (int o = r0; o < r1; o++) {
-        const unsigned char *row = mc_row_ptr(w, o);
-        for (int t0 = 0; t0 < a->n; t0 += 8) {
-            switch (a->n - t0 < 8 ? a->n - t0 : 8) {
-            case 1: q8_0_row(1, row, a, t0, nb, y + o, ldy); break;
-            case 2: q8_0_row(2, row, a, t0, nb, y + o, ldy); break;
-            case 3: q8_0_row(3, row, a, t0, nb, y + o, ldy); break;
-            case 4: q8_0_row(4, row, a, t0, nb, y + o, ldy); break;
-            case 5: q8_0_row(5, row, a, t0, nb, y + o, ldy); break;
-            case 6: q8_0_row(6, row, a, t0, nb, y + o, ldy); break;
-            case 7: q8_0_row(7, row, a, t0, nb, y + o, ldy); break;
-            default: q8_0_row(8, row, a, t0, nb, y + o, ldy); break;
+    size_t row_vecs = (size_t)steps * 2, tok_vecs = (size_t)steps * 3;
+    size_t rbz = QBLOCK_BYTES / (row_vecs * 64);
+    int rb = rbz < 4 ? 4 : rbz > 4096 ? 4096 : (int)(rbz & ~(size_t)3);
+    if (rb > r1 - r0)
+        rb = r1 - r0;
+    __m512i *wbuf = aligned_alloc(64, ((size_t)rb * row_vecs + 4 * tok_vecs) * 64);
+    if (!wbuf) {
+        mc_kops_scalar.rows_q8_0(w, a, y, ldy, r0, r1);
+        return;
+    }
+    __m512i *xbuf = wbuf + (size_t)rb * row_vecs;
+    for (int o0 = r0; o0 < r1; o0 += rb) {
+        int nr = r1 - o0 < rb ? r1 - o0 : rb;
+        q8_0_pack_rows(w, o0, nr, nb, wbuf);
+        for (int t0 = 0; t0 < a->n; t0 += 4) {
+            int T = a->n - t0 < 4 ? a->n - t0 : 4;
+            q8_0_pack_tokens(a, t0, T, nb, xbuf);
+            for (int o = 0; o < nr; o += 4) {
+                const __m512i *wp = wbuf + (size_t)o * row_vecs;
+                float *yt = y + (size_t)t0 * ldy + o0 + o;
+                switch (nr - o < 4 ? nr - o : 4) {
+                case 1: Q8_0_TILE_T(1, T, wp, xbuf, steps, yt, ldy); break;
+                case 2: Q8_0_TILE_T(2, T, wp, xbuf, steps, yt, ldy); break;
+                case 3: Q8_0_TILE_T(3, T, wp, xbuf, steps, yt, ldy); break;
+                default: Q8_0_TILE_T(4, T, wp, xbuf, steps, yt, ldy); break;
+                }
             }
         }
     }
+    free(wbuf);
 }
 
 /* ---- Q4_K ---- */
 
-/* One Q4_K row against T tokens: each super-block's nibbles and scales are
- * unpacked once, then vpmaddubsw / vpmaddwd per token. */
-AI void q4_k_row(int T, const unsigned char *row, const mc_qact *a, int t0, int nb,
-                 const __m512i *sidx, float *y, int ldy)
+/* Rows per cache block of a Q4_K product of 2 or more tokens: about
+ * QBLOCK_BYTES of weights, kept in L2 while every group of 8 tokens (its
+ * activations in L1) passes over them. */
+AI int rows_per_block(size_t row_bytes)
 {
-    const __m256i m4 = _mm256_set1_epi8(0x0f);
+    size_t rb = QBLOCK_BYTES / (row_bytes ? row_bytes : 1);
+    return rb < 1 ? 1 : rb > 4096 ? 4096 : (int)rb;
+}
+
+/* One Q4_K row against T tokens (xq, xd, bs: the first token's values).
+ * Per super-block the scales and nibbles are unpacked once for all T
+ * tokens (high nibbles by a variable shift of the upper half), then
+ * vpmaddubsw (nibbles x int8) and vpdpwssd (x 6-bit sub-block scale,
+ * accumulated in int32: exact) per 64 bytes and token; the mins through
+ * vpmaddwd of m_j and the per-32 activation sums, subtracted in the same
+ * f32 accumulator. */
+AI void q4_k_row(int T, const unsigned char *row, const int8_t *xq, const float *xd,
+                 const int16_t *bs, int kp, int nb, const __m512i *sidx, float *y, int ldy)
+{
+    const __m512i m4 = _mm512_set1_epi8(0x0f);
+    const __m512i shv = _mm512_set_epi64(4, 4, 4, 4, 0, 0, 0, 0);
     __m512 acc[8];
-    __m256 macc[8];
 #pragma GCC unroll 8
-    for (int t = 0; t < T; t++) {
+    for (int t = 0; t < T; t++)
         acc[t] = _mm512_setzero_ps();
-        macc[t] = _mm256_setzero_ps();
-    }
-    const int8_t *xq = a->q + (size_t)t0 * a->kp;
-    const float *xd = a->d + (size_t)t0 * nb;
-    const int16_t *bs = a->bsum + (size_t)t0 * (a->kp / 32);
     for (int b = 0; b < nb; b++) {
         const unsigned char *blk = row + (size_t)b * sizeof(mc_block_q4_k);
-        uint16_t hd, hm;
-        memcpy(&hd, blk, 2);
-        memcpy(&hm, blk + 2, 2);
-        float d = _cvtsh_ss(hd), dmin = _cvtsh_ss(hm);
+        if (T == 1) { /* decode: the row stream, 144 bytes a block */
+            _mm_prefetch((const char *)blk + PF_BYTES, _MM_HINT_T0);
+            _mm_prefetch((const char *)blk + PF_BYTES + 64, _MM_HINT_T0);
+            _mm_prefetch((const char *)blk + PF_BYTES + 128, _MM_HINT_T0);
+        }
+        uint32_t hh;
+        memcpy(&hh, blk, 4);
+        __m128 dd = _mm_cvtph_ps(_mm_cvtsi32_si128((int)hh)); /* d, dmin */
+        __m512 dv = _mm512_broadcastss_ps(dd), mv = _mm512_broadcastss_ps(_mm_movehdup_ps(dd));
         uint8_t sm[16];
         mc_q4_k_unpack(blk + 4, sm);
         __m512i sc = _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)sm)));
-        __m256i m8 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(sm + 8)));
+        __m128i m16 = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)(sm + 8)));
         const unsigned char *qs = blk + 16;
-        __m512i qv[4], s16[4];
+        __m512i sumi[8];
+#pragma GCC unroll 8
+        for (int t = 0; t < T; t++)
+            sumi[t] = _mm512_setzero_si512();
 #pragma GCC unroll 4
         for (int c = 0; c < 4; c++) {
-            __m256i q = _mm256_loadu_si256((const __m256i *)(qs + 32 * c));
-            __m256i lo = _mm256_and_si256(q, m4);
-            __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-            qv[c] = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
-            s16[c] = _mm512_permutexvar_epi16(sidx[c], sc);
+            /* low nibbles of 32 bytes in the lower half, high nibbles in the upper */
+            __m512i q = _mm512_and_si512(
+                _mm512_srlv_epi64(_mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(qs + 32 * c))),
+                                  shv),
+                m4);
+            __m512i s16 = _mm512_permutexvar_epi16(sidx[c], sc);
+#pragma GCC unroll 8
+            for (int t = 0; t < T; t++) {
+                __m512i xv = _mm512_loadu_si512((const void *)(xq + (size_t)t * kp + (size_t)b * MC_QK_K + 64 * c));
+                sumi[t] = _mm512_dpwssd_epi32(sumi[t], _mm512_maddubs_epi16(q, xv), s16);
+            }
         }
 #pragma GCC unroll 8
         for (int t = 0; t < T; t++) {
-            const int8_t *xb = xq + (size_t)t * a->kp + (size_t)b * MC_QK_K;
-            __m512i sumi = _mm512_setzero_si512();
-#pragma GCC unroll 4
-            for (int c = 0; c < 4; c++) {
-                __m512i xv = _mm512_loadu_si512((const void *)(xb + 64 * c));
-                sumi = _mm512_add_epi32(sumi,
-                                        _mm512_madd_epi16(_mm512_maddubs_epi16(qv[c], xv), s16[c]));
-            }
-            float dx = xd[(size_t)t * nb + b];
-            acc[t] = _mm512_fmadd_ps(_mm512_set1_ps(d * dx), _mm512_cvtepi32_ps(sumi), acc[t]);
-            __m256i b8 = _mm256_cvtepi16_epi32(
-                _mm_loadu_si128((const __m128i *)(bs + (size_t)t * (a->kp / 32) + 8 * b)));
-            macc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dmin * dx),
-                                      _mm256_cvtepi32_ps(_mm256_mullo_epi32(m8, b8)), macc[t]);
+            __m512 dx = _mm512_set1_ps(xd[(size_t)t * nb + b]); /* a broadcast load */
+            acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(dv, dx), _mm512_cvtepi32_ps(sumi[t]), acc[t]);
+            __m128i mp = _mm_madd_epi16(
+                m16, _mm_loadu_si128((const __m128i *)(bs + (size_t)t * (kp / 32) + 8 * (size_t)b)));
+            acc[t] = _mm512_fnmadd_ps(_mm512_mul_ps(mv, dx),
+                                      _mm512_zextps128_ps512(_mm_cvtepi32_ps(mp)), acc[t]);
         }
     }
 #pragma GCC unroll 8
     for (int t = 0; t < T; t++)
-        y[(size_t)(t0 + t) * ldy] = _mm512_reduce_add_ps(acc[t]) - hsum256(macc[t]);
+        y[(size_t)t * ldy] = _mm512_reduce_add_ps(acc[t]);
 }
 
 static void rows_q4_k(const mc_mat *w, const mc_qact *a, float *y, int ldy, int r0, int r1)
 {
-    int nb = a->kp / MC_QK_K;
+    int nb = a->kp / MC_QK_K, ns = a->kp / 32;
     /* word index vectors: words 0..15 take scale 2c, words 16..31 scale 2c+1 */
     __m512i sidx[4];
     for (int c = 0; c < 4; c++)
         sidx[c] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi16((short)(2 * c))),
                                      _mm256_set1_epi16((short)(2 * c + 1)), 1);
-    for (int o = r0; o < r1; o++) {
-        const unsigned char *row = mc_row_ptr(w, o);
+    int rb = a->n == 1 ? r1 - r0 : rows_per_block((size_t)nb * sizeof(mc_block_q4_k));
+    for (int o0 = r0; o0 < r1; o0 += rb) {
+        int o1 = r1 - o0 < rb ? r1 : o0 + rb;
         for (int t0 = 0; t0 < a->n; t0 += 8) {
-            switch (a->n - t0 < 8 ? a->n - t0 : 8) {
-            case 1: q4_k_row(1, row, a, t0, nb, sidx, y + o, ldy); break;
-            case 2: q4_k_row(2, row, a, t0, nb, sidx, y + o, ldy); break;
-            case 3: q4_k_row(3, row, a, t0, nb, sidx, y + o, ldy); break;
-            case 4: q4_k_row(4, row, a, t0, nb, sidx, y + o, ldy); break;
-            case 5: q4_k_row(5, row, a, t0, nb, sidx, y + o, ldy); break;
-            case 6: q4_k_row(6, row, a, t0, nb, sidx, y + o, ldy); break;
-            case 7: q4_k_row(7, row, a, t0, nb, sidx, y + o, ldy); break;
-            default: q4_k_row(8, row, a, t0, nb, sidx, y + o, ldy); break;
+            const int8_t *xq = a->q + (size_t)t0 * a->kp;
+            const float *xd = a->d + (size_t)t0 * nb;
+            const int16_t *bs = a->bsum + (size_t)t0 * ns;
+            float *yt = y + (size_t)t0 * ldy;
+            for (int o = o0; o < o1; o++) {
+                const unsigned char *row = mc_row_ptr(w, o);
+                switch (a->n - t0 < 8 ? a->n - t0 : 8) {
+                case 1: q4_k_row(1, row, xq, xd, bs, a->kp, nb, sidx, yt + o, ldy); break;
+                case 2: q4_k_row(2, row, xq, xd, bs, a->kp, nb, sidx, yt + o, ldy); break;
+                case 3: q4_k_row(3, row, xq, xd, bs, a->kp, nb, sidx, yt + o, ldy); break;
+                case 4: q4_k_row(4, row, xq, xd, bs, a->kp, nb, sidx, yt + o, ldy); break;
+                case 5: q4_k_row(5, row, xq, xd, bs, a->kp, nb, sidx, yt + o, ldy); break;
+                case 6: q4_k_row(6, row, xq, xd, bs, a->kp, nb, sidx, yt + o, ldy); break;
+                case 7: q4_k_row(7, row, xq, xd, bs, a->kp, nb, sidx, yt + o, ldy); break;
+                default: q4_k_row(8, row, xq, xd, bs, a->kp, nb, sidx, yt + o, ldy); break;
+                }
             }
         }
     }
@@ -738,6 +893,7 @@ const mc_kops mc_kops_avx512 = {
     .rows_f = rows_f,
     .rows_q8_0 = rows_q8_0,
     .rows_q4_k = rows_q4_k,
+    .rows_q6_k = mc_avx512_rows_q6_k,
     .dot = dot,
     .axpy = axpy,
     .rmsnorm = rmsnorm,

@@ -260,7 +260,7 @@ static mc_status cpu_set_path(void *ctx, const char *name, mc_err *err)
     (void)ctx;
     mc_kpath p;
     if (mc_kpath_from_name(name, &p) != 0)
-        return mc_err_set(err, MC_ERR_ARG, "set_path: '%s' is not one of scalar|avx2|avx512",
+        return mc_err_set(err, MC_ERR_ARG, "set_path: '%s' is not one of scalar|avx2|avx512|amx",
                           name);
     if (mc_kernels_set_path(p) != 0)
         return mc_err_set(err, MC_ERR_ARG, "set_path: this CPU or build lacks the %s path", name);

@@ -1,5 +1,5 @@
 /* kern.h - internal interface between the kernel front end (ops.c) and the
- * per-instruction-set paths (ref.c, avx2.c, avx512.c).
+ * per-instruction-set paths (ref.c, avx2.c, avx512.c, amx.c).
  *
  * Every path implements the same table. Matrix products arrive with rows
  * [r0, r1) of one thread's share; for Q8_0 / Q4_K weights the activations
@@ -18,12 +18,18 @@
  * (kp = cols rounded up to the block, zero-padded past cols).
  *   Q8_0: d[t*(kp/32) + b] scales block b of row t.
  *   Q4_K: d[t*(kp/256) + b] scales super-block b; bsum[t*(kp/32) + j] is
- *         the sum of the int8 values of sub-block j (for the mins). */
+ *         the sum of the int8 values of sub-block j (for the mins).
+ *   Q6_K: d as Q4_K's; bsum16[t*(kp/16) + j] is the sum of the int8 values
+ *         of the 16-value sub-block j (for the -32 offset); bsum is NULL. */
 typedef struct {
     int n, kp;
     const int8_t *q;
     const float *d;
     const int16_t *bsum;
+    const int16_t *bsum16;
+    /* A path's own repack of the same values (mc_kops.pack_qact), NULL when
+     * the path has none or declined this product. Borrowed. */
+    const void *pack;
 } mc_qact;
 
 typedef struct {
@@ -37,6 +43,13 @@ typedef struct {
     /* Q8_0 / Q4_K weights against quantized activations. */
     void (*rows_q8_0)(const mc_mat *w, const mc_qact *a, float *y, int ldy, int r0, int r1);
     void (*rows_q4_k)(const mc_mat *w, const mc_qact *a, float *y, int ldy, int r0, int r1);
+    void (*rows_q6_k)(const mc_mat *w, const mc_qact *a, float *y, int ldy, int r0, int r1);
+    /* Optional (NULL in most paths): bytes of a repack of the quantized
+     * activations of a product of w with n tokens (0: none wanted), and the
+     * repack itself into dst (those bytes, 64-byte aligned, owned by the
+     * front end), called once per product before the rows are split. */
+    size_t (*pack_qact_bytes)(const mc_mat *w, int n);
+    void (*pack_qact)(const mc_mat *w, const mc_qact *a, void *dst);
     float (*dot)(const float *a, const float *b, int n);
     void (*axpy)(float *y, float a, const float *x, int n);
     void (*rmsnorm)(float *out, const float *x, const float *w, int n, float eps);
@@ -55,6 +68,19 @@ extern const mc_kops mc_kops_avx2;
 #endif
 #ifdef MC_HAVE_AVX512
 extern const mc_kops mc_kops_avx512;
+/* Q6_K products of the avx512 / avx2 tables (avx512_q6k.c, avx2_q6k.c). */
+void mc_avx512_rows_q6_k(const mc_mat *w, const mc_qact *a, float *y, int ldy, int r0, int r1);
+#endif
+#ifdef MC_HAVE_AVX2
+void mc_avx2_rows_q6_k(const mc_mat *w, const mc_qact *a, float *y, int ldy, int r0, int r1);
+#endif
+#ifdef MC_HAVE_AMX
+/* The avx512 table with AMX products for Q8_0 / Q4_K at many tokens; filled
+ * by mc_amx_init. mc_amx_init asks the kernel once per process for the
+ * tile data state (arch_prctl) and returns 1 when granted (the CPU and OS
+ * support were checked by the caller), 0 when refused. */
+extern mc_kops mc_kops_amx;
+int mc_amx_init(void);
 #endif
 
 const mc_kops *mc_kops_current(void);

@@ -23,16 +23,16 @@
 typedef struct {
     int avx2, fma, f16c, avx512f, avx512bw, avx512dq, avx512vl, avx512vnni, avx512bf16,
         avx512vbmi;
-    int amx_tile, amx_int8, amx_bf16; /* reported only (no AMX kernels yet); the OS must
-                                         enable the tile state in XCR0 */
+    int amx_tile, amx_int8, amx_bf16; /* the OS must enable the tile state in XCR0 */
+    int amx_refused; /* the kernel refused the tile data (arch_prctl) */
 } cpu_feat;
 
 static cpu_feat g_feat;
-static char g_feat_str[160];
+static char g_feat_str[192];
 static atomic_int g_path = -1;
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 
-static const char *const path_names[MC_KPATH_COUNT] = {"scalar", "avx2", "avx512"};
+static const char *const path_names[MC_KPATH_COUNT] = {"scalar", "avx2", "avx512", "amx"};
 
 #ifdef MC_X86
 static uint64_t xgetbv0(void)
@@ -96,6 +96,14 @@ int mc_kpath_supported(mc_kpath p)
 #else
         return 0;
 #endif
+    case MC_KPATH_AMX:
+#ifdef MC_HAVE_AMX
+        /* the permission is asked once per process (mc_amx_init), only on CPUs with the tiles */
+        return mc_kpath_supported(MC_KPATH_AVX512) && g_feat.amx_tile && g_feat.amx_int8 &&
+               !g_feat.amx_refused;
+#else
+        return 0;
+#endif
     default:
         return 0;
     }
@@ -104,6 +112,11 @@ int mc_kpath_supported(mc_kpath p)
 static void init_once(void)
 {
     detect();
+#ifdef MC_HAVE_AMX
+    if (mc_kpath_supported(MC_KPATH_AVX512) && g_feat.amx_tile && g_feat.amx_int8 &&
+        !mc_amx_init())
+        g_feat.amx_refused = 1;
+#endif
     size_t o = 0;
     static const struct {
         const char *name;
@@ -116,6 +129,7 @@ static void init_once(void)
         {"avx512bf16", offsetof(cpu_feat, avx512bf16)}, {"avx512vbmi", offsetof(cpu_feat, avx512vbmi)},
         {"amx_tile", offsetof(cpu_feat, amx_tile)},   {"amx_int8", offsetof(cpu_feat, amx_int8)},
         {"amx_bf16", offsetof(cpu_feat, amx_bf16)},
+        {"amx_refused_by_kernel", offsetof(cpu_feat, amx_refused)},
     };
     g_feat_str[0] = 0;
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
@@ -135,8 +149,11 @@ static void init_once(void)
     if (env && *env && strcasecmp(env, "auto") != 0) {
         mc_kpath want;
         if (mc_kpath_from_name(env, &want) != 0)
-            MC_WARN("MC_KERNELS=%s is not one of scalar|avx2|avx512|auto; using %s", env,
+            MC_WARN("MC_KERNELS=%s is not one of scalar|avx2|avx512|amx|auto; using %s", env,
                     path_names[best]);
+        else if (want == MC_KPATH_AMX && g_feat.amx_refused)
+            MC_WARN("MC_KERNELS=%s: the kernel refused the AMX tile state (arch_prctl "
+                    "ARCH_REQ_XCOMP_PERM); using %s", env, path_names[best]);
         else if (!mc_kpath_supported(want))
             MC_WARN("MC_KERNELS=%s: this CPU or build lacks it; using %s", env, path_names[best]);
         else
@@ -184,6 +201,10 @@ const char *mc_cpu_features(void)
 const mc_kops *mc_kops_current(void)
 {
     switch (mc_kernels_path()) {
+#ifdef MC_HAVE_AMX
+    case MC_KPATH_AMX:
+        return &mc_kops_amx;
+#endif
 #ifdef MC_HAVE_AVX512
     case MC_KPATH_AVX512:
         return &mc_kops_avx512;
@@ -279,15 +300,18 @@ static inline int round_even(float f)
     return (i & 0x007fffff) - 0x00400000;
 }
 
-/* One row: x[cols] -> q[kp] with one scale per block of `blk` values. */
+/* One row: x[cols] -> q[kp] with one scale per block of `blk` values, and
+ * (bsum not NULL) the sum of each `sub` values. */
 static void quantize_act_row(const float *x, int cols, int kp, int blk, int8_t *q, float *d,
-                             int16_t *bsum)
+                             int16_t *bsum, int sub)
 {
     for (int b0 = 0; b0 < kp; b0 += blk) {
         int len = cols - b0 < blk ? (cols - b0 > 0 ? cols - b0 : 0) : blk;
         float amax = 0.0f;
-        for (int i = 0; i < len; i++)
-            amax = fmaxf(amax, fabsf(x[b0 + i]));
+        for (int i = 0; i < len; i++) {
+            float v = fabsf(x[b0 + i]); /* fmaxf(amax, v) without the libm call */
+            amax = v > amax ? v : amax;
+        }
         float s = amax / 127.0f, is = s > 0 ? 127.0f / amax : 0.0f;
         d[b0 / blk] = s;
         for (int i = 0; i < blk; i++) {
@@ -296,10 +320,10 @@ static void quantize_act_row(const float *x, int cols, int kp, int blk, int8_t *
         }
     }
     if (bsum)
-        for (int j = 0; j < kp / 32; j++) {
+        for (int j = 0; j < kp / sub; j++) {
             int s = 0;
-            for (int i = 0; i < 32; i++)
-                s += q[32 * j + i];
+            for (int i = 0; i < sub; i++)
+                s += q[sub * j + i];
             bsum[j] = (int16_t)s;
         }
 }
@@ -352,6 +376,8 @@ static void mm_task(void *ctx, int task, int thread)
         j->ops->rows_q8_0(j->w, j->qa, j->y, j->ldy, r0, r1);
     else if (j->w->dtype == MC_DT_Q4_K)
         j->ops->rows_q4_k(j->w, j->qa, j->y, j->ldy, r0, r1);
+    else if (j->w->dtype == MC_DT_Q6_K)
+        j->ops->rows_q6_k(j->w, j->qa, j->y, j->ldy, r0, r1);
     else
         j->ops->rows_f(j->w, j->x, j->n, j->ldx, j->y, j->ldy, r0, r1);
 }
@@ -368,17 +394,52 @@ static void count_product(const mc_mat *w, int n)
                                   memory_order_relaxed);
 }
 
+typedef struct {
+    const mc_mat *w;
+    const float *x;
+    int ldx, kp, blk, chunk;
+    mc_qact *qa;
+} qrows_job;
+
+/* Activation rows [task * chunk, +chunk) of a qrows_job. */
+static void qrows_task(void *ctx, int task, int thread)
+{
+    const qrows_job *j = ctx;
+    const mc_qact *qa = j->qa;
+    int t1 = (task + 1) * j->chunk < qa->n ? (task + 1) * j->chunk : qa->n;
+    int q6 = j->w->dtype == MC_DT_Q6_K, sub = q6 ? 16 : 32;
+    int nd = j->kp / j->blk, ns = j->kp / sub;
+    int16_t *bs = (int16_t *)(q6 ? qa->bsum16 : j->w->dtype == MC_DT_Q4_K ? qa->bsum : NULL);
+    for (int t = task * j->chunk; t < t1; t++)
+        quantize_act_row(j->x + (size_t)t * j->ldx, j->w->cols, j->kp, j->blk,
+                         (int8_t *)qa->q + (size_t)t * j->kp, (float *)qa->d + (size_t)t * nd,
+                         bs ? bs + (size_t)t * ns : NULL, sub);
+}
+
+/* Activation values quantized on the calling thread below this (waking the
+ * pool costs more). */
+#define QUANT_PARALLEL_MIN (1 << 18)
+
 /* Quantizes the n activation rows of a product with block weights into
- * *qa. Returns the storage behind *qa (the caller frees it), or NULL when
+ * *qa, plus the path's own repack when it wants one (ops->pack_qact); rows
+ * split over `pool` (NULL: this thread) when there are many. Returns the
+ * storage behind *qa, repack included (the caller frees it), or NULL when
  * out of memory. */
-static void *quantize_acts(const mc_mat *w, const float *x, int n, int ldx, mc_qact *qa)
+static void *quantize_acts(const mc_kops *ops, const mc_mat *w, const float *x, int n, int ldx,
+                           mc_qact *qa, mc_pool *pool)
 {
     int blk = w->dtype == MC_DT_Q8_0 ? MC_QK8_0 : MC_QK_K;
     /* the blocks that hold cols (a view may start inside a wider row: row_stride only
      * places the rows) */
     int kp = (w->cols + blk - 1) / blk * blk;
-    size_t nq = (size_t)n * kp, nd = (size_t)n * (kp / blk), ns = (size_t)n * (kp / 32);
-    void *qbuf = malloc(nq + nd * sizeof(float) + ns * sizeof(int16_t) + 16);
+    /* the sums: per 32 values (Q4_K's mins), per 16 (Q6_K's offset) */
+    size_t nq = (size_t)n * kp, nd = (size_t)n * (kp / blk),
+           ns = (size_t)n * (kp / (w->dtype == MC_DT_Q6_K ? 16 : 32));
+    size_t npack = ops->pack_qact_bytes ? ops->pack_qact_bytes(w, n) : 0;
+    /* (q | d | bsum), then the repack on a 64-byte boundary */
+    size_t base = (nq + nd * sizeof(float) + ns * sizeof(int16_t) + 16 + 63) & ~(size_t)63;
+    void *qbuf = npack ? aligned_alloc(64, (base + npack + 63) & ~(size_t)63)
+                       : malloc(nq + nd * sizeof(float) + ns * sizeof(int16_t) + 16);
     if (!qbuf) { /* out of memory mid-product: no error channel; the caller zeroes y */
         MC_ERROR("out of memory quantizing %d activations for a %s product", n,
                  mc_dtype_name(w->dtype));
@@ -386,11 +447,22 @@ static void *quantize_acts(const mc_mat *w, const float *x, int n, int ldx, mc_q
     }
     float *d = (float *)((char *)qbuf + ((nq + 3) & ~(size_t)3));
     int16_t *bs = (int16_t *)(d + nd);
-    for (int t = 0; t < n; t++)
-        quantize_act_row(x + (size_t)t * ldx, w->cols, kp, blk, (int8_t *)qbuf + (size_t)t * kp,
-                         d + (size_t)t * (kp / blk),
-                         w->dtype == MC_DT_Q4_K ? bs + (size_t)t * (kp / 32) : NULL);
-    *qa = (mc_qact){.n = n, .kp = kp, .q = qbuf, .d = d, .bsum = bs};
+    *qa = (mc_qact){.n = n, .kp = kp, .q = qbuf, .d = d};
+    if (w->dtype == MC_DT_Q6_K)
+        qa->bsum16 = bs;
+    else
+        qa->bsum = bs;
+    qrows_job j = {.w = w, .x = x, .ldx = ldx, .kp = kp, .blk = blk, .chunk = n, .qa = qa};
+    if (pool && nq >= QUANT_PARALLEL_MIN && n >= 8) {
+        j.chunk = (n + 4 * mc_pool_threads(pool) - 1) / (4 * mc_pool_threads(pool));
+        mc_pool_run(pool, (n + j.chunk - 1) / j.chunk, qrows_task, &j);
+    } else {
+        qrows_task(&j, 0, 0);
+    }
+    if (npack) {
+        ops->pack_qact(w, qa, (char *)qbuf + base);
+        qa->pack = (char *)qbuf + base;
+    }
     return qbuf;
 }
 
@@ -409,15 +481,15 @@ void mc_matmul(const mc_mat *w, const float *x, int n, int ldx, float *y, int ld
     mm_job j = {.ops = ops, .w = w, .x = x, .n = n, .ldx = ldx, .ldy = ldy, .y = y};
     mc_qact qa;
     void *qbuf = NULL;
+    double work = (double)w->rows * w->cols * n;
+    mc_pool *pool = work >= MM_PARALLEL_MIN ? mc_kernels_pool() : NULL;
     if (mc_dtype_is_block(w->dtype)) {
-        if (!(qbuf = quantize_acts(w, x, n, ldx, &qa))) {
+        if (!(qbuf = quantize_acts(ops, w, x, n, ldx, &qa, pool))) {
             zero_out(w, n, y, ldy);
             return;
         }
         j.qa = &qa;
     }
-    double work = (double)w->rows * w->cols * n;
-    mc_pool *pool = work >= MM_PARALLEL_MIN ? mc_kernels_pool() : NULL;
     int nt = pool ? mc_pool_threads(pool) : 1;
     if (nt <= 1) {
         j.chunk = w->rows;
@@ -454,6 +526,23 @@ static void many_task(void *ctx, int task, int thread)
     mm_task(&m->jobs[lo], task - m->first[lo], thread);
 }
 
+typedef struct {
+    mm_job *jobs;  /* [n] */
+    mc_qact *qas;  /* [n] */
+    void **qbufs;  /* [n], NULL where no block weights or out of memory */
+} quant_many;
+
+/* Quantizes the activations of job `task` when its weights are blocks. */
+static void quant_many_task(void *ctx, int task, int thread)
+{
+    const quant_many *q = ctx;
+    mm_job *j = &q->jobs[task];
+    if (!mc_dtype_is_block(j->w->dtype))
+        return;
+    q->qbufs[task] = quantize_acts(j->ops, j->w, j->x, j->n, j->ldx, &q->qas[task], NULL);
+    j->qa = q->qbufs[task] ? &q->qas[task] : NULL;
+}
+
 /* Each product keeps its own rows-per-task (a multiple of 16, as
  * mc_matmul's split) so that a task streams one contiguous run of one
  * matrix; every output is computed by the same kernel over the same rows as
@@ -480,27 +569,45 @@ void mc_matmul_many(const mc_matmul_item *items, int count)
         return;
     }
     const mc_kops *ops = mc_kops_current();
-    double total = 0;
+    double total = 0, qtotal = 0;
     int nj = 0;
     for (int i = 0; i < count; i++) {
         const mc_matmul_item *it = &items[i];
         if (it->n <= 0 || it->w->rows <= 0)
             continue;
         count_product(it->w, it->n);
-        mm_job *j = &jobs[nj];
-        *j = (mm_job){.ops = ops, .w = it->w, .x = it->x, .n = it->n, .ldx = it->ldx,
-                      .ldy = it->ldy, .y = it->y, .chunk = it->w->rows};
-        if (mc_dtype_is_block(it->w->dtype)) {
-            if (!(qbufs[nj] = quantize_acts(it->w, it->x, it->n, it->ldx, &qas[nj]))) {
-                zero_out(it->w, it->n, it->y, it->ldy);
-                continue;
-            }
-            j->qa = &qas[nj];
-        }
+        jobs[nj] = (mm_job){.ops = ops, .w = it->w, .x = it->x, .n = it->n, .ldx = it->ldx,
+                            .ldy = it->ldy, .y = it->y, .chunk = it->w->rows};
+        if (mc_dtype_is_block(it->w->dtype))
+            qtotal += (double)it->n * it->w->cols;
         total += (double)it->w->rows * it->w->cols * it->n;
         nj++;
     }
     mc_pool *pool = total >= MM_PARALLEL_MIN ? mc_kernels_pool() : NULL;
+    /* the activations of the block products, one task per product */
+    quant_many qm = {.jobs = jobs, .qas = qas, .qbufs = qbufs};
+    if (pool && qtotal >= QUANT_PARALLEL_MIN)
+        mc_pool_run(pool, nj, quant_many_task, &qm);
+    else
+        for (int i = 0; i < nj; i++)
+            quant_many_task(&qm, i, 0);
+    int kept = 0; /* drop the products whose activations could not be quantized */
+    for (int i = 0; i < nj; i++) {
+        if (mc_dtype_is_block(jobs[i].w->dtype) && !qbufs[i]) {
+            zero_out(jobs[i].w, jobs[i].n, jobs[i].y, jobs[i].ldy);
+            total -= (double)jobs[i].w->rows * jobs[i].w->cols * jobs[i].n;
+            continue;
+        }
+        jobs[kept] = jobs[i];
+        qbufs[kept] = qbufs[i];
+        qas[kept] = qas[i];
+        if (jobs[kept].qa)
+            jobs[kept].qa = &qas[kept];
+        kept++;
+    }
+    for (int i = kept; i < nj; i++)
+        qbufs[i] = NULL;
+    nj = kept;
     int nt = pool ? mc_pool_threads(pool) : 1;
     first[0] = 0;
     for (int i = 0; i < nj; i++) {

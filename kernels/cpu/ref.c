@@ -138,6 +138,43 @@ static void rows_q4_k(const mc_mat *w, const mc_qact *a, float *y, int ldy, int 
     }
 }
 
+/* Q6_K against activations quantized per 256 (d) with per-16 sums (bsum16):
+ * per block sum_j sc_j * (sum_l q_l x_l - 32 * bsum16_j) in int32, then one
+ * f32 step d * dx * sum per block. */
+static void rows_q6_k(const mc_mat *w, const mc_qact *a, float *y, int ldy, int r0, int r1)
+{
+    int nb = a->kp / MC_QK_K;
+    for (int o = r0; o < r1; o++) {
+        const unsigned char *row = mc_row_ptr(w, o);
+        for (int t = 0; t < a->n; t++) {
+            const int8_t *xq = a->q + (size_t)t * a->kp;
+            const float *xd = a->d + (size_t)t * nb;
+            const int16_t *bs = a->bsum16 + (size_t)t * (a->kp / 16);
+            float acc = 0.0f;
+            for (int b = 0; b < nb; b++) {
+                mc_block_q6_k blk;
+                memcpy(&blk, row + (size_t)b * sizeof blk, sizeof blk);
+                int8_t q[MC_QK_K]; /* (256,) the 6-bit values, 0..63 */
+                for (int e = 0; e < MC_QK_K; e++) {
+                    int h = e / 128, g = (e % 128) / 32, l = e % 32;
+                    int lo = blk.ql[64 * h + 32 * (g & 1) + l];
+                    lo = g >= 2 ? lo >> 4 : lo & 0xF;
+                    q[e] = (int8_t)(lo | ((blk.qh[32 * h + l] >> (2 * g)) & 3) << 4);
+                }
+                int32_t sumi = 0;
+                for (int j = 0; j < 16; j++) {
+                    int32_t s = 0;
+                    for (int l = 0; l < 16; l++)
+                        s += q[16 * j + l] * xq[b * MC_QK_K + 16 * j + l];
+                    sumi += blk.scales[j] * (s - 32 * bs[b * 16 + j]);
+                }
+                acc += mc_kf16(blk.d) * xd[b] * (float)sumi;
+            }
+            y[(size_t)t * ldy + o] = acc;
+        }
+    }
+}
+
 static void rmsnorm(float *out, const float *x, const float *w, int n, float eps)
 {
     double ss = 0;
@@ -212,6 +249,7 @@ const mc_kops mc_kops_scalar = {
     .rows_f = rows_f,
     .rows_q8_0 = rows_q8_0,
     .rows_q4_k = rows_q4_k,
+    .rows_q6_k = rows_q6_k,
     .dot = dot,
     .axpy = axpy,
     .rmsnorm = rmsnorm,

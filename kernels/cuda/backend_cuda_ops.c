@@ -117,6 +117,11 @@ mc_status mc_cuda_matmul_raw(mc_cuda_ctx *c, const mc_tensor *w, const float *x,
     if (n > GEMV_MAX_TOKENS && !w->scale_buf &&
         (w->dtype == MC_DT_BF16 || w->dtype == MC_DT_F32))
         return matmul_blas(c, w, x, ldx, y, ldy, n, op, err);
+    if (w->dtype == MC_DT_Q6_K)
+        return mc_err_set(err, MC_ERR_UNSUPPORTED,
+                          "cuda backend: %s: Q6_K weights have no GPU kernel yet (run with "
+                          "--device cpu, or a Q8_0 / Q4_K file)",
+                          op);
     mck_mat m = to_mck(w);
     if (mc_dtype_is_block(w->dtype))
         return matmul_block(c, &m, x, ldx, y, ldy, n, op, err);

@@ -744,8 +744,8 @@ int main(void)
     test_tensors();
     test_refusals();
     test_probes();
-    static const char *const paths[] = {"scalar", "avx2", "avx512"};
-    for (int p = 0; p < 3; p++) {
+    static const char *const paths[] = {"scalar", "avx2", "avx512", "amx"};
+    for (int p = 0; p < 4; p++) {
         mc_kpath kp;
         if (mc_kpath_from_name(paths[p], &kp) != 0 || !mc_kpath_supported(kp))
             continue;

@@ -4,12 +4,12 @@
  * spec's block layouts), malformed ones refused with the expected message,
  * every truncation of a valid file refused, split folders checked. Also
  * checks the committed fixtures in tests/fixtures/gguf (the fuzz seeds),
- * and the scalar Q6_K dequantization (kernels/q6_k.h) on blocks packed
+ * and the scalar Q6_K dequantization (core/dtype.h: mc_dequantize_row_q6_k) on blocks packed
  * here from chosen 6-bit values, against values computed by hand. */
 #define _GNU_SOURCE
 #include "check.h"
+#include "dtype.h"
 #include "gguf.h"
-#include "q6_k.h"
 
 #include <stdint.h>
 #include <stdio.h>
@@ -686,11 +686,11 @@ static void test_fixtures(const char *fixtures)
 /* ---- Q6_K dequantization ------------------------------------------------------- */
 
 /* Packs 256 6-bit values q (0..63), 16 scales and an f16 d into one block,
- * following the byte layout of q6_k.h's comment (the inverse of the
+ * following the byte layout of dtype.h's Q6_K comment (the inverse of the
  * dequantization, written independently of it). */
 static void pack_q6_k(const uint8_t *q, const int8_t *sc, uint16_t d, uint8_t *out)
 {
-    memset(out, 0, MC_Q6_K_BLOCK_BYTES);
+    memset(out, 0, sizeof(mc_block_q6_k));
     for (int e = 0; e < 256; e++) {
         int h = e / 128, g = (e % 128) / 32, l = e % 32;
         uint8_t *ql = &out[64 * h + 32 * (g & 1) + l];
@@ -715,11 +715,11 @@ static void test_q6_k(void)
     /* block 0: chosen values at a few places, checked against numbers
      * worked out by hand below (d = 0.5, scales j*9-70) */
     q[0][0] = 63, q[0][37] = 0, q[0][100] = 32, q[0][200] = 5, q[0][255] = 1;
-    uint8_t raw[1 + 2 * MC_Q6_K_BLOCK_BYTES]; /* one byte in: an unaligned source */
+    uint8_t raw[1 + 2 * sizeof(mc_block_q6_k)]; /* one byte in: an unaligned source */
     pack_q6_k(q[0], sc[0], 0x3800 /* 0.5 */, raw + 1);
-    pack_q6_k(q[1], sc[1], 0xae66 /* -0.0999755859375 */, raw + 1 + MC_Q6_K_BLOCK_BYTES);
+    pack_q6_k(q[1], sc[1], 0xae66 /* -0.0999755859375 */, raw + 1 + sizeof(mc_block_q6_k));
     float y[512];
-    mc_dequant_q6_k_row(raw + 1, y, 512);
+    mc_dequantize_row_q6_k(raw + 1, y, 512);
     /* by hand: 0.5 * scale[e/16] * (q - 32) */
     CHECK(y[0] == -1085.0f);   /* 0.5 * -70 * 31 */
     CHECK(y[37] == 832.0f);    /* 0.5 * -52 * -32 */

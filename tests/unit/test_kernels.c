@@ -3,12 +3,13 @@
  * matrix products of every weight type (F32, F16, BF16, FP8 with partial
  * scale blocks, Q8_0, Q4_K, transposed) over sizes that are not multiples
  * of the vector width and token counts 1..13, the thread split (bitwise
- * equal to one thread), and the element-wise kernels. Prints the first
- * mismatches of each case. */
+ * equal to one thread), the element-wise kernels, and the AMX tile
+ * products at 16..64 tokens. Prints the first mismatches of each case. */
 #include "check.h"
 #include "kernels.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -243,6 +244,15 @@ static void test_matmul(mc_kpath p)
         test_matmul_case(p, MC_DT_Q8_0, 7, c1[ci], 1, 0, 0);
         test_matmul_case(p, MC_DT_Q4_K, 7, c1[ci], 1, 0, 0);
     }
+    /* products larger than one L2 row block of the avx512 tiles (~256 KiB
+     * of weights): the row-block loop and its edges */
+    static const int nb_l[] = {1, 5, 9, 17};
+    for (size_t i = 0; i < sizeof nb_l / sizeof nb_l[0]; i++) {
+        test_matmul_case(p, MC_DT_Q8_0, 300, 4096, nb_l[i], 0, 0);
+        test_matmul_case(p, MC_DT_Q4_K, 300, 4096, nb_l[i], 0, 0);
+        test_matmul_case(p, MC_DT_Q8_0, 130, 18432, nb_l[i], 0, 0);
+        test_matmul_case(p, MC_DT_Q4_K, 130, 18432, nb_l[i], 0, 0);
+    }
     /* every token count through the tile remainders, and a long row */
     for (int n = 1; n <= 13; n++) {
         test_matmul_case(p, MC_DT_BF16, 9, 2053, n, 0, 0);
@@ -426,6 +436,138 @@ static void test_mats_quantize(void)
         free_mat(&f[i]);
 }
 
+/* ---- AMX tiles ---- */
+
+/* One product on a thread of its own (test_amx). */
+typedef struct {
+    const mc_mat *w;
+    const float *x;
+    int n, ldx, ldy;
+    float *y;
+} amx_thread_arg;
+
+static void *amx_thread(void *p)
+{
+    const amx_thread_arg *a = p;
+    mc_matmul(a->w, a->x, a->n, a->ldx, a->y, a->ldy);
+    return NULL;
+}
+
+/* The amx path's tile products (Q8_0 / Q4_K, 16 tokens or more) against
+ * the scalar path over odd row counts (partial 16-row panels), columns up
+ * to 2048 and token counts that leave partial 16-token tiles; that they are
+ * taken at all (the result differs bitwise from the avx512 path's, whose
+ * summation order differs, while 15 tokens or fewer equal avx512 exactly);
+ * and the pool threads (each loads its own tile configuration). */
+static void test_amx(void)
+{
+    if (!mc_kpath_supported(MC_KPATH_AMX)) {
+        printf("amx: not supported here, skipped\n");
+        return;
+    }
+    static const int rows_l[] = {1, 17, 33, 100};
+    static const int q8_cols[] = {32, 96, 544, 1061, 2048};
+    static const int q4_cols[] = {256, 768, 1061, 2048};
+    static const int n_l[] = {16, 17, 31, 33, 47, 64};
+    int cases = 0;
+    for (size_t ri = 0; ri < sizeof rows_l / sizeof rows_l[0]; ri++) {
+        for (size_t ci = 0; ci < sizeof q8_cols / sizeof q8_cols[0]; ci++, cases++)
+            test_matmul_case(MC_KPATH_AMX, MC_DT_Q8_0, rows_l[ri], q8_cols[ci],
+                             n_l[(ri * 5 + ci) % 6], 0, 0);
+        for (size_t ci = 0; ci < sizeof q4_cols / sizeof q4_cols[0]; ci++, cases++)
+            test_matmul_case(MC_KPATH_AMX, MC_DT_Q4_K, rows_l[ri], q4_cols[ci],
+                             n_l[(ri * 3 + ci + 2) % 6], 0, 0);
+    }
+    /* the tiles are taken from 16 tokens on, and only there */
+    mc_dtype types[2] = {MC_DT_Q8_0, MC_DT_Q4_K};
+    for (int ti = 0; ti < 2; ti++)
+        for (int n = 15; n <= 16; n++) {
+            test_mat m;
+            make_mat(&m, types[ti], 40, 2048, 0, 0);
+            float *x = malloc((size_t)n * 2048 * sizeof *x);
+            float *a = malloc((size_t)n * 40 * sizeof *a), *b = malloc((size_t)n * 40 * sizeof *b);
+            fill(x, (size_t)n * 2048, 1.0f);
+            run_matmul(MC_KPATH_AVX512, 1, &m.w, x, n, 2048, a, 40);
+            run_matmul(MC_KPATH_AMX, 1, &m.w, x, n, 2048, b, 40);
+            int differ = 0;
+            for (int i = 0; i < n * 40; i++)
+                differ += memcmp(&a[i], &b[i], sizeof *a) != 0;
+            int want_tiles = n >= 16;
+            check_count++;
+            if (want_tiles ? differ == 0 : differ != 0) {
+                check_failures++;
+                fprintf(stderr,
+                        "amx %s n=%d: %d of %d outputs differ bitwise from avx512 (expected %s)\n",
+                        mc_dtype_name(types[ti]), n, differ, n * 40,
+                        want_tiles ? "some: the tile code was not taken" : "none");
+            }
+            free(x);
+            free(a);
+            free(b);
+            free_mat(&m);
+        }
+    /* pool threads: 3 threads bitwise equal to 1 (a thread without its own tile
+     * configuration would fault), and that shape against the scalar path */
+    for (int ti = 0; ti < 2; ti++)
+        for (int n = 16; n <= 40; n += 24) {
+            test_mat m;
+            make_mat(&m, types[ti], 333, 1024, 0, 0);
+            float *x = malloc((size_t)n * 1024 * sizeof *x);
+            float *a = malloc((size_t)n * 333 * sizeof *a), *b = malloc((size_t)n * 333 * sizeof *b);
+            fill(x, (size_t)n * 1024, 1.0f);
+            run_matmul(MC_KPATH_AMX, 1, &m.w, x, n, 1024, a, 333);
+            run_matmul(MC_KPATH_AMX, 3, &m.w, x, n, 1024, b, 333);
+            char what[96];
+            snprintf(what, sizeof what, "amx %s threads 3 vs 1 n=%d", mc_dtype_name(types[ti]), n);
+            compare(what, b, a, NULL, (size_t)n * 333, 0, 0);
+            free(x);
+            free(a);
+            free(b);
+            free_mat(&m);
+            test_matmul_case(MC_KPATH_AMX, types[ti], 333, 1024, n, 0, 0); /* 1 thread vs scalar */
+        }
+    /* three threads of our own, each running its own product at once (kernel
+     * threads: 1): each loads its configuration; equal to the same product on
+     * this thread */
+    mc_kernels_set_path(MC_KPATH_AMX);
+    mc_kernels_set_threads(1);
+    {
+        enum { NT = 3, R = 100, C = 2048, N = 48 };
+        test_mat m[NT];
+        float *x = malloc((size_t)N * C * sizeof *x);
+        float *want[NT], *got[NT];
+        pthread_t th[NT];
+        amx_thread_arg args[NT];
+        int started[NT];
+        fill(x, (size_t)N * C, 1.0f);
+        for (int i = 0; i < NT; i++) {
+            make_mat(&m[i], types[i % 2], R, C, 0, 0);
+            want[i] = malloc((size_t)N * R * sizeof *want[i]);
+            got[i] = malloc((size_t)N * R * sizeof *got[i]);
+            run_matmul(MC_KPATH_AMX, 1, &m[i].w, x, N, C, want[i], R);
+            for (int k = 0; k < N * R; k++)
+                got[i][k] = NAN;
+            args[i] = (amx_thread_arg){&m[i].w, x, N, C, R, got[i]};
+        }
+        for (int i = 0; i < NT; i++)
+            started[i] = pthread_create(&th[i], NULL, amx_thread, &args[i]) == 0;
+        for (int i = 0; i < NT; i++) {
+            CHECK(started[i]);
+            if (started[i])
+                pthread_join(th[i], NULL);
+            char what[96];
+            snprintf(what, sizeof what, "amx %s on thread %d of %d", mc_dtype_name(types[i % 2]),
+                     i + 1, NT);
+            compare(what, got[i], want[i], NULL, (size_t)N * R, 0, 0);
+            free(want[i]);
+            free(got[i]);
+            free_mat(&m[i]);
+        }
+        free(x);
+    }
+    printf("amx: %d tile products vs scalar, dispatch and 3 threads checked\n", cases);
+}
+
 /* ---- element-wise ---- */
 
 static void test_elementwise(mc_kpath p)
@@ -544,5 +686,6 @@ int main(void)
     test_many(MC_KPATH_SCALAR);
     test_block_view(MC_KPATH_SCALAR);
     test_mats_quantize();
+    test_amx();
     return check_report("test_kernels");
 }

@@ -1,0 +1,443 @@
+/* amx.c - the "amx" path: the avx512 table with the Q8_0 / Q4_K matrix
+ * products done on AMX INT8 tiles when a product has AMX_MIN_TOKENS tokens
+ * or more (prefill); fewer tokens take the avx512 functions.
+ *
+ * Tiles (one configuration, loaded per product by each thread, released
+ * when the product ends):
+ *   tmm0..3  C: 16 weight rows x 16 tokens, int32
+ *   tmm4..5  A: 16 weight rows x 32 bytes (one block of 32 weights per row)
+ *   tmm6..7  B: 8 rows x 64 bytes, the VNNI layout of 16 tokens x 32
+ *            activations: B[k/4][t*4 + k%4] = x[t][k]
+ * One tile product per block of 32 (K = 32): the int32 sums are exact; the
+ * C tile is stored and folded into 16 f32 accumulators (one zmm per weight
+ * row, 16 tokens) with the block's scales, so results differ from the
+ * scalar path only in the order of f32 additions.
+ *
+ * Activations are repacked once per product (pack_qact, before the rows are
+ * split over threads) into
+ *   tiles [nt][nk][512]   int8 B tiles (nt = ceil(n/16) token tiles, nk = kp/32),
+ *                         tokens past n are zero
+ *   dx    [nt][nb][16]    f32 activation scales (nb = kp / block), 0 past n
+ *   bs    [nt][nk][16]    f32 per-32 sums (Q4_K only)
+ * Weights are repacked per panel of 16 rows into a per-thread scratch:
+ *   Q8_0: A [nk][16][32] int8, dw [nk][16] f32
+ *   Q4_K: A [nb][8][16][32] nibbles as bytes 0..15, sc [nb][8][16] int32
+ *         6-bit scales, mn [nb][8][16] f32 6-bit mins, d / dmin [nb][16] f32
+ * Rows past the matrix in the last panel are zero and never written out.
+ */
+#include "kern.h"
+
+#include <immintrin.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#define AI static inline __attribute__((always_inline))
+
+/* Fewest tokens for which a product takes the tiles (below: avx512). At 8
+ * tokens avx512 is as fast or faster, at 12 it is even, at 16 the tiles win
+ * by 1.1-1.3x on expert-sized products (docs/kernels.md). */
+#define AMX_MIN_TOKENS 16
+
+mc_kops mc_kops_amx;
+
+/* ---- permission, configuration, scratch ---- */
+
+static pthread_once_t g_once = PTHREAD_ONCE_INIT;
+static int g_granted;
+static pthread_key_t g_scratch_key; /* destructor frees a thread's scratch */
+
+/* The 64-byte operand of ldtilecfg (palette 1). */
+typedef struct {
+    uint8_t palette, start_row;
+    uint8_t reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} __attribute__((aligned(64))) tilecfg;
+
+_Static_assert(sizeof(tilecfg) == 64, "tile configuration is 64 bytes");
+
+/* Loads this thread's tile configuration. The configuration is written
+ * field by field and handed to ldtilecfg as a memory operand of the asm
+ * itself (with a memory clobber), so the compiler can neither drop nor sink
+ * the stores (GCC 12 drops them when the struct only reaches
+ * _tile_loadconfig through a pointer). */
+static void tiles_configure(void)
+{
+    tilecfg cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int i = 0; i < 4; i++) { /* C */
+        cfg.rows[i] = 16;
+        cfg.colsb[i] = 64;
+    }
+    for (int i = 4; i < 6; i++) { /* A */
+        cfg.rows[i] = 16;
+        cfg.colsb[i] = 32;
+    }
+    for (int i = 6; i < 8; i++) { /* B */
+        cfg.rows[i] = 8;
+        cfg.colsb[i] = 64;
+    }
+    __asm__ __volatile__("" : : "r"(&cfg) : "memory");
+    __asm__ __volatile__("ldtilecfg %0" : : "m"(cfg) : "memory");
+}
+
+/* This thread's scratch of at least `bytes` (64-byte aligned), grown as
+ * needed; owned by the thread (freed by the key's destructor at thread exit,
+ * or when replaced). NULL when out of memory. */
+static _Thread_local void *t_scratch;
+static _Thread_local size_t t_scratch_cap;
+
+static void *scratch(size_t bytes)
+{
+    if (bytes <= t_scratch_cap)
+        return t_scratch;
+    size_t cap = (bytes + 4095) & ~(size_t)4095;
+    void *p = aligned_alloc(64, cap);
+    if (!p)
+        return NULL;
+    free(t_scratch);
+    t_scratch = p;
+    t_scratch_cap = cap;
+    pthread_setspecific(g_scratch_key, p);
+    return p;
+}
+
+/* ---- activation repack (once per product) ---- */
+
+static int use_tiles(const mc_mat *w, int n)
+{
+    return n >= AMX_MIN_TOKENS && (w->dtype == MC_DT_Q8_0 || w->dtype == MC_DT_Q4_K);
+}
+
+static int blk_of(const mc_mat *w) { return w->dtype == MC_DT_Q8_0 ? MC_QK8_0 : MC_QK_K; }
+
+static size_t pack_bytes(const mc_mat *w, int n)
+{
+    if (!use_tiles(w, n))
+        return 0;
+    size_t kp = (size_t)(w->cols + blk_of(w) - 1) / blk_of(w) * blk_of(w);
+    size_t nt = (size_t)(n + 15) / 16, nk = kp / 32, nb = kp / blk_of(w);
+    return nt * nk * 512 + nt * nb * 64 + (w->dtype == MC_DT_Q4_K ? nt * nk * 64 : 0);
+}
+
+static void pack(const mc_mat *w, const mc_qact *a, void *dst)
+{
+    int nk = a->kp / 32, nb = a->kp / blk_of(w), nt = (a->n + 15) / 16;
+    int8_t *tiles = dst;                                      /* (nt, nk, 8, 64) */
+    float *dx = (float *)(tiles + (size_t)nt * nk * 512);     /* (nt, nb, 16) */
+    float *bs = dx + (size_t)nt * nb * 16;                    /* (nt, nk, 16), Q4_K */
+    for (int tt = 0; tt < nt; tt++)
+        for (int t = 0; t < 16; t++) {
+            int row = tt * 16 + t;
+            int8_t *tb = tiles + (size_t)tt * nk * 512 + 4 * t;
+            float *dxt = dx + (size_t)tt * nb * 16 + t;
+            float *bst = bs + (size_t)tt * nk * 16 + t;
+            if (row >= a->n) {
+                for (int k = 0; k < nk * 8; k++) /* one dword per (block, group) */
+                    memset(tb + (size_t)k * 64, 0, 4);
+                for (int b = 0; b < nb; b++)
+                    dxt[b * 16] = 0.0f;
+                if (w->dtype == MC_DT_Q4_K)
+                    for (int k = 0; k < nk; k++)
+                        bst[k * 16] = 0.0f;
+                continue;
+            }
+            const int8_t *q = a->q + (size_t)row * a->kp;
+            for (int k = 0; k < nk * 8; k++) /* dword k of the row: block k/8, group k%8 */
+                memcpy(tb + (size_t)k * 64, q + 4 * k, 4);
+            for (int b = 0; b < nb; b++)
+                dxt[b * 16] = a->d[(size_t)row * nb + b];
+            if (w->dtype == MC_DT_Q4_K)
+                for (int k = 0; k < nk; k++)
+                    bst[k * 16] = (float)a->bsum[(size_t)row * nk + k];
+        }
+}
+
+/* Rows of the panel after [p0, p0 + 16) within [.., r1) for prefetching
+ * while this panel is computed (the repack reads them next); returns the
+ * count (0 for the last panel). */
+static int next_panel(const mc_mat *w, int p0, int r1, const unsigned char **rows)
+{
+    int n = r1 - (p0 + 16);
+    n = n < 0 ? 0 : n > 16 ? 16 : n;
+    for (int r = 0; r < n; r++)
+        rows[r] = mc_row_ptr(w, p0 + 16 + r);
+    return n;
+}
+
+/* ---- output ---- */
+
+/* y[(t0 + t) * ldy + o0 + r] = acc[r][t] for r < nr, t < ntok. */
+AI void write_out(const __m512 *acc, float *y, int ldy, int o0, int nr, int t0, int ntok)
+{
+    float tmp[16][16] __attribute__((aligned(64)));
+#pragma GCC unroll 16
+    for (int r = 0; r < 16; r++)
+        _mm512_store_ps(tmp[r], acc[r]);
+    for (int t = 0; t < ntok; t++)
+        for (int r = 0; r < nr; r++)
+            y[(size_t)(t0 + t) * ldy + o0 + r] = tmp[r][t];
+}
+
+/* ---- Q8_0 ---- */
+
+/* acc[r] += float(C[r]) * dx * dw[r]: one block of 32. */
+AI void fold_q8(__m512 *acc, const int32_t *c, const float *dx, const float *dw)
+{
+    __m512 dxv = _mm512_loadu_ps(dx);
+#pragma GCC unroll 16
+    for (int r = 0; r < 16; r++) {
+        __m512 cf = _mm512_cvtepi32_ps(_mm512_load_si512(c + 16 * r));
+        acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(cf, dxv), _mm512_set1_ps(dw[r]), acc[r]);
+    }
+}
+
+static void rows_q8_0(const mc_mat *w, const mc_qact *a, float *y, int ldy, int r0, int r1)
+{
+    int nk = a->kp / 32, nt = (a->n + 15) / 16;
+    size_t abytes = (size_t)nk * 512;
+    unsigned char *buf = a->pack ? scratch(abytes + (size_t)nk * 64 + 4096) : NULL;
+    if (!buf) {
+        mc_kops_avx512.rows_q8_0(w, a, y, ldy, r0, r1);
+        return;
+    }
+    int8_t *ap = (int8_t *)buf;                /* (nk, 16, 32) */
+    float *dw = (float *)(buf + abytes);       /* (nk, 16) */
+    int32_t *cb = (int32_t *)(dw + nk * 16);   /* (4, 16, 16) */
+    const int8_t *btiles = a->pack;            /* (nt, nk, 8, 64) */
+    const float *dxp = (const float *)(btiles + (size_t)nt * nk * 512); /* (nt, nk, 16) */
+    tiles_configure();
+    for (int p0 = r0; p0 < r1; p0 += 16) {
+        int pr = r1 - p0 < 16 ? r1 - p0 : 16;
+        for (int r = 0; r < 16; r++) {
+            if (r >= pr) {
+                for (int b = 0; b < nk; b++) {
+                    memset(ap + (size_t)b * 512 + 32 * r, 0, 32);
+                    dw[b * 16 + r] = 0.0f;
+                }
+                continue;
+            }
+            const unsigned char *row = mc_row_ptr(w, p0 + r);
+            for (int b = 0; b < nk; b++) {
+                const unsigned char *blk = row + (size_t)b * sizeof(mc_block_q8_0);
+                uint16_t h;
+                memcpy(&h, blk, 2);
+                dw[b * 16 + r] = _cvtsh_ss(h);
+                _mm256_store_si256((__m256i *)(ap + (size_t)b * 512 + 32 * r),
+                                   _mm256_loadu_si256((const __m256i *)(blk + 2)));
+            }
+        }
+        const unsigned char *nrow[16];
+        int npf = next_panel(w, p0, r1, nrow);
+        for (int tt = 0; tt < nt; tt++) {
+            const int8_t *bt = btiles + (size_t)tt * nk * 512;
+            const float *dx = dxp + (size_t)tt * nk * 16;
+            int pf = tt == 0 ? npf : 0; /* the next panel's rows, over the first token tile */
+            __m512 acc[16];
+#pragma GCC unroll 16
+            for (int r = 0; r < 16; r++)
+                acc[r] = _mm512_setzero_ps();
+            int b = 0;
+            for (; b + 3 < nk; b += 4) {
+                for (int r = 0; r < pf; r++) {
+                    const char *pr0 = (const char *)nrow[r] + (size_t)b * sizeof(mc_block_q8_0);
+                    _mm_prefetch(pr0, _MM_HINT_T1);
+                    _mm_prefetch(pr0 + 64, _MM_HINT_T1);
+                }
+                _tile_loadd(4, ap + (size_t)b * 512, 32);
+                _tile_loadd(6, bt + (size_t)b * 512, 64);
+                _tile_zero(0);
+                _tile_dpbssd(0, 4, 6);
+                _tile_loadd(5, ap + (size_t)(b + 1) * 512, 32);
+                _tile_loadd(7, bt + (size_t)(b + 1) * 512, 64);
+                _tile_zero(1);
+                _tile_dpbssd(1, 5, 7);
+                _tile_loadd(4, ap + (size_t)(b + 2) * 512, 32);
+                _tile_loadd(6, bt + (size_t)(b + 2) * 512, 64);
+                _tile_zero(2);
+                _tile_dpbssd(2, 4, 6);
+                _tile_loadd(5, ap + (size_t)(b + 3) * 512, 32);
+                _tile_loadd(7, bt + (size_t)(b + 3) * 512, 64);
+                _tile_zero(3);
+                _tile_dpbssd(3, 5, 7);
+                _tile_stored(0, cb, 64);
+                _tile_stored(1, cb + 256, 64);
+                _tile_stored(2, cb + 512, 64);
+                _tile_stored(3, cb + 768, 64);
+                fold_q8(acc, cb, dx + b * 16, dw + b * 16);
+                fold_q8(acc, cb + 256, dx + (b + 1) * 16, dw + (b + 1) * 16);
+                fold_q8(acc, cb + 512, dx + (b + 2) * 16, dw + (b + 2) * 16);
+                fold_q8(acc, cb + 768, dx + (b + 3) * 16, dw + (b + 3) * 16);
+            }
+            for (; b < nk; b++) {
+                _tile_loadd(4, ap + (size_t)b * 512, 32);
+                _tile_loadd(6, bt + (size_t)b * 512, 64);
+                _tile_zero(0);
+                _tile_dpbssd(0, 4, 6);
+                _tile_stored(0, cb, 64);
+                fold_q8(acc, cb, dx + b * 16, dw + b * 16);
+            }
+            int ntok = a->n - tt * 16 < 16 ? a->n - tt * 16 : 16;
+            write_out(acc, y, ldy, p0, pr, tt * 16, ntok);
+        }
+    }
+    _tile_release();
+}
+
+/* ---- Q4_K ---- */
+
+/* One sub-block j of super-block b: C tile c = A_j (weights) x B_j (tokens). */
+#define Q4_SUB(j, c, ta, tb)                                                  \
+    do {                                                                      \
+        _tile_loadd(ta, ap + ((size_t)b * 8 + (j)) * 512, 32);                \
+        _tile_loadd(tb, bt + ((size_t)b * 8 + (j)) * 512, 64);                \
+        _tile_zero(c);                                                        \
+        _tile_dpbusd(c, ta, tb);                                              \
+    } while (0)
+
+static void rows_q4_k(const mc_mat *w, const mc_qact *a, float *y, int ldy, int r0, int r1)
+{
+    int nk = a->kp / 32, nb = a->kp / MC_QK_K, nt = (a->n + 15) / 16;
+    size_t abytes = (size_t)nk * 512;
+    unsigned char *buf =
+        a->pack ? scratch(abytes + (size_t)nb * (8 * 64 * 2 + 64 * 2) + 8 * 1024) : NULL;
+    if (!buf) {
+        mc_kops_avx512.rows_q4_k(w, a, y, ldy, r0, r1);
+        return;
+    }
+    uint8_t *ap = buf;                               /* (nb, 8, 16, 32) */
+    int32_t *sc = (int32_t *)(buf + abytes);         /* (nb, 8, 16) */
+    float *mn = (float *)(sc + (size_t)nb * 128);    /* (nb, 8, 16) */
+    float *dd = mn + (size_t)nb * 128;               /* (nb, 16) */
+    float *dm = dd + (size_t)nb * 16;                /* (nb, 16) */
+    int32_t *cb = (int32_t *)(dm + (size_t)nb * 16); /* (8, 16, 16) */
+    const int8_t *btiles = a->pack;                  /* (nt, nk, 8, 64) */
+    const float *dxp = (const float *)(btiles + (size_t)nt * nk * 512); /* (nt, nb, 16) */
+    const float *bsp = dxp + (size_t)nt * nb * 16;                      /* (nt, nk, 16) */
+    const __m256i m4 = _mm256_set1_epi8(0x0f);
+    tiles_configure();
+    for (int p0 = r0; p0 < r1; p0 += 16) {
+        int pr = r1 - p0 < 16 ? r1 - p0 : 16;
+        for (int r = 0; r < 16; r++) {
+            const unsigned char *row = r < pr ? mc_row_ptr(w, p0 + r) : NULL;
+            for (int b = 0; b < nb; b++) {
+                uint8_t *ab = ap + (size_t)b * 4096 + 32 * r;
+                if (!row) {
+                    for (int j = 0; j < 8; j++) {
+                        memset(ab + 512 * j, 0, 32);
+                        sc[(b * 8 + j) * 16 + r] = 0;
+                        mn[(b * 8 + j) * 16 + r] = 0.0f;
+                    }
+                    dd[b * 16 + r] = dm[b * 16 + r] = 0.0f;
+                    continue;
+                }
+                const unsigned char *blk = row + (size_t)b * sizeof(mc_block_q4_k);
+                uint16_t hd, hm;
+                memcpy(&hd, blk, 2);
+                memcpy(&hm, blk + 2, 2);
+                dd[b * 16 + r] = _cvtsh_ss(hd);
+                dm[b * 16 + r] = _cvtsh_ss(hm);
+                uint8_t sm[16];
+                mc_q4_k_unpack(blk + 4, sm);
+                for (int j = 0; j < 8; j++) {
+                    sc[(b * 8 + j) * 16 + r] = sm[j];
+                    mn[(b * 8 + j) * 16 + r] = (float)sm[8 + j];
+                }
+                for (int c = 0; c < 4; c++) {
+                    __m256i q = _mm256_loadu_si256((const __m256i *)(blk + 16 + 32 * c));
+                    _mm256_store_si256((__m256i *)(ab + 512 * (2 * c)), _mm256_and_si256(q, m4));
+                    _mm256_store_si256((__m256i *)(ab + 512 * (2 * c + 1)),
+                                       _mm256_and_si256(_mm256_srli_epi16(q, 4), m4));
+                }
+            }
+        }
+        const unsigned char *nrow[16];
+        int npf = next_panel(w, p0, r1, nrow);
+        for (int tt = 0; tt < nt; tt++) {
+            const int8_t *bt = btiles + (size_t)tt * nk * 512;
+            const float *dxt = dxp + (size_t)tt * nb * 16;
+            int pf = tt == 0 ? npf : 0; /* the next panel's rows, over the first token tile */
+            const float *bst = bsp + (size_t)tt * nk * 16;
+            __m512 acc[16];
+#pragma GCC unroll 16
+            for (int r = 0; r < 16; r++)
+                acc[r] = _mm512_setzero_ps();
+            for (int b = 0; b < nb; b++) {
+                for (int r = 0; r < pf; r++) {
+                    const char *pb = (const char *)nrow[r] + (size_t)b * sizeof(mc_block_q4_k);
+                    for (int l = 0; l < 3; l++)
+                        _mm_prefetch(pb + 64 * l, _MM_HINT_T1);
+                }
+                Q4_SUB(0, 0, 4, 6);
+                Q4_SUB(1, 1, 5, 7);
+                Q4_SUB(2, 2, 4, 6);
+                Q4_SUB(3, 3, 5, 7);
+                _tile_stored(0, cb, 64);
+                _tile_stored(1, cb + 256, 64);
+                _tile_stored(2, cb + 512, 64);
+                _tile_stored(3, cb + 768, 64);
+                Q4_SUB(4, 0, 4, 6);
+                Q4_SUB(5, 1, 5, 7);
+                Q4_SUB(6, 2, 4, 6);
+                Q4_SUB(7, 3, 5, 7);
+                _tile_stored(0, cb + 1024, 64);
+                _tile_stored(1, cb + 1280, 64);
+                _tile_stored(2, cb + 1536, 64);
+                _tile_stored(3, cb + 1792, 64);
+                /* per row: sumi = sum_j sc_j C_j (int32, exact), mins = sum_j m_j bsum_j
+                 * (f32, exact: |terms| < 2^18), then one f32 step per super-block */
+                __m512 dxv = _mm512_loadu_ps(dxt + b * 16);
+                const float *bsb = bst + (size_t)b * 8 * 16;
+                const int32_t *scb = sc + (size_t)b * 128;
+                const float *mnb = mn + (size_t)b * 128;
+#pragma GCC unroll 16
+                for (int r = 0; r < 16; r++) {
+                    __m512i s = _mm512_setzero_si512();
+                    __m512 m = _mm512_setzero_ps();
+#pragma GCC unroll 8
+                    for (int j = 0; j < 8; j++) {
+                        s = _mm512_add_epi32(s, _mm512_mullo_epi32(
+                                                    _mm512_load_si512(cb + 256 * j + 16 * r),
+                                                    _mm512_set1_epi32(scb[j * 16 + r])));
+                        m = _mm512_fmadd_ps(_mm512_set1_ps(mnb[j * 16 + r]),
+                                            _mm512_loadu_ps(bsb + 16 * j), m);
+                    }
+                    __m512 v = _mm512_fmsub_ps(_mm512_set1_ps(dd[b * 16 + r]),
+                                               _mm512_cvtepi32_ps(s),
+                                               _mm512_mul_ps(_mm512_set1_ps(dm[b * 16 + r]), m));
+                    acc[r] = _mm512_fmadd_ps(v, dxv, acc[r]);
+                }
+            }
+            int ntok = a->n - tt * 16 < 16 ? a->n - tt * 16 : 16;
+            write_out(acc, y, ldy, p0, pr, tt * 16, ntok);
+        }
+    }
+    _tile_release();
+}
+
+/* ---- the table ---- */
+
+static void init_once(void)
+{
+    mc_kops_amx = mc_kops_avx512;
+    mc_kops_amx.name = "amx";
+    mc_kops_amx.rows_q8_0 = rows_q8_0;
+    mc_kops_amx.rows_q4_k = rows_q4_k;
+    mc_kops_amx.pack_qact_bytes = pack_bytes;
+    mc_kops_amx.pack_qact = pack;
+#if defined(__linux__) && defined(SYS_arch_prctl)
+    /* ARCH_REQ_XCOMP_PERM (0x1023) for XFEATURE_XTILEDATA (18): per process */
+    if (syscall(SYS_arch_prctl, 0x1023, 18) == 0 && pthread_key_create(&g_scratch_key, free) == 0)
+        g_granted = 1;
+#endif
+}
+
+int mc_amx_init(void)
+{
+    pthread_once(&g_once, init_once);
+    return g_granted;
+}
