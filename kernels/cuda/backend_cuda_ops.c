@@ -275,6 +275,10 @@ mc_status mc_cuda_embed(void *ctx, const mc_tensor *table, const mc_tensor *ids,
     mc_status st = mc_cuda_use(c, "embed", err);
     if (st != MC_OK)
         return st;
+    if (table->dtype == MC_DT_Q6_K)
+        return mc_err_set(err, MC_ERR_UNSUPPORTED,
+                          "cuda backend: embed: Q6_K weights have no GPU kernel yet (run with "
+                          "--device cpu, or a Q8_0 / Q4_K file)");
     int64_t n = ids->shape[0];
     if (c->counting)
         c->counters.bytes_read += (uint64_t)n * weight_bytes(table, 1);
