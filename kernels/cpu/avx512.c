@@ -380,6 +380,23 @@ AI __m512 q8_0_pair(float s0, float s1)
     return _mm512_permutexvar_ps(sel, _mm512_castps128_ps512(_mm_set_ps(0.0f, 0.0f, s1, s0)));
 }
 
+/* The Q8_0 blocks at p (68 bytes: two blocks; `two` 0: one, the second
+ * half zero) as one vector of their int8 values, and their scales as
+ * q8_0_pair lanes in *sc. */
+AI __m512i q8_0_load2(const unsigned char *p, int two, __m512 *sc)
+{
+    uint16_t h0, h1 = 0;
+    memcpy(&h0, p, 2);
+    __m256i hi = _mm256_setzero_si256();
+    if (two) {
+        memcpy(&h1, p + 34, 2);
+        hi = _mm256_loadu_si256((const __m256i *)(p + 36));
+    }
+    *sc = q8_0_pair(_cvtsh_ss(h0), two ? _cvtsh_ss(h1) : 0.0f);
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(p + 2))),
+                              hi, 1);
+}
+
 /* Rows [o, o + R) of w into dst[R][steps][2] (64-byte aligned). */
 static void q8_0_pack_rows(const mc_mat *w, int o, int R, int nb, __m512i *dst)
 {
@@ -389,19 +406,10 @@ static void q8_0_pack_rows(const mc_mat *w, int o, int R, int nb, __m512i *dst)
         const unsigned char *row = mc_row_ptr(w, o + r);
         __m512i *d = dst + (size_t)r * steps * 2;
         for (int s = 0; s < steps; s++) {
-            const unsigned char *p = row + (size_t)s * 68;
-            int two = 2 * s + 1 < nb;
-            uint16_t h0, h1 = 0;
-            memcpy(&h0, p, 2);
-            __m256i hi = _mm256_setzero_si256();
-            if (two) {
-                memcpy(&h1, p + 34, 2);
-                hi = _mm256_loadu_si256((const __m256i *)(p + 36));
-            }
-            __m512i wq = _mm512_inserti64x4(
-                _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(p + 2))), hi, 1);
+            __m512 sc;
+            __m512i wq = q8_0_load2(row + (size_t)s * 68, 2 * s + 1 < nb, &sc);
             d[2 * s] = _mm512_xor_si512(wq, c128);
-            d[2 * s + 1] = _mm512_castps_si512(q8_0_pair(_cvtsh_ss(h0), two ? _cvtsh_ss(h1) : 0.0f));
+            d[2 * s + 1] = _mm512_castps_si512(sc);
         }
     }
 }
@@ -512,22 +520,12 @@ AI float q8_0_row1(const unsigned char *row, const __m512i *xp, int nb)
         }
     }
     for (; s < steps; s++) { /* the last one to three blocks */
-        const unsigned char *p = row + (size_t)s * 68;
-        int two = 2 * s + 1 < nb;
-        uint16_t h0, h1 = 0;
-        memcpy(&h0, p, 2);
-        __m256i hi = _mm256_setzero_si256();
-        if (two) {
-            memcpy(&h1, p + 34, 2);
-            hi = _mm256_loadu_si256((const __m256i *)(p + 36));
-        }
         const __m512i *xt = xp + (size_t)s * 3;
-        __m512i wq = _mm512_inserti64x4(
-            _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(p + 2))), hi, 1);
+        __m512 sw;
+        __m512i wq = q8_0_load2(row + (size_t)s * 68, 2 * s + 1 < nb, &sw);
         __m512i pi = _mm512_dpbusd_epi32(_mm512_load_si512((const void *)(xt + 1)),
                                          _mm512_xor_si512(wq, c128), _mm512_load_si512((const void *)xt));
-        __m512 sc = _mm512_mul_ps(q8_0_pair(_cvtsh_ss(h0), two ? _cvtsh_ss(h1) : 0.0f),
-                                  _mm512_castsi512_ps(_mm512_load_si512((const void *)(xt + 2))));
+        __m512 sc = _mm512_mul_ps(sw, _mm512_castsi512_ps(_mm512_load_si512((const void *)(xt + 2))));
         acc[s & 1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(pi), sc, acc[s & 1]);
     }
     return _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));

@@ -21,7 +21,7 @@
  * the matching scale lanes (int16: sc of the 16-element sub-block of each
  * pair of bytes). */
 AI void q6_k_unpack(const unsigned char *p, __m512i qv[4], __m512i s16[4], const __m512i sidx[4],
-                    float *d, int16_t sc16[16])
+                    float *d)
 {
     const __m512i m4 = _mm512_set1_epi8(0x0f), m30 = _mm512_set1_epi8(0x30);
     const mc_block_q6_k *blk = (const mc_block_q6_k *)p; /* (210 bytes; loads are unaligned) */
@@ -39,7 +39,6 @@ AI void q6_k_unpack(const unsigned char *p, __m512i qv[4], __m512i s16[4], const
                                         _mm512_and_si512(h1, m30));
     }
     __m256i sc = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)blk->scales));
-    _mm256_storeu_si256((__m256i *)sc16, sc);
     __m512i sc512 = _mm512_castsi256_si512(sc);
     for (int v = 0; v < 4; v++)
         s16[v] = _mm512_permutexvar_epi16(sidx[v], sc512);
@@ -65,9 +64,10 @@ AI void q6_k_row(int T, const unsigned char *row, const mc_qact *a, int t0, int 
     for (int b = 0; b < nb; b++) {
         __m512i qv[4], s16[4];
         float d;
-        int16_t sc16[16];
-        q6_k_unpack(row + (size_t)b * sizeof(mc_block_q6_k), qv, s16, sidx, &d, sc16);
-        __m512i scw = _mm512_cvtepi16_epi32(_mm256_loadu_si256((const __m256i *)sc16));
+        const unsigned char *p = row + (size_t)b * sizeof(mc_block_q6_k);
+        q6_k_unpack(p, qv, s16, sidx, &d);
+        __m512i scw = _mm512_cvtepi8_epi32(
+            _mm_loadu_si128((const __m128i *)((const mc_block_q6_k *)p)->scales));
 #pragma GCC unroll 8
         for (int t = 0; t < T; t++) {
             const int8_t *xb = xq + (size_t)t * a->kp + (size_t)b * MC_QK_K;
