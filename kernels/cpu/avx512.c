@@ -102,11 +102,6 @@ static void widen(mc_dtype dt, const void *src, int n, float *dst)
 
 /* ---- element-type products ---- */
 
-/* Decode (one token) streams each thread's rows once; a software prefetch
- * this many bytes ahead in the row stream measured +20-45% of read
- * bandwidth per thread here (BF16, Q8_0, Q4_K; 4 KiB: less, 16 KiB: less)
- * over the hardware prefetchers alone. Prefetches never fault. */
-#define PF_BYTES 8192
 
 /* R weight rows (stored type DT, row pointers wr) x T tokens (x rows ldx
  * apart) over K columns; y[t*ldy + r] gets the dot products. */

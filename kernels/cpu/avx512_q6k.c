@@ -4,13 +4,14 @@
  * path's flags and called through its table (avx512.c).
  *
  * Per block of 256 weights and row: the 6-bit values are put together once
- * (low nibbles of ql, two bits of qh) as four 64-byte vectors in element
- * order, the 16 int8 sub-block scales widened to int16 lanes once; then per
- * token vpmaddubsw (values 0..63 unsigned x int8 activations: pair sums at
- * most 2 * 63 * 127, no saturation) and vpmaddwd with the scales give int32
- * lanes; the -32 offset of every value is folded in as
- * 32 * sum_j sc_j * bsum16_j per block and token. One f32 step per block:
- * d * dx * (int32 sum), as the scalar path. */
+ * (ql's nibbles bit-selected with two bits of qh: about 14 vector
+ * operations) as four 64-byte vectors in element order, the 16 int8
+ * sub-block scales widened to int16 lanes once; then per token vpmaddubsw
+ * and vpdpwssd with the scales give int32 lanes, and the -32 offset of
+ * every value is one more vpdpwssd of -32 * sc_j against bsum16_j. One f32
+ * step per block and token: d * dx * (int32 lanes), as the scalar path's
+ * d * dx * (int32 sum). Decode (one token) prefetches the row stream
+ * PF_BYTES ahead, as the other formats. */
 #include "kern.h"
 
 #include <immintrin.h>
@@ -19,77 +20,86 @@
 
 /* The 256 values of one block as 4 x 64 bytes (elements 64v..64v+63) and
  * the matching scale lanes (int16: sc of the 16-element sub-block of each
- * pair of bytes). */
-AI void q6_k_unpack(const unsigned char *p, __m512i qv[4], __m512i s16[4], const __m512i sidx[4],
-                    float *d)
+ * pair of bytes), plus the scales times -32 in the low 16 int16 lanes of
+ * *sneg (the -32 offset against the activations' per-16 sums). Per half
+ * (128 values): the low nibbles of ql and the high ones, each OR-ed by a
+ * bit select with two bits of qh moved to bits 4..5 by one 64-bit shift
+ * whose count differs between the 256-bit halves (qh is broadcast to both:
+ * its bytes serve elements l and l + 32 from bits 0..1 and 2..3, l + 64 and
+ * l + 96 from bits 4..5 and 6..7); shifts spill only into bits the masks
+ * drop. */
+AI void q6_k_unpack(const unsigned char *p, __m512i qv[4], __m512i s16[4], __m512i *sneg,
+                    const __m512i sidx[4], float *d)
 {
     const __m512i m4 = _mm512_set1_epi8(0x0f), m30 = _mm512_set1_epi8(0x30);
+    const __m512i shl = _mm512_set_epi64(2, 2, 2, 2, 4, 4, 4, 4);
+    const __m512i shr = _mm512_set_epi64(2, 2, 2, 2, 0, 0, 0, 0);
     const mc_block_q6_k *blk = (const mc_block_q6_k *)p; /* (210 bytes; loads are unaligned) */
     for (int h = 0; h < 2; h++) {
         __m512i l = _mm512_loadu_si512((const void *)(blk->ql + 64 * h));
-        __m256i q = _mm256_loadu_si256((const __m256i *)(blk->qh + 32 * h));
-        __m512i qh = _mm512_inserti64x4(_mm512_castsi256_si512(q), q, 1);
-        /* bits 4..5 of each byte: (qh << 4 | qh << 2) for elements 0..63 of
-         * the half, (qh | qh >> 2) for 64..127; epi16 shifts only spill into
-         * bits the mask drops */
-        __m512i h0 = _mm512_mask_blend_epi64(0xf0, _mm512_slli_epi16(qh, 4), _mm512_slli_epi16(qh, 2));
-        __m512i h1 = _mm512_mask_blend_epi64(0xf0, qh, _mm512_srli_epi16(qh, 2));
-        qv[2 * h] = _mm512_or_si512(_mm512_and_si512(l, m4), _mm512_and_si512(h0, m30));
-        qv[2 * h + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l, 4), m4),
-                                        _mm512_and_si512(h1, m30));
+        __m512i qh = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(blk->qh + 32 * h)));
+        __m512i h0 = _mm512_and_si512(_mm512_sllv_epi64(qh, shl), m30);
+        __m512i h1 = _mm512_and_si512(_mm512_srlv_epi64(qh, shr), m30);
+        /* 0xCA: bit select, m4 ? l : h */
+        qv[2 * h] = _mm512_ternarylogic_epi32(m4, l, h0, 0xCA);
+        qv[2 * h + 1] = _mm512_ternarylogic_epi32(m4, _mm512_srli_epi16(l, 4), h1, 0xCA);
     }
     __m256i sc = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)blk->scales));
     __m512i sc512 = _mm512_castsi256_si512(sc);
     for (int v = 0; v < 4; v++)
         s16[v] = _mm512_permutexvar_epi16(sidx[v], sc512);
+    /* -32 * sc: at most 4096 in magnitude, an int16 */
+    *sneg = _mm512_zextsi256_si512(_mm256_sub_epi16(_mm256_setzero_si256(), _mm256_slli_epi16(sc, 5)));
     uint16_t hd;
     memcpy(&hd, &blk->d, 2);
     *d = _cvtsh_ss(hd);
 }
 
-/* One row against T tokens (t0..t0+T-1), written to y[t * ldy]. */
+/* One row against T tokens (t0..t0+T-1), written to y[t * ldy]. Per block
+ * and token: vpmaddubsw (values 0..63 unsigned x int8 activations: pair
+ * sums at most 2 * 63 * 127, no saturation) and vpdpwssd with the scale
+ * lanes into int32 lanes, the offset sum_j (-32 sc_j) bsum16_j by one more
+ * vpdpwssd (|block sum| < 2^29: exact), one conversion and FMA by d * dx. */
 AI void q6_k_row(int T, const unsigned char *row, const mc_qact *a, int t0, int nb,
                  const __m512i sidx[4], float *y, int ldy)
 {
     __m512 acc[8];
-    float off[8];
 #pragma GCC unroll 8
-    for (int t = 0; t < T; t++) {
+    for (int t = 0; t < T; t++)
         acc[t] = _mm512_setzero_ps();
-        off[t] = 0.0f;
-    }
     const int8_t *xq = a->q + (size_t)t0 * a->kp;
     const float *xd = a->d + (size_t)t0 * nb;
     const int16_t *bs = a->bsum16 + (size_t)t0 * (a->kp / 16);
     for (int b = 0; b < nb; b++) {
-        __m512i qv[4], s16[4];
+        __m512i qv[4], s16[4], sneg;
         float d;
         const unsigned char *p = row + (size_t)b * sizeof(mc_block_q6_k);
-        q6_k_unpack(p, qv, s16, sidx, &d);
-        __m512i scw = _mm512_cvtepi8_epi32(
-            _mm_loadu_si128((const __m128i *)((const mc_block_q6_k *)p)->scales));
+        if (T == 1) { /* decode: the row stream, 210 bytes a block */
+            _mm_prefetch((const char *)p + PF_BYTES, _MM_HINT_T0);
+            _mm_prefetch((const char *)p + PF_BYTES + 64, _MM_HINT_T0);
+            _mm_prefetch((const char *)p + PF_BYTES + 128, _MM_HINT_T0);
+            _mm_prefetch((const char *)p + PF_BYTES + 192, _MM_HINT_T0);
+        }
+        q6_k_unpack(p, qv, s16, &sneg, sidx, &d);
 #pragma GCC unroll 8
         for (int t = 0; t < T; t++) {
             const int8_t *xb = xq + (size_t)t * a->kp + (size_t)b * MC_QK_K;
-            __m512i sumi = _mm512_setzero_si512();
+            __m512i sumi = _mm512_dpwssd_epi32(
+                _mm512_setzero_si512(), sneg,
+                _mm512_zextsi256_si512(
+                    _mm256_loadu_si256((const __m256i *)(bs + (size_t)t * (a->kp / 16) + 16 * b))));
 #pragma GCC unroll 4
             for (int v = 0; v < 4; v++) {
                 __m512i xv = _mm512_loadu_si512((const void *)(xb + 64 * v));
-                sumi = _mm512_add_epi32(sumi,
-                                        _mm512_madd_epi16(_mm512_maddubs_epi16(qv[v], xv), s16[v]));
+                sumi = _mm512_dpwssd_epi32(sumi, _mm512_maddubs_epi16(qv[v], xv), s16[v]);
             }
-            /* sum_j sc_j * bsum16_j for the -32 offset */
-            __m512i bsv = _mm512_cvtepi16_epi32(
-                _mm256_loadu_si256((const __m256i *)(bs + (size_t)t * (a->kp / 16) + 16 * b)));
-            int32_t o = _mm512_reduce_add_epi32(_mm512_mullo_epi32(scw, bsv));
-            float dx = d * xd[(size_t)t * nb + b];
-            acc[t] = _mm512_fmadd_ps(_mm512_set1_ps(dx), _mm512_cvtepi32_ps(sumi), acc[t]);
-            off[t] += dx * (float)(32 * o);
+            acc[t] = _mm512_fmadd_ps(_mm512_set1_ps(d * xd[(size_t)t * nb + b]),
+                                     _mm512_cvtepi32_ps(sumi), acc[t]);
         }
     }
 #pragma GCC unroll 8
     for (int t = 0; t < T; t++)
-        y[(size_t)t * ldy] = _mm512_reduce_add_ps(acc[t]) - off[t];
+        y[(size_t)t * ldy] = _mm512_reduce_add_ps(acc[t]);
 }
 
 /* Rows [r0, r1) x all tokens: panels of 16 rows, each swept once per group

@@ -108,6 +108,12 @@ static inline float mc_kf16(uint16_t h)
     return f;
 }
 
+/* Decode (one token) streams each thread's rows once; a software prefetch
+ * this many bytes ahead in the row stream measured +20-45% of read
+ * bandwidth per thread here (BF16, Q8_0, Q4_K; 4 KiB: less, 16 KiB: less)
+ * over the hardware prefetchers alone. Prefetches never fault. */
+#define PF_BYTES 8192
+
 /* Byte address of stored row r of a row-major matrix. */
 static inline const unsigned char *mc_row_ptr(const mc_mat *w, int r)
 {
