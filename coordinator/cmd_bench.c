@@ -31,7 +31,7 @@
 /* The one usage text: printed by --help and on usage errors. */
 static const char bench_usage_text[] =
     "usage: moecluster bench --model DIR [--batch B] [--prompt-len N] [--gen-len M]\n"
-    "                        [--threads T] [--weights q8_0|q4_k|bf16]\n"
+    "                        [--threads T] [--weights q8_0|q4_k|bf16] [--no-mmap]\n"
     "                        [--kernels scalar|avx2|avx512|amx] [--probe-mib S] [--repeat R]\n"
     "                        [--json] [--device cpu|cuda]\n\n"
     "  --model       checkpoint folder (config.json + safetensors), or a .gguf file\n"
@@ -40,6 +40,8 @@ static const char bench_usage_text[] =
     "  --gen-len     decode steps (default 32)\n"
     "  --threads     threads for the matrix products (default: MC_THREADS or all CPUs)\n"
     "  --weights     quantize expert and dense matrices at load time (default: as stored)\n"
+    "  --no-mmap     without --weights: copy the matrices into RAM on huge pages at load\n"
+    "                (default: read in place from the file mapping)\n"
     "  --kernels     scalar | avx2 | avx512 | amx (default: MC_KERNELS or the best the CPU has)\n"
     "  --probe-mib   buffer of the bandwidth probe in MiB (default 1024)\n"
     "  --repeat      runs of each measurement, the fastest reported (default 3)\n"
@@ -213,11 +215,12 @@ int mc_cmd_bench(int argc, char **argv)
                                           {"repeat", required_argument, 0, 'r'},
                                           {"json", no_argument, 0, 'j'},
                                           {"device", required_argument, 0, 'D'},
+                                          {"no-mmap", no_argument, 0, 'M'},
                                           {"help", no_argument, 0, 'h'},
                                           {0, 0, 0, 0}};
     const char *dir = NULL, *device = NULL; /* --device; NULL = auto */
     long long batch = 1, plen = 128, glen = 32, threads = 0, probe_mib = 1024, reps = 3;
-    int json = 0, have_fmt = 0;
+    int json = 0, have_fmt = 0, resident = 0;
     mc_dtype fmt = MC_DT_BF16;
     int c;
     mc_err err;
@@ -290,6 +293,7 @@ int mc_cmd_bench(int argc, char **argv)
             }
             device = optarg;
             break;
+        case 'M': resident = 1; break;
         case 'h': bench_usage(stdout); PARSE_RETURN(0);
         default: bench_usage(stderr); PARSE_RETURN(2);
         }
@@ -311,18 +315,18 @@ int mc_cmd_bench(int argc, char **argv)
     int64_t *tok = NULL;
     int rc = 1;
     double t0 = now_s();
-    mc_session_opts lo = {.dir = dir};
+    /* --weights converts at load; without it the weights are used as stored
+     * (--no-mmap: copied into RAM on huge pages) */
+    mc_session_opts lo = {.dir = dir, .weights_given = have_fmt, .weights = fmt,
+                          .resident = resident};
+    if (have_fmt)
+        MC_INFO("bench: quantizing expert and dense weights to %s", mc_dtype_name(fmt));
     if (mc_session_load(ses, &lo, &err) != MC_OK)
         goto fail;
     const mc_model_desc *d = mc_session_desc(ses);
     if (d->family == MC_FAM_DEEPSEEK_V4) {
         mc_err_set(&err, MC_ERR_UNSUPPORTED, "bench does not run DeepSeek-V4 models yet");
         goto fail;
-    }
-    if (have_fmt) {
-        MC_INFO("bench: quantizing expert and dense weights to %s", mc_dtype_name(fmt));
-        if (mc_session_quantize(ses, fmt, &err) != MC_OK)
-            goto fail;
     }
     mc_session_warm(ses);
     double t_load = now_s() - t0;
@@ -408,7 +412,7 @@ int mc_cmd_bench(int argc, char **argv)
     double achieved = bytes_step * (double)glen / t_decode / 1e9;
     char cpu[256];
     cpu_model(cpu, sizeof cpu);
-    const char *wname = have_fmt ? mc_dtype_name(fmt) : "stored";
+    const char *wname = have_fmt ? mc_dtype_name(fmt) : resident ? "stored (in RAM)" : "stored";
     const char *path = mc_session_kernels(ses);
     if (json) {
         /* everything through jansson: strings from outside (the path, the

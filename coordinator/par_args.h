@@ -27,12 +27,13 @@ typedef struct {
     const char *shards;   /* --shards DIR: a shard set, used instead of --model */
     bool no_verify;       /* --no-verify: skip the shard set's load-time checksum check */
     const char *device;   /* --device cpu|cuda (MC_DEVICE_OPTIONS); NULL = auto */
+    bool resident;        /* --no-mmap: weights used as stored copied into RAM (huge pages) */
 } mc_par_args;
 
-#define MC_PAR_ARGS_INIT {0, 0, 0, false, false, false, MC_DT_BF16, NULL, false, NULL}
+#define MC_PAR_ARGS_INIT {0, 0, 0, false, false, false, MC_DT_BF16, NULL, false, NULL, false}
 
 enum { MC_OPT_TP = 1000, MC_OPT_EP, MC_OPT_PP, MC_OPT_STATS, MC_OPT_WEIGHTS, MC_OPT_SHARDS,
-       MC_OPT_NO_VERIFY, MC_OPT_DEVICE };
+       MC_OPT_NO_VERIFY, MC_OPT_DEVICE, MC_OPT_NO_MMAP };
 
 /* --device, separate from MC_PAR_OPTIONS: a command takes it only where it
  * runs the model itself (score, generate, bench, worker) or forwards it to
@@ -62,7 +63,8 @@ static inline const char *mc_par_device(const mc_par_args *a)
         {"stats", no_argument, 0, MC_OPT_STATS},                                                   \
         {"weights", required_argument, 0, MC_OPT_WEIGHTS},                                         \
         {"shards", required_argument, 0, MC_OPT_SHARDS},                                           \
-        {"no-verify", no_argument, 0, MC_OPT_NO_VERIFY}
+        {"no-verify", no_argument, 0, MC_OPT_NO_VERIFY},                                         \
+        {"no-mmap", no_argument, 0, MC_OPT_NO_MMAP}
 
 #define MC_PAR_USAGE                                                                               \
     "  --tp, --tensor-parallel-size N    split attention heads, dense FFN and LM head over N\n"   \
@@ -74,6 +76,9 @@ static inline const char *mc_par_device(const mc_par_args *a)
     "                                    per layer and rank (stderr)\n"                            \
     "  --weights q8_0|q4_k|bf16          quantize the projections, FFNs, experts and LM head\n"   \
     "                                    at load time (llama.cpp blocks; bf16 copies to RAM)\n"    \
+    "  --no-mmap                         without --weights, on cpu: copy the matrices into RAM\n" \
+    "                                    on huge pages at load, as stored (default: read in\n"    \
+    "                                    place from the file mapping)\n"                           \
     "  --no-verify                       with --shards: skip checking each rank's tensors\n"   \
     "                                    against the manifest's xxh64 checksums at load\n"        \
     "Run under mpirun for more than one rank: mpirun -np 4 moecluster ... --ep 4\n"
@@ -119,6 +124,9 @@ static inline int mc_par_option(mc_par_args *a, const char *cmd, int c, const ch
             return -1;
         }
         a->device = arg;
+        return 0;
+    case MC_OPT_NO_MMAP: /* weights copied into RAM at load (mc_session_opts.resident) */
+        a->resident = true;
         return 0;
     case MC_OPT_NO_VERIFY: /* load a shard set without checking it against its manifest */
         a->no_verify = true; /* applied by mc_session_load */

@@ -89,6 +89,18 @@ mc_status mc_mat_quantize(const mc_mat *src, mc_dtype target, mc_mat *dst, void 
 mc_status mc_mats_quantize(const mc_mat *const *src, const mc_dtype *target, int n, mc_mat *dst,
                            void **owned, int *bad, mc_err *err);
 
+/* Copies n matrices into ONE buffer, each in its stored type, compacted
+ * (rows row_bytes(cols) apart; a transposed matrix keeps its orientation,
+ * its stored lines `rows` elements apart), each on a 64-byte boundary:
+ * *owned receives the buffer (free() it when no dst is used any more),
+ * dst[i] describes src[i]'s copy (FP8 block scales stay borrowed from
+ * src). The buffer is 2 MiB aligned and asks for transparent huge pages:
+ * weights used as a file stores them, read from memory instead of the
+ * file's 4 KiB page-cache mapping. Copies run on the kernel thread pool
+ * and are bitwise. MC_ERR_ARG for an empty matrix or a transposed block
+ * matrix; MC_ERR_NOMEM. */
+mc_status mc_mats_copy(const mc_mat *const *src, int n, mc_mat *dst, void **owned, mc_err *err);
+
 /* out[i] = x[i] / rms(x) * w[i] (w NULL: no weight); out may alias x. */
 void mc_rmsnorm(float *out, const float *x, const float *w, int n, float eps);
 void mc_softmax(float *x, int n);

@@ -8,7 +8,8 @@
  *
  * Asking for the stored element type (--weights bf16 on a BF16 model)
  * copies the matrices into memory (huge-page backed where the kernel
- * allows), as the quantized formats are, instead of reading the mapping.
+ * allows), as the quantized formats are, instead of reading the mapping;
+ * mc_model_resident (--no-mmap) does that for every stored type.
  *
  * Header-only so that it needs no edit to worker/CMakeLists.txt while the
  * worker is being reworked; the copies join m->owned and are freed by
@@ -139,6 +140,101 @@ static inline mc_status mc_model_quantize(mc_model *m, mc_dtype target, mc_err *
     }
     if (st == MC_OK && m->lm_head.data != m->embed.data)
         st = mc_model_quant_mat_(m, &m->lm_head, target, err);
+    return st;
+}
+
+/* One mc_mats_copy of the bound, non-empty matrices in mats[0..n) (NULL
+ * entries and matrices not bound on this rank skipped): they then point
+ * into one huge-page buffer owned by m. */
+static inline mc_status mc_model_resident_group_(mc_model *m, mc_mat **mats, int n, mc_err *err)
+{
+    const mc_mat **src = malloc((size_t)(n > 0 ? n : 1) * sizeof *src);
+    mc_mat **where = malloc((size_t)(n > 0 ? n : 1) * sizeof *where);
+    mc_mat *dst = malloc((size_t)(n > 0 ? n : 1) * sizeof *dst);
+    mc_status st = MC_OK;
+    int k = 0;
+    if (!src || !where || !dst) {
+        st = mc_err_set(err, MC_ERR_NOMEM, "out of memory");
+        goto done;
+    }
+    for (int i = 0; i < n; i++) {
+        mc_mat *w = mats[i];
+        if (!w || !w->data || w->rows <= 0 || w->cols <= 0)
+            continue;
+        if (w->transposed && mc_dtype_is_block(w->dtype))
+            continue; /* (not a layout any loader makes) */
+        src[k] = w;
+        where[k++] = w;
+    }
+    if (k > 0) {
+        void *store;
+        if ((st = mc_mats_copy(src, k, dst, &store, err)) != MC_OK)
+            goto done;
+        if (!mc_model_own(m, store)) { /* it freed store */
+            st = mc_err_set(err, MC_ERR_NOMEM, "out of memory");
+            goto done;
+        }
+        for (int i = 0; i < k; i++)
+            *where[i] = dst[i];
+    }
+done:
+    free(src);
+    free(where);
+    free(dst);
+    return st;
+}
+
+/* `--no-mmap`: weights used as stored, read from memory: every bound
+ * matrix of a layer (attention, indexer, router, dense or shared FFN,
+ * routed experts) copied in its stored type into one huge-page buffer per
+ * layer, and the LM head into its own, instead of being read through the
+ * file's mapping (4 KiB page-cache pages). Bitwise the same weights, so the
+ * same logits. The embedding (one row a token) and the norms stay mapped.
+ * DeepSeek-V4 models are left as they are. Call it right after loading,
+ * instead of mc_model_quantize. (On the 2-core development VM a Q4_K_M
+ * GGUF decoded at the same fraction of the read probe either way, 0.69
+ * over 5 interleaved pairs: docs/kernels.md.) */
+static inline mc_status mc_model_resident(mc_model *m, mc_err *err)
+{
+    if (m->v4)
+        return MC_OK;
+    const mc_model_desc *d = &m->d;
+    mc_status st = MC_OK;
+    int cap = 16 + 3 * (d->n_experts > 0 ? d->n_experts : 0);
+    mc_mat **mats = malloc((size_t)cap * sizeof *mats);
+    if (!mats)
+        return mc_err_set(err, MC_ERR_NOMEM, "out of memory");
+    for (int l = 0; l < d->n_layers && st == MC_OK; l++) {
+        mc_layer_w *w = &m->layers[l];
+        int n = 0;
+        mc_mat *attn[] = {&w->q_a, &w->q_b, &w->q_proj, &w->kv_a, &w->kv_b, &w->wq, &w->wk,
+                          &w->wv, &w->wo, &w->idx_wq_b, &w->idx_wk, &w->idx_weights};
+        for (size_t i = 0; i < sizeof attn / sizeof attn[0]; i++)
+            mats[n++] = attn[i];
+        if (!w->moe) {
+            mats[n++] = &w->dense.gate;
+            mats[n++] = &w->dense.up;
+            mats[n++] = &w->dense.down;
+        } else {
+            mats[n++] = &w->router;
+            if (w->has_shared) {
+                mats[n++] = &w->shared.gate;
+                mats[n++] = &w->shared.up;
+                mats[n++] = &w->shared.down;
+            }
+            for (int e = 0; w->experts && e < d->n_experts; e++) {
+                mats[n++] = &w->experts[e].gate;
+                mats[n++] = &w->experts[e].up;
+                mats[n++] = &w->experts[e].down;
+            }
+        }
+        st = mc_model_resident_group_(m, mats, n, err);
+    }
+    if (st == MC_OK && m->lm_head.data != m->embed.data) {
+        mats[0] = &m->lm_head;
+        st = mc_model_resident_group_(m, mats, 1, err);
+    }
+    free(mats);
     return st;
 }
 

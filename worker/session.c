@@ -102,6 +102,10 @@ mc_status mc_session_load(mc_session *s, const mc_session_opts *o, mc_err *err) 
     if (st != MC_OK) return st;
     /* --weights: every rank converts the share it bound (same inputs, same outcome) */
     if (o->weights_given && (st = mc_session_quantize(s, o->weights, err)) != MC_OK) return st;
+    /* --no-mmap: as stored, into RAM on huge pages (a GPU backend uploads anyway) */
+    if (!o->weights_given && o->resident && !s->cuda &&
+        (st = mc_session_agree(s, mc_model_resident(s->m, err), err)) != MC_OK)
+        return st;
     if (o->stats) /* agreed: a rank that cannot count must not leave the others in a step */
         return mc_session_agree(s, mc_stats_enable(s->m, err), err);
     return MC_OK;

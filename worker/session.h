@@ -44,6 +44,10 @@ typedef struct {
      * GPU is visible, else cpu), applied before loading (mc_session_set_device);
      * NULL keeps the session's backend (the CPU one mc_session_open made) */
     const char *device;
+    /* --no-mmap: weights used as stored (no --weights) are copied into RAM
+     * on huge pages at load on the CPU (mc_model_resident) instead of being
+     * read through the file mapping */
+    bool resident;
 } mc_session_opts;
 
 /* Opens a session. with_world: the world communicator (MPI when an MPI

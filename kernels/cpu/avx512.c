@@ -588,6 +588,24 @@ AI int rows_per_block(size_t row_bytes)
     return rb < 1 ? 1 : rb > 4096 ? 4096 : (int)rb;
 }
 
+/* mc_q4_k_unpack in registers: the 8 scales and 8 mins of the block whose
+ * 12 scale bytes start at p (16 bytes are read: the block goes on) as
+ * bytes 0..7 and 8..15. With the dwords u0, u1, u2 of the scale bytes:
+ * scales 0..3 = u0 & 0x3f.., 4..7 = (u2 & 0x0f..) | (u0 >> 2 & 0x30..),
+ * mins 0..3 = u1 & 0x3f.., 4..7 = (u2 >> 4 & 0x0f..) | (u1 >> 2 & 0x30..).
+ * (No bytes stored and loaded back: the scalar unpack's stores stalled the
+ * vector load that followed them.) */
+AI __m128i q4_k_scales(const unsigned char *p)
+{
+    __m128i u = _mm_loadu_si128((const __m128i *)p);
+    __m128i a = _mm_shuffle_epi32(u, _MM_SHUFFLE(2, 1, 2, 0)); /* u0 u2 u1 u2 */
+    __m128i b = _mm_shuffle_epi32(u, _MM_SHUFFLE(1, 1, 0, 0)); /* u0 u0 u1 u1 */
+    __m128i lo = _mm_and_si128(_mm_srlv_epi32(a, _mm_set_epi32(4, 0, 0, 0)),
+                               _mm_set_epi32(0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f));
+    __m128i hi = _mm_and_si128(_mm_srli_epi32(b, 2), _mm_set_epi32(0x30303030, 0, 0x30303030, 0));
+    return _mm_or_si128(lo, hi);
+}
+
 /* One Q4_K row against T tokens (xq, xd, bs: the first token's values).
  * Per super-block the scales and nibbles are unpacked once for all T
  * tokens (high nibbles by a variable shift of the upper half), then
@@ -615,10 +633,9 @@ AI void q4_k_row(int T, const unsigned char *row, const int8_t *xq, const float 
         memcpy(&hh, blk, 4);
         __m128 dd = _mm_cvtph_ps(_mm_cvtsi32_si128((int)hh)); /* d, dmin */
         __m512 dv = _mm512_broadcastss_ps(dd), mv = _mm512_broadcastss_ps(_mm_movehdup_ps(dd));
-        uint8_t sm[16];
-        mc_q4_k_unpack(blk + 4, sm);
-        __m512i sc = _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)sm)));
-        __m128i m16 = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)(sm + 8)));
+        __m128i sm = q4_k_scales(blk + 4);
+        __m512i sc = _mm512_castsi128_si512(_mm_cvtepu8_epi16(sm));
+        __m128i m16 = _mm_cvtepu8_epi16(_mm_unpackhi_epi64(sm, sm));
         const unsigned char *qs = blk + 16;
         __m512i sumi[8];
 #pragma GCC unroll 8

@@ -191,3 +191,86 @@ mc_status mc_mats_quantize(const mc_mat *const *src, const mc_dtype *target, int
     *owned = p;
     return MC_OK;
 }
+
+/* ---- copies in the stored type (mc_mats_copy) ---- */
+
+/* A matrix's stored lines: `lines` of `line_bytes` each, `pitch` bytes
+ * apart in the source; *stride the copy's row_stride (elements). */
+typedef struct {
+    const unsigned char *src;
+    unsigned char *dst;
+    size_t pitch, line_bytes;
+    int lines, chunk;
+} c_job;
+
+static void c_task(void *ctx, int task, int thread)
+{
+    (void)thread;
+    c_job *j = ctx;
+    int l0 = task * j->chunk, l1 = l0 + j->chunk < j->lines ? l0 + j->chunk : j->lines;
+    for (int l = l0; l < l1; l++)
+        memcpy(j->dst + (size_t)l * j->line_bytes, j->src + (size_t)l * j->pitch, j->line_bytes);
+}
+
+static mc_status copy_shape(const mc_mat *w, int *lines, size_t *line_bytes, size_t *pitch,
+                            size_t *stride, mc_err *err)
+{
+    if (w->rows <= 0 || w->cols <= 0 || !w->data)
+        return mc_err_set(err, MC_ERR_ARG, "cannot copy an empty %dx%d matrix", w->rows, w->cols);
+    if (w->transposed) {
+        if (mc_dtype_is_block(w->dtype))
+            return mc_err_set(err, MC_ERR_ARG, "a transposed %s matrix cannot be copied",
+                              mc_dtype_name(w->dtype));
+        size_t es = mc_dtype_size(w->dtype);
+        *lines = w->cols;
+        *stride = (size_t)w->rows;
+        *line_bytes = (size_t)w->rows * es;
+        *pitch = w->row_stride * es;
+        return MC_OK;
+    }
+    size_t be = (size_t)mc_dtype_block_elems(w->dtype);
+    *lines = w->rows;
+    *stride = ((size_t)w->cols + be - 1) / be * be;
+    *line_bytes = mc_dtype_row_bytes(w->dtype, (int64_t)*stride);
+    *pitch = mc_dtype_row_bytes(w->dtype, (int64_t)w->row_stride);
+    return MC_OK;
+}
+
+mc_status mc_mats_copy(const mc_mat *const *src, int n, mc_mat *dst, void **owned, mc_err *err)
+{
+    *owned = NULL;
+    if (n <= 0)
+        return mc_err_set(err, MC_ERR_ARG, "mc_mats_copy: %d matrices (want 1 or more)", n);
+    size_t total = 0;
+    for (int i = 0; i < n; i++) {
+        int lines;
+        size_t lb, pitch, stride;
+        mc_status st = copy_shape(src[i], &lines, &lb, &pitch, &stride, err);
+        if (st != MC_OK)
+            return st;
+        size_t b = (size_t)lines * lb;
+        if (total > SIZE_MAX - b - GROUP_ALIGN)
+            return mc_err_set(err, MC_ERR_NOMEM, "%d matrices of weights overflow size_t", n);
+        total = (total + b + GROUP_ALIGN - 1) & ~(size_t)(GROUP_ALIGN - 1);
+    }
+    unsigned char *p = weights_alloc(total, 1);
+    if (!p)
+        return mc_err_set(err, MC_ERR_NOMEM, "out of memory for %zu bytes of weights (%d "
+                          "matrices)", total, n);
+    mc_pool *pool = mc_kernels_pool();
+    int nt = pool ? mc_pool_threads(pool) : 1;
+    size_t at = 0;
+    for (int i = 0; i < n; i++) {
+        c_job j = {.src = src[i]->data, .dst = p + at};
+        size_t stride;
+        (void)copy_shape(src[i], &j.lines, &j.line_bytes, &j.pitch, &stride, err);
+        j.chunk = (j.lines + 4 * nt - 1) / (4 * nt);
+        mc_pool_run(pool, (j.lines + j.chunk - 1) / j.chunk, c_task, &j);
+        dst[i] = *src[i];
+        dst[i].data = p + at;
+        dst[i].row_stride = stride;
+        at = (at + (size_t)j.lines * j.line_bytes + GROUP_ALIGN - 1) & ~(size_t)(GROUP_ALIGN - 1);
+    }
+    *owned = p;
+    return MC_OK;
+}

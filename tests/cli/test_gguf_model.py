@@ -14,6 +14,8 @@ score` next to the safetensors model:
   `--weights f32|f16|bf16|q8_0`, which converts the same matrices with the
   same rounding: within 1e-6 relative per position (||a - b|| / ||b|| over
   the vocabulary);
+- `--no-mmap` (the matrices copied into RAM at load) on the q6_k file and
+  the safetensors folder: bit for bit;
 - q5_k (converted to Q8_0 at load) and q4_k (used as stored) from the
   tool's block quantizers: against a safetensors copy holding what the
   blocks decode to (the package's dequantizer), loaded with `--weights
@@ -152,6 +154,11 @@ def main():
     ref = os.path.join(work, "ref_q6_k")
     g = score(write("q6_k.gguf", "--type", "q6_k", "--ref-out", ref))
     compare("q6_k GGUF (used as Q6_K) vs its decoded values in F32", g, score(ref), Q6_REL)
+    # --no-mmap: the same blocks copied into RAM, the same logits bit for bit
+    # (and for a safetensors folder)
+    compare("q6_k GGUF --no-mmap vs mapped", score(os.path.join(work, "q6_k.gguf"),
+                                                   ["--no-mmap"]), g, 0.0)
+    compare("safetensors --no-mmap vs mapped", score(src, ["--no-mmap"]), base, 0.0)
 
     # deepseek2 (MLA): attn_k_b + attn_v_b as newer converters write them, and
     # attn_kv_b whole as older ones did

@@ -1,8 +1,10 @@
 /* test_quant.c - Q8_0 / Q4_K: byte-exact blocks against llama.cpp's own
  * reference quantizer (tests/fixtures/quant), exact row sizes, the
  * fallback rule `plan` counts with, round-trip error bounds, the integer
- * kernels against dequantized float products, and the error of Q8_0 and
- * Q4_K logits against the stored-precision logits of the fixture models. */
+ * kernels against dequantized float products, the error of Q8_0 and
+ * Q4_K logits against the stored-precision logits of the fixture models,
+ * and copies in the stored type (mc_mats_copy, mc_model_resident): the
+ * same products and logits bit for bit. */
 #include "check.h"
 #include "kernels.h"
 #include "model.h"
@@ -225,8 +227,128 @@ static int argmax(const float *v, int n)
 
 /* fmt: MC_DT_COUNT = stored precision; weights_only: quantize, then widen
  * back to F32 so that only the weight rounding differs (f32 activations). */
+/* ---- copies in the stored type ---- */
+
+/* src (any layout) and its copy give the same products bit for bit. */
+static void check_copy_same(const char *what, const mc_mat *src, const mc_mat *cp)
+{
+    int n = 3, rows = src->rows, cols = src->cols;
+    float *x = malloc((size_t)n * cols * sizeof *x);
+    float *y0 = calloc((size_t)n * rows, sizeof *y0), *y1 = calloc((size_t)n * rows, sizeof *y1);
+    if (!x || !y0 || !y1) {
+        CHECK(0);
+        goto done;
+    }
+    for (int i = 0; i < n * cols; i++)
+        x[i] = runi(-1.0f, 1.0f);
+    for (int t = 1; t <= n; t += n - 1) { /* one token (decode) and three */
+        mc_matmul(src, x, t, cols, y0, rows);
+        mc_matmul(cp, x, t, cols, y1, rows);
+        int same = memcmp(y0, y1, (size_t)t * rows * sizeof *y0) == 0;
+        if (!same)
+            fprintf(stderr, "mats_copy %s, %d token(s): y[0] %.9g vs %.9g\n", what, t, y0[0], y1[0]);
+        CHECK(same);
+    }
+    CHECK(cp->dtype == src->dtype && cp->rows == rows && cp->cols == cols &&
+          cp->transposed == src->transposed && cp->scale == src->scale);
+    CHECK(((uintptr_t)cp->data & 63) == 0);
+done:
+    free(x);
+    free(y0);
+    free(y1);
+}
+
+static void test_mats_copy(void)
+{
+    /* views as the loaders make them: rows farther apart than the columns
+     * (a fused tensor's half), a transposed one ([in, out] storage with a
+     * longer line), and block rows padded past the columns */
+    enum { R = 37 };
+    float *f = malloc((size_t)300 * 96 * sizeof *f);
+    uint16_t *bf = malloc((size_t)R * 200 * sizeof *bf);
+    size_t q8b = mc_dtype_row_bytes(MC_DT_Q8_0, 96), q4b = mc_dtype_row_bytes(MC_DT_Q4_K, 768),
+           q6b = mc_dtype_row_bytes(MC_DT_Q6_K, 512);
+    unsigned char *q8 = malloc(R * q8b), *q4 = malloc(R * q4b), *q6 = malloc(R * q6b);
+    if (!f || !bf || !q8 || !q4 || !q6) {
+        CHECK(0);
+        goto done;
+    }
+    for (int i = 0; i < 300 * 96; i++)
+        f[i] = runi(-1.0f, 1.0f);
+    for (int i = 0; i < R * 200; i++)
+        bf[i] = mc_f32_to_bf16(runi(-1.0f, 1.0f));
+    float row[768];
+    for (int r = 0; r < R; r++) {
+        for (int i = 0; i < 768; i++)
+            row[i] = runi(-1.0f, 1.0f);
+        mc_quantize_row(MC_DT_Q8_0, row, q8 + r * q8b, 96);
+        mc_quantize_row(MC_DT_Q4_K, row, q4 + r * q4b, 768);
+        unsigned char *b6 = q6 + r * q6b; /* Q6_K: random bits, a finite scale per block */
+        for (size_t i = 0; i < q6b; i++)
+            b6[i] = (unsigned char)(runi(0.0f, 255.99f));
+        for (size_t k = 0; k < q6b / sizeof(mc_block_q6_k); k++) {
+            uint16_t h = 0x1400;
+            memcpy(b6 + k * sizeof(mc_block_q6_k) + offsetof(mc_block_q6_k, d), &h, 2);
+        }
+    }
+    mc_mat src[5] = {
+        /* W[o, i] = f[i * 96 + o]: 40 outputs of a 96-wide line, 300 inputs */
+        {.dtype = MC_DT_F32, .rows = 40, .cols = 300, .row_stride = 96, .transposed = 1, .data = f},
+        {.dtype = MC_DT_BF16, .rows = R, .cols = 130, .row_stride = 200, .data = bf},
+        {.dtype = MC_DT_Q8_0, .rows = R, .cols = 40, .row_stride = 96, .data = q8},
+        {.dtype = MC_DT_Q4_K, .rows = R, .cols = 300, .row_stride = 768, .data = q4},
+        {.dtype = MC_DT_Q6_K, .rows = R, .cols = 256, .row_stride = 512, .data = q6},
+    };
+    const mc_mat *sp[5] = {&src[0], &src[1], &src[2], &src[3], &src[4]};
+    mc_mat dst[5];
+    void *owned = NULL;
+    mc_err err;
+    mc_err_clear(&err);
+    CHECK(mc_mats_copy(sp, 5, dst, &owned, &err) == MC_OK);
+    if (!owned)
+        goto done;
+    CHECK(((uintptr_t)owned & ((2u << 20) - 1)) == 0);
+    static const char *names[5] = {"F32 transposed", "BF16 row view", "Q8_0 padded",
+                                   "Q4_K padded", "Q6_K padded"};
+    for (int i = 0; i < 5; i++)
+        check_copy_same(names[i], &src[i], &dst[i]);
+    /* compacted: transposed lines `rows` apart, block rows to the next block */
+    CHECK(dst[0].row_stride == 40 && dst[1].row_stride == 130 && dst[2].row_stride == 64 &&
+          dst[3].row_stride == 512 && dst[4].row_stride == 256);
+    free(owned);
+    /* refused: an empty matrix, a transposed block matrix */
+    mc_mat empty = src[1], tq = src[2];
+    empty.rows = 0;
+    tq.transposed = 1;
+    const mc_mat *ep[1] = {&empty}, *tp[1] = {&tq};
+    owned = NULL;
+    mc_err_clear(&err);
+    CHECK(mc_mats_copy(ep, 1, dst, &owned, &err) == MC_ERR_ARG && !owned);
+    mc_err_clear(&err);
+    CHECK(mc_mats_copy(tp, 1, dst, &owned, &err) == MC_ERR_ARG && !owned &&
+          strstr(err.msg, "transposed") != NULL);
+    CHECK(mc_mats_copy(sp, 0, dst, &owned, &err) == MC_ERR_ARG);
+done:
+    free(f);
+    free(bf);
+    free(q8);
+    free(q4);
+    free(q6);
+}
+
+/* fmt: MC_DT_COUNT = as stored; weights_only: then re-store as F32;
+ * resident (as stored only): mc_model_resident's copies. */
+static float *run_model_r(const char *dir, mc_dtype fmt, int weights_only, int resident,
+                          const int64_t *tok, int T, int *V);
+
 static float *run_model(const char *dir, mc_dtype fmt, int weights_only, const int64_t *tok, int T,
                         int *V)
+{
+    return run_model_r(dir, fmt, weights_only, 0, tok, T, V);
+}
+
+static float *run_model_r(const char *dir, mc_dtype fmt, int weights_only, int resident,
+                          const int64_t *tok, int T, int *V)
 {
     mc_err err;
     mc_err_clear(&err);
@@ -236,6 +358,7 @@ static float *run_model(const char *dir, mc_dtype fmt, int weights_only, const i
     if (mc_model_load(dir, &m, &err) != MC_OK ||
         (fmt != MC_DT_COUNT && mc_model_quantize(m, fmt, &err) != MC_OK) ||
         (weights_only && mc_model_quantize(m, MC_DT_F32, &err) != MC_OK) ||
+        (resident && mc_model_resident(m, &err) != MC_OK) ||
         mc_kv_create(m, T, &kv, &err) != MC_OK)
         goto fail;
     *V = m->d.vocab;
@@ -271,6 +394,14 @@ static void test_model_logits(void)
         float *ref = run_model(dir, MC_DT_COUNT, 0, tok, T, &V);
         if (!ref)
             continue;
+        /* the stored weights copied into RAM: the same logits bit for bit */
+        int Vr = 0;
+        float *res = run_model_r(dir, MC_DT_COUNT, 0, 1, tok, T, &Vr);
+        int same = res && Vr == V && memcmp(res, ref, (size_t)T * V * sizeof *ref) == 0;
+        printf("  %-18s stored, copied into RAM (mc_model_resident): %s\n", models[mi],
+               same ? "bitwise equal" : "DIFFERENT");
+        CHECK(same);
+        free(res);
         mc_dtype fmts[2] = {MC_DT_Q8_0, MC_DT_Q4_K};
         /* Bounds: about twice what was measured when this test was written
          * (docs/kernels.md). These random-weight models amplify any rounding
@@ -315,6 +446,7 @@ int main(int argc, char **argv)
     test_sizes();
     test_roundtrip();
     test_kernel_vs_float();
+    test_mats_copy();
     test_model_logits();
     return check_report("test_quant");
 }
