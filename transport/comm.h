@@ -172,6 +172,22 @@ mc_status mc_comm_barrier(mc_comm *c, mc_err *err);
  * *out = NULL. The new comm is freed with mc_comm_free(). */
 mc_status mc_comm_split(mc_comm *c, int color, int key, mc_comm **out, mc_err *err);
 
+/* Host memory shared by the ranks of c when they all run on one host (the
+ * same host name and kernel boot): every rank asks for `bytes` (the same
+ * on every rank), and every rank can read and write every rank's segment
+ * (mc_comm_shm_seg; page-aligned, zeroed at first). Collective; every rank
+ * gets the same status: MC_ERR_UNSUPPORTED when the ranks span hosts or c
+ * moves device memory (nccl), MC_ERR_IO when the memory cannot be made
+ * (e.g. /dev/shm too small; the message says which call failed).
+ * Ordering between ranks is the caller's: write, then a collective (e.g.
+ * mc_comm_barrier) before another rank reads. */
+typedef struct mc_comm_shm mc_comm_shm;
+mc_status mc_comm_shm_alloc(mc_comm *c, size_t bytes, mc_comm_shm **out, mc_err *err);
+/* Rank r's segment in this process (NULL for a bad rank). */
+void *mc_comm_shm_seg(const mc_comm_shm *s, int rank);
+/* Unmaps this rank's view; NULL is fine. Not a collective. */
+void mc_comm_shm_free(mc_comm_shm *s);
+
 /* Frees this rank's communicator; NULL is fine. Not a collective. */
 void mc_comm_free(mc_comm *c);
 

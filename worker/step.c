@@ -436,6 +436,7 @@ void mc_step_exec_free(mc_step_exec *ex)
     free(ex->layers);
     mc_buffer_free(ex->bt_buf);
     mc_buffer_free(ex->ep_buf);
+    mc_comm_shm_free(ex->ep_shm);
     mc_kv_pool_free(ex->pool);
     mc_arena_free(ex->arena);
     free(ex->lens);

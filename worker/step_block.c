@@ -7,6 +7,7 @@
  * mc_model_forward to rounding. */
 #include "step_internal.h"
 
+#include "log.h"
 #include "nonfinite.h"
 
 #include <stdlib.h>
@@ -247,6 +248,240 @@ fail:
     return st;
 }
 
+/* ---- the expert exchange through shared memory (ranks on one host) ----
+ *
+ * Each rank of the ep group owns one segment of the group's shared memory:
+ *   offs   int32 [E + 1]   its pairs' ranges by expert (pairs grouped by expert)
+ *   w      f32 [cap]       its pairs' router weights (Llama 4)
+ *   out    f32 [cap, H]    its pairs' rows (the dispatch side)
+ *   in     f32 [cap, H]    the experts' outputs for its pairs (the combine side)
+ * cap = max_tokens * k. Dispatch: a rank writes offs, w and out, then the
+ * group meets (mc_comm_barrier); every rank copies the rows of its own
+ * experts straight from the peers' `out` into its expert-grouped rows
+ * (expert by expert, peer by peer: the order the all-to-all path's stable
+ * grouping gives), runs them, and writes each output straight into the
+ * sending rank's `in`; the group meets again and each rank takes its `in`.
+ * Two meetings and one copy each way per layer, where the all-to-all path
+ * has three exchanges (counts, rows, outputs) that each copy twice.
+ * Reuse without more meetings: a rank rewrites its `out` only after the
+ * second meeting of the layer before (every reader is done), and peers
+ * write its `in` only after the first meeting of the next layer, which it
+ * reaches once it has taken its outputs. */
+
+#define EP_SHM_MAX_BYTES ((size_t)1 << 30) /* per rank; larger steps use the all-to-all */
+
+typedef struct {
+    size_t woff, xoff, yoff, bytes;
+    int64_t cap;
+} ep_shm_layout;
+
+static ep_shm_layout ep_shm_layout_of(const mc_step_exec *ex)
+{
+    const mc_model_desc *d = &ex->m->d;
+    ep_shm_layout L;
+    L.cap = (int64_t)ex->max_tokens * d->n_experts_per_tok;
+    size_t rows = (size_t)L.cap * (size_t)d->hidden * sizeof(float);
+    L.woff = ((size_t)(d->n_experts + 1) * sizeof(int32_t) + 63) & ~(size_t)63;
+    L.xoff = L.woff + (((size_t)L.cap * sizeof(float) + 63) & ~(size_t)63);
+    L.yoff = L.xoff + rows;
+    L.bytes = L.yoff + rows;
+    return L;
+}
+
+/* Once per executor, collectively over the ep group: the shared memory, or
+ * the all-to-all path (MC_EP_SHM=0 on any rank, ranks on several hosts, a
+ * step too large, or no memory; the same answer on every rank). */
+static void ep_shm_setup(mc_step_exec *ex)
+{
+    mc_model *m = ex->m;
+    ex->ep_shm_state = -1;
+    const char *env = getenv("MC_EP_SHM");
+    float off = env && strcmp(env, "0") == 0 ? 1.0f : 0.0f;
+    mc_err e;
+    mc_err_clear(&e);
+    if (mc_comm_all_reduce_sum_f32(m->ep_comm, &off, 1, &e) != MC_OK || off > 0.0f) {
+        MC_INFO("rank %d: expert exchange by all-to-all (%s)", m->lay.rank,
+                off > 0.0f ? "MC_EP_SHM=0" : e.msg);
+        return;
+    }
+    ep_shm_layout L = ep_shm_layout_of(ex);
+    if (L.bytes > EP_SHM_MAX_BYTES) {
+        MC_INFO("rank %d: expert exchange by all-to-all (%zu bytes of shared memory a rank "
+                "would exceed %zu)", m->lay.rank, L.bytes, EP_SHM_MAX_BYTES);
+        return;
+    }
+    mc_status st = mc_comm_shm_alloc(m->ep_comm, L.bytes, &ex->ep_shm, &e);
+    if (st == MC_OK) {
+        ex->ep_shm_state = 1;
+        MC_INFO("rank %d: expert exchange through shared memory (%d ranks, %.1f MiB a rank)",
+                m->lay.rank, m->lay.ep, (double)L.bytes / (1 << 20));
+    } else if (st == MC_ERR_UNSUPPORTED) {
+        MC_INFO("rank %d: expert exchange by all-to-all (%s)", m->lay.rank, e.msg);
+    } else {
+        MC_WARN("rank %d: expert exchange by all-to-all: %s", m->lay.rank, e.msg);
+    }
+}
+
+/* A peer's pair ranges, checked: never trusted beyond one step. */
+static mc_status ep_shm_peer_offs(const mc_step_exec *ex, int p, const int32_t *po, int64_t cap,
+                                  mc_err *err)
+{
+    int E = ex->m->d.n_experts;
+    for (int e = 0; e < E; e++)
+        if (po[0] != 0 || po[e + 1] < po[e] || po[e + 1] > cap)
+            return mc_err_set(err, MC_ERR_INTERNAL,
+                              "rank %d: ep peer %d published token-expert pair ranges that a "
+                              "step of %u tokens cannot hold (expert %d: %d..%d)",
+                              ex->m->lay.rank, p, ex->max_tokens, e, (int)po[e], (int)po[e + 1]);
+    return MC_OK;
+}
+
+static mc_status ep_shm_meet(mc_step_exec *ex, mc_err *err)
+{
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    mc_status st = mc_comm_barrier(ex->m->ep_comm, err);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    return st;
+}
+
+/* ep_experts (below) through the group's shared memory. */
+static mc_status ep_experts_shm(mc_step_exec *ex, int l, int64_t np, const mc_tensor *xp,
+                                const mc_tensor *wp, mc_tensor *yp, mc_err *err)
+{
+    mc_model *m = ex->m;
+    const mc_model_desc *d = &m->d;
+    const mc_layout *lay = &m->lay;
+    const mc_step_layer *w = &ex->layers[l];
+    int E = d->n_experts, P = lay->ep, me = lay->ep_rank, H = d->hidden;
+    int e0 = lay->expert0, ne = lay->expert1 - e0;
+    int llama4 = d->router == MC_ROUTER_LLAMA4;
+    size_t hb = (size_t)H * sizeof(float);
+    ep_shm_layout L = ep_shm_layout_of(ex);
+    mc_status st = MC_OK;
+    mc_arena *a = ex->arena;
+    mc_arena_mark mk = mc_arena_mark_get(a);
+    double tm = m->stats ? mc_now_s() : 0, t_comm = 0; /* the exchange's share of the time */
+    unsigned char *seg = mc_comm_shm_seg(ex->ep_shm, me);
+    int32_t *offs = (int32_t *)seg;
+    int32_t *eoff = mc_arena_alloc_n(a, (size_t)ne + 1, sizeof *eoff);
+    float *wgt = llama4 ? mc_arena_alloc_n(a, (size_t)(L.cap > 0 ? L.cap : 1) * P, sizeof *wgt)
+                        : NULL;
+    if (!eoff || (llama4 && !wgt)) {
+        st = mc_err_set(err, MC_ERR_NOMEM, "step: out of memory for the expert exchange");
+        goto done;
+    }
+    if (np > L.cap) {
+        st = mc_err_set(err, MC_ERR_INTERNAL, "rank %d: %lld token-expert pairs, more than a step "
+                        "of %u tokens makes", lay->rank, (long long)np, ex->max_tokens);
+        goto done;
+    }
+    /* dispatch, 1: publish this rank's pairs */
+    if (np > 0) {
+        mc_tensor ov, xv;
+        TRY(mc_tensor_view_rows(&ex->offsets, 0, E + 1, &ov, err));
+        TRY(mc_tensor_download(&ov, offs, err));
+        TRY(mc_tensor_view_rows(xp, 0, np, &xv, err));
+        TRY(mc_tensor_download(&xv, seg + L.xoff, err));
+        if (llama4) {
+            mc_tensor wv;
+            TRY(mc_tensor_view_rows(wp, 0, np, &wv, err));
+            TRY(mc_tensor_download(&wv, seg + L.woff, err));
+        }
+    } else {
+        memset(offs, 0, (size_t)(E + 1) * sizeof *offs);
+    }
+    TRY(ep_shm_meet(ex, err));
+    /* dispatch, 2: the rows of this rank's experts, grouped by expert */
+    int64_t nr = 0;
+    for (int p = 0; p < P; p++)
+        TRY(ep_shm_peer_offs(ex, p, (const int32_t *)mc_comm_shm_seg(ex->ep_shm, p), L.cap, err));
+    eoff[0] = 0;
+    for (int e = 0; e < ne; e++) {
+        for (int p = 0; p < P; p++) {
+            const int32_t *po = mc_comm_shm_seg(ex->ep_shm, p);
+            nr += po[e0 + e + 1] - po[e0 + e];
+        }
+        eoff[e + 1] = (int32_t)nr;
+    }
+    ep_scratch x;
+    TRY(ep_scratch_make(ex, nr, ne, &x, err));
+    for (int e = 0, r = 0; e < ne; e++)
+        for (int p = 0; p < P; p++) {
+            const unsigned char *ps = mc_comm_shm_seg(ex->ep_shm, p);
+            const int32_t *po = (const int32_t *)ps;
+            int c = po[e0 + e + 1] - po[e0 + e];
+            if (c == 0)
+                continue;
+            mc_tensor v;
+            TRY(mc_tensor_view_rows(&x.xe, r, c, &v, err));
+            TRY(mc_tensor_upload(&v, ps + L.xoff + (size_t)po[e0 + e] * hb, err));
+            if (llama4)
+                memcpy(wgt + r, ps + L.woff + (size_t)po[e0 + e] * sizeof(float),
+                       (size_t)c * sizeof(float));
+            r += c;
+        }
+    if (m->stats)
+        t_comm += mc_now_s() - tm;
+    if (nr > 0) {
+        mc_tensor xe, ye, we, ov;
+        mc_experts_opts eo = {.row_weight = &we, .weight_input = 1};
+        TRY(mc_tensor_view_rows(&x.xe, 0, nr, &xe, err));
+        TRY(mc_tensor_view_rows(&x.ye, 0, nr, &ye, err));
+        TRY(mc_tensor_view_rows(&x.offs, 0, ne + 1, &ov, err));
+        TRY(mc_tensor_upload(&ov, eoff, err));
+        if (llama4) {
+            TRY(mc_tensor_view_rows(&x.we, 0, nr, &we, err));
+            TRY(mc_tensor_upload(&we, wgt, err));
+        }
+        TRY(mc_op_grouped_experts(ex->be, &xe, &x.offs, ne, w->gate, w->up, w->down,
+                                  llama4 ? &eo : NULL, &ye, err));
+        /* the tokens may be another rank's: the rank holding a NaN expert
+         * names it before sending its outputs back */
+        TRY(mc_step_nf(ex, MC_NF_EXPERTS, l, &ye, NULL, NULL, err));
+        TRY(mc_backend_synchronize(ex->be, err));
+    }
+    /* combine, 1: each output into the sending rank's `in`, at its pair's row */
+    tm = m->stats ? mc_now_s() : 0;
+    uint64_t remote_out = 0;
+    for (int e = 0, r = 0; e < ne; e++)
+        for (int p = 0; p < P; p++) {
+            unsigned char *ps = mc_comm_shm_seg(ex->ep_shm, p);
+            const int32_t *po = (const int32_t *)ps;
+            int c = po[e0 + e + 1] - po[e0 + e];
+            if (c == 0)
+                continue;
+            mc_tensor v;
+            TRY(mc_tensor_view_rows(&x.ye, r, c, &v, err));
+            TRY(mc_tensor_download(&v, ps + L.yoff + (size_t)po[e0 + e] * hb, err));
+            if (p != me)
+                remote_out += (uint64_t)c;
+            r += c;
+        }
+    TRY(ep_shm_meet(ex, err));
+    /* combine, 2: this rank's outputs, in its pairs' order */
+    if (np > 0) {
+        mc_tensor yv;
+        TRY(mc_tensor_view_rows(yp, 0, np, &yv, err));
+        TRY(mc_tensor_upload(&yv, seg + L.yoff, err));
+    }
+    if (m->stats) {
+        t_comm += mc_now_s() - tm;
+        mc_stat_row *sr = &m->stats[l];
+        int64_t mine = np > 0 ? offs[e0 + ne] - offs[e0] : 0;
+        sr->disp_tokens += (uint64_t)np;
+        sr->disp_remote += (uint64_t)(np - mine);
+        sr->expert_tokens += (uint64_t)nr;
+        sr->disp_bytes += (uint64_t)(np - mine) * (hb + (llama4 ? sizeof(float) : 0)) +
+                          (uint64_t)(P - 1) * (size_t)(E + 1) * sizeof(int32_t);
+        sr->comb_bytes += remote_out * hb;
+        sr->t_comm += t_comm;
+    }
+done:
+fail:
+    mc_arena_reset_to(a, mk);
+    return st;
+}
+
 /* Routed experts under expert parallelism, for np = nt * k token-expert
  * pairs of this rank (xp (np, H) grouped by expert, ex->offsets their
  * ranges; np may be 0), collective over the ep group:
@@ -261,6 +496,10 @@ fail:
 static mc_status ep_experts(mc_step_exec *ex, int l, int64_t np, const mc_tensor *xp,
                             const mc_tensor *wp, mc_tensor *yp, mc_err *err)
 {
+    if (ex->ep_shm_state == 0)
+        ep_shm_setup(ex);
+    if (ex->ep_shm_state > 0)
+        return ep_experts_shm(ex, l, np, xp, wp, yp, err);
     mc_model *m = ex->m;
     const mc_model_desc *d = &m->d;
     const mc_layout *lay = &m->lay;

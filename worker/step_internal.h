@@ -121,6 +121,10 @@ struct mc_step_exec {
     /* expert parallelism: tokens received from the ep group, grown on demand */
     mc_buffer *ep_buf;
     size_t ep_cap;
+    /* the ep group's shared memory when its ranks share a host (step_block.c,
+     * ep_experts_shm): state 0 = not set up yet, 1 = in use, -1 = off */
+    struct mc_comm_shm *ep_shm;
+    int ep_shm_state;
 };
 
 /* The step's views of the scratch, n tokens (names as in mc_step_exec). */

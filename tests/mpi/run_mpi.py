@@ -276,6 +276,19 @@ def cmd_stats(a, rest):
         check(disp == want and comp == want,
               f"layer {l}: {disp:.0f} pairs dispatched, {comp:.0f} computed, expected {want}")
     check(("all", "-") in rows and 0 <= rows[("all", "-")][9] <= 100, "totals row with comm%")
+    # the expert exchange: through shared memory when the ranks share a host
+    # (the default), by all-to-all with MC_EP_SHM=0; the same logits bit for bit
+    outs = {}
+    for shm in ("1", "0"):
+        o = os.path.join(a.work, f"stats_shm{shm}.safetensors")
+        _, (rc, so, se, dt) = score(a, model, n, ["--tp", "2"], o,
+                                    env={"MC_EP_SHM": shm, "MC_LOG": "info"})
+        want = ("expert exchange through shared memory" if shm == "1"
+                else "expert exchange by all-to-all (MC_EP_SHM=0)")
+        check(rc == 0 and se.count(want) == n, f"MC_EP_SHM={shm}: every rank says '{want}'", se)
+        outs[shm] = open(o, "rb").read() if rc == 0 else b""
+    check(outs["1"] != b"" and outs["1"] == outs["0"],
+          "shared-memory and all-to-all exchanges give the same logits bit for bit")
 
 
 def cmd_fault(a, rest):

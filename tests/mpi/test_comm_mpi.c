@@ -505,6 +505,31 @@ static int lonely(mc_comm *world, const char *op)
     return 1;
 }
 
+/* Shared memory over the MPI ranks of this host: each rank's bytes, seen by
+ * every rank after a barrier; a split communicator gets its own. */
+static void test_shm(mc_comm *c)
+{
+    mc_err err;
+    mc_comm_shm *s = NULL;
+    int n = mc_comm_size(c), me = mc_comm_rank(c);
+    OK(mc_comm_shm_alloc(c, 3 * 4096 + 1, &s, &err));
+    if (!s)
+        return;
+    uint32_t *mine = mc_comm_shm_seg(s, me);
+    for (int i = 0; i < 3 * 1024; i++)
+        mine[i] = (uint32_t)(me * 100000 + i);
+    OK(mc_comm_barrier(c, &err));
+    for (int p = 0; p < n; p++) {
+        const uint32_t *seg = mc_comm_shm_seg(s, p);
+        int bad = 0;
+        for (int i = 0; i < 3 * 1024; i++)
+            bad += seg[i] != (uint32_t)(p * 100000 + i);
+        CHECK(bad == 0);
+    }
+    OK(mc_comm_barrier(c, &err));
+    mc_comm_shm_free(s);
+}
+
 int main(int argc, char **argv)
 {
     mc_err err;
@@ -535,6 +560,7 @@ int main(int argc, char **argv)
     test_bcast(world);
     test_bcast_id(world);
     test_async(world);
+    test_shm(world);
     const char *chk = getenv("MC_COMM_CHECK");
     if (chk && !strcmp(chk, "1"))
         test_disagree(world);

@@ -311,6 +311,53 @@ static void do_p2p_mismatch(rank_ctx *t)
         rank_fail(t, "mismatched send/recv: %s \"%s\"", mc_status_str(st), err.msg);
 }
 
+/* ---- shared memory (mc_comm_shm_alloc) --------------------------------- */
+
+/* Every rank writes its segment, the ranks meet, every rank reads every
+ * segment (zero past what was written); mismatched sizes are refused on
+ * every rank, 0 bytes too. */
+static void do_shm(rank_ctx *t)
+{
+    enum { BYTES = 5000 };
+    mc_err err;
+    mc_err_clear(&err);
+    mc_comm_shm *s = NULL;
+    if (!rank_ok(t, mc_comm_shm_alloc(t->comm, BYTES, &s, &err), &err, "shm_alloc"))
+        return;
+    unsigned char *mine = mc_comm_shm_seg(s, t->rank);
+    if (!mine || ((uintptr_t)mine & 4095) != 0)
+        rank_fail(t, "own segment %p: not page-aligned", (void *)mine);
+    if (mc_comm_shm_seg(s, -1) || mc_comm_shm_seg(s, t->size))
+        rank_fail(t, "a segment for a rank out of range");
+    for (int i = 0; mine && i < 1000; i++)
+        mine[i] = (unsigned char)(t->rank * 31 + i);
+    if (rank_ok(t, mc_comm_barrier(t->comm, &err), &err, "barrier")) {
+        for (int p = 0; p < t->size; p++) {
+            const unsigned char *seg = mc_comm_shm_seg(s, p);
+            int bad = -1;
+            for (int i = 0; seg && i < BYTES && bad < 0; i++)
+                if (seg[i] != (i < 1000 ? (unsigned char)(p * 31 + i) : 0))
+                    bad = i;
+            if (!seg || bad >= 0)
+                rank_fail(t, "segment of rank %d: byte %d not what rank %d wrote", p, bad, p);
+        }
+    }
+    /* the others are done reading before any segment goes */
+    rank_ok(t, mc_comm_barrier(t->comm, &err), &err, "barrier");
+    mc_comm_shm_free(s);
+    mc_comm_shm *s2 = NULL;
+    mc_err_clear(&err);
+    mc_status st = mc_comm_shm_alloc(t->comm, t->rank == t->size - 1 ? 4096 : 8192, &s2, &err);
+    if (t->size > 1 && (st != MC_ERR_ARG || s2 || !strstr(err.msg, "bytes")))
+        rank_fail(t, "mismatched sizes: %s \"%s\"", mc_status_str(st), err.msg);
+    if (t->size == 1 && st != MC_OK)
+        rank_fail(t, "one rank: %s \"%s\"", mc_status_str(st), err.msg);
+    mc_comm_shm_free(s2);
+    mc_err_clear(&err);
+    if (mc_comm_shm_alloc(t->comm, 0, &s2, &err) != MC_ERR_ARG || s2)
+        rank_fail(t, "0 bytes accepted");
+}
+
 /* ---- self and argument checks ----------------------------------------- */
 
 static void test_self(void)
@@ -324,6 +371,9 @@ static void test_self(void)
     CHECK(strcmp(mc_comm_backend(c), "self") == 0);
     mc_err err;
     mc_err_clear(&err);
+    mc_comm_shm *shm = NULL;
+    CHECK(mc_comm_shm_alloc(c, 100, &shm, &err) == MC_OK && mc_comm_shm_seg(shm, 0) != NULL);
+    mc_comm_shm_free(shm);
     float v[3] = {1.5f, -2.0f, 3.0f};
     CHECK(mc_comm_all_reduce_sum_f32(c, v, 3, &err) == MC_OK);
     CHECK(v[0] == 1.5f && v[1] == -2.0f && v[2] == 3.0f);
@@ -434,6 +484,7 @@ int main(void)
         run_ranks("ring", n, do_ring, NULL, 0);
         run_ranks("barrier", n, do_barrier, &arrived, 0);
         run_ranks("split", n, do_split, NULL, 0);
+        run_ranks("shm", n, do_shm, NULL, 0);
     }
     run_ranks("a2a_mismatch", 2, do_a2a_mismatch, NULL, 0);
     run_ranks("op_mismatch", 2, do_op_mismatch, NULL, 0);
