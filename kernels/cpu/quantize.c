@@ -243,8 +243,8 @@ mc_status mc_mats_copy(const mc_mat *const *src, int n, mc_mat *dst, void **owne
         return mc_err_set(err, MC_ERR_ARG, "mc_mats_copy: %d matrices (want 1 or more)", n);
     size_t total = 0;
     for (int i = 0; i < n; i++) {
-        int lines;
-        size_t lb, pitch, stride;
+        int lines = 0;
+        size_t lb = 0, pitch = 0, stride = 0;
         mc_status st = copy_shape(src[i], &lines, &lb, &pitch, &stride, err);
         if (st != MC_OK)
             return st;
@@ -262,7 +262,7 @@ mc_status mc_mats_copy(const mc_mat *const *src, int n, mc_mat *dst, void **owne
     size_t at = 0;
     for (int i = 0; i < n; i++) {
         c_job j = {.src = src[i]->data, .dst = p + at};
-        size_t stride;
+        size_t stride = 0;
         (void)copy_shape(src[i], &j.lines, &j.line_bytes, &j.pitch, &stride, err);
         j.chunk = (j.lines + 4 * nt - 1) / (4 * nt);
         mc_pool_run(pool, (j.lines + j.chunk - 1) / j.chunk, c_task, &j);
