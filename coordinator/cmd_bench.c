@@ -349,6 +349,8 @@ int mc_cmd_bench(int argc, char **argv)
     /* probes, in this process and with these threads */
     double probe_gbps = mc_session_probe_read_gbps(ses, (size_t)probe_mib << 20, nthreads, 2.0);
     double peak_gflops = mc_session_probe_fma_gflops(ses, nthreads, 1.0);
+    /* the amx path's INT8 tile peak (what its quantized prefill products use); < 0: none */
+    double int8_gops = mc_session_probe_int8_gops(ses, nthreads, 1.0);
     if (probe_gbps <= 0) {
         mc_err_set(&err, MC_ERR_NOMEM, "no memory for the %lld MiB bandwidth probe", probe_mib);
         goto fail;
@@ -437,6 +439,9 @@ int mc_cmd_bench(int argc, char **argv)
                   jput(o, "prefill_gflops", jnum(prefill_gflops)) &&
                   jput(o, "fma_peak_gflops", jnum(peak_gflops)) &&
                   jput(o, "prefill_fma_ratio", jnum(prefill_gflops / peak_gflops)) &&
+                  jput(o, "int8_peak_gops", int8_gops > 0 ? jnum(int8_gops) : json_null()) &&
+                  jput(o, "prefill_int8_ratio",
+                       int8_gops > 0 ? jnum(prefill_gflops / int8_gops) : json_null()) &&
                   jput(o, "decode_tok_s", jnum(decode_tok_s)) &&
                   jput(o, "bytes_per_step", jcount(bytes_step)) &&
                   jput(o, "bytes_per_token", jcount(bytes_step / (double)batch)) &&
@@ -466,11 +471,16 @@ int mc_cmd_bench(int argc, char **argv)
                d->model_type, d->n_layers, wname, path, nthreads);
         printf("cpu      %s [%s]; %ld MiB on huge pages\n", cpu, mc_session_features(ses), huge_mib);
         printf("probe    read stream %lld MiB: %.2f GB/s (before %.2f, after %.2f); FMA peak (f32, "
-               "%s): %.1f GFLOP/s\n",
+               "%s): %.1f GFLOP/s",
                probe_mib, probe_gbps, probe_before, probe_after, path, peak_gflops);
-        printf("prefill  %lld tokens: %.1f tok/s, %.1f GFLOP/s in matrix products = %.2f of the "
-               "FMA peak\n",
+        if (int8_gops > 0)
+            printf("; INT8 tile peak: %.1f GOP/s", int8_gops);
+        printf("\nprefill  %lld tokens: %.1f tok/s, %.1f GFLOP/s in matrix products = %.2f of the "
+               "FMA peak",
                plen, prefill_tok_s, prefill_gflops, prefill_gflops / peak_gflops);
+        if (int8_gops > 0)
+            printf(", %.3f of the INT8 tile peak", prefill_gflops / int8_gops);
+        printf("\n");
         printf("decode   batch %lld x %lld steps: %.2f tok/s, %.1f MB of weights per step, "
                "%.2f GB/s = %.2f of the probe\n",
                batch, glen, decode_tok_s, bytes_step / 1e6, achieved, achieved / probe_gbps);

@@ -559,6 +559,9 @@ void mc_backend_counters_get(const mc_backend *be, mc_backend_counters *out);
  * about `seconds` with `threads` threads; negative if it cannot run. */
 double mc_backend_probe_read_gbps(mc_backend *be, size_t bytes, int threads, double seconds);
 double mc_backend_probe_fma_gflops(mc_backend *be, int threads, double seconds);
+/* Peak int8 matrix throughput of the current path in GOP/s (CPU: AMX INT8
+ * tiles), measured the same way; negative when the backend has none. */
+double mc_backend_probe_int8_gops(mc_backend *be, int threads, double seconds);
 
 /* ---- implementing a backend ----
  *
@@ -634,6 +637,7 @@ typedef struct {
     void (*counters)(void *ctx, mc_backend_counters *out);
     double (*probe_read_gbps)(void *ctx, size_t bytes, int threads, double seconds);
     double (*probe_fma_gflops)(void *ctx, int threads, double seconds);
+    double (*probe_int8_gops)(void *ctx, int threads, double seconds); /* optional */
     /* DeepSeek-V4 (optional: NULL entries are refused with MC_ERR_UNSUPPORTED) */
     mc_status (*v4_hc_pre)(void *ctx, const mc_tensor *x, const mc_tensor *mix,
                            const mc_tensor *base, const mc_tensor *scale, const mc_v4_hc_opts *o,

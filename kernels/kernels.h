@@ -170,5 +170,9 @@ double mc_probe_read_gbps(size_t bytes, int threads, double seconds);
 /* Peak f32 fused multiply-add throughput of the current path with
  * `threads` threads, in GFLOP/s (2 flops per FMA lane). */
 double mc_probe_fma_gflops(int threads, double seconds);
+/* Peak int8 multiply-add throughput of the current path's tile products in
+ * GOP/s (2 operations per multiply-add), measured as mc_probe_fma_gflops;
+ * -1 when the path has none (only `amx` has). */
+double mc_probe_int8_gops(int threads, double seconds);
 
 #endif

@@ -517,6 +517,10 @@ double mc_session_probe_read_gbps(mc_session *s, size_t bytes, int threads, doub
     return mc_backend_probe_read_gbps(s->be, bytes, threads, seconds);
 }
 
+double mc_session_probe_int8_gops(mc_session *s, int threads, double seconds) {
+    return mc_backend_probe_int8_gops(s->be, threads, seconds);
+}
+
 double mc_session_probe_fma_gflops(mc_session *s, int threads, double seconds) {
     return mc_backend_probe_fma_gflops(s->be, threads, seconds);
 }

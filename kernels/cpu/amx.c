@@ -421,6 +421,40 @@ static void rows_q4_k(const mc_mat *w, const mc_qact *a, float *y, int ldy, int 
 
 /* ---- the table ---- */
 
+/* The INT8 tile peak: `iters` rounds of four independent TDPBSSD (16 x 16
+ * int32 += 16 x 64 int8 . 64 x 16 int8, 16384 multiply-adds each) on tiles
+ * loaded once, with a configuration of its own (all eight tiles 16 rows x
+ * 64 bytes), written and loaded as tiles_configure does. */
+static double int8_burn(long iters)
+{
+    static const int8_t zeros[16 * 64] __attribute__((aligned(64)));
+    tilecfg cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int i = 0; i < 8; i++) {
+        cfg.rows[i] = 16;
+        cfg.colsb[i] = 64;
+    }
+    __asm__ __volatile__("" : : "r"(&cfg) : "memory");
+    __asm__ __volatile__("ldtilecfg %0" : : "m"(cfg) : "memory");
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    _tile_loadd(4, zeros, 64);
+    _tile_loadd(5, zeros, 64);
+    _tile_loadd(6, zeros, 64);
+    _tile_loadd(7, zeros, 64);
+    for (long i = 0; i < iters; i++) {
+        _tile_dpbssd(0, 4, 6);
+        _tile_dpbssd(1, 4, 7);
+        _tile_dpbssd(2, 5, 6);
+        _tile_dpbssd(3, 5, 7);
+    }
+    _tile_release();
+    return (double)iters * 4.0 * 16 * 16 * 64 * 2;
+}
+
 static void init_once(void)
 {
     mc_kops_amx = mc_kops_avx512;
@@ -429,6 +463,7 @@ static void init_once(void)
     mc_kops_amx.rows_q4_k = rows_q4_k;
     mc_kops_amx.pack_qact_bytes = pack_bytes;
     mc_kops_amx.pack_qact = pack;
+    mc_kops_amx.int8_burn = int8_burn;
 #if defined(__linux__) && defined(SYS_arch_prctl)
     /* ARCH_REQ_XCOMP_PERM (0x1023) for XFEATURE_XTILEDATA (18): per process */
     if (syscall(SYS_arch_prctl, 0x1023, 18) == 0 && pthread_key_create(&g_scratch_key, free) == 0)

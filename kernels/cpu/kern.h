@@ -58,6 +58,9 @@ typedef struct {
     void (*swiglu)(float *g, const float *u, int n);
     /* `iters` rounds of independent FMAs on registers; returns flops done */
     double (*fma_burn)(long iters);
+    /* `iters` rounds of independent int8 tile products (amx only, else
+     * NULL); returns int8 operations done (2 per multiply-add) */
+    double (*int8_burn)(long iters);
     /* sum of the 64-bit words of p[bytes] (bytes a multiple of 256): a read stream */
     uint64_t (*stream_sum)(const void *p, size_t bytes);
 } mc_kops;

@@ -69,18 +69,21 @@ double mc_probe_read_gbps(size_t bytes, int threads, double seconds)
 }
 
 typedef struct {
-    const mc_kops *ops;
+    double (*burn)(long iters);
     long iters;
     double flops[8 * 1024];
 } fma_job;
 
 static void fma_task(void *ctx, int task, int thread)
 {
+    (void)thread;
     fma_job *j = ctx;
-    j->flops[task] = j->ops->fma_burn(j->iters);
+    j->flops[task] = j->burn(j->iters);
 }
 
-double mc_probe_fma_gflops(int threads, double seconds)
+/* Peak of a burn function (operations per call of `iters` rounds) over
+ * `threads` threads, 8 calls a thread per pass, best pass over `seconds`. */
+static double burn_peak(double (*burn)(long), int threads, double seconds)
 {
     if (threads < 1)
         threads = 1;
@@ -89,9 +92,11 @@ double mc_probe_fma_gflops(int threads, double seconds)
     int saved = mc_kernels_threads();
     mc_kernels_set_threads(threads);
     fma_job *j = calloc(1, sizeof *j);
-    if (!j)
+    if (!j) {
+        mc_kernels_set_threads(saved);
         return -1.0;
-    j->ops = mc_kops_current();
+    }
+    j->burn = burn;
     j->iters = 1 << 16;
     double best = 0, t_end = now_s() + seconds;
     int passes = 0;
@@ -111,4 +116,15 @@ double mc_probe_fma_gflops(int threads, double seconds)
     free(j);
     mc_kernels_set_threads(saved);
     return best;
+}
+
+double mc_probe_fma_gflops(int threads, double seconds)
+{
+    return burn_peak(mc_kops_current()->fma_burn, threads, seconds);
+}
+
+double mc_probe_int8_gops(int threads, double seconds)
+{
+    const mc_kops *ops = mc_kops_current();
+    return ops->int8_burn ? burn_peak(ops->int8_burn, threads, seconds) : -1.0;
 }

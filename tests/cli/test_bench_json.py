@@ -79,6 +79,16 @@ def fields(j, what):
     check(not bad, f"{what}: every field with its type", ", ".join(bad[:5]))
     check(j.get("decode_tok_s", 0) > 0 and j.get("bytes_per_step", 0) > 0,
           f"{what}: a decode speed and bytes per step")
+    # the INT8 tile peak: a number on the amx path (with its prefill ratio),
+    # null on every other path
+    amx = j.get("kernels") == "amx"
+    pk, ratio = j.get("int8_peak_gops", "absent"), j.get("prefill_int8_ratio", "absent")
+    if amx:
+        ok = isinstance(pk, (int, float)) and pk > 0 and isinstance(ratio, (int, float))
+    else:
+        ok = pk is None and ratio is None
+    check(ok, f"{what}: int8_peak_gops / prefill_int8_ratio {'numbers (amx)' if amx else 'null'}",
+          f"kernels {j.get('kernels')!r}: {pk!r}, {ratio!r}")
 
 
 def main():
