@@ -211,9 +211,12 @@ mc_status mc_comm_bcast_id(mc_comm *c, int root, void *id, size_t len, mc_err *e
 /* ---- asynchronous forms ------------------------------------------------ */
 
 /* On the CPU backends the operation has completed when the request is made;
- * the request only carries its status to mc_comm_wait. */
+ * the request only carries its status to mc_comm_wait. A barrier
+ * (mc_comm_ibarrier) is the exception: it completes in mc_comm_wait. */
 struct mc_comm_req {
     mc_status status;
+    mc_comm *barrier; /* a barrier to complete in mc_comm_wait, or NULL */
+    void *handle;     /* its backend handle (ops->ibarrier), or NULL: the whole barrier */
 };
 
 /* Makes the request of an operation that ended with st (MC_OK only: a
@@ -226,6 +229,8 @@ static mc_status req_done(mc_status st, mc_comm_req **req, mc_err *err)
     if (!r)
         return mc_err_set(err, MC_ERR_NOMEM, "comm: out of memory for a request");
     r->status = st;
+    r->barrier = NULL;
+    r->handle = NULL;
     *req = r;
     return MC_OK;
 }
@@ -274,11 +279,34 @@ mc_status mc_comm_iall_to_all_v(mc_comm *c, const void *send, size_t send_bytes,
                     req, err);
 }
 
+mc_status mc_comm_ibarrier(mc_comm *c, mc_comm_req **req, mc_err *err)
+{
+    CHECK_REQ("ibarrier");
+    CHECK_COMM(c, "ibarrier");
+    void *h = NULL;
+    if (c->ops->ibarrier) {
+        mc_status st = c->ops->ibarrier(c, &h, err);
+        if (st != MC_OK)
+            return st;
+    }
+    mc_comm_req *r = malloc(sizeof *r);
+    if (!r) { /* the barrier must still happen on this rank: the others are in it */
+        mc_status st = h ? c->ops->barrier_wait(c, h, err) : c->ops->barrier(c, err);
+        return st != MC_OK ? st : mc_err_set(err, MC_ERR_NOMEM, "comm: out of memory for a request");
+    }
+    *r = (mc_comm_req){.status = MC_OK, .barrier = c, .handle = h};
+    *req = r;
+    return MC_OK;
+}
+
 mc_status mc_comm_wait(mc_comm_req *req, mc_err *err)
 {
     if (!req)
         return mc_err_set(err, MC_ERR_ARG, "wait: req is NULL");
     mc_status st = req->status;
+    if (req->barrier)
+        st = req->handle ? req->barrier->ops->barrier_wait(req->barrier, req->handle, err)
+                         : req->barrier->ops->barrier(req->barrier, err);
     free(req);
     return st;
 }

@@ -157,6 +157,12 @@ mc_status mc_comm_iall_to_all_v(mc_comm *c, const void *send, size_t send_bytes,
                                 size_t recv_bytes, const size_t *recv_counts,
                                 const size_t *recv_displs, mc_comm_stream *stream,
                                 mc_comm_req **req, mc_err *err);
+/* A barrier in two halves: this rank arrives now, and mc_comm_wait(req)
+ * returns once every rank has arrived, so the caller can compute in
+ * between (MPI: MPI_Ibarrier, then MPI_Wait under the watchdog; the other
+ * backends run the whole barrier in mc_comm_wait). */
+mc_status mc_comm_ibarrier(mc_comm *c, mc_comm_req **req, mc_err *err);
+
 /* Completes req (blocks until its buffers may be used again), frees it and
  * returns the operation's status. NULL is MC_ERR_ARG. */
 mc_status mc_comm_wait(mc_comm_req *req, mc_err *err);

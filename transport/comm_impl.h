@@ -28,6 +28,11 @@ typedef struct {
     mc_status (*send)(mc_comm *c, int peer, const void *buf, size_t bytes, mc_err *err);
     mc_status (*recv)(mc_comm *c, int peer, void *buf, size_t bytes, mc_err *err);
     mc_status (*barrier)(mc_comm *c, mc_err *err);
+    /* optional: a barrier that starts now (*h: the backend's handle) and is
+     * completed by barrier_wait; without them mc_comm_ibarrier runs the
+     * whole barrier in mc_comm_wait */
+    mc_status (*ibarrier)(mc_comm *c, void **h, mc_err *err);
+    mc_status (*barrier_wait)(mc_comm *c, void *h, mc_err *err);
     mc_status (*split)(mc_comm *c, int color, int key, mc_comm **out, mc_err *err);
     void (*free)(mc_comm *c); /* frees impl; comm.c frees the mc_comm itself */
 } mc_comm_ops;

@@ -435,6 +435,35 @@ static mc_status mpi_barrier(mc_comm *c, mc_err *err)
     return MC_OK;
 }
 
+/* MPI_Ibarrier: arrives now (counted as a collective entered, as the
+ * blocking one), completed by mpi_barrier_wait; the wait runs under the
+ * watchdog like any blocking call. */
+static mc_status mpi_ibarrier(mc_comm *c, void **h, mc_err *err)
+{
+    MPI_Request *r = malloc(sizeof *r);
+    if (!r)
+        return mc_err_set(err, MC_ERR_NOMEM, "mpi rank %d: out of memory for a request",
+                          g_world_rank);
+    mc_watch_collective(watch_of(c));
+    int rc = MPI_Ibarrier(comm_of(c), r);
+    if (rc != MPI_SUCCESS) {
+        free(r);
+        return mpi_fail(c, "MPI_Ibarrier", rc, err);
+    }
+    *h = r;
+    return MC_OK;
+}
+
+static mc_status mpi_barrier_wait(mc_comm *c, void *h, mc_err *err)
+{
+    MPI_Request *r = h;
+    mc_watch_enter(watch_of(c), "MPI_Wait (barrier)", -1);
+    int rc = MPI_Wait(r, MPI_STATUS_IGNORE);
+    mc_watch_leave();
+    free(r);
+    return rc == MPI_SUCCESS ? MC_OK : mpi_fail(c, "MPI_Wait (barrier)", rc, err);
+}
+
 /* ---- communicators ----------------------------------------------------- */
 
 /* Communicators this rank has made (their ids: see wrap). */
@@ -535,6 +564,8 @@ static const mc_comm_ops mpi_ops = {
     .send = mpi_send,
     .recv = mpi_recv,
     .barrier = mpi_barrier,
+    .ibarrier = mpi_ibarrier,
+    .barrier_wait = mpi_barrier_wait,
     .split = mpi_split,
     .free = mpi_free,
 };

@@ -344,9 +344,15 @@ static mc_status ep_shm_meet(mc_step_exec *ex, mc_err *err)
     return st;
 }
 
-/* ep_experts (below) through the group's shared memory. */
+/* Work a rank does while its ep group meets (the shared expert). */
+typedef mc_status (*ep_between_fn)(void *ctx, mc_err *err);
+
+/* ep_experts (below) through the group's shared memory. between (may be
+ * NULL) runs between this rank's arrival at the dispatch's meeting and its
+ * wait for the others (mc_comm_ibarrier), so it overlaps the exchange. */
 static mc_status ep_experts_shm(mc_step_exec *ex, int l, int64_t np, const mc_tensor *xp,
-                                const mc_tensor *wp, mc_tensor *yp, mc_err *err)
+                                const mc_tensor *wp, mc_tensor *yp, ep_between_fn between,
+                                void *between_ctx, mc_err *err)
 {
     mc_model *m = ex->m;
     const mc_model_desc *d = &m->d;
@@ -390,7 +396,28 @@ static mc_status ep_experts_shm(mc_step_exec *ex, int l, int64_t np, const mc_te
     } else {
         memset(offs, 0, (size_t)(E + 1) * sizeof *offs);
     }
-    TRY(ep_shm_meet(ex, err));
+    {
+        /* the dispatch's meeting is always the two-halved barrier, with or
+         * without work between: every rank of the group must make the same
+         * kind of call (MPI does not match a blocking barrier with a
+         * nonblocking one, and an idle rank has no shared expert to run) */
+        mc_comm_req *req = NULL;
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+        TRY(mc_comm_ibarrier(m->ep_comm, &req, err));
+        mc_status sb = MC_OK;
+        if (between) { /* (xp, whose memory s->ys shares, is published: free to reuse) */
+            if (m->stats)
+                t_comm += mc_now_s() - tm;
+            sb = between(between_ctx, err);
+            if (m->stats)
+                tm = mc_now_s(); /* the wait and the copies count, the work between does not */
+        }
+        /* the others are in the meeting: complete it whatever between did */
+        mc_status sw = mc_comm_wait(req, sb == MC_OK ? err : NULL);
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+        if ((st = sb != MC_OK ? sb : sw) != MC_OK)
+            goto done;
+    }
     /* dispatch, 2: the rows of this rank's experts, grouped by expert */
     int64_t nr = 0;
     for (int p = 0; p < P; p++)
@@ -494,12 +521,14 @@ fail:
  *             yp (np, H) in xp's order, unweighted (Llama 4: input-weighted).
  * Index data (counts, each received row's expert) is built on the host. */
 static mc_status ep_experts(mc_step_exec *ex, int l, int64_t np, const mc_tensor *xp,
-                            const mc_tensor *wp, mc_tensor *yp, mc_err *err)
+                            const mc_tensor *wp, mc_tensor *yp, ep_between_fn between,
+                            void *between_ctx, mc_err *err)
 {
     if (ex->ep_shm_state == 0)
         ep_shm_setup(ex);
     if (ex->ep_shm_state > 0)
-        return ep_experts_shm(ex, l, np, xp, wp, yp, err);
+        return ep_experts_shm(ex, l, np, xp, wp, yp, between, between_ctx, err);
+
     mc_model *m = ex->m;
     const mc_model_desc *d = &m->d;
     const mc_layout *lay = &m->lay;
@@ -637,6 +666,10 @@ static mc_status ep_experts(mc_step_exec *ex, int l, int64_t np, const mc_tensor
     }
     TRY(ep_exchange_t(m, l, false, &x.xr, (size_t)nr * hb, sc, sd, np > 0 ? yp : NULL,
                       (size_t)np * hb, rc, rd, err));
+    /* the all-to-all path: the work comes after the exchange (the shared
+     * expert's output shares memory with the rows sent: s->ys is xp's) */
+    if (between)
+        st = between(between_ctx, err);
 done:
 fail:
     mc_arena_reset_to(a, mk);
@@ -645,7 +678,20 @@ fail:
 
 mc_status mc_step_moe_idle(mc_step_exec *ex, int l, mc_err *err)
 {
-    return ep_experts(ex, l, 0, NULL, NULL, NULL, err);
+    return ep_experts(ex, l, 0, NULL, NULL, NULL, NULL, NULL, err);
+}
+
+/* The shared expert of a layer into s->ys (ep_experts' between work). */
+typedef struct {
+    mc_step_exec *ex;
+    const mc_step_layer *w;
+    mc_step_views *s;
+} shared_job;
+
+static mc_status shared_between(void *ctx, mc_err *err)
+{
+    shared_job *j = ctx;
+    return ffn(j->ex, &j->w->shared, &j->s->xn, &j->s->ys, err);
 }
 
 /* tmp = routed experts (+ shared experts) of xn. Under tp the ranks of a
@@ -686,8 +732,12 @@ static mc_status moe(mc_step_exec *ex, int l, mc_step_views *s, mc_err *err)
         if (llama4)
             TRY(mc_op_moe_permute(be, &wts, &ids, &wp, &slot, &ex->offsets, err));
     }
+    int shared_done = 0;
     if (lay->ep > 1) {
-        TRY(ep_experts(ex, l, np, &xp, &wp, &yp, err));
+        /* the shared expert overlaps the exchange (shared memory) */
+        shared_job sj = {ex, w, s};
+        TRY(ep_experts(ex, l, np, &xp, &wp, &yp, w->has_shared ? shared_between : NULL, &sj, err));
+        shared_done = w->has_shared;
     } else if (nt > 0) {
         mc_experts_opts eo = {.row_weight = &wp, .weight_input = 1};
         TRY(mc_op_grouped_experts(be, &xp, &ex->offsets, d->n_experts, w->gate, w->up, w->down,
@@ -696,7 +746,8 @@ static mc_status moe(mc_step_exec *ex, int l, mc_step_views *s, mc_err *err)
     if (nt > 0) /* in expert order per token, from zero (Llama 4: already weighted) */
         TRY(mc_op_moe_unpermute_weighted(be, &yp, &slot, llama4 ? NULL : &wts, &ys, err));
     if (w->has_shared) {
-        TRY(ffn(ex, &w->shared, &s->xn, &s->ys, err));
+        if (!shared_done)
+            TRY(ffn(ex, &w->shared, &s->xn, &s->ys, err));
         TRY(mc_op_add(be, &s->tmp, &s->ys, &s->tmp, err));
     }
 fail:
