@@ -256,11 +256,13 @@ fail:
  *   out    f32 [cap, H]    its pairs' rows (the dispatch side)
  *   in     f32 [cap, H]    the experts' outputs for its pairs (the combine side)
  * cap = max_tokens * k. Dispatch: a rank writes offs, w and out, then the
- * group meets (mc_comm_barrier); every rank copies the rows of its own
+ * group meets (mc_comm_ibarrier: a rank arrives, runs the layer's shared
+ * expert, then waits for the others); every rank copies the rows of its own
  * experts straight from the peers' `out` into its expert-grouped rows
  * (expert by expert, peer by peer: the order the all-to-all path's stable
  * grouping gives), runs them, and writes each output straight into the
- * sending rank's `in`; the group meets again and each rank takes its `in`.
+ * sending rank's `in` (at the row the sender's offs give); the group meets
+ * again (mc_comm_barrier) and each rank takes its `in`.
  * Two meetings and one copy each way per layer, where the all-to-all path
  * has three exchanges (counts, rows, outputs) that each copy twice.
  * Reuse without more meetings: a rank rewrites its `out` only after the
