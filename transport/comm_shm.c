@@ -60,9 +60,7 @@ mc_status mc_comm_shm_alloc(mc_comm *c, size_t bytes, mc_comm_shm **out, mc_err 
     if (!all)
         return mc_err_set(err, MC_ERR_NOMEM, "shared memory: out of memory");
     ident_make(&mine, bytes);
-    mc_status st = c->ops->all_gather_v ? MC_OK : MC_ERR_UNSUPPORTED;
-    if (st == MC_OK)
-        st = mc_comm_all_gather(c, &mine, sizeof mine, all, err);
+    mc_status st = mc_comm_all_gather(c, &mine, sizeof mine, all, err);
     if (st != MC_OK) {
         free(all);
         return st;

@@ -148,12 +148,11 @@ static inline mc_status mc_model_quantize(mc_model *m, mc_dtype target, mc_err *
  * into one huge-page buffer owned by m. */
 static inline mc_status mc_model_resident_group_(mc_model *m, mc_mat **mats, int n, mc_err *err)
 {
-    const mc_mat **src = malloc((size_t)(n > 0 ? n : 1) * sizeof *src);
     mc_mat **where = malloc((size_t)(n > 0 ? n : 1) * sizeof *where);
     mc_mat *dst = malloc((size_t)(n > 0 ? n : 1) * sizeof *dst);
     mc_status st = MC_OK;
     int k = 0;
-    if (!src || !where || !dst) {
+    if (!where || !dst) {
         st = mc_err_set(err, MC_ERR_NOMEM, "out of memory");
         goto done;
     }
@@ -163,12 +162,11 @@ static inline mc_status mc_model_resident_group_(mc_model *m, mc_mat **mats, int
             continue;
         if (w->transposed && mc_dtype_is_block(w->dtype))
             continue; /* (not a layout any loader makes) */
-        src[k] = w;
         where[k++] = w;
     }
     if (k > 0) {
         void *store;
-        if ((st = mc_mats_copy(src, k, dst, &store, err)) != MC_OK)
+        if ((st = mc_mats_copy((const mc_mat *const *)where, k, dst, &store, err)) != MC_OK)
             goto done;
         if (!mc_model_own(m, store)) { /* it freed store */
             st = mc_err_set(err, MC_ERR_NOMEM, "out of memory");
@@ -178,7 +176,6 @@ static inline mc_status mc_model_resident_group_(mc_model *m, mc_mat **mats, int
             *where[i] = dst[i];
     }
 done:
-    free(src);
     free(where);
     free(dst);
     return st;

@@ -296,7 +296,7 @@ static ep_shm_layout ep_shm_layout_of(const mc_step_exec *ex)
 static void ep_shm_setup(mc_step_exec *ex)
 {
     mc_model *m = ex->m;
-    ex->ep_shm_state = -1;
+    ex->ep_shm_tried = true;
     const char *env = getenv("MC_EP_SHM");
     float off = env && strcmp(env, "0") == 0 ? 1.0f : 0.0f;
     mc_err e;
@@ -314,7 +314,6 @@ static void ep_shm_setup(mc_step_exec *ex)
     }
     mc_status st = mc_comm_shm_alloc(m->ep_comm, L.bytes, &ex->ep_shm, &e);
     if (st == MC_OK) {
-        ex->ep_shm_state = 1;
         MC_INFO("rank %d: expert exchange through shared memory (%d ranks, %.1f MiB a rank)",
                 m->lay.rank, m->lay.ep, (double)L.bytes / (1 << 20));
     } else if (st == MC_ERR_UNSUPPORTED) {
@@ -330,7 +329,7 @@ static mc_status ep_shm_peer_offs(const mc_step_exec *ex, int p, const int32_t *
 {
     int E = ex->m->d.n_experts;
     for (int e = 0; e < E; e++)
-        if (po[0] != 0 || po[e + 1] < po[e] || po[e + 1] > cap)
+        if ((e == 0 && po[0] != 0) || po[e + 1] < po[e] || po[e + 1] > cap)
             return mc_err_set(err, MC_ERR_INTERNAL,
                               "rank %d: ep peer %d published token-expert pair ranges that a "
                               "step of %u tokens cannot hold (expert %d: %d..%d)",
@@ -338,16 +337,34 @@ static mc_status ep_shm_peer_offs(const mc_step_exec *ex, int p, const int32_t *
     return MC_OK;
 }
 
-static mc_status ep_shm_meet(mc_step_exec *ex, mc_err *err)
-{
-    __atomic_thread_fence(__ATOMIC_SEQ_CST);
-    mc_status st = mc_comm_barrier(ex->m->ep_comm, err);
-    __atomic_thread_fence(__ATOMIC_SEQ_CST);
-    return st;
-}
-
 /* Work a rank does while its ep group meets (the shared expert). */
 typedef mc_status (*ep_between_fn)(void *ctx, mc_err *err);
+
+/* One meeting of the ep group over its shared memory: this rank arrives
+ * (its writes before it), runs between (may be NULL; its seconds go to
+ * *t_between when counting), then waits for the others, whatever between
+ * did. Always the two-halved barrier, so every rank of the group makes the
+ * same kind of call (MPI does not match a blocking barrier with a
+ * nonblocking one, and an idle rank has no shared expert to run). */
+static mc_status ep_shm_meet(mc_step_exec *ex, ep_between_fn between, void *ctx,
+                             double *t_between, mc_err *err)
+{
+    mc_comm_req *req = NULL;
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    mc_status st = mc_comm_ibarrier(ex->m->ep_comm, &req, err);
+    if (st != MC_OK)
+        return st;
+    mc_status sb = MC_OK;
+    if (between) {
+        double t = ex->m->stats ? mc_now_s() : 0;
+        sb = between(ctx, err);
+        if (ex->m->stats)
+            *t_between += mc_now_s() - t;
+    }
+    mc_status sw = mc_comm_wait(req, sb == MC_OK ? err : NULL);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    return sb != MC_OK ? sb : sw;
+}
 
 /* ep_experts (below) through the group's shared memory. between (may be
  * NULL) runs between this rank's arrival at the dispatch's meeting and its
@@ -368,7 +385,8 @@ static mc_status ep_experts_shm(mc_step_exec *ex, int l, int64_t np, const mc_te
     mc_status st = MC_OK;
     mc_arena *a = ex->arena;
     mc_arena_mark mk = mc_arena_mark_get(a);
-    double tm = m->stats ? mc_now_s() : 0, t_comm = 0; /* the exchange's share of the time */
+    /* the exchange's share of the time: all of it but the work between */
+    double t0 = m->stats ? mc_now_s() : 0, t_between = 0;
     unsigned char *seg = mc_comm_shm_seg(ex->ep_shm, me);
     int32_t *offs = (int32_t *)seg;
     int32_t *eoff = mc_arena_alloc_n(a, (size_t)ne + 1, sizeof *eoff);
@@ -398,28 +416,8 @@ static mc_status ep_experts_shm(mc_step_exec *ex, int l, int64_t np, const mc_te
     } else {
         memset(offs, 0, (size_t)(E + 1) * sizeof *offs);
     }
-    {
-        /* the dispatch's meeting is always the two-halved barrier, with or
-         * without work between: every rank of the group must make the same
-         * kind of call (MPI does not match a blocking barrier with a
-         * nonblocking one, and an idle rank has no shared expert to run) */
-        mc_comm_req *req = NULL;
-        __atomic_thread_fence(__ATOMIC_SEQ_CST);
-        TRY(mc_comm_ibarrier(m->ep_comm, &req, err));
-        mc_status sb = MC_OK;
-        if (between) { /* (xp, whose memory s->ys shares, is published: free to reuse) */
-            if (m->stats)
-                t_comm += mc_now_s() - tm;
-            sb = between(between_ctx, err);
-            if (m->stats)
-                tm = mc_now_s(); /* the wait and the copies count, the work between does not */
-        }
-        /* the others are in the meeting: complete it whatever between did */
-        mc_status sw = mc_comm_wait(req, sb == MC_OK ? err : NULL);
-        __atomic_thread_fence(__ATOMIC_SEQ_CST);
-        if ((st = sb != MC_OK ? sb : sw) != MC_OK)
-            goto done;
-    }
+    /* (xp, whose memory s->ys shares, is published: between may reuse it) */
+    TRY(ep_shm_meet(ex, between, between_ctx, &t_between, err));
     /* dispatch, 2: the rows of this rank's experts, grouped by expert */
     int64_t nr = 0;
     for (int p = 0; p < P; p++)
@@ -449,8 +447,7 @@ static mc_status ep_experts_shm(mc_step_exec *ex, int l, int64_t np, const mc_te
                        (size_t)c * sizeof(float));
             r += c;
         }
-    if (m->stats)
-        t_comm += mc_now_s() - tm;
+    double t_experts = m->stats ? mc_now_s() : 0;
     if (nr > 0) {
         mc_tensor xe, ye, we, ov;
         mc_experts_opts eo = {.row_weight = &we, .weight_input = 1};
@@ -470,7 +467,8 @@ static mc_status ep_experts_shm(mc_step_exec *ex, int l, int64_t np, const mc_te
         TRY(mc_backend_synchronize(ex->be, err));
     }
     /* combine, 1: each output into the sending rank's `in`, at its pair's row */
-    tm = m->stats ? mc_now_s() : 0;
+    if (m->stats)
+        t_experts = mc_now_s() - t_experts;
     uint64_t remote_out = 0;
     for (int e = 0, r = 0; e < ne; e++)
         for (int p = 0; p < P; p++) {
@@ -486,7 +484,7 @@ static mc_status ep_experts_shm(mc_step_exec *ex, int l, int64_t np, const mc_te
                 remote_out += (uint64_t)c;
             r += c;
         }
-    TRY(ep_shm_meet(ex, err));
+    TRY(ep_shm_meet(ex, NULL, NULL, NULL, err));
     /* combine, 2: this rank's outputs, in its pairs' order */
     if (np > 0) {
         mc_tensor yv;
@@ -494,7 +492,6 @@ static mc_status ep_experts_shm(mc_step_exec *ex, int l, int64_t np, const mc_te
         TRY(mc_tensor_upload(&yv, seg + L.yoff, err));
     }
     if (m->stats) {
-        t_comm += mc_now_s() - tm;
         mc_stat_row *sr = &m->stats[l];
         int64_t mine = np > 0 ? offs[e0 + ne] - offs[e0] : 0;
         sr->disp_tokens += (uint64_t)np;
@@ -503,7 +500,7 @@ static mc_status ep_experts_shm(mc_step_exec *ex, int l, int64_t np, const mc_te
         sr->disp_bytes += (uint64_t)(np - mine) * (hb + (llama4 ? sizeof(float) : 0)) +
                           (uint64_t)(P - 1) * (size_t)(E + 1) * sizeof(int32_t);
         sr->comb_bytes += remote_out * hb;
-        sr->t_comm += t_comm;
+        sr->t_comm += mc_now_s() - t0 - t_between - t_experts;
     }
 done:
 fail:
@@ -526,9 +523,9 @@ static mc_status ep_experts(mc_step_exec *ex, int l, int64_t np, const mc_tensor
                             const mc_tensor *wp, mc_tensor *yp, ep_between_fn between,
                             void *between_ctx, mc_err *err)
 {
-    if (ex->ep_shm_state == 0)
+    if (!ex->ep_shm_tried)
         ep_shm_setup(ex);
-    if (ex->ep_shm_state > 0)
+    if (ex->ep_shm)
         return ep_experts_shm(ex, l, np, xp, wp, yp, between, between_ctx, err);
 
     mc_model *m = ex->m;

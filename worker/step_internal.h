@@ -122,9 +122,9 @@ struct mc_step_exec {
     mc_buffer *ep_buf;
     size_t ep_cap;
     /* the ep group's shared memory when its ranks share a host (step_block.c,
-     * ep_experts_shm): state 0 = not set up yet, 1 = in use, -1 = off */
+     * ep_experts_shm; NULL: the all-to-all), decided once (ep_shm_tried) */
     struct mc_comm_shm *ep_shm;
-    int ep_shm_state;
+    bool ep_shm_tried;
 };
 
 /* The step's views of the scratch, n tokens (names as in mc_step_exec). */

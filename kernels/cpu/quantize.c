@@ -151,6 +151,15 @@ mc_status mc_mat_quantize(const mc_mat *src, mc_dtype target, mc_mat *dst, void 
 /* Start of each matrix in a group: a cache line, so that no two matrices share one. */
 #define GROUP_ALIGN 64
 
+/* total + b, rounded up to GROUP_ALIGN, into *total; 0 when size_t overflows. */
+static int group_add(size_t *total, size_t b)
+{
+    if (*total > SIZE_MAX - b - GROUP_ALIGN)
+        return 0;
+    *total = (*total + b + GROUP_ALIGN - 1) & ~(size_t)(GROUP_ALIGN - 1);
+    return 1;
+}
+
 mc_status mc_mats_quantize(const mc_mat *const *src, const mc_dtype *target, int n, mc_mat *dst,
                            void **owned, int *bad, mc_err *err)
 {
@@ -167,10 +176,9 @@ mc_status mc_mats_quantize(const mc_mat *const *src, const mc_dtype *target, int
                 *bad = i;
             return st;
         }
-        size_t stride, b = stored_bytes(src[i], target[i], &stride);
-        if (total > SIZE_MAX - b - GROUP_ALIGN)
+        size_t stride;
+        if (!group_add(&total, stored_bytes(src[i], target[i], &stride)))
             return mc_err_set(err, MC_ERR_NOMEM, "%d matrices of weights overflow size_t", n);
-        total = (total + b + GROUP_ALIGN - 1) & ~(size_t)(GROUP_ALIGN - 1);
     }
     unsigned char *p = weights_alloc(total, 1);
     if (!p)
@@ -186,7 +194,7 @@ mc_status mc_mats_quantize(const mc_mat *const *src, const mc_dtype *target, int
             free(p);
             return st;
         }
-        at = (at + b + GROUP_ALIGN - 1) & ~(size_t)(GROUP_ALIGN - 1);
+        (void)group_add(&at, b); /* (within total) */
     }
     *owned = p;
     return MC_OK;
@@ -248,10 +256,8 @@ mc_status mc_mats_copy(const mc_mat *const *src, int n, mc_mat *dst, void **owne
         mc_status st = copy_shape(src[i], &lines, &lb, &pitch, &stride, err);
         if (st != MC_OK)
             return st;
-        size_t b = (size_t)lines * lb;
-        if (total > SIZE_MAX - b - GROUP_ALIGN)
+        if (!group_add(&total, (size_t)lines * lb))
             return mc_err_set(err, MC_ERR_NOMEM, "%d matrices of weights overflow size_t", n);
-        total = (total + b + GROUP_ALIGN - 1) & ~(size_t)(GROUP_ALIGN - 1);
     }
     unsigned char *p = weights_alloc(total, 1);
     if (!p)
@@ -269,7 +275,7 @@ mc_status mc_mats_copy(const mc_mat *const *src, int n, mc_mat *dst, void **owne
         dst[i] = *src[i];
         dst[i].data = p + at;
         dst[i].row_stride = stride;
-        at = (at + (size_t)j.lines * j.line_bytes + GROUP_ALIGN - 1) & ~(size_t)(GROUP_ALIGN - 1);
+        (void)group_add(&at, (size_t)j.lines * j.line_bytes); /* (within total) */
     }
     *owned = p;
     return MC_OK;
