@@ -123,6 +123,8 @@ def cmd_exec(a, rest):
 def cmd_score(a, rest):
     model, n, opts = rest[0], int(rest[1]), rest[2:]
     tag = "_".join([model, str(n)] + [o.strip("-") for o in opts])
+    if os.environ.get("MC_EP_SHM") == "0":
+        tag += "_a2a"  # the .a2a twin of a case runs concurrently under ctest -j
     out = os.path.join(a.work, tag + ".safetensors")
     if os.path.exists(out):
         os.remove(out)
