@@ -543,6 +543,7 @@ static uint64_t stream_sum(const void *p, size_t bytes)
 
 const mc_kops mc_kops_avx2 = {
     .name = "avx2",
+    .quantize_act = mc_quantize_act_row,
     .widen = widen,
     .rows_f = rows_f,
     .rows_q8_0 = rows_q8_0,

@@ -577,6 +577,66 @@ static void rows_q8_0(const mc_mat *w, const mc_qact *a, float *y, int ldy, int 
     free(wbuf);
 }
 
+/* ---- activation quantization ---- */
+
+/* mc_quantize_act_row 16 values at a time, the same float operations on
+ * every value (the max of |x| and 0 skipping NaN, amax / 127, 127 / amax,
+ * x * is, + 1.5 * 2^23 and the low mantissa bits, the clamp), so the same
+ * bytes; the sums of `sub` values by vpsadbw of q + 128 (eight bytes a
+ * lane). Multiply and add stay two statements: no contraction to an FMA. */
+static void quantize_act(const float *x, int cols, int kp, int blk, int8_t *q, float *d,
+                         int16_t *bsum, int sub)
+{
+    const __m512 magic = _mm512_set1_ps(12582912.f);
+    const __m512 absm = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
+    const __m512i mant = _mm512_set1_epi32(0x007fffff), half = _mm512_set1_epi32(0x00400000);
+    const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127);
+    for (int b0 = 0; b0 < kp; b0 += blk) {
+        int len = cols - b0 < blk ? (cols - b0 > 0 ? cols - b0 : 0) : blk;
+        __m512 am = _mm512_setzero_ps();
+        for (int i = 0; i < len; i += 16) {
+            __mmask16 m = len - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (len - i)) - 1);
+            __m512 v = _mm512_and_ps(_mm512_maskz_loadu_ps(m, x + b0 + i), absm);
+            am = _mm512_max_ps(v, am); /* a NaN in v keeps am */
+        }
+        float amax = _mm512_reduce_max_ps(am);
+        float sc = amax / 127.0f, is = sc > 0 ? 127.0f / amax : 0.0f;
+        d[b0 / blk] = sc;
+        __m512 isv = _mm512_set1_ps(is);
+        for (int i = 0; i < blk; i += 16) {
+            int rem = len - i;
+            __mmask16 m = rem >= 16 ? (__mmask16)0xffff
+                          : rem > 0 ? (__mmask16)((1u << rem) - 1) : (__mmask16)0;
+            __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + b0 + i), isv);
+            v = _mm512_add_ps(v, magic);
+            __m512i iv = _mm512_sub_epi32(_mm512_and_si512(_mm512_castps_si512(v), mant), half);
+            iv = _mm512_maskz_mov_epi32(m, _mm512_min_epi32(_mm512_max_epi32(iv, lo), hi));
+            _mm_storeu_si128((__m128i *)(void *)(q + b0 + i), _mm512_cvtepi32_epi8(iv));
+        }
+    }
+    if (!bsum)
+        return;
+    const __m512i c128 = _mm512_set1_epi8((char)0x80);
+    int per = 64 / sub, lanes = sub / 8, j = 0; /* sums per 64 bytes; 8-byte lanes per sum */
+    for (int j0 = 0; j0 + 64 <= kp; j0 += 64) {
+        __m512i u = _mm512_xor_si512(_mm512_loadu_si512((const void *)(q + j0)), c128);
+        uint64_t l8[8];
+        _mm512_storeu_si512((void *)l8, _mm512_sad_epu8(u, _mm512_setzero_si512()));
+        for (int k = 0; k < per; k++, j++) {
+            int64_t s = -128 * (int64_t)sub;
+            for (int l = 0; l < lanes; l++)
+                s += (int64_t)l8[k * lanes + l];
+            bsum[j] = (int16_t)s;
+        }
+    }
+    for (; j < kp / sub; j++) { /* a tail shorter than 64 bytes */
+        int s = 0;
+        for (int i = 0; i < sub; i++)
+            s += q[sub * j + i];
+        bsum[j] = (int16_t)s;
+    }
+}
+
 /* ---- Q4_K ---- */
 
 /* Rows per cache block of a Q4_K product of 2 or more tokens: about
@@ -904,6 +964,7 @@ const mc_kops mc_kops_avx512 = {
     .rows_q8_0 = rows_q8_0,
     .rows_q4_k = rows_q4_k,
     .rows_q6_k = mc_avx512_rows_q6_k,
+    .quantize_act = quantize_act,
     .dot = dot,
     .axpy = axpy,
     .rmsnorm = rmsnorm,

@@ -8,11 +8,15 @@
  * all checked before anything is written, with an error that names the
  * token and the field. The math is the reference's (tests/ref/ref_attention.c),
  * token by token: scores with mc_dot, scaled, mc_softmax, weighted sum with
- * mc_axpy, so both agree to rounding. One score buffer per call (the longest
- * span of any token); the tokens run on the calling thread. */
+ * mc_axpy, so both agree to rounding. The (token, head) pairs are split
+ * over the kernels' thread pool when there is enough work, each pair done
+ * whole by one thread with its own score buffer (the longest span of any
+ * token), so the output does not depend on the number of threads. */
 #include "kernels.h"
 #include "cpu/backend_cpu_internal.h"
+#include "cpu/kern.h"
 #include "kv_sel_check.h"
+#include "pool.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -97,7 +101,7 @@ mc_status mc_cpu_kv_write(void *ctx, const mc_kv_index *ix, const mc_tensor *src
 static mc_status spans_ok(const char *op, const mc_kv_index *ix, const paged *p, int chunk,
                           int64_t *max_span, mc_err *err)
 {
-    int64_t n = ix->pos.shape[0], lo, m = 1;
+    int64_t n = ix->pos.shape[0], lo = 0, m = 1;
     *max_span = 1; /* set on every path */
     for (int64_t t = 0; t < n; t++) {
         if (token_ok(op, ix, p, t, chunk, 0, &lo, err) != MC_OK)
@@ -115,40 +119,125 @@ static float token_scale(const mc_attn_opts *o, int64_t t)
     return o->q_scale ? o->scale * row_f32(o->q_scale, 0)[t] : o->scale;
 }
 
+/* ---- (token, head) pairs over the pool ---- */
+
+/* Below this many multiply-adds (scores and weighted sums of a call) the
+ * pairs run on the calling thread: waking the pool costs more. */
+#define ATTN_PARALLEL_MIN (1 << 16)
+
+typedef void (*pair_fn)(void *job, int64_t t, int64_t h, void *scratch);
+
+typedef struct {
+    pair_fn fn;
+    void *job;
+    int64_t nh, pairs, per_task;
+    unsigned char *scratch; /* `bytes` per thread */
+    size_t bytes;
+} pairs_job;
+
+static void pairs_task(void *ctx, int task, int thread)
+{
+    const pairs_job *pj = ctx;
+    int64_t a = (int64_t)task * pj->per_task, b = a + pj->per_task;
+    b = b < pj->pairs ? b : pj->pairs;
+    for (int64_t i = a; i < b; i++)
+        pj->fn(pj->job, i / pj->nh, i % pj->nh, pj->scratch + (size_t)thread * pj->bytes);
+}
+
+/* Calls fn for every (token, head) of n tokens x nh heads, with scratch of
+ * `bytes` (64-byte aligned) that is the calling thread's own; `work` counts
+ * the call's multiply-adds. The pool runs them when there is enough work
+ * (tasks of contiguous pairs, about 8 per thread, handed out in order).
+ * MC_ERR_NOMEM when the buffers do not fit. */
+static mc_status run_pairs(mc_arena *sa, int64_t n, int64_t nh, size_t bytes, double work,
+                           pair_fn fn, void *job)
+{
+    mc_pool *pool = work >= ATTN_PARALLEL_MIN ? mc_kernels_pool() : NULL;
+    int nt = pool ? mc_pool_threads(pool) : 1;
+    int64_t pairs = n * nh;
+    if (pairs < 2)
+        pool = NULL, nt = 1;
+    bytes = (bytes + 63) & ~(size_t)63; /* no cache line shared between threads */
+    unsigned char *scratch = bytes > SIZE_MAX / (size_t)nt ? NULL
+                                                           : mc_arena_alloc(sa, bytes * (size_t)nt, 64);
+    if (!scratch)
+        return MC_ERR_NOMEM;
+    pairs_job pj = {.fn = fn, .job = job, .nh = nh, .pairs = pairs, .scratch = scratch,
+                    .bytes = bytes};
+    if (!pool) {
+        pj.per_task = pairs;
+        pairs_task(&pj, 0, 0);
+        return MC_OK;
+    }
+    int64_t tasks = 8 * (int64_t)nt < pairs ? 8 * (int64_t)nt : pairs;
+    pj.per_task = (pairs + tasks - 1) / tasks;
+    mc_pool_run(pool, (int)((pairs + pj.per_task - 1) / pj.per_task), pairs_task, &pj);
+    return MC_OK;
+}
+
+/* Sum over the tokens of the positions each attends to. */
+static double positions_attended(const mc_kv_index *ix, int chunk)
+{
+    double sum = 0;
+    for (int64_t t = 0; t < ix->pos.shape[0]; t++) {
+        int32_t pos = i32_at(&ix->pos, t);
+        sum += (double)(chunk > 0 ? pos % chunk : pos) + 1;
+    }
+    return sum;
+}
+
+/* ---- GQA attention ---- */
+
+typedef struct {
+    const mc_tensor *q, *k_pages, *v_pages, *y;
+    const mc_kv_index *ix;
+    const mc_attn_opts *opt;
+    paged p;
+    int64_t nh, nkv, grp;
+    int hd, vd;
+} attn_job;
+
+static void attn_pair(void *job, int64_t t, int64_t h, void *scratch)
+{
+    const attn_job *j = job;
+    float *score = scratch;
+    const paged *p = &j->p;
+    int32_t s = i32_at(&j->ix->seq, t), pos = i32_at(&j->ix->pos, t);
+    int64_t lo = j->opt->chunk > 0 ? pos - pos % j->opt->chunk : 0, S = pos - lo + 1;
+    float sc = token_scale(j->opt, t);
+    int64_t g = h / j->grp; /* the head's KV group */
+    const float *qh = row_f32(j->q, t * j->nh + h);
+    for (int64_t i = 0; i < S; i++)
+        score[i] = mc_dot(qh, row_f32(j->k_pages, slot_row(p, s, lo + i, j->nkv) + g), j->hd);
+    for (int64_t i = 0; i < S; i++)
+        score[i] *= sc;
+    mc_softmax(score, (int)S);
+    float *o = row_f32(j->y, t * j->nh + h);
+    memset(o, 0, (size_t)j->vd * sizeof *o);
+    for (int64_t i = 0; i < S; i++)
+        mc_axpy(o, score[i], row_f32(j->v_pages, slot_row(p, s, lo + i, j->nkv) + g), j->vd);
+}
+
 mc_status mc_cpu_attention(void *ctx, const mc_tensor *q, const mc_tensor *k_pages,
                            const mc_tensor *v_pages, const mc_kv_index *ix,
                            const mc_attn_opts *opt, mc_tensor *y, mc_err *err)
 {
     mc_arena *sa = mc_cpu_scratch(ctx); /* op scratch, given back on return */
     mc_arena_mark mk = mc_arena_mark_get(sa);
-    paged p = paged_of(ix, k_pages);
-    int64_t n = q->shape[0], nh = q->shape[1], nkv = k_pages->shape[2], span;
-    int64_t grp = nh / nkv;
-    int hd = (int)k_pages->shape[3], vd = (int)v_pages->shape[3];
-    mc_status st = spans_ok("attention", ix, &p, opt->chunk, &span, err);
+    attn_job j = {.q = q, .k_pages = k_pages, .v_pages = v_pages, .y = y, .ix = ix, .opt = opt,
+                  .p = paged_of(ix, k_pages), .nh = q->shape[1], .nkv = k_pages->shape[2],
+                  .hd = (int)k_pages->shape[3], .vd = (int)v_pages->shape[3]};
+    int64_t span;
+    j.grp = j.nh / j.nkv;
+    mc_status st = spans_ok("attention", ix, &j.p, opt->chunk, &span, err);
     if (st != MC_OK)
         return st;
-    float *score = mc_arena_alloc_n(sa, (size_t)span, sizeof *score);
-    if (!score)
+    double work = positions_attended(ix, opt->chunk) * (double)j.nh * (j.hd + j.vd);
+    if (run_pairs(sa, q->shape[0], j.nh, (size_t)span * sizeof(float), work, attn_pair, &j) !=
+        MC_OK) {
+        mc_arena_reset_to(sa, mk);
         return mc_err_set(err, MC_ERR_NOMEM, "attention: out of memory for %lld scores",
                           (long long)span);
-    for (int64_t t = 0; t < n; t++) {
-        int32_t s = i32_at(&ix->seq, t), pos = i32_at(&ix->pos, t);
-        int64_t lo = opt->chunk > 0 ? pos - pos % opt->chunk : 0, S = pos - lo + 1;
-        float sc = token_scale(opt, t);
-        for (int64_t h = 0; h < nh; h++) {
-            int64_t g = h / grp; /* the head's KV group */
-            const float *qh = row_f32(q, t * nh + h);
-            for (int64_t i = 0; i < S; i++)
-                score[i] = mc_dot(qh, row_f32(k_pages, slot_row(&p, s, lo + i, nkv) + g), hd);
-            for (int64_t i = 0; i < S; i++)
-                score[i] *= sc;
-            mc_softmax(score, (int)S);
-            float *o = row_f32(y, t * nh + h);
-            memset(o, 0, (size_t)vd * sizeof *o);
-            for (int64_t i = 0; i < S; i++)
-                mc_axpy(o, score[i], row_f32(v_pages, slot_row(&p, s, lo + i, nkv) + g), vd);
-        }
     }
     mc_arena_reset_to(sa, mk);
     return MC_OK;
@@ -167,6 +256,53 @@ static mc_status sel_ok(const mc_tensor *sel, const mc_kv_index *ix, int chunk, 
     return MC_OK;
 }
 
+/* ---- MLA absorbed attention ---- */
+
+typedef struct {
+    const mc_tensor *q_lat, *q_pe, *lat_pages, *pe_pages, *y;
+    const mc_kv_index *ix;
+    const mc_attn_opts *opt;
+    paged p;
+    int64_t nh, span;
+    int lr, rd;
+} mla_job;
+
+/* scratch: span scores, then (with opt->sel) span keep flags */
+static void mla_pair(void *job, int64_t t, int64_t h, void *scratch)
+{
+    const mla_job *j = job;
+    const paged *p = &j->p;
+    const mc_attn_opts *opt = j->opt;
+    float *score = scratch;
+    int32_t s = i32_at(&j->ix->seq, t), pos = i32_at(&j->ix->pos, t);
+    int64_t lo = opt->chunk > 0 ? pos - pos % opt->chunk : 0, S = pos - lo + 1;
+    float sc = token_scale(opt, t);
+    /* with opt->sel, keep[i] = 1 for the kept positions lo + i (as the engine's mask) */
+    unsigned char *keep = opt->sel ? (unsigned char *)(score + j->span) : NULL;
+    if (keep) {
+        const int32_t *kp = (const int32_t *)at(opt->sel) + (size_t)t * (size_t)opt->sel->row_stride;
+        memset(keep, 0, (size_t)S);
+        for (int64_t i = 0; i < mc_tensor_cols(opt->sel); i++)
+            if (kp[i] >= 0)
+                keep[kp[i] - lo] = 1;
+    }
+    const float *ql = row_f32(j->q_lat, t * j->nh + h), *qp = row_f32(j->q_pe, t * j->nh + h);
+    for (int64_t i = 0; i < S; i++) {
+        int64_t r = slot_row(p, s, lo + i, 1);
+        score[i] = keep && !keep[i] ? 0.0f
+                                    : mc_dot(ql, row_f32(j->lat_pages, r), j->lr) +
+                                          mc_dot(qp, row_f32(j->pe_pages, r), j->rd);
+    }
+    for (int64_t i = 0; i < S; i++) /* a dropped position weighs 0 whatever sc is */
+        score[i] = keep && !keep[i] ? -INFINITY : score[i] * sc;
+    mc_softmax(score, (int)S);
+    float *o = row_f32(j->y, t * j->nh + h);
+    memset(o, 0, (size_t)j->lr * sizeof *o);
+    for (int64_t i = 0; i < S; i++)
+        if (score[i] != 0.0f)
+            mc_axpy(o, score[i], row_f32(j->lat_pages, slot_row(p, s, lo + i, 1)), j->lr);
+}
+
 mc_status mc_cpu_mla_decode(void *ctx, const mc_tensor *q_lat, const mc_tensor *q_pe,
                             const mc_tensor *lat_pages, const mc_tensor *pe_pages,
                             const mc_kv_index *ix, const mc_attn_opts *opt, mc_tensor *y,
@@ -174,51 +310,21 @@ mc_status mc_cpu_mla_decode(void *ctx, const mc_tensor *q_lat, const mc_tensor *
 {
     mc_arena *sa = mc_cpu_scratch(ctx); /* op scratch, given back on return */
     mc_arena_mark mk = mc_arena_mark_get(sa);
-    paged p = paged_of(ix, lat_pages);
-    int64_t n = q_lat->shape[0], nh = q_lat->shape[1], span;
-    int lr = (int)lat_pages->shape[2], rd = (int)pe_pages->shape[2];
-    mc_status st = spans_ok("mla_decode", ix, &p, opt->chunk, &span, err);
+    mla_job j = {.q_lat = q_lat, .q_pe = q_pe, .lat_pages = lat_pages, .pe_pages = pe_pages,
+                 .y = y, .ix = ix, .opt = opt, .p = paged_of(ix, lat_pages),
+                 .nh = q_lat->shape[1], .lr = (int)lat_pages->shape[2],
+                 .rd = (int)pe_pages->shape[2]};
+    mc_status st = spans_ok("mla_decode", ix, &j.p, opt->chunk, &j.span, err);
     if (st == MC_OK && opt->sel)
         st = sel_ok(opt->sel, ix, opt->chunk, err);
     if (st != MC_OK)
         return st;
-    /* with opt->sel, keep[i] = 1 for the kept positions lo + i (as the engine's mask) */
-    float *score = mc_arena_alloc_n(sa, (size_t)span, sizeof *score);
-    unsigned char *keep = opt->sel ? mc_arena_alloc(sa, (size_t)span, 0) : NULL;
-    if (!score || (opt->sel && !keep)) {
+    size_t bytes = (size_t)j.span * (sizeof(float) + (opt->sel ? 1 : 0));
+    double work = positions_attended(ix, opt->chunk) * (double)j.nh * (2.0 * j.lr + j.rd);
+    if (run_pairs(sa, q_lat->shape[0], j.nh, bytes, work, mla_pair, &j) != MC_OK) {
         mc_arena_reset_to(sa, mk);
         return mc_err_set(err, MC_ERR_NOMEM, "mla_decode: out of memory for %lld scores",
-                          (long long)span);
-    }
-    for (int64_t t = 0; t < n; t++) {
-        int32_t s = i32_at(&ix->seq, t), pos = i32_at(&ix->pos, t);
-        int64_t lo = opt->chunk > 0 ? pos - pos % opt->chunk : 0, S = pos - lo + 1;
-        float sc = token_scale(opt, t);
-        if (keep) {
-            const int32_t *kp = (const int32_t *)at(opt->sel) +
-                                 (size_t)t * (size_t)opt->sel->row_stride;
-            memset(keep, 0, (size_t)S);
-            for (int64_t j = 0; j < mc_tensor_cols(opt->sel); j++)
-                if (kp[j] >= 0)
-                    keep[kp[j] - lo] = 1;
-        }
-        for (int64_t h = 0; h < nh; h++) {
-            const float *ql = row_f32(q_lat, t * nh + h), *qp = row_f32(q_pe, t * nh + h);
-            for (int64_t i = 0; i < S; i++) {
-                int64_t r = slot_row(&p, s, lo + i, 1);
-                score[i] = keep && !keep[i] ? 0.0f
-                                            : mc_dot(ql, row_f32(lat_pages, r), lr) +
-                                                  mc_dot(qp, row_f32(pe_pages, r), rd);
-            }
-            for (int64_t i = 0; i < S; i++) /* a dropped position weighs 0 whatever sc is */
-                score[i] = keep && !keep[i] ? -INFINITY : score[i] * sc;
-            mc_softmax(score, (int)S);
-            float *o = row_f32(y, t * nh + h);
-            memset(o, 0, (size_t)lr * sizeof *o);
-            for (int64_t i = 0; i < S; i++)
-                if (score[i] != 0.0f)
-                    mc_axpy(o, score[i], row_f32(lat_pages, slot_row(&p, s, lo + i, 1)), lr);
-        }
+                          (long long)j.span);
     }
     mc_arena_reset_to(sa, mk);
     return MC_OK;

@@ -50,6 +50,10 @@ typedef struct {
      * front end), called once per product before the rows are split. */
     size_t (*pack_qact_bytes)(const mc_mat *w, int n);
     void (*pack_qact)(const mc_mat *w, const mc_qact *a, void *dst);
+    /* One activation row for block weights, as mc_quantize_act_row to the
+     * bit (the products of every path read the same mc_qact). */
+    void (*quantize_act)(const float *x, int cols, int kp, int blk, int8_t *q, float *d,
+                         int16_t *bsum, int sub);
     float (*dot)(const float *a, const float *b, int n);
     void (*axpy)(float *y, float a, const float *x, int n);
     void (*rmsnorm)(float *out, const float *x, const float *w, int n, float eps);
@@ -85,6 +89,13 @@ void mc_avx2_rows_q6_k(const mc_mat *w, const mc_qact *a, float *y, int ldy, int
 extern mc_kops mc_kops_amx;
 int mc_amx_init(void);
 #endif
+
+/* x[cols] -> q[kp] (zero past cols) with one scale per block of `blk`
+ * values: d = amax / 127, q = x * (127 / amax) rounded to nearest even and
+ * clamped to [-127, 127] (amax 0: d = 0, q = 0); with bsum, the sum of each
+ * `sub` values of q. The reference of every path's quantize_act. */
+void mc_quantize_act_row(const float *x, int cols, int kp, int blk, int8_t *q, float *d,
+                         int16_t *bsum, int sub);
 
 const mc_kops *mc_kops_current(void);
 /* The process-wide pool of mc_kernels_threads() threads, NULL when 1. */

@@ -290,44 +290,6 @@ static inline void count(size_t b)
         atomic_fetch_add_explicit(&g_bytes, b, memory_order_relaxed);
 }
 
-/* ---- activation quantization (shared by every path) ---- */
-
-static inline int round_even(float f)
-{
-    float v = f + 12582912.f;
-    int i;
-    memcpy(&i, &v, sizeof i);
-    return (i & 0x007fffff) - 0x00400000;
-}
-
-/* One row: x[cols] -> q[kp] with one scale per block of `blk` values, and
- * (bsum not NULL) the sum of each `sub` values. */
-static void quantize_act_row(const float *x, int cols, int kp, int blk, int8_t *q, float *d,
-                             int16_t *bsum, int sub)
-{
-    for (int b0 = 0; b0 < kp; b0 += blk) {
-        int len = cols - b0 < blk ? (cols - b0 > 0 ? cols - b0 : 0) : blk;
-        float amax = 0.0f;
-        for (int i = 0; i < len; i++) {
-            float v = fabsf(x[b0 + i]); /* fmaxf(amax, v) without the libm call */
-            amax = v > amax ? v : amax;
-        }
-        float s = amax / 127.0f, is = s > 0 ? 127.0f / amax : 0.0f;
-        d[b0 / blk] = s;
-        for (int i = 0; i < blk; i++) {
-            int v = i < len ? round_even(x[b0 + i] * is) : 0;
-            q[b0 + i] = (int8_t)(v > 127 ? 127 : v < -127 ? -127 : v);
-        }
-    }
-    if (bsum)
-        for (int j = 0; j < kp / sub; j++) {
-            int s = 0;
-            for (int i = 0; i < sub; i++)
-                s += q[sub * j + i];
-            bsum[j] = (int16_t)s;
-        }
-}
-
 /* ---- matrix products ---- */
 
 typedef struct {
@@ -395,6 +357,7 @@ static void count_product(const mc_mat *w, int n)
 }
 
 typedef struct {
+    const mc_kops *ops;
     const mc_mat *w;
     const float *x;
     int ldx, kp, blk, chunk;
@@ -411,9 +374,9 @@ static void qrows_task(void *ctx, int task, int thread)
     int nd = j->kp / j->blk, ns = j->kp / sub;
     int16_t *bs = (int16_t *)(q6 ? qa->bsum16 : j->w->dtype == MC_DT_Q4_K ? qa->bsum : NULL);
     for (int t = task * j->chunk; t < t1; t++)
-        quantize_act_row(j->x + (size_t)t * j->ldx, j->w->cols, j->kp, j->blk,
-                         (int8_t *)qa->q + (size_t)t * j->kp, (float *)qa->d + (size_t)t * nd,
-                         bs ? bs + (size_t)t * ns : NULL, sub);
+        j->ops->quantize_act(j->x + (size_t)t * j->ldx, j->w->cols, j->kp, j->blk,
+                             (int8_t *)qa->q + (size_t)t * j->kp, (float *)qa->d + (size_t)t * nd,
+                             bs ? bs + (size_t)t * ns : NULL, sub);
 }
 
 /* Activation values quantized on the calling thread below this (waking the
@@ -452,7 +415,7 @@ static void *quantize_acts(const mc_kops *ops, const mc_mat *w, const float *x, 
         qa->bsum16 = bs;
     else
         qa->bsum = bs;
-    qrows_job j = {.w = w, .x = x, .ldx = ldx, .kp = kp, .blk = blk, .chunk = n, .qa = qa};
+    qrows_job j = {.ops = ops, .w = w, .x = x, .ldx = ldx, .kp = kp, .blk = blk, .chunk = n, .qa = qa};
     if (pool && nq >= QUANT_PARALLEL_MIN && n >= 8) {
         j.chunk = (n + 4 * mc_pool_threads(pool) - 1) / (4 * mc_pool_threads(pool));
         mc_pool_run(pool, (n + j.chunk - 1) / j.chunk, qrows_task, &j);

@@ -243,6 +243,45 @@ static uint64_t stream_sum(const void *p, size_t bytes)
     return a + b + c + d;
 }
 
+/* ---- activation quantization ---- */
+
+
+static inline int round_even(float f)
+{
+    float v = f + 12582912.f;
+    int i;
+    memcpy(&i, &v, sizeof i);
+    return (i & 0x007fffff) - 0x00400000;
+}
+
+/* The activation quantization every path must reproduce bit for bit
+ * (header in kern.h). */
+void mc_quantize_act_row(const float *x, int cols, int kp, int blk, int8_t *q, float *d,
+                             int16_t *bsum, int sub)
+{
+    for (int b0 = 0; b0 < kp; b0 += blk) {
+        int len = cols - b0 < blk ? (cols - b0 > 0 ? cols - b0 : 0) : blk;
+        float amax = 0.0f;
+        for (int i = 0; i < len; i++) {
+            float v = fabsf(x[b0 + i]); /* fmaxf(amax, v) without the libm call */
+            amax = v > amax ? v : amax;
+        }
+        float s = amax / 127.0f, is = s > 0 ? 127.0f / amax : 0.0f;
+        d[b0 / blk] = s;
+        for (int i = 0; i < blk; i++) {
+            int v = i < len ? round_even(x[b0 + i] * is) : 0;
+            q[b0 + i] = (int8_t)(v > 127 ? 127 : v < -127 ? -127 : v);
+        }
+    }
+    if (bsum)
+        for (int j = 0; j < kp / sub; j++) {
+            int s = 0;
+            for (int i = 0; i < sub; i++)
+                s += q[sub * j + i];
+            bsum[j] = (int16_t)s;
+        }
+}
+
 const mc_kops mc_kops_scalar = {
     .name = "scalar",
     .widen = widen,
@@ -250,6 +289,7 @@ const mc_kops mc_kops_scalar = {
     .rows_q8_0 = rows_q8_0,
     .rows_q4_k = rows_q4_k,
     .rows_q6_k = rows_q6_k,
+    .quantize_act = mc_quantize_act_row,
     .dot = dot,
     .axpy = axpy,
     .rmsnorm = rmsnorm,

@@ -12,6 +12,8 @@
  *     sequence in the same chunks, with selector weights that make its
  *     projections exact, so that both must agree to the bit (1e-6 relative
  *     where the temperature is applied to q there and to the score here);
+ *   - all of it on one thread and on three (the (token, head) pairs split
+ *     over the pool), with cases long enough to take the pool;
  *   - refusals: the front end names the argument, the backend names the
  *     token and the field, and a refused write changes nothing.
  * Prints the first mismatches of each case. */
@@ -735,6 +737,11 @@ int main(void)
         fprintf(stderr, "cpu backend: %s\n", err.msg);
         return 1;
     }
+    /* every case on one thread and on three (the ops split their (token,
+     * head) pairs over the pool when there is enough work, which the "long"
+     * cases have): the same comparisons, bit for bit against mc_attn_* */
+    for (int threads = 1; threads <= 3; threads += 2) {
+    mc_kernels_set_threads(threads);
     static const gqa_case gqa[] = {
         {"gqa bs1 nh=nkv", 3, {5, 1, 12}, 1, 2, 2, 8, 8, 0, 0, 6},
         {"gqa bs3 nh=4nkv", 5, {17, 3, 30, 1, 9}, 3, 8, 2, 16, 16, 0, 0, 8},
@@ -743,6 +750,7 @@ int main(void)
         {"gqa bs16 chunked 8", 3, {35, 20, 9}, 16, 4, 1, 8, 8, 8, 0, 12},
         {"gqa bs3 NoPE temperature", 3, {30, 11, 2}, 3, 4, 2, 8, 8, 0, 1, 9},
         {"gqa bs3 vd != hd", 3, {14, 6, 9}, 3, 4, 2, 8, 12, 0, 0, 5},
+        {"gqa bs16 long", 3, {300, 200, 90}, 16, 8, 2, 32, 32, 0, 0, 128},
     };
     for (size_t k = 0; k < sizeof gqa / sizeof gqa[0]; k++)
         run_gqa(&gqa[k]);
@@ -750,9 +758,11 @@ int main(void)
         {"mla bs1", 3, {6, 1, 9}, 1, 2, 16, 8, 8, 0, 5},
         {"mla bs3 position scale", 4, {20, 3, 11, 1}, 3, 4, 32, 8, 8, 1, 8},
         {"mla bs16", 3, {37, 16, 4}, 16, 4, 32, 8, 16, 0, 20},
+        {"mla bs16 long", 2, {260, 150}, 16, 8, 64, 16, 16, 0, 100},
     };
     for (size_t k = 0; k < sizeof mla / sizeof mla[0]; k++)
         run_mla(&mla[k]);
+    }
     run_refusals();
     mc_backend_free(be);
     return check_report("test_backend_attn");

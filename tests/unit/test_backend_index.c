@@ -304,11 +304,11 @@ static void index_case(int n_seqs, int bs, int ih, int id, int k, int grid)
 
 /* ---- mla_decode restricted to a selection ---- */
 
-static void mla_sel_case(int bs, int k)
+static void mla_sel_case(int bs, int k, int nh)
 {
     char name[64];
-    snprintf(name, sizeof name, "mla_decode sel bs=%d k=%d", bs, k);
-    int nh = 3, lr = 16, rd = 8;
+    snprintf(name, sizeof name, "mla_decode sel bs=%d k=%d nh=%d", bs, k, nh);
+    int lr = 16, rd = 8;
     cache c;
     cache_init(&c, 4, bs);
     float *lat[MAX_SEQS], *pe[MAX_SEQS];
@@ -551,12 +551,15 @@ int main(void)
         return 1;
     }
     static const int bss[3] = {1, 3, 16};
+    for (int threads = 1; threads <= 3; threads += 2) /* the ops' pool: one thread, three */
     for (int b = 0; b < 3; b++) {
+        mc_kernels_set_threads(threads);
         index_case(5, bss[b], 4, 16, 8, 0);     /* random scores */
         index_case(4, bss[b], 3, 4, 6, 1);      /* coarse grid: many exact ties */
         index_case(3, bss[b], 2, 8, 64, 0);     /* k above every visible count */
         index_case(6, bss[b], 1, 2, 1, 1);      /* k = 1, ties */
-        mla_sel_case(bss[b], 6);
+        mla_sel_case(bss[b], 6, 3);
+        mla_sel_case(bss[b], 6, 32); /* enough work for the pool */
     }
     refusals();
     mc_backend_free(be);

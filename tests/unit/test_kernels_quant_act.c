@@ -1,0 +1,132 @@
+/* test_kernels_quant_act.c - every kernel path's activation quantization
+ * (mc_kops.quantize_act) against the portable mc_quantize_act_row, byte for
+ * byte and bit for bit: the products of all paths read the same quantized
+ * activations, so any difference here would be a difference in logits.
+ *
+ * Rows of many lengths (tails inside a block, rows shorter than a block),
+ * blocks of 32 (Q8_0) and 256 (Q4_K / Q6_K) with sums per 32 and 16, and
+ * values chosen to hit the edges: exact halves after scaling (round to
+ * even), all-zero blocks, denormals, one huge value, negative zero, NaN and
+ * infinities. Prints the first mismatches. */
+#include "check.h"
+#include "cpu/kern.h"
+#include "kernels.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static uint64_t rng = 0x9E3779B97F4A7C15ull;
+static uint64_t rnext(void)
+{
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return rng;
+}
+static float runi(float lo, float hi) { return lo + (hi - lo) * (float)(rnext() >> 40) / 16777216.0f; }
+
+/* One row of `cols` values of kind `kind`. */
+static void make_row(float *x, int cols, int kind)
+{
+    for (int i = 0; i < cols; i++)
+        x[i] = runi(-3.0f, 3.0f);
+    switch (kind) {
+    case 1: /* halves: amax 127 makes is = 1, so k + 0.5 are exact ties */
+        for (int i = 0; i < cols; i++)
+            x[i] = (float)((int)(rnext() % 254) - 127) + ((rnext() & 1) ? 0.5f : 0.0f);
+        for (int i = 0; i < cols; i += 32)
+            x[i] = 127.0f;
+        break;
+    case 2: /* zero blocks and negative zeros */
+        for (int i = 0; i < cols; i++)
+            x[i] = (i / 32) % 2 ? -0.0f : 0.0f;
+        break;
+    case 3: /* denormals and tiny values */
+        for (int i = 0; i < cols; i++)
+            x[i] = runi(-1.0f, 1.0f) * 1e-39f;
+        break;
+    case 4: /* one huge value per 97 */
+        for (int i = 0; i < cols; i += 97)
+            x[i] = 3e38f;
+        break;
+    case 5: /* NaN and infinities here and there */
+        for (int i = 5; i < cols; i += 41)
+            x[i] = NAN;
+        for (int i = 17; i < cols; i += 300)
+            x[i] = (i & 1) ? INFINITY : -INFINITY;
+        break;
+    default:
+        break;
+    }
+}
+
+static int compare_row(const char *path, int cols, int blk, int sub, int kind)
+{
+    int kp = (cols + blk - 1) / blk * blk, nb = kp / blk, ns = sub ? kp / sub : 0;
+    float *x = malloc((size_t)cols * sizeof *x);
+    int8_t *q0 = malloc((size_t)kp), *q1 = malloc((size_t)kp);
+    float *d0 = malloc((size_t)nb * sizeof *d0), *d1 = malloc((size_t)nb * sizeof *d1);
+    int16_t *s0 = malloc((size_t)(ns + 1) * sizeof *s0), *s1 = malloc((size_t)(ns + 1) * sizeof *s1);
+    if (!x || !q0 || !q1 || !d0 || !d1 || !s0 || !s1) {
+        CHECK(!"out of memory");
+        return 1;
+    }
+    make_row(x, cols, kind);
+    memset(q1, 0x55, (size_t)kp); /* every byte must be written */
+    mc_quantize_act_row(x, cols, kp, blk, q0, d0, sub ? s0 : NULL, sub ? sub : 32);
+    mc_kops_current()->quantize_act(x, cols, kp, blk, q1, d1, sub ? s1 : NULL, sub ? sub : 32);
+    int bad = 0;
+    for (int i = 0; i < kp; i++)
+        if (q0[i] != q1[i] && bad++ < 3)
+            fprintf(stderr, "  %s cols %d blk %d kind %d: q[%d] = %d, want %d (x = %.9g, d = %.9g)\n",
+                    path, cols, blk, kind, i, q1[i], q0[i], i < cols ? x[i] : 0.0, d0[i / blk]);
+    for (int b = 0; b < nb; b++)
+        if (memcmp(&d0[b], &d1[b], sizeof d0[b]) != 0 && bad++ < 3)
+            fprintf(stderr, "  %s cols %d blk %d kind %d: d[%d] = %.9g, want %.9g\n", path, cols,
+                    blk, kind, b, d1[b], d0[b]);
+    for (int j = 0; j < ns; j++)
+        if (s0[j] != s1[j] && bad++ < 3)
+            fprintf(stderr, "  %s cols %d blk %d sub %d kind %d: bsum[%d] = %d, want %d\n", path,
+                    cols, blk, sub, kind, j, s1[j], s0[j]);
+    free(x);
+    free(q0);
+    free(q1);
+    free(d0);
+    free(d1);
+    free(s0);
+    free(s1);
+    return bad;
+}
+
+int main(void)
+{
+    static const int cols[] = {1, 15, 16, 17, 31, 32, 33, 63, 64, 100, 255, 256, 257, 511, 768, 1000, 2048, 2050};
+    int paths = 0;
+    for (int p = 0; p < MC_KPATH_COUNT; p++) {
+        if (!mc_kpath_supported((mc_kpath)p) || mc_kernels_set_path((mc_kpath)p) != 0)
+            continue;
+        paths++;
+        const char *name = mc_kpath_name((mc_kpath)p);
+        int bad = 0, rows = 0;
+        for (size_t c = 0; c < sizeof cols / sizeof cols[0]; c++)
+            for (int kind = 0; kind <= 5; kind++)
+                for (int rep = 0; rep < 4; rep++) {
+                    bad += compare_row(name, cols[c], 32, 0, kind);        /* Q8_0 */
+                    bad += compare_row(name, cols[c], 256, 32, kind);      /* Q4_K */
+                    bad += compare_row(name, cols[c], 256, 16, kind);      /* Q6_K */
+                    rows += 3;
+                }
+        check_count++;
+        if (bad) {
+            check_failures++;
+            fprintf(stderr, "path %s: %d differences over %d rows\n", name, bad, rows);
+        } else {
+            printf("path %s: %d rows equal to mc_quantize_act_row\n", name, rows);
+        }
+    }
+    CHECK(paths >= 1);
+    return check_report("test_kernels_quant_act");
+}
