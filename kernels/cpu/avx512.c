@@ -822,6 +822,133 @@ static void axpy(float *y, float a, const float *x, int n)
     }
 }
 
+/* dot() of four vectors against one, each with dot's accumulators, order
+ * and reduction: the same bits. */
+AI void dot4(const float *const *a, const float *b, int n, float *out)
+{
+    __m512 s[4][4];
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; j++)
+#pragma GCC unroll 4
+        for (int k = 0; k < 4; k++)
+            s[j][k] = _mm512_setzero_ps();
+    int i = 0;
+    for (; i + 64 <= n; i += 64) {
+        __m512 b0 = _mm512_loadu_ps(b + i), b1 = _mm512_loadu_ps(b + i + 16),
+               b2 = _mm512_loadu_ps(b + i + 32), b3 = _mm512_loadu_ps(b + i + 48);
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; j++) {
+            s[j][0] = _mm512_fmadd_ps(_mm512_loadu_ps(a[j] + i), b0, s[j][0]);
+            s[j][1] = _mm512_fmadd_ps(_mm512_loadu_ps(a[j] + i + 16), b1, s[j][1]);
+            s[j][2] = _mm512_fmadd_ps(_mm512_loadu_ps(a[j] + i + 32), b2, s[j][2]);
+            s[j][3] = _mm512_fmadd_ps(_mm512_loadu_ps(a[j] + i + 48), b3, s[j][3]);
+        }
+    }
+    for (; i + 16 <= n; i += 16) {
+        __m512 b0 = _mm512_loadu_ps(b + i);
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; j++)
+            s[j][0] = _mm512_fmadd_ps(_mm512_loadu_ps(a[j] + i), b0, s[j][0]);
+    }
+    if (i < n) {
+        __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
+        __m512 b0 = _mm512_maskz_loadu_ps(m, b + i);
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; j++)
+            s[j][1] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a[j] + i), b0, s[j][1]);
+    }
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; j++)
+        out[j] = _mm512_reduce_add_ps(
+            _mm512_add_ps(_mm512_add_ps(s[j][0], s[j][1]), _mm512_add_ps(s[j][2], s[j][3])));
+}
+
+static void dot_many(const float *const *a, int m, const float *b, int n, float *out)
+{
+    int j = 0;
+    for (; j + 4 <= m; j += 4)
+        dot4(a + j, b, n, out + j);
+    for (; j < m; j++)
+        out[j] = dot(a[j], b, n);
+}
+
+/* axpy() into m vectors from one x: per element the same FMA. */
+static void axpy_many(float *const *y, const float *a, int m, const float *x, int n)
+{
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m512 xv = _mm512_loadu_ps(x + i);
+        for (int j = 0; j < m; j++)
+            _mm512_storeu_ps(y[j] + i, _mm512_fmadd_ps(_mm512_set1_ps(a[j]), xv,
+                                                       _mm512_loadu_ps(y[j] + i)));
+    }
+    if (i < n) {
+        __mmask16 k = (__mmask16)((1u << (n - i)) - 1);
+        __m512 xv = _mm512_maskz_loadu_ps(k, x + i);
+        for (int j = 0; j < m; j++)
+            _mm512_mask_storeu_ps(y[j] + i, k,
+                                  _mm512_fmadd_ps(_mm512_set1_ps(a[j]), xv,
+                                                  _mm512_maskz_loadu_ps(k, y[j] + i)));
+    }
+}
+
+/* mc_wsum_rows for outputs [j0, j0 + MJ), MJ <= 8 (constants after
+ * inlining): per 16 values, the MJ accumulators stay in registers over all
+ * S rows (axpy's FMA per element, rows in order; with SKIP a zero weight
+ * leaves its accumulator as it is). */
+AI void wsum_block(int MJ, int SKIP, float *const *y, int j0, const float *a, int m,
+                   const float *const *rows, int S, int n)
+{
+    for (int e = 0; e < n; e += 16) {
+        __mmask16 k = n - e >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - e)) - 1);
+        __m512 acc[8];
+#pragma GCC unroll 8
+        for (int j = 0; j < MJ; j++)
+            acc[j] = _mm512_setzero_ps();
+        const float *w = a + j0;
+        for (int i = 0; i < S; i++, w += m) {
+            __m512 xv = _mm512_maskz_loadu_ps(k, rows[i] + e);
+#pragma GCC unroll 8
+            for (int j = 0; j < MJ; j++) {
+                if (SKIP) {
+                    __mmask16 on = w[j] != 0.0f ? (__mmask16)0xffff : (__mmask16)0;
+                    acc[j] = _mm512_mask3_fmadd_ps(_mm512_set1_ps(w[j]), xv, acc[j], on);
+                } else {
+                    acc[j] = _mm512_fmadd_ps(_mm512_set1_ps(w[j]), xv, acc[j]);
+                }
+            }
+        }
+#pragma GCC unroll 8
+        for (int j = 0; j < MJ; j++)
+            _mm512_mask_storeu_ps(y[j0 + j] + e, k, acc[j]);
+    }
+}
+
+#define WSUM_CASE(MJ)                                                                              \
+    case MJ:                                                                                       \
+        if (skip_zero)                                                                             \
+            wsum_block(MJ, 1, y, j0, a, m, rows, S, n);                                            \
+        else                                                                                       \
+            wsum_block(MJ, 0, y, j0, a, m, rows, S, n);                                            \
+        break
+
+static void wsum_rows(float *const *y, int m, const float *a, const float *const *rows, int S,
+                      int n, int skip_zero)
+{
+    for (int j0 = 0; j0 < m; j0 += 8) {
+        switch (m - j0 < 8 ? m - j0 : 8) {
+            WSUM_CASE(1);
+            WSUM_CASE(2);
+            WSUM_CASE(3);
+            WSUM_CASE(4);
+            WSUM_CASE(5);
+            WSUM_CASE(6);
+            WSUM_CASE(7);
+            WSUM_CASE(8);
+        }
+    }
+}
+
 static void rmsnorm(float *out, const float *x, const float *w, int n, float eps)
 {
     __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
@@ -967,6 +1094,9 @@ const mc_kops mc_kops_avx512 = {
     .quantize_act = quantize_act,
     .dot = dot,
     .axpy = axpy,
+    .dot_many = dot_many,
+    .axpy_many = axpy_many,
+    .wsum_rows = wsum_rows,
     .rmsnorm = rmsnorm,
     .softmax = softmax,
     .rope = rope,

@@ -8,10 +8,13 @@
  * all checked before anything is written, with an error that names the
  * token and the field. The math is the reference's (tests/ref/ref_attention.c),
  * token by token: scores with mc_dot, scaled, mc_softmax, weighted sum with
- * mc_axpy, so both agree to rounding. The (token, head) pairs are split
- * over the kernels' thread pool when there is enough work, each pair done
- * whole by one thread with its own score buffer (the longest span of any
- * token), so the output does not depend on the number of threads. */
+ * mc_axpy, so both agree to rounding. Up to 16 heads that read the same
+ * key / value rows (a GQA group; all MLA heads) go together through
+ * mc_dot_many / mc_axpy_many, each head's arithmetic as alone. These
+ * (token, head block) units are split over the kernels' thread pool when
+ * there is enough work, each unit done whole by one thread with its own
+ * score buffers (the longest span of any token), so the output does not
+ * depend on the number of threads. */
 #include "kernels.h"
 #include "cpu/backend_cpu_internal.h"
 #include "cpu/kern.h"
@@ -119,59 +122,64 @@ static float token_scale(const mc_attn_opts *o, int64_t t)
     return o->q_scale ? o->scale * row_f32(o->q_scale, 0)[t] : o->scale;
 }
 
-/* ---- (token, head) pairs over the pool ---- */
+/* ---- (token, head block) units over the pool ---- */
 
 /* Below this many multiply-adds (scores and weighted sums of a call) the
- * pairs run on the calling thread: waking the pool costs more. */
+ * units run on the calling thread: waking the pool costs more. */
 #define ATTN_PARALLEL_MIN (1 << 16)
 
-typedef void (*pair_fn)(void *job, int64_t t, int64_t h, void *scratch);
+/* Heads done together: they share each key / value row they read
+ * (mc_dot_many, mc_axpy_many), every head's arithmetic as alone. */
+#define HEAD_BLOCK 16
+
+typedef void (*unit_fn)(void *job, int64_t t, int64_t u, void *scratch);
 
 typedef struct {
-    pair_fn fn;
+    unit_fn fn;
     void *job;
-    int64_t nh, pairs, per_task;
+    int64_t per_token, units, per_task;
     unsigned char *scratch; /* `bytes` per thread */
     size_t bytes;
-} pairs_job;
+} units_job;
 
-static void pairs_task(void *ctx, int task, int thread)
+static void units_task(void *ctx, int task, int thread)
 {
-    const pairs_job *pj = ctx;
-    int64_t a = (int64_t)task * pj->per_task, b = a + pj->per_task;
-    b = b < pj->pairs ? b : pj->pairs;
+    const units_job *uj = ctx;
+    int64_t a = (int64_t)task * uj->per_task, b = a + uj->per_task;
+    b = b < uj->units ? b : uj->units;
     for (int64_t i = a; i < b; i++)
-        pj->fn(pj->job, i / pj->nh, i % pj->nh, pj->scratch + (size_t)thread * pj->bytes);
+        uj->fn(uj->job, i / uj->per_token, i % uj->per_token,
+               uj->scratch + (size_t)thread * uj->bytes);
 }
 
-/* Calls fn for every (token, head) of n tokens x nh heads, with scratch of
- * `bytes` (64-byte aligned) that is the calling thread's own; `work` counts
- * the call's multiply-adds. The pool runs them when there is enough work
- * (tasks of contiguous pairs, about 8 per thread, handed out in order).
- * MC_ERR_NOMEM when the buffers do not fit. */
-static mc_status run_pairs(mc_arena *sa, int64_t n, int64_t nh, size_t bytes, double work,
-                           pair_fn fn, void *job)
+/* Calls fn for every unit u < per_token of each of n tokens, with scratch
+ * of `bytes` (64-byte aligned) that is the calling thread's own; `work`
+ * counts the call's multiply-adds. The pool runs them when there is enough
+ * work (tasks of contiguous units, about 8 per thread, handed out in
+ * order). MC_ERR_NOMEM when the buffers do not fit. */
+static mc_status run_units(mc_arena *sa, int64_t n, int64_t per_token, size_t bytes, double work,
+                           unit_fn fn, void *job)
 {
     mc_pool *pool = work >= ATTN_PARALLEL_MIN ? mc_kernels_pool() : NULL;
     int nt = pool ? mc_pool_threads(pool) : 1;
-    int64_t pairs = n * nh;
-    if (pairs < 2)
+    int64_t units = n * per_token;
+    if (units < 2)
         pool = NULL, nt = 1;
     bytes = (bytes + 63) & ~(size_t)63; /* no cache line shared between threads */
     unsigned char *scratch = bytes > SIZE_MAX / (size_t)nt ? NULL
                                                            : mc_arena_alloc(sa, bytes * (size_t)nt, 64);
     if (!scratch)
         return MC_ERR_NOMEM;
-    pairs_job pj = {.fn = fn, .job = job, .nh = nh, .pairs = pairs, .scratch = scratch,
-                    .bytes = bytes};
+    units_job uj = {.fn = fn, .job = job, .per_token = per_token, .units = units,
+                    .scratch = scratch, .bytes = bytes};
     if (!pool) {
-        pj.per_task = pairs;
-        pairs_task(&pj, 0, 0);
+        uj.per_task = units;
+        units_task(&uj, 0, 0);
         return MC_OK;
     }
-    int64_t tasks = 8 * (int64_t)nt < pairs ? 8 * (int64_t)nt : pairs;
-    pj.per_task = (pairs + tasks - 1) / tasks;
-    mc_pool_run(pool, (int)((pairs + pj.per_task - 1) / pj.per_task), pairs_task, &pj);
+    int64_t tasks = 8 * (int64_t)nt < units ? 8 * (int64_t)nt : units;
+    uj.per_task = (units + tasks - 1) / tasks;
+    mc_pool_run(pool, (int)((units + uj.per_task - 1) / uj.per_task), units_task, &uj);
     return MC_OK;
 }
 
@@ -193,29 +201,48 @@ typedef struct {
     const mc_kv_index *ix;
     const mc_attn_opts *opt;
     paged p;
-    int64_t nh, nkv, grp;
+    int64_t nh, nkv, grp, blocks; /* blocks: head blocks per KV group */
+    int64_t span;
     int hd, vd;
 } attn_job;
 
-static void attn_pair(void *job, int64_t t, int64_t h, void *scratch)
+/* Unit u of token t: up to HEAD_BLOCK heads of KV group u / blocks. Each
+ * head: scores in position order, scaled, softmax, the weighted sum of the
+ * value rows in position order (mc_dot / mc_axpy arithmetic). */
+static void attn_unit(void *job, int64_t t, int64_t u, void *scratch)
 {
     const attn_job *j = job;
-    float *score = scratch;
     const paged *p = &j->p;
     int32_t s = i32_at(&j->ix->seq, t), pos = i32_at(&j->ix->pos, t);
     int64_t lo = j->opt->chunk > 0 ? pos - pos % j->opt->chunk : 0, S = pos - lo + 1;
     float sc = token_scale(j->opt, t);
-    int64_t g = h / j->grp; /* the head's KV group */
-    const float *qh = row_f32(j->q, t * j->nh + h);
+    int64_t g = u / j->blocks, h0 = g * j->grp + (u % j->blocks) * HEAD_BLOCK;
+    int m = (int)(g * j->grp + j->grp - h0 < HEAD_BLOCK ? g * j->grp + j->grp - h0 : HEAD_BLOCK);
+    float *score = scratch; /* head k's scores at score + k * span; weights; row pointers */
+    const float *qh[HEAD_BLOCK];
+    float *o[HEAD_BLOCK], dots[HEAD_BLOCK];
+    for (int k = 0; k < m; k++) {
+        qh[k] = row_f32(j->q, t * j->nh + h0 + k);
+        o[k] = row_f32(j->y, t * j->nh + h0 + k);
+    }
+    for (int64_t i = 0; i < S; i++) {
+        mc_dot_many(qh, m, row_f32(j->k_pages, slot_row(p, s, lo + i, j->nkv) + g), j->hd, dots);
+        for (int k = 0; k < m; k++)
+            score[k * j->span + i] = dots[k];
+    }
+    float *wt = score + HEAD_BLOCK * j->span; /* the weights position by position */
+    for (int k = 0; k < m; k++) {
+        float *sk = score + k * j->span;
+        for (int64_t i = 0; i < S; i++)
+            sk[i] *= sc;
+        mc_softmax(sk, (int)S);
+        for (int64_t i = 0; i < S; i++)
+            wt[i * m + k] = sk[i];
+    }
+    const float **rows = (const float **)(wt + HEAD_BLOCK * j->span);
     for (int64_t i = 0; i < S; i++)
-        score[i] = mc_dot(qh, row_f32(j->k_pages, slot_row(p, s, lo + i, j->nkv) + g), j->hd);
-    for (int64_t i = 0; i < S; i++)
-        score[i] *= sc;
-    mc_softmax(score, (int)S);
-    float *o = row_f32(j->y, t * j->nh + h);
-    memset(o, 0, (size_t)j->vd * sizeof *o);
-    for (int64_t i = 0; i < S; i++)
-        mc_axpy(o, score[i], row_f32(j->v_pages, slot_row(p, s, lo + i, j->nkv) + g), j->vd);
+        rows[i] = row_f32(j->v_pages, slot_row(p, s, lo + i, j->nkv) + g);
+    mc_wsum_rows(o, m, wt, rows, (int)S, j->vd, 0);
 }
 
 mc_status mc_cpu_attention(void *ctx, const mc_tensor *q, const mc_tensor *k_pages,
@@ -227,17 +254,18 @@ mc_status mc_cpu_attention(void *ctx, const mc_tensor *q, const mc_tensor *k_pag
     attn_job j = {.q = q, .k_pages = k_pages, .v_pages = v_pages, .y = y, .ix = ix, .opt = opt,
                   .p = paged_of(ix, k_pages), .nh = q->shape[1], .nkv = k_pages->shape[2],
                   .hd = (int)k_pages->shape[3], .vd = (int)v_pages->shape[3]};
-    int64_t span;
     j.grp = j.nh / j.nkv;
-    mc_status st = spans_ok("attention", ix, &j.p, opt->chunk, &span, err);
+    j.blocks = (j.grp + HEAD_BLOCK - 1) / HEAD_BLOCK;
+    mc_status st = spans_ok("attention", ix, &j.p, opt->chunk, &j.span, err);
     if (st != MC_OK)
         return st;
     double work = positions_attended(ix, opt->chunk) * (double)j.nh * (j.hd + j.vd);
-    if (run_pairs(sa, q->shape[0], j.nh, (size_t)span * sizeof(float), work, attn_pair, &j) !=
-        MC_OK) {
+    if (run_units(sa, q->shape[0], j.nkv * j.blocks,
+                  (size_t)j.span * (2 * HEAD_BLOCK * sizeof(float) + sizeof(float *)), work, attn_unit,
+                  &j) != MC_OK) {
         mc_arena_reset_to(sa, mk);
         return mc_err_set(err, MC_ERR_NOMEM, "attention: out of memory for %lld scores",
-                          (long long)span);
+                          (long long)j.span);
     }
     mc_arena_reset_to(sa, mk);
     return MC_OK;
@@ -267,18 +295,25 @@ typedef struct {
     int lr, rd;
 } mla_job;
 
-/* scratch: span scores, then (with opt->sel) span keep flags */
-static void mla_pair(void *job, int64_t t, int64_t h, void *scratch)
+/* Unit u of token t: heads [u * HEAD_BLOCK, +HEAD_BLOCK), all reading the
+ * same latent and rope-key rows. scratch: HEAD_BLOCK spans of scores, the
+ * same weights position by position, span row pointers, then (with
+ * opt->sel) span keep flags. */
+static void mla_unit(void *job, int64_t t, int64_t u, void *scratch)
 {
     const mla_job *j = job;
     const paged *p = &j->p;
     const mc_attn_opts *opt = j->opt;
-    float *score = scratch;
+    float *score = scratch; /* head k's at score + k * span */
     int32_t s = i32_at(&j->ix->seq, t), pos = i32_at(&j->ix->pos, t);
     int64_t lo = opt->chunk > 0 ? pos - pos % opt->chunk : 0, S = pos - lo + 1;
+    int64_t h0 = u * HEAD_BLOCK;
+    int m = (int)(j->nh - h0 < HEAD_BLOCK ? j->nh - h0 : HEAD_BLOCK);
     float sc = token_scale(opt, t);
     /* with opt->sel, keep[i] = 1 for the kept positions lo + i (as the engine's mask) */
-    unsigned char *keep = opt->sel ? (unsigned char *)(score + j->span) : NULL;
+    unsigned char *keep =
+        opt->sel ? (unsigned char *)(score + 2 * HEAD_BLOCK * j->span) + j->span * sizeof(float *)
+                 : NULL;
     if (keep) {
         const int32_t *kp = (const int32_t *)at(opt->sel) + (size_t)t * (size_t)opt->sel->row_stride;
         memset(keep, 0, (size_t)S);
@@ -286,21 +321,38 @@ static void mla_pair(void *job, int64_t t, int64_t h, void *scratch)
             if (kp[i] >= 0)
                 keep[kp[i] - lo] = 1;
     }
-    const float *ql = row_f32(j->q_lat, t * j->nh + h), *qp = row_f32(j->q_pe, t * j->nh + h);
+    const float *ql[HEAD_BLOCK], *qp[HEAD_BLOCK];
+    float *o[HEAD_BLOCK], dl[HEAD_BLOCK], dp[HEAD_BLOCK];
+    float *wt = score + HEAD_BLOCK * j->span; /* the weights position by position */
+    const float **rows = (const float **)(wt + HEAD_BLOCK * j->span);
+    for (int k = 0; k < m; k++) {
+        ql[k] = row_f32(j->q_lat, t * j->nh + h0 + k);
+        qp[k] = row_f32(j->q_pe, t * j->nh + h0 + k);
+        o[k] = row_f32(j->y, t * j->nh + h0 + k);
+    }
     for (int64_t i = 0; i < S; i++) {
         int64_t r = slot_row(p, s, lo + i, 1);
-        score[i] = keep && !keep[i] ? 0.0f
-                                    : mc_dot(ql, row_f32(j->lat_pages, r), j->lr) +
-                                          mc_dot(qp, row_f32(j->pe_pages, r), j->rd);
+        rows[i] = row_f32(j->lat_pages, r); /* a dropped one weighs 0 */
+        if (keep && !keep[i]) {
+            for (int k = 0; k < m; k++)
+                score[k * j->span + i] = 0.0f;
+            continue;
+        }
+        mc_dot_many(ql, m, rows[i], j->lr, dl);
+        mc_dot_many(qp, m, row_f32(j->pe_pages, r), j->rd, dp);
+        for (int k = 0; k < m; k++)
+            score[k * j->span + i] = dl[k] + dp[k];
     }
-    for (int64_t i = 0; i < S; i++) /* a dropped position weighs 0 whatever sc is */
-        score[i] = keep && !keep[i] ? -INFINITY : score[i] * sc;
-    mc_softmax(score, (int)S);
-    float *o = row_f32(j->y, t * j->nh + h);
-    memset(o, 0, (size_t)j->lr * sizeof *o);
-    for (int64_t i = 0; i < S; i++)
-        if (score[i] != 0.0f)
-            mc_axpy(o, score[i], row_f32(j->lat_pages, slot_row(p, s, lo + i, 1)), j->lr);
+    for (int k = 0; k < m; k++) {
+        float *sk = score + k * j->span;
+        for (int64_t i = 0; i < S; i++) /* a dropped position weighs 0 whatever sc is */
+            sk[i] = keep && !keep[i] ? -INFINITY : sk[i] * sc;
+        mc_softmax(sk, (int)S);
+        for (int64_t i = 0; i < S; i++)
+            wt[i * m + k] = sk[i];
+    }
+    /* a zero weight adds nothing (not even to the sign of 0) */
+    mc_wsum_rows(o, m, wt, rows, (int)S, j->lr, 1);
 }
 
 mc_status mc_cpu_mla_decode(void *ctx, const mc_tensor *q_lat, const mc_tensor *q_pe,
@@ -319,9 +371,11 @@ mc_status mc_cpu_mla_decode(void *ctx, const mc_tensor *q_lat, const mc_tensor *
         st = sel_ok(opt->sel, ix, opt->chunk, err);
     if (st != MC_OK)
         return st;
-    size_t bytes = (size_t)j.span * (sizeof(float) + (opt->sel ? 1 : 0));
+    size_t bytes =
+        (size_t)j.span * (2 * HEAD_BLOCK * sizeof(float) + sizeof(float *) + (opt->sel ? 1 : 0));
     double work = positions_attended(ix, opt->chunk) * (double)j.nh * (2.0 * j.lr + j.rd);
-    if (run_pairs(sa, q_lat->shape[0], j.nh, bytes, work, mla_pair, &j) != MC_OK) {
+    if (run_units(sa, q_lat->shape[0], (j.nh + HEAD_BLOCK - 1) / HEAD_BLOCK, bytes, work, mla_unit,
+                  &j) != MC_OK) {
         mc_arena_reset_to(sa, mk);
         return mc_err_set(err, MC_ERR_NOMEM, "mla_decode: out of memory for %lld scores",
                           (long long)j.span);

@@ -647,6 +647,44 @@ float mc_dot(const float *a, const float *b, int n) { return mc_kops_current()->
 
 void mc_axpy(float *y, float a, const float *x, int n) { mc_kops_current()->axpy(y, a, x, n); }
 
+void mc_dot_many(const float *const *a, int m, const float *b, int n, float *out)
+{
+    const mc_kops *ops = mc_kops_current();
+    if (ops->dot_many) {
+        ops->dot_many(a, m, b, n, out);
+        return;
+    }
+    for (int j = 0; j < m; j++)
+        out[j] = ops->dot(a[j], b, n);
+}
+
+void mc_wsum_rows(float *const *y, int m, const float *a, const float *const *rows, int S, int n,
+                  int skip_zero)
+{
+    const mc_kops *ops = mc_kops_current();
+    if (ops->wsum_rows) {
+        ops->wsum_rows(y, m, a, rows, S, n, skip_zero);
+        return;
+    }
+    for (int j = 0; j < m; j++) {
+        memset(y[j], 0, (size_t)n * sizeof *y[j]);
+        for (int i = 0; i < S; i++)
+            if (!skip_zero || a[(size_t)i * m + j] != 0.0f)
+                ops->axpy(y[j], a[(size_t)i * m + j], rows[i], n);
+    }
+}
+
+void mc_axpy_many(float *const *y, const float *a, int m, const float *x, int n)
+{
+    const mc_kops *ops = mc_kops_current();
+    if (ops->axpy_many) {
+        ops->axpy_many(y, a, m, x, n);
+        return;
+    }
+    for (int j = 0; j < m; j++)
+        ops->axpy(y[j], a[j], x, n);
+}
+
 void mc_rmsnorm(float *out, const float *x, const float *w, int n, float eps)
 {
     mc_kops_current()->rmsnorm(out, x, w, n, eps);

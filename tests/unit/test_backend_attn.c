@@ -751,6 +751,7 @@ int main(void)
         {"gqa bs3 NoPE temperature", 3, {30, 11, 2}, 3, 4, 2, 8, 8, 0, 1, 9},
         {"gqa bs3 vd != hd", 3, {14, 6, 9}, 3, 4, 2, 8, 12, 0, 0, 5},
         {"gqa bs16 long", 3, {300, 200, 90}, 16, 8, 2, 32, 32, 0, 0, 128},
+        {"gqa bs16 group of 20", 2, {70, 33}, 16, 40, 2, 16, 16, 0, 0, 40},
     };
     for (size_t k = 0; k < sizeof gqa / sizeof gqa[0]; k++)
         run_gqa(&gqa[k]);
@@ -759,6 +760,7 @@ int main(void)
         {"mla bs3 position scale", 4, {20, 3, 11, 1}, 3, 4, 32, 8, 8, 1, 8},
         {"mla bs16", 3, {37, 16, 4}, 16, 4, 32, 8, 16, 0, 20},
         {"mla bs16 long", 2, {260, 150}, 16, 8, 64, 16, 16, 0, 100},
+        {"mla bs3 20 heads", 2, {50, 21}, 3, 20, 32, 8, 16, 0, 24},
     };
     for (size_t k = 0; k < sizeof mla / sizeof mla[0]; k++)
         run_mla(&mla[k]);

@@ -1,13 +1,18 @@
-/* test_kernels_quant_act.c - every kernel path's activation quantization
- * (mc_kops.quantize_act) against the portable mc_quantize_act_row, byte for
- * byte and bit for bit: the products of all paths read the same quantized
- * activations, so any difference here would be a difference in logits.
- *
- * Rows of many lengths (tails inside a block, rows shorter than a block),
- * blocks of 32 (Q8_0) and 256 (Q4_K / Q6_K) with sums per 32 and 16, and
- * values chosen to hit the edges: exact halves after scaling (round to
- * even), all-zero blocks, denormals, one huge value, negative zero, NaN and
- * infinities. Prints the first mismatches. */
+/* test_kernels_exact.c - kernel entries that must equal a reference bit
+ * for bit, on every kernel path the CPU has:
+ *   - the activation quantization (mc_kops.quantize_act) against the
+ *     portable mc_quantize_act_row, byte for byte: the products of all
+ *     paths read the same quantized activations, so any difference here
+ *     would be a difference in logits. Rows of many lengths (tails inside
+ *     a block, rows shorter than a block), blocks of 32 (Q8_0) and 256
+ *     (Q4_K / Q6_K) with sums per 32 and 16, and values chosen to hit the
+ *     edges: exact halves after scaling (round to even), all-zero blocks,
+ *     denormals, one huge value, negative zero, NaN and infinities;
+ *   - mc_dot_many / mc_axpy_many / mc_wsum_rows (attention heads sharing
+ *     a key or value row) against mc_dot / mc_axpy once per vector (and per
+ *     row, zero weights skipped or not), for 1..19 vectors and lengths
+ *     1..300.
+ * Prints the first mismatches. */
 #include "check.h"
 #include "cpu/kern.h"
 #include "kernels.h"
@@ -101,6 +106,77 @@ static int compare_row(const char *path, int cols, int blk, int sub, int kind)
     return bad;
 }
 
+/* mc_dot_many / mc_axpy_many against one mc_dot / mc_axpy per vector. */
+static int compare_many(const char *path, int m, int n)
+{
+    float *a = malloc((size_t)m * n * sizeof *a), *b = malloc((size_t)n * sizeof *b);
+    float *y0 = malloc((size_t)m * n * sizeof *y0), *y1 = malloc((size_t)m * n * sizeof *y1);
+    float w[32], got[32], want[32];
+    const float *ap[32];
+    float *p0[32], *p1[32];
+    if (!a || !b || !y0 || !y1) {
+        CHECK(!"out of memory");
+        return 1;
+    }
+    for (int i = 0; i < m * n; i++)
+        a[i] = runi(-2.0f, 2.0f);
+    for (int i = 0; i < n; i++)
+        b[i] = runi(-2.0f, 2.0f);
+    for (int j = 0; j < m; j++) {
+        ap[j] = a + (size_t)j * n;
+        w[j] = j % 5 == 3 ? 0.0f : runi(-1.0f, 1.0f);
+        p0[j] = y0 + (size_t)j * n;
+        p1[j] = y1 + (size_t)j * n;
+    }
+    memcpy(y0, a, (size_t)m * n * sizeof *y0);
+    memcpy(y1, a, (size_t)m * n * sizeof *y1);
+    mc_dot_many(ap, m, b, n, got);
+    for (int j = 0; j < m; j++) {
+        want[j] = mc_dot(ap[j], b, n);
+        mc_axpy(p0[j], w[j], b, n);
+    }
+    mc_axpy_many(p1, w, m, b, n);
+    int bad = 0;
+    for (int j = 0; j < m; j++)
+        if (memcmp(&got[j], &want[j], sizeof got[j]) != 0 && bad++ < 3)
+            fprintf(stderr, "  %s m %d n %d: dot_many[%d] = %.9g, mc_dot %.9g\n", path, m, n, j,
+                    got[j], want[j]);
+    for (int i = 0; i < m * n; i++)
+        if (memcmp(&y0[i], &y1[i], sizeof y0[i]) != 0 && bad++ < 3)
+            fprintf(stderr, "  %s m %d n %d: axpy_many vector %d [%d] = %.9g, mc_axpy %.9g\n",
+                    path, m, n, i / n, i % n, y1[i], y0[i]);
+    /* mc_wsum_rows: m outputs over S = n % 23 + 1 rows of length n (the rows
+     * are slices of a), weights with zeros, against zeroing + mc_axpy */
+    int S = n % 23 + 1;
+    const float *rows[32];
+    float *wt = malloc((size_t)m * S * sizeof *wt);
+    for (int i = 0; i < S; i++)
+        rows[i] = a + (size_t)(i % m) * n;
+    for (int i = 0; wt && i < m * S; i++)
+        wt[i] = i % 7 == 2 ? 0.0f : i % 11 == 5 ? -0.0f : runi(-1.0f, 1.0f);
+    for (int skip = 0; wt && skip <= 1; skip++) {
+        for (int j = 0; j < m; j++) {
+            memset(p0[j], 0, (size_t)n * sizeof *y0);
+            for (int i = 0; i < S; i++)
+                if (!skip || wt[i * m + j] != 0.0f)
+                    mc_axpy(p0[j], wt[i * m + j], rows[i], n);
+        }
+        memset(y1, 0x7f, (size_t)m * n * sizeof *y1); /* every value must be written */
+        mc_wsum_rows(p1, m, wt, rows, S, n, skip);
+        for (int i = 0; i < m * n; i++)
+            if (memcmp(&y0[i], &y1[i], sizeof y0[i]) != 0 && bad++ < 3)
+                fprintf(stderr, "  %s m %d n %d S %d skip %d: wsum_rows output %d [%d] = %.9g, "
+                        "axpy %.9g\n", path, m, n, S, skip, i / n, i % n, y1[i], y0[i]);
+    }
+    CHECK(wt != NULL);
+    free(wt);
+    free(a);
+    free(b);
+    free(y0);
+    free(y1);
+    return bad;
+}
+
 int main(void)
 {
     static const int cols[] = {1, 15, 16, 17, 31, 32, 33, 63, 64, 100, 255, 256, 257, 511, 768, 1000, 2048, 2050};
@@ -126,7 +202,19 @@ int main(void)
         } else {
             printf("path %s: %d rows equal to mc_quantize_act_row\n", name, rows);
         }
+        static const int lens[] = {1, 7, 16, 17, 63, 64, 65, 128, 130, 192, 300};
+        bad = 0;
+        for (int m = 1; m <= 19; m++)
+            for (size_t l = 0; l < sizeof lens / sizeof lens[0]; l++)
+                bad += compare_many(name, m, lens[l]);
+        check_count++;
+        if (bad) {
+            check_failures++;
+            fprintf(stderr, "path %s: dot_many / axpy_many / wsum_rows: %d differences\n", name, bad);
+        } else {
+            printf("path %s: dot_many / axpy_many / wsum_rows equal to mc_dot / mc_axpy\n", name);
+        }
     }
     CHECK(paths >= 1);
-    return check_report("test_kernels_quant_act");
+    return check_report("test_kernels_exact");
 }
