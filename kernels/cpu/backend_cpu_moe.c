@@ -9,6 +9,8 @@
 #include "backend.h"
 #include "kernels.h"
 #include "cpu/backend_cpu_internal.h"
+#include "cpu/kern.h"
+#include "pool.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -192,6 +194,22 @@ mc_status mc_cpu_moe_unpermute(void *ctx, const mc_tensor *yp, const mc_tensor *
  * alone). */
 #define EXPERTS_PASS_FLOATS ((size_t)8 << 20)
 
+/* The activation of one pass, split in runs of at most ACT_RUN values over
+ * the kernels' pool (each value as on one thread: mc_silu, then the
+ * product). */
+#define ACT_RUN 4096
+
+typedef struct {
+    float *g;
+    const float *u;
+    size_t n;
+} act_run;
+
+typedef struct {
+    const act_run *runs;
+    float lim;
+} act_job;
+
 typedef struct {
     const mc_tensor *x, *gate, *up, *down, *rw;
     const int32_t *off;
@@ -202,11 +220,32 @@ typedef struct {
     mc_matmul_item *items; /* [2 * experts in the pass] */
     mc_mat *mats;          /* [3 * experts in the pass] */
     float **gp;            /* [experts in the pass] */
+    act_run *runs;         /* [runs of the activation of a pass] */
     mc_tensor *y;
 } experts_pass;
 
+static void act_task(void *ctx, int task, int thread)
+{
+    (void)thread;
+    const act_job *j = ctx;
+    float *g = j->runs[task].g;
+    const float *u = j->runs[task].u;
+    size_t gi = j->runs[task].n;
+    if (j->lim > 0) { /* DeepSeek-V4: silu(min(g, L)) * clamp(u, -L, L) */
+        float lim = j->lim;
+        for (size_t i = 0; i < gi; i++) {
+            float gv = g[i] > lim ? lim : g[i];
+            float uv = u[i] > lim ? lim : u[i] < -lim ? -lim : u[i];
+            g[i] = mc_silu(gv) * uv;
+        }
+    } else {
+        for (size_t i = 0; i < gi; i++)
+            g[i] = mc_silu(g[i]) * u[i];
+    }
+}
+
 /* Experts [e0, e1) (those with rows): gate and up of all as one parallel
- * loop, the activation, then down of all as another. Each product is the
+ * loop, the activation (one parallel loop), then down of all as another. Each product is the
  * one the reference computes (mc_matmul_many is bitwise mc_matmul per
  * product), so the results do not depend on how experts are grouped. */
 static void run_pass(const experts_pass *p, int e0, int e1)
@@ -232,25 +271,34 @@ static void run_pass(const experts_pass *p, int e0, int e1)
     }
     mc_matmul_many(p->items, 2 * a);
     int n_act = a;
+    int nr = 0;
+    size_t total = 0;
     a = 0;
     for (int e = e0; e < e1; e++) {
         int r0 = off[e], ne = off[e + 1] - r0;
         if (ne == 0)
             continue;
         int I = (int)p->gate[e].shape[0];
-        float *g = p->gp[a], *u = g + (size_t)ne * I;
+        float *g = p->gp[a++];
         size_t gi = (size_t)ne * I;
-        if (p->lim > 0) { /* DeepSeek-V4: silu(min(g, L)) * clamp(u, -L, L) */
-            float lim = p->lim;
-            for (size_t i = 0; i < gi; i++) {
-                float gv = g[i] > lim ? lim : g[i];
-                float uv = u[i] > lim ? lim : u[i] < -lim ? -lim : u[i];
-                g[i] = mc_silu(gv) * uv;
-            }
-        } else {
-            for (size_t i = 0; i < gi; i++)
-                g[i] = mc_silu(g[i]) * u[i];
-        }
+        for (size_t i = 0; i < gi; i += ACT_RUN)
+            p->runs[nr++] = (act_run){g + i, g + gi + i, gi - i < ACT_RUN ? gi - i : ACT_RUN};
+        total += gi;
+    }
+    act_job aj = {.runs = p->runs, .lim = p->lim};
+    mc_pool *pool = total >= 2 * ACT_RUN ? mc_kernels_pool() : NULL;
+    if (pool)
+        mc_pool_run(pool, nr, act_task, &aj);
+    else
+        for (int i = 0; i < nr; i++)
+            act_task(&aj, i, 0);
+    a = 0;
+    for (int e = e0; e < e1; e++) {
+        int r0 = off[e], ne = off[e + 1] - r0;
+        if (ne == 0)
+            continue;
+        int I = (int)p->gate[e].shape[0];
+        float *g = p->gp[a];
         p->items[a] = (mc_matmul_item){&p->mats[3 * a + 2], g, ne, I, row_f32(p->y, r0),
                                        (int)p->y->row_stride}; /* (ne, H) */
         a++;
@@ -298,7 +346,9 @@ mc_status mc_cpu_grouped_experts(void *ctx, const mc_tensor *x, const mc_tensor 
     p.items = mc_arena_alloc_n(sa, 2 * (size_t)n_experts, sizeof *p.items);
     p.mats = mc_arena_alloc_n(sa, 3 * (size_t)n_experts, sizeof *p.mats);
     p.gp = mc_arena_alloc_n(sa, (size_t)n_experts, sizeof *p.gp);
-    if (!p.scratch || (w_in && !xin) || !p.items || !p.mats || !p.gp) {
+    /* runs of a pass: at most one per expert plus one per ACT_RUN values */
+    p.runs = mc_arena_alloc_n(sa, (size_t)n_experts + gu_need / 2 / ACT_RUN + 1, sizeof *p.runs);
+    if (!p.scratch || (w_in && !xin) || !p.items || !p.mats || !p.gp || !p.runs) {
         mc_arena_reset_to(sa, mk);
         return mc_err_set(err, MC_ERR_NOMEM, "out of memory in grouped_experts");
     }
