@@ -129,8 +129,20 @@ static float token_scale(const mc_attn_opts *o, int64_t t)
 #define ATTN_PARALLEL_MIN (1 << 16)
 
 /* Heads done together: they share each key / value row they read
- * (mc_dot_many, mc_axpy_many), every head's arithmetic as alone. */
+ * (mc_dot_many, mc_wsum_rows), every head's arithmetic as alone. Fewer at
+ * long spans, so that a thread's scratch (two spans of floats per head)
+ * stays under HEAD_SCRATCH_MAX bytes. */
 #define HEAD_BLOCK 16
+#define HEAD_SCRATCH_MAX ((size_t)4 << 20)
+
+/* Heads per block for a score span of `span` positions. */
+static int head_block(int64_t span)
+{
+    int hb = HEAD_BLOCK;
+    while (hb > 1 && (size_t)span * (2 * (size_t)hb * sizeof(float)) > HEAD_SCRATCH_MAX)
+        hb /= 2;
+    return hb;
+}
 
 typedef void (*unit_fn)(void *job, int64_t t, int64_t u, void *scratch);
 
@@ -203,10 +215,10 @@ typedef struct {
     paged p;
     int64_t nh, nkv, grp, blocks; /* blocks: head blocks per KV group */
     int64_t span;
-    int hd, vd;
+    int hd, vd, hb; /* hb: heads per block (head_block) */
 } attn_job;
 
-/* Unit u of token t: up to HEAD_BLOCK heads of KV group u / blocks. Each
+/* Unit u of token t: up to hb heads of KV group u / blocks. Each
  * head: scores in position order, scaled, softmax, the weighted sum of the
  * value rows in position order (mc_dot / mc_axpy arithmetic). */
 static void attn_unit(void *job, int64_t t, int64_t u, void *scratch)
@@ -216,8 +228,8 @@ static void attn_unit(void *job, int64_t t, int64_t u, void *scratch)
     int32_t s = i32_at(&j->ix->seq, t), pos = i32_at(&j->ix->pos, t);
     int64_t lo = j->opt->chunk > 0 ? pos - pos % j->opt->chunk : 0, S = pos - lo + 1;
     float sc = token_scale(j->opt, t);
-    int64_t g = u / j->blocks, h0 = g * j->grp + (u % j->blocks) * HEAD_BLOCK;
-    int m = (int)(g * j->grp + j->grp - h0 < HEAD_BLOCK ? g * j->grp + j->grp - h0 : HEAD_BLOCK);
+    int64_t g = u / j->blocks, h0 = g * j->grp + (u % j->blocks) * j->hb;
+    int m = (int)(g * j->grp + j->grp - h0 < j->hb ? g * j->grp + j->grp - h0 : j->hb);
     float *score = scratch; /* head k's scores at score + k * span; weights; row pointers */
     const float *qh[HEAD_BLOCK];
     float *o[HEAD_BLOCK], dots[HEAD_BLOCK];
@@ -230,7 +242,7 @@ static void attn_unit(void *job, int64_t t, int64_t u, void *scratch)
         for (int k = 0; k < m; k++)
             score[k * j->span + i] = dots[k];
     }
-    float *wt = score + HEAD_BLOCK * j->span; /* the weights position by position */
+    float *wt = score + j->hb * j->span; /* the weights position by position */
     for (int k = 0; k < m; k++) {
         float *sk = score + k * j->span;
         for (int64_t i = 0; i < S; i++)
@@ -239,7 +251,7 @@ static void attn_unit(void *job, int64_t t, int64_t u, void *scratch)
         for (int64_t i = 0; i < S; i++)
             wt[i * m + k] = sk[i];
     }
-    const float **rows = (const float **)(wt + HEAD_BLOCK * j->span);
+    const float **rows = (const float **)(wt + j->hb * j->span);
     for (int64_t i = 0; i < S; i++)
         rows[i] = row_f32(j->v_pages, slot_row(p, s, lo + i, j->nkv) + g);
     mc_wsum_rows(o, m, wt, rows, (int)S, j->vd, 0);
@@ -255,13 +267,14 @@ mc_status mc_cpu_attention(void *ctx, const mc_tensor *q, const mc_tensor *k_pag
                   .p = paged_of(ix, k_pages), .nh = q->shape[1], .nkv = k_pages->shape[2],
                   .hd = (int)k_pages->shape[3], .vd = (int)v_pages->shape[3]};
     j.grp = j.nh / j.nkv;
-    j.blocks = (j.grp + HEAD_BLOCK - 1) / HEAD_BLOCK;
     mc_status st = spans_ok("attention", ix, &j.p, opt->chunk, &j.span, err);
     if (st != MC_OK)
         return st;
+    j.hb = head_block(j.span);
+    j.blocks = (j.grp + j.hb - 1) / j.hb;
     double work = positions_attended(ix, opt->chunk) * (double)j.nh * (j.hd + j.vd);
     if (run_units(sa, q->shape[0], j.nkv * j.blocks,
-                  (size_t)j.span * (2 * HEAD_BLOCK * sizeof(float) + sizeof(float *)), work, attn_unit,
+                  (size_t)j.span * (2 * (size_t)j.hb * sizeof(float) + sizeof(float *)), work, attn_unit,
                   &j) != MC_OK) {
         mc_arena_reset_to(sa, mk);
         return mc_err_set(err, MC_ERR_NOMEM, "attention: out of memory for %lld scores",
@@ -292,11 +305,11 @@ typedef struct {
     const mc_attn_opts *opt;
     paged p;
     int64_t nh, span;
-    int lr, rd;
+    int lr, rd, hb; /* hb: heads per block (head_block) */
 } mla_job;
 
-/* Unit u of token t: heads [u * HEAD_BLOCK, +HEAD_BLOCK), all reading the
- * same latent and rope-key rows. scratch: HEAD_BLOCK spans of scores, the
+/* Unit u of token t: heads [u * hb, +hb), all reading the same latent and
+ * rope-key rows. scratch: hb spans of scores, the
  * same weights position by position, span row pointers, then (with
  * opt->sel) span keep flags. */
 static void mla_unit(void *job, int64_t t, int64_t u, void *scratch)
@@ -307,12 +320,12 @@ static void mla_unit(void *job, int64_t t, int64_t u, void *scratch)
     float *score = scratch; /* head k's at score + k * span */
     int32_t s = i32_at(&j->ix->seq, t), pos = i32_at(&j->ix->pos, t);
     int64_t lo = opt->chunk > 0 ? pos - pos % opt->chunk : 0, S = pos - lo + 1;
-    int64_t h0 = u * HEAD_BLOCK;
-    int m = (int)(j->nh - h0 < HEAD_BLOCK ? j->nh - h0 : HEAD_BLOCK);
+    int64_t h0 = u * j->hb;
+    int m = (int)(j->nh - h0 < j->hb ? j->nh - h0 : j->hb);
     float sc = token_scale(opt, t);
     /* with opt->sel, keep[i] = 1 for the kept positions lo + i (as the engine's mask) */
     unsigned char *keep =
-        opt->sel ? (unsigned char *)(score + 2 * HEAD_BLOCK * j->span) + j->span * sizeof(float *)
+        opt->sel ? (unsigned char *)(score + 2 * j->hb * j->span) + j->span * sizeof(float *)
                  : NULL;
     if (keep) {
         const int32_t *kp = (const int32_t *)at(opt->sel) + (size_t)t * (size_t)opt->sel->row_stride;
@@ -323,8 +336,8 @@ static void mla_unit(void *job, int64_t t, int64_t u, void *scratch)
     }
     const float *ql[HEAD_BLOCK], *qp[HEAD_BLOCK];
     float *o[HEAD_BLOCK], dl[HEAD_BLOCK], dp[HEAD_BLOCK];
-    float *wt = score + HEAD_BLOCK * j->span; /* the weights position by position */
-    const float **rows = (const float **)(wt + HEAD_BLOCK * j->span);
+    float *wt = score + j->hb * j->span; /* the weights position by position */
+    const float **rows = (const float **)(wt + j->hb * j->span);
     for (int k = 0; k < m; k++) {
         ql[k] = row_f32(j->q_lat, t * j->nh + h0 + k);
         qp[k] = row_f32(j->q_pe, t * j->nh + h0 + k);
@@ -371,10 +384,11 @@ mc_status mc_cpu_mla_decode(void *ctx, const mc_tensor *q_lat, const mc_tensor *
         st = sel_ok(opt->sel, ix, opt->chunk, err);
     if (st != MC_OK)
         return st;
+    j.hb = head_block(j.span);
     size_t bytes =
-        (size_t)j.span * (2 * HEAD_BLOCK * sizeof(float) + sizeof(float *) + (opt->sel ? 1 : 0));
+        (size_t)j.span * (2 * (size_t)j.hb * sizeof(float) + sizeof(float *) + (opt->sel ? 1 : 0));
     double work = positions_attended(ix, opt->chunk) * (double)j.nh * (2.0 * j.lr + j.rd);
-    if (run_units(sa, q_lat->shape[0], (j.nh + HEAD_BLOCK - 1) / HEAD_BLOCK, bytes, work, mla_unit,
+    if (run_units(sa, q_lat->shape[0], (j.nh + j.hb - 1) / j.hb, bytes, work, mla_unit,
                   &j) != MC_OK) {
         mc_arena_reset_to(sa, mk);
         return mc_err_set(err, MC_ERR_NOMEM, "mla_decode: out of memory for %lld scores",
