@@ -111,9 +111,9 @@ static int compare_many(const char *path, int m, int n)
 {
     float *a = malloc((size_t)m * n * sizeof *a), *b = malloc((size_t)n * sizeof *b);
     float *y0 = malloc((size_t)m * n * sizeof *y0), *y1 = malloc((size_t)m * n * sizeof *y1);
-    float w[32], got[32], want[32];
-    const float *ap[32];
-    float *p0[32], *p1[32];
+    float w[32] = {0}, got[32] = {0}, want[32] = {0};
+    const float *ap[32] = {0};
+    float *p0[32] = {0}, *p1[32] = {0};
     if (!a || !b || !y0 || !y1) {
         CHECK(!"out of memory");
         return 1;
@@ -148,7 +148,7 @@ static int compare_many(const char *path, int m, int n)
     /* mc_wsum_rows: m outputs over S = n % 23 + 1 rows of length n (the rows
      * are slices of a), weights with zeros, against zeroing + mc_axpy */
     int S = n % 23 + 1;
-    const float *rows[32];
+    const float *rows[32] = {0};
     float *wt = malloc((size_t)m * S * sizeof *wt);
     for (int i = 0; i < S; i++)
         rows[i] = a + (size_t)(i % m) * n;
