@@ -109,10 +109,9 @@ static inline float mc_sigmoid(float x) { return 1.0f / (1.0f + __builtin_expf(-
 float mc_dot(const float *a, const float *b, int n);
 /* y += a * x */
 void mc_axpy(float *y, float a, const float *x, int n);
-/* out[j] = mc_dot(a[j], b, n) and y[j] += a[j] * x (as mc_axpy) for j < m,
- * bit for bit, with b / x read once for all m. */
+/* out[j] = mc_dot(a[j], b, n) for j < m, bit for bit, with b read once for
+ * all m. */
 void mc_dot_many(const float *const *a, int m, const float *b, int n, float *out);
-void mc_axpy_many(float *const *y, const float *a, int m, const float *x, int n);
 /* Weighted sums of S rows of n values for m outputs, the weights of row i
  * at a[i * m .. i * m + m): y[j] = 0, then mc_axpy(y[j], a[i * m + j],
  * rows[i], n) for i = 0 .. S-1 (skip_zero: skipped where the weight is 0),

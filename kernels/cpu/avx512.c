@@ -872,26 +872,6 @@ static void dot_many(const float *const *a, int m, const float *b, int n, float 
         out[j] = dot(a[j], b, n);
 }
 
-/* axpy() into m vectors from one x: per element the same FMA. */
-static void axpy_many(float *const *y, const float *a, int m, const float *x, int n)
-{
-    int i = 0;
-    for (; i + 16 <= n; i += 16) {
-        __m512 xv = _mm512_loadu_ps(x + i);
-        for (int j = 0; j < m; j++)
-            _mm512_storeu_ps(y[j] + i, _mm512_fmadd_ps(_mm512_set1_ps(a[j]), xv,
-                                                       _mm512_loadu_ps(y[j] + i)));
-    }
-    if (i < n) {
-        __mmask16 k = (__mmask16)((1u << (n - i)) - 1);
-        __m512 xv = _mm512_maskz_loadu_ps(k, x + i);
-        for (int j = 0; j < m; j++)
-            _mm512_mask_storeu_ps(y[j] + i, k,
-                                  _mm512_fmadd_ps(_mm512_set1_ps(a[j]), xv,
-                                                  _mm512_maskz_loadu_ps(k, y[j] + i)));
-    }
-}
-
 /* mc_wsum_rows for outputs [j0, j0 + MJ), MJ <= 8 (constants after
  * inlining): per 16 values, the MJ accumulators stay in registers over all
  * S rows (axpy's FMA per element, rows in order; with SKIP a zero weight
@@ -1095,7 +1075,6 @@ const mc_kops mc_kops_avx512 = {
     .dot = dot,
     .axpy = axpy,
     .dot_many = dot_many,
-    .axpy_many = axpy_many,
     .wsum_rows = wsum_rows,
     .rmsnorm = rmsnorm,
     .softmax = softmax,

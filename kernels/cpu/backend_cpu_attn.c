@@ -10,7 +10,7 @@
  * token by token: scores with mc_dot, scaled, mc_softmax, weighted sum with
  * mc_axpy, so both agree to rounding. Up to 16 heads that read the same
  * key / value rows (a GQA group; all MLA heads) go together through
- * mc_dot_many / mc_axpy_many, each head's arithmetic as alone. These
+ * mc_dot_many / mc_wsum_rows, each head's arithmetic as alone. These
  * (token, head block) units are split over the kernels' thread pool when
  * there is enough work, each unit done whole by one thread with its own
  * score buffers (the longest span of any token), so the output does not

@@ -56,11 +56,10 @@ typedef struct {
                          int16_t *bsum, int sub);
     float (*dot)(const float *a, const float *b, int n);
     void (*axpy)(float *y, float a, const float *x, int n);
-    /* Optional (NULL: dot / axpy once per vector): out[j] = dot(a[j], b, n)
-     * and y[j] += a[j] * x for j < m, each bit for bit as the path's dot /
-     * axpy (b / x read once for all m: attention heads sharing a key row). */
+    /* Optional (NULL: dot once per vector): out[j] = dot(a[j], b, n) for
+     * j < m, each bit for bit as the path's dot (b read once for all m:
+     * attention heads sharing a key row). */
     void (*dot_many)(const float *const *a, int m, const float *b, int n, float *out);
-    void (*axpy_many)(float *const *y, const float *a, int m, const float *x, int n);
     /* Optional (NULL: the loop of mc_wsum_rows in ops.c): y[j] = sum over
      * i < S of a[i * m + j] * rows[i], as zeroing y[j] and calling axpy
      * for i = 0, 1, ... (skip_zero: not for a weight of 0), bit for bit. */

@@ -674,17 +674,6 @@ void mc_wsum_rows(float *const *y, int m, const float *a, const float *const *ro
     }
 }
 
-void mc_axpy_many(float *const *y, const float *a, int m, const float *x, int n)
-{
-    const mc_kops *ops = mc_kops_current();
-    if (ops->axpy_many) {
-        ops->axpy_many(y, a, m, x, n);
-        return;
-    }
-    for (int j = 0; j < m; j++)
-        ops->axpy(y[j], a[j], x, n);
-}
-
 void mc_rmsnorm(float *out, const float *x, const float *w, int n, float eps)
 {
     mc_kops_current()->rmsnorm(out, x, w, n, eps);
