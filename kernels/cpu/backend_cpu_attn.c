@@ -126,7 +126,7 @@ static float token_scale(const mc_attn_opts *o, int64_t t)
 
 /* Below this many multiply-adds (scores and weighted sums of a call) the
  * units run on the calling thread: waking the pool costs more. */
-#define ATTN_PARALLEL_MIN (1 << 16)
+#define UNITS_PARALLEL_MIN (1 << 16)
 
 /* Heads done together: they share each key / value row they read
  * (mc_dot_many, mc_wsum_rows), every head's arithmetic as alone. Fewer at
@@ -144,10 +144,8 @@ static int head_block(int64_t span)
     return hb;
 }
 
-typedef void (*unit_fn)(void *job, int64_t t, int64_t u, void *scratch);
-
 typedef struct {
-    unit_fn fn;
+    mc_cpu_unit_fn fn;
     void *job;
     int64_t per_token, units, per_task;
     unsigned char *scratch; /* `bytes` per thread */
@@ -164,15 +162,10 @@ static void units_task(void *ctx, int task, int thread)
                uj->scratch + (size_t)thread * uj->bytes);
 }
 
-/* Calls fn for every unit u < per_token of each of n tokens, with scratch
- * of `bytes` (64-byte aligned) that is the calling thread's own; `work`
- * counts the call's multiply-adds. The pool runs them when there is enough
- * work (tasks of contiguous units, about 8 per thread, handed out in
- * order). MC_ERR_NOMEM when the buffers do not fit. */
-static mc_status run_units(mc_arena *sa, int64_t n, int64_t per_token, size_t bytes, double work,
-                           unit_fn fn, void *job)
+mc_status mc_cpu_run_units(mc_arena *sa, int64_t n, int64_t per_token, size_t bytes, double work,
+                           mc_cpu_unit_fn fn, void *job)
 {
-    mc_pool *pool = work >= ATTN_PARALLEL_MIN ? mc_kernels_pool() : NULL;
+    mc_pool *pool = work >= UNITS_PARALLEL_MIN ? mc_kernels_pool() : NULL;
     int nt = pool ? mc_pool_threads(pool) : 1;
     int64_t units = n * per_token;
     if (units < 2)
@@ -273,7 +266,7 @@ mc_status mc_cpu_attention(void *ctx, const mc_tensor *q, const mc_tensor *k_pag
     j.hb = head_block(j.span);
     j.blocks = (j.grp + j.hb - 1) / j.hb;
     double work = positions_attended(ix, opt->chunk) * (double)j.nh * (j.hd + j.vd);
-    if (run_units(sa, q->shape[0], j.nkv * j.blocks,
+    if (mc_cpu_run_units(sa, q->shape[0], j.nkv * j.blocks,
                   (size_t)j.span * (2 * (size_t)j.hb * sizeof(float) + sizeof(float *)), work, attn_unit,
                   &j) != MC_OK) {
         mc_arena_reset_to(sa, mk);
@@ -388,7 +381,7 @@ mc_status mc_cpu_mla_decode(void *ctx, const mc_tensor *q_lat, const mc_tensor *
     size_t bytes =
         (size_t)j.span * (2 * (size_t)j.hb * sizeof(float) + sizeof(float *) + (opt->sel ? 1 : 0));
     double work = positions_attended(ix, opt->chunk) * (double)j.nh * (2.0 * j.lr + j.rd);
-    if (run_units(sa, q_lat->shape[0], (j.nh + j.hb - 1) / j.hb, bytes, work, mla_unit,
+    if (mc_cpu_run_units(sa, q_lat->shape[0], (j.nh + j.hb - 1) / j.hb, bytes, work, mla_unit,
                   &j) != MC_OK) {
         mc_arena_reset_to(sa, mk);
         return mc_err_set(err, MC_ERR_NOMEM, "mla_decode: out of memory for %lld scores",

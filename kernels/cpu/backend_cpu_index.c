@@ -13,8 +13,10 @@
  * rank the same values. The reference picks the top k by k passes over the
  * scores (mc_topk_indices); here a bounded heap under the same total order
  * (higher score first, an exact tie to the lower position) finds the same
- * set in O(S log k). One score buffer and one heap per call; the tokens run
- * on the calling thread. */
+ * set in O(S log k). The tokens are split over the kernels' pool
+ * (mc_cpu_run_units) when there is enough work, each token whole on one
+ * thread with its own score buffer and heap; a key row is read once for all
+ * the token's heads (mc_dot_many, each dot as mc_dot). */
 #include "backend.h"
 #include "kernels.h"
 #include "cpu/backend_cpu_internal.h"
@@ -94,6 +96,48 @@ static void top_m(const float *score, int64_t S, int64_t m, int32_t *h, int32_t 
     }
 }
 
+typedef struct {
+    const mc_tensor *iq, *w, *key_pages, *sel;
+    const mc_kv_index *ix;
+    int64_t ih, k, bs, span, hm;
+    int id;
+    float ss, ws;
+} topk_job;
+
+/* Token t: scores of its positions, then its top k. scratch: span scores,
+ * hm heap entries, ih query pointers and ih dot products. */
+static void topk_token(void *job, int64_t t, int64_t u, void *scratch)
+{
+    (void)u;
+    const topk_job *j = job;
+    const mc_kv_index *ix = j->ix;
+    float *score = scratch;
+    int32_t *heap = (int32_t *)(score + j->span);
+    const float **qh = (const float **)((unsigned char *)scratch +
+                                        (((size_t)j->span * sizeof(float) +
+                                          (size_t)j->hm * sizeof(int32_t) + 7) & ~(size_t)7));
+    float *v = (float *)(qh + j->ih);
+    int32_t s = i32_at(&ix->seq, t);
+    int64_t S = (int64_t)i32_at(&ix->pos, t) + 1, m = j->k < S ? j->k : S;
+    const float *wt = row_f32(j->w, t); /* [ih] */
+    for (int64_t h = 0; h < j->ih; h++)
+        qh[h] = row_f32(j->iq, t * j->ih + h);
+    for (int64_t p = 0; p < S; p++) {
+        int64_t r = (int64_t)block_of(ix, s, p / j->bs) * j->bs + p % j->bs;
+        mc_dot_many(qh, (int)j->ih, row_f32(j->key_pages, r), j->id, v); /* [ih] */
+        float acc = 0;
+        for (int64_t h = 0; h < j->ih; h++) {
+            float vh = v[h] * j->ss;
+            acc += (vh > 0 ? vh : 0) * wt[h] * j->ws;
+        }
+        score[p] = acc;
+    }
+    int32_t *out = row_i32(j->sel, t); /* [k] */
+    top_m(score, S, m, heap, out);
+    for (int64_t i = m; i < j->k; i++)
+        out[i] = -1;
+}
+
 mc_status mc_cpu_indexer_topk(void *ctx, const mc_tensor *iq, const mc_tensor *w,
                               const mc_tensor *key_pages, const mc_kv_index *ix,
                               const mc_indexer_opts *opt, mc_tensor *sel, mc_err *err)
@@ -103,39 +147,23 @@ mc_status mc_cpu_indexer_topk(void *ctx, const mc_tensor *iq, const mc_tensor *w
     int64_t n = iq->shape[0], ih = iq->shape[1], k = opt->k;
     int64_t n_pages = key_pages->shape[0], bs = key_pages->shape[1], span = 1;
     int id = (int)iq->shape[2];
+    double positions = 0;
     for (int64_t t = 0; t < n; t++) { /* all tokens first: nothing is written on refusal */
         if (token_ok(ix, n_pages, bs, t, err) != MC_OK)
             return err ? err->status : MC_ERR_ARG;
         int64_t S = (int64_t)i32_at(&ix->pos, t) + 1;
         span = S > span ? S : span;
+        positions += (double)S;
     }
-    int64_t hm = k < span ? k : span;
-    float *score = mc_arena_alloc_n(sa, (size_t)span, sizeof *score); /* [span] */
-    int32_t *heap = mc_arena_alloc_n(sa, (size_t)hm, sizeof *heap);   /* [min(k, span)] */
-    if (!score || !heap) {
+    topk_job j = {.iq = iq, .w = w, .key_pages = key_pages, .sel = sel, .ix = ix, .ih = ih,
+                  .k = k, .bs = bs, .span = span, .hm = k < span ? k : span, .id = id,
+                  .ss = opt->score_scale, .ws = opt->weight_scale};
+    size_t bytes = (((size_t)span * sizeof(float) + (size_t)j.hm * sizeof(int32_t) + 7) &
+                    ~(size_t)7) + (size_t)ih * (sizeof(float *) + sizeof(float));
+    if (mc_cpu_run_units(sa, n, 1, bytes, positions * (double)ih * id, topk_token, &j) != MC_OK) {
         mc_arena_reset_to(sa, mk);
         return mc_err_set(err, MC_ERR_NOMEM, "indexer_topk: out of memory for %lld scores",
                           (long long)span);
-    }
-    float ss = opt->score_scale, ws = opt->weight_scale;
-    for (int64_t t = 0; t < n; t++) {
-        int32_t s = i32_at(&ix->seq, t);
-        int64_t S = (int64_t)i32_at(&ix->pos, t) + 1, m = k < S ? k : S;
-        const float *wt = row_f32(w, t); /* [ih] */
-        for (int64_t p = 0; p < S; p++) {
-            int64_t r = (int64_t)block_of(ix, s, p / bs) * bs + p % bs;
-            const float *key = row_f32(key_pages, r); /* [id] */
-            float acc = 0;
-            for (int64_t h = 0; h < ih; h++) {
-                float v = mc_dot(row_f32(iq, t * ih + h), key, id) * ss;
-                acc += (v > 0 ? v : 0) * wt[h] * ws;
-            }
-            score[p] = acc;
-        }
-        int32_t *out = row_i32(sel, t); /* [k] */
-        top_m(score, S, m, heap, out);
-        for (int64_t j = m; j < k; j++)
-            out[j] = -1;
     }
     mc_arena_reset_to(sa, mk);
     return MC_OK;

@@ -68,6 +68,17 @@ static inline mc_mat to_mat(const mc_tensor *t)
     return m;
 }
 
+/* Per-token work split over the kernels' pool (backend_cpu_attn.c): calls
+ * fn(job, t, u, scratch) for every unit u < per_token of each of n tokens,
+ * each unit whole on one thread, with `bytes` of scratch (64-byte aligned,
+ * from sa) that is the calling thread's own, so results do not depend on
+ * the thread count. `work` (the call's multiply-adds) decides whether the
+ * pool is worth waking (at least 2^16); tasks are runs of contiguous units,
+ * about 8 per thread. MC_ERR_NOMEM when the scratch does not fit. */
+typedef void (*mc_cpu_unit_fn)(void *job, int64_t t, int64_t u, void *scratch);
+mc_status mc_cpu_run_units(mc_arena *sa, int64_t n, int64_t per_token, size_t bytes, double work,
+                           mc_cpu_unit_fn fn, void *job);
+
 mc_status mc_cpu_kv_write(void *ctx, const mc_kv_index *ix, const mc_tensor *src,
                           mc_tensor *pages, mc_err *err);
 mc_status mc_cpu_attention(void *ctx, const mc_tensor *q, const mc_tensor *k_pages,

@@ -558,6 +558,7 @@ int main(void)
         index_case(4, bss[b], 3, 4, 6, 1);      /* coarse grid: many exact ties */
         index_case(3, bss[b], 2, 8, 64, 0);     /* k above every visible count */
         index_case(6, bss[b], 1, 2, 1, 1);      /* k = 1, ties */
+        index_case(6, bss[b], 8, 64, 16, 0);    /* enough work for the pool */
         mla_sel_case(bss[b], 6, 3);
         mla_sel_case(bss[b], 6, 32); /* enough work for the pool */
     }
