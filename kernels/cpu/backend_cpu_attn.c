@@ -100,19 +100,23 @@ mc_status mc_cpu_kv_write(void *ctx, const mc_kv_index *ix, const mc_tensor *src
 }
 
 /* Checks every token and returns the longest span of positions any token
- * attends to (the score buffer's length). */
+ * attends to (the score buffer's length) and the sum of the spans. */
 static mc_status spans_ok(const char *op, const mc_kv_index *ix, const paged *p, int chunk,
-                          int64_t *max_span, mc_err *err)
+                          int64_t *max_span, double *sum, mc_err *err)
 {
     int64_t n = ix->pos.shape[0], lo = 0, m = 1;
+    double total = 0;
     *max_span = 1; /* set on every path */
+    *sum = 0;
     for (int64_t t = 0; t < n; t++) {
         if (token_ok(op, ix, p, t, chunk, 0, &lo, err) != MC_OK)
             return err ? err->status : MC_ERR_ARG;
         int64_t span = i32_at(&ix->pos, t) - lo + 1;
         m = span > m ? span : m;
+        total += (double)span;
     }
     *max_span = m;
+    *sum = total;
     return MC_OK;
 }
 
@@ -188,17 +192,6 @@ mc_status mc_cpu_run_units(mc_arena *sa, int64_t n, int64_t per_token, size_t by
     return MC_OK;
 }
 
-/* Sum over the tokens of the positions each attends to. */
-static double positions_attended(const mc_kv_index *ix, int chunk)
-{
-    double sum = 0;
-    for (int64_t t = 0; t < ix->pos.shape[0]; t++) {
-        int32_t pos = i32_at(&ix->pos, t);
-        sum += (double)(chunk > 0 ? pos % chunk : pos) + 1;
-    }
-    return sum;
-}
-
 /* ---- GQA attention ---- */
 
 typedef struct {
@@ -260,12 +253,13 @@ mc_status mc_cpu_attention(void *ctx, const mc_tensor *q, const mc_tensor *k_pag
                   .p = paged_of(ix, k_pages), .nh = q->shape[1], .nkv = k_pages->shape[2],
                   .hd = (int)k_pages->shape[3], .vd = (int)v_pages->shape[3]};
     j.grp = j.nh / j.nkv;
-    mc_status st = spans_ok("attention", ix, &j.p, opt->chunk, &j.span, err);
+    double positions;
+    mc_status st = spans_ok("attention", ix, &j.p, opt->chunk, &j.span, &positions, err);
     if (st != MC_OK)
         return st;
     j.hb = head_block(j.span);
     j.blocks = (j.grp + j.hb - 1) / j.hb;
-    double work = positions_attended(ix, opt->chunk) * (double)j.nh * (j.hd + j.vd);
+    double work = positions * (double)j.nh * (j.hd + j.vd);
     if (mc_cpu_run_units(sa, q->shape[0], j.nkv * j.blocks,
                   (size_t)j.span * (2 * (size_t)j.hb * sizeof(float) + sizeof(float *)), work, attn_unit,
                   &j) != MC_OK) {
@@ -372,7 +366,8 @@ mc_status mc_cpu_mla_decode(void *ctx, const mc_tensor *q_lat, const mc_tensor *
                  .y = y, .ix = ix, .opt = opt, .p = paged_of(ix, lat_pages),
                  .nh = q_lat->shape[1], .lr = (int)lat_pages->shape[2],
                  .rd = (int)pe_pages->shape[2]};
-    mc_status st = spans_ok("mla_decode", ix, &j.p, opt->chunk, &j.span, err);
+    double positions;
+    mc_status st = spans_ok("mla_decode", ix, &j.p, opt->chunk, &j.span, &positions, err);
     if (st == MC_OK && opt->sel)
         st = sel_ok(opt->sel, ix, opt->chunk, err);
     if (st != MC_OK)
@@ -380,7 +375,7 @@ mc_status mc_cpu_mla_decode(void *ctx, const mc_tensor *q_lat, const mc_tensor *
     j.hb = head_block(j.span);
     size_t bytes =
         (size_t)j.span * (2 * (size_t)j.hb * sizeof(float) + sizeof(float *) + (opt->sel ? 1 : 0));
-    double work = positions_attended(ix, opt->chunk) * (double)j.nh * (2.0 * j.lr + j.rd);
+    double work = positions * (double)j.nh * (2.0 * j.lr + j.rd);
     if (mc_cpu_run_units(sa, q_lat->shape[0], (j.nh + j.hb - 1) / j.hb, bytes, work, mla_unit,
                   &j) != MC_OK) {
         mc_arena_reset_to(sa, mk);

@@ -274,16 +274,19 @@ static void run_pass(const experts_pass *p, int e0, int e1)
     int nr = 0;
     size_t total = 0;
     a = 0;
-    for (int e = e0; e < e1; e++) {
+    for (int e = e0; e < e1; e++) { /* the activation's runs; the down products (run after it) */
         int r0 = off[e], ne = off[e + 1] - r0;
         if (ne == 0)
             continue;
         int I = (int)p->gate[e].shape[0];
-        float *g = p->gp[a++];
+        float *g = p->gp[a];
         size_t gi = (size_t)ne * I;
         for (size_t i = 0; i < gi; i += ACT_RUN)
             p->runs[nr++] = (act_run){g + i, g + gi + i, gi - i < ACT_RUN ? gi - i : ACT_RUN};
         total += gi;
+        p->items[a] = (mc_matmul_item){&p->mats[3 * a + 2], g, ne, I, row_f32(p->y, r0),
+                                       (int)p->y->row_stride}; /* (ne, H) */
+        a++;
     }
     act_job aj = {.runs = p->runs, .lim = p->lim};
     mc_pool *pool = total >= 2 * ACT_RUN ? mc_kernels_pool() : NULL;
@@ -292,17 +295,6 @@ static void run_pass(const experts_pass *p, int e0, int e1)
     else
         for (int i = 0; i < nr; i++)
             act_task(&aj, i, 0);
-    a = 0;
-    for (int e = e0; e < e1; e++) {
-        int r0 = off[e], ne = off[e + 1] - r0;
-        if (ne == 0)
-            continue;
-        int I = (int)p->gate[e].shape[0];
-        float *g = p->gp[a];
-        p->items[a] = (mc_matmul_item){&p->mats[3 * a + 2], g, ne, I, row_f32(p->y, r0),
-                                       (int)p->y->row_stride}; /* (ne, H) */
-        a++;
-    }
     mc_matmul_many(p->items, n_act);
 }
 

@@ -8,22 +8,11 @@
 #include "backend.h"
 #include "dtype.h"
 
+#include "rng.h"
+
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
-
-static uint64_t rng; /* xorshift state: set a non-zero seed first */
-static inline uint64_t rnext(void)
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return rng;
-}
-static inline float runi(float lo, float hi)
-{
-    return lo + (hi - lo) * (float)((rnext() >> 40) / 16777216.0);
-}
 
 static mc_backend *B[2]; /* [0] the CPU reference, [1] the device under test */
 static mc_err err_[2];   /* err_[1]: the device side where a test calls both */

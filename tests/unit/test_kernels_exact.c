@@ -15,6 +15,7 @@
 #include "check.h"
 #include "cpu/kern.h"
 #include "kernels.h"
+#include "rng.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -22,15 +23,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static uint64_t rng = 0x9E3779B97F4A7C15ull;
-static uint64_t rnext(void)
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return rng;
-}
-static float runi(float lo, float hi) { return lo + (hi - lo) * (float)(rnext() >> 40) / 16777216.0f; }
 
 /* One row of `cols` values of kind `kind`. */
 static void make_row(float *x, int cols, int kind)
@@ -168,6 +160,7 @@ static int compare_many(const char *path, int m, int n)
 
 int main(void)
 {
+    rng = 0x9E3779B97F4A7C15ull;
     static const int cols[] = {1, 15, 16, 17, 31, 32, 33, 63, 64, 100, 255, 256, 257, 511, 768, 1000, 2048, 2050};
     int paths = 0;
     for (int p = 0; p < MC_KPATH_COUNT; p++) {
