@@ -351,6 +351,9 @@ int mc_cmd_bench(int argc, char **argv)
     double peak_gflops = mc_session_probe_fma_gflops(ses, nthreads, 1.0);
     /* the amx path's INT8 tile peak (what its quantized prefill products use); < 0: none */
     double int8_gops = mc_session_probe_int8_gops(ses, nthreads, 1.0);
+    /* its BF16 tile peak (BF16 prefill products: three tile products per
+     * multiply-add, the f32 activations split in three bf16 parts) */
+    double bf16_gflops = mc_session_probe_bf16_gflops(ses, nthreads, 1.0);
     if (probe_gbps <= 0) {
         mc_err_set(&err, MC_ERR_NOMEM, "no memory for the %lld MiB bandwidth probe", probe_mib);
         goto fail;
@@ -442,6 +445,9 @@ int mc_cmd_bench(int argc, char **argv)
                   jput(o, "int8_peak_gops", int8_gops > 0 ? jnum(int8_gops) : json_null()) &&
                   jput(o, "prefill_int8_ratio",
                        int8_gops > 0 ? jnum(prefill_gflops / int8_gops) : json_null()) &&
+                  jput(o, "bf16_peak_gflops", bf16_gflops > 0 ? jnum(bf16_gflops) : json_null()) &&
+                  jput(o, "prefill_bf16_ratio",
+                       bf16_gflops > 0 ? jnum(prefill_gflops / bf16_gflops) : json_null()) &&
                   jput(o, "decode_tok_s", jnum(decode_tok_s)) &&
                   jput(o, "bytes_per_step", jcount(bytes_step)) &&
                   jput(o, "bytes_per_token", jcount(bytes_step / (double)batch)) &&
@@ -475,11 +481,15 @@ int mc_cmd_bench(int argc, char **argv)
                probe_mib, probe_gbps, probe_before, probe_after, path, peak_gflops);
         if (int8_gops > 0)
             printf("; INT8 tile peak: %.1f GOP/s", int8_gops);
+        if (bf16_gflops > 0)
+            printf("; BF16 tile peak: %.1f GFLOP/s", bf16_gflops);
         printf("\nprefill  %lld tokens: %.1f tok/s, %.1f GFLOP/s in matrix products = %.2f of the "
                "FMA peak",
                plen, prefill_tok_s, prefill_gflops, prefill_gflops / peak_gflops);
         if (int8_gops > 0)
             printf(", %.3f of the INT8 tile peak", prefill_gflops / int8_gops);
+        if (bf16_gflops > 0)
+            printf(", %.3f of the BF16 tile peak", prefill_gflops / bf16_gflops);
         printf("\n");
         printf("decode   batch %lld x %lld steps: %.2f tok/s, %.1f MB of weights per step, "
                "%.2f GB/s = %.2f of the probe\n",

@@ -76,6 +76,12 @@ double mc_backend_probe_int8_gops(mc_backend *be, int threads, double seconds)
                                      : -1.0;
 }
 
+double mc_backend_probe_bf16_gflops(mc_backend *be, int threads, double seconds)
+{
+    return be->iface.probe_bf16_gflops ? be->iface.probe_bf16_gflops(be->ctx, threads, seconds)
+                                       : -1.0;
+}
+
 /* ---- buffers ---- */
 
 mc_status mc_buffer_alloc(mc_backend *be, size_t bytes, mc_buffer **out, mc_err *err)

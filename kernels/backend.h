@@ -562,6 +562,9 @@ double mc_backend_probe_fma_gflops(mc_backend *be, int threads, double seconds);
 /* Peak int8 matrix throughput of the current path in GOP/s (CPU: AMX INT8
  * tiles), measured the same way; negative when the backend has none. */
 double mc_backend_probe_int8_gops(mc_backend *be, int threads, double seconds);
+/* Peak bf16 matrix throughput in GFLOP/s (CPU: AMX-BF16 tiles), the same
+ * way; negative when the backend has none. */
+double mc_backend_probe_bf16_gflops(mc_backend *be, int threads, double seconds);
 
 /* ---- implementing a backend ----
  *
@@ -638,6 +641,7 @@ typedef struct {
     double (*probe_read_gbps)(void *ctx, size_t bytes, int threads, double seconds);
     double (*probe_fma_gflops)(void *ctx, int threads, double seconds);
     double (*probe_int8_gops)(void *ctx, int threads, double seconds); /* optional */
+    double (*probe_bf16_gflops)(void *ctx, int threads, double seconds); /* optional */
     /* DeepSeek-V4 (optional: NULL entries are refused with MC_ERR_UNSUPPORTED) */
     mc_status (*v4_hc_pre)(void *ctx, const mc_tensor *x, const mc_tensor *mix,
                            const mc_tensor *base, const mc_tensor *scale, const mc_v4_hc_opts *o,

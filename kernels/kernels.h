@@ -141,7 +141,7 @@ typedef enum {
     MC_KPATH_SCALAR = 0,
     MC_KPATH_AVX2,
     MC_KPATH_AVX512,
-    MC_KPATH_AMX, /* avx512 + AMX INT8 tiles for Q8_0 / Q4_K prefill */
+    MC_KPATH_AMX, /* avx512 + AMX tiles for Q8_0 / Q4_K (INT8) and BF16 (AMX-BF16) prefill */
     MC_KPATH_COUNT
 } mc_kpath;
 
@@ -184,5 +184,9 @@ double mc_probe_fma_gflops(int threads, double seconds);
  * GOP/s (2 operations per multiply-add), measured as mc_probe_fma_gflops;
  * -1 when the path has none (only `amx` has). */
 double mc_probe_int8_gops(int threads, double seconds);
+/* Peak bf16 multiply-add throughput of the current path's tile products in
+ * GFLOP/s (2 per multiply-add), as mc_probe_int8_gops; -1 when the path has
+ * none (`amx` on CPUs with AMX-BF16). */
+double mc_probe_bf16_gflops(int threads, double seconds);
 
 #endif

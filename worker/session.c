@@ -521,6 +521,10 @@ double mc_session_probe_int8_gops(mc_session *s, int threads, double seconds) {
     return mc_backend_probe_int8_gops(s->be, threads, seconds);
 }
 
+double mc_session_probe_bf16_gflops(mc_session *s, int threads, double seconds) {
+    return mc_backend_probe_bf16_gflops(s->be, threads, seconds);
+}
+
 double mc_session_probe_fma_gflops(mc_session *s, int threads, double seconds) {
     return mc_backend_probe_fma_gflops(s->be, threads, seconds);
 }

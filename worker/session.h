@@ -213,6 +213,8 @@ double mc_session_probe_read_gbps(mc_session *s, size_t bytes, int threads, doub
 double mc_session_probe_fma_gflops(mc_session *s, int threads, double seconds);
 /* Peak int8 matrix throughput (GOP/s: AMX INT8 tiles on the amx path); < 0: none. */
 double mc_session_probe_int8_gops(mc_session *s, int threads, double seconds);
+/* Peak bf16 matrix throughput (GFLOP/s: AMX-BF16 tiles on the amx path); < 0: none. */
+double mc_session_probe_bf16_gflops(mc_session *s, int threads, double seconds);
 
 /* ---- the in-process step runner (the serving engine's, coordinator/engine.h) ---- */
 

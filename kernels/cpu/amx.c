@@ -1,6 +1,8 @@
 /* amx.c - the "amx" path: the avx512 table with the Q8_0 / Q4_K matrix
  * products done on AMX INT8 tiles when a product has AMX_MIN_TOKENS tokens
- * or more (prefill); fewer tokens take the avx512 functions.
+ * or more (prefill), and BF16 products on AMX-BF16 tiles from
+ * AMX_BF16_MIN_TOKENS tokens (see "BF16 on AMX-BF16 tiles" below); fewer
+ * tokens take the avx512 functions.
  *
  * Tiles (one configuration, loaded per product by each thread, released
  * when the product ends):
@@ -27,6 +29,7 @@
  */
 #include "kern.h"
 
+#include <cpuid.h>
 #include <immintrin.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -79,6 +82,21 @@ static void tiles_configure(void)
     }
     for (int i = 6; i < 8; i++) { /* B */
         cfg.rows[i] = 8;
+        cfg.colsb[i] = 64;
+    }
+    __asm__ __volatile__("" : : "r"(&cfg) : "memory");
+    __asm__ __volatile__("ldtilecfg %0" : : "m"(cfg) : "memory");
+}
+
+/* All eight tiles 16 rows x 64 bytes (the BF16 products and the burns),
+ * loaded as tiles_configure does. */
+static void tiles_configure_all64(void)
+{
+    tilecfg cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int i = 0; i < 8; i++) {
+        cfg.rows[i] = 16;
         cfg.colsb[i] = 64;
     }
     __asm__ __volatile__("" : : "r"(&cfg) : "memory");
@@ -419,24 +437,339 @@ static void rows_q4_k(const mc_mat *w, const mc_qact *a, float *y, int ldy, int 
     _tile_release();
 }
 
+/* ---- BF16 on AMX-BF16 tiles ---- */
+
+/* BF16 weights (no scales, not transposed) against f32 activations, for
+ * products of AMX_MIN_TOKENS tokens or more, on CPUs with AMX-BF16. Each
+ * activation is split into three bf16 parts by truncation, hi + mid + lo ==
+ * x exactly (8 significant bits each: 24 in all; |x| >= 2^-103, below that
+ * the tiles' flush of bf16 denormals drops the lowest parts), and every
+ * part is multiplied with the bf16 weights by TDPBF16PS (bf16 products are
+ * exact in f32, accumulated in f32 with round to nearest even): the result
+ * has the f32 path's accuracy, in another order of additions (not bitwise
+ * equal to avx512). Infinities and NaN stay whole in the high part.
+ *
+ * Tiles (all 16 rows x 64 bytes):
+ *   tmm0..3  C: 16 weight rows x 16 tokens, f32, over the whole row
+ *   tmm4..5  A: 16 weight rows x 32 bf16, read in place (an edge panel:
+ *            from a zero-padded copy)
+ *   tmm6..7  B: 16 rows of 16 tokens x 2 bf16 (VNNI pairs):
+ *            B[kk][2t + j] = part(x[t][32b + 2kk + j])
+ * Activations are repacked once per product (pack_f):
+ *   [nt][nk][3][16][16][2] bf16: token tile, block of 32, part, B tile,
+ * zero past n and past the row. Tokens are swept in blocks whose repack
+ * stays within ~1 MiB of L2, and every block against all of a task's rows
+ * in pairs of panels x pairs of token tiles (four C tiles). */
+
+static int g_bf16; /* the CPU has AMX-BF16 */
+
+/* Fewest tokens for BF16 tile products: one thread, 768 x 2048 from cache,
+ * tiles vs avx512: 2 tokens even, 4 tokens 1.6x, 8 tokens 4x. */
+#define AMX_BF16_MIN_TOKENS 4
+
+static int use_bf16_tiles(const mc_mat *w, int n)
+{
+    return g_bf16 && n >= AMX_BF16_MIN_TOKENS && w->dtype == MC_DT_BF16 && !w->scale && !w->transposed &&
+           w->cols > 0;
+}
+
+static size_t pack_f_bytes(const mc_mat *w, int n)
+{
+    if (!use_bf16_tiles(w, n))
+        return 0;
+    size_t nk = ((size_t)w->cols + 31) / 32, nt = ((size_t)n + 15) / 16;
+    return nt * nk * 3072;
+}
+
+/* In-place transpose of a 16 x 16 matrix of 32-bit values, r[i] row i. */
+AI void tr16(__m512i *r)
+{
+    __m512i t[16];
+#pragma GCC unroll 8
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+    }
+    /* u[4g + j], 128-bit lane L: column 4L + j of rows 4g .. 4g + 3 */
+#pragma GCC unroll 4
+    for (int i = 0; i < 16; i += 4) {
+        r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+        r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+        r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+        r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+    }
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; j++) {
+        __m512i s0 = _mm512_shuffle_i32x4(r[j], r[4 + j], 0x44);
+        __m512i s1 = _mm512_shuffle_i32x4(r[8 + j], r[12 + j], 0x44);
+        __m512i s2 = _mm512_shuffle_i32x4(r[j], r[4 + j], 0xee);
+        __m512i s3 = _mm512_shuffle_i32x4(r[8 + j], r[12 + j], 0xee);
+        t[j] = _mm512_shuffle_i32x4(s0, s1, 0x88);
+        t[4 + j] = _mm512_shuffle_i32x4(s0, s1, 0xdd);
+        t[8 + j] = _mm512_shuffle_i32x4(s2, s3, 0x88);
+        t[12 + j] = _mm512_shuffle_i32x4(s2, s3, 0xdd);
+    }
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; i++)
+        r[i] = t[i];
+}
+
+/* The three parts of 16 values (f32 with the low 16 bits zero). */
+AI void split3(__m512 x, __m512i *hi, __m512i *mid, __m512i *lo)
+{
+    const __m512i top = _mm512_set1_epi32((int)0xffff0000u);
+    const __m512i expo = _mm512_set1_epi32(0x7f800000), mant = _mm512_set1_epi32(0x007fffff);
+    __m512i xb = _mm512_castps_si512(x);
+    __m512i h = _mm512_and_si512(xb, top);
+    __m512 r1 = _mm512_sub_ps(x, _mm512_castsi512_ps(h));
+    __m512i m = _mm512_and_si512(_mm512_castps_si512(r1), top);
+    __m512 r2 = _mm512_sub_ps(r1, _mm512_castsi512_ps(m));
+    __m512i l = _mm512_and_si512(_mm512_castps_si512(r2), top);
+    /* Inf and NaN whole in hi (a NaN whose payload was all low bits stays a NaN) */
+    __mmask16 nf = _mm512_cmpeq_epi32_mask(_mm512_and_si512(xb, expo), expo);
+    __mmask16 nan = nf & _mm512_test_epi32_mask(xb, mant);
+    *hi = _mm512_mask_or_epi32(h, nan, h, _mm512_set1_epi32(0x00400000));
+    *mid = _mm512_maskz_mov_epi32((__mmask16)~nf, m);
+    *lo = _mm512_maskz_mov_epi32((__mmask16)~nf, l);
+}
+
+/* The bf16 (upper halves) of a (k 0..15) and b (k 16..31) as 16 VNNI pairs. */
+AI __m512i narrow2(__m512i a, __m512i b)
+{
+    const __m512i odd = _mm512_set_epi16(63, 61, 59, 57, 55, 53, 51, 49, 47, 45, 43, 41, 39, 37, 35,
+                                         33, 31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+    return _mm512_permutex2var_epi16(a, odd, b);
+}
+
+static void pack_f(const mc_mat *w, const float *x, int n, int ldx, void *dst, int tt0, int tt1)
+{
+    int K = w->cols, nk = (K + 31) / 32;
+    for (int tt = tt0; tt < tt1; tt++)
+        for (int b = 0; b < nk; b++) {
+            int len = K - 32 * b < 32 ? K - 32 * b : 32;
+            __mmask16 m0 = len >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << len) - 1);
+            __mmask16 m1 = len >= 32 ? (__mmask16)0xffff
+                                     : len > 16 ? (__mmask16)((1u << (len - 16)) - 1) : 0;
+            __m512i p[3][16];
+            for (int t = 0; t < 16; t++) {
+                int row = tt * 16 + t;
+                if (row >= n) {
+                    p[0][t] = p[1][t] = p[2][t] = _mm512_setzero_si512();
+                    continue;
+                }
+                const float *xr = x + (size_t)row * ldx + 32 * b;
+                __m512i h0, m0v, l0, h1, m1v, l1;
+                split3(_mm512_maskz_loadu_ps(m0, xr), &h0, &m0v, &l0);
+                split3(_mm512_maskz_loadu_ps(m1, xr + 16), &h1, &m1v, &l1);
+                p[0][t] = narrow2(h0, h1);
+                p[1][t] = narrow2(m0v, m1v);
+                p[2][t] = narrow2(l0, l1);
+            }
+            char *out = (char *)dst + ((size_t)tt * nk + b) * 3072;
+            for (int part = 0; part < 3; part++) {
+                tr16(p[part]); /* row t (token) of pairs kk -> row kk of tokens */
+                for (int kk = 0; kk < 16; kk++)
+                    _mm512_store_si512((void *)(out + part * 1024 + kk * 64), p[part][kk]);
+            }
+        }
+}
+
+/* y[(t0 + t) * ldy + o0 + r] = c[r][t] for r < nr, t < ntok. */
+AI void write_tile(const float *c, float *y, int ldy, int o0, int nr, int t0, int ntok)
+{
+    __m512i v[16];
+#pragma GCC unroll 16
+    for (int r = 0; r < 16; r++)
+        v[r] = _mm512_load_si512((const void *)(c + 16 * r));
+    tr16(v);
+    __mmask16 m = nr >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << nr) - 1);
+    for (int t = 0; t < ntok; t++)
+        _mm512_mask_storeu_ps(y + (size_t)(t0 + t) * ldy + o0, m, _mm512_castsi512_ps(v[t]));
+}
+
+/* Rows o .. o + pr - 1 of w into a panel of tiles, dst (nk, 16, 32) bf16,
+ * zero past pr rows and past the row's end. */
+static void copy_panel(const mc_mat *w, int o, int pr, int nk, uint16_t *dst)
+{
+    int K = w->cols;
+    for (int r = 0; r < 16; r++) {
+        const uint16_t *src = (const uint16_t *)w->data + (size_t)(o + r) * w->row_stride;
+        for (int b = 0; b < nk; b++) {
+            int len = r < pr ? (K - 32 * b < 32 ? K - 32 * b : 32) : 0;
+            __mmask32 m = len >= 32 ? 0xffffffffu : (__mmask32)((1u << len) - 1);
+            _mm512_store_si512((void *)(dst + (size_t)b * 512 + 32 * r),
+                               _mm512_maskz_loadu_epi16(m, src + 32 * b));
+        }
+    }
+}
+
+/* Blocks b0 .. b1 - 1 of the C tiles of panels a0 (a1 when np == 2) x
+ * token tiles bt0 (bt1 when nt2 == 2): C0 = a0 x bt0, C1 = a0 x bt1,
+ * C2 = a1 x bt0, C3 = a1 x bt1, loaded from c (zero when first) and stored
+ * back; panels in copy_panel's order. */
+AI void bf16_tiles(int np, int nt2, int b0, int b1, int first, float *c, const char *a0,
+                   const char *a1, const char *bt0, const char *bt1)
+{
+    if (first) {
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+    } else {
+        _tile_loadd(0, c, 64);
+        if (nt2 == 2)
+            _tile_loadd(1, c + 256, 64);
+        if (np == 2)
+            _tile_loadd(2, c + 512, 64);
+        if (np == 2 && nt2 == 2)
+            _tile_loadd(3, c + 768, 64);
+    }
+    if (np == 2 && nt2 == 2 && b0 < b1) {
+        /* each tile reloaded as soon as its last reader has issued: the
+         * tiles are not renamed, a load waits for the products reading the
+         * old contents */
+        _tile_loadd(4, a0 + (size_t)b0 * 1024, 64);
+        _tile_loadd(5, a1 + (size_t)b0 * 1024, 64);
+        _tile_loadd(6, bt0 + (size_t)b0 * 3072, 64);
+        _tile_loadd(7, bt1 + (size_t)b0 * 3072, 64);
+        for (int b = b0; b < b1; b++) {
+            const char *p0 = bt0 + (size_t)b * 3072, *p1 = bt1 + (size_t)b * 3072;
+            _tile_dpbf16ps(0, 4, 6);
+            _tile_dpbf16ps(2, 5, 6);
+            _tile_loadd(6, p0 + 1024, 64);
+            _tile_dpbf16ps(1, 4, 7);
+            _tile_dpbf16ps(3, 5, 7);
+            _tile_loadd(7, p1 + 1024, 64);
+            _tile_dpbf16ps(0, 4, 6);
+            _tile_dpbf16ps(2, 5, 6);
+            _tile_loadd(6, p0 + 2048, 64);
+            _tile_dpbf16ps(1, 4, 7);
+            _tile_dpbf16ps(3, 5, 7);
+            _tile_loadd(7, p1 + 2048, 64);
+            _tile_dpbf16ps(0, 4, 6);
+            _tile_dpbf16ps(2, 5, 6);
+            if (b + 1 < b1)
+                _tile_loadd(6, p0 + 3072, 64);
+            _tile_dpbf16ps(1, 4, 7);
+            if (b + 1 < b1)
+                _tile_loadd(4, a0 + (size_t)(b + 1) * 1024, 64);
+            _tile_dpbf16ps(3, 5, 7);
+            if (b + 1 < b1) {
+                _tile_loadd(5, a1 + (size_t)(b + 1) * 1024, 64);
+                _tile_loadd(7, p1 + 3072, 64);
+            }
+        }
+        b0 = b1; /* done */
+    }
+    for (int b = b0; b < b1; b++) {
+        _tile_loadd(4, a0 + (size_t)b * 1024, 64);
+        if (np == 2)
+            _tile_loadd(5, a1 + (size_t)b * 1024, 64);
+        const char *p0 = bt0 + (size_t)b * 3072, *p1 = bt1 + (size_t)b * 3072;
+#pragma GCC unroll 3
+        for (int part = 0; part < 3; part++) {
+            _tile_loadd(6, p0 + part * 1024, 64);
+            if (nt2 == 2)
+                _tile_loadd(7, p1 + part * 1024, 64);
+            _tile_dpbf16ps(0, 4, 6);
+            if (nt2 == 2)
+                _tile_dpbf16ps(1, 4, 7);
+            if (np == 2)
+                _tile_dpbf16ps(2, 5, 6);
+            if (np == 2 && nt2 == 2)
+                _tile_dpbf16ps(3, 5, 7);
+        }
+    }
+    _tile_stored(0, c, 64);
+    if (nt2 == 2)
+        _tile_stored(1, c + 256, 64);
+    if (np == 2)
+        _tile_stored(2, c + 512, 64);
+    if (np == 2 && nt2 == 2)
+        _tile_stored(3, c + 768, 64);
+}
+
+/* Blocking: rows in groups whose weights stay in L2 (BF16_GROUP_BYTES),
+ * each group against a pair of token tiles at a time, the row in chunks of
+ * BF16_KC blocks (the chunk's repack, 2 x BF16_KC x 3 KiB, stays in L1)
+ * swept over the group's panel pairs, C tiles kept in memory between
+ * chunks. */
+#define BF16_GROUP_BYTES (512u * 1024u)
+#define BF16_KC 4
+
+static void rows_bf16(const mc_mat *w, const void *pack, const float *x, int n, int ldx, float *y,
+                      int ldy, int r0, int r1)
+{
+    int K = w->cols, nk = (K + 31) / 32, nt = (n + 15) / 16;
+    int rg = (int)(BF16_GROUP_BYTES / ((size_t)nk * 64)) & ~31;
+    rg = rg < 32 ? 32 : rg > 1024 ? 1024 : rg; /* 64 panels at most */
+    if (rg > r1 - r0)
+        rg = (r1 - r0 + 31) & ~31;
+    int npp = rg / 32;                  /* panel pairs of a group */
+    size_t panel = (size_t)nk * 1024;   /* a zero-padded panel copy: (nk, 16, 32) bf16 */
+    unsigned char *buf = pack ? scratch((size_t)npp * (2 * panel + 4096)) : NULL;
+    if (!buf) {
+        mc_kops_avx512.rows_f(w, x, n, ldx, y, ldy, r0, r1);
+        return;
+    }
+    float *cacc = (float *)(buf + (size_t)npp * 2 * panel); /* (npp, 4, 16, 16) */
+    tiles_configure_all64();
+    for (int g0 = r0; g0 < r1; g0 += rg) {
+        int g1 = g0 + rg < r1 ? g0 + rg : r1;
+        /* the group's panels, copied into tile order (zero past the rows and
+         * the row's end): A tiles read in place, 16 rows a page apart, would
+         * all fall in one L1 set */
+        int np_all = (g1 - g0 + 15) / 16;
+        const char *ab[64];
+        int pr[64];
+        for (int p = 0; p < np_all; p++) {
+            int o = g0 + 16 * p;
+            pr[p] = g1 - o < 16 ? g1 - o : 16;
+            copy_panel(w, o, pr[p], nk, (uint16_t *)(buf + (size_t)p * panel));
+            ab[p] = (const char *)(buf + (size_t)p * panel);
+        }
+        for (int tt = 0; tt < nt; tt += 2) {
+            int nt2 = tt + 1 < nt ? 2 : 1;
+            const char *bt0 = (const char *)pack + (size_t)tt * nk * 3072;
+            const char *bt1 = bt0 + (size_t)nk * 3072;
+            /* the first pair streams whole rows (the group's first reads, from
+             * memory: one sequential stream per row), the others take chunks */
+            int kstep = tt == 0 ? nk : BF16_KC;
+            for (int kc = 0; kc < nk; kc += kstep) {
+                int kc1 = kc + kstep < nk ? kc + kstep : nk;
+                for (int p = 0; p < np_all; p += 2) {
+                    float *c = cacc + (size_t)(p / 2) * 1024;
+                    int np = p + 1 < np_all ? 2 : 1, q = np == 2 ? p + 1 : p;
+                    if (np == 2 && nt2 == 2)
+                        bf16_tiles(2, 2, kc, kc1, kc == 0, c, ab[p], ab[q], bt0, bt1);
+                    else if (np == 2)
+                        bf16_tiles(2, 1, kc, kc1, kc == 0, c, ab[p], ab[q], bt0, bt1);
+                    else if (nt2 == 2)
+                        bf16_tiles(1, 2, kc, kc1, kc == 0, c, ab[p], ab[q], bt0, bt1);
+                    else
+                        bf16_tiles(1, 1, kc, kc1, kc == 0, c, ab[p], ab[q], bt0, bt1);
+                }
+            }
+            for (int p = 0; p < np_all; p++)
+                for (int k = 0; k < nt2; k++) {
+                    int t0 = (tt + k) * 16, ntok = n - t0 < 16 ? n - t0 : 16;
+                    const float *c = cacc + (size_t)(p / 2) * 1024 + 256 * (2 * (p & 1) + k);
+                    write_tile(c, y, ldy, g0 + 16 * p, pr[p], t0, ntok);
+                }
+        }
+    }
+    _tile_release();
+}
+
 /* ---- the table ---- */
 
 /* The INT8 tile peak: `iters` rounds of four independent TDPBSSD (16 x 16
  * int32 += 16 x 64 int8 . 64 x 16 int8, 16384 multiply-adds each) on tiles
- * loaded once, with a configuration of its own (all eight tiles 16 rows x
- * 64 bytes), written and loaded as tiles_configure does. */
+ * loaded once, all eight tiles 16 rows x 64 bytes. */
 static double int8_burn(long iters)
 {
     static const int8_t zeros[16 * 64] __attribute__((aligned(64)));
-    tilecfg cfg;
-    memset(&cfg, 0, sizeof cfg);
-    cfg.palette = 1;
-    for (int i = 0; i < 8; i++) {
-        cfg.rows[i] = 16;
-        cfg.colsb[i] = 64;
-    }
-    __asm__ __volatile__("" : : "r"(&cfg) : "memory");
-    __asm__ __volatile__("ldtilecfg %0" : : "m"(cfg) : "memory");
+    tiles_configure_all64();
     _tile_zero(0);
     _tile_zero(1);
     _tile_zero(2);
@@ -455,6 +788,30 @@ static double int8_burn(long iters)
     return (double)iters * 4.0 * 16 * 16 * 64 * 2;
 }
 
+/* The BF16 tile peak: the same with TDPBF16PS (16 x 16 f32 += 16 x 32 bf16
+ * . 32 x 16 bf16, 8192 multiply-adds each). */
+static double bf16_burn(long iters)
+{
+    static const uint16_t zeros[16 * 32] __attribute__((aligned(64)));
+    tiles_configure_all64();
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    _tile_loadd(4, zeros, 64);
+    _tile_loadd(5, zeros, 64);
+    _tile_loadd(6, zeros, 64);
+    _tile_loadd(7, zeros, 64);
+    for (long i = 0; i < iters; i++) {
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_dpbf16ps(1, 4, 7);
+        _tile_dpbf16ps(2, 5, 6);
+        _tile_dpbf16ps(3, 5, 7);
+    }
+    _tile_release();
+    return (double)iters * 4.0 * 16 * 16 * 32 * 2;
+}
+
 static void init_once(void)
 {
     mc_kops_amx = mc_kops_avx512;
@@ -464,6 +821,18 @@ static void init_once(void)
     mc_kops_amx.pack_qact_bytes = pack_bytes;
     mc_kops_amx.pack_qact = pack;
     mc_kops_amx.int8_burn = int8_burn;
+    {
+        unsigned a, b, c, d; /* CPUID.(7,0):EDX[22] AMX-BF16 */
+        __cpuid_count(7, 0, a, b, c, d);
+        g_bf16 = (d >> 22) & 1;
+        (void)a, (void)b, (void)c;
+    }
+    if (g_bf16) {
+        mc_kops_amx.pack_f_bytes = pack_f_bytes;
+        mc_kops_amx.pack_f = pack_f;
+        mc_kops_amx.rows_f_packed = rows_bf16;
+        mc_kops_amx.bf16_burn = bf16_burn;
+    }
 #if defined(__linux__) && defined(SYS_arch_prctl)
     /* ARCH_REQ_XCOMP_PERM (0x1023) for XFEATURE_XTILEDATA (18): per process */
     if (syscall(SYS_arch_prctl, 0x1023, 18) == 0 && pthread_key_create(&g_scratch_key, free) == 0)

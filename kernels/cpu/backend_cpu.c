@@ -310,6 +310,12 @@ static double cpu_int8_gops(void *ctx, int threads, double seconds)
     return mc_probe_int8_gops(threads, seconds);
 }
 
+static double cpu_bf16_gflops(void *ctx, int threads, double seconds)
+{
+    (void)ctx;
+    return mc_probe_bf16_gflops(threads, seconds);
+}
+
 static void cpu_free(void *ctx)
 {
     mc_cpu_ctx *c = ctx;
@@ -358,6 +364,7 @@ static const mc_backend_i cpu_iface = {
     .probe_read_gbps = cpu_read_gbps,
     .probe_fma_gflops = cpu_fma_gflops,
     .probe_int8_gops = cpu_int8_gops,
+    .probe_bf16_gflops = cpu_bf16_gflops,
     .v4_hc_pre = mc_cpu_v4_hc_pre,
     .v4_hc_post = mc_cpu_v4_hc_post,
     .v4_compress = mc_cpu_v4_compress,

@@ -50,6 +50,17 @@ typedef struct {
      * front end), called once per product before the rows are split. */
     size_t (*pack_qact_bytes)(const mc_mat *w, int n);
     void (*pack_qact)(const mc_mat *w, const mc_qact *a, void *dst);
+    /* Optional (NULL in most paths), the same for element-type weights:
+     * bytes of a repack of the f32 activations of a product of w with n
+     * tokens (0: none wanted); the repack of token tiles [tt0, tt1) of
+     * MC_FPACK_TOKENS tokens each into dst (those bytes, 64-byte aligned,
+     * owned by the front end; the tiles may be packed in parts on several
+     * threads), before the rows are split; rows_f_packed is then called
+     * instead of rows_f, with the repack and the activations. */
+    size_t (*pack_f_bytes)(const mc_mat *w, int n);
+    void (*pack_f)(const mc_mat *w, const float *x, int n, int ldx, void *dst, int tt0, int tt1);
+    void (*rows_f_packed)(const mc_mat *w, const void *pack, const float *x, int n, int ldx,
+                          float *y, int ldy, int r0, int r1);
     /* One activation row for block weights, as mc_quantize_act_row to the
      * bit (the products of every path read the same mc_qact). */
     void (*quantize_act)(const float *x, int cols, int kp, int blk, int8_t *q, float *d,
@@ -74,6 +85,9 @@ typedef struct {
     /* `iters` rounds of independent int8 tile products (amx only, else
      * NULL); returns int8 operations done (2 per multiply-add) */
     double (*int8_burn)(long iters);
+    /* the same with bf16 tile products (amx with AMX-BF16, else NULL);
+     * returns flops done (2 per multiply-add) */
+    double (*bf16_burn)(long iters);
     /* sum of the 64-bit words of p[bytes] (bytes a multiple of 256): a read stream */
     uint64_t (*stream_sum)(const void *p, size_t bytes);
 } mc_kops;
@@ -105,6 +119,9 @@ int mc_amx_init(void);
  * `sub` values of q. The reference of every path's quantize_act. */
 void mc_quantize_act_row(const float *x, int cols, int kp, int blk, int8_t *q, float *d,
                          int16_t *bsum, int sub);
+
+/* Tokens per tile of a pack_f repack. */
+#define MC_FPACK_TOKENS 16
 
 const mc_kops *mc_kops_current(void);
 /* The process-wide pool of mc_kernels_threads() threads, NULL when 1. */

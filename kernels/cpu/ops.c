@@ -299,6 +299,7 @@ typedef struct {
     int n, ldx, ldy;
     float *y;
     const mc_qact *qa;
+    const void *fpack; /* the path's repack of x (element-type weights), or NULL */
     int chunk; /* rows per task */
 } mm_job;
 
@@ -340,6 +341,8 @@ static void mm_task(void *ctx, int task, int thread)
         j->ops->rows_q4_k(j->w, j->qa, j->y, j->ldy, r0, r1);
     else if (j->w->dtype == MC_DT_Q6_K)
         j->ops->rows_q6_k(j->w, j->qa, j->y, j->ldy, r0, r1);
+    else if (j->fpack)
+        j->ops->rows_f_packed(j->w, j->fpack, j->x, j->n, j->ldx, j->y, j->ldy, r0, r1);
     else
         j->ops->rows_f(j->w, j->x, j->n, j->ldx, j->y, j->ldy, r0, r1);
 }
@@ -429,6 +432,46 @@ static void *quantize_acts(const mc_kops *ops, const mc_mat *w, const float *x, 
     return qbuf;
 }
 
+typedef struct {
+    const mc_kops *ops;
+    const mc_mat *w;
+    const float *x;
+    int n, ldx, nt, per; /* token tiles in all, per task */
+    void *dst;
+} fpack_job;
+
+static void fpack_task(void *ctx, int task, int thread)
+{
+    (void)thread;
+    const fpack_job *j = ctx;
+    int tt0 = task * j->per, tt1 = tt0 + j->per < j->nt ? tt0 + j->per : j->nt;
+    if (tt0 < tt1)
+        j->ops->pack_f(j->w, j->x, j->n, j->ldx, j->dst, tt0, tt1);
+}
+
+/* The path's repack of the f32 activations of a product with element-type
+ * weights (ops->pack_f), split over `pool` by token tiles when large; NULL
+ * when the path wants none for this product, or when out of memory (rows_f
+ * needs no repack). The caller frees it. */
+static void *pack_acts_f(const mc_kops *ops, const mc_mat *w, const float *x, int n, int ldx,
+                         mc_pool *pool)
+{
+    size_t bytes = ops->pack_f_bytes ? ops->pack_f_bytes(w, n) : 0;
+    void *buf = bytes ? aligned_alloc(64, (bytes + 63) & ~(size_t)63) : NULL;
+    if (!buf)
+        return NULL;
+    int nt = (n + MC_FPACK_TOKENS - 1) / MC_FPACK_TOKENS;
+    fpack_job j = {.ops = ops, .w = w, .x = x, .n = n, .ldx = ldx, .nt = nt, .per = nt, .dst = buf};
+    if (pool && (size_t)n * (size_t)w->cols >= QUANT_PARALLEL_MIN && nt >= 2) {
+        int th = mc_pool_threads(pool);
+        j.per = (nt + 2 * th - 1) / (2 * th);
+        mc_pool_run(pool, (nt + j.per - 1) / j.per, fpack_task, &j);
+    } else {
+        fpack_task(&j, 0, 0);
+    }
+    return buf;
+}
+
 static void zero_out(const mc_mat *w, int n, float *y, int ldy)
 {
     for (int t = 0; t < n; t++)
@@ -452,6 +495,8 @@ void mc_matmul(const mc_mat *w, const float *x, int n, int ldx, float *y, int ld
             return;
         }
         j.qa = &qa;
+    } else {
+        j.fpack = qbuf = pack_acts_f(ops, w, x, n, ldx, pool);
     }
     int nt = pool ? mc_pool_threads(pool) : 1;
     if (nt <= 1) {
@@ -495,13 +540,16 @@ typedef struct {
     void **qbufs;  /* [n], NULL where no block weights or out of memory */
 } quant_many;
 
-/* Quantizes the activations of job `task` when its weights are blocks. */
+/* Quantizes the activations of job `task` when its weights are blocks,
+ * else makes the path's repack of them if it wants one. */
 static void quant_many_task(void *ctx, int task, int thread)
 {
     const quant_many *q = ctx;
     mm_job *j = &q->jobs[task];
-    if (!mc_dtype_is_block(j->w->dtype))
+    if (!mc_dtype_is_block(j->w->dtype)) {
+        j->fpack = q->qbufs[task] = pack_acts_f(j->ops, j->w, j->x, j->n, j->ldx, NULL);
         return;
+    }
     q->qbufs[task] = quantize_acts(j->ops, j->w, j->x, j->n, j->ldx, &q->qas[task], NULL);
     j->qa = q->qbufs[task] ? &q->qas[task] : NULL;
 }
@@ -541,7 +589,7 @@ void mc_matmul_many(const mc_matmul_item *items, int count)
         count_product(it->w, it->n);
         jobs[nj] = (mm_job){.ops = ops, .w = it->w, .x = it->x, .n = it->n, .ldx = it->ldx,
                             .ldy = it->ldy, .y = it->y, .chunk = it->w->rows};
-        if (mc_dtype_is_block(it->w->dtype))
+        if (mc_dtype_is_block(it->w->dtype) || ops->pack_f_bytes)
             qtotal += (double)it->n * it->w->cols;
         total += (double)it->w->rows * it->w->cols * it->n;
         nj++;

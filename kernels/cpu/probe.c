@@ -128,3 +128,9 @@ double mc_probe_int8_gops(int threads, double seconds)
     const mc_kops *ops = mc_kops_current();
     return ops->int8_burn ? burn_peak(ops->int8_burn, threads, seconds) : -1.0;
 }
+
+double mc_probe_bf16_gflops(int threads, double seconds)
+{
+    const mc_kops *ops = mc_kops_current();
+    return ops->bf16_burn ? burn_peak(ops->bf16_burn, threads, seconds) : -1.0;
+}

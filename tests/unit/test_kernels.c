@@ -453,6 +453,50 @@ static void *amx_thread(void *p)
     return NULL;
 }
 
+/* BF16 tile products of special activations: infinities give the infinite
+ * sums the scalar path gives, NaN gives NaN, values whose three parts reach
+ * the last bit of f32 (2^24 - 1 times a power of two) and tiny ones (down
+ * to 2^-100) keep f32 accuracy. 24 tokens: tiles on amx with AMX-BF16. */
+static void test_bf16_special(void)
+{
+    enum { R = 19, C = 96, N = 24 };
+    test_mat m;
+    make_mat(&m, MC_DT_BF16, R, C, 0, 0);
+    float x[N * C], want[N * R], got[N * R], mag[N * R], row[C];
+    fill(x, (size_t)N * C, 1.0f);
+    x[0 * C + 5] = INFINITY;
+    x[1 * C + 40] = -INFINITY;
+    x[2 * C + 7] = NAN;
+    for (int i = 0; i < C; i++) {
+        x[3 * C + i] = ldexpf((float)((1 << 24) - 1 - 2 * i), -24 - (i % 5)); /* every bit */
+        x[4 * C + i] = ldexpf(x[4 * C + i], -100);
+    }
+    mc_kernels_set_path(MC_KPATH_SCALAR);
+    for (int o = 0; o < R; o++) {
+        mc_mat_row_f32(&m.w, o, row);
+        for (int t = 0; t < N; t++) {
+            double a = 0;
+            for (int i = 0; i < C; i++)
+                a += fabs((double)row[i] * x[t * C + i]);
+            mag[t * R + o] = (float)a;
+        }
+    }
+    run_matmul(MC_KPATH_SCALAR, 1, &m.w, x, N, C, want, R);
+    run_matmul(MC_KPATH_AMX, 1, &m.w, x, N, C, got, R);
+    for (int o = 0; o < R; o++) /* the non-finite rows: same class as scalar */
+        for (int t = 0; t < 3; t++) {
+            float a = want[t * R + o], b = got[t * R + o];
+            check_count++;
+            if (!((isnan(a) && isnan(b)) || a == b)) {
+                check_failures++;
+                fprintf(stderr, "amx bf16 special token %d row %d: got %g want %g\n", t, o, b, a);
+            }
+            want[t * R + o] = got[t * R + o] = mag[t * R + o] = 0;
+        }
+    compare("amx bf16 special values", got, want, mag, (size_t)N * R, 2e-6, 1e-30);
+    free_mat(&m);
+}
+
 /* The amx path's tile products (Q8_0 / Q4_K, 16 tokens or more) against
  * the scalar path over odd row counts (partial 16-row panels), columns up
  * to 2048 and token counts that leave partial 16-token tiles; that they are
@@ -468,6 +512,7 @@ static void test_amx(void)
     static const int rows_l[] = {1, 17, 33, 100};
     static const int q8_cols[] = {32, 96, 544, 1061, 2048};
     static const int q4_cols[] = {256, 768, 1061, 2048};
+    static const int bf_cols[] = {1, 31, 32, 64, 100, 1061, 2048};
     static const int n_l[] = {16, 17, 31, 33, 47, 64};
     int cases = 0;
     for (size_t ri = 0; ri < sizeof rows_l / sizeof rows_l[0]; ri++) {
@@ -477,11 +522,27 @@ static void test_amx(void)
         for (size_t ci = 0; ci < sizeof q4_cols / sizeof q4_cols[0]; ci++, cases++)
             test_matmul_case(MC_KPATH_AMX, MC_DT_Q4_K, rows_l[ri], q4_cols[ci],
                              n_l[(ri * 3 + ci + 2) % 6], 0, 0);
+        /* BF16 (AMX-BF16 tiles; avx512 where the CPU lacks them): rows read
+         * in place or (edge panels, rows of no whole 32) from a padded copy */
+        for (size_t ci = 0; ci < sizeof bf_cols / sizeof bf_cols[0]; ci++, cases++)
+            test_matmul_case(MC_KPATH_AMX, MC_DT_BF16, rows_l[ri], bf_cols[ci],
+                             n_l[(ri * 2 + ci + 1) % 6], 0, 0);
     }
-    /* the tiles are taken from 16 tokens on, and only there */
-    mc_dtype types[2] = {MC_DT_Q8_0, MC_DT_Q4_K};
-    for (int ti = 0; ti < 2; ti++)
-        for (int n = 15; n <= 16; n++) {
+    /* BF16 from 4 tokens (one partial token tile); several row groups (rows
+     * past one group's 512 KiB at K = 4096) and token tile pairs */
+    static const int bf_n[] = {4, 5, 7, 13};
+    for (size_t i = 0; i < sizeof bf_n / sizeof bf_n[0]; i++, cases += 2) {
+        test_matmul_case(MC_KPATH_AMX, MC_DT_BF16, 17, 100, bf_n[i], 0, 0);
+        test_matmul_case(MC_KPATH_AMX, MC_DT_BF16, 33, 2048, bf_n[i], 0, 0);
+    }
+    for (int n = 64; n <= 97; n += 33, cases++)
+        test_matmul_case(MC_KPATH_AMX, MC_DT_BF16, 150, 4096, n, 0, 0);
+    test_bf16_special();
+    /* the tiles are taken from 16 tokens on (BF16: from 4), and only there */
+    int bf16_tiles = strstr(mc_cpu_features(), "amx_bf16") != NULL;
+    mc_dtype types[3] = {MC_DT_Q8_0, MC_DT_Q4_K, MC_DT_BF16};
+    for (int ti = 0; ti < 2 + bf16_tiles; ti++)
+        for (int n0 = types[ti] == MC_DT_BF16 ? 3 : 15, n = n0; n <= n0 + 1; n++) {
             test_mat m;
             make_mat(&m, types[ti], 40, 2048, 0, 0);
             float *x = malloc((size_t)n * 2048 * sizeof *x);
@@ -492,7 +553,7 @@ static void test_amx(void)
             int differ = 0;
             for (int i = 0; i < n * 40; i++)
                 differ += memcmp(&a[i], &b[i], sizeof *a) != 0;
-            int want_tiles = n >= 16;
+            int want_tiles = n > n0;
             check_count++;
             if (want_tiles ? differ == 0 : differ != 0) {
                 check_failures++;
@@ -508,7 +569,7 @@ static void test_amx(void)
         }
     /* pool threads: 3 threads bitwise equal to 1 (a thread without its own tile
      * configuration would fault), and that shape against the scalar path */
-    for (int ti = 0; ti < 2; ti++)
+    for (int ti = 0; ti < 3; ti++)
         for (int n = 16; n <= 40; n += 24) {
             test_mat m;
             make_mat(&m, types[ti], 333, 1024, 0, 0);
@@ -541,7 +602,7 @@ static void test_amx(void)
         int started[NT];
         fill(x, (size_t)N * C, 1.0f);
         for (int i = 0; i < NT; i++) {
-            make_mat(&m[i], types[i % 2], R, C, 0, 0);
+            make_mat(&m[i], types[i % 3], R, C, 0, 0);
             want[i] = malloc((size_t)N * R * sizeof *want[i]);
             got[i] = malloc((size_t)N * R * sizeof *got[i]);
             run_matmul(MC_KPATH_AMX, 1, &m[i].w, x, N, C, want[i], R);
@@ -556,7 +617,7 @@ static void test_amx(void)
             if (started[i])
                 pthread_join(th[i], NULL);
             char what[96];
-            snprintf(what, sizeof what, "amx %s on thread %d of %d", mc_dtype_name(types[i % 2]),
+            snprintf(what, sizeof what, "amx %s on thread %d of %d", mc_dtype_name(types[i % 3]),
                      i + 1, NT);
             compare(what, got[i], want[i], NULL, (size_t)N * R, 0, 0);
             free(want[i]);
