@@ -27,6 +27,7 @@
  *         6-bit scales, mn [nb][8][16] f32 6-bit mins, d / dmin [nb][16] f32
  * Rows past the matrix in the last panel are zero and never written out.
  */
+#include "avx512_fp8.h"
 #include "kern.h"
 
 #include <cpuid.h>
@@ -440,7 +441,12 @@ static void rows_q4_k(const mc_mat *w, const mc_qact *a, float *y, int ldy, int 
 /* ---- BF16 on AMX-BF16 tiles ---- */
 
 /* BF16 weights (no scales, not transposed) against f32 activations, for
- * products of AMX_MIN_TOKENS tokens or more, on CPUs with AMX-BF16. Each
+ * products of AMX_BF16_MIN_TOKENS tokens or more, on CPUs with AMX-BF16;
+ * FP8 E4M3 weights the same way (every E4M3 value is exact in bf16: the
+ * panel copy converts them), unscaled or with block scales whose blocks
+ * are whole 16-row panels and whole blocks of 32 (DeepSeek's 128 x 128):
+ * there the C tiles restart per block of columns and are scaled into f32
+ * sums, each panel by its own row block's scale. Each
  * activation is split into three bf16 parts by truncation, hi + mid + lo ==
  * x exactly (8 significant bits each: 24 in all; |x| >= 2^-103, below that
  * the tiles' flush of bf16 denormals drops the lowest parts), and every
@@ -467,10 +473,18 @@ static int g_bf16; /* the CPU has AMX-BF16 */
  * tiles vs avx512: 2 tokens even, 4 tokens 1.6x, 8 tokens 4x. */
 #define AMX_BF16_MIN_TOKENS 4
 
+/* BF16, or FP8 E4M3 (exact in bf16) without scales or with block scales
+ * that a 16-row panel and a block of 32 never straddle (DeepSeek's
+ * 128 x 128); transposed storage never. */
 static int use_bf16_tiles(const mc_mat *w, int n)
 {
-    return g_bf16 && n >= AMX_BF16_MIN_TOKENS && w->dtype == MC_DT_BF16 && !w->scale && !w->transposed &&
-           w->cols > 0;
+    if (!g_bf16 || n < AMX_BF16_MIN_TOKENS || w->transposed || w->cols <= 0)
+        return 0;
+    if (w->dtype == MC_DT_BF16)
+        return !w->scale;
+    return w->dtype == MC_DT_F8_E4M3 &&
+           (!w->scale || (w->block_rows > 0 && w->block_rows % 16 == 0 && w->block_cols > 0 &&
+                          w->block_cols % 32 == 0));
 }
 
 static size_t pack_f_bytes(const mc_mat *w, int n)
@@ -592,6 +606,20 @@ AI void write_tile(const float *c, float *y, int ldy, int o0, int nr, int t0, in
 static void copy_panel(const mc_mat *w, int o, int pr, int nk, uint16_t *dst)
 {
     int K = w->cols;
+    if (w->dtype == MC_DT_F8_E4M3) { /* E4M3 -> f32 (exact) -> its upper half (exact) */
+        for (int r = 0; r < 16; r++) {
+            const uint8_t *src = (const uint8_t *)w->data + (size_t)(o + r) * w->row_stride;
+            for (int b = 0; b < nk; b++) {
+                int len = r < pr ? (K - 32 * b < 32 ? K - 32 * b : 32) : 0;
+                __mmask32 m = len >= 32 ? 0xffffffffu : (__mmask32)((1u << len) - 1);
+                __m256i v = _mm256_maskz_loadu_epi8(m, src + 32 * b);
+                __m512i lo = _mm512_castps_si512(fp8x16(_mm256_castsi256_si128(v)));
+                __m512i hi = _mm512_castps_si512(fp8x16(_mm256_extracti128_si256(v, 1)));
+                _mm512_store_si512((void *)(dst + (size_t)b * 512 + 32 * r), narrow2(lo, hi));
+            }
+        }
+        return;
+    }
     for (int r = 0; r < 16; r++) {
         const uint16_t *src = (const uint16_t *)w->data + (size_t)(o + r) * w->row_stride;
         for (int b = 0; b < nk; b++) {
@@ -689,6 +717,37 @@ AI void bf16_tiles(int np, int nt2, int b0, int b1, int first, float *c, const c
         _tile_stored(3, c + 768, 64);
 }
 
+/* One chunk of block scales (FP8): the C tiles of the chunk from zero into
+ * ctmp, then c += ctmp * the scale of each panel's (row block, column
+ * block); c is set, not added to, for the first chunk. */
+static void bf16_chunk_scaled(const mc_mat *w, int np, int nt2, int kc, int kc1, float *c,
+                              float *ctmp, const char *a0, const char *a1, const char *bt0,
+                              const char *bt1, int o0, int o1)
+{
+    if (np == 2 && nt2 == 2)
+        bf16_tiles(2, 2, kc, kc1, 1, ctmp, a0, a1, bt0, bt1);
+    else if (np == 2)
+        bf16_tiles(2, 1, kc, kc1, 1, ctmp, a0, a1, bt0, bt1);
+    else if (nt2 == 2)
+        bf16_tiles(1, 2, kc, kc1, 1, ctmp, a0, a1, bt0, bt1);
+    else
+        bf16_tiles(1, 1, kc, kc1, 1, ctmp, a0, a1, bt0, bt1);
+    int cb = kc * 32 / w->block_cols;
+    for (int p = 0; p < np; p++) {
+        float sv = w->scale[(size_t)((p ? o1 : o0) / w->block_rows) * (size_t)w->scale_cols + cb];
+        __m512 s = _mm512_set1_ps(sv);
+        for (int k = 0; k < nt2; k++) {
+            float *dst = c + 256 * (2 * p + k);
+            const float *src = ctmp + 256 * (2 * p + k);
+            for (int i = 0; i < 256; i += 16) {
+                __m512 v = _mm512_load_ps(src + i);
+                _mm512_store_ps(dst + i, kc == 0 ? _mm512_mul_ps(v, s)
+                                                 : _mm512_fmadd_ps(v, s, _mm512_load_ps(dst + i)));
+            }
+        }
+    }
+}
+
 /* Blocking: rows in groups whose weights stay in L2 (BF16_GROUP_BYTES),
  * each group against a pair of token tiles at a time, the row in chunks of
  * BF16_KC blocks (the chunk's repack, 2 x BF16_KC x 3 KiB, stays in L1)
@@ -707,12 +766,16 @@ static void rows_bf16(const mc_mat *w, const void *pack, const float *x, int n, 
         rg = (r1 - r0 + 31) & ~31;
     int npp = rg / 32;                  /* panel pairs of a group */
     size_t panel = (size_t)nk * 1024;   /* a zero-padded panel copy: (nk, 16, 32) bf16 */
-    unsigned char *buf = pack ? scratch((size_t)npp * (2 * panel + 4096)) : NULL;
+    unsigned char *buf = pack ? scratch((size_t)npp * (2 * panel + 4096) + 4096) : NULL;
     if (!buf) {
         mc_kops_avx512.rows_f(w, x, n, ldx, y, ldy, r0, r1);
         return;
     }
     float *cacc = (float *)(buf + (size_t)npp * 2 * panel); /* (npp, 4, 16, 16) */
+    float *ctmp = cacc + (size_t)npp * 1024;                 /* (4, 16, 16): a scaled chunk */
+    /* FP8 block scales: a chunk is one block of columns, each C tile scaled
+     * into the f32 sums */
+    int sk = w->scale ? w->block_cols / 32 : 0;
     tiles_configure_all64();
     for (int g0 = r0; g0 < r1; g0 += rg) {
         int g1 = g0 + rg < r1 ? g0 + rg : r1;
@@ -734,12 +797,17 @@ static void rows_bf16(const mc_mat *w, const void *pack, const float *x, int n, 
             const char *bt1 = bt0 + (size_t)nk * 3072;
             /* the first pair streams whole rows (the group's first reads, from
              * memory: one sequential stream per row), the others take chunks */
-            int kstep = tt == 0 ? nk : BF16_KC;
+            int kstep = sk ? sk : tt == 0 ? nk : BF16_KC;
             for (int kc = 0; kc < nk; kc += kstep) {
                 int kc1 = kc + kstep < nk ? kc + kstep : nk;
                 for (int p = 0; p < np_all; p += 2) {
                     float *c = cacc + (size_t)(p / 2) * 1024;
                     int np = p + 1 < np_all ? 2 : 1, q = np == 2 ? p + 1 : p;
+                    if (sk) {
+                        bf16_chunk_scaled(w, np, nt2, kc, kc1, c, ctmp, ab[p], ab[q], bt0, bt1,
+                                          g0 + 16 * p, g0 + 16 * q);
+                        continue;
+                    }
                     if (np == 2 && nt2 == 2)
                         bf16_tiles(2, 2, kc, kc1, kc == 0, c, ab[p], ab[q], bt0, bt1);
                     else if (np == 2)

@@ -12,6 +12,7 @@
  * vpmaddubsw, sub-block scales applied with vpdpwssd, mins through the
  * per-32 activation sums; 8 tokens per pass over row blocks kept in L2.
  * Decode prefetches the row stream. */
+#include "avx512_fp8.h"
 #include "kern.h"
 
 #include <immintrin.h>
@@ -21,17 +22,6 @@
 #define AI static inline __attribute__((always_inline))
 
 /* ---- widening ---- */
-
-AI __m512 fp8x16(__m128i v)
-{
-    __m512i b = _mm512_cvtepu8_epi32(v);
-    __m512i mag = _mm512_slli_epi32(_mm512_and_si512(b, _mm512_set1_epi32(0x7f)), 20);
-    __m512i sign = _mm512_slli_epi32(_mm512_and_si512(b, _mm512_set1_epi32(0x80)), 24);
-    __m512 f = _mm512_mul_ps(_mm512_castsi512_ps(mag), _mm512_set1_ps(0x1p120f));
-    __mmask16 nan = _mm512_cmpeq_epi32_mask(mag, _mm512_set1_epi32(0x7f << 20));
-    f = _mm512_mask_blend_ps(nan, f, _mm512_set1_ps(NAN));
-    return _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(f), sign));
-}
 
 /* 16 weights of type DT from element i of p */
 AI __m512 ld16(int DT, const unsigned char *p, size_t i)

@@ -537,14 +537,24 @@ static void test_amx(void)
     }
     for (int n = 64; n <= 97; n += 33, cases++)
         test_matmul_case(MC_KPATH_AMX, MC_DT_BF16, 150, 4096, n, 0, 0);
+    /* FP8 E4M3 on the same tiles: 128 x 128 block scales over several row and
+     * column blocks (a partial last one of each), without scales, and odd
+     * blocks (5 x 8: not tiles, the avx512 code) */
+    static const int f8_n[] = {4, 17, 40};
+    for (size_t i = 0; i < sizeof f8_n / sizeof f8_n[0]; i++, cases += 4) {
+        test_matmul_case(MC_KPATH_AMX, MC_DT_F8_E4M3, 300, 640, f8_n[i], 0, 128);
+        test_matmul_case(MC_KPATH_AMX, MC_DT_F8_E4M3, 150, 4096 + 100, f8_n[i], 0, 128);
+        test_matmul_case(MC_KPATH_AMX, MC_DT_F8_E4M3, 33, 100, f8_n[i], 0, 0);
+        test_matmul_case(MC_KPATH_AMX, MC_DT_F8_E4M3, 33, 100, f8_n[i], 0, 5);
+    }
     test_bf16_special();
     /* the tiles are taken from 16 tokens on (BF16: from 4), and only there */
     int bf16_tiles = strstr(mc_cpu_features(), "amx_bf16") != NULL;
-    mc_dtype types[3] = {MC_DT_Q8_0, MC_DT_Q4_K, MC_DT_BF16};
-    for (int ti = 0; ti < 2 + bf16_tiles; ti++)
-        for (int n0 = types[ti] == MC_DT_BF16 ? 3 : 15, n = n0; n <= n0 + 1; n++) {
+    mc_dtype types[4] = {MC_DT_Q8_0, MC_DT_Q4_K, MC_DT_BF16, MC_DT_F8_E4M3};
+    for (int ti = 0; ti < 2 + 2 * bf16_tiles; ti++)
+        for (int n0 = ti >= 2 ? 3 : 15, n = n0; n <= n0 + 1; n++) {
             test_mat m;
-            make_mat(&m, types[ti], 40, 2048, 0, 0);
+            make_mat(&m, types[ti], 40, 2048, 0, types[ti] == MC_DT_F8_E4M3 ? 128 : 0);
             float *x = malloc((size_t)n * 2048 * sizeof *x);
             float *a = malloc((size_t)n * 40 * sizeof *a), *b = malloc((size_t)n * 40 * sizeof *b);
             fill(x, (size_t)n * 2048, 1.0f);
@@ -569,23 +579,28 @@ static void test_amx(void)
         }
     /* pool threads: 3 threads bitwise equal to 1 (a thread without its own tile
      * configuration would fault), and that shape against the scalar path */
-    for (int ti = 0; ti < 3; ti++)
+    /* FP8 with 128 x 128 scales on 560 rows: 3 threads cut tasks of 48 rows,
+     * so some pairs of 16-row panels straddle a row block (each panel takes
+     * its own block's scale) */
+    for (int ti = 0; ti < 4; ti++)
         for (int n = 16; n <= 40; n += 24) {
+            int R = types[ti] == MC_DT_F8_E4M3 ? 560 : 333;
+            int fb = types[ti] == MC_DT_F8_E4M3 ? 128 : 0;
             test_mat m;
-            make_mat(&m, types[ti], 333, 1024, 0, 0);
+            make_mat(&m, types[ti], R, 1024, 0, fb);
             float *x = malloc((size_t)n * 1024 * sizeof *x);
-            float *a = malloc((size_t)n * 333 * sizeof *a), *b = malloc((size_t)n * 333 * sizeof *b);
+            float *a = malloc((size_t)n * R * sizeof *a), *b = malloc((size_t)n * R * sizeof *b);
             fill(x, (size_t)n * 1024, 1.0f);
-            run_matmul(MC_KPATH_AMX, 1, &m.w, x, n, 1024, a, 333);
-            run_matmul(MC_KPATH_AMX, 3, &m.w, x, n, 1024, b, 333);
+            run_matmul(MC_KPATH_AMX, 1, &m.w, x, n, 1024, a, R);
+            run_matmul(MC_KPATH_AMX, 3, &m.w, x, n, 1024, b, R);
             char what[96];
             snprintf(what, sizeof what, "amx %s threads 3 vs 1 n=%d", mc_dtype_name(types[ti]), n);
-            compare(what, b, a, NULL, (size_t)n * 333, 0, 0);
+            compare(what, b, a, NULL, (size_t)n * R, 0, 0);
             free(x);
             free(a);
             free(b);
             free_mat(&m);
-            test_matmul_case(MC_KPATH_AMX, types[ti], 333, 1024, n, 0, 0); /* 1 thread vs scalar */
+            test_matmul_case(MC_KPATH_AMX, types[ti], R, 1024, n, 0, fb); /* 1 thread vs scalar */
         }
     /* three threads of our own, each running its own product at once (kernel
      * threads: 1): each loads its configuration; equal to the same product on
