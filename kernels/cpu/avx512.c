@@ -317,9 +317,88 @@ static void packed_rows(const mc_mat *w, const float *x, int n, int ldx, float *
     free(panel);
 }
 
+/* 32 E4M3 codes (bytes of v) as f16 bits in 16-bit lanes: sign to bit
+ * 15, the 7 magnitude bits to bits 13..7; the f16 is the E4M3 value times
+ * 2^-8 (subnormal codes too), except for NaN (0x7f / 0xff), which the
+ * caller checks. */
+AI __m512i f8_to_h(__m256i v)
+{
+    __m512i w = _mm512_cvtepu8_epi16(v);
+    return _mm512_or_si512(_mm512_and_si512(_mm512_slli_epi16(w, 7), _mm512_set1_epi16(0x3f80)),
+                           _mm512_and_si512(_mm512_slli_epi16(w, 8), _mm512_set1_epi16((short)0x8000)));
+}
+
+/* Row o of FP8 w (block scales) against x, one weight at a time through
+ * fp8x16 (NaN codes widened to NaN): the rows that hold a NaN code. */
+static float fp8_scaled_row_nan(const mc_mat *w, const unsigned char *p, const float *srow,
+                                const float *x)
+{
+    int K = w->cols, bc = w->block_cols, k = 0;
+    __m512 a = _mm512_setzero_ps();
+    for (; k + 16 <= K; k += 16)
+        a = _mm512_fmadd_ps(_mm512_mul_ps(fp8x16(_mm_loadu_si128((const __m128i *)(p + k))),
+                                          _mm512_set1_ps(srow[k / bc])),
+                            _mm512_loadu_ps(x + k), a);
+    float s = _mm512_reduce_add_ps(a);
+    for (; k < K; k++)
+        s += mc_fp8_e4m3_to_f32(p[k]) * srow[k / bc] * x[k];
+    return s;
+}
+
+/* One token against FP8 rows with block scales whose column blocks are
+ * whole multiples of 64 (DeepSeek's 128): each row streamed once, 64
+ * weights a step turned into f16 bits (f8_to_h: three operations per 32)
+ * and widened by vcvtph2ps, times 256 x their block's scale (256 * s is
+ * exact, so each product is widen_row's scaled value to the bit), four
+ * accumulators; a NaN code anywhere in the row sends the row to
+ * fp8_scaled_row_nan. The row stream is prefetched as in stream_rows. */
+static void fp8_scaled_rows1(const mc_mat *w, const float *x, float *y, int r0, int r1)
+{
+    int K = w->cols, bc = w->block_cols;
+    const __m512i m7f = _mm512_set1_epi8(0x7f);
+    for (int o = r0; o < r1; o++) {
+        const unsigned char *p = (const unsigned char *)w->data + (size_t)o * w->row_stride;
+        const float *srow = w->scale + (size_t)(o / w->block_rows) * (size_t)w->scale_cols;
+        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        __mmask64 nan = 0;
+        int k = 0;
+        for (; k + 64 <= K; k += 64) {
+            _mm_prefetch((const char *)p + k + PF_BYTES, _MM_HINT_T0);
+            __m512 sc = _mm512_set1_ps(srow[k / bc] * 256.0f);
+            __m512i v = _mm512_loadu_si512((const void *)(p + k));
+            nan |= _mm512_cmpeq_epi8_mask(_mm512_and_si512(v, m7f), m7f);
+            __m512i h0 = f8_to_h(_mm512_castsi512_si256(v));
+            __m512i h1 = f8_to_h(_mm512_extracti64x4_epi64(v, 1));
+            a0 = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtph_ps(_mm512_castsi512_si256(h0)), sc),
+                                 _mm512_loadu_ps(x + k), a0);
+            a1 = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtph_ps(_mm512_extracti64x4_epi64(h0, 1)), sc),
+                                 _mm512_loadu_ps(x + k + 16), a1);
+            a2 = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtph_ps(_mm512_castsi512_si256(h1)), sc),
+                                 _mm512_loadu_ps(x + k + 32), a2);
+            a3 = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtph_ps(_mm512_extracti64x4_epi64(h1, 1)), sc),
+                                 _mm512_loadu_ps(x + k + 48), a3);
+        }
+        for (; k < K; k++)
+            nan |= (p[k] & 0x7f) == 0x7f;
+        if (nan) {
+            y[o] = fp8_scaled_row_nan(w, p, srow, x);
+            continue;
+        }
+        float s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+        for (k = K / 64 * 64; k < K; k++)
+            s += mc_fp8_e4m3_to_f32(p[k]) * srow[k / bc] * x[k];
+        y[o] = s;
+    }
+}
+
 static void rows_f(const mc_mat *w, const float *x, int n, int ldx, float *y, int ldy, int r0,
                    int r1)
 {
+    if (w->scale && n == 1 && w->dtype == MC_DT_F8_E4M3 && !w->transposed && w->block_cols > 0 &&
+        w->block_cols % 64 == 0 && w->block_rows > 0) {
+        fp8_scaled_rows1(w, x, y, r0, r1);
+        return;
+    }
     if (!w->scale && n < PACK_MIN_TOKENS) {
         switch (w->dtype) {
         case MC_DT_F32:

@@ -243,6 +243,7 @@ static void test_matmul(mc_kpath p)
     for (size_t ci = 0; ci < sizeof c1 / sizeof c1[0]; ci++) {
         test_matmul_case(p, MC_DT_Q8_0, 7, c1[ci], 1, 0, 0);
         test_matmul_case(p, MC_DT_Q4_K, 7, c1[ci], 1, 0, 0);
+        test_matmul_case(p, MC_DT_F8_E4M3, 130, c1[ci], 1, 0, 128); /* two row blocks */
     }
     /* products larger than one L2 row block of the avx512 tiles (~256 KiB
      * of weights): the row-block loop and its edges */
@@ -259,6 +260,43 @@ static void test_matmul(mc_kpath p)
         test_matmul_case(p, MC_DT_Q4_K, 5, 1024 + 37, n, 0, 0);
         test_matmul_case(p, MC_DT_Q8_0, 5, 1024 + 37, n, 0, 0);
     }
+}
+
+/* FP8 with 128 x 128 block scales holding every subnormal code and NaN
+ * codes (0x7f in the 64-wide steps, 0xff in the tail) against 1 and 5
+ * tokens: the rows with a NaN code give NaN, the others the scalar path's
+ * sums (the decode kernels widen through f16 bits and check NaN per row). */
+static void test_fp8_codes(mc_kpath p)
+{
+    enum { R = 9, C = 300, N = 5 };
+    test_mat m;
+    make_mat(&m, MC_DT_F8_E4M3, R, C, 0, 128);
+    unsigned char *raw = m.store;
+    for (int i = 0; i < 16; i++) /* row 1: the subnormals 0x01..0x07, 0x81..0x87, zeros */
+        raw[1 * C + 3 + i] = (unsigned char)((i & 8 ? 0x80 : 0) | (i & 7));
+    raw[2 * C + 10] = 0x7f;
+    raw[5 * C + 290] = 0xff;
+    float x[N * C], want[N * R], got[N * R], mag[N * R], row[C];
+    fill(x, (size_t)N * C, 1.0f);
+    mc_kernels_set_path(MC_KPATH_SCALAR);
+    for (int o = 0; o < R; o++) {
+        mc_mat_row_f32(&m.w, o, row);
+        for (int t = 0; t < N; t++) {
+            double a = 0;
+            for (int i = 0; i < C; i++)
+                a += fabs((double)row[i] * x[t * C + i]);
+            mag[t * R + o] = (float)a;
+        }
+    }
+    for (int n = 1; n <= N; n += N - 1) {
+        run_matmul(MC_KPATH_SCALAR, 1, &m.w, x, n, C, want, R);
+        run_matmul(p, 1, &m.w, x, n, C, got, R);
+        CHECK(isnan(want[2]) && isnan(want[5]) && !isnan(want[1]));
+        char what[96];
+        snprintf(what, sizeof what, "%s F8_E4M3 NaN and subnormal codes n=%d", mc_kpath_name(p), n);
+        compare(what, got, want, mag, (size_t)n * R, 2e-6, 1e-30);
+    }
+    free_mat(&m);
 }
 
 /* A column view of a block matrix (starting on a block boundary inside wider
@@ -753,6 +791,7 @@ int main(void)
         test_threads(paths[i]);
         test_many(paths[i]);
         test_block_view(paths[i]);
+        test_fp8_codes(paths[i]);
         test_elementwise(paths[i]);
         printf("path %s vs scalar: %s\n", mc_kpath_name(paths[i]),
                check_failures == before ? "ok" : "MISMATCH");
