@@ -325,6 +325,40 @@ static void rows_transposed(const mc_kops *ops, const mc_mat *w, const float *x,
     }
 }
 
+/* Transposed storage against TRANS_COPY_MIN_TOKENS tokens or more: blocks
+ * of TRANS_COPY_ROWS outputs widened into a row-major f32 copy, then the
+ * path's rows_f on the copy (its tiles reuse each weight over the tokens;
+ * rows_transposed re-reads every output row once per input). Per output
+ * the same sum whatever the rows of a task (the thread count). */
+#define TRANS_COPY_MIN_TOKENS 8
+#define TRANS_COPY_ROWS 64
+
+static void rows_transposed_copy(const mc_kops *ops, const mc_mat *w, const float *x, int n,
+                                 int ldx, float *y, int ldy, int o0, int o1)
+{
+    float *buf = malloc((size_t)TRANS_COPY_ROWS * (size_t)w->cols * sizeof *buf);
+    if (!buf) { /* the in-place loop needs no copy */
+        rows_transposed(ops, w, x, n, ldx, y, ldy, o0, o1);
+        return;
+    }
+    size_t es = mc_dtype_size(w->dtype);
+    float line[TRANS_COPY_ROWS];
+    for (int b0 = o0; b0 < o1; b0 += TRANS_COPY_ROWS) {
+        int nb = o1 - b0 < TRANS_COPY_ROWS ? o1 - b0 : TRANS_COPY_ROWS;
+        for (int i = 0; i < w->cols; i++) {
+            ops->widen(w->dtype,
+                       (const unsigned char *)w->data + ((size_t)i * w->row_stride + (size_t)b0) * es,
+                       nb, line);
+            for (int r = 0; r < nb; r++)
+                buf[(size_t)r * w->cols + i] = line[r];
+        }
+        mc_mat t = {.dtype = MC_DT_F32, .rows = nb, .cols = w->cols, .row_stride = (size_t)w->cols,
+                    .data = buf};
+        ops->rows_f(&t, x, n, ldx, y + b0, ldy, 0, nb);
+    }
+    free(buf);
+}
+
 static void mm_task(void *ctx, int task, int thread)
 {
     const mm_job *j = ctx;
@@ -333,7 +367,9 @@ static void mm_task(void *ctx, int task, int thread)
         r1 = j->w->rows;
     if (r0 >= r1)
         return;
-    if (j->w->transposed)
+    if (j->w->transposed && j->n >= TRANS_COPY_MIN_TOKENS && !j->w->scale)
+        rows_transposed_copy(j->ops, j->w, j->x, j->n, j->ldx, j->y, j->ldy, r0, r1);
+    else if (j->w->transposed)
         rows_transposed(j->ops, j->w, j->x, j->n, j->ldx, j->y, j->ldy, r0, r1);
     else if (j->w->dtype == MC_DT_Q8_0)
         j->ops->rows_q8_0(j->w, j->qa, j->y, j->ldy, r0, r1);

@@ -189,15 +189,19 @@ static void test_matmul_case(mc_kpath p, mc_dtype dt, int rows, int cols, int n,
     float *x = malloc((size_t)n * ldx * sizeof *x);
     float *want = malloc((size_t)n * ldy * sizeof *want), *got = malloc((size_t)n * ldy * sizeof *got);
     float *mag = calloc((size_t)n * ldy, sizeof *mag), *row = malloc((size_t)cols * sizeof *row);
+    float *ref = calloc((size_t)n * ldy, sizeof *ref);
     fill(x, (size_t)n * ldx, 2.0f);
     for (int o = 0; o < rows; o++) { /* sum |w||x| bounds the rounding of any summation order */
         mc_kernels_set_path(MC_KPATH_SCALAR);
         mc_mat_row_f32(&m.w, o, row);
         for (int t = 0; t < n; t++) {
-            double s = 0;
-            for (int i = 0; i < cols; i++)
+            double s = 0, r = 0;
+            for (int i = 0; i < cols; i++) {
                 s += fabs((double)row[i] * x[(size_t)t * ldx + i]);
+                r += (double)row[i] * x[(size_t)t * ldx + i];
+            }
             mag[(size_t)t * ldy + o] = (float)s;
+            ref[(size_t)t * ldy + o] = (float)r;
         }
     }
     run_matmul(MC_KPATH_SCALAR, 1, &m.w, x, n, ldx, want, ldy);
@@ -208,9 +212,16 @@ static void test_matmul_case(mc_kpath p, mc_dtype dt, int rows, int cols, int n,
     /* pad columns of y (o >= rows) are not outputs */
     for (int t = 0; t < n; t++) {
         want[(size_t)t * ldy + rows] = got[(size_t)t * ldy + rows] = 0;
-        mag[(size_t)t * ldy + rows] = 0;
+        mag[(size_t)t * ldy + rows] = ref[(size_t)t * ldy + rows] = 0;
     }
     compare(what, got, want, mag, (size_t)n * ldy, 2e-6, 1e-30);
+    if (!mc_dtype_is_block(dt)) { /* the scalar path (front end included) against a
+                                   * double sum of the dequantized rows */
+        char rw[160];
+        snprintf(rw, sizeof rw, "%s (scalar vs double)", what);
+        compare(rw, want, ref, mag, (size_t)n * ldy, 2e-6, 1e-30);
+    }
+    free(ref);
     free(x);
     free(want);
     free(got);
@@ -253,6 +264,12 @@ static void test_matmul(mc_kpath p)
         test_matmul_case(p, MC_DT_Q4_K, 300, 4096, nb_l[i], 0, 0);
         test_matmul_case(p, MC_DT_Q8_0, 130, 18432, nb_l[i], 0, 0);
         test_matmul_case(p, MC_DT_Q4_K, 130, 18432, nb_l[i], 0, 0);
+    }
+    /* transposed storage copied in blocks of 64 outputs from 8 tokens on
+     * (several blocks, a partial one), in place below */
+    for (int n = 7; n <= 17; n += 5) {
+        test_matmul_case(p, MC_DT_BF16, 150, 37, n, 1, 0);
+        test_matmul_case(p, MC_DT_F32, 130, 300, n, 1, 0);
     }
     /* every token count through the tile remainders, and a long row */
     for (int n = 1; n <= 13; n++) {
