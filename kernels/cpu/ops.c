@@ -329,7 +329,9 @@ static void rows_transposed(const mc_kops *ops, const mc_mat *w, const float *x,
  * of TRANS_COPY_ROWS outputs widened into a row-major f32 copy, then the
  * path's rows_f on the copy (its tiles reuse each weight over the tokens;
  * rows_transposed re-reads every output row once per input). Per output
- * the same sum whatever the rows of a task (the thread count). */
+ * the same sum whatever the rows of a task (the thread count). Not on the
+ * scalar path, whose sums keep one order whatever the number of tokens
+ * (the step tests' schedule equivalence relies on it). */
 #define TRANS_COPY_MIN_TOKENS 8
 #define TRANS_COPY_ROWS 64
 
@@ -367,7 +369,8 @@ static void mm_task(void *ctx, int task, int thread)
         r1 = j->w->rows;
     if (r0 >= r1)
         return;
-    if (j->w->transposed && j->n >= TRANS_COPY_MIN_TOKENS && !j->w->scale)
+    if (j->w->transposed && j->n >= TRANS_COPY_MIN_TOKENS && !j->w->scale &&
+        j->ops != &mc_kops_scalar)
         rows_transposed_copy(j->ops, j->w, j->x, j->n, j->ldx, j->y, j->ldy, r0, r1);
     else if (j->w->transposed)
         rows_transposed(j->ops, j->w, j->x, j->n, j->ldx, j->y, j->ldy, r0, r1);
