@@ -717,6 +717,21 @@ AI void bf16_tiles(int np, int nt2, int b0, int b1, int first, float *c, const c
         _tile_stored(3, c + 768, 64);
 }
 
+/* bf16_tiles with np and nt2 as compile-time constants (each variant
+ * issues only its own tile operations). */
+static void bf16_tiles_any(int np, int nt2, int b0, int b1, int first, float *c, const char *a0,
+                           const char *a1, const char *bt0, const char *bt1)
+{
+    if (np == 2 && nt2 == 2)
+        bf16_tiles(2, 2, b0, b1, first, c, a0, a1, bt0, bt1);
+    else if (np == 2)
+        bf16_tiles(2, 1, b0, b1, first, c, a0, a1, bt0, bt1);
+    else if (nt2 == 2)
+        bf16_tiles(1, 2, b0, b1, first, c, a0, a1, bt0, bt1);
+    else
+        bf16_tiles(1, 1, b0, b1, first, c, a0, a1, bt0, bt1);
+}
+
 /* One chunk of block scales (FP8): the C tiles of the chunk from zero into
  * ctmp, then c += ctmp * the scale of each panel's (row block, column
  * block); c is set, not added to, for the first chunk. */
@@ -724,14 +739,7 @@ static void bf16_chunk_scaled(const mc_mat *w, int np, int nt2, int kc, int kc1,
                               float *ctmp, const char *a0, const char *a1, const char *bt0,
                               const char *bt1, int o0, int o1)
 {
-    if (np == 2 && nt2 == 2)
-        bf16_tiles(2, 2, kc, kc1, 1, ctmp, a0, a1, bt0, bt1);
-    else if (np == 2)
-        bf16_tiles(2, 1, kc, kc1, 1, ctmp, a0, a1, bt0, bt1);
-    else if (nt2 == 2)
-        bf16_tiles(1, 2, kc, kc1, 1, ctmp, a0, a1, bt0, bt1);
-    else
-        bf16_tiles(1, 1, kc, kc1, 1, ctmp, a0, a1, bt0, bt1);
+    bf16_tiles_any(np, nt2, kc, kc1, 1, ctmp, a0, a1, bt0, bt1);
     int cb = kc * 32 / w->block_cols;
     for (int p = 0; p < np; p++) {
         float sv = w->scale[(size_t)((p ? o1 : o0) / w->block_rows) * (size_t)w->scale_cols + cb];
@@ -803,19 +811,11 @@ static void rows_bf16(const mc_mat *w, const void *pack, const float *x, int n, 
                 for (int p = 0; p < np_all; p += 2) {
                     float *c = cacc + (size_t)(p / 2) * 1024;
                     int np = p + 1 < np_all ? 2 : 1, q = np == 2 ? p + 1 : p;
-                    if (sk) {
+                    if (sk)
                         bf16_chunk_scaled(w, np, nt2, kc, kc1, c, ctmp, ab[p], ab[q], bt0, bt1,
                                           g0 + 16 * p, g0 + 16 * q);
-                        continue;
-                    }
-                    if (np == 2 && nt2 == 2)
-                        bf16_tiles(2, 2, kc, kc1, kc == 0, c, ab[p], ab[q], bt0, bt1);
-                    else if (np == 2)
-                        bf16_tiles(2, 1, kc, kc1, kc == 0, c, ab[p], ab[q], bt0, bt1);
-                    else if (nt2 == 2)
-                        bf16_tiles(1, 2, kc, kc1, kc == 0, c, ab[p], ab[q], bt0, bt1);
                     else
-                        bf16_tiles(1, 1, kc, kc1, kc == 0, c, ab[p], ab[q], bt0, bt1);
+                        bf16_tiles_any(np, nt2, kc, kc1, kc == 0, c, ab[p], ab[q], bt0, bt1);
                 }
             }
             for (int p = 0; p < np_all; p++)
@@ -831,10 +831,9 @@ static void rows_bf16(const mc_mat *w, const void *pack, const float *x, int n, 
 
 /* ---- the table ---- */
 
-/* The INT8 tile peak: `iters` rounds of four independent TDPBSSD (16 x 16
- * int32 += 16 x 64 int8 . 64 x 16 int8, 16384 multiply-adds each) on tiles
- * loaded once, all eight tiles 16 rows x 64 bytes. */
-static double int8_burn(long iters)
+/* Configures all eight tiles 16 x 64 bytes, zeroes C (tmm0..3) and loads
+ * zero A and B tiles (tmm4..7) for a burn. */
+static void burn_setup(void)
 {
     static const int8_t zeros[16 * 64] __attribute__((aligned(64)));
     tiles_configure_all64();
@@ -846,6 +845,14 @@ static double int8_burn(long iters)
     _tile_loadd(5, zeros, 64);
     _tile_loadd(6, zeros, 64);
     _tile_loadd(7, zeros, 64);
+}
+
+/* The INT8 tile peak: `iters` rounds of four independent TDPBSSD (16 x 16
+ * int32 += 16 x 64 int8 . 64 x 16 int8, 16384 multiply-adds each) on tiles
+ * loaded once. */
+static double int8_burn(long iters)
+{
+    burn_setup();
     for (long i = 0; i < iters; i++) {
         _tile_dpbssd(0, 4, 6);
         _tile_dpbssd(1, 4, 7);
@@ -860,16 +867,7 @@ static double int8_burn(long iters)
  * . 32 x 16 bf16, 8192 multiply-adds each). */
 static double bf16_burn(long iters)
 {
-    static const uint16_t zeros[16 * 32] __attribute__((aligned(64)));
-    tiles_configure_all64();
-    _tile_zero(0);
-    _tile_zero(1);
-    _tile_zero(2);
-    _tile_zero(3);
-    _tile_loadd(4, zeros, 64);
-    _tile_loadd(5, zeros, 64);
-    _tile_loadd(6, zeros, 64);
-    _tile_loadd(7, zeros, 64);
+    burn_setup();
     for (long i = 0; i < iters; i++) {
         _tile_dpbf16ps(0, 4, 6);
         _tile_dpbf16ps(1, 4, 7);

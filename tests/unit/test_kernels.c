@@ -279,6 +279,25 @@ static void test_matmul(mc_kpath p)
     }
 }
 
+/* mag[t * rows + o] = sum_i |W[o, i] x[t, i]| (rows of x w->cols apart),
+ * the rows dequantized by the scalar path: the rounding bound of any
+ * summation order. */
+static void sum_abs(const mc_mat *w, const float *x, int n, float *mag)
+{
+    float *row = malloc((size_t)w->cols * sizeof *row);
+    mc_kernels_set_path(MC_KPATH_SCALAR);
+    for (int o = 0; o < w->rows; o++) {
+        mc_mat_row_f32(w, o, row);
+        for (int t = 0; t < n; t++) {
+            double a = 0;
+            for (int i = 0; i < w->cols; i++)
+                a += fabs((double)row[i] * x[(size_t)t * w->cols + i]);
+            mag[(size_t)t * w->rows + o] = (float)a;
+        }
+    }
+    free(row);
+}
+
 /* FP8 with 128 x 128 block scales holding every subnormal code and NaN
  * codes (0x7f in the 64-wide steps, 0xff in the tail) against 1 and 5
  * tokens: the rows with a NaN code give NaN, the others the scalar path's
@@ -293,18 +312,9 @@ static void test_fp8_codes(mc_kpath p)
         raw[1 * C + 3 + i] = (unsigned char)((i & 8 ? 0x80 : 0) | (i & 7));
     raw[2 * C + 10] = 0x7f;
     raw[5 * C + 290] = 0xff;
-    float x[N * C], want[N * R], got[N * R], mag[N * R], row[C];
+    float x[N * C], want[N * R], got[N * R], mag[N * R];
     fill(x, (size_t)N * C, 1.0f);
-    mc_kernels_set_path(MC_KPATH_SCALAR);
-    for (int o = 0; o < R; o++) {
-        mc_mat_row_f32(&m.w, o, row);
-        for (int t = 0; t < N; t++) {
-            double a = 0;
-            for (int i = 0; i < C; i++)
-                a += fabs((double)row[i] * x[t * C + i]);
-            mag[t * R + o] = (float)a;
-        }
-    }
+    sum_abs(&m.w, x, N, mag);
     for (int n = 1; n <= N; n += N - 1) {
         run_matmul(MC_KPATH_SCALAR, 1, &m.w, x, n, C, want, R);
         run_matmul(p, 1, &m.w, x, n, C, got, R);
@@ -517,7 +527,7 @@ static void test_bf16_special(void)
     enum { R = 19, C = 96, N = 24 };
     test_mat m;
     make_mat(&m, MC_DT_BF16, R, C, 0, 0);
-    float x[N * C], want[N * R], got[N * R], mag[N * R], row[C];
+    float x[N * C], want[N * R], got[N * R], mag[N * R];
     fill(x, (size_t)N * C, 1.0f);
     x[0 * C + 5] = INFINITY;
     x[1 * C + 40] = -INFINITY;
@@ -526,16 +536,7 @@ static void test_bf16_special(void)
         x[3 * C + i] = ldexpf((float)((1 << 24) - 1 - 2 * i), -24 - (i % 5)); /* every bit */
         x[4 * C + i] = ldexpf(x[4 * C + i], -100);
     }
-    mc_kernels_set_path(MC_KPATH_SCALAR);
-    for (int o = 0; o < R; o++) {
-        mc_mat_row_f32(&m.w, o, row);
-        for (int t = 0; t < N; t++) {
-            double a = 0;
-            for (int i = 0; i < C; i++)
-                a += fabs((double)row[i] * x[t * C + i]);
-            mag[t * R + o] = (float)a;
-        }
-    }
+    sum_abs(&m.w, x, N, mag);
     run_matmul(MC_KPATH_SCALAR, 1, &m.w, x, N, C, want, R);
     run_matmul(MC_KPATH_AMX, 1, &m.w, x, N, C, got, R);
     for (int o = 0; o < R; o++) /* the non-finite rows: same class as scalar */
