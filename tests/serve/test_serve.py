@@ -492,11 +492,10 @@ def test_clients(srv):
         check(e.status_code == 400, "openai: a bad request raises BadRequestError (400)")
 
 
-def test_killed_worker(srv):
-    s, out = srv.get("/health")
-    pid = json.loads(out)["worker_pid"]
+def start_pair(srv, body):
+    """A plain and a streamed completion, both running (/metrics); the plain
+    one's result lands in results from its own thread."""
     results = {}
-    body = {"prompt": "a b c", "max_tokens": 2000, "temperature": 0, "ignore_eos": True}
 
     def plain():
         try:
@@ -513,7 +512,31 @@ def test_killed_worker(srv):
     r = c.getresponse()
     first = r.readline()
     running = wait_metrics(srv, lambda m: m.get("moecluster:num_requests_running") == 2)
-    check(running, "both requests are running before the kill (/metrics)")
+    return results, th, c, r, first, running
+
+
+def test_killed_worker(srv):
+    s, out = srv.get("/health")
+    pid = json.loads(out)["worker_pid"]
+    body = {"prompt": "a b c", "max_tokens": 2000, "temperature": 0, "ignore_eos": True}
+    # The tiny model writes 2000 tokens in well under a second: the worker is
+    # stopped (SIGSTOP) once both requests run, and the kill comes only if they
+    # are still running while it is stopped (else it goes on and the pair is
+    # sent again), so the kill always meets two requests in flight.
+    for attempt in range(5):
+        results, th, c, r, first, running = start_pair(srv, body)
+        os.kill(pid, signal.SIGSTOP)
+        time.sleep(0.2)  # lets the server take in what the worker sent before it stopped
+        s, m = metrics(srv)
+        frozen = running and s == 200 and m.get("moecluster:num_requests_running") == 2
+        if frozen:
+            break
+        os.kill(pid, signal.SIGCONT)
+        r.read()
+        c.close()
+        th.join(timeout=60)
+        print(f"   attempt {attempt + 1}: the requests ended before the worker was stopped")
+    check(frozen, "both requests are running before the kill (/metrics, worker stopped)")
     health = []
     stop = threading.Event()
 
