@@ -11,6 +11,7 @@
 
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 static mc_status flat(const mc_tensor *t, int64_t a, int64_t b, mc_tensor *out, mc_err *err)
 {
@@ -18,26 +19,134 @@ static mc_status flat(const mc_tensor *t, int64_t a, int64_t b, mc_tensor *out, 
     return mc_tensor_reshape(t, 2, shape, out, err);
 }
 
+/* Keeps p (malloc'ed) until the executor is freed; frees it and fails when
+ * the list cannot grow. */
+static mc_status keep_host(mc_step_exec *ex, void *p, mc_err *err)
+{
+    void **h = p ? realloc(ex->host, (ex->n_host + 1) * sizeof *h) : NULL;
+    if (!h) {
+        free(p);
+        return mc_err_set(err, MC_ERR_NOMEM, "step: out of memory for a copy of kv_b");
+    }
+    ex->host = h;
+    ex->host[ex->n_host++] = p;
+    return MC_OK;
+}
+
+static int gcd_int(int a, int b)
+{
+    while (b) {
+        int t = a % b;
+        a = b;
+        b = t;
+    }
+    return a;
+}
+
+/* The block edge along a run of rows [r0, r0 + n) of a weight cut in blocks
+ * of br rows such that no block of the run straddles two of the weight's:
+ * br when r0 is on a block edge, else gcd(br, r0 mod br). */
+static int run_block(int r0, int br)
+{
+    return r0 % br ? gcd_int(br, r0 % br) : br;
+}
+
+/* An FP8 kv_b with block scales (DeepSeek's checkpoints): each head's
+ * W_kb[h]^T (lr, nope) and W_vb[h] (vd, lr) copied as FP8 codes, the first
+ * transposed, each with its own grid of the weight's scales (blocks of the
+ * copy never straddle two of the weight's: run_block), so the products stay
+ * FP8 times a block scale (1 byte a weight, the FP8 tile and decode kernels)
+ * instead of an F32 copy (4 bytes a weight, the scale rounded into each). */
+static mc_status bind_kv_b_fp8(mc_step_exec *ex, const mc_mat *kvb, mc_step_layer *o, mc_err *err)
+{
+    const mc_model_desc *d = &ex->m->d;
+    int nh = ex->nh, nope = d->qk_nope_dim, vd = d->v_head_dim, lr = d->kv_lora_rank;
+    int br = kvb->block_rows, bc = kvb->block_cols;
+    const unsigned char *src = kvb->data;
+    /* per head: codes kb (lr * nope) then vb (vd * lr); then every grid */
+    size_t codes = (size_t)nh * (size_t)(nope + vd) * (size_t)lr;
+    size_t nscale = 0;
+    for (int h = 0; h < nh; h++) {
+        int h0 = h * (nope + vd);
+        int gk = run_block(h0, br), gv = run_block(h0 + nope, br);
+        nscale += (size_t)((lr + bc - 1) / bc) * (size_t)((nope + gk - 1) / gk) +
+                  (size_t)((vd + gv - 1) / gv) * (size_t)((lr + bc - 1) / bc);
+    }
+    size_t soff = (codes + 63) & ~(size_t)63, bytes = soff + nscale * sizeof(float);
+    unsigned char *mem = malloc(bytes);
+    mc_status st;
+    if ((st = keep_host(ex, mem, err)) != MC_OK)
+        return st;
+    float *grid = (float *)(mem + soff);
+    mc_buffer *b;
+    if (!(o->kb = calloc((size_t)2 * nh, sizeof *o->kb)))
+        return mc_err_set(err, MC_ERR_NOMEM, "step: out of memory for kv_b views");
+    o->vb = o->kb + nh;
+    /* fill everything first: a backend may take a copy when wrapping */
+    size_t c = 0, g = 0;
+    for (int h = 0; h < nh; h++) {
+        int h0 = h * (nope + vd), v0 = h0 + nope;
+        int gk = run_block(h0, br), gv = run_block(v0, br);
+        int scb = (lr + bc - 1) / bc;
+        for (int i = 0; i < lr; i++) /* kb[h]^T[i][j] = kv_b[h0 + j][i] */
+            for (int j = 0; j < nope; j++)
+                mem[c + (size_t)i * nope + j] = src[(size_t)(h0 + j) * kvb->row_stride + i];
+        c += (size_t)lr * nope;
+        for (int a = 0; a < scb; a++) /* rows: blocks of bc over kv_b's columns */
+            for (int j = 0; j < (nope + gk - 1) / gk; j++)
+                grid[g++] = kvb->scale[(size_t)((h0 + j * gk) / br) * kvb->scale_cols + a];
+        for (int r = 0; r < vd; r++)
+            memcpy(mem + c + (size_t)r * lr, src + (size_t)(v0 + r) * kvb->row_stride, (size_t)lr);
+        c += (size_t)vd * lr;
+        for (int r = 0; r < (vd + gv - 1) / gv; r++)
+            for (int a = 0; a < scb; a++)
+                grid[g++] = kvb->scale[(size_t)((v0 + r * gv) / br) * kvb->scale_cols + a];
+    }
+    if ((st = mc_step_wrap(ex, mem, bytes, &b, err)) != MC_OK)
+        return st;
+    c = 0;
+    g = 0;
+    for (int h = 0; h < nh; h++) {
+        int h0 = h * (nope + vd), v0 = h0 + nope;
+        int gk = run_block(h0, br), gv = run_block(v0, br);
+        int scb = (lr + bc - 1) / bc, skc = (nope + gk - 1) / gk, svr = (vd + gv - 1) / gv;
+        mc_tensor sk, sv;
+        if ((st = mc_tensor_init_2d(&o->kb[h], b, c, MC_DT_F8_E4M3, lr, nope, err)) != MC_OK ||
+            (st = mc_tensor_init_2d(&sk, b, soff + g * sizeof(float), MC_DT_F32, scb, skc, err)) !=
+                MC_OK ||
+            (st = mc_tensor_set_scales(&o->kb[h], &sk, bc, gk, err)) != MC_OK)
+            return st;
+        c += (size_t)lr * nope;
+        g += (size_t)scb * skc;
+        if ((st = mc_tensor_init_2d(&o->vb[h], b, c, MC_DT_F8_E4M3, vd, lr, err)) != MC_OK ||
+            (st = mc_tensor_init_2d(&sv, b, soff + g * sizeof(float), MC_DT_F32, svr, scb, err)) !=
+                MC_OK ||
+            (st = mc_tensor_set_scales(&o->vb[h], &sv, gv, bc, err)) != MC_OK)
+            return st;
+        c += (size_t)vd * lr;
+        g += (size_t)svr * scb;
+    }
+    return MC_OK;
+}
+
 /* W_kb[h]^T (lr, nope) and W_vb[h] (vd, lr) of every head, out of kv_b
  * (nh * (nope + vd), lr): views of the weight itself when it is an element
- * type, else of an F32 copy made once here (block formats and FP8 have no
- * transposed storage). */
+ * type; FP8 with block scales: FP8 copies (bind_kv_b_fp8); else views of an
+ * F32 copy made once here (block formats have no transposed storage). */
 static mc_status bind_kv_b(mc_step_exec *ex, const mc_mat *kvb, mc_step_layer *o, mc_err *err)
 {
     const mc_model_desc *d = &ex->m->d;
     int nh = ex->nh, nope = d->qk_nope_dim, vd = d->v_head_dim, lr = d->kv_lora_rank;
     mc_tensor full; /* (nh * (nope + vd), lr) */
     mc_status st;
+    if (kvb->dtype == MC_DT_F8_E4M3 && kvb->scale && !kvb->transposed && kvb->block_rows > 0 &&
+        kvb->block_cols > 0 && kvb->cols == lr && kvb->rows == nh * (nope + vd))
+        return bind_kv_b_fp8(ex, kvb, o, err);
     if (kvb->scale || mc_dtype_is_block(kvb->dtype) || kvb->transposed) {
         size_t n = (size_t)kvb->rows * (size_t)lr;
         float *f = mc_malloc_n(n, sizeof *f);
-        void **h = f ? realloc(ex->host, (ex->n_host + 1) * sizeof *h) : NULL;
-        if (!h) {
-            free(f);
-            return mc_err_set(err, MC_ERR_NOMEM, "step: out of memory for a copy of kv_b");
-        }
-        ex->host = h;
-        ex->host[ex->n_host++] = f;
+        if ((st = keep_host(ex, f, err)) != MC_OK)
+            return st;
         for (int r = 0; r < kvb->rows; r++)
             mc_mat_row_f32(kvb, r, f + (size_t)r * lr);
         mc_buffer *b;
