@@ -51,6 +51,26 @@ static int run_block(int r0, int br)
     return r0 % br ? gcd_int(br, r0 % br) : br;
 }
 
+/* Cells of the scale grid of a rows x cols weight in br x bc blocks. */
+static size_t grid_cells(int rows, int cols, int br, int bc)
+{
+    return (size_t)((rows + br - 1) / br) * (size_t)((cols + bc - 1) / bc);
+}
+
+/* The FP8 codes (rows, cols) at byte c of b as a weight whose br x bc
+ * block scales lie at byte g of b. */
+static mc_status fp8_view(mc_buffer *b, size_t c, size_t g, int rows, int cols, int br, int bc,
+                          mc_tensor *t, mc_err *err)
+{
+    mc_tensor s;
+    mc_status st;
+    if ((st = mc_tensor_init_2d(t, b, c, MC_DT_F8_E4M3, rows, cols, err)) != MC_OK ||
+        (st = mc_tensor_init_2d(&s, b, g, MC_DT_F32, (rows + br - 1) / br, (cols + bc - 1) / bc,
+                                err)) != MC_OK)
+        return st;
+    return mc_tensor_set_scales(t, &s, br, bc, err);
+}
+
 /* An FP8 kv_b with block scales (DeepSeek's checkpoints): each head's
  * W_kb[h]^T (lr, nope) and W_vb[h] (vd, lr) copied as FP8 codes, the first
  * transposed, each with its own grid of the weight's scales (blocks of the
@@ -68,9 +88,8 @@ static mc_status bind_kv_b_fp8(mc_step_exec *ex, const mc_mat *kvb, mc_step_laye
     size_t nscale = 0;
     for (int h = 0; h < nh; h++) {
         int h0 = h * (nope + vd);
-        int gk = run_block(h0, br), gv = run_block(h0 + nope, br);
-        nscale += (size_t)((lr + bc - 1) / bc) * (size_t)((nope + gk - 1) / gk) +
-                  (size_t)((vd + gv - 1) / gv) * (size_t)((lr + bc - 1) / bc);
+        nscale += grid_cells(lr, nope, bc, run_block(h0, br)) +
+                  grid_cells(vd, lr, run_block(h0 + nope, br), bc);
     }
     size_t soff = (codes + 63) & ~(size_t)63, bytes = soff + nscale * sizeof(float);
     unsigned char *mem = malloc(bytes);
@@ -105,26 +124,17 @@ static mc_status bind_kv_b_fp8(mc_step_exec *ex, const mc_mat *kvb, mc_step_laye
     if ((st = mc_step_wrap(ex, mem, bytes, &b, err)) != MC_OK)
         return st;
     c = 0;
-    g = 0;
+    g = soff;
     for (int h = 0; h < nh; h++) {
-        int h0 = h * (nope + vd), v0 = h0 + nope;
-        int gk = run_block(h0, br), gv = run_block(v0, br);
-        int scb = (lr + bc - 1) / bc, skc = (nope + gk - 1) / gk, svr = (vd + gv - 1) / gv;
-        mc_tensor sk, sv;
-        if ((st = mc_tensor_init_2d(&o->kb[h], b, c, MC_DT_F8_E4M3, lr, nope, err)) != MC_OK ||
-            (st = mc_tensor_init_2d(&sk, b, soff + g * sizeof(float), MC_DT_F32, scb, skc, err)) !=
-                MC_OK ||
-            (st = mc_tensor_set_scales(&o->kb[h], &sk, bc, gk, err)) != MC_OK)
+        int gk = run_block(h * (nope + vd), br), gv = run_block(h * (nope + vd) + nope, br);
+        if ((st = fp8_view(b, c, g, lr, nope, bc, gk, &o->kb[h], err)) != MC_OK)
             return st;
         c += (size_t)lr * nope;
-        g += (size_t)scb * skc;
-        if ((st = mc_tensor_init_2d(&o->vb[h], b, c, MC_DT_F8_E4M3, vd, lr, err)) != MC_OK ||
-            (st = mc_tensor_init_2d(&sv, b, soff + g * sizeof(float), MC_DT_F32, svr, scb, err)) !=
-                MC_OK ||
-            (st = mc_tensor_set_scales(&o->vb[h], &sv, gv, bc, err)) != MC_OK)
+        g += grid_cells(lr, nope, bc, gk) * sizeof(float);
+        if ((st = fp8_view(b, c, g, vd, lr, gv, bc, &o->vb[h], err)) != MC_OK)
             return st;
         c += (size_t)vd * lr;
-        g += (size_t)svr * scb;
+        g += grid_cells(vd, lr, gv, bc) * sizeof(float);
     }
     return MC_OK;
 }

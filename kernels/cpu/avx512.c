@@ -317,17 +317,6 @@ static void packed_rows(const mc_mat *w, const float *x, int n, int ldx, float *
     free(panel);
 }
 
-/* 32 E4M3 codes (bytes of v) as f16 bits in 16-bit lanes: sign to bit
- * 15, the 7 magnitude bits to bits 13..7; the f16 is the E4M3 value times
- * 2^-8 (subnormal codes too), except for NaN (0x7f / 0xff), which the
- * caller checks. */
-AI __m512i f8_to_h(__m256i v)
-{
-    __m512i w = _mm512_cvtepu8_epi16(v);
-    return _mm512_or_si512(_mm512_and_si512(_mm512_slli_epi16(w, 7), _mm512_set1_epi16(0x3f80)),
-                           _mm512_and_si512(_mm512_slli_epi16(w, 8), _mm512_set1_epi16((short)0x8000)));
-}
-
 /* Row o of FP8 w (block scales) against x, one weight at a time through
  * fp8x16 (NaN codes widened to NaN): the rows that hold a NaN code. */
 static float fp8_scaled_row_nan(const mc_mat *w, const unsigned char *p, const float *srow,

@@ -303,6 +303,16 @@ typedef struct {
     int chunk; /* rows per task */
 } mm_job;
 
+/* Outputs [c0, c0 + len) of input i of transposed w (Wt[i, c0:c0+len]),
+ * widened to f32 into dst. */
+static void widen_trun(const mc_kops *ops, const mc_mat *w, int i, int c0, int len, float *dst)
+{
+    ops->widen(w->dtype,
+               (const unsigned char *)w->data +
+                   ((size_t)i * w->row_stride + (size_t)c0) * mc_dtype_size(w->dtype),
+               len, dst);
+}
+
 /* Transposed storage (rows of Wt are inputs): stream Wt[i, o0:o1] and
  * accumulate y[t, o0:o1] += x[t, i] * Wt[i, o0:o1], i ascending. */
 static void rows_transposed(const mc_kops *ops, const mc_mat *w, const float *x, int n, int ldx,
@@ -310,15 +320,12 @@ static void rows_transposed(const mc_kops *ops, const mc_mat *w, const float *x,
 {
     enum { TCHUNK = 1024 };
     float row[TCHUNK];
-    size_t es = mc_dtype_size(w->dtype);
     for (int t = 0; t < n; t++)
         memset(y + (size_t)t * ldy + o0, 0, (size_t)(o1 - o0) * sizeof *y);
     for (int c0 = o0; c0 < o1; c0 += TCHUNK) {
         int len = o1 - c0 < TCHUNK ? o1 - c0 : TCHUNK;
         for (int i = 0; i < w->cols; i++) {
-            ops->widen(w->dtype,
-                       (const unsigned char *)w->data + ((size_t)i * w->row_stride + (size_t)c0) * es,
-                       len, row);
+            widen_trun(ops, w, i, c0, len, row);
             for (int t = 0; t < n; t++)
                 ops->axpy(y + (size_t)t * ldy + c0, x[(size_t)t * ldx + i], row, len);
         }
@@ -343,14 +350,11 @@ static void rows_transposed_copy(const mc_kops *ops, const mc_mat *w, const floa
         rows_transposed(ops, w, x, n, ldx, y, ldy, o0, o1);
         return;
     }
-    size_t es = mc_dtype_size(w->dtype);
     float line[TRANS_COPY_ROWS];
     for (int b0 = o0; b0 < o1; b0 += TRANS_COPY_ROWS) {
         int nb = o1 - b0 < TRANS_COPY_ROWS ? o1 - b0 : TRANS_COPY_ROWS;
         for (int i = 0; i < w->cols; i++) {
-            ops->widen(w->dtype,
-                       (const unsigned char *)w->data + ((size_t)i * w->row_stride + (size_t)b0) * es,
-                       nb, line);
+            widen_trun(ops, w, i, b0, nb, line);
             for (int r = 0; r < nb; r++)
                 buf[(size_t)r * w->cols + i] = line[r];
         }
