@@ -319,6 +319,12 @@ int mc_tensor_check(const mc_tensor *t, const char *what, mc_err *err)
             return 0;
         }
     }
+    if (t->pack != 0 && (t->pack != 1 || t->dtype != MC_DT_Q8_0 || t->ndim != 2 || t->transposed ||
+                         t->shape[1] % 256 != 0 || t->row_stride != t->shape[1])) {
+        mc_err_set(err, MC_ERR_ARG, "%s: repacked rows (layout %d) need a 2-D Q8_0 weight, not "
+                   "transposed, columns a multiple of 256 and rows contiguous", what, t->pack);
+        return 0;
+    }
     return 1;
 }
 
@@ -443,6 +449,9 @@ mc_status mc_tensor_view_cols(const mc_tensor *src, int64_t c0, int64_t n, mc_te
     mc_status st = view_range(src, src ? src->ndim - 1 : 0, c0, n, "view_cols", err);
     if (st != MC_OK)
         return st;
+    if (src->pack != 0 && (c0 != 0 || n != src->shape[src->ndim - 1]))
+        return mc_err_set(err, MC_ERR_ARG, "view_cols: the rows are repacked (layout %d): only "
+                          "whole rows can be viewed", src->pack);
     int blk = mc_dtype_block_elems(src->dtype);
     if (c0 % blk != 0)
         return mc_err_set(err, MC_ERR_ARG, "view_cols: c0 = %lld does not start a %s block of %d",

@@ -135,6 +135,9 @@ mc_status mc_op_embed(mc_backend *be, const mc_tensor *table, const mc_tensor *i
         return mc_err_set(err, MC_ERR_ARG, "embed: table is %s with %d dimensions%s (want a 2-D "
                           "weight, not transposed)", mc_dtype_name(table->dtype), table->ndim,
                           table->transposed ? ", transposed" : "");
+    if (table->pack != 0)
+        return mc_err_set(err, MC_ERR_ARG, "embed: table rows are repacked for products (layout "
+                          "%d); an embedding table is read as stored", table->pack);
     if ((ids->dtype != MC_DT_I32 && ids->dtype != MC_DT_I64) || ids->ndim != 1)
         return mc_err_set(err, MC_ERR_ARG, "embed: ids is %s with %d dimensions (want I32 or I64 "
                           "[n])", mc_dtype_name(ids->dtype), ids->ndim);

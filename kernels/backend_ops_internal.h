@@ -12,6 +12,7 @@
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <string.h>
 
 /* A well-formed tensor of backend be; `what` is "op: arg". */
 static inline int arg_ok(mc_backend *be, const mc_tensor *t, const char *what, mc_err *err)
@@ -21,6 +22,11 @@ static inline int arg_ok(mc_backend *be, const mc_tensor *t, const char *what, m
     if (t->buf->be != be) {
         mc_err_set(err, MC_ERR_ARG, "%s: tensor is on the %s backend, not %s", what,
                    t->buf->be->iface.name, be->iface.name);
+        return 0;
+    }
+    if (t->pack != 0 && strcmp(be->iface.name, "cpu") != 0) {
+        mc_err_set(err, MC_ERR_ARG, "%s: its rows are repacked for the CPU kernels (layout %d); "
+                   "the %s backend reads weights as stored", what, t->pack, be->iface.name);
         return 0;
     }
     return 1;

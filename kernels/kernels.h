@@ -42,7 +42,32 @@ typedef struct {
      * multiplies the stored value; NULL for unscaled weights. */
     const float *scale;
     int block_rows, block_cols, scale_cols;
+    /* The rows' layout: MC_MAT_PACK_NONE (0) as stored, or a kernel path's
+     * repack made at load (mc_mat_pack). */
+    int pack;
 } mc_mat;
+
+/* Q8_0 rows repacked for VNNI dot products (same bytes per row, so row
+ * views and strides work unchanged): per row of nb blocks (nb a multiple
+ * of 8), first the int8 values as unsigned bytes (w + 128), in groups of
+ * 16 blocks (512 bytes) where byte 64k + 4j + c is value 4k + c of the
+ * group's block j (k < 8, j < 16, c < 4), the last 8 blocks (when nb is
+ * not a multiple of 16) likewise in 256 bytes (32k + 4j + c); then the nb
+ * f16 scales in block order. A 512-bit vector of a group holds four values
+ * of each of 16 blocks, so one vpdpbusd chain of 8 steps sums 16 blocks
+ * at once, with one conversion and one FMA per 512 weights. */
+enum { MC_MAT_PACK_NONE = 0, MC_MAT_PACK_Q8_0_X16 = 1 };
+
+/* Rewrites w's rows in place into the current kernel path's repacked
+ * layout for its dtype when the path reads one (avx512: Q8_0 rows of a
+ * multiple of 256 columns, contiguous, not transposed) and sets w->pack;
+ * returns 1 if it did, 0 if w stays as it is. w->data must be writable
+ * memory the caller owns (a copy, not a file mapping). Products and
+ * mc_mat_row_f32 give the same results on every path for a packed and an
+ * unpacked w (paths without the layout unpack rows as they read them). */
+int mc_mat_pack(mc_mat *w);
+/* Whether the current path repacks matrices of dtype dt (mc_mat_pack). */
+int mc_kernels_packs(mc_dtype dt);
 
 /* Dequantizes (logical) row r of w into dst[w->cols]. */
 void mc_mat_row_f32(const mc_mat *w, int r, float *dst);

@@ -45,6 +45,7 @@ static inline mc_status mc_model_quant_mat_(mc_model *m, mc_mat *w, mc_dtype tar
     if (!mc_model_own(m, store))
         return mc_err_set(err, MC_ERR_NOMEM, "out of memory");
     *w = q;
+    (void)mc_mat_pack(w); /* the kernel path's layout, where it has one */
     return MC_OK;
 }
 
@@ -105,8 +106,10 @@ static inline mc_status mc_model_quant_experts_(mc_model *m, mc_ffn_w *ex, int n
             st = mc_err_set(err, MC_ERR_NOMEM, "out of memory");
             goto fail;
         }
-        for (int i = 0; i < n; i++)
+        for (int i = 0; i < n; i++) {
             *where[i] = dst[i];
+            (void)mc_mat_pack(where[i]);
+        }
     }
 fail:
     free(src);
@@ -172,13 +175,59 @@ static inline mc_status mc_model_resident_group_(mc_model *m, mc_mat **mats, int
             st = mc_err_set(err, MC_ERR_NOMEM, "out of memory");
             goto done;
         }
-        for (int i = 0; i < k; i++)
+        for (int i = 0; i < k; i++) {
             *where[i] = dst[i];
+            (void)mc_mat_pack(where[i]);
+        }
     }
 done:
     free(where);
     free(dst);
     return st;
+}
+
+/* The bound matrices of the decoder stack and the LM head (when it is not
+ * the embedding) for which pred(w, arg) holds. */
+static inline int mc_model_count_mats(const mc_model *m, int (*pred)(const mc_mat *, int), int arg)
+{
+    const mc_model_desc *d = &m->d;
+    int n = 0;
+    if (m->v4)
+        return 0;
+    for (int l = 0; l < d->n_layers; l++) {
+        const mc_layer_w *w = &m->layers[l];
+        const mc_mat *one[] = {&w->q_a, &w->q_b, &w->q_proj, &w->kv_a, &w->kv_b, &w->wq, &w->wk,
+                               &w->wv, &w->wo, &w->dense.gate, &w->dense.up, &w->dense.down,
+                               &w->shared.gate, &w->shared.up, &w->shared.down};
+        for (size_t i = 0; i < sizeof one / sizeof one[0]; i++)
+            n += one[i]->data && one[i]->rows > 0 && pred(one[i], arg);
+        for (int e = 0; w->moe && w->experts && e < d->n_experts; e++) {
+            const mc_mat *ex[] = {&w->experts[e].gate, &w->experts[e].up, &w->experts[e].down};
+            for (int k = 0; k < 3; k++)
+                n += ex[k]->data && ex[k]->rows > 0 && pred(ex[k], arg);
+        }
+    }
+    if (m->lm_head.data && m->lm_head.data != m->embed.data && pred(&m->lm_head, arg))
+        n++;
+    return n;
+}
+
+/* still read in place in dtype arg (mc_model_resident would copy it) */
+static inline int mc_model_mapped_(const mc_mat *w, int dt)
+{
+    return (int)w->dtype == dt && w->pack == MC_MAT_PACK_NONE;
+}
+
+static inline int mc_model_packed_(const mc_mat *w, int layout)
+{
+    return w->pack == layout;
+}
+
+/* Whether a matrix of dtype dt is still read from the file's mapping as
+ * stored (mc_model_resident would copy it, and mc_mat_pack repack it). */
+static inline int mc_model_maps_dtype(const mc_model *m, mc_dtype dt)
+{
+    return mc_model_count_mats(m, mc_model_mapped_, (int)dt) > 0;
 }
 
 /* `--no-mmap`: weights used as stored, read from memory: every bound

@@ -157,6 +157,7 @@ mc_status mc_step_mat(mc_step_exec *ex, const mc_mat *w, const char *what, mc_te
     t->shape[1] = w->cols;
     t->row_stride = (int64_t)w->row_stride;
     t->transposed = w->transposed;
+    t->pack = w->pack;
     size_t bytes = mc_tensor_extent(t);
     if (bytes == 0)
         return mc_err_set(err, MC_ERR_INTERNAL, "step: weight %s (%s, %d x %d) has no extent", what,

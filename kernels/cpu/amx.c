@@ -887,6 +887,7 @@ static void init_once(void)
     mc_kops_amx.pack_qact_bytes = pack_bytes;
     mc_kops_amx.pack_qact = pack;
     mc_kops_amx.int8_burn = int8_burn;
+    mc_kops_amx.packs_q8_0 = 0; /* its tiles read Q8_0 rows as stored */
     {
         unsigned a, b, c, d; /* CPUID.(7,0):EDX[22] AMX-BF16 */
         __cpuid_count(7, 0, a, b, c, d);

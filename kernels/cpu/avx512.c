@@ -450,6 +450,114 @@ AI __m512i q8_0_load2(const unsigned char *p, int two, __m512 *sc)
                               hi, 1);
 }
 
+/* ---- Q8_0 rows repacked at load (MC_MAT_PACK_Q8_0_X16, kernels.h) ---- */
+
+/* The tokens of a product against repacked rows, made once per product
+ * (pack_qact): per token its values interleaved as the rows' (32 * nb
+ * bytes), then for all tokens -128 times each block's sum (nb int32 a
+ * token: vpdpbusd sums (w + 128) x). */
+static size_t pack_qact_bytes(const mc_mat *w, int n)
+{
+    if (w->pack != MC_MAT_PACK_Q8_0_X16)
+        return 0;
+    return (size_t)n * (size_t)(w->cols / MC_QK8_0) * 36;
+}
+
+static void pack_qact(const mc_mat *w, const mc_qact *a, void *dst)
+{
+    (void)w;
+    int nb = a->kp / MC_QK8_0, full = nb / 16 * 16;
+    int32_t *corr = (int32_t *)((int8_t *)dst + (size_t)a->n * nb * 32);
+    for (int t = 0; t < a->n; t++) {
+        const int8_t *q = a->q + (size_t)t * a->kp;
+        int8_t *xi = (int8_t *)dst + (size_t)t * nb * 32;
+        for (int b = 0; b < nb; b += 16) {
+            int g = b < full ? 16 : 8; /* blocks in the group; a chunk of 4 values each */
+            for (int j = 0; j < g; j++) {
+                const int8_t *blk = q + (size_t)(b + j) * 32;
+                int32_t sum = 0;
+                for (int k = 0; k < 8; k++)
+                    memcpy(xi + (size_t)b * 32 + (size_t)(k * g + j) * 4, blk + 4 * k, 4);
+                for (int i = 0; i < 32; i++)
+                    sum += blk[i];
+                corr[(size_t)t * nb + b + j] = -128 * sum;
+            }
+        }
+    }
+}
+
+/* Out of memory for the token's repack: the repacked rows one value at a
+ * time (same integer block sums; another order of float additions). */
+static void rows_q8_0_x16_scalar(const mc_mat *w, const mc_qact *a, float *y, int ldy, int r0,
+                                 int r1)
+{
+    int nb = a->kp / MC_QK8_0;
+    for (int t = 0; t < a->n; t++)
+        for (int o = r0; o < r1; o++) {
+            const unsigned char *row = mc_row_ptr(w, o);
+            const int8_t *q = a->q + (size_t)t * a->kp;
+            float acc = 0.0f;
+            for (int j = 0; j < nb; j++) {
+                int32_t sum = 0;
+                for (int i = 0; i < 32; i++)
+                    sum += ((int32_t)row[mc_x16_at(nb, j, i)] - 128) * q[(size_t)j * 32 + i];
+                uint16_t h;
+                memcpy(&h, row + (size_t)32 * nb + 2 * (size_t)j, 2);
+                acc += (float)sum * (mc_kf16(h) * a->d[(size_t)t * nb + j]);
+            }
+            y[(size_t)t * ldy + o] = acc;
+        }
+}
+
+/* One repacked row against one token: per group of 16 blocks, 8 vpdpbusd
+ * in four chains (one lane per block), one conversion, one multiply of
+ * the 16 weight scales by the 16 activation scales, one FMA; the last 8
+ * blocks alike in 256 bits. */
+AI float q8_0_row1_x16(const unsigned char *row, const int8_t *xi, const int32_t *corr,
+                       const float *xd, int nb)
+{
+    const __m512i z = _mm512_setzero_si512();
+    const unsigned char *sc = row + (size_t)32 * nb;
+    __m512 acc = _mm512_setzero_ps();
+    int full = nb / 16 * 16, b = 0;
+    for (; b < full; b += 16) {
+        const unsigned char *q = row + (size_t)b * 32;
+        const int8_t *x = xi + (size_t)b * 32;
+        __m512i i0 = _mm512_loadu_si512((const void *)(corr + b)), i1 = z, i2 = z, i3 = z;
+#pragma GCC unroll 2
+        for (int k = 0; k < 8; k += 4) {
+            i0 = _mm512_dpbusd_epi32(i0, _mm512_loadu_si512((const void *)(q + 64 * k)),
+                                     _mm512_load_si512((const void *)(x + 64 * k)));
+            i1 = _mm512_dpbusd_epi32(i1, _mm512_loadu_si512((const void *)(q + 64 * k + 64)),
+                                     _mm512_load_si512((const void *)(x + 64 * k + 64)));
+            i2 = _mm512_dpbusd_epi32(i2, _mm512_loadu_si512((const void *)(q + 64 * k + 128)),
+                                     _mm512_load_si512((const void *)(x + 64 * k + 128)));
+            i3 = _mm512_dpbusd_epi32(i3, _mm512_loadu_si512((const void *)(q + 64 * k + 192)),
+                                     _mm512_load_si512((const void *)(x + 64 * k + 192)));
+        }
+        __m512i si = _mm512_add_epi32(_mm512_add_epi32(i0, i1), _mm512_add_epi32(i2, i3));
+        __m512 wd = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(sc + 2 * (size_t)b)));
+        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(si), _mm512_mul_ps(wd, _mm512_loadu_ps(xd + b)), acc);
+    }
+    if (b < nb) { /* 8 blocks */
+        const unsigned char *q = row + (size_t)b * 32;
+        const int8_t *x = xi + (size_t)b * 32;
+        __m256i i0 = _mm256_loadu_si256((const __m256i *)(corr + b)), i1 = _mm256_setzero_si256();
+#pragma GCC unroll 4
+        for (int k = 0; k < 8; k += 2) {
+            i0 = _mm256_dpbusd_epi32(i0, _mm256_loadu_si256((const __m256i *)(q + 32 * k)),
+                                     _mm256_load_si256((const __m256i *)(x + 32 * k)));
+            i1 = _mm256_dpbusd_epi32(i1, _mm256_loadu_si256((const __m256i *)(q + 32 * k + 32)),
+                                     _mm256_load_si256((const __m256i *)(x + 32 * k + 32)));
+        }
+        __m256 wd = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(sc + 2 * (size_t)b)));
+        __m256 p = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(i0, i1)),
+                                 _mm256_mul_ps(wd, _mm256_loadu_ps(xd + b)));
+        acc = _mm512_add_ps(acc, _mm512_zextps256_ps512(p));
+    }
+    return _mm512_reduce_add_ps(acc);
+}
+
 /* Rows [o, o + R) of w into dst[R][steps][2] (64-byte aligned). */
 static void q8_0_pack_rows(const mc_mat *w, int o, int R, int nb, __m512i *dst)
 {
@@ -584,6 +692,125 @@ AI float q8_0_row1(const unsigned char *row, const __m512i *xp, int nb)
     return _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));
 }
 
+/* R repacked rows x T tokens (pack_qact's values xi, sums corr, scales
+ * xd of each): per group of 16 blocks (the last 8 zero-extended), one
+ * vpdpbusd chain per row and token over the group's 8 vectors (one lane a
+ * block), then one conversion, one multiply of weight by token scales and
+ * one FMA. Every (row, token) goes through the same operations whatever R
+ * and T (threads bitwise equal). */
+AI void q8_0_tile_x16(int R, int T, const unsigned char *const *wr, const int8_t *const *xi,
+                      const int32_t *const *corr, const float *const *xd, int nb, float *y,
+                      int ldy)
+{
+    __m512 f[4][3];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 3
+        for (int t = 0; t < T; t++)
+            f[r][t] = _mm512_setzero_ps();
+    for (int b = 0; b < nb; b += 16) {
+        int g16 = b + 16 <= nb;
+        __mmask16 m = g16 ? (__mmask16)0xffff : (__mmask16)0x00ff;
+        __m512i acc[4][3];
+#pragma GCC unroll 3
+        for (int t = 0; t < T; t++) {
+            __m512i c = _mm512_maskz_loadu_epi32(m, corr[t] + b);
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++)
+                acc[r][t] = c;
+        }
+        for (int k = 0; k < 8; k++) {
+            __m512i wv[4];
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++)
+                wv[r] = g16 ? _mm512_loadu_si512((const void *)(wr[r] + (size_t)b * 32 + 64 * k))
+                            : _mm512_zextsi256_si512(_mm256_loadu_si256(
+                                  (const __m256i *)(wr[r] + (size_t)b * 32 + 32 * k)));
+#pragma GCC unroll 3
+            for (int t = 0; t < T; t++) {
+                __m512i xv = g16 ? _mm512_load_si512((const void *)(xi[t] + (size_t)b * 32 + 64 * k))
+                                 : _mm512_zextsi256_si512(_mm256_load_si256(
+                                       (const __m256i *)(xi[t] + (size_t)b * 32 + 32 * k)));
+#pragma GCC unroll 4
+                for (int r = 0; r < R; r++)
+                    acc[r][t] = _mm512_dpbusd_epi32(acc[r][t], wv[r], xv);
+            }
+        }
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+            const unsigned char *sc = wr[r] + (size_t)32 * nb + 2 * (size_t)b;
+            __m512 wd = _mm512_cvtph_ps(g16 ? _mm256_loadu_si256((const __m256i *)sc)
+                                            : _mm256_zextsi128_si256(_mm_loadu_si128((const __m128i *)sc)));
+#pragma GCC unroll 3
+            for (int t = 0; t < T; t++)
+                f[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r][t]),
+                                          _mm512_mul_ps(wd, _mm512_maskz_loadu_ps(m, xd[t] + b)),
+                                          f[r][t]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 3
+        for (int t = 0; t < T; t++)
+            y[(size_t)t * ldy + r] = _mm512_reduce_add_ps(f[r][t]);
+}
+
+#define Q8_0_X16_T(R, T, wr, xi, corr, xd, nb, y, ldy)                                            \
+    do {                                                                                           \
+        switch (T) {                                                                               \
+        case 1: q8_0_tile_x16(R, 1, wr, xi, corr, xd, nb, y, ldy); break;                         \
+        case 2: q8_0_tile_x16(R, 2, wr, xi, corr, xd, nb, y, ldy); break;                         \
+        default: q8_0_tile_x16(R, 3, wr, xi, corr, xd, nb, y, ldy); break;                        \
+        }                                                                                          \
+    } while (0)
+
+/* Repacked rows [r0, r1) x a->n tokens from pack_qact's repack: one token
+ * a row at a time (q8_0_row1_x16), more in tiles of 4 rows x 3 tokens over
+ * blocks of rows of about QBLOCK_BYTES (kept in L2 while every group of
+ * tokens passes over them). */
+static void rows_q8_0_x16(const mc_mat *w, const mc_qact *a, float *y, int ldy, int r0, int r1)
+{
+    int nb = a->kp / MC_QK8_0;
+    const int8_t *xi = a->pack;
+    const int32_t *corr = (const int32_t *)(xi + (size_t)a->n * nb * 32);
+    if (a->n == 1) {
+        for (int o = r0; o < r1; o++)
+            y[o] = q8_0_row1_x16(mc_row_ptr(w, o), xi, corr, a->d, nb);
+        return;
+    }
+    size_t row_bytes = (size_t)nb * 34;
+    int rb = (int)(QBLOCK_BYTES / row_bytes) & ~3;
+    if (rb < 4)
+        rb = 4;
+    for (int o0 = r0; o0 < r1; o0 += rb) {
+        int nr = r1 - o0 < rb ? r1 - o0 : rb;
+        for (int t0 = 0; t0 < a->n; t0 += 3) {
+            int T = a->n - t0 < 3 ? a->n - t0 : 3;
+            const int8_t *xt[3];
+            const int32_t *ct[3];
+            const float *dt[3];
+            for (int t = 0; t < T; t++) {
+                xt[t] = xi + (size_t)(t0 + t) * nb * 32;
+                ct[t] = corr + (size_t)(t0 + t) * nb;
+                dt[t] = a->d + (size_t)(t0 + t) * nb;
+            }
+            for (int o = 0; o < nr; o += 4) {
+                const unsigned char *wr[4];
+                int R = nr - o < 4 ? nr - o : 4;
+                for (int r = 0; r < R; r++)
+                    wr[r] = mc_row_ptr(w, o0 + o + r);
+                float *yt = y + (size_t)t0 * ldy + o0 + o;
+                switch (R) {
+                case 1: Q8_0_X16_T(1, T, wr, xt, ct, dt, nb, yt, ldy); break;
+                case 2: Q8_0_X16_T(2, T, wr, xt, ct, dt, nb, yt, ldy); break;
+                case 3: Q8_0_X16_T(3, T, wr, xt, ct, dt, nb, yt, ldy); break;
+                default: Q8_0_X16_T(4, T, wr, xt, ct, dt, nb, yt, ldy); break;
+                }
+            }
+        }
+    }
+}
+
 /* Q8_0 weights: rows [r0, r1) x a->n tokens (header in kern.h). One token
  * reads the rows in place (q8_0_row1); more use the repacked tiles, in
  * scratch allocated and freed here (out of memory: the scalar path). */
@@ -591,6 +818,13 @@ static void rows_q8_0(const mc_mat *w, const mc_qact *a, float *y, int ldy, int 
 {
     int nb = a->kp / MC_QK8_0;
     int steps = (nb + 1) / 2;
+    if (w->pack == MC_MAT_PACK_Q8_0_X16) {
+        if (a->pack)
+            rows_q8_0_x16(w, a, y, ldy, r0, r1);
+        else /* the front end had no memory for the repack */
+            rows_q8_0_x16_scalar(w, a, y, ldy, r0, r1);
+        return;
+    }
     if (a->n == 1) {
         __m512i *xp = aligned_alloc(64, (size_t)steps * 3 * 64);
         if (!xp) {
@@ -1140,4 +1374,7 @@ const mc_kops mc_kops_avx512 = {
     .swiglu = swiglu,
     .fma_burn = fma_burn,
     .stream_sum = stream_sum,
+    .pack_qact_bytes = pack_qact_bytes,
+    .pack_qact = pack_qact,
+    .packs_q8_0 = 1,
 };

@@ -57,7 +57,7 @@ static inline mc_mat to_mat(const mc_tensor *t)
 {
     mc_mat m = {.dtype = t->dtype, .rows = (int)t->shape[0], .cols = (int)t->shape[1],
                 .row_stride = (size_t)t->row_stride, .transposed = t->transposed,
-                .data = at(t)};
+                .data = at(t), .pack = t->pack};
     if (t->scale_buf) {
         m.scale = (const float *)((const unsigned char *)mc_buffer_mem(t->scale_buf) +
                                   t->scale_offset);

@@ -90,7 +90,26 @@ typedef struct {
     double (*bf16_burn)(long iters);
     /* sum of the 64-bit words of p[bytes] (bytes a multiple of 256): a read stream */
     uint64_t (*stream_sum)(const void *p, size_t bytes);
+    /* 1: rows_q8_0 reads MC_MAT_PACK_Q8_0_X16 rows itself, and load-time
+     * copies of Q8_0 matrices are repacked so (mc_mat_pack); 0: the front
+     * end hands it unpacked copies of such rows. */
+    int packs_q8_0;
 } mc_kops;
+
+/* Byte offset of value i (< 32) of block j in a MC_MAT_PACK_Q8_0_X16 row
+ * of nb blocks (kernels.h); the scales follow at 32 * nb. */
+static inline size_t mc_x16_at(int nb, int j, int i)
+{
+    int full = nb / 16 * 16;
+    if (j < full)
+        return (size_t)(j / 16) * 512 + (size_t)(i / 4) * 64 + (size_t)(j % 16) * 4 + (size_t)(i % 4);
+    return (size_t)full * 32 + (size_t)(i / 4) * 32 + (size_t)(j - full) * 4 + (size_t)(i % 4);
+}
+
+/* One row of nb Q8_0 blocks (34 bytes each: f16 scale, 32 int8) into the
+ * X16 layout and back (nb a multiple of 8; src and dst do not overlap). */
+void mc_q8_0_x16_pack_row(const unsigned char *src, int nb, unsigned char *dst);
+void mc_q8_0_x16_unpack_row(const unsigned char *src, int nb, unsigned char *dst);
 
 extern const mc_kops mc_kops_scalar;
 #ifdef MC_HAVE_AVX2

@@ -365,6 +365,111 @@ static void rows_transposed_copy(const mc_kops *ops, const mc_mat *w, const floa
     free(buf);
 }
 
+/* ---- repacked rows (kernels.h: mc_mat_pack) ---- */
+
+void mc_q8_0_x16_pack_row(const unsigned char *src, int nb, unsigned char *dst)
+{
+    int full = nb / 16 * 16;
+    for (int b = 0; b < nb; b += 16) {
+        int g = b < full ? 16 : 8; /* blocks in the group */
+        unsigned char *grp = dst + (size_t)b * 32;
+        for (int j = 0; j < g; j++) {
+            const unsigned char *blk = src + (size_t)(b + j) * 34;
+            memcpy(dst + (size_t)32 * nb + (size_t)2 * (b + j), blk, 2);
+            for (int k = 0; k < 8; k++) {
+                uint32_t v;
+                memcpy(&v, blk + 2 + 4 * k, 4);
+                v ^= 0x80808080u;
+                memcpy(grp + (size_t)(k * g + j) * 4, &v, 4);
+            }
+        }
+    }
+}
+
+void mc_q8_0_x16_unpack_row(const unsigned char *src, int nb, unsigned char *dst)
+{
+    for (int j = 0; j < nb; j++) {
+        unsigned char *b = dst + (size_t)j * 34;
+        memcpy(b, src + (size_t)32 * nb + (size_t)2 * j, 2);
+        for (int i = 0; i < 32; i++)
+            b[2 + i] = (unsigned char)(src[mc_x16_at(nb, j, i)] ^ 0x80u);
+    }
+}
+
+int mc_kernels_packs(mc_dtype dt)
+{
+    return dt == MC_DT_Q8_0 && mc_kops_current()->packs_q8_0;
+}
+
+typedef struct {
+    unsigned char *p, *tmp; /* the matrix; a row of scratch per task */
+    int rows, nb, chunk;
+} pack_job;
+
+static void pack_task(void *ctx, int task, int thread)
+{
+    (void)thread;
+    const pack_job *j = ctx;
+    size_t rb = (size_t)j->nb * 34;
+    unsigned char *tmp = j->tmp + (size_t)task * rb;
+    int r1 = (task + 1) * j->chunk < j->rows ? (task + 1) * j->chunk : j->rows;
+    for (int r = task * j->chunk; r < r1; r++) {
+        unsigned char *at = j->p + (size_t)r * rb;
+        memcpy(tmp, at, rb);
+        mc_q8_0_x16_pack_row(tmp, j->nb, at);
+    }
+}
+
+int mc_mat_pack(mc_mat *w)
+{
+    if (!w->data || w->pack != MC_MAT_PACK_NONE || w->transposed || !mc_kernels_packs(w->dtype) ||
+        w->rows <= 0 || w->cols <= 0 || w->cols % (8 * MC_QK8_0) != 0 ||
+        w->row_stride != (size_t)w->cols)
+        return 0;
+    mc_pool *pool = mc_kernels_pool();
+    int nt = pool ? mc_pool_threads(pool) : 1;
+    /* the caller's own copy (see kernels.h) */
+    pack_job j = {.p = (unsigned char *)w->data, .rows = w->rows, .nb = w->cols / MC_QK8_0};
+    j.chunk = (w->rows + 4 * nt - 1) / (4 * nt);
+    int tasks = (w->rows + j.chunk - 1) / j.chunk;
+    if (!(j.tmp = malloc((size_t)tasks * (size_t)j.nb * 34)))
+        return 0; /* stays as stored: every path reads that too */
+    mc_pool_run(pool, tasks, pack_task, &j);
+    free(j.tmp);
+    w->pack = MC_MAT_PACK_Q8_0_X16;
+    return 1;
+}
+
+/* Rows UNPACK_ROWS at a time of a repacked Q8_0 matrix unpacked into a
+ * scratch copy for a path that does not read the layout (same products as
+ * on the unpacked matrix). */
+#define UNPACK_ROWS 16
+
+static void rows_q8_0_unpacked(const mc_kops *ops, const mc_mat *w, const mc_qact *qa, float *y,
+                               int ldy, int r0, int r1)
+{
+    int nb = w->cols / MC_QK8_0;
+    size_t rb = (size_t)nb * 34;
+    unsigned char *buf = malloc(rb * UNPACK_ROWS);
+    if (!buf) { /* no error channel: the rows read as zero */
+        MC_ERROR("out of memory unpacking %d Q8_0 rows", UNPACK_ROWS);
+        for (int t = 0; t < qa->n; t++)
+            memset(y + (size_t)t * ldy + r0, 0, (size_t)(r1 - r0) * sizeof *y);
+        return;
+    }
+    for (int c0 = r0; c0 < r1; c0 += UNPACK_ROWS) {
+        int nr = r1 - c0 < UNPACK_ROWS ? r1 - c0 : UNPACK_ROWS;
+        for (int r = 0; r < nr; r++)
+            mc_q8_0_x16_unpack_row(mc_row_ptr(w, c0 + r), nb, buf + (size_t)r * rb);
+        mc_mat t = *w;
+        t.rows = nr;
+        t.data = buf;
+        t.pack = MC_MAT_PACK_NONE;
+        ops->rows_q8_0(&t, qa, y + c0, ldy, 0, nr);
+    }
+    free(buf);
+}
+
 static void mm_task(void *ctx, int task, int thread)
 {
     const mm_job *j = ctx;
@@ -373,6 +478,10 @@ static void mm_task(void *ctx, int task, int thread)
         r1 = j->w->rows;
     if (r0 >= r1)
         return;
+    if (j->w->pack == MC_MAT_PACK_Q8_0_X16 && !j->ops->packs_q8_0) {
+        rows_q8_0_unpacked(j->ops, j->w, j->qa, j->y, j->ldy, r0, r1);
+        return;
+    }
     if (j->w->transposed && j->n >= TRANS_COPY_MIN_TOKENS && !j->w->scale &&
         j->ops != &mc_kops_scalar)
         rows_transposed_copy(j->ops, j->w, j->x, j->n, j->ldx, j->y, j->ldy, r0, r1);
@@ -699,6 +808,19 @@ void mc_mat_row_f32(const mc_mat *w, int r, float *dst)
     const mc_kops *ops = mc_kops_current();
     count(mc_dtype_is_block(w->dtype) ? mc_dtype_row_bytes(w->dtype, w->cols)
                                       : (size_t)w->cols * mc_dtype_size(w->dtype));
+    if (w->pack == MC_MAT_PACK_Q8_0_X16) {
+        int nb = w->cols / MC_QK8_0;
+        unsigned char *row = malloc((size_t)nb * 34);
+        if (!row) { /* no error channel */
+            MC_ERROR("out of memory unpacking a Q8_0 row");
+            memset(dst, 0, (size_t)w->cols * sizeof *dst);
+            return;
+        }
+        mc_q8_0_x16_unpack_row(mc_row_ptr(w, r), nb, row);
+        mc_dequantize_row(w->dtype, row, dst, w->cols);
+        free(row);
+        return;
+    }
     if (mc_dtype_is_block(w->dtype)) {
         mc_dequantize_row(w->dtype, mc_row_ptr(w, r), dst, w->cols);
         return;

@@ -21,6 +21,9 @@ score` next to the safetensors model:
   blocks decode to (the package's dequantizer), loaded with `--weights
   q8_0` and `--weights q4_k`: within 1e-6 relative; q6_k (used as stored)
   against that copy in F32: within the 8-bit activations' error (Q6_REL);
+- q8_0 (the GGUF, and --weights q8_0) on the default kernel path, which
+  repacks Q8_0 rows at load where it is avx512, against the portable path
+  reading them as stored: within PATH_REL;
 - deepseek2: with attn_k_b + attn_v_b (newer converters; joined back into
   kv_b at load) and with attn_kv_b whole: bit for bit; q8_0 (attn_kv_b)
   against --weights q8_0 within 1e-6;
@@ -54,6 +57,7 @@ except ImportError as e:
 
 failures = 0
 REL = 1e-6
+PATH_REL = 1e-5  # two kernel paths: the same products summed in another order
 Q6_REL = 0.05  # measured 0.019 (8-bit activations; the Q8_0 fallback rows of 64 add their rounding)
 
 
@@ -66,8 +70,9 @@ def check(cond, what, detail=""):
         print(f"FAIL: {what}" + (f"\n   {detail}" if detail else ""))
 
 
-def run(args, timeout=300):
-    p = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+def run(args, timeout=300, env=None):
+    p = subprocess.run(args, capture_output=True, text=True, timeout=timeout,
+                       env=dict(os.environ, **env) if env else None)
     return p.returncode, p.stdout, p.stderr
 
 
@@ -94,13 +99,16 @@ def main():
         f.write(struct.pack("<Q", len(head)) + head + data)
     count = [0]
 
-    def score(model, opts=()):
+    last_err = [""]
+
+    def score(model, opts=(), env=None):
         count[0] += 1
         out = os.path.join(work, f"out{count[0]}.safetensors")
         rc, _, err = run([exe, "score", "--model", model, "--input", inp, "--output", out,
-                          *opts])
-        check(rc == 0, f"score {os.path.basename(model)} {' '.join(opts)}: exit 0 (rc {rc})",
-              err.strip()[-400:])
+                          *opts], env=env)
+        last_err[0] = err
+        check(rc == 0, f"score {os.path.basename(model)} {' '.join(opts)}"
+              f"{' ' + str(env) if env else ''}: exit 0 (rc {rc})", err.strip()[-400:])
         return logits(out) if rc == 0 else None
 
     def write(name, *args):
@@ -142,6 +150,20 @@ def main():
     for t in ("f32", "f16", "q8_0"):
         compare(f"{t} GGUF vs --weights {t}", score(write(f"{t}.gguf", "--type", t)),
                 score(src, ["--weights", t]), REL)
+    # Q8_0 rows repacked at load for the avx512 kernels (mc_mat_pack: matrices of 256
+    # columns here, the down projections of 64 stay as stored) against the portable
+    # path, which reads them as stored: the same integer block sums, float sums in
+    # another order
+    scalar = {"MC_KERNELS": "scalar"}
+    for what, model, opts in (("q8_0 GGUF", os.path.join(work, "q8_0.gguf"), ()),
+                              ("--weights q8_0", src, ("--weights", "q8_0"))):
+        fast = score(model, opts)
+        packed = "repacked at load" in last_err[0]
+        plain = score(model, opts, env=scalar)
+        check("repacked at load" not in last_err[0], f"{what}: nothing repacked for scalar")
+        print(f"{what}: default kernels {'repacked' if packed else 'did not repack'} Q8_0 rows")
+        compare(f"{what}: default kernels{' (repacked rows)' if packed else ''} vs scalar "
+                "(rows as stored)", fast, plain, PATH_REL)
     for t, w in (("q5_k", "q8_0"), ("q4_k", "q4_k")):
         ref = os.path.join(work, f"ref_{t}")
         g = score(write(f"{t}.gguf", "--type", t, "--ref-out", ref))

@@ -224,6 +224,31 @@ static void test_tensors(void)
     EXPECT_ERR(mc_tensor_view_cols(&q, 32, 256, &v, err_), MC_ERR_ARG, "Q4_K block");
     OK(mc_tensor_view_cols(&q, 256, 256, &v, err_));
     CHECK(v.offset == 144 && v.row_stride == 512);
+    /* Q8_0 rows repacked for the CPU kernels (pack 1): row views keep the layout, column
+     * views other than the whole row are refused, as is the layout on anything else */
+    OK(mc_tensor_init_2d(&q, b, 0, MC_DT_Q8_0, 4, 256, err_));
+    q.pack = 1;
+    OK(mc_tensor_view_rows(&q, 1, 2, &v, err_));
+    CHECK(v.pack == 1 && v.offset == 272);
+    OK(mc_tensor_view_cols(&q, 0, 256, &v, err_));
+    EXPECT_ERR(mc_tensor_view_cols(&q, 0, 128, &v, err_), MC_ERR_ARG, "repacked");
+    EXPECT_ERR(mc_tensor_view_cols(&q, 32, 224, &v, err_), MC_ERR_ARG, "repacked");
+    mc_tensor ids, ys;
+    int32_t one = 0;
+    mc_buffer *ib = buf_from(&one, sizeof one), *yb = buf_new(256 * 4);
+    OK(mc_tensor_init(&ids, ib, 0, MC_DT_I32, 1, (int64_t[]){1}, err_));
+    OK(mc_tensor_init_2d(&ys, yb, 0, MC_DT_F32, 1, 256, err_));
+    EXPECT_ERR(mc_op_embed(be, &q, &ids, 0, &ys, err_), MC_ERR_ARG, "repacked");
+    q.pack = 2;
+    EXPECT_ERR(mc_op_embed(be, &q, &ids, 0, &ys, err_), MC_ERR_ARG, "layout 2");
+    OK(mc_tensor_init_2d(&q, b, 0, MC_DT_Q4_K, 2, 512, err_));
+    q.pack = 1;
+    EXPECT_ERR(mc_op_embed(be, &q, &ids, 0, &ys, err_), MC_ERR_ARG, "Q8_0 weight");
+    OK(mc_tensor_init_2d(&q, b, 0, MC_DT_Q8_0, 2, 480, err_));
+    q.pack = 1;
+    EXPECT_ERR(mc_op_embed(be, &q, &ids, 0, &ys, err_), MC_ERR_ARG, "multiple of 256");
+    mc_buffer_free(ib);
+    mc_buffer_free(yb);
     mc_buffer_free(b);
 }
 

@@ -788,6 +788,152 @@ static void test_elementwise(mc_kpath p)
     }
 }
 
+/* ---- Q8_0 rows repacked at load (mc_mat_pack, MC_MAT_PACK_Q8_0_X16) ---- */
+
+#define CHECK_MSG(cond, ...)                                                                       \
+    do {                                                                                           \
+        check_count++;                                                                             \
+        if (!(cond)) {                                                                             \
+            check_failures++;                                                                      \
+            fprintf(stderr, __VA_ARGS__);                                                          \
+            fputc('\n', stderr);                                                                   \
+        }                                                                                          \
+    } while (0)
+
+/* A copy of a Q8_0 matrix repacked by the avx512 path; NULL data when that
+ * path is not here. */
+static mc_mat packed_copy(const mc_mat *w, void **store)
+{
+    size_t bytes = (size_t)w->rows * mc_dtype_row_bytes(MC_DT_Q8_0, w->cols);
+    mc_mat c = *w;
+    *store = malloc(bytes);
+    memcpy(*store, w->data, bytes);
+    c.data = *store;
+    mc_kernels_set_path(MC_KPATH_AVX512);
+    if (!mc_mat_pack(&c)) {
+        free(*store);
+        *store = NULL;
+        c.data = NULL;
+    }
+    return c;
+}
+
+/* Every path's product with the repacked rows against the scalar path's
+ * with the rows as stored: bitwise where the path unpacks them (scalar,
+ * avx2, amx), within rounding where it reads them (avx512); each path's
+ * thread split bitwise equal to one thread; rows read back (mc_mat_row_f32)
+ * bitwise equal to the stored rows'. */
+static void test_packed_case(int rows, int cols, int n)
+{
+    test_mat m;
+    make_mat(&m, MC_DT_Q8_0, rows, cols, 0, 0);
+    void *pstore;
+    mc_mat pw = packed_copy(&m.w, &pstore);
+    char what[128];
+    snprintf(what, sizeof what, "Q8_0 x16 %dx%d n=%d", rows, cols, n);
+    CHECK_MSG(pw.data && pw.pack == MC_MAT_PACK_Q8_0_X16, "%s: mc_mat_pack refused", what);
+    if (!pw.data) {
+        free_mat(&m);
+        return;
+    }
+    int ldx = cols + 3, ldy = rows + 1;
+    size_t ny = (size_t)n * ldy;
+    float *x = malloc((size_t)n * ldx * sizeof *x), *want = malloc(ny * sizeof *want);
+    float *got = malloc(ny * sizeof *got), *one = malloc(ny * sizeof *one);
+    float *mag = calloc(ny, sizeof *mag), *row = malloc((size_t)cols * sizeof *row),
+          *prow = malloc((size_t)cols * sizeof *prow);
+    fill(x, (size_t)n * ldx, 2.0f);
+    mc_kernels_set_path(MC_KPATH_SCALAR);
+    for (int o = 0; o < rows; o++) {
+        mc_mat_row_f32(&m.w, o, row);
+        mc_mat_row_f32(&pw, o, prow);
+        if (memcmp(row, prow, (size_t)cols * sizeof *row) != 0) {
+            CHECK_MSG(0, "%s: mc_mat_row_f32 of row %d differs", what, o);
+            break;
+        }
+        for (int t = 0; t < n; t++) {
+            double a = 0;
+            for (int i = 0; i < cols; i++)
+                a += fabs((double)row[i] * x[(size_t)t * ldx + i]);
+            mag[(size_t)t * ldy + o] = (float)a;
+        }
+    }
+    for (int t = 0; t < n; t++)
+        mag[(size_t)t * ldy + rows] = 0;
+    run_matmul(MC_KPATH_SCALAR, 1, &m.w, x, n, ldx, want, ldy);
+    for (int t = 0; t < n; t++)
+        want[(size_t)t * ldy + rows] = 0;
+    for (int i = -1; i < n_paths; i++) {
+        mc_kpath p = i < 0 ? MC_KPATH_SCALAR : paths[i];
+        char w2[160];
+        run_matmul(p, 1, &pw, x, n, ldx, one, ldy);
+        for (int t = 0; t < n; t++)
+            one[(size_t)t * ldy + rows] = 0;
+        snprintf(w2, sizeof w2, "%s %s", mc_kpath_name(p), what);
+        if (p == MC_KPATH_AVX512) {
+            compare(w2, one, want, mag, ny, 2e-6, 1e-30);
+        } else { /* unpacked as they are read: the stored rows' products */
+            float *plain = malloc(ny * sizeof *plain);
+            run_matmul(p, 1, &m.w, x, n, ldx, plain, ldy);
+            for (int t = 0; t < n; t++)
+                plain[(size_t)t * ldy + rows] = 0;
+            compare(w2, one, plain, NULL, ny, 0, 0);
+            free(plain);
+        }
+        run_matmul(p, 3, &pw, x, n, ldx, got, ldy);
+        for (int t = 0; t < n; t++)
+            got[(size_t)t * ldy + rows] = 0;
+        snprintf(w2, sizeof w2, "%s %s 3 threads vs 1", mc_kpath_name(p), what);
+        compare(w2, got, one, NULL, ny, 0, 0);
+    }
+    mc_kernels_set_threads(1);
+    free(x);
+    free(want);
+    free(got);
+    free(one);
+    free(mag);
+    free(row);
+    free(prow);
+    free(pstore);
+    free_mat(&m);
+}
+
+static void test_packed(void)
+{
+    if (!mc_kpath_supported(MC_KPATH_AVX512)) {
+        printf("Q8_0 x16 layout: no avx512 path here, skipped\n");
+        return;
+    }
+    /* nb = 8 (one half group), 16, 24 (16 + 8), 64, 136 (8 x 16 + 8) blocks */
+    static const int cols_l[] = {256, 512, 768, 2048, 4352};
+    static const int rows_l[] = {1, 5, 17, 70};
+    static const int n_l[] = {1, 2, 3, 4, 5, 9, 16, 33, 64};
+    for (size_t c = 0; c < sizeof cols_l / sizeof cols_l[0]; c++)
+        for (size_t r = 0; r < sizeof rows_l / sizeof rows_l[0]; r++)
+            for (size_t k = 0; k < sizeof n_l / sizeof n_l[0]; k++)
+                if (cols_l[c] * rows_l[r] * n_l[k] <= (1 << 22))
+                    test_packed_case(rows_l[r], cols_l[c], n_l[k]);
+    /* what is not repacked: other paths, other widths, strided rows, other dtypes */
+    test_mat m;
+    make_mat(&m, MC_DT_Q8_0, 4, 512, 0, 0);
+    mc_mat w = m.w;
+    mc_kernels_set_path(MC_KPATH_SCALAR);
+    CHECK(!mc_kernels_packs(MC_DT_Q8_0) && mc_mat_pack(&w) == 0 && w.pack == 0);
+    mc_kernels_set_path(MC_KPATH_AVX512);
+    CHECK(mc_kernels_packs(MC_DT_Q8_0) && !mc_kernels_packs(MC_DT_Q4_K));
+    w.cols = 480; /* 15 blocks of a 16-block row */
+    CHECK(mc_mat_pack(&w) == 0 && w.pack == 0);
+    free_mat(&m);
+    make_mat(&m, MC_DT_Q8_0, 4, 300, 0, 0);
+    w = m.w;
+    CHECK(mc_mat_pack(&w) == 0 && w.pack == 0);
+    free_mat(&m);
+    make_mat(&m, MC_DT_Q4_K, 4, 512, 0, 0);
+    w = m.w;
+    CHECK(mc_mat_pack(&w) == 0 && w.pack == 0);
+    free_mat(&m);
+}
+
 int main(void)
 {
     printf("cpu features: %s\n", mc_cpu_features());
@@ -819,6 +965,7 @@ int main(void)
     test_many(MC_KPATH_SCALAR);
     test_block_view(MC_KPATH_SCALAR);
     test_mats_quantize();
+    test_packed();
     test_amx();
     return check_report("test_kernels");
 }
