@@ -419,6 +419,8 @@ int mc_cmd_bench(int argc, char **argv)
     cpu_model(cpu, sizeof cpu);
     const char *wname = have_fmt ? mc_dtype_name(fmt) : resident ? "stored (in RAM)" : "stored";
     const char *path = mc_session_kernels(ses);
+    /* what the int8 peak measures: amx's tiles, avx512's vpdpbusd */
+    const char *int8_kind = strcmp(path, "amx") == 0 ? "tile" : "vpdpbusd";
     if (json) {
         /* everything through jansson: strings from outside (the path, the
          * CPU name, GGUF metadata) are escaped, non-finite numbers are null */
@@ -480,14 +482,14 @@ int mc_cmd_bench(int argc, char **argv)
                "%s): %.1f GFLOP/s",
                probe_mib, probe_gbps, probe_before, probe_after, path, peak_gflops);
         if (int8_gops > 0)
-            printf("; INT8 tile peak: %.1f GOP/s", int8_gops);
+            printf("; INT8 %s peak: %.1f GOP/s", int8_kind, int8_gops);
         if (bf16_gflops > 0)
             printf("; BF16 tile peak: %.1f GFLOP/s", bf16_gflops);
         printf("\nprefill  %lld tokens: %.1f tok/s, %.1f GFLOP/s in matrix products = %.2f of the "
                "FMA peak",
                plen, prefill_tok_s, prefill_gflops, prefill_gflops / peak_gflops);
         if (int8_gops > 0)
-            printf(", %.3f of the INT8 tile peak", prefill_gflops / int8_gops);
+            printf(", %.3f of the INT8 %s peak", prefill_gflops / int8_gops, int8_kind);
         if (bf16_gflops > 0)
             printf(", %.3f of the BF16 tile peak", prefill_gflops / bf16_gflops);
         printf("\n");

@@ -319,9 +319,15 @@ int mc_tensor_check(const mc_tensor *t, const char *what, mc_err *err)
             return 0;
         }
     }
-    if (t->pack != 0 && (t->pack != 1 || t->dtype != MC_DT_Q8_0 || t->ndim != 2 || t->transposed ||
-                         t->shape[1] % 256 != 0 || t->row_stride != t->shape[1])) {
-        mc_err_set(err, MC_ERR_ARG, "%s: repacked rows (layout %d) need a 2-D Q8_0 weight, not "
+    if (t->pack != 0 &&
+        ((t->pack != 1 || t->dtype != MC_DT_Q8_0) && (t->pack != 2 || t->dtype != MC_DT_Q6_K))) {
+        mc_err_set(err, MC_ERR_ARG, "%s: repacked rows (layout %d) on a %s tensor (layout 1 is "
+                   "Q8_0's, 2 Q6_K's)", what, t->pack, mc_dtype_name(t->dtype));
+        return 0;
+    }
+    if (t->pack != 0 && (t->ndim != 2 || t->transposed || t->shape[1] % 256 != 0 ||
+                         t->row_stride != t->shape[1])) {
+        mc_err_set(err, MC_ERR_ARG, "%s: repacked rows (layout %d) need a 2-D weight, not "
                    "transposed, columns a multiple of 256 and rows contiguous", what, t->pack);
         return 0;
     }

@@ -56,11 +56,18 @@ typedef struct {
  * f16 scales in block order. A 512-bit vector of a group holds four values
  * of each of 16 blocks, so one vpdpbusd chain of 8 steps sums 16 blocks
  * at once, with one conversion and one FMA per 512 weights. */
-enum { MC_MAT_PACK_NONE = 0, MC_MAT_PACK_Q8_0_X16 = 1 };
+enum { MC_MAT_PACK_NONE = 0, MC_MAT_PACK_Q8_0_X16 = 1, MC_MAT_PACK_Q6_K_X16 = 2 };
+/* MC_MAT_PACK_Q6_K_X16: each Q6_K block keeps its 210 bytes and its scales
+ * and d in place; its 256 six-bit values are reordered so that, with
+ * V_k[4j + c] = value 16j + 4k + c (k < 4: four values of each of the 16
+ * sub-blocks j), ql[i] holds the low nibbles of V_0[i] (bits 0-3) and
+ * V_1[i] (bits 4-7), ql[64 + i] those of V_2[i] and V_3[i], and qh[i] the
+ * high two bits of V_0..V_3[i] in bits 0-1, 2-3, 4-5, 6-7: a few shifts and
+ * masks give four vectors whose vpdpbusd leave sub-block j's sum in lane j. */
 
 /* Rewrites w's rows in place into the current kernel path's repacked
- * layout for its dtype when the path reads one (avx512: Q8_0 rows of a
- * multiple of 256 columns, contiguous, not transposed) and sets w->pack;
+ * layout for its dtype when the path reads one (avx512: Q8_0 and Q6_K rows
+ * of a multiple of 256 columns, contiguous, not transposed) and sets w->pack;
  * returns 1 if it did, 0 if w stays as it is. w->data must be writable
  * memory the caller owns (a copy, not a file mapping). Products and
  * mc_mat_row_f32 give the same results on every path for a packed and an
@@ -205,9 +212,10 @@ double mc_probe_read_gbps(size_t bytes, int threads, double seconds);
 /* Peak f32 fused multiply-add throughput of the current path with
  * `threads` threads, in GFLOP/s (2 flops per FMA lane). */
 double mc_probe_fma_gflops(int threads, double seconds);
-/* Peak int8 multiply-add throughput of the current path's tile products in
- * GOP/s (2 operations per multiply-add), measured as mc_probe_fma_gflops;
- * -1 when the path has none (only `amx` has). */
+/* Peak int8 multiply-add throughput of the current path's quantized
+ * products in GOP/s (2 operations per multiply-add), measured as
+ * mc_probe_fma_gflops: `amx` its tiles, `avx512` vpdpbusd; -1 on paths
+ * without int8 dot products. */
 double mc_probe_int8_gops(int threads, double seconds);
 /* Peak bf16 multiply-add throughput of the current path's tile products in
  * GFLOP/s (2 per multiply-add), as mc_probe_int8_gops; -1 when the path has

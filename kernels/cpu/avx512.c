@@ -206,6 +206,11 @@ AI void stream_rows(int DT, const mc_mat *w, const float *x, int n, int ldx, flo
     size_t es = mc_dtype_size((mc_dtype)DT);
     int K = w->cols;
     int o = r0;
+#ifdef MC_HAVE_AVX512BF16
+    if (n == 1 && DT == MC_DT_BF16 && mc_kern_bf16dp && !w->scale &&
+        mc_avx512bf16_rows1(w, x, y, r0, r1))
+        return;
+#endif
     if (n == 1) {
         /* One token: one row at a time, four accumulators along the row. A
          * single sequential stream per thread is what the hardware
@@ -458,6 +463,8 @@ AI __m512i q8_0_load2(const unsigned char *p, int two, __m512 *sc)
  * token: vpdpbusd sums (w + 128) x). */
 static size_t pack_qact_bytes(const mc_mat *w, int n)
 {
+    if (w->pack == MC_MAT_PACK_Q6_K_X16)
+        return mc_avx512_q6_k_x16_act_bytes(w, n);
     if (w->pack != MC_MAT_PACK_Q8_0_X16)
         return 0;
     return (size_t)n * (size_t)(w->cols / MC_QK8_0) * 36;
@@ -465,7 +472,10 @@ static size_t pack_qact_bytes(const mc_mat *w, int n)
 
 static void pack_qact(const mc_mat *w, const mc_qact *a, void *dst)
 {
-    (void)w;
+    if (w->pack == MC_MAT_PACK_Q6_K_X16) {
+        mc_avx512_q6_k_x16_act(w, a, dst);
+        return;
+    }
     int nb = a->kp / MC_QK8_0, full = nb / 16 * 16;
     int32_t *corr = (int32_t *)((int8_t *)dst + (size_t)a->n * nb * 32);
     for (int t = 0; t < a->n; t++) {
@@ -1343,6 +1353,28 @@ static double fma_burn(long iters)
     return 2.0 * 16.0 * 12.0 * (double)iters;
 }
 
+/* The int8 peak of the products above: 12 independent vpdpbusd chains (64
+ * multiply-adds each); returns int8 operations (2 per multiply-add). */
+static double int8_burn(long iters)
+{
+    __m512i a[12];
+    const __m512i u = _mm512_set1_epi8(3), v = _mm512_set1_epi8(-2);
+    for (int j = 0; j < 12; j++)
+        a[j] = _mm512_set1_epi32(j);
+    for (long i = 0; i < iters; i++) {
+#pragma GCC unroll 12
+        for (int j = 0; j < 12; j++)
+            a[j] = _mm512_dpbusd_epi32(a[j], u, v);
+        __asm__ __volatile__("" : "+v"(a[0]), "+v"(a[1]), "+v"(a[2]), "+v"(a[3]));
+    }
+    __m512i s = a[0];
+    for (int j = 1; j < 12; j++)
+        s = _mm512_add_epi32(s, a[j]);
+    volatile int sink = _mm512_reduce_add_epi32(s);
+    (void)sink;
+    return 2.0 * 64.0 * 12.0 * (double)iters;
+}
+
 static uint64_t stream_sum(const void *p, size_t bytes)
 {
     const __m512i *v = p;
@@ -1373,8 +1405,10 @@ const mc_kops mc_kops_avx512 = {
     .rope = rope,
     .swiglu = swiglu,
     .fma_burn = fma_burn,
+    .int8_burn = int8_burn,
     .stream_sum = stream_sum,
     .pack_qact_bytes = pack_qact_bytes,
     .pack_qact = pack_qact,
     .packs_q8_0 = 1,
+    .packs_q6_k = 1,
 };

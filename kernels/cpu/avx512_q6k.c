@@ -15,6 +15,7 @@
 #include "kern.h"
 
 #include <immintrin.h>
+#include <stdlib.h>
 
 #define AI static inline __attribute__((always_inline))
 
@@ -102,6 +103,100 @@ AI void q6_k_row(int T, const unsigned char *row, const mc_qact *a, int t0, int 
         y[(size_t)t * ldy] = _mm512_reduce_add_ps(acc[t]);
 }
 
+/* ---- rows repacked at load (MC_MAT_PACK_Q6_K_X16, kernels.h) ---- */
+
+/* One repacked row against T tokens (xi / corr / xd: the first token's
+ * repack, values and scales; xs, cs: their strides per token). Per block
+ * the values come out of ql / qh as four vectors in sub-block lanes (13
+ * shifts, masks and bit selects, no permutes); per token one vpdpbusd chain
+ * of 4 started at -32 x the sub-blocks' activation sums leaves sub-block j's
+ * exact sum in lane j, one vpmulld by the 16 scales, one conversion and one
+ * FMA by d * dx. */
+AI void q6_k_row_x16(int T, const unsigned char *row, const int8_t *xi, const int32_t *corr,
+                     const float *xd, int nb, size_t xs, size_t cs, float *y, int ldy)
+{
+    const __m512i m4 = _mm512_set1_epi8(0x0f), m30 = _mm512_set1_epi8(0x30);
+    __m512 acc[8];
+#pragma GCC unroll 8
+    for (int t = 0; t < T; t++)
+        acc[t] = _mm512_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        const unsigned char *p = row + (size_t)b * sizeof(mc_block_q6_k);
+        __m512i l0 = _mm512_loadu_si512((const void *)p), l1 = _mm512_loadu_si512((const void *)(p + 64));
+        __m512i qh = _mm512_loadu_si512((const void *)(p + 128));
+        /* 0xCA: bit select, m4 ? low nibble : high bits */
+        __m512i v0 = _mm512_ternarylogic_epi32(m4, l0, _mm512_and_si512(_mm512_slli_epi16(qh, 4), m30), 0xCA);
+        __m512i v1 = _mm512_ternarylogic_epi32(m4, _mm512_srli_epi16(l0, 4),
+                                               _mm512_and_si512(_mm512_slli_epi16(qh, 2), m30), 0xCA);
+        __m512i v2 = _mm512_ternarylogic_epi32(m4, l1, _mm512_and_si512(qh, m30), 0xCA);
+        __m512i v3 = _mm512_ternarylogic_epi32(m4, _mm512_srli_epi16(l1, 4),
+                                               _mm512_and_si512(_mm512_srli_epi16(qh, 2), m30), 0xCA);
+        __m512i sc = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p + 192)));
+        uint16_t hd;
+        memcpy(&hd, p + 208, 2);
+        float d = _cvtsh_ss(hd);
+#pragma GCC unroll 8
+        for (int t = 0; t < T; t++) {
+            const int8_t *x = xi + (size_t)t * xs + (size_t)b * 256;
+            __m512i s = _mm512_loadu_si512((const void *)(corr + (size_t)t * cs + (size_t)b * 16));
+            s = _mm512_dpbusd_epi32(s, v0, _mm512_load_si512((const void *)x));
+            s = _mm512_dpbusd_epi32(s, v1, _mm512_load_si512((const void *)(x + 64)));
+            s = _mm512_dpbusd_epi32(s, v2, _mm512_load_si512((const void *)(x + 128)));
+            s = _mm512_dpbusd_epi32(s, v3, _mm512_load_si512((const void *)(x + 192)));
+            acc[t] = _mm512_fmadd_ps(_mm512_set1_ps(d * xd[(size_t)t * nb + b]),
+                                     _mm512_cvtepi32_ps(_mm512_mullo_epi32(s, sc)), acc[t]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int t = 0; t < T; t++)
+        y[(size_t)t * ldy] = _mm512_reduce_add_ps(acc[t]);
+}
+
+size_t mc_avx512_q6_k_x16_act_bytes(const mc_mat *w, int n)
+{
+    return (size_t)n * (size_t)(w->cols / MC_QK_K) * (256 + 64);
+}
+
+/* The tokens' values in the rows' order (256 bytes a block: byte
+ * 64k + 4j + c is value 16j + 4k + c) and -32 x each sub-block's sum as
+ * int32 (16 a block), all tokens' values first. */
+void mc_avx512_q6_k_x16_act(const mc_mat *w, const mc_qact *a, void *dst)
+{
+    (void)w;
+    int nb = a->kp / MC_QK_K;
+    int32_t *corr = (int32_t *)((int8_t *)dst + (size_t)a->n * nb * 256);
+    for (int t = 0; t < a->n; t++) {
+        const int8_t *q = a->q + (size_t)t * a->kp;
+        int8_t *xi = (int8_t *)dst + (size_t)t * nb * 256;
+        for (int b = 0; b < nb; b++)
+            for (int j = 0; j < 16; j++) {
+                for (int k = 0; k < 4; k++)
+                    memcpy(xi + (size_t)b * 256 + 64 * k + 4 * j, q + (size_t)b * 256 + 16 * j + 4 * k, 4);
+                corr[((size_t)t * nb + b) * 16 + j] = -32 * a->bsum16[(size_t)t * (a->kp / 16) + 16 * b + j];
+            }
+    }
+}
+
+/* Repacked rows without the tokens' repack (the front end ran out of
+ * memory): each row unpacked into scratch and run as stored. */
+static void rows_x16_unpacked(const mc_mat *w, const mc_qact *a, float *y, int ldy, int r0,
+                              int r1, const __m512i sidx[4])
+{
+    int nb = a->kp / MC_QK_K;
+    unsigned char *row = malloc((size_t)nb * sizeof(mc_block_q6_k));
+    for (int o = r0; o < r1; o++) {
+        if (!row) { /* no error channel: zeros */
+            for (int t = 0; t < a->n; t++)
+                y[(size_t)t * ldy + o] = 0.0f;
+            continue;
+        }
+        mc_q6_k_x16_unpack_row(mc_row_ptr(w, o), nb, row);
+        for (int t0 = 0; t0 < a->n; t0++)
+            q6_k_row(1, row, a, t0, nb, sidx, y + (size_t)t0 * ldy + o, ldy);
+    }
+    free(row);
+}
+
 /* Rows [r0, r1) x all tokens: panels of 16 rows, each swept once per group
  * of 8 tokens, so a panel's weights stay in cache while the activations are
  * read once per panel instead of once per row. */
@@ -116,6 +211,39 @@ void mc_avx512_rows_q6_k(const mc_mat *w, const mc_qact *a, float *y, int ldy, i
         sidx[v] = _mm512_loadu_si512((const void *)ix);
     }
     enum { PANEL = 16 };
+    if (w->pack == MC_MAT_PACK_Q6_K_X16 && !a->pack) {
+        rows_x16_unpacked(w, a, y, ldy, r0, r1, sidx);
+        return;
+    }
+    if (w->pack == MC_MAT_PACK_Q6_K_X16) {
+        const int8_t *xi = a->pack;
+        const int32_t *corr = (const int32_t *)(xi + (size_t)a->n * nb * 256);
+        size_t xs = (size_t)nb * 256, cs = (size_t)nb * 16;
+        for (int p0 = r0; p0 < r1; p0 += PANEL) {
+            int p1 = p0 + PANEL < r1 ? p0 + PANEL : r1;
+            for (int t0 = 0; t0 < a->n; t0 += 8) {
+                int T = a->n - t0 < 8 ? a->n - t0 : 8;
+                const int8_t *x0 = xi + (size_t)t0 * xs;
+                const int32_t *c0 = corr + (size_t)t0 * cs;
+                const float *d0 = a->d + (size_t)t0 * nb;
+                for (int o = p0; o < p1; o++) {
+                    const unsigned char *row = mc_row_ptr(w, o);
+                    float *yo = y + (size_t)t0 * ldy + o;
+                    switch (T) {
+                    case 1: q6_k_row_x16(1, row, x0, c0, d0, nb, xs, cs, yo, ldy); break;
+                    case 2: q6_k_row_x16(2, row, x0, c0, d0, nb, xs, cs, yo, ldy); break;
+                    case 3: q6_k_row_x16(3, row, x0, c0, d0, nb, xs, cs, yo, ldy); break;
+                    case 4: q6_k_row_x16(4, row, x0, c0, d0, nb, xs, cs, yo, ldy); break;
+                    case 5: q6_k_row_x16(5, row, x0, c0, d0, nb, xs, cs, yo, ldy); break;
+                    case 6: q6_k_row_x16(6, row, x0, c0, d0, nb, xs, cs, yo, ldy); break;
+                    case 7: q6_k_row_x16(7, row, x0, c0, d0, nb, xs, cs, yo, ldy); break;
+                    default: q6_k_row_x16(8, row, x0, c0, d0, nb, xs, cs, yo, ldy); break;
+                    }
+                }
+            }
+        }
+        return;
+    }
     for (int p0 = r0; p0 < r1; p0 += PANEL) {
         int p1 = p0 + PANEL < r1 ? p0 + PANEL : r1;
         for (int t0 = 0; t0 < a->n; t0 += 8) {

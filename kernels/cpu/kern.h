@@ -82,8 +82,8 @@ typedef struct {
     void (*swiglu)(float *g, const float *u, int n);
     /* `iters` rounds of independent FMAs on registers; returns flops done */
     double (*fma_burn)(long iters);
-    /* `iters` rounds of independent int8 tile products (amx only, else
-     * NULL); returns int8 operations done (2 per multiply-add) */
+    /* `iters` rounds of independent int8 products (amx: tiles; avx512:
+     * vpdpbusd; else NULL); returns int8 operations done (2 per multiply-add) */
     double (*int8_burn)(long iters);
     /* the same with bf16 tile products (amx with AMX-BF16, else NULL);
      * returns flops done (2 per multiply-add) */
@@ -94,6 +94,8 @@ typedef struct {
      * copies of Q8_0 matrices are repacked so (mc_mat_pack); 0: the front
      * end hands it unpacked copies of such rows. */
     int packs_q8_0;
+    /* the same for Q6_K rows (MC_MAT_PACK_Q6_K_X16, rows_q6_k) */
+    int packs_q6_k;
 } mc_kops;
 
 /* Byte offset of value i (< 32) of block j in a MC_MAT_PACK_Q8_0_X16 row
@@ -110,6 +112,10 @@ static inline size_t mc_x16_at(int nb, int j, int i)
  * X16 layout and back (nb a multiple of 8; src and dst do not overlap). */
 void mc_q8_0_x16_pack_row(const unsigned char *src, int nb, unsigned char *dst);
 void mc_q8_0_x16_unpack_row(const unsigned char *src, int nb, unsigned char *dst);
+/* The same for a row of nb Q6_K blocks (210 bytes each) and
+ * MC_MAT_PACK_Q6_K_X16. */
+void mc_q6_k_x16_pack_row(const unsigned char *src, int nb, unsigned char *dst);
+void mc_q6_k_x16_unpack_row(const unsigned char *src, int nb, unsigned char *dst);
 
 extern const mc_kops mc_kops_scalar;
 #ifdef MC_HAVE_AVX2
@@ -119,7 +125,18 @@ extern const mc_kops mc_kops_avx2;
 extern const mc_kops mc_kops_avx512;
 /* Q6_K products of the avx512 / avx2 tables (avx512_q6k.c, avx2_q6k.c). */
 void mc_avx512_rows_q6_k(const mc_mat *w, const mc_qact *a, float *y, int ldy, int r0, int r1);
+/* Its tokens' repack for MC_MAT_PACK_Q6_K_X16 rows (pack_qact of the avx512 table). */
+size_t mc_avx512_q6_k_x16_act_bytes(const mc_mat *w, int n);
+void mc_avx512_q6_k_x16_act(const mc_mat *w, const mc_qact *a, void *dst);
 #endif
+#ifdef MC_HAVE_AVX512BF16
+/* BF16 rows [r0, r1) (not transposed, no scales) against one token with
+ * vdpbf16ps, the token split exactly in three bf16 parts (avx512_bf16.c);
+ * 0 when out of memory (nothing written). Only when mc_kern_bf16dp. */
+int mc_avx512bf16_rows1(const mc_mat *w, const float *x, float *y, int r0, int r1);
+#endif
+/* 1 when the CPU has AVX512-BF16 and this build its kernel (set with the path). */
+extern int mc_kern_bf16dp;
 #ifdef MC_HAVE_AVX2
 void mc_avx2_rows_q6_k(const mc_mat *w, const mc_qact *a, float *y, int ldy, int r0, int r1);
 #endif

@@ -109,9 +109,15 @@ int mc_kpath_supported(mc_kpath p)
     }
 }
 
+int mc_kern_bf16dp;
+
 static void init_once(void)
 {
     detect();
+#ifdef MC_HAVE_AVX512BF16
+    mc_kern_bf16dp = g_feat.avx512bf16 && mc_kpath_supported(MC_KPATH_AVX512) &&
+                     !getenv("MC_NO_BF16DP");
+#endif
 #ifdef MC_HAVE_AMX
     if (mc_kpath_supported(MC_KPATH_AVX512) && g_feat.amx_tile && g_feat.amx_int8 &&
         !mc_amx_init())
@@ -396,13 +402,104 @@ void mc_q8_0_x16_unpack_row(const unsigned char *src, int nb, unsigned char *dst
     }
 }
 
+/* The 256 six-bit values u[e] of a stored Q6_K block (dtype.c's order),
+ * and back. */
+static void q6_k_get(const mc_block_q6_k *b, uint8_t u[256])
+{
+    for (int h = 0; h < 2; h++)
+        for (int l = 0; l < 32; l++) {
+            const uint8_t *ql = b->ql + 64 * h, qh = b->qh[32 * h + l];
+            u[128 * h + l] = (uint8_t)((ql[l] & 0xF) | ((qh & 3) << 4));
+            u[128 * h + l + 32] = (uint8_t)((ql[l + 32] & 0xF) | (((qh >> 2) & 3) << 4));
+            u[128 * h + l + 64] = (uint8_t)((ql[l] >> 4) | (((qh >> 4) & 3) << 4));
+            u[128 * h + l + 96] = (uint8_t)((ql[l + 32] >> 4) | (((qh >> 6) & 3) << 4));
+        }
+}
+
+static void q6_k_set(mc_block_q6_k *b, const uint8_t u[256])
+{
+    for (int h = 0; h < 2; h++)
+        for (int l = 0; l < 32; l++) {
+            uint8_t *ql = b->ql + 64 * h;
+            const uint8_t *v = u + 128 * h + l;
+            ql[l] = (uint8_t)((v[0] & 0xF) | (v[64] & 0xF) << 4);
+            ql[l + 32] = (uint8_t)((v[32] & 0xF) | (v[96] & 0xF) << 4);
+            b->qh[32 * h + l] =
+                (uint8_t)((v[0] >> 4) | (v[32] >> 4) << 2 | (v[64] >> 4) << 4 | (v[96] >> 4) << 6);
+        }
+}
+
+/* X16 order: V_k[i] (k < 4, i < 64) is value 16 (i / 4) + 4k + i % 4 */
+static int q6_x16_elem(int k, int i) { return 16 * (i / 4) + 4 * k + i % 4; }
+
+void mc_q6_k_x16_pack_row(const unsigned char *src, int nb, unsigned char *dst)
+{
+    for (int b = 0; b < nb; b++) {
+        mc_block_q6_k in, out;
+        uint8_t u[256];
+        memcpy(&in, src + (size_t)b * sizeof in, sizeof in);
+        q6_k_get(&in, u);
+        out = in; /* scales and d in place */
+        for (int i = 0; i < 64; i++) {
+            uint8_t v0 = u[q6_x16_elem(0, i)], v1 = u[q6_x16_elem(1, i)];
+            uint8_t v2 = u[q6_x16_elem(2, i)], v3 = u[q6_x16_elem(3, i)];
+            out.ql[i] = (uint8_t)((v0 & 0xF) | (v1 & 0xF) << 4);
+            out.ql[64 + i] = (uint8_t)((v2 & 0xF) | (v3 & 0xF) << 4);
+            out.qh[i] = (uint8_t)((v0 >> 4) | (v1 >> 4) << 2 | (v2 >> 4) << 4 | (v3 >> 4) << 6);
+        }
+        memcpy(dst + (size_t)b * sizeof out, &out, sizeof out);
+    }
+}
+
+void mc_q6_k_x16_unpack_row(const unsigned char *src, int nb, unsigned char *dst)
+{
+    for (int b = 0; b < nb; b++) {
+        mc_block_q6_k in, out;
+        uint8_t u[256];
+        memcpy(&in, src + (size_t)b * sizeof in, sizeof in);
+        for (int i = 0; i < 64; i++) {
+            uint8_t lo = in.ql[i], hi = in.ql[64 + i], qh = in.qh[i];
+            u[q6_x16_elem(0, i)] = (uint8_t)((lo & 0xF) | (qh & 3) << 4);
+            u[q6_x16_elem(1, i)] = (uint8_t)((lo >> 4) | ((qh >> 2) & 3) << 4);
+            u[q6_x16_elem(2, i)] = (uint8_t)((hi & 0xF) | ((qh >> 4) & 3) << 4);
+            u[q6_x16_elem(3, i)] = (uint8_t)((hi >> 4) | ((qh >> 6) & 3) << 4);
+        }
+        out = in;
+        q6_k_set(&out, u);
+        memcpy(dst + (size_t)b * sizeof out, &out, sizeof out);
+    }
+}
+
 int mc_kernels_packs(mc_dtype dt)
 {
-    return dt == MC_DT_Q8_0 && mc_kops_current()->packs_q8_0;
+    const mc_kops *ops = mc_kops_current();
+    return (dt == MC_DT_Q8_0 && ops->packs_q8_0) || (dt == MC_DT_Q6_K && ops->packs_q6_k);
+}
+
+/* The repacked layout of a dtype, its block and a row's repack / unpack. */
+typedef struct {
+    int layout, blk;
+    size_t block_bytes;
+    void (*pack)(const unsigned char *src, int nb, unsigned char *dst);
+    void (*unpack)(const unsigned char *src, int nb, unsigned char *dst);
+} pack_fmt;
+
+static const pack_fmt *pack_fmt_of(int layout_or_0, mc_dtype dt)
+{
+    static const pack_fmt q8 = {MC_MAT_PACK_Q8_0_X16, MC_QK8_0, 34, mc_q8_0_x16_pack_row,
+                                mc_q8_0_x16_unpack_row};
+    static const pack_fmt q6 = {MC_MAT_PACK_Q6_K_X16, MC_QK_K, sizeof(mc_block_q6_k),
+                                mc_q6_k_x16_pack_row, mc_q6_k_x16_unpack_row};
+    if (layout_or_0 == MC_MAT_PACK_Q8_0_X16 || (!layout_or_0 && dt == MC_DT_Q8_0))
+        return &q8;
+    if (layout_or_0 == MC_MAT_PACK_Q6_K_X16 || (!layout_or_0 && dt == MC_DT_Q6_K))
+        return &q6;
+    return NULL;
 }
 
 typedef struct {
     unsigned char *p, *tmp; /* the matrix; a row of scratch per task */
+    const pack_fmt *f;
     int rows, nb, chunk;
 } pack_job;
 
@@ -410,49 +507,50 @@ static void pack_task(void *ctx, int task, int thread)
 {
     (void)thread;
     const pack_job *j = ctx;
-    size_t rb = (size_t)j->nb * 34;
+    size_t rb = (size_t)j->nb * j->f->block_bytes;
     unsigned char *tmp = j->tmp + (size_t)task * rb;
     int r1 = (task + 1) * j->chunk < j->rows ? (task + 1) * j->chunk : j->rows;
     for (int r = task * j->chunk; r < r1; r++) {
         unsigned char *at = j->p + (size_t)r * rb;
         memcpy(tmp, at, rb);
-        mc_q8_0_x16_pack_row(tmp, j->nb, at);
+        j->f->pack(tmp, j->nb, at);
     }
 }
 
 int mc_mat_pack(mc_mat *w)
 {
     if (!w->data || w->pack != MC_MAT_PACK_NONE || w->transposed || !mc_kernels_packs(w->dtype) ||
-        w->rows <= 0 || w->cols <= 0 || w->cols % (8 * MC_QK8_0) != 0 ||
-        w->row_stride != (size_t)w->cols)
+        w->rows <= 0 || w->cols <= 0 || w->cols % 256 != 0 || w->row_stride != (size_t)w->cols)
         return 0;
+    const pack_fmt *f = pack_fmt_of(0, w->dtype);
     mc_pool *pool = mc_kernels_pool();
     int nt = pool ? mc_pool_threads(pool) : 1;
     /* the caller's own copy (see kernels.h) */
-    pack_job j = {.p = (unsigned char *)w->data, .rows = w->rows, .nb = w->cols / MC_QK8_0};
+    pack_job j = {.p = (unsigned char *)w->data, .f = f, .rows = w->rows, .nb = w->cols / f->blk};
     j.chunk = (w->rows + 4 * nt - 1) / (4 * nt);
     int tasks = (w->rows + j.chunk - 1) / j.chunk;
-    if (!(j.tmp = malloc((size_t)tasks * (size_t)j.nb * 34)))
+    if (!(j.tmp = malloc((size_t)tasks * (size_t)j.nb * f->block_bytes)))
         return 0; /* stays as stored: every path reads that too */
     mc_pool_run(pool, tasks, pack_task, &j);
     free(j.tmp);
-    w->pack = MC_MAT_PACK_Q8_0_X16;
+    w->pack = f->layout;
     return 1;
 }
 
-/* Rows UNPACK_ROWS at a time of a repacked Q8_0 matrix unpacked into a
- * scratch copy for a path that does not read the layout (same products as
- * on the unpacked matrix). */
+/* Rows UNPACK_ROWS at a time of a repacked matrix unpacked into a scratch
+ * copy for a path that does not read the layout (same products as on the
+ * unpacked matrix). */
 #define UNPACK_ROWS 16
 
-static void rows_q8_0_unpacked(const mc_kops *ops, const mc_mat *w, const mc_qact *qa, float *y,
-                               int ldy, int r0, int r1)
+static void rows_unpacked(const mc_kops *ops, const mc_mat *w, const mc_qact *qa, float *y,
+                          int ldy, int r0, int r1)
 {
-    int nb = w->cols / MC_QK8_0;
-    size_t rb = (size_t)nb * 34;
+    const pack_fmt *f = pack_fmt_of(w->pack, w->dtype);
+    int nb = w->cols / f->blk;
+    size_t rb = (size_t)nb * f->block_bytes;
     unsigned char *buf = malloc(rb * UNPACK_ROWS);
     if (!buf) { /* no error channel: the rows read as zero */
-        MC_ERROR("out of memory unpacking %d Q8_0 rows", UNPACK_ROWS);
+        MC_ERROR("out of memory unpacking %d %s rows", UNPACK_ROWS, mc_dtype_name(w->dtype));
         for (int t = 0; t < qa->n; t++)
             memset(y + (size_t)t * ldy + r0, 0, (size_t)(r1 - r0) * sizeof *y);
         return;
@@ -460,12 +558,15 @@ static void rows_q8_0_unpacked(const mc_kops *ops, const mc_mat *w, const mc_qac
     for (int c0 = r0; c0 < r1; c0 += UNPACK_ROWS) {
         int nr = r1 - c0 < UNPACK_ROWS ? r1 - c0 : UNPACK_ROWS;
         for (int r = 0; r < nr; r++)
-            mc_q8_0_x16_unpack_row(mc_row_ptr(w, c0 + r), nb, buf + (size_t)r * rb);
+            f->unpack(mc_row_ptr(w, c0 + r), nb, buf + (size_t)r * rb);
         mc_mat t = *w;
         t.rows = nr;
         t.data = buf;
         t.pack = MC_MAT_PACK_NONE;
-        ops->rows_q8_0(&t, qa, y + c0, ldy, 0, nr);
+        if (w->dtype == MC_DT_Q6_K)
+            ops->rows_q6_k(&t, qa, y + c0, ldy, 0, nr);
+        else
+            ops->rows_q8_0(&t, qa, y + c0, ldy, 0, nr);
     }
     free(buf);
 }
@@ -478,8 +579,9 @@ static void mm_task(void *ctx, int task, int thread)
         r1 = j->w->rows;
     if (r0 >= r1)
         return;
-    if (j->w->pack == MC_MAT_PACK_Q8_0_X16 && !j->ops->packs_q8_0) {
-        rows_q8_0_unpacked(j->ops, j->w, j->qa, j->y, j->ldy, r0, r1);
+    if ((j->w->pack == MC_MAT_PACK_Q8_0_X16 && !j->ops->packs_q8_0) ||
+        (j->w->pack == MC_MAT_PACK_Q6_K_X16 && !j->ops->packs_q6_k)) {
+        rows_unpacked(j->ops, j->w, j->qa, j->y, j->ldy, r0, r1);
         return;
     }
     if (j->w->transposed && j->n >= TRANS_COPY_MIN_TOKENS && !j->w->scale &&
@@ -808,15 +910,16 @@ void mc_mat_row_f32(const mc_mat *w, int r, float *dst)
     const mc_kops *ops = mc_kops_current();
     count(mc_dtype_is_block(w->dtype) ? mc_dtype_row_bytes(w->dtype, w->cols)
                                       : (size_t)w->cols * mc_dtype_size(w->dtype));
-    if (w->pack == MC_MAT_PACK_Q8_0_X16) {
-        int nb = w->cols / MC_QK8_0;
-        unsigned char *row = malloc((size_t)nb * 34);
+    if (w->pack != MC_MAT_PACK_NONE) {
+        const pack_fmt *f = pack_fmt_of(w->pack, w->dtype);
+        int nb = w->cols / f->blk;
+        unsigned char *row = malloc((size_t)nb * f->block_bytes);
         if (!row) { /* no error channel */
-            MC_ERROR("out of memory unpacking a Q8_0 row");
+            MC_ERROR("out of memory unpacking a %s row", mc_dtype_name(w->dtype));
             memset(dst, 0, (size_t)w->cols * sizeof *dst);
             return;
         }
-        mc_q8_0_x16_unpack_row(mc_row_ptr(w, r), nb, row);
+        f->unpack(mc_row_ptr(w, r), nb, row);
         mc_dequantize_row(w->dtype, row, dst, w->cols);
         free(row);
         return;

@@ -79,15 +79,15 @@ def fields(j, what):
     check(not bad, f"{what}: every field with its type", ", ".join(bad[:5]))
     check(j.get("decode_tok_s", 0) > 0 and j.get("bytes_per_step", 0) > 0,
           f"{what}: a decode speed and bytes per step")
-    # the INT8 tile peak: a number on the amx path (with its prefill ratio),
-    # null on every other path
-    amx = j.get("kernels") == "amx"
+    # the INT8 peak: a number on the amx (tiles) and avx512 (vpdpbusd) paths,
+    # with its prefill ratio, null on the others
+    int8 = j.get("kernels") in ("amx", "avx512")
     pk, ratio = j.get("int8_peak_gops", "absent"), j.get("prefill_int8_ratio", "absent")
-    if amx:
+    if int8:
         ok = isinstance(pk, (int, float)) and pk > 0 and isinstance(ratio, (int, float))
     else:
         ok = pk is None and ratio is None
-    check(ok, f"{what}: int8_peak_gops / prefill_int8_ratio {'numbers (amx)' if amx else 'null'}",
+    check(ok, f"{what}: int8_peak_gops / prefill_int8_ratio {'numbers' if int8 else 'null'}",
           f"kernels {j.get('kernels')!r}: {pk!r}, {ratio!r}")
 
 

@@ -21,9 +21,9 @@ score` next to the safetensors model:
   blocks decode to (the package's dequantizer), loaded with `--weights
   q8_0` and `--weights q4_k`: within 1e-6 relative; q6_k (used as stored)
   against that copy in F32: within the 8-bit activations' error (Q6_REL);
-- q8_0 (the GGUF, and --weights q8_0) on the default kernel path, which
-  repacks Q8_0 rows at load where it is avx512, against the portable path
-  reading them as stored: within PATH_REL;
+- q8_0 (the GGUF, and --weights q8_0) and q6_k on the default kernel path,
+  which repacks Q8_0 and Q6_K rows at load where it is avx512, against the
+  portable path reading them as stored: within PATH_REL;
 - deepseek2: with attn_k_b + attn_v_b (newer converters; joined back into
   kv_b at load) and with attn_kv_b whole: bit for bit; q8_0 (attn_kv_b)
   against --weights q8_0 within 1e-6;
@@ -176,6 +176,13 @@ def main():
     ref = os.path.join(work, "ref_q6_k")
     g = score(write("q6_k.gguf", "--type", "q6_k", "--ref-out", ref))
     compare("q6_k GGUF (used as Q6_K) vs its decoded values in F32", g, score(ref), Q6_REL)
+    # its Q6_K rows repacked at load on avx512, against the scalar path reading them as stored
+    q6 = os.path.join(work, "q6_k.gguf")
+    fast = score(q6)
+    packed = "repacked at load" in last_err[0]
+    print(f"q6_k GGUF: default kernels {'repacked' if packed else 'did not repack'} rows")
+    compare("q6_k GGUF: default kernels vs scalar (rows as stored)", fast,
+            score(q6, env=scalar), PATH_REL)
     # --no-mmap: the same blocks copied into RAM, the same logits bit for bit
     # (and for a safetensors folder)
     compare("q6_k GGUF --no-mmap vs mapped", score(os.path.join(work, "q6_k.gguf"),

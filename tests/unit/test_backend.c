@@ -243,7 +243,7 @@ static void test_tensors(void)
     EXPECT_ERR(mc_op_embed(be, &q, &ids, 0, &ys, err_), MC_ERR_ARG, "layout 2");
     OK(mc_tensor_init_2d(&q, b, 0, MC_DT_Q4_K, 2, 512, err_));
     q.pack = 1;
-    EXPECT_ERR(mc_op_embed(be, &q, &ids, 0, &ys, err_), MC_ERR_ARG, "Q8_0 weight");
+    EXPECT_ERR(mc_op_embed(be, &q, &ids, 0, &ys, err_), MC_ERR_ARG, "on a Q4_K tensor");
     OK(mc_tensor_init_2d(&q, b, 0, MC_DT_Q8_0, 2, 480, err_));
     q.pack = 1;
     EXPECT_ERR(mc_op_embed(be, &q, &ids, 0, &ys, err_), MC_ERR_ARG, "multiple of 256");

@@ -553,6 +553,48 @@ static void test_bf16_special(void)
     free_mat(&m);
 }
 
+/* One-token BF16 products on the avx512 path (with AVX512-BF16: vdpbf16ps
+ * on the token split in three exact bf16 parts) against the scalar path:
+ * an infinity, a NaN, a token using every mantissa bit, tiny values; the
+ * non-finite ones in the same class, the others within rounding. */
+static void test_bf16_decode_special(void)
+{
+    enum { R = 19, C = 100 };
+    if (!mc_kpath_supported(MC_KPATH_AVX512))
+        return;
+    test_mat m;
+    make_mat(&m, MC_DT_BF16, R, C, 0, 0);
+    float x[5][C], want[R], got[R], mag[R];
+    for (int t = 0; t < 5; t++)
+        fill(x[t], C, 1.0f);
+    x[0][5] = INFINITY;
+    x[1][40] = -INFINITY;
+    x[2][7] = NAN;
+    for (int i = 0; i < C; i++) {
+        x[3][i] = ldexpf((float)((1 << 24) - 1 - 2 * i), -24 - (i % 5)); /* every bit */
+        x[4][i] = ldexpf(x[4][i], -100);
+    }
+    for (int t = 0; t < 5; t++) {
+        sum_abs(&m.w, x[t], 1, mag);
+        run_matmul(MC_KPATH_SCALAR, 1, &m.w, x[t], 1, C, want, R);
+        run_matmul(MC_KPATH_AVX512, 1, &m.w, x[t], 1, C, got, R);
+        char what[64];
+        snprintf(what, sizeof what, "avx512 bf16 one token, special token %d", t);
+        if (t < 3) {
+            for (int o = 0; o < R; o++) {
+                check_count++;
+                if (!((isnan(want[o]) && isnan(got[o])) || want[o] == got[o])) {
+                    check_failures++;
+                    fprintf(stderr, "%s row %d: got %g want %g\n", what, o, got[o], want[o]);
+                }
+            }
+        } else {
+            compare(what, got, want, mag, R, 2e-6, 1e-30);
+        }
+    }
+    free_mat(&m);
+}
+
 /* The amx path's tile products (Q8_0 / Q4_K, 16 tokens or more) against
  * the scalar path over odd row counts (partial 16-row panels), columns up
  * to 2048 and token counts that leave partial 16-token tiles; that they are
@@ -966,6 +1008,7 @@ int main(void)
     test_block_view(MC_KPATH_SCALAR);
     test_mats_quantize();
     test_packed();
+    test_bf16_decode_special();
     test_amx();
     return check_report("test_kernels");
 }

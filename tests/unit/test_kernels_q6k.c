@@ -14,7 +14,11 @@
  *   random blocks (every bit pattern of ql / qh, scales of both signs);
  * - a column view (a tensor-parallel slice: rows 2 blocks apart, starting at
  *   the second block) against its dequantized rows;
- * - 3 threads bitwise equal to 1 on a product the pool splits.
+ * - 3 threads bitwise equal to 1 on a product the pool splits;
+ * - the same blocks repacked as the avx512 path does at load (mc_mat_pack,
+ *   MC_MAT_PACK_Q6_K_X16): read back bitwise, every path's products within
+ *   2e-6 of the scalar path's (bitwise where a path unpacks them as it
+ *   reads), threads bitwise.
  * Prints the first 5 mismatches of a case. */
 #include "check.h"
 #include "dtype.h"
@@ -139,6 +143,20 @@ int main(void)
             mc_mat w = {.dtype = MC_DT_Q6_K, .rows = rows, .cols = cols,
                         .row_stride = (size_t)cols, .data = data};
             float *wf = dequant(&w);
+            /* the rows repacked as the avx512 path does at load (mc_mat_pack) */
+            unsigned char *pdata = malloc(mc_dtype_row_bytes(MC_DT_Q6_K, cols) * (size_t)rows);
+            memcpy(pdata, data, mc_dtype_row_bytes(MC_DT_Q6_K, cols) * (size_t)rows);
+            mc_mat pw = w;
+            pw.data = pdata;
+            int packed = 0;
+            if (mc_kpath_supported(MC_KPATH_AVX512)) {
+                mc_kernels_set_path(MC_KPATH_AVX512);
+                packed = mc_mat_pack(&pw);
+                CHECK(packed && pw.pack == MC_MAT_PACK_Q6_K_X16);
+                float *pf = dequant(&pw); /* read back as stored */
+                CHECK(memcmp(pf, wf, sizeof *pf * (size_t)rows * cols) == 0);
+                free(pf);
+            }
             for (size_t ti = 0; ti < sizeof tok_set / sizeof *tok_set; ti++) {
                 int n = tok_set[ti];
                 float *x = malloc(sizeof *x * (size_t)n * (size_t)cols);
@@ -152,6 +170,14 @@ int main(void)
                     snprintf(what, sizeof what, "%s Q6_K %dx%d, %d tokens",
                              mc_kpath_name((mc_kpath)p), rows, cols, n);
                     float *y = run_case(what, &w, wf, x, n, p == MC_KPATH_SCALAR ? NULL : want);
+                    if (packed) { /* the repacked rows: the same products */
+                        snprintf(what, sizeof what, "%s Q6_K x16 %dx%d, %d tokens",
+                                 mc_kpath_name((mc_kpath)p), rows, cols, n);
+                        float *yp = run_case(what, &pw, wf, x, n, p == MC_KPATH_SCALAR ? NULL : want ? want : y);
+                        if (p != MC_KPATH_AVX512) /* unpacked as read: bitwise */
+                            CHECK(memcmp(yp, y, sizeof *y * (size_t)n * rows) == 0);
+                        free(yp);
+                    }
                     if (p == MC_KPATH_SCALAR) {
                         want = y;
                         double num = 0, den = 0;
@@ -175,6 +201,7 @@ int main(void)
             }
             free(wf);
             free(data);
+            free(pdata);
         }
     printf("scalar Q6_K products: worst relative error %.3g against the f64 product with the "
            "unquantized activations (the 8-bit activations' share, not judged)\n", worst);
@@ -221,23 +248,35 @@ int main(void)
         float *x = malloc(sizeof *x * (size_t)n * cols);
         float *y1 = malloc(sizeof *y1 * (size_t)n * rows), *y3 = malloc(sizeof *y3 * (size_t)n * rows);
         random_x(x, (size_t)n * cols);
+        unsigned char *pdata = malloc(mc_dtype_row_bytes(MC_DT_Q6_K, cols) * (size_t)rows);
+        memcpy(pdata, data, mc_dtype_row_bytes(MC_DT_Q6_K, cols) * (size_t)rows);
+        mc_mat pw = w; /* repacked (avx512), when that path is here */
+        pw.data = pdata;
+        if (mc_kpath_supported(MC_KPATH_AVX512)) {
+            mc_kernels_set_path(MC_KPATH_AVX512);
+            CHECK(mc_mat_pack(&pw) == 1);
+        }
         for (int p = 0; p < MC_KPATH_COUNT; p++) {
             if (!mc_kpath_supported((mc_kpath)p))
                 continue;
             mc_kernels_set_path((mc_kpath)p);
-            for (int nt = 1; nt <= 9; nt += 8) { /* 1 token and 9 */
-                mc_kernels_set_threads(1);
-                mc_matmul(&w, x, nt, cols, y1, rows);
-                mc_kernels_set_threads(3);
-                mc_matmul(&w, x, nt, cols, y3, rows);
-                int bad = 0;
-                for (int i = 0; i < nt * rows; i++)
-                    if (memcmp(&y1[i], &y3[i], sizeof *y1) != 0 && bad++ < 5)
-                        fprintf(stderr, "  %s threads, %d tokens: [%d] 3 threads %.9g, 1 thread %.9g\n",
-                                mc_kpath_name((mc_kpath)p), nt, i, y3[i], y1[i]);
-                CHECK(bad == 0);
-            }
+            for (int k = 0; k < 2; k++)
+                for (int nt = 1; nt <= 9; nt += 8) { /* 1 token and 9 */
+                    const mc_mat *m = k ? &pw : &w;
+                    mc_kernels_set_threads(1);
+                    mc_matmul(m, x, nt, cols, y1, rows);
+                    mc_kernels_set_threads(3);
+                    mc_matmul(m, x, nt, cols, y3, rows);
+                    int bad = 0;
+                    for (int i = 0; i < nt * rows; i++)
+                        if (memcmp(&y1[i], &y3[i], sizeof *y1) != 0 && bad++ < 5)
+                            fprintf(stderr, "  %s threads%s, %d tokens: [%d] 3 threads %.9g, 1 "
+                                    "thread %.9g\n", mc_kpath_name((mc_kpath)p),
+                                    k ? " (repacked rows)" : "", nt, i, y3[i], y1[i]);
+                    CHECK(bad == 0);
+                }
         }
+        free(pdata);
         mc_kernels_set_threads(1);
         free(x);
         free(y1);
