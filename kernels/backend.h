@@ -68,8 +68,8 @@ typedef struct {
     size_t scale_offset;
     int64_t scale_cols;
     int block_rows, block_cols;
-    /* The rows' layout (kernels.h MC_MAT_PACK_*): 0 as stored; 1 (Q8_0) or
-     * 2 (Q6_K) rows repacked for the CPU kernels at load (mc_mat_pack: a 2-D
+    /* The rows' layout (kernels.h MC_MAT_PACK_*): 0 as stored; 1 (Q8_0),
+     * 2 (Q6_K) or 3 (Q4_K) rows repacked for the CPU kernels at load (mc_mat_pack: a 2-D
      * weight, columns a multiple of 256, rows contiguous). Only the CPU
      * backend reads them; row views keep the layout, column views are refused. */
     int pack;

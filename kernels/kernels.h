@@ -56,7 +56,19 @@ typedef struct {
  * f16 scales in block order. A 512-bit vector of a group holds four values
  * of each of 16 blocks, so one vpdpbusd chain of 8 steps sums 16 blocks
  * at once, with one conversion and one FMA per 512 weights. */
-enum { MC_MAT_PACK_NONE = 0, MC_MAT_PACK_Q8_0_X16 = 1, MC_MAT_PACK_Q6_K_X16 = 2 };
+enum {
+    MC_MAT_PACK_NONE = 0,
+    MC_MAT_PACK_Q8_0_X16 = 1,
+    MC_MAT_PACK_Q6_K_X16 = 2,
+    MC_MAT_PACK_Q4_K_X16 = 3
+};
+/* MC_MAT_PACK_Q4_K_X16: a row of nb Q4_K super-blocks keeps its 144 nb
+ * bytes: first the nibbles, per pair of super-blocks (its 16 sub-blocks of
+ * 32, lanes j = 8 x super-block + sub-block) four 64-byte vectors N_p whose
+ * byte 4j + c holds value 8p + c of lane j's sub-block in its low nibble
+ * and value 8p + 4 + c in its high one; an odd last super-block likewise in
+ * four 32-byte vectors (8 lanes); then each super-block's 16-byte header as
+ * stored (d, dmin, the 12 bytes of 6-bit scales and mins). */
 /* MC_MAT_PACK_Q6_K_X16: each Q6_K block keeps its 210 bytes and its scales
  * and d in place; its 256 six-bit values are reordered so that, with
  * V_k[4j + c] = value 16j + 4k + c (k < 4: four values of each of the 16
@@ -66,8 +78,8 @@ enum { MC_MAT_PACK_NONE = 0, MC_MAT_PACK_Q8_0_X16 = 1, MC_MAT_PACK_Q6_K_X16 = 2 
  * masks give four vectors whose vpdpbusd leave sub-block j's sum in lane j. */
 
 /* Rewrites w's rows in place into the current kernel path's repacked
- * layout for its dtype when the path reads one (avx512: Q8_0 and Q6_K rows
- * of a multiple of 256 columns, contiguous, not transposed) and sets w->pack;
+ * layout for its dtype when the path reads one (avx512: Q8_0, Q4_K and Q6_K
+ * rows of a multiple of 256 columns, contiguous, not transposed) and sets w->pack;
  * returns 1 if it did, 0 if w stays as it is. w->data must be writable
  * memory the caller owns (a copy, not a file mapping). Products and
  * mc_mat_row_f32 give the same results on every path for a packed and an

@@ -465,7 +465,9 @@ static size_t pack_qact_bytes(const mc_mat *w, int n)
 {
     if (w->pack == MC_MAT_PACK_Q6_K_X16)
         return mc_avx512_q6_k_x16_act_bytes(w, n);
-    if (w->pack != MC_MAT_PACK_Q8_0_X16)
+    /* Q4_K's sub-blocks of 32 take the same interleave as Q8_0's blocks (the
+     * per-block corrections are not read: its values are unsigned nibbles) */
+    if (w->pack != MC_MAT_PACK_Q8_0_X16 && w->pack != MC_MAT_PACK_Q4_K_X16)
         return 0;
     return (size_t)n * (size_t)(w->cols / MC_QK8_0) * 36;
 }
@@ -957,15 +959,19 @@ AI int rows_per_block(size_t row_bytes)
  * mins 0..3 = u1 & 0x3f.., 4..7 = (u2 >> 4 & 0x0f..) | (u1 >> 2 & 0x30..).
  * (No bytes stored and loaded back: the scalar unpack's stores stalled the
  * vector load that followed them.) */
-AI __m128i q4_k_scales(const unsigned char *p)
+AI __m128i q4_k_scales_v(__m128i u)
 {
-    __m128i u = _mm_loadu_si128((const __m128i *)p);
     __m128i a = _mm_shuffle_epi32(u, _MM_SHUFFLE(2, 1, 2, 0)); /* u0 u2 u1 u2 */
     __m128i b = _mm_shuffle_epi32(u, _MM_SHUFFLE(1, 1, 0, 0)); /* u0 u0 u1 u1 */
     __m128i lo = _mm_and_si128(_mm_srlv_epi32(a, _mm_set_epi32(4, 0, 0, 0)),
                                _mm_set_epi32(0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f));
     __m128i hi = _mm_and_si128(_mm_srli_epi32(b, 2), _mm_set_epi32(0x30303030, 0, 0x30303030, 0));
     return _mm_or_si128(lo, hi);
+}
+
+AI __m128i q4_k_scales(const unsigned char *p)
+{
+    return q4_k_scales_v(_mm_loadu_si128((const __m128i *)p));
 }
 
 /* One Q4_K row against T tokens (xq, xd, bs: the first token's values).
@@ -1032,6 +1038,98 @@ AI void q4_k_row(int T, const unsigned char *row, const int8_t *xq, const float 
         y[(size_t)t * ldy] = _mm512_reduce_add_ps(acc[t]);
 }
 
+/* One MC_MAT_PACK_Q4_K_X16 row against T tokens (xi: the first token's
+ * interleaved values, xs apart; xd its super-block scales, nb apart; bs its
+ * per-32 sums, bss apart). Per pair of super-blocks (16 sub-block lanes; an
+ * odd last one in the lower 8): the nibbles as 8 vectors (4 loads, 4 masks,
+ * 4 shifts and masks), d x scale and dmin x min per lane once for all
+ * tokens; per token 8 vpdpbusd (unsigned nibbles x int8: each lane the exact
+ * sum of its sub-block) in two chains, then acc += S (d sc dx) - X (dmin m
+ * dx) per lane, X the sub-block's activation sum. */
+AI void q4_k_row_x16(int T, const unsigned char *row, const int8_t *xi, size_t xs,
+                     const float *xd, const int16_t *bs, size_t bss, int nb, float *y, int ldy)
+{
+    const __m512i m4 = _mm512_set1_epi8(0x0f), z = _mm512_setzero_si512();
+    const unsigned char *hdr = row + (size_t)nb * 128;
+    __m512 acc[8];
+#pragma GCC unroll 8
+    for (int t = 0; t < T; t++)
+        acc[t] = _mm512_setzero_ps();
+    for (int b = 0; b < nb; b += 2) {
+        int two = b + 1 < nb; /* a pair; else the last block, lanes 0..7 */
+        __mmask16 m = two ? (__mmask16)0xffff : (__mmask16)0x00ff;
+        const unsigned char *q = row + (size_t)b * 128;
+        __m512i v[8];
+#pragma GCC unroll 4
+        for (int p = 0; p < 4; p++) {
+            __m512i n = two ? _mm512_loadu_si512((const void *)(q + 64 * p))
+                            : _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)(q + 32 * p)));
+            v[2 * p] = _mm512_and_si512(n, m4);
+            v[2 * p + 1] = _mm512_and_si512(_mm512_srli_epi16(n, 4), m4);
+        }
+        const unsigned char *h0 = hdr + (size_t)b * 16, *h1 = two ? h0 + 16 : h0;
+        /* the headers' 16 bytes, the 12 scale bytes moved down (the last header ends the
+         * row: nothing past it is read) */
+        __m128i sm0 = q4_k_scales_v(_mm_srli_si128(_mm_loadu_si128((const __m128i *)h0), 4));
+        __m128i sm1 = two ? q4_k_scales_v(_mm_srli_si128(_mm_loadu_si128((const __m128i *)h1), 4))
+                          : _mm_setzero_si128();
+        __m512 sc = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_unpacklo_epi64(sm0, sm1)));
+        __m512 mn = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_unpackhi_epi64(sm0, sm1)));
+        uint32_t hh0, hh1;
+        memcpy(&hh0, h0, 4);
+        memcpy(&hh1, h1, 4);
+        __m128 dd0 = _mm_cvtph_ps(_mm_cvtsi32_si128((int)hh0)), dd1 = _mm_cvtph_ps(_mm_cvtsi32_si128((int)hh1));
+        __m512 dl = _mm512_insertf32x8(_mm512_broadcastss_ps(dd0), _mm256_broadcastss_ps(dd1), 1);
+        __m512 ml = _mm512_insertf32x8(_mm512_broadcastss_ps(_mm_movehdup_ps(dd0)),
+                                       _mm256_broadcastss_ps(_mm_movehdup_ps(dd1)), 1);
+        __m512 wa = _mm512_mul_ps(dl, sc), wb = _mm512_mul_ps(ml, mn);
+#pragma GCC unroll 8
+        for (int t = 0; t < T; t++) {
+            const int8_t *x = xi + (size_t)t * xs + (size_t)b * 256;
+            __m512i s0 = z, s1 = z;
+#pragma GCC unroll 4
+            for (int k = 0; k < 8; k += 2) {
+                __m512i x0 = two ? _mm512_load_si512((const void *)(x + 64 * k))
+                                 : _mm512_zextsi256_si512(_mm256_load_si256((const __m256i *)(x + 32 * k)));
+                __m512i x1 = two ? _mm512_load_si512((const void *)(x + 64 * k + 64))
+                                 : _mm512_zextsi256_si512(_mm256_load_si256((const __m256i *)(x + 32 * k + 32)));
+                s0 = _mm512_dpbusd_epi32(s0, v[k], x0);
+                s1 = _mm512_dpbusd_epi32(s1, v[k + 1], x1);
+            }
+            const float *d = xd + (size_t)t * nb + b;
+            __m512 xdl = _mm512_insertf32x8(_mm512_set1_ps(d[0]), _mm256_set1_ps(two ? d[1] : 0.0f), 1);
+            __m512 xsum = _mm512_cvtepi32_ps(_mm512_cvtepi16_epi32(
+                _mm256_maskz_loadu_epi16(m, bs + (size_t)t * bss + (size_t)b * 8)));
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)), _mm512_mul_ps(wa, xdl), acc[t]);
+            acc[t] = _mm512_fnmadd_ps(xsum, _mm512_mul_ps(wb, xdl), acc[t]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int t = 0; t < T; t++)
+        y[(size_t)t * ldy] = _mm512_reduce_add_ps(acc[t]);
+}
+
+/* Repacked Q4_K rows without the tokens' repack (the front end ran out of
+ * memory): each row unpacked into scratch and run as stored. */
+static void rows_q4_k_x16_unpacked(const mc_mat *w, const mc_qact *a, float *y, int ldy, int r0,
+                                   int r1, const __m512i sidx[4])
+{
+    int nb = a->kp / MC_QK_K;
+    unsigned char *row = malloc((size_t)nb * sizeof(mc_block_q4_k));
+    for (int o = r0; o < r1; o++) {
+        if (!row) { /* no error channel: zeros */
+            for (int t = 0; t < a->n; t++)
+                y[(size_t)t * ldy + o] = 0.0f;
+            continue;
+        }
+        mc_q4_k_x16_unpack_row(mc_row_ptr(w, o), nb, row);
+        for (int t = 0; t < a->n; t++)
+            q4_k_row(1, row, a->q + (size_t)t * a->kp, a->d + (size_t)t * nb,
+                     a->bsum + (size_t)t * (a->kp / 32), a->kp, nb, sidx, y + (size_t)t * ldy + o, ldy);
+    }
+    free(row);
+}
+
 static void rows_q4_k(const mc_mat *w, const mc_qact *a, float *y, int ldy, int r0, int r1)
 {
     int nb = a->kp / MC_QK_K, ns = a->kp / 32;
@@ -1041,6 +1139,36 @@ static void rows_q4_k(const mc_mat *w, const mc_qact *a, float *y, int ldy, int 
         sidx[c] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi16((short)(2 * c))),
                                      _mm256_set1_epi16((short)(2 * c + 1)), 1);
     int rb = a->n == 1 ? r1 - r0 : rows_per_block((size_t)nb * sizeof(mc_block_q4_k));
+    if (w->pack == MC_MAT_PACK_Q4_K_X16 && !a->pack) {
+        rows_q4_k_x16_unpacked(w, a, y, ldy, r0, r1, sidx);
+        return;
+    }
+    if (w->pack == MC_MAT_PACK_Q4_K_X16) {
+        size_t xs = (size_t)(a->kp / 32) * 32; /* a token's interleaved values */
+        for (int o0 = r0; o0 < r1; o0 += rb) {
+            int o1 = r1 - o0 < rb ? r1 : o0 + rb;
+            for (int t0 = 0; t0 < a->n; t0 += 8) {
+                const int8_t *xi = (const int8_t *)a->pack + (size_t)t0 * xs;
+                const float *xd = a->d + (size_t)t0 * nb;
+                const int16_t *bs = a->bsum + (size_t)t0 * ns;
+                float *yt = y + (size_t)t0 * ldy;
+                for (int o = o0; o < o1; o++) {
+                    const unsigned char *row = mc_row_ptr(w, o);
+                    switch (a->n - t0 < 8 ? a->n - t0 : 8) {
+                    case 1: q4_k_row_x16(1, row, xi, xs, xd, bs, ns, nb, yt + o, ldy); break;
+                    case 2: q4_k_row_x16(2, row, xi, xs, xd, bs, ns, nb, yt + o, ldy); break;
+                    case 3: q4_k_row_x16(3, row, xi, xs, xd, bs, ns, nb, yt + o, ldy); break;
+                    case 4: q4_k_row_x16(4, row, xi, xs, xd, bs, ns, nb, yt + o, ldy); break;
+                    case 5: q4_k_row_x16(5, row, xi, xs, xd, bs, ns, nb, yt + o, ldy); break;
+                    case 6: q4_k_row_x16(6, row, xi, xs, xd, bs, ns, nb, yt + o, ldy); break;
+                    case 7: q4_k_row_x16(7, row, xi, xs, xd, bs, ns, nb, yt + o, ldy); break;
+                    default: q4_k_row_x16(8, row, xi, xs, xd, bs, ns, nb, yt + o, ldy); break;
+                    }
+                }
+            }
+        }
+        return;
+    }
     for (int o0 = r0; o0 < r1; o0 += rb) {
         int o1 = r1 - o0 < rb ? r1 : o0 + rb;
         for (int t0 = 0; t0 < a->n; t0 += 8) {
@@ -1411,4 +1539,5 @@ const mc_kops mc_kops_avx512 = {
     .pack_qact = pack_qact,
     .packs_q8_0 = 1,
     .packs_q6_k = 1,
+    .packs_q4_k = 1,
 };

@@ -94,8 +94,9 @@ typedef struct {
      * copies of Q8_0 matrices are repacked so (mc_mat_pack); 0: the front
      * end hands it unpacked copies of such rows. */
     int packs_q8_0;
-    /* the same for Q6_K rows (MC_MAT_PACK_Q6_K_X16, rows_q6_k) */
-    int packs_q6_k;
+    /* the same for Q6_K rows (MC_MAT_PACK_Q6_K_X16, rows_q6_k) and Q4_K
+     * rows (MC_MAT_PACK_Q4_K_X16, rows_q4_k) */
+    int packs_q6_k, packs_q4_k;
 } mc_kops;
 
 /* Byte offset of value i (< 32) of block j in a MC_MAT_PACK_Q8_0_X16 row
@@ -116,6 +117,9 @@ void mc_q8_0_x16_unpack_row(const unsigned char *src, int nb, unsigned char *dst
  * MC_MAT_PACK_Q6_K_X16. */
 void mc_q6_k_x16_pack_row(const unsigned char *src, int nb, unsigned char *dst);
 void mc_q6_k_x16_unpack_row(const unsigned char *src, int nb, unsigned char *dst);
+/* ... and a row of nb Q4_K blocks (144 bytes each) and MC_MAT_PACK_Q4_K_X16. */
+void mc_q4_k_x16_pack_row(const unsigned char *src, int nb, unsigned char *dst);
+void mc_q4_k_x16_unpack_row(const unsigned char *src, int nb, unsigned char *dst);
 
 extern const mc_kops mc_kops_scalar;
 #ifdef MC_HAVE_AVX2

@@ -470,10 +470,54 @@ void mc_q6_k_x16_unpack_row(const unsigned char *src, int nb, unsigned char *dst
     }
 }
 
+/* Byte of the X16 nibbles holding value i (< 32) of sub-block s of
+ * super-block b in a row of nb blocks, and whether it is the high nibble. */
+static size_t q4_x16_at(int nb, int b, int s, int i, int *high)
+{
+    int k = i / 4, c = i % 4; /* chunk of 4 values */
+    *high = k & 1;
+    if (b < nb / 2 * 2) /* a pair: lanes 8 (b % 2) + s, 64-byte vectors */
+        return (size_t)(b / 2) * 256 + (size_t)(k / 2) * 64 + (size_t)(8 * (b % 2) + s) * 4 + (size_t)c;
+    return (size_t)(nb / 2) * 256 + (size_t)(k / 2) * 32 + (size_t)s * 4 + (size_t)c;
+}
+
+void mc_q4_k_x16_pack_row(const unsigned char *src, int nb, unsigned char *dst)
+{
+    memset(dst, 0, (size_t)nb * 128);
+    for (int b = 0; b < nb; b++) {
+        const unsigned char *blk = src + (size_t)b * sizeof(mc_block_q4_k);
+        memcpy(dst + (size_t)nb * 128 + (size_t)b * 16, blk, 16); /* d, dmin, scales */
+        for (int s = 0; s < 8; s++)
+            for (int i = 0; i < 32; i++) {
+                uint8_t q = blk[16 + 32 * (s / 2) + i];
+                int high;
+                size_t at = q4_x16_at(nb, b, s, i, &high);
+                dst[at] |= (uint8_t)(((s & 1) ? q >> 4 : q & 0xF) << (high ? 4 : 0));
+            }
+    }
+}
+
+void mc_q4_k_x16_unpack_row(const unsigned char *src, int nb, unsigned char *dst)
+{
+    for (int b = 0; b < nb; b++) {
+        unsigned char *blk = dst + (size_t)b * sizeof(mc_block_q4_k);
+        memcpy(blk, src + (size_t)nb * 128 + (size_t)b * 16, 16);
+        memset(blk + 16, 0, 128);
+        for (int s = 0; s < 8; s++)
+            for (int i = 0; i < 32; i++) {
+                int high;
+                size_t at = q4_x16_at(nb, b, s, i, &high); /* (sets high) */
+                uint8_t v = (uint8_t)((src[at] >> (high ? 4 : 0)) & 0xF);
+                blk[16 + 32 * (s / 2) + i] |= (uint8_t)(v << ((s & 1) ? 4 : 0));
+            }
+    }
+}
+
 int mc_kernels_packs(mc_dtype dt)
 {
     const mc_kops *ops = mc_kops_current();
-    return (dt == MC_DT_Q8_0 && ops->packs_q8_0) || (dt == MC_DT_Q6_K && ops->packs_q6_k);
+    return (dt == MC_DT_Q8_0 && ops->packs_q8_0) || (dt == MC_DT_Q6_K && ops->packs_q6_k) ||
+           (dt == MC_DT_Q4_K && ops->packs_q4_k);
 }
 
 /* The repacked layout of a dtype, its block and a row's repack / unpack. */
@@ -492,8 +536,12 @@ static const pack_fmt *pack_fmt_of(int layout_or_0, mc_dtype dt)
                                 mc_q6_k_x16_pack_row, mc_q6_k_x16_unpack_row};
     if (layout_or_0 == MC_MAT_PACK_Q8_0_X16 || (!layout_or_0 && dt == MC_DT_Q8_0))
         return &q8;
+    static const pack_fmt q4 = {MC_MAT_PACK_Q4_K_X16, MC_QK_K, sizeof(mc_block_q4_k),
+                                mc_q4_k_x16_pack_row, mc_q4_k_x16_unpack_row};
     if (layout_or_0 == MC_MAT_PACK_Q6_K_X16 || (!layout_or_0 && dt == MC_DT_Q6_K))
         return &q6;
+    if (layout_or_0 == MC_MAT_PACK_Q4_K_X16 || (!layout_or_0 && dt == MC_DT_Q4_K))
+        return &q4;
     return NULL;
 }
 
@@ -565,6 +613,8 @@ static void rows_unpacked(const mc_kops *ops, const mc_mat *w, const mc_qact *qa
         t.pack = MC_MAT_PACK_NONE;
         if (w->dtype == MC_DT_Q6_K)
             ops->rows_q6_k(&t, qa, y + c0, ldy, 0, nr);
+        else if (w->dtype == MC_DT_Q4_K)
+            ops->rows_q4_k(&t, qa, y + c0, ldy, 0, nr);
         else
             ops->rows_q8_0(&t, qa, y + c0, ldy, 0, nr);
     }
@@ -580,7 +630,8 @@ static void mm_task(void *ctx, int task, int thread)
     if (r0 >= r1)
         return;
     if ((j->w->pack == MC_MAT_PACK_Q8_0_X16 && !j->ops->packs_q8_0) ||
-        (j->w->pack == MC_MAT_PACK_Q6_K_X16 && !j->ops->packs_q6_k)) {
+        (j->w->pack == MC_MAT_PACK_Q6_K_X16 && !j->ops->packs_q6_k) ||
+        (j->w->pack == MC_MAT_PACK_Q4_K_X16 && !j->ops->packs_q4_k)) {
         rows_unpacked(j->ops, j->w, j->qa, j->y, j->ldy, r0, r1);
         return;
     }

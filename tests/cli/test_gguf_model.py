@@ -21,9 +21,9 @@ score` next to the safetensors model:
   blocks decode to (the package's dequantizer), loaded with `--weights
   q8_0` and `--weights q4_k`: within 1e-6 relative; q6_k (used as stored)
   against that copy in F32: within the 8-bit activations' error (Q6_REL);
-- q8_0 (the GGUF, and --weights q8_0) and q6_k on the default kernel path,
-  which repacks Q8_0 and Q6_K rows at load where it is avx512, against the
-  portable path reading them as stored: within PATH_REL;
+- q8_0 (the GGUF, and --weights q8_0), q4_k and q6_k on the default kernel
+  path, which repacks Q8_0, Q4_K and Q6_K rows at load where it is avx512,
+  against the portable path reading them as stored: within PATH_REL;
 - deepseek2: with attn_k_b + attn_v_b (newer converters; joined back into
   kv_b at load) and with attn_kv_b whole: bit for bit; q8_0 (attn_kv_b)
   against --weights q8_0 within 1e-6;
@@ -169,6 +169,13 @@ def main():
         g = score(write(f"{t}.gguf", "--type", t, "--ref-out", ref))
         compare(f"{t} GGUF vs its decoded values --weights {w}", g, score(ref, ["--weights", w]),
                 REL)
+    # the q4_k GGUF's rows repacked at load on avx512, against the scalar path reading them
+    # as stored
+    q4 = os.path.join(work, "q4_k.gguf")
+    fast = score(q4)
+    print(f"q4_k GGUF: default kernels {'repacked' if 'repacked at load' in last_err[0] else 'did not repack'} rows")
+    compare("q4_k GGUF: default kernels vs scalar (rows as stored)", fast, score(q4, env=scalar),
+            PATH_REL)
     # Q6_K is used as stored (no load-time conversion): against the decoded
     # values in F32 the only difference is the 8-bit activations of the Q6_K
     # products (per 256, as for Q4_K); the kernels themselves are checked

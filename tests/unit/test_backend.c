@@ -244,6 +244,8 @@ static void test_tensors(void)
     OK(mc_tensor_init_2d(&q, b, 0, MC_DT_Q4_K, 2, 512, err_));
     q.pack = 1;
     EXPECT_ERR(mc_op_embed(be, &q, &ids, 0, &ys, err_), MC_ERR_ARG, "on a Q4_K tensor");
+    q.pack = 3; /* Q4_K's own layout: still no embedding table */
+    EXPECT_ERR(mc_op_embed(be, &q, &ids, 0, &ys, err_), MC_ERR_ARG, "repacked");
     OK(mc_tensor_init_2d(&q, b, 0, MC_DT_Q8_0, 2, 480, err_));
     q.pack = 1;
     EXPECT_ERR(mc_op_embed(be, &q, &ids, 0, &ys, err_), MC_ERR_ARG, "multiple of 256");

@@ -846,7 +846,7 @@ static void test_elementwise(mc_kpath p)
  * path is not here. */
 static mc_mat packed_copy(const mc_mat *w, void **store)
 {
-    size_t bytes = (size_t)w->rows * mc_dtype_row_bytes(MC_DT_Q8_0, w->cols);
+    size_t bytes = (size_t)w->rows * mc_dtype_row_bytes(w->dtype, w->cols);
     mc_mat c = *w;
     *store = malloc(bytes);
     memcpy(*store, w->data, bytes);
@@ -860,20 +860,21 @@ static mc_mat packed_copy(const mc_mat *w, void **store)
     return c;
 }
 
-/* Every path's product with the repacked rows against the scalar path's
+/* Every path's product with the repacked rows (Q8_0 or Q4_K) against the scalar path's
  * with the rows as stored: bitwise where the path unpacks them (scalar,
  * avx2, amx), within rounding where it reads them (avx512); each path's
  * thread split bitwise equal to one thread; rows read back (mc_mat_row_f32)
  * bitwise equal to the stored rows'. */
-static void test_packed_case(int rows, int cols, int n)
+static void test_packed_case(mc_dtype dt, int rows, int cols, int n)
 {
     test_mat m;
-    make_mat(&m, MC_DT_Q8_0, rows, cols, 0, 0);
+    make_mat(&m, dt, rows, cols, 0, 0);
     void *pstore;
     mc_mat pw = packed_copy(&m.w, &pstore);
     char what[128];
-    snprintf(what, sizeof what, "Q8_0 x16 %dx%d n=%d", rows, cols, n);
-    CHECK_MSG(pw.data && pw.pack == MC_MAT_PACK_Q8_0_X16, "%s: mc_mat_pack refused", what);
+    snprintf(what, sizeof what, "%s x16 %dx%d n=%d", mc_dtype_name(dt), rows, cols, n);
+    int layout = dt == MC_DT_Q8_0 ? MC_MAT_PACK_Q8_0_X16 : MC_MAT_PACK_Q4_K_X16;
+    CHECK_MSG(pw.data && pw.pack == layout, "%s: mc_mat_pack refused", what);
     if (!pw.data) {
         free_mat(&m);
         return;
@@ -946,15 +947,18 @@ static void test_packed(void)
         printf("Q8_0 x16 layout: no avx512 path here, skipped\n");
         return;
     }
-    /* nb = 8 (one half group), 16, 24 (16 + 8), 64, 136 (8 x 16 + 8) blocks */
+    /* Q8_0: 8 (one half group), 16, 24 (16 + 8), 64, 136 (8 x 16 + 8) blocks;
+     * Q4_K: 1 (the odd last block alone), 2 (a pair), 3, 8, 17 super-blocks */
     static const int cols_l[] = {256, 512, 768, 2048, 4352};
     static const int rows_l[] = {1, 5, 17, 70};
     static const int n_l[] = {1, 2, 3, 4, 5, 9, 16, 33, 64};
-    for (size_t c = 0; c < sizeof cols_l / sizeof cols_l[0]; c++)
-        for (size_t r = 0; r < sizeof rows_l / sizeof rows_l[0]; r++)
-            for (size_t k = 0; k < sizeof n_l / sizeof n_l[0]; k++)
-                if (cols_l[c] * rows_l[r] * n_l[k] <= (1 << 22))
-                    test_packed_case(rows_l[r], cols_l[c], n_l[k]);
+    static const mc_dtype dts[] = {MC_DT_Q8_0, MC_DT_Q4_K};
+    for (size_t d = 0; d < 2; d++)
+        for (size_t c = 0; c < sizeof cols_l / sizeof cols_l[0]; c++)
+            for (size_t r = 0; r < sizeof rows_l / sizeof rows_l[0]; r++)
+                for (size_t k = 0; k < sizeof n_l / sizeof n_l[0]; k++)
+                    if (cols_l[c] * rows_l[r] * n_l[k] <= (1 << 22))
+                        test_packed_case(dts[d], rows_l[r], cols_l[c], n_l[k]);
     /* what is not repacked: other paths, other widths, strided rows, other dtypes */
     test_mat m;
     make_mat(&m, MC_DT_Q8_0, 4, 512, 0, 0);
@@ -962,7 +966,8 @@ static void test_packed(void)
     mc_kernels_set_path(MC_KPATH_SCALAR);
     CHECK(!mc_kernels_packs(MC_DT_Q8_0) && mc_mat_pack(&w) == 0 && w.pack == 0);
     mc_kernels_set_path(MC_KPATH_AVX512);
-    CHECK(mc_kernels_packs(MC_DT_Q8_0) && !mc_kernels_packs(MC_DT_Q4_K));
+    CHECK(mc_kernels_packs(MC_DT_Q8_0) && mc_kernels_packs(MC_DT_Q4_K) &&
+          !mc_kernels_packs(MC_DT_BF16));
     w.cols = 480; /* 15 blocks of a 16-block row */
     CHECK(mc_mat_pack(&w) == 0 && w.pack == 0);
     free_mat(&m);
@@ -970,7 +975,7 @@ static void test_packed(void)
     w = m.w;
     CHECK(mc_mat_pack(&w) == 0 && w.pack == 0);
     free_mat(&m);
-    make_mat(&m, MC_DT_Q4_K, 4, 512, 0, 0);
+    make_mat(&m, MC_DT_BF16, 4, 512, 0, 0);
     w = m.w;
     CHECK(mc_mat_pack(&w) == 0 && w.pack == 0);
     free_mat(&m);
