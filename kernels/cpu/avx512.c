@@ -480,6 +480,7 @@ static void pack_qact(const mc_mat *w, const mc_qact *a, void *dst)
     }
     int nb = a->kp / MC_QK8_0, full = nb / 16 * 16;
     int32_t *corr = (int32_t *)((int8_t *)dst + (size_t)a->n * nb * 32);
+    int q8 = w->pack == MC_MAT_PACK_Q8_0_X16; /* Q4_K's nibbles are unsigned: no corrections */
     for (int t = 0; t < a->n; t++) {
         const int8_t *q = a->q + (size_t)t * a->kp;
         int8_t *xi = (int8_t *)dst + (size_t)t * nb * 32;
@@ -490,35 +491,12 @@ static void pack_qact(const mc_mat *w, const mc_qact *a, void *dst)
                 int32_t sum = 0;
                 for (int k = 0; k < 8; k++)
                     memcpy(xi + (size_t)b * 32 + (size_t)(k * g + j) * 4, blk + 4 * k, 4);
-                for (int i = 0; i < 32; i++)
+                for (int i = 0; q8 && i < 32; i++)
                     sum += blk[i];
                 corr[(size_t)t * nb + b + j] = -128 * sum;
             }
         }
     }
-}
-
-/* Out of memory for the token's repack: the repacked rows one value at a
- * time (same integer block sums; another order of float additions). */
-static void rows_q8_0_x16_scalar(const mc_mat *w, const mc_qact *a, float *y, int ldy, int r0,
-                                 int r1)
-{
-    int nb = a->kp / MC_QK8_0;
-    for (int t = 0; t < a->n; t++)
-        for (int o = r0; o < r1; o++) {
-            const unsigned char *row = mc_row_ptr(w, o);
-            const int8_t *q = a->q + (size_t)t * a->kp;
-            float acc = 0.0f;
-            for (int j = 0; j < nb; j++) {
-                int32_t sum = 0;
-                for (int i = 0; i < 32; i++)
-                    sum += ((int32_t)row[mc_x16_at(nb, j, i)] - 128) * q[(size_t)j * 32 + i];
-                uint16_t h;
-                memcpy(&h, row + (size_t)32 * nb + 2 * (size_t)j, 2);
-                acc += (float)sum * (mc_kf16(h) * a->d[(size_t)t * nb + j]);
-            }
-            y[(size_t)t * ldy + o] = acc;
-        }
 }
 
 /* One repacked row against one token: per group of 16 blocks, 8 vpdpbusd
@@ -776,7 +754,9 @@ AI void q8_0_tile_x16(int R, int T, const unsigned char *const *wr, const int8_t
         }                                                                                          \
     } while (0)
 
-/* Repacked rows [r0, r1) x a->n tokens from pack_qact's repack: one token
+/* Repacked rows [r0, r1) x a->n tokens from pack_qact's repack (always
+ * there: the front end allocates it with the quantized activations, and a
+ * product whose allocation fails never reaches the rows): one token
  * a row at a time (q8_0_row1_x16), more in tiles of 4 rows x 3 tokens over
  * blocks of rows of about QBLOCK_BYTES (kept in L2 while every group of
  * tokens passes over them). */
@@ -830,11 +810,8 @@ static void rows_q8_0(const mc_mat *w, const mc_qact *a, float *y, int ldy, int 
 {
     int nb = a->kp / MC_QK8_0;
     int steps = (nb + 1) / 2;
-    if (w->pack == MC_MAT_PACK_Q8_0_X16) {
-        if (a->pack)
-            rows_q8_0_x16(w, a, y, ldy, r0, r1);
-        else /* the front end had no memory for the repack */
-            rows_q8_0_x16_scalar(w, a, y, ldy, r0, r1);
+    if (w->pack == MC_MAT_PACK_Q8_0_X16) { /* a->pack: pack_qact's (see rows_q8_0_x16) */
+        rows_q8_0_x16(w, a, y, ldy, r0, r1);
         return;
     }
     if (a->n == 1) {
@@ -1109,27 +1086,6 @@ AI void q4_k_row_x16(int T, const unsigned char *row, const int8_t *xi, size_t x
         y[(size_t)t * ldy] = _mm512_reduce_add_ps(acc[t]);
 }
 
-/* Repacked Q4_K rows without the tokens' repack (the front end ran out of
- * memory): each row unpacked into scratch and run as stored. */
-static void rows_q4_k_x16_unpacked(const mc_mat *w, const mc_qact *a, float *y, int ldy, int r0,
-                                   int r1, const __m512i sidx[4])
-{
-    int nb = a->kp / MC_QK_K;
-    unsigned char *row = malloc((size_t)nb * sizeof(mc_block_q4_k));
-    for (int o = r0; o < r1; o++) {
-        if (!row) { /* no error channel: zeros */
-            for (int t = 0; t < a->n; t++)
-                y[(size_t)t * ldy + o] = 0.0f;
-            continue;
-        }
-        mc_q4_k_x16_unpack_row(mc_row_ptr(w, o), nb, row);
-        for (int t = 0; t < a->n; t++)
-            q4_k_row(1, row, a->q + (size_t)t * a->kp, a->d + (size_t)t * nb,
-                     a->bsum + (size_t)t * (a->kp / 32), a->kp, nb, sidx, y + (size_t)t * ldy + o, ldy);
-    }
-    free(row);
-}
-
 static void rows_q4_k(const mc_mat *w, const mc_qact *a, float *y, int ldy, int r0, int r1)
 {
     int nb = a->kp / MC_QK_K, ns = a->kp / 32;
@@ -1139,11 +1095,7 @@ static void rows_q4_k(const mc_mat *w, const mc_qact *a, float *y, int ldy, int 
         sidx[c] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi16((short)(2 * c))),
                                      _mm256_set1_epi16((short)(2 * c + 1)), 1);
     int rb = a->n == 1 ? r1 - r0 : rows_per_block((size_t)nb * sizeof(mc_block_q4_k));
-    if (w->pack == MC_MAT_PACK_Q4_K_X16 && !a->pack) {
-        rows_q4_k_x16_unpacked(w, a, y, ldy, r0, r1, sidx);
-        return;
-    }
-    if (w->pack == MC_MAT_PACK_Q4_K_X16) {
+    if (w->pack == MC_MAT_PACK_Q4_K_X16) { /* a->pack: pack_qact's interleave */
         size_t xs = (size_t)(a->kp / 32) * 32; /* a token's interleaved values */
         for (int o0 = r0; o0 < r1; o0 += rb) {
             int o1 = r1 - o0 < rb ? r1 : o0 + rb;

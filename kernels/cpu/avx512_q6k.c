@@ -15,7 +15,6 @@
 #include "kern.h"
 
 #include <immintrin.h>
-#include <stdlib.h>
 
 #define AI static inline __attribute__((always_inline))
 
@@ -177,26 +176,6 @@ void mc_avx512_q6_k_x16_act(const mc_mat *w, const mc_qact *a, void *dst)
     }
 }
 
-/* Repacked rows without the tokens' repack (the front end ran out of
- * memory): each row unpacked into scratch and run as stored. */
-static void rows_x16_unpacked(const mc_mat *w, const mc_qact *a, float *y, int ldy, int r0,
-                              int r1, const __m512i sidx[4])
-{
-    int nb = a->kp / MC_QK_K;
-    unsigned char *row = malloc((size_t)nb * sizeof(mc_block_q6_k));
-    for (int o = r0; o < r1; o++) {
-        if (!row) { /* no error channel: zeros */
-            for (int t = 0; t < a->n; t++)
-                y[(size_t)t * ldy + o] = 0.0f;
-            continue;
-        }
-        mc_q6_k_x16_unpack_row(mc_row_ptr(w, o), nb, row);
-        for (int t0 = 0; t0 < a->n; t0++)
-            q6_k_row(1, row, a, t0, nb, sidx, y + (size_t)t0 * ldy + o, ldy);
-    }
-    free(row);
-}
-
 /* Rows [r0, r1) x all tokens: panels of 16 rows, each swept once per group
  * of 8 tokens, so a panel's weights stay in cache while the activations are
  * read once per panel instead of once per row. */
@@ -211,11 +190,7 @@ void mc_avx512_rows_q6_k(const mc_mat *w, const mc_qact *a, float *y, int ldy, i
         sidx[v] = _mm512_loadu_si512((const void *)ix);
     }
     enum { PANEL = 16 };
-    if (w->pack == MC_MAT_PACK_Q6_K_X16 && !a->pack) {
-        rows_x16_unpacked(w, a, y, ldy, r0, r1, sidx);
-        return;
-    }
-    if (w->pack == MC_MAT_PACK_Q6_K_X16) {
+    if (w->pack == MC_MAT_PACK_Q6_K_X16) { /* a->pack: the front end allocates it with a */
         const int8_t *xi = a->pack;
         const int32_t *corr = (const int32_t *)(xi + (size_t)a->n * nb * 256);
         size_t xs = (size_t)nb * 256, cs = (size_t)nb * 16;
