@@ -50,6 +50,8 @@ static float row1(const uint16_t *w, const uint16_t *xh, const uint16_t *xm, con
     __m512 h0 = _mm512_setzero_ps(), h1 = h0, m0 = h0, m1 = h0, l0 = h0, l1 = h0;
     int k = 0;
     for (; k + 64 <= K; k += 64) {
+        _mm_prefetch((const char *)(w + k) + PF_L2_BYTES, _MM_HINT_T1); /* 128 bytes a step, into L2 */
+        _mm_prefetch((const char *)(w + k) + PF_L2_BYTES + 64, _MM_HINT_T1);
         __m512i w0 = _mm512_loadu_si512((const void *)(w + k));
         __m512i w1 = _mm512_loadu_si512((const void *)(w + k + 32));
         h0 = _mm512_dpbf16_ps(h0, BH(w0), BH(_mm512_loadu_si512((const void *)(xh + k))));

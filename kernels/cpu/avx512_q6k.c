@@ -121,6 +121,12 @@ AI void q6_k_row_x16(int T, const unsigned char *row, const int8_t *xi, const in
         acc[t] = _mm512_setzero_ps();
     for (int b = 0; b < nb; b++) {
         const unsigned char *p = row + (size_t)b * sizeof(mc_block_q6_k);
+        if (T == 1) { /* decode: the row stream into L2 (PF_L2_BYTES) */
+            _mm_prefetch((const char *)p + PF_L2_BYTES, _MM_HINT_T1);
+            _mm_prefetch((const char *)p + PF_L2_BYTES + 64, _MM_HINT_T1);
+            _mm_prefetch((const char *)p + PF_L2_BYTES + 128, _MM_HINT_T1);
+            _mm_prefetch((const char *)p + PF_L2_BYTES + 192, _MM_HINT_T1);
+        }
         __m512i l0 = _mm512_loadu_si512((const void *)p), l1 = _mm512_loadu_si512((const void *)(p + 64));
         __m512i qh = _mm512_loadu_si512((const void *)(p + 128));
         /* 0xCA: bit select, m4 ? low nibble : high bits */
