@@ -271,6 +271,17 @@ static void test_matmul(mc_kpath p)
         test_matmul_case(p, MC_DT_BF16, 150, 37, n, 1, 0);
         test_matmul_case(p, MC_DT_F32, 130, 300, n, 1, 0);
     }
+    /* BF16 rows read as stored by the avx512 tiles from 4 tokens on (tokens
+     * split into even and odd columns; partial 32-column chunks, 4-row and
+     * 4-token remainders; the cases above cover 4..13 tokens), more tokens,
+     * and past one token block (44 tokens of 2053 columns) */
+    static const int bn[] = {17, 18, 19, 20, 23, 37};
+    static const int bc[] = {1, 31, 32, 33, 100, 2053};
+    for (size_t i = 0; i < sizeof bn / sizeof bn[0]; i++)
+        for (size_t j = 0; j < sizeof bc / sizeof bc[0]; j++)
+            test_matmul_case(p, MC_DT_BF16, rows_l[(i + j) % 5], bc[j], bn[i], 0, 0);
+    test_matmul_case(p, MC_DT_BF16, 9, 2053, 50, 0, 0);
+    test_matmul_case(p, MC_DT_BF16, 6, 2053, 97, 0, 0);
     /* every token count through the tile remainders, and a long row */
     for (int n = 1; n <= 13; n++) {
         test_matmul_case(p, MC_DT_BF16, 9, 2053, n, 0, 0);
@@ -522,7 +533,10 @@ static void *amx_thread(void *p)
  * sums the scalar path gives, NaN gives NaN, values whose three parts reach
  * the last bit of f32 (2^24 - 1 times a power of two) and tiny ones (down
  * to 2^-100) keep f32 accuracy. 24 tokens: tiles on amx with AMX-BF16. */
-static void test_bf16_special(void)
+/* BF16 rows against 24 tokens (the amx tiles; the avx512 tiles reading
+ * the stored rows) with infinities, NaN, a token using every mantissa bit
+ * and tiny tokens, against the scalar path. */
+static void test_bf16_special(mc_kpath p)
 {
     enum { R = 19, C = 96, N = 24 };
     test_mat m;
@@ -538,18 +552,21 @@ static void test_bf16_special(void)
     }
     sum_abs(&m.w, x, N, mag);
     run_matmul(MC_KPATH_SCALAR, 1, &m.w, x, N, C, want, R);
-    run_matmul(MC_KPATH_AMX, 1, &m.w, x, N, C, got, R);
+    run_matmul(p, 1, &m.w, x, N, C, got, R);
     for (int o = 0; o < R; o++) /* the non-finite rows: same class as scalar */
         for (int t = 0; t < 3; t++) {
             float a = want[t * R + o], b = got[t * R + o];
             check_count++;
             if (!((isnan(a) && isnan(b)) || a == b)) {
                 check_failures++;
-                fprintf(stderr, "amx bf16 special token %d row %d: got %g want %g\n", t, o, b, a);
+                fprintf(stderr, "%s bf16 special token %d row %d: got %g want %g\n",
+                        mc_kpath_name(p), t, o, b, a);
             }
             want[t * R + o] = got[t * R + o] = mag[t * R + o] = 0;
         }
-    compare("amx bf16 special values", got, want, mag, (size_t)N * R, 2e-6, 1e-30);
+    char what[64];
+    snprintf(what, sizeof what, "%s bf16 special values", mc_kpath_name(p));
+    compare(what, got, want, mag, (size_t)N * R, 2e-6, 1e-30);
     free_mat(&m);
 }
 
@@ -645,7 +662,7 @@ static void test_amx(void)
         test_matmul_case(MC_KPATH_AMX, MC_DT_F8_E4M3, 33, 100, f8_n[i], 0, 0);
         test_matmul_case(MC_KPATH_AMX, MC_DT_F8_E4M3, 33, 100, f8_n[i], 0, 5);
     }
-    test_bf16_special();
+    test_bf16_special(MC_KPATH_AMX);
     /* the tiles are taken from 16 tokens on (BF16: from 4), and only there */
     int bf16_tiles = strstr(mc_cpu_features(), "amx_bf16") != NULL;
     mc_dtype types[4] = {MC_DT_Q8_0, MC_DT_Q4_K, MC_DT_BF16, MC_DT_F8_E4M3};
@@ -1014,6 +1031,8 @@ int main(void)
     test_mats_quantize();
     test_packed();
     test_bf16_decode_special();
+    if (mc_kpath_supported(MC_KPATH_AVX512))
+        test_bf16_special(MC_KPATH_AVX512);
     test_amx();
     return check_report("test_kernels");
 }
