@@ -196,8 +196,8 @@ static inline float mc_kf16(uint16_t h)
 /* The AVX512-BF16 decode and the one-token kernel of Q6_K rows repacked
  * at load prefetch their row stream this many bytes ahead into L2
  * (prefetcht1). On a 2-core Zen 4 (AMD EPYC), one thread reading a 622 MB
- * matrix from memory: BF16 16-17 -> 19-21 GB/s (2 threads 20-33 -> 25-36;
- * prefetcht0 at 8 KiB 13-19 / 23), Q6_K 17-18.5 -> 20-23 GB/s. The
+ * matrix from memory: BF16 14-20 -> 18-21 GB/s (2 threads 20-33 -> 25-36;
+ * prefetcht0 at 8 KiB 13-19 / 23), Q6_K 17-18.5 -> 20-23 GB/s (docs/kernels.md). The
  * repacked Q8_0 and Q4_K kernels measured no gain (Q8_0) and a loss (Q4_K:
  * 13-15 -> 4-10 GB/s) with it, so they have none. */
 #define PF_L2_BYTES 8192
