@@ -357,6 +357,8 @@ static size_t pack_f_bytes(const mc_mat *w, int n)
     if (!bf16_direct(w, n))
         return 0;
     size_t nt = ((size_t)n + MC_FPACK_TOKENS - 1) / MC_FPACK_TOKENS * MC_FPACK_TOKENS;
+    if (bf16_k32(w) > SIZE_MAX / sizeof(float) / nt)
+        return 0; /* no repack: rows_f reads the rows */
     return nt * bf16_k32(w) * sizeof(float);
 }
 
