@@ -107,10 +107,10 @@ mc_status mc_session_load(mc_session *s, const mc_session_opts *o, mc_err *err) 
      * model stores such matrices: the copies are made in that layout. Every rank agrees, each
      * on its own share (whether one copies need not be the same everywhere). */
     if (!o->weights_given && !s->cuda) {
-        bool copy = o->resident ||
-                    (mc_kernels_packs(MC_DT_Q8_0) && mc_model_maps_dtype(s->m, MC_DT_Q8_0)) ||
-                    (mc_kernels_packs(MC_DT_Q6_K) && mc_model_maps_dtype(s->m, MC_DT_Q6_K)) ||
-                    (mc_kernels_packs(MC_DT_Q4_K) && mc_model_maps_dtype(s->m, MC_DT_Q4_K));
+        static const mc_dtype packed[] = {MC_DT_Q8_0, MC_DT_Q4_K, MC_DT_Q6_K};
+        bool copy = o->resident;
+        for (size_t i = 0; i < sizeof packed / sizeof packed[0] && !copy; i++)
+            copy = mc_kernels_packs(packed[i]) && mc_model_maps_dtype(s->m, packed[i]);
         if ((st = mc_session_agree(s, copy ? mc_model_resident(s->m, err) : MC_OK, err)) != MC_OK)
             return st;
     }

@@ -276,23 +276,9 @@ static void rows_f(const mc_mat *w, const float *x, int n, int ldx, float *y, in
  * 195.6 -> 215.9 / 210.0 / 231.4 tok/s, decode at batch 8 48.0 / 45.8 /
  * 51.2 -> 64.8 / 65.4 / 66.5 tok/s. */
 
-static int bf16_direct(const mc_mat *w, int n)
-{
-    return w->dtype == MC_DT_BF16 && !w->scale && !w->transposed && w->cols > 0 &&
-           n >= PACK_MIN_TOKENS;
-}
-
 static size_t bf16_k16(const mc_mat *w) { return ((size_t)w->cols + 15) / 16 * 16; }
 
-static size_t pack_f_bytes(const mc_mat *w, int n)
-{
-    if (!bf16_direct(w, n))
-        return 0;
-    size_t nt = ((size_t)n + MC_FPACK_TOKENS - 1) / MC_FPACK_TOKENS * MC_FPACK_TOKENS;
-    if (bf16_k16(w) > SIZE_MAX / sizeof(float) / nt)
-        return 0; /* no repack: rows_f reads the rows */
-    return nt * bf16_k16(w) * sizeof(float);
-}
+static size_t pack_f_bytes(const mc_mat *w, int n) { return mc_bf16_direct_bytes(w, n, 16); }
 
 /* Tokens [16 tt0, 16 tt1) (and < n): token t at t * k16 floats, per 16
  * columns c the 8 values c + 2i, then the 8 values c + 2i + 1. */
@@ -365,34 +351,21 @@ AI void bf16_tile(int T, const uint16_t *const *wr, int R, const float *xp, size
                 y[(size_t)t * ldy + r] = hsum256(acc[r][t]);
 }
 
+static void bf16_tile_t(int T, const uint16_t *const *wr, int R, const float *xp, size_t k16,
+                        int K, float *y, int ldy)
+{
+    if (T >= 2)
+        bf16_tile(2, wr, R, xp, k16, K, y, ldy);
+    else
+        bf16_tile(1, wr, R, xp, k16, K, y, ldy);
+}
+
 static void rows_bf16_direct(const mc_mat *w, const void *pack, const float *x, int n, int ldx,
                              float *y, int ldy, int r0, int r1)
 {
     (void)x;
     (void)ldx;
-    int K = w->cols;
-    size_t k16 = bf16_k16(w);
-    const float *xp = pack;
-    /* token block: keep TB tokens' repack within ~384 KiB of L2 */
-    int tb = (int)((384u * 1024u) / (k16 * 4));
-    tb = tb < 2 ? 2 : tb & ~1;
-    for (int t0b = 0; t0b < n; t0b += tb) {
-        int tn = n - t0b < tb ? n - t0b : tb;
-        for (int o = r0; o < r1; o += 4) {
-            int R = r1 - o < 4 ? r1 - o : 4;
-            const uint16_t *wr[4];
-            for (int r = 0; r < 4; r++) /* rows past r1 repeat the first (not stored) */
-                wr[r] = (const uint16_t *)w->data + (size_t)(o + (r < R ? r : 0)) * w->row_stride;
-            for (int t0 = 0; t0 < tn; t0 += 2) {
-                const float *xt = xp + (size_t)(t0b + t0) * k16;
-                float *yt = y + (size_t)(t0b + t0) * ldy + o;
-                if (tn - t0 >= 2)
-                    bf16_tile(2, wr, R, xt, k16, K, yt, ldy);
-                else
-                    bf16_tile(1, wr, R, xt, k16, K, yt, ldy);
-            }
-        }
-    }
+    mc_bf16_direct_rows(w, pack, bf16_k16(w), n, 2, bf16_tile_t, y, ldy, r0, r1);
 }
 
 /* ---- Q8_0 ---- */

@@ -339,28 +339,9 @@ static void packed_rows(const mc_mat *w, const float *x, int n, int ldx, float *
  * chunk: masked loads throughout measured 265-314 tok/s, slower than the
  * panels.) */
 
-/* From this many tokens on (fewer: stream_rows). On the 2-core Zen 4, BF16
- * GGUF of the 4-layer Qwen3-30B-A3B shape, decode at batch 8 (the experts'
- * products mostly 1-3 tokens, attention and the LM head 8): 17 -> 4 took
- * 72.9 / 78.7 to 99.4 / 95.9 tok/s; 2 measured the same as 4. */
-#define BF16_DIRECT_MIN_TOKENS 4
-static int bf16_direct(const mc_mat *w, int n)
-{
-    return w->dtype == MC_DT_BF16 && !w->scale && !w->transposed && w->cols > 0 &&
-           n >= BF16_DIRECT_MIN_TOKENS;
-}
-
 static size_t bf16_k32(const mc_mat *w) { return ((size_t)w->cols + 31) / 32 * 32; }
 
-static size_t pack_f_bytes(const mc_mat *w, int n)
-{
-    if (!bf16_direct(w, n))
-        return 0;
-    size_t nt = ((size_t)n + MC_FPACK_TOKENS - 1) / MC_FPACK_TOKENS * MC_FPACK_TOKENS;
-    if (bf16_k32(w) > SIZE_MAX / sizeof(float) / nt)
-        return 0; /* no repack: rows_f reads the rows */
-    return nt * bf16_k32(w) * sizeof(float);
-}
+static size_t pack_f_bytes(const mc_mat *w, int n) { return mc_bf16_direct_bytes(w, n, 32); }
 
 /* Tokens [16 tt0, 16 tt1) (and < n) of x -> dst: token t at t * k32 floats,
  * per 32 columns c the 16 values c + 2i, then the 16 values c + 2i + 1. */
@@ -427,36 +408,23 @@ AI void bf16_tile(int T, const uint16_t *const *wr, int R, const float *xp, size
                 y[(size_t)t * ldy + r] = _mm512_reduce_add_ps(acc[r][t]);
 }
 
+static void bf16_tile_t(int T, const uint16_t *const *wr, int R, const float *xp, size_t k32,
+                        int K, float *y, int ldy)
+{
+    switch (T) {
+    case 1: bf16_tile(1, wr, R, xp, k32, K, y, ldy); break;
+    case 2: bf16_tile(2, wr, R, xp, k32, K, y, ldy); break;
+    case 3: bf16_tile(3, wr, R, xp, k32, K, y, ldy); break;
+    default: bf16_tile(4, wr, R, xp, k32, K, y, ldy); break;
+    }
+}
+
 static void rows_bf16_direct(const mc_mat *w, const void *pack, const float *x, int n, int ldx,
                              float *y, int ldy, int r0, int r1)
 {
     (void)x;
     (void)ldx;
-    int K = w->cols;
-    size_t k32 = bf16_k32(w);
-    const float *xp = pack;
-    /* token block: keep TB tokens' repack (TB * k32 * 4 bytes) within ~384 KiB of L2 */
-    int tb = (int)((384u * 1024u) / (k32 * 4));
-    tb = tb < 4 ? 4 : tb & ~3;
-    for (int t0b = 0; t0b < n; t0b += tb) {
-        int tn = n - t0b < tb ? n - t0b : tb;
-        for (int o = r0; o < r1; o += 4) {
-            int R = r1 - o < 4 ? r1 - o : 4;
-            const uint16_t *wr[4];
-            for (int r = 0; r < 4; r++) /* rows past r1 repeat the first (not stored) */
-                wr[r] = (const uint16_t *)w->data + (size_t)(o + (r < R ? r : 0)) * w->row_stride;
-            for (int t0 = 0; t0 < tn; t0 += 4) {
-                const float *xt = xp + (size_t)(t0b + t0) * k32;
-                float *yt = y + (size_t)(t0b + t0) * ldy + o;
-                switch (tn - t0 < 4 ? tn - t0 : 4) {
-                case 1: bf16_tile(1, wr, R, xt, k32, K, yt, ldy); break;
-                case 2: bf16_tile(2, wr, R, xt, k32, K, yt, ldy); break;
-                case 3: bf16_tile(3, wr, R, xt, k32, K, yt, ldy); break;
-                default: bf16_tile(4, wr, R, xt, k32, K, yt, ldy); break;
-                }
-            }
-        }
-    }
+    mc_bf16_direct_rows(w, pack, bf16_k32(w), n, 4, bf16_tile_t, y, ldy, r0, r1);
 }
 
 /* Row o of FP8 w (block scales) against x, one weight at a time through
@@ -1232,54 +1200,36 @@ static void rows_q4_k(const mc_mat *w, const mc_qact *a, float *y, int ldy, int 
         sidx[c] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi16((short)(2 * c))),
                                      _mm256_set1_epi16((short)(2 * c + 1)), 1);
     int rb = a->n == 1 ? r1 - r0 : rows_per_block((size_t)nb * sizeof(mc_block_q4_k));
-    if (w->pack == MC_MAT_PACK_Q4_K_X16) { /* a->pack: pack_qact's interleave */
-        size_t xs = (size_t)(a->kp / 32) * 32; /* a token's interleaved values */
-        for (int o0 = r0; o0 < r1; o0 += rb) {
-            int o1 = r1 - o0 < rb ? r1 : o0 + rb;
-            for (int t0 = 0; t0 < a->n; t0 += 8) {
-                const int8_t *xi = (const int8_t *)a->pack + (size_t)t0 * xs;
-                const float *xd = a->d + (size_t)t0 * nb;
-                const int16_t *bs = a->bsum + (size_t)t0 * ns;
-                float *yt = y + (size_t)t0 * ldy;
-                for (int o = o0; o < o1; o++) {
-                    const unsigned char *row = mc_row_ptr(w, o);
-                    switch (a->n - t0 < 8 ? a->n - t0 : 8) {
-                    case 1: q4_k_row_x16(1, row, xi, xs, xd, bs, ns, nb, yt + o, ldy); break;
-                    case 2: q4_k_row_x16(2, row, xi, xs, xd, bs, ns, nb, yt + o, ldy); break;
-                    case 3: q4_k_row_x16(3, row, xi, xs, xd, bs, ns, nb, yt + o, ldy); break;
-                    case 4: q4_k_row_x16(4, row, xi, xs, xd, bs, ns, nb, yt + o, ldy); break;
-                    case 5: q4_k_row_x16(5, row, xi, xs, xd, bs, ns, nb, yt + o, ldy); break;
-                    case 6: q4_k_row_x16(6, row, xi, xs, xd, bs, ns, nb, yt + o, ldy); break;
-                    case 7: q4_k_row_x16(7, row, xi, xs, xd, bs, ns, nb, yt + o, ldy); break;
-                    default: q4_k_row_x16(8, row, xi, xs, xd, bs, ns, nb, yt + o, ldy); break;
-                    }
-                }
-            }
-        }
-        return;
-    }
+    int x16 = w->pack == MC_MAT_PACK_Q4_K_X16; /* a->pack: pack_qact's interleave */
+    size_t xs = (size_t)(a->kp / 32) * 32;      /* a token's interleaved values */
+/* row o of either layout against T tokens from t0 */
+#define Q4K_ROW(T)                                                                                 \
+    (x16 ? q4_k_row_x16(T, row, xi, xs, xd, bs, ns, nb, yt + o, ldy)                              \
+         : q4_k_row(T, row, xq, xd, bs, a->kp, nb, sidx, yt + o, ldy))
     for (int o0 = r0; o0 < r1; o0 += rb) {
         int o1 = r1 - o0 < rb ? r1 : o0 + rb;
         for (int t0 = 0; t0 < a->n; t0 += 8) {
             const int8_t *xq = a->q + (size_t)t0 * a->kp;
+            const int8_t *xi = x16 ? (const int8_t *)a->pack + (size_t)t0 * xs : NULL;
             const float *xd = a->d + (size_t)t0 * nb;
             const int16_t *bs = a->bsum + (size_t)t0 * ns;
             float *yt = y + (size_t)t0 * ldy;
             for (int o = o0; o < o1; o++) {
                 const unsigned char *row = mc_row_ptr(w, o);
                 switch (a->n - t0 < 8 ? a->n - t0 : 8) {
-                case 1: q4_k_row(1, row, xq, xd, bs, a->kp, nb, sidx, yt + o, ldy); break;
-                case 2: q4_k_row(2, row, xq, xd, bs, a->kp, nb, sidx, yt + o, ldy); break;
-                case 3: q4_k_row(3, row, xq, xd, bs, a->kp, nb, sidx, yt + o, ldy); break;
-                case 4: q4_k_row(4, row, xq, xd, bs, a->kp, nb, sidx, yt + o, ldy); break;
-                case 5: q4_k_row(5, row, xq, xd, bs, a->kp, nb, sidx, yt + o, ldy); break;
-                case 6: q4_k_row(6, row, xq, xd, bs, a->kp, nb, sidx, yt + o, ldy); break;
-                case 7: q4_k_row(7, row, xq, xd, bs, a->kp, nb, sidx, yt + o, ldy); break;
-                default: q4_k_row(8, row, xq, xd, bs, a->kp, nb, sidx, yt + o, ldy); break;
+                case 1: Q4K_ROW(1); break;
+                case 2: Q4K_ROW(2); break;
+                case 3: Q4K_ROW(3); break;
+                case 4: Q4K_ROW(4); break;
+                case 5: Q4K_ROW(5); break;
+                case 6: Q4K_ROW(6); break;
+                case 7: Q4K_ROW(7); break;
+                default: Q4K_ROW(8); break;
                 }
             }
         }
     }
+#undef Q4K_ROW
 }
 
 /* ---- vector math ---- */

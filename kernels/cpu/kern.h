@@ -163,6 +163,27 @@ void mc_quantize_act_row(const float *x, int cols, int kp, int blk, int8_t *q, f
 /* Tokens per tile of a pack_f repack. */
 #define MC_FPACK_TOKENS 16
 
+/* BF16 rows read as stored against the tokens split into even and odd
+ * columns (the avx2 and avx512 paths' pack_f / rows_f_packed; avx512.c
+ * says how). BF16 products of MC_BF16_DIRECT_MIN_TOKENS tokens or more
+ * take it; on the 2-core Zen 4, BF16 GGUF of the 4-layer Qwen3-30B-A3B
+ * shape, decode at batch 8 (the experts' products mostly 1-3 tokens,
+ * attention and the LM head 8), avx512: 17 -> 4 took 72.9 / 78.7 to 99.4 /
+ * 95.9 tok/s; 2 measured the same as 4. */
+#define MC_BF16_DIRECT_MIN_TOKENS 4
+/* Bytes of the repack of n tokens of w, columns padded to a multiple of kc
+ * (the path's chunk: 16 or 32); 0 when w or n do not take the path. */
+size_t mc_bf16_direct_bytes(const mc_mat *w, int n, int kc);
+/* One path's tile: 4 stored BF16 rows (wr; the first R stored into y) x T
+ * tokens of the repack (xp, kpad floats apart), y[t * ldy + r]. */
+typedef void (*mc_bf16_tile_fn)(int T, const uint16_t *const *wr, int R, const float *xp,
+                                size_t kpad, int K, float *y, int ldy);
+/* Rows [r0, r1) x n tokens of the repack xp (columns padded to kpad) in
+ * tiles of 4 rows x tt tokens, tokens blocked to keep their repack within
+ * ~384 KiB of L2. */
+void mc_bf16_direct_rows(const mc_mat *w, const float *xp, size_t kpad, int n, int tt,
+                         mc_bf16_tile_fn tile, float *y, int ldy, int r0, int r1);
+
 const mc_kops *mc_kops_current(void);
 /* The process-wide pool of mc_kernels_threads() threads, NULL when 1. */
 struct mc_pool *mc_kernels_pool(void);

@@ -513,12 +513,46 @@ void mc_q4_k_x16_unpack_row(const unsigned char *src, int nb, unsigned char *dst
     }
 }
 
-int mc_kernels_packs(mc_dtype dt)
+size_t mc_bf16_direct_bytes(const mc_mat *w, int n, int kc)
 {
-    const mc_kops *ops = mc_kops_current();
+    if (w->dtype != MC_DT_BF16 || w->scale || w->transposed || w->cols <= 0 ||
+        n < MC_BF16_DIRECT_MIN_TOKENS)
+        return 0;
+    size_t kpad = ((size_t)w->cols + (size_t)kc - 1) / (size_t)kc * (size_t)kc;
+    size_t nt = ((size_t)n + MC_FPACK_TOKENS - 1) / MC_FPACK_TOKENS * MC_FPACK_TOKENS;
+    if (kpad > SIZE_MAX / sizeof(float) / nt)
+        return 0; /* no repack: rows_f reads the rows */
+    return nt * kpad * sizeof(float);
+}
+
+void mc_bf16_direct_rows(const mc_mat *w, const float *xp, size_t kpad, int n, int tt,
+                         mc_bf16_tile_fn tile, float *y, int ldy, int r0, int r1)
+{
+    int tb = (int)((384u * 1024u) / (kpad * 4));
+    tb = tb < tt ? tt : tb / tt * tt;
+    for (int t0b = 0; t0b < n; t0b += tb) {
+        int tn = n - t0b < tb ? n - t0b : tb;
+        for (int o = r0; o < r1; o += 4) {
+            int R = r1 - o < 4 ? r1 - o : 4;
+            const uint16_t *wr[4];
+            for (int r = 0; r < 4; r++) /* rows past r1 repeat the first (not stored) */
+                wr[r] = (const uint16_t *)w->data + (size_t)(o + (r < R ? r : 0)) * w->row_stride;
+            for (int t0 = 0; t0 < tn; t0 += tt)
+                tile(tn - t0 < tt ? tn - t0 : tt, wr, R, xp + (size_t)(t0b + t0) * kpad, kpad,
+                     w->cols, y + (size_t)(t0b + t0) * ldy + o, ldy);
+        }
+    }
+}
+
+/* Whether `ops` reads repacked rows of dtype dt itself (each layout
+ * belongs to one dtype, kernels.h). */
+static int ops_packs(const mc_kops *ops, mc_dtype dt)
+{
     return (dt == MC_DT_Q8_0 && ops->packs_q8_0) || (dt == MC_DT_Q6_K && ops->packs_q6_k) ||
            (dt == MC_DT_Q4_K && ops->packs_q4_k);
 }
+
+int mc_kernels_packs(mc_dtype dt) { return ops_packs(mc_kops_current(), dt); }
 
 /* The repacked layout of a dtype, its block and a row's repack / unpack. */
 typedef struct {
@@ -629,9 +663,7 @@ static void mm_task(void *ctx, int task, int thread)
         r1 = j->w->rows;
     if (r0 >= r1)
         return;
-    if ((j->w->pack == MC_MAT_PACK_Q8_0_X16 && !j->ops->packs_q8_0) ||
-        (j->w->pack == MC_MAT_PACK_Q6_K_X16 && !j->ops->packs_q6_k) ||
-        (j->w->pack == MC_MAT_PACK_Q4_K_X16 && !j->ops->packs_q4_k)) {
+    if (j->w->pack != MC_MAT_PACK_NONE && !ops_packs(j->ops, j->w->dtype)) {
         rows_unpacked(j->ops, j->w, j->qa, j->y, j->ldy, r0, r1);
         return;
     }
