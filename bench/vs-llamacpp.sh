@@ -20,7 +20,11 @@
 #    rounds, each llama-bench (every working build) then `moecluster bench`
 #    at 64 and at 512 prompt tokens; `moecluster bench` probes the read
 #    bandwidth before and after its measurements in the same process, so a
-#    probe runs between every two llama.cpp runs.
+#    probe runs between every two llama.cpp runs. Both engines read the file
+#    into their own memory (llama-bench --load-mode none, bench --no-mmap).
+#    BF16 is measured twice on our side: activations exact in f32 (our
+#    default) and rounded to bf16 (--activations bf16, as llama.cpp computes
+#    BF16 layers).
 # 4. One table: decode tok/s (32 tokens after the prompt), prefill tok/s at
 #    64 and 512 tokens for both engines, our weight GB/s in decode and its
 #    fraction of the probe, our ratio to llama.cpp per cell. Each engine's
@@ -302,16 +306,20 @@ PY
     echo "llama-bench ($1) failed on $3 (exit $rc): $(tail -2 "$log/llama-$3-$1-r$4.err" | tr '\n' ' ')" >&2
     return 1
 }
-ours_run() { # FILE FORMAT ROUND PROMPT
-    local o=$log/ours-$2-p$4-r$3.json
-    "$exe" bench --model "$1" --prompt-len "$4" --gen-len 32 --threads "$threads" --repeat "$reps" --json \
-        >"$o" 2>"$log/ours-$2-p$4-r$3.err" ||
-        { echo "moecluster bench failed on $2: $(tail -2 "$log/ours-$2-p$4-r$3.err")" >&2; exit 1; }
-    python3 - "$o" "$2" "$3" "$4" >>"$res" <<'PY'
+ours_run() { # FILE FORMAT ROUND PROMPT ACTIVATIONS
+    # --no-mmap: the matrices read into our own memory at load, as llama-bench's
+    # ${load_flag[*]} does (mapped, a BF16 file's rows stay on 4 KiB pages of the
+    # page cache: ~15% slower decode here)
+    local o=$log/ours-$2-$5-p$4-r$3.json
+    "$exe" bench --model "$1" --prompt-len "$4" --gen-len 32 --threads "$threads" --repeat "$reps" \
+        --no-mmap --activations "$5" --json >"$o" 2>"$log/ours-$2-$5-p$4-r$3.err" ||
+        { echo "moecluster bench failed on $2: $(tail -2 "$log/ours-$2-$5-p$4-r$3.err")" >&2; exit 1; }
+    python3 - "$o" "$2" "$3" "$4" "$5" >>"$res" <<'PY'
 import json, sys
-o, fmt, rnd, p = sys.argv[1:5]
+o, fmt, rnd, p, acts = sys.argv[1:6]
 j = json.load(open(o))
-common = {"engine": "moecluster", "format": fmt, "round": int(rnd), "gguf": j.get("gguf")}
+common = {"engine": "moecluster", "format": fmt, "round": int(rnd), "gguf": j.get("gguf"),
+          "acts": acts}
 print(json.dumps(dict(common, cell=f"prefill{p}", tok_s=j["prefill_tok_s"])))
 if p == "64":  # decode after the 64-token prompt, as llama-bench's tg32 follows nothing
     print(json.dumps(dict(common, cell="decode", tok_s=j["decode_tok_s"], gbps=j["achieved_gbps"],
@@ -345,8 +353,12 @@ for f in "${fmts[@]}"; do
     for r in $(seq 1 "$rounds"); do
         say "$f round $r/$rounds"
         for v in "${working[@]}"; do llama_run "$v" "$file" "$f" "$r" || true; done
-        ours_run "$file" "$f" "$r" 64
-        ours_run "$file" "$f" "$r" 512
+        ours_run "$file" "$f" "$r" 64 f32
+        ours_run "$file" "$f" "$r" 512 f32
+        if [ "$f" = bf16 ]; then # llama.cpp's numerics: activations rounded to bf16
+            ours_run "$file" "$f" "$r" 64 bf16
+            ours_run "$file" "$f" "$r" 512 bf16
+        fi
     done
     if [ "$f" != bf16 ]; then rm -f "$file"; fi
 done
@@ -383,7 +395,10 @@ head += " our GB/s | probe GB/s | fraction |"
 print(head)
 print("|" + " --- |" * (head.count("|") - 1))
 fmt_n = lambda x, d=1: "-" if x is None else f"{x:.{d}f}"
-for f in fmts:
+for f, acts in [(f, a) for f in fmts for a in ("f32", "bf16")
+                if any(r["engine"] == "moecluster" and r["format"] == f and r.get("acts", "f32") == a
+                       for r in rows)]:
+    mine = lambda r: r["engine"] == "moecluster" and r["format"] == f and r.get("acts", "f32") == acts
     best = {}
     for c, _ in cells:
         per = {v: med([r["tok_s"] for r in rows if r["engine"] == "llama.cpp" and r["format"] == f
@@ -391,14 +406,13 @@ for f in fmts:
         per = {v: x for v, x in per.items() if x is not None}
         best[c] = max(per.items(), key=lambda kv: kv[1]) if per else (None, None)
     used = sorted({v for v, _ in best.values() if v})
-    line = f"| {f.upper()} | {'/'.join(used) or '-'} |"
+    line = f"| {f.upper()}{' (ours: --activations bf16)' if acts == 'bf16' else ''} | {'/'.join(used) or '-'} |"
     for c, _ in cells:
         ll = best[c][1]
-        ours = med([r["tok_s"] for r in rows if r["engine"] == "moecluster" and r["format"] == f
-                    and r["cell"] == c])
+        ours = med([r["tok_s"] for r in rows if mine(r) and r["cell"] == c])
         ratio = f"{ours / ll:.2f}x" if ours and ll else "-"
         line += f" {fmt_n(ll)} | {fmt_n(ours)} | {ratio} |"
-    dec = [r for r in rows if r["engine"] == "moecluster" and r["format"] == f and r["cell"] == "decode"]
+    dec = [r for r in rows if mine(r) and r["cell"] == "decode"]
     gb, pr = med([r["gbps"] for r in dec]), med([r["probe"] for r in dec])
     line += f" {fmt_n(gb)} | {fmt_n(pr)} | {fmt_n(gb / pr if gb and pr else None, 2)} |"
     print(line)

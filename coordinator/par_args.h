@@ -28,12 +28,13 @@ typedef struct {
     bool no_verify;       /* --no-verify: skip the shard set's load-time checksum check */
     const char *device;   /* --device cpu|cuda (MC_DEVICE_OPTIONS); NULL = auto */
     bool resident;        /* --no-mmap: weights used as stored copied into RAM (huge pages) */
+    bool bf16_acts;       /* --activations bf16 (mc_kernels_set_bf16_acts) */
 } mc_par_args;
 
-#define MC_PAR_ARGS_INIT {0, 0, 0, false, false, false, MC_DT_BF16, NULL, false, NULL, false}
+#define MC_PAR_ARGS_INIT {0, 0, 0, false, false, false, MC_DT_BF16, NULL, false, NULL, false, false}
 
 enum { MC_OPT_TP = 1000, MC_OPT_EP, MC_OPT_PP, MC_OPT_STATS, MC_OPT_WEIGHTS, MC_OPT_SHARDS,
-       MC_OPT_NO_VERIFY, MC_OPT_DEVICE, MC_OPT_NO_MMAP };
+       MC_OPT_NO_VERIFY, MC_OPT_DEVICE, MC_OPT_NO_MMAP, MC_OPT_ACTS };
 
 /* --device, separate from MC_PAR_OPTIONS: a command takes it only where it
  * runs the model itself (score, generate, bench, worker) or forwards it to
@@ -64,7 +65,14 @@ static inline const char *mc_par_device(const mc_par_args *a)
         {"weights", required_argument, 0, MC_OPT_WEIGHTS},                                         \
         {"shards", required_argument, 0, MC_OPT_SHARDS},                                           \
         {"no-verify", no_argument, 0, MC_OPT_NO_VERIFY},                                         \
-        {"no-mmap", no_argument, 0, MC_OPT_NO_MMAP}
+        {"no-mmap", no_argument, 0, MC_OPT_NO_MMAP},                                             \
+        {"activations", required_argument, 0, MC_OPT_ACTS}
+
+#define MC_ACTS_USAGE                                                                              \
+    "  --activations f32|bf16            on cpu, activations meeting BF16 weights: f32 as\n"      \
+    "                                    they are (default; exact f32 products) or rounded\n"    \
+    "                                    to bf16 first, as llama.cpp and GPU engines do\n"      \
+    "                                    (faster with AVX512-BF16)\n"
 
 #define MC_PAR_USAGE                                                                               \
     "  --tp, --tensor-parallel-size N    split attention heads, dense FFN and LM head over N\n"   \
@@ -79,6 +87,7 @@ static inline const char *mc_par_device(const mc_par_args *a)
     "  --no-mmap                         without --weights, on cpu: copy the matrices into RAM\n" \
     "                                    on huge pages at load, as stored (default: read in\n"    \
     "                                    place from the file mapping)\n"                           \
+    MC_ACTS_USAGE                                                                                  \
     "  --no-verify                       with --shards: skip checking each rank's tensors\n"   \
     "                                    against the manifest's xxh64 checksums at load\n"        \
     "Run under mpirun for more than one rank: mpirun -np 4 moecluster ... --ep 4\n"
@@ -124,6 +133,13 @@ static inline int mc_par_option(mc_par_args *a, const char *cmd, int c, const ch
             return -1;
         }
         a->device = arg;
+        return 0;
+    case MC_OPT_ACTS: /* mc_session_opts.bf16_acts */
+        if (strcmp(arg, "f32") != 0 && strcmp(arg, "bf16") != 0) {
+            fprintf(stderr, "moecluster %s: --activations: '%s' is not f32 or bf16\n", cmd, arg);
+            return -1;
+        }
+        a->bf16_acts = strcmp(arg, "bf16") == 0;
         return 0;
     case MC_OPT_NO_MMAP: /* weights copied into RAM at load (mc_session_opts.resident) */
         a->resident = true;

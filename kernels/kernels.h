@@ -208,6 +208,20 @@ const char *mc_cpu_features(void);
 void mc_kernels_set_threads(int n);
 int mc_kernels_threads(void);
 
+/* Activations meeting BF16 weights (every mc_matmul / mc_matmul_many with
+ * BF16 weights): 0 (default) as they are, f32, so the product is the exact
+ * f32 dot product; 1 rounded to the nearest bf16 first (ties to even;
+ * infinities and NaN kept), as llama.cpp and GPU engines compute BF16
+ * layers. Every path then computes the exact products of the rounded
+ * values (same results to the order of f32 additions); with AVX512-BF16
+ * the avx512 path needs a third of the vdpbf16ps per weight in decode and
+ * half the instructions per multiply-add in prefill. Process-wide, like the
+ * path: not to be changed while another thread is inside a kernel. */
+void mc_kernels_set_bf16_acts(int on);
+int mc_kernels_bf16_acts(void);
+/* x rounded to the nearest bf16 (ties to even), as a float; NaN stays NaN. */
+float mc_round_bf16(float x);
+
 /* ---- measurement (bench) ---- */
 
 /* Counts weight bytes read by mc_matmul (mc_mat_weight_bytes per call) and

@@ -93,6 +93,11 @@ mc_status mc_session_load(mc_session *s, const mc_session_opts *o, mc_err *err) 
     if (o->device && (st = mc_session_agree(s, mc_session_set_device(s, o->device, err), err)) !=
                          MC_OK)
         return st;
+    if (o->bf16_acts && s->cuda)
+        return mc_session_agree(
+            s, mc_err_set(err, MC_ERR_ARG, "--activations bf16 is for the CPU kernels (device cuda)"),
+            err);
+    mc_kernels_set_bf16_acts(o->bf16_acts);
     if (o->no_verify) mc_model_verify_shards(false);
     if (!s->world || (mc_comm_size(s->world) == 1 && !o->layout_given))
         st = mc_model_load(o->dir, &s->m, err);

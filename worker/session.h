@@ -48,6 +48,10 @@ typedef struct {
      * on huge pages at load on the CPU (mc_model_resident) instead of being
      * read through the file mapping */
     bool resident;
+    /* --activations bf16: on the CPU, activations meeting BF16 weights are
+     * rounded to bf16 first (mc_kernels_set_bf16_acts, process-wide); refused
+     * on cuda */
+    bool bf16_acts;
 } mc_session_opts;
 
 /* Opens a session. with_world: the world communicator (MPI when an MPI

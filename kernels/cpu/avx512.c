@@ -347,6 +347,12 @@ static size_t pack_f_bytes(const mc_mat *w, int n) { return mc_bf16_direct_bytes
  * per 32 columns c the 16 values c + 2i, then the 16 values c + 2i + 1. */
 static void pack_f(const mc_mat *w, const float *x, int n, int ldx, void *dst, int tt0, int tt1)
 {
+#ifdef MC_HAVE_AVX512BF16
+    if (mc_kern_bf16dp && mc_kern_bf16_acts) { /* tokens rounded to bf16: vdpbf16ps tiles */
+        mc_avx512bf16_pack_tokens(w, x, n, ldx, dst, tt0, tt1);
+        return;
+    }
+#endif
     int K = w->cols;
     size_t k32 = bf16_k32(w);
     const __m512i ev = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
@@ -424,6 +430,12 @@ static void rows_bf16_direct(const mc_mat *w, const void *pack, const float *x, 
 {
     (void)x;
     (void)ldx;
+#ifdef MC_HAVE_AVX512BF16
+    if (mc_kern_bf16dp && mc_kern_bf16_acts) {
+        mc_avx512bf16_rows_direct(w, pack, n, y, ldy, r0, r1);
+        return;
+    }
+#endif
     mc_bf16_direct_rows(w, pack, bf16_k32(w), n, 4, bf16_tile_t, y, ldy, r0, r1);
 }
 

@@ -138,9 +138,20 @@ void mc_avx512_q6_k_x16_act(const mc_mat *w, const mc_qact *a, void *dst);
  * vdpbf16ps, the token split exactly in three bf16 parts (avx512_bf16.c);
  * 0 when out of memory (nothing written). Only when mc_kern_bf16dp. */
 int mc_avx512bf16_rows1(const mc_mat *w, const float *x, float *y, int r0, int r1);
+/* With mc_kern_bf16_acts, the avx512 path's pack_f / rows_f_packed: tokens
+ * [16 tt0, 16 tt1) (< n) as bf16 (their top halves; zeros past K), token t
+ * at t * k32 values (k32: K rounded up to 32), and the rows read as stored
+ * in 4 x 4 tiles of vdpbf16ps (avx512_bf16.c). */
+void mc_avx512bf16_pack_tokens(const mc_mat *w, const float *x, int n, int ldx, void *dst,
+                               int tt0, int tt1);
+void mc_avx512bf16_rows_direct(const mc_mat *w, const void *pack, int n, float *y, int ldy,
+                               int r0, int r1);
 #endif
 /* 1 when the CPU has AVX512-BF16 and this build its kernel (set with the path). */
 extern int mc_kern_bf16dp;
+/* mc_kernels_set_bf16_acts: the activations of BF16 products arrive rounded
+ * to bf16 (the front end rounds them for every path) */
+extern int mc_kern_bf16_acts;
 #ifdef MC_HAVE_AVX2
 void mc_avx2_rows_q6_k(const mc_mat *w, const mc_qact *a, float *y, int ldy, int r0, int r1);
 #endif

@@ -110,6 +110,45 @@ int mc_kpath_supported(mc_kpath p)
 }
 
 int mc_kern_bf16dp;
+int mc_kern_bf16_acts;
+
+void mc_kernels_set_bf16_acts(int on) { mc_kern_bf16_acts = on != 0; }
+
+int mc_kernels_bf16_acts(void) { return mc_kern_bf16_acts; }
+
+float mc_round_bf16(float x)
+{
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    if ((u & 0x7fffffffu) > 0x7f800000u)
+        u |= 0x00400000u; /* NaN: quiet, so that its top 16 bits are still a NaN */
+    else
+        u += 0x7fffu + ((u >> 16) & 1u); /* to nearest, ties to even; past the largest: inf */
+    u &= 0xffff0000u;
+    memcpy(&x, &u, sizeof x);
+    return x;
+}
+
+/* The activations of a product with BF16 weights rounded to bf16
+ * (mc_kernels_set_bf16_acts), n rows of w->cols values, or NULL when out of
+ * memory. The caller frees it. */
+static float *round_acts_bf16(const mc_mat *w, const float *x, int n, int ldx)
+{
+    size_t cols = (size_t)w->cols;
+    if (n <= 0 || cols == 0 || cols > SIZE_MAX / sizeof(float) / (size_t)n)
+        return NULL;
+    float *r = malloc(cols * (size_t)n * sizeof *r);
+    if (!r) {
+        MC_ERROR("out of memory rounding %d activations to bf16", n);
+        return NULL;
+    }
+    for (int t = 0; t < n; t++)
+        for (size_t i = 0; i < cols; i++)
+            r[(size_t)t * cols + i] = mc_round_bf16(x[(size_t)t * ldx + i]);
+    return r;
+}
+
+static int rounds_acts(const mc_mat *w) { return mc_kern_bf16_acts && w->dtype == MC_DT_BF16; }
 
 static void init_once(void)
 {
@@ -821,6 +860,15 @@ void mc_matmul(const mc_mat *w, const float *x, int n, int ldx, float *y, int ld
         return;
     count_product(w, n);
     const mc_kops *ops = mc_kops_current();
+    float *xr = NULL;
+    if (rounds_acts(w)) {
+        if (!(xr = round_acts_bf16(w, x, n, ldx))) {
+            zero_out(w, n, y, ldy);
+            return;
+        }
+        x = xr;
+        ldx = w->cols;
+    }
     mm_job j = {.ops = ops, .w = w, .x = x, .n = n, .ldx = ldx, .ldy = ldy, .y = y};
     mc_qact qa;
     void *qbuf = NULL;
@@ -847,6 +895,7 @@ void mc_matmul(const mc_mat *w, const float *x, int n, int ldx, float *y, int ld
         mc_pool_run(pool, (w->rows + chunk - 1) / chunk, mm_task, &j);
     }
     free(qbuf);
+    free(xr);
 }
 
 /* ---- several products as one parallel loop ---- */
@@ -875,6 +924,7 @@ typedef struct {
     mm_job *jobs;  /* [n] */
     mc_qact *qas;  /* [n] */
     void **qbufs;  /* [n], NULL where no block weights or out of memory */
+    float **xrs;   /* [n], activations rounded to bf16 (rounds_acts), else NULL */
 } quant_many;
 
 /* Quantizes the activations of job `task` when its weights are blocks,
@@ -883,6 +933,12 @@ static void quant_many_task(void *ctx, int task, int thread)
 {
     const quant_many *q = ctx;
     mm_job *j = &q->jobs[task];
+    if (rounds_acts(j->w)) {
+        if (!(q->xrs[task] = round_acts_bf16(j->w, j->x, j->n, j->ldx)))
+            return; /* dropped by the caller */
+        j->x = q->xrs[task];
+        j->ldx = j->w->cols;
+    }
     if (!mc_dtype_is_block(j->w->dtype)) {
         j->fpack = q->qbufs[task] = pack_acts_f(j->ops, j->w, j->x, j->n, j->ldx, NULL);
         return;
@@ -906,11 +962,13 @@ void mc_matmul_many(const mc_matmul_item *items, int count)
     mm_job *jobs = malloc((size_t)count * sizeof *jobs);
     mc_qact *qas = malloc((size_t)count * sizeof *qas);
     void **qbufs = calloc((size_t)count, sizeof *qbufs);
+    float **xrs = calloc((size_t)count, sizeof *xrs);
     int *first = malloc(((size_t)count + 1) * sizeof *first);
-    if (!jobs || !qas || !qbufs || !first) { /* no error channel: one product at a time */
+    if (!jobs || !qas || !qbufs || !xrs || !first) { /* no error channel: one at a time */
         free(jobs);
         free(qas);
         free(qbufs);
+        free(xrs);
         free(first);
         for (int i = 0; i < count; i++)
             mc_matmul(items[i].w, items[i].x, items[i].n, items[i].ldx, items[i].y, items[i].ldy);
@@ -933,28 +991,31 @@ void mc_matmul_many(const mc_matmul_item *items, int count)
     }
     mc_pool *pool = total >= MM_PARALLEL_MIN ? mc_kernels_pool() : NULL;
     /* the activations of the block products, one task per product */
-    quant_many qm = {.jobs = jobs, .qas = qas, .qbufs = qbufs};
+    quant_many qm = {.jobs = jobs, .qas = qas, .qbufs = qbufs, .xrs = xrs};
     if (pool && qtotal >= QUANT_PARALLEL_MIN)
         mc_pool_run(pool, nj, quant_many_task, &qm);
     else
         for (int i = 0; i < nj; i++)
             quant_many_task(&qm, i, 0);
-    int kept = 0; /* drop the products whose activations could not be quantized */
+    int kept = 0; /* drop the products whose activations could not be quantized or rounded */
     for (int i = 0; i < nj; i++) {
-        if (mc_dtype_is_block(jobs[i].w->dtype) && !qbufs[i]) {
+        if ((mc_dtype_is_block(jobs[i].w->dtype) && !qbufs[i]) ||
+            (rounds_acts(jobs[i].w) && !xrs[i])) {
             zero_out(jobs[i].w, jobs[i].n, jobs[i].y, jobs[i].ldy);
             total -= (double)jobs[i].w->rows * jobs[i].w->cols * jobs[i].n;
+            free(qbufs[i]);
             continue;
         }
         jobs[kept] = jobs[i];
         qbufs[kept] = qbufs[i];
+        xrs[kept] = xrs[i];
         qas[kept] = qas[i];
         if (jobs[kept].qa)
             jobs[kept].qa = &qas[kept];
         kept++;
     }
     for (int i = kept; i < nj; i++)
-        qbufs[i] = NULL;
+        qbufs[i] = NULL, xrs[i] = NULL;
     nj = kept;
     int nt = pool ? mc_pool_threads(pool) : 1;
     first[0] = 0;
@@ -980,11 +1041,14 @@ void mc_matmul_many(const mc_matmul_item *items, int count)
         else
             mc_pool_run(pool, first[nj], many_task, &m);
     }
-    for (int i = 0; i < nj; i++)
+    for (int i = 0; i < nj; i++) {
         free(qbufs[i]);
+        free(xrs[i]);
+    }
     free(jobs);
     free(qas);
     free(qbufs);
+    free(xrs);
     free(first);
 }
 

@@ -58,6 +58,12 @@ except ImportError as e:
 failures = 0
 REL = 1e-6
 PATH_REL = 1e-5  # two kernel paths: the same products summed in another order
+# --activations bf16 (random tiny model, 4 layers): against f32 measured 0.074;
+# between kernel paths measured 0.0022: a difference of order 1e-7 between two
+# paths' sums may move a value across a bf16 rounding boundary (one bf16 step,
+# 2^-8 of it), which the next layers carry on
+BF16_ACTS_REL = 0.25
+BF16_ACTS_PATH_REL = 0.01
 Q6_REL = 0.05  # measured 0.019 (8-bit activations; the Q8_0 fallback rows of 64 add their rounding)
 
 
@@ -195,6 +201,22 @@ def main():
     compare("q6_k GGUF --no-mmap vs mapped", score(os.path.join(work, "q6_k.gguf"),
                                                    ["--no-mmap"]), g, 0.0)
     compare("safetensors --no-mmap vs mapped", score(src, ["--no-mmap"]), base, 0.0)
+    # --activations bf16: the activations of the BF16 products rounded to bf16
+    # first (the products themselves against double sums in unit.test_kernels,
+    # every path within 2e-6): the paths within bf16 rounding steps of each
+    # other (BF16_ACTS_PATH_REL), f32 the default, and the rounding visible
+    b16 = score(src, ["--activations", "bf16"])
+    compare("--activations bf16: default kernels vs scalar", b16,
+            score(src, ["--activations", "bf16"], env=scalar), BF16_ACTS_PATH_REL)
+    compare("--activations f32 is the default", score(src, ["--activations", "f32"]), base, 0.0)
+    if b16 is not None and base is not None:
+        rel = (np.linalg.norm(b16 - base, axis=-1) / np.linalg.norm(base, axis=-1)).max()
+        check(1e-3 < rel < BF16_ACTS_REL, f"--activations bf16 vs f32: max rel {rel:.3g} "
+              f"(rounding visible, under {BF16_ACTS_REL:g})")
+    rc, _, err = run([exe, "score", "--model", src, "--input", inp, "--output",
+                      os.path.join(work, "acts.safetensors"), "--activations", "fp8"])
+    check(rc == 2 and "--activations: 'fp8' is not f32 or bf16" in err,
+          f"--activations fp8 refused (rc {rc})", err.strip()[-300:])
 
     # deepseek2 (MLA): attn_k_b + attn_v_b as newer converters write them, and
     # attn_kv_b whole as older ones did

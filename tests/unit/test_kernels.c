@@ -998,6 +998,136 @@ static void test_packed(void)
     free_mat(&m);
 }
 
+/* x to 8 significant bits, ties to even, by frexp / nearbyint (the
+ * default rounding mode): independent of mc_round_bf16's bit arithmetic;
+ * finite x inside bf16's normal range. */
+static double ref_round_bf16(float x)
+{
+    int e;
+    double m = frexp((double)x, &e); /* x = m 2^e, 0.5 <= |m| < 1 */
+    return ldexp(nearbyint(ldexp(m, 8)), e - 8);
+}
+
+/* mc_kernels_set_bf16_acts: known roundings (ties to even, carries into the
+ * exponent, past the largest finite value, NaN payloads in the low bits
+ * only), then BF16 products of every path against a double sum over the
+ * rounded activations (1..97 tokens: the decode rows, the widening loops,
+ * the direct tiles; odd column counts), mc_matmul_many bitwise equal to
+ * mc_matmul, and the rounding visible (results move off the f32 product). */
+static void test_bf16_acts(void)
+{
+    static const struct {
+        float x, want;
+    } known[] = {
+        {1.0f, 1.0f},
+        {1.0f + 0x1p-8f, 1.0f},                      /* tie: down to even */
+        {1.0f + 0x1p-7f + 0x1p-8f, 1.0f + 0x1p-6f},  /* tie: up to even */
+        {1.0f + 0x1p-8f + 0x1p-20f, 1.0f + 0x1p-7f}, /* past the tie */
+        {-(2.0f - 0x1p-9f), -2.0f},                  /* carry into the exponent */
+        {0x1.fffffep127f, INFINITY},                 /* past the largest bf16 */
+        {0x1.fep127f, 0x1.fep127f},                  /* the largest bf16 */
+        {-INFINITY, -INFINITY},
+        {0x1p-130f, 0x1p-130f}, /* a denormal bf16 */
+        {0x1p-140f, 0.0f},      /* under half of the least bf16 (2^-133) */
+        {0.0f, 0.0f},
+    };
+    for (size_t i = 0; i < sizeof known / sizeof known[0]; i++) {
+        float got = mc_round_bf16(known[i].x);
+        if (got != known[i].want) {
+            fprintf(stderr, "mc_round_bf16(%a) = %a, want %a\n", known[i].x, got, known[i].want);
+            check_failures++;
+        }
+        check_count++;
+    }
+    uint32_t nan_bits = 0x7f800001u; /* payload in the low 16 bits only: truncating gives inf */
+    float nan;
+    memcpy(&nan, &nan_bits, sizeof nan);
+    CHECK(isnan(mc_round_bf16(nan)));
+    CHECK(isnan(mc_round_bf16(-NAN)));
+
+    static const int n_l[] = {1, 2, 3, 4, 5, 7, 13, 17, 37, 97};
+    static const int c_l[] = {1, 31, 32, 33, 100, 2053};
+    static const int r_l[] = {1, 5, 9, 17};
+    mc_kpath all[MC_KPATH_COUNT];
+    int na = 0;
+    all[na++] = MC_KPATH_SCALAR;
+    for (int i = 0; i < n_paths; i++)
+        all[na++] = paths[i];
+    for (int pi = 0; pi < na; pi++) {
+        int before = check_failures, moved = 0, outs = 0;
+        for (size_t ni = 0; ni < sizeof n_l / sizeof n_l[0]; ni++) {
+            int n = n_l[ni], cols = c_l[(ni + (size_t)pi) % 6], rows = r_l[ni % 4];
+            if (ni == 0 || ni == 7)
+                cols = 2048 + 37; /* decode rows past their 128-column steps */
+            test_mat m;
+            make_mat(&m, MC_DT_BF16, rows, cols, (int)ni == 4, 0);
+            int ldx = cols + 3, ldy = rows + 1;
+            float *x = malloc((size_t)n * ldx * sizeof *x), *row = malloc((size_t)cols * sizeof *row);
+            float *got = malloc((size_t)n * ldy * sizeof *got), *exact = malloc((size_t)n * ldy * sizeof *exact);
+            float *ref = calloc((size_t)n * ldy, sizeof *ref), *mag = calloc((size_t)n * ldy, sizeof *mag);
+            fill(x, (size_t)n * ldx, 2.0f);
+            mc_kernels_set_path(MC_KPATH_SCALAR);
+            for (int o = 0; o < rows; o++) {
+                mc_mat_row_f32(&m.w, o, row);
+                for (int t = 0; t < n; t++) {
+                    double sum = 0, a = 0;
+                    for (int i = 0; i < cols; i++) {
+                        double v = row[i] * ref_round_bf16(x[(size_t)t * ldx + i]);
+                        sum += v;
+                        a += fabs(v);
+                    }
+                    ref[(size_t)t * ldy + o] = (float)sum;
+                    mag[(size_t)t * ldy + o] = (float)a;
+                }
+            }
+            mc_kernels_set_bf16_acts(0);
+            run_matmul(all[pi], 1, &m.w, x, n, ldx, exact, ldy);
+            mc_kernels_set_bf16_acts(1);
+            run_matmul(all[pi], 1, &m.w, x, n, ldx, got, ldy);
+            float *many = malloc((size_t)2 * n * ldy * sizeof *many), *many2 = many + (size_t)n * ldy;
+            for (size_t k = 0; k < (size_t)2 * n * ldy; k++)
+                many[k] = NAN;
+            mc_matmul_item it[2] = {{&m.w, x, n, ldx, many, ldy}, {&m.w, x, n, ldx, many2, ldy}};
+            mc_kernels_set_threads(2);
+            mc_matmul_many(it, 2); /* the same product twice */
+            mc_kernels_set_threads(1);
+            mc_kernels_set_bf16_acts(0);
+            for (int t = 0; t < n; t++) {
+                size_t pad = (size_t)t * ldy + rows;
+                got[pad] = ref[pad] = mag[pad] = exact[pad] = many[pad] = many2[pad] = 0;
+                for (int o = 0; o < rows; o++, outs++)
+                    moved += fabs((double)exact[(size_t)t * ldy + o] - ref[(size_t)t * ldy + o]) >
+                             4e-6 * mag[(size_t)t * ldy + o];
+            }
+            char what[160];
+            snprintf(what, sizeof what, "%s bf16 activations %dx%d%s n=%d", mc_kpath_name(all[pi]),
+                     rows, cols, (int)ni == 4 ? "^T" : "", n);
+            compare(what, got, ref, mag, (size_t)n * ldy, 2e-6, 1e-30);
+            char mw[200];
+            snprintf(mw, sizeof mw, "%s (matmul_many, 2 threads)", what);
+            compare(mw, many, got, NULL, (size_t)n * ldy, 0, 0);
+            compare(mw, many2, got, NULL, (size_t)n * ldy, 0, 0);
+            free(many);
+            free(x);
+            free(row);
+            free(got);
+            free(exact);
+            free(ref);
+            free(mag);
+            free_mat(&m);
+        }
+        /* the f32 products must not pass for the rounded ones */
+        if (moved * 2 < outs) {
+            fprintf(stderr, "%s: only %d of %d exact f32 products differ from the rounded ones\n",
+                    mc_kpath_name(all[pi]), moved, outs);
+            check_failures++;
+        }
+        check_count++;
+        printf("path %s, bf16 activations: %s (%d of %d outputs moved by the rounding)\n",
+               mc_kpath_name(all[pi]), check_failures == before ? "ok" : "MISMATCH", moved, outs);
+    }
+}
+
 int main(void)
 {
     printf("cpu features: %s\n", mc_cpu_features());
@@ -1031,6 +1161,7 @@ int main(void)
     test_mats_quantize();
     test_packed();
     test_bf16_decode_special();
+    test_bf16_acts();
     if (mc_kpath_supported(MC_KPATH_AVX512))
         test_bf16_special(MC_KPATH_AVX512);
     test_amx();
