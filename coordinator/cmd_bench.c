@@ -432,6 +432,10 @@ int mc_cmd_bench(int argc, char **argv)
     const char *path = mc_session_kernels(ses);
     /* what the int8 peak measures: amx's tiles, avx512's vpdpbusd */
     const char *int8_kind = strcmp(path, "amx") == 0 ? "tile" : "vpdpbusd";
+    /* and the bf16 one: amx's tiles with AMX-BF16, else vdpbf16ps (avx512 / amx) */
+    const char *bf16_kind =
+        strcmp(path, "amx") == 0 && strstr(mc_session_features(ses), "amx_bf16") ? "tile"
+                                                                                 : "vdpbf16ps";
     if (json) {
         /* everything through jansson: strings from outside (the path, the
          * CPU name, GGUF metadata) are escaped, non-finite numbers are null */
@@ -497,14 +501,14 @@ int mc_cmd_bench(int argc, char **argv)
         if (int8_gops > 0)
             printf("; INT8 %s peak: %.1f GOP/s", int8_kind, int8_gops);
         if (bf16_gflops > 0)
-            printf("; BF16 tile peak: %.1f GFLOP/s", bf16_gflops);
+            printf("; BF16 %s peak: %.1f GFLOP/s", bf16_kind, bf16_gflops);
         printf("\nprefill  %lld tokens: %.1f tok/s, %.1f GFLOP/s in matrix products = %.2f of the "
                "FMA peak",
                plen, prefill_tok_s, prefill_gflops, prefill_gflops / peak_gflops);
         if (int8_gops > 0)
             printf(", %.3f of the INT8 %s peak", prefill_gflops / int8_gops, int8_kind);
         if (bf16_gflops > 0)
-            printf(", %.3f of the BF16 tile peak", prefill_gflops / bf16_gflops);
+            printf(", %.3f of the BF16 %s peak", prefill_gflops / bf16_gflops, bf16_kind);
         printf("\n");
         printf("decode   batch %lld x %lld steps: %.2f tok/s, %.1f MB of weights per step, "
                "%.2f GB/s = %.2f of the probe\n",

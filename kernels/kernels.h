@@ -243,9 +243,10 @@ double mc_probe_fma_gflops(int threads, double seconds);
  * mc_probe_fma_gflops: `amx` its tiles, `avx512` vpdpbusd; -1 on paths
  * without int8 dot products. */
 double mc_probe_int8_gops(int threads, double seconds);
-/* Peak bf16 multiply-add throughput of the current path's tile products in
- * GFLOP/s (2 per multiply-add), as mc_probe_int8_gops; -1 when the path has
- * none (`amx` on CPUs with AMX-BF16). */
+/* Peak bf16 multiply-add throughput of the current path's bf16 products in
+ * GFLOP/s (2 per multiply-add), as mc_probe_int8_gops: `amx` with AMX-BF16
+ * its tiles (tdpbf16ps), else avx512 / amx with AVX512-BF16 vdpbf16ps (what
+ * --activations bf16 runs); -1 when the path has neither. */
 double mc_probe_bf16_gflops(int threads, double seconds);
 
 #endif

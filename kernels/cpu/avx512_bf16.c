@@ -207,3 +207,23 @@ void mc_avx512bf16_rows_direct(const mc_mat *w, const void *pack, int n, float *
     /* token t at t * k32 bf16 values = t * (k32 / 2) floats */
     mc_bf16_direct_rows(w, pack, k32 / 2, n, 4, dp_tile_t, y, ldy, r0, r1);
 }
+
+double mc_avx512bf16_burn(long iters)
+{
+    __m512 a[12];
+    const __m512i u = _mm512_set1_epi16(0x3f80), v = _mm512_set1_epi16((short)0xbf80); /* 1, -1 */
+    for (int j = 0; j < 12; j++)
+        a[j] = _mm512_set1_ps((float)j);
+    for (long i = 0; i < iters; i++) {
+#pragma GCC unroll 12
+        for (int j = 0; j < 12; j++)
+            a[j] = _mm512_dpbf16_ps(a[j], BH(u), BH(v));
+        __asm__ __volatile__("" : "+v"(a[0]), "+v"(a[1]), "+v"(a[2]), "+v"(a[3]));
+    }
+    __m512 s = a[0];
+    for (int j = 1; j < 12; j++)
+        s = _mm512_add_ps(s, a[j]);
+    volatile float sink = _mm512_reduce_add_ps(s);
+    (void)sink;
+    return 2.0 * 32.0 * 12.0 * (double)iters;
+}

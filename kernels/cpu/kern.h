@@ -146,6 +146,9 @@ void mc_avx512bf16_pack_tokens(const mc_mat *w, const float *x, int n, int ldx, 
                                int tt0, int tt1);
 void mc_avx512bf16_rows_direct(const mc_mat *w, const void *pack, int n, float *y, int ldy,
                                int r0, int r1);
+/* 12 independent vdpbf16ps chains (32 multiply-adds each), as the paths'
+ * int8_burn; returns flops (2 per multiply-add). */
+double mc_avx512bf16_burn(long iters);
 #endif
 /* 1 when the CPU has AVX512-BF16 and this build its kernel (set with the path). */
 extern int mc_kern_bf16dp;

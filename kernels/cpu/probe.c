@@ -6,6 +6,7 @@
 
 #include <stdatomic.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/mman.h>
 #include <time.h>
 
@@ -132,5 +133,12 @@ double mc_probe_int8_gops(int threads, double seconds)
 double mc_probe_bf16_gflops(int threads, double seconds)
 {
     const mc_kops *ops = mc_kops_current();
-    return ops->bf16_burn ? burn_peak(ops->bf16_burn, threads, seconds) : -1.0;
+    if (ops->bf16_burn)
+        return burn_peak(ops->bf16_burn, threads, seconds);
+#ifdef MC_HAVE_AVX512BF16
+    /* the avx512 table and amx's copy of it (without AMX-BF16) */
+    if (mc_kern_bf16dp && (strcmp(ops->name, "avx512") == 0 || strcmp(ops->name, "amx") == 0))
+        return burn_peak(mc_avx512bf16_burn, threads, seconds);
+#endif
+    return -1.0;
 }

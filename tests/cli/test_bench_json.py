@@ -36,6 +36,7 @@ FIELDS = {
     "bytes_per_token": int, "achieved_gbps": float, "probe_gbps": float,
     "probe_gbps_before": float, "probe_gbps_after": float, "bandwidth_ratio": float,
     "load_s": float, "repeat": int, "anon_huge_mib": int, "cpu": str, "cpu_features": str,
+    "activations": str,
 }
 
 
@@ -89,6 +90,19 @@ def fields(j, what):
         ok = pk is None and ratio is None
     check(ok, f"{what}: int8_peak_gops / prefill_int8_ratio {'numbers' if int8 else 'null'}",
           f"kernels {j.get('kernels')!r}: {pk!r}, {ratio!r}")
+    # the BF16 peak: amx's tiles with AMX-BF16, else vdpbf16ps on avx512 / amx
+    # with AVX512-BF16 (cpu_features), null otherwise
+    feats = j.get("cpu_features", "").split()
+    bf16 = j.get("kernels") in ("amx", "avx512") and ("avx512bf16" in feats or "amx_bf16" in feats)
+    pk, ratio = j.get("bf16_peak_gflops", "absent"), j.get("prefill_bf16_ratio", "absent")
+    if bf16:
+        ok = isinstance(pk, (int, float)) and pk > 0 and isinstance(ratio, (int, float))
+    else:
+        ok = pk is None and ratio is None
+    check(ok, f"{what}: bf16_peak_gflops / prefill_bf16_ratio {'numbers' if bf16 else 'null'}",
+          f"kernels {j.get('kernels')!r}: {pk!r}, {ratio!r}")
+    check(j.get("activations") in ("f32", "bf16"), f"{what}: activations f32 or bf16",
+          repr(j.get("activations")))
 
 
 def main():
