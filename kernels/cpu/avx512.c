@@ -1585,6 +1585,9 @@ const mc_kops mc_kops_avx512 = {
     .swiglu = swiglu,
     .fma_burn = fma_burn,
     .int8_burn = int8_burn,
+#ifdef MC_HAVE_AVX512BF16
+    .bf16_burn = mc_avx512bf16_burn, /* amx replaces it with its tiles' with AMX-BF16 */
+#endif
     .stream_sum = stream_sum,
     .pack_qact_bytes = pack_qact_bytes,
     .pack_qact = pack_qact,

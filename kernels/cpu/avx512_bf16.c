@@ -41,6 +41,18 @@ static void split3(const float *x, int K, int K32, uint16_t *hi, uint16_t *mid, 
     }
 }
 
+/* x[K] already rounded to bf16 (mc_kern_bf16_acts: its top halves are the
+ * whole values) -> dst[K32] (zeros past K; dst 32-byte aligned) */
+static void top_halves(const float *x, int K, int K32, uint16_t *dst)
+{
+    for (int k = 0; k < K32; k += 16) {
+        __mmask16 m = K - k >= 16 ? (__mmask16)0xffff
+                      : K - k > 0 ? (__mmask16)((1u << (K - k)) - 1) : (__mmask16)0;
+        __m512i v = _mm512_castps_si512(_mm512_maskz_loadu_ps(m, x + k));
+        _mm256_store_si256((__m256i *)(dst + k), _mm512_cvtepi32_epi16(_mm512_srli_epi32(v, 16)));
+    }
+}
+
 #define BH(v) ((__m512bh)(v))
 
 /* One stored row of K bf16 weights against the split token. Six chains (two
@@ -104,12 +116,7 @@ int mc_avx512bf16_rows1(const mc_mat *w, const float *x, float *y, int r0, int r
         uint16_t *xh = aligned_alloc(64, (size_t)K32 * sizeof *xh + 64);
         if (!xh)
             return 0;
-        for (int k = 0; k < K32; k += 16) { /* the top halves (zeros past K) */
-            __mmask16 m = K - k >= 16 ? (__mmask16)0xffff
-                          : K - k > 0 ? (__mmask16)((1u << (K - k)) - 1) : (__mmask16)0;
-            __m512i v = _mm512_castps_si512(_mm512_maskz_loadu_ps(m, x + k));
-            _mm256_storeu_si256((__m256i *)(xh + k), _mm512_cvtepi32_epi16(_mm512_srli_epi32(v, 16)));
-        }
+        top_halves(x, K, K32, xh);
         for (int o = r0; o < r1; o++)
             y[o] = row1_bf16((const uint16_t *)w->data + (size_t)o * w->row_stride, xh, K);
         free(xh);
@@ -140,16 +147,8 @@ void mc_avx512bf16_pack_tokens(const mc_mat *w, const float *x, int n, int ldx, 
     int K = w->cols;
     size_t k32 = ((size_t)K + 31) / 32 * 32;
     int t1 = tt1 * MC_FPACK_TOKENS < n ? tt1 * MC_FPACK_TOKENS : n;
-    for (int t = tt0 * MC_FPACK_TOKENS; t < t1; t++) {
-        const float *xt = x + (size_t)t * ldx;
-        uint16_t *d = (uint16_t *)dst + (size_t)t * k32;
-        for (int k = 0; k < (int)k32; k += 16) {
-            __mmask16 m = K - k >= 16 ? (__mmask16)0xffff
-                          : K - k > 0 ? (__mmask16)((1u << (K - k)) - 1) : (__mmask16)0;
-            __m512i v = _mm512_castps_si512(_mm512_maskz_loadu_ps(m, xt + k));
-            _mm256_store_si256((__m256i *)(d + k), _mm512_cvtepi32_epi16(_mm512_srli_epi32(v, 16)));
-        }
-    }
+    for (int t = tt0 * MC_FPACK_TOKENS; t < t1; t++)
+        top_halves(x + (size_t)t * ldx, K, (int)k32, (uint16_t *)dst + (size_t)t * k32);
 }
 
 static inline __attribute__((always_inline)) void
@@ -210,6 +209,8 @@ void mc_avx512bf16_rows_direct(const mc_mat *w, const void *pack, int n, float *
 
 double mc_avx512bf16_burn(long iters)
 {
+    if (!mc_kern_bf16dp)
+        return 0; /* none: the probe reports -1 */
     __m512 a[12];
     const __m512i u = _mm512_set1_epi16(0x3f80), v = _mm512_set1_epi16((short)0xbf80); /* 1, -1 */
     for (int j = 0; j < 12; j++)

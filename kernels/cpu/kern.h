@@ -85,8 +85,9 @@ typedef struct {
     /* `iters` rounds of independent int8 products (amx: tiles; avx512:
      * vpdpbusd; else NULL); returns int8 operations done (2 per multiply-add) */
     double (*int8_burn)(long iters);
-    /* the same with bf16 tile products (amx with AMX-BF16, else NULL);
-     * returns flops done (2 per multiply-add) */
+    /* the same with bf16 products: amx with AMX-BF16 its tiles, avx512 (and
+     * amx without AMX-BF16) vdpbf16ps, none (0 flops) without AVX512-BF16;
+     * else NULL; returns flops done (2 per multiply-add) */
     double (*bf16_burn)(long iters);
     /* sum of the 64-bit words of p[bytes] (bytes a multiple of 256): a read stream */
     uint64_t (*stream_sum)(const void *p, size_t bytes);
@@ -147,7 +148,8 @@ void mc_avx512bf16_pack_tokens(const mc_mat *w, const float *x, int n, int ldx, 
 void mc_avx512bf16_rows_direct(const mc_mat *w, const void *pack, int n, float *y, int ldy,
                                int r0, int r1);
 /* 12 independent vdpbf16ps chains (32 multiply-adds each), as the paths'
- * int8_burn; returns flops (2 per multiply-add). */
+ * int8_burn; returns flops (2 per multiply-add), 0 without mc_kern_bf16dp
+ * (the avx512 table's bf16_burn). */
 double mc_avx512bf16_burn(long iters);
 #endif
 /* 1 when the CPU has AVX512-BF16 and this build its kernel (set with the path). */

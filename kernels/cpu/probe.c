@@ -6,7 +6,6 @@
 
 #include <stdatomic.h>
 #include <stdlib.h>
-#include <string.h>
 #include <sys/mman.h>
 #include <time.h>
 
@@ -83,7 +82,8 @@ static void fma_task(void *ctx, int task, int thread)
 }
 
 /* Peak of a burn function (operations per call of `iters` rounds) over
- * `threads` threads, 8 calls a thread per pass, best pass over `seconds`. */
+ * `threads` threads, 8 calls a thread per pass, best pass over `seconds`;
+ * -1 when it does no operations (this CPU lacks them). */
 static double burn_peak(double (*burn)(long), int threads, double seconds)
 {
     if (threads < 1)
@@ -108,6 +108,10 @@ static double burn_peak(double (*burn)(long), int threads, double seconds)
         double f = 0;
         for (int i = 0; i < 8 * threads; i++)
             f += j->flops[i];
+        if (f <= 0) {
+            best = -1.0;
+            break;
+        }
         if (dt < 0.05)
             j->iters *= 2; /* grow until one pass is long enough to time */
         else if (f / dt / 1e9 > best)
@@ -133,12 +137,5 @@ double mc_probe_int8_gops(int threads, double seconds)
 double mc_probe_bf16_gflops(int threads, double seconds)
 {
     const mc_kops *ops = mc_kops_current();
-    if (ops->bf16_burn)
-        return burn_peak(ops->bf16_burn, threads, seconds);
-#ifdef MC_HAVE_AVX512BF16
-    /* the avx512 table and amx's copy of it (without AMX-BF16) */
-    if (mc_kern_bf16dp && (strcmp(ops->name, "avx512") == 0 || strcmp(ops->name, "amx") == 0))
-        return burn_peak(mc_avx512bf16_burn, threads, seconds);
-#endif
-    return -1.0;
+    return ops->bf16_burn ? burn_peak(ops->bf16_burn, threads, seconds) : -1.0;
 }

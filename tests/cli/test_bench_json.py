@@ -80,27 +80,25 @@ def fields(j, what):
     check(not bad, f"{what}: every field with its type", ", ".join(bad[:5]))
     check(j.get("decode_tok_s", 0) > 0 and j.get("bytes_per_step", 0) > 0,
           f"{what}: a decode speed and bytes per step")
+    def peak(key, ratio_key, expected):
+        """a peak and its prefill ratio: numbers where expected, else both null"""
+        pk, ratio = j.get(key, "absent"), j.get(ratio_key, "absent")
+        if expected:
+            ok = isinstance(pk, (int, float)) and pk > 0 and isinstance(ratio, (int, float))
+        else:
+            ok = pk is None and ratio is None
+        check(ok, f"{what}: {key} / {ratio_key} {'numbers' if expected else 'null'}",
+              f"kernels {j.get('kernels')!r}: {pk!r}, {ratio!r}")
+
     # the INT8 peak: a number on the amx (tiles) and avx512 (vpdpbusd) paths,
     # with its prefill ratio, null on the others
-    int8 = j.get("kernels") in ("amx", "avx512")
-    pk, ratio = j.get("int8_peak_gops", "absent"), j.get("prefill_int8_ratio", "absent")
-    if int8:
-        ok = isinstance(pk, (int, float)) and pk > 0 and isinstance(ratio, (int, float))
-    else:
-        ok = pk is None and ratio is None
-    check(ok, f"{what}: int8_peak_gops / prefill_int8_ratio {'numbers' if int8 else 'null'}",
-          f"kernels {j.get('kernels')!r}: {pk!r}, {ratio!r}")
+    simd = j.get("kernels") in ("amx", "avx512")
+    peak("int8_peak_gops", "prefill_int8_ratio", simd)
     # the BF16 peak: amx's tiles with AMX-BF16, else vdpbf16ps on avx512 / amx
     # with AVX512-BF16 (cpu_features), null otherwise
     feats = j.get("cpu_features", "").split()
-    bf16 = j.get("kernels") in ("amx", "avx512") and ("avx512bf16" in feats or "amx_bf16" in feats)
-    pk, ratio = j.get("bf16_peak_gflops", "absent"), j.get("prefill_bf16_ratio", "absent")
-    if bf16:
-        ok = isinstance(pk, (int, float)) and pk > 0 and isinstance(ratio, (int, float))
-    else:
-        ok = pk is None and ratio is None
-    check(ok, f"{what}: bf16_peak_gflops / prefill_bf16_ratio {'numbers' if bf16 else 'null'}",
-          f"kernels {j.get('kernels')!r}: {pk!r}, {ratio!r}")
+    peak("bf16_peak_gflops", "prefill_bf16_ratio",
+         simd and ("avx512bf16" in feats or "amx_bf16" in feats))
     check(j.get("activations") in ("f32", "bf16"), f"{what}: activations f32 or bf16",
           repr(j.get("activations")))
 
