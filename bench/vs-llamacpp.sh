@@ -27,7 +27,9 @@
 #    BF16 layers).
 # 4. One table: decode tok/s (32 tokens after the prompt), prefill tok/s at
 #    64 and 512 tokens for both engines, our weight GB/s in decode and its
-#    fraction of the probe, our ratio to llama.cpp per cell. Each engine's
+#    fraction of the probe (the best pass; "paired": of the short probes
+#    run beside each decode repetition, bench's bandwidth_ratio_paired),
+#    our ratio to llama.cpp per cell. Each engine's
 #    figure in a round is the fastest of its --reps repetitions (llama-bench
 #    samples_ts, bench --repeat); the table gives the median over rounds.
 #
@@ -323,7 +325,8 @@ common = {"engine": "moecluster", "format": fmt, "round": int(rnd), "gguf": j.ge
 print(json.dumps(dict(common, cell=f"prefill{p}", tok_s=j["prefill_tok_s"])))
 if p == "64":  # decode after the 64-token prompt, as llama-bench's tg32 follows nothing
     print(json.dumps(dict(common, cell="decode", tok_s=j["decode_tok_s"], gbps=j["achieved_gbps"],
-                          probe=j["probe_gbps"], kernels=j["kernels"], weights=j["weights"])))
+                          probe=j["probe_gbps"], paired=j.get("bandwidth_ratio_paired"),
+                          kernels=j["kernels"], weights=j["weights"])))
 PY
 }
 
@@ -391,7 +394,7 @@ cells = [("decode", "decode tok/s"), ("prefill64", "prefill 64 tok/s"), ("prefil
 head = "| format | llama.cpp build |"
 for _, n in cells:
     head += f" {n}: llama.cpp | ours | ratio |"
-head += " our GB/s | probe GB/s | fraction |"
+head += " our GB/s | probe GB/s | fraction | fraction (paired) |"
 print(head)
 print("|" + " --- |" * (head.count("|") - 1))
 fmt_n = lambda x, d=1: "-" if x is None else f"{x:.{d}f}"
@@ -414,7 +417,8 @@ for f, acts in [(f, a) for f in fmts for a in ("f32", "bf16")
         line += f" {fmt_n(ll)} | {fmt_n(ours)} | {ratio} |"
     dec = [r for r in rows if mine(r) and r["cell"] == "decode"]
     gb, pr = med([r["gbps"] for r in dec]), med([r["probe"] for r in dec])
-    line += f" {fmt_n(gb)} | {fmt_n(pr)} | {fmt_n(gb / pr if gb and pr else None, 2)} |"
+    pa = med([r["paired"] for r in dec if r.get("paired") is not None])
+    line += f" {fmt_n(gb)} | {fmt_n(pr)} | {fmt_n(gb / pr if gb and pr else None, 2)} | {fmt_n(pa, 2)} |"
     print(line)
 print()
 for f in fmts:

@@ -572,6 +572,13 @@ AI __m512i q8_0_load2(const unsigned char *p, int two, __m512 *sc)
                               hi, 1);
 }
 
+/* Every 64-byte line of [p, p + bytes) into L2 (prefetches never fault). */
+AI void prefetch_l2(const unsigned char *p, size_t bytes)
+{
+    for (size_t i = 0; i < bytes; i += 64)
+        _mm_prefetch((const char *)p + i, _MM_HINT_T1);
+}
+
 /* ---- Q8_0 rows repacked at load (MC_MAT_PACK_Q8_0_X16, kernels.h) ---- */
 
 /* The tokens of a product against repacked rows, made once per product
@@ -882,9 +889,13 @@ static void rows_q8_0_x16(const mc_mat *w, const mc_qact *a, float *y, int ldy, 
     int nb = a->kp / MC_QK8_0;
     const int8_t *xi = a->pack;
     const int32_t *corr = (const int32_t *)(xi + (size_t)a->n * nb * 32);
-    if (a->n == 1) {
-        for (int o = r0; o < r1; o++)
-            y[o] = q8_0_row1_x16(mc_row_ptr(w, o), xi, corr, a->d, nb);
+    if (a->n == 1) { /* decode: each row's bytes prefetched into L2 PF_Q8_0_ROW ahead */
+        size_t rbx = (size_t)nb * 34;
+        for (int o = r0; o < r1; o++) {
+            const unsigned char *row = mc_row_ptr(w, o);
+            prefetch_l2(row + PF_Q8_0_ROW, rbx);
+            y[o] = q8_0_row1_x16(row, xi, corr, a->d, nb);
+        }
         return;
     }
     size_t row_bytes = (size_t)nb * 34;
@@ -1228,6 +1239,8 @@ static void rows_q4_k(const mc_mat *w, const mc_qact *a, float *y, int ldy, int 
             float *yt = y + (size_t)t0 * ldy;
             for (int o = o0; o < o1; o++) {
                 const unsigned char *row = mc_row_ptr(w, o);
+                if (x16 && a->n == 1) /* decode: the row's bytes into L2 PF_Q4_K_ROW ahead */
+                    prefetch_l2(row + PF_Q4_K_ROW, (size_t)nb * sizeof(mc_block_q4_k));
                 switch (a->n - t0 < 8 ? a->n - t0 : 8) {
                 case 1: Q4K_ROW(1); break;
                 case 2: Q4K_ROW(2); break;

@@ -234,10 +234,21 @@ static inline float mc_kf16(uint16_t h)
  * at load prefetch their row stream this many bytes ahead into L2
  * (prefetcht1). On a 2-core Zen 4 (AMD EPYC), one thread reading a 622 MB
  * matrix from memory: BF16 14-20 -> 18-21 GB/s (2 threads 20-33 -> 25-36;
- * prefetcht0 at 8 KiB 13-19 / 23), Q6_K 17-18.5 -> 20-23 GB/s (docs/kernels.md). The
- * repacked Q8_0 and Q4_K kernels measured no gain (Q8_0) and a loss (Q4_K:
- * 13-15 -> 4-10 GB/s) with it, so they have none. */
+ * prefetcht0 at 8 KiB 13-19 / 23), Q6_K 17-18.5 -> 20-23 GB/s (docs/kernels.md).
+ * (Prefetching a whole row at its start instead measured slower for BF16:
+ * 64 prefetches in a burst.) */
 #define PF_L2_BYTES 8192
+/* The repacked Q8_0 and Q4_K decode rows (avx512) prefetch into L2 at the
+ * start of each row all of its bytes this far ahead (Q8_0: 2176 bytes a
+ * row of 2048 columns, Q4_K: 1152). A product of 151936 x 2048 alternated
+ * 15 times in one process at 2 threads against the same matrix without it
+ * and a read-only stream over the same bytes, median GB/s (2026-12-02, the
+ * 2-core Zen 4): Q8_0 25.1-26.5 -> 30.8-32.0 (the stream 32.5-33.4), Q4_K
+ * 23.6-24.9 -> 29.6-31.6 (the stream 31.5-32.3). Q8_0 at 8 KiB 3-5% less,
+ * Q4_K at 4 KiB 3-7% less, 2 KiB slower than none; prefetcht0 no gain;
+ * the in-loop prefetch of the other rows found none here before. */
+#define PF_Q8_0_ROW 4096
+#define PF_Q4_K_ROW 8192
 
 /* Byte address of stored row r of a row-major matrix. */
 static inline const unsigned char *mc_row_ptr(const mc_mat *w, int r)

@@ -35,6 +35,7 @@ FIELDS = {
     "prefill_fma_ratio": float, "decode_tok_s": float, "bytes_per_step": int,
     "bytes_per_token": int, "achieved_gbps": float, "probe_gbps": float,
     "probe_gbps_before": float, "probe_gbps_after": float, "bandwidth_ratio": float,
+    "probe_gbps_paired": float, "bandwidth_ratio_paired": float,
     "load_s": float, "repeat": int, "anon_huge_mib": int, "cpu": str, "cpu_features": str,
     "activations": str,
 }
