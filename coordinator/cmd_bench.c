@@ -436,18 +436,26 @@ int mc_cmd_bench(int argc, char **argv)
             t_decode = t;
         t_rep[r] = t;
         double side_next = mc_session_probe_read_gbps(ses, (size_t)probe_mib << 20, nthreads, 0.0);
-        side[r] = (side_prev + side_next) / 2; /* (stream reads: not counted as weight bytes) */
+        /* (stream reads: not counted as weight bytes; a probe without memory: no figure) */
+        side[r] = side_prev > 0 && side_next > 0 ? (side_prev + side_next) / 2 : NAN;
         side_prev = side_next;
     }
     mc_session_counters cnt;
     mc_session_counters_get(ses, &cnt);
     double bytes_step = (double)cnt.bytes_read / (double)(glen * reps);
     mc_session_count(ses, false);
-    /* per repetition: its GB/s over the probes beside it; the median repetition */
-    double ratio_rep[MAX_REPEAT];
-    for (long long r = 0; r < reps; r++)
+    /* per repetition: its GB/s over the probes beside it; the median repetition
+     * (NaN, printed as null / nan, when a short probe found no memory) */
+    double ratio_rep[MAX_REPEAT], paired_ratio = NAN, paired_probe = NAN;
+    bool paired_ok = true;
+    for (long long r = 0; r < reps; r++) {
         ratio_rep[r] = bytes_step * (double)glen / t_rep[r] / 1e9 / side[r];
-    double paired_ratio = median(ratio_rep, (int)reps), paired_probe = median(side, (int)reps);
+        paired_ok = paired_ok && isfinite(side[r]);
+    }
+    if (paired_ok) {
+        paired_ratio = median(ratio_rep, (int)reps);
+        paired_probe = median(side, (int)reps);
+    }
     double probe_before = probe_gbps;
     double probe_after = mc_session_probe_read_gbps(ses, (size_t)probe_mib << 20, nthreads, 2.0);
     if (probe_after > probe_gbps)
