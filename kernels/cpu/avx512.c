@@ -889,11 +889,12 @@ static void rows_q8_0_x16(const mc_mat *w, const mc_qact *a, float *y, int ldy, 
     int nb = a->kp / MC_QK8_0;
     const int8_t *xi = a->pack;
     const int32_t *corr = (const int32_t *)(xi + (size_t)a->n * nb * 32);
-    if (a->n == 1) { /* decode: each row's bytes prefetched into L2 PF_Q8_0_ROW ahead */
+    if (a->n == 1) { /* decode: each row's bytes prefetched into L2 (PF_Q8_0_ROW) */
         size_t rbx = (size_t)nb * 34;
         for (int o = r0; o < r1; o++) {
             const unsigned char *row = mc_row_ptr(w, o);
             prefetch_l2(row + PF_Q8_0_ROW, rbx);
+            prefetch_l2(row + 2 * PF_Q8_0_ROW, rbx); /* asked twice: see PF_Q8_0_ROW */
             y[o] = q8_0_row1_x16(row, xi, corr, a->d, nb);
         }
         return;

@@ -66,6 +66,8 @@ static float row1(const uint16_t *w, const uint16_t *xh, const uint16_t *xm, con
     for (; k + 64 <= K; k += 64) {
         _mm_prefetch((const char *)(w + k) + PF_L2_BYTES, _MM_HINT_T1); /* 128 bytes a step, into L2 */
         _mm_prefetch((const char *)(w + k) + PF_L2_BYTES + 64, _MM_HINT_T1);
+        _mm_prefetch((const char *)(w + k) + PF_L2_BYTES / 2, _MM_HINT_T1); /* again, nearer */
+        _mm_prefetch((const char *)(w + k) + PF_L2_BYTES / 2 + 64, _MM_HINT_T1);
         __m512i w0 = _mm512_loadu_si512((const void *)(w + k));
         __m512i w1 = _mm512_loadu_si512((const void *)(w + k + 32));
         h0 = _mm512_dpbf16_ps(h0, BH(w0), BH(_mm512_loadu_si512((const void *)(xh + k))));
@@ -96,6 +98,8 @@ static float row1_bf16(const uint16_t *w, const uint16_t *xh, int K)
     for (; k + 64 <= K; k += 64) {
         _mm_prefetch((const char *)(w + k) + PF_L2_BYTES, _MM_HINT_T1); /* as row1 */
         _mm_prefetch((const char *)(w + k) + PF_L2_BYTES + 64, _MM_HINT_T1);
+        _mm_prefetch((const char *)(w + k) + PF_L2_BYTES / 2, _MM_HINT_T1); /* again, nearer */
+        _mm_prefetch((const char *)(w + k) + PF_L2_BYTES / 2 + 64, _MM_HINT_T1);
         a0 = _mm512_dpbf16_ps(a0, BH(_mm512_loadu_si512((const void *)(w + k))),
                               BH(_mm512_loadu_si512((const void *)(xh + k))));
         a1 = _mm512_dpbf16_ps(a1, BH(_mm512_loadu_si512((const void *)(w + k + 32))),

@@ -236,7 +236,13 @@ static inline float mc_kf16(uint16_t h)
  * matrix from memory: BF16 14-20 -> 18-21 GB/s (2 threads 20-33 -> 25-36;
  * prefetcht0 at 8 KiB 13-19 / 23), Q6_K 17-18.5 -> 20-23 GB/s (docs/kernels.md).
  * (Prefetching a whole row at its start instead measured slower for BF16:
- * 64 prefetches in a burst.) */
+ * 64 prefetches in a burst.) The BF16 rows ask for each line a second time
+ * at half the distance: a prefetch the full miss buffers dropped is sent
+ * again (the LM-head shape at 2 threads, alternated in one process with
+ * the single prefetch, 2026-12-02: 28.6-30.5 -> 31.7-32.4 GB/s where a
+ * stream over the same bytes read 31.4-32.7, and 38.7 -> 46.6 where it read
+ * 49.8; at 16 KiB instead of 4 a little less). Q6_K measured no gain from
+ * it. */
 #define PF_L2_BYTES 8192
 /* The repacked Q8_0 and Q4_K decode rows (avx512) prefetch into L2 at the
  * start of each row all of its bytes this far ahead (Q8_0: 2176 bytes a
@@ -246,7 +252,11 @@ static inline float mc_kf16(uint16_t h)
  * 2-core Zen 4): Q8_0 25.1-26.5 -> 30.8-32.0 (the stream 32.5-33.4), Q4_K
  * 23.6-24.9 -> 29.6-31.6 (the stream 31.5-32.3). Q8_0 at 8 KiB 3-5% less,
  * Q4_K at 4 KiB 3-7% less, 2 KiB slower than none; prefetcht0 no gain;
- * the in-loop prefetch of the other rows found none here before. */
+ * the in-loop prefetch of the other rows found none here before. Q8_0
+ * then asks for the row again at twice the distance: where the stream read
+ * 48-56 GB/s (this VM's fast phase) 36.3-41.9 -> 43.1-49.5 GB/s, for the
+ * LM head and for 96 expert-sized matrices (768 x 2048) alike; where it
+ * read ~32 the same. Q4_K measured no gain from the second one. */
 #define PF_Q8_0_ROW 4096
 #define PF_Q4_K_ROW 8192
 
