@@ -197,17 +197,18 @@ fail:
 
 #define MAX_REPEAT 100 /* --repeat's bound */
 
-/* The median of v[0..n) (n >= 1; v is left as it was). */
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* The median of v[0..n) (1 <= n <= MAX_REPEAT, no NaN; v is left as it was). */
 static double median(const double *v, int n)
 {
     double s[MAX_REPEAT];
     memcpy(s, v, (size_t)n * sizeof *s);
-    for (int i = 1; i < n; i++) /* n <= 100: insertion sort */
-        for (int j = i; j > 0 && s[j] < s[j - 1]; j--) {
-            double t = s[j];
-            s[j] = s[j - 1];
-            s[j - 1] = t;
-        }
+    qsort(s, (size_t)n, sizeof *s, cmp_double);
     return n % 2 ? s[n / 2] : (s[n / 2 - 1] + s[n / 2]) / 2;
 }
 
@@ -423,6 +424,7 @@ int mc_cmd_bench(int argc, char **argv)
      * had. */
     double side_prev = mc_session_probe_read_gbps(ses, (size_t)probe_mib << 20, nthreads, 0.0);
     double t_rep[MAX_REPEAT], side[MAX_REPEAT];
+    bool paired_ok = side_prev > 0; /* a probe without memory: no paired figures */
     for (long long r = 0; r < reps; r++) {
         t0 = now_s();
         for (long long s = 0; s < glen; s++) {
@@ -436,8 +438,8 @@ int mc_cmd_bench(int argc, char **argv)
             t_decode = t;
         t_rep[r] = t;
         double side_next = mc_session_probe_read_gbps(ses, (size_t)probe_mib << 20, nthreads, 0.0);
-        /* (stream reads: not counted as weight bytes; a probe without memory: no figure) */
-        side[r] = side_prev > 0 && side_next > 0 ? (side_prev + side_next) / 2 : NAN;
+        paired_ok = paired_ok && side_next > 0;
+        side[r] = (side_prev + side_next) / 2; /* (stream reads: not counted as weight bytes) */
         side_prev = side_next;
     }
     mc_session_counters cnt;
@@ -446,13 +448,11 @@ int mc_cmd_bench(int argc, char **argv)
     mc_session_count(ses, false);
     /* per repetition: its GB/s over the probes beside it; the median repetition
      * (NaN, printed as null / nan, when a short probe found no memory) */
-    double ratio_rep[MAX_REPEAT], paired_ratio = NAN, paired_probe = NAN;
-    bool paired_ok = true;
-    for (long long r = 0; r < reps; r++) {
-        ratio_rep[r] = bytes_step * (double)glen / t_rep[r] / 1e9 / side[r];
-        paired_ok = paired_ok && isfinite(side[r]);
-    }
+    double paired_ratio = NAN, paired_probe = NAN;
     if (paired_ok) {
+        double ratio_rep[MAX_REPEAT];
+        for (long long r = 0; r < reps; r++)
+            ratio_rep[r] = bytes_step * (double)glen / t_rep[r] / 1e9 / side[r];
         paired_ratio = median(ratio_rep, (int)reps);
         paired_probe = median(side, (int)reps);
     }

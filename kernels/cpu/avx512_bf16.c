@@ -55,6 +55,16 @@ static void top_halves(const float *x, int K, int K32, uint16_t *dst)
 
 #define BH(v) ((__m512bh)(v))
 
+/* The decode rows' prefetch for the 64 weights (128 bytes) at w: into L2
+ * PF_L2_BYTES ahead, and asked again at half that (kern.h). */
+static inline __attribute__((always_inline)) void prefetch_step(const uint16_t *w)
+{
+    _mm_prefetch((const char *)w + PF_L2_BYTES, _MM_HINT_T1);
+    _mm_prefetch((const char *)w + PF_L2_BYTES + 64, _MM_HINT_T1);
+    _mm_prefetch((const char *)w + PF_L2_BYTES / 2, _MM_HINT_T1);
+    _mm_prefetch((const char *)w + PF_L2_BYTES / 2 + 64, _MM_HINT_T1);
+}
+
 /* One stored row of K bf16 weights against the split token. Six chains (two
  * per part); the last partial 32 weights by a masked load (nothing past the
  * row is read). */
@@ -64,10 +74,7 @@ static float row1(const uint16_t *w, const uint16_t *xh, const uint16_t *xm, con
     __m512 h0 = _mm512_setzero_ps(), h1 = h0, m0 = h0, m1 = h0, l0 = h0, l1 = h0;
     int k = 0;
     for (; k + 64 <= K; k += 64) {
-        _mm_prefetch((const char *)(w + k) + PF_L2_BYTES, _MM_HINT_T1); /* 128 bytes a step, into L2 */
-        _mm_prefetch((const char *)(w + k) + PF_L2_BYTES + 64, _MM_HINT_T1);
-        _mm_prefetch((const char *)(w + k) + PF_L2_BYTES / 2, _MM_HINT_T1); /* again, nearer */
-        _mm_prefetch((const char *)(w + k) + PF_L2_BYTES / 2 + 64, _MM_HINT_T1);
+        prefetch_step(w + k);
         __m512i w0 = _mm512_loadu_si512((const void *)(w + k));
         __m512i w1 = _mm512_loadu_si512((const void *)(w + k + 32));
         h0 = _mm512_dpbf16_ps(h0, BH(w0), BH(_mm512_loadu_si512((const void *)(xh + k))));
@@ -96,10 +103,7 @@ static float row1_bf16(const uint16_t *w, const uint16_t *xh, int K)
     __m512 a0 = _mm512_setzero_ps(), a1 = a0;
     int k = 0;
     for (; k + 64 <= K; k += 64) {
-        _mm_prefetch((const char *)(w + k) + PF_L2_BYTES, _MM_HINT_T1); /* as row1 */
-        _mm_prefetch((const char *)(w + k) + PF_L2_BYTES + 64, _MM_HINT_T1);
-        _mm_prefetch((const char *)(w + k) + PF_L2_BYTES / 2, _MM_HINT_T1); /* again, nearer */
-        _mm_prefetch((const char *)(w + k) + PF_L2_BYTES / 2 + 64, _MM_HINT_T1);
+        prefetch_step(w + k);
         a0 = _mm512_dpbf16_ps(a0, BH(_mm512_loadu_si512((const void *)(w + k))),
                               BH(_mm512_loadu_si512((const void *)(xh + k))));
         a1 = _mm512_dpbf16_ps(a1, BH(_mm512_loadu_si512((const void *)(w + k + 32))),
