@@ -126,31 +126,36 @@ static int compare_many(const char *path, int m, int n)
         if (memcmp(&got[j], &want[j], sizeof got[j]) != 0 && bad++ < 3)
             fprintf(stderr, "  %s m %d n %d: dot_many[%d] = %.9g, mc_dot %.9g\n", path, m, n, j,
                     got[j], want[j]);
-    /* mc_wsum_rows: m outputs over S = n % 23 + 1 rows of length n (the rows
-     * are slices of a), weights with zeros, against zeroing + mc_axpy */
-    int S = n % 23 + 1;
-    const float *rows[32] = {0};
-    float *wt = malloc((size_t)m * S * sizeof *wt);
-    for (int i = 0; i < S; i++)
-        rows[i] = a + (size_t)(i % m) * n;
-    for (int i = 0; wt && i < m * S; i++)
-        wt[i] = i % 7 == 2 ? 0.0f : i % 11 == 5 ? -0.0f : runi(-1.0f, 1.0f);
-    for (int skip = 0; wt && skip <= 1; skip++) {
-        for (int j = 0; j < m; j++) {
-            memset(p0[j], 0, (size_t)n * sizeof *y0);
-            for (int i = 0; i < S; i++)
-                if (!skip || wt[i * m + j] != 0.0f)
-                    mc_axpy(p0[j], wt[i * m + j], rows[i], n);
+    /* mc_wsum_rows: m outputs over S = n % 23 + 1 rows of length n and over
+     * 150 + 3 (n % 97) rows (several of the avx512 path's tiles of rows, the
+     * last one partial; the rows are slices of a), weights with zeros,
+     * against zeroing + mc_axpy */
+    static const float *rows[450];
+    int S_of[2] = {n % 23 + 1, 150 + 3 * (n % 97)};
+    for (int si = 0; si < 2; si++) {
+        int S = S_of[si];
+        float *wt = malloc((size_t)m * S * sizeof *wt);
+        for (int i = 0; i < S; i++)
+            rows[i] = a + (size_t)((i * 7) % m) * n;
+        for (int i = 0; wt && i < m * S; i++)
+            wt[i] = i % 7 == 2 ? 0.0f : i % 11 == 5 ? -0.0f : runi(-1.0f, 1.0f);
+        for (int skip = 0; wt && skip <= 1; skip++) {
+            for (int j = 0; j < m; j++) {
+                memset(p0[j], 0, (size_t)n * sizeof *y0);
+                for (int i = 0; i < S; i++)
+                    if (!skip || wt[i * m + j] != 0.0f)
+                        mc_axpy(p0[j], wt[i * m + j], rows[i], n);
+            }
+            memset(y1, 0x7f, (size_t)m * n * sizeof *y1); /* every value must be written */
+            mc_wsum_rows(p1, m, wt, rows, S, n, skip);
+            for (int i = 0; i < m * n; i++)
+                if (memcmp(&y0[i], &y1[i], sizeof y0[i]) != 0 && bad++ < 3)
+                    fprintf(stderr, "  %s m %d n %d S %d skip %d: wsum_rows output %d [%d] = "
+                            "%.9g, axpy %.9g\n", path, m, n, S, skip, i / n, i % n, y1[i], y0[i]);
         }
-        memset(y1, 0x7f, (size_t)m * n * sizeof *y1); /* every value must be written */
-        mc_wsum_rows(p1, m, wt, rows, S, n, skip);
-        for (int i = 0; i < m * n; i++)
-            if (memcmp(&y0[i], &y1[i], sizeof y0[i]) != 0 && bad++ < 3)
-                fprintf(stderr, "  %s m %d n %d S %d skip %d: wsum_rows output %d [%d] = %.9g, "
-                        "axpy %.9g\n", path, m, n, S, skip, i / n, i % n, y1[i], y0[i]);
+        CHECK(wt != NULL);
+        free(wt);
     }
-    CHECK(wt != NULL);
-    free(wt);
     free(a);
     free(b);
     free(y0);
