@@ -353,15 +353,22 @@ mc_status mc_op_moe_unpermute_weighted(mc_backend *be, const mc_tensor *yp, cons
     return be->iface.moe_unpermute_weighted(be->ctx, yp, slot, weights, y, err);
 }
 
-/* Expert e's weight `w` (a 2-D weight of out x in) for grouped_experts. */
+/* Expert e's weight `w` (a 2-D weight of out x in) for grouped_experts.
+ * Checked first without an error (so without formatting its name: three
+ * weights of every expert of the layer, every step), then again with one
+ * where it fails. */
 static int expert_w_ok(mc_backend *be, const mc_tensor *w, const char *name, int e, int64_t out,
                        int64_t in, const mc_tensor *y, mc_err *err)
 {
+    int shape_ok = w && w->ndim == 2 && mc_backend_is_weight_dtype(w->dtype) &&
+                   w->shape[0] == out && w->shape[1] == in;
+    if (shape_ok && arg_ok(be, w, "", NULL) && alias_ok(y, w, 0, "", NULL))
+        return 1;
     char what[64];
     snprintf(what, sizeof what, "grouped_experts: %s[%d]", name, e);
     if (!arg_ok(be, w, what, err) || !alias_ok(y, w, 0, what, err))
         return 0;
-    if (w->ndim != 2 || !mc_backend_is_weight_dtype(w->dtype) || w->shape[0] != out || w->shape[1] != in) {
+    if (!shape_ok) {
         mc_err_set(err, MC_ERR_ARG, "%s: %s (%lld, %lld) with %d dimensions, want a 2-D weight "
                    "(%lld, %lld)", what, mc_dtype_name(w->dtype), (long long)w->shape[0],
                    (long long)(w->ndim > 1 ? w->shape[1] : 0), w->ndim, (long long)out,

@@ -119,16 +119,17 @@ static inline int vec_ok(mc_backend *be, const mc_tensor *t, int64_t n, const ch
     return 0;
 }
 
-/* The index of n tokens: I32 block table (n_seqs, max_blocks), seq and pos [n]. */
-static inline int index_ok(mc_backend *be, const mc_kv_index *ix, int64_t n, const char *op,
-                    mc_err *err)
+/* index_ok's checks; the argument names are formatted only with an err. */
+static inline int index_check(mc_backend *be, const mc_kv_index *ix, int64_t n, const char *op,
+                              mc_err *err)
 {
-    char what[64];
+    char what[64] = "";
     if (!ix) {
         mc_err_set(err, MC_ERR_ARG, "%s: ix is NULL", op);
         return 0;
     }
-    snprintf(what, sizeof what, "%s: ix.block_table", op);
+    if (err)
+        snprintf(what, sizeof what, "%s: ix.block_table", op);
     if (!arg_ok(be, &ix->block_table, what, err))
         return 0;
     if (ix->block_table.dtype != MC_DT_I32 || ix->block_table.ndim != 2) {
@@ -140,7 +141,8 @@ static inline int index_ok(mc_backend *be, const mc_kv_index *ix, int64_t n, con
     const mc_tensor *v[2] = {&ix->seq, &ix->pos};
     const char *name[2] = {"seq", "pos"};
     for (int i = 0; i < 2; i++) {
-        snprintf(what, sizeof what, "%s: ix.%s", op, name[i]);
+        if (err)
+            snprintf(what, sizeof what, "%s: ix.%s", op, name[i]);
         if (!arg_ok(be, v[i], what, err))
             return 0;
         if (v[i]->dtype != MC_DT_I32 || v[i]->ndim != 1 || v[i]->shape[0] != n) {
@@ -152,6 +154,15 @@ static inline int index_ok(mc_backend *be, const mc_kv_index *ix, int64_t n, con
         }
     }
     return 1;
+}
+
+/* The index of n tokens: I32 block table (n_seqs, max_blocks), seq and pos
+ * [n]. Checked first without an error (nothing formatted: several calls a
+ * layer, every step), then again with one where it fails. */
+static inline int index_ok(mc_backend *be, const mc_kv_index *ix, int64_t n, const char *op,
+                           mc_err *err)
+{
+    return index_check(be, ix, n, op, NULL) || index_check(be, ix, n, op, err);
 }
 
 /* An F32 page tensor (n_blocks, block_size, ...) of `ndim` dimensions (0: >= 3). */
