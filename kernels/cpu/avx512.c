@@ -465,6 +465,10 @@ static float fp8_scaled_row_nan(const mc_mat *w, const unsigned char *p, const f
  * fp8_scaled_row_nan. The row stream is prefetched as in stream_rows. */
 static void fp8_scaled_rows1(const mc_mat *w, const float *x, float *y, int r0, int r1)
 {
+#ifdef MC_HAVE_AVX512VBMI
+    if (mc_kern_vbmi && mc_avx512vbmi_fp8_rows1(w, x, y, r0, r1))
+        return;
+#endif
     int K = w->cols, bc = w->block_cols;
     const __m512i m7f = _mm512_set1_epi8(0x7f);
     for (int o = r0; o < r1; o++) {

@@ -152,8 +152,16 @@ void mc_avx512bf16_rows_direct(const mc_mat *w, const void *pack, int n, float *
  * (the avx512 table's bf16_burn). */
 double mc_avx512bf16_burn(long iters);
 #endif
+#ifdef MC_HAVE_AVX512VBMI
+/* FP8 rows [r0, r1) with block scales (block_cols a multiple of 64, not
+ * transposed) against one token, widened by table lookups (avx512_vbmi.c);
+ * 0 when out of memory (nothing written). Only when mc_kern_vbmi. */
+int mc_avx512vbmi_fp8_rows1(const mc_mat *w, const float *x, float *y, int r0, int r1);
+#endif
 /* 1 when the CPU has AVX512-BF16 and this build its kernel (set with the path). */
 extern int mc_kern_bf16dp;
+/* 1 when the CPU has AVX512-VBMI and this build its kernel (MC_NO_VBMI=1: 0). */
+extern int mc_kern_vbmi;
 /* mc_kernels_set_bf16_acts: the activations of BF16 products arrive rounded
  * to bf16 (the front end rounds them for every path) */
 extern int mc_kern_bf16_acts;

@@ -110,6 +110,7 @@ int mc_kpath_supported(mc_kpath p)
 }
 
 int mc_kern_bf16dp;
+int mc_kern_vbmi;
 int mc_kern_bf16_acts;
 
 void mc_kernels_set_bf16_acts(int on) { mc_kern_bf16_acts = on != 0; }
@@ -156,6 +157,10 @@ static void init_once(void)
 #ifdef MC_HAVE_AVX512BF16
     mc_kern_bf16dp = g_feat.avx512bf16 && mc_kpath_supported(MC_KPATH_AVX512) &&
                      !getenv("MC_NO_BF16DP");
+#endif
+#ifdef MC_HAVE_AVX512VBMI
+    mc_kern_vbmi = g_feat.avx512vbmi && mc_kpath_supported(MC_KPATH_AVX512) &&
+                   !getenv("MC_NO_VBMI");
 #endif
 #ifdef MC_HAVE_AMX
     if (mc_kpath_supported(MC_KPATH_AVX512) && g_feat.amx_tile && g_feat.amx_int8 &&
