@@ -29,19 +29,22 @@
 #    64 and 512 tokens for both engines, our weight GB/s in decode and its
 #    fraction of the probe (the best pass; "paired": of the short probes
 #    run beside each decode repetition, bench's bandwidth_ratio_paired),
-#    our ratio to llama.cpp per cell. Each engine's
+#    our ratio to llama.cpp per cell; with --depth D also decode after a
+#    D-token context (llama-bench -p 0 -n 32 -d D; bench --prompt-len D),
+#    where attention over the KV cache weighs. Each engine's
 #    figure in a round is the fastest of its --reps repetitions (llama-bench
 #    samples_ts, bench --repeat); the table gives the median over rounds.
 #
 # usage: bench/vs-llamacpp.sh [--threads T] [--layers L] [--formats LIST]
 #            [--rounds R] [--reps N] [--quick] [--build DIR] [--work DIR]
-#            [--llama-version V] [--keep]
+#            [--depth D] [--llama-version V] [--keep]
 #   --threads  threads for both engines (default: all CPUs)
 #   --layers   layers of the synth model (default 4; each is 1.2 GB in BF16)
 #   --formats  comma list of q4_k_m, q8_0, bf16 (default q4_k_m,q8_0,bf16)
 #   --rounds   rounds per format (default 3)
 #   --reps     repetitions inside each run (default 3)
 #   --quick    smoke run: 1 layer, 1 round, 1 repetition
+#   --depth    also time decode after a D-token context (default 0: not)
 #   --build    moecluster's CMake build folder (default build)
 #   --work     model files (default ${TMPDIR:-/tmp}/moecluster-vs-llamacpp);
 #              emptied at the end unless --keep
@@ -60,6 +63,7 @@ build=build
 work=${TMPDIR:-/tmp}/moecluster-vs-llamacpp
 version=0.3.36
 keep=0
+depth=0
 usage() { sed -n '/^# usage:/,/^# Needs:/p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -71,6 +75,7 @@ while [ $# -gt 0 ]; do
     --quick) layers=1; rounds=1; reps=1; shift ;;
     --build) build=$2; shift 2 ;;
     --work) work=$2; shift 2 ;;
+    --depth) depth=$2; shift 2 ;;
     --llama-version) version=$2; shift 2 ;;
     --keep) keep=1; shift ;;
     -h | --help) usage; exit 0 ;;
@@ -82,6 +87,9 @@ for v in threads layers rounds reps; do
     '' | *[!0-9]* | 0*) echo "vs-llamacpp.sh: --$v must be a positive integer, not '${!v}'" >&2; exit 2 ;;
     esac
 done
+case "$depth" in
+'' | *[!0-9]* | 0?*) echo "vs-llamacpp.sh: --depth must be 0 or a positive integer, not '$depth'" >&2; exit 2 ;;
+esac
 case "$version" in
 '' | *[!0-9.]*) echo "vs-llamacpp.sh: --llama-version '$version' is not a version number" >&2; exit 2 ;;
 esac
@@ -289,16 +297,22 @@ uncache "$bf16"
 res=$work/results.jsonl
 : >"$res"
 llama_run() { # VARIANT FILE FORMAT ROUND
-    local o=$log/llama-$3-$1-r$4.json
+    local o=$log/llama-$3-$1-r$4.json od=$log/llama-$3-$1-r$4-d.json
     local rc=0
     "$(bench_bin "$1")" -m "$2" -p 64,512 -n 32 -t "$threads" "${load_flag[@]}" -r "$reps" -o json \
         >"$o" 2>"$log/llama-$3-$1-r$4.err" || rc=$?
+    echo "[]" >"$od"
+    if [ $rc = 0 ] && [ "$depth" -gt 0 ]; then # decode after a depth-token context
+        "$(bench_bin "$1")" -m "$2" -p 0 -n 32 -d "$depth" -t "$threads" "${load_flag[@]}" -r "$reps" \
+            -o json >"$od" 2>"$log/llama-$3-$1-r$4.err" || rc=$?
+    fi
     if [ $rc = 0 ]; then
-        python3 - "$o" "$3" "$4" "$1" >>"$res" <<'PY'
+        python3 - "$o" "$3" "$4" "$1" "$od" >>"$res" <<'PY'
 import json, sys
-o, fmt, rnd, var = sys.argv[1:5]
-for t in json.load(open(o)):
-    kind = "decode" if t["n_gen"] > 0 else f"prefill{t['n_prompt']}"
+o, fmt, rnd, var, od = sys.argv[1:6]
+for t in json.load(open(o)) + json.load(open(od)):
+    d = t.get("n_depth", 0)
+    kind = (f"decode@{d}" if d else "decode") if t["n_gen"] > 0 else f"prefill{t['n_prompt']}"
     print(json.dumps({"engine": "llama.cpp", "variant": var, "format": fmt, "round": int(rnd),
                       "cell": kind, "tok_s": max(t["samples_ts"]), "commit": t.get("build_commit"),
                       "model_size": t.get("model_size")}))
@@ -316,9 +330,9 @@ ours_run() { # FILE FORMAT ROUND PROMPT ACTIVATIONS
     "$exe" bench --model "$1" --prompt-len "$4" --gen-len 32 --threads "$threads" --repeat "$reps" \
         --no-mmap --activations "$5" --json >"$o" 2>"$log/ours-$2-$5-p$4-r$3.err" ||
         { echo "moecluster bench failed on $2: $(tail -2 "$log/ours-$2-$5-p$4-r$3.err")" >&2; exit 1; }
-    python3 - "$o" "$2" "$3" "$4" "$5" >>"$res" <<'PY'
+    python3 - "$o" "$2" "$3" "$4" "$5" "$depth" >>"$res" <<'PY'
 import json, sys
-o, fmt, rnd, p, acts = sys.argv[1:6]
+o, fmt, rnd, p, acts, depth = sys.argv[1:7]
 j = json.load(open(o))
 common = {"engine": "moecluster", "format": fmt, "round": int(rnd), "gguf": j.get("gguf"),
           "acts": acts}
@@ -327,6 +341,8 @@ if p == "64":  # decode after the 64-token prompt, as llama-bench's tg32 follows
     print(json.dumps(dict(common, cell="decode", tok_s=j["decode_tok_s"], gbps=j["achieved_gbps"],
                           probe=j["probe_gbps"], paired=j.get("bandwidth_ratio_paired"),
                           kernels=j["kernels"], weights=j["weights"])))
+if p == depth:  # --depth: decode after a depth-token context
+    print(json.dumps(dict(common, cell=f"decode@{p}", tok_s=j["decode_tok_s"])))
 PY
 }
 
@@ -358,6 +374,7 @@ for f in "${fmts[@]}"; do
         for v in "${working[@]}"; do llama_run "$v" "$file" "$f" "$r" || true; done
         ours_run "$file" "$f" "$r" 64 f32
         ours_run "$file" "$f" "$r" 512 f32
+        case "$depth" in 0 | 64 | 512) ;; *) ours_run "$file" "$f" "$r" "$depth" f32 ;; esac
         if [ "$f" = bf16 ]; then # llama.cpp's numerics: activations rounded to bf16
             ours_run "$file" "$f" "$r" 64 bf16
             ours_run "$file" "$f" "$r" 512 bf16
@@ -391,6 +408,8 @@ print(f"model: Qwen3-30B-A3B shape, {layers} layers (synth, random weights); {ro
       f"x {reps} repetitions, fastest repetition per round, median over rounds")
 print()
 cells = [("decode", "decode tok/s"), ("prefill64", "prefill 64 tok/s"), ("prefill512", "prefill 512 tok/s")]
+cells += [(c, f"decode at depth {c[7:]} tok/s") for c in dict.fromkeys(r["cell"] for r in rows)
+          if c.startswith("decode@")]
 head = "| format | llama.cpp build |"
 for _, n in cells:
     head += f" {n}: llama.cpp | ours | ratio |"

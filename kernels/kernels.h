@@ -160,7 +160,8 @@ void mc_dot_many(const float *const *a, int m, const float *b, int n, float *out
  * at a[i * m .. i * m + m): y[j] = 0, then mc_axpy(y[j], a[i * m + j],
  * rows[i], n) for i = 0 .. S-1 (skip_zero: skipped where the weight is 0),
  * bit for bit, the outputs kept in registers over the rows where the path
- * can. */
+ * can (the avx512 path stores them between tiles of rows: no y[j] may
+ * overlap a or a row). */
 void mc_wsum_rows(float *const *y, int m, const float *a, const float *const *rows, int S, int n,
                   int skip_zero);
 /* SwiGLU in place: g[i] = silu(g[i]) * u[i]. */

@@ -462,7 +462,9 @@ static float fp8_scaled_row_nan(const mc_mat *w, const unsigned char *p, const f
  * and widened by vcvtph2ps, times 256 x their block's scale (256 * s is
  * exact, so each product is widen_row's scaled value to the bit), four
  * accumulators; a NaN code anywhere in the row sends the row to
- * fp8_scaled_row_nan. The row stream is prefetched as in stream_rows. */
+ * fp8_scaled_row_nan. The row stream is prefetched as in stream_rows.
+ * Where the CPU has AVX512-VBMI, avx512_vbmi.c's table lookup instead
+ * (about half the operations). */
 static void fp8_scaled_rows1(const mc_mat *w, const float *x, float *y, int r0, int r1)
 {
 #ifdef MC_HAVE_AVX512VBMI

@@ -12,11 +12,12 @@
  * of fp8_scaled_rows1 (f16 bits, cross-lane widening to 16-bit lanes, four
  * vcvtph2ps per 64) took about twice the operations. The unpacks leave the
  * 64 weights of a step in a fixed order of their own; the token is put in
- * that order once per call. Each weight is then multiplied by its block's
- * scale (the same rounded product as widen_row's) and meets its token
- * value in one of four FMA chains: the f32 dot product, summed in another
- * order than the scalar path's. A row holding a NaN code (0x7f / 0xff) is
- * summed one weight at a time (NaN, as the scalar path gives). */
+ * that order once per call and multiplied by the scales of the current row
+ * block (once per 128 rows), so each weight meets its scaled token value in
+ * one FMA, in one of four chains: each product is w * (x * s) where the
+ * scalar path has (w * s) * x (one rounding either way), summed in another
+ * order. The table's entry for 0x7f is a NaN, so a row holding a NaN code
+ * (0x7f / 0xff) sums to NaN, as the scalar path's does. */
 #include "kern.h"
 
 #include <immintrin.h>
