@@ -116,34 +116,6 @@ uint8_t mc_f32_to_fp8_e4m3(float f)
 
 /* ---- block formats ---- */
 
-int mc_dtype_block_elems(mc_dtype dt)
-{
-    if (dt == MC_DT_Q8_0)
-        return MC_QK8_0;
-    if (dt == MC_DT_Q4_K || dt == MC_DT_Q6_K)
-        return MC_QK_K;
-    return mc_dtype_size(dt) ? 1 : 0;
-}
-
-size_t mc_dtype_block_bytes(mc_dtype dt)
-{
-    if (dt == MC_DT_Q8_0)
-        return sizeof(mc_block_q8_0);
-    if (dt == MC_DT_Q4_K)
-        return sizeof(mc_block_q4_k);
-    if (dt == MC_DT_Q6_K)
-        return sizeof(mc_block_q6_k);
-    return mc_dtype_size(dt);
-}
-
-size_t mc_dtype_row_bytes(mc_dtype dt, int64_t n)
-{
-    int be = mc_dtype_block_elems(dt);
-    if (be == 0 || n < 0)
-        return 0;
-    return (size_t)((n + be - 1) / be) * mc_dtype_block_bytes(dt);
-}
-
 int mc_weight_format_from_name(const char *s, mc_dtype *out)
 {
     static const struct {

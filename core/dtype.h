@@ -87,12 +87,35 @@ static inline int mc_dtype_is_block(mc_dtype dt)
 {
     return dt == MC_DT_Q8_0 || dt == MC_DT_Q4_K || dt == MC_DT_Q6_K;
 }
-/* Elements per block (1 for element types, 0 if unknown) and bytes per block. */
-int mc_dtype_block_elems(mc_dtype dt);
-size_t mc_dtype_block_bytes(mc_dtype dt);
+/* Elements per block (1 for element types, 0 if unknown) and bytes per
+ * block. Inline: decode works out a row's address per row. */
+static inline int mc_dtype_block_elems(mc_dtype dt)
+{
+    if (dt == MC_DT_Q8_0)
+        return MC_QK8_0;
+    if (dt == MC_DT_Q4_K || dt == MC_DT_Q6_K)
+        return MC_QK_K;
+    return mc_dtype_size(dt) ? 1 : 0;
+}
+static inline size_t mc_dtype_block_bytes(mc_dtype dt)
+{
+    if (dt == MC_DT_Q8_0)
+        return sizeof(mc_block_q8_0);
+    if (dt == MC_DT_Q4_K)
+        return sizeof(mc_block_q4_k);
+    if (dt == MC_DT_Q6_K)
+        return sizeof(mc_block_q6_k);
+    return mc_dtype_size(dt);
+}
 /* Exact bytes of one stored row of n elements: n * size, or whole blocks
  * (ceil(n / block) * block bytes). 0 for an unknown dtype or n < 0. */
-size_t mc_dtype_row_bytes(mc_dtype dt, int64_t n);
+static inline size_t mc_dtype_row_bytes(mc_dtype dt, int64_t n)
+{
+    int be = mc_dtype_block_elems(dt);
+    if (be == 0 || n < 0)
+        return 0;
+    return (size_t)((n + be - 1) / be) * mc_dtype_block_bytes(dt);
+}
 /* Parses a --weights value: "q8_0", "q4_k", "bf16", "f16", "f32" (any case). -1 if unknown. */
 int mc_weight_format_from_name(const char *s, mc_dtype *out);
 

@@ -22,6 +22,7 @@
 
 #include <immintrin.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -33,6 +34,22 @@ static int fp8_col(int s)
 {
     int q = s / 16, lane = (s % 16) / 4, d = s % 4;
     return 16 * lane + 8 * (q / 2) + 2 * d + (q % 2);
+}
+
+/* The bf16 bytes of magnitude codes 0..127; 0x7f (NaN) as a quiet NaN, so
+ * a row that holds one sums to NaN as the scalar path's does. Built once. */
+static unsigned char fp8_hi[128], fp8_lo[128];
+static pthread_once_t fp8_tab_once = PTHREAD_ONCE_INIT;
+
+static void fp8_tab_init(void)
+{
+    for (int c = 0; c < 128; c++) {
+        float f = c == 0x7f ? NAN : mc_fp8_e4m3_to_f32((unsigned char)c);
+        uint32_t u;
+        memcpy(&u, &f, sizeof u);
+        fp8_hi[c] = (unsigned char)(u >> 24);
+        fp8_lo[c] = (unsigned char)(u >> 16);
+    }
 }
 
 int mc_avx512vbmi_fp8_rows1(const mc_mat *w, const float *x, float *y, int r0, int r1)
@@ -48,18 +65,9 @@ int mc_avx512vbmi_fp8_rows1(const mc_mat *w, const float *x, float *y, int r0, i
     for (int k = 0; k < K64; k += 64)
         for (int s = 0; s < 64; s++)
             xp[k + s] = x[k + col[s]];
-    /* the bf16 bytes of magnitude codes 0..127; 0x7f (NaN) as a quiet NaN,
-     * so a row that holds one sums to NaN as the scalar path's does */
-    unsigned char hi[128], lo[128];
-    for (int c = 0; c < 128; c++) {
-        float f = c == 0x7f ? NAN : mc_fp8_e4m3_to_f32((unsigned char)c);
-        uint32_t u;
-        memcpy(&u, &f, sizeof u);
-        hi[c] = (unsigned char)(u >> 24);
-        lo[c] = (unsigned char)(u >> 16);
-    }
-    const __m512i h0 = _mm512_loadu_si512((const void *)hi), h1 = _mm512_loadu_si512((const void *)(hi + 64));
-    const __m512i l0 = _mm512_loadu_si512((const void *)lo), l1 = _mm512_loadu_si512((const void *)(lo + 64));
+    pthread_once(&fp8_tab_once, fp8_tab_init);
+    const __m512i h0 = _mm512_loadu_si512((const void *)fp8_hi), h1 = _mm512_loadu_si512((const void *)(fp8_hi + 64));
+    const __m512i l0 = _mm512_loadu_si512((const void *)fp8_lo), l1 = _mm512_loadu_si512((const void *)(fp8_lo + 64));
     const __m512i m80 = _mm512_set1_epi8((char)0x80), top = _mm512_set1_epi32((int)0xffff0000u);
     int64_t rb = -1;
     for (int o = r0; o < r1; o++) {

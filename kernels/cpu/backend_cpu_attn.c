@@ -262,8 +262,11 @@ static void attn_unit(void *job, int64_t t, int64_t u, void *scratch)
         for (int64_t i = 0; i < S; i++)
             wt[i * m + k] = sk[i];
     }
+    /* the value rows: the same slot rows as the keys' (slot_row worked out once) */
+    const float *k0 = row_f32(j->k_pages, 0), *v0 = row_f32(j->v_pages, 0);
+    size_t ks = (size_t)j->k_pages->row_stride, vs = (size_t)j->v_pages->row_stride;
     for (int64_t i = 0; i < S; i++)
-        rows[i] = row_f32(j->v_pages, slot_row(p, s, lo + i, j->nkv) + g);
+        rows[i] = v0 + (size_t)(rows[i] - k0) / ks * vs;
     mc_wsum_rows(o, m, wt, rows, (int)S, j->vd, 0);
 }
 

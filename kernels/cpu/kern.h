@@ -268,27 +268,10 @@ static inline float mc_kf16(uint16_t h)
 #define PF_Q8_0_ROW 4096
 #define PF_Q4_K_ROW 8192
 
-/* Byte address of stored row r of a row-major matrix (the block formats'
- * row bytes worked out here: decode asks for every row, and the call into
- * mc_dtype_row_bytes took ~0.4% of a Q4_K_M decode). */
+/* Byte address of stored row r of a row-major matrix. */
 static inline const unsigned char *mc_row_ptr(const mc_mat *w, int r)
 {
-    size_t s = w->row_stride, pitch;
-    switch (w->dtype) {
-    case MC_DT_Q8_0:
-        pitch = (s + MC_QK8_0 - 1) / MC_QK8_0 * sizeof(mc_block_q8_0);
-        break;
-    case MC_DT_Q4_K:
-        pitch = (s + MC_QK_K - 1) / MC_QK_K * sizeof(mc_block_q4_k);
-        break;
-    case MC_DT_Q6_K:
-        pitch = (s + MC_QK_K - 1) / MC_QK_K * sizeof(mc_block_q6_k);
-        break;
-    default:
-        pitch = mc_dtype_row_bytes(w->dtype, (int64_t)s);
-        break;
-    }
-    return (const unsigned char *)w->data + (size_t)r * pitch;
+    return (const unsigned char *)w->data + (size_t)r * mc_dtype_row_bytes(w->dtype, (int64_t)w->row_stride);
 }
 
 /* The 8 scales and 8 mins of a Q4_K block as bytes (llama.cpp's kmask unpacking):
