@@ -352,7 +352,8 @@ typedef struct {
 
 /* Writes token t's row(s) src[t] to the slot of position pos[t] of its
  * sequence: src (n, ..., W) F32 with as many elements per token as one slot
- * of pages (n_blocks, block_size, ..., W) F32 (a column view of src is
+ * of pages (n_blocks, block_size, ..., W) F32, or BF16 where the backend
+ * has kv_bf16 (each value rounded to nearest even; a column view of src is
  * fine: the MLA latent and rope key out of one fused projection). Refused
  * by the backend, before anything is written, when a token's seq is past the
  * table, its position past the table's capacity or its block id past
@@ -365,8 +366,10 @@ mc_status mc_op_kv_write(mc_backend *be, const mc_kv_index *ix, const mc_tensor 
 /* GQA attention over the paged cache: y[t, h] = sum_p w[t, h, p] v[p, g],
  * w from scores q[t, h] . k[p, g] (mc_attn_opts), g = h / (nh / nkv).
  *   q (n, nh, hd), k_pages (n_blocks, block_size, nkv, hd), v_pages
- *   (n_blocks, block_size, nkv, vd), y (n, nh, vd), all F32, nh a multiple
- *   of nkv; y overlaps nothing. Every position a token sees must have been
+ *   (n_blocks, block_size, nkv, vd), y (n, nh, vd), all F32 (the pages
+ *   BF16 too, both the same, where the backend has kv_bf16: the result is
+ *   then the one over the pages widened to f32), nh a multiple of nkv; y
+ *   overlaps nothing. Every position a token sees must have been
  *   written (the tokens of this step by an mc_op_kv_write issued before).
  * Content refusals as mc_op_kv_write, for every block a token reads. */
 mc_status mc_op_attention(mc_backend *be, const mc_tensor *q, const mc_tensor *k_pages,
@@ -378,7 +381,8 @@ mc_status mc_op_attention(mc_backend *be, const mc_tensor *q, const mc_tensor *k
  * k_rope[p], weights as mc_attn_opts, y[t, h] = sum_p w[t, h, p] latent[p].
  *   q_lat (n, nh, kv_lora) = q_nope with W_kb absorbed, q_pe (n, nh, rd)
  *   rotated, lat_pages (n_blocks, block_size, kv_lora), pe_pages (n_blocks,
- *   block_size, rd), y (n, nh, kv_lora) F32, overlapping nothing. The
+ *   block_size, rd), y (n, nh, kv_lora) F32 (the pages BF16, both, as
+ *   mc_op_attention's), y overlapping nothing. The
  *   caller applies W_vb to y. Content refusals as mc_op_attention.
  *   opt->sel restricts each token to the positions it keeps (V3.2). */
 mc_status mc_op_mla_decode(mc_backend *be, const mc_tensor *q_lat, const mc_tensor *q_pe,
@@ -588,6 +592,9 @@ typedef struct {
     void (*buf_free)(void *ctx, void *mem, size_t bytes);
     mc_status (*wrap_host)(void *ctx, const void *host, size_t bytes, void **mem, mc_err *err);
     int host_memory; /* 1: mem is a host pointer (mc_buffer_host returns it) */
+    /* 1: kv_write, attention and mla_decode take BF16 pages (a KV cache in
+     * bf16) as well as F32; 0: F32 pages only */
+    int kv_bf16;
     mc_status (*upload)(void *ctx, void *mem, size_t off, const void *src, size_t n, mc_err *err);
     mc_status (*download)(void *ctx, const void *mem, size_t off, void *dst, size_t n,
                           mc_err *err);

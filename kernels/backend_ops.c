@@ -156,7 +156,7 @@ mc_status mc_op_kv_write(mc_backend *be, const mc_kv_index *ix, const mc_tensor 
                          mc_tensor *pages, mc_err *err)
 {
     if (!act_ok(be, src, 0, "kv_write: src", err) ||
-        !pages_ok(be, pages, 0, 1, "kv_write: pages", err))
+        !kv_pages_ok(be, pages, 0, 1, "kv_write: pages", err))
         return FAIL_ARG();
     if (src->ndim < 2)
         return mc_err_set(err, MC_ERR_ARG, "kv_write: src has 1 dimension (want (n, ..., W))");
@@ -180,8 +180,8 @@ mc_status mc_op_attention(mc_backend *be, const mc_tensor *q, const mc_tensor *k
                           const mc_attn_opts *opt, mc_tensor *y, mc_err *err)
 {
     if (!act_ok(be, q, 0, "attention: q", err) ||
-        !pages_ok(be, k_pages, 4, 0, "attention: k_pages", err) ||
-        !pages_ok(be, v_pages, 4, 0, "attention: v_pages", err) ||
+        !kv_pages_ok(be, k_pages, 4, 0, "attention: k_pages", err) ||
+        !kv_pages_ok(be, v_pages, 4, 0, "attention: v_pages", err) ||
         !act_ok(be, y, 1, "attention: y", err) ||
         !same_pages(k_pages, v_pages, "attention: v_pages", err))
         return FAIL_ARG();
@@ -216,8 +216,8 @@ mc_status mc_op_mla_decode(mc_backend *be, const mc_tensor *q_lat, const mc_tens
 {
     if (!act_ok(be, q_lat, 0, "mla_decode: q_lat", err) ||
         !act_ok(be, q_pe, 0, "mla_decode: q_pe", err) ||
-        !pages_ok(be, lat_pages, 3, 0, "mla_decode: lat_pages", err) ||
-        !pages_ok(be, pe_pages, 3, 0, "mla_decode: pe_pages", err) ||
+        !kv_pages_ok(be, lat_pages, 3, 0, "mla_decode: lat_pages", err) ||
+        !kv_pages_ok(be, pe_pages, 3, 0, "mla_decode: pe_pages", err) ||
         !act_ok(be, y, 1, "mla_decode: y", err) ||
         !same_pages(lat_pages, pe_pages, "mla_decode: pe_pages", err))
         return FAIL_ARG();

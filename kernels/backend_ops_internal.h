@@ -165,12 +165,9 @@ static inline int index_ok(mc_backend *be, const mc_kv_index *ix, int64_t n, con
     return index_check(be, ix, n, op, NULL) || index_check(be, ix, n, op, err);
 }
 
-/* An F32 page tensor (n_blocks, block_size, ...) of `ndim` dimensions (0: >= 3). */
-static inline int pages_ok(mc_backend *be, const mc_tensor *p, int ndim, int out, const char *what,
-                    mc_err *err)
+/* (n_blocks, block_size, ...): `ndim` dimensions (0: >= 3). */
+static inline int pages_dims_ok(const mc_tensor *p, int ndim, const char *what, mc_err *err)
 {
-    if (!act_ok(be, p, out, what, err))
-        return 0;
     if (ndim ? p->ndim != ndim : p->ndim < 3) {
         mc_err_set(err, MC_ERR_ARG, "%s: %d dimensions (want %s%d: n_blocks, block_size, ...)",
                    what, p->ndim, ndim ? "" : ">= ", ndim ? ndim : 3);
@@ -179,9 +176,40 @@ static inline int pages_ok(mc_backend *be, const mc_tensor *p, int ndim, int out
     return 1;
 }
 
-/* b has a's blocks and block size. */
+/* An F32 page tensor (n_blocks, block_size, ...) of `ndim` dimensions (0: >= 3). */
+static inline int pages_ok(mc_backend *be, const mc_tensor *p, int ndim, int out, const char *what,
+                    mc_err *err)
+{
+    return act_ok(be, p, out, what, err) && pages_dims_ok(p, ndim, what, err);
+}
+
+/* Pages of a KV cache: as pages_ok, or BF16 where the backend has kv_bf16. */
+static inline int kv_pages_ok(mc_backend *be, const mc_tensor *p, int ndim, int out,
+                              const char *what, mc_err *err)
+{
+    if (!p || p->dtype != MC_DT_BF16 || !be || !be->iface.kv_bf16)
+        return pages_ok(be, p, ndim, out, what, err);
+    if (!arg_ok(be, p, what, err))
+        return 0;
+    if (p->transposed) {
+        mc_err_set(err, MC_ERR_ARG, "%s: BF16 (transposed) is unsupported here", what);
+        return 0;
+    }
+    if (out && p->buf->borrowed) {
+        mc_err_set(err, MC_ERR_ARG, "%s: output is in a read-only buffer", what);
+        return 0;
+    }
+    return pages_dims_ok(p, ndim, what, err);
+}
+
+/* b has a's blocks, block size and dtype. */
 static inline int same_pages(const mc_tensor *a, const mc_tensor *b, const char *what, mc_err *err)
 {
+    if (a->dtype != b->dtype) {
+        mc_err_set(err, MC_ERR_ARG, "%s: %s, want %s as the other pages", what,
+                   mc_dtype_name(b->dtype), mc_dtype_name(a->dtype));
+        return 0;
+    }
     if (a->shape[0] == b->shape[0] && a->shape[1] == b->shape[1])
         return 1;
     mc_err_set(err, MC_ERR_ARG, "%s: %lld blocks of %lld, want %lld blocks of %lld", what,

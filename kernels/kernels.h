@@ -164,6 +164,13 @@ void mc_dot_many(const float *const *a, int m, const float *b, int n, float *out
  * overlap a or a row). */
 void mc_wsum_rows(float *const *y, int m, const float *a, const float *const *rows, int S, int n,
                   int skip_zero);
+/* mc_dot_many and mc_wsum_rows over rows stored as bf16 (a KV cache in
+ * bf16): bit for bit the f32 functions over the rows widened to f32 (every
+ * bf16 is exact in f32). n <= MC_BF16_ROW_MAX. */
+#define MC_BF16_ROW_MAX 4096
+void mc_dot_many_bf16(const float *const *a, int m, const uint16_t *b, int n, float *out);
+void mc_wsum_rows_bf16(float *const *y, int m, const float *a, const uint16_t *const *rows, int S,
+                       int n, int skip_zero);
 /* SwiGLU in place: g[i] = silu(g[i]) * u[i]. */
 void mc_swiglu(float *g, const float *u, int n);
 

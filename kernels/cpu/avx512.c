@@ -1289,25 +1289,45 @@ AI __m512 exp16(__m512 x)
     return _mm512_maskz_mov_ps((__mmask16)~under, p);
 }
 
-static float dot(const float *a, const float *b, int n)
+/* 16 values of a row of f32 (BF 0) or of bf16 (BF 1, widened: exact)
+ * from element i; masked: only the lanes of k, zeros elsewhere. */
+AI __m512 row_ld(const void *r, int i, int BF)
+{
+    if (BF)
+        return _mm512_castsi512_ps(_mm512_slli_epi32(
+            _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)((const uint16_t *)r + i))), 16));
+    return _mm512_loadu_ps((const float *)r + i);
+}
+AI __m512 row_ldm(__mmask16 k, const void *r, int i, int BF)
+{
+    if (BF)
+        return _mm512_castsi512_ps(_mm512_slli_epi32(
+            _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(k, (const uint16_t *)r + i)), 16));
+    return _mm512_maskz_loadu_ps(k, (const float *)r + i);
+}
+
+/* a . b, b a row of f32 or (BF) bf16 */
+AI float dot_t(int BF, const float *a, const void *b, int n)
 {
     __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps(), s2 = _mm512_setzero_ps(),
            s3 = _mm512_setzero_ps();
     int i = 0;
     for (; i + 64 <= n; i += 64) {
-        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
-        s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), s1);
-        s2 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 32), _mm512_loadu_ps(b + i + 32), s2);
-        s3 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 48), _mm512_loadu_ps(b + i + 48), s3);
+        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), row_ld(b, i, BF), s0);
+        s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), row_ld(b, i + 16, BF), s1);
+        s2 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 32), row_ld(b, i + 32, BF), s2);
+        s3 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 48), row_ld(b, i + 48, BF), s3);
     }
     for (; i + 16 <= n; i += 16)
-        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
+        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), row_ld(b, i, BF), s0);
     if (i < n) {
         __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
-        s1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), s1);
+        s1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), row_ldm(m, b, i, BF), s1);
     }
     return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
 }
+
+static float dot(const float *a, const float *b, int n) { return dot_t(0, a, b, n); }
 
 static void axpy(float *y, float a, const float *x, int n)
 {
@@ -1343,9 +1363,9 @@ AI __m128 reduce_add4(__m512 t0, __m512 t1, __m512 t2, __m512 t3)
         _mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0), d));
 }
 
-/* dot() of four vectors against one, each with dot's accumulators, order
- * and reduction: the same bits. */
-AI void dot4(const float *const *a, const float *b, int n, float *out)
+/* dot() of four vectors against one (f32, or BF: bf16 widened), each with
+ * dot's accumulators, order and reduction: the same bits. */
+AI void dot4(int BF, const float *const *a, const void *b, int n, float *out)
 {
     __m512 s[4][4];
 #pragma GCC unroll 4
@@ -1355,8 +1375,8 @@ AI void dot4(const float *const *a, const float *b, int n, float *out)
             s[j][k] = _mm512_setzero_ps();
     int i = 0;
     for (; i + 64 <= n; i += 64) {
-        __m512 b0 = _mm512_loadu_ps(b + i), b1 = _mm512_loadu_ps(b + i + 16),
-               b2 = _mm512_loadu_ps(b + i + 32), b3 = _mm512_loadu_ps(b + i + 48);
+        __m512 b0 = row_ld(b, i, BF), b1 = row_ld(b, i + 16, BF), b2 = row_ld(b, i + 32, BF),
+               b3 = row_ld(b, i + 48, BF);
 #pragma GCC unroll 4
         for (int j = 0; j < 4; j++) {
             s[j][0] = _mm512_fmadd_ps(_mm512_loadu_ps(a[j] + i), b0, s[j][0]);
@@ -1366,14 +1386,14 @@ AI void dot4(const float *const *a, const float *b, int n, float *out)
         }
     }
     for (; i + 16 <= n; i += 16) {
-        __m512 b0 = _mm512_loadu_ps(b + i);
+        __m512 b0 = row_ld(b, i, BF);
 #pragma GCC unroll 4
         for (int j = 0; j < 4; j++)
             s[j][0] = _mm512_fmadd_ps(_mm512_loadu_ps(a[j] + i), b0, s[j][0]);
     }
     if (i < n) {
         __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
-        __m512 b0 = _mm512_maskz_loadu_ps(m, b + i);
+        __m512 b0 = row_ldm(m, b, i, BF);
 #pragma GCC unroll 4
         for (int j = 0; j < 4; j++)
             s[j][1] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a[j] + i), b0, s[j][1]);
@@ -1389,9 +1409,18 @@ static void dot_many(const float *const *a, int m, const float *b, int n, float 
 {
     int j = 0;
     for (; j + 4 <= m; j += 4)
-        dot4(a + j, b, n, out + j);
+        dot4(0, a + j, b, n, out + j);
     for (; j < m; j++)
-        out[j] = dot(a[j], b, n);
+        out[j] = dot_t(0, a[j], b, n);
+}
+
+static void dot_many_bf16(const float *const *a, int m, const uint16_t *b, int n, float *out)
+{
+    int j = 0;
+    for (; j + 4 <= m; j += 4)
+        dot4(1, a + j, b, n, out + j);
+    for (; j < m; j++)
+        out[j] = dot_t(1, a[j], b, n);
 }
 
 /* Rows of a wsum tile: about 16 KiB of them, so that a tile and the next
@@ -1413,10 +1442,11 @@ static int wsum_tile(int n)
  * apart in the paged cache, which the hardware prefetchers do not follow)
  * arrive before they are summed. On the 2-core Zen 4 VM, 8 heads x 1024
  * value rows of 128 floats 2 KiB apart, from memory: 135 -> 46 us. */
-AI void wsum_block(int MJ, int SKIP, float *const *y, int j0, const float *a, int m,
-                   const float *const *rows, int S, int n)
+AI void wsum_block(int BF, int MJ, int SKIP, float *const *y, int j0, const float *a, int m,
+                   const void *const *rows, int S, int n)
 {
     int ts = wsum_tile(n);
+    size_t es = BF ? 2 : 4; /* bytes per value */
     for (int i0 = 0; i0 < S || i0 == 0; i0 += ts) { /* S == 0: zeros */
         int i1 = S - i0 < ts ? S : i0 + ts;
         int pf1 = S - i1 < ts ? S - i1 : ts; /* rows of the next tile, of the one 3 ahead */
@@ -1430,10 +1460,10 @@ AI void wsum_block(int MJ, int SKIP, float *const *y, int j0, const float *a, in
             const float *w = a + (size_t)i0 * m + j0;
             for (int i = i0; i < i1; i++, w += m) {
                 if (i - i0 < pf1)
-                    _mm_prefetch((const char *)(rows[i + ts] + e), _MM_HINT_T0);
+                    _mm_prefetch((const char *)rows[i + ts] + e * es, _MM_HINT_T0);
                 if (i - i0 < pf3)
-                    _mm_prefetch((const char *)(rows[i + 3 * ts] + e), _MM_HINT_T1);
-                __m512 xv = _mm512_maskz_loadu_ps(k, rows[i] + e);
+                    _mm_prefetch((const char *)rows[i + 3 * ts] + e * es, _MM_HINT_T1);
+                __m512 xv = row_ldm(k, rows[i], e, BF);
 #pragma GCC unroll 8
                 for (int j = 0; j < MJ; j++) {
                     if (SKIP) {
@@ -1451,30 +1481,35 @@ AI void wsum_block(int MJ, int SKIP, float *const *y, int j0, const float *a, in
     }
 }
 
-#define WSUM_CASE(MJ)                                                                              \
+#define WSUM_CASE(BF, MJ)                                                                          \
     case MJ:                                                                                       \
         if (skip_zero)                                                                             \
-            wsum_block(MJ, 1, y, j0, a, m, rows, S, n);                                            \
+            wsum_block(BF, MJ, 1, y, j0, a, m, rows, S, n);                                        \
         else                                                                                       \
-            wsum_block(MJ, 0, y, j0, a, m, rows, S, n);                                            \
+            wsum_block(BF, MJ, 0, y, j0, a, m, rows, S, n);                                        \
         break
 
-static void wsum_rows(float *const *y, int m, const float *a, const float *const *rows, int S,
-                      int n, int skip_zero)
-{
-    for (int j0 = 0; j0 < m; j0 += 8) {
-        switch (m - j0 < 8 ? m - j0 : 8) {
-            WSUM_CASE(1);
-            WSUM_CASE(2);
-            WSUM_CASE(3);
-            WSUM_CASE(4);
-            WSUM_CASE(5);
-            WSUM_CASE(6);
-            WSUM_CASE(7);
-            WSUM_CASE(8);
-        }
+#define WSUM_ROWS(NAME, BF, RT)                                                                    \
+    static void NAME(float *const *y, int m, const float *a, const RT *const *rt, int S, int n,    \
+                     int skip_zero)                                                                \
+    {                                                                                              \
+        const void *const *rows = (const void *const *)rt;                                         \
+        for (int j0 = 0; j0 < m; j0 += 8) {                                                        \
+            switch (m - j0 < 8 ? m - j0 : 8) {                                                     \
+                WSUM_CASE(BF, 1);                                                                  \
+                WSUM_CASE(BF, 2);                                                                  \
+                WSUM_CASE(BF, 3);                                                                  \
+                WSUM_CASE(BF, 4);                                                                  \
+                WSUM_CASE(BF, 5);                                                                  \
+                WSUM_CASE(BF, 6);                                                                  \
+                WSUM_CASE(BF, 7);                                                                  \
+                WSUM_CASE(BF, 8);                                                                  \
+            }                                                                                      \
+        }                                                                                          \
     }
-}
+
+WSUM_ROWS(wsum_rows, 0, float)
+WSUM_ROWS(wsum_rows_bf16, 1, uint16_t)
 
 static void rmsnorm(float *out, const float *x, const float *w, int n, float eps)
 {
@@ -1645,6 +1680,8 @@ const mc_kops mc_kops_avx512 = {
     .axpy = axpy,
     .dot_many = dot_many,
     .wsum_rows = wsum_rows,
+    .dot_many_bf16 = dot_many_bf16,
+    .wsum_rows_bf16 = wsum_rows_bf16,
     .rmsnorm = rmsnorm,
     .softmax = softmax,
     .rope = rope,

@@ -350,6 +350,7 @@ static const mc_backend_i cpu_iface = {
     .moe_unpermute_weighted = mc_cpu_moe_unpermute,
     .grouped_experts = mc_cpu_grouped_experts,
     .layernorm = mc_cpu_layernorm,
+    .kv_bf16 = 1,
     .kv_write = mc_cpu_kv_write,
     .attention = mc_cpu_attention,
     .mla_decode = mc_cpu_mla_decode,

@@ -87,14 +87,24 @@ mc_status mc_cpu_kv_write(void *ctx, const mc_kv_index *ix, const mc_tensor *src
     paged p = paged_of(ix, pages);
     int64_t n = ix->pos.shape[0], lo;
     int64_t rps = mc_tensor_rows(pages) / (p.n_pages * p.block_size); /* rows per slot */
-    size_t rb = (size_t)mc_tensor_cols(pages) * sizeof(float);
+    int64_t W = mc_tensor_cols(pages);
+    size_t rb = (size_t)W * sizeof(float);
+    int bf = pages->dtype == MC_DT_BF16; /* each value rounded to nearest even */
     for (int64_t t = 0; t < n; t++) /* all tokens first: nothing is written on refusal */
         if (token_ok("kv_write", ix, &p, t, 0, 1, &lo, err) != MC_OK)
             return err ? err->status : MC_ERR_ARG;
     for (int64_t t = 0; t < n; t++) {
         int64_t r0 = slot_row(&p, i32_at(&ix->seq, t), i32_at(&ix->pos, t), rps);
-        for (int64_t r = 0; r < rps; r++)
-            memcpy(row_f32(pages, r0 + r), row_f32(src, t * rps + r), rb);
+        for (int64_t r = 0; r < rps; r++) {
+            const float *x = row_f32(src, t * rps + r);
+            if (bf) {
+                uint16_t *h = (uint16_t *)row_kv(pages, r0 + r);
+                for (int64_t e = 0; e < W; e++)
+                    h[e] = mc_f32_to_bf16(x[e]);
+            } else {
+                memcpy(row_f32(pages, r0 + r), x, rb);
+            }
+        }
     }
     return MC_OK;
 }
@@ -203,7 +213,7 @@ mc_status mc_cpu_run_units(mc_arena *sa, int64_t n, int64_t per_token, size_t by
 
 /* Asks for rows[i + ATTN_PF_NEAR] (into L1) and rows[i + ATTN_PF_FAR] (into
  * L2), `bytes` each, where they exist. */
-static inline void prefetch_rows(const float *const *rows, int64_t i, int64_t S, size_t bytes)
+static inline void prefetch_rows(const void *const *rows, int64_t i, int64_t S, size_t bytes)
 {
     if (i + ATTN_PF_NEAR < S)
         for (size_t b = 0; b < bytes; b += 64)
@@ -244,12 +254,17 @@ static void attn_unit(void *job, int64_t t, int64_t u, void *scratch)
         qh[k] = row_f32(j->q, t * j->nh + h0 + k);
         o[k] = row_f32(j->y, t * j->nh + h0 + k);
     }
-    const float **rows = (const float **)(score + 2 * j->hb * j->span); /* key, then value rows */
+    const void **rows = (const void **)(score + 2 * j->hb * j->span); /* key, then value rows */
+    int bf = j->k_pages->dtype == MC_DT_BF16;
+    size_t es = bf ? 2 : 4;
     for (int64_t i = 0; i < S; i++)
-        rows[i] = row_f32(j->k_pages, slot_row(p, s, lo + i, j->nkv) + g);
+        rows[i] = row_kv(j->k_pages, slot_row(p, s, lo + i, j->nkv) + g);
     for (int64_t i = 0; i < S; i++) {
-        prefetch_rows(rows, i, S, (size_t)j->hd * sizeof(float));
-        mc_dot_many(qh, m, rows[i], j->hd, dots);
+        prefetch_rows(rows, i, S, (size_t)j->hd * es);
+        if (bf)
+            mc_dot_many_bf16(qh, m, rows[i], j->hd, dots);
+        else
+            mc_dot_many(qh, m, rows[i], j->hd, dots);
         for (int k = 0; k < m; k++)
             score[k * j->span + i] = dots[k];
     }
@@ -263,11 +278,14 @@ static void attn_unit(void *job, int64_t t, int64_t u, void *scratch)
             wt[i * m + k] = sk[i];
     }
     /* the value rows: the same slot rows as the keys' (slot_row worked out once) */
-    const float *k0 = row_f32(j->k_pages, 0), *v0 = row_f32(j->v_pages, 0);
-    size_t ks = (size_t)j->k_pages->row_stride, vs = (size_t)j->v_pages->row_stride;
+    const char *k0 = row_kv(j->k_pages, 0), *v0 = row_kv(j->v_pages, 0);
+    size_t ks = (size_t)j->k_pages->row_stride * es, vs = (size_t)j->v_pages->row_stride * es;
     for (int64_t i = 0; i < S; i++)
-        rows[i] = v0 + (size_t)(rows[i] - k0) / ks * vs;
-    mc_wsum_rows(o, m, wt, rows, (int)S, j->vd, 0);
+        rows[i] = v0 + (size_t)((const char *)rows[i] - k0) / ks * vs;
+    if (bf)
+        mc_wsum_rows_bf16(o, m, wt, (const uint16_t *const *)rows, (int)S, j->vd, 0);
+    else
+        mc_wsum_rows(o, m, wt, (const float *const *)rows, (int)S, j->vd, 0);
 }
 
 mc_status mc_cpu_attention(void *ctx, const mc_tensor *q, const mc_tensor *k_pages,
@@ -280,6 +298,9 @@ mc_status mc_cpu_attention(void *ctx, const mc_tensor *q, const mc_tensor *k_pag
                   .p = paged_of(ix, k_pages), .nh = q->shape[1], .nkv = k_pages->shape[2],
                   .hd = (int)k_pages->shape[3], .vd = (int)v_pages->shape[3]};
     j.grp = j.nh / j.nkv;
+    if (k_pages->dtype == MC_DT_BF16 && (j.hd > MC_BF16_ROW_MAX || j.vd > MC_BF16_ROW_MAX))
+        return mc_err_set(err, MC_ERR_UNSUPPORTED, "attention: BF16 pages of rows of %d / %d "
+                          "values (at most %d)", j.hd, j.vd, MC_BF16_ROW_MAX);
     double positions;
     mc_status st = spans_ok("attention", ix, &j.p, opt->chunk, &j.span, &positions, err);
     if (st != MC_OK)
@@ -351,14 +372,16 @@ static void mla_unit(void *job, int64_t t, int64_t u, void *scratch)
     const float *ql[HEAD_BLOCK], *qp[HEAD_BLOCK];
     float *o[HEAD_BLOCK], dl[HEAD_BLOCK], dp[HEAD_BLOCK];
     float *wt = score + j->hb * j->span; /* the weights position by position */
-    const float **rows = (const float **)(wt + j->hb * j->span);
+    const void **rows = (const void **)(wt + j->hb * j->span);
+    int bf = j->lat_pages->dtype == MC_DT_BF16;
+    size_t es = bf ? 2 : 4;
     for (int k = 0; k < m; k++) {
         ql[k] = row_f32(j->q_lat, t * j->nh + h0 + k);
         qp[k] = row_f32(j->q_pe, t * j->nh + h0 + k);
         o[k] = row_f32(j->y, t * j->nh + h0 + k);
     }
     for (int64_t i = 0; i < S; i++) /* a dropped one weighs 0 */
-        rows[i] = row_f32(j->lat_pages, slot_row(p, s, lo + i, 1));
+        rows[i] = row_kv(j->lat_pages, slot_row(p, s, lo + i, 1));
     for (int64_t i = 0; i < S; i++) {
         if (keep && !keep[i]) {
             for (int k = 0; k < m; k++)
@@ -366,9 +389,15 @@ static void mla_unit(void *job, int64_t t, int64_t u, void *scratch)
             continue;
         }
         if (!keep) /* (a sparse selection reads few of the rows ahead) */
-            prefetch_rows(rows, i, S, (size_t)j->lr * sizeof(float));
-        mc_dot_many(ql, m, rows[i], j->lr, dl);
-        mc_dot_many(qp, m, row_f32(j->pe_pages, slot_row(p, s, lo + i, 1)), j->rd, dp);
+            prefetch_rows(rows, i, S, (size_t)j->lr * es);
+        const void *pe = row_kv(j->pe_pages, slot_row(p, s, lo + i, 1));
+        if (bf) {
+            mc_dot_many_bf16(ql, m, rows[i], j->lr, dl);
+            mc_dot_many_bf16(qp, m, pe, j->rd, dp);
+        } else {
+            mc_dot_many(ql, m, rows[i], j->lr, dl);
+            mc_dot_many(qp, m, pe, j->rd, dp);
+        }
         for (int k = 0; k < m; k++)
             score[k * j->span + i] = dl[k] + dp[k];
     }
@@ -381,7 +410,10 @@ static void mla_unit(void *job, int64_t t, int64_t u, void *scratch)
             wt[i * m + k] = sk[i];
     }
     /* a zero weight adds nothing (not even to the sign of 0) */
-    mc_wsum_rows(o, m, wt, rows, (int)S, j->lr, 1);
+    if (bf)
+        mc_wsum_rows_bf16(o, m, wt, (const uint16_t *const *)rows, (int)S, j->lr, 1);
+    else
+        mc_wsum_rows(o, m, wt, (const float *const *)rows, (int)S, j->lr, 1);
 }
 
 mc_status mc_cpu_mla_decode(void *ctx, const mc_tensor *q_lat, const mc_tensor *q_pe,
@@ -395,6 +427,9 @@ mc_status mc_cpu_mla_decode(void *ctx, const mc_tensor *q_lat, const mc_tensor *
                  .y = y, .ix = ix, .opt = opt, .p = paged_of(ix, lat_pages),
                  .nh = q_lat->shape[1], .lr = (int)lat_pages->shape[2],
                  .rd = (int)pe_pages->shape[2]};
+    if (lat_pages->dtype == MC_DT_BF16 && (j.lr > MC_BF16_ROW_MAX || j.rd > MC_BF16_ROW_MAX))
+        return mc_err_set(err, MC_ERR_UNSUPPORTED, "mla_decode: BF16 pages of rows of %d / %d "
+                          "values (at most %d)", j.lr, j.rd, MC_BF16_ROW_MAX);
     double positions;
     mc_status st = spans_ok("mla_decode", ix, &j.p, opt->chunk, &j.span, &positions, err);
     if (st == MC_OK && opt->sel)

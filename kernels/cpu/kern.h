@@ -76,6 +76,11 @@ typedef struct {
      * for i = 0, 1, ... (skip_zero: not for a weight of 0), bit for bit. */
     void (*wsum_rows)(float *const *y, int m, const float *a, const float *const *rows, int S,
                       int n, int skip_zero);
+    /* Optional (NULL: rows widened into a buffer, then dot_many / the
+     * axpy loop): the same over bf16 rows (mc_dot_many_bf16), bit for bit. */
+    void (*dot_many_bf16)(const float *const *a, int m, const uint16_t *b, int n, float *out);
+    void (*wsum_rows_bf16)(float *const *y, int m, const float *a, const uint16_t *const *rows,
+                           int S, int n, int skip_zero);
     void (*rmsnorm)(float *out, const float *x, const float *w, int n, float eps);
     void (*softmax)(float *x, int n);
     void (*rope)(float *v, int dim, int interleaved, const float *cos, const float *sin);

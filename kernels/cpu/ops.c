@@ -1149,6 +1149,44 @@ void mc_wsum_rows(float *const *y, int m, const float *a, const float *const *ro
     }
 }
 
+static void widen_bf16(const uint16_t *b, int n, float *out)
+{
+    for (int i = 0; i < n; i++)
+        out[i] = mc_bf16_to_f32(b[i]);
+}
+
+void mc_dot_many_bf16(const float *const *a, int m, const uint16_t *b, int n, float *out)
+{
+    const mc_kops *ops = mc_kops_current();
+    if (ops->dot_many_bf16) {
+        ops->dot_many_bf16(a, m, b, n, out);
+        return;
+    }
+    float f[MC_BF16_ROW_MAX];
+    widen_bf16(b, n, f);
+    mc_dot_many(a, m, f, n, out);
+}
+
+void mc_wsum_rows_bf16(float *const *y, int m, const float *a, const uint16_t *const *rows, int S,
+                       int n, int skip_zero)
+{
+    const mc_kops *ops = mc_kops_current();
+    if (ops->wsum_rows_bf16) {
+        ops->wsum_rows_bf16(y, m, a, rows, S, n, skip_zero);
+        return;
+    }
+    /* each y[j] sees the rows in order, as mc_wsum_rows' loop: the same bits */
+    float f[MC_BF16_ROW_MAX];
+    for (int j = 0; j < m; j++)
+        memset(y[j], 0, (size_t)n * sizeof *y[j]);
+    for (int i = 0; i < S; i++) {
+        widen_bf16(rows[i], n, f);
+        for (int j = 0; j < m; j++)
+            if (!skip_zero || a[(size_t)i * m + j] != 0.0f)
+                ops->axpy(y[j], a[(size_t)i * m + j], f, n);
+    }
+}
+
 void mc_rmsnorm(float *out, const float *x, const float *w, int n, float eps)
 {
     mc_kops_current()->rmsnorm(out, x, w, n, eps);

@@ -12,6 +12,8 @@
  *     sequence in the same chunks, with selector weights that make its
  *     projections exact, so that both must agree to the bit (1e-6 relative
  *     where the temperature is applied to q there and to the score here);
+ *   - a cache in bf16 (BF16 pages) against F32 pages holding the same
+ *     values rounded to bf16, to the bit, in every case and step;
  *   - all of it on one thread and on three (the (token, head) pairs split
  *     over the pool), with cases long enough to take the pool;
  *   - refusals: the front end names the argument, the backend names the
@@ -104,6 +106,27 @@ static void compare(const char *what, const float *got, const double *want, size
         check_failures++;
         fprintf(stderr, "%s: %d of %zu values differ\n", what, bad, n);
     }
+}
+
+/* x rounded to bf16 and back (a KV cache in bf16 holds these values). */
+static float *bf16_round(const float *x, size_t n)
+{
+    float *r = malloc(n * sizeof *r);
+    for (size_t i = 0; r && i < n; i++)
+        r[i] = mc_bf16_to_f32(mc_f32_to_bf16(x[i]));
+    return r;
+}
+
+/* got against want to the bit (+-0 alike), the first mismatches printed. */
+static void compare_exact(const char *what, const float *got, const float *want, size_t n)
+{
+    double *w = malloc(n * sizeof *w);
+    for (size_t i = 0; w && i < n; i++)
+        w[i] = want[i];
+    CHECK(w != NULL);
+    if (w)
+        compare(what, got, w, n, 0, 0);
+    free(w);
 }
 
 /* ---- a batch schedule over several sequences ----
@@ -301,6 +324,9 @@ static void run_gqa(const gqa_case *c)
     int worker = vd == hd && gqa_worker_init(&gw, c, scale);
     int64_t pshape_k[4] = {s.n_pages, c->bs, nkv, hd}, pshape_v[4] = {s.n_pages, c->bs, nkv, vd};
     mc_tensor kp = dev(MC_DT_F32, 4, pshape_k, NULL), vp = dev(MC_DT_F32, 4, pshape_v, NULL);
+    /* the same cache in bf16, and in f32 holding the values rounded to bf16 */
+    mc_tensor kb = dev(MC_DT_BF16, 4, pshape_k, NULL), vb = dev(MC_DT_BF16, 4, pshape_v, NULL);
+    mc_tensor kr = dev(MC_DT_F32, 4, pshape_k, NULL), vr = dev(MC_DT_F32, 4, pshape_v, NULL);
     int base = n_bufs; /* buffers past this one are the step's */
     char what[160];
     for (int step = 0; sched_next(&s, c->max_chunk); step++) {
@@ -333,6 +359,29 @@ static void run_gqa(const gqa_case *c)
         if (st != MC_OK)
             fprintf(stderr, "%s: %s\n", c->name, err.msg);
         CHECK(mc_tensor_download(&ty, y, &err) == MC_OK);
+        {   /* BF16 pages: the result over the pages widened, to the bit */
+            float *ksr = bf16_round(ks, (size_t)n * nkv * hd), *vsr = bf16_round(vs, (size_t)n * nkv * vd);
+            float *yb = malloc((size_t)n * nh * vd * sizeof *yb), *yr = malloc((size_t)n * nh * vd * sizeof *yr);
+            mc_tensor tkr = dev(MC_DT_F32, 3, sk, ksr), tvr = dev(MC_DT_F32, 3, sv, vsr);
+            CHECK(mc_op_kv_write(be, &ix, &tk, &kb, &err) == MC_OK);
+            CHECK(mc_op_kv_write(be, &ix, &tv, &vb, &err) == MC_OK);
+            CHECK(mc_op_kv_write(be, &ix, &tkr, &kr, &err) == MC_OK);
+            CHECK(mc_op_kv_write(be, &ix, &tvr, &vr, &err) == MC_OK);
+            st = mc_op_attention(be, &tq, &kb, &vb, &ix, &opt, &ty, &err);
+            CHECK(st == MC_OK);
+            if (st != MC_OK)
+                fprintf(stderr, "%s bf16: %s\n", c->name, err.msg);
+            CHECK(mc_tensor_download(&ty, yb, &err) == MC_OK);
+            CHECK(mc_op_attention(be, &tq, &kr, &vr, &ix, &opt, &ty, &err) == MC_OK);
+            CHECK(mc_tensor_download(&ty, yr, &err) == MC_OK);
+            snprintf(what, sizeof what, "%s step %d bf16 pages vs f32 pages of bf16 values", c->name,
+                     step);
+            compare_exact(what, yb, yr, (size_t)n * nh * vd);
+            free(ksr);
+            free(vsr);
+            free(yb);
+            free(yr);
+        }
         /* reference: double loops over the contiguous K / V */
         for (int t = 0; t < n; t++) {
             int i = s.seq[t], p = s.pos[t], lo = lo_of(p, c->chunk);
@@ -482,6 +531,8 @@ static void run_mla(const mla_case *c)
     }
     int64_t sl[3] = {s.n_pages, c->bs, lr}, sp[3] = {s.n_pages, c->bs, rd};
     mc_tensor lp = dev(MC_DT_F32, 3, sl, NULL), pp = dev(MC_DT_F32, 3, sp, NULL);
+    mc_tensor lb = dev(MC_DT_BF16, 3, sl, NULL), pb = dev(MC_DT_BF16, 3, sp, NULL);
+    mc_tensor lr_ = dev(MC_DT_F32, 3, sl, NULL), pr = dev(MC_DT_F32, 3, sp, NULL);
     int base = n_bufs;
     char what[160];
     for (int step = 0; sched_next(&s, c->max_chunk); step++) {
@@ -518,6 +569,30 @@ static void run_mla(const mla_case *c)
         if (st != MC_OK)
             fprintf(stderr, "%s: %s\n", c->name, err.msg);
         CHECK(mc_tensor_download(&ty, y, &err) == MC_OK);
+        {   /* BF16 pages: the result over the pages widened, to the bit */
+            float *rr = bf16_round(kvrow, (size_t)n * (lr + rd));
+            float *yb = malloc((size_t)n * nh * lr * 4), *yr = malloc((size_t)n * nh * lr * 4);
+            mc_tensor trr = dev(MC_DT_F32, 2, sr, rr), tlr, tpr;
+            CHECK(mc_tensor_view_cols(&trr, 0, lr, &tlr, &err) == MC_OK);
+            CHECK(mc_tensor_view_cols(&trr, lr, rd, &tpr, &err) == MC_OK);
+            CHECK(mc_op_kv_write(be, &ix, &tl, &lb, &err) == MC_OK);
+            CHECK(mc_op_kv_write(be, &ix, &tp, &pb, &err) == MC_OK);
+            CHECK(mc_op_kv_write(be, &ix, &tlr, &lr_, &err) == MC_OK);
+            CHECK(mc_op_kv_write(be, &ix, &tpr, &pr, &err) == MC_OK);
+            st = mc_op_mla_decode(be, &tq, &te, &lb, &pb, &ix, &opt, &ty, &err);
+            CHECK(st == MC_OK);
+            if (st != MC_OK)
+                fprintf(stderr, "%s bf16: %s\n", c->name, err.msg);
+            CHECK(mc_tensor_download(&ty, yb, &err) == MC_OK);
+            CHECK(mc_op_mla_decode(be, &tq, &te, &lr_, &pr, &ix, &opt, &ty, &err) == MC_OK);
+            CHECK(mc_tensor_download(&ty, yr, &err) == MC_OK);
+            snprintf(what, sizeof what, "%s step %d bf16 pages vs f32 pages of bf16 values", c->name,
+                     step);
+            compare_exact(what, yb, yr, (size_t)n * nh * lr);
+            free(rr);
+            free(yb);
+            free(yr);
+        }
         for (int t = 0; t < n; t++) {
             int i = s.seq[t], p = s.pos[t];
             for (int h = 0; h < nh; h++) {
@@ -654,6 +729,20 @@ static void run_refusals(void)
                "query heads");
     EXPECT_ERR(mc_op_attention(be, &q, &kp, &v5, &ix, &opt, &y, &err), MC_ERR_ARG,
                "attention: v_pages");
+    {   /* pages of a bf16 cache: K and V (latent and rope key) alike, nothing else */
+        mc_tensor kb = dev(MC_DT_BF16, 4, skp, NULL), pb = dev(MC_DT_BF16, 3, sp, NULL);
+        mc_tensor k16 = dev(MC_DT_F16, 4, skp, NULL);
+        EXPECT_ERR(mc_op_attention(be, &q, &kb, &vp, &ix, &opt, &y, &err), MC_ERR_ARG,
+                   "attention: v_pages: F32, want BF16");
+        EXPECT_ERR(mc_op_attention(be, &q, &kp, &kb, &ix, &opt, &y, &err), MC_ERR_ARG,
+                   "attention: v_pages: BF16, want F32");
+        EXPECT_ERR(mc_op_mla_decode(be, &ql, &qp, &lp, &pb, &ix, &opt, &yl, &err), MC_ERR_ARG,
+                   "mla_decode: pe_pages: BF16, want F32");
+        EXPECT_ERR(mc_op_attention(be, &q, &k16, &k16, &ix, &opt, &y, &err), MC_ERR_ARG,
+                   "attention: k_pages: dtype F16");
+        EXPECT_ERR(mc_op_kv_write(be, &ix, &k, &k16, &err), MC_ERR_ARG, "kv_write: pages: dtype F16");
+        CHECK(mc_op_kv_write(be, &ix, &k, &kb, &err) == MC_OK);
+    }
     EXPECT_ERR(mc_op_attention(be, &q, &kp, &vp, &ix, &opt, &q, &err), MC_ERR_ARG,
                "attention: y: output overlaps");
     EXPECT_ERR(mc_op_attention(be, &q, &kp, &vp, NULL, &opt, &y, &err), MC_ERR_ARG,

@@ -154,6 +154,43 @@ static int compare_many(const char *path, int m, int n)
                             "%.9g, axpy %.9g\n", path, m, n, S, skip, i / n, i % n, y1[i], y0[i]);
         }
         CHECK(wt != NULL);
+        /* the bf16 row variants (a KV cache in bf16): the rows rounded to
+         * bf16, against the f32 functions over the same rows widened */
+        uint16_t *ah = malloc((size_t)m * n * sizeof *ah);
+        float *aw = malloc((size_t)m * n * sizeof *aw);
+        static const uint16_t *hrows[450];
+        static const float *wrows[450];
+        for (int i = 0; ah && aw && i < m * n; i++) {
+            ah[i] = mc_f32_to_bf16(a[i]);
+            aw[i] = mc_bf16_to_f32(ah[i]);
+        }
+        for (int j = 0; ah && aw && j < m; j++) { /* a bf16 row against the f32 queries a */
+            mc_dot_many_bf16(ap + j, m - j, ah + (size_t)j * n, n, got);
+            mc_dot_many(ap + j, m - j, aw + (size_t)j * n, n, want);
+            for (int k = 0; k < m - j; k++)
+                if (memcmp(&got[k], &want[k], sizeof got[k]) != 0 && bad++ < 3)
+                    fprintf(stderr, "  %s m %d n %d: dot_many_bf16[%d] = %.9g, over widened "
+                            "rows %.9g\n", path, m - j, n, k, got[k], want[k]);
+        }
+        for (int i = 0; ah && aw && wt && i < S; i++) {
+            size_t off = (size_t)(rows[i] - a);
+            hrows[i] = ah + off;
+            wrows[i] = aw + off;
+        }
+        for (int skip = 0; ah && aw && wt && skip <= 1; skip++) {
+            memset(y0, 0x7f, (size_t)m * n * sizeof *y0);
+            memset(y1, 0x7f, (size_t)m * n * sizeof *y1);
+            mc_wsum_rows(p0, m, wt, wrows, S, n, skip);
+            mc_wsum_rows_bf16(p1, m, wt, hrows, S, n, skip);
+            for (int i = 0; i < m * n; i++)
+                if (memcmp(&y0[i], &y1[i], sizeof y0[i]) != 0 && bad++ < 3)
+                    fprintf(stderr, "  %s m %d n %d S %d skip %d: wsum_rows_bf16 output %d [%d] "
+                            "= %.9g, over widened rows %.9g\n", path, m, n, S, skip, i / n,
+                            i % n, y1[i], y0[i]);
+        }
+        CHECK(ah != NULL && aw != NULL);
+        free(ah);
+        free(aw);
         free(wt);
     }
     free(a);
@@ -199,7 +236,8 @@ int main(void)
             check_failures++;
             fprintf(stderr, "path %s: dot_many / wsum_rows: %d differences\n", name, bad);
         } else {
-            printf("path %s: dot_many / wsum_rows equal to mc_dot / mc_axpy\n", name);
+            printf("path %s: dot_many / wsum_rows equal to mc_dot / mc_axpy; their bf16-row "
+                   "variants to them over the widened rows\n", name);
         }
     }
     CHECK(paths >= 1);
