@@ -51,6 +51,7 @@ static const char batch_usage_text[] =
     "                        [--max-num-seqs N] [--max-model-len N] [--concurrency N]\n"
     "                        [--tp N] [--ep N] [--pp N] [--weights q8_0|q4_k|bf16]\n"
     "                        [--no-mmap] [--no-verify] [--stats] [--activations f32|bf16]\n"
+    "                        [--kv-cache-dtype f32|bf16]\n"
     "                        [--device cpu|cuda]\n\n"
     "  --input FILE             OpenAI batch requests, one JSON object a line: custom_id,\n"
     "                           method POST, url /v1/completions or /v1/chat/completions,\n"
@@ -121,6 +122,7 @@ static int parse(int argc, char **argv, const struct option *opts, batch_args *a
             case MC_OPT_STATS: add_warg(a, "--stats", NULL); break;
             case MC_OPT_NO_MMAP: add_warg(a, "--no-mmap", NULL); break;
             case MC_OPT_ACTS: add_warg(a, "--activations", optarg); break;
+            case MC_OPT_KV_DTYPE: add_warg(a, "--kv-cache-dtype", optarg); break;
             case MC_OPT_NO_VERIFY: add_warg(a, "--no-verify", NULL); break;
             case MC_OPT_DEVICE: add_warg(a, "--device", optarg); break;
             case MC_OPT_SHARDS: a->shards = optarg; break;

@@ -33,7 +33,8 @@ static const char bench_usage_text[] =
     "usage: moecluster bench --model DIR [--batch B] [--prompt-len N] [--gen-len M]\n"
     "                        [--threads T] [--weights q8_0|q4_k|bf16] [--no-mmap]\n"
     "                        [--kernels scalar|avx2|avx512|amx] [--probe-mib S] [--repeat R]\n"
-    "                        [--activations f32|bf16] [--json] [--device cpu|cuda]\n\n"
+    "                        [--activations f32|bf16] [--kv-cache-dtype f32|bf16] [--json]\n"
+    "                        [--device cpu|cuda]\n\n"
     "  --model       checkpoint folder (config.json + safetensors), or a .gguf file\n"
     "  --batch       tokens per decode step (default 1)\n"
     "  --prompt-len  prefill length (default 128)\n"
@@ -45,6 +46,8 @@ static const char bench_usage_text[] =
     "  --kernels     scalar | avx2 | avx512 | amx (default: MC_KERNELS or the best the CPU has)\n"
     "  --activations f32 | bf16: activations meeting BF16 weights as they are (default;\n"
     "                exact f32 products) or rounded to bf16 first, as llama.cpp does\n"
+    "  --kv-cache-dtype f32 | bf16: the KV cache's values (default f32, exact; bf16 halves\n"
+    "                its memory and what attention reads)\n"
     "  --probe-mib   buffer of the bandwidth probe in MiB (default 1024)\n"
     "  --repeat      runs of each measurement, the fastest reported (default 3)\n"
     "  --json        one JSON object instead of text\n"
@@ -236,11 +239,12 @@ int mc_cmd_bench(int argc, char **argv)
                                           {"device", required_argument, 0, 'D'},
                                           {"no-mmap", no_argument, 0, 'M'},
                                           {"activations", required_argument, 0, 'A'},
+                                          {"kv-cache-dtype", required_argument, 0, 'K'},
                                           {"help", no_argument, 0, 'h'},
                                           {0, 0, 0, 0}};
     const char *dir = NULL, *device = NULL; /* --device; NULL = auto */
     long long batch = 1, plen = 128, glen = 32, threads = 0, probe_mib = 1024, reps = 3;
-    int json = 0, have_fmt = 0, resident = 0, bf16_acts = 0;
+    int json = 0, have_fmt = 0, resident = 0, bf16_acts = 0, bf16_kv = 0;
     mc_dtype fmt = MC_DT_BF16;
     int c;
     mc_err err;
@@ -322,6 +326,14 @@ int mc_cmd_bench(int argc, char **argv)
             }
             bf16_acts = strcmp(optarg, "bf16") == 0;
             break;
+        case 'K':
+            if (strcmp(optarg, "f32") != 0 && strcmp(optarg, "bf16") != 0) {
+                fprintf(stderr, "moecluster bench: --kv-cache-dtype: '%s' is not f32 or bf16\n",
+                        optarg);
+                PARSE_RETURN(2);
+            }
+            bf16_kv = strcmp(optarg, "bf16") == 0;
+            break;
         case 'h': bench_usage(stdout); PARSE_RETURN(0);
         default: bench_usage(stderr); PARSE_RETURN(2);
         }
@@ -346,7 +358,8 @@ int mc_cmd_bench(int argc, char **argv)
     /* --weights converts at load; without it the weights are used as stored
      * (--no-mmap: copied into RAM on huge pages) */
     mc_session_opts lo = {.dir = dir, .weights_given = have_fmt, .weights = fmt,
-                          .resident = resident, .bf16_acts = bf16_acts};
+                          .resident = resident, .bf16_acts = bf16_acts,
+                          .kv_dtype = bf16_kv ? MC_DT_BF16 : MC_DT_F32};
     if (have_fmt)
         MC_INFO("bench: quantizing expert and dense weights to %s", mc_dtype_name(fmt));
     if (mc_session_load(ses, &lo, &err) != MC_OK)
@@ -492,6 +505,7 @@ int mc_cmd_bench(int argc, char **argv)
                   jput(o, "layers", json_integer(d->n_layers)) &&
                   jput(o, "weights", json_string(wname)) && jput(o, "kernels", json_string(path)) &&
                   jput(o, "activations", json_string(bf16_acts ? "bf16" : "f32")) &&
+                  jput(o, "kv_cache_dtype", json_string(bf16_kv ? "bf16" : "f32")) &&
                   jput(o, "threads", json_integer(nthreads)) &&
                   jput(o, "batch", json_integer(batch)) &&
                   jput(o, "prompt_len", json_integer(plen)) &&
@@ -533,9 +547,9 @@ int mc_cmd_bench(int argc, char **argv)
         putchar('\n');
         json_decref(o);
     } else {
-        printf("model    %s (%s, %d layers), weights %s, kernels %s, %d threads%s\n", dir,
+        printf("model    %s (%s, %d layers), weights %s, kernels %s, %d threads%s%s\n", dir,
                d->model_type, d->n_layers, wname, path, nthreads,
-               bf16_acts ? ", activations rounded to bf16" : "");
+               bf16_acts ? ", activations rounded to bf16" : "", bf16_kv ? ", KV cache in bf16" : "");
         printf("cpu      %s [%s]; %ld MiB on huge pages\n", cpu, mc_session_features(ses), huge_mib);
         printf("probe    read stream %lld MiB: %.2f GB/s (before %.2f, after %.2f); FMA peak (f32, "
                "%s): %.1f GFLOP/s",

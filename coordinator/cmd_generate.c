@@ -33,7 +33,8 @@ static const char gen_usage_text[] =
     "                           [-n N] [--temperature T] [--top-p P] [--top-k K] [--seed S]\n"
     "                           [--ignore-eos] [--tp N] [--ep N] [--pp N] [--stats]\n"
     "                           [--weights q8_0|q4_k|bf16] [--no-mmap] [--no-verify]\n"
-    "                           [--activations f32|bf16] [--device cpu|cuda]\n\n"
+    "                           [--activations f32|bf16] [--kv-cache-dtype f32|bf16]\n"
+    "                           [--device cpu|cuda]\n\n"
     "  --model DIR        Hugging Face checkpoint folder, a shard set, or a .gguf file\n"
     "  --shards DIR       a shard set written by `moecluster shard`\n"
     "  --prompt-ids LIST  comma-separated prompt token ids: decimal digits only, no spaces\n"
@@ -368,7 +369,8 @@ int mc_cmd_generate(int argc, char **argv)
                           .layout_given = par.given, .weights_given = par.weights_given,
                           .weights = par.weights, .no_verify = par.no_verify,
                           .stats = par.stats, .device = mc_par_device(&par),
-                          .resident = par.resident, .bf16_acts = par.bf16_acts};
+                          .resident = par.resident, .bf16_acts = par.bf16_acts,
+                          .kv_dtype = par.kv_dtype};
     st = mc_session_load(ses, &lo, &err);
     if (st != MC_OK)
         goto fail; /* every rank failed together (mc_par_agree) */

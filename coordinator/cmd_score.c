@@ -37,7 +37,8 @@ static const char score_usage_text[] =
     "                        --output OUT.safetensors [--decode-from K]\n"
     "                        [--max-batch-tokens N] [--kv-block-size N] [--tp N] [--ep N]\n"
     "                        [--pp N] [--stats] [--weights q8_0|q4_k|bf16] [--no-mmap]\n"
-    "                        [--no-verify] [--activations f32|bf16] [--device cpu|cuda]\n\n"
+    "                        [--no-verify] [--activations f32|bf16] [--kv-cache-dtype f32|bf16]\n"
+    "                        [--device cpu|cuda]\n\n"
     "  --model DIR        Hugging Face checkpoint folder (config.json + safetensors), a\n"
     "                     shard set, or a llama.cpp .gguf file (or a folder of split parts)\n"
     "  --shards DIR       a shard set written by `moecluster shard` (each rank reads its own\n"
@@ -281,7 +282,8 @@ int mc_cmd_score(int argc, char **argv)
                           .layout_given = par.given, .weights_given = par.weights_given,
                           .weights = par.weights, .no_verify = par.no_verify,
                           .stats = par.stats, .device = mc_par_device(&par),
-                          .resident = par.resident, .bf16_acts = par.bf16_acts};
+                          .resident = par.resident, .bf16_acts = par.bf16_acts,
+                          .kv_dtype = par.kv_dtype};
     if (mc_session_load(ses, &lo, &err) != MC_OK)
         goto fail; /* every rank failed together (mc_par_agree) */
     const mc_model_desc *d = mc_session_desc(ses);

@@ -30,7 +30,8 @@ static const char serve_usage_text[] =
     "                        [--max-batch-tokens N] [--kv-blocks N] [--kv-block-size N]\n"
     "                        [--step-timeout S] [--tp N] [--ep N] [--pp N]\n"
     "                        [--weights q8_0|q4_k|bf16] [--no-mmap] [--no-verify] [--stats]\n"
-    "                        [--activations f32|bf16] [--device cpu|cuda]\n\n"
+    "                        [--activations f32|bf16] [--kv-cache-dtype f32|bf16]\n"
+    "                        [--device cpu|cuda]\n\n"
     "  --model DIR              Hugging Face checkpoint folder with tokenizer.json (and\n"
     "                           tokenizer_config.json for chat, generation_config.json for\n"
     "                           the end ids); without --model, --shards or --workers the\n"
@@ -235,6 +236,9 @@ static int parse(int argc, char **argv, serve_args *a) {
                 break;
             case MC_OPT_ACTS:
                 add_warg(a, "--activations", optarg);
+                break;
+            case MC_OPT_KV_DTYPE:
+                add_warg(a, "--kv-cache-dtype", optarg);
                 break;
             case MC_OPT_STATS:
                 add_warg(a, "--stats", NULL);

@@ -46,7 +46,8 @@ static const char worker_usage_text[] =
     "usage: moecluster worker --model DIR|--shards DIR [--listen ADDR] [--kv-block-size N]\n"
     "                         [--kv-blocks N] [--max-batch-tokens N] [--tp N] [--ep N] [--pp N]\n"
     "                         [--weights q8_0|q4_k|bf16] [--no-mmap] [--no-verify] [--stats]\n"
-    "                         [--activations f32|bf16] [--device cpu|cuda]\n\n"
+    "                         [--activations f32|bf16] [--kv-cache-dtype f32|bf16]\n"
+    "                         [--device cpu|cuda]\n\n"
     "  --model DIR            Hugging Face checkpoint folder, a shard set, or a .gguf file\n"
     "  --shards DIR           a shard set written by `moecluster shard`\n"
     "  --listen ADDR          ZeroMQ endpoint rank 0 binds (default " DEFAULT_LISTEN ");\n"
@@ -474,6 +475,7 @@ int mc_cmd_worker(int argc, char **argv)
                           .weights_given = par.weights_given, .weights = par.weights,
                           .no_verify = par.no_verify, .stats = par.stats, .resident = par.resident,
                           .bf16_acts = par.bf16_acts,
+                          .kv_dtype = par.kv_dtype,
                           .device = mc_par_device(&par)};
     if (mc_session_load(ses, &so, &err) != MC_OK)
         goto fail;

@@ -29,12 +29,14 @@ typedef struct {
     const char *device;   /* --device cpu|cuda (MC_DEVICE_OPTIONS); NULL = auto */
     bool resident;        /* --no-mmap: weights used as stored copied into RAM (huge pages) */
     bool bf16_acts;       /* --activations bf16 (mc_kernels_set_bf16_acts) */
+    mc_dtype kv_dtype;    /* --kv-cache-dtype f32|bf16 (mc_session_opts.kv_dtype) */
 } mc_par_args;
 
-#define MC_PAR_ARGS_INIT {0, 0, 0, false, false, false, MC_DT_BF16, NULL, false, NULL, false, false}
+#define MC_PAR_ARGS_INIT                                                                           \
+    {0, 0, 0, false, false, false, MC_DT_BF16, NULL, false, NULL, false, false, MC_DT_F32}
 
 enum { MC_OPT_TP = 1000, MC_OPT_EP, MC_OPT_PP, MC_OPT_STATS, MC_OPT_WEIGHTS, MC_OPT_SHARDS,
-       MC_OPT_NO_VERIFY, MC_OPT_DEVICE, MC_OPT_NO_MMAP, MC_OPT_ACTS };
+       MC_OPT_NO_VERIFY, MC_OPT_DEVICE, MC_OPT_NO_MMAP, MC_OPT_ACTS, MC_OPT_KV_DTYPE };
 
 /* --device, separate from MC_PAR_OPTIONS: a command takes it only where it
  * runs the model itself (score, generate, bench, worker) or forwards it to
@@ -66,13 +68,17 @@ static inline const char *mc_par_device(const mc_par_args *a)
         {"shards", required_argument, 0, MC_OPT_SHARDS},                                           \
         {"no-verify", no_argument, 0, MC_OPT_NO_VERIFY},                                         \
         {"no-mmap", no_argument, 0, MC_OPT_NO_MMAP},                                             \
-        {"activations", required_argument, 0, MC_OPT_ACTS}
+        {"activations", required_argument, 0, MC_OPT_ACTS},                                     \
+        {"kv-cache-dtype", required_argument, 0, MC_OPT_KV_DTYPE}
 
 #define MC_ACTS_USAGE                                                                              \
     "  --activations f32|bf16            on cpu, activations meeting BF16 weights: f32 as\n"      \
     "                                    they are (default; exact f32 products) or rounded\n"    \
     "                                    to bf16 first, as llama.cpp and GPU engines do\n"      \
-    "                                    (faster with AVX512-BF16)\n"
+    "                                    (faster with AVX512-BF16)\n"                          \
+    "  --kv-cache-dtype f32|bf16         on cpu, the KV cache's values: f32 (default; exact)\n"   \
+    "                                    or bf16 (rounded at the write: half the memory and\n"   \
+    "                                    the bytes attention reads; not DeepSeek-V4)\n"
 
 #define MC_PAR_USAGE                                                                               \
     "  --tp, --tensor-parallel-size N    split attention heads, dense FFN and LM head over N\n"   \
@@ -140,6 +146,13 @@ static inline int mc_par_option(mc_par_args *a, const char *cmd, int c, const ch
             return -1;
         }
         a->bf16_acts = strcmp(arg, "bf16") == 0;
+        return 0;
+    case MC_OPT_KV_DTYPE: /* mc_session_opts.kv_dtype */
+        if (strcmp(arg, "f32") != 0 && strcmp(arg, "bf16") != 0) {
+            fprintf(stderr, "moecluster %s: --kv-cache-dtype: '%s' is not f32 or bf16\n", cmd, arg);
+            return -1;
+        }
+        a->kv_dtype = strcmp(arg, "bf16") == 0 ? MC_DT_BF16 : MC_DT_F32;
         return 0;
     case MC_OPT_NO_MMAP: /* weights copied into RAM at load (mc_session_opts.resident) */
         a->resident = true;

@@ -408,7 +408,8 @@ typedef struct {
  * visible than k). A NaN score's rank is unspecified.
  *   iq (n, ih, id) F32, rotated as the engine does (unscaled); w (n, ih) F32
  *   (the idx_weights projection); key_pages (n_blocks, block_size, id) F32
- *   (layer-normed, rotated keys, written with mc_op_kv_write); sel (n, k)
+ *   (or BF16, as mc_op_attention's pages; layer-normed, rotated keys,
+ *   written with mc_op_kv_write); sel (n, k)
  *   I32, overlapping nothing. Content refusals as mc_op_attention. */
 mc_status mc_op_indexer_topk(mc_backend *be, const mc_tensor *iq, const mc_tensor *w,
                              const mc_tensor *key_pages, const mc_kv_index *ix,
@@ -592,8 +593,8 @@ typedef struct {
     void (*buf_free)(void *ctx, void *mem, size_t bytes);
     mc_status (*wrap_host)(void *ctx, const void *host, size_t bytes, void **mem, mc_err *err);
     int host_memory; /* 1: mem is a host pointer (mc_buffer_host returns it) */
-    /* 1: kv_write, attention and mla_decode take BF16 pages (a KV cache in
-     * bf16) as well as F32; 0: F32 pages only */
+    /* 1: kv_write, attention, mla_decode and indexer_topk take BF16 pages
+     * (a KV cache in bf16) as well as F32; 0: F32 pages only */
     int kv_bf16;
     mc_status (*upload)(void *ctx, void *mem, size_t off, const void *src, size_t n, mc_err *err);
     mc_status (*download)(void *ctx, const void *mem, size_t off, void *dst, size_t n,

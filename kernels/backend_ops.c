@@ -454,7 +454,7 @@ mc_status mc_op_indexer_topk(mc_backend *be, const mc_tensor *iq, const mc_tenso
                                                         : (double)opt->weight_scale,
                           opt->k < 1 ? ">= 1" : "a finite number");
     if (!act_ok(be, iq, 0, "indexer_topk: iq", err) || !act_ok(be, w, 0, "indexer_topk: w", err) ||
-        !pages_ok(be, key_pages, 3, 0, "indexer_topk: key_pages", err))
+        !kv_pages_ok(be, key_pages, 3, 0, "indexer_topk: key_pages", err))
         return FAIL_ARG();
     if (iq->ndim != 3 || iq->shape[2] != key_pages->shape[2])
         return mc_err_set(err, MC_ERR_ARG, "indexer_topk: iq has %d dimensions, last %lld (want "

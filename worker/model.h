@@ -78,6 +78,9 @@ typedef struct mc_model {
     bool owns_world;
     bool shards;         /* loaded from a `moecluster shard` set: tensors stored pre-cut */
     mc_stat_row *stats;  /* MC_STAT_ROWS(n_layers) rows, NULL unless enabled */
+    /* the step executor's KV cache: MC_DT_F32 (the default, 0) or MC_DT_BF16
+     * (--kv-cache-dtype bf16; GQA and MLA caches on the CPU backend) */
+    mc_dtype kv_dtype;
     struct { int rank, layer; char mode[8]; } fault; /* MC_FAULT_INJECT, rank -1 = off */
 } mc_model;
 

@@ -41,8 +41,8 @@ uint32_t mc_sched_pool_blocks(const mc_model *m, const mc_sched_job *job, uint32
         uint64_t by = 0;
         mc_err e;
         mc_err_clear(&e);
-        if (mc_kv_block_bytes(&m->d, l, m->lay.tp > 0 ? m->lay.tp : 1, block_size, 4, &by, &e) !=
-            MC_OK) {
+        if (mc_kv_block_bytes(&m->d, l, m->lay.tp > 0 ? m->lay.tp : 1, block_size,
+                              (uint32_t)mc_dtype_size(m->kv_dtype), &by, &e) != MC_OK) {
             per_block = 0;
             break;
         }

@@ -42,7 +42,7 @@ typedef struct {
 
 /* KV blocks of block_size positions every rank's pool gets for job (the same
  * on every rank): blocks for all sequences of the busiest dp group, capped
- * by budget_bytes of KV (mc_kv_block_bytes over the layers, F32), but at
+ * by budget_bytes of KV (mc_kv_block_bytes over the layers, in m->kv_dtype), but at
  * least the longest sequence's blocks. Never more than
  * MC_KV_POOL_MAX_BLOCKS. */
 uint32_t mc_sched_pool_blocks(const mc_model *m, const mc_sched_job *job, uint32_t block_size,

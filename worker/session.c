@@ -98,6 +98,14 @@ mc_status mc_session_load(mc_session *s, const mc_session_opts *o, mc_err *err) 
             s, mc_err_set(err, MC_ERR_ARG, "--activations bf16 is for the CPU kernels (device cuda)"),
             err);
     mc_kernels_set_bf16_acts(o->bf16_acts);
+    if (o->kv_dtype != MC_DT_F32 && o->kv_dtype != MC_DT_BF16)
+        return mc_session_agree(
+            s, mc_err_set(err, MC_ERR_ARG, "--kv-cache-dtype: %s is not f32 or bf16",
+                          mc_dtype_name(o->kv_dtype)), err);
+    if (o->kv_dtype == MC_DT_BF16 && s->cuda)
+        return mc_session_agree(
+            s, mc_err_set(err, MC_ERR_ARG, "--kv-cache-dtype bf16 is for the CPU backend (device "
+                          "cuda keeps an f32 cache)"), err);
     if (o->no_verify) mc_model_verify_shards(false);
     if (!s->world || (mc_comm_size(s->world) == 1 && !o->layout_given))
         st = mc_model_load(o->dir, &s->m, err);
@@ -105,6 +113,11 @@ mc_status mc_session_load(mc_session *s, const mc_session_opts *o, mc_err *err) 
         st = mc_model_load_dist(o->dir, s->world, (int)o->tp, (int)o->ep, (int)o->pp, &s->m,
                                 err); /* every rank failed together (mc_par_agree) */
     if (st != MC_OK) return st;
+    if (o->kv_dtype == MC_DT_BF16 && s->m->d.family == MC_FAM_DEEPSEEK_V4)
+        return mc_session_agree(
+            s, mc_err_set(err, MC_ERR_UNSUPPORTED, "--kv-cache-dtype bf16: DeepSeek-V4's caches "
+                          "(window, compressor, indexer) are f32 only"), err);
+    s->m->kv_dtype = o->kv_dtype;
     /* --weights: every rank converts the share it bound (same inputs, same outcome) */
     if (o->weights_given && (st = mc_session_quantize(s, o->weights, err)) != MC_OK) return st;
     /* --no-mmap: as stored, into RAM on huge pages (a GPU backend uploads anyway); also

@@ -52,6 +52,9 @@ typedef struct {
      * rounded to bf16 first (mc_kernels_set_bf16_acts, process-wide); refused
      * on cuda */
     bool bf16_acts;
+    /* --kv-cache-dtype: the step executor's KV cache, MC_DT_F32 (default, 0)
+     * or MC_DT_BF16 (values rounded at the write; CPU only, not DeepSeek-V4) */
+    mc_dtype kv_dtype;
 } mc_session_opts;
 
 /* Opens a session. with_world: the world communicator (MPI when an MPI

@@ -294,10 +294,12 @@ static mc_status alloc_pages(mc_step_exec *ex, int ndim, const int64_t *s0, cons
     }
     mc_buffer *b;
     mc_status st;
-    if ((st = mc_step_alloc_buf(ex, (e0 + e1) * sizeof(float), "KV pages", &b, err)) != MC_OK ||
-        (st = mc_tensor_init(t0, b, 0, MC_DT_F32, ndim, s0, err)) != MC_OK)
+    mc_dtype dt = ex->m->kv_dtype; /* F32, or BF16 (--kv-cache-dtype) */
+    size_t es = mc_dtype_size(dt);
+    if ((st = mc_step_alloc_buf(ex, (e0 + e1) * es, "KV pages", &b, err)) != MC_OK ||
+        (st = mc_tensor_init(t0, b, 0, dt, ndim, s0, err)) != MC_OK)
         return st;
-    return mc_tensor_init(t1, b, e0 * sizeof(float), MC_DT_F32, ndim, s1, err);
+    return mc_tensor_init(t1, b, e0 * es, dt, ndim, s1, err);
 }
 
 mc_status mc_step_alloc_attn_pages(mc_step_exec *ex, int l, mc_err *err)
@@ -315,10 +317,11 @@ mc_status mc_step_alloc_attn_pages(mc_step_exec *ex, int l, mc_err *err)
     /* V3.2 indexer keys (n_blocks, block_size, id) */
     int64_t ik[3] = {nb, bs, d->index_head_dim};
     mc_buffer *b;
-    if ((st = mc_step_alloc_buf(ex, (size_t)(nb * bs * ik[2]) * sizeof(float),
+    mc_dtype dt = ex->m->kv_dtype;
+    if ((st = mc_step_alloc_buf(ex, (size_t)(nb * bs * ik[2]) * mc_dtype_size(dt),
                                 "indexer key pages", &b, err)) != MC_OK)
         return st;
-    return mc_tensor_init(&o->idx_pages, b, 0, MC_DT_F32, 3, ik, err);
+    return mc_tensor_init(&o->idx_pages, b, 0, dt, 3, ik, err);
 }
 
 void mc_step_carve_attn(mc_step_exec *ex, mc_step_carver *c, mc_err *err)

@@ -124,7 +124,11 @@ static void topk_token(void *job, int64_t t, int64_t u, void *scratch)
         qh[h] = row_f32(j->iq, t * j->ih + h);
     for (int64_t p = 0; p < S; p++) {
         int64_t r = (int64_t)block_of(ix, s, p / j->bs) * j->bs + p % j->bs;
-        mc_dot_many(qh, (int)j->ih, row_f32(j->key_pages, r), j->id, v); /* [ih] */
+        const void *key = row_kv(j->key_pages, r);
+        if (j->key_pages->dtype == MC_DT_BF16) /* a cache in bf16: the keys widened */
+            mc_dot_many_bf16(qh, (int)j->ih, key, j->id, v); /* [ih] */
+        else
+            mc_dot_many(qh, (int)j->ih, key, j->id, v);
         float acc = 0;
         for (int64_t h = 0; h < j->ih; h++) {
             float vh = v[h] * j->ss;
@@ -147,6 +151,9 @@ mc_status mc_cpu_indexer_topk(void *ctx, const mc_tensor *iq, const mc_tensor *w
     int64_t n = iq->shape[0], ih = iq->shape[1], k = opt->k;
     int64_t n_pages = key_pages->shape[0], bs = key_pages->shape[1], span = 1;
     int id = (int)iq->shape[2];
+    if (key_pages->dtype == MC_DT_BF16 && id > MC_BF16_ROW_MAX)
+        return mc_err_set(err, MC_ERR_UNSUPPORTED, "indexer_topk: BF16 key pages of rows of %d "
+                          "values (at most %d)", id, MC_BF16_ROW_MAX);
     double positions = 0;
     for (int64_t t = 0; t < n; t++) { /* all tokens first: nothing is written on refusal */
         if (token_ok(ix, n_pages, bs, t, err) != MC_OK)

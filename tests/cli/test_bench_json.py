@@ -37,7 +37,7 @@ FIELDS = {
     "probe_gbps_before": float, "probe_gbps_after": float, "bandwidth_ratio": float,
     "probe_gbps_paired": float, "bandwidth_ratio_paired": float,
     "load_s": float, "repeat": int, "anon_huge_mib": int, "cpu": str, "cpu_features": str,
-    "activations": str,
+    "activations": str, "kv_cache_dtype": str,
 }
 
 
@@ -102,6 +102,8 @@ def fields(j, what):
          simd and ("avx512bf16" in feats or "amx_bf16" in feats))
     check(j.get("activations") in ("f32", "bf16"), f"{what}: activations f32 or bf16",
           repr(j.get("activations")))
+    check(j.get("kv_cache_dtype") == "f32", f"{what}: kv_cache_dtype f32 (the default)",
+          repr(j.get("kv_cache_dtype")))
 
 
 def main():

@@ -144,6 +144,17 @@ def main():
     expect_error([exe, "generate", "--model", model, "--prompt-ids", "1,5000"], "5000",
                  "prompt id out of range")
 
+    # --kv-cache-dtype: a bad value, and bf16 where the caches are f32 only
+    expect_error([exe, "score", "--model", model, "--input", good, "--output", out,
+                  "--kv-cache-dtype", "f16"], "--kv-cache-dtype", "kv-cache-dtype f16")
+    v4 = os.path.join(fx, "models", "deepseek-v4-tiny")
+    expect_error([exe, "score", "--model", v4, "--input", good, "--output", out,
+                  "--kv-cache-dtype", "bf16"], "DeepSeek-V4", "kv-cache-dtype bf16 on DeepSeek-V4")
+    # Greedy generation with a bf16 cache runs (its ids may differ from f32's)
+    rc, _, err = run([exe, "generate", "--model", model, "--prompt-ids", "3,14,15", "-n", "4",
+                      "--ignore-eos", "--kv-cache-dtype", "bf16"])
+    check(rc == 0, f"generate --kv-cache-dtype bf16 exits 0 (rc {rc})")
+
     # Greedy generation must pick the argmax of score's logits at every step.
     prompt = [3, 14, 15, 92, 65]
     rc, gen_out, err = run([exe, "generate", "--model", model, "--prompt-ids",

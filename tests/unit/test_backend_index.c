@@ -158,6 +158,23 @@ static mc_tensor cache_pages(const cache *c, float *const *rows, int W)
     return t;
 }
 
+/* The same pages in bf16 (each value rounded to nearest even). */
+static mc_tensor cache_pages_bf16(const cache *c, float *const *rows, int W)
+{
+    uint16_t *pg = calloc((size_t)c->n_pages * c->bs * W, sizeof *pg);
+    for (int i = 0; i < c->n_seqs; i++)
+        for (int p = 0; p < c->len[i]; p++) {
+            int b = c->table[i * c->max_blocks + p / c->bs];
+            for (int e = 0; e < W; e++)
+                pg[((size_t)b * c->bs + p % c->bs) * W + e] =
+                    mc_f32_to_bf16(rows[i][(size_t)p * W + e]);
+        }
+    int64_t sh[3] = {c->n_pages, c->bs, W};
+    mc_tensor t = dev(MC_DT_BF16, 3, sh, pg);
+    free(pg);
+    return t;
+}
+
 static mc_kv_index cache_index(const cache *c)
 {
     mc_kv_index ix;
@@ -294,6 +311,29 @@ static void index_case(int n_seqs, int bs, int ih, int id, int k, int grid)
         check_failures++;
         fprintf(stderr, "%s: %d of %d tokens differ\n", name, bad, c.n);
     }
+    /* key pages in bf16: the selection over F32 pages of the rounded keys, exactly */
+    mc_tensor kb = cache_pages_bf16(&c, keys, id);
+    for (int i = 0; i < n_seqs; i++)
+        for (size_t e = 0; e < (size_t)c.len[i] * id; e++)
+            keys[i][e] = mc_bf16_to_f32(mc_f32_to_bf16(keys[i][e]));
+    mc_tensor kr = cache_pages(&c, keys, id);
+    int32_t *selb = malloc((size_t)c.n * k * sizeof *selb), *selr = malloc((size_t)c.n * k * sizeof *selr);
+    CHECK(mc_op_indexer_topk(be, &tq, &tw, &kb, &ix, &o, &tsel, &err) == MC_OK);
+    CHECK(mc_tensor_download(&tsel, selb, &err) == MC_OK);
+    CHECK(mc_op_indexer_topk(be, &tq, &tw, &kr, &ix, &o, &tsel, &err) == MC_OK);
+    CHECK(mc_tensor_download(&tsel, selr, &err) == MC_OK);
+    bad = 0;
+    for (int t = 0; t < c.n * k; t++)
+        if (selb[t] != selr[t] && bad++ < 3)
+            fprintf(stderr, "  %s bf16 keys: token %d entry %d: %d, over rounded f32 keys %d\n",
+                    name, t / k, t % k, selb[t], selr[t]);
+    check_count++;
+    if (bad) {
+        check_failures++;
+        fprintf(stderr, "%s: bf16 key pages: %d entries differ\n", name, bad);
+    }
+    free(selb);
+    free(selr);
     for (int i = 0; i < n_seqs; i++)
         free(keys[i]);
     free(q);
