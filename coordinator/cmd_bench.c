@@ -318,21 +318,14 @@ int mc_cmd_bench(int argc, char **argv)
             device = optarg;
             break;
         case 'M': resident = 1; break;
-        case 'A':
-            if (strcmp(optarg, "f32") != 0 && strcmp(optarg, "bf16") != 0) {
-                fprintf(stderr, "moecluster bench: --activations: '%s' is not f32 or bf16\n",
-                        optarg);
-                PARSE_RETURN(2);
-            }
-            bf16_acts = strcmp(optarg, "bf16") == 0;
-            break;
+        case 'A': /* f32 | bf16 */
         case 'K':
             if (strcmp(optarg, "f32") != 0 && strcmp(optarg, "bf16") != 0) {
-                fprintf(stderr, "moecluster bench: --kv-cache-dtype: '%s' is not f32 or bf16\n",
-                        optarg);
+                fprintf(stderr, "moecluster bench: --%s: '%s' is not f32 or bf16\n",
+                        c == 'A' ? "activations" : "kv-cache-dtype", optarg);
                 PARSE_RETURN(2);
             }
-            bf16_kv = strcmp(optarg, "bf16") == 0;
+            *(c == 'A' ? &bf16_acts : &bf16_kv) = strcmp(optarg, "bf16") == 0;
             break;
         case 'h': bench_usage(stdout); PARSE_RETURN(0);
         default: bench_usage(stderr); PARSE_RETURN(2);

@@ -1405,22 +1405,23 @@ AI void dot4(int BF, const float *const *a, const void *b, int n, float *out)
     _mm_storeu_ps(out, reduce_add4(t[0], t[1], t[2], t[3]));
 }
 
-static void dot_many(const float *const *a, int m, const float *b, int n, float *out)
+AI void dot_many_t(int BF, const float *const *a, int m, const void *b, int n, float *out)
 {
     int j = 0;
     for (; j + 4 <= m; j += 4)
-        dot4(0, a + j, b, n, out + j);
+        dot4(BF, a + j, b, n, out + j);
     for (; j < m; j++)
-        out[j] = dot_t(0, a[j], b, n);
+        out[j] = dot_t(BF, a[j], b, n);
+}
+
+static void dot_many(const float *const *a, int m, const float *b, int n, float *out)
+{
+    dot_many_t(0, a, m, b, n, out);
 }
 
 static void dot_many_bf16(const float *const *a, int m, const uint16_t *b, int n, float *out)
 {
-    int j = 0;
-    for (; j + 4 <= m; j += 4)
-        dot4(1, a + j, b, n, out + j);
-    for (; j < m; j++)
-        out[j] = dot_t(1, a[j], b, n);
+    dot_many_t(1, a, m, b, n, out);
 }
 
 /* Rows of a wsum tile: about 16 KiB of them, so that a tile and the next
