@@ -32,12 +32,13 @@ static inline int arg_ok(mc_backend *be, const mc_tensor *t, const char *what, m
     return 1;
 }
 
-/* An F32 activation, not transposed; writable if out. */
-static inline int act_ok(mc_backend *be, const mc_tensor *t, int out, const char *what, mc_err *err)
+/* An F32 (or, with bf16, BF16) tensor, not transposed; writable if out. */
+static inline int elem_ok(mc_backend *be, const mc_tensor *t, int out, int bf16, const char *what,
+                          mc_err *err)
 {
     if (!arg_ok(be, t, what, err))
         return 0;
-    if (t->dtype != MC_DT_F32 || t->transposed) {
+    if ((t->dtype != MC_DT_F32 && !(bf16 && t->dtype == MC_DT_BF16)) || t->transposed) {
         mc_err_set(err, MC_ERR_ARG, "%s: dtype %s%s is unsupported here (want F32 activations)",
                    what, mc_dtype_name(t->dtype), t->transposed ? " (transposed)" : "");
         return 0;
@@ -47,6 +48,12 @@ static inline int act_ok(mc_backend *be, const mc_tensor *t, int out, const char
         return 0;
     }
     return 1;
+}
+
+/* An F32 activation, not transposed; writable if out. */
+static inline int act_ok(mc_backend *be, const mc_tensor *t, int out, const char *what, mc_err *err)
+{
+    return elem_ok(be, t, out, 0, what, err);
 }
 
 static inline int same_rows_cols(const mc_tensor *a, const mc_tensor *b, const char *what, mc_err *err)
@@ -187,19 +194,8 @@ static inline int pages_ok(mc_backend *be, const mc_tensor *p, int ndim, int out
 static inline int kv_pages_ok(mc_backend *be, const mc_tensor *p, int ndim, int out,
                               const char *what, mc_err *err)
 {
-    if (!p || p->dtype != MC_DT_BF16 || !be || !be->iface.kv_bf16)
-        return pages_ok(be, p, ndim, out, what, err);
-    if (!arg_ok(be, p, what, err))
-        return 0;
-    if (p->transposed) {
-        mc_err_set(err, MC_ERR_ARG, "%s: BF16 (transposed) is unsupported here", what);
-        return 0;
-    }
-    if (out && p->buf->borrowed) {
-        mc_err_set(err, MC_ERR_ARG, "%s: output is in a read-only buffer", what);
-        return 0;
-    }
-    return pages_dims_ok(p, ndim, what, err);
+    return elem_ok(be, p, out, be && be->iface.kv_bf16, what, err) &&
+           pages_dims_ok(p, ndim, what, err);
 }
 
 /* b has a's blocks, block size and dtype. */

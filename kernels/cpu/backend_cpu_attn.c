@@ -256,7 +256,7 @@ static void attn_unit(void *job, int64_t t, int64_t u, void *scratch)
     }
     const void **rows = (const void **)(score + 2 * j->hb * j->span); /* key, then value rows */
     int bf = j->k_pages->dtype == MC_DT_BF16;
-    size_t es = bf ? 2 : 4;
+    size_t es = mc_dtype_size(j->k_pages->dtype);
     for (int64_t i = 0; i < S; i++)
         rows[i] = row_kv(j->k_pages, slot_row(p, s, lo + i, j->nkv) + g);
     for (int64_t i = 0; i < S; i++) {
@@ -374,7 +374,7 @@ static void mla_unit(void *job, int64_t t, int64_t u, void *scratch)
     float *wt = score + j->hb * j->span; /* the weights position by position */
     const void **rows = (const void **)(wt + j->hb * j->span);
     int bf = j->lat_pages->dtype == MC_DT_BF16;
-    size_t es = bf ? 2 : 4;
+    size_t es = mc_dtype_size(j->lat_pages->dtype);
     for (int k = 0; k < m; k++) {
         ql[k] = row_f32(j->q_lat, t * j->nh + h0 + k);
         qp[k] = row_f32(j->q_pe, t * j->nh + h0 + k);

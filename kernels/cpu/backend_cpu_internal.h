@@ -39,10 +39,11 @@ static inline float *row_f32(const mc_tensor *t, int64_t r)
     return (float *)at(t) + (size_t)r * (size_t)t->row_stride;
 }
 
-/* Row r of a page tensor of F32 or BF16 (a KV cache in bf16). */
+/* Row r of a page tensor of F32 or BF16 (a KV cache in bf16; the element
+ * size worked out inline: attention asks for a row per position). */
 static inline const void *row_kv(const mc_tensor *t, int64_t r)
 {
-    return at(t) + (size_t)r * (size_t)t->row_stride * (t->dtype == MC_DT_BF16 ? 2 : 4);
+    return at(t) + (size_t)r * (size_t)t->row_stride * (t->dtype == MC_DT_BF16 ? 2u : 4u);
 }
 
 static inline int32_t *row_i32(const mc_tensor *t, int64_t r)
