@@ -589,17 +589,24 @@ AI void prefetch_l2(const unsigned char *p, size_t bytes)
 
 /* The tokens of a product against repacked rows, made once per product
  * (pack_qact): per token its values interleaved as the rows' (32 * nb
- * bytes), then for all tokens -128 times each block's sum (nb int32 a
- * token: vpdpbusd sums (w + 128) x). */
+ * bytes), then for all tokens
+ *   Q8_0: -128 times each block's sum (nb int32 a token: vpdpbusd sums
+ *         (w + 128) x);
+ *   Q4_K: per pair of super-blocks (an odd last one padded with zeros) 16
+ *         f32 lanes of its two activation scales (lanes 0..7 the first
+ *         super-block's, 8..15 the second's), then as many lanes of the
+ *         per-32 sums as f32 (exact: |sum| <= 32 x 127): the x16 rows load
+ *         both instead of widening them per row and token. */
 static size_t pack_qact_bytes(const mc_mat *w, int n)
 {
     if (w->pack == MC_MAT_PACK_Q6_K_X16)
         return mc_avx512_q6_k_x16_act_bytes(w, n);
-    /* Q4_K's sub-blocks of 32 take the same interleave as Q8_0's blocks (the
-     * per-block corrections are not read: its values are unsigned nibbles) */
-    if (w->pack != MC_MAT_PACK_Q8_0_X16 && w->pack != MC_MAT_PACK_Q4_K_X16)
+    size_t k32 = (size_t)(w->cols / MC_QK8_0);
+    if (w->pack == MC_MAT_PACK_Q4_K_X16) /* the same interleave as Q8_0's blocks */
+        return (size_t)n * (k32 * 32 + (size_t)(w->cols / MC_QK_K + 1) / 2 * 32 * sizeof(float));
+    if (w->pack != MC_MAT_PACK_Q8_0_X16)
         return 0;
-    return (size_t)n * (size_t)(w->cols / MC_QK8_0) * 36;
+    return (size_t)n * k32 * 36;
 }
 
 static void pack_qact(const mc_mat *w, const mc_qact *a, void *dst)
@@ -611,6 +618,19 @@ static void pack_qact(const mc_mat *w, const mc_qact *a, void *dst)
     int nb = a->kp / MC_QK8_0, full = nb / 16 * 16;
     int32_t *corr = (int32_t *)((int8_t *)dst + (size_t)a->n * nb * 32);
     int q8 = w->pack == MC_MAT_PACK_Q8_0_X16; /* Q4_K's nibbles are unsigned: no corrections */
+    if (!q8) {
+        int nk = a->kp / MC_QK_K;
+        size_t nbe8 = (size_t)(nk + 1) / 2 * 16, fs = 2 * nbe8;
+        float *fl = (float *)corr;
+        for (int t = 0; t < a->n; t++) {
+            float *xdl = fl + (size_t)t * fs, *xsum = xdl + nbe8;
+            for (size_t i = 0; i < nbe8; i++) {
+                int b = (int)(i / 8);
+                xdl[i] = b < nk ? a->d[(size_t)t * nk + b] : 0.0f;
+                xsum[i] = b < nk ? (float)a->bsum[(size_t)t * nb + i] : 0.0f;
+            }
+        }
+    }
     for (int t = 0; t < a->n; t++) {
         const int8_t *q = a->q + (size_t)t * a->kp;
         int8_t *xi = (int8_t *)dst + (size_t)t * nb * 32;
@@ -623,7 +643,8 @@ static void pack_qact(const mc_mat *w, const mc_qact *a, void *dst)
                     memcpy(xi + (size_t)b * 32 + (size_t)(k * g + j) * 4, blk + 4 * k, 4);
                 for (int i = 0; q8 && i < 32; i++)
                     sum += blk[i];
-                corr[(size_t)t * nb + b + j] = -128 * sum;
+                if (q8)
+                    corr[(size_t)t * nb + b + j] = -128 * sum;
             }
         }
     }
@@ -1081,6 +1102,19 @@ AI __m128i q4_k_scales_v(__m128i u)
     return _mm_or_si128(lo, hi);
 }
 
+/* q4_k_scales_v in each 128-bit lane of u (two blocks' scale bytes) */
+AI __m256i q4_k_scales_v2(__m256i u)
+{
+    __m256i a = _mm256_shuffle_epi32(u, _MM_SHUFFLE(2, 1, 2, 0));
+    __m256i b = _mm256_shuffle_epi32(u, _MM_SHUFFLE(1, 1, 0, 0));
+    __m256i lo = _mm256_and_si256(_mm256_srlv_epi32(a, _mm256_set_epi32(4, 0, 0, 0, 4, 0, 0, 0)),
+                                  _mm256_set_epi32(0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f,
+                                                   0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f));
+    __m256i hi = _mm256_and_si256(_mm256_srli_epi32(b, 2),
+                                  _mm256_set_epi32(0x30303030, 0, 0x30303030, 0, 0x30303030, 0, 0x30303030, 0));
+    return _mm256_or_si256(lo, hi);
+}
+
 AI __m128i q4_k_scales(const unsigned char *p)
 {
     return q4_k_scales_v(_mm_loadu_si128((const __m128i *)p));
@@ -1151,17 +1185,22 @@ AI void q4_k_row(int T, const unsigned char *row, const int8_t *xq, const float 
 }
 
 /* One MC_MAT_PACK_Q4_K_X16 row against T tokens (xi: the first token's
- * interleaved values, xs apart; xd its super-block scales, nb apart; bs its
- * per-32 sums, bss apart). Per pair of super-blocks (16 sub-block lanes; an
- * odd last one in the lower 8): the nibbles as 8 vectors (4 loads, 4 masks,
- * 4 shifts and masks), d x scale and dmin x min per lane once for all
- * tokens; per token 8 vpdpbusd (unsigned nibbles x int8: each lane the exact
- * sum of its sub-block) in two chains, then acc += S (d sc dx) - X (dmin m
- * dx) per lane, X the sub-block's activation sum. */
+ * interleaved values, xs apart; xf its lanes of pack_qact's Q4_K floats, fs
+ * apart: per pair of super-blocks 16 lanes of dx, then behind all of them
+ * 16 lanes of sub-block sums, both read straight into the products). Per
+ * pair of super-blocks (16 sub-block lanes; an odd last one in the lower
+ * 8): the nibbles as 8 vectors (4 loads, 4 masks, 4 shifts and masks), d x
+ * scale and dmin x min per lane once for all tokens; per token 8 vpdpbusd
+ * (unsigned nibbles x int8: each lane the exact sum of its sub-block) in
+ * two chains, then acc += S (d sc dx) - X (dmin m dx) per lane, X the
+ * sub-block's activation sum. */
 AI void q4_k_row_x16(int T, const unsigned char *row, const int8_t *xi, size_t xs,
-                     const float *xd, const int16_t *bs, size_t bss, int nb, float *y, int ldy)
+                     const float *xf, size_t fs, int nb, float *y, int ldy)
 {
+    const size_t nbe8 = (size_t)(nb + 1) / 2 * 16; /* the sums' offset in a token's floats */
     const __m512i m4 = _mm512_set1_epi8(0x0f), z = _mm512_setzero_si512();
+    const __m256i didx = _mm256_set_epi16(8, 8, 8, 8, 8, 8, 8, 8, 0, 0, 0, 0, 0, 0, 0, 0);
+    const __m256i midx = _mm256_set_epi16(9, 9, 9, 9, 9, 9, 9, 9, 1, 1, 1, 1, 1, 1, 1, 1);
     const unsigned char *hdr = row + (size_t)nb * 128;
     __m512 acc[8];
 #pragma GCC unroll 8
@@ -1169,7 +1208,6 @@ AI void q4_k_row_x16(int T, const unsigned char *row, const int8_t *xi, size_t x
         acc[t] = _mm512_setzero_ps();
     for (int b = 0; b < nb; b += 2) {
         int two = b + 1 < nb; /* a pair; else the last block, lanes 0..7 */
-        __mmask16 m = two ? (__mmask16)0xffff : (__mmask16)0x00ff;
         const unsigned char *q = row + (size_t)b * 128;
         __m512i v[8];
 #pragma GCC unroll 4
@@ -1177,23 +1215,24 @@ AI void q4_k_row_x16(int T, const unsigned char *row, const int8_t *xi, size_t x
             __m512i n = two ? _mm512_loadu_si512((const void *)(q + 64 * p))
                             : _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)(q + 32 * p)));
             v[2 * p] = _mm512_and_si512(n, m4);
-            v[2 * p + 1] = _mm512_and_si512(_mm512_srli_epi16(n, 4), m4);
+            /* few tokens: the high nibbles in place (16 x the value; the s1 chain's sum
+             * is then 16 x the sub-block's, at most 16 x 16 x 15 x 128 in a lane, and
+             * shifted back exactly once per token), else moved down once for all */
+            v[2 * p + 1] = T <= 3 ? _mm512_andnot_si512(m4, n) : _mm512_and_si512(_mm512_srli_epi16(n, 4), m4);
         }
-        const unsigned char *h0 = hdr + (size_t)b * 16, *h1 = two ? h0 + 16 : h0;
-        /* the headers' 16 bytes, the 12 scale bytes moved down (the last header ends the
-         * row: nothing past it is read) */
-        __m128i sm0 = q4_k_scales_v(_mm_srli_si128(_mm_loadu_si128((const __m128i *)h0), 4));
-        __m128i sm1 = two ? q4_k_scales_v(_mm_srli_si128(_mm_loadu_si128((const __m128i *)h1), 4))
-                          : _mm_setzero_si128();
-        __m512 sc = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_unpacklo_epi64(sm0, sm1)));
-        __m512 mn = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_unpackhi_epi64(sm0, sm1)));
-        uint32_t hh0, hh1;
-        memcpy(&hh0, h0, 4);
-        memcpy(&hh1, h1, 4);
-        __m128 dd0 = _mm_cvtph_ps(_mm_cvtsi32_si128((int)hh0)), dd1 = _mm_cvtph_ps(_mm_cvtsi32_si128((int)hh1));
-        __m512 dl = _mm512_insertf32x8(_mm512_broadcastss_ps(dd0), _mm256_broadcastss_ps(dd1), 1);
-        __m512 ml = _mm512_insertf32x8(_mm512_broadcastss_ps(_mm_movehdup_ps(dd0)),
-                                       _mm256_broadcastss_ps(_mm_movehdup_ps(dd1)), 1);
+        /* both headers in one vector, one per 128-bit lane (an odd last one: zeros in
+         * the upper lane; the last header ends the row: nothing past it is read) */
+        const unsigned char *h = hdr + (size_t)b * 16;
+        __m256i hv = two ? _mm256_loadu_si256((const __m256i *)h)
+                         : _mm256_zextsi128_si256(_mm_loadu_si128((const __m128i *)h));
+        /* the scales and mins: bytes 0..7 of the permuted vector the 16 scales, 8..15 the mins */
+        __m256i sm = _mm256_permute4x64_epi64(q4_k_scales_v2(_mm256_srli_si256(hv, 4)),
+                                              _MM_SHUFFLE(3, 1, 2, 0));
+        __m512 sc = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm256_castsi256_si128(sm)));
+        __m512 mn = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm256_extracti128_si256(sm, 1)));
+        /* d and dmin of each super-block (f16 words 0 and 1 of its lane) in its 8 lanes */
+        __m512 dl = _mm512_cvtph_ps(_mm256_permutexvar_epi16(didx, hv));
+        __m512 ml = _mm512_cvtph_ps(_mm256_permutexvar_epi16(midx, hv));
         __m512 wa = _mm512_mul_ps(dl, sc), wb = _mm512_mul_ps(ml, mn);
 #pragma GCC unroll 8
         for (int t = 0; t < T; t++) {
@@ -1208,10 +1247,10 @@ AI void q4_k_row_x16(int T, const unsigned char *row, const int8_t *xi, size_t x
                 s0 = _mm512_dpbusd_epi32(s0, v[k], x0);
                 s1 = _mm512_dpbusd_epi32(s1, v[k + 1], x1);
             }
-            const float *d = xd + (size_t)t * nb + b;
-            __m512 xdl = _mm512_insertf32x8(_mm512_set1_ps(d[0]), _mm256_set1_ps(two ? d[1] : 0.0f), 1);
-            __m512 xsum = _mm512_cvtepi32_ps(_mm512_cvtepi16_epi32(
-                _mm256_maskz_loadu_epi16(m, bs + (size_t)t * bss + (size_t)b * 8)));
+            const float *f = xf + (size_t)t * fs + (size_t)b * 8;
+            __m512 xdl = _mm512_load_ps(f), xsum = _mm512_load_ps(f + nbe8);
+            if (T <= 3)
+                s1 = _mm512_srai_epi32(s1, 4);
             acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)), _mm512_mul_ps(wa, xdl), acc[t]);
             acc[t] = _mm512_fnmadd_ps(xsum, _mm512_mul_ps(wb, xdl), acc[t]);
         }
@@ -1232,15 +1271,19 @@ static void rows_q4_k(const mc_mat *w, const mc_qact *a, float *y, int ldy, int 
     int rb = a->n == 1 ? r1 - r0 : rows_per_block((size_t)nb * sizeof(mc_block_q4_k));
     int x16 = w->pack == MC_MAT_PACK_Q4_K_X16; /* a->pack: pack_qact's interleave */
     size_t xs = (size_t)(a->kp / 32) * 32;      /* a token's interleaved values */
+    size_t fs = (size_t)(nb + 1) / 2 * 32;      /* and its floats (pack_qact) */
 /* row o of either layout against T tokens from t0 */
 #define Q4K_ROW(T)                                                                                 \
-    (x16 ? q4_k_row_x16(T, row, xi, xs, xd, bs, ns, nb, yt + o, ldy)                              \
+    (x16 ? q4_k_row_x16(T, row, xi, xs, xf, fs, nb, yt + o, ldy)                                  \
          : q4_k_row(T, row, xq, xd, bs, a->kp, nb, sidx, yt + o, ldy))
     for (int o0 = r0; o0 < r1; o0 += rb) {
         int o1 = r1 - o0 < rb ? r1 : o0 + rb;
         for (int t0 = 0; t0 < a->n; t0 += 8) {
             const int8_t *xq = a->q + (size_t)t0 * a->kp;
             const int8_t *xi = x16 ? (const int8_t *)a->pack + (size_t)t0 * xs : NULL;
+            const float *xf = x16 ? (const float *)((const int8_t *)a->pack + (size_t)a->n * xs) +
+                                        (size_t)t0 * fs
+                                  : NULL;
             const float *xd = a->d + (size_t)t0 * nb;
             const int16_t *bs = a->bsum + (size_t)t0 * ns;
             float *yt = y + (size_t)t0 * ldy;
