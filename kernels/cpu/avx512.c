@@ -595,8 +595,9 @@ AI void prefetch_l2(const unsigned char *p, size_t bytes)
  *   Q4_K: per pair of super-blocks (an odd last one padded with zeros) 16
  *         f32 lanes of its two activation scales (lanes 0..7 the first
  *         super-block's, 8..15 the second's), then as many lanes of the
- *         per-32 sums as f32 (exact: |sum| <= 32 x 127): the x16 rows load
- *         both instead of widening them per row and token. */
+ *         per-32 sums times their super-block's scale (sum x dx, one f32
+ *         rounding): the x16 rows load both instead of widening and
+ *         scaling them per row and token. */
 static size_t pack_qact_bytes(const mc_mat *w, int n)
 {
     if (w->pack == MC_MAT_PACK_Q6_K_X16)
@@ -627,7 +628,7 @@ static void pack_qact(const mc_mat *w, const mc_qact *a, void *dst)
             for (size_t i = 0; i < nbe8; i++) {
                 int b = (int)(i / 8);
                 xdl[i] = b < nk ? a->d[(size_t)t * nk + b] : 0.0f;
-                xsum[i] = b < nk ? (float)a->bsum[(size_t)t * nb + i] : 0.0f;
+                xsum[i] = b < nk ? (float)a->bsum[(size_t)t * nb + i] * a->d[(size_t)t * nk + b] : 0.0f;
             }
         }
     }
@@ -1187,12 +1188,13 @@ AI void q4_k_row(int T, const unsigned char *row, const int8_t *xq, const float 
 /* One MC_MAT_PACK_Q4_K_X16 row against T tokens (xi: the first token's
  * interleaved values, xs apart; xf its lanes of pack_qact's Q4_K floats, fs
  * apart: per pair of super-blocks 16 lanes of dx, then behind all of them
- * 16 lanes of sub-block sums, both read straight into the products). Per
+ * 16 lanes of sub-block sums times dx, both read straight into the
+ * products). Per
  * pair of super-blocks (16 sub-block lanes; an odd last one in the lower
  * 8): the nibbles as 8 vectors (4 loads, 4 masks, 4 shifts and masks), d x
  * scale and dmin x min per lane once for all tokens; per token 8 vpdpbusd
  * (unsigned nibbles x int8: each lane the exact sum of its sub-block) in
- * two chains, then acc += S (d sc dx) - X (dmin m dx) per lane, X the
+ * two chains, then acc += S (d sc dx) - (dmin m) (X dx) per lane, X the
  * sub-block's activation sum. */
 AI void q4_k_row_x16(int T, const unsigned char *row, const int8_t *xi, size_t xs,
                      const float *xf, size_t fs, int nb, float *y, int ldy)
@@ -1252,7 +1254,7 @@ AI void q4_k_row_x16(int T, const unsigned char *row, const int8_t *xi, size_t x
             if (T <= 3)
                 s1 = _mm512_srai_epi32(s1, 4);
             acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)), _mm512_mul_ps(wa, xdl), acc[t]);
-            acc[t] = _mm512_fnmadd_ps(xsum, _mm512_mul_ps(wb, xdl), acc[t]);
+            acc[t] = _mm512_fnmadd_ps(xsum, wb, acc[t]);
         }
     }
 #pragma GCC unroll 8
