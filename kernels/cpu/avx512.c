@@ -1189,13 +1189,12 @@ AI void q4_k_row(int T, const unsigned char *row, const int8_t *xq, const float 
  * interleaved values, xs apart; xf its lanes of pack_qact's Q4_K floats, fs
  * apart: per pair of super-blocks 16 lanes of dx, then behind all of them
  * 16 lanes of sub-block sums times dx, both read straight into the
- * products). Per
- * pair of super-blocks (16 sub-block lanes; an odd last one in the lower
- * 8): the nibbles as 8 vectors (4 loads, 4 masks, 4 shifts and masks), d x
- * scale and dmin x min per lane once for all tokens; per token 8 vpdpbusd
- * (unsigned nibbles x int8: each lane the exact sum of its sub-block) in
- * two chains, then acc += S (d sc dx) - (dmin m) (X dx) per lane, X the
- * sub-block's activation sum. */
+ * products). Per pair of super-blocks (16 sub-block lanes; an odd last one
+ * in the lower 8): the nibbles as 8 vectors (4 loads, 4 masks, 4 shifts and
+ * masks), d x scale and dmin x min per lane once for all tokens; per token
+ * 8 vpdpbusd (unsigned nibbles x int8: each lane the exact sum of its
+ * sub-block) in two chains, then acc += S (d sc dx) - (dmin m) (X dx) per
+ * lane, X the sub-block's activation sum. */
 AI void q4_k_row_x16(int T, const unsigned char *row, const int8_t *xi, size_t xs,
                      const float *xf, size_t fs, int nb, float *y, int ldy)
 {
