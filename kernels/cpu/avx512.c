@@ -587,6 +587,10 @@ AI void prefetch_l2(const unsigned char *p, size_t bytes)
 
 /* ---- Q8_0 rows repacked at load (MC_MAT_PACK_Q8_0_X16, kernels.h) ---- */
 
+/* Q4_K x16: a token's f32 lanes of dx (then as many of sums x dx) for nb
+ * super-blocks, by pairs (pack_qact) */
+AI size_t q4k_pair_lanes(int nb) { return (size_t)(nb + 1) / 2 * 16; }
+
 /* The tokens of a product against repacked rows, made once per product
  * (pack_qact): per token its values interleaved as the rows' (32 * nb
  * bytes), then for all tokens
@@ -604,7 +608,7 @@ static size_t pack_qact_bytes(const mc_mat *w, int n)
         return mc_avx512_q6_k_x16_act_bytes(w, n);
     size_t k32 = (size_t)(w->cols / MC_QK8_0);
     if (w->pack == MC_MAT_PACK_Q4_K_X16) /* the same interleave as Q8_0's blocks */
-        return (size_t)n * (k32 * 32 + (size_t)(w->cols / MC_QK_K + 1) / 2 * 32 * sizeof(float));
+        return (size_t)n * (k32 * 32 + 2 * q4k_pair_lanes(w->cols / MC_QK_K) * sizeof(float));
     if (w->pack != MC_MAT_PACK_Q8_0_X16)
         return 0;
     return (size_t)n * k32 * 36;
@@ -621,7 +625,7 @@ static void pack_qact(const mc_mat *w, const mc_qact *a, void *dst)
     int q8 = w->pack == MC_MAT_PACK_Q8_0_X16; /* Q4_K's nibbles are unsigned: no corrections */
     if (!q8) {
         int nk = a->kp / MC_QK_K;
-        size_t nbe8 = (size_t)(nk + 1) / 2 * 16, fs = 2 * nbe8;
+        size_t nbe8 = q4k_pair_lanes(nk), fs = 2 * nbe8;
         float *fl = (float *)corr;
         for (int t = 0; t < a->n; t++) {
             float *xdl = fl + (size_t)t * fs, *xsum = xdl + nbe8;
@@ -1086,24 +1090,13 @@ AI int rows_per_block(size_t row_bytes)
     return rb < 1 ? 1 : rb > 4096 ? 4096 : (int)rb;
 }
 
-/* mc_q4_k_unpack in registers: the 8 scales and 8 mins of the block whose
- * 12 scale bytes start at p (16 bytes are read: the block goes on) as
- * bytes 0..7 and 8..15. With the dwords u0, u1, u2 of the scale bytes:
- * scales 0..3 = u0 & 0x3f.., 4..7 = (u2 & 0x0f..) | (u0 >> 2 & 0x30..),
+/* mc_q4_k_unpack in registers, in each 128-bit lane of u (two blocks' scale
+ * bytes): the 8 scales and 8 mins of the block whose 12 scale bytes start the
+ * lane as bytes 0..7 and 8..15. With the dwords u0, u1, u2 of the scale
+ * bytes: scales 0..3 = u0 & 0x3f.., 4..7 = (u2 & 0x0f..) | (u0 >> 2 & 0x30..),
  * mins 0..3 = u1 & 0x3f.., 4..7 = (u2 >> 4 & 0x0f..) | (u1 >> 2 & 0x30..).
  * (No bytes stored and loaded back: the scalar unpack's stores stalled the
  * vector load that followed them.) */
-AI __m128i q4_k_scales_v(__m128i u)
-{
-    __m128i a = _mm_shuffle_epi32(u, _MM_SHUFFLE(2, 1, 2, 0)); /* u0 u2 u1 u2 */
-    __m128i b = _mm_shuffle_epi32(u, _MM_SHUFFLE(1, 1, 0, 0)); /* u0 u0 u1 u1 */
-    __m128i lo = _mm_and_si128(_mm_srlv_epi32(a, _mm_set_epi32(4, 0, 0, 0)),
-                               _mm_set_epi32(0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f));
-    __m128i hi = _mm_and_si128(_mm_srli_epi32(b, 2), _mm_set_epi32(0x30303030, 0, 0x30303030, 0));
-    return _mm_or_si128(lo, hi);
-}
-
-/* q4_k_scales_v in each 128-bit lane of u (two blocks' scale bytes) */
 AI __m256i q4_k_scales_v2(__m256i u)
 {
     __m256i a = _mm256_shuffle_epi32(u, _MM_SHUFFLE(2, 1, 2, 0));
@@ -1114,6 +1107,13 @@ AI __m256i q4_k_scales_v2(__m256i u)
     __m256i hi = _mm256_and_si256(_mm256_srli_epi32(b, 2),
                                   _mm256_set_epi32(0x30303030, 0, 0x30303030, 0, 0x30303030, 0, 0x30303030, 0));
     return _mm256_or_si256(lo, hi);
+}
+
+/* One block's (12 scale bytes from p in q4_k_scales: 16 are read, the block
+ * goes on): q4_k_scales_v2's lower lane. */
+AI __m128i q4_k_scales_v(__m128i u)
+{
+    return _mm256_castsi256_si128(q4_k_scales_v2(_mm256_zextsi128_si256(u)));
 }
 
 AI __m128i q4_k_scales(const unsigned char *p)
@@ -1198,7 +1198,7 @@ AI void q4_k_row(int T, const unsigned char *row, const int8_t *xq, const float 
 AI void q4_k_row_x16(int T, const unsigned char *row, const int8_t *xi, size_t xs,
                      const float *xf, size_t fs, int nb, float *y, int ldy)
 {
-    const size_t nbe8 = (size_t)(nb + 1) / 2 * 16; /* the sums' offset in a token's floats */
+    const size_t nbe8 = q4k_pair_lanes(nb); /* the sums' offset in a token's floats */
     const __m512i m4 = _mm512_set1_epi8(0x0f), z = _mm512_setzero_si512();
     const __m256i didx = _mm256_set_epi16(8, 8, 8, 8, 8, 8, 8, 8, 0, 0, 0, 0, 0, 0, 0, 0);
     const __m256i midx = _mm256_set_epi16(9, 9, 9, 9, 9, 9, 9, 9, 1, 1, 1, 1, 1, 1, 1, 1);
@@ -1272,7 +1272,7 @@ static void rows_q4_k(const mc_mat *w, const mc_qact *a, float *y, int ldy, int 
     int rb = a->n == 1 ? r1 - r0 : rows_per_block((size_t)nb * sizeof(mc_block_q4_k));
     int x16 = w->pack == MC_MAT_PACK_Q4_K_X16; /* a->pack: pack_qact's interleave */
     size_t xs = (size_t)(a->kp / 32) * 32;      /* a token's interleaved values */
-    size_t fs = (size_t)(nb + 1) / 2 * 32;      /* and its floats (pack_qact) */
+    size_t fs = 2 * q4k_pair_lanes(nb);         /* and its floats (pack_qact) */
 /* row o of either layout against T tokens from t0 */
 #define Q4K_ROW(T)                                                                                 \
     (x16 ? q4_k_row_x16(T, row, xi, xs, xf, fs, nb, yt + o, ldy)                                  \
