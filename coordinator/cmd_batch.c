@@ -176,6 +176,8 @@ static int parse(int argc, char **argv, const struct option *opts, batch_args *a
         fprintf(stderr, "moecluster batch: --model %s: no such folder\n", a->model);
         return 2;
     }
+    if (mc_par_device_here(B, &par))
+        return 1;
     if (!a->conc)
         a->conc = a->max_seqs ? (a->max_seqs < 4096 ? a->max_seqs : 4096) : 16;
     return 0;

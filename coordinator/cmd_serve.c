@@ -337,5 +337,7 @@ static int parse(int argc, char **argv, serve_args *a) {
         fprintf(stderr, "moecluster serve: --model %s: no such folder\n", a->model);
         return 2;
     }
+    if (mc_par_device_here(S, &par))
+        return 1;
     return 0;
 }

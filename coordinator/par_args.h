@@ -49,6 +49,20 @@ enum { MC_OPT_TP = 1000, MC_OPT_EP, MC_OPT_PP, MC_OPT_STATS, MC_OPT_WEIGHTS, MC_
     "                                    CUDA and a GPU is visible, else cpu; under mpirun\n"     \
     "                                    each rank takes GPU local-rank mod GPUs)\n"
 
+/* For `serve` and `batch`, which start their workers on this host: --device
+ * cuda where this build or host has no GPU is refused before any worker
+ * starts (1, the workers' one line printed under cmd's name: each start of
+ * the group would refuse it), else 0. */
+static inline int mc_par_device_here(const char *cmd, const mc_par_args *a)
+{
+    mc_err why;
+    mc_err_clear(&why);
+    if (mc_session_device_usable(a->device, &why) == MC_OK)
+        return 0;
+    fprintf(stderr, "moecluster %s: %s\n", cmd, why.msg);
+    return 1;
+}
+
 /* The session's device name for the parsed arguments ("auto" when not given). */
 static inline const char *mc_par_device(const mc_par_args *a)
 {

@@ -144,6 +144,8 @@ int mc_buffer_read_only(const mc_buffer *b) { return b->borrowed; }
 void *mc_buffer_mem(const mc_buffer *b) { return b->mem; }
 void *mc_buffer_host(const mc_buffer *b) { return b->be->iface.host_memory ? b->mem : NULL; }
 
+int mc_backend_host_memory(const mc_backend *be) { return be->iface.host_memory; }
+
 static mc_status range_ok(const mc_buffer *b, const char *op, size_t off, size_t n, mc_err *err)
 {
     if (!b)
@@ -324,6 +326,12 @@ int mc_tensor_check(const mc_tensor *t, const char *what, mc_err *err)
          (t->pack != 3 || t->dtype != MC_DT_Q4_K))) {
         mc_err_set(err, MC_ERR_ARG, "%s: repacked rows (layout %d) on a %s tensor (layout 1 is "
                    "Q8_0's, 2 Q6_K's, 3 Q4_K's)", what, t->pack, mc_dtype_name(t->dtype));
+        return 0;
+    }
+    if (t->pack != 0 && !t->buf->be->iface.host_memory) {
+        mc_err_set(err, MC_ERR_ARG, "%s: repacked rows (layout %d) are read by the CPU kernels "
+                   "only; the %s backend reads weights as stored", what, t->pack,
+                   t->buf->be->iface.name);
         return 0;
     }
     if (t->pack != 0 && (t->ndim != 2 || t->transposed || t->shape[1] % 256 != 0 ||

@@ -81,6 +81,14 @@ typedef struct {
  * chosen at run time, MC_KERNELS to force one) and the process-wide kernel
  * thread pool (MC_THREADS). Free with mc_backend_free. */
 mc_status mc_backend_cpu_init(mc_backend **out, mc_err *err);
+/* The CPU backend acting as a device, for tests on machines without a GPU:
+ * the same kernels, but its memory is reached only through upload and
+ * download (mc_buffer_host answers NULL, mc_buffer_wrap_host is refused,
+ * repacked rows are refused), as a GPU's is, so a caller's device paths
+ * (weights uploaded, collectives staged through host copies, results
+ * downloaded) run and can be compared with the CPU backend's results.
+ * Named "cpu-device". */
+mc_status mc_backend_cpu_device_init(mc_backend **out, mc_err *err);
 /* The CUDA backend on device `device` (0-based; kernels/cuda/, docs/gpu.md):
  * device memory, one stream, its ops checked against the CPU's. Always
  * declared: MC_ERR_UNSUPPORTED "built without CUDA" in builds without it
@@ -92,6 +100,9 @@ mc_status mc_backend_cuda_init(int device, mc_backend **out, mc_err *err);
 void mc_backend_free(mc_backend *be);
 const char *mc_backend_name(const mc_backend *be);
 mc_device_kind mc_backend_kind(const mc_backend *be);
+/* 1 when the backend's buffers are host memory (mc_buffer_host answers them
+ * and the CPU kernels' repacked rows are read), 0 for device memory. */
+int mc_backend_host_memory(const mc_backend *be);
 /* Waits until every op issued so far has finished. */
 mc_status mc_backend_synchronize(mc_backend *be, mc_err *err);
 

@@ -81,6 +81,10 @@ typedef struct mc_model {
     /* the step executor's KV cache: MC_DT_F32 (the default, 0) or MC_DT_BF16
      * (--kv-cache-dtype bf16; GQA and MLA caches on the CPU backend) */
     mc_dtype kv_dtype;
+    /* the weights go to a device backend (mc_backend_host_memory 0): load-time
+     * copies keep the stored row layout (no mc_mat_pack, which only the CPU
+     * kernels read) */
+    bool stored_layout;
     struct { int rank, layer; char mode[8]; } fault; /* MC_FAULT_INJECT, rank -1 = off */
 } mc_model;
 

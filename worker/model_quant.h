@@ -45,7 +45,8 @@ static inline mc_status mc_model_quant_mat_(mc_model *m, mc_mat *w, mc_dtype tar
     if (!mc_model_own(m, store))
         return mc_err_set(err, MC_ERR_NOMEM, "out of memory");
     *w = q;
-    (void)mc_mat_pack(w); /* the kernel path's layout, where it has one */
+    if (!m->stored_layout)
+        (void)mc_mat_pack(w); /* the kernel path's layout, where it has one */
     return MC_OK;
 }
 
@@ -108,7 +109,8 @@ static inline mc_status mc_model_quant_experts_(mc_model *m, mc_ffn_w *ex, int n
         }
         for (int i = 0; i < n; i++) {
             *where[i] = dst[i];
-            (void)mc_mat_pack(where[i]);
+            if (!m->stored_layout)
+                (void)mc_mat_pack(where[i]);
         }
     }
 fail:
@@ -177,7 +179,8 @@ static inline mc_status mc_model_resident_group_(mc_model *m, mc_mat **mats, int
         }
         for (int i = 0; i < k; i++) {
             *where[i] = dst[i];
-            (void)mc_mat_pack(where[i]);
+            if (!m->stored_layout)
+                (void)mc_mat_pack(where[i]);
         }
     }
 done:

@@ -34,6 +34,17 @@ struct mc_session {
     bool cuda;           /* be is the CUDA backend */
 };
 
+/* The CPU backend, or with MC_CPU_AS_DEVICE=1 the CPU acting as a device
+ * (mc_backend_cpu_device_init: memory reached only by upload / download), so
+ * that the tests run the executor's device paths on machines without a GPU. */
+static mc_status cpu_backend(mc_backend **be, mc_err *err) {
+    const char *v = getenv("MC_CPU_AS_DEVICE");
+    if (!v || strcmp(v, "1") != 0) return mc_backend_cpu_init(be, err);
+    MC_DEBUG("MC_CPU_AS_DEVICE=1: the CPU backend acts as a device (weights uploaded, "
+            "collectives staged through host copies)");
+    return mc_backend_cpu_device_init(be, err);
+}
+
 mc_status mc_session_open(int *argc, char ***argv, bool with_world, mc_session **out, mc_err *err) {
     *out = NULL;
     mc_session *s = calloc(1, sizeof *s);
@@ -43,7 +54,7 @@ mc_status mc_session_open(int *argc, char ***argv, bool with_world, mc_session *
         if ((st = mc_comm_world_init(argc, argv, &s->world, err)) != MC_OK) goto fail;
         mc_log_init(mc_comm_rank(s->world));
     }
-    if ((st = mc_backend_cpu_init(&s->be, err)) != MC_OK) goto fail;
+    if ((st = cpu_backend(&s->be, err)) != MC_OK) goto fail;
     *out = s;
     return MC_OK;
 fail:
@@ -118,13 +129,14 @@ mc_status mc_session_load(mc_session *s, const mc_session_opts *o, mc_err *err) 
             s, mc_err_set(err, MC_ERR_UNSUPPORTED, "--kv-cache-dtype bf16: DeepSeek-V4's caches "
                           "(window, compressor, indexer) are f32 only"), err);
     s->m->kv_dtype = o->kv_dtype;
+    s->m->stored_layout = !mc_backend_host_memory(s->be); /* a device reads rows as stored */
     /* --weights: every rank converts the share it bound (same inputs, same outcome) */
     if (o->weights_given && (st = mc_session_quantize(s, o->weights, err)) != MC_OK) return st;
     /* --no-mmap: as stored, into RAM on huge pages (a GPU backend uploads anyway); also
      * by default when the CPU kernels read Q8_0, Q4_K or Q6_K repacked (mc_mat_pack) and the
      * model stores such matrices: the copies are made in that layout. Every rank agrees, each
      * on its own share (whether one copies need not be the same everywhere). */
-    if (!o->weights_given && !s->cuda) {
+    if (!o->weights_given && !s->m->stored_layout) {
         static const mc_dtype packed[] = {MC_DT_Q8_0, MC_DT_Q4_K, MC_DT_Q6_K};
         bool copy = o->resident;
         for (size_t i = 0; i < sizeof packed / sizeof packed[0] && !copy; i++)
@@ -496,11 +508,19 @@ mc_status mc_session_set_device(mc_session *s, const char *device, mc_err *err) 
         }
     }
     if (want_cuda == s->cuda) return MC_OK; /* the backend it has (a --kernels choice stays) */
-    if (!want_cuda && (st = mc_backend_cpu_init(&be, err)) != MC_OK) return st;
+    if (!want_cuda && (st = cpu_backend(&be, err)) != MC_OK) return st;
     mc_backend_free(s->be);
     s->be = be;
     s->cuda = want_cuda;
     return MC_OK;
+}
+
+mc_status mc_session_device_usable(const char *device, mc_err *err) {
+    if (!device || strcmp(device, "cuda") != 0) return MC_OK;
+    mc_err why;
+    mc_err_clear(&why);
+    if (mc_cuda_device_count(&why) > 0) return MC_OK;
+    return mc_err_set(err, MC_ERR_UNSUPPORTED, "--device cuda: %s", why.msg);
 }
 
 const char *mc_session_device(const mc_session *s) {

@@ -193,6 +193,11 @@ mc_status mc_session_stats_report(mc_session *s, FILE *out, double wall_s, mc_er
  * the outcome). Refused (MC_ERR_ARG) once an executor exists: its buffers
  * live on the old backend. On failure the old backend stays. */
 mc_status mc_session_set_device(mc_session *s, const char *device, mc_err *err);
+/* Whether this process could open `device` (as mc_session_set_device
+ * names it; NULL = "auto") without opening it: MC_OK, or the same
+ * MC_ERR_UNSUPPORTED "--device cuda: ..." set_device would give. For
+ * commands that start workers on this host and want to refuse first. */
+mc_status mc_session_device_usable(const char *device, mc_err *err);
 /* "cpu" or "cuda": the backend in use. */
 const char *mc_session_device(const mc_session *s);
 

@@ -77,18 +77,9 @@ static mc_status ep_exchange_t(mc_model *m, int l, bool dispatch, const mc_tenso
     return send ? stage_out(NULL, 0, 0, &hs, st, err) : st;
 }
 
-/* The collectives of worker/step.c on tensors that may live on a device,
- * staged as above (declared here until step_internal.h declares them):
- * the tp all-reduce (sum) of count F32 at t, and the pipeline send /
- * receive of bytes at t to / from stage `peer`, timed into row. The
- * backend's queue is drained first (a no-op on the CPU). */
-mc_status mc_step_tp_all_reduce(mc_step_exec *ex, int row, mc_tensor *t, size_t count,
-                                mc_err *err);
-mc_status mc_step_pp_send(mc_step_exec *ex, int row, int peer, const mc_tensor *t, size_t bytes,
-                          mc_err *err);
-mc_status mc_step_pp_recv(mc_step_exec *ex, int row, int peer, mc_tensor *t, size_t bytes,
-                          mc_err *err);
-
+/* The collectives of worker/step.c (step_internal.h) on tensors that may
+ * live on a device, staged as above. The backend's queue is drained first
+ * (a no-op on the CPU). */
 mc_status mc_step_tp_all_reduce(mc_step_exec *ex, int row, mc_tensor *t, size_t count,
                                 mc_err *err)
 {

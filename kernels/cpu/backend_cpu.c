@@ -374,7 +374,7 @@ static const mc_backend_i cpu_iface = {
     .v4_hash_route = mc_cpu_v4_hash_route,
 };
 
-mc_status mc_backend_cpu_init(mc_backend **out, mc_err *err)
+static mc_status cpu_init(const mc_backend_i *iface, mc_backend **out, mc_err *err)
 {
     *out = NULL;
     mc_cpu_ctx *c = calloc(1, sizeof *c);
@@ -385,10 +385,24 @@ mc_status mc_backend_cpu_init(mc_backend **out, mc_err *err)
         free(c);
         return st;
     }
-    *out = mc_backend_new(&cpu_iface, c);
+    *out = mc_backend_new(iface, c);
     if (!*out) {
         cpu_free(c);
         return mc_err_set(err, MC_ERR_NOMEM, "out of memory for the CPU backend");
     }
     return MC_OK;
+}
+
+mc_status mc_backend_cpu_init(mc_backend **out, mc_err *err)
+{
+    return cpu_init(&cpu_iface, out, err);
+}
+
+mc_status mc_backend_cpu_device_init(mc_backend **out, mc_err *err)
+{
+    mc_backend_i dev = cpu_iface; /* mc_backend_new copies it */
+    dev.name = "cpu-device";
+    dev.host_memory = 0;
+    dev.wrap_host = NULL;
+    return cpu_init(&dev, out, err);
 }

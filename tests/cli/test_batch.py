@@ -11,7 +11,8 @@
   (completions) and the decode of `generate --prompt-ids` of the chat
   template's ids (`tokenize --chat --ids`) for chats, decoded here by the
   byte-level decoder of test_generate_text.py; the same with --concurrency 1
-  (alone) as with 16 requests at once, and on two ranks (--ranks 2 --pp 2);
+  (alone) as with 16 requests at once, on two ranks (--ranks 2 --pp 2), and
+  with the CPU acting as a device (MC_CPU_AS_DEVICE=1; one and two ranks);
 - restart: OUT cut to its first half plus a torn line: the rerun cuts the
   torn line, runs only the missing lines (the same texts as before), keeps
   the first half byte for byte; a rerun of a complete OUT runs nothing and
@@ -213,6 +214,20 @@ def main():
             check_entries(read_out(out2), want, ref, "--ranks 2 --pp 2")
     else:
         print("skip: no mpirun")
+
+    # the CPU acting as a device (MC_CPU_AS_DEVICE=1: the serving executor's
+    # device paths, weights uploaded and logits downloaded; with --pp 2 the
+    # pipeline's send / receive staged through host copies): the same texts
+    denv = dict(env, MC_CPU_AS_DEVICE="1")
+    for name, extra in [("cpu-device", ["--device", "cpu"]),
+                        ("cpu-device, --ranks 2 --pp 2", ["--ranks", "2", "--pp", "2"])]:
+        if "--ranks" in extra and not shutil.which("mpirun"):
+            continue
+        od = os.path.join(work, f"out-dev{len(extra)}.jsonl")
+        rc, _, err = run([exe, "batch", "--input", inp, "--output", od] + extra, denv)
+        check(rc == 0, f"{name}: exits 0 (rc {rc})", err[-800:])
+        if rc == 0:
+            check_entries(read_out(od), want, ref, name)
 
     # restart: half of OUT and a torn line
     lines = open(out, "rb").read().split(b"\n")[:-1]

@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
-"""--device cpu|cuda on score, generate, bench and worker:
+"""--device cpu|cuda on score, generate, bench and worker, and on serve and
+batch (which forward it to the workers they start on this host, and refuse
+an unusable device before starting any):
 
 - `--device foo` is refused by every command before anything runs (exit 2,
   one line naming the value);
@@ -54,22 +56,30 @@ def main():
         "bench": ["bench", "--model", model, "--prompt-len", "8", "--gen-len", "2", "--repeat",
                   "1", "--probe-mib", "16", "--threads", "1"],
         "worker": ["worker", "--model", model, "--listen", "tcp://127.0.0.1:*"],
+        "serve": ["serve", "--model", model],
+        "batch": ["batch", "--model", model, "--input", out("in.jsonl")],
     }
+    with open(out("in.jsonl"), "w") as f:
+        f.write('{"custom_id": "a", "method": "POST", "url": "/v1/completions", '
+                '"body": {"prompt": "hi", "max_tokens": 2}}\n')
+    # the file each command writes, if any
+    outs = {"score": ".safetensors", "batch": ".jsonl"}
 
     # --device foo: a usage error on every command
     for name, args in cmds.items():
-        extra = ["--output", out(f"foo-{name}.safetensors")] if name == "score" else []
+        o = out(f"foo-{name}{outs.get(name, '')}")
+        extra = ["--output", o] if name in outs else []
         rc, so, err = run([exe] + args + extra + ["--device", "foo"])
         lines = [l for l in err.splitlines() if l.strip()]
         check(rc == 2 and lines and lines[0] == f"moecluster {name}: --device: 'foo' is not cpu "
               "or cuda", f"{name} --device foo: exit 2 naming the value (rc {rc})", err[:200])
-        check(not os.path.exists(out(f"foo-{name}.safetensors")), f"{name} --device foo: no output")
+        check(not os.path.exists(o), f"{name} --device foo: no output")
 
     # --device cuda without CUDA or a GPU: one line, exit 1
     if no_cuda:
         for name, args in cmds.items():
-            o = out(f"cuda-{name}.safetensors")
-            extra = ["--output", o] if name == "score" else []
+            o = out(f"cuda-{name}{outs.get(name, '')}")
+            extra = ["--output", o] if name in outs else []
             rc, so, err = run([exe] + args + extra + ["--device", "cuda"], timeout=60)
             lines = [l for l in err.splitlines() if "moecluster" in l]
             said = any(("built without CUDA" in l or "no CUDA device visible" in l) and

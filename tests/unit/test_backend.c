@@ -13,7 +13,9 @@
  *     partial rotation through a column view), swiglu, add, softmax, embed;
  *   - refusals: MC_ERR_ARG naming the argument for shape, dtype, range and
  *     aliasing errors;
- *   - probes and counters.
+ *   - probes and counters;
+ *   - the CPU acting as a device (mc_backend_cpu_device_init): no host
+ *     pointers or borrowing, repacked rows refused, the same products.
  * Prints the first mismatches of each case. */
 #include "backend.h"
 #include "check.h"
@@ -757,6 +759,76 @@ static void test_probes(void)
     free_w(&m);
 }
 
+/* ---- the CPU acting as a device (mc_backend_cpu_device_init) ----
+ * Its memory is reached only by upload / download (no host pointer, no
+ * borrowing), the CPU kernels' repacked rows are refused, and otherwise its
+ * ops are the CPU backend's: the same bytes give the same results bit for
+ * bit. */
+static void test_cpu_device(void)
+{
+    enum { O = 5, I = 256, N = 3 };
+    mc_backend *dev = NULL;
+    OK(mc_backend_cpu_device_init(&dev, err_));
+    if (!dev)
+        return;
+    CHECK(strcmp(mc_backend_name(dev), "cpu-device") == 0);
+    CHECK(mc_backend_host_memory(dev) == 0 && mc_backend_host_memory(be) == 1);
+    float wf[O * I], x[N * I], yh[N * O], yd[N * O];
+    fill(wf, O * I, 1.0f);
+    fill(x, N * I, 2.0f);
+    mc_mat src = {.dtype = MC_DT_F32, .rows = O, .cols = I, .row_stride = I, .data = wf}, q;
+    void *store = NULL;
+    OK(mc_mat_quantize(&src, MC_DT_Q8_0, &q, &store, err_));
+    size_t wbytes = (size_t)O * mc_dtype_row_bytes(MC_DT_Q8_0, I);
+    mc_buffer *wb[2] = {NULL, NULL}, *xb[2] = {NULL, NULL}, *yb[2] = {NULL, NULL};
+    mc_backend *bs[2] = {be, dev};
+    for (int k = 0; k < 2; k++) {
+        OK(mc_buffer_alloc(bs[k], wbytes, &wb[k], err_));
+        OK(mc_buffer_alloc(bs[k], sizeof x, &xb[k], err_));
+        OK(mc_buffer_alloc(bs[k], sizeof yh, &yb[k], err_));
+        OK(mc_buffer_upload(wb[k], 0, q.data, wbytes, err_));
+        OK(mc_buffer_upload(xb[k], 0, x, sizeof x, err_));
+        OK(mc_buffer_memset(yb[k], 0, 0xff, sizeof yh, err_)); /* NaN: every output written */
+    }
+    CHECK(mc_buffer_host(wb[1]) == NULL && mc_buffer_host(xb[1]) == NULL);
+    mc_buffer *w = NULL;
+    EXPECT_ERR(mc_buffer_wrap_host(dev, x, sizeof x, &w, err_), MC_ERR_UNSUPPORTED,
+               "cpu-device backend cannot borrow host memory");
+    mc_tensor tw[2], tx[2], ty[2];
+    for (int k = 0; k < 2; k++) {
+        OK(mc_tensor_init_2d(&tw[k], wb[k], 0, MC_DT_Q8_0, O, I, err_));
+        OK(mc_tensor_init_2d(&tx[k], xb[k], 0, MC_DT_F32, N, I, err_));
+        OK(mc_tensor_init_2d(&ty[k], yb[k], 0, MC_DT_F32, N, O, err_));
+        OK(mc_op_matmul(bs[k], &tw[k], &tx[k], &ty[k], err_));
+    }
+    OK(mc_buffer_download(yb[0], 0, yh, sizeof yh, err_));
+    OK(mc_buffer_download(yb[1], 0, yd, sizeof yd, err_));
+    int same = memcmp(yh, yd, sizeof yh) == 0, finite = 1;
+    for (int i = 0; i < N * O; i++)
+        finite &= isfinite(yd[i]);
+    if (!same || !finite)
+        fprintf(stderr, "cpu-device matmul: y[0] %.9g vs the CPU backend's %.9g\n", yd[0], yh[0]);
+    CHECK(same && finite);
+    /* repacked rows (as mc_mat_pack leaves them) are the CPU kernels' only: refused, y kept */
+    OK(mc_buffer_memset(yb[1], 0, 0xff, sizeof yd, err_));
+    tw[1].pack = 1;
+    EXPECT_ERR(mc_op_matmul(dev, &tw[1], &tx[1], &ty[1], err_), MC_ERR_ARG,
+               "are read by the CPU kernels only; the cpu-device backend reads weights as stored");
+    uint32_t poison[N * O];
+    OK(mc_buffer_download(yb[1], 0, poison, sizeof poison, err_));
+    int kept = 1;
+    for (int i = 0; i < N * O; i++)
+        kept &= poison[i] == 0xffffffffu;
+    CHECK(kept);
+    for (int k = 0; k < 2; k++) {
+        mc_buffer_free(wb[k]);
+        mc_buffer_free(xb[k]);
+        mc_buffer_free(yb[k]);
+    }
+    free(store);
+    mc_backend_free(dev);
+}
+
 int main(void)
 {
     mc_err e;
@@ -771,6 +843,7 @@ int main(void)
     test_tensors();
     test_refusals();
     test_probes();
+    test_cpu_device();
     static const char *const paths[] = {"scalar", "avx2", "avx512", "amx"};
     for (int p = 0; p < 4; p++) {
         mc_kpath kp;

@@ -18,8 +18,10 @@
  * leave the outputs untouched. Prints the first mismatches.
  *
  * Exit 77 (CTest's skip) with "skipped: built without CUDA" or "skipped: no
- * GPU (...)"; MC_CUDA_TEST_ON_CPU=1 runs the harness with a second CPU
- * backend as the device under test (checks this file, not the CUDA code). */
+ * GPU (...)"; MC_CUDA_TEST_ON_CPU=1 runs the harness with the CPU acting as
+ * the device under test (mc_backend_cpu_device_init; CTest's
+ * unit.test_backend_cuda_layers.cpu_device: checks this file, not the CUDA
+ * code). */
 #include "backend.h"
 #include "backend_pair.h"
 #include "check.h"
@@ -115,6 +117,8 @@ static void cmp_i32(const char *what, const pair *p)
         check_failures++;
         fprintf(stderr, "%s: %lld of %lld ids differ\n", what, (long long)bad, (long long)n);
     }
+    free(h[0]);
+    free(h[1]);
 }
 
 /* Both refused with MC_ERR_ARG and the same message. */
@@ -690,7 +694,7 @@ int main(void)
     mc_err_clear(&err_[0]);
     mc_err_clear(&err_[1]);
     int on_cpu = getenv("MC_CUDA_TEST_ON_CPU") && strcmp(getenv("MC_CUDA_TEST_ON_CPU"), "1") == 0;
-    mc_status st = on_cpu ? mc_backend_cpu_init(&B[1], err_) : mc_backend_cuda_init(0, &B[1], err_);
+    mc_status st = on_cpu ? mc_backend_cpu_device_init(&B[1], err_) : mc_backend_cuda_init(0, &B[1], err_);
     if (st == MC_ERR_UNSUPPORTED) {
 #ifdef MC_HAVE_CUDA
         printf("test_backend_cuda_layers: skipped: no GPU (%s)\n", err_[0].msg);
