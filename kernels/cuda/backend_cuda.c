@@ -185,11 +185,24 @@ static void cu_count(void *ctx, int on)
     mc_cuda_ctx *c = ctx;
     c->counting = on != 0;
     memset(&c->counters, 0, sizeof c->counters);
+    if (cudaSetDevice(c->device) == cudaSuccess) /* (no error channel: a failure counts 0) */
+        (void)cudaMemsetAsync(c->d_count, 0, 2 * sizeof *c->d_count, c->stream);
 }
 
+/* The host's counts plus the device's (the grouped experts' launch counts
+ * there: read after the stream drains). */
 static void cu_counters(void *ctx, mc_backend_counters *out)
 {
-    *out = ((mc_cuda_ctx *)ctx)->counters;
+    mc_cuda_ctx *c = ctx;
+    *out = c->counters;
+    unsigned long long d[2] = {0, 0};
+    if (cudaSetDevice(c->device) == cudaSuccess &&
+        cudaMemcpyAsync(d, c->d_count, sizeof d, cudaMemcpyDeviceToHost, c->stream) ==
+            cudaSuccess &&
+        cudaStreamSynchronize(c->stream) == cudaSuccess) {
+        out->bytes_read += d[0];
+        out->macs += d[1];
+    }
 }
 
 /* Seconds between two recorded events (negative on error). */
@@ -302,6 +315,12 @@ static void cu_free(void *ctx)
     cudaFreeHost(c->h_flag);
     cudaFreeHost(c->h_first);
     cudaFreeHost(c->h_info);
+    cudaFree(c->d_count);
+    for (int i = 0; i < c->n_exm; i++) {
+        cudaFree(c->exm[i].dev);
+        free(c->exm[i].host);
+    }
+    free(c->exm);
     if (c->stream)
         cudaStreamDestroy(c->stream);
     free(c);
@@ -396,6 +415,12 @@ mc_status mc_backend_cuda_init(int device, mc_backend **out, mc_err *err)
         st = mc_cuda_check(cudaMalloc((void **)&c->d_info, 4 * sizeof *c->d_info), op, err);
     if (st == MC_OK)
         st = mc_cuda_check(cudaMallocHost((void **)&c->h_info, 4 * sizeof *c->h_info), op, err);
+    if (st == MC_OK)
+        st = mc_cuda_check(cudaMalloc((void **)&c->d_count, 2 * sizeof *c->d_count), op, err);
+    if (st == MC_OK)
+        st = mc_cuda_check(cudaMemset(c->d_count, 0, 2 * sizeof *c->d_count), op, err);
+    const char *ex = getenv("MC_CUDA_EXPERTS");
+    c->experts_loop = ex && strcmp(ex, "loop") == 0;
     if (st == MC_OK) {
         cublasStatus_t bs = cublasCreate(&c->blas);
         if (bs == CUBLAS_STATUS_SUCCESS)

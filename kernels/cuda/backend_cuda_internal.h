@@ -12,6 +12,16 @@
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 
+/* One layer's expert descriptors for the grouped launch (grouped_experts):
+ * 3 n mck_mat (gate[0..n), up[..], down[..]) on the host and on the device,
+ * found by the caller's gate array and compared in full at every call. */
+typedef struct {
+    const void *key;
+    int n;
+    mck_mat *host;
+    void *dev;
+} mc_cuda_exmats;
+
 /* One backend: one device, one stream every op is queued on, one cuBLAS
  * handle bound to it. Owned by the mc_backend (freed by its free entry). */
 typedef struct {
@@ -37,6 +47,12 @@ typedef struct {
     long long *h_info;
     int counting;
     mc_backend_counters counters;
+    unsigned long long *d_count; /* [2] bytes, multiply-adds counted on the device */
+    /* grouped_experts: the descriptor sets (one per layer) and whether the
+     * per-expert host loop is forced (MC_CUDA_EXPERTS=loop) */
+    mc_cuda_exmats *exm;
+    int n_exm, cap_exm;
+    int experts_loop;
 } mc_cuda_ctx;
 
 /* MC_OK, or MC_ERR_INTERNAL "cuda backend: <op>: <CUDA error>" (also for
@@ -74,6 +90,10 @@ mc_status mc_cuda_layernorm(void *ctx, const mc_tensor *x, const mc_tensor *w, c
                             float eps, mc_tensor *y, mc_err *err);
 mc_status mc_cuda_find_nonfinite(void *ctx, const mc_tensor *x, int64_t *row, int64_t *col,
                                  mc_err *err);
+/* The kernels' view of a weight tensor (device pointers, FP8 block scales). */
+mck_mat mc_cuda_mck(const mc_tensor *t);
+/* Weight bytes a product over `rows` rows of w reads (as mc_mat_weight_bytes). */
+uint64_t mc_cuda_weight_bytes(const mc_tensor *w, int64_t rows);
 /* y (n rows, ldy apart) = x (n rows, ldx apart) W^T on the path mc_cuda_matmul
  * takes for w and n (no counters); uses the first scratch. */
 mc_status mc_cuda_matmul_raw(mc_cuda_ctx *c, const mc_tensor *w, const float *x, long long ldx,

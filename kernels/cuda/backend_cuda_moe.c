@@ -6,11 +6,13 @@
  * aliasing. Expert ids, slots and offsets live on the device: permute and
  * unpermute check them in a kernel that gates the writes and read its answer
  * back (one stream synchronization per call); grouped_experts downloads the
- * offsets (n_experts + 1 integers, one synchronization) and loops over the
- * experts on the host, three products and a SwiGLU per expert with rows -
- * a first version: one grouped launch over all experts (offsets read on the
- * device) is the next step (docs/gpu.md). Refusals are worded as the CPU
- * op's (kernels/cpu/backend_cpu_moe.c). */
+ * offsets on the device (one synchronization for the answer) and runs all
+ * experts in two launches (cuda/experts.cu) when their weights are element
+ * types and they average at most 8 rows (BF16 / F32; any count for F16 /
+ * FP8), else downloads the offsets and loops over the experts on the host,
+ * three products and a SwiGLU per expert with rows (cuBLAS for BF16 prefill;
+ * Q8_0 / Q4_K; MC_CUDA_EXPERTS=loop forces it). Refusals are worded as the
+ * CPU op's (kernels/cpu/backend_cpu_moe.c). */
 #include "backend.h"
 #include "cuda/backend_cuda_internal.h"
 
@@ -166,6 +168,174 @@ static mc_status offsets_get(const mc_tensor *offsets, int n_experts, int64_t m,
     return MC_OK;
 }
 
+/* ---- grouped_experts in two launches (cuda/experts.cu) ---- */
+
+static int mck_same(const mck_mat *a, const mck_mat *b)
+{
+    return a->dtype == b->dtype && a->rows == b->rows && a->cols == b->cols &&
+           a->row_stride == b->row_stride && a->row_bytes == b->row_bytes &&
+           a->transposed == b->transposed && a->data == b->data && a->scale == b->scale &&
+           a->block_rows == b->block_rows && a->block_cols == b->block_cols &&
+           a->scale_cols == b->scale_cols;
+}
+
+#define EXMATS_MAX 1024 /* descriptor sets kept (a model's layers); then replaced in turn */
+
+/* The experts' descriptors on the device: the set kept for this gate array
+ * when every descriptor is unchanged, else uploaded (queued on the stream,
+ * so no kernel still reading the old contents is overtaken). */
+static mc_status exmats_get(mc_cuda_ctx *c, const mc_tensor *gate, const mc_tensor *up,
+                            const mc_tensor *down, int n, const mck_mat **dev, const char *op,
+                            mc_err *err)
+{
+    size_t bytes = 3 * (size_t)n * sizeof(mck_mat);
+    mck_mat *tmp = malloc(bytes);
+    if (!tmp)
+        return mc_err_set(err, MC_ERR_NOMEM, "out of memory in grouped_experts");
+    for (int e = 0; e < n; e++) {
+        tmp[e] = mc_cuda_mck(&gate[e]);
+        tmp[n + e] = mc_cuda_mck(&up[e]);
+        tmp[2 * n + e] = mc_cuda_mck(&down[e]);
+    }
+    mc_cuda_exmats *x = NULL;
+    for (int i = 0; i < c->n_exm && !x; i++)
+        if (c->exm[i].key == (const void *)gate && c->exm[i].n == n)
+            x = &c->exm[i];
+    if (x) {
+        int same = 1;
+        for (int i = 0; i < 3 * n && same; i++)
+            same = mck_same(&x->host[i], &tmp[i]);
+        if (same) {
+            free(tmp);
+            *dev = x->dev;
+            return MC_OK;
+        }
+        free(x->host);
+        x->host = tmp;
+    } else {
+        void *d = NULL;
+        mc_status st = mc_cuda_check(cudaMalloc(&d, bytes), op, err);
+        if (st != MC_OK) {
+            free(tmp);
+            return st;
+        }
+        if (c->n_exm == c->cap_exm && c->cap_exm < EXMATS_MAX) {
+            int nc = c->cap_exm ? 2 * c->cap_exm : 64;
+            mc_cuda_exmats *ne = realloc(c->exm, (size_t)nc * sizeof *ne);
+            if (!ne) {
+                cudaFree(d);
+                free(tmp);
+                return mc_err_set(err, MC_ERR_NOMEM, "out of memory in grouped_experts");
+            }
+            c->exm = ne;
+            c->cap_exm = nc;
+        }
+        if (c->n_exm < c->cap_exm) {
+            x = &c->exm[c->n_exm++];
+        } else { /* full: replace one in turn (cudaFree waits for the device) */
+            static unsigned next;
+            x = &c->exm[next++ % (unsigned)c->n_exm];
+            cudaFree(x->dev);
+            free(x->host);
+        }
+        *x = (mc_cuda_exmats){.key = gate, .n = n, .host = tmp, .dev = d};
+    }
+    *dev = x->dev;
+    return mc_cuda_check(cudaMemcpyAsync(x->dev, x->host, bytes, cudaMemcpyHostToDevice,
+                                         c->stream), op, err);
+}
+
+/* Whether the grouped launch takes this call: every gate / up / down of one
+ * element type (F32, F16, BF16, FP8), row-major with rows on 16 bytes, one
+ * intermediate width; BF16 / F32 only while the experts average at most 8
+ * rows (more: cuBLAS per expert, the loop below). *I: that width. */
+static int grouped_ok(const mc_cuda_ctx *c, const mc_tensor *x, int64_t m, int n_experts,
+                      const mc_tensor *gate, const mc_tensor *up, const mc_tensor *down, int *I)
+{
+    if (c->experts_loop || n_experts < 1 || n_experts > 65535)
+        return 0;
+    mc_dtype dt = gate[0].dtype;
+    if (dt != MC_DT_F32 && dt != MC_DT_F16 && dt != MC_DT_BF16 && dt != MC_DT_F8_E4M3)
+        return 0;
+    if ((dt == MC_DT_BF16 || dt == MC_DT_F32) && m > 8 * (int64_t)n_experts)
+        return 0;
+    int64_t H = mc_tensor_cols(x), I0 = gate[0].shape[0];
+    size_t es = mc_dtype_size(dt);
+    for (int e = 0; e < n_experts; e++) {
+        const mc_tensor *w[3] = {&gate[e], &up[e], &down[e]};
+        for (int k = 0; k < 3; k++) {
+            const mc_tensor *t = w[k];
+            if (t->dtype != dt || t->ndim != 2 || t->transposed || t->pack != 0 ||
+                ((uintptr_t)mc_cuda_at(t) % 16) != 0 || ((size_t)t->row_stride * es) % 16 != 0)
+                return 0;
+            int64_t r = k < 2 ? I0 : H, cl = k < 2 ? H : I0;
+            if (t->shape[0] != r || t->shape[1] != cl)
+                return 0;
+        }
+    }
+    if (I0 > 0x7fffffff || H > 0x7fffffff)
+        return 0;
+    *I = (int)I0;
+    return 1;
+}
+
+/* The two launches, after the offsets are checked on the device (one
+ * stream synchronization: a refusal is worded by offsets_get, as the CPU's). */
+static mc_status grouped_launch(mc_cuda_ctx *c, const mc_tensor *x, const mc_tensor *offsets,
+                                int n_experts, int I, const mc_tensor *gate, const mc_tensor *up,
+                                const mc_tensor *down, const mc_experts_opts *opts, mc_tensor *y,
+                                const char *op, mc_err *err)
+{
+    int64_t m = mc_tensor_rows(x);
+    const mck_mat *dm = NULL;
+    mc_status st = exmats_get(c, gate, up, down, n_experts, &dm, op, err);
+    if (st == MC_OK)
+        st = moe_launched(mck_offsets_check(c->stream, MI32(offsets), n_experts, m, c->d_flag),
+                          op, err);
+    int bad = -1;
+    if (st == MC_OK)
+        st = read_flag(c, op, &bad, err);
+    if (st != MC_OK)
+        return st;
+    if (bad >= 0) { /* the host check finds it and says so as the CPU does */
+        int32_t *off = NULL;
+        int64_t a, b;
+        st = offsets_get(offsets, n_experts, m, gate, &off, &a, &b, err);
+        if (st == MC_OK) {
+            free(off);
+            st = mc_err_set(err, MC_ERR_INTERNAL, "cuda backend: grouped_experts: the device "
+                            "found offsets[%d] wrong, the host check did not", bad);
+        }
+        return st;
+    }
+    void *h = NULL;
+    size_t need = (size_t)(m > 0 ? m : 1) * (size_t)I * sizeof(float);
+    if ((st = mc_cuda_scratch2(c, need, &h, op, err)) != MC_OK)
+        return st;
+    const mc_tensor *rw = opts ? opts->row_weight : NULL;
+    mck_experts p = {.dtype = (int)gate[0].dtype,
+                     .gate = dm,
+                     .up = dm + n_experts,
+                     .down = dm + 2 * n_experts,
+                     .off = MI32(offsets),
+                     .n_experts = n_experts,
+                     .I = I,
+                     .H = (int)mc_tensor_cols(x),
+                     .x = MF32(x),
+                     .ldx = x->row_stride,
+                     .rw = rw ? MF32(rw) : NULL,
+                     .rw_ld = rw ? rw->row_stride : 1,
+                     .rw_cols = rw ? mc_tensor_cols(rw) : 1,
+                     .w_in = rw && opts->weight_input,
+                     .h = h,
+                     .ldh = I,
+                     .y = MF32(y),
+                     .ldy = y->row_stride,
+                     .lim = opts ? opts->swiglu_limit : 0.0f,
+                     .count = c->counting ? c->d_count : NULL};
+    return moe_launched(mck_experts_run(c->stream, &p), op, err);
+}
+
 mc_status mc_cuda_grouped_experts(void *ctx, const mc_tensor *x, const mc_tensor *offsets,
                                   int n_experts, const mc_tensor *gate, const mc_tensor *up,
                                   const mc_tensor *down, const mc_experts_opts *opts,
@@ -176,6 +346,11 @@ mc_status mc_cuda_grouped_experts(void *ctx, const mc_tensor *x, const mc_tensor
     mc_status st = mc_cuda_use(c, op, err);
     if (st != MC_OK)
         return st;
+    int gI = 0;
+    if (grouped_ok(c, x, mc_tensor_rows(x), n_experts, gate, up, down, &gI))
+        return grouped_launch(c, x, offsets, n_experts, gI, gate, up, down, opts, y, op, err);
+    /* the per-expert loop: offsets to the host (one synchronization), three
+     * products and a SwiGLU per expert with rows */
     int64_t m = mc_tensor_rows(x), max_rows = 0, max_inter = 0;
     int H = (int)mc_tensor_cols(x);
     int32_t *off = NULL;
@@ -196,6 +371,14 @@ mc_status mc_cuda_grouped_experts(void *ctx, const mc_tensor *x, const mc_tensor
         if (ne == 0)
             continue; /* an expert with no rows costs nothing */
         int I = (int)gate[e].shape[0];
+        if (c->counting) {
+            c->counters.bytes_read += mc_cuda_weight_bytes(&gate[e], gate[e].shape[0]) +
+                                      mc_cuda_weight_bytes(&up[e], up[e].shape[0]) +
+                                      mc_cuda_weight_bytes(&down[e], down[e].shape[0]);
+            c->counters.macs += (uint64_t)ne * ((uint64_t)gate[e].shape[0] * gate[e].shape[1] +
+                                                (uint64_t)up[e].shape[0] * up[e].shape[1] +
+                                                (uint64_t)down[e].shape[0] * down[e].shape[1]);
+        }
         float *g = s, *u = g + (size_t)ne * I, *xin = u + (size_t)ne * I;
         const float *xs = MF32(x) + (size_t)r0 * (size_t)x->row_stride;
         long long ldx = x->row_stride;

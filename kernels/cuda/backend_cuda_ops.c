@@ -24,7 +24,7 @@
 
 #define GEMV_MAX_TOKENS 8
 
-static mck_mat to_mck(const mc_tensor *t)
+mck_mat mc_cuda_mck(const mc_tensor *t)
 {
     mck_mat m = {.dtype = (int)t->dtype, .rows = (int)t->shape[0], .cols = (int)t->shape[1],
                  .row_stride = (long long)t->row_stride,
@@ -40,8 +40,7 @@ static mck_mat to_mck(const mc_tensor *t)
     return m;
 }
 
-/* Weight bytes one full product reads (as mc_mat_weight_bytes). */
-static uint64_t weight_bytes(const mc_tensor *w, int64_t rows)
+uint64_t mc_cuda_weight_bytes(const mc_tensor *w, int64_t rows)
 {
     uint64_t b = mc_dtype_is_block(w->dtype)
                      ? (uint64_t)rows * mc_dtype_row_bytes(w->dtype, w->shape[1])
@@ -122,7 +121,7 @@ mc_status mc_cuda_matmul_raw(mc_cuda_ctx *c, const mc_tensor *w, const float *x,
                           "cuda backend: %s: Q6_K weights have no GPU kernel yet (run with "
                           "--device cpu, or a Q8_0 / Q4_K file)",
                           op);
-    mck_mat m = to_mck(w);
+    mck_mat m = mc_cuda_mck(w);
     if (mc_dtype_is_block(w->dtype))
         return matmul_block(c, &m, x, ldx, y, ldy, n, op, err);
     return launched(mck_matmul_f(c->stream, &m, x, ldx, n, y, ldy), op, err);
@@ -137,7 +136,7 @@ mc_status mc_cuda_matmul(void *ctx, const mc_tensor *w, const mc_tensor *x, mc_t
         return st;
     int n = (int)mc_tensor_rows(x);
     if (c->counting) {
-        c->counters.bytes_read += weight_bytes(w, w->shape[0]);
+        c->counters.bytes_read += mc_cuda_weight_bytes(w, w->shape[0]);
         c->counters.macs += (uint64_t)w->shape[0] * (uint64_t)w->shape[1] * (uint64_t)n;
     }
     return mc_cuda_matmul_raw(c, w, (const float *)mc_cuda_at(x), x->row_stride, n,
@@ -281,8 +280,8 @@ mc_status mc_cuda_embed(void *ctx, const mc_tensor *table, const mc_tensor *ids,
                           "--device cpu, or a Q8_0 / Q4_K file)");
     int64_t n = ids->shape[0];
     if (c->counting)
-        c->counters.bytes_read += (uint64_t)n * weight_bytes(table, 1);
-    mck_mat m = to_mck(table);
+        c->counters.bytes_read += (uint64_t)n * mc_cuda_weight_bytes(table, 1);
+    mck_mat m = mc_cuda_mck(table);
     const void *ip = mc_cuda_at(ids);
     return launched(mck_embed(c->stream, &m, ids->dtype == MC_DT_I32 ? ip : NULL,
                               ids->dtype == MC_DT_I64 ? ip : NULL, n, id0, F32(y), y->row_stride),

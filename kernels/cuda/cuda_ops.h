@@ -209,6 +209,36 @@ cudaError_t mck_row_scale(cudaStream_t s, const float *x, long long ldx, const f
 cudaError_t mck_swiglu_limit(cudaStream_t s, float *g, long long ldg, const float *u,
                              long long ldu, long long rows, int d, float limit);
 
+/* grouped_experts in two launches over all experts (cuda/experts.cu): the
+ * experts' pair rows are x rows off[e]..off[e + 1] (off on the device,
+ * checked by mck_offsets_check first); gate / up (I x H) and down (H x I)
+ * of every expert are row-major element types of one dtype, rows on 16
+ * bytes. h is (m, I) scratch. Row weights rw (NULL: none) scale the input
+ * when w_in, else the output. count (NULL: not counting) gets the weight
+ * bytes ([0]) and multiply-adds ([1]) of the experts with rows added. */
+typedef struct {
+    int dtype;
+    const mck_mat *gate, *up, *down; /* [n_experts] each, in device memory */
+    const int32_t *off;              /* [n_experts + 1], device */
+    int n_experts, I, H;
+    const float *x;
+    long long ldx;
+    const float *rw;
+    long long rw_ld, rw_cols;
+    int w_in;
+    float *h;
+    long long ldh;
+    float *y;
+    long long ldy;
+    float lim;
+    unsigned long long *count;
+} mck_experts;
+/* *bad (device) = -1 when off[0] == 0, off[n_experts] == m and off never
+ * decreases, else the first index at fault. */
+cudaError_t mck_offsets_check(cudaStream_t s, const int32_t *off, int n_experts, long long m,
+                              int *bad);
+cudaError_t mck_experts_run(cudaStream_t s, const mck_experts *p);
+
 /* ---- probes (cuda/probe.cu) ---- */
 
 /* Reads `bytes` (a multiple of 16) of buf once, 16 bytes per load; sink

@@ -13,6 +13,10 @@
  *          the F32-accumulating product paths;
  *   1e-2   grouped_experts with BF16 weights and more than 8 rows per expert
  *          (cuBLAS with the activations rounded to BF16, as matmul).
+ * grouped_experts runs twice on the GPU: as the backend chooses (all
+ * experts in two launches for element types with one intermediate width,
+ * FP8 block scales included; the per-expert loop otherwise) and with the
+ * loop forced (MC_CUDA_EXPERTS=loop).
  * Refusals (a bad sequence, block id, position, selection, expert id, slot)
  * must come back as MC_ERR_ARG with the CPU's message word for word and
  * leave the outputs untouched. Prints the first mismatches.
@@ -608,23 +612,44 @@ static void weight_pair(pair *p, mc_dtype dt, int O, int I, int tr, float a)
 
 #define GE_MAX 6
 
-/* n_e experts (rows per expert from rows[], inter sizes I + 8 * e), H
- * columns; weighting: 0 none, 1 output, 2 input; limit: the V4 clamp. */
-static void experts_case(mc_dtype dt, int tr, int H, int I, int n_e, const int *rows,
-                         int weighting, float limit, double rtol)
+/* FP8 block scales (block x block, values in [0.5, 2]) on both sides of w
+ * (O x I), their storage in *sc (freed by the caller). */
+static void scales_pair(pair *w, pair *sc, int O, int I, int block)
+{
+    int sr = (O + block - 1) / block, scn = (I + block - 1) / block;
+    float *sh = xmalloc((size_t)sr * scn * sizeof *sh);
+    for (int i = 0; i < sr * scn; i++)
+        sh[i] = runi(0.5f, 2.0f);
+    pair_2d(sc, MC_DT_F32, sr, scn, scn, sh);
+    for (int s = 0; s < 2; s++)
+        OK(mc_tensor_set_scales(&w->t[s], &sc->t[s], block, block, &err_[s]));
+    free(sh);
+}
+
+/* n_e experts (rows per expert from rows[]), H columns, inter sizes I + 8 * e
+ * (element types, unless `uniform`: I for all, as models have, the CUDA
+ * backend's grouped launch) or I; weighting: 0 none, 1 output, 2 input;
+ * limit: the V4 clamp; scale_block > 0: FP8 block scales of that size. */
+static void experts_case_x(mc_dtype dt, int tr, int H, int I, int n_e, const int *rows,
+                           int weighting, float limit, double rtol, int uniform, int scale_block)
 {
     int32_t offh[GE_MAX + 1] = {0};
     for (int e = 0; e < n_e; e++)
         offh[e + 1] = offh[e] + rows[e];
     int m = offh[n_e];
     int blk = mc_dtype_is_block(dt) ? mc_dtype_block_elems(dt) : 1;
-    pair g[GE_MAX], u[GE_MAX], d[GE_MAX], x, y, off, rw;
+    pair g[GE_MAX], u[GE_MAX], d[GE_MAX], x, y, off, rw, sc[3 * GE_MAX];
     mc_tensor gt[2][GE_MAX], ut[2][GE_MAX], dtn[2][GE_MAX];
     for (int e = 0; e < n_e; e++) {
-        int Ie = blk > 1 ? I : I + 8 * e; /* block formats: whole blocks per row */
+        int Ie = blk > 1 || uniform ? I : I + 8 * e; /* block formats: whole blocks per row */
         weight_pair(&g[e], dt, Ie, H, tr, 0.2f);
         weight_pair(&u[e], dt, Ie, H, tr, 0.2f);
         weight_pair(&d[e], dt, H, Ie, tr, 0.2f);
+        if (scale_block) {
+            scales_pair(&g[e], &sc[3 * e], Ie, H, scale_block);
+            scales_pair(&u[e], &sc[3 * e + 1], Ie, H, scale_block);
+            scales_pair(&d[e], &sc[3 * e + 2], H, Ie, scale_block);
+        }
         for (int s = 0; s < 2; s++) {
             gt[s][e] = g[e].t[s];
             ut[s][e] = u[e].t[s];
@@ -643,8 +668,9 @@ static void experts_case(mc_dtype dt, int tr, int H, int I, int n_e, const int *
                                  &err_[s]));
     }
     char what[160];
-    snprintf(what, sizeof what, "grouped_experts %s%s H=%d I=%d experts=%d rows=%d weighting=%d "
-             "limit=%g", mc_dtype_name(dt), tr ? " transposed" : "", H, I, n_e, m, weighting,
+    snprintf(what, sizeof what, "grouped_experts %s%s%s%s H=%d I=%d experts=%d rows=%d "
+             "weighting=%d limit=%g", mc_dtype_name(dt), tr ? " transposed" : "",
+             uniform ? " uniform" : "", scale_block ? " scaled" : "", H, I, n_e, m, weighting,
              (double)limit);
     cmp_pair(what, &y, rtol);
     if (n_e > 2) { /* refusal: offsets out of order */
@@ -665,6 +691,8 @@ static void experts_case(mc_dtype dt, int tr, int H, int I, int n_e, const int *
         pair_free(&g[e]);
         pair_free(&u[e]);
         pair_free(&d[e]);
+        for (int k = 0; scale_block && k < 3; k++)
+            pair_free(&sc[3 * e + k]);
     }
     pair *all[] = {&x, &y, &off, &rw};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
@@ -673,9 +701,31 @@ static void experts_case(mc_dtype dt, int tr, int H, int I, int n_e, const int *
     free(rwh);
 }
 
+static void experts_case(mc_dtype dt, int tr, int H, int I, int n_e, const int *rows,
+                         int weighting, float limit, double rtol)
+{
+    experts_case_x(dt, tr, H, I, n_e, rows, weighting, limit, rtol, 0, 0);
+}
+
 static void test_experts(void)
 {
     static const int few[5] = {3, 0, 8, 1, 5}, many[4] = {13, 0, 40, 9};
+    static const int one[6] = {1, 0, 1, 1, 0, 1}; /* batch-1 decode: a row per chosen expert */
+    /* one intermediate width for all experts (the models' shape): the CUDA
+     * backend's grouped launch for element types (BF16 / F32 while <= 8 rows
+     * an expert on average), FP8 with 32 x 32 block scales too; 9 rows and
+     * more per expert in passes of 8 */
+    static const mc_dtype el[] = {MC_DT_F32, MC_DT_F16, MC_DT_BF16, MC_DT_F8_E4M3};
+    for (size_t i = 0; i < sizeof el / sizeof el[0]; i++) {
+        experts_case_x(el[i], 0, 96, 64, 6, one, 0, 0, 1e-5, 1, 0);
+        experts_case_x(el[i], 0, 104, 48, 5, few, (int)((i + 1) % 3), i == 2 ? 0.75f : 0.0f,
+                       1e-5, 1, 0);
+    }
+    experts_case_x(MC_DT_F8_E4M3, 0, 96, 64, 5, few, 1, 0, 1e-5, 1, 32);
+    experts_case_x(MC_DT_F8_E4M3, 0, 160, 80, 4, many, 2, 0, 1e-5, 1, 32);
+    experts_case_x(MC_DT_F16, 0, 72, 40, 4, many, 1, 0, 1e-5, 1, 0);
+    /* rows not on 16 bytes (BF16 x 100): the per-expert loop */
+    experts_case_x(MC_DT_BF16, 0, 100, 56, 5, few, 0, 0, 1e-5, 1, 0);
     static const mc_dtype types[] = {MC_DT_F32, MC_DT_F16, MC_DT_BF16, MC_DT_F8_E4M3};
     for (size_t i = 0; i < sizeof types / sizeof types[0]; i++)
         experts_case(types[i], 0, 72, 40, 5, few, (int)(i % 3), i == 3 ? 0.75f : 0.0f, 1e-5);
@@ -723,6 +773,13 @@ int main(void)
     permute_case(1, 1, 3, 5);
     permute_case(200, 8, 64, 33);
     test_experts();
+    if (!on_cpu) { /* again with the per-expert loop forced (the grouped launch's alternative) */
+        mc_backend_free(B[1]);
+        setenv("MC_CUDA_EXPERTS", "loop", 1);
+        OK(mc_backend_cuda_init(0, &B[1], err_));
+        printf("grouped_experts again with MC_CUDA_EXPERTS=loop\n");
+        test_experts();
+    }
     mc_backend_free(B[0]);
     mc_backend_free(B[1]);
     return check_report("test_backend_cuda_layers");
