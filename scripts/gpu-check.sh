@@ -13,7 +13,8 @@
 #      or, with one, the refusal of two ranks on one GPU);
 #   4. `moecluster bench --device cuda` on a Qwen3-30B-A3B-shaped 4-layer checkpoint made here by
 #      `moecluster synth` (BF16, ~6 GB, under MC_GPU_SYNTH_DIR, default /tmp/mc-qwen3-4l): decode
-#      tok/s at batch 1 and 8 and GB/s against the device read probe of the same run;
+#      tok/s at batch 1 and 8 (and at 1 with MC_CUDA_EXPERTS=loop) and GB/s against the device
+#      read probe of the same run;
 #   5. the matmul benchmark (test_backend_cuda --bench);
 #   6. the op tests under compute-sanitizer memcheck (MC_GPU_SANITIZE=0 skips it);
 # then prints one table. Binaries come from RUNTIME_DIR/files (scripts/gpu-prepare.sh packs them),
@@ -186,11 +187,16 @@ else
         timeout "$t" "$mc" synth --config bench/qwen3-30b-a3b.config.json --layers 4 --out "$synth" \
             >"$logs/synth.log" 2>&1; then
         row "synth Qwen3-30B-A3B x 4 layers" "$(du -sh "$synth" | cut -f1) in $synth" ok $((SECONDS - t0))
-        for b in 1 8; do
-            t=$(limit 90); [ "$t" = 0 ] && { row "bench batch $b" "skipped (time budget)" skipped ""; continue; }
-            t0=$SECONDS l=$logs/bench-b$b.json
-            if timeout "$t" "$mc" bench --device cuda --model "$synth" --batch "$b" --prompt-len 128 \
-                --gen-len 32 --repeat 2 --probe-mib 4096 --json >"$l" 2>"$logs/bench-b$b.err"; then
+        # batch 1 and 8 as the backend chooses; batch 1 again with the experts' per-expert loop
+        # forced (MC_CUDA_EXPERTS=loop), the grouped launch's alternative
+        for spec in 1 8 1:loop; do
+            b=${spec%%:*} ex=grouped name="bench batch ${spec%%:*}"
+            [ "$spec" != "$b" ] && { ex=loop name="$name, MC_CUDA_EXPERTS=loop"; }
+            t=$(limit 90); [ "$t" = 0 ] && { row "$name" "skipped (time budget)" skipped ""; continue; }
+            t0=$SECONDS l=$logs/bench-b$b-$ex.json
+            if MC_CUDA_EXPERTS=$ex timeout "$t" "$mc" bench --device cuda --model "$synth" \
+                --batch "$b" --prompt-len 128 --gen-len 32 --repeat 2 --probe-mib 4096 --json \
+                >"$l" 2>"$logs/bench-b$b-$ex.err"; then
                 summary=$(python3 - "$l" <<'EOF' 2>/dev/null || head -c 200 "$l"
 import json, sys
 j = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])
@@ -199,9 +205,9 @@ print("decode %.1f tok/s, %.0f GB/s of weights = %.2f of the read probe (%.0f GB
          j["prefill_tok_s"], j.get("kernels", "")))
 EOF
 )
-                row "bench batch $b, --device cuda" "$summary" ok $((SECONDS - t0))
+                row "$name, --device cuda" "$summary" ok $((SECONDS - t0))
             else
-                row "bench batch $b, --device cuda" "failed: $(head -c 160 "$logs/bench-b$b.err")" FAIL $((SECONDS - t0))
+                row "$name, --device cuda" "failed: $(head -c 160 "$logs/bench-b$b-$ex.err")" FAIL $((SECONDS - t0))
             fi
         done
     else
