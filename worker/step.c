@@ -8,6 +8,7 @@
 #include "step_internal.h"
 
 #include "family.h"
+#include "log.h"
 #include "nonfinite.h"
 #include "rope.h"
 
@@ -132,16 +133,39 @@ mc_status mc_step_wrap(mc_step_exec *ex, const void *p, size_t bytes, mc_buffer 
     mc_status st = mc_buffer_wrap_host(ex->be, p, bytes, &b, err);
     if (st == MC_ERR_UNSUPPORTED) {
         mc_err_clear(err);
+        if (ex->up_bytes == 0)
+            ex->up_t0 = ex->up_last = mc_now_s();
         if ((st = mc_buffer_alloc(ex->be, bytes, &b, err)) == MC_OK &&
             (st = mc_buffer_upload(b, 0, p, bytes, err)) != MC_OK) {
             mc_buffer_free(b);
             return st;
         }
+        ex->up_bytes += bytes;
     }
     if (st != MC_OK)
         return st;
     *out = b;
     return mc_step_keep(ex, b, err);
+}
+
+#define UPLOAD_PROGRESS_S 5.0 /* seconds between two progress lines */
+
+void mc_step_upload_progress(mc_step_exec *ex, int l, int n)
+{
+    if (ex->up_bytes == 0)
+        return;
+    double now = mc_now_s(), dt = now - ex->up_t0;
+    double gib = (double)ex->up_bytes / (1024.0 * 1024.0 * 1024.0);
+    double gbps = dt > 0 ? (double)ex->up_bytes / dt / 1e9 : 0;
+    if (l + 1 >= n) {
+        if (dt >= 1.0)
+            MC_INFO("weights uploaded to the %s backend: %.2f GiB in %.1f s (%.1f GB/s)",
+                    mc_backend_name(ex->be), gib, dt, gbps);
+    } else if (now - ex->up_last >= UPLOAD_PROGRESS_S) {
+        MC_INFO("uploading weights to the %s backend: layer %d of %d, %.2f GiB, %.1f GB/s",
+                mc_backend_name(ex->be), l + 1, n, gib, gbps);
+        ex->up_last = now;
+    }
 }
 
 /* A bound weight matrix as a tensor over its own bytes. */
@@ -345,9 +369,11 @@ mc_status mc_step_decoder_init(mc_step_exec *ex, mc_err *err)
          (st = mc_step_vec(ex, m->final_norm, d->hidden, "final_norm", &ex->final_norm, err)) !=
              MC_OK))
         return st;
-    for (int l = m->lay.layer0; l < m->lay.layer1; l++)
+    for (int l = m->lay.layer0; l < m->lay.layer1; l++) {
         if ((st = bind_layer(ex, l, err)) != MC_OK)
             return st;
+        mc_step_upload_progress(ex, l - m->lay.layer0, m->lay.layer1 - m->lay.layer0);
+    }
     if ((st = alloc_cache(ex, err)) != MC_OK)
         return st;
     mc_step_carver c = {0};

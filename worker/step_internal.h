@@ -82,6 +82,10 @@ struct mc_step_exec {
     size_t n_bufs, cap_bufs;
     void **host; /* host copies made at init (dequantized kv_b), freed at the end */
     size_t n_host;
+    /* weights copied to a device backend at init (mc_step_wrap), for the
+     * progress lines (mc_step_upload_progress) */
+    uint64_t up_bytes;
+    double up_t0, up_last;
     mc_tensor embed, lm_head; /* (V, H) */
     mc_tensor final_norm;     /* [H] */
     mc_tensor cs, sn;         /* (max_pos, rope_dim / 2) */
@@ -157,6 +161,11 @@ mc_status mc_step_keep(mc_step_exec *ex, mc_buffer *b, mc_err *err);
  * else copied into device memory; kept. */
 mc_status mc_step_wrap(mc_step_exec *ex, const void *p, size_t bytes, mc_buffer **out,
                        mc_err *err);
+/* After layer l of the n this rank binds: on a backend the weights are
+ * copied to (a GPU), a progress line every few seconds ("uploading weights
+ * to the <backend> backend: layer l + 1 of n, X GiB, Y GB/s") and, at the
+ * last, the total when it took a second or more. Nothing on the CPU. */
+void mc_step_upload_progress(mc_step_exec *ex, int l, int n);
 /* A bound weight matrix (FP8 block scales included) as a tensor. */
 mc_status mc_step_mat(mc_step_exec *ex, const mc_mat *w, const char *what, mc_tensor *t,
                       mc_err *err);

@@ -243,8 +243,10 @@ mc_status mc_step_v4_init(mc_step_exec *ex, mc_err *err) {
     TRYS(mc_step_mat(ex, &vm->hc_head_fn, "hc_head fn", &v->head_fn, err));
     TRYS(mc_step_vec(ex, vm->hc_head_base, d->v4.hc_mult, "hc_head base", &v->head_base, err));
     TRYS(mc_step_vec(ex, vm->hc_head_scale, 1, "hc_head scale", &v->head_scale, err));
-    for (int l = 0; l < d->n_layers; l++)
+    for (int l = 0; l < d->n_layers; l++) {
         TRYS(bind_layer(ex, l, err));
+        mc_step_upload_progress(ex, l, d->n_layers);
+    }
     TRYS(rope_tables(ex, vm->inv_main, 0, err));
     TRYS(rope_tables(ex, vm->inv_comp, 1, err));
     mc_step_carver c = {0};
