@@ -30,6 +30,7 @@ void mc_backend_free(mc_backend *be)
         return;
     if (be->iface.free)
         be->iface.free(be->ctx);
+    mc_backend_free(be->host);
     free(be);
 }
 

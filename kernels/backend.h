@@ -86,8 +86,9 @@ mc_status mc_backend_cpu_init(mc_backend **out, mc_err *err);
  * download (mc_buffer_host answers NULL, mc_buffer_wrap_host is refused,
  * repacked rows are refused), as a GPU's is, so a caller's device paths
  * (weights uploaded, collectives staged through host copies, results
- * downloaded) run and can be compared with the CPU backend's results.
- * Named "cpu-device". */
+ * downloaded) run and can be compared with the CPU backend's results; like
+ * the CUDA backend it has no DeepSeek-V4 entries, so those ops take the
+ * front end's host round trip. Named "cpu-device". */
 mc_status mc_backend_cpu_device_init(mc_backend **out, mc_err *err);
 /* The CUDA backend on device `device` (0-based; kernels/cuda/, docs/gpu.md):
  * device memory, one stream, its ops checked against the CPU's. Always

@@ -10,6 +10,9 @@
 struct mc_backend {
     mc_backend_i iface;
     void *ctx;
+    /* the CPU backend the host round trip of ops this (device) backend does
+     * not implement runs on (backend_ops_v4.c); made on first use */
+    struct mc_backend *host;
 };
 
 struct mc_buffer {

@@ -1,6 +1,10 @@
 /* backend_ops_v4.c - the front ends of the DeepSeek-V4 ops (backend.h's
  * "DeepSeek-V4" section): argument checks naming the one at fault, then the
- * backend's entry (NULL entries: MC_ERR_UNSUPPORTED). */
+ * backend's entry. A device backend (no host memory) without an entry runs
+ * the op on the host: its tensors downloaded to the CPU backend, the CPU op,
+ * the outputs uploaded (correct to the bit, and as slow as the copies: a
+ * first version until the device has kernels of its own); a host-memory
+ * backend without the entry refuses it (MC_ERR_UNSUPPORTED). */
 #include "backend.h"
 #include "backend_impl.h"
 #include "backend_ops_internal.h"
@@ -9,13 +13,84 @@
 #include <stdio.h>
 #include <string.h>
 
-/* A backend without the V4 entries refuses them. */
+/* A host-memory backend without the V4 entries refuses them (a device
+ * backend takes the host round trip below). */
 #define V4_ENTRY(entry, op)                                                                        \
     do {                                                                                           \
-        if (!be->iface.entry)                                                                      \
+        if (!be->iface.entry && be->iface.host_memory)                                             \
             return mc_err_set(err, MC_ERR_UNSUPPORTED, "%s: not implemented by the %s backend",    \
                               op, be->iface.name);                                                 \
     } while (0)
+
+/* ---- the host round trip ---- */
+
+/* A device tensor's rows as a packed tensor of the host backend. */
+typedef struct {
+    mc_tensor t;
+    mc_buffer *b;
+    mc_tensor *dev; /* uploaded back at the end when out */
+    int out;
+} host_copy;
+
+#define HOST_COPIES 16
+
+typedef struct {
+    mc_backend *hb;
+    host_copy c[HOST_COPIES];
+    int n;
+    mc_status st;
+} host_trip;
+
+static mc_status trip_begin(mc_backend *be, host_trip *h, mc_err *err) {
+    memset(h, 0, sizeof *h);
+    if (!be->host && (h->st = mc_backend_cpu_init(&be->host, err)) != MC_OK) return h->st;
+    h->hb = be->host;
+    return MC_OK;
+}
+
+/* d's copy on the host (downloaded: outputs too, so that the rows an op
+ * leaves alone go back as they were); NULL for NULL. Once h->st fails the
+ * rest are skipped. */
+static const mc_tensor *trip_get(host_trip *h, const mc_tensor *d, int out, mc_err *err) {
+    if (!d || h->st != MC_OK) return NULL;
+    if (h->n == HOST_COPIES) {
+        h->st = mc_err_set(err, MC_ERR_INTERNAL, "host round trip: more than %d tensors",
+                           HOST_COPIES);
+        return NULL;
+    }
+    if (d->transposed || d->scale_buf || d->pack) {
+        h->st = mc_err_set(err, MC_ERR_UNSUPPORTED, "host round trip: a transposed, scaled or "
+                           "repacked tensor");
+        return NULL;
+    }
+    host_copy *c = &h->c[h->n++];
+    c->dev = (mc_tensor *)d;
+    c->out = out;
+    size_t bytes = (size_t)mc_tensor_rows(d) * mc_dtype_row_bytes(d->dtype, mc_tensor_cols(d));
+    if ((h->st = mc_buffer_alloc(h->hb, bytes ? bytes : 1, &c->b, err)) == MC_OK &&
+        (h->st = mc_tensor_init(&c->t, c->b, 0, d->dtype, d->ndim, d->shape, err)) == MC_OK)
+        h->st = mc_tensor_download(d, mc_buffer_host(c->b), err);
+    return h->st == MC_OK ? &c->t : NULL;
+}
+
+static int trip_index(host_trip *h, const mc_kv_index *ix, mc_kv_index *out, mc_err *err) {
+    const mc_tensor *b = trip_get(h, &ix->block_table, 0, err), *s = trip_get(h, &ix->seq, 0, err),
+                    *p = trip_get(h, &ix->pos, 0, err);
+    if (h->st != MC_OK) return 0;
+    *out = (mc_kv_index){.block_table = *b, .seq = *s, .pos = *p};
+    return 1;
+}
+
+/* st is the op's status: on MC_OK the outputs go back to the device. */
+static mc_status trip_end(host_trip *h, mc_status st, mc_err *err) {
+    if (h->st != MC_OK) st = h->st;
+    for (int i = 0; i < h->n; i++) {
+        host_copy *c = &h->c[i];
+        if (st == MC_OK && c->out) st = mc_tensor_upload(c->dev, mc_buffer_host(c->b), err);
+        mc_buffer_free(c->b);
+    }
+    return st;
+}
 
 /* An F32 tensor of exactly (rows, cols) as backend.h collapses it. */
 static int v4_shape_ok(mc_backend *be, const mc_tensor *t, int out, int64_t rows, int64_t cols,
@@ -62,7 +137,17 @@ mc_status mc_op_v4_hc_pre(mc_backend *be, const mc_tensor *x, const mc_tensor *m
             if (other && !alias_ok(out[i], other, 0, "v4_hc_pre: output", err)) return FAIL_ARG();
         }
     V4_ENTRY(v4_hc_pre, "v4_hc_pre");
-    return be->iface.v4_hc_pre(be->ctx, x, mix, base, scale, o, post, comb, y, err);
+    if (be->iface.v4_hc_pre)
+        return be->iface.v4_hc_pre(be->ctx, x, mix, base, scale, o, post, comb, y, err);
+    host_trip h;
+    if (trip_begin(be, &h, err) != MC_OK) return h.st;
+    const mc_tensor *hx = trip_get(&h, x, 0, err), *hm = trip_get(&h, mix, 0, err),
+                    *hb = trip_get(&h, base, 0, err), *hs = trip_get(&h, scale, 0, err);
+    mc_tensor *hp = (mc_tensor *)trip_get(&h, post, 1, err),
+              *hcb = (mc_tensor *)trip_get(&h, comb, 1, err), *hy = (mc_tensor *)trip_get(&h, y, 1, err);
+    return trip_end(&h, h.st != MC_OK ? h.st
+                                      : mc_op_v4_hc_pre(h.hb, hx, hm, hb, hs, o, hp, hcb, hy, err),
+                    err);
 }
 
 mc_status mc_op_v4_hc_post(mc_backend *be, mc_tensor *x, const mc_tensor *post,
@@ -83,7 +168,13 @@ mc_status mc_op_v4_hc_post(mc_backend *be, mc_tensor *x, const mc_tensor *post,
         !alias_ok(x, comb, 0, "v4_hc_post: x", err) || !alias_ok(x, y, 0, "v4_hc_post: x", err))
         return FAIL_ARG();
     V4_ENTRY(v4_hc_post, "v4_hc_post");
-    return be->iface.v4_hc_post(be->ctx, x, post, comb, y, err);
+    if (be->iface.v4_hc_post) return be->iface.v4_hc_post(be->ctx, x, post, comb, y, err);
+    host_trip h;
+    if (trip_begin(be, &h, err) != MC_OK) return h.st;
+    mc_tensor *hx = (mc_tensor *)trip_get(&h, x, 1, err);
+    const mc_tensor *hp = trip_get(&h, post, 0, err), *hcb = trip_get(&h, comb, 0, err),
+                    *hy = trip_get(&h, y, 0, err);
+    return trip_end(&h, h.st != MC_OK ? h.st : mc_op_v4_hc_post(h.hb, hx, hp, hcb, hy, err), err);
 }
 
 mc_status mc_op_v4_compress(mc_backend *be, const mc_tensor *kv_pages, const mc_tensor *gate_pages,
@@ -124,8 +215,18 @@ mc_status mc_op_v4_compress(mc_backend *be, const mc_tensor *kv_pages, const mc_
         if (!alias_ok(out_pages, in[i], 0, "v4_compress: out_pages", err)) return FAIL_ARG();
     if (!index_alias_ok(out_pages, ix, "v4_compress: out_pages", err)) return FAIL_ARG();
     V4_ENTRY(v4_compress, "v4_compress");
-    return be->iface.v4_compress(be->ctx, kv_pages, gate_pages, ape, norm, cs, sn, ix, o, out_pages,
-                                 err);
+    if (be->iface.v4_compress)
+        return be->iface.v4_compress(be->ctx, kv_pages, gate_pages, ape, norm, cs, sn, ix, o,
+                                     out_pages, err);
+    host_trip h;
+    mc_kv_index hix;
+    if (trip_begin(be, &h, err) != MC_OK) return h.st;
+    const mc_tensor *hk = trip_get(&h, kv_pages, 0, err), *hg = trip_get(&h, gate_pages, 0, err),
+                    *ha = trip_get(&h, ape, 0, err), *hn = trip_get(&h, norm, 0, err),
+                    *hc = trip_get(&h, cs, 0, err), *hs = trip_get(&h, sn, 0, err);
+    mc_tensor *ho = (mc_tensor *)trip_get(&h, out_pages, 1, err);
+    if (!trip_index(&h, ix, &hix, err)) return trip_end(&h, h.st, err);
+    return trip_end(&h, mc_op_v4_compress(h.hb, hk, hg, ha, hn, hc, hs, &hix, o, ho, err), err);
 }
 
 mc_status mc_op_v4_index_topk(mc_backend *be, const mc_tensor *iq, const mc_tensor *w,
@@ -162,7 +263,18 @@ mc_status mc_op_v4_index_topk(mc_backend *be, const mc_tensor *iq, const mc_tens
                           "I32 [n])",
                           o->n_row->ndim);
     V4_ENTRY(v4_index_topk, "v4_index_topk");
-    return be->iface.v4_index_topk(be->ctx, iq, w, key_pages, ix, o, sel, err);
+    if (be->iface.v4_index_topk)
+        return be->iface.v4_index_topk(be->ctx, iq, w, key_pages, ix, o, sel, err);
+    host_trip h;
+    mc_kv_index hix;
+    if (trip_begin(be, &h, err) != MC_OK) return h.st;
+    mc_v4_index_opts ho = *o;
+    const mc_tensor *hq = trip_get(&h, iq, 0, err), *hw = trip_get(&h, w, 0, err),
+                    *hk = trip_get(&h, key_pages, 0, err);
+    ho.n_row = trip_get(&h, o->n_row, 0, err);
+    mc_tensor *hs = (mc_tensor *)trip_get(&h, sel, 1, err);
+    if (!trip_index(&h, ix, &hix, err)) return trip_end(&h, h.st, err);
+    return trip_end(&h, mc_op_v4_index_topk(h.hb, hq, hw, hk, &hix, &ho, hs, err), err);
 }
 
 mc_status mc_op_v4_attention(mc_backend *be, const mc_tensor *q, const mc_tensor *kv_pages,
@@ -201,7 +313,17 @@ mc_status mc_op_v4_attention(mc_backend *be, const mc_tensor *q, const mc_tensor
         !index_alias_ok(y, ix, "v4_attention: y", err))
         return FAIL_ARG();
     V4_ENTRY(v4_attention, "v4_attention");
-    return be->iface.v4_attention(be->ctx, q, kv_pages, comp_pages, sinks, sel, ix, o, y, err);
+    if (be->iface.v4_attention)
+        return be->iface.v4_attention(be->ctx, q, kv_pages, comp_pages, sinks, sel, ix, o, y, err);
+    host_trip h;
+    mc_kv_index hix;
+    if (trip_begin(be, &h, err) != MC_OK) return h.st;
+    const mc_tensor *hq = trip_get(&h, q, 0, err), *hk = trip_get(&h, kv_pages, 0, err),
+                    *hc = trip_get(&h, comp_pages, 0, err), *hs = trip_get(&h, sinks, 0, err),
+                    *hl = trip_get(&h, sel, 0, err);
+    mc_tensor *hy = (mc_tensor *)trip_get(&h, y, 1, err);
+    if (!trip_index(&h, ix, &hix, err)) return trip_end(&h, h.st, err);
+    return trip_end(&h, mc_op_v4_attention(h.hb, hq, hk, hc, hs, hl, &hix, o, hy, err), err);
 }
 
 mc_status mc_op_v4_hash_route(mc_backend *be, const mc_tensor *logits, const mc_tensor *tok,
@@ -227,5 +349,15 @@ mc_status mc_op_v4_hash_route(mc_backend *be, const mc_tensor *logits, const mc_
             return FAIL_ARG();
     if (!alias_ok(weights, ids, 0, "v4_hash_route: weights", err)) return FAIL_ARG();
     V4_ENTRY(v4_hash_route, "v4_hash_route");
-    return be->iface.v4_hash_route(be->ctx, logits, tok, table, opts, ids, weights, err);
+    if (be->iface.v4_hash_route)
+        return be->iface.v4_hash_route(be->ctx, logits, tok, table, opts, ids, weights, err);
+    host_trip h;
+    if (trip_begin(be, &h, err) != MC_OK) return h.st;
+    const mc_tensor *hl = trip_get(&h, logits, 0, err), *ht = trip_get(&h, tok, 0, err),
+                    *hb = trip_get(&h, table, 0, err);
+    mc_tensor *hi = (mc_tensor *)trip_get(&h, ids, 1, err),
+              *hw = (mc_tensor *)trip_get(&h, weights, 1, err);
+    return trip_end(&h, h.st != MC_OK ? h.st
+                                      : mc_op_v4_hash_route(h.hb, hl, ht, hb, opts, hi, hw, err),
+                    err);
 }

@@ -3,8 +3,8 @@
 # MC_GPU_BUDGET_S, default 450 s: every part gets its own timeout, cut to what is left of the budget):
 #   1. the CUDA op tests (test_backend_cuda; test_backend_cuda_layers: paged KV cache and MoE ops),
 #      every implemented CUDA op against the CPU op;
-#   2. every golden fixture the CUDA backend runs (tests/fixtures/models/*, not deepseek-v4-tiny: its
-#      ops are not on the GPU yet) through `moecluster score --device cuda`, full and with
+#   2. every golden fixture (tests/fixtures/models/*; deepseek-v4-tiny's V4 ops run on the host
+#      through copies, the rest on the GPU) through `moecluster score --device cuda`, full and with
 #      --decode-from, compared with compare_logits at the CPU's bar (1e-4 relative, 0.99 argmax) on
 #      the f32-accumulating path (--max-batch-tokens 8: every product is the GEMV kernel); the default
 #      step budget (cuBLAS BF16 for > 8 rows, activations rounded to BF16) is reported beside it, not
@@ -112,7 +112,6 @@ else
     gout=$logs/golden; mkdir -p "$gout"
     for dir in tests/fixtures/models/*/; do
         model=$(basename "$dir")
-        [ "$model" = deepseek-v4-tiny ] && continue # V4 ops: not on the GPU yet
         half=$(python3 -c "import json,struct,sys; f=open(sys.argv[1],'rb'); n=struct.unpack('<Q',f.read(8))[0]; print(json.loads(f.read(n))['input_ids']['shape'][1]//2)" "$dir/golden.safetensors" 2>/dev/null || echo 16)
         for mode in full decode; do
             extra=(); [ "$mode" = decode ] && extra=(--decode-from "$half")

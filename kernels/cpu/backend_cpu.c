@@ -404,5 +404,13 @@ mc_status mc_backend_cpu_device_init(mc_backend **out, mc_err *err)
     dev.name = "cpu-device";
     dev.host_memory = 0;
     dev.wrap_host = NULL;
+    /* the DeepSeek-V4 ops through the front end's host round trip, as on
+     * the CUDA backend (backend_ops_v4.c) */
+    dev.v4_hc_pre = NULL;
+    dev.v4_hc_post = NULL;
+    dev.v4_compress = NULL;
+    dev.v4_index_topk = NULL;
+    dev.v4_attention = NULL;
+    dev.v4_hash_route = NULL;
     return cpu_init(&dev, out, err);
 }

@@ -437,9 +437,8 @@ mc_status mc_backend_cuda_init(int device, mc_backend **out, mc_err *err)
     snprintf(c->features, sizeof c->features, "%.160s sm_%d%d %d SMs %.1f GiB", prop.name,
              prop.major, prop.minor, prop.multiProcessorCount,
              (double)prop.totalGlobalMem / (1024.0 * 1024.0 * 1024.0));
-    mc_backend_i iface = cuda_iface;
-    mc_cuda_fill_unsupported(&iface);
-    *out = mc_backend_new(&iface, c);
+    /* (no DeepSeek-V4 entries: the front end runs them on the host, backend_ops_v4.c) */
+    *out = mc_backend_new(&cuda_iface, c);
     if (!*out) {
         cu_free(c);
         return mc_err_set(err, MC_ERR_NOMEM, "out of memory for the CUDA backend");

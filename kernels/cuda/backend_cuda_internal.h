@@ -123,8 +123,5 @@ mc_status mc_cuda_grouped_experts(void *ctx, const mc_tensor *x, const mc_tensor
                                   int n_experts, const mc_tensor *gate, const mc_tensor *up,
                                   const mc_tensor *down, const mc_experts_opts *opts,
                                   mc_tensor *y, mc_err *err);
-/* fills every op entry of iface that is not implemented yet with one that
- * answers MC_ERR_UNSUPPORTED "cuda backend: <op> is not implemented yet" */
-void mc_cuda_fill_unsupported(mc_backend_i *iface);
 
 #endif

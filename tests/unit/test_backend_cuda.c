@@ -10,17 +10,17 @@
  *   1e-2  the cuBLAS path (BF16 weights, more than 8 tokens: activations
  *         rounded to BF16);
  *   1e-6  embed (a gather of dequantized weights).
- * Ops the backend does not implement yet (the DeepSeek-V4 ones) must refuse
- * with MC_ERR_UNSUPPORTED naming the op. Prints the first mismatches. The
- * paged-KV-cache and MoE ops are test_backend_cuda_layers.c's.
+ * The DeepSeek-V4 ops, which the device has no kernels for yet, run on the
+ * host through copies: v4_hash_route must give the CPU's answer and refusal
+ * to the bit. Prints the first mismatches. The paged-KV-cache and MoE ops
+ * are test_backend_cuda_layers.c's.
  *
  * Exit 77 (CTest's skip) with "skipped: built without CUDA" in builds
  * without the backend and "skipped: no GPU" where no device is visible.
  * MC_CUDA_TEST_ON_CPU=1 runs the whole harness with the CPU acting as the
  * device under test (mc_backend_cpu_device_init: its memory reached only by
  * upload / download; a self-check of this file on machines without a GPU,
- * CTest's unit.test_backend_cuda.cpu_device; unsupported ops are then
- * expected to succeed).
+ * CTest's unit.test_backend_cuda.cpu_device).
  *
  * `test_backend_cuda --bench` instead prints the GPU benchmark table that
  * scripts/gpu-check.sh shows (docs/gpu.md); `--bench-smoke` runs the same
@@ -362,10 +362,12 @@ static void test_embed(void)
     }
 }
 
-/* Ops not written yet (the DeepSeek-V4 ones) refuse cleanly on the device
- * (and run on the CPU); the paged-KV-cache and MoE ops are compared in
- * test_backend_cuda_layers.c. */
-static void test_unsupported(void)
+/* The DeepSeek-V4 ops, which the device has no kernels for yet, run on the
+ * host through copies (backend_ops_v4.c): v4_hash_route gives the CPU's ids
+ * and weights bit for bit, its refusal the CPU's message with the outputs
+ * untouched. (test_backend_v4.c checks the ops themselves; the paged-KV-cache
+ * and MoE ops are compared in test_backend_cuda_layers.c.) */
+static void test_v4_host_trip(void)
 {
     enum { n = 3, E = 6, K = 2, V = 5 };
     float *lh = rnd(n * E, 1.0f);
@@ -374,24 +376,44 @@ static void test_unsupported(void)
     pair_2d(&lg, MC_DT_F32, n, E, E, lh);
     pair_new(&tk, MC_DT_I32, 1, (int64_t[]){n}, n, tok);
     pair_2d(&tb, MC_DT_I32, V, K, K, tab);
-    pair_2d(&ids, MC_DT_I32, n, K, K, NULL);
+    pair_2d(&ids, MC_DT_I32, n, K, K + 1, NULL); /* a strided view: the gaps stay */
     pair_2d(&wts, MC_DT_F32, n, K, K, NULL);
     mc_router_opts ro = {.score = MC_ROUTE_SQRTSOFTPLUS, .k = K, .n_group = 1, .topk_group = 1,
                          .renorm = 1, .norm_eps = 1e-20f, .scale = 1};
+    for (int s = 0; s < 2; s++)
+        OK(mc_op_v4_hash_route(B[s], &lg.t[s], &tk.t[s], &tb.t[s], &ro, &ids.t[s], &wts.t[s],
+                               err_));
+    int32_t gi[2][n * (K + 1)];
+    float gw[2][n * K];
     for (int s = 0; s < 2; s++) {
-        mc_status got = mc_op_v4_hash_route(B[s], &lg.t[s], &tk.t[s], &tb.t[s], &ro, &ids.t[s],
-                                            &wts.t[s], err_);
-        mc_status want = s == 1 && dut_is_cuda ? MC_ERR_UNSUPPORTED : MC_OK;
-        check_count++;
-        if (got != want) {
-            check_failures++;
-            fprintf(stderr, "v4_hash_route on %s: got %s, want %s (%s)\n", mc_backend_name(B[s]),
-                    mc_status_str(got), mc_status_str(want), err_->msg);
-        }
-        if (s == 1 && dut_is_cuda)
-            CHECK(strstr(err_->msg, "cuda backend: v4_hash_route is not implemented yet") != NULL);
-        mc_err_clear(err_);
+        OK(mc_buffer_download(ids.b[s], 0, gi[s], sizeof gi[s], err_));
+        OK(mc_tensor_download(&wts.t[s], gw[s], err_));
     }
+    int same = memcmp(gi[0], gi[1], sizeof gi[0]) == 0 && memcmp(gw[0], gw[1], sizeof gw[0]) == 0;
+    if (!same)
+        fprintf(stderr, "v4_hash_route on %s: ids[0] %d / %d, weights[0] %.9g / %.9g (CPU / "
+                "device)\n", mc_backend_name(B[1]), gi[0][0], gi[1][0], gw[0][0], gw[1][0]);
+    CHECK(same);
+    /* a token id past the table: the CPU's refusal, the outputs as they were */
+    int32_t bad[n] = {4, 7, 2};
+    mc_status st[2];
+    for (int s = 0; s < 2; s++) {
+        OK(mc_tensor_upload(&tk.t[s], bad, err_));
+        mc_err_clear(&err_[s]);
+        st[s] = mc_op_v4_hash_route(B[s], &lg.t[s], &tk.t[s], &tb.t[s], &ro, &ids.t[s],
+                                    &wts.t[s], &err_[s]);
+    }
+    check_count++;
+    if (st[0] != MC_ERR_ARG || st[1] != MC_ERR_ARG || strcmp(err_[0].msg, err_[1].msg) != 0) {
+        check_failures++;
+        fprintf(stderr, "v4_hash_route refusal: %s \"%s\" (CPU) vs %s \"%s\"\n",
+                mc_status_str(st[0]), err_[0].msg, mc_status_str(st[1]), err_[1].msg);
+    }
+    int32_t after[n * (K + 1)];
+    OK(mc_buffer_download(ids.b[1], 0, after, sizeof after, err_));
+    CHECK(memcmp(after, gi[1], sizeof after) == 0);
+    mc_err_clear(&err_[0]);
+    mc_err_clear(&err_[1]);
     pair *all[] = {&lg, &tk, &tb, &ids, &wts};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
         pair_free(all[i]);
@@ -612,7 +634,7 @@ int main(int argc, char **argv)
         rope_case(il, 64, 2, 130, 2, 126);
     }
     test_embed();
-    test_unsupported();
+    test_v4_host_trip();
     mc_backend_free(B[0]);
     mc_backend_free(B[1]);
     return check_report("test_backend_cuda");
