@@ -21,107 +21,36 @@
  * cuda_ops.h. */
 #include "cuda/cuda_ops.h"
 #include "cuda/dequant.cuh"
+#include "cuda/rowdot.cuh"
 
 #define EX_WARPS 4 /* rows per block (one warp each) */
 #define EX_NT 8    /* tokens per pass over a row */
-#define EX_UNROLL 4 /* 16-byte weight loads in flight per lane */
 
 /* The row weight of pair row ri (the (n, k) weights read as the CPU op
  * reads them: row ri / cols, column ri % cols). */
 __device__ __forceinline__ float ex_rw(const float *rw, long long rw_ld, long long rw_cols,
-                                       long long ri)
-{
+                                       long long ri) {
     return rw[(size_t)(ri / rw_cols) * (size_t)rw_ld + (size_t)(ri % rw_cols)];
 }
 
-/* acc[t] += the 16 / size weights of raw (elements i.., times their FP8
- * scales when srow) . x rows xr[t] (scaled by xs[t] when xs). */
-template <int DT, int NT>
-__device__ __forceinline__ void ex_vec(uint4 raw, int i, const float *srow, int block_cols,
-                                       const float *const *xr, const float *xs, float *acc)
-{
-    constexpr int E = 16 / mck_es<DT>::v;
-    float wv[E];
-    mck_unpack16<DT>(raw, wv);
-    if (srow) {
-#pragma unroll
-        for (int j = 0; j < E; j++)
-            wv[j] = __fmul_rn(wv[j], srow[(i + j) / block_cols]);
-    }
-#pragma unroll
-    for (int t = 0; t < NT; t++) {
-#pragma unroll
-        for (int j = 0; j < E; j++) {
-            float xv = __ldg(xr[t] + i + j);
-            if (xs)
-                xv = __fmul_rn(xv, xs[t]);
-            acc[t] = fmaf(wv[j], xv, acc[t]);
-        }
-    }
-}
-
-/* acc[t] += row o of w . x rows xr[t] (scaled by xs[t] when xs) for t < NT:
- * the row's 16-byte vectors, EX_UNROLL loads in flight per lane, then the
- * tail elements. */
-template <int DT, int NT>
-__device__ __forceinline__ void ex_row_dot(const mck_mat &w, long long o,
-                                           const float *const *xr, const float *xs,
-                                           float *acc)
-{
-    constexpr int ES = mck_es<DT>::v, E = 16 / ES;
-    const int lane = threadIdx.x & 31;
-    const unsigned char *row = (const unsigned char *)w.data + (size_t)o * (size_t)w.row_stride * ES;
-    const float *srow = w.scale ? w.scale + (size_t)(o / w.block_rows) * (size_t)w.scale_cols
-                                : nullptr;
-    const int nv = w.cols / E;
-    const uint4 *rv = (const uint4 *)row;
-    int v = lane;
-    for (; v + 32 * (EX_UNROLL - 1) < nv; v += 32 * EX_UNROLL) {
-        uint4 raw[EX_UNROLL];
-#pragma unroll
-        for (int k = 0; k < EX_UNROLL; k++)
-            raw[k] = __ldg(rv + v + 32 * k);
-#pragma unroll
-        for (int k = 0; k < EX_UNROLL; k++)
-            ex_vec<DT, NT>(raw[k], (v + 32 * k) * E, srow, w.block_cols, xr, xs, acc);
-    }
-    for (; v < nv; v += 32)
-        ex_vec<DT, NT>(__ldg(rv + v), v * E, srow, w.block_cols, xr, xs, acc);
-    for (int i = nv * E + lane; i < w.cols; i += 32) {
-        float wv = mck_load<DT>(row, i);
-        if (srow)
-            wv = __fmul_rn(wv, srow[i / w.block_cols]);
-#pragma unroll
-        for (int t = 0; t < NT; t++) {
-            float xv = __ldg(xr[t] + i);
-            if (xs)
-                xv = __fmul_rn(xv, xs[t]);
-            acc[t] = fmaf(wv, xv, acc[t]);
-        }
-    }
-}
-
-/* ex_row_dot with NT the smallest of 1, 2, 4, 8 that holds nt (the
+/* mck_row_dot (rows on 16 bytes) with NT the smallest of 1, 2, 4, 8 that holds nt (the
  * expert's tokens of this pass: the same for the whole block, so the
  * branch does not diverge); acc[t] for t >= nt is not to be used. */
 template <int DT>
 __device__ __forceinline__ void ex_row_dot_n(const mck_mat &w, long long o, int nt,
-                                             const float *const *xr, const float *xs,
-                                             float *acc)
-{
+                                             const float *const *xr, const float *xs, float *acc) {
     if (nt == 1)
-        ex_row_dot<DT, 1>(w, o, xr, xs, acc);
+        mck_row_dot<DT, 1>(w, o, xr, xs, acc, 1);
     else if (nt == 2)
-        ex_row_dot<DT, 2>(w, o, xr, xs, acc);
+        mck_row_dot<DT, 2>(w, o, xr, xs, acc, 1);
     else if (nt <= 4)
-        ex_row_dot<DT, 4>(w, o, xr, xs, acc);
+        mck_row_dot<DT, 4>(w, o, xr, xs, acc, 1);
     else
-        ex_row_dot<DT, EX_NT>(w, o, xr, xs, acc);
+        mck_row_dot<DT, EX_NT>(w, o, xr, xs, acc, 1);
 }
 
 /* Bytes one full read of w takes (data and FP8 scales), as the CPU counts. */
-template <int DT> __device__ __forceinline__ unsigned long long ex_bytes(const mck_mat &w)
-{
+template <int DT> __device__ __forceinline__ unsigned long long ex_bytes(const mck_mat &w) {
     unsigned long long b = (unsigned long long)w.rows * (unsigned long long)w.cols * mck_es<DT>::v;
     if (w.scale)
         b += (unsigned long long)((w.rows + w.block_rows - 1) / w.block_rows) *
@@ -132,25 +61,20 @@ template <int DT> __device__ __forceinline__ unsigned long long ex_bytes(const m
 template <int DT>
 __global__ static void __launch_bounds__(EX_WARPS * 32)
     k_experts_gu(const mck_mat *gate, const mck_mat *up, const mck_mat *down, const int32_t *off,
-                 const float *x, long long ldx, const float *rw, long long rw_ld,
-                 long long rw_cols, int w_in, float *h, long long ldh, int I, float lim,
-                 unsigned long long *count)
-{
+                 const float *x, long long ldx, const float *rw, long long rw_ld, long long rw_cols,
+                 int w_in, float *h, long long ldh, int I, float lim, unsigned long long *count) {
     const int e = blockIdx.y, lane = threadIdx.x & 31;
     const int r0 = off[e], ne = off[e + 1] - r0;
     const long long o = (long long)blockIdx.x * EX_WARPS + (threadIdx.x >> 5);
-    if (ne <= 0)
-        return;
+    if (ne <= 0) return;
     if (count && blockIdx.x == 0 && threadIdx.x == 0) {
         const mck_mat &g = gate[e], &u = up[e], &d = down[e];
         atomicAdd(&count[0], ex_bytes<DT>(g) + ex_bytes<DT>(u) + ex_bytes<DT>(d));
-        atomicAdd(&count[1], (unsigned long long)ne *
-                                 ((unsigned long long)g.rows * g.cols +
-                                  (unsigned long long)u.rows * u.cols +
-                                  (unsigned long long)d.rows * d.cols));
+        atomicAdd(&count[1], (unsigned long long)ne * ((unsigned long long)g.rows * g.cols +
+                                                       (unsigned long long)u.rows * u.cols +
+                                                       (unsigned long long)d.rows * d.cols));
     }
-    if (o >= I)
-        return;
+    if (o >= I) return;
     const mck_mat g = gate[e], u = up[e];
     for (int t0 = 0; t0 < ne; t0 += EX_NT) {
         const int nt = ne - t0 < EX_NT ? ne - t0 : EX_NT;
@@ -181,15 +105,13 @@ __global__ static void __launch_bounds__(EX_WARPS * 32)
 
 template <int DT>
 __global__ static void __launch_bounds__(EX_WARPS * 32)
-    k_experts_down(const mck_mat *down, const int32_t *off, const float *h, long long ldh,
-                   float *y, long long ldy, int H, const float *rw, long long rw_ld,
-                   long long rw_cols, int w_out)
-{
+    k_experts_down(const mck_mat *down, const int32_t *off, const float *h, long long ldh, float *y,
+                   long long ldy, int H, const float *rw, long long rw_ld, long long rw_cols,
+                   int w_out) {
     const int e = blockIdx.y, lane = threadIdx.x & 31;
     const int r0 = off[e], ne = off[e + 1] - r0;
     const long long o = (long long)blockIdx.x * EX_WARPS + (threadIdx.x >> 5);
-    if (ne <= 0 || o >= H)
-        return;
+    if (ne <= 0 || o >= H) return;
     const mck_mat d = down[e];
     for (int t0 = 0; t0 < ne; t0 += EX_NT) {
         const int nt = ne - t0 < EX_NT ? ne - t0 : EX_NT;
@@ -206,8 +128,7 @@ __global__ static void __launch_bounds__(EX_WARPS * 32)
             float s = mck_warp_sum(acc[t]);
             if (lane == 0 && t < nt) {
                 const long long r = r0 + t0 + t;
-                if (w_out)
-                    s = __fmul_rn(s, ex_rw(rw, rw_ld, rw_cols, r));
+                if (w_out) s = __fmul_rn(s, ex_rw(rw, rw_ld, rw_cols, r));
                 y[(size_t)r * (size_t)ldy + o] = s;
             }
         }
@@ -216,59 +137,53 @@ __global__ static void __launch_bounds__(EX_WARPS * 32)
 
 /* offsets[0] == 0, offsets[E] == m, non-decreasing: *bad = -1, else the
  * first index at fault (0 or E for the ends). */
-__global__ static void k_offsets_check(const int32_t *off, int E, long long m, int *bad)
-{
+__global__ static void k_offsets_check(const int32_t *off, int E, long long m, int *bad) {
     __shared__ int first;
-    if (threadIdx.x == 0)
-        first = off[0] != 0 ? 0 : 0x7fffffff;
+    if (threadIdx.x == 0) first = off[0] != 0 ? 0 : 0x7fffffff;
     __syncthreads();
     for (int e = threadIdx.x; e < E; e += blockDim.x)
-        if (off[e + 1] < off[e])
-            atomicMin(&first, e + 1);
+        if (off[e + 1] < off[e]) atomicMin(&first, e + 1);
     __syncthreads();
     if (threadIdx.x == 0) {
         int f = first;
-        if (f == 0x7fffffff && off[E] != m)
-            f = E;
+        if (f == 0x7fffffff && off[E] != m) f = E;
         *bad = f == 0x7fffffff ? -1 : f;
     }
 }
 
 cudaError_t mck_offsets_check(cudaStream_t s, const int32_t *off, int n_experts, long long m,
-                              int *bad)
-{
+                              int *bad) {
     k_offsets_check<<<1, 256, 0, s>>>(off, n_experts, m, bad);
     return cudaGetLastError();
 }
 
-template <int DT>
-static cudaError_t run_experts(cudaStream_t s, const mck_experts *p)
-{
+template <int DT> static cudaError_t run_experts(cudaStream_t s, const mck_experts *p) {
     dim3 b(EX_WARPS * 32);
     dim3 g1((unsigned)((p->I + EX_WARPS - 1) / EX_WARPS), (unsigned)p->n_experts);
     k_experts_gu<DT><<<g1, b, 0, s>>>(p->gate, p->up, p->down, p->off, p->x, p->ldx, p->rw,
                                       p->rw_ld, p->rw_cols, p->w_in, p->h, p->ldh, p->I, p->lim,
                                       p->count);
     cudaError_t e = cudaGetLastError();
-    if (e != cudaSuccess)
-        return e;
+    if (e != cudaSuccess) return e;
     dim3 g2((unsigned)((p->H + EX_WARPS - 1) / EX_WARPS), (unsigned)p->n_experts);
     k_experts_down<DT><<<g2, b, 0, s>>>(p->down, p->off, p->h, p->ldh, p->y, p->ldy, p->H, p->rw,
                                         p->rw_ld, p->rw_cols, p->rw && !p->w_in);
     return cudaGetLastError();
 }
 
-cudaError_t mck_experts_run(cudaStream_t s, const mck_experts *p)
-{
-    if (p->n_experts <= 0 || p->I <= 0 || p->H <= 0)
-        return cudaSuccess;
-    if (p->n_experts > 65535)
-        return cudaErrorInvalidValue; /* grid.y */
+cudaError_t mck_experts_run(cudaStream_t s, const mck_experts *p) {
+    if (p->n_experts <= 0 || p->I <= 0 || p->H <= 0) return cudaSuccess;
+    if (p->n_experts > 65535) return cudaErrorInvalidValue; /* grid.y */
     switch (p->dtype) {
-    case MCK_DT_F32: return run_experts<MCK_DT_F32>(s, p);
-    case MCK_DT_F16: return run_experts<MCK_DT_F16>(s, p);
-    case MCK_DT_BF16: return run_experts<MCK_DT_BF16>(s, p);
-    case MCK_DT_F8_E4M3: return run_experts<MCK_DT_F8_E4M3>(s, p);
-    default: return cudaErrorInvalidValue;
+    case MCK_DT_F32:
+        return run_experts<MCK_DT_F32>(s, p);
+    case MCK_DT_F16:
+        return run_experts<MCK_DT_F16>(s, p);
+    case MCK_DT_BF16:
+        return run_experts<MCK_DT_BF16>(s, p);
+    case MCK_DT_F8_E4M3:
+        return run_experts<MCK_DT_F8_E4M3>(s, p);
+    default:
+        return cudaErrorInvalidValue;
     }
 }

@@ -12,82 +12,30 @@
  * (docs/gpu.md). Launchers as cuda_ops.h. */
 #include "cuda/cuda_ops.h"
 #include "cuda/dequant.cuh"
+#include "cuda/rowdot.cuh"
 
 #define MM_WARPS 4 /* output rows per block (one warp each) */
 #define MM_MAX_NT 8
 
 /* ---- element-type weights, stored row-major ---- */
 
-#define MM_UNROLL 4 /* 16-byte weight loads in flight per lane */
-
-/* acc[t] += the 16 / size weights of raw (elements i.., times their FP8
- * scales when srow) . x[t, i..]. */
-template <int DT, int NT>
-__device__ __forceinline__ void gemv_vec(uint4 raw, int i, const float *srow, int block_cols,
-                                         const float *__restrict__ x, long long ldx, float *acc)
-{
-    constexpr int E = 16 / mck_es<DT>::v;
-    float wv[E];
-    mck_unpack16<DT>(raw, wv);
-    if (srow) {
-#pragma unroll
-        for (int j = 0; j < E; j++)
-            wv[j] = __fmul_rn(wv[j], srow[(i + j) / block_cols]);
-    }
-#pragma unroll
-    for (int t = 0; t < NT; t++) {
-        const float *xt = x + (size_t)t * (size_t)ldx + i;
-#pragma unroll
-        for (int j = 0; j < E; j++)
-            acc[t] = fmaf(wv[j], __ldg(xt + j), acc[t]);
-    }
-}
-
 template <int DT, int NT>
 __global__ static void __launch_bounds__(MM_WARPS * 32)
     k_gemv(mck_mat w, const float *__restrict__ x, long long ldx, float *__restrict__ y,
            long long ldy, int vec)
 {
-    constexpr int ES = mck_es<DT>::v, E = 16 / ES;
     const int lane = threadIdx.x & 31;
     const long long o = (long long)blockIdx.x * MM_WARPS + (threadIdx.x >> 5);
     if (o >= w.rows)
         return;
-    const unsigned char *row =
-        (const unsigned char *)w.data + (size_t)o * (size_t)w.row_stride * ES;
-    const float *srow = w.scale ? w.scale + (size_t)(o / w.block_rows) * (size_t)w.scale_cols
-                                : nullptr;
+    const float *xr[NT];
     float acc[NT];
 #pragma unroll
-    for (int t = 0; t < NT; t++)
+    for (int t = 0; t < NT; t++) {
+        xr[t] = x + (size_t)t * (size_t)ldx;
         acc[t] = 0.0f;
-    int i0 = 0;
-    if (vec) {
-        /* MM_UNROLL 16-byte loads per lane issued before any is used */
-        const int nv = w.cols / E;
-        const uint4 *rv = (const uint4 *)row;
-        int v = lane;
-        for (; v + 32 * (MM_UNROLL - 1) < nv; v += 32 * MM_UNROLL) {
-            uint4 raw[MM_UNROLL];
-#pragma unroll
-            for (int u = 0; u < MM_UNROLL; u++)
-                raw[u] = __ldg(rv + v + 32 * u);
-#pragma unroll
-            for (int u = 0; u < MM_UNROLL; u++)
-                gemv_vec<DT, NT>(raw[u], (v + 32 * u) * E, srow, w.block_cols, x, ldx, acc);
-        }
-        for (; v < nv; v += 32)
-            gemv_vec<DT, NT>(__ldg(rv + v), v * E, srow, w.block_cols, x, ldx, acc);
-        i0 = nv * E;
     }
-    for (int i = i0 + lane; i < w.cols; i += 32) {
-        float wv = mck_load<DT>(row, i);
-        if (srow)
-            wv = __fmul_rn(wv, srow[i / w.block_cols]);
-#pragma unroll
-        for (int t = 0; t < NT; t++)
-            acc[t] = fmaf(wv, __ldg(x + (size_t)t * (size_t)ldx + i), acc[t]);
-    }
+    mck_row_dot<DT, NT>(w, o, xr, nullptr, acc, vec);
 #pragma unroll
     for (int t = 0; t < NT; t++) {
         float s = mck_warp_sum(acc[t]);
