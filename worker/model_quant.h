@@ -25,6 +25,14 @@
 
 #include <stdlib.h>
 
+/* w in the CPU kernel path's own layout where it has one (mc_mat_pack),
+ * unless the weights go to a device, which reads rows as stored. */
+static inline void mc_model_pack_(const mc_model *m, mc_mat *w)
+{
+    if (!m->stored_layout)
+        (void)mc_mat_pack(w);
+}
+
 static inline mc_status mc_model_quant_mat_(mc_model *m, mc_mat *w, mc_dtype target, mc_err *err)
 {
     if (!w->data || w->rows <= 0 || w->cols <= 0)
@@ -45,8 +53,7 @@ static inline mc_status mc_model_quant_mat_(mc_model *m, mc_mat *w, mc_dtype tar
     if (!mc_model_own(m, store))
         return mc_err_set(err, MC_ERR_NOMEM, "out of memory");
     *w = q;
-    if (!m->stored_layout)
-        (void)mc_mat_pack(w); /* the kernel path's layout, where it has one */
+    mc_model_pack_(m, w);
     return MC_OK;
 }
 
@@ -109,8 +116,7 @@ static inline mc_status mc_model_quant_experts_(mc_model *m, mc_ffn_w *ex, int n
         }
         for (int i = 0; i < n; i++) {
             *where[i] = dst[i];
-            if (!m->stored_layout)
-                (void)mc_mat_pack(where[i]);
+            mc_model_pack_(m, where[i]);
         }
     }
 fail:
@@ -179,8 +185,7 @@ static inline mc_status mc_model_resident_group_(mc_model *m, mc_mat **mats, int
         }
         for (int i = 0; i < k; i++) {
             *where[i] = dst[i];
-            if (!m->stored_layout)
-                (void)mc_mat_pack(where[i]);
+            mc_model_pack_(m, where[i]);
         }
     }
 done:

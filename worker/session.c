@@ -485,6 +485,14 @@ static int local_rank(void) {
     return 0;
 }
 
+mc_status mc_session_device_usable(const char *device, mc_err *err) {
+    if (!device || strcmp(device, "cuda") != 0) return MC_OK;
+    mc_err why;
+    mc_err_clear(&why);
+    if (mc_cuda_device_count(&why) > 0) return MC_OK;
+    return mc_err_set(err, MC_ERR_UNSUPPORTED, "--device cuda: %s", why.msg);
+}
+
 mc_status mc_session_set_device(mc_session *s, const char *device, mc_err *err) {
     if (s->ex || s->srv)
         return mc_err_set(err, MC_ERR_ARG, "--device: the session already runs an executor");
@@ -494,12 +502,11 @@ mc_status mc_session_set_device(mc_session *s, const char *device, mc_err *err) 
         return mc_err_set(err, MC_ERR_ARG, "--device: '%.64s' is not cpu or cuda", device);
     mc_backend *be = NULL;
     mc_status st;
+    if (want_cuda && (st = mc_session_device_usable(device, err)) != MC_OK) return st;
     if (want_cuda || is_auto) {
         mc_err why;
         mc_err_clear(&why);
         int n = mc_cuda_device_count(&why);
-        if (n <= 0 && want_cuda)
-            return mc_err_set(err, MC_ERR_UNSUPPORTED, "--device cuda: %s", why.msg);
         want_cuda = n > 0; /* auto: a visible device in a CUDA build */
         if (want_cuda && !s->cuda) {
             int dev = local_rank() % n;
@@ -513,14 +520,6 @@ mc_status mc_session_set_device(mc_session *s, const char *device, mc_err *err) 
     s->be = be;
     s->cuda = want_cuda;
     return MC_OK;
-}
-
-mc_status mc_session_device_usable(const char *device, mc_err *err) {
-    if (!device || strcmp(device, "cuda") != 0) return MC_OK;
-    mc_err why;
-    mc_err_clear(&why);
-    if (mc_cuda_device_count(&why) > 0) return MC_OK;
-    return mc_err_set(err, MC_ERR_UNSUPPORTED, "--device cuda: %s", why.msg);
 }
 
 const char *mc_session_device(const mc_session *s) {

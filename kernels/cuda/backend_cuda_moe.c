@@ -265,7 +265,7 @@ static int grouped_ok(const mc_cuda_ctx *c, const mc_tensor *x, int64_t m, int n
         const mc_tensor *w[3] = {&gate[e], &up[e], &down[e]};
         for (int k = 0; k < 3; k++) {
             const mc_tensor *t = w[k];
-            if (t->dtype != dt || t->ndim != 2 || t->transposed || t->pack != 0 ||
+            if (t->dtype != dt || t->ndim != 2 || t->transposed ||
                 ((uintptr_t)mc_cuda_at(t) % 16) != 0 || ((size_t)t->row_stride * es) % 16 != 0)
                 return 0;
             int64_t r = k < 2 ? I0 : H, cl = k < 2 ? H : I0;
