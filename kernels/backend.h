@@ -692,7 +692,9 @@ typedef struct {
 /* Wraps an implementation; ctx is freed by iface->free in mc_backend_free.
  * NULL when out of memory (ctx is then still the caller's). */
 mc_backend *mc_backend_new(const mc_backend_i *iface, void *ctx);
-/* The device address held by a buffer (for implementations). */
+/* The device address held by a buffer (for implementations, and for a data
+ * plane that moves device memory itself: NCCL, or the MPI of the CPU acting
+ * as a device; worker/parallel.h mc_plane). */
 void *mc_buffer_mem(const mc_buffer *b);
 
 #endif

@@ -8,7 +8,8 @@
 #      --decode-from, compared with compare_logits at the CPU's bar (1e-4 relative, 0.99 argmax) on
 #      the f32-accumulating path (--max-batch-tokens 8: every product is the GEMV kernel); the default
 #      step budget (cuBLAS BF16 for > 8 rows, activations rounded to BF16) is reported beside it, not
-#      judged; qwen3-moe-tiny once more under mpirun -np 2 --ep 2 (the staged ep exchange);
+#      judged; qwen3-moe-tiny once more under mpirun -np 2 --ep 2 (the ep exchange on the data
+#      plane the ranks choose: nccl with a GPU each, staged through host memory when they share one);
 #   3. the NCCL transport's round trip (test_comm_nccl: one rank; under mpirun -np 2 with two GPUs,
 #      or, with one, the refusal of two ranks on one GPU);
 #   4. `moecluster bench --device cuda` on a Qwen3-30B-A3B-shaped 4-layer checkpoint made here by
@@ -137,7 +138,8 @@ else
             row "golden $model $mode" "$(printf '%s; ' "${res[@]}" | sed 's/; $//')" "$st" $((SECONDS - t0))
         done
     done
-    # the staged ep exchange: two ranks on the GPU(s), each rank's experts on its device
+    # the ep exchange: two ranks on the GPU(s), each rank's experts on its device; with a GPU
+    # each the data plane is NCCL (device addresses, no host copies), with one GPU it is staged
     t=$(limit 60)
     dir=tests/fixtures/models/qwen3-moe-tiny
     if [ -z "$mpirun_" ]; then row "golden qwen3-moe-tiny, mpirun -np 2 --ep 2" "skipped: no mpirun" skipped ""
@@ -147,9 +149,11 @@ else
         if timeout "$t" "$mpirun_" "${mpi_root[@]}" -np 2 "$mc" score --device cuda --ep 2 --max-batch-tokens 8 \
             --model "$dir" --input "$dir/golden.safetensors" --output "$o" >"$l" 2>&1 &&
             "$cmp" "$o" "$dir/golden.safetensors" 1e-4 0.99 >>"$l" 2>&1; then
-            row "golden qwen3-moe-tiny, mpirun -np 2 --ep 2 (staged)" "f32 path rel $(max_rel "$l") ok" ok $((SECONDS - t0))
+            plane=$(grep -o -m1 'data plane: [a-z]*' "$l" | cut -d' ' -f3)
+            row "golden qwen3-moe-tiny, mpirun -np 2 --ep 2 (${plane:-?})" "f32 path rel $(max_rel "$l") ok" ok $((SECONDS - t0))
         else
-            row "golden qwen3-moe-tiny, mpirun -np 2 --ep 2 (staged)" "failed (see $l): $(grep -m1 -E 'moecluster|FAIL|rel err' "$l" | cut -c1-120)" FAIL $((SECONDS - t0))
+            plane=$(grep -o -m1 'data plane: [a-z]*' "$l" | cut -d' ' -f3)
+            row "golden qwen3-moe-tiny, mpirun -np 2 --ep 2 (${plane:-?})" "failed (see $l): $(grep -m1 -E 'moecluster|FAIL|rel err' "$l" | cut -c1-120)" FAIL $((SECONDS - t0))
         fi
     fi
 fi

@@ -49,6 +49,7 @@ void mc_model_free(mc_model *m)
     free(m->stats);
     st_checkpoint_close(m->ckpt);
     mc_gguf_model_close(m->gguf);
+    mc_par_data_plane_free(m);
     mc_comm_free(m->tp_comm);
     mc_comm_free(m->ep_comm);
     mc_comm_free(m->pp_comm);

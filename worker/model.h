@@ -76,6 +76,12 @@ typedef struct mc_model {
     mc_comm *world;      /* borrowed from mc_model_load_dist's caller, or owned (single process) */
     mc_comm *tp_comm, *ep_comm, *pp_comm; /* owned */
     bool owns_world;
+    /* the data plane of a device backend's tensors (mc_par_data_plane):
+     * MC_PLANE_HOST / STAGED move host memory over tp/ep/pp_comm; DIRECT
+     * passes device addresses to those same comms (dev_* alias them);
+     * NCCL to dev_* split from dev_world, owned */
+    int plane; /* mc_plane */
+    mc_comm *dev_world, *dev_tp, *dev_ep, *dev_pp;
     bool shards;         /* loaded from a `moecluster shard` set: tensors stored pre-cut */
     mc_stat_row *stats;  /* MC_STAT_ROWS(n_layers) rows, NULL unless enabled */
     /* the step executor's KV cache: MC_DT_F32 (the default, 0) or MC_DT_BF16

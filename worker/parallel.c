@@ -3,6 +3,8 @@
 #include "parallel.h"
 
 #include "comm_mpi.h"
+#include "comm_nccl.h"
+#include "log.h"
 #include "model.h"
 
 #include <stdlib.h>
@@ -83,10 +85,16 @@ mc_status mc_par_bcast(mc_comm *c, int root, void *buf, size_t bytes, mc_err *er
 
 mc_status mc_tp_all_reduce(mc_model *m, int row, float *buf, size_t count, mc_err *err)
 {
+    return mc_tp_all_reduce_on(m, m->tp_comm, row, buf, count, err);
+}
+
+mc_status mc_tp_all_reduce_on(mc_model *m, mc_comm *c, int row, float *buf, size_t count,
+                              mc_err *err)
+{
     if (m->lay.tp == 1)
         return MC_OK;
     double t = m->stats ? mc_now_s() : 0;
-    mc_status st = mc_comm_all_reduce_sum_f32(m->tp_comm, buf, count, err);
+    mc_status st = mc_comm_all_reduce_sum_f32(c, buf, count, err);
     if (m->stats) {
         m->stats[row].t_comm += mc_now_s() - t;
         m->stats[row].ar_bytes += count * sizeof(float);
@@ -99,8 +107,17 @@ mc_status mc_ep_exchange(mc_model *m, int row, bool is_dispatch, const void *sen
                          void *recv, size_t recv_bytes, const size_t *recv_counts,
                          const size_t *recv_displs, mc_err *err)
 {
+    return mc_ep_exchange_on(m, m->ep_comm, row, is_dispatch, send, send_bytes, send_counts,
+                             send_displs, recv, recv_bytes, recv_counts, recv_displs, err);
+}
+
+mc_status mc_ep_exchange_on(mc_model *m, mc_comm *c, int row, bool is_dispatch, const void *send,
+                            size_t send_bytes, const size_t *send_counts,
+                            const size_t *send_displs, void *recv, size_t recv_bytes,
+                            const size_t *recv_counts, const size_t *recv_displs, mc_err *err)
+{
     double t = m->stats ? mc_now_s() : 0;
-    mc_status st = mc_comm_all_to_all_v(m->ep_comm, send, send_bytes, send_counts, send_displs,
+    mc_status st = mc_comm_all_to_all_v(c, send, send_bytes, send_counts, send_displs,
                                         recv, recv_bytes, recv_counts, recv_displs, err);
     if (m->stats) {
         mc_stat_row *r = &m->stats[row];
@@ -253,4 +270,132 @@ done:
     free(all);
     free(cnt);
     return st;
+}
+
+/* ---- the data plane --------------------------------------------------- */
+
+const char *mc_plane_name(int plane)
+{
+    switch (plane) {
+    case MC_PLANE_HOST: return "host";
+    case MC_PLANE_STAGED: return "staged";
+    case MC_PLANE_DIRECT: return "direct";
+    case MC_PLANE_NCCL: return "nccl";
+    }
+    return "?";
+}
+
+void mc_par_data_plane_free(mc_model *m)
+{
+    if (m->plane == MC_PLANE_NCCL) { /* split from dev_world: owned */
+        mc_comm_free(m->dev_tp);
+        mc_comm_free(m->dev_ep);
+        mc_comm_free(m->dev_pp);
+        mc_comm_free(m->dev_world);
+    }
+    m->dev_world = m->dev_tp = m->dev_ep = m->dev_pp = NULL;
+    m->plane = MC_PLANE_HOST;
+}
+
+/* MC_DATA_PLANE: 0 auto, else 1 + the mc_plane asked for; -1 not a value. */
+static int plane_asked(const char **v)
+{
+    *v = getenv("MC_DATA_PLANE");
+    if (!*v || !**v || strcmp(*v, "auto") == 0)
+        return 0;
+    if (strcmp(*v, "staged") == 0)
+        return 1 + MC_PLANE_STAGED;
+    if (strcmp(*v, "direct") == 0)
+        return 1 + MC_PLANE_DIRECT;
+    if (strcmp(*v, "nccl") == 0)
+        return 1 + MC_PLANE_NCCL;
+    return -1;
+}
+
+static mc_status plane_nccl(mc_model *m, int cuda_device, mc_err *err)
+{
+    mc_comm *w = NULL, *tp = NULL, *ep = NULL, *pp = NULL;
+    mc_status st = mc_comm_nccl_create(m->world, cuda_device, 0, &w, err);
+    if (st != MC_OK)
+        return st;
+    if ((st = mc_par_comms(w, &m->lay, &tp, &ep, &pp, err)) != MC_OK) {
+        mc_comm_free(w);
+        return st;
+    }
+    m->dev_world = w;
+    m->dev_tp = tp;
+    m->dev_ep = ep;
+    m->dev_pp = pp;
+    m->plane = MC_PLANE_NCCL;
+    return MC_OK;
+}
+
+mc_status mc_par_data_plane(mc_model *m, int host_memory, int cuda_device, mc_err *err)
+{
+    mc_par_data_plane_free(m);
+    const char *v;
+    int asked = plane_asked(&v), n = mc_comm_size(m->world);
+    mc_status st = MC_OK;
+    if (asked < 0)
+        st = mc_err_set(err, MC_ERR_ARG, "MC_DATA_PLANE: '%.32s' is not auto, staged, direct or "
+                        "nccl", v);
+    else if (asked == 1 + MC_PLANE_NCCL && cuda_device < 0)
+        st = mc_err_set(err, MC_ERR_ARG, "MC_DATA_PLANE=nccl: the compute backend is not CUDA "
+                        "(--device cuda)");
+    else if (asked == 1 + MC_PLANE_DIRECT && cuda_device >= 0)
+        st = mc_err_set(err, MC_ERR_UNSUPPORTED, "MC_DATA_PLANE=direct: device addresses to MPI "
+                        "need a CUDA-aware MPI, which this build does not use; nccl or staged "
+                        "instead");
+    if (n > 1) { /* every rank must ask for the same (a split plane would hang) */
+        float votes[6] = {0}; /* by asked + 1 */
+        votes[asked + 1] = 1.0f;
+        mc_err e2;
+        mc_err_clear(&e2);
+        mc_status cst = mc_comm_all_reduce_sum_f32(m->world, votes, 6, &e2);
+        if (cst != MC_OK)
+            return st != MC_OK ? st : (*err = e2, cst);
+        if (st == MC_OK && votes[asked + 1] != (float)n)
+            st = mc_err_set(err, MC_ERR_ARG, "MC_DATA_PLANE: the ranks were given different "
+                            "values (rank %d: '%.32s')", m->lay.rank, v ? v : "");
+        if ((st = mc_par_agree(m->world, st, err)) != MC_OK)
+            return st;
+    } else if (st != MC_OK) {
+        return st;
+    }
+    int want = asked > 0 ? asked - 1 : -1;
+    if (host_memory) {
+        m->plane = MC_PLANE_HOST;
+    } else if (want == MC_PLANE_DIRECT) {
+        m->dev_world = m->world;
+        m->dev_tp = m->tp_comm;
+        m->dev_ep = m->ep_comm;
+        m->dev_pp = m->pp_comm;
+        m->plane = MC_PLANE_DIRECT;
+    } else if (want == MC_PLANE_STAGED || cuda_device < 0 ||
+               (want < 0 && m->lay.tp * m->lay.ep * m->lay.pp == 1)) {
+        /* (auto: no tensor collectives at all, e.g. data-parallel ranks: no NCCL) */
+        m->plane = MC_PLANE_STAGED;
+    } else { /* CUDA: nccl asked, or auto with peers */
+        mc_err e2;
+        mc_err_clear(&e2);
+        st = plane_nccl(m, cuda_device, &e2);
+        if (st == MC_ERR_UNSUPPORTED && want < 0) { /* refused on every rank together */
+            if (m->lay.rank == 0)
+                MC_WARN("data plane: collectives staged through host memory over MPI (%s)",
+                        e2.msg);
+            m->plane = MC_PLANE_STAGED;
+            st = MC_OK;
+        } else if (st != MC_OK) {
+            *err = e2;
+        }
+    }
+    if (n > 1 && (st = mc_par_agree(m->world, st, err)) != MC_OK) {
+        mc_par_data_plane_free(m);
+        return st;
+    }
+    if (st != MC_OK)
+        return st;
+    if (n > 1 && m->lay.rank == 0)
+        MC_INFO("data plane: %s (%d ranks)", mc_plane_name(m->plane), n);
+    return MC_OK;
 }

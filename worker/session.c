@@ -32,6 +32,7 @@ struct mc_session {
     uint32_t seq_budget; /* its executor's step budget */
     mc_step_exec *srv;   /* owned: the serving executor (mc_session_exec_*) */
     bool cuda;           /* be is the CUDA backend */
+    int cuda_dev;        /* ... on this device */
 };
 
 /* The CPU backend, or with MC_CPU_AS_DEVICE=1 the CPU acting as a device
@@ -129,6 +130,11 @@ mc_status mc_session_load(mc_session *s, const mc_session_opts *o, mc_err *err) 
             s, mc_err_set(err, MC_ERR_UNSUPPORTED, "--kv-cache-dtype bf16: DeepSeek-V4's caches "
                           "(window, compressor, indexer) are f32 only"), err);
     s->m->kv_dtype = o->kv_dtype;
+    /* what carries the executor's collectives (agreed by every rank) */
+    if (s->world && mc_comm_size(s->world) > 1 &&
+        (st = mc_par_data_plane(s->m, mc_backend_host_memory(s->be), s->cuda ? s->cuda_dev : -1,
+                                err)) != MC_OK)
+        return st;
     s->m->stored_layout = !mc_backend_host_memory(s->be); /* a device reads rows as stored */
     /* --weights: every rank converts the share it bound (same inputs, same outcome) */
     if (o->weights_given && (st = mc_session_quantize(s, o->weights, err)) != MC_OK) return st;
@@ -494,13 +500,14 @@ mc_status mc_session_device_usable(const char *device, mc_err *err) {
 }
 
 mc_status mc_session_set_device(mc_session *s, const char *device, mc_err *err) {
-    if (s->ex || s->srv)
-        return mc_err_set(err, MC_ERR_ARG, "--device: the session already runs an executor");
+    if (s->ex || s->srv || s->m)
+        return mc_err_set(err, MC_ERR_ARG, "--device: the session has already loaded a model");
     bool want_cuda = device && strcmp(device, "cuda") == 0;
     bool is_auto = !device || strcmp(device, "auto") == 0;
     if (!want_cuda && !is_auto && strcmp(device, "cpu") != 0)
         return mc_err_set(err, MC_ERR_ARG, "--device: '%.64s' is not cpu or cuda", device);
     mc_backend *be = NULL;
+    int dev = 0;
     mc_status st;
     if (want_cuda && (st = mc_session_device_usable(device, err)) != MC_OK) return st;
     if (want_cuda || is_auto) {
@@ -509,7 +516,7 @@ mc_status mc_session_set_device(mc_session *s, const char *device, mc_err *err) 
         int n = mc_cuda_device_count(&why);
         want_cuda = n > 0; /* auto: a visible device in a CUDA build */
         if (want_cuda && !s->cuda) {
-            int dev = local_rank() % n;
+            dev = local_rank() % n;
             if ((st = mc_backend_cuda_init(dev, &be, &why)) != MC_OK)
                 return mc_err_set(err, st, "--device cuda: device %d: %s", dev, why.msg);
         }
@@ -519,6 +526,7 @@ mc_status mc_session_set_device(mc_session *s, const char *device, mc_err *err) 
     mc_backend_free(s->be);
     s->be = be;
     s->cuda = want_cuda;
+    s->cuda_dev = dev;
     return MC_OK;
 }
 

@@ -190,8 +190,9 @@ mc_status mc_session_stats_report(mc_session *s, FILE *out, double wall_s, mc_er
  *           without CUDA ..." or "--device cuda: no CUDA device visible ...";
  *   "auto"  cuda when the build has CUDA and a device is visible, else cpu.
  * Anything else is MC_ERR_ARG. Not collective (mc_session_load agrees on
- * the outcome). Refused (MC_ERR_ARG) once an executor exists: its buffers
- * live on the old backend. On failure the old backend stays. */
+ * the outcome). Refused (MC_ERR_ARG) once a model is loaded: its weights,
+ * executors and data plane (mc_par_data_plane) belong to the old backend.
+ * On failure the old backend stays. */
 mc_status mc_session_set_device(mc_session *s, const char *device, mc_err *err);
 /* Whether this process could open `device` (as mc_session_set_device
  * names it; NULL = "auto") without opening it: MC_OK, or the same

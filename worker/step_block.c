@@ -19,21 +19,47 @@ void *mc_step_host(const mc_tensor *t)
     return p ? p + t->offset : NULL;
 }
 
-/* Host memory for a collective on the first `bytes` of t (MPI moves host
- * memory): on a backend with host memory the tensor's own bytes, nothing
- * copied (the CPU path is unchanged); on a device backend a malloc'd copy,
- * downloaded first when `in`. stage_out uploads the copy back when `out`
- * and frees it; it passes st through (and skips the upload) on a failure. */
+/* The memory a collective moves for the first `bytes` of t, and the
+ * communicator of m's group that carries it (worker/parallel.h, the data
+ * plane): on a backend with host memory the tensor's own bytes over the host
+ * comm, nothing copied (the CPU path is unchanged); on a device with a
+ * direct or NCCL plane the tensor's device address over the plane's comm;
+ * otherwise (staged) a malloc'd host copy over the host comm, downloaded
+ * first when `in`. stage_out uploads the copy back when `out` and frees it;
+ * it passes st through (and skips the upload) on a failure. */
 typedef struct {
-    void *p;  /* host bytes of the collective; NULL when bytes == 0 on a device */
-    int copy; /* p is malloc'd by stage_in, freed by stage_out */
+    void *p;     /* bytes of the collective; NULL when bytes == 0 on a device */
+    int copy;    /* p is malloc'd by stage_in, freed by stage_out */
 } stage;
 
-static mc_status stage_in(const mc_tensor *t, size_t bytes, int in, stage *s, mc_err *err)
+/* Which group's comm: the host one, or m's data plane's when tensors move directly. */
+enum { G_TP, G_EP, G_PP };
+
+static int plane_direct(const mc_model *m)
+{
+    return m->plane == MC_PLANE_DIRECT || m->plane == MC_PLANE_NCCL;
+}
+
+static mc_comm *group_comm(const mc_model *m, int g)
+{
+    int dev = plane_direct(m);
+    switch (g) {
+    case G_TP: return dev ? m->dev_tp : m->tp_comm;
+    case G_EP: return dev ? m->dev_ep : m->ep_comm;
+    default: return dev ? m->dev_pp : m->pp_comm;
+    }
+}
+
+static mc_status stage_in(const mc_model *m, const mc_tensor *t, size_t bytes, int in, stage *s,
+                          mc_err *err)
 {
     s->copy = 0;
     if ((s->p = mc_step_host(t)) != NULL || bytes == 0)
         return MC_OK;
+    if (plane_direct(m)) {
+        s->p = (char *)mc_buffer_mem(t->buf) + t->offset;
+        return MC_OK;
+    }
     if (!(s->p = malloc(bytes)))
         return mc_err_set(err, MC_ERR_NOMEM, "step: out of memory staging %zu bytes of a collective",
                           bytes);
@@ -61,33 +87,38 @@ static mc_status stage_out(mc_tensor *t, size_t bytes, int out, stage *s, mc_sta
 }
 
 /* mc_ep_exchange of a tensor's rows: send staged in, recv staged out (see
- * stage_in); either may be NULL when its byte count is 0. */
-static mc_status ep_exchange_t(mc_model *m, int l, bool dispatch, const mc_tensor *send,
+ * stage_in); either may be NULL when its byte count is 0. The backend's
+ * queue is drained first: what is sent is final, and nothing queued still
+ * reads what is received into. */
+static mc_status ep_exchange_t(mc_step_exec *ex, int l, bool dispatch, const mc_tensor *send,
                                size_t send_bytes, const size_t *sc, const size_t *sd,
                                mc_tensor *recv, size_t recv_bytes, const size_t *rc,
                                const size_t *rd, mc_err *err)
 {
+    mc_model *m = ex->m;
     stage hs = {NULL, 0}, hr = {NULL, 0};
-    mc_status st = send ? stage_in(send, send_bytes, 1, &hs, err) : MC_OK;
-    if (st == MC_OK && (!recv || (st = stage_in(recv, recv_bytes, 0, &hr, err)) == MC_OK))
-        st = mc_ep_exchange(m, l, dispatch, hs.p, send_bytes, sc, sd, hr.p, recv_bytes, rc, rd,
-                            err);
+    mc_status st = mc_backend_synchronize(ex->be, err);
+    if (st == MC_OK && send)
+        st = stage_in(m, send, send_bytes, 1, &hs, err);
+    if (st == MC_OK && (!recv || (st = stage_in(m, recv, recv_bytes, 0, &hr, err)) == MC_OK))
+        st = mc_ep_exchange_on(m, group_comm(m, G_EP), l, dispatch, hs.p, send_bytes, sc, sd,
+                               hr.p, recv_bytes, rc, rd, err);
     if (recv)
         st = stage_out(recv, recv_bytes, 1, &hr, st, err);
     return send ? stage_out(NULL, 0, 0, &hs, st, err) : st;
 }
 
 /* The collectives of worker/step.c (step_internal.h) on tensors that may
- * live on a device, staged as above. The backend's queue is drained first
- * (a no-op on the CPU). */
+ * live on a device, staged or direct as above. The backend's queue is
+ * drained first (a no-op on the CPU). */
 mc_status mc_step_tp_all_reduce(mc_step_exec *ex, int row, mc_tensor *t, size_t count,
                                 mc_err *err)
 {
     stage h;
     mc_status st = mc_backend_synchronize(ex->be, err);
-    if (st != MC_OK || (st = stage_in(t, count * sizeof(float), 1, &h, err)) != MC_OK)
+    if (st != MC_OK || (st = stage_in(ex->m, t, count * sizeof(float), 1, &h, err)) != MC_OK)
         return st;
-    st = mc_tp_all_reduce(ex->m, row, h.p, count, err);
+    st = mc_tp_all_reduce_on(ex->m, group_comm(ex->m, G_TP), row, h.p, count, err);
     return stage_out(t, count * sizeof(float), 1, &h, st, err);
 }
 
@@ -96,9 +127,9 @@ mc_status mc_step_pp_send(mc_step_exec *ex, int row, int peer, const mc_tensor *
 {
     stage h;
     mc_status st = mc_backend_synchronize(ex->be, err);
-    if (st != MC_OK || (st = stage_in(t, bytes, 1, &h, err)) != MC_OK)
+    if (st != MC_OK || (st = stage_in(ex->m, t, bytes, 1, &h, err)) != MC_OK)
         return st;
-    st = mc_par_send(ex->m, ex->m->pp_comm, row, peer, h.p, bytes, err);
+    st = mc_par_send(ex->m, group_comm(ex->m, G_PP), row, peer, h.p, bytes, err);
     return stage_out(NULL, 0, 0, &h, st, err);
 }
 
@@ -106,10 +137,10 @@ mc_status mc_step_pp_recv(mc_step_exec *ex, int row, int peer, mc_tensor *t, siz
                           mc_err *err)
 {
     stage h;
-    mc_status st = stage_in(t, bytes, 0, &h, err);
-    if (st != MC_OK)
+    mc_status st = plane_direct(ex->m) ? mc_backend_synchronize(ex->be, err) : MC_OK;
+    if (st != MC_OK || (st = stage_in(ex->m, t, bytes, 0, &h, err)) != MC_OK)
         return st;
-    st = mc_par_recv(ex->m, ex->m->pp_comm, row, peer, h.p, bytes, err);
+    st = mc_par_recv(ex->m, group_comm(ex->m, G_PP), row, peer, h.p, bytes, err);
     return stage_out(t, bytes, 1, &h, st, err);
 }
 
@@ -283,10 +314,17 @@ static ep_shm_layout ep_shm_layout_of(const mc_step_exec *ex)
 
 /* Once per executor, collectively over the ep group: the shared memory, or
  * the all-to-all path (MC_EP_SHM=0 on any rank, ranks on several hosts, a
- * step too large, or no memory; the same answer on every rank). */
+ * step too large, no memory, or tensors moved directly by the data plane,
+ * which every rank has agreed on; the same answer on every rank). */
 static void ep_shm_setup(mc_step_exec *ex)
 {
     mc_model *m = ex->m;
+    if (plane_direct(m)) {
+        ex->ep_shm_tried = true;
+        MC_DEBUG("rank %d: expert exchange by all-to-all on the %s data plane", m->lay.rank,
+                 mc_plane_name(m->plane));
+        return;
+    }
     ex->ep_shm_tried = true;
     const char *env = getenv("MC_EP_SHM");
     float off = env && strcmp(env, "0") == 0 ? 1.0f : 0.0f;
@@ -603,8 +641,7 @@ static mc_status ep_experts(mc_step_exec *ex, int l, int64_t np, const mc_tensor
         rd[p] = (size_t)ro * hb;
         ro += (int)from[p];
     }
-    TRY(mc_backend_synchronize(ex->be, err));
-    TRY(ep_exchange_t(m, l, true, np > 0 ? xp : NULL, (size_t)np * hb, sc, sd, &x.xr,
+    TRY(ep_exchange_t(ex, l, true, np > 0 ? xp : NULL, (size_t)np * hb, sc, sd, &x.xr,
                       (size_t)nr * hb, rc, rd, err));
     if (llama4) {
         for (int p = 0; p < P; p++) {
@@ -613,7 +650,7 @@ static mc_status ep_experts(mc_step_exec *ex, int l, int64_t np, const mc_tensor
             rc[p] /= (size_t)H;
             rd[p] /= (size_t)H;
         }
-        TRY(ep_exchange_t(m, l, true, np > 0 ? wp : NULL, (size_t)np * sizeof(float), sc, sd,
+        TRY(ep_exchange_t(ex, l, true, np > 0 ? wp : NULL, (size_t)np * sizeof(float), sc, sd,
                           &x.wr, (size_t)nr * sizeof(float), rc, rd, err));
     }
     if (nr > 0) {
@@ -637,7 +674,6 @@ static mc_status ep_experts(mc_step_exec *ex, int l, int64_t np, const mc_tensor
         /* the tokens may be another rank's: the rank holding a NaN expert
          * names it before sending its outputs back */
         TRY(mc_step_nf(ex, MC_NF_EXPERTS, l, &xr, NULL, NULL, err));
-        TRY(mc_backend_synchronize(ex->be, err));
     }
     if (m->stats) {
         mc_stat_row *r = &m->stats[l];
@@ -654,7 +690,7 @@ static mc_status ep_experts(mc_step_exec *ex, int l, int64_t np, const mc_tensor
         rd[p] = (size_t)ro * hb;
         ro += (int)to[p];
     }
-    TRY(ep_exchange_t(m, l, false, &x.xr, (size_t)nr * hb, sc, sd, np > 0 ? yp : NULL,
+    TRY(ep_exchange_t(ex, l, false, &x.xr, (size_t)nr * hb, sc, sd, np > 0 ? yp : NULL,
                       (size_t)np * hb, rc, rd, err));
     /* the all-to-all path: the work comes after the exchange (the shared
      * expert's output shares memory with the rows sent: s->ys is xp's) */

@@ -21,6 +21,9 @@ commands:
                            non-zero within a bound, naming the rank and host
   shards MODEL CLUSTER N   `moecluster shard` for a cluster config, then `score` from
                            the shard set on N ranks matches the reference
+  plane                    MC_DATA_PLANE: a bad value, nccl without CUDA and ranks given
+                           different values end every rank at once with a message
+                           naming why; each good value gives the single process's ids
   timeout                  a bad MC_COMM_TIMEOUT ends every rank at once with a message
                            naming it; good values run
   launcher PROGRAM         after kill -9 of mpirun its ranks exit within a bound: one hung
@@ -595,6 +598,40 @@ def cmd_shards(a, rest):
     check(rc != 0 and "was cut for" in se, "--pp that contradicts the shard plan refused", se)
 
 
+def cmd_plane(a, rest):
+    host = socket.gethostname()
+    d = model_dir(a, "qwen3-moe-tiny")
+    gen_cmd = [a.moecluster, "generate", "--model", d, "--prompt-ids", "3,14,15", "-n", "3",
+               "--tp", "2"]
+    dev = {"MC_CPU_AS_DEVICE": "1"}
+    bad = [({"MC_DATA_PLANE": "bogus"}, "MC_DATA_PLANE: 'bogus' is not auto, staged, direct "
+            "or nccl"),
+           ({"MC_DATA_PLANE": "nccl"}, "MC_DATA_PLANE=nccl: the compute backend is not CUDA"),
+           (dict(dev, MC_DATA_PLANE="nccl"), "MC_DATA_PLANE=nccl: the compute backend is not "
+            "CUDA")]
+    for env, msg in bad:
+        rc, so, se, dt = run(mpi_prefix(a, 2) + gen_cmd, env=mpi_env(env), timeout=60)
+        check(rc not in (0, -999) and f"rank 0 (host {host}): {msg}" in se and dt < 30,
+              f"{env} refused on 2 ranks (exit {rc}, {dt:.1f} s)", se)
+    # ranks given different values (an MPMD launch): refused before any collective moves data
+    pre = mpi_prefix(a, 1)
+    mpmd = (pre + ["-x", "MC_DATA_PLANE=direct"] + gen_cmd + [":"] + pre[1:3] +
+            ["-x", "MC_DATA_PLANE=staged"] + gen_cmd)
+    rc, so, se, dt = run(mpmd, env=mpi_env(dev), timeout=60)
+    check(rc not in (0, -999) and "MC_DATA_PLANE: the ranks were given different values" in se
+          and dt < 30, f"ranks given direct and staged refused (exit {rc}, {dt:.1f} s)", se)
+    rc, ref, se, dt = run(gen_cmd[:-2], env=mpi_env(), timeout=60)
+    check(rc == 0 and ref.strip() != "", "single process generates", se)
+    for env in [{}, {"MC_DATA_PLANE": "direct"}, dict(dev, MC_DATA_PLANE="auto"),
+                dict(dev, MC_DATA_PLANE="staged"), dict(dev, MC_DATA_PLANE="direct")]:
+        e = dict(env, MC_LOG="info")
+        rc, ids, se, dt = run(mpi_prefix(a, 2) + gen_cmd, env=mpi_env(e), timeout=60)
+        want = "direct" if env.get("MC_DATA_PLANE") == "direct" and dev.items() <= env.items() \
+            else "staged" if dev.items() <= env.items() else "host"
+        check(rc == 0 and ids.strip() == ref.strip() and f"data plane: {want} (2 ranks)" in se,
+              f"{env}: the {want} data plane gives the single process's ids", se + ids)
+
+
 def main():
     if len(sys.argv) > 2 and sys.argv[1] == "--relay":
         return relay(sys.argv[2:])
@@ -609,6 +646,7 @@ def main():
     a_work = a.work
     {"exec": cmd_exec, "score": cmd_score, "refuse": cmd_refuse, "ragged": cmd_ragged, "generate": cmd_generate,
      "stats": cmd_stats, "fault": cmd_fault, "shards": cmd_shards, "timeout": cmd_timeout,
+     "plane": cmd_plane,
      "launcher": cmd_launcher, "stop": cmd_stop, "lonely": cmd_lonely}[a.command](a, a.rest)
     print(f"{failures} failure(s)")
     return 1 if failures else 0
