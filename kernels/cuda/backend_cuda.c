@@ -101,18 +101,59 @@ static void cu_buf_free(void *ctx, void *mem, size_t bytes)
     (void)cudaFree(mem);
 }
 
+/* The two pinned staging buffers and their events, made once; 0 when they
+ * cannot be had (then copies go from pageable memory, as before). */
+static int stage_ready(mc_cuda_ctx *c)
+{
+    if (c->stage[1])
+        return 1;
+    if (c->stage_off)
+        return 0;
+    for (int k = 0; k < 2; k++)
+        if (cudaHostAlloc(&c->stage[k], MC_CUDA_STAGE_BYTES, cudaHostAllocDefault) != cudaSuccess ||
+            cudaEventCreateWithFlags(&c->done[k], cudaEventDisableTiming) != cudaSuccess) {
+            (void)cudaGetLastError(); /* not sticky: clear it */
+            for (int j = 0; j <= k; j++) {
+                if (c->stage[j])
+                    cudaFreeHost(c->stage[j]);
+                if (c->done[j])
+                    cudaEventDestroy(c->done[j]);
+                c->stage[j] = NULL;
+                c->done[j] = NULL;
+            }
+            c->stage_off = 1;
+            return 0;
+        }
+    return 1;
+}
+
 static mc_status cu_upload(void *ctx, void *mem, size_t off, const void *src, size_t n,
                            mc_err *err)
 {
     mc_cuda_ctx *c = ctx;
     mc_status st = mc_cuda_use(c, "upload", err);
-    if (st == MC_OK)
-        st = mc_cuda_check(cudaMemcpyAsync((unsigned char *)mem + off, src, n,
-                                           cudaMemcpyHostToDevice, c->stream), "upload", err);
+    unsigned char *dst = (unsigned char *)mem + off;
+    if (st == MC_OK && n >= MC_CUDA_STAGE_MIN && stage_ready(c)) {
+        /* chunk i: wait for the DMA that last read stage[k], fill it, queue its DMA */
+        for (size_t o = 0, k = 0; st == MC_OK && o < n; o += MC_CUDA_STAGE_BYTES, k ^= 1) {
+            size_t len = n - o < MC_CUDA_STAGE_BYTES ? n - o : MC_CUDA_STAGE_BYTES;
+            st = mc_cuda_check(cudaEventSynchronize(c->done[k]), "upload", err);
+            if (st != MC_OK)
+                break;
+            memcpy(c->stage[k], (const unsigned char *)src + o, len);
+            st = mc_cuda_check(cudaMemcpyAsync(dst + o, c->stage[k], len, cudaMemcpyHostToDevice,
+                                               c->stream), "upload", err);
+            if (st == MC_OK)
+                st = mc_cuda_check(cudaEventRecord(c->done[k], c->stream), "upload", err);
+        }
+    } else if (st == MC_OK) {
+        st = mc_cuda_check(cudaMemcpyAsync(dst, src, n, cudaMemcpyHostToDevice, c->stream),
+                           "upload", err);
+    }
     /* the caller may reuse src on return (pageable memory) */
-    if (st == MC_OK)
-        st = mc_cuda_check(cudaStreamSynchronize(c->stream), "upload", err);
-    return st;
+    mc_status s2 = mc_cuda_check(cudaStreamSynchronize(c->stream), "upload",
+                                 st == MC_OK ? err : NULL);
+    return st != MC_OK ? st : s2;
 }
 
 static mc_status cu_download(void *ctx, const void *mem, size_t off, void *dst, size_t n,
@@ -120,12 +161,34 @@ static mc_status cu_download(void *ctx, const void *mem, size_t off, void *dst, 
 {
     mc_cuda_ctx *c = ctx;
     mc_status st = mc_cuda_use(c, "download", err);
-    if (st == MC_OK)
-        st = mc_cuda_check(cudaMemcpyAsync(dst, (const unsigned char *)mem + off, n,
-                                           cudaMemcpyDeviceToHost, c->stream), "download", err);
-    if (st == MC_OK)
-        st = mc_cuda_check(cudaStreamSynchronize(c->stream), "download", err);
-    return st;
+    const unsigned char *from = (const unsigned char *)mem + off;
+    if (st == MC_OK && n >= MC_CUDA_STAGE_MIN && stage_ready(c)) {
+        /* chunk i's DMA into stage[i % 2] is queued before chunk i - 1 is copied out */
+        const size_t B = MC_CUDA_STAGE_BYTES, nch = (n + B - 1) / B;
+        for (size_t i = 0; st == MC_OK && i <= nch; i++) {
+            if (i < nch) {
+                size_t len = n - i * B < B ? n - i * B : B;
+                st = mc_cuda_check(cudaMemcpyAsync(c->stage[i & 1], from + i * B, len,
+                                                   cudaMemcpyDeviceToHost, c->stream),
+                                   "download", err);
+                if (st == MC_OK)
+                    st = mc_cuda_check(cudaEventRecord(c->done[i & 1], c->stream), "download",
+                                       err);
+            }
+            if (st == MC_OK && i > 0) {
+                size_t j = i - 1, len = n - j * B < B ? n - j * B : B;
+                st = mc_cuda_check(cudaEventSynchronize(c->done[j & 1]), "download", err);
+                if (st == MC_OK)
+                    memcpy((unsigned char *)dst + j * B, c->stage[j & 1], len);
+            }
+        }
+    } else if (st == MC_OK) {
+        st = mc_cuda_check(cudaMemcpyAsync(dst, from, n, cudaMemcpyDeviceToHost, c->stream),
+                           "download", err);
+    }
+    mc_status s2 = mc_cuda_check(cudaStreamSynchronize(c->stream), "download",
+                                 st == MC_OK ? err : NULL);
+    return st != MC_OK ? st : s2;
 }
 
 static mc_status cu_memset(void *ctx, void *mem, size_t off, int value, size_t n, mc_err *err)
@@ -315,6 +378,12 @@ static void cu_free(void *ctx)
     cudaFreeHost(c->h_flag);
     cudaFreeHost(c->h_first);
     cudaFreeHost(c->h_info);
+    for (int k = 0; k < 2; k++) {
+        if (c->stage[k])
+            cudaFreeHost(c->stage[k]);
+        if (c->done[k])
+            cudaEventDestroy(c->done[k]);
+    }
     cudaFree(c->d_count);
     for (int i = 0; i < c->n_exm; i++) {
         cudaFree(c->exm[i].dev);

@@ -53,7 +53,18 @@ typedef struct {
     mc_cuda_exmats *exm;
     int n_exm, cap_exm;
     int experts_loop;
+    /* uploads and downloads of MC_CUDA_STAGE_MIN bytes or more go through
+     * two pinned buffers of MC_CUDA_STAGE_BYTES (made at the first such
+     * copy; stage_off: cudaHostAlloc failed, copy from pageable memory),
+     * the host copy into one overlapping the DMA from the other; done[k]
+     * marks the DMA that last used stage[k] */
+    void *stage[2];
+    cudaEvent_t done[2];
+    int stage_off;
 } mc_cuda_ctx;
+
+#define MC_CUDA_STAGE_BYTES ((size_t)16 << 20)
+#define MC_CUDA_STAGE_MIN ((size_t)1 << 20)
 
 /* MC_OK, or MC_ERR_INTERNAL "cuda backend: <op>: <CUDA error>" (also for
  * errors of earlier asynchronous work that surface here). */
