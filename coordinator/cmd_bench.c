@@ -4,7 +4,9 @@
  * fraction of each is measured, not assumed (docs/kernels.md).
  *
  * Prefill: one sequence of --prompt-len tokens in one forward pass (logits
- * of the last position). Decode: --gen-len steps of --batch tokens each,
+ * of the last position). Decode: --gen-len steps of --batch tokens each
+ * (several batch sizes in one run: --batch 1,8,64; each after the same
+ * prompt, the model loaded once),
  * appended to that sequence in one forward pass per step (logits for all
  * of them): a step reads every weight it needs once for the whole batch,
  * exactly as a batch of independent sequences would; only the attention
@@ -36,7 +38,8 @@ static const char bench_usage_text[] =
     "                        [--activations f32|bf16] [--kv-cache-dtype f32|bf16] [--json]\n"
     "                        [--device cpu|cuda]\n\n"
     "  --model       checkpoint folder (config.json + safetensors), or a .gguf file\n"
-    "  --batch       tokens per decode step (default 1)\n"
+    "  --batch       tokens per decode step (default 1); a comma list (up to 8, e.g.\n"
+    "                1,8,64,256) measures each after the same prompt, one load\n"
     "  --prompt-len  prefill length (default 128)\n"
     "  --gen-len     decode steps (default 32)\n"
     "  --threads     threads for the matrix products (default: MC_THREADS or all CPUs)\n"
@@ -50,7 +53,7 @@ static const char bench_usage_text[] =
     "                its memory and what attention reads)\n"
     "  --probe-mib   buffer of the bandwidth probe in MiB (default 1024)\n"
     "  --repeat      runs of each measurement, the fastest reported (default 3)\n"
-    "  --json        one JSON object instead of text\n"
+    "  --json        one JSON object instead of text (\"decode\": one entry per batch)\n"
     "  --device      cpu | cuda (default: cuda when this build has CUDA and a GPU is\n"
     "                visible, else cpu); the probes run on it too\n";
 
@@ -199,6 +202,41 @@ fail:
 }
 
 #define MAX_REPEAT 100 /* --repeat's bound */
+#define MAX_BATCHES 8  /* values of --batch */
+
+/* --batch: a comma list of 1..4096, at most MAX_BATCHES values; 0, or 2 after
+ * printing why. */
+static int parse_batches(const char *arg, long long *b, int *nb)
+{
+    char buf[128];
+    if (strlen(arg) >= sizeof buf) {
+        fprintf(stderr, "moecluster bench: --batch: '%.40s...' is too long\n", arg);
+        return 2;
+    }
+    strcpy(buf, arg);
+    *nb = 0;
+    for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        if (*nb == MAX_BATCHES) {
+            fprintf(stderr, "moecluster bench: --batch: more than %d values\n", MAX_BATCHES);
+            return 2;
+        }
+        if (mc_arg_int("bench", "--batch", t, 1, 4096, &b[(*nb)++]))
+            return 2;
+    }
+    /* an empty piece (",8", "1,,8", "8,") is not a batch size */
+    if (*nb == 0 || arg[0] == ',' || arg[strlen(arg) - 1] == ',' || strstr(arg, ",,")) {
+        fprintf(stderr, "moecluster bench: --batch: '%s' is not a comma list of batch sizes\n",
+                arg);
+        return 2;
+    }
+    return 0;
+}
+
+/* One decode measurement (one batch size). */
+typedef struct {
+    long long batch;
+    double tok_s, bytes_step, achieved, paired_ratio, paired_probe;
+} decode_row;
 
 static int cmp_double(const void *a, const void *b)
 {
@@ -243,7 +281,10 @@ int mc_cmd_bench(int argc, char **argv)
                                           {"help", no_argument, 0, 'h'},
                                           {0, 0, 0, 0}};
     const char *dir = NULL, *device = NULL; /* --device; NULL = auto */
-    long long batch = 1, plen = 128, glen = 32, threads = 0, probe_mib = 1024, reps = 3;
+    long long batches[MAX_BATCHES] = {1}, plen = 128, glen = 32, threads = 0, probe_mib = 1024,
+              reps = 3;
+    int nb = 1;
+    decode_row rows[MAX_BATCHES];
     int json = 0, have_fmt = 0, resident = 0, bf16_acts = 0, bf16_kv = 0;
     mc_dtype fmt = MC_DT_BF16;
     int c;
@@ -264,7 +305,7 @@ int mc_cmd_bench(int argc, char **argv)
         switch (c) {
         case 'm': dir = optarg; break;
         case 'b':
-            if (mc_arg_int("bench", "--batch", optarg, 1, 4096, &batch))
+            if (parse_batches(optarg, batches, &nb))
                 PARSE_RETURN(2);
             break;
         case 'p':
@@ -345,7 +386,7 @@ int mc_cmd_bench(int argc, char **argv)
     mc_session_set_threads(ses, (int)threads); /* 0: MC_THREADS or the CPU count */
     int nthreads = mc_session_threads(ses);
     float *logits = NULL;
-    int64_t *tok = NULL;
+    int64_t *tok = NULL, *tok_prompt = NULL;
     int rc = 1;
     double t0 = now_s();
     /* --weights converts at load; without it the weights are used as stored
@@ -365,6 +406,9 @@ int mc_cmd_bench(int argc, char **argv)
     mc_session_warm(ses);
     double t_load = now_s() - t0;
     int V = d->vocab;
+    long long batch = 1; /* the largest */
+    for (int i = 0; i < nb; i++)
+        batch = batches[i] > batch ? batches[i] : batch;
     if ((double)plen + (double)batch * (double)(glen * reps + 1) > (double)d->max_pos * 64) {
         mc_err_set(&err, MC_ERR_ARG,
                    "prompt + batch x gen-len x repeat is longer than the model allows");
@@ -374,8 +418,9 @@ int mc_cmd_bench(int argc, char **argv)
     if (mc_session_seq_init(ses, cap, &err) != MC_OK)
         goto fail;
     logits = malloc((size_t)batch * V * sizeof *logits);
-    tok = malloc((size_t)(plen > batch ? plen : batch) * sizeof *tok);
-    if (!logits || !tok) {
+    tok = malloc((size_t)batch * sizeof *tok);
+    tok_prompt = malloc((size_t)plen * sizeof *tok_prompt);
+    if (!logits || !tok || !tok_prompt) {
         mc_err_set(&err, MC_ERR_NOMEM, "out of memory");
         goto fail;
     }
@@ -397,14 +442,14 @@ int mc_cmd_bench(int argc, char **argv)
     uint64_t seed = 12345;
     for (long long i = 0; i < plen; i++) {
         seed = seed * 6364136223846793005ull + 1442695040888963407ull;
-        tok[i] = (int64_t)((seed >> 33) % (uint64_t)V);
+        tok_prompt[i] = (int64_t)((seed >> 33) % (uint64_t)V);
     }
     double t_prefill = 1e30, prefill_macs = 0;
     for (long long r = 0; r < reps; r++) {
         mc_session_seq_reset(ses);
         mc_session_count(ses, true);
         t0 = now_s();
-        if (mc_session_forward(ses, tok, (int)plen, logits, true, &err) != MC_OK)
+        if (mc_session_forward(ses, tok_prompt, (int)plen, logits, true, &err) != MC_OK)
             goto fail;
         double t = now_s() - t0;
         if (t < t_prefill)
@@ -415,53 +460,67 @@ int mc_cmd_bench(int argc, char **argv)
     }
     int next = argmax(logits, V);
 
-    /* decode: one untimed step (first-touch of the KV and scratch), then glen timed steps */
-    for (long long b = 0; b < batch; b++)
-        tok[b] = (next + b * 7919) % V;
-    if (mc_session_forward(ses, tok, (int)batch, logits, false, &err) != MC_OK)
-        goto fail;
     mc_session_count(ses, true);
-    double t_decode = 1e30;
-    /* (the probe runs again after decode; the faster of the two counts.) A
-     * short probe (three passes, the best) also runs before the first and
-     * after every repetition, so each repetition has a bound measured right
-     * beside it: where the machine's bandwidth moves from second to second
-     * (a shared VM), the best pass over 2 s can be a moment decode never
-     * had. */
-    double side_prev = mc_session_probe_read_gbps(ses, (size_t)probe_mib << 20, nthreads, 0.0);
-    double t_rep[MAX_REPEAT], side[MAX_REPEAT];
-    bool paired_ok = side_prev > 0; /* a probe without memory: no paired figures */
-    for (long long r = 0; r < reps; r++) {
-        t0 = now_s();
-        for (long long s = 0; s < glen; s++) {
-            for (long long b = 0; b < batch; b++)
-                tok[b] = argmax(logits + (size_t)b * V, V);
-            if (mc_session_forward(ses, tok, (int)batch, logits, false, &err) != MC_OK)
+    for (int bi = 0; bi < nb; bi++) {
+        decode_row *row = &rows[bi];
+        long long B = row->batch = batches[bi];
+        if (bi > 0) { /* the same prompt again (untimed): each batch size decodes after it */
+            mc_session_seq_reset(ses);
+            if (mc_session_forward(ses, tok_prompt, (int)plen, logits, true, &err) != MC_OK)
                 goto fail;
         }
-        double t = now_s() - t0;
-        if (t < t_decode)
-            t_decode = t;
-        t_rep[r] = t;
-        double side_next = mc_session_probe_read_gbps(ses, (size_t)probe_mib << 20, nthreads, 0.0);
-        paired_ok = paired_ok && side_next > 0;
-        side[r] = (side_prev + side_next) / 2; /* (stream reads: not counted as weight bytes) */
-        side_prev = side_next;
+        /* one untimed step (first-touch of the KV and scratch), then glen timed steps */
+        for (long long b = 0; b < B; b++)
+            tok[b] = (next + b * 7919) % V;
+        if (mc_session_forward(ses, tok, (int)B, logits, false, &err) != MC_OK)
+            goto fail;
+        mc_session_counters cnt0;
+        mc_session_counters_get(ses, &cnt0);
+        double t_decode = 1e30;
+        /* A short probe (three passes, the best) also runs before the first
+         * and after every repetition, so each repetition has a bound measured
+         * right beside it: where the machine's bandwidth moves from second to
+         * second (a shared VM), the best pass over 2 s can be a moment decode
+         * never had. (The long probe runs again after decode; the faster of
+         * the two counts.) */
+        double side_prev = mc_session_probe_read_gbps(ses, (size_t)probe_mib << 20, nthreads, 0.0);
+        double t_rep[MAX_REPEAT], side[MAX_REPEAT];
+        bool paired_ok = side_prev > 0; /* a probe without memory: no paired figures */
+        for (long long r = 0; r < reps; r++) {
+            t0 = now_s();
+            for (long long st = 0; st < glen; st++) {
+                for (long long b = 0; b < B; b++)
+                    tok[b] = argmax(logits + (size_t)b * V, V);
+                if (mc_session_forward(ses, tok, (int)B, logits, false, &err) != MC_OK)
+                    goto fail;
+            }
+            double t = now_s() - t0;
+            if (t < t_decode)
+                t_decode = t;
+            t_rep[r] = t;
+            double side_next =
+                mc_session_probe_read_gbps(ses, (size_t)probe_mib << 20, nthreads, 0.0);
+            paired_ok = paired_ok && side_next > 0;
+            side[r] = (side_prev + side_next) / 2; /* (stream reads: not counted as weight bytes) */
+            side_prev = side_next;
+        }
+        mc_session_counters cnt;
+        mc_session_counters_get(ses, &cnt);
+        row->bytes_step = (double)(cnt.bytes_read - cnt0.bytes_read) / (double)(glen * reps);
+        /* per repetition: its GB/s over the probes beside it; the median
+         * repetition (NaN, printed as null / nan, when a short probe found no memory) */
+        row->paired_ratio = row->paired_probe = NAN;
+        if (paired_ok) {
+            double ratio_rep[MAX_REPEAT];
+            for (long long r = 0; r < reps; r++)
+                ratio_rep[r] = row->bytes_step * (double)glen / t_rep[r] / 1e9 / side[r];
+            row->paired_ratio = median(ratio_rep, (int)reps);
+            row->paired_probe = median(side, (int)reps);
+        }
+        row->tok_s = (double)(B * glen) / t_decode;
+        row->achieved = row->bytes_step * (double)glen / t_decode / 1e9;
     }
-    mc_session_counters cnt;
-    mc_session_counters_get(ses, &cnt);
-    double bytes_step = (double)cnt.bytes_read / (double)(glen * reps);
     mc_session_count(ses, false);
-    /* per repetition: its GB/s over the probes beside it; the median repetition
-     * (NaN, printed as null / nan, when a short probe found no memory) */
-    double paired_ratio = NAN, paired_probe = NAN;
-    if (paired_ok) {
-        double ratio_rep[MAX_REPEAT];
-        for (long long r = 0; r < reps; r++)
-            ratio_rep[r] = bytes_step * (double)glen / t_rep[r] / 1e9 / side[r];
-        paired_ratio = median(ratio_rep, (int)reps);
-        paired_probe = median(side, (int)reps);
-    }
     double probe_before = probe_gbps;
     double probe_after = mc_session_probe_read_gbps(ses, (size_t)probe_mib << 20, nthreads, 2.0);
     if (probe_after > probe_gbps)
@@ -470,8 +529,9 @@ int mc_cmd_bench(int argc, char **argv)
     long huge_mib = anon_huge_mib();
     double prefill_tok_s = (double)plen / t_prefill;
     double prefill_gflops = 2.0 * prefill_macs / t_prefill / 1e9;
-    double decode_tok_s = (double)(batch * glen) / t_decode;
-    double achieved = bytes_step * (double)glen / t_decode / 1e9;
+    double decode_tok_s = rows[0].tok_s, bytes_step = rows[0].bytes_step;
+    double achieved = rows[0].achieved, paired_ratio = rows[0].paired_ratio;
+    double paired_probe = rows[0].paired_probe;
     char cpu[256];
     cpu_model(cpu, sizeof cpu);
     const char *wname = have_fmt ? mc_dtype_name(fmt) : resident ? "stored (in RAM)" : "stored";
@@ -500,7 +560,7 @@ int mc_cmd_bench(int argc, char **argv)
                   jput(o, "activations", json_string(bf16_acts ? "bf16" : "f32")) &&
                   jput(o, "kv_cache_dtype", json_string(bf16_kv ? "bf16" : "f32")) &&
                   jput(o, "threads", json_integer(nthreads)) &&
-                  jput(o, "batch", json_integer(batch)) &&
+                  jput(o, "batch", json_integer(batches[0])) &&
                   jput(o, "prompt_len", json_integer(plen)) &&
                   jput(o, "gen_len", json_integer(glen)) &&
                   jput(o, "prefill_tok_s", jnum(prefill_tok_s)) &&
@@ -515,7 +575,7 @@ int mc_cmd_bench(int argc, char **argv)
                        bf16_gflops > 0 ? jnum(prefill_gflops / bf16_gflops) : json_null()) &&
                   jput(o, "decode_tok_s", jnum(decode_tok_s)) &&
                   jput(o, "bytes_per_step", jcount(bytes_step)) &&
-                  jput(o, "bytes_per_token", jcount(bytes_step / (double)batch)) &&
+                  jput(o, "bytes_per_token", jcount(bytes_step / (double)batches[0])) &&
                   jput(o, "achieved_gbps", jnum(achieved)) &&
                   jput(o, "probe_gbps", jnum(probe_gbps)) &&
                   jput(o, "probe_gbps_before", jnum(probe_before)) &&
@@ -531,6 +591,25 @@ int mc_cmd_bench(int argc, char **argv)
             ok = jput(o, "gguf", gg); /* steals gg */
         else
             json_decref(gg);
+        json_t *dec = ok ? json_array() : NULL; /* every batch size, the first as above */
+        for (int i = 0; dec && i < nb; i++) {
+            const decode_row *r = &rows[i];
+            json_t *e = json_object();
+            if (!e || !jput(e, "batch", json_integer(r->batch)) ||
+                !jput(e, "decode_tok_s", jnum(r->tok_s)) ||
+                !jput(e, "bytes_per_step", jcount(r->bytes_step)) ||
+                !jput(e, "bytes_per_token", jcount(r->bytes_step / (double)r->batch)) ||
+                !jput(e, "achieved_gbps", jnum(r->achieved)) ||
+                !jput(e, "bandwidth_ratio", jnum(r->achieved / probe_gbps)) ||
+                !jput(e, "probe_gbps_paired", jnum(r->paired_probe)) ||
+                !jput(e, "bandwidth_ratio_paired", jnum(r->paired_ratio)) ||
+                json_array_append_new(dec, e) != 0) {
+                json_decref(e);
+                json_decref(dec);
+                dec = NULL;
+            }
+        }
+        ok = ok && dec && jput(o, "decode", dec);
         if (!ok) {
             json_decref(o);
             mc_err_set(&err, MC_ERR_ARG, "--json: the model path or CPU name is not UTF-8");
@@ -559,11 +638,15 @@ int mc_cmd_bench(int argc, char **argv)
         if (bf16_gflops > 0)
             printf(", %.3f of the BF16 %s peak", prefill_gflops / bf16_gflops, bf16_kind);
         printf("\n");
-        printf("decode   batch %lld x %lld steps: %.2f tok/s, %.1f MB of weights per step, "
-               "%.2f GB/s = %.2f of the probe; %.2f of the probes beside each repetition "
-               "(median; %.2f GB/s)\n",
-               batch, glen, decode_tok_s, bytes_step / 1e6, achieved, achieved / probe_gbps,
-               paired_ratio, paired_probe);
+        for (int i = 0; i < nb; i++) {
+            const decode_row *r = &rows[i];
+            printf("decode   batch %lld x %lld steps: %.2f tok/s, %.1f MB of weights per step "
+                   "(%.1f MB a token), %.2f GB/s = %.2f of the probe; %.2f of the probes beside "
+                   "each repetition (median; %.2f GB/s)\n",
+                   r->batch, glen, r->tok_s, r->bytes_step / 1e6,
+                   r->bytes_step / 1e6 / (double)r->batch, r->achieved, r->achieved / probe_gbps,
+                   r->paired_ratio, r->paired_probe);
+        }
     }
     rc = 0;
 fail:
@@ -571,6 +654,7 @@ fail:
         fprintf(stderr, "moecluster bench: %s\n", err.msg);
     free(logits);
     free(tok);
+    free(tok_prompt);
     mc_session_close(ses, false);
     return rc;
 }

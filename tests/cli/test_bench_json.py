@@ -4,6 +4,10 @@
 - a checkpoint folder whose path holds a quote and a backslash: valid JSON,
   `model` equal to the path byte for byte, every field that scripts read
   present with its type, `gguf` null;
+- `--batch 1,4,2`: a `decode` entry per batch size in that order (batch,
+  tok/s, bytes per step and per token, GB/s), the top-level decode fields
+  those of the first; more tokens a step read at least the weights of one;
+  one batch size gives one entry; a malformed list is refused (exit 2);
 - a folder whose name is not UTF-8: a clear error (exit 1), not a crash
   and not half an object on stdout;
 - a GGUF file (tests/fixtures/gguf/st_to_gguf.py from qwen3-moe-tiny,
@@ -50,9 +54,9 @@ def check(cond, what, detail=""):
         print(f"FAIL: {what}" + (f"\n   {detail}" if detail else ""))
 
 
-def bench(exe, model):
+def bench(exe, model, extra=()):
     args = [exe, "bench", "--model", model, "--prompt-len", "4", "--gen-len", "1",
-            "--repeat", "1", "--probe-mib", "1", "--threads", "1", "--json"]
+            "--repeat", "1", "--probe-mib", "1", "--threads", "1", "--json"] + list(extra)
     p = subprocess.run(args, capture_output=True, timeout=300)
     return p.returncode, p.stdout, p.stderr.decode(errors="replace")
 
@@ -123,6 +127,31 @@ def main():
         check("gguf" in j and j["gguf"] is None, "gguf is null for a safetensors folder",
               repr(j.get("gguf")))
         fields(j, "safetensors folder")
+        dec = j.get("decode")
+        check(isinstance(dec, list) and len(dec) == 1 and dec[0].get("batch") == 1,
+              "one batch size: one decode entry", repr(dec))
+
+    # several batch sizes in one run
+    rc, out, err = bench(exe, src, ["--batch", "1,4,2"])
+    j = parse(rc, out, err, "--batch 1,4,2")
+    if j is not None:
+        dec = j.get("decode") or []
+        check([d.get("batch") for d in dec] == [1, 4, 2], "a decode entry per batch, in order",
+              repr(dec))
+        ok = all(d.get("decode_tok_s", 0) > 0 and d.get("bytes_per_step", 0) > 0 and
+                 d.get("achieved_gbps", 0) > 0 and
+                 abs(d["bytes_per_token"] - d["bytes_per_step"] / d["batch"]) <= 1 for d in dec)
+        check(ok, "each entry: tok/s, bytes per step and per token, GB/s", repr(dec))
+        if len(dec) == 3:
+            check(j.get("batch") == 1 and j.get("decode_tok_s") == dec[0]["decode_tok_s"] and
+                  j.get("bytes_per_step") == dec[0]["bytes_per_step"],
+                  "the top-level decode fields are the first entry's", repr(j))
+            check(dec[1]["bytes_per_step"] >= dec[0]["bytes_per_step"],
+                  "a step of 4 tokens reads at least the weights of a step of 1", repr(dec))
+    p = subprocess.run([exe, "bench", "--model", src, "--batch", "1,,2"], capture_output=True,
+                       text=True, timeout=60)
+    check(p.returncode == 2 and "--batch: '1,,2' is not a comma list" in p.stderr,
+          f"--batch 1,,2 refused (exit {p.returncode})", p.stderr[:300])
 
     # a folder name that is not UTF-8: refused with a message, nothing on stdout
     bad = os.path.join(os.fsencode(work), b"bad\xffname")
