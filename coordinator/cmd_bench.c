@@ -538,10 +538,12 @@ int mc_cmd_bench(int argc, char **argv)
     const char *path = mc_session_kernels(ses);
     /* what the int8 peak measures: amx's tiles, avx512's vpdpbusd */
     const char *int8_kind = strcmp(path, "amx") == 0 ? "tile" : "vpdpbusd";
-    /* and the bf16 one: amx's tiles with AMX-BF16, else vdpbf16ps (avx512 / amx) */
+    /* and the bf16 one: amx's tiles with AMX-BF16, else vdpbf16ps (avx512 / amx);
+     * on cuda a cuBLAS BF16 product (the call its BF16 prefill products make) */
     const char *bf16_kind =
-        strcmp(path, "amx") == 0 && strstr(mc_session_features(ses), "amx_bf16") ? "tile"
-                                                                                 : "vdpbf16ps";
+        strcmp(path, "cuda") == 0 ? "cuBLAS"
+        : strcmp(path, "amx") == 0 && strstr(mc_session_features(ses), "amx_bf16") ? "tile"
+                                                                                  : "vdpbf16ps";
     if (json) {
         /* everything through jansson: strings from outside (the path, the
          * CPU name, GGUF metadata) are escaped, non-finite numbers are null */

@@ -320,6 +320,71 @@ fail:
     return best;
 }
 
+/* The BF16 matrix rate bench holds prefill against: a cuBLAS product of
+ * 4096 x 4096 BF16 weights by 4096 BF16 tokens into F32 with F32
+ * accumulation, the call the BF16 matmul makes for more than 8 tokens
+ * (cublasGemmEx, CUBLAS_COMPUTE_32F), best pass over about `seconds`. */
+static double cu_bf16_gflops(void *ctx, int threads, double seconds)
+{
+    mc_cuda_ctx *c = ctx;
+    (void)threads;
+    if (cudaSetDevice(c->device) != cudaSuccess)
+        return -1;
+    const int n = 4096;
+    const size_t ab = (size_t)n * n * 2, yb = (size_t)n * n * 4;
+    void *a = NULL, *b = NULL, *y = NULL;
+    uint16_t *h = NULL;
+    cudaEvent_t e0 = NULL, e1 = NULL;
+    double best = -1, total = 0;
+    const float one = 1.0f, zero = 0.0f;
+    if (cudaMalloc(&a, ab) != cudaSuccess || cudaMalloc(&b, ab) != cudaSuccess ||
+        cudaMalloc(&y, yb) != cudaSuccess || cudaEventCreate(&e0) != cudaSuccess ||
+        cudaEventCreate(&e1) != cudaSuccess)
+        goto fail;
+    /* finite, varied values in [-1, 1] (not zeros, which could run faster) */
+    h = malloc(ab);
+    if (!h)
+        goto fail;
+    for (size_t i = 0, r = 0x9E3779B97F4A7C15ull; i < (size_t)n * n; i++) {
+        r = r * 6364136223846793005ull + 1442695040888963407ull;
+        float v = (float)((long)((r >> 33) % 2001) - 1000) / 1000.0f;
+        uint32_t u;
+        memcpy(&u, &v, 4);
+        h[i] = (uint16_t)(u >> 16);
+    }
+    if (cudaMemcpy(a, h, ab, cudaMemcpyHostToDevice) != cudaSuccess ||
+        cudaMemcpy(b, h, ab, cudaMemcpyHostToDevice) != cudaSuccess)
+        goto fail;
+    for (int pass = -1; pass < 1000 && (pass < 3 || total < seconds); pass++) { /* -1: warm-up */
+        if (cudaEventRecord(e0, c->stream) != cudaSuccess ||
+            cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, n, n, n, &one, a, CUDA_R_16BF, n, b,
+                         CUDA_R_16BF, n, &zero, y, CUDA_R_32F, n, CUBLAS_COMPUTE_32F,
+                         CUBLAS_GEMM_DEFAULT) != CUBLAS_STATUS_SUCCESS ||
+            cudaEventRecord(e1, c->stream) != cudaSuccess)
+            goto fail;
+        double s = ev_seconds(e0, e1);
+        if (s <= 0)
+            goto fail;
+        if (pass < 0)
+            continue;
+        total += s;
+        double gf = 2.0 * (double)n * n * n / s * 1e-9;
+        best = gf > best ? gf : best;
+    }
+fail:
+    (void)cudaGetLastError();
+    (void)cudaStreamSynchronize(c->stream);
+    if (e0)
+        cudaEventDestroy(e0);
+    if (e1)
+        cudaEventDestroy(e1);
+    cudaFree(a);
+    cudaFree(b);
+    cudaFree(y);
+    free(h);
+    return best;
+}
+
 /* Peak F32 FMA rate: every multiprocessor full of 8-chain FMA loops. */
 static double cu_fma_gflops(void *ctx, int threads, double seconds)
 {
@@ -433,6 +498,7 @@ static const mc_backend_i cuda_iface = {
     .counters = cu_counters,
     .probe_read_gbps = cu_read_gbps,
     .probe_fma_gflops = cu_fma_gflops,
+    .probe_bf16_gflops = cu_bf16_gflops,
 };
 
 int mc_cuda_device_count(mc_err *err)
