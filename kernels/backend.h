@@ -322,6 +322,20 @@ mc_status mc_op_layernorm(mc_backend *be, const mc_tensor *x, const mc_tensor *w
 mc_status mc_op_find_nonfinite(mc_backend *be, const mc_tensor *x, int64_t *row, int64_t *col,
                                mc_err *err);
 
+/* Most candidates a row gives (mc_op_topk's k). */
+#define MC_TOPK_MAX 64
+/* The k largest values of each row of x (r, V) F32, best first, ties to the
+ * lower column, NaN after every number: ids (r, k) I32 their columns plus
+ * id0 (a vocabulary slice's first id), vals (r, k) F32 their values; and
+ * unless lse is NULL, lse (r, 2) F32 each row's log-sum-exp, max + log(sum
+ * of exp(x - max)) in double, as a pair hi = the double rounded to float,
+ * lo = the rest rounded (hi + lo in double carries it to ~1e-14; the sum's
+ * order is the backend's). 1 <= k <= MC_TOPK_MAX, k <= V; ids, vals and
+ * lse overlap neither x nor each other. The step executor's candidates
+ * (top_k plans: a greedy pick, or logprobs, without moving whole rows). */
+mc_status mc_op_topk(mc_backend *be, const mc_tensor *x, int k, int64_t id0, mc_tensor *ids,
+                     mc_tensor *vals, mc_tensor *lse, mc_err *err);
+
 /* ---- paged KV cache and attention over it ----
  *
  * One layer's cache of one kind is an F32 tensor of pages (kv_pool.h's
@@ -655,6 +669,9 @@ typedef struct {
                            float eps, mc_tensor *y, mc_err *err);
     mc_status (*find_nonfinite)(void *ctx, const mc_tensor *x, int64_t *row, int64_t *col,
                                 mc_err *err);
+    /* lse may be NULL */
+    mc_status (*topk)(void *ctx, const mc_tensor *x, int k, int64_t id0, mc_tensor *ids,
+                      mc_tensor *vals, mc_tensor *lse, mc_err *err);
     /* probes and counters */
     const char *(*path)(void *ctx);
     const char *(*features)(void *ctx);

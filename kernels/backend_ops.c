@@ -125,6 +125,39 @@ mc_status mc_op_find_nonfinite(mc_backend *be, const mc_tensor *x, int64_t *row,
     return be->iface.find_nonfinite(be->ctx, x, row, col, err);
 }
 
+mc_status mc_op_topk(mc_backend *be, const mc_tensor *x, int k, int64_t id0, mc_tensor *ids,
+                     mc_tensor *vals, mc_tensor *lse, mc_err *err)
+{
+    if (!act_ok(be, x, 0, "topk: x", err) || !arg_ok(be, ids, "topk: ids", err) ||
+        !act_ok(be, vals, 1, "topk: vals", err) || (lse && !act_ok(be, lse, 1, "topk: lse", err)))
+        return FAIL_ARG();
+    int64_t r = mc_tensor_rows(x), V = mc_tensor_cols(x);
+    if (k < 1 || k > MC_TOPK_MAX || k > V)
+        return mc_err_set(err, MC_ERR_ARG, "topk: k = %d is not in 1..%d and at most the %lld "
+                          "columns", k, MC_TOPK_MAX, (long long)V);
+    if (id0 < 0 || id0 + V - 1 > INT32_MAX)
+        return mc_err_set(err, MC_ERR_ARG, "topk: ids %lld..%lld do not fit I32", (long long)id0,
+                          (long long)(id0 + V - 1));
+    if (ids->dtype != MC_DT_I32 || ids->transposed || ids->buf->borrowed)
+        return mc_err_set(err, MC_ERR_ARG, "topk: ids is %s%s (want a writable I32 (r, k))",
+                          mc_dtype_name(ids->dtype), ids->transposed ? ", transposed" : "");
+    if (mc_tensor_rows(ids) != r || mc_tensor_cols(ids) != k || mc_tensor_rows(vals) != r ||
+        mc_tensor_cols(vals) != k || (lse && (mc_tensor_rows(lse) != r || mc_tensor_cols(lse) != 2)))
+        return mc_err_set(err, MC_ERR_ARG, "topk: ids, vals (and lse) must be (%lld, %d) (and "
+                          "(%lld, 2))", (long long)r, k, (long long)r);
+    if (!alias_ok(ids, x, 0, "topk: ids", err) || !alias_ok(vals, x, 0, "topk: vals", err) ||
+        !alias_ok(vals, ids, 0, "topk: vals", err) ||
+        (lse && (!alias_ok(lse, x, 0, "topk: lse", err) || !alias_ok(lse, ids, 0, "topk: lse", err) ||
+                 !alias_ok(lse, vals, 0, "topk: lse", err))))
+        return FAIL_ARG();
+    if (!be->iface.topk)
+        return mc_err_set(err, MC_ERR_UNSUPPORTED, "topk: the %s backend has no top-k",
+                          be->iface.name);
+    if (r == 0)
+        return MC_OK;
+    return be->iface.topk(be->ctx, x, k, id0, ids, vals, lse, err);
+}
+
 mc_status mc_op_embed(mc_backend *be, const mc_tensor *table, const mc_tensor *ids, int64_t id0,
                       mc_tensor *y, mc_err *err)
 {

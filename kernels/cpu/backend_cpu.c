@@ -325,6 +325,58 @@ static void cpu_free(void *ctx)
     free(c);
 }
 
+/* (a, ia) comes before (b, ib) in mc_op_topk's order: larger first, ties
+ * to the lower column, NaN after every number */
+static inline int topk_before(float a, int64_t ia, float b, int64_t ib)
+{
+    if (isnan(a))
+        return isnan(b) && ia < ib;
+    return isnan(b) || a > b || (a == b && ia < ib);
+}
+
+static mc_status cpu_topk(void *ctx, const mc_tensor *x, int k, int64_t id0, mc_tensor *ids,
+                          mc_tensor *vals, mc_tensor *lse, mc_err *err)
+{
+    (void)ctx;
+    (void)err;
+    int64_t V = mc_tensor_cols(x);
+    for (int64_t r = 0; r < mc_tensor_rows(x); r++) {
+        const float *xr = row_f32(x, r);
+        float bv[MC_TOPK_MAX];
+        int64_t bi[MC_TOPK_MAX];
+        int n = 0;
+        for (int64_t i = 0; i < V; i++) { /* columns ascending: a tie never moves up */
+            float v = xr[i];
+            if (n == k && !topk_before(v, i, bv[k - 1], bi[k - 1]))
+                continue;
+            int j = n < k ? n++ : k - 1;
+            for (; j > 0 && topk_before(v, i, bv[j - 1], bi[j - 1]); j--) {
+                bv[j] = bv[j - 1];
+                bi[j] = bi[j - 1];
+            }
+            bv[j] = v;
+            bi[j] = i;
+        }
+        int32_t *ir = row_i32(ids, r);
+        float *vr = row_f32(vals, r);
+        for (int j = 0; j < k; j++) {
+            ir[j] = (int32_t)(bi[j] + id0);
+            vr[j] = bv[j];
+        }
+        if (!lse)
+            continue;
+        double m = bv[0], sum = 0; /* the max, unless the row is all NaN (then NaN) */
+        for (int64_t i = 0; i < V; i++)
+            sum += exp((double)xr[i] - m);
+        double l = m + log(sum);
+        float hi = (float)l;
+        float *lr = row_f32(lse, r);
+        lr[0] = hi;
+        lr[1] = (float)(l - (double)hi);
+    }
+    return MC_OK;
+}
+
 static const mc_backend_i cpu_iface = {
     .name = "cpu",
     .kind = MC_DEVICE_CPU,
@@ -344,6 +396,7 @@ static const mc_backend_i cpu_iface = {
     .add = cpu_add,
     .softmax = cpu_softmax,
     .find_nonfinite = cpu_find_nonfinite,
+    .topk = cpu_topk,
     .embed = cpu_embed,
     .router_topk = mc_cpu_router_topk,
     .moe_permute = mc_cpu_moe_permute,

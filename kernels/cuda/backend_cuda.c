@@ -481,6 +481,7 @@ static const mc_backend_i cuda_iface = {
     .embed = mc_cuda_embed,
     .layernorm = mc_cuda_layernorm,
     .find_nonfinite = mc_cuda_find_nonfinite,
+    .topk = mc_cuda_topk,
     .kv_write = mc_cuda_kv_write,
     .attention = mc_cuda_attention,
     .mla_decode = mc_cuda_mla_decode,

@@ -99,6 +99,8 @@ mc_status mc_cuda_embed(void *ctx, const mc_tensor *table, const mc_tensor *ids,
                         mc_tensor *y, mc_err *err);
 mc_status mc_cuda_layernorm(void *ctx, const mc_tensor *x, const mc_tensor *w, const mc_tensor *b,
                             float eps, mc_tensor *y, mc_err *err);
+mc_status mc_cuda_topk(void *ctx, const mc_tensor *x, int k, int64_t id0, mc_tensor *ids,
+                       mc_tensor *vals, mc_tensor *lse, mc_err *err);
 mc_status mc_cuda_find_nonfinite(void *ctx, const mc_tensor *x, int64_t *row, int64_t *col,
                                  mc_err *err);
 /* The kernels' view of a weight tensor (device pointers, FP8 block scales). */

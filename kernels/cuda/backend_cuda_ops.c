@@ -267,6 +267,24 @@ mc_status mc_cuda_find_nonfinite(void *ctx, const mc_tensor *x, int64_t *row, in
     return st;
 }
 
+mc_status mc_cuda_topk(void *ctx, const mc_tensor *x, int k, int64_t id0, mc_tensor *ids,
+                       mc_tensor *vals, mc_tensor *lse, mc_err *err)
+{
+    mc_cuda_ctx *c = ctx;
+    const char *op = "topk";
+    mc_status st = mc_cuda_use(c, op, err);
+    int64_t rows = mc_tensor_rows(x);
+    if (st == MC_OK && rows > 0x7fffffffLL)
+        return mc_err_set(err, MC_ERR_UNSUPPORTED, "topk: %lld rows (one block each; at most "
+                          "2^31 - 1)", (long long)rows);
+    if (st == MC_OK)
+        st = launched(mck_topk(c->stream, F32(x), x->row_stride, rows, mc_tensor_cols(x), k, id0,
+                               (int32_t *)mc_cuda_at(ids), ids->row_stride, F32(vals),
+                               vals->row_stride, lse ? F32(lse) : NULL, lse ? lse->row_stride : 0),
+                      op, err);
+    return st;
+}
+
 mc_status mc_cuda_embed(void *ctx, const mc_tensor *table, const mc_tensor *ids, int64_t id0,
                         mc_tensor *y, mc_err *err)
 {

@@ -278,3 +278,98 @@ cudaError_t mck_embed(cudaStream_t s, const mck_mat *table, const int32_t *ids32
     k_embed<<<(unsigned)n, 256, 0, s>>>(*table, ids32, ids64, id0, y, ldy);
     return cudaGetLastError();
 }
+
+/* ---- topk: one block of TOPK_THREADS per row, k passes ----
+ * Pass j takes the best (value, column) in mc_op_topk's order among the
+ * columns that come after pass j - 1's pick in that order, so the k picks
+ * are the row's first k (ties to the lower column, NaN last). Then the
+ * log-sum-exp: the sum of exp(x - max) in double over the block. */
+#define TOPK_THREADS 256
+
+__device__ static inline bool topk_before(float a, long long ia, float b, long long ib)
+{
+    if (isnan(a))
+        return isnan(b) && ia < ib;
+    return isnan(b) || a > b || (a == b && ia < ib);
+}
+
+__global__ static void k_topk(const float *x, long long ldx, long long V, int k, long long id0,
+                              int32_t *ids, long long ldi, float *vals, long long ldv, float *lse,
+                              long long ldl)
+{
+    __shared__ float wv[TOPK_THREADS / 32];
+    __shared__ long long wi[TOPK_THREADS / 32];
+    __shared__ double ws[TOPK_THREADS / 32];
+    __shared__ float pv;
+    __shared__ long long pi;
+    const float *xr = x + (long long)blockIdx.x * ldx;
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    for (int j = 0; j < k; j++) {
+        float bv = 0.0f;
+        long long bi = -1;
+        for (long long i = threadIdx.x; i < V; i += TOPK_THREADS) {
+            float v = xr[i];
+            if (j > 0 && !topk_before(pv, pi, v, i))
+                continue; /* picked already, or before the last pick */
+            if (bi < 0 || topk_before(v, i, bv, bi)) {
+                bv = v;
+                bi = i;
+            }
+        }
+        for (int o = 16; o > 0; o >>= 1) {
+            float ov = __shfl_down_sync(0xffffffffu, bv, o);
+            long long oi = __shfl_down_sync(0xffffffffu, bi, o);
+            if (oi >= 0 && (bi < 0 || topk_before(ov, oi, bv, bi))) {
+                bv = ov;
+                bi = oi;
+            }
+        }
+        if (lane == 0) {
+            wv[warp] = bv;
+            wi[warp] = bi;
+        }
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            for (int w = 1; w < TOPK_THREADS / 32; w++)
+                if (wi[w] >= 0 && (bi < 0 || topk_before(wv[w], wi[w], bv, bi))) {
+                    bv = wv[w];
+                    bi = wi[w];
+                }
+            ids[(long long)blockIdx.x * ldi + j] = (int32_t)(bi + id0);
+            vals[(long long)blockIdx.x * ldv + j] = bv;
+            pv = bv;
+            pi = bi;
+        }
+        __syncthreads();
+    }
+    if (!lse)
+        return;
+    double m = (double)vals[(long long)blockIdx.x * ldv], sum = 0.0; /* pass 0's pick: the max */
+    for (long long i = threadIdx.x; i < V; i += TOPK_THREADS)
+        sum += exp((double)xr[i] - m);
+    for (int o = 16; o > 0; o >>= 1)
+        sum += __shfl_down_sync(0xffffffffu, sum, o);
+    if (lane == 0)
+        ws[warp] = sum;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        sum = 0.0;
+        for (int w = 0; w < TOPK_THREADS / 32; w++)
+            sum += ws[w];
+        double l = m + log(sum);
+        float hi = (float)l;
+        lse[(long long)blockIdx.x * ldl] = hi;
+        lse[(long long)blockIdx.x * ldl + 1] = (float)(l - (double)hi);
+    }
+}
+
+cudaError_t mck_topk(cudaStream_t s, const float *x, long long ldx, long long rows, long long V,
+                     int k, long long id0, int32_t *ids, long long ldi, float *vals, long long ldv,
+                     float *lse, long long ldl)
+{
+    if (rows <= 0)
+        return cudaSuccess;
+    k_topk<<<(unsigned)rows, TOPK_THREADS, 0, s>>>(x, ldx, V, k, id0, ids, ldi, vals, ldv, lse,
+                                                    ldl);
+    return cudaGetLastError();
+}

@@ -11,6 +11,8 @@
  *     8-bit formats is derived from the activation quantization step;
  *   - rmsnorm, rope (interleaved and rotate-half, positions per token,
  *     partial rotation through a column view), swiglu, add, softmax, embed;
+ *   - topk: ties to the lower column, NaN last, an id offset, the row's
+ *     log-sum-exp, its refusals;
  *   - refusals: MC_ERR_ARG naming the argument for shape, dtype, range and
  *     aliasing errors;
  *   - probes and counters;
@@ -658,6 +660,96 @@ static void test_embed(void)
     }
 }
 
+/* topk against a selection made here: rows with ties (many equal values,
+ * the lower column first), a NaN (after every number), -inf, k = 1, 7, 64
+ * and k = the row's length, an id offset; lse against the double sum. */
+static void test_topk(void)
+{
+    const int R = 5, V = 300;
+    float *x = malloc((size_t)R * V * sizeof *x);
+    for (int i = 0; i < R * V; i++)
+        x[i] = (float)((int)(rnext() % 41) - 20) / 4.0f; /* many ties */
+    x[1 * V + 7] = NAN;
+    x[1 * V + 8] = 1e30f;
+    x[2 * V + 299] = INFINITY; /* a row whose lse is +inf */
+    x[3 * V + 0] = -INFINITY;
+    for (int i = 0; i < V; i++)
+        x[4 * V + i] = 2.5f; /* all equal: the first k columns */
+    static const int ks[] = {1, 7, 64, 300};
+    for (size_t ki = 0; ki < sizeof ks / sizeof ks[0]; ki++) {
+        int k = ks[ki] > MC_TOPK_MAX ? MC_TOPK_MAX : ks[ki];
+        int64_t cols = ks[ki] > MC_TOPK_MAX ? k : V; /* k = V: a view of the first k columns */
+        mc_buffer *xb = buf_from(x, (size_t)R * V * sizeof *x);
+        mc_buffer *ib = buf_new((size_t)R * k * 4), *vb = buf_new((size_t)R * k * 4);
+        mc_buffer *lb = buf_new((size_t)R * 2 * 4);
+        mc_tensor xt, xv, it, vt, lt;
+        OK(mc_tensor_init_2d(&xt, xb, 0, MC_DT_F32, R, V, err_));
+        OK(mc_tensor_view_cols(&xt, 0, cols, &xv, err_));
+        OK(mc_tensor_init_2d(&it, ib, 0, MC_DT_I32, R, k, err_));
+        OK(mc_tensor_init_2d(&vt, vb, 0, MC_DT_F32, R, k, err_));
+        OK(mc_tensor_init_2d(&lt, lb, 0, MC_DT_F32, R, 2, err_));
+        OK(mc_op_topk(be, &xv, k, 1000, &it, &vt, &lt, err_));
+        int32_t *ids = malloc((size_t)R * k * 4);
+        float *vals = malloc((size_t)R * k * 4), lse[2 * 5];
+        OK(mc_tensor_download(&it, ids, err_));
+        OK(mc_tensor_download(&vt, vals, err_));
+        OK(mc_tensor_download(&lt, lse, err_));
+        int bad = 0;
+        for (int r = 0; r < R; r++) {
+            /* the reference: k times the first best column not taken yet */
+            char taken[300] = {0};
+            const float *xr = x + (size_t)r * V;
+            for (int j = 0; j < k; j++) {
+                int b = -1;
+                for (int i = 0; i < cols; i++) {
+                    if (taken[i])
+                        continue;
+                    int better = b < 0 || (isnan(xr[b]) ? !isnan(xr[i]) : !isnan(xr[i]) && xr[i] > xr[b]);
+                    if (better)
+                        b = i;
+                }
+                taken[b] = 1;
+                float got = vals[r * k + j];
+                if (ids[r * k + j] != b + 1000 ||
+                    !(got == xr[b] || (isnan(got) && isnan(xr[b])))) {
+                    if (bad++ < 5)
+                        fprintf(stderr, "  topk k=%d row %d pick %d: got id %d (%g), want %d (%g)\n",
+                                k, r, j, ids[r * k + j], got, b + 1000, xr[b]);
+                }
+            }
+            double m = -INFINITY, sum = 0;
+            for (int i = 0; i < cols; i++)
+                m = !isnan(xr[i]) && xr[i] > m ? xr[i] : m;
+            for (int i = 0; i < cols; i++)
+                sum += exp((double)xr[i] - m);
+            double want = m + log(sum), got = (double)lse[2 * r] + (double)lse[2 * r + 1];
+            int same = (isnan(want) && isnan(got)) || want == got ||
+                       fabs(got - want) <= 1e-13 * fabs(want);
+            if (!same && bad++ < 5)
+                fprintf(stderr, "  topk k=%d row %d lse: got %.17g want %.17g\n", k, r, got, want);
+        }
+        check_count++;
+        if (bad) {
+            check_failures++;
+            fprintf(stderr, "topk k=%d: %d mismatches\n", k, bad);
+        }
+        OK(mc_op_topk(be, &xv, k, 0, &it, &vt, NULL, err_)); /* lse optional */
+        EXPECT_ERR(mc_op_topk(be, &xv, 0, 0, &it, &vt, NULL, err_), MC_ERR_ARG, "k = 0");
+        EXPECT_ERR(mc_op_topk(be, &xv, MC_TOPK_MAX + 1, 0, &it, &vt, NULL, err_), MC_ERR_ARG,
+                   "is not in 1..64");
+        EXPECT_ERR(mc_op_topk(be, &xv, k, INT32_MAX, &it, &vt, NULL, err_), MC_ERR_ARG,
+                   "do not fit I32");
+        EXPECT_ERR(mc_op_topk(be, &xv, k, 0, &vt, &vt, NULL, err_), MC_ERR_ARG, "ids is F32");
+        free(ids);
+        free(vals);
+        mc_buffer_free(xb);
+        mc_buffer_free(ib);
+        mc_buffer_free(vb);
+        mc_buffer_free(lb);
+    }
+    free(x);
+}
+
 /* ---- refusals ---- */
 
 static void test_refusals(void)
@@ -844,6 +936,7 @@ int main(void)
     test_refusals();
     test_probes();
     test_cpu_device();
+    test_topk();
     static const char *const paths[] = {"scalar", "avx2", "avx512", "amx"};
     for (int p = 0; p < 4; p++) {
         mc_kpath kp;

@@ -9,7 +9,8 @@
  *         and the row / element-wise ops);
  *   1e-2  the cuBLAS path (BF16 weights, more than 8 tokens: activations
  *         rounded to BF16);
- *   1e-6  embed (a gather of dequantized weights).
+ *   1e-6  embed (a gather of dequantized weights);
+ *   exact topk's ids and values (its log-sum-exp to 1e-12).
  * The DeepSeek-V4 ops, which the device has no kernels for yet, run on the
  * host through copies: v4_hash_route must give the CPU's answer and refusal
  * to the bit. Prints the first mismatches. The paged-KV-cache and MoE ops
@@ -453,6 +454,73 @@ static void test_device(void)
     }
 }
 
+/* topk on the device against the CPU's: rows of a vocabulary's width with
+ * many ties, a NaN and an infinity, k = 1, 20 and 64, a row stride past the
+ * row (a view), an id offset; ids and values exact, the log-sum-exp to
+ * 1e-12 (the sum's order differs). */
+static void test_topk(void)
+{
+    const int64_t R = 9, V = 151937, ld = V + 3;
+    float *x = malloc((size_t)R * ld * sizeof *x);
+    for (int64_t i = 0; i < R * ld; i++)
+        x[i] = (float)((int)(rnext() % 2001) - 1000) / 64.0f; /* many ties */
+    x[1 * ld + 5] = NAN;
+    x[2 * ld + 77] = INFINITY;
+    x[3 * ld + 100] = 1e30f;
+    static const int ks[] = {1, 20, 64};
+    for (size_t ki = 0; ki < sizeof ks / sizeof ks[0]; ki++) {
+        int k = ks[ki];
+        pair xp, ip, vp, lp;
+        pair_2d(&xp, MC_DT_F32, R, V, ld, x);
+        pair_2d(&ip, MC_DT_I32, R, k, k, NULL);
+        pair_2d(&vp, MC_DT_F32, R, k, k, NULL);
+        pair_2d(&lp, MC_DT_F32, R, 2, 2, NULL);
+        int32_t *ids[2];
+        float *vals[2], *lse[2];
+        for (int s = 0; s < 2; s++) {
+            OK(mc_op_topk(B[s], &xp.t[s], k, 7, &ip.t[s], &vp.t[s], &lp.t[s], err_ + s));
+            ids[s] = malloc((size_t)R * k * 4);
+            vals[s] = malloc((size_t)R * k * 4);
+            lse[s] = malloc((size_t)R * 2 * 4);
+            OK(mc_tensor_download(&ip.t[s], ids[s], err_));
+            OK(mc_tensor_download(&vp.t[s], vals[s], err_));
+            OK(mc_tensor_download(&lp.t[s], lse[s], err_));
+        }
+        int bad = 0;
+        for (int64_t i = 0; i < R * k; i++) {
+            int same = ids[0][i] == ids[1][i] &&
+                       (vals[0][i] == vals[1][i] || (isnan(vals[0][i]) && isnan(vals[1][i])));
+            if (!same && bad++ < 5)
+                fprintf(stderr, "  topk k=%d [%lld, %lld]: got id %d (%.9g) want %d (%.9g)\n", k,
+                        (long long)(i / k), (long long)(i % k), ids[1][i], vals[1][i], ids[0][i],
+                        vals[0][i]);
+        }
+        for (int64_t r = 0; r < R; r++) {
+            double w = (double)lse[0][2 * r] + lse[0][2 * r + 1];
+            double g = (double)lse[1][2 * r] + lse[1][2 * r + 1];
+            int same = w == g || (isnan(w) && isnan(g)) || fabs(g - w) <= 1e-12 * fabs(w);
+            if (!same && bad++ < 5)
+                fprintf(stderr, "  topk k=%d row %lld lse: got %.17g want %.17g\n", k, (long long)r,
+                        g, w);
+        }
+        check_count++;
+        if (bad) {
+            check_failures++;
+            fprintf(stderr, "topk k=%d: %d mismatches\n", k, bad);
+        }
+        for (int s = 0; s < 2; s++) {
+            free(ids[s]);
+            free(vals[s]);
+            free(lse[s]);
+        }
+        pair_free(&xp);
+        pair_free(&ip);
+        pair_free(&vp);
+        pair_free(&lp);
+    }
+    free(x);
+}
+
 /* Uploads and downloads large enough to go through the CUDA backend's
  * pinned staging buffers (two of 16 MiB: several chunks, a short last one,
  * odd offsets) and small ones beside them, byte for byte. */
@@ -680,6 +748,7 @@ int main(int argc, char **argv)
         rope_case(il, 64, 2, 130, 2, 126);
     }
     test_embed();
+    test_topk();
     test_v4_host_trip();
     mc_backend_free(B[0]);
     mc_backend_free(B[1]);
