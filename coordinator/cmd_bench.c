@@ -7,8 +7,9 @@
  * of the last position). Decode: --gen-len steps of --batch tokens each
  * (several batch sizes in one run: --batch 1,8,64; each after the same
  * prompt, the model loaded once),
- * appended to that sequence in one forward pass per step (logits for all
- * of them): a step reads every weight it needs once for the whole batch,
+ * appended to that sequence in one forward pass per step (for all of
+ * them the greedy next token, picked where the logits are: mc_session_forward_top
+ * with k = 1, so a GPU sends back one id a row, not the row): a step reads every weight it needs once for the whole batch,
  * exactly as a batch of independent sequences would; only the attention
  * over the cache differs (one sequence instead of B).
  *
@@ -387,6 +388,8 @@ int mc_cmd_bench(int argc, char **argv)
     int nthreads = mc_session_threads(ses);
     float *logits = NULL;
     int64_t *tok = NULL, *tok_prompt = NULL;
+    int32_t *pick = NULL; /* (batch) each decode row's greedy next token */
+    float *pickv = NULL;
     int rc = 1;
     double t0 = now_s();
     /* --weights converts at load; without it the weights are used as stored
@@ -417,10 +420,12 @@ int mc_cmd_bench(int argc, char **argv)
     int cap = (int)(plen + batch * (glen * reps + 1));
     if (mc_session_seq_init(ses, cap, &err) != MC_OK)
         goto fail;
-    logits = malloc((size_t)batch * V * sizeof *logits);
+    logits = malloc((size_t)V * sizeof *logits); /* prefill: the last row */
+    pick = malloc((size_t)batch * sizeof *pick);
+    pickv = malloc((size_t)batch * sizeof *pickv);
     tok = malloc((size_t)batch * sizeof *tok);
     tok_prompt = malloc((size_t)plen * sizeof *tok_prompt);
-    if (!logits || !tok || !tok_prompt) {
+    if (!logits || !tok || !tok_prompt || !pick || !pickv) {
         mc_err_set(&err, MC_ERR_NOMEM, "out of memory");
         goto fail;
     }
@@ -472,7 +477,7 @@ int mc_cmd_bench(int argc, char **argv)
         /* one untimed step (first-touch of the KV and scratch), then glen timed steps */
         for (long long b = 0; b < B; b++)
             tok[b] = (next + b * 7919) % V;
-        if (mc_session_forward(ses, tok, (int)B, logits, false, &err) != MC_OK)
+        if (mc_session_forward_top(ses, tok, (int)B, 1, pick, pickv, NULL, false, &err) != MC_OK)
             goto fail;
         mc_session_counters cnt0;
         mc_session_counters_get(ses, &cnt0);
@@ -490,8 +495,9 @@ int mc_cmd_bench(int argc, char **argv)
             t0 = now_s();
             for (long long st = 0; st < glen; st++) {
                 for (long long b = 0; b < B; b++)
-                    tok[b] = argmax(logits + (size_t)b * V, V);
-                if (mc_session_forward(ses, tok, (int)B, logits, false, &err) != MC_OK)
+                    tok[b] = pick[b];
+                if (mc_session_forward_top(ses, tok, (int)B, 1, pick, pickv, NULL, false, &err) !=
+                    MC_OK)
                     goto fail;
             }
             double t = now_s() - t0;
@@ -655,6 +661,8 @@ fail:
     if (rc)
         fprintf(stderr, "moecluster bench: %s\n", err.msg);
     free(logits);
+    free(pick);
+    free(pickv);
     free(tok);
     free(tok_prompt);
     mc_session_close(ses, false);

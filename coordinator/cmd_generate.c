@@ -407,17 +407,25 @@ int mc_cmd_generate(int argc, char **argv)
     if (mc_sampler_init(&smp, &sp, V, &err) != MC_OK) /* the flags' ranges were checked */
         goto fail;
     tout.tok = tok;
+    /* greedy: the device gives the best id of the last row (its logits never
+     * leave it: mc_session_seq_last_top), bitwise the sampler's argmax */
+    bool greedy = sp.temperature < MC_SAMPLER_GREEDY_EPS;
+    int32_t best = 0;
+    float best_v = 0;
+#define LAST(toks, n)                                                                              \
+    (greedy ? mc_session_seq_last_top(ses, (toks), (n), 1, &best, &best_v, NULL, &err)             \
+            : mc_session_seq_last(ses, (toks), (n), logits, &err))
     double a = mc_now_s(), t_first = a, t_last = a;
     long long n_out = 0;
     fatal = true;
-    if (n_gen > 0 && mc_session_seq_last(ses, ids, n_prompt, logits, &err) != MC_OK)
+    if (n_gen > 0 && LAST(ids, n_prompt) != MC_OK)
         goto fail;
     for (long long i = 0; i < n_gen; i++) {
         /* rank 0 samples; every rank learns the token and whether to go on */
         int64_t msg[2] = {0, 0}; /* next token, 1 = stop */
         if (me == 0) {
-            int32_t pick;
-            if (mc_sampler_pick(&smp, logits, V, NULL, scratch, &pick, NULL, &err) != MC_OK)
+            int32_t pick = best;
+            if (!greedy && mc_sampler_pick(&smp, logits, V, NULL, scratch, &pick, NULL, &err) != MC_OK)
                 goto fail;
             t_last = mc_now_s();
             if (i == 0)
@@ -442,12 +450,13 @@ int mc_cmd_generate(int argc, char **argv)
             goto fail;
         if (msg[1])
             break;
-        if (mc_session_seq_last(ses, &msg[0], 1, logits, &err) != MC_OK) {
+        if (LAST(&msg[0], 1) != MC_OK) {
             if (me == 0)
                 printf("\n");
             goto fail;
         }
     }
+#undef LAST
     if (me == 0 && text && text_push(&tout, -1, true, &err) != MC_OK)
         goto fail;
     if (me == 0 && put_out(&err, "\n") != MC_OK)

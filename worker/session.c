@@ -297,7 +297,7 @@ static mc_status need_seq(const mc_session *s, mc_err *err) {
  * group). Logits: last_only, the last token's row [V] into logits; else
  * every token's rows [n, V]. logits may be NULL when not an output rank. */
 static mc_status seq_steps(mc_session *s, const int64_t *tokens, int n, bool active, bool last_only,
-                           float *logits, mc_err *err) {
+                           float *logits, const mc_step_top *top, mc_err *err) {
     uint32_t budget = s->seq_budget, chunk = (uint32_t)n < budget ? (uint32_t)n : budget;
     size_t V = (size_t)s->m->d.vocab;
     uint32_t *tmp = mc_malloc_n(chunk ? chunk : 1, sizeof *tmp); /* (chunk) token ids */
@@ -317,9 +317,19 @@ static mc_status seq_steps(mc_session *s, const int64_t *tokens, int n, bool act
             mc_logits_mode mode = !last_only ? MC_LOGITS_ALL
                                   : last     ? MC_LOGITS_LAST
                                              : MC_LOGITS_NONE;
-            if ((st = mc_step_plan_add_seq(&plan, SEQ_ID, start, tmp, c, bt, nb, mode, 0, err)) !=
-                MC_OK)
+            if ((st = mc_step_plan_add_seq(&plan, SEQ_ID, start, tmp, c, bt, nb, mode,
+                                           top ? (uint32_t)top->k : 0, err)) != MC_OK)
                 break;
+        }
+        if (top) { /* candidates: the rows of this chunk at their place */
+            mc_step_top t = *top;
+            size_t at = last_only ? 0 : (size_t)done;
+            if (t.ids) t.ids += at * (size_t)t.k;
+            if (t.vals) t.vals += at * (size_t)t.k;
+            if (t.lse) t.lse += at;
+            if ((st = mc_step_exec_run_top(s->ex, &plan, &t, err)) != MC_OK) break;
+            done += c;
+            continue;
         }
         float *out = !logits ? NULL : last_only ? logits : logits + (size_t)done * V;
         if ((st = mc_step_exec_run(s->ex, &plan, out, err)) != MC_OK) break;
@@ -341,9 +351,59 @@ mc_status mc_session_seq_last(mc_session *s, const int64_t *tokens, int n, float
     float *buf = NULL; /* [V] the output rank's row when it is not rank 0 */
     if (out_rank && me != 0 && !(buf = mc_malloc_n((size_t)m->d.vocab, sizeof *buf)))
         return mc_err_set(err, MC_ERR_NOMEM, "out of memory");
-    st = seq_steps(s, tokens, n, active, true, !out_rank ? NULL : me == 0 ? logits : buf, err);
+    st = seq_steps(s, tokens, n, active, true, !out_rank ? NULL : me == 0 ? logits : buf, NULL,
+                   err);
     if (st == MC_OK) st = mc_sched_gather(s->m, 1, (size_t)m->d.vocab, buf, logits, err);
     free(buf);
+    return st;
+}
+
+mc_status mc_session_seq_last_top(mc_session *s, const int64_t *tokens, int n, int k,
+                                  int32_t *ids, float *vals, double *lse, mc_err *err) {
+    mc_status st = need_seq(s, err);
+    if (st != MC_OK) return st;
+    if (k < 1 || k > MC_TOPK_MAX)
+        return mc_err_set(err, MC_ERR_ARG, "session: k = %d candidates is not in 1..%d", k,
+                          MC_TOPK_MAX);
+    const mc_model *m = s->m;
+    bool active = m->lay.dp_rank == 0, out_rank = active && mc_model_is_output(m);
+    int me = m->lay.rank;
+    /* the output rank's row as 2k + 2 words (ids, vals, lse's bytes) when it is not rank 0 */
+    size_t W = 2 * (size_t)k + 2;
+    float *buf = NULL, *got = NULL;
+    int32_t *bi = NULL;
+    float *bv = NULL;
+    double bl = 0;
+    if (out_rank && me != 0 &&
+        (!(buf = mc_malloc_n(W, sizeof *buf)) || !(bi = mc_malloc_n((size_t)k, sizeof *bi)) ||
+         !(bv = mc_malloc_n((size_t)k, sizeof *bv))))
+        st = mc_err_set(err, MC_ERR_NOMEM, "out of memory");
+    if (st == MC_OK && me == 0 && !out_rank && !(got = mc_malloc_n(W, sizeof *got)))
+        st = mc_err_set(err, MC_ERR_NOMEM, "out of memory");
+    if ((st = mc_session_agree(s, st, err)) == MC_OK) {
+        mc_step_top top = {.k = k};
+        if (out_rank) {
+            top.ids = me == 0 ? ids : bi;
+            top.vals = me == 0 ? vals : bv;
+            top.lse = me == 0 ? lse : &bl;
+        }
+        st = seq_steps(s, tokens, n, active, true, NULL, &top, err);
+    }
+    if (st == MC_OK && buf) {
+        memcpy(buf, bi, (size_t)k * 4);
+        memcpy(buf + k, bv, (size_t)k * 4);
+        memcpy(buf + 2 * (size_t)k, &bl, 8);
+    }
+    if (st == MC_OK) st = mc_sched_gather(s->m, 1, W, buf, got, err);
+    if (st == MC_OK && got) {
+        memcpy(ids, got, (size_t)k * 4);
+        memcpy(vals, got + k, (size_t)k * 4);
+        if (lse) memcpy(lse, got + 2 * (size_t)k, 8);
+    }
+    free(buf);
+    free(got);
+    free(bi);
+    free(bv);
     return st;
 }
 
@@ -351,7 +411,16 @@ mc_status mc_session_forward(mc_session *s, const int64_t *tokens, int n, float 
                              bool last_only, mc_err *err) {
     mc_status st = need_seq(s, err);
     if (st != MC_OK) return st;
-    return seq_steps(s, tokens, n, true, last_only, logits, err);
+    return seq_steps(s, tokens, n, true, last_only, logits, NULL, err);
+}
+
+mc_status mc_session_forward_top(mc_session *s, const int64_t *tokens, int n, int k,
+                                 int32_t *ids, float *vals, double *lse, bool last_only,
+                                 mc_err *err) {
+    mc_status st = need_seq(s, err);
+    if (st != MC_OK) return st;
+    mc_step_top top = {.k = k, .ids = ids, .vals = vals, .lse = lse};
+    return seq_steps(s, tokens, n, true, last_only, NULL, &top, err);
 }
 
 /* ---- serving ---- */

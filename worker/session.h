@@ -137,10 +137,22 @@ void mc_session_seq_reset(mc_session *s);
  * logits [V] of the last one land on rank 0. */
 mc_status mc_session_seq_last(mc_session *s, const int64_t *tokens, int n, float *logits,
                               mc_err *err);
+/* Collective, as _seq_last, but the last token's k (1..MC_TOPK_MAX) most
+ * likely ids (best first, ties to the lower id), their logits and (lse not
+ * NULL) the row's log-sum-exp land on rank 0 instead of its logits: the
+ * row never leaves the device whole (worker/step.h mc_step_top). ids[0]
+ * is the greedy pick, bitwise the argmax of the row _seq_last gives. */
+mc_status mc_session_seq_last_top(mc_session *s, const int64_t *tokens, int n, int k,
+                                  int32_t *ids, float *vals, double *lse, mc_err *err);
 /* Single process: n tokens of the sequence, logits [n, V] (or [1, V] of the
  * last when last_only) written to logits. */
 mc_status mc_session_forward(mc_session *s, const int64_t *tokens, int n, float *logits,
                              bool last_only, mc_err *err);
+/* The same with k candidates a row in place of the logits: ids and vals
+ * [n, k] (or [1, k]), lse [n] (or [1]) or NULL (mc_session_seq_last_top). */
+mc_status mc_session_forward_top(mc_session *s, const int64_t *tokens, int n, int k,
+                                 int32_t *ids, float *vals, double *lse, bool last_only,
+                                 mc_err *err);
 
 /* ---- serving: one step executor driven by step plans (`moecluster worker`) ----
  *

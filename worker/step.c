@@ -462,6 +462,7 @@ void mc_step_exec_free(mc_step_exec *ex)
     free(ex->host);
     free(ex->layers);
     mc_buffer_free(ex->bt_buf);
+    mc_buffer_free(ex->top_buf);
     mc_buffer_free(ex->ep_buf);
     mc_comm_shm_free(ex->ep_shm);
     mc_kv_pool_free(ex->pool);
@@ -630,7 +631,39 @@ mc_status mc_step_decoder_forward(mc_step_exec *ex, const mc_step_host_ix *hx, f
     return MC_OK;
 }
 
+static mc_status run(mc_step_exec *ex, const mc_step_plan *plan, float *logits, mc_err *err);
+
 mc_status mc_step_exec_run(mc_step_exec *ex, const mc_step_plan *plan, float *logits, mc_err *err)
+{
+    ex->top = NULL;
+    return run(ex, plan, logits, err);
+}
+
+mc_status mc_step_exec_run_top(mc_step_exec *ex, const mc_step_plan *plan, mc_step_top *top,
+                               mc_err *err)
+{
+    if (!top || top->k < 1 || top->k > MC_TOPK_MAX)
+        return mc_err_set(err, MC_ERR_ARG, "step: top-k candidates: k = %d is not in 1..%d",
+                          top ? top->k : 0, MC_TOPK_MAX);
+    if (top->k > ex->m->d.vocab)
+        return mc_err_set(err, MC_ERR_ARG, "step: top-k candidates: k = %d is past the "
+                          "vocabulary (%d)", top->k, ex->m->d.vocab);
+    for (uint32_t i = 0; plan && i < plan->n_seqs; i++) {
+        const mc_step_seq *q = &plan->seqs[i];
+        if (q->logits != MC_LOGITS_NONE && q->top_k != (uint32_t)top->k)
+            return mc_err_set(err, MC_ERR_ARG, "step plan: seqs[%u].top_k = %u, but this step "
+                              "gives %d candidates a row", i, q->top_k, top->k);
+    }
+    if (plan && mc_step_plan_logit_rows(plan) > 0 && mc_model_is_output(ex->m) &&
+        (!top->ids || !top->vals))
+        return mc_err_set(err, MC_ERR_ARG, "step: the candidates' ids or vals is NULL");
+    ex->top = top;
+    mc_status st = run(ex, plan, NULL, err);
+    ex->top = NULL;
+    return st;
+}
+
+static mc_status run(mc_step_exec *ex, const mc_step_plan *plan, float *logits, mc_err *err)
 {
     mc_step_limits lim;
     mc_step_exec_limits(ex, &lim);
@@ -642,15 +675,15 @@ mc_status mc_step_exec_run(mc_step_exec *ex, const mc_step_plan *plan, float *lo
     uint32_t ns = plan->n_seqs, maxb = 0;
     for (uint32_t i = 0; i < ns; i++) {
         const mc_step_seq *q = &plan->seqs[i];
-        if (q->logits != MC_LOGITS_NONE && q->top_k > 0)
-            return mc_err_set(err, MC_ERR_UNSUPPORTED,
-                              "step plan: seqs[%u].top_k = %u: top-k "
-                              "candidates are not supported yet (0 = full logits)",
+        if (q->logits != MC_LOGITS_NONE && q->top_k > 0 && !ex->top)
+            return mc_err_set(err, MC_ERR_ARG,
+                              "step plan: seqs[%u].top_k = %u: top-k candidates come from "
+                              "mc_step_exec_run_top (0 = full logits)",
                               i, q->top_k);
         maxb = q->n_blocks > maxb ? q->n_blocks : maxb;
     }
     int64_t n = (int64_t)mc_step_plan_tokens(plan), nl = (int64_t)mc_step_plan_logit_rows(plan);
-    if (nl > 0 && !logits && mc_model_is_output(ex->m))
+    if (nl > 0 && !logits && !ex->top && mc_model_is_output(ex->m))
         return mc_err_set(err, MC_ERR_ARG, "step: logits is NULL but the plan wants %lld rows",
                           (long long)nl);
     if ((st = len_reserve(ex, ns, err)) != MC_OK)

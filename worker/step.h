@@ -89,7 +89,7 @@ uint32_t mc_step_exec_seq_len(const mc_step_exec *ex, uint64_t seq_id);
  * vocab floats: per entry in plan order, its last token's row (LAST) or
  * every token's row (ALL), nothing for NONE. logits may be NULL when the
  * plan asks for none. A refused plan (MC_ERR_FORMAT naming the field, or
- * MC_ERR_UNSUPPORTED for top_k > 0, not done yet) changes nothing; after a
+ * MC_ERR_ARG for top_k > 0: mc_step_exec_run_top takes those) changes nothing; after a
  * failure in the ops the known lengths are unchanged, so the same plan may
  * run again. On success every entry's sequence is known at start_pos +
  * n_tokens positions.
@@ -103,6 +103,29 @@ uint32_t mc_step_exec_seq_len(const mc_step_exec *ex, uint64_t seq_id);
  * may pass NULL. In one process every plan is the only group's and the
  * logits land in the caller's array. */
 mc_status mc_step_exec_run(mc_step_exec *ex, const mc_step_plan *plan, float *logits, mc_err *err);
+
+/* Candidates in place of logits (mc_step_exec_run_top): for each row that
+ * wants logits (plan order, the rows of mc_step_exec_run's logits), the k
+ * most likely token ids, best first (ties to the lower id), their logits,
+ * and unless lse is NULL the row's log-sum-exp over the whole vocabulary
+ * (max + log(sum of exp(x - max)), in double; the sum's order is the
+ * backend's and, under tp, the slices' log-sum-exps are combined). A greedy
+ * pick is ids[0]; log-probabilities are vals - lse. The rows never leave
+ * the device whole (mc_op_topk there; under tp each rank's slice gives k
+ * candidates and the output rank keeps the best k). */
+typedef struct mc_step_top {
+    int k;        /* 1..MC_TOPK_MAX (backend.h); every entry's top_k equals it */
+    int32_t *ids; /* (rows, k) */
+    float *vals;  /* (rows, k) */
+    double *lse;  /* (rows), or NULL: not computed */
+} mc_step_top;
+
+/* mc_step_exec_run for a plan whose entries with logits all ask for top_k
+ * = top->k candidates (MC_ERR_ARG otherwise), into top on the output rank
+ * (other ranks may pass NULL arrays; top itself is required). The same
+ * collective contract as mc_step_exec_run. */
+mc_status mc_step_exec_run_top(mc_step_exec *ex, const mc_step_plan *plan, mc_step_top *top,
+                               mc_err *err);
 
 /* Forgets seq_id and gives its blocks back to the pool. MC_ERR_NOT_FOUND
  * when neither the executor nor the pool knows it. */

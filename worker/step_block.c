@@ -10,6 +10,7 @@
 #include "log.h"
 #include "nonfinite.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -801,9 +802,185 @@ fail:
     return st;
 }
 
+/* ---- candidates in place of logits (ex->top, mc_step_exec_run_top) ---- */
+
+/* The device outputs of mc_op_topk for r rows of k (ex->top_buf): ids (r,
+ * k) I32, vals (r, k), lse (r, 2). */
+static mc_status top_views(mc_step_exec *ex, int64_t r, int k, mc_tensor *ids, mc_tensor *vals,
+                           mc_tensor *lse, mc_err *err)
+{
+    size_t a = (size_t)r * (size_t)k * 4;
+    mc_status st = mc_step_grow(ex, &ex->top_buf, &ex->top_cap, 2 * a + (size_t)r * 8, err);
+    if (st == MC_OK)
+        st = mc_tensor_init_2d(ids, ex->top_buf, 0, MC_DT_I32, r, k, err);
+    if (st == MC_OK)
+        st = mc_tensor_init_2d(vals, ex->top_buf, a, MC_DT_F32, r, k, err);
+    if (st == MC_OK)
+        st = mc_tensor_init_2d(lse, ex->top_buf, 2 * a, MC_DT_F32, r, 2, err);
+    return st;
+}
+
+/* topk of the rows of hl, id0 its first vocabulary id, downloaded: (r, k)
+ * ids, (r, k) vals and (when want_lse) (r, 2) lse float pairs, to host. */
+static mc_status top_host(mc_step_exec *ex, const mc_tensor *hl, int64_t id0, int want_lse,
+                          int32_t *ids, float *vals, float *lse2, mc_err *err)
+{
+    int64_t r = mc_tensor_rows(hl);
+    int k = ex->top->k;
+    mc_tensor it, vt, lt;
+    mc_status st = top_views(ex, r, k, &it, &vt, &lt, err);
+    if (st == MC_OK)
+        st = mc_op_topk(ex->be, hl, k, id0, &it, &vt, want_lse ? &lt : NULL, err);
+    if (st == MC_OK)
+        st = mc_tensor_download(&it, ids, err);
+    if (st == MC_OK)
+        st = mc_tensor_download(&vt, vals, err);
+    if (st == MC_OK && want_lse)
+        st = mc_tensor_download(&lt, lse2, err);
+    return st;
+}
+
+mc_status mc_step_top_rows(mc_step_exec *ex, const mc_tensor *hl, int64_t r0, mc_err *err)
+{
+    mc_step_top *t = ex->top;
+    int64_t r = mc_tensor_rows(hl);
+    float lse2[2 * MC_STEP_HEAD_ROWS];
+    if (r > MC_STEP_HEAD_ROWS)
+        return mc_err_set(err, MC_ERR_INTERNAL, "step: %lld head rows at once", (long long)r);
+    mc_status st = top_host(ex, hl, 0, t->lse != NULL, t->ids + (size_t)r0 * t->k,
+                            t->vals + (size_t)r0 * t->k, lse2, err);
+    for (int64_t i = 0; st == MC_OK && t->lse && i < r; i++)
+        t->lse[r0 + i] = (double)lse2[2 * i] + (double)lse2[2 * i + 1];
+    return st;
+}
+
+/* mc_op_topk's order: larger first, ties to the lower id, NaN last. */
+static int top_before(float a, int32_t ia, float b, int32_t ib)
+{
+    if (a != a)
+        return b != b && ia < ib;
+    return b != b || a > b || (a == b && ia < ib);
+}
+
+/* Row i of the tp slices' candidates (tp blocks of r rows of W = 2k + 2
+ * words: k ids, k vals, lse hi / lo) merged into the best k and the whole
+ * row's log-sum-exp (the slices' combined: m + log(sum of exp(lse_p - m))). */
+static void top_merge(const uint32_t *all, int tp, int64_t r, int64_t i, int k, int32_t *ids,
+                      float *vals, double *lse)
+{
+    size_t W = 2 * (size_t)k + 2;
+    int at[MC_COMM_LOCAL_MAX_RANKS] = {0}; /* next candidate of each slice (each is sorted) */
+    for (int j = 0; j < k; j++) {
+        int bp = -1;
+        int32_t bi = 0;
+        float bv = 0;
+        for (int p = 0; p < tp; p++) {
+            if (at[p] >= k)
+                continue;
+            const uint32_t *row = all + ((size_t)p * (size_t)r + (size_t)i) * W;
+            int32_t id;
+            float v;
+            memcpy(&id, row + at[p], 4);
+            memcpy(&v, row + k + at[p], 4);
+            if (bp < 0 || top_before(v, id, bv, bi)) {
+                bp = p;
+                bi = id;
+                bv = v;
+            }
+        }
+        at[bp]++;
+        ids[j] = bi;
+        vals[j] = bv;
+    }
+    if (!lse)
+        return;
+    double l[MC_COMM_LOCAL_MAX_RANKS], m = -INFINITY;
+    int nan = 0;
+    for (int p = 0; p < tp; p++) {
+        const uint32_t *row = all + ((size_t)p * (size_t)r + (size_t)i) * W + 2 * (size_t)k;
+        float hi, lo;
+        memcpy(&hi, row, 4);
+        memcpy(&lo, row + 1, 4);
+        l[p] = (double)hi + (double)lo;
+        nan |= l[p] != l[p];
+        m = l[p] > m ? l[p] : m;
+    }
+    if (nan || isinf(m)) {
+        *lse = nan ? NAN : m;
+        return;
+    }
+    double sum = 0;
+    for (int p = 0; p < tp; p++)
+        sum += exp(l[p] - m);
+    *lse = m + log(sum);
+}
+
+/* The LM head's candidates under tp: each rank's topk of its slice, sent
+ * to tp rank 0 (all-to-all to it alone), merged there into ex->top. */
+static mc_status head_top_tp(mc_step_exec *ex, const mc_tensor *hl, int64_t c0, mc_err *err)
+{
+    mc_model *m = ex->m;
+    const mc_layout *lay = &m->lay;
+    int tp = lay->tp, k = ex->top->k, L = m->d.n_layers;
+    int64_t r = mc_tensor_rows(hl);
+    size_t W = 2 * (size_t)k + 2, mine = (size_t)r * W * 4;
+    mc_arena_mark mk = mc_arena_mark_get(ex->arena);
+    uint32_t *part = mc_arena_alloc_n(ex->arena, (size_t)r * W, 4);
+    uint32_t *all = lay->tp_rank == 0 ? mc_arena_alloc_n(ex->arena, (size_t)tp * r * W, 4) : NULL;
+    size_t *cnt = mc_arena_alloc_n(ex->arena, (size_t)4 * tp, sizeof *cnt);
+    int32_t *ids = mc_arena_alloc_n(ex->arena, (size_t)r * k, 4);
+    float *vals = mc_arena_alloc_n(ex->arena, (size_t)r * k, 4);
+    float *lse2 = mc_arena_alloc_n(ex->arena, (size_t)r * 2, 4);
+    mc_status st = MC_OK;
+    if (tp > MC_COMM_LOCAL_MAX_RANKS) {
+        st = mc_err_set(err, MC_ERR_UNSUPPORTED, "step: candidates from %d tp ranks (at most %d)",
+                        tp, MC_COMM_LOCAL_MAX_RANKS);
+        goto done;
+    }
+    if (!part || (lay->tp_rank == 0 && !all) || !cnt || !ids || !vals || !lse2) {
+        st = mc_err_set(err, MC_ERR_NOMEM, "step: out of memory for the LM head's candidates");
+        goto done;
+    }
+    int want_lse = 1; /* every rank sends it (rank 0 alone knows whether it is wanted) */
+    TRY(top_host(ex, hl, lay->vocab0, want_lse, ids, vals, lse2, err));
+    for (int64_t i = 0; i < r; i++) {
+        memcpy(part + (size_t)i * W, ids + (size_t)i * k, (size_t)k * 4);
+        memcpy(part + (size_t)i * W + k, vals + (size_t)i * k, (size_t)k * 4);
+        memcpy(part + (size_t)i * W + 2 * (size_t)k, lse2 + 2 * i, 8);
+    }
+    size_t *sc = cnt, *sd = cnt + tp, *rc = cnt + 2 * tp, *rd = cnt + 3 * tp;
+    memset(cnt, 0, (size_t)4 * tp * sizeof *cnt);
+    sc[0] = mine; /* everything to tp rank 0 */
+    if (all)
+        for (int p = 0; p < tp; p++) {
+            rc[p] = mine;
+            rd[p] = (size_t)p * mine;
+        }
+    double t = m->stats ? mc_now_s() : 0;
+    st = mc_comm_all_to_all_v(m->tp_comm, part, mine, sc, sd, all, all ? (size_t)tp * mine : 0,
+                              rc, rd, err);
+    if (m->stats) {
+        m->stats[MC_STAT_HEAD(L)].t_comm += mc_now_s() - t;
+        if (lay->tp_rank != 0)
+            m->stats[MC_STAT_HEAD(L)].p2p_bytes += mine;
+    }
+    if (st != MC_OK || !all || !ex->top->ids)
+        goto done;
+    for (int64_t i = 0; i < r; i++) {
+        mc_step_top *tt = ex->top;
+        top_merge(all, tp, r, i, k, tt->ids + (size_t)(c0 + i) * k, tt->vals + (size_t)(c0 + i) * k,
+                  tt->lse ? tt->lse + c0 + i : NULL);
+    }
+done:
+fail:
+    mc_arena_reset_to(ex->arena, mk);
+    return st;
+}
+
 /* Final norm and the LM head on the nl rows listed in ex->rows, HEAD_ROWS
  * at a time: each tp rank multiplies its vocabulary slice, tp rank 0
- * gathers the slices (all-to-all to it alone) into logits (nl, V). */
+ * gathers the slices (all-to-all to it alone) into logits (nl, V), or with
+ * ex->top each rank's candidates, merged at tp rank 0. */
 mc_status mc_step_head(mc_step_exec *ex, mc_step_views *s, int64_t nl, float *logits, mc_err *err)
 {
     mc_model *m = ex->m;
@@ -815,7 +992,7 @@ mc_status mc_step_head(mc_step_exec *ex, mc_step_views *s, int64_t nl, float *lo
     size_t *cnt = NULL;
     mc_status st = MC_OK;
     mc_arena_mark mk = mc_arena_mark_get(ex->arena);
-    if (tp > 1) { /* host staging of the gather, from the step's arena */
+    if (tp > 1 && !ex->top) { /* host staging of the gather, from the step's arena */
         part = mc_arena_alloc_n(ex->arena, (size_t)R * (size_t)nv, sizeof *part); /* (R, nv) */
         all = lay->tp_rank == 0 ? mc_arena_alloc_n(ex->arena, (size_t)R * (size_t)V, sizeof *all)
                                 : NULL;                                             /* (R, V) */
@@ -840,6 +1017,10 @@ mc_status mc_step_head(mc_step_exec *ex, mc_step_views *s, int64_t nl, float *lo
             for (int64_t i = 0; i < r; i++)
                 rp[i] = s->hx->pos[s->hx->rows[c0 + i]];
             TRY(mc_step_nf(ex, MC_NF_HEAD, 0, &hl, rp, NULL, err));
+        }
+        if (ex->top) {
+            TRY(tp == 1 ? mc_step_top_rows(ex, &hl, c0, err) : head_top_tp(ex, &hl, c0, err));
+            continue;
         }
         if (tp == 1) {
             TRY(mc_tensor_download(&hl, logits + (size_t)c0 * (size_t)V, err));

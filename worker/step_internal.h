@@ -117,6 +117,11 @@ struct mc_step_exec {
     mc_tensor rows;          /* [T] I32: token rows that want logits */
     mc_buffer *bt_buf;       /* block table of the step, grown on demand */
     size_t bt_cap;
+    /* candidates in place of logits for the step running (mc_step_exec_run_top), else NULL;
+     * the head's topk outputs on the device, grown on demand */
+    struct mc_step_top *top;
+    mc_buffer *top_buf;
+    size_t top_cap;
     mc_arena *arena; /* host staging of the index arrays, reset per step */
     mc_step_len *lens;
     size_t lens_cap, lens_n;
@@ -258,6 +263,9 @@ mc_status mc_step_block(mc_step_exec *ex, int l, mc_step_views *s, mc_err *err);
 /* Final norm and LM head on the nl rows listed in ex->rows into host
  * logits (nl, V). */
 mc_status mc_step_head(mc_step_exec *ex, mc_step_views *s, int64_t nl, float *logits, mc_err *err);
+/* ex->top's candidates of the nr rows of logits hl (nr, V), the whole
+ * vocabulary (tp 1), for rows r0.. of the step's logits rows. */
+mc_status mc_step_top_rows(mc_step_exec *ex, const mc_tensor *hl, int64_t r0, mc_err *err);
 
 /* ---- the decoder stack (step.c): the family table's rows for DeepSeek-V3 /
  * V3.2, Qwen3-MoE, Llama 4, Mistral 4 (family.c) ---- */

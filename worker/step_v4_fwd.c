@@ -207,7 +207,10 @@ static mc_status head(mc_step_exec *ex, const mc_step_host_ix *hx, v4_views *s, 
         for (int64_t i = 0; i < nr; i++)
             rp[i] = hx->pos[hx->rows[r0 + i]];
         TRYS(mc_step_nf(ex, MC_NF_HEAD, 0, &lv, rp, NULL, err));
-        TRYS(mc_tensor_download(&lv, logits + (size_t)r0 * V, err));
+        if (ex->top) /* candidates in place of the rows (mc_step_exec_run_top) */
+            TRYS(mc_step_top_rows(ex, &lv, r0, err));
+        else
+            TRYS(mc_tensor_download(&lv, logits + (size_t)r0 * V, err));
     }
     return MC_OK;
 }

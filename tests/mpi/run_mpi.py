@@ -127,8 +127,13 @@ def cmd_exec(a, rest):
 def cmd_score(a, rest):
     model, n, opts = rest[0], int(rest[1]), rest[2:]
     tag = "_".join([model, str(n)] + [o.strip("-") for o in opts])
+    # twins of a case (.a2a, .cpu_device, .direct) run concurrently under ctest -j: own files
     if os.environ.get("MC_EP_SHM") == "0":
-        tag += "_a2a"  # the .a2a twin of a case runs concurrently under ctest -j
+        tag += "_a2a"
+    if os.environ.get("MC_CPU_AS_DEVICE") == "1":
+        tag += "_dev"
+    if os.environ.get("MC_DATA_PLANE"):
+        tag += "_" + os.environ["MC_DATA_PLANE"]
     out = os.path.join(a.work, tag + ".safetensors")
     if os.path.exists(out):
         os.remove(out)

@@ -11,7 +11,12 @@
  * build identical plans from one random stream; a group that has finished
  * runs empty plans while others work, so every rank calls mc_step_exec_run
  * the same number of times. The output rank of each group compares the
- * rows it receives; rank 0 reports the verdict of all of them. */
+ * rows it receives; rank 0 reports the verdict of all of them. Every
+ * other schedule asks for TOPK candidates a row instead
+ * (mc_step_exec_run_top; under tp each rank's vocabulary slice gives its
+ * own and the output rank merges them): each candidate's logit is the
+ * reference's at its id (TOL), they descend, and they are a top-k of the
+ * reference row up to that noise; the log-sum-exp is the reference row's. */
 #include "backend.h"
 #include "comm.h"
 #include "comm_mpi.h"
@@ -29,6 +34,7 @@
 #define NSEQ 7
 #define MAXLEN 40
 #define TOL 2e-6 /* as unit.test_step_exec on the SIMD paths; measured <= 4.4e-7 */
+#define TOPK 5
 
 static int g_fail, g_rank;
 static int V;
@@ -82,6 +88,47 @@ static void check_row(int s, int p, const float *got)
     }
 }
 
+static void check_top_row(int s, int p, const int32_t *ids, const float *vals, double lse)
+{
+    const float *ref = seqs[s].ref + (size_t)p * V;
+    double m = 0, best[TOPK], mx = -INFINITY, sum = 0;
+    for (int j = 0; j < TOPK; j++)
+        best[j] = -INFINITY;
+    for (int v = 0; v < V; v++) {
+        double x = ref[v];
+        m = fabs(x) > m ? fabs(x) : m;
+        mx = x > mx ? x : mx;
+        for (int j = 0; j < TOPK; j++) /* the reference's k best values, descending */
+            if (x > best[j]) {
+                memmove(best + j + 1, best + j, (size_t)(TOPK - 1 - j) * sizeof *best);
+                best[j] = x;
+                break;
+            }
+    }
+    for (int v = 0; v < V; v++)
+        sum += exp((double)ref[v] - mx);
+    double tol = TOL * (m > 0 ? m : 1), want_lse = mx + log(sum);
+    for (int j = 0; j < TOPK; j++) {
+        int id = ids[j];
+        int ok = id >= 0 && id < V && fabs((double)vals[j] - ref[id]) <= tol &&
+                 (j == 0 || (vals[j] <= vals[j - 1] && ids[j] != ids[j - 1])) &&
+                 ref[id] >= best[TOPK - 1] - 2 * tol;
+        if (!ok) {
+            g_fail++;
+            if (g_shown++ < 6)
+                fprintf(stderr, "rank %d: seq %d pos %d: candidate %d is id %d (%.7g), the "
+                        "reference has %.7g there and its %d best end at %.7g\n", g_rank, s, p, j,
+                        id, vals[j], id >= 0 && id < V ? ref[id] : NAN, TOPK, best[TOPK - 1]);
+        }
+    }
+    if (!(fabs(lse - want_lse) <= 4 * tol)) {
+        g_fail++;
+        if (g_shown++ < 6)
+            fprintf(stderr, "rank %d: seq %d pos %d: log-sum-exp %.9g, the reference's %.9g\n",
+                    g_rank, s, p, lse, want_lse);
+    }
+}
+
 /* One random schedule of this rank's dp group; collective. */
 static int run_schedule(mc_model *m, mc_backend *be, mc_comm *world, int sched)
 {
@@ -107,6 +154,10 @@ static int run_schedule(mc_model *m, mc_backend *be, mc_comm *world, int sched)
     for (int s = 0; s < NSEQ; s++)
         prompt[s] = 1 + (int)rnd((uint32_t)seqs[s].len);
     float *logits = malloc((size_t)budget * V * sizeof *logits);
+    int top = sched % 2 == 1 && V >= TOPK; /* candidates instead of logits */
+    int32_t *cid = malloc((size_t)budget * TOPK * sizeof *cid);
+    float *cval = malloc((size_t)budget * TOPK * sizeof *cval);
+    double *clse = malloc((size_t)budget * sizeof *clse);
     int steps = 0;
     for (;;) {
         /* this group's plan: running sequences continue (prefill chunk or one
@@ -135,7 +186,7 @@ static int run_schedule(mc_model *m, mc_backend *be, mc_comm *world, int sched)
             uint32_t n_tab;
             const uint32_t *tab = mc_kv_pool_table(pool, (uint64_t)s, &n_tab);
             if (mc_step_plan_add_seq(&plan, (uint64_t)s, (uint32_t)d, seqs[s].tok + d, c, tab,
-                                     n_tab, MC_LOGITS_ALL, 0, &e) != MC_OK) {
+                                     n_tab, MC_LOGITS_ALL, top ? TOPK : 0, &e) != MC_OK) {
                 FAIL("plan: %s", e.msg);
                 break;
             }
@@ -155,18 +206,27 @@ static int run_schedule(mc_model *m, mc_backend *be, mc_comm *world, int sched)
             break;
         }
         plan.step_id = (uint64_t)steps++;
-        st = mc_step_exec_run(ex, &plan, mc_model_is_output(m) ? logits : NULL, &e);
+        mc_step_top tk = {.k = TOPK, .ids = cid, .vals = cval, .lse = clse};
+        st = top ? mc_step_exec_run_top(ex, &plan, &tk, &e)
+                 : mc_step_exec_run(ex, &plan, mc_model_is_output(m) ? logits : NULL, &e);
         if (st != MC_OK) {
             FAIL("step %d (%d entries): %s", steps, ne, e.msg);
             mc_step_plan_free(&plan);
             free(logits);
+            free(cid);
+            free(cval);
+            free(clse);
             return 0; /* the peers are stuck in a collective: the caller aborts */
         }
         const float *row = logits;
+        int r = 0;
         for (int i = 0; i < ne; i++) {
             int s = ent[i];
-            for (int j = 0; j < cnt[i]; j++, row += V)
-                if (mc_model_is_output(m))
+            for (int j = 0; j < cnt[i]; j++, row += V, r++)
+                if (mc_model_is_output(m) && top)
+                    check_top_row(s, done[s] + j, cid + (size_t)r * TOPK, cval + (size_t)r * TOPK,
+                                  clse[r]);
+                else if (mc_model_is_output(m))
                     check_row(s, done[s] + j, row);
             done[s] += cnt[i];
             if (mc_step_exec_seq_len(ex, (uint64_t)s) != (uint32_t)done[s])
@@ -180,6 +240,9 @@ static int run_schedule(mc_model *m, mc_backend *be, mc_comm *world, int sched)
     if (mc_kv_pool_n_used(pool) != 0)
         FAIL("%u blocks still used", mc_kv_pool_n_used(pool));
     free(logits);
+    free(cid);
+    free(cval);
+    free(clse);
     mc_step_exec_free(ex);
     return 1;
 }

@@ -2,6 +2,7 @@
  * score, sequence steps and single-process forward against the per-call
  * reference forward (tests/ref) on a separately loaded copy; the backend's counters through
  * the session against the kernels' process-wide counters; errors named. */
+#include "backend.h"
 #include "check.h"
 #include "kernels.h"
 #include "model.h"
@@ -80,6 +81,58 @@ static void test_run(const char *dir) {
     CHECK(c.bytes_read == mc_kernels_bytes_read() && c.macs == mc_kernels_macs());
     mc_session_count(s, false);
     CHECK(compare("forward", got, want + (size_t)T * V, (size_t)T * V, 1e-5) == 0);
+
+    /* candidates in place of logits: the k best of the very rows forward gives (bitwise),
+     * ties to the lower id, and the row's log-sum-exp in double */
+    {
+        enum { K = 6 };
+        int32_t cid[T * K];
+        float cval[T * K];
+        double clse[T];
+        mc_session_seq_reset(s);
+        CHECK(mc_session_forward_top(s, ids + T, T, K, cid, cval, clse, false, &err) == MC_OK);
+        int bad = 0;
+        for (int r = 0; r < T; r++) {
+            const float *row = got + (size_t)r * V;
+            char used[4096] = {0};
+            for (int j = 0; j < K && V <= 4096; j++) {
+                int b = -1;
+                for (int v = 0; v < V; v++)
+                    if (!used[v] && (b < 0 || row[v] > row[b]))
+                        b = v;
+                used[b] = 1;
+                if (cid[r * K + j] != b || cval[r * K + j] != row[b]) {
+                    if (bad++ < 5)
+                        fprintf(stderr, "top row %d pick %d: got %d (%.9g), want %d (%.9g)\n", r,
+                                j, cid[r * K + j], cval[r * K + j], b, row[b]);
+                }
+            }
+            double m = cval[r * K], sum = 0;
+            for (int v = 0; v < V; v++)
+                sum += exp((double)row[v] - m);
+            if (fabs(clse[r] - (m + log(sum))) > 1e-12 * fabs(m + log(sum)) && bad++ < 5)
+                fprintf(stderr, "top row %d: lse %.17g, want %.17g\n", r, clse[r], m + log(sum));
+        }
+        CHECK(V <= 4096 && bad == 0);
+        /* the last row only, k = 1: the argmax of seq_last's row */
+        mc_session_seq_reset(s);
+        CHECK(mc_session_seq_last(s, ids, T - 1, got, &err) == MC_OK);
+        int am = 0;
+        for (int v = 1; v < V; v++)
+            am = got[v] > got[am] ? v : am;
+        mc_session_seq_reset(s);
+        int32_t one = -1;
+        float onev = 0;
+        CHECK(mc_session_seq_last_top(s, ids, T - 1, 1, &one, &onev, NULL, &err) == MC_OK);
+        CHECK(one == am && onev == got[am]);
+        mc_session_seq_reset(s);
+        CHECK(mc_session_seq_last_top(s, ids, T - 1, 0, &one, &onev, NULL, &err) == MC_ERR_ARG &&
+              strstr(err.msg, "k = 0"));
+        mc_err_clear(&err);
+        CHECK(mc_session_forward_top(s, ids, T - 1, MC_TOPK_MAX + 1, cid, cval, NULL, true, &err) ==
+                  MC_ERR_ARG && strstr(err.msg, "k = 65"));
+        mc_err_clear(&err);
+    }
 done:
     mc_kv_free(kv);
     mc_model_free(ref);

@@ -308,7 +308,7 @@ static void refusals(mc_model *m, mc_backend *be)
         {0, 1, 1, b9, 0, MC_ERR_FORMAT, "kv_blocks"},
         {0, 5, 2, b11, 0, MC_ERR_FORMAT, "kv_blocks"},
         {0, 5, 1, b01, 0, MC_ERR_FORMAT, "seqs[0]"},
-        {0, 2, 1, b01, 3, MC_ERR_UNSUPPORTED, "top_k"},
+        {0, 2, 1, b01, 3, MC_ERR_ARG, "top_k"}, /* candidates: mc_step_exec_run_top */
         {0, 8, 2, b01, 0, MC_ERR_FORMAT, "seqs[0]"},
         {3, 1, 1, b01, 0, MC_ERR_FORMAT, "start"},
     };
@@ -325,6 +325,29 @@ static void refusals(mc_model *m, mc_backend *be)
         CHECK(strstr(e.msg, bad[i].field) != NULL);
         CHECK(mc_step_exec_seq_len(ex, 1) == 0);
         mc_step_plan_free(&p);
+    }
+    /* candidates: a plan whose top_k is not the step's k, k out of range, no arrays */
+    {
+        int32_t ci[4];
+        float cv[4];
+        mc_step_top tk = {.k = 2, .ids = ci, .vals = cv};
+        mc_step_plan_init(&p);
+        CHECK(mc_step_plan_add_seq(&p, 1, 0, tok, 2, b01, 1, MC_LOGITS_LAST, 3, &e) == MC_OK);
+        mc_err_clear(&e);
+        CHECK(mc_step_exec_run_top(ex, &p, &tk, &e) == MC_ERR_ARG &&
+              strstr(e.msg, "seqs[0].top_k = 3, but this step gives 2"));
+        tk.k = 0;
+        mc_err_clear(&e);
+        CHECK(mc_step_exec_run_top(ex, &p, &tk, &e) == MC_ERR_ARG && strstr(e.msg, "k = 0"));
+        mc_step_plan_free(&p);
+        mc_step_plan_init(&p);
+        CHECK(mc_step_plan_add_seq(&p, 1, 0, tok, 2, b01, 1, MC_LOGITS_LAST, 2, &e) == MC_OK);
+        tk = (mc_step_top){.k = 2, .ids = NULL, .vals = cv};
+        mc_err_clear(&e);
+        CHECK(mc_step_exec_run_top(ex, &p, &tk, &e) == MC_ERR_ARG && strstr(e.msg, "NULL"));
+        CHECK(mc_step_exec_seq_len(ex, 1) == 0);
+        mc_step_plan_free(&p);
+        mc_err_clear(&e);
     }
     /* a good step, then one that does not continue at the known length */
     CHECK(mc_kv_pool_reserve(pool, 1, 8, &e) == MC_OK);
