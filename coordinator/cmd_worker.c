@@ -133,34 +133,61 @@ static void send_heartbeat(void *sock, uint64_t last_step)
 }
 
 /* The StepResult of plan: one SeqResult per entry with logits, pointing
- * into logits (rows of V floats in plan order). */
-static void send_result(void *sock, const mc_step_plan *plan, const float *logits, uint32_t V)
+ * into logits (rows of V floats in plan order), or with k > 0 candidates
+ * (rows of 2k + 2 words: mc_session_exec_run): the k ids as top_token_ids
+ * and their log-probabilities (logit - the row's log-sum-exp) as
+ * top_logprobs. */
+static void send_result(void *sock, const mc_step_plan *plan, const float *logits, uint32_t V,
+                        int k)
 {
     uint32_t n = 0;
     for (uint32_t i = 0; i < plan->n_seqs; i++)
         n += plan->seqs[i].logits != MC_LOGITS_NONE;
     SeqResult *res = calloc(n ? n : 1, sizeof *res);
     SeqResult **ptrs = calloc(n ? n : 1, sizeof *ptrs);
-    if (!res || !ptrs) {
+    size_t rows_all = (size_t)mc_step_plan_logit_rows(plan);
+    uint32_t *tid = k > 0 ? calloc(rows_all * (size_t)k + 1, sizeof *tid) : NULL;
+    float *tlp = k > 0 ? calloc(rows_all * (size_t)k + 1, sizeof *tlp) : NULL;
+    if (!res || !ptrs || (k > 0 && (!tid || !tlp))) {
         free(res);
         free(ptrs);
+        free(tid);
+        free(tlp);
         send_error(sock, MC_ERR_NOMEM, "worker: out of memory for the step result", plan->step_id);
         return;
     }
     size_t row = 0;
-    uint32_t k = 0;
+    uint32_t j = 0;
     for (uint32_t i = 0; i < plan->n_seqs; i++) {
         const mc_step_seq *e = &plan->seqs[i];
         if (e->logits == MC_LOGITS_NONE)
             continue;
         size_t rows = e->logits == MC_LOGITS_ALL ? e->n_tokens : 1;
-        seq_result__init(&res[k]);
-        res[k].seq_id = e->seq_id;
-        res[k].n_logits = rows * V;
-        res[k].logits = (float *)(uintptr_t)(logits + row * V); /* read only by the packer */
-        ptrs[k] = &res[k];
+        seq_result__init(&res[j]);
+        res[j].seq_id = e->seq_id;
+        if (k > 0) {
+            size_t W = 2 * (size_t)k + 2;
+            for (size_t r = 0; r < rows; r++) {
+                const float *w = logits + (row + r) * W;
+                double lse;
+                memcpy(&lse, w + 2 * (size_t)k, 8);
+                for (int c = 0; c < k; c++) {
+                    int32_t id;
+                    memcpy(&id, w + c, 4);
+                    tid[(row + r) * (size_t)k + (size_t)c] = (uint32_t)id;
+                    tlp[(row + r) * (size_t)k + (size_t)c] = (float)((double)w[k + c] - lse);
+                }
+            }
+            res[j].n_top_token_ids = res[j].n_top_logprobs = rows * (size_t)k;
+            res[j].top_token_ids = tid + row * (size_t)k;
+            res[j].top_logprobs = tlp + row * (size_t)k;
+        } else {
+            res[j].n_logits = rows * V;
+            res[j].logits = (float *)(uintptr_t)(logits + row * V); /* read only by the packer */
+        }
+        ptrs[j] = &res[j];
         row += rows;
-        k++;
+        j++;
     }
     StepResult r = STEP_RESULT__INIT;
     r.step_id = plan->step_id;
@@ -181,6 +208,8 @@ static void send_result(void *sock, const mc_step_plan *plan, const float *logit
     free(buf);
     free(res);
     free(ptrs);
+    free(tid);
+    free(tlp);
 }
 
 /* ---- the lockstep ---- */
@@ -265,7 +294,9 @@ static mc_status serve_step(mc_session *ses, void *sock, const ControlMessage *m
         return MC_OK;
     }
     size_t rows = (size_t)mc_step_plan_logit_rows(&plan);
-    float *logits = rows ? mc_malloc_n(rows * info.vocab, sizeof *logits) : NULL; /* (rows, V) */
+    int k = mc_session_plan_top_k(&plan); /* checked: 0..MC_TOPK_MAX */
+    size_t W = mc_session_row_words(ses, k);
+    float *logits = rows ? mc_malloc_n(rows * W, sizeof *logits) : NULL; /* (rows, W) */
     if (rows && !logits) {
         send_error(sock, MC_ERR_NOMEM, "worker: out of memory for the logits", plan.step_id);
         mc_step_plan_free(&plan);
@@ -277,7 +308,7 @@ static mc_status serve_step(mc_session *ses, void *sock, const ControlMessage *m
         (st = mc_session_bcast(ses, 0, copy, len, err)) == MC_OK) {
         mc_status run = run_step(ses, buf, len, &plan, logits, &e);
         if (run == MC_OK) {
-            send_result(sock, &plan, logits, info.vocab);
+            send_result(sock, &plan, logits, info.vocab, k);
             *last_step = plan.step_id;
         } else {
             send_error(sock, run, e.msg[0] ? e.msg : "step failed on another rank",

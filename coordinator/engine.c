@@ -49,6 +49,8 @@ struct mc_engine {
     sched_entry *sched; /* (max_running) this step's entries, in plan order */
     uint32_t n_sched;
     float *logits; /* (min(max_running, budget), vocab) this step's LAST rows */
+    int32_t *top_ids; /* (min(max_running, budget)) their greedy picks (runner's run_top) */
+    float *top_lp;
     mc_sample_scratch *scratch;
     mc_engine_event *ev; /* (ev_cap) ring of undelivered events */
     uint32_t ev_head, n_ev, ev_cap;
@@ -69,6 +71,11 @@ static mc_status session_run(void *ctx, const mc_step_plan *plan, float *logits,
     return mc_session_runner_run(ctx, plan, logits, err);
 }
 
+static mc_status session_run_top(void *ctx, const mc_step_plan *plan, int32_t *top_ids,
+                                 float *top_lp, mc_err *err) {
+    return mc_session_runner_run_top(ctx, plan, top_ids, top_lp, err);
+}
+
 static mc_status session_release(void *ctx, uint64_t seq_id, mc_err *err) {
     return mc_session_runner_release(ctx, seq_id, err);
 }
@@ -78,6 +85,7 @@ void mc_step_runner_session(mc_session_runner *sr, mc_step_runner *out) {
     mc_session_runner_get_limits(sr, &lim);
     *out = (mc_step_runner){.ctx = sr,
                             .run = session_run,
+                            .run_top = session_run_top,
                             .release = session_release,
                             .vocab = lim.vocab,
                             .n_blocks = lim.n_blocks,
@@ -269,7 +277,10 @@ mc_status mc_engine_init(const mc_step_runner *runner, const mc_engine_opts *opt
     e->running = mc_calloc_n(max_run, sizeof *e->running);
     e->sched = mc_calloc_n(max_run, sizeof *e->sched);
     e->logits = mc_malloc_n(rows, (size_t)e->vocab * sizeof(float)); /* (rows, vocab) */
-    if (!e->rq || !e->waiting || !e->running || !e->sched || !e->logits) {
+    e->top_ids = mc_malloc_n(rows, sizeof *e->top_ids);
+    e->top_lp = mc_malloc_n(rows, sizeof *e->top_lp);
+    if (!e->rq || !e->waiting || !e->running || !e->sched || !e->logits || !e->top_ids ||
+        !e->top_lp) {
         st = mc_err_set(err, MC_ERR_NOMEM, "engine: out of memory for %u requests", max_req);
         goto fail;
     }
@@ -294,6 +305,8 @@ void mc_engine_free(mc_engine *e) {
     free(e->running);
     free(e->sched);
     free(e->logits);
+    free(e->top_ids);
+    free(e->top_lp);
     free(e->ev);
     free(e);
 }
@@ -450,9 +463,19 @@ static mc_status schedule(mc_engine *e, mc_err *err) {
     return MC_OK;
 }
 
-/* Samples the LAST row of a request that finished its chunk and emits
- * the event; ends the request on a stop id, its length or the context. */
-static void sample_one(mc_engine *e, uint32_t slot, const float *row) {
+/* A request whose pick is the row's argmax and nothing else: greedy, no
+ * penalties (no history), no logit bias, no logprobs. Its row need not
+ * cross whole: the runner's best candidate is the pick. */
+static bool plain_greedy(const request *q) {
+    const mc_sampler_params *p = &q->sampler.p;
+    return p->temperature < MC_SAMPLER_GREEDY_EPS && !mc_sampler_needs_history(p) &&
+           p->n_logit_bias == 0 && p->logprobs < 0;
+}
+
+/* Samples the LAST row of a request that finished its chunk (or takes
+ * `best`, the runner's greedy candidate, when row is NULL) and emits the
+ * event; ends the request on a stop id, its length or the context. */
+static void sample_one(mc_engine *e, uint32_t slot, const float *row, int32_t best) {
     request *q = &e->rq[slot];
     if (!q->prompt_counted) {
         e->st.prompt_tokens_total += q->n_prompt;
@@ -463,8 +486,15 @@ static void sample_one(mc_engine *e, uint32_t slot, const float *row) {
     bool want_lp = q->sampler.p.logprobs >= 0;
     mc_err serr;
     mc_err_clear(&serr);
-    mc_status st = mc_sampler_pick(&q->sampler, row, (int)e->vocab, q->hist, e->scratch, &tok,
-                                   want_lp ? &lp : NULL, &serr);
+    mc_status st = MC_OK;
+    if (row)
+        st = mc_sampler_pick(&q->sampler, row, (int)e->vocab, q->hist, e->scratch, &tok,
+                             want_lp ? &lp : NULL, &serr);
+    else if (best < 0 || (uint32_t)best >= e->vocab)
+        st = mc_err_set(&serr, MC_ERR_FORMAT, "engine: the runner's pick %d is past the "
+                        "vocabulary (%u)", (int)best, e->vocab);
+    else
+        tok = best;
     if (st == MC_OK && q->hist) st = mc_seq_tokens_add(q->hist, tok, &serr);
     if (st != MC_OK) {
         if (!e->msg[0]) snprintf(e->msg, sizeof e->msg, "%s", serr.msg);
@@ -502,13 +532,23 @@ mc_status mc_engine_step(mc_engine *e, mc_err *err) {
     mc_step_plan plan;
     mc_step_plan_init(&plan);
     plan.step_id = e->step_id + 1;
+    /* candidates (one a row) when the step has picks and every one is a plain argmax */
+    bool top = e->r.run_top != NULL, picks = false;
+    for (uint32_t k = 0; k < e->n_sched && top; k++) {
+        const request *q = &e->rq[e->sched[k].slot];
+        if (q->n_computed + e->sched[k].n != q->n_tokens) continue;
+        picks = true;
+        top = plain_greedy(q);
+    }
+    top = top && picks;
     for (uint32_t k = 0; k < e->n_sched; k++) {
         const request *q = &e->rq[e->sched[k].slot];
         uint32_t n = e->sched[k].n, nb = 0;
         const uint32_t *table = mc_kv_pool_table(e->pool, q->seq_id, &nb);
         mc_logits_mode mode = q->n_computed + n == q->n_tokens ? MC_LOGITS_LAST : MC_LOGITS_NONE;
+        uint32_t top_k = top && mode == MC_LOGITS_LAST ? 1 : 0;
         if ((st = mc_step_plan_add_seq(&plan, q->seq_id, q->n_computed, q->tokens + q->n_computed,
-                                       n, table, nb, mode, 0, err)) != MC_OK) {
+                                       n, table, nb, mode, top_k, err)) != MC_OK) {
             mc_step_plan_free(&plan);
             return st; /* reservations only: the next step schedules them again */
         }
@@ -517,7 +557,9 @@ mc_status mc_engine_step(mc_engine *e, mc_err *err) {
     e->st.steps_total++;
     mc_err rerr;
     mc_err_clear(&rerr);
-    st = e->r.run(e->r.ctx, &plan, e->logits, &rerr);
+    st = top ? e->r.run_top(e->r.ctx, &plan, e->top_ids, e->top_lp, &rerr)
+             : e->r.run(e->r.ctx, &plan, e->logits, &rerr);
+    if (top && st == MC_OK) e->st.steps_top++;
     mc_step_plan_free(&plan);
     if (st != MC_OK) { /* the step's requests fail; the engine goes on */
         snprintf(e->msg, sizeof e->msg, "%s", rerr.msg[0] ? rerr.msg : mc_status_str(st));
@@ -530,8 +572,11 @@ mc_status mc_engine_step(mc_engine *e, mc_err *err) {
     for (uint32_t k = 0; k < e->n_sched; k++) {
         request *q = &e->rq[e->sched[k].slot];
         q->n_computed += e->sched[k].n;
-        if (q->n_computed == q->n_tokens)
-            sample_one(e, e->sched[k].slot, e->logits + row++ * e->vocab);
+        if (q->n_computed == q->n_tokens) {
+            sample_one(e, e->sched[k].slot, top ? NULL : e->logits + row * e->vocab,
+                       top ? e->top_ids[row] : -1);
+            row++;
+        }
     }
     return MC_OK;
 }

@@ -64,6 +64,13 @@
 typedef struct {
     void *ctx;
     mc_status (*run)(void *ctx, const mc_step_plan *plan, float *logits, mc_err *err);
+    /* optional: a plan whose entries with logits all ask for top_k = k
+     * candidates; per row top_ids / top_lp get the k most likely ids (best
+     * first, ties to the lower id) and their log-probabilities. The engine
+     * asks for k = 1 in steps whose every pick is greedy (a plain argmax:
+     * no penalties, biases or logprobs), so a row never crosses whole. */
+    mc_status (*run_top)(void *ctx, const mc_step_plan *plan, int32_t *top_ids, float *top_lp,
+                         mc_err *err);
     mc_status (*release)(void *ctx, uint64_t seq_id, mc_err *err);
     uint32_t vocab, n_blocks, block_size, max_pos, max_batch_tokens;
 } mc_step_runner;
@@ -124,6 +131,7 @@ typedef struct {
     uint64_t generation_tokens_total; /* tokens sampled */
     uint64_t preemptions_total;
     uint64_t steps_total, steps_failed;
+    uint64_t steps_top; /* steps answered with candidates (greedy picks) instead of rows */
     uint64_t requests_finished[MC_ENGINE_FINISH_COUNT]; /* by reason */
 } mc_engine_stats;
 

@@ -411,6 +411,7 @@ static void stats_add(mc_engine_stats *a, const mc_engine_stats *b) {
     a->preemptions_total += b->preemptions_total;
     a->steps_total += b->steps_total;
     a->steps_failed += b->steps_failed;
+    a->steps_top += b->steps_top;
     for (int i = 0; i < MC_ENGINE_FINISH_COUNT; i++)
         a->requests_finished[i] += b->requests_finished[i];
 }

@@ -493,12 +493,15 @@ static bool ids_push(uint64_t **a, size_t *n, size_t *cap, uint64_t id) {
     return true;
 }
 
-static mc_status group_run(void *ctx, const mc_step_plan *plan, float *logits, mc_err *err) {
-    mc_group *g = ctx;
+static mc_status group_step(mc_group *g, const mc_step_plan *plan, float *logits, int32_t *top_ids,
+                            float *top_lp, mc_err *err) {
     if (!g->w || g->failed)
         return mc_err_set(err, MC_ERR_IO, "the worker group is down%s%s", g->why[0] ? ": " : "",
                           g->why);
-    mc_status st = mc_workers_run_release(g->w, plan, g->pending, g->n_pending, logits, err);
+    mc_status st = top_ids ? mc_workers_run_release_top(g->w, plan, g->pending, g->n_pending,
+                                                        top_ids, top_lp, err)
+                           : mc_workers_run_release(g->w, plan, g->pending, g->n_pending, logits,
+                                                    err);
     if (st == MC_OK) {
         g->n_pending = 0;
         for (uint32_t i = 0; i < plan->n_seqs; i++) {
@@ -524,6 +527,15 @@ static mc_status group_run(void *ctx, const mc_step_plan *plan, float *logits, m
     return st;
 }
 
+static mc_status group_run(void *ctx, const mc_step_plan *plan, float *logits, mc_err *err) {
+    return group_step(ctx, plan, logits, NULL, NULL, err);
+}
+
+static mc_status group_run_top(void *ctx, const mc_step_plan *plan, int32_t *top_ids,
+                               float *top_lp, mc_err *err) {
+    return group_step(ctx, plan, NULL, top_ids, top_lp, err);
+}
+
 static mc_status group_release(void *ctx, uint64_t seq_id, mc_err *err) {
     mc_group *g = ctx;
     for (size_t k = 0; k < g->n_live; k++)
@@ -540,6 +552,7 @@ static mc_status group_release(void *ctx, uint64_t seq_id, mc_err *err) {
 void mc_group_runner(mc_group *g, mc_step_runner *out) {
     *out = (mc_step_runner){.ctx = g,
                             .run = group_run,
+                            .run_top = group_run_top,
                             .release = group_release,
                             .vocab = g->info.vocab,
                             .n_blocks = g->info.n_blocks,

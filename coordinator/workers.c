@@ -202,9 +202,11 @@ const char *mc_workers_addr(const mc_workers *w)
     return w->addr;
 }
 
-/* Checks a StepResult against the plan and copies its rows to logits_out. */
+/* Checks a StepResult against the plan and copies its rows to logits_out,
+ * or (entries with top_k = k > 0) its candidates to top_ids / top_lp
+ * (rows of k). */
 static mc_status take_result(const mc_workers *w, const mc_step_plan *plan, const StepResult *r,
-                             float *logits_out, mc_err *err)
+                             float *logits_out, int32_t *top_ids, float *top_lp, mc_err *err)
 {
     size_t V = w->info.vocab, want = 0;
     for (uint32_t i = 0; i < plan->n_seqs; i++)
@@ -215,13 +217,38 @@ static mc_status take_result(const mc_workers *w, const mc_step_plan *plan, cons
                           "%zu",
                           w->addr, (unsigned long long)r->step_id, r->n_seqs,
                           (unsigned long long)plan->step_id, want);
-    size_t k = 0, row = 0;
+    size_t k = 0, row = 0, trow = 0;
     for (uint32_t i = 0; i < plan->n_seqs; i++) {
         const mc_step_seq *e = &plan->seqs[i];
         if (e->logits == MC_LOGITS_NONE)
             continue;
         const SeqResult *s = r->seqs[k++];
         size_t rows = e->logits == MC_LOGITS_ALL ? e->n_tokens : 1;
+        if (e->top_k > 0) { /* candidates: rows x top_k ids in the vocabulary, and logprobs */
+            size_t n = rows * e->top_k;
+            if (s->seq_id != e->seq_id || s->n_logits != 0 || s->n_top_token_ids != n ||
+                s->n_top_logprobs != n)
+                return mc_err_set(err, MC_ERR_FORMAT,
+                                  "worker %s: step %llu: result %zu is sequence %llu with %zu "
+                                  "candidates, want sequence %llu with %zu",
+                                  w->addr, (unsigned long long)plan->step_id, k - 1,
+                                  (unsigned long long)s->seq_id, s->n_top_token_ids,
+                                  (unsigned long long)e->seq_id, n);
+            for (size_t c = 0; c < n; c++)
+                if (s->top_token_ids[c] >= V)
+                    return mc_err_set(err, MC_ERR_FORMAT, "worker %s: step %llu: candidate id %u "
+                                      "is past the vocabulary (%zu)", w->addr,
+                                      (unsigned long long)plan->step_id, s->top_token_ids[c], V);
+            if (!top_ids || !top_lp)
+                return mc_err_set(err, MC_ERR_ARG, "mc_workers_run: the plan wants candidates, "
+                                  "top_ids or top_lp is NULL");
+            for (size_t c = 0; c < n; c++) {
+                top_ids[trow * e->top_k + c] = (int32_t)s->top_token_ids[c];
+                top_lp[trow * e->top_k + c] = s->top_logprobs[c];
+            }
+            trow += rows;
+            continue;
+        }
         if (s->seq_id != e->seq_id || s->n_logits != rows * V)
             return mc_err_set(err, MC_ERR_FORMAT,
                               "worker %s: step %llu: result %zu is sequence %llu with %zu logits, "
@@ -239,8 +266,9 @@ static mc_status take_result(const mc_workers *w, const mc_step_plan *plan, cons
     return MC_OK;
 }
 
-mc_status mc_workers_run_release(mc_workers *w, const mc_step_plan *plan, const uint64_t *ids,
-                                 size_t n, float *logits_out, mc_err *err)
+static mc_status run_release(mc_workers *w, const mc_step_plan *plan, const uint64_t *ids,
+                             size_t n, float *logits_out, int32_t *top_ids, float *top_lp,
+                             mc_err *err)
 {
     if (!w || !plan)
         return mc_err_set(err, MC_ERR_ARG, "mc_workers_run: NULL connection or plan");
@@ -254,10 +282,22 @@ mc_status mc_workers_run_release(mc_workers *w, const mc_step_plan *plan, const 
         return st;
     if ((st = request(w, buf, len, &reply, err)) == MC_OK &&
         (st = expect(w, reply, CONTROL_MESSAGE__BODY_RESULT, err)) == MC_OK)
-        st = take_result(w, plan, reply->result, logits_out, err);
+        st = take_result(w, plan, reply->result, logits_out, top_ids, top_lp, err);
     mc_control_free(reply);
     free(buf);
     return st;
+}
+
+mc_status mc_workers_run_release(mc_workers *w, const mc_step_plan *plan, const uint64_t *ids,
+                                 size_t n, float *logits_out, mc_err *err)
+{
+    return run_release(w, plan, ids, n, logits_out, NULL, NULL, err);
+}
+
+mc_status mc_workers_run_release_top(mc_workers *w, const mc_step_plan *plan, const uint64_t *ids,
+                                     size_t n, int32_t *top_ids, float *top_lp, mc_err *err)
+{
+    return run_release(w, plan, ids, n, NULL, top_ids, top_lp, err);
 }
 
 mc_status mc_workers_run(mc_workers *w, const mc_step_plan *plan, float *logits_out, mc_err *err)

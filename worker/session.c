@@ -492,11 +492,15 @@ mc_status mc_session_exec_check(const mc_session *s, const mc_step_plan *plan,
         return mc_err_set(err, MC_ERR_FORMAT, "step plan %llu: no sequences and nothing to "
                           "release", (unsigned long long)plan->step_id);
     }
-    for (uint32_t i = 0; i < plan->n_seqs; i++)
-        if (plan->seqs[i].logits != MC_LOGITS_NONE && plan->seqs[i].top_k != 0)
-            return mc_err_set(err, MC_ERR_UNSUPPORTED, "step plan %llu: seqs[%u].top_k: top-k "
-                              "candidates are not done yet (send 0 for full logits)",
-                              (unsigned long long)plan->step_id, i);
+    int k = mc_session_plan_top_k(plan);
+    if (k < 0)
+        return mc_err_set(err, MC_ERR_FORMAT, "step plan %llu: the entries with logits ask for "
+                          "different top_k (one step gives every row the same: full logits or k "
+                          "candidates)", (unsigned long long)plan->step_id);
+    if (k > MC_TOPK_MAX)
+        return mc_err_set(err, MC_ERR_FORMAT, "step plan %llu: top_k %d is past the %d "
+                          "candidates a row can have", (unsigned long long)plan->step_id, k,
+                          MC_TOPK_MAX);
     mc_step_limits lim;
     mc_step_exec_limits(s->srv, &lim);
     release_view v = {lim.known_len, lim.known_ctx, release, n_release};
@@ -504,7 +508,7 @@ mc_status mc_session_exec_check(const mc_session *s, const mc_step_plan *plan,
     lim.known_ctx = &v;
     mc_status st = mc_step_plan_check(plan, &lim, err);
     if (st != MC_OK) return st;
-    uint64_t bytes = mc_step_plan_logit_rows(plan) * (uint64_t)s->m->d.vocab * sizeof(float);
+    uint64_t bytes = mc_step_plan_logit_rows(plan) * mc_session_row_words(s, k) * sizeof(float);
     if (bytes > max_logit_bytes)
         return mc_err_set(err, MC_ERR_FORMAT, "step plan %llu: %llu logit rows of %d floats "
                           "(%llu bytes) do not fit one answer (%zu bytes)",
@@ -523,20 +527,66 @@ mc_status mc_session_exec_run(mc_session *s, const mc_step_plan *plan, const uin
     const mc_model *m = s->m;
     bool out_rank = mc_model_is_output(m);
     int me = m->lay.rank;
+    int k = mc_session_plan_top_k(plan);
+    if (k < 0 || k > MC_TOPK_MAX) /* rank 0 checked it (mc_session_exec_check) */
+        st = mc_err_set(err, MC_ERR_FORMAT, "step plan %llu: top_k differs between entries or "
+                        "is past %d", (unsigned long long)plan->step_id, MC_TOPK_MAX);
     size_t rows = (size_t)mc_step_plan_logit_rows(plan), V = (size_t)m->d.vocab;
-    float *buf = NULL; /* (rows, V) the output rank's rows when it is not rank 0 */
-    if (out_rank && me != 0 && rows && !(buf = mc_malloc_n(rows * V, sizeof *buf)))
+    size_t W = (size_t)mc_session_row_words(s, k > 0 ? k : 0); /* words a row */
+    float *buf = NULL; /* (rows, W) the output rank's rows when it is not rank 0 */
+    int32_t *ci = NULL; /* candidates: (rows, k) ids and vals, (rows) lse */
+    float *cv = NULL;
+    double *cl = NULL;
+    if (st == MC_OK && out_rank && me != 0 && rows && !(buf = mc_malloc_n(rows * W, sizeof *buf)))
         st = mc_err_set(err, MC_ERR_NOMEM, "out of memory for %zu logit rows", rows);
+    if (st == MC_OK && k > 0 && out_rank && rows &&
+        (!(ci = mc_malloc_n(rows * (size_t)k, sizeof *ci)) ||
+         !(cv = mc_malloc_n(rows * (size_t)k, sizeof *cv)) || !(cl = mc_malloc_n(rows, sizeof *cl))))
+        st = mc_err_set(err, MC_ERR_NOMEM, "out of memory for %zu candidate rows", rows);
     if ((st = mc_session_agree(s, st, err)) != MC_OK) {
         free(buf);
+        free(ci);
+        free(cv);
+        free(cl);
         return st;
     }
-    st = mc_step_exec_run(s->srv, plan, !out_rank ? NULL : me == 0 ? logits : buf, err);
+    float *mine = !out_rank ? NULL : me == 0 ? logits : buf;
+    if (k > 0) {
+        mc_step_top top = {.k = k, .ids = ci, .vals = cv, .lse = cl};
+        st = mc_step_exec_run_top(s->srv, plan, &top, err);
+        for (size_t r = 0; st == MC_OK && mine && r < rows; r++) { /* packed rows */
+            float *row = mine + r * W;
+            memcpy(row, ci + r * (size_t)k, (size_t)k * 4);
+            memcpy(row + k, cv + r * (size_t)k, (size_t)k * 4);
+            memcpy(row + 2 * (size_t)k, cl + r, 8);
+        }
+    } else {
+        st = mc_step_exec_run(s->srv, plan, mine, err);
+    }
     st = mc_session_agree(s, st, err);
     if (st == MC_OK && rows && s->world && mc_comm_size(s->world) > 1)
-        st = mc_sched_gather(s->m, 1, rows * V, buf, logits, err);
+        st = mc_sched_gather(s->m, 1, rows * W, buf, logits, err);
     free(buf);
+    free(ci);
+    free(cv);
+    free(cl);
+    (void)V;
     return st;
+}
+
+int mc_session_plan_top_k(const mc_step_plan *plan) {
+    int k = -2;
+    for (uint32_t i = 0; i < plan->n_seqs; i++) {
+        if (plan->seqs[i].logits == MC_LOGITS_NONE) continue;
+        int ki = plan->seqs[i].top_k > (uint32_t)INT32_MAX ? INT32_MAX : (int)plan->seqs[i].top_k;
+        if (k != -2 && ki != k) return -1;
+        k = ki;
+    }
+    return k < 0 ? 0 : k;
+}
+
+uint32_t mc_session_row_words(const mc_session *s, int k) {
+    return k > 0 ? 2u * (uint32_t)k + 2u : (uint32_t)(s->m ? s->m->d.vocab : 0);
 }
 
 mc_status mc_session_stats_report(mc_session *s, FILE *out, double wall_s, mc_err *err) {
@@ -715,6 +765,23 @@ void mc_session_runner_get_limits(const mc_session_runner *r, mc_session_runner_
 mc_status mc_session_runner_run(mc_session_runner *r, const mc_step_plan *plan, float *logits,
                                 mc_err *err) {
     return mc_step_exec_run(r->s->srv, plan, logits, err);
+}
+
+mc_status mc_session_runner_run_top(mc_session_runner *r, const mc_step_plan *plan,
+                                    int32_t *top_ids, float *top_lp, mc_err *err) {
+    int k = mc_session_plan_top_k(plan);
+    if (k <= 0 || k > MC_TOPK_MAX)
+        return mc_err_set(err, MC_ERR_ARG, "session runner: the plan's top_k is %s",
+                          k < 0 ? "not the same for every entry" : "not in 1..64");
+    size_t rows = (size_t)mc_step_plan_logit_rows(plan);
+    double *lse = mc_malloc_n(rows ? rows : 1, sizeof *lse);
+    if (!lse) return mc_err_set(err, MC_ERR_NOMEM, "session runner: out of memory");
+    mc_step_top top = {.k = k, .ids = top_ids, .vals = top_lp, .lse = lse};
+    mc_status st = mc_step_exec_run_top(r->s->srv, plan, &top, err);
+    for (size_t i = 0; st == MC_OK && i < rows * (size_t)k; i++)
+        top_lp[i] = (float)((double)top_lp[i] - lse[i / (size_t)k]);
+    free(lse);
+    return st;
 }
 
 mc_status mc_session_runner_release(mc_session_runner *r, uint64_t seq_id, mc_err *err) {

@@ -177,17 +177,27 @@ void mc_session_exec_info_get(const mc_session *s, mc_session_exec_info *out);
 /* Not collective (rank 0, before it hands a plan to every rank): would the
  * plan run after the sequences in release[n_release] are forgotten? Checks
  * the release ids (known, no duplicates), the plan against the executor's
- * limits and known lengths, top_k (not supported yet) and that the logits
- * fit max_logit_bytes. An empty plan with releases is fine. */
+ * limits and known lengths, top_k (the same for every entry with logits,
+ * at most MC_TOPK_MAX) and that the rows fit max_logit_bytes. An empty plan
+ * with releases is fine. */
 mc_status mc_session_exec_check(const mc_session *s, const mc_step_plan *plan,
                                 const uint64_t *release, size_t n_release,
                                 size_t max_logit_bytes, mc_err *err);
 /* Collective: forgets the released sequences, then runs the plan (skipped
- * when it has no entries); the logits (mc_step_plan_logit_rows rows of
- * vocab floats) land in logits on rank 0 (NULL elsewhere is fine). The
+ * when it has no entries); mc_step_plan_logit_rows rows land in logits on
+ * rank 0 (NULL elsewhere is fine), each mc_session_row_words(s, k) words:
+ * with top_k 0 the vocab floats of the row, with top_k = k > 0 its
+ * candidates instead (worker/step.h mc_step_top), packed as k int32 ids,
+ * k float logits and the row's log-sum-exp as a double (8 bytes). The
  * outcome is agreed: every rank returns the same status. */
 mc_status mc_session_exec_run(mc_session *s, const mc_step_plan *plan, const uint64_t *release,
                               size_t n_release, float *logits, mc_err *err);
+/* The top_k every entry with logits asks for (0: full rows; also for a plan
+ * without such entries), or -1 when they differ. */
+int mc_session_plan_top_k(const mc_step_plan *plan);
+/* 4-byte words of one row of mc_session_exec_run's output: vocab for k 0,
+ * else 2k + 2. */
+uint32_t mc_session_row_words(const mc_session *s, int k);
 
 /* Collective: gathers --stats rows to rank 0, which prints them to out. */
 mc_status mc_session_stats_report(mc_session *s, FILE *out, double wall_s, mc_err *err);
@@ -268,6 +278,11 @@ void mc_session_runner_get_limits(const mc_session_runner *r, mc_session_runner_
 /* mc_step_exec_run: logits rows per entry in plan order (LAST: 1 row). */
 mc_status mc_session_runner_run(mc_session_runner *r, const mc_step_plan *plan, float *logits,
                                 mc_err *err);
+/* mc_step_exec_run_top with the plan's k (mc_session_plan_top_k): per row
+ * top_ids and top_lp (rows of k) get the candidates and their
+ * log-probabilities (logit - log-sum-exp). */
+mc_status mc_session_runner_run_top(mc_session_runner *r, const mc_step_plan *plan,
+                                    int32_t *top_ids, float *top_lp, mc_err *err);
 /* mc_step_exec_release: forgets a sequence (MC_ERR_NOT_FOUND if unknown). */
 mc_status mc_session_runner_release(mc_session_runner *r, uint64_t seq_id, mc_err *err);
 

@@ -275,6 +275,11 @@ def test_basics(exe, srv, model):
           >= m0["moecluster:e2e_request_latency_seconds_count"] + 7
           and m1['moecluster:request_success_total{finished_reason="length"}'] >= 7,
           "/metrics counters move (prompt, generation tokens, e2e count, length finishes)")
+    # the plain greedy completions (no logprobs) were answered with the workers' picks, the
+    # ones with logprobs with whole rows: both kinds of step ran
+    dc = m1["moecluster:candidate_steps_total"] - m0["moecluster:candidate_steps_total"]
+    ds = m1["moecluster:engine_steps_total"] - m0["moecluster:engine_steps_total"]
+    check(0 < dc < ds, f"greedy steps answered with candidates: {dc} of {ds} steps")
     return prompt, ch["text"]
 
 

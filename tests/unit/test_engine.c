@@ -16,7 +16,11 @@
  *   (d) a prompt that leaves no room in the context, a token past the
  *       vocabulary and bad sampling parameters are refused at submit;
  *   (e) seeded sampling (temperature, top-k, top-p, a frequency penalty)
- *       gives the same tokens alone and batched.
+ *       gives the same tokens alone and batched;
+ *   (f) greedy requests without logprobs are answered with the runner's
+ *       candidates (one id a row, run_top; counted in steps_top) and give
+ *       the tokens of the full rows (the same requests with logprobs, and
+ *       a runner without run_top).
  * The batched run's generated tokens per second are printed. The unit
  * tests do not link mc_coordinator: engine.c and sampler.c are compiled
  * into this test (tests/unit/CMakeLists.txt). */
@@ -53,6 +57,7 @@ typedef struct {
 } out_t;
 
 static mc_step_runner RUN;
+static bool plain; /* greedy requests without logprobs (make_req) */
 static int fail_at = -1; /* the runner's call that fails (-1: none) */
 static int calls;
 
@@ -74,7 +79,7 @@ static mc_engine_request make_req(const req_t *r) {
     mc_engine_request q = {
         .prompt = r->prompt, .n_prompt = r->n_prompt, .max_tokens = r->max_tokens};
     q.sampling = mc_sampler_defaults();
-    q.sampling.logprobs = 2;
+    q.sampling.logprobs = plain ? -1 : 2;
     if (r->seeded) {
         q.sampling.temperature = 0.9f;
         q.sampling.top_k = 50;
@@ -275,9 +280,31 @@ static void test_model(mc_session *s, const char *name) {
     printf("%s: 7 requests batched (64 blocks, 64 tokens per step): %.1f generated tokens/s\n",
            name, (double)st.generation_tokens_total / secs);
 
+    /* (f) plain greedy requests: candidates, the full rows' tokens */
+    CHECK(st.steps_top == 0); /* every request above asked for logprobs */
+    plain = true;
+    st = run_engine(&RUN, &small, reqs, NREQ, got, -1, -1, &secs);
+    ok = st.steps_top > 0;
+    for (int i = 0; i < NREQ; i++)
+        if (!reqs[i].seeded) ok &= same_tokens("candidates", i, &alone[i], &got[i],
+                                               i == 6 ? stop_n : (int)gen[i]);
+    CHECK(ok);
+    printf("%s: plain greedy: %llu of %llu steps answered with candidates\n", name,
+           (unsigned long long)st.steps_top, (unsigned long long)st.steps_total);
+    mc_step_runner rows_only = RUN;
+    rows_only.run_top = NULL;
+    st = run_engine(&rows_only, &small, reqs, NREQ, got, -1, -1, &secs);
+    ok = st.steps_top == 0;
+    for (int i = 0; i < NREQ; i++)
+        if (!reqs[i].seeded) ok &= same_tokens("rows only", i, &alone[i], &got[i],
+                                               i == 6 ? stop_n : (int)gen[i]);
+    CHECK(ok);
+    plain = false;
+
     /* (b) a failed step: its requests end with "error", the others go on */
     mc_step_runner flaky = RUN;
     flaky.run = flaky_run;
+    flaky.run_top = NULL;
     flaky.release = flaky_release;
     calls = 0;
     fail_at = 6;
