@@ -11,10 +11,13 @@
  *      schedules of several sequences (block tables from a pool this test
  *      owns, prefill chunks mixed with decode tokens, LAST / ALL / NONE
  *      logits, finished sequences released, and an id reused after its
- *      release in the same plan); then refusals that must leave the worker
+ *      release in the same plan; one schedule asks for TOPK candidates a
+ *      row instead: valid best ids of the reference row up to its noise,
+ *      their log-probabilities the reference's); then refusals that must leave the worker
  *      serving: bytes that do not decode, another version, a request of the
  *      wrong kind, a block past the pool, a start position other than the
- *      known length, releasing an unknown sequence; a heartbeat; Shutdown.
+ *      known length, releasing an unknown sequence, entries asking for
+ *      different top_k, a top_k past 64; a heartbeat; Shutdown.
  * kill: connect, run one step, SIGKILL the worker's rank 0 (the pid of its
  *      Hello), and check that the next step fails within the timeout with
  *      MC_ERR_IO naming the address.
@@ -38,6 +41,7 @@
 #define MAXLEN 40
 #define TOL 2e-6 /* as test_step_mpi: the executor against the reference forward */
 #define LOAD_MS 120000
+#define TOPK 4
 #define KILL_MS 3000
 
 static int g_fail, g_shown, V;
@@ -105,9 +109,49 @@ static void check_row(int s, int p, const float *got)
  * hold: the last finished ids are not released but handed back in carry;
  * a schedule given carry ids releases them in its first plan, which may
  * restart the same ids at position 0. */
+/* A candidate row: ids[TOPK] and their log-probabilities against the
+ * reference row of sequence s at position p. */
+static void check_top(int s, int p, const int32_t *ids, const float *lp)
+{
+    const float *ref = seqs[s].ref + (size_t)p * V;
+    double m = 0, mx = -INFINITY, sum = 0, kth;
+    double best[TOPK];
+    for (int j = 0; j < TOPK; j++)
+        best[j] = -INFINITY;
+    for (int v = 0; v < V; v++) {
+        double x = ref[v];
+        m = fabs(x) > m ? fabs(x) : m;
+        mx = x > mx ? x : mx;
+        for (int j = 0; j < TOPK; j++)
+            if (x > best[j]) {
+                memmove(best + j + 1, best + j, (size_t)(TOPK - 1 - j) * sizeof *best);
+                best[j] = x;
+                break;
+            }
+    }
+    for (int v = 0; v < V; v++)
+        sum += exp((double)ref[v] - mx);
+    double lse = mx + log(sum), tol = 4 * TOL * (m > 0 ? m : 1) + 1e-6;
+    kth = best[TOPK - 1];
+    for (int j = 0; j < TOPK; j++) {
+        int id = ids[j];
+        int ok = id >= 0 && id < V && fabs((double)lp[j] - (ref[id] - lse)) <= tol &&
+                 ref[id] >= kth - tol && (j == 0 || (lp[j] <= lp[j - 1] && ids[j] != ids[j - 1]));
+        g_rows += j == 0;
+        if (!ok) {
+            g_fail++;
+            if (g_shown++ < 6)
+                fprintf(stderr, "FAIL: seq %d pos %d: candidate %d is id %d (logprob %.7g), the "
+                        "reference's logprob there %.7g, its %d best end at %.7g\n", s, p, j, id,
+                        lp[j], id >= 0 && id < V ? ref[id] - lse : NAN, TOPK, kth);
+        }
+    }
+}
+
 static void run_schedule(mc_workers *w, int sched, uint64_t base, bool hold, uint64_t *carry,
                          size_t *n_carry)
 {
+    bool top = sched == 4; /* candidates instead of logits rows */
     const mc_workers_info *info = mc_workers_get_info(w);
     mc_err e;
     mc_err_clear(&e);
@@ -125,6 +169,8 @@ static void run_schedule(mc_workers *w, int sched, uint64_t base, bool hold, uin
         mode[s] = rnd(2) ? MC_LOGITS_ALL : MC_LOGITS_LAST;
     }
     float *logits = malloc((size_t)budget * V * sizeof *logits);
+    int32_t *cid = malloc((size_t)budget * TOPK * sizeof *cid);
+    float *clp = malloc((size_t)budget * TOPK * sizeof *clp);
     uint64_t rel[NSEQ];
     size_t n_rel = *n_carry;
     memcpy(rel, carry, n_rel * sizeof *rel);
@@ -159,7 +205,8 @@ static void run_schedule(mc_workers *w, int sched, uint64_t base, bool hold, uin
             uint32_t n_tab;
             const uint32_t *tab = mc_kv_pool_table(pool, base + (uint64_t)s, &n_tab);
             if (mc_step_plan_add_seq(&plan, base + (uint64_t)s, (uint32_t)d, seqs[s].tok + d, c,
-                                     tab, n_tab, lm, 0, &e) != MC_OK) {
+                                     tab, n_tab, lm, top && lm != MC_LOGITS_NONE ? TOPK : 0,
+                                     &e) != MC_OK) {
                 FAIL("plan: %s", e.msg);
                 break;
             }
@@ -174,7 +221,8 @@ static void run_schedule(mc_workers *w, int sched, uint64_t base, bool hold, uin
             break;
         }
         plan.step_id = (uint64_t)sched * 1000 + (uint64_t)step;
-        mc_status st = mc_workers_run_release(w, &plan, rel, n_rel, logits, &e);
+        mc_status st = top ? mc_workers_run_release_top(w, &plan, rel, n_rel, cid, clp, &e)
+                           : mc_workers_run_release(w, &plan, rel, n_rel, logits, &e);
         n_rel = 0;
         if (st != MC_OK) {
             FAIL("step %llu (%d entries): %s", (unsigned long long)plan.step_id, ne, e.msg);
@@ -182,10 +230,15 @@ static void run_schedule(mc_workers *w, int sched, uint64_t base, bool hold, uin
             break;
         }
         const float *row = logits;
+        size_t tr = 0; /* candidate rows */
         for (int i = 0; i < ne; i++) {
             int s = ent[i];
             mc_logits_mode lm = plan.seqs[i].logits;
-            if (lm == MC_LOGITS_ALL)
+            if (top && lm != MC_LOGITS_NONE) {
+                int first = lm == MC_LOGITS_ALL ? 0 : cnt[i] - 1;
+                for (int j = first; j < cnt[i]; j++, tr++)
+                    check_top(s, done[s] + j, cid + tr * TOPK, clp + tr * TOPK);
+            } else if (lm == MC_LOGITS_ALL)
                 for (int j = 0; j < cnt[i]; j++, row += V)
                     check_row(s, done[s] + j, row);
             else if (lm == MC_LOGITS_LAST) {
@@ -202,6 +255,8 @@ static void run_schedule(mc_workers *w, int sched, uint64_t base, bool hold, uin
         mc_step_plan_free(&plan);
     }
     free(logits);
+    free(cid);
+    free(clp);
     mc_kv_pool_free(pool);
 }
 
@@ -282,6 +337,25 @@ static void refusals(mc_workers *w)
     expect_refusal(w, "a start position past the known length", mc_workers_run(w, &p, NULL, &e),
                    &e, "seqs[0]");
     mc_step_plan_free(&p);
+    /* candidates: one k for the step, at most 64 */
+    uint32_t tok3[3] = {1, 2, 3};
+    mc_step_plan_add_seq(&p, 779, 0, tok, 2, blocks, 1, MC_LOGITS_LAST, 2, &e);
+    mc_step_plan_add_seq(&p, 780, 0, tok3, 3, (uint32_t[]){1}, 1, MC_LOGITS_LAST, 3, &e);
+    p.step_id = 9003;
+    mc_err_clear(&e);
+    int32_t ci[8];
+    float cl[8];
+    expect_refusal(w, "entries asking for different top_k",
+                   mc_workers_run_release_top(w, &p, NULL, 0, ci, cl, &e), &e, "different top_k");
+    mc_step_plan_free(&p);
+    if (info->vocab > 65) {
+        mc_step_plan_add_seq(&p, 781, 0, tok, 2, blocks, 1, MC_LOGITS_LAST, 65, &e);
+        p.step_id = 9004;
+        mc_err_clear(&e);
+        expect_refusal(w, "top_k 65", mc_workers_run_release_top(w, &p, NULL, 0, ci, cl, &e), &e,
+                       "top_k 65");
+        mc_step_plan_free(&p);
+    }
     uint64_t unknown = 123456789;
     mc_err_clear(&e);
     expect_refusal(w, "releasing an unknown sequence", mc_workers_release(w, &unknown, 1, &e), &e,
@@ -397,10 +471,10 @@ int main(int argc, char **argv)
 
     uint64_t carry[NSEQ];
     size_t n_carry = 0;
-    int schedules = 4;
+    int schedules = 5;
     for (int i = 0; i < schedules && !g_fail; i++) {
         /* schedule 2 holds back its last releases; schedule 3 reuses its ids
-         * and releases them in its first plan */
+         * and releases them in its first plan; schedule 4 asks for candidates */
         uint64_t base = i == 3 ? 300 : 100 * (uint64_t)(i + 1);
         run_schedule(w, i, base, i == 2, carry, &n_carry);
     }
