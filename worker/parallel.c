@@ -37,9 +37,14 @@ mc_status mc_par_comms(mc_comm *world, const mc_layout *l, mc_comm **tp, mc_comm
     }
     if (mc_comm_size(*tp) != l->tp || mc_comm_size(*ep) != l->ep || mc_comm_size(*pp) != l->pp ||
         mc_comm_rank(*tp) != l->tp_rank || mc_comm_rank(*ep) != l->ep_rank ||
-        mc_comm_rank(*pp) != l->stage)
+        mc_comm_rank(*pp) != l->stage) {
+        mc_comm_free(*tp);
+        mc_comm_free(*ep);
+        mc_comm_free(*pp);
+        *tp = *ep = *pp = NULL;
         return mc_err_set(err, MC_ERR_INTERNAL, "rank %d: communicator split disagrees with the layout",
                           l->rank);
+    }
     return MC_OK;
 }
 
@@ -346,17 +351,25 @@ mc_status mc_par_data_plane(mc_model *m, int host_memory, int cuda_device, mc_er
         st = mc_err_set(err, MC_ERR_UNSUPPORTED, "MC_DATA_PLANE=direct: device addresses to MPI "
                         "need a CUDA-aware MPI, which this build does not use; nccl or staged "
                         "instead");
+    int all_cuda = cuda_device >= 0;
     if (n > 1) { /* every rank must ask for the same (a split plane would hang) */
-        float votes[6] = {0}; /* by asked + 1 */
+        float votes[7] = {0}; /* by asked + 1; [6]: ranks on CUDA */
         votes[asked + 1] = 1.0f;
+        votes[6] = cuda_device >= 0 ? 1.0f : 0.0f;
         mc_err e2;
         mc_err_clear(&e2);
-        mc_status cst = mc_comm_all_reduce_sum_f32(m->world, votes, 6, &e2);
+        mc_status cst = mc_comm_all_reduce_sum_f32(m->world, votes, 7, &e2);
         if (cst != MC_OK)
             return st != MC_OK ? st : (*err = e2, cst);
         if (st == MC_OK && votes[asked + 1] != (float)n)
             st = mc_err_set(err, MC_ERR_ARG, "MC_DATA_PLANE: the ranks were given different "
                             "values (rank %d: '%.32s')", m->lay.rank, v ? v : "");
+        /* NCCL needs every rank on CUDA (a rank on the CPU, e.g. one that saw no GPU under
+         * --device auto, keeps MPI: then every rank does) */
+        all_cuda = votes[6] == (float)n;
+        if (st == MC_OK && asked == 1 + MC_PLANE_NCCL && !all_cuda)
+            st = mc_err_set(err, MC_ERR_ARG, "MC_DATA_PLANE=nccl: %d of the %d ranks are not on "
+                            "CUDA (--device cuda on every rank)", n - (int)votes[6], n);
         if ((st = mc_par_agree(m->world, st, err)) != MC_OK)
             return st;
     } else if (st != MC_OK) {
@@ -371,7 +384,7 @@ mc_status mc_par_data_plane(mc_model *m, int host_memory, int cuda_device, mc_er
         m->dev_ep = m->ep_comm;
         m->dev_pp = m->pp_comm;
         m->plane = MC_PLANE_DIRECT;
-    } else if (want == MC_PLANE_STAGED || cuda_device < 0 ||
+    } else if (want == MC_PLANE_STAGED || cuda_device < 0 || !all_cuda ||
                (want < 0 && m->lay.tp * m->lay.ep * m->lay.pp == 1)) {
         /* (auto: no tensor collectives at all, e.g. data-parallel ranks: no NCCL) */
         m->plane = MC_PLANE_STAGED;

@@ -645,7 +645,18 @@ mc_status mc_step_exec_run_top(mc_step_exec *ex, const mc_step_plan *plan, mc_st
     if (!top || top->k < 1 || top->k > MC_TOPK_MAX)
         return mc_err_set(err, MC_ERR_ARG, "step: top-k candidates: k = %d is not in 1..%d",
                           top ? top->k : 0, MC_TOPK_MAX);
-    if (top->k > ex->m->d.vocab)
+    /* every tp rank takes k from its vocabulary slice: k at most the smallest
+     * (the same answer on every rank: the model's sizes) */
+    int nv_min = ex->m->d.vocab;
+    for (int p = 0; p < ex->m->lay.tp; p++) {
+        int v0, nv;
+        mc_split(ex->m->d.vocab, ex->m->lay.tp, p, &v0, &nv);
+        nv_min = nv < nv_min ? nv : nv_min;
+    }
+    if (top->k > nv_min && ex->m->lay.tp > 1)
+        return mc_err_set(err, MC_ERR_ARG, "step: top-k candidates: k = %d is past a tp rank's "
+                          "vocabulary slice (%d of %d)", top->k, nv_min, ex->m->d.vocab);
+    if (top->k > nv_min)
         return mc_err_set(err, MC_ERR_ARG, "step: top-k candidates: k = %d is past the "
                           "vocabulary (%d)", top->k, ex->m->d.vocab);
     for (uint32_t i = 0; plan && i < plan->n_seqs; i++) {
