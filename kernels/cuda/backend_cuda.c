@@ -277,6 +277,18 @@ static double ev_seconds(cudaEvent_t a, cudaEvent_t b)
     return ms * 1e-3;
 }
 
+/* A probe's end, on success and failure alike: the error state cleared,
+ * the stream drained, its timing events destroyed (NULL is fine). */
+static void probe_end(mc_cuda_ctx *c, cudaEvent_t e0, cudaEvent_t e1)
+{
+    (void)cudaGetLastError();
+    (void)cudaStreamSynchronize(c->stream);
+    if (e0)
+        cudaEventDestroy(e0);
+    if (e1)
+        cudaEventDestroy(e1);
+}
+
 /* Best single-pass read bandwidth over `bytes` of device memory (filled with
  * a pattern, never zeros), passes repeated for about `seconds`. */
 static double cu_read_gbps(void *ctx, size_t bytes, int threads, double seconds)
@@ -309,12 +321,7 @@ static double cu_read_gbps(void *ctx, size_t bytes, int threads, double seconds)
         best = gbps > best ? gbps : best;
     }
 fail:
-    (void)cudaGetLastError();
-    (void)cudaStreamSynchronize(c->stream);
-    if (e0)
-        cudaEventDestroy(e0);
-    if (e1)
-        cudaEventDestroy(e1);
+    probe_end(c, e0, e1);
     cudaFree(sink);
     cudaFree(buf);
     return best;
@@ -372,12 +379,7 @@ static double cu_bf16_gflops(void *ctx, int threads, double seconds)
         best = gf > best ? gf : best;
     }
 fail:
-    (void)cudaGetLastError();
-    (void)cudaStreamSynchronize(c->stream);
-    if (e0)
-        cudaEventDestroy(e0);
-    if (e1)
-        cudaEventDestroy(e1);
+    probe_end(c, e0, e1);
     cudaFree(a);
     cudaFree(b);
     cudaFree(y);
@@ -413,12 +415,7 @@ static double cu_fma_gflops(void *ctx, int threads, double seconds)
         best = gf > best ? gf : best;
     }
 fail:
-    (void)cudaGetLastError();
-    (void)cudaStreamSynchronize(c->stream);
-    if (e0)
-        cudaEventDestroy(e0);
-    if (e1)
-        cudaEventDestroy(e1);
+    probe_end(c, e0, e1);
     cudaFree(sink);
     return best;
 }

@@ -91,23 +91,9 @@ static void check_row(int s, int p, const float *got)
 static void check_top_row(int s, int p, const int32_t *ids, const float *vals, double lse)
 {
     const float *ref = seqs[s].ref + (size_t)p * V;
-    double m = 0, best[TOPK], mx = -INFINITY, sum = 0;
-    for (int j = 0; j < TOPK; j++)
-        best[j] = -INFINITY;
-    for (int v = 0; v < V; v++) {
-        double x = ref[v];
-        m = fabs(x) > m ? fabs(x) : m;
-        mx = x > mx ? x : mx;
-        for (int j = 0; j < TOPK; j++) /* the reference's k best values, descending */
-            if (x > best[j]) {
-                memmove(best + j + 1, best + j, (size_t)(TOPK - 1 - j) * sizeof *best);
-                best[j] = x;
-                break;
-            }
-    }
-    for (int v = 0; v < V; v++)
-        sum += exp((double)ref[v] - mx);
-    double tol = TOL * (m > 0 ? m : 1), want_lse = mx + log(sum);
+    double best[TOPK], m, want_lse;
+    mc_ref_row_stats(ref, V, TOPK, best, &m, &want_lse);
+    double tol = TOL * (m > 0 ? m : 1);
     for (int j = 0; j < TOPK; j++) {
         int id = ids[j];
         int ok = id >= 0 && id < V && fabs((double)vals[j] - ref[id]) <= tol &&

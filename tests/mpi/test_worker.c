@@ -114,25 +114,9 @@ static void check_row(int s, int p, const float *got)
 static void check_top(int s, int p, const int32_t *ids, const float *lp)
 {
     const float *ref = seqs[s].ref + (size_t)p * V;
-    double m = 0, mx = -INFINITY, sum = 0, kth;
-    double best[TOPK];
-    for (int j = 0; j < TOPK; j++)
-        best[j] = -INFINITY;
-    for (int v = 0; v < V; v++) {
-        double x = ref[v];
-        m = fabs(x) > m ? fabs(x) : m;
-        mx = x > mx ? x : mx;
-        for (int j = 0; j < TOPK; j++)
-            if (x > best[j]) {
-                memmove(best + j + 1, best + j, (size_t)(TOPK - 1 - j) * sizeof *best);
-                best[j] = x;
-                break;
-            }
-    }
-    for (int v = 0; v < V; v++)
-        sum += exp((double)ref[v] - mx);
-    double lse = mx + log(sum), tol = 4 * TOL * (m > 0 ? m : 1) + 1e-6;
-    kth = best[TOPK - 1];
+    double best[TOPK], m, lse;
+    mc_ref_row_stats(ref, V, TOPK, best, &m, &lse);
+    double tol = 4 * TOL * (m > 0 ? m : 1) + 1e-6, kth = best[TOPK - 1];
     for (int j = 0; j < TOPK; j++) {
         int id = ids[j];
         int ok = id >= 0 && id < V && fabs((double)lp[j] - (ref[id] - lse)) <= tol &&

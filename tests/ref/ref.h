@@ -64,6 +64,11 @@ mc_status mc_forward_step(mc_model *m, mc_kv *kv, const int64_t *tokens, int n, 
 void mc_route_token(const mc_model_desc *d, const float *logits, const float *bias, int *idx,
                     float *weight);
 
+/* What candidate tests hold a logits row x[n] against: its k largest values
+ * descending in best[k], the largest |x| in *maxabs and the row's
+ * log-sum-exp, max + log(sum of exp(x - max)) in double, in *lse. */
+void mc_ref_row_stats(const float *x, int n, int k, double *best, double *maxabs, double *lse);
+
 /* Top-k selection of the sparse-attention indexer: writes min(k, n)
  * indices of the largest v[i] to sel (highest first; an exact tie goes to
  * the lower index, i.e. the earlier token). taken is n bytes of scratch. */

@@ -10,6 +10,7 @@
 #include "ref_internal.h"
 #include "rope.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -237,4 +238,26 @@ mc_status mc_model_forward(mc_model *m, mc_kv *kv, const int64_t *tokens, int n,
     if (n <= 0)
         return mc_err_set(err, MC_ERR_ARG, "forward called with %d tokens", n);
     return mc_forward_step(m, kv, tokens, n, logits != NULL, last_only, logits, err);
+}
+
+void mc_ref_row_stats(const float *x, int n, int k, double *best, double *maxabs, double *lse)
+{
+    double m = 0, mx = -INFINITY, sum = 0;
+    for (int j = 0; j < k; j++)
+        best[j] = -INFINITY;
+    for (int v = 0; v < n; v++) {
+        double a = x[v];
+        m = fabs(a) > m ? fabs(a) : m;
+        mx = a > mx ? a : mx;
+        for (int j = 0; j < k; j++)
+            if (a > best[j]) {
+                memmove(best + j + 1, best + j, (size_t)(k - 1 - j) * sizeof *best);
+                best[j] = a;
+                break;
+            }
+    }
+    for (int v = 0; v < n; v++)
+        sum += exp((double)x[v] - mx);
+    *maxabs = m;
+    *lse = mx + log(sum);
 }
