@@ -162,6 +162,10 @@ double mc_avx512bf16_burn(long iters);
  * transposed) against one token, widened by table lookups (avx512_vbmi.c);
  * 0 when out of memory (nothing written). Only when mc_kern_vbmi. */
 int mc_avx512vbmi_fp8_rows1(const mc_mat *w, const float *x, float *y, int r0, int r1);
+/* The same against n tokens (x rows ldx apart, y rows ldy apart), each
+ * step looked up once per 8 tokens. */
+int mc_avx512vbmi_fp8_rows(const mc_mat *w, const float *x, int n, int ldx, float *y, int ldy,
+                           int r0, int r1);
 #endif
 /* 1 when the CPU has AVX512-BF16 and this build its kernel (set with the path). */
 extern int mc_kern_bf16dp;

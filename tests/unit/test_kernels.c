@@ -265,6 +265,13 @@ static void test_matmul(mc_kpath p)
         test_matmul_case(p, MC_DT_Q8_0, 130, 18432, nb_l[i], 0, 0);
         test_matmul_case(p, MC_DT_Q4_K, 130, 18432, nb_l[i], 0, 0);
     }
+    /* FP8 with 128 x 128 scales against several tokens (avx512 with VBMI:
+     * table lookups, rows in L2 chunks of ~128 KiB, tokens 8 at a time and
+     * 64 per repack): several chunks, the 64-token edge, a 12-column tail */
+    static const int f8_n[] = {2, 8, 9, 17, 64, 65, 70};
+    for (size_t i = 0; i < sizeof f8_n / sizeof f8_n[0]; i++)
+        test_matmul_case(p, MC_DT_F8_E4M3, 301, 1100, f8_n[i], 0, 128);
+    test_matmul_case(p, MC_DT_F8_E4M3, 130, 18432, 9, 0, 128);
     /* transposed storage copied in blocks of 64 outputs from 8 tokens on
      * (several blocks, a partial one), in place below */
     for (int n = 7; n <= 17; n += 5) {
@@ -310,12 +317,12 @@ static void sum_abs(const mc_mat *w, const float *x, int n, float *mag)
 }
 
 /* FP8 with 128 x 128 block scales holding every subnormal code and NaN
- * codes (0x7f in the 64-wide steps, 0xff in the tail) against 1 and 5
+ * codes (0x7f in the 64-wide steps, 0xff in the tail) against 1 and 10
  * tokens: the rows with a NaN code give NaN, the others the scalar path's
  * sums (the decode kernels widen through f16 bits and check NaN per row). */
 static void test_fp8_codes(mc_kpath p)
 {
-    enum { R = 9, C = 300, N = 5 };
+    enum { R = 9, C = 300, N = 10 };
     test_mat m;
     make_mat(&m, MC_DT_F8_E4M3, R, C, 0, 128);
     unsigned char *raw = m.store;
