@@ -4,9 +4,10 @@
  * Element-type weights: a tile of 4 weight rows x up to 4 tokens keeps 16
  * zmm accumulators over the whole row; weights are widened a vector at a
  * time (BF16: zero-extend and shift; F16: vcvtph2ps; F8_E4M3: bit
- * placement times 2^120). For several tokens, or FP8 / scaled weights, the
- * 4 rows are first widened (and scaled) into an f32 panel that all token
- * tiles reuse. Q8_0: vpdpbusd of w + 128 against x, started at -128 sum(x)
+ * placement times 2^120). For many tokens, or scaled weights, the 4 rows
+ * are first widened (and scaled) into an f32 panel that all token tiles
+ * reuse; FP8 with block scales against several tokens instead converts each
+ * row step once per 8 tokens (avx512_fp8_rows.h). Q8_0: vpdpbusd of w + 128 against x, started at -128 sum(x)
  * (exact), on per-call repacks: 4 rows x 4 tokens register tiles over
  * row blocks kept in L2. Q4_K: nibbles against int8 activations with
  * vpmaddubsw, sub-block scales applied with vpdpwssd, mins through the
@@ -508,6 +509,37 @@ static void fp8_scaled_rows1(const mc_mat *w, const float *x, float *y, int r0, 
     }
 }
 
+/* ---- FP8 with block scales against several tokens (avx512_fp8_rows.h) ----
+ * Without AVX512-VBMI the codes of a step are widened as in
+ * fp8_scaled_rows1: f16 bits (the value / 256), vcvtph2ps, NaN codes
+ * flagged per row. */
+typedef struct {
+    __m512i m7f;
+} fp8_tabs;
+
+static void fp8_tabs_init(fp8_tabs *tb)
+{
+    tb->m7f = _mm512_set1_epi8(0x7f);
+}
+
+AI __mmask64 fp8_step(const fp8_tabs *tb, __m512i v, __m512i u[2])
+{
+    u[0] = f8_to_h(_mm512_castsi512_si256(v));
+    u[1] = f8_to_h(_mm512_extracti64x4_epi64(v, 1));
+    return _mm512_cmpeq_epi8_mask(_mm512_and_si512(v, tb->m7f), tb->m7f);
+}
+
+AI __m512 fp8_vec(const fp8_tabs *tb, const __m512i u[2], int q)
+{
+    (void)tb;
+    return _mm512_cvtph_ps(q % 2 ? _mm512_extracti64x4_epi64(u[q / 2], 1)
+                                 : _mm512_castsi512_si256(u[q / 2]));
+}
+
+#define FP8_ROWS_COL(s) (s)
+#define FP8_ROWS_UNIT 256.0f
+#include "avx512_fp8_rows.h"
+
 static void rows_f(const mc_mat *w, const float *x, int n, int ldx, float *y, int ldy, int r0,
                    int r1)
 {
@@ -516,14 +548,19 @@ static void rows_f(const mc_mat *w, const float *x, int n, int ldx, float *y, in
         fp8_scaled_rows1(w, x, y, r0, r1);
         return;
     }
-#ifdef MC_HAVE_AVX512VBMI
-    /* several tokens against FP8 rows with block scales: looked up once per
-     * 8 tokens by table (avx512_vbmi.c), 1.3-4x the widened panels below */
+    /* several tokens against FP8 rows with block scales: each step converted
+     * once per 8 tokens (avx512_fp8_rows.h), by table with AVX512-VBMI */
     if (w->scale && w->dtype == MC_DT_F8_E4M3 && !w->transposed && w->block_cols > 0 &&
-        w->block_cols % 64 == 0 && w->block_rows > 0 && mc_kern_vbmi &&
-        mc_avx512vbmi_fp8_rows(w, x, n, ldx, y, ldy, r0, r1))
-        return;
+        w->block_cols % 64 == 0 && w->block_rows > 0) {
+#ifdef MC_HAVE_AVX512VBMI
+        if (mc_kern_vbmi && mc_avx512vbmi_fp8_rows(w, x, n, ldx, y, ldy, r0, r1))
+            return;
 #endif
+        /* widened through f16, more tokens read better from the panels below
+         * (n = 2: 3x the panels; 8: ~1.1x; 32-512: ~0.85x) */
+        if (n < PACK_MIN_TOKENS && fp8_rows(w, x, n, ldx, y, ldy, r0, r1))
+            return;
+    }
     if (!w->scale && n < PACK_MIN_TOKENS) {
         switch (w->dtype) {
         case MC_DT_F32:

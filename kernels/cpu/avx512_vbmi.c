@@ -1,5 +1,6 @@
 /* cpu/avx512_vbmi.c - FP8 (E4M3) weights with block scales against one
- * token (decode of DeepSeek's checkpoints as published), compiled with the
+ * token (decode of DeepSeek's checkpoints as published) and against several
+ * (avx512_fp8_rows.h's loop with this lookup), compiled with the
  * avx512 path's flags plus -mavx512vbmi and called by that path's
  * fp8_scaled_rows1 (avx512.c) when the CPU has AVX512-VBMI (mc_kern_vbmi).
  *
@@ -106,159 +107,52 @@ int mc_avx512vbmi_fp8_rows1(const mc_mat *w, const float *x, float *y, int r0, i
     return 1;
 }
 
-/* ---- several tokens ----
- *
- * FP8 rows with block scales against 2 or more tokens: each 64-code step of
- * a row is looked up as above, once per FP8_T tokens, and multiplied by its
- * block's scale; then each of its four f32 vectors meets the tokens in
- * FMAs, two rows at a time so each token load feeds two. Each product is
- * (w * s) * x, as the scalar path and the widened panels have it; the
- * tokens are put in the steps' order once per call, FP8_SUPER at a time
- * (bounded scratch whatever the batch). Rows go in chunks of about
- * FP8_CHUNK_BYTES that stay in L2 while the token blocks sweep them.
- * Against widening each row into an f32 panel first (packed_rows), which
- * every token count took before: on the 2-core Zen 4, an 18432 x 7168 FP8
- * matrix at 2 threads went from 22.5 to 5.4-6.2 ms at 2 tokens, 30 to
- * 16-18 ms at 8 and 101 to 56-63 ms at 32 (~130 GFLOP/s, 0.6 of the FMA
- * peak from 8 tokens on). */
-#define FP8_CHUNK_BYTES (128u * 1024u)
-#define FP8_T 8
-#define FP8_SUPER 64
-
-#define AI static inline __attribute__((always_inline))
+/* ---- several tokens (avx512_fp8_rows.h, with the table lookup) ---- */
 
 typedef struct {
     __m512i h0, h1, l0, l1, m80, top;
 } fp8_tabs;
 
-/* Rows o .. o + R - 1 against tokens t0 .. t0 + T - 1 (xp: the permuted
- * tokens, K64 apiece). NC chains per (row, token) keep enough FMAs in
- * flight when R x T is small. */
-AI void fp8_tile(int R, int T, const mc_mat *w, int o, const fp8_tabs *tb, const float *xp,
-                 int K64, const float *x, int ldx, float *y, int ldy)
+static void fp8_tabs_init(fp8_tabs *tb)
 {
-    enum { NCMAX = 4 };
-    const int NC = R * T <= 4 ? 4 : R * T <= 8 ? 2 : 1;
-    int K = w->cols, bc = w->block_cols;
-    const unsigned char *p[2];
-    const float *srow[2];
-    for (int r = 0; r < R; r++) {
-        p[r] = (const unsigned char *)w->data + (size_t)(o + r) * w->row_stride;
-        srow[r] = w->scale + (size_t)((o + r) / w->block_rows) * (size_t)w->scale_cols;
-    }
-    __m512 acc[2][8][NCMAX];
-#pragma GCC unroll 2
-    for (int r = 0; r < R; r++)
-#pragma GCC unroll 8
-        for (int t = 0; t < T; t++)
-#pragma GCC unroll 4
-            for (int c = 0; c < NC; c++)
-                acc[r][t][c] = _mm512_setzero_ps();
-    for (int k = 0, cb = 0; k < K64; cb++) {
-        int kend = k + bc < K64 ? k + bc : K64;
-    for (; k < kend; k += 64) {
-        __m512i u[2][2];
-#pragma GCC unroll 2
-        for (int r = 0; r < R; r++) {
-            _mm_prefetch((const char *)p[r] + k + PF_L2_BYTES, _MM_HINT_T1);
-            _mm_prefetch((const char *)p[r] + k + PF_L2_BYTES / 2, _MM_HINT_T1);
-            __m512i v = _mm512_loadu_si512((const void *)(p[r] + k));
-            __m512i vh = _mm512_ternarylogic_epi32(_mm512_permutex2var_epi8(tb->h0, v, tb->h1), v,
-                                                   tb->m80, 0xF8);
-            __m512i vl = _mm512_permutex2var_epi8(tb->l0, v, tb->l1);
-            u[r][0] = _mm512_unpacklo_epi8(vl, vh);
-            u[r][1] = _mm512_unpackhi_epi8(vl, vh);
-        }
-#pragma GCC unroll 4
-        for (int q = 0; q < 4; q++) {
-            __m512 wv[2];
-#pragma GCC unroll 2
-            for (int r = 0; r < R; r++) {
-                __m512i b = q % 2 ? _mm512_and_si512(u[r][q / 2], tb->top)
-                                  : _mm512_slli_epi32(u[r][q / 2], 16);
-                wv[r] = _mm512_mul_ps(_mm512_castsi512_ps(b), _mm512_set1_ps(srow[r][cb]));
-            }
-#pragma GCC unroll 8
-            for (int t = 0; t < T; t++) {
-                __m512 xv = _mm512_load_ps(xp + (size_t)t * K64 + k + 16 * q);
-#pragma GCC unroll 2
-                for (int r = 0; r < R; r++)
-                    acc[r][t][q % NC] = _mm512_fmadd_ps(wv[r], xv, acc[r][t][q % NC]);
-            }
-        }
-    }
-    }
-#pragma GCC unroll 2
-    for (int r = 0; r < R; r++)
-#pragma GCC unroll 8
-        for (int t = 0; t < T; t++) {
-            __m512 a = acc[r][t][0];
-#pragma GCC unroll 4
-            for (int c = 1; c < NC; c++)
-                a = _mm512_add_ps(a, acc[r][t][c]);
-            float s = _mm512_reduce_add_ps(a);
-            const float *xt = x + (size_t)t * ldx;
-            for (int k = K64; k < K; k++)
-                s += mc_fp8_e4m3_to_f32(p[r][k]) * srow[r][k / bc] * xt[k];
-            y[(size_t)t * ldy + o + r] = s;
-        }
+    pthread_once(&fp8_tab_once, fp8_tab_init);
+    tb->h0 = _mm512_loadu_si512((const void *)fp8_hi);
+    tb->h1 = _mm512_loadu_si512((const void *)(fp8_hi + 64));
+    tb->l0 = _mm512_loadu_si512((const void *)fp8_lo);
+    tb->l1 = _mm512_loadu_si512((const void *)(fp8_lo + 64));
+    tb->m80 = _mm512_set1_epi8((char)0x80);
+    tb->top = _mm512_set1_epi32((int)0xffff0000u);
 }
 
-#define FP8_TILE_T(R, T, ...)                                                                       \
-    do {                                                                                           \
-        switch (T) {                                                                               \
-        case 1: fp8_tile(R, 1, __VA_ARGS__); break;                                                \
-        case 2: fp8_tile(R, 2, __VA_ARGS__); break;                                                \
-        case 3: fp8_tile(R, 3, __VA_ARGS__); break;                                                \
-        case 4: fp8_tile(R, 4, __VA_ARGS__); break;                                                \
-        case 5: fp8_tile(R, 5, __VA_ARGS__); break;                                                \
-        case 6: fp8_tile(R, 6, __VA_ARGS__); break;                                                \
-        case 7: fp8_tile(R, 7, __VA_ARGS__); break;                                                \
-        default: fp8_tile(R, 8, __VA_ARGS__); break;                                               \
-        }                                                                                          \
-    } while (0)
+/* 64 codes as two vectors of bf16 pairs (u[0]: the low unpack, u[1]: the
+ * high one); a NaN code looks up a NaN, so no mask is needed */
+static inline __attribute__((always_inline)) __mmask64 fp8_step(const fp8_tabs *tb, __m512i v,
+                                                                __m512i u[2])
+{
+    /* 0xF8: a | (b & c), the sign bit of each code onto its high byte */
+    __m512i vh = _mm512_ternarylogic_epi32(_mm512_permutex2var_epi8(tb->h0, v, tb->h1), v, tb->m80,
+                                           0xF8);
+    __m512i vl = _mm512_permutex2var_epi8(tb->l0, v, tb->l1);
+    u[0] = _mm512_unpacklo_epi8(vl, vh);
+    u[1] = _mm512_unpackhi_epi8(vl, vh);
+    return 0;
+}
+
+/* slot vector q (< 4) of a step: the even or odd words of u[q / 2] as f32 */
+static inline __attribute__((always_inline)) __m512 fp8_vec(const fp8_tabs *tb, const __m512i u[2],
+                                                            int q)
+{
+    return _mm512_castsi512_ps(q % 2 ? _mm512_and_si512(u[q / 2], tb->top)
+                                     : _mm512_slli_epi32(u[q / 2], 16));
+}
+
+#define FP8_ROWS_COL(s) fp8_col(s)
+#define FP8_ROWS_PERMUTED
+#define FP8_ROWS_UNIT 1.0f
+#include "avx512_fp8_rows.h"
 
 int mc_avx512vbmi_fp8_rows(const mc_mat *w, const float *x, int n, int ldx, float *y, int ldy,
                            int r0, int r1)
 {
-    int K = w->cols, K64 = K / 64 * 64;
-    int nsb = n < FP8_SUPER ? n : FP8_SUPER;
-    float *xp = aligned_alloc(64, (size_t)nsb * K64 * sizeof *xp + 64);
-    if (!xp)
-        return 0;
-    int col[64];
-    for (int s = 0; s < 64; s++)
-        col[s] = fp8_col(s);
-    pthread_once(&fp8_tab_once, fp8_tab_init);
-    fp8_tabs tb = {
-        _mm512_loadu_si512((const void *)fp8_hi), _mm512_loadu_si512((const void *)(fp8_hi + 64)),
-        _mm512_loadu_si512((const void *)fp8_lo), _mm512_loadu_si512((const void *)(fp8_lo + 64)),
-        _mm512_set1_epi8((char)0x80),             _mm512_set1_epi32((int)0xffff0000u)};
-    int rc = (int)(FP8_CHUNK_BYTES / (K > 0 ? (size_t)K : 1)) & ~1;
-    rc = rc < 2 ? 2 : rc;
-    for (int s0 = 0; s0 < n; s0 += FP8_SUPER) {
-        int ns = n - s0 < FP8_SUPER ? n - s0 : FP8_SUPER;
-        for (int t = 0; t < ns; t++) {
-            const float *xt = x + (size_t)(s0 + t) * ldx;
-            float *dt = xp + (size_t)t * K64;
-            for (int k = 0; k < K64; k += 64)
-                for (int s = 0; s < 64; s++)
-                    dt[k + s] = xt[k + col[s]];
-        }
-        for (int c0 = r0; c0 < r1; c0 += rc) {
-            int c1 = c0 + rc < r1 ? c0 + rc : r1;
-            for (int t0 = 0; t0 < ns; t0 += FP8_T) {
-                int T = ns - t0 < FP8_T ? ns - t0 : FP8_T;
-                const float *xb = xp + (size_t)t0 * K64, *xt = x + (size_t)(s0 + t0) * ldx;
-                float *yt = y + (size_t)(s0 + t0) * ldy;
-                int o = c0;
-                for (; o + 2 <= c1; o += 2)
-                    FP8_TILE_T(2, T, w, o, &tb, xb, K64, xt, ldx, yt, ldy);
-                for (; o < c1; o++)
-                    FP8_TILE_T(1, T, w, o, &tb, xb, K64, xt, ldx, yt, ldy);
-            }
-        }
-    }
-    free(xp);
-    return 1;
+    return fp8_rows(w, x, n, ldx, y, ldy, r0, r1);
 }
