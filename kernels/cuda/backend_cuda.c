@@ -72,6 +72,11 @@ mc_status mc_cuda_scratch2(mc_cuda_ctx *c, size_t bytes, void **p, const char *o
     return scratch_grow(c, &c->scratch2, &c->scratch2_bytes, bytes, p, op, err);
 }
 
+mc_status mc_cuda_wscratch(mc_cuda_ctx *c, size_t bytes, void **p, const char *op, mc_err *err)
+{
+    return scratch_grow(c, &c->wscratch, &c->wscratch_bytes, bytes, p, op, err);
+}
+
 /* ---- memory ---- */
 
 static mc_status cu_alloc(void *ctx, size_t bytes, void **mem, mc_err *err)
@@ -434,6 +439,7 @@ static void cu_free(void *ctx)
         cublasDestroy(c->blas);
     cudaFree(c->scratch);
     cudaFree(c->scratch2);
+    cudaFree(c->wscratch);
     cudaFree(c->d_flag);
     cudaFree(c->d_first);
     cudaFree(c->d_info);
@@ -554,6 +560,12 @@ mc_status mc_backend_cuda_init(int device, mc_backend **out, mc_err *err)
         st = mc_cuda_check(cudaMemset(c->d_count, 0, 2 * sizeof *c->d_count), op, err);
     const char *ex = getenv("MC_CUDA_EXPERTS");
     c->experts_loop = ex && strcmp(ex, "loop") == 0;
+    const char *f8 = getenv("MC_CUDA_FP8");
+    c->fp8_gemv = f8 && strcmp(f8, "gemv") == 0;
+    const char *fc = getenv("MC_CUDA_FP8_CHUNK_BYTES");
+    char *fe = NULL;
+    unsigned long long fcb = fc ? strtoull(fc, &fe, 10) : 0;
+    c->fp8_chunk_bytes = fc && fe != fc && !*fe && fcb > 0 ? (size_t)fcb : (size_t)128 << 20;
     if (st == MC_OK) {
         cublasStatus_t bs = cublasCreate(&c->blas);
         if (bs == CUBLAS_STATUS_SUCCESS)

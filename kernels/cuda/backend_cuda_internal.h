@@ -38,6 +38,10 @@ typedef struct {
      * first (grouped_experts: its g / u rows around matmul) */
     void *scratch2;
     size_t scratch2_bytes;
+    /* FP8 weight rows widened to BF16 for cuBLAS (matmul of > 8 tokens;
+     * any caller's scratch may hold the activations meanwhile) */
+    void *wscratch;
+    size_t wscratch_bytes;
     /* small device results an op reads back: rope's refusal, find_nonfinite */
     int *d_flag;
     unsigned long long *d_first;
@@ -53,6 +57,12 @@ typedef struct {
     mc_cuda_exmats *exm;
     int n_exm, cap_exm;
     int experts_loop;
+    /* FP8 products of more than 8 tokens on the GEMV kernel instead of
+     * widened rows and cuBLAS (MC_CUDA_FP8=gemv; comparisons) */
+    int fp8_gemv;
+    /* bytes of BF16 rows widened per cuBLAS call (MC_CUDA_FP8_CHUNK_BYTES,
+     * default 128 MiB; the op test makes it small to run several chunks) */
+    size_t fp8_chunk_bytes;
     /* uploads and downloads of MC_CUDA_STAGE_MIN bytes or more go through
      * two pinned buffers of MC_CUDA_STAGE_BYTES (made at the first such
      * copy; stage_off: cudaHostAlloc failed, copy from pageable memory),
@@ -76,6 +86,9 @@ mc_status mc_cuda_scratch(mc_cuda_ctx *c, size_t bytes, void **p, const char *op
 
 /* As mc_cuda_scratch, from the second scratch. */
 mc_status mc_cuda_scratch2(mc_cuda_ctx *c, size_t bytes, void **p, const char *op, mc_err *err);
+
+/* As mc_cuda_scratch, from the widened-weights scratch. */
+mc_status mc_cuda_wscratch(mc_cuda_ctx *c, size_t bytes, void **p, const char *op, mc_err *err);
 
 /* Device address of element 0 of t. */
 static inline unsigned char *mc_cuda_at(const mc_tensor *t)

@@ -5,14 +5,20 @@
  * yet and answer MC_ERR_UNSUPPORTED naming the op.
  *
  * Matrix product paths (precision against the CPU backend):
- *   - up to 8 tokens, and every batch for F16, FP8, Q8_0 and Q4_K weights:
- *     our kernels, F32 accumulation of the stored weights (FP8 times its
- *     block scale) with F32 activations; Q8_0 / Q4_K quantize the
+ *   - up to 8 tokens, and every batch for F16, Q8_0, Q4_K and transposed
+ *     FP8 weights: our kernels, F32 accumulation of the stored weights (FP8
+ *     times its block scale) with F32 activations; Q8_0 / Q4_K quantize the
  *     activations as the CPU does and take the same integer block products.
  *     Agrees with the CPU to F32 rounding (~1e-6 of the row's largest value).
  *   - more than 8 tokens, BF16 weights: cuBLAS (cublasGemmEx) with the
  *     activations rounded to BF16, F32 accumulation: ~1e-2 relative (the
  *     activations' rounding).
+ *   - more than 8 tokens, FP8 weights (row-major, block scales or none):
+ *     the same cuBLAS product on the weights widened to BF16 a chunk of rows
+ *     at a time (code times block scale, rounded once; at most
+ *     128 MiB of device scratch, never the whole matrix): ~1e-2
+ *     relative (the activations' and the scaled weights' rounding). The
+ *     kernel above re-read the weights every 8 tokens on CUDA cores.
  *   - more than 8 tokens, F32 weights: cublasSgemm (F32, no TF32 unless the
  *     NVIDIA_TF32_OVERRIDE environment asks for it). */
 #include "backend.h"
@@ -57,6 +63,14 @@ static mc_status launched(cudaError_t e, const char *op, mc_err *err)
 
 /* ---- matmul ---- */
 
+static mc_status blas_failed(cublasStatus_t bs, const mc_tensor *w, int n, const char *op,
+                             mc_err *err)
+{
+    return mc_err_set(err, MC_ERR_INTERNAL, "cuda backend: %s: cuBLAS %s (%s weights %lld x "
+                      "%lld, %d tokens)", op, cublasGetStatusString(bs), mc_dtype_name(w->dtype),
+                      (long long)w->shape[0], (long long)w->shape[1], n);
+}
+
 static mc_status matmul_blas(mc_cuda_ctx *c, const mc_tensor *w, const float *x, long long ldx,
                              float *y, long long ldy, int n, const char *op, mc_err *err)
 {
@@ -82,10 +96,44 @@ static mc_status matmul_blas(mc_cuda_ctx *c, const mc_tensor *w, const float *x,
                           CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
     }
     if (bs != CUBLAS_STATUS_SUCCESS)
-        return mc_err_set(err, MC_ERR_INTERNAL, "cuda backend: %s: cuBLAS %s (%s weights %d x "
-                          "%d, %d tokens)", op, cublasGetStatusString(bs), mc_dtype_name(w->dtype),
-                          O, I, n);
+        return blas_failed(bs, w, n, op, err);
     return launched(cudaGetLastError(), op, err);
+}
+
+/* FP8 weights (row-major) against more than 8 tokens: the activations
+ * rounded to BF16 once, then per chunk of rows the rows widened to BF16
+ * (mck_fp8_to_bf16) and one cublasGemmEx writing those outputs. */
+static mc_status matmul_fp8_blas(mc_cuda_ctx *c, const mc_tensor *w, const float *x,
+                                 long long ldx, float *y, long long ldy, int n, const char *op,
+                                 mc_err *err)
+{
+    const float one = 1.0f, zero = 0.0f;
+    int O = (int)w->shape[0], I = (int)w->shape[1];
+    size_t row_b = (size_t)I * 2;
+    size_t chunk = c->fp8_chunk_bytes / row_b;
+    chunk = chunk < 1 ? 1 : chunk > (size_t)O ? (size_t)O : chunk;
+    void *xb = NULL, *wb = NULL;
+    mc_status st = mc_cuda_scratch(c, (size_t)n * row_b, &xb, op, err);
+    if (st == MC_OK)
+        st = mc_cuda_wscratch(c, chunk * row_b, &wb, op, err);
+    if (st == MC_OK)
+        st = launched(mck_f32_to_bf16(c->stream, x, ldx, n, I, xb), op, err);
+    mck_mat m = mc_cuda_mck(w);
+    for (int r0 = 0; r0 < O && st == MC_OK; r0 += (int)chunk) {
+        int rr = O - r0 < (int)chunk ? O - r0 : (int)chunk;
+        st = launched(mck_fp8_to_bf16(c->stream, &m, r0, rr, wb), op, err);
+        if (st != MC_OK)
+            break;
+        /* y^T rows r0 .. r0 + rr - 1 (column-major, ld ldy) = Wb (rr x I) x^T */
+        cublasStatus_t bs = cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, rr, n, I, &one, wb,
+                                         CUDA_R_16BF, I, xb, CUDA_R_16BF, I, &zero, y + r0,
+                                         CUDA_R_32F, (int)ldy, CUBLAS_COMPUTE_32F,
+                                         CUBLAS_GEMM_DEFAULT);
+        if (bs != CUBLAS_STATUS_SUCCESS)
+            return blas_failed(bs, w, n, op, err);
+        st = launched(cudaGetLastError(), op, err);
+    }
+    return st;
 }
 
 static mc_status matmul_block(mc_cuda_ctx *c, const mck_mat *m, const float *x, long long ldx,
@@ -116,6 +164,8 @@ mc_status mc_cuda_matmul_raw(mc_cuda_ctx *c, const mc_tensor *w, const float *x,
     if (n > GEMV_MAX_TOKENS && !w->scale_buf &&
         (w->dtype == MC_DT_BF16 || w->dtype == MC_DT_F32))
         return matmul_blas(c, w, x, ldx, y, ldy, n, op, err);
+    if (n > GEMV_MAX_TOKENS && w->dtype == MC_DT_F8_E4M3 && !w->transposed && !c->fp8_gemv)
+        return matmul_fp8_blas(c, w, x, ldx, y, ldy, n, op, err);
     if (w->dtype == MC_DT_Q6_K)
         return mc_err_set(err, MC_ERR_UNSUPPORTED,
                           "cuda backend: %s: Q6_K weights have no GPU kernel yet (run with "

@@ -107,6 +107,10 @@ cudaError_t mck_matmul_q(cudaStream_t s, const mck_mat *w, const int8_t *q, cons
 /* out (n, cols) BF16 contiguous = x rounded to nearest even. */
 cudaError_t mck_f32_to_bf16(cudaStream_t s, const float *x, long long ldx, int n, int cols,
                             uint16_t *out);
+/* out (rows, w->cols) BF16 contiguous = rows r0 .. r0 + rows - 1 of an FP8
+ * weight (row-major, not transposed), each code times its block scale (when
+ * w->scale) rounded to nearest even. */
+cudaError_t mck_fp8_to_bf16(cudaStream_t s, const mck_mat *w, int r0, int rows, uint16_t *out);
 
 /* ---- paged KV cache and attention (cuda/attn.cu) ---- */
 

@@ -39,6 +39,15 @@ __device__ __forceinline__ float mck_fp8(uint8_t v)
     return __uint_as_float(sign | ((e + 120u) << 23) | (man << 20));
 }
 
+/* f to BF16, rounded to nearest even; NaN stays NaN (as mc_f32_to_bf16). */
+__device__ __forceinline__ uint16_t mck_to_bf16(float f)
+{
+    uint32_t u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u)
+        return (uint16_t)((u >> 16) | 0x40);
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
 __device__ __forceinline__ uint16_t mck_u16(const unsigned char *p)
 {
     return (uint16_t)(p[0] | (p[1] << 8));

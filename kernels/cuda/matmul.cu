@@ -309,13 +309,7 @@ __global__ static void k_to_bf16(const float *x, long long ldx, int n, int cols,
     if (k >= (long long)n * cols)
         return;
     long long t = k / cols, i = k % cols;
-    uint32_t u = __float_as_uint(x[t * ldx + i]);
-    uint16_t h;
-    if ((u & 0x7fffffffu) > 0x7f800000u) /* NaN stays NaN (mc_f32_to_bf16) */
-        h = (uint16_t)((u >> 16) | 0x40);
-    else
-        h = (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-    out[k] = h;
+    out[k] = mck_to_bf16(x[t * ldx + i]);
 }
 
 cudaError_t mck_f32_to_bf16(cudaStream_t s, const float *x, long long ldx, int n, int cols,
@@ -326,4 +320,40 @@ cudaError_t mck_f32_to_bf16(cudaStream_t s, const float *x, long long ldx, int n
         return cudaSuccess;
     k_to_bf16<<<(unsigned)((work + 255) / 256), 256, 0, s>>>(x, ldx, n, cols, out);
     return cudaGetLastError();
+}
+
+/* ---- FP8 weights widened to BF16 for cuBLAS ----
+ * A block row per weight row (grid y), its threads striding the columns:
+ * the stored code times its block scale, rounded once to BF16. */
+
+__global__ static void k_fp8_to_bf16(mck_mat w, int r0, uint16_t *out)
+{
+    const long long o = (long long)r0 + blockIdx.y;
+    const unsigned char *row = (const unsigned char *)w.data + (size_t)o * (size_t)w.row_stride;
+    const float *srow =
+        w.scale ? w.scale + (size_t)(o / w.block_rows) * (size_t)w.scale_cols : nullptr;
+    uint16_t *dst = out + (size_t)blockIdx.y * (size_t)w.cols;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < w.cols; i += gridDim.x * blockDim.x) {
+        float v = mck_fp8(__ldg(row + i));
+        if (srow)
+            v = __fmul_rn(v, __ldg(srow + i / w.block_cols));
+        dst[i] = mck_to_bf16(v);
+    }
+}
+
+cudaError_t mck_fp8_to_bf16(cudaStream_t s, const mck_mat *w, int r0, int rows, uint16_t *out)
+{
+    if (rows <= 0 || w->cols <= 0)
+        return cudaSuccess;
+    unsigned bx = (unsigned)((w->cols + 255) / 256);
+    bx = bx > 16 ? 16 : bx;
+    for (int done = 0; done < rows; done += 65535) { /* grid y is at most 65535 */
+        int rr = rows - done < 65535 ? rows - done : 65535;
+        k_fp8_to_bf16<<<dim3(bx, (unsigned)rr), 256, 0, s>>>(*w, r0 + done,
+                                                             out + (size_t)done * (size_t)w->cols);
+        cudaError_t e = cudaGetLastError();
+        if (e != cudaSuccess)
+            return e;
+    }
+    return cudaSuccess;
 }
