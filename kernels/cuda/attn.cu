@@ -250,6 +250,11 @@ __global__ static void __launch_bounds__(AT_THREADS)
             }
             sv = __fmul_rn(d, sc);
         }
+        /* a NaN score makes the CPU's softmax NaN throughout; the max below
+         * passes over NaN, so a tile of NaN and -inf scores would be
+         * dropped: poison the sum instead (the same on every thread) */
+        if (__syncthreads_or(sv != sv))
+            l = NAN;
         const float mn = fmaxf(m, at_block_max(sv, red));
         if (mn == -INFINITY)
             continue; /* the whole tile dropped (the same on every thread) */
@@ -261,8 +266,8 @@ __global__ static void __launch_bounds__(AT_THREADS)
         const int nt = cnt - base < AT_THREADS ? (int)(cnt - base) : AT_THREADS;
         for (int d = tid; d < dv; d += AT_THREADS) {
             float acc = o[d] * alpha;
-            for (int j = 0; j < nt; j++)
-                if (e[j] != 0.0f)
+            for (int j = 0; j < nt; j++) /* MLA (kb) skips zero weights, GQA adds them (CPU) */
+                if (prow[j] >= 0 && (!src.kb || e[j] != 0.0f))
                     acc = fmaf(e[j], src.v[(size_t)prow[j] * (size_t)src.ldv + d], acc);
             o[d] = acc;
         }

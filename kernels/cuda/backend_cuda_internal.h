@@ -56,6 +56,7 @@ typedef struct {
      * per-expert host loop is forced (MC_CUDA_EXPERTS=loop) */
     mc_cuda_exmats *exm;
     int n_exm, cap_exm;
+    unsigned next_exm; /* the set a full cache replaces next */
     int experts_loop;
     /* FP8 products of more than 8 tokens on the GEMV kernel instead of
      * widened rows and cuBLAS (MC_CUDA_FP8=gemv; comparisons) */
@@ -86,6 +87,11 @@ mc_status mc_cuda_scratch(mc_cuda_ctx *c, size_t bytes, void **p, const char *op
 
 /* As mc_cuda_scratch, from the second scratch. */
 mc_status mc_cuda_scratch2(mc_cuda_ctx *c, size_t bytes, void **p, const char *op, mc_err *err);
+
+/* FP8 products of more than this many tokens widen their rows to BF16 for
+ * cuBLAS (5 bytes moved per weight: read, write, read again); fewer take
+ * the GEMV kernel, which reads the weights once per 8 tokens. */
+#define MC_CUDA_FP8_WIDEN_TOKENS 32
 
 /* As mc_cuda_scratch, from the widened-weights scratch. */
 mc_status mc_cuda_wscratch(mc_cuda_ctx *c, size_t bytes, void **p, const char *op, mc_err *err);

@@ -5,11 +5,11 @@
  * The front end (backend_ops.c) has checked dtypes, shapes, buffers and
  * aliasing. Expert ids, slots and offsets live on the device: permute and
  * unpermute check them in a kernel that gates the writes and read its answer
- * back (one stream synchronization per call); grouped_experts downloads the
+ * back (one stream synchronization per call); grouped_experts checks the
  * offsets on the device (one synchronization for the answer) and runs all
  * experts in two launches (cuda/experts.cu) when their weights are element
- * types and they average at most 8 rows (BF16 / F32 / FP8; any count for
- * F16; FP8 any count with MC_CUDA_FP8=gemv), else downloads the offsets and
+ * types and they average at most 8 rows (BF16 / F32; FP8: 32, or any count
+ * with MC_CUDA_FP8=gemv; F16: any count), else downloads the offsets and
  * loops over the experts on the host, three products and a SwiGLU per
  * expert with rows (cuBLAS for BF16 and FP8 prefill; Q8_0 / Q4_K;
  * MC_CUDA_EXPERTS=loop forces it). Refusals are worded as the
@@ -234,22 +234,24 @@ static mc_status exmats_get(mc_cuda_ctx *c, const mc_tensor *gate, const mc_tens
         if (c->n_exm < c->cap_exm) {
             x = &c->exm[c->n_exm++];
         } else { /* full: replace one in turn (cudaFree waits for the device) */
-            static unsigned next;
-            x = &c->exm[next++ % (unsigned)c->n_exm];
+            x = &c->exm[c->next_exm++ % (unsigned)c->n_exm];
             cudaFree(x->dev);
             free(x->host);
         }
         *x = (mc_cuda_exmats){.key = gate, .n = n, .host = tmp, .dev = d};
     }
     *dev = x->dev;
-    return mc_cuda_check(cudaMemcpyAsync(x->dev, x->host, bytes, cudaMemcpyHostToDevice,
-                                         c->stream), op, err);
+    mc_status st = mc_cuda_check(cudaMemcpyAsync(x->dev, x->host, bytes, cudaMemcpyHostToDevice,
+                                                 c->stream), op, err);
+    if (st != MC_OK)
+        x->n = -1; /* never matched again: the device copy is not these descriptors */
+    return st;
 }
 
 /* Whether the grouped launch takes this call: every gate / up / down of one
  * element type (F32, F16, BF16, FP8), row-major with rows on 16 bytes, one
- * intermediate width; BF16 / F32 / FP8 only while the experts average at
- * most 8 rows (more: cuBLAS per expert, the loop below). *I: that width. */
+ * intermediate width; BF16 / F32 only while the experts average at most 8
+ * rows, FP8 32 (more: cuBLAS per expert, the loop below). *I: that width. */
 static int grouped_ok(const mc_cuda_ctx *c, const mc_tensor *x, int64_t m, int n_experts,
                       const mc_tensor *gate, const mc_tensor *up, const mc_tensor *down, int *I)
 {
@@ -258,8 +260,9 @@ static int grouped_ok(const mc_cuda_ctx *c, const mc_tensor *x, int64_t m, int n
     mc_dtype dt = gate[0].dtype;
     if (dt != MC_DT_F32 && dt != MC_DT_F16 && dt != MC_DT_BF16 && dt != MC_DT_F8_E4M3)
         return 0;
-    if ((dt == MC_DT_BF16 || dt == MC_DT_F32 || (dt == MC_DT_F8_E4M3 && !c->fp8_gemv)) &&
-        m > 8 * (int64_t)n_experts)
+    if ((dt == MC_DT_BF16 || dt == MC_DT_F32) && m > 8 * (int64_t)n_experts)
+        return 0;
+    if (dt == MC_DT_F8_E4M3 && !c->fp8_gemv && m > MC_CUDA_FP8_WIDEN_TOKENS * (int64_t)n_experts)
         return 0;
     int64_t H = mc_tensor_cols(x), I0 = gate[0].shape[0];
     size_t es = mc_dtype_size(dt);

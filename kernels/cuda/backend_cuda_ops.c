@@ -5,20 +5,21 @@
  * yet and answer MC_ERR_UNSUPPORTED naming the op.
  *
  * Matrix product paths (precision against the CPU backend):
- *   - up to 8 tokens, and every batch for F16, Q8_0, Q4_K and transposed
- *     FP8 weights: our kernels, F32 accumulation of the stored weights (FP8
+ *   - up to 8 tokens (FP8: up to 32), and every batch for F16, Q8_0, Q4_K
+ *     and transposed FP8 weights: our kernels, F32 accumulation of the stored weights (FP8
  *     times its block scale) with F32 activations; Q8_0 / Q4_K quantize the
  *     activations as the CPU does and take the same integer block products.
  *     Agrees with the CPU to F32 rounding (~1e-6 of the row's largest value).
  *   - more than 8 tokens, BF16 weights: cuBLAS (cublasGemmEx) with the
  *     activations rounded to BF16, F32 accumulation: ~1e-2 relative (the
  *     activations' rounding).
- *   - more than 8 tokens, FP8 weights (row-major, block scales or none):
+ *   - more than 32 tokens, FP8 weights (row-major, block scales or none):
  *     the same cuBLAS product on the weights widened to BF16 a chunk of rows
  *     at a time (code times block scale, rounded once; at most
  *     128 MiB of device scratch, never the whole matrix): ~1e-2
  *     relative (the activations' and the scaled weights' rounding). The
- *     kernel above re-read the weights every 8 tokens on CUDA cores.
+ *     widening moves 5 bytes a weight, what the kernel above reads for 33-40
+ *     tokens (once per 8), so fewer tokens stay on the kernel.
  *   - more than 8 tokens, F32 weights: cublasSgemm (F32, no TF32 unless the
  *     NVIDIA_TF32_OVERRIDE environment asks for it). */
 #include "backend.h"
@@ -100,7 +101,7 @@ static mc_status matmul_blas(mc_cuda_ctx *c, const mc_tensor *w, const float *x,
     return launched(cudaGetLastError(), op, err);
 }
 
-/* FP8 weights (row-major) against more than 8 tokens: the activations
+/* FP8 weights (row-major) against more than 32 tokens: the activations
  * rounded to BF16 once, then per chunk of rows the rows widened to BF16
  * (mck_fp8_to_bf16) and one cublasGemmEx writing those outputs. */
 static mc_status matmul_fp8_blas(mc_cuda_ctx *c, const mc_tensor *w, const float *x,
@@ -164,7 +165,8 @@ mc_status mc_cuda_matmul_raw(mc_cuda_ctx *c, const mc_tensor *w, const float *x,
     if (n > GEMV_MAX_TOKENS && !w->scale_buf &&
         (w->dtype == MC_DT_BF16 || w->dtype == MC_DT_F32))
         return matmul_blas(c, w, x, ldx, y, ldy, n, op, err);
-    if (n > GEMV_MAX_TOKENS && w->dtype == MC_DT_F8_E4M3 && !w->transposed && !c->fp8_gemv)
+    if (n > MC_CUDA_FP8_WIDEN_TOKENS && w->dtype == MC_DT_F8_E4M3 && !w->transposed &&
+        !c->fp8_gemv)
         return matmul_fp8_blas(c, w, x, ldx, y, ldy, n, op, err);
     if (w->dtype == MC_DT_Q6_K)
         return mc_err_set(err, MC_ERR_UNSUPPORTED,

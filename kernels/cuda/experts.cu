@@ -1,15 +1,15 @@
 /* cuda/experts.cu - grouped_experts in two launches over all of a layer's
- * experts, the expert ranges read on the device (no host synchronization,
- * no per-expert launches): for experts whose gate / up / down are element
+ * experts, the expert ranges read on the device (no per-expert launches or
+ * host loop; the host waits once per call, for the offsets' check): for experts whose gate / up / down are element
  * types (F32, F16, BF16, FP8 with optional block scales) stored row-major
  * with rows on 16 bytes, and one intermediate width I for all.
  *
- *   k_experts_gu    block (rows bx * MM_WARPS.., expert e): one warp per
+ *   k_experts_gu    block (rows bx * EX_WARPS.., expert e): one warp per
  *                   intermediate row o reads gate[e] row o and up[e] row o
  *                   once per 8 of the expert's tokens, then writes
  *                   h[r, o] = silu(min(g, lim)) * clamp(u, lim) (the CPU's
  *                   clamped SwiGLU, each step rounded as there);
- *   k_experts_down  block (rows bx * MM_WARPS.., expert e): one warp per
+ *   k_experts_down  block (rows bx * EX_WARPS.., expert e): one warp per
  *                   output row o of down[e] over h, times the row weight
  *                   when the output is weighted.
  *

@@ -7,9 +7,9 @@
  *   1e-5  every F32-accumulating path (element-type and Q8_0 / Q4_K
  *         products, which quantize the activations exactly as the CPU does,
  *         and the row / element-wise ops);
- *   1e-2  the cuBLAS paths (more than 8 tokens: BF16 weights, activations
- *         rounded to BF16; row-major FP8 weights widened to BF16 a chunk of
- *         rows at a time, code times block scale rounded once - the harness
+ *   1e-2  the cuBLAS paths (BF16 weights, more than 8 tokens: activations
+ *         rounded to BF16; row-major FP8 weights, more than 32 tokens:
+ *         widened to BF16 a chunk of rows at a time, code times block scale rounded once - the harness
  *         sets MC_CUDA_FP8_CHUNK_BYTES to 16 KiB so most FP8 cases take
  *         several chunks; MC_CUDA_FP8=gemv keeps them on the kernel, 1e-5);
  *   1e-6  embed (a gather of dequantized weights);
@@ -157,7 +157,7 @@ static void matmul_case(mc_dtype dt, int O, int I, int n, int tr, int scale_bloc
              tr ? " transposed" : "", scale_block ? " scaled" : "", O, I, n, ldx_pad, ldy_pad);
     const char *f8 = getenv("MC_CUDA_FP8");
     int fp8_blas = dut_is_cuda && dt == MC_DT_F8_E4M3 && !tr && !(f8 && strcmp(f8, "gemv") == 0);
-    int blas = n > 8 && ((!scale_block && dt == MC_DT_BF16) || fp8_blas);
+    int blas = (n > 8 && !scale_block && dt == MC_DT_BF16) || (n > 32 && fp8_blas);
     cmp_pair(what, &y, blas ? 1e-2 : 1e-5);
     pair_free(&x);
     pair_free(&y);

@@ -11,9 +11,10 @@
  *          both sides and the many exact ties test the tie order);
  *   1e-5   attention, mla_decode, the router's weights, grouped_experts on
  *          the F32-accumulating product paths;
- *   1e-2   grouped_experts with BF16 weights, and on a GPU with FP8 weights
- *          (unless MC_CUDA_FP8=gemv), and more than 8 rows per expert
- *          (cuBLAS with the activations rounded to BF16, as matmul).
+ *   1e-2   grouped_experts on the per-expert loop with more than 8 rows an
+ *          expert for BF16 weights, and on a GPU more than 32 for FP8
+ *          (unless MC_CUDA_FP8=gemv): cuBLAS with the activations rounded to
+ *          BF16, as matmul.
  * grouped_experts runs twice on the GPU: as the backend chooses (all
  * experts in two launches for element types with one intermediate width,
  * FP8 block scales included; the per-expert loop otherwise) and with the
@@ -710,9 +711,9 @@ static void experts_case(mc_dtype dt, int tr, int H, int I, int n_e, const int *
 
 static int dut_is_cuda;
 
-/* FP8 experts averaging more than 8 rows: cuBLAS on rows widened to BF16 on
- * a GPU (matmul's path), the F32 kernels on the CPU device or with
- * MC_CUDA_FP8=gemv */
+/* FP8 experts on the per-expert loop with more than 32 rows: cuBLAS on rows
+ * widened to BF16 on a GPU (matmul's path), the F32 kernels on the CPU
+ * device or with MC_CUDA_FP8=gemv */
 static double fp8_many_rtol(void)
 {
     const char *f8 = getenv("MC_CUDA_FP8");
@@ -728,13 +729,15 @@ static void test_experts(void)
      * an expert on average), FP8 with 32 x 32 block scales too; 9 rows and
      * more per expert in passes of 8 */
     static const mc_dtype el[] = {MC_DT_F32, MC_DT_F16, MC_DT_BF16, MC_DT_F8_E4M3};
+    static const int two[4] = {2, 0, 2, 1}; /* batch-2 decode: the 2-token pass */
     for (size_t i = 0; i < sizeof el / sizeof el[0]; i++) {
         experts_case_x(el[i], 0, 96, 64, 6, one, 0, 0, 1e-5, 1, 0);
+        experts_case_x(el[i], 0, 64, 32, 4, two, (int)(i % 3), 0, 1e-5, 1, 0);
         experts_case_x(el[i], 0, 104, 48, 5, few, (int)((i + 1) % 3), i == 2 ? 0.75f : 0.0f,
                        1e-5, 1, 0);
     }
     experts_case_x(MC_DT_F8_E4M3, 0, 96, 64, 5, few, 1, 0, 1e-5, 1, 32);
-    experts_case_x(MC_DT_F8_E4M3, 0, 160, 80, 4, many, 2, 0, fp8_many_rtol(), 1, 32);
+    experts_case_x(MC_DT_F8_E4M3, 0, 160, 80, 4, many, 2, 0, 1e-5, 1, 32);
     experts_case_x(MC_DT_F16, 0, 72, 40, 4, many, 1, 0, 1e-5, 1, 0);
     /* rows not on 16 bytes (BF16 x 100): the per-expert loop */
     experts_case_x(MC_DT_BF16, 0, 100, 56, 5, few, 0, 0, 1e-5, 1, 0);
@@ -748,7 +751,8 @@ static void test_experts(void)
     experts_case(MC_DT_F32, 0, 72, 40, 4, many, 1, 0, 1e-5);
     experts_case(MC_DT_BF16, 0, 72, 40, 4, many, 1, 0, 1e-2);
     experts_case(MC_DT_Q8_0, 0, 64, 96, 4, many, 0, 0, 1e-5);
-    /* FP8 without scales, more than 8 rows: cuBLAS on widened rows (GPU) */
+    /* FP8 without scales on the loop (widths differ), an expert of 40 rows:
+     * cuBLAS on widened rows (GPU), the others the GEMV kernel */
     experts_case(MC_DT_F8_E4M3, 0, 72, 40, 4, many, 2, 0, fp8_many_rtol());
 }
 
