@@ -143,6 +143,16 @@ static mc_status finish(mc_comm *c, ncclResult_t r, const char *what, mc_err *er
     }
 }
 
+/* A rank that leaves an operation on its own (a local error before or
+ * after enqueuing) leaves its peers waiting until their timeout aborts
+ * theirs: it aborts its own too, so its next operation fails at once
+ * instead of waiting out a timeout of its own against aborted peers. */
+static mc_status local_fail(mc_comm *c, mc_status st)
+{
+    abort_comm(impl(c));
+    return st;
+}
+
 /* Before an operation: the communicator is usable and its device current. */
 static mc_status begin(mc_comm *c, const char *what, mc_err *err)
 {
@@ -154,8 +164,9 @@ static mc_status begin(mc_comm *c, const char *what, mc_err *err)
                           c->rank, n->host, what);
     cudaError_t e = cudaSetDevice(n->device);
     if (e != cudaSuccess)
-        return mc_err_set(err, MC_ERR_INTERNAL, "nccl rank %d: %s: cudaSetDevice(%d): %s", c->rank,
-                          what, n->device, cudaGetErrorString(e));
+        return local_fail(c, mc_err_set(err, MC_ERR_INTERNAL,
+                                        "nccl rank %d: %s: cudaSetDevice(%d): %s", c->rank, what,
+                                        n->device, cudaGetErrorString(e)));
     return MC_OK;
 }
 
@@ -191,10 +202,11 @@ static mc_status nc_all_reduce(mc_comm *c, void *buf, size_t count, mc_dtype dty
                       "all_reduce_sum", err);
     size_t esz = bf16 ? 2 : 4, bytes = count * esz;
     if (bytes > SIZE_MAX / (size_t)c->size)
-        return mc_err_set(err, MC_ERR_OVERFLOW, "nccl rank %d: all_reduce_sum of %zu elements",
-                          c->rank, count);
+        return local_fail(c, mc_err_set(err, MC_ERR_OVERFLOW,
+                                        "nccl rank %d: all_reduce_sum of %zu elements", c->rank,
+                                        count));
     if ((st = grow_scratch(c, bytes * (size_t)c->size, err)) != MC_OK)
-        return st;
+        return local_fail(c, st);
     /* scratch [size, count]: every rank's contribution, then the ordered sum */
     ncclResult_t r = ncclAllGather(buf, n->scratch, bytes, ncclInt8, n->comm, n->stream);
     if ((st = finish(c, r, "all_reduce_sum (all-gather)", err)) != MC_OK)
@@ -202,8 +214,9 @@ static mc_status nc_all_reduce(mc_comm *c, void *buf, size_t count, mc_dtype dty
     int e = mc_cuda_sum_ranks(n->scratch, buf, count, c->size, bf16, n->stream);
     cudaError_t se = e ? (cudaError_t)e : cudaStreamSynchronize(n->stream);
     if (se != cudaSuccess)
-        return mc_err_set(err, MC_ERR_INTERNAL, "nccl rank %d: all_reduce_sum: sum kernel: %s",
-                          c->rank, cudaGetErrorString(se));
+        return local_fail(c, mc_err_set(err, MC_ERR_INTERNAL,
+                                        "nccl rank %d: all_reduce_sum: sum kernel: %s", c->rank,
+                                        cudaGetErrorString(se)));
     return MC_OK;
 }
 
@@ -248,16 +261,18 @@ static mc_status nc_all_to_all_v(mc_comm *c, const void *send, const size_t *sen
     if (st != MC_OK)
         return st;
     if (send_counts[me] != recv_counts[me])
-        return mc_err_set(err, MC_ERR_ARG,
-                          "nccl rank %d: all_to_all_v: sends itself %zu bytes but expects %zu",
-                          me, send_counts[me], recv_counts[me]);
+        return local_fail(c, mc_err_set(err, MC_ERR_ARG,
+                                        "nccl rank %d: all_to_all_v: sends itself %zu bytes but "
+                                        "expects %zu",
+                                        me, send_counts[me], recv_counts[me]));
     if (send_counts[me] > 0) {
         cudaError_t e = cudaMemcpyAsync((char *)recv + recv_displs[me],
                                         (const char *)send + send_displs[me], send_counts[me],
                                         cudaMemcpyDeviceToDevice, n->stream);
         if (e != cudaSuccess)
-            return mc_err_set(err, MC_ERR_INTERNAL, "nccl rank %d: all_to_all_v: own rows: %s", me,
-                              cudaGetErrorString(e));
+            return local_fail(c, mc_err_set(err, MC_ERR_INTERNAL,
+                                            "nccl rank %d: all_to_all_v: own rows: %s", me,
+                                            cudaGetErrorString(e)));
     }
     ncclResult_t r = ncclGroupStart();
     for (int p = 0; p < c->size && (r == ncclSuccess || r == ncclInProgress); p++) {
@@ -379,12 +394,20 @@ static mc_status nc_split(mc_comm *c, int color, int key, mc_comm **out, mc_err 
     ncclComm_t sub = NULL;
     ncclResult_t r = ncclCommSplit(n->comm, color < 0 ? NCCL_SPLIT_NOCOLOR : color, key, &sub,
                                    &cfg);
-    if (r != ncclSuccess && r != ncclInProgress)
+    if (r != ncclSuccess && r != ncclInProgress) {
+        if (sub)
+            (void)ncclCommAbort(sub);
         return mc_err_set(err, MC_ERR_IO, "nccl rank %d (host %s): split: %s", c->rank, n->host,
                           ncclGetErrorString(r));
-    /* the parent finishes its part first, then the new communicator */
+    }
+    /* the parent finishes its part first, then the new communicator (read
+     * only after that: the split's job stores it) */
     if ((st = wait_comm(n->comm, c->rank, n->host, n->timeout_ms, "split", err)) != MC_OK) {
         n->comm = NULL;
+        /* the parent's abort waited for the split's job, which may have
+         * stored a new communicator by then: not left behind */
+        if (sub)
+            (void)ncclCommAbort(sub);
         return st;
     }
     if (!sub)

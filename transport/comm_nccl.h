@@ -27,6 +27,9 @@
  *                   timeout ends it)
  *   barrier         an all-reduce of one float
  *   split           ncclCommSplit (non-blocking, the same timeout)
+ * Any failure aborts the rank's communicator: one that failed before its
+ * peers could finish (out of device memory, a bad own-region size) leaves
+ * them to their timeout, and its own next operation fails at once.
  * Arguments are checked by comm.c as for every backend; agreement between
  * ranks is not checked (as MPI without MC_COMM_CHECK).
  *

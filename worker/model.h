@@ -79,7 +79,8 @@ typedef struct mc_model {
     /* the data plane of a device backend's tensors (mc_par_data_plane):
      * MC_PLANE_HOST / STAGED move host memory over tp/ep/pp_comm; DIRECT
      * passes device addresses to those same comms (dev_* alias them);
-     * NCCL to dev_* split from dev_world, owned */
+     * NCCL to dev_* split from a world communicator (not kept: dev_world
+     * NULL), owned */
     int plane; /* mc_plane */
     mc_comm *dev_world, *dev_tp, *dev_ep, *dev_pp;
     bool shards;         /* loaded from a `moecluster shard` set: tensors stored pre-cut */

@@ -7,6 +7,7 @@
 #include "log.h"
 #include "model.h"
 
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -292,7 +293,7 @@ const char *mc_plane_name(int plane)
 
 void mc_par_data_plane_free(mc_model *m)
 {
-    if (m->plane == MC_PLANE_NCCL) { /* split from dev_world: owned */
+    if (m->plane == MC_PLANE_NCCL) { /* split from a world communicator freed after: owned */
         mc_comm_free(m->dev_tp);
         mc_comm_free(m->dev_ep);
         mc_comm_free(m->dev_pp);
@@ -317,17 +318,35 @@ static int plane_asked(const char **v)
     return -1;
 }
 
+/* How long one NCCL operation may wait for its peers: MPI's watchdog
+ * setting (MC_COMM_TIMEOUT, checked when the world started; 0: no limit),
+ * so a hung peer is given up on after the same time on either plane. */
+static int nccl_timeout_ms(void)
+{
+    double s = MC_COMM_MPI_TIMEOUT_S;
+    const char *t = getenv("MC_COMM_TIMEOUT");
+    mc_err e;
+    mc_err_clear(&e);
+    if (t && mc_comm_timeout_parse(t, &s, &e) != MC_OK)
+        s = MC_COMM_MPI_TIMEOUT_S;
+    if (s <= 0 || s * 1000.0 >= (double)INT_MAX)
+        return INT_MAX;
+    return s * 1000.0 < 1.0 ? 1 : (int)(s * 1000.0);
+}
+
 static mc_status plane_nccl(mc_model *m, int cuda_device, mc_err *err)
 {
     mc_comm *w = NULL, *tp = NULL, *ep = NULL, *pp = NULL;
-    mc_status st = mc_comm_nccl_create(m->world, cuda_device, 0, &w, err);
+    mc_status st = mc_comm_nccl_create(m->world, cuda_device, nccl_timeout_ms(), &w, err);
     if (st != MC_OK)
         return st;
-    if ((st = mc_par_comms(w, &m->lay, &tp, &ep, &pp, err)) != MC_OK) {
-        mc_comm_free(w);
+    st = mc_par_comms(w, &m->lay, &tp, &ep, &pp, err);
+    /* the splits stand alone: the world's communicator (a proxy thread and
+     * device buffers) is not kept */
+    mc_comm_free(w);
+    if (st != MC_OK)
         return st;
-    }
-    m->dev_world = w;
+    m->dev_world = NULL;
     m->dev_tp = tp;
     m->dev_ep = ep;
     m->dev_pp = pp;
