@@ -110,12 +110,12 @@ static mc_status finish(mc_comm *c, ncclResult_t r, const char *what, mc_err *er
         abort_comm(n);
         return st;
     }
+    double t0 = now_ms(); /* one timeout for both waits */
     mc_status st = wait_comm(n->comm, c->rank, n->host, n->timeout_ms, what, err);
     if (st != MC_OK) {
         n->comm = NULL; /* aborted by wait_comm */
         return st;
     }
-    double t0 = now_ms();
     for (;;) {
         cudaError_t e = cudaStreamQuery(n->stream);
         if (e == cudaSuccess)
@@ -436,6 +436,8 @@ typedef struct {
     int32_t ok; /* 1: a device was chosen and set */
     int32_t device;
     char host[64];
+    char boot[40]; /* the kernel's boot id: with host, one machine (comm_shm.c's
+                    * identity; a container's host name alone may repeat) */
     char bus[32];  /* PCI bus id of the device */
     char why[160]; /* ok == 0: the reason */
 } peer_info;
@@ -492,6 +494,9 @@ mc_status mc_comm_nccl_create(mc_comm *boot, int device, int timeout_ms, mc_comm
     *out = NULL;
     if (!boot)
         return mc_err_set(err, MC_ERR_ARG, "nccl: the bootstrap communicator is NULL");
+    if (boot->ops == &nccl_ops) /* it moves device memory; the bootstrap passes host structs */
+        return mc_err_set(err, MC_ERR_ARG, "nccl: the bootstrap communicator must move host "
+                          "memory (MPI), not be an nccl one");
     if (timeout_ms <= 0)
         timeout_ms = MC_COMM_NCCL_TIMEOUT_MS;
     int rank = mc_comm_rank(boot), size = mc_comm_size(boot);
@@ -502,19 +507,25 @@ mc_status mc_comm_nccl_create(mc_comm *boot, int device, int timeout_ms, mc_comm
     me.device = -1;
     if (gethostname(me.host, sizeof me.host - 1) != 0)
         snprintf(me.host, sizeof me.host, "?");
+    FILE *bf = fopen("/proc/sys/kernel/random/boot_id", "r");
+    if (!bf || !fgets(me.boot, sizeof me.boot, bf))
+        snprintf(me.boot, sizeof me.boot, "?");
+    if (bf)
+        fclose(bf);
     pick_device(device, rank, &me);
     /* every rank learns every rank's device: all refuse together */
     mc_status st = mc_comm_all_gather(boot, &me, sizeof me, all, err);
     for (int p = 0; st == MC_OK && p < size; p++) {
         all[p].host[sizeof all[p].host - 1] = all[p].bus[sizeof all[p].bus - 1] = 0;
-        all[p].why[sizeof all[p].why - 1] = 0;
+        all[p].why[sizeof all[p].why - 1] = all[p].boot[sizeof all[p].boot - 1] = 0;
         if (!all[p].ok) {
             st = mc_err_set(err, MC_ERR_UNSUPPORTED, "nccl: rank %d (host %s): %s", p, all[p].host,
                             all[p].why);
             break;
         }
         for (int q = 0; q < p; q++)
-            if (!strcmp(all[p].host, all[q].host) && !strcmp(all[p].bus, all[q].bus)) {
+            if (!strcmp(all[p].host, all[q].host) && !strcmp(all[p].boot, all[q].boot) &&
+                !strcmp(all[p].bus, all[q].bus)) {
                 st = mc_err_set(err, MC_ERR_UNSUPPORTED,
                                 "nccl: ranks %d and %d share GPU %s on host %s (NCCL needs one GPU "
                                 "per rank: start at most one rank per GPU)",

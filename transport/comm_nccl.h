@@ -2,10 +2,10 @@
  * every buffer in device memory of the rank's GPU.
  *
  * Bootstrap: collective over a host communicator `boot` (the MPI world, or
- * any comm.h communicator whose ranks are the NCCL ranks): each rank picks
- * its device and checks it, the ranks all-gather (host, PCI bus id) and
- * refuse together when two share a GPU (NCCL does not allow it) or when any
- * rank has none; rank 0 makes the unique id (ncclGetUniqueId), bcast_id
+ * any comm.h communicator of host memory whose ranks are the NCCL ranks;
+ * an nccl one is refused): each rank picks its device and checks it, the
+ * ranks all-gather (host, boot id, PCI bus id) and refuse together when two
+ * share a GPU (NCCL does not allow it) or when any rank has none; rank 0 makes the unique id (ncclGetUniqueId), bcast_id
  * carries it, and every rank joins with ncclCommInitRankConfig on a
  * non-blocking communicator, polling ncclCommGetAsyncError until it is
  * ready or the timeout passes (then ncclCommAbort, MC_ERR_IO naming the
