@@ -134,9 +134,9 @@ static void send_heartbeat(void *sock, uint64_t last_step)
 
 /* The StepResult of plan: one SeqResult per entry with logits, pointing
  * into logits (rows of V floats in plan order), or with k > 0 candidates
- * (rows of 2k + 2 words: mc_session_exec_run): the k ids as top_token_ids
- * and their log-probabilities (logit - the row's log-sum-exp) as
- * top_logprobs. */
+ * (rows of 2k + 2 words: mc_session_exec_run): the k ids as top_token_ids,
+ * their logits as top_logits and their log-probabilities (logit - the
+ * row's log-sum-exp) as top_logprobs. */
 static void send_result(void *sock, const mc_step_plan *plan, const float *logits, uint32_t V,
                         int k)
 {
@@ -148,11 +148,13 @@ static void send_result(void *sock, const mc_step_plan *plan, const float *logit
     size_t rows_all = (size_t)mc_step_plan_logit_rows(plan);
     uint32_t *tid = k > 0 ? calloc(rows_all * (size_t)k + 1, sizeof *tid) : NULL;
     float *tlp = k > 0 ? calloc(rows_all * (size_t)k + 1, sizeof *tlp) : NULL;
-    if (!res || !ptrs || (k > 0 && (!tid || !tlp))) {
+    float *tlg = k > 0 ? calloc(rows_all * (size_t)k + 1, sizeof *tlg) : NULL;
+    if (!res || !ptrs || (k > 0 && (!tid || !tlp || !tlg))) {
         free(res);
         free(ptrs);
         free(tid);
         free(tlp);
+        free(tlg);
         send_error(sock, MC_ERR_NOMEM, "worker: out of memory for the step result", plan->step_id);
         return;
     }
@@ -175,12 +177,15 @@ static void send_result(void *sock, const mc_step_plan *plan, const float *logit
                     int32_t id;
                     memcpy(&id, w + c, 4);
                     tid[(row + r) * (size_t)k + (size_t)c] = (uint32_t)id;
+                    tlg[(row + r) * (size_t)k + (size_t)c] = w[k + c];
                     tlp[(row + r) * (size_t)k + (size_t)c] = (float)((double)w[k + c] - lse);
                 }
             }
-            res[j].n_top_token_ids = res[j].n_top_logprobs = rows * (size_t)k;
+            res[j].n_top_token_ids = res[j].n_top_logprobs = res[j].n_top_logits =
+                rows * (size_t)k;
             res[j].top_token_ids = tid + row * (size_t)k;
             res[j].top_logprobs = tlp + row * (size_t)k;
+            res[j].top_logits = tlg + row * (size_t)k;
         } else {
             res[j].n_logits = rows * V;
             res[j].logits = (float *)(uintptr_t)(logits + row * V); /* read only by the packer */
@@ -210,6 +215,7 @@ static void send_result(void *sock, const mc_step_plan *plan, const float *logit
     free(ptrs);
     free(tid);
     free(tlp);
+    free(tlg);
 }
 
 /* ---- the lockstep ---- */

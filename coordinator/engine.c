@@ -49,8 +49,10 @@ struct mc_engine {
     sched_entry *sched; /* (max_running) this step's entries, in plan order */
     uint32_t n_sched;
     float *logits; /* (min(max_running, budget), vocab) this step's LAST rows */
-    int32_t *top_ids; /* (min(max_running, budget)) their greedy picks (runner's run_top) */
-    float *top_lp;
+    /* (min(max_running, budget), MC_SAMPLER_TOP_MAX) their candidates
+     * (runner's run_top, top_k a row): ids, log-probabilities, logits */
+    int32_t *top_ids;
+    float *top_lp, *top_lg;
     mc_sample_scratch *scratch;
     mc_engine_event *ev; /* (ev_cap) ring of undelivered events */
     uint32_t ev_head, n_ev, ev_cap;
@@ -72,8 +74,8 @@ static mc_status session_run(void *ctx, const mc_step_plan *plan, float *logits,
 }
 
 static mc_status session_run_top(void *ctx, const mc_step_plan *plan, int32_t *top_ids,
-                                 float *top_lp, mc_err *err) {
-    return mc_session_runner_run_top(ctx, plan, top_ids, top_lp, err);
+                                 float *top_lp, float *top_lg, mc_err *err) {
+    return mc_session_runner_run_top(ctx, plan, top_ids, top_lp, top_lg, err);
 }
 
 static mc_status session_release(void *ctx, uint64_t seq_id, mc_err *err) {
@@ -277,10 +279,11 @@ mc_status mc_engine_init(const mc_step_runner *runner, const mc_engine_opts *opt
     e->running = mc_calloc_n(max_run, sizeof *e->running);
     e->sched = mc_calloc_n(max_run, sizeof *e->sched);
     e->logits = mc_malloc_n(rows, (size_t)e->vocab * sizeof(float)); /* (rows, vocab) */
-    e->top_ids = mc_malloc_n(rows, sizeof *e->top_ids);
-    e->top_lp = mc_malloc_n(rows, sizeof *e->top_lp);
+    e->top_ids = mc_malloc_n(rows, MC_SAMPLER_TOP_MAX * sizeof *e->top_ids);
+    e->top_lp = mc_malloc_n(rows, MC_SAMPLER_TOP_MAX * sizeof *e->top_lp);
+    e->top_lg = mc_malloc_n(rows, MC_SAMPLER_TOP_MAX * sizeof *e->top_lg);
     if (!e->rq || !e->waiting || !e->running || !e->sched || !e->logits || !e->top_ids ||
-        !e->top_lp) {
+        !e->top_lp || !e->top_lg) {
         st = mc_err_set(err, MC_ERR_NOMEM, "engine: out of memory for %u requests", max_req);
         goto fail;
     }
@@ -307,6 +310,7 @@ void mc_engine_free(mc_engine *e) {
     free(e->logits);
     free(e->top_ids);
     free(e->top_lp);
+    free(e->top_lg);
     free(e->ev);
     free(e);
 }
@@ -463,19 +467,12 @@ static mc_status schedule(mc_engine *e, mc_err *err) {
     return MC_OK;
 }
 
-/* A request whose pick is the row's argmax and nothing else: greedy, no
- * penalties (no history), no logit bias, no logprobs. Its row need not
- * cross whole: the runner's best candidate is the pick. */
-static bool plain_greedy(const request *q) {
-    const mc_sampler_params *p = &q->sampler.p;
-    return p->temperature < MC_SAMPLER_GREEDY_EPS && !mc_sampler_needs_history(p) &&
-           p->n_logit_bias == 0 && p->logprobs < 0;
-}
-
-/* Samples the LAST row of a request that finished its chunk (or takes
- * `best`, the runner's greedy candidate, when row is NULL) and emits the
- * event; ends the request on a stop id, its length or the context. */
-static void sample_one(mc_engine *e, uint32_t slot, const float *row, int32_t best) {
+/* Samples the LAST row of a request that finished its chunk (or, when row
+ * is NULL, picks from the runner's k candidates cid / clg: the whole row's
+ * pick, mc_sampler_pick_top) and emits the event; ends the request on a
+ * stop id, its length or the context. */
+static void sample_one(mc_engine *e, uint32_t slot, const float *row, const int32_t *cid,
+                       const float *clg, int k) {
     request *q = &e->rq[slot];
     if (!q->prompt_counted) {
         e->st.prompt_tokens_total += q->n_prompt;
@@ -490,11 +487,8 @@ static void sample_one(mc_engine *e, uint32_t slot, const float *row, int32_t be
     if (row)
         st = mc_sampler_pick(&q->sampler, row, (int)e->vocab, q->hist, e->scratch, &tok,
                              want_lp ? &lp : NULL, &serr);
-    else if (best < 0 || (uint32_t)best >= e->vocab)
-        st = mc_err_set(&serr, MC_ERR_FORMAT, "engine: the runner's pick %d is past the "
-                        "vocabulary (%u)", (int)best, e->vocab);
     else
-        tok = best;
+        st = mc_sampler_pick_top(&q->sampler, cid, clg, k, (int)e->vocab, &tok, &serr);
     if (st == MC_OK && q->hist) st = mc_seq_tokens_add(q->hist, tok, &serr);
     if (st != MC_OK) {
         if (!e->msg[0]) snprintf(e->msg, sizeof e->msg, "%s", serr.msg);
@@ -532,13 +526,17 @@ mc_status mc_engine_step(mc_engine *e, mc_err *err) {
     mc_step_plan plan;
     mc_step_plan_init(&plan);
     plan.step_id = e->step_id + 1;
-    /* candidates (one a row) when the step has picks and every one is a plain argmax */
+    /* candidates when the step has picks and they decide every one
+     * (mc_sampler_top_k): k the most any pick needs */
     bool top = e->r.run_top != NULL, picks = false;
+    int top_k = 0;
     for (uint32_t k = 0; k < e->n_sched && top; k++) {
         const request *q = &e->rq[e->sched[k].slot];
         if (q->n_computed + e->sched[k].n != q->n_tokens) continue;
         picks = true;
-        top = plain_greedy(q);
+        int need = mc_sampler_top_k(&q->sampler.p, (int)e->vocab);
+        top = need > 0;
+        top_k = need > top_k ? need : top_k;
     }
     top = top && picks;
     for (uint32_t k = 0; k < e->n_sched; k++) {
@@ -546,9 +544,9 @@ mc_status mc_engine_step(mc_engine *e, mc_err *err) {
         uint32_t n = e->sched[k].n, nb = 0;
         const uint32_t *table = mc_kv_pool_table(e->pool, q->seq_id, &nb);
         mc_logits_mode mode = q->n_computed + n == q->n_tokens ? MC_LOGITS_LAST : MC_LOGITS_NONE;
-        uint32_t top_k = top && mode == MC_LOGITS_LAST ? 1 : 0;
+        uint32_t kq = top && mode == MC_LOGITS_LAST ? (uint32_t)top_k : 0;
         if ((st = mc_step_plan_add_seq(&plan, q->seq_id, q->n_computed, q->tokens + q->n_computed,
-                                       n, table, nb, mode, top_k, err)) != MC_OK) {
+                                       n, table, nb, mode, kq, err)) != MC_OK) {
             mc_step_plan_free(&plan);
             return st; /* reservations only: the next step schedules them again */
         }
@@ -557,7 +555,7 @@ mc_status mc_engine_step(mc_engine *e, mc_err *err) {
     e->st.steps_total++;
     mc_err rerr;
     mc_err_clear(&rerr);
-    st = top ? e->r.run_top(e->r.ctx, &plan, e->top_ids, e->top_lp, &rerr)
+    st = top ? e->r.run_top(e->r.ctx, &plan, e->top_ids, e->top_lp, e->top_lg, &rerr)
              : e->r.run(e->r.ctx, &plan, e->logits, &rerr);
     if (top && st == MC_OK) e->st.steps_top++;
     mc_step_plan_free(&plan);
@@ -573,8 +571,11 @@ mc_status mc_engine_step(mc_engine *e, mc_err *err) {
         request *q = &e->rq[e->sched[k].slot];
         q->n_computed += e->sched[k].n;
         if (q->n_computed == q->n_tokens) {
-            sample_one(e, e->sched[k].slot, top ? NULL : e->logits + row * e->vocab,
-                       top ? e->top_ids[row] : -1);
+            if (top)
+                sample_one(e, e->sched[k].slot, NULL, e->top_ids + row * (size_t)top_k,
+                           e->top_lg + row * (size_t)top_k, top_k);
+            else
+                sample_one(e, e->sched[k].slot, e->logits + row * e->vocab, NULL, NULL, 0);
             row++;
         }
     }

@@ -65,12 +65,14 @@ typedef struct {
     void *ctx;
     mc_status (*run)(void *ctx, const mc_step_plan *plan, float *logits, mc_err *err);
     /* optional: a plan whose entries with logits all ask for top_k = k
-     * candidates; per row top_ids / top_lp get the k most likely ids (best
-     * first, ties to the lower id) and their log-probabilities. The engine
-     * asks for k = 1 in steps whose every pick is greedy (a plain argmax:
-     * no penalties, biases or logprobs), so a row never crosses whole. */
+     * candidates; per row top_ids / top_lp / top_lg get the k most likely
+     * ids (best first, ties to the lower id), their log-probabilities and
+     * their logits. The engine asks for them in steps whose every pick the
+     * candidates decide (mc_sampler_top_k: greedy, or sampling with a
+     * top_k <= 64, without penalties, biases or logprobs), k the largest
+     * such top_k of the step, so a row never crosses whole. */
     mc_status (*run_top)(void *ctx, const mc_step_plan *plan, int32_t *top_ids, float *top_lp,
-                         mc_err *err);
+                         float *top_lg, mc_err *err);
     mc_status (*release)(void *ctx, uint64_t seq_id, mc_err *err);
     uint32_t vocab, n_blocks, block_size, max_pos, max_batch_tokens;
 } mc_step_runner;

@@ -12,7 +12,8 @@ struct mc_seq_tokens {
 
 struct mc_sample_scratch {
     int vocab;
-    float *x;      /* (vocab) processed logits */
+    float *x;      /* (vocab) logits after bias and penalties: the filters' order */
+    float *xt;     /* (vocab) x / T (sampling only) */
     uint32_t *key; /* (2, vocab) radix sort keys, ping-pong */
     int32_t *idx;  /* (2, vocab) ids riding with the keys */
     double *e;     /* (vocab) exp(x - max), in the order the pick walks */
@@ -183,10 +184,11 @@ mc_status mc_sample_scratch_init(int vocab, mc_sample_scratch **out, mc_err *err
         return mc_err_set(err, MC_ERR_NOMEM, "out of memory (sampler scratch)");
     w->vocab = vocab;
     w->x = mc_malloc_n((size_t)vocab, sizeof *w->x);
+    w->xt = mc_malloc_n((size_t)vocab, sizeof *w->xt);
     w->key = mc_malloc_n(2 * (size_t)vocab, sizeof *w->key);
     w->idx = mc_malloc_n(2 * (size_t)vocab, sizeof *w->idx);
     w->e = mc_malloc_n((size_t)vocab, sizeof *w->e);
-    if (!w->x || !w->key || !w->idx || !w->e) {
+    if (!w->x || !w->xt || !w->key || !w->idx || !w->e) {
         mc_sample_scratch_free(w);
         return mc_err_set(err, MC_ERR_NOMEM, "out of memory (sampler scratch for %d ids)", vocab);
     }
@@ -199,6 +201,7 @@ void mc_sample_scratch_free(mc_sample_scratch *w)
     if (!w)
         return;
     free(w->x);
+    free(w->xt);
     free(w->key);
     free(w->idx);
     free(w->e);
@@ -327,10 +330,13 @@ static int32_t *sort_desc(const float *x, const int32_t *ids, int n, uint32_t *k
 
 /* top-k, top-p, min-p over x (already / T, max x finite): fills w->e with
  * exp(x - max) by id and returns how many ids survive. *order is the
- * survivors by descending x, or NULL when no sort was needed: then the
- * survivors are the ids with w->e > 0 (e zeroed below min-p), n = vocab. */
-static int filter(const mc_sampler_params *p, const float *x, int vocab, double m,
-                  mc_sample_scratch *w, const int32_t **order_out)
+ * survivors by descending pre (x before the temperature: the same order,
+ * except that two logits the division rounds to one x keep theirs; ties to
+ * the lowest id, as the backends' top-k candidates), or NULL when no sort
+ * was needed: then the survivors are the ids with w->e > 0 (e zeroed below
+ * min-p), n = vocab. */
+static int filter(const mc_sampler_params *p, const float *x, const float *pre, int vocab,
+                  double m, mc_sample_scratch *w, const int32_t **order_out)
 {
     double *e = w->e;             /* (vocab) exp(x - m), by id */
     double lo = (double)p->min_p; /* min-p: keep e >= min_p */
@@ -361,7 +367,7 @@ static int filter(const mc_sampler_params *p, const float *x, int vocab, double 
         for (int i = 0; i < vocab; i++)
             cand[i] = i;
     }
-    int32_t *order = sort_desc(x, cand, nbig, w->key, w->idx); /* (nbig) */
+    int32_t *order = sort_desc(pre, cand, nbig, w->key, w->idx); /* (nbig) */
     int n = nbig;
     if (top_k && p->top_k < n)
         n = p->top_k;
@@ -386,15 +392,16 @@ static int filter(const mc_sampler_params *p, const float *x, int vocab, double 
     return keep;
 }
 
-/* one draw over x (already / T) after top-k, top-p, min-p */
-static int32_t sample(mc_sampler *s, const float *x, int vocab, mc_sample_scratch *w)
+/* one draw over x (pre / T) after top-k, top-p, min-p */
+static int32_t sample(mc_sampler *s, const float *x, const float *pre, int vocab,
+                      mc_sample_scratch *w)
 {
-    int best = argmax(x, vocab);
+    int best = argmax(pre, vocab);
     double m = x[best];
     if (isinf(m))
         return best; /* -inf: nothing possible; +inf: it outweighs all (as greedy) */
     const int32_t *order;
-    int n = filter(&s->p, x, vocab, m, w, &order);
+    int n = filter(&s->p, x, pre, vocab, m, w, &order);
     const double *e = w->e;
     double sum = 0, acc = 0;
     for (int j = 0; j < n; j++)
@@ -428,13 +435,15 @@ mc_status mc_sampler_pick(mc_sampler *s, const float *logits, int vocab, const m
     float *x = w->x; /* (vocab) */
     apply_penalties(p, logits, vocab, penalties ? hist : NULL, x);
     bool greedy = p->temperature < MC_SAMPLER_GREEDY_EPS;
+    const float *xs = x; /* the processed logits: x / T, or x when greedy */
     if (!greedy) {
-        float t = p->temperature;
+        float t = p->temperature, *xt = w->xt;
         for (int i = 0; i < vocab; i++)
-            x[i] /= t;
+            xt[i] = x[i] / t;
+        xs = xt;
     }
     w->all = -1;
-    int32_t id = greedy ? argmax(x, vocab) : sample(s, x, vocab, w);
+    int32_t id = greedy ? argmax(x, vocab) : sample(s, xs, x, vocab, w);
     *token = id;
     if (lp && p->logprobs >= 0) {
         double known = w->all; /* the filter's sum over the same x */
@@ -443,9 +452,82 @@ mc_status mc_sampler_pick(mc_sampler *s, const float *logits, int vocab, const m
             /* the model's logits, NaN as -inf: reuse x */
             for (int i = 0; i < vocab; i++)
                 x[i] = isnan(logits[i]) ? -INFINITY : logits[i];
+            xs = x;
         }
-        fill_logprobs(x, vocab, p->logprobs, id, known, lp);
+        fill_logprobs(xs, vocab, p->logprobs, id, known, lp);
     }
+    return MC_OK;
+}
+
+int mc_sampler_top_k(const mc_sampler_params *p, int vocab)
+{
+    if (mc_sampler_needs_history(p) || p->n_logit_bias != 0 || p->logprobs >= 0)
+        return 0;
+    if (p->temperature < MC_SAMPLER_GREEDY_EPS)
+        return 1;
+    return p->top_k > 0 && p->top_k < vocab && p->top_k <= MC_SAMPLER_TOP_MAX ? p->top_k : 0;
+}
+
+mc_status mc_sampler_pick_top(mc_sampler *s, const int32_t *ids, const float *logits, int k,
+                              int vocab, int32_t *token, mc_err *err)
+{
+    const mc_sampler_params *p = &s->p;
+    int need = mc_sampler_top_k(p, vocab);
+    if (need <= 0 || need > k)
+        return mc_err_set(err, MC_ERR_ARG, "sampler: %d candidates do not determine this pick "
+                          "(it needs %s)", k, need <= 0 ? "the whole row" : "more");
+    for (int j = 0; j < need; j++)
+        if (ids[j] < 0 || ids[j] >= vocab)
+            return mc_err_set(err, MC_ERR_ARG, "sampler: candidate id %d is outside [0, %d)",
+                              (int)ids[j], vocab);
+    if (p->temperature < MC_SAMPLER_GREEDY_EPS) {
+        *token = ids[0];
+        return MC_OK;
+    }
+    /* the whole row's steps (sample, filter) over its top_k ids, which the
+     * candidates are in the filter's order: x = pre / T, e = exp(x - max) */
+    int n = p->top_k;
+    float t = p->temperature;
+    double e[MC_SAMPLER_TOP_MAX];
+    double m = (double)((isnan(logits[0]) ? -INFINITY : logits[0] + 0.0f) / t);
+    if (isinf(m)) {
+        *token = ids[0];
+        return MC_OK;
+    }
+    double sum = 0;
+    for (int j = 0; j < n; j++) {
+        float x = (isnan(logits[j]) ? -INFINITY : logits[j] + 0.0f) / t;
+        e[j] = exp((double)x - m);
+        sum += e[j];
+    }
+    if (p->top_p < 1.0f) {
+        double target = (double)p->top_p * sum, acc = e[0];
+        int keep = 1;
+        while (keep < n && acc < target)
+            acc += e[keep++];
+        n = keep;
+    }
+    double lo = (double)p->min_p;
+    int keep = 1;
+    while (keep < n && e[keep] >= lo)
+        keep++;
+    n = keep;
+    sum = 0;
+    for (int j = 0; j < n; j++)
+        sum += e[j];
+    double r = mc_sampler_uniform(s) * sum, acc = 0;
+    int32_t last = ids[0];
+    for (int j = 0; j < n; j++) {
+        if (e[j] == 0.0)
+            continue;
+        acc += e[j];
+        last = ids[j];
+        if (r < acc) {
+            *token = ids[j];
+            return MC_OK;
+        }
+    }
+    *token = last;
     return MC_OK;
 }
 

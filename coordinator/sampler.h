@@ -7,7 +7,7 @@
  *   mc_seq_tokens       per sequence, only when a penalty is on: how often
  *                       each token id occurred in the prompt and the output
  *                       (4 bytes per vocabulary entry);
- *   mc_sample_scratch   per thread: the buffers one pick needs (28 bytes per
+ *   mc_sample_scratch   per thread: the buffers one pick needs (32 bytes per
  *                       vocabulary entry), so a pick allocates nothing.
  *
  * One pick, in vLLM's order:
@@ -17,7 +17,9 @@
  *      l -= frequency * count + presence * (count > 0));
  *   2. temperature: l / T; T < MC_SAMPLER_GREEDY_EPS means greedy (argmax,
  *      ties to the lowest id);
- *   3. filtering: top-k (exactly k ids, ties to the lowest id), then top-p
+ *   3. filtering: top-k (exactly k ids, by the logits of step 1 - the same
+ *      order as after step 2, except that two logits the division rounds to
+ *      one value keep their order - ties to the lowest id), then top-p
  *      over the renormalised top-k set (keep the shortest prefix, by
  *      descending probability, whose mass reaches top_p), then min-p (drop
  *      ids with probability < min_p * the top probability);
@@ -131,6 +133,24 @@ void mc_sample_scratch_free(mc_sample_scratch *w);
  * the scratch or the history, or a needed history is missing. */
 mc_status mc_sampler_pick(mc_sampler *s, const float *logits, int vocab, const mc_seq_tokens *hist,
                           mc_sample_scratch *w, int32_t *token, mc_logprobs *lp, mc_err *err);
+
+/* Picks from a row's best candidates instead of the whole row (the
+ * backends' top-k: ids best first by logit, ties to the lowest id, with
+ * their logits), giving the token mc_sampler_pick gives on the whole row,
+ * bit for bit, random stream included, for requests mc_sampler_top_k
+ * accepts. */
+#define MC_SAMPLER_TOP_MAX 64 /* the most candidates a row carries (MC_TOPK_MAX) */
+
+/* How many candidates a row needs for this request's pick: 1 when greedy,
+ * top_k when sampling with 1 <= top_k <= MC_SAMPLER_TOP_MAX (and top_k <
+ * vocab); 0 (the whole row) with penalties, a logit bias or logprobs, or
+ * without such a top_k. */
+int mc_sampler_top_k(const mc_sampler_params *p, int vocab);
+
+/* The pick from k candidates (ids / logits, best first; k >= what
+ * mc_sampler_top_k asks). MC_ERR_ARG when they cannot give it. */
+mc_status mc_sampler_pick_top(mc_sampler *s, const int32_t *ids, const float *logits, int k,
+                              int vocab, int32_t *token, mc_err *err);
 
 /* ---- stop conditions ---- */
 typedef enum {

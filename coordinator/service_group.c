@@ -494,12 +494,12 @@ static bool ids_push(uint64_t **a, size_t *n, size_t *cap, uint64_t id) {
 }
 
 static mc_status group_step(mc_group *g, const mc_step_plan *plan, float *logits, int32_t *top_ids,
-                            float *top_lp, mc_err *err) {
+                            float *top_lp, float *top_lg, mc_err *err) {
     if (!g->w || g->failed)
         return mc_err_set(err, MC_ERR_IO, "the worker group is down%s%s", g->why[0] ? ": " : "",
                           g->why);
     mc_status st = top_ids ? mc_workers_run_release_top(g->w, plan, g->pending, g->n_pending,
-                                                        top_ids, top_lp, err)
+                                                        top_ids, top_lp, top_lg, err)
                            : mc_workers_run_release(g->w, plan, g->pending, g->n_pending, logits,
                                                     err);
     if (st == MC_OK) {
@@ -528,12 +528,12 @@ static mc_status group_step(mc_group *g, const mc_step_plan *plan, float *logits
 }
 
 static mc_status group_run(void *ctx, const mc_step_plan *plan, float *logits, mc_err *err) {
-    return group_step(ctx, plan, logits, NULL, NULL, err);
+    return group_step(ctx, plan, logits, NULL, NULL, NULL, err);
 }
 
 static mc_status group_run_top(void *ctx, const mc_step_plan *plan, int32_t *top_ids,
-                               float *top_lp, mc_err *err) {
-    return group_step(ctx, plan, NULL, top_ids, top_lp, err);
+                               float *top_lp, float *top_lg, mc_err *err) {
+    return group_step(ctx, plan, NULL, top_ids, top_lp, top_lg, err);
 }
 
 static mc_status group_release(void *ctx, uint64_t seq_id, mc_err *err) {

@@ -203,10 +203,11 @@ const char *mc_workers_addr(const mc_workers *w)
 }
 
 /* Checks a StepResult against the plan and copies its rows to logits_out,
- * or (entries with top_k = k > 0) its candidates to top_ids / top_lp
- * (rows of k). */
+ * or (entries with top_k = k > 0) its candidates to top_ids / top_lp /
+ * top_lg (rows of k; top_lg may be NULL). */
 static mc_status take_result(const mc_workers *w, const mc_step_plan *plan, const StepResult *r,
-                             float *logits_out, int32_t *top_ids, float *top_lp, mc_err *err)
+                             float *logits_out, int32_t *top_ids, float *top_lp, float *top_lg,
+                             mc_err *err)
 {
     size_t V = w->info.vocab, want = 0;
     for (uint32_t i = 0; i < plan->n_seqs; i++)
@@ -227,7 +228,7 @@ static mc_status take_result(const mc_workers *w, const mc_step_plan *plan, cons
         if (e->top_k > 0) { /* candidates: rows x top_k ids in the vocabulary, and logprobs */
             size_t n = rows * e->top_k;
             if (s->seq_id != e->seq_id || s->n_logits != 0 || s->n_top_token_ids != n ||
-                s->n_top_logprobs != n)
+                s->n_top_logprobs != n || s->n_top_logits != n)
                 return mc_err_set(err, MC_ERR_FORMAT,
                                   "worker %s: step %llu: result %zu is sequence %llu with %zu "
                                   "candidates, want sequence %llu with %zu",
@@ -245,6 +246,8 @@ static mc_status take_result(const mc_workers *w, const mc_step_plan *plan, cons
             for (size_t c = 0; c < n; c++) {
                 top_ids[trow * e->top_k + c] = (int32_t)s->top_token_ids[c];
                 top_lp[trow * e->top_k + c] = s->top_logprobs[c];
+                if (top_lg)
+                    top_lg[trow * e->top_k + c] = s->top_logits[c];
             }
             trow += rows;
             continue;
@@ -268,7 +271,7 @@ static mc_status take_result(const mc_workers *w, const mc_step_plan *plan, cons
 
 static mc_status run_release(mc_workers *w, const mc_step_plan *plan, const uint64_t *ids,
                              size_t n, float *logits_out, int32_t *top_ids, float *top_lp,
-                             mc_err *err)
+                             float *top_lg, mc_err *err)
 {
     if (!w || !plan)
         return mc_err_set(err, MC_ERR_ARG, "mc_workers_run: NULL connection or plan");
@@ -282,7 +285,7 @@ static mc_status run_release(mc_workers *w, const mc_step_plan *plan, const uint
         return st;
     if ((st = request(w, buf, len, &reply, err)) == MC_OK &&
         (st = expect(w, reply, CONTROL_MESSAGE__BODY_RESULT, err)) == MC_OK)
-        st = take_result(w, plan, reply->result, logits_out, top_ids, top_lp, err);
+        st = take_result(w, plan, reply->result, logits_out, top_ids, top_lp, top_lg, err);
     mc_control_free(reply);
     free(buf);
     return st;
@@ -291,13 +294,14 @@ static mc_status run_release(mc_workers *w, const mc_step_plan *plan, const uint
 mc_status mc_workers_run_release(mc_workers *w, const mc_step_plan *plan, const uint64_t *ids,
                                  size_t n, float *logits_out, mc_err *err)
 {
-    return run_release(w, plan, ids, n, logits_out, NULL, NULL, err);
+    return run_release(w, plan, ids, n, logits_out, NULL, NULL, NULL, err);
 }
 
 mc_status mc_workers_run_release_top(mc_workers *w, const mc_step_plan *plan, const uint64_t *ids,
-                                     size_t n, int32_t *top_ids, float *top_lp, mc_err *err)
+                                     size_t n, int32_t *top_ids, float *top_lp, float *top_lg,
+                                     mc_err *err)
 {
-    return run_release(w, plan, ids, n, NULL, top_ids, top_lp, err);
+    return run_release(w, plan, ids, n, NULL, top_ids, top_lp, top_lg, err);
 }
 
 mc_status mc_workers_run(mc_workers *w, const mc_step_plan *plan, float *logits_out, mc_err *err)

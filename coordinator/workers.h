@@ -61,12 +61,13 @@ mc_status mc_workers_run(mc_workers *w, const mc_step_plan *plan, float *logits_
 mc_status mc_workers_run_release(mc_workers *w, const mc_step_plan *plan, const uint64_t *ids,
                                  size_t n, float *logits_out, mc_err *err);
 /* The same for a plan whose entries with logits ask for top_k = k
- * candidates (one k for the step): per row, top_ids and top_lp receive the
- * k most likely ids (best first, ties to the lower id) and their
- * log-probabilities (logit - the row's log-sum-exp); ids past the
- * vocabulary are MC_ERR_FORMAT. */
+ * candidates (one k for the step): per row, top_ids, top_lp and top_lg
+ * (top_lg may be NULL) receive the k most likely ids (best first, ties to
+ * the lower id), their log-probabilities (logit - the row's log-sum-exp)
+ * and their logits; ids past the vocabulary are MC_ERR_FORMAT. */
 mc_status mc_workers_run_release_top(mc_workers *w, const mc_step_plan *plan, const uint64_t *ids,
-                                     size_t n, int32_t *top_ids, float *top_lp, mc_err *err);
+                                     size_t n, int32_t *top_ids, float *top_lp, float *top_lg,
+                                     mc_err *err);
 
 /* The worker forgets the finished sequences ids[n] (n >= 1); their blocks
  * are the caller's to give back to its pool. An id the worker does not

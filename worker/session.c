@@ -768,7 +768,7 @@ mc_status mc_session_runner_run(mc_session_runner *r, const mc_step_plan *plan, 
 }
 
 mc_status mc_session_runner_run_top(mc_session_runner *r, const mc_step_plan *plan,
-                                    int32_t *top_ids, float *top_lp, mc_err *err) {
+                                    int32_t *top_ids, float *top_lp, float *top_lg, mc_err *err) {
     int k = mc_session_plan_top_k(plan);
     if (k <= 0 || k > MC_TOPK_MAX)
         return mc_err_set(err, MC_ERR_ARG, "session runner: the plan's top_k is %s",
@@ -778,8 +778,11 @@ mc_status mc_session_runner_run_top(mc_session_runner *r, const mc_step_plan *pl
     if (!lse) return mc_err_set(err, MC_ERR_NOMEM, "session runner: out of memory");
     mc_step_top top = {.k = k, .ids = top_ids, .vals = top_lp, .lse = lse};
     mc_status st = mc_step_exec_run_top(r->s->srv, plan, &top, err);
-    for (size_t i = 0; st == MC_OK && i < rows * (size_t)k; i++)
+    for (size_t i = 0; st == MC_OK && i < rows * (size_t)k; i++) {
+        if (top_lg)
+            top_lg[i] = top_lp[i];
         top_lp[i] = (float)((double)top_lp[i] - lse[i / (size_t)k]);
+    }
     free(lse);
     return st;
 }

@@ -279,10 +279,10 @@ void mc_session_runner_get_limits(const mc_session_runner *r, mc_session_runner_
 mc_status mc_session_runner_run(mc_session_runner *r, const mc_step_plan *plan, float *logits,
                                 mc_err *err);
 /* mc_step_exec_run_top with the plan's k (mc_session_plan_top_k): per row
- * top_ids and top_lp (rows of k) get the candidates and their
- * log-probabilities (logit - log-sum-exp). */
+ * top_ids, top_lp and top_lg (rows of k; top_lg may be NULL) get the
+ * candidates, their log-probabilities (logit - log-sum-exp) and logits. */
 mc_status mc_session_runner_run_top(mc_session_runner *r, const mc_step_plan *plan,
-                                    int32_t *top_ids, float *top_lp, mc_err *err);
+                                    int32_t *top_ids, float *top_lp, float *top_lg, mc_err *err);
 /* mc_step_exec_release: forgets a sequence (MC_ERR_NOT_FOUND if unknown). */
 mc_status mc_session_runner_release(mc_session_runner *r, uint64_t seq_id, mc_err *err);
 

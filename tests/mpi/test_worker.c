@@ -111,7 +111,7 @@ static void check_row(int s, int p, const float *got)
  * restart the same ids at position 0. */
 /* A candidate row: ids[TOPK] and their log-probabilities against the
  * reference row of sequence s at position p. */
-static void check_top(int s, int p, const int32_t *ids, const float *lp)
+static void check_top(int s, int p, const int32_t *ids, const float *lp, const float *lg)
 {
     const float *ref = seqs[s].ref + (size_t)p * V;
     double best[TOPK], m, lse;
@@ -120,14 +120,17 @@ static void check_top(int s, int p, const int32_t *ids, const float *lp)
     for (int j = 0; j < TOPK; j++) {
         int id = ids[j];
         int ok = id >= 0 && id < V && fabs((double)lp[j] - (ref[id] - lse)) <= tol &&
-                 ref[id] >= kth - tol && (j == 0 || (lp[j] <= lp[j - 1] && ids[j] != ids[j - 1]));
+                 fabs((double)lg[j] - ref[id]) <= tol && ref[id] >= kth - tol &&
+                 (j == 0 || (lp[j] <= lp[j - 1] && lg[j] <= lg[j - 1] && ids[j] != ids[j - 1]));
         g_rows += j == 0;
         if (!ok) {
             g_fail++;
             if (g_shown++ < 6)
-                fprintf(stderr, "FAIL: seq %d pos %d: candidate %d is id %d (logprob %.7g), the "
-                        "reference's logprob there %.7g, its %d best end at %.7g\n", s, p, j, id,
-                        lp[j], id >= 0 && id < V ? ref[id] - lse : NAN, TOPK, kth);
+                fprintf(stderr, "FAIL: seq %d pos %d: candidate %d is id %d (logprob %.7g, logit "
+                        "%.7g), the reference's logprob there %.7g, logit %.7g, its %d best end "
+                        "at %.7g\n", s, p, j, id, lp[j], lg[j],
+                        id >= 0 && id < V ? ref[id] - lse : NAN, id >= 0 && id < V ? ref[id] : NAN,
+                        TOPK, kth);
         }
     }
 }
@@ -155,6 +158,7 @@ static void run_schedule(mc_workers *w, int sched, uint64_t base, bool hold, uin
     float *logits = malloc((size_t)budget * V * sizeof *logits);
     int32_t *cid = malloc((size_t)budget * TOPK * sizeof *cid);
     float *clp = malloc((size_t)budget * TOPK * sizeof *clp);
+    float *clg = malloc((size_t)budget * TOPK * sizeof *clg);
     uint64_t rel[NSEQ];
     size_t n_rel = *n_carry;
     memcpy(rel, carry, n_rel * sizeof *rel);
@@ -205,7 +209,7 @@ static void run_schedule(mc_workers *w, int sched, uint64_t base, bool hold, uin
             break;
         }
         plan.step_id = (uint64_t)sched * 1000 + (uint64_t)step;
-        mc_status st = top ? mc_workers_run_release_top(w, &plan, rel, n_rel, cid, clp, &e)
+        mc_status st = top ? mc_workers_run_release_top(w, &plan, rel, n_rel, cid, clp, clg, &e)
                            : mc_workers_run_release(w, &plan, rel, n_rel, logits, &e);
         n_rel = 0;
         if (st != MC_OK) {
@@ -221,7 +225,7 @@ static void run_schedule(mc_workers *w, int sched, uint64_t base, bool hold, uin
             if (top && lm != MC_LOGITS_NONE) {
                 int first = lm == MC_LOGITS_ALL ? 0 : cnt[i] - 1;
                 for (int j = first; j < cnt[i]; j++, tr++)
-                    check_top(s, done[s] + j, cid + tr * TOPK, clp + tr * TOPK);
+                    check_top(s, done[s] + j, cid + tr * TOPK, clp + tr * TOPK, clg + tr * TOPK);
             } else if (lm == MC_LOGITS_ALL)
                 for (int j = 0; j < cnt[i]; j++, row += V)
                     check_row(s, done[s] + j, row);
@@ -241,6 +245,7 @@ static void run_schedule(mc_workers *w, int sched, uint64_t base, bool hold, uin
     free(logits);
     free(cid);
     free(clp);
+    free(clg);
     mc_kv_pool_free(pool);
 }
 
@@ -330,14 +335,15 @@ static void refusals(mc_workers *w)
     int32_t ci[8];
     float cl[8];
     expect_refusal(w, "entries asking for different top_k",
-                   mc_workers_run_release_top(w, &p, NULL, 0, ci, cl, &e), &e, "different top_k");
+                   mc_workers_run_release_top(w, &p, NULL, 0, ci, cl, NULL, &e), &e,
+                   "different top_k");
     mc_step_plan_free(&p);
     if (info->vocab > 65) {
         mc_step_plan_add_seq(&p, 781, 0, tok, 2, blocks, 1, MC_LOGITS_LAST, 65, &e);
         p.step_id = 9004;
         mc_err_clear(&e);
-        expect_refusal(w, "top_k 65", mc_workers_run_release_top(w, &p, NULL, 0, ci, cl, &e), &e,
-                       "top_k 65");
+        expect_refusal(w, "top_k 65", mc_workers_run_release_top(w, &p, NULL, 0, ci, cl, NULL, &e),
+                       &e, "top_k 65");
         mc_step_plan_free(&p);
     }
     uint64_t unknown = 123456789;

@@ -20,7 +20,11 @@
  *   (f) greedy requests without logprobs are answered with the runner's
  *       candidates (one id a row, run_top; counted in steps_top) and give
  *       the tokens of the full rows (the same requests with logprobs, and
- *       a runner without run_top).
+ *       a runner without run_top);
+ *   (g) seeded sampling with top_k 20 / 40 / 60 and top-p beside greedy
+ *       requests, without penalties or logprobs: answered with 60
+ *       candidates a row, the tokens of the whole rows (a runner without
+ *       run_top) draw for draw.
  * The batched run's generated tokens per second are printed. The unit
  * tests do not link mc_coordinator: engine.c and sampler.c are compiled
  * into this test (tests/unit/CMakeLists.txt). */
@@ -58,6 +62,7 @@ typedef struct {
 
 static mc_step_runner RUN;
 static bool plain; /* greedy requests without logprobs (make_req) */
+static bool topk_sampling; /* with plain: seeded requests sample with a top_k <= 64, no penalty */
 static int fail_at = -1; /* the runner's call that fails (-1: none) */
 static int calls;
 
@@ -87,6 +92,13 @@ static mc_engine_request make_req(const req_t *r) {
         q.sampling.frequency_penalty = 0.3f;
         q.sampling.seed = 1234;
         q.sampling.logprobs = -1;
+    }
+    if (topk_sampling && (r->seeded || r->n_prompt % 2)) {
+        q.sampling.temperature = 0.9f;
+        q.sampling.top_k = 20 + 20 * (int)(r->n_prompt % 3);
+        q.sampling.top_p = 0.9f;
+        q.sampling.frequency_penalty = 0.0f;
+        q.sampling.seed = 77 + r->n_prompt;
     }
     if (r->stop_id >= 0) {
         q.stop_ids = &r->stop_id;
@@ -299,6 +311,30 @@ static void test_model(mc_session *s, const char *name) {
         if (!reqs[i].seeded) ok &= same_tokens("rows only", i, &alone[i], &got[i],
                                                i == 6 ? stop_n : (int)gen[i]);
     CHECK(ok);
+
+    /* (g) top-k sampling beside greedy: candidates decide every pick */
+    topk_sampling = true;
+    out_t cand[NREQ];
+    mc_engine_stats sc = run_engine(&RUN, &small, reqs, NREQ, cand, -1, -1, &secs);
+    st = run_engine(&rows_only, &small, reqs, NREQ, got, -1, -1, &secs);
+    ok = sc.steps_top > 0 && st.steps_top == 0;
+    int sampled = 0;
+    for (int i = 0; i < NREQ; i++) {
+        ok &= cand[i].n == got[i].n && cand[i].fin == got[i].fin;
+        for (int t = 0; t < cand[i].n && t < got[i].n; t++)
+            if (cand[i].tok[t] != got[i].tok[t]) {
+                fprintf(stderr, "%s: request %d token %d: %d from candidates, %d from rows\n",
+                        name, i, t, (int)cand[i].tok[t], (int)got[i].tok[t]);
+                ok = 0;
+                break;
+            }
+        sampled += reqs[i].seeded || reqs[i].n_prompt % 2 ? cand[i].n : 0;
+    }
+    CHECK(ok && sampled > 0);
+    printf("%s: top-k sampling beside greedy: %llu of %llu steps answered with candidates, %d "
+           "sampled tokens equal the whole rows'\n",
+           name, (unsigned long long)sc.steps_top, (unsigned long long)sc.steps_total, sampled);
+    topk_sampling = false;
     plain = false;
 
     /* (b) a failed step: its requests end with "error", the others go on */

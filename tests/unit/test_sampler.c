@@ -257,7 +257,7 @@ static void test_tails(void)
         for (int i = 0; i < V; i++)
             x[i] = lg[i] / p.temperature;
         const int32_t *order;
-        int n = filter(&p, x, V, x[argmax(x, V)], w, &order);
+        int n = filter(&p, x, lg, V, x[argmax(lg, V)], w, &order);
         bool in[V] = {false};
         for (int j = 0; j < n; j++)
             in[order ? order[j] : j] = order || w->e[j] > 0;
@@ -698,6 +698,140 @@ done:
     mc_seq_tokens_free(h);
 }
 
+/* a row's best k as the backends' top-k gives them: by value, -0 as +0,
+ * NaN after every number, ties to the lower id */
+static int cand_before(float a, int ia, float b, int ib)
+{
+    if (isnan(a) || isnan(b))
+        return isnan(a) != isnan(b) ? !isnan(a) : ia < ib;
+    if (a != b)
+        return a > b;
+    return ia < ib;
+}
+
+static void top_candidates(const float *lg, int V, int k, int32_t *ids, float *vals)
+{
+    int n = 0;
+    for (int i = 0; i < V; i++) {
+        int j = n < k ? n++ : k;
+        if (j == k && !cand_before(lg[i], i, vals[k - 1], ids[k - 1]))
+            continue;
+        if (j == k)
+            j = k - 1;
+        while (j > 0 && cand_before(lg[i], i, vals[j - 1], ids[j - 1])) {
+            ids[j] = ids[j - 1];
+            vals[j] = vals[j - 1];
+            j--;
+        }
+        ids[j] = i;
+        vals[j] = lg[i];
+    }
+}
+
+/* picks from a row's best candidates (mc_sampler_pick_top) against picks
+ * from the whole row (mc_sampler_pick), with one seed each: the same tokens
+ * draw after draw, over random rows full of ties (coarse values, +0 and -0,
+ * a NaN, a temperature that rounds neighbours together) and every filter */
+static void test_candidates(void)
+{
+    enum { V = 300, DRAWS = 40 };
+    static const float temps[] = {0.0f, 0.3f, 1.0f, 1.7f, 3.0f, 7.0f};
+    static const int ks[] = {1, 2, 5, 17, 40, 64};
+    static const float tps[] = {1.0f, 0.9f, 0.5f};
+    static const float mps[] = {0.0f, 0.05f};
+    mc_sample_scratch *w = NULL;
+    mc_err err;
+    mc_err_clear(&err);
+    if (mc_sample_scratch_init(V, &w, &err) != MC_OK) {
+        CHECKF(0, "%s", err.msg);
+        return;
+    }
+    float lg[V];
+    int32_t ids[MC_SAMPLER_TOP_MAX];
+    float vals[MC_SAMPLER_TOP_MAX];
+    int cases = 0, differ = 0;
+    for (int row = 0; row < 24; row++) {
+        for (int i = 0; i < V; i++) {
+            int u = (int)(urand() * 41.0);
+            lg[i] = row % 3 == 0 ? (float)(u - 20) * 0.25f /* many exact ties */
+                    : row % 3 == 1 ? 7.9f + (float)u * 4.76837158e-7f /* ulps apart: T 1.7 merges neighbours */
+                                   : (float)(u - 20) * 0.37f;
+        }
+        lg[row % V] = row % 2 ? 0.0f : -0.0f;
+        lg[(row * 7 + 3) % V] = -0.0f;
+        if (row % 4 == 3)
+            lg[(row * 13 + 5) % V] = NAN;
+        top_candidates(lg, V, MC_SAMPLER_TOP_MAX, ids, vals);
+        for (size_t a = 0; a < sizeof temps / sizeof temps[0]; a++)
+            for (size_t b = 0; b < sizeof ks / sizeof ks[0]; b++)
+                for (size_t c = 0; c < sizeof tps / sizeof tps[0]; c++)
+                    for (size_t d = 0; d < sizeof mps / sizeof mps[0]; d++) {
+                        mc_sampler_params p = mc_sampler_defaults();
+                        p.temperature = temps[a];
+                        p.top_k = ks[b];
+                        p.top_p = tps[c];
+                        p.min_p = mps[d];
+                        p.seed = (uint64_t)(row * 1000 + cases);
+                        int need = mc_sampler_top_k(&p, V);
+                        CHECKF(need == (temps[a] == 0.0f ? 1 : ks[b]), "top_k need %d", need);
+                        mc_sampler sf, sc;
+                        if (mc_sampler_init(&sf, &p, V, &err) != MC_OK ||
+                            mc_sampler_init(&sc, &p, V, &err) != MC_OK) {
+                            CHECKF(0, "%s", err.msg);
+                            continue;
+                        }
+                        cases++;
+                        for (int t = 0; t < DRAWS; t++) {
+                            int32_t full = -1, cand = -2;
+                            mc_status s1 = mc_sampler_pick(&sf, lg, V, NULL, w, &full, NULL, &err);
+                            mc_status s2 = mc_sampler_pick_top(&sc, ids, vals,
+                                                               MC_SAMPLER_TOP_MAX, V, &cand, &err);
+                            if (s1 != MC_OK || s2 != MC_OK || full != cand) {
+                                if (differ++ < 5)
+                                    fprintf(stderr, "  row %d T %g top_k %d top_p %g min_p %g "
+                                            "draw %d: whole row %d, candidates %d (%s)\n", row,
+                                            (double)p.temperature, p.top_k, (double)p.top_p,
+                                            (double)p.min_p, t, (int)full, (int)cand, err.msg);
+                            }
+                        }
+                    }
+    }
+    CHECKF(differ == 0, "%d picks from candidates differ from the whole row's", differ);
+    /* what candidates cannot decide: the whole row */
+    mc_sampler_params p = mc_sampler_defaults();
+    p.temperature = 1.0f;
+    CHECKF(mc_sampler_top_k(&p, V) == 0, "top_k off: the whole row");
+    p.top_k = 65;
+    CHECKF(mc_sampler_top_k(&p, V) == 0, "top_k 65: the whole row");
+    p.top_k = V;
+    CHECKF(mc_sampler_top_k(&p, V) == 0, "top_k = vocab: the whole row");
+    p.top_k = 5;
+    p.logprobs = 0;
+    CHECKF(mc_sampler_top_k(&p, V) == 0, "logprobs: the whole row");
+    p.logprobs = -1;
+    p.presence_penalty = 0.5f;
+    CHECKF(mc_sampler_top_k(&p, V) == 0, "a penalty: the whole row");
+    p.presence_penalty = 0.0f;
+    mc_logit_bias bias = {.id = 3, .bias = 1.0f};
+    p.logit_bias = &bias;
+    p.n_logit_bias = 1;
+    CHECKF(mc_sampler_top_k(&p, V) == 0, "a logit bias: the whole row");
+    p.n_logit_bias = 0;
+    p.logit_bias = NULL;
+    mc_sampler sc;
+    int32_t tok = -1;
+    if (mc_sampler_init(&sc, &p, V, &err) == MC_OK) {
+        CHECKF(mc_sampler_pick_top(&sc, ids, vals, 4, V, &tok, &err) == MC_ERR_ARG,
+               "4 candidates for top_k 5 refused");
+        ids[0] = V;
+        CHECKF(mc_sampler_pick_top(&sc, ids, vals, 64, V, &tok, &err) == MC_ERR_ARG,
+               "a candidate past the vocabulary refused");
+    }
+    printf("candidates: %d requests x %d draws, the whole row's tokens from the best %d\n",
+           cases, DRAWS, MC_SAMPLER_TOP_MAX);
+    mc_sample_scratch_free(w);
+}
+
 int main(void)
 {
     test_validation();
@@ -706,6 +840,7 @@ int main(void)
     test_tails();
     test_penalties_logprobs();
     test_determinism();
+    test_candidates();
     test_stop_token();
     test_stop_strings();
     time_big_vocab();
