@@ -326,6 +326,20 @@ def test_stream_and_stop(srv, prompt, text):
     del body["seed"]
     texts = {srv.post("/v1/completions", body)[1]["choices"][0]["text"] for _ in range(3)}
     check(len(texts) == 3, f"without a seed, each request samples its own text ({texts})")
+    # a draw with top_k <= 64 is made from the workers' candidates; the same request with
+    # logprobs (whole rows) draws the same text
+    body = {"prompt": prompt, "max_tokens": 8, "temperature": 0.8, "top_k": 20, "top_p": 0.95,
+            "seed": 11}
+    m0 = metrics(srv)[1]
+    a = srv.post("/v1/completions", body)[1]
+    m1 = metrics(srv)[1]
+    b = srv.post("/v1/completions", dict(body, logprobs=1))[1]
+    m2 = metrics(srv)[1]
+    dc1 = m1["moecluster:candidate_steps_total"] - m0["moecluster:candidate_steps_total"]
+    dc2 = m2["moecluster:candidate_steps_total"] - m1["moecluster:candidate_steps_total"]
+    check(dc1 > 0 and dc2 == 0 and a["choices"][0]["text"] == b["choices"][0]["text"],
+          f"top_k 20 draws from candidates ({dc1} steps), the text of whole rows "
+          f"({a['choices'][0]['text']!r} vs {b['choices'][0]['text']!r}, {dc2} steps)")
 
 
 def test_utf8_holdback(srv, exe, model):
