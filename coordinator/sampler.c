@@ -328,6 +328,53 @@ static int32_t *sort_desc(const float *x, const int32_t *ids, int n, uint32_t *k
  * top_p of the mass (top-k off). Otherwise every id is sorted. */
 #define PRUNE 1e-4
 
+/* e of the j-th id in the filters' order: e[order[j]], or e[j] without one */
+static inline double e_at(const double *e, const int32_t *order, int j)
+{
+    return e[order ? order[j] : j];
+}
+
+/* top-p, then min-p, over the n ids left by top-k (e in descending order,
+ * sum their total): how many survive */
+static int keep_prefix(const mc_sampler_params *p, const double *e, const int32_t *order, int n,
+                       double sum)
+{
+    if (p->top_p < 1.0f) {
+        /* keep j while the mass before it is below top_p (vLLM drops the
+         * tail whose cumulative mass is <= 1 - top_p); j = 0 always stays */
+        double target = (double)p->top_p * sum, acc = e_at(e, order, 0);
+        int keep = 1;
+        while (keep < n && acc < target)
+            acc += e_at(e, order, keep++);
+        n = keep;
+    }
+    double lo = (double)p->min_p;
+    int keep = 1; /* min-p: a prefix, as e descends from e = 1 */
+    while (keep < n && e_at(e, order, keep) >= lo)
+        keep++;
+    return keep;
+}
+
+/* The draw over the n survivors (in order; e 0 skipped): the index into e
+ * of the one r falls on, else of the last possible one (last: when none) */
+static int draw(mc_sampler *s, const double *e, const int32_t *order, int n, int last)
+{
+    double sum = 0, acc = 0;
+    for (int j = 0; j < n; j++)
+        sum += e_at(e, order, j);
+    double r = mc_sampler_uniform(s) * sum;
+    for (int j = 0; j < n; j++) {
+        int id = order ? order[j] : j;
+        if (e[id] == 0.0)
+            continue;
+        acc += e[id];
+        last = id;
+        if (r < acc)
+            return id;
+    }
+    return last;
+}
+
 /* top-k, top-p, min-p over x (already / T, max x finite): fills w->e with
  * exp(x - max) by id and returns how many ids survive. *order is the
  * survivors by descending pre (x before the temperature: the same order,
@@ -376,20 +423,8 @@ static int filter(const mc_sampler_params *p, const float *x, const float *pre, 
         for (int j = 0; j < n; j++)
             sum += e[order[j]];
     }
-    if (p->top_p < 1.0f) {
-        /* keep j while the mass before it is below top_p (vLLM drops the
-         * tail whose cumulative mass is <= 1 - top_p); j = 0 always stays */
-        double target = (double)p->top_p * sum, acc = e[order[0]];
-        int keep = 1;
-        while (keep < n && acc < target)
-            acc += e[order[keep++]];
-        n = keep;
-    }
-    int keep = 1; /* min-p: a prefix, as e descends from e = 1 */
-    while (keep < n && e[order[keep]] >= lo)
-        keep++;
     *order_out = order;
-    return keep;
+    return keep_prefix(p, e, order, n, sum);
 }
 
 /* one draw over x (pre / T) after top-k, top-p, min-p */
@@ -402,22 +437,7 @@ static int32_t sample(mc_sampler *s, const float *x, const float *pre, int vocab
         return best; /* -inf: nothing possible; +inf: it outweighs all (as greedy) */
     const int32_t *order;
     int n = filter(&s->p, x, pre, vocab, m, w, &order);
-    const double *e = w->e;
-    double sum = 0, acc = 0;
-    for (int j = 0; j < n; j++)
-        sum += e[order ? order[j] : j];
-    double r = mc_sampler_uniform(s) * sum;
-    int last = best;
-    for (int j = 0; j < n; j++) {
-        int id = order ? order[j] : j;
-        if (e[id] == 0.0)
-            continue;
-        acc += e[id];
-        last = id;
-        if (r < acc)
-            return id;
-    }
-    return last;
+    return draw(s, w->e, order, n, best);
 }
 
 mc_status mc_sampler_pick(mc_sampler *s, const float *logits, int vocab, const mc_seq_tokens *hist,
@@ -500,34 +520,8 @@ mc_status mc_sampler_pick_top(mc_sampler *s, const int32_t *ids, const float *lo
         e[j] = exp((double)x - m);
         sum += e[j];
     }
-    if (p->top_p < 1.0f) {
-        double target = (double)p->top_p * sum, acc = e[0];
-        int keep = 1;
-        while (keep < n && acc < target)
-            acc += e[keep++];
-        n = keep;
-    }
-    double lo = (double)p->min_p;
-    int keep = 1;
-    while (keep < n && e[keep] >= lo)
-        keep++;
-    n = keep;
-    sum = 0;
-    for (int j = 0; j < n; j++)
-        sum += e[j];
-    double r = mc_sampler_uniform(s) * sum, acc = 0;
-    int32_t last = ids[0];
-    for (int j = 0; j < n; j++) {
-        if (e[j] == 0.0)
-            continue;
-        acc += e[j];
-        last = ids[j];
-        if (r < acc) {
-            *token = ids[j];
-            return MC_OK;
-        }
-    }
-    *token = last;
+    n = keep_prefix(p, e, NULL, n, sum);
+    *token = ids[draw(s, e, NULL, n, 0)];
     return MC_OK;
 }
 
