@@ -42,6 +42,11 @@ mc_status mc_backend_synchronize(mc_backend *be, mc_err *err)
     return be->iface.synchronize(be->ctx, err);
 }
 
+int mc_backend_set_sync_checks(mc_backend *be, int on)
+{
+    return be->iface.set_sync_checks ? be->iface.set_sync_checks(be->ctx, on) : 1;
+}
+
 const char *mc_backend_path(const mc_backend *be) { return be->iface.path(be->ctx); }
 const char *mc_backend_features(const mc_backend *be) { return be->iface.features(be->ctx); }
 

@@ -104,8 +104,24 @@ mc_device_kind mc_backend_kind(const mc_backend *be);
 /* 1 when the backend's buffers are host memory (mc_buffer_host answers them
  * and the CPU kernels' repacked rows are read), 0 for device memory. */
 int mc_backend_host_memory(const mc_backend *be);
-/* Waits until every op issued so far has finished. */
+/* Waits until every op issued so far has finished. On a backend that defers
+ * its content checks (below), also returns the first refusal noted since
+ * the last wait. */
 mc_status mc_backend_synchronize(mc_backend *be, mc_err *err);
+/* Contents only the device sees (rope's positions, the paged ops' sequence,
+ * position, block and selection ids, moe_permute's ids, moe_unpermute's
+ * slots, grouped_experts' offsets) are checked by the backend. With `on`
+ * (1) an op that finds a fault returns the refusal itself, worded as the
+ * CPU op's; on a GPU that costs a wait for the device in each such op. With
+ * 0 the op returns at once (its kernels do nothing on a fault) and the
+ * first refusal since the last wait is returned by the next call that waits
+ * for the device (mc_buffer_download, mc_buffer_upload,
+ * mc_backend_synchronize), naming the op and the token or pair: a step
+ * then waits once, at its results. Returns the setting before the call.
+ * The CPU backends always check at the op (their checks cost no wait):
+ * they ignore the call and answer 1. The CUDA backend defers by default
+ * (MC_CUDA_SYNC_CHECKS=1: at the op). */
+int mc_backend_set_sync_checks(mc_backend *be, int on);
 
 /* ---- buffers ---- */
 
@@ -627,6 +643,8 @@ typedef struct {
                           mc_err *err);
     mc_status (*memset)(void *ctx, void *mem, size_t off, int value, size_t n, mc_err *err);
     mc_status (*synchronize)(void *ctx, mc_err *err);
+    /* optional (NULL: checks at the op always): mc_backend_set_sync_checks */
+    int (*set_sync_checks)(void *ctx, int on);
     /* ops, arguments as the mc_op_* of the same name */
     mc_status (*matmul)(void *ctx, const mc_tensor *w, const mc_tensor *x, mc_tensor *y,
                         mc_err *err);

@@ -18,7 +18,7 @@
 #      /tmp/mc-dsv3-2l): decode tok/s at batch 1, 8, 64 and 256 after a 2048-token prefill, GB/s
 #      against the device read probe of the same run, prefill tok/s and GFLOP/s against a cuBLAS
 #      BF16 product timed in the same run, batch 64 over batch 1 (and Qwen3 batch 1 with
-#      MC_CUDA_EXPERTS=loop);
+#      MC_CUDA_EXPERTS=loop, and with MC_CUDA_SYNC_CHECKS=1);
 #   5. the matmul benchmark (test_backend_cuda --bench);
 #   6. the op tests under compute-sanitizer memcheck (MC_GPU_SANITIZE=0 skips it);
 # then prints one table. Binaries come from RUNTIME_DIR/files (scripts/gpu-prepare.sh packs them),
@@ -244,15 +244,19 @@ else
     # reads what it reads in the real model; bench/deepseek-v3-bench.config.json)
     if bench_model "Qwen3-30B-A3B x 4 layers BF16" "$q3" bench/qwen3-30b-a3b.config.json --layers 4; then
         # batch 1 again with the experts' per-expert loop forced (MC_CUDA_EXPERTS=loop), the
-        # grouped launch's alternative
-        t=$(limit 60) t0=$SECONDS l=$logs/bench-b1-loop.json
-        if [ "$t" = 0 ]; then row "bench Qwen3 batch 1, MC_CUDA_EXPERTS=loop" "skipped (time budget)" skipped ""
-        elif MC_CUDA_EXPERTS=loop timeout "$t" "$mc" bench --device cuda --model "$q3" --batch 1 \
-            --prompt-len 128 --gen-len 32 --repeat 2 --probe-mib 4096 --json >"$l" 2>"${l%.json}.err"; then
-            row "bench Qwen3 batch 1, MC_CUDA_EXPERTS=loop" "$(python3 -c 'import json,sys; j=json.loads(open(sys.argv[1]).read().strip().splitlines()[-1]); print("%.1f tok/s, %.0f GB/s = %.2f of the read probe" % (j["decode_tok_s"], j["achieved_gbps"], j["achieved_gbps"] / j["probe_gbps"]))' "$l" 2>/dev/null)" ok $((SECONDS - t0))
-        else
-            row "bench Qwen3 batch 1, MC_CUDA_EXPERTS=loop" "failed: $(head -c 160 "${l%.json}.err")" FAIL $((SECONDS - t0))
-        fi
+        # grouped launch's alternative, and with every content check waiting at its op
+        # (MC_CUDA_SYNC_CHECKS=1: one stream synchronization per rope / paged / MoE op), what
+        # the deferred checks save
+        for v in MC_CUDA_EXPERTS=loop MC_CUDA_SYNC_CHECKS=1; do
+            t=$(limit 60) t0=$SECONDS l=$logs/bench-b1-${v%%=*}.json
+            if [ "$t" = 0 ]; then row "bench Qwen3 batch 1, $v" "skipped (time budget)" skipped ""
+            elif env "$v" timeout "$t" "$mc" bench --device cuda --model "$q3" --batch 1 \
+                --prompt-len 128 --gen-len 32 --repeat 2 --probe-mib 4096 --json >"$l" 2>"${l%.json}.err"; then
+                row "bench Qwen3 batch 1, $v" "$(python3 -c 'import json,sys; j=json.loads(open(sys.argv[1]).read().strip().splitlines()[-1]); print("%.1f tok/s, %.0f GB/s = %.2f of the read probe" % (j["decode_tok_s"], j["achieved_gbps"], j["achieved_gbps"] / j["probe_gbps"]))' "$l" 2>/dev/null)" ok $((SECONDS - t0))
+            else
+                row "bench Qwen3 batch 1, $v" "failed: $(head -c 160 "${l%.json}.err")" FAIL $((SECONDS - t0))
+            fi
+        done
     fi
     bench_model "DeepSeek-V3 x 2 layers FP8" "$v3" bench/deepseek-v3-bench.config.json --layers 2 --weights fp8
 fi

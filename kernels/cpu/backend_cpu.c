@@ -451,10 +451,130 @@ mc_status mc_backend_cpu_init(mc_backend **out, mc_err *err)
     return cpu_init(&cpu_iface, out, err);
 }
 
+/* ---- the CPU acting as a device: deferred content checks ---- */
+
+/* An op's answer: a refusal (MC_ERR_ARG: the front end has checked the
+ * arguments, so it is the content check's) kept for the next wait when the
+ * checks are deferred, the op answering MC_OK. */
+static mc_status dev_defer(void *ctx, mc_status st, mc_err *err)
+{
+    mc_cpu_ctx *c = ctx;
+    if (st != MC_ERR_ARG || c->sync_checks)
+        return st;
+    if (c->pending_st == MC_OK) {
+        c->pending_st = st;
+        c->pending = *err;
+    }
+    mc_err_clear(err);
+    return MC_OK;
+}
+
+/* The refusal kept since the last wait, once. */
+static mc_status dev_wait(void *ctx, mc_err *err)
+{
+    mc_cpu_ctx *c = ctx;
+    mc_status st = c->pending_st;
+    if (st == MC_OK)
+        return MC_OK;
+    c->pending_st = MC_OK;
+    if (err)
+        *err = c->pending;
+    return st;
+}
+
+static mc_status dev_upload(void *ctx, void *mem, size_t off, const void *src, size_t n,
+                            mc_err *err)
+{
+    mc_status st = cpu_upload(ctx, mem, off, src, n, err);
+    return st == MC_OK ? dev_wait(ctx, err) : st;
+}
+
+static mc_status dev_download(void *ctx, const void *mem, size_t off, void *dst, size_t n,
+                              mc_err *err)
+{
+    mc_status st = cpu_download(ctx, mem, off, dst, n, err);
+    return st == MC_OK ? dev_wait(ctx, err) : st;
+}
+
+static mc_status dev_sync(void *ctx, mc_err *err) { return dev_wait(ctx, err); }
+
+static int dev_set_sync_checks(void *ctx, int on)
+{
+    mc_cpu_ctx *c = ctx;
+    int was = c->sync_checks;
+    c->sync_checks = on != 0;
+    return was;
+}
+
+static mc_status dev_rope(void *ctx, mc_tensor *x, const mc_tensor *pos, const mc_tensor *cs,
+                          const mc_tensor *sn, int interleaved, mc_err *err)
+{
+    return dev_defer(ctx, cpu_rope(ctx, x, pos, cs, sn, interleaved, err), err);
+}
+
+static mc_status dev_kv_write(void *ctx, const mc_kv_index *ix, const mc_tensor *src,
+                              mc_tensor *pages, mc_err *err)
+{
+    return dev_defer(ctx, mc_cpu_kv_write(ctx, ix, src, pages, err), err);
+}
+
+static mc_status dev_attention(void *ctx, const mc_tensor *q, const mc_tensor *k_pages,
+                               const mc_tensor *v_pages, const mc_kv_index *ix,
+                               const mc_attn_opts *opt, mc_tensor *y, mc_err *err)
+{
+    return dev_defer(ctx, mc_cpu_attention(ctx, q, k_pages, v_pages, ix, opt, y, err), err);
+}
+
+static mc_status dev_mla_decode(void *ctx, const mc_tensor *q_lat, const mc_tensor *q_pe,
+                                const mc_tensor *lat_pages, const mc_tensor *pe_pages,
+                                const mc_kv_index *ix, const mc_attn_opts *opt, mc_tensor *y,
+                                mc_err *err)
+{
+    return dev_defer(ctx,
+                     mc_cpu_mla_decode(ctx, q_lat, q_pe, lat_pages, pe_pages, ix, opt, y, err),
+                     err);
+}
+
+static mc_status dev_permute(void *ctx, const mc_tensor *x, const mc_tensor *ids, mc_tensor *xp,
+                             mc_tensor *slot, mc_tensor *offsets, mc_err *err)
+{
+    return dev_defer(ctx, mc_cpu_moe_permute(ctx, x, ids, xp, slot, offsets, err), err);
+}
+
+static mc_status dev_unpermute(void *ctx, const mc_tensor *yp, const mc_tensor *slot,
+                               const mc_tensor *weights, mc_tensor *y, mc_err *err)
+{
+    return dev_defer(ctx, mc_cpu_moe_unpermute(ctx, yp, slot, weights, y, err), err);
+}
+
+static mc_status dev_experts(void *ctx, const mc_tensor *x, const mc_tensor *offsets,
+                             int n_experts, const mc_tensor *gate, const mc_tensor *up,
+                             const mc_tensor *down, const mc_experts_opts *opts, mc_tensor *y,
+                             mc_err *err)
+{
+    return dev_defer(ctx,
+                     mc_cpu_grouped_experts(ctx, x, offsets, n_experts, gate, up, down, opts, y,
+                                            err),
+                     err);
+}
+
 mc_status mc_backend_cpu_device_init(mc_backend **out, mc_err *err)
 {
     mc_backend_i dev = cpu_iface; /* mc_backend_new copies it */
     dev.name = "cpu-device";
+    /* content checks deferred to the next wait, as the CUDA backend's
+     * default (indexer_topk's are not deferred there either) */
+    dev.upload = dev_upload;
+    dev.download = dev_download;
+    dev.synchronize = dev_sync;
+    dev.set_sync_checks = dev_set_sync_checks;
+    dev.rope = dev_rope;
+    dev.kv_write = dev_kv_write;
+    dev.attention = dev_attention;
+    dev.mla_decode = dev_mla_decode;
+    dev.moe_permute = dev_permute;
+    dev.moe_unpermute_weighted = dev_unpermute;
+    dev.grouped_experts = dev_experts;
     dev.host_memory = 0;
     dev.wrap_host = NULL;
     /* the DeepSeek-V4 ops through the front end's host round trip, as on

@@ -20,6 +20,14 @@
  * any before it). */
 typedef struct {
     mc_arena *scratch;
+    /* The CPU acting as a device only (mc_backend_cpu_device_init): content
+     * checks deferred as the CUDA backend's (sync_checks 0, the default):
+     * the first content refusal since the last wait is kept in `pending`
+     * (its op returned MC_OK, having written nothing) and returned by the
+     * next upload, download or synchronize. */
+    int sync_checks;
+    mc_status pending_st;
+    mc_err pending;
 } mc_cpu_ctx;
 
 static inline mc_arena *mc_cpu_scratch(void *ctx)

@@ -34,6 +34,71 @@ mc_status mc_cuda_use(mc_cuda_ctx *c, const char *op, mc_err *err)
     return mc_cuda_check(cudaSetDevice(c->device), op, err);
 }
 
+mc_status mc_cuda_defer(mc_cuda_ctx *c, const int *flag, const long long *info, int op,
+                        long long k, const char *name, mc_err *err)
+{
+    mc_status st = mc_cuda_check(mck_note_refusal(c->stream, flag, info, op, k, c->d_rec), name,
+                                 err);
+    if (st == MC_OK)
+        c->noted = 1;
+    return st;
+}
+
+/* The message of a deferred refusal (rec: op, index, k). The CPU op's words
+ * name the value at fault; only the index reaches the host here. */
+static mc_status deferred_refusal(const long long *rec, mc_err *err)
+{
+    long long v = rec[1], k = rec[2] > 0 ? rec[2] : 1;
+    const char *how = "(found by the device's check, reported at the next wait; "
+                      "MC_CUDA_SYNC_CHECKS=1 checks at the op and names the value)";
+    switch ((int)rec[0]) {
+    case MC_CUDA_CHK_ROPE:
+        return mc_err_set(err, MC_ERR_ARG, "rope: pos[%lld] is outside the cos/sin tables %s", v,
+                          how);
+    case MC_CUDA_CHK_KV_WRITE:
+    case MC_CUDA_CHK_ATTENTION:
+    case MC_CUDA_CHK_MLA_DECODE: {
+        const char *op = rec[0] == MC_CUDA_CHK_KV_WRITE    ? "kv_write"
+                         : rec[0] == MC_CUDA_CHK_ATTENTION ? "attention"
+                                                           : "mla_decode";
+        return mc_err_set(err, MC_ERR_ARG, "%s: token %lld: its sequence, position, block ids or "
+                          "selection are outside the block table or the cache %s", op, v, how);
+    }
+    case MC_CUDA_CHK_PERMUTE:
+        return mc_err_set(err, MC_ERR_ARG, "moe_permute: ids[%lld, %lld] is outside the experts "
+                          "of offsets %s", v / k, v % k, how);
+    case MC_CUDA_CHK_UNPERMUTE:
+        return mc_err_set(err, MC_ERR_ARG, "moe_unpermute: slot[%lld, %lld] is outside yp's rows "
+                          "%s", v / k, v % k, how);
+    case MC_CUDA_CHK_OFFSETS:
+        return mc_err_set(err, MC_ERR_ARG, "grouped_experts: offsets[%lld] is out of order (they "
+                          "rise from 0 to the rows of x) %s", v, how);
+    default:
+        return mc_err_set(err, MC_ERR_INTERNAL, "cuda backend: a deferred check noted op %lld",
+                          rec[0]);
+    }
+}
+
+mc_status mc_cuda_wait(mc_cuda_ctx *c, const char *op, mc_err *err)
+{
+    int noted = c->noted && err;
+    mc_status st = MC_OK;
+    if (noted) { /* read the note and clear it, behind everything queued */
+        st = mc_cuda_check(cudaMemcpyAsync(c->h_rec, c->d_rec, 3 * sizeof *c->h_rec,
+                                           cudaMemcpyDeviceToHost, c->stream), op, err);
+        if (st == MC_OK)
+            st = mc_cuda_check(cudaMemsetAsync(c->d_rec, 0xff, 3 * sizeof *c->d_rec, c->stream),
+                               op, err);
+    }
+    mc_status s2 = mc_cuda_check(cudaStreamSynchronize(c->stream), op, st == MC_OK ? err : NULL);
+    if (st == MC_OK)
+        st = s2;
+    if (st != MC_OK || !noted)
+        return st;
+    c->noted = 0;
+    return c->h_rec[0] >= 0 ? deferred_refusal(c->h_rec, err) : MC_OK;
+}
+
 /* At least `bytes` in *mem (*size bytes), grown when short. */
 static mc_status scratch_grow(mc_cuda_ctx *c, void **mem, size_t *size, size_t bytes, void **p,
                               const char *op, mc_err *err)
@@ -156,8 +221,7 @@ static mc_status cu_upload(void *ctx, void *mem, size_t off, const void *src, si
                            "upload", err);
     }
     /* the caller may reuse src on return (pageable memory) */
-    mc_status s2 = mc_cuda_check(cudaStreamSynchronize(c->stream), "upload",
-                                 st == MC_OK ? err : NULL);
+    mc_status s2 = mc_cuda_wait(c, "upload", st == MC_OK ? err : NULL);
     return st != MC_OK ? st : s2;
 }
 
@@ -191,8 +255,7 @@ static mc_status cu_download(void *ctx, const void *mem, size_t off, void *dst, 
         st = mc_cuda_check(cudaMemcpyAsync(dst, from, n, cudaMemcpyDeviceToHost, c->stream),
                            "download", err);
     }
-    mc_status s2 = mc_cuda_check(cudaStreamSynchronize(c->stream), "download",
-                                 st == MC_OK ? err : NULL);
+    mc_status s2 = mc_cuda_wait(c, "download", st == MC_OK ? err : NULL);
     return st != MC_OK ? st : s2;
 }
 
@@ -211,8 +274,16 @@ static mc_status cu_sync(void *ctx, mc_err *err)
     mc_cuda_ctx *c = ctx;
     mc_status st = mc_cuda_use(c, "synchronize", err);
     if (st == MC_OK)
-        st = mc_cuda_check(cudaStreamSynchronize(c->stream), "synchronize", err);
+        st = mc_cuda_wait(c, "synchronize", err);
     return st;
+}
+
+static int cu_set_sync_checks(void *ctx, int on)
+{
+    mc_cuda_ctx *c = ctx;
+    int was = c->sync_checks;
+    c->sync_checks = on != 0;
+    return was;
 }
 
 /* ---- probes and counters ---- */
@@ -446,6 +517,8 @@ static void cu_free(void *ctx)
     cudaFreeHost(c->h_flag);
     cudaFreeHost(c->h_first);
     cudaFreeHost(c->h_info);
+    cudaFree(c->d_rec);
+    cudaFreeHost(c->h_rec);
     for (int k = 0; k < 2; k++) {
         if (c->stage[k])
             cudaFreeHost(c->stage[k]);
@@ -475,6 +548,7 @@ static const mc_backend_i cuda_iface = {
     .download = cu_download,
     .memset = cu_memset,
     .synchronize = cu_sync,
+    .set_sync_checks = cu_set_sync_checks,
     .matmul = mc_cuda_matmul,
     .rmsnorm = mc_cuda_rmsnorm,
     .rope = mc_cuda_rope,
@@ -555,9 +629,17 @@ mc_status mc_backend_cuda_init(int device, mc_backend **out, mc_err *err)
     if (st == MC_OK)
         st = mc_cuda_check(cudaMallocHost((void **)&c->h_info, 4 * sizeof *c->h_info), op, err);
     if (st == MC_OK)
+        st = mc_cuda_check(cudaMalloc((void **)&c->d_rec, 3 * sizeof *c->d_rec), op, err);
+    if (st == MC_OK) /* all ones: -1, no refusal noted */
+        st = mc_cuda_check(cudaMemset(c->d_rec, 0xff, 3 * sizeof *c->d_rec), op, err);
+    if (st == MC_OK)
+        st = mc_cuda_check(cudaMallocHost((void **)&c->h_rec, 3 * sizeof *c->h_rec), op, err);
+    if (st == MC_OK)
         st = mc_cuda_check(cudaMalloc((void **)&c->d_count, 2 * sizeof *c->d_count), op, err);
     if (st == MC_OK)
         st = mc_cuda_check(cudaMemset(c->d_count, 0, 2 * sizeof *c->d_count), op, err);
+    const char *sc = getenv("MC_CUDA_SYNC_CHECKS");
+    c->sync_checks = sc && strcmp(sc, "1") == 0;
     const char *ex = getenv("MC_CUDA_EXPERTS");
     c->experts_loop = ex && strcmp(ex, "loop") == 0;
     const char *f8 = getenv("MC_CUDA_FP8");

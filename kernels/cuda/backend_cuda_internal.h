@@ -72,7 +72,29 @@ typedef struct {
     void *stage[2];
     cudaEvent_t done[2];
     int stage_off;
+    /* content checks (positions, block ids, expert ids, slots, offsets):
+     * sync_checks (MC_CUDA_SYNC_CHECKS=1, mc_backend_set_sync_checks): each
+     * op waits for its check's answer and refuses as the CPU op words it;
+     * else (the default) the op returns at once, its kernels do nothing on a
+     * fault, and the first refusal since the last wait is noted on the device
+     * in d_rec[3] (mck_note_refusal) and returned by the next wait
+     * (mc_cuda_wait: upload, download, synchronize); noted: a note was
+     * queued since the last wait read d_rec */
+    int sync_checks;
+    long long *d_rec, *h_rec;
+    int noted;
 } mc_cuda_ctx;
+
+/* The ops whose content checks may be deferred (d_rec[0]). */
+enum {
+    MC_CUDA_CHK_ROPE = 1,
+    MC_CUDA_CHK_KV_WRITE,
+    MC_CUDA_CHK_ATTENTION,
+    MC_CUDA_CHK_MLA_DECODE,
+    MC_CUDA_CHK_PERMUTE,
+    MC_CUDA_CHK_UNPERMUTE,
+    MC_CUDA_CHK_OFFSETS
+};
 
 #define MC_CUDA_STAGE_BYTES ((size_t)16 << 20)
 #define MC_CUDA_STAGE_MIN ((size_t)1 << 20)
@@ -80,6 +102,15 @@ typedef struct {
 /* MC_OK, or MC_ERR_INTERNAL "cuda backend: <op>: <CUDA error>" (also for
  * errors of earlier asynchronous work that surface here). */
 mc_status mc_cuda_check(cudaError_t e, const char *op, mc_err *err);
+/* Queues the note of a deferred content check (op: MC_CUDA_CHK_*; the
+ * check's answer in *flag, or info[0] when flag is NULL; k: the ids' or
+ * slots' columns, to name a pair). */
+mc_status mc_cuda_defer(mc_cuda_ctx *c, const int *flag, const long long *info, int op,
+                        long long k, const char *name, mc_err *err);
+/* Waits for the stream; then MC_OK, or the deferred refusal noted since the
+ * last wait (MC_ERR_ARG naming the op and the token or pair). err NULL:
+ * wait only, the refusal is kept for the next wait. */
+mc_status mc_cuda_wait(mc_cuda_ctx *c, const char *op, mc_err *err);
 /* cudaSetDevice to the backend's device (the calling thread may be new). */
 mc_status mc_cuda_use(mc_cuda_ctx *c, const char *op, mc_err *err);
 /* At least `bytes` of device scratch in *p (valid until the next call). */

@@ -4,9 +4,10 @@
  *
  * The front end (backend_ops.c) has checked dtypes, shapes, buffers and
  * aliasing. Expert ids, slots and offsets live on the device: permute and
- * unpermute check them in a kernel that gates the writes and read its answer
- * back (one stream synchronization per call); grouped_experts checks the
- * offsets on the device (one synchronization for the answer) and runs all
+ * unpermute check them in a kernel that gates the writes, and so does
+ * grouped_experts' grouped launch for the offsets; the answer is noted for
+ * the next wait (deferred checks, the default) or read back at once
+ * (sync_checks: one stream synchronization per call). grouped_experts runs all
  * experts in two launches (cuda/experts.cu) when their weights are element
  * types and they average at most 8 rows (BF16 / F32; FP8: 32, or any count
  * with MC_CUDA_FP8=gemv; F16: any count), else downloads the offsets and
@@ -91,6 +92,8 @@ mc_status mc_cuda_moe_permute(void *ctx, const mc_tensor *x, const mc_tensor *id
                                           (int)mc_tensor_cols(x), MI32(slot), slot->row_stride,
                                           MF32(xp), xp->row_stride, c->d_flag),
                           op, err);
+    if (st == MC_OK && !c->sync_checks)
+        return mc_cuda_defer(c, c->d_flag, NULL, MC_CUDA_CHK_PERMUTE, k, op, err);
     int bad = -1;
     if (st == MC_OK)
         st = read_flag(c, op, &bad, err);
@@ -123,6 +126,8 @@ mc_status mc_cuda_moe_unpermute(void *ctx, const mc_tensor *yp, const mc_tensor 
                                          (int)mc_tensor_cols(yp), MF32(y), y->row_stride,
                                          c->d_flag),
                           op, err);
+    if (st == MC_OK && !c->sync_checks)
+        return mc_cuda_defer(c, c->d_flag, NULL, MC_CUDA_CHK_UNPERMUTE, k, op, err);
     int bad = -1;
     if (st == MC_OK)
         st = read_flag(c, op, &bad, err);
@@ -284,8 +289,9 @@ static int grouped_ok(const mc_cuda_ctx *c, const mc_tensor *x, int64_t m, int n
     return 1;
 }
 
-/* The two launches, after the offsets are checked on the device (one
- * stream synchronization: a refusal is worded by offsets_get, as the CPU's). */
+/* The two launches, gated by the offsets' check on the device: its answer
+ * noted for the next wait (deferred checks), or read back first (one stream
+ * synchronization: a refusal is worded by offsets_get, as the CPU's). */
 static mc_status grouped_launch(mc_cuda_ctx *c, const mc_tensor *x, const mc_tensor *offsets,
                                 int n_experts, int I, const mc_tensor *gate, const mc_tensor *up,
                                 const mc_tensor *down, const mc_experts_opts *opts, mc_tensor *y,
@@ -298,7 +304,7 @@ static mc_status grouped_launch(mc_cuda_ctx *c, const mc_tensor *x, const mc_ten
         st = moe_launched(mck_offsets_check(c->stream, MI32(offsets), n_experts, m, c->d_flag),
                           op, err);
     int bad = -1;
-    if (st == MC_OK)
+    if (st == MC_OK && c->sync_checks)
         st = read_flag(c, op, &bad, err);
     if (st != MC_OK)
         return st;
@@ -337,8 +343,12 @@ static mc_status grouped_launch(mc_cuda_ctx *c, const mc_tensor *x, const mc_ten
                      .y = MF32(y),
                      .ldy = y->row_stride,
                      .lim = opts ? opts->swiglu_limit : 0.0f,
-                     .count = c->counting ? c->d_count : NULL};
-    return moe_launched(mck_experts_run(c->stream, &p), op, err);
+                     .count = c->counting ? c->d_count : NULL,
+                     .bad = c->d_flag};
+    st = moe_launched(mck_experts_run(c->stream, &p), op, err);
+    if (st == MC_OK && !c->sync_checks)
+        st = mc_cuda_defer(c, c->d_flag, NULL, MC_CUDA_CHK_OFFSETS, 0, op, err);
+    return st;
 }
 
 mc_status mc_cuda_grouped_experts(void *ctx, const mc_tensor *x, const mc_tensor *offsets,

@@ -260,9 +260,9 @@ mc_status mc_cuda_swiglu(void *ctx, const mc_tensor *g, const mc_tensor *u, mc_t
 }
 
 /* Positions live on the device: a check kernel finds the first one outside
- * the tables, the rotation kernel does nothing then, and the answer is read
- * back (one stream synchronization per call, to be replaced by a device-side
- * error flag when steps are captured as graphs). */
+ * the tables and the rotation kernel does nothing then; the answer is noted
+ * for the next wait (deferred checks), or read back at once (sync_checks:
+ * one stream synchronization, the CPU's message). */
 mc_status mc_cuda_rope(void *ctx, mc_tensor *x, const mc_tensor *pos, const mc_tensor *cs,
                        const mc_tensor *sn, int interleaved, mc_err *err)
 {
@@ -278,6 +278,8 @@ mc_status mc_cuda_rope(void *ctx, mc_tensor *x, const mc_tensor *pos, const mc_t
                                p, F32(cs), cs->row_stride, F32(sn), sn->row_stride, interleaved,
                                c->d_flag),
                       "rope", err);
+    if (st == MC_OK && !c->sync_checks)
+        return mc_cuda_defer(c, c->d_flag, NULL, MC_CUDA_CHK_ROPE, 0, "rope", err);
     if (st == MC_OK)
         st = mc_cuda_check(cudaMemcpyAsync(c->h_flag, c->d_flag, sizeof *c->h_flag,
                                            cudaMemcpyDeviceToHost, c->stream), "rope", err);

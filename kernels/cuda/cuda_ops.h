@@ -67,6 +67,12 @@ cudaError_t mck_add(cudaStream_t s, const float *a, long long lda, const float *
 /* y = silu(g) * u; y may be g or u. */
 cudaError_t mck_swiglu(cudaStream_t s, const float *g, long long ldg, const float *u,
                        long long ldu, float *y, long long ldy, long long rows, int d);
+/* Deferred content checks (docs/gpu.md): when rec[0] < 0 and the check an
+ * op just queued found a fault (*flag >= 0, or info[0] >= 0 when flag is
+ * NULL), rec[0..3) = {op, that index, k}: the first refusal since the host
+ * last read rec. One thread; rec is 3 device long longs. */
+cudaError_t mck_note_refusal(cudaStream_t s, const int *flag, const long long *info, int op,
+                             long long k, long long *rec);
 /* *bad = the first t < n with pos[t] outside [0, P), or -1 (bad: one device int). */
 cudaError_t mck_rope_check(cudaStream_t s, const int32_t *pos, long long n, long long P, int *bad);
 /* Rotates x (n * heads rows of d columns; row t * heads + h) in place by rows
@@ -241,6 +247,7 @@ typedef struct {
     long long ldy;
     float lim;
     unsigned long long *count;
+    const int *bad; /* mck_offsets_check's answer (device): nothing is done when >= 0 */
 } mck_experts;
 /* *bad (device) = -1 when off[0] == 0, off[n_experts] == m and off never
  * decreases, else the first index at fault. */

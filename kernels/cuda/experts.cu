@@ -62,7 +62,9 @@ template <int DT>
 __global__ static void __launch_bounds__(EX_WARPS * 32)
     k_experts_gu(const mck_mat *gate, const mck_mat *up, const mck_mat *down, const int32_t *off,
                  const float *x, long long ldx, const float *rw, long long rw_ld, long long rw_cols,
-                 int w_in, float *h, long long ldh, int I, float lim, unsigned long long *count) {
+                 int w_in, float *h, long long ldh, int I, float lim, unsigned long long *count,
+                 const int *bad) {
+    if (*bad >= 0) return;
     const int e = blockIdx.y, lane = threadIdx.x & 31;
     const int r0 = off[e], ne = off[e + 1] - r0;
     const long long o = (long long)blockIdx.x * EX_WARPS + (threadIdx.x >> 5);
@@ -107,7 +109,8 @@ template <int DT>
 __global__ static void __launch_bounds__(EX_WARPS * 32)
     k_experts_down(const mck_mat *down, const int32_t *off, const float *h, long long ldh, float *y,
                    long long ldy, int H, const float *rw, long long rw_ld, long long rw_cols,
-                   int w_out) {
+                   int w_out, const int *bad) {
+    if (*bad >= 0) return;
     const int e = blockIdx.y, lane = threadIdx.x & 31;
     const int r0 = off[e], ne = off[e + 1] - r0;
     const long long o = (long long)blockIdx.x * EX_WARPS + (threadIdx.x >> 5);
@@ -162,17 +165,18 @@ template <int DT> static cudaError_t run_experts(cudaStream_t s, const mck_exper
     dim3 g1((unsigned)((p->I + EX_WARPS - 1) / EX_WARPS), (unsigned)p->n_experts);
     k_experts_gu<DT><<<g1, b, 0, s>>>(p->gate, p->up, p->down, p->off, p->x, p->ldx, p->rw,
                                       p->rw_ld, p->rw_cols, p->w_in, p->h, p->ldh, p->I, p->lim,
-                                      p->count);
+                                      p->count, p->bad);
     cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess) return e;
     dim3 g2((unsigned)((p->H + EX_WARPS - 1) / EX_WARPS), (unsigned)p->n_experts);
     k_experts_down<DT><<<g2, b, 0, s>>>(p->down, p->off, p->h, p->ldh, p->y, p->ldy, p->H, p->rw,
-                                        p->rw_ld, p->rw_cols, p->rw && !p->w_in);
+                                        p->rw_ld, p->rw_cols, p->rw && !p->w_in, p->bad);
     return cudaGetLastError();
 }
 
 cudaError_t mck_experts_run(cudaStream_t s, const mck_experts *p) {
     if (p->n_experts <= 0 || p->I <= 0 || p->H <= 0) return cudaSuccess;
+    if (!p->bad) return cudaErrorInvalidValue;
     if (p->n_experts > 65535) return cudaErrorInvalidValue; /* grid.y */
     switch (p->dtype) {
     case MCK_DT_F32:

@@ -178,6 +178,26 @@ cudaError_t mck_swiglu(cudaStream_t s, const float *g, long long ldg, const floa
     return cudaGetLastError();
 }
 
+/* ---- deferred content checks ---- */
+
+__global__ static void k_note_refusal(const int *flag, const long long *info, int op, long long k,
+                                      long long *rec)
+{
+    long long v = flag ? (long long)*flag : info[0];
+    if (v >= 0 && rec[0] < 0) {
+        rec[1] = v;
+        rec[2] = k;
+        rec[0] = op;
+    }
+}
+
+cudaError_t mck_note_refusal(cudaStream_t s, const int *flag, const long long *info, int op,
+                             long long k, long long *rec)
+{
+    k_note_refusal<<<1, 1, 0, s>>>(flag, info, op, k, rec);
+    return cudaGetLastError();
+}
+
 /* ---- rope ---- */
 
 __global__ static void k_rope_check(const int32_t *pos, long long n, long long P, int *bad)

@@ -312,6 +312,19 @@ static void rope_case(int interleaved, int n, int heads, int hd, int c0, int rd)
     mc_status st = mc_op_rope(B[1], &xv[1], &pt.t[1], &cs.t[1], &sn.t[1], interleaved, err_);
     CHECK(st == MC_ERR_ARG && strstr(err_->msg, "pos[") != NULL);
     mc_err_clear(err_);
+    /* deferred (the CUDA backend's default): MC_OK, then the refusal at the
+     * next wait, once; a backend that checks at the op refuses at once */
+    mc_backend_set_sync_checks(B[1], 0);
+    int defers = mc_backend_set_sync_checks(B[1], 0) == 0;
+    st = mc_op_rope(B[1], &xv[1], &pt.t[1], &cs.t[1], &sn.t[1], interleaved, err_);
+    if (defers) {
+        CHECK(st == MC_OK);
+        st = mc_backend_synchronize(B[1], err_);
+    }
+    CHECK(st == MC_ERR_ARG && strncmp(err_->msg, "rope: pos[", 10) == 0);
+    mc_err_clear(err_);
+    CHECK(mc_backend_synchronize(B[1], err_) == MC_OK);
+    mc_backend_set_sync_checks(B[1], 1);
     OK(mc_tensor_download(&x.t[1], after, err_));
     CHECK(memcmp(before, after, (size_t)n * heads * hd * 4) == 0);
     pair_free(&x);
@@ -748,6 +761,9 @@ int main(int argc, char **argv)
         mc_backend_free(B[1]);
         return rc;
     }
+    /* content checks at the op, so that refusals can be compared with the
+     * CPU's word for word; the deferred checks are tested beside them */
+    mc_backend_set_sync_checks(B[1], 1);
     OK(mc_backend_cpu_init(&B[0], err_));
     test_device();
     test_copies();

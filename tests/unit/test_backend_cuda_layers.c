@@ -141,6 +141,45 @@ static void same_refusal(const char *what, const mc_status st[2])
     mc_err_clear(&err_[1]);
 }
 
+/* The same refusal on the device under test with its content checks
+ * deferred (the CUDA backend's default; the tests above run with them at
+ * the op, mc_backend_set_sync_checks): the op (answer st) returns MC_OK and
+ * the next wait returns MC_ERR_ARG naming `op`, once. A backend that checks
+ * at the op (the CPU device) refuses at once, and so may one that deferred
+ * nothing (may_be_at_op: grouped_experts' per-expert loop reads the offsets
+ * on the host). Leaves the checks at the op. */
+static void deferred_refusal(const char *what, const char *op, mc_status st, int may_be_at_op)
+{
+    int defers = mc_backend_set_sync_checks(B[1], 1) == 0;
+    mc_status w = st;
+    int at_op = st != MC_OK;
+    if (!at_op)
+        w = mc_backend_synchronize(B[1], &err_[1]);
+    check_count++;
+    int ok = w == MC_ERR_ARG && strncmp(err_[1].msg, op, strlen(op)) == 0 &&
+             (!defers || !at_op || may_be_at_op);
+    char msg[sizeof err_[1].msg];
+    snprintf(msg, sizeof msg, "%s", err_[1].msg);
+    mc_err_clear(&err_[1]);
+    mc_status again = mc_backend_synchronize(B[1], &err_[1]); /* reported once */
+    if (!ok || again != MC_OK) {
+        check_failures++;
+        fprintf(stderr, "%s, deferred: want MC_OK then MC_ERR_ARG \"%s: ...\" at the next wait, "
+                "then MC_OK; got %s, then %s \"%s\", then %s \"%s\"\n", what, op,
+                mc_status_str(st), mc_status_str(w), msg, mc_status_str(again), err_[1].msg);
+    }
+    mc_err_clear(&err_[1]);
+}
+
+/* Runs `call` (an op on B[1]) with deferred content checks and expects the
+ * refusal at the next wait (deferred_refusal). */
+#define DEFERRED(what, op, may_be_at_op, call)                                                     \
+    do {                                                                                           \
+        mc_backend_set_sync_checks(B[1], 0);                                                       \
+        mc_status st_ = (call);                                                                    \
+        deferred_refusal(what, op, st_, may_be_at_op);                                             \
+    } while (0)
+
 /* ---- a step over paged caches: ragged sequences, shuffled block ids ---- */
 
 #define NSEQ 4
@@ -305,14 +344,24 @@ static void attention_case(int bs, int nh, int nkv, int hd, int vd, int chunk, i
         st[s] = mc_op_kv_write(B[s], &ix, &src.t[s], &kp.t[s], &err_[s]);
     }
     same_refusal("kv_write, a bad seq", st);
+    {
+        mc_kv_index ix = {.block_table = L.bt.t[1], .seq = bseq.t[1], .pos = L.pos.t[1]};
+        DEFERRED("kv_write, a bad seq", "kv_write", 0,
+                 mc_op_kv_write(B[1], &ix, &src.t[1], &kp.t[1], &err_[1]));
+    }
     cmp_pair("kv_write refused: K pages untouched", &kp, 0);
     for (int s = 0; s < 2; s++) {
         mc_kv_index ix = {.block_table = bbt.t[s], .seq = L.seq.t[s], .pos = L.pos.t[s]};
         mc_attn_opts o = {.scale = 0.1f, .chunk = chunk};
         st[s] = mc_op_attention(B[s], &q.t[s], &kp.t[s], &vp.t[s], &ix, &o, &y.t[s], &err_[s]);
     }
-    if (chunk == 0) /* with chunks, sequence 2's tokens may not reach block 7 */
+    if (chunk == 0) { /* with chunks, sequence 2's tokens may not reach block 7 */
         same_refusal("attention, a bad block id", st);
+        mc_kv_index ix = {.block_table = bbt.t[1], .seq = L.seq.t[1], .pos = L.pos.t[1]};
+        mc_attn_opts o = {.scale = 0.1f, .chunk = chunk};
+        DEFERRED("attention, a bad block id", "attention", 0,
+                 mc_op_attention(B[1], &q.t[1], &kp.t[1], &vp.t[1], &ix, &o, &y.t[1], &err_[1]));
+    }
     mc_err_clear(&err_[0]);
     mc_err_clear(&err_[1]);
     cmp_pair("attention refused: y untouched", &y, 1e-5);
@@ -396,6 +445,12 @@ static void mla_case(int bs, int nh, int lr, int rd, int chunk, int k)
                                          &y.t[s], &err_[s]);
             }
             same_refusal(pass ? "mla_decode, a token keeping none" : "mla_decode, a bad sel", st);
+            mc_kv_index ix = ix_step(&L, 1);
+            mc_attn_opts o = {.scale = 0.125f, .chunk = chunk, .sel = &sel.t[1]};
+            DEFERRED(pass ? "mla_decode, a token keeping none" : "mla_decode, a bad sel",
+                     "mla_decode", 0,
+                     mc_op_mla_decode(B[1], &ql.t[1], &qp.t[1], &lp.t[1], &pp.t[1], &ix, &o,
+                                      &y.t[1], &err_[1]));
         }
         cmp_pair("mla_decode refused: y untouched", &y, 1e-5);
         pair_free(&sel);
@@ -549,6 +604,9 @@ static void permute_case(int n, int k, int E, int H)
                                   &err_[s]);
     }
     same_refusal("moe_permute, a bad expert id", st);
+    DEFERRED("moe_permute, a bad expert id", "moe_permute", 0,
+             mc_op_moe_permute(B[1], &x.t[1], &ids.t[1], &xp.t[1], &slot.t[1], &off.t[1],
+                               &err_[1]));
     cmp_i32("moe_permute refused: slot untouched", &slot);
     cmp_i32("moe_permute refused: offsets untouched", &off);
     OK(mc_tensor_download(&slot.t[0], slh, &err_[0]));
@@ -559,6 +617,9 @@ static void permute_case(int n, int k, int E, int H)
                                              &err_[s]);
     }
     same_refusal("moe_unpermute, a bad slot", st);
+    DEFERRED("moe_unpermute, a bad slot", "moe_unpermute", 0,
+             mc_op_moe_unpermute_weighted(B[1], &yp.t[1], &slot.t[1], &w.t[1], &y.t[1],
+                                          &err_[1]));
     cmp_pair("moe_unpermute refused: y untouched", &y, 0);
     pair *all[] = {&x, &ids, &xp, &slot, &off, &yp, &w, &y};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
@@ -687,6 +748,12 @@ static void experts_case_x(mc_dtype dt, int tr, int H, int I, int n_e, const int
                                               NULL, &y.t[s], &err_[s]);
             }
             same_refusal("grouped_experts, offsets out of order", st);
+            DEFERRED("grouped_experts, offsets out of order", "grouped_experts", 1,
+                     mc_op_grouped_experts(B[1], &x.t[1], &off.t[1], n_e, gt[1], ut[1], dtn[1],
+                                           NULL, &y.t[1], &err_[1]));
+            snprintf(what, sizeof what, "grouped_experts refused: y untouched (%s H=%d I=%d "
+                     "E=%d)", mc_dtype_name(dt), H, I, n_e);
+            cmp_pair(what, &y, rtol);
         }
     }
     for (int e = 0; e < n_e; e++) {
@@ -776,6 +843,9 @@ int main(void)
         return 1;
     }
     dut_is_cuda = !on_cpu;
+    /* content checks at the op, so that refusals can be compared with the
+     * CPU's word for word; the deferred checks are tested beside them */
+    mc_backend_set_sync_checks(B[1], 1);
     OK(mc_backend_cpu_init(&B[0], err_));
     printf("device under test: %s (%s)\n", mc_backend_name(B[1]), mc_backend_features(B[1]));
     attention_case(5, 6, 2, 40, 24, 0, 0);
