@@ -640,6 +640,8 @@ mc_status mc_backend_cuda_init(int device, mc_backend **out, mc_err *err)
         st = mc_cuda_check(cudaMemset(c->d_count, 0, 2 * sizeof *c->d_count), op, err);
     const char *sc = getenv("MC_CUDA_SYNC_CHECKS");
     c->sync_checks = sc && strcmp(sc, "1") == 0;
+    const char *tk = getenv("MC_CUDA_TOPK");
+    c->topk_passes = tk && strcmp(tk, "passes") == 0;
     const char *ex = getenv("MC_CUDA_EXPERTS");
     c->experts_loop = ex && strcmp(ex, "loop") == 0;
     const char *f8 = getenv("MC_CUDA_FP8");

@@ -81,6 +81,8 @@ typedef struct {
      * (mc_cuda_wait: upload, download, synchronize); noted: a note was
      * queued since the last wait read d_rec */
     int sync_checks;
+    /* topk by k passes whatever k (MC_CUDA_TOPK=passes; comparisons) */
+    int topk_passes;
     long long *d_rec, *h_rec;
     int noted;
 } mc_cuda_ctx;

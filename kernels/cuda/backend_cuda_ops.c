@@ -334,7 +334,8 @@ mc_status mc_cuda_topk(void *ctx, const mc_tensor *x, int k, int64_t id0, mc_ten
     if (st == MC_OK)
         st = launched(mck_topk(c->stream, F32(x), x->row_stride, rows, mc_tensor_cols(x), k, id0,
                                (int32_t *)mc_cuda_at(ids), ids->row_stride, F32(vals),
-                               vals->row_stride, lse ? F32(lse) : NULL, lse ? lse->row_stride : 0),
+                               vals->row_stride, lse ? F32(lse) : NULL, lse ? lse->row_stride : 0,
+                               c->topk_passes),
                       op, err);
     return st;
 }

@@ -85,10 +85,14 @@ cudaError_t mck_rope(cudaStream_t s, float *x, long long ldx, long long n, long 
 cudaError_t mck_find_nonfinite(cudaStream_t s, const float *x, long long ldx, long long rows,
                                int d, unsigned long long *first);
 /* mc_op_topk on rows x (rows, V): ids / vals (rows, k), lse (rows, 2) or
- * NULL; rows <= 2^31 - 1 (one block each). */
+ * NULL; rows <= 2^31 - 1 (one block each). k <= 64. passes: 1 makes k
+ * passes over the row (the kernel for small k), 0 picks: k passes for
+ * k < MCK_TOPK_RADIX_MIN, else a radix select (four 8-bit digit passes to
+ * the k-th key, one pass gathering the k, whatever k is). */
+#define MCK_TOPK_RADIX_MIN 6
 cudaError_t mck_topk(cudaStream_t s, const float *x, long long ldx, long long rows, long long V,
                      int k, long long id0, int32_t *ids, long long ldi, float *vals, long long ldv,
-                     float *lse, long long ldl);
+                     float *lse, long long ldl, int passes);
 /* y[t] = row ids[t] - id0 of the table dequantized, zeros outside it; ids
  * I32 (ids32) or I64 (ids64, the other NULL). */
 cudaError_t mck_embed(cudaStream_t s, const mck_mat *table, const int32_t *ids32,

@@ -299,11 +299,15 @@ cudaError_t mck_embed(cudaStream_t s, const mck_mat *table, const int32_t *ids32
     return cudaGetLastError();
 }
 
-/* ---- topk: one block of TOPK_THREADS per row, k passes ----
- * Pass j takes the best (value, column) in mc_op_topk's order among the
- * columns that come after pass j - 1's pick in that order, so the k picks
- * are the row's first k (ties to the lower column, NaN last). Then the
- * log-sum-exp: the sum of exp(x - max) in double over the block. */
+/* ---- topk: one block of TOPK_THREADS per row ----
+ * mc_op_topk's order: by value, descending, ties to the lower column, NaN
+ * last (among themselves by column); -0 and +0 are one value. Two kernels
+ * give the same picks: k_topk (small k) makes k passes, pass j taking the
+ * best column after pass j - 1's pick in that order; k_topk_radix finds the
+ * k-th key by a radix select (four passes of 8-bit digits over the row),
+ * gathers the columns above it and the first ones equal to it in one more
+ * pass and orders those k by rank. Then the log-sum-exp: the sum of
+ * exp(x - max) in double over the block. */
 #define TOPK_THREADS 256
 
 __device__ static inline bool topk_before(float a, long long ia, float b, long long ib)
@@ -313,6 +317,40 @@ __device__ static inline bool topk_before(float a, long long ia, float b, long l
     return isnan(b) || a > b || (a == b && ia < ib);
 }
 
+/* A key that orders as topk_before's values: larger key first; NaN 0 (after
+ * -inf's 0x007fffff), -0 as +0. */
+__device__ static inline unsigned topk_key(float v)
+{
+    if (isnan(v))
+        return 0u;
+    unsigned b = __float_as_uint(v == 0.0f ? 0.0f : v);
+    return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+
+/* lse[0..2) of the row: log of the sum of exp(x - m), plus m, as a float
+ * pair (hi, the rest); m the row's first pick. Every thread calls it. */
+__device__ static void topk_lse(const float *xr, long long V, float m, float *lr, double *ws)
+{
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    double sum = 0.0;
+    for (long long i = threadIdx.x; i < V; i += TOPK_THREADS)
+        sum += exp((double)xr[i] - (double)m);
+    for (int o = 16; o > 0; o >>= 1)
+        sum += __shfl_down_sync(0xffffffffu, sum, o);
+    if (lane == 0)
+        ws[warp] = sum;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        sum = 0.0;
+        for (int w = 0; w < TOPK_THREADS / 32; w++)
+            sum += ws[w];
+        double l = (double)m + log(sum);
+        float hi = (float)l;
+        lr[0] = hi;
+        lr[1] = (float)(l - (double)hi);
+    }
+}
+
 __global__ static void k_topk(const float *x, long long ldx, long long V, int k, long long id0,
                               int32_t *ids, long long ldi, float *vals, long long ldv, float *lse,
                               long long ldl)
@@ -320,7 +358,7 @@ __global__ static void k_topk(const float *x, long long ldx, long long V, int k,
     __shared__ float wv[TOPK_THREADS / 32];
     __shared__ long long wi[TOPK_THREADS / 32];
     __shared__ double ws[TOPK_THREADS / 32];
-    __shared__ float pv;
+    __shared__ float pv, top;
     __shared__ long long pi;
     const float *xr = x + (long long)blockIdx.x * ldx;
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -359,37 +397,128 @@ __global__ static void k_topk(const float *x, long long ldx, long long V, int k,
             vals[(long long)blockIdx.x * ldv + j] = bv;
             pv = bv;
             pi = bi;
+            if (j == 0)
+                top = bv;
         }
         __syncthreads();
     }
-    if (!lse)
-        return;
-    double m = (double)vals[(long long)blockIdx.x * ldv], sum = 0.0; /* pass 0's pick: the max */
-    for (long long i = threadIdx.x; i < V; i += TOPK_THREADS)
-        sum += exp((double)xr[i] - m);
-    for (int o = 16; o > 0; o >>= 1)
-        sum += __shfl_down_sync(0xffffffffu, sum, o);
-    if (lane == 0)
-        ws[warp] = sum;
+    if (lse)
+        topk_lse(xr, V, top, lse + (long long)blockIdx.x * ldl, ws);
+}
+
+__global__ static void k_topk_radix(const float *x, long long ldx, long long V, int k,
+                                    long long id0, int32_t *ids, long long ldi, float *vals,
+                                    long long ldv, float *lse, long long ldl)
+{
+    __shared__ unsigned hist[256];
+    __shared__ unsigned below[TOPK_THREADS]; /* keys equal to the k-th before each thread's chunk */
+    __shared__ unsigned ckey[64];
+    __shared__ long long ccol[64];
+    __shared__ unsigned prefix_s, need_s;
+    __shared__ int ngt;
+    __shared__ double ws[TOPK_THREADS / 32];
+    __shared__ float top;
+    const float *xr = x + (long long)blockIdx.x * ldx;
+    const int lane = threadIdx.x & 31;
+    if (threadIdx.x == 0)
+        ngt = 0;
+    /* the k-th largest key, a digit at a time: prefix holds its digits so
+     * far, need how many keys with that prefix are still to take (>= 1, and
+     * at least that many have it) */
+    unsigned prefix = 0, mask = 0, need = (unsigned)k;
+    for (int shift = 24; shift >= 0; shift -= 8) {
+        hist[threadIdx.x] = 0; /* TOPK_THREADS == 256 bins */
+        __syncthreads();
+        for (long long b = 0; b < V; b += TOPK_THREADS) { /* whole warps each round */
+            long long i = b + threadIdx.x;
+            unsigned key = i < V ? topk_key(xr[i]) : 0u;
+            bool take = i < V && (key & mask) == prefix;
+            unsigned bin = take ? (key >> shift) & 255u : 256u + (unsigned)lane;
+            unsigned peers = __match_any_sync(0xffffffffu, bin);
+            if (take && lane == __ffs(peers) - 1)
+                atomicAdd(&hist[bin], (unsigned)__popc(peers));
+        }
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            unsigned cum = 0;
+            int d = 255;
+            for (; d > 0 && cum + hist[d] < need; d--)
+                cum += hist[d];
+            prefix_s = prefix | ((unsigned)d << shift);
+            need_s = need - cum;
+        }
+        __syncthreads();
+        prefix = prefix_s;
+        need = need_s;
+        mask |= 255u << shift;
+    }
+    /* prefix: the k-th key; the k - need keys above it and the first need
+     * columns equal to it are the k picks */
+    const unsigned kth = prefix;
+    const long long C = (V + TOPK_THREADS - 1) / TOPK_THREADS;
+    const long long lo = (long long)threadIdx.x * C, hi = lo + C < V ? lo + C : V;
+    unsigned eq = 0;
+    for (long long i = lo; i < hi; i++) {
+        unsigned key = topk_key(xr[i]);
+        if (key > kth) {
+            int s = atomicAdd(&ngt, 1);
+            if (s < k) {
+                ckey[s] = key;
+                ccol[s] = i;
+            }
+        } else if (key == kth) {
+            eq++;
+        }
+    }
+    below[threadIdx.x] = eq;
     __syncthreads();
     if (threadIdx.x == 0) {
-        sum = 0.0;
-        for (int w = 0; w < TOPK_THREADS / 32; w++)
-            sum += ws[w];
-        double l = m + log(sum);
-        float hi = (float)l;
-        lse[(long long)blockIdx.x * ldl] = hi;
-        lse[(long long)blockIdx.x * ldl + 1] = (float)(l - (double)hi);
+        unsigned run = 0;
+        for (int t = 0; t < TOPK_THREADS; t++) {
+            unsigned c = below[t];
+            below[t] = run;
+            run += c;
+        }
     }
+    __syncthreads();
+    const unsigned gt = (unsigned)k - need;
+    for (long long i = lo, r = below[threadIdx.x]; i < hi && r < need; i++)
+        if (topk_key(xr[i]) == kth) {
+            ckey[gt + r] = kth;
+            ccol[gt + r] = i;
+            r++;
+        }
+    __syncthreads();
+    if (threadIdx.x < k) { /* (key, column) pairs are distinct: each rank once */
+        unsigned a = ckey[threadIdx.x];
+        long long ia = ccol[threadIdx.x];
+        int rank = 0;
+        for (int j = 0; j < k; j++)
+            rank += ckey[j] > a || (ckey[j] == a && ccol[j] < ia);
+        float v = xr[ia];
+        ids[(long long)blockIdx.x * ldi + rank] = (int32_t)(ia + id0);
+        vals[(long long)blockIdx.x * ldv + rank] = v;
+        if (rank == 0)
+            top = v;
+    }
+    __syncthreads();
+    if (lse)
+        topk_lse(xr, V, top, lse + (long long)blockIdx.x * ldl, ws);
 }
 
 cudaError_t mck_topk(cudaStream_t s, const float *x, long long ldx, long long rows, long long V,
                      int k, long long id0, int32_t *ids, long long ldi, float *vals, long long ldv,
-                     float *lse, long long ldl)
+                     float *lse, long long ldl, int passes)
 {
     if (rows <= 0)
         return cudaSuccess;
-    k_topk<<<(unsigned)rows, TOPK_THREADS, 0, s>>>(x, ldx, V, k, id0, ids, ldi, vals, ldv, lse,
-                                                    ldl);
+    if (k < 1 || k > 64 || k > V)
+        return cudaErrorInvalidValue;
+    if (passes || k < MCK_TOPK_RADIX_MIN)
+        k_topk<<<(unsigned)rows, TOPK_THREADS, 0, s>>>(x, ldx, V, k, id0, ids, ldi, vals, ldv,
+                                                        lse, ldl);
+    else
+        k_topk_radix<<<(unsigned)rows, TOPK_THREADS, 0, s>>>(x, ldx, V, k, id0, ids, ldi, vals,
+                                                              ldv, lse, ldl);
     return cudaGetLastError();
 }

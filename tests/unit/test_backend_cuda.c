@@ -473,19 +473,29 @@ static void test_device(void)
 }
 
 /* topk on the device against the CPU's: rows of a vocabulary's width with
- * many ties, a NaN and an infinity, k = 1, 20 and 64, a row stride past the
- * row (a view), an id offset; ids and values exact, the log-sum-exp to
- * 1e-12 (the sum's order differs). */
+ * many ties, a NaN and an infinity, a row of one value, a row of NaN but
+ * three values, a row whose best are +0 and -0 (one value: ties by column);
+ * k = 1 and 5 (the CUDA kernel of k passes) and 6, 20 and 64 (its radix
+ * select), a row stride past the row (a view), an id offset; ids and values
+ * exact, the log-sum-exp to 1e-12 (the sum's order differs). */
 static void test_topk(void)
 {
-    const int64_t R = 9, V = 151937, ld = V + 3;
+    const int64_t R = 12, V = 151937, ld = V + 3;
     float *x = malloc((size_t)R * ld * sizeof *x);
     for (int64_t i = 0; i < R * ld; i++)
         x[i] = (float)((int)(rnext() % 2001) - 1000) / 64.0f; /* many ties */
     x[1 * ld + 5] = NAN;
     x[2 * ld + 77] = INFINITY;
     x[3 * ld + 100] = 1e30f;
-    static const int ks[] = {1, 20, 64};
+    for (int64_t i = 0; i < V; i++) {
+        x[9 * ld + i] = 1.5f;
+        x[10 * ld + i] = NAN;
+        int r = (int)(rnext() % 4);
+        x[11 * ld + i] = r == 0 ? 0.0f : r == 1 ? -0.0f : -(float)(1 + rnext() % 100);
+    }
+    x[10 * ld + 0] = x[10 * ld + V / 3] = 2.0f;
+    x[10 * ld + V - 1] = -1.0f;
+    static const int ks[] = {1, 5, 6, 20, 64};
     for (size_t ki = 0; ki < sizeof ks / sizeof ks[0]; ki++) {
         int k = ks[ki];
         pair xp, ip, vp, lp;
@@ -507,7 +517,8 @@ static void test_topk(void)
         int bad = 0;
         for (int64_t i = 0; i < R * k; i++) {
             int same = ids[0][i] == ids[1][i] &&
-                       (vals[0][i] == vals[1][i] || (isnan(vals[0][i]) && isnan(vals[1][i])));
+                       ((vals[0][i] == vals[1][i] && signbit(vals[0][i]) == signbit(vals[1][i])) ||
+                        (isnan(vals[0][i]) && isnan(vals[1][i])));
             if (!same && bad++ < 5)
                 fprintf(stderr, "  topk k=%d [%lld, %lld]: got id %d (%.9g) want %d (%.9g)\n", k,
                         (long long)(i / k), (long long)(i % k), ids[1][i], vals[1][i], ids[0][i],
@@ -676,6 +687,74 @@ out:
     return res;
 }
 
+/* Median seconds of one mc_op_topk call over `rows` rows of V random values
+ * (with lse), or -1 on a failure. */
+static double bench_topk(mc_backend *be, int64_t rows, int64_t V, int k)
+{
+    double res = -1, t[7];
+    float *xh = rnd((size_t)(rows * V), 4.0f);
+    mc_buffer *b[4] = {NULL, NULL, NULL, NULL};
+    mc_tensor x, ids, vals, lse;
+    if (mc_buffer_alloc(be, (size_t)(rows * V) * 4, &b[0], err_) != MC_OK ||
+        mc_buffer_alloc(be, (size_t)rows * k * 4, &b[1], err_) != MC_OK ||
+        mc_buffer_alloc(be, (size_t)rows * k * 4, &b[2], err_) != MC_OK ||
+        mc_buffer_alloc(be, (size_t)rows * 8, &b[3], err_) != MC_OK ||
+        mc_tensor_init_2d(&x, b[0], 0, MC_DT_F32, rows, V, err_) != MC_OK ||
+        mc_tensor_init_2d(&ids, b[1], 0, MC_DT_I32, rows, k, err_) != MC_OK ||
+        mc_tensor_init_2d(&vals, b[2], 0, MC_DT_F32, rows, k, err_) != MC_OK ||
+        mc_tensor_init_2d(&lse, b[3], 0, MC_DT_F32, rows, 2, err_) != MC_OK ||
+        mc_tensor_upload(&x, xh, err_) != MC_OK)
+        goto out;
+    for (int i = 0; i < 3; i++)
+        if (mc_op_topk(be, &x, k, 0, &ids, &vals, &lse, err_) != MC_OK)
+            goto out;
+    for (int r = 0; r < 7; r++) {
+        if (mc_backend_synchronize(be, err_) != MC_OK)
+            goto out;
+        double t0 = now_s();
+        for (int i = 0; i < 10; i++)
+            if (mc_op_topk(be, &x, k, 0, &ids, &vals, &lse, err_) != MC_OK)
+                goto out;
+        if (mc_backend_synchronize(be, err_) != MC_OK)
+            goto out;
+        t[r] = (now_s() - t0) / 10;
+    }
+    qsort(t, 7, sizeof t[0], cmp_d);
+    res = t[3];
+out:
+    if (res < 0)
+        fprintf(stderr, "bench topk %lld x %lld k=%d: %s\n", (long long)rows, (long long)V, k,
+                err_->msg);
+    mc_err_clear(err_);
+    for (int i = 0; i < 4; i++)
+        mc_buffer_free(b[i]);
+    free(xh);
+    return res;
+}
+
+/* The topk table: a vocabulary's rows (1 and 64 of them) for k = 1, 20, 64;
+ * `how` names the kernel choice (MC_CUDA_TOPK). Returns 1 on a failure. */
+static int bench_topk_table(mc_backend *be, const char *how, int smoke)
+{
+    static const int ks[] = {1, 20, 64};
+    int64_t V = smoke ? 4099 : 151936;
+    int failed = 0;
+    for (int ri = 0; ri < 2; ri++)
+        for (size_t ki = 0; ki < sizeof ks / sizeof ks[0]; ki++) {
+            int64_t rows = ri ? 64 : 1;
+            double sec = bench_topk(be, rows, V, ks[ki]);
+            if (sec <= 0) {
+                failed = 1;
+                printf("| topk (%s) | %lld x %lld | %d | failed | |\n", how, (long long)rows,
+                       (long long)V, ks[ki]);
+                continue;
+            }
+            printf("| topk (%s) | %lld x %lld | %d | %.1f | %.0f |\n", how, (long long)rows,
+                   (long long)V, ks[ki], sec * 1e6, (double)rows * V * 4 / sec * 1e-9);
+        }
+    return failed;
+}
+
 typedef struct {
     const char *what;
     mc_dtype dt;
@@ -727,6 +806,21 @@ static int bench_main(mc_backend *be, int smoke)
                mc_dtype_name(cases[k].dt), cases[k].scale_block ? " (128x128 scales)" : "",
                cases[k].O, cases[k].I, cases[k].n, s * 1e6, gbps,
                read > 0 ? 100.0 * gbps / read : 0.0, tflops);
+    }
+    /* topk with the kernel choice of this backend (MC_CUDA_TOPK as set), then
+     * with k passes forced (a second backend: the choice is read at init) */
+    const char *tk = getenv("MC_CUDA_TOPK");
+    printf("\n| topk | rows x V | k | us / call | GB/s of the rows |\n| --- | --- | --- | --- | --- |\n");
+    failed |= bench_topk_table(be, tk ? tk : "default", smoke);
+    if (dut_is_cuda && !(tk && strcmp(tk, "passes") == 0)) {
+        mc_backend *bp = NULL;
+        setenv("MC_CUDA_TOPK", "passes", 1);
+        if (mc_backend_cuda_init(0, &bp, err_) == MC_OK)
+            failed |= bench_topk_table(bp, "passes", smoke);
+        else
+            failed = 1;
+        mc_backend_free(bp);
+        unsetenv("MC_CUDA_TOPK");
     }
     return failed;
 }
