@@ -116,8 +116,10 @@ mc_status mc_backend_synchronize(mc_backend *be, mc_err *err);
  * 0 the op returns at once (its kernels do nothing on a fault) and the
  * first refusal since the last wait is returned by the next call that waits
  * for the device (mc_buffer_download, mc_buffer_upload,
- * mc_backend_synchronize), naming the op and the token or pair: a step
- * then waits once, at its results. Returns the setting before the call.
+ * mc_backend_synchronize, and so also an op that waits inside: a product
+ * loop that reads offsets back, the DeepSeek-V4 ops' host round trip),
+ * naming the op and the token or pair: a step then waits once, at its
+ * results. Returns the setting before the call.
  * The CPU backends always check at the op (their checks cost no wait):
  * they ignore the call and answer 1. The CUDA backend defers by default
  * (MC_CUDA_SYNC_CHECKS=1: at the op). */

@@ -729,6 +729,11 @@ static mc_status run(mc_step_exec *ex, const mc_step_plan *plan, float *logits, 
                           .tok = tok, .seq = seq, .pos = pos, .rows = rows, .bt = bt, .nblk = nblk};
     if ((st = ex->fam->exec_forward(ex, &hx, logits, err)) != MC_OK)
         return st;
+    /* a device that defers its content checks reports a refusal at a wait:
+     * wait here, so that it fails this step (a step without logit rows, a
+     * prefill chunk, has waited nowhere) before the lengths move */
+    if ((st = mc_backend_synchronize(ex->be, err)) != MC_OK)
+        return st;
     for (uint32_t i = 0; i < ns; i++)
         len_set(ex, plan->seqs[i].seq_id, plan->seqs[i].start_pos + plan->seqs[i].n_tokens);
     return MC_OK;

@@ -453,23 +453,36 @@ mc_status mc_backend_cpu_init(mc_backend **out, mc_err *err)
 
 /* ---- the CPU acting as a device: deferred content checks ---- */
 
-/* An op's answer: a refusal (MC_ERR_ARG: the front end has checked the
- * arguments, so it is the content check's) kept for the next wait when the
- * checks are deferred, the op answering MC_OK. */
-static mc_status dev_defer(void *ctx, mc_status st, mc_err *err)
+/* An op's answer st, its message in *local when the checks are deferred
+ * (else already in err): a refusal (MC_ERR_ARG: the front end has checked
+ * the arguments, so it is the content check's) kept for the next wait, the
+ * op answering MC_OK; another failure handed to err. */
+static mc_status dev_defer(void *ctx, mc_status st, mc_err *err, const mc_err *local)
 {
     mc_cpu_ctx *c = ctx;
-    if (st != MC_ERR_ARG || c->sync_checks)
+    if (c->sync_checks || st == MC_OK)
         return st;
+    if (st != MC_ERR_ARG)
+        return mc_err_set(err, st, "%s", local->msg);
     if (c->pending_st == MC_OK) {
         c->pending_st = st;
-        c->pending = *err;
+        c->pending = *local;
     }
-    mc_err_clear(err);
     return MC_OK;
 }
 
-/* The refusal kept since the last wait, once. */
+/* Runs `call`, whose error argument is E_: err with the checks at the op, a
+ * local message otherwise (dev_defer). */
+#define DEV_OP(call)                                                                               \
+    do {                                                                                           \
+        mc_err l_;                                                                                 \
+        mc_err_clear(&l_);                                                                         \
+        mc_err *E_ = ((mc_cpu_ctx *)ctx)->sync_checks ? err : &l_;                                 \
+        mc_status st_ = (call);                                                                    \
+        return dev_defer(ctx, st_, err, &l_);                                                      \
+    } while (0)
+
+/* The refusal kept since the last wait, once (err may be NULL). */
 static mc_status dev_wait(void *ctx, mc_err *err)
 {
     mc_cpu_ctx *c = ctx;
@@ -477,9 +490,7 @@ static mc_status dev_wait(void *ctx, mc_err *err)
     if (st == MC_OK)
         return MC_OK;
     c->pending_st = MC_OK;
-    if (err)
-        *err = c->pending;
-    return st;
+    return mc_err_set(err, st, "%s", c->pending.msg);
 }
 
 static mc_status dev_upload(void *ctx, void *mem, size_t off, const void *src, size_t n,
@@ -509,20 +520,20 @@ static int dev_set_sync_checks(void *ctx, int on)
 static mc_status dev_rope(void *ctx, mc_tensor *x, const mc_tensor *pos, const mc_tensor *cs,
                           const mc_tensor *sn, int interleaved, mc_err *err)
 {
-    return dev_defer(ctx, cpu_rope(ctx, x, pos, cs, sn, interleaved, err), err);
+    DEV_OP(cpu_rope(ctx, x, pos, cs, sn, interleaved, E_));
 }
 
 static mc_status dev_kv_write(void *ctx, const mc_kv_index *ix, const mc_tensor *src,
                               mc_tensor *pages, mc_err *err)
 {
-    return dev_defer(ctx, mc_cpu_kv_write(ctx, ix, src, pages, err), err);
+    DEV_OP(mc_cpu_kv_write(ctx, ix, src, pages, E_));
 }
 
 static mc_status dev_attention(void *ctx, const mc_tensor *q, const mc_tensor *k_pages,
                                const mc_tensor *v_pages, const mc_kv_index *ix,
                                const mc_attn_opts *opt, mc_tensor *y, mc_err *err)
 {
-    return dev_defer(ctx, mc_cpu_attention(ctx, q, k_pages, v_pages, ix, opt, y, err), err);
+    DEV_OP(mc_cpu_attention(ctx, q, k_pages, v_pages, ix, opt, y, E_));
 }
 
 static mc_status dev_mla_decode(void *ctx, const mc_tensor *q_lat, const mc_tensor *q_pe,
@@ -530,21 +541,19 @@ static mc_status dev_mla_decode(void *ctx, const mc_tensor *q_lat, const mc_tens
                                 const mc_kv_index *ix, const mc_attn_opts *opt, mc_tensor *y,
                                 mc_err *err)
 {
-    return dev_defer(ctx,
-                     mc_cpu_mla_decode(ctx, q_lat, q_pe, lat_pages, pe_pages, ix, opt, y, err),
-                     err);
+    DEV_OP(mc_cpu_mla_decode(ctx, q_lat, q_pe, lat_pages, pe_pages, ix, opt, y, E_));
 }
 
 static mc_status dev_permute(void *ctx, const mc_tensor *x, const mc_tensor *ids, mc_tensor *xp,
                              mc_tensor *slot, mc_tensor *offsets, mc_err *err)
 {
-    return dev_defer(ctx, mc_cpu_moe_permute(ctx, x, ids, xp, slot, offsets, err), err);
+    DEV_OP(mc_cpu_moe_permute(ctx, x, ids, xp, slot, offsets, E_));
 }
 
 static mc_status dev_unpermute(void *ctx, const mc_tensor *yp, const mc_tensor *slot,
                                const mc_tensor *weights, mc_tensor *y, mc_err *err)
 {
-    return dev_defer(ctx, mc_cpu_moe_unpermute(ctx, yp, slot, weights, y, err), err);
+    DEV_OP(mc_cpu_moe_unpermute(ctx, yp, slot, weights, y, E_));
 }
 
 static mc_status dev_experts(void *ctx, const mc_tensor *x, const mc_tensor *offsets,
@@ -552,10 +561,7 @@ static mc_status dev_experts(void *ctx, const mc_tensor *x, const mc_tensor *off
                              const mc_tensor *down, const mc_experts_opts *opts, mc_tensor *y,
                              mc_err *err)
 {
-    return dev_defer(ctx,
-                     mc_cpu_grouped_experts(ctx, x, offsets, n_experts, gate, up, down, opts, y,
-                                            err),
-                     err);
+    DEV_OP(mc_cpu_grouped_experts(ctx, x, offsets, n_experts, gate, up, down, opts, y, E_));
 }
 
 mc_status mc_backend_cpu_device_init(mc_backend **out, mc_err *err)

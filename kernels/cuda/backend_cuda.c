@@ -79,9 +79,9 @@ static mc_status deferred_refusal(const long long *rec, mc_err *err)
     }
 }
 
-mc_status mc_cuda_wait(mc_cuda_ctx *c, const char *op, mc_err *err)
+mc_status mc_cuda_wait(mc_cuda_ctx *c, const char *op, int take, mc_err *err)
 {
-    int noted = c->noted && err;
+    int noted = c->noted && take;
     mc_status st = MC_OK;
     if (noted) { /* read the note and clear it, behind everything queued */
         st = mc_cuda_check(cudaMemcpyAsync(c->h_rec, c->d_rec, 3 * sizeof *c->h_rec,
@@ -221,7 +221,7 @@ static mc_status cu_upload(void *ctx, void *mem, size_t off, const void *src, si
                            "upload", err);
     }
     /* the caller may reuse src on return (pageable memory) */
-    mc_status s2 = mc_cuda_wait(c, "upload", st == MC_OK ? err : NULL);
+    mc_status s2 = mc_cuda_wait(c, "upload", st == MC_OK, st == MC_OK ? err : NULL);
     return st != MC_OK ? st : s2;
 }
 
@@ -255,7 +255,7 @@ static mc_status cu_download(void *ctx, const void *mem, size_t off, void *dst, 
         st = mc_cuda_check(cudaMemcpyAsync(dst, from, n, cudaMemcpyDeviceToHost, c->stream),
                            "download", err);
     }
-    mc_status s2 = mc_cuda_wait(c, "download", st == MC_OK ? err : NULL);
+    mc_status s2 = mc_cuda_wait(c, "download", st == MC_OK, st == MC_OK ? err : NULL);
     return st != MC_OK ? st : s2;
 }
 
@@ -274,7 +274,7 @@ static mc_status cu_sync(void *ctx, mc_err *err)
     mc_cuda_ctx *c = ctx;
     mc_status st = mc_cuda_use(c, "synchronize", err);
     if (st == MC_OK)
-        st = mc_cuda_wait(c, "synchronize", err);
+        st = mc_cuda_wait(c, "synchronize", 1, err);
     return st;
 }
 
@@ -630,14 +630,19 @@ mc_status mc_backend_cuda_init(int device, mc_backend **out, mc_err *err)
         st = mc_cuda_check(cudaMallocHost((void **)&c->h_info, 4 * sizeof *c->h_info), op, err);
     if (st == MC_OK)
         st = mc_cuda_check(cudaMalloc((void **)&c->d_rec, 3 * sizeof *c->d_rec), op, err);
-    if (st == MC_OK) /* all ones: -1, no refusal noted */
-        st = mc_cuda_check(cudaMemset(c->d_rec, 0xff, 3 * sizeof *c->d_rec), op, err);
+    if (st == MC_OK) /* all ones: -1, no refusal noted (on the ops' stream, which does not
+                      * wait for the legacy default stream) */
+        st = mc_cuda_check(cudaMemsetAsync(c->d_rec, 0xff, 3 * sizeof *c->d_rec, c->stream), op,
+                           err);
     if (st == MC_OK)
         st = mc_cuda_check(cudaMallocHost((void **)&c->h_rec, 3 * sizeof *c->h_rec), op, err);
     if (st == MC_OK)
         st = mc_cuda_check(cudaMalloc((void **)&c->d_count, 2 * sizeof *c->d_count), op, err);
     if (st == MC_OK)
-        st = mc_cuda_check(cudaMemset(c->d_count, 0, 2 * sizeof *c->d_count), op, err);
+        st = mc_cuda_check(cudaMemsetAsync(c->d_count, 0, 2 * sizeof *c->d_count, c->stream), op,
+                           err);
+    if (st == MC_OK)
+        st = mc_cuda_check(cudaStreamSynchronize(c->stream), op, err);
     const char *sc = getenv("MC_CUDA_SYNC_CHECKS");
     c->sync_checks = sc && strcmp(sc, "1") == 0;
     const char *tk = getenv("MC_CUDA_TOPK");

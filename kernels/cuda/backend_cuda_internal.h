@@ -109,10 +109,10 @@ mc_status mc_cuda_check(cudaError_t e, const char *op, mc_err *err);
  * slots' columns, to name a pair). */
 mc_status mc_cuda_defer(mc_cuda_ctx *c, const int *flag, const long long *info, int op,
                         long long k, const char *name, mc_err *err);
-/* Waits for the stream; then MC_OK, or the deferred refusal noted since the
- * last wait (MC_ERR_ARG naming the op and the token or pair). err NULL:
- * wait only, the refusal is kept for the next wait. */
-mc_status mc_cuda_wait(mc_cuda_ctx *c, const char *op, mc_err *err);
+/* Waits for the stream; then MC_OK, or (take) the deferred refusal noted
+ * since the last wait (MC_ERR_ARG naming the op and the token or pair; err
+ * may be NULL). take 0: wait only, the refusal is kept for the next wait. */
+mc_status mc_cuda_wait(mc_cuda_ctx *c, const char *op, int take, mc_err *err);
 /* cudaSetDevice to the backend's device (the calling thread may be new). */
 mc_status mc_cuda_use(mc_cuda_ctx *c, const char *op, mc_err *err);
 /* At least `bytes` of device scratch in *p (valid until the next call). */

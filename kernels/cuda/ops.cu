@@ -482,7 +482,8 @@ __global__ static void k_topk_radix(const float *x, long long ldx, long long V, 
     }
     __syncthreads();
     const unsigned gt = (unsigned)k - need;
-    for (long long i = lo, r = below[threadIdx.x]; i < hi && r < need; i++)
+    const long long r_end = (long long)below[threadIdx.x] + eq; /* past this chunk's equal keys */
+    for (long long i = lo, r = below[threadIdx.x]; i < hi && r < need && r < r_end; i++)
         if (topk_key(xr[i]) == kth) {
             ckey[gt + r] = kth;
             ccol[gt + r] = i;

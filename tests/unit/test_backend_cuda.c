@@ -307,8 +307,10 @@ static void rope_case(int interleaved, int n, int heads, int hd, int c0, int rd)
     /* a position past the tables is refused, nothing rotated */
     float *before = malloc((size_t)n * heads * hd * 4), *after = malloc((size_t)n * heads * hd * 4);
     OK(mc_tensor_download(&x.t[1], before, err_));
+    int32_t good = pos[n - 1];
     pos[n - 1] = P;
     OK(mc_tensor_upload(&pt.t[1], pos, err_));
+    mc_backend_set_sync_checks(B[1], 1); /* at the op: the CPU's words */
     mc_status st = mc_op_rope(B[1], &xv[1], &pt.t[1], &cs.t[1], &sn.t[1], interleaved, err_);
     CHECK(st == MC_ERR_ARG && strstr(err_->msg, "pos[") != NULL);
     mc_err_clear(err_);
@@ -324,9 +326,14 @@ static void rope_case(int interleaved, int n, int heads, int hd, int c0, int rd)
     CHECK(st == MC_ERR_ARG && strncmp(err_->msg, "rope: pos[", 10) == 0);
     mc_err_clear(err_);
     CHECK(mc_backend_synchronize(B[1], err_) == MC_OK);
-    mc_backend_set_sync_checks(B[1], 1);
     OK(mc_tensor_download(&x.t[1], after, err_));
     CHECK(memcmp(before, after, (size_t)n * heads * hd * 4) == 0);
+    /* the note was cleared: a good call after it is no refusal */
+    pos[n - 1] = good;
+    OK(mc_tensor_upload(&pt.t[1], pos, err_));
+    OK(mc_op_rope(B[1], &xv[1], &pt.t[1], &cs.t[1], &sn.t[1], interleaved, err_));
+    CHECK(mc_backend_synchronize(B[1], err_) == MC_OK);
+    mc_err_clear(err_);
     pair_free(&x);
     pair_free(&pt);
     pair_free(&cs);
@@ -472,21 +479,22 @@ static void test_device(void)
     }
 }
 
-/* topk on the device against the CPU's: rows of a vocabulary's width with
- * many ties, a NaN and an infinity, a row of one value, a row of NaN but
- * three values, a row whose best are +0 and -0 (one value: ties by column);
+/* topk on the device against the CPU's: rows of V values (a vocabulary's
+ * width, fewer than a block's threads, k itself) with many ties, a NaN and
+ * an infinity, a row of one value, a row of NaN but three values, a row
+ * whose best are +0 and -0 (one value: ties by column) and denormals;
  * k = 1 and 5 (the CUDA kernel of k passes) and 6, 20 and 64 (its radix
  * select), a row stride past the row (a view), an id offset; ids and values
  * exact, the log-sum-exp to 1e-12 (the sum's order differs). */
-static void test_topk(void)
+static void test_topk(int64_t V)
 {
-    const int64_t R = 12, V = 151937, ld = V + 3;
+    const int64_t R = 12, ld = V + 3;
     float *x = malloc((size_t)R * ld * sizeof *x);
     for (int64_t i = 0; i < R * ld; i++)
         x[i] = (float)((int)(rnext() % 2001) - 1000) / 64.0f; /* many ties */
     x[1 * ld + 5] = NAN;
-    x[2 * ld + 77] = INFINITY;
-    x[3 * ld + 100] = 1e30f;
+    x[2 * ld + 77 % V] = INFINITY;
+    x[3 * ld + 100 % V] = 1e30f;
     for (int64_t i = 0; i < V; i++) {
         x[9 * ld + i] = 1.5f;
         x[10 * ld + i] = NAN;
@@ -495,9 +503,13 @@ static void test_topk(void)
     }
     x[10 * ld + 0] = x[10 * ld + V / 3] = 2.0f;
     x[10 * ld + V - 1] = -1.0f;
+    x[11 * ld + 3] = 1e-40f; /* denormals beside the zeros */
+    x[11 * ld + 4] = -1e-40f;
     static const int ks[] = {1, 5, 6, 20, 64};
     for (size_t ki = 0; ki < sizeof ks / sizeof ks[0]; ki++) {
         int k = ks[ki];
+        if (k > V)
+            continue;
         pair xp, ip, vp, lp;
         pair_2d(&xp, MC_DT_F32, R, V, ld, x);
         pair_2d(&ip, MC_DT_I32, R, k, k, NULL);
@@ -809,10 +821,11 @@ static int bench_main(mc_backend *be, int smoke)
     }
     /* topk with the kernel choice of this backend (MC_CUDA_TOPK as set), then
      * with k passes forced (a second backend: the choice is read at init) */
-    const char *tk = getenv("MC_CUDA_TOPK");
+    char tk[32];
+    snprintf(tk, sizeof tk, "%s", getenv("MC_CUDA_TOPK") ? getenv("MC_CUDA_TOPK") : "default");
     printf("\n| topk | rows x V | k | us / call | GB/s of the rows |\n| --- | --- | --- | --- | --- |\n");
-    failed |= bench_topk_table(be, tk ? tk : "default", smoke);
-    if (dut_is_cuda && !(tk && strcmp(tk, "passes") == 0)) {
+    failed |= bench_topk_table(be, tk, smoke);
+    if (dut_is_cuda && strcmp(tk, "passes") != 0) {
         mc_backend *bp = NULL;
         setenv("MC_CUDA_TOPK", "passes", 1);
         if (mc_backend_cuda_init(0, &bp, err_) == MC_OK)
@@ -820,7 +833,10 @@ static int bench_main(mc_backend *be, int smoke)
         else
             failed = 1;
         mc_backend_free(bp);
-        unsetenv("MC_CUDA_TOPK");
+        if (strcmp(tk, "default") == 0)
+            unsetenv("MC_CUDA_TOPK");
+        else
+            setenv("MC_CUDA_TOPK", tk, 1);
     }
     return failed;
 }
@@ -855,9 +871,9 @@ int main(int argc, char **argv)
         mc_backend_free(B[1]);
         return rc;
     }
-    /* content checks at the op, so that refusals can be compared with the
-     * CPU's word for word; the deferred checks are tested beside them */
-    mc_backend_set_sync_checks(B[1], 1);
+    /* content checks deferred (the CUDA default); refusals compared with
+     * the CPU's words run at the op, and deferred beside them */
+    mc_backend_set_sync_checks(B[1], 0);
     OK(mc_backend_cpu_init(&B[0], err_));
     test_device();
     test_copies();
@@ -869,7 +885,9 @@ int main(int argc, char **argv)
         rope_case(il, 64, 2, 130, 2, 126);
     }
     test_embed();
-    test_topk();
+    test_topk(151937);
+    test_topk(200); /* less than a block's threads */
+    test_topk(64);  /* k = 64 = V: the whole row */
     test_v4_host_trip();
     mc_backend_free(B[0]);
     mc_backend_free(B[1]);

@@ -142,12 +142,13 @@ static void same_refusal(const char *what, const mc_status st[2])
 }
 
 /* The same refusal on the device under test with its content checks
- * deferred (the CUDA backend's default; the tests above run with them at
- * the op, mc_backend_set_sync_checks): the op (answer st) returns MC_OK and
- * the next wait returns MC_ERR_ARG naming `op`, once. A backend that checks
- * at the op (the CPU device) refuses at once, and so may one that deferred
- * nothing (may_be_at_op: grouped_experts' per-expert loop reads the offsets
- * on the host). Leaves the checks at the op. */
+ * deferred (the CUDA backend's default, which every other case here runs
+ * with; refusals compared with the CPU's words run at the op,
+ * mc_backend_set_sync_checks): the op (answer st) returns MC_OK and the
+ * next wait returns MC_ERR_ARG naming `op`, once. A backend that checks at
+ * the op refuses at once, and so may one that deferred nothing
+ * (may_be_at_op: grouped_experts' per-expert loop reads the offsets on the
+ * host). Leaves the checks deferred. */
 static void deferred_refusal(const char *what, const char *op, mc_status st, int may_be_at_op)
 {
     int defers = mc_backend_set_sync_checks(B[1], 1) == 0;
@@ -169,6 +170,7 @@ static void deferred_refusal(const char *what, const char *op, mc_status st, int
                 mc_status_str(st), mc_status_str(w), msg, mc_status_str(again), err_[1].msg);
     }
     mc_err_clear(&err_[1]);
+    mc_backend_set_sync_checks(B[1], 0);
 }
 
 /* Runs `call` (an op on B[1]) with deferred content checks and expects the
@@ -339,6 +341,7 @@ static void attention_case(int bs, int nh, int nkv, int hd, int vd, int chunk, i
     float *sh = rnd((size_t)L.n * nkv * hd, 1.0f);
     pair_new(&src, MC_DT_F32, 3, (int64_t[]){L.n, nkv, hd}, hd, sh);
     mc_status st[2];
+    mc_backend_set_sync_checks(B[1], 1); /* at the op: the CPU's words */
     for (int s = 0; s < 2; s++) {
         mc_kv_index ix = {.block_table = L.bt.t[s], .seq = bseq.t[s], .pos = L.pos.t[s]};
         st[s] = mc_op_kv_write(B[s], &ix, &src.t[s], &kp.t[s], &err_[s]);
@@ -350,6 +353,7 @@ static void attention_case(int bs, int nh, int nkv, int hd, int vd, int chunk, i
                  mc_op_kv_write(B[1], &ix, &src.t[1], &kp.t[1], &err_[1]));
     }
     cmp_pair("kv_write refused: K pages untouched", &kp, 0);
+    mc_backend_set_sync_checks(B[1], 1); /* at the op: the CPU's words */
     for (int s = 0; s < 2; s++) {
         mc_kv_index ix = {.block_table = bbt.t[s], .seq = L.seq.t[s], .pos = L.pos.t[s]};
         mc_attn_opts o = {.scale = 0.1f, .chunk = chunk};
@@ -362,6 +366,7 @@ static void attention_case(int bs, int nh, int nkv, int hd, int vd, int chunk, i
         DEFERRED("attention, a bad block id", "attention", 0,
                  mc_op_attention(B[1], &q.t[1], &kp.t[1], &vp.t[1], &ix, &o, &y.t[1], &err_[1]));
     }
+    mc_backend_set_sync_checks(B[1], 0);
     mc_err_clear(&err_[0]);
     mc_err_clear(&err_[1]);
     cmp_pair("attention refused: y untouched", &y, 1e-5);
@@ -437,6 +442,7 @@ static void mla_case(int bs, int nh, int lr, int rd, int chunk, int k)
             int t = L.n - 1;
             for (int j = 0; j < k; j++)
                 sh[t * k + j] = pass ? -1 : L.h_pos[t] + 1 + j;
+            mc_backend_set_sync_checks(B[1], 1); /* at the op: the CPU's words */
             for (int s = 0; s < 2; s++) {
                 OK(mc_tensor_upload(&sel.t[s], sh, &err_[s]));
                 mc_kv_index ix = ix_step(&L, s);
@@ -497,12 +503,14 @@ static void indexer_case(int bs, int ih, int id, int k)
     pair bpos;
     pair_1d(&bpos, MC_DT_I32, L.n, bad);
     mc_status st[2];
+    mc_backend_set_sync_checks(B[1], 1); /* at the op: the CPU's words */
     for (int s = 0; s < 2; s++) {
         mc_kv_index ix = {.block_table = L.bt.t[s], .seq = L.seq.t[s], .pos = bpos.t[s]};
         st[s] = mc_op_indexer_topk(B[s], &iq.t[s], &w.t[s], &kp.t[s], &ix, &o, &sel.t[s],
                                    &err_[s]);
     }
     same_refusal("indexer_topk, a bad pos", st);
+    mc_backend_set_sync_checks(B[1], 0);
     cmp_i32("indexer_topk refused: sel untouched", &sel);
     pair *all[] = {&kp, &iq, &w, &sel, &bpos};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
@@ -598,6 +606,7 @@ static void permute_case(int n, int k, int E, int H)
     mc_status st[2];
     idh[(n / 2) * k + k - 1] = E;
     int32_t *slh = xmalloc((size_t)n * k * sizeof *slh);
+    mc_backend_set_sync_checks(B[1], 1); /* at the op: the CPU's words */
     for (int s = 0; s < 2; s++) {
         OK(mc_tensor_upload(&ids.t[s], idh, &err_[s]));
         st[s] = mc_op_moe_permute(B[s], &x.t[s], &ids.t[s], &xp.t[s], &slot.t[s], &off.t[s],
@@ -611,6 +620,7 @@ static void permute_case(int n, int k, int E, int H)
     cmp_i32("moe_permute refused: offsets untouched", &off);
     OK(mc_tensor_download(&slot.t[0], slh, &err_[0]));
     slh[n * k - 1] = n * k;
+    mc_backend_set_sync_checks(B[1], 1); /* at the op: the CPU's words */
     for (int s = 0; s < 2; s++) {
         OK(mc_tensor_upload(&slot.t[s], slh, &err_[s]));
         st[s] = mc_op_moe_unpermute_weighted(B[s], &yp.t[s], &slot.t[s], &w.t[s], &y.t[s],
@@ -742,6 +752,7 @@ static void experts_case_x(mc_dtype dt, int tr, int H, int I, int n_e, const int
         bad[2] = bad[1] - 1 >= 0 ? bad[1] - 1 : 0;
         if (bad[2] < bad[1]) {
             mc_status st[2];
+            mc_backend_set_sync_checks(B[1], 1); /* at the op: the CPU's words */
             for (int s = 0; s < 2; s++) {
                 OK(mc_tensor_upload(&off.t[s], bad, &err_[s]));
                 st[s] = mc_op_grouped_experts(B[s], &x.t[s], &off.t[s], n_e, gt[s], ut[s], dtn[s],
@@ -843,9 +854,10 @@ int main(void)
         return 1;
     }
     dut_is_cuda = !on_cpu;
-    /* content checks at the op, so that refusals can be compared with the
-     * CPU's word for word; the deferred checks are tested beside them */
-    mc_backend_set_sync_checks(B[1], 1);
+    /* content checks deferred (the CUDA default): every op's answer is read
+     * at the comparisons' downloads; refusals are compared with the CPU's
+     * words at the op, and deferred beside them (deferred_refusal) */
+    mc_backend_set_sync_checks(B[1], 0);
     OK(mc_backend_cpu_init(&B[0], err_));
     printf("device under test: %s (%s)\n", mc_backend_name(B[1]), mc_backend_features(B[1]));
     attention_case(5, 6, 2, 40, 24, 0, 0);
