@@ -4,7 +4,7 @@
 Starts `moecluster serve` (the demo model unless --model is given) on a free
 loopback port, or uses a running server (--url, with --pid to sample its
 memory), and streams completions at each concurrency level (default 1, 4,
-16, 64): a fixed prompt set, max_tokens fixed, greedy; each level runs
+16, 64): a fixed prompt set, max_tokens fixed, greedy (--sampling); each level runs
 --requests requests (at least 2 x the level). Per level it reports
 requests/s, output tokens/s, time to first token (TTFT) and inter-token
 latency (ITL, between consecutive streamed chunks of a request; a chunk is
@@ -23,6 +23,7 @@ usage: bench/serve_load.py [--exe build/coordinator/moecluster] [--model DIR]
                            [--url http://127.0.0.1:8000 [--pid PID]]
                            [--levels 1,4,16,64] [--requests N] [--max-tokens N]
                            [--duration S] [--soak-concurrency N] [--json FILE]
+                           [--sampling greedy|top_p|top_k]
                            [-- extra serve flags]
 """
 import argparse
@@ -121,11 +122,17 @@ class MemSampler(threading.Thread):
 
 # ---- one streamed request ----
 
+# the requests' sampling parameters (--sampling)
+SAMPLING = {"temperature": 0}
+SAMPLINGS = {"greedy": {"temperature": 0},
+             "top_p": {"temperature": 1.0, "top_p": 0.9},
+             "top_k": {"temperature": 1.0, "top_k": 40}}
+
 def stream_one(url, model, prompt, max_tokens, timeout=600):
     """(ok, ttft s, [itl s], output tokens, error) of one streamed completion."""
     u = urllib.parse.urlparse(url)
-    body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True,
-            "stream_options": {"include_usage": True}}
+    body = dict(SAMPLING, prompt=prompt, max_tokens=max_tokens, stream=True,
+                stream_options={"include_usage": True})
     if model:
         body["model"] = model
     conn = http.client.HTTPConnection(u.hostname, u.port or 80, timeout=timeout)
@@ -263,12 +270,18 @@ def main():
     ap.add_argument("--levels", default="1,4,16,64")
     ap.add_argument("--requests", type=int, default=64, help="requests per level (>= 2 x level)")
     ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--sampling", choices=sorted(SAMPLINGS), default="greedy",
+                    help="greedy (default), top_p (temperature 1, top_p 0.9: drawn by the "
+                    "workers from their rows) or top_k (temperature 1, top_k 40: from "
+                    "candidates)")
     ap.add_argument("--duration", type=float, default=0, help="soak seconds after the levels")
     ap.add_argument("--soak-concurrency", type=int, default=16)
     ap.add_argument("--json", help="write the results as JSON here")
     args, extra = ap.parse_known_args()
     extra = [e for e in extra if e != "--"]
     levels = [int(x) for x in args.levels.split(",") if x]
+    SAMPLING.clear()
+    SAMPLING.update(SAMPLINGS[args.sampling])
 
     proc = None
     if args.url:
@@ -286,7 +299,8 @@ def main():
         model = json.loads(c.getresponse().read())["data"][0]["id"]
         stream_one(url, model, PROMPTS[0], args.max_tokens)  # warm-up
         results = []
-        print(f"\nmax_tokens {args.max_tokens}, greedy, streamed; latencies in ms (p50 / p90 / p99)")
+        print(f"\nmax_tokens {args.max_tokens}, {args.sampling} {SAMPLING}, streamed; latencies "
+              "in ms (p50 / p90 / p99)")
         print("| concurrency | requests | errors | req/s | output tok/s | TTFT p50 | TTFT p90 | "
               "TTFT p99 | ITL p50 | ITL p90 | ITL p99 |")
         print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")

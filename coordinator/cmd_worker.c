@@ -21,6 +21,7 @@
 #include "control.h"
 #include "log.h"
 #include "par_args.h"
+#include "sampler.h"
 #include "session.h"
 
 #include <errno.h>
@@ -132,26 +133,53 @@ static void send_heartbeat(void *sock, uint64_t last_step)
     send_msg(sock, &msg);
 }
 
+/* The pick of an entry with a draw (mc_step_seq.draw) from its row: the
+ * sampler the coordinator would run on the same row (mc_sampler_pick),
+ * with the request's stream; *token and *state (the stream after it). The
+ * scratch is made at the first draw and kept (*scr). */
+static mc_status draw_row(const mc_step_draw *d, const float *row, uint32_t V,
+                          mc_sample_scratch **scr, int32_t *token, uint64_t *state, mc_err *err)
+{
+    mc_sampler_params p = mc_sampler_defaults();
+    p.temperature = d->temperature;
+    p.top_k = d->top_k;
+    p.top_p = d->top_p;
+    p.min_p = d->min_p;
+    mc_sampler smp;
+    mc_status st = mc_sampler_init(&smp, &p, (int)V, err);
+    if (st == MC_OK && !*scr)
+        st = mc_sample_scratch_init((int)V, scr, err);
+    if (st != MC_OK)
+        return st;
+    smp.state = d->state;
+    st = mc_sampler_pick(&smp, row, (int)V, NULL, *scr, token, NULL, err);
+    *state = smp.state;
+    return st;
+}
+
 /* The StepResult of plan: one SeqResult per entry with logits, pointing
- * into logits (rows of V floats in plan order), or with k > 0 candidates
+ * into logits (rows of V floats in plan order), or its pick (Drawn) when
+ * the entry has a draw (draw_row), or with k > 0 candidates
  * (rows of 2k + 2 words: mc_session_exec_run): the k ids as top_token_ids,
  * their logits as top_logits and their log-probabilities (logit - the
  * row's log-sum-exp) as top_logprobs. */
 static void send_result(void *sock, const mc_step_plan *plan, const float *logits, uint32_t V,
-                        int k)
+                        int k, mc_sample_scratch **scr)
 {
     uint32_t n = 0;
     for (uint32_t i = 0; i < plan->n_seqs; i++)
         n += plan->seqs[i].logits != MC_LOGITS_NONE;
     SeqResult *res = calloc(n ? n : 1, sizeof *res);
     SeqResult **ptrs = calloc(n ? n : 1, sizeof *ptrs);
+    Drawn *drawn = calloc(n ? n : 1, sizeof *drawn);
     size_t rows_all = (size_t)mc_step_plan_logit_rows(plan);
     uint32_t *tid = k > 0 ? calloc(rows_all * (size_t)k + 1, sizeof *tid) : NULL;
     float *tlp = k > 0 ? calloc(rows_all * (size_t)k + 1, sizeof *tlp) : NULL;
     float *tlg = k > 0 ? calloc(rows_all * (size_t)k + 1, sizeof *tlg) : NULL;
-    if (!res || !ptrs || (k > 0 && (!tid || !tlp || !tlg))) {
+    if (!res || !ptrs || !drawn || (k > 0 && (!tid || !tlp || !tlg))) {
         free(res);
         free(ptrs);
+        free(drawn);
         free(tid);
         free(tlp);
         free(tlg);
@@ -186,6 +214,26 @@ static void send_result(void *sock, const mc_step_plan *plan, const float *logit
             res[j].top_token_ids = tid + row * (size_t)k;
             res[j].top_logprobs = tlp + row * (size_t)k;
             res[j].top_logits = tlg + row * (size_t)k;
+        } else if (e->has_draw) { /* (logits LAST, checked: one row) */
+            mc_err de;
+            mc_err_clear(&de);
+            int32_t tok = -1;
+            uint64_t state = 0;
+            mc_status ds = draw_row(&e->draw, logits + row * V, V, scr, &tok, &state, &de);
+            if (ds != MC_OK) {
+                free(res);
+                free(ptrs);
+                free(drawn);
+                free(tid);
+                free(tlp);
+                free(tlg);
+                send_error(sock, ds, de.msg, plan->step_id);
+                return;
+            }
+            drawn__init(&drawn[j]);
+            drawn[j].token = (uint32_t)tok;
+            drawn[j].state = state;
+            res[j].drawn = &drawn[j];
         } else {
             res[j].n_logits = rows * V;
             res[j].logits = (float *)(uintptr_t)(logits + row * V); /* read only by the packer */
@@ -213,6 +261,7 @@ static void send_result(void *sock, const mc_step_plan *plan, const float *logit
     free(buf);
     free(res);
     free(ptrs);
+    free(drawn);
     free(tid);
     free(tlp);
     free(tlg);
@@ -283,7 +332,8 @@ static mc_status follow(mc_session *ses, mc_err *err)
 
 /* Rank 0, one StepPlan request (buf, len): check, broadcast, run, answer. */
 static mc_status serve_step(mc_session *ses, void *sock, const ControlMessage *msg,
-                            const uint8_t *buf, size_t len, uint64_t *last_step, mc_err *err)
+                            const uint8_t *buf, size_t len, uint64_t *last_step,
+                            mc_sample_scratch **scr, mc_err *err)
 {
     mc_err e;
     mc_err_clear(&e);
@@ -314,7 +364,7 @@ static mc_status serve_step(mc_session *ses, void *sock, const ControlMessage *m
         (st = mc_session_bcast(ses, 0, copy, len, err)) == MC_OK) {
         mc_status run = run_step(ses, buf, len, &plan, logits, &e);
         if (run == MC_OK) {
-            send_result(sock, &plan, logits, info.vocab, k);
+            send_result(sock, &plan, logits, info.vocab, k, scr);
             *last_step = plan.step_id;
         } else {
             send_error(sock, run, e.msg[0] ? e.msg : "step failed on another rank",
@@ -327,7 +377,17 @@ static mc_status serve_step(mc_session *ses, void *sock, const ControlMessage *m
 }
 
 /* Rank 0: serve requests on sock until Shutdown (MC_OK) or a broken world. */
+static mc_status lead_loop(mc_session *ses, void *sock, mc_sample_scratch **scr, mc_err *err);
+
 static mc_status lead(mc_session *ses, void *sock, mc_err *err)
+{
+    mc_sample_scratch *scr = NULL; /* the workers' draws (draw_row) */
+    mc_status st = lead_loop(ses, sock, &scr, err);
+    mc_sample_scratch_free(scr);
+    return st;
+}
+
+static mc_status lead_loop(mc_session *ses, void *sock, mc_sample_scratch **scr, mc_err *err)
 {
     uint64_t last_step = 0;
     for (;;) {
@@ -370,7 +430,7 @@ static mc_status lead(mc_session *ses, void *sock, mc_err *err)
                 send_heartbeat(sock, last_step);
                 break;
             case CONTROL_MESSAGE__BODY_STEP:
-                st = serve_step(ses, sock, msg, buf, len, &last_step, err);
+                st = serve_step(ses, sock, msg, buf, len, &last_step, scr, err);
                 break;
             case CONTROL_MESSAGE__BODY_SHUTDOWN: {
                 uint64_t hdr[2] = {CMD_SHUTDOWN, 0};

@@ -53,6 +53,8 @@ struct mc_engine {
      * (runner's run_top, top_k a row): ids, log-probabilities, logits */
     int32_t *top_ids;
     float *top_lp, *top_lg;
+    uint64_t *draw_state; /* (rows) the streams after the runner's picks (run_draw; the
+                           * tokens go to top_ids) */
     mc_sample_scratch *scratch;
     mc_engine_event *ev; /* (ev_cap) ring of undelivered events */
     uint32_t ev_head, n_ev, ev_cap;
@@ -282,8 +284,9 @@ mc_status mc_engine_init(const mc_step_runner *runner, const mc_engine_opts *opt
     e->top_ids = mc_malloc_n(rows, MC_SAMPLER_TOP_MAX * sizeof *e->top_ids);
     e->top_lp = mc_malloc_n(rows, MC_SAMPLER_TOP_MAX * sizeof *e->top_lp);
     e->top_lg = mc_malloc_n(rows, MC_SAMPLER_TOP_MAX * sizeof *e->top_lg);
+    e->draw_state = mc_malloc_n(rows, sizeof *e->draw_state);
     if (!e->rq || !e->waiting || !e->running || !e->sched || !e->logits || !e->top_ids ||
-        !e->top_lp || !e->top_lg) {
+        !e->top_lp || !e->top_lg || !e->draw_state) {
         st = mc_err_set(err, MC_ERR_NOMEM, "engine: out of memory for %u requests", max_req);
         goto fail;
     }
@@ -311,6 +314,7 @@ void mc_engine_free(mc_engine *e) {
     free(e->top_ids);
     free(e->top_lp);
     free(e->top_lg);
+    free(e->draw_state);
     free(e->ev);
     free(e);
 }
@@ -469,8 +473,9 @@ static mc_status schedule(mc_engine *e, mc_err *err) {
 
 /* Samples the LAST row of a request that finished its chunk (or, when row
  * is NULL, picks from the runner's k candidates cid / clg: the whole row's
- * pick, mc_sampler_pick_top) and emits the event; ends the request on a
- * stop id, its length or the context. */
+ * pick, mc_sampler_pick_top; or, with k = 0, takes the runner's pick
+ * *cid, run_draw) and emits the event; ends the request on a stop id, its
+ * length or the context. */
 static void sample_one(mc_engine *e, uint32_t slot, const float *row, const int32_t *cid,
                        const float *clg, int k) {
     request *q = &e->rq[slot];
@@ -487,6 +492,8 @@ static void sample_one(mc_engine *e, uint32_t slot, const float *row, const int3
     if (row)
         st = mc_sampler_pick(&q->sampler, row, (int)e->vocab, q->hist, e->scratch, &tok,
                              want_lp ? &lp : NULL, &serr);
+    else if (k == 0) /* (the runner checked the token against the vocabulary) */
+        tok = *cid;
     else
         st = mc_sampler_pick_top(&q->sampler, cid, clg, k, (int)e->vocab, &tok, &serr);
     if (st == MC_OK && q->hist) st = mc_seq_tokens_add(q->hist, tok, &serr);
@@ -527,18 +534,22 @@ mc_status mc_engine_step(mc_engine *e, mc_err *err) {
     mc_step_plan_init(&plan);
     plan.step_id = e->step_id + 1;
     /* candidates when the step has picks and they decide every one
-     * (mc_sampler_top_k): k the most any pick needs */
-    bool top = e->r.run_top != NULL, picks = false;
+     * (mc_sampler_top_k): k the most any pick needs; else the runner's
+     * picks when every pick needs only its row (mc_sampler_row_only); else
+     * whole rows */
+    bool top = e->r.run_top != NULL, draw = e->r.run_draw != NULL, picks = false;
     int top_k = 0;
-    for (uint32_t k = 0; k < e->n_sched && top; k++) {
+    for (uint32_t k = 0; k < e->n_sched && (top || draw); k++) {
         const request *q = &e->rq[e->sched[k].slot];
         if (q->n_computed + e->sched[k].n != q->n_tokens) continue;
         picks = true;
         int need = mc_sampler_top_k(&q->sampler.p, (int)e->vocab);
-        top = need > 0;
+        top = top && need > 0;
         top_k = need > top_k ? need : top_k;
+        draw = draw && mc_sampler_row_only(&q->sampler.p);
     }
     top = top && picks;
+    draw = draw && picks && !top;
     for (uint32_t k = 0; k < e->n_sched; k++) {
         const request *q = &e->rq[e->sched[k].slot];
         uint32_t n = e->sched[k].n, nb = 0;
@@ -546,7 +557,17 @@ mc_status mc_engine_step(mc_engine *e, mc_err *err) {
         mc_logits_mode mode = q->n_computed + n == q->n_tokens ? MC_LOGITS_LAST : MC_LOGITS_NONE;
         uint32_t kq = top && mode == MC_LOGITS_LAST ? (uint32_t)top_k : 0;
         if ((st = mc_step_plan_add_seq(&plan, q->seq_id, q->n_computed, q->tokens + q->n_computed,
-                                       n, table, nb, mode, kq, err)) != MC_OK) {
+                                       n, table, nb, mode, kq, err)) == MC_OK &&
+            draw && mode == MC_LOGITS_LAST) {
+            const mc_sampler_params *sp = &q->sampler.p;
+            mc_step_draw d = {.temperature = sp->temperature,
+                              .top_k = sp->top_k,
+                              .top_p = sp->top_p,
+                              .min_p = sp->min_p,
+                              .state = q->sampler.state};
+            st = mc_step_plan_set_draw(&plan, &d, err);
+        }
+        if (st != MC_OK) {
             mc_step_plan_free(&plan);
             return st; /* reservations only: the next step schedules them again */
         }
@@ -555,9 +576,11 @@ mc_status mc_engine_step(mc_engine *e, mc_err *err) {
     e->st.steps_total++;
     mc_err rerr;
     mc_err_clear(&rerr);
-    st = top ? e->r.run_top(e->r.ctx, &plan, e->top_ids, e->top_lp, e->top_lg, &rerr)
-             : e->r.run(e->r.ctx, &plan, e->logits, &rerr);
+    st = top    ? e->r.run_top(e->r.ctx, &plan, e->top_ids, e->top_lp, e->top_lg, &rerr)
+         : draw ? e->r.run_draw(e->r.ctx, &plan, e->top_ids, e->draw_state, &rerr)
+                : e->r.run(e->r.ctx, &plan, e->logits, &rerr);
     if (top && st == MC_OK) e->st.steps_top++;
+    if (draw && st == MC_OK) e->st.steps_draw++;
     mc_step_plan_free(&plan);
     if (st != MC_OK) { /* the step's requests fail; the engine goes on */
         snprintf(e->msg, sizeof e->msg, "%s", rerr.msg[0] ? rerr.msg : mc_status_str(st));
@@ -571,10 +594,13 @@ mc_status mc_engine_step(mc_engine *e, mc_err *err) {
         request *q = &e->rq[e->sched[k].slot];
         q->n_computed += e->sched[k].n;
         if (q->n_computed == q->n_tokens) {
-            if (top)
+            if (top) {
                 sample_one(e, e->sched[k].slot, NULL, e->top_ids + row * (size_t)top_k,
                            e->top_lg + row * (size_t)top_k, top_k);
-            else
+            } else if (draw) { /* the runner's pick, and the stream after it */
+                q->sampler.state = e->draw_state[row];
+                sample_one(e, e->sched[k].slot, NULL, e->top_ids + row, NULL, 0);
+            } else
                 sample_one(e, e->sched[k].slot, e->logits + row * e->vocab, NULL, NULL, 0);
             row++;
         }

@@ -73,6 +73,15 @@ typedef struct {
      * such top_k of the step, so a row never crosses whole. */
     mc_status (*run_top)(void *ctx, const mc_step_plan *plan, int32_t *top_ids, float *top_lp,
                          float *top_lg, mc_err *err);
+    /* optional: a plan whose entries with logits all have draws
+     * (mc_step_plan_set_draw: the sampler's parameters and random stream);
+     * the runner picks each token from its row as mc_sampler_pick does and
+     * returns, per such entry in plan order, the token and the stream after
+     * the pick. The engine asks for them in steps whose picks need whole
+     * rows but no penalties, biases or logprobs (a draw without a top_k of
+     * at most 64), so the rows stay where they were computed. */
+    mc_status (*run_draw)(void *ctx, const mc_step_plan *plan, int32_t *tokens, uint64_t *states,
+                          mc_err *err);
     mc_status (*release)(void *ctx, uint64_t seq_id, mc_err *err);
     uint32_t vocab, n_blocks, block_size, max_pos, max_batch_tokens;
 } mc_step_runner;
@@ -133,7 +142,8 @@ typedef struct {
     uint64_t generation_tokens_total; /* tokens sampled */
     uint64_t preemptions_total;
     uint64_t steps_total, steps_failed;
-    uint64_t steps_top; /* steps answered with candidates (greedy picks) instead of rows */
+    uint64_t steps_top;  /* steps answered with candidates (greedy picks) instead of rows */
+    uint64_t steps_draw; /* steps whose picks the runner made (run_draw) instead of rows */
     uint64_t requests_finished[MC_ENGINE_FINISH_COUNT]; /* by reason */
 } mc_engine_stats;
 

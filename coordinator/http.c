@@ -147,8 +147,13 @@ static enum MHD_Result metrics(mc_http *h, struct MHD_Connection *c) {
     counter(f, "worker_restarts_total", "Worker group restarts.", ss.restarts);
     counter(f, "engine_steps_total", "Steps the engine ran on the workers.", ss.engine.steps_total);
     counter(f, "candidate_steps_total",
-            "Steps answered with greedy picks made on the workers instead of whole logit rows.",
+            "Steps answered with the rows' best candidates (greedy picks, or top_k <= 64 draws) "
+            "instead of whole logit rows.",
             ss.engine.steps_top);
+    counter(f, "draw_steps_total",
+            "Steps whose draws the workers made from their rows (no top_k; no penalties, bias "
+            "or logprobs) instead of sending whole logit rows.",
+            ss.engine.steps_draw);
     fprintf(f, "# HELP moecluster:request_success_total Requests finished, by reason.\n"
                "# TYPE moecluster:request_success_total counter\n");
     for (int r = MC_ENGINE_STOP; r < MC_ENGINE_FINISH_COUNT; r++)

@@ -98,6 +98,11 @@ bool mc_sampler_needs_history(const mc_sampler_params *p)
            p->frequency_penalty != 0.0f;
 }
 
+bool mc_sampler_row_only(const mc_sampler_params *p)
+{
+    return !mc_sampler_needs_history(p) && p->n_logit_bias == 0 && p->logprobs < 0;
+}
+
 double mc_sampler_uniform(mc_sampler *s)
 {
     uint64_t z = (s->state += 0x9e3779b97f4a7c15ull);

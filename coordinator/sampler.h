@@ -99,6 +99,11 @@ mc_status mc_sampler_init(mc_sampler *s, const mc_sampler_params *p, int vocab, 
 /* True when a penalty is on, i.e. the pick needs an mc_seq_tokens. */
 bool mc_sampler_needs_history(const mc_sampler_params *p);
 
+/* True when a pick needs nothing but the row, the parameters and the
+ * stream (no penalty, logit bias or logprobs): whoever holds the row can
+ * make it (a worker, mc_step_draw), bit for bit, given the stream. */
+bool mc_sampler_row_only(const mc_sampler_params *p);
+
 /* Uniform double in [0,1) from the sampler's stream. */
 double mc_sampler_uniform(mc_sampler *s);
 

@@ -412,6 +412,7 @@ static void stats_add(mc_engine_stats *a, const mc_engine_stats *b) {
     a->steps_total += b->steps_total;
     a->steps_failed += b->steps_failed;
     a->steps_top += b->steps_top;
+    a->steps_draw += b->steps_draw;
     for (int i = 0; i < MC_ENGINE_FINISH_COUNT; i++)
         a->requests_finished[i] += b->requests_finished[i];
 }

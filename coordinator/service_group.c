@@ -494,14 +494,17 @@ static bool ids_push(uint64_t **a, size_t *n, size_t *cap, uint64_t id) {
 }
 
 static mc_status group_step(mc_group *g, const mc_step_plan *plan, float *logits, int32_t *top_ids,
-                            float *top_lp, float *top_lg, mc_err *err) {
+                            float *top_lp, float *top_lg, int32_t *draw_tok,
+                            uint64_t *draw_state, mc_err *err) {
     if (!g->w || g->failed)
         return mc_err_set(err, MC_ERR_IO, "the worker group is down%s%s", g->why[0] ? ": " : "",
                           g->why);
-    mc_status st = top_ids ? mc_workers_run_release_top(g->w, plan, g->pending, g->n_pending,
-                                                        top_ids, top_lp, top_lg, err)
-                           : mc_workers_run_release(g->w, plan, g->pending, g->n_pending, logits,
-                                                    err);
+    mc_status st = draw_tok  ? mc_workers_run_release_draw(g->w, plan, g->pending, g->n_pending,
+                                                           draw_tok, draw_state, err)
+                   : top_ids ? mc_workers_run_release_top(g->w, plan, g->pending, g->n_pending,
+                                                          top_ids, top_lp, top_lg, err)
+                             : mc_workers_run_release(g->w, plan, g->pending, g->n_pending,
+                                                      logits, err);
     if (st == MC_OK) {
         g->n_pending = 0;
         for (uint32_t i = 0; i < plan->n_seqs; i++) {
@@ -528,12 +531,17 @@ static mc_status group_step(mc_group *g, const mc_step_plan *plan, float *logits
 }
 
 static mc_status group_run(void *ctx, const mc_step_plan *plan, float *logits, mc_err *err) {
-    return group_step(ctx, plan, logits, NULL, NULL, NULL, err);
+    return group_step(ctx, plan, logits, NULL, NULL, NULL, NULL, NULL, err);
 }
 
 static mc_status group_run_top(void *ctx, const mc_step_plan *plan, int32_t *top_ids,
                                float *top_lp, float *top_lg, mc_err *err) {
-    return group_step(ctx, plan, NULL, top_ids, top_lp, top_lg, err);
+    return group_step(ctx, plan, NULL, top_ids, top_lp, top_lg, NULL, NULL, err);
+}
+
+static mc_status group_run_draw(void *ctx, const mc_step_plan *plan, int32_t *tokens,
+                                uint64_t *states, mc_err *err) {
+    return group_step(ctx, plan, NULL, NULL, NULL, NULL, tokens, states, err);
 }
 
 static mc_status group_release(void *ctx, uint64_t seq_id, mc_err *err) {
@@ -550,9 +558,13 @@ static mc_status group_release(void *ctx, uint64_t seq_id, mc_err *err) {
 }
 
 void mc_group_runner(mc_group *g, mc_step_runner *out) {
+    /* MC_WORKER_DRAWS=0: whole rows instead of the workers' draws (comparisons) */
+    const char *wd = getenv("MC_WORKER_DRAWS");
+    bool draws = !(wd && strcmp(wd, "0") == 0);
     *out = (mc_step_runner){.ctx = g,
                             .run = group_run,
                             .run_top = group_run_top,
+                            .run_draw = draws ? group_run_draw : NULL,
                             .release = group_release,
                             .vocab = g->info.vocab,
                             .n_blocks = g->info.n_blocks,

@@ -204,10 +204,12 @@ const char *mc_workers_addr(const mc_workers *w)
 
 /* Checks a StepResult against the plan and copies its rows to logits_out,
  * or (entries with top_k = k > 0) its candidates to top_ids / top_lp /
- * top_lg (rows of k; top_lg may be NULL). */
+ * top_lg (rows of k; top_lg may be NULL), or (entries with a draw) the
+ * workers' picks to draw_tok / draw_state (one per such entry, in plan
+ * order). */
 static mc_status take_result(const mc_workers *w, const mc_step_plan *plan, const StepResult *r,
                              float *logits_out, int32_t *top_ids, float *top_lp, float *top_lg,
-                             mc_err *err)
+                             int32_t *draw_tok, uint64_t *draw_state, mc_err *err)
 {
     size_t V = w->info.vocab, want = 0;
     for (uint32_t i = 0; i < plan->n_seqs; i++)
@@ -218,13 +220,35 @@ static mc_status take_result(const mc_workers *w, const mc_step_plan *plan, cons
                           "%zu",
                           w->addr, (unsigned long long)r->step_id, r->n_seqs,
                           (unsigned long long)plan->step_id, want);
-    size_t k = 0, row = 0, trow = 0;
+    size_t k = 0, row = 0, trow = 0, drow = 0;
     for (uint32_t i = 0; i < plan->n_seqs; i++) {
         const mc_step_seq *e = &plan->seqs[i];
         if (e->logits == MC_LOGITS_NONE)
             continue;
         const SeqResult *s = r->seqs[k++];
         size_t rows = e->logits == MC_LOGITS_ALL ? e->n_tokens : 1;
+        if (e->has_draw) { /* the worker's pick: a token of the vocabulary and the stream */
+            if (s->seq_id != e->seq_id || !s->drawn || s->n_logits != 0 ||
+                s->n_top_token_ids != 0)
+                return mc_err_set(err, MC_ERR_FORMAT,
+                                  "worker %s: step %llu: result %zu is sequence %llu %s, want "
+                                  "sequence %llu with its pick",
+                                  w->addr, (unsigned long long)plan->step_id, k - 1,
+                                  (unsigned long long)s->seq_id,
+                                  s->drawn ? "with more than a pick" : "without a pick",
+                                  (unsigned long long)e->seq_id);
+            if (s->drawn->token >= V)
+                return mc_err_set(err, MC_ERR_FORMAT, "worker %s: step %llu: picked token %u is "
+                                  "past the vocabulary (%zu)", w->addr,
+                                  (unsigned long long)plan->step_id, s->drawn->token, V);
+            if (!draw_tok || !draw_state)
+                return mc_err_set(err, MC_ERR_ARG, "mc_workers_run: the plan has draws, "
+                                  "draw_tok or draw_state is NULL");
+            draw_tok[drow] = (int32_t)s->drawn->token;
+            draw_state[drow] = s->drawn->state;
+            drow++;
+            continue;
+        }
         if (e->top_k > 0) { /* candidates: rows x top_k ids in the vocabulary, and logprobs */
             size_t n = rows * e->top_k;
             if (s->seq_id != e->seq_id || s->n_logits != 0 || s->n_top_token_ids != n ||
@@ -271,7 +295,7 @@ static mc_status take_result(const mc_workers *w, const mc_step_plan *plan, cons
 
 static mc_status run_release(mc_workers *w, const mc_step_plan *plan, const uint64_t *ids,
                              size_t n, float *logits_out, int32_t *top_ids, float *top_lp,
-                             float *top_lg, mc_err *err)
+                             float *top_lg, int32_t *draw_tok, uint64_t *draw_state, mc_err *err)
 {
     if (!w || !plan)
         return mc_err_set(err, MC_ERR_ARG, "mc_workers_run: NULL connection or plan");
@@ -285,7 +309,8 @@ static mc_status run_release(mc_workers *w, const mc_step_plan *plan, const uint
         return st;
     if ((st = request(w, buf, len, &reply, err)) == MC_OK &&
         (st = expect(w, reply, CONTROL_MESSAGE__BODY_RESULT, err)) == MC_OK)
-        st = take_result(w, plan, reply->result, logits_out, top_ids, top_lp, top_lg, err);
+        st = take_result(w, plan, reply->result, logits_out, top_ids, top_lp, top_lg, draw_tok,
+                         draw_state, err);
     mc_control_free(reply);
     free(buf);
     return st;
@@ -294,14 +319,21 @@ static mc_status run_release(mc_workers *w, const mc_step_plan *plan, const uint
 mc_status mc_workers_run_release(mc_workers *w, const mc_step_plan *plan, const uint64_t *ids,
                                  size_t n, float *logits_out, mc_err *err)
 {
-    return run_release(w, plan, ids, n, logits_out, NULL, NULL, NULL, err);
+    return run_release(w, plan, ids, n, logits_out, NULL, NULL, NULL, NULL, NULL, err);
 }
 
 mc_status mc_workers_run_release_top(mc_workers *w, const mc_step_plan *plan, const uint64_t *ids,
                                      size_t n, int32_t *top_ids, float *top_lp, float *top_lg,
                                      mc_err *err)
 {
-    return run_release(w, plan, ids, n, NULL, top_ids, top_lp, top_lg, err);
+    return run_release(w, plan, ids, n, NULL, top_ids, top_lp, top_lg, NULL, NULL, err);
+}
+
+mc_status mc_workers_run_release_draw(mc_workers *w, const mc_step_plan *plan,
+                                      const uint64_t *ids, size_t n, int32_t *tokens,
+                                      uint64_t *states, mc_err *err)
+{
+    return run_release(w, plan, ids, n, NULL, NULL, NULL, NULL, tokens, states, err);
 }
 
 mc_status mc_workers_run(mc_workers *w, const mc_step_plan *plan, float *logits_out, mc_err *err)

@@ -68,6 +68,15 @@ mc_status mc_workers_run_release(mc_workers *w, const mc_step_plan *plan, const 
 mc_status mc_workers_run_release_top(mc_workers *w, const mc_step_plan *plan, const uint64_t *ids,
                                      size_t n, int32_t *top_ids, float *top_lp, float *top_lg,
                                      mc_err *err);
+/* The same for a plan whose entries with logits all have draws
+ * (mc_step_plan_set_draw): the workers pick those tokens from their rows
+ * with the request's sampler (mc_sampler_pick) and send the picks instead
+ * of the rows; tokens and states get, per entry with a draw in plan order,
+ * the token and the random stream after the pick. A pick past the
+ * vocabulary is MC_ERR_FORMAT. */
+mc_status mc_workers_run_release_draw(mc_workers *w, const mc_step_plan *plan,
+                                      const uint64_t *ids, size_t n, int32_t *tokens,
+                                      uint64_t *states, mc_err *err);
 
 /* The worker forgets the finished sequences ids[n] (n >= 1); their blocks
  * are the caller's to give back to its pool. An id the worker does not

@@ -222,8 +222,9 @@ mc_status mc_control_pack_step_release(const mc_step_plan *plan, const uint64_t 
     size_t n = plan->n_seqs;
     SeqEntry *entries = malloc((n ? n : 1) * sizeof *entries);
     SeqEntry **ptrs = malloc((n ? n : 1) * sizeof *ptrs);
+    Draw *draws = malloc((n ? n : 1) * sizeof *draws);
     mc_status st = MC_OK;
-    if (!entries || !ptrs) {
+    if (!entries || !ptrs || !draws) {
         st = mc_err_set(err, MC_ERR_NOMEM, "step plan: out of memory packing %zu sequences", n);
         goto fail;
     }
@@ -240,6 +241,15 @@ mc_status mc_control_pack_step_release(const mc_step_plan *plan, const uint64_t 
         e->top_k = s->top_k;
         e->n_kv_blocks = s->n_blocks;
         e->kv_blocks = s->blocks;
+        if (s->has_draw) {
+            draw__init(&draws[i]);
+            draws[i].temperature = s->draw.temperature;
+            draws[i].top_k = s->draw.top_k;
+            draws[i].top_p = s->draw.top_p;
+            draws[i].min_p = s->draw.min_p;
+            draws[i].state = s->draw.state;
+            e->draw = &draws[i];
+        }
         ptrs[i] = e;
     }
     StepPlan step = STEP_PLAN__INIT;
@@ -261,6 +271,7 @@ mc_status mc_control_pack_step_release(const mc_step_plan *plan, const uint64_t 
 fail:
     free(entries);
     free(ptrs);
+    free(draws);
     return st;
 }
 
@@ -312,6 +323,14 @@ mc_status mc_control_step_to_plan(const StepPlan *msg, mc_step_plan *out, mc_err
         mc_status st = mc_step_plan_add_seq(out, e->seq_id, e->start_pos, e->token_ids,
                                             (uint32_t)e->n_token_ids, e->kv_blocks,
                                             (uint32_t)e->n_kv_blocks, mode, e->top_k, err);
+        if (st == MC_OK && e->draw) {
+            mc_step_draw d = {.temperature = e->draw->temperature,
+                              .top_k = e->draw->top_k,
+                              .top_p = e->draw->top_p,
+                              .min_p = e->draw->min_p,
+                              .state = e->draw->state};
+            st = mc_step_plan_set_draw(out, &d, err);
+        }
         if (st != MC_OK) {
             mc_step_plan_free(out);
             return st;

@@ -23,8 +23,10 @@
 /* Wire version spoken by this build; see control.proto for when to bump it.
  * 2: SeqEntry.logits (LOGITS_ALL would be misread as "last" by version 1).
  * 3: StepPlan.release (a version 2 worker would ignore it and keep the
- *    sequences), Hello's served facts (model_type .. max_pos). */
-#define MC_CONTROL_VERSION 3u
+ *    sequences), Hello's served facts (model_type .. max_pos).
+ * 4: SeqEntry.draw / SeqResult.drawn (a version 3 worker would ignore the
+ *    draw and answer with the whole row). */
+#define MC_CONTROL_VERSION 4u
 
 /* Largest packed message accepted or produced, in bytes. */
 #define MC_CONTROL_MAX_BYTES ((size_t)64 << 20)

@@ -1,6 +1,7 @@
 /* step_plan.c - building, freeing and checking step plans (step_plan.h). */
 #include "step_plan.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -78,6 +79,17 @@ mc_status mc_step_plan_add_seq(mc_step_plan *plan, uint64_t seq_id, uint32_t sta
     s->blocks = b;
     s->logits = logits;
     s->top_k = top_k;
+    s->has_draw = 0;
+    memset(&s->draw, 0, sizeof s->draw);
+    return MC_OK;
+}
+
+mc_status mc_step_plan_set_draw(mc_step_plan *plan, const mc_step_draw *draw, mc_err *err)
+{
+    if (!plan || !draw || plan->n_seqs == 0)
+        return mc_err_set(err, MC_ERR_ARG, "mc_step_plan_set_draw: no entry to give a draw");
+    plan->seqs[plan->n_seqs - 1].has_draw = 1;
+    plan->seqs[plan->n_seqs - 1].draw = *draw;
     return MC_OK;
 }
 
@@ -119,6 +131,25 @@ static mc_status check_seq(const mc_step_seq *s, uint32_t i, const mc_step_limit
         return mc_err_set(err, MC_ERR_FORMAT,
                           "step plan: seqs[%u].top_k: %u is past the vocabulary (%u tokens)", i,
                           s->top_k, lim->vocab);
+    if (s->has_draw) {
+        const mc_step_draw *d = &s->draw;
+        if (s->logits != MC_LOGITS_LAST || s->top_k != 0)
+            return mc_err_set(err, MC_ERR_FORMAT, "step plan: seqs[%u].draw: a draw needs the "
+                              "last token's logits and top_k 0 (have %s, top_k %u)", i,
+                              mc_logits_mode_name(s->logits), s->top_k);
+        if (!(d->temperature >= 0.0f) || isinf(d->temperature))
+            return mc_err_set(err, MC_ERR_FORMAT, "step plan: seqs[%u].draw.temperature: %g is "
+                              "not a finite value >= 0", i, (double)d->temperature);
+        if (d->top_k < -1)
+            return mc_err_set(err, MC_ERR_FORMAT, "step plan: seqs[%u].draw.top_k: %d (want "
+                              ">= -1)", i, (int)d->top_k);
+        if (!(d->top_p > 0.0f && d->top_p <= 1.0f))
+            return mc_err_set(err, MC_ERR_FORMAT, "step plan: seqs[%u].draw.top_p: %g is not in "
+                              "(0, 1]", i, (double)d->top_p);
+        if (!(d->min_p >= 0.0f && d->min_p <= 1.0f))
+            return mc_err_set(err, MC_ERR_FORMAT, "step plan: seqs[%u].draw.min_p: %g is not in "
+                              "[0, 1]", i, (double)d->min_p);
+    }
     uint64_t end = (uint64_t)s->start_pos + s->n_tokens;
     if (end > lim->max_pos)
         return mc_err_set(err, MC_ERR_FORMAT,

@@ -46,6 +46,17 @@ typedef enum {
     MC_LOGITS_COUNT
 } mc_logits_mode;
 
+/* A pick the worker makes for the coordinator (Draw in control.proto): the
+ * sampler's parameters without penalties, bias or logprobs, and its random
+ * stream before the pick. */
+typedef struct {
+    float temperature; /* >= 0, finite; below MC_SAMPLER_GREEDY_EPS greedy */
+    int32_t top_k;     /* >= -1; -1 or 0: off */
+    float top_p;       /* (0, 1] */
+    float min_p;       /* [0, 1] */
+    uint64_t state;    /* the stream before the pick */
+} mc_step_draw;
+
 typedef struct {
     uint64_t seq_id;
     uint32_t start_pos; /* position of tokens[0] in the sequence */
@@ -55,6 +66,10 @@ typedef struct {
     uint32_t *blocks; /* (n_blocks) block table: block ids of the pool */
     mc_logits_mode logits;
     uint32_t top_k; /* with logits: 0 = full logits, else the top_k candidates */
+    /* has_draw: the worker picks this entry's next token from its row
+     * (logits LAST, top_k 0) and answers with the token instead of the row */
+    int has_draw;
+    mc_step_draw draw;
 } mc_step_seq;
 
 typedef struct {
@@ -97,6 +112,10 @@ mc_status mc_step_plan_add_seq(mc_step_plan *plan, uint64_t seq_id, uint32_t sta
                                uint32_t n_blocks, mc_logits_mode logits, uint32_t top_k,
                                mc_err *err);
 
+/* Gives the last entry added a draw (mc_step_seq.has_draw); MC_ERR_ARG on
+ * an empty plan. Checked by mc_step_plan_check. */
+mc_status mc_step_plan_set_draw(mc_step_plan *plan, const mc_step_draw *draw, mc_err *err);
+
 /* Checks a plan against the limits. Refuses (MC_ERR_FORMAT, one line naming
  * the field, e.g. "step plan: seqs[3].kv_blocks[2]: block 9000 is past the
  * pool (4096 blocks)"): no sequences, too many sequences, a duplicate seq
@@ -105,7 +124,8 @@ mc_status mc_step_plan_add_seq(mc_step_plan *plan, uint64_t seq_id, uint32_t sta
  * start position other than the known length, a block table too short for
  * start_pos + n_tokens, a block id past the pool, a block listed twice
  * (within one table or across sequences), more new tokens than the step
- * budget. Bad limits are MC_ERR_ARG. Allocates one bit per pool block for
+ * budget, a draw on an entry without LAST logits or with top_k, a draw's
+ * parameter out of its range. Bad limits are MC_ERR_ARG. Allocates one bit per pool block for
  * the duplicate-block test (MC_ERR_NOMEM if that fails). */
 mc_status mc_step_plan_check(const mc_step_plan *plan, const mc_step_limits *lim, mc_err *err);
 

@@ -318,11 +318,30 @@ def test_stream_and_stop(srv, prompt, text):
         got = "".join(e["choices"][0]["text"] for e in ev[:-1] if e["choices"])
         check(got == cut and ev[-2]["choices"][0]["finish_reason"] == "stop",
               f"streamed stop string: same cut ({got!r} vs {cut!r})")
-    # seeded sampling is reproducible
+    # seeded sampling is reproducible; a draw without a top_k is made by the workers from
+    # their rows (draw_steps_total), and the same request with logprobs (whole rows, drawn
+    # here) draws the same text
     body = {"prompt": prompt, "max_tokens": 8, "temperature": 1.0, "top_p": 0.9, "seed": 7}
+    m0 = metrics(srv)[1]
     a = srv.post("/v1/completions", body)[1]
+    m1 = metrics(srv)[1]
     b = srv.post("/v1/completions", body)[1]
     check(a["choices"][0]["text"] == b["choices"][0]["text"], "same seed, same sampled text")
+    m2 = metrics(srv)[1]
+    c = srv.post("/v1/completions", dict(body, logprobs=1))[1]
+    m3 = metrics(srv)[1]
+    dd1 = m1["moecluster:draw_steps_total"] - m0["moecluster:draw_steps_total"]
+    dd3 = m3["moecluster:draw_steps_total"] - m2["moecluster:draw_steps_total"]
+    check(dd1 == a["usage"]["completion_tokens"] and dd1 > 0 and dd3 == 0 and a["choices"][0]["text"] == c["choices"][0]["text"],
+          f"top_p 0.9 without top_k: the workers draw ({dd1} steps), the text of whole rows "
+          f"({a['choices'][0]['text']!r} vs {c['choices'][0]['text']!r}, {dd3} steps)")
+    for t, p, mp in ((0.7, 1.0, 0.0), (1.3, 0.5, 0.05), (0.4, 1.0, 0.2)):
+        body2 = {"prompt": prompt, "max_tokens": 8, "temperature": t, "top_p": p, "min_p": mp,
+                 "seed": 23}
+        a2 = srv.post("/v1/completions", body2)[1]["choices"][0]["text"]
+        c2 = srv.post("/v1/completions", dict(body2, logprobs=0))[1]["choices"][0]["text"]
+        check(a2 == c2, f"temperature {t} top_p {p} min_p {mp}: the workers' draws give the "
+              f"text of whole rows ({a2!r} vs {c2!r})")
     del body["seed"]
     texts = {srv.post("/v1/completions", body)[1]["choices"][0]["text"] for _ in range(3)}
     check(len(texts) == 3, f"without a seed, each request samples its own text ({texts})")

@@ -29,6 +29,10 @@ static void make_plan(mc_step_plan *p)
     CHECK(mc_step_plan_add_seq(p, 12, 9, t1, 1, b1, 3, MC_LOGITS_LAST, 5, &err) == MC_OK);
     CHECK(mc_step_plan_add_seq(p, 13, 4, t2, 3, b2, 3, MC_LOGITS_ALL, 0, &err) == MC_OK);
     CHECK(mc_step_plan_add_seq(p, 14, 0, t3, 1, b3, 1, MC_LOGITS_LAST, 0, &err) == MC_OK);
+    /* seq 14's worker picks its token (a draw) */
+    mc_step_draw d = {.temperature = 0.7f, .top_k = -1, .top_p = 0.9f, .min_p = 0.05f,
+                      .state = 0x9e3779b97f4a7c15ull};
+    CHECK(mc_step_plan_set_draw(p, &d, &err) == MC_OK);
 }
 
 static int plans_equal(const mc_step_plan *a, const mc_step_plan *b)
@@ -39,6 +43,10 @@ static int plans_equal(const mc_step_plan *a, const mc_step_plan *b)
         const mc_step_seq *x = &a->seqs[i], *y = &b->seqs[i];
         if (x->seq_id != y->seq_id || x->start_pos != y->start_pos || x->n_tokens != y->n_tokens ||
             x->n_blocks != y->n_blocks || x->logits != y->logits || x->top_k != y->top_k ||
+            x->has_draw != y->has_draw ||
+            (x->has_draw && (x->draw.temperature != y->draw.temperature ||
+                             x->draw.top_k != y->draw.top_k || x->draw.top_p != y->draw.top_p ||
+                             x->draw.min_p != y->draw.min_p || x->draw.state != y->draw.state)) ||
             memcmp(x->tokens, y->tokens, x->n_tokens * sizeof *x->tokens) ||
             memcmp(x->blocks, y->blocks, x->n_blocks * sizeof *x->blocks)) {
             fprintf(stderr, "plans differ at seqs[%u] (seq %llu vs %llu)\n", i,
@@ -170,6 +178,21 @@ static void b_twice_within(mc_step_plan *p, mc_step_limits *l) { p->seqs[1].bloc
 static void b_twice_across(mc_step_plan *p, mc_step_limits *l) { p->seqs[3].blocks[0] = 10; }
 static void b_budget(mc_step_plan *p, mc_step_limits *l) { l->max_batch_tokens = 9; }
 
+static void b_draw_none(mc_step_plan *p, mc_step_limits *l)
+{
+    p->seqs[0].has_draw = 1;
+    p->seqs[0].draw = p->seqs[3].draw;
+}
+static void b_draw_top_k(mc_step_plan *p, mc_step_limits *l)
+{
+    p->seqs[1].has_draw = 1;
+    p->seqs[1].draw = p->seqs[3].draw;
+}
+static void b_draw_temp(mc_step_plan *p, mc_step_limits *l) { p->seqs[3].draw.temperature = -1; }
+static void b_draw_k(mc_step_plan *p, mc_step_limits *l) { p->seqs[3].draw.top_k = -2; }
+static void b_draw_p(mc_step_plan *p, mc_step_limits *l) { p->seqs[3].draw.top_p = 0; }
+static void b_draw_min_p(mc_step_plan *p, mc_step_limits *l) { p->seqs[3].draw.min_p = 1.5f; }
+
 static void test_refusals(void)
 {
     static const struct {
@@ -194,6 +217,14 @@ static void test_refusals(void)
          "seqs[1].kv_blocks[2]: block 0 is also seqs[1].kv_blocks[0]"},
         {"block twice across", b_twice_across,
          "seqs[3].kv_blocks[0]: block 10 is also seqs[2].kv_blocks[1]"},
+        {"draw without last logits", b_draw_none,
+         "seqs[0].draw: a draw needs the last token's logits and top_k 0 (have none, top_k 0)"},
+        {"draw with candidates", b_draw_top_k,
+         "seqs[1].draw: a draw needs the last token's logits and top_k 0 (have last, top_k 5)"},
+        {"draw temperature", b_draw_temp, "seqs[3].draw.temperature: -1 is not a finite value"},
+        {"draw top_k", b_draw_k, "seqs[3].draw.top_k: -2 (want >= -1)"},
+        {"draw top_p", b_draw_p, "seqs[3].draw.top_p: 0 is not in (0, 1]"},
+        {"draw min_p", b_draw_min_p, "seqs[3].draw.min_p: 1.5 is not in [0, 1]"},
         {"over the budget", b_budget,
          "seqs[2].token_ids: 10 new tokens up to here, over the step "
          "budget of 9 (max_batch_tokens)"},
