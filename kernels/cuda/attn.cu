@@ -20,6 +20,7 @@
  * per token and the first k. Later: a per-token radix select that keeps k
  * keys instead of sorting the whole span. Launchers as cuda_ops.h. */
 #include "cuda/cuda_ops.h"
+#include "cuda/defer.cuh"
 #include "cuda/dequant.cuh"
 
 #include <cub/device/device_segmented_radix_sort.cuh>
@@ -44,7 +45,7 @@ __device__ __forceinline__ long long kv_row(const mck_kv &kv, int s, long long p
 /* ---- content check ---- */
 
 __global__ static void k_kv_check(mck_kv kv, int chunk, int write, const int32_t *sel,
-                                  long long sel_ld, int sel_k, long long *info)
+                                  long long sel_ld, int sel_k, long long *info, mck_defer d)
 {
     __shared__ unsigned long long first, max_span, total;
     if (threadIdx.x == 0) {
@@ -85,13 +86,15 @@ __global__ static void k_kv_check(mck_kv kv, int chunk, int write, const int32_t
         info[0] = first == ~0ull ? -1 : (long long)first;
         info[1] = first == ~0ull ? (long long)max_span : 0;
         info[2] = first == ~0ull ? (long long)total : 0;
+        mck_defer_note(d, info[0]);
     }
 }
 
 cudaError_t mck_kv_check(cudaStream_t s, const mck_kv *kv, int chunk, int write,
-                         const int32_t *sel, long long sel_ld, int sel_k, long long *info)
+                         const int32_t *sel, long long sel_ld, int sel_k, long long *info,
+                         mck_defer d)
 {
-    k_kv_check<<<1, 256, 0, s>>>(*kv, chunk, write, sel, sel_ld, sel_k, info);
+    k_kv_check<<<1, 256, 0, s>>>(*kv, chunk, write, sel, sel_ld, sel_k, info, d);
     return cudaGetLastError();
 }
 

@@ -34,14 +34,16 @@ mc_status mc_cuda_use(mc_cuda_ctx *c, const char *op, mc_err *err)
     return mc_cuda_check(cudaSetDevice(c->device), op, err);
 }
 
-mc_status mc_cuda_defer(mc_cuda_ctx *c, const int *flag, const long long *info, int op,
-                        long long k, const char *name, mc_err *err)
+mck_defer mc_cuda_defer_of(mc_cuda_ctx *c, int op, long long k)
 {
-    mc_status st = mc_cuda_check(mck_note_refusal(c->stream, flag, info, op, k, c->d_rec), name,
-                                 err);
-    if (st == MC_OK)
-        c->noted = 1;
-    return st;
+    mck_defer d = {NULL, 0, 0};
+    if (c->sync_checks)
+        return d;
+    c->noted = 1;
+    d.rec = c->d_rec;
+    d.op = op;
+    d.k = k;
+    return d;
 }
 
 /* The message of a deferred refusal (rec: op, index, k). The CPU op's words

@@ -130,13 +130,18 @@ static mc_status kv_explain(const char *op, const mc_kv_index *ix, const mc_tens
     return st;
 }
 
-/* Queues the content check of every token into c->d_info. */
-static mc_status kv_check(mc_cuda_ctx *c, const char *op, const mck_kv *kv, int chunk, int write,
-                          const mc_tensor *sel, mc_err *err)
+/* Queues the content check of every token into c->d_info (chk: the op's
+ * MC_CUDA_CHK_*, whose refusal the kernel notes when the checks are
+ * deferred; 0: read back always, indexer_topk). */
+static mc_status kv_check(mc_cuda_ctx *c, const char *op, int chk, const mck_kv *kv, int chunk,
+                          int write, const mc_tensor *sel, mc_err *err)
 {
+    mck_defer d = {NULL, 0, 0};
+    if (chk)
+        d = mc_cuda_defer_of(c, chk, 0);
     return attn_launched(mck_kv_check(c->stream, kv, chunk, write, sel ? AI32(sel) : NULL,
                                       sel ? sel->row_stride : 0,
-                                      sel ? (int)mc_tensor_cols(sel) : 0, c->d_info),
+                                      sel ? (int)mc_tensor_cols(sel) : 0, c->d_info, d),
                          op, err);
 }
 
@@ -148,8 +153,9 @@ static mc_status kv_finish(mc_cuda_ctx *c, const char *op, int chk, const mc_kv_
                            const mc_tensor *pages, int chunk, int write, const mc_tensor *sel,
                            long long *max_span, long long *total, mc_err *err)
 {
+    (void)chk; /* (noted by the check kernel, kv_check) */
     if (!max_span && !c->sync_checks)
-        return mc_cuda_defer(c, NULL, c->d_info, chk, 0, op, err);
+        return MC_OK;
     mc_status st = mc_cuda_check(cudaMemcpyAsync(c->h_info, c->d_info, 3 * sizeof *c->h_info,
                                                  cudaMemcpyDeviceToHost, c->stream), op, err);
     if (st == MC_OK)
@@ -187,7 +193,7 @@ mc_status mc_cuda_kv_write(void *ctx, const mc_kv_index *ix, const mc_tensor *sr
         return st;
     mck_kv kv = kv_of(ix, pages);
     int64_t rps = mc_tensor_rows(pages) / (pages->shape[0] * pages->shape[1]); /* rows per slot */
-    st = kv_check(c, op, &kv, 0, 1, NULL, err);
+    st = kv_check(c, op, MC_CUDA_CHK_KV_WRITE, &kv, 0, 1, NULL, err);
     if (st == MC_OK)
         st = attn_launched(mck_kv_write(c->stream, &kv, AF32(src), src->row_stride, (int)rps,
                                         (int)mc_tensor_cols(pages), AF32(pages),
@@ -215,7 +221,7 @@ mc_status mc_cuda_attention(void *ctx, const mc_tensor *q, const mc_tensor *k_pa
                         .grp = nh / nkv};
     st = dims_ok(op, src.da, 0, src.dv, err);
     if (st == MC_OK)
-        st = kv_check(c, op, &kv, opt->chunk, 0, NULL, err);
+        st = kv_check(c, op, MC_CUDA_CHK_ATTENTION, &kv, opt->chunk, 0, NULL, err);
     if (st == MC_OK)
         st = attn_launched(mck_attention(c->stream, &kv, &src, AF32(q), q->row_stride, NULL, 0, nh,
                                          AF32(y), y->row_stride, opt->scale,
@@ -261,7 +267,7 @@ mc_status mc_cuda_mla_decode(void *ctx, const mc_tensor *q_lat, const mc_tensor 
             return st;
         list = s;
     }
-    st = kv_check(c, op, &kv, opt->chunk, 0, opt->sel, err);
+    st = kv_check(c, op, MC_CUDA_CHK_MLA_DECODE, &kv, opt->chunk, 0, opt->sel, err);
     if (st == MC_OK && list)
         st = attn_launched(mck_sel_sorted(c->stream, AI32(opt->sel), opt->sel->row_stride, n, k,
                                           list), op, err);
@@ -289,7 +295,7 @@ mc_status mc_cuda_indexer_topk(void *ctx, const mc_tensor *iq, const mc_tensor *
         return st;
     mck_kv kv = kv_of(ix, key_pages);
     long long max_span = 0, total = 0;
-    st = kv_check(c, op, &kv, 0, 0, NULL, err);
+    st = kv_check(c, op, 0, &kv, 0, 0, NULL, err);
     if (st == MC_OK) /* the spans size the scratch: wait for the check */
         st = kv_finish(c, op, 0, ix, key_pages, 0, 0, NULL, &max_span, &total, err);
     if (st != MC_OK)

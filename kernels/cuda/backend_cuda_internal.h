@@ -77,7 +77,7 @@ typedef struct {
      * op waits for its check's answer and refuses as the CPU op words it;
      * else (the default) the op returns at once, its kernels do nothing on a
      * fault, and the first refusal since the last wait is noted on the device
-     * in d_rec[3] (mck_note_refusal) and returned by the next wait
+     * in d_rec[3] (by the check kernel, mck_defer) and returned by the next wait
      * (mc_cuda_wait: upload, download, synchronize); noted: a note was
      * queued since the last wait read d_rec */
     int sync_checks;
@@ -104,11 +104,10 @@ enum {
 /* MC_OK, or MC_ERR_INTERNAL "cuda backend: <op>: <CUDA error>" (also for
  * errors of earlier asynchronous work that surface here). */
 mc_status mc_cuda_check(cudaError_t e, const char *op, mc_err *err);
-/* Queues the note of a deferred content check (op: MC_CUDA_CHK_*; the
- * check's answer in *flag, or info[0] when flag is NULL; k: the ids' or
- * slots' columns, to name a pair). */
-mc_status mc_cuda_defer(mc_cuda_ctx *c, const int *flag, const long long *info, int op,
-                        long long k, const char *name, mc_err *err);
+/* What a check kernel of op (MC_CUDA_CHK_*; k: the ids' or slots'
+ * columns, to name a pair) is given: with deferred checks the note's place
+ * (c->noted set: the next wait reads it), else nothing (rec NULL). */
+mck_defer mc_cuda_defer_of(mc_cuda_ctx *c, int op, long long k);
 /* Waits for the stream; then MC_OK, or (take) the deferred refusal noted
  * since the last wait (MC_ERR_ARG naming the op and the token or pair; err
  * may be NULL). take 0: wait only, the refusal is kept for the next wait. */

@@ -85,15 +85,16 @@ mc_status mc_cuda_moe_permute(void *ctx, const mc_tensor *x, const mc_tensor *id
         return st;
     int64_t n = mc_tensor_rows(x), k = mc_tensor_cols(ids), E = mc_tensor_nelems(offsets) - 1;
     st = moe_launched(mck_moe_route(c->stream, MI32(ids), ids->row_stride, n, (int)k, (int)E,
-                                    MI32(offsets), MI32(slot), slot->row_stride, c->d_flag),
+                                    MI32(offsets), MI32(slot), slot->row_stride, c->d_flag,
+                                    mc_cuda_defer_of(c, MC_CUDA_CHK_PERMUTE, k)),
                       op, err);
     if (st == MC_OK)
         st = moe_launched(mck_moe_scatter(c->stream, MF32(x), x->row_stride, n, (int)k,
                                           (int)mc_tensor_cols(x), MI32(slot), slot->row_stride,
                                           MF32(xp), xp->row_stride, c->d_flag),
                           op, err);
-    if (st == MC_OK && !c->sync_checks)
-        return mc_cuda_defer(c, c->d_flag, NULL, MC_CUDA_CHK_PERMUTE, k, op, err);
+    if (st != MC_OK || !c->sync_checks) /* deferred: the check kernel left its note */
+        return st;
     int bad = -1;
     if (st == MC_OK)
         st = read_flag(c, op, &bad, err);
@@ -118,7 +119,8 @@ mc_status mc_cuda_moe_unpermute(void *ctx, const mc_tensor *yp, const mc_tensor 
         return st;
     int64_t n = mc_tensor_rows(slot), k = mc_tensor_cols(slot), m = mc_tensor_rows(yp);
     st = moe_launched(mck_slot_check(c->stream, MI32(slot), slot->row_stride, n, (int)k, m,
-                                     c->d_flag), op, err);
+                                     c->d_flag, mc_cuda_defer_of(c, MC_CUDA_CHK_UNPERMUTE, k)),
+                      op, err);
     if (st == MC_OK)
         st = moe_launched(mck_moe_gather(c->stream, MF32(yp), yp->row_stride, MI32(slot),
                                          slot->row_stride, weights ? MF32(weights) : NULL,
@@ -126,8 +128,8 @@ mc_status mc_cuda_moe_unpermute(void *ctx, const mc_tensor *yp, const mc_tensor 
                                          (int)mc_tensor_cols(yp), MF32(y), y->row_stride,
                                          c->d_flag),
                           op, err);
-    if (st == MC_OK && !c->sync_checks)
-        return mc_cuda_defer(c, c->d_flag, NULL, MC_CUDA_CHK_UNPERMUTE, k, op, err);
+    if (st != MC_OK || !c->sync_checks) /* deferred: the check kernel left its note */
+        return st;
     int bad = -1;
     if (st == MC_OK)
         st = read_flag(c, op, &bad, err);
@@ -301,7 +303,8 @@ static mc_status grouped_launch(mc_cuda_ctx *c, const mc_tensor *x, const mc_ten
     const mck_mat *dm = NULL;
     mc_status st = exmats_get(c, gate, up, down, n_experts, &dm, op, err);
     if (st == MC_OK)
-        st = moe_launched(mck_offsets_check(c->stream, MI32(offsets), n_experts, m, c->d_flag),
+        st = moe_launched(mck_offsets_check(c->stream, MI32(offsets), n_experts, m, c->d_flag,
+                                            mc_cuda_defer_of(c, MC_CUDA_CHK_OFFSETS, 0)),
                           op, err);
     int bad = -1;
     if (st == MC_OK && c->sync_checks)
@@ -345,10 +348,7 @@ static mc_status grouped_launch(mc_cuda_ctx *c, const mc_tensor *x, const mc_ten
                      .lim = opts ? opts->swiglu_limit : 0.0f,
                      .count = c->counting ? c->d_count : NULL,
                      .bad = c->d_flag};
-    st = moe_launched(mck_experts_run(c->stream, &p), op, err);
-    if (st == MC_OK && !c->sync_checks)
-        st = mc_cuda_defer(c, c->d_flag, NULL, MC_CUDA_CHK_OFFSETS, 0, op, err);
-    return st;
+    return moe_launched(mck_experts_run(c->stream, &p), op, err);
 }
 
 mc_status mc_cuda_grouped_experts(void *ctx, const mc_tensor *x, const mc_tensor *offsets,

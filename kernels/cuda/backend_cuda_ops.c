@@ -272,14 +272,16 @@ mc_status mc_cuda_rope(void *ctx, mc_tensor *x, const mc_tensor *pos, const mc_t
         return st;
     int64_t n = x->shape[0], heads = mc_tensor_rows(x) / n, P = mc_tensor_rows(cs);
     const int32_t *p = (const int32_t *)mc_cuda_at(pos);
-    st = launched(mck_rope_check(c->stream, p, n, P, c->d_flag), "rope (position check)", err);
+    st = launched(mck_rope_check(c->stream, p, n, P, c->d_flag,
+                                 mc_cuda_defer_of(c, MC_CUDA_CHK_ROPE, 0)),
+                  "rope (position check)", err);
     if (st == MC_OK)
         st = launched(mck_rope(c->stream, F32(x), x->row_stride, n, heads, (int)mc_tensor_cols(x),
                                p, F32(cs), cs->row_stride, F32(sn), sn->row_stride, interleaved,
                                c->d_flag),
                       "rope", err);
-    if (st == MC_OK && !c->sync_checks)
-        return mc_cuda_defer(c, c->d_flag, NULL, MC_CUDA_CHK_ROPE, 0, "rope", err);
+    if (st != MC_OK || !c->sync_checks) /* deferred: the check kernel left its note */
+        return st;
     if (st == MC_OK)
         st = mc_cuda_check(cudaMemcpyAsync(c->h_flag, c->d_flag, sizeof *c->h_flag,
                                            cudaMemcpyDeviceToHost, c->stream), "rope", err);

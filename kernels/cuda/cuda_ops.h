@@ -67,14 +67,18 @@ cudaError_t mck_add(cudaStream_t s, const float *a, long long lda, const float *
 /* y = silu(g) * u; y may be g or u. */
 cudaError_t mck_swiglu(cudaStream_t s, const float *g, long long ldg, const float *u,
                        long long ldu, float *y, long long ldy, long long rows, int d);
-/* Deferred content checks (docs/gpu.md): when rec[0] < 0 and the check an
- * op just queued found a fault (*flag >= 0, or info[0] >= 0 when flag is
- * NULL), rec[0..3) = {op, that index, k}: the first refusal since the host
- * last read rec. One thread; rec is 3 device long longs. */
-cudaError_t mck_note_refusal(cudaStream_t s, const int *flag, const long long *info, int op,
-                             long long k, long long *rec);
+/* Deferred content checks (docs/gpu.md): a check kernel given rec (3
+ * device long longs) sets rec[0..3) = {op, the index at fault, k} when it
+ * finds a fault and rec[0] < 0 (the first refusal since the host last read
+ * rec); rec NULL: the host reads the answer itself (checks at the op). */
+typedef struct {
+    long long *rec;
+    int op;
+    long long k;
+} mck_defer;
 /* *bad = the first t < n with pos[t] outside [0, P), or -1 (bad: one device int). */
-cudaError_t mck_rope_check(cudaStream_t s, const int32_t *pos, long long n, long long P, int *bad);
+cudaError_t mck_rope_check(cudaStream_t s, const int32_t *pos, long long n, long long P, int *bad,
+                           mck_defer d);
 /* Rotates x (n * heads rows of d columns; row t * heads + h) in place by rows
  * pos[t] of cs, sn (rows ldc / lds apart); does nothing when *bad >= 0. */
 cudaError_t mck_rope(cudaStream_t s, float *x, long long ldx, long long n, long long heads, int d,
@@ -145,7 +149,8 @@ typedef struct {
  * -1 when every token is fine | the longest span pos - lo + 1 | the sum of
  * the spans (0 and 0 when a token is bad). One block. */
 cudaError_t mck_kv_check(cudaStream_t s, const mck_kv *kv, int chunk, int write,
-                         const int32_t *sel, long long sel_ld, int sel_k, long long *info);
+                         const int32_t *sel, long long sel_ld, int sel_k, long long *info,
+                         mck_defer d);
 /* pages row slot(t) * rps + r = src row t * rps + r (W columns each) for
  * every token t, r < rps; nothing when info[0] >= 0. */
 cudaError_t mck_kv_write(cudaStream_t s, const mck_kv *kv, const float *src, long long ld_src,
@@ -204,14 +209,14 @@ cudaError_t mck_router_topk(cudaStream_t s, const float *logits, long long ldl, 
  * (n, k) as the CPU's stable counting sort. One block. */
 cudaError_t mck_moe_route(cudaStream_t s, const int32_t *ids, long long ld_ids, long long n,
                           int k, int E, int32_t *offsets, int32_t *slot, long long ld_slot,
-                          int *bad);
+                          int *bad, mck_defer d);
 /* xp[slot[t, j]] = x[t] (H columns); nothing when *bad >= 0. */
 cudaError_t mck_moe_scatter(cudaStream_t s, const float *x, long long ldx, long long n, int k,
                             int H, const int32_t *slot, long long ld_slot, float *xp,
                             long long ldxp, const int *bad);
 /* *bad = the first pair index whose slot is outside [0, m), or -1. */
 cudaError_t mck_slot_check(cudaStream_t s, const int32_t *slot, long long ld_slot, long long n,
-                           int k, long long m, int *bad);
+                           int k, long long m, int *bad, mck_defer d);
 /* y[t] = sum over the pairs of t in ascending (slot, j) of w[t, j] * yp[slot]
  * (w NULL: 1), each product rounded before it is added, from zero; nothing
  * when *bad >= 0. */
@@ -256,7 +261,7 @@ typedef struct {
 /* *bad (device) = -1 when off[0] == 0, off[n_experts] == m and off never
  * decreases, else the first index at fault. */
 cudaError_t mck_offsets_check(cudaStream_t s, const int32_t *off, int n_experts, long long m,
-                              int *bad);
+                              int *bad, mck_defer d);
 cudaError_t mck_experts_run(cudaStream_t s, const mck_experts *p);
 
 /* ---- probes (cuda/probe.cu) ---- */

@@ -20,6 +20,7 @@
  * mck_offsets_check first; the launches trust them. Launchers as
  * cuda_ops.h. */
 #include "cuda/cuda_ops.h"
+#include "cuda/defer.cuh"
 #include "cuda/dequant.cuh"
 #include "cuda/rowdot.cuh"
 
@@ -140,7 +141,8 @@ __global__ static void __launch_bounds__(EX_WARPS * 32)
 
 /* offsets[0] == 0, offsets[E] == m, non-decreasing: *bad = -1, else the
  * first index at fault (0 or E for the ends). */
-__global__ static void k_offsets_check(const int32_t *off, int E, long long m, int *bad) {
+__global__ static void k_offsets_check(const int32_t *off, int E, long long m, int *bad,
+                                       mck_defer d) {
     __shared__ int first;
     if (threadIdx.x == 0) first = off[0] != 0 ? 0 : 0x7fffffff;
     __syncthreads();
@@ -151,12 +153,13 @@ __global__ static void k_offsets_check(const int32_t *off, int E, long long m, i
         int f = first;
         if (f == 0x7fffffff && off[E] != m) f = E;
         *bad = f == 0x7fffffff ? -1 : f;
+        mck_defer_note(d, *bad);
     }
 }
 
 cudaError_t mck_offsets_check(cudaStream_t s, const int32_t *off, int n_experts, long long m,
-                              int *bad) {
-    k_offsets_check<<<1, 256, 0, s>>>(off, n_experts, m, bad);
+                              int *bad, mck_defer d) {
+    k_offsets_check<<<1, 256, 0, s>>>(off, n_experts, m, bad, d);
     return cudaGetLastError();
 }
 

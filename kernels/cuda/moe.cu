@@ -15,6 +15,7 @@
  *     ascending slot order by k passes (k is small).
  * Launchers as cuda_ops.h. */
 #include "cuda/cuda_ops.h"
+#include "cuda/defer.cuh"
 #include "cuda/dequant.cuh"
 
 #include <math.h>
@@ -174,7 +175,8 @@ __device__ __forceinline__ int32_t pair_id(const int32_t *ids, long long ld, int
 }
 
 __global__ static void k_moe_route(const int32_t *ids, long long ld_ids, long long n, int k, int E,
-                                   int32_t *off, int32_t *slot, long long ld_slot, int *bad)
+                                   int32_t *off, int32_t *slot, long long ld_slot, int *bad,
+                                   mck_defer d)
 {
     __shared__ unsigned long long first;
     const long long N = n * k;
@@ -188,8 +190,10 @@ __global__ static void k_moe_route(const int32_t *ids, long long ld_ids, long lo
     }
     __syncthreads();
     if (first != ~0ull) { /* refused: nothing written */
-        if (threadIdx.x == 0)
+        if (threadIdx.x == 0) {
             *bad = first > 0x7fffffffull ? 0x7fffffff : (int)first;
+            mck_defer_note(d, *bad);
+        }
         return;
     }
     for (int e = threadIdx.x; e < E; e += blockDim.x) {
@@ -216,9 +220,9 @@ __global__ static void k_moe_route(const int32_t *ids, long long ld_ids, long lo
 
 cudaError_t mck_moe_route(cudaStream_t s, const int32_t *ids, long long ld_ids, long long n,
                           int k, int E, int32_t *offsets, int32_t *slot, long long ld_slot,
-                          int *bad)
+                          int *bad, mck_defer d)
 {
-    k_moe_route<<<1, 256, 0, s>>>(ids, ld_ids, n, k, E, offsets, slot, ld_slot, bad);
+    k_moe_route<<<1, 256, 0, s>>>(ids, ld_ids, n, k, E, offsets, slot, ld_slot, bad, d);
     return cudaGetLastError();
 }
 
@@ -247,7 +251,7 @@ cudaError_t mck_moe_scatter(cudaStream_t s, const float *x, long long ldx, long 
 }
 
 __global__ static void k_slot_check(const int32_t *slot, long long ld_slot, long long n, int k,
-                                    long long m, int *bad)
+                                    long long m, int *bad, mck_defer d)
 {
     __shared__ unsigned long long first;
     if (threadIdx.x == 0)
@@ -259,14 +263,16 @@ __global__ static void k_slot_check(const int32_t *slot, long long ld_slot, long
             atomicMin(&first, (unsigned long long)i);
     }
     __syncthreads();
-    if (threadIdx.x == 0)
+    if (threadIdx.x == 0) {
         *bad = first == ~0ull ? -1 : first > 0x7fffffffull ? 0x7fffffff : (int)first;
+        mck_defer_note(d, *bad);
+    }
 }
 
 cudaError_t mck_slot_check(cudaStream_t s, const int32_t *slot, long long ld_slot, long long n,
-                           int k, long long m, int *bad)
+                           int k, long long m, int *bad, mck_defer d)
 {
-    k_slot_check<<<1, 256, 0, s>>>(slot, ld_slot, n, k, m, bad);
+    k_slot_check<<<1, 256, 0, s>>>(slot, ld_slot, n, k, m, bad, d);
     return cudaGetLastError();
 }
 

@@ -4,6 +4,7 @@
  * element otherwise); sums that the CPU reference takes in double are taken
  * in double here too. Launchers as cuda_ops.h. */
 #include "cuda/cuda_ops.h"
+#include "cuda/defer.cuh"
 #include "cuda/dequant.cuh"
 
 #include <math.h>
@@ -178,29 +179,10 @@ cudaError_t mck_swiglu(cudaStream_t s, const float *g, long long ldg, const floa
     return cudaGetLastError();
 }
 
-/* ---- deferred content checks ---- */
-
-__global__ static void k_note_refusal(const int *flag, const long long *info, int op, long long k,
-                                      long long *rec)
-{
-    long long v = flag ? (long long)*flag : info[0];
-    if (v >= 0 && rec[0] < 0) {
-        rec[1] = v;
-        rec[2] = k;
-        rec[0] = op;
-    }
-}
-
-cudaError_t mck_note_refusal(cudaStream_t s, const int *flag, const long long *info, int op,
-                             long long k, long long *rec)
-{
-    k_note_refusal<<<1, 1, 0, s>>>(flag, info, op, k, rec);
-    return cudaGetLastError();
-}
-
 /* ---- rope ---- */
 
-__global__ static void k_rope_check(const int32_t *pos, long long n, long long P, int *bad)
+__global__ static void k_rope_check(const int32_t *pos, long long n, long long P, int *bad,
+                                    mck_defer d)
 {
     __shared__ unsigned long long first;
     if (threadIdx.x == 0)
@@ -210,13 +192,16 @@ __global__ static void k_rope_check(const int32_t *pos, long long n, long long P
         if (pos[t] < 0 || pos[t] >= P)
             atomicMin(&first, (unsigned long long)t);
     __syncthreads();
-    if (threadIdx.x == 0)
+    if (threadIdx.x == 0) {
         *bad = first == ~0ull ? -1 : (int)(first > 0x7fffffffull ? 0x7fffffff : first);
+        mck_defer_note(d, *bad);
+    }
 }
 
-cudaError_t mck_rope_check(cudaStream_t s, const int32_t *pos, long long n, long long P, int *bad)
+cudaError_t mck_rope_check(cudaStream_t s, const int32_t *pos, long long n, long long P, int *bad,
+                           mck_defer d)
 {
-    k_rope_check<<<1, 256, 0, s>>>(pos, n, P, bad);
+    k_rope_check<<<1, 256, 0, s>>>(pos, n, P, bad, d);
     return cudaGetLastError();
 }
 
