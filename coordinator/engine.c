@@ -492,7 +492,10 @@ static void sample_one(mc_engine *e, uint32_t slot, const float *row, const int3
     if (row)
         st = mc_sampler_pick(&q->sampler, row, (int)e->vocab, q->hist, e->scratch, &tok,
                              want_lp ? &lp : NULL, &serr);
-    else if (k == 0) /* (the runner checked the token against the vocabulary) */
+    else if (k == 0 && (*cid < 0 || (uint32_t)*cid >= e->vocab)) /* the runner's pick */
+        st = mc_err_set(&serr, MC_ERR_FORMAT, "the runner drew token %d, past the vocabulary "
+                        "(%u)", (int)*cid, e->vocab);
+    else if (k == 0)
         tok = *cid;
     else
         st = mc_sampler_pick_top(&q->sampler, cid, clg, k, (int)e->vocab, &tok, &serr);

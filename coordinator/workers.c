@@ -227,15 +227,24 @@ static mc_status take_result(const mc_workers *w, const mc_step_plan *plan, cons
             continue;
         const SeqResult *s = r->seqs[k++];
         size_t rows = e->logits == MC_LOGITS_ALL ? e->n_tokens : 1;
+        if (!e->has_draw && s->drawn)
+            return mc_err_set(err, MC_ERR_FORMAT, "worker %s: step %llu: result %zu (sequence "
+                              "%llu) has a pick the plan did not ask for", w->addr,
+                              (unsigned long long)plan->step_id, k - 1,
+                              (unsigned long long)s->seq_id);
         if (e->has_draw) { /* the worker's pick: a token of the vocabulary and the stream */
-            if (s->seq_id != e->seq_id || !s->drawn || s->n_logits != 0 ||
-                s->n_top_token_ids != 0)
+            const char *why = s->seq_id != e->seq_id ? "is another sequence"
+                              : !s->drawn            ? "has no pick"
+                              : s->n_logits || s->n_top_token_ids || s->n_top_logprobs ||
+                                      s->n_top_logits
+                                  ? "has rows or candidates beside its pick"
+                                  : NULL;
+            if (why)
                 return mc_err_set(err, MC_ERR_FORMAT,
-                                  "worker %s: step %llu: result %zu is sequence %llu %s, want "
-                                  "sequence %llu with its pick",
+                                  "worker %s: step %llu: result %zu (sequence %llu) %s; want "
+                                  "sequence %llu's pick",
                                   w->addr, (unsigned long long)plan->step_id, k - 1,
-                                  (unsigned long long)s->seq_id,
-                                  s->drawn ? "with more than a pick" : "without a pick",
+                                  (unsigned long long)s->seq_id, why,
                                   (unsigned long long)e->seq_id);
             if (s->drawn->token >= V)
                 return mc_err_set(err, MC_ERR_FORMAT, "worker %s: step %llu: picked token %u is "

@@ -6,8 +6,8 @@
  * aliasing. The contents only the device sees (each token's sequence, its
  * position, the block ids it reaches, V3.2's selection) are checked by a
  * device kernel before the op's kernels, which do nothing when it finds a
- * bad token. By default its answer is noted on the device for the next wait
- * (deferred checks, mc_cuda_defer: no synchronization per call); with
+ * bad token. By default the kernel notes its answer on the device for the
+ * next wait (deferred checks, mc_cuda_defer_of: no synchronization per call); with
  * sync_checks it is read back (one stream synchronization per call) and on a
  * refusal the indices are downloaded and checked again here in the CPU op's
  * order, so that the message is the CPU backend's word for word
@@ -147,13 +147,12 @@ static mc_status kv_check(mc_cuda_ctx *c, const char *op, int chk, const mck_kv 
 
 /* Reads the check's answer back (waits for the stream): MC_OK with the
  * longest and the total span, or the refusal. Without max_span and with
- * deferred checks (chk: the op's MC_CUDA_CHK_*), notes it for the next wait
- * instead. */
-static mc_status kv_finish(mc_cuda_ctx *c, const char *op, int chk, const mc_kv_index *ix,
+ * deferred checks, MC_OK at once (the check kernel noted a refusal for the
+ * next wait, kv_check). */
+static mc_status kv_finish(mc_cuda_ctx *c, const char *op, const mc_kv_index *ix,
                            const mc_tensor *pages, int chunk, int write, const mc_tensor *sel,
                            long long *max_span, long long *total, mc_err *err)
 {
-    (void)chk; /* (noted by the check kernel, kv_check) */
     if (!max_span && !c->sync_checks)
         return MC_OK;
     mc_status st = mc_cuda_check(cudaMemcpyAsync(c->h_info, c->d_info, 3 * sizeof *c->h_info,
@@ -201,7 +200,7 @@ mc_status mc_cuda_kv_write(void *ctx, const mc_kv_index *ix, const mc_tensor *sr
                            op, err);
     if (st != MC_OK)
         return st;
-    return kv_finish(c, op, MC_CUDA_CHK_KV_WRITE, ix, pages, 0, 1, NULL, NULL, NULL, err);
+    return kv_finish(c, op, ix, pages, 0, 1, NULL, NULL, NULL, err);
 }
 
 mc_status mc_cuda_attention(void *ctx, const mc_tensor *q, const mc_tensor *k_pages,
@@ -230,7 +229,7 @@ mc_status mc_cuda_attention(void *ctx, const mc_tensor *q, const mc_tensor *k_pa
                            op, err);
     if (st != MC_OK)
         return st;
-    return kv_finish(c, op, MC_CUDA_CHK_ATTENTION, ix, k_pages, opt->chunk, 0, NULL, NULL, NULL,
+    return kv_finish(c, op, ix, k_pages, opt->chunk, 0, NULL, NULL, NULL,
                      err);
 }
 
@@ -280,7 +279,7 @@ mc_status mc_cuda_mla_decode(void *ctx, const mc_tensor *q_lat, const mc_tensor 
                            op, err);
     if (st != MC_OK)
         return st;
-    return kv_finish(c, op, MC_CUDA_CHK_MLA_DECODE, ix, lat_pages, opt->chunk, 0, opt->sel, NULL,
+    return kv_finish(c, op, ix, lat_pages, opt->chunk, 0, opt->sel, NULL,
                      NULL, err);
 }
 
@@ -297,7 +296,7 @@ mc_status mc_cuda_indexer_topk(void *ctx, const mc_tensor *iq, const mc_tensor *
     long long max_span = 0, total = 0;
     st = kv_check(c, op, 0, &kv, 0, 0, NULL, err);
     if (st == MC_OK) /* the spans size the scratch: wait for the check */
-        st = kv_finish(c, op, 0, ix, key_pages, 0, 0, NULL, &max_span, &total, err);
+        st = kv_finish(c, op, ix, key_pages, 0, 0, NULL, &max_span, &total, err);
     if (st != MC_OK)
         return st;
     if (total >= 0x7fffffffLL)

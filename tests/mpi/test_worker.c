@@ -13,7 +13,10 @@
  *      logits, finished sequences released, and an id reused after its
  *      release in the same plan; one schedule asks for TOPK candidates a
  *      row instead: valid best ids of the reference row up to its noise,
- *      their log-probabilities the reference's); then refusals that must leave the worker
+ *      their log-probabilities the reference's; one for the workers' draws:
+ *      greedy ones a best id, top-p ones an id of the reference's nucleus,
+ *      up to its noise, and the random stream handed back one draw on);
+ *      then refusals that must leave the worker
  *      serving: bytes that do not decode, another version, a request of the
  *      wrong kind, a block past the pool, a start position other than the
  *      known length, releasing an unknown sequence, entries asking for
@@ -135,10 +138,64 @@ static void check_top(int s, int p, const int32_t *ids, const float *lp, const f
     }
 }
 
+/* The draw a schedule of draws gives sequence s at its pick: greedy for
+ * even s, else temperature 0.7 and top_p 0.5 (no top_k). */
+static mc_step_draw draw_for(int s, int pos)
+{
+    mc_step_draw d = {.temperature = s % 2 ? 0.7f : 0.0f, .top_k = 0, .top_p = s % 2 ? 0.5f : 1.0f,
+                      .min_p = 0.0f, .state = 0x5DEECE66Dull * (uint64_t)(s + 1) + (uint64_t)pos};
+    return d;
+}
+
+static int cmp_desc(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? 1 : x > y ? -1 : 0;
+}
+
+/* The worker's pick (tok, and its stream after) for draw d from sequence
+ * s's row at p, against the reference row: greedy, a best id up to the
+ * noise and the stream untouched; sampling, an id of the reference's top-p
+ * nucleus up to the noise and the stream one draw on (splitmix64's step). */
+static void check_draw(int s, int p, const mc_step_draw *d, int32_t tok, uint64_t after)
+{
+    const float *ref = seqs[s].ref + (size_t)p * V;
+    double best[1], m, lse;
+    mc_ref_row_stats(ref, V, 1, best, &m, &lse);
+    double tol = 4 * TOL * (m > 0 ? m : 1) + 1e-6, bound = best[0];
+    uint64_t want = d->temperature > 0 ? d->state + 0x9e3779b97f4a7c15ull : d->state;
+    if (d->temperature > 0) { /* the nucleus' smallest logit: its lower bound */
+        double *x = malloc((size_t)V * sizeof *x), sum = 0, acc = 0;
+        for (int v = 0; v < V; v++)
+            x[v] = ref[v];
+        qsort(x, (size_t)V, sizeof *x, cmp_desc);
+        for (int v = 0; v < V; v++)
+            sum += exp((x[v] - x[0]) / d->temperature);
+        for (int v = 0; v < V; v++) {
+            acc += exp((x[v] - x[0]) / d->temperature);
+            bound = x[v];
+            if (acc >= d->top_p * sum)
+                break;
+        }
+        free(x);
+    }
+    int ok = tok >= 0 && tok < V && ref[tok] >= bound - tol && after == want;
+    g_rows++;
+    if (!ok) {
+        g_fail++;
+        if (g_shown++ < 6)
+            fprintf(stderr, "FAIL: seq %d pos %d: drew id %d (reference logit %.7g, the draw's "
+                    "bound %.7g), stream %llx after, want %llx\n", s, p, tok,
+                    tok >= 0 && tok < V ? ref[tok] : NAN, bound, (unsigned long long)after,
+                    (unsigned long long)want);
+    }
+}
+
 static void run_schedule(mc_workers *w, int sched, uint64_t base, bool hold, uint64_t *carry,
                          size_t *n_carry)
 {
     bool top = sched == 4; /* candidates instead of logits rows */
+    bool drw = sched == 5; /* the workers' draws instead of logits rows (LAST only) */
     const mc_workers_info *info = mc_workers_get_info(w);
     mc_err e;
     mc_err_clear(&e);
@@ -153,8 +210,10 @@ static void run_schedule(mc_workers *w, int sched, uint64_t base, bool hold, uin
     mc_logits_mode mode[NSEQ];
     for (int s = 0; s < NSEQ; s++) {
         prompt[s] = 1 + (int)rnd((uint32_t)seqs[s].len);
-        mode[s] = rnd(2) ? MC_LOGITS_ALL : MC_LOGITS_LAST;
+        mode[s] = rnd(2) && !drw ? MC_LOGITS_ALL : MC_LOGITS_LAST;
     }
+    int32_t dtok[NSEQ];
+    uint64_t dstate[NSEQ];
     float *logits = malloc((size_t)budget * V * sizeof *logits);
     int32_t *cid = malloc((size_t)budget * TOPK * sizeof *cid);
     float *clp = malloc((size_t)budget * TOPK * sizeof *clp);
@@ -198,6 +257,11 @@ static void run_schedule(mc_workers *w, int sched, uint64_t base, bool hold, uin
                 FAIL("plan: %s", e.msg);
                 break;
             }
+            mc_step_draw dr = draw_for(s, d + (int)c - 1);
+            if (drw && lm == MC_LOGITS_LAST && mc_step_plan_set_draw(&plan, &dr, &e) != MC_OK) {
+                FAIL("plan: %s", e.msg);
+                break;
+            }
             ent[ne] = s;
             cnt[ne++] = (int)c;
             left -= c;
@@ -209,8 +273,9 @@ static void run_schedule(mc_workers *w, int sched, uint64_t base, bool hold, uin
             break;
         }
         plan.step_id = (uint64_t)sched * 1000 + (uint64_t)step;
-        mc_status st = top ? mc_workers_run_release_top(w, &plan, rel, n_rel, cid, clp, clg, &e)
-                           : mc_workers_run_release(w, &plan, rel, n_rel, logits, &e);
+        mc_status st = top   ? mc_workers_run_release_top(w, &plan, rel, n_rel, cid, clp, clg, &e)
+                       : drw ? mc_workers_run_release_draw(w, &plan, rel, n_rel, dtok, dstate, &e)
+                             : mc_workers_run_release(w, &plan, rel, n_rel, logits, &e);
         n_rel = 0;
         if (st != MC_OK) {
             FAIL("step %llu (%d entries): %s", (unsigned long long)plan.step_id, ne, e.msg);
@@ -218,11 +283,14 @@ static void run_schedule(mc_workers *w, int sched, uint64_t base, bool hold, uin
             break;
         }
         const float *row = logits;
-        size_t tr = 0; /* candidate rows */
+        size_t tr = 0; /* candidate rows, or draws */
         for (int i = 0; i < ne; i++) {
             int s = ent[i];
             mc_logits_mode lm = plan.seqs[i].logits;
-            if (top && lm != MC_LOGITS_NONE) {
+            if (drw && lm == MC_LOGITS_LAST) {
+                check_draw(s, done[s] + cnt[i] - 1, &plan.seqs[i].draw, dtok[tr], dstate[tr]);
+                tr++;
+            } else if (top && lm != MC_LOGITS_NONE) {
                 int first = lm == MC_LOGITS_ALL ? 0 : cnt[i] - 1;
                 for (int j = first; j < cnt[i]; j++, tr++)
                     check_top(s, done[s] + j, cid + tr * TOPK, clp + tr * TOPK, clg + tr * TOPK);
@@ -461,10 +529,11 @@ int main(int argc, char **argv)
 
     uint64_t carry[NSEQ];
     size_t n_carry = 0;
-    int schedules = 5;
+    int schedules = 6;
     for (int i = 0; i < schedules && !g_fail; i++) {
         /* schedule 2 holds back its last releases; schedule 3 reuses its ids
-         * and releases them in its first plan; schedule 4 asks for candidates */
+         * and releases them in its first plan; schedule 4 asks for candidates,
+         * schedule 5 for the workers' draws */
         uint64_t base = i == 3 ? 300 : 100 * (uint64_t)(i + 1);
         run_schedule(w, i, base, i == 2, carry, &n_carry);
     }

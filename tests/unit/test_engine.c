@@ -24,7 +24,11 @@
  *   (g) seeded sampling with top_k 20 / 40 / 60 and top-p beside greedy
  *       requests, without penalties or logprobs: answered with 60
  *       candidates a row, the tokens of the whole rows (a runner without
- *       run_top) draw for draw.
+ *       run_top) draw for draw;
+ *   (h) seeded top-p / min-p sampling without a top_k beside greedy
+ *       requests: the runner's draws (run_draw: mc_sampler_pick on its rows
+ *       with the request's stream), the tokens of the whole rows draw for
+ *       draw; a failed draw step ends its requests, the others go on.
  * The batched run's generated tokens per second are printed. The unit
  * tests do not link mc_coordinator: engine.c and sampler.c are compiled
  * into this test (tests/unit/CMakeLists.txt). */
@@ -63,6 +67,7 @@ typedef struct {
 static mc_step_runner RUN;
 static bool plain; /* greedy requests without logprobs (make_req) */
 static bool topk_sampling; /* with plain: seeded requests sample with a top_k <= 64, no penalty */
+static bool topp_sampling; /* with plain: seeded requests sample without a top_k, no penalty */
 static int fail_at = -1; /* the runner's call that fails (-1: none) */
 static int calls;
 
@@ -73,6 +78,48 @@ static mc_status flaky_run(void *ctx, const mc_step_plan *plan, float *logits, m
         return mc_err_set(err, MC_ERR_INTERNAL, "injected step failure (step %llu)",
                           (unsigned long long)plan->step_id);
     return RUN.run(RUN.ctx, plan, logits, err);
+}
+
+/* The runner's draws (run_draw) as a worker makes them: the in-process
+ * runner's whole rows, then mc_sampler_pick with each entry's draw; fails
+ * its fail_at-th call. */
+static float *draw_rows;
+static size_t draw_cap;
+static mc_sample_scratch *draw_scr;
+static mc_status test_run_draw(void *ctx, const mc_step_plan *plan, int32_t *tokens,
+                               uint64_t *states, mc_err *err) {
+    (void)ctx;
+    if (calls++ == fail_at)
+        return mc_err_set(err, MC_ERR_INTERNAL, "injected step failure (step %llu)",
+                          (unsigned long long)plan->step_id);
+    size_t rows = (size_t)mc_step_plan_logit_rows(plan), V = RUN.vocab;
+    if (rows * V > draw_cap) {
+        float *b = realloc(draw_rows, rows * V * sizeof *b);
+        if (!b) return mc_err_set(err, MC_ERR_NOMEM, "test: out of memory for rows");
+        draw_rows = b;
+        draw_cap = rows * V;
+    }
+    mc_status st = RUN.run(RUN.ctx, plan, draw_rows, err);
+    if (st == MC_OK && !draw_scr) st = mc_sample_scratch_init((int)V, &draw_scr, err);
+    size_t row = 0;
+    for (uint32_t i = 0; i < plan->n_seqs && st == MC_OK; i++) {
+        const mc_step_seq *e = &plan->seqs[i];
+        if (e->logits == MC_LOGITS_NONE) continue;
+        if (!e->has_draw || e->logits != MC_LOGITS_LAST)
+            return mc_err_set(err, MC_ERR_ARG, "test: seqs[%u] has logits but no draw", i);
+        mc_sampler_params p = mc_sampler_defaults();
+        p.temperature = e->draw.temperature;
+        p.top_k = e->draw.top_k;
+        p.top_p = e->draw.top_p;
+        p.min_p = e->draw.min_p;
+        mc_sampler s;
+        if ((st = mc_sampler_init(&s, &p, (int)V, err)) != MC_OK) break;
+        s.state = e->draw.state;
+        st = mc_sampler_pick(&s, draw_rows + row * V, (int)V, NULL, draw_scr, &tokens[row], NULL,
+                             err);
+        states[row++] = s.state;
+    }
+    return st;
 }
 
 static mc_status flaky_release(void *ctx, uint64_t seq_id, mc_err *err) {
@@ -99,6 +146,14 @@ static mc_engine_request make_req(const req_t *r) {
         q.sampling.top_p = 0.9f;
         q.sampling.frequency_penalty = 0.0f;
         q.sampling.seed = 77 + r->n_prompt;
+    }
+    if (topp_sampling && (r->seeded || r->n_prompt % 2)) {
+        q.sampling.temperature = 0.8f + 0.1f * (float)(r->n_prompt % 3);
+        q.sampling.top_k = 0;
+        q.sampling.top_p = r->n_prompt % 2 ? 0.9f : 1.0f;
+        q.sampling.min_p = r->n_prompt % 3 ? 0.02f : 0.0f;
+        q.sampling.frequency_penalty = 0.0f;
+        q.sampling.seed = 91 + r->n_prompt;
     }
     if (r->stop_id >= 0) {
         q.stop_ids = &r->stop_id;
@@ -335,6 +390,46 @@ static void test_model(mc_session *s, const char *name) {
            "sampled tokens equal the whole rows'\n",
            name, (unsigned long long)sc.steps_top, (unsigned long long)sc.steps_total, sampled);
     topk_sampling = false;
+
+    /* (h) top-p / min-p sampling without a top_k beside greedy: the
+     * runner's draws (run_draw), the tokens of the whole rows draw for draw;
+     * a failed draw step ends its requests, the others go on */
+    topp_sampling = true;
+    mc_step_runner drawing = RUN;
+    drawing.run_top = NULL;
+    drawing.run_draw = test_run_draw;
+    calls = 0;
+    out_t drawn[NREQ];
+    sc = run_engine(&drawing, &small, reqs, NREQ, drawn, -1, -1, &secs);
+    st = run_engine(&rows_only, &small, reqs, NREQ, got, -1, -1, &secs);
+    ok = sc.steps_draw > 0 && sc.steps_top == 0 && st.steps_draw == 0;
+    sampled = 0;
+    for (int i = 0; i < NREQ; i++) {
+        ok &= drawn[i].n == got[i].n && drawn[i].fin == got[i].fin;
+        for (int t = 0; t < drawn[i].n && t < got[i].n; t++)
+            if (drawn[i].tok[t] != got[i].tok[t]) {
+                fprintf(stderr, "%s: request %d token %d: %d drawn by the runner, %d from rows\n",
+                        name, i, t, (int)drawn[i].tok[t], (int)got[i].tok[t]);
+                ok = 0;
+                break;
+            }
+        sampled += reqs[i].seeded || reqs[i].n_prompt % 2 ? drawn[i].n : 0;
+    }
+    CHECK(ok && sampled > 0);
+    printf("%s: top-p sampling beside greedy: %llu of %llu steps drawn by the runner, %d sampled "
+           "tokens equal the whole rows'\n",
+           name, (unsigned long long)sc.steps_draw, (unsigned long long)sc.steps_total, sampled);
+    calls = 0;
+    fail_at = 5;
+    sc = run_engine(&drawing, &small, reqs, NREQ, drawn, -1, -1, &secs);
+    fail_at = -1;
+    int n_derr = 0;
+    for (int i = 0; i < NREQ; i++)
+        if (drawn[i].fin == MC_ENGINE_ERROR) n_derr++;
+        else CHECK(drawn[i].n == got[i].n && memcmp(drawn[i].tok, got[i].tok,
+                                                     (size_t)got[i].n * sizeof got[i].tok[0]) == 0);
+    CHECK(n_derr >= 1 && n_derr < NREQ && sc.steps_failed == 1);
+    topp_sampling = false;
     plain = false;
 
     /* (b) a failed step: its requests end with "error", the others go on */
@@ -438,5 +533,7 @@ int main(int argc, char **argv) {
         test_model(s, models[i]);
         mc_session_close(s, false);
     }
+    free(draw_rows);
+    mc_sample_scratch_free(draw_scr);
     return check_report("test_engine");
 }
