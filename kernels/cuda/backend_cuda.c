@@ -17,7 +17,8 @@
 _Static_assert(SAME(MCK_DT_F32, MC_DT_F32) && SAME(MCK_DT_F16, MC_DT_F16) &&
                    SAME(MCK_DT_BF16, MC_DT_BF16) && SAME(MCK_DT_F8_E4M3, MC_DT_F8_E4M3) &&
                    SAME(MCK_DT_I64, MC_DT_I64) && SAME(MCK_DT_I32, MC_DT_I32) &&
-                   SAME(MCK_DT_Q8_0, MC_DT_Q8_0) && SAME(MCK_DT_Q4_K, MC_DT_Q4_K),
+                   SAME(MCK_DT_Q8_0, MC_DT_Q8_0) && SAME(MCK_DT_Q4_K, MC_DT_Q4_K) &&
+                   SAME(MCK_DT_Q6_K, MC_DT_Q6_K),
                "cuda_ops.h dtype codes follow mc_dtype");
 #undef SAME
 

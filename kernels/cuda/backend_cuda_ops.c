@@ -141,19 +141,21 @@ static mc_status matmul_block(mc_cuda_ctx *c, const mck_mat *m, const float *x, 
                               float *y, long long ldy, int n, const char *op, mc_err *err)
 {
     int blk = m->dtype == MC_DT_Q8_0 ? MC_QK8_0 : MC_QK_K;
+    int sub = m->dtype == MC_DT_Q6_K ? 16 : 32; /* the sums for Q4_K's mins, Q6_K's offset */
     int kp = (m->cols + blk - 1) / blk * blk;
-    /* q (n, kp) int8 | d (n, kp / blk) F32 | bsum (n, kp / 32) int16, each 16-byte aligned */
+    /* q (n, kp) int8 | d (n, kp / blk) F32 | bsum (n, kp / sub) int16, each 16-byte aligned */
     size_t nq = ((size_t)n * (size_t)kp + 15) & ~(size_t)15;
     size_t nd = ((size_t)n * (size_t)(kp / blk) * 4 + 15) & ~(size_t)15;
-    size_t ns = (size_t)n * (size_t)(kp / 32) * 2;
+    size_t ns = (size_t)n * (size_t)(kp / sub) * 2;
     void *s = NULL;
     mc_status st = mc_cuda_scratch(c, nq + nd + ns, &s, op, err);
     if (st != MC_OK)
         return st;
     int8_t *q = s;
     float *d = (float *)((unsigned char *)s + nq);
-    int16_t *bsum = m->dtype == MC_DT_Q4_K ? (int16_t *)((unsigned char *)s + nq + nd) : NULL;
-    st = launched(mck_quantize_act(c->stream, x, ldx, n, m->cols, kp, blk, q, d, bsum), op, err);
+    int16_t *bsum = m->dtype != MC_DT_Q8_0 ? (int16_t *)((unsigned char *)s + nq + nd) : NULL;
+    st = launched(mck_quantize_act(c->stream, x, ldx, n, m->cols, kp, blk, sub, q, d, bsum), op,
+                  err);
     if (st != MC_OK)
         return st;
     return launched(mck_matmul_q(c->stream, m, q, d, bsum, kp, n, y, ldy), op, err);
@@ -168,11 +170,6 @@ mc_status mc_cuda_matmul_raw(mc_cuda_ctx *c, const mc_tensor *w, const float *x,
     if (n > MC_CUDA_FP8_WIDEN_TOKENS && w->dtype == MC_DT_F8_E4M3 && !w->transposed &&
         !c->fp8_gemv)
         return matmul_fp8_blas(c, w, x, ldx, y, ldy, n, op, err);
-    if (w->dtype == MC_DT_Q6_K)
-        return mc_err_set(err, MC_ERR_UNSUPPORTED,
-                          "cuda backend: %s: Q6_K weights have no GPU kernel yet (run with "
-                          "--device cpu, or a Q8_0 / Q4_K file)",
-                          op);
     mck_mat m = mc_cuda_mck(w);
     if (mc_dtype_is_block(w->dtype))
         return matmul_block(c, &m, x, ldx, y, ldy, n, op, err);
@@ -349,10 +346,6 @@ mc_status mc_cuda_embed(void *ctx, const mc_tensor *table, const mc_tensor *ids,
     mc_status st = mc_cuda_use(c, "embed", err);
     if (st != MC_OK)
         return st;
-    if (table->dtype == MC_DT_Q6_K)
-        return mc_err_set(err, MC_ERR_UNSUPPORTED,
-                          "cuda backend: embed: Q6_K weights have no GPU kernel yet (run with "
-                          "--device cpu, or a Q8_0 / Q4_K file)");
     int64_t n = ids->shape[0];
     if (c->counting)
         c->counters.bytes_read += (uint64_t)n * mc_cuda_weight_bytes(table, 1);

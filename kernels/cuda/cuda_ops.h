@@ -29,6 +29,7 @@ enum {
     MCK_DT_I32 = 5,
     MCK_DT_Q8_0 = 32,
     MCK_DT_Q4_K = 33,
+    MCK_DT_Q6_K = 34,
 };
 
 /* A 2-D weight W[rows, cols] in device memory (as kernels.h's mc_mat).
@@ -111,11 +112,12 @@ cudaError_t mck_matmul_f(cudaStream_t s, const mck_mat *w, const float *x, long 
                          float *y, long long ldy);
 /* The activations of a block-format product as the CPU quantizes them
  * (kernels/cpu/ops.c quantize_act_row): q (n, kp) int8, d (n, kp / blk)
- * F32 scales, and for Q4_K bsum (n, kp / 32) int16 sums (else NULL). */
+ * F32 scales, and bsum (n, kp / sub) int16 sums of sub values (Q4_K: 32,
+ * Q6_K: 16; NULL for Q8_0). */
 cudaError_t mck_quantize_act(cudaStream_t s, const float *x, long long ldx, int n, int cols,
-                             int kp, int blk, int8_t *q, float *d, int16_t *bsum);
-/* y = W x for Q8_0 / Q4_K weights from the quantized activations above
- * (integer products per block, as the CPU kernels). */
+                             int kp, int blk, int sub, int8_t *q, float *d, int16_t *bsum);
+/* y = W x for Q8_0 / Q4_K / Q6_K weights from the quantized activations
+ * above (integer products per block, as the CPU kernels). */
 cudaError_t mck_matmul_q(cudaStream_t s, const mck_mat *w, const int8_t *q, const float *d,
                          const int16_t *bsum, int kp, int n, float *y, long long ldy);
 /* out (n, cols) BF16 contiguous = x rounded to nearest even. */

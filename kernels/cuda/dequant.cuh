@@ -1,6 +1,6 @@
 /* cuda/dequant.cuh - device helpers shared by the CUDA kernels: weight
  * element decoding bit for bit as core/dtype.h and kernels/cpu decode them
- * (F16, BF16, FP8 E4M3 "fn", Q8_0 and Q4_K blocks), and warp / block sums.
+ * (F16, BF16, FP8 E4M3 "fn", Q8_0, Q4_K and Q6_K blocks), and warp / block sums.
  * Header-only, internal to kernels/cuda. */
 #ifndef MC_CUDA_DEQUANT_CUH
 #define MC_CUDA_DEQUANT_CUH
@@ -12,6 +12,7 @@
 
 #define MCK_Q8_0_BYTES 34  /* f16 d | int8 qs[32] */
 #define MCK_Q4_K_BYTES 144 /* f16 d | f16 dmin | u8 scales[12] | u8 qs[128] */
+#define MCK_Q6_K_BYTES 210 /* u8 ql[128] | u8 qh[64] | int8 scales[16] | f16 d */
 
 template <int DT> struct mck_es {
     static constexpr int v = DT == MCK_DT_F32 ? 4 : DT == MCK_DT_F8_E4M3 ? 1 : 2;
@@ -100,7 +101,8 @@ __device__ __forceinline__ void mck_q4_k_scale_min(int j, const unsigned char *q
 }
 
 /* Element (o, i) of any weight, dequantized as the CPU does (mc_mat_row_f32:
- * element types times their FP8 block scale; Q8_0 d * q; Q4_K d*sc*q - dmin*m). */
+ * element types times their FP8 block scale; Q8_0 d * q; Q4_K d*sc*q - dmin*m;
+ * Q6_K d*sc*(q - 32)). */
 __device__ __forceinline__ float mck_weight_at(const mck_mat &w, long long o, long long i)
 {
     const unsigned char *base = (const unsigned char *)w.data;
@@ -120,6 +122,16 @@ __device__ __forceinline__ float mck_weight_at(const mck_mat &w, long long o, lo
         float dj = __fmul_rn(mck_f16(mck_u16(b)), (float)sc);
         float mj = __fmul_rn(mck_f16(mck_u16(b + 2)), (float)m);
         return __fsub_rn(__fmul_rn(dj, (float)q), mj);
+    }
+    case MCK_DT_Q6_K: { /* (d * sc) * (q - 32), as mc_dequantize_row_q6_k */
+        const unsigned char *b =
+            base + (size_t)o * w.row_bytes + (size_t)(i / 256) * MCK_Q6_K_BYTES;
+        int e = (int)(i % 256), h = e / 128, g = (e % 128) / 32, l = e % 32;
+        int lo = b[64 * h + 32 * (g & 1) + l];
+        lo = g >= 2 ? lo >> 4 : lo & 0xF;
+        int q = (lo | ((b[128 + 32 * h + l] >> (2 * g)) & 3) << 4) - 32;
+        int sc = (signed char)b[192 + 8 * h + 2 * g + l / 16];
+        return __fmul_rn(__fmul_rn(mck_f16(mck_u16(b + 208)), (float)sc), (float)q);
     }
     default:
         break;

@@ -130,7 +130,7 @@ cudaError_t mck_matmul_f(cudaStream_t s, const mck_mat *w, const float *x, long 
 /* One thread per (token, block): the CPU's quantize_act_row, bit for bit
  * (no contraction: the product is rounded before the rounding to integer). */
 __global__ static void k_quantize_act(const float *x, long long ldx, int n, int cols, int kp,
-                                      int blk, int8_t *q, float *d, int16_t *bsum)
+                                      int blk, int sub, int8_t *q, float *d, int16_t *bsum)
 {
     const int nb = kp / blk;
     const long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x;
@@ -151,21 +151,23 @@ __global__ static void k_quantize_act(const float *x, long long ldx, int n, int 
         v = v > 127 ? 127 : v < -127 ? -127 : v;
         qr[i] = (int8_t)v;
         sum += v;
-        if (bsum && (i & 31) == 31) {
-            bsum[(size_t)t * (kp / 32) + (b0 + i) / 32] = (int16_t)sum;
+        if (bsum && i % sub == sub - 1) {
+            bsum[(size_t)t * (kp / sub) + (b0 + i) / sub] = (int16_t)sum;
             sum = 0;
         }
     }
 }
 
 cudaError_t mck_quantize_act(cudaStream_t s, const float *x, long long ldx, int n, int cols,
-                             int kp, int blk, int8_t *q, float *d, int16_t *bsum)
+                             int kp, int blk, int sub, int8_t *q, float *d, int16_t *bsum)
 {
     long long work = (long long)n * (kp / blk);
     if (work <= 0)
         return cudaSuccess;
-    k_quantize_act<<<(unsigned)((work + 127) / 128), 128, 0, s>>>(x, ldx, n, cols, kp, blk, q, d,
-                                                                  bsum);
+    if (bsum && (sub <= 0 || blk % sub != 0))
+        return cudaErrorInvalidValue;
+    k_quantize_act<<<(unsigned)((work + 127) / 128), 128, 0, s>>>(x, ldx, n, cols, kp, blk, sub,
+                                                                  q, d, bsum);
     return cudaGetLastError();
 }
 
@@ -261,6 +263,63 @@ __global__ static void __launch_bounds__(MM_WARPS * 32)
     }
 }
 
+/* Q6_K (ql[128] | qh[64] | int8 scales[16] | f16 d): lane l takes element
+ * 128h + 32g + l of each half h and group g: 6-bit value q (low nibble of
+ * ql[64h + 32(g & 1) + l], the high one for g >= 2, and 2 bits of
+ * qh[32h + l] at 2g), sub-block 8h + 2g + l / 16; the block's integer sum
+ * is the CPU's, sum_j sc_j * (sum q x - 32 * bsum16_j), the offset terms
+ * added by lanes 0..15 (sub-block = lane). */
+template <int NT>
+__global__ static void __launch_bounds__(MM_WARPS * 32)
+    k_q6_k(mck_mat w, const int8_t *__restrict__ q, const float *__restrict__ d,
+           const int16_t *__restrict__ bsum16, int kp, float *__restrict__ y, long long ldy)
+{
+    const int lane = threadIdx.x & 31, nb = kp / 256;
+    const long long o = (long long)blockIdx.x * MM_WARPS + (threadIdx.x >> 5);
+    if (o >= w.rows)
+        return;
+    const unsigned char *row = (const unsigned char *)w.data + (size_t)o * w.row_bytes;
+    float acc[NT];
+#pragma unroll
+    for (int t = 0; t < NT; t++)
+        acc[t] = 0.0f;
+    for (int b = 0; b < nb; b++) {
+        const unsigned char *blk = row + (size_t)b * MCK_Q6_K_BYTES;
+        const signed char *sc = (const signed char *)(blk + 192);
+        const float dd = mck_f16(mck_u16(blk + 208));
+        int sumi[NT];
+#pragma unroll
+        for (int t = 0; t < NT; t++)
+            sumi[t] = 0;
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const int qh = blk[128 + 32 * h + lane];
+#pragma unroll
+            for (int g = 0; g < 4; g++) {
+                int lo = blk[64 * h + 32 * (g & 1) + lane];
+                lo = g >= 2 ? lo >> 4 : lo & 0xF;
+                const int v = lo | (((qh >> (2 * g)) & 3) << 4);
+                const int s = sc[8 * h + 2 * g + lane / 16];
+#pragma unroll
+                for (int t = 0; t < NT; t++)
+                    sumi[t] += s * v * (int)q[(size_t)t * kp + (size_t)b * 256 + 128 * h + 32 * g + lane];
+            }
+        }
+#pragma unroll
+        for (int t = 0; t < NT; t++) {
+            if (lane < 16)
+                sumi[t] -= 32 * (int)sc[lane] * (int)bsum16[(size_t)t * (kp / 16) + (size_t)b * 16 + lane];
+            acc[t] += __fmul_rn(dd, d[(size_t)t * nb + b]) * (float)sumi[t];
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+        float sum = mck_warp_sum(acc[t]);
+        if (lane == 0)
+            y[(size_t)t * (size_t)ldy + o] = sum;
+    }
+}
+
 template <int NT>
 static void launch_q(cudaStream_t s, const mck_mat &w, const int8_t *q, const float *d,
                      const int16_t *bsum, int kp, float *y, long long ldy)
@@ -268,6 +327,8 @@ static void launch_q(cudaStream_t s, const mck_mat &w, const int8_t *q, const fl
     unsigned grid = (unsigned)((w.rows + MM_WARPS - 1) / MM_WARPS);
     if (w.dtype == MCK_DT_Q8_0)
         k_q8_0<NT><<<grid, MM_WARPS * 32, 0, s>>>(w, q, d, kp, y, ldy);
+    else if (w.dtype == MCK_DT_Q6_K)
+        k_q6_k<NT><<<grid, MM_WARPS * 32, 0, s>>>(w, q, d, bsum, kp, y, ldy);
     else
         k_q4_k<NT><<<grid, MM_WARPS * 32, 0, s>>>(w, q, d, bsum, kp, y, ldy);
 }
@@ -275,14 +336,17 @@ static void launch_q(cudaStream_t s, const mck_mat &w, const int8_t *q, const fl
 cudaError_t mck_matmul_q(cudaStream_t s, const mck_mat *w, const int8_t *q, const float *d,
                          const int16_t *bsum, int kp, int n, float *y, long long ldy)
 {
-    if (w->dtype != MCK_DT_Q8_0 && w->dtype != MCK_DT_Q4_K)
+    if (w->dtype != MCK_DT_Q8_0 && w->dtype != MCK_DT_Q4_K && w->dtype != MCK_DT_Q6_K)
+        return cudaErrorInvalidValue;
+    if (w->dtype != MCK_DT_Q8_0 && !bsum)
         return cudaErrorInvalidValue;
     const int blk = w->dtype == MCK_DT_Q8_0 ? 32 : 256;
+    const int sub = w->dtype == MCK_DT_Q6_K ? 16 : 32; /* bsum's sums (Q4_K, Q6_K) */
     for (int t0 = 0; t0 < n; t0 += MM_MAX_NT) {
         int nt = n - t0 < MM_MAX_NT ? n - t0 : MM_MAX_NT;
         const int8_t *qt = q + (size_t)t0 * kp;
         const float *dt = d + (size_t)t0 * (kp / blk);
-        const int16_t *bt = bsum ? bsum + (size_t)t0 * (kp / 32) : nullptr;
+        const int16_t *bt = bsum ? bsum + (size_t)t0 * (kp / sub) : nullptr;
         float *yt = y + (size_t)t0 * (size_t)ldy;
         switch (nt) {
         case 1: launch_q<1>(s, *w, qt, dt, bt, kp, yt, ldy); break;

@@ -100,6 +100,20 @@ static void *weight_bytes(mc_dtype dt, int O, int I, int tr, int64_t ld)
         unsigned char *o = h + (size_t)r * rb;
         for (int64_t i = 0; i < scols; i++)
             row[i] = runi(dt == MC_DT_F8_E4M3 ? -2.0f : -1.0f, dt == MC_DT_F8_E4M3 ? 2.0f : 1.0f);
+        if (dt == MC_DT_Q6_K) { /* random blocks: 6-bit values, int8 scales, a small d */
+            for (size_t b = 0; b < rb / sizeof(mc_block_q6_k); b++) {
+                mc_block_q6_k blk;
+                for (size_t i = 0; i < sizeof blk.ql; i++)
+                    blk.ql[i] = (uint8_t)rnext();
+                for (size_t i = 0; i < sizeof blk.qh; i++)
+                    blk.qh[i] = (uint8_t)rnext();
+                for (size_t i = 0; i < sizeof blk.scales; i++)
+                    blk.scales[i] = (int8_t)((int)(rnext() % 64) - 32);
+                blk.d = mc_f32_to_f16(runi(0.002f, 0.02f));
+                memcpy(o + b * sizeof blk, &blk, sizeof blk);
+            }
+            continue;
+        }
         if (mc_dtype_is_block(dt)) {
             mc_quantize_row(dt, row, o, scols);
             continue;
@@ -181,6 +195,7 @@ static void test_matmul(void)
         {MC_DT_F8_E4M3, 200, 301, 128, 0},
         {MC_DT_F8_E4M3, 37, 77, 16, 0}, {MC_DT_Q8_0, 37, 96, 0, 0},   {MC_DT_Q8_0, 200, 301, 0, 0},
         {MC_DT_Q4_K, 37, 256, 0, 0},   {MC_DT_Q4_K, 20, 300, 0, 0},   {MC_DT_Q4_K, 64, 512, 0, 0},
+        {MC_DT_Q6_K, 37, 256, 0, 0},   {MC_DT_Q6_K, 20, 300, 0, 0},   {MC_DT_Q6_K, 64, 512, 0, 0},
         {MC_DT_F32, 37, 77, 0, 1},     {MC_DT_F16, 37, 77, 0, 1},     {MC_DT_BF16, 200, 301, 0, 1},
         {MC_DT_F8_E4M3, 37, 77, 0, 1},
         /* rows of a multiple of 16 bytes: the 16-byte load path (with its unrolled loop) */
@@ -348,10 +363,10 @@ static void rope_case(int interleaved, int n, int heads, int hd, int c0, int rd)
 static void test_embed(void)
 {
     static const mc_dtype types[] = {MC_DT_F32, MC_DT_F16, MC_DT_BF16, MC_DT_F8_E4M3, MC_DT_Q8_0,
-                                     MC_DT_Q4_K};
+                                     MC_DT_Q4_K, MC_DT_Q6_K};
     for (size_t k = 0; k < sizeof types / sizeof types[0]; k++) {
         mc_dtype dt = types[k];
-        int V = 50, H = dt == MC_DT_Q4_K ? 300 : 77, n = 9;
+        int V = 50, H = dt == MC_DT_Q4_K || dt == MC_DT_Q6_K ? 300 : 77, n = 9;
         void *th = weight_bytes(dt, V, H, 0, H);
         pair tab, sc, y, ids;
         int blk = mc_dtype_block_elems(dt);
