@@ -12,7 +12,7 @@
  * types and they average at most 8 rows (BF16 / F32; FP8: 32, or any count
  * with MC_CUDA_FP8=gemv; F16: any count), else downloads the offsets and
  * loops over the experts on the host, three products and a SwiGLU per
- * expert with rows (cuBLAS for BF16 and FP8 prefill; Q8_0 / Q4_K;
+ * expert with rows (cuBLAS for BF16 and FP8 prefill; Q8_0 / Q4_K / Q6_K;
  * MC_CUDA_EXPERTS=loop forces it). Refusals are worded as the
  * CPU op's (kernels/cpu/backend_cpu_moe.c). */
 #include "backend.h"

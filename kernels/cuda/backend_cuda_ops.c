@@ -5,9 +5,9 @@
  * yet and answer MC_ERR_UNSUPPORTED naming the op.
  *
  * Matrix product paths (precision against the CPU backend):
- *   - up to 8 tokens (FP8: up to 32), and every batch for F16, Q8_0, Q4_K
- *     and transposed FP8 weights: our kernels, F32 accumulation of the stored weights (FP8
- *     times its block scale) with F32 activations; Q8_0 / Q4_K quantize the
+ *   - up to 8 tokens (FP8: up to 32), and every batch for F16, Q8_0, Q4_K,
+ *     Q6_K and transposed FP8 weights: our kernels, F32 accumulation of the stored weights
+ *     (FP8 times its block scale) with F32 activations; Q8_0 / Q4_K / Q6_K quantize the
  *     activations as the CPU does and take the same integer block products.
  *     Agrees with the CPU to F32 rounding (~1e-6 of the row's largest value).
  *   - more than 8 tokens, BF16 weights: cuBLAS (cublasGemmEx) with the

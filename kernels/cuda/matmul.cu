@@ -5,7 +5,7 @@
  *     when the rows start on 16 bytes, up to 8 tokens per pass (each weight
  *     element read once per 8 tokens);
  *     transposed storage: one thread per output, coalesced across outputs;
- *   - Q8_0 / Q4_K: the activations quantized to 8 bits per block exactly as
+ *   - Q8_0 / Q4_K / Q6_K: the activations quantized to 8 bits per block exactly as
  *     the CPU does (kernels/cpu/ops.c), then integer products per block
  *     dequantized by the block scales, one warp per output row.
  * First versions, written for correctness; bandwidth tuning comes later

@@ -13,6 +13,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 static mc_backend *B[2]; /* [0] the CPU reference, [1] the device under test */
 static mc_err err_[2];   /* err_[1]: the device side where a test calls both */
@@ -72,6 +73,24 @@ static inline float *rnd(size_t n, float scale)
     for (size_t i = 0; i < n; i++)
         x[i] = runi(-scale, scale);
     return x;
+}
+
+/* bytes / 210 random Q6_K blocks at dst (there is no Q6_K quantizer in
+ * core): random 6-bit values, int8 scales over their whole range, a small
+ * positive d. */
+static inline void random_q6_k_blocks(unsigned char *dst, size_t bytes)
+{
+    for (size_t b = 0; b + sizeof(mc_block_q6_k) <= bytes; b += sizeof(mc_block_q6_k)) {
+        mc_block_q6_k blk;
+        for (size_t i = 0; i < sizeof blk.ql; i++)
+            blk.ql[i] = (uint8_t)rnext();
+        for (size_t i = 0; i < sizeof blk.qh; i++)
+            blk.qh[i] = (uint8_t)rnext();
+        for (size_t i = 0; i < sizeof blk.scales; i++)
+            blk.scales[i] = (int8_t)rnext();
+        blk.d = mc_f32_to_f16(runi(0.0002f, 0.002f));
+        memcpy(dst + b, &blk, sizeof blk);
+    }
 }
 
 #endif

@@ -4,7 +4,7 @@
  * backends given the same bytes, outputs poisoned with NaN first so that an
  * unwritten element fails. Tolerances, relative to the largest |value| of
  * the reference's row:
- *   1e-5  every F32-accumulating path (element-type and Q8_0 / Q4_K
+ *   1e-5  every F32-accumulating path (element-type and Q8_0 / Q4_K / Q6_K
  *         products, which quantize the activations exactly as the CPU does,
  *         and the row / element-wise ops);
  *   1e-2  the cuBLAS paths (BF16 weights, more than 8 tokens: activations
@@ -100,18 +100,8 @@ static void *weight_bytes(mc_dtype dt, int O, int I, int tr, int64_t ld)
         unsigned char *o = h + (size_t)r * rb;
         for (int64_t i = 0; i < scols; i++)
             row[i] = runi(dt == MC_DT_F8_E4M3 ? -2.0f : -1.0f, dt == MC_DT_F8_E4M3 ? 2.0f : 1.0f);
-        if (dt == MC_DT_Q6_K) { /* random blocks: 6-bit values, int8 scales, a small d */
-            for (size_t b = 0; b < rb / sizeof(mc_block_q6_k); b++) {
-                mc_block_q6_k blk;
-                for (size_t i = 0; i < sizeof blk.ql; i++)
-                    blk.ql[i] = (uint8_t)rnext();
-                for (size_t i = 0; i < sizeof blk.qh; i++)
-                    blk.qh[i] = (uint8_t)rnext();
-                for (size_t i = 0; i < sizeof blk.scales; i++)
-                    blk.scales[i] = (int8_t)((int)(rnext() % 64) - 32);
-                blk.d = mc_f32_to_f16(runi(0.002f, 0.02f));
-                memcpy(o + b * sizeof blk, &blk, sizeof blk);
-            }
+        if (dt == MC_DT_Q6_K) {
+            random_q6_k_blocks(o, rb);
             continue;
         }
         if (mc_dtype_is_block(dt)) {

@@ -655,6 +655,10 @@ static void weight_pair(pair *p, mc_dtype dt, int O, int I, int tr, float a)
         unsigned char *o = h + (size_t)r * rb;
         for (int64_t i = 0; i < scols; i++)
             row[i] = runi(-a, a);
+        if (dt == MC_DT_Q6_K) {
+            random_q6_k_blocks(o, rb);
+            continue;
+        }
         if (mc_dtype_is_block(dt)) {
             mc_quantize_row(dt, row, o, scols);
             continue;
@@ -824,6 +828,7 @@ static void test_experts(void)
         experts_case(types[i], 0, 72, 40, 5, few, (int)(i % 3), i == 3 ? 0.75f : 0.0f, 1e-5);
     experts_case(MC_DT_Q8_0, 0, 96, 64, 5, few, 1, 0, 1e-5);
     experts_case(MC_DT_Q4_K, 0, 256, 256, 5, few, 2, 0, 1e-5);
+    experts_case(MC_DT_Q6_K, 0, 256, 256, 5, few, 1, 0, 1e-5);
     experts_case(MC_DT_BF16, 1, 72, 40, 5, few, 2, 0, 1e-5); /* Llama 4's transposed slabs */
     /* more than 8 rows per expert: cuBLAS for F32 (F32 rounding) and BF16 (activations rounded) */
     experts_case(MC_DT_F32, 0, 72, 40, 4, many, 1, 0, 1e-5);
