@@ -23,7 +23,10 @@ score` next to the safetensors model:
   against that copy in F32: within the 8-bit activations' error (Q6_REL);
 - q8_0 (the GGUF, and --weights q8_0), q4_k and q6_k on the default kernel
   path, which repacks Q8_0, Q4_K and Q6_K rows at load where it is avx512,
-  against the portable path reading them as stored: within PATH_REL;
+  against the portable path reading them as stored: within PATH_REL; the
+  q4_k and q6_k files on the CPU acting as a device (rows uploaded as
+  stored, as the CUDA backend takes them) against the default: within
+  PATH_REL;
 - deepseek2: with attn_k_b + attn_v_b (newer converters; joined back into
   kv_b at load) and with attn_kv_b whole: bit for bit; q8_0 (attn_kv_b)
   against --weights q8_0 within 1e-6;
@@ -196,6 +199,15 @@ def main():
     print(f"q6_k GGUF: default kernels {'repacked' if packed else 'did not repack'} rows")
     compare("q6_k GGUF: default kernels vs scalar (rows as stored)", fast,
             score(q6, env=scalar), PATH_REL)
+    # the Q4_K / Q6_K files on a device backend (the CPU acting as one: the
+    # rows uploaded as stored, never repacked, as the CUDA backend reads them)
+    dev = {"MC_CPU_AS_DEVICE": "1"}
+    for name in ("q4_k.gguf", "q6_k.gguf"):
+        path = os.path.join(work, name)
+        on_dev = score(path, env=dev)
+        check("repacked at load" not in last_err[0], f"{name} on a device: nothing repacked")
+        compare(f"{name} on a device (rows as stored) vs the host's default kernels", on_dev,
+                score(path), PATH_REL)
     # --no-mmap: the same blocks copied into RAM, the same logits bit for bit
     # (and for a safetensors folder)
     compare("q6_k GGUF --no-mmap vs mapped", score(os.path.join(work, "q6_k.gguf"),
