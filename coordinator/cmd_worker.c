@@ -176,15 +176,10 @@ static void send_result(void *sock, const mc_step_plan *plan, const float *logit
     uint32_t *tid = k > 0 ? calloc(rows_all * (size_t)k + 1, sizeof *tid) : NULL;
     float *tlp = k > 0 ? calloc(rows_all * (size_t)k + 1, sizeof *tlp) : NULL;
     float *tlg = k > 0 ? calloc(rows_all * (size_t)k + 1, sizeof *tlg) : NULL;
+    uint8_t *buf = NULL;
     if (!res || !ptrs || !drawn || (k > 0 && (!tid || !tlp || !tlg))) {
-        free(res);
-        free(ptrs);
-        free(drawn);
-        free(tid);
-        free(tlp);
-        free(tlg);
         send_error(sock, MC_ERR_NOMEM, "worker: out of memory for the step result", plan->step_id);
-        return;
+        goto done;
     }
     size_t row = 0;
     uint32_t j = 0;
@@ -221,14 +216,8 @@ static void send_result(void *sock, const mc_step_plan *plan, const float *logit
             uint64_t state = 0;
             mc_status ds = draw_row(&e->draw, logits + row * V, V, scr, &tok, &state, &de);
             if (ds != MC_OK) {
-                free(res);
-                free(ptrs);
-                free(drawn);
-                free(tid);
-                free(tlp);
-                free(tlg);
                 send_error(sock, ds, de.msg, plan->step_id);
-                return;
+                goto done;
             }
             drawn__init(&drawn[j]);
             drawn[j].token = (uint32_t)tok;
@@ -251,13 +240,13 @@ static void send_result(void *sock, const mc_step_plan *plan, const float *logit
     mc_control_init(&msg);
     msg.body_case = CONTROL_MESSAGE__BODY_RESULT;
     msg.result = &r;
-    uint8_t *buf = NULL;
     size_t len = 0;
     mc_status st = mc_control_pack(&msg, &buf, &len);
     if (st != MC_OK)
         send_error(sock, st, "worker: the step result does not fit one message", plan->step_id);
     else if (zmq_send(sock, buf, len, 0) < 0)
         MC_WARN("worker: send failed: %s", zmq_strerror(errno));
+done:
     free(buf);
     free(res);
     free(ptrs);

@@ -171,6 +171,19 @@ cudaError_t mck_quantize_act(cudaStream_t s, const float *x, long long ldx, int 
     return cudaGetLastError();
 }
 
+/* Lane 0 writes output row o of the NT tokens, each the warp's sum of acc. */
+template <int NT>
+__device__ __forceinline__ void mm_store(const float (&acc)[NT], float *y, long long ldy,
+                                         long long o, int lane)
+{
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+        float sum = mck_warp_sum(acc[t]);
+        if (lane == 0)
+            y[(size_t)t * (size_t)ldy + o] = sum;
+    }
+}
+
 /* Q8_0: lane l takes element l of every block of the row. */
 template <int NT>
 __global__ static void __launch_bounds__(MM_WARPS * 32)
@@ -182,10 +195,7 @@ __global__ static void __launch_bounds__(MM_WARPS * 32)
     if (o >= w.rows)
         return;
     const unsigned char *row = (const unsigned char *)w.data + (size_t)o * w.row_bytes;
-    float acc[NT];
-#pragma unroll
-    for (int t = 0; t < NT; t++)
-        acc[t] = 0.0f;
+    float acc[NT] = {};
 #pragma unroll 4
     for (int b = 0; b < nb; b++) {
         const unsigned char *blk = row + (size_t)b * MCK_Q8_0_BYTES;
@@ -197,12 +207,7 @@ __global__ static void __launch_bounds__(MM_WARPS * 32)
             acc[t] += __fmul_rn(dw, d[(size_t)t * nb + b]) * (float)p;
         }
     }
-#pragma unroll
-    for (int t = 0; t < NT; t++) {
-        float sum = mck_warp_sum(acc[t]);
-        if (lane == 0)
-            y[(size_t)t * (size_t)ldy + o] = sum;
-    }
+    mm_store<NT>(acc, y, ldy, o, lane);
 }
 
 /* Q4_K: lane l takes byte l of each 32-byte quarter c of qs: elements
@@ -218,10 +223,7 @@ __global__ static void __launch_bounds__(MM_WARPS * 32)
     if (o >= w.rows)
         return;
     const unsigned char *row = (const unsigned char *)w.data + (size_t)o * w.row_bytes;
-    float acc[NT];
-#pragma unroll
-    for (int t = 0; t < NT; t++)
-        acc[t] = 0.0f;
+    float acc[NT] = {};
     for (int b = 0; b < nb; b++) {
         const unsigned char *blk = row + (size_t)b * MCK_Q4_K_BYTES;
         const float dd = mck_f16(mck_u16(blk)), dm = mck_f16(mck_u16(blk + 2));
@@ -255,12 +257,7 @@ __global__ static void __launch_bounds__(MM_WARPS * 32)
             }
         }
     }
-#pragma unroll
-    for (int t = 0; t < NT; t++) {
-        float sum = mck_warp_sum(acc[t]);
-        if (lane == 0)
-            y[(size_t)t * (size_t)ldy + o] = sum;
-    }
+    mm_store<NT>(acc, y, ldy, o, lane);
 }
 
 /* Q6_K (ql[128] | qh[64] | int8 scales[16] | f16 d): lane l takes element
@@ -279,10 +276,7 @@ __global__ static void __launch_bounds__(MM_WARPS * 32)
     if (o >= w.rows)
         return;
     const unsigned char *row = (const unsigned char *)w.data + (size_t)o * w.row_bytes;
-    float acc[NT];
-#pragma unroll
-    for (int t = 0; t < NT; t++)
-        acc[t] = 0.0f;
+    float acc[NT] = {};
     for (int b = 0; b < nb; b++) {
         const unsigned char *blk = row + (size_t)b * MCK_Q6_K_BYTES;
         const signed char *sc = (const signed char *)(blk + 192);
@@ -312,12 +306,7 @@ __global__ static void __launch_bounds__(MM_WARPS * 32)
             acc[t] += __fmul_rn(dd, d[(size_t)t * nb + b]) * (float)sumi[t];
         }
     }
-#pragma unroll
-    for (int t = 0; t < NT; t++) {
-        float sum = mck_warp_sum(acc[t]);
-        if (lane == 0)
-            y[(size_t)t * (size_t)ldy + o] = sum;
-    }
+    mm_store<NT>(acc, y, ldy, o, lane);
 }
 
 template <int NT>
