@@ -133,28 +133,14 @@ static void send_heartbeat(void *sock, uint64_t last_step)
     send_msg(sock, &msg);
 }
 
-/* The pick of an entry with a draw (mc_step_seq.draw) from its row: the
- * sampler the coordinator would run on the same row (mc_sampler_pick),
- * with the request's stream; *token and *state (the stream after it). The
- * scratch is made at the first draw and kept (*scr). */
+/* The pick of an entry with a draw (mc_step_seq.draw) from its row, as the
+ * coordinator would make it (mc_sampler_pick_draw); the scratch is made at
+ * the first draw and kept (*scr). */
 static mc_status draw_row(const mc_step_draw *d, const float *row, uint32_t V,
                           mc_sample_scratch **scr, int32_t *token, uint64_t *state, mc_err *err)
 {
-    mc_sampler_params p = mc_sampler_defaults();
-    p.temperature = d->temperature;
-    p.top_k = d->top_k;
-    p.top_p = d->top_p;
-    p.min_p = d->min_p;
-    mc_sampler smp;
-    mc_status st = mc_sampler_init(&smp, &p, (int)V, err);
-    if (st == MC_OK && !*scr)
-        st = mc_sample_scratch_init((int)V, scr, err);
-    if (st != MC_OK)
-        return st;
-    smp.state = d->state;
-    st = mc_sampler_pick(&smp, row, (int)V, NULL, *scr, token, NULL, err);
-    *state = smp.state;
-    return st;
+    mc_status st = *scr ? MC_OK : mc_sample_scratch_init((int)V, scr, err);
+    return st == MC_OK ? mc_sampler_pick_draw(d, row, (int)V, *scr, token, state, err) : st;
 }
 
 /* The StepResult of plan: one SeqResult per entry with logits, pointing

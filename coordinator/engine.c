@@ -562,12 +562,7 @@ mc_status mc_engine_step(mc_engine *e, mc_err *err) {
         if ((st = mc_step_plan_add_seq(&plan, q->seq_id, q->n_computed, q->tokens + q->n_computed,
                                        n, table, nb, mode, kq, err)) == MC_OK &&
             draw && mode == MC_LOGITS_LAST) {
-            const mc_sampler_params *sp = &q->sampler.p;
-            mc_step_draw d = {.temperature = sp->temperature,
-                              .top_k = sp->top_k,
-                              .top_p = sp->top_p,
-                              .min_p = sp->min_p,
-                              .state = q->sampler.state};
+            mc_step_draw d = mc_sampler_draw_of(&q->sampler);
             st = mc_step_plan_set_draw(&plan, &d, err);
         }
         if (st != MC_OK) {

@@ -103,6 +103,16 @@ bool mc_sampler_row_only(const mc_sampler_params *p)
     return !mc_sampler_needs_history(p) && p->n_logit_bias == 0 && p->logprobs < 0;
 }
 
+mc_step_draw mc_sampler_draw_of(const mc_sampler *s)
+{
+    mc_step_draw d = {.temperature = s->p.temperature,
+                      .top_k = s->p.top_k,
+                      .top_p = s->p.top_p,
+                      .min_p = s->p.min_p,
+                      .state = s->state};
+    return d;
+}
+
 double mc_sampler_uniform(mc_sampler *s)
 {
     uint64_t z = (s->state += 0x9e3779b97f4a7c15ull);
@@ -482,6 +492,25 @@ mc_status mc_sampler_pick(mc_sampler *s, const float *logits, int vocab, const m
         fill_logprobs(xs, vocab, p->logprobs, id, known, lp);
     }
     return MC_OK;
+}
+
+mc_status mc_sampler_pick_draw(const mc_step_draw *d, const float *row, int vocab,
+                               mc_sample_scratch *w, int32_t *token, uint64_t *state,
+                               mc_err *err)
+{
+    mc_sampler_params p = mc_sampler_defaults();
+    p.temperature = d->temperature;
+    p.top_k = d->top_k;
+    p.top_p = d->top_p;
+    p.min_p = d->min_p;
+    mc_sampler s;
+    mc_status st = mc_sampler_init(&s, &p, vocab, err);
+    if (st != MC_OK)
+        return st;
+    s.state = d->state;
+    st = mc_sampler_pick(&s, row, vocab, NULL, w, token, NULL, err);
+    *state = s.state;
+    return st;
 }
 
 int mc_sampler_top_k(const mc_sampler_params *p, int vocab)

@@ -36,6 +36,7 @@
 #define MC_SAMPLER_H
 
 #include "status.h"
+#include "step_plan.h"
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -104,6 +105,10 @@ bool mc_sampler_needs_history(const mc_sampler_params *p);
  * make it (a worker, mc_step_draw), bit for bit, given the stream. */
 bool mc_sampler_row_only(const mc_sampler_params *p);
 
+/* The draw a worker makes for this request (mc_step_draw: the parameters
+ * mc_sampler_row_only requests pick with, and the stream as it stands). */
+mc_step_draw mc_sampler_draw_of(const mc_sampler *s);
+
 /* Uniform double in [0,1) from the sampler's stream. */
 double mc_sampler_uniform(mc_sampler *s);
 
@@ -138,6 +143,14 @@ void mc_sample_scratch_free(mc_sample_scratch *w);
  * the scratch or the history, or a needed history is missing. */
 mc_status mc_sampler_pick(mc_sampler *s, const float *logits, int vocab, const mc_seq_tokens *hist,
                           mc_sample_scratch *w, int32_t *token, mc_logprobs *lp, mc_err *err);
+
+/* Makes draw d on row (vocab) as mc_sampler_pick makes it for the request
+ * d came from: *token, and *state the stream after the pick. MC_ERR_ARG
+ * for parameters out of range (mc_sampler_params_check) or a scratch of
+ * another vocabulary. */
+mc_status mc_sampler_pick_draw(const mc_step_draw *d, const float *row, int vocab,
+                               mc_sample_scratch *w, int32_t *token, uint64_t *state,
+                               mc_err *err);
 
 /* Picks from a row's best candidates instead of the whole row (the
  * backends' top-k: ids best first by logit, ties to the lowest id, with

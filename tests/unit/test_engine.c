@@ -81,7 +81,7 @@ static mc_status flaky_run(void *ctx, const mc_step_plan *plan, float *logits, m
 }
 
 /* The runner's draws (run_draw) as a worker makes them: the in-process
- * runner's whole rows, then mc_sampler_pick with each entry's draw; fails
+ * runner's whole rows, then mc_sampler_pick_draw with each entry's draw; fails
  * its fail_at-th call. */
 static float *draw_rows;
 static size_t draw_cap;
@@ -107,17 +107,9 @@ static mc_status test_run_draw(void *ctx, const mc_step_plan *plan, int32_t *tok
         if (e->logits == MC_LOGITS_NONE) continue;
         if (!e->has_draw || e->logits != MC_LOGITS_LAST)
             return mc_err_set(err, MC_ERR_ARG, "test: seqs[%u] has logits but no draw", i);
-        mc_sampler_params p = mc_sampler_defaults();
-        p.temperature = e->draw.temperature;
-        p.top_k = e->draw.top_k;
-        p.top_p = e->draw.top_p;
-        p.min_p = e->draw.min_p;
-        mc_sampler s;
-        if ((st = mc_sampler_init(&s, &p, (int)V, err)) != MC_OK) break;
-        s.state = e->draw.state;
-        st = mc_sampler_pick(&s, draw_rows + row * V, (int)V, NULL, draw_scr, &tokens[row], NULL,
-                             err);
-        states[row++] = s.state;
+        st = mc_sampler_pick_draw(&e->draw, draw_rows + row * V, (int)V, draw_scr, &tokens[row],
+                                  &states[row], err);
+        row++;
     }
     return st;
 }
