@@ -47,6 +47,19 @@ int mc_backend_set_sync_checks(mc_backend *be, int on)
     return be->iface.set_sync_checks ? be->iface.set_sync_checks(be->ctx, on) : 1;
 }
 
+int mc_backend_sync_checks(const mc_backend *be)
+{
+    return be->iface.sync_checks ? be->iface.sync_checks(be->ctx) : 1;
+}
+
+mc_status mc_backend_take_nonfinite(mc_backend *be, mc_nonfinite_note *note, mc_err *err)
+{
+    if (!note)
+        return mc_err_set(err, MC_ERR_ARG, "take_nonfinite: note is NULL");
+    *note = (mc_nonfinite_note){.tag = -1, .row = -1, .col = -1, .value = 0};
+    return be->iface.take_nonfinite(be->ctx, note, err);
+}
+
 const char *mc_backend_path(const mc_backend *be) { return be->iface.path(be->ctx); }
 const char *mc_backend_features(const mc_backend *be) { return be->iface.features(be->ctx); }
 

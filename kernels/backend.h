@@ -124,6 +124,9 @@ mc_status mc_backend_synchronize(mc_backend *be, mc_err *err);
  * they ignore the call and answer 1. The CUDA backend defers by default
  * (MC_CUDA_SYNC_CHECKS=1: at the op). */
 int mc_backend_set_sync_checks(mc_backend *be, int on);
+/* 1 when the backend checks contents at the op, 0 when it defers them (the
+ * setting mc_backend_set_sync_checks changes). */
+int mc_backend_sync_checks(const mc_backend *be);
 
 /* ---- buffers ---- */
 
@@ -339,6 +342,29 @@ mc_status mc_op_layernorm(mc_backend *be, const mc_tensor *x, const mc_tensor *w
  * (worker/nonfinite.h). */
 mc_status mc_op_find_nonfinite(mc_backend *be, const mc_tensor *x, int64_t *row, int64_t *col,
                                mc_err *err);
+
+/* A NaN or infinity noted by mc_op_note_nonfinite. */
+typedef struct {
+    int64_t tag;      /* the tag of the call that noted it; -1: nothing noted */
+    int64_t row, col; /* its place in that call's x */
+    float value;      /* NaN, +Inf or -Inf */
+} mc_nonfinite_note;
+
+/* mc_op_find_nonfinite without a wait: the first NaN or infinity of x
+ * (rows, d) F32 in row-major order is noted with `tag` (>= 0, the caller's
+ * name for the place of the check), unless a note is kept already (the
+ * first in issue order wins); mc_backend_take_nonfinite hands it to the
+ * host. On a device the check is a kernel that leaves its note in device
+ * memory, so a step can check its activations after every block and learn
+ * of a fault once, at its end (the step executor does so when the backend
+ * defers its content checks, mc_backend_sync_checks 0); the CPU backends
+ * find it at once. */
+mc_status mc_op_note_nonfinite(mc_backend *be, const mc_tensor *x, int64_t tag, mc_err *err);
+/* The note of mc_op_note_nonfinite kept since the last take (note->tag -1
+ * when none), then none is kept. Waits for the device when a note may have
+ * been made since its last wait; a content refusal that wait meets is
+ * returned as by mc_backend_synchronize (the note is still filled in). */
+mc_status mc_backend_take_nonfinite(mc_backend *be, mc_nonfinite_note *note, mc_err *err);
 
 /* Most candidates a row gives (mc_op_topk's k). */
 #define MC_TOPK_MAX 64
@@ -645,8 +671,10 @@ typedef struct {
                           mc_err *err);
     mc_status (*memset)(void *ctx, void *mem, size_t off, int value, size_t n, mc_err *err);
     mc_status (*synchronize)(void *ctx, mc_err *err);
-    /* optional (NULL: checks at the op always): mc_backend_set_sync_checks */
+    /* optional (NULL: checks at the op always): mc_backend_set_sync_checks,
+     * mc_backend_sync_checks */
     int (*set_sync_checks)(void *ctx, int on);
+    int (*sync_checks)(void *ctx);
     /* ops, arguments as the mc_op_* of the same name */
     mc_status (*matmul)(void *ctx, const mc_tensor *w, const mc_tensor *x, mc_tensor *y,
                         mc_err *err);
@@ -689,6 +717,8 @@ typedef struct {
                            float eps, mc_tensor *y, mc_err *err);
     mc_status (*find_nonfinite)(void *ctx, const mc_tensor *x, int64_t *row, int64_t *col,
                                 mc_err *err);
+    mc_status (*note_nonfinite)(void *ctx, const mc_tensor *x, int64_t tag, mc_err *err);
+    mc_status (*take_nonfinite)(void *ctx, mc_nonfinite_note *note, mc_err *err);
     /* lse may be NULL */
     mc_status (*topk)(void *ctx, const mc_tensor *x, int k, int64_t id0, mc_tensor *ids,
                       mc_tensor *vals, mc_tensor *lse, mc_err *err);

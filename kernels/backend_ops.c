@@ -125,6 +125,15 @@ mc_status mc_op_find_nonfinite(mc_backend *be, const mc_tensor *x, int64_t *row,
     return be->iface.find_nonfinite(be->ctx, x, row, col, err);
 }
 
+mc_status mc_op_note_nonfinite(mc_backend *be, const mc_tensor *x, int64_t tag, mc_err *err)
+{
+    if (!act_ok(be, x, 0, "note_nonfinite: x", err))
+        return FAIL_ARG();
+    if (tag < 0)
+        return mc_err_set(err, MC_ERR_ARG, "note_nonfinite: tag %lld is negative", (long long)tag);
+    return be->iface.note_nonfinite(be->ctx, x, tag, err);
+}
+
 mc_status mc_op_topk(mc_backend *be, const mc_tensor *x, int k, int64_t id0, mc_tensor *ids,
                      mc_tensor *vals, mc_tensor *lse, mc_err *err)
 {

@@ -461,6 +461,7 @@ void mc_step_exec_free(mc_step_exec *ex)
         free(ex->host[i]);
     free(ex->host);
     free(ex->layers);
+    free(ex->nf_sites);
     mc_buffer_free(ex->bt_buf);
     mc_buffer_free(ex->top_buf);
     mc_buffer_free(ex->ep_buf);
@@ -678,8 +679,16 @@ static mc_status run(mc_step_exec *ex, const mc_step_plan *plan, float *logits, 
 {
     mc_step_limits lim;
     mc_step_exec_limits(ex, &lim);
-    if (plan && plan->n_seqs == 0)
-        return idle_step(ex, err); /* a dp group with nothing to run */
+    /* non-finite checks noted on the device and read at the step's end when
+     * the backend defers its checks (a note left by a failed step dropped) */
+    ex->nf_defer = !mc_backend_sync_checks(ex->be);
+    ex->nf_n = 0;
+    if (ex->nf_defer) {
+        mc_nonfinite_note stale;
+        (void)mc_backend_take_nonfinite(ex->be, &stale, NULL);
+    }
+    if (plan && plan->n_seqs == 0) /* a dp group with nothing to run */
+        return mc_step_nf_settle(ex, idle_step(ex, err), err);
     mc_status st = mc_step_plan_check(plan, &lim, err);
     if (st != MC_OK)
         return st;
@@ -727,12 +736,13 @@ static mc_status run(mc_step_exec *ex, const mc_step_plan *plan, float *logits, 
     }
     mc_step_host_ix hx = {.n = n, .nl = nl, .ns = ns, .maxb = maxb,
                           .tok = tok, .seq = seq, .pos = pos, .rows = rows, .bt = bt, .nblk = nblk};
-    if ((st = ex->fam->exec_forward(ex, &hx, logits, err)) != MC_OK)
-        return st;
     /* a device that defers its content checks reports a refusal at a wait:
      * wait here, so that it fails this step (a step without logit rows, a
-     * prefill chunk, has waited nowhere) before the lengths move */
-    if ((st = mc_backend_synchronize(ex->be, err)) != MC_OK)
+     * prefill chunk, has waited nowhere) before the lengths move; likewise
+     * a non-finite value noted on the device */
+    if ((st = ex->fam->exec_forward(ex, &hx, logits, err)) == MC_OK)
+        st = mc_backend_synchronize(ex->be, err);
+    if ((st = mc_step_nf_settle(ex, st, err)) != MC_OK)
         return st;
     for (uint32_t i = 0; i < ns; i++)
         len_set(ex, plan->seqs[i].seq_id, plan->seqs[i].start_pos + plan->seqs[i].n_tokens);

@@ -145,30 +145,81 @@ mc_status mc_step_pp_recv(mc_step_exec *ex, int row, int peer, mc_tensor *t, siz
     return stage_out(t, bytes, 1, &h, st, err);
 }
 
+/* The message of a non-finite value at row r, column c of a check at
+ * `site`, the value v (mc_nf_check on it: names the layer, the position
+ * and the weight at fault). */
+static mc_status nf_blame(mc_step_exec *ex, const mc_step_nf_site *site, int64_t r, int64_t c,
+                          float v, mc_err *err)
+{
+    int64_t tr = site->rows ? site->rows[r] : r; /* the step's token row */
+    int64_t tok = site->tok ? site->tok[tr] : 0;
+    mc_status st = mc_nf_check(ex->m, (mc_nf_where)site->where, site->layer, &v, 1, 1,
+                               site->pos ? site->pos[tr] : 0, site->tok ? &tok : NULL, err);
+    if (st == MC_OK) /* the device saw what the host copy does not: say so */
+        st = mc_err_set(err, MC_ERR_INTERNAL, "layer %d: non-finite value at row %lld, column %lld",
+                        site->layer, (long long)r, (long long)c);
+    return st;
+}
+
+static mc_status nf_at(mc_step_exec *ex, const mc_step_nf_site *site, const mc_tensor *t,
+                       mc_err *err)
+{
+    mc_status st;
+    if (ex->nf_defer) { /* noted on the device, read at the step's end */
+        if (ex->nf_n == ex->nf_cap) {
+            size_t cap = ex->nf_cap ? 2 * ex->nf_cap : 64;
+            mc_step_nf_site *p = realloc(ex->nf_sites, cap * sizeof *p);
+            if (!p)
+                return mc_err_set(err, MC_ERR_NOMEM, "step: out of memory");
+            ex->nf_sites = p;
+            ex->nf_cap = cap;
+        }
+        ex->nf_sites[ex->nf_n] = *site;
+        return mc_op_note_nonfinite(ex->be, t, (int64_t)ex->nf_n++, err);
+    }
+    int64_t r, c;
+    if ((st = mc_op_find_nonfinite(ex->be, t, &r, &c, err)) != MC_OK || r < 0)
+        return st;
+    mc_tensor row, one;
+    float v = 0;
+    if ((st = mc_tensor_view_rows(t, r, 1, &row, err)) == MC_OK &&
+        (st = mc_tensor_view_cols(&row, c, 1, &one, err)) == MC_OK &&
+        (st = mc_tensor_download(&one, &v, err)) == MC_OK)
+        st = nf_blame(ex, site, r, c, v, err);
+    return st;
+}
+
 mc_status mc_step_nf(mc_step_exec *ex, int where, int layer, const mc_tensor *t,
                      const int32_t *row_pos, const int32_t *row_tok, mc_err *err)
 {
-    int64_t r, c, w = mc_tensor_cols(t);
-    mc_status st = mc_op_find_nonfinite(ex->be, t, &r, &c, err);
-    if (st != MC_OK || r < 0)
+    mc_step_nf_site site = {where, layer, row_pos, row_tok, NULL};
+    return nf_at(ex, &site, t, err);
+}
+
+mc_status mc_step_nf_rows(mc_step_exec *ex, int where, const mc_tensor *t, const int32_t *pos,
+                          const int32_t *rows, mc_err *err)
+{
+    mc_step_nf_site site = {where, 0, pos, NULL, rows};
+    return nf_at(ex, &site, t, err);
+}
+
+mc_status mc_step_nf_settle(mc_step_exec *ex, mc_status st, mc_err *err)
+{
+    if (!ex->nf_defer || ex->nf_n == 0)
         return st;
-    mc_tensor row;
-    mc_arena_mark mk = mc_arena_mark_get(ex->arena);
-    float *buf = mc_arena_alloc_n(ex->arena, (size_t)w, sizeof *buf); /* [w] the bad row */
-    if (!buf)
-        return mc_err_set(err, MC_ERR_NOMEM, "step: out of memory");
-    if ((st = mc_tensor_view_rows(t, r, 1, &row, err)) == MC_OK &&
-        (st = mc_tensor_download(&row, buf, err)) == MC_OK) {
-        int64_t tok = row_tok ? row_tok[r] : 0;
-        st = mc_nf_check(ex->m, (mc_nf_where)where, layer, buf, 1, (size_t)w,
-                         row_pos ? row_pos[r] : 0, row_tok ? &tok : NULL, err);
-        if (st == MC_OK) /* the device saw what the host copy does not: say so */
-            st = mc_err_set(err, MC_ERR_INTERNAL,
-                            "layer %d: non-finite value at row %lld, column %lld", layer,
-                            (long long)r, (long long)c);
+    mc_nonfinite_note nn;
+    mc_err e2;
+    mc_err_clear(&e2);
+    mc_status s2 = mc_backend_take_nonfinite(ex->be, &nn, &e2);
+    if (nn.tag < 0 || (uint64_t)nn.tag >= ex->nf_n) {
+        /* none noted: the step's answer stands; a refusal the take's wait
+         * met (the step failed before its own wait) is not this step's news */
+        return st == MC_OK && s2 != MC_OK ? mc_err_set(err, s2, "%s", e2.msg) : st;
     }
-    mc_arena_reset_to(ex->arena, mk);
-    return st;
+    /* the first non-finite value comes before whatever failed after it */
+    if (st != MC_OK)
+        mc_err_clear(err);
+    return nf_blame(ex, &ex->nf_sites[nn.tag], nn.row, nn.col, nn.value, err);
 }
 
 /* tp all-reduce (sum) of t (n, H) F32 in place, timed into row l. */
@@ -1011,13 +1062,8 @@ mc_status mc_step_head(mc_step_exec *ex, mc_step_views *s, int64_t nl, float *lo
         TRY(mc_op_embed(ex->be, &s->x, &rows, 0, &hx, err)); /* gather the rows */
         TRY(mc_op_rmsnorm(ex->be, &hx, &ex->final_norm, d->norm_eps, &hx, err));
         TRY(mc_op_matmul(ex->be, &ex->lm_head, &hx, &hl, err));
-        {
-            /* each tp rank checks its vocabulary slice; positions of the rows */
-            int32_t rp[MC_STEP_HEAD_ROWS];
-            for (int64_t i = 0; i < r; i++)
-                rp[i] = s->hx->pos[s->hx->rows[c0 + i]];
-            TRY(mc_step_nf(ex, MC_NF_HEAD, 0, &hl, rp, NULL, err));
-        }
+        /* each tp rank checks its vocabulary slice */
+        TRY(mc_step_nf_rows(ex, MC_NF_HEAD, &hl, s->hx->pos, s->hx->rows + c0, err));
         if (ex->top) {
             TRY(tp == 1 ? mc_step_top_rows(ex, &hl, c0, err) : head_top_tp(ex, &hl, c0, err));
             continue;

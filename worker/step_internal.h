@@ -71,6 +71,18 @@ typedef struct {
     int used;
 } mc_step_len;
 
+/* Where a check of the running step looked (mc_step_nf with the backend's
+ * content checks deferred: the check notes the first NaN or infinity on the
+ * device under the site's index, mc_op_note_nonfinite, and the step reads
+ * the note once, at its end, mc_step_nf_settle). The arrays are the step's
+ * host index (valid until the step ends). */
+typedef struct {
+    int where, layer;
+    const int32_t *pos;  /* NULL (rows of another kind), or positions */
+    const int32_t *tok;  /* NULL, or token ids (the input) */
+    const int32_t *rows; /* NULL: row r is token r; else token rows[r] */
+} mc_step_nf_site;
+
 struct mc_step_exec {
     mc_model *m;
     mc_backend *be;
@@ -123,6 +135,11 @@ struct mc_step_exec {
     mc_buffer *top_buf;
     size_t top_cap;
     mc_arena *arena; /* host staging of the index arrays, reset per step */
+    /* non-finite checks of the running step: deferred (nf_defer: the
+     * backend defers its content checks) at nf_n sites so far */
+    int nf_defer;
+    mc_step_nf_site *nf_sites;
+    size_t nf_n, nf_cap;
     mc_step_len *lens;
     size_t lens_cap, lens_n;
     const mc_family_ops *fam; /* the family's stack (family.h) */
@@ -253,6 +270,13 @@ mc_status mc_step_pp_recv(mc_step_exec *ex, int row, int peer, mc_tensor *t, siz
  * fault. */
 mc_status mc_step_nf(mc_step_exec *ex, int where, int layer, const mc_tensor *t,
                      const int32_t *row_pos, const int32_t *row_tok, mc_err *err);
+/* The same for logit rows: row r is token rows[r] (position pos[rows[r]]). */
+mc_status mc_step_nf_rows(mc_step_exec *ex, int where, const mc_tensor *t, const int32_t *pos,
+                          const int32_t *rows, mc_err *err);
+/* The end of a step (its answer st so far): with deferred checks, the note
+ * of its first non-finite value (an error naming the layer, the position and
+ * the weight at fault, in place of st), else st. */
+mc_status mc_step_nf_settle(mc_step_exec *ex, mc_status st, mc_err *err);
 /* A MoE layer's part of the expert exchange for a rank with no tokens. */
 mc_status mc_step_moe_idle(mc_step_exec *ex, int l, mc_err *err);
 

@@ -377,6 +377,27 @@ static mc_status cpu_topk(void *ctx, const mc_tensor *x, int k, int64_t id0, mc_
     return MC_OK;
 }
 
+static mc_status cpu_note_nonfinite(void *ctx, const mc_tensor *x, int64_t tag, mc_err *err)
+{
+    mc_cpu_ctx *c = ctx;
+    if (c->nf.tag >= 0) /* the first note is kept */
+        return MC_OK;
+    int64_t r = -1, i = -1;
+    mc_status st = cpu_find_nonfinite(ctx, x, &r, &i, err);
+    if (st == MC_OK && r >= 0)
+        c->nf = (mc_nonfinite_note){.tag = tag, .row = r, .col = i, .value = row_f32(x, r)[i]};
+    return st;
+}
+
+static mc_status cpu_take_nonfinite(void *ctx, mc_nonfinite_note *note, mc_err *err)
+{
+    (void)err;
+    mc_cpu_ctx *c = ctx;
+    *note = c->nf;
+    c->nf.tag = -1;
+    return MC_OK;
+}
+
 static const mc_backend_i cpu_iface = {
     .name = "cpu",
     .kind = MC_DEVICE_CPU,
@@ -396,6 +417,8 @@ static const mc_backend_i cpu_iface = {
     .add = cpu_add,
     .softmax = cpu_softmax,
     .find_nonfinite = cpu_find_nonfinite,
+    .note_nonfinite = cpu_note_nonfinite,
+    .take_nonfinite = cpu_take_nonfinite,
     .topk = cpu_topk,
     .embed = cpu_embed,
     .router_topk = mc_cpu_router_topk,
@@ -433,6 +456,7 @@ static mc_status cpu_init(const mc_backend_i *iface, mc_backend **out, mc_err *e
     mc_cpu_ctx *c = calloc(1, sizeof *c);
     if (!c)
         return mc_err_set(err, MC_ERR_NOMEM, "out of memory for the CPU backend");
+    c->nf.tag = -1;
     mc_status st = mc_arena_init(0, 0, &c->scratch, err);
     if (st != MC_OK) {
         free(c);
@@ -509,6 +533,16 @@ static mc_status dev_download(void *ctx, const void *mem, size_t off, void *dst,
 
 static mc_status dev_sync(void *ctx, mc_err *err) { return dev_wait(ctx, err); }
 
+static int dev_sync_checks(void *ctx) { return ((mc_cpu_ctx *)ctx)->sync_checks; }
+
+/* The note of a non-finite value, after the wait the take stands for (a
+ * refusal kept since the last wait comes back with it). */
+static mc_status dev_take_nonfinite(void *ctx, mc_nonfinite_note *note, mc_err *err)
+{
+    mc_status st = cpu_take_nonfinite(ctx, note, err);
+    return st == MC_OK ? dev_wait(ctx, err) : st;
+}
+
 static int dev_set_sync_checks(void *ctx, int on)
 {
     mc_cpu_ctx *c = ctx;
@@ -574,6 +608,8 @@ mc_status mc_backend_cpu_device_init(mc_backend **out, mc_err *err)
     dev.download = dev_download;
     dev.synchronize = dev_sync;
     dev.set_sync_checks = dev_set_sync_checks;
+    dev.sync_checks = dev_sync_checks;
+    dev.take_nonfinite = dev_take_nonfinite;
     dev.rope = dev_rope;
     dev.kv_write = dev_kv_write;
     dev.attention = dev_attention;

@@ -28,6 +28,9 @@ typedef struct {
     int sync_checks;
     mc_status pending_st;
     mc_err pending;
+    /* mc_op_note_nonfinite's note until mc_backend_take_nonfinite (tag -1:
+     * none; both CPU backends find it at the op) */
+    mc_nonfinite_note nf;
 } mc_cpu_ctx;
 
 static inline mc_arena *mc_cpu_scratch(void *ctx)

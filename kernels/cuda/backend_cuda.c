@@ -84,22 +84,48 @@ static mc_status deferred_refusal(const long long *rec, mc_err *err)
 
 mc_status mc_cuda_wait(mc_cuda_ctx *c, const char *op, int take, mc_err *err)
 {
-    int noted = c->noted && take;
+    int noted = c->noted && take, nf = c->nf_noted;
     mc_status st = MC_OK;
-    if (noted) { /* read the note and clear it, behind everything queued */
-        st = mc_cuda_check(cudaMemcpyAsync(c->h_rec, c->d_rec, 3 * sizeof *c->h_rec,
+    if (noted || nf) { /* read the notes and clear what is read, behind everything queued */
+        st = mc_cuda_check(cudaMemcpyAsync(c->h_rec, c->d_rec, 7 * sizeof *c->h_rec,
                                            cudaMemcpyDeviceToHost, c->stream), op, err);
-        if (st == MC_OK)
+        if (st == MC_OK && noted)
             st = mc_cuda_check(cudaMemsetAsync(c->d_rec, 0xff, 3 * sizeof *c->d_rec, c->stream),
                                op, err);
+        if (st == MC_OK && nf)
+            st = mc_cuda_check(cudaMemsetAsync(c->d_rec + 3, 0xff, 4 * sizeof *c->d_rec,
+                                               c->stream), op, err);
     }
     mc_status s2 = mc_cuda_check(cudaStreamSynchronize(c->stream), op, st == MC_OK ? err : NULL);
     if (st == MC_OK)
         st = s2;
-    if (st != MC_OK || !noted)
+    if (st != MC_OK)
         return st;
+    if (nf) {
+        c->nf_noted = 0;
+        if (c->h_rec[3] >= 0 && c->nf.tag < 0) {
+            uint32_t u = (uint32_t)c->h_rec[6];
+            float v;
+            memcpy(&v, &u, sizeof v);
+            c->nf = (mc_nonfinite_note){.tag = c->h_rec[3], .row = c->h_rec[4],
+                                        .col = c->h_rec[5], .value = v};
+        }
+    }
+    if (!noted)
+        return MC_OK;
     c->noted = 0;
     return c->h_rec[0] >= 0 ? deferred_refusal(c->h_rec, err) : MC_OK;
+}
+
+static mc_status cu_take_nonfinite(void *ctx, mc_nonfinite_note *note, mc_err *err)
+{
+    mc_cuda_ctx *c = ctx;
+    mc_status st = MC_OK;
+    if (c->nf_noted && (st = mc_cuda_use(c, "take_nonfinite", err)) == MC_OK)
+        st = mc_cuda_wait(c, "take_nonfinite", 1, err);
+    *note = c->nf;
+    c->nf.tag = -1;
+    return st;
 }
 
 /* At least `bytes` in *mem (*size bytes), grown when short. */
@@ -280,6 +306,8 @@ static mc_status cu_sync(void *ctx, mc_err *err)
         st = mc_cuda_wait(c, "synchronize", 1, err);
     return st;
 }
+
+static int cu_sync_checks(void *ctx) { return ((mc_cuda_ctx *)ctx)->sync_checks; }
 
 static int cu_set_sync_checks(void *ctx, int on)
 {
@@ -521,6 +549,7 @@ static void cu_free(void *ctx)
     cudaFreeHost(c->h_first);
     cudaFreeHost(c->h_info);
     cudaFree(c->d_rec);
+    cudaFree(c->d_nf_first);
     cudaFreeHost(c->h_rec);
     for (int k = 0; k < 2; k++) {
         if (c->stage[k])
@@ -552,6 +581,7 @@ static const mc_backend_i cuda_iface = {
     .memset = cu_memset,
     .synchronize = cu_sync,
     .set_sync_checks = cu_set_sync_checks,
+    .sync_checks = cu_sync_checks,
     .matmul = mc_cuda_matmul,
     .rmsnorm = mc_cuda_rmsnorm,
     .rope = mc_cuda_rope,
@@ -561,6 +591,8 @@ static const mc_backend_i cuda_iface = {
     .embed = mc_cuda_embed,
     .layernorm = mc_cuda_layernorm,
     .find_nonfinite = mc_cuda_find_nonfinite,
+    .note_nonfinite = mc_cuda_note_nonfinite,
+    .take_nonfinite = cu_take_nonfinite,
     .topk = mc_cuda_topk,
     .kv_write = mc_cuda_kv_write,
     .attention = mc_cuda_attention,
@@ -612,6 +644,7 @@ mc_status mc_backend_cuda_init(int device, mc_backend **out, mc_err *err)
     if (!c)
         return mc_err_set(err, MC_ERR_NOMEM, "out of memory for the CUDA backend");
     c->device = device;
+    c->nf.tag = -1;
     const char *op = "init";
     struct cudaDeviceProp prop;
     mc_status st = mc_cuda_check(cudaSetDevice(device), op, err);
@@ -632,13 +665,18 @@ mc_status mc_backend_cuda_init(int device, mc_backend **out, mc_err *err)
     if (st == MC_OK)
         st = mc_cuda_check(cudaMallocHost((void **)&c->h_info, 4 * sizeof *c->h_info), op, err);
     if (st == MC_OK)
-        st = mc_cuda_check(cudaMalloc((void **)&c->d_rec, 3 * sizeof *c->d_rec), op, err);
-    if (st == MC_OK) /* all ones: -1, no refusal noted (on the ops' stream, which does not
-                      * wait for the legacy default stream) */
-        st = mc_cuda_check(cudaMemsetAsync(c->d_rec, 0xff, 3 * sizeof *c->d_rec, c->stream), op,
+        st = mc_cuda_check(cudaMalloc((void **)&c->d_rec, 7 * sizeof *c->d_rec), op, err);
+    if (st == MC_OK) /* all ones: -1, no refusal or non-finite value noted (on the ops'
+                      * stream, which does not wait for the legacy default stream) */
+        st = mc_cuda_check(cudaMemsetAsync(c->d_rec, 0xff, 7 * sizeof *c->d_rec, c->stream), op,
                            err);
     if (st == MC_OK)
-        st = mc_cuda_check(cudaMallocHost((void **)&c->h_rec, 3 * sizeof *c->h_rec), op, err);
+        st = mc_cuda_check(cudaMallocHost((void **)&c->h_rec, 7 * sizeof *c->h_rec), op, err);
+    if (st == MC_OK)
+        st = mc_cuda_check(cudaMalloc((void **)&c->d_nf_first, sizeof *c->d_nf_first), op, err);
+    if (st == MC_OK)
+        st = mc_cuda_check(cudaMemsetAsync(c->d_nf_first, 0xff, sizeof *c->d_nf_first,
+                                           c->stream), op, err);
     if (st == MC_OK)
         st = mc_cuda_check(cudaMalloc((void **)&c->d_count, 2 * sizeof *c->d_count), op, err);
     if (st == MC_OK)

@@ -85,6 +85,14 @@ typedef struct {
     int topk_passes;
     long long *d_rec, *h_rec;
     int noted;
+    /* mc_op_note_nonfinite: its note is d_rec[3..7) = {tag, row, col,
+     * value's bits} (tag -1: none), read with the refusal's words by a
+     * wait when nf_noted (a note kernel queued since the last read) and
+     * kept on the host in nf until mc_backend_take_nonfinite; d_nf_first
+     * the search's scratch word (~0 between calls) */
+    unsigned long long *d_nf_first;
+    int nf_noted;
+    mc_nonfinite_note nf;
 } mc_cuda_ctx;
 
 /* The ops whose content checks may be deferred (d_rec[0]). */
@@ -110,7 +118,8 @@ mc_status mc_cuda_check(cudaError_t e, const char *op, mc_err *err);
 mck_defer mc_cuda_defer_of(mc_cuda_ctx *c, int op, long long k);
 /* Waits for the stream; then MC_OK, or (take) the deferred refusal noted
  * since the last wait (MC_ERR_ARG naming the op and the token or pair; err
- * may be NULL). take 0: wait only, the refusal is kept for the next wait. */
+ * may be NULL). take 0: wait only, the refusal is kept for the next wait.
+ * A non-finite note queued since the last read moves to c->nf either way. */
 mc_status mc_cuda_wait(mc_cuda_ctx *c, const char *op, int take, mc_err *err);
 /* cudaSetDevice to the backend's device (the calling thread may be new). */
 mc_status mc_cuda_use(mc_cuda_ctx *c, const char *op, mc_err *err);
@@ -154,6 +163,7 @@ mc_status mc_cuda_topk(void *ctx, const mc_tensor *x, int k, int64_t id0, mc_ten
                        mc_tensor *vals, mc_tensor *lse, mc_err *err);
 mc_status mc_cuda_find_nonfinite(void *ctx, const mc_tensor *x, int64_t *row, int64_t *col,
                                  mc_err *err);
+mc_status mc_cuda_note_nonfinite(void *ctx, const mc_tensor *x, int64_t tag, mc_err *err);
 /* The kernels' view of a weight tensor (device pointers, FP8 block scales). */
 mck_mat mc_cuda_mck(const mc_tensor *t);
 /* Weight bytes a product over `rows` rows of w reads (as mc_mat_weight_bytes). */

@@ -261,6 +261,32 @@ cudaError_t mck_find_nonfinite(cudaStream_t s, const float *x, long long ldx, lo
     return cudaGetLastError();
 }
 
+__global__ static void k_nonfinite_note(const float *x, long long ldx, int d, long long tag,
+                                        unsigned long long *first, long long *note)
+{
+    unsigned long long k = *first;
+    if (k == ~0ull)
+        return;
+    *first = ~0ull;
+    if (note[0] >= 0) /* the first note since the host read them is kept */
+        return;
+    long long r = (long long)(k / (unsigned long long)d), i = (long long)(k % (unsigned long long)d);
+    note[1] = r;
+    note[2] = i;
+    note[3] = (long long)__float_as_uint(x[r * ldx + i]);
+    note[0] = tag;
+}
+
+cudaError_t mck_note_nonfinite(cudaStream_t s, const float *x, long long ldx, long long rows,
+                               int d, long long tag, unsigned long long *first, long long *note)
+{
+    if (rows <= 0 || d <= 0)
+        return cudaSuccess;
+    k_nonfinite<<<grid_for(rows * d, EW_THREADS), EW_THREADS, 0, s>>>(x, ldx, rows, d, first);
+    k_nonfinite_note<<<1, 1, 0, s>>>(x, ldx, d, tag, first, note);
+    return cudaGetLastError();
+}
+
 /* ---- embed: one block per token ---- */
 
 __global__ static void k_embed(mck_mat w, const int32_t *ids32, const int64_t *ids64, long long id0,

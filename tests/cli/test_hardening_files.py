@@ -84,8 +84,8 @@ def run(args, timeout=60, env=None):
         return None, "", f"TIMEOUT after {timeout} s (hung)"
 
 
-def expect_fail(args, needles, what, out_path=None, timeout=60):
-    rc, out, err = run(args, timeout)
+def expect_fail(args, needles, what, out_path=None, timeout=60, env=None):
+    rc, out, err = run(args, timeout, env)
     ok = rc is not None and 0 < rc < 128 and all(n in err for n in needles)
     if out_path:
         ok = ok and not os.path.exists(out_path)
@@ -122,16 +122,24 @@ def nan_cases(exe, fx, work):
         ("deepseek-v4-tiny", "model.layers.1.ffn.shared_experts.w3.weight", 50, "NaN",
          "layer 1: non-finite activations"),
     ]
+    # the host checks after every block and stops there; a device (the CPU
+    # acting as one: its checks deferred as the CUDA backend's) notes the
+    # first non-finite value and fails the step at its end, with the same words
+    device = dict(os.environ, MC_CPU_AS_DEVICE="1")
     for i, (name, tensor, elem, kind, where) in enumerate(cases):
         model = copy_model(fx, name, os.path.join(work, f"nan{i}-{name}"))
         poke(model, tensor, elem, kind)
         blame = f"tensor {tensor} holds {kind} at element {elem}"
         out = os.path.join(work, f"nan{i}.safetensors")
-        expect_fail([exe, "score", "--model", model, "--input", ids, "--output", out],
-                    [where, blame], f"score, {name}, {kind} in {tensor}", out_path=out)
-        stdout = expect_fail([exe, "generate", "--model", model, "--prompt-ids", prompt, "-n", "4"],
-                             [where, blame], f"generate, {name}, {kind} in {tensor}")
-        check(stdout.strip() == "", f"generate, {name}: no ids printed ('{stdout.strip()}')")
+        for how, env in (("", None), (", cpu device", device)):
+            expect_fail([exe, "score", "--model", model, "--input", ids, "--output", out],
+                        [where, blame], f"score{how}, {name}, {kind} in {tensor}", out_path=out,
+                        env=env)
+            stdout = expect_fail([exe, "generate", "--model", model, "--prompt-ids", prompt,
+                                  "-n", "4"], [where, blame],
+                                 f"generate{how}, {name}, {kind} in {tensor}", env=env)
+            check(stdout.strip() == "", f"generate{how}, {name}: no ids printed "
+                  f"('{stdout.strip()}')")
         if i == 0:
             # load-time quantization must not turn the NaN into a finite weight
             for fmt in ("q8_0", "q4_k"):
@@ -140,6 +148,8 @@ def nan_cases(exe, fx, work):
                             f"score --weights {fmt}, {kind} in {tensor}", out_path=out)
             # the MoE block's residual, or (ep) the expert outputs on the rank holding it
             mpi_case(exe, model, prompt, [where.replace(" activations", ""), blame])
+            mpi_case(exe, model, prompt, [where.replace(" activations", ""), blame],
+                     device=True)
     # a shard set cut from a model with a NaN expert: the rank holding the
     # expert (not the one whose tokens went through it) names it
     model = copy_model(fx, "qwen3-moe-tiny", os.path.join(work, "nan-shards-src"))
@@ -148,8 +158,9 @@ def nan_cases(exe, fx, work):
     shards = os.path.join(work, "nan-shards")
     rc, _, err = run([exe, "shard", "--model", model, "--cluster", CPU4, "--out", shards])
     check(rc == 0, f"shard a model with a NaN expert: exit {rc}", err)
-    mpi_case(exe, shards, prompt, [f"tensor {tensor} holds NaN at element 5"], ranks=4,
-             pars=[[]], source="--shards")
+    for dev in (False, True):
+        mpi_case(exe, shards, prompt, [f"tensor {tensor} holds NaN at element 5"], ranks=4,
+                 pars=[[]], source="--shards", device=dev)
     # cutting with a format conversion must not turn the NaN into a finite weight
     # (a plain copy keeps it, and the forward pass names it, as above)
     one = os.path.join(os.path.dirname(CPU4), "cpu-1rank.yaml")
@@ -171,7 +182,7 @@ CPU4 = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "clu
 
 
 def mpi_case(exe, model, prompt, needles, ranks=2, pars=(["--ep", "2"], ["--pp", "2"]),
-             source="--model"):
+             source="--model", device=False):
     """Under mpirun (when there is one): the rank that finds the NaN names it
     and the job ends instead of leaving the other rank waiting."""
     mpirun = shutil.which("mpirun")
@@ -187,11 +198,14 @@ def mpi_case(exe, model, prompt, needles, ranks=2, pars=(["--ep", "2"], ["--pp",
     env = dict(os.environ)
     env.setdefault("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
     env.setdefault("ASAN_OPTIONS", "detect_leaks=0")
+    if device:
+        env["MC_CPU_AS_DEVICE"] = "1"
     for par in pars:
         rc, out, err = run(cmd + [exe, "generate", source, model, "--prompt-ids", prompt,
                                   "-n", "4"] + par, timeout=90, env=env)
         ok = rc is not None and rc != 0 and all(n in err for n in needles) and out.strip() == ""
-        check(ok, f"mpirun -np {ranks} generate {source} {' '.join(par)}: exit {rc}, "
+        check(ok, f"mpirun -np {ranks} generate {source} {' '.join(par)}"
+              f"{' (cpu device)' if device else ''}: exit {rc}, "
               f"message names {needles}",
               f"stdout: {out[-300:]}\nstderr: {err[-1200:]}")
 

@@ -921,6 +921,57 @@ static void test_cpu_device(void)
     mc_backend_free(dev);
 }
 
+/* ---- non-finite values noted without a wait (mc_op_note_nonfinite) ----
+ * On both CPU backends: nothing noted over finite rows; the first NaN or
+ * infinity in row-major order of a strided view, with its value; a second
+ * call's note is not kept over the first; the take hands it over once. */
+static void test_note_nonfinite(void)
+{
+    enum { R = 4, D = 37, LD = 41 };
+    mc_backend *dev = NULL;
+    OK(mc_backend_cpu_device_init(&dev, err_));
+    if (!dev)
+        return;
+    CHECK(mc_backend_sync_checks(be) == 1 && mc_backend_sync_checks(dev) == 0);
+    CHECK(mc_backend_set_sync_checks(dev, 1) == 0 && mc_backend_sync_checks(dev) == 1);
+    CHECK(mc_backend_set_sync_checks(dev, 0) == 1 && mc_backend_sync_checks(dev) == 0);
+    mc_backend *bs[2] = {be, dev};
+    float h[R * LD];
+    fill(h, R * LD, 1.0f);
+    h[0 * LD + D] = NAN; /* past the view's columns: not seen */
+    h[2 * LD + 30] = -INFINITY;
+    h[3 * LD + 1] = NAN;
+    for (int k = 0; k < 2; k++) {
+        mc_buffer *b = NULL;
+        OK(mc_buffer_alloc(bs[k], sizeof h, &b, err_));
+        if (!b)
+            continue;
+        OK(mc_buffer_upload(b, 0, h, sizeof h, err_));
+        mc_tensor all, top, bot;
+        OK(mc_tensor_init_strided(&all, b, 0, MC_DT_F32, 2, (int64_t[]){R, D}, LD, err_));
+        OK(mc_tensor_view_rows(&all, 0, 2, &top, err_));
+        OK(mc_tensor_view_rows(&all, 3, 1, &bot, err_));
+        mc_nonfinite_note nn;
+        OK(mc_op_note_nonfinite(bs[k], &top, 4, err_)); /* finite: nothing noted */
+        OK(mc_backend_take_nonfinite(bs[k], &nn, err_));
+        CHECK(nn.tag == -1);
+        OK(mc_op_note_nonfinite(bs[k], &top, 5, err_));
+        OK(mc_op_note_nonfinite(bs[k], &all, 6, err_));
+        OK(mc_op_note_nonfinite(bs[k], &bot, 7, err_)); /* not kept: 6's is first */
+        OK(mc_backend_take_nonfinite(bs[k], &nn, err_));
+        CHECK(nn.tag == 6 && nn.row == 2 && nn.col == 30 && isinf(nn.value) && nn.value < 0);
+        OK(mc_backend_take_nonfinite(bs[k], &nn, err_)); /* taken once */
+        CHECK(nn.tag == -1);
+        OK(mc_op_note_nonfinite(bs[k], &bot, 8, err_));
+        OK(mc_backend_take_nonfinite(bs[k], &nn, err_));
+        CHECK(nn.tag == 8 && nn.row == 0 && nn.col == 1 && isnan(nn.value));
+        EXPECT_ERR(mc_op_note_nonfinite(bs[k], &all, -1, err_), MC_ERR_ARG, "tag -1 is negative");
+        EXPECT_ERR(mc_backend_take_nonfinite(bs[k], NULL, err_), MC_ERR_ARG, "note is NULL");
+        mc_buffer_free(b);
+    }
+    mc_backend_free(dev);
+}
+
 int main(void)
 {
     mc_err e;
@@ -936,6 +987,7 @@ int main(void)
     test_refusals();
     test_probes();
     test_cpu_device();
+    test_note_nonfinite();
     test_topk();
     static const char *const paths[] = {"scalar", "avx2", "avx512", "amx"};
     for (int p = 0; p < 4; p++) {

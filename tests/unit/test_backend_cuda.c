@@ -268,6 +268,27 @@ static void test_rows(void)
                     (long long)rc[1][0], (long long)rc[1][1], (long long)rc[0][0],
                     (long long)rc[0][1]);
         }
+        /* note_nonfinite: the first note kept (the device's without a wait), its value */
+        mc_nonfinite_note nn[2];
+        for (int s = 0; s < 2; s++) {
+            OK(mc_op_note_nonfinite(B[s], &x.t[s], 3, err_)); /* finite */
+            OK(mc_op_note_nonfinite(B[s], &y.t[s], 5, err_));
+            OK(mc_op_note_nonfinite(B[s], &y.t[s], 9, err_)); /* not kept */
+            OK(mc_backend_take_nonfinite(B[s], &nn[s], err_));
+        }
+        CHECK(nn[0].tag == 5 && nn[0].row == r0 && nn[0].col == c0 && isinf(nn[0].value));
+        if (nn[1].tag != nn[0].tag || nn[1].row != nn[0].row || nn[1].col != nn[0].col ||
+            memcmp(&nn[1].value, &nn[0].value, sizeof nn[0].value) != 0) {
+            check_failures++;
+            fprintf(stderr, "note_nonfinite (%d, %d): got tag %lld (%lld, %lld) %g, want tag %lld "
+                    "(%lld, %lld) %g\n", R, d, (long long)nn[1].tag, (long long)nn[1].row,
+                    (long long)nn[1].col, nn[1].value, (long long)nn[0].tag,
+                    (long long)nn[0].row, (long long)nn[0].col, nn[0].value);
+        }
+        for (int s = 0; s < 2; s++) {
+            OK(mc_backend_take_nonfinite(B[s], &nn[s], err_));
+            CHECK(nn[s].tag == -1);
+        }
         pair_free(&x);
         pair_free(&u);
         pair_free(&y);
