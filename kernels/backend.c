@@ -4,6 +4,7 @@
  * backend_ops.c. */
 #include "backend.h"
 #include "backend_impl.h"
+#include "backend_ops_internal.h"
 
 #include <limits.h>
 #include <math.h>
@@ -28,6 +29,11 @@ void mc_backend_free(mc_backend *be)
 {
     if (!be)
         return;
+    if (be->capturing) { /* a capture never ended: drop what it holds */
+        mc_graph *g = NULL;
+        (void)mc_backend_capture_end(be, &g, NULL);
+        mc_graph_free(g);
+    }
     if (be->iface.free)
         be->iface.free(be->ctx);
     mc_backend_free(be->host);
@@ -39,6 +45,8 @@ mc_device_kind mc_backend_kind(const mc_backend *be) { return be->iface.kind; }
 
 mc_status mc_backend_synchronize(mc_backend *be, mc_err *err)
 {
+    if (be->capturing)
+        return mc_graph_refuse(be, "synchronize", err);
     return be->iface.synchronize(be->ctx, err);
 }
 
@@ -57,6 +65,8 @@ mc_status mc_backend_take_nonfinite(mc_backend *be, mc_nonfinite_note *note, mc_
     if (!note)
         return mc_err_set(err, MC_ERR_ARG, "take_nonfinite: note is NULL");
     *note = (mc_nonfinite_note){.tag = -1, .row = -1, .col = -1, .value = 0};
+    if (be->capturing)
+        return mc_graph_refuse(be, "take_nonfinite", err);
     return be->iface.take_nonfinite(be->ctx, note, err);
 }
 
@@ -108,6 +118,8 @@ mc_status mc_buffer_alloc(mc_backend *be, size_t bytes, mc_buffer **out, mc_err 
     *out = NULL;
     if (bytes == 0)
         return mc_err_set(err, MC_ERR_ARG, "buffer_alloc: bytes is 0");
+    if (be->capturing)
+        return mc_graph_refuse(be, "buffer_alloc", err);
     mc_buffer *b = calloc(1, sizeof *b);
     if (!b)
         return mc_err_set(err, MC_ERR_NOMEM, "out of memory for a buffer handle");
@@ -185,6 +197,8 @@ mc_status mc_buffer_upload(mc_buffer *b, size_t off, const void *src, size_t n, 
         return mc_err_set(err, MC_ERR_ARG, "upload: buffer is read-only (borrowed host memory)");
     if (n == 0)
         return MC_OK;
+    if (b->be->capturing)
+        return mc_graph_refuse(b->be, "upload", err);
     return b->be->iface.upload(b->be->ctx, b->mem, off, src, n, err);
 }
 
@@ -193,6 +207,8 @@ mc_status mc_buffer_download(const mc_buffer *b, size_t off, void *dst, size_t n
     mc_status st = range_ok(b, "download", off, n, err);
     if (st != MC_OK || n == 0)
         return st;
+    if (b->be->capturing)
+        return mc_graph_refuse(b->be, "download", err);
     return b->be->iface.download(b->be->ctx, b->mem, off, dst, n, err);
 }
 
@@ -205,6 +221,8 @@ mc_status mc_buffer_memset(mc_buffer *b, size_t off, int value, size_t n, mc_err
         return mc_err_set(err, MC_ERR_ARG, "memset: buffer is read-only (borrowed host memory)");
     if (n == 0)
         return MC_OK;
+    if (b->be->rec)
+        return mc_rec_memset(b->be, b, off, value, n, err);
     return b->be->iface.memset(b->be->ctx, b->mem, off, value, n, err);
 }
 

@@ -353,8 +353,9 @@ typedef struct {
 /* mc_op_find_nonfinite without a wait: the first NaN or infinity of x
  * (rows, d) F32 in row-major order is noted with `tag` (>= 0, the caller's
  * name for the place of the check), unless a note is kept already (the
- * first in issue order wins); mc_backend_take_nonfinite hands it to the
- * host. On a device the check is a kernel that leaves its note in device
+ * first in issue order wins) or a deferred content refusal is pending (the
+ * refused op wrote nothing: what comes after may read stale rows, and the
+ * refusal is the news); mc_backend_take_nonfinite hands it to the host. On a device the check is a kernel that leaves its note in device
  * memory, so a step can check its activations after every block and learn
  * of a fault once, at its end (the step executor does so when the backend
  * defers its content checks, mc_backend_sync_checks 0); the CPU backends
@@ -646,6 +647,42 @@ double mc_backend_probe_int8_gops(mc_backend *be, int threads, double seconds);
  * way; negative when the backend has none. */
 double mc_backend_probe_bf16_gflops(mc_backend *be, int threads, double seconds);
 
+/* ---- graphs ----
+ *
+ * The ops issued between mc_backend_capture_begin and mc_backend_capture_end
+ * are not run: they become a graph that mc_graph_launch issues again, as
+ * often as wanted, with the tensors (buffers, offsets, shapes, strides) and
+ * scalar arguments of the capture, reading what those buffers hold at the
+ * launch. On the CUDA backend a graph is a CUDA graph (one launch for a
+ * whole decode step); other backends record the calls and issue them again
+ * (no time saved: it holds the caller to the same rules, so the CPU acting
+ * as a device tests a graph's caller without a GPU). The rules:
+ *   - nothing that waits for the device or allocates may be called while
+ *     capturing: uploads, downloads, mc_backend_synchronize,
+ *     mc_backend_take_nonfinite, mc_op_find_nonfinite, mc_op_indexer_topk,
+ *     the DeepSeek-V4 ops' host round trip, buffer allocations, an op that
+ *     waits inside (the CUDA experts' per-expert loop, a scratch that must
+ *     grow); such a call fails (MC_ERR_UNSUPPORTED) and so does the capture's
+ *     end (no graph; nothing captured has run);
+ *   - the caller keeps every buffer a graph uses alive and in place, and
+ *     frees the graph before them;
+ *   - a backend's graph goes stale when the backend replaces memory it
+ *     captured (its scratch grew for a larger op since): mc_graph_stale
+ *     says so, and its launch is refused; capture it again. */
+typedef struct mc_graph mc_graph;
+mc_status mc_backend_capture_begin(mc_backend *be, mc_err *err);
+/* *out the graph, or NULL with the first call that could not be captured
+ * in err. */
+mc_status mc_backend_capture_end(mc_backend *be, mc_graph **out, mc_err *err);
+int mc_backend_capturing(const mc_backend *be);
+/* 1: the backend's own graphs (a launch is one call), 0: recorded calls. */
+int mc_backend_graphs_native(const mc_backend *be);
+mc_status mc_graph_launch(mc_graph *g, mc_err *err);
+int mc_graph_stale(const mc_graph *g);
+/* Calls a recorded graph holds (0 for a backend's own). */
+size_t mc_graph_ops(const mc_graph *g);
+void mc_graph_free(mc_graph *g);
+
 /* ---- implementing a backend ----
  *
  * A backend fills one mc_backend_i and calls mc_backend_new. The front end
@@ -717,6 +754,7 @@ typedef struct {
                            float eps, mc_tensor *y, mc_err *err);
     mc_status (*find_nonfinite)(void *ctx, const mc_tensor *x, int64_t *row, int64_t *col,
                                 mc_err *err);
+    /* required: mc_op_note_nonfinite, mc_backend_take_nonfinite */
     mc_status (*note_nonfinite)(void *ctx, const mc_tensor *x, int64_t tag, mc_err *err);
     mc_status (*take_nonfinite)(void *ctx, mc_nonfinite_note *note, mc_err *err);
     /* lse may be NULL */
@@ -754,6 +792,13 @@ typedef struct {
     mc_status (*v4_hash_route)(void *ctx, const mc_tensor *logits, const mc_tensor *tok,
                                const mc_tensor *table, const mc_router_opts *opts, mc_tensor *ids,
                                mc_tensor *weights, mc_err *err);
+    /* graphs of the backend's own (optional: NULL capture_begin, the front
+     * end records the calls); capture_end gives the graph or fails */
+    mc_status (*capture_begin)(void *ctx, mc_err *err);
+    mc_status (*capture_end)(void *ctx, void **graph, mc_err *err);
+    mc_status (*graph_launch)(void *ctx, void *graph, mc_err *err);
+    int (*graph_stale)(void *ctx, const void *graph);
+    void (*graph_free)(void *ctx, void *graph);
 } mc_backend_i;
 
 /* Wraps an implementation; ctx is freed by iface->free in mc_backend_free.

@@ -13,7 +13,17 @@ struct mc_backend {
     /* the CPU backend the host round trip of ops this (device) backend does
      * not implement runs on (backend_ops_v4.c); made on first use */
     struct mc_backend *host;
+    /* between mc_backend_capture_begin and _end; rec: the calls recorded
+     * (a backend without graphs of its own), backend_graph.c */
+    int capturing;
+    struct mc_graph_rec *rec;
+    mc_status cap_failed; /* the first call refused while capturing, */
+    mc_err cap_why;       /* its message (the capture's end returns it) */
 };
+
+/* While capturing: a call that cannot be in a graph fails, and makes the
+ * capture fail (backend_graph.c). */
+mc_status mc_graph_refuse(mc_backend *be, const char *what, mc_err *err);
 
 struct mc_buffer {
     mc_backend *be;

@@ -31,6 +31,8 @@ mc_status mc_op_matmul(mc_backend *be, const mc_tensor *w, const mc_tensor *x, m
                           (long long)mc_tensor_rows(x), (long long)w->shape[0]);
     if (!alias_ok(y, x, 0, "matmul: y", err) || !alias_ok(y, w, 0, "matmul: y", err))
         return FAIL_ARG();
+    if (be->rec)
+        return mc_rec_matmul(be, w, x, y, err);
     return be->iface.matmul(be->ctx, w, x, y, err);
 }
 
@@ -51,6 +53,8 @@ mc_status mc_op_rmsnorm(mc_backend *be, const mc_tensor *x, const mc_tensor *w, 
     }
     if (!(eps >= 0))
         return mc_err_set(err, MC_ERR_ARG, "rmsnorm: eps = %g", (double)eps);
+    if (be->rec)
+        return mc_rec_rmsnorm(be, x, w, eps, y, err);
     return be->iface.rmsnorm(be->ctx, x, w, eps, y, err);
 }
 
@@ -81,6 +85,8 @@ mc_status mc_op_rope(mc_backend *be, mc_tensor *x, const mc_tensor *pos, const m
     if (!alias_ok(x, pos, 0, "rope: x", err) || !alias_ok(x, cs, 0, "rope: x", err) ||
         !alias_ok(x, sn, 0, "rope: x", err))
         return FAIL_ARG();
+    if (be->rec)
+        return mc_rec_rope(be, x, pos, cs, sn, interleaved, err);
     return be->iface.rope(be->ctx, x, pos, cs, sn, interleaved, err);
 }
 
@@ -92,6 +98,8 @@ mc_status mc_op_swiglu(mc_backend *be, const mc_tensor *g, const mc_tensor *u, m
         !same_rows_cols(g, y, "swiglu: y", err) || !alias_ok(y, g, 1, "swiglu: y", err) ||
         !alias_ok(y, u, 1, "swiglu: y", err))
         return FAIL_ARG();
+    if (be->rec)
+        return mc_rec_binary(be, 0, g, u, y, err);
     return be->iface.swiglu(be->ctx, g, u, y, err);
 }
 
@@ -103,6 +111,8 @@ mc_status mc_op_add(mc_backend *be, const mc_tensor *a, const mc_tensor *b, mc_t
         !same_rows_cols(a, y, "add: y", err) || !alias_ok(y, a, 1, "add: y", err) ||
         !alias_ok(y, b, 1, "add: y", err))
         return FAIL_ARG();
+    if (be->rec)
+        return mc_rec_binary(be, 1, a, b, y, err);
     return be->iface.add(be->ctx, a, b, y, err);
 }
 
@@ -111,6 +121,8 @@ mc_status mc_op_softmax(mc_backend *be, const mc_tensor *x, mc_tensor *y, mc_err
     if (!act_ok(be, x, 0, "softmax: x", err) || !act_ok(be, y, 1, "softmax: y", err) ||
         !same_rows_cols(x, y, "softmax: y", err) || !alias_ok(y, x, 1, "softmax: y", err))
         return FAIL_ARG();
+    if (be->rec)
+        return mc_rec_softmax(be, x, y, err);
     return be->iface.softmax(be->ctx, x, y, err);
 }
 
@@ -122,6 +134,8 @@ mc_status mc_op_find_nonfinite(mc_backend *be, const mc_tensor *x, int64_t *row,
     if (!row || !col)
         return mc_err_set(err, MC_ERR_ARG, "find_nonfinite: row and col must not be NULL");
     *row = *col = -1;
+    if (be->capturing)
+        return mc_graph_refuse(be, "find_nonfinite", err);
     return be->iface.find_nonfinite(be->ctx, x, row, col, err);
 }
 
@@ -131,6 +145,8 @@ mc_status mc_op_note_nonfinite(mc_backend *be, const mc_tensor *x, int64_t tag, 
         return FAIL_ARG();
     if (tag < 0)
         return mc_err_set(err, MC_ERR_ARG, "note_nonfinite: tag %lld is negative", (long long)tag);
+    if (be->rec)
+        return mc_rec_note_nonfinite(be, x, tag, err);
     return be->iface.note_nonfinite(be->ctx, x, tag, err);
 }
 
@@ -164,6 +180,8 @@ mc_status mc_op_topk(mc_backend *be, const mc_tensor *x, int k, int64_t id0, mc_
                           be->iface.name);
     if (r == 0)
         return MC_OK;
+    if (be->rec)
+        return mc_rec_topk(be, x, k, id0, ids, vals, lse, err);
     return be->iface.topk(be->ctx, x, k, id0, ids, vals, lse, err);
 }
 
@@ -189,6 +207,8 @@ mc_status mc_op_embed(mc_backend *be, const mc_tensor *table, const mc_tensor *i
                           (long long)ids->shape[0], (long long)table->shape[1]);
     if (!alias_ok(y, table, 0, "embed: y", err) || !alias_ok(y, ids, 0, "embed: y", err))
         return FAIL_ARG();
+    if (be->rec)
+        return mc_rec_embed(be, table, ids, id0, y, err);
     return be->iface.embed(be->ctx, table, ids, id0, y, err);
 }
 
@@ -214,6 +234,8 @@ mc_status mc_op_kv_write(mc_backend *be, const mc_kv_index *ix, const mc_tensor 
     if (!alias_ok(pages, src, 0, "kv_write: pages", err) ||
         !index_alias_ok(pages, ix, "kv_write: pages", err))
         return FAIL_ARG();
+    if (be->rec)
+        return mc_rec_kv_write(be, ix, src, pages, err);
     return be->iface.kv_write(be->ctx, ix, src, pages, err);
 }
 
@@ -248,6 +270,8 @@ mc_status mc_op_attention(mc_backend *be, const mc_tensor *q, const mc_tensor *k
         !index_alias_ok(y, ix, "attention: y", err) ||
         (opt->q_scale && !alias_ok(y, opt->q_scale, 0, "attention: y", err)))
         return FAIL_ARG();
+    if (be->rec)
+        return mc_rec_attention(be, q, k_pages, v_pages, ix, opt, y, err);
     return be->iface.attention(be->ctx, q, k_pages, v_pages, ix, opt, y, err);
 }
 
@@ -285,6 +309,8 @@ mc_status mc_op_mla_decode(mc_backend *be, const mc_tensor *q_lat, const mc_tens
         !index_alias_ok(y, ix, "mla_decode: y", err) ||
         (opt->q_scale && !alias_ok(y, opt->q_scale, 0, "mla_decode: y", err)))
         return FAIL_ARG();
+    if (be->rec)
+        return mc_rec_mla_decode(be, q_lat, q_pe, lat_pages, pe_pages, ix, opt, y, err);
     return be->iface.mla_decode(be->ctx, q_lat, q_pe, lat_pages, pe_pages, ix, opt, y, err);
 }
 
@@ -334,6 +360,8 @@ mc_status mc_op_router_topk(mc_backend *be, const mc_tensor *logits, const mc_te
         (bias && (!alias_ok(ids, bias, 0, "router_topk: ids", err) ||
                   !alias_ok(weights, bias, 0, "router_topk: weights", err))))
         return FAIL_ARG();
+    if (be->rec)
+        return mc_rec_router_topk(be, logits, bias, opts, ids, weights, err);
     return be->iface.router_topk(be->ctx, logits, bias, opts, ids, weights, err);
 }
 
@@ -366,6 +394,8 @@ mc_status mc_op_moe_permute(mc_backend *be, const mc_tensor *x, const mc_tensor 
             if (!alias_ok(outs[o], outs[p], 0, "moe_permute: output", err))
                 return FAIL_ARG();
     }
+    if (be->rec)
+        return mc_rec_permute(be, x, ids, xp, slot, offsets, err);
     return be->iface.moe_permute(be->ctx, x, ids, xp, slot, offsets, err);
 }
 
@@ -392,6 +422,8 @@ mc_status mc_op_moe_unpermute_weighted(mc_backend *be, const mc_tensor *yp, cons
     if (!alias_ok(y, yp, 0, "moe_unpermute: y", err) ||
         !alias_ok(y, slot, 0, "moe_unpermute: y", err))
         return FAIL_ARG();
+    if (be->rec)
+        return mc_rec_unpermute(be, yp, slot, weights, y, err);
     return be->iface.moe_unpermute_weighted(be->ctx, yp, slot, weights, y, err);
 }
 
@@ -459,6 +491,8 @@ mc_status mc_op_grouped_experts(mc_backend *be, const mc_tensor *x, const mc_ten
                               "elements, x has %lld rows",
                               (long long)mc_tensor_nelems(opts->row_weight), (long long)m);
     }
+    if (be->rec)
+        return mc_rec_experts(be, x, offsets, n_experts, gate, up, down, opts, y, err);
     return be->iface.grouped_experts(be->ctx, x, offsets, n_experts, gate, up, down, opts, y, err);
 }
 
@@ -476,6 +510,8 @@ mc_status mc_op_layernorm(mc_backend *be, const mc_tensor *x, const mc_tensor *w
         return FAIL_ARG();
     if (!(eps >= 0))
         return mc_err_set(err, MC_ERR_ARG, "layernorm: eps = %g", (double)eps);
+    if (be->rec)
+        return mc_rec_layernorm(be, x, w, b, eps, y, err);
     return be->iface.layernorm(be->ctx, x, w, b, eps, y, err);
 }
 
@@ -514,5 +550,7 @@ mc_status mc_op_indexer_topk(mc_backend *be, const mc_tensor *iq, const mc_tenso
         !alias_ok(sel, key_pages, 0, "indexer_topk: sel", err) ||
         !index_alias_ok(sel, ix, "indexer_topk: sel", err))
         return FAIL_ARG();
+    if (be->capturing)
+        return mc_graph_refuse(be, "indexer_topk", err);
     return be->iface.indexer_topk(be->ctx, iq, w, key_pages, ix, opt, sel, err);
 }

@@ -264,4 +264,46 @@ static inline int sel_ok(mc_backend *be, const mc_tensor *sel, int64_t n, const 
     return !y || alias_ok(y, sel, 0, what, err);
 }
 
+/* ---- recording (backend_graph.c): the op's call kept for mc_graph_launch
+ * while be->rec is set (a backend without graphs of its own, capturing) */
+mc_status mc_rec_matmul(mc_backend *be, const mc_tensor *w, const mc_tensor *x, mc_tensor *y,
+                        mc_err *err);
+mc_status mc_rec_rmsnorm(mc_backend *be, const mc_tensor *x, const mc_tensor *w, float eps,
+                         mc_tensor *y, mc_err *err);
+mc_status mc_rec_layernorm(mc_backend *be, const mc_tensor *x, const mc_tensor *w,
+                           const mc_tensor *b, float eps, mc_tensor *y, mc_err *err);
+mc_status mc_rec_rope(mc_backend *be, mc_tensor *x, const mc_tensor *pos, const mc_tensor *cs,
+                      const mc_tensor *sn, int interleaved, mc_err *err);
+/* add 1: mc_op_add, 0: mc_op_swiglu */
+mc_status mc_rec_binary(mc_backend *be, int add, const mc_tensor *a, const mc_tensor *b,
+                        mc_tensor *y, mc_err *err);
+mc_status mc_rec_softmax(mc_backend *be, const mc_tensor *x, mc_tensor *y, mc_err *err);
+mc_status mc_rec_embed(mc_backend *be, const mc_tensor *table, const mc_tensor *ids, int64_t id0,
+                       mc_tensor *y, mc_err *err);
+mc_status mc_rec_kv_write(mc_backend *be, const mc_kv_index *ix, const mc_tensor *src,
+                          mc_tensor *pages, mc_err *err);
+mc_status mc_rec_attention(mc_backend *be, const mc_tensor *q, const mc_tensor *k_pages,
+                           const mc_tensor *v_pages, const mc_kv_index *ix,
+                           const mc_attn_opts *opt, mc_tensor *y, mc_err *err);
+mc_status mc_rec_mla_decode(mc_backend *be, const mc_tensor *q_lat, const mc_tensor *q_pe,
+                            const mc_tensor *lat_pages, const mc_tensor *pe_pages,
+                            const mc_kv_index *ix, const mc_attn_opts *opt, mc_tensor *y,
+                            mc_err *err);
+mc_status mc_rec_router_topk(mc_backend *be, const mc_tensor *logits, const mc_tensor *bias,
+                             const mc_router_opts *opts, mc_tensor *ids, mc_tensor *weights,
+                             mc_err *err);
+mc_status mc_rec_permute(mc_backend *be, const mc_tensor *x, const mc_tensor *ids, mc_tensor *xp,
+                         mc_tensor *slot, mc_tensor *offsets, mc_err *err);
+mc_status mc_rec_unpermute(mc_backend *be, const mc_tensor *yp, const mc_tensor *slot,
+                           const mc_tensor *weights, mc_tensor *y, mc_err *err);
+mc_status mc_rec_experts(mc_backend *be, const mc_tensor *x, const mc_tensor *offsets,
+                         int n_experts, const mc_tensor *gate, const mc_tensor *up,
+                         const mc_tensor *down, const mc_experts_opts *opts, mc_tensor *y,
+                         mc_err *err);
+mc_status mc_rec_note_nonfinite(mc_backend *be, const mc_tensor *x, int64_t tag, mc_err *err);
+mc_status mc_rec_topk(mc_backend *be, const mc_tensor *x, int k, int64_t id0, mc_tensor *ids,
+                      mc_tensor *vals, mc_tensor *lse, mc_err *err);
+mc_status mc_rec_memset(mc_backend *be, mc_buffer *b, size_t off, int value, size_t n,
+                        mc_err *err);
+
 #endif

@@ -17,6 +17,8 @@
  * backend takes the host round trip below). */
 #define V4_ENTRY(entry, op)                                                                        \
     do {                                                                                           \
+        if (be->capturing)                                                                         \
+            return mc_graph_refuse(be, op, err);                                                   \
         if (!be->iface.entry && be->iface.host_memory)                                             \
             return mc_err_set(err, MC_ERR_UNSUPPORTED, "%s: not implemented by the %s backend",    \
                               op, be->iface.name);                                                 \

@@ -8,7 +8,8 @@
 #      --decode-from, compared with compare_logits at the CPU's bar (1e-4 relative, 0.99 argmax) on
 #      the f32-accumulating path (--max-batch-tokens 8: every product is the GEMV kernel); the default
 #      step budget (cuBLAS BF16 for > 8 rows, activations rounded to BF16) is reported beside it, not
-#      judged; qwen3-moe-tiny once more under mpirun -np 2 --ep 2 (the ep exchange on the data
+#      judged; the decode runs once more with MC_STEP_GRAPHS=1 (CUDA graphs), bit for bit the
+#      f32 path's; qwen3-moe-tiny once more under mpirun -np 2 --ep 2 (the ep exchange on the data
 #      plane the ranks choose: nccl with a GPU each, staged through host memory when they share one);
 #   3. the NCCL transport's round trip (test_comm_nccl: one rank; under mpirun -np 2 with two GPUs,
 #      or, with one, the refusal of two ranks on one GPU);
@@ -18,7 +19,7 @@
 #      /tmp/mc-dsv3-2l): decode tok/s at batch 1, 8, 64 and 256 after a 2048-token prefill, GB/s
 #      against the device read probe of the same run, prefill tok/s and GFLOP/s against a cuBLAS
 #      BF16 product timed in the same run, batch 64 over batch 1 (and Qwen3 batch 1 with
-#      MC_CUDA_EXPERTS=loop, and with MC_CUDA_SYNC_CHECKS=1);
+#      MC_CUDA_EXPERTS=loop, with MC_CUDA_SYNC_CHECKS=1, and with MC_STEP_GRAPHS=1);
 #   5. the matmul benchmark (test_backend_cuda --bench);
 #   6. the op tests under compute-sanitizer memcheck (MC_GPU_SANITIZE=0 skips it);
 # then prints one table. Binaries come from RUNTIME_DIR/files (scripts/gpu-prepare.sh packs them),
@@ -138,6 +139,20 @@ else
                     st=FAIL
                 fi
             done
+            # the decode steps as CUDA graphs (MC_STEP_GRAPHS=1): the same kernels, so the
+            # f32 path's logits bit for bit (a shape that cannot be captured runs op by op)
+            o8=$gout/$model.$mode.8.safetensors
+            if [ "$mode" = decode ] && [ -f "$o8" ] && t=$(limit 40) && [ "$t" != 0 ]; then
+                o=$gout/$model.$mode.graphs.safetensors l=$gout/$model.$mode.graphs.log
+                if MC_STEP_GRAPHS=1 timeout "$t" "$mc" score --device cuda --model "$dir" \
+                    --input "$dir/golden.safetensors" --output "$o" "${extra[@]}" \
+                    --max-batch-tokens 8 >"$l" 2>&1 && cmp -s "$o8" "$o"; then
+                    res+=("graphs: same bits ($(grep -m1 -o 'step graphs: [^,]*, [^,]*' "$l"))")
+                else
+                    res+=("graphs: differ or failed (see $l)")
+                    st=FAIL
+                fi
+            fi
             row "golden $model $mode" "$(printf '%s; ' "${res[@]}" | sed 's/; $//')" "$st" $((SECONDS - t0))
         done
     done
@@ -246,8 +261,8 @@ else
         # batch 1 again with the experts' per-expert loop forced (MC_CUDA_EXPERTS=loop), the
         # grouped launch's alternative, and with every content check waiting at its op
         # (MC_CUDA_SYNC_CHECKS=1: one stream synchronization per rope / paged / MoE op), what
-        # the deferred checks save
-        for v in MC_CUDA_EXPERTS=loop MC_CUDA_SYNC_CHECKS=1; do
+        # the deferred checks save; and the decode steps as CUDA graphs (MC_STEP_GRAPHS=1)
+        for v in MC_CUDA_EXPERTS=loop MC_CUDA_SYNC_CHECKS=1 MC_STEP_GRAPHS=1; do
             t=$(limit 60) t0=$SECONDS l=$logs/bench-b1-${v%%=*}.json
             if [ "$t" = 0 ]; then row "bench Qwen3 batch 1, $v" "skipped (time budget)" skipped ""
             elif env "$v" timeout "$t" "$mc" bench --device cuda --model "$q3" --batch 1 \

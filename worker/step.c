@@ -18,6 +18,8 @@
 
 /* ---- known lengths ---- */
 
+static void gr_drop(mc_step_graph *e, int forget);
+
 static size_t len_home(const mc_step_exec *ex, uint64_t id)
 {
     uint64_t h = id * 0x9E3779B97F4A7C15ull;
@@ -419,6 +421,8 @@ mc_status mc_step_exec_init(mc_model *m, mc_backend *be, uint32_t n_blocks, uint
     ex->fam = fam;
     ex->n_blocks = n_blocks;
     ex->block_size = block_size;
+    const char *gv = getenv("MC_STEP_GRAPHS");
+    ex->graphs = gv && strcmp(gv, "1") == 0;
     ex->max_tokens = max_batch_tokens;
     ex->nh = m->lay.n_heads;
     ex->nkv = d->attn == MC_ATTN_GQA ? m->lay.n_kv_heads : 1;
@@ -452,6 +456,12 @@ void mc_step_exec_free(mc_step_exec *ex)
 {
     if (!ex)
         return;
+    if (ex->graphs)
+        MC_INFO("step graphs: %llu captured, %llu launched, %llu shapes of step op by op",
+                (unsigned long long)ex->gr_captures, (unsigned long long)ex->gr_launches,
+                (unsigned long long)ex->gr_failed);
+    for (int i = 0; i < MC_STEP_GRAPHS_MAX; i++) /* before the buffers they use */
+        gr_drop(&ex->gr[i], 1);
     if (ex->fam)
         ex->fam->exec_free(ex);
     for (size_t i = ex->n_bufs; i > 0; i--)
@@ -509,11 +519,71 @@ mc_status mc_step_exec_release(mc_step_exec *ex, uint64_t seq_id, mc_err *err)
 
 /* ---- one step ---- */
 
+/* ---- decode-step graphs ---- */
+
+/* Drops an entry's graph: back to warm (captured again on its next step),
+ * or with forget to free. */
+static void gr_drop(mc_step_graph *e, int forget)
+{
+    mc_graph_free(e->g);
+    e->g = NULL;
+    free(e->sites);
+    e->sites = NULL;
+    e->n_sites = 0;
+    if (forget || e->state == 2)
+        e->state = forget ? 0 : 1;
+}
+
+void mc_step_exec_graph_counts(const mc_step_exec *ex, uint64_t *launches, uint64_t *captures,
+                               uint64_t *refused)
+{
+    *launches = ex->gr_launches;
+    *captures = ex->gr_captures;
+    *refused = ex->gr_failed;
+}
+
+/* The entry of this step's shape: found, or a free or the least recently
+ * used one claimed (state 0). */
+static mc_step_graph *gr_entry(mc_step_exec *ex, const mc_step_host_ix *hx, uint32_t mb)
+{
+    int k = ex->top ? ex->top->k : 0, lse = ex->top && ex->top->lse;
+    mc_step_graph *lru = NULL; /* a free entry, else the least recently used */
+    for (int i = 0; i < MC_STEP_GRAPHS_MAX; i++) {
+        mc_step_graph *e = &ex->gr[i];
+        if (e->state != 0 && e->n == hx->n && e->nl == hx->nl && e->ns == hx->ns &&
+            e->maxb == mb && e->k == k && e->lse == lse)
+            return e;
+        if (lru && lru->state == 0)
+            continue;
+        if (!lru || e->state == 0 || e->used < lru->used)
+            lru = e;
+    }
+    gr_drop(lru, 1);
+    *lru = (mc_step_graph){.n = hx->n, .nl = hx->nl, .ns = hx->ns, .maxb = mb, .k = k, .lse = lse};
+    return lru;
+}
+
+/* Whether this step may run as a graph: a decoder rank without collectives
+ * inside its step, with deferred checks (a graph holds no wait), no
+ * timers or injected faults, the head's rows in one chunk. */
+static int gr_eligible(const mc_step_exec *ex, const mc_step_host_ix *hx)
+{
+    const mc_model *m = ex->m;
+    return ex->graphs && ex->nf_defer && !m->stats && m->fault.rank < 0 && m->lay.tp == 1 &&
+           m->lay.ep == 1 && m->lay.pp == 1 && hx->nl <= ex->hx.shape[0];
+}
+
+static mc_status graph_stack(mc_step_exec *ex, mc_step_views *s, const mc_step_host_ix *hx,
+                             float *logits, mc_err *err);
+
 mc_status mc_step_grow(mc_step_exec *ex, mc_buffer **buf, size_t *cap, size_t need,
                        mc_err *err)
 {
     if (need <= *cap)
         return MC_OK;
+    /* the graphs hold the buffer being replaced */
+    for (int i = 0; i < MC_STEP_GRAPHS_MAX; i++)
+        gr_drop(&ex->gr[i], 0);
     size_t c = need > 2 * *cap ? need : 2 * *cap;
     mc_buffer *b;
     mc_status st = mc_buffer_alloc(ex->be, c, &b, err);
@@ -525,15 +595,34 @@ mc_status mc_step_grow(mc_step_exec *ex, mc_buffer **buf, size_t *cap, size_t ne
     return MC_OK;
 }
 
+/* The block table (ns, width) on the device: hx->bt, padded with zeros
+ * past hx->maxb (entries past a sequence's table are never read). */
+static mc_status table_tensor(mc_step_exec *ex, const mc_step_host_ix *hx, uint32_t width,
+                              mc_tensor *out, mc_err *err)
+{
+    size_t bytes = (size_t)hx->ns * (size_t)width * sizeof *hx->bt;
+    const int32_t *bt = hx->bt;
+    if (width != hx->maxb) {
+        int32_t *p = mc_arena_alloc_n(ex->arena, (size_t)hx->ns * width, sizeof *p);
+        if (!p)
+            return mc_err_set(err, MC_ERR_NOMEM, "step: out of memory for the block table");
+        memset(p, 0, bytes);
+        for (uint32_t i = 0; i < hx->ns; i++)
+            memcpy(p + (size_t)i * width, hx->bt + (size_t)i * hx->maxb,
+                   (size_t)hx->maxb * sizeof *p);
+        bt = p;
+    }
+    mc_status st;
+    if ((st = mc_step_grow(ex, &ex->bt_buf, &ex->bt_cap, bytes, err)) != MC_OK ||
+        (st = mc_buffer_upload(ex->bt_buf, 0, bt, bytes, err)) != MC_OK)
+        return st;
+    return mc_tensor_init_2d(out, ex->bt_buf, 0, MC_DT_I32, hx->ns, width, err);
+}
+
 mc_status mc_step_table_tensor(mc_step_exec *ex, const mc_step_host_ix *hx, mc_tensor *out,
                                mc_err *err)
 {
-    size_t bytes = (size_t)hx->ns * (size_t)hx->maxb * sizeof *hx->bt;
-    mc_status st;
-    if ((st = mc_step_grow(ex, &ex->bt_buf, &ex->bt_cap, bytes, err)) != MC_OK ||
-        (st = mc_buffer_upload(ex->bt_buf, 0, hx->bt, bytes, err)) != MC_OK)
-        return st;
-    return mc_tensor_init_2d(out, ex->bt_buf, 0, MC_DT_I32, hx->ns, hx->maxb, err);
+    return table_tensor(ex, hx, hx->maxb, out, err);
 }
 
 /* The decoder stack of this rank's stage on the step's n tokens: embed (the
@@ -614,8 +703,12 @@ mc_status mc_step_decoder_forward(mc_step_exec *ex, const mc_step_host_ix *hx, f
 {
     mc_status st;
     mc_step_views s;
+    int graph = gr_eligible(ex, hx);
+    uint32_t width = hx->maxb; /* a graph's: the next power of two, fewer shapes */
+    while (graph && (width & (width - 1)) != 0)
+        width += width & -width;
     if ((st = mc_step_views_make(ex, hx->n, &s, err)) != MC_OK ||
-        (st = mc_step_table_tensor(ex, hx, &s.ix.block_table, err)) != MC_OK ||
+        (st = table_tensor(ex, hx, width, &s.ix.block_table, err)) != MC_OK ||
         (st = mc_tensor_upload(&s.tok, hx->tok, err)) != MC_OK ||
         (st = mc_tensor_upload(&s.ix.seq, hx->seq, err)) != MC_OK ||
         (st = mc_tensor_upload(&s.ix.pos, hx->pos, err)) != MC_OK)
@@ -627,9 +720,80 @@ mc_status mc_step_decoder_forward(mc_step_exec *ex, const mc_step_host_ix *hx, f
     s.hx = hx;
     if ((st = mc_step_attn_index(ex, hx, &s, err)) != MC_OK)
         return st;
-    if ((st = stack(ex, &s, hx->nl, logits, err)) != MC_OK)
+    if (graph)
+        return graph_stack(ex, &s, hx, logits, err);
+    return stack(ex, &s, hx->nl, logits, err);
+}
+
+/* The stack as this shape's graph: the shape's first step runs op by op
+ * (scratch and buffers grow to its size), its second is captured (nothing
+ * runs while capturing) and launched, later ones launch the graph; the
+ * head's results come down after the launch. A capture that fails (an op
+ * that waits) leaves the shape op by op, said once. */
+static mc_status graph_stack(mc_step_exec *ex, mc_step_views *s, const mc_step_host_ix *hx,
+                             float *logits, mc_err *err)
+{
+    mc_step_graph *e = gr_entry(ex, hx, (uint32_t)s->ix.block_table.shape[1]);
+    e->used = ++ex->gr_clock;
+    if (e->state == 2 && mc_graph_stale(e->g))
+        gr_drop(e, 0);
+    if (e->state == 0 || e->state == 3) {
+        mc_status st = stack(ex, s, hx->nl, logits, err);
+        if (st == MC_OK && e->state == 0)
+            e->state = 1;
         return st;
-    return MC_OK;
+    }
+    if (e->state == 1) {
+        mc_err ce;
+        mc_err_clear(&ce);
+        ex->nf_n = 0;
+        mc_status st = mc_backend_capture_begin(ex->be, &ce);
+        if (st == MC_OK) {
+            ex->head_later = 1;
+            st = stack(ex, s, hx->nl, NULL, &ce);
+            ex->head_later = 0;
+            mc_graph *g = NULL;
+            mc_status s2 = mc_backend_capture_end(ex->be, &g, st == MC_OK ? &ce : NULL);
+            st = st == MC_OK ? s2 : st;
+            e->sites = st == MC_OK && ex->nf_n > 0 ? malloc(ex->nf_n * sizeof *e->sites) : NULL;
+            if (st == MC_OK && ex->nf_n > 0 && !e->sites)
+                st = mc_err_set(&ce, MC_ERR_NOMEM, "out of memory");
+            if (st == MC_OK) {
+                if (ex->nf_n > 0)
+                    memcpy(e->sites, ex->nf_sites, ex->nf_n * sizeof *e->sites);
+                e->n_sites = ex->nf_n;
+                e->g = g;
+                e->state = 2;
+                ex->gr_captures++;
+            } else {
+                mc_graph_free(g);
+            }
+        }
+        if (st != MC_OK) { /* nothing of the capture ran: the step op by op */
+            e->state = 3;
+            ex->gr_failed++;
+            MC_INFO("step graphs: steps of %lld tokens (%u sequences) run op by op, their "
+                    "capture failed: %s", (long long)hx->n, hx->ns, ce.msg);
+            ex->nf_n = 0;
+            return stack(ex, s, hx->nl, logits, err);
+        }
+    }
+    /* the graph's checks, named by this step's index */
+    if (e->n_sites > ex->nf_cap) {
+        mc_step_nf_site *p = realloc(ex->nf_sites, e->n_sites * sizeof *p);
+        if (!p)
+            return mc_err_set(err, MC_ERR_NOMEM, "step: out of memory");
+        ex->nf_sites = p;
+        ex->nf_cap = e->n_sites;
+    }
+    if (e->n_sites > 0)
+        memcpy(ex->nf_sites, e->sites, e->n_sites * sizeof *e->sites);
+    ex->nf_n = e->n_sites;
+    mc_status st = mc_graph_launch(e->g, err);
+    if (st != MC_OK)
+        return st;
+    ex->gr_launches++;
+    return mc_step_head_fetch(ex, hx->nl, logits, err);
 }
 
 static mc_status run(mc_step_exec *ex, const mc_step_plan *plan, float *logits, mc_err *err);
@@ -683,6 +847,7 @@ static mc_status run(mc_step_exec *ex, const mc_step_plan *plan, float *logits, 
      * the backend defers its checks (a note left by a failed step dropped) */
     ex->nf_defer = !mc_backend_sync_checks(ex->be);
     ex->nf_n = 0;
+    ex->cur_hx = NULL;
     if (ex->nf_defer) {
         mc_nonfinite_note stale;
         (void)mc_backend_take_nonfinite(ex->be, &stale, NULL);
@@ -736,13 +901,16 @@ static mc_status run(mc_step_exec *ex, const mc_step_plan *plan, float *logits, 
     }
     mc_step_host_ix hx = {.n = n, .nl = nl, .ns = ns, .maxb = maxb,
                           .tok = tok, .seq = seq, .pos = pos, .rows = rows, .bt = bt, .nblk = nblk};
+    ex->cur_hx = &hx; /* the non-finite checks name rows by it (until the step ends) */
     /* a device that defers its content checks reports a refusal at a wait:
      * wait here, so that it fails this step (a step without logit rows, a
      * prefill chunk, has waited nowhere) before the lengths move; likewise
      * a non-finite value noted on the device */
     if ((st = ex->fam->exec_forward(ex, &hx, logits, err)) == MC_OK)
         st = mc_backend_synchronize(ex->be, err);
-    if ((st = mc_step_nf_settle(ex, st, err)) != MC_OK)
+    st = mc_step_nf_settle(ex, st, err);
+    ex->cur_hx = NULL;
+    if (st != MC_OK)
         return st;
     for (uint32_t i = 0; i < ns; i++)
         len_set(ex, plan->seqs[i].seq_id, plan->seqs[i].start_pos + plan->seqs[i].n_tokens);

@@ -151,10 +151,12 @@ mc_status mc_step_pp_recv(mc_step_exec *ex, int row, int peer, mc_tensor *t, siz
 static mc_status nf_blame(mc_step_exec *ex, const mc_step_nf_site *site, int64_t r, int64_t c,
                           float v, mc_err *err)
 {
-    int64_t tr = site->rows ? site->rows[r] : r; /* the step's token row */
-    int64_t tok = site->tok ? site->tok[tr] : 0;
+    const mc_step_host_ix *hx = ex->cur_hx;
+    int64_t tr = site->rows_off >= 0 && hx ? hx->rows[site->rows_off + r] : r; /* token row */
+    int64_t tok = site->tok && hx ? hx->tok[tr] : 0;
     mc_status st = mc_nf_check(ex->m, (mc_nf_where)site->where, site->layer, &v, 1, 1,
-                               site->pos ? site->pos[tr] : 0, site->tok ? &tok : NULL, err);
+                               site->pos && hx ? hx->pos[tr] : 0,
+                               site->tok && hx ? &tok : NULL, err);
     if (st == MC_OK) /* the device saw what the host copy does not: say so */
         st = mc_err_set(err, MC_ERR_INTERNAL, "layer %d: non-finite value at row %lld, column %lld",
                         site->layer, (long long)r, (long long)c);
@@ -192,14 +194,15 @@ static mc_status nf_at(mc_step_exec *ex, const mc_step_nf_site *site, const mc_t
 mc_status mc_step_nf(mc_step_exec *ex, int where, int layer, const mc_tensor *t,
                      const int32_t *row_pos, const int32_t *row_tok, mc_err *err)
 {
-    mc_step_nf_site site = {where, layer, row_pos, row_tok, NULL};
+    /* the positions and token ids are the running step's (ex->cur_hx) */
+    mc_step_nf_site site = {where, layer, row_pos != NULL, row_tok != NULL, -1};
     return nf_at(ex, &site, t, err);
 }
 
-mc_status mc_step_nf_rows(mc_step_exec *ex, int where, const mc_tensor *t, const int32_t *pos,
-                          const int32_t *rows, mc_err *err)
+mc_status mc_step_nf_rows(mc_step_exec *ex, int where, const mc_tensor *t, int64_t rows_off,
+                          mc_err *err)
 {
-    mc_step_nf_site site = {where, 0, pos, NULL, rows};
+    mc_step_nf_site site = {where, 0, 1, 0, rows_off};
     return nf_at(ex, &site, t, err);
 }
 
@@ -543,7 +546,8 @@ static mc_status ep_experts_shm(mc_step_exec *ex, int l, int64_t np, const mc_te
         TRY(mc_op_grouped_experts(ex->be, &xe, &x.offs, ne, w->gate, w->up, w->down,
                                   llama4 ? &eo : NULL, &ye, err));
         /* the tokens may be another rank's: the rank holding a NaN expert
-         * names it before sending its outputs back */
+         * names it (checked at the op: before sending its outputs back;
+         * deferred: at the step's end, its peers naming the layer after it) */
         TRY(mc_step_nf(ex, MC_NF_EXPERTS, l, &ye, NULL, NULL, err));
         TRY(mc_backend_synchronize(ex->be, err));
     }
@@ -724,7 +728,8 @@ static mc_status ep_experts(mc_step_exec *ex, int l, int64_t np, const mc_tensor
         /* back to arrival order (times 1: exact) */
         TRY(mc_op_moe_unpermute_weighted(ex->be, &ye, &sl, NULL, &xr, err));
         /* the tokens may be another rank's: the rank holding a NaN expert
-         * names it before sending its outputs back */
+         * names it (checked at the op: before sending its outputs back;
+         * deferred: at the step's end, its peers naming the layer after it) */
         TRY(mc_step_nf(ex, MC_NF_EXPERTS, l, &xr, NULL, NULL, err));
     }
     if (m->stats) {
@@ -871,10 +876,9 @@ static mc_status top_views(mc_step_exec *ex, int64_t r, int k, mc_tensor *ids, m
     return st;
 }
 
-/* topk of the rows of hl, id0 its first vocabulary id, downloaded: (r, k)
- * ids, (r, k) vals and (when want_lse) (r, 2) lse float pairs, to host. */
-static mc_status top_host(mc_step_exec *ex, const mc_tensor *hl, int64_t id0, int want_lse,
-                          int32_t *ids, float *vals, float *lse2, mc_err *err)
+/* topk of the rows of hl, id0 its first vocabulary id, into ex->top_buf. */
+static mc_status top_issue(mc_step_exec *ex, const mc_tensor *hl, int64_t id0, int want_lse,
+                           mc_err *err)
 {
     int64_t r = mc_tensor_rows(hl);
     int k = ex->top->k;
@@ -882,6 +886,16 @@ static mc_status top_host(mc_step_exec *ex, const mc_tensor *hl, int64_t id0, in
     mc_status st = top_views(ex, r, k, &it, &vt, &lt, err);
     if (st == MC_OK)
         st = mc_op_topk(ex->be, hl, k, id0, &it, &vt, want_lse ? &lt : NULL, err);
+    return st;
+}
+
+/* top_issue's r rows downloaded: (r, k) ids, (r, k) vals and (when
+ * want_lse) (r, 2) lse float pairs, to host. */
+static mc_status top_fetch(mc_step_exec *ex, int64_t r, int want_lse, int32_t *ids, float *vals,
+                           float *lse2, mc_err *err)
+{
+    mc_tensor it, vt, lt;
+    mc_status st = top_views(ex, r, ex->top->k, &it, &vt, &lt, err);
     if (st == MC_OK)
         st = mc_tensor_download(&it, ids, err);
     if (st == MC_OK)
@@ -891,18 +905,31 @@ static mc_status top_host(mc_step_exec *ex, const mc_tensor *hl, int64_t id0, in
     return st;
 }
 
-mc_status mc_step_top_rows(mc_step_exec *ex, const mc_tensor *hl, int64_t r0, mc_err *err)
+static mc_status top_host(mc_step_exec *ex, const mc_tensor *hl, int64_t id0, int want_lse,
+                          int32_t *ids, float *vals, float *lse2, mc_err *err)
+{
+    mc_status st = top_issue(ex, hl, id0, want_lse, err);
+    return st == MC_OK ? top_fetch(ex, mc_tensor_rows(hl), want_lse, ids, vals, lse2, err) : st;
+}
+
+/* The candidates of rows r0.. (r of them) from ex->top_buf into ex->top. */
+static mc_status top_rows_fetch(mc_step_exec *ex, int64_t r, int64_t r0, mc_err *err)
 {
     mc_step_top *t = ex->top;
-    int64_t r = mc_tensor_rows(hl);
     float lse2[2 * MC_STEP_HEAD_ROWS];
     if (r > MC_STEP_HEAD_ROWS)
         return mc_err_set(err, MC_ERR_INTERNAL, "step: %lld head rows at once", (long long)r);
-    mc_status st = top_host(ex, hl, 0, t->lse != NULL, t->ids + (size_t)r0 * t->k,
-                            t->vals + (size_t)r0 * t->k, lse2, err);
+    mc_status st = top_fetch(ex, r, t->lse != NULL, t->ids + (size_t)r0 * t->k,
+                             t->vals + (size_t)r0 * t->k, lse2, err);
     for (int64_t i = 0; st == MC_OK && t->lse && i < r; i++)
         t->lse[r0 + i] = (double)lse2[2 * i] + (double)lse2[2 * i + 1];
     return st;
+}
+
+mc_status mc_step_top_rows(mc_step_exec *ex, const mc_tensor *hl, int64_t r0, mc_err *err)
+{
+    mc_status st = top_issue(ex, hl, 0, ex->top->lse != NULL, err);
+    return st == MC_OK ? top_rows_fetch(ex, mc_tensor_rows(hl), r0, err) : st;
 }
 
 /* mc_op_topk's order: larger first, ties to the lower id, NaN last. */
@@ -1063,7 +1090,12 @@ mc_status mc_step_head(mc_step_exec *ex, mc_step_views *s, int64_t nl, float *lo
         TRY(mc_op_rmsnorm(ex->be, &hx, &ex->final_norm, d->norm_eps, &hx, err));
         TRY(mc_op_matmul(ex->be, &ex->lm_head, &hx, &hl, err));
         /* each tp rank checks its vocabulary slice */
-        TRY(mc_step_nf_rows(ex, MC_NF_HEAD, &hl, s->hx->pos, s->hx->rows + c0, err));
+        TRY(mc_step_nf_rows(ex, MC_NF_HEAD, &hl, c0, err));
+        if (ex->head_later) { /* one chunk, tp 1: mc_step_head_fetch downloads it */
+            if (ex->top)
+                TRY(top_issue(ex, &hl, 0, ex->top->lse != NULL, err));
+            continue;
+        }
         if (ex->top) {
             TRY(tp == 1 ? mc_step_top_rows(ex, &hl, c0, err) : head_top_tp(ex, &hl, c0, err));
             continue;
@@ -1108,4 +1140,16 @@ mc_status mc_step_head(mc_step_exec *ex, mc_step_views *s, int64_t nl, float *lo
 fail:
     mc_arena_reset_to(ex->arena, mk);
     return st;
+}
+
+mc_status mc_step_head_fetch(mc_step_exec *ex, int64_t nl, float *logits, mc_err *err)
+{
+    if (nl == 0)
+        return MC_OK;
+    if (ex->top)
+        return top_rows_fetch(ex, nl, 0, err);
+    mc_tensor hl;
+    mc_status st = mc_tensor_init_2d(&hl, ex->hlog.buf, ex->hlog.offset, MC_DT_F32, nl,
+                                     ex->m->lay.n_vocab, err);
+    return st == MC_OK && logits ? mc_tensor_download(&hl, logits, err) : st;
 }

@@ -74,14 +74,28 @@ typedef struct {
 /* Where a check of the running step looked (mc_step_nf with the backend's
  * content checks deferred: the check notes the first NaN or infinity on the
  * device under the site's index, mc_op_note_nonfinite, and the step reads
- * the note once, at its end, mc_step_nf_settle). The arrays are the step's
- * host index (valid until the step ends). */
+ * the note once, at its end, mc_step_nf_settle). Rows are named through the
+ * running step's host index (ex->cur_hx), so a graph's sites (step.c) hold
+ * for every step it is launched in. */
 typedef struct {
     int where, layer;
-    const int32_t *pos;  /* NULL (rows of another kind), or positions */
-    const int32_t *tok;  /* NULL, or token ids (the input) */
-    const int32_t *rows; /* NULL: row r is token r; else token rows[r] */
+    int pos, tok;     /* 1: row r's position / token id from the step's index; 0: rows of
+                         another kind (no position), no token */
+    int64_t rows_off; /* -1: row r is token r; else token hx->rows[rows_off + r] */
 } mc_step_nf_site;
+
+/* One shape of step and its graph (MC_STEP_GRAPHS=1, step.c). */
+typedef struct {
+    int64_t n, nl;
+    uint32_t ns, maxb;
+    int k, lse;          /* candidates a row (0: logits), with the log-sum-exp */
+    int state;           /* 0 free, 1 run once (warm), 2 graph, 3 not capturable */
+    struct mc_graph *g;
+    mc_step_nf_site *sites; /* the checks the graph holds */
+    size_t n_sites;
+    uint64_t used;
+} mc_step_graph;
+#define MC_STEP_GRAPHS_MAX 16
 
 struct mc_step_exec {
     mc_model *m;
@@ -140,6 +154,13 @@ struct mc_step_exec {
     int nf_defer;
     mc_step_nf_site *nf_sites;
     size_t nf_n, nf_cap;
+    const struct mc_step_host_ix_s *cur_hx; /* the running step's index, else NULL */
+    /* decode-step graphs (MC_STEP_GRAPHS=1): one per shape of step, the head's
+     * downloads after the launch (head_later) */
+    int graphs, head_later;
+    mc_step_graph gr[MC_STEP_GRAPHS_MAX];
+    uint64_t gr_clock;
+    uint64_t gr_launches, gr_captures, gr_failed;
     mc_step_len *lens;
     size_t lens_cap, lens_n;
     const mc_family_ops *fam; /* the family's stack (family.h) */
@@ -267,12 +288,15 @@ mc_status mc_step_pp_recv(mc_step_exec *ex, int row, int peer, mc_tensor *t, siz
 /* NaN / Inf in t (rows = the step's tokens, or rows of another kind with
  * row_pos NULL): MC_OK when all finite, else the error of mc_nf_check
  * (worker/nonfinite.h) naming the layer, the position and the weight at
- * fault. */
+ * fault. row_pos / row_tok, when given, are the running step's hx->pos /
+ * hx->tok (rows are named through ex->cur_hx). With the checks deferred
+ * (ex->nf_defer) it notes and returns MC_OK at once: mc_step_nf_settle
+ * gives the error at the step's end. */
 mc_status mc_step_nf(mc_step_exec *ex, int where, int layer, const mc_tensor *t,
                      const int32_t *row_pos, const int32_t *row_tok, mc_err *err);
-/* The same for logit rows: row r is token rows[r] (position pos[rows[r]]). */
-mc_status mc_step_nf_rows(mc_step_exec *ex, int where, const mc_tensor *t, const int32_t *pos,
-                          const int32_t *rows, mc_err *err);
+/* The same for logit rows: row r is token hx->rows[rows_off + r]. */
+mc_status mc_step_nf_rows(mc_step_exec *ex, int where, const mc_tensor *t, int64_t rows_off,
+                          mc_err *err);
 /* The end of a step (its answer st so far): with deferred checks, the note
  * of its first non-finite value (an error naming the layer, the position and
  * the weight at fault, in place of st), else st. */
@@ -287,6 +311,10 @@ mc_status mc_step_block(mc_step_exec *ex, int l, mc_step_views *s, mc_err *err);
 /* Final norm and LM head on the nl rows listed in ex->rows into host
  * logits (nl, V). */
 mc_status mc_step_head(mc_step_exec *ex, mc_step_views *s, int64_t nl, float *logits, mc_err *err);
+/* With ex->head_later (tp 1, nl <= MC_STEP_HEAD_ROWS) mc_step_head leaves
+ * its results on the device (a graph holds no download): this brings them
+ * to logits or ex->top. */
+mc_status mc_step_head_fetch(mc_step_exec *ex, int64_t nl, float *logits, mc_err *err);
 /* ex->top's candidates of the nr rows of logits hl (nr, V), the whole
  * vocabulary (tp 1), for rows r0.. of the step's logits rows. */
 mc_status mc_step_top_rows(mc_step_exec *ex, const mc_tensor *hl, int64_t r0, mc_err *err);

@@ -203,7 +203,7 @@ static mc_status head(mc_step_exec *ex, const mc_step_host_ix *hx, v4_views *s, 
         TRYS(cut(&x->hlog, nr, &lv, err));
         TRYS(mc_op_embed(be, &s->xn, &rv, 0, &hv, err)); /* gathers the rows */
         TRYS(mc_op_matmul(be, &ex->lm_head, &hv, &lv, err));
-        TRYS(mc_step_nf_rows(ex, MC_NF_HEAD, &lv, hx->pos, hx->rows + r0, err));
+        TRYS(mc_step_nf_rows(ex, MC_NF_HEAD, &lv, r0, err));
         if (ex->top) /* candidates in place of the rows (mc_step_exec_run_top) */
             TRYS(mc_step_top_rows(ex, &lv, r0, err));
         else

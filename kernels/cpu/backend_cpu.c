@@ -380,7 +380,9 @@ static mc_status cpu_topk(void *ctx, const mc_tensor *x, int k, int64_t id0, mc_
 static mc_status cpu_note_nonfinite(void *ctx, const mc_tensor *x, int64_t tag, mc_err *err)
 {
     mc_cpu_ctx *c = ctx;
-    if (c->nf.tag >= 0) /* the first note is kept */
+    /* the first note is kept, and none after a deferred refusal (its op
+     * wrote nothing: what follows may read stale rows) */
+    if (c->nf.tag >= 0 || c->pending_st != MC_OK)
         return MC_OK;
     int64_t r = -1, i = -1;
     mc_status st = cpu_find_nonfinite(ctx, x, &r, &i, err);
@@ -535,14 +537,6 @@ static mc_status dev_sync(void *ctx, mc_err *err) { return dev_wait(ctx, err); }
 
 static int dev_sync_checks(void *ctx) { return ((mc_cpu_ctx *)ctx)->sync_checks; }
 
-/* The note of a non-finite value, after the wait the take stands for (a
- * refusal kept since the last wait comes back with it). */
-static mc_status dev_take_nonfinite(void *ctx, mc_nonfinite_note *note, mc_err *err)
-{
-    mc_status st = cpu_take_nonfinite(ctx, note, err);
-    return st == MC_OK ? dev_wait(ctx, err) : st;
-}
-
 static int dev_set_sync_checks(void *ctx, int on)
 {
     mc_cpu_ctx *c = ctx;
@@ -609,7 +603,6 @@ mc_status mc_backend_cpu_device_init(mc_backend **out, mc_err *err)
     dev.synchronize = dev_sync;
     dev.set_sync_checks = dev_set_sync_checks;
     dev.sync_checks = dev_sync_checks;
-    dev.take_nonfinite = dev_take_nonfinite;
     dev.rope = dev_rope;
     dev.kv_write = dev_kv_write;
     dev.attention = dev_attention;

@@ -82,10 +82,21 @@ static mc_status deferred_refusal(const long long *rec, mc_err *err)
     }
 }
 
+mc_status mc_cuda_no_capture(mc_cuda_ctx *c, const char *what, mc_err *err)
+{
+    if (!c->capturing)
+        return MC_OK;
+    c->cap_refused = 1; /* the graph would lack this op: its end fails */
+    return mc_err_set(err, MC_ERR_UNSUPPORTED, "cuda backend: %s while a graph is captured (it "
+                      "waits for the device or allocates; a graph holds launches only)", what);
+}
+
 mc_status mc_cuda_wait(mc_cuda_ctx *c, const char *op, int take, mc_err *err)
 {
     int noted = c->noted && take, nf = c->nf_noted;
-    mc_status st = MC_OK;
+    mc_status st = mc_cuda_no_capture(c, op, err);
+    if (st != MC_OK)
+        return st;
     if (noted || nf) { /* read the notes and clear what is read, behind everything queued */
         st = mc_cuda_check(cudaMemcpyAsync(c->h_rec, c->d_rec, 7 * sizeof *c->h_rec,
                                            cudaMemcpyDeviceToHost, c->stream), op, err);
@@ -136,10 +147,14 @@ static mc_status scratch_grow(mc_cuda_ctx *c, void **mem, size_t *size, size_t b
         *p = *mem;
         return MC_OK;
     }
-    /* the ops queued before may still read the old scratch */
-    mc_status st = mc_cuda_check(cudaStreamSynchronize(c->stream), op, err);
+    /* the ops queued before may still read the old scratch; graphs captured
+     * with it go stale */
+    mc_status st = mc_cuda_no_capture(c, "a scratch that must grow", err);
+    if (st == MC_OK)
+        st = mc_cuda_check(cudaStreamSynchronize(c->stream), op, err);
     if (st != MC_OK)
         return st;
+    c->gen++;
     if (*mem)
         cudaFree(*mem);
     *mem = NULL;
@@ -308,6 +323,82 @@ static mc_status cu_sync(void *ctx, mc_err *err)
 }
 
 static int cu_sync_checks(void *ctx) { return ((mc_cuda_ctx *)ctx)->sync_checks; }
+
+/* ---- graphs: CUDA graphs of the stream's work ---- */
+
+typedef struct {
+    cudaGraphExec_t exec;
+    unsigned long long gen;
+} cu_graph;
+
+static mc_status cu_capture_begin(void *ctx, mc_err *err)
+{
+    mc_cuda_ctx *c = ctx;
+    mc_status st = mc_cuda_use(c, "capture_begin", err);
+    if (st == MC_OK) /* thread-local: calls of this thread that are not
+                      * capturable (a synchronous copy, cudaMalloc) fail */
+        st = mc_cuda_check(cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeThreadLocal),
+                           "capture_begin", err);
+    if (st == MC_OK) {
+        c->capturing = 1;
+        c->cap_refused = 0;
+    }
+    return st;
+}
+
+static mc_status cu_capture_end(void *ctx, void **out, mc_err *err)
+{
+    mc_cuda_ctx *c = ctx;
+    const char *op = "capture_end";
+    cudaGraph_t graph = NULL;
+    c->capturing = 0;
+    mc_status st = mc_cuda_check(cudaStreamEndCapture(c->stream, &graph), op, err);
+    if (st == MC_OK && c->cap_refused)
+        st = mc_err_set(err, MC_ERR_UNSUPPORTED, "cuda backend: an op was refused while the "
+                        "graph was captured");
+    cu_graph *g = NULL;
+    if (st == MC_OK && !(g = calloc(1, sizeof *g)))
+        st = mc_err_set(err, MC_ERR_NOMEM, "cuda backend: out of memory for a graph");
+    if (st == MC_OK)
+        st = mc_cuda_check(cudaGraphInstantiate(&g->exec, graph, 0), op, err);
+    if (graph)
+        (void)cudaGraphDestroy(graph);
+    if (st != MC_OK) {
+        free(g);
+        return st;
+    }
+    g->gen = c->gen;
+    *out = g;
+    return MC_OK;
+}
+
+static mc_status cu_graph_launch(void *ctx, void *graph, mc_err *err)
+{
+    mc_cuda_ctx *c = ctx;
+    cu_graph *g = graph;
+    mc_status st = mc_cuda_use(c, "graph_launch", err);
+    if (st == MC_OK)
+        st = mc_cuda_check(cudaGraphLaunch(g->exec, c->stream), "graph_launch", err);
+    if (st == MC_OK) { /* its check kernels may leave notes: the next wait reads them */
+        c->noted = 1;
+        c->nf_noted = 1;
+    }
+    return st;
+}
+
+static int cu_graph_stale(void *ctx, const void *graph)
+{
+    return ((const cu_graph *)graph)->gen != ((mc_cuda_ctx *)ctx)->gen;
+}
+
+static void cu_graph_free(void *ctx, void *graph)
+{
+    cu_graph *g = graph;
+    (void)cudaSetDevice(((mc_cuda_ctx *)ctx)->device);
+    if (g->exec)
+        (void)cudaGraphExecDestroy(g->exec);
+    free(g);
+}
 
 static int cu_set_sync_checks(void *ctx, int on)
 {
@@ -582,6 +673,11 @@ static const mc_backend_i cuda_iface = {
     .synchronize = cu_sync,
     .set_sync_checks = cu_set_sync_checks,
     .sync_checks = cu_sync_checks,
+    .capture_begin = cu_capture_begin,
+    .capture_end = cu_capture_end,
+    .graph_launch = cu_graph_launch,
+    .graph_stale = cu_graph_stale,
+    .graph_free = cu_graph_free,
     .matmul = mc_cuda_matmul,
     .rmsnorm = mc_cuda_rmsnorm,
     .rope = mc_cuda_rope,

@@ -77,7 +77,7 @@ typedef struct {
      * op waits for its check's answer and refuses as the CPU op words it;
      * else (the default) the op returns at once, its kernels do nothing on a
      * fault, and the first refusal since the last wait is noted on the device
-     * in d_rec[3] (by the check kernel, mck_defer) and returned by the next wait
+     * in d_rec[0..3) (by the check kernel, mck_defer) and returned by the next wait
      * (mc_cuda_wait: upload, download, synchronize); noted: a note was
      * queued since the last wait read d_rec */
     int sync_checks;
@@ -93,6 +93,12 @@ typedef struct {
     unsigned long long *d_nf_first;
     int nf_noted;
     mc_nonfinite_note nf;
+    /* graphs (mc_backend_capture_begin): capturing the stream (what would
+     * wait or allocate refuses, mc_cuda_no_capture); gen counts the
+     * replacements of memory a graph may hold (scratch regrown, an experts
+     * descriptor set replaced): a graph of an older gen is stale */
+    int capturing, cap_refused; /* cap_refused: an op refused while capturing */
+    unsigned long long gen;
 } mc_cuda_ctx;
 
 /* The ops whose content checks may be deferred (d_rec[0]). */
@@ -121,6 +127,9 @@ mck_defer mc_cuda_defer_of(mc_cuda_ctx *c, int op, long long k);
  * may be NULL). take 0: wait only, the refusal is kept for the next wait.
  * A non-finite note queued since the last read moves to c->nf either way. */
 mc_status mc_cuda_wait(mc_cuda_ctx *c, const char *op, int take, mc_err *err);
+/* MC_OK, or while a graph is captured MC_ERR_UNSUPPORTED: `what` would wait
+ * for the device or allocate, which a graph cannot hold. */
+mc_status mc_cuda_no_capture(mc_cuda_ctx *c, const char *what, mc_err *err);
 /* cudaSetDevice to the backend's device (the calling thread may be new). */
 mc_status mc_cuda_use(mc_cuda_ctx *c, const char *op, mc_err *err);
 /* At least `bytes` of device scratch in *p (valid until the next call). */

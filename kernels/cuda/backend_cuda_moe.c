@@ -36,7 +36,11 @@ static mc_status moe_launched(cudaError_t e, const char *op, mc_err *err)
 /* Reads c->d_flag back (waits for the stream) into *bad. */
 static mc_status read_flag(mc_cuda_ctx *c, const char *op, int *bad, mc_err *err)
 {
-    mc_status st = mc_cuda_check(cudaMemcpyAsync(c->h_flag, c->d_flag, sizeof *c->h_flag,
+    mc_status st = mc_cuda_no_capture(c, op, err);
+    *bad = -1;
+    if (st != MC_OK)
+        return st;
+    st = mc_cuda_check(cudaMemcpyAsync(c->h_flag, c->d_flag, sizeof *c->h_flag,
                                                  cudaMemcpyDeviceToHost, c->stream), op, err);
     if (st == MC_OK)
         st = mc_cuda_check(cudaStreamSynchronize(c->stream), op, err);
@@ -218,9 +222,20 @@ static mc_status exmats_get(mc_cuda_ctx *c, const mc_tensor *gate, const mc_tens
             *dev = x->dev;
             return MC_OK;
         }
+        mc_status st = mc_cuda_no_capture(c, "new expert descriptors", err);
+        if (st != MC_OK) {
+            free(tmp);
+            return st;
+        }
+        c->gen++; /* graphs hold the old descriptors */
         free(x->host);
         x->host = tmp;
     } else {
+        mc_status sc = mc_cuda_no_capture(c, "new expert descriptors", err);
+        if (sc != MC_OK) {
+            free(tmp);
+            return sc;
+        }
         void *d = NULL;
         mc_status st = mc_cuda_check(cudaMalloc(&d, bytes), op, err);
         if (st != MC_OK) {
@@ -244,6 +259,7 @@ static mc_status exmats_get(mc_cuda_ctx *c, const mc_tensor *gate, const mc_tens
             x = &c->exm[c->next_exm++ % (unsigned)c->n_exm];
             cudaFree(x->dev);
             free(x->host);
+            c->gen++; /* graphs may hold the set replaced */
         }
         *x = (mc_cuda_exmats){.key = gate, .n = n, .host = tmp, .dev = d};
     }

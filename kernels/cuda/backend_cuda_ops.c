@@ -325,11 +325,12 @@ mc_status mc_cuda_note_nonfinite(void *ctx, const mc_tensor *x, int64_t tag, mc_
     mc_cuda_ctx *c = ctx;
     const char *op = "note_nonfinite";
     mc_status st = mc_cuda_use(c, op, err);
-    if (st != MC_OK || c->nf.tag >= 0) /* a note on the host already: the first is kept */
+    /* a note on the host already: the first is kept (a graph always holds the kernels) */
+    if (st != MC_OK || (c->nf.tag >= 0 && !c->capturing))
         return st;
     c->nf_noted = 1;
     return launched(mck_note_nonfinite(c->stream, F32(x), x->row_stride, mc_tensor_rows(x),
-                                       (int)mc_tensor_cols(x), tag, c->d_nf_first, c->d_rec + 3),
+                                       (int)mc_tensor_cols(x), tag, c->d_nf_first, c->d_rec),
                     op, err);
 }
 

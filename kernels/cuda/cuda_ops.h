@@ -90,10 +90,11 @@ cudaError_t mck_rope(cudaStream_t s, float *x, long long ldx, long long n, long 
 cudaError_t mck_find_nonfinite(cudaStream_t s, const float *x, long long ldx, long long rows,
                                int d, unsigned long long *first);
 /* mc_op_note_nonfinite: mck_find_nonfinite into *first (~0 on entry, left
- * ~0), then one thread notes note[0..4) = {tag, row, col, value's bits}
- * unless note[0] >= 0 (a note is kept already). No wait. */
+ * ~0), then one thread notes rec[3..7) = {tag, row, col, value's bits}
+ * unless rec[3] >= 0 (a note is kept already) or rec[0] >= 0 (a refusal is
+ * noted: rec is the deferred refusal's record too). No wait. */
 cudaError_t mck_note_nonfinite(cudaStream_t s, const float *x, long long ldx, long long rows,
-                               int d, long long tag, unsigned long long *first, long long *note);
+                               int d, long long tag, unsigned long long *first, long long *rec);
 /* mc_op_topk on rows x (rows, V): ids / vals (rows, k), lse (rows, 2) or
  * NULL; rows <= 2^31 - 1 (one block each). k <= 64. passes: 1 makes k
  * passes over the row (the kernel for small k), 0 picks: k passes for

@@ -241,9 +241,14 @@ cudaError_t mck_rope(cudaStream_t s, float *x, long long ldx, long long n, long 
 
 /* ---- find_nonfinite ---- */
 
+/* rec NULL (find_nonfinite), or the deferred notes (d_rec, note_nonfinite):
+ * nothing to search once a refusal (rec[0]) or a non-finite value (rec[3])
+ * is noted, as a step whose activations went NaN has its note already */
 __global__ static void k_nonfinite(const float *x, long long ldx, long long rows, int d,
-                                   unsigned long long *first)
+                                   unsigned long long *first, const long long *rec)
 {
+    if (rec && (rec[0] >= 0 || rec[3] >= 0))
+        return;
     long long k = (long long)blockIdx.x * EW_THREADS + threadIdx.x;
     if (k >= rows * d)
         return;
@@ -257,33 +262,37 @@ cudaError_t mck_find_nonfinite(cudaStream_t s, const float *x, long long ldx, lo
 {
     if (rows <= 0 || d <= 0)
         return cudaSuccess;
-    k_nonfinite<<<grid_for(rows * d, EW_THREADS), EW_THREADS, 0, s>>>(x, ldx, rows, d, first);
+    k_nonfinite<<<grid_for(rows * d, EW_THREADS), EW_THREADS, 0, s>>>(x, ldx, rows, d, first,
+                                                                     NULL);
     return cudaGetLastError();
 }
 
 __global__ static void k_nonfinite_note(const float *x, long long ldx, int d, long long tag,
-                                        unsigned long long *first, long long *note)
+                                        unsigned long long *first, long long *rec)
 {
     unsigned long long k = *first;
     if (k == ~0ull)
         return;
     *first = ~0ull;
-    if (note[0] >= 0) /* the first note since the host read them is kept */
+    /* the first note since the host read them is kept, and none after a
+     * refusal (whose op wrote nothing: what follows may read stale rows) */
+    if (rec[0] >= 0 || rec[3] >= 0)
         return;
     long long r = (long long)(k / (unsigned long long)d), i = (long long)(k % (unsigned long long)d);
-    note[1] = r;
-    note[2] = i;
-    note[3] = (long long)__float_as_uint(x[r * ldx + i]);
-    note[0] = tag;
+    rec[4] = r;
+    rec[5] = i;
+    rec[6] = (long long)__float_as_uint(x[r * ldx + i]);
+    rec[3] = tag;
 }
 
 cudaError_t mck_note_nonfinite(cudaStream_t s, const float *x, long long ldx, long long rows,
-                               int d, long long tag, unsigned long long *first, long long *note)
+                               int d, long long tag, unsigned long long *first, long long *rec)
 {
     if (rows <= 0 || d <= 0)
         return cudaSuccess;
-    k_nonfinite<<<grid_for(rows * d, EW_THREADS), EW_THREADS, 0, s>>>(x, ldx, rows, d, first);
-    k_nonfinite_note<<<1, 1, 0, s>>>(x, ldx, d, tag, first, note);
+    k_nonfinite<<<grid_for(rows * d, EW_THREADS), EW_THREADS, 0, s>>>(x, ldx, rows, d, first,
+                                                                     rec);
+    k_nonfinite_note<<<1, 1, 0, s>>>(x, ldx, d, tag, first, rec);
     return cudaGetLastError();
 }
 

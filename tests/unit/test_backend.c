@@ -965,6 +965,38 @@ static void test_note_nonfinite(void)
         OK(mc_op_note_nonfinite(bs[k], &bot, 8, err_));
         OK(mc_backend_take_nonfinite(bs[k], &nn, err_));
         CHECK(nn.tag == 8 && nn.row == 0 && nn.col == 1 && isnan(nn.value));
+        if (k == 1) { /* the device, checks deferred: a refusal and a note in one step */
+            float cs[4] = {1, 1, 1, 1}, sn[4] = {0, 0, 0, 0};
+            int32_t bad = 7; /* past the 2 positions of the tables */
+            mc_buffer *pb = NULL, *cb = NULL;
+            OK(mc_buffer_alloc(dev, sizeof cs + sizeof sn + 4, &cb, err_));
+            if (!cb)
+                continue;
+            OK(mc_buffer_upload(cb, 0, cs, sizeof cs, err_));
+            OK(mc_buffer_upload(cb, sizeof cs, sn, sizeof sn, err_));
+            OK(mc_buffer_upload(cb, sizeof cs + sizeof sn, &bad, 4, err_));
+            pb = cb;
+            mc_tensor ct, st, pt, xr, xv;
+            OK(mc_tensor_init_2d(&ct, cb, 0, MC_DT_F32, 2, 2, err_));
+            OK(mc_tensor_init_2d(&st, cb, sizeof cs, MC_DT_F32, 2, 2, err_));
+            OK(mc_tensor_init(&pt, pb, sizeof cs + sizeof sn, MC_DT_I32, 1, (int64_t[]){1}, err_));
+            OK(mc_tensor_view_rows(&all, 1, 1, &xr, err_));
+            OK(mc_tensor_view_cols(&xr, 0, 4, &xv, err_));
+            /* the refusal first: no note after it (its op wrote nothing), the wait has it */
+            OK(mc_op_rope(dev, &xv, &pt, &ct, &st, 0, err_));
+            OK(mc_op_note_nonfinite(dev, &all, 9, err_));
+            OK(mc_backend_take_nonfinite(dev, &nn, err_));
+            CHECK(nn.tag == -1);
+            EXPECT_ERR(mc_backend_synchronize(dev, err_), MC_ERR_ARG, "rope: pos[0]");
+            /* the note first: both kept, each for its own taker */
+            OK(mc_op_note_nonfinite(dev, &all, 10, err_));
+            OK(mc_op_rope(dev, &xv, &pt, &ct, &st, 0, err_));
+            OK(mc_backend_take_nonfinite(dev, &nn, err_));
+            CHECK(nn.tag == 10 && nn.row == 2 && nn.col == 30);
+            EXPECT_ERR(mc_backend_synchronize(dev, err_), MC_ERR_ARG, "rope: pos[0]");
+            OK(mc_backend_synchronize(dev, err_)); /* once */
+            mc_buffer_free(cb);
+        }
         EXPECT_ERR(mc_op_note_nonfinite(bs[k], &all, -1, err_), MC_ERR_ARG, "tag -1 is negative");
         EXPECT_ERR(mc_backend_take_nonfinite(bs[k], NULL, err_), MC_ERR_ARG, "note is NULL");
         mc_buffer_free(b);

@@ -867,6 +867,112 @@ static int bench_main(mc_backend *be, int smoke)
     return failed;
 }
 
+/* ---- graphs (mc_backend_capture_begin): a product, a norm, a sum, a
+ * top-k and a non-finite note captured on both backends (the CPU records
+ * the calls, CUDA captures a CUDA graph), launched three times with new
+ * inputs in the same buffers: each launch gives what the ops give run one
+ * by one (the CPU's recorded graph bit for bit); a download or an upload
+ * while capturing is refused, and so is that capture's end. */
+static void test_graphs(void)
+{
+    enum { R = 5, H = 96, O = 70, K = 4 };
+    float *wh = rnd((size_t)O * H, 1.0f), *nh = rnd(O, 1.0f);
+    pair w, nw, x, y, z, ids, vals;
+    pair_2d(&w, MC_DT_F32, O, H, H, wh);
+    pair_2d(&nw, MC_DT_F32, 1, O, O, nh);
+    pair_2d(&x, MC_DT_F32, R, H, H + 3, NULL);
+    pair_2d(&y, MC_DT_F32, R, O, O, NULL);
+    pair_2d(&z, MC_DT_F32, R, O, O + 1, NULL);
+    pair_2d(&ids, MC_DT_I32, R, K, K, NULL);
+    pair_2d(&vals, MC_DT_F32, R, K, K, NULL);
+    mc_tensor nv[2];
+    for (int s = 0; s < 2; s++)
+        OK(mc_tensor_reshape(&nw.t[s], 1, (int64_t[]){O}, &nv[s], err_));
+    mc_graph *g[2] = {NULL, NULL};
+    for (int s = 0; s < 2; s++) {
+        OK(mc_backend_capture_begin(B[s], err_));
+        CHECK(mc_backend_capturing(B[s]));
+        OK(mc_op_matmul(B[s], &w.t[s], &x.t[s], &y.t[s], err_));
+        OK(mc_op_rmsnorm(B[s], &y.t[s], &nv[s], 1e-6f, &z.t[s], err_));
+        OK(mc_op_add(B[s], &z.t[s], &y.t[s], &z.t[s], err_));
+        OK(mc_op_note_nonfinite(B[s], &z.t[s], 11, err_));
+        OK(mc_op_topk(B[s], &z.t[s], K, 0, &ids.t[s], &vals.t[s], NULL, err_));
+        OK(mc_backend_capture_end(B[s], &g[s], err_));
+        CHECK(g[s] != NULL && !mc_backend_capturing(B[s]) && !mc_graph_stale(g[s]));
+    }
+    CHECK(mc_graph_ops(g[0]) == 5);
+    float *zh = malloc((size_t)R * O * sizeof *zh), *zg = malloc((size_t)R * O * sizeof *zg);
+    for (int round = 0; round < 3; round++) {
+        float *xh = rnd((size_t)R * H, 2.0f);
+        if (round == 2)
+            xh[3 * H + 7] = NAN; /* row 3 of z is NaN: the note, in the graph */
+        for (int s = 0; s < 2; s++) {
+            OK(mc_tensor_upload(&x.t[s], xh, err_));
+            OK(mc_graph_launch(g[s], err_));
+        }
+        char what[64];
+        snprintf(what, sizeof what, "graph launch %d: z", round);
+        if (round < 2) /* (round 2's row 3 is NaN on both) */
+            cmp_pair(what, &z, 1e-5);
+        mc_nonfinite_note nn[2];
+        for (int s = 0; s < 2; s++)
+            OK(mc_backend_take_nonfinite(B[s], &nn[s], err_));
+        if (round < 2)
+            CHECK(nn[0].tag == -1 && nn[1].tag == -1);
+        else
+            CHECK(nn[0].tag == 11 && nn[0].row == 3 && nn[0].col == 0 && nn[1].tag == 11 &&
+                  nn[1].row == 3 && nn[1].col == 0);
+        if (round < 2) {
+            int32_t ih[2][R * K];
+            for (int s = 0; s < 2; s++)
+                OK(mc_tensor_download(&ids.t[s], ih[s], err_));
+            CHECK(memcmp(ih[0], ih[1], sizeof ih[0]) == 0);
+        }
+        /* the CPU's graph against its ops one by one: bit for bit */
+        OK(mc_tensor_download(&z.t[0], zg, err_));
+        OK(mc_op_matmul(B[0], &w.t[0], &x.t[0], &y.t[0], err_));
+        OK(mc_op_rmsnorm(B[0], &y.t[0], &nv[0], 1e-6f, &z.t[0], err_));
+        OK(mc_op_add(B[0], &z.t[0], &y.t[0], &z.t[0], err_));
+        OK(mc_tensor_download(&z.t[0], zh, err_));
+        CHECK(memcmp(zh, zg, (size_t)R * O * sizeof *zh) == 0);
+        free(xh);
+    }
+    /* what a graph cannot hold */
+    for (int s = 0; s < 2; s++) {
+        mc_graph *bad = NULL;
+        float one = 0;
+        OK(mc_backend_capture_begin(B[s], err_));
+        OK(mc_op_matmul(B[s], &w.t[s], &x.t[s], &y.t[s], err_));
+        mc_err e1;
+        mc_err_clear(&e1);
+        CHECK(mc_buffer_download(y.b[s], 0, &one, sizeof one, &e1) == MC_ERR_UNSUPPORTED &&
+              strstr(e1.msg, "download while a graph is captured"));
+        mc_err_clear(&e1);
+        CHECK(mc_buffer_upload(y.b[s], 0, &one, sizeof one, &e1) == MC_ERR_UNSUPPORTED);
+        mc_err_clear(&e1);
+        CHECK(mc_backend_capture_begin(B[s], &e1) == MC_ERR_ARG &&
+              strstr(e1.msg, "capturing already"));
+        mc_err e2;
+        mc_err_clear(&e2);
+        CHECK(mc_backend_capture_end(B[s], &bad, &e2) == MC_ERR_UNSUPPORTED && bad == NULL &&
+              strstr(e2.msg, "download while a graph is captured"));
+        OK(mc_backend_synchronize(B[s], err_));
+    }
+    mc_graph_free(g[0]);
+    mc_graph_free(g[1]);
+    free(zh);
+    free(zg);
+    free(wh);
+    free(nh);
+    pair_free(&w);
+    pair_free(&nw);
+    pair_free(&x);
+    pair_free(&y);
+    pair_free(&z);
+    pair_free(&ids);
+    pair_free(&vals);
+}
+
 int main(int argc, char **argv)
 {
     rng = 0x2545F4914F6CDD1Dull;
@@ -905,6 +1011,7 @@ int main(int argc, char **argv)
     test_copies();
     test_matmul();
     test_rows();
+    test_graphs();
     for (int il = 0; il < 2; il++) {
         rope_case(il, 5, 1, 64, 0, 64);
         rope_case(il, 7, 3, 48, 16, 32);

@@ -144,6 +144,9 @@ static int load_inputs(const char dir[1024], mc_model *m)
     return 1;
 }
 
+/* Decode-step graphs (MC_STEP_GRAPHS=1) of the schedules of one model. */
+static uint64_t graph_launches, graph_captures, graph_refused;
+
 /* One random schedule; returns the number of rows compared (-1 on an error). */
 static long run_schedule(mc_model *m, mc_backend *be, uint32_t budget, uint32_t bs, int small_pool,
                          float **golden_rows)
@@ -272,6 +275,11 @@ static long run_schedule(mc_model *m, mc_backend *be, uint32_t budget, uint32_t 
     }
     CHECK(mc_kv_pool_n_used(pool) == 0);
     CHECK(mc_kv_pool_verify(pool, &e) == MC_OK);
+    uint64_t gl, gc, gf;
+    mc_step_exec_graph_counts(ex, &gl, &gc, &gf);
+    graph_launches += gl;
+    graph_captures += gc;
+    graph_refused += gf;
     free(logits);
     mc_step_exec_free(ex);
     return compared;
@@ -449,6 +457,7 @@ static void test_model(const char *fx, const char *name, mc_backend *be, int do_
     for (int s = 0; s < 3; s++)
         grows[s] = calloc((size_t)seqs[s].len * V, sizeof(float));
     long rows = 0;
+    graph_launches = graph_captures = graph_refused = 0;
     for (size_t i = 0; i < sizeof sched / sizeof sched[0]; i++) {
         uint32_t budget = sched[i].budget ? sched[i].budget : 1 + rnd((uint32_t)T);
         uint32_t bs = sched[i].bs ? sched[i].bs : 1 + rnd(16);
@@ -463,6 +472,18 @@ static void test_model(const char *fx, const char *name, mc_backend *be, int do_
     printf("%s%s: schedule equivalence: %zu schedules, %ld rows compared, max relative error "
            "%.3g\n",
            name, tweak ? " (tweaked)" : "", sizeof sched / sizeof sched[0], rows, max_err);
+    const char *gv = getenv("MC_STEP_GRAPHS");
+    if (gv && !strcmp(gv, "1") && mc_backend_sync_checks(be) == 0) {
+        /* the rows above came from graphs too: on every family whose steps
+         * can be captured (V3.2's indexer waits: op by op, said) */
+        printf("%s: step graphs: %llu captured, %llu launches, %llu shapes op by op\n", name,
+               (unsigned long long)graph_captures, (unsigned long long)graph_launches,
+               (unsigned long long)graph_refused);
+        if (strcmp(name, "deepseek-v32-tiny") != 0)
+            CHECK(graph_captures > 0 && graph_launches > graph_captures && graph_refused == 0);
+        else
+            CHECK(graph_launches == 0 && graph_refused > 0);
+    }
     /* golden logits of the reference implementation, for every row of
      * schedule 3 (it asks ALL) */
     double gmax = 0;
@@ -511,7 +532,10 @@ int main(int argc, char **argv)
     mc_err e;
     mc_err_clear(&e);
     mc_backend *be = NULL;
-    if (mc_backend_cpu_init(&be, &e) != MC_OK) {
+    const char *dv = getenv("MC_CPU_AS_DEVICE"); /* the CPU acting as a device (its checks
+                                                    deferred, its memory reached by copies) */
+    if ((dv && !strcmp(dv, "1") ? mc_backend_cpu_device_init(&be, &e)
+                                : mc_backend_cpu_init(&be, &e)) != MC_OK) {
         fprintf(stderr, "test_step_exec: %s\n", e.msg);
         return 1;
     }
