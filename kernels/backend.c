@@ -82,10 +82,20 @@ mc_status mc_backend_set_path(mc_backend *be, const char *name, mc_err *err)
 
 int mc_backend_threads(const mc_backend *be) { return be->iface.threads(be->ctx); }
 void mc_backend_set_threads(mc_backend *be, int n) { be->iface.set_threads(be->ctx, n); }
-void mc_backend_count(mc_backend *be, int on) { be->iface.count(be->ctx, on); }
+void mc_backend_count(mc_backend *be, int on)
+{
+    if (be->capturing) /* (a reset the graph would hold) */
+        mc_graph_refuse(be, "count", NULL);
+    be->iface.count(be->ctx, on);
+}
 
 void mc_backend_counters_get(const mc_backend *be, mc_backend_counters *out)
 {
+    if (be->capturing) { /* (the device's counts are read with a wait) */
+        memset(out, 0, sizeof *out);
+        mc_graph_refuse((mc_backend *)be, "counters", NULL);
+        return;
+    }
     be->iface.counters(be->ctx, out);
 }
 
@@ -138,6 +148,8 @@ mc_status mc_buffer_wrap_host(mc_backend *be, const void *host, size_t bytes, mc
                               mc_err *err)
 {
     *out = NULL;
+    if (be->capturing)
+        return mc_graph_refuse(be, "buffer_wrap_host", err);
     if (!be->iface.wrap_host)
         return mc_err_set(err, MC_ERR_UNSUPPORTED,
                           "buffer_wrap_host: the %s backend cannot borrow host memory",
@@ -164,6 +176,8 @@ void mc_buffer_free(mc_buffer *b)
 {
     if (!b)
         return;
+    if (b->be->capturing) /* the graph may hold it */
+        mc_graph_refuse(b->be, "buffer_free", NULL);
     if (!b->borrowed)
         b->be->iface.buf_free(b->be->ctx, b->mem, b->size);
     free(b);

@@ -770,10 +770,14 @@ static mc_status graph_stack(mc_step_exec *ex, mc_step_views *s, const mc_step_h
             }
         }
         if (st != MC_OK) { /* nothing of the capture ran: the step op by op */
-            e->state = 3;
-            ex->gr_failed++;
-            MC_INFO("step graphs: steps of %lld tokens (%u sequences) run op by op, their "
-                    "capture failed: %s", (long long)hx->n, hx->ns, ce.msg);
+            if (st == MC_ERR_UNSUPPORTED) { /* an op that waits: for good */
+                e->state = 3;
+                ex->gr_failed++;
+                MC_INFO("step graphs: steps of %lld tokens (%u sequences) run op by op, their "
+                        "capture failed: %s", (long long)hx->n, hx->ns, ce.msg);
+            } else {
+                MC_DEBUG("step graphs: a capture failed (tried again): %s", ce.msg);
+            }
             ex->nf_n = 0;
             return stack(ex, s, hx->nl, logits, err);
         }

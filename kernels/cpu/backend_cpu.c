@@ -380,6 +380,7 @@ static mc_status cpu_topk(void *ctx, const mc_tensor *x, int k, int64_t id0, mc_
 static mc_status cpu_note_nonfinite(void *ctx, const mc_tensor *x, int64_t tag, mc_err *err)
 {
     mc_cpu_ctx *c = ctx;
+    c->nf_noted = 1;
     /* the first note is kept, and none after a deferred refusal (its op
      * wrote nothing: what follows may read stale rows) */
     if (c->nf.tag >= 0 || c->pending_st != MC_OK)
@@ -513,6 +514,7 @@ static mc_status dev_wait(void *ctx, mc_err *err)
 {
     mc_cpu_ctx *c = ctx;
     mc_status st = c->pending_st;
+    c->nf_noted = 0;
     if (st == MC_OK)
         return MC_OK;
     c->pending_st = MC_OK;
@@ -536,6 +538,17 @@ static mc_status dev_download(void *ctx, const void *mem, size_t off, void *dst,
 static mc_status dev_sync(void *ctx, mc_err *err) { return dev_wait(ctx, err); }
 
 static int dev_sync_checks(void *ctx) { return ((mc_cpu_ctx *)ctx)->sync_checks; }
+
+/* The note, after a wait when a note call came since the last one (as the
+ * CUDA backend's take, whose note is on the device): a refusal kept since
+ * the last wait comes back with it. */
+static mc_status dev_take_nonfinite(void *ctx, mc_nonfinite_note *note, mc_err *err)
+{
+    mc_cpu_ctx *c = ctx;
+    mc_status st = c->nf_noted ? dev_wait(ctx, err) : MC_OK;
+    cpu_take_nonfinite(ctx, note, NULL);
+    return st;
+}
 
 static int dev_set_sync_checks(void *ctx, int on)
 {
@@ -603,6 +616,7 @@ mc_status mc_backend_cpu_device_init(mc_backend **out, mc_err *err)
     dev.synchronize = dev_sync;
     dev.set_sync_checks = dev_set_sync_checks;
     dev.sync_checks = dev_sync_checks;
+    dev.take_nonfinite = dev_take_nonfinite;
     dev.rope = dev_rope;
     dev.kv_write = dev_kv_write;
     dev.attention = dev_attention;

@@ -31,6 +31,7 @@ typedef struct {
     /* mc_op_note_nonfinite's note until mc_backend_take_nonfinite (tag -1:
      * none; both CPU backends find it at the op) */
     mc_nonfinite_note nf;
+    int nf_noted; /* the device: a note call since the last wait (its take waits, as CUDA's) */
 } mc_cpu_ctx;
 
 static inline mc_arena *mc_cpu_scratch(void *ctx)

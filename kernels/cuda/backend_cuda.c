@@ -329,6 +329,7 @@ static int cu_sync_checks(void *ctx) { return ((mc_cuda_ctx *)ctx)->sync_checks;
 typedef struct {
     cudaGraphExec_t exec;
     unsigned long long gen;
+    mc_backend_counters counts; /* what its ops count on the host, added at each launch */
 } cu_graph;
 
 static mc_status cu_capture_begin(void *ctx, mc_err *err)
@@ -342,6 +343,9 @@ static mc_status cu_capture_begin(void *ctx, mc_err *err)
     if (st == MC_OK) {
         c->capturing = 1;
         c->cap_refused = 0;
+        c->cap_counters = c->counters;
+        c->cap_counting = c->counting;
+        c->counting = 1;
     }
     return st;
 }
@@ -352,6 +356,11 @@ static mc_status cu_capture_end(void *ctx, void **out, mc_err *err)
     const char *op = "capture_end";
     cudaGraph_t graph = NULL;
     c->capturing = 0;
+    /* nothing ran: the counts of the captured ops belong to the launches */
+    mc_backend_counters counts = {c->counters.bytes_read - c->cap_counters.bytes_read,
+                                  c->counters.macs - c->cap_counters.macs};
+    c->counters = c->cap_counters;
+    c->counting = c->cap_counting;
     mc_status st = mc_cuda_check(cudaStreamEndCapture(c->stream, &graph), op, err);
     if (st == MC_OK && c->cap_refused)
         st = mc_err_set(err, MC_ERR_UNSUPPORTED, "cuda backend: an op was refused while the "
@@ -368,6 +377,7 @@ static mc_status cu_capture_end(void *ctx, void **out, mc_err *err)
         return st;
     }
     g->gen = c->gen;
+    g->counts = counts;
     *out = g;
     return MC_OK;
 }
@@ -382,6 +392,10 @@ static mc_status cu_graph_launch(void *ctx, void *graph, mc_err *err)
     if (st == MC_OK) { /* its check kernels may leave notes: the next wait reads them */
         c->noted = 1;
         c->nf_noted = 1;
+        if (c->counting) {
+            c->counters.bytes_read += g->counts.bytes_read;
+            c->counters.macs += g->counts.macs;
+        }
     }
     return st;
 }
@@ -641,6 +655,7 @@ static void cu_free(void *ctx)
     cudaFreeHost(c->h_info);
     cudaFree(c->d_rec);
     cudaFree(c->d_nf_first);
+    cudaFree(c->blas_ws);
     cudaFreeHost(c->h_rec);
     for (int k = 0; k < 2; k++) {
         if (c->stage[k])
@@ -796,7 +811,13 @@ mc_status mc_backend_cuda_init(int device, mc_backend **out, mc_err *err)
         cublasStatus_t bs = cublasCreate(&c->blas);
         if (bs == CUBLAS_STATUS_SUCCESS)
             bs = cublasSetStream(c->blas, c->stream);
-        if (bs != CUBLAS_STATUS_SUCCESS)
+        /* a workspace of its own (32 MiB, as Hopper's products want at most):
+         * a product captured in a graph then allocates nothing */
+        const size_t wsb = (size_t)32 << 20;
+        if (bs == CUBLAS_STATUS_SUCCESS &&
+            (st = mc_cuda_check(cudaMalloc(&c->blas_ws, wsb), op, err)) == MC_OK)
+            bs = cublasSetWorkspace(c->blas, c->blas_ws, wsb);
+        if (st == MC_OK && bs != CUBLAS_STATUS_SUCCESS)
             st = mc_err_set(err, MC_ERR_INTERNAL, "cuda backend: init: cuBLAS: %s",
                             cublasGetStatusString(bs));
     }

@@ -99,6 +99,13 @@ typedef struct {
      * descriptor set replaced): a graph of an older gen is stale */
     int capturing, cap_refused; /* cap_refused: an op refused while capturing */
     unsigned long long gen;
+    /* while capturing: the host counters and counting flag of before (the
+     * ops count as if counting; their counts go to the graph, added at each
+     * launch while counting) */
+    mc_backend_counters cap_counters;
+    int cap_counting;
+    /* cuBLAS's workspace, the backend's own (a captured product allocates none) */
+    void *blas_ws;
 } mc_cuda_ctx;
 
 /* The ops whose content checks may be deferred (d_rec[0]). */

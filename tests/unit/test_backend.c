@@ -982,19 +982,24 @@ static void test_note_nonfinite(void)
             OK(mc_tensor_init(&pt, pb, sizeof cs + sizeof sn, MC_DT_I32, 1, (int64_t[]){1}, err_));
             OK(mc_tensor_view_rows(&all, 1, 1, &xr, err_));
             OK(mc_tensor_view_cols(&xr, 0, 4, &xv, err_));
-            /* the refusal first: no note after it (its op wrote nothing), the wait has it */
+            /* the refusal first: no note after it (its op wrote nothing); the
+             * take waits, as a device's, and its wait has the refusal, once */
             OK(mc_op_rope(dev, &xv, &pt, &ct, &st, 0, err_));
             OK(mc_op_note_nonfinite(dev, &all, 9, err_));
+            EXPECT_ERR(mc_backend_take_nonfinite(dev, &nn, err_), MC_ERR_ARG, "rope: pos[0]");
+            CHECK(nn.tag == -1);
+            OK(mc_backend_synchronize(dev, err_));
+            /* the note first: the take gives it and the refusal its wait met */
+            OK(mc_op_note_nonfinite(dev, &all, 10, err_));
+            OK(mc_op_rope(dev, &xv, &pt, &ct, &st, 0, err_));
+            EXPECT_ERR(mc_backend_take_nonfinite(dev, &nn, err_), MC_ERR_ARG, "rope: pos[0]");
+            CHECK(nn.tag == 10 && nn.row == 2 && nn.col == 30);
+            OK(mc_backend_synchronize(dev, err_)); /* once */
+            /* no note call since the last wait: the take does not wait */
+            OK(mc_op_rope(dev, &xv, &pt, &ct, &st, 0, err_));
             OK(mc_backend_take_nonfinite(dev, &nn, err_));
             CHECK(nn.tag == -1);
             EXPECT_ERR(mc_backend_synchronize(dev, err_), MC_ERR_ARG, "rope: pos[0]");
-            /* the note first: both kept, each for its own taker */
-            OK(mc_op_note_nonfinite(dev, &all, 10, err_));
-            OK(mc_op_rope(dev, &xv, &pt, &ct, &st, 0, err_));
-            OK(mc_backend_take_nonfinite(dev, &nn, err_));
-            CHECK(nn.tag == 10 && nn.row == 2 && nn.col == 30);
-            EXPECT_ERR(mc_backend_synchronize(dev, err_), MC_ERR_ARG, "rope: pos[0]");
-            OK(mc_backend_synchronize(dev, err_)); /* once */
             mc_buffer_free(cb);
         }
         EXPECT_ERR(mc_op_note_nonfinite(bs[k], &all, -1, err_), MC_ERR_ARG, "tag -1 is negative");
