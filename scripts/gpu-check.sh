@@ -267,7 +267,7 @@ else
             if [ "$t" = 0 ]; then row "bench Qwen3 batch 1, $v" "skipped (time budget)" skipped ""
             elif env "$v" timeout "$t" "$mc" bench --device cuda --model "$q3" --batch 1 \
                 --prompt-len 128 --gen-len 32 --repeat 2 --probe-mib 4096 --json >"$l" 2>"${l%.json}.err"; then
-                row "bench Qwen3 batch 1, $v" "$(python3 -c 'import json,sys; j=json.loads(open(sys.argv[1]).read().strip().splitlines()[-1]); print("%.1f tok/s, %.0f GB/s = %.2f of the read probe" % (j["decode_tok_s"], j["achieved_gbps"], j["achieved_gbps"] / j["probe_gbps"]))' "$l" 2>/dev/null)" ok $((SECONDS - t0))
+                row "bench Qwen3 batch 1, $v" "$(python3 -c 'import json,sys; j=json.loads(open(sys.argv[1]).read().strip().splitlines()[-1]); print("%.1f tok/s, %.0f GB/s = %.2f of the read probe" % (j["decode_tok_s"], j["achieved_gbps"], j["achieved_gbps"] / j["probe_gbps"]))' "$l" 2>/dev/null)$(grep -m1 -o 'step graphs: [^,]*, [^,]*, [0-9]* shapes' "${l%.json}.err" | sed 's/^/; /')" ok $((SECONDS - t0))
             else
                 row "bench Qwen3 batch 1, $v" "failed: $(head -c 160 "${l%.json}.err")" FAIL $((SECONDS - t0))
             fi

@@ -762,6 +762,13 @@ def main():
         test_killed_worker(srv)
     finally:
         srv.stop()
+    if os.environ.get("MC_STEP_GRAPHS") == "1":
+        # serve.http.graphs: the workers' decode steps ran as graphs (the CPU
+        # acting as a device records them), and every answer above held
+        with open(os.path.join(WORK, "serve-main.log"), errors="replace") as f:
+            runs = re.findall(r"step graphs: (\d+) captured, (\d+) launched", f.read())
+        check(any(int(n) > 0 for _, n in runs),
+              f"MC_STEP_GRAPHS=1: the workers launched graphs ({runs})")
     test_key_and_overload(exe, model)
     test_attached(exe, model)
     print(f"{failures} failures ({time.time() - T0:.1f} s)")
