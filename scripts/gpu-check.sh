@@ -8,8 +8,8 @@
 #      --decode-from, compared with compare_logits at the CPU's bar (1e-4 relative, 0.99 argmax) on
 #      the f32-accumulating path (--max-batch-tokens 8: every product is the GEMV kernel); the default
 #      step budget (cuBLAS BF16 for > 8 rows, activations rounded to BF16) is reported beside it, not
-#      judged; the decode runs once more with MC_STEP_GRAPHS=1 (CUDA graphs), bit for bit the
-#      f32 path's; qwen3-moe-tiny once more under mpirun -np 2 --ep 2 (the ep exchange on the data
+#      judged; the decode runs once more with MC_STEP_GRAPHS=1 (CUDA graphs) at the same bar
+#      (and whether its bits are the f32 path's); qwen3-moe-tiny once more under mpirun -np 2 --ep 2 (the ep exchange on the data
 #      plane the ranks choose: nccl with a GPU each, staged through host memory when they share one);
 #   3. the NCCL transport's round trip (test_comm_nccl: one rank; under mpirun -np 2 with two GPUs,
 #      or, with one, the refusal of two ranks on one GPU);
@@ -139,17 +139,20 @@ else
                     st=FAIL
                 fi
             done
-            # the decode steps as CUDA graphs (MC_STEP_GRAPHS=1): the same kernels, so the
-            # f32 path's logits bit for bit (a shape that cannot be captured runs op by op)
+            # the decode steps as CUDA graphs (MC_STEP_GRAPHS=1; steps padded to their graph's
+            # batch size, a shape that cannot be captured op by op): at the golden bar, and
+            # whether the bits are the f32 path's
             o8=$gout/$model.$mode.8.safetensors
             if [ "$mode" = decode ] && [ -f "$o8" ] && t=$(limit 40) && [ "$t" != 0 ]; then
                 o=$gout/$model.$mode.graphs.safetensors l=$gout/$model.$mode.graphs.log
                 if MC_STEP_GRAPHS=1 timeout "$t" "$mc" score --device cuda --model "$dir" \
                     --input "$dir/golden.safetensors" --output "$o" "${extra[@]}" \
-                    --max-batch-tokens 8 >"$l" 2>&1 && cmp -s "$o8" "$o"; then
-                    res+=("graphs: same bits ($(grep -m1 -o 'step graphs: [^,]*, [^,]*' "$l"))")
+                    --max-batch-tokens 8 >"$l" 2>&1 &&
+                    "$cmp" "$o" "$dir/golden.safetensors" 1e-4 0.99 >>"$l" 2>&1; then
+                    same=$(cmp -s "$o8" "$o" && echo "same bits" || echo "other bits")
+                    res+=("graphs rel $(max_rel "$l") ok, $same ($(grep -m1 -o 'step graphs: [^,]*, [^,]*' "$l"))")
                 else
-                    res+=("graphs: differ or failed (see $l)")
+                    res+=("graphs: over 1e-4 or failed (see $l)")
                     st=FAIL
                 fi
             fi

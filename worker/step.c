@@ -423,6 +423,8 @@ mc_status mc_step_exec_init(mc_model *m, mc_backend *be, uint32_t n_blocks, uint
     ex->block_size = block_size;
     const char *gv = getenv("MC_STEP_GRAPHS");
     ex->graphs = gv && strcmp(gv, "1") == 0;
+    if (ex->graphs) /* room for the most dummy tokens a padded step has */
+        ex->n_trash = (MC_STEP_PAD_MAX + block_size - 1) / block_size;
     ex->max_tokens = max_batch_tokens;
     ex->nh = m->lay.n_heads;
     ex->nkv = d->attn == MC_ATTN_GQA ? m->lay.n_kv_heads : 1;
@@ -561,6 +563,27 @@ static mc_step_graph *gr_entry(mc_step_exec *ex, const mc_step_host_ix *hx, uint
     gr_drop(lru, 1);
     *lru = (mc_step_graph){.n = hx->n, .nl = hx->nl, .ns = hx->ns, .maxb = mb, .k = k, .lse = lse};
     return lru;
+}
+
+/* The size a step of n tokens (or n logit rows) is padded to for a graph:
+ * 1, 2, 4, 8, then multiples of 8 to 64, of 16 to 256, of 32 to 512; as
+ * it is past 512 (at most MC_STEP_PAD_MAX - 1 added). */
+static int64_t gr_bucket(int64_t n)
+{
+    if (n <= 4)
+        return n <= 1 ? 1 : n <= 2 ? 2 : 4;
+    int64_t q = n <= 64 ? 8 : n <= 256 ? 16 : n <= 512 ? 32 : 1;
+    return (n + q - 1) / q * q;
+}
+
+/* Whether a step of n tokens and nl logit rows is padded (the executor runs
+ * graphs, and the step would qualify for one: gr_eligible). */
+static int gr_pad_ok(const mc_step_exec *ex, int64_t n, int64_t nl)
+{
+    const mc_model *m = ex->m;
+    return ex->graphs && ex->fam->exec_forward == mc_step_decoder_forward && ex->nf_defer &&
+           !m->stats && m->fault.rank < 0 && m->lay.tp == 1 && m->lay.ep == 1 &&
+           m->lay.pp == 1 && n <= 512 && gr_bucket(nl) <= ex->hx.shape[0];
 }
 
 /* Whether this step may run as a graph: a decoder rank without collectives
@@ -877,23 +900,39 @@ static mc_status run(mc_step_exec *ex, const mc_step_plan *plan, float *logits, 
                           (long long)nl);
     if ((st = len_reserve(ex, ns, err)) != MC_OK)
         return st;
-    /* the per-token index on the host: (n) token ids, rows, positions;
-     * (nl) token rows with logits; (ns, maxb) block table */
+    /* a step that may run as a graph is padded to a bucket of tokens and of
+     * logit rows, so that batches of any size share a few graphs: dummy
+     * tokens (id 0) of a dummy sequence (table row ns) at positions 0.. in
+     * the trash blocks past the pool, extra logit rows repeating row 0
+     * (computed, not brought back); the table has nb rows whatever ns */
+    int64_t nb = n, nlb = nl;
+    uint32_t nsb = ns, maxbb = maxb;
+    if (gr_pad_ok(ex, n, nl)) {
+        nb = gr_bucket(n) <= (int64_t)ex->max_tokens ? gr_bucket(n) : n;
+        nlb = nl > 0 ? gr_bucket(nl) : 0;
+        nsb = (uint32_t)nb;
+        if (nb > n && maxbb < ex->n_trash)
+            maxbb = ex->n_trash;
+    }
+    /* the per-token index on the host: (nb) token ids, rows, positions;
+     * (nlb) token rows with logits; (nsb, maxbb) block table */
     mc_arena_reset(ex->arena);
-    int32_t *tok = mc_arena_alloc_n(ex->arena, (size_t)n, sizeof *tok);
-    int32_t *seq = mc_arena_alloc_n(ex->arena, (size_t)n, sizeof *seq);
-    int32_t *pos = mc_arena_alloc_n(ex->arena, (size_t)n, sizeof *pos);
-    int32_t *rows = mc_arena_alloc_n(ex->arena, (size_t)(nl > 0 ? nl : 1), sizeof *rows);
-    int32_t *bt = mc_arena_alloc_n(ex->arena, (size_t)ns * maxb, sizeof *bt);
-    uint32_t *nblk = mc_arena_alloc_n(ex->arena, (size_t)ns, sizeof *nblk);
+    int32_t *tok = mc_arena_alloc_n(ex->arena, (size_t)nb, sizeof *tok);
+    int32_t *seq = mc_arena_alloc_n(ex->arena, (size_t)nb, sizeof *seq);
+    int32_t *pos = mc_arena_alloc_n(ex->arena, (size_t)nb, sizeof *pos);
+    int32_t *rows = mc_arena_alloc_n(ex->arena, (size_t)(nlb > 0 ? nlb : 1), sizeof *rows);
+    int32_t *bt = mc_arena_alloc_n(ex->arena, (size_t)nsb * maxbb, sizeof *bt);
+    uint32_t *nblk = mc_arena_alloc_n(ex->arena, (size_t)nsb, sizeof *nblk);
     if (!tok || !seq || !pos || !rows || !bt || !nblk)
         return mc_err_set(err, MC_ERR_NOMEM, "step: out of memory for the index of %lld tokens",
-                          (long long)n);
+                          (long long)nb);
+    memset(bt, 0, (size_t)nsb * maxbb * sizeof *bt);
+    memset(nblk, 0, (size_t)nsb * sizeof *nblk);
     int64_t t = 0, r = 0;
     for (uint32_t i = 0; i < ns; i++) {
         const mc_step_seq *q = &plan->seqs[i];
-        for (uint32_t j = 0; j < maxb; j++)
-            bt[(size_t)i * maxb + j] = j < q->n_blocks ? (int32_t)q->blocks[j] : 0;
+        for (uint32_t j = 0; j < q->n_blocks; j++)
+            bt[(size_t)i * maxbb + j] = (int32_t)q->blocks[j];
         nblk[i] = q->n_blocks;
         for (uint32_t j = 0; j < q->n_tokens; j++, t++) {
             tok[t] = (int32_t)q->tokens[j];
@@ -903,8 +942,21 @@ static mc_status run(mc_step_exec *ex, const mc_step_plan *plan, float *logits, 
                 rows[r++] = (int32_t)t;
         }
     }
-    mc_step_host_ix hx = {.n = n, .nl = nl, .ns = ns, .maxb = maxb,
+    if (nb > n) { /* the dummy sequence */
+        for (uint32_t j = 0; j < ex->n_trash; j++)
+            bt[(size_t)ns * maxbb + j] = (int32_t)(ex->n_blocks + j);
+        nblk[ns] = ex->n_trash;
+    }
+    for (; t < nb; t++) {
+        tok[t] = 0;
+        seq[t] = (int32_t)ns;
+        pos[t] = (int32_t)(t - n);
+    }
+    for (; r < nlb; r++)
+        rows[r] = rows[0];
+    mc_step_host_ix hx = {.n = nb, .nl = nlb, .ns = nsb, .maxb = maxbb, .nl_out = nl,
                           .tok = tok, .seq = seq, .pos = pos, .rows = rows, .bt = bt, .nblk = nblk};
+    ex->head_out = nl;
     ex->cur_hx = &hx; /* the non-finite checks name rows by it (until the step ends) */
     /* a device that defers its content checks reports a refusal at a wait:
      * wait here, so that it fails this step (a step without logit rows, a

@@ -132,12 +132,14 @@ mc_status mc_step_exec_run_top(mc_step_exec *ex, const mc_step_plan *plan, mc_st
 mc_status mc_step_exec_release(mc_step_exec *ex, uint64_t seq_id, mc_err *err);
 
 /* Decode-step graphs (MC_STEP_GRAPHS=1; docs/gpu.md "Graphs"): on a backend
- * that defers its checks, a rank without tp / ep / pp collectives runs a
- * step of a shape it has seen before (tokens, sequences, block-table width
- * rounded up to a power of two, logit rows, candidates) as one graph of the
- * ops of the whole stack, captured on the shape's second step; a shape that
- * cannot be captured (an op that waits, V3.2's indexer, DeepSeek-V4) runs op
- * by op. Counts since init: graphs launched, captured, shapes refused. */
+ * that defers its checks, a rank without tp / ep / pp collectives pads a
+ * step of up to 512 tokens to a bucket (dummy tokens in trash KV blocks past
+ * the pool, extra logit rows not brought back) and runs a step of a shape it
+ * has seen before (padded tokens, block-table width rounded up to a power of
+ * two, padded logit rows, candidates) as one graph of the ops of the whole
+ * stack, captured on the shape's second step; a shape that cannot be
+ * captured (an op that waits, V3.2's indexer) runs op by op. Counts since
+ * init: graphs launched, captured, shapes refused. */
 void mc_step_exec_graph_counts(const mc_step_exec *ex, uint64_t *launches, uint64_t *captures,
                                uint64_t *refused);
 

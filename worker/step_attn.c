@@ -305,7 +305,7 @@ static mc_status alloc_pages(mc_step_exec *ex, int ndim, const int64_t *s0, cons
 mc_status mc_step_alloc_attn_pages(mc_step_exec *ex, int l, mc_err *err)
 {
     const mc_model_desc *d = &ex->m->d;
-    int64_t nb = ex->n_blocks, bs = ex->block_size;
+    int64_t nb = (int64_t)ex->n_blocks + ex->n_trash, bs = ex->block_size;
     int64_t kv[4] = {nb, bs, ex->nkv, d->head_dim};
     int64_t lat[3] = {nb, bs, d->kv_lora_rank}, pe[3] = {nb, bs, d->qk_rope_dim};
     mc_step_layer *o = &ex->layers[l];

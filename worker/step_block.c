@@ -889,47 +889,61 @@ static mc_status top_issue(mc_step_exec *ex, const mc_tensor *hl, int64_t id0, i
     return st;
 }
 
-/* top_issue's r rows downloaded: (r, k) ids, (r, k) vals and (when
- * want_lse) (r, 2) lse float pairs, to host. */
-static mc_status top_fetch(mc_step_exec *ex, int64_t r, int want_lse, int32_t *ids, float *vals,
-                           float *lse2, mc_err *err)
+/* The first r_out of top_issue's r rows downloaded: (r_out, k) ids,
+ * (r_out, k) vals and (when want_lse) (r_out, 2) lse float pairs. */
+static mc_status top_fetch(mc_step_exec *ex, int64_t r, int64_t r_out, int want_lse,
+                           int32_t *ids, float *vals, float *lse2, mc_err *err)
 {
-    mc_tensor it, vt, lt;
+    mc_tensor it, vt, lt, v;
     mc_status st = top_views(ex, r, ex->top->k, &it, &vt, &lt, err);
-    if (st == MC_OK)
-        st = mc_tensor_download(&it, ids, err);
-    if (st == MC_OK)
-        st = mc_tensor_download(&vt, vals, err);
-    if (st == MC_OK && want_lse)
-        st = mc_tensor_download(&lt, lse2, err);
+    if (st == MC_OK && (st = mc_tensor_view_rows(&it, 0, r_out, &v, err)) == MC_OK)
+        st = mc_tensor_download(&v, ids, err);
+    if (st == MC_OK && (st = mc_tensor_view_rows(&vt, 0, r_out, &v, err)) == MC_OK)
+        st = mc_tensor_download(&v, vals, err);
+    if (st == MC_OK && want_lse && (st = mc_tensor_view_rows(&lt, 0, r_out, &v, err)) == MC_OK)
+        st = mc_tensor_download(&v, lse2, err);
     return st;
 }
 
 static mc_status top_host(mc_step_exec *ex, const mc_tensor *hl, int64_t id0, int want_lse,
                           int32_t *ids, float *vals, float *lse2, mc_err *err)
 {
+    int64_t r = mc_tensor_rows(hl);
     mc_status st = top_issue(ex, hl, id0, want_lse, err);
-    return st == MC_OK ? top_fetch(ex, mc_tensor_rows(hl), want_lse, ids, vals, lse2, err) : st;
+    return st == MC_OK ? top_fetch(ex, r, r, want_lse, ids, vals, lse2, err) : st;
 }
 
-/* The candidates of rows r0.. (r of them) from ex->top_buf into ex->top. */
-static mc_status top_rows_fetch(mc_step_exec *ex, int64_t r, int64_t r0, mc_err *err)
+/* The candidates of the first r_out of r rows (rows r0.. of the step) from
+ * ex->top_buf into ex->top. */
+static mc_status top_rows_fetch(mc_step_exec *ex, int64_t r, int64_t r_out, int64_t r0,
+                                mc_err *err)
 {
     mc_step_top *t = ex->top;
     float lse2[2 * MC_STEP_HEAD_ROWS];
-    if (r > MC_STEP_HEAD_ROWS)
+    if (r > MC_STEP_HEAD_ROWS || r_out > r)
         return mc_err_set(err, MC_ERR_INTERNAL, "step: %lld head rows at once", (long long)r);
-    mc_status st = top_fetch(ex, r, t->lse != NULL, t->ids + (size_t)r0 * t->k,
+    if (r_out <= 0)
+        return MC_OK;
+    mc_status st = top_fetch(ex, r, r_out, t->lse != NULL, t->ids + (size_t)r0 * t->k,
                              t->vals + (size_t)r0 * t->k, lse2, err);
-    for (int64_t i = 0; st == MC_OK && t->lse && i < r; i++)
+    for (int64_t i = 0; st == MC_OK && t->lse && i < r_out; i++)
         t->lse[r0 + i] = (double)lse2[2 * i] + (double)lse2[2 * i + 1];
     return st;
 }
 
+/* Rows past the step's ex->head_out are a padded step's (step.c): computed,
+ * not brought back. */
+static int64_t rows_out(const mc_step_exec *ex, int64_t r0, int64_t r)
+{
+    int64_t left = ex->head_out - r0;
+    return left < 0 ? 0 : left < r ? left : r;
+}
+
 mc_status mc_step_top_rows(mc_step_exec *ex, const mc_tensor *hl, int64_t r0, mc_err *err)
 {
+    int64_t r = mc_tensor_rows(hl);
     mc_status st = top_issue(ex, hl, 0, ex->top->lse != NULL, err);
-    return st == MC_OK ? top_rows_fetch(ex, mc_tensor_rows(hl), r0, err) : st;
+    return st == MC_OK ? top_rows_fetch(ex, r, rows_out(ex, r0, r), r0, err) : st;
 }
 
 /* mc_op_topk's order: larger first, ties to the lower id, NaN last. */
@@ -1101,7 +1115,12 @@ mc_status mc_step_head(mc_step_exec *ex, mc_step_views *s, int64_t nl, float *lo
             continue;
         }
         if (tp == 1) {
-            TRY(mc_tensor_download(&hl, logits + (size_t)c0 * (size_t)V, err));
+            mc_tensor ho;
+            int64_t ro = rows_out(ex, c0, r);
+            if (ro > 0 && (st = mc_tensor_view_rows(&hl, 0, ro, &ho, err)) == MC_OK)
+                st = mc_tensor_download(&ho, logits + (size_t)c0 * (size_t)V, err);
+            if (st != MC_OK)
+                goto fail;
             continue;
         }
         TRY(mc_tensor_download(&hl, part, err));
@@ -1144,12 +1163,13 @@ fail:
 
 mc_status mc_step_head_fetch(mc_step_exec *ex, int64_t nl, float *logits, mc_err *err)
 {
-    if (nl == 0)
+    int64_t ro = rows_out(ex, 0, nl);
+    if (ro == 0)
         return MC_OK;
     if (ex->top)
-        return top_rows_fetch(ex, nl, 0, err);
+        return top_rows_fetch(ex, nl, ro, 0, err);
     mc_tensor hl;
-    mc_status st = mc_tensor_init_2d(&hl, ex->hlog.buf, ex->hlog.offset, MC_DT_F32, nl,
+    mc_status st = mc_tensor_init_2d(&hl, ex->hlog.buf, ex->hlog.offset, MC_DT_F32, ro,
                                      ex->m->lay.n_vocab, err);
     return st == MC_OK && logits ? mc_tensor_download(&hl, logits, err) : st;
 }

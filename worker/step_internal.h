@@ -96,6 +96,8 @@ typedef struct {
     uint64_t used;
 } mc_step_graph;
 #define MC_STEP_GRAPHS_MAX 16
+/* Most dummy tokens a step padded for a graph gets, plus one (step.c gr_bucket). */
+#define MC_STEP_PAD_MAX 32
 
 struct mc_step_exec {
     mc_model *m;
@@ -158,6 +160,10 @@ struct mc_step_exec {
     /* decode-step graphs (MC_STEP_GRAPHS=1): one per shape of step, the head's
      * downloads after the launch (head_later) */
     int graphs, head_later;
+    /* trash KV blocks past the pool's (ids n_blocks..): the dummy tokens
+     * that pad a step to its graph's size write there */
+    uint32_t n_trash;
+    int64_t head_out; /* the running step's hx->nl_out (mc_step_head) */
     mc_step_graph gr[MC_STEP_GRAPHS_MAX];
     uint64_t gr_clock;
     uint64_t gr_launches, gr_captures, gr_failed;
@@ -233,6 +239,9 @@ void mc_step_carve(mc_step_carver *c, mc_tensor *t, mc_dtype dt, int ndim, int64
 typedef struct mc_step_host_ix_s {
     int64_t n, nl;
     uint32_t ns, maxb;
+    /* logit rows brought to the host: nl, or (a step padded for a graph,
+     * step.c) the plan's, the first of the nl */
+    int64_t nl_out;
     const int32_t *tok;  /* [n] token ids */
     const int32_t *seq;  /* [n] plan entry of each token */
     const int32_t *pos;  /* [n] position of each token in its sequence */
