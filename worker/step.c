@@ -581,9 +581,12 @@ static int64_t gr_bucket(int64_t n)
 static int gr_pad_ok(const mc_step_exec *ex, int64_t n, int64_t nl)
 {
     const mc_model *m = ex->m;
+    /* (V3.2's indexer waits: never a graph, so never padded; the dummy
+     * positions within the RoPE tables) */
     return ex->graphs && ex->fam->exec_forward == mc_step_decoder_forward && ex->nf_defer &&
            !m->stats && m->fault.rank < 0 && m->lay.tp == 1 && m->lay.ep == 1 &&
-           m->lay.pp == 1 && n <= 512 && gr_bucket(nl) <= ex->hx.shape[0];
+           m->lay.pp == 1 && m->d.index_topk <= 0 && n <= 512 &&
+           gr_bucket(n) - n <= (int64_t)ex->max_pos && gr_bucket(nl) <= ex->hx.shape[0];
 }
 
 /* Whether this step may run as a graph: a decoder rank without collectives
@@ -902,15 +905,16 @@ static mc_status run(mc_step_exec *ex, const mc_step_plan *plan, float *logits, 
         return st;
     /* a step that may run as a graph is padded to a bucket of tokens and of
      * logit rows, so that batches of any size share a few graphs: dummy
-     * tokens (id 0) of a dummy sequence (table row ns) at positions 0.. in
-     * the trash blocks past the pool, extra logit rows repeating row 0
-     * (computed, not brought back); the table has nb rows whatever ns */
+     * tokens (the step's first token again) of a dummy sequence (table row
+     * ns) at positions 0.. in the trash blocks past the pool, extra logit
+     * rows repeating row 0 (computed, not brought back); the table's rows
+     * padded likewise */
     int64_t nb = n, nlb = nl;
     uint32_t nsb = ns, maxbb = maxb;
     if (gr_pad_ok(ex, n, nl)) {
         nb = gr_bucket(n) <= (int64_t)ex->max_tokens ? gr_bucket(n) : n;
         nlb = nl > 0 ? gr_bucket(nl) : 0;
-        nsb = (uint32_t)nb;
+        nsb = (uint32_t)gr_bucket((int64_t)ns + (nb > n));
         if (nb > n && maxbb < ex->n_trash)
             maxbb = ex->n_trash;
     }
@@ -948,7 +952,7 @@ static mc_status run(mc_step_exec *ex, const mc_step_plan *plan, float *logits, 
         nblk[ns] = ex->n_trash;
     }
     for (; t < nb; t++) {
-        tok[t] = 0;
+        tok[t] = tok[0]; /* a token the step has: its embedding is checked anyway */
         seq[t] = (int32_t)ns;
         pos[t] = (int32_t)(t - n);
     }
