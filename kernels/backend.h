@@ -86,9 +86,10 @@ mc_status mc_backend_cpu_init(mc_backend **out, mc_err *err);
  * download (mc_buffer_host answers NULL, mc_buffer_wrap_host is refused,
  * repacked rows are refused), as a GPU's is, so a caller's device paths
  * (weights uploaded, collectives staged through host copies, results
- * downloaded) run and can be compared with the CPU backend's results; like
- * the CUDA backend it has no DeepSeek-V4 entries, so those ops take the
- * front end's host round trip. Named "cpu-device". */
+ * downloaded) run and can be compared with the CPU backend's results; it
+ * has no DeepSeek-V4 entries, so those ops take the front end's host round
+ * trip (as the CUDA backend's do with MC_CUDA_V4=host; by default it runs
+ * them on its own kernels). Named "cpu-device". */
 mc_status mc_backend_cpu_device_init(mc_backend **out, mc_err *err);
 /* The CUDA backend on device `device` (0-based; kernels/cuda/, docs/gpu.md):
  * device memory, one stream, its ops checked against the CPU's. Always
@@ -660,7 +661,8 @@ double mc_backend_probe_bf16_gflops(mc_backend *be, int threads, double seconds)
  *   - nothing that waits for the device or allocates may be called while
  *     capturing: uploads, downloads, mc_backend_synchronize,
  *     mc_backend_take_nonfinite, mc_op_find_nonfinite, mc_op_indexer_topk,
- *     the DeepSeek-V4 ops' host round trip, buffer allocations, an op that
+ *     the DeepSeek-V4 ops (whatever the backend: their host round trip
+ *     waits, and the executor's V4 steps upload inside), buffer allocations, an op that
  *     waits inside (the CUDA experts' per-expert loop, a scratch that must
  *     grow); such a call fails (MC_ERR_UNSUPPORTED) and so does the capture's
  *     end (no graph; nothing captured has run);

@@ -2,9 +2,10 @@
  * "DeepSeek-V4" section): argument checks naming the one at fault, then the
  * backend's entry. A device backend (no host memory) without an entry runs
  * the op on the host: its tensors downloaded to the CPU backend, the CPU op,
- * the outputs uploaded (correct to the bit, and as slow as the copies: a
- * first version until the device has kernels of its own); a host-memory
- * backend without the entry refuses it (MC_ERR_UNSUPPORTED). */
+ * the outputs uploaded (correct to the bit, and as slow as the copies: the
+ * CPU acting as a device, and the CUDA backend with MC_CUDA_V4=host, whose
+ * own kernels are cuda/v4.cu); a host-memory backend without the entry
+ * refuses it (MC_ERR_UNSUPPORTED). */
 #include "backend.h"
 #include "backend_impl.h"
 #include "backend_ops_internal.h"
@@ -13,8 +14,10 @@
 #include <stdio.h>
 #include <string.h>
 
-/* A host-memory backend without the V4 entries refuses them (a device
- * backend takes the host round trip below). */
+/* While a graph is captured the V4 ops are refused whatever the backend
+ * (the round trip waits; the executor's V4 steps upload inside a step, so a
+ * capture of one fails anyway). A host-memory backend without the V4
+ * entries refuses them (a device backend takes the host round trip below). */
 #define V4_ENTRY(entry, op)                                                                        \
     do {                                                                                           \
         if (be->capturing)                                                                         \

@@ -3,8 +3,9 @@
 # MC_GPU_BUDGET_S, default 450 s: every part gets its own timeout, cut to what is left of the budget):
 #   1. the CUDA op tests (test_backend_cuda; test_backend_cuda_layers: paged KV cache and MoE ops),
 #      every implemented CUDA op against the CPU op;
-#   2. every golden fixture (tests/fixtures/models/*; deepseek-v4-tiny's V4 ops run on the host
-#      through copies, the rest on the GPU) through `moecluster score --device cuda`, full and with
+#   2. every golden fixture (tests/fixtures/models/*; deepseek-v4-tiny's V4 ops on the device's
+#      kernels, and once more on the host through copies, MC_CUDA_V4=host, for comparison) through
+#      `moecluster score --device cuda`, full and with
 #      --decode-from, compared with compare_logits at the CPU's bar (1e-4 relative, 0.99 argmax) on
 #      the f32-accumulating path (--max-batch-tokens 8: every product is the GEMV kernel); the default
 #      step budget (cuBLAS BF16 for > 8 rows, activations rounded to BF16) is reported beside it, not
@@ -153,6 +154,21 @@ else
                     res+=("graphs rel $(max_rel "$l") ok, $same ($(grep -m1 -o 'step graphs: [^,]*, [^,]*' "$l"))")
                 else
                     res+=("graphs: over 1e-4 or failed (see $l)")
+                    st=FAIL
+                fi
+            fi
+            # DeepSeek-V4's ops: the device kernels (the default) against the front end's host
+            # round trip (MC_CUDA_V4=host, the CPU ops on copies), both at the golden bar
+            if [ "${model#deepseek-v4}" != "$model" ] && [ -f "$o8" ] && t=$(limit 40) && [ "$t" != 0 ]; then
+                o=$gout/$model.$mode.v4host.safetensors l=$gout/$model.$mode.v4host.log
+                if MC_CUDA_V4=host timeout "$t" "$mc" score --device cuda --model "$dir" \
+                    --input "$dir/golden.safetensors" --output "$o" "${extra[@]}" \
+                    --max-batch-tokens 8 >"$l" 2>&1 &&
+                    "$cmp" "$o" "$dir/golden.safetensors" 1e-4 0.99 >>"$l" 2>&1; then
+                    same=$(cmp -s "$o8" "$o" && echo "same bits" || echo "other bits")
+                    res+=("V4 ops on the host rel $(max_rel "$l") ok, $same as the device kernels")
+                else
+                    res+=("V4 ops on the host: over 1e-4 or failed (see $l)")
                     st=FAIL
                 fi
             fi

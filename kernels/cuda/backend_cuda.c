@@ -73,6 +73,19 @@ static mc_status deferred_refusal(const long long *rec, mc_err *err)
     case MC_CUDA_CHK_UNPERMUTE:
         return mc_err_set(err, MC_ERR_ARG, "moe_unpermute: slot[%lld, %lld] is outside yp's rows "
                           "%s", v / k, v % k, how);
+    case MC_CUDA_CHK_V4_COMPRESS:
+    case MC_CUDA_CHK_V4_INDEX:
+    case MC_CUDA_CHK_V4_ATTENTION: {
+        const char *op = rec[0] == MC_CUDA_CHK_V4_COMPRESS ? "v4_compress"
+                         : rec[0] == MC_CUDA_CHK_V4_INDEX  ? "v4_index_topk"
+                                                           : "v4_attention";
+        return mc_err_set(err, MC_ERR_ARG, "%s: token %lld: its sequence, position, block ids, "
+                          "window or entries are outside the block table, the cache or the "
+                          "tables %s", op, v, how);
+    }
+    case MC_CUDA_CHK_V4_HASH:
+        return mc_err_set(err, MC_ERR_ARG, "v4_hash_route: token %lld: its id or its table row "
+                          "is outside the table or the experts %s", v, how);
     case MC_CUDA_CHK_OFFSETS:
         return mc_err_set(err, MC_ERR_ARG, "grouped_experts: offsets[%lld] is out of order (they "
                           "rise from 0 to the rows of x) %s", v, how);
@@ -713,6 +726,12 @@ static const mc_backend_i cuda_iface = {
     .moe_permute = mc_cuda_moe_permute,
     .moe_unpermute_weighted = mc_cuda_moe_unpermute,
     .grouped_experts = mc_cuda_grouped_experts,
+    .v4_hc_pre = mc_cuda_v4_hc_pre,
+    .v4_hc_post = mc_cuda_v4_hc_post,
+    .v4_compress = mc_cuda_v4_compress,
+    .v4_index_topk = mc_cuda_v4_index_topk,
+    .v4_attention = mc_cuda_v4_attention,
+    .v4_hash_route = mc_cuda_v4_hash_route,
     .path = cu_path,
     .features = cu_features,
     .set_path = cu_set_path,
@@ -772,9 +791,9 @@ mc_status mc_backend_cuda_init(int device, mc_backend **out, mc_err *err)
     if (st == MC_OK)
         st = mc_cuda_check(cudaMallocHost((void **)&c->h_first, sizeof *c->h_first), op, err);
     if (st == MC_OK)
-        st = mc_cuda_check(cudaMalloc((void **)&c->d_info, 4 * sizeof *c->d_info), op, err);
+        st = mc_cuda_check(cudaMalloc((void **)&c->d_info, 8 * sizeof *c->d_info), op, err);
     if (st == MC_OK)
-        st = mc_cuda_check(cudaMallocHost((void **)&c->h_info, 4 * sizeof *c->h_info), op, err);
+        st = mc_cuda_check(cudaMallocHost((void **)&c->h_info, 8 * sizeof *c->h_info), op, err);
     if (st == MC_OK)
         st = mc_cuda_check(cudaMalloc((void **)&c->d_rec, 7 * sizeof *c->d_rec), op, err);
     if (st == MC_OK) /* all ones: -1, no refusal or non-finite value noted (on the ops'
@@ -829,8 +848,17 @@ mc_status mc_backend_cuda_init(int device, mc_backend **out, mc_err *err)
     snprintf(c->features, sizeof c->features, "%.160s sm_%d%d %d SMs %.1f GiB", prop.name,
              prop.major, prop.minor, prop.multiProcessorCount,
              (double)prop.totalGlobalMem / (1024.0 * 1024.0 * 1024.0));
-    /* (no DeepSeek-V4 entries: the front end runs them on the host, backend_ops_v4.c) */
-    *out = mc_backend_new(&cuda_iface, c);
+    mc_backend_i iface = cuda_iface;
+    const char *v4 = getenv("MC_CUDA_V4");
+    if (v4 && strcmp(v4, "host") == 0) { /* the front end's host round trip (backend_ops_v4.c) */
+        iface.v4_hc_pre = NULL;
+        iface.v4_hc_post = NULL;
+        iface.v4_compress = NULL;
+        iface.v4_index_topk = NULL;
+        iface.v4_attention = NULL;
+        iface.v4_hash_route = NULL;
+    }
+    *out = mc_backend_new(&iface, c);
     if (!*out) {
         cu_free(c);
         return mc_err_set(err, MC_ERR_NOMEM, "out of memory for the CUDA backend");

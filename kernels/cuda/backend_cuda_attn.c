@@ -28,15 +28,6 @@ static mc_status attn_launched(cudaError_t e, const char *op, mc_err *err)
     return mc_cuda_check(e, op, err);
 }
 
-static mck_kv kv_of(const mc_kv_index *ix, const mc_tensor *pages)
-{
-    mck_kv kv = {.bt = AI32(&ix->block_table), .bt_ld = ix->block_table.row_stride,
-                 .n_seqs = (int)ix->block_table.shape[0],
-                 .max_blocks = (int)ix->block_table.shape[1], .seq = AI32(&ix->seq),
-                 .pos = AI32(&ix->pos), .n = ix->pos.shape[0], .n_pages = pages->shape[0],
-                 .block_size = (int)pages->shape[1]};
-    return kv;
-}
 
 /* ---- the refusal's message, as the CPU op words it ---- */
 
@@ -193,7 +184,7 @@ mc_status mc_cuda_kv_write(void *ctx, const mc_kv_index *ix, const mc_tensor *sr
     mc_status st = mc_cuda_use(c, op, err);
     if (st != MC_OK)
         return st;
-    mck_kv kv = kv_of(ix, pages);
+    mck_kv kv = mc_cuda_kv_of(ix, pages);
     int64_t rps = mc_tensor_rows(pages) / (pages->shape[0] * pages->shape[1]); /* rows per slot */
     st = kv_check(c, op, MC_CUDA_CHK_KV_WRITE, &kv, 0, 1, NULL, err);
     if (st == MC_OK)
@@ -215,7 +206,7 @@ mc_status mc_cuda_attention(void *ctx, const mc_tensor *q, const mc_tensor *k_pa
     mc_status st = mc_cuda_use(c, op, err);
     if (st != MC_OK)
         return st;
-    mck_kv kv = kv_of(ix, k_pages);
+    mck_kv kv = mc_cuda_kv_of(ix, k_pages);
     int nh = (int)q->shape[1], nkv = (int)k_pages->shape[2];
     mck_attn_src src = {.ka = AF32(k_pages), .lda = k_pages->row_stride,
                         .da = (int)k_pages->shape[3], .v = AF32(v_pages),
@@ -246,7 +237,7 @@ mc_status mc_cuda_mla_decode(void *ctx, const mc_tensor *q_lat, const mc_tensor 
     mc_status st = mc_cuda_use(c, op, err);
     if (st != MC_OK)
         return st;
-    mck_kv kv = kv_of(ix, lat_pages);
+    mck_kv kv = mc_cuda_kv_of(ix, lat_pages);
     int64_t n = q_lat->shape[0];
     int nh = (int)q_lat->shape[1], k = opt->sel ? (int)mc_tensor_cols(opt->sel) : 0;
     if (k > MCK_SEL_MAX)
@@ -295,7 +286,7 @@ mc_status mc_cuda_indexer_topk(void *ctx, const mc_tensor *iq, const mc_tensor *
     mc_status st = mc_cuda_use(c, op, err);
     if (st != MC_OK)
         return st;
-    mck_kv kv = kv_of(ix, key_pages);
+    mck_kv kv = mc_cuda_kv_of(ix, key_pages);
     long long max_span = 0, total = 0;
     st = kv_check(c, op, 0, &kv, 0, 0, NULL, err);
     if (st == MC_OK) /* the spans size the scratch: wait for the check */

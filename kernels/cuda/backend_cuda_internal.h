@@ -45,7 +45,7 @@ typedef struct {
     /* small device results an op reads back: rope's refusal, find_nonfinite */
     int *d_flag;
     unsigned long long *d_first;
-    long long *d_info; /* [4]: the paged ops' content check (mck_kv_check) */
+    long long *d_info; /* [8]: the paged ops' content check (mck_kv_check, mck_v4_check) */
     int *h_flag; /* pinned host copies */
     unsigned long long *h_first;
     long long *h_info;
@@ -116,7 +116,11 @@ enum {
     MC_CUDA_CHK_MLA_DECODE,
     MC_CUDA_CHK_PERMUTE,
     MC_CUDA_CHK_UNPERMUTE,
-    MC_CUDA_CHK_OFFSETS
+    MC_CUDA_CHK_OFFSETS,
+    MC_CUDA_CHK_V4_COMPRESS,
+    MC_CUDA_CHK_V4_INDEX,
+    MC_CUDA_CHK_V4_ATTENTION,
+    MC_CUDA_CHK_V4_HASH
 };
 
 #define MC_CUDA_STAGE_BYTES ((size_t)16 << 20)
@@ -157,6 +161,19 @@ mc_status mc_cuda_wscratch(mc_cuda_ctx *c, size_t bytes, void **p, const char *o
 static inline unsigned char *mc_cuda_at(const mc_tensor *t)
 {
     return (unsigned char *)mc_buffer_mem(t->buf) + t->offset;
+}
+
+/* The kernels' view of an mc_kv_index over pages (n_blocks, block_size, ...). */
+static inline mck_kv mc_cuda_kv_of(const mc_kv_index *ix, const mc_tensor *pages)
+{
+    mck_kv kv = {.bt = (const int32_t *)mc_cuda_at(&ix->block_table),
+                 .bt_ld = ix->block_table.row_stride,
+                 .n_seqs = (int)ix->block_table.shape[0],
+                 .max_blocks = (int)ix->block_table.shape[1],
+                 .seq = (const int32_t *)mc_cuda_at(&ix->seq),
+                 .pos = (const int32_t *)mc_cuda_at(&ix->pos), .n = ix->pos.shape[0],
+                 .n_pages = pages->shape[0], .block_size = (int)pages->shape[1]};
+    return kv;
 }
 
 /* the op entries (cuda/backend_cuda_ops.c), arguments as the mc_op_* of backend.h */
@@ -213,5 +230,27 @@ mc_status mc_cuda_grouped_experts(void *ctx, const mc_tensor *x, const mc_tensor
                                   int n_experts, const mc_tensor *gate, const mc_tensor *up,
                                   const mc_tensor *down, const mc_experts_opts *opts,
                                   mc_tensor *y, mc_err *err);
+
+/* DeepSeek-V4 (cuda/backend_cuda_v4.c); set in the vtable unless
+ * MC_CUDA_V4=host (the front end's host round trip, for comparisons) */
+mc_status mc_cuda_v4_hc_pre(void *ctx, const mc_tensor *x, const mc_tensor *mix,
+                            const mc_tensor *base, const mc_tensor *scale, const mc_v4_hc_opts *o,
+                            mc_tensor *post, mc_tensor *comb, mc_tensor *y, mc_err *err);
+mc_status mc_cuda_v4_hc_post(void *ctx, mc_tensor *x, const mc_tensor *post,
+                             const mc_tensor *comb, const mc_tensor *y, mc_err *err);
+mc_status mc_cuda_v4_compress(void *ctx, const mc_tensor *kv_pages, const mc_tensor *gate_pages,
+                              const mc_tensor *ape, const mc_tensor *norm, const mc_tensor *cs,
+                              const mc_tensor *sn, const mc_kv_index *ix,
+                              const mc_v4_comp_opts *o, mc_tensor *out_pages, mc_err *err);
+mc_status mc_cuda_v4_index_topk(void *ctx, const mc_tensor *iq, const mc_tensor *w,
+                                const mc_tensor *key_pages, const mc_kv_index *ix,
+                                const mc_v4_index_opts *o, mc_tensor *sel, mc_err *err);
+mc_status mc_cuda_v4_attention(void *ctx, const mc_tensor *q, const mc_tensor *kv_pages,
+                               const mc_tensor *comp_pages, const mc_tensor *sinks,
+                               const mc_tensor *sel, const mc_kv_index *ix,
+                               const mc_v4_attn_opts *o, mc_tensor *y, mc_err *err);
+mc_status mc_cuda_v4_hash_route(void *ctx, const mc_tensor *logits, const mc_tensor *tok,
+                                const mc_tensor *table, const mc_router_opts *opts,
+                                mc_tensor *ids, mc_tensor *weights, mc_err *err);
 
 #endif

@@ -307,17 +307,49 @@ static int grouped_ok(const mc_cuda_ctx *c, const mc_tensor *x, int64_t m, int n
     return 1;
 }
 
-/* The two launches, gated by the offsets' check on the device: its answer
- * noted for the next wait (deferred checks), or read back first (one stream
- * synchronization: a refusal is worded by offsets_get, as the CPU's). */
-static mc_status grouped_launch(mc_cuda_ctx *c, const mc_tensor *x, const mc_tensor *offsets,
-                                int n_experts, int I, const mc_tensor *gate, const mc_tensor *up,
-                                const mc_tensor *down, const mc_experts_opts *opts, mc_tensor *y,
-                                const char *op, mc_err *err)
+/* Whether the grouped launch for block formats takes this call: gate and
+ * up all of one of Q8_0 / Q4_K / Q6_K, down all of one (Q4_K_M files keep
+ * some downs in Q6_K), 2-D, not transposed, one intermediate width; any
+ * number of rows (the per-expert loop's products are the same GEMV kernels:
+ * each weight read once per 8 of an expert's rows either way). *I: that
+ * width; *dt_gu, *dt_down: the formats. */
+static int grouped_q_ok(const mc_cuda_ctx *c, const mc_tensor *x, int n_experts,
+                        const mc_tensor *gate, const mc_tensor *up, const mc_tensor *down, int *I,
+                        mc_dtype *dt_gu, mc_dtype *dt_down)
 {
-    int64_t m = mc_tensor_rows(x);
-    const mck_mat *dm = NULL;
-    mc_status st = exmats_get(c, gate, up, down, n_experts, &dm, op, err);
+    if (c->experts_loop || n_experts < 1 || n_experts > 65535)
+        return 0;
+    mc_dtype dg = gate[0].dtype, dd = down[0].dtype;
+    if (!mc_dtype_is_block(dg) || !mc_dtype_is_block(dd))
+        return 0;
+    int64_t H = mc_tensor_cols(x), I0 = gate[0].shape[0];
+    for (int e = 0; e < n_experts; e++) {
+        const mc_tensor *w[3] = {&gate[e], &up[e], &down[e]};
+        for (int k = 0; k < 3; k++) {
+            const mc_tensor *t = w[k];
+            int64_t r = k < 2 ? I0 : H, cl = k < 2 ? H : I0;
+            if (t->dtype != (k < 2 ? dg : dd) || t->ndim != 2 || t->transposed ||
+                t->shape[0] != r || t->shape[1] != cl)
+                return 0;
+        }
+    }
+    if (I0 < 1 || I0 > 0x7fffffff || H > 0x7fffffff)
+        return 0;
+    *I = (int)I0;
+    *dt_gu = dg;
+    *dt_down = dd;
+    return 1;
+}
+
+/* The grouped launches' gate: the offsets checked on the device, the
+ * answer noted for the next wait (deferred checks), or read back first (one
+ * stream synchronization: a refusal is worded by offsets_get, as the
+ * CPU's); and the experts' descriptors on the device (*dm). */
+static mc_status grouped_gate(mc_cuda_ctx *c, const mc_tensor *offsets, int n_experts, int64_t m,
+                              const mc_tensor *gate, const mc_tensor *up, const mc_tensor *down,
+                              const mck_mat **dm, const char *op, mc_err *err)
+{
+    mc_status st = exmats_get(c, gate, up, down, n_experts, dm, op, err);
     if (st == MC_OK)
         st = moe_launched(mck_offsets_check(c->stream, MI32(offsets), n_experts, m, c->d_flag,
                                             mc_cuda_defer_of(c, MC_CUDA_CHK_OFFSETS, 0)),
@@ -338,6 +370,20 @@ static mc_status grouped_launch(mc_cuda_ctx *c, const mc_tensor *x, const mc_ten
         }
         return st;
     }
+    return MC_OK;
+}
+
+/* The two launches for element types. */
+static mc_status grouped_launch(mc_cuda_ctx *c, const mc_tensor *x, const mc_tensor *offsets,
+                                int n_experts, int I, const mc_tensor *gate, const mc_tensor *up,
+                                const mc_tensor *down, const mc_experts_opts *opts, mc_tensor *y,
+                                const char *op, mc_err *err)
+{
+    int64_t m = mc_tensor_rows(x);
+    const mck_mat *dm = NULL;
+    mc_status st = grouped_gate(c, offsets, n_experts, m, gate, up, down, &dm, op, err);
+    if (st != MC_OK)
+        return st;
     void *h = NULL;
     size_t need = (size_t)(m > 0 ? m : 1) * (size_t)I * sizeof(float);
     if ((st = mc_cuda_scratch2(c, need, &h, op, err)) != MC_OK)
@@ -367,6 +413,79 @@ static mc_status grouped_launch(mc_cuda_ctx *c, const mc_tensor *x, const mc_ten
     return moe_launched(mck_experts_run(c->stream, &p), op, err);
 }
 
+static size_t align256(size_t b)
+{
+    return (b + 255) & ~(size_t)255;
+}
+
+/* The launches for block formats (mck_experts_run_q): the quantized
+ * activations (and the scaled input) in the first scratch, h in the
+ * second. */
+static mc_status grouped_launch_q(mc_cuda_ctx *c, const mc_tensor *x, const mc_tensor *offsets,
+                                  int n_experts, int I, mc_dtype dt_gu, mc_dtype dt_down,
+                                  const mc_tensor *gate, const mc_tensor *up,
+                                  const mc_tensor *down, const mc_experts_opts *opts,
+                                  mc_tensor *y, const char *op, mc_err *err)
+{
+    int64_t m = mc_tensor_rows(x);
+    const mck_mat *dm = NULL;
+    mc_status st = grouped_gate(c, offsets, n_experts, m, gate, up, down, &dm, op, err);
+    if (st != MC_OK || m == 0)
+        return st;
+    const mc_tensor *rw = opts ? opts->row_weight : NULL;
+    int w_in = rw && opts->weight_input, H = (int)mc_tensor_cols(x);
+    int bg = dt_gu == MC_DT_Q8_0 ? MC_QK8_0 : MC_QK_K, sg = dt_gu == MC_DT_Q6_K ? 16 : 32;
+    int bd = dt_down == MC_DT_Q8_0 ? MC_QK8_0 : MC_QK_K, sd = dt_down == MC_DT_Q6_K ? 16 : 32;
+    int kpx = (H + bg - 1) / bg * bg, kph = (I + bd - 1) / bd * bd;
+    size_t M = (size_t)m;
+    /* xs (m, H) F32 when w_in | qx (m, kpx) | dx | bx | qh (m, kph) | dh | bh */
+    size_t b_xs = w_in ? align256(M * (size_t)H * 4) : 0, b_qx = align256(M * (size_t)kpx),
+           b_dx = align256(M * (size_t)(kpx / bg) * 4), b_bx = align256(M * (size_t)(kpx / sg) * 2),
+           b_qh = align256(M * (size_t)kph), b_dh = align256(M * (size_t)(kph / bd) * 4),
+           b_bh = align256(M * (size_t)(kph / sd) * 2);
+    void *s = NULL, *h = NULL;
+    st = mc_cuda_scratch(c, b_xs + b_qx + b_dx + b_bx + b_qh + b_dh + b_bh, &s, op, err);
+    if (st == MC_OK)
+        st = mc_cuda_scratch2(c, M * (size_t)I * sizeof(float), &h, op, err);
+    if (st != MC_OK)
+        return st;
+    unsigned char *p0 = s;
+    mck_experts_q p = {.dt_gu = (int)dt_gu,
+                       .dt_down = (int)dt_down,
+                       .gate = dm,
+                       .up = dm + n_experts,
+                       .down = dm + 2 * n_experts,
+                       .off = MI32(offsets),
+                       .n_experts = n_experts,
+                       .I = I,
+                       .H = H,
+                       .m = m,
+                       .x = MF32(x),
+                       .ldx = x->row_stride,
+                       .rw = rw ? MF32(rw) : NULL,
+                       .rw_ld = rw ? rw->row_stride : 1,
+                       .rw_cols = rw ? mc_tensor_cols(rw) : 1,
+                       .w_in = w_in,
+                       .w_out = rw && !w_in,
+                       .xs = w_in ? (float *)p0 : NULL,
+                       .qx = (int8_t *)(p0 + b_xs),
+                       .dx = (float *)(p0 + b_xs + b_qx),
+                       .bx = (int16_t *)(p0 + b_xs + b_qx + b_dx),
+                       .kpx = kpx,
+                       .h = h,
+                       .ldh = I,
+                       .qh = (int8_t *)(p0 + b_xs + b_qx + b_dx + b_bx),
+                       .dh = (float *)(p0 + b_xs + b_qx + b_dx + b_bx + b_qh),
+                       .bh = (int16_t *)(p0 + b_xs + b_qx + b_dx + b_bx + b_qh + b_dh),
+                       .kph = kph,
+                       .y = MF32(y),
+                       .ldy = y->row_stride,
+                       .lim = opts ? opts->swiglu_limit : 0.0f,
+                       .count = c->counting ? c->d_count : NULL,
+                       .bad = c->d_flag};
+    return moe_launched(mck_experts_run_q(c->stream, &p), op, err);
+}
+
 mc_status mc_cuda_grouped_experts(void *ctx, const mc_tensor *x, const mc_tensor *offsets,
                                   int n_experts, const mc_tensor *gate, const mc_tensor *up,
                                   const mc_tensor *down, const mc_experts_opts *opts,
@@ -378,8 +497,12 @@ mc_status mc_cuda_grouped_experts(void *ctx, const mc_tensor *x, const mc_tensor
     if (st != MC_OK)
         return st;
     int gI = 0;
+    mc_dtype dg, dd;
     if (grouped_ok(c, x, mc_tensor_rows(x), n_experts, gate, up, down, &gI))
         return grouped_launch(c, x, offsets, n_experts, gI, gate, up, down, opts, y, op, err);
+    if (grouped_q_ok(c, x, n_experts, gate, up, down, &gI, &dg, &dd))
+        return grouped_launch_q(c, x, offsets, n_experts, gI, dg, dd, gate, up, down, opts, y, op,
+                                err);
     /* the per-expert loop: offsets to the host (one synchronization), three
      * products and a SwiGLU per expert with rows */
     int64_t m = mc_tensor_rows(x), max_rows = 0, max_inter = 0;

@@ -271,6 +271,137 @@ typedef struct {
 cudaError_t mck_offsets_check(cudaStream_t s, const int32_t *off, int n_experts, long long m,
                               int *bad, mck_defer d);
 cudaError_t mck_experts_run(cudaStream_t s, const mck_experts *p);
+/* grouped_experts over all experts for block-format weights (gate and up
+ * of one of Q8_0 / Q4_K / Q6_K, down of one, maybe another): x (m rows)
+ * scaled by its row weights into xs first when w_in, quantized as the CPU
+ * quantizes a product's activations (mck_quantize_act) into qx / dx / bx,
+ * one launch for gate and up (h = the clamped SwiGLU), h quantized into
+ * qh / dh / bh, one launch for down (times the row weights when w_out).
+ * The row products are matmul's (cuda/qdot.cuh): the same bits as the
+ * per-expert loop. Same ranges, counts and gate (bad) as mck_experts. */
+typedef struct {
+    int dt_gu, dt_down;
+    const mck_mat *gate, *up, *down; /* [n_experts] each, in device memory */
+    const int32_t *off;              /* [n_experts + 1], device */
+    int n_experts, I, H;
+    long long m;
+    const float *x;
+    long long ldx;
+    const float *rw;
+    long long rw_ld, rw_cols;
+    int w_in, w_out;
+    float *xs;            /* (m, H) scratch when w_in */
+    int8_t *qx;           /* (m, kpx) */
+    float *dx;            /* (m, kpx / block) */
+    int16_t *bx;          /* (m, kpx / sub) unless Q8_0 */
+    int kpx;              /* H rounded up to gate's block */
+    float *h;             /* (m, I), rows ldh apart */
+    long long ldh;
+    int8_t *qh;
+    float *dh;
+    int16_t *bh;
+    int kph;              /* I rounded up to down's block */
+    float *y;
+    long long ldy;
+    float lim;
+    unsigned long long *count;
+    const int *bad;
+} mck_experts_q;
+cudaError_t mck_experts_run_q(cudaStream_t s, const mck_experts_q *p);
+
+/* ---- DeepSeek-V4 (cuda/v4.cu; backend.h's mc_op_v4_*) ---- */
+
+/* The content check of a V4 op, as the CPU op's (kernels/cpu/backend_cpu_v4.c)
+ * in its order: kind MCK_V4_COMPRESS / _INDEX / _ATTENTION check each
+ * token's sequence, position and the block ids of the positions it reads
+ * (compress: only tokens that complete a window, from (w - overlap) *
+ * rate; attention: from pos - window + 1 without comp pages, else 0;
+ * index: 0), then compress: the window start w * rate < P (rows of cs);
+ * attention: every sel entry in [-1, (pos + 1) / rate); index (this
+ * backend's limit, not the CPU's): n_row[t] <= cap, the entries the block
+ * table holds. MCK_V4_HASH: tok[t] in [0, V), then table[tok[t], j] in
+ * [0, E). */
+enum { MCK_V4_COMPRESS = 1, MCK_V4_INDEX, MCK_V4_ATTENTION, MCK_V4_HASH };
+/* What was wrong with the first token refused (info[1]), with its values
+ * info[2..5): */
+enum {
+    MCK_V4_BAD_SEQ = 1, /* seq */
+    MCK_V4_BAD_POS,     /* pos */
+    MCK_V4_BAD_BLOCK,   /* seq, j, block id */
+    MCK_V4_BAD_WINDOW,  /* the window's start w * rate */
+    MCK_V4_BAD_SEL,     /* j, sel[t, j], the entries the token sees */
+    MCK_V4_BAD_NROW,    /* n_row[t], cap */
+    MCK_V4_BAD_ID,      /* tok[t] */
+    MCK_V4_BAD_TABLE    /* tok[t], j, table[tok[t], j] */
+};
+typedef struct {
+    int kind;
+    mck_kv kv;                 /* paged kinds */
+    int rate, overlap, window; /* compress, index, attention */
+    int has_comp;              /* attention: comp pages given */
+    long long P;               /* compress: rows of cs */
+    const int32_t *n_row;      /* index: [n] or NULL */
+    long long cap;             /* index: the largest n_row */
+    const int32_t *sel;        /* attention: (n, sel_k) rows sel_ld apart, or NULL */
+    long long sel_ld;
+    int sel_k;
+    const int32_t *tok, *table; /* hash: tok [n], table (V, k) rows table_ld apart */
+    long long table_ld, V;
+    int k, E;
+} mck_v4_chk;
+/* info[0..5) (device long long) = {the first token refused or -1, its
+ * MCK_V4_BAD_*, its values}; with d.rec the refusal is also noted for the
+ * next wait. One block over the n tokens. */
+cudaError_t mck_v4_check(cudaStream_t s, const mck_v4_chk *c, long long n, long long *info,
+                         mck_defer d);
+/* mc_op_v4_hc_pre for n tokens, hc <= 64 (post, comb NULL: y only). */
+cudaError_t mck_v4_hc_pre(cudaStream_t s, const float *x, long long ldx, const float *mix,
+                          long long ldm, const float *base, const float *scale, int hc, int iters,
+                          float eps, int H, long long n, float *post, long long ldp, float *comb,
+                          long long ldc, float *y, long long ldy);
+/* mc_op_v4_hc_post in place on x (n, hc * H), hc <= 64. */
+cudaError_t mck_v4_hc_post(cudaStream_t s, float *x, long long ldx, const float *post,
+                           long long ldp, const float *comb, long long ldc, const float *y,
+                           long long ldy, int hc, int H, long long n);
+/* mc_op_v4_compress (one block per token; cd <= 8192 for its shared row);
+ * nothing when info[0] >= 0. */
+cudaError_t mck_v4_compress(cudaStream_t s, const mck_kv *kv, const float *kvp, long long ldk,
+                            const float *gp, long long ldg, const float *ape, long long lda,
+                            const float *norm, const float *cs, long long ldcs, const float *sn,
+                            long long ldsn, int rate, int overlap, int cd, int rd, float eps,
+                            float *out, long long ldo, const long long *info);
+/* One score of mc_op_v4_index_topk's row and its entry (the CPU's sel_t). */
+typedef struct {
+    float v;
+    int i;
+} mck_v4_sel;
+/* mc_op_v4_index_topk for tokens t0 .. t0 + nt - 1 of kv: each token's
+ * score row (visible entries scored, -inf up to n_row) in scratch rows of
+ * cap entries (nt * cap mck_v4_sel), then per token the CPU's introselect
+ * (one thread each: the reference's order among ties) and the visible
+ * entries kept to sel rows t (k columns, rows sel_ld apart), -1 after.
+ * Nothing when info[0] >= 0. */
+cudaError_t mck_v4_index_topk(cudaStream_t s, const mck_kv *kv, long long t0, long long nt,
+                              const float *iq, long long ldq, int ih, int id, const float *w,
+                              long long ldw, const float *keys, long long ldk, int rate,
+                              const int32_t *n_row, float score_scale, float weight_scale, int k,
+                              long long cap, mck_v4_sel *scratch, int32_t *sel, long long sel_ld,
+                              const long long *info);
+/* mc_op_v4_attention, one block per (token, head) (2 hd floats of shared
+ * memory, hd <= 5120): an online softmax started at the head's sink over
+ * the window positions, then the compressed entries (all, or sel's in
+ * order); comp NULL: the window only. Nothing when info[0] >= 0. */
+cudaError_t mck_v4_attention(cudaStream_t s, const mck_kv *kv, const float *q, long long ldq,
+                             int nh, int hd, const float *kvp, long long ldk, const float *comp,
+                             long long ldc, const float *sinks, const int32_t *sel,
+                             long long sel_ld, int ksel, int window, int rate, float scale,
+                             float *y, long long ldy, const long long *info);
+/* mc_op_v4_hash_route (sigmoid: 1 for MC_ROUTE_SIGMOID, else sqrt-softplus);
+ * nothing when info[0] >= 0. */
+cudaError_t mck_v4_hash_route(cudaStream_t s, const float *logits, long long ldl, long long n,
+                              const int32_t *tok, const int32_t *table, long long ldt, int k,
+                              int sigmoid, float norm_eps, float scale, int32_t *ids,
+                              long long ldi, float *w, long long ldw, const long long *info);
 
 /* ---- probes (cuda/probe.cu) ---- */
 

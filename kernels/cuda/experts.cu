@@ -22,6 +22,7 @@
 #include "cuda/cuda_ops.h"
 #include "cuda/defer.cuh"
 #include "cuda/dequant.cuh"
+#include "cuda/qdot.cuh"
 #include "cuda/rowdot.cuh"
 
 #define EX_WARPS 4 /* rows per block (one warp each) */
@@ -48,6 +49,16 @@ __device__ __forceinline__ void ex_row_dot_n(const mck_mat &w, long long o, int 
         mck_row_dot<DT, 4>(w, o, xr, xs, acc, 1);
     else
         mck_row_dot<DT, EX_NT>(w, o, xr, xs, acc, 1);
+}
+
+/* silu(min(g, lim)) * clamp(u, -lim, lim) (lim > 0; else silu(g) * u), each
+ * step rounded as the CPU's clamped SwiGLU. */
+__device__ __forceinline__ float ex_swiglu(float gv, float uv, float lim) {
+    if (lim > 0) {
+        gv = gv > lim ? lim : gv;
+        uv = uv > lim ? lim : uv < -lim ? -lim : uv;
+    }
+    return __fmul_rn(gv / (1.0f + expf(-gv)), uv);
 }
 
 /* Bytes one full read of w takes (data and FP8 scales), as the CPU counts. */
@@ -95,13 +106,8 @@ __global__ static void __launch_bounds__(EX_WARPS * 32)
 #pragma unroll
         for (int t = 0; t < EX_NT; t++) {
             float gv = mck_warp_sum(ag[t]), uv = mck_warp_sum(au[t]);
-            if (lane == 0 && t < nt) {
-                if (lim > 0) {
-                    gv = gv > lim ? lim : gv;
-                    uv = uv > lim ? lim : uv < -lim ? -lim : uv;
-                }
-                h[(size_t)(r0 + t0 + t) * (size_t)ldh + o] = __fmul_rn(gv / (1.0f + expf(-gv)), uv);
-            }
+            if (lane == 0 && t < nt)
+                h[(size_t)(r0 + t0 + t) * (size_t)ldh + o] = ex_swiglu(gv, uv, lim);
         }
     }
 }
@@ -127,6 +133,119 @@ __global__ static void __launch_bounds__(EX_WARPS * 32)
             acc[t] = 0.0f;
         }
         ex_row_dot_n<DT>(d, o, nt, hr, nullptr, acc);
+#pragma unroll
+        for (int t = 0; t < EX_NT; t++) {
+            float s = mck_warp_sum(acc[t]);
+            if (lane == 0 && t < nt) {
+                const long long r = r0 + t0 + t;
+                if (w_out) s = __fmul_rn(s, ex_rw(rw, rw_ld, rw_cols, r));
+                y[(size_t)r * (size_t)ldy + o] = s;
+            }
+        }
+    }
+}
+
+/* ---- block formats (Q8_0 / Q4_K / Q6_K): the activations quantized first ---- */
+
+/* acc[t] (t < nt) = the block-format row . activation rows r + t of q, d, bs,
+ * with NT the smallest of 1, 2, 4, 8 that holds nt (rows past nt repeat the
+ * last: never past the expert's); acc[t] for t >= nt is not to be used. */
+template <int DT, int NT>
+__device__ __forceinline__ void exq_dot(const unsigned char *row, int kp, const int8_t *q,
+                                        const float *d, const int16_t *bs, long long r, int nt,
+                                        int lane, float *acc) {
+    long long tr[NT];
+    float a[NT];
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+        tr[t] = r + (t < nt ? t : nt - 1);
+        a[t] = 0.0f;
+    }
+    mck_q_dot<DT, NT>(row, kp, q, d, bs, tr, lane, a);
+#pragma unroll
+    for (int t = 0; t < NT; t++)
+        acc[t] = a[t];
+}
+
+template <int DT>
+__device__ __forceinline__ void exq_dot_n(const unsigned char *row, int kp, const int8_t *q,
+                                          const float *d, const int16_t *bs, long long r, int nt,
+                                          int lane, float *acc) {
+    if (nt == 1)
+        exq_dot<DT, 1>(row, kp, q, d, bs, r, nt, lane, acc);
+    else if (nt == 2)
+        exq_dot<DT, 2>(row, kp, q, d, bs, r, nt, lane, acc);
+    else if (nt <= 4)
+        exq_dot<DT, 4>(row, kp, q, d, bs, r, nt, lane, acc);
+    else
+        exq_dot<DT, EX_NT>(row, kp, q, d, bs, r, nt, lane, acc);
+}
+
+/* Bytes of a block-format matrix, as the CPU counts (whole stored rows). */
+__device__ __forceinline__ unsigned long long exq_bytes(const mck_mat &w) {
+    return (unsigned long long)w.rows * (unsigned long long)w.row_bytes;
+}
+
+/* As k_experts_gu over x quantized (q, d, bs: rows as x's). */
+template <int DT>
+__global__ static void __launch_bounds__(EX_WARPS * 32)
+    k_experts_gu_q(const mck_mat *gate, const mck_mat *up, const mck_mat *down,
+                   const int32_t *off, const int8_t *q, const float *d, const int16_t *bs, int kp,
+                   float *h, long long ldh, int I, float lim, unsigned long long *count,
+                   const int *bad) {
+    if (*bad >= 0) return;
+    const int e = blockIdx.y, lane = threadIdx.x & 31;
+    const int r0 = off[e], ne = off[e + 1] - r0;
+    const long long o = (long long)blockIdx.x * EX_WARPS + (threadIdx.x >> 5);
+    if (ne <= 0) return;
+    if (count && blockIdx.x == 0 && threadIdx.x == 0) {
+        const mck_mat &g = gate[e], &u = up[e], &dn = down[e];
+        atomicAdd(&count[0], exq_bytes(g) + exq_bytes(u) + exq_bytes(dn));
+        atomicAdd(&count[1], (unsigned long long)ne * ((unsigned long long)g.rows * g.cols +
+                                                       (unsigned long long)u.rows * u.cols +
+                                                       (unsigned long long)dn.rows * dn.cols));
+    }
+    if (o >= I) return;
+    const mck_mat g = gate[e], u = up[e];
+    const unsigned char *rg = (const unsigned char *)g.data + (size_t)o * g.row_bytes;
+    const unsigned char *ru = (const unsigned char *)u.data + (size_t)o * u.row_bytes;
+    for (int t0 = 0; t0 < ne; t0 += EX_NT) {
+        const int nt = ne - t0 < EX_NT ? ne - t0 : EX_NT;
+        float ag[EX_NT], au[EX_NT];
+#pragma unroll
+        for (int t = 0; t < EX_NT; t++)
+            ag[t] = au[t] = 0.0f;
+        exq_dot_n<DT>(rg, kp, q, d, bs, r0 + t0, nt, lane, ag);
+        exq_dot_n<DT>(ru, kp, q, d, bs, r0 + t0, nt, lane, au);
+#pragma unroll
+        for (int t = 0; t < EX_NT; t++) {
+            float gv = mck_warp_sum(ag[t]), uv = mck_warp_sum(au[t]);
+            if (lane == 0 && t < nt)
+                h[(size_t)(r0 + t0 + t) * (size_t)ldh + o] = ex_swiglu(gv, uv, lim);
+        }
+    }
+}
+
+/* As k_experts_down over h quantized. */
+template <int DT>
+__global__ static void __launch_bounds__(EX_WARPS * 32)
+    k_experts_down_q(const mck_mat *down, const int32_t *off, const int8_t *q, const float *d,
+                     const int16_t *bs, int kp, float *y, long long ldy, int H, const float *rw,
+                     long long rw_ld, long long rw_cols, int w_out, const int *bad) {
+    if (*bad >= 0) return;
+    const int e = blockIdx.y, lane = threadIdx.x & 31;
+    const int r0 = off[e], ne = off[e + 1] - r0;
+    const long long o = (long long)blockIdx.x * EX_WARPS + (threadIdx.x >> 5);
+    if (ne <= 0 || o >= H) return;
+    const mck_mat dn = down[e];
+    const unsigned char *row = (const unsigned char *)dn.data + (size_t)o * dn.row_bytes;
+    for (int t0 = 0; t0 < ne; t0 += EX_NT) {
+        const int nt = ne - t0 < EX_NT ? ne - t0 : EX_NT;
+        float acc[EX_NT];
+#pragma unroll
+        for (int t = 0; t < EX_NT; t++)
+            acc[t] = 0.0f;
+        exq_dot_n<DT>(row, kp, q, d, bs, r0 + t0, nt, lane, acc);
 #pragma unroll
         for (int t = 0; t < EX_NT; t++) {
             float s = mck_warp_sum(acc[t]);
@@ -193,4 +312,66 @@ cudaError_t mck_experts_run(cudaStream_t s, const mck_experts *p) {
     default:
         return cudaErrorInvalidValue;
     }
+}
+
+/* The block and the activation sums' width of a block format. */
+static int exq_geom(int dt, int *blk, int *sub) {
+    if (dt != MCK_DT_Q8_0 && dt != MCK_DT_Q4_K && dt != MCK_DT_Q6_K) return 0;
+    *blk = dt == MCK_DT_Q8_0 ? 32 : 256;
+    *sub = dt == MCK_DT_Q6_K ? 16 : 32;
+    return 1;
+}
+
+template <int DT> static void exq_gu(cudaStream_t s, const mck_experts_q *p, dim3 g, dim3 b) {
+    k_experts_gu_q<DT><<<g, b, 0, s>>>(p->gate, p->up, p->down, p->off, p->qx, p->dx, p->bx,
+                                        p->kpx, p->h, p->ldh, p->I, p->lim, p->count, p->bad);
+}
+
+template <int DT> static void exq_down(cudaStream_t s, const mck_experts_q *p, dim3 g, dim3 b) {
+    k_experts_down_q<DT><<<g, b, 0, s>>>(p->down, p->off, p->qh, p->dh, p->bh, p->kph, p->y,
+                                          p->ldy, p->H, p->rw, p->rw_ld, p->rw_cols, p->w_out,
+                                          p->bad);
+}
+
+cudaError_t mck_experts_run_q(cudaStream_t s, const mck_experts_q *p) {
+    if (p->n_experts <= 0 || p->I <= 0 || p->H <= 0 || p->m <= 0) return cudaSuccess;
+    int bg, sg, bd, sd;
+    if (!p->bad || !exq_geom(p->dt_gu, &bg, &sg) || !exq_geom(p->dt_down, &bd, &sd))
+        return cudaErrorInvalidValue;
+    if (p->n_experts > 65535 || p->m > 0x7fffffffLL || p->kpx % bg || p->kph % bd ||
+        p->kpx < p->H || p->kph < p->I || (p->w_in && (!p->xs || !p->rw)))
+        return cudaErrorInvalidValue;
+    const float *x = p->x;
+    long long ldx = p->ldx;
+    cudaError_t e;
+    if (p->w_in) { /* Llama 4: the router weight scales the input before it is quantized */
+        e = mck_row_scale(s, p->x, p->ldx, p->rw, p->rw_ld, p->rw_cols, 0, p->xs, p->H, p->m,
+                          p->H);
+        if (e != cudaSuccess) return e;
+        x = p->xs;
+        ldx = p->H;
+    }
+    e = mck_quantize_act(s, x, ldx, (int)p->m, p->H, p->kpx, bg, sg, p->qx, p->dx,
+                         p->dt_gu == MCK_DT_Q8_0 ? nullptr : p->bx);
+    if (e != cudaSuccess) return e;
+    dim3 b(EX_WARPS * 32);
+    dim3 g1((unsigned)((p->I + EX_WARPS - 1) / EX_WARPS), (unsigned)p->n_experts);
+    if (p->dt_gu == MCK_DT_Q8_0)
+        exq_gu<MCK_DT_Q8_0>(s, p, g1, b);
+    else if (p->dt_gu == MCK_DT_Q4_K)
+        exq_gu<MCK_DT_Q4_K>(s, p, g1, b);
+    else
+        exq_gu<MCK_DT_Q6_K>(s, p, g1, b);
+    if ((e = cudaGetLastError()) != cudaSuccess) return e;
+    e = mck_quantize_act(s, p->h, p->ldh, (int)p->m, p->I, p->kph, bd, sd, p->qh, p->dh,
+                         p->dt_down == MCK_DT_Q8_0 ? nullptr : p->bh);
+    if (e != cudaSuccess) return e;
+    dim3 g2((unsigned)((p->H + EX_WARPS - 1) / EX_WARPS), (unsigned)p->n_experts);
+    if (p->dt_down == MCK_DT_Q8_0)
+        exq_down<MCK_DT_Q8_0>(s, p, g2, b);
+    else if (p->dt_down == MCK_DT_Q4_K)
+        exq_down<MCK_DT_Q4_K>(s, p, g2, b);
+    else
+        exq_down<MCK_DT_Q6_K>(s, p, g2, b);
+    return cudaGetLastError();
 }

@@ -12,6 +12,7 @@
  * (docs/gpu.md). Launchers as cuda_ops.h. */
 #include "cuda/cuda_ops.h"
 #include "cuda/dequant.cuh"
+#include "cuda/qdot.cuh"
 #include "cuda/rowdot.cuh"
 
 #define MM_WARPS 4 /* output rows per block (one warp each) */
@@ -184,128 +185,26 @@ __device__ __forceinline__ void mm_store(const float (&acc)[NT], float *y, long 
     }
 }
 
-/* Q8_0: lane l takes element l of every block of the row. */
-template <int NT>
+/* One warp per output row o of a block-format matrix, NT tokens (rows 0 ..
+ * NT - 1 of q, d, bsum): cuda/qdot.cuh's row products. */
+template <int DT, int NT>
 __global__ static void __launch_bounds__(MM_WARPS * 32)
-    k_q8_0(mck_mat w, const int8_t *__restrict__ q, const float *__restrict__ d, int kp,
-           float *__restrict__ y, long long ldy)
+    k_q(mck_mat w, const int8_t *__restrict__ q, const float *__restrict__ d,
+        const int16_t *__restrict__ bsum, int kp, float *__restrict__ y, long long ldy)
 {
-    const int lane = threadIdx.x & 31, nb = kp / 32;
+    const int lane = threadIdx.x & 31;
     const long long o = (long long)blockIdx.x * MM_WARPS + (threadIdx.x >> 5);
     if (o >= w.rows)
         return;
     const unsigned char *row = (const unsigned char *)w.data + (size_t)o * w.row_bytes;
-    float acc[NT] = {};
-#pragma unroll 4
-    for (int b = 0; b < nb; b++) {
-        const unsigned char *blk = row + (size_t)b * MCK_Q8_0_BYTES;
-        const float dw = mck_f16(mck_u16(blk));
-        const int qw = (int8_t)blk[2 + lane];
+    long long tr[NT];
+    float acc[NT];
 #pragma unroll
-        for (int t = 0; t < NT; t++) {
-            int p = qw * (int)q[(size_t)t * kp + (size_t)b * 32 + lane];
-            acc[t] += __fmul_rn(dw, d[(size_t)t * nb + b]) * (float)p;
-        }
+    for (int t = 0; t < NT; t++) {
+        tr[t] = t;
+        acc[t] = 0.0f;
     }
-    mm_store<NT>(acc, y, ldy, o, lane);
-}
-
-/* Q4_K: lane l takes byte l of each 32-byte quarter c of qs: elements
- * 64c + l (low nibble, sub-block 2c) and 64c + 32 + l (high, 2c + 1); lanes
- * 0..7 add sub-block l's min term. */
-template <int NT>
-__global__ static void __launch_bounds__(MM_WARPS * 32)
-    k_q4_k(mck_mat w, const int8_t *__restrict__ q, const float *__restrict__ d,
-           const int16_t *__restrict__ bsum, int kp, float *__restrict__ y, long long ldy)
-{
-    const int lane = threadIdx.x & 31, nb = kp / 256;
-    const long long o = (long long)blockIdx.x * MM_WARPS + (threadIdx.x >> 5);
-    if (o >= w.rows)
-        return;
-    const unsigned char *row = (const unsigned char *)w.data + (size_t)o * w.row_bytes;
-    float acc[NT] = {};
-    for (int b = 0; b < nb; b++) {
-        const unsigned char *blk = row + (size_t)b * MCK_Q4_K_BYTES;
-        const float dd = mck_f16(mck_u16(blk)), dm = mck_f16(mck_u16(blk + 2));
-        int sc[8], mn[8];
-#pragma unroll
-        for (int j = 0; j < 8; j++)
-            mck_q4_k_scale_min(j, blk + 4, &sc[j], &mn[j]);
-        int sumi[NT];
-#pragma unroll
-        for (int t = 0; t < NT; t++)
-            sumi[t] = 0;
-#pragma unroll
-        for (int c = 0; c < 4; c++) {
-            const int qb = blk[16 + 32 * c + lane], lo = qb & 0xF, hi = qb >> 4;
-#pragma unroll
-            for (int t = 0; t < NT; t++) {
-                const int8_t *xs = q + (size_t)t * kp + (size_t)b * 256 + 64 * c;
-                sumi[t] += sc[2 * c] * lo * xs[lane] + sc[2 * c + 1] * hi * xs[32 + lane];
-            }
-        }
-#pragma unroll
-        for (int t = 0; t < NT; t++) {
-            const float xd = d[(size_t)t * nb + b];
-            acc[t] += __fmul_rn(dd, xd) * (float)sumi[t];
-            if (lane < 8) {
-                int mins = 0;
-#pragma unroll
-                for (int j = 0; j < 8; j++)
-                    mins += j == lane ? mn[j] * bsum[(size_t)t * (kp / 32) + (size_t)b * 8 + j] : 0;
-                acc[t] -= __fmul_rn(dm, xd) * (float)mins;
-            }
-        }
-    }
-    mm_store<NT>(acc, y, ldy, o, lane);
-}
-
-/* Q6_K (ql[128] | qh[64] | int8 scales[16] | f16 d): lane l takes element
- * 128h + 32g + l of each half h and group g: 6-bit value q (low nibble of
- * ql[64h + 32(g & 1) + l], the high one for g >= 2, and 2 bits of
- * qh[32h + l] at 2g), sub-block 8h + 2g + l / 16; the block's integer sum
- * is the CPU's, sum_j sc_j * (sum q x - 32 * bsum16_j), the offset terms
- * added by lanes 0..15 (sub-block = lane). */
-template <int NT>
-__global__ static void __launch_bounds__(MM_WARPS * 32)
-    k_q6_k(mck_mat w, const int8_t *__restrict__ q, const float *__restrict__ d,
-           const int16_t *__restrict__ bsum16, int kp, float *__restrict__ y, long long ldy)
-{
-    const int lane = threadIdx.x & 31, nb = kp / 256;
-    const long long o = (long long)blockIdx.x * MM_WARPS + (threadIdx.x >> 5);
-    if (o >= w.rows)
-        return;
-    const unsigned char *row = (const unsigned char *)w.data + (size_t)o * w.row_bytes;
-    float acc[NT] = {};
-    for (int b = 0; b < nb; b++) {
-        const unsigned char *blk = row + (size_t)b * MCK_Q6_K_BYTES;
-        const signed char *sc = (const signed char *)(blk + 192);
-        const float dd = mck_f16(mck_u16(blk + 208));
-        int sumi[NT];
-#pragma unroll
-        for (int t = 0; t < NT; t++)
-            sumi[t] = 0;
-#pragma unroll
-        for (int h = 0; h < 2; h++) {
-            const int qh = blk[128 + 32 * h + lane];
-#pragma unroll
-            for (int g = 0; g < 4; g++) {
-                int lo = blk[64 * h + 32 * (g & 1) + lane];
-                lo = g >= 2 ? lo >> 4 : lo & 0xF;
-                const int v = lo | (((qh >> (2 * g)) & 3) << 4);
-                const int s = sc[8 * h + 2 * g + lane / 16];
-#pragma unroll
-                for (int t = 0; t < NT; t++)
-                    sumi[t] += s * v * (int)q[(size_t)t * kp + (size_t)b * 256 + 128 * h + 32 * g + lane];
-            }
-        }
-#pragma unroll
-        for (int t = 0; t < NT; t++) {
-            if (lane < 16)
-                sumi[t] -= 32 * (int)sc[lane] * (int)bsum16[(size_t)t * (kp / 16) + (size_t)b * 16 + lane];
-            acc[t] += __fmul_rn(dd, d[(size_t)t * nb + b]) * (float)sumi[t];
-        }
-    }
+    mck_q_dot<DT, NT>(row, kp, q, d, bsum, tr, lane, acc);
     mm_store<NT>(acc, y, ldy, o, lane);
 }
 
@@ -315,11 +214,11 @@ static void launch_q(cudaStream_t s, const mck_mat &w, const int8_t *q, const fl
 {
     unsigned grid = (unsigned)((w.rows + MM_WARPS - 1) / MM_WARPS);
     if (w.dtype == MCK_DT_Q8_0)
-        k_q8_0<NT><<<grid, MM_WARPS * 32, 0, s>>>(w, q, d, kp, y, ldy);
+        k_q<MCK_DT_Q8_0, NT><<<grid, MM_WARPS * 32, 0, s>>>(w, q, d, bsum, kp, y, ldy);
     else if (w.dtype == MCK_DT_Q6_K)
-        k_q6_k<NT><<<grid, MM_WARPS * 32, 0, s>>>(w, q, d, bsum, kp, y, ldy);
+        k_q<MCK_DT_Q6_K, NT><<<grid, MM_WARPS * 32, 0, s>>>(w, q, d, bsum, kp, y, ldy);
     else
-        k_q4_k<NT><<<grid, MM_WARPS * 32, 0, s>>>(w, q, d, bsum, kp, y, ldy);
+        k_q<MCK_DT_Q4_K, NT><<<grid, MM_WARPS * 32, 0, s>>>(w, q, d, bsum, kp, y, ldy);
 }
 
 cudaError_t mck_matmul_q(cudaStream_t s, const mck_mat *w, const int8_t *q, const float *d,

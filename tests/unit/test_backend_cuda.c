@@ -14,9 +14,10 @@
  *         several chunks; MC_CUDA_FP8=gemv keeps them on the kernel, 1e-5);
  *   1e-6  embed (a gather of dequantized weights);
  *   exact topk's ids and values (its log-sum-exp to 1e-12).
- * The DeepSeek-V4 ops, which the device has no kernels for yet, run on the
- * host through copies: v4_hash_route must give the CPU's answer and refusal
- * to the bit. Prints the first mismatches. The paged-KV-cache and MoE ops
+ * The DeepSeek-V4 ops through the front end's host round trip (the CPU
+ * acting as a device; CUDA with MC_CUDA_V4=host, in place of its own
+ * kernels, which test_backend_cuda_layers.c compares): v4_hash_route must
+ * give the CPU's answer and refusal to the bit. Prints the first mismatches. The paged-KV-cache and MoE ops
  * are test_backend_cuda_layers.c's.
  *
  * Exit 77 (CTest's skip) with "skipped: built without CUDA" in builds
@@ -414,13 +415,21 @@ static void test_embed(void)
     }
 }
 
-/* The DeepSeek-V4 ops, which the device has no kernels for yet, run on the
- * host through copies (backend_ops_v4.c): v4_hash_route gives the CPU's ids
- * and weights bit for bit, its refusal the CPU's message with the outputs
- * untouched. (test_backend_v4.c checks the ops themselves; the paged-KV-cache
- * and MoE ops are compared in test_backend_cuda_layers.c.) */
+/* The DeepSeek-V4 ops on the host through copies (backend_ops_v4.c: a
+ * device backend without the entries; CUDA made with MC_CUDA_V4=host):
+ * v4_hash_route gives the CPU's ids and weights bit for bit, its refusal the
+ * CPU's message with the outputs untouched. (test_backend_v4.c checks the
+ * ops themselves; test_backend_cuda_layers.c compares the CUDA kernels.) */
 static void test_v4_host_trip(void)
 {
+    mc_backend *dut = B[1];
+    if (dut_is_cuda) { /* a second CUDA backend without its V4 kernels */
+        setenv("MC_CUDA_V4", "host", 1);
+        mc_status st0 = mc_backend_cuda_init(0, &B[1], err_);
+        unsetenv("MC_CUDA_V4");
+        OK(st0);
+        mc_backend_set_sync_checks(B[1], 0);
+    }
     enum { n = 3, E = 6, K = 2, V = 5 };
     float *lh = rnd(n * E, 1.0f);
     int32_t tok[n] = {4, 0, 2}, tab[V * K] = {0, 1, 2, 3, 4, 5, 1, 3, 5, 0};
@@ -470,6 +479,10 @@ static void test_v4_host_trip(void)
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
         pair_free(all[i]);
     free(lh);
+    if (B[1] != dut) {
+        mc_backend_free(B[1]);
+        B[1] = dut;
+    }
 }
 
 static void test_device(void)

@@ -17,8 +17,9 @@
  *          BF16, as matmul.
  * grouped_experts runs twice on the GPU: as the backend chooses (all
  * experts in two launches for element types with one intermediate width,
- * FP8 block scales included; the per-expert loop otherwise) and with the
- * loop forced (MC_CUDA_EXPERTS=loop).
+ * FP8 block scales included, and for Q8_0 / Q4_K / Q6_K, the activations
+ * quantized first; the per-expert loop otherwise) and with the loop forced
+ * (MC_CUDA_EXPERTS=loop).
  * Refusals (a bad sequence, block id, position, selection, expert id, slot)
  * must come back as MC_ERR_ARG with the CPU's message word for word and
  * leave the outputs untouched. Prints the first mismatches.
@@ -521,6 +522,345 @@ static void indexer_case(int bs, int ih, int id, int k)
     layout_free(&L);
 }
 
+/* ---- DeepSeek-V4 ---- */
+
+/* The device under test answers V4 refusals at the op: the CPU acting as a
+ * device and MC_CUDA_V4=host take the front end's host round trip. */
+static int v4_at_op;
+
+static void v4_hc_case(int n, int hc, int H, int iters)
+{
+    int mw = (2 + hc) * hc;
+    float *xh = rnd((size_t)n * hc * H, 2.0f), *mh = rnd((size_t)n * mw, 3.0f),
+          *bh = rnd((size_t)mw, 1.0f), *yh = rnd((size_t)n * H, 1.0f);
+    float sc[3] = {0.7f, 1.3f, 0.9f};
+    pair x, mix, base, scale, y, post, comb, y2, base1, scale1;
+    pair_2d(&x, MC_DT_F32, n, (int64_t)hc * H, (int64_t)hc * H + 3, xh);
+    pair_2d(&mix, MC_DT_F32, n, mw, mw + 1, mh);
+    pair_1d(&base, MC_DT_F32, mw, bh);
+    pair_1d(&scale, MC_DT_F32, 3, sc);
+    pair_1d(&base1, MC_DT_F32, hc, bh);
+    pair_1d(&scale1, MC_DT_F32, 1, sc);
+    pair_2d(&y, MC_DT_F32, n, H, H, NULL);
+    pair_2d(&post, MC_DT_F32, n, hc, hc + 2, NULL);
+    pair_2d(&comb, MC_DT_F32, n, (int64_t)hc * hc, (int64_t)hc * hc, NULL);
+    pair_2d(&y2, MC_DT_F32, n, H, H + 1, yh);
+    mc_v4_hc_opts o = {.hc = hc, .iters = iters, .eps = 1e-6f};
+    for (int s = 0; s < 2; s++)
+        OK(mc_op_v4_hc_pre(B[s], &x.t[s], &mix.t[s], &base.t[s], &scale.t[s], &o, &post.t[s],
+                           &comb.t[s], &y.t[s], &err_[s]));
+    char what[96];
+    snprintf(what, sizeof what, "v4_hc_pre y n=%d hc=%d H=%d iters=%d", n, hc, H, iters);
+    cmp_pair(what, &y, 1e-5);
+    snprintf(what, sizeof what, "v4_hc_pre post n=%d hc=%d", n, hc);
+    cmp_pair(what, &post, 1e-5);
+    snprintf(what, sizeof what, "v4_hc_pre comb (Sinkhorn) n=%d hc=%d iters=%d", n, hc, iters);
+    cmp_pair(what, &comb, 1e-5);
+    for (int s = 0; s < 2; s++) { /* the final HyperHead: mix (n, hc) as a column view */
+        mc_tensor m1;
+        OK(mc_tensor_view_cols(&mix.t[s], 0, hc, &m1, &err_[s]));
+        OK(mc_op_v4_hc_pre(B[s], &x.t[s], &m1, &base1.t[s], &scale1.t[s], &o, NULL, NULL, &y.t[s],
+                           &err_[s]));
+    }
+    snprintf(what, sizeof what, "v4_hc_pre head n=%d hc=%d H=%d", n, hc, H);
+    cmp_pair(what, &y, 1e-5);
+    for (int s = 0; s < 2; s++)
+        OK(mc_op_v4_hc_post(B[s], &x.t[s], &post.t[s], &comb.t[s], &y2.t[s], &err_[s]));
+    snprintf(what, sizeof what, "v4_hc_post n=%d hc=%d H=%d", n, hc, H);
+    cmp_pair(what, &x, 1e-5);
+    pair *all[] = {&x, &mix, &base, &scale, &y, &post, &comb, &y2, &base1, &scale1};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        pair_free(all[i]);
+    free(xh);
+    free(mh);
+    free(bh);
+    free(yh);
+}
+
+/* cos / sin tables (P, half) of a rotation. */
+static void v4_tables(pair *cs, pair *sn, int P, int half)
+{
+    float *c = xmalloc((size_t)P * half * sizeof *c), *s = xmalloc((size_t)P * half * sizeof *s);
+    for (int p = 0; p < P; p++)
+        for (int i = 0; i < half; i++) {
+            c[p * half + i] = cosf(0.05f * (float)p * (float)(i + 1));
+            s[p * half + i] = sinf(0.05f * (float)p * (float)(i + 1));
+        }
+    pair_2d(cs, MC_DT_F32, P, half, half + 1, c);
+    pair_2d(sn, MC_DT_F32, P, half, half, s);
+    free(c);
+    free(s);
+}
+
+static void v4_compress_case(int bs, int R, int overlap, int cd, int rd)
+{
+    layout L;
+    layout_new(&L, bs);
+    int W = (1 + overlap) * cd;
+    pair kp, gp, op, ape, norm, cs, sn;
+    pair_new(&kp, MC_DT_F32, 3, (int64_t[]){L.n_pages, bs, W}, W, NULL);
+    pair_new(&gp, MC_DT_F32, 3, (int64_t[]){L.n_pages, bs, W}, W + 2, NULL);
+    pair_new(&op, MC_DT_F32, 3, (int64_t[]){L.n_pages, bs, cd}, cd, NULL);
+    pair_zero(&kp);
+    pair_zero(&gp);
+    pair_zero(&op);
+    fill_pages(&L, &kp, 1, W, 0);
+    fill_pages(&L, &gp, 1, W, 0);
+    float *ah = rnd((size_t)R * W, 1.0f), *nh = rnd((size_t)cd, 1.0f);
+    pair_2d(&ape, MC_DT_F32, R, W, W, ah);
+    pair_1d(&norm, MC_DT_F32, cd, nh);
+    v4_tables(&cs, &sn, 300, rd / 2);
+    mc_v4_comp_opts o = {.rate = R, .overlap = overlap, .eps = 1e-6f};
+    for (int part = 0; part < 2; part++) /* the prefix's windows, then the step's */
+        for (int s = 0; s < 2; s++) {
+            mc_kv_index ix = part ? ix_step(&L, s) : ix_prefix(&L, s);
+            OK(mc_op_v4_compress(B[s], &kp.t[s], &gp.t[s], &ape.t[s], &norm.t[s], &cs.t[s],
+                                 &sn.t[s], &ix, &o, &op.t[s], &err_[s]));
+        }
+    char what[112];
+    snprintf(what, sizeof what, "v4_compress bs=%d rate=%d overlap=%d cd=%d rd=%d", bs, R, overlap,
+             cd, rd);
+    cmp_pair(what, &op, 1e-5);
+    /* refusal: a window starting past the rows of cs (sequence 2's windows
+     * near position 290 against 100 rows); nothing written */
+    pair cs2, sn2;
+    v4_tables(&cs2, &sn2, 100, rd / 2);
+    pair_zero(&op);
+    mc_status st[2];
+    mc_backend_set_sync_checks(B[1], 1); /* at the op: the CPU's words */
+    for (int s = 0; s < 2; s++) {
+        mc_kv_index ix = ix_step(&L, s);
+        st[s] = mc_op_v4_compress(B[s], &kp.t[s], &gp.t[s], &ape.t[s], &norm.t[s], &cs2.t[s],
+                                  &sn2.t[s], &ix, &o, &op.t[s], &err_[s]);
+    }
+    same_refusal("v4_compress, a window past cs", st);
+    {
+        mc_kv_index ix = ix_step(&L, 1);
+        DEFERRED("v4_compress, a window past cs", "v4_compress", v4_at_op,
+                 mc_op_v4_compress(B[1], &kp.t[1], &gp.t[1], &ape.t[1], &norm.t[1], &cs2.t[1],
+                                   &sn2.t[1], &ix, &o, &op.t[1], &err_[1]));
+    }
+    cmp_pair("v4_compress refused: out pages untouched", &op, 0);
+    pair *all[] = {&kp, &gp, &op, &ape, &norm, &cs, &sn, &cs2, &sn2};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        pair_free(all[i]);
+    free(ah);
+    free(nh);
+    layout_free(&L);
+}
+
+/* Integer keys and queries, weights of quarters: every score exact on both
+ * sides, many exact ties (zeros from the ReLU), so the kept entries and
+ * their order test the CPU's introselect step for step. */
+static void v4_index_case(int bs, int R, int ih, int id, int k, int with_rows)
+{
+    layout L;
+    layout_new(&L, bs);
+    pair kp, iq, w, sel, nrow;
+    pair_new(&kp, MC_DT_F32, 3, (int64_t[]){L.n_pages, bs, id}, id, NULL);
+    pair_zero(&kp);
+    fill_pages(&L, &kp, 1, id, 1);
+    float *iqh = xmalloc((size_t)L.n * ih * id * sizeof *iqh), *wh = xmalloc((size_t)L.n * ih * 4);
+    for (int i = 0; i < L.n * ih * id; i++)
+        iqh[i] = (float)rint_(-3, 3);
+    for (int i = 0; i < L.n * ih; i++)
+        wh[i] = 0.25f * (float)rint_(-8, 8);
+    int32_t *rh = xmalloc((size_t)L.n * sizeof *rh); /* as the executor: the sequence's blocks */
+    for (int t = 0; t < L.n; t++) {
+        int s = L.h_seq[t], nb = (seq_prefix[s] + seq_new[s] + bs - 1) / bs;
+        rh[t] = nb * bs / R;
+    }
+    pair_new(&iq, MC_DT_F32, 3, (int64_t[]){L.n, ih, id}, id + 1, iqh);
+    pair_2d(&w, MC_DT_F32, L.n, ih, ih + 2, wh);
+    pair_2d(&sel, MC_DT_I32, L.n, k, k + 1, NULL);
+    pair_1d(&nrow, MC_DT_I32, L.n, rh);
+    mc_v4_index_opts o = {.rate = R, .k = k, .score_scale = 0.125f, .weight_scale = 0.5f};
+    for (int s = 0; s < 2; s++) {
+        mc_kv_index ix = ix_step(&L, s);
+        o.n_row = with_rows ? &nrow.t[s] : NULL;
+        OK(mc_op_v4_index_topk(B[s], &iq.t[s], &w.t[s], &kp.t[s], &ix, &o, &sel.t[s], &err_[s]));
+    }
+    char what[112];
+    snprintf(what, sizeof what, "v4_index_topk bs=%d rate=%d ih=%d id=%d k=%d n_row=%d", bs, R, ih,
+             id, k, with_rows);
+    cmp_i32(what, &sel);
+    /* refusal: a position past the table's capacity; sel untouched */
+    int32_t *bad = xmalloc((size_t)L.n * sizeof *bad);
+    memcpy(bad, L.h_pos, (size_t)L.n * sizeof *bad);
+    bad[2] = L.max_blocks * bs;
+    pair bpos;
+    pair_1d(&bpos, MC_DT_I32, L.n, bad);
+    mc_status st[2];
+    mc_backend_set_sync_checks(B[1], 1); /* at the op: the CPU's words */
+    for (int s = 0; s < 2; s++) {
+        mc_kv_index ix = {.block_table = L.bt.t[s], .seq = L.seq.t[s], .pos = bpos.t[s]};
+        o.n_row = with_rows ? &nrow.t[s] : NULL;
+        st[s] = mc_op_v4_index_topk(B[s], &iq.t[s], &w.t[s], &kp.t[s], &ix, &o, &sel.t[s],
+                                    &err_[s]);
+    }
+    same_refusal("v4_index_topk, a bad pos", st);
+    {
+        mc_kv_index ix = {.block_table = L.bt.t[1], .seq = L.seq.t[1], .pos = bpos.t[1]};
+        o.n_row = with_rows ? &nrow.t[1] : NULL;
+        DEFERRED("v4_index_topk, a bad pos", "v4_index_topk", v4_at_op,
+                 mc_op_v4_index_topk(B[1], &iq.t[1], &w.t[1], &kp.t[1], &ix, &o, &sel.t[1],
+                                     &err_[1]));
+    }
+    cmp_i32("v4_index_topk refused: sel untouched", &sel);
+    pair *all[] = {&kp, &iq, &w, &sel, &nrow, &bpos};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        pair_free(all[i]);
+    free(iqh);
+    free(wh);
+    free(rh);
+    free(bad);
+    layout_free(&L);
+}
+
+/* mode 0: the window only; 1: the window and every compressed entry; 2:
+ * the window and the entries of a selection (-1 holes, repeats). */
+static void v4_attention_case(int bs, int nh, int hd, int W, int R, int mode, int ksel)
+{
+    layout L;
+    layout_new(&L, bs);
+    pair kp, cp, q, y, sinks, sel;
+    pair_new(&kp, MC_DT_F32, 3, (int64_t[]){L.n_pages, bs, hd}, hd, NULL);
+    pair_new(&cp, MC_DT_F32, 3, (int64_t[]){L.n_pages, bs, hd}, hd + 1, NULL);
+    pair_zero(&kp);
+    pair_zero(&cp);
+    fill_pages(&L, &kp, 1, hd, 0);
+    fill_pages(&L, &cp, 1, hd, 0);
+    float *qh = rnd((size_t)L.n * nh * hd, 1.0f), *skh = rnd((size_t)nh, 2.0f);
+    pair_new(&q, MC_DT_F32, 3, (int64_t[]){L.n, nh, hd}, hd + 1, qh);
+    pair_new(&y, MC_DT_F32, 3, (int64_t[]){L.n, nh, hd}, hd, NULL);
+    pair_1d(&sinks, MC_DT_F32, nh, skh);
+    int32_t *sh = NULL;
+    if (mode == 2) {
+        sh = xmalloc((size_t)L.n * ksel * sizeof *sh);
+        for (int t = 0; t < L.n; t++) {
+            int nv = (L.h_pos[t] + 1) / R;
+            for (int j = 0; j < ksel; j++)
+                sh[t * ksel + j] = nv == 0 || rint_(0, 4) == 0 ? -1 : rint_(0, nv - 1);
+        }
+        pair_2d(&sel, MC_DT_I32, L.n, ksel, ksel + 2, sh);
+    }
+    mc_v4_attn_opts o = {.window = W, .rate = R, .scale = 1.0f / sqrtf((float)hd)};
+    for (int s = 0; s < 2; s++) {
+        mc_kv_index ix = ix_step(&L, s);
+        OK(mc_op_v4_attention(B[s], &q.t[s], &kp.t[s], mode ? &cp.t[s] : NULL, &sinks.t[s],
+                              mode == 2 ? &sel.t[s] : NULL, &ix, &o, &y.t[s], &err_[s]));
+    }
+    char what[112];
+    snprintf(what, sizeof what, "v4_attention bs=%d nh=%d hd=%d window=%d rate=%d mode=%d k=%d", bs,
+             nh, hd, W, R, mode, ksel);
+    cmp_pair(what, &y, 1e-5);
+    if (mode == 2) { /* refusal: an entry the token does not see yet; y untouched */
+        int t = L.n - 1;
+        sh[t * ksel + ksel - 1] = (L.h_pos[t] + 1) / R;
+        mc_status st[2];
+        mc_backend_set_sync_checks(B[1], 1); /* at the op: the CPU's words */
+        for (int s = 0; s < 2; s++) {
+            OK(mc_tensor_upload(&sel.t[s], sh, &err_[s]));
+            mc_kv_index ix = ix_step(&L, s);
+            st[s] = mc_op_v4_attention(B[s], &q.t[s], &kp.t[s], &cp.t[s], &sinks.t[s], &sel.t[s],
+                                       &ix, &o, &y.t[s], &err_[s]);
+        }
+        same_refusal("v4_attention, a bad sel", st);
+        mc_kv_index ix = ix_step(&L, 1);
+        DEFERRED("v4_attention, a bad sel", "v4_attention", v4_at_op,
+                 mc_op_v4_attention(B[1], &q.t[1], &kp.t[1], &cp.t[1], &sinks.t[1], &sel.t[1],
+                                    &ix, &o, &y.t[1], &err_[1]));
+        cmp_pair("v4_attention refused: y untouched", &y, 1e-5);
+        pair_free(&sel);
+        free(sh);
+    }
+    pair *all[] = {&kp, &cp, &q, &y, &sinks};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        pair_free(all[i]);
+    free(qh);
+    free(skh);
+    layout_free(&L);
+}
+
+static void v4_hash_case(int n, int E, int V, int k, int score)
+{
+    float *lh = rnd((size_t)n * E, 4.0f);
+    int32_t *th = xmalloc((size_t)n * sizeof *th), *tb = xmalloc((size_t)V * k * sizeof *tb);
+    for (int t = 0; t < n; t++)
+        th[t] = rint_(0, V - 1);
+    for (int i = 0; i < V * k; i++)
+        tb[i] = rint_(0, E - 1);
+    pair lg, tok, table, ids, wts;
+    pair_2d(&lg, MC_DT_F32, n, E, E + 1, lh);
+    pair_1d(&tok, MC_DT_I32, n, th);
+    pair_2d(&table, MC_DT_I32, V, k, k + 1, tb);
+    pair_2d(&ids, MC_DT_I32, n, k, k, NULL);
+    pair_2d(&wts, MC_DT_F32, n, k, k + 3, NULL);
+    mc_router_opts o = {.score = score, .k = k, .norm_eps = 1e-20f, .scale = 2.5f};
+    for (int s = 0; s < 2; s++)
+        OK(mc_op_v4_hash_route(B[s], &lg.t[s], &tok.t[s], &table.t[s], &o, &ids.t[s], &wts.t[s],
+                               &err_[s]));
+    char what[96];
+    snprintf(what, sizeof what, "v4_hash_route ids n=%d E=%d V=%d k=%d score=%d", n, E, V, k,
+             score);
+    cmp_i32(what, &ids);
+    snprintf(what, sizeof what, "v4_hash_route weights n=%d E=%d k=%d score=%d", n, E, k, score);
+    cmp_pair(what, &wts, 1e-5);
+    /* refusals: a token id past the table, then a table entry past the experts */
+    for (int pass = 0; pass < 2; pass++) {
+        pair bt, bb;
+        int32_t *t2 = xmalloc((size_t)n * sizeof *t2), *b2 = xmalloc((size_t)V * k * sizeof *b2);
+        memcpy(t2, th, (size_t)n * sizeof *t2);
+        memcpy(b2, tb, (size_t)V * k * sizeof *b2);
+        if (pass == 0)
+            t2[n / 2] = V;
+        else
+            b2[th[n - 1] * k + k - 1] = E;
+        pair_1d(&bt, MC_DT_I32, n, t2);
+        pair_2d(&bb, MC_DT_I32, V, k, k + 1, b2);
+        mc_status st[2];
+        mc_backend_set_sync_checks(B[1], 1); /* at the op: the CPU's words */
+        for (int s = 0; s < 2; s++)
+            st[s] = mc_op_v4_hash_route(B[s], &lg.t[s], &bt.t[s], &bb.t[s], &o, &ids.t[s],
+                                        &wts.t[s], &err_[s]);
+        const char *w2 = pass ? "v4_hash_route, a bad table entry" : "v4_hash_route, a bad id";
+        same_refusal(w2, st);
+        DEFERRED(w2, "v4_hash_route", v4_at_op,
+                 mc_op_v4_hash_route(B[1], &lg.t[1], &bt.t[1], &bb.t[1], &o, &ids.t[1],
+                                     &wts.t[1], &err_[1]));
+        pair_free(&bt);
+        pair_free(&bb);
+        free(t2);
+        free(b2);
+    }
+    cmp_i32("v4_hash_route refused: ids untouched", &ids);
+    pair *all[] = {&lg, &tok, &table, &ids, &wts};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        pair_free(all[i]);
+    free(lh);
+    free(th);
+    free(tb);
+}
+
+static void test_v4(void)
+{
+    v4_hc_case(5, 4, 24, 3);
+    v4_hc_case(3, 7, 300, 20);
+    v4_hc_case(2, 64, 33, 2);
+    v4_compress_case(5, 4, 0, 24, 8);
+    v4_compress_case(16, 2, 1, 40, 16);
+    v4_compress_case(3, 1, 0, 16, 4);
+    v4_index_case(5, 4, 3, 8, 5, 1);
+    v4_index_case(16, 2, 2, 16, 64, 1);
+    v4_index_case(5, 1, 4, 12, 7, 0);
+    v4_attention_case(5, 3, 40, 8, 4, 0, 0);
+    v4_attention_case(16, 2, 64, 128, 4, 1, 0);
+    v4_attention_case(5, 4, 33, 4, 2, 2, 9);
+    v4_attention_case(7, 2, 24, 300, 1, 2, 200); /* spans of several tiles */
+    v4_hash_case(9, 16, 50, 3, MC_ROUTE_SQRTSOFTPLUS);
+    v4_hash_case(33, 64, 7, 6, MC_ROUTE_SIGMOID);
+}
+
 /* ---- router ---- */
 
 static void router_case(const char *name, int n, int E, mc_router_opts o, int with_bias,
@@ -707,8 +1047,10 @@ static void scales_pair(pair *w, pair *sc, int O, int I, int block)
  * (element types, unless `uniform`: I for all, as models have, the CUDA
  * backend's grouped launch) or I; weighting: 0 none, 1 output, 2 input;
  * limit: the V4 clamp; scale_block > 0: FP8 block scales of that size. */
-static void experts_case_x(mc_dtype dt, int tr, int H, int I, int n_e, const int *rows,
-                           int weighting, float limit, double rtol, int uniform, int scale_block)
+/* ddt: the down projections' type (Q4_K_M files: Q4_K gate / up, Q6_K down). */
+static void experts_case_xd(mc_dtype dt, mc_dtype ddt, int tr, int H, int I, int n_e,
+                            const int *rows, int weighting, float limit, double rtol, int uniform,
+                            int scale_block)
 {
     int32_t offh[GE_MAX + 1] = {0};
     for (int e = 0; e < n_e; e++)
@@ -721,7 +1063,7 @@ static void experts_case_x(mc_dtype dt, int tr, int H, int I, int n_e, const int
         int Ie = blk > 1 || uniform ? I : I + 8 * e; /* block formats: whole blocks per row */
         weight_pair(&g[e], dt, Ie, H, tr, 0.2f);
         weight_pair(&u[e], dt, Ie, H, tr, 0.2f);
-        weight_pair(&d[e], dt, H, Ie, tr, 0.2f);
+        weight_pair(&d[e], ddt, H, Ie, tr, 0.2f);
         if (scale_block) {
             scales_pair(&g[e], &sc[3 * e], Ie, H, scale_block);
             scales_pair(&u[e], &sc[3 * e + 1], Ie, H, scale_block);
@@ -745,8 +1087,9 @@ static void experts_case_x(mc_dtype dt, int tr, int H, int I, int n_e, const int
                                  &err_[s]));
     }
     char what[160];
-    snprintf(what, sizeof what, "grouped_experts %s%s%s%s H=%d I=%d experts=%d rows=%d "
-             "weighting=%d limit=%g", mc_dtype_name(dt), tr ? " transposed" : "",
+    snprintf(what, sizeof what, "grouped_experts %s%s%s%s%s%s H=%d I=%d experts=%d rows=%d "
+             "weighting=%d limit=%g", mc_dtype_name(dt), ddt != dt ? " down " : "",
+             ddt != dt ? mc_dtype_name(ddt) : "", tr ? " transposed" : "",
              uniform ? " uniform" : "", scale_block ? " scaled" : "", H, I, n_e, m, weighting,
              (double)limit);
     cmp_pair(what, &y, rtol);
@@ -783,6 +1126,12 @@ static void experts_case_x(mc_dtype dt, int tr, int H, int I, int n_e, const int
         pair_free(all[i]);
     free(xh);
     free(rwh);
+}
+
+static void experts_case_x(mc_dtype dt, int tr, int H, int I, int n_e, const int *rows,
+                           int weighting, float limit, double rtol, int uniform, int scale_block)
+{
+    experts_case_xd(dt, dt, tr, H, I, n_e, rows, weighting, limit, rtol, uniform, scale_block);
 }
 
 static void experts_case(mc_dtype dt, int tr, int H, int I, int n_e, const int *rows,
@@ -829,6 +1178,15 @@ static void test_experts(void)
     experts_case(MC_DT_Q8_0, 0, 96, 64, 5, few, 1, 0, 1e-5);
     experts_case(MC_DT_Q4_K, 0, 256, 256, 5, few, 2, 0, 1e-5);
     experts_case(MC_DT_Q6_K, 0, 256, 256, 5, few, 1, 0, 1e-5);
+    /* block formats on the CUDA backend's grouped launch (any rows an expert):
+     * batch-1 and batch-2 decode, the weightings, the clamp, 9+ rows in
+     * passes of 8, and Q4_K_M's mix of Q4_K gate / up with Q6_K down */
+    experts_case_x(MC_DT_Q8_0, 0, 96, 64, 6, one, 0, 0, 1e-5, 1, 0);
+    experts_case_x(MC_DT_Q4_K, 0, 256, 256, 6, one, 1, 0, 1e-5, 1, 0);
+    experts_case_x(MC_DT_Q6_K, 0, 256, 512, 4, two, 2, 0, 1e-5, 1, 0);
+    experts_case_xd(MC_DT_Q4_K, MC_DT_Q6_K, 0, 256, 256, 5, few, 1, 0.75f, 1e-5, 1, 0);
+    experts_case_xd(MC_DT_Q4_K, MC_DT_Q8_0, 0, 512, 256, 4, many, 2, 0, 1e-5, 1, 0);
+    experts_case_x(MC_DT_Q8_0, 0, 64, 96, 4, many, 2, 0.5f, 1e-5, 1, 0);
     experts_case(MC_DT_BF16, 1, 72, 40, 5, few, 2, 0, 1e-5); /* Llama 4's transposed slabs */
     /* more than 8 rows per expert: cuBLAS for F32 (F32 rounding) and BF16 (activations rounded) */
     experts_case(MC_DT_F32, 0, 72, 40, 4, many, 1, 0, 1e-5);
@@ -879,6 +1237,9 @@ int main(void)
     permute_case(1, 1, 3, 5);
     permute_case(200, 8, 64, 33);
     test_experts();
+    const char *v4 = getenv("MC_CUDA_V4");
+    v4_at_op = on_cpu || (v4 && strcmp(v4, "host") == 0);
+    test_v4();
     if (!on_cpu) { /* again with the per-expert loop forced (the grouped launch's alternative) */
         mc_backend_free(B[1]);
         setenv("MC_CUDA_EXPERTS", "loop", 1);
