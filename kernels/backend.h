@@ -111,7 +111,8 @@ int mc_backend_host_memory(const mc_backend *be);
 mc_status mc_backend_synchronize(mc_backend *be, mc_err *err);
 /* Contents only the device sees (rope's positions, the paged ops' sequence,
  * position, block and selection ids, moe_permute's ids, moe_unpermute's
- * slots, grouped_experts' offsets) are checked by the backend. With `on`
+ * slots, grouped_experts' offsets; the V4 ops' window starts, sel entries,
+ * hash ids and table entries) are checked by the backend. With `on`
  * (1) an op that finds a fault returns the refusal itself, worded as the
  * CPU op's; on a GPU that costs a wait for the device in each such op. With
  * 0 the op returns at once (its kernels do nothing on a fault) and the

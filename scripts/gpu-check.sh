@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # gpu-check.sh [RUNTIME_DIR] - run on the GPU machine from the repository root, in one go (within
 # MC_GPU_BUDGET_S, default 450 s: every part gets its own timeout, cut to what is left of the budget):
-#   1. the CUDA op tests (test_backend_cuda; test_backend_cuda_layers: paged KV cache and MoE ops),
+#   1. the CUDA op tests (test_backend_cuda; test_backend_cuda_layers: paged KV cache, MoE and
+#      DeepSeek-V4 ops),
 #      every implemented CUDA op against the CPU op;
 #   2. every golden fixture (tests/fixtures/models/*; deepseek-v4-tiny's V4 ops on the device's
 #      kernels, and once more on the host through copies, MC_CUDA_V4=host, for comparison) through

@@ -81,7 +81,8 @@ static mc_status deferred_refusal(const long long *rec, mc_err *err)
                                                            : "v4_attention";
         return mc_err_set(err, MC_ERR_ARG, "%s: token %lld: its sequence, position, block ids, "
                           "window or entries are outside the block table, the cache or the "
-                          "tables %s", op, v, how);
+                          "tables (v4_index_topk: or its n_row is longer than the block table "
+                          "holds) %s", op, v, how);
     }
     case MC_CUDA_CHK_V4_HASH:
         return mc_err_set(err, MC_ERR_ARG, "v4_hash_route: token %lld: its id or its table row "

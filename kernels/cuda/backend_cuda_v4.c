@@ -6,13 +6,16 @@
  * contents only the device sees (each token's sequence, position and block
  * ids, compress's window start, attention's sel entries, hash routing's
  * ids and table) are checked by one device kernel (mck_v4_check) before
- * the op's kernels, which do nothing when it finds a bad token. Deferred
+ * the op's kernels, which do nothing when it finds a bad token (a token past
+ * this backend's own limit, an n_row longer than the block table holds, is
+ * reported only when no token is refused as the CPU would). Deferred
  * (the default) the refusal is noted for the next wait, as the other paged
  * ops'; with sync_checks the answer is read back at the op and worded as
  * the CPU op words it (the kernel returns what was wrong and the values). */
 #include "backend.h"
 #include "cuda/backend_cuda_internal.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 #define AF32(t) ((float *)mc_cuda_at(t))
@@ -53,7 +56,7 @@ static mc_status v4_refusal(const char *op, const mck_v4_chk *k, const long long
                           "outside the %d entries it sees",
                           t, (int)a, (int)b, (int)c);
     case MCK_V4_BAD_NROW:
-        return mc_err_set(err, MC_ERR_ARG,
+        return mc_err_set(err, MC_ERR_UNSUPPORTED,
                           "v4_index_topk: token %lld: opts.n_row = %lld is more than the %lld "
                           "entries its block table holds (the CUDA backend sizes the score rows "
                           "by the table)",
@@ -119,6 +122,10 @@ mc_status mc_cuda_v4_hc_post(void *ctx, mc_tensor *x, const mc_tensor *post,
     mc_status st = mc_cuda_use(c, op, err);
     if (st != MC_OK)
         return st;
+    if (mc_tensor_cols(post) > 64)
+        return mc_err_set(err, MC_ERR_UNSUPPORTED, "cuda backend: v4_hc_post: %lld streams are "
+                          "more than this backend's kernel mixes (64)",
+                          (long long)mc_tensor_cols(post));
     return mc_cuda_check(mck_v4_hc_post(c->stream, AF32(x), x->row_stride, AF32(post),
                                         post->row_stride, AF32(comb), comb->row_stride, AF32(y),
                                         y->row_stride, (int)mc_tensor_cols(post),
@@ -156,8 +163,15 @@ mc_status mc_cuda_v4_compress(void *ctx, const mc_tensor *kv_pages, const mc_ten
                          op, err);
 }
 
-/* Score rows of this many bytes at most at once (tokens in chunks). */
-#define V4_INDEX_SCRATCH ((size_t)256 << 20)
+/* Score rows of this many bytes at most at once (tokens in chunks; 256 MiB,
+ * MC_CUDA_V4_INDEX_BYTES for the op test's small chunks). */
+static size_t v4_index_scratch(void)
+{
+    const char *v = getenv("MC_CUDA_V4_INDEX_BYTES");
+    char *end = NULL;
+    unsigned long long b = v ? strtoull(v, &end, 10) : 0;
+    return v && end != v && !*end && b > 0 ? (size_t)b : (size_t)256 << 20;
+}
 
 mc_status mc_cuda_v4_index_topk(void *ctx, const mc_tensor *iq, const mc_tensor *w,
                                 const mc_tensor *key_pages, const mc_kv_index *ix,
@@ -182,7 +196,7 @@ mc_status mc_cuda_v4_index_topk(void *ctx, const mc_tensor *iq, const mc_tensor 
     if (st != MC_OK)
         return st;
     size_t row_bytes = (size_t)(cap > 0 ? cap : 1) * sizeof(mck_v4_sel);
-    long long chunk = (long long)(V4_INDEX_SCRATCH / row_bytes);
+    long long chunk = (long long)(v4_index_scratch() / row_bytes);
     if (chunk < 1)
         chunk = 1;
     if (chunk > kv.n)

@@ -318,9 +318,9 @@ cudaError_t mck_experts_run_q(cudaStream_t s, const mck_experts_q *p);
  * rate; attention: from pos - window + 1 without comp pages, else 0;
  * index: 0), then compress: the window start w * rate < P (rows of cs);
  * attention: every sel entry in [-1, (pos + 1) / rate); index (this
- * backend's limit, not the CPU's): n_row[t] <= cap, the entries the block
- * table holds. MCK_V4_HASH: tok[t] in [0, V), then table[tok[t], j] in
- * [0, E). */
+ * backend's limit, not the CPU's, reported only when no token fails the
+ * CPU's checks): n_row[t] <= cap, the entries the block table holds.
+ * MCK_V4_HASH: tok[t] in [0, V), then table[tok[t], j] in [0, E). */
 enum { MCK_V4_COMPRESS = 1, MCK_V4_INDEX, MCK_V4_ATTENTION, MCK_V4_HASH };
 /* What was wrong with the first token refused (info[1]), with its values
  * info[2..5): */
@@ -341,7 +341,7 @@ typedef struct {
     int has_comp;              /* attention: comp pages given */
     long long P;               /* compress: rows of cs */
     const int32_t *n_row;      /* index: [n] or NULL */
-    long long cap;             /* index: the largest n_row */
+    long long cap;             /* index: the block table's entries, max_blocks * block_size / rate */
     const int32_t *sel;        /* attention: (n, sel_k) rows sel_ld apart, or NULL */
     long long sel_ld;
     int sel_k;

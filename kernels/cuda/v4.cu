@@ -59,19 +59,6 @@ __device__ static double v4_block_sum_d(double v, double *red)
     return s;
 }
 
-__device__ static float v4_block_sum(float v, float *red)
-{
-    v = mck_warp_sum(v);
-    __syncthreads();
-    if ((threadIdx.x & 31) == 0)
-        red[threadIdx.x >> 5] = v;
-    __syncthreads();
-    float s = 0.0f;
-    for (int i = 0; i < V4_THREADS / 32; i++)
-        s += red[i];
-    return s;
-}
-
 __device__ static float v4_block_max(float v, float *red)
 {
     v = mck_warp_max(v);
@@ -158,19 +145,26 @@ __device__ static int v4_bad(const mck_v4_chk &c, long long t, long long *why)
     return 0;
 }
 
+/* The first token the CPU op would refuse; failing that, the first past
+ * this backend's own limit (n_row), which never hides a CPU refusal. */
 __global__ static void k_v4_check(mck_v4_chk c, long long n, long long *info, mck_defer d)
 {
-    __shared__ unsigned long long first;
+    __shared__ unsigned long long first, first_limit;
     if (threadIdx.x == 0)
-        first = ~0ull;
+        first = first_limit = ~0ull;
     __syncthreads();
     long long why[3];
-    for (long long t = threadIdx.x; t < n; t += blockDim.x)
-        if (v4_bad(c, t, why))
+    for (long long t = threadIdx.x; t < n; t += blockDim.x) {
+        int bad = v4_bad(c, t, why);
+        if (bad == MCK_V4_BAD_NROW)
+            atomicMin(&first_limit, (unsigned long long)t);
+        else if (bad)
             atomicMin(&first, (unsigned long long)t);
+    }
     __syncthreads();
     if (threadIdx.x == 0) {
-        long long t = first == ~0ull ? -1 : (long long)first;
+        unsigned long long f = first != ~0ull ? first : first_limit;
+        long long t = f == ~0ull ? -1 : (long long)f;
         why[0] = why[1] = why[2] = 0;
         info[1] = t >= 0 ? v4_bad(c, t, why) : 0;
         info[0] = t;
@@ -621,6 +615,7 @@ __global__ static void __launch_bounds__(V4_THREADS)
         return;
     extern __shared__ float sh[]; /* q [hd] | o [hd] */
     __shared__ float red[V4_THREADS / 32];
+    __shared__ double redd[V4_THREADS / 32];
     __shared__ float e[V4_THREADS];
     __shared__ const float *prow[V4_THREADS];
     const int h = blockIdx.y, tid = threadIdx.x;
@@ -637,7 +632,8 @@ __global__ static void __launch_bounds__(V4_THREADS)
     const long long nv = comp ? ((long long)pos + 1) / R : 0;
     const long long cnt = nw + (comp ? (sel ? ksel : nv) : 0);
     const int32_t *st = sel ? sel + (size_t)t * (size_t)sel_ld : nullptr;
-    float m = sinks[h], l = 1.0f; /* the sink's term: exp(sink - m) = 1 */
+    float m = sinks[h];
+    double l = 1.0; /* the sink's term exp(sink - m) = 1; the sum in double, as the CPU's */
     for (long long base = 0; base < cnt; base += V4_THREADS) {
         const long long i = base + tid;
         float sv = -INFINITY;
@@ -663,12 +659,12 @@ __global__ static void __launch_bounds__(V4_THREADS)
             l = NAN;
         const float mn = fmaxf(m, v4_block_max(sv, red));
         if (mn == -INFINITY)
-            continue; /* a sink of -inf and a tile of nothing (the same on every thread) */
+            continue; /* a sink of -inf and scores of -inf so far (the same on every thread) */
         const float alpha = m == -INFINITY ? 0.0f : expf(m - mn);
         const float ev = row ? expf(sv - mn) : 0.0f;
         e[tid] = ev;
         prow[tid] = row;
-        l = l * alpha + v4_block_sum(ev, red); /* its barriers publish e and prow */
+        l = l * alpha + v4_block_sum_d((double)ev, redd); /* its barriers publish e and prow */
         const int ntl = cnt - base < V4_THREADS ? (int)(cnt - base) : V4_THREADS;
         for (int dd = tid; dd < hd; dd += V4_THREADS) {
             float acc = o[dd] * alpha;
@@ -680,9 +676,12 @@ __global__ static void __launch_bounds__(V4_THREADS)
         m = mn;
         __syncthreads(); /* e and prow are rewritten by the next tile */
     }
+    if (m == -INFINITY)
+        l = NAN; /* the sink and every score -inf: the CPU's exp(-inf - -inf) */
+    const float inv = (float)(1.0 / l);
     float *yr = y + (size_t)qr * (size_t)ldy;
     for (int dd = tid; dd < hd; dd += V4_THREADS)
-        yr[dd] = o[dd] / l;
+        yr[dd] = o[dd] * inv;
 }
 
 cudaError_t mck_v4_attention(cudaStream_t s, const mck_kv *kv, const float *q, long long ldq,

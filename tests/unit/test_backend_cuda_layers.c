@@ -1,16 +1,18 @@
-/* test_backend_cuda_layers.c - the CUDA backend's paged-KV-cache and MoE
- * ops (kernels/cuda/backend_cuda_attn.c, _moe.c) against the CPU backend:
+/* test_backend_cuda_layers.c - the CUDA backend's paged-KV-cache, MoE and
+ * DeepSeek-V4 ops (kernels/cuda/backend_cuda_attn.c, _moe.c, _v4.c) against
+ * the CPU backend:
  * both given the same bytes (buffers poisoned with NaN first), odd sizes,
  * ragged sequences (decode tokens, prefill chunks, a span of several
  * hundred positions) over block tables whose block ids are shuffled.
  * Tolerances, relative to the largest |value| of the reference's row:
  *   exact  kv_write's pages, moe_permute's rows, slots and offsets,
  *          moe_unpermute's sums (the same rounded products in the same
- *          order), the router's and the indexer's ids (the indexer's inputs
- *          are small integers and powers of two, so every score is exact on
- *          both sides and the many exact ties test the tie order);
+ *          order), the router's and the indexers' ids, V3.2's and V4's
+ *          (their inputs are small integers and powers of two, so every
+ *          score is exact on both sides and the many exact ties test the tie
+ *          order: V4's the CPU's introselect), v4_hash_route's ids;
  *   1e-5   attention, mla_decode, the router's weights, grouped_experts on
- *          the F32-accumulating product paths;
+ *          the F32-accumulating product paths, the other V4 ops;
  *   1e-2   grouped_experts on the per-expert loop with more than 8 rows an
  *          expert for BF16 weights, and on a GPU more than 32 for FP8
  *          (unless MC_CUDA_FP8=gemv): cuBLAS with the activations rounded to
@@ -527,6 +529,7 @@ static void indexer_case(int bs, int ih, int id, int k)
 /* The device under test answers V4 refusals at the op: the CPU acting as a
  * device and MC_CUDA_V4=host take the front end's host round trip. */
 static int v4_at_op;
+static int dut_is_cuda;
 
 static void v4_hc_case(int n, int hc, int H, int iters)
 {
@@ -707,6 +710,56 @@ static void v4_index_case(int bs, int R, int ih, int id, int k, int with_rows)
                                      &err_[1]));
     }
     cmp_i32("v4_index_topk refused: sel untouched", &sel);
+    /* refusal: a block id past the cache (sequence 2, a block of its long prefix) */
+    int32_t *bt = xmalloc((size_t)NSEQ * L.max_blocks * sizeof *bt);
+    memcpy(bt, L.h_bt, (size_t)NSEQ * L.max_blocks * sizeof *bt);
+    bt[2 * L.max_blocks + 7] = L.n_pages + 2;
+    pair bbt;
+    pair_2d(&bbt, MC_DT_I32, NSEQ, L.max_blocks, L.max_blocks + 1, bt);
+    mc_backend_set_sync_checks(B[1], 1);
+    for (int s = 0; s < 2; s++) {
+        mc_kv_index ix = {.block_table = bbt.t[s], .seq = L.seq.t[s], .pos = L.pos.t[s]};
+        o.n_row = with_rows ? &nrow.t[s] : NULL;
+        st[s] = mc_op_v4_index_topk(B[s], &iq.t[s], &w.t[s], &kp.t[s], &ix, &o, &sel.t[s],
+                                    &err_[s]);
+    }
+    same_refusal("v4_index_topk, a bad block id", st);
+    mc_backend_set_sync_checks(B[1], 0);
+    if (with_rows && dut_is_cuda && !v4_at_op) {
+        /* the CUDA backend's own limit: an n_row longer than the block table
+         * holds is refused (the CPU takes it), but never in place of the
+         * CPU's refusal of a later token */
+        int32_t *r2 = xmalloc((size_t)L.n * sizeof *r2);
+        memcpy(r2, rh, (size_t)L.n * sizeof *r2);
+        r2[1] = L.max_blocks * bs / R + 1;
+        pair nrow2;
+        pair_1d(&nrow2, MC_DT_I32, L.n, r2);
+        mc_backend_set_sync_checks(B[1], 1);
+        mc_kv_index ix = ix_step(&L, 1);
+        o.n_row = &nrow2.t[1];
+        mc_status s1 = mc_op_v4_index_topk(B[1], &iq.t[1], &w.t[1], &kp.t[1], &ix, &o, &sel.t[1],
+                                           &err_[1]);
+        check_count++;
+        if (s1 != MC_ERR_UNSUPPORTED || !strstr(err_[1].msg, "n_row")) {
+            check_failures++;
+            fprintf(stderr, "v4_index_topk, n_row past the table: want MC_ERR_UNSUPPORTED naming "
+                    "n_row, got %s \"%s\"\n", mc_status_str(s1), err_[1].msg);
+        }
+        mc_err_clear(&err_[1]);
+        for (int s = 0; s < 2; s++) { /* with a block id the CPU refuses (token 2 on) */
+            mc_kv_index ixb = {.block_table = bbt.t[s], .seq = L.seq.t[s], .pos = L.pos.t[s]};
+            o.n_row = s ? &nrow2.t[1] : &nrow.t[0];
+            st[s] = mc_op_v4_index_topk(B[s], &iq.t[s], &w.t[s], &kp.t[s], &ixb, &o, &sel.t[s],
+                                        &err_[s]);
+        }
+        same_refusal("v4_index_topk, a bad block id after an n_row past the table", st);
+        mc_backend_set_sync_checks(B[1], 0);
+        pair_free(&nrow2);
+        free(r2);
+    }
+    cmp_i32("v4_index_topk refused: sel untouched (2)", &sel);
+    pair_free(&bbt);
+    free(bt);
     pair *all[] = {&kp, &iq, &w, &sel, &nrow, &bpos};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
         pair_free(all[i]);
@@ -754,6 +807,28 @@ static void v4_attention_case(int bs, int nh, int hd, int W, int R, int mode, in
     snprintf(what, sizeof what, "v4_attention bs=%d nh=%d hd=%d window=%d rate=%d mode=%d k=%d", bs,
              nh, hd, W, R, mode, ksel);
     cmp_pair(what, &y, 1e-5);
+    if (mode == 1) { /* refusal: a token's sequence past the table; y untouched */
+        int32_t *bad = xmalloc((size_t)L.n * sizeof *bad);
+        memcpy(bad, L.h_seq, (size_t)L.n * sizeof *bad);
+        bad[L.n - 2] = NSEQ;
+        pair bseq;
+        pair_1d(&bseq, MC_DT_I32, L.n, bad);
+        mc_status st[2];
+        mc_backend_set_sync_checks(B[1], 1); /* at the op: the CPU's words */
+        for (int s = 0; s < 2; s++) {
+            mc_kv_index ix = {.block_table = L.bt.t[s], .seq = bseq.t[s], .pos = L.pos.t[s]};
+            st[s] = mc_op_v4_attention(B[s], &q.t[s], &kp.t[s], &cp.t[s], &sinks.t[s], NULL, &ix,
+                                       &o, &y.t[s], &err_[s]);
+        }
+        same_refusal("v4_attention, a bad seq", st);
+        mc_kv_index ix = {.block_table = L.bt.t[1], .seq = bseq.t[1], .pos = L.pos.t[1]};
+        DEFERRED("v4_attention, a bad seq", "v4_attention", v4_at_op,
+                 mc_op_v4_attention(B[1], &q.t[1], &kp.t[1], &cp.t[1], &sinks.t[1], NULL, &ix, &o,
+                                    &y.t[1], &err_[1]));
+        cmp_pair("v4_attention refused: y untouched", &y, 1e-5);
+        pair_free(&bseq);
+        free(bad);
+    }
     if (mode == 2) { /* refusal: an entry the token does not see yet; y untouched */
         int t = L.n - 1;
         sh[t * ksel + ksel - 1] = (L.h_pos[t] + 1) / R;
@@ -842,6 +917,39 @@ static void v4_hash_case(int n, int E, int V, int k, int score)
     free(tb);
 }
 
+/* The CUDA backend's hc_post mixes at most 64 streams (the CPU any):
+ * refused as unsupported, x untouched. */
+static void v4_hc_post_wide(void)
+{
+    enum { n = 2, hc = 65, H = 8 };
+    float *xh = rnd((size_t)n * hc * H, 1.0f), *ph = rnd((size_t)n * hc, 1.0f),
+          *ch = rnd((size_t)n * hc * hc, 1.0f), *yh = rnd((size_t)n * H, 1.0f);
+    pair x, post, comb, y;
+    pair_2d(&x, MC_DT_F32, n, hc * H, hc * H, xh);
+    pair_2d(&post, MC_DT_F32, n, hc, hc, ph);
+    pair_2d(&comb, MC_DT_F32, n, hc * hc, hc * hc, ch);
+    pair_2d(&y, MC_DT_F32, n, H, H, yh);
+    mc_status st = mc_op_v4_hc_post(B[1], &x.t[1], &post.t[1], &comb.t[1], &y.t[1], &err_[1]);
+    check_count++;
+    if (st != MC_ERR_UNSUPPORTED) {
+        check_failures++;
+        fprintf(stderr, "v4_hc_post, 65 streams: want MC_ERR_UNSUPPORTED, got %s \"%s\"\n",
+                mc_status_str(st), err_[1].msg);
+    }
+    mc_err_clear(&err_[1]);
+    float *got = xmalloc((size_t)n * hc * H * sizeof *got);
+    OK(mc_tensor_download(&x.t[1], got, &err_[1]));
+    CHECK(memcmp(got, xh, (size_t)n * hc * H * sizeof *got) == 0);
+    pair *all[] = {&x, &post, &comb, &y};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        pair_free(all[i]);
+    free(xh);
+    free(ph);
+    free(ch);
+    free(yh);
+    free(got);
+}
+
 static void test_v4(void)
 {
     v4_hc_case(5, 4, 24, 3);
@@ -850,15 +958,22 @@ static void test_v4(void)
     v4_compress_case(5, 4, 0, 24, 8);
     v4_compress_case(16, 2, 1, 40, 16);
     v4_compress_case(3, 1, 0, 16, 4);
+    v4_compress_case(4, 4, 1, 512, 64); /* V4's width: several channels a thread */
     v4_index_case(5, 4, 3, 8, 5, 1);
     v4_index_case(16, 2, 2, 16, 64, 1);
     v4_index_case(5, 1, 4, 12, 7, 0);
+    setenv("MC_CUDA_V4_INDEX_BYTES", "1000", 1); /* the CUDA backend's tokens in chunks of ~2 */
+    v4_index_case(5, 4, 3, 8, 5, 1);
+    unsetenv("MC_CUDA_V4_INDEX_BYTES");
     v4_attention_case(5, 3, 40, 8, 4, 0, 0);
     v4_attention_case(16, 2, 64, 128, 4, 1, 0);
     v4_attention_case(5, 4, 33, 4, 2, 2, 9);
     v4_attention_case(7, 2, 24, 300, 1, 2, 200); /* spans of several tiles */
+    v4_attention_case(5, 2, 512, 128, 4, 2, 64);   /* V4's head width */
     v4_hash_case(9, 16, 50, 3, MC_ROUTE_SQRTSOFTPLUS);
     v4_hash_case(33, 64, 7, 6, MC_ROUTE_SIGMOID);
+    if (dut_is_cuda && !v4_at_op)
+        v4_hc_post_wide();
 }
 
 /* ---- router ---- */
@@ -1139,8 +1254,6 @@ static void experts_case(mc_dtype dt, int tr, int H, int I, int n_e, const int *
 {
     experts_case_x(dt, tr, H, I, n_e, rows, weighting, limit, rtol, 0, 0);
 }
-
-static int dut_is_cuda;
 
 /* FP8 experts on the per-expert loop with more than 32 rows: cuBLAS on rows
  * widened to BF16 on a GPU (matmul's path), the F32 kernels on the CPU
