@@ -13,6 +13,8 @@
 #      judged; the decode runs once more with MC_STEP_GRAPHS=1 (CUDA graphs) at the same bar
 #      (and whether its bits are the f32 path's); qwen3-moe-tiny once more under mpirun -np 2 --ep 2 (the ep exchange on the data
 #      plane the ranks choose: nccl with a GPU each, staged through host memory when they share one);
+#      and its Q8_0 / Q4_K / Q6_K GGUFs (RUNTIME_DIR/gguf, written by gpu-prepare.sh) on the GPU
+#      against the same file on the CPU at 1e-4, full, decode, and decode as graphs;
 #   3. the NCCL transport's round trip (test_comm_nccl: one rank; under mpirun -np 2 with two GPUs,
 #      or, with one, the refusal of two ranks on one GPU);
 #   4. `moecluster bench --device cuda` on checkpoints made here by `moecluster synth`: the
@@ -44,6 +46,10 @@ fi
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 start=$SECONDS
 
+# gpu-prepare.sh sends the binaries stripped and gzipped (the tree sent must stay under 64 MiB)
+if [ -n "$rt" ] && compgen -G "$rt/files/*.gz" >/dev/null; then
+    gunzip -f "$rt"/files/*.gz || echo "gpu-check: could not unpack $rt/files/*.gz" >&2
+fi
 # find NAME SUBDIR: the packed binary, else the build's
 find_bin() {
     local d
@@ -194,6 +200,38 @@ else
             row "golden qwen3-moe-tiny, mpirun -np 2 --ep 2 (${plane:-?})" "failed (see $l): $(grep -m1 -E 'moecluster|FAIL|rel err' "$l" | cut -c1-120)" FAIL $((SECONDS - t0))
         fi
     fi
+    # llama.cpp's block formats: GGUFs of qwen3-moe-tiny written by gpu-prepare.sh (Q8_0, Q4_K
+    # with Q8_0 downs, Q6_K) on --device cuda against the same file on this machine's CPU (the
+    # experts' grouped launch for block formats; the decode also as graphs, which now capture)
+    dir=tests/fixtures/models/qwen3-moe-tiny
+    ggufs=(); [ -n "$rt" ] && [ -d "$rt/gguf" ] && ggufs=("$rt"/gguf/*.gguf)
+    if [ ${#ggufs[@]} = 0 ] || [ ! -f "${ggufs[0]}" ]; then
+        row "GGUF block formats, --device cuda" "skipped: no GGUFs in RUNTIME_DIR/gguf (gpu-prepare.sh writes them with the gguf package)" skipped ""
+    fi
+    for f in "${ggufs[@]}"; do
+        [ -f "$f" ] || continue
+        name=$(basename "$f" .gguf) t0=$SECONDS st=ok res=()
+        half=$(python3 -c "import json,struct,sys; f=open(sys.argv[1],'rb'); n=struct.unpack('<Q',f.read(8))[0]; print(json.loads(f.read(n))['input_ids']['shape'][1]//2)" "$dir/golden.safetensors" 2>/dev/null || echo 16)
+        for mode in full decode graphs; do
+            t=$(limit 40); [ "$t" = 0 ] && { res+=("$mode: skipped (time budget)"); [ "$st" = ok ] && st=skipped; break; }
+            extra=(); [ "$mode" != full ] && extra=(--decode-from "$half")
+            env_=(); [ "$mode" = graphs ] && env_=(MC_STEP_GRAPHS=1)
+            ref=$gout/gguf.$name.$mode.cpu.safetensors o=$gout/gguf.$name.$mode.cuda.safetensors
+            l=$gout/gguf.$name.$mode.log
+            if timeout "$t" "$mc" score --device cpu --model "$f" --input "$dir/golden.safetensors" \
+                --output "$ref" "${extra[@]}" >"$l" 2>&1 &&
+                env "${env_[@]}" timeout "$t" "$mc" score --device cuda --model "$f" \
+                    --input "$dir/golden.safetensors" --output "$o" "${extra[@]}" >>"$l" 2>&1 &&
+                "$cmp" "$o" "$ref" 1e-4 0.99 >>"$l" 2>&1; then
+                g=$([ "$mode" = graphs ] && echo " ($(grep -m1 -o 'step graphs: [^,]*, [^,]*' "$l"))")
+                res+=("$mode rel $(max_rel "$l") ok$g")
+            else
+                res+=("$mode: over 1e-4 or failed (see $l)")
+                st=FAIL
+            fi
+        done
+        row "GGUF $name, --device cuda vs cpu" "$(printf '%s; ' "${res[@]}" | sed 's/; $//')" "$st" $((SECONDS - t0))
+    done
 fi
 
 # ---- 3. NCCL ----
