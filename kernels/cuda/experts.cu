@@ -181,9 +181,14 @@ __device__ __forceinline__ void exq_dot_n(const unsigned char *row, int kp, cons
         exq_dot<DT, EX_NT>(row, kp, q, d, bs, r, nt, lane, acc);
 }
 
-/* Bytes of a block-format matrix, as the CPU counts (whole stored rows). */
+/* Bytes of a block-format matrix as the CPU and the loop count them (the
+ * blocks of its cols, not of its row stride: a column view reads less). */
 __device__ __forceinline__ unsigned long long exq_bytes(const mck_mat &w) {
-    return (unsigned long long)w.rows * (unsigned long long)w.row_bytes;
+    const int blk = w.dtype == MCK_DT_Q8_0 ? 32 : 256;
+    const int bb = w.dtype == MCK_DT_Q8_0   ? MCK_Q8_0_BYTES
+                   : w.dtype == MCK_DT_Q4_K ? MCK_Q4_K_BYTES
+                                            : MCK_Q6_K_BYTES;
+    return (unsigned long long)w.rows * (unsigned long long)((w.cols + blk - 1) / blk) * bb;
 }
 
 /* As k_experts_gu over x quantized (q, d, bs: rows as x's). */

@@ -16,7 +16,10 @@
  *   1e-2   grouped_experts on the per-expert loop with more than 8 rows an
  *          expert for BF16 weights, and on a GPU more than 32 for FP8
  *          (unless MC_CUDA_FP8=gemv): cuBLAS with the activations rounded to
- *          BF16, as matmul.
+ *          BF16, as matmul;
+ *   1e-5   block-format experts, with up to an eighth of the rows within
+ *          1e-2 (cmp_pair_q: an activation on a quantization boundary), and
+ *          on a GPU the loop's rows exactly the grouped launch's.
  * grouped_experts runs twice on the GPU: as the backend chooses (all
  * experts in two launches for element types with one intermediate width,
  * FP8 block scales included, and for Q8_0 / Q4_K / Q6_K, the activations
@@ -102,6 +105,51 @@ static void cmp_pair(const char *what, const pair *p, double rtol)
         check_failures++;
         fprintf(stderr, "%s: %lld of %lld values differ\n", what, (long long)bad,
                 (long long)(rows * cols));
+    }
+    free(h[0]);
+    free(h[1]);
+}
+
+/* Block-format experts against the CPU: two quantizations (x, then h) of
+ * values whose sums the two sides take in another order, so an h value
+ * within an ulp of a code's rounding boundary may take the next code on one
+ * side (measured on these cases' data: a Q6_K h of 5.50000048 on the CPU,
+ * 5.4999986 in the GPU's order), which moves that token's row by ~1e-3 of
+ * its largest value. Rows: within rtol, or at most an eighth of them (and
+ * one at least) within one code's step (1e-2); every row counted. */
+static void cmp_pair_q(const char *what, const pair *p, double rtol)
+{
+    int64_t rows = mc_tensor_rows(&p->t[0]), cols = mc_tensor_cols(&p->t[0]), off = 0, bad = 0;
+    void *h[2];
+    pair_get(p, h);
+    const float *want = h[0], *got = h[1];
+    for (int64_t r = 0; r < rows; r++) {
+        double mx = 0, d = 0;
+        for (int64_t i = 0; i < cols; i++)
+            mx = fmax(mx, fabs(want[r * cols + i]));
+        for (int64_t i = 0; i < cols; i++) {
+            double e = fabs((double)got[r * cols + i] - want[r * cols + i]);
+            d = e > d || e != e ? e : d;
+        }
+        if (d <= rtol * mx)
+            continue;
+        off++;
+        if (!(d <= 1e-2 * mx))
+            bad++;
+        if (off <= 3)
+            fprintf(stderr, "  %s: row %lld differs by %.3g of its largest value%s\n", what,
+                    (long long)r, d / (mx > 0 ? mx : 1), d <= 1e-2 * mx ? " (a code step)" : "");
+    }
+    check_count++;
+    int64_t allowed = rows / 8 > 1 ? rows / 8 : 1;
+    if (bad || off > allowed) {
+        check_failures++;
+        fprintf(stderr, "%s: %lld of %lld rows past %g (%lld allowed within 1e-2), %lld past "
+                "1e-2\n", what, (long long)off, (long long)rows, rtol, (long long)allowed,
+                (long long)bad);
+    } else if (off) {
+        printf("%s: %lld of %lld rows within a code step (1e-2), not %g\n", what, (long long)off,
+               (long long)rows, rtol);
     }
     free(h[0]);
     free(h[1]);
@@ -1162,6 +1210,46 @@ static void scales_pair(pair *w, pair *sc, int O, int I, int block)
  * (element types, unless `uniform`: I for all, as models have, the CUDA
  * backend's grouped launch) or I; weighting: 0 none, 1 output, 2 input;
  * limit: the V4 clamp; scale_block > 0: FP8 block scales of that size. */
+/* The CUDA backend's block-format experts are compared with themselves:
+ * test_experts runs twice on a GPU, grouped (pass 0) and with the loop
+ * forced (pass 1), on the same data (the random stream restored); the
+ * loop's rows must be the grouped launch's bit for bit (the same row
+ * products, cuda/qdot.cuh). */
+#define TWINS 32
+static int twin_pass, twin_n;
+static float *twin_y[TWINS];
+static size_t twin_len[TWINS];
+
+static void loop_twin(const char *what, const pair *y)
+{
+    size_t n = (size_t)mc_tensor_nelems(&y->t[1]);
+    float *h = xmalloc(n * sizeof *h);
+    OK(mc_tensor_download(&y->t[1], h, &err_[1]));
+    int i = twin_n++;
+    if (i >= TWINS) {
+        free(h);
+        return;
+    }
+    if (twin_pass == 0) {
+        twin_y[i] = h;
+        twin_len[i] = n;
+        return;
+    }
+    check_count++;
+    if (!twin_y[i] || twin_len[i] != n || memcmp(twin_y[i], h, n * sizeof *h) != 0) {
+        check_failures++;
+        size_t k = 0;
+        while (twin_y[i] && k < n && k < twin_len[i] && twin_y[i][k] == h[k])
+            k++;
+        fprintf(stderr, "%s: the per-expert loop differs from the grouped launch (first at "
+                "element %zu: %.9g vs %.9g)\n", what, k, k < n ? h[k] : 0.0,
+                twin_y[i] && k < twin_len[i] ? twin_y[i][k] : 0.0);
+    }
+    free(twin_y[i]);
+    twin_y[i] = NULL;
+    free(h);
+}
+
 /* ddt: the down projections' type (Q4_K_M files: Q4_K gate / up, Q6_K down). */
 static void experts_case_xd(mc_dtype dt, mc_dtype ddt, int tr, int H, int I, int n_e,
                             const int *rows, int weighting, float limit, double rtol, int uniform,
@@ -1207,7 +1295,12 @@ static void experts_case_xd(mc_dtype dt, mc_dtype ddt, int tr, int H, int I, int
              ddt != dt ? mc_dtype_name(ddt) : "", tr ? " transposed" : "",
              uniform ? " uniform" : "", scale_block ? " scaled" : "", H, I, n_e, m, weighting,
              (double)limit);
-    cmp_pair(what, &y, rtol);
+    if (mc_dtype_is_block(dt) || mc_dtype_is_block(ddt))
+        cmp_pair_q(what, &y, rtol);
+    else
+        cmp_pair(what, &y, rtol);
+    if (dut_is_cuda && mc_dtype_is_block(dt)) /* the grouped launch against the loop, exactly */
+        loop_twin(what, &y);
     if (n_e > 2) { /* refusal: offsets out of order */
         int32_t bad[GE_MAX + 1];
         memcpy(bad, offh, sizeof bad);
@@ -1300,6 +1393,8 @@ static void test_experts(void)
     experts_case_xd(MC_DT_Q4_K, MC_DT_Q6_K, 0, 256, 256, 5, few, 1, 0.75f, 1e-5, 1, 0);
     experts_case_xd(MC_DT_Q4_K, MC_DT_Q8_0, 0, 512, 256, 4, many, 2, 0, 1e-5, 1, 0);
     experts_case_x(MC_DT_Q8_0, 0, 64, 96, 4, many, 2, 0.5f, 1e-5, 1, 0);
+    experts_case_xd(MC_DT_Q8_0, MC_DT_Q4_K, 0, 256, 256, 4, few, 0, 0, 1e-5, 1, 0);
+    experts_case_xd(MC_DT_Q6_K, MC_DT_Q8_0, 0, 256, 64, 6, one, 2, 0, 1e-5, 1, 0);
     experts_case(MC_DT_BF16, 1, 72, 40, 5, few, 2, 0, 1e-5); /* Llama 4's transposed slabs */
     /* more than 8 rows per expert: cuBLAS for F32 (F32 rounding) and BF16 (activations rounded) */
     experts_case(MC_DT_F32, 0, 72, 40, 4, many, 1, 0, 1e-5);
@@ -1349,6 +1444,7 @@ int main(void)
     permute_case(29, 4, 13, 70);
     permute_case(1, 1, 3, 5);
     permute_case(200, 8, 64, 33);
+    uint64_t rng_experts = rng;
     test_experts();
     const char *v4 = getenv("MC_CUDA_V4");
     v4_at_op = on_cpu || (v4 && strcmp(v4, "host") == 0);
@@ -1358,6 +1454,9 @@ int main(void)
         setenv("MC_CUDA_EXPERTS", "loop", 1);
         OK(mc_backend_cuda_init(0, &B[1], err_));
         printf("grouped_experts again with MC_CUDA_EXPERTS=loop\n");
+        rng = rng_experts; /* the same data: the loop's block-format rows against the launch's */
+        twin_pass = 1;
+        twin_n = 0;
         test_experts();
     }
     mc_backend_free(B[0]);
