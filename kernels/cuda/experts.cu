@@ -195,9 +195,9 @@ __device__ __forceinline__ unsigned long long exq_bytes(const mck_mat &w) {
 template <int DT>
 __global__ static void __launch_bounds__(EX_WARPS * 32)
     k_experts_gu_q(const mck_mat *gate, const mck_mat *up, const mck_mat *down,
-                   const int32_t *off, const int8_t *q, const float *d, const int16_t *bs, int kp,
-                   float *h, long long ldh, int I, float lim, unsigned long long *count,
-                   const int *bad) {
+                   const int32_t *off, const int8_t *__restrict__ q, const float *__restrict__ d,
+                   const int16_t *__restrict__ bs, int kp, float *__restrict__ h, long long ldh,
+                   int I, float lim, unsigned long long *count, const int *bad) {
     if (*bad >= 0) return;
     const int e = blockIdx.y, lane = threadIdx.x & 31;
     const int r0 = off[e], ne = off[e + 1] - r0;
@@ -234,8 +234,9 @@ __global__ static void __launch_bounds__(EX_WARPS * 32)
 /* As k_experts_down over h quantized. */
 template <int DT>
 __global__ static void __launch_bounds__(EX_WARPS * 32)
-    k_experts_down_q(const mck_mat *down, const int32_t *off, const int8_t *q, const float *d,
-                     const int16_t *bs, int kp, float *y, long long ldy, int H, const float *rw,
+    k_experts_down_q(const mck_mat *down, const int32_t *off, const int8_t *__restrict__ q,
+                     const float *__restrict__ d, const int16_t *__restrict__ bs, int kp,
+                     float *__restrict__ y, long long ldy, int H, const float *rw,
                      long long rw_ld, long long rw_cols, int w_out, const int *bad) {
     if (*bad >= 0) return;
     const int e = blockIdx.y, lane = threadIdx.x & 31;
