@@ -207,6 +207,9 @@ else
     ggufs=(); [ -n "$rt" ] && [ -d "$rt/gguf" ] && ggufs=("$rt"/gguf/*.gguf)
     if [ ${#ggufs[@]} = 0 ] || [ ! -f "${ggufs[0]}" ]; then
         row "GGUF block formats, --device cuda" "skipped: no GGUFs in RUNTIME_DIR/gguf (gpu-prepare.sh writes them with the gguf package)" skipped ""
+    elif [ $((budget - (SECONDS - start))) -lt 300 ]; then # the benchmarks below need ~250 s
+        row "GGUF block formats, --device cuda" "skipped (time budget: kept for the benchmarks)" skipped ""
+        ggufs=()
     fi
     for f in "${ggufs[@]}"; do
         [ -f "$f" ] || continue
