@@ -177,32 +177,6 @@ cudaError_t mck_sel_sorted(cudaStream_t s, const int32_t *sel, long long sel_ld,
 
 /* ---- attention: one block per (token, head) ---- */
 
-__device__ static float at_block_max(float v, float *red)
-{
-    v = mck_warp_max(v);
-    __syncthreads(); /* red may still be read by a previous call */
-    if ((threadIdx.x & 31) == 0)
-        red[threadIdx.x >> 5] = v;
-    __syncthreads();
-    float m = -INFINITY;
-    for (int i = 0; i < AT_THREADS / 32; i++)
-        m = fmaxf(m, red[i]);
-    return m;
-}
-
-__device__ static float at_block_sum(float v, float *red)
-{
-    v = mck_warp_sum(v);
-    __syncthreads();
-    if ((threadIdx.x & 31) == 0)
-        red[threadIdx.x >> 5] = v;
-    __syncthreads();
-    float s = 0.0f;
-    for (int i = 0; i < AT_THREADS / 32; i++)
-        s += red[i];
-    return s;
-}
-
 __global__ static void __launch_bounds__(AT_THREADS)
     k_attention(mck_kv kv, mck_attn_src src, const float *qa, long long ldqa, const float *qb,
                 long long ldqb, int nh, float *y, long long ldy, float scale,
@@ -258,14 +232,14 @@ __global__ static void __launch_bounds__(AT_THREADS)
          * dropped: poison the sum instead (the same on every thread) */
         if (__syncthreads_or(sv != sv))
             l = NAN;
-        const float mn = fmaxf(m, at_block_max(sv, red));
+        const float mn = fmaxf(m, mck_block_max<AT_THREADS>(sv, red));
         if (mn == -INFINITY)
             continue; /* the whole tile dropped (the same on every thread) */
         const float alpha = m == -INFINITY ? 0.0f : expf(m - mn);
         const float ev = sv == -INFINITY ? 0.0f : expf(sv - mn);
         e[tid] = ev;
         prow[tid] = row;
-        l = l * alpha + at_block_sum(ev, red); /* its barriers publish e and prow */
+        l = l * alpha + mck_block_sum<AT_THREADS>(ev, red); /* its barriers publish e and prow */
         const int nt = cnt - base < AT_THREADS ? (int)(cnt - base) : AT_THREADS;
         for (int d = tid; d < dv; d += AT_THREADS) {
             float acc = o[d] * alpha;

@@ -183,4 +183,46 @@ __device__ __forceinline__ float mck_warp_max(float v)
     return v;
 }
 
+/* A block's maximum / sum of v (THREADS threads, every one calling; red:
+ * THREADS / 32 shared words), the result on every thread; the warps'
+ * partials added in warp order. */
+template <int THREADS> __device__ __forceinline__ float mck_block_max(float v, float *red)
+{
+    v = mck_warp_max(v);
+    __syncthreads(); /* red may still be read by a previous call */
+    if ((threadIdx.x & 31) == 0)
+        red[threadIdx.x >> 5] = v;
+    __syncthreads();
+    float m = -INFINITY;
+    for (int i = 0; i < THREADS / 32; i++)
+        m = fmaxf(m, red[i]);
+    return m;
+}
+
+template <int THREADS> __device__ __forceinline__ float mck_block_sum(float v, float *red)
+{
+    v = mck_warp_sum(v);
+    __syncthreads();
+    if ((threadIdx.x & 31) == 0)
+        red[threadIdx.x >> 5] = v;
+    __syncthreads();
+    float s = 0.0f;
+    for (int i = 0; i < THREADS / 32; i++)
+        s += red[i];
+    return s;
+}
+
+template <int THREADS> __device__ __forceinline__ double mck_block_sum_d(double v, double *red)
+{
+    v = mck_warp_sum_d(v);
+    __syncthreads();
+    if ((threadIdx.x & 31) == 0)
+        red[threadIdx.x >> 5] = v;
+    __syncthreads();
+    double s = 0;
+    for (int i = 0; i < THREADS / 32; i++)
+        s += red[i];
+    return s;
+}
+
 #endif

@@ -24,32 +24,6 @@
 
 /* ---- router ---- */
 
-__device__ static float rt_block_max(float v, float *red)
-{
-    v = mck_warp_max(v);
-    __syncthreads();
-    if ((threadIdx.x & 31) == 0)
-        red[threadIdx.x >> 5] = v;
-    __syncthreads();
-    float m = -INFINITY;
-    for (int i = 0; i < RT_THREADS / 32; i++)
-        m = fmaxf(m, red[i]);
-    return m;
-}
-
-__device__ static double rt_block_sum_d(double v, double *red)
-{
-    v = mck_warp_sum_d(v);
-    __syncthreads();
-    if ((threadIdx.x & 31) == 0)
-        red[threadIdx.x >> 5] = v;
-    __syncthreads();
-    double s = 0;
-    for (int i = 0; i < RT_THREADS / 32; i++)
-        s += red[i];
-    return s;
-}
-
 /* mc_argmax_masked: the lowest index on ties, a NaN never beats an earlier value. */
 __device__ static int argmax_masked(const float *v, const unsigned char *ok, int n)
 {
@@ -91,13 +65,13 @@ __global__ static void __launch_bounds__(RT_THREADS)
         float mx = -INFINITY;
         for (int e = threadIdx.x; e < E; e += RT_THREADS)
             mx = fmaxf(mx, lg[e]);
-        mx = rt_block_max(mx, redf);
+        mx = mck_block_max<RT_THREADS>(mx, redf);
         double sum = 0;
         for (int e = threadIdx.x; e < E; e += RT_THREADS) {
             sv[e] = expf(lg[e] - mx);
             sum += sv[e];
         }
-        float inv = (float)(1.0 / rt_block_sum_d(sum, redd));
+        float inv = (float)(1.0 / mck_block_sum_d<RT_THREADS>(sum, redd));
         for (int e = threadIdx.x; e < E; e += RT_THREADS)
             sv[e] = __fmul_rn(sv[e], inv);
     } else {

@@ -12,35 +12,6 @@
 #define ROW_THREADS 256
 #define EW_THREADS 256
 
-/* Sum over the block (ROW_THREADS threads), the result on every thread. */
-__device__ static double block_sum_d(double v, double *sh)
-{
-    v = mck_warp_sum_d(v);
-    int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    __syncthreads(); /* sh may still be read by a previous call */
-    if (lane == 0)
-        sh[w] = v;
-    __syncthreads();
-    double s = 0;
-    for (int k = 0; k < ROW_THREADS / 32; k++)
-        s += sh[k];
-    return s;
-}
-
-__device__ static float block_max(float v, float *sh)
-{
-    v = mck_warp_max(v);
-    int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    __syncthreads();
-    if (lane == 0)
-        sh[w] = v;
-    __syncthreads();
-    float m = -INFINITY;
-    for (int k = 0; k < ROW_THREADS / 32; k++)
-        m = fmaxf(m, sh[k]);
-    return m;
-}
-
 static unsigned grid_for(long long n, int threads)
 {
     return (unsigned)((n + threads - 1) / threads);
@@ -57,7 +28,7 @@ __global__ static void k_rmsnorm(const float *x, long long ldx, const float *w, 
     double ss = 0;
     for (int i = threadIdx.x; i < d; i += ROW_THREADS)
         ss += (double)xr[i] * xr[i];
-    ss = block_sum_d(ss, sh);
+    ss = mck_block_sum_d<ROW_THREADS>(ss, sh);
     float inv = (float)(1.0 / sqrt(ss / d + (double)eps));
     for (int i = threadIdx.x; i < d; i += ROW_THREADS)
         yr[i] = w ? __fmul_rn(__fmul_rn(xr[i], inv), w[i]) : __fmul_rn(xr[i], inv);
@@ -81,11 +52,11 @@ __global__ static void k_layernorm(const float *x, long long ldx, const float *w
     double sum = 0;
     for (int i = threadIdx.x; i < d; i += ROW_THREADS)
         sum += xr[i];
-    double mean = block_sum_d(sum, sh) / (double)d;
+    double mean = mck_block_sum_d<ROW_THREADS>(sum, sh) / (double)d;
     double var = 0;
     for (int i = threadIdx.x; i < d; i += ROW_THREADS)
         var += (xr[i] - mean) * (xr[i] - mean);
-    var = block_sum_d(var, sh);
+    var = mck_block_sum_d<ROW_THREADS>(var, sh);
     double inv = 1.0 / sqrt(var / (double)d + (double)eps);
     for (int i = threadIdx.x; i < d; i += ROW_THREADS) {
         double v = (xr[i] - mean) * inv;
@@ -116,14 +87,14 @@ __global__ static void k_softmax(const float *x, long long ldx, float *y, long l
     float mx = -INFINITY;
     for (int i = threadIdx.x; i < d; i += ROW_THREADS)
         mx = fmaxf(mx, xr[i]);
-    mx = block_max(mx, shm);
+    mx = mck_block_max<ROW_THREADS>(mx, shm);
     double sum = 0;
     for (int i = threadIdx.x; i < d; i += ROW_THREADS) {
         float e = expf(xr[i] - mx);
         yr[i] = e; /* y may be x: each element is read and written by one thread */
         sum += e;
     }
-    float inv = (float)(1.0 / block_sum_d(sum, sh));
+    float inv = (float)(1.0 / mck_block_sum_d<ROW_THREADS>(sum, sh));
     for (int i = threadIdx.x; i < d; i += ROW_THREADS)
         yr[i] *= inv;
 }

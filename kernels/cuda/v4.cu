@@ -45,33 +45,6 @@ __device__ __forceinline__ float v4_sigmoid(float x) /* kernels.h's mc_sigmoid *
     return __fdiv_rn(1.0f, __fadd_rn(1.0f, expf(-x)));
 }
 
-/* Sums and maxima over a block of V4_THREADS, the result on every thread. */
-__device__ static double v4_block_sum_d(double v, double *red)
-{
-    v = mck_warp_sum_d(v);
-    __syncthreads(); /* red may still be read by a previous call */
-    if ((threadIdx.x & 31) == 0)
-        red[threadIdx.x >> 5] = v;
-    __syncthreads();
-    double s = 0;
-    for (int i = 0; i < V4_THREADS / 32; i++)
-        s += red[i];
-    return s;
-}
-
-__device__ static float v4_block_max(float v, float *red)
-{
-    v = mck_warp_max(v);
-    __syncthreads();
-    if ((threadIdx.x & 31) == 0)
-        red[threadIdx.x >> 5] = v;
-    __syncthreads();
-    float m = -INFINITY;
-    for (int i = 0; i < V4_THREADS / 32; i++)
-        m = fmaxf(m, red[i]);
-    return m;
-}
-
 /* ---- the content check ---- */
 
 /* Token t's first refusal in the CPU op's order (an MCK_V4_BAD_*, its
@@ -380,7 +353,7 @@ __global__ static void __launch_bounds__(V4_THREADS)
     double ss = 0; /* mc_rmsnorm */
     for (int ch = threadIdx.x; ch < cd; ch += blockDim.x)
         ss += (double)e[ch] * e[ch];
-    ss = v4_block_sum_d(ss, red);
+    ss = mck_block_sum_d<V4_THREADS>(ss, red);
     const float inv = (float)(1.0 / sqrt(ss / cd + (double)eps));
     for (int ch = threadIdx.x; ch < cd; ch += blockDim.x)
         e[ch] = __fmul_rn(__fmul_rn(e[ch], inv), norm[ch]);
@@ -657,14 +630,14 @@ __global__ static void __launch_bounds__(V4_THREADS)
          * passes over NaN, its sum does not): poison the sum */
         if (__syncthreads_or(sv != sv))
             l = NAN;
-        const float mn = fmaxf(m, v4_block_max(sv, red));
+        const float mn = fmaxf(m, mck_block_max<V4_THREADS>(sv, red));
         if (mn == -INFINITY)
             continue; /* a sink of -inf and scores of -inf so far (the same on every thread) */
         const float alpha = m == -INFINITY ? 0.0f : expf(m - mn);
         const float ev = row ? expf(sv - mn) : 0.0f;
         e[tid] = ev;
         prow[tid] = row;
-        l = l * alpha + v4_block_sum_d((double)ev, redd); /* its barriers publish e and prow */
+        l = l * alpha + mck_block_sum_d<V4_THREADS>((double)ev, redd); /* its barriers publish e and prow */
         const int ntl = cnt - base < V4_THREADS ? (int)(cnt - base) : V4_THREADS;
         for (int dd = tid; dd < hd; dd += V4_THREADS) {
             float acc = o[dd] * alpha;
