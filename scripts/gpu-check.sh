@@ -115,6 +115,10 @@ else
     probe=$("$mc" bench --device cuda --model /nonexistent-model 2>&1 | head -1)
     case $probe in *"--device cuda:"*) gpu_why=${probe#*--device cuda: } ;; esac
 fi
+# half_of MODEL_DIR: half the positions of its golden input (where --decode-from starts)
+half_of() {
+    python3 -c "import json,struct,sys; f=open(sys.argv[1],'rb'); n=struct.unpack('<Q',f.read(8))[0]; print(json.loads(f.read(n))['input_ids']['shape'][1]//2)" "$1/golden.safetensors" 2>/dev/null || echo 16
+}
 # golden NAME MODEL_DIR OUT PREFIX... -- SCORE_ARGS: runs and compares; prints "ok|FAIL rel"
 max_rel() { awk '/rel err/ { v = $5 + 0; if (v > m) m = v } END { printf "%.2e", m }' "$1"; }
 gpu_st=skipped
@@ -125,7 +129,7 @@ else
     gout=$logs/golden; mkdir -p "$gout"
     for dir in tests/fixtures/models/*/; do
         model=$(basename "$dir")
-        half=$(python3 -c "import json,struct,sys; f=open(sys.argv[1],'rb'); n=struct.unpack('<Q',f.read(8))[0]; print(json.loads(f.read(n))['input_ids']['shape'][1]//2)" "$dir/golden.safetensors" 2>/dev/null || echo 16)
+        half=$(half_of "$dir")
         for mode in full decode; do
             extra=(); [ "$mode" = decode ] && extra=(--decode-from "$half")
             res=() t0=$SECONDS st=ok
@@ -211,10 +215,10 @@ else
         row "GGUF block formats, --device cuda" "skipped (time budget: kept for the benchmarks)" skipped ""
         ggufs=()
     fi
+    half=$(half_of "$dir")
     for f in "${ggufs[@]}"; do
         [ -f "$f" ] || continue
         name=$(basename "$f" .gguf) t0=$SECONDS st=ok res=()
-        half=$(python3 -c "import json,struct,sys; f=open(sys.argv[1],'rb'); n=struct.unpack('<Q',f.read(8))[0]; print(json.loads(f.read(n))['input_ids']['shape'][1]//2)" "$dir/golden.safetensors" 2>/dev/null || echo 16)
         for mode in full decode graphs; do
             t=$(limit 40); [ "$t" = 0 ] && { res+=("$mode: skipped (time budget)"); [ "$st" = ok ] && st=skipped; break; }
             extra=(); [ "$mode" != full ] && extra=(--decode-from "$half")

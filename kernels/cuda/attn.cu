@@ -35,13 +35,6 @@ __device__ __forceinline__ long long kv_lo(int pos, int chunk, int write)
     return write ? pos : chunk > 0 ? pos - pos % chunk : 0;
 }
 
-/* Pages row of position p of sequence s (rps rows per slot, row r of them). */
-__device__ __forceinline__ long long kv_row(const mck_kv &kv, int s, long long p, int rps, int r)
-{
-    long long b = kv.bt[(size_t)s * (size_t)kv.bt_ld + (size_t)(p / kv.block_size)];
-    return (b * kv.block_size + p % kv.block_size) * rps + r;
-}
-
 /* ---- content check ---- */
 
 __global__ static void k_kv_check(mck_kv kv, int chunk, int write, const int32_t *sel,
@@ -107,7 +100,7 @@ __global__ static void k_kv_write(mck_kv kv, const float *src, long long ld_src,
         return;
     long long t = blockIdx.x;
     int r = blockIdx.y;
-    long long row = kv_row(kv, kv.seq[t], kv.pos[t], rps, r);
+    long long row = mck_kv_row(kv, kv.seq[t], kv.pos[t], rps, r);
     const float *sr = src + (size_t)(t * rps + r) * (size_t)ld_src;
     float *dr = pages + (size_t)row * (size_t)ld_pages;
     for (int i = threadIdx.x; i < W; i += blockDim.x)
@@ -213,7 +206,7 @@ __global__ static void __launch_bounds__(AT_THREADS)
         long long row = -1;
         long long p = i < cnt ? (lt ? (long long)lt[i] : lo + i) : -1;
         if (p >= 0) {
-            row = kv_row(kv, s, p, src.rps, g);
+            row = mck_kv_row(kv, s, p, src.rps, g);
             const float *ka = src.ka + (size_t)row * (size_t)src.lda;
             float d = 0.0f;
             for (int c = 0; c < da; c++)
@@ -305,7 +298,7 @@ __global__ static void k_index_keys(mck_kv kv, const float *iq, long long ldq, i
     int pos = kv.pos[t];
     if (p > pos)
         return;
-    const float *key = keys + (size_t)kv_row(kv, kv.seq[t], p, 1, 0) * (size_t)ldk;
+    const float *key = keys + (size_t)mck_kv_row(kv, kv.seq[t], p, 1, 0) * (size_t)ldk;
     const float *wt = w + (size_t)t * (size_t)ldw;
     float acc = 0.0f;
     for (int h = 0; h < ih; h++) {

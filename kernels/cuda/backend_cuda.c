@@ -35,6 +35,15 @@ mc_status mc_cuda_use(mc_cuda_ctx *c, const char *op, mc_err *err)
     return mc_cuda_check(cudaSetDevice(c->device), op, err);
 }
 
+/* A positive byte count from the environment, else dflt. */
+static size_t env_bytes(const char *name, size_t dflt)
+{
+    const char *v = getenv(name);
+    char *end = NULL;
+    unsigned long long b = v ? strtoull(v, &end, 10) : 0;
+    return v && end != v && !*end && b > 0 ? (size_t)b : dflt;
+}
+
 mck_defer mc_cuda_defer_of(mc_cuda_ctx *c, int op, long long k)
 {
     mck_defer d = {NULL, 0, 0};
@@ -103,6 +112,18 @@ mc_status mc_cuda_no_capture(mc_cuda_ctx *c, const char *what, mc_err *err)
     c->cap_refused = 1; /* the graph would lack this op: its end fails */
     return mc_err_set(err, MC_ERR_UNSUPPORTED, "cuda backend: %s while a graph is captured (it "
                       "waits for the device or allocates; a graph holds launches only)", what);
+}
+
+mc_status mc_cuda_read_back(mc_cuda_ctx *c, const char *op, void *host, const void *dev,
+                            size_t bytes, mc_err *err)
+{
+    mc_status st = mc_cuda_no_capture(c, op, err);
+    if (st == MC_OK)
+        st = mc_cuda_check(cudaMemcpyAsync(host, dev, bytes, cudaMemcpyDeviceToHost, c->stream),
+                           op, err);
+    if (st == MC_OK)
+        st = mc_cuda_check(cudaStreamSynchronize(c->stream), op, err);
+    return st;
 }
 
 mc_status mc_cuda_wait(mc_cuda_ctx *c, const char *op, int take, mc_err *err)
@@ -823,10 +844,8 @@ mc_status mc_backend_cuda_init(int device, mc_backend **out, mc_err *err)
     c->experts_loop = ex && strcmp(ex, "loop") == 0;
     const char *f8 = getenv("MC_CUDA_FP8");
     c->fp8_gemv = f8 && strcmp(f8, "gemv") == 0;
-    const char *fc = getenv("MC_CUDA_FP8_CHUNK_BYTES");
-    char *fe = NULL;
-    unsigned long long fcb = fc ? strtoull(fc, &fe, 10) : 0;
-    c->fp8_chunk_bytes = fc && fe != fc && !*fe && fcb > 0 ? (size_t)fcb : (size_t)128 << 20;
+    c->fp8_chunk_bytes = env_bytes("MC_CUDA_FP8_CHUNK_BYTES", (size_t)128 << 20);
+    c->v4_index_bytes = env_bytes("MC_CUDA_V4_INDEX_BYTES", (size_t)256 << 20);
     if (st == MC_OK) {
         cublasStatus_t bs = cublasCreate(&c->blas);
         if (bs == CUBLAS_STATUS_SUCCESS)

@@ -146,13 +146,7 @@ static mc_status kv_finish(mc_cuda_ctx *c, const char *op, const mc_kv_index *ix
 {
     if (!max_span && !c->sync_checks)
         return MC_OK;
-    mc_status st = mc_cuda_no_capture(c, op, err);
-    if (st != MC_OK)
-        return st;
-    st = mc_cuda_check(cudaMemcpyAsync(c->h_info, c->d_info, 3 * sizeof *c->h_info,
-                                                 cudaMemcpyDeviceToHost, c->stream), op, err);
-    if (st == MC_OK)
-        st = mc_cuda_check(cudaStreamSynchronize(c->stream), op, err);
+    mc_status st = mc_cuda_read_back(c, op, c->h_info, c->d_info, 3 * sizeof *c->h_info, err);
     if (st != MC_OK)
         return st;
     if (c->h_info[0] >= 0)

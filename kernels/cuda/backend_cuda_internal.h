@@ -64,6 +64,9 @@ typedef struct {
     /* bytes of BF16 rows widened per cuBLAS call (MC_CUDA_FP8_CHUNK_BYTES,
      * default 128 MiB; the op test makes it small to run several chunks) */
     size_t fp8_chunk_bytes;
+    /* v4_index_topk's score rows at once, tokens in chunks
+     * (MC_CUDA_V4_INDEX_BYTES, default 256 MiB; the op test makes it small) */
+    size_t v4_index_bytes;
     /* uploads and downloads of MC_CUDA_STAGE_MIN bytes or more go through
      * two pinned buffers of MC_CUDA_STAGE_BYTES (made at the first such
      * copy; stage_off: cudaHostAlloc failed, copy from pageable memory),
@@ -141,6 +144,11 @@ mc_status mc_cuda_wait(mc_cuda_ctx *c, const char *op, int take, mc_err *err);
 /* MC_OK, or while a graph is captured MC_ERR_UNSUPPORTED: `what` would wait
  * for the device or allocate, which a graph cannot hold. */
 mc_status mc_cuda_no_capture(mc_cuda_ctx *c, const char *what, mc_err *err);
+/* bytes at dev copied to the (pinned) host words at host behind everything
+ * queued, and waited for: an op reading its check's answer (refused while
+ * a graph is captured). Does not take a deferred refusal (mc_cuda_wait). */
+mc_status mc_cuda_read_back(mc_cuda_ctx *c, const char *op, void *host, const void *dev,
+                            size_t bytes, mc_err *err);
 /* cudaSetDevice to the backend's device (the calling thread may be new). */
 mc_status mc_cuda_use(mc_cuda_ctx *c, const char *op, mc_err *err);
 /* At least `bytes` of device scratch in *p (valid until the next call). */
@@ -199,6 +207,18 @@ mc_status mc_cuda_find_nonfinite(void *ctx, const mc_tensor *x, int64_t *row, in
 mc_status mc_cuda_note_nonfinite(void *ctx, const mc_tensor *x, int64_t tag, mc_err *err);
 /* The kernels' view of a weight tensor (device pointers, FP8 block scales). */
 mck_mat mc_cuda_mck(const mc_tensor *t);
+/* Where a block-format product's quantized activations (mck_quantize_act)
+ * of n rows of `cols` go: q (n, kp) int8 | d (n, kp / blk) F32 | bsum (n,
+ * kp / sub) int16 (none for Q8_0), each on 256 bytes from p. Returns the
+ * bytes they take (0 for element types); with a, their places and the
+ * geometry (kp: cols rounded up to the block). */
+typedef struct {
+    int8_t *q;
+    float *d;
+    int16_t *bsum;
+    int kp, blk, sub;
+} mc_cuda_qact;
+size_t mc_cuda_qact_layout(int dt, int64_t n, int cols, void *p, mc_cuda_qact *a);
 /* Weight bytes a product over `rows` rows of w reads (as mc_mat_weight_bytes). */
 uint64_t mc_cuda_weight_bytes(const mc_tensor *w, int64_t rows);
 /* y (n rows, ldy apart) = x (n rows, ldx apart) W^T on the path mc_cuda_matmul

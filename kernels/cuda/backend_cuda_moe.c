@@ -36,14 +36,7 @@ static mc_status moe_launched(cudaError_t e, const char *op, mc_err *err)
 /* Reads c->d_flag back (waits for the stream) into *bad. */
 static mc_status read_flag(mc_cuda_ctx *c, const char *op, int *bad, mc_err *err)
 {
-    mc_status st = mc_cuda_no_capture(c, op, err);
-    *bad = -1;
-    if (st != MC_OK)
-        return st;
-    st = mc_cuda_check(cudaMemcpyAsync(c->h_flag, c->d_flag, sizeof *c->h_flag,
-                                                 cudaMemcpyDeviceToHost, c->stream), op, err);
-    if (st == MC_OK)
-        st = mc_cuda_check(cudaStreamSynchronize(c->stream), op, err);
+    mc_status st = mc_cuda_read_back(c, op, c->h_flag, c->d_flag, sizeof *c->h_flag, err);
     *bad = st == MC_OK ? *c->h_flag : -1;
     return st;
 }
@@ -271,6 +264,34 @@ static mc_status exmats_get(mc_cuda_ctx *c, const mc_tensor *gate, const mc_tens
     return st;
 }
 
+/* Whether every gate / up (I x H) and down (H x I) is 2-D, not transposed,
+ * of type dg (gate, up) or dd (down), with one I (rows of gate[0]) and H
+ * (cols of x) within int; `aligned`: also starting on 16 bytes with rows on
+ * 16 bytes (the element types' vector loads). *I: that width. */
+static int experts_uniform(const mc_tensor *x, int n_experts, const mc_tensor *gate,
+                           const mc_tensor *up, const mc_tensor *down, mc_dtype dg, mc_dtype dd,
+                           int aligned, int *I)
+{
+    int64_t H = mc_tensor_cols(x), I0 = gate[0].shape[0];
+    for (int e = 0; e < n_experts; e++) {
+        const mc_tensor *w[3] = {&gate[e], &up[e], &down[e]};
+        for (int k = 0; k < 3; k++) {
+            const mc_tensor *t = w[k];
+            int64_t r = k < 2 ? I0 : H, cl = k < 2 ? H : I0;
+            if (t->dtype != (k < 2 ? dg : dd) || t->ndim != 2 || t->transposed ||
+                t->shape[0] != r || t->shape[1] != cl)
+                return 0;
+            if (aligned && (((uintptr_t)mc_cuda_at(t) % 16) != 0 ||
+                            ((size_t)t->row_stride * mc_dtype_size(t->dtype)) % 16 != 0))
+                return 0;
+        }
+    }
+    if (I0 > 0x7fffffff || H > 0x7fffffff)
+        return 0;
+    *I = (int)I0;
+    return 1;
+}
+
 /* Whether the grouped launch takes this call: every gate / up / down of one
  * element type (F32, F16, BF16, FP8), row-major with rows on 16 bytes, one
  * intermediate width; BF16 / F32 only while the experts average at most 8
@@ -287,24 +308,7 @@ static int grouped_ok(const mc_cuda_ctx *c, const mc_tensor *x, int64_t m, int n
         return 0;
     if (dt == MC_DT_F8_E4M3 && !c->fp8_gemv && m > MC_CUDA_FP8_WIDEN_TOKENS * (int64_t)n_experts)
         return 0;
-    int64_t H = mc_tensor_cols(x), I0 = gate[0].shape[0];
-    size_t es = mc_dtype_size(dt);
-    for (int e = 0; e < n_experts; e++) {
-        const mc_tensor *w[3] = {&gate[e], &up[e], &down[e]};
-        for (int k = 0; k < 3; k++) {
-            const mc_tensor *t = w[k];
-            if (t->dtype != dt || t->ndim != 2 || t->transposed ||
-                ((uintptr_t)mc_cuda_at(t) % 16) != 0 || ((size_t)t->row_stride * es) % 16 != 0)
-                return 0;
-            int64_t r = k < 2 ? I0 : H, cl = k < 2 ? H : I0;
-            if (t->shape[0] != r || t->shape[1] != cl)
-                return 0;
-        }
-    }
-    if (I0 > 0x7fffffff || H > 0x7fffffff)
-        return 0;
-    *I = (int)I0;
-    return 1;
+    return experts_uniform(x, n_experts, gate, up, down, dt, dt, 1, I);
 }
 
 /* Whether the grouped launch for block formats takes this call: gate and
@@ -320,22 +324,9 @@ static int grouped_q_ok(const mc_cuda_ctx *c, const mc_tensor *x, int n_experts,
     if (c->experts_loop || n_experts < 1 || n_experts > 65535)
         return 0;
     mc_dtype dg = gate[0].dtype, dd = down[0].dtype;
-    if (!mc_dtype_is_block(dg) || !mc_dtype_is_block(dd))
+    if (!mc_dtype_is_block(dg) || !mc_dtype_is_block(dd) ||
+        !experts_uniform(x, n_experts, gate, up, down, dg, dd, 0, I) || *I < 1)
         return 0;
-    int64_t H = mc_tensor_cols(x), I0 = gate[0].shape[0];
-    for (int e = 0; e < n_experts; e++) {
-        const mc_tensor *w[3] = {&gate[e], &up[e], &down[e]};
-        for (int k = 0; k < 3; k++) {
-            const mc_tensor *t = w[k];
-            int64_t r = k < 2 ? I0 : H, cl = k < 2 ? H : I0;
-            if (t->dtype != (k < 2 ? dg : dd) || t->ndim != 2 || t->transposed ||
-                t->shape[0] != r || t->shape[1] != cl)
-                return 0;
-        }
-    }
-    if (I0 < 1 || I0 > 0x7fffffff || H > 0x7fffffff)
-        return 0;
-    *I = (int)I0;
     *dt_gu = dg;
     *dt_down = dd;
     return 1;
@@ -413,11 +404,6 @@ static mc_status grouped_launch(mc_cuda_ctx *c, const mc_tensor *x, const mc_ten
     return moe_launched(mck_experts_run(c->stream, &p), op, err);
 }
 
-static size_t align256(size_t b)
-{
-    return (b + 255) & ~(size_t)255;
-}
-
 /* The launches for block formats (mck_experts_run_q): the quantized
  * activations (and the scaled input) in the first scratch, h in the
  * second. */
@@ -434,22 +420,20 @@ static mc_status grouped_launch_q(mc_cuda_ctx *c, const mc_tensor *x, const mc_t
         return st;
     const mc_tensor *rw = opts ? opts->row_weight : NULL;
     int w_in = rw && opts->weight_input, H = (int)mc_tensor_cols(x);
-    int bg = dt_gu == MC_DT_Q8_0 ? MC_QK8_0 : MC_QK_K, sg = dt_gu == MC_DT_Q6_K ? 16 : 32;
-    int bd = dt_down == MC_DT_Q8_0 ? MC_QK8_0 : MC_QK_K, sd = dt_down == MC_DT_Q6_K ? 16 : 32;
-    int kpx = (H + bg - 1) / bg * bg, kph = (I + bd - 1) / bd * bd;
-    size_t M = (size_t)m;
-    /* xs (m, H) F32 when w_in | qx (m, kpx) | dx | bx | qh (m, kph) | dh | bh */
-    size_t b_xs = w_in ? align256(M * (size_t)H * 4) : 0, b_qx = align256(M * (size_t)kpx),
-           b_dx = align256(M * (size_t)(kpx / bg) * 4), b_bx = align256(M * (size_t)(kpx / sg) * 2),
-           b_qh = align256(M * (size_t)kph), b_dh = align256(M * (size_t)(kph / bd) * 4),
-           b_bh = align256(M * (size_t)(kph / sd) * 2);
+    /* xs (m, H) F32 when w_in | x quantized for gate / up | h quantized for down */
+    size_t b_xs = w_in ? ((size_t)m * (size_t)H * 4 + 255) & ~(size_t)255 : 0;
+    size_t b_qx = mc_cuda_qact_layout(dt_gu, m, H, NULL, NULL);
+    size_t b_qh = mc_cuda_qact_layout(dt_down, m, I, NULL, NULL);
     void *s = NULL, *h = NULL;
-    st = mc_cuda_scratch(c, b_xs + b_qx + b_dx + b_bx + b_qh + b_dh + b_bh, &s, op, err);
+    st = mc_cuda_scratch(c, b_xs + b_qx + b_qh, &s, op, err);
     if (st == MC_OK)
-        st = mc_cuda_scratch2(c, M * (size_t)I * sizeof(float), &h, op, err);
+        st = mc_cuda_scratch2(c, (size_t)m * (size_t)I * sizeof(float), &h, op, err);
     if (st != MC_OK)
         return st;
     unsigned char *p0 = s;
+    mc_cuda_qact ax, ah;
+    mc_cuda_qact_layout(dt_gu, m, H, p0 + b_xs, &ax);
+    mc_cuda_qact_layout(dt_down, m, I, p0 + b_xs + b_qx, &ah);
     mck_experts_q p = {.dt_gu = (int)dt_gu,
                        .dt_down = (int)dt_down,
                        .gate = dm,
@@ -466,18 +450,17 @@ static mc_status grouped_launch_q(mc_cuda_ctx *c, const mc_tensor *x, const mc_t
                        .rw_ld = rw ? rw->row_stride : 1,
                        .rw_cols = rw ? mc_tensor_cols(rw) : 1,
                        .w_in = w_in,
-                       .w_out = rw && !w_in,
                        .xs = w_in ? (float *)p0 : NULL,
-                       .qx = (int8_t *)(p0 + b_xs),
-                       .dx = (float *)(p0 + b_xs + b_qx),
-                       .bx = (int16_t *)(p0 + b_xs + b_qx + b_dx),
-                       .kpx = kpx,
+                       .qx = ax.q,
+                       .dx = ax.d,
+                       .bx = ax.bsum,
+                       .kpx = ax.kp,
                        .h = h,
                        .ldh = I,
-                       .qh = (int8_t *)(p0 + b_xs + b_qx + b_dx + b_bx),
-                       .dh = (float *)(p0 + b_xs + b_qx + b_dx + b_bx + b_qh),
-                       .bh = (int16_t *)(p0 + b_xs + b_qx + b_dx + b_bx + b_qh + b_dh),
-                       .kph = kph,
+                       .qh = ah.q,
+                       .dh = ah.d,
+                       .bh = ah.bsum,
+                       .kph = ah.kp,
                        .y = MF32(y),
                        .ldy = y->row_stride,
                        .lim = opts ? opts->swiglu_limit : 0.0f,

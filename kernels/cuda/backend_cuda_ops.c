@@ -137,28 +137,43 @@ static mc_status matmul_fp8_blas(mc_cuda_ctx *c, const mc_tensor *w, const float
     return st;
 }
 
+static size_t align256(size_t b)
+{
+    return (b + 255) & ~(size_t)255;
+}
+
+size_t mc_cuda_qact_layout(int dt, int64_t n, int cols, void *p, mc_cuda_qact *a)
+{
+    int blk, sub, bb;
+    if (!mck_q_geom(dt, &blk, &sub, &bb))
+        return 0;
+    int kp = (cols + blk - 1) / blk * blk;
+    size_t N = (size_t)n, nq = align256(N * (size_t)kp), nd = align256(N * (size_t)(kp / blk) * 4),
+           ns = dt == MC_DT_Q8_0 ? 0 : align256(N * (size_t)(kp / sub) * 2);
+    if (a) {
+        unsigned char *b = p;
+        *a = (mc_cuda_qact){.q = (int8_t *)b, .d = (float *)(b + nq),
+                            .bsum = ns ? (int16_t *)(b + nq + nd) : NULL, .kp = kp, .blk = blk,
+                            .sub = sub};
+    }
+    return nq + nd + ns;
+}
+
 static mc_status matmul_block(mc_cuda_ctx *c, const mck_mat *m, const float *x, long long ldx,
                               float *y, long long ldy, int n, const char *op, mc_err *err)
 {
-    int blk = m->dtype == MC_DT_Q8_0 ? MC_QK8_0 : MC_QK_K;
-    int sub = m->dtype == MC_DT_Q6_K ? 16 : 32; /* the sums for Q4_K's mins, Q6_K's offset */
-    int kp = (m->cols + blk - 1) / blk * blk;
-    /* q (n, kp) int8 | d (n, kp / blk) F32 | bsum (n, kp / sub) int16, each 16-byte aligned */
-    size_t nq = ((size_t)n * (size_t)kp + 15) & ~(size_t)15;
-    size_t nd = ((size_t)n * (size_t)(kp / blk) * 4 + 15) & ~(size_t)15;
-    size_t ns = (size_t)n * (size_t)(kp / sub) * 2;
     void *s = NULL;
-    mc_status st = mc_cuda_scratch(c, nq + nd + ns, &s, op, err);
+    mc_cuda_qact a;
+    mc_status st = mc_cuda_scratch(c, mc_cuda_qact_layout(m->dtype, n, m->cols, NULL, NULL), &s,
+                                   op, err);
     if (st != MC_OK)
         return st;
-    int8_t *q = s;
-    float *d = (float *)((unsigned char *)s + nq);
-    int16_t *bsum = m->dtype != MC_DT_Q8_0 ? (int16_t *)((unsigned char *)s + nq + nd) : NULL;
-    st = launched(mck_quantize_act(c->stream, x, ldx, n, m->cols, kp, blk, sub, q, d, bsum), op,
-                  err);
+    mc_cuda_qact_layout(m->dtype, n, m->cols, s, &a);
+    st = launched(mck_quantize_act(c->stream, x, ldx, n, m->cols, a.kp, a.blk, a.sub, a.q, a.d,
+                                   a.bsum), op, err);
     if (st != MC_OK)
         return st;
-    return launched(mck_matmul_q(c->stream, m, q, d, bsum, kp, n, y, ldy), op, err);
+    return launched(mck_matmul_q(c->stream, m, a.q, a.d, a.bsum, a.kp, n, y, ldy), op, err);
 }
 
 mc_status mc_cuda_matmul_raw(mc_cuda_ctx *c, const mc_tensor *w, const float *x, long long ldx,

@@ -15,7 +15,6 @@
 #include "backend.h"
 #include "cuda/backend_cuda_internal.h"
 
-#include <stdlib.h>
 #include <string.h>
 
 #define AF32(t) ((float *)mc_cuda_at(t))
@@ -86,12 +85,7 @@ static mc_status v4_check(mc_cuda_ctx *c, const char *op, int chk, const mck_v4_
     mc_status st = mc_cuda_check(mck_v4_check(c->stream, k, n, c->d_info, d), op, err);
     if (st != MC_OK || !c->sync_checks)
         return st;
-    st = mc_cuda_no_capture(c, op, err);
-    if (st == MC_OK)
-        st = mc_cuda_check(cudaMemcpyAsync(c->h_info, c->d_info, 5 * sizeof *c->h_info,
-                                           cudaMemcpyDeviceToHost, c->stream), op, err);
-    if (st == MC_OK)
-        st = mc_cuda_check(cudaStreamSynchronize(c->stream), op, err);
+    st = mc_cuda_read_back(c, op, c->h_info, c->d_info, 5 * sizeof *c->h_info, err);
     if (st != MC_OK)
         return st;
     return c->h_info[0] >= 0 ? v4_refusal(op, k, c->h_info, err) : MC_OK;
@@ -163,16 +157,6 @@ mc_status mc_cuda_v4_compress(void *ctx, const mc_tensor *kv_pages, const mc_ten
                          op, err);
 }
 
-/* Score rows of this many bytes at most at once (tokens in chunks; 256 MiB,
- * MC_CUDA_V4_INDEX_BYTES for the op test's small chunks). */
-static size_t v4_index_scratch(void)
-{
-    const char *v = getenv("MC_CUDA_V4_INDEX_BYTES");
-    char *end = NULL;
-    unsigned long long b = v ? strtoull(v, &end, 10) : 0;
-    return v && end != v && !*end && b > 0 ? (size_t)b : (size_t)256 << 20;
-}
-
 mc_status mc_cuda_v4_index_topk(void *ctx, const mc_tensor *iq, const mc_tensor *w,
                                 const mc_tensor *key_pages, const mc_kv_index *ix,
                                 const mc_v4_index_opts *o, mc_tensor *sel, mc_err *err)
@@ -196,7 +180,7 @@ mc_status mc_cuda_v4_index_topk(void *ctx, const mc_tensor *iq, const mc_tensor 
     if (st != MC_OK)
         return st;
     size_t row_bytes = (size_t)(cap > 0 ? cap : 1) * sizeof(mck_v4_sel);
-    long long chunk = (long long)(v4_index_scratch() / row_bytes);
+    long long chunk = (long long)(c->v4_index_bytes / row_bytes); /* tokens at once */
     if (chunk < 1)
         chunk = 1;
     if (chunk > kv.n)

@@ -32,6 +32,31 @@ enum {
     MCK_DT_Q6_K = 34,
 };
 
+#define MCK_Q8_0_BYTES 34  /* f16 d | int8 qs[32] */
+#define MCK_Q4_K_BYTES 144 /* f16 d | f16 dmin | u8 scales[12] | u8 qs[128] */
+#define MCK_Q6_K_BYTES 210 /* u8 ql[128] | u8 qh[64] | int8 scales[16] | f16 d */
+
+#ifdef __CUDACC__
+#define MCK_HD __host__ __device__
+#else
+#define MCK_HD
+#endif
+
+/* A block format's geometry: *blk weights a block, *sub the width of the
+ * quantized activations' sums (Q4_K's mins: 32, Q6_K's -32 offset: 16; none
+ * for Q8_0: 32), *bytes a block; 0 for element types. */
+static inline MCK_HD int mck_q_geom(int dt, int *blk, int *sub, int *bytes)
+{
+    if (dt != MCK_DT_Q8_0 && dt != MCK_DT_Q4_K && dt != MCK_DT_Q6_K)
+        return 0;
+    *blk = dt == MCK_DT_Q8_0 ? 32 : 256;
+    *sub = dt == MCK_DT_Q6_K ? 16 : 32;
+    *bytes = dt == MCK_DT_Q8_0   ? MCK_Q8_0_BYTES
+             : dt == MCK_DT_Q4_K ? MCK_Q4_K_BYTES
+                                 : MCK_Q6_K_BYTES;
+    return 1;
+}
+
 /* A 2-D weight W[rows, cols] in device memory (as kernels.h's mc_mat).
  * Element types: W[o, i] at element o * row_stride + i of data, or with
  * `transposed` at i * row_stride + o. Q8_0 / Q4_K: stored row o starts at
@@ -276,7 +301,7 @@ cudaError_t mck_experts_run(cudaStream_t s, const mck_experts *p);
  * scaled by its row weights into xs first when w_in, quantized as the CPU
  * quantizes a product's activations (mck_quantize_act) into qx / dx / bx,
  * one launch for gate and up (h = the clamped SwiGLU), h quantized into
- * qh / dh / bh, one launch for down (times the row weights when w_out).
+ * qh / dh / bh, one launch for down (times the row weights unless w_in).
  * The row products are matmul's (cuda/qdot.cuh): the same bits as the
  * per-expert loop. Same ranges, counts and gate (bad) as mck_experts. */
 typedef struct {
@@ -289,7 +314,7 @@ typedef struct {
     long long ldx;
     const float *rw;
     long long rw_ld, rw_cols;
-    int w_in, w_out;
+    int w_in;             /* rw weighs the input, else (rw given) the output */
     float *xs;            /* (m, H) scratch when w_in */
     int8_t *qx;           /* (m, kpx) */
     float *dx;            /* (m, kpx / block) */
@@ -341,7 +366,7 @@ typedef struct {
     int has_comp;              /* attention: comp pages given */
     long long P;               /* compress: rows of cs */
     const int32_t *n_row;      /* index: [n] or NULL */
-    long long cap;             /* index: the block table's entries, max_blocks * block_size / rate */
+    long long cap;             /* index: the table's entries, max_blocks * block_size / rate */
     const int32_t *sel;        /* attention: (n, sel_k) rows sel_ld apart, or NULL */
     long long sel_ld;
     int sel_k;

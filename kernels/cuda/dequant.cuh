@@ -10,9 +10,14 @@
 #include <cuda_fp16.h>
 #include <stdint.h>
 
-#define MCK_Q8_0_BYTES 34  /* f16 d | int8 qs[32] */
-#define MCK_Q4_K_BYTES 144 /* f16 d | f16 dmin | u8 scales[12] | u8 qs[128] */
-#define MCK_Q6_K_BYTES 210 /* u8 ql[128] | u8 qh[64] | int8 scales[16] | f16 d */
+/* Pages row of position p of sequence s in a paged cache (mck_kv: rps
+ * rows per slot, row r of them). */
+__device__ __forceinline__ long long mck_kv_row(const mck_kv &kv, int s, long long p, int rps,
+                                                int r)
+{
+    long long b = kv.bt[(size_t)s * (size_t)kv.bt_ld + (size_t)(p / kv.block_size)];
+    return (b * kv.block_size + p % kv.block_size) * rps + r;
+}
 
 template <int DT> struct mck_es {
     static constexpr int v = DT == MCK_DT_F32 ? 4 : DT == MCK_DT_F8_E4M3 ? 1 : 2;

@@ -184,10 +184,8 @@ __device__ __forceinline__ void exq_dot_n(const unsigned char *row, int kp, cons
 /* Bytes of a block-format matrix as the CPU and the loop count them (the
  * blocks of its cols, not of its row stride: a column view reads less). */
 __device__ __forceinline__ unsigned long long exq_bytes(const mck_mat &w) {
-    const int blk = w.dtype == MCK_DT_Q8_0 ? 32 : 256;
-    const int bb = w.dtype == MCK_DT_Q8_0   ? MCK_Q8_0_BYTES
-                   : w.dtype == MCK_DT_Q4_K ? MCK_Q4_K_BYTES
-                                            : MCK_Q6_K_BYTES;
+    int blk, sub, bb;
+    mck_q_geom(w.dtype, &blk, &sub, &bb);
     return (unsigned long long)w.rows * (unsigned long long)((w.cols + blk - 1) / blk) * bb;
 }
 
@@ -320,14 +318,6 @@ cudaError_t mck_experts_run(cudaStream_t s, const mck_experts *p) {
     }
 }
 
-/* The block and the activation sums' width of a block format. */
-static int exq_geom(int dt, int *blk, int *sub) {
-    if (dt != MCK_DT_Q8_0 && dt != MCK_DT_Q4_K && dt != MCK_DT_Q6_K) return 0;
-    *blk = dt == MCK_DT_Q8_0 ? 32 : 256;
-    *sub = dt == MCK_DT_Q6_K ? 16 : 32;
-    return 1;
-}
-
 template <int DT> static void exq_gu(cudaStream_t s, const mck_experts_q *p, dim3 g, dim3 b) {
     k_experts_gu_q<DT><<<g, b, 0, s>>>(p->gate, p->up, p->down, p->off, p->qx, p->dx, p->bx,
                                         p->kpx, p->h, p->ldh, p->I, p->lim, p->count, p->bad);
@@ -335,14 +325,15 @@ template <int DT> static void exq_gu(cudaStream_t s, const mck_experts_q *p, dim
 
 template <int DT> static void exq_down(cudaStream_t s, const mck_experts_q *p, dim3 g, dim3 b) {
     k_experts_down_q<DT><<<g, b, 0, s>>>(p->down, p->off, p->qh, p->dh, p->bh, p->kph, p->y,
-                                          p->ldy, p->H, p->rw, p->rw_ld, p->rw_cols, p->w_out,
-                                          p->bad);
+                                          p->ldy, p->H, p->rw, p->rw_ld, p->rw_cols,
+                                          p->rw && !p->w_in, p->bad);
 }
 
 cudaError_t mck_experts_run_q(cudaStream_t s, const mck_experts_q *p) {
     if (p->n_experts <= 0 || p->I <= 0 || p->H <= 0 || p->m <= 0) return cudaSuccess;
-    int bg, sg, bd, sd;
-    if (!p->bad || !exq_geom(p->dt_gu, &bg, &sg) || !exq_geom(p->dt_down, &bd, &sd))
+    int bg, sg, bd, sd, bytes;
+    if (!p->bad || !mck_q_geom(p->dt_gu, &bg, &sg, &bytes) ||
+        !mck_q_geom(p->dt_down, &bd, &sd, &bytes))
         return cudaErrorInvalidValue;
     if (p->n_experts > 65535 || p->m > 0x7fffffffLL || p->kpx % bg || p->kph % bd ||
         p->kpx < p->H || p->kph < p->I || (p->w_in && (!p->xs || !p->rw)))

@@ -224,12 +224,9 @@ static void launch_q(cudaStream_t s, const mck_mat &w, const int8_t *q, const fl
 cudaError_t mck_matmul_q(cudaStream_t s, const mck_mat *w, const int8_t *q, const float *d,
                          const int16_t *bsum, int kp, int n, float *y, long long ldy)
 {
-    if (w->dtype != MCK_DT_Q8_0 && w->dtype != MCK_DT_Q4_K && w->dtype != MCK_DT_Q6_K)
+    int blk, sub, bb;
+    if (!mck_q_geom(w->dtype, &blk, &sub, &bb) || (w->dtype != MCK_DT_Q8_0 && !bsum))
         return cudaErrorInvalidValue;
-    if (w->dtype != MCK_DT_Q8_0 && !bsum)
-        return cudaErrorInvalidValue;
-    const int blk = w->dtype == MCK_DT_Q8_0 ? 32 : 256;
-    const int sub = w->dtype == MCK_DT_Q6_K ? 16 : 32; /* bsum's sums (Q4_K, Q6_K) */
     for (int t0 = 0; t0 < n; t0 += MM_MAX_NT) {
         int nt = n - t0 < MM_MAX_NT ? n - t0 : MM_MAX_NT;
         const int8_t *qt = q + (size_t)t0 * kp;

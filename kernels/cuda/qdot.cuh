@@ -115,7 +115,8 @@ __device__ __forceinline__ void mck_q6_k_dot(const unsigned char *row, int kp,
 #pragma unroll
                 for (int t = 0; t < NT; t++)
                     sumi[t] += s * v *
-                               (int)q[(size_t)tr[t] * kp + (size_t)b * 256 + 128 * h + 32 * g + lane];
+                               (int)q[(size_t)tr[t] * kp + (size_t)b * 256 + 128 * h + 32 * g +
+                                      lane];
             }
         }
 #pragma unroll

@@ -33,13 +33,6 @@
 
 #define V4_THREADS 128
 
-/* Pages row of position p of sequence s (one row a slot). */
-__device__ __forceinline__ long long v4_row(const mck_kv &kv, int s, long long p)
-{
-    long long b = kv.bt[(size_t)s * (size_t)kv.bt_ld + (size_t)(p / kv.block_size)];
-    return b * kv.block_size + p % kv.block_size;
-}
-
 __device__ __forceinline__ float v4_sigmoid(float x) /* kernels.h's mc_sigmoid */
 {
     return __fdiv_rn(1.0f, __fadd_rn(1.0f, expf(-x)));
@@ -306,7 +299,7 @@ struct v4_src {
             col = off + ch;
             a = j - prev;
         }
-        long long r = v4_row(*kv, s, q);
+        long long r = mck_kv_row(*kv, s, q, 1, 0);
         *g = __fadd_rn(gp[(size_t)r * (size_t)ldg + col], ape[(size_t)a * (size_t)lda + col]);
         *v = kvp[(size_t)r * (size_t)ldk + col];
     }
@@ -367,7 +360,7 @@ __global__ static void __launch_bounds__(V4_THREADS)
         v[2 * i + 1] = __fadd_rn(__fmul_rn(x1, c[i]), __fmul_rn(x0, sv[i]));
     }
     __syncthreads();
-    float *o = out + (size_t)v4_row(kv, s, pos) * (size_t)ldo;
+    float *o = out + (size_t)mck_kv_row(kv, s, pos, 1, 0) * (size_t)ldo;
     for (int ch = threadIdx.x; ch < cd; ch += blockDim.x)
         o[ch] = e[ch];
 }
@@ -420,7 +413,8 @@ __global__ static void k_v4_index_scores(mck_kv kv, long long t0, const float *i
         q[e].v = -INFINITY;
         return;
     }
-    const float *key = keys + (size_t)v4_row(kv, kv.seq[t], (e + 1) * R - 1) * (size_t)ldk;
+    const float *key =
+        keys + (size_t)mck_kv_row(kv, kv.seq[t], (e + 1) * R - 1, 1, 0) * (size_t)ldk;
     const float *wt = w + (size_t)t * (size_t)ldw;
     float acc = 0.0f;
     for (int h = 0; h < ih; h++) {
@@ -613,11 +607,11 @@ __global__ static void __launch_bounds__(V4_THREADS)
         const float *row = nullptr;
         if (i < cnt) {
             if (i < nw) {
-                row = kvp + (size_t)v4_row(kv, s, lo + i) * (size_t)ldk;
+                row = kvp + (size_t)mck_kv_row(kv, s, lo + i, 1, 0) * (size_t)ldk;
             } else {
                 long long en = st ? (long long)st[i - nw] : i - nw;
                 if (en >= 0)
-                    row = comp + (size_t)v4_row(kv, s, (en + 1) * R - 1) * (size_t)ldc;
+                    row = comp + (size_t)mck_kv_row(kv, s, (en + 1) * R - 1, 1, 0) * (size_t)ldc;
             }
             if (row) {
                 float d = 0.0f;
@@ -637,7 +631,8 @@ __global__ static void __launch_bounds__(V4_THREADS)
         const float ev = row ? expf(sv - mn) : 0.0f;
         e[tid] = ev;
         prow[tid] = row;
-        l = l * alpha + mck_block_sum_d<V4_THREADS>((double)ev, redd); /* its barriers publish e and prow */
+        /* the sum's barriers publish e and prow */
+        l = l * alpha + mck_block_sum_d<V4_THREADS>((double)ev, redd);
         const int ntl = cnt - base < V4_THREADS ? (int)(cnt - base) : V4_THREADS;
         for (int dd = tid; dd < hd; dd += V4_THREADS) {
             float acc = o[dd] * alpha;

@@ -27,6 +27,31 @@ static mc_err err_[2];   /* err_[1]: the device side where a test calls both */
         }                                                                                          \
     } while (0)
 
+/* With is_cuda, B[1] replaced by a second CUDA backend started with the
+ * environment variable name=value (read at its start; content checks
+ * deferred); returns the backend dut_restore gives back. Otherwise B[1]
+ * stays. */
+static inline mc_backend *dut_swap_env(int is_cuda, const char *name, const char *value)
+{
+    mc_backend *prev = B[1];
+    if (!is_cuda)
+        return prev;
+    setenv(name, value, 1);
+    mc_status st = mc_backend_cuda_init(0, &B[1], err_);
+    unsetenv(name);
+    OK(st);
+    mc_backend_set_sync_checks(B[1], 0);
+    return prev;
+}
+
+static inline void dut_restore(mc_backend *prev)
+{
+    if (B[1] != prev) {
+        mc_backend_free(B[1]);
+        B[1] = prev;
+    }
+}
+
 /* One tensor on both backends with the same bytes: buffers poisoned with
  * 0xff bytes (NaN as F32), then the packed host rows (if any) uploaded. */
 typedef struct {

@@ -422,14 +422,8 @@ static void test_embed(void)
  * ops themselves; test_backend_cuda_layers.c compares the CUDA kernels.) */
 static void test_v4_host_trip(void)
 {
-    mc_backend *dut = B[1];
-    if (dut_is_cuda) { /* a second CUDA backend without its V4 kernels */
-        setenv("MC_CUDA_V4", "host", 1);
-        mc_status st0 = mc_backend_cuda_init(0, &B[1], err_);
-        unsetenv("MC_CUDA_V4");
-        OK(st0);
-        mc_backend_set_sync_checks(B[1], 0);
-    }
+    /* a second CUDA backend without its V4 kernels */
+    mc_backend *dut = dut_swap_env(dut_is_cuda, "MC_CUDA_V4", "host");
     enum { n = 3, E = 6, K = 2, V = 5 };
     float *lh = rnd(n * E, 1.0f);
     int32_t tok[n] = {4, 0, 2}, tab[V * K] = {0, 1, 2, 3, 4, 5, 1, 3, 5, 0};
@@ -479,10 +473,7 @@ static void test_v4_host_trip(void)
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
         pair_free(all[i]);
     free(lh);
-    if (B[1] != dut) {
-        mc_backend_free(B[1]);
-        B[1] = dut;
-    }
+    dut_restore(dut);
 }
 
 static void test_device(void)

@@ -312,6 +312,18 @@ static void layout_free(layout *L)
     free(L->h_pos);
 }
 
+/* L's block table with one block id past the cache: sequence 2's block 7,
+ * a block of its long prefix, which every token of sequence 2 reaches when
+ * it sees its whole prefix; rows ld apart. */
+static void bad_table(const layout *L, int64_t ld, pair *p)
+{
+    int32_t *bt = xmalloc((size_t)NSEQ * L->max_blocks * sizeof *bt);
+    memcpy(bt, L->h_bt, (size_t)NSEQ * L->max_blocks * sizeof *bt);
+    bt[2 * L->max_blocks + 7] = L->n_pages + 2;
+    pair_2d(p, MC_DT_I32, NSEQ, L->max_blocks, ld, bt);
+    free(bt);
+}
+
 static mc_kv_index ix_step(const layout *L, int s)
 {
     return (mc_kv_index){.block_table = L->bt.t[s], .seq = L->seq.t[s], .pos = L->pos.t[s]};
@@ -385,10 +397,7 @@ static void attention_case(int bs, int nh, int nkv, int hd, int vd, int chunk, i
     bad[L.n - 2] = NSEQ;
     pair bseq, bbt, src;
     pair_1d(&bseq, MC_DT_I32, L.n, bad);
-    int32_t *bt = xmalloc((size_t)NSEQ * L.max_blocks * sizeof *bt);
-    memcpy(bt, L.h_bt, (size_t)NSEQ * L.max_blocks * sizeof *bt);
-    bt[2 * L.max_blocks + 7] = L.n_pages + 2; /* sequence 2, a block of its long prefix */
-    pair_2d(&bbt, MC_DT_I32, NSEQ, L.max_blocks, L.max_blocks, bt);
+    bad_table(&L, L.max_blocks, &bbt);
     float *sh = rnd((size_t)L.n * nkv * hd, 1.0f);
     pair_new(&src, MC_DT_F32, 3, (int64_t[]){L.n, nkv, hd}, hd, sh);
     mc_status st[2];
@@ -427,7 +436,6 @@ static void attention_case(int bs, int nh, int nkv, int hd, int vd, int chunk, i
     free(qh);
     free(qsh);
     free(bad);
-    free(bt);
     free(sh);
     layout_free(&L);
 }
@@ -759,11 +767,8 @@ static void v4_index_case(int bs, int R, int ih, int id, int k, int with_rows)
     }
     cmp_i32("v4_index_topk refused: sel untouched", &sel);
     /* refusal: a block id past the cache (sequence 2, a block of its long prefix) */
-    int32_t *bt = xmalloc((size_t)NSEQ * L.max_blocks * sizeof *bt);
-    memcpy(bt, L.h_bt, (size_t)NSEQ * L.max_blocks * sizeof *bt);
-    bt[2 * L.max_blocks + 7] = L.n_pages + 2;
     pair bbt;
-    pair_2d(&bbt, MC_DT_I32, NSEQ, L.max_blocks, L.max_blocks + 1, bt);
+    bad_table(&L, L.max_blocks + 1, &bbt); /* a strided table */
     mc_backend_set_sync_checks(B[1], 1);
     for (int s = 0; s < 2; s++) {
         mc_kv_index ix = {.block_table = bbt.t[s], .seq = L.seq.t[s], .pos = L.pos.t[s]};
@@ -807,7 +812,6 @@ static void v4_index_case(int bs, int R, int ih, int id, int k, int with_rows)
     }
     cmp_i32("v4_index_topk refused: sel untouched (2)", &sel);
     pair_free(&bbt);
-    free(bt);
     pair *all[] = {&kp, &iq, &w, &sel, &nrow, &bpos};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
         pair_free(all[i]);
@@ -1010,9 +1014,10 @@ static void test_v4(void)
     v4_index_case(5, 4, 3, 8, 5, 1);
     v4_index_case(16, 2, 2, 16, 64, 1);
     v4_index_case(5, 1, 4, 12, 7, 0);
-    setenv("MC_CUDA_V4_INDEX_BYTES", "1000", 1); /* the CUDA backend's tokens in chunks of ~2 */
+    /* a CUDA backend scoring its tokens in chunks of ~2 */
+    mc_backend *dut = dut_swap_env(dut_is_cuda, "MC_CUDA_V4_INDEX_BYTES", "1000");
     v4_index_case(5, 4, 3, 8, 5, 1);
-    unsetenv("MC_CUDA_V4_INDEX_BYTES");
+    dut_restore(dut);
     v4_attention_case(5, 3, 40, 8, 4, 0, 0);
     v4_attention_case(16, 2, 64, 128, 4, 1, 0);
     v4_attention_case(5, 4, 33, 4, 2, 2, 9);
