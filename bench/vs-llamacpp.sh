@@ -40,7 +40,7 @@
 #            [--depth D] [--llama-version V] [--keep]
 #   --threads  threads for both engines (default: all CPUs)
 #   --layers   layers of the synth model (default 4; each is 1.2 GB in BF16)
-#   --formats  comma list of q4_k_m, q8_0, bf16 (default q4_k_m,q8_0,bf16)
+#   --formats  comma list of q4_k_m, q5_k_m, q8_0, bf16 (default q4_k_m,q8_0,bf16)
 #   --rounds   rounds per format (default 3)
 #   --reps     repetitions inside each run (default 3)
 #   --quick    smoke run: 1 layer, 1 round, 1 repetition
@@ -95,8 +95,8 @@ case "$version" in
 esac
 IFS=, read -r -a fmts <<<"$formats"
 for f in "${fmts[@]}"; do
-    case "$f" in q4_k_m | q8_0 | bf16) ;; *)
-        echo "vs-llamacpp.sh: --formats: '$f' is not q4_k_m, q8_0 or bf16" >&2; exit 2 ;;
+    case "$f" in q4_k_m | q5_k_m | q8_0 | bf16) ;; *)
+        echo "vs-llamacpp.sh: --formats: '$f' is not q4_k_m, q5_k_m, q8_0 or bf16" >&2; exit 2 ;;
     esac
 done
 

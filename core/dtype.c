@@ -20,6 +20,8 @@ const char *mc_dtype_name(mc_dtype dt)
         return "Q8_0";
     if (dt == MC_DT_Q4_K)
         return "Q4_K";
+    if (dt == MC_DT_Q5_K)
+        return "Q5_K";
     if (dt == MC_DT_Q6_K)
         return "Q6_K";
     return (unsigned)dt < MC_DT_COUNT ? dtype_info[dt].name : "?";
@@ -400,6 +402,32 @@ void mc_dequantize_row_q6_k(const void *src, float *y, int64_t n)
     }
 }
 
+void mc_dequantize_row_q5_k(const void *src, float *y, int64_t n)
+{
+    const unsigned char *p = src;
+    for (int64_t b = 0; b * MC_QK_K < n; b++, p += sizeof(mc_block_q5_k)) {
+        mc_block_q5_k blk; /* (176 bytes) unaligned source: copy */
+        memcpy(&blk, p, sizeof blk);
+        const float d = mc_f16_to_f32(blk.d), dmin = mc_f16_to_f32(blk.dmin);
+        float out[MC_QK_K]; /* (256,) this block */
+        for (int c = 0; c < 4; c++) {
+            uint8_t sc, m;
+            mc_q4_k_scale_min(2 * c, blk.scales, &sc, &m);
+            const float d1 = d * sc, m1 = dmin * m;
+            mc_q4_k_scale_min(2 * c + 1, blk.scales, &sc, &m);
+            const float d2 = d * sc, m2 = dmin * m;
+            const uint8_t *ql = blk.qs + 32 * c;
+            for (int l = 0; l < 32; l++) {
+                int h1 = (blk.qh[l] >> (2 * c)) & 1, h2 = (blk.qh[l] >> (2 * c + 1)) & 1;
+                out[64 * c + l] = d1 * (float)((ql[l] & 0xF) | h1 << 4) - m1;
+                out[64 * c + 32 + l] = d2 * (float)((ql[l] >> 4) | h2 << 4) - m2;
+            }
+        }
+        int64_t m = n - b * MC_QK_K < MC_QK_K ? n - b * MC_QK_K : MC_QK_K;
+        memcpy(y + b * MC_QK_K, out, (size_t)m * sizeof *y);
+    }
+}
+
 int mc_quantize_row(mc_dtype dt, const float *x, void *dst, int64_t n)
 {
     if (dt == MC_DT_Q8_0)
@@ -417,6 +445,8 @@ int mc_dequantize_row(mc_dtype dt, const void *src, float *y, int64_t n)
         mc_dequantize_row_q8_0(src, y, n);
     else if (dt == MC_DT_Q4_K)
         mc_dequantize_row_q4_k(src, y, n);
+    else if (dt == MC_DT_Q5_K)
+        mc_dequantize_row_q5_k(src, y, n);
     else if (dt == MC_DT_Q6_K)
         mc_dequantize_row_q6_k(src, y, n);
     else

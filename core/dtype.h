@@ -20,6 +20,11 @@
  *         and w = d * scales[e / 16] * (q - 32). Read from GGUF files only
  *         (llama.cpp's Q4_K_M keeps some matrices in it); never a --weights
  *         target.
+ *   Q5_K 256 weights in 176 bytes: f16 d | f16 dmin | u8 scales[12] | u8 qh[32] | u8 qs[128]
+ *         Q4_K's scales, mins and nibbles, plus a fifth bit per weight:
+ *         element 64*c + l takes bit 2c of qh[l] and element 64*c + 32 + l
+ *         bit 2c + 1 (c = 0..3, l < 32) as 16; q in 0..31. Read from GGUF
+ *         files only (llama.cpp's Q5_K_S / Q5_K_M); never a --weights target.
  *
  * A row of n weights takes ceil(n / block) blocks (mc_dtype_row_bytes); when
  * n is not a multiple of the block the tail is quantized as zeros, so rows
@@ -48,6 +53,7 @@ typedef enum {
     MC_DT_Q8_0 = 32,
     MC_DT_Q4_K = 33,
     MC_DT_Q6_K = 34,
+    MC_DT_Q5_K = 35,
 } mc_dtype;
 
 #define MC_QK8_0 32 /* weights per Q8_0 block */
@@ -71,21 +77,30 @@ typedef struct {
     uint16_t d;               /* f16 super-block scale */
 } mc_block_q6_k;
 
+typedef struct {
+    uint16_t d, dmin;         /* as Q4_K's */
+    uint8_t scales[12];       /* as Q4_K's */
+    uint8_t qh[MC_QK_K / 8];  /* the fifth bits */
+    uint8_t qs[MC_QK_K / 2];  /* the low nibbles, as Q4_K's */
+} mc_block_q5_k;
+
+_Static_assert(sizeof(mc_block_q5_k) == 176, "Q5_K block is 176 bytes");
 _Static_assert(sizeof(mc_block_q8_0) == 34, "Q8_0 block is 34 bytes");
 _Static_assert(sizeof(mc_block_q6_k) == 210, "Q6_K block is 210 bytes");
 _Static_assert(sizeof(mc_block_q4_k) == 144, "Q4_K block is 144 bytes");
 
 /* Size of one element in bytes; 0 for block formats and unknown values. */
 size_t mc_dtype_size(mc_dtype dt);
-/* safetensors spelling ("BF16", "F8_E4M3", ...); "Q8_0", "Q4_K", "Q6_K" for the block formats. */
+/* safetensors spelling ("BF16", "F8_E4M3", ...); "Q8_0", "Q4_K", "Q5_K", "Q6_K" for the
+ * block formats. */
 const char *mc_dtype_name(mc_dtype dt);
 /* Parses a safetensors dtype string; returns -1 if unknown (and for block formats). */
 int mc_dtype_from_name(const char *s, mc_dtype *out);
 
-/* True for Q8_0 / Q4_K / Q6_K. */
+/* True for Q8_0 / Q4_K / Q5_K / Q6_K. */
 static inline int mc_dtype_is_block(mc_dtype dt)
 {
-    return dt == MC_DT_Q8_0 || dt == MC_DT_Q4_K || dt == MC_DT_Q6_K;
+    return dt == MC_DT_Q8_0 || dt == MC_DT_Q4_K || dt == MC_DT_Q5_K || dt == MC_DT_Q6_K;
 }
 /* Elements per block (1 for element types, 0 if unknown) and bytes per
  * block. Inline: decode works out a row's address per row. */
@@ -93,7 +108,7 @@ static inline int mc_dtype_block_elems(mc_dtype dt)
 {
     if (dt == MC_DT_Q8_0)
         return MC_QK8_0;
-    if (dt == MC_DT_Q4_K || dt == MC_DT_Q6_K)
+    if (dt == MC_DT_Q4_K || dt == MC_DT_Q5_K || dt == MC_DT_Q6_K)
         return MC_QK_K;
     return mc_dtype_size(dt) ? 1 : 0;
 }
@@ -103,6 +118,8 @@ static inline size_t mc_dtype_block_bytes(mc_dtype dt)
         return sizeof(mc_block_q8_0);
     if (dt == MC_DT_Q4_K)
         return sizeof(mc_block_q4_k);
+    if (dt == MC_DT_Q5_K)
+        return sizeof(mc_block_q5_k);
     if (dt == MC_DT_Q6_K)
         return sizeof(mc_block_q6_k);
     return mc_dtype_size(dt);
@@ -135,7 +152,10 @@ void mc_dequantize_row_q4_k(const void *src, float *y, int64_t n);
 /* Q6_K: rounded as llama.cpp's dequantize_row_q6_K, (d * scale) * (q - 32)
  * in f32, so the floats are the same bit for bit. */
 void mc_dequantize_row_q6_k(const void *src, float *y, int64_t n);
-/* Dispatch on dt (quantize: Q8_0 or Q4_K; dequantize: also Q6_K); returns
+/* Q5_K: rounded as llama.cpp's dequantize_row_q5_K, (d * sc) * q - (dmin * m)
+ * in f32. */
+void mc_dequantize_row_q5_k(const void *src, float *y, int64_t n);
+/* Dispatch on dt (quantize: Q8_0 or Q4_K; dequantize: also Q5_K, Q6_K); returns
  * -1 for other dtypes. */
 int mc_quantize_row(mc_dtype dt, const float *x, void *dst, int64_t n);
 int mc_dequantize_row(mc_dtype dt, const void *src, float *y, int64_t n);

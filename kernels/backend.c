@@ -374,9 +374,9 @@ int mc_tensor_check(const mc_tensor *t, const char *what, mc_err *err)
     }
     if (t->pack != 0 &&
         ((t->pack != 1 || t->dtype != MC_DT_Q8_0) && (t->pack != 2 || t->dtype != MC_DT_Q6_K) &&
-         (t->pack != 3 || t->dtype != MC_DT_Q4_K))) {
+         (t->pack != 3 || t->dtype != MC_DT_Q4_K) && (t->pack != 4 || t->dtype != MC_DT_Q5_K))) {
         mc_err_set(err, MC_ERR_ARG, "%s: repacked rows (layout %d) on a %s tensor (layout 1 is "
-                   "Q8_0's, 2 Q6_K's, 3 Q4_K's)", what, t->pack, mc_dtype_name(t->dtype));
+                   "Q8_0's, 2 Q6_K's, 3 Q4_K's, 4 Q5_K's)", what, t->pack, mc_dtype_name(t->dtype));
         return 0;
     }
     if (t->pack != 0 && !t->buf->be->iface.host_memory) {

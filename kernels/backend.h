@@ -56,7 +56,7 @@ typedef enum { MC_DEVICE_CPU = 0, MC_DEVICE_GPU, MC_DEVICE_COUNT } mc_device_kin
 typedef struct {
     mc_buffer *buf;
     size_t offset;          /* bytes from the buffer's start to element 0 */
-    mc_dtype dtype;         /* F32, F16, BF16, F8_E4M3, Q8_0, Q4_K, I32, I64 */
+    mc_dtype dtype;         /* F32, F16, BF16, F8_E4M3, Q8_0, Q4_K, Q5_K, Q6_K, I32, I64 */
     int ndim;               /* 1..MC_TENSOR_MAX_DIMS */
     int64_t shape[MC_TENSOR_MAX_DIMS];
     int64_t row_stride;     /* elements between consecutive rows (>= the columns) */
@@ -69,7 +69,7 @@ typedef struct {
     int64_t scale_cols;
     int block_rows, block_cols;
     /* The rows' layout (kernels.h MC_MAT_PACK_*): 0 as stored; 1 (Q8_0),
-     * 2 (Q6_K) or 3 (Q4_K) rows repacked for the CPU kernels at load (mc_mat_pack: a 2-D
+     * 2 (Q6_K), 3 (Q4_K) or 4 (Q5_K) rows repacked for the CPU kernels at load (mc_mat_pack: a 2-D
      * weight, columns a multiple of 256, rows contiguous). Only the CPU
      * backend reads them; row views keep the layout, column views are refused. */
     int pack;

@@ -19,7 +19,7 @@ mc_status mc_op_matmul(mc_backend *be, const mc_tensor *w, const mc_tensor *x, m
         return FAIL_ARG();
     if (w->ndim != 2 || !mc_backend_is_weight_dtype(w->dtype))
         return mc_err_set(err, MC_ERR_ARG, "matmul: w is %s with %d dimensions (want a 2-D weight "
-                          "in F32, F16, BF16, F8_E4M3, Q8_0, Q4_K or Q6_K)", mc_dtype_name(w->dtype),
+                          "in F32, F16, BF16, F8_E4M3, Q8_0, Q4_K, Q5_K or Q6_K)", mc_dtype_name(w->dtype),
                           w->ndim);
     if (mc_tensor_cols(x) != w->shape[1])
         return mc_err_set(err, MC_ERR_ARG, "matmul: x has %lld columns, w has %lld inputs",

@@ -60,7 +60,8 @@ enum {
     MC_MAT_PACK_NONE = 0,
     MC_MAT_PACK_Q8_0_X16 = 1,
     MC_MAT_PACK_Q6_K_X16 = 2,
-    MC_MAT_PACK_Q4_K_X16 = 3
+    MC_MAT_PACK_Q4_K_X16 = 3,
+    MC_MAT_PACK_Q5_K_X16 = 4
 };
 /* MC_MAT_PACK_Q4_K_X16: a row of nb Q4_K super-blocks keeps its 144 nb
  * bytes: first the nibbles, per pair of super-blocks (its 16 sub-blocks of
@@ -69,6 +70,14 @@ enum {
  * and value 8p + 4 + c in its high one; an odd last super-block likewise in
  * four 32-byte vectors (8 lanes); then each super-block's 16-byte header as
  * stored (d, dmin, the 12 bytes of 6-bit scales and mins). */
+/* MC_MAT_PACK_Q5_K_X16: a row of nb Q5_K super-blocks keeps its 176 nb
+ * bytes: first the low nibbles exactly as MC_MAT_PACK_Q4_K_X16's (128 nb
+ * bytes), then the fifth bits as masks, per pair of super-blocks 64 bytes:
+ * eight little-endian 64-bit masks, mask 2p + h bit i the fifth bit of the
+ * value whose nibble is the low (h 0) or high (h 1) one of byte i of the
+ * pair's nibble vector N_p (an odd last super-block: eight 32-bit masks
+ * over its 32-byte vectors); then each super-block's 16-byte header (d,
+ * dmin, the 12 bytes of scales and mins) as stored. */
 /* MC_MAT_PACK_Q6_K_X16: each Q6_K block keeps its 210 bytes and its scales
  * and d in place; its 256 six-bit values are reordered so that, with
  * V_k[4j + c] = value 16j + 4k + c (k < 4: four values of each of the 16
@@ -78,7 +87,7 @@ enum {
  * masks give four vectors whose vpdpbusd leave sub-block j's sum in lane j. */
 
 /* Rewrites w's rows in place into the current kernel path's repacked
- * layout for its dtype when the path reads one (avx512: Q8_0, Q4_K and Q6_K
+ * layout for its dtype when the path reads one (avx512: Q8_0, Q4_K, Q5_K and Q6_K
  * rows of a multiple of 256 columns, contiguous, not transposed) and sets w->pack;
  * returns 1 if it did, 0 if w stays as it is. w->data must be writable
  * memory the caller owns (a copy, not a file mapping). Products and

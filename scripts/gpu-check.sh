@@ -13,7 +13,7 @@
 #      judged; the decode runs once more with MC_STEP_GRAPHS=1 (CUDA graphs) at the same bar
 #      (and whether its bits are the f32 path's); qwen3-moe-tiny once more under mpirun -np 2 --ep 2 (the ep exchange on the data
 #      plane the ranks choose: nccl with a GPU each, staged through host memory when they share one);
-#      and its Q8_0 / Q4_K / Q6_K GGUFs (RUNTIME_DIR/gguf, written by gpu-prepare.sh) on the GPU
+#      and its Q8_0 / Q4_K / Q5_K / Q6_K GGUFs (RUNTIME_DIR/gguf, written by gpu-prepare.sh) on the GPU
 #      against the same file on the CPU at 1e-4, full, decode, and decode as graphs;
 #   3. the NCCL transport's round trip (test_comm_nccl: one rank; under mpirun -np 2 with two GPUs,
 #      or, with one, the refusal of two ranks on one GPU);
@@ -205,8 +205,10 @@ else
         fi
     fi
     # llama.cpp's block formats: GGUFs of qwen3-moe-tiny written by gpu-prepare.sh (Q8_0, Q4_K
-    # with Q8_0 downs, Q6_K) on --device cuda against the same file on this machine's CPU (the
-    # experts' grouped launch for block formats; the decode also as graphs, which now capture)
+    # with Q8_0 downs, Q5_K, Q6_K) on --device cuda against the same file on this machine's CPU
+    # (the experts' grouped launch for block formats; the decode also as graphs, which now
+    # capture); Q5_K against the CPU acting as a device, which converts it to the same Q8_0
+    # blocks as a GPU session does (the CPU proper reads Q5_K itself)
     dir=tests/fixtures/models/qwen3-moe-tiny
     ggufs=(); [ -n "$rt" ] && [ -d "$rt/gguf" ] && ggufs=("$rt"/gguf/*.gguf)
     if [ ${#ggufs[@]} = 0 ] || [ ! -f "${ggufs[0]}" ]; then
@@ -219,14 +221,15 @@ else
     for f in "${ggufs[@]}"; do
         [ -f "$f" ] || continue
         name=$(basename "$f" .gguf) t0=$SECONDS st=ok res=()
+        renv=(); case "$name" in *q5_k*) renv=(MC_CPU_AS_DEVICE=1) ;; esac
         for mode in full decode graphs; do
             t=$(limit 40); [ "$t" = 0 ] && { res+=("$mode: skipped (time budget)"); [ "$st" = ok ] && st=skipped; break; }
             extra=(); [ "$mode" != full ] && extra=(--decode-from "$half")
             env_=(); [ "$mode" = graphs ] && env_=(MC_STEP_GRAPHS=1)
             ref=$gout/gguf.$name.$mode.cpu.safetensors o=$gout/gguf.$name.$mode.cuda.safetensors
             l=$gout/gguf.$name.$mode.log
-            if timeout "$t" "$mc" score --device cpu --model "$f" --input "$dir/golden.safetensors" \
-                --output "$ref" "${extra[@]}" >"$l" 2>&1 &&
+            if env "${renv[@]}" timeout "$t" "$mc" score --device cpu --model "$f" \
+                --input "$dir/golden.safetensors" --output "$ref" "${extra[@]}" >"$l" 2>&1 &&
                 env "${env_[@]}" timeout "$t" "$mc" score --device cuda --model "$f" \
                     --input "$dir/golden.safetensors" --output "$o" "${extra[@]}" >>"$l" 2>&1 &&
                 "$cmp" "$o" "$ref" 1e-4 0.99 >>"$l" 2>&1; then

@@ -29,7 +29,7 @@ done
 # qwen3-moe-tiny as llama.cpp's block formats (gpu-check compares --device cuda with the CPU on
 # them): written here, where the gguf package is (scripts/setup.sh installs it)
 mkdir -p "$out/gguf"
-for t in q8_0 q4_k q6_k; do
+for t in q8_0 q4_k q5_k q6_k; do
     if ! python3 tests/fixtures/gguf/st_to_gguf.py tests/fixtures/models/qwen3-moe-tiny \
         "$out/gguf/qwen3-moe-tiny-$t.gguf" --type "$t" >/dev/null 2>"$out/gguf/$t.err"; then
         echo "gpu-prepare: no $t GGUF (gpu-check skips it): $(tail -1 "$out/gguf/$t.err")" >&2

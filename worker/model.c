@@ -152,6 +152,7 @@ static mc_status bind_mat(mc_model *m, mc_tensor_role role, int layer, int exper
     case MC_DT_BF16:
     case MC_DT_Q8_0: /* pre-quantized shards (moecluster shard --weights q8_0|q4_k) */
     case MC_DT_Q4_K:
+    case MC_DT_Q5_K: /* GGUF files (llama.cpp's Q5_K_S / Q5_K_M) */
     case MC_DT_Q6_K: /* GGUF files (llama.cpp's Q4_K_M keeps some matrices in it) */
         return MC_OK;
     case MC_DT_F8_E4M3:

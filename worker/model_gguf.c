@@ -1,7 +1,6 @@
 /* model_gguf.c - GGUF files as a model source (model_gguf.h): detection,
  * opening (the description through model_gguf_config.c), and roles -> GGUF
- * tensors -> st_tensor views, with the Q5_K conversion and deepseek2's
- * kv_b join. */
+ * tensors -> st_tensor views, with deepseek2's kv_b join. */
 #include "model_gguf_internal.h"
 
 #include "dtype.h"
@@ -140,7 +139,7 @@ static mc_status dtype_of(const mc_gguf_model *m, const mc_gguf_tensor *t, mc_dt
     case MC_GGML_Q8_0: *dt = MC_DT_Q8_0; return MC_OK;
     case MC_GGML_Q4_K: *dt = MC_DT_Q4_K; return MC_OK;
     case MC_GGML_Q6_K: *dt = MC_DT_Q6_K; return MC_OK;
-    case MC_GGML_Q5_K: *dt = MC_DT_Q8_0; return MC_OK; /* converted */
+    case MC_GGML_Q5_K: *dt = MC_DT_Q5_K; return MC_OK;
     default: break;
     }
     const char *tn = mc_ggml_type_name(t->type);
@@ -148,35 +147,6 @@ static mc_status dtype_of(const mc_gguf_model *m, const mc_gguf_tensor *t, mc_dt
                       "%s: tensor '%s' has ggml type %s, which the loader does not read (F32, "
                       "F16, BF16, Q8_0, Q4_K, Q5_K, Q6_K)",
                       m->path, t->name, tn ? tn : "?");
-}
-
-/* llama.cpp's Q5_K (ggml-common.h block_q5_K, 176 bytes per 256 weights:
- * f16 d, f16 dmin, u8 scales[12] (6-bit scale and min per 32 weights, packed
- * as Q4_K's), u8 qh[32] (the fifth bits), u8 qs[128] (low nibbles)) -> f32,
- * rounded as dequantize_row_q5_K: w = (d * sc) * q - (dmin * m), q in 0..31;
- * qs[32c + l] holds weight 64c + l (low nibble) and 64c + 32 + l (high),
- * their fifth bits are bits 2c and 2c + 1 of qh[l]. n a multiple of 256. */
-static void dequant_q5_k_row(const unsigned char *p, float *y, int64_t n)
-{
-    for (int64_t b = 0; b < n / MC_QK_K; b++, p += 176) {
-        uint16_t dh, mh;
-        memcpy(&dh, p, 2);
-        memcpy(&mh, p + 2, 2);
-        const float d = mc_f16_to_f32(dh), dmin = mc_f16_to_f32(mh);
-        const uint8_t *scales = p + 4, *qh = p + 16, *ql = p + 48;
-        for (int c = 0; c < 4; c++, ql += 32, y += 64) { /* y: (64,) of this pair */
-            uint8_t sc, m;
-            mc_q4_k_scale_min(2 * c, scales, &sc, &m);
-            const float d1 = d * sc, m1 = dmin * m;
-            mc_q4_k_scale_min(2 * c + 1, scales, &sc, &m);
-            const float d2 = d * sc, m2 = dmin * m;
-            const uint8_t u1 = (uint8_t)(1u << (2 * c)), u2 = (uint8_t)(2u << (2 * c));
-            for (int l = 0; l < 32; l++) {
-                y[l] = d1 * (float)((ql[l] & 0xF) + (qh[l] & u1 ? 16 : 0)) - m1;
-                y[l + 32] = d2 * (float)((ql[l] >> 4) + (qh[l] & u2 ? 16 : 0)) - m2;
-            }
-        }
-    }
 }
 
 /* One stored row of n elements of GGUF type `type` as f32 (types dtype_of
@@ -196,34 +166,10 @@ static void row_f32(uint32_t type, const void *src, int64_t n, float *dst)
         break;
     case MC_GGML_Q8_0: mc_dequantize_row(MC_DT_Q8_0, p, dst, n); break;
     case MC_GGML_Q4_K: mc_dequantize_row(MC_DT_Q4_K, p, dst, n); break;
-    case MC_GGML_Q5_K: dequant_q5_k_row(p, dst, n); break;
+    case MC_GGML_Q5_K: mc_dequantize_row_q5_k(p, dst, n); break;
     case MC_GGML_Q6_K: mc_dequantize_row_q6_k(p, dst, n); break;
     default: memset(dst, 0, (size_t)n * sizeof *dst); break; /* refused by dtype_of first */
     }
-}
-
-/* Q5_K rows -> Q8_0 rows: each row decoded to f32 as llama.cpp
- * decodes it (row_f32), then the Q8_0 reference quantizer; *dst (malloc'd,
- * the caller frees) holds rows * mc_dtype_row_bytes(Q8_0, cols). */
-static mc_status to_q8_0(uint32_t type, const void *src, size_t in_row, int64_t rows, int64_t cols,
-                         void **dst, mc_err *err)
-{
-    size_t out_row = mc_dtype_row_bytes(MC_DT_Q8_0, cols);
-    unsigned char *q = malloc((size_t)rows * out_row);
-    float *f = malloc((size_t)cols * sizeof *f); /* (cols,) one row */
-    if (!q || !f) {
-        free(q);
-        free(f);
-        return mc_err_set(err, MC_ERR_NOMEM, "out of memory converting a %s tensor",
-                          mc_ggml_type_name(type));
-    }
-    for (int64_t r = 0; r < rows; r++) {
-        row_f32(type, (const unsigned char *)src + (size_t)r * in_row, cols, f);
-        mc_quantize_row_q8_0(f, q + (size_t)r * out_row, cols);
-    }
-    free(f);
-    *dst = q;
-    return MC_OK;
 }
 
 static size_t row_bytes_of(const mc_gguf_tensor *t)
@@ -392,17 +338,8 @@ mc_status mc_gguf_model_find(mc_gguf_model *m, mc_tensor_role role, int layer, i
     s->dtype = dt;
     s->numel = (uint64_t)rows * (uint64_t)cols;
     s->path = t->path;
-    if (t->type == MC_GGML_Q5_K) {
-        if ((st = to_q8_0(t->type, src, in_row, rows, cols, &v->conv, err)) != MC_OK) {
-            free(v);
-            return st;
-        }
-        s->data = v->conv;
-        s->nbytes = (uint64_t)rows * mc_dtype_row_bytes(MC_DT_Q8_0, cols);
-    } else {
-        s->data = src;
-        s->nbytes = (uint64_t)rows * in_row;
-    }
+    s->data = src;
+    s->nbytes = (uint64_t)rows * in_row;
     v->next = m->views;
     m->views = v;
     *out = s;

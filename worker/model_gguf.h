@@ -9,16 +9,15 @@
  * MODEL_TENSORS); docs/gguf.md lists the table.
  *
  * Tensors are handed out as st_tensor views (PyTorch dim order: GGUF ne
- * reversed) into the file's read-only mapping: F32, F16, BF16, Q8_0 and
- * Q4_K as stored (the kernels' blocks are llama.cpp's, byte for byte);
- * Q6_K and Q5_K are converted once at load to Q8_0 (dequantized to f32
- * exactly as llama.cpp does, then quantized by the Q8_0 reference
- * quantizer), into memory the source owns. A stacked expert tensor (ne [in, out, E]) gives
+ * reversed) into the file's read-only mapping: F32, F16, BF16, Q8_0, Q4_K,
+ * Q5_K and Q6_K as stored (the kernels' blocks are llama.cpp's, byte for
+ * byte; a device session converts Q5_K to Q8_0 after the load,
+ * mc_model_convert). A stacked expert tensor (ne [in, out, E]) gives
  * one expert's [out, in] slice per request. Other ggml types are refused
  * by name.
  *
  * Lifetimes: the source owns the GGUF mapping, the st_tensor views and the
- * converted Q6_K copies; all live until mc_gguf_model_close.
+ * joined kv_b copies; all live until mc_gguf_model_close.
  */
 #ifndef MC_MODEL_GGUF_H
 #define MC_MODEL_GGUF_H

@@ -15,7 +15,7 @@
  * any converted data live with it. */
 typedef struct gg_view {
     st_tensor t;
-    void *conv;        /* converted data (Q6_K -> Q8_0, a joined kv_b), or NULL */
+    void *conv;        /* a joined kv_b, or NULL */
     struct gg_view *next;
     char name[];
 } gg_view;

@@ -154,6 +154,63 @@ static inline mc_status mc_model_quantize(mc_model *m, mc_dtype target, mc_err *
     return st;
 }
 
+/* Every bound matrix of dtype `from` (the decoder stack's, routers and
+ * indexers included, the embedding and the LM head) converted to `to`
+ * (Q8_0 or another mc_mat_quantize target) as stored rows, never repacked:
+ * for a device backend without kernels for `from` (the CUDA backend and
+ * Q5_K: each row decoded as llama.cpp decodes it, then the Q8_0 reference
+ * quantizer, as `--weights q8_0` would). A tied LM head stays the
+ * embedding. */
+static inline mc_status mc_model_convert(mc_model *m, mc_dtype from, mc_dtype to, mc_err *err)
+{
+    if (m->v4)
+        return MC_OK;
+    const mc_model_desc *d = &m->d;
+    mc_status st = MC_OK;
+    int tied = m->lm_head.data == m->embed.data;
+#define CONV(w)                                                                                    \
+    do {                                                                                           \
+        mc_mat *w_ = (w);                                                                          \
+        if (st == MC_OK && w_->data && w_->rows > 0 && w_->cols > 0 && w_->dtype == from) {       \
+            mc_mat q;                                                                              \
+            void *store;                                                                           \
+            mc_err qe;                                                                             \
+            mc_err_clear(&qe);                                                                     \
+            st = mc_mat_quantize(w_, to, &q, &store, &qe);                                         \
+            if (st == MC_ERR_FORMAT)                                                               \
+                st = mc_nf_blame_mat(m, w_->data, qe.msg, err);                                    \
+            else if (st != MC_OK)                                                                  \
+                st = mc_err_set(err, st, "%s", qe.msg);                                            \
+            else if (!mc_model_own(m, store))                                                      \
+                st = mc_err_set(err, MC_ERR_NOMEM, "out of memory");                               \
+            else                                                                                   \
+                *w_ = q;                                                                           \
+        }                                                                                          \
+    } while (0)
+    for (int l = 0; l < d->n_layers && st == MC_OK; l++) {
+        mc_layer_w *w = &m->layers[l];
+        mc_mat *one[] = {&w->q_a,         &w->q_b,        &w->q_proj,       &w->kv_a,
+                         &w->kv_b,        &w->wq,         &w->wk,           &w->wv,
+                         &w->wo,          &w->idx_wq_b,   &w->idx_wk,       &w->idx_weights,
+                         &w->router,      &w->dense.gate, &w->dense.up,     &w->dense.down,
+                         &w->shared.gate, &w->shared.up,  &w->shared.down};
+        for (size_t i = 0; i < sizeof one / sizeof one[0]; i++)
+            CONV(one[i]);
+        for (int e = 0; w->moe && w->experts && e < d->n_experts; e++) {
+            CONV(&w->experts[e].gate);
+            CONV(&w->experts[e].up);
+            CONV(&w->experts[e].down);
+        }
+    }
+    CONV(&m->embed);
+    if (tied)
+        m->lm_head = m->embed;
+    else
+        CONV(&m->lm_head);
+#undef CONV
+    return st;
+}
+
 /* One mc_mats_copy of the bound, non-empty matrices in mats[0..n) (NULL
  * entries and matrices not bound on this rank skipped): they then point
  * into one huge-page buffer owned by m. */

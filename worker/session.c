@@ -138,12 +138,18 @@ mc_status mc_session_load(mc_session *s, const mc_session_opts *o, mc_err *err) 
     s->m->stored_layout = !mc_backend_host_memory(s->be); /* a device reads rows as stored */
     /* --weights: every rank converts the share it bound (same inputs, same outcome) */
     if (o->weights_given && (st = mc_session_quantize(s, o->weights, err)) != MC_OK) return st;
+    /* Q5_K (GGUF files: what --weights left in it, the embedding at least): the CPU
+     * kernels read it, a device gets Q8_0 rows */
+    if (s->m->stored_layout &&
+        (st = mc_session_agree(s, mc_model_convert(s->m, MC_DT_Q5_K, MC_DT_Q8_0, err), err)) !=
+            MC_OK)
+        return st;
     /* --no-mmap: as stored, into RAM on huge pages (a GPU backend uploads anyway); also
-     * by default when the CPU kernels read Q8_0, Q4_K or Q6_K repacked (mc_mat_pack) and the
+     * by default when the CPU kernels read Q8_0, Q4_K, Q5_K or Q6_K repacked (mc_mat_pack) and the
      * model stores such matrices: the copies are made in that layout. Every rank agrees, each
      * on its own share (whether one copies need not be the same everywhere). */
     if (!o->weights_given && !s->m->stored_layout) {
-        static const mc_dtype packed[] = {MC_DT_Q8_0, MC_DT_Q4_K, MC_DT_Q6_K};
+        static const mc_dtype packed[] = {MC_DT_Q8_0, MC_DT_Q4_K, MC_DT_Q5_K, MC_DT_Q6_K};
         bool copy = o->resident;
         for (size_t i = 0; i < sizeof packed / sizeof packed[0] && !copy; i++)
             copy = mc_kernels_packs(packed[i]) && mc_model_maps_dtype(s->m, packed[i]);
@@ -153,9 +159,10 @@ mc_status mc_session_load(mc_session *s, const mc_session_opts *o, mc_err *err) 
     int p8 = mc_model_count_mats(s->m, mc_model_packed_, MC_MAT_PACK_Q8_0_X16);
     int p6 = mc_model_count_mats(s->m, mc_model_packed_, MC_MAT_PACK_Q6_K_X16);
     int p4 = mc_model_count_mats(s->m, mc_model_packed_, MC_MAT_PACK_Q4_K_X16);
-    if (p8 + p6 + p4 > 0)
-        MC_INFO("weights: %d Q8_0, %d Q4_K and %d Q6_K matrices repacked at load for the %s "
-                "kernels", p8, p4, p6, mc_kpath_name(mc_kernels_path()));
+    int p5 = mc_model_count_mats(s->m, mc_model_packed_, MC_MAT_PACK_Q5_K_X16);
+    if (p8 + p6 + p5 + p4 > 0)
+        MC_INFO("weights: %d Q8_0, %d Q4_K, %d Q5_K and %d Q6_K matrices repacked at load for "
+                "the %s kernels", p8, p4, p5, p6, mc_kpath_name(mc_kernels_path()));
     if (o->stats) /* agreed: a rank that cannot count must not leave the others in a step */
         return mc_session_agree(s, mc_stats_enable(s->m, err), err);
     return MC_OK;

@@ -889,6 +889,7 @@ static void init_once(void)
     mc_kops_amx.int8_burn = int8_burn;
     mc_kops_amx.packs_q8_0 = 0; /* its tiles read Q8_0 rows as stored */
     mc_kops_amx.packs_q4_k = 0; /* its tiles read Q4_K rows as stored */
+    mc_kops_amx.packs_q5_k = 0; /* its pack_qact is its own (as for Q6_K) */
     mc_kops_amx.packs_q6_k = 0; /* its pack_qact is its own (the avx512 repack of Q6_K tokens is not made) */
     {
         unsigned a, b, c, d; /* CPUID.(7,0):EDX[22] AMX-BF16 */

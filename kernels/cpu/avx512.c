@@ -652,7 +652,7 @@ static size_t pack_qact_bytes(const mc_mat *w, int n)
     if (w->pack == MC_MAT_PACK_Q6_K_X16)
         return mc_avx512_q6_k_x16_act_bytes(w, n);
     size_t k32 = (size_t)(w->cols / MC_QK8_0);
-    if (w->pack == MC_MAT_PACK_Q4_K_X16) /* the same interleave as Q8_0's blocks */
+    if (w->pack == MC_MAT_PACK_Q4_K_X16 || w->pack == MC_MAT_PACK_Q5_K_X16) /* as Q8_0's blocks */
         return (size_t)n * (k32 * 32 + 2 * q4k_pair_lanes(w->cols / MC_QK_K) * sizeof(float));
     if (w->pack != MC_MAT_PACK_Q8_0_X16)
         return 0;
@@ -1173,22 +1173,27 @@ AI __m128i q4_k_scales(const unsigned char *p)
  * accumulated in int32: exact) per 64 bytes and token; the mins through
  * vpmaddwd of m_j and the per-32 activation sums, subtracted in the same
  * f32 accumulator. */
-AI void q4_k_row(int T, const unsigned char *row, const int8_t *xq, const float *xd,
+AI void q4_k_row(int T, int five, const unsigned char *row, const int8_t *xq, const float *xd,
                  const int16_t *bs, int kp, int nb, const __m512i *sidx, float *y, int ldy)
 {
-    const __m512i m4 = _mm512_set1_epi8(0x0f);
+    const __m512i m4 = _mm512_set1_epi8(0x0f), one = _mm512_set1_epi8(1);
     const __m512i shv = _mm512_set_epi64(4, 4, 4, 4, 0, 0, 0, 0);
+    const size_t bbytes = five ? sizeof(mc_block_q5_k) : sizeof(mc_block_q4_k);
     __m512 acc[8];
 #pragma GCC unroll 8
     for (int t = 0; t < T; t++)
         acc[t] = _mm512_setzero_ps();
     for (int b = 0; b < nb; b++) {
-        const unsigned char *blk = row + (size_t)b * sizeof(mc_block_q4_k);
-        if (T == 1) { /* decode: the row stream, 144 bytes a block */
+        const unsigned char *blk = row + (size_t)b * bbytes;
+        if (T == 1) { /* decode: the row stream, 144 (Q5_K 176) bytes a block */
             _mm_prefetch((const char *)blk + PF_BYTES, _MM_HINT_T0);
             _mm_prefetch((const char *)blk + PF_BYTES + 64, _MM_HINT_T0);
             _mm_prefetch((const char *)blk + PF_BYTES + 128, _MM_HINT_T0);
         }
+        /* Q5_K: the fifth bits (bit 2c of qh[l] for value 64c + l, 2c + 1 for 64c + 32 + l)
+         * in both halves, for the lower's and the upper's shifts */
+        __m512i qhb = five ? _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(blk + 16)))
+                           : _mm512_setzero_si512();
         uint32_t hh;
         memcpy(&hh, blk, 4);
         __m128 dd = _mm_cvtph_ps(_mm_cvtsi32_si128((int)hh)); /* d, dmin */
@@ -1196,7 +1201,7 @@ AI void q4_k_row(int T, const unsigned char *row, const int8_t *xq, const float 
         __m128i sm = q4_k_scales(blk + 4);
         __m512i sc = _mm512_castsi128_si512(_mm_cvtepu8_epi16(sm));
         __m128i m16 = _mm_cvtepu8_epi16(_mm_unpackhi_epi64(sm, sm));
-        const unsigned char *qs = blk + 16;
+        const unsigned char *qs = blk + (five ? 48 : 16);
         __m512i sumi[8];
 #pragma GCC unroll 8
         for (int t = 0; t < T; t++)
@@ -1208,6 +1213,11 @@ AI void q4_k_row(int T, const unsigned char *row, const int8_t *xq, const float 
                 _mm512_srlv_epi64(_mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(qs + 32 * c))),
                                   shv),
                 m4);
+            if (five) { /* + 16 x the fifth bit: bit 2c (lower half), 2c + 1 (upper) */
+                __m512i sh = _mm512_set_epi64(2 * c + 1, 2 * c + 1, 2 * c + 1, 2 * c + 1, 2 * c,
+                                              2 * c, 2 * c, 2 * c);
+                q = _mm512_or_si512(q, _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi64(qhb, sh), one), 4));
+            }
             __m512i s16 = _mm512_permutexvar_epi16(sidx[c], sc);
 #pragma GCC unroll 8
             for (int t = 0; t < T; t++) {
@@ -1240,14 +1250,15 @@ AI void q4_k_row(int T, const unsigned char *row, const int8_t *xq, const float 
  * 8 vpdpbusd (unsigned nibbles x int8: each lane the exact sum of its
  * sub-block) in two chains, then acc += S (d sc dx) - (dmin m) (X dx) per
  * lane, X the sub-block's activation sum. */
-AI void q4_k_row_x16(int T, const unsigned char *row, const int8_t *xi, size_t xs,
+AI void q4_k_row_x16(int T, int five, const unsigned char *row, const int8_t *xi, size_t xs,
                      const float *xf, size_t fs, int nb, float *y, int ldy)
 {
     const size_t nbe8 = q4k_pair_lanes(nb); /* the sums' offset in a token's floats */
     const __m512i m4 = _mm512_set1_epi8(0x0f), z = _mm512_setzero_si512();
+    const __m512i v16 = _mm512_set1_epi8(16);
     const __m256i didx = _mm256_set_epi16(8, 8, 8, 8, 8, 8, 8, 8, 0, 0, 0, 0, 0, 0, 0, 0);
     const __m256i midx = _mm256_set_epi16(9, 9, 9, 9, 9, 9, 9, 9, 1, 1, 1, 1, 1, 1, 1, 1);
-    const unsigned char *hdr = row + (size_t)nb * 128;
+    const unsigned char *hdr = row + (size_t)nb * (five ? 160 : 128);
     __m512 acc[8];
 #pragma GCC unroll 8
     for (int t = 0; t < T; t++)
@@ -1255,6 +1266,8 @@ AI void q4_k_row_x16(int T, const unsigned char *row, const int8_t *xi, size_t x
     for (int b = 0; b < nb; b += 2) {
         int two = b + 1 < nb; /* a pair; else the last block, lanes 0..7 */
         const unsigned char *q = row + (size_t)b * 128;
+        /* Q5_K: the pair's fifth bits, 8 masks of 64 (an odd last block: of 32) */
+        const unsigned char *mk = row + (size_t)nb * 128 + (size_t)b / 2 * 64;
         __m512i v[8];
 #pragma GCC unroll 4
         for (int p = 0; p < 4; p++) {
@@ -1263,8 +1276,28 @@ AI void q4_k_row_x16(int T, const unsigned char *row, const int8_t *xi, size_t x
             v[2 * p] = _mm512_and_si512(n, m4);
             /* few tokens: the high nibbles in place (16 x the value; the s1 chain's sum
              * is then 16 x the sub-block's, at most 16 x 16 x 15 x 128 in a lane, and
-             * shifted back exactly once per token), else moved down once for all */
-            v[2 * p + 1] = T <= 3 ? _mm512_andnot_si512(m4, n) : _mm512_and_si512(_mm512_srli_epi16(n, 4), m4);
+             * shifted back exactly once per token), else moved down once for all; Q5_K
+             * always moved down (its five bits would not fit in place) */
+            v[2 * p + 1] = T <= 3 && !five ? _mm512_andnot_si512(m4, n)
+                                           : _mm512_and_si512(_mm512_srli_epi16(n, 4), m4);
+            if (five) {
+                __mmask64 k0, k1;
+                if (two) {
+                    uint64_t u0, u1;
+                    memcpy(&u0, mk + 16 * p, 8);
+                    memcpy(&u1, mk + 16 * p + 8, 8);
+                    k0 = _cvtu64_mask64(u0);
+                    k1 = _cvtu64_mask64(u1);
+                } else {
+                    uint32_t u0, u1;
+                    memcpy(&u0, mk + 8 * p, 4);
+                    memcpy(&u1, mk + 8 * p + 4, 4);
+                    k0 = _cvtu64_mask64(u0);
+                    k1 = _cvtu64_mask64(u1);
+                }
+                v[2 * p] = _mm512_mask_add_epi8(v[2 * p], k0, v[2 * p], v16);
+                v[2 * p + 1] = _mm512_mask_add_epi8(v[2 * p + 1], k1, v[2 * p + 1], v16);
+            }
         }
         /* both headers in one vector, one per 128-bit lane (an odd last one: zeros in
          * the upper lane; the last header ends the row: nothing past it is read) */
@@ -1295,7 +1328,7 @@ AI void q4_k_row_x16(int T, const unsigned char *row, const int8_t *xi, size_t x
             }
             const float *f = xf + (size_t)t * fs + (size_t)b * 8;
             __m512 xdl = _mm512_load_ps(f), xsum = _mm512_load_ps(f + nbe8);
-            if (T <= 3)
+            if (T <= 3 && !five)
                 s1 = _mm512_srai_epi32(s1, 4);
             acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)), _mm512_mul_ps(wa, xdl), acc[t]);
             acc[t] = _mm512_fnmadd_ps(xsum, wb, acc[t]);
@@ -1306,22 +1339,25 @@ AI void q4_k_row_x16(int T, const unsigned char *row, const int8_t *xi, size_t x
         y[(size_t)t * ldy] = _mm512_reduce_add_ps(acc[t]);
 }
 
-static void rows_q4_k(const mc_mat *w, const mc_qact *a, float *y, int ldy, int r0, int r1)
+/* Q4_K (five 0) or Q5_K (five 1) rows, either layout. */
+AI void rows_q45_k(int five, const mc_mat *w, const mc_qact *a, float *y, int ldy, int r0, int r1)
 {
     int nb = a->kp / MC_QK_K, ns = a->kp / 32;
+    const size_t bbytes = five ? sizeof(mc_block_q5_k) : sizeof(mc_block_q4_k);
     /* word index vectors: words 0..15 take scale 2c, words 16..31 scale 2c+1 */
     __m512i sidx[4];
     for (int c = 0; c < 4; c++)
         sidx[c] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi16((short)(2 * c))),
                                      _mm256_set1_epi16((short)(2 * c + 1)), 1);
-    int rb = a->n == 1 ? r1 - r0 : rows_per_block((size_t)nb * sizeof(mc_block_q4_k));
-    int x16 = w->pack == MC_MAT_PACK_Q4_K_X16; /* a->pack: pack_qact's interleave */
+    int rb = a->n == 1 ? r1 - r0 : rows_per_block((size_t)nb * bbytes);
+    /* a->pack: pack_qact's interleave */
+    int x16 = w->pack == (five ? MC_MAT_PACK_Q5_K_X16 : MC_MAT_PACK_Q4_K_X16);
     size_t xs = (size_t)(a->kp / 32) * 32;      /* a token's interleaved values */
     size_t fs = 2 * q4k_pair_lanes(nb);         /* and its floats (pack_qact) */
 /* row o of either layout against T tokens from t0 */
 #define Q4K_ROW(T)                                                                                 \
-    (x16 ? q4_k_row_x16(T, row, xi, xs, xf, fs, nb, yt + o, ldy)                                  \
-         : q4_k_row(T, row, xq, xd, bs, a->kp, nb, sidx, yt + o, ldy))
+    (x16 ? q4_k_row_x16(T, five, row, xi, xs, xf, fs, nb, yt + o, ldy)                            \
+         : q4_k_row(T, five, row, xq, xd, bs, a->kp, nb, sidx, yt + o, ldy))
     for (int o0 = r0; o0 < r1; o0 += rb) {
         int o1 = r1 - o0 < rb ? r1 : o0 + rb;
         for (int t0 = 0; t0 < a->n; t0 += 8) {
@@ -1336,7 +1372,7 @@ static void rows_q4_k(const mc_mat *w, const mc_qact *a, float *y, int ldy, int 
             for (int o = o0; o < o1; o++) {
                 const unsigned char *row = mc_row_ptr(w, o);
                 if (x16 && a->n == 1) /* decode: the row's bytes into L2 PF_Q4_K_ROW ahead */
-                    prefetch_l2(row + PF_Q4_K_ROW, (size_t)nb * sizeof(mc_block_q4_k));
+                    prefetch_l2(row + PF_Q4_K_ROW, (size_t)nb * bbytes);
                 switch (a->n - t0 < 8 ? a->n - t0 : 8) {
                 case 1: Q4K_ROW(1); break;
                 case 2: Q4K_ROW(2); break;
@@ -1351,6 +1387,16 @@ static void rows_q4_k(const mc_mat *w, const mc_qact *a, float *y, int ldy, int 
         }
     }
 #undef Q4K_ROW
+}
+
+static void rows_q4_k(const mc_mat *w, const mc_qact *a, float *y, int ldy, int r0, int r1)
+{
+    rows_q45_k(0, w, a, y, ldy, r0, r1);
+}
+
+static void rows_q5_k(const mc_mat *w, const mc_qact *a, float *y, int ldy, int r0, int r1)
+{
+    rows_q45_k(1, w, a, y, ldy, r0, r1);
 }
 
 /* ---- vector math ---- */
@@ -1765,6 +1811,7 @@ const mc_kops mc_kops_avx512 = {
     .rows_q8_0 = rows_q8_0,
     .rows_q4_k = rows_q4_k,
     .rows_q6_k = mc_avx512_rows_q6_k,
+    .rows_q5_k = rows_q5_k,
     .quantize_act = quantize_act,
     .dot = dot,
     .axpy = axpy,
@@ -1790,4 +1837,5 @@ const mc_kops mc_kops_avx512 = {
     .packs_q8_0 = 1,
     .packs_q6_k = 1,
     .packs_q4_k = 1,
+    .packs_q5_k = 1,
 };

@@ -44,6 +44,8 @@ typedef struct {
     void (*rows_q8_0)(const mc_mat *w, const mc_qact *a, float *y, int ldy, int r0, int r1);
     void (*rows_q4_k)(const mc_mat *w, const mc_qact *a, float *y, int ldy, int r0, int r1);
     void (*rows_q6_k)(const mc_mat *w, const mc_qact *a, float *y, int ldy, int r0, int r1);
+    /* Q5_K: the activations of Q4_K (d per 256, bsum per 32) */
+    void (*rows_q5_k)(const mc_mat *w, const mc_qact *a, float *y, int ldy, int r0, int r1);
     /* Optional (NULL in most paths): bytes of a repack of the quantized
      * activations of a product of w with n tokens (0: none wanted), and the
      * repack itself into dst (those bytes, 64-byte aligned, owned by the
@@ -103,6 +105,8 @@ typedef struct {
     /* the same for Q6_K rows (MC_MAT_PACK_Q6_K_X16, rows_q6_k) and Q4_K
      * rows (MC_MAT_PACK_Q4_K_X16, rows_q4_k) */
     int packs_q6_k, packs_q4_k;
+    /* and Q5_K rows (MC_MAT_PACK_Q5_K_X16, rows_q5_k) */
+    int packs_q5_k;
 } mc_kops;
 
 /* Byte offset of value i (< 32) of block j in a MC_MAT_PACK_Q8_0_X16 row
@@ -121,6 +125,10 @@ void mc_q8_0_x16_pack_row(const unsigned char *src, int nb, unsigned char *dst);
 void mc_q8_0_x16_unpack_row(const unsigned char *src, int nb, unsigned char *dst);
 /* The same for a row of nb Q6_K blocks (210 bytes each) and
  * MC_MAT_PACK_Q6_K_X16. */
+/* The same for a row of nb Q5_K blocks (176 bytes each) and
+ * MC_MAT_PACK_Q5_K_X16. */
+void mc_q5_k_x16_pack_row(const unsigned char *src, int nb, unsigned char *dst);
+void mc_q5_k_x16_unpack_row(const unsigned char *src, int nb, unsigned char *dst);
 void mc_q6_k_x16_pack_row(const unsigned char *src, int nb, unsigned char *dst);
 void mc_q6_k_x16_unpack_row(const unsigned char *src, int nb, unsigned char *dst);
 /* ... and a row of nb Q4_K blocks (144 bytes each) and MC_MAT_PACK_Q4_K_X16. */

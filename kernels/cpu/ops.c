@@ -557,6 +557,62 @@ void mc_q4_k_x16_unpack_row(const unsigned char *src, int nb, unsigned char *dst
     }
 }
 
+/* Where the fifth bit of value i of sub-block s of Q5_K super-block b goes
+ * in a MC_MAT_PACK_Q5_K_X16 row of nb (kernels.h): *byte from the row's
+ * start, *bit within it. */
+static void q5_x16_bit(int nb, int b, int s, int i, size_t *byte, int *bit)
+{
+    int high;
+    size_t at = q4_x16_at(nb, b, s, i, &high), base, pos;
+    if (b < nb / 2 * 2) { /* a pair: 64-bit masks over 64-byte vectors */
+        size_t rel = at - (size_t)(b / 2) * 256;
+        base = (size_t)nb * 128 + (size_t)(b / 2) * 64 + (rel / 64 * 2 + (size_t)high) * 8;
+        pos = rel % 64;
+    } else { /* the odd last one: 32-bit masks over 32-byte vectors */
+        size_t rel = at - (size_t)(nb / 2) * 256;
+        base = (size_t)nb * 128 + (size_t)(nb / 2) * 64 + (rel / 32 * 2 + (size_t)high) * 4;
+        pos = rel % 32;
+    }
+    *byte = base + pos / 8;
+    *bit = (int)(pos % 8);
+}
+
+void mc_q5_k_x16_pack_row(const unsigned char *src, int nb, unsigned char *dst)
+{
+    memset(dst, 0, (size_t)nb * 160);
+    for (int b = 0; b < nb; b++) {
+        const unsigned char *blk = src + (size_t)b * sizeof(mc_block_q5_k);
+        memcpy(dst + (size_t)nb * 160 + (size_t)b * 16, blk, 16); /* d, dmin, scales */
+        for (int s = 0; s < 8; s++)
+            for (int i = 0; i < 32; i++) {
+                uint8_t q = blk[48 + 32 * (s / 2) + i];
+                int high, bit;
+                size_t at = q4_x16_at(nb, b, s, i, &high), byte;
+                dst[at] |= (uint8_t)(((s & 1) ? q >> 4 : q & 0xF) << (high ? 4 : 0));
+                q5_x16_bit(nb, b, s, i, &byte, &bit);
+                dst[byte] |= (uint8_t)(((blk[16 + i] >> s) & 1) << bit);
+            }
+    }
+}
+
+void mc_q5_k_x16_unpack_row(const unsigned char *src, int nb, unsigned char *dst)
+{
+    for (int b = 0; b < nb; b++) {
+        unsigned char *blk = dst + (size_t)b * sizeof(mc_block_q5_k);
+        memcpy(blk, src + (size_t)nb * 160 + (size_t)b * 16, 16);
+        memset(blk + 16, 0, 160);
+        for (int s = 0; s < 8; s++)
+            for (int i = 0; i < 32; i++) {
+                int high, bit;
+                size_t at = q4_x16_at(nb, b, s, i, &high), byte; /* (sets high) */
+                uint8_t v = (uint8_t)((src[at] >> (high ? 4 : 0)) & 0xF);
+                blk[48 + 32 * (s / 2) + i] |= (uint8_t)(v << ((s & 1) ? 4 : 0));
+                q5_x16_bit(nb, b, s, i, &byte, &bit);
+                blk[16 + i] |= (uint8_t)(((src[byte] >> bit) & 1) << s);
+            }
+    }
+}
+
 size_t mc_bf16_direct_bytes(const mc_mat *w, int n, int kc)
 {
     if (w->dtype != MC_DT_BF16 || w->scale || w->transposed || w->cols <= 0 ||
@@ -593,7 +649,7 @@ void mc_bf16_direct_rows(const mc_mat *w, const float *xp, size_t kpad, int n, i
 static int ops_packs(const mc_kops *ops, mc_dtype dt)
 {
     return (dt == MC_DT_Q8_0 && ops->packs_q8_0) || (dt == MC_DT_Q6_K && ops->packs_q6_k) ||
-           (dt == MC_DT_Q4_K && ops->packs_q4_k);
+           (dt == MC_DT_Q4_K && ops->packs_q4_k) || (dt == MC_DT_Q5_K && ops->packs_q5_k);
 }
 
 int mc_kernels_packs(mc_dtype dt) { return ops_packs(mc_kops_current(), dt); }
@@ -620,6 +676,10 @@ static const pack_fmt *pack_fmt_of(int layout_or_0, mc_dtype dt)
         return &q6;
     if (layout_or_0 == MC_MAT_PACK_Q4_K_X16 || (!layout_or_0 && dt == MC_DT_Q4_K))
         return &q4;
+    static const pack_fmt q5 = {MC_MAT_PACK_Q5_K_X16, MC_QK_K, sizeof(mc_block_q5_k),
+                                mc_q5_k_x16_pack_row, mc_q5_k_x16_unpack_row};
+    if (layout_or_0 == MC_MAT_PACK_Q5_K_X16 || (!layout_or_0 && dt == MC_DT_Q5_K))
+        return &q5;
     return NULL;
 }
 
@@ -693,6 +753,8 @@ static void rows_unpacked(const mc_kops *ops, const mc_mat *w, const mc_qact *qa
             ops->rows_q6_k(&t, qa, y + c0, ldy, 0, nr);
         else if (w->dtype == MC_DT_Q4_K)
             ops->rows_q4_k(&t, qa, y + c0, ldy, 0, nr);
+        else if (w->dtype == MC_DT_Q5_K)
+            ops->rows_q5_k(&t, qa, y + c0, ldy, 0, nr);
         else
             ops->rows_q8_0(&t, qa, y + c0, ldy, 0, nr);
     }
@@ -722,6 +784,8 @@ static void mm_task(void *ctx, int task, int thread)
         j->ops->rows_q4_k(j->w, j->qa, j->y, j->ldy, r0, r1);
     else if (j->w->dtype == MC_DT_Q6_K)
         j->ops->rows_q6_k(j->w, j->qa, j->y, j->ldy, r0, r1);
+    else if (j->w->dtype == MC_DT_Q5_K)
+        j->ops->rows_q5_k(j->w, j->qa, j->y, j->ldy, r0, r1);
     else if (j->fpack)
         j->ops->rows_f_packed(j->w, j->fpack, j->x, j->n, j->ldx, j->y, j->ldy, r0, r1);
     else
@@ -761,7 +825,7 @@ static void qrows_task(void *ctx, int task, int thread)
     int t1 = (task + 1) * j->chunk < qa->n ? (task + 1) * j->chunk : qa->n;
     int q6 = j->w->dtype == MC_DT_Q6_K, sub = q6 ? 16 : 32;
     int nd = j->kp / j->blk, ns = j->kp / sub;
-    int16_t *bs = (int16_t *)(q6 ? qa->bsum16 : j->w->dtype == MC_DT_Q4_K ? qa->bsum : NULL);
+    int16_t *bs = (int16_t *)(q6 ? qa->bsum16 : j->w->dtype != MC_DT_Q8_0 ? qa->bsum : NULL);
     for (int t = task * j->chunk; t < t1; t++)
         j->ops->quantize_act(j->x + (size_t)t * j->ldx, j->w->cols, j->kp, j->blk,
                              (int8_t *)qa->q + (size_t)t * j->kp, (float *)qa->d + (size_t)t * nd,

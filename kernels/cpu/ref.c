@@ -138,6 +138,42 @@ static void rows_q4_k(const mc_mat *w, const mc_qact *a, float *y, int ldy, int 
     }
 }
 
+/* Q5_K against the activations of Q4_K (d per 256, sums per 32): Q4_K's
+ * sums with the fifth bit (16) added to each value. */
+static void rows_q5_k(const mc_mat *w, const mc_qact *a, float *y, int ldy, int r0, int r1)
+{
+    int nb = a->kp / MC_QK_K;
+    for (int o = r0; o < r1; o++) {
+        const unsigned char *row = mc_row_ptr(w, o);
+        for (int t = 0; t < a->n; t++) {
+            const int8_t *xq = a->q + (size_t)t * a->kp;
+            const float *xd = a->d + (size_t)t * nb;
+            const int16_t *bs = a->bsum + (size_t)t * (a->kp / 32);
+            float acc = 0.0f, macc = 0.0f;
+            for (int b = 0; b < nb; b++) {
+                mc_block_q5_k blk;
+                memcpy(&blk, row + (size_t)b * sizeof blk, sizeof blk);
+                int32_t sumi = 0, mins = 0;
+                for (int j = 0; j < 8; j++) {
+                    uint8_t sc, m;
+                    mc_q4_k_scale_min(j, blk.scales, &sc, &m);
+                    const uint8_t *q = blk.qs + 32 * (j / 2);
+                    const int8_t *xs = xq + b * MC_QK_K + 32 * j;
+                    int32_t s = 0;
+                    for (int l = 0; l < 32; l++)
+                        s += (((j & 1) ? q[l] >> 4 : q[l] & 0xF) | ((blk.qh[l] >> j) & 1) << 4) *
+                             xs[l];
+                    sumi += sc * s;
+                    mins += m * bs[b * 8 + j];
+                }
+                acc += mc_kf16(blk.d) * xd[b] * (float)sumi;
+                macc += mc_kf16(blk.dmin) * xd[b] * (float)mins;
+            }
+            y[(size_t)t * ldy + o] = acc - macc;
+        }
+    }
+}
+
 /* Q6_K against activations quantized per 256 (d) with per-16 sums (bsum16):
  * per block sum_j sc_j * (sum_l q_l x_l - 32 * bsum16_j) in int32, then one
  * f32 step d * dx * sum per block. */
@@ -289,6 +325,7 @@ const mc_kops mc_kops_scalar = {
     .rows_q8_0 = rows_q8_0,
     .rows_q4_k = rows_q4_k,
     .rows_q6_k = rows_q6_k,
+    .rows_q5_k = rows_q5_k,
     .quantize_act = mc_quantize_act_row,
     .dot = dot,
     .axpy = axpy,

@@ -223,6 +223,10 @@ size_t mc_cuda_qact_layout(int dt, int64_t n, int cols, void *p, mc_cuda_qact *a
 uint64_t mc_cuda_weight_bytes(const mc_tensor *w, int64_t rows);
 /* y (n rows, ldy apart) = x (n rows, ldx apart) W^T on the path mc_cuda_matmul
  * takes for w and n (no counters); uses the first scratch. */
+/* MC_OK when this backend has kernels for weights of dtype dt; else
+ * MC_ERR_UNSUPPORTED naming op and dt (Q5_K: a device session converts it
+ * to Q8_0 at load, mc_model_convert). */
+mc_status mc_cuda_weight_dtype_ok(mc_dtype dt, const char *op, mc_err *err);
 mc_status mc_cuda_matmul_raw(mc_cuda_ctx *c, const mc_tensor *w, const float *x, long long ldx,
                              int n, float *y, long long ldy, const char *op, mc_err *err);
 /* paged KV cache and attention (cuda/backend_cuda_attn.c) */

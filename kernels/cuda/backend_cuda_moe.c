@@ -324,7 +324,7 @@ static int grouped_q_ok(const mc_cuda_ctx *c, const mc_tensor *x, int n_experts,
     if (c->experts_loop || n_experts < 1 || n_experts > 65535)
         return 0;
     mc_dtype dg = gate[0].dtype, dd = down[0].dtype;
-    if (!mc_dtype_is_block(dg) || !mc_dtype_is_block(dd) ||
+    if (!mc_dtype_is_block(dg) || !mc_dtype_is_block(dd) || dg == MC_DT_Q5_K || dd == MC_DT_Q5_K ||
         !experts_uniform(x, n_experts, gate, up, down, dg, dd, 0, I) || *I < 1)
         return 0;
     *dt_gu = dg;

@@ -176,9 +176,23 @@ static mc_status matmul_block(mc_cuda_ctx *c, const mck_mat *m, const float *x, 
     return launched(mck_matmul_q(c->stream, m, a.q, a.d, a.bsum, a.kp, n, y, ldy), op, err);
 }
 
+mc_status mc_cuda_weight_dtype_ok(mc_dtype dt, const char *op, mc_err *err)
+{
+    if (dt == MC_DT_F32 || dt == MC_DT_F16 || dt == MC_DT_BF16 || dt == MC_DT_F8_E4M3 ||
+        dt == MC_DT_Q8_0 || dt == MC_DT_Q4_K || dt == MC_DT_Q6_K)
+        return MC_OK;
+    return mc_err_set(err, MC_ERR_UNSUPPORTED,
+                      "cuda backend: %s: no kernels for %s weights (F32, F16, BF16, F8_E4M3, Q8_0, "
+                      "Q4_K and Q6_K; a model's Q5_K matrices are converted to Q8_0 at load)", op,
+                      mc_dtype_name(dt));
+}
+
 mc_status mc_cuda_matmul_raw(mc_cuda_ctx *c, const mc_tensor *w, const float *x, long long ldx,
                              int n, float *y, long long ldy, const char *op, mc_err *err)
 {
+    mc_status st = mc_cuda_weight_dtype_ok(w->dtype, op, err);
+    if (st != MC_OK)
+        return st;
     if (n > GEMV_MAX_TOKENS && !w->scale_buf &&
         (w->dtype == MC_DT_BF16 || w->dtype == MC_DT_F32))
         return matmul_blas(c, w, x, ldx, y, ldy, n, op, err);
@@ -373,7 +387,7 @@ mc_status mc_cuda_embed(void *ctx, const mc_tensor *table, const mc_tensor *ids,
 {
     mc_cuda_ctx *c = ctx;
     mc_status st = mc_cuda_use(c, "embed", err);
-    if (st != MC_OK)
+    if (st != MC_OK || (st = mc_cuda_weight_dtype_ok(table->dtype, "embed", err)) != MC_OK)
         return st;
     int64_t n = ids->shape[0];
     if (c->counting)

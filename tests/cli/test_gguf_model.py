@@ -16,17 +16,20 @@ score` next to the safetensors model:
   the vocabulary);
 - `--no-mmap` (the matrices copied into RAM at load) on the q6_k file and
   the safetensors folder: bit for bit;
-- q5_k (converted to Q8_0 at load) and q4_k (used as stored) from the
-  tool's block quantizers: against a safetensors copy holding what the
-  blocks decode to (the package's dequantizer), loaded with `--weights
-  q8_0` and `--weights q4_k`: within 1e-6 relative; q6_k (used as stored)
-  against that copy in F32: within the 8-bit activations' error (Q6_REL);
-- q8_0 (the GGUF, and --weights q8_0), q4_k and q6_k on the default kernel
-  path, which repacks Q8_0, Q4_K and Q6_K rows at load where it is avx512,
-  against the portable path reading them as stored: within PATH_REL; the
-  q4_k and q6_k files on the CPU acting as a device (rows uploaded as
-  stored, as the CUDA backend takes them) against the default: within
-  PATH_REL;
+- q4_k (used as stored) from the tool's block quantizer: against a
+  safetensors copy holding what the blocks decode to (the package's
+  dequantizer), loaded with `--weights q4_k`: within 1e-6 relative; q6_k
+  and q5_k (used as stored) against that copy in F32: within the 8-bit
+  activations' error (Q6_REL);
+- q8_0 (the GGUF, and --weights q8_0), q4_k, q5_k and q6_k on the default
+  kernel path, which repacks Q8_0, Q4_K, Q5_K and Q6_K rows at load where
+  it is avx512, against the portable path reading them as stored: within
+  PATH_REL; the q4_k and q6_k files on the CPU acting as a device (rows
+  uploaded as stored, as the CUDA backend takes them) against the default:
+  within PATH_REL; the q5_k file on that device (its Q5_K matrices
+  converted to Q8_0 at load, as for the CUDA backend) against the decoded
+  copy loaded with `--weights q8_0` on the same device: bit for bit (the
+  same blocks);
 - deepseek2: with attn_k_b + attn_v_b (newer converters; joined back into
   kv_b at load) and with attn_kv_b whole: bit for bit; q8_0 (attn_kv_b)
   against --weights q8_0 within 1e-6;
@@ -173,11 +176,27 @@ def main():
         print(f"{what}: default kernels {'repacked' if packed else 'did not repack'} Q8_0 rows")
         compare(f"{what}: default kernels{' (repacked rows)' if packed else ''} vs scalar "
                 "(rows as stored)", fast, plain, PATH_REL)
-    for t, w in (("q5_k", "q8_0"), ("q4_k", "q4_k")):
-        ref = os.path.join(work, f"ref_{t}")
-        g = score(write(f"{t}.gguf", "--type", t, "--ref-out", ref))
-        compare(f"{t} GGUF vs its decoded values --weights {w}", g, score(ref, ["--weights", w]),
-                REL)
+    ref = os.path.join(work, "ref_q4_k")
+    g = score(write("q4_k.gguf", "--type", "q4_k", "--ref-out", ref))
+    compare("q4_k GGUF vs its decoded values --weights q4_k", g, score(ref, ["--weights", "q4_k"]),
+            REL)
+    # Q5_K is used as stored, as Q6_K: against the decoded values in F32 the 8-bit
+    # activations of its products (per 256, as for Q4_K); the kernels are checked
+    # against f64 products in unit.test_kernels_kq
+    ref5 = os.path.join(work, "ref_q5_k")
+    q5 = write("q5_k.gguf", "--type", "q5_k", "--ref-out", ref5)
+    g5 = score(q5)
+    packed = "repacked at load" in last_err[0]
+    compare("q5_k GGUF (used as Q5_K) vs its decoded values in F32", g5, score(ref5), Q6_REL)
+    print(f"q5_k GGUF: default kernels {'repacked' if packed else 'did not repack'} rows")
+    compare("q5_k GGUF: default kernels vs scalar (rows as stored)", g5, score(q5, env=scalar),
+            PATH_REL)
+    # on a device its Q5_K matrices become Q8_0 at load (no Q5_K kernels there): the
+    # blocks --weights q8_0 makes of the decoded copy, bit for bit
+    dev = {"MC_CPU_AS_DEVICE": "1"}
+    compare("q5_k GGUF on a device (Q5_K converted to Q8_0) vs its decoded values "
+            "--weights q8_0 on the device", score(q5, env=dev),
+            score(ref5, ["--weights", "q8_0"], env=dev), 0.0)
     # the q4_k GGUF's rows repacked at load on avx512, against the scalar path reading them
     # as stored
     q4 = os.path.join(work, "q4_k.gguf")
@@ -188,7 +207,7 @@ def main():
     # Q6_K is used as stored (no load-time conversion): against the decoded
     # values in F32 the only difference is the 8-bit activations of the Q6_K
     # products (per 256, as for Q4_K); the kernels themselves are checked
-    # against f64 products in unit.test_kernels_q6k
+    # against f64 products in unit.test_kernels_kq
     ref = os.path.join(work, "ref_q6_k")
     g = score(write("q6_k.gguf", "--type", "q6_k", "--ref-out", ref))
     compare("q6_k GGUF (used as Q6_K) vs its decoded values in F32", g, score(ref), Q6_REL)
@@ -201,7 +220,6 @@ def main():
             score(q6, env=scalar), PATH_REL)
     # the Q4_K / Q6_K files on a device backend (the CPU acting as one: the
     # rows uploaded as stored, never repacked, as the CUDA backend reads them)
-    dev = {"MC_CPU_AS_DEVICE": "1"}
     for name in ("q4_k.gguf", "q6_k.gguf"):
         path = os.path.join(work, name)
         on_dev = score(path, env=dev)

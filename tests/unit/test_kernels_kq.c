@@ -1,24 +1,26 @@
-/* test_kernels_q6k.c - products of Q6_K weights (llama.cpp's blocks, read
- * from GGUF files as stored) on every kernel path:
+/* test_kernels_kq.c - products of Q6_K and Q5_K weights (llama.cpp's
+ * blocks, read from GGUF files as stored) on every kernel path:
  *
  * - the scalar path against an f64 product of the dequantized weights
- *   (mc_dequantize_row_q6_k, llama.cpp's rounding) and the activations
- *   quantized here as the kernels' front end documents it (per 256 values:
- *   scale amax / 127, round half to even, clamp to +-127): within 1e-5 of
- *   sum |w| |x| per output (the kernels sum exact integers and round d x
- *   scale once; a wrong bit of the unpacking gives O(1)); the error against
- *   the unquantized activations is printed, not judged;
+ *   (mc_dequantize_row_q6_k / _q5_k, llama.cpp's rounding) and the
+ *   activations quantized here as the kernels' front end documents it (per
+ *   256 values: scale amax / 127, round half to even, clamp to +-127):
+ *   within 1e-5 of sum |w| |x| per output (the kernels sum exact integers
+ *   and round d x scale once; a wrong bit of the unpacking gives O(1)); the
+ *   error against the unquantized activations is printed, not judged;
  * - every SIMD path against the scalar path within 2e-6 of sum |w| |x| per
  *   output (the products are exact integers; only f32 additions differ);
- * - rows {1, 3, 17, 64} x cols {256, 512, 2304} x 1..13, 16, 33, 64 tokens,
- *   random blocks (every bit pattern of ql / qh, scales of both signs);
+ * - rows {1, 3, 17, 64} x cols {256, 512, 2304} (1, 2 and 9 super-blocks:
+ *   the repacked layouts' odd last one) x 1..13, 16, 33, 64 tokens, random
+ *   blocks (every bit pattern of the values; Q6_K scales of both signs,
+ *   Q5_K 6-bit scales and mins over their whole range);
  * - a column view (a tensor-parallel slice: rows 2 blocks apart, starting at
  *   the second block) against its dequantized rows;
  * - 3 threads bitwise equal to 1 on a product the pool splits;
  * - the same blocks repacked as the avx512 path does at load (mc_mat_pack,
- *   MC_MAT_PACK_Q6_K_X16): read back bitwise, every path's products within
- *   2e-6 of the scalar path's (bitwise where a path unpacks them as it
- *   reads), threads bitwise.
+ *   MC_MAT_PACK_Q6_K_X16 / _Q5_K_X16): read back bitwise, every path's
+ *   products within 2e-6 of the scalar path's (bitwise where a path unpacks
+ *   them as it reads), threads bitwise.
  * Prints the first 5 mismatches of a case. */
 #include "check.h"
 #include "dtype.h"
@@ -40,21 +42,34 @@ static uint32_t rbits(void)
 }
 static float runi(float lo, float hi) { return lo + (hi - lo) * (float)((rbits() >> 8) / 16777216.0); }
 
-/* rows x cols of random Q6_K blocks (cols a multiple of 256) */
-static unsigned char *random_q6_k(int rows, int cols)
+/* rows x cols of random blocks of dt (Q6_K or Q5_K; cols a multiple of 256) */
+static unsigned char *random_blocks(mc_dtype dt, int rows, int cols)
 {
-    size_t rb = mc_dtype_row_bytes(MC_DT_Q6_K, cols);
+    size_t rb = mc_dtype_row_bytes(dt, cols), bb = mc_dtype_block_bytes(dt);
     unsigned char *p = malloc(rb * (size_t)rows);
-    for (size_t b = 0; b < rb * (size_t)rows / sizeof(mc_block_q6_k); b++) {
-        mc_block_q6_k blk;
-        for (size_t i = 0; i < sizeof blk.ql; i++)
-            blk.ql[i] = (uint8_t)rbits();
-        for (size_t i = 0; i < sizeof blk.qh; i++)
-            blk.qh[i] = (uint8_t)rbits();
-        for (size_t i = 0; i < sizeof blk.scales; i++)
-            blk.scales[i] = (int8_t)(rbits() & 0xff);
-        blk.d = mc_f32_to_f16(runi(1e-4f, 2e-3f) * (rbits() & 1 ? -1.0f : 1.0f));
-        memcpy(p + b * sizeof blk, &blk, sizeof blk);
+    for (size_t b = 0; b < rb * (size_t)rows / bb; b++) {
+        if (dt == MC_DT_Q6_K) {
+            mc_block_q6_k blk;
+            for (size_t i = 0; i < sizeof blk.ql; i++)
+                blk.ql[i] = (uint8_t)rbits();
+            for (size_t i = 0; i < sizeof blk.qh; i++)
+                blk.qh[i] = (uint8_t)rbits();
+            for (size_t i = 0; i < sizeof blk.scales; i++)
+                blk.scales[i] = (int8_t)(rbits() & 0xff);
+            blk.d = mc_f32_to_f16(runi(1e-4f, 2e-3f) * (rbits() & 1 ? -1.0f : 1.0f));
+            memcpy(p + b * bb, &blk, sizeof blk);
+        } else {
+            mc_block_q5_k blk; /* every byte random: 6-bit scales and mins 0..63 */
+            for (size_t i = 0; i < sizeof blk.scales; i++)
+                blk.scales[i] = (uint8_t)rbits();
+            for (size_t i = 0; i < sizeof blk.qh; i++)
+                blk.qh[i] = (uint8_t)rbits();
+            for (size_t i = 0; i < sizeof blk.qs; i++)
+                blk.qs[i] = (uint8_t)rbits();
+            blk.d = mc_f32_to_f16(runi(1e-4f, 2e-3f) * (rbits() & 1 ? -1.0f : 1.0f));
+            blk.dmin = mc_f32_to_f16(runi(1e-4f, 2e-3f) * (rbits() & 1 ? -1.0f : 1.0f));
+            memcpy(p + b * bb, &blk, sizeof blk);
+        }
     }
     return p;
 }
@@ -65,7 +80,7 @@ static void random_x(float *x, size_t n)
         x[i] = runi(-1.0f, 1.0f) * (rbits() % 61 == 0 ? 20.0f : 1.0f); /* some outliers */
 }
 
-/* x[n][cols] as the Q6_K products see it: per 256 values (zero-padded)
+/* x[n][cols] as the Q6_K / Q5_K products see it: per 256 values (zero-padded)
  * q = round_half_even(x * 127 / amax), clamped, times amax / 127 */
 static float *quantized(const float *x, int n, int cols)
 {
@@ -130,8 +145,11 @@ static float *run_case(const char *what, const mc_mat *w, const float *wf, const
     return y;
 }
 
-int main(void)
+static void run_format(mc_dtype dt)
 {
+    const char *fn = mc_dtype_name(dt);
+    int layout = dt == MC_DT_Q6_K ? MC_MAT_PACK_Q6_K_X16 : MC_MAT_PACK_Q5_K_X16;
+    size_t bb = mc_dtype_block_bytes(dt);
     static const int rows_set[] = {1, 3, 17, 64}, cols_set[] = {256, 512, 2304};
     static const int tok_set[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 16, 33, 64};
     mc_kernels_set_threads(1);
@@ -139,20 +157,20 @@ int main(void)
     for (size_t ri = 0; ri < sizeof rows_set / sizeof *rows_set; ri++)
         for (size_t ci = 0; ci < sizeof cols_set / sizeof *cols_set; ci++) {
             int rows = rows_set[ri], cols = cols_set[ci];
-            unsigned char *data = random_q6_k(rows, cols);
-            mc_mat w = {.dtype = MC_DT_Q6_K, .rows = rows, .cols = cols,
+            unsigned char *data = random_blocks(dt, rows, cols);
+            mc_mat w = {.dtype = dt, .rows = rows, .cols = cols,
                         .row_stride = (size_t)cols, .data = data};
             float *wf = dequant(&w);
             /* the rows repacked as the avx512 path does at load (mc_mat_pack) */
-            unsigned char *pdata = malloc(mc_dtype_row_bytes(MC_DT_Q6_K, cols) * (size_t)rows);
-            memcpy(pdata, data, mc_dtype_row_bytes(MC_DT_Q6_K, cols) * (size_t)rows);
+            unsigned char *pdata = malloc(mc_dtype_row_bytes(dt, cols) * (size_t)rows);
+            memcpy(pdata, data, mc_dtype_row_bytes(dt, cols) * (size_t)rows);
             mc_mat pw = w;
             pw.data = pdata;
             int packed = 0;
             if (mc_kpath_supported(MC_KPATH_AVX512)) {
                 mc_kernels_set_path(MC_KPATH_AVX512);
                 packed = mc_mat_pack(&pw);
-                CHECK(packed && pw.pack == MC_MAT_PACK_Q6_K_X16);
+                CHECK(packed && pw.pack == layout);
                 float *pf = dequant(&pw); /* read back as stored */
                 CHECK(memcmp(pf, wf, sizeof *pf * (size_t)rows * cols) == 0);
                 free(pf);
@@ -167,12 +185,12 @@ int main(void)
                         continue;
                     mc_kernels_set_path((mc_kpath)p);
                     char what[128];
-                    snprintf(what, sizeof what, "%s Q6_K %dx%d, %d tokens",
-                             mc_kpath_name((mc_kpath)p), rows, cols, n);
+                    snprintf(what, sizeof what, "%s %s %dx%d, %d tokens",
+                             mc_kpath_name((mc_kpath)p), fn, rows, cols, n);
                     float *y = run_case(what, &w, wf, x, n, p == MC_KPATH_SCALAR ? NULL : want);
                     if (packed) { /* the repacked rows: the same products */
-                        snprintf(what, sizeof what, "%s Q6_K x16 %dx%d, %d tokens",
-                                 mc_kpath_name((mc_kpath)p), rows, cols, n);
+                        snprintf(what, sizeof what, "%s %s x16 %dx%d, %d tokens",
+                                 mc_kpath_name((mc_kpath)p), fn, rows, cols, n);
                         float *yp = run_case(what, &pw, wf, x, n, p == MC_KPATH_SCALAR ? NULL : want ? want : y);
                         if (p != MC_KPATH_AVX512) /* unpacked as read: bitwise */
                             CHECK(memcmp(yp, y, sizeof *y * (size_t)n * rows) == 0);
@@ -203,18 +221,18 @@ int main(void)
             free(data);
             free(pdata);
         }
-    printf("scalar Q6_K products: worst relative error %.3g against the f64 product with the "
-           "unquantized activations (the 8-bit activations' share, not judged)\n", worst);
+    printf("scalar %s products: worst relative error %.3g against the f64 product with the "
+           "unquantized activations (the 8-bit activations' share, not judged)\n", fn, worst);
 
     /* a column view: 2 blocks of 4 per row, starting at the second block */
     {
         int rows = 19, full = 1024;
-        unsigned char *data = random_q6_k(rows, full);
-        mc_mat v = {.dtype = MC_DT_Q6_K, .rows = rows, .cols = 512, .row_stride = (size_t)full,
-                    .data = data + sizeof(mc_block_q6_k)};
+        unsigned char *data = random_blocks(dt, rows, full);
+        mc_mat v = {.dtype = dt, .rows = rows, .cols = 512, .row_stride = (size_t)full,
+                    .data = data + bb};
         float *vf = dequant(&v), *all = malloc(sizeof *all * (size_t)full);
         /* the view's rows are columns 256..767 of the full rows */
-        mc_mat w = {.dtype = MC_DT_Q6_K, .rows = rows, .cols = full, .row_stride = (size_t)full,
+        mc_mat w = {.dtype = dt, .rows = rows, .cols = full, .row_stride = (size_t)full,
                     .data = data};
         int vbad = 0;
         for (int r = 0; r < rows; r++) {
@@ -230,7 +248,7 @@ int main(void)
                 continue;
             mc_kernels_set_path((mc_kpath)p);
             char what[96];
-            snprintf(what, sizeof what, "%s Q6_K column view", mc_kpath_name((mc_kpath)p));
+            snprintf(what, sizeof what, "%s %s column view", mc_kpath_name((mc_kpath)p), fn);
             free(run_case(what, &v, vf, x, 7, NULL));
         }
         free(x);
@@ -242,14 +260,14 @@ int main(void)
     /* threads: 3 bitwise equal to 1 on a product the pool splits */
     {
         int rows = 640, cols = 2048, n = 9;
-        unsigned char *data = random_q6_k(rows, cols);
-        mc_mat w = {.dtype = MC_DT_Q6_K, .rows = rows, .cols = cols, .row_stride = (size_t)cols,
+        unsigned char *data = random_blocks(dt, rows, cols);
+        mc_mat w = {.dtype = dt, .rows = rows, .cols = cols, .row_stride = (size_t)cols,
                     .data = data};
         float *x = malloc(sizeof *x * (size_t)n * cols);
         float *y1 = malloc(sizeof *y1 * (size_t)n * rows), *y3 = malloc(sizeof *y3 * (size_t)n * rows);
         random_x(x, (size_t)n * cols);
-        unsigned char *pdata = malloc(mc_dtype_row_bytes(MC_DT_Q6_K, cols) * (size_t)rows);
-        memcpy(pdata, data, mc_dtype_row_bytes(MC_DT_Q6_K, cols) * (size_t)rows);
+        unsigned char *pdata = malloc(mc_dtype_row_bytes(dt, cols) * (size_t)rows);
+        memcpy(pdata, data, mc_dtype_row_bytes(dt, cols) * (size_t)rows);
         mc_mat pw = w; /* repacked (avx512), when that path is here */
         pw.data = pdata;
         if (mc_kpath_supported(MC_KPATH_AVX512)) {
@@ -270,8 +288,8 @@ int main(void)
                     int bad = 0;
                     for (int i = 0; i < nt * rows; i++)
                         if (memcmp(&y1[i], &y3[i], sizeof *y1) != 0 && bad++ < 5)
-                            fprintf(stderr, "  %s threads%s, %d tokens: [%d] 3 threads %.9g, 1 "
-                                    "thread %.9g\n", mc_kpath_name((mc_kpath)p),
+                            fprintf(stderr, "  %s %s threads%s, %d tokens: [%d] 3 threads %.9g, 1 "
+                                    "thread %.9g\n", mc_kpath_name((mc_kpath)p), fn,
                                     k ? " (repacked rows)" : "", nt, i, y3[i], y1[i]);
                     CHECK(bad == 0);
                 }
@@ -283,5 +301,11 @@ int main(void)
         free(y3);
         free(data);
     }
-    return check_report("test_kernels_q6k");
+}
+
+int main(void)
+{
+    run_format(MC_DT_Q6_K);
+    run_format(MC_DT_Q5_K);
+    return check_report("test_kernels_kq");
 }
