@@ -579,18 +579,27 @@ static void q5_x16_bit(int nb, int b, int s, int i, size_t *byte, int *bit)
 
 void mc_q5_k_x16_pack_row(const unsigned char *src, int nb, unsigned char *dst)
 {
+    /* q4_x16_at and q5_x16_bit written out per super-block (the load-time repack of a
+     * Q5_K_M file's experts is this loop; the unpack below keeps the plain form, which
+     * test_kernels_kq reads every packed row back with) */
     memset(dst, 0, (size_t)nb * 160);
     for (int b = 0; b < nb; b++) {
         const unsigned char *blk = src + (size_t)b * sizeof(mc_block_q5_k);
+        const unsigned char *qh = blk + 16, *qs = blk + 48;
         memcpy(dst + (size_t)nb * 160 + (size_t)b * 16, blk, 16); /* d, dmin, scales */
+        int pair = b < nb / 2 * 2;
+        size_t vbytes = pair ? 64 : 32, mbytes = pair ? 8 : 4;
+        unsigned char *nib = dst + (size_t)(pair ? b / 2 : nb / 2) * 256;
+        unsigned char *msk = dst + (size_t)nb * 128 + (size_t)(b / 2) * 64;
+        int lane0 = pair ? 8 * (b % 2) : 0;
         for (int s = 0; s < 8; s++)
             for (int i = 0; i < 32; i++) {
-                uint8_t q = blk[48 + 32 * (s / 2) + i];
-                int high, bit;
-                size_t at = q4_x16_at(nb, b, s, i, &high), byte;
-                dst[at] |= (uint8_t)(((s & 1) ? q >> 4 : q & 0xF) << (high ? 4 : 0));
-                q5_x16_bit(nb, b, s, i, &byte, &bit);
-                dst[byte] |= (uint8_t)(((blk[16 + i] >> s) & 1) << bit);
+                uint8_t q = qs[32 * (s / 2) + i];
+                int p = i / 8, high = (i / 4) & 1, pos = (lane0 + s) * 4 + i % 4;
+                nib[(size_t)p * vbytes + (size_t)pos] |=
+                    (uint8_t)(((s & 1) ? q >> 4 : q & 0xF) << (high ? 4 : 0));
+                msk[(size_t)(2 * p + high) * mbytes + (size_t)pos / 8] |=
+                    (uint8_t)(((qh[i] >> s) & 1) << (pos % 8));
             }
     }
 }
