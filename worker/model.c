@@ -235,6 +235,26 @@ static mc_status mat_cols(mc_model *m, mc_mat *w, int c0, int n, mc_err *err)
     if (c0 == 0 && n == w->cols)
         return MC_OK;
     int blk = mc_dtype_block_elems(w->dtype);
+    if (mc_dtype_is_block(w->dtype) && w->dtype != MC_DT_Q8_0 && !w->transposed &&
+        (c0 % blk != 0 || (n % blk != 0 && c0 + n != w->cols)) && c0 % MC_QK8_0 == 0 &&
+        (n % MC_QK8_0 == 0 || c0 + n == w->cols)) {
+        /* a K-quant (256-weight blocks) cut inside its blocks: this rank's matrix becomes
+         * Q8_0 (each row decoded, then the Q8_0 reference quantizer), which cuts at 32 */
+        mc_mat q;
+        void *store;
+        mc_status st = mc_mat_quantize(w, MC_DT_Q8_0, &q, &store, err);
+        if (st != MC_OK)
+            return st;
+        if (!mc_model_own(m, store))
+            return mc_err_set(err, MC_ERR_NOMEM, "out of memory");
+        static int told; /* once a process: one such matrix a layer is common */
+        if (!told++)
+            MC_INFO("a %s matrix (%d x %d) cut at column %d for tensor parallelism is held as "
+                    "Q8_0, as is every such cut (its 256-weight blocks do not split there)",
+                    mc_dtype_name(w->dtype), w->rows, w->cols, c0);
+        *w = q;
+        blk = MC_QK8_0;
+    }
     if (mc_dtype_is_block(w->dtype) && !w->transposed && blk > 0 && c0 % blk == 0 &&
         (n % blk == 0 || c0 + n == w->cols)) { /* whole blocks of each row; stride kept */
         w->data = (const unsigned char *)w->data + (size_t)(c0 / blk) * mc_dtype_block_bytes(w->dtype);
@@ -243,8 +263,11 @@ static mc_status mat_cols(mc_model *m, mc_mat *w, int c0, int n, mc_err *err)
     }
     size_t es = mc_dtype_size(w->dtype);
     if (es == 0)
-        return mc_err_set(err, MC_ERR_UNSUPPORTED, "cannot slice a %s matrix for tensor parallelism",
-                          mc_dtype_name(w->dtype));
+        return mc_err_set(err, MC_ERR_UNSUPPORTED,
+                          "cannot slice a %s matrix for tensor parallelism: a rank's %d of its %d "
+                          "input columns (from column %d) are not whole %d-weight blocks (fewer "
+                          "tensor-parallel ranks, or a Q8_0 file, would split)",
+                          mc_dtype_name(w->dtype), n, w->cols, c0, blk);
     const unsigned char *p = w->data;
     w->data = w->transposed ? p + (size_t)c0 * w->row_stride * es : p + (size_t)c0 * es;
     if (w->scale) {

@@ -11,7 +11,7 @@
  * is a one-rank self comm.
  *
  * Lifetimes: mc_model owns the checkpoint mapping (or the GGUF source and
- * its Q6_K conversions), the small f32 copies
+ * its joined kv_b copies), the small f32 copies
  * (norm weights, biases, FP8 scales) and its tp/ep/pp communicators; the
  * world communicator of a distributed model is borrowed from the caller.
  * Weight matrices are borrowed views into the mapping.

@@ -155,7 +155,7 @@ static inline mc_status mc_model_quantize(mc_model *m, mc_dtype target, mc_err *
 }
 
 /* Every bound matrix of dtype `from` (the decoder stack's, routers and
- * indexers included, the embedding and the LM head) converted to `to`
+ * indexers included, MLA's kv_b not, the embedding and the LM head) converted to `to`
  * (Q8_0 or another mc_mat_quantize target) as stored rows, never repacked:
  * for a device backend without kernels for `from` (the CUDA backend and
  * Q5_K: each row decoded as llama.cpp decodes it, then the Q8_0 reference
@@ -189,11 +189,13 @@ static inline mc_status mc_model_convert(mc_model *m, mc_dtype from, mc_dtype to
     } while (0)
     for (int l = 0; l < d->n_layers && st == MC_OK; l++) {
         mc_layer_w *w = &m->layers[l];
-        mc_mat *one[] = {&w->q_a,         &w->q_b,        &w->q_proj,       &w->kv_a,
-                         &w->kv_b,        &w->wq,         &w->wk,           &w->wv,
-                         &w->wo,          &w->idx_wq_b,   &w->idx_wk,       &w->idx_weights,
-                         &w->router,      &w->dense.gate, &w->dense.up,     &w->dense.down,
-                         &w->shared.gate, &w->shared.up,  &w->shared.down};
+        /* (kv_b left out: the attention binds a block-format kv_b as an f32 copy on every
+         * backend, so it is read from the Q5_K values directly, as on the CPU) */
+        mc_mat *one[] = {&w->q_a,      &w->q_b,         &w->q_proj,     &w->kv_a,
+                         &w->wq,       &w->wk,          &w->wv,         &w->wo,
+                         &w->idx_wq_b, &w->idx_wk,      &w->idx_weights, &w->router,
+                         &w->dense.gate, &w->dense.up,  &w->dense.down, &w->shared.gate,
+                         &w->shared.up, &w->shared.down};
         for (size_t i = 0; i < sizeof one / sizeof one[0]; i++)
             CONV(one[i]);
         for (int e = 0; w->moe && w->experts && e < d->n_experts; e++) {

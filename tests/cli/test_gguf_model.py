@@ -29,7 +29,10 @@ score` next to the safetensors model:
   within PATH_REL; the q5_k file on that device (its Q5_K matrices
   converted to Q8_0 at load, as for the CUDA backend) against the decoded
   copy loaded with `--weights q8_0` on the same device: bit for bit (the
-  same blocks);
+  same blocks); with mpirun, `--tp 2` cutting the 256-column Q5_K / Q4_K
+  matrices at 128 (held as Q8_0 on each rank): the q5_k file on the device
+  against the decoded copy's `--weights q8_0 --tp 2` there, bit for bit,
+  and the q4_k file (such cuts were refused before) runs;
 - deepseek2: with attn_k_b + attn_v_b (newer converters; joined back into
   kv_b at load) and with attn_kv_b whole: bit for bit; q8_0 (attn_kv_b)
   against --weights q8_0 within 1e-6;
@@ -113,11 +116,11 @@ def main():
 
     last_err = [""]
 
-    def score(model, opts=(), env=None):
+    def score(model, opts=(), env=None, launcher=()):
         count[0] += 1
         out = os.path.join(work, f"out{count[0]}.safetensors")
-        rc, _, err = run([exe, "score", "--model", model, "--input", inp, "--output", out,
-                          *opts], env=env)
+        rc, _, err = run([*launcher, exe, "score", "--model", model, "--input", inp, "--output",
+                          out, *opts], env=env)
         last_err[0] = err
         check(rc == 0, f"score {os.path.basename(model)} {' '.join(opts)}"
               f"{' ' + str(env) if env else ''}: exit 0 (rc {rc})", err.strip()[-400:])
@@ -194,9 +197,36 @@ def main():
     # on a device its Q5_K matrices become Q8_0 at load (no Q5_K kernels there): the
     # blocks --weights q8_0 makes of the decoded copy, bit for bit
     dev = {"MC_CPU_AS_DEVICE": "1"}
+    q5_dev = score(q5, env=dev)
     compare("q5_k GGUF on a device (Q5_K converted to Q8_0) vs its decoded values "
-            "--weights q8_0 on the device", score(q5, env=dev),
+            "--weights q8_0 on the device", q5_dev,
             score(ref5, ["--weights", "q8_0"], env=dev), 0.0)
+    # tensor parallelism cutting K-quant matrices inside their 256-weight blocks (this
+    # model's 256-column o_proj / down halves at 128): such a rank's matrix is held as
+    # Q8_0. On the device every Q5_K matrix is Q8_0 anyway, so --tp 2 there gives the
+    # decoded copy's `--weights q8_0 --tp 2` bit for bit (the same blocks on each rank;
+    # against one process the split sums' 8-bit activation blocks move routing on this
+    # random model, ~1e-2); on the host the q4_k file, whose cuts were refused before,
+    # now runs
+    mpirun = shutil.which("mpirun")
+    if mpirun:
+        launcher = [mpirun, "-np", "2"]
+        ver = subprocess.run([mpirun, "--version"], capture_output=True, text=True).stdout
+        if "Open MPI" in ver or "OpenRTE" in ver:
+            launcher += ["--oversubscribe", "--bind-to", "none"]
+            if os.geteuid() == 0:
+                launcher += ["--allow-run-as-root"]
+        tp5 = score(q5, ["--tp", "2"], env=dev, launcher=launcher)
+        check("held as Q8_0" in last_err[0], "q5_k --tp 2: the Q8_0 cut is logged",
+              last_err[0][-400:])
+        compare("q5_k GGUF --tp 2 on a device (cut matrices held as Q8_0) vs its decoded "
+                "values --weights q8_0 --tp 2 on the device", tp5,
+                score(ref5, ["--weights", "q8_0", "--tp", "2"], env=dev, launcher=launcher), 0.0)
+        score(os.path.join(work, "q4_k.gguf"), ["--tp", "2"], launcher=launcher)
+        check("held as Q8_0" in last_err[0], "q4_k --tp 2: the Q8_0 cut is logged",
+              last_err[0][-400:])
+    else:
+        print("skip: --tp 2 (no mpirun)")
     # the q4_k GGUF's rows repacked at load on avx512, against the scalar path reading them
     # as stored
     q4 = os.path.join(work, "q4_k.gguf")

@@ -167,6 +167,8 @@ static void run_format(mc_dtype dt)
             mc_mat pw = w;
             pw.data = pdata;
             int packed = 0;
+            if (!mc_kpath_supported(MC_KPATH_AVX512) && ri == 0 && ci == 0)
+                printf("%s: no avx512 path on this CPU: the repacked rows are not tested\n", fn);
             if (mc_kpath_supported(MC_KPATH_AVX512)) {
                 mc_kernels_set_path(MC_KPATH_AVX512);
                 packed = mc_mat_pack(&pw);
