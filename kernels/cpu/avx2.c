@@ -403,52 +403,7 @@ static void rows_q8_0(const mc_mat *w, const mc_qact *a, float *y, int ldy, int 
     }
 }
 
-/* ---- Q4_K ---- */
-
-static void rows_q4_k(const mc_mat *w, const mc_qact *a, float *y, int ldy, int r0, int r1)
-{
-    int nb = a->kp / MC_QK_K;
-    const __m256i m4 = _mm256_set1_epi8(0x0f);
-    for (int o = r0; o < r1; o++) {
-        const unsigned char *row = mc_row_ptr(w, o);
-        for (int t = 0; t < a->n; t++) {
-            const int8_t *xq = a->q + (size_t)t * a->kp;
-            const float *xd = a->d + (size_t)t * nb;
-            const int16_t *bs = a->bsum + (size_t)t * (a->kp / 32);
-            __m256 acc = _mm256_setzero_ps(), macc = _mm256_setzero_ps();
-            for (int b = 0; b < nb; b++) {
-                const unsigned char *blk = row + (size_t)b * sizeof(mc_block_q4_k);
-                uint16_t hd, hm;
-                memcpy(&hd, blk, 2);
-                memcpy(&hm, blk + 2, 2);
-                uint8_t sm[16];
-                mc_q4_k_unpack(blk + 4, sm);
-                const unsigned char *qs = blk + 16;
-                const int8_t *xb = xq + (size_t)b * MC_QK_K;
-                __m256i sumi = _mm256_setzero_si256();
-#pragma GCC unroll 4
-                for (int c = 0; c < 4; c++) {
-                    __m256i q = _mm256_loadu_si256((const __m256i *)(qs + 32 * c));
-                    __m256i lo = _mm256_and_si256(q, m4);
-                    __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-                    __m256i plo = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)(xb + 64 * c)));
-                    __m256i phi = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(xb + 64 * c + 32)));
-                    sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(plo, _mm256_set1_epi16(sm[2 * c])));
-                    sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(phi, _mm256_set1_epi16(sm[2 * c + 1])));
-                }
-                float dx = xd[b];
-                acc = _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(hd) * dx), _mm256_cvtepi32_ps(sumi), acc);
-                __m256i m8 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(sm + 8)));
-                __m256i b8 = _mm256_cvtepi16_epi32(_mm_loadu_si128((const __m128i *)(bs + 8 * b)));
-                macc = _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(hm) * dx),
-                                       _mm256_cvtepi32_ps(_mm256_mullo_epi32(m8, b8)), macc);
-            }
-            y[(size_t)t * ldy + o] = hsum256(acc) - hsum256(macc);
-        }
-    }
-}
-
-/* ---- Q5_K ---- */
+/* ---- Q4_K and Q5_K ---- */
 
 /* Bit k (0..7) of every byte of v moved to bit 4, all other bits cleared
  * (16-bit shifts: a bit carried over from the neighbouring byte never lands
@@ -463,11 +418,12 @@ AI __m256i bit_to_16(__m256i v, int k)
     return _mm256_and_si256(v, m16);
 }
 
-/* As rows_q4_k, with each value's fifth bit (qh) added as 16 (0..31 x int8
- * pairs stay within vpmaddubsw's int16). */
-static void rows_q5_k(const mc_mat *w, const mc_qact *a, float *y, int ldy, int r0, int r1)
+/* Q4_K (five 0) or Q5_K (five 1: each value's fifth bit, qh, added as 16;
+ * 0..31 x int8 pairs stay within vpmaddubsw's int16). */
+AI void rows_q45_k(int five, const mc_mat *w, const mc_qact *a, float *y, int ldy, int r0, int r1)
 {
     int nb = a->kp / MC_QK_K;
+    size_t bbytes = five ? sizeof(mc_block_q5_k) : sizeof(mc_block_q4_k);
     const __m256i m4 = _mm256_set1_epi8(0x0f);
     for (int o = r0; o < r1; o++) {
         const unsigned char *row = mc_row_ptr(w, o);
@@ -477,22 +433,26 @@ static void rows_q5_k(const mc_mat *w, const mc_qact *a, float *y, int ldy, int 
             const int16_t *bs = a->bsum + (size_t)t * (a->kp / 32);
             __m256 acc = _mm256_setzero_ps(), macc = _mm256_setzero_ps();
             for (int b = 0; b < nb; b++) {
-                const unsigned char *blk = row + (size_t)b * sizeof(mc_block_q5_k);
+                const unsigned char *blk = row + (size_t)b * bbytes;
                 uint16_t hd, hm;
                 memcpy(&hd, blk, 2);
                 memcpy(&hm, blk + 2, 2);
                 uint8_t sm[16];
                 mc_q4_k_unpack(blk + 4, sm);
-                const __m256i qh = _mm256_loadu_si256((const __m256i *)(blk + 16));
-                const unsigned char *qs = blk + 48;
+                const __m256i qh = five ? _mm256_loadu_si256((const __m256i *)(blk + 16))
+                                        : _mm256_setzero_si256();
+                const unsigned char *qs = blk + (five ? 48 : 16);
                 const int8_t *xb = xq + (size_t)b * MC_QK_K;
                 __m256i sumi = _mm256_setzero_si256();
 #pragma GCC unroll 4
                 for (int c = 0; c < 4; c++) {
                     __m256i q = _mm256_loadu_si256((const __m256i *)(qs + 32 * c));
-                    __m256i lo = _mm256_or_si256(_mm256_and_si256(q, m4), bit_to_16(qh, 2 * c));
-                    __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4),
-                                                 bit_to_16(qh, 2 * c + 1));
+                    __m256i lo = _mm256_and_si256(q, m4);
+                    __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+                    if (five) {
+                        lo = _mm256_or_si256(lo, bit_to_16(qh, 2 * c));
+                        hi = _mm256_or_si256(hi, bit_to_16(qh, 2 * c + 1));
+                    }
                     __m256i plo = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)(xb + 64 * c)));
                     __m256i phi = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(xb + 64 * c + 32)));
                     sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(plo, _mm256_set1_epi16(sm[2 * c])));
@@ -508,6 +468,16 @@ static void rows_q5_k(const mc_mat *w, const mc_qact *a, float *y, int ldy, int 
             y[(size_t)t * ldy + o] = hsum256(acc) - hsum256(macc);
         }
     }
+}
+
+static void rows_q4_k(const mc_mat *w, const mc_qact *a, float *y, int ldy, int r0, int r1)
+{
+    rows_q45_k(0, w, a, y, ldy, r0, r1);
+}
+
+static void rows_q5_k(const mc_mat *w, const mc_qact *a, float *y, int ldy, int r0, int r1)
+{
+    rows_q45_k(1, w, a, y, ldy, r0, r1);
 }
 
 /* ---- vector math ---- */

@@ -105,9 +105,14 @@ static void rows_q8_0(const mc_mat *w, const mc_qact *a, float *y, int ldy, int 
     }
 }
 
-static void rows_q4_k(const mc_mat *w, const mc_qact *a, float *y, int ldy, int r0, int r1)
+/* Q4_K (five 0) or Q5_K (five 1: each value's fifth bit, qh, added as 16)
+ * against activations quantized per 256 (d) with per-32 sums (bsum, for
+ * the mins). */
+static inline void rows_q45_k(int five, const mc_mat *w, const mc_qact *a, float *y, int ldy,
+                              int r0, int r1)
 {
     int nb = a->kp / MC_QK_K;
+    size_t bbytes = five ? sizeof(mc_block_q5_k) : sizeof(mc_block_q4_k);
     for (int o = r0; o < r1; o++) {
         const unsigned char *row = mc_row_ptr(w, o);
         for (int t = 0; t < a->n; t++) {
@@ -116,62 +121,41 @@ static void rows_q4_k(const mc_mat *w, const mc_qact *a, float *y, int ldy, int 
             const int16_t *bs = a->bsum + (size_t)t * (a->kp / 32);
             float acc = 0.0f, macc = 0.0f;
             for (int b = 0; b < nb; b++) {
-                mc_block_q4_k blk;
-                memcpy(&blk, row + (size_t)b * sizeof blk, sizeof blk);
+                const unsigned char *blk = row + (size_t)b * bbytes;
+                uint16_t hd, hm;
+                memcpy(&hd, blk, 2);
+                memcpy(&hm, blk + 2, 2);
+                const uint8_t *scales = blk + 4, *qh = blk + 16, *qs = blk + (five ? 48 : 16);
                 int32_t sumi = 0, mins = 0;
                 for (int j = 0; j < 8; j++) {
                     uint8_t sc, m;
-                    mc_q4_k_scale_min(j, blk.scales, &sc, &m);
-                    const uint8_t *q = blk.qs + 32 * (j / 2);
+                    mc_q4_k_scale_min(j, scales, &sc, &m);
+                    const uint8_t *q = qs + 32 * (j / 2);
                     const int8_t *xs = xq + b * MC_QK_K + 32 * j;
                     int32_t s = 0;
                     for (int l = 0; l < 32; l++)
-                        s += ((j & 1) ? q[l] >> 4 : q[l] & 0xF) * xs[l];
+                        s += (((j & 1) ? q[l] >> 4 : q[l] & 0xF) |
+                              (five ? ((qh[l] >> j) & 1) << 4 : 0)) *
+                             xs[l];
                     sumi += sc * s;
                     mins += m * bs[b * 8 + j];
                 }
-                acc += mc_kf16(blk.d) * xd[b] * (float)sumi;
-                macc += mc_kf16(blk.dmin) * xd[b] * (float)mins;
+                acc += mc_kf16(hd) * xd[b] * (float)sumi;
+                macc += mc_kf16(hm) * xd[b] * (float)mins;
             }
             y[(size_t)t * ldy + o] = acc - macc;
         }
     }
 }
 
-/* Q5_K against the activations of Q4_K (d per 256, sums per 32): Q4_K's
- * sums with the fifth bit (16) added to each value. */
+static void rows_q4_k(const mc_mat *w, const mc_qact *a, float *y, int ldy, int r0, int r1)
+{
+    rows_q45_k(0, w, a, y, ldy, r0, r1);
+}
+
 static void rows_q5_k(const mc_mat *w, const mc_qact *a, float *y, int ldy, int r0, int r1)
 {
-    int nb = a->kp / MC_QK_K;
-    for (int o = r0; o < r1; o++) {
-        const unsigned char *row = mc_row_ptr(w, o);
-        for (int t = 0; t < a->n; t++) {
-            const int8_t *xq = a->q + (size_t)t * a->kp;
-            const float *xd = a->d + (size_t)t * nb;
-            const int16_t *bs = a->bsum + (size_t)t * (a->kp / 32);
-            float acc = 0.0f, macc = 0.0f;
-            for (int b = 0; b < nb; b++) {
-                mc_block_q5_k blk;
-                memcpy(&blk, row + (size_t)b * sizeof blk, sizeof blk);
-                int32_t sumi = 0, mins = 0;
-                for (int j = 0; j < 8; j++) {
-                    uint8_t sc, m;
-                    mc_q4_k_scale_min(j, blk.scales, &sc, &m);
-                    const uint8_t *q = blk.qs + 32 * (j / 2);
-                    const int8_t *xs = xq + b * MC_QK_K + 32 * j;
-                    int32_t s = 0;
-                    for (int l = 0; l < 32; l++)
-                        s += (((j & 1) ? q[l] >> 4 : q[l] & 0xF) | ((blk.qh[l] >> j) & 1) << 4) *
-                             xs[l];
-                    sumi += sc * s;
-                    mins += m * bs[b * 8 + j];
-                }
-                acc += mc_kf16(blk.d) * xd[b] * (float)sumi;
-                macc += mc_kf16(blk.dmin) * xd[b] * (float)mins;
-            }
-            y[(size_t)t * ldy + o] = acc - macc;
-        }
-    }
+    rows_q45_k(1, w, a, y, ldy, r0, r1);
 }
 
 /* Q6_K against activations quantized per 256 (d) with per-16 sums (bsum16):
