@@ -168,24 +168,12 @@ static inline mc_status mc_model_convert(mc_model *m, mc_dtype from, mc_dtype to
     const mc_model_desc *d = &m->d;
     mc_status st = MC_OK;
     int tied = m->lm_head.data == m->embed.data;
+/* mc_model_quant_mat_: rows decoded, quantized, owned by m (never repacked here: only a
+ * device session, which reads rows as stored, converts) */
 #define CONV(w)                                                                                    \
     do {                                                                                           \
-        mc_mat *w_ = (w);                                                                          \
-        if (st == MC_OK && w_->data && w_->rows > 0 && w_->cols > 0 && w_->dtype == from) {       \
-            mc_mat q;                                                                              \
-            void *store;                                                                           \
-            mc_err qe;                                                                             \
-            mc_err_clear(&qe);                                                                     \
-            st = mc_mat_quantize(w_, to, &q, &store, &qe);                                         \
-            if (st == MC_ERR_FORMAT)                                                               \
-                st = mc_nf_blame_mat(m, w_->data, qe.msg, err);                                    \
-            else if (st != MC_OK)                                                                  \
-                st = mc_err_set(err, st, "%s", qe.msg);                                            \
-            else if (!mc_model_own(m, store))                                                      \
-                st = mc_err_set(err, MC_ERR_NOMEM, "out of memory");                               \
-            else                                                                                   \
-                *w_ = q;                                                                           \
-        }                                                                                          \
+        if (st == MC_OK && (w)->dtype == from)                                                     \
+            st = mc_model_quant_mat_(m, (w), to, err);                                             \
     } while (0)
     for (int l = 0; l < d->n_layers && st == MC_OK; l++) {
         mc_layer_w *w = &m->layers[l];
