@@ -7,6 +7,7 @@
  * sign(x, w), then vpmaddwd with ones. Q4_K: vpmaddubsw on nibbles and
  * int8 activations, vpmaddwd with the sub-block scale. */
 #include "kern.h"
+#include "kern_q4k.h"
 
 #include <immintrin.h>
 #include <math.h>
@@ -370,35 +371,72 @@ static void rows_bf16_direct(const mc_mat *w, const void *pack, const float *x, 
 
 /* ---- Q8_0 ---- */
 
-AI __m256 q8_0_block(const unsigned char *blk, const int8_t *xq, float xd)
+/* One Q8_0 row against T tokens (xq, xd: the first token's values). Per
+ * block the weights' |w| and scale once for all tokens; per token
+ * vpmaddubsw of |w| and sign(x, w), vpmaddwd with ones (int32 lanes,
+ * exact), then acc += (dw dx) S, even and odd blocks in two accumulators
+ * (one chain of FMA latency a block would bound decode). A token's
+ * arithmetic does not depend on T. Decode (T 1) prefetches the row stream
+ * PF_BYTES ahead. */
+AI void q8_0_row(int T, const unsigned char *row, const int8_t *xq, const float *xd, int kp, int nb,
+                 float *y, int ldy)
 {
-    uint16_t h;
-    memcpy(&h, blk, 2);
-    __m256i wq = _mm256_loadu_si256((const __m256i *)(blk + 2));
-    __m256i xv = _mm256_loadu_si256((const __m256i *)xq);
-    __m256i p16 = _mm256_maddubs_epi16(_mm256_abs_epi8(wq), _mm256_sign_epi8(xv, wq));
-    __m256i p = _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
-    return _mm256_mul_ps(_mm256_set1_ps(_cvtsh_ss(h) * xd), _mm256_cvtepi32_ps(p));
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc[4][2];
+#pragma GCC unroll 4
+    for (int t = 0; t < T; t++)
+        acc[t][0] = acc[t][1] = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        const unsigned char *blk = row + (size_t)b * sizeof(mc_block_q8_0);
+        if (T == 1 && (b & 1) == 0) /* 68 bytes a pair of blocks */
+            _mm_prefetch((const char *)blk + PF_BYTES, _MM_HINT_T0);
+        uint16_t h;
+        memcpy(&h, blk, 2);
+        __m256 dw = _mm256_set1_ps(_cvtsh_ss(h));
+        __m256i wq = _mm256_loadu_si256((const __m256i *)(blk + 2));
+        __m256i aw = _mm256_abs_epi8(wq);
+#pragma GCC unroll 4
+        for (int t = 0; t < T; t++) {
+            __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + (size_t)t * kp + (size_t)b * MC_QK8_0));
+            __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(xv, wq)), ones);
+            __m256 dx = _mm256_broadcast_ss(xd + (size_t)t * nb + b);
+            acc[t][b & 1] = _mm256_fmadd_ps(_mm256_mul_ps(dw, dx), _mm256_cvtepi32_ps(p), acc[t][b & 1]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int t = 0; t < T; t++)
+        y[(size_t)t * ldy] = hsum256(_mm256_add_ps(acc[t][0], acc[t][1]));
+}
+
+/* Rows of about Q_PANEL_BYTES of weights (kept in L2) swept once per group
+ * of 4 tokens (their activations in L1); decode streams its rows once. */
+#define Q_PANEL_BYTES (128 * 1024)
+
+AI int panel_rows(size_t row_bytes)
+{
+    size_t rb = Q_PANEL_BYTES / (row_bytes ? row_bytes : 1);
+    return rb < 4 ? 4 : rb > 4096 ? 4096 : (int)rb;
 }
 
 static void rows_q8_0(const mc_mat *w, const mc_qact *a, float *y, int ldy, int r0, int r1)
 {
     int nb = a->kp / MC_QK8_0;
-    for (int o = r0; o < r1; o++) {
-        const unsigned char *row = mc_row_ptr(w, o);
-        for (int t = 0; t < a->n; t++) {
-            const int8_t *xq = a->q + (size_t)t * a->kp;
-            const float *xd = a->d + (size_t)t * nb;
-            __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-            int b = 0;
-            for (; b + 2 <= nb; b += 2) {
-                acc0 = _mm256_add_ps(acc0, q8_0_block(row + (size_t)b * 34, xq + b * 32, xd[b]));
-                acc1 = _mm256_add_ps(acc1, q8_0_block(row + (size_t)(b + 1) * 34, xq + (b + 1) * 32,
-                                                      xd[b + 1]));
+    int pr = a->n == 1 ? r1 - r0 : panel_rows((size_t)nb * sizeof(mc_block_q8_0));
+    for (int p0 = r0; p0 < r1; p0 += pr) {
+        int p1 = r1 - p0 < pr ? r1 : p0 + pr;
+        for (int t0 = 0; t0 < a->n; t0 += 4) {
+            const int8_t *xq = a->q + (size_t)t0 * a->kp;
+            const float *xd = a->d + (size_t)t0 * nb;
+            float *yt = y + (size_t)t0 * ldy;
+            for (int o = p0; o < p1; o++) {
+                const unsigned char *row = mc_row_ptr(w, o);
+                switch (a->n - t0 < 4 ? a->n - t0 : 4) {
+                case 1: q8_0_row(1, row, xq, xd, a->kp, nb, yt + o, ldy); break;
+                case 2: q8_0_row(2, row, xq, xd, a->kp, nb, yt + o, ldy); break;
+                case 3: q8_0_row(3, row, xq, xd, a->kp, nb, yt + o, ldy); break;
+                default: q8_0_row(4, row, xq, xd, a->kp, nb, yt + o, ldy); break;
+                }
             }
-            if (b < nb)
-                acc0 = _mm256_add_ps(acc0, q8_0_block(row + (size_t)b * 34, xq + b * 32, xd[b]));
-            y[(size_t)t * ldy + o] = hsum256(_mm256_add_ps(acc0, acc1));
         }
     }
 }
@@ -418,54 +456,116 @@ AI __m256i bit_to_16(__m256i v, int k)
     return _mm256_and_si256(v, m16);
 }
 
-/* Q4_K (five 0) or Q5_K (five 1: each value's fifth bit, qh, added as 16;
- * 0..31 x int8 pairs stay within vpmaddubsw's int16). */
+/* vpshufb indices: every 16-bit lane word j of the 8 scales as words (in
+ * both 128-bit halves). */
+static const uint8_t q4k_sidx[8][32] __attribute__((aligned(32))) = {
+#define Q4K_W(j) {2 * j, 2 * j + 1, 2 * j, 2 * j + 1, 2 * j, 2 * j + 1, 2 * j, 2 * j + 1,            \
+                  2 * j, 2 * j + 1, 2 * j, 2 * j + 1, 2 * j, 2 * j + 1, 2 * j, 2 * j + 1,            \
+                  2 * j, 2 * j + 1, 2 * j, 2 * j + 1, 2 * j, 2 * j + 1, 2 * j, 2 * j + 1,            \
+                  2 * j, 2 * j + 1, 2 * j, 2 * j + 1, 2 * j, 2 * j + 1, 2 * j, 2 * j + 1}
+    Q4K_W(0), Q4K_W(1), Q4K_W(2), Q4K_W(3), Q4K_W(4), Q4K_W(5), Q4K_W(6), Q4K_W(7)
+#undef Q4K_W
+};
+
+/* One Q4_K (five 0) or Q5_K (five 1: each value's fifth bit, qh, added as
+ * 16; 0..31 x int8 pairs stay within vpmaddubsw's int16) row against T
+ * tokens (xq, xd, bs: the first token's values). Per block the scales and
+ * mins (in registers, kern_q4k.h), d and dmin and the 8 vectors of values
+ * are unpacked once for all T tokens; per token vpmaddubsw and vpmaddwd
+ * with the sub-block scale into int32 lanes (exact), then one f32 step
+ * acc += (d dx) S - (dmin dx) M, M = sum_j m_j X_j from vpmaddwd of the
+ * mins and the per-32 activation sums. A token's arithmetic does not
+ * depend on T. Decode (T 1) prefetches the row stream PF_BYTES ahead. */
+AI void q45_k_row(int T, int five, const unsigned char *row, const int8_t *xq, const float *xd,
+                  const int16_t *bs, int kp, int nb, float *y, int ldy)
+{
+    const __m256i m4 = _mm256_set1_epi8(0x0f), m16 = _mm256_set1_epi8(16);
+    const size_t bbytes = five ? sizeof(mc_block_q5_k) : sizeof(mc_block_q4_k);
+    /* the f32 sums in memory (touched once a block): in registers they
+     * pushed the int32 sums out of them */
+    float acc[4][8] __attribute__((aligned(32))) = {{0}};
+    for (int b = 0; b < nb; b++) {
+        const unsigned char *blk = row + (size_t)b * bbytes;
+        if (T == 1) { /* decode: the row stream, 144 (Q5_K 176) bytes a block */
+            _mm_prefetch((const char *)blk + PF_BYTES, _MM_HINT_T0);
+            _mm_prefetch((const char *)blk + PF_BYTES + 64, _MM_HINT_T0);
+            _mm_prefetch((const char *)blk + PF_BYTES + 128, _MM_HINT_T0);
+        }
+        __m128i sm = q4_k_scales(blk + 4); /* bytes 0..7 the scales, 8..15 the mins */
+        __m256i s2 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm));
+        const __m256i qh = five ? _mm256_loadu_si256((const __m256i *)(blk + 16)) : _mm256_setzero_si256();
+        const unsigned char *qs = blk + (five ? 48 : 16);
+        __m256i sumi[4];
+#pragma GCC unroll 4
+        for (int t = 0; t < T; t++)
+            sumi[t] = _mm256_setzero_si256();
+        /* not unrolled: unrolled, GCC re-associated the int32 sums over the four
+         * chunks and spilled the partial products to the stack */
+        __m256i hb = qh; /* the fifth bits of chunk c in bits 0 and 1 of every byte */
+#pragma GCC unroll 1
+        for (int c = 0; c < 4; c++) {
+            __m256i q = _mm256_loadu_si256((const __m256i *)(qs + 32 * c));
+            __m256i lo = _mm256_and_si256(q, m4);
+            __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+            if (five) { /* 16-bit shifts: what crosses from the next byte lands above bit 4 */
+                lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_slli_epi16(hb, 4), m16));
+                hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_slli_epi16(hb, 3), m16));
+                hb = _mm256_srli_epi16(hb, 2);
+            }
+            __m256i slo = _mm256_shuffle_epi8(s2, _mm256_load_si256((const __m256i *)q4k_sidx[2 * c]));
+            __m256i shi = _mm256_shuffle_epi8(s2, _mm256_load_si256((const __m256i *)q4k_sidx[2 * c + 1]));
+#pragma GCC unroll 4
+            for (int t = 0; t < T; t++) {
+                const int8_t *xb = xq + (size_t)t * kp + (size_t)b * MC_QK_K + 64 * c;
+                __m256i plo = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)xb));
+                __m256i phi = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(xb + 32)));
+                sumi[t] = _mm256_add_epi32(sumi[t], _mm256_add_epi32(_mm256_madd_epi16(plo, slo),
+                                                                     _mm256_madd_epi16(phi, shi)));
+            }
+        }
+        uint32_t hh;
+        memcpy(&hh, blk, 4);
+        __m128 dd = _mm_cvtph_ps(_mm_cvtsi32_si128((int)hh)); /* d, dmin */
+        __m256 dv = _mm256_broadcastss_ps(dd), mv = _mm256_broadcastss_ps(_mm_movehdup_ps(dd));
+        __m128i mins = _mm_cvtepu8_epi16(_mm_unpackhi_epi64(sm, sm));
+#pragma GCC unroll 4
+        for (int t = 0; t < T; t++) {
+            __m256 dx = _mm256_broadcast_ss(xd + (size_t)t * nb + b);
+            __m256 at = _mm256_fmadd_ps(_mm256_mul_ps(dv, dx), _mm256_cvtepi32_ps(sumi[t]),
+                                        _mm256_load_ps(acc[t]));
+            __m128i mp = _mm_madd_epi16(
+                mins, _mm_loadu_si128((const __m128i *)(bs + (size_t)t * (kp / 32) + 8 * (size_t)b)));
+            at = _mm256_fnmadd_ps(_mm256_mul_ps(mv, dx), _mm256_zextps128_ps256(_mm_cvtepi32_ps(mp)), at);
+            _mm256_store_ps(acc[t], at);
+        }
+    }
+#pragma GCC unroll 4
+    for (int t = 0; t < T; t++)
+        y[(size_t)t * ldy] = hsum256(_mm256_load_ps(acc[t]));
+}
+
+/* Q4_K (five 0) or Q5_K (five 1) rows [r0, r1) x all tokens. */
 AI void rows_q45_k(int five, const mc_mat *w, const mc_qact *a, float *y, int ldy, int r0, int r1)
 {
-    int nb = a->kp / MC_QK_K;
+    int nb = a->kp / MC_QK_K, ns = a->kp / 32;
     size_t bbytes = five ? sizeof(mc_block_q5_k) : sizeof(mc_block_q4_k);
-    const __m256i m4 = _mm256_set1_epi8(0x0f);
-    for (int o = r0; o < r1; o++) {
-        const unsigned char *row = mc_row_ptr(w, o);
-        for (int t = 0; t < a->n; t++) {
-            const int8_t *xq = a->q + (size_t)t * a->kp;
-            const float *xd = a->d + (size_t)t * nb;
-            const int16_t *bs = a->bsum + (size_t)t * (a->kp / 32);
-            __m256 acc = _mm256_setzero_ps(), macc = _mm256_setzero_ps();
-            for (int b = 0; b < nb; b++) {
-                const unsigned char *blk = row + (size_t)b * bbytes;
-                uint16_t hd, hm;
-                memcpy(&hd, blk, 2);
-                memcpy(&hm, blk + 2, 2);
-                uint8_t sm[16];
-                mc_q4_k_unpack(blk + 4, sm);
-                const __m256i qh = five ? _mm256_loadu_si256((const __m256i *)(blk + 16))
-                                        : _mm256_setzero_si256();
-                const unsigned char *qs = blk + (five ? 48 : 16);
-                const int8_t *xb = xq + (size_t)b * MC_QK_K;
-                __m256i sumi = _mm256_setzero_si256();
-#pragma GCC unroll 4
-                for (int c = 0; c < 4; c++) {
-                    __m256i q = _mm256_loadu_si256((const __m256i *)(qs + 32 * c));
-                    __m256i lo = _mm256_and_si256(q, m4);
-                    __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-                    if (five) {
-                        lo = _mm256_or_si256(lo, bit_to_16(qh, 2 * c));
-                        hi = _mm256_or_si256(hi, bit_to_16(qh, 2 * c + 1));
-                    }
-                    __m256i plo = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)(xb + 64 * c)));
-                    __m256i phi = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(xb + 64 * c + 32)));
-                    sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(plo, _mm256_set1_epi16(sm[2 * c])));
-                    sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(phi, _mm256_set1_epi16(sm[2 * c + 1])));
+    int pr = a->n == 1 ? r1 - r0 : panel_rows((size_t)nb * bbytes);
+    for (int p0 = r0; p0 < r1; p0 += pr) {
+        int p1 = r1 - p0 < pr ? r1 : p0 + pr;
+        for (int t0 = 0; t0 < a->n; t0 += 4) {
+            const int8_t *xq = a->q + (size_t)t0 * a->kp;
+            const float *xd = a->d + (size_t)t0 * nb;
+            const int16_t *bs = a->bsum + (size_t)t0 * ns;
+            float *yt = y + (size_t)t0 * ldy;
+            for (int o = p0; o < p1; o++) {
+                const unsigned char *row = mc_row_ptr(w, o);
+                switch (a->n - t0 < 4 ? a->n - t0 : 4) {
+                case 1: q45_k_row(1, five, row, xq, xd, bs, a->kp, nb, yt + o, ldy); break;
+                case 2: q45_k_row(2, five, row, xq, xd, bs, a->kp, nb, yt + o, ldy); break;
+                case 3: q45_k_row(3, five, row, xq, xd, bs, a->kp, nb, yt + o, ldy); break;
+                default: q45_k_row(4, five, row, xq, xd, bs, a->kp, nb, yt + o, ldy); break;
                 }
-                float dx = xd[b];
-                acc = _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(hd) * dx), _mm256_cvtepi32_ps(sumi), acc);
-                __m256i m8 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(sm + 8)));
-                __m256i b8 = _mm256_cvtepi16_epi32(_mm_loadu_si128((const __m128i *)(bs + 8 * b)));
-                macc = _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(hm) * dx),
-                                       _mm256_cvtepi32_ps(_mm256_mullo_epi32(m8, b8)), macc);
             }
-            y[(size_t)t * ldy + o] = hsum256(acc) - hsum256(macc);
         }
     }
 }

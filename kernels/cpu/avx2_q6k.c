@@ -5,7 +5,9 @@
  * vectors and the int16 scale lanes, vpmaddubsw + vpmaddwd per token into
  * int32 lanes, the -32 offset as 32 * sum_j sc_j * bsum16_j, one f32 step
  * d * dx * (int32 sum) per block. At most 4 tokens a pass (16 ymm
- * registers). */
+ * registers). The -32 offset's sum by vpmaddwd of the scales and the
+ * per-16 sums; decode (one token) prefetches the row stream PF_BYTES
+ * ahead. */
 #include "kern.h"
 
 #include <immintrin.h>
@@ -45,6 +47,12 @@ AI void q6_k_row(int T, const unsigned char *row, const mc_qact *a, int t0, int 
     const int16_t *bs = a->bsum16 + (size_t)t0 * (a->kp / 16);
     for (int b = 0; b < nb; b++) {
         const mc_block_q6_k *blk = (const mc_block_q6_k *)(row + (size_t)b * sizeof(mc_block_q6_k));
+        if (T == 1) { /* decode: the row stream, 210 bytes a block */
+            _mm_prefetch((const char *)blk + PF_BYTES, _MM_HINT_T0);
+            _mm_prefetch((const char *)blk + PF_BYTES + 64, _MM_HINT_T0);
+            _mm_prefetch((const char *)blk + PF_BYTES + 128, _MM_HINT_T0);
+            _mm_prefetch((const char *)blk + PF_BYTES + 192, _MM_HINT_T0);
+        }
         __m256i sumi[4];
 #pragma GCC unroll 4
         for (int t = 0; t < T; t++)
@@ -63,15 +71,18 @@ AI void q6_k_row(int T, const unsigned char *row, const mc_qact *a, int t0, int 
                 }
             }
         }
+        __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)blk->scales));
         uint16_t hd;
         memcpy(&hd, &blk->d, 2);
         float d = _cvtsh_ss(hd);
 #pragma GCC unroll 4
         for (int t = 0; t < T; t++) {
             const int16_t *bt = bs + (size_t)t * (a->kp / 16) + 16 * b;
-            int32_t o = 0;
-            for (int j = 0; j < 16; j++)
-                o += blk->scales[j] * bt[j];
+            /* sum_j sc_j bsum16_j: vpmaddwd, then the 8 lanes added (exact) */
+            __m256i op = _mm256_madd_epi16(sc16, _mm256_loadu_si256((const __m256i *)bt));
+            __m128i o4 = _mm_add_epi32(_mm256_castsi256_si128(op), _mm256_extracti128_si256(op, 1));
+            o4 = _mm_add_epi32(o4, _mm_unpackhi_epi64(o4, o4));
+            int32_t o = _mm_cvtsi128_si32(_mm_add_epi32(o4, _mm_shuffle_epi32(o4, 1)));
             float dx = d * xd[(size_t)t * nb + b];
             acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dx), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
             off[t] += dx * (float)(32 * o);
