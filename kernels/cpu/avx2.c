@@ -486,11 +486,8 @@ AI void q45_k_row(int T, int five, const unsigned char *row, const int8_t *xq, c
     float acc[4][8] __attribute__((aligned(32))) = {{0}};
     for (int b = 0; b < nb; b++) {
         const unsigned char *blk = row + (size_t)b * bbytes;
-        if (T == 1) { /* decode: the row stream, 144 (Q5_K 176) bytes a block */
-            _mm_prefetch((const char *)blk + PF_BYTES, _MM_HINT_T0);
-            _mm_prefetch((const char *)blk + PF_BYTES + 64, _MM_HINT_T0);
-            _mm_prefetch((const char *)blk + PF_BYTES + 128, _MM_HINT_T0);
-        }
+        if (T == 1) /* decode: the row stream */
+            q4_k_prefetch_block(blk);
         __m128i sm = q4_k_scales(blk + 4); /* bytes 0..7 the scales, 8..15 the mins */
         __m256i s2 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm));
         const __m256i qh = five ? _mm256_loadu_si256((const __m256i *)(blk + 16)) : _mm256_setzero_si256();

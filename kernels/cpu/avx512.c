@@ -1155,11 +1155,8 @@ AI void q4_k_row(int T, int five, const unsigned char *row, const int8_t *xq, co
         acc[t] = _mm512_setzero_ps();
     for (int b = 0; b < nb; b++) {
         const unsigned char *blk = row + (size_t)b * bbytes;
-        if (T == 1) { /* decode: the row stream, 144 (Q5_K 176) bytes a block */
-            _mm_prefetch((const char *)blk + PF_BYTES, _MM_HINT_T0);
-            _mm_prefetch((const char *)blk + PF_BYTES + 64, _MM_HINT_T0);
-            _mm_prefetch((const char *)blk + PF_BYTES + 128, _MM_HINT_T0);
-        }
+        if (T == 1) /* decode: the row stream */
+            q4_k_prefetch_block(blk);
         /* Q5_K: the fifth bits (bit 2c of qh[l] for value 64c + l, 2c + 1 for 64c + 32 + l)
          * in both halves, for the lower's and the upper's shifts */
         __m512i qhb = five ? _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(blk + 16)))

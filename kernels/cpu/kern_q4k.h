@@ -41,4 +41,13 @@ AI __m128i q4_k_scales(const unsigned char *p)
     return q4_k_scales_v(_mm_loadu_si128((const __m128i *)p));
 }
 
+/* Decode: the Q4_K / Q5_K block PF_BYTES ahead in the row stream (144 or
+ * 176 bytes a block: three lines). */
+AI void q4_k_prefetch_block(const unsigned char *blk)
+{
+    _mm_prefetch((const char *)blk + PF_BYTES, _MM_HINT_T0);
+    _mm_prefetch((const char *)blk + PF_BYTES + 64, _MM_HINT_T0);
+    _mm_prefetch((const char *)blk + PF_BYTES + 128, _MM_HINT_T0);
+}
+
 #endif
