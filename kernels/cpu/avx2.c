@@ -3,9 +3,11 @@
  *
  * The same structure as avx512.c with 8-wide vectors: a tile of 4 weight
  * rows x up to 2 tokens (8 ymm accumulators), an f32 panel for several
- * tokens or scaled weights, scalar tails. Q8_0: vpmaddubsw on |w| and
- * sign(x, w), then vpmaddwd with ones. Q4_K: vpmaddubsw on nibbles and
- * int8 activations, vpmaddwd with the sub-block scale. */
+ * tokens or scaled weights, scalar tails. Block formats: each block
+ * unpacked once for up to 4 tokens, row panels of ~128 KiB swept once per
+ * group of 4 tokens. Q8_0: vpmaddubsw on |w| and sign(x, w), then
+ * vpmaddwd with ones. Q4_K / Q5_K: vpmaddubsw on the values and int8
+ * activations, vpmaddwd with the sub-block scale. */
 #include "kern.h"
 #include "kern_q4k.h"
 
@@ -418,43 +420,7 @@ AI int panel_rows(size_t row_bytes)
     return rb < 4 ? 4 : rb > 4096 ? 4096 : (int)rb;
 }
 
-static void rows_q8_0(const mc_mat *w, const mc_qact *a, float *y, int ldy, int r0, int r1)
-{
-    int nb = a->kp / MC_QK8_0;
-    int pr = a->n == 1 ? r1 - r0 : panel_rows((size_t)nb * sizeof(mc_block_q8_0));
-    for (int p0 = r0; p0 < r1; p0 += pr) {
-        int p1 = r1 - p0 < pr ? r1 : p0 + pr;
-        for (int t0 = 0; t0 < a->n; t0 += 4) {
-            const int8_t *xq = a->q + (size_t)t0 * a->kp;
-            const float *xd = a->d + (size_t)t0 * nb;
-            float *yt = y + (size_t)t0 * ldy;
-            for (int o = p0; o < p1; o++) {
-                const unsigned char *row = mc_row_ptr(w, o);
-                switch (a->n - t0 < 4 ? a->n - t0 : 4) {
-                case 1: q8_0_row(1, row, xq, xd, a->kp, nb, yt + o, ldy); break;
-                case 2: q8_0_row(2, row, xq, xd, a->kp, nb, yt + o, ldy); break;
-                case 3: q8_0_row(3, row, xq, xd, a->kp, nb, yt + o, ldy); break;
-                default: q8_0_row(4, row, xq, xd, a->kp, nb, yt + o, ldy); break;
-                }
-            }
-        }
-    }
-}
-
 /* ---- Q4_K and Q5_K ---- */
-
-/* Bit k (0..7) of every byte of v moved to bit 4, all other bits cleared
- * (16-bit shifts: a bit carried over from the neighbouring byte never lands
- * in bit 4). */
-AI __m256i bit_to_16(__m256i v, int k)
-{
-    const __m256i m16 = _mm256_set1_epi8(16);
-    if (k < 4)
-        return _mm256_and_si256(_mm256_slli_epi16(v, 4 - k), m16);
-    if (k > 4)
-        return _mm256_and_si256(_mm256_srli_epi16(v, k - 4), m16);
-    return _mm256_and_si256(v, m16);
-}
 
 /* vpshufb indices: every 16-bit lane word j of the 8 scales as words (in
  * both 128-bit halves). */
@@ -490,7 +456,8 @@ AI void q45_k_row(int T, int five, const unsigned char *row, const int8_t *xq, c
             q4_k_prefetch_block(blk);
         __m128i sm = q4_k_scales(blk + 4); /* bytes 0..7 the scales, 8..15 the mins */
         __m256i s2 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm));
-        const __m256i qh = five ? _mm256_loadu_si256((const __m256i *)(blk + 16)) : _mm256_setzero_si256();
+        /* Q5_K: the fifth bits of chunk c in bits 0 and 1 of every byte (shifted on per chunk) */
+        __m256i hb = five ? _mm256_loadu_si256((const __m256i *)(blk + 16)) : _mm256_setzero_si256();
         const unsigned char *qs = blk + (five ? 48 : 16);
         __m256i sumi[4];
 #pragma GCC unroll 4
@@ -498,7 +465,6 @@ AI void q45_k_row(int T, int five, const unsigned char *row, const int8_t *xq, c
             sumi[t] = _mm256_setzero_si256();
         /* not unrolled: unrolled, GCC re-associated the int32 sums over the four
          * chunks and spilled the partial products to the stack */
-        __m256i hb = qh; /* the fifth bits of chunk c in bits 0 and 1 of every byte */
 #pragma GCC unroll 1
         for (int c = 0; c < 4; c++) {
             __m256i q = _mm256_loadu_si256((const __m256i *)(qs + 32 * c));
@@ -541,40 +507,52 @@ AI void q45_k_row(int T, int five, const unsigned char *row, const int8_t *xq, c
         y[(size_t)t * ldy] = hsum256(_mm256_load_ps(acc[t]));
 }
 
-/* Q4_K (five 0) or Q5_K (five 1) rows [r0, r1) x all tokens. */
-AI void rows_q45_k(int five, const mc_mat *w, const mc_qact *a, float *y, int ldy, int r0, int r1)
+/* Q8_0 (kind 0), Q4_K (1) or Q5_K (2) rows [r0, r1) x all tokens: panels
+ * of panel_rows rows, each swept once per group of 4 tokens. */
+AI void rows_q(int kind, const mc_mat *w, const mc_qact *a, float *y, int ldy, int r0, int r1)
 {
-    int nb = a->kp / MC_QK_K, ns = a->kp / 32;
-    size_t bbytes = five ? sizeof(mc_block_q5_k) : sizeof(mc_block_q4_k);
+    int nb = a->kp / (kind ? MC_QK_K : MC_QK8_0), ns = a->kp / 32;
+    size_t bbytes = kind == 0 ? sizeof(mc_block_q8_0) : kind == 1 ? sizeof(mc_block_q4_k)
+                                                                  : sizeof(mc_block_q5_k);
     int pr = a->n == 1 ? r1 - r0 : panel_rows((size_t)nb * bbytes);
+/* row o against T tokens from t0 */
+#define Q_ROW(T)                                                                                   \
+    (kind ? q45_k_row(T, kind == 2, row, xq, xd, bs, a->kp, nb, yt + o, ldy)                      \
+          : q8_0_row(T, row, xq, xd, a->kp, nb, yt + o, ldy))
     for (int p0 = r0; p0 < r1; p0 += pr) {
         int p1 = r1 - p0 < pr ? r1 : p0 + pr;
         for (int t0 = 0; t0 < a->n; t0 += 4) {
             const int8_t *xq = a->q + (size_t)t0 * a->kp;
             const float *xd = a->d + (size_t)t0 * nb;
-            const int16_t *bs = a->bsum + (size_t)t0 * ns;
+            const int16_t *bs = kind ? a->bsum + (size_t)t0 * ns : NULL;
             float *yt = y + (size_t)t0 * ldy;
             for (int o = p0; o < p1; o++) {
                 const unsigned char *row = mc_row_ptr(w, o);
                 switch (a->n - t0 < 4 ? a->n - t0 : 4) {
-                case 1: q45_k_row(1, five, row, xq, xd, bs, a->kp, nb, yt + o, ldy); break;
-                case 2: q45_k_row(2, five, row, xq, xd, bs, a->kp, nb, yt + o, ldy); break;
-                case 3: q45_k_row(3, five, row, xq, xd, bs, a->kp, nb, yt + o, ldy); break;
-                default: q45_k_row(4, five, row, xq, xd, bs, a->kp, nb, yt + o, ldy); break;
+                case 1: Q_ROW(1); break;
+                case 2: Q_ROW(2); break;
+                case 3: Q_ROW(3); break;
+                default: Q_ROW(4); break;
                 }
             }
         }
     }
+#undef Q_ROW
+}
+
+static void rows_q8_0(const mc_mat *w, const mc_qact *a, float *y, int ldy, int r0, int r1)
+{
+    rows_q(0, w, a, y, ldy, r0, r1);
 }
 
 static void rows_q4_k(const mc_mat *w, const mc_qact *a, float *y, int ldy, int r0, int r1)
 {
-    rows_q45_k(0, w, a, y, ldy, r0, r1);
+    rows_q(1, w, a, y, ldy, r0, r1);
 }
 
 static void rows_q5_k(const mc_mat *w, const mc_qact *a, float *y, int ldy, int r0, int r1)
 {
-    rows_q45_k(1, w, a, y, ldy, r0, r1);
+    rows_q(2, w, a, y, ldy, r0, r1);
 }
 
 /* ---- vector math ---- */
