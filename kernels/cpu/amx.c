@@ -47,11 +47,10 @@
 
 mc_kops mc_kops_amx;
 
-/* ---- permission, configuration, scratch ---- */
+/* ---- permission, configuration ---- */
 
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 static int g_granted;
-static pthread_key_t g_scratch_key; /* destructor frees a thread's scratch */
 
 /* The 64-byte operand of ldtilecfg (palette 1). */
 typedef struct {
@@ -102,27 +101,6 @@ static void tiles_configure_all64(void)
     }
     __asm__ __volatile__("" : : "r"(&cfg) : "memory");
     __asm__ __volatile__("ldtilecfg %0" : : "m"(cfg) : "memory");
-}
-
-/* This thread's scratch of at least `bytes` (64-byte aligned), grown as
- * needed; owned by the thread (freed by the key's destructor at thread exit,
- * or when replaced). NULL when out of memory. */
-static _Thread_local void *t_scratch;
-static _Thread_local size_t t_scratch_cap;
-
-static void *scratch(size_t bytes)
-{
-    if (bytes <= t_scratch_cap)
-        return t_scratch;
-    size_t cap = (bytes + 4095) & ~(size_t)4095;
-    void *p = aligned_alloc(64, cap);
-    if (!p)
-        return NULL;
-    free(t_scratch);
-    t_scratch = p;
-    t_scratch_cap = cap;
-    pthread_setspecific(g_scratch_key, p);
-    return p;
 }
 
 /* ---- activation repack (once per product) ---- */
@@ -219,7 +197,7 @@ static void rows_q8_0(const mc_mat *w, const mc_qact *a, float *y, int ldy, int 
 {
     int nk = a->kp / 32, nt = (a->n + 15) / 16;
     size_t abytes = (size_t)nk * 512;
-    unsigned char *buf = a->pack ? scratch(abytes + (size_t)nk * 64 + 4096) : NULL;
+    unsigned char *buf = a->pack ? mc_kern_scratch(abytes + (size_t)nk * 64 + 4096) : NULL;
     if (!buf) {
         mc_kops_avx512.rows_q8_0(w, a, y, ldy, r0, r1);
         return;
@@ -323,7 +301,7 @@ static void rows_q4_k(const mc_mat *w, const mc_qact *a, float *y, int ldy, int 
     int nk = a->kp / 32, nb = a->kp / MC_QK_K, nt = (a->n + 15) / 16;
     size_t abytes = (size_t)nk * 512;
     unsigned char *buf =
-        a->pack ? scratch(abytes + (size_t)nb * (8 * 64 * 2 + 64 * 2) + 8 * 1024) : NULL;
+        a->pack ? mc_kern_scratch(abytes + (size_t)nb * (8 * 64 * 2 + 64 * 2) + 8 * 1024) : NULL;
     if (!buf) {
         mc_kops_avx512.rows_q4_k(w, a, y, ldy, r0, r1);
         return;
@@ -774,7 +752,7 @@ static void rows_bf16(const mc_mat *w, const void *pack, const float *x, int n, 
         rg = (r1 - r0 + 31) & ~31;
     int npp = rg / 32;                  /* panel pairs of a group */
     size_t panel = (size_t)nk * 1024;   /* a zero-padded panel copy: (nk, 16, 32) bf16 */
-    unsigned char *buf = pack ? scratch((size_t)npp * (2 * panel + 4096) + 4096) : NULL;
+    unsigned char *buf = pack ? mc_kern_scratch((size_t)npp * (2 * panel + 4096) + 4096) : NULL;
     if (!buf) {
         mc_kops_avx512.rows_f(w, x, n, ldx, y, ldy, r0, r1);
         return;
@@ -905,7 +883,7 @@ static void init_once(void)
     }
 #if defined(__linux__) && defined(SYS_arch_prctl)
     /* ARCH_REQ_XCOMP_PERM (0x1023) for XFEATURE_XTILEDATA (18): per process */
-    if (syscall(SYS_arch_prctl, 0x1023, 18) == 0 && pthread_key_create(&g_scratch_key, free) == 0)
+    if (syscall(SYS_arch_prctl, 0x1023, 18) == 0)
         g_granted = 1;
 #endif
 }

@@ -9,6 +9,7 @@
  * vpmaddwd with ones. Q4_K / Q5_K: vpmaddubsw on the values and int8
  * activations, vpmaddwd with the sub-block scale. */
 #include "kern.h"
+#include "kern_avx2.h"
 #include "kern_q4k.h"
 
 #include <immintrin.h>
@@ -436,20 +437,20 @@ static const uint8_t q4k_sidx[8][32] __attribute__((aligned(32))) = {
 /* One Q4_K (five 0) or Q5_K (five 1: each value's fifth bit, qh, added as
  * 16; 0..31 x int8 pairs stay within vpmaddubsw's int16) row against T
  * tokens (xq, xd, bs: the first token's values). Per block the scales and
- * mins (in registers, kern_q4k.h), d and dmin and the 8 vectors of values
- * are unpacked once for all T tokens; per token vpmaddubsw and vpmaddwd
- * with the sub-block scale into int32 lanes (exact), then one f32 step
- * acc += (d dx) S - (dmin dx) M, M = sum_j m_j X_j from vpmaddwd of the
- * mins and the per-32 activation sums. A token's arithmetic does not
- * depend on T. Decode (T 1) prefetches the row stream PF_BYTES ahead. */
+ * mins (in registers, kern_q4k.h) and the 8 vectors of values are unpacked
+ * once for all T tokens; per token vpmaddubsw and vpmaddwd with the
+ * sub-block scale into int32 lanes, added to S (exact); M = sum_j m_j X_j
+ * (vpmaddwd of the mins and the per-32 activation sums); then two f32
+ * steps acc += (d dx) S, macc += (dmin dx) M, each rounded once (fma1),
+ * and y = acc - macc: a token's arithmetic is the same whatever T, and the
+ * same as the token-group kernel's (q45_tok8). Decode (T 1) prefetches the
+ * row stream PF_BYTES ahead. */
 AI void q45_k_row(int T, int five, const unsigned char *row, const int8_t *xq, const float *xd,
                   const int16_t *bs, int kp, int nb, float *y, int ldy)
 {
     const __m256i m4 = _mm256_set1_epi8(0x0f), m16 = _mm256_set1_epi8(16);
     const size_t bbytes = five ? sizeof(mc_block_q5_k) : sizeof(mc_block_q4_k);
-    /* the f32 sums in memory (touched once a block): in registers they
-     * pushed the int32 sums out of them */
-    float acc[4][8] __attribute__((aligned(32))) = {{0}};
+    float acc[4] = {0}, macc[4] = {0};
     for (int b = 0; b < nb; b++) {
         const unsigned char *blk = row + (size_t)b * bbytes;
         if (T == 1) /* decode: the row stream */
@@ -489,22 +490,197 @@ AI void q45_k_row(int T, int five, const unsigned char *row, const int8_t *xq, c
         uint32_t hh;
         memcpy(&hh, blk, 4);
         __m128 dd = _mm_cvtph_ps(_mm_cvtsi32_si128((int)hh)); /* d, dmin */
-        __m256 dv = _mm256_broadcastss_ps(dd), mv = _mm256_broadcastss_ps(_mm_movehdup_ps(dd));
+        float d = _mm_cvtss_f32(dd), dmin = _mm_cvtss_f32(_mm_movehdup_ps(dd));
         __m128i mins = _mm_cvtepu8_epi16(_mm_unpackhi_epi64(sm, sm));
 #pragma GCC unroll 4
         for (int t = 0; t < T; t++) {
-            __m256 dx = _mm256_broadcast_ss(xd + (size_t)t * nb + b);
-            __m256 at = _mm256_fmadd_ps(_mm256_mul_ps(dv, dx), _mm256_cvtepi32_ps(sumi[t]),
-                                        _mm256_load_ps(acc[t]));
+            float dx = xd[(size_t)t * nb + b];
             __m128i mp = _mm_madd_epi16(
                 mins, _mm_loadu_si128((const __m128i *)(bs + (size_t)t * (kp / 32) + 8 * (size_t)b)));
-            at = _mm256_fnmadd_ps(_mm256_mul_ps(mv, dx), _mm256_zextps128_ps256(_mm_cvtepi32_ps(mp)), at);
-            _mm256_store_ps(acc[t], at);
+            acc[t] = fma1(d * dx, (float)hsum_epi32(sumi[t]), acc[t]);
+            macc[t] = fma1(dmin * dx, (float)hsum_epi32(_mm256_zextsi128_si256(mp)), macc[t]);
         }
     }
 #pragma GCC unroll 4
     for (int t = 0; t < T; t++)
-        y[(size_t)t * ldy] = hsum256(_mm256_load_ps(acc[t]));
+        y[(size_t)t * ldy] = acc[t] - macc[t];
+}
+
+/* ---- Q4_K and Q5_K at many tokens: unpacked row panels x token groups ---- */
+
+/* A Q4_K / Q5_K block unpacked (q45_unpack): the 256 values as bytes in
+ * order, sub-block j's scale as an int32 of two equal int16 (vpmaddwd's
+ * operand), the mins as int16 pairs (m_2p, m_2p+1), d and dmin. */
+typedef struct {
+    uint8_t q[MC_QK_K];
+    int32_t sc[8];
+    int32_t mp[4];
+    float d, dmin, pad[2];
+} q45_unp;
+
+static void q45_unpack(int five, const unsigned char *row, int nb, q45_unp *u)
+{
+    const __m256i m4 = _mm256_set1_epi8(0x0f), m16 = _mm256_set1_epi8(16);
+    const size_t bbytes = five ? sizeof(mc_block_q5_k) : sizeof(mc_block_q4_k);
+    for (int b = 0; b < nb; b++, u++) {
+        const unsigned char *blk = row + (size_t)b * bbytes;
+        __m128i sm = q4_k_scales(blk + 4);
+        __m128i sc16 = _mm_cvtepu8_epi16(sm);
+        _mm_store_si128((__m128i *)u->sc, _mm_unpacklo_epi16(sc16, sc16));
+        _mm_store_si128((__m128i *)(u->sc + 4), _mm_unpackhi_epi16(sc16, sc16));
+        _mm_store_si128((__m128i *)u->mp, _mm_cvtepu8_epi16(_mm_unpackhi_epi64(sm, sm)));
+        uint16_t h[2];
+        memcpy(h, blk, 4);
+        u->d = mc_kf16(h[0]);
+        u->dmin = mc_kf16(h[1]);
+        __m256i hb = five ? _mm256_loadu_si256((const __m256i *)(blk + 16)) : _mm256_setzero_si256();
+        const unsigned char *qs = blk + (five ? 48 : 16);
+        for (int c = 0; c < 4; c++) {
+            __m256i q = _mm256_loadu_si256((const __m256i *)(qs + 32 * c));
+            __m256i lo = _mm256_and_si256(q, m4);
+            __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+            if (five) {
+                lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_slli_epi16(hb, 4), m16));
+                hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_slli_epi16(hb, 3), m16));
+                hb = _mm256_srli_epi16(hb, 2);
+            }
+            _mm256_store_si256((__m256i *)(u->q + 64 * c), lo);
+            _mm256_store_si256((__m256i *)(u->q + 64 * c + 32), hi);
+        }
+    }
+}
+
+/* One unpacked row (nb blocks) against token group g (kern_avx2.h's
+ * records): per block and token the int32 sum S in a lane (8 vectors
+ * reduced by hsum8x8_epi32), then q45_k_row's f32 steps with a token per
+ * lane; the nt tokens kept go to y[t * ldy]. */
+static void q45_tok8(const q45_unp *u, int nb, const void *pack, int g, float *y, int ldy, int nt)
+{
+    __m256 acc = _mm256_setzero_ps(), macc = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++, u++) {
+        const unsigned char *r = tok8_rec(pack, 4, nb, g, b);
+        __m256i s[8];
+#pragma GCC unroll 8
+        for (int t = 0; t < 8; t++)
+            s[t] = _mm256_setzero_si256();
+#pragma GCC unroll 8
+        for (int c = 0; c < 8; c++) {
+            __m256i q = _mm256_load_si256((const __m256i *)(u->q + 32 * c));
+            __m256i sc = _mm256_set1_epi32(u->sc[c]);
+#pragma GCC unroll 8
+            for (int t = 0; t < 8; t++)
+                s[t] = _mm256_add_epi32(
+                    s[t], _mm256_madd_epi16(_mm256_maddubs_epi16(
+                                                q, _mm256_load_si256((const __m256i *)(r + 32 * (8 * c + t)))),
+                                            sc));
+            /* the sums held in registers chunk by chunk: left free, GCC adds
+             * the 64 products of a block as a tree and spills them */
+#pragma GCC unroll 8
+            for (int t = 0; t < 8; t++)
+                __asm__("" : "+x"(s[t]));
+        }
+        __m256 dx = _mm256_load_ps((const float *)(r + 2048));
+        const __m256i *sp = (const __m256i *)(r + 2080);
+        __m256i m = _mm256_add_epi32(
+            _mm256_add_epi32(_mm256_madd_epi16(_mm256_set1_epi32(u->mp[0]), _mm256_load_si256(sp)),
+                             _mm256_madd_epi16(_mm256_set1_epi32(u->mp[1]), _mm256_load_si256(sp + 1))),
+            _mm256_add_epi32(_mm256_madd_epi16(_mm256_set1_epi32(u->mp[2]), _mm256_load_si256(sp + 2)),
+                             _mm256_madd_epi16(_mm256_set1_epi32(u->mp[3]), _mm256_load_si256(sp + 3))));
+        acc = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(u->d), dx),
+                              _mm256_cvtepi32_ps(hsum8x8_epi32(s)), acc);
+        macc = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(u->dmin), dx), _mm256_cvtepi32_ps(m),
+                               macc);
+    }
+    store_tokens(_mm256_sub_ps(acc, macc), y, ldy, nt);
+}
+
+/* Rows [r0, r1) x the token groups of a (a->pack): panels of rows
+ * unpacked into this thread's scratch, each swept once per group; groups
+ * of at most 4 real tokens go through q45_k_row (the same arithmetic).
+ * Returns 0 without scratch (the caller takes the rows of 4 tokens). */
+static int rows_q45_tok8(int five, const mc_mat *w, const mc_qact *a, float *y, int ldy, int r0,
+                         int r1)
+{
+    int nb = a->kp / MC_QK_K, n = a->n;
+    size_t rbytes = (size_t)nb * sizeof(q45_unp);
+    int pr = (int)(TOK8_PANEL_BYTES / rbytes);
+    pr = pr < 4 ? 4 : pr;
+    q45_unp *u = mc_kern_scratch((size_t)pr * rbytes);
+    if (!u)
+        return 0;
+    for (int p0 = r0; p0 < r1; p0 += pr) {
+        int p1 = r1 - p0 < pr ? r1 : p0 + pr;
+        for (int o = p0; o < p1; o++)
+            q45_unpack(five, mc_row_ptr(w, o), nb, u + (size_t)(o - p0) * nb);
+        for (int t0 = 0; t0 < n; t0 += 8) {
+            int nt = n - t0 < 8 ? n - t0 : 8;
+            float *yt = y + (size_t)t0 * ldy;
+            if (nt >= TOK8_MIN) {
+                for (int o = p0; o < p1; o++)
+                    q45_tok8(u + (size_t)(o - p0) * nb, nb, a->pack, t0 / 8, yt + o, ldy, nt);
+                continue;
+            }
+            const int8_t *xq = a->q + (size_t)t0 * a->kp;
+            const float *xd = a->d + (size_t)t0 * nb;
+            const int16_t *bs = a->bsum + (size_t)t0 * (a->kp / 32);
+            for (int o = p0; o < p1; o++) {
+                const unsigned char *row = mc_row_ptr(w, o);
+                switch (nt) {
+                case 1: q45_k_row(1, five, row, xq, xd, bs, a->kp, nb, yt + o, ldy); break;
+                case 2: q45_k_row(2, five, row, xq, xd, bs, a->kp, nb, yt + o, ldy); break;
+                case 3: q45_k_row(3, five, row, xq, xd, bs, a->kp, nb, yt + o, ldy); break;
+                default: q45_k_row(4, five, row, xq, xd, bs, a->kp, nb, yt + o, ldy); break;
+                }
+            }
+        }
+    }
+    return 1;
+}
+
+void mc_avx2_tok8_pack(const mc_qact *a, int P, void *dst)
+{
+    int nb = a->kp / MC_QK_K, G = (a->n + 7) / 8, nsub = 2 * P, ns = nb * nsub;
+    const int16_t *bs = P == 4 ? a->bsum : a->bsum16;
+    for (int g = 0; g < G; g++)
+        for (int b = 0; b < nb; b++) {
+            unsigned char *r = (unsigned char *)tok8_rec(dst, P, nb, g, b);
+            float *dx = (float *)(r + 2048);
+            uint32_t *sp = (uint32_t *)(r + 2080);
+            for (int t = 0; t < 8; t++) {
+                int tok = 8 * g + t;
+                if (tok >= a->n) {
+                    for (int c = 0; c < 8; c++)
+                        memset(r + 32 * (8 * c + t), 0, 32);
+                    dx[t] = 0.0f;
+                    for (int p = 0; p < P; p++)
+                        sp[8 * p + t] = 0;
+                    continue;
+                }
+                const int8_t *xq = a->q + (size_t)tok * a->kp + (size_t)b * MC_QK_K;
+                for (int c = 0; c < 8; c++)
+                    memcpy(r + 32 * (8 * c + t), xq + 32 * c, 32);
+                dx[t] = a->d[(size_t)tok * nb + b];
+                const int16_t *sb = bs + (size_t)tok * ns + (size_t)b * nsub;
+                for (int p = 0; p < P; p++)
+                    sp[8 * p + t] = (uint16_t)sb[2 * p] | (uint32_t)(uint16_t)sb[2 * p + 1] << 16;
+            }
+        }
+}
+
+/* pack_qact: token groups for Q4_K / Q5_K / Q6_K products of TOK8_MIN
+ * tokens or more */
+static size_t pack_qact_bytes(const mc_mat *w, int n)
+{
+    int P = w->dtype == MC_DT_Q6_K ? 8 : w->dtype == MC_DT_Q4_K || w->dtype == MC_DT_Q5_K ? 4 : 0;
+    if (!P || n < TOK8_MIN)
+        return 0;
+    size_t nb = ((size_t)w->cols + MC_QK_K - 1) / MC_QK_K;
+    return (size_t)((n + 7) / 8) * nb * tok8_rec_bytes(P);
+}
+
+static void pack_qact(const mc_mat *w, const mc_qact *a, void *dst)
+{
+    mc_avx2_tok8_pack(a, w->dtype == MC_DT_Q6_K ? 8 : 4, dst);
 }
 
 /* Q8_0 (kind 0), Q4_K (1) or Q5_K (2) rows [r0, r1) x all tokens: panels
@@ -547,12 +723,14 @@ static void rows_q8_0(const mc_mat *w, const mc_qact *a, float *y, int ldy, int 
 
 static void rows_q4_k(const mc_mat *w, const mc_qact *a, float *y, int ldy, int r0, int r1)
 {
-    rows_q(1, w, a, y, ldy, r0, r1);
+    if (!a->pack || !rows_q45_tok8(0, w, a, y, ldy, r0, r1))
+        rows_q(1, w, a, y, ldy, r0, r1);
 }
 
 static void rows_q5_k(const mc_mat *w, const mc_qact *a, float *y, int ldy, int r0, int r1)
 {
-    rows_q(2, w, a, y, ldy, r0, r1);
+    if (!a->pack || !rows_q45_tok8(1, w, a, y, ldy, r0, r1))
+        rows_q(2, w, a, y, ldy, r0, r1);
 }
 
 /* ---- vector math ---- */
@@ -760,6 +938,8 @@ const mc_kops mc_kops_avx2 = {
     .rows_q4_k = rows_q4_k,
     .rows_q5_k = rows_q5_k,
     .rows_q6_k = mc_avx2_rows_q6_k,
+    .pack_qact_bytes = pack_qact_bytes,
+    .pack_qact = pack_qact,
     .dot = dot,
     .axpy = axpy,
     .rmsnorm = rmsnorm,

@@ -182,6 +182,9 @@ extern int mc_kern_vbmi;
 /* mc_kernels_set_bf16_acts: the activations of BF16 products arrive rounded
  * to bf16 (the front end rounds them for every path) */
 extern int mc_kern_bf16_acts;
+/* This thread's scratch (ops.c): at least `bytes`, 64-byte aligned, kept
+ * and grown per thread (freed at thread exit); NULL when out of memory. */
+void *mc_kern_scratch(size_t bytes);
 #ifdef MC_HAVE_AVX2
 void mc_avx2_rows_q6_k(const mc_mat *w, const mc_qact *a, float *y, int ldy, int r0, int r1);
 #endif

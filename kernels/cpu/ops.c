@@ -841,6 +841,32 @@ static void qrows_task(void *ctx, int task, int thread)
                              bs ? bs + (size_t)t * ns : NULL, sub);
 }
 
+/* ---- per-thread scratch ---- */
+
+static pthread_once_t g_scratch_once = PTHREAD_ONCE_INIT;
+static pthread_key_t g_scratch_key; /* its destructor frees a thread's scratch */
+static int g_scratch_ok;
+static _Thread_local void *t_scratch;
+static _Thread_local size_t t_scratch_cap;
+
+static void scratch_once(void) { g_scratch_ok = pthread_key_create(&g_scratch_key, free) == 0; }
+
+void *mc_kern_scratch(size_t bytes)
+{
+    if (bytes <= t_scratch_cap)
+        return t_scratch;
+    pthread_once(&g_scratch_once, scratch_once);
+    size_t cap = (bytes + 4095) & ~(size_t)4095;
+    void *p = g_scratch_ok && cap >= bytes ? aligned_alloc(64, cap) : NULL;
+    if (!p)
+        return NULL;
+    free(t_scratch);
+    t_scratch = p;
+    t_scratch_cap = cap;
+    pthread_setspecific(g_scratch_key, p);
+    return p;
+}
+
 /* Activation values quantized on the calling thread below this (waking the
  * pool costs more). */
 #define QUANT_PARALLEL_MIN (1 << 18)

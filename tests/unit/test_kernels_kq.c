@@ -1,4 +1,4 @@
-/* test_kernels_kq.c - products of Q6_K and Q5_K weights (llama.cpp's
+/* test_kernels_kq.c - products of Q6_K, Q5_K and Q4_K weights (llama.cpp's
  * blocks, read from GGUF files as stored) on every kernel path:
  *
  * - the scalar path against an f64 product of the dequantized weights
@@ -16,6 +16,9 @@
  *   Q5_K 6-bit scales and mins over their whole range);
  * - a column view (a tensor-parallel slice: rows 2 blocks apart, starting at
  *   the second block) against its dequantized rows;
+ * - on the scalar and avx2 paths each token's outputs bitwise those of the
+ *   token alone (the avx2 path's passes of 1..4 tokens and token groups of
+ *   8 do the same arithmetic per token);
  * - 3 threads bitwise equal to 1 on a product the pool splits;
  * - the same blocks repacked as the avx512 path does at load (mc_mat_pack,
  *   MC_MAT_PACK_Q6_K_X16 / _Q5_K_X16): read back bitwise, every path's
@@ -57,6 +60,15 @@ static unsigned char *random_blocks(mc_dtype dt, int rows, int cols)
             for (size_t i = 0; i < sizeof blk.scales; i++)
                 blk.scales[i] = (int8_t)(rbits() & 0xff);
             blk.d = mc_f32_to_f16(runi(1e-4f, 2e-3f) * (rbits() & 1 ? -1.0f : 1.0f));
+            memcpy(p + b * bb, &blk, sizeof blk);
+        } else if (dt == MC_DT_Q4_K) {
+            mc_block_q4_k blk; /* every byte random: 6-bit scales and mins 0..63 */
+            for (size_t i = 0; i < sizeof blk.scales; i++)
+                blk.scales[i] = (uint8_t)rbits();
+            for (size_t i = 0; i < sizeof blk.qs; i++)
+                blk.qs[i] = (uint8_t)rbits();
+            blk.d = mc_f32_to_f16(runi(1e-4f, 2e-3f) * (rbits() & 1 ? -1.0f : 1.0f));
+            blk.dmin = mc_f32_to_f16(runi(1e-4f, 2e-3f) * (rbits() & 1 ? -1.0f : 1.0f));
             memcpy(p + b * bb, &blk, sizeof blk);
         } else {
             mc_block_q5_k blk; /* every byte random: 6-bit scales and mins 0..63 */
@@ -145,10 +157,30 @@ static float *run_case(const char *what, const mc_mat *w, const float *wf, const
     return y;
 }
 
+/* The scalar and avx2 paths: each token's outputs bitwise those of the
+ * token alone (a token's sums do not depend on the tokens beside it in a
+ * pass: decode, prefill and batches give the same bits). */
+static void alone_case(const char *what, const mc_mat *w, const float *x, int n, const float *y)
+{
+    float *y1 = malloc(sizeof *y1 * (size_t)w->rows);
+    int bad = 0;
+    for (int t = 0; t < n; t++) {
+        mc_matmul(w, x + (size_t)t * w->cols, 1, w->cols, y1, w->rows);
+        for (int o = 0; o < w->rows; o++)
+            if (memcmp(&y1[o], &y[(size_t)t * w->rows + o], sizeof *y1) != 0 && bad++ < 5)
+                fprintf(stderr, "  %s: [t %d, row %d] %.9g with the others, %.9g alone\n", what,
+                        t, o, y[(size_t)t * w->rows + o], y1[o]);
+    }
+    CHECK(bad == 0);
+    free(y1);
+}
+
 static void run_format(mc_dtype dt)
 {
     const char *fn = mc_dtype_name(dt);
-    int layout = dt == MC_DT_Q6_K ? MC_MAT_PACK_Q6_K_X16 : MC_MAT_PACK_Q5_K_X16;
+    int layout = dt == MC_DT_Q6_K   ? MC_MAT_PACK_Q6_K_X16
+                 : dt == MC_DT_Q4_K ? MC_MAT_PACK_Q4_K_X16
+                                    : MC_MAT_PACK_Q5_K_X16;
     size_t bb = mc_dtype_block_bytes(dt);
     static const int rows_set[] = {1, 3, 17, 64}, cols_set[] = {256, 512, 2304};
     static const int tok_set[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 16, 33, 64};
@@ -190,6 +222,8 @@ static void run_format(mc_dtype dt)
                     snprintf(what, sizeof what, "%s %s %dx%d, %d tokens",
                              mc_kpath_name((mc_kpath)p), fn, rows, cols, n);
                     float *y = run_case(what, &w, wf, x, n, p == MC_KPATH_SCALAR ? NULL : want);
+                    if (n > 1 && (p == MC_KPATH_SCALAR || p == MC_KPATH_AVX2))
+                        alone_case(what, &w, x, n, y);
                     if (packed) { /* the repacked rows: the same products */
                         snprintf(what, sizeof what, "%s %s x16 %dx%d, %d tokens",
                                  mc_kpath_name((mc_kpath)p), fn, rows, cols, n);
@@ -309,5 +343,6 @@ int main(void)
 {
     run_format(MC_DT_Q6_K);
     run_format(MC_DT_Q5_K);
+    run_format(MC_DT_Q4_K);
     return check_report("test_kernels_kq");
 }

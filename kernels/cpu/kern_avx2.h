@@ -1,0 +1,80 @@
+/* cpu/kern_avx2.h - what avx2.c and avx2_q6k.c share for block products
+ * at many tokens: the token-group repack of the quantized activations
+ * (the avx2 table's pack_qact) and the reduction of 8 tokens' int32 lanes
+ * into one vector with a token per lane. Include it only in files compiled
+ * with at least -mavx2 -mfma -mf16c.
+ *
+ * Token groups (Q4_K, Q5_K, Q6_K products of at least TOK8_MIN tokens):
+ * tokens 8g..8g+7 form group g (the last one padded with zero tokens), and
+ * per group and super-block b one record of tok8_rec_bytes(P):
+ *   int8  x[8][8][32]  x[c][t][l]: token t's value 32 c + l of the block
+ *   float dx[8]         the block's activation scale per token
+ *   int32 sp[P][8]      per token the int16 pair (sum j = 2p, sum j = 2p + 1)
+ *                       of the block's sub-block sums (P = 4: per 32 values,
+ *                       Q4_K / Q5_K; P = 8: per 16 values, Q6_K)
+ * so the kernels read 8 tokens' values from one pointer at fixed offsets
+ * and the per-block scales and sums with a token per lane. */
+#ifndef MC_KERN_AVX2_H
+#define MC_KERN_AVX2_H
+
+#include "kern.h"
+
+#include <immintrin.h>
+
+#ifndef AI
+#define AI static inline __attribute__((always_inline))
+#endif
+
+/* Products with fewer tokens keep the rows of at most 4 tokens a pass. */
+#define TOK8_MIN 5
+
+AI size_t tok8_rec_bytes(int P) { return 2048 + 32 + 32 * (size_t)P; }
+
+/* The record of group g, block b (nb blocks a row). */
+AI const unsigned char *tok8_rec(const void *pack, int P, int nb, int g, int b)
+{
+    return (const unsigned char *)pack + ((size_t)g * nb + b) * tok8_rec_bytes(P);
+}
+
+/* Weight rows unpacked for the token-group kernels live in this much of a
+ * thread's scratch (L2), swept once per group. */
+#define TOK8_PANEL_BYTES (160 * 1024)
+
+/* s[t] (8 int32 lanes each) -> lane t: the sum of s[t]'s lanes (exact). */
+AI __m256i hsum8x8_epi32(const __m256i s[8])
+{
+    __m256i h01 = _mm256_hadd_epi32(s[0], s[1]), h23 = _mm256_hadd_epi32(s[2], s[3]);
+    __m256i h45 = _mm256_hadd_epi32(s[4], s[5]), h67 = _mm256_hadd_epi32(s[6], s[7]);
+    __m256i q0 = _mm256_hadd_epi32(h01, h23), q1 = _mm256_hadd_epi32(h45, h67);
+    return _mm256_add_epi32(_mm256_permute2x128_si256(q0, q1, 0x20),
+                            _mm256_permute2x128_si256(q0, q1, 0x31));
+}
+
+/* The 8 int32 lanes of v added (exact). */
+AI int32_t hsum_epi32(__m256i v)
+{
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+    return _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 1)));
+}
+
+/* acc + a * b rounded once: the same step as a lane of _mm256_fmadd_ps, so
+ * a token's sums do not depend on how many tokens share its pass. */
+AI float fma1(float a, float b, float acc)
+{
+    return _mm_cvtss_f32(_mm_fmadd_ss(_mm_set_ss(a), _mm_set_ss(b), _mm_set_ss(acc)));
+}
+
+/* The 8 lanes of v to y[t * ldy], t < nt. */
+AI void store_tokens(__m256 v, float *y, int ldy, int nt)
+{
+    float o[8];
+    _mm256_storeu_ps(o, v);
+    for (int t = 0; t < nt; t++)
+        y[(size_t)t * ldy] = o[t];
+}
+
+/* The token groups of a: the records above (the avx2 table's pack_qact). */
+void mc_avx2_tok8_pack(const mc_qact *a, int P, void *dst);
+
+#endif
