@@ -441,8 +441,8 @@ static const uint8_t q4k_sidx[8][32] __attribute__((aligned(32))) = {
  * once for all T tokens; per token vpmaddubsw and vpmaddwd with the
  * sub-block scale into int32 lanes, added to S (exact); M = sum_j m_j X_j
  * (vpmaddwd of the mins and the per-32 activation sums); then two f32
- * steps acc += (d dx) S, macc += (dmin dx) M, each rounded once (fma1),
- * and y = acc - macc: a token's arithmetic is the same whatever T, and the
+ * steps acc += (d dx) S, macc += (dmin dx) M, each rounded once (one
+ * 2-lane FMA), and y = acc - macc: a token's arithmetic is the same whatever T, and the
  * same as the token-group kernel's (q45_tok8). Decode (T 1) prefetches the
  * row stream PF_BYTES ahead. */
 AI void q45_k_row(int T, int five, const unsigned char *row, const int8_t *xq, const float *xd,
@@ -450,7 +450,10 @@ AI void q45_k_row(int T, int five, const unsigned char *row, const int8_t *xq, c
 {
     const __m256i m4 = _mm256_set1_epi8(0x0f), m16 = _mm256_set1_epi8(16);
     const size_t bbytes = five ? sizeof(mc_block_q5_k) : sizeof(mc_block_q4_k);
-    float acc[4] = {0}, macc[4] = {0};
+    __m128 acc[4]; /* lanes 0, 1: acc, macc */
+#pragma GCC unroll 4
+    for (int t = 0; t < T; t++)
+        acc[t] = _mm_setzero_ps();
     for (int b = 0; b < nb; b++) {
         const unsigned char *blk = row + (size_t)b * bbytes;
         if (T == 1) /* decode: the row stream */
@@ -490,20 +493,23 @@ AI void q45_k_row(int T, int five, const unsigned char *row, const int8_t *xq, c
         uint32_t hh;
         memcpy(&hh, blk, 4);
         __m128 dd = _mm_cvtph_ps(_mm_cvtsi32_si128((int)hh)); /* d, dmin */
-        float d = _mm_cvtss_f32(dd), dmin = _mm_cvtss_f32(_mm_movehdup_ps(dd));
         __m128i mins = _mm_cvtepu8_epi16(_mm_unpackhi_epi64(sm, sm));
 #pragma GCC unroll 4
         for (int t = 0; t < T; t++) {
-            float dx = xd[(size_t)t * nb + b];
             __m128i mp = _mm_madd_epi16(
                 mins, _mm_loadu_si128((const __m128i *)(bs + (size_t)t * (kp / 32) + 8 * (size_t)b)));
-            acc[t] = fma1(d * dx, (float)hsum_epi32(sumi[t]), acc[t]);
-            macc[t] = fma1(dmin * dx, (float)hsum_epi32(_mm256_zextsi128_si256(mp)), macc[t]);
+            /* lanes 0, 1: S and M (exact), then [acc, macc] += [d dx, dmin dx] [S, M] */
+            __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(sumi[t]),
+                                       _mm256_extracti128_si256(sumi[t], 1));
+            __m128i sm4 = _mm_add_epi32(_mm_unpacklo_epi32(s4, mp), _mm_unpackhi_epi32(s4, mp));
+            sm4 = _mm_add_epi32(sm4, _mm_unpackhi_epi64(sm4, sm4));
+            acc[t] = _mm_fmadd_ps(_mm_mul_ps(dd, _mm_set1_ps(xd[(size_t)t * nb + b])),
+                                  _mm_cvtepi32_ps(sm4), acc[t]);
         }
     }
 #pragma GCC unroll 4
     for (int t = 0; t < T; t++)
-        y[(size_t)t * ldy] = acc[t] - macc[t];
+        y[(size_t)t * ldy] = _mm_cvtss_f32(_mm_sub_ss(acc[t], _mm_movehdup_ps(acc[t])));
 }
 
 /* ---- Q4_K and Q5_K at many tokens: unpacked row panels x token groups ---- */

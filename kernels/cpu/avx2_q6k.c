@@ -1,14 +1,16 @@
 /* cpu/avx2_q6k.c - Q6_K weights against activations quantized per 256 with
  * per-16 sums (kern.h's mc_qact) with AVX2 (the avx2 path's flags; called
- * through its table, avx2.c). The arithmetic is avx512_q6k.c's on 256-bit
- * vectors: per half block (128 weights) the 6-bit values as four 32-byte
- * vectors and the int16 scale lanes, vpmaddubsw + vpmaddwd per token into
- * int32 lanes, the -32 offset as 32 * sum_j sc_j * bsum16_j, one f32 step
- * d * dx * (int32 sum) per block. At most 4 tokens a pass (16 ymm
- * registers). The -32 offset's sum by vpmaddwd of the scales and the
- * per-16 sums; decode (one token) prefetches the row stream PF_BYTES
- * ahead. */
+ * through its table, avx2.c). Per half block (128 weights) the 6-bit values
+ * as four 32-byte vectors and the int16 scale lanes, vpmaddubsw + vpmaddwd
+ * per token into int32 lanes, added to S (exact); the -32 offset as
+ * O = sum_j sc_j * bsum16_j (vpmaddwd of the scales and the per-16 sums);
+ * then one f32 step acc += (d dx) (S - 32 O), rounded once, per block and
+ * token. Passes of at most 4 tokens (16 ymm registers), or, with the
+ * token-group repack (kern_avx2.h), rows unpacked into panels and swept
+ * once per group of 8 tokens; a token's arithmetic is the same in both.
+ * Decode (one token) prefetches the row stream PF_BYTES ahead. */
 #include "kern.h"
+#include "kern_avx2.h"
 
 #include <immintrin.h>
 
@@ -35,13 +37,10 @@ AI void q6_k_half(const mc_block_q6_k *blk, int h, __m256i qv[4], __m256i s16[4]
 AI void q6_k_row(int T, const unsigned char *row, const mc_qact *a, int t0, int nb, float *y,
                  int ldy)
 {
-    __m256 acc[4];
-    float off[4];
+    __m128 acc[4]; /* lane 0 */
 #pragma GCC unroll 4
-    for (int t = 0; t < T; t++) {
-        acc[t] = _mm256_setzero_ps();
-        off[t] = 0.0f;
-    }
+    for (int t = 0; t < T; t++)
+        acc[t] = _mm_setzero_ps();
     const int8_t *xq = a->q + (size_t)t0 * a->kp;
     const float *xd = a->d + (size_t)t0 * nb;
     const int16_t *bs = a->bsum16 + (size_t)t0 * (a->kp / 16);
@@ -78,36 +77,115 @@ AI void q6_k_row(int T, const unsigned char *row, const mc_qact *a, int t0, int 
 #pragma GCC unroll 4
         for (int t = 0; t < T; t++) {
             const int16_t *bt = bs + (size_t)t * (a->kp / 16) + 16 * b;
-            /* sum_j sc_j bsum16_j: vpmaddwd, then the 8 lanes added (exact) */
-            __m256i op = _mm256_madd_epi16(sc16, _mm256_loadu_si256((const __m256i *)bt));
-            __m128i o4 = _mm_add_epi32(_mm256_castsi256_si128(op), _mm256_extracti128_si256(op, 1));
-            o4 = _mm_add_epi32(o4, _mm_unpackhi_epi64(o4, o4));
-            int32_t o = _mm_cvtsi128_si32(_mm_add_epi32(o4, _mm_shuffle_epi32(o4, 1)));
-            float dx = d * xd[(size_t)t * nb + b];
-            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dx), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
-            off[t] += dx * (float)(32 * o);
+            /* lane 0: S - 32 O (exact) */
+            __m256i o = _mm256_madd_epi16(sc16, _mm256_loadu_si256((const __m256i *)bt));
+            __m256i st = _mm256_sub_epi32(sumi[t], _mm256_slli_epi32(o, 5));
+            __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(st), _mm256_extracti128_si256(st, 1));
+            s4 = _mm_hadd_epi32(_mm_hadd_epi32(s4, s4), s4);
+            acc[t] = _mm_fmadd_ss(_mm_set_ss(d * xd[(size_t)t * nb + b]), _mm_cvtepi32_ps(s4), acc[t]);
         }
     }
 #pragma GCC unroll 4
-    for (int t = 0; t < T; t++) {
-        __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc[t]), _mm256_extractf128_ps(acc[t], 1));
-        s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        s = _mm_add_ss(s, _mm_movehdup_ps(s));
-        y[(size_t)t * ldy] = _mm_cvtss_f32(s) - off[t];
+    for (int t = 0; t < T; t++)
+        y[(size_t)t * ldy] = _mm_cvtss_f32(acc[t]);
+}
+
+/* A Q6_K block unpacked (q6_unpack): the 256 values 0..63 as bytes in
+ * order, per 32 values c the scale lanes of vpmaddwd (sub-block 2c in the
+ * lower half, 2c + 1 in the upper), the scales as int16 pairs
+ * (sc_2p, sc_2p+1) for the offset, d. */
+typedef struct {
+    uint8_t q[MC_QK_K];
+    int16_t sv[8][16];
+    int32_t sp[8];
+    float d, pad[7];
+} q6_unp;
+
+static void q6_unpack(const unsigned char *row, int nb, q6_unp *u)
+{
+    for (int b = 0; b < nb; b++, u++) {
+        const mc_block_q6_k *blk = (const mc_block_q6_k *)(row + (size_t)b * sizeof(mc_block_q6_k));
+        for (int h = 0; h < 2; h++) {
+            __m256i qv[4], s16[4];
+            q6_k_half(blk, h, qv, s16);
+            for (int v = 0; v < 4; v++) {
+                _mm256_store_si256((__m256i *)(u->q + 128 * h + 32 * v), qv[v]);
+                _mm256_store_si256((__m256i *)u->sv[4 * h + v], s16[v]);
+            }
+        }
+        _mm256_store_si256((__m256i *)u->sp,
+                           _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)blk->scales)));
+        uint16_t hd;
+        memcpy(&hd, &blk->d, 2);
+        u->d = _cvtsh_ss(hd);
     }
 }
 
-/* Rows [r0, r1) x all tokens: panels of 16 rows swept once per group of 4
- * tokens (a panel's weights stay in cache; the activations are read once
- * per panel). */
+/* One unpacked row against token group g: q6_k_row's arithmetic with a
+ * token per lane (the 8 tokens' int32 sums reduced by hsum8x8_epi32). */
+static void q6_tok8(const q6_unp *u, int nb, const void *pack, int g, float *y, int ldy, int nt)
+{
+    __m256 acc = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++, u++) {
+        const unsigned char *r = tok8_rec(pack, 8, nb, g, b);
+        __m256i s[8];
+#pragma GCC unroll 8
+        for (int t = 0; t < 8; t++)
+            s[t] = _mm256_setzero_si256();
+#pragma GCC unroll 8
+        for (int c = 0; c < 8; c++) {
+            __m256i q = _mm256_load_si256((const __m256i *)(u->q + 32 * c));
+            __m256i sc = _mm256_load_si256((const __m256i *)u->sv[c]);
+#pragma GCC unroll 8
+            for (int t = 0; t < 8; t++)
+                s[t] = _mm256_add_epi32(
+                    s[t], _mm256_madd_epi16(_mm256_maddubs_epi16(
+                                                q, _mm256_load_si256((const __m256i *)(r + 32 * (8 * c + t)))),
+                                            sc));
+            /* the sums held in registers chunk by chunk (avx2.c's q45_tok8) */
+#pragma GCC unroll 8
+            for (int t = 0; t < 8; t++)
+                __asm__("" : "+x"(s[t]));
+        }
+        const __m256i *sp = (const __m256i *)(r + 2080);
+        __m256i o = _mm256_setzero_si256();
+#pragma GCC unroll 8
+        for (int p = 0; p < 8; p++)
+            o = _mm256_add_epi32(o, _mm256_madd_epi16(_mm256_set1_epi32(u->sp[p]), _mm256_load_si256(sp + p)));
+        __m256i st = _mm256_sub_epi32(hsum8x8_epi32(s), _mm256_slli_epi32(o, 5));
+        __m256 dx = _mm256_load_ps((const float *)(r + 2048));
+        acc = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(u->d), dx), _mm256_cvtepi32_ps(st), acc);
+    }
+    store_tokens(acc, y, ldy, nt);
+}
+
+/* Rows [r0, r1) x all tokens. With the token groups (a->pack): panels of
+ * rows unpacked into this thread's scratch, each swept once per group of 8
+ * (groups of at most 4 real tokens through q6_k_row). Without: panels of
+ * 16 rows swept once per group of 4 tokens (a panel's weights stay in
+ * cache; the activations are read once per panel). */
 void mc_avx2_rows_q6_k(const mc_mat *w, const mc_qact *a, float *y, int ldy, int r0, int r1)
 {
     int nb = a->kp / MC_QK_K;
-    enum { PANEL = 16 };
-    for (int p0 = r0; p0 < r1; p0 += PANEL) {
-        int p1 = p0 + PANEL < r1 ? p0 + PANEL : r1;
-        for (int t0 = 0; t0 < a->n; t0 += 4) {
-            int T = a->n - t0 < 4 ? a->n - t0 : 4;
+    size_t rbytes = (size_t)nb * sizeof(q6_unp);
+    int upr = (int)(TOK8_PANEL_BYTES / rbytes);
+    upr = upr < 4 ? 4 : upr;
+    q6_unp *u = a->pack ? mc_kern_scratch((size_t)upr * rbytes) : NULL;
+    int pr = u ? upr : 16;
+    for (int p0 = r0; p0 < r1; p0 += pr) {
+        int p1 = r1 - p0 < pr ? r1 : p0 + pr;
+        if (u)
+            for (int o = p0; o < p1; o++)
+                q6_unpack(mc_row_ptr(w, o), nb, u + (size_t)(o - p0) * nb);
+        int tg = u ? 8 : 4;
+        for (int t0 = 0; t0 < a->n; t0 += tg) {
+            int T = a->n - t0 < tg ? a->n - t0 : tg;
+            if (T >= TOK8_MIN) {
+                for (int o = p0; o < p1; o++)
+                    q6_tok8(u + (size_t)(o - p0) * nb, nb, a->pack, t0 / 8, y + (size_t)t0 * ldy + o,
+                            ldy, T);
+                continue;
+            }
             for (int o = p0; o < p1; o++) {
                 const unsigned char *row = mc_row_ptr(w, o);
                 float *yo = y + (size_t)t0 * ldy + o;

@@ -50,21 +50,6 @@ AI __m256i hsum8x8_epi32(const __m256i s[8])
                             _mm256_permute2x128_si256(q0, q1, 0x31));
 }
 
-/* The 8 int32 lanes of v added (exact). */
-AI int32_t hsum_epi32(__m256i v)
-{
-    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
-    return _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 1)));
-}
-
-/* acc + a * b rounded once: the same step as a lane of _mm256_fmadd_ps, so
- * a token's sums do not depend on how many tokens share its pass. */
-AI float fma1(float a, float b, float acc)
-{
-    return _mm_cvtss_f32(_mm_fmadd_ss(_mm_set_ss(a), _mm_set_ss(b), _mm_set_ss(acc)));
-}
-
 /* The 8 lanes of v to y[t * ldy], t < nt. */
 AI void store_tokens(__m256 v, float *y, int ldy, int nt)
 {
