@@ -739,6 +739,74 @@ static void rows_q5_k(const mc_mat *w, const mc_qact *a, float *y, int ldy, int 
         rows_q(2, w, a, y, ldy, r0, r1);
 }
 
+/* ---- activation quantization ---- */
+
+/* mc_quantize_act_row 8 values at a time (avx512.c's quantize_act on
+ * 256-bit vectors): the same float operations on every value (the max of
+ * |x| and 0 skipping NaN, amax / 127, 127 / amax, x * is, + 1.5 * 2^23 and
+ * the low mantissa bits, the clamp), values past cols 0, so the same
+ * bytes; the sums of `sub` values by vpsadbw of q + 128. Multiply and add
+ * stay two statements: no contraction to an FMA. */
+static void quantize_act(const float *x, int cols, int kp, int blk, int8_t *q, float *d,
+                         int16_t *bsum, int sub)
+{
+    const __m256 magic = _mm256_set1_ps(12582912.f);
+    const __m256 absm = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    const __m256i mant = _mm256_set1_epi32(0x007fffff), half = _mm256_set1_epi32(0x00400000);
+    const __m256i lo = _mm256_set1_epi32(-127), hi = _mm256_set1_epi32(127);
+    const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (int b0 = 0; b0 < kp; b0 += blk) { /* blk: 32 or 256 */
+        int len = cols - b0 < blk ? (cols - b0 > 0 ? cols - b0 : 0) : blk;
+        __m256 am = _mm256_setzero_ps();
+        for (int i = 0; i < len; i += 8) {
+            __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(len - i), iota);
+            __m256 v = _mm256_and_ps(_mm256_maskload_ps(x + b0 + i, m), absm);
+            am = _mm256_max_ps(v, am); /* a NaN in v keeps am */
+        }
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(am), _mm256_extractf128_ps(am, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        float amax = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
+        float sc = amax / 127.0f, is = sc > 0 ? 127.0f / amax : 0.0f;
+        d[b0 / blk] = sc;
+        __m256 isv = _mm256_set1_ps(is);
+        for (int i = 0; i < blk; i += 32) {
+            __m256i iv[4];
+            for (int k = 0; k < 4; k++) {
+                __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(len - i - 8 * k), iota);
+                __m256 v = _mm256_mul_ps(_mm256_maskload_ps(x + b0 + i + 8 * k, m), isv);
+                v = _mm256_add_ps(v, magic);
+                __m256i r = _mm256_sub_epi32(_mm256_and_si256(_mm256_castps_si256(v), mant), half);
+                iv[k] = _mm256_and_si256(m, _mm256_min_epi32(_mm256_max_epi32(r, lo), hi));
+            }
+            __m256i b = _mm256_packs_epi16(_mm256_packs_epi32(iv[0], iv[1]),
+                                           _mm256_packs_epi32(iv[2], iv[3]));
+            _mm256_storeu_si256((__m256i *)(void *)(q + b0 + i), _mm256_permutevar8x32_epi32(b, perm));
+        }
+    }
+    if (!bsum)
+        return;
+    const __m256i c128 = _mm256_set1_epi8((char)0x80);
+    int per = sub == 16 || sub == 32 ? 32 / sub : 0, lanes = sub / 8, j = 0; /* sums per 32 bytes; 8-byte lanes per sum */
+    for (int j0 = 0; j0 + 32 <= kp; j0 += 32) {
+        __m256i u = _mm256_xor_si256(_mm256_loadu_si256((const void *)(q + j0)), c128);
+        uint64_t l8[4];
+        _mm256_storeu_si256((void *)l8, _mm256_sad_epu8(u, _mm256_setzero_si256()));
+        for (int k = 0; k < per; k++, j++) {
+            int64_t sm = -128 * (int64_t)sub;
+            for (int l = 0; l < lanes; l++)
+                sm += (int64_t)l8[k * lanes + l];
+            bsum[j] = (int16_t)sm;
+        }
+    }
+    for (; j < kp / sub; j++) { /* sums of other widths */
+        int sm = 0;
+        for (int i = 0; i < sub; i++)
+            sm += q[sub * j + i];
+        bsum[j] = (int16_t)sm;
+    }
+}
+
 /* ---- vector math ---- */
 
 /* expf to ~2 ulp (Cephes polynomial); 0 below -87.3. */
@@ -937,7 +1005,7 @@ static uint64_t stream_sum(const void *p, size_t bytes)
 
 const mc_kops mc_kops_avx2 = {
     .name = "avx2",
-    .quantize_act = mc_quantize_act_row,
+    .quantize_act = quantize_act,
     .widen = widen,
     .rows_f = rows_f,
     .rows_q8_0 = rows_q8_0,
