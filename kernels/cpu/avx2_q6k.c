@@ -16,8 +16,20 @@
 
 #define AI static inline __attribute__((always_inline))
 
-/* Half h of a block: values 128h + 32v + l (v = 0..3) and their scales. */
-AI void q6_k_half(const mc_block_q6_k *blk, int h, __m256i qv[4], __m256i s16[4])
+/* vpshufb indices: in the lower 128 bits word 2v, in the upper word 2v + 1
+ * of a lane of 8 int16 scales (both halves of the register hold it). */
+static const uint8_t q6k_sidx[4][32] __attribute__((aligned(32))) = {
+#define Q6K_W(v) {4 * v, 4 * v + 1, 4 * v, 4 * v + 1, 4 * v, 4 * v + 1, 4 * v, 4 * v + 1,            \
+                  4 * v, 4 * v + 1, 4 * v, 4 * v + 1, 4 * v, 4 * v + 1, 4 * v, 4 * v + 1,            \
+                  4 * v + 2, 4 * v + 3, 4 * v + 2, 4 * v + 3, 4 * v + 2, 4 * v + 3, 4 * v + 2, 4 * v + 3, \
+                  4 * v + 2, 4 * v + 3, 4 * v + 2, 4 * v + 3, 4 * v + 2, 4 * v + 3, 4 * v + 2, 4 * v + 3}
+    Q6K_W(0), Q6K_W(1), Q6K_W(2), Q6K_W(3)
+#undef Q6K_W
+};
+
+/* Half h of a block: values 128h + 32v + l (v = 0..3) and their scales
+ * (sc16: the block's 16 scales as int16, widened once per block). */
+AI void q6_k_half(const mc_block_q6_k *blk, __m256i sc16, int h, __m256i qv[4], __m256i s16[4])
 {
     const __m256i m4 = _mm256_set1_epi8(0x0f), m30 = _mm256_set1_epi8(0x30);
     __m256i l0 = _mm256_loadu_si256((const __m256i *)(blk->ql + 64 * h));
@@ -29,9 +41,10 @@ AI void q6_k_half(const mc_block_q6_k *blk, int h, __m256i qv[4], __m256i s16[4]
     qv[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(qh, m30));
     qv[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
                             _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30));
-    const int8_t *sc = blk->scales + 8 * h; /* sub-blocks 8h + 2v, 8h + 2v + 1 */
+    /* sub-blocks 8h + 2v (lower half), 8h + 2v + 1 (upper): scales 8h..8h+7 in both halves */
+    __m256i sh = h ? _mm256_permute4x64_epi64(sc16, 0xee) : _mm256_permute4x64_epi64(sc16, 0x44);
     for (int v = 0; v < 4; v++)
-        s16[v] = _mm256_set_m128i(_mm_set1_epi16(sc[2 * v + 1]), _mm_set1_epi16(sc[2 * v]));
+        s16[v] = _mm256_shuffle_epi8(sh, _mm256_load_si256((const __m256i *)q6k_sidx[v]));
 }
 
 AI void q6_k_row(int T, const unsigned char *row, const mc_qact *a, int t0, int nb, float *y,
@@ -56,9 +69,10 @@ AI void q6_k_row(int T, const unsigned char *row, const mc_qact *a, int t0, int 
 #pragma GCC unroll 4
         for (int t = 0; t < T; t++)
             sumi[t] = _mm256_setzero_si256();
+        __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)blk->scales));
         for (int h = 0; h < 2; h++) {
             __m256i qv[4], s16[4];
-            q6_k_half(blk, h, qv, s16);
+            q6_k_half(blk, sc16, h, qv, s16);
 #pragma GCC unroll 4
             for (int t = 0; t < T; t++) {
                 const int8_t *xb = xq + (size_t)t * a->kp + (size_t)b * MC_QK_K + 128 * h;
@@ -70,7 +84,6 @@ AI void q6_k_row(int T, const unsigned char *row, const mc_qact *a, int t0, int 
                 }
             }
         }
-        __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)blk->scales));
         uint16_t hd;
         memcpy(&hd, &blk->d, 2);
         float d = _cvtsh_ss(hd);
@@ -105,16 +118,16 @@ static void q6_unpack(const unsigned char *row, int nb, q6_unp *u)
 {
     for (int b = 0; b < nb; b++, u++) {
         const mc_block_q6_k *blk = (const mc_block_q6_k *)(row + (size_t)b * sizeof(mc_block_q6_k));
+        __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)blk->scales));
         for (int h = 0; h < 2; h++) {
             __m256i qv[4], s16[4];
-            q6_k_half(blk, h, qv, s16);
+            q6_k_half(blk, sc16, h, qv, s16);
             for (int v = 0; v < 4; v++) {
                 _mm256_store_si256((__m256i *)(u->q + 128 * h + 32 * v), qv[v]);
                 _mm256_store_si256((__m256i *)u->sv[4 * h + v], s16[v]);
             }
         }
-        _mm256_store_si256((__m256i *)u->sp,
-                           _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)blk->scales)));
+        _mm256_store_si256((__m256i *)u->sp, sc16);
         uint16_t hd;
         memcpy(&hd, &blk->d, 2);
         u->d = _cvtsh_ss(hd);
