@@ -3,11 +3,15 @@
  *
  * The same structure as avx512.c with 8-wide vectors: a tile of 4 weight
  * rows x up to 2 tokens (8 ymm accumulators), an f32 panel for several
- * tokens or scaled weights, scalar tails. Block formats: each block
- * unpacked once for up to 4 tokens, row panels of ~128 KiB swept once per
- * group of 4 tokens. Q8_0: vpmaddubsw on |w| and sign(x, w), then
- * vpmaddwd with ones. Q4_K / Q5_K: vpmaddubsw on the values and int8
- * activations, vpmaddwd with the sub-block scale. */
+ * tokens or scaled weights, scalar tails. Block formats: up to 4 tokens
+ * per pass over a row (each block unpacked once for them, row panels of
+ * ~128 KiB swept once per group of 4 tokens); from 5 tokens on, groups of
+ * 8 tokens repacked once per product (pack_qact, kern_avx2.h) against row
+ * panels (Q4_K / Q5_K unpacked into scratch), the 8 tokens' block sums
+ * reduced into one vector with a token per lane. Q8_0: vpmaddubsw on |w|
+ * and sign(x, w), then vpmaddwd with ones. Q4_K / Q5_K: vpmaddubsw on the
+ * values and int8 activations, vpmaddwd with the sub-block scale. A
+ * token's arithmetic is the same in every pass. */
 #include "kern.h"
 #include "kern_avx2.h"
 #include "kern_q4k.h"
@@ -376,39 +380,81 @@ static void rows_bf16_direct(const mc_mat *w, const void *pack, const float *x, 
 
 /* One Q8_0 row against T tokens (xq, xd: the first token's values). Per
  * block the weights' |w| and scale once for all tokens; per token
- * vpmaddubsw of |w| and sign(x, w), vpmaddwd with ones (int32 lanes,
- * exact), then acc += (dw dx) S, even and odd blocks in two accumulators
- * (one chain of FMA latency a block would bound decode). A token's
- * arithmetic does not depend on T. Decode (T 1) prefetches the row stream
- * PF_BYTES ahead. */
+ * vpmaddubsw of |w| and sign(x, w), vpmaddwd with ones, the 8 lanes added
+ * (S, exact), then acc += (dw dx) S rounded once, even and odd blocks in
+ * two accumulators (one chain of FMA latency a block would bound decode),
+ * y = acc_even + acc_odd: a token's arithmetic is the same whatever T,
+ * and the same as the token-group kernel's (q8_0_tokn). Decode (T 1)
+ * prefetches the row stream PF_BYTES ahead. */
 AI void q8_0_row(int T, const unsigned char *row, const int8_t *xq, const float *xd, int kp, int nb,
                  float *y, int ldy)
 {
     const __m256i ones = _mm256_set1_epi16(1);
-    __m256 acc[4][2];
+    __m128 acc[4][2]; /* lane 0: even, odd blocks */
 #pragma GCC unroll 4
     for (int t = 0; t < T; t++)
-        acc[t][0] = acc[t][1] = _mm256_setzero_ps();
+        acc[t][0] = acc[t][1] = _mm_setzero_ps();
     for (int b = 0; b < nb; b++) {
         const unsigned char *blk = row + (size_t)b * sizeof(mc_block_q8_0);
         if (T == 1 && (b & 1) == 0) /* 68 bytes a pair of blocks */
             _mm_prefetch((const char *)blk + PF_BYTES, _MM_HINT_T0);
         uint16_t h;
         memcpy(&h, blk, 2);
-        __m256 dw = _mm256_set1_ps(_cvtsh_ss(h));
+        float dw = _cvtsh_ss(h);
         __m256i wq = _mm256_loadu_si256((const __m256i *)(blk + 2));
         __m256i aw = _mm256_abs_epi8(wq);
 #pragma GCC unroll 4
         for (int t = 0; t < T; t++) {
             __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + (size_t)t * kp + (size_t)b * MC_QK8_0));
             __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(xv, wq)), ones);
-            __m256 dx = _mm256_broadcast_ss(xd + (size_t)t * nb + b);
-            acc[t][b & 1] = _mm256_fmadd_ps(_mm256_mul_ps(dw, dx), _mm256_cvtepi32_ps(p), acc[t][b & 1]);
+            __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(p), _mm256_extracti128_si256(p, 1));
+            s4 = _mm_add_epi32(s4, _mm_unpackhi_epi64(s4, s4));
+            s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 1));
+            acc[t][b & 1] = _mm_fmadd_ss(_mm_set_ss(dw * xd[(size_t)t * nb + b]), _mm_cvtepi32_ps(s4),
+                                         acc[t][b & 1]);
         }
     }
 #pragma GCC unroll 4
     for (int t = 0; t < T; t++)
-        y[(size_t)t * ldy] = hsum256(_mm256_add_ps(acc[t][0], acc[t][1]));
+        y[(size_t)t * ldy] = _mm_cvtss_f32(_mm_add_ss(acc[t][0], acc[t][1]));
+}
+
+/* One Q8_0 row against the first NT (2, 4 or 8) tokens of token group g
+ * (tok8_q8_rec: 8 tokens' values interleaved per block, their scales):
+ * q8_0_row's arithmetic with a token per lane (the NT tokens' int32 sums
+ * reduced by vphaddd); the nt tokens kept go to y[t * ldy]. */
+AI void q8_0_tokn(int NT, const unsigned char *row, int nb, const void *pack, int g, float *y,
+                  int ldy, int nt)
+{
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()}; /* even, odd blocks */
+    for (int b = 0; b < nb; b++) {
+        const unsigned char *blk = row + (size_t)b * sizeof(mc_block_q8_0);
+        const unsigned char *r = tok8_q8_rec(pack, nb, g, b);
+        uint16_t h;
+        memcpy(&h, blk, 2);
+        __m256i wq = _mm256_loadu_si256((const __m256i *)(blk + 2));
+        __m256i aw = _mm256_abs_epi8(wq);
+        __m256i s[8];
+#pragma GCC unroll 8
+        for (int t = 0; t < NT; t++)
+            s[t] = _mm256_madd_epi16(
+                _mm256_maddubs_epi16(aw, _mm256_sign_epi8(_mm256_load_si256((const __m256i *)(r + 32 * t)), wq)),
+                ones);
+        __m256i st;
+        if (NT == 8) {
+            st = hsum8x8_epi32(s);
+        } else { /* lanes 0..NT-1 */
+            __m256i q = _mm256_hadd_epi32(s[0], s[1]);
+            q = _mm256_hadd_epi32(q, NT == 4 ? _mm256_hadd_epi32(s[2], s[3]) : q);
+            st = _mm256_zextsi128_si256(
+                _mm_add_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1)));
+        }
+        __m256 dx = _mm256_load_ps((const float *)(r + 256));
+        acc[b & 1] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(_cvtsh_ss(h)), dx),
+                                     _mm256_cvtepi32_ps(st), acc[b & 1]);
+    }
+    store_tokens(_mm256_add_ps(acc[0], acc[1]), y, ldy, nt);
 }
 
 /* Rows of about Q_PANEL_BYTES of weights (kept in L2) swept once per group
@@ -673,20 +719,51 @@ void mc_avx2_tok8_pack(const mc_qact *a, int P, void *dst)
         }
 }
 
+/* Q8_0's token groups: per group and block of 32 the 8 tokens' values
+ * (x[t][32]) and scales (dx[8]), 288 bytes (tok8_q8_rec). */
+static void tok8_q8_pack(const mc_qact *a, void *dst)
+{
+    int nb = a->kp / MC_QK8_0, G = (a->n + 7) / 8;
+    for (int g = 0; g < G; g++)
+        for (int b = 0; b < nb; b++) {
+            unsigned char *r = (unsigned char *)tok8_q8_rec(dst, nb, g, b);
+            float *dx = (float *)(r + 256);
+            for (int t = 0; t < 8; t++) {
+                int tok = 8 * g + t;
+                if (tok < a->n) {
+                    memcpy(r + 32 * t, a->q + (size_t)tok * a->kp + (size_t)b * MC_QK8_0, 32);
+                    dx[t] = a->d[(size_t)tok * nb + b];
+                } else {
+                    memset(r + 32 * t, 0, 32);
+                    dx[t] = 0.0f;
+                }
+            }
+        }
+}
+
 /* pack_qact: token groups for Q4_K / Q5_K / Q6_K products of TOK8_MIN
- * tokens or more */
+ * tokens or more, Q8_0 products of 2 or more */
 static size_t pack_qact_bytes(const mc_mat *w, int n)
 {
-    int P = w->dtype == MC_DT_Q6_K ? 8 : w->dtype == MC_DT_Q4_K || w->dtype == MC_DT_Q5_K ? 4 : 0;
-    if (!P || n < TOK8_MIN)
+    size_t G = (size_t)(n + 7) / 8, cols = (size_t)w->cols;
+    if (w->dtype == MC_DT_Q8_0) /* from 2 tokens: q8_0_tokn(4) */
+        return n >= 2 ? G * ((cols + MC_QK8_0 - 1) / MC_QK8_0) * TOK8_Q8_REC : 0;
+    if (n < TOK8_MIN)
         return 0;
-    size_t nb = ((size_t)w->cols + MC_QK_K - 1) / MC_QK_K;
-    return (size_t)((n + 7) / 8) * nb * tok8_rec_bytes(P);
+    switch (w->dtype) {
+    case MC_DT_Q4_K:
+    case MC_DT_Q5_K: return G * ((cols + MC_QK_K - 1) / MC_QK_K) * tok8_rec_bytes(4);
+    case MC_DT_Q6_K: return G * ((cols + MC_QK_K - 1) / MC_QK_K) * tok8_rec_bytes(8);
+    default: return 0;
+    }
 }
 
 static void pack_qact(const mc_mat *w, const mc_qact *a, void *dst)
 {
-    mc_avx2_tok8_pack(a, w->dtype == MC_DT_Q6_K ? 8 : 4, dst);
+    if (w->dtype == MC_DT_Q8_0)
+        tok8_q8_pack(a, dst);
+    else
+        mc_avx2_tok8_pack(a, w->dtype == MC_DT_Q6_K ? 8 : 4, dst);
 }
 
 /* Q8_0 (kind 0), Q4_K (1) or Q5_K (2) rows [r0, r1) x all tokens: panels
@@ -722,9 +799,42 @@ AI void rows_q(int kind, const mc_mat *w, const mc_qact *a, float *y, int ldy, i
 #undef Q_ROW
 }
 
+/* Q8_0 rows [r0, r1) x the token groups of a (a->pack): panels of
+ * panel_rows rows, each swept once per group (a last group of 1 token
+ * through q8_0_row, of 2 through q8_0_tokn(2), of 3..4 through
+ * q8_0_tokn(4): the same arithmetic). */
+static void rows_q8_0_tok8(const mc_mat *w, const mc_qact *a, float *y, int ldy, int r0, int r1)
+{
+    int nb = a->kp / MC_QK8_0, n = a->n;
+    int pr = panel_rows((size_t)nb * sizeof(mc_block_q8_0));
+    for (int p0 = r0; p0 < r1; p0 += pr) {
+        int p1 = r1 - p0 < pr ? r1 : p0 + pr;
+        for (int t0 = 0; t0 < n; t0 += 8) {
+            int nt = n - t0 < 8 ? n - t0 : 8;
+            float *yt = y + (size_t)t0 * ldy;
+            const int8_t *xq = a->q + (size_t)t0 * a->kp;
+            const float *xd = a->d + (size_t)t0 * nb;
+            for (int o = p0; o < p1; o++) {
+                const unsigned char *row = mc_row_ptr(w, o);
+                if (nt == 1)
+                    q8_0_row(1, row, xq, xd, a->kp, nb, yt + o, ldy);
+                else if (nt == 2)
+                    q8_0_tokn(2, row, nb, a->pack, t0 / 8, yt + o, ldy, nt);
+                else if (nt <= 4)
+                    q8_0_tokn(4, row, nb, a->pack, t0 / 8, yt + o, ldy, nt);
+                else
+                    q8_0_tokn(8, row, nb, a->pack, t0 / 8, yt + o, ldy, nt);
+            }
+        }
+    }
+}
+
 static void rows_q8_0(const mc_mat *w, const mc_qact *a, float *y, int ldy, int r0, int r1)
 {
-    rows_q(0, w, a, y, ldy, r0, r1);
+    if (a->pack)
+        rows_q8_0_tok8(w, a, y, ldy, r0, r1);
+    else
+        rows_q(0, w, a, y, ldy, r0, r1);
 }
 
 static void rows_q4_k(const mc_mat *w, const mc_qact *a, float *y, int ldy, int r0, int r1)

@@ -4,7 +4,8 @@
  * into one vector with a token per lane. Include it only in files compiled
  * with at least -mavx2 -mfma -mf16c.
  *
- * Token groups (Q4_K, Q5_K, Q6_K products of at least TOK8_MIN tokens):
+ * Token groups (Q4_K, Q5_K, Q6_K products of at least TOK8_MIN tokens;
+ * Q8_0's simpler records are below):
  * tokens 8g..8g+7 form group g (the last one padded with zero tokens), and
  * per group and super-block b one record of tok8_rec_bytes(P):
  *   int8  x[8][8][32]  x[c][t][l]: token t's value 32 c + l of the block
@@ -34,6 +35,15 @@ AI size_t tok8_rec_bytes(int P) { return 2048 + 32 + 32 * (size_t)P; }
 AI const unsigned char *tok8_rec(const void *pack, int P, int nb, int g, int b)
 {
     return (const unsigned char *)pack + ((size_t)g * nb + b) * tok8_rec_bytes(P);
+}
+
+/* Q8_0's records (avx2.c): per group g and block b of 32 values
+ * int8 x[8][32] (token t's values) and float dx[8]. */
+#define TOK8_Q8_REC 288
+
+AI const unsigned char *tok8_q8_rec(const void *pack, int nb, int g, int b)
+{
+    return (const unsigned char *)pack + ((size_t)g * nb + b) * TOK8_Q8_REC;
 }
 
 /* Weight rows unpacked for the token-group kernels live in this much of a

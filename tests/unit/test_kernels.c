@@ -2,7 +2,8 @@
  * inputs: widening of each element type (every FP8 code, f16 specials),
  * matrix products of every weight type (F32, F16, BF16, FP8 with partial
  * scale blocks, Q8_0, Q4_K, transposed) over sizes that are not multiples
- * of the vector width and token counts 1..13, the thread split (bitwise
+ * of the vector width and token counts 1..13 (Q8_0 / Q4_K on the scalar
+ * and avx2 paths: each token bitwise as alone), the thread split (bitwise
  * equal to one thread), the element-wise kernels, and the AMX tile
  * products at 16..64 tokens. Prints the first mismatches of each case. */
 #include "check.h"
@@ -215,6 +216,22 @@ static void test_matmul_case(mc_kpath p, mc_dtype dt, int rows, int cols, int n,
         mag[(size_t)t * ldy + rows] = ref[(size_t)t * ldy + rows] = 0;
     }
     compare(what, got, want, mag, (size_t)n * ldy, 2e-6, 1e-30);
+    if (mc_dtype_is_block(dt) && n > 1 && (p == MC_KPATH_SCALAR || p == MC_KPATH_AVX2)) {
+        /* a token's outputs bitwise those of the token alone (the avx2
+         * path's passes of 1..4 tokens and token groups of 8 do the same
+         * arithmetic per token) */
+        float *one = malloc((size_t)ldy * sizeof *one);
+        int bad = 0;
+        for (int t = 0; t < n; t++) {
+            run_matmul(p, 1, &m.w, x + (size_t)t * ldx, 1, ldx, one, ldy);
+            for (int o = 0; o < rows; o++)
+                if (memcmp(&one[o], &got[(size_t)t * ldy + o], sizeof *one) != 0 && bad++ < 5)
+                    fprintf(stderr, "  %s: [t %d, row %d] %.9g with the others, %.9g alone\n",
+                            what, t, o, got[(size_t)t * ldy + o], one[o]);
+        }
+        CHECK(bad == 0);
+        free(one);
+    }
     if (!mc_dtype_is_block(dt)) { /* the scalar path (front end included) against a
                                    * double sum of the dequantized rows */
         char rw[160];
