@@ -480,6 +480,23 @@ static const uint8_t q4k_sidx[8][32] __attribute__((aligned(32))) = {
 #undef Q4K_W
 };
 
+/* Chunk c of a Q4_K / Q5_K block (32 bytes of nibbles at qs): values
+ * 64c..64c+31 (lo) and 64c+32..64c+63 (hi) as bytes; Q5_K (five): their
+ * fifth bits from bits 0 and 1 of *hb's bytes, then *hb shifted on for the
+ * next chunk. */
+AI void q45_chunk(int five, const unsigned char *qs, __m256i *hb, __m256i *lo, __m256i *hi)
+{
+    const __m256i m4 = _mm256_set1_epi8(0x0f), m16 = _mm256_set1_epi8(16);
+    __m256i q = _mm256_loadu_si256((const __m256i *)qs);
+    *lo = _mm256_and_si256(q, m4);
+    *hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+    if (five) { /* 16-bit shifts: what crosses from the next byte lands above bit 4 */
+        *lo = _mm256_or_si256(*lo, _mm256_and_si256(_mm256_slli_epi16(*hb, 4), m16));
+        *hi = _mm256_or_si256(*hi, _mm256_and_si256(_mm256_slli_epi16(*hb, 3), m16));
+        *hb = _mm256_srli_epi16(*hb, 2);
+    }
+}
+
 /* One Q4_K (five 0) or Q5_K (five 1: each value's fifth bit, qh, added as
  * 16; 0..31 x int8 pairs stay within vpmaddubsw's int16) row against T
  * tokens (xq, xd, bs: the first token's values). Per block the scales and
@@ -494,7 +511,6 @@ static const uint8_t q4k_sidx[8][32] __attribute__((aligned(32))) = {
 AI void q45_k_row(int T, int five, const unsigned char *row, const int8_t *xq, const float *xd,
                   const int16_t *bs, int kp, int nb, float *y, int ldy)
 {
-    const __m256i m4 = _mm256_set1_epi8(0x0f), m16 = _mm256_set1_epi8(16);
     const size_t bbytes = five ? sizeof(mc_block_q5_k) : sizeof(mc_block_q4_k);
     __m128 acc[4]; /* lanes 0, 1: acc, macc */
 #pragma GCC unroll 4
@@ -517,14 +533,8 @@ AI void q45_k_row(int T, int five, const unsigned char *row, const int8_t *xq, c
          * chunks and spilled the partial products to the stack */
 #pragma GCC unroll 1
         for (int c = 0; c < 4; c++) {
-            __m256i q = _mm256_loadu_si256((const __m256i *)(qs + 32 * c));
-            __m256i lo = _mm256_and_si256(q, m4);
-            __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-            if (five) { /* 16-bit shifts: what crosses from the next byte lands above bit 4 */
-                lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_slli_epi16(hb, 4), m16));
-                hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_slli_epi16(hb, 3), m16));
-                hb = _mm256_srli_epi16(hb, 2);
-            }
+            __m256i lo, hi;
+            q45_chunk(five, qs + 32 * c, &hb, &lo, &hi);
             __m256i slo = _mm256_shuffle_epi8(s2, _mm256_load_si256((const __m256i *)q4k_sidx[2 * c]));
             __m256i shi = _mm256_shuffle_epi8(s2, _mm256_load_si256((const __m256i *)q4k_sidx[2 * c + 1]));
 #pragma GCC unroll 4
@@ -572,7 +582,6 @@ typedef struct {
 
 static void q45_unpack(int five, const unsigned char *row, int nb, q45_unp *u)
 {
-    const __m256i m4 = _mm256_set1_epi8(0x0f), m16 = _mm256_set1_epi8(16);
     const size_t bbytes = five ? sizeof(mc_block_q5_k) : sizeof(mc_block_q4_k);
     for (int b = 0; b < nb; b++, u++) {
         const unsigned char *blk = row + (size_t)b * bbytes;
@@ -588,14 +597,8 @@ static void q45_unpack(int five, const unsigned char *row, int nb, q45_unp *u)
         __m256i hb = five ? _mm256_loadu_si256((const __m256i *)(blk + 16)) : _mm256_setzero_si256();
         const unsigned char *qs = blk + (five ? 48 : 16);
         for (int c = 0; c < 4; c++) {
-            __m256i q = _mm256_loadu_si256((const __m256i *)(qs + 32 * c));
-            __m256i lo = _mm256_and_si256(q, m4);
-            __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-            if (five) {
-                lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_slli_epi16(hb, 4), m16));
-                hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_slli_epi16(hb, 3), m16));
-                hb = _mm256_srli_epi16(hb, 2);
-            }
+            __m256i lo, hi;
+            q45_chunk(five, qs + 32 * c, &hb, &lo, &hi);
             _mm256_store_si256((__m256i *)(u->q + 64 * c), lo);
             _mm256_store_si256((__m256i *)(u->q + 64 * c + 32), hi);
         }
