@@ -50,14 +50,19 @@ AI const unsigned char *tok8_q8_rec(const void *pack, int nb, int g, int b)
  * thread's scratch (L2), swept once per group. */
 #define TOK8_PANEL_BYTES (160 * 1024)
 
-/* s[t] (8 int32 lanes each) -> lane t: the sum of s[t]'s lanes (exact). */
+/* s[t] (8 int32 lanes each) -> lane t: the sum of s[t]'s lanes (exact),
+ * by unpacks and adds (vphaddd is several operations on some cores). */
 AI __m256i hsum8x8_epi32(const __m256i s[8])
 {
-    __m256i h01 = _mm256_hadd_epi32(s[0], s[1]), h23 = _mm256_hadd_epi32(s[2], s[3]);
-    __m256i h45 = _mm256_hadd_epi32(s[4], s[5]), h67 = _mm256_hadd_epi32(s[6], s[7]);
-    __m256i q0 = _mm256_hadd_epi32(h01, h23), q1 = _mm256_hadd_epi32(h45, h67);
-    return _mm256_add_epi32(_mm256_permute2x128_si256(q0, q1, 0x20),
-                            _mm256_permute2x128_si256(q0, q1, 0x31));
+    __m256i u[4], v[2];
+    for (int k = 0; k < 4; k++) /* [a0+a2, b0+b2, a1+a3, b1+b3 | the same of lanes 4..7] */
+        u[k] = _mm256_add_epi32(_mm256_unpacklo_epi32(s[2 * k], s[2 * k + 1]),
+                                _mm256_unpackhi_epi32(s[2 * k], s[2 * k + 1]));
+    for (int k = 0; k < 2; k++) /* [sum a, b, c, d of lanes 0..3 | of lanes 4..7] */
+        v[k] = _mm256_add_epi32(_mm256_unpacklo_epi64(u[2 * k], u[2 * k + 1]),
+                                _mm256_unpackhi_epi64(u[2 * k], u[2 * k + 1]));
+    return _mm256_add_epi32(_mm256_permute2x128_si256(v[0], v[1], 0x20),
+                            _mm256_permute2x128_si256(v[0], v[1], 0x31));
 }
 
 /* The 8 lanes of v to y[t * ldy], t < nt. */
