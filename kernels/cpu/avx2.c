@@ -606,34 +606,15 @@ static void q45_unpack(int five, const unsigned char *row, int nb, q45_unp *u)
 }
 
 /* One unpacked row (nb blocks) against token group g (kern_avx2.h's
- * records): per block and token the int32 sum S in a lane (8 vectors
- * reduced by hsum8x8_epi32), then q45_k_row's f32 steps with a token per
- * lane; the nt tokens kept go to y[t * ldy]. */
+ * records): per block and token the int32 sum S in a lane (tok8_block),
+ * then q45_k_row's f32 steps with a token per lane; the nt tokens kept go
+ * to y[t * ldy]. */
 static void q45_tok8(const q45_unp *u, int nb, const void *pack, int g, float *y, int ldy, int nt)
 {
     __m256 acc = _mm256_setzero_ps(), macc = _mm256_setzero_ps();
     for (int b = 0; b < nb; b++, u++) {
         const unsigned char *r = tok8_rec(pack, 4, nb, g, b);
-        __m256i s[8];
-#pragma GCC unroll 8
-        for (int t = 0; t < 8; t++)
-            s[t] = _mm256_setzero_si256();
-#pragma GCC unroll 8
-        for (int c = 0; c < 8; c++) {
-            __m256i q = _mm256_load_si256((const __m256i *)(u->q + 32 * c));
-            __m256i sc = _mm256_set1_epi32(u->sc[c]);
-#pragma GCC unroll 8
-            for (int t = 0; t < 8; t++)
-                s[t] = _mm256_add_epi32(
-                    s[t], _mm256_madd_epi16(_mm256_maddubs_epi16(
-                                                q, _mm256_load_si256((const __m256i *)(r + 32 * (8 * c + t)))),
-                                            sc));
-            /* the sums held in registers chunk by chunk: left free, GCC adds
-             * the 64 products of a block as a tree and spills them */
-#pragma GCC unroll 8
-            for (int t = 0; t < 8; t++)
-                __asm__("" : "+x"(s[t]));
-        }
+        __m256i st = tok8_block(u->q, u->sc, NULL, r);
         __m256 dx = _mm256_load_ps((const float *)(r + 2048));
         const __m256i *sp = (const __m256i *)(r + 2080);
         __m256i m = _mm256_add_epi32(
@@ -642,7 +623,7 @@ static void q45_tok8(const q45_unp *u, int nb, const void *pack, int g, float *y
             _mm256_add_epi32(_mm256_madd_epi16(_mm256_set1_epi32(u->mp[2]), _mm256_load_si256(sp + 2)),
                              _mm256_madd_epi16(_mm256_set1_epi32(u->mp[3]), _mm256_load_si256(sp + 3))));
         acc = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(u->d), dx),
-                              _mm256_cvtepi32_ps(hsum8x8_epi32(s)), acc);
+                              _mm256_cvtepi32_ps(st), acc);
         macc = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(u->dmin), dx), _mm256_cvtepi32_ps(m),
                                macc);
     }

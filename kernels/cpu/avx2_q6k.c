@@ -135,37 +135,19 @@ static void q6_unpack(const unsigned char *row, int nb, q6_unp *u)
 }
 
 /* One unpacked row against token group g: q6_k_row's arithmetic with a
- * token per lane (the 8 tokens' int32 sums reduced by hsum8x8_epi32). */
+ * token per lane (the 8 tokens' int32 sums by tok8_block). */
 static void q6_tok8(const q6_unp *u, int nb, const void *pack, int g, float *y, int ldy, int nt)
 {
     __m256 acc = _mm256_setzero_ps();
     for (int b = 0; b < nb; b++, u++) {
         const unsigned char *r = tok8_rec(pack, 8, nb, g, b);
-        __m256i s[8];
-#pragma GCC unroll 8
-        for (int t = 0; t < 8; t++)
-            s[t] = _mm256_setzero_si256();
-#pragma GCC unroll 8
-        for (int c = 0; c < 8; c++) {
-            __m256i q = _mm256_load_si256((const __m256i *)(u->q + 32 * c));
-            __m256i sc = _mm256_load_si256((const __m256i *)u->sv[c]);
-#pragma GCC unroll 8
-            for (int t = 0; t < 8; t++)
-                s[t] = _mm256_add_epi32(
-                    s[t], _mm256_madd_epi16(_mm256_maddubs_epi16(
-                                                q, _mm256_load_si256((const __m256i *)(r + 32 * (8 * c + t)))),
-                                            sc));
-            /* the sums held in registers chunk by chunk (avx2.c's q45_tok8) */
-#pragma GCC unroll 8
-            for (int t = 0; t < 8; t++)
-                __asm__("" : "+x"(s[t]));
-        }
+        __m256i st = tok8_block(u->q, NULL, u->sv, r);
         const __m256i *sp = (const __m256i *)(r + 2080);
         __m256i o = _mm256_setzero_si256();
 #pragma GCC unroll 8
         for (int p = 0; p < 8; p++)
             o = _mm256_add_epi32(o, _mm256_madd_epi16(_mm256_set1_epi32(u->sp[p]), _mm256_load_si256(sp + p)));
-        __m256i st = _mm256_sub_epi32(hsum8x8_epi32(s), _mm256_slli_epi32(o, 5));
+        st = _mm256_sub_epi32(st, _mm256_slli_epi32(o, 5));
         __m256 dx = _mm256_load_ps((const float *)(r + 2048));
         acc = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(u->d), dx), _mm256_cvtepi32_ps(st), acc);
     }

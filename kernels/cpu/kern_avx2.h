@@ -65,6 +65,37 @@ AI __m256i hsum8x8_epi32(const __m256i s[8])
                             _mm256_permute2x128_si256(v[0], v[1], 0x31));
 }
 
+/* One unpacked super-block (q: its 256 values as bytes) against group
+ * record r: per chunk c of 32 values and token t, vpmaddubsw of the
+ * values and the token's int8 values, vpmaddwd with the chunk's scale
+ * lanes (sc32[c] broadcast, or the vector sc16[c]), int32 sums per token,
+ * then a token per lane (exact). */
+AI __m256i tok8_block(const uint8_t *q, const int32_t *sc32, const int16_t (*sc16)[16],
+                      const unsigned char *r)
+{
+    __m256i s[8];
+#pragma GCC unroll 8
+    for (int t = 0; t < 8; t++)
+        s[t] = _mm256_setzero_si256();
+#pragma GCC unroll 8
+    for (int c = 0; c < 8; c++) {
+        __m256i qv = _mm256_load_si256((const __m256i *)(q + 32 * c));
+        __m256i sc = sc32 ? _mm256_set1_epi32(sc32[c]) : _mm256_load_si256((const __m256i *)sc16[c]);
+#pragma GCC unroll 8
+        for (int t = 0; t < 8; t++)
+            s[t] = _mm256_add_epi32(
+                s[t], _mm256_madd_epi16(_mm256_maddubs_epi16(
+                                            qv, _mm256_load_si256((const __m256i *)(r + 32 * (8 * c + t)))),
+                                        sc));
+        /* the sums held in registers chunk by chunk: left free, GCC adds
+         * the 64 products of a block as a tree and spills them */
+#pragma GCC unroll 8
+        for (int t = 0; t < 8; t++)
+            __asm__("" : "+x"(s[t]));
+    }
+    return hsum8x8_epi32(s);
+}
+
 /* The 8 lanes of v to y[t * ldy], t < nt. */
 AI void store_tokens(__m256 v, float *y, int ldy, int nt)
 {
