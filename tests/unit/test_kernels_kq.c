@@ -45,7 +45,7 @@ static uint32_t rbits(void)
 }
 static float runi(float lo, float hi) { return lo + (hi - lo) * (float)((rbits() >> 8) / 16777216.0); }
 
-/* rows x cols of random blocks of dt (Q6_K or Q5_K; cols a multiple of 256) */
+/* rows x cols of random blocks of dt (Q6_K, Q5_K or Q4_K; cols a multiple of 256) */
 static unsigned char *random_blocks(mc_dtype dt, int rows, int cols)
 {
     size_t rb = mc_dtype_row_bytes(dt, cols), bb = mc_dtype_block_bytes(dt);
@@ -61,26 +61,13 @@ static unsigned char *random_blocks(mc_dtype dt, int rows, int cols)
                 blk.scales[i] = (int8_t)(rbits() & 0xff);
             blk.d = mc_f32_to_f16(runi(1e-4f, 2e-3f) * (rbits() & 1 ? -1.0f : 1.0f));
             memcpy(p + b * bb, &blk, sizeof blk);
-        } else if (dt == MC_DT_Q4_K) {
-            mc_block_q4_k blk; /* every byte random: 6-bit scales and mins 0..63 */
-            for (size_t i = 0; i < sizeof blk.scales; i++)
-                blk.scales[i] = (uint8_t)rbits();
-            for (size_t i = 0; i < sizeof blk.qs; i++)
-                blk.qs[i] = (uint8_t)rbits();
-            blk.d = mc_f32_to_f16(runi(1e-4f, 2e-3f) * (rbits() & 1 ? -1.0f : 1.0f));
-            blk.dmin = mc_f32_to_f16(runi(1e-4f, 2e-3f) * (rbits() & 1 ? -1.0f : 1.0f));
-            memcpy(p + b * bb, &blk, sizeof blk);
-        } else {
-            mc_block_q5_k blk; /* every byte random: 6-bit scales and mins 0..63 */
-            for (size_t i = 0; i < sizeof blk.scales; i++)
-                blk.scales[i] = (uint8_t)rbits();
-            for (size_t i = 0; i < sizeof blk.qh; i++)
-                blk.qh[i] = (uint8_t)rbits();
-            for (size_t i = 0; i < sizeof blk.qs; i++)
-                blk.qs[i] = (uint8_t)rbits();
-            blk.d = mc_f32_to_f16(runi(1e-4f, 2e-3f) * (rbits() & 1 ? -1.0f : 1.0f));
-            blk.dmin = mc_f32_to_f16(runi(1e-4f, 2e-3f) * (rbits() & 1 ? -1.0f : 1.0f));
-            memcpy(p + b * bb, &blk, sizeof blk);
+        } else { /* Q4_K / Q5_K: d, dmin, then every byte random (6-bit scales and mins 0..63) */
+            uint16_t dd[2];
+            for (size_t i = sizeof dd; i < bb; i++)
+                p[b * bb + i] = (uint8_t)rbits();
+            for (int k = 0; k < 2; k++)
+                dd[k] = mc_f32_to_f16(runi(1e-4f, 2e-3f) * (rbits() & 1 ? -1.0f : 1.0f));
+            memcpy(p + b * bb, dd, sizeof dd);
         }
     }
     return p;
