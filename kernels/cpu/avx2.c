@@ -420,7 +420,7 @@ AI void q8_0_row(int T, const unsigned char *row, const int8_t *xq, const float 
 }
 
 /* One Q8_0 row against the first NT (2, 4 or 8) tokens of token group g
- * (tok8_q8_rec: 8 tokens' values interleaved per block, their scales):
+ * (tok8_rec with one chunk: 8 tokens' values per block, their scales):
  * q8_0_row's arithmetic with a token per lane (the NT tokens' int32 sums
  * reduced by vphaddd); the nt tokens kept go to y[t * ldy]. */
 AI void q8_0_tokn(int NT, const unsigned char *row, int nb, const void *pack, int g, float *y,
@@ -430,7 +430,7 @@ AI void q8_0_tokn(int NT, const unsigned char *row, int nb, const void *pack, in
     __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()}; /* even, odd blocks */
     for (int b = 0; b < nb; b++) {
         const unsigned char *blk = row + (size_t)b * sizeof(mc_block_q8_0);
-        const unsigned char *r = tok8_q8_rec(pack, nb, g, b);
+        const unsigned char *r = tok8_rec(pack, 1, 0, nb, g, b);
         uint16_t h;
         memcpy(&h, blk, 2);
         __m256i wq = _mm256_loadu_si256((const __m256i *)(blk + 2));
@@ -613,7 +613,7 @@ static void q45_tok8(const q45_unp *u, int nb, const void *pack, int g, float *y
 {
     __m256 acc = _mm256_setzero_ps(), macc = _mm256_setzero_ps();
     for (int b = 0; b < nb; b++, u++) {
-        const unsigned char *r = tok8_rec(pack, 4, nb, g, b);
+        const unsigned char *r = tok8_rec(pack, 8, 4, nb, g, b);
         __m256i st = tok8_block(u->q, u->sc, NULL, r);
         __m256 dx = _mm256_load_ps((const float *)(r + 2048));
         const __m256i *sp = (const __m256i *)(r + 2080);
@@ -673,105 +673,99 @@ static int rows_q45_tok8(int five, const mc_mat *w, const mc_qact *a, float *y, 
     return 1;
 }
 
-void mc_avx2_tok8_pack(const mc_qact *a, int P, void *dst)
+/* The token groups of a (kern_avx2.h's records of C chunks and P sum pairs). */
+static void tok8_pack(const mc_qact *a, int C, int P, void *dst)
 {
-    int nb = a->kp / MC_QK_K, G = (a->n + 7) / 8, nsub = 2 * P, ns = nb * nsub;
+    int nb = a->kp / (32 * C), G = (a->n + 7) / 8, nsub = 2 * P, ns = nb * nsub;
     const int16_t *bs = P == 4 ? a->bsum : a->bsum16;
     for (int g = 0; g < G; g++)
         for (int b = 0; b < nb; b++) {
-            unsigned char *r = (unsigned char *)tok8_rec(dst, P, nb, g, b);
-            float *dx = (float *)(r + 2048);
-            uint32_t *sp = (uint32_t *)(r + 2080);
+            unsigned char *r = (unsigned char *)tok8_rec(dst, C, P, nb, g, b);
+            float *dx = (float *)(r + 256 * C);
+            uint32_t *sp = (uint32_t *)(r + 256 * C + 32);
             for (int t = 0; t < 8; t++) {
                 int tok = 8 * g + t;
                 if (tok >= a->n) {
-                    for (int c = 0; c < 8; c++)
+                    for (int c = 0; c < C; c++)
                         memset(r + 32 * (8 * c + t), 0, 32);
                     dx[t] = 0.0f;
                     for (int p = 0; p < P; p++)
                         sp[8 * p + t] = 0;
                     continue;
                 }
-                const int8_t *xq = a->q + (size_t)tok * a->kp + (size_t)b * MC_QK_K;
-                for (int c = 0; c < 8; c++)
+                const int8_t *xq = a->q + (size_t)tok * a->kp + (size_t)b * 32 * C;
+                for (int c = 0; c < C; c++)
                     memcpy(r + 32 * (8 * c + t), xq + 32 * c, 32);
                 dx[t] = a->d[(size_t)tok * nb + b];
-                const int16_t *sb = bs + (size_t)tok * ns + (size_t)b * nsub;
+                const int16_t *sb = P ? bs + (size_t)tok * ns + (size_t)b * nsub : NULL;
                 for (int p = 0; p < P; p++)
                     sp[8 * p + t] = (uint16_t)sb[2 * p] | (uint32_t)(uint16_t)sb[2 * p + 1] << 16;
             }
         }
 }
 
-/* Q8_0's token groups: per group and block of 32 the 8 tokens' values
- * (x[t][32]) and scales (dx[8]), 288 bytes (tok8_q8_rec). */
-static void tok8_q8_pack(const mc_qact *a, void *dst)
+/* The chunks (C) and sum pairs (P) of a dtype's token-group records; 0 chunks: none. */
+static void tok8_shape(mc_dtype dt, int *C, int *P)
 {
-    int nb = a->kp / MC_QK8_0, G = (a->n + 7) / 8;
-    for (int g = 0; g < G; g++)
-        for (int b = 0; b < nb; b++) {
-            unsigned char *r = (unsigned char *)tok8_q8_rec(dst, nb, g, b);
-            float *dx = (float *)(r + 256);
-            for (int t = 0; t < 8; t++) {
-                int tok = 8 * g + t;
-                if (tok < a->n) {
-                    memcpy(r + 32 * t, a->q + (size_t)tok * a->kp + (size_t)b * MC_QK8_0, 32);
-                    dx[t] = a->d[(size_t)tok * nb + b];
-                } else {
-                    memset(r + 32 * t, 0, 32);
-                    dx[t] = 0.0f;
-                }
-            }
-        }
+    *C = dt == MC_DT_Q8_0 ? 1 : dt == MC_DT_Q4_K || dt == MC_DT_Q5_K || dt == MC_DT_Q6_K ? 8 : 0;
+    *P = dt == MC_DT_Q6_K ? 8 : dt == MC_DT_Q8_0 ? 0 : 4;
 }
 
 /* pack_qact: token groups for Q4_K / Q5_K / Q6_K products of TOK8_MIN
- * tokens or more, Q8_0 products of 2 or more */
+ * tokens or more, Q8_0 products of 2 or more (q8_0_tokn) */
 static size_t pack_qact_bytes(const mc_mat *w, int n)
 {
-    size_t G = (size_t)(n + 7) / 8, cols = (size_t)w->cols;
-    if (w->dtype == MC_DT_Q8_0) /* from 2 tokens: q8_0_tokn(4) */
-        return n >= 2 ? G * ((cols + MC_QK8_0 - 1) / MC_QK8_0) * TOK8_Q8_REC : 0;
-    if (n < TOK8_MIN)
+    int C, P;
+    tok8_shape(w->dtype, &C, &P);
+    if (!C || n < (C == 1 ? 2 : TOK8_MIN))
         return 0;
-    switch (w->dtype) {
-    case MC_DT_Q4_K:
-    case MC_DT_Q5_K: return G * ((cols + MC_QK_K - 1) / MC_QK_K) * tok8_rec_bytes(4);
-    case MC_DT_Q6_K: return G * ((cols + MC_QK_K - 1) / MC_QK_K) * tok8_rec_bytes(8);
-    default: return 0;
-    }
+    size_t nb = ((size_t)w->cols + 32 * (size_t)C - 1) / (32 * (size_t)C);
+    return (size_t)((n + 7) / 8) * nb * tok8_rec_bytes(C, P);
 }
 
 static void pack_qact(const mc_mat *w, const mc_qact *a, void *dst)
 {
-    if (w->dtype == MC_DT_Q8_0)
-        tok8_q8_pack(a, dst);
-    else
-        mc_avx2_tok8_pack(a, w->dtype == MC_DT_Q6_K ? 8 : 4, dst);
+    int C, P;
+    tok8_shape(w->dtype, &C, &P);
+    tok8_pack(a, C, P, dst);
 }
 
 /* Q8_0 (kind 0), Q4_K (1) or Q5_K (2) rows [r0, r1) x all tokens: panels
- * of panel_rows rows, each swept once per group of 4 tokens. */
+ * of panel_rows rows, each swept once per group of 4 tokens, or for Q8_0
+ * with its token groups (a->pack) once per group of 8 (2..8 tokens
+ * through q8_0_tokn, a last single token through q8_0_row: the same
+ * arithmetic). */
 AI void rows_q(int kind, const mc_mat *w, const mc_qact *a, float *y, int ldy, int r0, int r1)
 {
     int nb = a->kp / (kind ? MC_QK_K : MC_QK8_0), ns = a->kp / 32;
     size_t bbytes = kind == 0 ? sizeof(mc_block_q8_0) : kind == 1 ? sizeof(mc_block_q4_k)
                                                                   : sizeof(mc_block_q5_k);
     int pr = a->n == 1 ? r1 - r0 : panel_rows((size_t)nb * bbytes);
+    int tg = kind == 0 && a->pack ? 8 : 4; /* tokens a group */
 /* row o against T tokens from t0 */
 #define Q_ROW(T)                                                                                   \
     (kind ? q45_k_row(T, kind == 2, row, xq, xd, bs, a->kp, nb, yt + o, ldy)                      \
           : q8_0_row(T, row, xq, xd, a->kp, nb, yt + o, ldy))
     for (int p0 = r0; p0 < r1; p0 += pr) {
         int p1 = r1 - p0 < pr ? r1 : p0 + pr;
-        for (int t0 = 0; t0 < a->n; t0 += 4) {
+        for (int t0 = 0; t0 < a->n; t0 += tg) {
+            int nt = a->n - t0 < tg ? a->n - t0 : tg;
             const int8_t *xq = a->q + (size_t)t0 * a->kp;
             const float *xd = a->d + (size_t)t0 * nb;
             const int16_t *bs = kind ? a->bsum + (size_t)t0 * ns : NULL;
             float *yt = y + (size_t)t0 * ldy;
             for (int o = p0; o < p1; o++) {
                 const unsigned char *row = mc_row_ptr(w, o);
-                switch (a->n - t0 < 4 ? a->n - t0 : 4) {
+                if (tg == 8 && nt > 1) {
+                    if (nt == 2)
+                        q8_0_tokn(2, row, nb, a->pack, t0 / 8, yt + o, ldy, nt);
+                    else if (nt <= 4)
+                        q8_0_tokn(4, row, nb, a->pack, t0 / 8, yt + o, ldy, nt);
+                    else
+                        q8_0_tokn(8, row, nb, a->pack, t0 / 8, yt + o, ldy, nt);
+                    continue;
+                }
+                switch (nt) {
                 case 1: Q_ROW(1); break;
                 case 2: Q_ROW(2); break;
                 case 3: Q_ROW(3); break;
@@ -783,42 +777,9 @@ AI void rows_q(int kind, const mc_mat *w, const mc_qact *a, float *y, int ldy, i
 #undef Q_ROW
 }
 
-/* Q8_0 rows [r0, r1) x the token groups of a (a->pack): panels of
- * panel_rows rows, each swept once per group (a last group of 1 token
- * through q8_0_row, of 2 through q8_0_tokn(2), of 3..4 through
- * q8_0_tokn(4): the same arithmetic). */
-static void rows_q8_0_tok8(const mc_mat *w, const mc_qact *a, float *y, int ldy, int r0, int r1)
-{
-    int nb = a->kp / MC_QK8_0, n = a->n;
-    int pr = panel_rows((size_t)nb * sizeof(mc_block_q8_0));
-    for (int p0 = r0; p0 < r1; p0 += pr) {
-        int p1 = r1 - p0 < pr ? r1 : p0 + pr;
-        for (int t0 = 0; t0 < n; t0 += 8) {
-            int nt = n - t0 < 8 ? n - t0 : 8;
-            float *yt = y + (size_t)t0 * ldy;
-            const int8_t *xq = a->q + (size_t)t0 * a->kp;
-            const float *xd = a->d + (size_t)t0 * nb;
-            for (int o = p0; o < p1; o++) {
-                const unsigned char *row = mc_row_ptr(w, o);
-                if (nt == 1)
-                    q8_0_row(1, row, xq, xd, a->kp, nb, yt + o, ldy);
-                else if (nt == 2)
-                    q8_0_tokn(2, row, nb, a->pack, t0 / 8, yt + o, ldy, nt);
-                else if (nt <= 4)
-                    q8_0_tokn(4, row, nb, a->pack, t0 / 8, yt + o, ldy, nt);
-                else
-                    q8_0_tokn(8, row, nb, a->pack, t0 / 8, yt + o, ldy, nt);
-            }
-        }
-    }
-}
-
 static void rows_q8_0(const mc_mat *w, const mc_qact *a, float *y, int ldy, int r0, int r1)
 {
-    if (a->pack)
-        rows_q8_0_tok8(w, a, y, ldy, r0, r1);
-    else
-        rows_q(0, w, a, y, ldy, r0, r1);
+    rows_q(0, w, a, y, ldy, r0, r1);
 }
 
 static void rows_q4_k(const mc_mat *w, const mc_qact *a, float *y, int ldy, int r0, int r1)

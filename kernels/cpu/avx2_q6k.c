@@ -140,7 +140,7 @@ static void q6_tok8(const q6_unp *u, int nb, const void *pack, int g, float *y, 
 {
     __m256 acc = _mm256_setzero_ps();
     for (int b = 0; b < nb; b++, u++) {
-        const unsigned char *r = tok8_rec(pack, 8, nb, g, b);
+        const unsigned char *r = tok8_rec(pack, 8, 8, nb, g, b);
         __m256i st = tok8_block(u->q, NULL, u->sv, r);
         const __m256i *sp = (const __m256i *)(r + 2080);
         __m256i o = _mm256_setzero_si256();

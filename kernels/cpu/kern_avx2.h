@@ -4,15 +4,16 @@
  * into one vector with a token per lane. Include it only in files compiled
  * with at least -mavx2 -mfma -mf16c.
  *
- * Token groups (Q4_K, Q5_K, Q6_K products of at least TOK8_MIN tokens;
- * Q8_0's simpler records are below):
- * tokens 8g..8g+7 form group g (the last one padded with zero tokens), and
- * per group and super-block b one record of tok8_rec_bytes(P):
- *   int8  x[8][8][32]  x[c][t][l]: token t's value 32 c + l of the block
+ * Token groups (Q4_K, Q5_K, Q6_K products of at least TOK8_MIN tokens,
+ * Q8_0 products of 2 or more): tokens 8g..8g+7 form group g (the last one
+ * padded with zero tokens), and per group and block b (C chunks of 32
+ * values: C = 8 for the super-blocks, 1 for Q8_0) one record of
+ * tok8_rec_bytes(C, P):
+ *   int8  x[C][8][32]  x[c][t][l]: token t's value 32 c + l of the block
  *   float dx[8]         the block's activation scale per token
  *   int32 sp[P][8]      per token the int16 pair (sum j = 2p, sum j = 2p + 1)
  *                       of the block's sub-block sums (P = 4: per 32 values,
- *                       Q4_K / Q5_K; P = 8: per 16 values, Q6_K)
+ *                       Q4_K / Q5_K; P = 8: per 16 values, Q6_K; Q8_0 none)
  * so the kernels read 8 tokens' values from one pointer at fixed offsets
  * and the per-block scales and sums with a token per lane. */
 #ifndef MC_KERN_AVX2_H
@@ -29,21 +30,13 @@
 /* Products with fewer tokens keep the rows of at most 4 tokens a pass. */
 #define TOK8_MIN 5
 
-AI size_t tok8_rec_bytes(int P) { return 2048 + 32 + 32 * (size_t)P; }
+AI size_t tok8_rec_bytes(int C, int P) { return 256 * (size_t)C + 32 + 32 * (size_t)P; }
 
-/* The record of group g, block b (nb blocks a row). */
-AI const unsigned char *tok8_rec(const void *pack, int P, int nb, int g, int b)
+/* The record of group g, block b (nb blocks a row); its dx at 256 C, sp
+ * at 256 C + 32. */
+AI const unsigned char *tok8_rec(const void *pack, int C, int P, int nb, int g, int b)
 {
-    return (const unsigned char *)pack + ((size_t)g * nb + b) * tok8_rec_bytes(P);
-}
-
-/* Q8_0's records (avx2.c): per group g and block b of 32 values
- * int8 x[8][32] (token t's values) and float dx[8]. */
-#define TOK8_Q8_REC 288
-
-AI const unsigned char *tok8_q8_rec(const void *pack, int nb, int g, int b)
-{
-    return (const unsigned char *)pack + ((size_t)g * nb + b) * TOK8_Q8_REC;
+    return (const unsigned char *)pack + ((size_t)g * nb + b) * tok8_rec_bytes(C, P);
 }
 
 /* Weight rows unpacked for the token-group kernels live in this much of a
@@ -104,8 +97,5 @@ AI void store_tokens(__m256 v, float *y, int ldy, int nt)
     for (int t = 0; t < nt; t++)
         y[(size_t)t * ldy] = o[t];
 }
-
-/* The token groups of a: the records above (the avx2 table's pack_qact). */
-void mc_avx2_tok8_pack(const mc_qact *a, int P, void *dst);
 
 #endif
