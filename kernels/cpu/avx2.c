@@ -378,83 +378,137 @@ static void rows_bf16_direct(const mc_mat *w, const void *pack, const float *x, 
 
 /* ---- Q8_0 ---- */
 
-/* One Q8_0 row against T tokens (xq, xd: the first token's values). Per
- * block the weights' |w| and scale once for all tokens; per token
- * vpmaddubsw of |w| and sign(x, w), vpmaddwd with ones, the 8 lanes added
- * (S, exact), then acc += (dw dx) S rounded once, even and odd blocks in
- * two accumulators (one chain of FMA latency a block would bound decode),
- * y = acc_even + acc_odd: a token's arithmetic is the same whatever T,
- * and the same as the token-group kernel's (q8_0_tokn). Decode (T 1)
+/* Q8_0 products add each block's 32 integer products exactly (S), then
+ * acc_j += (dw dx) S with one rounding, where j = b mod 8 picks one of 8
+ * accumulators; y = ((acc0 + acc4) + (acc2 + acc6)) + ((acc1 + acc5) +
+ * (acc3 + acc7)) (hsum256's order). A token's arithmetic is the same
+ * alone (q8_0_row: 8 blocks' sums a vector, a block a lane) and in a
+ * token group (q8_0_tokn: a token a lane, a block at a time), so its bits
+ * do not depend on the batch. */
+
+/* Byte offsets of 8 consecutive Q8_0 blocks (their fp16 scales). */
+#define Q8_0_BLK8_IDX                                                                              \
+    _mm256_setr_epi32(0, 34, 68, 102, 136, 170, 204, 238)
+
+/* The scales of blocks blk, blk + 1, .. (n of 8; the others 0) as f32. */
+AI __m256 q8_0_dw8(const unsigned char *blk, int n)
+{
+    __m256i g;
+    if (n == 8) {
+        g = _mm256_i32gather_epi32((const int *)blk, Q8_0_BLK8_IDX, 1);
+    } else {
+        __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        g = _mm256_mask_i32gather_epi32(_mm256_setzero_si256(), (const int *)blk, Q8_0_BLK8_IDX, m, 1);
+    }
+    /* the low 16 bits of each lane, in order, as 8 halves */
+    g = _mm256_packus_epi32(_mm256_and_si256(g, _mm256_set1_epi32(0xffff)), _mm256_setzero_si256());
+    g = _mm256_permute4x64_epi64(g, 0x08);
+    return _mm256_cvtph_ps(_mm256_castsi256_si128(g));
+}
+
+/* The first n of 8 floats at p (the others 0). */
+AI __m256 load8_ps(const float *p, int n)
+{
+    if (n == 8)
+        return _mm256_loadu_ps(p);
+    return _mm256_maskload_ps(p, _mm256_cmpgt_epi32(_mm256_set1_epi32(n),
+                                                    _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
+}
+
+/* One Q8_0 row against T tokens (xq, xd: the first token's values), 8
+ * blocks at a time: per block |w| and sign(x, w) by vpmaddubsw and
+ * vpmaddwd with ones, the 8 blocks' lanes added into one vector of block
+ * sums (hsum8x8_epi32, exact), then one FMA with the 8 scales dw dx into
+ * the token's accumulator lanes (lane j: blocks j mod 8). Decode (T 1)
  * prefetches the row stream PF_BYTES ahead. */
 AI void q8_0_row(int T, const unsigned char *row, const int8_t *xq, const float *xd, int kp, int nb,
                  float *y, int ldy)
 {
     const __m256i ones = _mm256_set1_epi16(1);
-    __m128 acc[4][2]; /* lane 0: even, odd blocks */
+    __m256 acc[4];
 #pragma GCC unroll 4
     for (int t = 0; t < T; t++)
-        acc[t][0] = acc[t][1] = _mm_setzero_ps();
-    for (int b = 0; b < nb; b++) {
-        const unsigned char *blk = row + (size_t)b * sizeof(mc_block_q8_0);
-        if (T == 1 && (b & 1) == 0) /* 68 bytes a pair of blocks */
-            _mm_prefetch((const char *)blk + PF_BYTES, _MM_HINT_T0);
-        uint16_t h;
-        memcpy(&h, blk, 2);
-        float dw = _cvtsh_ss(h);
-        __m256i wq = _mm256_loadu_si256((const __m256i *)(blk + 2));
-        __m256i aw = _mm256_abs_epi8(wq);
+        acc[t] = _mm256_setzero_ps();
+    for (int b0 = 0; b0 < nb; b0 += 8) {
+        const unsigned char *blk = row + (size_t)b0 * sizeof(mc_block_q8_0);
+        int n = nb - b0 < 8 ? nb - b0 : 8;
+        if (T == 1) /* 272 bytes: 5 lines */
+#pragma GCC unroll 5
+            for (int l = 0; l < 5; l++)
+                _mm_prefetch((const char *)blk + PF_BYTES + 64 * l, _MM_HINT_T0);
+        __m256 dw = q8_0_dw8(blk, n);
 #pragma GCC unroll 4
         for (int t = 0; t < T; t++) {
-            __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + (size_t)t * kp + (size_t)b * MC_QK8_0));
-            __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(xv, wq)), ones);
-            __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(p), _mm256_extracti128_si256(p, 1));
-            s4 = _mm_add_epi32(s4, _mm_unpackhi_epi64(s4, s4));
-            s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 1));
-            acc[t][b & 1] = _mm_fmadd_ss(_mm_set_ss(dw * xd[(size_t)t * nb + b]), _mm_cvtepi32_ps(s4),
-                                         acc[t][b & 1]);
+            const int8_t *x = xq + (size_t)t * kp + (size_t)b0 * MC_QK8_0;
+            __m256i s[8];
+#pragma GCC unroll 8
+            for (int j = 0; j < 8; j++) {
+                if (j < n) {
+                    __m256i wq = _mm256_loadu_si256((const __m256i *)(blk + j * sizeof(mc_block_q8_0) + 2));
+                    __m256i xv = _mm256_loadu_si256((const __m256i *)(x + j * MC_QK8_0));
+                    s[j] = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(wq), _mm256_sign_epi8(xv, wq)),
+                                             ones);
+                } else {
+                    s[j] = _mm256_setzero_si256();
+                }
+            }
+            __m256 sc = _mm256_mul_ps(dw, load8_ps(xd + (size_t)t * nb + b0, n));
+            acc[t] = _mm256_fmadd_ps(sc, _mm256_cvtepi32_ps(hsum8x8_epi32(s)), acc[t]);
         }
     }
 #pragma GCC unroll 4
     for (int t = 0; t < T; t++)
-        y[(size_t)t * ldy] = _mm_cvtss_f32(_mm_add_ss(acc[t][0], acc[t][1]));
+        y[(size_t)t * ldy] = hsum256(acc[t]);
 }
 
 /* One Q8_0 row against the first NT (2, 4 or 8) tokens of token group g
  * (tok8_rec with one chunk: 8 tokens' values per block, their scales):
  * q8_0_row's arithmetic with a token per lane (the NT tokens' int32 sums
- * reduced by vphaddd); the nt tokens kept go to y[t * ldy]. */
+ * reduced by vphaddd or hsum8x8_epi32, block b into accumulator b mod 8);
+ * the nt tokens kept go to y[t * ldy]. */
 AI void q8_0_tokn(int NT, const unsigned char *row, int nb, const void *pack, int g, float *y,
                   int ldy, int nt)
 {
     const __m256i ones = _mm256_set1_epi16(1);
-    __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()}; /* even, odd blocks */
-    for (int b = 0; b < nb; b++) {
-        const unsigned char *blk = row + (size_t)b * sizeof(mc_block_q8_0);
-        const unsigned char *r = tok8_rec(pack, 1, 0, nb, g, b);
-        uint16_t h;
-        memcpy(&h, blk, 2);
-        __m256i wq = _mm256_loadu_si256((const __m256i *)(blk + 2));
-        __m256i aw = _mm256_abs_epi8(wq);
-        __m256i s[8];
+    __m256 acc[8];
 #pragma GCC unroll 8
-        for (int t = 0; t < NT; t++)
-            s[t] = _mm256_madd_epi16(
-                _mm256_maddubs_epi16(aw, _mm256_sign_epi8(_mm256_load_si256((const __m256i *)(r + 32 * t)), wq)),
-                ones);
-        __m256i st;
-        if (NT == 8) {
-            st = hsum8x8_epi32(s);
-        } else { /* lanes 0..NT-1 */
-            __m256i q = _mm256_hadd_epi32(s[0], s[1]);
-            q = _mm256_hadd_epi32(q, NT == 4 ? _mm256_hadd_epi32(s[2], s[3]) : q);
-            st = _mm256_zextsi128_si256(
-                _mm_add_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1)));
+    for (int j = 0; j < 8; j++)
+        acc[j] = _mm256_setzero_ps();
+    for (int b0 = 0; b0 < nb; b0 += 8) {
+#pragma GCC unroll 8
+        for (int j = 0; j < 8; j++) {
+            int b = b0 + j;
+            if (b >= nb)
+                break;
+            const unsigned char *blk = row + (size_t)b * sizeof(mc_block_q8_0);
+            const unsigned char *r = tok8_rec(pack, 1, 0, nb, g, b);
+            uint16_t h;
+            memcpy(&h, blk, 2);
+            __m256i wq = _mm256_loadu_si256((const __m256i *)(blk + 2));
+            __m256i aw = _mm256_abs_epi8(wq);
+            __m256i s[8];
+#pragma GCC unroll 8
+            for (int t = 0; t < NT; t++)
+                s[t] = _mm256_madd_epi16(
+                    _mm256_maddubs_epi16(aw, _mm256_sign_epi8(_mm256_load_si256((const __m256i *)(r + 32 * t)), wq)),
+                    ones);
+            __m256i st;
+            if (NT == 8) {
+                st = hsum8x8_epi32(s);
+            } else { /* lanes 0..NT-1 */
+                __m256i q = _mm256_hadd_epi32(s[0], s[1]);
+                q = _mm256_hadd_epi32(q, NT == 4 ? _mm256_hadd_epi32(s[2], s[3]) : q);
+                st = _mm256_zextsi128_si256(
+                    _mm_add_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1)));
+            }
+            __m256 dx = _mm256_load_ps((const float *)(r + 256));
+            acc[j] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(_cvtsh_ss(h)), dx),
+                                     _mm256_cvtepi32_ps(st), acc[j]);
         }
-        __m256 dx = _mm256_load_ps((const float *)(r + 256));
-        acc[b & 1] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(_cvtsh_ss(h)), dx),
-                                     _mm256_cvtepi32_ps(st), acc[b & 1]);
     }
-    store_tokens(_mm256_add_ps(acc[0], acc[1]), y, ldy, nt);
+    __m256 s = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[4]), _mm256_add_ps(acc[2], acc[6])),
+                             _mm256_add_ps(_mm256_add_ps(acc[1], acc[5]), _mm256_add_ps(acc[3], acc[7])));
+    store_tokens(s, y, ldy, nt);
 }
 
 /* Rows of about Q_PANEL_BYTES of weights (kept in L2) swept once per group
