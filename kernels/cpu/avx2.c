@@ -973,6 +973,199 @@ static void axpy(float *y, float a, const float *x, int n)
         y[i] += a * x[i];
 }
 
+/* ---- attention: heads that share a key or value row ---- */
+
+/* 8 values of row b from i: f32, or (BF) bf16 widened (exact). */
+AI __m256 row8(const void *b, int i, int BF)
+{
+    if (BF)
+        return _mm256_castsi256_ps(_mm256_slli_epi32(
+            _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((const uint16_t *)b + i))), 16));
+    return _mm256_loadu_ps((const float *)b + i);
+}
+
+/* Value i of row b as f32. */
+AI float row1(const void *b, int i, int BF)
+{
+    if (!BF)
+        return ((const float *)b)[i];
+    uint32_t u = (uint32_t)((const uint16_t *)b)[i] << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* dot() of MJ (1..3) vectors against one row, each with dot's four
+ * accumulators, order, reduction and tail: the same bits, the row's
+ * values loaded once for all MJ. */
+AI void dotj(int BF, int MJ, const float *const *a, const void *b, int n, float *out)
+{
+    __m256 s[3][4];
+#pragma GCC unroll 3
+    for (int j = 0; j < MJ; j++)
+#pragma GCC unroll 4
+        for (int k = 0; k < 4; k++)
+            s[j][k] = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 32 <= n; i += 32) {
+        __m256 b0 = row8(b, i, BF), b1 = row8(b, i + 8, BF), b2 = row8(b, i + 16, BF),
+               b3 = row8(b, i + 24, BF);
+#pragma GCC unroll 3
+        for (int j = 0; j < MJ; j++) {
+            s[j][0] = _mm256_fmadd_ps(_mm256_loadu_ps(a[j] + i), b0, s[j][0]);
+            s[j][1] = _mm256_fmadd_ps(_mm256_loadu_ps(a[j] + i + 8), b1, s[j][1]);
+            s[j][2] = _mm256_fmadd_ps(_mm256_loadu_ps(a[j] + i + 16), b2, s[j][2]);
+            s[j][3] = _mm256_fmadd_ps(_mm256_loadu_ps(a[j] + i + 24), b3, s[j][3]);
+        }
+    }
+    for (; i + 8 <= n; i += 8) {
+        __m256 b0 = row8(b, i, BF);
+#pragma GCC unroll 3
+        for (int j = 0; j < MJ; j++)
+            s[j][0] = _mm256_fmadd_ps(_mm256_loadu_ps(a[j] + i), b0, s[j][0]);
+    }
+#pragma GCC unroll 3
+    for (int j = 0; j < MJ; j++) {
+        float t = hsum256(_mm256_add_ps(_mm256_add_ps(s[j][0], s[j][1]), _mm256_add_ps(s[j][2], s[j][3])));
+        for (int k = i; k < n; k++)
+            t += a[j][k] * row1(b, k, BF);
+        out[j] = t;
+    }
+}
+
+AI void dot_many_t(int BF, const float *const *a, int m, const void *b, int n, float *out)
+{
+    int j = 0;
+    for (; j + 3 <= m; j += 3)
+        dotj(BF, 3, a + j, b, n, out + j);
+    if (m - j == 2)
+        dotj(BF, 2, a + j, b, n, out + j);
+    else if (m - j == 1)
+        dotj(BF, 1, a + j, b, n, out + j);
+}
+
+static void dot_many(const float *const *a, int m, const float *b, int n, float *out)
+{
+    dot_many_t(0, a, m, b, n, out);
+}
+
+static void dot_many_bf16(const float *const *a, int m, const uint16_t *b, int n, float *out)
+{
+    dot_many_t(1, a, m, b, n, out);
+}
+
+/* Rows of a wsum tile: about 16 KiB of them (the tile and the next one,
+ * asked for while the tile is summed, stay in L1). */
+static int wsum_tile(int n)
+{
+    int t = (16 << 10) / (n * (int)sizeof(float));
+    return t < 4 ? 4 : t > 64 ? 64 : t;
+}
+
+/* mc_wsum_rows for outputs [j0, j0 + MJ), MJ <= 4, values [e, e + 8 NV)
+ * (NV 1 or 2 vectors; all below n rounded down to 8): per tile of rows the
+ * MJ x NV accumulators stay in registers over the tile's rows (axpy's FMA
+ * per value, rows in order; with SKIP a zero weight leaves its
+ * accumulator as it is) and go through y between tiles (the same bits).
+ * Each row of the tile asks for its line of the row a tile ahead (into L1)
+ * and three tiles ahead (into L2): a head's rows lie a slot apart in the
+ * paged cache, a pattern the hardware prefetchers do not follow. */
+AI void wsum_chunk(int BF, int MJ, int NV, int SKIP, float *const *y, int j0, const float *a, int m,
+                   const void *const *rows, int S, int ts, int e)
+{
+    size_t es = BF ? 2 : 4;
+    for (int i0 = 0; i0 < S || i0 == 0; i0 += ts) { /* S == 0: zeros */
+        int i1 = S - i0 < ts ? S : i0 + ts;
+        int pf1 = S - i1 < ts ? S - i1 : ts;
+        int pf3 = S - i1 - 2 * ts < 0 ? 0 : S - i1 - 2 * ts < ts ? S - i1 - 2 * ts : ts;
+        __m256 acc[4][2];
+#pragma GCC unroll 4
+        for (int j = 0; j < MJ; j++)
+#pragma GCC unroll 2
+            for (int v = 0; v < NV; v++)
+                acc[j][v] = i0 == 0 ? _mm256_setzero_ps() : _mm256_loadu_ps(y[j0 + j] + e + 8 * v);
+        const float *w = a + (size_t)i0 * m + j0;
+        for (int i = i0; i < i1; i++, w += m) {
+            if (i - i0 < pf1)
+                _mm_prefetch((const char *)rows[i + ts] + e * es, _MM_HINT_T0);
+            if (i - i0 < pf3)
+                _mm_prefetch((const char *)rows[i + 3 * ts] + e * es, _MM_HINT_T1);
+            __m256 xv[2];
+#pragma GCC unroll 2
+            for (int v = 0; v < NV; v++)
+                xv[v] = row8(rows[i], e + 8 * v, BF);
+#pragma GCC unroll 4
+            for (int j = 0; j < MJ; j++) {
+                __m256 wv = _mm256_set1_ps(w[j]);
+#pragma GCC unroll 2
+                for (int v = 0; v < NV; v++) {
+                    __m256 f = _mm256_fmadd_ps(wv, xv[v], acc[j][v]);
+                    acc[j][v] = SKIP ? _mm256_blendv_ps(acc[j][v], f,
+                                                        _mm256_cmp_ps(wv, _mm256_setzero_ps(), _CMP_NEQ_UQ))
+                                     : f;
+                }
+            }
+        }
+#pragma GCC unroll 4
+        for (int j = 0; j < MJ; j++)
+#pragma GCC unroll 2
+            for (int v = 0; v < NV; v++)
+                _mm256_storeu_ps(y[j0 + j] + e + 8 * v, acc[j][v]);
+    }
+}
+
+/* Outputs [j0, j0 + MJ) over all values: chunks of 16, one of 8, then
+ * axpy's scalar tail (y += a x per value, rows in order). */
+AI void wsum_block(int BF, int MJ, int SKIP, float *const *y, int j0, const float *a, int m,
+                   const void *const *rows, int S, int n)
+{
+    int ts = wsum_tile(n), n8 = n / 8 * 8, e = 0;
+    for (; e + 16 <= n8; e += 16)
+        wsum_chunk(BF, MJ, 2, SKIP, y, j0, a, m, rows, S, ts, e);
+    if (e < n8)
+        wsum_chunk(BF, MJ, 1, SKIP, y, j0, a, m, rows, S, ts, e);
+    for (int j = 0; j < MJ; j++)
+        for (int k = n8; k < n; k++) {
+            float v = 0.0f;
+            for (int i = 0; i < S; i++) {
+                float wt = a[(size_t)i * m + j0 + j];
+                if (!SKIP || wt != 0.0f)
+                    v += wt * row1(rows[i], k, BF);
+            }
+            y[j0 + j][k] = v;
+        }
+}
+
+AI void wsum_rows_t(int BF, float *const *y, int m, const float *a, const void *const *rows, int S,
+                    int n, int skip_zero)
+{
+    for (int j0 = 0; j0 < m; j0 += 4) {
+        int mj = m - j0 < 4 ? m - j0 : 4;
+#define WSUM_MJ(MJ)                                                                                \
+    (skip_zero ? wsum_block(BF, MJ, 1, y, j0, a, m, rows, S, n)                                    \
+               : wsum_block(BF, MJ, 0, y, j0, a, m, rows, S, n))
+        switch (mj) {
+        case 1: WSUM_MJ(1); break;
+        case 2: WSUM_MJ(2); break;
+        case 3: WSUM_MJ(3); break;
+        default: WSUM_MJ(4); break;
+        }
+#undef WSUM_MJ
+    }
+}
+
+static void wsum_rows(float *const *y, int m, const float *a, const float *const *rows, int S, int n,
+                      int skip_zero)
+{
+    wsum_rows_t(0, y, m, a, (const void *const *)rows, S, n, skip_zero);
+}
+
+static void wsum_rows_bf16(float *const *y, int m, const float *a, const uint16_t *const *rows, int S,
+                           int n, int skip_zero)
+{
+    wsum_rows_t(1, y, m, a, (const void *const *)rows, S, n, skip_zero);
+}
+
 static void rmsnorm(float *out, const float *x, const float *w, int n, float eps)
 {
     __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
@@ -1125,6 +1318,10 @@ const mc_kops mc_kops_avx2 = {
     .pack_qact = pack_qact,
     .dot = dot,
     .axpy = axpy,
+    .dot_many = dot_many,
+    .wsum_rows = wsum_rows,
+    .dot_many_bf16 = dot_many_bf16,
+    .wsum_rows_bf16 = wsum_rows_bf16,
     .rmsnorm = rmsnorm,
     .softmax = softmax,
     .rope = rope,
