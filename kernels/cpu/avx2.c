@@ -100,13 +100,6 @@ static void widen(mc_dtype dt, const void *src, int n, float *dst)
     }
 }
 
-AI float hsum256(__m256 v)
-{
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
 
 /* ---- element-type products ---- */
 
@@ -406,15 +399,6 @@ AI __m256 q8_0_dw8(const unsigned char *blk, int n)
     return _mm256_cvtph_ps(_mm256_castsi256_si128(g));
 }
 
-/* The first n of 8 floats at p (the others 0). */
-AI __m256 load8_ps(const float *p, int n)
-{
-    if (n == 8)
-        return _mm256_loadu_ps(p);
-    return _mm256_maskload_ps(p, _mm256_cmpgt_epi32(_mm256_set1_epi32(n),
-                                                    _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
-}
-
 /* One Q8_0 row against T tokens (xq, xd: the first token's values), 8
  * blocks at a time: per block |w| and sign(x, w) by vpmaddubsw and
  * vpmaddwd with ones, the 8 blocks' lanes added into one vector of block
@@ -506,9 +490,7 @@ AI void q8_0_tokn(int NT, const unsigned char *row, int nb, const void *pack, in
                                      _mm256_cvtepi32_ps(st), acc[j]);
         }
     }
-    __m256 s = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[4]), _mm256_add_ps(acc[2], acc[6])),
-                             _mm256_add_ps(_mm256_add_ps(acc[1], acc[5]), _mm256_add_ps(acc[3], acc[7])));
-    store_tokens(s, y, ldy, nt);
+    store_tokens(sum8_ps(acc), y, ldy, nt);
 }
 
 /* Rows of about Q_PANEL_BYTES of weights (kept in L2) swept once per group

@@ -47,60 +47,108 @@ AI void q6_k_half(const mc_block_q6_k *blk, __m256i sc16, int h, __m256i qv[4], 
         s16[v] = _mm256_shuffle_epi8(sh, _mm256_load_si256((const __m256i *)q6k_sidx[v]));
 }
 
+/* Block b of a row against T tokens (xq, bs: the first token's values
+ * and per-16 sums): st[t] = the int32 lanes of S - 32 O (their sum
+ * exact); *dh the block's d. Decode (T 1) prefetches the row stream. */
+AI void q6_k_block(int T, const unsigned char *row, int b, const int8_t *xq, const int16_t *bs,
+                   int kp, __m256i *st, uint16_t *dh)
+{
+    const mc_block_q6_k *blk = (const mc_block_q6_k *)(row + (size_t)b * sizeof(mc_block_q6_k));
+    if (T == 1) { /* decode: the row stream, 210 bytes a block */
+        _mm_prefetch((const char *)blk + PF_BYTES, _MM_HINT_T0);
+        _mm_prefetch((const char *)blk + PF_BYTES + 64, _MM_HINT_T0);
+        _mm_prefetch((const char *)blk + PF_BYTES + 128, _MM_HINT_T0);
+        _mm_prefetch((const char *)blk + PF_BYTES + 192, _MM_HINT_T0);
+    }
+    __m256i sumi[4];
+#pragma GCC unroll 4
+    for (int t = 0; t < T; t++)
+        sumi[t] = _mm256_setzero_si256();
+    __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)blk->scales));
+    for (int h = 0; h < 2; h++) {
+        __m256i qv[4], s16[4];
+        q6_k_half(blk, sc16, h, qv, s16);
+#pragma GCC unroll 4
+        for (int t = 0; t < T; t++) {
+            const int8_t *xb = xq + (size_t)t * kp + (size_t)b * MC_QK_K + 128 * h;
+#pragma GCC unroll 4
+            for (int v = 0; v < 4; v++) {
+                __m256i xv = _mm256_loadu_si256((const __m256i *)(xb + 32 * v));
+                sumi[t] = _mm256_add_epi32(sumi[t], _mm256_madd_epi16(_mm256_maddubs_epi16(qv[v], xv), s16[v]));
+            }
+        }
+    }
+    memcpy(dh, &blk->d, 2);
+#pragma GCC unroll 4
+    for (int t = 0; t < T; t++) {
+        __m256i o = _mm256_madd_epi16(sc16, _mm256_loadu_si256((const __m256i *)(bs + (size_t)t * (kp / 16) + 16 * b)));
+        st[t] = _mm256_sub_epi32(sumi[t], _mm256_slli_epi32(o, 5));
+    }
+}
+
+/* One Q6_K row against T tokens from t0. Rows of 8 blocks or more: 8
+ * blocks' sums a vector (hsum8x8_epi32; block b in lane b mod 8), one FMA
+ * with their d dx into the token's accumulator, hsum256 at the end (the
+ * horizontal sum and scalar FMA per block cost a quarter of the decode
+ * kernel's time). Shorter rows (768 columns: 3 blocks), where that
+ * costs more than it saves: per block the lanes summed, then one scalar
+ * FMA, blocks in order. q6_tok8 does the same per token lane. */
 AI void q6_k_row(int T, const unsigned char *row, const mc_qact *a, int t0, int nb, float *y,
                  int ldy)
 {
-    __m128 acc[4]; /* lane 0 */
-#pragma GCC unroll 4
-    for (int t = 0; t < T; t++)
-        acc[t] = _mm_setzero_ps();
     const int8_t *xq = a->q + (size_t)t0 * a->kp;
     const float *xd = a->d + (size_t)t0 * nb;
     const int16_t *bs = a->bsum16 + (size_t)t0 * (a->kp / 16);
-    for (int b = 0; b < nb; b++) {
-        const mc_block_q6_k *blk = (const mc_block_q6_k *)(row + (size_t)b * sizeof(mc_block_q6_k));
-        if (T == 1) { /* decode: the row stream, 210 bytes a block */
-            _mm_prefetch((const char *)blk + PF_BYTES, _MM_HINT_T0);
-            _mm_prefetch((const char *)blk + PF_BYTES + 64, _MM_HINT_T0);
-            _mm_prefetch((const char *)blk + PF_BYTES + 128, _MM_HINT_T0);
-            _mm_prefetch((const char *)blk + PF_BYTES + 192, _MM_HINT_T0);
-        }
-        __m256i sumi[4];
+    __m256i st[4];
+    if (nb < 8) {
+        __m128 acc[4]; /* lane 0 */
 #pragma GCC unroll 4
         for (int t = 0; t < T; t++)
-            sumi[t] = _mm256_setzero_si256();
-        __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)blk->scales));
-        for (int h = 0; h < 2; h++) {
-            __m256i qv[4], s16[4];
-            q6_k_half(blk, sc16, h, qv, s16);
+            acc[t] = _mm_setzero_ps();
+        for (int b = 0; b < nb; b++) {
+            uint16_t hd;
+            q6_k_block(T, row, b, xq, bs, a->kp, st, &hd);
+            float d = _cvtsh_ss(hd);
 #pragma GCC unroll 4
             for (int t = 0; t < T; t++) {
-                const int8_t *xb = xq + (size_t)t * a->kp + (size_t)b * MC_QK_K + 128 * h;
-#pragma GCC unroll 4
-                for (int v = 0; v < 4; v++) {
-                    __m256i xv = _mm256_loadu_si256((const __m256i *)(xb + 32 * v));
-                    sumi[t] = _mm256_add_epi32(
-                        sumi[t], _mm256_madd_epi16(_mm256_maddubs_epi16(qv[v], xv), s16[v]));
-                }
+                __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(st[t]), _mm256_extracti128_si256(st[t], 1));
+                s4 = _mm_hadd_epi32(_mm_hadd_epi32(s4, s4), s4);
+                acc[t] = _mm_fmadd_ss(_mm_set_ss(d * xd[(size_t)t * nb + b]), _mm_cvtepi32_ps(s4), acc[t]);
             }
         }
-        uint16_t hd;
-        memcpy(&hd, &blk->d, 2);
-        float d = _cvtsh_ss(hd);
 #pragma GCC unroll 4
-        for (int t = 0; t < T; t++) {
-            const int16_t *bt = bs + (size_t)t * (a->kp / 16) + 16 * b;
-            /* lane 0: S - 32 O (exact) */
-            __m256i o = _mm256_madd_epi16(sc16, _mm256_loadu_si256((const __m256i *)bt));
-            __m256i st = _mm256_sub_epi32(sumi[t], _mm256_slli_epi32(o, 5));
-            __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(st), _mm256_extracti128_si256(st, 1));
-            s4 = _mm_hadd_epi32(_mm_hadd_epi32(s4, s4), s4);
-            acc[t] = _mm_fmadd_ss(_mm_set_ss(d * xd[(size_t)t * nb + b]), _mm_cvtepi32_ps(s4), acc[t]);
+        for (int t = 0; t < T; t++)
+            y[(size_t)t * ldy] = _mm_cvtss_f32(acc[t]);
+        return;
+    }
+    __m256 acc[4]; /* lane j: blocks j mod 8 */
+#pragma GCC unroll 4
+    for (int t = 0; t < T; t++)
+        acc[t] = _mm256_setzero_ps();
+    for (int b0 = 0; b0 < nb; b0 += 8) {
+        int n = nb - b0 < 8 ? nb - b0 : 8;
+        __m256i sv[4][8]; /* per token and block: st */
+        uint16_t dh[8] __attribute__((aligned(16))) = {0};
+#pragma GCC unroll 1
+        for (int j = 0; j < n; j++) {
+            q6_k_block(T, row, b0 + j, xq, bs, a->kp, st, &dh[j]);
+#pragma GCC unroll 4
+            for (int t = 0; t < T; t++)
+                sv[t][j] = st[t];
         }
+        for (int j = n; j < 8; j++)
+#pragma GCC unroll 4
+            for (int t = 0; t < T; t++)
+                sv[t][j] = _mm256_setzero_si256();
+        __m256 d8 = _mm256_cvtph_ps(_mm_load_si128((const __m128i *)dh));
+#pragma GCC unroll 4
+        for (int t = 0; t < T; t++)
+            acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(d8, load8_ps(xd + (size_t)t * nb + b0, n)),
+                                     _mm256_cvtepi32_ps(hsum8x8_epi32(sv[t])), acc[t]);
     }
 #pragma GCC unroll 4
     for (int t = 0; t < T; t++)
-        y[(size_t)t * ldy] = _mm_cvtss_f32(acc[t]);
+        y[(size_t)t * ldy] = hsum256(acc[t]);
 }
 
 /* A Q6_K block unpacked (q6_unpack): the 256 values 0..63 as bytes in
@@ -138,7 +186,10 @@ static void q6_unpack(const unsigned char *row, int nb, q6_unp *u)
  * token per lane (the 8 tokens' int32 sums by tok8_block). */
 static void q6_tok8(const q6_unp *u, int nb, const void *pack, int g, float *y, int ldy, int nt)
 {
-    __m256 acc = _mm256_setzero_ps();
+    __m256 acc[8]; /* block b into acc[b & lm] (sum8_ps): q6_k_row's lanes, or one chain */
+    for (int j = 0; j < 8; j++)
+        acc[j] = _mm256_setzero_ps();
+    int lm = nb < 8 ? 0 : 7;
     for (int b = 0; b < nb; b++, u++) {
         const unsigned char *r = tok8_rec(pack, 8, 8, nb, g, b);
         __m256i st = tok8_block(u->q, NULL, u->sv, r);
@@ -149,9 +200,10 @@ static void q6_tok8(const q6_unp *u, int nb, const void *pack, int g, float *y, 
             o = _mm256_add_epi32(o, _mm256_madd_epi16(_mm256_set1_epi32(u->sp[p]), _mm256_load_si256(sp + p)));
         st = _mm256_sub_epi32(st, _mm256_slli_epi32(o, 5));
         __m256 dx = _mm256_load_ps((const float *)(r + 2048));
-        acc = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(u->d), dx), _mm256_cvtepi32_ps(st), acc);
+        acc[b & lm] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(u->d), dx), _mm256_cvtepi32_ps(st),
+                                      acc[b & lm]);
     }
-    store_tokens(acc, y, ldy, nt);
+    store_tokens(sum8_ps(acc), y, ldy, nt);
 }
 
 /* Rows [r0, r1) x all tokens. With the token groups (a->pack): panels of

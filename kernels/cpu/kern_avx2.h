@@ -89,6 +89,35 @@ AI __m256i tok8_block(const uint8_t *q, const int32_t *sc32, const int16_t (*sc1
     return hsum8x8_epi32(s);
 }
 
+/* The sum of v's 8 lanes: halves, then lanes 2 apart, then 1. */
+AI float hsum256(__m256 v)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* Block products whose rows of 1..4 tokens keep 8 blocks' sums a vector
+ * (block b in lane b mod 8; Q8_0, Q6_K) keep in their token-group kernels
+ * 8 accumulators with a token per lane (block b into a[b mod 8]), added
+ * here in hsum256's order: a token's lane is what hsum256 of its row's
+ * accumulator gives, so its bits do not depend on the batch. */
+AI __m256 sum8_ps(const __m256 a[8])
+{
+    return _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(a[0], a[4]), _mm256_add_ps(a[2], a[6])),
+                         _mm256_add_ps(_mm256_add_ps(a[1], a[5]), _mm256_add_ps(a[3], a[7])));
+}
+
+/* The first n of 8 floats at p (the others 0). */
+AI __m256 load8_ps(const float *p, int n)
+{
+    if (n == 8)
+        return _mm256_loadu_ps(p);
+    return _mm256_maskload_ps(p, _mm256_cmpgt_epi32(_mm256_set1_epi32(n),
+                                                    _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
+}
+
 /* The 8 lanes of v to y[t * ldy], t < nt. */
 AI void store_tokens(__m256 v, float *y, int ldy, int nt)
 {

@@ -10,8 +10,9 @@
  *   error against the unquantized activations is printed, not judged;
  * - every SIMD path against the scalar path within 2e-6 of sum |w| |x| per
  *   output (the products are exact integers; only f32 additions differ);
- * - rows {1, 3, 17, 64} x cols {256, 512, 2304} (1, 2 and 9 super-blocks:
- *   the repacked layouts' odd last one) x 1..13, 16, 33, 64 tokens, random
+ * - rows {1, 3, 17, 64} x cols {256, 512, 2048, 2304} (1, 2, 8 and 9
+ *   super-blocks: the repacked layouts' odd last one; the avx2 Q6_K rows
+ *   keep 8 blocks' sums a vector from 8 blocks on) x 1..13, 16, 33, 64 tokens, random
  *   blocks (every bit pattern of the values; Q6_K scales of both signs,
  *   Q5_K 6-bit scales and mins over their whole range);
  * - a column view (a tensor-parallel slice: rows 2 blocks apart, starting at
@@ -169,7 +170,7 @@ static void run_format(mc_dtype dt)
                  : dt == MC_DT_Q4_K ? MC_MAT_PACK_Q4_K_X16
                                     : MC_MAT_PACK_Q5_K_X16;
     size_t bb = mc_dtype_block_bytes(dt);
-    static const int rows_set[] = {1, 3, 17, 64}, cols_set[] = {256, 512, 2304};
+    static const int rows_set[] = {1, 3, 17, 64}, cols_set[] = {256, 512, 2048, 2304};
     static const int tok_set[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 16, 33, 64};
     mc_kernels_set_threads(1);
     double worst = 0;
