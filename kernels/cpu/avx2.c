@@ -926,25 +926,6 @@ AI __m256 exp8(__m256 x)
     return _mm256_andnot_ps(under, p);
 }
 
-static float dot(const float *a, const float *b, int n)
-{
-    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps(),
-           s3 = _mm256_setzero_ps();
-    int i = 0;
-    for (; i + 32 <= n; i += 32) {
-        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
-        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
-        s2 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 16), _mm256_loadu_ps(b + i + 16), s2);
-        s3 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 24), _mm256_loadu_ps(b + i + 24), s3);
-    }
-    for (; i + 8 <= n; i += 8)
-        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
-    float s = hsum256(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
-    for (; i < n; i++)
-        s += a[i] * b[i];
-    return s;
-}
-
 static void axpy(float *y, float a, const float *x, int n)
 {
     __m256 av = _mm256_set1_ps(a);
@@ -977,9 +958,9 @@ AI float row1(const void *b, int i, int BF)
     return f;
 }
 
-/* dot() of MJ (1..3) vectors against one row, each with dot's four
- * accumulators, order, reduction and tail: the same bits, the row's
- * values loaded once for all MJ. */
+/* The dot products of MJ (1..3) vectors against one row (f32, or BF:
+ * bf16 widened), each with four 8-lane accumulators, the row's values
+ * loaded once for all MJ: dot() is this with one vector. */
 AI void dotj(int BF, int MJ, const float *const *a, const void *b, int n, float *out)
 {
     __m256 s[3][4];
@@ -1026,6 +1007,17 @@ AI void dot_many_t(int BF, const float *const *a, int m, const void *b, int n, f
         dotj(BF, 1, a + j, b, n, out + j);
 }
 
+/* The dot product: four 8-lane accumulators over 32 values at a time,
+ * the rest of the multiples of 8 into the first, added (s0 + s1) + (s2 +
+ * s3) then hsum256, the last n mod 8 values one by one (dotj with one
+ * vector: the attention's dot_many gives the same bits by construction). */
+static float dot(const float *a, const float *b, int n)
+{
+    float s;
+    dotj(0, 1, &a, b, n, &s);
+    return s;
+}
+
 static void dot_many(const float *const *a, int m, const float *b, int n, float *out)
 {
     dot_many_t(0, a, m, b, n, out);
@@ -1034,14 +1026,6 @@ static void dot_many(const float *const *a, int m, const float *b, int n, float 
 static void dot_many_bf16(const float *const *a, int m, const uint16_t *b, int n, float *out)
 {
     dot_many_t(1, a, m, b, n, out);
-}
-
-/* Rows of a wsum tile: about 16 KiB of them (the tile and the next one,
- * asked for while the tile is summed, stay in L1). */
-static int wsum_tile(int n)
-{
-    int t = (16 << 10) / (n * (int)sizeof(float));
-    return t < 4 ? 4 : t > 64 ? 64 : t;
 }
 
 /* mc_wsum_rows for outputs [j0, j0 + MJ), MJ <= 4, values [e, e + 8 NV)
@@ -1101,7 +1085,7 @@ AI void wsum_chunk(int BF, int MJ, int NV, int SKIP, float *const *y, int j0, co
 AI void wsum_block(int BF, int MJ, int SKIP, float *const *y, int j0, const float *a, int m,
                    const void *const *rows, int S, int n)
 {
-    int ts = wsum_tile(n), n8 = n / 8 * 8, e = 0;
+    int ts = mc_wsum_tile(n), n8 = n / 8 * 8, e = 0;
     for (; e + 16 <= n8; e += 16)
         wsum_chunk(BF, MJ, 2, SKIP, y, j0, a, m, rows, S, ts, e);
     if (e < n8)

@@ -1526,17 +1526,8 @@ static void dot_many_bf16(const float *const *a, int m, const uint16_t *b, int n
     dot_many_t(1, a, m, b, n, out);
 }
 
-/* Rows of a wsum tile: about 16 KiB of them, so that a tile and the next
- * one (prefetched into L1 while the tile is summed) stay in L1; the tile
- * three ahead is asked into L2 at the same time. */
-static int wsum_tile(int n)
-{
-    int t = (16 << 10) / (n * (int)sizeof(float));
-    return t < 4 ? 4 : t > 64 ? 64 : t;
-}
-
 /* mc_wsum_rows for outputs [j0, j0 + MJ), MJ <= 8 (constants after
- * inlining): rows in tiles of wsum_tile(n); per tile and 16 values the MJ
+ * inlining): rows in tiles of mc_wsum_tile(n); per tile and 16 values the MJ
  * accumulators stay in registers over the tile's rows (axpy's FMA per
  * element, rows in order; with SKIP a zero weight leaves its accumulator
  * as it is) and go through y between tiles (stored and reloaded: the same
@@ -1548,7 +1539,7 @@ static int wsum_tile(int n)
 AI void wsum_block(int BF, int MJ, int SKIP, float *const *y, int j0, const float *a, int m,
                    const void *const *rows, int S, int n)
 {
-    int ts = wsum_tile(n);
+    int ts = mc_wsum_tile(n);
     size_t es = BF ? 2 : 4; /* bytes per value */
     for (int i0 = 0; i0 < S || i0 == 0; i0 += ts) { /* S == 0: zeros */
         int i1 = S - i0 < ts ? S : i0 + ts;

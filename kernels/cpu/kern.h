@@ -253,6 +253,16 @@ static inline float mc_kf16(uint16_t h)
     return f;
 }
 
+/* Value rows per tile of the paths' wsum_rows (attention's weighted sums):
+ * about 16 KiB of them, so that a tile and the next one (asked into L1
+ * while the tile is summed) stay in L1; the tile three ahead is asked
+ * into L2 at the same time. */
+static inline int mc_wsum_tile(int n)
+{
+    int t = (16 << 10) / (n * (int)sizeof(float));
+    return t < 4 ? 4 : t > 64 ? 64 : t;
+}
+
 /* Decode (one token) streams each thread's rows once; a software prefetch
  * this many bytes ahead in the row stream measured +20-45% of read
  * bandwidth per thread here (BF16, Q8_0, Q4_K; 4 KiB: less, 16 KiB: less)
