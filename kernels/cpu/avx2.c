@@ -100,7 +100,6 @@ static void widen(mc_dtype dt, const void *src, int n, float *dst)
     }
 }
 
-
 /* ---- element-type products ---- */
 
 AI void tile(int DT, int R, int T, const unsigned char *const *wr, const float *x, int ldx, int K,
@@ -390,8 +389,8 @@ AI __m256 q8_0_dw8(const unsigned char *blk, int n)
     if (n == 8) {
         g = _mm256_i32gather_epi32((const int *)blk, Q8_0_BLK8_IDX, 1);
     } else {
-        __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-        g = _mm256_mask_i32gather_epi32(_mm256_setzero_si256(), (const int *)blk, Q8_0_BLK8_IDX, m, 1);
+        g = _mm256_mask_i32gather_epi32(_mm256_setzero_si256(), (const int *)blk, Q8_0_BLK8_IDX,
+                                        lanes_below(n), 1);
     }
     /* the low 16 bits of each lane, in order, as 8 halves */
     g = _mm256_packus_epi32(_mm256_and_si256(g, _mm256_set1_epi32(0xffff)), _mm256_setzero_si256());
@@ -938,25 +937,8 @@ static void axpy(float *y, float a, const float *x, int n)
 
 /* ---- attention: heads that share a key or value row ---- */
 
-/* 8 values of row b from i: f32, or (BF) bf16 widened (exact). */
-AI __m256 row8(const void *b, int i, int BF)
-{
-    if (BF)
-        return _mm256_castsi256_ps(_mm256_slli_epi32(
-            _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((const uint16_t *)b + i))), 16));
-    return _mm256_loadu_ps((const float *)b + i);
-}
-
-/* Value i of row b as f32. */
-AI float row1(const void *b, int i, int BF)
-{
-    if (!BF)
-        return ((const float *)b)[i];
-    uint32_t u = (uint32_t)((const uint16_t *)b)[i] << 16;
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
+/* The rows of attention's dot_many / wsum_rows: f32, or (BF) bf16 (ld8 / ld1). */
+#define ROW_DT(BF) ((BF) ? MC_DT_BF16 : MC_DT_F32)
 
 /* The dot products of MJ (1..3) vectors against one row (f32, or BF:
  * bf16 widened), each with four 8-lane accumulators, the row's values
@@ -971,8 +953,8 @@ AI void dotj(int BF, int MJ, const float *const *a, const void *b, int n, float 
             s[j][k] = _mm256_setzero_ps();
     int i = 0;
     for (; i + 32 <= n; i += 32) {
-        __m256 b0 = row8(b, i, BF), b1 = row8(b, i + 8, BF), b2 = row8(b, i + 16, BF),
-               b3 = row8(b, i + 24, BF);
+        __m256 b0 = ld8(ROW_DT(BF), b, (size_t)i), b1 = ld8(ROW_DT(BF), b, (size_t)i + 8),
+               b2 = ld8(ROW_DT(BF), b, (size_t)i + 16), b3 = ld8(ROW_DT(BF), b, (size_t)i + 24);
 #pragma GCC unroll 3
         for (int j = 0; j < MJ; j++) {
             s[j][0] = _mm256_fmadd_ps(_mm256_loadu_ps(a[j] + i), b0, s[j][0]);
@@ -982,7 +964,7 @@ AI void dotj(int BF, int MJ, const float *const *a, const void *b, int n, float 
         }
     }
     for (; i + 8 <= n; i += 8) {
-        __m256 b0 = row8(b, i, BF);
+        __m256 b0 = ld8(ROW_DT(BF), b, (size_t)i);
 #pragma GCC unroll 3
         for (int j = 0; j < MJ; j++)
             s[j][0] = _mm256_fmadd_ps(_mm256_loadu_ps(a[j] + i), b0, s[j][0]);
@@ -991,7 +973,7 @@ AI void dotj(int BF, int MJ, const float *const *a, const void *b, int n, float 
     for (int j = 0; j < MJ; j++) {
         float t = hsum256(_mm256_add_ps(_mm256_add_ps(s[j][0], s[j][1]), _mm256_add_ps(s[j][2], s[j][3])));
         for (int k = i; k < n; k++)
-            t += a[j][k] * row1(b, k, BF);
+            t += a[j][k] * ld1(ROW_DT(BF), b, (size_t)k);
         out[j] = t;
     }
 }
@@ -1059,7 +1041,7 @@ AI void wsum_chunk(int BF, int MJ, int NV, int SKIP, float *const *y, int j0, co
             __m256 xv[2];
 #pragma GCC unroll 2
             for (int v = 0; v < NV; v++)
-                xv[v] = row8(rows[i], e + 8 * v, BF);
+                xv[v] = ld8(ROW_DT(BF), rows[i], (size_t)(e + 8 * v));
 #pragma GCC unroll 4
             for (int j = 0; j < MJ; j++) {
                 __m256 wv = _mm256_set1_ps(w[j]);
@@ -1096,7 +1078,7 @@ AI void wsum_block(int BF, int MJ, int SKIP, float *const *y, int j0, const floa
             for (int i = 0; i < S; i++) {
                 float wt = a[(size_t)i * m + j0 + j];
                 if (!SKIP || wt != 0.0f)
-                    v += wt * row1(rows[i], k, BF);
+                    v += wt * ld1(ROW_DT(BF), rows[i], (size_t)k);
             }
             y[j0 + j][k] = v;
         }

@@ -109,13 +109,16 @@ AI __m256 sum8_ps(const __m256 a[8])
                          _mm256_add_ps(_mm256_add_ps(a[1], a[5]), _mm256_add_ps(a[3], a[7])));
 }
 
+/* All ones in the 32-bit lanes below n, zeros above. */
+AI __m256i lanes_below(int n)
+{
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
 /* The first n of 8 floats at p (the others 0). */
 AI __m256 load8_ps(const float *p, int n)
 {
-    if (n == 8)
-        return _mm256_loadu_ps(p);
-    return _mm256_maskload_ps(p, _mm256_cmpgt_epi32(_mm256_set1_epi32(n),
-                                                    _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
+    return n == 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, lanes_below(n));
 }
 
 /* The 8 lanes of v to y[t * ldy], t < nt. */
