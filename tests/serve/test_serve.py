@@ -652,23 +652,50 @@ def test_key_and_overload(exe, model):
         check(s == 200, f"the right key: 200 ({s} {r})")
         auth = {"Authorization": "Bearer s3cret", "Content-Type": "application/json"}
         # one stream runs (--max-num-seqs 1), one waits: both slots held; a third request
-        # is refused with 429
-        conns = []
-        for i in range(2):
-            c = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
-            c.request("POST", "/v1/completions", body=json.dumps(
-                {"prompt": "a b", "max_tokens": 4000, "ignore_eos": True, "stream": True}), headers=auth)
-            if i == 0:
-                c.getresponse().readline()  # its first token came: it is running
-            conns.append(c)
-        held = wait_metrics(srv, lambda m: m.get("moecluster:num_requests_running") == 1
-                            and m.get("moecluster:num_requests_waiting") == 1, auth)
-        check(held, "one stream runs, one waits (/metrics)", str(metrics_auth(srv, auth)[1])[:600])
-        s, r = srv.post("/v1/completions", {"prompt": "a", "max_tokens": 2}, auth)
-        check(s == 429 and r["error"]["type"] == "rate_limit_error",
-              f"a third request with --max-requests 2 held: 429 ({s} {r})")
+        # is refused with 429. The tiny model writes the 4000 tokens in about a second, and
+        # the loopback socket takes them all unread, so once both are held the worker is
+        # stopped (SIGSTOP) for the check and the third request: otherwise, on a loaded
+        # machine, the first stream could end (and free its slot) in between. The pair is
+        # sent again if the first stream ended before the worker was stopped.
+        pid = json.loads(srv.get("/health")[1])["worker_pid"]
+        held = stopped = False
+        try:
+            for attempt in range(5):
+                conns = []
+                for i in range(2):
+                    c = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
+                    c.request("POST", "/v1/completions", body=json.dumps(
+                        {"prompt": "a b", "max_tokens": 4000, "ignore_eos": True, "stream": True}),
+                        headers=auth)
+                    if i == 0:
+                        c.getresponse().readline()  # its first token came: it is running
+                    conns.append(c)
+                both = lambda m: (m.get("moecluster:num_requests_running") == 1
+                                  and m.get("moecluster:num_requests_waiting") == 1)
+                if wait_metrics(srv, both, auth):
+                    os.kill(pid, signal.SIGSTOP)
+                    stopped = True
+                    time.sleep(0.2)  # the server takes in what the worker sent before it stopped
+                    s, m = metrics_auth(srv, auth)
+                    held = s == 200 and both(m)
+                if held:
+                    break
+                if stopped:
+                    os.kill(pid, signal.SIGCONT)
+                    stopped = False
+                for c in conns:
+                    c.close()
+                print(f"   attempt {attempt + 1}: the first stream ended before the worker was stopped")
+            check(held, "one stream runs, one waits (/metrics)", str(metrics_auth(srv, auth)[1])[:600])
+            s, r = srv.post("/v1/completions", {"prompt": "a", "max_tokens": 2}, auth)
+            check(s == 429 and r["error"]["type"] == "rate_limit_error",
+                  f"a third request with --max-requests 2 held: 429 ({s} {r})")
+        finally:
+            if stopped:
+                os.kill(pid, signal.SIGCONT)
         for c in conns:  # the clients go away: their requests are cancelled
-            c.sock.shutdown(2)
+            if c.sock:
+                c.sock.shutdown(2)
             c.close()
         deadline, s = time.time() + 15, 0
         while time.time() < deadline:
