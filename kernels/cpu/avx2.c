@@ -499,11 +499,11 @@ AI void q8_0_tokn(int NT, const unsigned char *row, int nb, const void *pack, in
  * row's 4 weights broadcast to every lane, vpmaddubsw of |x| and
  * sign(w, x) (= |x| * (w with x's sign): x w, exact) and vpmaddwd with
  * ones, so lane t adds token t's products with no reduction across lanes,
- * and the two rows share each load of the values; then the same f32 step
- * as q8_0_tokn and q8_0_row (the same integer block sums, the same bits).
- * One thread, 768 x 2048 rows x 64 tokens from cache on the 2-core Zen 3:
- * 83 GOP/s with q8_0_tokn's 8 lanes reduced per block -> 95. The nt
- * tokens kept go to y[q + t * ldy]. */
+ * and two rows share each load of the values; then the same f32 step as
+ * q8_0_tokn and q8_0_row (the same integer block sums, the same bits).
+ * One thread, 768 x 2048 rows x 64 tokens from cache on the 2-core Zen 3,
+ * the pack included: 83 GOP/s with q8_0_tokn's 8 lanes reduced per block
+ * -> 105. The nt tokens kept go to y[q + t * ldy]. */
 AI void q8_0_tok8q(int R, const unsigned char *const *rows, int nb, const void *pack, int g,
                    float *y, int ldy, int nt)
 {
@@ -800,7 +800,9 @@ static void tok8_pack(const mc_qact *a, int C, int P, void *dst)
         }
 }
 
-/* Q8_0 products of TOK8_MIN tokens or more (q8_0_tok8q's records, Q8Q_REC). */
+/* Q8_0 products of TOK8_MIN tokens or more (q8_0_tok8q's records, Q8Q_REC):
+ * per block the 8 tokens' 32 values as 8 x 8 quads, transposed in
+ * registers, and their magnitudes. */
 static void q8_0_pack_quads(const mc_qact *a, void *dst)
 {
     int nb = a->kp / MC_QK8_0, G = (a->n + 7) / 8;
@@ -871,9 +873,10 @@ static void pack_qact(const mc_mat *w, const mc_qact *a, void *dst)
 /* Q8_0 (kind 0), Q4_K (1) or Q5_K (2) rows [r0, r1) x all tokens: panels
  * of panel_rows rows, each swept once per group of 4 tokens, or for Q8_0
  * with its token groups (a->pack) once per group of 8 (products of 2..4
- * tokens through q8_0_tokn, of TOK8_MIN or more two rows at a time
- * through q8_0_tok8q, a last single token through q8_0_row: the same
- * arithmetic). */
+ * tokens through q8_0_tokn, of TOK8_MIN or more through q8_0_tok8q (two
+ * rows at a time above 8 tokens; at 8 or fewer each row is read once, and
+ * one stream a thread reads faster), a last single token through
+ * q8_0_row: the same arithmetic). */
 AI void rows_q(int kind, const mc_mat *w, const mc_qact *a, float *y, int ldy, int r0, int r1)
 {
     int nb = a->kp / (kind ? MC_QK_K : MC_QK8_0), ns = a->kp / 32;
