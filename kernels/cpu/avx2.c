@@ -494,6 +494,9 @@ AI void q8_0_tokn(int NT, const unsigned char *row, int nb, const void *pack, in
  * (kern_avx2.h's records otherwise). */
 #define Q8Q_REC (512 + 32)
 
+/* Whether a Q8_0 product of n tokens takes the quads (its pack's layout and its kernel). */
+AI int q8_0_quads(int n) { return n >= TOK8_MIN; }
+
 /* R (1 or 2) Q8_0 rows against token group g of a product of TOK8_MIN
  * tokens or more (records of Q8Q_REC bytes): per block and quad k each
  * row's 4 weights broadcast to every lane, vpmaddubsw of |x| and
@@ -857,14 +860,14 @@ static size_t pack_qact_bytes(const mc_mat *w, int n)
     if (!C || n < (C == 1 ? 2 : TOK8_MIN))
         return 0;
     size_t nb = ((size_t)w->cols + 32 * (size_t)C - 1) / (32 * (size_t)C);
-    return (size_t)((n + 7) / 8) * nb * (C == 1 && n >= TOK8_MIN ? Q8Q_REC : tok8_rec_bytes(C, P));
+    return (size_t)((n + 7) / 8) * nb * (C == 1 && q8_0_quads(n) ? Q8Q_REC : tok8_rec_bytes(C, P));
 }
 
 static void pack_qact(const mc_mat *w, const mc_qact *a, void *dst)
 {
     int C, P;
     tok8_shape(w->dtype, &C, &P);
-    if (C == 1 && a->n >= TOK8_MIN)
+    if (C == 1 && q8_0_quads(a->n))
         q8_0_pack_quads(a, dst);
     else
         tok8_pack(a, C, P, dst);
@@ -899,12 +902,14 @@ AI void rows_q(int kind, const mc_mat *w, const mc_qact *a, float *y, int ldy, i
             for (int o = p0; o < p1; o++) {
                 const unsigned char *row = mc_row_ptr(w, o);
                 if (tg == 8 && nt > 1) {
-                    if (a->n >= TOK8_MIN) { /* rows in pairs (a last one alone) */
-                        const unsigned char *rr[2] = {row, o + 1 < p1 ? mc_row_ptr(w, o + 1) : row};
-                        if (o + 1 < p1 && a->n > 8)
+                    if (q8_0_quads(a->n)) { /* rows in pairs above 8 tokens */
+                        const unsigned char *rr[2] = {row, row};
+                        if (a->n > 8 && o + 1 < p1) {
+                            rr[1] = mc_row_ptr(w, o + 1);
                             q8_0_tok8q(2, rr, nb, a->pack, t0 / 8, yt + o++, ldy, nt);
-                        else
+                        } else {
                             q8_0_tok8q(1, rr, nb, a->pack, t0 / 8, yt + o, ldy, nt);
+                        }
                     } else if (nt == 2) {
                         q8_0_tokn(2, row, nb, a->pack, t0 / 8, yt + o, ldy, nt);
                     } else {

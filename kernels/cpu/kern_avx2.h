@@ -6,8 +6,8 @@
  *
  * Token groups (Q4_K, Q5_K, Q6_K products of at least TOK8_MIN tokens,
  * Q8_0 products of 2 to TOK8_MIN - 1; Q8_0 products of more keep their
- * values in quads, avx2.c's Q8Q_REC records): tokens 8g..8g+7 form group g (the last one
- * padded with zero tokens), and per group and block b (C chunks of 32
+ * values in quads, avx2.c's Q8Q_REC records): tokens 8g..8g+7 form group
+ * g (the last one padded with zero tokens), and per group and block b (C chunks of 32
  * values: C = 8 for the super-blocks, 1 for Q8_0) one record of
  * tok8_rec_bytes(C, P):
  *   int8  x[C][8][32]  x[c][t][l]: token t's value 32 c + l of the block

@@ -563,13 +563,10 @@ def test_killed_worker(srv):
     # sent again), so the kill always meets two requests in flight.
     for attempt in range(5):
         results, th, c, r, first, running = start_pair(srv, body)
-        os.kill(pid, signal.SIGSTOP)
-        time.sleep(0.2)  # lets the server take in what the worker sent before it stopped
-        s, m = metrics(srv)
-        frozen = running and s == 200 and m.get("moecluster:num_requests_running") == 2
+        frozen = running and stop_worker_if(
+            srv, pid, lambda m: m.get("moecluster:num_requests_running") == 2)
         if frozen:
             break
-        os.kill(pid, signal.SIGCONT)
         r.read()
         c.close()
         th.join(timeout=60)
@@ -658,7 +655,9 @@ def test_key_and_overload(exe, model):
         # machine, the first stream could end (and free its slot) in between. The pair is
         # sent again if the first stream ended before the worker was stopped.
         pid = json.loads(srv.get("/health")[1])["worker_pid"]
-        held = stopped = False
+        both = lambda m: (m.get("moecluster:num_requests_running") == 1
+                          and m.get("moecluster:num_requests_waiting") == 1)
+        held = False
         try:
             for attempt in range(5):
                 conns = []
@@ -670,19 +669,9 @@ def test_key_and_overload(exe, model):
                     if i == 0:
                         c.getresponse().readline()  # its first token came: it is running
                     conns.append(c)
-                both = lambda m: (m.get("moecluster:num_requests_running") == 1
-                                  and m.get("moecluster:num_requests_waiting") == 1)
-                if wait_metrics(srv, both, auth):
-                    os.kill(pid, signal.SIGSTOP)
-                    stopped = True
-                    time.sleep(0.2)  # the server takes in what the worker sent before it stopped
-                    s, m = metrics_auth(srv, auth)
-                    held = s == 200 and both(m)
+                held = wait_metrics(srv, both, auth) and stop_worker_if(srv, pid, both, auth)
                 if held:
                     break
-                if stopped:
-                    os.kill(pid, signal.SIGCONT)
-                    stopped = False
                 for c in conns:
                     c.close()
                 print(f"   attempt {attempt + 1}: the first stream ended before the worker was stopped")
@@ -691,7 +680,7 @@ def test_key_and_overload(exe, model):
             check(s == 429 and r["error"]["type"] == "rate_limit_error",
                   f"a third request with --max-requests 2 held: 429 ({s} {r})")
         finally:
-            if stopped:
+            if held:  # the worker was left stopped
                 os.kill(pid, signal.SIGCONT)
         for c in conns:  # the clients go away: their requests are cancelled
             if c.sock:
@@ -718,6 +707,19 @@ def wait_metrics(srv, cond, h=None, timeout=10):
         if s == 200 and cond(m):
             return True
         time.sleep(0.01)
+    return False
+
+
+def stop_worker_if(srv, pid, cond, h=None):
+    """Stops the worker (SIGSTOP) and checks /metrics against cond once the
+    server has taken in what the worker sent before it stopped: True with the
+    worker left stopped, or False with it running again (SIGCONT)."""
+    os.kill(pid, signal.SIGSTOP)
+    time.sleep(0.2)
+    s, m = metrics_auth(srv, h) if h else metrics(srv)
+    if s == 200 and cond(m):
+        return True
+    os.kill(pid, signal.SIGCONT)
     return False
 
 
